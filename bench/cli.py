@@ -1,0 +1,20 @@
+"""`rfork bench fork ...`: the benchmarks, reachable from the rfork command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    from bench import fork_bench
+
+    fork_bench.add_arguments(sub.add_parser("fork", help="issue #2 numbers: multi-seed striping, caps, seed kill"))
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bench == "fork":
+        from bench import fork_bench
+
+        return fork_bench.run(args)
+    raise SystemExit(f"unknown benchmark {args.bench!r}")

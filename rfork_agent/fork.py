@@ -1,0 +1,376 @@
+"""The fork client: pull chunk assignments from the scheduler, lease, read, report.
+
+A fork of one rank is a loop around one scheduler call, ``work``: it reports
+the chunks that finished since the last call and receives new assignments. Each
+assignment runs as its own task: take a lease from the seed's agent (the agent
+paces leases to the seed's allowed byte rate), issue the TransferEngine read,
+release the lease. The scheduler decides which seed serves which chunk, so
+rebalancing, retries on another seed and endgame duplicates need nothing here
+beyond running what it hands out.
+
+Destination memory must already be registered with the transport (SGLang's
+loader registers the model's parameters itself; ``register_tensors`` does it
+for plain tensors).
+
+    >>> transport = MooncakeTransport(protocol="tcp")
+    >>> register_tensors(transport, tensors)
+    >>> result = asyncio.run(ForkClient("http://127.0.0.1:8700", transport).fork(identity, 0, tensors))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import httpx
+
+from metrics.definitions import ClientMetrics
+from rfork_agent import clients
+from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
+
+log = logging.getLogger("rfork.fork")
+
+
+class ForkError(Exception):
+    """A fork could not complete. The message says why and what to do."""
+
+
+class ForkFailed(ForkError):
+    """The scheduler gave up on the job (no eligible seed left, for example)."""
+
+
+@dataclass(frozen=True)
+class ForkProgress:
+    bytes_done: int
+    bytes_total: int
+    chunks_done: int
+    chunks_total: int
+    retried_chunks: int
+    bytes_by_seed: Mapping[str, int]
+    failed_seeds: Mapping[str, str]
+
+
+@dataclass
+class ForkResult:
+    job_id: str
+    bytes_total: int
+    transfer_seconds: float
+    """First lease granted to last chunk landed."""
+    bytes_by_seed: dict[str, int]
+    retried_chunks: int
+    failed_seeds: dict[str, str]
+    chunks_total: int
+    duplicate_reads: int = 0
+    reads_failed: int = 0
+
+
+@dataclass(frozen=True)
+class ForkOptions:
+    """Client knobs. Defaults suit both TCP testbeds and RDMA fleets."""
+
+    max_in_flight: int = 16
+    """Assignments running at once, over all seeds (the scheduler picks per seed)."""
+    read_timeout_base_seconds: float = 10.0
+    read_timeout_min_bandwidth: float = 10e6
+    """A read of N bytes times out after base + N / this (bytes/s)."""
+    lease_wait_seconds: float = 5.0
+    """How long one lease request may wait at the agent before retrying."""
+    lease_give_up_seconds: float = 120.0
+    """A chunk whose lease keeps being refused this long is reported back."""
+    scheduler_give_up_seconds: float = 30.0
+    """How long the scheduler may be unreachable before the fork fails."""
+    idle_poll_seconds: float = 0.5
+
+
+def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
+    """SGLang's manifest format, {name: [ptr, numel, element_size]}, for torch tensors."""
+    return {
+        name: [int(t.data_ptr()), int(t.numel()), int(t.element_size())] for name, t in tensors.items()
+    }
+
+
+def register_tensors(transport: Transport, tensors: Mapping[str, "object"]) -> None:
+    """Register each tensor's memory with the transport (skips zero-byte tensors)."""
+    for tensor in tensors.values():
+        nbytes = tensor.numel() * tensor.element_size()
+        if nbytes:
+            transport.register(tensor.data_ptr(), nbytes)
+
+
+@dataclass
+class _Running:
+    assignment: dict
+    task: asyncio.Task
+    reading: bool = False
+
+
+@dataclass
+class _Tally:
+    first_lease_at: float | None = None
+    last_landed_at: float | None = None
+    bytes_by_seed: dict[str, int] = field(default_factory=dict)
+    reads_failed: int = 0
+
+
+class ForkClient:
+    """Forks one rank's weights through an rfork scheduler."""
+
+    def __init__(
+        self,
+        scheduler_url: str,
+        transport: Transport,
+        *,
+        options: ForkOptions = ForkOptions(),
+        progress: Callable[[ForkProgress], None] | None = None,
+        metrics: ClientMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scheduler_url = scheduler_url
+        self.transport = transport
+        self.options = options
+        self._progress = progress
+        self._metrics = metrics
+        self._clock = clock
+
+    async def fork(
+        self,
+        identity: Mapping[str, object],
+        rank: int,
+        tensors: Mapping[str, "object"],
+        *,
+        chunk_size_bytes: int | None = None,
+    ) -> ForkResult:
+        """Fork every byte of ``tensors`` (registered destination memory) or raise ForkError."""
+        scheduler = clients.SchedulerClient(self.scheduler_url)
+        agents: dict[str, clients.AgentClient] = {}
+        try:
+            job = await scheduler.create_job(
+                dict(identity), rank, manifest_of(tensors), chunk_size_bytes=chunk_size_bytes
+            )
+            log.info(
+                "job %s: %d bytes in %d chunks from seeds %s",
+                job["job_id"], job["total_bytes"], job["num_chunks"], ", ".join(job["seed_ids"]),
+            )
+            return await self._run(scheduler, agents, job, rank)
+        finally:
+            for agent in agents.values():
+                await agent.aclose()
+            await scheduler.aclose()
+
+    async def _run(self, scheduler, agents, job: dict, rank: int) -> ForkResult:
+        job_id = job["job_id"]
+        tally = _Tally()
+        running: dict[str, _Running] = {}
+        reports: list[dict] = []
+        unreachable_since: float | None = None
+        response: dict = {}
+        try:
+            while True:
+                try:
+                    response = await scheduler.work(
+                        job_id, max_assignments=self.options.max_in_flight - len(running), reports=reports
+                    )
+                    reports = []
+                    unreachable_since = None
+                except clients.SchedulerUnreachable as exc:
+                    # Keep the reports: they go with the next call that gets through.
+                    now = self._clock()
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since > self.options.scheduler_give_up_seconds:
+                        raise ForkError(
+                            f"lost the rfork scheduler at {self.scheduler_url} for "
+                            f"{now - unreachable_since:.0f} s: {exc}"
+                        ) from exc
+                    await asyncio.sleep(0.5)
+                    continue
+
+                self._report_progress(response, tally)
+                state = response["state"]
+                if state == "done":
+                    break
+                if state == "failed":
+                    raise ForkFailed(f"fork job {job_id} failed: {response.get('error')}")
+
+                for assignment_id in response.get("cancel", []):
+                    entry = running.get(assignment_id)
+                    # A read already on the wire cannot be recalled; it writes the
+                    # same bytes the winning read wrote, so letting it finish is safe.
+                    if entry is not None and not entry.reading:
+                        entry.task.cancel()
+                for assignment in response.get("assignments", []):
+                    entry = _Running(assignment, None)  # type: ignore[arg-type]
+                    entry.task = asyncio.create_task(self._run_assignment(agents, job_id, rank, entry, tally))
+                    running[assignment["assignment_id"]] = entry
+                self._set_in_flight(len(running))
+
+                wait_for = max(float(response.get("retry_after_seconds") or 0.0), 0.0)
+                if not running:
+                    await asyncio.sleep(wait_for or self.options.idle_poll_seconds)
+                    continue
+                done, _ = await asyncio.wait(
+                    [e.task for e in running.values()],
+                    # Wake when a chunk finishes (to report it and refill its slot) or
+                    # when the scheduler said to ask again.
+                    timeout=wait_for or self.options.idle_poll_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                reports.extend(self._collect(running))
+        finally:
+            await self._drain(running)
+            self._set_in_flight(0)
+
+        progress = response["progress"]
+        if tally.first_lease_at is None or tally.last_landed_at is None:
+            seconds = 0.0  # nothing to read (every tensor was zero bytes)
+        else:
+            seconds = tally.last_landed_at - tally.first_lease_at
+        return ForkResult(
+            job_id=job_id,
+            bytes_total=progress["bytes_total"],
+            transfer_seconds=seconds,
+            bytes_by_seed=dict(tally.bytes_by_seed),
+            retried_chunks=progress["retried_chunks"],
+            failed_seeds=dict(progress.get("failed_seeds", {})),
+            chunks_total=progress["chunks_total"],
+            reads_failed=tally.reads_failed,
+        )
+
+    def _collect(self, running: dict[str, _Running]) -> list[dict]:
+        reports = []
+        for assignment_id in [a for a, e in running.items() if e.task.done()]:
+            entry = running.pop(assignment_id)
+            if entry.task.cancelled():
+                continue  # cancelled by the scheduler: it already knows
+            reports.append(entry.task.result())
+        return reports
+
+    async def _drain(self, running: dict[str, _Running]) -> None:
+        """Never return while a read may still write into the caller's memory."""
+        for entry in running.values():
+            if not entry.reading:
+                entry.task.cancel()
+        if running:
+            await asyncio.gather(*(e.task for e in running.values()), return_exceptions=True)
+        running.clear()
+
+    async def _run_assignment(self, agents, job_id: str, rank: int, entry: _Running, tally: _Tally) -> dict:
+        a = entry.assignment
+        seed = a["seed_id"]
+        started = self._clock()
+        agent = agents.get(a["agent_url"])
+        if agent is None:
+            agent = agents[a["agent_url"]] = clients.AgentClient(a["agent_url"])
+
+        def report(ok: bool, reason: str | None = None, error: str | None = None) -> dict:
+            if not ok:
+                tally.reads_failed += 1
+                if self._metrics:
+                    self._metrics.chunk_failures_total.labels(seed=seed, reason=reason).inc()
+                log.warning("chunk %s from %s failed (%s): %s", a["chunk_id"], seed, reason, error)
+            return {
+                "assignment_id": a["assignment_id"], "ok": ok, "reason": reason, "error": error,
+                "seconds": self._clock() - started,
+            }
+
+        lease_id = await self._acquire_lease(agent, job_id, rank, a)
+        if isinstance(lease_id, dict):
+            return report(False, **lease_id)
+        now = self._clock()
+        tally.first_lease_at = now if tally.first_lease_at is None else min(tally.first_lease_at, now)
+
+        reads = a["reads"]
+        timeout = self.options.read_timeout_base_seconds + a["bytes"] / self.options.read_timeout_min_bandwidth
+        entry.reading = True
+        used = True
+        try:
+            read_started = self._clock()
+            await read(
+                self.transport, a["session_id"],
+                [r["dst_ptr"] for r in reads], [r["src_ptr"] for r in reads], [r["length"] for r in reads],
+                timeout_s=timeout,
+            )
+            landed = self._clock()
+            tally.last_landed_at = landed if tally.last_landed_at is None else max(tally.last_landed_at, landed)
+            tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a["bytes"]
+            if self._metrics:
+                self._metrics.bytes_total.labels(seed=seed).inc(a["bytes"])
+                self._metrics.chunk_read_seconds.observe(landed - read_started)
+            return report(True)
+        except ReadTimeout as exc:
+            return report(False, "timeout", str(exc))
+        except ReadFailed as exc:
+            return report(False, "read_failed", str(exc))
+        finally:
+            entry.reading = False
+            # Release off the critical path; an unreachable agent expires the lease itself.
+            asyncio.ensure_future(self._release(agent, lease_id, used))
+
+    async def _acquire_lease(self, agent, job_id: str, rank: int, a: dict) -> str | dict:
+        give_up_at = self._clock() + self.options.lease_give_up_seconds
+        while True:
+            try:
+                lease = await agent.acquire_lease(
+                    job_id=job_id, assignment_id=a["assignment_id"], rank=rank, nbytes=a["bytes"],
+                    grant=a.get("grant", ""), wait_seconds=self.options.lease_wait_seconds,
+                )
+                return lease["lease_id"]
+            except clients.LeaseDenied as exc:
+                # The seed is busy, not broken: wait our turn unless it takes absurdly long.
+                if self._clock() >= give_up_at:
+                    return {"reason": "lease_denied", "error": str(exc)}
+                await asyncio.sleep(min(max(exc.retry_after_seconds, 0.01), 1.0))
+            except clients.AgentUnreachable as exc:
+                return {"reason": "agent_unreachable", "error": str(exc)}
+            except clients.AgentError as exc:
+                return {"reason": "lease_denied", "error": str(exc)}
+
+    async def _release(self, agent, lease_id: str, used: bool) -> None:
+        try:
+            await agent.release_lease(lease_id, used=used)
+        except Exception as exc:  # noqa: BLE001 - best effort: the lease expires on its own
+            log.debug("lease %s release failed: %s", lease_id, exc)
+
+    def _report_progress(self, response: dict, tally: _Tally) -> None:
+        p = response["progress"]
+        if self._metrics and p["bytes_total"]:
+            self._metrics.progress_ratio.set(p["bytes_done"] / p["bytes_total"])
+        if self._progress:
+            self._progress(
+                ForkProgress(
+                    bytes_done=p["bytes_done"], bytes_total=p["bytes_total"], chunks_done=p["chunks_done"],
+                    chunks_total=p["chunks_total"], retried_chunks=p["retried_chunks"],
+                    bytes_by_seed=dict(tally.bytes_by_seed), failed_seeds=dict(p.get("failed_seeds", {})),
+                )
+            )
+
+    def _set_in_flight(self, n: int) -> None:
+        if self._metrics:
+            self._metrics.chunks_in_flight.set(n)
+
+
+def single_seed_read(transport: Transport, seed_session: str, seed_manifest: Mapping[str, list[int]],
+                     tensors: Mapping[str, "object"]) -> float:
+    """SGLang R-Fork's way: ONE batch_transfer_sync_read of every tensor from one seed.
+
+    Used as the fallback when no scheduler answers, and as the baseline the
+    benchmarks compare against. Returns the read's wall seconds; raises ForkError.
+    """
+    dst, src, lengths = [], [], []
+    for name, tensor in tensors.items():
+        if name not in seed_manifest:
+            raise ForkError(f"seed has no tensor {name!r}; it serves a different model")
+        ptr, numel, esize = seed_manifest[name]
+        if numel != tensor.numel() or esize != tensor.element_size():
+            raise ForkError(
+                f"tensor {name!r}: local numel={tensor.numel()} element_size={tensor.element_size()}, "
+                f"seed numel={numel} element_size={esize}"
+            )
+        if numel:
+            dst.append(tensor.data_ptr()); src.append(ptr); lengths.append(numel * esize)
+    started = time.perf_counter()
+    if lengths and transport.read_sync(seed_session, dst, src, lengths) != 0:
+        raise ForkError(f"single-seed batch read from {seed_session} failed")
+    return time.perf_counter() - started

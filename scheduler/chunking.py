@@ -1,0 +1,78 @@
+"""Split a manifest into chunks: big tensors split, small neighbours coalesced.
+
+    >>> [c.nbytes for c in plan_chunks(parse_manifest({"a": [0, 6, 1], "b": [0, 3, 1]}), 4)]
+    [4, 2, 3]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scheduler.errors import InvalidChunkSize
+from scheduler.manifest import Manifest
+
+MIN_CHUNK_SIZE = 4096
+MAX_CHUNK_SIZE = 4 * 2**30
+DEFAULT_CHUNK_SIZE = 64 * 2**20
+MAX_CHUNKS = 2_000_000
+
+
+@dataclass(frozen=True)
+class Segment:
+    tensor: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    chunk_id: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.length for s in self.segments)
+
+
+def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise InvalidChunkSize(f"chunk size must be an integer byte count, got {chunk_size!r}")
+    if not minimum <= chunk_size <= MAX_CHUNK_SIZE:
+        raise InvalidChunkSize(
+            f"chunk size {chunk_size} is outside [{minimum}, {MAX_CHUNK_SIZE}] bytes; "
+            f"the default is {DEFAULT_CHUNK_SIZE} (64 MiB)"
+        )
+
+
+def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> list[Chunk]:
+    validate_chunk_size(chunk_size, minimum=minimum)
+    total = sum(t.nbytes for t in manifest.values())
+    if total // chunk_size > MAX_CHUNKS:
+        raise InvalidChunkSize(
+            f"{total} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks; use a larger chunk size"
+        )
+    chunks: list[Chunk] = []
+    open_segments: list[Segment] = []
+    open_bytes = 0
+
+    def close() -> None:
+        nonlocal open_segments, open_bytes
+        if open_segments:
+            chunks.append(Chunk(len(chunks), tuple(open_segments)))
+            open_segments, open_bytes = [], 0
+
+    for name, spec in manifest.items():
+        n = spec.nbytes
+        if n == 0:
+            continue  # zero-byte tensors: nothing to read (SGLang has hung on these)
+        if n > chunk_size:
+            close()
+            for offset in range(0, n, chunk_size):
+                chunks.append(Chunk(len(chunks), (Segment(name, offset, min(chunk_size, n - offset)),)))
+            continue
+        if open_bytes + n > chunk_size:
+            close()
+        open_segments.append(Segment(name, 0, n))
+        open_bytes += n
+    close()
+    return chunks

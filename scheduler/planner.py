@@ -1,0 +1,318 @@
+"""The fork planner: which seed reads which chunk, now. Pure: no I/O, no clock.
+
+A ``Job`` is a state machine over chunks (pending -> live -> done). The service
+calls ``next_assignments(seeds, now, n)`` when a client asks for work and
+``apply(report, now)`` for each finished read; everything the client needs
+(reads with resolved pointers, cancellations, progress) comes back from those.
+
+    >>> job = Job("j1", client_manifest, plan_chunks(client_manifest, 64 << 20), PlannerConfig(), now=0.0)
+    >>> batch = job.next_assignments([SeedView("seed-0", "127.0.0.1:1", "http://a", seed_manifest, 1e8)], 0.0, 8)
+    >>> job.apply(Report(batch[0].assignment_id, ok=True), now=1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from scheduler.chunking import Chunk
+from scheduler.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    pipeline_seconds: float = 0.5
+    """Keep about this much of a seed's allowed rate in flight per job."""
+    max_in_flight_per_seed: int = 4
+    seed_failure_threshold: int = 2
+    """Consecutive failed reads after which a seed is excluded from the job."""
+    no_seed_grace_seconds: float = 10.0
+    """With no live seed at all, wait this long (a seed may come back) before failing."""
+    max_attempts_per_chunk: int = 8
+    endgame: bool = True
+    endgame_speedup: float = 2.0
+    """Duplicate an in-flight chunk only if another seed would land it this many times sooner."""
+    max_live_per_chunk: int = 2
+
+
+@dataclass(frozen=True)
+class SeedView:
+    """What the planner needs to know about one seed rank right now."""
+
+    seed_id: str
+    session_id: str
+    agent_url: str
+    manifest: Manifest
+    allowed_rate: float | None
+    """Bytes/s the seed's agent lets through now; None = uncapped, 0 = paused."""
+
+
+@dataclass(frozen=True)
+class Read:
+    dst_ptr: int
+    src_ptr: int
+    length: int
+
+
+@dataclass
+class Assignment:
+    assignment_id: str
+    chunk_id: int
+    seed_id: str
+    session_id: str
+    agent_url: str
+    nbytes: int
+    attempt: int
+    assigned_at: float
+    reads: list[Read]
+    grant: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    assignment_id: str
+    ok: bool
+    reason: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _ChunkState:
+    chunk: Chunk
+    done: bool = False
+    live: dict[str, Assignment] = field(default_factory=dict)
+    failed_on: set[str] = field(default_factory=set)
+    attempts: int = 0
+
+
+RUNNING, DONE, FAILED = "running", "done", "failed"
+
+
+class Job:
+    """One rank's fork: chunk states, per-seed failures, progress."""
+
+    def __init__(self, job_id: str, client_manifest: Manifest, chunks: list[Chunk],
+                 config: PlannerConfig, now: float) -> None:
+        self.job_id = job_id
+        self.client_manifest = client_manifest
+        self.config = config
+        self.chunks = [_ChunkState(c) for c in chunks]
+        self.pending: deque[int] = deque(range(len(chunks)))
+        self.assignments: dict[str, Assignment] = {}
+        self.excluded: dict[str, str] = {}
+        self.consecutive_failures: dict[str, int] = {}
+        self.observed_rate: dict[str, float] = {}
+        self.bytes_by_seed: dict[str, int] = {}
+        self.bytes_total = sum(c.nbytes for c in chunks)
+        self.bytes_done = 0
+        self.chunks_done = 0
+        self.retried_chunks = 0
+        self.created_at = now
+        self.finished_at: float | None = None
+        self.last_seed_seen_at = now
+        self.error: str | None = None
+        self._cancel: list[str] = []
+        self._ids = 0
+        self.state = RUNNING if chunks else DONE
+        if not chunks:
+            self.finished_at = now
+
+    # -- handing out work --------------------------------------------------
+    def next_assignments(self, seeds: list[SeedView], now: float, max_assignments: int) -> list[Assignment]:
+        if self.state != RUNNING:
+            return []
+        eligible = [s for s in seeds if s.seed_id not in self.excluded]
+        if not eligible:
+            self._fail_if_no_seeds(seeds, now)
+            return []
+        self.last_seed_seen_at = now
+        free = {s.seed_id: self._depth(s) - self._in_flight(s.seed_id) for s in eligible}
+        out: list[Assignment] = []
+        while len(out) < max_assignments:
+            candidates = [s for s in eligible if free[s.seed_id] > 0]
+            if not candidates:
+                break
+            # Most free budget first: free slots, then the faster seed.
+            seed = max(candidates, key=lambda s: (free[s.seed_id], self._rate(s)))
+            chunk_id = self._pending_for(seed, eligible)
+            if chunk_id is None:
+                chunk_id = self._endgame_for(seed, eligible, now)
+            if chunk_id is None:
+                free[seed.seed_id] = 0
+                continue
+            out.append(self._assign(chunk_id, seed, now))
+            free[seed.seed_id] -= 1
+        return out
+
+    def _depth(self, seed: SeedView) -> int:
+        cap = self.config.max_in_flight_per_seed
+        if seed.allowed_rate is None:
+            return cap
+        if seed.allowed_rate <= 0:
+            return 0
+        typical = max(self.bytes_total / max(len(self.chunks), 1), 1)
+        return max(1, min(cap, math.ceil(seed.allowed_rate * self.config.pipeline_seconds / typical)))
+
+    def _in_flight(self, seed_id: str) -> int:
+        return sum(1 for c in self.chunks for a in c.live.values() if a.seed_id == seed_id)
+
+    def _rate(self, seed: SeedView) -> float:
+        """Best estimate of bytes/s this seed delivers to this job."""
+        observed = self.observed_rate.get(seed.seed_id)
+        allowed = math.inf if seed.allowed_rate is None else seed.allowed_rate
+        return min(observed, allowed) if observed else allowed
+
+    def _pending_for(self, seed: SeedView, eligible: list[SeedView]) -> int | None:
+        """First pending chunk this seed has not failed; one it failed only if nobody else can take it."""
+        fallback = None
+        for chunk_id in self.pending:
+            state = self.chunks[chunk_id]
+            if seed.seed_id not in state.failed_on:
+                self.pending.remove(chunk_id)
+                return chunk_id
+            if fallback is None and all(s.seed_id in state.failed_on for s in eligible):
+                fallback = chunk_id
+        if fallback is not None:
+            self.pending.remove(fallback)
+        return fallback
+
+    def _endgame_for(self, seed: SeedView, eligible: list[SeedView], now: float) -> int | None:
+        """Duplicate the in-flight chunk whose current seed would land it last, if this seed is much sooner."""
+        if not self.config.endgame:
+            return None
+        rates = {s.seed_id: self._rate(s) for s in eligible}
+        my_rate = rates[seed.seed_id]
+        if my_rate <= 0:
+            return None
+        best, best_gain = None, 0.0
+        for chunk_id, state in enumerate(self.chunks):
+            if state.done or not state.live or len(state.live) >= self.config.max_live_per_chunk:
+                continue
+            if seed.seed_id in state.failed_on or any(a.seed_id == seed.seed_id for a in state.live.values()):
+                continue
+            a = next(iter(state.live.values()))
+            their_rate = rates.get(a.seed_id, 0.0)
+            queued = sum(1 for c in self.chunks for b in c.live.values()
+                         if b.seed_id == a.seed_id and b.assigned_at <= a.assigned_at)
+            remaining = (math.inf if their_rate <= 0 else queued * a.nbytes / their_rate) - (now - a.assigned_at)
+            mine = (self._in_flight(seed.seed_id) + 1) * a.nbytes / my_rate
+            if mine * self.config.endgame_speedup < remaining and remaining - mine > best_gain:
+                best, best_gain = chunk_id, remaining - mine
+        return best
+
+    def _assign(self, chunk_id: int, seed: SeedView, now: float) -> Assignment:
+        state = self.chunks[chunk_id]
+        self._ids += 1
+        reads = [
+            Read(self.client_manifest[s.tensor].ptr + s.offset, seed.manifest[s.tensor].ptr + s.offset, s.length)
+            for s in state.chunk.segments
+        ]
+        a = Assignment(f"a{self._ids}", chunk_id, seed.seed_id, seed.session_id, seed.agent_url,
+                       state.chunk.nbytes, state.attempts + 1, now, reads)
+        state.live[a.assignment_id] = a
+        self.assignments[a.assignment_id] = a
+        return a
+
+    # -- results -----------------------------------------------------------
+    def apply(self, report: Report, now: float) -> None:
+        a = self.assignments.get(report.assignment_id)
+        if a is None or self.state != RUNNING:
+            return  # unknown or after the end: nothing to learn
+        state = self.chunks[a.chunk_id]
+        was_live = state.live.pop(a.assignment_id, None) is not None
+        if report.ok:
+            self._landed(a, state, report, now)
+        elif was_live:
+            self._failed(a, state, report, now)
+
+    def _landed(self, a: Assignment, state: _ChunkState, report: Report, now: float) -> None:
+        self.consecutive_failures[a.seed_id] = 0
+        if report.seconds > 0:
+            sample = a.nbytes / report.seconds
+            prev = self.observed_rate.get(a.seed_id)
+            self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
+        if state.done:
+            return  # a duplicate landed second: same bytes, count them once
+        state.done = True
+        if a.chunk_id in self.pending:
+            self.pending.remove(a.chunk_id)
+        self.bytes_done += a.nbytes
+        self.chunks_done += 1
+        self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + a.nbytes
+        for other in list(state.live):
+            self._cancel.append(other)
+        state.live.clear()
+        if self.chunks_done == len(self.chunks):
+            self.state, self.finished_at = DONE, now
+
+    def _failed(self, a: Assignment, state: _ChunkState, report: Report, now: float) -> None:
+        state.failed_on.add(a.seed_id)
+        state.attempts += 1
+        failures = self.consecutive_failures.get(a.seed_id, 0) + 1
+        self.consecutive_failures[a.seed_id] = failures
+        if not state.done and not state.live:
+            self.pending.appendleft(a.chunk_id)  # retries go first: they gate completion
+            self.retried_chunks += 1
+        if state.attempts >= self.config.max_attempts_per_chunk:
+            self._fail(now, f"chunk {a.chunk_id} failed {state.attempts} times; last: {report.reason}: {report.error}")
+            return
+        if failures >= self.config.seed_failure_threshold:
+            self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now)
+
+    def exclude(self, seed_id: str, reason: str, now: float) -> None:
+        """Stop using a seed for this job and re-queue what it held."""
+        if seed_id in self.excluded or self.state != RUNNING:
+            return
+        self.excluded[seed_id] = reason
+        for chunk_id, state in enumerate(self.chunks):
+            for aid, a in list(state.live.items()):
+                if a.seed_id == seed_id:
+                    del state.live[aid]
+                    self._cancel.append(aid)
+                    if not state.done and not state.live and chunk_id not in self.pending:
+                        self.pending.appendleft(chunk_id)
+                        self.retried_chunks += 1
+
+    def seed_lost(self, seed_id: str, reason: str, now: float) -> None:
+        self.exclude(seed_id, reason, now)
+
+    def _fail_if_no_seeds(self, seeds: list[SeedView], now: float) -> None:
+        if seeds:  # every live seed is excluded: no point waiting
+            self._fail(now, "no eligible seed left: " + self._exclusions())
+        elif now - self.last_seed_seen_at > self.config.no_seed_grace_seconds:
+            self._fail(now, f"no live seed for {now - self.last_seed_seen_at:.0f} s"
+                       + (f"; excluded: {self._exclusions()}" if self.excluded else ""))
+
+    def _exclusions(self) -> str:
+        return "; ".join(f"{seed} ({why})" for seed, why in sorted(self.excluded.items())) or "none registered"
+
+    def _fail(self, now: float, error: str) -> None:
+        self.state, self.error, self.finished_at = FAILED, error, now
+        for state in self.chunks:
+            self._cancel.extend(state.live)
+            state.live.clear()
+
+    def cancel(self, now: float, why: str) -> None:
+        self._fail(now, why)
+
+    # -- views -------------------------------------------------------------
+    def take_cancellations(self) -> list[str]:
+        out, self._cancel = self._cancel, []
+        return out
+
+    def live_by_seed(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for state in self.chunks:
+            for a in state.live.values():
+                counts[a.seed_id] = counts.get(a.seed_id, 0) + 1
+        return counts
+
+    def progress(self) -> dict:
+        return {
+            "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
+            "chunks_done": self.chunks_done, "chunks_total": len(self.chunks),
+            "retried_chunks": self.retried_chunks, "failed_seeds": dict(self.excluded),
+            "bytes_by_seed": dict(self.bytes_by_seed),
+        }

@@ -1,0 +1,274 @@
+"""A local fleet on loopback: scheduler, seed stand-ins and one agent per seed,
+each a real process, as they run in production.
+
+``Fleet`` is a context manager used by `rfork testbed`, the integration tests
+and the benchmarks. Process output goes to log files under ``log_dir`` so a
+terminal shows only the progress bar; failures name the log to read.
+
+    >>> with Fleet(FleetSpec(seeds=3, preset="tiny")) as fleet:
+    ...     fleet.scheduler_url
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger("rfork.testbed")
+
+
+class FleetError(RuntimeError):
+    """A fleet process did not start or misbehaved; the message names its log."""
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    seeds: int = 3
+    preset: str | None = "tiny"
+    size_bytes: int | None = None
+    """When set, a model of about this many bytes (layers scaled) instead of ``preset``."""
+    dtype: str = "bfloat16"
+    tp_size: int = 1
+    rng_seed: int = 1234
+    seed_rates: tuple[float | None, ...] = ()
+    """Per-seed caps in bytes/s (None = uncapped). Shorter than ``seeds``: the last repeats."""
+    load_rps: float = 0.0
+    protocol: str = "tcp"
+    include_zero_byte: bool = False
+    heartbeat_timeout_seconds: float = 3.0
+    scheduler_args: tuple[str, ...] = ()
+    agent_args: tuple[str, ...] = ()
+    log_dir: str | None = None
+    start_timeout_seconds: float = 120.0
+
+    def rate_for(self, index: int) -> float | None:
+        if not self.seed_rates:
+            return None
+        return self.seed_rates[min(index, len(self.seed_rates) - 1)]
+
+    def model_args(self) -> list[str]:
+        args = ["--dtype", self.dtype, "--tp-size", str(self.tp_size), "--rng-seed", str(self.rng_seed)]
+        if self.size_bytes is not None:
+            args += ["--size", str(self.size_bytes)]
+        else:
+            args += ["--preset", self.preset or "tiny"]
+        if self.include_zero_byte:
+            args += ["--include-zero-byte"]
+        return args
+
+
+@dataclass
+class SeedHandle:
+    index: int
+    seed_id: str
+    url: str
+    sessions: dict[str, str]
+    total_bytes: int
+    process: subprocess.Popen
+    agent_url: str = ""
+    agent_process: subprocess.Popen | None = None
+    rate_cap: float | None = None
+    killed: bool = False
+    agent_killed: bool = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class Fleet:
+    spec: FleetSpec
+    scheduler_url: str = ""
+    seeds: list[SeedHandle] = field(default_factory=list)
+    scheduler_process: subprocess.Popen | None = None
+    log_dir: Path = field(default=None)  # type: ignore[assignment]
+    _processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def __enter__(self) -> "Fleet":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        self.log_dir = Path(self.spec.log_dir or tempfile.mkdtemp(prefix="rfork-testbed-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.start_scheduler()
+        # Seeds start in parallel (each imports torch and fills its weights).
+        pending = [self._spawn_seed(i) for i in range(self.spec.seeds)]
+        for index, process, log_path in pending:
+            ready = self._wait_ready_line(process, log_path, f"seed-{index}")
+            self.seeds.append(
+                SeedHandle(
+                    index=index, seed_id=f"seed-{index}", url=f"http://127.0.0.1:{ready['port']}",
+                    sessions=ready["sessions"], total_bytes=ready["total_bytes"], process=process,
+                    rate_cap=self.spec.rate_for(index),
+                )
+            )
+        for seed in self.seeds:
+            self.start_agent(seed)
+        self.wait_registered([s.seed_id for s in self.seeds])
+
+    def start_scheduler(self, port: int | None = None) -> None:
+        port = port or (int(self.scheduler_url.rsplit(":", 1)[1]) if self.scheduler_url else free_port())
+        self.scheduler_url = f"http://127.0.0.1:{port}"
+        cmd = _python_module(
+            "rfork_agent.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+            "--heartbeat-timeout", str(self.spec.heartbeat_timeout_seconds), *self.spec.scheduler_args,
+        )
+        self.scheduler_process = self._spawn(cmd, "scheduler")
+        self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
+
+    def _spawn_seed(self, index: int):
+        cmd = _python_module(
+            "testbed.seed", "--host", "127.0.0.1", "--port", "0", "--protocol", self.spec.protocol,
+            "--load-rps", str(self.spec.load_rps), *self.spec.model_args(),
+        )
+        process = self._spawn(cmd, f"seed-{index}", stdout=subprocess.PIPE)
+        return index, process, self.log_dir / f"seed-{index}.log"
+
+    def start_agent(self, seed: SeedHandle) -> None:
+        port = free_port()
+        seed.agent_url = f"http://127.0.0.1:{port}"
+        rate = "inf" if seed.rate_cap is None else str(seed.rate_cap)
+        cmd = _python_module(
+            "rfork_agent.cli", "agent", "--sglang-url", seed.url, "--scheduler", self.scheduler_url,
+            "--seed-id", seed.seed_id, "--host", "127.0.0.1", "--port", str(port), "--rate-cap", rate,
+            *self.spec.agent_args,
+        )
+        seed.agent_process = self._spawn(cmd, f"agent-{seed.index}")
+        seed.agent_killed = False
+        self._wait_http(f"{seed.agent_url}/health", seed.agent_process, f"agent-{seed.index}")
+
+    def stop(self) -> None:
+        for process in self._processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for process in self._processes:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._processes.clear()
+
+    # -- faults ----------------------------------------------------------
+    def kill_seed(self, index: int) -> None:
+        seed = self.seeds[index]
+        seed.process.send_signal(signal.SIGKILL)
+        seed.killed = True
+        log.info("SIGKILLed %s (pid %d)", seed.seed_id, seed.process.pid)
+
+    def kill_agent(self, index: int) -> None:
+        seed = self.seeds[index]
+        if seed.agent_process is not None:
+            seed.agent_process.send_signal(signal.SIGKILL)
+            seed.agent_killed = True
+
+    def kill_scheduler(self) -> None:
+        if self.scheduler_process is not None:
+            self.scheduler_process.send_signal(signal.SIGKILL)
+            self.scheduler_process.wait()
+
+    # -- helpers ---------------------------------------------------------
+    def identity(self) -> dict:
+        """The identity the agents registered (read back from the scheduler)."""
+        seeds = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=5).json()
+        first = seeds[0] if isinstance(seeds, list) else seeds["seeds"][0]
+        return first["identity"]
+
+    def wait_registered(self, seed_ids: list[str], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        missing = set(seed_ids)
+        while time.monotonic() < deadline:
+            try:
+                body = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=2).json()
+                listed = body if isinstance(body, list) else body.get("seeds", [])
+                missing = set(seed_ids) - {s["seed_id"] for s in listed}
+                if not missing:
+                    return
+            except httpx.HTTPError:
+                pass
+            for seed in self.seeds:
+                if seed.agent_process is not None and seed.agent_process.poll() is not None and seed.seed_id in missing:
+                    raise FleetError(f"agent for {seed.seed_id} exited; see {self.log_dir / f'agent-{seed.index}.log'}")
+            time.sleep(0.2)
+        raise FleetError(f"seeds {sorted(missing)} did not register within {timeout:.0f} s; logs in {self.log_dir}")
+
+    def _spawn(self, cmd: list[str], name: str, stdout=None) -> subprocess.Popen:
+        log_file = open(self.log_dir / f"{name}.log", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(
+            cmd, stdout=stdout if stdout is not None else log_file, stderr=log_file,
+            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        self._processes.append(process)
+        return process
+
+    def _wait_ready_line(self, process: subprocess.Popen, log_path: Path, name: str) -> dict:
+        """The seed prints one JSON line when ready; anything after goes to its log."""
+        result: dict = {}
+
+        def reader() -> None:
+            assert process.stdout is not None
+            with open(log_path, "ab") as sink:
+                for line in process.stdout:
+                    if not result:
+                        try:
+                            event = json.loads(line)
+                            if isinstance(event, dict) and event.get("event") == "ready":
+                                result.update(event)
+                                continue
+                        except ValueError:
+                            pass
+                    sink.write(line)
+                    sink.flush()
+
+        threading.Thread(target=reader, daemon=True, name=f"{name}-stdout").start()
+        deadline = time.monotonic() + self.spec.start_timeout_seconds
+        while not result:
+            if process.poll() is not None:
+                raise FleetError(f"{name} exited with code {process.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                raise FleetError(f"{name} not ready within {self.spec.start_timeout_seconds:.0f} s; see {log_path}")
+            time.sleep(0.05)
+        return result
+
+    def _wait_http(self, url: str, process: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise FleetError(f"{name} exited with code {process.returncode}; see {self.log_dir / (name + '.log')}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise FleetError(f"{name} did not answer {url} within {timeout:.0f} s; see {self.log_dir / (name + '.log')}")

@@ -1,0 +1,314 @@
+"""`rfork testbed`: a local fleet forks a model end to end, and we check every byte.
+
+Starts a scheduler, N seed stand-ins (real torch weights registered with a real
+TransferEngine) and one agent per seed as separate processes on loopback, then
+forks each rank into this process through the scheduler, optionally SIGKILLs a
+seed part-way, verifies the result against an independent regeneration of the
+weights, and optionally times SGLang R-Fork's own way (one batch read from one
+seed) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from rfork_agent.units import UnitError, format_bytes, format_rate, parse_rate, parse_size
+
+log = logging.getLogger("rfork.testbed")
+
+
+@dataclass(frozen=True)
+class TestbedOptions:
+    seeds: int = 3
+    model: str | None = "qwen2.5-0.5b"
+    size_bytes: int | None = None
+    dtype: str = "bfloat16"
+    tp_size: int = 1
+    seed_rates: tuple[float | None, ...] = ()
+    chunk_size: int | None = None
+    kill_seed_at: float | None = None
+    kill_seed_index: int = 0
+    compare_baseline: bool = False
+    load_rps: float = 0.0
+    include_zero_byte: bool = False
+    rng_seed: int = 1234
+    json_path: str | None = None
+    progress: bool = True
+    log_dir: str | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=3, help="number of seed instances (default 3)")
+    p.add_argument("--model", default=None, help="model preset: tiny, qwen2.5-0.5b, llama-3.2-1b (default qwen2.5-0.5b)")
+    p.add_argument("--size", default=None, help="instead of --model: a Llama-shaped model of about this size, e.g. 600MiB")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel size; every rank is forked")
+    p.add_argument("--seed-rate", default=None, metavar="RATE[,RATE...]",
+                   help="per-seed rate caps, e.g. 100MB/s or 100MB/s,100MB/s,25MB/s (default uncapped)")
+    p.add_argument("--chunk-size", default=None, help="chunk size, e.g. 16MiB (default: the scheduler's, 64MiB)")
+    p.add_argument("--kill-seed-at", type=float, default=None, metavar="FRACTION",
+                   help="SIGKILL one seed process when this fraction of bytes has landed (0 < F < 1)")
+    p.add_argument("--kill-seed", type=int, default=0, metavar="INDEX", help="which seed --kill-seed-at kills (default 0)")
+    p.add_argument("--compare-baseline", action="store_true",
+                   help="also time SGLang R-Fork's way: one batch read of every tensor from one seed, uncapped")
+    p.add_argument("--load-rps", type=float, default=0.0, help="request load on each seed stand-in (requests/s)")
+    p.add_argument("--include-zero-byte", action="store_true", help="add a zero-byte tensor to the model")
+    p.add_argument("--rng-seed", type=int, default=1234)
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="write the result as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-dir", default=None, help="where process logs go (default: a temp dir)")
+    p.add_argument("--log-level", default="WARNING")
+
+
+def options_from_args(args: argparse.Namespace) -> TestbedOptions:
+    """Validate CLI input; raises UnitError/ValueError with a message for the user."""
+    if args.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    if args.tp_size < 1:
+        raise ValueError("--tp-size must be at least 1")
+    if args.model and args.size:
+        raise ValueError("give --model or --size, not both")
+    rates: tuple[float | None, ...] = ()
+    if args.seed_rate:
+        rates = tuple(parse_rate(r) for r in args.seed_rate.split(","))
+        if len(rates) not in (1, args.seeds):
+            raise ValueError(f"--seed-rate has {len(rates)} values; give 1 (for every seed) or {args.seeds}")
+    if args.kill_seed_at is not None:
+        if not 0 < args.kill_seed_at < 1:
+            raise ValueError("--kill-seed-at must be a fraction strictly between 0 and 1, e.g. 0.5")
+        if args.seeds < 2:
+            raise ValueError("--kill-seed-at needs at least 2 seeds: the fork must finish from another one")
+    if not 0 <= args.kill_seed < args.seeds:
+        raise ValueError(f"--kill-seed must be between 0 and {args.seeds - 1}")
+    return TestbedOptions(
+        seeds=args.seeds,
+        model=None if args.size else (args.model or "qwen2.5-0.5b"),
+        size_bytes=parse_size(args.size) if args.size else None,
+        dtype=args.dtype, tp_size=args.tp_size, seed_rates=rates,
+        chunk_size=parse_size(args.chunk_size) if args.chunk_size else None,
+        kill_seed_at=args.kill_seed_at, kill_seed_index=args.kill_seed,
+        compare_baseline=args.compare_baseline, load_rps=args.load_rps,
+        include_zero_byte=args.include_zero_byte, rng_seed=args.rng_seed,
+        json_path=args.json_path, progress=not args.no_progress, log_dir=args.log_dir,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+    except (UnitError, ValueError) as exc:
+        print(f"rfork testbed: error: {exc}", file=sys.stderr)
+        return 2
+    from testbed.fleet import FleetError
+    from rfork_agent.fork import ForkError
+
+    try:
+        result = run_testbed(options)
+    except (FleetError, ForkError) as exc:
+        print(f"rfork testbed: error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(result)
+    if options.json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(options.json_path)), exist_ok=True)
+        with open(options.json_path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {options.json_path}")
+    return 0 if result["verified"] else 1
+
+
+def run_testbed(options: TestbedOptions) -> dict:
+    """Start the fleet, fork every rank, verify, and return the result record."""
+    import torch
+
+    from metrics.definitions import ClientMetrics
+    from prometheus_client import CollectorRegistry
+    from rfork_agent.fork import ForkClient, ForkOptions, register_tensors, single_seed_read
+    from rfork_agent.fork_cli import allocate_like
+    from rfork_agent.transport import MooncakeTransport
+    from testbed.fleet import Fleet, FleetSpec
+
+    spec = FleetSpec(
+        seeds=options.seeds, preset=options.model, size_bytes=options.size_bytes, dtype=options.dtype,
+        tp_size=options.tp_size, rng_seed=options.rng_seed, seed_rates=options.seed_rates,
+        load_rps=options.load_rps, include_zero_byte=options.include_zero_byte, log_dir=options.log_dir,
+    )
+    started = time.perf_counter()
+    with Fleet(spec) as fleet:
+        startup_seconds = time.perf_counter() - started
+        identity = fleet.identity()
+        transport = MooncakeTransport(protocol=spec.protocol, local_ip="127.0.0.1")
+        ranks = []
+        total_bytes_all = 0
+        for rank in range(options.tp_size):
+            seed_manifest_session, seed_manifest = _seed_info(fleet.seeds[0].url, rank)
+            tensors, buffer = allocate_like(seed_manifest, torch)
+            register_tensors(transport, tensors)
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            total_bytes_all += total
+            killer = _Killer(fleet, options, total) if rank == 0 else None
+            bar = _progress_bar(options, total, f"rank {rank}")
+
+            def on_progress(p, bar=bar, killer=killer) -> None:
+                if bar is not None:
+                    bar.update(p.bytes_done - bar.n)
+                    bar.set_postfix_str(
+                        " ".join(f"{s}={format_bytes(b)}" for s, b in sorted(p.bytes_by_seed.items()))
+                        + (f" retried={p.retried_chunks}" if p.retried_chunks else "")
+                    )
+                if killer is not None:
+                    killer.check(p.bytes_done)
+
+            client = ForkClient(fleet.scheduler_url, transport, progress=on_progress,
+                                metrics=ClientMetrics(CollectorRegistry()), options=ForkOptions())
+            try:
+                fork = asyncio.run(client.fork(identity, rank, tensors, chunk_size_bytes=options.chunk_size))
+            finally:
+                if bar is not None:
+                    bar.close()
+            verify_started = time.perf_counter()
+            mismatched = verify_rank(spec, rank, tensors)
+            verify_seconds = time.perf_counter() - verify_started
+            record = {
+                "rank": rank, "bytes": fork.bytes_total, "transfer_seconds": fork.transfer_seconds,
+                "verified": not mismatched, "mismatched_tensors": mismatched[:10],
+                "verify_seconds": verify_seconds, "bytes_by_seed": fork.bytes_by_seed,
+                "retried_chunks": fork.retried_chunks, "failed_seeds": fork.failed_seeds,
+                "chunks": fork.chunks_total, "job_id": fork.job_id,
+                "kill_at_bytes": killer.killed_at_bytes if killer else None,
+            }
+            if options.compare_baseline:
+                survivor = next(s for s in fleet.seeds if not s.killed)
+                session, manifest = _seed_info(survivor.url, rank)
+                buffer.zero_()
+                record["baseline_seconds"] = single_seed_read(transport, session, manifest, tensors)
+                record["baseline_seed"] = survivor.seed_id
+                record["baseline_verified"] = not verify_rank(spec, rank, tensors)
+            ranks.append(record)
+
+        by_seed: dict[str, int] = {}
+        for r in ranks:
+            for seed_id, b in r["bytes_by_seed"].items():
+                by_seed[seed_id] = by_seed.get(seed_id, 0) + b
+        transfer_seconds = sum(r["transfer_seconds"] for r in ranks)
+        result = {
+            "model": options.model or f"llama-shaped {format_bytes(options.size_bytes or 0)}",
+            "dtype": options.dtype, "tp_size": options.tp_size, "chunk_size_bytes": options.chunk_size,
+            "bytes": total_bytes_all,
+            "transfer_seconds": transfer_seconds,
+            "aggregate_bytes_per_second": total_bytes_all / transfer_seconds if transfer_seconds else None,
+            "verified": all(r["verified"] for r in ranks),
+            "retried_chunks": sum(r["retried_chunks"] for r in ranks),
+            "seeds": [
+                {"id": s.seed_id, "bytes": by_seed.get(s.seed_id, 0),
+                 "rate_cap_bytes_per_second": s.rate_cap, "killed": s.killed}
+                for s in fleet.seeds
+            ],
+            "kill_seed_at": options.kill_seed_at,
+            "startup_seconds": startup_seconds,
+            "ranks": ranks,
+            "log_dir": str(fleet.log_dir),
+        }
+        if options.compare_baseline:
+            result["baseline_seconds"] = sum(r["baseline_seconds"] for r in ranks)
+            result["baseline_verified"] = all(r["baseline_verified"] for r in ranks)
+            result["ratio_to_baseline"] = transfer_seconds / result["baseline_seconds"]
+        if options.kill_seed_at is not None and all(s.rate_cap for s in fleet.seeds):
+            result["ideal_seconds"] = ideal_kill_seconds(
+                total_bytes_all, options.kill_seed_at, [s.rate_cap for s in fleet.seeds], options.kill_seed_index
+            )
+        return result
+
+
+def ideal_kill_seconds(total: int, fraction: float, caps: list[float], killed: int) -> float:
+    """Bytes before the kill at the sum of caps, the rest at the survivors' sum."""
+    before = total * fraction
+    return before / sum(caps) + (total - before) / (sum(caps) - caps[killed])
+
+
+class _Killer:
+    """SIGKILLs one seed once a fraction of the bytes has landed."""
+
+    def __init__(self, fleet, options: TestbedOptions, total: int) -> None:
+        self.fleet, self.options, self.total = fleet, options, total
+        self.killed_at_bytes: int | None = None
+
+    def check(self, bytes_done: int) -> None:
+        f = self.options.kill_seed_at
+        if f is None or self.killed_at_bytes is not None or bytes_done < f * self.total:
+            return
+        self.fleet.kill_seed(self.options.kill_seed_index)
+        self.killed_at_bytes = bytes_done
+
+
+def verify_rank(spec, rank: int, tensors: dict) -> list[str]:
+    """Names of tensors whose bytes differ from an independent regeneration."""
+    from testbed.verify import expected_tensors
+
+    expected = expected_tensors(spec, rank)
+    bad = [name for name in expected if name not in tensors]
+    for name, tensor in tensors.items():
+        want = expected.get(name)
+        if want is None or not _same_bytes(tensor, want):
+            bad.append(name)
+    return bad
+
+
+def _same_bytes(a, b) -> bool:
+    import torch
+
+    if a.numel() * a.element_size() != b.numel() * b.element_size():
+        return False
+    if a.numel() == 0:
+        return True
+    return torch.equal(a.contiguous().view(torch.uint8).flatten(), b.contiguous().view(torch.uint8).flatten())
+
+
+def _seed_info(url: str, rank: int):
+    import httpx
+
+    from rfork_agent.seed_info import fetch_transfer_engine_info
+
+    async def go():
+        async with httpx.AsyncClient(timeout=10) as http:
+            return await fetch_transfer_engine_info(http, url, rank)
+
+    return asyncio.run(go())
+
+
+def _progress_bar(options: TestbedOptions, total: int, desc: str):
+    if not options.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"fork {desc}",
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def print_summary(result: dict) -> None:
+    ok = "VERIFIED byte-exact" if result["verified"] else "NOT VERIFIED"
+    rate = result["aggregate_bytes_per_second"]
+    print()
+    print(f"rfork testbed: {result['model']} ({result['dtype']}, tp={result['tp_size']}), "
+          f"{format_bytes(result['bytes'])} from {len(result['seeds'])} seeds")
+    print(f"  transfer {result['transfer_seconds']:.2f} s at {format_rate(rate)}; "
+          f"retried chunks {result['retried_chunks']}; {ok}")
+    print(f"  {'seed':8} {'cap':>12} {'bytes':>12} {'share':>6}  state")
+    for s in result["seeds"]:
+        share = s["bytes"] / result["bytes"] if result["bytes"] else 0
+        state = "KILLED" if s["killed"] else "alive"
+        print(f"  {s['id']:8} {format_rate(s['rate_cap_bytes_per_second']):>12} "
+              f"{format_bytes(s['bytes']):>12} {share:6.1%}  {state}")
+    if "ideal_seconds" in result:
+        print(f"  ideal with the kill: {result['ideal_seconds']:.2f} s "
+              f"(ratio {result['transfer_seconds'] / result['ideal_seconds']:.2f})")
+    if "baseline_seconds" in result:
+        print(f"  SGLang R-Fork baseline (one batch read, one seed, uncapped): "
+              f"{result['baseline_seconds']:.2f} s; rfork/baseline = {result['ratio_to_baseline']:.2f}")
+    print(f"  process logs: {result['log_dir']}")

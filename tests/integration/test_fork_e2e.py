@@ -1,0 +1,154 @@
+"""End to end: real processes on loopback, real TransferEngine over TCP.
+
+Scheduler, seed stand-ins and agents run as separate processes exactly as
+`rfork testbed` starts them; the fork client runs in the test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import pytest
+
+from testbed.orchestrator import TestbedOptions, run_testbed
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+MiB = 2**20
+
+
+def test_three_seed_fork_is_byte_exact_and_uses_every_seed(tmp_path):
+    result = run_testbed(TestbedOptions(
+        seeds=3, model=None, size_bytes=48 * MiB, chunk_size=2 * MiB, seed_rates=(200e6,),
+        include_zero_byte=True, progress=False, log_dir=str(tmp_path),
+    ))
+    assert result["verified"], result["ranks"][0]["mismatched_tensors"]
+    assert result["bytes"] >= 45 * MiB
+    assert all(s["bytes"] > 0 for s in result["seeds"]), result["seeds"]
+    assert sum(s["bytes"] for s in result["seeds"]) >= result["bytes"]
+
+
+def test_seed_killed_mid_fork_is_retried_elsewhere_and_verified(tmp_path):
+    result = run_testbed(TestbedOptions(
+        seeds=3, model=None, size_bytes=48 * MiB, chunk_size=2 * MiB, seed_rates=(40e6,),
+        kill_seed_at=0.3, kill_seed_index=1, progress=False, log_dir=str(tmp_path),
+    ))
+    assert result["verified"]
+    killed = [s for s in result["seeds"] if s["killed"]]
+    assert [s["id"] for s in killed] == ["seed-1"]
+    assert result["ranks"][0]["failed_seeds"].get("seed-1"), result["ranks"][0]["failed_seeds"]
+
+
+def test_two_ranks_fork_independently(tmp_path):
+    result = run_testbed(TestbedOptions(
+        seeds=2, model="tiny", tp_size=2, progress=False, log_dir=str(tmp_path), compare_baseline=True,
+    ))
+    assert result["verified"] and result["baseline_verified"]
+    assert [r["rank"] for r in result["ranks"]] == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def small_fleet(tmp_path_factory):
+    from testbed.fleet import Fleet, FleetSpec
+
+    with Fleet(FleetSpec(seeds=2, preset="tiny", log_dir=str(tmp_path_factory.mktemp("fleet")))) as fleet:
+        yield fleet
+
+
+def _client_tensors(fleet, rank=0):
+    import torch
+
+    from rfork_agent.fork_cli import allocate_like
+    from testbed.orchestrator import _seed_info
+
+    _, manifest = _seed_info(fleet.seeds[0].url, rank)
+    tensors, _buffer = allocate_like(manifest, torch)
+    return tensors, _buffer
+
+
+def test_manifest_mismatch_is_rejected_naming_the_tensor(small_fleet):
+    import torch
+
+    from rfork_agent import clients
+    from rfork_agent.fork import ForkClient
+    from rfork_agent.transport import MooncakeTransport
+
+    tensors, _buffer = _client_tensors(small_fleet)
+    name = next(n for n, t in tensors.items() if t.numel() > 1)
+    tensors = dict(tensors)
+    tensors[name] = torch.zeros(tensors[name].numel() - 1, dtype=tensors[name].dtype)
+    client = ForkClient(small_fleet.scheduler_url, MooncakeTransport(protocol="tcp"))
+    with pytest.raises(clients.ManifestMismatch) as info:
+        asyncio.run(client.fork(small_fleet.identity(), 0, tensors))
+    assert name in str(info.value)
+
+
+def test_unknown_model_is_a_clear_error(small_fleet):
+    from rfork_agent import clients
+    from rfork_agent.fork import ForkClient
+    from rfork_agent.transport import MooncakeTransport
+
+    tensors, _buffer = _client_tensors(small_fleet)
+    identity = dict(small_fleet.identity(), model="no-such-model")
+    client = ForkClient(small_fleet.scheduler_url, MooncakeTransport(protocol="tcp"))
+    with pytest.raises(clients.UnknownModel) as info:
+        asyncio.run(client.fork(identity, 0, tensors))
+    assert "no-such-model" in str(info.value)
+
+
+def test_unreachable_scheduler_names_the_url():
+    from rfork_agent import clients
+    from rfork_agent.fork import ForkClient
+    from rfork_agent.transport import InMemoryTransport
+    from testbed.fleet import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    client = ForkClient(url, InMemoryTransport())
+    with pytest.raises(clients.SchedulerUnreachable) as info:
+        asyncio.run(client.fork({"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}, 0, {}))
+    assert url in str(info.value)
+
+
+def test_all_seeds_gone_fails_fast_with_a_clear_message(tmp_path):
+    from rfork_agent.fork import ForkClient, ForkError, ForkOptions, register_tensors
+    from rfork_agent.transport import MooncakeTransport
+    from testbed.fleet import Fleet, FleetSpec
+
+    with Fleet(FleetSpec(seeds=2, size_bytes=32 * MiB, preset=None, seed_rates=(20e6,),
+                         log_dir=str(tmp_path))) as fleet:
+        tensors, _buffer = _client_tensors(fleet)
+        transport = MooncakeTransport(protocol="tcp")
+        register_tensors(transport, tensors)
+        killed = []
+
+        def kill_all(progress):
+            if not killed and progress.bytes_done > 0:
+                for i in range(len(fleet.seeds)):
+                    fleet.kill_seed(i)
+                killed.append(time.monotonic())
+
+        client = ForkClient(fleet.scheduler_url, transport, progress=kill_all,
+                            options=ForkOptions(read_timeout_base_seconds=5))
+        with pytest.raises(ForkError) as info:
+            asyncio.run(client.fork(fleet.identity(), 0, tensors, chunk_size_bytes=2 * MiB))
+        assert killed and time.monotonic() - killed[0] < 30
+        message = str(info.value)
+        assert "seed-0" in message and "seed-1" in message
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--kill-seed-at", "1.5"], "--kill-seed-at"),
+    (["--seeds", "0"], "--seeds"),
+    (["--seed-rate", "fast"], "cannot read rate"),
+    (["--seeds", "3", "--seed-rate", "1MB/s,2MB/s"], "--seed-rate"),
+    (["--size", "lots"], "cannot read size"),
+])
+def test_testbed_cli_rejects_bad_input_clearly(argv, needle):
+    proc = subprocess.run([sys.executable, "-m", "rfork_agent.cli", "testbed", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr

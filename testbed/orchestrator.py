@@ -125,6 +125,8 @@ def main(args: argparse.Namespace) -> int:
 
 def run_testbed(options: TestbedOptions) -> dict:
     """Start the fleet, fork every rank, verify, and return the result record."""
+    # TransferEngine logs through glog at INFO; keep the terminal for the progress bar.
+    os.environ.setdefault("GLOG_minloglevel", "2")
     import torch
 
     from metrics.definitions import ClientMetrics

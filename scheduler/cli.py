@@ -1,0 +1,45 @@
+"""`rfork scheduler`: run the fork scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rfork_agent.units import UnitError, parse_size
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    p.add_argument("--port", type=int, default=8700)
+    p.add_argument("--heartbeat-timeout", type=float, default=5.0, help="drop seeds silent this long (s)")
+    p.add_argument("--client-timeout", type=float, default=30.0, help="abandon jobs whose client is silent this long (s)")
+    p.add_argument("--chunk-size", default="64MiB", help="default chunk size (default 64MiB)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def main(args: argparse.Namespace) -> int:
+    from scheduler.chunking import InvalidChunkSize, validate_chunk_size
+
+    try:
+        chunk = parse_size(args.chunk_size)
+        validate_chunk_size(chunk)
+    except (UnitError, InvalidChunkSize) as exc:
+        print(f"rfork scheduler: error: --chunk-size: {exc}", file=sys.stderr)
+        return 2
+    for flag, value in (("--heartbeat-timeout", args.heartbeat_timeout), ("--client-timeout", args.client_timeout)):
+        if not value > 0:
+            print(f"rfork scheduler: error: {flag} must be > 0 seconds, got {value}", file=sys.stderr)
+            return 2
+    if not 0 <= args.port <= 65535:
+        print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from scheduler.service import SchedulerConfig, create_app
+
+    config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
+                             client_timeout_seconds=args.client_timeout, default_chunk_size=chunk)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level.lower(),
+                access_log=False)
+    return 0

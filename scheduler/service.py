@@ -1,0 +1,391 @@
+"""The scheduler's HTTP layer: parse, call the pure core, map typed errors.
+
+All state lives in one ``SchedulerState`` guarded by a lock; handlers hold it
+only for pure operations (no awaits inside). An APScheduler job drops seeds
+whose heartbeats stopped and jobs whose client went silent.
+
+    >>> app = create_app(SchedulerConfig())
+    >>> uvicorn.run(app, host="127.0.0.1", port=8700)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
+
+from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
+from scheduler import api_models as wire
+from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
+from scheduler.errors import SchedulerError, UnknownJob, UnknownModel, UnknownSeed
+from scheduler.manifest import Manifest, match_manifests, parse_manifest
+from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
+
+log = logging.getLogger("rfork.scheduler")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    heartbeat_interval_seconds: float = 1.0
+    heartbeat_timeout_seconds: float = 5.0
+    """Seeds silent this long are dropped and their chunks move elsewhere."""
+    client_timeout_seconds: float = 30.0
+    """Jobs whose client has not asked for work this long are abandoned."""
+    default_chunk_size: int = DEFAULT_CHUNK_SIZE
+    min_chunk_size: int = 4096
+    finished_job_ttl_seconds: float = 300.0
+    """Finished jobs stay queryable this long (their metric series go at once)."""
+    planner: PlannerConfig = PlannerConfig()
+
+
+@dataclass
+class SeedRecord:
+    seed_id: str
+    identity: wire.ModelIdentity
+    agent_url: str
+    rate_cap: float | None
+    ranks: dict[int, tuple[str, Manifest]]
+    registered_at: float
+    last_heartbeat: float
+    allowed_rate: float | None
+    available_bytes: float = 0.0
+    in_flight_leases: int = 0
+
+    def view(self, rank: int) -> SeedView:
+        session_id, manifest = self.ranks[rank]
+        return SeedView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate)
+
+
+@dataclass
+class JobRecord:
+    job: Job
+    identity: wire.ModelIdentity
+    rank: int
+    last_poll: float
+
+
+@dataclass
+class SchedulerState:
+    config: SchedulerConfig
+    metrics: SchedulerMetrics
+    clock: Callable[[], float]
+    seeds: dict[str, SeedRecord] = field(default_factory=dict)
+    jobs: dict[str, JobRecord] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- seeds -------------------------------------------------------------
+    def register(self, seed_id: str, body: wire.SeedRegistration) -> None:
+        now = self.clock()
+        ranks = {r.rank: (r.session_id, parse_manifest(r.manifest)) for r in body.ranks}
+        with self.lock:
+            previous = self.seeds.get(seed_id)
+            self.seeds[seed_id] = SeedRecord(
+                seed_id, body.identity, body.agent_url, body.rate_cap_bytes_per_second, ranks,
+                registered_at=now, last_heartbeat=now, allowed_rate=body.rate_cap_bytes_per_second,
+            )
+            if previous is not None and previous.ranks != ranks:
+                # Same id, new memory (a restarted seed): running jobs hold stale pointers.
+                for record in self.jobs.values():
+                    record.job.seed_lost(seed_id, "seed re-registered with new memory", now)
+            self._update_seed_metrics()
+        log.info("seed %s %s: %s ranks %s, cap %s", seed_id, "re-registered" if previous else "registered",
+                 body.identity.model, sorted(ranks), body.rate_cap_bytes_per_second)
+
+    def heartbeat(self, seed_id: str, body: wire.Heartbeat) -> None:
+        with self.lock:
+            seed = self.seeds.get(seed_id)
+            if seed is None:
+                raise UnknownSeed(f"seed {seed_id!r} is not registered (dropped after missed heartbeats?); re-register it")
+            seed.last_heartbeat = self.clock()
+            seed.allowed_rate = body.allowed_rate_bytes_per_second
+            seed.available_bytes = body.available_bytes
+            seed.in_flight_leases = body.in_flight_leases
+            self.metrics.seed_allowed_rate.labels(seed=seed_id).set(
+                math.nan if seed.allowed_rate is None else seed.allowed_rate)
+
+    def remove_seed(self, seed_id: str, reason: str) -> bool:
+        with self.lock:
+            return self._remove_seed(seed_id, reason)
+
+    def _remove_seed(self, seed_id: str, reason: str) -> bool:
+        if self.seeds.pop(seed_id, None) is None:
+            return False
+        now = self.clock()
+        for record in self.jobs.values():
+            record.job.seed_lost(seed_id, reason, now)
+        for family in (self.metrics.seed_allowed_rate, self.metrics.assignments_in_flight):
+            try:
+                family.remove(seed_id)
+            except KeyError:
+                pass
+        self._update_seed_metrics()
+        log.warning("seed %s removed: %s", seed_id, reason)
+        return True
+
+    def _update_seed_metrics(self) -> None:
+        self.metrics.seeds_registered.set(len(self.seeds))
+
+    def matching(self, identity: wire.ModelIdentity, rank: int) -> list[SeedRecord]:
+        return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks]
+
+    # -- jobs --------------------------------------------------------------
+    def create_job(self, body: wire.JobRequest) -> JobRecord:
+        chunk_size = self.config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes
+        validate_chunk_size(chunk_size, minimum=self.config.min_chunk_size)
+        manifest = parse_manifest(body.manifest)
+        with self.lock:
+            seeds = self.matching(body.identity, body.rank)
+            if not seeds:
+                known = sorted({f"{s.identity.model}@{s.identity.revision} {s.identity.dtype} tp={s.identity.tp_size}"
+                                for s in self.seeds.values()})
+                raise UnknownModel(
+                    f"no live seed serves {body.identity.model}@{body.identity.revision} "
+                    f"{body.identity.dtype} tp={body.identity.tp_size} rank {body.rank}; "
+                    f"registered: {', '.join(known) or 'none'}"
+                )
+            for seed in seeds:
+                match_manifests(manifest, seed.ranks[body.rank][1], seed.seed_id)
+            chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
+            now = self.clock()
+            job_id = uuid.uuid4().hex[:12]
+            record = JobRecord(Job(job_id, manifest, chunks, self.config.planner, now),
+                               body.identity, body.rank, last_poll=now)
+            self.jobs[job_id] = record
+            self.metrics.jobs_active.set(self._active_jobs())
+            self.metrics.job_bytes_total.labels(job=job_id).set(record.job.bytes_total)
+            self._job_metrics(record)
+        log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
+                 body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
+        return record
+
+    def work(self, job_id: str, body: wire.WorkRequest) -> dict:
+        with self.lock:
+            record = self._job(job_id)
+            job, now = record.job, self.clock()
+            record.last_poll = now
+            before = (job.bytes_done, dict(job.bytes_by_seed), job.state)
+            for r in body.reports:
+                a = job.assignments.get(r.assignment_id)
+                job.apply(Report(r.assignment_id, r.ok, r.reason, r.error, r.seconds), now)
+                if a is not None and not r.ok:
+                    reason = r.reason if r.reason in FAILURE_REASONS else "read_failed"
+                    self.metrics.chunk_failures_total.labels(seed=a.seed_id, reason=reason).inc()
+                    self.metrics.chunk_retries_total.labels(reason=reason).inc()
+            views = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
+            assignments = job.next_assignments(views, now, body.max_assignments)
+            for seed_id, n in job.bytes_by_seed.items():
+                delta = n - before[1].get(seed_id, 0)
+                if delta:
+                    self.metrics.seed_bytes_assigned_total.labels(seed=seed_id).inc(delta)
+            if before[2] == RUNNING and job.state != RUNNING:
+                self._finished(record, job.state)
+            else:
+                self._job_metrics(record)
+            return {
+                "state": job.state, "error": job.error,
+                "assignments": [_assignment_json(a) for a in assignments],
+                "cancel": job.take_cancellations(),
+                "retry_after_seconds": 0.0 if assignments else 0.05,
+                "progress": job.progress(),
+            }
+
+    def job_status(self, job_id: str) -> dict:
+        with self.lock:
+            record = self._job(job_id)
+            return {"job_id": job_id, "state": record.job.state, "error": record.job.error,
+                    "progress": record.job.progress()}
+
+    def cancel_job(self, job_id: str, why: str = "cancelled by the client") -> None:
+        with self.lock:
+            record = self._job(job_id)
+            if record.job.state == RUNNING:
+                record.job.cancel(self.clock(), why)
+                self._finished(record, "cancelled")
+            del self.jobs[job_id]
+
+    def _job(self, job_id: str) -> JobRecord:
+        record = self.jobs.get(job_id)
+        if record is None:
+            raise UnknownJob(f"no fork job {job_id!r} (finished long ago, abandoned, or never created)")
+        return record
+
+    def _active_jobs(self) -> int:
+        return sum(1 for r in self.jobs.values() if r.job.state == RUNNING)
+
+    def _job_metrics(self, record: JobRecord) -> None:
+        job = record.job
+        self.metrics.job_bytes_done.labels(job=job.job_id).set(job.bytes_done)
+        self.metrics.job_progress_ratio.labels(job=job.job_id).set(
+            job.bytes_done / job.bytes_total if job.bytes_total else 1.0)
+        live = {}
+        for rec in self.jobs.values():
+            for seed_id, n in rec.job.live_by_seed().items():
+                live[seed_id] = live.get(seed_id, 0) + n
+        for seed_id in self.seeds:
+            self.metrics.assignments_in_flight.labels(seed=seed_id).set(live.get(seed_id, 0))
+
+    def _finished(self, record: JobRecord, outcome: str) -> None:
+        job = record.job
+        self.metrics.jobs_finished_total.labels(outcome=outcome).inc()
+        if outcome == DONE and job.finished_at is not None:
+            self.metrics.fork_duration.observe(job.finished_at - job.created_at)
+        for family in (self.metrics.job_bytes_total, self.metrics.job_bytes_done, self.metrics.job_progress_ratio):
+            try:
+                family.remove(job.job_id)  # finished jobs' series go: bounded cardinality
+            except KeyError:
+                pass
+        self.metrics.jobs_active.set(self._active_jobs())
+        log.log(logging.INFO if outcome == DONE else logging.WARNING, "job %s %s%s", job.job_id, outcome,
+                f": {job.error}" if job.error else "")
+
+    # -- reaper ------------------------------------------------------------
+    def reap(self) -> None:
+        """Drop silent seeds and abandoned jobs; forget long-finished jobs."""
+        now = self.clock()
+        with self.lock:
+            for seed_id, seed in list(self.seeds.items()):
+                silent = now - seed.last_heartbeat
+                if silent > self.config.heartbeat_timeout_seconds:
+                    self._remove_seed(seed_id, f"seed_lost: no heartbeat for {silent:.1f} s")
+                    self.metrics.seeds_dropped_total.inc()
+            for job_id, record in list(self.jobs.items()):
+                job = record.job
+                if job.state == RUNNING:
+                    # Let the planner notice 'no seeds at all' even if the client stopped asking.
+                    job.next_assignments([s.view(record.rank) for s in self.matching(record.identity, record.rank)], now, 0)
+                    if job.state != RUNNING:
+                        self._finished(record, job.state)
+                    elif now - record.last_poll > self.config.client_timeout_seconds:
+                        job.cancel(now, f"client silent for {now - record.last_poll:.0f} s")
+                        self._finished(record, "abandoned")
+                elif job.finished_at is not None and now - job.finished_at > self.config.finished_job_ttl_seconds:
+                    del self.jobs[job_id]
+
+
+def _assignment_json(a) -> dict:
+    return {
+        "assignment_id": a.assignment_id, "chunk_id": a.chunk_id, "seed_id": a.seed_id,
+        "session_id": a.session_id, "agent_url": a.agent_url, "bytes": a.nbytes, "attempt": a.attempt,
+        "grant": a.grant, "reads": [{"dst_ptr": r.dst_ptr, "src_ptr": r.src_ptr, "length": r.length} for r in a.reads],
+    }
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": {"error": code, "message": message}})
+
+
+def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorRegistry | None = None,
+               clock: Callable[[], float] = time.monotonic, run_reaper: bool = True) -> FastAPI:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = SchedulerMetrics(registry)
+    state = SchedulerState(config, metrics, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        reaper = None
+        if run_reaper:
+            reaper = BackgroundScheduler(daemon=True)
+            reaper.add_job(state.reap, "interval", seconds=config.heartbeat_interval_seconds,
+                           id="reaper", max_instances=1, coalesce=True)
+            reaper.start()
+        try:
+            yield
+        finally:
+            if reaper is not None:
+                reaper.shutdown(wait=False)
+
+    app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan)
+    app.state.scheduler = state
+
+    @app.exception_handler(SchedulerError)
+    async def _domain_error(request: Request, exc: SchedulerError):
+        return _error(exc.http_status, exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return _error(422, "invalid_request", f"request body is not valid: {problems}")
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.api_latency.labels(route=f"{request.method} {path}", status=f"{response.status_code // 100}xx").observe(
+            time.perf_counter() - started)
+        return response
+
+    @app.put("/v1/seeds/{seed_id}", response_model=wire.RegistrationResponse)
+    async def register_seed(seed_id: wire.SeedId, body: wire.SeedRegistration):
+        state.register(seed_id, body)
+        return wire.RegistrationResponse(
+            seed_id=seed_id, heartbeat_interval_seconds=config.heartbeat_interval_seconds,
+            heartbeat_timeout_seconds=config.heartbeat_timeout_seconds)
+
+    @app.post("/v1/seeds/{seed_id}/heartbeat")
+    async def heartbeat(seed_id: wire.SeedId, body: wire.Heartbeat):
+        state.heartbeat(seed_id, body)
+        return {}
+
+    @app.delete("/v1/seeds/{seed_id}", status_code=204)
+    async def deregister(seed_id: wire.SeedId):
+        if not state.remove_seed(seed_id, "deregistered by its agent"):
+            raise UnknownSeed(f"seed {seed_id!r} is not registered")
+        return Response(status_code=204)
+
+    @app.get("/v1/seeds")
+    async def list_seeds():
+        now = clock()
+        with state.lock:
+            return [
+                {"seed_id": s.seed_id, "identity": s.identity.model_dump(), "agent_url": s.agent_url,
+                 "ranks": sorted(s.ranks), "rate_cap_bytes_per_second": s.rate_cap,
+                 "allowed_rate_bytes_per_second": s.allowed_rate, "in_flight_leases": s.in_flight_leases,
+                 "seconds_since_heartbeat": now - s.last_heartbeat}
+                for s in state.seeds.values()
+            ]
+
+    @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated)
+    async def create_job(body: wire.JobRequest):
+        record = state.create_job(body)
+        job = record.job
+        with state.lock:
+            seed_ids = [s.seed_id for s in state.matching(record.identity, record.rank)]
+        return wire.JobCreated(job_id=job.job_id, total_bytes=job.bytes_total, num_chunks=len(job.chunks),
+                               chunk_size_bytes=config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes,
+                               seed_ids=seed_ids)
+
+    @app.post("/v1/jobs/{job_id}/work")
+    async def work(job_id: str, body: wire.WorkRequest):
+        return state.work(job_id, body)
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str):
+        return state.job_status(job_id)
+
+    @app.delete("/v1/jobs/{job_id}", status_code=204)
+    async def delete_job(job_id: str):
+        state.cancel_job(job_id)
+        return Response(status_code=204)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "seeds": len(state.seeds), "jobs": len(state.jobs)}
+
+    @app.get("/metrics")
+    async def metrics_endpoint():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

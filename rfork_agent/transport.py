@@ -138,7 +138,7 @@ async def read(transport: Transport, session_id: str, dst_ptrs: Sequence[int], s
         if time.monotonic() > deadline:
             raise ReadTimeout(f"read of {sum(lengths)} bytes from {session_id} did not finish in {timeout_s:.1f} s")
         await asyncio.sleep(interval)
-        interval = min(interval * 1.5, 0.02)
+        interval = min(interval * 1.25, 0.005)  # a 16 MiB chunk takes ~12 ms on loopback TCP
 
 
 @dataclass

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rfork_agent.units import UnitError, format_bytes, format_rate, parse_rate, parse_size
 
@@ -109,6 +109,10 @@ def main(args: argparse.Namespace) -> int:
     from testbed.fleet import FleetError
     from rfork_agent.fork import ForkError
 
+    if options.log_dir is None:
+        import tempfile
+        options = replace(options, log_dir=tempfile.mkdtemp(prefix="rfork-testbed-"))
+    _send_native_stderr_to(os.path.join(options.log_dir, "client.log"))
     try:
         result = run_testbed(options)
     except (FleetError, ForkError) as exc:
@@ -314,3 +318,12 @@ def print_summary(result: dict) -> None:
         print(f"  SGLang R-Fork baseline (one batch read, one seed, uncapped): "
               f"{result['baseline_seconds']:.2f} s; rfork/baseline = {result['ratio_to_baseline']:.2f}")
     print(f"  process logs: {result['log_dir']}")
+
+
+def _send_native_stderr_to(path: str) -> None:
+    """TransferEngine's C++ logging writes to fd 2; send it to a log, keep Python's stderr on the terminal."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    terminal = os.dup(2)
+    with open(path, "ab") as log_file:
+        os.dup2(log_file.fileno(), 2)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)

@@ -1,0 +1,563 @@
+"""A real CPU decode loop over the seed's own weights, exporting SGLang's latency metrics.
+
+The QoS controller throttles fork traffic by the serving latency a seed reports
+(docs: NOTES-QOS.md), so the stand-in has to serve: requests arrive open-loop
+(Poisson at ``load_rps``), one scheduler thread runs batched steps whose
+matmuls read the very buffers the TransferEngine serves to forking clients, and
+the latencies land in histograms named, labelled and bucketed exactly as
+SGLang 0.5.23's ``TokenizerMetricsCollector`` / ``SchedulerMetricsCollector``
+do. A transfer that steals memory bandwidth or CPU from the seed therefore
+shows up in ``sglang:inter_token_latency_seconds`` as it would on a real seed.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> from testbed.presets import get_preset
+    >>> from testbed.weights import materialize
+    >>> weights = [materialize(get_preset("tiny"), 0, rng_seed=1)]
+    >>> loop = DecodeLoop(weights, DecodeConfig(layers_per_step=2), DecodeMetrics(CollectorRegistry(), "tiny"))
+    >>> loop.start(); loop.set_load(50.0)      # requests/s, changeable any time
+    >>> loop.stop()
+
+Pieces: ``BatchScheduler`` decides each step's batch and records latencies (no
+threads, no torch: step it by hand in tests), ``ForwardPass`` does the math,
+``DecodeLoop`` owns the two threads (arrivals, steps) and the load knob.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from testbed.weights import RankWeights
+
+log = logging.getLogger("rfork.testbed.decode")
+
+# SGLang 0.5.23 default buckets (srt/observability/metrics_collector.py).
+TTFT_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400)
+E2E_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200, 1800, 2400)
+ITL_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040,
+               0.060, 0.080, 0.100, 0.200, 0.400, 0.600, 0.800, 1.000, 2.000, 4.000, 6.000, 8.000)
+
+LOGIT_ROWS = 4096
+"""Vocab rows scored per sampled token: enough to make sampling cost something,
+bounded so a 150k vocab does not dominate the step."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How the stand-in serves.
+
+        >>> DecodeConfig(load_rps=20.0, output_tokens=32).max_running_requests
+        64
+    """
+
+    load_rps: float = 0.0
+    """Mean open-loop arrival rate (requests/s); 0 = idle."""
+    prompt_tokens: int = 32
+    output_tokens: int = 64
+    """Tokens each request generates (the first comes from its prefill step)."""
+    max_running_requests: int = 64
+    max_queued_requests: int = 256
+    """Arrivals beyond this many waiting are rejected (counted as aborted), so an
+    overload cannot grow the queue without bound."""
+    max_prefill_tokens: int = 256
+    """Prompt tokens one prefill step may take (SGLang's chunked-prefill budget)."""
+    target_step_ms: float = 15.0
+    """Calibrate layers per step so an 8-request decode step costs about this."""
+    layers_per_step: int | None = None
+    """Fix the layer passes per step instead of calibrating (reproducible benchmarks)."""
+    stream: bool = True
+    """Label requests ``is_streaming="true"``, as chat traffic is."""
+    seed: int = 0
+    """Seeds arrivals and prompts, so two runs see the same request sequence."""
+
+    def __post_init__(self) -> None:
+        _check_rps(self.load_rps)
+        for name in ("prompt_tokens", "output_tokens", "max_running_requests", "max_queued_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_prefill_tokens < self.prompt_tokens:
+            raise ValueError(f"max_prefill_tokens={self.max_prefill_tokens} is below prompt_tokens="
+                             f"{self.prompt_tokens}; no prompt could ever be prefilled: raise it")
+        if self.layers_per_step is not None and self.layers_per_step < 1:
+            raise ValueError(f"layers_per_step must be at least 1, got {self.layers_per_step}")
+
+
+class DecodeMetrics:
+    """SGLang's serving metrics on an explicit registry.
+
+    Histograms and counters carry the tokenizer labels (``model_name``,
+    ``engine_type``; plus ``is_streaming`` where SGLang has it); gauges carry the
+    scheduler's (``model_name``, ``engine_type``, ``tp_rank``, ``pp_rank``,
+    ``moe_ep_rank``), as exported by TP rank 0.
+
+        >>> reg = CollectorRegistry()
+        >>> m = DecodeMetrics(reg, "tiny")
+        >>> m.observe_itl(0.012, tokens=3)
+        >>> reg.get_sample_value("sglang:inter_token_latency_seconds_count",
+        ...                      {"model_name": "tiny", "engine_type": "unified"})
+        3.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, model_name: str, tp_rank: int = 0) -> None:
+        self.labels = {"model_name": model_name, "engine_type": "unified"}
+        self.scheduler_labels = {**self.labels, "tp_rank": str(tp_rank), "pp_rank": "0", "moe_ep_rank": "0"}
+        names, stream_names, sched_names = list(self.labels), [*self.labels, "is_streaming"], list(self.scheduler_labels)
+        self.time_to_first_token = Histogram(
+            "sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+            stream_names, buckets=TTFT_BUCKETS, registry=registry)
+        self.inter_token_latency = Histogram(
+            "sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+            names, buckets=ITL_BUCKETS, registry=registry)
+        self.request_time_per_output_token = Histogram(
+            "sglang:request_time_per_output_token_seconds",
+            "Per-request TPOT in seconds: (finished_time - first_token_time) / (completion_tokens - 1).",
+            stream_names, buckets=ITL_BUCKETS, registry=registry)
+        self.e2e_request_latency = Histogram(
+            "sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds",
+            stream_names, buckets=E2E_BUCKETS, registry=registry)
+        self.prompt_tokens = Counter("sglang:prompt_tokens_total", "Number of prefill tokens processed.",
+                                     stream_names, registry=registry)
+        self.generation_tokens = Counter("sglang:generation_tokens_total", "Number of generation tokens processed.",
+                                         stream_names, registry=registry)
+        self.num_requests = Counter("sglang:num_requests_total", "Number of requests processed.",
+                                    stream_names, registry=registry)
+        self.num_aborted_requests = Counter("sglang:num_aborted_requests_total", "Number of requests aborted.",
+                                            names, registry=registry)
+        self.num_running_reqs = Gauge("sglang:num_running_reqs", "The number of running requests.",
+                                      sched_names, registry=registry)
+        self.num_queue_reqs = Gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.",
+                                    sched_names, registry=registry)
+        self.gen_throughput = Gauge("sglang:gen_throughput", "The generation throughput (token/s).",
+                                    sched_names, registry=registry)
+        self.token_usage = Gauge("sglang:token_usage", "The token usage.", sched_names, registry=registry)
+        # Create the label sets now so a scrape before the first request already
+        # lists every series (a controller tells "no traffic" from "no metrics").
+        self.inter_token_latency.labels(**self.labels)
+        self.num_aborted_requests.labels(**self.labels)
+        for stream in ("true", "false"):
+            self.time_to_first_token.labels(**self.labels, is_streaming=stream)
+            self.e2e_request_latency.labels(**self.labels, is_streaming=stream)
+        self.set_load_gauges(running=0, queued=0, throughput=0.0, token_usage=0.0)
+
+    def _stream(self, stream: bool) -> dict[str, str]:
+        return {**self.labels, "is_streaming": "true" if stream else "false"}
+
+    def observe_ttft(self, seconds: float, stream: bool = True) -> None:
+        self.time_to_first_token.labels(**self._stream(stream)).observe(seconds)
+
+    def observe_itl(self, interval: float, tokens: int = 1) -> None:
+        """SGLang's rule: a chunk of ``tokens`` over ``interval`` counts ``tokens`` times interval/tokens."""
+        if tokens <= 0:
+            return
+        child = self.inter_token_latency.labels(**self.labels)
+        for _ in range(tokens):
+            child.observe(interval / tokens)
+
+    def observe_finished(self, prompt_tokens: int, completion_tokens: int, e2e: float,
+                         time_per_output_token: float | None, stream: bool = True) -> None:
+        labels = self._stream(stream)
+        self.prompt_tokens.labels(**labels).inc(prompt_tokens)
+        self.generation_tokens.labels(**labels).inc(completion_tokens)
+        self.num_requests.labels(**labels).inc()
+        self.e2e_request_latency.labels(**labels).observe(e2e)
+        if time_per_output_token is not None:
+            self.request_time_per_output_token.labels(**labels).observe(time_per_output_token)
+
+    def observe_aborted(self) -> None:
+        self.num_aborted_requests.labels(**self.labels).inc()
+
+    def set_load_gauges(self, running: int, queued: int, throughput: float, token_usage: float) -> None:
+        self.num_running_reqs.labels(**self.scheduler_labels).set(running)
+        self.num_queue_reqs.labels(**self.scheduler_labels).set(queued)
+        self.gen_throughput.labels(**self.scheduler_labels).set(throughput)
+        self.token_usage.labels(**self.scheduler_labels).set(token_usage)
+
+
+@dataclass
+class Request:
+    rid: int
+    arrival: float
+    prompt: list[int]
+    max_new_tokens: int
+    output: list[int] = field(default_factory=list)
+    first_token_time: float | None = None
+    last_token_time: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return len(self.output) >= self.max_new_tokens
+
+
+@dataclass
+class Batch:
+    """One step's work: a prefill of new prompts, or one decode token for every running request."""
+
+    kind: str  # "prefill" | "decode"
+    requests: list[Request]
+
+    def token_ids(self) -> tuple[list[int], list[int]]:
+        """Input rows, and the row whose output samples each request's next token."""
+        if self.kind == "prefill":
+            rows: list[int] = []
+            last: list[int] = []
+            for r in self.requests:
+                rows += r.prompt
+                last.append(len(rows) - 1)
+            return rows, last
+        return [r.output[-1] for r in self.requests], list(range(len(self.requests)))
+
+
+class BatchScheduler:
+    """SGLang-style step decisions and latency bookkeeping; no threads, no torch.
+
+    Waiting requests are prefilled first (up to ``max_prefill_tokens`` and
+    ``max_running_requests``), as SGLang does without mixed chunks; otherwise
+    every running request decodes one token. ``finish_step`` records TTFT for
+    prefilled requests and one ITL sample per decoded token (the interval since
+    that request's previous token, so prefills stall running requests' ITL just
+    as they do on a real server).
+
+        >>> reg = CollectorRegistry(); m = DecodeMetrics(reg, "m")
+        >>> s = BatchScheduler(DecodeConfig(output_tokens=2), m)
+        >>> s.add(Request(0, arrival=0.0, prompt=[1, 2], max_new_tokens=2))
+        True
+        >>> b = s.schedule(); b.kind
+        'prefill'
+        >>> s.finish_step(b, [7], now=0.5); s.finish_step(s.schedule(), [8], now=0.52)
+        >>> s.num_running, s.completed
+        (0, 1)
+    """
+
+    def __init__(self, config: DecodeConfig, metrics: DecodeMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.completed = 0
+        self.rejected = 0
+        self.generated_tokens = 0
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, request: Request) -> bool:
+        """Queue ``request``; False (and counted as aborted) when the queue is full."""
+        if len(self.waiting) >= self.config.max_queued_requests:
+            self.rejected += 1
+            self.metrics.observe_aborted()
+            return False
+        self.waiting.append(request)
+        return True
+
+    def schedule(self) -> Batch | None:
+        admitted: list[Request] = []
+        budget = self.config.max_prefill_tokens
+        free = self.config.max_running_requests - len(self.running)
+        while self.waiting and len(admitted) < free and len(self.waiting[0].prompt) <= budget:
+            request = self.waiting.popleft()
+            budget -= len(request.prompt)
+            admitted.append(request)
+        if admitted:
+            return Batch("prefill", admitted)
+        if self.running:
+            return Batch("decode", list(self.running))
+        return None
+
+    def finish_step(self, batch: Batch, next_tokens: list[int], now: float) -> None:
+        stream = self.config.stream
+        for request, token in zip(batch.requests, next_tokens):
+            request.output.append(token)
+            self.generated_tokens += 1
+            if batch.kind == "prefill":
+                request.first_token_time = now
+                self.metrics.observe_ttft(now - request.arrival, stream)
+                self.running.append(request)
+            else:
+                self.metrics.observe_itl(now - request.last_token_time)
+            request.last_token_time = now
+        finished = [r for r in self.running if r.done]
+        if finished:
+            self.running = [r for r in self.running if not r.done]
+        for r in finished:
+            self.completed += 1
+            n = len(r.output)
+            first = r.first_token_time if r.first_token_time is not None else now
+            tpot = (now - first) / (n - 1) if n > 1 else None
+            self.metrics.observe_finished(len(r.prompt), n, now - r.arrival, tpot, stream)
+
+    def token_usage(self) -> float:
+        """Tokens held by running requests over what the running limit could hold."""
+        capacity = self.config.max_running_requests * (self.config.prompt_tokens + self.config.output_tokens)
+        return sum(len(r.prompt) + len(r.output) for r in self.running) / capacity
+
+
+@dataclass
+class _Layer:
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = F.linear(_rms_norm(x, self.input_norm), self.qkv, self.qkv_bias)
+        # Attention over a KV cache is left out: it reads no weights, and the
+        # point is that each step streams the registered weights through the CPU.
+        x = x + F.linear(qkv[:, : self.o.shape[1]], self.o)
+        gate, up = F.linear(_rms_norm(x, self.post_norm), self.gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, self.down)
+
+
+class ForwardPass:
+    """Embedding → some transformer layers → sampled token, over the seed's weights.
+
+    Layer passes walk all ranks' layers round-robin and carry on where the last
+    step stopped, so over a few steps every registered byte is read, as a real
+    forward reads all of them. The math runs in the weights' dtype, in place on
+    the registered buffers.
+    """
+
+    def __init__(self, ranks: list[RankWeights], layers_per_step: int = 1) -> None:
+        first = ranks[0].tensors
+        self.embed = first["model.embed_tokens.weight"]
+        head = first.get("lm_head.weight", self.embed)
+        self.head = head[: min(LOGIT_ROWS, head.shape[0])]
+        self.norm = first["model.norm.weight"]
+        num_layers = ranks[0].spec.arch.num_layers
+        self.layers = [
+            _Layer(
+                qkv=w.tensors[f"model.layers.{i}.self_attn.qkv_proj.weight"],
+                qkv_bias=w.tensors.get(f"model.layers.{i}.self_attn.qkv_proj.bias"),
+                o=w.tensors[f"model.layers.{i}.self_attn.o_proj.weight"],
+                gate_up=w.tensors[f"model.layers.{i}.mlp.gate_up_proj.weight"],
+                down=w.tensors[f"model.layers.{i}.mlp.down_proj.weight"],
+                input_norm=w.tensors[f"model.layers.{i}.input_layernorm.weight"],
+                post_norm=w.tensors[f"model.layers.{i}.post_attention_layernorm.weight"],
+            )
+            for i in range(num_layers) for w in ranks
+        ]
+        self.vocab_rows = min(self.embed.shape[0], self.head.shape[0])
+        self.layers_per_step = layers_per_step
+        self._cursor = 0
+
+    @torch.inference_mode()
+    def run(self, token_ids: list[int], sample_rows: list[int]) -> list[int]:
+        """Next token for each row in ``sample_rows`` of the batch ``token_ids``."""
+        x = self.embed[torch.tensor(token_ids, dtype=torch.long)]
+        for _ in range(self.layers_per_step):
+            if self.layers:
+                x = self.layers[self._cursor](x)
+                self._cursor = (self._cursor + 1) % len(self.layers)
+        h = _rms_norm(x[torch.tensor(sample_rows, dtype=torch.long)], self.norm)
+        return F.linear(h, self.head).argmax(dim=-1).remainder(self.vocab_rows).tolist()
+
+    def calibrate(self, target_seconds: float, batch: int = 8, max_layers: int = 512) -> float:
+        """Set ``layers_per_step`` so a ``batch``-request decode step costs about ``target_seconds``.
+
+        Returns the measured step cost. Timing takes the median of a few steps:
+        startup often shares the CPU with sibling seeds filling their weights.
+        """
+        tokens = list(range(batch))
+        self.layers_per_step = 1
+        self.run(tokens, tokens)  # warm up kernels and page in the first layer
+        one = statistics.median(_timed(lambda: self.run(tokens, tokens)) for _ in range(5))
+        self.layers_per_step = max(1, min(max_layers, round(target_seconds / max(one, 1e-6))))
+        return statistics.median(_timed(lambda: self.run(tokens, tokens)) for _ in range(3))
+
+
+class DecodeLoop:
+    """The serving side of the seed stand-in: arrivals, batching, compute, metrics.
+
+    ``set_load(rps)`` takes effect at once (the arrival process is memoryless,
+    so redrawing the next gap on a change is exact). ``submit()`` injects one
+    request directly.
+
+        >>> loop = DecodeLoop(weights, DecodeConfig(), metrics)   # doctest: +SKIP
+        >>> loop.start(); loop.set_load(20); ...; loop.stop()     # doctest: +SKIP
+    """
+
+    def __init__(self, ranks: list[RankWeights], config: DecodeConfig, metrics: DecodeMetrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.forward = ForwardPass(ranks, config.layers_per_step or 1)
+        self.scheduler = BatchScheduler(config, metrics)
+        self.calibrated_step_seconds: float | None = None
+        self._rps = config.load_rps
+        self._rng = random.Random(config.seed)
+        self._next_rid = 0
+        self._work = threading.Condition()
+        self._arrivals = threading.Condition()
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+        self._steps = 0
+        self._step_seconds = 0.0
+        self._last_step_seconds = 0.0
+        self._window: deque[tuple[float, int]] = deque()
+        self._last_reject_log = -math.inf
+
+    # -- control ---------------------------------------------------------
+    def start(self) -> None:
+        if self.config.layers_per_step is None:
+            self.calibrated_step_seconds = self.forward.calibrate(self.config.target_step_ms / 1000)
+            log.info("decode: %d layer passes per step, %.1f ms per 8-request step",
+                     self.forward.layers_per_step, self.calibrated_step_seconds * 1000)
+        for target, name in ((self._step_loop, "decode-steps"), (self._arrival_loop, "decode-arrivals")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._work, self._arrivals:
+            self._stopped = True
+            self._work.notify_all()
+            self._arrivals.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def set_load(self, rps: float) -> None:
+        """Change the mean arrival rate (requests/s); 0 stops new arrivals."""
+        _check_rps(rps)
+        with self._arrivals:
+            self._rps = float(rps)
+            self._arrivals.notify_all()
+        log.info("decode: load set to %.2f requests/s", rps)
+
+    @property
+    def load_rps(self) -> float:
+        return self._rps
+
+    def submit(self, arrival: float | None = None) -> bool:
+        """Queue one request (prompt and length from the config); False if the queue is full."""
+        with self._work:
+            request = Request(
+                rid=self._next_rid, arrival=self.clock() if arrival is None else arrival,
+                prompt=[self._rng.randrange(self.forward.vocab_rows) for _ in range(self.config.prompt_tokens)],
+                max_new_tokens=self.config.output_tokens,
+            )
+            self._next_rid += 1
+            accepted = self.scheduler.add(request)
+            if accepted:
+                self._work.notify()
+        if not accepted:
+            now = time.monotonic()
+            if now - self._last_reject_log > 10:
+                self._last_reject_log = now
+                log.warning("decode: queue full (%d waiting); rejecting arrivals", self.config.max_queued_requests)
+        return accepted
+
+    def stats(self) -> dict:
+        with self._work:
+            return {
+                "load_rps": self._rps,
+                "running": self.scheduler.num_running,
+                "queued": self.scheduler.num_waiting,
+                "completed": self.scheduler.completed,
+                "rejected": self.scheduler.rejected,
+                "generated_tokens": self.scheduler.generated_tokens,
+                "steps": self._steps,
+                "layers_per_step": self.forward.layers_per_step,
+                "calibrated_step_ms": None if self.calibrated_step_seconds is None
+                else self.calibrated_step_seconds * 1000,
+                "mean_step_ms": self._step_seconds / self._steps * 1000 if self._steps else None,
+                "last_step_ms": self._last_step_seconds * 1000,
+            }
+
+    # -- threads ---------------------------------------------------------
+    def _arrival_loop(self) -> None:
+        rng = random.Random(self.config.seed + 1)
+        next_at: float | None = None
+        while True:
+            with self._arrivals:
+                if self._stopped:
+                    return
+                if self._rps <= 0:
+                    next_at = None
+                    self._arrivals.wait()
+                    continue
+                now = self.clock()
+                if next_at is None:
+                    next_at = now + rng.expovariate(self._rps)
+                if now < next_at:
+                    if self._arrivals.wait(timeout=next_at - now):
+                        next_at = None  # rate changed (or stopping): redraw from now
+                    continue
+                arrival = next_at
+                # Open loop: the schedule advances from the planned time, so a
+                # late wake-up does not thin the arrivals.
+                next_at += rng.expovariate(self._rps)
+            self.submit(arrival=arrival)
+
+    def _step_loop(self) -> None:
+        while True:
+            with self._work:
+                while not self._stopped and not self.scheduler.has_work():
+                    # Idle: wake now and then so gauges show zero throughput.
+                    self._publish_gauges()
+                    self._work.wait(timeout=0.5)
+                if self._stopped:
+                    return
+                batch = self.scheduler.schedule()
+            if batch is None:
+                continue
+            started = time.perf_counter()
+            rows, sample = batch.token_ids()
+            next_tokens = self.forward.run(rows, sample)
+            elapsed = time.perf_counter() - started
+            with self._work:
+                self.scheduler.finish_step(batch, next_tokens, self.clock())
+                self._steps += 1
+                self._step_seconds += elapsed
+                self._last_step_seconds = elapsed
+                self._window.append((self.clock(), len(batch.requests)))
+                self._publish_gauges()
+
+    def _publish_gauges(self) -> None:
+        # Generated tokens over the last second: what SGLang's gen_throughput
+        # reports from its decode log interval.
+        now = self.clock()
+        while self._window and self._window[0][0] < now - 1.0:
+            self._window.popleft()
+        self.metrics.set_load_gauges(
+            running=self.scheduler.num_running, queued=self.scheduler.num_waiting,
+            throughput=float(sum(n for _, n in self._window)), token_usage=self.scheduler.token_usage(),
+        )
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _check_rps(rps: float) -> None:
+    if not isinstance(rps, (int, float)) or math.isnan(rps) or math.isinf(rps) or rps < 0:
+        raise ValueError(f"load must be a finite number of requests/s >= 0, got {rps!r}")

@@ -1,0 +1,871 @@
+"""Adaptive rate controller: how fast a seed may serve weight chunks without breaking its serving SLO.
+
+Pure and clock-injected: :func:`decide` maps (state, observation, config,
+SLO, now) to a new state and a byte rate. The seed-side agent scrapes the
+seed's ``/metrics`` once per interval, builds an :class:`Observation` with
+:func:`observation_from_scrapes`, calls :func:`decide`, and sets its token
+bucket to ``decision.rate_bytes_per_second``.
+
+The law (NOTES-QOS.md, "A good starting law")
+----------------------------------------------
+Each interval the signal is ``f`` = fraction of tokens whose inter-token
+latency exceeded the SLO threshold T (and the same for TTFT), read from
+histogram deltas as ``1 − Δ(le=T)/N``. With budget ``b`` (e.g. 1 %):
+
+1. **Idle** (running = queued = 0 and no tokens for 2 intervals): rate = cap.
+   When load returns, drop at once to the last rate that held the SLO for 3
+   consecutive loaded intervals (the floor if none is known yet).
+2. **Too few tokens** (N < 200): hold, pooling consecutive intervals up to
+   5 s. At 5 s a pool with at least 50 tokens is judged anyway; a thinner one
+   is dropped (hold) — a near-idle seed is not worth guessing about.
+3. **Bad** (f > b for ITL or TTFT): ``rate = max(floor, rate·max(1 − β(f−b)/f, 1 − max_cut))``
+   with β = 0.8, max_cut = 0.5 — Swift's multiplicative decrease, scaled by
+   how far over budget we are. At most one cut per interval.
+4. **Good** (f ≤ b/2): ``rate += cap/16`` (blk-iolatency's scale-up step),
+   but not within 3 s of the last cut. **Between** (b/2 < f ≤ b): hold. The
+   dead band is what stops a steady mildly-bad load from ping-ponging.
+5. **Probe**: under load, pause the transfer ~2 s every ~30 s to measure the
+   no-transfer baseline (LEDBAT++'s periodic slowdown to re-learn base
+   delay). If the SLO is missed with the transfer paused or inactive, the
+   transfer is not the cause: hold, don't collapse. Later, while that recent
+   baseline itself misses the SLO, a bad interval only cuts if the transfer
+   adds more than one budget on top of it.
+6. **Stale metrics** (no good scrape for 3 s): rate = floor (5 % of cap).
+7. **Counter reset** (seed restart, bucket layout change): hold, never cut.
+
+Why this shape: a fixed latency target misbehaves when the base latency is
+unknown (LEDBAT's lesson), hence the SLO-relative tail fraction rather than
+a mean, and the probe that learns the base. blk-iolatency and Swift both
+cut multiplicatively on a miss and grow additively after good samples, with
+a minimum spacing between changes; we follow them. Token-weighted ITL
+buckets are coarse (40→60→80→100 ms), so a "p99" is unstable while a
+fraction above a bucket bound is not.
+
+Reaction-time budget (interval 1 s)
+-----------------------------------
+* First cut ≤ 2 s after a spike: the next scrape (≤ 1 s) shows it and is
+  acted on at once; one more interval if the seed's token rate is below 200/s.
+* Floor in ≤ 5 bad intervals: each cut is at most ×0.5 and 0.5⁵ < 5 %.
+  (Cuts are not blocked by the 3 s post-cut hold: the hold only blocks
+  *increases*, otherwise reaching the floor would take ~15 s.)
+* Floor → cap in ~16 s: (1 − 0.05)·16 ≈ 15.2 good intervals of +cap/16,
+  plus up to 3 s of post-cut hold. A load that goes away entirely is faster:
+  2 idle intervals → cap.
+
+Deliberate choices
+------------------
+* The cap is required: floor (5 % of cap) and the step (cap/16) are
+  fractions of it; an uncapped link has no reference. Measure the link (or
+  configure it) before enabling adaptive mode, or run the token bucket
+  uncapped without this controller.
+* ``state.rate_bytes_per_second`` is the law's rate; during a probe pause the
+  decision's rate is 0 while the state keeps the rate to resume at.
+* Intervals that met the SLO (f ≤ b, including the hold band) count toward
+  the remembered "good" rate: the rate the law converges on sits in the hold
+  band and is exactly the one worth remembering.
+* "At most once per interval" allows 10 % clock jitter (``jitter_tolerance``):
+  a 0.98 s tick must not skip a cut. Likewise evidence is only judged once
+  it covers ≥ 0.9 interval, so calling :func:`decide` faster than once per
+  interval pools rather than reacting more often.
+* Start (and restart after stale metrics) at the floor, and on load after
+  idle with no proven rate drop to the floor: with no evidence, the safe end.
+* A window spanning more than ``stale_after_seconds`` (a scrape gap) is not
+  judged: it mixes rates that are no longer in force.
+* "Not our fault" is extended beyond the probe itself: while the latest
+  no-transfer baseline (≤ 60 s old) misses the SLO, an active interval cuts
+  only if it is worse than that baseline by more than one budget. Without
+  this, an overloaded seed would drive the fork to the floor for nothing.
+* TTFT is judged only with ≥ 20 first tokens in the pool (a handful of
+  requests gives no usable fraction); ITL gates pooling.
+
+Driving it (the agent's QoS loop, once per ``interval_seconds``)::
+
+    state, prev = initial_state(cfg, now=clock()), None
+    every tick:
+        t = clock()
+        try:
+            cur = parse_sglang_scrape(fetch_metrics_text(), taken_at=t, model_name=model)
+        except (FetchError, ScrapeParseError):
+            obs = None                              # counts toward staleness
+        else:
+            obs = observation_from_scrapes(prev, cur, transfer_active=bytes_granted_last_interval > 0)
+            prev = cur                              # also after a reset: it is the new base
+        d = decide(state, obs, cfg, slo, now=t)
+        state = d.state
+        token_bucket.set_rate(d.rate_bytes_per_second)   # 0 during a probe pause
+        export(d.mode, d.reason, d.rate_bytes_per_second, d.latency_impact_ratio)
+
+Example (one interval of a busy seed at 1.5 % against a 1 % budget)::
+
+    >>> from throttle.histogram import WindowHistogram
+    >>> cfg = ControllerConfig(cap_bytes_per_second=1e9)
+    >>> slo = SloConfig(itl_threshold_seconds=0.06)
+    >>> state = replace(initial_state(cfg, now=0.0), rate_bytes_per_second=1e9)
+    >>> itl = WindowHistogram((0.04, 0.06, math.inf), (900, 985, 1000))
+    >>> d = decide(state, Observation(itl=itl, running=8, queued=0), cfg, slo, now=1.0)
+    >>> d.mode, round(d.rate_bytes_per_second / 1e9, 3)    # × (1 − 0.8·(0.015−0.01)/0.015)
+    (<Mode.CUT: 'cut'>, 0.733)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Callable
+
+from throttle.histogram import (
+    CumulativeHistogram,
+    Reset,
+    WindowHistogram,
+    fraction_above,
+    observations,
+    pool,
+    quantile,
+    window,
+)
+from throttle.prom_text import ITL_HISTOGRAM, QUEUED_GAUGE, RUNNING_GAUGE, TTFT_HISTOGRAM, Scrape
+
+__all__ = [
+    "InvalidConfig",
+    "InvalidSloConfig",
+    "InvalidControllerConfig",
+    "SloConfig",
+    "ControllerConfig",
+    "Mode",
+    "Observation",
+    "Evidence",
+    "ControllerState",
+    "Decision",
+    "initial_state",
+    "observation_from_scrapes",
+    "decide",
+    "latency_impact_ratio",
+]
+
+
+# Float slack for comparing accumulated spans and clock differences (0.1 summed 9 times < 0.9).
+_EPS = 1e-9
+
+# ---------------------------------------------------------------------------
+# Configuration
+
+
+class InvalidConfig(ValueError):
+    """A throttle configuration value is not allowed. ``field`` names the offending field."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+class InvalidSloConfig(InvalidConfig):
+    """An :class:`SloConfig` field is out of range."""
+
+
+class InvalidControllerConfig(InvalidConfig):
+    """A :class:`ControllerConfig` field is out of range."""
+
+
+def _number(cls: type, err: type[InvalidConfig], name: str, value: object, allowed: str) -> float:
+    """``value`` as a finite float, or ``err`` naming the field and what is allowed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise err(name, f"{cls.__name__}.{name} must be a number ({allowed}); got {value!r}")
+    if not math.isfinite(value):
+        raise err(name, f"{cls.__name__}.{name} must be finite ({allowed}); got {value!r}")
+    return float(value)
+
+
+def _require(cls: type, err: type[InvalidConfig], name: str, value: object, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise err(name, f"{cls.__name__}.{name} must be {allowed}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    """The serving SLO the transfer must not break.
+
+    Example::
+
+        >>> SloConfig(itl_threshold_seconds=0.06, ttft_threshold_seconds=2.0).ttft_budget
+        0.01
+        >>> try:
+        ...     SloConfig(itl_threshold_seconds=0)
+        ... except InvalidSloConfig as exc:
+        ...     print(exc.field, "|", exc)  # doctest: +ELLIPSIS
+        itl_threshold_seconds | SloConfig.itl_threshold_seconds must be > 0 (seconds, ...); got 0
+    """
+
+    #: Inter-token latency above which a token counts as a violation. Use a
+    #: bucket bound of the seed's ITL histogram (0.04, 0.06, 0.08, 0.1, ... by
+    #: default); otherwise the next lower bound is used, which overstates f.
+    itl_threshold_seconds: float
+    #: TTFT threshold, or None to ignore TTFT. Also best a bucket bound.
+    ttft_threshold_seconds: float | None = None
+    #: Allowed fraction of tokens above the ITL threshold, in (0, 1).
+    violation_budget: float = 0.01
+    #: Allowed fraction of requests above the TTFT threshold; None = ``violation_budget``.
+    ttft_violation_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        err = InvalidSloConfig
+        for name, allowed in (
+            ("itl_threshold_seconds", "> 0 (seconds, ideally one of the ITL bucket bounds, e.g. 0.06)"),
+            ("ttft_threshold_seconds", "> 0 (seconds) or None to ignore TTFT"),
+        ):
+            value = getattr(self, name)
+            if value is None and name == "ttft_threshold_seconds":
+                continue
+            v = _number(SloConfig, err, name, value, allowed)
+            _require(SloConfig, err, name, value, v > 0, allowed)
+        for name in ("violation_budget", "ttft_violation_budget"):
+            value = getattr(self, name)
+            if value is None and name == "ttft_violation_budget":
+                continue
+            allowed = "in (0, 1), a fraction such as 0.01 for 1 %"
+            v = _number(SloConfig, err, name, value, allowed)
+            _require(SloConfig, err, name, value, 0 < v < 1, allowed)
+
+    @property
+    def ttft_budget(self) -> float:
+        return self.violation_budget if self.ttft_violation_budget is None else self.ttft_violation_budget
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Tuning of the control law. Defaults are NOTES-QOS.md's starting law.
+
+    Example::
+
+        >>> cfg = ControllerConfig(cap_bytes_per_second=10e9)
+        >>> cfg.floor_bytes_per_second, cfg.step_bytes_per_second
+        (500000000.0, 625000000.0)
+        >>> try:
+        ...     ControllerConfig(cap_bytes_per_second=None)
+        ... except InvalidControllerConfig as exc:
+        ...     print(exc.field)
+        cap_bytes_per_second
+    """
+
+    #: The link's full rate (bytes/s): the rate when the seed is idle.
+    cap_bytes_per_second: float | None
+    #: Lowest adaptive rate, as a fraction of cap. Never 0, so a fork always progresses.
+    floor_fraction: float = 0.05
+    #: How often the agent scrapes and calls :func:`decide`.
+    interval_seconds: float = 1.0
+    #: Tokens needed before an ITL fraction is trusted (f resolution 0.5 %).
+    min_observations: int = 200
+    #: A pool that reached ``pool_max_seconds`` is judged if it has at least this many tokens.
+    min_observations_at_pool_max: int = 50
+    #: TTFT is only judged when the pool holds this many first tokens (else ignored).
+    min_ttft_observations: int = 20
+    #: Longest span of pooled intervals when tokens are scarce.
+    pool_max_seconds: float = 5.0
+    #: Swift's β: how much of the overshoot (f−b)/f a cut removes.
+    md_beta: float = 0.8
+    #: Largest single cut, as a fraction of the rate (0.5 = halve at most).
+    max_cut: float = 0.5
+    #: After a cut, no increase for this long (cuts may continue once per interval).
+    hold_after_cut_seconds: float = 3.0
+    #: Additive increase per good interval, as a fraction of cap (blk-iolatency: 1/16).
+    additive_step_fraction: float = 1 / 16
+    #: No good scrape for this long → floor.
+    stale_after_seconds: float = 3.0
+    #: Consecutive idle intervals before going to cap.
+    idle_intervals: int = 2
+    #: Consecutive SLO-met loaded intervals that make a rate "proven" for reuse after idle.
+    good_intervals_to_remember: int = 3
+    #: Probe period under load; None disables probing.
+    probe_every_seconds: float | None = 30.0
+    #: How long each probe pauses the transfer.
+    probe_pause_seconds: float = 2.0
+    #: Quantile reported for ``latency_impact_ratio`` (observed ÷ baseline).
+    baseline_quantile: float = 0.99
+    #: A no-transfer baseline older than this is not used for attribution.
+    baseline_max_age_seconds: float = 60.0
+    #: Most recent no-transfer windows pooled into the baseline.
+    baseline_max_windows: int = 10
+    #: Tolerated tick jitter, as a fraction of the interval.
+    jitter_tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        cls, err = ControllerConfig, InvalidControllerConfig
+        if self.cap_bytes_per_second is None:
+            raise err(
+                "cap_bytes_per_second",
+                "ControllerConfig.cap_bytes_per_second is required for adaptive throttling: the floor "
+                "(5% of cap) and the step (cap/16) are fractions of it. Measure or configure the link's "
+                "rate, or leave the token bucket uncapped and do not run the controller.",
+            )
+        checks: list[tuple[str, Callable[[float], bool], str]] = [
+            ("cap_bytes_per_second", lambda v: v > 0, "> 0 bytes/s"),
+            ("floor_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("interval_seconds", lambda v: v > 0, "> 0 seconds"),
+            ("min_observations", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("min_observations_at_pool_max", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("min_ttft_observations", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("pool_max_seconds", lambda v: v >= self.interval_seconds, ">= interval_seconds"),
+            ("md_beta", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("max_cut", lambda v: 0 < v < 1, "in (0, 1)"),
+            ("hold_after_cut_seconds", lambda v: v >= 0, ">= 0 seconds"),
+            ("additive_step_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("stale_after_seconds", lambda v: v >= self.interval_seconds, ">= interval_seconds"),
+            ("idle_intervals", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("good_intervals_to_remember", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("probe_pause_seconds", lambda v: v > 0, "> 0 seconds"),
+            ("baseline_quantile", lambda v: 0 < v < 1, "in (0, 1)"),
+            ("baseline_max_age_seconds", lambda v: v > 0, "> 0 seconds"),
+            ("baseline_max_windows", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+            ("jitter_tolerance", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+        ]
+        for name, ok, allowed in checks:
+            value = getattr(self, name)
+            v = _number(cls, err, name, value, allowed)
+            _require(cls, err, name, value, ok(v), allowed)
+        if self.min_observations_at_pool_max > self.min_observations:
+            raise err(
+                "min_observations_at_pool_max",
+                f"ControllerConfig.min_observations_at_pool_max ({self.min_observations_at_pool_max}) must not exceed "
+                f"min_observations ({self.min_observations}): it is the relaxed minimum for a pool that hit "
+                "pool_max_seconds; lower it or raise min_observations",
+            )
+        if self.probe_every_seconds is not None:
+            allowed = "None (no probing) or longer than probe_pause_seconds"
+            v = _number(cls, err, "probe_every_seconds", self.probe_every_seconds, allowed)
+            _require(cls, err, "probe_every_seconds", self.probe_every_seconds, v > self.probe_pause_seconds, allowed)
+
+    @property
+    def cap(self) -> float:
+        return float(self.cap_bytes_per_second)  # validated non-None
+
+    @property
+    def floor_bytes_per_second(self) -> float:
+        return self.cap * self.floor_fraction
+
+    @property
+    def step_bytes_per_second(self) -> float:
+        return self.cap * self.additive_step_fraction
+
+    @property
+    def min_spacing_seconds(self) -> float:
+        """Shortest gap between two evaluations/cuts: one interval less the jitter allowance."""
+        return self.interval_seconds * (1 - self.jitter_tolerance)
+
+
+# ---------------------------------------------------------------------------
+# Inputs, state, outputs
+
+
+class Mode(str, Enum):
+    """What the controller did this tick (exported as a label; values are stable)."""
+
+    IDLE_FULL = "idle_full"
+    HOLD_LOW_SAMPLES = "hold_low_samples"
+    CUT = "cut"
+    RECOVER = "recover"
+    HOLD = "hold"
+    STALE_FLOOR = "stale_floor"
+    PROBE_PAUSE = "probe_pause"
+    NOT_OUR_FAULT = "not_our_fault"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one fresh scrape says about the interval since the previous one.
+
+    ``itl``/``ttft`` are the windows (None: no window — first scrape, or the
+    series is not exported); ``running``/``queued`` the gauges at the scrape
+    (None: not exported). ``transfer_active`` is the agent's word that chunk
+    bytes were actually read during the interval. ``span_seconds`` is the
+    time the windows cover (None: one interval). ``reset_reason`` is set when
+    the scrapes could not be differenced (restart); the windows are then None.
+    Build it with :func:`observation_from_scrapes`, or by hand in tests.
+
+    Example (an idle seed: nothing running, no tokens)::
+
+        >>> from throttle.histogram import empty_window
+        >>> Observation(itl=empty_window((0.06, math.inf)), running=0, queued=0).transfer_active
+        True
+    """
+
+    itl: WindowHistogram | None
+    ttft: WindowHistogram | None = None
+    running: float | None = None
+    queued: float | None = None
+    transfer_active: bool = True
+    span_seconds: float | None = None
+    reset_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Windows pooled over ``span_seconds`` (consecutive intervals of one kind)."""
+
+    itl: WindowHistogram | None
+    ttft: WindowHistogram | None
+    span_seconds: float
+
+    @property
+    def itl_tokens(self) -> float:
+        return 0.0 if self.itl is None else observations(self.itl)
+
+    @property
+    def ttft_requests(self) -> float:
+        return 0.0 if self.ttft is None else observations(self.ttft)
+
+    def merge(self, other: Evidence) -> Evidence:
+        return Evidence(
+            _merge(self.itl, other.itl), _merge(self.ttft, other.ttft), self.span_seconds + other.span_seconds
+        )
+
+
+def _merge(a: WindowHistogram | None, b: WindowHistogram | None) -> WindowHistogram | None:
+    if a is None or b is None:
+        return b if a is None else a
+    if a.bounds != b.bounds:
+        return b  # a layout change is a reset upstream; keep the newer data if one slips through
+    return pool([a, b])
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """Everything :func:`decide` remembers between ticks. Immutable; start from :func:`initial_state`."""
+
+    #: The law's rate. During a probe pause the decision says 0 and this is the rate to resume at.
+    rate_bytes_per_second: float
+    #: Mode of the last decision (PROBE_PAUSE means the interval now being observed had no transfer).
+    mode: Mode
+    #: Time of the last good scrape (or of the start): staleness is measured from here.
+    last_scrape_at: float
+    idle_streak: int = 0
+    #: Active-transfer evidence waiting for enough tokens.
+    pending: Evidence | None = None
+    last_cut_at: float | None = None
+    #: Rates in force during the latest consecutive SLO-met loaded intervals.
+    good_rates: tuple[float, ...] = ()
+    #: Last rate that held the SLO for ``good_intervals_to_remember`` intervals.
+    remembered_rate: float | None = None
+    next_probe_at: float | None = None
+    probe_until: float | None = None
+    #: Whether the previous loaded interval had the transfer running (None: unknown).
+    last_interval_active: bool | None = None
+    #: Windows of the latest no-transfer episode (probe pause or idle transfer), newest last.
+    baseline: tuple[Evidence, ...] = ()
+    baseline_at: float | None = None
+    baseline_p99_seconds: float = math.nan
+    observed_p99_seconds: float = math.nan
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The result of one tick: the new state, the rate to apply now, and why.
+
+    ``rate_bytes_per_second`` is what the token bucket must be set to (0
+    during a probe pause). ``reason`` is one sentence for logs and events.
+    """
+
+    state: ControllerState
+    rate_bytes_per_second: float
+    mode: Mode
+    reason: str
+
+    @property
+    def latency_impact_ratio(self) -> float:
+        return latency_impact_ratio(self.state)
+
+
+def initial_state(config: ControllerConfig, now: float) -> ControllerState:
+    """Start at the floor: nothing is known about the seed's load yet.
+
+    The first scrapes take the rate to cap within ``idle_intervals`` if the
+    seed is idle, or up by ``cap/16`` per good interval if it is serving.
+    ``now`` starts the staleness clock, so the agent gets ``stale_after`` to
+    deliver a first scrape.
+    """
+    return ControllerState(rate_bytes_per_second=config.floor_bytes_per_second, mode=Mode.HOLD, last_scrape_at=now)
+
+
+def latency_impact_ratio(state: ControllerState) -> float:
+    """Observed ITL quantile with the transfer running ÷ the no-transfer baseline; NaN when unknown.
+
+    >>> latency_impact_ratio(ControllerState(1.0, Mode.HOLD, 0.0, baseline_p99_seconds=0.04,
+    ...                                      observed_p99_seconds=0.05))
+    1.25
+    """
+    obs, base = state.observed_p99_seconds, state.baseline_p99_seconds
+    if not (math.isfinite(obs) and math.isfinite(base)) or base <= 0:
+        return math.nan
+    return obs / base
+
+
+# ---------------------------------------------------------------------------
+# From scrapes to an observation
+
+
+def _window_of(prev: Scrape, cur: Scrape, name: str) -> WindowHistogram | Reset | None:
+    before, after = prev.histograms.get(name), cur.histograms.get(name)
+    if after is None:
+        return None if before is None else Reset(f"{name} disappeared from the scrape; the seed probably restarted")
+    if before is None:
+        # SGLang creates a labelled series on its first observation: everything
+        # in it is new since the previous scrape.
+        before = CumulativeHistogram(after.bounds, (0.0,) * len(after.bounds), count=0.0, sum=0.0)
+    return window(before, after)
+
+
+def observation_from_scrapes(
+    prev: Scrape | None,
+    cur: Scrape,
+    *,
+    transfer_active: bool,
+    itl_name: str = ITL_HISTOGRAM,
+    ttft_name: str = TTFT_HISTOGRAM,
+    running_name: str = RUNNING_GAUGE,
+    queued_name: str = QUEUED_GAUGE,
+) -> Observation:
+    """The :class:`Observation` for the interval between two successful scrapes.
+
+    ``prev`` is the previous *successful* scrape (None for the first one:
+    gauges only, no windows). A counter reset or layout change in either
+    histogram gives an observation with ``reset_reason`` and no windows.
+
+    Example::
+
+        >>> import math
+        >>> from throttle.histogram import CumulativeHistogram as C
+        >>> b = (0.06, math.inf)
+        >>> s1 = Scrape(10.0, {ITL_HISTOGRAM: C(b, (100, 100))}, {RUNNING_GAUGE: 3.0})
+        >>> s2 = Scrape(11.0, {ITL_HISTOGRAM: C(b, (390, 400))}, {RUNNING_GAUGE: 4.0})
+        >>> o = observation_from_scrapes(s1, s2, transfer_active=True)
+        >>> o.itl.cumulative, o.running, o.span_seconds
+        ((290.0, 300.0), 4.0, 1.0)
+    """
+    running, queued = cur.gauges.get(running_name), cur.gauges.get(queued_name)
+    if prev is None:
+        return Observation(None, None, running, queued, transfer_active)
+    span = cur.taken_at - prev.taken_at
+    if not span > 0:
+        return Observation(
+            None, None, running, queued, transfer_active,
+            reset_reason=f"scrape times not increasing ({prev.taken_at} -> {cur.taken_at})",
+        )
+    windows = {name: _window_of(prev, cur, name) for name in (itl_name, ttft_name)}
+    resets = [w.reason for w in windows.values() if isinstance(w, Reset)]
+    if resets:
+        return Observation(None, None, running, queued, transfer_active, span, "; ".join(resets))
+    itl, ttft = windows[itl_name], windows[ttft_name]
+    assert not isinstance(itl, Reset) and not isinstance(ttft, Reset)
+    return Observation(itl, ttft, running, queued, transfer_active, span)
+
+
+# ---------------------------------------------------------------------------
+# Judging evidence
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    kind: str  # "good" | "between" | "bad"
+    severity: float  # max (f − b)/f over signals over budget; 0 when none
+    itl_fraction: float
+    ttft_fraction: float  # NaN when TTFT was not judged
+    summary: str
+
+
+def _judge(ev: Evidence, slo: SloConfig, config: ControllerConfig) -> _Verdict:
+    """Compare the tail fractions of pooled evidence with the budgets. ``ev.itl`` must be non-empty."""
+    assert ev.itl is not None
+    signals: list[tuple[str, float, float]] = []
+    parts: list[str] = []
+    itl = fraction_above(ev.itl, slo.itl_threshold_seconds)
+    signals.append(("ITL", itl.fraction, slo.violation_budget))
+    note = "" if itl.exact else f" (threshold not a bucket bound; used le={itl.bound:g}, conservative)"
+    parts.append(
+        f"ITL>{itl.bound:g}s {itl.fraction:.2%} of {itl.observations:.0f} tokens "
+        f"(budget {slo.violation_budget:.2%}){note}"
+    )
+    ttft_fraction = math.nan
+    if slo.ttft_threshold_seconds is not None and ev.ttft_requests >= config.min_ttft_observations:
+        assert ev.ttft is not None
+        ttft = fraction_above(ev.ttft, slo.ttft_threshold_seconds)
+        ttft_fraction = ttft.fraction
+        signals.append(("TTFT", ttft.fraction, slo.ttft_budget))
+        parts.append(f"TTFT>{ttft.bound:g}s {ttft.fraction:.2%} of {ttft.observations:.0f} requests")
+    over = [(f - b) / f for _, f, b in signals if f > b]
+    if over:
+        kind = "bad"
+    elif all(f <= b / 2 for _, f, b in signals):
+        kind = "good"
+    else:
+        kind = "between"
+    return _Verdict(kind, max(over, default=0.0), itl.fraction, ttft_fraction, "; ".join(parts))
+
+
+def _ready(ev: Evidence, config: ControllerConfig) -> tuple[bool, bool, str]:
+    """(judge now, drop the pool, why-not). Enough tokens, or the pool is as long as it may get."""
+    n = ev.itl_tokens
+    if ev.itl is None and ev.span_seconds + _EPS >= config.pool_max_seconds * (1 - config.jitter_tolerance):
+        return False, True, "no ITL window (first scrape, or the seed does not export the ITL histogram)"
+    if ev.span_seconds + _EPS < config.min_spacing_seconds:
+        return False, False, f"pooling: {ev.span_seconds:.2f}s of data is less than one interval"
+    if n >= config.min_observations:
+        return True, False, ""
+    if ev.span_seconds + _EPS >= config.pool_max_seconds * (1 - config.jitter_tolerance):
+        if n >= config.min_observations_at_pool_max:
+            return True, False, ""
+        return False, True, (
+            f"only {n:.0f} tokens in {ev.span_seconds:.1f}s (< {config.min_observations_at_pool_max}); "
+            "too little signal to act on, starting a new pool"
+        )
+    return False, False, f"pooling: {n:.0f} tokens in {ev.span_seconds:.1f}s (< {config.min_observations})"
+
+
+def _baseline_evidence(state: ControllerState, config: ControllerConfig, now: float) -> Evidence | None:
+    if not state.baseline or state.baseline_at is None or now - state.baseline_at > config.baseline_max_age_seconds:
+        return None
+    merged = state.baseline[0]
+    for ev in state.baseline[1:]:
+        merged = merged.merge(ev)
+    return merged
+
+
+# ---------------------------------------------------------------------------
+# The law
+
+
+def _is_idle(obs: Observation) -> bool:
+    """No requests running or queued and no tokens produced. Unknown (nothing exported) is not idle."""
+    gauges = [g for g in (obs.running, obs.queued) if g is not None]
+    windows = [w for w in (obs.itl, obs.ttft) if w is not None]
+    if not gauges and not windows:
+        return False
+    return all(g <= 0 for g in gauges) and all(observations(w) == 0 for w in windows)
+
+
+def decide(
+    state: ControllerState,
+    observation: Observation | None,
+    config: ControllerConfig,
+    slo: SloConfig,
+    now: float,
+) -> Decision:
+    """One tick of the controller. Call once per ``config.interval_seconds``.
+
+    ``observation`` is None when this tick's scrape failed (timeout, HTTP
+    error, :class:`~throttle.prom_text.ScrapeParseError`): after
+    ``stale_after_seconds`` without a good one the rate drops to the floor.
+    Returns the new state (pass it to the next call) and the rate to apply.
+    """
+    if observation is None:
+        return _without_observation(state, config, now)
+    state = replace(state, last_scrape_at=now)
+    if observation.reset_reason is not None:
+        state = replace(state, pending=None, good_rates=())
+        reason = f"counter reset ({observation.reset_reason}); not acting on this interval"
+        return _with_probe(state, config, now, Mode.HOLD, state.rate_bytes_per_second, reason, False)
+
+    idle = _is_idle(observation)
+    was_idle = state.idle_streak >= config.idle_intervals
+    state = replace(state, idle_streak=state.idle_streak + 1 if idle else 0)
+    if idle:
+        if state.idle_streak >= config.idle_intervals:
+            state = replace(state, pending=None, probe_until=None, next_probe_at=None, last_interval_active=None)
+            return _decision(state, Mode.IDLE_FULL, config.cap, "seed idle (no requests, no tokens): full rate")
+        reason = f"seed idle for {state.idle_streak}/{config.idle_intervals} intervals; holding"
+        return _with_probe(state, config, now, Mode.HOLD, state.rate_bytes_per_second, reason, False)
+    if was_idle:
+        return _load_returned(state, config, now)
+
+    span = config.interval_seconds if observation.span_seconds is None else observation.span_seconds
+    if span > config.stale_after_seconds:
+        state = replace(state, pending=None)
+        reason = f"window spans {span:.1f}s (scrape gap); too old to judge the current rate, holding"
+        return _with_probe(state, config, now, Mode.HOLD, state.rate_bytes_per_second, reason, False)
+
+    evidence = Evidence(observation.itl, observation.ttft, span)
+    paused = state.mode is Mode.PROBE_PAUSE
+    if paused or not observation.transfer_active:
+        return _without_transfer(state, evidence, config, slo, now, paused)
+    return _with_transfer(state, evidence, config, slo, now)
+
+
+def _decision(state: ControllerState, mode: Mode, rate: float, reason: str) -> Decision:
+    # A probe pause applies rate 0 but keeps the law's rate in the state, to resume at.
+    law_rate = state.rate_bytes_per_second if mode is Mode.PROBE_PAUSE else rate
+    return Decision(replace(state, mode=mode, rate_bytes_per_second=law_rate), rate, mode, reason)
+
+
+def _without_observation(state: ControllerState, config: ControllerConfig, now: float) -> Decision:
+    silent = now - state.last_scrape_at
+    if silent + _EPS >= config.stale_after_seconds:
+        # Unknown load: the floor keeps the fork moving while bounding the harm.
+        # Forget idle/pool/probe state: when metrics return, we climb from the floor.
+        state = replace(state, idle_streak=0, pending=None, probe_until=None, next_probe_at=None, good_rates=())
+        reason = f"no good scrape for {silent:.1f}s (>= {config.stale_after_seconds:g}s): metrics stale, floor"
+        return _decision(state, Mode.STALE_FLOOR, config.floor_bytes_per_second, reason)
+    reason = f"no scrape this tick (last good {silent:.1f}s ago); holding"
+    return _with_probe(state, config, now, Mode.HOLD, state.rate_bytes_per_second, reason, False)
+
+
+def _load_returned(state: ControllerState, config: ControllerConfig, now: float) -> Decision:
+    # The window just seen was produced while we ran at cap, so it says little
+    # about the remembered rate; drop first, judge from the next interval.
+    # No post-cut hold: the remembered rate is proven, growing from it is normal.
+    proven = state.remembered_rate
+    target = min(config.floor_bytes_per_second if proven is None else proven, state.rate_bytes_per_second)
+    source = "no proven rate yet: floor" if proven is None else "last rate that held the SLO"
+    state = replace(
+        state, pending=None, good_rates=(), last_interval_active=None,
+        next_probe_at=None if config.probe_every_seconds is None else now + config.probe_every_seconds,
+    )
+    if target >= state.rate_bytes_per_second:
+        return _decision(state, Mode.HOLD, target, f"load returned after idle; keeping {target:.3g} B/s ({source})")
+    return _decision(state, Mode.CUT, target, f"load returned after idle; dropping to {target:.3g} B/s ({source})")
+
+
+def _without_transfer(
+    state: ControllerState,
+    evidence: Evidence,
+    config: ControllerConfig,
+    slo: SloConfig,
+    now: float,
+    paused: bool,
+) -> Decision:
+    """An interval with the transfer paused or idle: learn the baseline, never cut."""
+    episode = state.baseline if state.last_interval_active is False else ()
+    episode = (episode + (evidence,))[-config.baseline_max_windows :]
+    state = replace(state, baseline=episode, baseline_at=now, last_interval_active=False, pending=None)
+    base = _baseline_evidence(state, config, now)
+    why = "transfer paused for a probe" if paused else "no chunk reads this interval"
+    cause = "with the transfer paused" if paused else "with no chunk reads"
+    if base is not None and base.itl is not None and base.itl_tokens >= config.min_observations:
+        state = replace(state, baseline_p99_seconds=quantile(base.itl, config.baseline_quantile))
+    if base is None or base.itl is None or base.itl_tokens < config.min_observations_at_pool_max:
+        mode, reason = Mode.HOLD, f"{why}; baseline has {0 if base is None else base.itl_tokens:.0f} tokens so far"
+    else:
+        verdict = _judge(base, slo, config)
+        if verdict.kind == "bad":
+            state = replace(state, good_rates=())
+            mode = Mode.NOT_OUR_FAULT
+            reason = f"SLO missed {cause} ({verdict.summary}): not caused by the transfer; holding"
+        else:
+            mode, reason = Mode.HOLD, f"{why}; baseline {verdict.summary}"
+    if not paused and config.probe_every_seconds is not None:
+        # Idle transfer under load already measures the baseline; no need to pause soon after.
+        state = replace(state, next_probe_at=now + config.probe_every_seconds)
+    return _with_probe(state, config, now, mode, state.rate_bytes_per_second, reason, False)
+
+
+def _with_transfer(
+    state: ControllerState,
+    evidence: Evidence,
+    config: ControllerConfig,
+    slo: SloConfig,
+    now: float,
+) -> Decision:
+    """An interval with chunk reads: the law proper."""
+    rate = state.rate_bytes_per_second
+    pending = state.pending.merge(evidence) if state.pending is not None and state.last_interval_active else evidence
+    state = replace(state, pending=pending, last_interval_active=True)
+    if state.next_probe_at is None and config.probe_every_seconds is not None:
+        state = replace(state, next_probe_at=now + config.probe_every_seconds)
+    judge_now, drop, why = _ready(pending, config)
+    if not judge_now:
+        if drop:
+            state = replace(state, pending=None)
+        return _with_probe(state, config, now, Mode.HOLD_LOW_SAMPLES, rate, why, True)
+
+    assert pending.itl is not None
+    verdict = _judge(pending, slo, config)
+    state = replace(state, pending=None, observed_p99_seconds=quantile(pending.itl, config.baseline_quantile))
+
+    if verdict.kind == "bad":
+        state = replace(state, good_rates=())
+        base = _baseline_evidence(state, config, now)
+        if base is not None and base.itl is not None and base.itl_tokens >= config.min_observations_at_pool_max:
+            base_verdict = _judge(base, slo, config)
+            if base_verdict.kind == "bad" and _within_one_budget(verdict, base_verdict, slo):
+                reason = (
+                    f"SLO missed ({verdict.summary}) but the seed misses it without the transfer too "
+                    f"({base_verdict.summary}) and we add less than one budget: not our fault; holding"
+                )
+                return _with_probe(state, config, now, Mode.NOT_OUR_FAULT, rate, reason, True)
+        if state.last_cut_at is not None and now - state.last_cut_at + _EPS < config.min_spacing_seconds:
+            reason = f"over budget ({verdict.summary}) but cut {now - state.last_cut_at:.2f}s ago; one cut per interval"
+            return _with_probe(state, config, now, Mode.HOLD, rate, reason, True)
+        factor = max(1 - config.md_beta * verdict.severity, 1 - config.max_cut)
+        new_rate = max(config.floor_bytes_per_second, rate * factor)
+        state = replace(state, last_cut_at=now)
+        reason = f"over budget ({verdict.summary}); rate x{factor:.3f} -> {new_rate:.3g} B/s"
+        if new_rate == config.floor_bytes_per_second:
+            reason += " (floor)"
+        # No probe on the tick of a cut: let the next interval show the cut's effect.
+        return _decision(state, Mode.CUT, new_rate, reason)
+
+    # SLO met: this rate held for one more loaded interval.
+    good_rates = (state.good_rates + (rate,))[-config.good_intervals_to_remember :]
+    state = replace(state, good_rates=good_rates)
+    if len(good_rates) == config.good_intervals_to_remember:
+        state = replace(state, remembered_rate=min(good_rates))
+    if verdict.kind == "between":
+        return _with_probe(state, config, now, Mode.HOLD, rate, f"within budget ({verdict.summary}); holding", True)
+    if state.last_cut_at is not None and now - state.last_cut_at + _EPS < config.hold_after_cut_seconds:
+        reason = (
+            f"good ({verdict.summary}) but cut {now - state.last_cut_at:.1f}s ago; "
+            f"holding {config.hold_after_cut_seconds:g}s after a cut"
+        )
+        return _with_probe(state, config, now, Mode.HOLD, rate, reason, True)
+    if rate >= config.cap:
+        return _with_probe(state, config, now, Mode.HOLD, config.cap, f"good ({verdict.summary}); at cap", True)
+    new_rate = min(config.cap, rate + config.step_bytes_per_second)
+    reason = f"good ({verdict.summary}); +{config.step_bytes_per_second:.3g} -> {new_rate:.3g} B/s"
+    return _with_probe(state, config, now, Mode.RECOVER, new_rate, reason, True)
+
+
+def _within_one_budget(active: _Verdict, base: _Verdict, slo: SloConfig) -> bool:
+    """The transfer adds at most one budget of violations on top of the no-transfer baseline."""
+    itl_ok = active.itl_fraction <= base.itl_fraction + slo.violation_budget
+    if math.isnan(active.ttft_fraction) or math.isnan(base.ttft_fraction):
+        return itl_ok
+    return itl_ok and active.ttft_fraction <= base.ttft_fraction + slo.ttft_budget
+
+
+def _with_probe(
+    state: ControllerState,
+    config: ControllerConfig,
+    now: float,
+    mode: Mode,
+    rate: float,
+    reason: str,
+    may_start_probe: bool,
+) -> Decision:
+    """Overlay the probe schedule on the law's decision.
+
+    While a probe runs the transfer stays paused (rate 0) whatever the law
+    says (the law only holds on no-transfer intervals, so nothing is lost);
+    when it ends the law's rate applies again. A new probe starts when one
+    is due, the seed is loaded and the transfer is running.
+    """
+    state = replace(state, rate_bytes_per_second=rate)
+    if state.probe_until is not None:
+        if now + _EPS < state.probe_until:
+            why = f"probe: transfer paused until t={state.probe_until:g}; {reason}"
+            return _decision(state, Mode.PROBE_PAUSE, 0.0, why)
+        state = replace(
+            state, probe_until=None,
+            next_probe_at=None if config.probe_every_seconds is None else now + config.probe_every_seconds,
+        )
+        return _decision(state, mode, rate, f"probe over, resuming; {reason}")
+    due = (
+        config.probe_every_seconds is not None
+        and state.next_probe_at is not None
+        and now + _EPS >= state.next_probe_at
+        and may_start_probe
+    )
+    if due:
+        state = replace(state, probe_until=now + config.probe_pause_seconds)
+        return _decision(
+            state, Mode.PROBE_PAUSE, 0.0,
+            f"probe: pausing the transfer {config.probe_pause_seconds:g}s "
+            f"to measure the no-transfer baseline; {reason}",
+        )
+    return _decision(state, mode, rate, reason)

@@ -130,7 +130,10 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
 def allocate_like(manifest: dict, torch) -> tuple[dict, "object"]:
     """Zeroed destination views laid out like ``manifest``, in one contiguous buffer."""
     total = sum(numel * esize for _, numel, esize in manifest.values())
-    buffer = torch.zeros(max(total, 1), dtype=torch.uint8)
+    # empty + zero_ writes every page now: calloc'd zero pages would otherwise fault
+    # in during the fork (SGLang's parameters are likewise written before loading).
+    buffer = torch.empty(max(total, 1), dtype=torch.uint8)
+    buffer.zero_()
     tensors, offset = {}, 0
     for name, (_, numel, esize) in manifest.items():
         dtype = getattr(torch, _DTYPE_BY_SIZE.get(esize, "uint8"))

@@ -14,6 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-timeout", type=float, default=5.0, help="drop seeds silent this long (s)")
     p.add_argument("--client-timeout", type=float, default=30.0, help="abandon jobs whose client is silent this long (s)")
     p.add_argument("--chunk-size", default="64MiB", help="default chunk size (default 64MiB)")
+    p.add_argument("--max-in-flight-per-seed", type=int, default=4,
+                   help="chunk reads a job keeps in flight per seed at most (default 4)")
+    p.add_argument("--pipeline-seconds", type=float, default=0.5,
+                   help="in-flight budget per seed, in seconds of its allowed rate (default 0.5)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -30,16 +34,25 @@ def main(args: argparse.Namespace) -> int:
         if not value > 0:
             print(f"rfork scheduler: error: {flag} must be > 0 seconds, got {value}", file=sys.stderr)
             return 2
+    if args.max_in_flight_per_seed < 1:
+        print("rfork scheduler: error: --max-in-flight-per-seed must be >= 1", file=sys.stderr)
+        return 2
+    if not args.pipeline_seconds > 0:
+        print("rfork scheduler: error: --pipeline-seconds must be > 0", file=sys.stderr)
+        return 2
     if not 0 <= args.port <= 65535:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
 
     import uvicorn
 
+    from scheduler.planner import PlannerConfig
     from scheduler.service import SchedulerConfig, create_app
 
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
-                             client_timeout_seconds=args.client_timeout, default_chunk_size=chunk)
+                             client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
+                             planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
+                                                   pipeline_seconds=args.pipeline_seconds))
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level.lower(),
                 access_log=False)
     return 0

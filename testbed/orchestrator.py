@@ -26,6 +26,7 @@ log = logging.getLogger("rfork.testbed")
 
 @dataclass(frozen=True)
 class TestbedOptions:
+    __test__ = False  # not a pytest class, despite the name
     seeds: int = 3
     model: str | None = "qwen2.5-0.5b"
     size_bytes: int | None = None

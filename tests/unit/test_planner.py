@@ -1,0 +1,245 @@
+"""Planner, chunking and manifest matching: tables and a fake clock, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.chunking import Chunk, Segment, plan_chunks
+from scheduler.errors import InvalidChunkSize, InvalidManifest, ManifestMismatch
+from scheduler.manifest import match_manifests, parse_manifest
+from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
+
+KiB = 1024
+
+
+def manifest(**sizes: int) -> dict:
+    """{name: nbytes} -> a parsed manifest of 1-byte elements at distinct addresses."""
+    raw, ptr = {}, 1 << 20
+    for name, n in sizes.items():
+        raw[name] = [ptr, n, 1]
+        ptr += n + 4096
+    return parse_manifest(raw)
+
+
+def seed(seed_id: str, m, rate: float | None = 1e6) -> SeedView:
+    return SeedView(seed_id, f"{seed_id}:1", f"http://{seed_id}", m, rate)
+
+
+# -- manifests ---------------------------------------------------------------
+@pytest.mark.parametrize("raw, needle", [
+    ([1, 2], "must be an object"),
+    ({"": [0, 1, 1]}, "non-empty strings"),
+    ({"w": [0, -1, 2]}, "negative"),
+    ({"w": ["0", 1, 2]}, "integers"),
+    ({"w": [0, True, 2]}, "integers"),
+    ({"w": [0, 1.5, 2]}, "integers"),
+    ({"w": [0, 1, 0]}, "element_size"),
+    ({"w": [0, 1, 32]}, "element_size"),
+    ({"w": [-5, 1, 2]}, "64-bit address"),
+    ({"w": [0, 2**60, 8]}, "larger than"),
+    ({"w": [0, 1]}, "expected [ptr, numel, element_size]"),
+])
+def test_malformed_manifests_are_rejected_with_the_problem_named(raw, needle):
+    with pytest.raises(InvalidManifest, match=None) as info:
+        parse_manifest(raw)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("client, seed_raw, needle", [
+    ({"a": [0, 4, 2]}, {"a": [0, 4, 2]}, None),
+    ({"a": [0, 4, 2]}, {"a": [9, 5, 2]}, "tensor 'a': client has numel=4 element_size=2, seed 's' has numel=5"),
+    ({"a": [0, 4, 2]}, {"a": [9, 4, 4]}, "element_size=4"),
+    ({"a": [0, 4, 2], "b": [0, 1, 1]}, {"a": [9, 4, 2]}, "tensor 'b': the client has it"),
+    ({"a": [0, 4, 2]}, {"a": [9, 4, 2], "z": [0, 1, 1]}, "tensor 'z': seed 's' has it"),
+])
+def test_manifest_match_names_the_first_difference(client, seed_raw, needle):
+    c, s = parse_manifest(client), parse_manifest(seed_raw)
+    if needle is None:
+        match_manifests(c, s, "s")
+        return
+    with pytest.raises(ManifestMismatch) as info:
+        match_manifests(c, s, "s")
+    assert needle in str(info.value)
+
+
+# -- chunking ----------------------------------------------------------------
+@pytest.mark.parametrize("sizes, chunk, expected", [
+    # big tensors split, the last piece shorter
+    ({"a": 10 * KiB}, 4 * KiB, [[("a", 0, 4096)], [("a", 4096, 4096)], [("a", 8192, 2048)]]),
+    # small neighbours coalesce up to the chunk size
+    ({"a": 1 * KiB, "b": 2 * KiB, "c": 2 * KiB}, 4 * KiB, [[("a", 0, 1024), ("b", 0, 2048)], [("c", 0, 2048)]]),
+    # exactly one chunk
+    ({"a": 4 * KiB}, 4 * KiB, [[("a", 0, 4096)]]),
+    # zero-byte tensors produce nothing, and do not break coalescing
+    ({"a": 1 * KiB, "z": 0, "b": 1 * KiB}, 4 * KiB, [[("a", 0, 1024), ("b", 0, 1024)]]),
+    # a big tensor closes the open small chunk
+    ({"a": 1 * KiB, "big": 5 * KiB, "b": 1 * KiB}, 4 * KiB,
+     [[("a", 0, 1024)], [("big", 0, 4096)], [("big", 4096, 1024)], [("b", 0, 1024)]]),
+    # only zero-byte tensors: nothing to read
+    ({"z": 0}, 4 * KiB, []),
+])
+def test_plan_chunks(sizes, chunk, expected):
+    chunks = plan_chunks(manifest(**sizes), chunk)
+    assert [[(s.tensor, s.offset, s.length) for s in c.segments] for c in chunks] == expected
+    assert [c.chunk_id for c in chunks] == list(range(len(expected)))
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 100, 2**40, True, 1.5])
+def test_absurd_chunk_sizes_are_rejected(chunk):
+    with pytest.raises(InvalidChunkSize):
+        plan_chunks(manifest(a=10), chunk)
+
+
+def test_chunk_count_is_bounded():
+    with pytest.raises(InvalidChunkSize, match="larger chunk size"):
+        plan_chunks(parse_manifest({"w": [0, 2**44, 1]}), 4096)
+
+
+# -- planner -----------------------------------------------------------------
+def make_job(n_chunks=8, chunk=4 * KiB, config=PlannerConfig(), now=0.0):
+    m = manifest(w=n_chunks * chunk)
+    return Job("j", m, plan_chunks(m, chunk), config, now), m
+
+
+def finish(job, assignments, now, ok=True, seconds=0.1, reason=None):
+    for a in assignments:
+        job.apply(Report(a.assignment_id, ok=ok, seconds=seconds, reason=reason, error=None if ok else "boom"), now)
+
+
+def test_reads_resolve_client_and_seed_pointers():
+    job, m = make_job(n_chunks=2)
+    other = parse_manifest({"w": [10**9, m["w"].numel, 1]})
+    [a] = job.next_assignments([seed("s0", other)], 0.0, 1)
+    assert a.reads[0].dst_ptr == m["w"].ptr and a.reads[0].src_ptr == 10**9 and a.reads[0].length == 4 * KiB
+    [b] = job.next_assignments([seed("s0", other)], 0.0, 1)
+    assert b.reads[0].dst_ptr == m["w"].ptr + 4 * KiB and b.reads[0].src_ptr == 10**9 + 4 * KiB
+
+
+@pytest.mark.parametrize("rates, expected", [
+    # depth = ceil(rate * pipeline_seconds / chunk), clamped to [1, 4]; rate 0 gets nothing
+    ({"fast": 1e9, "slow": 4 * KiB, "paused": 0.0}, {"fast": 4, "slow": 1}),
+    ({"a": None, "b": None}, {"a": 4, "b": 4}),
+    ({"a": 16 * KiB, "b": 4 * KiB}, {"a": 2, "b": 1}),
+])
+def test_in_flight_depth_follows_each_seeds_budget(rates, expected):
+    job, m = make_job(n_chunks=32)
+    out = job.next_assignments([seed(s, m, r) for s, r in rates.items()], 0.0, 100)
+    counts = {}
+    for a in out:
+        counts[a.seed_id] = counts.get(a.seed_id, 0) + 1
+    assert counts == expected
+
+
+def test_seed_with_most_free_budget_gets_work_first():
+    job, m = make_job(n_chunks=32)
+    seeds = [seed("slow", m, 4 * KiB), seed("fast", m, 1e9)]
+    assert job.next_assignments(seeds, 0.0, 1)[0].seed_id == "fast"
+
+
+def test_faster_seed_ends_up_with_more_chunks():
+    job, m = make_job(n_chunks=40)
+    seeds = [seed("fast", m, 1e9), seed("slow", m, 4 * KiB)]
+    now = 0.0
+    live = job.next_assignments(seeds, now, 100)
+    while job.state == RUNNING:
+        now += 0.01
+        # fast finishes everything each tick; slow finishes one chunk every 10 ticks
+        done = [a for a in live if a.seed_id == "fast" or round(now * 100) % 10 == 0]
+        finish(job, done, now)
+        live = [a for a in live if a not in done] + job.next_assignments(seeds, now, 100)
+    assert job.state == DONE
+    assert job.bytes_by_seed["fast"] > 3 * job.bytes_by_seed.get("slow", 0)
+
+
+def test_failed_chunk_is_retried_on_a_different_seed():
+    job, m = make_job(n_chunks=1)
+    seeds = [seed("s0", m), seed("s1", m)]
+    [a] = job.next_assignments(seeds, 0.0, 1)
+    finish(job, [a], 1.0, ok=False, reason="read_failed")
+    [b] = job.next_assignments(seeds, 1.0, 1)
+    assert b.chunk_id == a.chunk_id and b.seed_id != a.seed_id and b.attempt == 2
+    assert job.retried_chunks == 1
+
+
+def test_seed_excluded_after_consecutive_failures_with_reason():
+    job, m = make_job(n_chunks=8, config=PlannerConfig(seed_failure_threshold=2))
+    seeds = [seed("bad", m, None), seed("good", m, 4 * KiB)]
+    out = job.next_assignments(seeds, 0.0, 100)
+    bad = [a for a in out if a.seed_id == "bad"]
+    finish(job, bad[:2], 1.0, ok=False, reason="read_failed")
+    assert "bad" in job.excluded and job.excluded["bad"].startswith("read_failed")
+    assert set(job.take_cancellations()) == {a.assignment_id for a in bad[2:]}
+    later = job.next_assignments(seeds, 1.0, 100)
+    assert all(a.seed_id == "good" for a in later)
+
+
+def test_all_seeds_excluded_fails_naming_each_seed():
+    job, m = make_job(n_chunks=4, config=PlannerConfig(seed_failure_threshold=1))
+    seeds = [seed("s0", m), seed("s1", m)]
+    out = job.next_assignments(seeds, 0.0, 100)
+    finish(job, out, 1.0, ok=False, reason="read_failed")
+    job.next_assignments(seeds, 1.0, 100)
+    assert job.state == FAILED
+    assert "s0 (read_failed" in job.error and "s1 (read_failed" in job.error
+
+
+def test_no_live_seed_fails_after_grace():
+    job, m = make_job(config=PlannerConfig(no_seed_grace_seconds=10))
+    job.next_assignments([], 5.0, 8)
+    assert job.state == RUNNING
+    job.next_assignments([], 10.5, 8)
+    assert job.state == FAILED and "no live seed" in job.error
+
+
+def test_seed_lost_requeues_its_chunks():
+    job, m = make_job(n_chunks=2)
+    [a, b] = job.next_assignments([seed("s0", m, None)], 0.0, 2)
+    job.seed_lost("s0", "seed_lost: no heartbeat", 1.0)
+    assert set(job.take_cancellations()) == {a.assignment_id, b.assignment_id}
+    again = job.next_assignments([seed("s0", m, None), seed("s1", m, None)], 1.0, 8)
+    assert {x.seed_id for x in again} == {"s1"} and len(again) == 2
+
+
+def test_endgame_duplicates_a_straggler_and_counts_bytes_once():
+    job, m = make_job(n_chunks=2)
+    slow, fast = seed("slow", m, 100.0), seed("fast", m, 1e9)
+    [s] = job.next_assignments([slow], 0.0, 1)
+    [f] = job.next_assignments([fast], 0.0, 1)
+    finish(job, [f], 0.01)
+    [dup] = job.next_assignments([slow, fast], 0.02, 8)
+    assert dup.chunk_id == s.chunk_id and dup.seed_id == "fast"
+    finish(job, [dup], 0.03)
+    assert job.state == DONE and job.bytes_done == job.bytes_total
+    assert job.take_cancellations() == [s.assignment_id]
+    finish(job, [s], 5.0)  # the straggler lands late: ignored
+    assert job.bytes_done == job.bytes_total and job.chunks_done == 2
+
+
+def test_stale_and_unknown_reports_change_nothing():
+    job, m = make_job(n_chunks=2)
+    [a, b] = job.next_assignments([seed("s0", m, None)], 0.0, 2)
+    finish(job, [a, a], 1.0)
+    job.apply(Report("nope", ok=True), 1.0)
+    assert job.chunks_done == 1 and job.bytes_done == 4 * KiB
+
+
+def test_only_zero_byte_tensors_is_done_at_once():
+    m = manifest(z=0)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), PlannerConfig(), 0.0)
+    assert job.state == DONE and job.next_assignments([seed("s", m)], 0.0, 8) == []
+
+
+def test_chunk_failing_everywhere_fails_the_job():
+    job, m = make_job(n_chunks=1, config=PlannerConfig(max_attempts_per_chunk=3, seed_failure_threshold=99))
+    seeds = [seed("s0", m), seed("s1", m)]
+    for t in range(3):
+        finish(job, job.next_assignments(seeds, t, 1), t, ok=False, reason="read_failed")
+    assert job.state == FAILED and "chunk 0 failed 3 times" in job.error
+
+
+def test_progress_reports_totals():
+    job, m = make_job(n_chunks=4)
+    out = job.next_assignments([seed("s0", m, None)], 0.0, 2)
+    finish(job, out, 1.0)
+    p = job.progress()
+    assert (p["bytes_done"], p["bytes_total"], p["chunks_done"], p["chunks_total"]) == (8 * KiB, 16 * KiB, 2, 4)

@@ -61,6 +61,8 @@ class AgentConfig:
     lease_ttl_seconds: float = 30.0
     max_wait_seconds: float = 5.0
     heartbeat_interval_seconds: float = 1.0
+    liveness_interval_seconds: float = 0.25
+    liveness_timeout_seconds: float = 0.5
     refresh_every_heartbeats: int = 5
     """Re-read the seed's TE info this often, to notice a restarted seed."""
 
@@ -91,6 +93,10 @@ class AgentState:
     identity: dict | None = None
     registered: bool = False
     heartbeats: int = 0
+    seed_alive: bool = True
+    """Last liveness probe of the seed. Leases are refused while it is down: a
+    TransferEngine read submitted to a dead TCP peer can block its caller (we
+    measured get_batch_transfer_status holding the GIL for over a minute)."""
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.config.rate_cap, self._burst(self.config.rate_cap), self.clock())
@@ -201,6 +207,15 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
                 state.metrics.registered.labels(seed=seed).set(0)
             log.warning("%s: %s", "seed unavailable" if isinstance(exc, SeedUnavailable) else "heartbeat failed", exc)
 
+    async def probe_seed(http: httpx.AsyncClient) -> None:
+        try:
+            alive = (await http.get(f"{config.sglang_url}/health", timeout=config.liveness_timeout_seconds)).status_code == 200
+        except httpx.HTTPError:
+            alive = False
+        if alive != state.seed_alive:
+            log.warning("seed %s at %s is %s", seed, config.sglang_url, "back" if alive else "DOWN: refusing leases")
+        state.seed_alive = alive
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         http = httpx.AsyncClient(timeout=5)
@@ -209,6 +224,8 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
         await tick(scheduler, http)  # register at once, not one interval later
         jobs.add_job(tick, "interval", seconds=config.heartbeat_interval_seconds, args=(scheduler, http),
                      id="heartbeat", max_instances=1, coalesce=True)
+        jobs.add_job(probe_seed, "interval", seconds=config.liveness_interval_seconds, args=(http,),
+                     id="liveness", max_instances=1, coalesce=True)
         jobs.start()
         try:
             yield
@@ -232,6 +249,10 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
 
     @app.post("/v1/leases")
     async def acquire(body: LeaseRequest):
+        if not state.seed_alive:
+            state.metrics.leases_total.labels(seed=seed, outcome="denied").inc()
+            return _error(503, "seed_unavailable", f"seed {seed} at {config.sglang_url} is not answering; "
+                          "read this chunk from another seed")
         if state.ranks and body.rank not in state.ranks:
             return _error(404, "unknown_rank", f"this seed serves ranks {sorted(state.ranks)}, not {body.rank}")
         asked = clock()
@@ -245,6 +266,11 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
         delay = reservation.start_at - clock()
         if delay > 0:
             await asyncio.sleep(delay)
+        if not state.seed_alive:  # it may have died while this lease waited for budget
+            state.bucket.refund(body.bytes, clock())
+            state.metrics.leases_total.labels(seed=seed, outcome="denied").inc()
+            return _error(503, "seed_unavailable", f"seed {seed} at {config.sglang_url} stopped answering; "
+                          "read this chunk from another seed")
         lease = state.leases.grant(body.job_id, body.assignment_id, body.rank, body.bytes, clock())
         state.metrics.leases_total.labels(seed=seed, outcome="granted").inc()
         state.metrics.granted_bytes_total.labels(seed=seed).inc(body.bytes)

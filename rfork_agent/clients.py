@@ -68,6 +68,10 @@ class UnknownLease(AgentError):
     pass
 
 
+class SeedUnavailable(AgentError):
+    """The agent says its seed is down: read elsewhere."""
+
+
 _SCHEDULER_ERRORS = {
     "unknown_model": UnknownModel,
     "manifest_mismatch": ManifestMismatch,
@@ -171,6 +175,8 @@ class AgentClient(_Base):
         code, message, detail = _detail(response)
         if response.status_code == 429:
             raise LeaseDenied(message, float(detail.get("retry_after_seconds", 0.5)))
+        if code == "seed_unavailable":
+            raise SeedUnavailable(message)
         raise AgentError(f"agent at {self.base_url} refused the lease: {message}")
 
     async def release_lease(self, lease_id: str, used: bool = True) -> None:

@@ -83,6 +83,8 @@ class ForkOptions:
     scheduler_give_up_seconds: float = 30.0
     """How long the scheduler may be unreachable before the fork fails."""
     idle_poll_seconds: float = 0.5
+    suspect_seconds: float = 5.0
+    """After a read from a seed fails, new reads to it fail fast for this long."""
 
 
 def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
@@ -134,6 +136,7 @@ class ForkClient:
         self._progress = progress
         self._metrics = metrics
         self._clock = clock
+        self._suspect_until: dict[str, float] = {}
 
     async def fork(
         self,
@@ -278,6 +281,12 @@ class ForkClient:
         lease_id = await self._acquire_lease(agent, job_id, rank, a)
         if isinstance(lease_id, dict):
             return report(False, **lease_id)
+        if self._clock() < self._suspect_until.get(a["session_id"], 0.0):
+            # A read from this session just failed. Submitting another to a dead TCP
+            # peer can block inside TransferEngine, so fail fast and let the
+            # scheduler move the chunk.
+            asyncio.ensure_future(self._release(agent, lease_id, False))
+            return report(False, "seed_lost", f"a read from {a['session_id']} failed moments ago")
         now = self._clock()
         tally.first_lease_at = now if tally.first_lease_at is None else min(tally.first_lease_at, now)
 
@@ -302,6 +311,7 @@ class ForkClient:
         except ReadTimeout as exc:
             return report(False, "timeout", str(exc))
         except ReadFailed as exc:
+            self._suspect_until[a["session_id"]] = self._clock() + self.options.suspect_seconds
             return report(False, "read_failed", str(exc))
         finally:
             entry.reading = False
@@ -324,6 +334,8 @@ class ForkClient:
                 await asyncio.sleep(min(max(exc.retry_after_seconds, 0.01), 1.0))
             except clients.AgentUnreachable as exc:
                 return {"reason": "agent_unreachable", "error": str(exc)}
+            except clients.SeedUnavailable as exc:
+                return {"reason": "seed_lost", "error": str(exc)}
             except clients.AgentError as exc:
                 return {"reason": "lease_denied", "error": str(exc)}
 

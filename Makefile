@@ -8,7 +8,7 @@ venv:
 	@./scripts/bootstrap.sh
 
 demo: venv
-	$(VENV)/bin/rfork testbed --seeds 3 --model qwen2.5-0.5b --seed-rate 150MB/s,150MB/s,60MB/s \
+	$(VENV)/bin/rfork testbed --seeds 3 --model qwen2.5-0.5b --seed-rate 150MB/s,150MB/s,60MB/s --chunk-size 16MiB \
 		--kill-seed-at 0.5 --compare-baseline --json out/demo.json
 
 test: venv

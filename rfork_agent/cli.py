@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     args = sub.parse_args(rest)
     logging.basicConfig(
-        level=getattr(args, "log_level", "INFO").upper() if isinstance(getattr(args, "log_level", None), str) else logging.INFO,
+        level=str(getattr(args, "log_level", "INFO")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

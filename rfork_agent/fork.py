@@ -293,7 +293,6 @@ class ForkClient:
         reads = a["reads"]
         timeout = self.options.read_timeout_base_seconds + a["bytes"] / self.options.read_timeout_min_bandwidth
         entry.reading = True
-        used = True
         try:
             read_started = self._clock()
             await read(
@@ -316,7 +315,7 @@ class ForkClient:
         finally:
             entry.reading = False
             # Release off the critical path; an unreachable agent expires the lease itself.
-            asyncio.ensure_future(self._release(agent, lease_id, used))
+            asyncio.ensure_future(self._release(agent, lease_id, used=True))
 
     async def _acquire_lease(self, agent, job_id: str, rank: int, a: dict) -> str | dict:
         give_up_at = self._clock() + self.options.lease_give_up_seconds

@@ -128,7 +128,8 @@ class Job:
             self._fail_if_no_seeds(seeds, now)
             return []
         self.last_seed_seen_at = now
-        free = {s.seed_id: self._depth(s) - self._in_flight(s.seed_id) for s in eligible}
+        live = self.live_by_seed()
+        free = {s.seed_id: self._depth(s) - live.get(s.seed_id, 0) for s in eligible}
         out: list[Assignment] = []
         while len(out) < max_assignments:
             candidates = [s for s in eligible if free[s.seed_id] > 0]
@@ -154,9 +155,6 @@ class Job:
             return 0
         typical = max(self.bytes_total / max(len(self.chunks), 1), 1)
         return max(1, min(cap, math.ceil(seed.allowed_rate * self.config.pipeline_seconds / typical)))
-
-    def _in_flight(self, seed_id: str) -> int:
-        return sum(1 for c in self.chunks for a in c.live.values() if a.seed_id == seed_id)
 
     def _rate(self, seed: SeedView) -> float:
         """Best estimate of bytes/s this seed delivers to this job."""
@@ -186,6 +184,7 @@ class Job:
         my_rate = rates[seed.seed_id]
         if my_rate <= 0:
             return None
+        mine_queued = self.live_by_seed().get(seed.seed_id, 0) + 1
         best, best_gain = None, 0.0
         for chunk_id, state in enumerate(self.chunks):
             if state.done or not state.live or len(state.live) >= self.config.max_live_per_chunk:
@@ -197,7 +196,7 @@ class Job:
             queued = sum(1 for c in self.chunks for b in c.live.values()
                          if b.seed_id == a.seed_id and b.assigned_at <= a.assigned_at)
             remaining = (math.inf if their_rate <= 0 else queued * a.nbytes / their_rate) - (now - a.assigned_at)
-            mine = (self._in_flight(seed.seed_id) + 1) * a.nbytes / my_rate
+            mine = mine_queued * a.nbytes / my_rate
             if mine * self.config.endgame_speedup < remaining and remaining - mine > best_gain:
                 best, best_gain = chunk_id, remaining - mine
         return best

@@ -3,24 +3,42 @@
 It reads the seed's TransferEngine session and manifest per rank over SGLang's
 HTTP API, registers them with the scheduler, heartbeats every second (an
 APScheduler job), and grants leases for chunk reads no faster than the seed's
-allowed byte rate. It is not in the data path: reads are one-sided TE reads.
+allowed byte rate (a FIFO token bucket). It is not in the data path: fork
+clients read the seed's memory with one-sided TE reads.
 
-The allowed rate is the configured cap for now; ``set_allowed_rate`` is the
-seam the serving-QoS controller drives.
+Layers, one concern each:
+
+- ``AgentState`` — the agent's state and decisions, no I/O: token bucket,
+  lease book, identity/ranks, lifecycle ``Phase``, metrics. ``set_allowed_rate``
+  is the seam the serving-QoS controller drives.
+- ``SeedLink`` — the I/O loop: discovery from the seed, registration and
+  heartbeats with the scheduler, a liveness probe of the seed.
+- ``create_app`` — FastAPI routes (docs/DESIGN.md, "Agent HTTP API") mapping
+  the state's outcomes to status codes.
+
+Lifecycle (``Phase``)::
+
+    discovering --seed answered--> registering --scheduler accepted--> registered
+         ^                              ^                                  |
+         |                              +---- heartbeat 404 / new TE session
+         +---- seed down (liveness probe or failed refresh): deregister ---+
 
     >>> app = create_app(AgentConfig(seed_id="seed-0", sglang_url="http://127.0.0.1:30000",
-    ...                              scheduler_url="http://127.0.0.1:8700", rate_cap=2e9))
+    ...                              scheduler_url="http://127.0.0.1:8700", port=8800, rate_cap=2e9))
+    >>> uvicorn.run(app, host="127.0.0.1", port=8800)
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
+from urllib.parse import urlparse
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -32,39 +50,96 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
-from rfork_agent.leases import LeaseBook, UnknownLease
+from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_agent.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
-from throttle.token_bucket import TokenBucket
+from throttle.token_bucket import Reservation, TokenBucket, default_burst
 
 log = logging.getLogger("rfork.agent")
 
-MiB = 2**20
+LEASE_OUTCOMES = ("granted", "denied", "expired", "released", "returned")
+
+
+# --------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """Everything one agent needs; validated on construction (ValueError names the field).
+
+        >>> AgentConfig(seed_id="seed-0", sglang_url="http://127.0.0.1:30000",
+        ...             scheduler_url="http://127.0.0.1:8700", rate_cap=100e6)
+    """
+
     seed_id: str
     sglang_url: str
+    """The seed's SGLang (or stand-in) HTTP URL."""
     scheduler_url: str
-    agent_url: str = ""
-    """URL clients use to reach this agent (default http://host:port)."""
     host: str = "127.0.0.1"
     port: int = 8800
+    agent_url: str = ""
+    """URL fork clients use to reach this agent; default http://host:port."""
     rate_cap: float | None = None
-    """Bytes/s this seed may serve to forks; None = uncapped."""
-    burst_seconds: float = 0.25
+    """Bytes/s this seed may serve to forks (the link cap); None = uncapped."""
+    burst_bytes: float | None = None
+    """Token bucket burst; default max(0.25 s x rate, 1 MiB)."""
     model: str | None = None
+    """Identity overrides; defaults come from the seed's /server_info
+    (model_path, revision or "main", dtype, tp_size)."""
     revision: str | None = None
     dtype: str | None = None
     tp_size: int | None = None
     ranks: tuple[int, ...] | None = None
+    """Ranks to serve; default all of 0..tp_size-1."""
     lease_ttl_seconds: float = 30.0
     max_wait_seconds: float = 5.0
-    heartbeat_interval_seconds: float = 1.0
-    liveness_interval_seconds: float = 0.25
-    liveness_timeout_seconds: float = 0.5
+    """Longest a lease request is held waiting for budget (the client's wait_seconds is capped to it)."""
+    heartbeat_interval: float = 1.0
     refresh_every_heartbeats: int = 5
-    """Re-read the seed's TE info this often, to notice a restarted seed."""
+    """Re-read the seed's TE info every this many heartbeats, to notice a restarted seed."""
+    liveness_interval_seconds: float = 0.25
+    """Probe the seed's /health this often; 0 disables the probe."""
+    liveness_timeout_seconds: float = 2.0
+    http_timeout_seconds: float = 5.0
+    """Timeout of each call to the seed and the scheduler."""
+    max_backoff_seconds: float = 2.0
+    """Longest pause between attempts to reach the seed or the scheduler while not registered."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.seed_id or len(self.seed_id) > 128:
+            problems.append(f"seed_id {self.seed_id!r} must be 1..128 characters")
+        for name in ("sglang_url", "scheduler_url") + (("agent_url",) if self.agent_url else ()):
+            url = getattr(self, name)
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                problems.append(f"{name} {url!r} is not an http(s) URL like http://127.0.0.1:30000")
+        if not 0 < self.port < 65536:
+            problems.append(f"port {self.port} is not in 1..65535")
+        if self.rate_cap is not None and not (self.rate_cap > 0 and math.isfinite(self.rate_cap)):
+            problems.append(f"rate_cap {self.rate_cap} must be > 0 bytes/s, or None for uncapped")
+        if self.burst_bytes is not None and not self.burst_bytes > 0:
+            problems.append(f"burst_bytes {self.burst_bytes} must be > 0")
+        if self.tp_size is not None and self.tp_size < 1:
+            problems.append(f"tp_size {self.tp_size} must be >= 1")
+        if self.ranks is not None and (not self.ranks or any(r < 0 for r in self.ranks)):
+            problems.append(f"ranks {self.ranks} must be a non-empty list of ranks >= 0")
+        for name in ("lease_ttl_seconds", "heartbeat_interval", "http_timeout_seconds",
+                     "liveness_timeout_seconds", "max_backoff_seconds"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_wait_seconds < 0 or self.liveness_interval_seconds < 0:
+            problems.append("max_wait_seconds and liveness_interval_seconds must be >= 0")
+        if self.refresh_every_heartbeats < 1:
+            problems.append(f"refresh_every_heartbeats must be >= 1, got {self.refresh_every_heartbeats}")
+        if problems:
+            raise ValueError("invalid agent config: " + "; ".join(problems))
+
+    @property
+    def advertised_url(self) -> str:
+        return (self.agent_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+# --------------------------------------------------------------------------- wire models
 
 
 class LeaseRequest(BaseModel):
@@ -74,7 +149,8 @@ class LeaseRequest(BaseModel):
     rank: int = Field(ge=0, le=4095)
     bytes: int = Field(gt=0, le=2**40)
     grant: str = Field(default="", max_length=4096)
-    wait_seconds: float = Field(default=5.0, ge=0, le=60, allow_inf_nan=False)
+    """Opaque token from the scheduler's assignment; not checked yet."""
+    wait_seconds: float = Field(default=5.0, ge=0, le=600, allow_inf_nan=False)
 
 
 class ReleaseRequest(BaseModel):
@@ -82,160 +158,520 @@ class ReleaseRequest(BaseModel):
     used: bool = True
 
 
-@dataclass
-class AgentState:
-    config: AgentConfig
-    metrics: AgentMetrics
-    clock: Callable[[], float]
-    bucket: TokenBucket = field(init=False)
-    leases: LeaseBook = field(init=False)
-    ranks: dict[int, tuple[str, dict]] = field(default_factory=dict)
-    identity: dict | None = None
-    registered: bool = False
-    heartbeats: int = 0
-    seed_alive: bool = True
-    """Last liveness probe of the seed. Leases are refused while it is down: a
-    TransferEngine read submitted to a dead TCP peer can block its caller (we
-    measured get_batch_transfer_status holding the GIL for over a minute)."""
+# --------------------------------------------------------------------------- state (no I/O)
 
-    def __post_init__(self) -> None:
-        self.bucket = TokenBucket(self.config.rate_cap, self._burst(self.config.rate_cap), self.clock())
-        self.leases = LeaseBook(self.config.lease_ttl_seconds)
-        self.metrics.rate_cap.labels(seed=self.config.seed_id).set(_gauge(self.config.rate_cap))
-        self.metrics.allowed_rate.labels(seed=self.config.seed_id).set(_gauge(self.config.rate_cap))
 
-    def _burst(self, rate: float | None) -> float:
-        return max((rate or 0) * self.config.burst_seconds, 1 * MiB)
+class Phase(str, enum.Enum):
+    DISCOVERING = "discovering"
+    """Reading the seed's server info and TE info (at start, or after the seed went down)."""
+    REGISTERING = "registering"
+    """Seed known; the scheduler has not accepted the registration yet."""
+    REGISTERED = "registered"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    session_id: str
+    manifest: dict
 
     @property
-    def allowed_rate(self) -> float | None:
-        return self.bucket.rate
+    def nbytes(self) -> int:
+        return sum(numel * esize for _, numel, esize in self.manifest.values())
 
-    def set_allowed_rate(self, rate: float | None, now: float) -> None:
-        """The QoS seam: pace leases at ``rate`` from now on (never above the cap)."""
-        cap = self.config.rate_cap
-        if rate is not None and cap is not None:
-            rate = min(rate, cap)
-        if rate is None and cap is not None:
-            rate = cap
-        self.bucket.set_rate(rate, now, burst=self._burst(rate))
-        self.metrics.allowed_rate.labels(seed=self.config.seed_id).set(_gauge(rate))
 
-    def expire_leases(self) -> None:
-        for lease in self.leases.expire(self.clock()):
-            self.metrics.leases_total.labels(seed=self.config.seed_id, outcome="expired").inc()
-            log.warning("lease %s (job %s, %d bytes) expired unreleased", lease.lease_id, lease.job_id, lease.nbytes)
-        self.metrics.leases_in_flight.labels(seed=self.config.seed_id).set(self.leases.in_flight())
+@dataclass(frozen=True)
+class SeedDescription:
+    """What discovery learned: the identity and each served rank's TE session and manifest."""
 
-    def heartbeat_body(self) -> dict:
-        now = self.clock()
-        available = self.bucket.available(now)
-        return {
-            "allowed_rate_bytes_per_second": self.allowed_rate,
-            "available_bytes": 0.0 if math.isinf(available) else available,
-            "in_flight_leases": self.leases.in_flight(),
-        }
+    identity: dict
+    ranks: dict[int, RankInfo]
+
+    def sessions(self) -> dict[int, str]:
+        return {r: info.session_id for r, info in self.ranks.items()}
+
+
+@dataclass(frozen=True)
+class Denied:
+    """A lease request the agent refuses: HTTP status, error code, message, extras."""
+
+    status: int
+    code: str
+    message: str
+    retry_after_seconds: float | None = None
+
+    def response(self) -> JSONResponse:
+        extra = {} if self.retry_after_seconds is None else {"retry_after_seconds": self.retry_after_seconds}
+        return _error(self.status, self.code, self.message, **extra)
 
 
 def _gauge(rate: float | None) -> float:
     return math.nan if rate is None else rate
 
 
+@dataclass
+class AgentState:
+    """The agent's state and decisions; every method takes ``now`` or uses ``clock``, none does I/O.
+
+        >>> state = AgentState(config, AgentMetrics(CollectorRegistry()), clock=lambda: 0.0)
+        >>> state.set_allowed_rate(50e6, now=0.0)      # the QoS controller's seam
+    """
+
+    config: AgentConfig
+    metrics: AgentMetrics
+    clock: Callable[[], float] = time.monotonic
+    bucket: TokenBucket = field(init=False)
+    leases: LeaseBook = field(init=False)
+    seed: SeedDescription | None = None
+    phase: Phase = Phase.DISCOVERING
+    seed_alive: bool = True
+    """Last verdict of the liveness probe. Leases are refused while the seed is
+    down: a read submitted to a dead peer only wastes the client's time."""
+    heartbeats: int = 0
+
+    def __post_init__(self) -> None:
+        cap = self.config.rate_cap
+        self.bucket = TokenBucket(cap, self._burst(cap), self.clock())
+        self.leases = LeaseBook(self.config.lease_ttl_seconds)
+        seed = self.config.seed_id
+        m = self.metrics
+        m.rate_cap.labels(seed=seed).set(_gauge(cap))
+        m.allowed_rate.labels(seed=seed).set(_gauge(cap))
+        m.registered.labels(seed=seed).set(0)
+        m.leases_in_flight.labels(seed=seed).set(0)
+        # Touch every labelled series so dashboards see zeros, not gaps, before the first lease.
+        m.granted_bytes_total.labels(seed=seed)
+        m.read_bytes_total.labels(seed=seed)
+        m.heartbeat_failures_total.labels(seed=seed)
+        m.lease_wait.labels(seed=seed)
+        for outcome in LEASE_OUTCOMES:
+            m.leases_total.labels(seed=seed, outcome=outcome)
+
+    def _burst(self, rate: float | None) -> float:
+        return self.config.burst_bytes or default_burst(rate)
+
+    # -- rate ---------------------------------------------------------------
+
+    @property
+    def allowed_rate(self) -> float | None:
+        return self.bucket.rate
+
+    def set_allowed_rate(self, rate: float | None, now: float) -> None:
+        """Pace leases at ``rate`` bytes/s from ``now`` on: the QoS controller's seam.
+
+        Never above the configured cap (None with a cap means "back to the
+        cap"); 0 pauses new leases (a probe pause). The bucket keeps its
+        balance and any debt; the burst follows the rate (a lower rate also
+        allows a smaller burst), except that a pause keeps it unchanged.
+        """
+        cap = self.config.rate_cap
+        if rate is not None and (math.isnan(rate) or rate < 0):
+            raise ValueError(f"allowed rate must be >= 0 bytes/s or None, got {rate}")
+        if cap is not None:
+            rate = cap if rate is None else min(rate, cap)
+        burst = None if rate == 0 else self._burst(rate)
+        self.bucket.set_rate(rate, now, burst=burst)
+        self.metrics.allowed_rate.labels(seed=self.config.seed_id).set(_gauge(rate))
+
+    # -- leases -------------------------------------------------------------
+
+    def check_lease(self, rank: int) -> Denied | None:
+        """Refusals that do not depend on the budget (seed down, unknown rank)."""
+        seed = self.config.seed_id
+        if self.seed is None:
+            return Denied(503, "seed_unavailable",
+                          f"agent for {seed} has not read the seed's TransferEngine info from "
+                          f"{self.config.sglang_url} yet; read this chunk from another seed")
+        if not self.seed_alive:
+            return Denied(503, "seed_unavailable",
+                          f"seed {seed} at {self.config.sglang_url} is not answering; "
+                          "read this chunk from another seed")
+        if rank not in self.seed.ranks:
+            return Denied(404, "unknown_rank",
+                          f"seed {seed} serves ranks {sorted(self.seed.ranks)}, not rank {rank}; "
+                          "ask the scheduler for work again")
+        return None
+
+    def reserve(self, nbytes: int, wait_seconds: float, now: float) -> Reservation | Denied:
+        """A bucket reservation, or a 429 ``Denied`` with the time to ask again."""
+        max_wait = min(wait_seconds, self.config.max_wait_seconds)
+        reservation = self.bucket.reserve(nbytes, now, max_wait)
+        if reservation is not None:
+            return reservation
+        self.metrics.leases_total.labels(seed=self.config.seed_id, outcome="denied").inc()
+        needed = self.bucket.wait_for(nbytes, now)
+        rate = self.allowed_rate
+        if math.isinf(needed):  # paused: the controller decides again within a heartbeat or so
+            retry, pace = self.config.heartbeat_interval, "paused (allowed rate 0)"
+        else:
+            # Ask again when the same wait would be enough.
+            retry, pace = min(max(needed - max_wait, 0.05), 30.0), f"paced at {rate / 1e6:.1f} MB/s"
+        return Denied(
+            429, "over_budget",
+            f"seed {self.config.seed_id} is {pace}; {nbytes} bytes could start in {needed:.2f} s, "
+            f"more than the {max_wait:.2f} s wait; retry in {retry:.2f} s",
+            retry_after_seconds=round(retry, 3),
+        )
+
+    def grant(self, body: LeaseRequest, asked_at: float, now: float) -> Lease:
+        lease = self.leases.grant(body.job_id, body.assignment_id, body.rank, body.bytes, now)
+        seed, m = self.config.seed_id, self.metrics
+        m.leases_total.labels(seed=seed, outcome="granted").inc()
+        m.granted_bytes_total.labels(seed=seed).inc(body.bytes)
+        m.lease_wait.labels(seed=seed).observe(max(now - asked_at, 0.0))
+        m.leases_in_flight.labels(seed=seed).set(self.leases.in_flight())
+        return lease
+
+    def release(self, lease_id: str, used: bool, now: float) -> int:
+        """End a lease; returns the bytes refunded. Raises UnknownLease (LeaseExpired)."""
+        seed, m = self.config.seed_id, self.metrics
+        self.expire_leases(now)
+        try:
+            released = self.leases.release(lease_id, now, used=used)
+        except LeaseExpired as exc:
+            self._expired([exc.lease])
+            raise
+        if released.refund_bytes:
+            self.bucket.refund(released.refund_bytes, now)
+            m.leases_total.labels(seed=seed, outcome="returned").inc()
+        else:
+            m.read_bytes_total.labels(seed=seed).inc(released.nbytes)
+            m.leases_total.labels(seed=seed, outcome="released").inc()
+        m.leases_in_flight.labels(seed=seed).set(self.leases.in_flight())
+        return released.refund_bytes
+
+    def expire_leases(self, now: float) -> None:
+        self._expired(self.leases.expire(now))
+
+    def _expired(self, gone: list[Lease]) -> None:
+        seed = self.config.seed_id
+        for lease in gone:
+            # Tokens are not refunded: the client may have read the bytes.
+            self.metrics.leases_total.labels(seed=seed, outcome="expired").inc()
+            log.warning("lease %s (job %s, assignment %s, %d bytes) expired unreleased after %g s",
+                        lease.lease_id, lease.job_id, lease.assignment_id, lease.nbytes, self.config.lease_ttl_seconds)
+        self.metrics.leases_in_flight.labels(seed=seed).set(self.leases.in_flight())
+
+    # -- scheduler bodies -----------------------------------------------------
+
+    def registration_body(self) -> dict:
+        assert self.seed is not None, "register only after discovery"
+        return {
+            "identity": dict(self.seed.identity),
+            "agent_url": self.config.advertised_url,
+            "rate_cap_bytes_per_second": self.config.rate_cap,
+            "ranks": [
+                {"rank": info.rank, "session_id": info.session_id, "manifest": info.manifest}
+                for _, info in sorted(self.seed.ranks.items())
+            ],
+        }
+
+    def heartbeat_body(self, now: float) -> dict:
+        available = self.bucket.available(now)
+        return {
+            "allowed_rate_bytes_per_second": self.allowed_rate,
+            # Uncapped has no balance; JSON has no inf and allowed_rate null already says it.
+            "available_bytes": 0.0 if math.isinf(available) else float(available),
+            "in_flight_leases": self.leases.in_flight(),
+        }
+
+    def set_phase(self, phase: Phase) -> None:
+        if phase is not self.phase:
+            log.info("agent %s: %s -> %s", self.config.seed_id, self.phase.value, phase.value)
+        self.phase = phase
+        self.metrics.registered.labels(seed=self.config.seed_id).set(1 if phase is Phase.REGISTERED else 0)
+
+    def status(self, now: float) -> dict:
+        ranks = [] if self.seed is None else [
+            {"rank": r, "session_id": info.session_id, "tensors": len(info.manifest), "bytes": info.nbytes}
+            for r, info in sorted(self.seed.ranks.items())
+        ]
+        available = self.bucket.available(now)
+        return {
+            "seed_id": self.config.seed_id,
+            "phase": self.phase.value,
+            "seed_alive": self.seed_alive,
+            "sglang_url": self.config.sglang_url,
+            "scheduler_url": self.config.scheduler_url,
+            "agent_url": self.config.advertised_url,
+            "identity": None if self.seed is None else self.seed.identity,
+            "ranks": ranks,
+            "rate_cap_bytes_per_second": self.config.rate_cap,
+            "allowed_rate_bytes_per_second": self.allowed_rate,
+            "available_bytes": None if math.isinf(available) else available,
+            "in_flight_leases": self.leases.in_flight(),
+            "in_flight_bytes": self.leases.in_flight_bytes(),
+        }
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+async def discover(config: AgentConfig, http: httpx.AsyncClient) -> SeedDescription:
+    """The seed's identity and per-rank TE info; config overrides the seed's answers."""
+    info = await fetch_server_info(http, config.sglang_url)
+    model = config.model or info.get("model_path")
+    if not model:
+        raise SeedUnavailable(config.sglang_url,
+                              f"seed {config.sglang_url} server info has no model_path; pass --model")
+    try:
+        tp_size = config.tp_size or int(info.get("tp_size") or 1)
+    except (TypeError, ValueError):
+        raise SeedUnavailable(config.sglang_url, f"seed {config.sglang_url} reports tp_size "
+                                                 f"{info.get('tp_size')!r}; pass --tp-size") from None
+    identity = {
+        "model": str(model),
+        "revision": config.revision or str(info.get("revision") or "main"),
+        "dtype": config.dtype or str(info.get("dtype") or "auto"),
+        "tp_size": tp_size,
+    }
+    ranks = {}
+    for rank in config.ranks if config.ranks is not None else range(tp_size):
+        session_id, manifest = await fetch_transfer_engine_info(http, config.sglang_url, rank)
+        ranks[rank] = RankInfo(rank, session_id, manifest)
+    return SeedDescription(identity, ranks)
+
+
+class SeedLink:
+    """Keeps the scheduler's view of this seed true: discovery, registration, heartbeats, liveness.
+
+    ``step()`` is one heartbeat period's work and is safe to call from
+    several tasks (a lock serialises it). Failures never escape: they are
+    logged (once per distinct problem, then at debug) and retried with backoff.
+    """
+
+    def __init__(self, state: AgentState, http: httpx.AsyncClient, scheduler: clients.SchedulerClient) -> None:
+        self.state = state
+        self.config = state.config
+        self.http = http
+        self.scheduler = scheduler
+        self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+        self._attempts = 0
+        self._last_problem = ""
+        self._probe_failures = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- logging / backoff --------------------------------------------------
+
+    def _problem(self, what: str, exc: Exception) -> None:
+        message = f"{what}: {exc}"
+        # Log a problem once when it starts or changes, not every second.
+        if message != self._last_problem:
+            log.warning("agent %s: %s", self.config.seed_id, message)
+            self._last_problem = message
+        else:
+            log.debug("agent %s: %s", self.config.seed_id, message)
+
+    def _backoff(self, now: float) -> None:
+        self._attempts += 1
+        delay = min(0.1 * 2 ** (self._attempts - 1), self.config.max_backoff_seconds)
+        self._retry_at = now + delay
+
+    def _recovered(self) -> None:
+        if self._last_problem:
+            log.info("agent %s: recovered (%s)", self.config.seed_id, self.state.phase.value)
+        self._attempts, self._retry_at, self._last_problem = 0, 0.0, ""
+
+    @property
+    def retry_in(self) -> float:
+        return max(self._retry_at - time.monotonic(), 0.0)
+
+    # -- the loop -------------------------------------------------------------
+
+    async def step(self) -> None:
+        async with self._lock:
+            state = self.state
+            state.expire_leases(state.clock())
+            if state.phase is Phase.STOPPED:
+                return
+            if not state.seed_alive and state.phase is not Phase.DISCOVERING:
+                await self._seed_lost("the seed stopped answering its /health")
+            if time.monotonic() < self._retry_at:
+                return
+            if state.phase is Phase.DISCOVERING and not await self._discover():
+                return
+            if state.phase is Phase.REGISTERING:
+                await self._register()
+                return  # a registration counts as this period's heartbeat
+            if state.phase is Phase.REGISTERED:
+                await self._heartbeat()
+
+    async def _discover(self) -> bool:
+        try:
+            self.state.seed = await discover(self.config, self.http)
+        except SeedUnavailable as exc:
+            self._problem(f"waiting for the seed at {self.config.sglang_url}", exc)
+            self._backoff(time.monotonic())
+            return False
+        self.state.seed_alive = True
+        self.state.set_phase(Phase.REGISTERING)
+        return True
+
+    async def _register(self) -> None:
+        state = self.state
+        try:
+            answer = await self.scheduler.register_seed(self.config.seed_id, state.registration_body())
+        except clients.ClientError as exc:
+            self._problem(f"cannot register with the scheduler at {self.config.scheduler_url}", exc)
+            self._backoff(time.monotonic())
+            return
+        assert state.seed is not None
+        state.set_phase(Phase.REGISTERED)
+        state.heartbeats = 0
+        log.info("agent %s registered with %s: %s ranks %s sessions %s (scheduler expects a heartbeat every %s s)",
+                 self.config.seed_id, self.config.scheduler_url, state.seed.identity["model"],
+                 sorted(state.seed.ranks), sorted(set(state.seed.sessions().values())),
+                 answer.get("heartbeat_interval_seconds") if isinstance(answer, dict) else "?")
+        self._recovered()
+
+    async def _heartbeat(self) -> None:
+        state, seed = self.state, self.config.seed_id
+        state.heartbeats += 1
+        if state.heartbeats % self.config.refresh_every_heartbeats == 0 and await self._seed_changed():
+            return
+        try:
+            await self.scheduler.heartbeat(seed, state.heartbeat_body(state.clock()))
+        except clients.UnknownSeed:
+            # The scheduler restarted or dropped us (missed heartbeats): register again now.
+            state.metrics.heartbeat_failures_total.labels(seed=seed).inc()
+            log.warning("agent %s: the scheduler does not know this seed; re-registering", seed)
+            state.set_phase(Phase.REGISTERING)
+            await self._register()
+        except clients.ClientError as exc:
+            state.metrics.heartbeat_failures_total.labels(seed=seed).inc()
+            self._problem(f"heartbeat to {self.config.scheduler_url} failed (will keep trying)", exc)
+        else:
+            if self._last_problem:
+                self._recovered()
+
+    async def _seed_changed(self) -> bool:
+        """Re-read the seed; re-register if its TE sessions changed (it restarted). True if handled."""
+        state = self.state
+        try:
+            fresh = await discover(self.config, self.http)
+        except SeedUnavailable as exc:
+            await self._seed_lost(str(exc))
+            return True
+        old = state.seed
+        if old is not None and fresh.sessions() == old.sessions() and fresh.identity == old.identity:
+            return False
+        log.warning("agent %s: the seed restarted (TE sessions %s -> %s); re-registering",
+                    self.config.seed_id, old and old.sessions(), fresh.sessions())
+        state.seed = fresh
+        state.set_phase(Phase.REGISTERING)
+        await self._register()
+        return True
+
+    async def _seed_lost(self, why: str) -> None:
+        """The seed is gone: leave the scheduler at once so jobs re-plan, then wait for it to return."""
+        state = self.state
+        log.warning("agent %s: seed %s lost (%s); deregistering and waiting for it to come back",
+                    self.config.seed_id, self.config.sglang_url, why)
+        if state.phase is Phase.REGISTERED:
+            await self.deregister()
+        state.seed = None
+        state.set_phase(Phase.DISCOVERING)
+
+    async def deregister(self) -> None:
+        try:
+            await self.scheduler.deregister_seed(self.config.seed_id)
+        except clients.ClientError as exc:
+            log.info("agent %s: could not deregister (%s); the scheduler drops silent seeds by itself",
+                     self.config.seed_id, exc)
+
+    async def bootstrap(self) -> None:
+        """Discover and register as fast as backoff allows; the heartbeat job takes over after."""
+        while self.state.phase not in (Phase.REGISTERED, Phase.STOPPED):
+            await self.step()
+            await asyncio.sleep(max(self.retry_in, 0.05))
+
+    async def probe_seed(self) -> None:
+        """Liveness of the seed's HTTP server. Connection refused counts at once; timeouts twice."""
+        state = self.state
+        try:
+            response = await self.http.get(f"{self.config.sglang_url}/health",
+                                           timeout=self.config.liveness_timeout_seconds)
+            failed, hard = response.status_code != 200, False
+        except httpx.ConnectError:
+            failed, hard = True, True  # nothing listens: the process is gone
+        except httpx.HTTPError:
+            failed, hard = True, False  # slow under load is not dead
+        self._probe_failures = self._probe_failures + 1 if failed else 0
+        alive = not (hard or self._probe_failures >= 2)
+        if alive == state.seed_alive:
+            return
+        state.seed_alive = alive
+        if alive:
+            log.warning("agent %s: seed %s answers again; re-reading its TE info", self.config.seed_id,
+                        self.config.sglang_url)
+            self._attempts, self._retry_at = 0, 0.0
+        else:
+            log.warning("agent %s: seed %s is DOWN; refusing leases", self.config.seed_id, self.config.sglang_url)
+        # Act now, not at the next heartbeat; keep a reference so the task is not collected.
+        task = asyncio.ensure_future(self.step())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def job(self, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``body`` as an APScheduler job that ends quietly when shutdown cancels it mid-flight."""
+
+        async def run() -> None:
+            try:
+                await body()
+            except asyncio.CancelledError:
+                if self.state.phase is not Phase.STOPPED:
+                    raise
+
+        run.__name__ = run.__qualname__ = f"SeedLink.{body.__name__}"
+        return run
+
+
+# --------------------------------------------------------------------------- app
+
+
 def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": {"error": code, "message": message, **extra}})
 
 
-async def discover(config: AgentConfig, http: httpx.AsyncClient) -> tuple[dict, dict[int, tuple[str, dict]]]:
-    """The seed's identity and per-rank (session, manifest), flags overriding the seed's answers."""
-    info = await fetch_server_info(http, config.sglang_url)
-    identity = {
-        "model": config.model or info.get("model_path") or info.get("served_model_name"),
-        "revision": config.revision or info.get("revision") or "main",
-        "dtype": config.dtype or str(info.get("dtype", "auto")),
-        "tp_size": config.tp_size or int(info.get("tp_size", 1)),
-    }
-    if not identity["model"]:
-        raise SeedUnavailable(f"seed {config.sglang_url} /server_info has no model_path; pass --model")
-    ranks = {}
-    for rank in config.ranks if config.ranks is not None else range(identity["tp_size"]):
-        ranks[rank] = await fetch_transfer_engine_info(http, config.sglang_url, rank)
-    return identity, ranks
-
-
 def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
                clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """The agent's FastAPI app; its lifespan runs discovery, registration and heartbeats.
+
+    ``registry`` receives the agent's metrics (a fresh one by default);
+    ``clock`` drives the token bucket and lease ttl. ``app.state.agent`` is
+    the ``AgentState`` (``set_allowed_rate`` is the QoS seam) and
+    ``app.state.link`` the ``SeedLink`` while the app runs.
+    """
     registry = registry if registry is not None else CollectorRegistry()
     state = AgentState(config, AgentMetrics(registry), clock)
-    seed = config.seed_id
-    agent_url = config.agent_url or f"http://{config.host}:{config.port}"
-
-    async def register(scheduler: clients.SchedulerClient, http: httpx.AsyncClient) -> None:
-        identity, ranks = await discover(config, http)
-        body = {
-            "identity": identity, "agent_url": agent_url, "rate_cap_bytes_per_second": config.rate_cap,
-            "ranks": [{"rank": r, "session_id": s, "manifest": m} for r, (s, m) in sorted(ranks.items())],
-        }
-        await scheduler.register_seed(seed, body)
-        state.identity, state.ranks, state.registered = identity, ranks, True
-        state.metrics.registered.labels(seed=seed).set(1)
-        log.info("registered %s with %s: %s ranks %s", seed, config.scheduler_url, identity["model"], sorted(ranks))
-
-    async def tick(scheduler: clients.SchedulerClient, http: httpx.AsyncClient) -> None:
-        state.expire_leases()
-        try:
-            if not state.registered:
-                await register(scheduler, http)
-                return
-            state.heartbeats += 1
-            if state.heartbeats % config.refresh_every_heartbeats == 0:
-                _, ranks = await discover(config, http)
-                if {r: s for r, (s, _) in ranks.items()} != {r: s for r, (s, _) in state.ranks.items()}:
-                    log.warning("seed %s restarted (new TE session); re-registering", seed)
-                    await register(scheduler, http)
-                    return
-            await scheduler.heartbeat(seed, state.heartbeat_body())
-        except clients.UnknownSeed:
-            log.warning("scheduler forgot %s; re-registering", seed)
-            state.registered = False
-            state.metrics.registered.labels(seed=seed).set(0)
-            state.metrics.heartbeat_failures_total.labels(seed=seed).inc()
-        except (clients.ClientError, SeedUnavailable, httpx.HTTPError) as exc:
-            state.metrics.heartbeat_failures_total.labels(seed=seed).inc()
-            if isinstance(exc, SeedUnavailable):
-                # A dead seed must stop receiving forks: stop heartbeating so the scheduler drops it.
-                state.registered = False
-                state.metrics.registered.labels(seed=seed).set(0)
-            log.warning("%s: %s", "seed unavailable" if isinstance(exc, SeedUnavailable) else "heartbeat failed", exc)
-
-    async def probe_seed(http: httpx.AsyncClient) -> None:
-        try:
-            alive = (await http.get(f"{config.sglang_url}/health", timeout=config.liveness_timeout_seconds)).status_code == 200
-        except httpx.HTTPError:
-            alive = False
-        if alive != state.seed_alive:
-            log.warning("seed %s at %s is %s", seed, config.sglang_url, "back" if alive else "DOWN: refusing leases")
-        state.seed_alive = alive
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        http = httpx.AsyncClient(timeout=5)
-        scheduler = clients.SchedulerClient(config.scheduler_url, timeout=5)
+        http = httpx.AsyncClient(timeout=config.http_timeout_seconds)
+        scheduler = clients.SchedulerClient(config.scheduler_url, timeout=config.http_timeout_seconds)
+        link = SeedLink(state, http, scheduler)
+        app.state.link = link
         jobs = AsyncIOScheduler()
-        await tick(scheduler, http)  # register at once, not one interval later
-        jobs.add_job(tick, "interval", seconds=config.heartbeat_interval_seconds, args=(scheduler, http),
-                     id="heartbeat", max_instances=1, coalesce=True)
-        jobs.add_job(probe_seed, "interval", seconds=config.liveness_interval_seconds, args=(http,),
-                     id="liveness", max_instances=1, coalesce=True)
+        jobs.add_job(link.job(link.step), "interval", seconds=config.heartbeat_interval, id="heartbeat",
+                     max_instances=1, coalesce=True, misfire_grace_time=None)
+        if config.liveness_interval_seconds > 0:
+            jobs.add_job(link.job(link.probe_seed), "interval", seconds=config.liveness_interval_seconds, id="liveness",
+                         max_instances=1, coalesce=True, misfire_grace_time=None)
         jobs.start()
+        # Register at once (with backoff) instead of one heartbeat interval later,
+        # without holding up startup: /health answers while the seed warms up.
+        boot = asyncio.create_task(link.bootstrap())
         try:
             yield
         finally:
+            registered = state.phase is Phase.REGISTERED
+            state.set_phase(Phase.STOPPED)  # before cancelling, so the jobs know it is shutdown
             jobs.shutdown(wait=False)
-            if state.registered:
-                try:
-                    await scheduler.deregister_seed(seed)
-                except clients.ClientError:
-                    pass
+            boot.cancel()
+            if registered:
+                await link.deregister()
             await scheduler.aclose()
             await http.aclose()
 
@@ -245,66 +681,51 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return _error(422, "invalid_request", f"request body is not valid: {problems}")
+        return _error(422, "invalid_request", f"request is not valid: {problems}")
 
     @app.post("/v1/leases")
-    async def acquire(body: LeaseRequest):
-        if not state.seed_alive:
-            state.metrics.leases_total.labels(seed=seed, outcome="denied").inc()
-            return _error(503, "seed_unavailable", f"seed {seed} at {config.sglang_url} is not answering; "
-                          "read this chunk from another seed")
-        if state.ranks and body.rank not in state.ranks:
-            return _error(404, "unknown_rank", f"this seed serves ranks {sorted(state.ranks)}, not {body.rank}")
+    async def acquire_lease(body: LeaseRequest):
         asked = clock()
-        reservation = state.bucket.reserve(body.bytes, asked, min(body.wait_seconds, config.max_wait_seconds))
-        if reservation is None:
-            state.metrics.leases_total.labels(seed=seed, outcome="denied").inc()
-            rate = state.allowed_rate or math.inf
-            retry = min(max(body.bytes / rate, 0.05), 5.0)
-            return _error(429, "over_budget", f"seed {seed} cannot serve {body.bytes} bytes within "
-                          f"{body.wait_seconds:.1f} s at {rate:.0f} B/s", retry_after_seconds=retry)
-        delay = reservation.start_at - clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if not state.seed_alive:  # it may have died while this lease waited for budget
+        denied = state.check_lease(body.rank)
+        if denied is not None:
+            if denied.status != 404:
+                state.metrics.leases_total.labels(seed=config.seed_id, outcome="denied").inc()
+            return denied.response()
+        reservation = state.reserve(body.bytes, body.wait_seconds, asked)
+        if isinstance(reservation, Denied):
+            return reservation.response()
+        # FIFO: start times increase in booking order, so sleepers wake in order.
+        try:
+            delay = reservation.delay(clock())
+            if delay > 0:
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            state.bucket.refund(body.bytes, clock())  # the client is gone; nobody will read
+            raise
+        denied = state.check_lease(body.rank)  # the seed may have died while we waited
+        if denied is not None:
             state.bucket.refund(body.bytes, clock())
-            state.metrics.leases_total.labels(seed=seed, outcome="denied").inc()
-            return _error(503, "seed_unavailable", f"seed {seed} at {config.sglang_url} stopped answering; "
-                          "read this chunk from another seed")
-        lease = state.leases.grant(body.job_id, body.assignment_id, body.rank, body.bytes, clock())
-        state.metrics.leases_total.labels(seed=seed, outcome="granted").inc()
-        state.metrics.granted_bytes_total.labels(seed=seed).inc(body.bytes)
-        state.metrics.lease_wait.labels(seed=seed).observe(clock() - asked)
-        state.metrics.leases_in_flight.labels(seed=seed).set(state.leases.in_flight())
+            state.metrics.leases_total.labels(seed=config.seed_id, outcome="denied").inc()
+            return denied.response()
+        lease = state.grant(body, asked, clock())
         return {"lease_id": lease.lease_id, "ttl_seconds": config.lease_ttl_seconds}
 
     @app.post("/v1/leases/{lease_id}/release")
-    async def release(lease_id: str, body: ReleaseRequest):
+    async def release_lease(lease_id: str, body: ReleaseRequest | None = None):
+        used = True if body is None else body.used
         try:
-            lease = state.leases.release(lease_id, clock())
+            refunded = state.release(lease_id, used, clock())
         except UnknownLease as exc:
-            return _error(404, "unknown_lease", str(exc.args[0]))
-        if body.used:
-            state.metrics.read_bytes_total.labels(seed=seed).inc(lease.nbytes)
-            state.metrics.leases_total.labels(seed=seed, outcome="released").inc()
-        else:
-            state.bucket.refund(lease.nbytes, clock())
-            state.metrics.leases_total.labels(seed=seed, outcome="returned").inc()
-        state.metrics.leases_in_flight.labels(seed=seed).set(state.leases.in_flight())
-        return {}
+            return _error(404, "unknown_lease", str(exc))
+        return {"lease_id": lease_id, "refunded_bytes": refunded}
 
     @app.get("/v1/status")
     async def status():
-        return {
-            "seed_id": seed, "sglang_url": config.sglang_url, "identity": state.identity,
-            "ranks": sorted(state.ranks), "registered": state.registered,
-            "rate_cap_bytes_per_second": config.rate_cap, "allowed_rate_bytes_per_second": state.allowed_rate,
-            "leases_in_flight": state.leases.in_flight(),
-        }
+        return state.status(clock())
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "registered": state.registered}
+        return {"status": "ok", "phase": state.phase.value, "seed_alive": state.seed_alive}
 
     @app.get("/metrics")
     async def metrics_endpoint():

@@ -1,10 +1,35 @@
 """Small async clients for the scheduler and agent APIs (docs/DESIGN.md).
 
-Each maps HTTP outcomes onto one exception tree so callers branch on types,
-not status codes. Messages come from the server's ``detail.message``.
+Each maps HTTP outcomes onto one exception tree, so callers branch on types,
+not status codes. Messages are the server's ``detail.message`` (a sentence
+saying what was wrong and how to fix it). Successful calls return the JSON
+body as a plain dict, exactly the shapes DESIGN.md lists — no wrapper types,
+so a new field on the wire needs no client change.
 
-    >>> async with SchedulerClient("http://127.0.0.1:8700") as s:
-    ...     job = await s.create_job(identity, 0, manifest)
+Exception tree::
+
+    ClientError
+     ├── SchedulerError                 scheduler answered 5xx / something unexpected
+     │    ├── SchedulerUnreachable      connect/timeout; .url
+     │    ├── UnknownModel              404 unknown_model
+     │    ├── ManifestMismatch          409 manifest_mismatch
+     │    ├── InvalidRequest            422 and other 4xx
+     │    ├── UnknownJob                404 unknown_job
+     │    └── UnknownSeed               404 unknown_seed (agent: re-register)
+     ├── AgentError                     agent refused for another reason
+     │    ├── AgentUnreachable          connect/timeout; .url
+     │    ├── LeaseDenied               429; .retry_after_seconds
+     │    ├── UnknownRank               404 unknown_rank
+     │    ├── UnknownLease              404 on release (replayed or expired)
+     │    └── SeedUnavailable           503 seed_unavailable (read elsewhere)
+     └── rfork_agent.seed_info.SeedUnavailable   the seed's own HTTP API failed
+
+    >>> async with SchedulerClient("http://127.0.0.1:8700") as scheduler:
+    ...     job = await scheduler.create_job(identity, 0, manifest)
+    ...     work = await scheduler.work(job["job_id"], max_assignments=8, reports=[])
+    >>> async with AgentClient(work["assignments"][0]["agent_url"]) as agent:
+    ...     lease = await agent.acquire_lease(job_id=..., assignment_id=..., rank=0, nbytes=2**26)
+    ...     await agent.release_lease(lease["lease_id"], used=True)
 """
 
 from __future__ import annotations
@@ -15,85 +40,130 @@ import httpx
 
 
 class ClientError(Exception):
-    """Base of every error these clients raise."""
+    """Base of every error these clients raise. ``code``/``status`` are the server's, if any."""
+
+    def __init__(self, message: str, *, code: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
 
 
 class SchedulerError(ClientError):
-    pass
+    """The scheduler answered with an error not covered by a subclass (e.g. 5xx)."""
 
 
 class SchedulerUnreachable(SchedulerError):
-    def __init__(self, url: str, cause: Exception) -> None:
-        super().__init__(f"cannot reach the rfork scheduler at {url}: {cause} — is `rfork scheduler` running there?")
+    def __init__(self, url: str, cause: BaseException | str = "") -> None:
+        why = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(cause)
+        super().__init__(
+            f"cannot reach the rfork scheduler at {url}: {why or 'no answer'} — is `rfork scheduler` running there?"
+        )
         self.url = url
 
 
 class UnknownModel(SchedulerError):
-    pass
+    """No live seed serves that identity and rank."""
 
 
 class ManifestMismatch(SchedulerError):
-    pass
+    """The client's manifest differs from the seeds'; the message names the first tensor."""
 
 
 class InvalidRequest(SchedulerError):
-    pass
+    """The request was malformed (422 and other 4xx)."""
 
 
 class UnknownJob(SchedulerError):
-    pass
+    """The job id is not known (finished, abandoned, or never created)."""
 
 
 class UnknownSeed(SchedulerError):
-    pass
+    """The scheduler does not know this seed; an agent must re-register."""
 
 
 class AgentError(ClientError):
-    pass
+    """An agent refused a request for a reason not covered by a subclass."""
 
 
 class AgentUnreachable(AgentError):
-    def __init__(self, url: str, cause: Exception) -> None:
-        super().__init__(f"cannot reach the rfork agent at {url}: {cause}")
+    def __init__(self, url: str, cause: BaseException | str = "") -> None:
+        why = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(cause)
+        super().__init__(f"cannot reach the rfork agent at {url}: {why or 'no answer'}")
         self.url = url
 
 
 class LeaseDenied(AgentError):
+    """The seed's budget could not cover the bytes within the wait; ask again later."""
+
     def __init__(self, message: str, retry_after_seconds: float) -> None:
-        super().__init__(message)
+        super().__init__(message, code="over_budget", status=429)
         self.retry_after_seconds = retry_after_seconds
+
+    @property
+    def retry_after(self) -> float:
+        return self.retry_after_seconds
+
+
+class UnknownRank(AgentError):
+    """The agent's seed does not serve that rank."""
 
 
 class UnknownLease(AgentError):
-    pass
+    """Release of a lease the agent does not hold (already released or expired)."""
 
 
 class SeedUnavailable(AgentError):
-    """The agent says its seed is down: read elsewhere."""
+    """The agent says its seed is down: read this chunk from another seed."""
 
 
-_SCHEDULER_ERRORS = {
+_SCHEDULER_ERRORS: dict[str, type[SchedulerError]] = {
     "unknown_model": UnknownModel,
     "manifest_mismatch": ManifestMismatch,
     "unknown_job": UnknownJob,
     "unknown_seed": UnknownSeed,
 }
 
+_AGENT_ERRORS: dict[str, type[AgentError]] = {
+    "unknown_rank": UnknownRank,
+    "unknown_lease": UnknownLease,
+    "seed_unavailable": SeedUnavailable,
+}
+
 
 def _detail(response: httpx.Response) -> tuple[str, str, dict]:
+    """(error code, message, detail dict) of an error response, whatever its shape."""
     try:
         detail = response.json().get("detail")
-    except ValueError:
+    except (ValueError, AttributeError):
         return "http_error", f"HTTP {response.status_code}: {response.text[:200]}", {}
     if isinstance(detail, dict):
         return str(detail.get("error", "http_error")), str(detail.get("message", detail)), detail
+    # FastAPI's own 422 body: a list of {loc, msg}.
+    if isinstance(detail, list):
+        parts = [f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail[:5]
+                 if isinstance(d, dict)]
+        return "invalid_request", "request is not valid: " + "; ".join(parts), {}
     return "http_error", f"HTTP {response.status_code}: {detail}", {}
+
+
+def _body(response: httpx.Response) -> Any:
+    if not response.content:
+        return {}
+    try:
+        return response.json()
+    except ValueError:
+        return {}
 
 
 class _Base:
     def __init__(self, base_url: str, timeout: float, headers: dict[str, str] | None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -106,7 +176,12 @@ class _Base:
 
 
 class SchedulerClient(_Base):
-    """The scheduler's /v1 API. Methods return the JSON bodies as dicts."""
+    """The scheduler's ``/v1`` API. Methods return the JSON bodies as dicts.
+
+        >>> async with SchedulerClient("http://127.0.0.1:8700", timeout=5) as s:
+        ...     await s.register_seed("seed-0", registration)
+        {'seed_id': 'seed-0', 'heartbeat_interval_seconds': 1.0, 'heartbeat_timeout_seconds': 5.0}
+    """
 
     def __init__(self, base_url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
         super().__init__(base_url, timeout, headers)
@@ -116,35 +191,49 @@ class SchedulerClient(_Base):
             response = await self._http.request(method, path, json=json)
         except httpx.HTTPError as exc:
             raise SchedulerUnreachable(self.base_url, exc) from exc
-        if response.status_code >= 400:
-            code, message, _ = _detail(response)
-            if response.status_code >= 500:
-                raise SchedulerError(f"scheduler at {self.base_url} failed: {message}")
-            raise _SCHEDULER_ERRORS.get(code, InvalidRequest)(message)
-        return response.json() if response.content else None
+        if response.status_code < 400:
+            return _body(response)
+        code, message, _ = _detail(response)
+        status = response.status_code
+        if status >= 500:
+            raise SchedulerError(f"the scheduler at {self.base_url} failed ({status}): {message}",
+                                 code=code, status=status)
+        raise _SCHEDULER_ERRORS.get(code, InvalidRequest)(message, code=code, status=status)
 
     async def register_seed(self, seed_id: str, body: dict) -> dict:
+        """PUT /v1/seeds/{id} -> {seed_id, heartbeat_interval_seconds, heartbeat_timeout_seconds}."""
         return await self._call("PUT", f"/v1/seeds/{seed_id}", body)
 
     async def heartbeat(self, seed_id: str, body: dict) -> dict:
+        """POST /v1/seeds/{id}/heartbeat -> {}; raises UnknownSeed when the agent must re-register."""
         return await self._call("POST", f"/v1/seeds/{seed_id}/heartbeat", body)
 
     async def deregister_seed(self, seed_id: str) -> None:
-        await self._call("DELETE", f"/v1/seeds/{seed_id}")
+        """DELETE /v1/seeds/{id}; an already unknown seed is not an error."""
+        try:
+            await self._call("DELETE", f"/v1/seeds/{seed_id}")
+        except UnknownSeed:
+            pass
+
+    deregister = deregister_seed
 
     async def list_seeds(self) -> list[dict]:
         return await self._call("GET", "/v1/seeds")
 
-    async def create_job(self, identity: dict, rank: int, manifest: dict, chunk_size_bytes: int | None = None) -> dict:
+    async def create_job(self, identity: dict, rank: int, manifest: dict,
+                         chunk_size_bytes: int | None = None) -> dict:
+        """POST /v1/jobs -> {job_id, total_bytes, num_chunks, chunk_size_bytes, seed_ids}."""
         return await self._call("POST", "/v1/jobs", {
             "identity": identity, "rank": rank, "manifest": manifest, "chunk_size_bytes": chunk_size_bytes,
         })
 
     async def work(self, job_id: str, max_assignments: int, reports: list[dict]) -> dict:
+        """POST /v1/jobs/{id}/work -> {state, error, assignments, cancel, retry_after_seconds, progress}."""
         return await self._call("POST", f"/v1/jobs/{job_id}/work",
                                 {"max_assignments": max(max_assignments, 0), "reports": reports})
 
     async def get_job(self, job_id: str) -> dict:
+        """GET /v1/jobs/{id} -> {state, error, progress...}."""
         return await self._call("GET", f"/v1/jobs/{job_id}")
 
     async def delete_job(self, job_id: str) -> None:
@@ -152,36 +241,48 @@ class SchedulerClient(_Base):
 
 
 class AgentClient(_Base):
-    """A seed agent's lease API."""
+    """A seed agent's lease API.
 
-    def __init__(self, base_url: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
+        >>> async with AgentClient("http://127.0.0.1:8800") as agent:
+        ...     lease = await agent.acquire_lease(job_id="j1", assignment_id="a1", rank=0, nbytes=1 << 26)
+        ...     await agent.release_lease(lease["lease_id"], used=True)
+    """
+
+    def __init__(self, base_url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
         super().__init__(base_url, timeout, headers)
 
-    async def _call(self, path: str, json: dict) -> httpx.Response:
+    async def _post(self, path: str, json: dict, timeout: float | None = None) -> httpx.Response:
         try:
-            return await self._http.post(path, json=json)
+            return await self._http.post(path, json=json, timeout=timeout or self.timeout)
         except httpx.HTTPError as exc:
             raise AgentUnreachable(self.base_url, exc) from exc
 
+    def _raise(self, response: httpx.Response, what: str) -> None:
+        code, message, detail = _detail(response)
+        status = response.status_code
+        if status == 429:
+            retry = detail.get("retry_after_seconds")
+            raise LeaseDenied(message, float(retry) if isinstance(retry, (int, float)) else 0.5)
+        cls = _AGENT_ERRORS.get(code, AgentError)
+        raise cls(f"agent at {self.base_url} refused {what}: {message}", code=code, status=status)
+
     async def acquire_lease(self, *, job_id: str, assignment_id: str, rank: int, nbytes: int,
                             grant: str = "", wait_seconds: float = 5.0) -> dict:
-        """``{"lease_id", "ttl_seconds"}``; raises LeaseDenied (with retry_after_seconds)."""
-        response = await self._call("/v1/leases", {
-            "job_id": job_id, "assignment_id": assignment_id, "rank": rank, "bytes": nbytes,
-            "grant": grant, "wait_seconds": wait_seconds,
-        })
+        """POST /v1/leases -> {lease_id, ttl_seconds}; raises LeaseDenied (with retry_after_seconds)."""
+        response = await self._post(
+            "/v1/leases",
+            {"job_id": job_id, "assignment_id": assignment_id, "rank": rank, "bytes": nbytes,
+             "grant": grant, "wait_seconds": wait_seconds},
+            # The agent may hold the request up to wait_seconds before answering.
+            timeout=self.timeout + max(wait_seconds, 0.0),
+        )
         if response.status_code == 200:
             return response.json()
-        code, message, detail = _detail(response)
-        if response.status_code == 429:
-            raise LeaseDenied(message, float(detail.get("retry_after_seconds", 0.5)))
-        if code == "seed_unavailable":
-            raise SeedUnavailable(message)
-        raise AgentError(f"agent at {self.base_url} refused the lease: {message}")
+        self._raise(response, f"a lease for {nbytes} bytes")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def release_lease(self, lease_id: str, used: bool = True) -> None:
-        response = await self._call(f"/v1/leases/{lease_id}/release", {"used": used})
-        if response.status_code == 404:
-            raise UnknownLease(_detail(response)[1])
+        """POST /v1/leases/{id}/release; raises UnknownLease when it was already released or expired."""
+        response = await self._post(f"/v1/leases/{lease_id}/release", {"used": used})
         if response.status_code >= 400:
-            raise AgentError(_detail(response)[1])
+            self._raise(response, f"the release of lease {lease_id}")

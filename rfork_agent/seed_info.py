@@ -1,48 +1,124 @@
-"""Read a seed's TransferEngine info and server info over SGLang's HTTP API."""
+"""Read a seed's TransferEngine info and server info over SGLang's HTTP API.
+
+SGLang renamed its endpoints; each function tries the current path first and
+falls back to the deprecated one when the seed answers 404:
+
+- ``/remote_instance_transfer_engine_info?rank=N``, then
+  ``/get_remote_instance_transfer_engine_info?rank=N`` ->
+  ``{"rank": N, "remote_instance_transfer_engine_info": [session_id, {name: [ptr, numel, esize]}]}``
+- ``/server_info``, then ``/get_server_info``.
+
+Every failure is a ``SeedUnavailable`` naming the URL and what was wrong.
+
+    >>> async with httpx.AsyncClient(timeout=5) as http:
+    ...     session_id, manifest = await fetch_transfer_engine_info(http, "http://127.0.0.1:30000", rank=0)
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
+from rfork_agent.clients import ClientError
 
-class SeedUnavailable(RuntimeError):
-    """The seed did not answer, or answered something that is not SGLang's format."""
+TE_INFO_PATHS = ("/remote_instance_transfer_engine_info", "/get_remote_instance_transfer_engine_info")
+SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 
 
-async def _get_first(client: httpx.AsyncClient, base: str, paths: list[str], params: dict | None = None) -> dict:
-    last = ""
+class SeedUnavailable(ClientError):
+    """The seed did not answer, or answered something that is not SGLang's format.
+
+    A ``ClientError`` like the scheduler and agent clients' errors, so a CLI
+    that prints those cleanly prints this one too.
+    """
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class SeedRankMissing(SeedUnavailable):
+    """The seed answered but has no TransferEngine info for this rank (HTTP 400)."""
+
+
+async def _get_json(client: httpx.AsyncClient, seed_url: str, paths: tuple[str, ...],
+                    params: dict[str, Any] | None = None) -> tuple[str, httpx.Response]:
+    """GET the first of ``paths`` the seed does not 404 on; returns (url, response)."""
+    base = seed_url.rstrip("/")
+    tried = []
     for path in paths:
+        url = f"{base}{path}"
         try:
-            response = await client.get(f"{base.rstrip('/')}{path}", params=params)
+            response = await client.get(url, params=params)
         except httpx.HTTPError as exc:
-            raise SeedUnavailable(f"cannot reach the seed at {base}: {exc}") from exc
+            raise SeedUnavailable(
+                seed_url, f"cannot reach the seed at {url}: {type(exc).__name__}: {exc or 'no detail'} — is it running?"
+            ) from exc
         if response.status_code == 404:
-            last = f"{path} -> 404"
-            continue  # older/newer SGLang: try the other path
-        if response.status_code != 200:
-            raise SeedUnavailable(f"seed {base}{path} answered HTTP {response.status_code}: {response.text[:200]}")
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise SeedUnavailable(f"seed {base}{path} did not return JSON") from exc
-    raise SeedUnavailable(f"seed {base} serves none of {paths} ({last})")
+            tried.append(path)
+            continue  # an older or newer SGLang: try the other name
+        return url, response
+    raise SeedUnavailable(
+        seed_url,
+        f"seed {base} answered 404 on every known path ({', '.join(tried)}); "
+        "is this an SGLang server started with --remote-instance-weight-loader-support-transfer-engine?",
+    )
+
+
+def _json(url: str, seed_url: str, response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise SeedUnavailable(seed_url, f"seed {url} did not return JSON: {response.text[:200]!r}") from exc
+
+
+def _check_manifest(url: str, seed_url: str, manifest: dict) -> None:
+    for name, entry in manifest.items():
+        ok = (
+            isinstance(entry, (list, tuple)) and len(entry) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
+            and entry[0] >= 0 and entry[1] >= 0 and 1 <= entry[2] <= 16
+        )
+        if not ok:
+            raise SeedUnavailable(
+                seed_url,
+                f"seed {url}: tensor {name!r} has {entry!r}; expected [ptr >= 0, numel >= 0, element_size 1..16]",
+            )
 
 
 async def fetch_transfer_engine_info(client: httpx.AsyncClient, seed_url: str, rank: int) -> tuple[str, dict]:
-    """(session_id, manifest) of one rank; new endpoint first, deprecated one as fallback."""
-    body = await _get_first(
-        client, seed_url,
-        ["/remote_instance_transfer_engine_info", "/get_remote_instance_transfer_engine_info"],
-        params={"rank": rank},
-    )
-    info = body.get("remote_instance_transfer_engine_info") if isinstance(body, dict) else None
-    if not (isinstance(info, (list, tuple)) and len(info) == 2 and isinstance(info[1], dict)):
-        raise SeedUnavailable(
-            f"seed {seed_url} rank {rank}: expected {{'remote_instance_transfer_engine_info': "
-            f"[session_id, {{name: [ptr, numel, element_size]}}]}}, got {str(body)[:200]}"
+    """``(session_id, manifest)`` of one rank; the manifest keeps the seed's tensor order."""
+    url, response = await _get_json(client, seed_url, TE_INFO_PATHS, params={"rank": rank})
+    if response.status_code == 400:
+        raise SeedRankMissing(
+            seed_url,
+            f"seed {url}?rank={rank} has no TransferEngine info for rank {rank} (HTTP 400: {response.text[:200]}); "
+            "check --tp-size / the ranks this seed serves, and that its weights finished loading",
         )
-    return str(info[0]), info[1]
+    if response.status_code != 200:
+        raise SeedUnavailable(seed_url, f"seed {url}?rank={rank} answered HTTP {response.status_code}: "
+                                        f"{response.text[:200]}")
+    body = _json(url, seed_url, response)
+    info = body.get("remote_instance_transfer_engine_info") if isinstance(body, dict) else None
+    if not (isinstance(info, (list, tuple)) and len(info) == 2 and isinstance(info[0], str) and info[0]
+            and isinstance(info[1], dict)):
+        raise SeedUnavailable(
+            seed_url,
+            f"seed {url}?rank={rank}: expected {{'remote_instance_transfer_engine_info': "
+            f"[session_id, {{name: [ptr, numel, element_size]}}]}}, got {str(body)[:200]}",
+        )
+    session_id, manifest = info
+    _check_manifest(url, seed_url, manifest)
+    return session_id, manifest
 
 
 async def fetch_server_info(client: httpx.AsyncClient, seed_url: str) -> dict:
-    return await _get_first(client, seed_url, ["/server_info", "/get_server_info"])
+    """The seed's server info (``model_path``, ``tp_size``, ``dtype``, maybe ``revision``)."""
+    url, response = await _get_json(client, seed_url, SERVER_INFO_PATHS)
+    if response.status_code != 200:
+        raise SeedUnavailable(seed_url, f"seed {url} answered HTTP {response.status_code}: {response.text[:200]}")
+    body = _json(url, seed_url, response)
+    if not isinstance(body, dict):
+        raise SeedUnavailable(seed_url, f"seed {url} returned {type(body).__name__}, expected a JSON object")
+    return body

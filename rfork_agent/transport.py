@@ -1,14 +1,18 @@
 """One small transport protocol around Mooncake's TransferEngine.
 
-``MooncakeTransport`` is the real one (protocol ``tcp`` on machines without an
-RDMA NIC, ``rdma`` in production: same code path). ``InMemoryTransport`` is the
-fake for unit tests: it copies between regions registered in this process.
+``MooncakeTransport`` is the real one: protocol ``tcp`` on machines without an
+RDMA NIC, ``rdma`` in production — the same code path. ``InMemoryTransport``
+is the fake for unit tests: it copies between regions registered in this
+process, through a shared in-process ``InMemoryFabric``.
 
-    >>> t = MooncakeTransport(protocol="tcp")
-    >>> t.register(buf.data_ptr(), nbytes)
-    >>> handle = t.submit_read(seed_session, [dst], [src], [n])
-    >>> t.poll(handle)
-    <ReadStatus.DONE: 0>
+Reads are one-sided and batched: ``submit_read`` starts a batch and returns a
+handle, ``poll`` reports ``ReadStatus``; ``read`` (below) drives the pair from
+an asyncio loop with a timeout.
+
+    >>> seed, client = MooncakeTransport(protocol="tcp"), MooncakeTransport(protocol="tcp")  # two processes
+    >>> seed.register(weights.data_ptr(), nbytes)        # on the seed
+    >>> client.register(dst.data_ptr(), nbytes)          # on the client
+    >>> await read(client, seed.session_id, [dst.data_ptr()], [weights.data_ptr()], [nbytes], timeout_s=10)
 """
 
 from __future__ import annotations
@@ -20,75 +24,139 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 
 class TransportError(RuntimeError):
-    """The transport could not be set up; the message says how to fix it."""
+    """The transport could not be set up or used; the message says how to fix it."""
 
 
 class ReadFailed(RuntimeError):
-    """A read finished with an error (peer gone, bad address, refused)."""
+    """A read finished with an error: peer gone, address not registered, or refused."""
 
 
 class ReadTimeout(ReadFailed):
-    """A read did not finish in time."""
+    """A read did not finish in time (it may still be on the wire; see ``read``)."""
 
 
 class ReadStatus(enum.IntEnum):
-    # Values are TransferEngine's batch status codes, measured on 0.3.13.
+    """State of a submitted batch. Values are TransferEngine's batch status codes (0.3.13)."""
+
     DONE = 0
     PENDING = 1
     FAILED = -1
 
 
+@runtime_checkable
 class Transport(Protocol):
+    """What the fork client and the testbed need from a transport.
+
+    ``session_id`` is what peers pass to read from us ("ip:rpc_port" for TE).
+    Memory must be registered on both sides before a read touches it.
+    """
+
     session_id: str
 
     def register(self, ptr: int, length: int) -> None: ...
+
     def unregister(self, ptr: int) -> None: ...
-    def submit_read(self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int],
-                    lengths: Sequence[int]) -> int: ...
+
+    def submit_read(
+        self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int]
+    ) -> int:
+        """Start copying each ``src_ptrs[i]`` of peer ``session_id`` to local ``dst_ptrs[i]``.
+
+        Returns a handle for ``poll``; raises ReadFailed if the read cannot even start.
+        """
+        ...
+
     def poll(self, handle: int) -> ReadStatus: ...
-    def read_sync(self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int],
-                  lengths: Sequence[int]) -> int: ...
+
+    def read_sync(
+        self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int]
+    ) -> int:
+        """Blocking read: 0 on success, -1 on failure (TransferEngine's convention)."""
+        ...
+
+
+def _check_batch(dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int]) -> None:
+    if not (len(dst_ptrs) == len(src_ptrs) == len(lengths)):
+        raise ValueError(
+            f"a read batch needs one dst, src and length per segment; got {len(dst_ptrs)} dst, "
+            f"{len(src_ptrs)} src, {len(lengths)} lengths"
+        )
+    if any(n <= 0 for n in lengths):
+        raise ValueError(f"segment lengths must be > 0 bytes (zero-byte tensors produce no reads): {list(lengths)[:8]}")
 
 
 class MooncakeTransport:
-    """TransferEngine initialised with P2PHANDSHAKE (no metadata server)."""
+    """Mooncake TransferEngine initialised with ``P2PHANDSHAKE`` (no metadata server).
 
-    def __init__(self, protocol: str = "tcp", local_ip: str = "127.0.0.1", device: str = "",
-                 engine: object | None = None) -> None:
+    ``protocol`` is ``tcp`` or ``rdma``; ``device`` is the RDMA NIC list
+    ("mlx5_0,mlx5_1") or "" to let TE pick. ``engine`` injects an
+    already-initialised engine (e.g. SGLang's own) or a fake for tests.
+
+        >>> t = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
+        >>> t.session_id
+        '127.0.0.1:15933'
+    """
+
+    def __init__(
+        self,
+        protocol: str = "tcp",
+        local_ip: str = "127.0.0.1",
+        device: str = "",
+        engine: object | None = None,
+    ) -> None:
         if protocol not in ("tcp", "rdma"):
             raise TransportError(f"protocol {protocol!r} is not supported; use 'tcp' or 'rdma'")
         if engine is None:
             engine = _new_engine()
             rc = engine.initialize(local_ip, "P2PHANDSHAKE", protocol, device)
             if rc != 0:
+                hint = (
+                    "check that the RDMA device exists (ibv_devices) and the IP is this host's"
+                    if protocol == "rdma"
+                    else "check that the IP is one of this host's addresses"
+                )
                 raise TransportError(
-                    f"TransferEngine.initialize({local_ip!r}, P2PHANDSHAKE, {protocol!r}, {device!r}) returned {rc}; "
-                    "check the IP is this host's and, for rdma, that the device name exists (ibv_devices)"
+                    f"TransferEngine.initialize({local_ip!r}, 'P2PHANDSHAKE', {protocol!r}, {device!r}) "
+                    f"returned {rc}; {hint} (TE's log on stderr says more)"
                 )
         self.engine = engine
         self.protocol = protocol
+        self.local_ip = local_ip
         self.session_id = f"{local_ip}:{engine.get_rpc_port()}"
-        # TE's status calls are not documented as thread-safe; we poll from one loop
-        # but the lock keeps threads (e.g. the SGLang plugin) honest.
+        # TE's batch calls are not documented as thread-safe. The fork client
+        # polls from one event loop, but SGLang's plugin may call from threads.
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MooncakeTransport(protocol={self.protocol!r}, session_id={self.session_id!r})"
 
     def register(self, ptr: int, length: int) -> None:
         rc = self.engine.register_memory(ptr, length)
         if rc != 0:
-            raise TransportError(f"register_memory(ptr={ptr:#x}, length={length}) returned {rc}")
+            raise TransportError(
+                f"TransferEngine.register_memory(ptr={ptr:#x}, length={length}) returned {rc}; "
+                "is the region already registered or overlapping another one?"
+            )
 
     def unregister(self, ptr: int) -> None:
-        self.engine.unregister_memory(ptr)
+        rc = self.engine.unregister_memory(ptr)
+        if rc not in (0, None):
+            raise TransportError(f"TransferEngine.unregister_memory(ptr={ptr:#x}) returned {rc}; was it registered?")
 
     def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
+        _check_batch(dst_ptrs, src_ptrs, lengths)
         with self._lock:
             handle = self.engine.batch_transfer_async_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
+        # TE returns batch id 0 when it cannot start (unknown/unreachable session).
         if not handle:
-            raise ReadFailed(f"TransferEngine refused a read from {session_id} ({len(lengths)} segments)")
+            raise ReadFailed(
+                f"TransferEngine could not start a read of {sum(lengths)} bytes from {session_id} "
+                f"({len(lengths)} segments): the session is unknown or unreachable"
+            )
         return handle
 
     def poll(self, handle: int) -> ReadStatus:
@@ -101,108 +169,171 @@ class MooncakeTransport:
         return ReadStatus.FAILED
 
     def read_sync(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
-        return self.engine.batch_transfer_sync_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
+        _check_batch(dst_ptrs, src_ptrs, lengths)
+        with self._lock:
+            rc = self.engine.batch_transfer_sync_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
+        return 0 if rc == 0 else -1
 
 
 def _new_engine():
     try:
         from mooncake.engine import TransferEngine
     except ImportError as exc:
+        text = str(exc)
         hint = ""
-        if "libibverbs" in str(exc) or "librdmacm" in str(exc):
-            hint = " (install Debian's libibverbs1 and librdmacm1: apt-get install libibverbs1 librdmacm1)"
+        if "libibverbs" in text or "librdmacm" in text or "libnuma" in text:
+            hint = (
+                "; the engine needs the RDMA user-space libraries even for tcp: "
+                "apt-get install libibverbs1 librdmacm1 (and libnuma1)"
+            )
         raise TransportError(
-            f"cannot import Mooncake's TransferEngine: {exc}{hint}; install "
-            "mooncake-transfer-engine-non-cuda (CPU) or mooncake-transfer-engine (CUDA)"
+            f"cannot import Mooncake's TransferEngine ({text}){hint}. Install "
+            "mooncake-transfer-engine-non-cuda (CPU machines) or mooncake-transfer-engine (CUDA)"
         ) from exc
     return TransferEngine()
 
 
-async def read(transport: Transport, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int],
-               lengths: Sequence[int], timeout_s: float, poll_interval: float = 0.002) -> None:
+async def read(
+    transport: Transport,
+    session_id: str,
+    dst_ptrs: Sequence[int],
+    src_ptrs: Sequence[int],
+    lengths: Sequence[int],
+    timeout_s: float,
+    poll_interval: float = 0.002,
+) -> None:
     """Submit one batch read and wait for it without blocking the event loop.
 
-    Raises ReadFailed or ReadTimeout. On timeout the read may still be on the
-    wire; callers must not free the destination until it settles, which is why
-    we keep polling briefly after the deadline before giving up.
+    Raises ``ReadFailed`` (could not start, or finished with an error) or
+    ``ReadTimeout``. TransferEngine cannot cancel a batch: after a timeout the
+    read may still write into ``dst_ptrs``, so callers must not reuse or free
+    that memory for anything else until the fork is abandoned.
+
+        >>> await read(client, seed_session, [dst], [src], [4096], timeout_s=5)
     """
+    nbytes = sum(lengths)
     handle = transport.submit_read(session_id, dst_ptrs, src_ptrs, lengths)
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     interval = poll_interval
     while True:
         status = transport.poll(handle)
         if status == ReadStatus.DONE:
             return
         if status == ReadStatus.FAILED:
-            raise ReadFailed(f"read of {sum(lengths)} bytes from {session_id} failed")
-        if time.monotonic() > deadline:
-            raise ReadTimeout(f"read of {sum(lengths)} bytes from {session_id} did not finish in {timeout_s:.1f} s")
+            raise ReadFailed(
+                f"read of {nbytes} bytes ({len(lengths)} segments) from {session_id} failed after "
+                f"{time.monotonic() - started:.2f} s: the peer is gone or the addresses are not registered there"
+            )
+        if time.monotonic() >= deadline:
+            raise ReadTimeout(f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s")
         await asyncio.sleep(interval)
-        interval = min(interval * 1.25, 0.005)  # a 16 MiB chunk takes ~12 ms on loopback TCP
+        # Back off a little: a 64 MiB chunk takes ~50 ms on loopback TCP and
+        # polling every 2 ms for it is wasted GIL time; never beyond 4x.
+        interval = min(interval * 1.25, poll_interval * 4)
 
 
 @dataclass
-class _Fabric:
-    """Process-wide registry of fake endpoints: session id -> registered regions."""
+class InMemoryFabric:
+    """In-process "network" of fake endpoints: session id -> ``InMemoryTransport``.
+
+    Tests that want isolation create their own; the default is process-wide.
+    """
 
     endpoints: dict[str, "InMemoryTransport"] = field(default_factory=dict)
-    ports: itertools.count = field(default_factory=lambda: itertools.count(20000))
+    _ports: itertools.count = field(default_factory=lambda: itertools.count(20000))
+
+    def new_session_id(self) -> str:
+        return f"inmem:{next(self._ports)}"
 
 
-FABRIC = _Fabric()
+FABRIC = InMemoryFabric()
+
+FailurePredicate = Callable[[str, Sequence[int]], bool]
 
 
 class InMemoryTransport:
-    """Fake transport for unit tests: same submit/poll semantics, memmove copies.
+    """Fake transport for unit tests with the real one's submit/poll semantics.
 
-    ``fail_when(session_id, lengths) -> bool`` injects failures.
+    Copies with ``ctypes.memmove`` between regions registered on the same
+    ``fabric``. A read fails (like TE's) when the peer session is unknown or
+    closed, when a source or destination range is not inside a registered
+    region, or when ``fail_when(session_id, lengths)`` returns True.
+    ``pending_polls`` makes each read report PENDING that many polls before it
+    settles, to exercise polling loops.
 
-        >>> seed, client = InMemoryTransport(), InMemoryTransport()
-        >>> seed.register(src_ptr, n); client.register(dst_ptr, n)
-        >>> client.read_sync(seed.session_id, [dst_ptr], [src_ptr], [n])
+        >>> fabric = InMemoryFabric()
+        >>> seed, client = InMemoryTransport(fabric), InMemoryTransport(fabric)
+        >>> seed.register(src_ptr, 64); client.register(dst_ptr, 64)
+        >>> client.read_sync(seed.session_id, [dst_ptr], [src_ptr], [64])
         0
     """
 
-    def __init__(self, fabric: _Fabric = FABRIC,
-                 fail_when: Callable[[str, Sequence[int]], bool] | None = None) -> None:
+    def __init__(
+        self,
+        fabric: InMemoryFabric = FABRIC,
+        fail_when: FailurePredicate | None = None,
+        pending_polls: int = 0,
+    ) -> None:
         self.fabric = fabric
-        self.session_id = f"inmem:{next(fabric.ports)}"
+        self.session_id = fabric.new_session_id()
         self.regions: dict[int, int] = {}
         self.fail_when = fail_when
-        self._handles: dict[int, ReadStatus] = {}
+        self.pending_polls = pending_polls
+        self.reads_submitted = 0
+        self._handles: dict[int, list] = {}  # handle -> [status, polls left]
         self._next = itertools.count(1)
         fabric.endpoints[self.session_id] = self
 
+    def __repr__(self) -> str:
+        return f"InMemoryTransport(session_id={self.session_id!r}, regions={len(self.regions)})"
+
     def register(self, ptr: int, length: int) -> None:
+        if length <= 0:
+            raise TransportError(f"cannot register {length} bytes at {ptr:#x}; give a length > 0")
         self.regions[ptr] = length
 
     def unregister(self, ptr: int) -> None:
         self.regions.pop(ptr, None)
 
     def close(self) -> None:
+        """Leave the fabric: later reads from this session fail, like a killed seed."""
         self.fabric.endpoints.pop(self.session_id, None)
 
     def _covers(self, ptr: int, length: int) -> bool:
         return any(base <= ptr and ptr + length <= base + size for base, size in self.regions.items())
 
-    def _copy(self, session_id, dst_ptrs, src_ptrs, lengths) -> ReadStatus:
+    def _copy(self, session_id: str, dst_ptrs, src_ptrs, lengths) -> ReadStatus:
+        _check_batch(dst_ptrs, src_ptrs, lengths)
+        self.reads_submitted += 1
         peer = self.fabric.endpoints.get(session_id)
-        if peer is None or (self.fail_when and self.fail_when(session_id, lengths)):
+        if peer is None or (self.fail_when is not None and self.fail_when(session_id, lengths)):
             return ReadStatus.FAILED
-        for dst, src, n in zip(dst_ptrs, src_ptrs, lengths):
-            if not (peer._covers(src, n) and self._covers(dst, n)):
-                return ReadStatus.FAILED
-        for dst, src, n in zip(dst_ptrs, src_ptrs, lengths):
+        segments = list(zip(dst_ptrs, src_ptrs, lengths))
+        # Check every segment before copying any, so a bad batch writes nothing.
+        if not all(peer._covers(src, n) and self._covers(dst, n) for dst, src, n in segments):
+            return ReadStatus.FAILED
+        for dst, src, n in segments:
             ctypes.memmove(dst, src, n)
         return ReadStatus.DONE
 
     def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
+        if session_id not in self.fabric.endpoints:
+            # Same as TE: an unknown session cannot even start.
+            raise ReadFailed(f"could not start a read from {session_id}: the session is unknown or closed")
         handle = next(self._next)
-        self._handles[handle] = self._copy(session_id, dst_ptrs, src_ptrs, lengths)
+        self._handles[handle] = [self._copy(session_id, dst_ptrs, src_ptrs, lengths), self.pending_polls]
         return handle
 
     def poll(self, handle: int) -> ReadStatus:
-        return self._handles.get(handle, ReadStatus.FAILED)
+        entry = self._handles.get(handle)
+        if entry is None:
+            return ReadStatus.FAILED
+        if entry[1] > 0:
+            entry[1] -= 1
+            return ReadStatus.PENDING
+        del self._handles[handle]  # settled: the handle is spent, as TE frees the batch
+        return entry[0]
 
     def read_sync(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         return 0 if self._copy(session_id, dst_ptrs, src_ptrs, lengths) == ReadStatus.DONE else -1

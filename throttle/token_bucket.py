@@ -1,19 +1,42 @@
-"""A FIFO token bucket in virtual time: pure, clock passed in.
+"""A FIFO token bucket in virtual time: pure, the clock is passed in.
 
-Reservations are served in arrival order. A reservation of N bytes starts when
-the bucket has accrued N bytes after every earlier reservation ("pay first"),
-so over any window the bytes granted are at most rate x window + burst. A
-reservation larger than the burst is still served: it waits for its full
-size to accrue (the balance is booked negative at once, so the cap can never
-stop it from accruing), and later reservations queue behind it.
+The agent paces chunk reads with it: a lease for N bytes is granted when the
+bucket allows N bytes. Nothing here sleeps or reads a clock; ``reserve`` says
+*when* the bytes may start and the caller waits until then.
+
+Rules (why each one):
+
+- **Pay first.** A reservation of N bytes starts once the bucket has accrued N
+  bytes after every earlier reservation. Over any window of length T the bytes
+  started are therefore at most ``rate * T + burst``: a chunk's bytes are paid
+  for before it begins, never after.
+- **FIFO in virtual time.** The balance is booked at once (it may go
+  negative); the next reservation waits until the debt of those before it is
+  repaid. Arrival order is service order, and no caller needs a lock or queue.
+- **Bigger than the burst is still served.** The balance is capped at
+  ``burst`` from above only, so a reservation larger than the burst books its
+  full size as debt and starts when the debt reaches zero — at
+  ``(nbytes - balance) / rate`` — instead of waiting forever for a balance the
+  cap can never reach. Later reservations pay off that debt first, which keeps
+  the long-run rate exact.
+- **Rate changes conserve tokens.** ``set_rate`` settles accrual at the old
+  rate up to ``now`` and accrues at the new rate after it, so the adaptive QoS
+  controller can move the rate every tick without creating or losing bytes.
+  Reservations already booked keep their start times.
+- **Rate 0 pauses.** ``set_rate(0.0)`` (a QoS probe pause) denies every new
+  reservation of a positive size; the balance is frozen, not lost.
+- **Uncapped** (``rate=None``) grants at once and keeps no balance.
 
     >>> b = TokenBucket(rate=100.0, burst=50.0, now=0.0)
     >>> b.reserve(50, now=0.0, max_wait=10).start_at
     0.0
-    >>> b.reserve(100, now=0.0, max_wait=10).start_at
+    >>> b.reserve(100, now=0.0, max_wait=10).start_at   # FIFO: after the first
     1.0
-    >>> b.reserve(10, now=0.0, max_wait=0.5) is None
+    >>> b.reserve(10, now=0.0, max_wait=0.5) is None     # over the wait: nothing booked
     True
+    >>> b.set_rate(200.0, now=0.5)                       # 50 accrued at 100 B/s, kept
+    >>> b.available(0.5)
+    -50.0
 """
 
 from __future__ import annotations
@@ -21,64 +44,140 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+MiB = 2**20
+
+DEFAULT_BURST_SECONDS = 0.25
+"""The agent's burst is this many seconds of the rate (at least ``MIN_BURST_BYTES``)."""
+
+MIN_BURST_BYTES = 1 * MiB
+
+
+def default_burst(rate: float | None) -> float:
+    """The agent's burst for ``rate``: max(0.25 s x rate, 1 MiB).
+
+    Big enough that a steady stream of chunks is not paced finer than the
+    HTTP round trip of a lease, small enough that an idle seed cannot be hit by
+    more than a quarter second of its cap at once.
+
+        >>> default_burst(1e9)
+        250000000.0
+        >>> default_burst(None) == MIN_BURST_BYTES
+        True
+    """
+    if rate is None or not rate > 0:
+        return float(MIN_BURST_BYTES)
+    return max(DEFAULT_BURST_SECONDS * rate, float(MIN_BURST_BYTES))
+
 
 @dataclass(frozen=True)
 class Reservation:
+    """``nbytes`` may start at ``start_at`` (the caller's clock); already paid for."""
+
     nbytes: float
     start_at: float
 
+    def delay(self, now: float) -> float:
+        """Seconds from ``now`` until the reservation may start (0 if due)."""
+        return max(0.0, self.start_at - now)
+
+
+def _check_rate(rate: float | None) -> None:
+    if rate is not None and (math.isnan(rate) or rate < 0 or math.isinf(rate)):
+        raise ValueError(
+            f"rate must be a finite number of bytes/s >= 0 (0 pauses), or None for uncapped; got {rate}"
+        )
+
 
 class TokenBucket:
+    """FIFO, pay-first token bucket; see the module docstring for the rules.
+
+    ``available(now)`` is the balance: positive = bytes that may start at
+    once, negative = debt booked by reservations still waiting to start.
+    """
+
     def __init__(self, rate: float | None, burst: float, now: float) -> None:
-        if rate is not None and not rate > 0:
-            raise ValueError(f"rate must be > 0 bytes/s or None (uncapped), got {rate}")
-        if not burst > 0:
-            raise ValueError(f"burst must be > 0 bytes, got {burst}")
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst  # start full: an idle seed may serve one burst at once
+        _check_rate(rate)
+        if rate == 0:
+            # A configured cap of 0 is a mistake (uncapped is None); only the
+            # QoS controller pauses, through set_rate(0.0).
+            raise ValueError("rate must be > 0 bytes/s, or None for uncapped; pause with set_rate(0.0)")
+        if not burst > 0 or math.isinf(burst):
+            raise ValueError(f"burst must be a finite number of bytes > 0, got {burst}")
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)  # start full: an idle seed may serve one burst at once
         self._at = now
 
+    @property
+    def rate(self) -> float | None:
+        """Bytes/s accrued now; None = uncapped, 0 = paused."""
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        return self._burst
+
     def _advance(self, now: float) -> None:
+        # A clock that steps back (or callers racing) must not un-accrue tokens.
         if now > self._at:
-            if self.rate is not None:
-                self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            if self._rate is not None:
+                self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
             self._at = now
 
     def available(self, now: float) -> float:
-        """Tokens now (negative = debt from reservations still waiting)."""
+        """Balance at ``now`` in bytes (``math.inf`` when uncapped; negative = debt)."""
         self._advance(now)
-        return math.inf if self.rate is None else self._tokens
+        return math.inf if self._rate is None else self._tokens
+
+    def wait_for(self, nbytes: float, now: float) -> float:
+        """Seconds until ``nbytes`` could start if reserved at ``now`` (inf when paused). Books nothing."""
+        self._advance(now)
+        if self._rate is None or nbytes <= 0:
+            return 0.0
+        if self._rate == 0:
+            return math.inf  # paused: not even a positive balance may be spent
+        if nbytes <= self._tokens:
+            return 0.0
+        return (nbytes - self._tokens) / self._rate
 
     def reserve(self, nbytes: float, now: float, max_wait: float) -> Reservation | None:
-        """Book ``nbytes``; None (nothing consumed) if it could not start within ``max_wait``."""
-        if nbytes < 0:
-            raise ValueError(f"cannot reserve a negative byte count ({nbytes})")
-        self._advance(now)
-        if self.rate is None:
-            return Reservation(nbytes, now)
-        # Pay first: this reservation starts once the balance covers it.
-        # (Balance already net of earlier reservations, so this is FIFO.)
-        wait = max(0.0, (nbytes - self._tokens) / self.rate)
+        """Book ``nbytes`` to start no earlier than the rate allows.
+
+        Returns the reservation, or None — with nothing booked — if it could
+        not start within ``max_wait`` seconds of ``now``.
+        """
+        if nbytes < 0 or math.isnan(nbytes):
+            raise ValueError(f"cannot reserve {nbytes} bytes; give a byte count >= 0")
+        wait = self.wait_for(nbytes, now)
         if wait > max_wait:
             return None
-        self._tokens -= nbytes
+        if self._rate is not None:
+            self._tokens -= nbytes  # booked now: later reservations queue behind this debt
         return Reservation(nbytes, now + wait)
 
     def refund(self, nbytes: float, now: float) -> None:
-        """Return tokens for bytes that were never read (never above the burst)."""
+        """Return tokens for bytes that were never read (the balance never exceeds the burst)."""
+        if nbytes < 0:
+            raise ValueError(f"cannot refund {nbytes} bytes; give a byte count >= 0")
         self._advance(now)
-        if self.rate is not None:
-            self._tokens = min(self.burst, self._tokens + nbytes)
+        if self._rate is not None:
+            self._tokens = min(self._burst, self._tokens + nbytes)
 
     def set_rate(self, rate: float | None, now: float, burst: float | None = None) -> None:
-        """Change the rate from now on; tokens accrued so far are kept (the QoS controller's seam)."""
-        if rate is not None and not rate > 0:
-            raise ValueError(f"rate must be > 0 bytes/s or None (uncapped), got {rate}")
+        """Accrue at ``rate`` from ``now`` on; the balance accrued so far is kept.
+
+        ``burst`` optionally replaces the burst (a positive balance is clipped
+        to it; debt is kept). Coming from uncapped, the bucket starts with the
+        burst and no debt: uncapped grants booked nothing, so there is no
+        history to honour.
+        """
+        _check_rate(rate)
+        if burst is not None and (not burst > 0 or math.isinf(burst)):
+            raise ValueError(f"burst must be a finite number of bytes > 0, got {burst}")
         self._advance(now)
-        if self.rate is None and rate is not None:
-            self._tokens = burst or self.burst  # from uncapped: start with one burst, no debt
-        self.rate = rate
         if burst is not None:
-            self.burst = burst
-            self._tokens = min(self._tokens, burst)
+            self._burst = float(burst)
+        if self._rate is None and rate is not None:
+            self._tokens = self._burst
+        self._tokens = min(self._tokens, self._burst)
+        self._rate = rate

@@ -1,0 +1,123 @@
+"""TokenBucket: pure, fake clock (every ``now`` is passed in). Tables first."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from throttle.token_bucket import MIN_BURST_BYTES, TokenBucket, default_burst
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("name, rate, burst, requests, expected_starts", [
+    # requests: (nbytes, now); every reservation may wait up to 100 s
+    ("uncapped grants at once", None, 1.0, [(10**12, 0.0), (10**12, 0.0)], [0.0, 0.0]),
+    ("steady rate, pay first", 100.0, 50.0, [(50, 0.0), (100, 0.0), (50, 0.0)], [0.0, 1.0, 1.5]),
+    ("idle time refills, capped at burst", 100.0, 50.0, [(10, 0.0), (50, 10.0), (50, 10.0)], [0.0, 10.0, 10.5]),
+    ("bigger than the burst is served", 100.0, 50.0, [(500, 0.0)], [4.5]),
+    ("later ones pay the big one's debt", 100.0, 50.0, [(500, 0.0), (10, 0.0)], [4.5, 4.6]),
+    ("arrivals later in time queue FIFO", 100.0, 50.0, [(100, 0.0), (100, 0.2), (10, 0.3)], [0.5, 1.5, 1.6]),
+])
+def test_reservations_start_in_fifo_virtual_time(name, rate, burst, requests, expected_starts):
+    bucket = TokenBucket(rate, burst, now=0.0)
+    starts = [bucket.reserve(n, now, max_wait=100).start_at for n, now in requests]
+    assert starts == pytest.approx(expected_starts), name
+
+
+@pytest.mark.parametrize("rate, burst, chunk", [(1000.0, 100.0, 64), (10e6, 2.5e6, 4e6), (1e9, 250e6, 64 * MiB)])
+def test_bytes_started_by_any_time_never_exceed_rate_times_t_plus_burst(rate, burst, chunk):
+    bucket = TokenBucket(rate, burst, now=0.0)
+    starts = [bucket.reserve(chunk, now=0.0, max_wait=math.inf).start_at for _ in range(200)]
+    assert starts == sorted(starts)  # FIFO
+    for i, t in enumerate(starts):
+        # pay first: the (i+1) chunks started by t were all accrued by t
+        assert (i + 1) * chunk <= burst + rate * t + 1e-6 * chunk
+    # ...and the long-run rate is the cap (not slower either)
+    assert 200 * chunk / starts[-1] == pytest.approx(rate, rel=0.02)
+
+
+def test_over_wait_is_refused_and_consumes_nothing():
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    bucket.reserve(50, 0.0, max_wait=10)
+    before = bucket.available(0.0)
+    assert bucket.reserve(100, 0.0, max_wait=0.5) is None
+    assert bucket.available(0.0) == before
+    assert bucket.reserve(10, 0.0, max_wait=10).start_at == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name, booked, refund, expected", [
+    ("refund of a never-read lease", 50, 30, 30.0),
+    ("never above the burst", 50, 500, 50.0),
+    ("pays back debt", 150, 100, 0.0),
+])
+def test_refund(name, booked, refund, expected):
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    bucket.reserve(booked, 0.0, max_wait=10)
+    bucket.refund(refund, 0.0)
+    assert bucket.available(0.0) == pytest.approx(expected), name
+
+
+def test_set_rate_mid_stream_conserves_tokens():
+    bucket = TokenBucket(100.0, 1000.0, now=0.0)
+    bucket.reserve(1000, 0.0, max_wait=10)     # empty
+    bucket.set_rate(1000.0, now=0.5)           # 50 accrued at the old rate: kept, none invented
+    assert bucket.available(0.5) == pytest.approx(50)
+    assert bucket.available(0.6) == pytest.approx(150)
+    bucket.reserve(500, 0.6, max_wait=10)      # debt 350
+    bucket.set_rate(100.0, now=0.6)            # lowering keeps the debt
+    assert bucket.available(0.6) == pytest.approx(-350)
+    assert bucket.reserve(50, 0.6, max_wait=10).start_at == pytest.approx(0.6 + 4.0)
+
+
+def test_set_rate_zero_pauses_and_resume_keeps_the_balance():
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    bucket.reserve(40, 0.0, max_wait=1)        # 10 left
+    bucket.set_rate(0.0, now=0.0)
+    assert bucket.reserve(20, 5.0, max_wait=1000) is None
+    assert bucket.reserve(5, 5.0, max_wait=1000) is None  # a pause stops even what the balance covers
+    assert bucket.wait_for(20, 5.0) == math.inf
+    assert bucket.available(5.0) == pytest.approx(10)  # frozen, not lost
+    bucket.set_rate(100.0, now=5.0)
+    assert bucket.reserve(20, 5.0, max_wait=1).start_at == pytest.approx(5.1)
+
+
+def test_set_rate_between_capped_and_uncapped():
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    bucket.set_rate(None, now=0.0)
+    assert bucket.reserve(10**9, 0.0, max_wait=0).start_at == 0.0
+    assert bucket.available(0.0) == math.inf
+    bucket.set_rate(100.0, now=1.0)            # uncapped booked nothing: start with one burst
+    assert bucket.available(1.0) == pytest.approx(50)
+
+
+def test_set_rate_with_smaller_burst_clips_the_balance_but_keeps_debt():
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    bucket.set_rate(100.0, now=0.0, burst=20.0)
+    assert bucket.available(0.0) == pytest.approx(20)
+    bucket.reserve(60, 0.0, max_wait=10)
+    bucket.set_rate(100.0, now=0.0, burst=5.0)
+    assert bucket.available(0.0) == pytest.approx(-40)
+
+
+def test_a_clock_step_back_accrues_nothing():
+    bucket = TokenBucket(100.0, 50.0, now=10.0)
+    bucket.reserve(50, 10.0, max_wait=1)
+    assert bucket.available(9.0) == 0.0
+
+
+@pytest.mark.parametrize("rate, burst", [(0.0, 1.0), (-1.0, 1.0), (math.nan, 1.0), (math.inf, 1.0), (1.0, 0.0)])
+def test_bad_parameters_are_refused_with_a_reason(rate, burst):
+    with pytest.raises(ValueError, match="rate|burst"):
+        TokenBucket(rate, burst, now=0.0)
+
+
+def test_negative_reservation_is_refused():
+    with pytest.raises(ValueError, match=">= 0"):
+        TokenBucket(1.0, 1.0, now=0.0).reserve(-1, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("rate, expected", [(None, MIN_BURST_BYTES), (1e6, MIN_BURST_BYTES), (1e9, 2.5e8)])
+def test_default_burst(rate, expected):
+    assert default_burst(rate) == expected

@@ -15,11 +15,13 @@ SeedId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON true is not the integer 1 and "5" is not 5; a body that
+    # relies on coercion is a client bug we want to hear about as a 422.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelIdentity(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, protected_namespaces=())
     model: str = Field(min_length=1, max_length=512)
     revision: str = Field(default="main", min_length=1, max_length=256)
     dtype: str = Field(min_length=1, max_length=64)

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chunk reads a job keeps in flight per seed at most (default 4)")
     p.add_argument("--pipeline-seconds", type=float, default=0.5,
                    help="in-flight budget per seed, in seconds of its allowed rate (default 0.5)")
+    p.add_argument("--max-body-bytes", default="64MiB",
+                   help="largest request body accepted; larger ones get 413 (default 64MiB)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -29,6 +31,14 @@ def main(args: argparse.Namespace) -> int:
         validate_chunk_size(chunk)
     except (UnitError, InvalidChunkSize) as exc:
         print(f"rfork scheduler: error: --chunk-size: {exc}", file=sys.stderr)
+        return 2
+    try:
+        max_body = parse_size(args.max_body_bytes)
+    except UnitError as exc:
+        print(f"rfork scheduler: error: --max-body-bytes: {exc}", file=sys.stderr)
+        return 2
+    if max_body < 4096:
+        print(f"rfork scheduler: error: --max-body-bytes must be at least 4KiB, got {max_body}", file=sys.stderr)
         return 2
     for flag, value in (("--heartbeat-timeout", args.heartbeat_timeout), ("--client-timeout", args.client_timeout)):
         if not value > 0:
@@ -51,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
+                             max_body_bytes=max_body,
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds))
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level.lower(),

@@ -69,12 +69,18 @@ def match_manifests(client: Manifest, seed: Manifest, seed_id: str) -> None:
         theirs = seed.get(name)
         if theirs is None:
             raise ManifestMismatch(f"tensor {name!r}: the client has it, seed {seed_id!r} does not "
-                                   "(different model, revision or parallelism?)")
+                                   "(different model, revision or parallelism?); "
+                                   "build the client with the seeds' exact model and parallelism")
         if (mine.numel, mine.element_size) != (theirs.numel, theirs.element_size):
             raise ManifestMismatch(
                 f"tensor {name!r}: client has numel={mine.numel} element_size={mine.element_size}, "
-                f"seed {seed_id!r} has numel={theirs.numel} element_size={theirs.element_size}"
+                f"seed {seed_id!r} has numel={theirs.numel} element_size={theirs.element_size} "
+                "(different dtype, quantisation or tensor-parallel split?); fork only between identical deployments"
             )
     for name in seed:
         if name not in client:
-            raise ManifestMismatch(f"tensor {name!r}: seed {seed_id!r} has it, the client does not")
+            raise ManifestMismatch(
+                f"tensor {name!r}: seed {seed_id!r} has it, the client does not "
+                "(different model, revision, speculative/draft weights or parallelism?); "
+                "build the client with the seeds' exact model and parallelism"
+            )

@@ -102,6 +102,9 @@ class Job:
         self.pending: deque[int] = deque(range(len(chunks)))
         self.assignments: dict[str, Assignment] = {}
         self.excluded: dict[str, str] = {}
+        """Seeds that failed this job's reads: never used again by this job."""
+        self.lost: dict[str, str] = {}
+        """Seeds that left the registry while this job ran (eligible again if they return)."""
         self.consecutive_failures: dict[str, int] = {}
         self.observed_rate: dict[str, float] = {}
         self.bytes_by_seed: dict[str, int] = {}
@@ -128,6 +131,8 @@ class Job:
             self._fail_if_no_seeds(seeds, now)
             return []
         self.last_seed_seen_at = now
+        for s in eligible:
+            self.lost.pop(s.seed_id, None)
         live = self.live_by_seed()
         free = {s.seed_id: self._depth(s) - live.get(s.seed_id, 0) for s in eligible}
         out: list[Assignment] = []
@@ -261,10 +266,27 @@ class Job:
             self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now)
 
     def exclude(self, seed_id: str, reason: str, now: float) -> None:
-        """Stop using a seed for this job and re-queue what it held."""
+        """Stop using a seed for this job (it failed our reads) and re-queue what it held."""
         if seed_id in self.excluded or self.state != RUNNING:
             return
         self.excluded[seed_id] = reason
+        self._requeue_live(seed_id)
+
+    def seed_lost(self, seed_id: str, reason: str, now: float) -> None:
+        """The seed left the registry (missed heartbeats, deregistered, or re-registered with new memory).
+
+        Its in-flight chunks move elsewhere at once, but it is not excluded: it
+        failed none of our reads, and if it comes back (re-registers) its new
+        pointers are used for new assignments. The no-seed grace counts from
+        this moment, when a seed was last known alive.
+        """
+        if self.state != RUNNING:
+            return
+        self.lost[seed_id] = reason
+        self.last_seed_seen_at = max(self.last_seed_seen_at, now)
+        self._requeue_live(seed_id)
+
+    def _requeue_live(self, seed_id: str) -> None:
         for chunk_id, state in enumerate(self.chunks):
             for aid, a in list(state.live.items()):
                 if a.seed_id == seed_id:
@@ -274,14 +296,13 @@ class Job:
                         self.pending.appendleft(chunk_id)
                         self.retried_chunks += 1
 
-    def seed_lost(self, seed_id: str, reason: str, now: float) -> None:
-        self.exclude(seed_id, reason, now)
-
     def _fail_if_no_seeds(self, seeds: list[SeedView], now: float) -> None:
         if seeds:  # every live seed is excluded: no point waiting
             self._fail(now, "no eligible seed left: " + self._exclusions())
         elif now - self.last_seed_seen_at > self.config.no_seed_grace_seconds:
+            gone = "; ".join(f"{seed} ({why})" for seed, why in sorted(self.lost.items()))
             self._fail(now, f"no live seed for {now - self.last_seed_seen_at:.0f} s"
+                       + (f"; lost: {gone}" if gone else "")
                        + (f"; excluded: {self._exclusions()}" if self.excluded else ""))
 
     def _exclusions(self) -> str:

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
 
 from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
+from rfork_agent.http_guard import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import SchedulerError, UnknownJob, UnknownModel, UnknownSeed
@@ -46,6 +47,8 @@ class SchedulerConfig:
     min_chunk_size: int = 4096
     finished_job_ttl_seconds: float = 300.0
     """Finished jobs stay queryable this long (their metric series go at once)."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Larger request bodies get 413 before they are parsed."""
     planner: PlannerConfig = PlannerConfig()
 
 
@@ -123,7 +126,11 @@ class SchedulerState:
             return False
         now = self.clock()
         for record in self.jobs.values():
+            retried_before = record.job.retried_chunks
             record.job.seed_lost(seed_id, reason, now)
+            if record.job.retried_chunks > retried_before:
+                self.metrics.chunk_retries_total.labels(reason="seed_lost").inc(
+                    record.job.retried_chunks - retried_before)
         for family in (self.metrics.seed_allowed_rate, self.metrics.assignments_in_flight):
             try:
                 family.remove(seed_id)
@@ -152,7 +159,8 @@ class SchedulerState:
                 raise UnknownModel(
                     f"no live seed serves {body.identity.model}@{body.identity.revision} "
                     f"{body.identity.dtype} tp={body.identity.tp_size} rank {body.rank}; "
-                    f"registered: {', '.join(known) or 'none'}"
+                    f"registered: {', '.join(known) or 'none'}. Start a seed (and its rfork agent) for "
+                    "this exact identity, or fix the client's model/revision/dtype/tp_size to match one above"
                 )
             for seed in seeds:
                 match_manifests(manifest, seed.ranks[body.rank][1], seed.seed_id)
@@ -177,11 +185,15 @@ class SchedulerState:
             before = (job.bytes_done, dict(job.bytes_by_seed), job.state)
             for r in body.reports:
                 a = job.assignments.get(r.assignment_id)
+                retried_before = job.retried_chunks
                 job.apply(Report(r.assignment_id, r.ok, r.reason, r.error, r.seconds), now)
                 if a is not None and not r.ok:
                     reason = r.reason if r.reason in FAILURE_REASONS else "read_failed"
                     self.metrics.chunk_failures_total.labels(seed=a.seed_id, reason=reason).inc()
-                    self.metrics.chunk_retries_total.labels(reason=reason).inc()
+                    # A failure whose chunk is still live elsewhere (an endgame
+                    # duplicate) or already done is not a retry.
+                    if job.retried_chunks > retried_before:
+                        self.metrics.chunk_retries_total.labels(reason=reason).inc(job.retried_chunks - retried_before)
             views = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
             assignments = job.next_assignments(views, now, body.max_assignments)
             for seed_id, n in job.bytes_by_seed.items():
@@ -307,6 +319,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
 
     app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan)
     app.state.scheduler = state
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
 
     @app.exception_handler(SchedulerError)
     async def _domain_error(request: Request, exc: SchedulerError):

@@ -191,13 +191,37 @@ def test_no_live_seed_fails_after_grace():
     assert job.state == FAILED and "no live seed" in job.error
 
 
-def test_seed_lost_requeues_its_chunks():
+def test_seed_lost_requeues_its_chunks_to_the_seeds_still_registered():
     job, m = make_job(n_chunks=2)
     [a, b] = job.next_assignments([seed("s0", m, None)], 0.0, 2)
     job.seed_lost("s0", "seed_lost: no heartbeat", 1.0)
     assert set(job.take_cancellations()) == {a.assignment_id, b.assignment_id}
-    again = job.next_assignments([seed("s0", m, None), seed("s1", m, None)], 1.0, 8)
+    again = job.next_assignments([seed("s1", m, None)], 1.0, 8)
     assert {x.seed_id for x in again} == {"s1"} and len(again) == 2
+    assert job.retried_chunks == 2
+
+
+def test_a_lost_seed_that_re_registers_is_used_again_with_its_new_pointers():
+    job, m = make_job(n_chunks=2)
+    job.next_assignments([seed("s0", m, None)], 0.0, 2)
+    job.seed_lost("s0", "seed_lost: no heartbeat", 1.0)
+    assert "s0" not in job.excluded
+    moved = manifest(**{name: spec.nbytes for name, spec in m.items()})
+    moved = {name: type(spec)(spec.ptr + (1 << 30), spec.numel, spec.element_size) for name, spec in moved.items()}
+    again = job.next_assignments([seed("s0", moved, None)], 2.0, 8)
+    assert len(again) == 2 and all(a.seed_id == "s0" for a in again)
+    assert all(r.src_ptr >= 1 << 30 for a in again for r in a.reads)
+    assert job.lost == {}
+
+
+def test_no_seed_grace_counts_from_when_the_last_seed_left_not_the_last_poll():
+    job, m = make_job(config=PlannerConfig(no_seed_grace_seconds=10))
+    job.next_assignments([seed("s0", m)], 0.0, 1)  # the last /work that saw a seed
+    job.seed_lost("s0", "seed_lost: no heartbeat for 5.0 s", 20.0)
+    job.next_assignments([], 25.0, 8)
+    assert job.state == RUNNING  # only 5 s without a seed, though 25 s since a poll saw one
+    job.next_assignments([], 30.5, 8)
+    assert job.state == FAILED and "lost: s0 (seed_lost: no heartbeat" in job.error
 
 
 def test_endgame_duplicates_a_straggler_and_counts_bytes_once():

@@ -1,0 +1,149 @@
+"""The scheduler's HTTP layer in-process (httpx over ASGI), with a fake clock.
+
+Covers the wire contract's bad inputs and the metrics the service keeps. The
+real-process, real-TransferEngine paths are in test_fork_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from scheduler.service import SchedulerConfig, create_app
+
+IDENTITY = {"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}
+MANIFEST = {"a": [1 << 20, 8192, 2], "b": [2 << 20, 4096, 1]}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def registration(session: str = "127.0.0.1:1", manifest=None) -> dict:
+    return {"identity": IDENTITY, "agent_url": "http://127.0.0.1:9", "rate_cap_bytes_per_second": None,
+            "ranks": [{"rank": 0, "session_id": session, "manifest": manifest or MANIFEST}]}
+
+
+@pytest.fixture
+def service():
+    clock, registry = FakeClock(), CollectorRegistry()
+    app = create_app(SchedulerConfig(max_body_bytes=64 * 1024), registry=registry, clock=clock, run_reaper=False)
+    return app, clock, registry
+
+
+def call(app, method: str, path: str, **kwargs) -> httpx.Response:
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scheduler") as client:
+            return await client.request(method, path, **kwargs)
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/jobs", {"identity": {**IDENTITY, "tp_size": True}, "rank": 0, "manifest": MANIFEST}, "tp_size"),
+    ("/v1/jobs", {"identity": IDENTITY, "rank": False, "manifest": MANIFEST}, "rank"),
+    ("/v1/jobs", {"identity": IDENTITY, "rank": 0, "manifest": MANIFEST, "chunk_size_bytes": True}, "chunk_size_bytes"),
+    ("/v1/jobs", {"identity": IDENTITY, "rank": "0", "manifest": MANIFEST}, "rank"),
+    ("/v1/jobs", {"identity": IDENTITY, "rank": 0.0, "manifest": MANIFEST}, "rank"),
+    ("/v1/seeds/s0/heartbeat", {"in_flight_leases": True}, "in_flight_leases"),
+])
+def test_booleans_strings_and_floats_are_not_integers(service, path, body, field):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    r = call(app, "POST", path, json=body)
+    assert r.status_code == 422, r.text
+    assert field in r.json()["detail"]["message"]
+
+
+def test_report_ok_must_be_a_real_boolean(service):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    job = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST}).json()
+    r = call(app, "POST", f"/v1/jobs/{job['job_id']}/work",
+             json={"reports": [{"assignment_id": "a1", "ok": 1}]})
+    assert r.status_code == 422 and "ok" in r.json()["detail"]["message"]
+
+
+def test_oversized_body_is_413_before_parsing(service):
+    app, _, _ = service
+    huge = {f"t{i}": [i * 4096, 1, 1] for i in range(5000)}  # ~100 KiB > the 64 KiB limit here
+    r = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": huge})
+    assert r.status_code == 413
+    assert r.json()["detail"]["error"] == "body_too_large" and "--max-body-bytes" in r.json()["detail"]["message"]
+
+
+def test_oversized_chunked_body_is_413(service):
+    app, _, _ = service
+
+    async def chunks():
+        for _ in range(100):
+            yield b"x" * 4096
+
+    r = call(app, "POST", "/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unknown_model_says_what_is_registered_and_how_to_fix(service):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    r = call(app, "POST", "/v1/jobs", json={"identity": {**IDENTITY, "model": "other"}, "rank": 0, "manifest": MANIFEST})
+    assert r.status_code == 404
+    message = r.json()["detail"]["message"]
+    assert "registered: m@main bfloat16 tp=1" in message and "Start a seed" in message
+
+
+def test_seed_only_tensor_mismatch_names_it_and_says_how_to_fix(service):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration(manifest={**MANIFEST, "draft.w": [3 << 20, 16, 2]}))
+    r = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST})
+    assert r.status_code == 409
+    message = r.json()["detail"]["message"]
+    assert "'draft.w'" in message and "exact model and parallelism" in message
+
+
+def test_retry_counter_counts_requeued_chunks_only(service):
+    app, clock, registry = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration("127.0.0.1:1"))
+    call(app, "PUT", "/v1/seeds/s1", json=registration("127.0.0.1:2"))
+    job = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST,
+                                              "chunk_size_bytes": 8192}).json()
+    work = f"/v1/jobs/{job['job_id']}/work"
+    out = call(app, "POST", work, json={"max_assignments": 8}).json()["assignments"]
+    assert len(out) == 3
+    failed = out[0]
+    r = call(app, "POST", work, json={"max_assignments": 0, "reports": [
+        {"assignment_id": failed["assignment_id"], "ok": False, "reason": "read_failed", "error": "boom"}]})
+    assert r.status_code == 200
+    retries = registry.get_sample_value("rfork_scheduler_chunk_retries_total", {"reason": "read_failed"})
+    failures = registry.get_sample_value("rfork_scheduler_chunk_failures_total",
+                                         {"seed": failed["seed_id"], "reason": "read_failed"})
+    assert (retries, failures) == (1.0, 1.0)
+    # A stale report for the same assignment: neither a retry nor a new failure of a live chunk.
+    call(app, "POST", work, json={"max_assignments": 0, "reports": [
+        {"assignment_id": failed["assignment_id"], "ok": False, "reason": "read_failed", "error": "boom"}]})
+    assert registry.get_sample_value("rfork_scheduler_chunk_retries_total", {"reason": "read_failed"}) == 1.0
+
+
+def test_seed_dropped_then_re_registered_gets_work_again(service):
+    app, clock, registry = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    job = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST,
+                                              "chunk_size_bytes": 8192}).json()
+    work = f"/v1/jobs/{job['job_id']}/work"
+    first = call(app, "POST", work, json={"max_assignments": 8}).json()
+    assert {a["seed_id"] for a in first["assignments"]} == {"s0"}
+    clock.now += 6  # past the 5 s heartbeat timeout
+    app.state.scheduler.reap()
+    assert registry.get_sample_value("rfork_scheduler_chunk_retries_total", {"reason": "seed_lost"}) >= 1
+    call(app, "PUT", "/v1/seeds/s0", json=registration())  # the agent re-registers (same memory)
+    again = call(app, "POST", work, json={"max_assignments": 8}).json()
+    assert again["state"] == "running"
+    assert {a["seed_id"] for a in again["assignments"]} == {"s0"}
+    assert "s0" not in again["progress"]["failed_seeds"]

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
+from rfork_agent.http_guard import BodySizeLimit
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_agent.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
 from throttle.token_bucket import Reservation, TokenBucket, default_burst
@@ -143,7 +144,7 @@ class AgentConfig:
 
 
 class LeaseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true is not 1
     job_id: str = Field(min_length=1, max_length=128)
     assignment_id: str = Field(min_length=1, max_length=128)
     rank: int = Field(ge=0, le=4095)
@@ -154,7 +155,7 @@ class LeaseRequest(BaseModel):
 
 
 class ReleaseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     used: bool = True
 
 
@@ -677,6 +678,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
 
     app = FastAPI(title="rfork agent", version="0.1.0", lifespan=lifespan)
     app.state.agent = state
+    app.add_middleware(BodySizeLimit, max_bytes=1 << 20)  # lease bodies are ~200 bytes
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

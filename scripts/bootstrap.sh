@@ -19,6 +19,17 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# The metrics suite (tests/prometheus) runs a real Prometheus and promtool.
+# Debian's package may auto-start a system service on :9090; that does not
+# matter: the tests start their own instance on a free loopback port with its
+# own storage dir. RFORK_SKIP_PROMETHEUS=1 skips the install.
+if [ "${RFORK_SKIP_PROMETHEUS:-0}" != 1 ] && ! { command -v prometheus && command -v promtool; } >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian package: prometheus (brings promtool)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+fi
+
 # GPU machines take the CUDA build of the transport; CPU machines the non-CUDA one.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     EXTRA=${RFORK_TRANSPORT_EXTRA:-gpu}

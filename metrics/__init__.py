@@ -14,6 +14,10 @@ from metrics.definitions import (
     ClientMetrics,
     SchedulerMetrics,
     FAILURE_REASONS,
+    JOB_OUTCOMES,
+    catalog,
+    serve_metrics,
 )
 
-__all__ = ["AgentMetrics", "ClientMetrics", "SchedulerMetrics", "FAILURE_REASONS"]
+__all__ = ["AgentMetrics", "ClientMetrics", "SchedulerMetrics", "FAILURE_REASONS", "JOB_OUTCOMES", "catalog",
+           "serve_metrics"]

@@ -1,15 +1,27 @@
 """Metric families per process. Units are in names; counters end in _total.
 
-Label sets are bounded: ``seed`` (registered seeds), ``job`` (active jobs only;
-removed when a job ends), ``reason`` (``FAILURE_REASONS``).
+Label sets are bounded: ``seed`` (registered seeds), ``job_id`` (active jobs
+only; removed when a job ends), ``reason`` (``FAILURE_REASONS``), ``outcome``
+(``JOB_OUTCOMES``, lease outcomes). The per-job label is ``job_id``, not
+``job``: Prometheus attaches its own ``job`` label (the scrape job) to every
+series and would rename ours to ``exported_job``.
+
+``catalog()`` lists every family (name, type, labels, help); the README table
+and the dashboard checks in tests/prometheus are built from it.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Why a chunk read failed. Kept closed so the label set stays bounded.
 FAILURE_REASONS = ("read_failed", "lease_denied", "agent_unreachable", "timeout", "seed_lost")
+# How a fork job ended (rfork_scheduler_jobs_finished_total's ``outcome``).
+JOB_OUTCOMES = ("done", "failed", "abandoned", "cancelled")
 
 _API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _FORK_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -34,13 +46,19 @@ class SchedulerMetrics:
             registry=registry,
         )
         self.job_bytes_total = Gauge(
-            "rfork_scheduler_job_bytes", "Bytes a running fork job must move.", ["job"], registry=registry
+            "rfork_scheduler_job_bytes", "Bytes a running fork job must move.", ["job_id"], registry=registry
         )
         self.job_bytes_done = Gauge(
-            "rfork_scheduler_job_bytes_done", "Bytes a running fork job has landed.", ["job"], registry=registry
+            "rfork_scheduler_job_bytes_done", "Bytes a running fork job has landed.", ["job_id"], registry=registry
         )
         self.job_progress_ratio = Gauge(
-            "rfork_scheduler_job_progress_ratio", "Landed / total bytes of a running job.", ["job"], registry=registry
+            "rfork_scheduler_job_progress_ratio", "Landed / total bytes of a running job.", ["job_id"],
+            registry=registry,
+        )
+        self.job_last_progress_timestamp = Gauge(
+            "rfork_scheduler_job_last_progress_timestamp_seconds",
+            "Unix time a running job last landed bytes (its creation time until the first chunk lands).",
+            ["job_id"], registry=registry,
         )
         self.seed_bytes_assigned_total = Counter(
             "rfork_scheduler_seed_bytes_completed_total",
@@ -83,6 +101,20 @@ class SchedulerMetrics:
             buckets=_API_BUCKETS,
             registry=registry,
         )
+        # Closed label sets start at zero so rate() and dashboards see 0, not "no data".
+        for reason in FAILURE_REASONS:
+            self.chunk_retries_total.labels(reason=reason)
+        for outcome in JOB_OUTCOMES:
+            self.jobs_finished_total.labels(outcome=outcome)
+
+    def forget_job(self, job_id: str) -> None:
+        """Drop every per-job series of a job that ended: ``job_id`` stays bounded by running jobs."""
+        for family in (self.job_bytes_total, self.job_bytes_done, self.job_progress_ratio,
+                       self.job_last_progress_timestamp):
+            try:
+                family.remove(job_id)
+            except KeyError:
+                pass
 
 
 class AgentMetrics:
@@ -126,6 +158,56 @@ class AgentMetrics:
             "rfork_agent_heartbeat_failures_total", "Heartbeats the scheduler did not accept.",
             ["seed"], registry=registry,
         )
+        # Serving QoS (issue #3): what the seed's /metrics say and what the throttle did about it.
+        # Label values are closed sets: ``mode`` = throttle.controller.Mode values plus "fixed"/"off",
+        # ``action`` = throttle.qos.ACTIONS, ``reason`` = throttle.qos.SCRAPE_FAILURE_REASONS.
+        self.observed_itl_p99 = Gauge(
+            "rfork_agent_observed_itl_p99_seconds",
+            "Seed inter-token latency p99 over the last report window (5 s), from its /metrics (NaN = no tokens).",
+            ["seed"], registry=registry,
+        )
+        self.observed_ttft_p99 = Gauge(
+            "rfork_agent_observed_ttft_p99_seconds",
+            "Seed time-to-first-token p99 over the last report window (NaN = no new requests).",
+            ["seed"], registry=registry,
+        )
+        self.slo_itl = Gauge(
+            "rfork_agent_slo_itl_seconds", "Configured inter-token latency SLO threshold (NaN = none).",
+            ["seed"], registry=registry,
+        )
+        self.slo_ttft = Gauge(
+            "rfork_agent_slo_ttft_seconds", "Configured time-to-first-token SLO threshold (NaN = none).",
+            ["seed"], registry=registry,
+        )
+        self.itl_slo_violation_ratio = Gauge(
+            "rfork_agent_itl_slo_violation_ratio",
+            "Fraction of the seed's tokens with inter-token latency above the SLO in the last report window.",
+            ["seed"], registry=registry,
+        )
+        self.latency_impact_ratio = Gauge(
+            "rfork_agent_latency_impact_ratio",
+            "Observed ITL p99 / the seed's no-transfer baseline ITL p99 (NaN = no baseline yet).",
+            ["seed"], registry=registry,
+        )
+        self.throttle_mode = Gauge(
+            "rfork_agent_throttle_mode",
+            "1 for the throttle's current mode (the controller's mode when adaptive; fixed; off), else 0.",
+            ["seed", "mode"], registry=registry,
+        )
+        self.throttle_decisions_total = Counter(
+            "rfork_agent_throttle_decisions_total",
+            "Adaptive throttle decisions by action (cut, raise, hold, floor, cap, probe).",
+            ["seed", "action"], registry=registry,
+        )
+        self.seed_metrics_scrape_failures_total = Counter(
+            "rfork_agent_seed_metrics_scrape_failures_total",
+            "Scrapes of the seed's /metrics that gave nothing usable, by reason (unreachable, http_error, parse_error).",
+            ["seed", "reason"], registry=registry,
+        )
+        self.seed_metrics_age = Gauge(
+            "rfork_agent_seed_metrics_age_seconds", "Seconds since the last usable scrape of the seed's /metrics.",
+            ["seed"], registry=registry,
+        )
 
 
 class ClientMetrics:
@@ -146,3 +228,53 @@ class ClientMetrics:
             buckets=_API_BUCKETS, registry=registry,
         )
         self.progress_ratio = Gauge("rfork_client_progress_ratio", "Landed / total bytes.", registry=registry)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family as Prometheus stores it (``name`` without the sample suffixes)."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+    process: str
+
+    def sample_names(self) -> tuple[str, ...]:
+        """Names the family's samples carry in PromQL."""
+        if self.type == "counter":
+            return (self.name,)  # prometheus_client's *_created samples are not queried
+        if self.type == "histogram":
+            return tuple(f"{self.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        return (self.name,)
+
+    def sample_labels(self, sample_name: str) -> tuple[str, ...]:
+        return self.labels + (("le",) if sample_name.endswith("_bucket") else ())
+
+
+def catalog() -> list[Family]:
+    """Every family rfork's own processes export, in definition order."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    families = []
+    for process, cls in (("scheduler", SchedulerMetrics), ("agent", AgentMetrics), ("client", ClientMetrics)):
+        instance = cls(CollectorRegistry())
+        for metric in vars(instance).values():
+            if isinstance(metric, MetricWrapperBase):
+                name = metric._name + ("_total" if metric._type == "counter" else "")
+                families.append(Family(name, metric._type, tuple(metric._labelnames), metric._documentation, process))
+    return families
+
+
+def serve_metrics(registry: CollectorRegistry, port: int,
+                  host: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``registry`` at http://host:port/metrics from a daemon thread (loopback by default).
+
+    For processes without a web app of their own, e.g. the fork client:
+
+        >>> server, _ = serve_metrics(ClientMetrics(CollectorRegistry()).registry, 0)
+        >>> server.server_port > 0
+        True
+        >>> server.shutdown()
+    """
+    return start_http_server(port, addr=host, registry=registry)

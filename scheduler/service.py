@@ -171,7 +171,8 @@ class SchedulerState:
                                body.identity, body.rank, last_poll=now)
             self.jobs[job_id] = record
             self.metrics.jobs_active.set(self._active_jobs())
-            self.metrics.job_bytes_total.labels(job=job_id).set(record.job.bytes_total)
+            self.metrics.job_bytes_total.labels(job_id=job_id).set(record.job.bytes_total)
+            self.metrics.job_last_progress_timestamp.labels(job_id=job_id).set(time.time())
             self._job_metrics(record)
         log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
@@ -200,6 +201,9 @@ class SchedulerState:
                 delta = n - before[1].get(seed_id, 0)
                 if delta:
                     self.metrics.seed_bytes_assigned_total.labels(seed=seed_id).inc(delta)
+            if job.bytes_done > before[0] and job.state == RUNNING:
+                # Wall time, not self.clock: alert rules compare it with Prometheus's time().
+                self.metrics.job_last_progress_timestamp.labels(job_id=job_id).set(time.time())
             if before[2] == RUNNING and job.state != RUNNING:
                 self._finished(record, job.state)
             else:
@@ -237,9 +241,10 @@ class SchedulerState:
 
     def _job_metrics(self, record: JobRecord) -> None:
         job = record.job
-        self.metrics.job_bytes_done.labels(job=job.job_id).set(job.bytes_done)
-        self.metrics.job_progress_ratio.labels(job=job.job_id).set(
-            job.bytes_done / job.bytes_total if job.bytes_total else 1.0)
+        if job.state == RUNNING:  # an ended job's series are gone; a late /work must not bring them back
+            self.metrics.job_bytes_done.labels(job_id=job.job_id).set(job.bytes_done)
+            self.metrics.job_progress_ratio.labels(job_id=job.job_id).set(
+                job.bytes_done / job.bytes_total if job.bytes_total else 1.0)
         live = {}
         for rec in self.jobs.values():
             for seed_id, n in rec.job.live_by_seed().items():
@@ -252,11 +257,8 @@ class SchedulerState:
         self.metrics.jobs_finished_total.labels(outcome=outcome).inc()
         if outcome == DONE and job.finished_at is not None:
             self.metrics.fork_duration.observe(job.finished_at - job.created_at)
-        for family in (self.metrics.job_bytes_total, self.metrics.job_bytes_done, self.metrics.job_progress_ratio):
-            try:
-                family.remove(job.job_id)  # finished jobs' series go: bounded cardinality
-            except KeyError:
-                pass
+        self.metrics.forget_job(job.job_id)  # finished jobs' series go: bounded cardinality
+        self._job_metrics(record)  # its assignments no longer count as in flight
         self.metrics.jobs_active.set(self._active_jobs())
         log.log(logging.INFO if outcome == DONE else logging.WARNING, "job %s %s%s", job.job_id, outcome,
                 f": {job.error}" if job.error else "")

@@ -40,6 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-ip", default="127.0.0.1")
     p.add_argument("--output", metavar="DIR", help="write rank<R>.bin and rank<R>.index.json here")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve this client's Prometheus metrics at http://HOST:PORT/metrics while it runs "
+                        "(0 picks a free port; off by default)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address --metrics-port binds (default 127.0.0.1)")
+    p.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
+                   help="keep serving metrics this long after the fork ends, so a last scrape sees the final "
+                        "values (default 0)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
 
@@ -52,6 +59,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.rank < 0:
         print("rfork fork: error: --rank must be >= 0", file=sys.stderr)
+        return 2
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        print(f"rfork fork: error: --metrics-port must be between 0 and 65535, got {args.metrics_port}",
+              file=sys.stderr)
+        return 2
+    if args.metrics_linger < 0:
+        print("rfork fork: error: --metrics-linger must be >= 0 seconds", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_fork(args, chunk_size))
@@ -67,7 +81,9 @@ def main(args: argparse.Namespace) -> int:
 async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
     import httpx
     import torch
+    from prometheus_client import CollectorRegistry
 
+    from metrics.definitions import ClientMetrics, serve_metrics
     from rfork_agent import clients
     from rfork_agent.fork import ForkClient, ForkError, register_tensors, single_seed_read
     from rfork_agent.seed_info import fetch_server_info, fetch_transfer_engine_info
@@ -97,9 +113,19 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
             bar.update(p.bytes_done - bar.n)
             bar.set_postfix_str(f"retried={p.retried_chunks} failed_seeds={len(p.failed_seeds)}")
 
+    metrics = ClientMetrics(CollectorRegistry())
+    metrics_server = None
+    if args.metrics_port is not None:
+        try:
+            metrics_server, _ = serve_metrics(metrics.registry, args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            raise ForkError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}") from exc
+        print(f"rfork fork: metrics at http://{args.metrics_host}:{metrics_server.server_port}/metrics",
+              file=sys.stderr, flush=True)
+
     started = time.perf_counter()
     try:
-        result = await ForkClient(args.scheduler, transport, progress=on_progress).fork(
+        result = await ForkClient(args.scheduler, transport, progress=on_progress, metrics=metrics).fork(
             identity, args.rank, tensors, chunk_size_bytes=chunk_size
         )
         summary = {
@@ -116,6 +142,9 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
     finally:
         if bar is not None:
             bar.close()
+        if metrics_server is not None:
+            await asyncio.sleep(args.metrics_linger)
+            metrics_server.shutdown()
     summary["wall_seconds"] = time.perf_counter() - started
     rate = summary["bytes"] / summary["transfer_seconds"] if summary["transfer_seconds"] else None
     print(f"forked {format_bytes(summary['bytes'])} in {summary['transfer_seconds']:.2f} s ({format_rate(rate)})")

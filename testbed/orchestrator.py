@@ -43,6 +43,8 @@ class TestbedOptions:
     json_path: str | None = None
     progress: bool = True
     log_dir: str | None = None
+    client_metrics_port: int | None = None
+    """Serve the in-process fork client's metrics on 127.0.0.1:PORT while the testbed runs (0 = any free port)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-dir", default=None, help="where process logs go (default: a temp dir)")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--client-metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve the in-process fork client's Prometheus metrics at http://127.0.0.1:PORT/metrics "
+                        "while the testbed runs (0 picks a free port; off by default)")
 
 
 def options_from_args(args: argparse.Namespace) -> TestbedOptions:
@@ -86,6 +91,9 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
             raise ValueError("--kill-seed-at must be a fraction strictly between 0 and 1, e.g. 0.5")
         if args.seeds < 2:
             raise ValueError("--kill-seed-at needs at least 2 seeds: the fork must finish from another one")
+    client_metrics_port = getattr(args, "client_metrics_port", None)
+    if client_metrics_port is not None and not 0 <= client_metrics_port <= 65535:
+        raise ValueError(f"--client-metrics-port must be between 0 and 65535, got {client_metrics_port}")
     if not 0 <= args.kill_seed < args.seeds:
         raise ValueError(f"--kill-seed must be between 0 and {args.seeds - 1}")
     return TestbedOptions(
@@ -98,6 +106,7 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         compare_baseline=args.compare_baseline, load_rps=args.load_rps,
         include_zero_byte=args.include_zero_byte, rng_seed=args.rng_seed,
         json_path=args.json_path, progress=not args.no_progress, log_dir=args.log_dir,
+        client_metrics_port=client_metrics_port,
     )
 
 
@@ -132,20 +141,38 @@ def run_testbed(options: TestbedOptions) -> dict:
     """Start the fleet, fork every rank, verify, and return the result record."""
     # TransferEngine logs through glog at INFO; keep the terminal for the progress bar.
     os.environ.setdefault("GLOG_minloglevel", "2")
-    import torch
-
-    from metrics.definitions import ClientMetrics
+    from metrics.definitions import ClientMetrics, serve_metrics
     from prometheus_client import CollectorRegistry
-    from rfork_agent.fork import ForkClient, ForkOptions, register_tensors, single_seed_read
-    from rfork_agent.fork_cli import allocate_like
-    from rfork_agent.transport import MooncakeTransport
-    from testbed.fleet import Fleet, FleetSpec
+    from testbed.fleet import FleetSpec
 
     spec = FleetSpec(
         seeds=options.seeds, preset=options.model, size_bytes=options.size_bytes, dtype=options.dtype,
         tp_size=options.tp_size, rng_seed=options.rng_seed, seed_rates=options.seed_rates,
         load_rps=options.load_rps, include_zero_byte=options.include_zero_byte, log_dir=options.log_dir,
     )
+    # One client registry for the whole run (every rank), so a scrape sees one client.
+    client_metrics = ClientMetrics(CollectorRegistry())
+    metrics_server = None
+    if options.client_metrics_port is not None:
+        metrics_server, _ = serve_metrics(client_metrics.registry, options.client_metrics_port)
+        print(f"rfork testbed: client metrics at http://127.0.0.1:{metrics_server.server_port}/metrics",
+              file=sys.stderr, flush=True)
+    try:
+        return _run_fleet(options, spec, client_metrics)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+
+def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
+    """Start the fleet, fork every rank into ``client_metrics``'s client, verify."""
+    import torch
+
+    from rfork_agent.fork import ForkClient, ForkOptions, register_tensors, single_seed_read
+    from rfork_agent.fork_cli import allocate_like
+    from rfork_agent.transport import MooncakeTransport
+    from testbed.fleet import Fleet
+
     started = time.perf_counter()
     with Fleet(spec) as fleet:
         startup_seconds = time.perf_counter() - started
@@ -173,7 +200,7 @@ def run_testbed(options: TestbedOptions) -> dict:
                     killer.check(p.bytes_done)
 
             client = ForkClient(fleet.scheduler_url, transport, progress=on_progress,
-                                metrics=ClientMetrics(CollectorRegistry()), options=ForkOptions())
+                                metrics=client_metrics, options=ForkOptions())
             try:
                 fork = asyncio.run(client.fork(identity, rank, tensors, chunk_size_bytes=options.chunk_size))
             finally:

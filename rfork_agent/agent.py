@@ -13,6 +13,9 @@ Layers, one concern each:
   is the seam the serving-QoS controller drives.
 - ``SeedLink`` — the I/O loop: discovery from the seed, registration and
   heartbeats with the scheduler, a liveness probe of the seed.
+- ``QosLoop`` — the serving-QoS job: scrapes the seed's ``/metrics`` once per
+  second and hands it to ``throttle.qos.QosTracker`` (pure), which runs the
+  controller; the decided rate goes to the token bucket via ``set_allowed_rate``.
 - ``create_app`` — FastAPI routes (docs/DESIGN.md, "Agent HTTP API") mapping
   the state's outcomes to status codes.
 
@@ -53,11 +56,16 @@ from rfork_agent import clients
 from rfork_agent.http_guard import BodySizeLimit
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_agent.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
+from throttle.controller import ControllerConfig, InvalidConfig, Mode, SloConfig
+from throttle.prom_text import Scrape
+from throttle.qos import ACTIONS, SCRAPE_FAILURE_REASONS, QosReport, QosTracker, ScrapeFailure, ThrottleMode, classify_body
 from throttle.token_bucket import Reservation, TokenBucket, default_burst
 
 log = logging.getLogger("rfork.agent")
 
 LEASE_OUTCOMES = ("granted", "denied", "expired", "released", "returned")
+THROTTLE_MODE_LABELS = tuple(m.value for m in Mode) + (ThrottleMode.FIXED.value, ThrottleMode.OFF.value)
+"""Values of the ``mode`` label of ``rfork_agent_throttle_mode``: the controller's modes, plus fixed/off."""
 
 
 # --------------------------------------------------------------------------- config
@@ -104,6 +112,23 @@ class AgentConfig:
     """Timeout of each call to the seed and the scheduler."""
     max_backoff_seconds: float = 2.0
     """Longest pause between attempts to reach the seed or the scheduler while not registered."""
+    throttle: str = "off"
+    """Serving-QoS throttle: "adaptive" (the controller follows the seed's latency; needs
+    rate_cap and slo_itl_seconds), "fixed" (pace at rate_cap, export the seed's latency) or "off"."""
+    slo_itl_seconds: float | None = None
+    """Inter-token latency SLO threshold; best one of SGLang's ITL bucket bounds (..0.03, 0.035, 0.04, 0.06..)."""
+    slo_ttft_seconds: float | None = None
+    """Time-to-first-token SLO threshold, or None to ignore TTFT."""
+    slo_budget: float = 0.01
+    """Fraction of tokens (and of first tokens) allowed above the thresholds."""
+    qos_interval_seconds: float = 1.0
+    """How often the QoS job scrapes the seed's /metrics and decides."""
+    metrics_url: str = ""
+    """The seed's Prometheus endpoint; default sglang_url + /metrics."""
+    metrics_timeout_seconds: float = 0.8
+    """Timeout of one scrape: below the interval, so a hung seed cannot stack scrapes."""
+    controller: ControllerConfig | None = None
+    """Control-law tuning; default ControllerConfig(cap=rate_cap) (throttle/controller.py)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -132,8 +157,66 @@ class AgentConfig:
             problems.append("max_wait_seconds and liveness_interval_seconds must be >= 0")
         if self.refresh_every_heartbeats < 1:
             problems.append(f"refresh_every_heartbeats must be >= 1, got {self.refresh_every_heartbeats}")
+        problems += self._qos_problems()
         if problems:
             raise ValueError("invalid agent config: " + "; ".join(problems))
+
+    def _qos_problems(self) -> list[str]:
+        modes = [m.value for m in ThrottleMode]
+        if self.throttle not in modes:
+            return [f"throttle {self.throttle!r} must be one of {', '.join(modes)}"]
+        problems = []
+        if self.metrics_url:
+            parsed = urlparse(self.metrics_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                problems.append(f"metrics_url {self.metrics_url!r} is not an http(s) URL like "
+                                "http://127.0.0.1:30000/metrics")
+        for name in ("qos_interval_seconds", "metrics_timeout_seconds"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                problems.append(f"{name} must be a number of seconds > 0, got {value}")
+        if self.throttle == ThrottleMode.ADAPTIVE.value:
+            if self.rate_cap is None:
+                problems.append("adaptive throttling needs a link cap (rate_cap, --rate-cap): its floor (5% of "
+                                "the cap) and step (cap/16) are fractions of it; measure the link, or use "
+                                "--throttle fixed")
+            if self.slo_itl_seconds is None:
+                problems.append("adaptive throttling needs an ITL SLO (slo_itl_seconds, --slo-itl), e.g. 0.04")
+        if self.throttle == ThrottleMode.FIXED.value and self.rate_cap is None:
+            problems.append("fixed throttling paces at the link cap; give rate_cap (--rate-cap), e.g. 200MB/s")
+        try:
+            self.slo
+        except InvalidConfig as exc:
+            problems.append(str(exc))
+        if self.controller is not None and self.rate_cap is not None and self.controller.cap != self.rate_cap:
+            problems.append(f"controller cap {self.controller.cap} differs from rate_cap {self.rate_cap}; "
+                            "use the same value")
+        return problems
+
+    @property
+    def slo(self) -> SloConfig | None:
+        """The SLO, or None when no ITL threshold is configured. Raises InvalidSloConfig."""
+        if self.slo_itl_seconds is None:
+            if self.slo_ttft_seconds is not None:
+                raise InvalidConfig("slo_itl_seconds", "a TTFT SLO needs an ITL SLO too (slo_itl_seconds, --slo-itl)")
+            return None
+        return SloConfig(itl_threshold_seconds=self.slo_itl_seconds, ttft_threshold_seconds=self.slo_ttft_seconds,
+                         violation_budget=self.slo_budget)
+
+    @property
+    def controller_config(self) -> ControllerConfig | None:
+        """The control law's config: ``controller`` or the defaults at ``rate_cap``; None when uncapped."""
+        if self.controller is not None:
+            return self.controller
+        if self.rate_cap is None:
+            return None
+        interval = self.qos_interval_seconds
+        return ControllerConfig(cap_bytes_per_second=self.rate_cap, interval_seconds=interval,
+                                stale_after_seconds=max(3.0, 3 * interval), pool_max_seconds=max(5.0, 5 * interval))
+
+    @property
+    def seed_metrics_url(self) -> str:
+        return self.metrics_url or f"{self.sglang_url.rstrip('/')}/metrics"
 
     @property
     def advertised_url(self) -> str:
@@ -157,6 +240,15 @@ class LeaseRequest(BaseModel):
 class ReleaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     used: bool = True
+
+
+class ThrottleRequest(BaseModel):
+    """Body of ``PUT /v1/throttle``: switch the throttle at run time (operators, benchmarks)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: ThrottleMode
+    rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Fixed mode only: the rate to pace at (default the cap; never above it)."""
 
 
 # --------------------------------------------------------------------------- state (no I/O)
@@ -230,11 +322,20 @@ class AgentState:
     """Last verdict of the liveness probe. Leases are refused while the seed is
     down: a read submitted to a dead peer only wastes the client's time."""
     heartbeats: int = 0
+    qos: QosTracker = field(init=False)
+    """The serving-QoS state (throttle/qos.py); ``QosLoop`` ticks it."""
+    last_qos: QosReport | None = None
+    granted_bytes: int = 0
+    """Bytes granted in leases since start (the QoS loop's "transfer active" signal)."""
+    _granted_at_tick: int = 0
+    _in_flight_at_tick: int = 0
 
     def __post_init__(self) -> None:
         cap = self.config.rate_cap
         self.bucket = TokenBucket(cap, self._burst(cap), self.clock())
         self.leases = LeaseBook(self.config.lease_ttl_seconds)
+        self.qos = QosTracker(self.config.slo, self.config.controller_config, ThrottleMode(self.config.throttle),
+                              self.clock())
         seed = self.config.seed_id
         m = self.metrics
         m.rate_cap.labels(seed=seed).set(_gauge(cap))
@@ -248,6 +349,30 @@ class AgentState:
         m.lease_wait.labels(seed=seed)
         for outcome in LEASE_OUTCOMES:
             m.leases_total.labels(seed=seed, outcome=outcome)
+        self._init_qos_metrics()
+
+    def _init_qos_metrics(self) -> None:
+        seed, m, slo = self.config.seed_id, self.metrics, self.config.slo
+        m.slo_itl.labels(seed=seed).set(math.nan if slo is None else slo.itl_threshold_seconds)
+        ttft = None if slo is None else slo.ttft_threshold_seconds
+        m.slo_ttft.labels(seed=seed).set(math.nan if ttft is None else ttft)
+        for gauge in (m.observed_itl_p99, m.observed_ttft_p99, m.itl_slo_violation_ratio, m.latency_impact_ratio,
+                      m.seed_metrics_age):
+            gauge.labels(seed=seed).set(math.nan)
+        for action in ACTIONS:
+            m.throttle_decisions_total.labels(seed=seed, action=action)
+        for reason in SCRAPE_FAILURE_REASONS:
+            m.seed_metrics_scrape_failures_total.labels(seed=seed, reason=reason)
+        if self.qos.state is not None:  # adaptive: start where the controller starts (the floor)
+            self.set_allowed_rate(self.qos.state.rate_bytes_per_second, self.clock())
+            self._set_mode_gauge(self.qos.state.mode.value)
+        else:
+            self._set_mode_gauge(self.qos.throttle.value)
+
+    def _set_mode_gauge(self, current: str) -> None:
+        gauge = self.metrics.throttle_mode
+        for label in THROTTLE_MODE_LABELS:
+            gauge.labels(seed=self.config.seed_id, mode=label).set(1 if label == current else 0)
 
     def _burst(self, rate: float | None) -> float:
         return self.config.burst_bytes or default_burst(rate)
@@ -274,6 +399,87 @@ class AgentState:
         burst = None if rate == 0 else self._burst(rate)
         self.bucket.set_rate(rate, now, burst=burst)
         self.metrics.allowed_rate.labels(seed=self.config.seed_id).set(_gauge(rate))
+
+    # -- serving QoS ------------------------------------------------------------
+
+    def take_transfer_activity(self) -> bool:
+        """Whether chunk reads may have run since the last call: a lease was granted, or held.
+
+        The controller learns the seed's no-transfer baseline from intervals
+        where this is False, so a lease held across the tick counts as active.
+        """
+        in_flight = self.leases.in_flight()
+        active = self.granted_bytes != self._granted_at_tick or self._in_flight_at_tick > 0 or in_flight > 0
+        self._granted_at_tick, self._in_flight_at_tick = self.granted_bytes, in_flight
+        return active
+
+    def apply_qos(self, report: QosReport, now: float) -> bool:
+        """Follow one QoS tick: set the bucket's rate and export the report.
+
+        Returns True when the rate changed notably (paused, resumed, or by more
+        than a quarter): worth telling the scheduler now rather than at the
+        next heartbeat, since its planner sizes this seed's share from it.
+        """
+        seed, m = self.config.seed_id, self.metrics
+        before = self.allowed_rate
+        if report.throttle is not ThrottleMode.OFF:
+            self.set_allowed_rate(report.rate_bytes_per_second, now)
+        after = self.allowed_rate
+        self.last_qos = report
+        m.observed_itl_p99.labels(seed=seed).set(report.observed_itl_p99_seconds)
+        m.observed_ttft_p99.labels(seed=seed).set(report.observed_ttft_p99_seconds)
+        m.itl_slo_violation_ratio.labels(seed=seed).set(report.itl_slo_violation_ratio)
+        m.latency_impact_ratio.labels(seed=seed).set(report.latency_impact_ratio)
+        m.seed_metrics_age.labels(seed=seed).set(report.metrics_age_seconds)
+        if report.action is not None:
+            m.throttle_decisions_total.labels(seed=seed, action=report.action).inc()
+        if report.scrape_failure is not None:
+            m.seed_metrics_scrape_failures_total.labels(seed=seed, reason=report.scrape_failure.reason).inc()
+        self._set_mode_gauge(report.mode_label)
+        if before == after:
+            return False
+        if before is None or after is None or before == 0 or after == 0:
+            return True
+        return abs(after - before) > 0.25 * before
+
+    def set_throttle(self, mode: ThrottleMode, rate: float | None, now: float) -> None:
+        """Switch the throttle at run time. Raises ValueError saying why the config cannot do ``mode``."""
+        cap = self.config.rate_cap
+        if mode is not ThrottleMode.FIXED and rate is not None:
+            raise ValueError("rate_bytes_per_second applies to fixed mode only; leave it out")
+        if mode is not ThrottleMode.OFF and cap is None:
+            raise ValueError(f"{mode.value} throttling needs a link cap; start the agent with --rate-cap")
+        if mode is ThrottleMode.ADAPTIVE and self.qos.slo is None:
+            raise ValueError("adaptive throttling needs an ITL SLO; start the agent with --slo-itl")
+        if rate is not None and cap is not None and rate > cap:
+            raise ValueError(f"fixed rate {rate:.4g} B/s is above this agent's cap {cap:.4g} B/s; lower it")
+        self.qos.set_mode(mode, now, rate)
+        if self.qos.state is not None:
+            self.set_allowed_rate(self.qos.state.rate_bytes_per_second, now)
+            self._set_mode_gauge(self.qos.state.mode.value)
+        else:
+            self.set_allowed_rate(rate, now)  # None: back to the cap
+            self._set_mode_gauge(mode.value)
+        log.info("agent %s: throttle %s%s", self.config.seed_id, mode.value,
+                 "" if rate is None else f" at {rate / 1e6:.1f} MB/s")
+
+    def throttle_status(self) -> dict:
+        report = self.last_qos
+
+        def num(x: float | None) -> float | None:
+            return None if x is None or math.isnan(x) else x
+
+        return {
+            "mode": self.qos.throttle.value,
+            "controller_mode": None if report is None else report.mode_label,
+            "action": None if report is None else report.action,
+            "reason": None if report is None else report.reason,
+            "slo_itl_seconds": None if self.qos.slo is None else self.qos.slo.itl_threshold_seconds,
+            "observed_itl_p99_seconds": None if report is None else num(report.observed_itl_p99_seconds),
+            "itl_slo_violation_ratio": None if report is None else num(report.itl_slo_violation_ratio),
+            "latency_impact_ratio": None if report is None else num(report.latency_impact_ratio),
+            "seed_metrics_age_seconds": None if report is None else num(report.metrics_age_seconds),
+        }
 
     # -- leases -------------------------------------------------------------
 
@@ -320,6 +526,7 @@ class AgentState:
         seed, m = self.config.seed_id, self.metrics
         m.leases_total.labels(seed=seed, outcome="granted").inc()
         m.granted_bytes_total.labels(seed=seed).inc(body.bytes)
+        self.granted_bytes += body.bytes
         m.lease_wait.labels(seed=seed).observe(max(now - asked_at, 0.0))
         m.leases_in_flight.labels(seed=seed).set(self.leases.in_flight())
         return lease
@@ -403,6 +610,8 @@ class AgentState:
             "available_bytes": None if math.isinf(available) else available,
             "in_flight_leases": self.leases.in_flight(),
             "in_flight_bytes": self.leases.in_flight_bytes(),
+            "granted_bytes": self.granted_bytes,
+            "throttle": self.throttle_status(),
         }
 
 
@@ -615,6 +824,15 @@ class SeedLink:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def push_rate(self) -> None:
+        """Heartbeat now (not at the next period): the allowed rate changed a lot and the
+        scheduler's planner sizes this seed's in-flight depth from it."""
+        if self.state.phase is not Phase.REGISTERED:
+            return
+        task = asyncio.ensure_future(self.step())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def job(self, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """``body`` as an APScheduler job that ends quietly when shutdown cancels it mid-flight."""
 
@@ -627,6 +845,64 @@ class SeedLink:
 
         run.__name__ = run.__qualname__ = f"SeedLink.{body.__name__}"
         return run
+
+
+class QosLoop:
+    """The serving-QoS job's I/O: fetch the seed's ``/metrics``, tick the tracker, apply the rate.
+
+    Everything it decides lives in ``throttle.qos.QosTracker`` (pure); this
+    class only classifies what the fetch returned (unreachable, HTTP error,
+    unparseable) and logs scrape failures at most once a minute per reason.
+    One ``tick()`` per ``qos_interval_seconds`` (an APScheduler job).
+    """
+
+    def __init__(self, state: AgentState, http: httpx.AsyncClient,
+                 on_rate_change: Callable[[], None] | None = None) -> None:
+        self.state = state
+        self.config = state.config
+        self.http = http
+        self.on_rate_change = on_rate_change
+
+    async def scrape(self) -> Scrape | ScrapeFailure:
+        url = self.config.seed_metrics_url
+        try:
+            response = await self.http.get(url, timeout=self.config.metrics_timeout_seconds)
+        except httpx.TimeoutException:
+            return ScrapeFailure("unreachable", f"GET {url} timed out after {self.config.metrics_timeout_seconds:g} s")
+        except httpx.HTTPError as exc:
+            return ScrapeFailure("unreachable", f"GET {url} failed: {exc.__class__.__name__}: {exc}")
+        if response.status_code != 200:
+            return ScrapeFailure("http_error", f"GET {url} answered HTTP {response.status_code}")
+        return classify_body(response.text, taken_at=self.state.clock())
+
+    async def tick(self) -> None:
+        state, tracker = self.state, self.state.qos
+        active = state.take_transfer_activity()
+        scrape = await self.scrape() if tracker.scrapes else None
+        now = state.clock()
+        report = tracker.tick(now, scrape, active)
+        notable = state.apply_qos(report, now)
+        seed = self.config.seed_id
+        if report.scrape_failure is not None and report.log_failure:
+            suppressed = tracker.failure_log.suppressed
+            log.warning("agent %s: cannot use the seed's metrics (%s: %s); allowed rate now %s%s", seed,
+                        report.scrape_failure.reason, report.scrape_failure.message, _rate_text(state.allowed_rate),
+                        f" ({suppressed} similar failures not logged)" if suppressed else "")
+            tracker.failure_log.logged()
+        elif report.log_recovered:
+            log.info("agent %s: the seed's metrics are readable again", seed)
+        if report.action in ("cut", "floor", "cap", "probe") or notable:
+            log.info("agent %s: throttle %s -> %s: %s", seed, report.action or report.mode_label,
+                     _rate_text(state.allowed_rate), report.reason)
+        else:
+            log.debug("agent %s: throttle %s -> %s: %s", seed, report.action or report.mode_label,
+                      _rate_text(state.allowed_rate), report.reason)
+        if notable and self.on_rate_change is not None:
+            self.on_rate_change()
+
+
+def _rate_text(rate: float | None) -> str:
+    return "uncapped" if rate is None else f"{rate / 1e6:.1f} MB/s"
 
 
 # --------------------------------------------------------------------------- app
@@ -660,6 +936,11 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
         if config.liveness_interval_seconds > 0:
             jobs.add_job(link.job(link.probe_seed), "interval", seconds=config.liveness_interval_seconds, id="liveness",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        # Always scheduled, so PUT /v1/throttle can turn the throttle on at run time; in off mode a tick is free.
+        qos = QosLoop(state, http, on_rate_change=link.push_rate)
+        app.state.qos = qos
+        jobs.add_job(link.job(qos.tick), "interval", seconds=config.qos_interval_seconds, id="qos",
+                     max_instances=1, coalesce=True, misfire_grace_time=None)
         jobs.start()
         # Register at once (with backoff) instead of one heartbeat interval later,
         # without holding up startup: /health answers while the seed warms up.
@@ -724,6 +1005,21 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
     @app.get("/v1/status")
     async def status():
         return state.status(clock())
+
+    @app.get("/v1/throttle")
+    async def get_throttle():
+        return {"allowed_rate_bytes_per_second": state.allowed_rate, **state.throttle_status()}
+
+    @app.put("/v1/throttle")
+    async def put_throttle(body: ThrottleRequest):
+        try:
+            state.set_throttle(body.mode, body.rate_bytes_per_second, clock())
+        except ValueError as exc:
+            return _error(409, "throttle_unavailable", str(exc))
+        link = getattr(app.state, "link", None)
+        if link is not None:
+            link.push_rate()
+        return {"allowed_rate_bytes_per_second": state.allowed_rate, **state.throttle_status()}
 
     @app.get("/health")
     async def health():

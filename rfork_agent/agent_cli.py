@@ -3,6 +3,11 @@
     rfork agent --sglang-url http://127.0.0.1:30000 --scheduler http://127.0.0.1:8700 \\
                 --port 8800 --rate-cap 2GB/s
 
+Serving QoS (issue #3): ``--throttle adaptive --slo-itl 0.04 [--slo-ttft 2] [--slo-budget 0.01]``
+keeps the seed's inter-token latency inside its SLO while forks read from it;
+each flag also reads an environment variable (``RFORK_THROTTLE``,
+``RFORK_SLO_ITL``, ``RFORK_SLO_TTFT``, ``RFORK_SLO_BUDGET``); a flag wins.
+
 Inputs are checked before anything starts; a bad flag prints one line saying
 what is wrong and exits 2 (no traceback).
 """
@@ -12,12 +17,22 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from urllib.parse import urlparse
 
 from rfork_agent.units import UnitError, parse_rate, parse_size
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+THROTTLE_MODES = ("adaptive", "fixed", "off")
+
+# Flag -> environment variable that supplies its default (deployments set SLOs per pod).
+QOS_ENV = {
+    "--throttle": "RFORK_THROTTLE",
+    "--slo-itl": "RFORK_SLO_ITL",
+    "--slo-ttft": "RFORK_SLO_TTFT",
+    "--slo-budget": "RFORK_SLO_BUDGET",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +57,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-wait", type=float, default=5.0,
                    help="longest a lease request waits for budget before 429 (default 5 s)")
     p.add_argument("--log-level", default="info", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
+    qos = p.add_argument_group("serving QoS (keep the seed inside its latency SLO while forks read from it)")
+    # Plain strings here, checked in build_config: argparse's own type errors print usage
+    # and cannot name the environment variable a bad value came from.
+    qos.add_argument("--throttle", default=None, metavar="{adaptive,fixed,off}",
+                     help="adaptive: follow the seed's latency (needs --rate-cap, --slo-itl); fixed: pace at "
+                          "--rate-cap and export the seed's latency; off: pace at --rate-cap, no scraping "
+                          "(default $RFORK_THROTTLE or off)")
+    qos.add_argument("--slo-itl", default=None, metavar="SECONDS",
+                     help="inter-token latency SLO, e.g. 0.04; best one of SGLang's ITL bucket bounds "
+                          "(0.02, 0.025, 0.03, 0.035, 0.04, 0.06, 0.08, 0.1, ...) (default $RFORK_SLO_ITL)")
+    qos.add_argument("--slo-ttft", default=None, metavar="SECONDS",
+                     help="time-to-first-token SLO, e.g. 2; default $RFORK_SLO_TTFT or not judged")
+    qos.add_argument("--slo-budget", default=None, metavar="FRACTION",
+                     help="fraction of tokens allowed above the SLO, in (0, 1) (default $RFORK_SLO_BUDGET or 0.01)")
+    qos.add_argument("--seed-metrics-url", default=None,
+                     help="the seed's Prometheus endpoint (default SGLANG_URL/metrics)")
 
 
 def default_seed_id(sglang_url: str) -> str:
@@ -68,6 +99,63 @@ def _url(flag: str, value: str) -> str:
     except ValueError:
         raise _BadFlag(f"{flag} {value!r} has an invalid port") from None
     return value.rstrip("/")
+
+
+def _flag_or_env(args: argparse.Namespace, flag: str) -> tuple[str | None, str]:
+    """The flag's value, else its environment variable's; and where it came from (for messages)."""
+    value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+    if value is not None:
+        return value, flag
+    env = QOS_ENV[flag]
+    value = os.environ.get(env)
+    return (value if value not in (None, "") else None), f"{flag} (from ${env})"
+
+
+def _positive_seconds(args: argparse.Namespace, flag: str) -> float | None:
+    raw, source = _flag_or_env(args, flag)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _BadFlag(f"{source} {raw!r} is not a number of seconds, e.g. 0.04") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise _BadFlag(f"{source} must be a number of seconds > 0, got {raw}")
+    return value
+
+
+def qos_settings(args: argparse.Namespace, rate_cap: float | None) -> dict:
+    """AgentConfig's QoS fields from flags and environment; raises _BadFlag with a one-line reason."""
+    raw_mode, mode_source = _flag_or_env(args, "--throttle")
+    mode = (raw_mode or "off").strip().lower()
+    if mode not in THROTTLE_MODES:
+        raise _BadFlag(f"{mode_source} {raw_mode!r} is not one of {', '.join(THROTTLE_MODES)}")
+    itl = _positive_seconds(args, "--slo-itl")
+    ttft = _positive_seconds(args, "--slo-ttft")
+    raw_budget, budget_source = _flag_or_env(args, "--slo-budget")
+    budget = 0.01
+    if raw_budget is not None:
+        try:
+            budget = float(raw_budget)
+        except ValueError:
+            raise _BadFlag(f"{budget_source} {raw_budget!r} is not a fraction, e.g. 0.01 for 1%") from None
+        if not 0 < budget < 1:
+            raise _BadFlag(f"{budget_source} must be a fraction strictly between 0 and 1, e.g. 0.01 for 1%; "
+                           f"got {raw_budget}")
+    if ttft is not None and itl is None:
+        raise _BadFlag("--slo-ttft needs --slo-itl too: the throttle always judges inter-token latency")
+    if mode == "adaptive":
+        if rate_cap is None:
+            raise _BadFlag("--throttle adaptive needs --rate-cap (the link's rate, e.g. 2GB/s): the throttle's floor "
+                           "(5% of it) and its recovery step (1/16) are fractions of the cap")
+        if itl is None:
+            raise _BadFlag("--throttle adaptive needs --slo-itl SECONDS (or $RFORK_SLO_ITL), e.g. 0.04")
+    if mode == "fixed" and rate_cap is None:
+        raise _BadFlag("--throttle fixed paces at --rate-cap; give one, e.g. --rate-cap 200MB/s")
+    settings = {"throttle": mode, "slo_itl_seconds": itl, "slo_ttft_seconds": ttft, "slo_budget": budget}
+    if getattr(args, "seed_metrics_url", None):
+        settings["metrics_url"] = _url("--seed-metrics-url", args.seed_metrics_url)
+    return settings
 
 
 def build_config(args: argparse.Namespace):
@@ -110,6 +198,7 @@ def build_config(args: argparse.Namespace):
             raise _BadFlag(f"--ranks {args.ranks!r} has rank {ranks[-1]} >= --tp-size {args.tp_size}")
     if args.log_level.lower() not in LOG_LEVELS:
         raise _BadFlag(f"--log-level {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    qos = qos_settings(args, cap)
     try:
         return AgentConfig(
             seed_id=args.seed_id or default_seed_id(sglang_url),
@@ -127,6 +216,7 @@ def build_config(args: argparse.Namespace):
             ranks=ranks,
             lease_ttl_seconds=args.lease_ttl,
             max_wait_seconds=args.max_wait,
+            **qos,
         )
     except ValueError as exc:
         raise _BadFlag(str(exc)) from None
@@ -146,8 +236,11 @@ def main(args: argparse.Namespace) -> int:
 
     logging.getLogger("rfork").setLevel(args.log_level.upper())
     logging.getLogger("rfork").info(
-        "agent %s for %s -> scheduler %s, cap %s, serving on %s",
+        "agent %s for %s -> scheduler %s, cap %s, serving on %s, throttle %s%s",
         config.seed_id, config.sglang_url, config.scheduler_url, format_rate(config.rate_cap), config.advertised_url,
+        config.throttle,
+        "" if config.slo is None else f" (ITL SLO {config.slo_itl_seconds:g} s, budget {config.slo_budget:.2%}"
+        + ("" if config.slo_ttft_seconds is None else f", TTFT SLO {config.slo_ttft_seconds:g} s") + ")",
     )
     try:
         uvicorn.run(create_app(config), host=config.host, port=config.port,

@@ -1,0 +1,377 @@
+"""The agent's serving-QoS loop, minus the I/O: one :meth:`QosTracker.tick` per scrape.
+
+:mod:`throttle.controller` decides a byte rate from one interval's evidence.
+This module is what sits around it in the agent, still pure and
+clock-injected: it remembers the previous good scrape, turns a scrape (or a
+:class:`ScrapeFailure`) into an observation, runs the controller when the
+throttle is adaptive, and computes what the agent exports — observed ITL/TTFT
+p99 and the SLO violation ratio over a short report window, the latency
+impact against the no-transfer baseline, the age of the last good scrape,
+the decision's action, and whether a scrape failure deserves a log line now.
+
+The agent's job (``rfork_agent.agent.QosLoop``) only fetches ``/metrics``,
+calls :func:`classify_body` and :meth:`QosTracker.tick`, applies
+``report.rate_bytes_per_second`` to its token bucket and sets gauges.
+
+Throttle modes (:class:`ThrottleMode`):
+
+* ``adaptive`` — the controller sets the rate (needs a cap and an SLO);
+* ``fixed`` — the rate stays at ``fixed_rate_bytes_per_second`` (the cap by
+  default); the seed is still scraped, so the latency metrics are exported;
+* ``off`` — no scraping, no pacing beyond the cap: the agent as it was.
+
+Example (fixed mode just reports)::
+
+    >>> from throttle.controller import ControllerConfig, SloConfig
+    >>> t = QosTracker(SloConfig(itl_threshold_seconds=0.03), ControllerConfig(cap_bytes_per_second=1e8),
+    ...                ThrottleMode.FIXED, now=0.0)
+    >>> r = t.tick(1.0, ScrapeFailure("unreachable", "connection refused"), transfer_active=False)
+    >>> r.rate_bytes_per_second, r.scrape_failure.reason, r.log_failure
+    (100000000.0, 'unreachable', True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from throttle.controller import (
+    ControllerConfig,
+    ControllerState,
+    Mode,
+    SloConfig,
+    decide,
+    initial_state,
+    observation_from_scrapes,
+)
+from throttle.histogram import WindowHistogram, fraction_above, observations, pool, quantile
+from throttle.prom_text import (
+    ITL_HISTOGRAM,
+    QUEUED_GAUGE,
+    RUNNING_GAUGE,
+    TTFT_HISTOGRAM,
+    Scrape,
+    ScrapeParseError,
+    parse_sglang_scrape,
+)
+
+__all__ = [
+    "ThrottleMode",
+    "ACTIONS",
+    "SCRAPE_FAILURE_REASONS",
+    "ACTION_BY_MODE",
+    "ScrapeFailure",
+    "QosReport",
+    "QosTracker",
+    "FailureLogPolicy",
+    "classify_body",
+]
+
+
+class ThrottleMode(str, Enum):
+    """How the agent sets its allowed rate (the ``--throttle`` flag)."""
+
+    ADAPTIVE = "adaptive"
+    FIXED = "fixed"
+    OFF = "off"
+
+
+#: The ``action`` label of ``rfork_agent_throttle_decisions_total``: a closed set.
+ACTIONS = ("cut", "raise", "hold", "floor", "cap", "probe")
+
+#: The ``reason`` label of ``rfork_agent_seed_metrics_scrape_failures_total``.
+SCRAPE_FAILURE_REASONS = ("unreachable", "http_error", "parse_error")
+
+#: Controller mode -> exported action. Every :class:`Mode` maps to one action.
+ACTION_BY_MODE: dict[Mode, str] = {
+    Mode.CUT: "cut",
+    Mode.RECOVER: "raise",
+    Mode.HOLD: "hold",
+    Mode.HOLD_LOW_SAMPLES: "hold",
+    Mode.NOT_OUR_FAULT: "hold",
+    Mode.STALE_FLOOR: "floor",
+    Mode.IDLE_FULL: "cap",
+    Mode.PROBE_PAUSE: "probe",
+}
+
+
+@dataclass(frozen=True)
+class ScrapeFailure:
+    """A scrape that gave nothing usable: ``reason`` is one of :data:`SCRAPE_FAILURE_REASONS`."""
+
+    reason: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.reason not in SCRAPE_FAILURE_REASONS:
+            raise ValueError(f"scrape failure reason must be one of {SCRAPE_FAILURE_REASONS}, got {self.reason!r}")
+
+
+def classify_body(text: str, *, taken_at: float, model_name: str | None = None) -> Scrape | ScrapeFailure:
+    """Parse a seed's ``/metrics`` body, or say why it is unusable (``parse_error``).
+
+    A body that parses but holds none of SGLang's serving series (ITL/TTFT
+    histograms, running/queued gauges) is not a seed's metrics either —
+    typically SGLang started without ``--enable-metrics``, or the URL points
+    at something else. A body with only the gauges is fine: SGLang creates
+    the histograms' labelled series on the first request.
+
+        >>> classify_body("garbage{", taken_at=0.0).reason
+        'parse_error'
+        >>> classify_body("sglang:num_running_reqs 0\\n", taken_at=0.0).gauges
+        {'sglang:num_running_reqs': 0.0}
+    """
+    try:
+        scrape = parse_sglang_scrape(text, taken_at=taken_at, model_name=model_name)
+    except ScrapeParseError as exc:
+        return ScrapeFailure("parse_error", str(exc))
+    if not scrape.histograms and not any(g in scrape.gauges for g in (RUNNING_GAUGE, QUEUED_GAUGE)):
+        return ScrapeFailure(
+            "parse_error",
+            f"no SGLang serving series ({ITL_HISTOGRAM}, {TTFT_HISTOGRAM}, {RUNNING_GAUGE}) in the body; "
+            "start SGLang with --enable-metrics, or point the agent at the seed's own /metrics",
+        )
+    return scrape
+
+
+class FailureLogPolicy:
+    """When a scrape failure is worth a log line: on the first failure, when the
+    reason changes, and then at most once per ``every_seconds`` while it lasts.
+
+        >>> p = FailureLogPolicy(every_seconds=60)
+        >>> [p.should_log("unreachable", t) for t in (0, 1, 59, 61)]
+        [True, False, False, True]
+        >>> p.should_log("parse_error", 62), p.suppressed
+        (True, 0)
+    """
+
+    def __init__(self, every_seconds: float = 60.0) -> None:
+        self.every_seconds = every_seconds
+        self._reason: str | None = None
+        self._logged_at = -math.inf
+        #: Failures not logged since the last line (reported in the next one).
+        self.suppressed = 0
+
+    def should_log(self, reason: str, now: float) -> bool:
+        if reason != self._reason or now - self._logged_at >= self.every_seconds:
+            self._reason, self._logged_at = reason, now
+            return True
+        self.suppressed += 1
+        return False
+
+    def logged(self) -> None:
+        self.suppressed = 0
+
+    def recovered(self) -> bool:
+        """A good scrape: True if a failure had been logged (say "recovered" once)."""
+        was_failing = self._reason is not None
+        self._reason, self._logged_at, self.suppressed = None, -math.inf, 0
+        return was_failing
+
+
+@dataclass(frozen=True)
+class QosReport:
+    """What one tick decided and what the agent exports.
+
+    ``rate_bytes_per_second`` is the rate to set on the token bucket (0 =
+    paused for a probe); None means "the configured cap" (off mode).
+    Latency fields are NaN when there is no signal (no tokens, no baseline).
+    """
+
+    throttle: ThrottleMode
+    rate_bytes_per_second: float | None
+    #: The controller's mode (adaptive only).
+    controller_mode: Mode | None
+    #: One of :data:`ACTIONS` (adaptive only).
+    action: str | None
+    reason: str
+    observed_itl_p99_seconds: float = math.nan
+    observed_ttft_p99_seconds: float = math.nan
+    itl_slo_violation_ratio: float = math.nan
+    latency_impact_ratio: float = math.nan
+    metrics_age_seconds: float = math.nan
+    scrape_failure: ScrapeFailure | None = None
+    #: Whether ``scrape_failure`` should be logged now (see :class:`FailureLogPolicy`).
+    log_failure: bool = False
+    #: A good scrape after logged failures: log "recovered" once.
+    log_recovered: bool = False
+
+    @property
+    def mode_label(self) -> str:
+        """The ``mode`` label of ``rfork_agent_throttle_mode``: the controller's mode, or fixed/off."""
+        return self.controller_mode.value if self.controller_mode is not None else self.throttle.value
+
+
+@dataclass(frozen=True)
+class _Interval:
+    at: float
+    itl: WindowHistogram | None
+    ttft: WindowHistogram | None
+    transfer_active: bool
+
+
+class QosTracker:
+    """The agent's QoS state between ticks. Not thread-safe: one tick at a time.
+
+    ``report_window_seconds`` is the span the exported p99s and violation
+    ratio cover (the latest intervals pooled: one 1 s interval is too few
+    tokens for a stable p99). The latency impact divides that p99 by the p99
+    of the no-transfer intervals seen in the last ``baseline_max_age_seconds``
+    (probe pauses, or no chunk reads), once they hold ``min_baseline_tokens``.
+    """
+
+    def __init__(
+        self,
+        slo: SloConfig | None,
+        controller: ControllerConfig | None,
+        throttle: ThrottleMode,
+        now: float,
+        *,
+        fixed_rate_bytes_per_second: float | None = None,
+        model_name: str | None = None,
+        report_window_seconds: float = 5.0,
+        baseline_max_age_seconds: float = 60.0,
+        min_baseline_tokens: int = 200,
+        failure_log_every_seconds: float = 60.0,
+    ) -> None:
+        if throttle is ThrottleMode.ADAPTIVE and (controller is None or slo is None):
+            raise ValueError("adaptive throttling needs an SLO and a ControllerConfig (with the link cap)")
+        self.slo = slo
+        self.controller = controller
+        self.model_name = model_name
+        self.report_window_seconds = report_window_seconds
+        self.baseline_max_age_seconds = baseline_max_age_seconds
+        self.min_baseline_tokens = min_baseline_tokens
+        self.failure_log = FailureLogPolicy(failure_log_every_seconds)
+        self._previous: Scrape | None = None
+        self._last_good_at: float | None = None
+        self._started_at = now
+        self._recent: deque[_Interval] = deque()
+        self._baseline: deque[_Interval] = deque()
+        self.throttle = throttle
+        self.fixed_rate: float | None = None
+        self.state: ControllerState | None = None
+        self.set_mode(throttle, now, fixed_rate_bytes_per_second)
+
+    # -- mode -------------------------------------------------------------
+
+    def set_mode(self, throttle: ThrottleMode, now: float, fixed_rate_bytes_per_second: float | None = None) -> None:
+        """Switch mode. Entering adaptive starts the controller afresh (at the floor);
+        staying adaptive keeps its state. Fixed uses ``fixed_rate`` (None = the cap)."""
+        if throttle is ThrottleMode.ADAPTIVE and self.controller is None:
+            raise ValueError("adaptive throttling needs a link cap; configure --rate-cap")
+        if throttle is ThrottleMode.ADAPTIVE and self.slo is None:
+            raise ValueError("adaptive throttling needs an SLO; configure --slo-itl")
+        if fixed_rate_bytes_per_second is not None and not (
+            fixed_rate_bytes_per_second >= 0 and math.isfinite(fixed_rate_bytes_per_second)
+        ):
+            raise ValueError(f"a fixed rate must be a finite number of bytes/s >= 0, got {fixed_rate_bytes_per_second}")
+        if throttle is ThrottleMode.ADAPTIVE and (self.state is None or self.throttle is not ThrottleMode.ADAPTIVE):
+            assert self.controller is not None
+            self.state = initial_state(self.controller, now)
+        elif throttle is not ThrottleMode.ADAPTIVE:
+            self.state = None
+        self.throttle = throttle
+        self.fixed_rate = fixed_rate_bytes_per_second if throttle is ThrottleMode.FIXED else None
+
+    @property
+    def scrapes(self) -> bool:
+        """Whether the agent should fetch the seed's /metrics this tick (not in off mode)."""
+        return self.throttle is not ThrottleMode.OFF
+
+    # -- the tick -----------------------------------------------------------
+
+    def tick(self, now: float, scrape: Scrape | ScrapeFailure | None, transfer_active: bool) -> QosReport:
+        """One interval: ``scrape`` is this tick's result (None in off mode).
+
+        ``transfer_active`` is the agent's word that chunk reads ran during the
+        interval (a lease was granted or held).
+        """
+        failure = scrape if isinstance(scrape, ScrapeFailure) else None
+        log_failure = log_recovered = False
+        observation = None
+        if isinstance(scrape, Scrape):
+            observation = observation_from_scrapes(self._previous, scrape, transfer_active=transfer_active,
+                                                   itl_name=ITL_HISTOGRAM, ttft_name=TTFT_HISTOGRAM)
+            # Also after a reset: the new scrape is the base of the next window.
+            self._previous = scrape
+            self._last_good_at = now
+            log_recovered = self.failure_log.recovered()
+            if observation.reset_reason is None and observation.span_seconds is not None:
+                self._remember(_Interval(now, observation.itl, observation.ttft, transfer_active))
+        elif failure is not None:
+            log_failure = self.failure_log.should_log(failure.reason, now)
+        self._forget(now)
+
+        rate: float | None
+        mode = action = None
+        if self.throttle is ThrottleMode.ADAPTIVE:
+            assert self.state is not None and self.controller is not None and self.slo is not None
+            decision = decide(self.state, observation, self.controller, self.slo, now)
+            self.state = decision.state
+            rate, mode, reason = decision.rate_bytes_per_second, decision.mode, decision.reason
+            action = ACTION_BY_MODE[mode]
+        elif self.throttle is ThrottleMode.FIXED:
+            rate = self.fixed_rate if self.fixed_rate is not None else (
+                None if self.controller is None else self.controller.cap)
+            reason = "fixed rate"
+        else:
+            rate, reason = None, "throttle off"
+        if failure is not None:
+            reason = f"{reason}; scrape failed ({failure.reason}: {failure.message})"
+
+        itl, ttft = self._pooled("itl"), self._pooled("ttft")
+        observed_itl = quantile(itl, 0.99) if itl is not None else math.nan
+        base = self._baseline_p99()
+        since = self._last_good_at if self._last_good_at is not None else self._started_at
+        return QosReport(
+            throttle=self.throttle,
+            rate_bytes_per_second=rate,
+            controller_mode=mode,
+            action=action,
+            reason=reason,
+            observed_itl_p99_seconds=observed_itl,
+            observed_ttft_p99_seconds=quantile(ttft, 0.99) if ttft is not None else math.nan,
+            itl_slo_violation_ratio=(
+                fraction_above(itl, self.slo.itl_threshold_seconds).fraction
+                if itl is not None and self.slo is not None else math.nan),
+            latency_impact_ratio=observed_itl / base if base > 0 else math.nan,
+            metrics_age_seconds=max(now - since, 0.0),
+            scrape_failure=failure,
+            log_failure=log_failure,
+            log_recovered=log_recovered,
+        )
+
+    # -- windows ------------------------------------------------------------
+
+    def _remember(self, interval: _Interval) -> None:
+        self._recent.append(interval)
+        if not interval.transfer_active and interval.itl is not None:
+            self._baseline.append(interval)
+
+    def _forget(self, now: float) -> None:
+        while self._recent and now - self._recent[0].at >= self.report_window_seconds - 1e-9:
+            self._recent.popleft()
+        while self._baseline and now - self._baseline[0].at > self.baseline_max_age_seconds:
+            self._baseline.popleft()
+
+    def _pooled(self, which: str) -> WindowHistogram | None:
+        windows = [getattr(i, which) for i in self._recent if getattr(i, which) is not None]
+        # A bucket layout change is a reset upstream; pool only the newest layout.
+        windows = [w for w in windows if windows and w.bounds == windows[-1].bounds]
+        if not windows:
+            return None
+        pooled = pool(windows)
+        return pooled if observations(pooled) > 0 else None
+
+    def _baseline_p99(self) -> float:
+        windows = [i.itl for i in self._baseline if i.itl is not None]
+        windows = [w for w in windows if windows and w.bounds == windows[-1].bounds]
+        if not windows:
+            return math.nan
+        pooled = pool(windows)
+        if observations(pooled) < self.min_baseline_tokens:
+            return math.nan
+        return quantile(pooled, 0.99)

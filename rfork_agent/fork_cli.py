@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from rfork_agent.auth import AuthConfigError, load_token
 from rfork_agent.units import UnitError, format_bytes, format_rate, parse_size
 
 log = logging.getLogger("rfork.fork")
@@ -38,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(SGLang R-Fork's single-seed path)")
     p.add_argument("--protocol", default=os.environ.get("MOONCAKE_PROTOCOL", "tcp"), choices=["tcp", "rdma"])
     p.add_argument("--local-ip", default="127.0.0.1")
+    p.add_argument("--device", default="cpu",
+                   help="where the destination buffer lives: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--output", metavar="DIR", help="write rank<R>.bin and rank<R>.index.json here")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
@@ -47,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
                    help="keep serving metrics this long after the fork ends, so a last scrape sees the final "
                         "values (default 0)")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else $RFORK_TOKEN)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
 
@@ -60,12 +65,23 @@ def main(args: argparse.Namespace) -> int:
     if args.rank < 0:
         print("rfork fork: error: --rank must be >= 0", file=sys.stderr)
         return 2
+    try:
+        args.token = load_token(args.token_file)
+    except AuthConfigError as exc:
+        print(f"rfork fork: error: --token-file: {exc}", file=sys.stderr)
+        return 2
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         print(f"rfork fork: error: --metrics-port must be between 0 and 65535, got {args.metrics_port}",
               file=sys.stderr)
         return 2
     if args.metrics_linger < 0:
         print("rfork fork: error: --metrics-linger must be >= 0 seconds", file=sys.stderr)
+        return 2
+    from rfork_agent.devices import DeviceError, check_device
+    try:
+        check_device(args.device)
+    except DeviceError as exc:
+        print(f"rfork fork: error: {exc}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_fork(args, chunk_size))
@@ -98,7 +114,7 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
         "dtype": args.dtype or str(info.get("dtype")),
         "tp_size": args.tp_size or int(info.get("tp_size", 1)),
     }
-    tensors, buffer = allocate_like(seed_manifest, torch)
+    tensors, buffer = allocate_like(seed_manifest, torch, device=args.device)
     transport = MooncakeTransport(protocol=args.protocol, local_ip=args.local_ip)
     register_tensors(transport, tensors)
     total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -125,7 +141,8 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
 
     started = time.perf_counter()
     try:
-        result = await ForkClient(args.scheduler, transport, progress=on_progress, metrics=metrics).fork(
+        result = await ForkClient(args.scheduler, transport, progress=on_progress, metrics=metrics,
+                                  token=args.token).fork(
             identity, args.rank, tensors, chunk_size_bytes=chunk_size
         )
         summary = {
@@ -156,12 +173,16 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
     return 0
 
 
-def allocate_like(manifest: dict, torch) -> tuple[dict, "object"]:
-    """Zeroed destination views laid out like ``manifest``, in one contiguous buffer."""
+def allocate_like(manifest: dict, torch, device: str = "cpu") -> tuple[dict, "object"]:
+    """Zeroed destination views laid out like ``manifest``, in one contiguous buffer on ``device``.
+
+    With ``device="cuda"`` the views are CUDA memory, registered with the
+    TransferEngine as they are (as SGLang's parameters are).
+    """
     total = sum(numel * esize for _, numel, esize in manifest.values())
     # empty + zero_ writes every page now: calloc'd zero pages would otherwise fault
     # in during the fork (SGLang's parameters are likewise written before loading).
-    buffer = torch.empty(max(total, 1), dtype=torch.uint8)
+    buffer = torch.empty(max(total, 1), dtype=torch.uint8, device=device)
     buffer.zero_()
     tensors, offset = {}, 0
     for name, (_, numel, esize) in manifest.items():
@@ -180,6 +201,6 @@ def write_dump(directory: str, rank: int, tensors: dict, buffer) -> None:
         nbytes = t.numel() * t.element_size()
         index[name] = {"offset": offset, "numel": t.numel(), "element_size": t.element_size()}
         offset += nbytes
-    buffer.numpy()[:offset].tofile(os.path.join(directory, f"rank{rank}.bin"))
+    buffer[:offset].cpu().numpy().tofile(os.path.join(directory, f"rank{rank}.bin"))
     with open(os.path.join(directory, f"rank{rank}.index.json"), "w") as f:
         json.dump(index, f)

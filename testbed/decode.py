@@ -364,12 +364,13 @@ class ForwardPass:
     @torch.inference_mode()
     def run(self, token_ids: list[int], sample_rows: list[int]) -> list[int]:
         """Next token for each row in ``sample_rows`` of the batch ``token_ids``."""
-        x = self.embed[torch.tensor(token_ids, dtype=torch.long)]
+        device = self.embed.device  # cpu, or the GPU a seed holds its weights on
+        x = self.embed[torch.tensor(token_ids, dtype=torch.long, device=device)]
         for _ in range(self.layers_per_step):
             if self.layers:
                 x = self.layers[self._cursor](x)
                 self._cursor = (self._cursor + 1) % len(self.layers)
-        h = _rms_norm(x[torch.tensor(sample_rows, dtype=torch.long)], self.norm)
+        h = _rms_norm(x[torch.tensor(sample_rows, dtype=torch.long, device=device)], self.norm)
         return F.linear(h, self.head).argmax(dim=-1).remainder(self.vocab_rows).tolist()
 
     def calibrate(self, target_seconds: float, batch: int = 8, max_layers: int = 512) -> float:

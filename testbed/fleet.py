@@ -52,6 +52,10 @@ class FleetSpec:
     agent_args: tuple[str, ...] = ()
     log_dir: str | None = None
     start_timeout_seconds: float = 120.0
+    device: str = "cpu"
+    """Where every seed stand-in holds its weights and decodes: cpu, cuda or cuda:N."""
+    token: str | None = field(default=None, repr=False)
+    """Shared bearer token for the scheduler and agents (None = auth off)."""
 
     def rate_for(self, index: int) -> float | None:
         if not self.seed_rates:
@@ -118,6 +122,10 @@ class Fleet:
     def start(self) -> None:
         self.log_dir = Path(self.spec.log_dir or tempfile.mkdtemp(prefix="rfork-testbed-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.spec.token:
+            token_file = self.log_dir / "token"
+            token_file.write_text(self.spec.token)
+            token_file.chmod(0o600)
         self.start_scheduler()
         # Seeds start in parallel (each imports torch and fills its weights).
         pending = [self._spawn_seed(i) for i in range(self.spec.seeds)]
@@ -139,7 +147,8 @@ class Fleet:
         self.scheduler_url = f"http://127.0.0.1:{port}"
         cmd = _python_module(
             "rfork_agent.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-            "--heartbeat-timeout", str(self.spec.heartbeat_timeout_seconds), *self.spec.scheduler_args,
+            "--heartbeat-timeout", str(self.spec.heartbeat_timeout_seconds), *self._token_args(),
+            *self.spec.scheduler_args,
         )
         self.scheduler_process = self._spawn(cmd, "scheduler")
         self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
@@ -147,7 +156,7 @@ class Fleet:
     def _spawn_seed(self, index: int):
         cmd = _python_module(
             "testbed.seed", "--host", "127.0.0.1", "--port", "0", "--protocol", self.spec.protocol,
-            "--load-rps", str(self.spec.load_rps), *self.spec.model_args(),
+            "--load-rps", str(self.spec.load_rps), "--device", self.spec.device, *self.spec.model_args(),
         )
         process = self._spawn(cmd, f"seed-{index}", stdout=subprocess.PIPE)
         return index, process, self.log_dir / f"seed-{index}.log"
@@ -159,7 +168,7 @@ class Fleet:
         cmd = _python_module(
             "rfork_agent.cli", "agent", "--sglang-url", seed.url, "--scheduler", self.scheduler_url,
             "--seed-id", seed.seed_id, "--host", "127.0.0.1", "--port", str(port), "--rate-cap", rate,
-            *self.spec.agent_args,
+            *self._token_args(), *self.spec.agent_args,
         )
         seed.agent_process = self._spawn(cmd, f"agent-{seed.index}")
         seed.agent_killed = False
@@ -197,9 +206,17 @@ class Fleet:
             self.scheduler_process.wait()
 
     # -- helpers ---------------------------------------------------------
+    def _token_args(self) -> list[str]:
+        return ["--token-file", str(self.log_dir / "token")] if self.spec.token else []
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client of this fleet's scheduler and agents must send."""
+        return {"Authorization": f"Bearer {self.spec.token}"} if self.spec.token else {}
+
     def identity(self) -> dict:
         """The identity the agents registered (read back from the scheduler)."""
-        seeds = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=5).json()
+        seeds = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=5, headers=self.headers).json()
         first = seeds[0] if isinstance(seeds, list) else seeds["seeds"][0]
         return first["identity"]
 
@@ -208,7 +225,7 @@ class Fleet:
         missing = set(seed_ids)
         while time.monotonic() < deadline:
             try:
-                body = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=2).json()
+                body = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=2, headers=self.headers).json()
                 listed = body if isinstance(body, list) else body.get("seeds", [])
                 missing = set(seed_ids) - {s["seed_id"] for s in listed}
                 if not missing:

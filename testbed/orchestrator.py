@@ -45,6 +45,10 @@ class TestbedOptions:
     log_dir: str | None = None
     client_metrics_port: int | None = None
     """Serve the in-process fork client's metrics on 127.0.0.1:PORT while the testbed runs (0 = any free port)."""
+    device: str = "cpu"
+    """Where the client forks into and verifies (cpu, cuda, cuda:N); also the seeds' unless ``seed_device``."""
+    seed_device: str | None = None
+    """Where the seed stand-ins hold their weights and decode; None = ``device``."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-dir", default=None, help="where process logs go (default: a temp dir)")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: seeds hold their weights and decode there, the client "
+                        "forks into that device's memory and verifies there")
+    p.add_argument("--seed-device", default=None,
+                   help="put the seeds on another device than the client, e.g. --device cuda:0 --seed-device cuda:1")
     p.add_argument("--client-metrics-port", type=int, default=None, metavar="PORT",
                    help="serve the in-process fork client's Prometheus metrics at http://127.0.0.1:PORT/metrics "
                         "while the testbed runs (0 picks a free port; off by default)")
@@ -96,6 +105,11 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         raise ValueError(f"--client-metrics-port must be between 0 and 65535, got {client_metrics_port}")
     if not 0 <= args.kill_seed < args.seeds:
         raise ValueError(f"--kill-seed must be between 0 and {args.seeds - 1}")
+    from rfork_agent.devices import check_device  # DeviceError is a ValueError
+    device = check_device(getattr(args, "device", "cpu"))
+    seed_device = getattr(args, "seed_device", None)
+    if seed_device is not None:
+        check_device(seed_device)
     return TestbedOptions(
         seeds=args.seeds,
         model=None if args.size else (args.model or "qwen2.5-0.5b"),
@@ -106,7 +120,7 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         compare_baseline=args.compare_baseline, load_rps=args.load_rps,
         include_zero_byte=args.include_zero_byte, rng_seed=args.rng_seed,
         json_path=args.json_path, progress=not args.no_progress, log_dir=args.log_dir,
-        client_metrics_port=client_metrics_port,
+        client_metrics_port=client_metrics_port, device=device, seed_device=seed_device,
     )
 
 
@@ -149,6 +163,7 @@ def run_testbed(options: TestbedOptions) -> dict:
         seeds=options.seeds, preset=options.model, size_bytes=options.size_bytes, dtype=options.dtype,
         tp_size=options.tp_size, rng_seed=options.rng_seed, seed_rates=options.seed_rates,
         load_rps=options.load_rps, include_zero_byte=options.include_zero_byte, log_dir=options.log_dir,
+        device=options.seed_device or options.device,
     )
     # One client registry for the whole run (every rank), so a scrape sees one client.
     client_metrics = ClientMetrics(CollectorRegistry())
@@ -173,6 +188,8 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
     from rfork_agent.transport import MooncakeTransport
     from testbed.fleet import Fleet
 
+    if options.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(options.device))
     started = time.perf_counter()
     with Fleet(spec) as fleet:
         startup_seconds = time.perf_counter() - started
@@ -182,7 +199,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
         total_bytes_all = 0
         for rank in range(options.tp_size):
             seed_manifest_session, seed_manifest = _seed_info(fleet.seeds[0].url, rank)
-            tensors, buffer = allocate_like(seed_manifest, torch)
+            tensors, buffer = allocate_like(seed_manifest, torch, device=options.device)
             register_tensors(transport, tensors)
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             total_bytes_all += total
@@ -207,7 +224,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
                 if bar is not None:
                     bar.close()
             verify_started = time.perf_counter()
-            mismatched = verify_rank(spec, rank, tensors)
+            mismatched = verify_rank(spec, rank, tensors, device=options.device)
             verify_seconds = time.perf_counter() - verify_started
             record = {
                 "rank": rank, "bytes": fork.bytes_total, "transfer_seconds": fork.transfer_seconds,
@@ -223,7 +240,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
                 buffer.zero_()
                 record["baseline_seconds"] = single_seed_read(transport, session, manifest, tensors)
                 record["baseline_seed"] = survivor.seed_id
-                record["baseline_verified"] = not verify_rank(spec, rank, tensors)
+                record["baseline_verified"] = not verify_rank(spec, rank, tensors, device=options.device)
             ranks.append(record)
 
         by_seed: dict[str, int] = {}
@@ -234,6 +251,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
         result = {
             "model": options.model or f"llama-shaped {format_bytes(options.size_bytes or 0)}",
             "dtype": options.dtype, "tp_size": options.tp_size, "chunk_size_bytes": options.chunk_size,
+            "device": options.device, "seed_device": spec.device,
             "bytes": total_bytes_all,
             "transfer_seconds": transfer_seconds,
             "aggregate_bytes_per_second": total_bytes_all / transfer_seconds if transfer_seconds else None,
@@ -281,11 +299,11 @@ class _Killer:
         self.killed_at_bytes = bytes_done
 
 
-def verify_rank(spec, rank: int, tensors: dict) -> list[str]:
-    """Names of tensors whose bytes differ from an independent regeneration."""
+def verify_rank(spec, rank: int, tensors: dict, device: str = "cpu") -> list[str]:
+    """Names of tensors whose bytes differ from an independent regeneration (compared on ``device``)."""
     from testbed.verify import expected_tensors
 
-    expected = expected_tensors(spec, rank)
+    expected = expected_tensors(spec, rank, device=device)
     bad = [name for name in expected if name not in tensors]
     for name, tensor in tensors.items():
         want = expected.get(name)

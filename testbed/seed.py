@@ -82,6 +82,7 @@ class SeedState:
     protocol: str = "tcp"
     host: str = "127.0.0.1"
     port: int = 0
+    device: str = "cpu"
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
 
@@ -105,7 +106,7 @@ class SeedState:
             # Cheap extras in SGLang's spelling.
             "pp_size": 1,
             "dp_size": 1,
-            "device": "cpu",
+            "device": "cuda" if self.device.startswith("cuda") else "cpu",
             "load_format": "auto",
             "host": self.host,
             "port": self.port,
@@ -207,6 +208,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default=os.environ.get("MOONCAKE_PROTOCOL", "tcp"),
                    help="TransferEngine protocol: tcp or rdma (default $MOONCAKE_PROTOCOL or tcp)")
     p.add_argument("--device-name", default="", help="RDMA device list for the TransferEngine (default: auto)")
+    p.add_argument("--device", default="cpu",
+                   help="where the weights live and decode runs: cpu, cuda or cuda:N (default cpu); "
+                        "CUDA pointers are registered with the TransferEngine as they are")
     p.add_argument("--model-name", default=None, help="model identity served as model_path (default: the preset name)")
     p.add_argument("--load-rps", type=float, default=0.0, help="request arrivals per second (default 0 = idle)")
     p.add_argument("--output-tokens", type=int, default=64, help="tokens each request generates (default 64)")
@@ -243,13 +247,23 @@ def start_seed(args: argparse.Namespace) -> SeedState:
         )
     except (PresetError, ValueError) as exc:
         raise SeedError(str(exc)) from exc
+    from rfork_agent.devices import DeviceError, check_device
+    device = getattr(args, "device", "cpu")
+    try:
+        check_device(device)
+    except DeviceError as exc:
+        raise SeedError(str(exc)) from exc
+    if device.startswith("cuda"):
+        # cuda:N becomes current, so the decode loop's kernels and the
+        # TransferEngine's staging copies run on the GPU that holds the weights.
+        torch.cuda.set_device(torch.device(device))
     model_name = args.model_name or spec.name
     log.info("seed: %s", spec.describe())
     te_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     ranks = []
     for rank in range(spec.tp_size):
         started = time.perf_counter()
-        weights = materialize(spec, rank, args.rng_seed)
+        weights = materialize(spec, rank, args.rng_seed, device=device)
         engine, session_id = _engine(te_host, args.protocol, args.device_name)
         ret = engine.register_memory(weights.ptr, weights.nbytes)
         if ret != 0:
@@ -262,7 +276,7 @@ def start_seed(args: argparse.Namespace) -> SeedState:
     decode = DecodeLoop([r.weights for r in ranks], config, DecodeMetrics(registry, model_name))
     decode.start()
     return SeedState(model_name=model_name, spec=spec, ranks=ranks, decode=decode, registry=registry,
-                     rng_seed=args.rng_seed, protocol=args.protocol, host=args.host)
+                     rng_seed=args.rng_seed, protocol=args.protocol, host=args.host, device=device)
 
 
 def _engine(host: str, protocol: str, device_name: str):

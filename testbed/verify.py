@@ -29,9 +29,13 @@ def spec_for(fleet_spec) -> ModelSpec:
     )
 
 
-def expected_tensors(fleet_spec, rank: int) -> dict[str, torch.Tensor]:
-    """Rank ``rank``'s tensors exactly as every seed of the fleet holds them."""
-    return materialize(spec_for(fleet_spec), rank, fleet_spec.rng_seed).tensors
+def expected_tensors(fleet_spec, rank: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Rank ``rank``'s tensors exactly as every seed of the fleet holds them, on ``device``.
+
+    The bytes are generated on the CPU either way (testbed.weights), so a GPU
+    copy is the same bytes and the comparison can run where the fork landed.
+    """
+    return materialize(spec_for(fleet_spec), rank, fleet_spec.rng_seed, device=device).tensors
 
 
 def expected_digests(fleet_spec, rank: int) -> dict[str, str]:

@@ -39,7 +39,7 @@ import logging
 import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
+from rfork_agent.auth import BearerAuth, GrantClaims, InvalidGrant, bearer_header, grant_key, verify_grant
 from rfork_agent.http_guard import BodySizeLimit
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_agent.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
@@ -109,6 +110,9 @@ class AgentConfig:
     """Probe the seed's /health this often; 0 disables the probe."""
     liveness_timeout_seconds: float = 2.0
     http_timeout_seconds: float = 5.0
+    token: str | None = field(default=None, repr=False)
+    """Shared bearer token (None = auth off): required on the lease API, sent to the
+    scheduler, and the key that lease grants are verified with."""
     """Timeout of each call to the seed and the scheduler."""
     max_backoff_seconds: float = 2.0
     """Longest pause between attempts to reach the seed or the scheduler while not registered."""
@@ -233,7 +237,7 @@ class LeaseRequest(BaseModel):
     rank: int = Field(ge=0, le=4095)
     bytes: int = Field(gt=0, le=2**40)
     grant: str = Field(default="", max_length=4096)
-    """Opaque token from the scheduler's assignment; not checked yet."""
+    """The scheduler's signed grant for this assignment; required when the agent has a token."""
     wait_seconds: float = Field(default=5.0, ge=0, le=600, allow_inf_nan=False)
 
 
@@ -249,6 +253,8 @@ class ThrottleRequest(BaseModel):
     mode: ThrottleMode
     rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Fixed mode only: the rate to pace at (default the cap; never above it)."""
+    slo_itl_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """A new ITL SLO threshold (default: keep the current one)."""
 
 
 # --------------------------------------------------------------------------- state (no I/O)
@@ -329,9 +335,13 @@ class AgentState:
     """Bytes granted in leases since start (the QoS loop's "transfer active" signal)."""
     _granted_at_tick: int = 0
     _in_flight_at_tick: int = 0
+    _grant_key: bytes | None = field(init=False, default=None, repr=False)
+    _grants_used: dict[tuple[str, str], float] = field(init=False, default_factory=dict, repr=False)
+    """(job, assignment) -> grant expiry: a grant buys one lease, never two."""
 
     def __post_init__(self) -> None:
         cap = self.config.rate_cap
+        self._grant_key = None if self.config.token is None else grant_key(self.config.token)
         self.bucket = TokenBucket(cap, self._burst(cap), self.clock())
         self.leases = LeaseBook(self.config.lease_ttl_seconds)
         self.qos = QosTracker(self.config.slo, self.config.controller_config, ThrottleMode(self.config.throttle),
@@ -442,17 +452,28 @@ class AgentState:
             return True
         return abs(after - before) > 0.25 * before
 
-    def set_throttle(self, mode: ThrottleMode, rate: float | None, now: float) -> None:
-        """Switch the throttle at run time. Raises ValueError saying why the config cannot do ``mode``."""
+    def set_throttle(self, mode: ThrottleMode, rate: float | None, now: float,
+                     slo_itl_seconds: float | None = None) -> None:
+        """Switch the throttle (and optionally the ITL SLO) at run time.
+
+        Raises ValueError saying why the config cannot do ``mode``; nothing changes then.
+        """
         cap = self.config.rate_cap
+        slo = self.qos.slo
+        if slo_itl_seconds is not None:
+            slo = (SloConfig(itl_threshold_seconds=slo_itl_seconds, violation_budget=self.config.slo_budget)
+                   if slo is None else replace(slo, itl_threshold_seconds=slo_itl_seconds))
         if mode is not ThrottleMode.FIXED and rate is not None:
             raise ValueError("rate_bytes_per_second applies to fixed mode only; leave it out")
         if mode is not ThrottleMode.OFF and cap is None:
             raise ValueError(f"{mode.value} throttling needs a link cap; start the agent with --rate-cap")
-        if mode is ThrottleMode.ADAPTIVE and self.qos.slo is None:
-            raise ValueError("adaptive throttling needs an ITL SLO; start the agent with --slo-itl")
+        if mode is ThrottleMode.ADAPTIVE and slo is None:
+            raise ValueError("adaptive throttling needs an ITL SLO; give slo_itl_seconds or start with --slo-itl")
         if rate is not None and cap is not None and rate > cap:
             raise ValueError(f"fixed rate {rate:.4g} B/s is above this agent's cap {cap:.4g} B/s; lower it")
+        if slo is not self.qos.slo:
+            self.qos.slo = slo
+            self.metrics.slo_itl.labels(seed=self.config.seed_id).set(slo.itl_threshold_seconds)
         self.qos.set_mode(mode, now, rate)
         if self.qos.state is not None:
             self.set_allowed_rate(self.qos.state.rate_bytes_per_second, now)
@@ -482,6 +503,29 @@ class AgentState:
         }
 
     # -- leases -------------------------------------------------------------
+
+    def check_grant(self, job_id: str, assignment_id: str, rank: int, nbytes: int, grant: str,
+                    wall_now: float) -> Denied | None:
+        """With auth on, a lease needs the scheduler's grant for exactly this read, used once."""
+        if self._grant_key is None:
+            return None
+        for key, expires in list(self._grants_used.items()):
+            if expires <= wall_now:
+                del self._grants_used[key]
+        expected = GrantClaims(job_id, assignment_id, self.config.seed_id, rank, nbytes, expires_at=0)
+        try:
+            claims = verify_grant(self._grant_key, grant, expected, wall_now)
+        except InvalidGrant as exc:
+            return Denied(403, "invalid_grant", f"lease refused: {exc}")
+        if (job_id, assignment_id) in self._grants_used:
+            return Denied(403, "invalid_grant",
+                          f"lease refused: assignment {assignment_id} of job {job_id} already had its lease "
+                          "(a grant buys one lease); ask the scheduler for work again")
+        self._grants_used[(job_id, assignment_id)] = claims.expires_at
+        return None
+
+    def forget_grant(self, job_id: str, assignment_id: str) -> None:
+        self._grants_used.pop((job_id, assignment_id), None)
 
     def check_lease(self, rank: int) -> Denied | None:
         """Refusals that do not depend on the budget (seed down, unknown rank)."""
@@ -884,11 +928,10 @@ class QosLoop:
         notable = state.apply_qos(report, now)
         seed = self.config.seed_id
         if report.scrape_failure is not None and report.log_failure:
-            suppressed = tracker.failure_log.suppressed
+            unlogged = report.unlogged_failures
             log.warning("agent %s: cannot use the seed's metrics (%s: %s); allowed rate now %s%s", seed,
                         report.scrape_failure.reason, report.scrape_failure.message, _rate_text(state.allowed_rate),
-                        f" ({suppressed} similar failures not logged)" if suppressed else "")
-            tracker.failure_log.logged()
+                        f" ({unlogged} more failures since the last line)" if unlogged else "")
         elif report.log_recovered:
             log.info("agent %s: the seed's metrics are readable again", seed)
         if report.action in ("cut", "floor", "cap", "probe") or notable:
@@ -927,7 +970,8 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         http = httpx.AsyncClient(timeout=config.http_timeout_seconds)
-        scheduler = clients.SchedulerClient(config.scheduler_url, timeout=config.http_timeout_seconds)
+        scheduler = clients.SchedulerClient(config.scheduler_url, timeout=config.http_timeout_seconds,
+                                            headers=bearer_header(config.token))
         link = SeedLink(state, http, scheduler)
         app.state.link = link
         jobs = AsyncIOScheduler()
@@ -960,6 +1004,8 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
     app = FastAPI(title="rfork agent", version="0.1.0", lifespan=lifespan)
     app.state.agent = state
     app.add_middleware(BodySizeLimit, max_bytes=1 << 20)  # lease bodies are ~200 bytes
+    if config.token:
+        app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -974,8 +1020,13 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             if denied.status != 404:
                 state.metrics.leases_total.labels(seed=config.seed_id, outcome="denied").inc()
             return denied.response()
+        denied = state.check_grant(body.job_id, body.assignment_id, body.rank, body.bytes, body.grant, time.time())
+        if denied is not None:
+            state.metrics.leases_total.labels(seed=config.seed_id, outcome="denied").inc()
+            return denied.response()
         reservation = state.reserve(body.bytes, body.wait_seconds, asked)
         if isinstance(reservation, Denied):
+            state.forget_grant(body.job_id, body.assignment_id)  # a 429 is not a use: the client asks again
             return reservation.response()
         # FIFO: start times increase in booking order, so sleepers wake in order.
         try:
@@ -1013,7 +1064,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
     @app.put("/v1/throttle")
     async def put_throttle(body: ThrottleRequest):
         try:
-            state.set_throttle(body.mode, body.rate_bytes_per_second, clock())
+            state.set_throttle(body.mode, body.rate_bytes_per_second, clock(), body.slo_itl_seconds)
         except ValueError as exc:
             return _error(409, "throttle_unavailable", str(exc))
         link = getattr(app.state, "link", None)

@@ -21,6 +21,7 @@ import os
 import sys
 from urllib.parse import urlparse
 
+from rfork_agent.auth import load_token
 from rfork_agent.units import UnitError, parse_rate, parse_size
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -57,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-wait", type=float, default=5.0,
                    help="longest a lease request waits for budget before 429 (default 5 s)")
     p.add_argument("--log-level", default="info", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else "
+                        "$RFORK_TOKEN; none = no auth). With a token, leases need the scheduler's signed grant")
     qos = p.add_argument_group("serving QoS (keep the seed inside its latency SLO while forks read from it)")
     # Plain strings here, checked in build_config: argparse's own type errors print usage
     # and cannot name the environment variable a bad value came from.
@@ -216,6 +220,7 @@ def build_config(args: argparse.Namespace):
             ranks=ranks,
             lease_ttl_seconds=args.lease_ttl,
             max_wait_seconds=args.max_wait,
+            token=load_token(args.token_file),
             **qos,
         )
     except ValueError as exc:

@@ -221,11 +221,15 @@ class SchedulerClient(_Base):
         return await self._call("GET", "/v1/seeds")
 
     async def create_job(self, identity: dict, rank: int, manifest: dict,
-                         chunk_size_bytes: int | None = None) -> dict:
-        """POST /v1/jobs -> {job_id, total_bytes, num_chunks, chunk_size_bytes, seed_ids}."""
-        return await self._call("POST", "/v1/jobs", {
-            "identity": identity, "rank": rank, "manifest": manifest, "chunk_size_bytes": chunk_size_bytes,
-        })
+                         chunk_size_bytes: int | None = None, resume: dict | None = None) -> dict:
+        """POST /v1/jobs -> {job_id, total_bytes, num_chunks, chunk_size_bytes, seed_ids}.
+
+        ``resume`` = {"previous_job_id", "chunks_done"} re-creates a job the scheduler lost.
+        """
+        body = {"identity": identity, "rank": rank, "manifest": manifest, "chunk_size_bytes": chunk_size_bytes}
+        if resume is not None:
+            body["resume"] = resume
+        return await self._call("POST", "/v1/jobs", body)
 
     async def work(self, job_id: str, max_assignments: int, reports: list[dict]) -> dict:
         """POST /v1/jobs/{id}/work -> {state, error, assignments, cancel, retry_after_seconds, progress}."""

@@ -29,6 +29,7 @@ import httpx
 
 from metrics.definitions import ClientMetrics
 from rfork_agent import clients
+from rfork_agent.auth import bearer_header
 from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
 
 log = logging.getLogger("rfork.fork")
@@ -83,8 +84,10 @@ class ForkOptions:
     scheduler_give_up_seconds: float = 30.0
     """How long the scheduler may be unreachable before the fork fails."""
     idle_poll_seconds: float = 0.5
-    suspect_seconds: float = 5.0
-    """After a read from a seed fails, new reads to it fail fast for this long."""
+    suspect_seconds: float = 1.0
+    """After a read from a seed fails, new reads to it fail fast (reason seed_lost) for this long:
+    long enough for the seed's agent to see a dead seed and refuse leases itself (its probe runs
+    every 250 ms), short enough that a transient error costs little."""
 
 
 def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
@@ -115,6 +118,9 @@ class _Tally:
     last_landed_at: float | None = None
     bytes_by_seed: dict[str, int] = field(default_factory=dict)
     reads_failed: int = 0
+    landed_chunks: set[int] = field(default_factory=set)
+    """Chunk ids whose bytes are in our memory: what a resumed job need not read again."""
+    resumed_jobs: int = 0
 
 
 class ForkClient:
@@ -129,8 +135,10 @@ class ForkClient:
         progress: Callable[[ForkProgress], None] | None = None,
         metrics: ClientMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        token: str | None = None,
     ) -> None:
         self.scheduler_url = scheduler_url
+        self._headers = bearer_header(token)
         self.transport = transport
         self.options = options
         self._progress = progress
@@ -147,23 +155,52 @@ class ForkClient:
         chunk_size_bytes: int | None = None,
     ) -> ForkResult:
         """Fork every byte of ``tensors`` (registered destination memory) or raise ForkError."""
-        scheduler = clients.SchedulerClient(self.scheduler_url)
+        scheduler = clients.SchedulerClient(self.scheduler_url, headers=self._headers)
         agents: dict[str, clients.AgentClient] = {}
+        manifest = manifest_of(tensors)
         try:
-            job = await scheduler.create_job(
-                dict(identity), rank, manifest_of(tensors), chunk_size_bytes=chunk_size_bytes
-            )
+            job = await scheduler.create_job(dict(identity), rank, manifest, chunk_size_bytes=chunk_size_bytes)
             log.info(
                 "job %s: %d bytes in %d chunks from seeds %s",
                 job["job_id"], job["total_bytes"], job["num_chunks"], ", ".join(job["seed_ids"]),
             )
-            return await self._run(scheduler, agents, job, rank)
+
+            async def resume(old_job: dict, landed: set[int]) -> dict:
+                return await self._resume(scheduler, dict(identity), rank, manifest, old_job, landed)
+
+            return await self._run(scheduler, agents, job, rank, resume)
         finally:
             for agent in agents.values():
                 await agent.aclose()
             await scheduler.aclose()
 
-    async def _run(self, scheduler, agents, job: dict, rank: int) -> ForkResult:
+    async def _resume(self, scheduler, identity: dict, rank: int, manifest: dict, old_job: dict,
+                      landed: set[int]) -> dict:
+        """Re-create a job the scheduler lost (it restarted), keeping the chunks that already landed.
+
+        The scheduler keeps no durable state: seeds are re-announced by their
+        agents' heartbeats, progress by the client, the only party that knows
+        which bytes are in its memory. Right after a restart no seed may be
+        registered yet, so 'unknown model' is retried for a while.
+        """
+        give_up_at = self._clock() + self.options.scheduler_give_up_seconds
+        while True:
+            try:
+                job = await scheduler.create_job(
+                    identity, rank, manifest, chunk_size_bytes=old_job["chunk_size_bytes"],
+                    resume={"previous_job_id": old_job["job_id"], "chunks_done": sorted(landed)},
+                )
+            except (clients.UnknownModel, clients.SchedulerUnreachable) as exc:
+                if self._clock() >= give_up_at:
+                    raise ForkError(f"the rfork scheduler at {self.scheduler_url} lost job {old_job['job_id']} "
+                                    f"and it could not be resumed: {exc}") from exc
+                await asyncio.sleep(0.5)
+                continue
+            log.warning("the scheduler lost job %s (restarted?); resumed as job %s with %d of %d chunks landed",
+                        old_job["job_id"], job["job_id"], len(landed), job["num_chunks"])
+            return job
+
+    async def _run(self, scheduler, agents, job: dict, rank: int, resume=None) -> ForkResult:
         job_id = job["job_id"]
         tally = _Tally()
         running: dict[str, _Running] = {}
@@ -178,6 +215,15 @@ class ForkClient:
                     )
                     reports = []
                     unreachable_since = None
+                except clients.UnknownJob:
+                    if resume is None:
+                        raise
+                    # Reports of assignments from the lost job mean nothing to the new one;
+                    # what they landed is in tally.landed_chunks.
+                    job = await resume(job, tally.landed_chunks)
+                    job_id, reports = job["job_id"], []
+                    tally.resumed_jobs += 1
+                    continue
                 except clients.SchedulerUnreachable as exc:
                     # Keep the reports: they go with the next call that gets through.
                     now = self._clock()
@@ -265,7 +311,7 @@ class ForkClient:
         started = self._clock()
         agent = agents.get(a["agent_url"])
         if agent is None:
-            agent = agents[a["agent_url"]] = clients.AgentClient(a["agent_url"])
+            agent = agents[a["agent_url"]] = clients.AgentClient(a["agent_url"], headers=self._headers)
 
         def report(ok: bool, reason: str | None = None, error: str | None = None) -> dict:
             if not ok:
@@ -303,6 +349,7 @@ class ForkClient:
             landed = self._clock()
             tally.last_landed_at = landed if tally.last_landed_at is None else max(tally.last_landed_at, landed)
             tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a["bytes"]
+            tally.landed_chunks.add(a["chunk_id"])
             if self._metrics:
                 self._metrics.bytes_total.labels(seed=seed).inc(a["bytes"])
                 self._metrics.chunk_read_seconds.observe(landed - read_started)

@@ -53,11 +53,19 @@ class Heartbeat(_Strict):
     in_flight_leases: int = Field(default=0, ge=0)
 
 
+class Resume(_Strict):
+    """A client re-creating its job after the scheduler lost it (restart): what already landed."""
+
+    previous_job_id: str = Field(min_length=1, max_length=64)
+    chunks_done: list[int] = Field(default_factory=list, max_length=10_000_000)
+
+
 class JobRequest(_Strict):
     identity: ModelIdentity
     rank: int = Field(ge=0, le=4095)
     manifest: dict[str, Any]
     chunk_size_bytes: int | None = None
+    resume: Resume | None = None
 
 
 class JobCreated(BaseModel):

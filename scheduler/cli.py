@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="in-flight budget per seed, in seconds of its allowed rate (default 0.5)")
     p.add_argument("--max-body-bytes", default="64MiB",
                    help="largest request body accepted; larger ones get 413 (default 64MiB)")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else "
+                        "$RFORK_TOKEN; none = no auth). Also signs the lease grants agents verify")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -54,6 +57,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
 
+    from rfork_agent.auth import AuthConfigError, load_token
+
+    try:
+        token = load_token(args.token_file)
+    except AuthConfigError as exc:
+        print(f"rfork scheduler: error: --token-file: {exc}", file=sys.stderr)
+        return 2
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"rfork scheduler: warning: listening on {args.host} with no token: anyone who reaches it can "
+              "register seeds and create forks (set --token-file)", file=sys.stderr)
+
     import uvicorn
 
     from scheduler.planner import PlannerConfig
@@ -61,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
-                             max_body_bytes=max_body,
+                             max_body_bytes=max_body, token=token,
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds))
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level.lower(),

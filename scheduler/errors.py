@@ -30,3 +30,7 @@ class InvalidManifest(SchedulerError):
 
 class InvalidChunkSize(SchedulerError):
     code, http_status = "invalid_chunk_size", 422
+
+
+class InvalidResume(SchedulerError):
+    code, http_status = "invalid_resume", 422

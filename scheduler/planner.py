@@ -25,8 +25,9 @@ class PlannerConfig:
     pipeline_seconds: float = 0.5
     """Keep about this much of a seed's allowed rate in flight per job."""
     max_in_flight_per_seed: int = 4
-    seed_failure_threshold: int = 2
-    """Consecutive failed reads after which a seed is excluded from the job."""
+    seed_failure_threshold: int = 3
+    """Consecutive failed reads after which a seed is excluded from the job. Three, not two:
+    a seed with 5% transient read errors must not be lost (measured in `rfork chaos`)."""
     no_seed_grace_seconds: float = 10.0
     """With no live seed at all, wait this long (a seed may come back) before failing."""
     max_attempts_per_chunk: int = 8
@@ -105,11 +106,15 @@ class Job:
         """Seeds that failed this job's reads: never used again by this job."""
         self.lost: dict[str, str] = {}
         """Seeds that left the registry while this job ran (eligible again if they return)."""
+        self.last_failure: dict[str, str] = {}
+        """Each seed's last failed read in this job, excluded or not: what the user sees."""
         self.consecutive_failures: dict[str, int] = {}
         self.observed_rate: dict[str, float] = {}
         self.bytes_by_seed: dict[str, int] = {}
         self.bytes_total = sum(c.nbytes for c in chunks)
         self.bytes_done = 0
+        self.bytes_resumed = 0
+        """Bytes the client already held when it re-created this job (not read again)."""
         self.chunks_done = 0
         self.retried_chunks = 0
         self.created_at = now
@@ -121,6 +126,23 @@ class Job:
         self.state = RUNNING if chunks else DONE
         if not chunks:
             self.finished_at = now
+
+    def resume(self, chunks_done: list[int], now: float) -> None:
+        """Mark chunks the client already holds (it re-created the job after a scheduler restart).
+
+        Chunk ids are stable: the same manifest and chunk size give the same plan.
+        """
+        for chunk_id in chunks_done:
+            state = self.chunks[chunk_id]
+            if state.done:
+                continue
+            state.done = True
+            self.pending.remove(chunk_id)
+            self.bytes_done += state.chunk.nbytes
+            self.bytes_resumed += state.chunk.nbytes
+            self.chunks_done += 1
+        if self.chunks and self.chunks_done == len(self.chunks):
+            self.state, self.finished_at = DONE, now
 
     # -- handing out work --------------------------------------------------
     def next_assignments(self, seeds: list[SeedView], now: float, max_assignments: int) -> list[Assignment]:
@@ -213,7 +235,9 @@ class Job:
             Read(self.client_manifest[s.tensor].ptr + s.offset, seed.manifest[s.tensor].ptr + s.offset, s.length)
             for s in state.chunk.segments
         ]
-        a = Assignment(f"a{self._ids}", chunk_id, seed.seed_id, seed.session_id, seed.agent_url,
+        # Ids carry the job id: a report from a lost job's assignment (the client
+        # resumed after a scheduler restart) can never match one of this job's.
+        a = Assignment(f"{self.job_id}-a{self._ids}", chunk_id, seed.seed_id, seed.session_id, seed.agent_url,
                        state.chunk.nbytes, state.attempts + 1, now, reads)
         state.live[a.assignment_id] = a
         self.assignments[a.assignment_id] = a
@@ -254,8 +278,15 @@ class Job:
     def _failed(self, a: Assignment, state: _ChunkState, report: Report, now: float) -> None:
         state.failed_on.add(a.seed_id)
         state.attempts += 1
-        failures = self.consecutive_failures.get(a.seed_id, 0) + 1
+        failures = self.consecutive_failures.get(a.seed_id, 0)
+        # 'seed_lost' means the read never started: the agent saw its seed down (it
+        # deregisters it, and the registry drops it) or the client held off a seed
+        # whose previous read just failed. Neither is evidence against the seed by
+        # itself, so only reads that really failed count toward exclusion.
+        if report.reason != "seed_lost":
+            failures += 1
         self.consecutive_failures[a.seed_id] = failures
+        self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
         if not state.done and not state.live:
             self.pending.appendleft(a.chunk_id)  # retries go first: they gate completion
             self.retried_chunks += 1
@@ -333,6 +364,8 @@ class Job:
         return {
             "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
             "chunks_done": self.chunks_done, "chunks_total": len(self.chunks),
-            "retried_chunks": self.retried_chunks, "failed_seeds": dict(self.excluded),
-            "bytes_by_seed": dict(self.bytes_by_seed),
+            "retried_chunks": self.retried_chunks,
+            # Every seed that failed this job, worst state last: failed a read, left, excluded.
+            "failed_seeds": {**self.last_failure, **self.lost, **self.excluded},
+            "bytes_by_seed": dict(self.bytes_by_seed), "bytes_resumed": self.bytes_resumed,
         }

@@ -10,6 +10,7 @@ whose heartbeats stopped and jobs whose client went silent.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -29,7 +30,8 @@ from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
 from rfork_agent.http_guard import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
-from scheduler.errors import SchedulerError, UnknownJob, UnknownModel, UnknownSeed
+from rfork_agent.auth import BearerAuth, GrantClaims, grant_key, sign_grant
+from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed
 from scheduler.manifest import Manifest, match_manifests, parse_manifest
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
 
@@ -49,6 +51,10 @@ class SchedulerConfig:
     """Finished jobs stay queryable this long (their metric series go at once)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """Larger request bodies get 413 before they are parsed."""
+    token: str | None = field(default=None, repr=False)
+    """Shared bearer token (None = auth off). Also derives the lease-grant signing key."""
+    grant_ttl_seconds: float = 300.0
+    """A lease grant is valid this long after its assignment was handed out."""
     planner: PlannerConfig = PlannerConfig()
 
 
@@ -83,9 +89,15 @@ class SchedulerState:
     config: SchedulerConfig
     metrics: SchedulerMetrics
     clock: Callable[[], float]
+    wall_clock: Callable[[], float] = time.time
+    """Grant expiry is wall-clock time: agents check it on another host."""
     seeds: dict[str, SeedRecord] = field(default_factory=dict)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @functools.cached_property
+    def grant_key(self) -> bytes | None:
+        return None if self.config.token is None else grant_key(self.config.token)
 
     # -- seeds -------------------------------------------------------------
     def register(self, seed_id: str, body: wire.SeedRegistration) -> None:
@@ -167,8 +179,10 @@ class SchedulerState:
             chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
             now = self.clock()
             job_id = uuid.uuid4().hex[:12]
-            record = JobRecord(Job(job_id, manifest, chunks, self.config.planner, now),
-                               body.identity, body.rank, last_poll=now)
+            job = Job(job_id, manifest, chunks, self.config.planner, now)
+            if body.resume is not None:
+                self._resume(job, body, len(chunks), now)
+            record = JobRecord(job, body.identity, body.rank, last_poll=now)
             self.jobs[job_id] = record
             self.metrics.jobs_active.set(self._active_jobs())
             self.metrics.job_bytes_total.labels(job_id=job_id).set(record.job.bytes_total)
@@ -177,6 +191,29 @@ class SchedulerState:
         log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
         return record
+
+    def _resume(self, job: Job, body: wire.JobRequest, num_chunks: int, now: float) -> None:
+        resume = body.resume
+        if body.chunk_size_bytes is None:
+            raise InvalidResume("a resumed job must repeat its chunk_size_bytes: chunk ids only mean "
+                                "something under the same chunk plan")
+        bad = [c for c in resume.chunks_done if not 0 <= c < num_chunks]
+        if bad:
+            raise InvalidResume(f"chunks_done has ids outside 0..{num_chunks - 1} (e.g. {bad[0]}): the manifest "
+                                "or chunk size differs from the job being resumed")
+        job.resume(resume.chunks_done, now)
+        log.info("job %s resumes job %s: %d of %d chunks already landed", job.job_id, resume.previous_job_id,
+                 job.chunks_done, num_chunks)
+
+    def sign_grants(self, job_id: str, assignments: list, rank: int) -> None:
+        """Bind each assignment to a lease the seed's agent will verify (no-op with auth off)."""
+        if self.grant_key is None:
+            return
+        expires = self.wall_clock() + self.config.grant_ttl_seconds
+        for a in assignments:
+            a.grant = sign_grant(self.grant_key, GrantClaims(
+                job_id=job_id, assignment_id=a.assignment_id, seed_id=a.seed_id, rank=rank,
+                bytes=a.nbytes, expires_at=expires))
 
     def work(self, job_id: str, body: wire.WorkRequest) -> dict:
         with self.lock:
@@ -197,6 +234,7 @@ class SchedulerState:
                         self.metrics.chunk_retries_total.labels(reason=reason).inc(job.retried_chunks - retried_before)
             views = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
             assignments = job.next_assignments(views, now, body.max_assignments)
+            self.sign_grants(job_id, assignments, record.rank)
             for seed_id, n in job.bytes_by_seed.items():
                 delta = n - before[1].get(seed_id, 0)
                 if delta:
@@ -322,6 +360,8 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan)
     app.state.scheduler = state
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    if config.token:
+        app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
 
     @app.exception_handler(SchedulerError)
     async def _domain_error(request: Request, exc: SchedulerError):

@@ -46,10 +46,10 @@ class SchedulerMetrics:
             registry=registry,
         )
         self.job_bytes_total = Gauge(
-            "rfork_scheduler_job_bytes", "Bytes a running fork job must move.", ["job_id"], registry=registry
+            "rfork_scheduler_job_size_bytes", "Bytes a running fork job must move.", ["job_id"], registry=registry
         )
         self.job_bytes_done = Gauge(
-            "rfork_scheduler_job_bytes_done", "Bytes a running fork job has landed.", ["job_id"], registry=registry
+            "rfork_scheduler_job_landed_bytes", "Bytes a running fork job has landed.", ["job_id"], registry=registry
         )
         self.job_progress_ratio = Gauge(
             "rfork_scheduler_job_progress_ratio", "Landed / total bytes of a running job.", ["job_id"],

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Create or refresh .venv-sglang: SGLang 0.5.23's real code on CPU plus rfork,
+# for the tests in tests/sglang (`make test-sglang`). A SEPARATE venv from .venv
+# because SGLang pins transformers/tokenizers and needs the real triton, which
+# the main suite should not depend on.
+#
+# Idempotent and fast when nothing changed: a stamp file records the hash of
+# the inputs that matter. Recipe and gotchas: ../shared/NOTES-SGLANG.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${SGLANG_VENV:-.venv-sglang}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+SGLANG_SPEC=${SGLANG_SPEC:-sglang==0.5.23}
+
+# What SGLang's loader, plugin framework, bootstrap server and metrics collector
+# import on CPU. No sgl-kernel, flashinfer or CUDA. No torchvision: every PyPI
+# wheel is a CUDA build that breaks beside CPU torch, and transformers imports
+# it when present.
+SGLANG_DEPS=(
+    numpy orjson psutil pybase64 requests packaging pillow starlette msgspec pydantic pyzmq tqdm ipython
+    aiohttp triton huggingface-hub fastapi uvicorn prometheus-client
+    transformers==5.19.0 tokenizers==0.23.2 dill apache-tvm-ffi==0.1.11 sentencepiece==0.2.1
+    compressed-tensors==0.18.0 gguf
+)
+
+# Mooncake's wheel links against libibverbs/librdmacm even for TCP.
+need_apt=()
+ldconfig -p | grep -q 'libibverbs.so.1 ' || need_apt+=(libibverbs1)
+ldconfig -p | grep -q 'librdmacm.so.1 ' || need_apt+=(librdmacm1)
+if ((${#need_apt[@]})); then
+    echo "bootstrap-sglang: installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+stamp_input="$(cat pyproject.toml scripts/bootstrap_sglang.sh) $TORCH_SPEC $SGLANG_SPEC $($PYTHON --version 2>&1)"
+stamp_hash=$(printf '%s' "$stamp_input" | sha256sum | cut -c1-16)
+stamp="$VENV/.rfork-sglang-installed-$stamp_hash"
+if [ -f "$stamp" ] && "$VENV/bin/python" -c "import rfork_agent, mooncake.engine, torch, sglang.srt.plugins" \
+        2>/dev/null; then
+    exit 0
+fi
+
+echo "bootstrap-sglang: preparing $VENV ($TORCH_SPEC, $SGLANG_SPEC --no-deps, about 2.5 GB on a fresh machine)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+# Every later install runs under this constraints file: without it, a dependency
+# asking for 'torch' could swap the CPU build for a multi-GB CUDA one.
+constraints="$VENV/constraints.txt"
+printf '%s\n%s\n' "$TORCH_SPEC" "$SGLANG_SPEC" > "$constraints"
+"${PIP[@]}" -c "$constraints" "$TORCH_SPEC"
+"${PIP[@]}" -c "$constraints" --no-deps "$SGLANG_SPEC"
+"${PIP[@]}" -c "$constraints" "${SGLANG_DEPS[@]}"
+# rfork itself, editable, then its own dependencies (the non-CUDA transport:
+# these tests run on CPU) through the same constraints.
+"${PIP[@]}" -c "$constraints" --no-deps -e .
+"${PIP[@]}" -c "$constraints" -e ".[cpu,test]"
+if "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+    echo "bootstrap-sglang: torchvision got installed; removing it (a CUDA build that breaks CPU torch imports)"
+    "$VENV/bin/python" -m pip uninstall --quiet -y torchvision
+fi
+"$VENV/bin/python" -c "import rfork_agent, mooncake.engine, torch, sglang.srt.plugins" || {
+    echo "bootstrap-sglang: $VENV was installed but does not import; see the errors above" >&2
+    exit 1
+}
+rm -f "$VENV"/.rfork-sglang-installed-*
+touch "$stamp"
+echo "bootstrap-sglang: $VENV ready"

@@ -1,4 +1,4 @@
-"""`rfork bench fork ...`: the benchmarks, reachable from the rfork command."""
+"""`rfork bench fork|qos ...`: the benchmarks, reachable from the rfork command."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from bench import fork_bench
 
     fork_bench.add_arguments(sub.add_parser("fork", help="issue #2 numbers: multi-seed striping, caps, seed kill"))
+    from bench import qos_bench
+
+    qos_bench.add_arguments(sub.add_parser("qos", help="issue #3 numbers: serving-latency throttle vs baseline, "
+                                                       "no throttle and the best fixed rate"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -17,4 +21,8 @@ def main(args: argparse.Namespace) -> int:
         from bench import fork_bench
 
         return fork_bench.run(args)
+    if args.bench == "qos":
+        from bench import qos_bench
+
+        return qos_bench.run(args)
     raise SystemExit(f"unknown benchmark {args.bench!r}")

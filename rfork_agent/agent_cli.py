@@ -240,6 +240,8 @@ def main(args: argparse.Namespace) -> int:
     from rfork_agent.units import format_rate
 
     logging.getLogger("rfork").setLevel(args.log_level.upper())
+    # APScheduler logs every run of every job at INFO (heartbeat, liveness, QoS: ~6 lines a second).
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger("rfork").level))
     logging.getLogger("rfork").info(
         "agent %s for %s -> scheduler %s, cap %s, serving on %s, throttle %s%s",
         config.seed_id, config.sglang_url, config.scheduler_url, format_rate(config.rate_cap), config.advertised_url,

@@ -418,6 +418,7 @@ class DecodeLoop:
         self._last_step_seconds = 0.0
         self._window: deque[tuple[float, int]] = deque()
         self._last_reject_log = -math.inf
+        self._stall_seconds = 0.0
 
     # -- control ---------------------------------------------------------
     def start(self) -> None:
@@ -446,6 +447,18 @@ class DecodeLoop:
             self._rps = float(rps)
             self._arrivals.notify_all()
         log.info("decode: load set to %.2f requests/s", rps)
+
+    def set_stall(self, seconds: float) -> None:
+        """Add ``seconds`` to every step (0 = none): an injected latency spike for tests of the
+        throttle, independent of how busy the machine is."""
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and 0 <= seconds <= 10):
+            raise ValueError(f"stall must be a number of seconds in [0, 10], got {seconds!r}")
+        self._stall_seconds = float(seconds)
+        log.info("decode: every step stalls %.1f ms more", seconds * 1000)
+
+    @property
+    def stall_seconds(self) -> float:
+        return self._stall_seconds
 
     @property
     def load_rps(self) -> float:
@@ -485,6 +498,7 @@ class DecodeLoop:
                 else self.calibrated_step_seconds * 1000,
                 "mean_step_ms": self._step_seconds / self._steps * 1000 if self._steps else None,
                 "last_step_ms": self._last_step_seconds * 1000,
+                "stall_ms": self._stall_seconds * 1000,
             }
 
     # -- threads ---------------------------------------------------------
@@ -527,6 +541,8 @@ class DecodeLoop:
             started = time.perf_counter()
             rows, sample = batch.token_ids()
             next_tokens = self.forward.run(rows, sample)
+            if self._stall_seconds:
+                time.sleep(self._stall_seconds)
             elapsed = time.perf_counter() - started
             with self._work:
                 self.scheduler.finish_step(batch, next_tokens, self.clock())

@@ -50,6 +50,8 @@ class FleetSpec:
     heartbeat_timeout_seconds: float = 3.0
     scheduler_args: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
+    seed_args: tuple[str, ...] = ()
+    """Extra `testbed.seed` flags for every seed, e.g. ("--decode-layers", "2") for a reproducible decode cost."""
     log_dir: str | None = None
     start_timeout_seconds: float = 120.0
     device: str = "cpu"
@@ -157,6 +159,7 @@ class Fleet:
         cmd = _python_module(
             "testbed.seed", "--host", "127.0.0.1", "--port", "0", "--protocol", self.spec.protocol,
             "--load-rps", str(self.spec.load_rps), "--device", self.spec.device, *self.spec.model_args(),
+            *self.spec.seed_args,
         )
         process = self._spawn(cmd, f"seed-{index}", stdout=subprocess.PIPE)
         return index, process, self.log_dir / f"seed-{index}.log"

@@ -10,7 +10,8 @@ HTTP surface an rfork agent and SGLang's own R-Fork client read from a seed:
   400 when the rank is missing, negative or not served, as SGLang answers;
 - ``GET /server_info`` (and ``/get_server_info``), ``GET /health``, ``GET /metrics``
   (SGLang's metric names, from a real decode loop: testbed.decode);
-- testbed controls: ``POST /testbed/load {"rps": 20}``, ``GET /testbed/status``,
+- testbed controls: ``POST /testbed/load {"rps": 20}``, ``POST /testbed/stall {"seconds": 0.05}``
+  (an injected per-step delay: a latency spike on demand), ``GET /testbed/status``,
   ``GET /testbed/digests?rank=N``.
 
 When it is serving it prints one line to stdout and nothing else ever goes there:
@@ -48,6 +49,12 @@ class LoadBody(BaseModel):
     """Body of ``POST /testbed/load``: the new mean arrival rate."""
 
     rps: float
+
+
+class StallBody(BaseModel):
+    """Body of ``POST /testbed/stall``: extra seconds every decode step takes (0 = none)."""
+
+    seconds: float
 
 
 class SeedError(RuntimeError):
@@ -176,6 +183,14 @@ def create_app(state: SeedState):
                 status_code=422)
         state.decode.set_load(body.rps)
         return {"rps": state.decode.load_rps}
+
+    @app.post("/testbed/stall")
+    def set_stall(body: StallBody):
+        try:
+            state.decode.set_stall(body.seconds)
+        except ValueError as exc:
+            return JSONResponse({"detail": {"error": "invalid_stall", "message": str(exc)}}, status_code=422)
+        return {"seconds": state.decode.stall_seconds}
 
     @app.get("/testbed/status")
     def status():

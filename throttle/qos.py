@@ -140,34 +140,34 @@ class FailureLogPolicy:
     """When a scrape failure is worth a log line: on the first failure, when the
     reason changes, and then at most once per ``every_seconds`` while it lasts.
 
+    :meth:`should_log` returns None (stay quiet) or the number of failures
+    left unlogged since the previous line, for the message.
+
         >>> p = FailureLogPolicy(every_seconds=60)
         >>> [p.should_log("unreachable", t) for t in (0, 1, 59, 61)]
-        [True, False, False, True]
-        >>> p.should_log("parse_error", 62), p.suppressed
-        (True, 0)
+        [0, None, None, 2]
+        >>> p.should_log("parse_error", 62)
+        0
     """
 
     def __init__(self, every_seconds: float = 60.0) -> None:
         self.every_seconds = every_seconds
         self._reason: str | None = None
         self._logged_at = -math.inf
-        #: Failures not logged since the last line (reported in the next one).
-        self.suppressed = 0
+        self._suppressed = 0
 
-    def should_log(self, reason: str, now: float) -> bool:
+    def should_log(self, reason: str, now: float) -> int | None:
         if reason != self._reason or now - self._logged_at >= self.every_seconds:
-            self._reason, self._logged_at = reason, now
-            return True
-        self.suppressed += 1
-        return False
-
-    def logged(self) -> None:
-        self.suppressed = 0
+            suppressed = self._suppressed if reason == self._reason else 0
+            self._reason, self._logged_at, self._suppressed = reason, now, 0
+            return suppressed
+        self._suppressed += 1
+        return None
 
     def recovered(self) -> bool:
         """A good scrape: True if a failure had been logged (say "recovered" once)."""
         was_failing = self._reason is not None
-        self._reason, self._logged_at, self.suppressed = None, -math.inf, 0
+        self._reason, self._logged_at, self._suppressed = None, -math.inf, 0
         return was_failing
 
 
@@ -195,6 +195,8 @@ class QosReport:
     scrape_failure: ScrapeFailure | None = None
     #: Whether ``scrape_failure`` should be logged now (see :class:`FailureLogPolicy`).
     log_failure: bool = False
+    #: Failures not logged since the previous line (when ``log_failure``).
+    unlogged_failures: int = 0
     #: A good scrape after logged failures: log "recovered" once.
     log_recovered: bool = False
 
@@ -291,6 +293,7 @@ class QosTracker:
         """
         failure = scrape if isinstance(scrape, ScrapeFailure) else None
         log_failure = log_recovered = False
+        unlogged = 0
         observation = None
         if isinstance(scrape, Scrape):
             observation = observation_from_scrapes(self._previous, scrape, transfer_active=transfer_active,
@@ -302,7 +305,8 @@ class QosTracker:
             if observation.reset_reason is None and observation.span_seconds is not None:
                 self._remember(_Interval(now, observation.itl, observation.ttft, transfer_active))
         elif failure is not None:
-            log_failure = self.failure_log.should_log(failure.reason, now)
+            suppressed = self.failure_log.should_log(failure.reason, now)
+            log_failure, unlogged = suppressed is not None, suppressed or 0
         self._forget(now)
 
         rate: float | None
@@ -341,6 +345,7 @@ class QosTracker:
             metrics_age_seconds=max(now - since, 0.0),
             scrape_failure=failure,
             log_failure=log_failure,
+            unlogged_failures=unlogged,
             log_recovered=log_recovered,
         )
 

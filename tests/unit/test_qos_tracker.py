@@ -1,0 +1,214 @@
+"""throttle/qos.py: the agent's QoS loop without I/O, stepped with a fake clock and synthetic scrapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from throttle.controller import ControllerConfig, Mode, SloConfig
+from throttle.histogram import CumulativeHistogram
+from throttle.prom_text import ITL_HISTOGRAM, QUEUED_GAUGE, RUNNING_GAUGE, Scrape
+from throttle.qos import (
+    ACTION_BY_MODE,
+    ACTIONS,
+    FailureLogPolicy,
+    QosTracker,
+    ScrapeFailure,
+    ThrottleMode,
+    classify_body,
+)
+
+CAP = 100e6
+BOUNDS = (0.02, 0.03, 0.04, math.inf)
+SLO = SloConfig(itl_threshold_seconds=0.03, violation_budget=0.01)
+
+
+def controller(**overrides) -> ControllerConfig:
+    return ControllerConfig(cap_bytes_per_second=CAP, probe_every_seconds=None, **overrides)
+
+
+class FakeSeed:
+    """Cumulative SGLang-style ITL counters; each ``interval`` adds tokens split by latency bucket."""
+
+    def __init__(self) -> None:
+        self.counts = [0.0] * len(BOUNDS)  # cumulative per bound (le)
+
+    def interval(self, fast: int = 0, slow: int = 0, running: float = 4.0) -> None:
+        # fast: <= 20 ms; slow: > 40 ms (above the SLO).
+        add = (fast, fast, fast, fast + slow)
+        self.counts = [c + a for c, a in zip(self.counts, add)]
+        self.running = running
+
+    def restart(self) -> None:
+        self.counts = [0.0] * len(BOUNDS)
+
+    def scrape(self, t: float, running: float | None = None) -> Scrape:
+        run = self.running if running is None else running
+        return Scrape(t, {ITL_HISTOGRAM: CumulativeHistogram(BOUNDS, tuple(self.counts))},
+                      {RUNNING_GAUGE: run, QUEUED_GAUGE: 0.0})
+
+
+def run(tracker: QosTracker, seed: FakeSeed, start: float, seconds: int, *, fast=500, slow=0, running=4.0,
+        active=True):
+    reports = []
+    for k in range(seconds):
+        t = start + k
+        seed.interval(fast, slow, running)
+        reports.append(tracker.tick(t, seed.scrape(t), transfer_active=active))
+    return reports
+
+
+def adaptive(**overrides) -> QosTracker:
+    return QosTracker(SLO, controller(**overrides), ThrottleMode.ADAPTIVE, now=0.0)
+
+
+# --------------------------------------------------------------------------- parsing and logging
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("<html>not metrics</html>", "parse_error"),
+    ("sglang:inter_token_latency_seconds_bucket{le=\"0.1\"} 1\n", "parse_error"),  # no +Inf bucket
+    ("process_cpu_seconds_total 3.2\n", "parse_error"),                            # no SGLang series
+    ("sglang:num_running_reqs 2\n", None),                                         # gauges only: fresh seed
+    ("sglang:num_running_reqs 2", "parse_error"),                                  # truncated (no newline)
+])
+def test_classify_body(body, reason):
+    got = classify_body(body, taken_at=1.0)
+    if reason is None:
+        assert isinstance(got, Scrape)
+    else:
+        assert isinstance(got, ScrapeFailure) and got.reason == reason and got.message
+
+
+def test_scrape_failure_reason_is_a_closed_set():
+    with pytest.raises(ValueError, match="unreachable"):
+        ScrapeFailure("timeout", "x")
+
+
+def test_failure_log_policy_rate_limits_per_reason():
+    p = FailureLogPolicy(every_seconds=60)
+    assert [p.should_log("unreachable", t) for t in (0, 1, 2, 60)] == [0, None, None, 2]
+    assert p.should_log("http_error", 61) == 0  # a new reason is logged at once
+    assert p.recovered() is True and p.recovered() is False
+    assert p.should_log("http_error", 62) == 0  # after recovery, the next failure is news again
+
+
+def test_every_controller_mode_has_an_action():
+    assert set(ACTION_BY_MODE) == set(Mode)
+    assert set(ACTION_BY_MODE.values()) <= set(ACTIONS)
+
+
+# --------------------------------------------------------------------------- adaptive
+
+
+def test_idle_seed_gets_the_cap():
+    t, seed = adaptive(), FakeSeed()
+    reports = run(t, seed, 1.0, 4, fast=0, running=0, active=False)
+    assert reports[-1].rate_bytes_per_second == CAP
+    assert reports[-1].action == "cap" and reports[-1].mode_label == Mode.IDLE_FULL.value
+    assert math.isnan(reports[-1].observed_itl_p99_seconds)  # no tokens: no signal, not 0
+
+
+def test_good_load_raises_then_violations_cut():
+    t, seed = adaptive(), FakeSeed()
+    up = run(t, seed, 1.0, 6, fast=1000)
+    assert [r.action for r in up[1:]] == ["raise"] * 5  # the first scrape has no window yet
+    assert up[-1].rate_bytes_per_second == pytest.approx(CAP * (0.05 + 5 / 16))
+    assert up[-1].itl_slo_violation_ratio == 0.0
+    before = up[-1].rate_bytes_per_second
+    spike = run(t, seed, 7.0, 1, fast=950, slow=50)[0]  # 5 % over the SLO against a 1 % budget
+    assert spike.action == "cut"
+    assert spike.rate_bytes_per_second == pytest.approx(before * 0.5)  # capped at max_cut
+    assert spike.itl_slo_violation_ratio > 0.0
+
+
+def test_stale_metrics_go_to_the_floor_and_log_once():
+    t, seed = adaptive(), FakeSeed()
+    run(t, seed, 1.0, 8, fast=1000)
+    reports = [t.tick(9.0 + k, ScrapeFailure("unreachable", "connection refused"), transfer_active=True)
+               for k in range(70)]
+    assert [r.action for r in reports[:3]] == ["hold", "hold", "floor"]  # 3 s without a good scrape
+    assert reports[2].rate_bytes_per_second == pytest.approx(0.05 * CAP)
+    assert reports[2].metrics_age_seconds == pytest.approx(3.0)
+    logged = [k for k, r in enumerate(reports) if r.log_failure]
+    assert logged == [0, 60] and reports[60].unlogged_failures == 59
+    # Metrics come back: logged once as recovered, and the age resets.
+    seed.interval(1000)
+    back = t.tick(79.0, seed.scrape(79.0), transfer_active=True)
+    assert back.log_recovered and back.metrics_age_seconds == 0.0
+
+
+def test_garbage_metrics_count_as_stale():
+    t = adaptive()
+    reports = [t.tick(1.0 + k, classify_body("garbage{", taken_at=1.0 + k), True) for k in range(4)]
+    assert reports[-1].action == "floor" and reports[-1].scrape_failure.reason == "parse_error"
+
+
+def test_counter_reset_never_cuts():
+    t, seed = adaptive(), FakeSeed()
+    up = run(t, seed, 1.0, 8, fast=1000)
+    rate = up[-1].rate_bytes_per_second
+    seed.restart()  # the seed restarted: its counters start from 0
+    seed.interval(fast=10)
+    r = t.tick(9.0, seed.scrape(9.0), transfer_active=True)
+    assert r.action == "hold" and r.rate_bytes_per_second == rate
+    nxt = run(t, seed, 10.0, 1, fast=1000)[0]  # the restarted counters are the new base
+    assert nxt.action == "raise"
+
+
+def test_latency_impact_against_the_no_transfer_baseline():
+    t, seed = adaptive(), FakeSeed()
+    # No transfer: every token under 20 ms -> baseline p99 in (0, 20 ms].
+    base = run(t, seed, 1.0, 6, fast=1000, active=False)
+    assert math.isfinite(base[-1].latency_impact_ratio)
+    # The transfer pushes 5 % of tokens over 40 ms: p99 lands in the +Inf bucket (reported as 40 ms).
+    hit = run(t, seed, 7.0, 6, fast=950, slow=50, active=True)
+    assert hit[-1].observed_itl_p99_seconds == pytest.approx(0.04)
+    assert hit[-1].latency_impact_ratio > 1.9
+
+
+def test_report_window_covers_the_last_five_seconds():
+    t, seed = QosTracker(SLO, controller(), ThrottleMode.FIXED, now=0.0), FakeSeed()
+    run(t, seed, 1.0, 3, fast=900, slow=100)
+    calm = run(t, seed, 4.0, 5, fast=1000)
+    assert calm[-1].itl_slo_violation_ratio == 0.0  # the bad seconds have left the 5 s window
+    assert calm[0].itl_slo_violation_ratio > 0.0
+
+
+# --------------------------------------------------------------------------- fixed / off / switching
+
+
+def test_fixed_mode_reports_but_never_decides():
+    t, seed = QosTracker(SLO, controller(), ThrottleMode.FIXED, now=0.0, fixed_rate_bytes_per_second=30e6), FakeSeed()
+    reports = run(t, seed, 1.0, 3, fast=900, slow=100)
+    assert {r.rate_bytes_per_second for r in reports} == {30e6}
+    assert {r.action for r in reports} == {None} and reports[-1].mode_label == "fixed"
+    assert reports[-1].itl_slo_violation_ratio == pytest.approx(0.1)
+
+
+def test_fixed_mode_without_a_rate_uses_the_cap_and_off_does_not_scrape():
+    fixed = QosTracker(None, controller(), ThrottleMode.FIXED, now=0.0)
+    assert fixed.tick(1.0, None, False).rate_bytes_per_second == CAP
+    off = QosTracker(None, None, ThrottleMode.OFF, now=0.0)
+    assert off.scrapes is False
+    report = off.tick(1.0, None, True)
+    assert report.rate_bytes_per_second is None and report.mode_label == "off"
+
+
+def test_adaptive_needs_a_cap_and_an_slo():
+    with pytest.raises(ValueError, match="SLO"):
+        QosTracker(None, controller(), ThrottleMode.ADAPTIVE, now=0.0)
+    off = QosTracker(SLO, None, ThrottleMode.OFF, now=0.0)
+    with pytest.raises(ValueError, match="cap"):
+        off.set_mode(ThrottleMode.ADAPTIVE, 1.0)
+
+
+def test_entering_adaptive_starts_at_the_floor_staying_keeps_state():
+    t, seed = QosTracker(SLO, controller(), ThrottleMode.FIXED, now=0.0), FakeSeed()
+    t.set_mode(ThrottleMode.ADAPTIVE, 1.0)
+    assert t.state is not None and t.state.rate_bytes_per_second == pytest.approx(0.05 * CAP)
+    run(t, seed, 2.0, 4, fast=1000)
+    climbed = t.state.rate_bytes_per_second
+    t.set_mode(ThrottleMode.ADAPTIVE, 6.0)
+    assert t.state.rate_bytes_per_second == climbed

@@ -21,8 +21,10 @@ from testbed.orchestrator import TestbedOptions, run_testbed
 MB = 1e6
 
 
-def scenarios(size: int, chunk: int) -> list[tuple[str, TestbedOptions, str]]:
-    base = TestbedOptions(size_bytes=size, model=None, chunk_size=chunk, progress=False)
+def scenarios(size: int, chunk: int, device: str = "cpu",
+              seed_device: str | None = None) -> list[tuple[str, TestbedOptions, str]]:
+    base = TestbedOptions(size_bytes=size, model=None, chunk_size=chunk, progress=False,
+                          device=device, seed_device=seed_device)
     return [
         # Uncapped: the scheduler's default 64 MiB chunks (per-chunk overhead matters, pacing does not).
         ("1 seed uncapped vs SGLang single batch read",
@@ -48,6 +50,27 @@ def judge(name: str, result: dict) -> tuple[str, bool]:
     return f"{format_rate(rate)} = {rate / caps:.2f} x caps ({format_rate(caps)})", rate >= 0.90 * caps
 
 
+def measure(name: str, options: TestbedOptions, target: str, repeat: int) -> dict:
+    """Run one scenario ``repeat`` times (fresh fleet each) and judge its median run."""
+    runs = []
+    for _ in range(repeat):
+        result = run_testbed(options)
+        if not result["verified"]:
+            print(f"{name}: NOT VERIFIED (logs in {result['log_dir']})", file=sys.stderr)
+        runs.append(result)
+    key = (lambda r: r["ratio_to_baseline"]) if options.compare_baseline else (lambda r: r["transfer_seconds"])
+    median = sorted(runs, key=key)[len(runs) // 2]
+    text, ok = judge(name, median)
+    print(f"{'PASS' if ok else 'MISS'}  {name:44} {text}   [target {target}; median of {len(runs)}]", flush=True)
+    return {
+        "scenario": name, "target": target, "met": ok, "summary": text,
+        "verified": all(r["verified"] for r in runs), "device": options.device,
+        "seed_device": options.seed_device or options.device,
+        "median": median, "transfer_seconds_all": [r["transfer_seconds"] for r in runs],
+        "spread_seconds": statistics.pstdev([r["transfer_seconds"] for r in runs]) if len(runs) > 1 else 0.0,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.fork_bench", description=__doc__.splitlines()[0])
     add_arguments(p)
@@ -60,31 +83,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario; the median is reported")
     p.add_argument("--only", default=None, help="run only scenarios whose name contains this")
     p.add_argument("--json", dest="json_path", default=None)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: seeds' and client's memory")
+    p.add_argument("--seed-device", default=None, help="the seeds' device when it differs from --device")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rfork_agent.devices import DeviceError, check_device
+
+    try:
+        check_device(getattr(args, "device", "cpu"))
+        if getattr(args, "seed_device", None):
+            check_device(args.seed_device)
+    except DeviceError as exc:
+        print(f"rfork bench fork: error: {exc}", file=sys.stderr)
+        return 2
     size, chunk = parse_size(args.size), parse_size(args.chunk_size)
     report, all_ok = [], True
-    for name, options, target in scenarios(size, chunk):
+    for name, options, target in scenarios(size, chunk, getattr(args, "device", "cpu"),
+                                           getattr(args, "seed_device", None)):
         if args.only and args.only not in name:
             continue
-        runs = []
-        for _ in range(args.repeat):
-            result = run_testbed(options)
-            if not result["verified"]:
-                print(f"{name}: NOT VERIFIED (logs in {result['log_dir']})", file=sys.stderr)
-                all_ok = False
-            runs.append(result)
-        key = (lambda r: r["ratio_to_baseline"]) if options.compare_baseline else (lambda r: r["transfer_seconds"])
-        median = sorted(runs, key=key)[len(runs) // 2]
-        text, ok = judge(name, median)
-        all_ok &= ok
-        print(f"{'PASS' if ok else 'MISS'}  {name:44} {text}   [target {target}; median of {len(runs)}]", flush=True)
-        report.append({
-            "scenario": name, "target": target, "met": ok, "summary": text,
-            "median": median, "transfer_seconds_all": [r["transfer_seconds"] for r in runs],
-            "spread_seconds": statistics.pstdev([r["transfer_seconds"] for r in runs]) if len(runs) > 1 else 0.0,
-        })
+        record = measure(name, options, target, args.repeat)
+        all_ok &= record["met"] and record["verified"]
+        report.append(record)
     if args.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
         with open(args.json_path, "w") as f:

@@ -1,0 +1,223 @@
+"""Issue #7 on a GPU machine: fork GPU-resident weights and measure, in one run.
+
+Runs, each as fresh `rfork testbed` fleets with ``--device cuda`` (seeds hold
+and decode their weights on the GPU, the client forks into GPU memory and
+verifies there), the fork benchmark's scenarios (bench.fork_bench): 1 seed
+uncapped vs SGLang's single batch read, 3 seeds capped (striping), capped
+100/100/25, one seed SIGKILLed at 50%; then the same 1-seed comparison on
+the CPU of the same machine (so GPU and CPU numbers share a host), one larger
+uncapped 1-seed fork, seeds and client on different GPUs when two are
+visible, and `rfork bench qos` with the seeds' decode load on the GPU.
+
+Results go to ``--out`` (gpu-fork.json, gpu-fork.png, gpu-qos.json,
+gpu-qos.png); JSON is rewritten after every scenario, so a run cut short
+still leaves what it measured. Parts that would start after
+``--budget-seconds`` are skipped and recorded as skipped.
+
+    python -m bench.gpu_run --out $OUT             # bench/gpu_run.sh does this on the GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import textwrap
+
+from rfork_agent.units import format_bytes, format_rate, parse_size
+
+MB = 1e6
+
+
+def environment() -> dict:
+    """What the numbers were taken on."""
+    import torch
+
+    env = {
+        "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(), "gpus": [], "cpu_count": os.cpu_count(),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+    if torch.cuda.is_available():
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    try:
+        from importlib.metadata import version
+
+        env["mooncake"] = version("mooncake-transfer-engine-cuda13")
+    except Exception as exc:  # noqa: BLE001 - informational only
+        env["mooncake"] = f"unknown ({exc})"
+    try:
+        env["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,pcie.link.gen.current,pcie.link.width.current",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        env["nvidia_smi"] = f"unavailable ({exc})"
+    return env
+
+
+def fork_plan(size: int, big_size: int, chunk: int, device: str, repeat: int, gpus: int):
+    """(label, TestbedOptions, target, repeat) for every fork run, in order."""
+    from bench.fork_bench import scenarios
+
+    plan = [(f"{device}: {name}", options, target, repeat) for name, options, target in scenarios(size, chunk, device)]
+    one_seed_name, one_seed, one_seed_target = scenarios(size, chunk, "cpu")[0]
+    plan.append((f"cpu (same host): {one_seed_name}", one_seed, one_seed_target, repeat))
+    plan.append((f"{device}, {format_bytes(big_size)} model: {one_seed_name}",
+                 scenarios(big_size, chunk, device)[0][1], one_seed_target, 1))
+    if gpus >= 2:
+        for name, options, target in scenarios(size, chunk, "cuda:0", seed_device="cuda:1")[:2]:
+            plan.append((f"seeds cuda:1, client cuda:0: {name}", options, target, repeat))
+    return plan
+
+
+def run_fork_part(args, env: dict, started: float) -> dict:
+    from bench.fork_bench import measure
+
+    size, big, chunk = parse_size(args.size), parse_size(args.big_size), parse_size(args.chunk_size)
+    report = {"environment": env, "size_bytes": size, "big_size_bytes": big, "chunk_size_bytes": chunk,
+              "scenarios": [], "skipped": []}
+    path = os.path.join(args.out, "gpu-fork.json")
+    for label, options, target, repeat in fork_plan(size, big, chunk, args.device, args.repeat, len(env["gpus"])):
+        if time.monotonic() - started > args.budget_seconds:
+            report["skipped"].append(f"{label}: past the {args.budget_seconds:.0f} s budget")
+            print(f"SKIP  {label} (budget)", flush=True)
+            continue
+        try:
+            record = measure(label, options, target, repeat)
+        except Exception as exc:  # noqa: BLE001 - record and go on: one broken scenario must not lose the rest
+            record = {"scenario": label, "target": target, "error": f"{type(exc).__name__}: {exc}"}
+            print(f"ERROR {label}: {record['error']}", flush=True)
+        report["scenarios"].append(record)
+        _write_json(path, report)
+    plot_fork(report, os.path.join(args.out, "gpu-fork.png"))
+    return report
+
+
+def run_qos_part(args, env: dict, started: float) -> dict:
+    path = os.path.join(args.out, "gpu-qos.json")
+    try:
+        from bench import qos_bench
+    except ImportError as exc:
+        result = {"skipped": f"bench/qos_bench.py not importable: {exc}"}
+        _write_json(path, result)
+        return result
+    fields = {f.name for f in dataclasses.fields(qos_bench.QosBenchOptions)}
+    if "device" not in fields:
+        result = {"skipped": "bench/qos_bench.py has no device option"}
+        _write_json(path, result)
+        return result
+    if time.monotonic() - started > args.budget_seconds:
+        result = {"skipped": f"past the {args.budget_seconds:.0f} s budget"}
+        _write_json(path, result)
+        return result
+    # The QoS phases, shortened to fit one device call; same order and meaning as `rfork bench qos`.
+    short = dict(warmup_seconds=5.0, baseline_seconds=15.0, unthrottled_seconds=10.0, sweep_seconds=6.0,
+                 throttled_seconds=30.0, throttled_measure_seconds=20.0, idle_seconds=8.0, spike_seconds=12.0,
+                 recovery_timeout_seconds=20.0)
+    options = qos_bench.QosBenchOptions(device=args.device, **{k: v for k, v in short.items() if k in fields})
+    try:
+        result = qos_bench.run_qos_bench(options)
+        result["environment"] = env
+        _write_json(path, qos_bench._finite(result))
+        qos_bench.plot(result, os.path.join(args.out, "gpu-qos.png"))
+        for name, c in result["checks"].items():
+            value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
+            print(f"{'PASS' if c['met'] else 'MISS'}  qos {name:32} {value:>8}   [target {c['target']}]", flush=True)
+    except Exception as exc:  # noqa: BLE001 - record it; the fork part's results stand on their own
+        result = {"error": f"{type(exc).__name__}: {exc}", "environment": env}
+        print(f"ERROR qos: {result['error']}", flush=True)
+        _write_json(path, result)
+    return result
+
+
+def plot_fork(report: dict, path: str) -> None:
+    """Throughput of every fork scenario (median run), with SGLang's single batch read beside the 1-seed ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["scenarios"] if "median" in r]
+    if not rows:
+        return
+    labels, rfork, baseline, targets = [], [], [], []
+    for r in rows:
+        m = r["median"]
+        labels.append(textwrap.fill(r["scenario"], 22))
+        rfork.append(m["bytes"] / m["transfer_seconds"] / MB)
+        baseline.append(m["bytes"] / m["baseline_seconds"] / MB if m.get("baseline_seconds") else 0.0)
+        caps = [s["rate_cap_bytes_per_second"] for s in m["seeds"]]
+        # The kill case is judged on time vs its ideal, not on throughput: no line there.
+        targets.append(0.9 * sum(caps) / MB if all(caps) and not m.get("ideal_seconds") else None)
+    fig, ax = plt.subplots(figsize=(max(8, 1.7 * len(rows)), 6.5))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], rfork, width=0.4, label="rfork (median run)")
+    ax.bar([i + 0.2 for i in x], baseline, width=0.4, label="SGLang single batch read, 1 seed")
+    for i, t in enumerate(targets):
+        if t:
+            ax.hlines(t, i - 0.4, i + 0.4, colors="red", linestyles="--", label="target: 0.9 x sum of caps" if t == next(v for v in targets if v) else None)
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_ylabel("MB/s (bytes / transfer seconds)")
+    gpus = ", ".join(report["environment"].get("gpus") or ["no GPU"])
+    ax.set_title(f"rfork fork over TCP (TransferEngine) on {gpus}: {report['size_bytes'] / 2**20:.0f} MiB model")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_run", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for gpu-*.json and gpu-*.png")
+    p.add_argument("--parts", default="fork,qos", help="comma list of parts: fork, qos (default both)")
+    p.add_argument("--device", default="cuda", help="device of seeds and client (default cuda)")
+    p.add_argument("--size", default="600MiB", help="model size of the fork scenarios (default 600MiB, as on CPU)")
+    p.add_argument("--big-size", default="2GiB", help="model size of the larger uncapped 1-seed fork (default 2GiB)")
+    p.add_argument("--chunk-size", default="16MiB")
+    p.add_argument("--repeat", type=int, default=3, help="runs per scenario; the median is reported")
+    p.add_argument("--budget-seconds", type=float, default=480.0,
+                   help="start no part or scenario after this many seconds (default 480)")
+    args = p.parse_args(argv)
+    from rfork_agent.devices import DeviceError, check_device
+
+    try:
+        check_device(args.device)
+    except DeviceError as exc:
+        print(f"bench.gpu_run: error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.makedirs(args.out, exist_ok=True)
+    started = time.monotonic()
+    env = environment()
+    print(json.dumps(env, indent=1), flush=True)
+    parts = {p.strip() for p in args.parts.split(",")}
+    summary = []
+    if "fork" in parts:
+        report = run_fork_part(args, env, started)
+        for r in report["scenarios"]:
+            if "median" in r:
+                m = r["median"]
+                summary.append(f"{r['scenario']:62} {format_rate(m['bytes'] / m['transfer_seconds']):>12} "
+                               f"{m['transfer_seconds']:7.3f} s  verified={r['verified']}  {r['summary']}")
+            else:
+                summary.append(f"{r['scenario']:62} ERROR {r.get('error')}")
+    if "qos" in parts:
+        run_qos_part(args, env, started)
+    print(f"\n== gpu_run on {env['gpus']} in {time.monotonic() - started:.0f} s ==")
+    print("\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

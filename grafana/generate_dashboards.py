@@ -146,7 +146,7 @@ FORK = Dashboard(
         Panel("Seconds since bytes last landed",
               (t('time() - rfork_scheduler_job_last_progress_timestamp_seconds{job_id="$job_id"}'),),
               unit="s", kind="stat", width=6, height=6,
-              description="The RforkForkStalled alert fires when this stays above 30 s for 30 s."),
+              description="The RforkForkStalled alert fires when this stays above 20 s for 40 s."),
         Panel("Landing rate", (t(f'deriv(rfork_scheduler_job_landed_bytes{{job_id="$job_id"}}[{RATE}])', "{{job_id}}"),),
               unit="Bps"),
         Panel("Bytes/s by source seed (all forks, scheduler's view)",

@@ -266,15 +266,30 @@ def catalog() -> list[Family]:
     return families
 
 
-def serve_metrics(registry: CollectorRegistry, port: int,
-                  host: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``registry`` at http://host:port/metrics from a daemon thread (loopback by default).
+class MetricsServer:
+    """A registry served over HTTP from a daemon thread; ``close()`` stops it and frees the port."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server, self._thread = server, thread
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve ``registry`` at http://host:port/metrics (loopback by default; port 0 = any free one).
 
     For processes without a web app of their own, e.g. the fork client:
 
-        >>> server, _ = serve_metrics(ClientMetrics(CollectorRegistry()).registry, 0)
-        >>> server.server_port > 0
+        >>> server = serve_metrics(ClientMetrics(CollectorRegistry()).registry, 0)
+        >>> server.port > 0
         True
-        >>> server.shutdown()
+        >>> server.close()
     """
-    return start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(*start_http_server(port, addr=host, registry=registry))

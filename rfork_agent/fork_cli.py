@@ -133,10 +133,10 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
     metrics_server = None
     if args.metrics_port is not None:
         try:
-            metrics_server, _ = serve_metrics(metrics.registry, args.metrics_port, args.metrics_host)
+            metrics_server = serve_metrics(metrics.registry, args.metrics_port, args.metrics_host)
         except OSError as exc:
             raise ForkError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}") from exc
-        print(f"rfork fork: metrics at http://{args.metrics_host}:{metrics_server.server_port}/metrics",
+        print(f"rfork fork: metrics at http://{args.metrics_host}:{metrics_server.port}/metrics",
               file=sys.stderr, flush=True)
 
     started = time.perf_counter()
@@ -161,7 +161,7 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
             bar.close()
         if metrics_server is not None:
             await asyncio.sleep(args.metrics_linger)
-            metrics_server.shutdown()
+            metrics_server.close()
     summary["wall_seconds"] = time.perf_counter() - started
     rate = summary["bytes"] / summary["transfer_seconds"] if summary["transfer_seconds"] else None
     print(f"forked {format_bytes(summary['bytes'])} in {summary['transfer_seconds']:.2f} s ({format_rate(rate)})")

@@ -169,14 +169,14 @@ def run_testbed(options: TestbedOptions) -> dict:
     client_metrics = ClientMetrics(CollectorRegistry())
     metrics_server = None
     if options.client_metrics_port is not None:
-        metrics_server, _ = serve_metrics(client_metrics.registry, options.client_metrics_port)
-        print(f"rfork testbed: client metrics at http://127.0.0.1:{metrics_server.server_port}/metrics",
+        metrics_server = serve_metrics(client_metrics.registry, options.client_metrics_port)
+        print(f"rfork testbed: client metrics at http://127.0.0.1:{metrics_server.port}/metrics",
               file=sys.stderr, flush=True)
     try:
         return _run_fleet(options, spec, client_metrics)
     finally:
         if metrics_server is not None:
-            metrics_server.shutdown()
+            metrics_server.close()
 
 
 def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:

@@ -1,0 +1,297 @@
+"""Serving QoS end to end: the agent's scrape job, controller and token bucket against real servers.
+
+* A real fleet (scheduler, seed stand-in with a request load, agent in
+  adaptive mode, all separate processes): an injected latency spike on the
+  seed cuts the agent's allowed rate; when it ends the rate climbs again, and
+  the scheduler hears the new rate.
+* An in-process agent against a fake seed whose ``/metrics`` turn to garbage,
+  HTTP errors or silence: floor rate, the scrape-failure counter, no crash.
+* ``rfork agent`` rejects bad SLO flags with one line and exit status 2.
+
+No timing acceptance here (that is ``rfork bench qos``): every wait is generous.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry
+
+from rfork_agent import agent_cli
+from rfork_agent.agent import AgentConfig, create_app
+from tests.integration.test_agent import FakeSeed, RecordingScheduler, Served, _socket, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+MB = 10**6
+CAP = 100 * MB
+FLOOR = 0.05 * CAP
+
+
+# --------------------------------------------------------------------------- real fleet, injected spike
+
+
+class LeasePump:
+    """Keeps an agent's transfer "active": takes and releases 1 MiB leases back to back (no reads)."""
+
+    def __init__(self, agent_url: str) -> None:
+        self.agent_url = agent_url
+        self.granted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "LeasePump":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            for n in itertools.count():
+                if self._stop.is_set():
+                    return
+                body = {"job_id": "qos-test", "assignment_id": f"a{n}", "rank": 0, "bytes": 2**20,
+                        "wait_seconds": 0.5}
+                try:
+                    r = http.post(f"{self.agent_url}/v1/leases", json=body)
+                    if r.status_code == 200:
+                        self.granted += 1
+                        http.post(f"{self.agent_url}/v1/leases/{r.json()['lease_id']}/release", json={"used": True})
+                    else:
+                        time.sleep(0.1)
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+
+
+def throttle(agent_url: str) -> dict:
+    return httpx.get(f"{agent_url}/v1/throttle", timeout=5).json()
+
+
+def wait_for_rate(agent_url: str, predicate, timeout: float, what: str) -> dict:
+    """Poll the agent until ``predicate(allowed_rate)`` holds outside a probe pause."""
+    deadline = time.monotonic() + timeout
+    last = {}
+    while time.monotonic() < deadline:
+        last = throttle(agent_url)
+        if last["controller_mode"] != "probe_pause" and predicate(last["allowed_rate_bytes_per_second"]):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last throttle state {last}")
+
+
+def agent_metric(agent_url: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{agent_url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"{name}{labels} not exported")
+
+
+def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
+    from testbed.fleet import Fleet, FleetSpec
+
+    # The stand-in's tiny model decodes in a few ms; a 100 ms SLO leaves room for a busy machine,
+    # and a 150 ms stall per step puts every token above it.
+    spec = FleetSpec(
+        seeds=1, preset="tiny", load_rps=20.0, seed_rates=(CAP,), seed_args=("--decode-layers", "1"),
+        agent_args=("--throttle", "adaptive", "--slo-itl", "0.1"),
+    )
+    with Fleet(spec) as fleet:
+        seed, agent = fleet.seeds[0], fleet.seeds[0].agent_url
+        assert throttle(agent)["mode"] == "adaptive"
+        with LeasePump(agent):
+            # Good latency under load: the controller climbs from its floor.
+            climbed = wait_for_rate(agent, lambda r: r >= 0.3 * CAP, 40, "the rate to climb to 30% of the cap")
+            httpx.post(f"{seed.url}/testbed/stall", json={"seconds": 0.15}, timeout=5).raise_for_status()
+            spiked_at = time.monotonic()
+            cut = wait_for_rate(agent, lambda r: r <= 0.5 * climbed["allowed_rate_bytes_per_second"], 15,
+                                "a cut after the latency spike")
+            reaction = time.monotonic() - spiked_at
+            assert agent_metric(agent, "rfork_agent_throttle_decisions_total", seed="seed-0", action="cut") >= 1
+            assert agent_metric(agent, "rfork_agent_itl_slo_violation_ratio", seed="seed-0") > 0.01
+            assert agent_metric(agent, "rfork_agent_slo_itl_seconds", seed="seed-0") == 0.1
+            # The scheduler's planner sizes this seed's depth from the rate in the heartbeats.
+            wait_until(lambda: _scheduler_rate(fleet) <= 0.5 * climbed["allowed_rate_bytes_per_second"], 10,
+                       "the scheduler to see the lower rate")
+            low = wait_for_rate(agent, lambda r: r <= 2 * FLOOR, 20, "the rate to reach the floor's neighbourhood")
+            httpx.post(f"{seed.url}/testbed/stall", json={"seconds": 0.0}, timeout=5).raise_for_status()
+            wait_for_rate(agent, lambda r: r >= 3 * low["allowed_rate_bytes_per_second"], 40, "recovery")
+            assert agent_metric(agent, "rfork_agent_throttle_decisions_total", seed="seed-0", action="raise") >= 1
+    assert cut["allowed_rate_bytes_per_second"] < climbed["allowed_rate_bytes_per_second"]
+    assert reaction < 15
+
+
+def _scheduler_rate(fleet) -> float:
+    seeds = httpx.get(f"{fleet.scheduler_url}/v1/seeds", timeout=5).json()
+    listed = seeds if isinstance(seeds, list) else seeds["seeds"]
+    return listed[0]["allowed_rate_bytes_per_second"]
+
+
+# --------------------------------------------------------------------------- bad /metrics
+
+
+class MetricsSeed(FakeSeed):
+    """The fake seed of test_agent.py plus a /metrics whose answer the test chooses."""
+
+    answer: str = "idle"  # idle | garbage | http_error
+
+    def app(self) -> FastAPI:
+        app = super().app()
+
+        @app.get("/metrics")
+        def metrics():
+            if self.answer == "garbage":
+                return PlainTextResponse("<html><body>502 Bad Gateway</body></html>\n")
+            if self.answer == "http_error":
+                return PlainTextResponse("internal error\n", status_code=500)
+            return PlainTextResponse("sglang:num_running_reqs{model_name=\"m\"} 0\n"
+                                     "sglang:num_queue_reqs{model_name=\"m\"} 0\n")
+
+        return app
+
+
+@pytest.fixture
+def qos_agent():
+    started: list[Served] = []
+
+    def start(seed: MetricsSeed, **overrides):
+        seed_server, scheduler_server = Served(seed.app()), Served(RecordingScheduler().app())
+        started.extend([seed_server, scheduler_server])
+        sock = _socket()
+        config = AgentConfig(**{
+            "seed_id": "seed-0", "sglang_url": seed_server.url, "scheduler_url": scheduler_server.url,
+            "port": sock.getsockname()[1], "rate_cap": CAP, "throttle": "adaptive", "slo_itl_seconds": 0.04,
+            "heartbeat_interval": 0.2, "qos_interval_seconds": 0.25, **overrides,
+        })
+        registry = CollectorRegistry()
+        app = create_app(config, registry=registry)
+        started.insert(0, Served(app, sock))
+        return app.state.agent, registry
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def failures(registry: CollectorRegistry, reason: str) -> float:
+    return registry.get_sample_value("rfork_agent_seed_metrics_scrape_failures_total",
+                                     {"seed": "seed-0", "reason": reason})
+
+
+@pytest.mark.parametrize("answer", ["garbage", "http_error"])
+def test_bad_metrics_drop_to_the_floor_and_are_counted(qos_agent, answer, caplog):
+    seed = MetricsSeed(tp_size=1)
+    state, registry = qos_agent(seed)
+    wait_until(lambda: state.allowed_rate == CAP, 10, "an idle seed to get the cap")
+    seed.answer = answer
+    reason = "parse_error" if answer == "garbage" else answer
+    wait_until(lambda: state.allowed_rate == pytest.approx(FLOOR), 10, "the floor after stale metrics")
+    assert failures(registry, reason) >= 3
+    assert registry.get_sample_value("rfork_agent_throttle_mode", {"seed": "seed-0", "mode": "stale_floor"}) == 1
+    assert registry.get_sample_value("rfork_agent_seed_metrics_age_seconds", {"seed": "seed-0"}) >= 3
+    assert registry.get_sample_value("rfork_agent_throttle_decisions_total",
+                                     {"seed": "seed-0", "action": "floor"}) >= 1
+    # Logged once (rate-limited), not every quarter second.
+    lines = [r for r in caplog.records if "cannot use the seed's metrics" in r.getMessage()]
+    assert len(lines) == 1 and reason in lines[0].getMessage()
+    # The metrics come back: the idle seed gets the cap again.
+    seed.answer = "idle"
+    wait_until(lambda: state.allowed_rate == CAP, 10, "the cap once metrics are readable")
+
+
+def test_unreachable_metrics_stay_at_the_floor_and_are_counted(qos_agent):
+    dead = _socket()  # bound, never listening: connections are refused
+    port = dead.getsockname()[1]
+    try:
+        state, registry = qos_agent(MetricsSeed(tp_size=1), metrics_url=f"http://127.0.0.1:{port}/metrics")
+        wait_until(lambda: (failures(registry, "unreachable") or 0) >= 14, 10, "failed scrapes")
+        assert state.allowed_rate == pytest.approx(FLOOR)
+        assert registry.get_sample_value("rfork_agent_throttle_mode", {"seed": "seed-0", "mode": "stale_floor"}) == 1
+        assert failures(registry, "parse_error") == 0 and failures(registry, "http_error") == 0
+    finally:
+        dead.close()
+
+
+def test_throttle_can_be_switched_at_run_time(qos_agent):
+    state, registry = qos_agent(MetricsSeed(tp_size=1), throttle="off")
+    url = f"http://127.0.0.1:{state.config.port}/v1/throttle"
+    assert httpx.get(url).json()["mode"] == "off" and state.allowed_rate == CAP
+    r = httpx.put(url, json={"mode": "fixed", "rate_bytes_per_second": 30 * MB})
+    assert r.status_code == 200 and state.allowed_rate == 30 * MB
+    assert registry.get_sample_value("rfork_agent_throttle_mode", {"seed": "seed-0", "mode": "fixed"}) == 1
+    assert httpx.put(url, json={"mode": "fixed", "rate_bytes_per_second": 2 * CAP}).status_code == 409
+    r = httpx.put(url, json={"mode": "adaptive", "slo_itl_seconds": 0.06})
+    assert r.status_code == 200 and r.json()["slo_itl_seconds"] == 0.06 and state.allowed_rate == FLOOR
+    assert registry.get_sample_value("rfork_agent_slo_itl_seconds", {"seed": "seed-0"}) == 0.06
+    assert httpx.put(url, json={"mode": "sideways"}).status_code == 422
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    agent_cli.add_arguments(parser)
+    argv = ["--sglang-url", "http://127.0.0.1:30000", "--scheduler", "http://127.0.0.1:8700"]
+    for key, value in overrides.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("overrides, env, message", [
+    ({"slo_itl": "-0.04"}, {}, "--slo-itl must be a number of seconds > 0"),
+    ({"slo_itl": "0"}, {}, "--slo-itl must be a number of seconds > 0"),
+    ({"slo_itl": "fast"}, {}, "--slo-itl 'fast' is not a number"),
+    ({"slo_itl": "0.04", "slo_ttft": "-1"}, {}, "--slo-ttft must be a number of seconds > 0"),
+    ({"slo_itl": "0.04", "slo_budget": "1.5"}, {}, "--slo-budget must be a fraction strictly between 0 and 1"),
+    ({"slo_itl": "0.04", "slo_budget": "0"}, {}, "--slo-budget must be a fraction strictly between 0 and 1"),
+    ({"slo_ttft": "2"}, {}, "--slo-ttft needs --slo-itl"),
+    ({"throttle": "sometimes"}, {}, "--throttle 'sometimes' is not one of adaptive, fixed, off"),
+    ({"throttle": "adaptive", "slo_itl": "0.04"}, {}, "--throttle adaptive needs --rate-cap"),
+    ({"throttle": "adaptive", "rate_cap": "100MB/s"}, {}, "--throttle adaptive needs --slo-itl"),
+    ({"throttle": "fixed"}, {}, "--throttle fixed paces at --rate-cap"),
+    ({}, {"RFORK_SLO_BUDGET": "2"}, "--slo-budget (from $RFORK_SLO_BUDGET) must be a fraction"),
+    ({}, {"RFORK_THROTTLE": "adaptive", "RFORK_SLO_ITL": "0.04"}, "--throttle adaptive needs --rate-cap"),
+])
+def test_cli_rejects_bad_slo_flags_with_one_line(overrides, env, message, capsys, monkeypatch):
+    for name in agent_cli.QOS_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert agent_cli.main(_args(**overrides)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_slo_from_flags_and_environment(monkeypatch):
+    for name in agent_cli.QOS_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    config = agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04", slo_ttft="2",
+                                          slo_budget="0.02"))
+    assert (config.throttle, config.slo_itl_seconds, config.slo_ttft_seconds, config.slo_budget) == (
+        "adaptive", 0.04, 2.0, 0.02)
+    assert config.controller_config.cap == 2e9
+    monkeypatch.setenv("RFORK_THROTTLE", "adaptive")
+    monkeypatch.setenv("RFORK_SLO_ITL", "0.06")
+    config = agent_cli.build_config(_args(rate_cap="2GB/s", slo_itl="0.08"))  # a flag wins over its variable
+    assert (config.throttle, config.slo_itl_seconds, config.slo_budget) == ("adaptive", 0.08, 0.01)
+
+
+def test_cli_default_is_off_without_environment(monkeypatch):
+    for name in agent_cli.QOS_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    config = agent_cli.build_config(_args())
+    assert config.throttle == "off" and config.slo is None

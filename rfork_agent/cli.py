@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "testbed": ("testbed.orchestrator", "start a local fleet on loopback and fork a model end to end"),
     "testbed-seed": ("testbed.seed", "run one seed stand-in (used by `rfork testbed`)"),
     "bench": ("bench.cli", "benchmarks that print numbers (fork, qos)"),
+    "chaos": ("testbed.chaos", "run the fault matrix on a local fleet and print what survived"),
 }
 
 

@@ -285,6 +285,14 @@ class AgentClient(_Base):
         self._raise(response, f"a lease for {nbytes} bytes")
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def seed_alive(self) -> bool:
+        """The agent's latest liveness verdict on its seed (GET /health); False if the agent is unreachable."""
+        try:
+            response = await self._http.get("/health", timeout=self.timeout)
+            return response.status_code == 200 and bool(response.json().get("seed_alive", False))
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+
     async def release_lease(self, lease_id: str, used: bool = True) -> None:
         """POST /v1/leases/{id}/release; raises UnknownLease when it was already released or expired."""
         response = await self._post(f"/v1/leases/{lease_id}/release", {"used": used})

@@ -66,6 +66,8 @@ class ForkResult:
     chunks_total: int
     duplicate_reads: int = 0
     reads_failed: int = 0
+    resumed_jobs: int = 0
+    """Times the scheduler lost the job (restarted) and the client resumed it."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,11 @@ class ForkOptions:
     scheduler_give_up_seconds: float = 30.0
     """How long the scheduler may be unreachable before the fork fails."""
     idle_poll_seconds: float = 0.5
-    suspect_seconds: float = 1.0
-    """After a read from a seed fails, new reads to it fail fast (reason seed_lost) for this long:
-    long enough for the seed's agent to see a dead seed and refuse leases itself (its probe runs
-    every 250 ms), short enough that a transient error costs little."""
+    suspect_seconds: float = 0.5
+    """After a read from a seed fails, a new read to it first waits this long and then asks the
+    seed's agent whether the seed is alive (its probe runs every 250 ms). A read submitted to a
+    dead TCP peer can block inside TransferEngine, so we never guess; a transient error costs at
+    most this delay."""
 
 
 def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
@@ -285,6 +288,7 @@ class ForkClient:
             failed_seeds=dict(progress.get("failed_seeds", {})),
             chunks_total=progress["chunks_total"],
             reads_failed=tally.reads_failed,
+            resumed_jobs=tally.resumed_jobs,
         )
 
     def _collect(self, running: dict[str, _Running]) -> list[dict]:
@@ -327,12 +331,16 @@ class ForkClient:
         lease_id = await self._acquire_lease(agent, job_id, rank, a)
         if isinstance(lease_id, dict):
             return report(False, **lease_id)
-        if self._clock() < self._suspect_until.get(a["session_id"], 0.0):
-            # A read from this session just failed. Submitting another to a dead TCP
-            # peer can block inside TransferEngine, so fail fast and let the
-            # scheduler move the chunk.
-            asyncio.ensure_future(self._release(agent, lease_id, False))
-            return report(False, "seed_lost", f"a read from {a['session_id']} failed moments ago")
+        suspect_until = self._suspect_until.get(a["session_id"], 0.0)
+        if self._clock() < suspect_until:
+            # A read from this session just failed: transient, or the seed died. Submitting
+            # to a dead TCP peer can block inside TransferEngine, so wait until the agent's
+            # liveness probe has had time to look, and ask it.
+            await asyncio.sleep(max(suspect_until - self._clock(), 0.0))
+            if not await agent.seed_alive():
+                asyncio.ensure_future(self._release(agent, lease_id, False))
+                return report(False, "seed_lost",
+                              f"a read from {a['session_id']} failed moments ago and its agent sees the seed down")
         now = self._clock()
         tally.first_lease_at = now if tally.first_lease_at is None else min(tally.first_lease_at, now)
 

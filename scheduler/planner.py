@@ -277,7 +277,6 @@ class Job:
 
     def _failed(self, a: Assignment, state: _ChunkState, report: Report, now: float) -> None:
         state.failed_on.add(a.seed_id)
-        state.attempts += 1
         failures = self.consecutive_failures.get(a.seed_id, 0)
         # 'seed_lost' means the read never started: the agent saw its seed down (it
         # deregisters it, and the registry drops it) or the client held off a seed
@@ -285,6 +284,7 @@ class Job:
         # itself, so only reads that really failed count toward exclusion.
         if report.reason != "seed_lost":
             failures += 1
+            state.attempts += 1  # a read that never started is not an attempt at this chunk
         self.consecutive_failures[a.seed_id] = failures
         self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
         if not state.done and not state.live:

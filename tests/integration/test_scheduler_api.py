@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from rfork_agent.auth import GrantClaims, grant_key, verify_grant
 from scheduler.service import SchedulerConfig, create_app
 
 IDENTITY = {"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}
@@ -147,3 +148,68 @@ def test_seed_dropped_then_re_registered_gets_work_again(service):
     assert again["state"] == "running"
     assert {a["seed_id"] for a in again["assignments"]} == {"s0"}
     assert "s0" not in again["progress"]["failed_seeds"]
+
+
+# -- auth and resume -----------------------------------------------------------
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def secured():
+    clock, registry = FakeClock(), CollectorRegistry()
+    app = create_app(SchedulerConfig(token=TOKEN), registry=registry, clock=clock, run_reaper=False)
+    app.state.scheduler.wall_clock = lambda: 5000.0
+    return app
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": TOKEN}, 401), (AUTH, 200),
+])
+def test_the_api_needs_the_bearer_token(secured, headers, status):
+    r = call(secured, "GET", "/v1/seeds", headers=headers)
+    assert r.status_code == status
+    if status == 401:
+        assert r.json()["detail"]["error"] == "unauthorized" and TOKEN not in r.text
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_health_and_metrics_stay_open_for_probes_and_prometheus(secured):
+    assert call(secured, "GET", "/health").status_code == 200
+    assert call(secured, "GET", "/metrics").status_code == 200
+
+
+def test_assignments_carry_a_grant_bound_to_job_assignment_seed_rank_and_bytes(secured):
+    call(secured, "PUT", "/v1/seeds/s0", json=registration(), headers=AUTH)
+    job = call(secured, "POST", "/v1/jobs", headers=AUTH,
+               json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST, "chunk_size_bytes": 8192}).json()
+    [a, *_] = call(secured, "POST", f"/v1/jobs/{job['job_id']}/work", headers=AUTH,
+                   json={"max_assignments": 8}).json()["assignments"]
+    expected = GrantClaims(job["job_id"], a["assignment_id"], "s0", 0, a["bytes"], expires_at=0)
+    claims = verify_grant(grant_key(TOKEN), a["grant"], expected, now=5000.0)
+    assert claims.expires_at == 5000.0 + 300.0
+
+
+def test_a_resumed_job_keeps_what_landed_and_reads_the_rest(service):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    body = {"identity": IDENTITY, "rank": 0, "manifest": MANIFEST, "chunk_size_bytes": 8192}
+    job = call(app, "POST", "/v1/jobs", json={**body, "resume": {"previous_job_id": "lost1", "chunks_done": [0, 2]}})
+    assert job.status_code == 201, job.text
+    job = job.json()
+    out = call(app, "POST", f"/v1/jobs/{job['job_id']}/work", json={"max_assignments": 8}).json()
+    assert [a["chunk_id"] for a in out["assignments"]] == [1]
+    assert out["progress"]["bytes_resumed"] == 8192 + 4096 and out["progress"]["chunks_done"] == 2
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"resume": {"previous_job_id": "x", "chunks_done": [0, 7]}, "chunk_size_bytes": 8192}, "outside 0..2"),
+    ({"resume": {"previous_job_id": "x", "chunks_done": [0]}}, "repeat its chunk_size_bytes"),
+    ({"resume": {"previous_job_id": "x", "chunks_done": [True]}, "chunk_size_bytes": 8192}, "chunks_done"),
+])
+def test_a_resume_that_does_not_fit_the_plan_is_422(service, extra, needle):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    r = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST, **extra})
+    assert r.status_code == 422 and needle in r.json()["detail"]["message"], r.text

@@ -73,8 +73,9 @@ class QosBenchOptions:
     fork_streams: int = 2
     """Concurrent fork loops: one fork's tail overlaps the next one's start, so demand never stops."""
     warmup_seconds: float = 8.0
-    baseline_seconds: float = 20.0
-    unthrottled_seconds: float = 15.0
+    ab_rounds: int = 3
+    ab_block_seconds: float = 6.0
+    """Baseline and unthrottled are measured in ``ab_rounds`` alternating blocks of this length."""
     sweep_fractions: tuple[float, ...] = (0.6, 0.45, 0.33, 0.25, 0.18, 0.12, 0.08)
     sweep_seconds: float = 8.0
     throttled_seconds: float = 40.0
@@ -148,10 +149,13 @@ class PhaseResult:
     bytes: int
     itl: WindowHistogram | None
     per_seed_p99: list[float]
+    per_seed: list[WindowHistogram | None] = field(default_factory=list)
+    measured_seconds: float | None = None
+    """Seconds actually measured (blocks combined); None: end - start."""
 
     @property
     def seconds(self) -> float:
-        return self.end - self.start
+        return self.measured_seconds if self.measured_seconds is not None else self.end - self.start
 
     @property
     def throughput(self) -> float:
@@ -260,11 +264,32 @@ class Observer:
         good = [w for w in windows if isinstance(w, WindowHistogram)]
         per_seed = [quantile(w, 0.99) if isinstance(w, WindowHistogram) else math.nan for w in windows]
         pooled = pool(good) if good else None
-        result = PhaseResult(name, start, end, bytes1 - bytes0, pooled, per_seed)
+        result = PhaseResult(name, start, end, bytes1 - bytes0, pooled, per_seed,
+                             [w if isinstance(w, WindowHistogram) else None for w in windows])
+        self.report(result)
+        return result
+
+    @staticmethod
+    def report(result: PhaseResult) -> None:
+        per_seed, pooled, name = result.per_seed_p99, result.itl, result.name
         print(f"  {name:28} ITL p99 {result.p99 * 1000:6.1f} ms (per seed "
               f"{', '.join(f'{p * 1000:.1f}' for p in per_seed)}), {observations(pooled) if pooled else 0:.0f} "
               f"tokens; fork {format_rate(result.throughput)}", flush=True)
-        return result
+
+
+def combine(name: str, blocks: list[PhaseResult]) -> PhaseResult:
+    """Blocks of one condition measured at different times, as one result (windows pooled, bytes summed)."""
+    seeds = max(len(b.per_seed) for b in blocks)
+    per_seed = []
+    for i in range(seeds):
+        ws = [b.per_seed[i] for b in blocks if i < len(b.per_seed) and b.per_seed[i] is not None]
+        per_seed.append(pool(ws) if ws else None)
+    good = [w for w in per_seed if w is not None]
+    return PhaseResult(
+        name, blocks[0].start, blocks[-1].end, sum(b.bytes for b in blocks), pool(good) if good else None,
+        [quantile(w, 0.99) if w is not None else math.nan for w in per_seed], per_seed,
+        measured_seconds=sum(b.seconds for b in blocks),
+    )
 
 
 class ForkDriver:
@@ -303,7 +328,7 @@ class ForkDriver:
         await asyncio.gather(*(self._loop(t) for t in self.destinations))
 
     async def _loop(self, tensors) -> None:
-        from rfork_agent.fork import ForkClient, ForkError
+        from rfork_agent.fork import ForkClient
 
         seen: dict[str, int] = {}
 
@@ -318,8 +343,10 @@ class ForkDriver:
             try:
                 await client.fork(self.identity, 0, tensors, chunk_size_bytes=self.chunk_size)
                 self.forks_done += 1
-            except ForkError as exc:
-                self.errors.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a fork loop must outlive one failed fork
+                if self._stop.is_set():
+                    return  # the fleet is stopping under us
+                self.errors.append(f"{exc.__class__.__name__}: {exc}")
                 log.warning("fork failed: %s", exc)
                 await asyncio.sleep(1)
 
@@ -360,9 +387,25 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         observer.set_load(options.load_rps)
         time.sleep(options.warmup_seconds)
 
-        # A. baseline: load, no transfer.
-        observer.phase = "baseline"
-        baseline = observer.measure("A baseline (no transfer)", options.baseline_seconds)
+        # A/B, interleaved: the machine is shared, so its background load drifts; alternating short
+        # blocks of "no transfer" (fixed rate 0: leases wait) and "throttle off" (the agents pace at
+        # the cap) exposes both conditions to the same drift.
+        driver.start()
+        baseline_blocks, unthrottled_blocks = [], []
+        for block in range(options.ab_rounds):
+            observer.phase = "baseline"
+            observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
+            time.sleep(options.settle_seconds)
+            baseline_blocks.append(observer.measure(f"A{block + 1} baseline (no transfer)", options.ab_block_seconds))
+            observer.phase = "unthrottled"
+            observer.put_throttle(mode="off")
+            time.sleep(options.settle_seconds)
+            unthrottled_blocks.append(observer.measure(f"B{block + 1} unthrottled (throttle off)",
+                                                       options.ab_block_seconds))
+        baseline = combine("A baseline (no transfer)", baseline_blocks)
+        unthrottled = combine("B unthrottled (throttle off)", unthrottled_blocks)
+        observer.report(baseline)
+        observer.report(unthrottled)
         if baseline.itl is None or observations(baseline.itl) < 1000:
             raise RuntimeError(f"the seeds produced too few tokens for a baseline; logs in {fleet.log_dir}")
         if options.slo_itl_seconds is None:
@@ -370,12 +413,6 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         else:
             slo, slo_how = options.slo_itl_seconds, "given by --slo-itl"
         print(f"  SLO: ITL {slo * 1000:g} ms, budget {options.slo_budget:.0%} ({slo_how})", flush=True)
-
-        # B. unthrottled: throttle off, the agents pace at the cap.
-        observer.phase = "unthrottled"
-        driver.start()
-        time.sleep(options.settle_seconds)
-        unthrottled = observer.measure("B unthrottled (throttle off)", options.unthrottled_seconds)
 
         # S. sweep fixed rates, highest first, until one meets the SLO. Phase B is its first
         # point: with the throttle off the agents pace at the cap.
@@ -396,6 +433,13 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
             if sweep[-1]["met_slo"]:
                 oracle = sweep[-1]
                 break
+
+        # One more baseline block, next to phase C in time.
+        observer.phase = "baseline"
+        observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
+        time.sleep(options.settle_seconds)
+        baseline_blocks.append(observer.measure("A baseline (no transfer)", options.ab_block_seconds))
+        baseline = combine("A baseline (no transfer), all blocks", baseline_blocks)
 
         # C. adaptive throttle (starts at its floor and climbs).
         observer.phase = "throttled"

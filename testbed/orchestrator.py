@@ -38,6 +38,9 @@ class TestbedOptions:
     kill_seed_index: int = 0
     compare_baseline: bool = False
     load_rps: float = 0.0
+    throttle: str = "off"
+    """Every agent's serving-QoS throttle (adaptive needs slo_itl_seconds and --seed-rate caps)."""
+    slo_itl_seconds: float | None = None
     include_zero_byte: bool = False
     rng_seed: int = 1234
     json_path: str | None = None
@@ -65,7 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-seed", type=int, default=0, metavar="INDEX", help="which seed --kill-seed-at kills (default 0)")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also time SGLang R-Fork's way: one batch read of every tensor from one seed, uncapped")
-    p.add_argument("--load-rps", type=float, default=0.0, help="request load on each seed stand-in (requests/s)")
+    p.add_argument("--load-rps", type=float, default=0.0,
+                   help="open-loop request arrivals per second on each seed stand-in, decoded on the CPU (default 0)")
+    p.add_argument("--throttle", default="off", choices=["adaptive", "fixed", "off"],
+                   help="every agent's serving-QoS throttle (adaptive needs --slo-itl and --seed-rate)")
+    p.add_argument("--slo-itl", type=float, default=None, metavar="SECONDS",
+                   help="the agents' inter-token latency SLO, e.g. 0.04")
     p.add_argument("--include-zero-byte", action="store_true", help="add a zero-byte tensor to the model")
     p.add_argument("--rng-seed", type=int, default=1234)
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write the result as JSON")
@@ -95,6 +103,15 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         rates = tuple(parse_rate(r) for r in args.seed_rate.split(","))
         if len(rates) not in (1, args.seeds):
             raise ValueError(f"--seed-rate has {len(rates)} values; give 1 (for every seed) or {args.seeds}")
+    if not (0 <= args.load_rps < float("inf")):
+        raise ValueError(f"--load-rps must be a number of requests/s >= 0, got {args.load_rps}")
+    throttle, slo_itl = getattr(args, "throttle", "off"), getattr(args, "slo_itl", None)
+    if slo_itl is not None and not (0 < slo_itl < float("inf")):
+        raise ValueError(f"--slo-itl must be a number of seconds > 0, got {slo_itl}")
+    if throttle == "adaptive" and (slo_itl is None or not rates or None in rates):
+        raise ValueError("--throttle adaptive needs --slo-itl and a --seed-rate cap for every seed")
+    if throttle == "fixed" and (not rates or None in rates):
+        raise ValueError("--throttle fixed paces at --seed-rate; give one")
     if args.kill_seed_at is not None:
         if not 0 < args.kill_seed_at < 1:
             raise ValueError("--kill-seed-at must be a fraction strictly between 0 and 1, e.g. 0.5")
@@ -118,6 +135,7 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         chunk_size=parse_size(args.chunk_size) if args.chunk_size else None,
         kill_seed_at=args.kill_seed_at, kill_seed_index=args.kill_seed,
         compare_baseline=args.compare_baseline, load_rps=args.load_rps,
+        throttle=throttle, slo_itl_seconds=slo_itl,
         include_zero_byte=args.include_zero_byte, rng_seed=args.rng_seed,
         json_path=args.json_path, progress=not args.no_progress, log_dir=args.log_dir,
         client_metrics_port=client_metrics_port, device=device, seed_device=seed_device,
@@ -164,6 +182,8 @@ def run_testbed(options: TestbedOptions) -> dict:
         tp_size=options.tp_size, rng_seed=options.rng_seed, seed_rates=options.seed_rates,
         load_rps=options.load_rps, include_zero_byte=options.include_zero_byte, log_dir=options.log_dir,
         device=options.seed_device or options.device,
+        agent_args=("--throttle", options.throttle)
+        + (() if options.slo_itl_seconds is None else ("--slo-itl", str(options.slo_itl_seconds))),
     )
     # One client registry for the whole run (every rank), so a scrape sees one client.
     client_metrics = ClientMetrics(CollectorRegistry())
@@ -188,7 +208,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
     from rfork_agent.transport import MooncakeTransport
     from testbed.fleet import Fleet
 
-    if options.device.startswith("cuda"):
+    if options.device.startswith("cuda:"):  # cuda:N becomes current; plain cuda is already cuda:0
         torch.cuda.set_device(torch.device(options.device))
     started = time.perf_counter()
     with Fleet(spec) as fleet:

@@ -386,7 +386,8 @@ def client_kill(options: ChaosOptions) -> ScenarioResult:
     res = ScenarioResult("client-kill-mid-fork",
                          "the dead client's leases and seed budget are released and its job cleaned up in bounded time")
     lease_ttl, client_timeout = 5.0, 5.0
-    with _Setup(options, res.name, forks=0,
+    # Slower seeds, so the client is surely mid-fork when it dies.
+    with _Setup(replace(options, seed_rate=options.seed_rate / 4), res.name, forks=0,
                 scheduler_args=("--client-timeout", str(client_timeout)),
                 agent_args=("--lease-ttl", str(lease_ttl))) as setup:
         fleet = setup.fleet
@@ -406,6 +407,9 @@ def client_kill(options: ChaosOptions) -> ScenarioResult:
                     return res
                 time.sleep(0.1)
             time.sleep(0.5)  # well into the fork
+            if proc.poll() is not None or _scheduler_gauge(fleet, "rfork_scheduler_jobs_active") < 1:
+                res.error = "the client finished before it could be killed; use a bigger --size"
+                return res
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             killed = time.perf_counter()

@@ -221,6 +221,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
             seed_manifest_session, seed_manifest = _seed_info(fleet.seeds[0].url, rank)
             tensors, buffer = allocate_like(seed_manifest, torch, device=options.device)
             register_tensors(transport, tensors)
+            _warm_up(transport, fleet, rank, tensors)
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             total_bytes_all += total
             killer = _Killer(fleet, options, total) if rank == 0 else None
@@ -296,6 +297,21 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
                 total_bytes_all, options.kill_seed_at, [s.rate_cap for s in fleet.seeds], options.kill_seed_index
             )
         return result
+
+
+def _warm_up(transport, fleet, rank: int, tensors: dict) -> None:
+    """Open this process's TransferEngine connection to every seed with one small read.
+
+    The timed fork and the baseline (SGLang's single batch read, timed after it)
+    then both run on established connections; otherwise the baseline would
+    inherit the connection the fork paid for. The bytes read land where the
+    fork writes them again.
+    """
+    name, tensor = min(((n, t) for n, t in tensors.items() if t.numel()), key=lambda nt: nt[1].numel())
+    nbytes = tensor.numel() * tensor.element_size()
+    for seed in fleet.seeds:
+        session, manifest = _seed_info(seed.url, rank)
+        transport.read_sync(session, [tensor.data_ptr()], [manifest[name][0]], [nbytes])
 
 
 def ideal_kill_seconds(total: int, fraction: float, caps: list[float], killed: int) -> float:

@@ -225,7 +225,10 @@ def scenario(tmp_path_factory):
     spec = FleetSpec(
         seeds=3, preset=None, size_bytes=MODEL_BYTES, seed_rates=(CAP_BYTES_PER_SECOND,), load_rps=3.0,
         heartbeat_timeout_seconds=3.0, log_dir=str(tmp / "fleet"),
-        scheduler_args=("--client-timeout", "300"),  # the hung job must stay running, not be abandoned
+        # The hung job must stay running, not be abandoned. A 2 s pipeline keeps several leases
+        # queued at each capped agent, so the SIGKILL always finds reads from seed-0 in flight
+        # and the client's failed-read series exist.
+        scheduler_args=("--client-timeout", "300", "--pipeline-seconds", "2"),
         agent_args=("--throttle", "fixed", "--slo-itl", "0.002", "--slo-ttft", "0.002"),
     )
     with Fleet(spec) as fleet:
@@ -291,7 +294,7 @@ def test_every_dashboard_query_returns_data(scenario):
         for name in used:
             combos = [{**c, name: value} for c in combos for value in candidates[name]]
         if not any(_has_finite_value(scenario.query_range(promql.substitute(q.expr, combo))) for combo in combos):
-            empty.append(f"{q.where()}: {q.expr}")
+            empty.append(f"{q.where()}: {q.expr} (tried {combos})")
     assert empty == [], "panels without data:\n" + "\n".join(empty)
 
 

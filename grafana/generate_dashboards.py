@@ -102,7 +102,7 @@ FLEET = Dashboard(
         Panel("Fork duration (finished forks, last hour)",
               tuple(t(f"histogram_quantile({q}, sum by (le) (increase(rfork_scheduler_fork_duration_seconds_bucket[1h])))",
                       f"p{round(q * 100)}") for q in (0.5, 0.9, 0.99)), unit="s"),
-        Panel("Seed latency: ITL p99 and impact",
+        Panel("Seed ITL p99 vs SLO",
               (t('rfork_agent_observed_itl_p99_seconds{seed=~"$seed"}', "{{seed}} ITL p99"),
                t('rfork_agent_slo_itl_seconds{seed=~"$seed"}', "{{seed}} SLO")), unit="s"),
         Panel("Seed latency impact (observed ITL p99 / no-transfer baseline)",

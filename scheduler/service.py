@@ -283,6 +283,10 @@ class SchedulerState:
             self.metrics.job_bytes_done.labels(job_id=job.job_id).set(job.bytes_done)
             self.metrics.job_progress_ratio.labels(job_id=job.job_id).set(
                 job.bytes_done / job.bytes_total if job.bytes_total else 1.0)
+
+    def _in_flight_metrics(self) -> None:
+        """Assignments in flight per seed, over all jobs. A scan of every job's chunks, so it
+        runs once a second in the reaper and when a job ends, not on every /work call."""
         live = {}
         for rec in self.jobs.values():
             for seed_id, n in rec.job.live_by_seed().items():
@@ -296,7 +300,7 @@ class SchedulerState:
         if outcome == DONE and job.finished_at is not None:
             self.metrics.fork_duration.observe(job.finished_at - job.created_at)
         self.metrics.forget_job(job.job_id)  # finished jobs' series go: bounded cardinality
-        self._job_metrics(record)  # its assignments no longer count as in flight
+        self._in_flight_metrics()  # its assignments no longer count as in flight
         self.metrics.jobs_active.set(self._active_jobs())
         log.log(logging.INFO if outcome == DONE else logging.WARNING, "job %s %s%s", job.job_id, outcome,
                 f": {job.error}" if job.error else "")
@@ -323,6 +327,7 @@ class SchedulerState:
                         self._finished(record, "abandoned")
                 elif job.finished_at is not None and now - job.finished_at > self.config.finished_job_ttl_seconds:
                     del self.jobs[job_id]
+            self._in_flight_metrics()
 
 
 def _assignment_json(a) -> dict:

@@ -239,6 +239,23 @@ class SGLangTokenizerMetrics:
         self.collector.observe_one_aborted_request(self.labels)
 
 
+def route_decode_metrics(decode: Any, sink: SGLangTokenizerMetrics) -> None:
+    """Point the decode loop, and every part of it that records, at ``sink``.
+
+    The loop hands its metrics object to the parts it builds (its batch
+    scheduler records TTFT/ITL); each holder of the original is repointed.
+    """
+    original = sink._fallback
+    holders = [decode, *(v for v in vars(decode).values() if hasattr(v, "__dict__"))]
+    repointed = 0
+    for holder in holders:
+        if getattr(holder, "metrics", None) is original:
+            holder.metrics = sink
+            repointed += 1
+    if not repointed:
+        raise SGLangPiecesError("the decode loop holds no metrics object to reroute; testbed.decode changed")
+
+
 def tokenizer_metrics(model_name: str):
     """(collector, labels): SGLang's ``TokenizerMetricsCollector`` with the labels its tokenizer manager uses.
 
@@ -289,7 +306,7 @@ def create_app(state):
     for r in state.ranks:
         engine_info.register(r.rank, r.session_id, r.weights_info)
     collector, labels = tokenizer_metrics(state.model_name)
-    state.decode.metrics = SGLangTokenizerMetrics(state.decode.metrics, collector, labels)
+    route_decode_metrics(state.decode, SGLangTokenizerMetrics(state.decode.metrics, collector, labels))
     server_info = sglang_server_info(state.model_name, state.spec.dtype, state.spec.tp_size)
     # Keep the stand-in's own block: testbed tools read their preset from it.
     server_info["testbed"] = state.server_info()["testbed"]

@@ -201,7 +201,7 @@ def _watch_fork(scenario_tmp: Path, fleet: Fleet, process: subprocess.Popen, tim
     try:
         while process.poll() is None:
             if not killed:
-                ratios = [s for s in _scheduler_samples(fleet, "rfork_scheduler_job_progress_ratio")]
+                ratios = _scheduler_samples(fleet, "rfork_scheduler_job_progress_ratio")
                 if any(s.value >= KILL_AT_FRACTION and s.value < 1 for s in ratios):
                     fleet.kill_seed(KILLED_SEED)
                     killed = True

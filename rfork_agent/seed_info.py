@@ -62,7 +62,7 @@ async def _get_json(client: httpx.AsyncClient, seed_url: str, paths: tuple[str, 
     raise SeedUnavailable(
         seed_url,
         f"seed {base} answered 404 on every known path ({', '.join(tried)}); "
-        "is this an SGLang server started with --remote-instance-weight-loader-support-transfer-engine?",
+        "is this an SGLang server started with --remote-instance-weight-loader-start-seed-via-transfer-engine?",
     )
 
 
@@ -94,7 +94,9 @@ async def fetch_transfer_engine_info(client: httpx.AsyncClient, seed_url: str, r
         raise SeedRankMissing(
             seed_url,
             f"seed {url}?rank={rank} has no TransferEngine info for rank {rank} (HTTP 400: {response.text[:200]}); "
-            "check --tp-size / the ranks this seed serves, and that its weights finished loading",
+            "check --tp-size / the ranks this seed serves, that its weights finished loading, and that it was "
+            "started with --remote-instance-weight-loader-start-seed-via-transfer-engine (SGLang answers 400, "
+            "not 404, when it was not)",
         )
     if response.status_code != 200:
         raise SeedUnavailable(seed_url, f"seed {url}?rank={rank} answered HTTP {response.status_code}: "

@@ -8,6 +8,9 @@ Enabled by the environment, because SGLang rejects
 ``RFORK_SCHEDULER_URL``
     The rfork scheduler (``http://HOST:8700``). Unset or empty: the plugin
     registers nothing and SGLang behaves exactly as without rfork.
+``RFORK_TOKEN_FILE`` or ``RFORK_TOKEN``
+    The fleet's shared bearer token, when the scheduler and agents run with
+    one (README "Security").
 ``RFORK_CHUNK_SIZE``
     Chunk size, e.g. ``64MiB`` (default: the scheduler's).
 ``RFORK_MODEL``, ``RFORK_REVISION``, ``RFORK_DTYPE``, ``RFORK_TP_SIZE``
@@ -105,6 +108,8 @@ class PluginConfig:
     tp_size: int | None = None
     fallback: bool = True
     """Let SGLang's single-seed read load a rank rfork could not fork."""
+    token: str | None = field(default=None, repr=False)
+    """The fleet's bearer token (never logged)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "PluginConfig | None":
@@ -130,6 +135,12 @@ class PluginConfig:
             tp_size = 0
         if tp_size is not None and tp_size < 1:
             raise RforkPluginError(f"{ENV_TP_SIZE}={tp!r} must be a whole number >= 1, or unset to use SGLang's --tp-size")
+        from rfork_agent.auth import AuthConfigError, load_token
+
+        try:
+            token = load_token(environ=dict(environ))
+        except AuthConfigError as exc:
+            raise RforkPluginError(str(exc)) from exc
         fallback = environ.get(ENV_FALLBACK, "1").strip().lower()
         if fallback not in ("1", "0", "true", "false", "yes", "no", ""):
             raise RforkPluginError(f"{ENV_FALLBACK}={fallback!r}: use 1 (fall back to SGLang's own read) or 0 (fail)")
@@ -141,6 +152,7 @@ class PluginConfig:
             dtype=environ.get(ENV_DTYPE, "").strip() or None,
             tp_size=tp_size,
             fallback=fallback in ("1", "true", "yes", ""),
+            token=token,
         )
 
 
@@ -382,7 +394,9 @@ def _transport(loader: Any, transfer_engine: Any):
 async def _fork(config: PluginConfig, transport, identity: dict, rank: int, tensors: dict, on_progress):
     from rfork_agent.fork import ForkClient
 
-    client = ForkClient(config.scheduler_url, transport, progress=on_progress)
+    # Only pass the token when there is one: ForkClient takes it as a keyword.
+    auth = {"token": config.token} if config.token else {}
+    client = ForkClient(config.scheduler_url, transport, progress=on_progress, **auth)
     return await client.fork(identity, rank, tensors, chunk_size_bytes=config.chunk_size_bytes)
 
 

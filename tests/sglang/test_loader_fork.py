@@ -15,7 +15,9 @@ import pytest
 from testbed.fleet import Fleet, FleetSpec, free_port
 from tests.sglang.conftest import SGLANG_INSTALLED, client_env, run_sglang_client
 
-SPEC = FleetSpec(seeds=2, preset="tiny", dtype="bfloat16", include_zero_byte=True)
+TOKEN = "sglang-tier-token"
+# Auth on, as in production: the plugin must pass the fleet's token.
+SPEC = FleetSpec(seeds=2, preset="tiny", dtype="bfloat16", include_zero_byte=True, token=TOKEN)
 MODEL_FIELDS = ("preset", "size_bytes", "dtype", "tp_size", "include_zero_byte", "rng_seed")
 # Small chunks, so both seeds serve some of a ~8 MB model.
 CHUNK = "256KiB"
@@ -37,7 +39,7 @@ def load(fleet, env: dict, **config) -> tuple[dict, str]:
 
 def rfork_env(fleet, **extra) -> dict:
     identity = fleet.identity()
-    return {"RFORK_SCHEDULER_URL": fleet.scheduler_url, "RFORK_CHUNK_SIZE": CHUNK,
+    return {"RFORK_SCHEDULER_URL": fleet.scheduler_url, "RFORK_CHUNK_SIZE": CHUNK, "RFORK_TOKEN": TOKEN,
             "RFORK_MODEL": identity["model"], "RFORK_DTYPE": identity["dtype"], **extra}
 
 
@@ -46,7 +48,8 @@ def test_hooked_loader_forks_every_byte_from_every_seed(fleet):
     # process; only the model name is given, because "tiny" is no Hugging Face model SGLang
     # could resolve.
     identity = fleet.identity()
-    env = {"RFORK_SCHEDULER_URL": fleet.scheduler_url, "RFORK_CHUNK_SIZE": CHUNK, "RFORK_MODEL": identity["model"]}
+    env = {"RFORK_SCHEDULER_URL": fleet.scheduler_url, "RFORK_CHUNK_SIZE": CHUNK, "RFORK_MODEL": identity["model"],
+           "RFORK_TOKEN": TOKEN}
     result, stderr = load(fleet, env, publish={"dtype": identity["dtype"], "tp_size": 1})
     assert result["hook_active"] and result["ok"] and result["error"] is None
     assert result["mismatched"] == [], result
@@ -77,6 +80,14 @@ def test_model_no_seed_serves_falls_back_with_the_schedulers_reason(fleet):
     assert result["ok"] and result["mismatched"] == []
     assert result["last_load"]["path"] == "sglang"
     assert "UnknownModel" in result["last_load"]["reason"]
+
+
+def test_wrong_token_is_refused_before_any_byte_moves_and_falls_back(fleet):
+    result, _ = load(fleet, rfork_env(fleet, RFORK_TOKEN="not-the-fleets-token"))
+    assert result["ok"] and result["mismatched"] == []
+    record = result["last_load"]
+    assert record["path"] == "sglang" and "before any byte moved" in record["reason"]
+    assert "not-the-fleets-token" not in record["reason"]  # the token is never echoed
 
 
 def test_different_parallelism_is_refused_before_any_byte_moves(fleet):

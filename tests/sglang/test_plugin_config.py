@@ -1,0 +1,44 @@
+"""The plugin's environment contract, table-driven and in-process (no SGLang import needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rfork_agent.sglang_plugin import PluginConfig, RforkPluginError, model_identity
+
+URL = "http://127.0.0.1:8700"
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"RFORK_SCHEDULER_URL": "  "}, None),
+    ({"RFORK_SCHEDULER_URL": URL + "/"}, PluginConfig(URL)),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_CHUNK_SIZE": "16MiB", "RFORK_TP_SIZE": "4", "RFORK_FALLBACK": "0"},
+     PluginConfig(URL, chunk_size_bytes=16 << 20, tp_size=4, fallback=False)),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_TOKEN": "s3cret"}, PluginConfig(URL, token="s3cret")),
+])
+def test_from_env(env, expected):
+    assert PluginConfig.from_env(env) == expected
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RFORK_SCHEDULER_URL": "sched:8700"}, "not an http(s) URL"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_CHUNK_SIZE": "big"}, "RFORK_CHUNK_SIZE='big'"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_TP_SIZE": "two"}, "RFORK_TP_SIZE='two'"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_FALLBACK": "maybe"}, "RFORK_FALLBACK='maybe'"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_TOKEN_FILE": "/nonexistent/token"}, "cannot read the token file"),
+])
+def test_malformed_env_names_the_variable(env, message):
+    with pytest.raises(RforkPluginError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PluginConfig.from_env(env)
+
+
+def test_token_is_not_in_the_repr():
+    assert "s3cret" not in repr(PluginConfig(URL, token="s3cret"))
+
+
+def test_identity_from_env_alone_when_sglang_has_not_published():
+    config = PluginConfig(URL, model="m", dtype="float16", tp_size=2)
+    assert model_identity(config) == {"model": "m", "revision": "main", "dtype": "float16", "tp_size": 2}
+    with pytest.raises(RforkPluginError, match="set RFORK_MODEL"):
+        model_identity(PluginConfig(URL))

@@ -61,17 +61,23 @@ def environment() -> dict:
 
 
 def fork_plan(size: int, big_size: int, chunk: int, device: str, repeat: int, gpus: int):
-    """(label, TestbedOptions, target, repeat) for every fork run, in order."""
+    """(part, label, TestbedOptions, target, repeat) for every fork run, in order.
+
+    Parts: ``fork`` (the fork benchmark on ``device``), ``cpu`` (its 1-seed case on
+    this host's CPU), ``big`` (one larger 1-seed fork), ``split`` (seeds on
+    cuda:1, client on cuda:0; only with two GPUs).
+    """
     from bench.fork_bench import scenarios
 
-    plan = [(f"{device}: {name}", options, target, repeat) for name, options, target in scenarios(size, chunk, device)]
+    plan = [("fork", f"{device}: {name}", options, target, repeat)
+            for name, options, target in scenarios(size, chunk, device)]
     one_seed_name, one_seed, one_seed_target = scenarios(size, chunk, "cpu")[0]
-    plan.append((f"cpu (same host): {one_seed_name}", one_seed, one_seed_target, repeat))
-    plan.append((f"{device}, {format_bytes(big_size)} model: {one_seed_name}",
+    plan.append(("cpu", f"cpu (same host): {one_seed_name}", one_seed, one_seed_target, repeat))
+    plan.append(("big", f"{device}, {format_bytes(big_size)} model: {one_seed_name}",
                  scenarios(big_size, chunk, device)[0][1], one_seed_target, 1))
     if gpus >= 2:
         for name, options, target in scenarios(size, chunk, "cuda:0", seed_device="cuda:1")[:2]:
-            plan.append((f"seeds cuda:1, client cuda:0: {name}", options, target, repeat))
+            plan.append(("split", f"seeds cuda:1, client cuda:0: {name}", options, target, repeat))
     return plan
 
 
@@ -82,7 +88,10 @@ def run_fork_part(args, env: dict, started: float) -> dict:
     report = {"environment": env, "size_bytes": size, "big_size_bytes": big, "chunk_size_bytes": chunk,
               "scenarios": [], "skipped": []}
     path = os.path.join(args.out, "gpu-fork.json")
-    for label, options, target, repeat in fork_plan(size, big, chunk, args.device, args.repeat, len(env["gpus"])):
+    parts = {p.strip() for p in args.parts.split(",")}
+    for part, label, options, target, repeat in fork_plan(size, big, chunk, args.device, args.repeat, len(env["gpus"])):
+        if part not in parts:
+            continue
         if time.monotonic() - started > args.budget_seconds:
             report["skipped"].append(f"{label}: past the {args.budget_seconds:.0f} s budget")
             print(f"SKIP  {label} (budget)", flush=True)
@@ -180,7 +189,8 @@ def _write_json(path: str, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_run", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for gpu-*.json and gpu-*.png")
-    p.add_argument("--parts", default="fork,qos", help="comma list of parts: fork, qos (default both)")
+    p.add_argument("--parts", default="fork,cpu,big,split,qos",
+                   help="comma list of parts: fork, cpu, big, split, qos (default all)")
     p.add_argument("--device", default="cuda", help="device of seeds and client (default cuda)")
     p.add_argument("--size", default="600MiB", help="model size of the fork scenarios (default 600MiB, as on CPU)")
     p.add_argument("--big-size", default="2GiB", help="model size of the larger uncapped 1-seed fork (default 2GiB)")
@@ -203,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(env, indent=1), flush=True)
     parts = {p.strip() for p in args.parts.split(",")}
     summary = []
-    if "fork" in parts:
+    if "qos" in parts:  # first: the longest part, and its JSON is written only when it ends
+        run_qos_part(args, env, started)
+    if parts & {"fork", "cpu", "big", "split"}:
         report = run_fork_part(args, env, started)
         for r in report["scenarios"]:
             if "median" in r:
@@ -212,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
                                f"{m['transfer_seconds']:7.3f} s  verified={r['verified']}  {r['summary']}")
             else:
                 summary.append(f"{r['scenario']:62} ERROR {r.get('error')}")
-    if "qos" in parts:
-        run_qos_part(args, env, started)
     print(f"\n== gpu_run on {env['gpus']} in {time.monotonic() - started:.0f} s ==")
     print("\n".join(summary))
     return 0

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Issue #7 in one device call: install the carried wheels, check the machine, run bench/gpu_run.py.
 #
-#   device run, carry ["gpu_wheels"]:  bash bench/gpu_run.sh [fork,qos]
+#   device run, carry ["gpu_wheels"]:  bash bench/gpu_run.sh [fork,cpu,big,split,qos]
 #
 # gpu_wheels/ (git-ignored) holds mooncake-transfer-engine-cuda13 for Python 3.12
 # and the rfork deps the GPU image lacks (fastapi, starlette, pydantic, uvicorn,
 # apscheduler, ...). Results land in $OUT (the device tool's folder; out/gpu here).
 set -uo pipefail
 OUT=${OUT:-out/gpu}
-PARTS=${1:-fork,qos}
+PARTS=${1:-fork,cpu,big,split,qos}
 mkdir -p "$OUT"
 SITE=/tmp/rfork-site
 # NVLink multicast stays off on the shared GPU hosts (KINDS.md).

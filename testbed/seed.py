@@ -268,7 +268,7 @@ def start_seed(args: argparse.Namespace) -> SeedState:
         check_device(device)
     except DeviceError as exc:
         raise SeedError(str(exc)) from exc
-    if device.startswith("cuda"):
+    if device.startswith("cuda:"):
         # cuda:N becomes current, so the decode loop's kernels and the
         # TransferEngine's staging copies run on the GPU that holds the weights.
         torch.cuda.set_device(torch.device(device))

@@ -97,33 +97,37 @@ class QosBenchOptions:
 
 
 def choose_slo(baseline: WindowHistogram, budget: float, max_ratio: float = 1.15,
-               headroom: float = 0.25) -> tuple[float, str]:
+               max_base_share: float = 0.75) -> tuple[float, str]:
     """The ITL SLO for this testbed, from the no-transfer baseline window.
 
     A threshold must be a bucket bound (the controller reads the fraction of
-    tokens above it), must leave the seed room without a transfer (its
-    baseline fraction above T at most ``headroom`` x budget: otherwise the
-    controller's "good" test, f <= budget/2, can never pass and the fork
-    would crawl at the floor), and should be tight: at most ``max_ratio`` x
-    the baseline p99, so that meeting the SLO means p99 <= 1.15 x baseline.
-    Pick the tightest bound with room; say so when it has to exceed the ratio.
+    tokens above it) and must leave the transfer some of the budget: the seed
+    alone may put at most ``max_base_share`` x budget of its tokens above it
+    (else any transfer at all breaks the SLO and the oracle is zero). Among
+    those, take the largest bound <= ``max_ratio`` x the baseline p99, so that
+    meeting the SLO means p99 <= 1.15 x baseline; if there is none (coarse
+    buckets, a heavy baseline tail), the smallest one, and say so.
 
-        >>> w = WindowHistogram((0.02, 0.025, 0.03, 0.035, math.inf), (9000, 9880, 9990, 9999, 10000))
-        >>> choose_slo(w, 0.01)[0]
-        0.03
+        >>> w = WindowHistogram((0.025, 0.03, 0.035, 0.04, math.inf), (9000, 9880, 9940, 9990, 10000))
+        >>> choose_slo(w, 0.01)[0]   # p99 ~ 0.0342; 0.035 has 0.6 % above it (<= 0.75 %)
+        0.035
     """
     p99 = quantile(baseline, 0.99)
     finite = [b for b in baseline.bounds if math.isfinite(b)]
-    roomy = [b for b in finite if fraction_above(baseline, b).fraction <= headroom * budget]
+    roomy = [b for b in finite if fraction_above(baseline, b).fraction <= max_base_share * budget]
     if not roomy:
-        raise RuntimeError(f"no ITL bucket bound leaves the seed {headroom * budget:.2%} of tokens above it without "
-                           f"a transfer (baseline p99 {p99 * 1000:.1f} ms); lower --load-rps")
-    t = roomy[0]
+        raise RuntimeError(f"no ITL bucket bound has <= {max_base_share * budget:.2%} of the seed's tokens above it "
+                           f"without a transfer (baseline p99 {p99 * 1000:.1f} ms); lower --load-rps")
+    tight = [b for b in roomy if b <= max_ratio * p99]
+    t = max(tight) if tight else min(roomy)
     f = fraction_above(baseline, t).fraction
-    how = (f"tightest ITL bucket bound with <= {headroom:.0%} of the {budget:.0%} budget used by the seed alone "
-           f"(baseline: {f:.2%} of tokens above {t * 1000:g} ms, p99 {p99 * 1000:.1f} ms)")
-    if t > max_ratio * p99:
-        how += f"; it is {t / p99:.2f}x the baseline p99, above the {max_ratio}x target: the buckets are that coarse"
+    how = (f"largest ITL bucket bound <= {max_ratio}x the baseline p99 ({p99 * 1000:.1f} ms) where the seed alone "
+           f"uses <= {max_base_share:.0%} of the {budget:.0%} budget (it puts {f:.2%} of tokens above "
+           f"{t * 1000:g} ms)")
+    if not tight:
+        how = (f"smallest ITL bucket bound where the seed alone uses <= {max_base_share:.0%} of the {budget:.0%} "
+               f"budget ({f:.2%} of tokens above {t * 1000:g} ms): {t / p99:.2f}x the baseline p99 "
+               f"({p99 * 1000:.1f} ms), above the {max_ratio}x target; no tighter bound leaves the transfer room")
     return t, how
 
 

@@ -23,7 +23,14 @@ histogram deltas as ``1 − Δ(le=T)/N``. With budget ``b`` (e.g. 1 %):
    how far over budget we are. At most one cut per interval.
 4. **Good** (f ≤ b/2): ``rate += cap/16`` (blk-iolatency's scale-up step),
    but not within 3 s of the last cut. **Between** (b/2 < f ≤ b): hold. The
-   dead band is what stops a steady mildly-bad load from ping-ponging.
+   dead band is what stops a steady mildly-bad load from ping-ponging. When
+   the seed's own no-transfer fraction f₀ is known (a recent baseline of at
+   least ``min_observations`` tokens), "good" is f ≤ (b + min(f₀, b))/2: the
+   transfer may use half of the headroom the seed leaves, not half of the
+   whole budget. Measured on the testbed: with a tight SLO (1.15 × the
+   no-transfer p99) the seed alone already puts ~0.5–0.9 % of its tokens
+   above it, so f ≤ b/2 never held and the fork stayed at the floor, far
+   below the best fixed rate that met the SLO.
 5. **Probe**: under load, pause the transfer ~2 s every ~30 s to measure the
    no-transfer baseline (LEDBAT++'s periodic slowdown to re-learn base
    delay). If the SLO is missed with the transfer paused or inactive, the
@@ -571,8 +578,12 @@ class _Verdict:
     summary: str
 
 
-def _judge(ev: Evidence, slo: SloConfig, config: ControllerConfig) -> _Verdict:
-    """Compare the tail fractions of pooled evidence with the budgets. ``ev.itl`` must be non-empty."""
+def _judge(ev: Evidence, slo: SloConfig, config: ControllerConfig, base: _Verdict | None = None) -> _Verdict:
+    """Compare the tail fractions of pooled evidence with the budgets. ``ev.itl`` must be non-empty.
+
+    ``base`` is the verdict on the no-transfer baseline, if one is trusted: its
+    fractions move the "good" limit from b/2 to (b + min(f₀, b))/2 (law, rule 4).
+    """
     assert ev.itl is not None
     signals: list[tuple[str, float, float]] = []
     parts: list[str] = []
@@ -591,9 +602,16 @@ def _judge(ev: Evidence, slo: SloConfig, config: ControllerConfig) -> _Verdict:
         signals.append(("TTFT", ttft.fraction, slo.ttft_budget))
         parts.append(f"TTFT>{ttft.bound:g}s {ttft.fraction:.2%} of {ttft.observations:.0f} requests")
     over = [(f - b) / f for _, f, b in signals if f > b]
+    base_fractions = {"ITL": math.nan, "TTFT": math.nan} if base is None else {
+        "ITL": base.itl_fraction, "TTFT": base.ttft_fraction}
+
+    def good_limit(name: str, b: float) -> float:
+        f0 = base_fractions[name]
+        return b / 2 if math.isnan(f0) else (b + min(f0, b)) / 2
+
     if over:
         kind = "bad"
-    elif all(f <= b / 2 for _, f, b in signals):
+    elif all(f <= good_limit(name, b) for name, f, b in signals):
         kind = "good"
     else:
         kind = "between"
@@ -775,20 +793,23 @@ def _with_transfer(
         return _with_probe(state, config, now, Mode.HOLD_LOW_SAMPLES, rate, why, True)
 
     assert pending.itl is not None
-    verdict = _judge(pending, slo, config)
+    base = _baseline_evidence(state, config, now)
+    base_verdict = None
+    if base is not None and base.itl is not None and base.itl_tokens >= config.min_observations_at_pool_max:
+        base_verdict = _judge(base, slo, config)
+    # Only a baseline with as many tokens as a judged interval may loosen the "good" test.
+    trusted = base_verdict if base is not None and base.itl_tokens >= config.min_observations else None
+    verdict = _judge(pending, slo, config, trusted)
     state = replace(state, pending=None, observed_p99_seconds=quantile(pending.itl, config.baseline_quantile))
 
     if verdict.kind == "bad":
         state = replace(state, good_rates=())
-        base = _baseline_evidence(state, config, now)
-        if base is not None and base.itl is not None and base.itl_tokens >= config.min_observations_at_pool_max:
-            base_verdict = _judge(base, slo, config)
-            if base_verdict.kind == "bad" and _within_one_budget(verdict, base_verdict, slo):
-                reason = (
-                    f"SLO missed ({verdict.summary}) but the seed misses it without the transfer too "
-                    f"({base_verdict.summary}) and we add less than one budget: not our fault; holding"
-                )
-                return _with_probe(state, config, now, Mode.NOT_OUR_FAULT, rate, reason, True)
+        if base_verdict is not None and base_verdict.kind == "bad" and _within_one_budget(verdict, base_verdict, slo):
+            reason = (
+                f"SLO missed ({verdict.summary}) but the seed misses it without the transfer too "
+                f"({base_verdict.summary}) and we add less than one budget: not our fault; holding"
+            )
+            return _with_probe(state, config, now, Mode.NOT_OUR_FAULT, rate, reason, True)
         if state.last_cut_at is not None and now - state.last_cut_at + _EPS < config.min_spacing_seconds:
             reason = f"over budget ({verdict.summary}) but cut {now - state.last_cut_at:.2f}s ago; one cut per interval"
             return _with_probe(state, config, now, Mode.HOLD, rate, reason, True)

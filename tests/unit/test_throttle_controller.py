@@ -369,6 +369,34 @@ def test_slo_missed_without_chunk_reads_is_not_our_fault():
     assert all(d.rate_bytes_per_second == 0.6 * CAP for d in decisions)
 
 
+def test_good_means_half_the_headroom_the_seed_leaves_when_its_baseline_is_known():
+    # No baseline: 0.8 % against a 1 % budget is in the dead band.
+    assert Sim(rate=0.5 * CAP).step(make_obs(1000, 0.008)).mode is Mode.HOLD
+    # The seed alone puts 0.7 % of its tokens above the SLO: "good" is now f <= (1 % + 0.7 %)/2 = 0.85 %.
+    sim = Sim(rate=0.5 * CAP)
+    sim.step(make_obs(1000, 0.007, active=False))
+    d = sim.step(make_obs(1000, 0.008))
+    assert d.mode is Mode.RECOVER and d.rate_bytes_per_second == 0.5 * CAP + STEP
+    # Above the loosened limit but within budget: hold; over budget: still a cut.
+    assert sim.step(make_obs(1000, 0.009)).mode is Mode.HOLD
+    assert sim.step(make_obs(1000, 0.02)).mode is Mode.CUT
+
+
+def test_a_clean_or_thin_baseline_does_not_loosen_good():
+    clean = Sim(rate=0.5 * CAP)
+    clean.step(make_obs(1000, 0.0, active=False))  # f0 = 0: the limit stays b/2
+    assert clean.step(make_obs(1000, 0.006)).mode is Mode.HOLD
+    thin = Sim(rate=0.5 * CAP)
+    thin.step(make_obs(100, 0.01, active=False))  # 100 tokens (< min_observations): not trusted
+    assert thin.step(make_obs(1000, 0.008)).mode is Mode.HOLD
+
+
+def test_a_seed_missing_the_slo_alone_lets_the_transfer_use_the_whole_budget():
+    sim = Sim(rate=0.5 * CAP)
+    sim.step(make_obs(1000, 0.02, active=False))  # f0 = 2 % > b: the limit is capped at b
+    assert sim.step(make_obs(1000, 0.01)).mode is Mode.RECOVER
+
+
 def test_old_baseline_is_not_used_for_attribution():
     sim = Sim(probe_config(baseline_max_age_seconds=5.0, probe_every_seconds=100.0), rate=0.6 * CAP)
     sim.run(make_obs(1000, 0.05, active=False), 2)  # bad without transfer at t=1..2

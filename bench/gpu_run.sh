@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED=1 GLOG_minloglevel=2
 
 echo "== $(date -u) on $(hostname): $(nproc) cores"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader || true
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" gpu_wheels/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" gpu_wheels/*.whl \
   || { echo "pip install of gpu_wheels failed"; exit 1; }
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m pip list 2>/dev/null | grep -i -E '^(fastapi|starlette|uvicorn|httpx|pydantic|apscheduler|prometheus|tqdm|matplotlib|torch|mooncake|numpy|aiohttp|requests|msgpack) '

@@ -50,3 +50,24 @@ def test_allocate_like_defaults_to_cpu_and_lays_out_the_manifest():
     assert buffer.device.type == "cpu" and buffer.numel() == 16
     assert tensors["b"].data_ptr() - tensors["a"].data_ptr() == 6
     assert tensors["b"].dtype == torch.int16 and not buffer.any()
+
+
+def test_testbed_options_carry_the_devices():
+    parser = argparse.ArgumentParser()
+    orchestrator.add_arguments(parser)
+    options = orchestrator.options_from_args(parser.parse_args(["--model", "tiny"]))
+    assert (options.device, options.seed_device) == ("cpu", None)
+    with pytest.raises(DeviceError, match="got 'gpu1'"):
+        orchestrator.options_from_args(parser.parse_args(["--model", "tiny", "--seed-device", "gpu1"]))
+
+
+def test_fleet_passes_the_seed_device_to_every_seed(tmp_path, monkeypatch):
+    from testbed.fleet import Fleet, FleetSpec
+
+    fleet = Fleet(FleetSpec(seeds=1, device="cuda:1"))
+    fleet.log_dir = tmp_path
+    spawned = []
+    monkeypatch.setattr(fleet, "_spawn", lambda cmd, name, stdout=None: spawned.append(cmd))
+    fleet._spawn_seed(0)
+    cmd = spawned[0]
+    assert cmd[cmd.index("--device") + 1] == "cuda:1"

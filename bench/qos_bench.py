@@ -369,6 +369,10 @@ def _wait_rates(observer: Observer, predicate, timeout: float) -> float | None:
     return None
 
 
+def _first_time(trace: list[tuple[float, list[float | None]]], since: float, predicate) -> float | None:
+    return next((t - since for t, rates in trace if t >= since and predicate(rates)), None)
+
+
 def run_qos_bench(options: QosBenchOptions) -> dict:
     os.environ.setdefault("GLOG_minloglevel", "2")
     from testbed.fleet import Fleet, FleetSpec
@@ -508,6 +512,9 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
             "sweep": sweep,
             "seconds_to_cap_when_idle": to_cap,
             "spike_reaction_seconds": reaction,
+            # Load on -> every seed below the cap (the controller's first move), from the 0.25 s rate trace.
+            "spike_first_drop_seconds": _first_time(
+                observer.rate_trace, load_on, lambda rs: all(r is not None and r < cap for r in rs)),
             "recovery_seconds": recovery,
             "forks_completed": driver.forks_done,
             "fork_errors": driver.errors[:5],
@@ -583,7 +590,8 @@ def plot(result: dict, path: str) -> None:
     for k, (name, a, b) in enumerate(bounds):
         for ax in (ax_rate, ax_itl):
             ax.axvspan(a, b, color="0.93" if k % 2 else "white", zorder=0)
-        ax_rate.text((a + b) / 2, ax_rate.get_ylim()[1] * 0.97, name, ha="center", va="top", fontsize=8)
+        ax_rate.text((a + b) / 2, ax_rate.get_ylim()[1] * (0.99 if k % 2 else 0.91), name, ha="center", va="top",
+                     fontsize=7)
     fig.suptitle(f"rfork serving-QoS throttle: {n} seeds, load {result['load_rps_per_seed']:g} req/s each, "
                  f"ITL SLO {result['slo_itl_seconds'] * 1000:g} ms")
     fig.tight_layout()

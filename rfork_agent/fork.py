@@ -357,7 +357,7 @@ class ForkClient:
             landed = self._clock()
             tally.last_landed_at = landed if tally.last_landed_at is None else max(tally.last_landed_at, landed)
             tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a["bytes"]
-            tally.landed_chunks.add(a["chunk_id"])
+            tally.landed_chunks.update(a.get("chunk_ids") or [a["chunk_id"]])
             if self._metrics:
                 self._metrics.bytes_total.labels(seed=seed).inc(a["bytes"])
                 self._metrics.chunk_read_seconds.observe(landed - read_started)

@@ -35,6 +35,13 @@ class PlannerConfig:
     endgame_speedup: float = 2.0
     """Duplicate an in-flight chunk only if another seed would land it this many times sooner."""
     max_live_per_chunk: int = 2
+    max_assignment_bytes: int = 256 << 20
+    """Hand a seed several consecutive pending chunks as ONE assignment (one lease, one read,
+    one report) up to this many bytes, when its in-flight budget (allowed rate x
+    ``pipeline_seconds``) is more than ``max_in_flight_per_seed`` chunks (uncapped: always),
+    and no more than its share of what is pending. Per-assignment overhead (HTTP lease and report) is what separates a fork from an
+    uncapped seed from SGLang's single batch read; capped seeds keep one chunk per
+    assignment, so pacing stays fine-grained. 0 turns merging off."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class Assignment:
     assigned_at: float
     reads: list[Read]
     grant: str = ""
+    chunk_ids: tuple[int, ...] = ()
+    """Every chunk this assignment reads (``chunk_id`` is the first)."""
 
 
 @dataclass(frozen=True)
@@ -165,14 +174,42 @@ class Job:
             # Most free budget first: free slots, then the faster seed.
             seed = max(candidates, key=lambda s: (free[s.seed_id], self._rate(s)))
             chunk_id = self._pending_for(seed, eligible)
-            if chunk_id is None:
+            if chunk_id is not None:
+                chunk_ids = [chunk_id, *self._more_pending_for(seed, eligible, chunk_id)]
+            else:
                 chunk_id = self._endgame_for(seed, eligible, now)
+                chunk_ids = [chunk_id]
             if chunk_id is None:
                 free[seed.seed_id] = 0
                 continue
-            out.append(self._assign(chunk_id, seed, now))
+            out.append(self._assign(chunk_ids, seed, now))
             free[seed.seed_id] -= 1
         return out
+
+    def _more_pending_for(self, seed: SeedView, eligible: list[SeedView], first: int) -> list[int]:
+        """Further pending chunks to merge into the assignment that starts with ``first``."""
+        first_bytes = self.chunks[first].chunk.nbytes
+        limit = self.config.max_assignment_bytes
+        if limit <= first_bytes or not self.pending:
+            return []
+        if seed.allowed_rate is not None:
+            # A capped seed merges only once its in-flight budget outgrows max_in_flight_per_seed
+            # chunks: bigger assignments instead of more of them, the same bytes in flight.
+            limit = min(limit, seed.allowed_rate * self.config.pipeline_seconds / self.config.max_in_flight_per_seed)
+        # Never more than this seed's share of what is left, so the others get work too.
+        pending_bytes = first_bytes + sum(self.chunks[c].chunk.nbytes for c in self.pending)
+        limit = min(limit, pending_bytes / len(eligible))
+        taken, total = [], first_bytes
+        for chunk_id in list(self.pending):
+            state = self.chunks[chunk_id]
+            if seed.seed_id in state.failed_on:
+                continue
+            if total + state.chunk.nbytes > limit:
+                break
+            self.pending.remove(chunk_id)
+            taken.append(chunk_id)
+            total += state.chunk.nbytes
+        return taken
 
     def _depth(self, seed: SeedView) -> int:
         cap = self.config.max_in_flight_per_seed
@@ -211,7 +248,8 @@ class Job:
         my_rate = rates[seed.seed_id]
         if my_rate <= 0:
             return None
-        mine_queued = self.live_by_seed().get(seed.seed_id, 0) + 1
+        live = self._live_assignments()
+        mine_queued = sum(1 for b in live.values() if b.seed_id == seed.seed_id) + 1
         best, best_gain = None, 0.0
         for chunk_id, state in enumerate(self.chunks):
             if state.done or not state.live or len(state.live) >= self.config.max_live_per_chunk:
@@ -220,26 +258,28 @@ class Job:
                 continue
             a = next(iter(state.live.values()))
             their_rate = rates.get(a.seed_id, 0.0)
-            queued = sum(1 for c in self.chunks for b in c.live.values()
-                         if b.seed_id == a.seed_id and b.assigned_at <= a.assigned_at)
-            remaining = (math.inf if their_rate <= 0 else queued * a.nbytes / their_rate) - (now - a.assigned_at)
-            mine = mine_queued * a.nbytes / my_rate
+            # Bytes the holder must read before this assignment lands: its own and those queued ahead.
+            ahead = sum(b.nbytes for b in live.values() if b.seed_id == a.seed_id and b.assigned_at <= a.assigned_at)
+            remaining = (math.inf if their_rate <= 0 else ahead / their_rate) - (now - a.assigned_at)
+            mine = mine_queued * state.chunk.nbytes / my_rate
             if mine * self.config.endgame_speedup < remaining and remaining - mine > best_gain:
                 best, best_gain = chunk_id, remaining - mine
         return best
 
-    def _assign(self, chunk_id: int, seed: SeedView, now: float) -> Assignment:
-        state = self.chunks[chunk_id]
+    def _assign(self, chunk_ids: list[int], seed: SeedView, now: float) -> Assignment:
+        states = [self.chunks[c] for c in chunk_ids]
         self._ids += 1
         reads = [
             Read(self.client_manifest[s.tensor].ptr + s.offset, seed.manifest[s.tensor].ptr + s.offset, s.length)
-            for s in state.chunk.segments
+            for state in states for s in state.chunk.segments
         ]
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
-        a = Assignment(f"{self.job_id}-a{self._ids}", chunk_id, seed.seed_id, seed.session_id, seed.agent_url,
-                       state.chunk.nbytes, state.attempts + 1, now, reads)
-        state.live[a.assignment_id] = a
+        a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], seed.seed_id, seed.session_id, seed.agent_url,
+                       sum(state.chunk.nbytes for state in states), max(state.attempts for state in states) + 1,
+                       now, reads, chunk_ids=tuple(chunk_ids))
+        for state in states:
+            state.live[a.assignment_id] = a
         self.assignments[a.assignment_id] = a
         return a
 
@@ -248,51 +288,59 @@ class Job:
         a = self.assignments.get(report.assignment_id)
         if a is None or self.state != RUNNING:
             return  # unknown or after the end: nothing to learn
-        state = self.chunks[a.chunk_id]
-        was_live = state.live.pop(a.assignment_id, None) is not None
+        was_live = [c for c in a.chunk_ids if self.chunks[c].live.pop(a.assignment_id, None) is not None]
         if report.ok:
-            self._landed(a, state, report, now)
+            self._landed(a, report, now)
         elif was_live:
-            self._failed(a, state, report, now)
+            self._failed(a, was_live, report, now)
 
-    def _landed(self, a: Assignment, state: _ChunkState, report: Report, now: float) -> None:
+    def _landed(self, a: Assignment, report: Report, now: float) -> None:
         self.consecutive_failures[a.seed_id] = 0
         if report.seconds > 0:
             sample = a.nbytes / report.seconds
             prev = self.observed_rate.get(a.seed_id)
             self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
-        if state.done:
-            return  # a duplicate landed second: same bytes, count them once
-        state.done = True
-        if a.chunk_id in self.pending:
-            self.pending.remove(a.chunk_id)
-        self.bytes_done += a.nbytes
-        self.chunks_done += 1
-        self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + a.nbytes
-        for other in list(state.live):
-            self._cancel.append(other)
-        state.live.clear()
+        for chunk_id in a.chunk_ids:
+            state = self.chunks[chunk_id]
+            if state.done:
+                continue  # a duplicate landed second: same bytes, count them once
+            state.done = True
+            if chunk_id in self.pending:
+                self.pending.remove(chunk_id)
+            self.bytes_done += state.chunk.nbytes
+            self.chunks_done += 1
+            self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + state.chunk.nbytes
+            for other_id, other in list(state.live.items()):
+                del state.live[other_id]
+                if len(other.chunk_ids) == 1:
+                    self._cancel.append(other_id)
+                # A merged assignment also reading other chunks carries on: its bytes for
+                # this chunk are the same, and its other chunks still need them.
         if self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
 
-    def _failed(self, a: Assignment, state: _ChunkState, report: Report, now: float) -> None:
-        state.failed_on.add(a.seed_id)
+    def _failed(self, a: Assignment, chunk_ids: list[int], report: Report, now: float) -> None:
         failures = self.consecutive_failures.get(a.seed_id, 0)
         # 'seed_lost' means the read never started: the agent saw its seed down (it
         # deregisters it, and the registry drops it) or the client held off a seed
         # whose previous read just failed. Neither is evidence against the seed by
         # itself, so only reads that really failed count toward exclusion.
-        if report.reason != "seed_lost":
+        really_failed = report.reason != "seed_lost"
+        if really_failed:
             failures += 1
-            state.attempts += 1  # a read that never started is not an attempt at this chunk
         self.consecutive_failures[a.seed_id] = failures
         self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
-        if not state.done and not state.live:
-            self.pending.appendleft(a.chunk_id)  # retries go first: they gate completion
-            self.retried_chunks += 1
-        if state.attempts >= self.config.max_attempts_per_chunk:
-            self._fail(now, f"chunk {a.chunk_id} failed {state.attempts} times; last: {report.reason}: {report.error}")
-            return
+        for chunk_id in reversed(chunk_ids):  # appendleft: keep the chunks' order at the front
+            state = self.chunks[chunk_id]
+            state.failed_on.add(a.seed_id)
+            if really_failed:
+                state.attempts += 1  # a read that never started is not an attempt at this chunk
+            if not state.done and not state.live:
+                self.pending.appendleft(chunk_id)  # retries go first: they gate completion
+                self.retried_chunks += 1
+            if state.attempts >= self.config.max_attempts_per_chunk:
+                self._fail(now, f"chunk {chunk_id} failed {state.attempts} times; last: {report.reason}: {report.error}")
+                return
         if failures >= self.config.seed_failure_threshold:
             self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now)
 
@@ -318,14 +366,17 @@ class Job:
         self._requeue_live(seed_id)
 
     def _requeue_live(self, seed_id: str) -> None:
+        requeue = []
         for chunk_id, state in enumerate(self.chunks):
             for aid, a in list(state.live.items()):
                 if a.seed_id == seed_id:
                     del state.live[aid]
                     self._cancel.append(aid)
                     if not state.done and not state.live and chunk_id not in self.pending:
-                        self.pending.appendleft(chunk_id)
-                        self.retried_chunks += 1
+                        requeue.append(chunk_id)
+        for chunk_id in reversed(requeue):  # at the front, in order
+            self.pending.appendleft(chunk_id)
+            self.retried_chunks += 1
 
     def _fail_if_no_seeds(self, seeds: list[SeedView], now: float) -> None:
         if seeds:  # every live seed is excluded: no point waiting
@@ -350,14 +401,16 @@ class Job:
 
     # -- views -------------------------------------------------------------
     def take_cancellations(self) -> list[str]:
-        out, self._cancel = self._cancel, []
+        out, self._cancel = list(dict.fromkeys(self._cancel)), []  # a merged assignment is listed once
         return out
+
+    def _live_assignments(self) -> dict[str, Assignment]:
+        return {aid: a for state in self.chunks for aid, a in state.live.items()}
 
     def live_by_seed(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for state in self.chunks:
-            for a in state.live.values():
-                counts[a.seed_id] = counts.get(a.seed_id, 0) + 1
+        for a in self._live_assignments().values():
+            counts[a.seed_id] = counts.get(a.seed_id, 0) + 1
         return counts
 
     def progress(self) -> dict:

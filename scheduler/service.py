@@ -332,7 +332,8 @@ class SchedulerState:
 
 def _assignment_json(a) -> dict:
     return {
-        "assignment_id": a.assignment_id, "chunk_id": a.chunk_id, "seed_id": a.seed_id,
+        "assignment_id": a.assignment_id, "chunk_id": a.chunk_id, "chunk_ids": list(a.chunk_ids),
+        "seed_id": a.seed_id,
         "session_id": a.session_id, "agent_url": a.agent_url, "bytes": a.nbytes, "attempt": a.attempt,
         "grant": a.grant, "reads": [{"dst_ptr": r.dst_ptr, "src_ptr": r.src_ptr, "length": r.length} for r in a.reads],
     }

@@ -96,7 +96,11 @@ def test_chunk_count_is_bounded():
 
 
 # -- planner -----------------------------------------------------------------
-def make_job(n_chunks=8, chunk=4 * KiB, config=PlannerConfig(), now=0.0):
+ONE_CHUNK_EACH = PlannerConfig(max_assignment_bytes=0)
+
+
+def make_job(n_chunks=8, chunk=4 * KiB, config=ONE_CHUNK_EACH, now=0.0):
+    """A job over one tensor of n_chunks chunks; merging is off unless a test turns it on."""
     m = manifest(w=n_chunks * chunk)
     return Job("j", m, plan_chunks(m, chunk), config, now), m
 
@@ -162,7 +166,7 @@ def test_failed_chunk_is_retried_on_a_different_seed():
 
 
 def test_seed_excluded_after_consecutive_failures_with_reason():
-    job, m = make_job(n_chunks=8, config=PlannerConfig(seed_failure_threshold=2))
+    job, m = make_job(n_chunks=8, config=PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=2))
     seeds = [seed("bad", m, None), seed("good", m, 4 * KiB)]
     out = job.next_assignments(seeds, 0.0, 100)
     bad = [a for a in out if a.seed_id == "bad"]
@@ -174,7 +178,7 @@ def test_seed_excluded_after_consecutive_failures_with_reason():
 
 
 def test_all_seeds_excluded_fails_naming_each_seed():
-    job, m = make_job(n_chunks=4, config=PlannerConfig(seed_failure_threshold=1))
+    job, m = make_job(n_chunks=4, config=PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=1))
     seeds = [seed("s0", m), seed("s1", m)]
     out = job.next_assignments(seeds, 0.0, 100)
     finish(job, out, 1.0, ok=False, reason="read_failed")
@@ -184,7 +188,7 @@ def test_all_seeds_excluded_fails_naming_each_seed():
 
 
 def test_no_live_seed_fails_after_grace():
-    job, m = make_job(config=PlannerConfig(no_seed_grace_seconds=10))
+    job, m = make_job(config=PlannerConfig(max_assignment_bytes=0, no_seed_grace_seconds=10))
     job.next_assignments([], 5.0, 8)
     assert job.state == RUNNING
     job.next_assignments([], 10.5, 8)
@@ -215,7 +219,7 @@ def test_a_lost_seed_that_re_registers_is_used_again_with_its_new_pointers():
 
 
 def test_no_seed_grace_counts_from_when_the_last_seed_left_not_the_last_poll():
-    job, m = make_job(config=PlannerConfig(no_seed_grace_seconds=10))
+    job, m = make_job(config=PlannerConfig(max_assignment_bytes=0, no_seed_grace_seconds=10))
     job.next_assignments([seed("s0", m)], 0.0, 1)  # the last /work that saw a seed
     job.seed_lost("s0", "seed_lost: no heartbeat for 5.0 s", 20.0)
     job.next_assignments([], 25.0, 8)
@@ -249,12 +253,12 @@ def test_stale_and_unknown_reports_change_nothing():
 
 def test_only_zero_byte_tensors_is_done_at_once():
     m = manifest(z=0)
-    job = Job("j", m, plan_chunks(m, 4 * KiB), PlannerConfig(), 0.0)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), ONE_CHUNK_EACH, 0.0)
     assert job.state == DONE and job.next_assignments([seed("s", m)], 0.0, 8) == []
 
 
 def test_chunk_failing_everywhere_fails_the_job():
-    job, m = make_job(n_chunks=1, config=PlannerConfig(max_attempts_per_chunk=3, seed_failure_threshold=99))
+    job, m = make_job(n_chunks=1, config=PlannerConfig(max_assignment_bytes=0, max_attempts_per_chunk=3, seed_failure_threshold=99))
     seeds = [seed("s0", m), seed("s1", m)]
     for t in range(3):
         finish(job, job.next_assignments(seeds, t, 1), t, ok=False, reason="read_failed")
@@ -267,3 +271,82 @@ def test_progress_reports_totals():
     finish(job, out, 1.0)
     p = job.progress()
     assert (p["bytes_done"], p["bytes_total"], p["chunks_done"], p["chunks_total"]) == (8 * KiB, 16 * KiB, 2, 4)
+
+
+# -- merged assignments ---------------------------------------------------------
+MERGE_16K = PlannerConfig(max_assignment_bytes=16 * KiB)
+
+
+def test_an_uncapped_seed_gets_consecutive_chunks_as_one_assignment():
+    job, m = make_job(n_chunks=8, config=MERGE_16K)
+    out = job.next_assignments([seed("s0", m, None)], 0.0, 8)
+    assert [a.chunk_ids for a in out] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert [a.nbytes for a in out] == [16 * KiB, 16 * KiB]
+    # One read batch covering the four chunks, in order, client and seed pointers resolved.
+    first = out[0]
+    assert sum(r.length for r in first.reads) == 16 * KiB
+    assert [r.dst_ptr - m["w"].ptr for r in first.reads] == [0, 4 * KiB, 8 * KiB, 12 * KiB]
+    finish(job, out, 1.0)
+    assert job.state == DONE and job.bytes_done == 32 * KiB and job.bytes_by_seed == {"s0": 32 * KiB}
+
+
+@pytest.mark.parametrize("rate, sizes", [
+    (8 * KiB, [1]),          # budget 0.5 s x rate = one chunk: one in flight, no merging
+    (16 * KiB, [1, 1]),      # two chunks: two in flight, still no merging
+    (32 * KiB, [2, 2]),      # four chunks over two slots: pairs
+    (64 * KiB, [4, 4]),      # eight chunks over two slots, up to max_assignment_bytes
+    (None, [4, 4]),          # uncapped: up to max_assignment_bytes
+])
+def test_merging_follows_the_seeds_allowed_rate(rate, sizes):
+    job, m = make_job(n_chunks=8, config=PlannerConfig(max_assignment_bytes=16 * KiB, max_in_flight_per_seed=2))
+    out = job.next_assignments([seed("s0", m, rate)], 0.0, 8)
+    assert [len(a.chunk_ids) for a in out] == sizes
+
+
+def test_no_seed_takes_more_than_its_share_of_what_is_pending():
+    job, m = make_job(n_chunks=8, config=PlannerConfig(max_assignment_bytes=64 * KiB))
+    out = job.next_assignments([seed("s0", m, None), seed("s1", m, None)], 0.0, 8)
+    assert {a.seed_id for a in out} == {"s0", "s1"}
+    assert out[0].nbytes == 16 * KiB  # half of the 32 KiB pending, though 64 KiB were allowed
+    assert sorted(c for a in out for c in a.chunk_ids) == list(range(8))
+
+
+def test_a_failed_merged_assignment_requeues_its_chunks_in_order_and_counts_one_failure():
+    job, m = make_job(n_chunks=8, config=PlannerConfig(max_assignment_bytes=16 * KiB, seed_failure_threshold=2))
+    first, _second = job.next_assignments([seed("s0", m, None), seed("s1", m, None)], 0.0, 2)
+    finish(job, [first], 1.0, ok=False, reason="read_failed")
+    assert list(job.pending)[:len(first.chunk_ids)] == list(first.chunk_ids)
+    assert job.consecutive_failures[first.seed_id] == 1 and first.seed_id not in job.excluded
+    assert job.retried_chunks == len(first.chunk_ids)
+    assert all(job.chunks[c].attempts == 1 for c in first.chunk_ids)
+
+
+def test_a_merged_read_that_never_started_costs_no_attempt():
+    job, m = make_job(n_chunks=4, config=MERGE_16K)
+    [a] = job.next_assignments([seed("s0", m, None)], 0.0, 8)
+    finish(job, [a], 1.0, ok=False, reason="seed_lost")
+    assert all(job.chunks[c].attempts == 0 for c in a.chunk_ids)
+    assert job.consecutive_failures["s0"] == 0 and len(job.pending) == 4
+
+
+def test_a_duplicate_landing_first_does_not_cancel_the_merged_assignment_and_bytes_count_once():
+    job, m = make_job(n_chunks=4, config=MERGE_16K)
+    [merged] = job.next_assignments([seed("slow", m, None)], 0.0, 1)
+    assert merged.chunk_ids == (0, 1, 2, 3)
+    job.observed_rate["slow"] = 1.0 * KiB  # it turned out slow: 16 s for its 16 KiB
+    [dup] = job.next_assignments([seed("slow", m, None), seed("fast", m, 1e9)], 0.01, 1)
+    assert dup.seed_id == "fast" and len(dup.chunk_ids) == 1
+    finish(job, [dup], 0.02)
+    assert merged.assignment_id not in job.take_cancellations()
+    assert job.chunks_done == 1 and job.state == RUNNING
+    finish(job, [merged], 0.5)
+    assert job.state == DONE and job.bytes_done == job.bytes_total == 16 * KiB
+    assert job.bytes_by_seed == {"fast": 4 * KiB, "slow": 12 * KiB}
+
+
+def test_a_lost_seed_cancels_its_merged_assignment_once_and_requeues_every_chunk():
+    job, m = make_job(n_chunks=8, config=MERGE_16K)
+    out = job.next_assignments([seed("s0", m, None)], 0.0, 8)
+    job.seed_lost("s0", "gone", 1.0)
+    assert sorted(job.take_cancellations()) == sorted(a.assignment_id for a in out)
+    assert list(job.pending) == list(range(8))

@@ -446,8 +446,8 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         observer.phase = "baseline"
         observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
         time.sleep(options.settle_seconds)
-        baseline_blocks.append(observer.measure("A baseline (no transfer)", options.ab_block_seconds))
-        baseline = combine("A baseline (no transfer), all blocks", baseline_blocks)
+        # It is reported beside phase C (the machine's load may have moved since A/B), not pooled into A.
+        adjacent = observer.measure("A4 baseline (no transfer)", options.ab_block_seconds)
 
         # C. adaptive throttle (starts at its floor and climbs).
         observer.phase = "throttled"
@@ -490,14 +490,19 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
             "slo_itl_seconds": slo,
             "slo_budget": options.slo_budget,
             "slo_choice": slo_how,
+            # What the SLO was chosen from: the share of the seeds' no-transfer tokens above each bound.
+            "baseline_fraction_above_bound": {
+                f"{b:g}": fraction_above(baseline.itl, b).fraction
+                for b in baseline.itl.bounds if math.isfinite(b) and 0.01 <= b <= 0.2},
             "cap_bytes_per_second": cap,
             "cap_aggregate_bytes_per_second": cap * n,
             "itl_p99_baseline_seconds": baseline.p99,
+            "itl_p99_baseline_before_throttled_seconds": adjacent.p99,
             "itl_p99_unthrottled_seconds": unthrottled.p99,
             "itl_p99_throttled_seconds": throttled.p99,
             "itl_fraction_above_slo": {
                 "baseline": baseline.fraction_above(slo), "unthrottled": unthrottled.fraction_above(slo),
-                "throttled": throttled.fraction_above(slo),
+                "baseline_before_throttled": adjacent.fraction_above(slo), "throttled": throttled.fraction_above(slo),
             },
             "itl_p99_per_seed_seconds": {
                 "baseline": baseline.per_seed_p99, "unthrottled": unthrottled.per_seed_p99,
@@ -528,6 +533,9 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
     return result
 
 
+CONTEXT_CHECKS = ("throttled_p99_vs_adjacent_baseline",)
+
+
 def judge(r: dict) -> dict:
     """Each target of issue #3: the measured ratio/seconds and whether it is met."""
     base, cap_total = r["itl_p99_baseline_seconds"], r["cap_aggregate_bytes_per_second"]
@@ -536,6 +544,9 @@ def judge(r: dict) -> dict:
         "unthrottled_p99_vs_baseline": (r["itl_p99_unthrottled_seconds"] / base, ">= 1.5"),
         "throttled_p99_vs_baseline": (r["itl_p99_throttled_seconds"] / base, "<= 1.15"),
         "throttled_p99_vs_slo": (r["itl_p99_throttled_seconds"] / r["slo_itl_seconds"], "<= 1.0"),
+        # Context, not an issue target: the no-transfer block measured just before phase C.
+        "throttled_p99_vs_adjacent_baseline": (
+            r["itl_p99_throttled_seconds"] / r["itl_p99_baseline_before_throttled_seconds"], "<= 1.15"),
         "throttled_vs_oracle": (r["throughput_throttled_bytes_per_second"] / oracle if oracle else None, ">= 0.8"),
         "idle_vs_cap": (r["throughput_idle_bytes_per_second"] / cap_total, ">= 0.95"),
         "spike_reaction_seconds": (r["spike_reaction_seconds"], "<= 3"),
@@ -545,7 +556,7 @@ def judge(r: dict) -> dict:
     for name, (value, target) in checks.items():
         op, bound = target.split()
         met = value is not None and (value >= float(bound) if op == ">=" else value <= float(bound))
-        out[name] = {"value": value, "target": target, "met": met}
+        out[name] = {"value": value, "target": target, "met": met, "issue_target": name not in CONTEXT_CHECKS}
     return out
 
 
@@ -638,8 +649,10 @@ def run(args: argparse.Namespace) -> int:
     for name, c in result["checks"].items():
         value = c["value"]
         text = "n/a" if value is None else f"{value:.2f}"
-        print(f"{'PASS' if c['met'] else 'MISS'}  {name:32} {text:>8}   [target {c['target']}]")
-    print(f"oracle {format_rate(result['oracle_bytes_per_second'])}, throttled "
+        kind = "target" if c["issue_target"] else "context"
+        print(f"{'PASS' if c['met'] else 'MISS'}  {name:36} {text:>8}   [{kind} {c['target']}]")
+    oracle = result["oracle_bytes_per_second"]
+    print(f"oracle {'none met the SLO' if oracle is None else format_rate(oracle)}, throttled "
           f"{format_rate(result['throughput_throttled_bytes_per_second'])}, unthrottled "
           f"{format_rate(result['throughput_unthrottled_bytes_per_second'])}, idle "
           f"{format_rate(result['throughput_idle_bytes_per_second'])}")
@@ -651,7 +664,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot_path:
         plot(result, args.plot_path)
         print(f"wrote {args.plot_path}")
-    return 0 if all(c["met"] for c in result["checks"].values()) else 1
+    return 0 if all(c["met"] for c in result["checks"].values() if c["issue_target"]) else 1
 
 
 def _finite(x):

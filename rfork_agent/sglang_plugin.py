@@ -177,7 +177,6 @@ last_load: LoadRecord | None = None
 
 _config: PluginConfig | None = None
 _registered = False
-_verified = False
 
 
 def register() -> None:
@@ -212,7 +211,10 @@ def hook_active() -> bool:
     import pkgutil
 
     owner_path, attr = HOOK_TARGET.rsplit(".", 1)
-    fn = getattr(pkgutil.resolve_name(owner_path), attr)
+    try:
+        fn = getattr(pkgutil.resolve_name(owner_path), attr)
+    except (ImportError, AttributeError, ValueError):
+        return False  # the loader does not import, or has no such method: nothing of ours is there
     while fn is not None:
         # SGLang's AROUND wrapper closes over our hook; walk the chain it builds.
         cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
@@ -233,12 +235,10 @@ def _verify_after_apply(registry: Any) -> None:
     original = registry.__dict__["apply_hooks"]
 
     def apply_hooks_then_verify(cls):
-        global _verified
         try:
             original.__func__(cls)
         finally:
             cls.apply_hooks = original
-            _verified = True
             if hook_active():
                 log.info("rfork plugin: hook active on %s; ranks load through the rfork scheduler at %s",
                          HOOK_TARGET, _config.scheduler_url if _config else "?")

@@ -8,17 +8,22 @@ SGLang seed, and SGLang's hooked loader forks from them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.fleet import FleetSpec
 from tests.sglang.conftest import SGLANG_INSTALLED, client_env, run_python, run_sglang_client
 from throttle.prom_text import ITL_HISTOGRAM, RUNNING_GAUGE, TTFT_HISTOGRAM, parse_sglang_scrape
 
-SPEC = FleetSpec(seeds=2, preset="tiny", dtype="bfloat16", tp_size=2, load_rps=4.0)
+# Agents pace at a fixed cap and scrape the seed's /metrics (--throttle fixed), as
+# beside a stock SGLang seed.
+SPEC = FleetSpec(seeds=2, preset="tiny", dtype="bfloat16", tp_size=2, load_rps=4.0,
+                 seed_rates=(1e9,), agent_args=("--throttle", "fixed"))
 MODEL_FIELDS = ("preset", "size_bytes", "dtype", "tp_size", "include_zero_byte", "rng_seed")
 
 
@@ -80,6 +85,22 @@ def test_live_seed_metrics_come_from_sglangs_collector_and_parse(fleet):
     assert TTFT_HISTOGRAM in scrape.histograms and RUNNING_GAUGE in scrape.gauges
     # SGLang's exposition: its buckets and its labels.
     assert 'sglang:inter_token_latency_seconds_bucket{engine_type="unified",le="0.002",model_name="tiny"}' in text
+
+    # The agent beside the seed reads the same body: its observed ITL p99 becomes a number.
+    agent, seed_id = fleet.seeds[0].agent_url, fleet.seeds[0].seed_id
+    p99_key = ("rfork_agent_observed_itl_p99_seconds", (("seed", seed_id),))
+    while True:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(httpx.get(f"{agent}/metrics", timeout=5).text)
+                   for s in family.samples}
+        p99 = samples.get(p99_key, math.nan)
+        if not math.isnan(p99):
+            break
+        assert time.monotonic() < deadline + 30, f"agent never reported an observed ITL p99: {samples.get(p99_key)}"
+        time.sleep(1)
+    assert 0 < p99 < 10
+    failures = [v for (name, _), v in samples.items() if name == "rfork_agent_seed_metrics_scrape_failures_total"]
+    assert sum(failures) == 0, "the agent could not parse SGLang's exposition"
 
 
 def test_tokenizer_metrics_collector_exposition_reads_back_exactly():

@@ -42,3 +42,32 @@ def test_identity_from_env_alone_when_sglang_has_not_published():
     assert model_identity(config) == {"model": "m", "revision": "main", "dtype": "float16", "tp_size": 2}
     with pytest.raises(RforkPluginError, match="set RFORK_MODEL"):
         model_identity(PluginConfig(URL))
+
+
+def test_fork_runs_from_a_thread_that_already_runs_an_event_loop():
+    import asyncio
+
+    from rfork_agent.sglang_plugin import _run_sync
+
+    async def answer():
+        return 42
+
+    async def caller():  # SGLang's loader called from inside a running loop
+        return _run_sync(answer)
+
+    assert _run_sync(answer) == 42
+    assert asyncio.run(caller()) == 42
+
+
+def test_draft_runner_is_recognised_from_sglangs_call_frame():
+    from rfork_agent.sglang_plugin import _draft_reason
+
+    class Qwen2ForCausalLM:
+        pass
+
+    def load_model_with_memory_saver(is_draft_worker):  # SGLang's frame, by name and local
+        return _draft_reason(Qwen2ForCausalLM())
+
+    assert load_model_with_memory_saver(is_draft_worker=True) == "draft (speculative) model"
+    assert load_model_with_memory_saver(is_draft_worker=False) == ""
+    assert _draft_reason(Qwen2ForCausalLM()) == ""

@@ -301,8 +301,9 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
             raise RforkLoadError(f"{reason}. Fix the cause, or set {ENV_FALLBACK}=1 to let SGLang read "
                                  f"every weight from {seed_url}") from exc
         if job_started:
-            # Reads already settled (the client drains before raising); the
-            # original read rewrites every parameter, so nothing stale remains.
+            # The client let its reads settle before raising (a read TE timed out
+            # may still land later, but with the very bytes every seed holds);
+            # the original read rewrites every parameter, so nothing stale remains.
             log.error("rfork: %s; falling back to SGLang's single-seed read from %s, which rewrites every "
                       "parameter", reason, seed_url, exc_info=not _expected(exc))
         else:

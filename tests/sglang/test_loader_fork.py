@@ -114,3 +114,24 @@ def test_draft_model_is_left_to_sglang_and_does_not_hang(fleet):
     assert result["ok"] and result["mismatched"] == []
     assert result["last_load"]["path"] == "sglang"
     assert "draft (speculative) model" in result["last_load"]["reason"]
+
+
+def test_job_that_fails_after_it_started_falls_back_and_sglang_rewrites_every_byte():
+    # Seeds stay registered (long heartbeat timeout) but their agents are gone: the job is
+    # created, every lease fails, the scheduler excludes both seeds and fails the job. The
+    # seed processes are alive, so SGLang's own read still loads everything.
+    spec = FleetSpec(seeds=2, preset="tiny", dtype="bfloat16", token=TOKEN, heartbeat_timeout_seconds=600)
+    with Fleet(spec) as lonely:
+        identity = lonely.identity()
+        for index in range(spec.seeds):
+            lonely.kill_agent(index)
+        env = {"RFORK_SCHEDULER_URL": lonely.scheduler_url, "RFORK_TOKEN": TOKEN, "RFORK_CHUNK_SIZE": CHUNK,
+               "RFORK_MODEL": identity["model"], "RFORK_DTYPE": identity["dtype"]}
+        config = {"mode": "load", "seed_url": lonely.seeds[0].url, "rank": 0,
+                  "fleet": {k: asdict(spec)[k] for k in MODEL_FIELDS}}
+        result, stderr = run_sglang_client(config, client_env(**env))
+    assert result["ok"] and result["mismatched"] == [], result
+    record = result["last_load"]
+    assert record["path"] == "sglang" and "after its job started" in record["reason"], record
+    assert "ForkFailed" in record["reason"]
+    assert "which rewrites every parameter" in stderr

@@ -19,10 +19,17 @@ Rules (why each one):
   ``(nbytes - balance) / rate`` — instead of waiting forever for a balance the
   cap can never reach. Later reservations pay off that debt first, which keeps
   the long-run rate exact.
-- **Rate changes conserve tokens.** ``set_rate`` settles accrual at the old
-  rate up to ``now`` and accrues at the new rate after it, so the adaptive QoS
-  controller can move the rate every tick without creating or losing bytes.
-  Reservations already booked keep their start times.
+- **Rate changes conserve tokens; debt keeps its deadline.** ``set_rate``
+  settles accrual at the old rate up to ``now`` and accrues at the new rate
+  after it, so the adaptive QoS controller can move the rate every tick
+  without creating or losing bytes. Reservations already booked keep their
+  start times, and a debt (bytes booked ahead) is rescaled so that it clears
+  at the same moment it would have at the rate it was booked at: what was
+  granted before the change runs on its schedule, what is asked after it is
+  paced at the new rate. Charging the old bookings at a much lower new rate
+  instead would stall the seed for (debt / new rate): measured on the
+  testbed, 13 s of no transfer at all after a drop from 60 MB/s to the
+  5 MB/s floor, where the controller meant "slowly", not "stop".
 - **Rate 0 pauses.** ``set_rate(0.0)`` (a QoS probe pause) denies every new
   reservation of a positive size; the balance is frozen, not lost.
 - **Uncapped** (``rate=None``) grants at once and keeps no balance.
@@ -35,8 +42,8 @@ Rules (why each one):
     >>> b.reserve(10, now=0.0, max_wait=0.5) is None     # over the wait: nothing booked
     True
     >>> b.set_rate(200.0, now=0.5)                       # 50 accrued at 100 B/s, kept
-    >>> b.available(0.5)
-    -50.0
+    >>> b.available(0.5)                                 # the 50 B of debt left still clears at t=1.0
+    -100.0
 """
 
 from __future__ import annotations
@@ -107,6 +114,8 @@ class TokenBucket:
         self._burst = float(burst)
         self._tokens = float(burst)  # start full: an idle seed may serve one burst at once
         self._at = now
+        # The rate any debt drains at (the last positive rate; a pause freezes it).
+        self._debt_rate = rate
 
     @property
     def rate(self) -> float | None:
@@ -179,5 +188,10 @@ class TokenBucket:
             self._burst = float(burst)
         if self._rate is None and rate is not None:
             self._tokens = self._burst
+        if self._tokens < 0 and rate and self._debt_rate:
+            # Keep the moment the debt clears: debt/old == new_debt/new.
+            self._tokens *= rate / self._debt_rate
         self._tokens = min(self._tokens, self._burst)
         self._rate = rate
+        if rate:
+            self._debt_rate = rate

@@ -212,3 +212,13 @@ def test_entering_adaptive_starts_at_the_floor_staying_keeps_state():
     climbed = t.state.rate_bytes_per_second
     t.set_mode(ThrottleMode.ADAPTIVE, 6.0)
     assert t.state.rate_bytes_per_second == climbed
+
+
+def test_docstring_examples():
+    import doctest
+
+    import throttle.qos
+    import throttle.token_bucket
+
+    for module in (throttle.qos, throttle.token_bucket):
+        assert doctest.testmod(module).failed == 0, module.__name__

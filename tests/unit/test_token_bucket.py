@@ -65,10 +65,23 @@ def test_set_rate_mid_stream_conserves_tokens():
     bucket.set_rate(1000.0, now=0.5)           # 50 accrued at the old rate: kept, none invented
     assert bucket.available(0.5) == pytest.approx(50)
     assert bucket.available(0.6) == pytest.approx(150)
-    bucket.reserve(500, 0.6, max_wait=10)      # debt 350
-    bucket.set_rate(100.0, now=0.6)            # lowering keeps the debt
-    assert bucket.available(0.6) == pytest.approx(-350)
-    assert bucket.reserve(50, 0.6, max_wait=10).start_at == pytest.approx(0.6 + 4.0)
+    bucket.reserve(500, 0.6, max_wait=10)      # debt 350: clears at 0.6 + 0.35 at 1000 B/s
+    bucket.set_rate(100.0, now=0.6)            # lowering keeps that moment: debt 35 at 100 B/s
+    assert bucket.available(0.6) == pytest.approx(-35)
+    assert bucket.reserve(50, 0.6, max_wait=10).start_at == pytest.approx(0.95 + 0.5)  # new bytes: new rate
+
+
+def test_debt_keeps_its_deadline_across_a_pause_and_big_cuts():
+    bucket = TokenBucket(60e6, 1.0, now=0.0)
+    for _ in range(8):
+        bucket.reserve(8e6, 0.0, max_wait=10)  # 64 MB booked ahead at 60 MB/s: clears at ~1.07 s
+    booked_until = -bucket.available(0.0) / 60e6
+    bucket.set_rate(0.0, now=0.0)              # pause: frozen
+    bucket.set_rate(5e6, now=0.0)              # the floor: the old bookings still clear at ~1.07 s
+    assert bucket.wait_for(0.0 + 1e-9, 0.0) == pytest.approx(booked_until, rel=1e-6)
+    assert bucket.reserve(5e6, 0.0, max_wait=10).start_at == pytest.approx(booked_until + 1.0, rel=1e-6)
+    bucket.set_rate(10e6, now=booked_until)    # raising keeps the deadline too: the 5 MB booked at 5 MB/s
+    assert bucket.wait_for(1e-9, booked_until) == pytest.approx(1.0, rel=1e-6)  # still clears 1 s later
 
 
 def test_set_rate_zero_pauses_and_resume_keeps_the_balance():

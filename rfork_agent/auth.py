@@ -26,6 +26,8 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+from rfork_agent.http_guard import send_json_error
+
 TOKEN_ENV = "RFORK_TOKEN"
 TOKEN_FILE_ENV = "RFORK_TOKEN_FILE"
 OPEN_PATHS = frozenset({"/health", "/metrics"})
@@ -89,16 +91,11 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         problem = "no Authorization header" if not given else "the bearer token does not match"
-        payload = json.dumps({"detail": {
-            "error": "unauthorized",
-            "message": f"{problem}; send 'Authorization: Bearer <token>' with the fleet's shared token "
-                       f"(--token-file or ${TOKEN_ENV})",
-        }}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()),
-                                (b"www-authenticate", b'Bearer realm="rfork"')]})
-        await send({"type": "http.response.body", "body": payload})
+        await send_json_error(
+            send, 401, "unauthorized",
+            f"{problem}; send 'Authorization: Bearer <token>' with the fleet's shared token "
+            f"(--token-file or ${TOKEN_ENV})",
+            headers=[(b"www-authenticate", b'Bearer realm="rfork"')])
 
 
 # --------------------------------------------------------------------------- lease grants (pure)

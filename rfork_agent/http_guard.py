@@ -63,16 +63,20 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send, size: int) -> None:
-        payload = json.dumps({"detail": {
-            "error": "body_too_large",
-            "message": f"request body is {size} bytes or more; at most {self.max_bytes} bytes are accepted "
-                       "(raise the service's --max-body-bytes if a real manifest needs more)",
-        }}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": payload})
+        await send_json_error(
+            send, 413, "body_too_large",
+            f"request body is {size} bytes or more; at most {self.max_bytes} bytes are accepted "
+            "(raise the service's --max-body-bytes if a real manifest needs more)",
+            headers=[(b"connection", b"close")])
+
+
+async def send_json_error(send, status: int, code: str, message: str, headers=()) -> None:
+    """Answer from ASGI middleware with the services' error shape: {"detail": {"error", "message"}}."""
+    payload = json.dumps({"detail": {"error": code, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _content_length(scope) -> int | None:

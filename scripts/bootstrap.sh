@@ -9,15 +9,7 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 # Mooncake's wheel links against libibverbs/librdmacm even for TCP.
-need_apt=()
-ldconfig -p | grep -q 'libibverbs.so.1 ' || need_apt+=(libibverbs1)
-ldconfig -p | grep -q 'librdmacm.so.1 ' || need_apt+=(librdmacm1)
-if ((${#need_apt[@]})); then
-    echo "bootstrap: installing Debian packages: ${need_apt[*]}"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
-fi
+source scripts/ensure_rdma_libs.sh
 
 # The metrics suite (tests/prometheus) runs a real Prometheus and promtool.
 # Debian's package may auto-start a system service on :9090; that does not

@@ -26,15 +26,7 @@ SGLANG_DEPS=(
 )
 
 # Mooncake's wheel links against libibverbs/librdmacm even for TCP.
-need_apt=()
-ldconfig -p | grep -q 'libibverbs.so.1 ' || need_apt+=(libibverbs1)
-ldconfig -p | grep -q 'librdmacm.so.1 ' || need_apt+=(librdmacm1)
-if ((${#need_apt[@]})); then
-    echo "bootstrap-sglang: installing Debian packages: ${need_apt[*]}"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
-fi
+source scripts/ensure_rdma_libs.sh
 
 stamp_input="$(cat pyproject.toml scripts/bootstrap_sglang.sh) $TORCH_SPEC $SGLANG_SPEC $($PYTHON --version 2>&1)"
 stamp_hash=$(printf '%s' "$stamp_input" | sha256sum | cut -c1-16)

@@ -76,7 +76,9 @@ class QosBenchOptions:
     ab_rounds: int = 3
     ab_block_seconds: float = 6.0
     """Baseline and unthrottled are measured in ``ab_rounds`` alternating blocks of this length."""
-    sweep_fractions: tuple[float, ...] = (0.6, 0.45, 0.33, 0.25, 0.18, 0.12, 0.08)
+    sweep_fractions: tuple[float, ...] = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.12, 0.08)
+    """Fixed per-seed rates tried, as fractions of the cap, highest first: the oracle is the first that
+    meets the SLO, so the best fixed rate lies between it and the level above (a 10 %-of-cap grid)."""
     sweep_seconds: float = 8.0
     throttled_seconds: float = 40.0
     throttled_measure_seconds: float = 25.0

@@ -213,3 +213,23 @@ def test_a_resume_that_does_not_fit_the_plan_is_422(service, extra, needle):
     call(app, "PUT", "/v1/seeds/s0", json=registration())
     r = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST, **extra})
     assert r.status_code == 422 and needle in r.json()["detail"]["message"], r.text
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/v1/jobs/nope/work", {"max_assignments": 1}),
+    ("GET", "/v1/jobs/nope", None),
+    ("DELETE", "/v1/jobs/nope", None),
+])
+def test_unknown_job_ids_are_404_naming_the_id(service, method, path, body):
+    app, _, _ = service
+    r = call(app, method, path, json=body) if body is not None else call(app, method, path)
+    assert r.status_code == 404
+    assert r.json()["detail"]["error"] == "unknown_job" and "'nope'" in r.json()["detail"]["message"]
+
+
+def test_a_huge_manifest_count_is_refused_with_the_limit_named():
+    from scheduler.errors import InvalidManifest
+    from scheduler.manifest import MAX_TENSORS, parse_manifest
+
+    with pytest.raises(InvalidManifest, match=f"at most {MAX_TENSORS}"):
+        parse_manifest({f"t{i}": [4096 * i, 1, 1] for i in range(MAX_TENSORS + 1)})

@@ -13,8 +13,9 @@ latency exceeded the SLO threshold T (and the same for TTFT), read from
 histogram deltas as ``1 − Δ(le=T)/N``. With budget ``b`` (e.g. 1 %):
 
 1. **Idle** (running = queued = 0 and no tokens for 2 intervals): rate = cap.
-   When load returns, drop at once to the last rate that held the SLO for 3
-   consecutive loaded intervals (the floor if none is known yet).
+   When load returns, drop at once to half the last rate that held the SLO for
+   3 consecutive loaded intervals (the floor if none is known yet): that rate
+   held under an earlier load, which may have been lighter.
 2. **Too few tokens** (N < 200): hold, pooling consecutive intervals up to
    5 s. At 5 s a pool with at least 50 tokens is judged anyway; a thinner one
    is dropped (hold) — a near-idle seed is not worth guessing about.
@@ -295,6 +296,11 @@ class ControllerConfig:
     idle_intervals: int = 2
     #: Consecutive SLO-met loaded intervals that make a rate "proven" for reuse after idle.
     good_intervals_to_remember: int = 3
+    #: When load returns after idle, resume at this fraction of the proven rate. It held
+    #: under an earlier load, which may have been lighter: climbing back costs a few
+    #: additive steps, overshooting costs the seed's SLO (measured: a seed resumed at
+    #: 91.5 MB/s against an 80 MB/s oracle and took 4.9 s to get under it).
+    resume_fraction_after_idle: float = 0.5
     #: Probe period under load; None disables probing.
     probe_every_seconds: float | None = 30.0
     #: How long each probe pauses the transfer.
@@ -327,6 +333,7 @@ class ControllerConfig:
             ("pool_max_seconds", lambda v: v >= self.interval_seconds, ">= interval_seconds"),
             ("md_beta", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("max_cut", lambda v: 0 < v < 1, "in (0, 1)"),
+            ("resume_fraction_after_idle", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("hold_after_cut_seconds", lambda v: v >= 0, ">= 0 seconds"),
             ("confirm_mild_miss_seconds", lambda v: v >= 0, ">= 0 seconds"),
             ("additive_step_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -743,8 +750,10 @@ def _load_returned(state: ControllerState, config: ControllerConfig, now: float)
     # about the remembered rate; drop first, judge from the next interval.
     # No post-cut hold: the remembered rate is proven, growing from it is normal.
     proven = state.remembered_rate
-    target = min(config.floor_bytes_per_second if proven is None else proven, state.rate_bytes_per_second)
-    source = "no proven rate yet: floor" if proven is None else "last rate that held the SLO"
+    resume = None if proven is None else max(config.floor_bytes_per_second, proven * config.resume_fraction_after_idle)
+    target = min(config.floor_bytes_per_second if resume is None else resume, state.rate_bytes_per_second)
+    source = ("no proven rate yet: floor" if proven is None
+              else f"{config.resume_fraction_after_idle:g} x the last rate that held the SLO")
     state = replace(
         state, pending=None, good_rates=(), last_interval_active=None,
         next_probe_at=None if config.probe_every_seconds is None else now + config.probe_every_seconds,

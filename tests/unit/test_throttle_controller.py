@@ -244,15 +244,15 @@ def test_load_gone_entirely_recovers_to_cap_in_two_intervals():
     assert [d.rate_bytes_per_second for d in sim.run(IDLE, 2)] == [FLOOR, CAP]
 
 
-def test_load_returning_after_idle_drops_to_the_last_proven_rate():
+def test_load_returning_after_idle_drops_to_half_the_last_proven_rate():
     sim = Sim(rate=0.4 * CAP)
     sim.run(make_obs(1000, 0.008), 3)  # within budget (hold band) for 3 intervals: 0.4 cap is proven
     assert sim.state.remembered_rate == 0.4 * CAP
     sim.run(IDLE, 3)
     assert sim.rate == CAP
     d = sim.step(GOOD)
-    assert (d.mode, d.rate_bytes_per_second) == (Mode.CUT, 0.4 * CAP)
-    assert "last rate that held" in d.reason
+    assert (d.mode, d.rate_bytes_per_second) == (Mode.CUT, 0.2 * CAP)
+    assert "0.5 x the last rate that held" in d.reason
     assert sim.step(GOOD).mode is Mode.RECOVER  # no post-cut hold: the rate is proven
 
 

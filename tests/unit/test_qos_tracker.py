@@ -25,7 +25,9 @@ SLO = SloConfig(itl_threshold_seconds=0.03, violation_budget=0.01)
 
 
 def controller(**overrides) -> ControllerConfig:
-    return ControllerConfig(cap_bytes_per_second=CAP, probe_every_seconds=None, **overrides)
+    # Swift's cut constants, as in test_throttle_controller.py: these tests check the wiring.
+    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None,
+                               "md_beta": 0.8, "max_cut": 0.5, **overrides})
 
 
 class FakeSeed:

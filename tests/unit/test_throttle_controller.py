@@ -74,9 +74,14 @@ GOOD = make_obs(1000, 0.0)
 BAD = make_obs(1000, 0.05)  # 5 % over 60 ms against a 1 % budget: cut x0.5 (max cut)
 
 
+SWIFT = {"md_beta": 0.8, "max_cut": 0.5}
+"""The law's mechanics are tested with Swift's textbook cut constants; the shipped defaults are
+gentler (test_shipped_cut_constants_are_gentler_and_still_reach_the_floor checks those)."""
+
+
 def make_config(**overrides) -> ControllerConfig:
-    """Defaults of the law, probes off unless a test turns them on."""
-    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, **overrides})
+    """The law with Swift's cut constants, probes off unless a test turns them on."""
+    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, **SWIFT, **overrides})
 
 
 class Sim:
@@ -604,3 +609,12 @@ def test_observation_from_scrapes(prev, cur, itl, ttft, reset):
     assert obs.transfer_active is False
     if reset is None:
         assert obs.span_seconds == 1.0
+
+
+def test_shipped_cut_constants_are_gentler_and_still_reach_the_floor():
+    shipped = ControllerConfig(cap_bytes_per_second=CAP, probe_every_seconds=None)
+    assert (shipped.md_beta, shipped.max_cut) == (0.5, 0.3)
+    sim = Sim(config=shipped, rate=CAP)
+    rates = [d.rate_bytes_per_second for d in sim.run(BAD, 9)]
+    assert rates[0] == pytest.approx(0.7 * CAP)  # f = 5 %: 1 - 0.5 * 0.8 = 0.6, capped at x0.7
+    assert rates[-1] == FLOOR  # 0.7 ** 9 < 5 %: floor within 9 bad intervals

@@ -197,7 +197,12 @@ class Job:
             # chunks: bigger assignments instead of more of them, the same bytes in flight.
             limit = min(limit, seed.allowed_rate * self.config.pipeline_seconds / self.config.max_in_flight_per_seed)
         # Never more than this seed's share of what is left, so the others get work too.
-        pending_bytes = first_bytes + sum(self.chunks[c].chunk.nbytes for c in self.pending)
+        # Summing stops once the share cannot bind: O(limit / chunk), not O(pending), per assignment.
+        pending_bytes = first_bytes
+        for chunk_id in self.pending:
+            if pending_bytes >= limit * len(eligible):
+                break
+            pending_bytes += self.chunks[chunk_id].chunk.nbytes
         limit = min(limit, pending_bytes / len(eligible))
         taken, total = [], first_bytes
         for chunk_id in list(self.pending):

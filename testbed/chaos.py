@@ -392,7 +392,7 @@ def client_kill(options: ChaosOptions) -> ScenarioResult:
                          "the dead client's leases and seed budget are released and its job cleaned up in bounded time")
     lease_ttl, client_timeout = 5.0, 5.0
     # Slower seeds, so the client is surely mid-fork when it dies.
-    with _Setup(replace(options, seed_rate=options.seed_rate / 4), res.name, forks=0,
+    with _Setup(replace(options, seed_rate=options.seed_rate / 8), res.name, forks=0,
                 scheduler_args=("--client-timeout", str(client_timeout)),
                 agent_args=("--lease-ttl", str(lease_ttl))) as setup:
         fleet = setup.fleet
@@ -406,12 +406,14 @@ def client_kill(options: ChaosOptions) -> ScenarioResult:
                                     start_new_session=True)
         try:
             deadline = time.monotonic() + 60
-            while _scheduler_gauge(fleet, "rfork_scheduler_jobs_active") < 1 or _leases_held(fleet) == 0:
+            # Kill once bytes flow: a lease is held only while its read runs (milliseconds), so
+            # "leases held" is no sign of progress; the job's own progress ratio is.
+            while _scheduler_gauge(fleet, "rfork_scheduler_job_progress_ratio") < 0.1:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     res.error = f"the client never got going (exit {proc.poll()}); see {fleet.log_dir}/client.log"
                     return res
-                time.sleep(0.1)
-            time.sleep(0.5)  # well into the fork
+                time.sleep(0.05)
+            res.detail["killed_at_progress"] = round(_scheduler_gauge(fleet, "rfork_scheduler_job_progress_ratio"), 2)
             if proc.poll() is not None or _scheduler_gauge(fleet, "rfork_scheduler_jobs_active") < 1:
                 res.error = "the client finished before it could be killed; use a bigger --size"
                 return res

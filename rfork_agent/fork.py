@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 import httpx
 
@@ -203,7 +203,8 @@ class ForkClient:
                         old_job["job_id"], job["job_id"], len(landed), job["num_chunks"])
             return job
 
-    async def _run(self, scheduler, agents, job: dict, rank: int, resume=None) -> ForkResult:
+    async def _run(self, scheduler, agents, job: dict, rank: int,
+                   resume: Callable[[dict, set[int]], Awaitable[dict]]) -> ForkResult:
         job_id = job["job_id"]
         tally = _Tally()
         running: dict[str, _Running] = {}
@@ -219,8 +220,6 @@ class ForkClient:
                     reports = []
                     unreachable_since = None
                 except clients.UnknownJob:
-                    if resume is None:
-                        raise
                     # Reports of assignments from the lost job mean nothing to the new one;
                     # what they landed is in tally.landed_chunks.
                     job = await resume(job, tally.landed_chunks)

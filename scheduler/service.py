@@ -27,10 +27,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
 
 from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
+from rfork_agent.auth import BearerAuth, GrantClaims, grant_key, sign_grant
 from rfork_agent.http_guard import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
-from rfork_agent.auth import BearerAuth, GrantClaims, grant_key, sign_grant
 from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed
 from scheduler.manifest import Manifest, match_manifests, parse_manifest
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
@@ -97,7 +97,7 @@ class SchedulerState:
 
     @functools.cached_property
     def grant_key(self) -> bytes | None:
-        return None if self.config.token is None else grant_key(self.config.token)
+        return grant_key(self.config.token) if self.config.token else None  # same test as the auth middleware
 
     # -- seeds -------------------------------------------------------------
     def register(self, seed_id: str, body: wire.SeedRegistration) -> None:
@@ -138,11 +138,7 @@ class SchedulerState:
             return False
         now = self.clock()
         for record in self.jobs.values():
-            retried_before = record.job.retried_chunks
-            record.job.seed_lost(seed_id, reason, now)
-            if record.job.retried_chunks > retried_before:
-                self.metrics.chunk_retries_total.labels(reason="seed_lost").inc(
-                    record.job.retried_chunks - retried_before)
+            self._counting_retries(record.job, "seed_lost", lambda job=record.job: job.seed_lost(seed_id, reason, now))
         for family in (self.metrics.seed_allowed_rate, self.metrics.assignments_in_flight):
             try:
                 family.remove(seed_id)
@@ -205,6 +201,14 @@ class SchedulerState:
         log.info("job %s resumes job %s: %d of %d chunks already landed", job.job_id, resume.previous_job_id,
                  job.chunks_done, num_chunks)
 
+    def _counting_retries(self, job: Job, reason: str, change: Callable[[], None]) -> None:
+        """Run ``change`` and count the chunks it re-queued as retries. A failure whose chunk is
+        still live elsewhere (an endgame duplicate) or already done re-queues nothing."""
+        before = job.retried_chunks
+        change()
+        if job.retried_chunks > before:
+            self.metrics.chunk_retries_total.labels(reason=reason).inc(job.retried_chunks - before)
+
     def sign_grants(self, job_id: str, assignments: list, rank: int) -> None:
         """Bind each assignment to a lease the seed's agent will verify (no-op with auth off)."""
         if self.grant_key is None:
@@ -223,15 +227,11 @@ class SchedulerState:
             before = (job.bytes_done, dict(job.bytes_by_seed), job.state)
             for r in body.reports:
                 a = job.assignments.get(r.assignment_id)
-                retried_before = job.retried_chunks
-                job.apply(Report(r.assignment_id, r.ok, r.reason, r.error, r.seconds), now)
+                reason = r.reason if r.reason in FAILURE_REASONS else "read_failed"
+                report = Report(r.assignment_id, r.ok, r.reason, r.error, r.seconds)
+                self._counting_retries(job, reason, lambda report=report: job.apply(report, now))
                 if a is not None and not r.ok:
-                    reason = r.reason if r.reason in FAILURE_REASONS else "read_failed"
                     self.metrics.chunk_failures_total.labels(seed=a.seed_id, reason=reason).inc()
-                    # A failure whose chunk is still live elsewhere (an endgame
-                    # duplicate) or already done is not a retry.
-                    if job.retried_chunks > retried_before:
-                        self.metrics.chunk_retries_total.labels(reason=reason).inc(job.retried_chunks - retried_before)
             views = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
             assignments = job.next_assignments(views, now, body.max_assignments)
             self.sign_grants(job_id, assignments, record.rank)

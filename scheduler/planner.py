@@ -39,9 +39,10 @@ class PlannerConfig:
     """Hand a seed several consecutive pending chunks as ONE assignment (one lease, one read,
     one report) up to this many bytes, when its in-flight budget (allowed rate x
     ``pipeline_seconds``) is more than ``max_in_flight_per_seed`` chunks (uncapped: always),
-    and no more than its share of what is pending. Per-assignment overhead (HTTP lease and report) is what separates a fork from an
-    uncapped seed from SGLang's single batch read; capped seeds keep one chunk per
-    assignment, so pacing stays fine-grained. 0 turns merging off."""
+    and no more than its share of what is pending. Per-assignment overhead (HTTP lease and
+    report) is what separates a fork from an uncapped seed from SGLang's single batch read;
+    capped seeds keep one chunk per assignment, so pacing stays fine-grained. 0 turns
+    merging off."""
 
 
 @dataclass(frozen=True)
@@ -141,15 +142,17 @@ class Job:
 
         Chunk ids are stable: the same manifest and chunk size give the same plan.
         """
-        for chunk_id in chunks_done:
+        done = set(chunks_done)
+        for chunk_id in sorted(done):
             state = self.chunks[chunk_id]
             if state.done:
                 continue
             state.done = True
-            self.pending.remove(chunk_id)
             self.bytes_done += state.chunk.nbytes
             self.bytes_resumed += state.chunk.nbytes
             self.chunks_done += 1
+        # One pass, not a deque.remove per chunk: a resume may list thousands of chunks.
+        self.pending = deque(c for c in self.pending if c not in done)
         if self.chunks and self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
 

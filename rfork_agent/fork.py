@@ -27,7 +27,7 @@ from typing import Awaitable, Callable, Mapping
 
 import httpx
 
-from metrics.definitions import ClientMetrics
+from metrics.definitions import FAILURE_REASONS, ClientMetrics
 from rfork_agent import clients
 from rfork_agent.auth import bearer_header
 from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
@@ -167,6 +167,7 @@ class ForkClient:
                 "job %s: %d bytes in %d chunks from seeds %s",
                 job["job_id"], job["total_bytes"], job["num_chunks"], ", ".join(job["seed_ids"]),
             )
+            self._touch_seed_series(job["seed_ids"])
 
             async def resume(old_job: dict, landed: set[int]) -> dict:
                 return await self._resume(scheduler, dict(identity), rank, manifest, old_job, landed)
@@ -410,6 +411,15 @@ class ForkClient:
                     bytes_by_seed=dict(tally.bytes_by_seed), failed_seeds=dict(p.get("failed_seeds", {})),
                 )
             )
+
+    def _touch_seed_series(self, seed_ids: list[str]) -> None:
+        """Zeros, not gaps: a dashboard's "failed reads" panel shows 0 for a fork with no failure.
+        Bounded: the job's seeds x the closed reason enum."""
+        if self._metrics:
+            for seed in seed_ids:
+                self._metrics.bytes_total.labels(seed=seed)
+                for reason in FAILURE_REASONS:
+                    self._metrics.chunk_failures_total.labels(seed=seed, reason=reason)
 
     def _set_in_flight(self, n: int) -> None:
         if self._metrics:

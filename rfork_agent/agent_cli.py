@@ -33,6 +33,7 @@ QOS_ENV = {
     "--slo-itl": "RFORK_SLO_ITL",
     "--slo-ttft": "RFORK_SLO_TTFT",
     "--slo-budget": "RFORK_SLO_BUDGET",
+    "--throttle-tuning": "RFORK_THROTTLE_TUNING",
 }
 
 
@@ -75,6 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="time-to-first-token SLO, e.g. 2; default $RFORK_SLO_TTFT or not judged")
     qos.add_argument("--slo-budget", default=None, metavar="FRACTION",
                      help="fraction of tokens allowed above the SLO, in (0, 1) (default $RFORK_SLO_BUDGET or 0.01)")
+    qos.add_argument("--throttle-tuning", default=None, metavar="FIELD=VALUE,...",
+                     help="override the control law's ControllerConfig fields (throttle/controller.py), e.g. "
+                          "md_beta=0.3,probe_every_seconds=60; 'none' disables a field that allows it "
+                          "(default $RFORK_THROTTLE_TUNING)")
     qos.add_argument("--seed-metrics-url", default=None,
                      help="the seed's Prometheus endpoint (default SGLANG_URL/metrics)")
 
@@ -157,9 +162,56 @@ def qos_settings(args: argparse.Namespace, rate_cap: float | None) -> dict:
     if mode == "fixed" and rate_cap is None:
         raise _BadFlag("--throttle fixed paces at --rate-cap; give one, e.g. --rate-cap 200MB/s")
     settings = {"throttle": mode, "slo_itl_seconds": itl, "slo_ttft_seconds": ttft, "slo_budget": budget}
+    tuning = throttle_tuning(args, rate_cap)
+    if tuning is not None:
+        settings["controller"] = tuning
     if getattr(args, "seed_metrics_url", None):
         settings["metrics_url"] = _url("--seed-metrics-url", args.seed_metrics_url)
     return settings
+
+
+def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
+    """A ControllerConfig from ``--throttle-tuning field=value,...`` (None when not given).
+
+    The cap and the interval-derived defaults stay the agent's; only the named
+    fields change, and ControllerConfig's own checks say what a bad value is.
+    """
+    from dataclasses import fields
+
+    from throttle.controller import ControllerConfig, InvalidConfig
+
+    raw, source = _flag_or_env(args, "--throttle-tuning")
+    if raw is None:
+        return None
+    if rate_cap is None:
+        raise _BadFlag(f"{source} tunes the adaptive law, which needs --rate-cap")
+    # The cap is --rate-cap; the interval is the agent's QoS loop period, not the law's to change.
+    known = {f.name for f in fields(ControllerConfig)} - {"cap_bytes_per_second", "interval_seconds"}
+    overrides: dict[str, object] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise _BadFlag(f"{source}: {item!r} is not FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
+        if value.strip().lower() == "none":
+            overrides[name] = None
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise _BadFlag(f"{source}: {name}={value!r} is not a number") from None
+        overrides[name] = int(number) if number.is_integer() and name in _INTEGER_TUNING else number
+    try:
+        return ControllerConfig(cap_bytes_per_second=rate_cap, **overrides)
+    except (InvalidConfig, TypeError) as exc:
+        raise _BadFlag(f"{source}: {exc}") from None
+
+
+# ControllerConfig fields that are counts: "3" must stay the integer 3.
+_INTEGER_TUNING = frozenset({"min_observations", "min_observations_at_pool_max", "min_ttft_observations",
+                             "idle_intervals", "good_intervals_to_remember", "baseline_max_windows"})
 
 
 def build_config(args: argparse.Namespace):

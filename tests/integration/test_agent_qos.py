@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from rfork_agent import agent_cli
 from rfork_agent.agent import AgentConfig, create_app
+from throttle.controller import ControllerConfig
 from tests.integration.test_agent import FakeSeed, RecordingScheduler, Served, _socket, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -265,6 +266,16 @@ def _args(**overrides) -> argparse.Namespace:
     ({"throttle": "fixed"}, {}, "--throttle fixed paces at --rate-cap"),
     ({}, {"RFORK_SLO_BUDGET": "2"}, "--slo-budget (from $RFORK_SLO_BUDGET) must be a fraction"),
     ({}, {"RFORK_THROTTLE": "adaptive", "RFORK_SLO_ITL": "0.04"}, "--throttle adaptive needs --rate-cap"),
+    ({"throttle_tuning": "md_beta=0.3"}, {}, "--throttle-tuning tunes the adaptive law, which needs --rate-cap"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "md_beta"}, {}, "'md_beta' is not FIELD=VALUE with FIELD one of"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "speed=9"}, {}, "'speed=9' is not FIELD=VALUE"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "interval_seconds=2"}, {}, "is not FIELD=VALUE"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "md_beta=fast"}, {}, "md_beta='fast' is not a number"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "md_beta=2"}, {}, "ControllerConfig.md_beta must be in (0, 1]"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "max_cut=none"}, {}, "ControllerConfig.max_cut must be a number"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "min_observations=2.5"}, {}, "min_observations must be an integer"),
+    ({"rate_cap": "1GB/s"}, {"RFORK_THROTTLE_TUNING": "max_cut=1"},
+     "--throttle-tuning (from $RFORK_THROTTLE_TUNING): ControllerConfig.max_cut must be in (0, 1)"),
 ])
 def test_cli_rejects_bad_slo_flags_with_one_line(overrides, env, message, capsys, monkeypatch):
     for name in agent_cli.QOS_ENV.values():
@@ -288,6 +299,19 @@ def test_cli_slo_from_flags_and_environment(monkeypatch):
     monkeypatch.setenv("RFORK_SLO_ITL", "0.06")
     config = agent_cli.build_config(_args(rate_cap="2GB/s", slo_itl="0.08"))  # a flag wins over its variable
     assert (config.throttle, config.slo_itl_seconds, config.slo_budget) == ("adaptive", 0.08, 0.01)
+
+
+def test_cli_throttle_tuning_overrides_only_the_named_fields(monkeypatch):
+    for name in agent_cli.QOS_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    config = agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04",
+                                          throttle_tuning="md_beta=0.3, probe_every_seconds=none,idle_intervals=4"))
+    law = config.controller_config
+    assert (law.cap, law.md_beta, law.probe_every_seconds, law.idle_intervals) == (2e9, 0.3, None, 4)
+    assert isinstance(law.idle_intervals, int) and law.max_cut == ControllerConfig(cap_bytes_per_second=1).max_cut
+    monkeypatch.setenv("RFORK_THROTTLE_TUNING", "md_beta=0.2")
+    assert agent_cli.build_config(_args(rate_cap="2GB/s")).controller_config.md_beta == 0.2
+    assert agent_cli.build_config(_args(rate_cap="2GB/s", throttle_tuning="md_beta=0.4")).controller_config.md_beta == 0.4
 
 
 def test_cli_default_is_off_without_environment(monkeypatch):

@@ -145,6 +145,10 @@ class Sample:
     itl_p99: list[float]
     itl_tokens: list[float]
     bytes_landed: int
+    #: Share of each seed's tokens this second above the SLO (None until the SLO is chosen).
+    itl_fraction_above_slo: list[float | None]
+    #: Each agent's last decision, in its own words (why it cut, held or raised).
+    reasons: list[str | None]
 
 
 @dataclass
@@ -190,6 +194,8 @@ class Observer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: list[CumulativeHistogram | None] = [None] * len(fleet.seeds)
+        #: The ITL SLO once chosen; per-second samples then record the share of tokens above it.
+        self.slo: float | None = None
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -246,16 +252,19 @@ class Observer:
                     for seed in self.fleet.seeds:
                         body = http.get(f"{seed.url}/metrics").text
                         cums.append(parse_sglang_scrape(body, taken_at=now).histograms.get(ITL_HISTOGRAM))
-                    p99s, tokens = [], []
+                    p99s, tokens, above = [], [], []
                     for i, cum in enumerate(cums):
                         prev, self._last[i] = self._last[i], cum
                         w = histogram_window(prev, cum) if prev is not None and cum is not None else None
                         ok = isinstance(w, WindowHistogram)
                         p99s.append(quantile(w, 0.99) if ok else math.nan)
                         tokens.append(observations(w) if ok else 0.0)
+                        f = fraction_above(w, self.slo).fraction if ok and self.slo and observations(w) else None
+                        above.append(f)
                     self.samples.append(Sample(
                         round(now, 2), self.phase, [r["allowed_rate_bytes_per_second"] for r in rates],
-                        [r["controller_mode"] for r in rates], p99s, tokens, self.landed()))
+                        [r["controller_mode"] for r in rates], p99s, tokens, self.landed(), above,
+                        [r.get("reason") for r in rates]))
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 log.debug("observer: %s", exc)
             self._stop.wait(0.25)
@@ -423,6 +432,7 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         else:
             slo, slo_how = options.slo_itl_seconds, "given by --slo-itl"
         print(f"  SLO: ITL {slo * 1000:g} ms, budget {options.slo_budget:.0%} ({slo_how})", flush=True)
+        observer.slo = slo
 
         # S. sweep fixed rates, highest first, until one meets the SLO. Phase B is its first
         # point: with the throttle off the agents pace at the cap.

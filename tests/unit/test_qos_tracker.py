@@ -25,9 +25,10 @@ SLO = SloConfig(itl_threshold_seconds=0.03, violation_budget=0.01)
 
 
 def controller(**overrides) -> ControllerConfig:
-    # Swift's cut constants, as in test_throttle_controller.py: these tests check the wiring.
+    # The textbook law, as in test_throttle_controller.py (SWIFT): these tests check the wiring.
     return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None,
-                               "md_beta": 0.8, "max_cut": 0.5, **overrides})
+                               "md_beta": 0.8, "max_cut": 0.5, "clear_miss_severity": 0.5,
+                               "raise_evidence_seconds": 0.0, "max_step_multiplier": 1, **overrides})
 
 
 class FakeSeed:

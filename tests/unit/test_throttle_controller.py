@@ -74,9 +74,12 @@ GOOD = make_obs(1000, 0.0)
 BAD = make_obs(1000, 0.05)  # 5 % over 60 ms against a 1 % budget: cut x0.5 (max cut)
 
 
-SWIFT = {"md_beta": 0.8, "max_cut": 0.5}
-"""The law's mechanics are tested with Swift's textbook cut constants; the shipped defaults are
-gentler (test_shipped_cut_constants_are_gentler_and_still_reach_the_floor checks those)."""
+SWIFT = {"md_beta": 0.8, "max_cut": 0.5, "clear_miss_severity": 0.5, "raise_evidence_seconds": 0.0,
+         "max_step_multiplier": 1}
+"""The law's mechanics are tested one rule at a time, on the textbook law: Swift's cut constants,
+a miss over 2 b is clear, one good interval raises by a plain additive step. The shipped defaults
+weigh evidence more (gentler cuts, clear only over 4 b, raises on 2 s, growing steps); the tests
+under "shipped law" check those rules and the whole law on a noisy plant."""
 
 
 def make_config(**overrides) -> ControllerConfig:
@@ -210,6 +213,101 @@ def test_a_clear_miss_cuts_on_its_first_interval_and_confirmation_can_be_off():
     assert eager.step(make_obs(1000, 0.015)).mode is Mode.CUT
 
 
+def test_a_blip_among_good_seconds_at_the_same_rate_is_judged_with_them():
+    # Per-second shares 0.6, 0.6, 1.8, 0.6 %: the pool at this rate is 0.9 % (within budget).
+    # Over a 2 s window the 1.8 % second pooled with the one before (1.2 %) cuts.
+    sim = Sim(rate=0.5 * CAP)
+    sim.state = replace(sim.state, baseline=(), last_cut_at=None)
+    decisions = [sim.step(make_obs(1000, f)) for f in (0.006, 0.006, 0.018, 0.006)]
+    assert [d.mode for d in decisions] == [Mode.HOLD] * 4
+    assert "pooled" in decisions[2].reason and sim.rate == 0.5 * CAP
+    short = Sim(make_config(judge_window_seconds=2.0), rate=0.5 * CAP)
+    assert [short.step(make_obs(1000, f)).mode for f in (0.006, 0.006, 0.018)] == [Mode.HOLD, Mode.HOLD, Mode.CUT]
+
+
+def test_a_miss_that_persists_at_the_same_rate_is_cut_on_the_pooled_evidence():
+    sim = Sim(rate=0.8 * CAP)
+    first, second = sim.step(make_obs(1000, 0.013)), sim.step(make_obs(1000, 0.013))
+    assert first.mode is Mode.HOLD and "confirming" in first.reason
+    assert second.mode is Mode.CUT and "over 2.0s at this rate" in second.reason
+    severity = (0.013 - 0.01) / 0.013
+    assert second.rate_bytes_per_second == pytest.approx(0.8 * CAP * (1 - 0.8 * severity))
+
+
+def test_evidence_from_before_a_rate_change_is_not_pooled():
+    # A good second then a raise: the mild misses that follow are judged on their own rate's evidence.
+    sim = Sim(rate=0.5 * CAP)
+    assert sim.step(GOOD).mode is Mode.RECOVER
+    assert sim.step(make_obs(1000, 0.015)).mode is Mode.HOLD  # 1 s at the new rate: confirm
+    assert sim.step(make_obs(1000, 0.015)).mode is Mode.CUT   # 2 s at it: cut, undiluted by GOOD
+    # After the cut the pool starts afresh: one more mild second is not enough.
+    assert sim.step(make_obs(1000, 0.015)).mode is Mode.HOLD
+
+
+def test_the_pool_covers_at_most_the_judge_window():
+    # Ten quiet seconds must not hide a miss that has persisted for two.
+    sim = Sim(rate=0.5 * CAP)
+    sim.state = replace(sim.state, last_cut_at=0.0)
+    sim.run(make_obs(1000, 0.004), 10)
+    sim.state = replace(sim.state, at_rate=sim.state.at_rate, rate_bytes_per_second=sim.rate)
+    rate_before = sim.rate
+    first, second = sim.step(make_obs(1000, 0.018)), sim.step(make_obs(1000, 0.018))
+    assert first.mode is Mode.HOLD                        # 4 s pooled: (3 x 0.4 + 1.8) / 4 = 0.75 %
+    assert second.mode is Mode.CUT                        # (2 x 0.4 + 2 x 1.8) / 4 = 1.1 %
+    assert second.rate_bytes_per_second < rate_before
+    assert sum(ev.span_seconds for ev in sim.state.at_rate) == 0  # cleared by the cut
+
+
+def stall_plant(rng: random.Random, stalls_per_second: Callable[[float], float], tokens: int = 500,
+                per_stall: int = 8) -> Callable[[float], Observation]:
+    """A seed whose slow tokens come in clusters: one scheduling stall delays every running request.
+
+    The number of stalls in a second is Poisson with a mean that depends on our rate; each puts
+    ``per_stall`` of the second's ``tokens`` above the SLO. At 500 tokens a second a 1 % budget
+    is one or two stalls, so single seconds read 0, 1.6 or 3.2 % whatever the mean.
+    """
+    def plant(rate: float) -> Observation:
+        lam = stalls_per_second(rate)
+        k, p, u = 0, math.exp(-lam), rng.random()  # Poisson by inversion (the stdlib has no sampler)
+        cumulative = p
+        while u > cumulative:
+            k += 1
+            p *= lam / k
+            cumulative += p
+        return make_obs(tokens, min(1.0, k * per_stall / tokens))
+    return plant
+
+
+def convex_stalls(rate: float) -> float:
+    """0.25 stalls a second of the seed's own, plus 1.25 x (rate / cap)^2 caused by the transfer."""
+    return 0.25 + 1.25 * (rate / CAP) ** 2
+
+
+# The best fixed rate: mean share above the SLO = 1 % = 0.625 stalls a second of 8 in 500 tokens.
+CONVEX_ORACLE = math.sqrt((0.01 * 500 / 8 - 0.25) / 1.25) * CAP  # 0.548 x cap
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_on_clustered_noise_the_law_runs_near_the_best_fixed_rate_within_budget(seed):
+    # The issue's throughput target (>= 0.8 x the best fixed rate) with the SLO met on average,
+    # on a plant whose per-second signal is as lumpy as the testbed's. The constants before
+    # this law (every second over 2 b cut at once, cuts of beta 0.5, 2 s evidence windows) ran
+    # this plant at ~0.75x: noise cut the rate.
+    def run(**overrides) -> tuple[float, float]:
+        cfg = ControllerConfig(cap_bytes_per_second=CAP, probe_every_seconds=None, **overrides)
+        sim = Sim(cfg, rate=FLOOR)
+        sim.run(stall_plant(random.Random(seed), convex_stalls), 400)
+        rates = [d.rate_bytes_per_second for _, d in sim.log][50:]
+        mean_share = sum(convex_stalls(r) * 8 / 500 for r in rates) / len(rates)
+        return sum(rates) / len(rates), mean_share
+
+    rate, share = run()
+    assert rate >= 0.8 * CONVEX_ORACLE
+    assert share <= 0.01
+    before, _ = run(clear_miss_severity=0.5, md_beta=0.5, judge_window_seconds=2.0)
+    assert rate >= 1.1 * before
+
+
 def test_at_most_one_cut_per_interval_when_ticking_faster():
     sim = Sim(rate=CAP)
     sim.run(make_obs(1000, 0.05, span=0.1), 50, dt=0.1)  # 10 ticks a second, 10k tokens/s, all bad
@@ -259,6 +357,18 @@ def test_load_returning_after_idle_drops_to_half_the_last_proven_rate():
     assert (d.mode, d.rate_bytes_per_second) == (Mode.CUT, 0.2 * CAP)
     assert "0.5 x the last rate that held" in d.reason
     assert sim.step(GOOD).mode is Mode.RECOVER  # no post-cut hold: the rate is proven
+
+
+def test_a_rate_resumed_after_idle_is_cut_on_its_first_miss_without_confirmation():
+    # The resumed rate is a guess under a load that may be heavier than the one that proved it.
+    sim = Sim(shipped(), rate=0.4 * CAP)
+    sim.run(make_obs(1000, 0.008), 6)
+    sim.run(IDLE, 3)
+    assert sim.step(GOOD).rate_bytes_per_second == 0.2 * CAP  # resumed at half
+    d = sim.step(make_obs(1000, 0.015))  # mild: a proven rate would wait 2 s to confirm
+    assert d.mode is Mode.CUT
+    assert d.rate_bytes_per_second == pytest.approx(0.2 * CAP * (1 - 0.3 * (0.015 - 0.01) / 0.015))
+    assert sim.step(make_obs(1000, 0.015)).mode is Mode.HOLD  # judged once: back to confirming
 
 
 def test_load_returning_after_idle_without_a_proven_rate_drops_to_floor():
@@ -611,10 +721,63 @@ def test_observation_from_scrapes(prev, cur, itl, ttft, reset):
         assert obs.span_seconds == 1.0
 
 
+# --- shipped law -----------------------------------------------------------------
+
+def shipped(**overrides) -> ControllerConfig:
+    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, **overrides})
+
+
 def test_shipped_cut_constants_are_gentler_and_still_reach_the_floor():
-    shipped = ControllerConfig(cap_bytes_per_second=CAP, probe_every_seconds=None)
-    assert (shipped.md_beta, shipped.max_cut) == (0.5, 0.3)
-    sim = Sim(config=shipped, rate=CAP)
-    rates = [d.rate_bytes_per_second for d in sim.run(BAD, 9)]
-    assert rates[0] == pytest.approx(0.7 * CAP)  # f = 5 %: 1 - 0.5 * 0.8 = 0.6, capped at x0.7
-    assert rates[-1] == FLOOR  # 0.7 ** 9 < 5 %: floor within 9 bad intervals
+    cfg = shipped()
+    assert (cfg.md_beta, cfg.max_cut, cfg.clear_miss_severity) == (0.3, 0.3, 0.75)
+    severe = make_obs(1000, 0.5)  # half the tokens over the SLO: the seed is in trouble
+    rates = [d.rate_bytes_per_second for d in Sim(config=cfg, rate=CAP).run(severe, 9)]
+    assert rates[0] == pytest.approx(0.706 * CAP)  # 1 - 0.3 * 0.98, just inside the x0.7 limit
+    assert rates[-1] == FLOOR  # 0.706 ** 9 < 5 %: floor within 9 bad intervals
+
+
+@pytest.mark.parametrize("above, cuts_at_once", [(0.045, True), (0.035, False), (0.015, False)])
+def test_shipped_law_cuts_on_one_second_only_for_a_clear_miss(above, cuts_at_once):
+    # Clear: f > 4 b (severity > 0.75). Anything milder waits for 2 s of evidence at the rate.
+    sim = Sim(shipped(), rate=0.5 * CAP)
+    first = sim.step(make_obs(1000, above))
+    assert (first.mode is Mode.CUT) is cuts_at_once
+    if not cuts_at_once:
+        assert "confirming" in first.reason
+        assert sim.step(make_obs(1000, above)).mode is Mode.CUT
+
+
+def test_shipped_law_trims_a_pool_just_over_budget_by_a_few_percent():
+    sim = Sim(shipped(), rate=0.5 * CAP)
+    sim.step(make_obs(1000, 0.012))
+    d = sim.step(make_obs(1000, 0.012))
+    assert d.mode is Mode.CUT
+    assert d.rate_bytes_per_second == pytest.approx(0.5 * CAP * (1 - 0.3 * (0.012 - 0.01) / 0.012))  # x0.95
+
+
+def test_shipped_law_raises_on_two_seconds_of_good_evidence_with_growing_steps():
+    sim = Sim(shipped(), rate=FLOOR)
+    sim.run(GOOD, 14)
+    rates = [d.rate_bytes_per_second for _, d in sim.log]
+    raises = [round((b - a) / STEP, 6) for a, b in zip([FLOOR] + rates, rates) if b != a]
+    assert raises[:6] == [1, 1, 2, 2, 4, 4]  # one every 2 s, x2 after every two in a row
+    assert [d.mode for _, d in sim.log][:2] == [Mode.HOLD, Mode.RECOVER]
+    assert sim.rate >= 0.9 * CAP  # floor to 90 % of cap within 14 s (the issue allows 20)
+
+
+def test_only_evidence_far_inside_the_budget_grows_the_step():
+    sim = Sim(shipped(), rate=FLOOR)
+    sim.run(make_obs(1000, 0.004), 12)  # good (<= b/2) but not far inside (> b/4): plain steps
+    rates = [d.rate_bytes_per_second for _, d in sim.log]
+    raises = [round((b - a) / STEP, 6) for a, b in zip([FLOOR] + rates, rates) if b != a]
+    assert raises == [1] * 6
+
+
+def test_a_hold_or_cut_resets_the_growing_step():
+    sim = Sim(shipped(), rate=FLOOR)
+    sim.run(GOOD, 8)  # raises of 1, 1, 2, 2 steps
+    assert sim.rate == pytest.approx(FLOOR + 6 * STEP)
+    sim.step(make_obs(1000, 0.008))  # between: hold
+    before = sim.rate
+    sim.run(GOOD, 2)
+    assert sim.rate - before == pytest.approx(STEP)  # back to one step

@@ -109,7 +109,9 @@ class DecodeMetrics:
         3.0
     """
 
-    def __init__(self, registry: CollectorRegistry, model_name: str, tp_rank: int = 0) -> None:
+    def __init__(self, registry: CollectorRegistry, model_name: str, tp_rank: int = 0,
+                 itl_buckets: tuple[float, ...] = ITL_BUCKETS) -> None:
+        # itl_buckets: SGLang's --bucket-inter-token-latency (its defaults when not given).
         self.labels = {"model_name": model_name, "engine_type": "unified"}
         self.scheduler_labels = {**self.labels, "tp_rank": str(tp_rank), "pp_rank": "0", "moe_ep_rank": "0"}
         names, stream_names, sched_names = list(self.labels), [*self.labels, "is_streaming"], list(self.scheduler_labels)
@@ -118,11 +120,11 @@ class DecodeMetrics:
             stream_names, buckets=TTFT_BUCKETS, registry=registry)
         self.inter_token_latency = Histogram(
             "sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
-            names, buckets=ITL_BUCKETS, registry=registry)
+            names, buckets=itl_buckets, registry=registry)
         self.request_time_per_output_token = Histogram(
             "sglang:request_time_per_output_token_seconds",
             "Per-request TPOT in seconds: (finished_time - first_token_time) / (completion_tokens - 1).",
-            stream_names, buckets=ITL_BUCKETS, registry=registry)
+            stream_names, buckets=itl_buckets, registry=registry)
         self.e2e_request_latency = Histogram(
             "sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds",
             stream_names, buckets=E2E_BUCKETS, registry=registry)

@@ -58,6 +58,10 @@ class FleetSpec:
     """Where every seed stand-in holds its weights and decodes: cpu, cuda or cuda:N."""
     token: str | None = field(default=None, repr=False)
     """Shared bearer token for the scheduler and agents (None = auth off)."""
+    pin_seeds: bool = False
+    """Pin seed i to CPU i (mod the CPUs this process may use): each seed stands for its own host,
+    so one seed's decode and chunk sends do not compete with another seed's for a core (Linux only;
+    agents, the scheduler and fork clients still float)."""
 
     def rate_for(self, index: int) -> float | None:
         if not self.seed_rates:
@@ -162,6 +166,13 @@ class Fleet:
             *self.spec.seed_args,
         )
         process = self._spawn(cmd, f"seed-{index}", stdout=subprocess.PIPE)
+        if self.spec.pin_seeds and hasattr(os, "sched_setaffinity"):
+            cpus = sorted(os.sched_getaffinity(0))
+            try:
+                # Before the seed starts its threads (torch, TransferEngine): they inherit the mask.
+                os.sched_setaffinity(process.pid, {cpus[index % len(cpus)]})
+            except OSError as exc:  # the seed already exited: its own error is in its log
+                log.warning("could not pin seed-%d to CPU %d: %s", index, cpus[index % len(cpus)], exc)
         return index, process, self.log_dir / f"seed-{index}.log"
 
     def start_agent(self, seed: SeedHandle) -> None:

@@ -237,7 +237,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibrate each decode step (8 requests) to cost about this (default 15)")
     p.add_argument("--decode-layers", type=int, default=None,
                    help="fix the layer passes per decode step instead of calibrating")
+    p.add_argument("--bucket-inter-token-latency", type=float, nargs="+", default=None, metavar="SECONDS",
+                   help="ITL histogram bucket bounds, as SGLang's flag of the same name (default: SGLang's; put "
+                        "the ITL SLO on a bound so the throttle reads exactly the share of tokens above it)")
     p.add_argument("--log-level", default="INFO")
+
+
+def itl_buckets(bounds: list[float] | None) -> tuple[float, ...]:
+    """The ITL bucket bounds to export: SGLang's defaults, or the given ones checked like a histogram's.
+
+        >>> itl_buckets([0.02, 0.01, 0.015])
+        (0.01, 0.015, 0.02)
+        >>> itl_buckets([0.01, -1])
+        Traceback (most recent call last):
+        ...
+        testbed.seed.SeedError: --bucket-inter-token-latency bounds must be finite seconds > 0; got -1
+    """
+    from testbed.decode import ITL_BUCKETS
+
+    if bounds is None:
+        return ITL_BUCKETS
+    for b in bounds:
+        if not (b > 0 and math.isfinite(b)):
+            raise SeedError(f"--bucket-inter-token-latency bounds must be finite seconds > 0; got {b}")
+    if len(set(bounds)) != len(bounds):
+        raise SeedError(f"--bucket-inter-token-latency has a repeated bound: {sorted(bounds)}")
+    return tuple(sorted(bounds))
 
 
 def start_seed(args: argparse.Namespace) -> SeedState:
@@ -260,6 +285,7 @@ def start_seed(args: argparse.Namespace) -> SeedState:
             max_prefill_tokens=max(256, args.prompt_tokens), target_step_ms=args.decode_step_ms,
             layers_per_step=args.decode_layers, seed=args.rng_seed,
         )
+        buckets = itl_buckets(getattr(args, "bucket_inter_token_latency", None))
     except (PresetError, ValueError) as exc:
         raise SeedError(str(exc)) from exc
     from rfork_agent.devices import DeviceError, check_device
@@ -288,7 +314,7 @@ def start_seed(args: argparse.Namespace) -> SeedState:
         log.info("seed: rank %d ready in %.1f s: %d tensors, %d bytes registered, session %s",
                  rank, time.perf_counter() - started, len(weights.tensors), weights.nbytes, session_id)
     registry = CollectorRegistry()
-    decode = DecodeLoop([r.weights for r in ranks], config, DecodeMetrics(registry, model_name))
+    decode = DecodeLoop([r.weights for r in ranks], config, DecodeMetrics(registry, model_name, itl_buckets=buckets))
     decode.start()
     return SeedState(model_name=model_name, spec=spec, ranks=ranks, decode=decode, registry=registry,
                      rng_seed=args.rng_seed, protocol=args.protocol, host=args.host, device=device)

@@ -125,9 +125,8 @@ def run_qos_part(args, env: dict, started: float) -> dict:
         _write_json(path, result)
         return result
     # The QoS phases, shortened to fit one device call; same order and meaning as `rfork bench qos`.
-    short = dict(warmup_seconds=5.0, baseline_seconds=15.0, unthrottled_seconds=10.0, sweep_seconds=6.0,
-                 throttled_seconds=30.0, throttled_measure_seconds=20.0, idle_seconds=8.0, spike_seconds=12.0,
-                 recovery_timeout_seconds=20.0)
+    short = dict(warmup_seconds=5.0, sweep_seconds=8.0, throttled_seconds=45.0, throttled_measure_seconds=30.0,
+                 idle_seconds=8.0, spike_seconds=12.0, recovery_timeout_seconds=20.0)
     options = qos_bench.QosBenchOptions(device=args.device, **{k: v for k, v in short.items() if k in fields})
     try:
         result = qos_bench.run_qos_bench(options)

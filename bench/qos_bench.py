@@ -42,6 +42,7 @@ from rfork_agent.units import format_rate, parse_rate, parse_size
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.histogram import window as histogram_window
 from throttle.prom_text import ITL_HISTOGRAM, parse_sglang_scrape
+from testbed.decode import ITL_BUCKETS
 
 log = logging.getLogger("rfork.bench.qos")
 
@@ -57,6 +58,13 @@ TARGETS = {
     "recovery_max_seconds": 20.0,
     "recovery_fraction_of_cap": 0.9,
 }
+
+
+# Bounds 5 % apart from 1 ms to 100 ms (rounded to 0.1 ms), plus SGLang's defaults: wherever the
+# baseline p99 lands (4 ms on an H100, 12-20 ms on this 2-core machine), a bound sits within 5 %
+# under 1.15x of it, and the controller reads exactly the share of tokens above the SLO. On a real
+# seed: sglang.launch_server --enable-metrics --bucket-inter-token-latency <bounds around the SLO>.
+FINE_ITL_BUCKETS = tuple(sorted(set(ITL_BUCKETS) | {round(0.001 * 1.05 ** i, 4) for i in range(95)}))
 
 
 @dataclass(frozen=True)
@@ -79,14 +87,22 @@ class QosBenchOptions:
     sweep_fractions: tuple[float, ...] = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.12, 0.08)
     """Fixed per-seed rates tried, as fractions of the cap, highest first: the oracle is the first that
     meets the SLO, so the best fixed rate lies between it and the level above (a 10 %-of-cap grid)."""
-    sweep_seconds: float = 8.0
-    throttled_seconds: float = 40.0
-    throttled_measure_seconds: float = 25.0
+    sweep_seconds: float = 10.0
+    sweep_drain_seconds: float = 4.0
+    """No transfer before each sweep point, so it does not inherit the queue the previous (higher) rate built."""
+    throttled_seconds: float = 60.0
+    throttled_measure_seconds: float = 45.0
     """The throttled figures cover the last this-many seconds of phase C (the controller starts at its floor)."""
     idle_seconds: float = 10.0
     spike_seconds: float = 15.0
     recovery_timeout_seconds: float = 25.0
     settle_seconds: float = 2.0
+    itl_buckets: tuple[float, ...] | None = FINE_ITL_BUCKETS
+    """The seeds' ITL histogram bounds (SGLang's ``--bucket-inter-token-latency``); None: SGLang's defaults,
+    which step 5 ms around a 15-25 ms baseline, so no bound sits near 1.15x its p99."""
+    pin_seeds: bool = True
+    """Pin each seed stand-in to its own CPU (as if on its own host): on a 2-core machine two seeds
+    otherwise share both cores, and each seed's controller sees the other seed's transfer too."""
     decode_layers: int | None = 2
     """Layer passes per decode step on every seed (None: each seed calibrates at start, which differs
     between seeds on a busy machine)."""
@@ -162,6 +178,8 @@ class PhaseResult:
     per_seed: list[WindowHistogram | None] = field(default_factory=list)
     measured_seconds: float | None = None
     """Seconds actually measured (blocks combined); None: end - start."""
+    cpu_busy: float = math.nan
+    """Share of the host's CPU time that was busy during the phase (NaN where /proc/stat is missing)."""
 
     @property
     def seconds(self) -> float:
@@ -272,15 +290,16 @@ class Observer:
 
     def measure(self, name: str, seconds: float) -> PhaseResult:
         """Hold the current setting for ``seconds``; the seeds' ITL and landed bytes over exactly that span."""
-        start, before, bytes0 = self.now(), self.itl(), self.landed()
+        start, before, bytes0, cpu0 = self.now(), self.itl(), self.landed(), _cpu_times()
         time.sleep(seconds)
-        end, after, bytes1 = self.now(), self.itl(), self.landed()
+        end, after, bytes1, cpu1 = self.now(), self.itl(), self.landed(), _cpu_times()
         windows = [histogram_window(a, b) for a, b in zip(before, after)]
         good = [w for w in windows if isinstance(w, WindowHistogram)]
         per_seed = [quantile(w, 0.99) if isinstance(w, WindowHistogram) else math.nan for w in windows]
         pooled = pool(good) if good else None
         result = PhaseResult(name, start, end, bytes1 - bytes0, pooled, per_seed,
-                             [w if isinstance(w, WindowHistogram) else None for w in windows])
+                             [w if isinstance(w, WindowHistogram) else None for w in windows],
+                             cpu_busy=_busy_share(cpu0, cpu1))
         self.report(result)
         return result
 
@@ -289,7 +308,24 @@ class Observer:
         per_seed, pooled, name = result.per_seed_p99, result.itl, result.name
         print(f"  {name:28} ITL p99 {result.p99 * 1000:6.1f} ms (per seed "
               f"{', '.join(f'{p * 1000:.1f}' for p in per_seed)}), {observations(pooled) if pooled else 0:.0f} "
-              f"tokens; fork {format_rate(result.throughput)}", flush=True)
+              f"tokens; fork {format_rate(result.throughput)}; CPU {result.cpu_busy:.0%} busy", flush=True)
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_share(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float:
+    if a is None or b is None or b[1] <= a[1]:
+        return math.nan
+    return (b[0] - a[0]) / (b[1] - a[1])
 
 
 def combine(name: str, blocks: list[PhaseResult]) -> PhaseResult:
@@ -304,6 +340,7 @@ def combine(name: str, blocks: list[PhaseResult]) -> PhaseResult:
         name, blocks[0].start, blocks[-1].end, sum(b.bytes for b in blocks), pool(good) if good else None,
         [quantile(w, 0.99) if w is not None else math.nan for w in per_seed], per_seed,
         measured_seconds=sum(b.seconds for b in blocks),
+        cpu_busy=sum(b.cpu_busy * b.seconds for b in blocks) / max(sum(b.seconds for b in blocks), 1e-9),
     )
 
 
@@ -391,8 +428,10 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
     spec = FleetSpec(
         seeds=options.seeds, preset=None, size_bytes=options.size_bytes, load_rps=0.0,
         seed_rates=(options.cap,), log_dir=options.log_dir, device=options.device,
-        agent_args=("--throttle", "off", "--slo-budget", str(options.slo_budget)),
-        seed_args=() if options.decode_layers is None else ("--decode-layers", str(options.decode_layers)),
+        agent_args=("--throttle", "off", "--slo-budget", str(options.slo_budget)), pin_seeds=options.pin_seeds,
+        seed_args=(() if options.decode_layers is None else ("--decode-layers", str(options.decode_layers)))
+        + (() if options.itl_buckets is None
+           else ("--bucket-inter-token-latency", *(f"{b:g}" for b in options.itl_buckets))),
     )
     cap, n = options.cap, options.seeds
     result: dict = {"options": asdict(options), "targets": TARGETS}
@@ -414,7 +453,8 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         for block in range(options.ab_rounds):
             observer.phase = "baseline"
             observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
-            time.sleep(options.settle_seconds)
+            # After a B block: let the queue the unthrottled transfer built drain (see the sweep).
+            time.sleep(options.settle_seconds if block == 0 else options.sweep_drain_seconds)
             baseline_blocks.append(observer.measure(f"A{block + 1} baseline (no transfer)", options.ab_block_seconds))
             observer.phase = "unthrottled"
             observer.put_throttle(mode="off")
@@ -439,13 +479,18 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         def point(rate: float, r: PhaseResult) -> dict:
             f = r.fraction_above(slo)
             return {"rate_per_seed_bytes_per_second": rate, "throughput_bytes_per_second": r.throughput,
-                    "itl_p99_seconds": r.p99, "itl_fraction_above_slo": f, "met_slo": f <= options.slo_budget}
+                    "itl_p99_seconds": r.p99, "itl_fraction_above_slo": f, "met_slo": f <= options.slo_budget,
+                    "cpu_busy_share": r.cpu_busy}
 
         sweep = [point(cap, unthrottled)]
         oracle = sweep[0] if sweep[0]["met_slo"] else None
         for fraction in options.sweep_fractions if oracle is None else ():
             rate = fraction * cap
             observer.phase = "sweep"
+            # Open-loop arrivals queue up while a heavier rate slows the seed, and that backlog
+            # slows the next steps too: pause first, or each point inherits the one above it.
+            observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
+            time.sleep(options.sweep_drain_seconds)
             observer.put_throttle(mode="fixed", rate_bytes_per_second=rate)
             time.sleep(options.settle_seconds)
             r = observer.measure(f"S fixed {format_rate(rate)}/seed", options.sweep_seconds)
@@ -474,6 +519,9 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         observer.phase = "idle"
         observer.set_load(0.0)
         to_cap = _wait_rates(observer, lambda rs: all(r is not None and r >= cap for r in rs), 15.0)
+        # Time to the cap is reported on its own; the throughput at it is measured once chunks
+        # leased at the old rate have landed.
+        time.sleep(options.settle_seconds)
         idle = observer.measure("D idle seeds, fork at cap", options.idle_seconds)
         observer.phase = "spike"
         oracle_rate = oracle["rate_per_seed_bytes_per_second"] if oracle else None
@@ -515,6 +563,11 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
             "itl_fraction_above_slo": {
                 "baseline": baseline.fraction_above(slo), "unthrottled": unthrottled.fraction_above(slo),
                 "baseline_before_throttled": adjacent.fraction_above(slo), "throttled": throttled.fraction_above(slo),
+            },
+            # Context for the latency figures: a saturated host delays decode steps whatever the fork does.
+            "cpu_busy_share": {
+                "baseline": baseline.cpu_busy, "unthrottled": unthrottled.cpu_busy,
+                "baseline_before_throttled": adjacent.cpu_busy, "throttled": throttled.cpu_busy, "idle": idle.cpu_busy,
             },
             "itl_p99_per_seed_seconds": {
                 "baseline": baseline.per_seed_p99, "unthrottled": unthrottled.per_seed_p99,
@@ -638,6 +691,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-budget", type=float, default=0.01)
     p.add_argument("--decode-layers", type=int, default=2,
                    help="layer passes per decode step on every seed (default 2; 0 = calibrate per seed)")
+    p.add_argument("--sglang-default-buckets", action="store_true",
+                   help="seeds export SGLang's default ITL buckets (5 ms apart near the baseline) instead of "
+                        "bounds 5%% apart from 1 to 100 ms; the SLO then lands on a coarser bound")
+    p.add_argument("--no-pin-seeds", action="store_true",
+                   help="let the seed stand-ins float over all CPUs (default: seed i on CPU i)")
     p.add_argument("--log-dir", default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: seeds' weights and decode, "
@@ -653,6 +711,8 @@ def run(args: argparse.Namespace) -> int:
         load_rps=args.load_rps, cap=parse_rate(args.cap), slo_itl_seconds=args.slo_itl,
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None,
         device=getattr(args, "device", "cpu"),
+        itl_buckets=None if getattr(args, "sglang_default_buckets", False) else FINE_ITL_BUCKETS,
+        pin_seeds=not getattr(args, "no_pin_seeds", False),
     )
     # SIGTERM (a timeout, a CI cancel) must still stop the fleet's processes: make it unwind like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -127,6 +127,9 @@ def run_qos_part(args, env: dict, started: float) -> dict:
     # The QoS phases, shortened to fit one device call; same order and meaning as `rfork bench qos`.
     short = dict(warmup_seconds=5.0, sweep_seconds=8.0, throttled_seconds=45.0, throttled_measure_seconds=30.0,
                  idle_seconds=8.0, spike_seconds=12.0, recovery_timeout_seconds=20.0)
+    if getattr(args, "qos_chunk_size", None):
+        from rfork_agent.units import parse_size
+        short["chunk_size"] = parse_size(args.qos_chunk_size)
     options = qos_bench.QosBenchOptions(device=args.device, **{k: v for k, v in short.items() if k in fields})
     try:
         result = qos_bench.run_qos_bench(options)
@@ -194,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="600MiB", help="model size of the fork scenarios (default 600MiB, as on CPU)")
     p.add_argument("--big-size", default="2GiB", help="model size of the larger uncapped 1-seed fork (default 2GiB)")
     p.add_argument("--chunk-size", default="16MiB")
+    p.add_argument("--qos-chunk-size", default=None,
+                   help="chunk size of the QoS part (default: bench qos's 8MiB); a chunk read over TCP from "
+                        "GPU memory is one staging copy, so its size sets how long one read stalls decode")
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario; the median is reported")
     p.add_argument("--budget-seconds", type=float, default=480.0,
                    help="start no part or scenario after this many seconds (default 480)")

@@ -30,4 +30,5 @@ if ldd "$SITE/mooncake/engine.so" | grep -q "not found"; then
   echo "engine.so still misses:"; ldd "$SITE/mooncake/engine.so" | grep "not found"
 fi
 python3 -c 'import torch; from mooncake.engine import TransferEngine; print("mooncake ok")' || exit 1
-python3 -m bench.gpu_run --out "$OUT" --parts "$PARTS" 2>&1 | tee "$OUT/gpu-run.log"
+shift || true
+python3 -m bench.gpu_run --out "$OUT" --parts "$PARTS" "$@" 2>&1 | tee "$OUT/gpu-run.log"

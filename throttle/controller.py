@@ -325,6 +325,9 @@ class ControllerConfig:
     #: a run of 0.3-0.8 % seconds after a probe and doubled its way from 16 to 53 MB/s,
     #: far over the 20 MB/s that met the SLO.
     accelerate_below_budget_fraction: float = 0.25
+    #: "Good" (raise) means f <= f0 + this x (b - f0): the transfer may raise until it uses this
+    #: share of the headroom the seed leaves (f0 = the seed's own no-transfer share, 0 unknown).
+    good_headroom_share: float = 0.5
     #: A single judged interval cuts at once when its severity (f − b)/f exceeds this
     #: (0.5: f > 2b; 0.75: f > 4b). Below it, a miss waits for ``confirm_mild_miss_seconds``.
     clear_miss_severity: float = 0.75
@@ -380,6 +383,7 @@ class ControllerConfig:
             ("clear_miss_severity", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("max_step_multiplier", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
             ("accelerate_below_budget_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+            ("good_headroom_share", lambda v: 0 < v < 1, "in (0, 1)"),
             ("raise_evidence_seconds", lambda v: 0 <= v <= self.judge_window_seconds, "in [0, judge_window_seconds]"),
             ("additive_step_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("stale_after_seconds", lambda v: v >= self.interval_seconds, ">= interval_seconds"),
@@ -686,8 +690,8 @@ def _judge(ev: Evidence, slo: SloConfig, config: ControllerConfig, base: _Verdic
         "ITL": base.itl_fraction, "TTFT": base.ttft_fraction}
 
     def good_limit(name: str, b: float) -> float:
-        f0 = base_fractions[name]
-        return b / 2 if math.isnan(f0) else (b + min(f0, b)) / 2
+        f0 = 0.0 if math.isnan(base_fractions[name]) else min(base_fractions[name], b)
+        return f0 + config.good_headroom_share * (b - f0)
 
     if over:
         kind = "bad"

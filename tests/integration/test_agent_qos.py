@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import re
 import threading
 import time
 
@@ -106,13 +108,19 @@ def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
 
     # The stand-in's tiny model decodes in a few ms; a 100 ms SLO leaves room for a busy machine,
     # and a 150 ms stall per step puts every token above it.
+    # Also: SGLang's --bucket-inter-token-latency puts the SLO on a bound; the seed is pinned to a CPU.
+    buckets = ("0.01", "0.05", "0.0999", "0.1", "0.2", "1")
     spec = FleetSpec(
-        seeds=1, preset="tiny", load_rps=20.0, seed_rates=(CAP,), seed_args=("--decode-layers", "1"),
+        seeds=1, preset="tiny", load_rps=20.0, seed_rates=(CAP,), pin_seeds=True,
+        seed_args=("--decode-layers", "1", "--bucket-inter-token-latency", *buckets),
         agent_args=("--throttle", "adaptive", "--slo-itl", "0.1"),
     )
     with Fleet(spec) as fleet:
         seed, agent = fleet.seeds[0], fleet.seeds[0].agent_url
         assert throttle(agent)["mode"] == "adaptive"
+        assert os.sched_getaffinity(seed.process.pid) == {min(os.sched_getaffinity(0))}
+        exported = httpx.get(f"{seed.url}/metrics", timeout=5).text
+        assert re.search(r'sglang:inter_token_latency_seconds_bucket\{[^}]*le="0\.0999"', exported)
         with LeasePump(agent):
             # Good latency under load: the controller climbs from its floor.
             climbed = wait_for_rate(agent, lambda r: r >= 0.3 * CAP, 40, "the rate to climb to 30% of the cap")

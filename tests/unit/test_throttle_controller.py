@@ -512,6 +512,10 @@ def test_good_means_half_the_headroom_the_seed_leaves_when_its_baseline_is_known
     # Above the loosened limit but within budget: hold; over budget: still a cut.
     assert sim.step(make_obs(1000, 0.009)).mode is Mode.HOLD
     assert sim.step(make_obs(1000, 0.05)).mode is Mode.CUT
+    # The share of the headroom is tunable: a quarter of it makes 0.8 % a hold (limit 0.775 %).
+    cautious = Sim(make_config(good_headroom_share=0.25), rate=0.5 * CAP)
+    cautious.step(make_obs(1000, 0.007, active=False))
+    assert cautious.step(make_obs(1000, 0.008)).mode is Mode.HOLD
 
 
 def test_a_clean_or_thin_baseline_does_not_loosen_good():

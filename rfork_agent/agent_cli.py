@@ -6,7 +6,8 @@
 Serving QoS (issue #3): ``--throttle adaptive --slo-itl 0.04 [--slo-ttft 2] [--slo-budget 0.01]``
 keeps the seed's inter-token latency inside its SLO while forks read from it;
 each flag also reads an environment variable (``RFORK_THROTTLE``,
-``RFORK_SLO_ITL``, ``RFORK_SLO_TTFT``, ``RFORK_SLO_BUDGET``); a flag wins.
+``RFORK_SLO_ITL``, ``RFORK_SLO_TTFT``, ``RFORK_SLO_BUDGET``,
+``RFORK_THROTTLE_TUNING`` for ``--throttle-tuning``); a flag wins.
 
 Inputs are checked before anything starts; a bad flag prints one line saying
 what is wrong and exits 2 (no traceback).

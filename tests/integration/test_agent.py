@@ -345,7 +345,10 @@ def test_bad_lease_requests(fleet, body, status, code):
 
 
 def test_release_refunds_unused_and_replay_is_404(fleet):
-    _, scheduler, agent, _ = fleet(rate_cap=10 * MB)
+    # A slow refill and a roomy burst: the refund is never clipped at the burst, however slow
+    # the machine (at 10 MB/s and a 2.5 MB burst, 0.2 s between two calls in a busy CI run let
+    # the bucket refill to its burst, and the refund was cut short).
+    _, scheduler, agent, _ = fleet(rate_cap=1 * MB, burst_bytes=3 * MB)
     wait_until(registered(scheduler), what="registration")
     available = lambda: httpx.get(f"{agent.url}/v1/status").json()["available_bytes"]  # noqa: E731
     lease = post(f"{agent.url}/v1/leases", lease_body(2 * MB)).json()

@@ -533,6 +533,16 @@ def test_a_seed_missing_the_slo_alone_lets_the_transfer_use_the_whole_budget():
     assert sim.step(make_obs(1000, 0.01)).mode is Mode.RECOVER
 
 
+def test_one_unlucky_no_transfer_window_is_pooled_with_earlier_ones_before_it_excuses_a_miss():
+    sim = Sim(rate=0.5 * CAP)
+    sim.run(make_obs(1000, 0.005, active=False), 2)   # an earlier no-transfer episode: 0.5 %
+    sim.step(GOOD)                                    # the transfer runs again
+    sim.step(make_obs(1000, 0.013, active=False))     # alone, this window says the seed misses its SLO
+    first, second = sim.step(make_obs(1000, 0.015)), sim.step(make_obs(1000, 0.015))
+    # Pooled, the seed's own share is (5 + 5 + 13) / 3000 = 0.77 %: the miss is the transfer's.
+    assert first.mode is Mode.HOLD and second.mode is Mode.CUT
+
+
 def test_old_baseline_is_not_used_for_attribution():
     sim = Sim(probe_config(baseline_max_age_seconds=5.0, probe_every_seconds=100.0), rate=0.6 * CAP)
     sim.run(make_obs(1000, 0.05, active=False), 2)  # bad without transfer at t=1..2

@@ -40,10 +40,10 @@ histogram deltas as ``1 − Δ(le=T)/N``. With budget ``b`` (e.g. 1 %):
    cut. **Between** (b/2 < f ≤ b): hold. The dead band is what stops a steady
    mildly-bad load from ping-ponging. When the seed's own no-transfer fraction
    f₀ is known (a recent baseline of at least ``min_observations`` tokens),
-   "good" is f ≤ (b + min(f₀, b))/2: the transfer may use half of the headroom
-   the seed leaves, not half of the whole budget. Measured on the testbed:
-   with a tight SLO (1.15 × the no-transfer p99) the seed alone already puts
-   ~0.5–0.9 % of its tokens above it, so f ≤ b/2 never held and the fork
+   "good" is f ≤ (b + min(f₀, b))/2 (``good_headroom_share`` 0.5): the
+   transfer may use half of the headroom the seed leaves, not half of the
+   whole budget. Measured on the testbed: with a tight SLO (1.15 × the
+   no-transfer p99) the seed alone already puts ~0.5–0.9 % of its tokens above it, so f ≤ b/2 never held and the fork
    stayed at the floor, far below the best fixed rate that met the SLO.
    Raising on one good second but cutting only on pooled evidence would bias
    the rate upward: a second with no stall reads 0 % whatever the mean.
@@ -137,6 +137,7 @@ Example (a busy seed at 1.5 % against a 1 % budget: a mild miss, confirmed, then
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -540,12 +541,9 @@ class ControllerState:
     probe_until: float | None = None
     #: Whether the previous loaded interval had the transfer running (None: unknown).
     last_interval_active: bool | None = None
-    #: No-transfer windows (probe pauses, intervals without chunk reads) of the last
-    #: ``baseline_max_age_seconds``, at most ``baseline_max_windows``, newest last.
-    baseline: tuple[Evidence, ...] = ()
-    #: When each of ``baseline`` was seen.
-    baseline_times: tuple[float, ...] = ()
-    baseline_at: float | None = None
+    #: (time seen, window) of the no-transfer intervals (probe pauses, intervals without chunk
+    #: reads) of the last ``baseline_max_age_seconds``, at most ``baseline_max_windows``, newest last.
+    baseline: tuple[tuple[float, Evidence], ...] = ()
     baseline_p99_seconds: float = math.nan
     observed_p99_seconds: float = math.nan
 
@@ -668,8 +666,9 @@ class _Verdict:
 def _judge(ev: Evidence, slo: SloConfig, config: ControllerConfig, base: _Verdict | None = None) -> _Verdict:
     """Compare the tail fractions of pooled evidence with the budgets. ``ev.itl`` must be non-empty.
 
-    ``base`` is the verdict on the no-transfer baseline, if one is trusted: its
-    fractions move the "good" limit from b/2 to (b + min(f₀, b))/2 (law, rule 4).
+    ``base`` is the verdict on the no-transfer baseline, if one is trusted. The
+    "good" limit is f₀ + share·(b − f₀), share = ``good_headroom_share`` (0.5),
+    f₀ its fraction capped at b, or 0 with no trusted baseline (law, rule 5).
     """
     assert ev.itl is not None
     signals: list[tuple[str, float, float]] = []
@@ -726,13 +725,8 @@ def _ready(ev: Evidence, config: ControllerConfig) -> tuple[bool, bool, str]:
 
 def _baseline_evidence(state: ControllerState, config: ControllerConfig, now: float) -> Evidence | None:
     """Every fresh no-transfer window pooled: one 2 s probe is ~1000 tokens, too few on its own."""
-    fresh = [ev for t, ev in zip(state.baseline_times, state.baseline) if now - t <= config.baseline_max_age_seconds]
-    if not fresh:
-        return None
-    merged = fresh[0]
-    for ev in fresh[1:]:
-        merged = merged.merge(ev)
-    return merged
+    fresh = [ev for t, ev in state.baseline if now - t <= config.baseline_max_age_seconds]
+    return functools.reduce(Evidence.merge, fresh) if fresh else None
 
 
 # ---------------------------------------------------------------------------
@@ -846,11 +840,9 @@ def _without_transfer(
     # Windows from earlier probes are pooled with this one while fresh: a probe that read over
     # budget by chance (2 s, ~1000 tokens, clustered stalls) made the seed look as if it missed
     # its SLO on its own and excused the transfer for a minute (bench run 4: 14 of ~90 decisions).
-    kept = [(t, ev) for t, ev in zip(state.baseline_times, state.baseline)
-            if now - t <= config.baseline_max_age_seconds]
-    kept = (kept + [(now, evidence)])[-config.baseline_max_windows :]
-    state = replace(state, baseline=tuple(ev for _, ev in kept), baseline_times=tuple(t for t, _ in kept),
-                    baseline_at=now, last_interval_active=False, pending=None, at_rate=(), raise_streak=0)
+    kept = tuple(w for w in state.baseline if now - w[0] <= config.baseline_max_age_seconds) + ((now, evidence),)
+    state = replace(state, baseline=kept[-config.baseline_max_windows :], last_interval_active=False, pending=None,
+                    at_rate=(), raise_streak=0)
     base = _baseline_evidence(state, config, now)
     why = "transfer paused for a probe" if paused else "no chunk reads this interval"
     cause = "with the transfer paused" if paused else "with no chunk reads"
@@ -901,9 +893,7 @@ def _with_transfer(
     verdict = _judge(pending, slo, config, trusted)
     # The newest interval and everything judged before it at this rate, judged as one.
     history = _recent(state.at_rate + (pending,), config.judge_window_seconds)
-    pooled = history[0]
-    for ev in history[1:]:
-        pooled = pooled.merge(ev)
+    pooled = functools.reduce(Evidence.merge, history)
     assert pooled.itl is not None
     pooled_verdict = verdict if len(history) == 1 else _judge(pooled, slo, config, trusted)
     streak, unproven = state.raise_streak, state.unproven_rate

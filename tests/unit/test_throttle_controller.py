@@ -217,7 +217,6 @@ def test_a_blip_among_good_seconds_at_the_same_rate_is_judged_with_them():
     # Per-second shares 0.6, 0.6, 1.8, 0.6 %: the pool at this rate is 0.9 % (within budget).
     # Over a 2 s window the 1.8 % second pooled with the one before (1.2 %) cuts.
     sim = Sim(rate=0.5 * CAP)
-    sim.state = replace(sim.state, baseline=(), last_cut_at=None)
     decisions = [sim.step(make_obs(1000, f)) for f in (0.006, 0.006, 0.018, 0.006)]
     assert [d.mode for d in decisions] == [Mode.HOLD] * 4
     assert "pooled" in decisions[2].reason and sim.rate == 0.5 * CAP
@@ -245,15 +244,15 @@ def test_evidence_from_before_a_rate_change_is_not_pooled():
 
 
 def test_the_pool_covers_at_most_the_judge_window():
-    # Ten quiet seconds must not hide a miss that has persisted for two.
+    # Ten seconds in the hold band at one rate must not hide a miss that has persisted for two:
+    # pooled over all twelve, (10 x 0.7 + 2 x 1.8) / 12 = 0.88 % would be within budget.
     sim = Sim(rate=0.5 * CAP)
-    sim.state = replace(sim.state, last_cut_at=0.0)
-    sim.run(make_obs(1000, 0.004), 10)
-    sim.state = replace(sim.state, at_rate=sim.state.at_rate, rate_bytes_per_second=sim.rate)
+    sim.run(make_obs(1000, 0.007), 10)
+    assert sim.rate == 0.5 * CAP and sum(ev.span_seconds for ev in sim.state.at_rate) == 4
     rate_before = sim.rate
     first, second = sim.step(make_obs(1000, 0.018)), sim.step(make_obs(1000, 0.018))
-    assert first.mode is Mode.HOLD                        # 4 s pooled: (3 x 0.4 + 1.8) / 4 = 0.75 %
-    assert second.mode is Mode.CUT                        # (2 x 0.4 + 2 x 1.8) / 4 = 1.1 %
+    assert first.mode is Mode.HOLD                        # 4 s pooled: (3 x 0.7 + 1.8) / 4 = 0.98 %
+    assert second.mode is Mode.CUT                        # (2 x 0.7 + 2 x 1.8) / 4 = 1.25 %
     assert second.rate_bytes_per_second < rate_before
     assert sum(ev.span_seconds for ev in sim.state.at_rate) == 0  # cleared by the cut
 

@@ -88,8 +88,9 @@ class QosBenchOptions:
     """Fixed per-seed rates tried, as fractions of the cap, highest first: the oracle is the first that
     meets the SLO, so the best fixed rate lies between it and the level above (a 10 %-of-cap grid)."""
     sweep_seconds: float = 10.0
-    sweep_drain_seconds: float = 4.0
-    """No transfer before each sweep point, so it does not inherit the queue the previous (higher) rate built."""
+    drain_seconds: float = 4.0
+    """No transfer before each sweep point and each A block after a B block, so neither inherits the
+    queue a heavier rate before it built (arrivals are open-loop)."""
     throttled_seconds: float = 60.0
     throttled_measure_seconds: float = 45.0
     """The throttled figures cover the last this-many seconds of phase C (the controller starts at its floor)."""
@@ -456,8 +457,8 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
         for block in range(options.ab_rounds):
             observer.phase = "baseline"
             observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
-            # After a B block: let the queue the unthrottled transfer built drain (see the sweep).
-            time.sleep(options.settle_seconds if block == 0 else options.sweep_drain_seconds)
+            # After a B block: let the queue the unthrottled transfer built drain.
+            time.sleep(options.settle_seconds if block == 0 else options.drain_seconds)
             baseline_blocks.append(observer.measure(f"A{block + 1} baseline (no transfer)", options.ab_block_seconds))
             observer.phase = "unthrottled"
             observer.put_throttle(mode="off")
@@ -493,7 +494,7 @@ def run_qos_bench(options: QosBenchOptions) -> dict:
             # Open-loop arrivals queue up while a heavier rate slows the seed, and that backlog
             # slows the next steps too: pause first, or each point inherits the one above it.
             observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
-            time.sleep(options.sweep_drain_seconds)
+            time.sleep(options.drain_seconds)
             observer.put_throttle(mode="fixed", rate_bytes_per_second=rate)
             time.sleep(options.settle_seconds)
             r = observer.measure(f"S fixed {format_rate(rate)}/seed", options.sweep_seconds)

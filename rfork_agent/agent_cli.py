@@ -188,6 +188,8 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
         raise _BadFlag(f"{source} tunes the adaptive law, which needs --rate-cap")
     # The cap is --rate-cap; the interval is the agent's QoS loop period, not the law's to change.
     known = {f.name for f in fields(ControllerConfig)} - {"cap_bytes_per_second", "interval_seconds"}
+    # Fields annotated int are counts: "3" must stay the integer 3 (annotations are strings here).
+    counts = {f.name for f in fields(ControllerConfig) if f.type in ("int", int)}
     overrides: dict[str, object] = {}
     for item in (part.strip() for part in raw.split(",")):
         if not item:
@@ -203,16 +205,12 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
             number = float(value)
         except ValueError:
             raise _BadFlag(f"{source}: {name}={value!r} is not a number") from None
-        overrides[name] = int(number) if number.is_integer() and name in _INTEGER_TUNING else number
+        overrides[name] = int(number) if number.is_integer() and name in counts else number
     try:
         return ControllerConfig(cap_bytes_per_second=rate_cap, **overrides)
     except (InvalidConfig, TypeError) as exc:
         raise _BadFlag(f"{source}: {exc}") from None
 
-
-# ControllerConfig fields that are counts: "3" must stay the integer 3.
-_INTEGER_TUNING = frozenset({"min_observations", "min_observations_at_pool_max", "min_ttft_observations",
-                             "idle_intervals", "good_intervals_to_remember", "baseline_max_windows"})
 
 
 def build_config(args: argparse.Namespace):

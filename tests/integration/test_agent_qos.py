@@ -313,10 +313,11 @@ def test_cli_throttle_tuning_overrides_only_the_named_fields(monkeypatch):
     for name in agent_cli.QOS_ENV.values():
         monkeypatch.delenv(name, raising=False)
     config = agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04",
-                                          throttle_tuning="md_beta=0.3, probe_every_seconds=none,idle_intervals=4"))
+                                          throttle_tuning="md_beta=0.3, probe_every_seconds=none,idle_intervals=4,max_step_multiplier=2"))
     law = config.controller_config
     assert (law.cap, law.md_beta, law.probe_every_seconds, law.idle_intervals) == (2e9, 0.3, None, 4)
     assert isinstance(law.idle_intervals, int) and law.max_cut == ControllerConfig(cap_bytes_per_second=1).max_cut
+    assert law.max_step_multiplier == 2 and isinstance(law.max_step_multiplier, int)
     monkeypatch.setenv("RFORK_THROTTLE_TUNING", "md_beta=0.2")
     assert agent_cli.build_config(_args(rate_cap="2GB/s")).controller_config.md_beta == 0.2
     assert agent_cli.build_config(_args(rate_cap="2GB/s", throttle_tuning="md_beta=0.4")).controller_config.md_beta == 0.4

@@ -15,7 +15,7 @@ import statistics
 import sys
 from dataclasses import replace
 
-from rfork_agent.units import format_rate, parse_size
+from rfork_api.units import format_rate, parse_size
 from testbed.orchestrator import TestbedOptions, run_testbed
 
 MB = 1e6

@@ -29,7 +29,7 @@ import sys
 import time
 import textwrap
 
-from rfork_agent.units import format_bytes, format_rate, parse_size
+from rfork_api.units import format_bytes, format_rate, parse_size
 
 MB = 1e6
 
@@ -128,7 +128,7 @@ def run_qos_part(args, env: dict, started: float) -> dict:
     short = dict(warmup_seconds=5.0, sweep_seconds=8.0, throttled_seconds=45.0, throttled_measure_seconds=30.0,
                  idle_seconds=8.0, spike_seconds=12.0, recovery_timeout_seconds=20.0)
     if getattr(args, "qos_chunk_size", None):
-        from rfork_agent.units import parse_size
+        from rfork_api.units import parse_size
         short["chunk_size"] = parse_size(args.qos_chunk_size)
     options = qos_bench.QosBenchOptions(device=args.device, **{k: v for k, v in short.items() if k in fields})
     try:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
-from rfork_agent.units import format_rate, parse_rate, parse_size
+from rfork_api.units import format_rate, parse_rate, parse_size
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.histogram import window as histogram_window
 from throttle.prom_text import ITL_HISTOGRAM, parse_sglang_scrape

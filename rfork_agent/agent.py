@@ -53,10 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
-from rfork_agent.auth import BearerAuth, GrantClaims, InvalidGrant, bearer_header, grant_key, verify_grant
-from rfork_agent.http_guard import BodySizeLimit
+from rfork_api.auth import GrantClaims, InvalidGrant, bearer_header, grant_key, verify_grant
+from rfork_api.http import BearerAuth, BodySizeLimit
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
-from rfork_agent.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
+from rfork_api.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
 from throttle.controller import ControllerConfig, InvalidConfig, Mode, SloConfig
 from throttle.prom_text import Scrape
 from throttle.qos import ACTIONS, SCRAPE_FAILURE_REASONS, QosReport, QosTracker, ScrapeFailure, ThrottleMode, classify_body

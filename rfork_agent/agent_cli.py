@@ -22,8 +22,8 @@ import os
 import sys
 from urllib.parse import urlparse
 
-from rfork_agent.auth import load_token
-from rfork_agent.units import UnitError, parse_rate, parse_size
+from rfork_api.auth import load_token
+from rfork_api.units import UnitError, parse_rate, parse_size
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 THROTTLE_MODES = ("adaptive", "fixed", "off")
@@ -288,7 +288,7 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rfork_agent.agent import create_app
-    from rfork_agent.units import format_rate
+    from rfork_api.units import format_rate
 
     logging.getLogger("rfork").setLevel(args.log_level.upper())
     # APScheduler logs every run of every job at INFO (heartbeat, liveness, QoS: ~6 lines a second).

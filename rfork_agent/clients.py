@@ -22,7 +22,7 @@ Exception tree::
      │    ├── UnknownRank               404 unknown_rank
      │    ├── UnknownLease              404 on release (replayed or expired)
      │    └── SeedUnavailable           503 seed_unavailable (read elsewhere)
-     └── rfork_agent.seed_info.SeedUnavailable   the seed's own HTTP API failed
+     └── rfork_api.seed_info.SeedUnavailable   the seed's own HTTP API failed
 
     >>> async with SchedulerClient("http://127.0.0.1:8700") as scheduler:
     ...     job = await scheduler.create_job(identity, 0, manifest)

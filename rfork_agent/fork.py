@@ -29,7 +29,7 @@ import httpx
 
 from metrics.definitions import FAILURE_REASONS, ClientMetrics
 from rfork_agent import clients
-from rfork_agent.auth import bearer_header
+from rfork_api.auth import bearer_header
 from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
 
 log = logging.getLogger("rfork.fork")

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
-from rfork_agent.auth import AuthConfigError, load_token
-from rfork_agent.units import UnitError, format_bytes, format_rate, parse_size
+from rfork_api.auth import AuthConfigError, load_token
+from rfork_api.units import UnitError, format_bytes, format_rate, parse_size
 
 log = logging.getLogger("rfork.fork")
 
@@ -102,7 +102,7 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
     from metrics.definitions import ClientMetrics, serve_metrics
     from rfork_agent import clients
     from rfork_agent.fork import ForkClient, ForkError, register_tensors, single_seed_read
-    from rfork_agent.seed_info import fetch_server_info, fetch_transfer_engine_info
+    from rfork_api.seed_info import fetch_server_info, fetch_transfer_engine_info
     from rfork_agent.transport import MooncakeTransport
 
     async with httpx.AsyncClient(timeout=10) as http:

@@ -121,7 +121,7 @@ class PluginConfig:
                 f"{ENV_SCHEDULER_URL}={url!r} is not an http(s) URL; set it to the rfork scheduler, "
                 "e.g. http://10.0.0.5:8700"
             )
-        from rfork_agent.units import UnitError, parse_size
+        from rfork_api.units import UnitError, parse_size
 
         chunk = environ.get(ENV_CHUNK_SIZE, "").strip() or None
         try:
@@ -135,7 +135,7 @@ class PluginConfig:
             tp_size = 0
         if tp_size is not None and tp_size < 1:
             raise RforkPluginError(f"{ENV_TP_SIZE}={tp!r} must be a whole number >= 1, or unset to use SGLang's --tp-size")
-        from rfork_agent.auth import AuthConfigError, load_token
+        from rfork_api.auth import AuthConfigError, load_token
 
         try:
             token = load_token(environ=dict(environ))

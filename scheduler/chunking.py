@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scheduler.errors import InvalidChunkSize
-from scheduler.manifest import Manifest
+from rfork_api.manifest import Manifest
 
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 4 * 2**30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfork_agent.units import UnitError, parse_size
+from rfork_api.units import UnitError, parse_size
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
 
-    from rfork_agent.auth import AuthConfigError, load_token
+    from rfork_api.auth import AuthConfigError, load_token
 
     try:
         token = load_token(args.token_file)

@@ -1,36 +1,12 @@
-"""The scheduler's exception tree. Each error carries its API code and status."""
+"""The scheduler's errors: the shared tree of ``rfork_api.errors`` (one table of codes for every service)."""
 
-from __future__ import annotations
-
-
-class SchedulerError(Exception):
-    code = "scheduler_error"
-    http_status = 400
-
-
-class UnknownModel(SchedulerError):
-    code, http_status = "unknown_model", 404
-
-
-class UnknownJob(SchedulerError):
-    code, http_status = "unknown_job", 404
-
-
-class UnknownSeed(SchedulerError):
-    code, http_status = "unknown_seed", 404
-
-
-class ManifestMismatch(SchedulerError):
-    code, http_status = "manifest_mismatch", 409
-
-
-class InvalidManifest(SchedulerError):
-    code, http_status = "invalid_manifest", 422
-
-
-class InvalidChunkSize(SchedulerError):
-    code, http_status = "invalid_chunk_size", 422
-
-
-class InvalidResume(SchedulerError):
-    code, http_status = "invalid_resume", 422
+from rfork_api.errors import (  # noqa: F401 - re-exported for the scheduler's modules
+    InvalidChunkSize,
+    InvalidManifest,
+    InvalidResume,
+    ManifestMismatch,
+    SchedulerError,
+    UnknownJob,
+    UnknownModel,
+    UnknownSeed,
+)

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from scheduler.chunking import Chunk
-from scheduler.manifest import Manifest
+from rfork_api.manifest import Manifest
 
 
 @dataclass(frozen=True)

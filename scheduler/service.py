@@ -27,12 +27,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
 
 from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
-from rfork_agent.auth import BearerAuth, GrantClaims, grant_key, sign_grant
-from rfork_agent.http_guard import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from rfork_api.auth import GrantClaims, grant_key, sign_grant
+from rfork_api.http import DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed
-from scheduler.manifest import Manifest, match_manifests, parse_manifest
+from rfork_api.manifest import Manifest, match_manifests, parse_manifest
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
 
 log = logging.getLogger("rfork.scheduler")

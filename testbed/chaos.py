@@ -30,7 +30,7 @@ from typing import Callable
 
 import httpx
 
-from rfork_agent.units import UnitError, format_bytes, parse_rate, parse_size
+from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
 
 log = logging.getLogger("rfork.chaos")
 MiB = 1 << 20

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
-from rfork_agent.units import UnitError, format_bytes, format_rate, parse_rate, parse_size
+from rfork_api.units import UnitError, format_bytes, format_rate, parse_rate, parse_size
 
 log = logging.getLogger("rfork.testbed")
 
@@ -361,7 +361,7 @@ def _same_bytes(a, b) -> bool:
 def _seed_info(url: str, rank: int):
     import httpx
 
-    from rfork_agent.seed_info import fetch_transfer_engine_info
+    from rfork_api.seed_info import fetch_transfer_engine_info
 
     async def go():
         async with httpx.AsyncClient(timeout=10) as http:

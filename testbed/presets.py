@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from rfork_agent.units import format_bytes, parse_size
+from rfork_api.units import format_bytes, parse_size
 
 DTYPE_SIZES: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
 """Element size in bytes of each dtype the stand-in can hold."""

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from rfork_agent.auth import GrantClaims, grant_key, sign_grant
+from rfork_api.auth import GrantClaims, grant_key, sign_grant
 from tests.integration.test_agent import fleet, registered, wait_until  # noqa: F401 - fleet is a fixture
 
 pytestmark = pytest.mark.timeout(60)

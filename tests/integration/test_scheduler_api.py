@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from rfork_agent.auth import GrantClaims, grant_key, verify_grant
+from rfork_api.auth import GrantClaims, grant_key, verify_grant
 from scheduler.service import SchedulerConfig, create_app
 
 IDENTITY = {"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}
@@ -229,7 +229,7 @@ def test_unknown_job_ids_are_404_naming_the_id(service, method, path, body):
 
 def test_a_huge_manifest_count_is_refused_with_the_limit_named():
     from scheduler.errors import InvalidManifest
-    from scheduler.manifest import MAX_TENSORS, parse_manifest
+    from rfork_api.manifest import MAX_TENSORS, parse_manifest
 
     with pytest.raises(InvalidManifest, match=f"at most {MAX_TENSORS}"):
         parse_manifest({f"t{i}": [4096 * i, 1, 1] for i in range(MAX_TENSORS + 1)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rfork_agent.auth import (
+from rfork_api.auth import (
     AuthConfigError, GrantClaims, InvalidGrant, grant_key, load_token, sign_grant, verify_grant,
 )
 

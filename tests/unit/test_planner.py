@@ -6,7 +6,7 @@ import pytest
 
 from scheduler.chunking import Chunk, Segment, plan_chunks
 from scheduler.errors import InvalidChunkSize, InvalidManifest, ManifestMismatch
-from scheduler.manifest import match_manifests, parse_manifest
+from rfork_api.manifest import match_manifests, parse_manifest
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
 
 KiB = 1024

@@ -26,7 +26,6 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from rfork_agent.http_guard import send_json_error
 
 TOKEN_ENV = "RFORK_TOKEN"
 TOKEN_FILE_ENV = "RFORK_TOKEN_FILE"
@@ -63,39 +62,6 @@ def load_token(token_file: str | None = None, environ: dict[str, str] | None = N
 
 def bearer_header(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-class BearerAuth:
-    """ASGI middleware: 401 unless ``Authorization: Bearer <token>`` matches (constant-time).
-
-    ``/health`` and ``/metrics`` stay open. The token is never logged or echoed.
-    """
-
-    def __init__(self, app, token: str, open_paths: frozenset[str] = OPEN_PATHS) -> None:
-        if not token:
-            raise AuthConfigError("BearerAuth needs a non-empty token")
-        self.app = app
-        self._expected = f"Bearer {token}".encode()
-        self.open_paths = open_paths
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        given = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                given = value
-                break
-        if hmac.compare_digest(given, self._expected):
-            await self.app(scope, receive, send)
-            return
-        problem = "no Authorization header" if not given else "the bearer token does not match"
-        await send_json_error(
-            send, 401, "unauthorized",
-            f"{problem}; send 'Authorization: Bearer <token>' with the fleet's shared token "
-            f"(--token-file or ${TOKEN_ENV})",
-            headers=[(b"www-authenticate", b'Bearer realm="rfork"')])
 
 
 # --------------------------------------------------------------------------- lease grants (pure)

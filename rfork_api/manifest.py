@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from scheduler.errors import InvalidManifest, ManifestMismatch
+from rfork_api.errors import InvalidManifest, ManifestMismatch
 
 MAX_TENSORS = 1_000_000
 MAX_TENSOR_BYTES = 2**46  # 64 TiB: far above any single tensor, far below int overflow

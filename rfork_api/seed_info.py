@@ -20,26 +20,13 @@ from typing import Any
 
 import httpx
 
-from rfork_agent.clients import ClientError
+from rfork_api.errors import SeedInfoUnavailable as SeedUnavailable, SeedRankMissing
 
 TE_INFO_PATHS = ("/remote_instance_transfer_engine_info", "/get_remote_instance_transfer_engine_info")
 SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 
 
-class SeedUnavailable(ClientError):
-    """The seed did not answer, or answered something that is not SGLang's format.
-
-    A ``ClientError`` like the scheduler and agent clients' errors, so a CLI
-    that prints those cleanly prints this one too.
-    """
-
-    def __init__(self, url: str, message: str) -> None:
-        super().__init__(message)
-        self.url = url
-
-
-class SeedRankMissing(SeedUnavailable):
-    """The seed answered but has no TransferEngine info for this rank (HTTP 400)."""
+__all__ = ["SeedUnavailable", "SeedRankMissing", "fetch_server_info", "fetch_transfer_engine_info"]
 
 
 async def _get_json(client: httpx.AsyncClient, seed_url: str, paths: tuple[str, ...],

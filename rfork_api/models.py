@@ -1,0 +1,359 @@
+"""Every HTTP body that crosses a process boundary in rfork, in both directions.
+
+The scheduler, the agents, the fork client, the SGLang plugin, the testbed and
+the benchmarks all import these models; nothing outside ``rfork_api`` builds or
+indexes a wire dict. Requests are strict (JSON ``true`` is not ``1``, unknown
+fields are refused with a 422) because a body that relies on coercion is a
+client bug we want to hear about. Replies ignore unknown fields, so an older
+client keeps working against a newer server that added one.
+
+    >>> identity = ModelIdentity(model="Qwen/Qwen2.5-0.5B", dtype="bfloat16", tp_size=1)
+    >>> JobRequest(identity=identity, rank=0, manifest={"w": [4096, 1024, 2]}).rank
+    0
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+SEED_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+SeedIdText = Annotated[str, Field(min_length=1, max_length=128, pattern=SEED_ID_PATTERN)]
+
+
+class Request(BaseModel):
+    """A body a service receives: strict types, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+
+class Reply(BaseModel):
+    """A body a service sends: unknown fields ignored by older readers."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- identity
+
+
+class ModelIdentity(Request):
+    """Which weights a seed serves and a client wants: both must match exactly (with rank and manifest)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, protected_namespaces=())
+    model: str = Field(min_length=1, max_length=512)
+    revision: str = Field(default="main", min_length=1, max_length=256)
+    dtype: str = Field(min_length=1, max_length=64)
+    tp_size: int = Field(ge=1, le=4096)
+
+    @classmethod
+    def from_server_info(cls, info: Mapping[str, Any], *, model: str | None = None, revision: str | None = None,
+                         dtype: str | None = None, tp_size: int | None = None) -> "ModelIdentity":
+        """THE identity rule: SGLang's ``/server_info`` (or its resolved server args), overridden by flags.
+
+        Missing or null fields take SGLang's own defaults (revision ``main``,
+        dtype ``auto``, tp_size 1), so a seed's agent, the fork CLI and the
+        SGLang plugin derive the same identity from the same SGLang flags.
+        Raises ``InvalidIdentity`` naming the field and the flag that fixes it.
+        """
+        from rfork_api.errors import InvalidIdentity
+
+        chosen_model = model or info.get("model_path")
+        if not chosen_model:
+            raise InvalidIdentity("the seed's server info has no model_path; pass the model name explicitly (--model)")
+        raw_tp = tp_size if tp_size else info.get("tp_size")
+        try:
+            chosen_tp = int(raw_tp) if raw_tp not in (None, "") else 1
+        except (TypeError, ValueError):
+            raise InvalidIdentity(f"the seed reports tp_size {raw_tp!r}, not an integer; pass --tp-size") from None
+        if chosen_tp < 1:
+            raise InvalidIdentity(f"tp_size must be >= 1, got {chosen_tp}; pass --tp-size")
+        return cls(
+            model=str(chosen_model),
+            revision=str(revision or info.get("revision") or "main"),
+            dtype=str(dtype or info.get("dtype") or "auto"),
+            tp_size=chosen_tp,
+        )
+
+    def describe(self) -> str:
+        return f"{self.model}@{self.revision} {self.dtype} tp={self.tp_size}"
+
+
+# --------------------------------------------------------------------------- seeds (agent -> scheduler)
+
+
+class RankInfo(Request):
+    """One TP rank a seed serves: its TransferEngine session and ``{name: [ptr, numel, element_size]}``."""
+
+    rank: int = Field(ge=0, le=4095)
+    session_id: str = Field(min_length=1, max_length=256)
+    manifest: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v[1]) * int(v[2]) for v in self.manifest.values())
+
+
+class SeedRegistration(Request):
+    """``PUT /v1/seeds/{seed_id}``: an agent announces its seed (again after any restart)."""
+
+    identity: ModelIdentity
+    agent_url: str = Field(min_length=1, max_length=512)
+    rate_cap_bytes_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    ranks: list[RankInfo] = Field(min_length=1, max_length=4096)
+
+
+class RegistrationReply(Reply):
+    seed_id: str
+    heartbeat_interval_seconds: float
+    heartbeat_timeout_seconds: float
+
+
+class Heartbeat(Request):
+    """``POST /v1/seeds/{seed_id}/heartbeat``: the agent's current budget for this seed."""
+
+    allowed_rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    available_bytes: float = Field(default=0.0, allow_inf_nan=False)
+    in_flight_leases: int = Field(default=0, ge=0)
+
+
+class HeartbeatReply(Reply):
+    pass
+
+
+class SeedSummary(Reply):
+    """One entry of ``GET /v1/seeds``."""
+
+    seed_id: str
+    identity: ModelIdentity
+    agent_url: str
+    ranks: list[int]
+    rate_cap_bytes_per_second: float | None
+    allowed_rate_bytes_per_second: float | None
+    in_flight_leases: int
+    seconds_since_heartbeat: float
+
+
+class SeedList(RootModel[list[SeedSummary]]):
+    """``GET /v1/seeds``."""
+
+
+class SchedulerHealth(Reply):
+    status: str
+    seeds: int
+    jobs: int
+
+
+# --------------------------------------------------------------------------- jobs (client -> scheduler)
+
+
+class JobState(str, enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Resume(Request):
+    """A client re-creating its job after the scheduler lost it (restart): what already landed."""
+
+    previous_job_id: str = Field(min_length=1, max_length=64)
+    chunks_done: list[int] = Field(default_factory=list, max_length=10_000_000)
+
+
+class JobRequest(Request):
+    """``POST /v1/jobs``: fork one rank of ``identity`` into the memory ``manifest`` describes."""
+
+    identity: ModelIdentity
+    rank: int = Field(ge=0, le=4095)
+    manifest: dict[str, Any]
+    chunk_size_bytes: int | None = None
+    resume: Resume | None = None
+
+
+class JobCreated(Reply):
+    job_id: str
+    total_bytes: int
+    num_chunks: int
+    chunk_size_bytes: int
+    seed_ids: list[str]
+
+
+class ChunkReport(Request):
+    """The outcome of one assignment, sent with the next ``/work`` call."""
+
+    assignment_id: str = Field(min_length=1, max_length=64)
+    ok: bool
+    error: str | None = Field(default=None, max_length=4096)
+    reason: str | None = Field(default=None, max_length=64)
+    seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+class WorkRequest(Request):
+    """``POST /v1/jobs/{job_id}/work``: report finished assignments, ask for up to N more."""
+
+    max_assignments: int = Field(default=8, ge=0, le=1024)
+    reports: list[ChunkReport] = Field(default_factory=list, max_length=100_000)
+
+
+class ReadSpan(Reply):
+    """One TransferEngine segment: copy ``length`` bytes from the seed's ``src_ptr`` to our ``dst_ptr``."""
+
+    dst_ptr: int
+    src_ptr: int
+    length: int
+
+
+class Assignment(Reply):
+    """Read these chunks from this seed, under a lease from its agent."""
+
+    assignment_id: str
+    chunk_id: int
+    chunk_ids: list[int]
+    seed_id: str
+    session_id: str
+    agent_url: str
+    bytes: int
+    attempt: int
+    grant: str | None = None
+    reads: list[ReadSpan]
+
+
+class Progress(Reply):
+    bytes_done: int
+    bytes_total: int
+    chunks_done: int
+    chunks_total: int
+    retried_chunks: int
+    failed_seeds: dict[str, str] = Field(default_factory=dict)
+    """Every seed that failed this job, with why (worst state: failed a read, left, excluded)."""
+    bytes_by_seed: dict[str, int] = Field(default_factory=dict)
+    bytes_resumed: int = 0
+
+
+class WorkReply(Reply):
+    state: JobState
+    error: str | None = None
+    assignments: list[Assignment] = Field(default_factory=list)
+    cancel: list[str] = Field(default_factory=list)
+    """Assignments another seed already landed (endgame duplicates): stop them if not yet reading."""
+    retry_after_seconds: float = 0.0
+    progress: Progress
+
+
+class JobStatus(Reply):
+    job_id: str
+    state: JobState
+    error: str | None = None
+    progress: Progress
+
+
+# --------------------------------------------------------------------------- leases (client -> agent)
+
+
+class ThrottleMode(str, enum.Enum):
+    """How an agent sets its allowed rate (its ``--throttle`` flag)."""
+
+    ADAPTIVE = "adaptive"
+    FIXED = "fixed"
+    OFF = "off"
+
+
+class LeaseRequest(Request):
+    """``POST /v1/leases``: permission to read ``bytes`` of ``rank`` from the agent's seed now."""
+
+    job_id: str = Field(min_length=1, max_length=128)
+    assignment_id: str = Field(min_length=1, max_length=128)
+    rank: int = Field(ge=0, le=4095)
+    bytes: int = Field(gt=0, le=2**40)
+    grant: str = Field(default="", max_length=4096)
+    """The scheduler's signed grant for this assignment; required when the agent has a token."""
+    wait_seconds: float = Field(default=5.0, ge=0, le=600, allow_inf_nan=False)
+
+
+class LeaseGranted(Reply):
+    lease_id: str
+    ttl_seconds: float
+
+
+class ReleaseRequest(Request):
+    used: bool = True
+
+
+class ReleaseReply(Reply):
+    lease_id: str
+    refunded_bytes: float
+
+
+class ThrottleRequest(Request):
+    """``PUT /v1/throttle``: switch the throttle at run time (operators, benchmarks)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())  # mode arrives as a JSON string
+    mode: ThrottleMode
+    rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Fixed mode only: the rate to pace at (default the cap; never above it)."""
+    slo_itl_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """A new ITL SLO threshold (default: keep the current one)."""
+
+
+class ThrottleStatus(Reply):
+    allowed_rate_bytes_per_second: float | None = None
+    mode: ThrottleMode
+    controller_mode: str | None = None
+    action: str | None = None
+    reason: str | None = None
+    slo_itl_seconds: float | None = None
+    observed_itl_p99_seconds: float | None = None
+    itl_slo_violation_ratio: float | None = None
+    latency_impact_ratio: float | None = None
+    seed_metrics_age_seconds: float | None = None
+
+
+class ServedRank(Reply):
+    rank: int
+    session_id: str
+    tensors: int
+    bytes: int
+
+
+class AgentStatus(Reply):
+    """``GET /v1/status``: everything an operator asks an agent."""
+
+    seed_id: str
+    phase: str
+    seed_alive: bool
+    sglang_url: str
+    scheduler_url: str
+    agent_url: str
+    identity: ModelIdentity | None = None
+    ranks: list[ServedRank] = Field(default_factory=list)
+    rate_cap_bytes_per_second: float | None = None
+    allowed_rate_bytes_per_second: float | None = None
+    available_bytes: float | None = None
+    in_flight_leases: int
+    in_flight_bytes: int
+    granted_bytes: int
+    throttle: ThrottleStatus
+
+
+class AgentHealth(Reply):
+    status: str
+    phase: str
+    seed_alive: bool
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(Reply):
+    """What went wrong (``error``, a stable code) and how to fix it (``message``, a sentence)."""
+
+    error: str
+    message: str
+    retry_after_seconds: float | None = None
+
+
+class ErrorBody(Reply):
+    """Every 4xx/5xx body of every rfork service: ``{"detail": {"error", "message"}}``."""
+
+    detail: ErrorDetail

@@ -357,12 +357,12 @@ class ForkDriver:
         from rfork_agent.fork_cli import allocate_like
         from rfork_agent.fork import register_tensors
         from rfork_agent.transport import MooncakeTransport
-        from testbed.orchestrator import _seed_info
+        from testbed.orchestrator import seed_te_info
 
         self.fleet, self.observer, self.chunk_size = fleet, observer, chunk_size
         self.identity = fleet.identity()
         self.transport = MooncakeTransport(protocol=fleet.spec.protocol, local_ip="127.0.0.1")
-        _, manifest = _seed_info(fleet.seeds[0].url, 0)
+        _, manifest = seed_te_info(fleet.seeds[0].url, 0)
         self.destinations = []
         for _ in range(streams):
             tensors, _buffer = allocate_like(manifest, torch, device=device)

@@ -109,13 +109,13 @@ class _Setup:
         from rfork_agent.fork_cli import allocate_like
         from rfork_agent.transport import MooncakeTransport
         from testbed.fleet import Fleet
-        from testbed.orchestrator import _seed_info
+        from testbed.orchestrator import seed_te_info
 
         self.fleet = Fleet(self.spec).__enter__()
         try:
             self.identity = self.fleet.identity()
             self.transport = MooncakeTransport(protocol=self.spec.protocol, local_ip="127.0.0.1")
-            _, manifest = _seed_info(self.fleet.seeds[0].url, 0)
+            _, manifest = seed_te_info(self.fleet.seeds[0].url, 0)
             self.destinations = []
             for _ in range(self.forks):
                 tensors, _buffer = allocate_like(manifest, torch)

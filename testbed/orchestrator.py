@@ -218,7 +218,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
         ranks = []
         total_bytes_all = 0
         for rank in range(options.tp_size):
-            seed_manifest_session, seed_manifest = _seed_info(fleet.seeds[0].url, rank)
+            seed_manifest_session, seed_manifest = seed_te_info(fleet.seeds[0].url, rank)
             tensors, buffer = allocate_like(seed_manifest, torch, device=options.device)
             register_tensors(transport, tensors)
             _warm_up(transport, fleet, rank, tensors)
@@ -257,7 +257,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
             }
             if options.compare_baseline:
                 survivor = next(s for s in fleet.seeds if not s.killed)
-                session, manifest = _seed_info(survivor.url, rank)
+                session, manifest = seed_te_info(survivor.url, rank)
                 buffer.zero_()
                 record["baseline_seconds"] = single_seed_read(transport, session, manifest, tensors)
                 record["baseline_seed"] = survivor.seed_id
@@ -310,7 +310,7 @@ def _warm_up(transport, fleet, rank: int, tensors: dict) -> None:
     name, tensor = min(((n, t) for n, t in tensors.items() if t.numel()), key=lambda nt: nt[1].numel())
     nbytes = tensor.numel() * tensor.element_size()
     for seed in fleet.seeds:
-        session, manifest = _seed_info(seed.url, rank)
+        session, manifest = seed_te_info(seed.url, rank)
         transport.read_sync(session, [tensor.data_ptr()], [manifest[name][0]], [nbytes])
 
 
@@ -358,7 +358,8 @@ def _same_bytes(a, b) -> bool:
     return torch.equal(a.contiguous().view(torch.uint8).flatten(), b.contiguous().view(torch.uint8).flatten())
 
 
-def _seed_info(url: str, rank: int):
+def seed_te_info(url: str, rank: int) -> tuple[str, dict]:
+    """(TransferEngine session, manifest) a seed (or stand-in) at ``url`` serves for ``rank`` (blocking)."""
     import httpx
 
     from rfork_api.seed_info import fetch_transfer_engine_info

@@ -62,9 +62,9 @@ def _client_tensors(fleet, rank=0):
     import torch
 
     from rfork_agent.fork_cli import allocate_like
-    from testbed.orchestrator import _seed_info
+    from testbed.orchestrator import seed_te_info
 
-    _, manifest = _seed_info(fleet.seeds[0].url, rank)
+    _, manifest = seed_te_info(fleet.seeds[0].url, rank)
     tensors, _buffer = allocate_like(manifest, torch)
     return tensors, _buffer
 

@@ -1,12 +1,21 @@
-"""The fork planner: which seed reads which chunk, now. Pure: no I/O, no clock.
+"""The fork planner: which source reads which chunk, now. Pure: no I/O, no clock.
 
 A ``Job`` is a state machine over chunks (pending -> live -> done). The service
-calls ``next_assignments(seeds, now, n)`` when a client asks for work and
+calls ``next_assignments(sources, now, n)`` when a client asks for work and
 ``apply(report, now)`` for each finished read; everything the client needs
 (reads with resolved pointers, cancellations, progress) comes back from those.
 
+A source is a serving *seed* (behind its agent's leases and QoS throttle) or a
+*peer*: another client forking the same identity, rank and manifest, which
+serves the chunks it has landed (``holds``). One step decides source and chunk
+for both: peers first (they serve no traffic), then seeds for chunks no
+eligible peer holds or is fetching (``covered``), so the seeds carry about one
+model copy however many clients fork at once, and each job walks its chunks
+from its own ``start`` offset so concurrent jobs fetch different chunks from
+the seeds and then feed each other.
+
     >>> job = Job("j1", client_manifest, plan_chunks(client_manifest, 64 << 20), PlannerConfig(), now=0.0)
-    >>> batch = job.next_assignments([SeedView("seed-0", "127.0.0.1:1", "http://a", seed_manifest, 1e8)], 0.0, 8)
+    >>> batch = job.next_assignments([SourceView("seed-0", "127.0.0.1:1", "http://a", seed_manifest, 1e8)], 0.0, 8)
     >>> job.apply(Report(batch[0].assignment_id, ok=True), now=1.0)
 """
 
@@ -15,6 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import AbstractSet, Collection, Iterator, Literal, Mapping
 
 from scheduler.chunking import Chunk
 from rfork_api.manifest import Manifest
@@ -45,16 +55,30 @@ class PlannerConfig:
     merging off."""
 
 
-@dataclass(frozen=True)
-class SeedView:
-    """What the planner needs to know about one seed rank right now."""
+SEED, PEER = "seed", "peer"
 
-    seed_id: str
+
+@dataclass(frozen=True)
+class SourceView:
+    """What the planner needs to know about one source of a rank right now: a seed or a peer."""
+
+    source_id: str
     session_id: str
     agent_url: str
+    """The seed's agent (leases); empty for a peer, whose budget the scheduler keeps."""
     manifest: Manifest
     allowed_rate: float | None
-    """Bytes/s the seed's agent lets through now; None = uncapped, 0 = paused."""
+    """Bytes/s the source lets through now; None = uncapped, 0 = paused."""
+    kind: Literal["seed", "peer"] = SEED
+    holds: AbstractSet[int] | None = None
+    """Chunk ids the source can serve; None = every chunk (a seed)."""
+    free_slots: int | None = None
+    """Reads it may still take on across ALL jobs (a peer's in-flight limit); None = no such limit."""
+    budget_bytes: float | None = None
+    """Bytes it may still be given now (a peer's upload bucket); None = no such limit."""
+
+    def can_serve(self, chunk_id: int) -> bool:
+        return self.holds is None or chunk_id in self.holds
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,7 @@ class Assignment:
     assignment_id: str
     chunk_id: int
     seed_id: str
+    """The source read from: a seed's id, or a peer's (``peer:<job id>``)."""
     session_id: str
     agent_url: str
     nbytes: int
@@ -78,6 +103,7 @@ class Assignment:
     grant: str = ""
     chunk_ids: tuple[int, ...] = ()
     """Every chunk this assignment reads (``chunk_id`` is the first)."""
+    source_kind: str = SEED
 
 
 @dataclass(frozen=True)
@@ -100,27 +126,111 @@ class _ChunkState:
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 
+SEED_SCAN_WINDOW = 4096
+"""Pending chunks a seed looks through for one no peer covers, per assignment: bounds the
+work per decision (thousands of chunks per rank) while striping keeps concurrent jobs apart."""
+
+
+class PendingQueue:
+    """Chunk ids waiting for a source, in order: O(1) membership and removal, retries at the front.
+
+    Removal marks an entry stale instead of searching the deque; stale entries are
+    dropped as iteration meets them at the front, and the deque is rebuilt when
+    they outnumber the live ones. So handing out a chunk costs O(1) amortised,
+    not O(pending) (a rank of a large model has tens of thousands of chunks).
+    """
+
+    def __init__(self, chunk_ids: Collection[int] = ()) -> None:
+        self._entries: deque[tuple[int, int]] = deque()
+        self._token: dict[int, int] = {}
+        self._next = 0
+        for c in chunk_ids:
+            self.append(c)
+
+    def __len__(self) -> int:
+        return len(self._token)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._token
+
+    def __bool__(self) -> bool:
+        return bool(self._token)
+
+    def __iter__(self) -> Iterator[int]:
+        # Iterates the deque itself (no copy: O(1) to find the first live entry). Callers
+        # may remove() while iterating (it only marks), but stop iterating before append*.
+        self._drop_stale_front()
+        token = self._token
+        for c, t in self._entries:
+            if token.get(c) == t:
+                yield c
+
+    def _new_token(self, chunk_id: int) -> int:
+        self._next += 1
+        self._token[chunk_id] = self._next
+        return self._next
+
+    def append(self, chunk_id: int) -> None:
+        self._entries.append((chunk_id, self._new_token(chunk_id)))
+
+    def appendleft(self, chunk_id: int) -> None:
+        self._entries.appendleft((chunk_id, self._new_token(chunk_id)))
+
+    def remove(self, chunk_id: int) -> None:
+        del self._token[chunk_id]
+        if len(self._entries) > 2 * len(self._token) + 64:
+            self._entries = deque((c, t) for c, t in self._entries if self._token.get(c) == t)
+
+    def discard(self, chunk_id: int) -> None:
+        if chunk_id in self._token:
+            self.remove(chunk_id)
+
+    def _drop_stale_front(self) -> None:
+        entries, token = self._entries, self._token
+        while entries and token.get(entries[0][0]) != entries[0][1]:
+            entries.popleft()
+
+
+def striped_order(num_chunks: int, start: int) -> list[int]:
+    """``range(num_chunks)`` rotated to begin at ``start``: where this job reads from the seeds first."""
+    start = start % num_chunks if num_chunks else 0
+    return [*range(start, num_chunks), *range(start)]
+
+
+def stripe_start(num_chunks: int, member_index: int) -> int:
+    """The start offset of the ``member_index``-th job of a group: golden-ratio spacing keeps
+    any number of concurrent jobs evenly spread over the chunks without knowing how many will come."""
+    golden = 0.6180339887498949
+    return int(((member_index * golden) % 1.0) * num_chunks)
+
 
 class Job:
-    """One rank's fork: chunk states, per-seed failures, progress."""
+    """One rank's fork: chunk states, per-source failures, progress."""
 
     def __init__(self, job_id: str, client_manifest: Manifest, chunks: list[Chunk],
-                 config: PlannerConfig, now: float) -> None:
+                 config: PlannerConfig, now: float, start: int = 0) -> None:
         self.job_id = job_id
         self.client_manifest = client_manifest
         self.config = config
         self.chunks = [_ChunkState(c) for c in chunks]
-        self.pending: deque[int] = deque(range(len(chunks)))
+        self.pending = PendingQueue(striped_order(len(chunks), start))
+        self.done_chunks: set[int] = set()
+        """Landed chunks: what this job, as a peer, can serve to others."""
         self.assignments: dict[str, Assignment] = {}
+        self.live: dict[str, Assignment] = {}
+        """Assignments in flight (at least one of their chunks not landed yet)."""
+        self._live_count: dict[str, int] = {}
         self.excluded: dict[str, str] = {}
-        """Seeds that failed this job's reads: never used again by this job."""
+        """Sources that failed this job's reads: not used again by this job (until they re-register)."""
         self.lost: dict[str, str] = {}
-        """Seeds that left the registry while this job ran (eligible again if they return)."""
+        """Sources that left while this job ran (eligible again if they return)."""
         self.last_failure: dict[str, str] = {}
-        """Each seed's last failed read in this job, excluded or not: what the user sees."""
+        """Each source's last failed read in this job, excluded or not: what the user sees."""
         self.consecutive_failures: dict[str, int] = {}
         self.observed_rate: dict[str, float] = {}
         self.bytes_by_seed: dict[str, int] = {}
+        """Bytes landed per source id (seeds and peers)."""
+        self.bytes_by_kind: dict[str, int] = {SEED: 0, PEER: 0}
         self.bytes_total = sum(c.nbytes for c in chunks)
         self.bytes_done = 0
         self.bytes_resumed = 0
@@ -142,64 +252,132 @@ class Job:
 
         Chunk ids are stable: the same manifest and chunk size give the same plan.
         """
-        done = set(chunks_done)
-        for chunk_id in sorted(done):
+        for chunk_id in sorted(set(chunks_done)):
             state = self.chunks[chunk_id]
             if state.done:
                 continue
             state.done = True
+            self.done_chunks.add(chunk_id)
+            self.pending.discard(chunk_id)
             self.bytes_done += state.chunk.nbytes
             self.bytes_resumed += state.chunk.nbytes
             self.chunks_done += 1
-        # One pass, not a deque.remove per chunk: a resume may list thousands of chunks.
-        self.pending = deque(c for c in self.pending if c not in done)
         if self.chunks and self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
 
     # -- handing out work --------------------------------------------------
-    def next_assignments(self, seeds: list[SeedView], now: float, max_assignments: int) -> list[Assignment]:
+    def next_assignments(self, sources: list[SourceView], now: float, max_assignments: int,
+                         covered: Mapping[int, Collection[str]] | None = None) -> list[Assignment]:
+        """Up to ``max_assignments`` new reads, each from the source best placed to serve it.
+
+        ``covered`` maps a chunk id to the peers (source ids) that hold it or are
+        fetching it now; a seed is not asked for a chunk an eligible peer covers,
+        so concurrent jobs take each chunk from the seeds about once.
+        """
         if self.state != RUNNING:
             return []
-        eligible = [s for s in seeds if s.seed_id not in self.excluded]
-        if not eligible:
-            self._fail_if_no_seeds(seeds, now)
+        eligible = [s for s in sources if s.source_id not in self.excluded and s.source_id != self.peer_id]
+        useful = [s for s in eligible if s.kind == SEED or self._holds_something_needed(s)]
+        if not useful:
+            self._fail_if_no_sources(eligible, sources, now)
             return []
         self.last_seed_seen_at = now
         for s in eligible:
-            self.lost.pop(s.seed_id, None)
-        live = self.live_by_seed()
-        free = {s.seed_id: self._depth(s) - live.get(s.seed_id, 0) for s in eligible}
+            self.lost.pop(s.source_id, None)
+        peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
+        free = {s.source_id: self._free(s) for s in eligible}
+        budget = {s.source_id: s.budget_bytes for s in eligible}
         out: list[Assignment] = []
         while len(out) < max_assignments:
-            candidates = [s for s in eligible if free[s.seed_id] > 0]
+            candidates = [s for s in eligible if free[s.source_id] > 0]
             if not candidates:
                 break
-            # Most free budget first: free slots, then the faster seed.
-            seed = max(candidates, key=lambda s: (free[s.seed_id], self._rate(s)))
-            chunk_id = self._pending_for(seed, eligible)
-            if chunk_id is not None:
-                chunk_ids = [chunk_id, *self._more_pending_for(seed, eligible, chunk_id)]
-            else:
-                chunk_id = self._endgame_for(seed, eligible, now)
-                chunk_ids = [chunk_id]
-            if chunk_id is None:
-                free[seed.seed_id] = 0
+            # Peers first (they serve no traffic), then most free budget, then the faster source.
+            source = max(candidates, key=lambda s: (s.kind == PEER, free[s.source_id], self._rate(s)))
+            chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[source.source_id], now)
+            if not chunk_ids:
+                free[source.source_id] = 0
                 continue
-            out.append(self._assign(chunk_ids, seed, now))
-            free[seed.seed_id] -= 1
+            a = self._assign(chunk_ids, source, now)
+            out.append(a)
+            free[source.source_id] -= 1
+            if budget[source.source_id] is not None:
+                budget[source.source_id] -= a.nbytes
         return out
 
-    def _more_pending_for(self, seed: SeedView, eligible: list[SeedView], first: int) -> list[int]:
+    @property
+    def peer_id(self) -> str:
+        """This job's id as a source for other jobs."""
+        return f"peer:{self.job_id}"
+
+    def _choose(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
+                covered: Mapping[int, Collection[str]] | None, budget: float | None, now: float) -> list[int]:
+        chunk_id = self._pending_for(source, eligible, peer_ids, covered)
+        if chunk_id is not None:
+            if budget is not None and self.chunks[chunk_id].chunk.nbytes > budget:
+                self.pending.appendleft(chunk_id)  # back where it was: the source's bucket is empty
+                return []
+            return [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
+        chunk_id = self._endgame_for(source, eligible, now)
+        if chunk_id is None or (budget is not None and self.chunks[chunk_id].chunk.nbytes > budget):
+            return []
+        return [chunk_id]
+
+    def _holds_something_needed(self, peer: SourceView) -> bool:
+        holds = peer.holds or ()
+        return any(c not in self.done_chunks for c in holds)
+
+    def _covered_by_peer(self, chunk_id: int, peer_ids: frozenset[str],
+                         covered: Mapping[int, Collection[str]] | None) -> bool:
+        if covered is None or not peer_ids:
+            return False
+        by = covered.get(chunk_id)
+        return bool(by) and any(p in peer_ids for p in by)
+
+    def _pending_for(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
+                     covered: Mapping[int, Collection[str]] | None) -> int | None:
+        """The next pending chunk for ``source``, taken off the queue.
+
+        A peer takes the first it holds. A seed takes the first no eligible peer
+        covers (within a bounded window); one it failed only if no other source
+        can take it.
+        """
+        fallback = None
+        seen = 0
+        for chunk_id in self.pending:
+            state = self.chunks[chunk_id]
+            seen += 1
+            if source.kind == SEED and seen > SEED_SCAN_WINDOW:
+                break
+            if not source.can_serve(chunk_id):
+                continue
+            if source.source_id not in state.failed_on:
+                if source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
+                    continue  # a peer holds it or will soon: not the seeds' job
+                self.pending.remove(chunk_id)
+                return chunk_id
+            if fallback is None and all(s.source_id in state.failed_on or not s.can_serve(chunk_id)
+                                        for s in eligible):
+                fallback = chunk_id
+        if fallback is not None:
+            self.pending.remove(fallback)
+        return fallback
+
+    def _more_pending_for(self, source: SourceView, eligible: list[SourceView], first: int,
+                          budget: float | None, peer_ids: frozenset[str] = frozenset(),
+                          covered: Mapping[int, Collection[str]] | None = None) -> list[int]:
         """Further pending chunks to merge into the assignment that starts with ``first``."""
         first_bytes = self.chunks[first].chunk.nbytes
         limit = self.config.max_assignment_bytes
         if limit <= first_bytes or not self.pending:
             return []
-        if seed.allowed_rate is not None:
-            # A capped seed merges only once its in-flight budget outgrows max_in_flight_per_seed
+        if source.allowed_rate is not None:
+            # A capped source merges only once its in-flight budget outgrows max_in_flight_per_seed
             # chunks: bigger assignments instead of more of them, the same bytes in flight.
-            limit = min(limit, seed.allowed_rate * self.config.pipeline_seconds / self.config.max_in_flight_per_seed)
-        # Never more than this seed's share of what is left, so the others get work too.
+            limit = min(limit, source.allowed_rate * self.config.pipeline_seconds / self.config.max_in_flight_per_seed)
+        if budget is not None:
+            limit = min(limit, budget)
+        # Never more than this source's share of what is left, so the others get work too.
         # Summing stops once the share cannot bind: O(limit / chunk), not O(pending), per assignment.
         pending_bytes = first_bytes
         for chunk_id in self.pending:
@@ -208,61 +386,70 @@ class Job:
             pending_bytes += self.chunks[chunk_id].chunk.nbytes
         limit = min(limit, pending_bytes / len(eligible))
         taken, total = [], first_bytes
-        for chunk_id in list(self.pending):
+        # A seed merges the next chunks in queue order; a peer the run of chunk ids after
+        # ``first`` that it holds (the queue's front may be chunks it does not have).
+        following = self.pending if source.holds is None else self._pending_run_after(first)
+        for chunk_id in following:
             state = self.chunks[chunk_id]
-            if seed.seed_id in state.failed_on:
-                continue
+            if source.source_id in state.failed_on or not source.can_serve(chunk_id):
+                if source.holds is None:
+                    continue
+                break
             if total + state.chunk.nbytes > limit:
                 break
-            self.pending.remove(chunk_id)
+            if source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
+                break  # a peer serves the rest of this run
             taken.append(chunk_id)
             total += state.chunk.nbytes
+        for chunk_id in taken:
+            self.pending.remove(chunk_id)
         return taken
 
-    def _depth(self, seed: SeedView) -> int:
+    def _pending_run_after(self, first: int) -> Iterator[int]:
+        chunk_id = first + 1
+        while chunk_id < len(self.chunks) and chunk_id in self.pending:
+            yield chunk_id
+            chunk_id += 1
+
+    def _free(self, source: SourceView) -> int:
+        free = self._depth(source) - self._live_count.get(source.source_id, 0)
+        if source.free_slots is not None:
+            free = min(free, source.free_slots)
+        return free
+
+    def _depth(self, source: SourceView) -> int:
         cap = self.config.max_in_flight_per_seed
-        if seed.allowed_rate is None:
+        if source.allowed_rate is None:
             return cap
-        if seed.allowed_rate <= 0:
+        if source.allowed_rate <= 0:
             return 0
         typical = max(self.bytes_total / max(len(self.chunks), 1), 1)
-        return max(1, min(cap, math.ceil(seed.allowed_rate * self.config.pipeline_seconds / typical)))
+        return max(1, min(cap, math.ceil(source.allowed_rate * self.config.pipeline_seconds / typical)))
 
-    def _rate(self, seed: SeedView) -> float:
-        """Best estimate of bytes/s this seed delivers to this job."""
-        observed = self.observed_rate.get(seed.seed_id)
-        allowed = math.inf if seed.allowed_rate is None else seed.allowed_rate
+    def _rate(self, source: SourceView) -> float:
+        """Best estimate of bytes/s this source delivers to this job."""
+        observed = self.observed_rate.get(source.source_id)
+        allowed = math.inf if source.allowed_rate is None else source.allowed_rate
         return min(observed, allowed) if observed else allowed
 
-    def _pending_for(self, seed: SeedView, eligible: list[SeedView]) -> int | None:
-        """First pending chunk this seed has not failed; one it failed only if nobody else can take it."""
-        fallback = None
-        for chunk_id in self.pending:
-            state = self.chunks[chunk_id]
-            if seed.seed_id not in state.failed_on:
-                self.pending.remove(chunk_id)
-                return chunk_id
-            if fallback is None and all(s.seed_id in state.failed_on for s in eligible):
-                fallback = chunk_id
-        if fallback is not None:
-            self.pending.remove(fallback)
-        return fallback
-
-    def _endgame_for(self, seed: SeedView, eligible: list[SeedView], now: float) -> int | None:
-        """Duplicate the in-flight chunk whose current seed would land it last, if this seed is much sooner."""
-        if not self.config.endgame:
+    def _endgame_for(self, source: SourceView, eligible: list[SourceView], now: float) -> int | None:
+        """Duplicate the in-flight chunk whose current source would land it last, if this one is much sooner."""
+        if not self.config.endgame or not self.live:
             return None
-        rates = {s.seed_id: self._rate(s) for s in eligible}
-        my_rate = rates[seed.seed_id]
+        rates = {s.source_id: self._rate(s) for s in eligible}
+        my_rate = rates[source.source_id]
         if my_rate <= 0:
             return None
-        live = self._live_assignments()
-        mine_queued = sum(1 for b in live.values() if b.seed_id == seed.seed_id) + 1
+        live = self.live
+        mine_queued = self._live_count.get(source.source_id, 0) + 1
         best, best_gain = None, 0.0
-        for chunk_id, state in enumerate(self.chunks):
+        # Only chunks in flight can be duplicated: scan the live assignments, not every chunk.
+        for chunk_id in sorted({c for a in live.values() for c in a.chunk_ids}):
+            state = self.chunks[chunk_id]
             if state.done or not state.live or len(state.live) >= self.config.max_live_per_chunk:
                 continue
-            if seed.seed_id in state.failed_on or any(a.seed_id == seed.seed_id for a in state.live.values()):
+            if not source.can_serve(chunk_id) or source.source_id in state.failed_on \
+                    or any(a.seed_id == source.source_id for a in state.live.values()):
                 continue
             a = next(iter(state.live.values()))
             their_rate = rates.get(a.seed_id, 0.0)
@@ -274,22 +461,42 @@ class Job:
                 best, best_gain = chunk_id, remaining - mine
         return best
 
-    def _assign(self, chunk_ids: list[int], seed: SeedView, now: float) -> Assignment:
+    def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
         states = [self.chunks[c] for c in chunk_ids]
         self._ids += 1
         reads = [
-            Read(self.client_manifest[s.tensor].ptr + s.offset, seed.manifest[s.tensor].ptr + s.offset, s.length)
+            Read(self.client_manifest[s.tensor].ptr + s.offset, source.manifest[s.tensor].ptr + s.offset, s.length)
             for state in states for s in state.chunk.segments
         ]
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
-        a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], seed.seed_id, seed.session_id, seed.agent_url,
-                       sum(state.chunk.nbytes for state in states), max(state.attempts for state in states) + 1,
-                       now, reads, chunk_ids=tuple(chunk_ids))
+        a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,
+                       source.agent_url, sum(state.chunk.nbytes for state in states),
+                       max(state.attempts for state in states) + 1, now, reads, chunk_ids=tuple(chunk_ids),
+                       source_kind=source.kind)
         for state in states:
             state.live[a.assignment_id] = a
         self.assignments[a.assignment_id] = a
+        self._set_live(a)
         return a
+
+    def _set_live(self, a: Assignment) -> None:
+        if a.assignment_id not in self.live:
+            self.live[a.assignment_id] = a
+            self._live_count[a.seed_id] = self._live_count.get(a.seed_id, 0) + 1
+
+    def _unset_live(self, a: Assignment) -> None:
+        if self.live.pop(a.assignment_id, None) is not None:
+            left = self._live_count[a.seed_id] - 1
+            if left:
+                self._live_count[a.seed_id] = left
+            else:
+                del self._live_count[a.seed_id]
+
+    def _drop_live_if_idle(self, a: Assignment) -> None:
+        """An assignment stops counting as in flight once none of its chunks still waits on it."""
+        if not any(a.assignment_id in self.chunks[c].live for c in a.chunk_ids):
+            self._unset_live(a)
 
     # -- results -----------------------------------------------------------
     def apply(self, report: Report, now: float) -> None:
@@ -297,6 +504,7 @@ class Job:
         if a is None or self.state != RUNNING:
             return  # unknown or after the end: nothing to learn
         was_live = [c for c in a.chunk_ids if self.chunks[c].live.pop(a.assignment_id, None) is not None]
+        self._unset_live(a)
         if report.ok:
             self._landed(a, report, now)
         elif was_live:
@@ -313,25 +521,27 @@ class Job:
             if state.done:
                 continue  # a duplicate landed second: same bytes, count them once
             state.done = True
-            if chunk_id in self.pending:
-                self.pending.remove(chunk_id)
+            self.done_chunks.add(chunk_id)
+            self.pending.discard(chunk_id)
             self.bytes_done += state.chunk.nbytes
             self.chunks_done += 1
             self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + state.chunk.nbytes
+            self.bytes_by_kind[a.source_kind] = self.bytes_by_kind.get(a.source_kind, 0) + state.chunk.nbytes
             for other_id, other in list(state.live.items()):
                 del state.live[other_id]
                 if len(other.chunk_ids) == 1:
                     self._cancel.append(other_id)
                 # A merged assignment also reading other chunks carries on: its bytes for
                 # this chunk are the same, and its other chunks still need them.
+                self._drop_live_if_idle(other)
         if self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
 
     def _failed(self, a: Assignment, chunk_ids: list[int], report: Report, now: float) -> None:
         failures = self.consecutive_failures.get(a.seed_id, 0)
         # 'seed_lost' means the read never started: the agent saw its seed down (it
-        # deregisters it, and the registry drops it) or the client held off a seed
-        # whose previous read just failed. Neither is evidence against the seed by
+        # deregisters it, and the registry drops it) or the client held off a source
+        # whose previous read just failed. Neither is evidence against the source by
         # itself, so only reads that really failed count toward exclusion.
         really_failed = report.reason != "seed_lost"
         if really_failed:
@@ -352,43 +562,44 @@ class Job:
         if failures >= self.config.seed_failure_threshold:
             self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now)
 
-    def exclude(self, seed_id: str, reason: str, now: float) -> None:
-        """Stop using a seed for this job (it failed our reads) and re-queue what it held."""
-        if seed_id in self.excluded or self.state != RUNNING:
+    def exclude(self, source_id: str, reason: str, now: float) -> None:
+        """Stop using a source for this job (it failed our reads) and re-queue what it held."""
+        if source_id in self.excluded or self.state != RUNNING:
             return
-        self.excluded[seed_id] = reason
-        self._requeue_live(seed_id)
+        self.excluded[source_id] = reason
+        self._requeue_live(source_id)
 
-    def seed_lost(self, seed_id: str, reason: str, now: float) -> None:
-        """The seed left the registry (missed heartbeats, deregistered, or re-registered with new memory).
+    def seed_lost(self, source_id: str, reason: str, now: float) -> None:
+        """The source left (missed heartbeats, deregistered, re-registered with new memory, a peer withdrew).
 
         Its in-flight chunks move elsewhere at once, but it is not excluded: it
         failed none of our reads, and if it comes back (re-registers) its new
         pointers are used for new assignments. The no-seed grace counts from
-        this moment, when a seed was last known alive.
+        this moment, when a source was last known alive.
         """
         if self.state != RUNNING:
             return
-        self.lost[seed_id] = reason
+        self.lost[source_id] = reason
         self.last_seed_seen_at = max(self.last_seed_seen_at, now)
-        self._requeue_live(seed_id)
+        self._requeue_live(source_id)
 
-    def _requeue_live(self, seed_id: str) -> None:
+    def _requeue_live(self, source_id: str) -> None:
         requeue = []
-        for chunk_id, state in enumerate(self.chunks):
-            for aid, a in list(state.live.items()):
-                if a.seed_id == seed_id:
-                    del state.live[aid]
-                    self._cancel.append(aid)
-                    if not state.done and not state.live and chunk_id not in self.pending:
-                        requeue.append(chunk_id)
-        for chunk_id in reversed(requeue):  # at the front, in order
+        for a in [a for a in self.live.values() if a.seed_id == source_id]:
+            for chunk_id in a.chunk_ids:
+                state = self.chunks[chunk_id]
+                if state.live.pop(a.assignment_id, None) is not None and not state.done and not state.live \
+                        and chunk_id not in self.pending:
+                    requeue.append(chunk_id)
+            self._cancel.append(a.assignment_id)
+            self._unset_live(a)
+        for chunk_id in reversed(sorted(requeue)):  # at the front, in order
             self.pending.appendleft(chunk_id)
             self.retried_chunks += 1
 
-    def _fail_if_no_seeds(self, seeds: list[SeedView], now: float) -> None:
-        if seeds:  # every live seed is excluded: no point waiting
-            self._fail(now, "no eligible seed left: " + self._exclusions())
+    def _fail_if_no_sources(self, eligible: list[SourceView], sources: list[SourceView], now: float) -> None:
+        if sources and not eligible and any(s.source_id != self.peer_id for s in sources):
+            self._fail(now, "no eligible seed left: " + self._exclusions())  # every source excluded
         elif now - self.last_seed_seen_at > self.config.no_seed_grace_seconds:
             gone = "; ".join(f"{seed} ({why})" for seed, why in sorted(self.lost.items()))
             self._fail(now, f"no live seed for {now - self.last_seed_seen_at:.0f} s"
@@ -403,6 +614,8 @@ class Job:
         for state in self.chunks:
             self._cancel.extend(state.live)
             state.live.clear()
+        self.live.clear()
+        self._live_count.clear()
 
     def cancel(self, now: float, why: str) -> None:
         self._fail(now, why)
@@ -412,21 +625,17 @@ class Job:
         out, self._cancel = list(dict.fromkeys(self._cancel)), []  # a merged assignment is listed once
         return out
 
-    def _live_assignments(self) -> dict[str, Assignment]:
-        return {aid: a for state in self.chunks for aid, a in state.live.items()}
-
     def live_by_seed(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for a in self._live_assignments().values():
-            counts[a.seed_id] = counts.get(a.seed_id, 0) + 1
-        return counts
+        """Assignments in flight per source id."""
+        return dict(self._live_count)
 
     def progress(self) -> dict:
         return {
             "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
             "chunks_done": self.chunks_done, "chunks_total": len(self.chunks),
             "retried_chunks": self.retried_chunks,
-            # Every seed that failed this job, worst state last: failed a read, left, excluded.
+            # Every source that failed this job, worst state last: failed a read, left, excluded.
             "failed_seeds": {**self.last_failure, **self.lost, **self.excluded},
             "bytes_by_seed": dict(self.bytes_by_seed), "bytes_resumed": self.bytes_resumed,
+            "bytes_from_seeds": self.bytes_by_kind.get(SEED, 0), "bytes_from_peers": self.bytes_by_kind.get(PEER, 0),
         }

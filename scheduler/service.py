@@ -33,7 +33,7 @@ from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed
 from rfork_api.manifest import Manifest, match_manifests, parse_manifest
-from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
+from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SourceView
 
 log = logging.getLogger("rfork.scheduler")
 
@@ -71,9 +71,9 @@ class SeedRecord:
     available_bytes: float = 0.0
     in_flight_leases: int = 0
 
-    def view(self, rank: int) -> SeedView:
+    def view(self, rank: int) -> SourceView:
         session_id, manifest = self.ranks[rank]
-        return SeedView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate)
+        return SourceView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 from scheduler.chunking import Chunk, Segment, plan_chunks
 from scheduler.errors import InvalidChunkSize, InvalidManifest, ManifestMismatch
 from rfork_api.manifest import match_manifests, parse_manifest
-from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
+from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SourceView
 
 KiB = 1024
 
@@ -21,8 +21,8 @@ def manifest(**sizes: int) -> dict:
     return parse_manifest(raw)
 
 
-def seed(seed_id: str, m, rate: float | None = 1e6) -> SeedView:
-    return SeedView(seed_id, f"{seed_id}:1", f"http://{seed_id}", m, rate)
+def seed(seed_id: str, m, rate: float | None = 1e6) -> SourceView:
+    return SourceView(seed_id, f"{seed_id}:1", f"http://{seed_id}", m, rate)
 
 
 # -- manifests ---------------------------------------------------------------
@@ -350,3 +350,123 @@ def test_a_lost_seed_cancels_its_merged_assignment_once_and_requeues_every_chunk
     job.seed_lost("s0", "gone", 1.0)
     assert sorted(job.take_cancellations()) == sorted(a.assignment_id for a in out)
     assert list(job.pending) == list(range(8))
+
+
+# -- sources: seeds and peers (the swarm) ------------------------------------
+from scheduler.planner import PEER, PendingQueue, stripe_start, striped_order  # noqa: E402
+
+
+def peer(job_id: str, m, holds, rate: float | None = None, free_slots=None, budget=None) -> SourceView:
+    return SourceView(f"peer:{job_id}", f"{job_id}:1", "", m, rate, kind=PEER, holds=frozenset(holds),
+                      free_slots=free_slots, budget_bytes=budget)
+
+
+def test_a_peer_is_preferred_to_a_seed_for_a_chunk_it_holds():
+    job, m = make_job(n_chunks=4)
+    out = job.next_assignments([seed("s0", m, None), peer("p", m, {2})], 0.0, 1)
+    assert [(a.seed_id, a.chunk_ids, a.source_kind) for a in out] == [("peer:p", (2,), PEER)]
+    assert out[0].agent_url == ""  # no agent, no lease: the scheduler keeps a peer's budget
+
+
+def test_a_peer_only_serves_what_it_holds():
+    job, m = make_job(n_chunks=4)
+    out = job.next_assignments([peer("p", m, {1, 3})], 0.0, 8)
+    assert sorted(a.chunk_id for a in out) == [1, 3]
+
+
+@pytest.mark.parametrize("covered, expected_seed_chunks", [
+    ({}, [0, 1, 2, 3]),                                   # nobody covers anything: the seed serves all
+    ({0: {"peer:p"}, 1: {"peer:p"}}, [2, 3]),             # p holds or fetches 0 and 1: not the seed's job
+    ({0: {"peer:gone"}}, [0, 1, 2, 3]),                   # covered by a peer this job cannot use
+    ({c: {"peer:p"} for c in range(4)}, []),              # all covered: the seed waits for the peers
+])
+def test_a_seed_is_not_asked_for_chunks_an_eligible_peer_covers(covered, expected_seed_chunks):
+    job, m = make_job(n_chunks=4)
+    sources = [seed("s0", m, None), peer("p", m, set(), free_slots=0)]
+    out = job.next_assignments(sources, 0.0, 8, covered=covered)
+    assert sorted(c for a in out if a.seed_id == "s0" for c in a.chunk_ids) == expected_seed_chunks
+
+
+def test_an_excluded_peer_does_not_cover_chunks_for_the_seeds():
+    job, m = make_job(n_chunks=2, config=PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=1))
+    p = peer("p", m, {0, 1})
+    [a, b] = job.next_assignments([p], 0.0, 8)
+    finish(job, [a], 1.0, ok=False, reason="read_failed")
+    assert "peer:p" in job.excluded
+    out = job.next_assignments([seed("s0", m, None), p], 1.0, 8, covered={0: {"peer:p"}, 1: {"peer:p"}})
+    assert sorted(c for x in out for c in x.chunk_ids) == [0, 1] and all(x.seed_id == "s0" for x in out)
+
+
+@pytest.mark.parametrize("free_slots, budget, expected", [
+    (None, None, 4),   # uncapped peer: the planner's own depth (max_in_flight_per_seed)
+    (1, None, 1),      # one read slot left across all its readers
+    (0, None, 0),
+    (None, 8 * KiB, 2),  # an upload bucket with two chunks' worth
+    (None, 1 * KiB, 0),  # not even one chunk
+])
+def test_a_peers_in_flight_limit_and_upload_budget_bound_what_it_is_given(free_slots, budget, expected):
+    job, m = make_job(n_chunks=8)
+    out = job.next_assignments([peer("p", m, range(8), free_slots=free_slots, budget=budget)], 0.0, 8)
+    assert sum(len(a.chunk_ids) for a in out) == expected
+    assert len(job.pending) == 8 - expected  # what a peer could not take stays pending
+
+
+def test_a_merged_peer_read_stays_within_the_chunks_it_holds():
+    job, m = make_job(n_chunks=8, config=MERGE_16K)
+    out = job.next_assignments([peer("p", m, {0, 1, 2, 5, 6})], 0.0, 8)
+    assert [a.chunk_ids for a in out] == [(0, 1, 2), (5, 6)]
+
+
+def test_a_dead_peers_reads_are_retried_from_a_seed_and_count_as_peer_failures():
+    job, m = make_job(n_chunks=2)
+    p = peer("p", m, {0, 1})
+    out = job.next_assignments([p, seed("s0", m, None)], 0.0, 8, covered={0: {"peer:p"}, 1: {"peer:p"}})
+    assert {a.seed_id for a in out} == {"peer:p"}
+    job.seed_lost("peer:p", "peer withdrew", 1.0)  # the service drops a peer that withdrew or died
+    again = job.next_assignments([seed("s0", m, None)], 1.0, 8)
+    assert sorted(c for a in again for c in a.chunk_ids) == [0, 1] and job.retried_chunks == 2
+
+
+def test_peers_holding_nothing_needed_do_not_keep_a_job_without_seeds_alive():
+    job, m = make_job(n_chunks=2, config=PlannerConfig(max_assignment_bytes=0, no_seed_grace_seconds=10))
+    useless = peer("p", m, set())  # another client, also waiting for the seeds that died
+    job.next_assignments([useless], 5.0, 8)
+    assert job.state == RUNNING
+    job.next_assignments([useless], 10.5, 8)
+    assert job.state == FAILED and "no live seed" in job.error
+
+
+def test_bytes_are_counted_by_source_kind():
+    job, m = make_job(n_chunks=2)
+    out = job.next_assignments([peer("p", m, {0}), seed("s0", m, None)], 0.0, 8, covered={0: {"peer:p"}})
+    finish(job, out, 1.0)
+    progress = job.progress()
+    assert job.state == DONE and progress["bytes_from_peers"] == 4 * KiB and progress["bytes_from_seeds"] == 4 * KiB
+
+
+@pytest.mark.parametrize("members, chunks", [(2, 100), (8, 1000), (128, 22500)])
+def test_stripe_starts_spread_concurrent_jobs_over_the_chunks(members, chunks):
+    starts = sorted(stripe_start(chunks, k) for k in range(members))
+    gaps = [b - a for a, b in zip(starts, [*starts[1:], starts[0] + chunks])]
+    assert len(set(starts)) == members and max(gaps) <= 3 * chunks / members
+    assert striped_order(5, 3) == [3, 4, 0, 1, 2]
+
+
+def test_jobs_with_different_starts_ask_the_seed_for_different_chunks_first():
+    m = manifest(w=8 * 4 * KiB)
+    a = Job("a", m, plan_chunks(m, 4 * KiB), ONE_CHUNK_EACH, 0.0, start=0)
+    b = Job("b", m, plan_chunks(m, 4 * KiB), ONE_CHUNK_EACH, 0.0, start=4)
+    [x] = a.next_assignments([seed("s0", m, None)], 0.0, 1)
+    [y] = b.next_assignments([seed("s0", m, None)], 0.0, 1)
+    assert (x.chunk_id, y.chunk_id) == (0, 4)
+
+
+def test_pending_queue_removal_is_lazy_and_order_is_kept():
+    q = PendingQueue(range(6))
+    q.remove(0)
+    q.remove(3)
+    q.appendleft(3)
+    assert list(q) == [3, 1, 2, 4, 5] and len(q) == 5 and 0 not in q and 3 in q
+    for c in [1, 2, 4, 5, 3]:
+        q.remove(c)
+    assert list(q) == [] and not q

@@ -75,7 +75,8 @@ class SourceView:
     free_slots: int | None = None
     """Reads it may still take on across ALL jobs (a peer's in-flight limit); None = no such limit."""
     budget_bytes: float | None = None
-    """Bytes it may still be given now (a peer's upload bucket); None = no such limit."""
+    """A peer's upload bucket balance: while positive it may be given a read (which books its
+    full size, possibly into debt, so the long-run rate is exact); None = no such limit."""
 
     def can_serve(self, chunk_id: int) -> bool:
         return self.holds is None or chunk_id in self.holds
@@ -312,16 +313,13 @@ class Job:
 
     def _choose(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
                 covered: Mapping[int, Collection[str]] | None, budget: float | None, now: float) -> list[int]:
+        if budget is not None and budget <= 0:
+            return []  # its bucket is in debt: the reads already given to it come first
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
-            if budget is not None and self.chunks[chunk_id].chunk.nbytes > budget:
-                self.pending.appendleft(chunk_id)  # back where it was: the source's bucket is empty
-                return []
             return [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
         chunk_id = self._endgame_for(source, eligible, now)
-        if chunk_id is None or (budget is not None and self.chunks[chunk_id].chunk.nbytes > budget):
-            return []
-        return [chunk_id]
+        return [] if chunk_id is None else [chunk_id]
 
     def _holds_something_needed(self, peer: SourceView) -> bool:
         holds = peer.holds or ()
@@ -376,7 +374,7 @@ class Job:
             # chunks: bigger assignments instead of more of them, the same bytes in flight.
             limit = min(limit, source.allowed_rate * self.config.pipeline_seconds / self.config.max_in_flight_per_seed)
         if budget is not None:
-            limit = min(limit, budget)
+            limit = min(limit, max(budget, first_bytes))
         # Never more than this source's share of what is left, so the others get work too.
         # Summing stops once the share cannot bind: O(limit / chunk), not O(pending), per assignment.
         pending_bytes = first_bytes

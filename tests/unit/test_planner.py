@@ -402,7 +402,8 @@ def test_an_excluded_peer_does_not_cover_chunks_for_the_seeds():
     (1, None, 1),      # one read slot left across all its readers
     (0, None, 0),
     (None, 8 * KiB, 2),  # an upload bucket with two chunks' worth
-    (None, 1 * KiB, 0),  # not even one chunk
+    (None, 1 * KiB, 1),  # a positive balance buys one read; its debt is paid before the next
+    (None, 0.0, 0),      # in debt or empty: nothing
 ])
 def test_a_peers_in_flight_limit_and_upload_budget_bound_what_it_is_given(free_slots, budget, expected):
     job, m = make_job(n_chunks=8)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AbstractSet, Collection, Iterator, Literal, Mapping
+from typing import AbstractSet, Collection, Iterator, Literal, Protocol
 
 from scheduler.chunking import Chunk
 from rfork_api.manifest import Manifest
@@ -56,6 +56,12 @@ class PlannerConfig:
 
 
 SEED, PEER = "seed", "peer"
+
+
+class Coverage(Protocol):
+    """Chunk id -> the peers (source ids) that hold it or are fetching it; a dict works."""
+
+    def get(self, chunk_id: int, default: None = None) -> Collection[str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,7 @@ class Job:
 
     # -- handing out work --------------------------------------------------
     def next_assignments(self, sources: list[SourceView], now: float, max_assignments: int,
-                         covered: Mapping[int, Collection[str]] | None = None) -> list[Assignment]:
+                         covered: Coverage | None = None) -> list[Assignment]:
         """Up to ``max_assignments`` new reads, each from the source best placed to serve it.
 
         ``covered`` maps a chunk id to the peers (source ids) that hold it or are
@@ -312,7 +318,7 @@ class Job:
         return f"peer:{self.job_id}"
 
     def _choose(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
-                covered: Mapping[int, Collection[str]] | None, budget: float | None, now: float) -> list[int]:
+                covered: Coverage | None, budget: float | None, now: float) -> list[int]:
         if budget is not None and budget <= 0:
             return []  # its bucket is in debt: the reads already given to it come first
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
@@ -326,14 +332,14 @@ class Job:
         return any(c not in self.done_chunks for c in holds)
 
     def _covered_by_peer(self, chunk_id: int, peer_ids: frozenset[str],
-                         covered: Mapping[int, Collection[str]] | None) -> bool:
+                         covered: Coverage | None) -> bool:
         if covered is None or not peer_ids:
             return False
         by = covered.get(chunk_id)
         return bool(by) and any(p in peer_ids for p in by)
 
     def _pending_for(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
-                     covered: Mapping[int, Collection[str]] | None) -> int | None:
+                     covered: Coverage | None) -> int | None:
         """The next pending chunk for ``source``, taken off the queue.
 
         A peer takes the first it holds. A seed takes the first no eligible peer
@@ -363,7 +369,7 @@ class Job:
 
     def _more_pending_for(self, source: SourceView, eligible: list[SourceView], first: int,
                           budget: float | None, peer_ids: frozenset[str] = frozenset(),
-                          covered: Mapping[int, Collection[str]] | None = None) -> list[int]:
+                          covered: Coverage | None = None) -> list[int]:
         """Further pending chunks to merge into the assignment that starts with ``first``."""
         first_bytes = self.chunks[first].chunk.nbytes
         limit = self.config.max_assignment_bytes

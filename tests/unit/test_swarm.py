@@ -1,0 +1,153 @@
+"""Peer bookkeeping (scheduler.swarm) with the real planner: tables and a fake clock, no I/O."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rfork_api.manifest import parse_manifest
+from scheduler.chunking import plan_chunks
+from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
+from scheduler.swarm import PeerOffer, Swarm, group_key
+
+KiB = 1024
+CHUNK = 4 * KiB
+
+
+def manifest(n_chunks: int, base: int) -> dict:
+    return parse_manifest({"w": [base, n_chunks * CHUNK, 1]})
+
+
+def seed(m, rate=None) -> SourceView:
+    return SourceView("seed-0", "seed:1", "http://seed", m, rate)
+
+
+class Fleet:
+    """N jobs of one group on a fake clock; every read takes one tick."""
+
+    def __init__(self, n_jobs: int, n_chunks: int, offer: PeerOffer | None = PeerOffer("x", None, 4),
+                 config: PlannerConfig = PlannerConfig(max_assignment_bytes=0)) -> None:
+        self.swarm = Swarm(read_deadline_seconds=5.0)
+        self.seed_manifest = manifest(n_chunks, 1 << 40)
+        self.jobs: list[Job] = []
+        for k in range(n_jobs):
+            m = manifest(n_chunks, (k + 1) << 30)
+            key = group_key("model", 0, m, CHUNK)
+            job = Job(f"j{k}", m, plan_chunks(m, CHUNK), config, 0.0)
+            index = self.swarm.join(job, key, None if offer is None else PeerOffer(f"s{k}", offer.rate,
+                                                                                   offer.max_in_flight), 0.0)
+            job.pending.__init__(__import__("scheduler.planner", fromlist=["x"]).striped_order(
+                n_chunks, stripe_start(n_chunks, index)))
+            self.jobs.append(job)
+        self.live: dict[str, tuple[Job, object]] = {}
+
+    def tick(self, now: float, seed_rate=None) -> None:
+        for job_id_a, (job, a) in list(self.live.items()):
+            job.apply(Report(a.assignment_id, ok=True, seconds=1.0), now)
+            self.swarm.settled(a.assignment_id)
+            del self.live[job_id_a]
+        for job in self.jobs:
+            sources = [seed(self.seed_manifest, seed_rate), *self.swarm.sources_for(job.job_id, now)]
+            out = job.next_assignments(sources, now, 8, covered=self.swarm.covered_for(job.job_id))
+            self.swarm.assigned(out, job.job_id, now)
+            for a in out:
+                self.live[a.assignment_id] = (job, a)
+
+    def run(self, max_ticks=1000, seed_rate=None) -> int:
+        for t in range(1, max_ticks):
+            self.tick(float(t), seed_rate)
+            if all(j.state == DONE for j in self.jobs):
+                return t
+        raise AssertionError("the fleet did not finish")
+
+    def seed_bytes(self) -> int:
+        return sum(j.bytes_by_kind["seed"] for j in self.jobs)
+
+
+def test_group_key_ignores_pointers_but_not_shapes_or_chunk_size():
+    a, b = manifest(4, 1 << 30), manifest(4, 2 << 30)
+    assert group_key("m", 0, a, CHUNK) == group_key("m", 0, b, CHUNK)
+    assert group_key("m", 0, a, CHUNK) != group_key("m", 0, manifest(5, 1 << 30), CHUNK)
+    assert group_key("m", 0, a, CHUNK) != group_key("m", 0, a, 2 * CHUNK)
+    assert group_key("m", 0, a, CHUNK) != group_key("m", 1, a, CHUNK)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, 4, 8])
+def test_with_peers_the_seed_serves_about_one_copy_whatever_the_number_of_jobs(n_jobs):
+    fleet = Fleet(n_jobs, n_chunks=64)
+    fleet.run()
+    model = 64 * CHUNK
+    assert all(j.bytes_done == model for j in fleet.jobs)
+    assert fleet.seed_bytes() <= 1.5 * model
+
+
+def test_without_peer_offers_every_job_reads_everything_from_the_seed():
+    fleet = Fleet(4, n_chunks=32, offer=None)
+    fleet.run()
+    assert fleet.seed_bytes() == 4 * 32 * CHUNK
+
+
+def test_a_capped_seed_with_peers_finishes_the_fleet_near_one_forks_time():
+    # The seed moves 4 chunks per tick; alone, one job needs 64/4 = 16 ticks, 8 jobs direct 128.
+    rate_for_4_chunks = 4 * CHUNK / PlannerConfig().pipeline_seconds
+    one = Fleet(1, n_chunks=64).run(seed_rate=rate_for_4_chunks)
+    eight = Fleet(8, n_chunks=64).run(seed_rate=rate_for_4_chunks)
+    assert eight <= 1.5 * one + 4
+
+
+def test_a_peers_reads_are_outstanding_until_reported_and_withdraw_counts_them():
+    fleet = Fleet(2, n_chunks=4)
+    a, b = fleet.jobs
+    seed_view = seed(fleet.seed_manifest)
+    for x in a.next_assignments([seed_view], 0.0, 8):
+        a.apply(Report(x.assignment_id, ok=True), 0.0)
+    assert a.state == DONE
+    reads = b.next_assignments([seed_view, *fleet.swarm.sources_for("j1", 0.0)], 0.0, 8,
+                               covered=fleet.swarm.covered_for("j1"))
+    assert reads and all(r.source_kind == PEER and r.seed_id == "peer:j0" for r in reads)
+    fleet.swarm.assigned(reads, "j1", 0.0)
+    assert fleet.swarm.withdraw("j0", 1.0) == len(reads)  # still on the wire: keep the memory
+    assert fleet.swarm.sources_for("j1", 1.0) == []       # withdrawn: no new reads from it
+    for r in reads:
+        fleet.swarm.settled(r.assignment_id)
+    assert fleet.swarm.withdraw("j0", 2.0) == 0            # now it may free or rewrite
+
+
+def test_a_silent_readers_reads_hold_the_peer_until_their_deadline():
+    fleet = Fleet(2, n_chunks=2)
+    a, b = fleet.jobs
+    for x in a.next_assignments([seed(fleet.seed_manifest)], 0.0, 8):
+        a.apply(Report(x.assignment_id, ok=True), 0.0)
+    reads = b.next_assignments(fleet.swarm.sources_for("j1", 0.0), 0.0, 8, covered=fleet.swarm.covered_for("j1"))
+    fleet.swarm.assigned(reads, "j1", 0.0)
+    fleet.swarm.leave("j1", now=10.0)  # the reader was abandoned without reporting
+    assert fleet.swarm.withdraw("j0", 14.9) == len(reads)
+    assert fleet.swarm.withdraw("j0", 15.1) == 0
+
+
+@pytest.mark.parametrize("max_in_flight, rate, expected", [
+    (2, None, 2),            # two read slots, shared by every reader
+    (8, 4 * CHUNK / 0.5, 4),  # the bucket's burst (0.5 s of rate = 4 chunks) buys 4 reads; the other reader waits
+])
+def test_a_peers_upload_limits_hold_across_all_its_readers(max_in_flight, rate, expected):
+    fleet = Fleet(3, n_chunks=8, offer=PeerOffer("x", rate, max_in_flight))
+    server, r1, r2 = fleet.jobs
+    for x in server.next_assignments([seed(fleet.seed_manifest)], 0.0, 100):
+        server.apply(Report(x.assignment_id, ok=True), 0.0)
+    given = 0
+    for reader in (r1, r2):
+        peers = [p for p in fleet.swarm.sources_for(reader.job_id, 0.0) if p.source_id == "peer:j0"]
+        out = reader.next_assignments(peers, 0.0, 100)
+        fleet.swarm.assigned(out, reader.job_id, 0.0)
+        given += len(out)
+    assert given == expected
+
+
+def test_a_peer_that_left_is_no_source_and_its_readers_are_returned():
+    fleet = Fleet(2, n_chunks=2)
+    a, b = fleet.jobs
+    for x in a.next_assignments([seed(fleet.seed_manifest)], 0.0, 8):
+        a.apply(Report(x.assignment_id, ok=True), 0.0)
+    assert [j.job_id for j in fleet.swarm.leave("j0", 1.0)] == ["j1"]
+    assert fleet.swarm.sources_for("j1", 1.0) == [] and not fleet.swarm.is_member("j0")

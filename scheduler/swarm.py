@@ -20,7 +20,9 @@ Pure bookkeeping, no I/O: the service calls it under its lock with ``now``.
   outstanding: the client frees or rewrites its memory only once that is 0.
 
     >>> swarm = Swarm(read_deadline_seconds=30.0)
-    >>> index = swarm.join(job, key, PeerOffer("127.0.0.1:15000", rate=None, max_in_flight=8), now=0.0)
+    >>> start = stripe_start(num_chunks, swarm.next_index(key))
+    >>> job = Job(job_id, manifest, chunks, PlannerConfig(), now=0.0, start=start)
+    >>> swarm.join(job, key, PeerOffer("127.0.0.1:15000", rate=None, max_in_flight=8), now=0.0)
     >>> peers = swarm.sources_for(job.job_id, now=0.0)       # SourceViews of the other peers
     >>> covered = swarm.covered_for(job.job_id)               # what they hold or fetch
 """
@@ -92,16 +94,18 @@ class Swarm:
         """Reader job id -> its outstanding assignment ids (reads from peers not reported yet)."""
 
     # -- membership -------------------------------------------------------
-    def join(self, job: Job, key: GroupKey, offer: PeerOffer | None, now: float) -> int:
-        """Add a job to its group; returns its index there (for its stripe start)."""
+    def next_index(self, key: GroupKey) -> int:
+        """The index the next job of this group gets: create its ``Job`` with ``start=stripe_start(n, index)``."""
+        return self._joined.get(key, 0)
+
+    def join(self, job: Job, key: GroupKey, offer: PeerOffer | None, now: float) -> None:
+        """Add a job to its group (a peer source for the others if ``offer`` is given)."""
         bucket = None
         if offer is not None and offer.rate is not None:
             bucket = TokenBucket(rate=offer.rate, burst=max(offer.rate * self.burst_seconds, 1.0), now=now)
         self._members[job.job_id] = _Member(job, key, offer, bucket)
         self._groups.setdefault(key, []).append(job.job_id)
-        index = self._joined.get(key, 0)
-        self._joined[key] = index + 1
-        return index
+        self._joined[key] = self._joined.get(key, 0) + 1
 
     def leave(self, job_id: str, now: float) -> list[Job]:
         """The job is gone (deleted, abandoned, failed); returns the jobs that were reading from it.
@@ -150,10 +154,6 @@ class Swarm:
         me = self._members.get(job_id)
         members = [] if me is None else [self._members[j] for j in self._groups.get(me.key, ()) if j != job_id]
         return Covered([m for m in members if m.serving])
-
-    def stripe_index(self, job_id: str) -> int:
-        me = self._members[job_id]
-        return self._groups[me.key].index(job_id)
 
     # -- reads between peers ----------------------------------------------
     def assigned(self, assignments: Iterable[Assignment], reader_job_id: str, now: float) -> None:

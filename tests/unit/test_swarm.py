@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from rfork_api.manifest import parse_manifest
 from scheduler.chunking import plan_chunks
-from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
+from scheduler.planner import DONE, PEER, Job, PlannerConfig, Report, SourceView, stripe_start
 from scheduler.swarm import PeerOffer, Swarm, group_key
 
 KiB = 1024
@@ -34,11 +32,10 @@ class Fleet:
         for k in range(n_jobs):
             m = manifest(n_chunks, (k + 1) << 30)
             key = group_key("model", 0, m, CHUNK)
-            job = Job(f"j{k}", m, plan_chunks(m, CHUNK), config, 0.0)
-            index = self.swarm.join(job, key, None if offer is None else PeerOffer(f"s{k}", offer.rate,
-                                                                                   offer.max_in_flight), 0.0)
-            job.pending.__init__(__import__("scheduler.planner", fromlist=["x"]).striped_order(
-                n_chunks, stripe_start(n_chunks, index)))
+            start = stripe_start(n_chunks, self.swarm.next_index(key))
+            job = Job(f"j{k}", m, plan_chunks(m, CHUNK), config, 0.0, start=start)
+            mine = None if offer is None else PeerOffer(f"s{k}", offer.rate, offer.max_in_flight)
+            self.swarm.join(job, key, mine, 0.0)
             self.jobs.append(job)
         self.live: dict[str, tuple[Job, object]] = {}
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from scheduler.errors import InvalidChunkSize
 from rfork_api.manifest import Manifest
@@ -29,8 +30,8 @@ class Chunk:
     chunk_id: int
     segments: tuple[Segment, ...]
 
-    @property
-    def nbytes(self) -> int:
+    @cached_property
+    def nbytes(self) -> int:  # cached: the planner asks for it on every decision
         return sum(s.length for s in self.segments)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AbstractSet, Collection, Iterator, Literal, Protocol
+from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, Protocol
 
 from scheduler.chunking import Chunk
 from rfork_api.manifest import Manifest
@@ -59,9 +59,22 @@ SEED, PEER = "seed", "peer"
 
 
 class Coverage(Protocol):
-    """Chunk id -> the peers (source ids) that hold it or are fetching it; a dict works."""
+    """Chunk id -> the peers (source ids) that hold it or are fetching it; a dict works.
+
+    ``ANY_ELIGIBLE_PEER`` means "a peer this job may read from covers it" when the
+    caller knows that without naming the peer (a count over peers this job has not
+    excluded), even if none of them is among this decision's sources yet.
+    """
 
     def get(self, chunk_id: int, default: None = None) -> Collection[str] | None: ...
+
+
+class _AnyEligiblePeer(frozenset):
+    def __repr__(self) -> str:
+        return "ANY_ELIGIBLE_PEER"
+
+
+ANY_ELIGIBLE_PEER: Collection[str] = _AnyEligiblePeer()
 
 
 @dataclass(frozen=True)
@@ -133,7 +146,7 @@ class _ChunkState:
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 
-SEED_SCAN_WINDOW = 4096
+SEED_SCAN_WINDOW = 512
 """Pending chunks a seed looks through for one no peer covers, per assignment: bounds the
 work per decision (thousands of chunks per rank) while striping keeps concurrent jobs apart."""
 
@@ -250,6 +263,9 @@ class Job:
         self.error: str | None = None
         self._cancel: list[str] = []
         self._ids = 0
+        self.on_cover: Callable[[int, int], None] | None = None
+        """Told ``(chunk_id, +1)`` when a chunk becomes held-or-fetching here and ``(chunk_id, -1)``
+        when it stops (a failed read re-queued it): how a swarm counts who covers what."""
         self.state = RUNNING if chunks else DONE
         if not chunks:
             self.finished_at = now
@@ -263,9 +279,12 @@ class Job:
             state = self.chunks[chunk_id]
             if state.done:
                 continue
+            covering = bool(state.live)
             state.done = True
             self.done_chunks.add(chunk_id)
             self.pending.discard(chunk_id)
+            if not covering and self.on_cover is not None:
+                self.on_cover(chunk_id, +1)
             self.bytes_done += state.chunk.nbytes
             self.bytes_resumed += state.chunk.nbytes
             self.chunks_done += 1
@@ -284,7 +303,7 @@ class Job:
         if self.state != RUNNING:
             return []
         eligible = [s for s in sources if s.source_id not in self.excluded and s.source_id != self.peer_id]
-        useful = [s for s in eligible if s.kind == SEED or self._holds_something_needed(s)]
+        useful = any(s.kind == SEED for s in eligible) or any(self._holds_something_needed(s) for s in eligible)
         if not useful:
             self._fail_if_no_sources(eligible, sources, now)
             return []
@@ -324,19 +343,25 @@ class Job:
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
             return [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
+        if source.kind == SEED and self.pending:
+            return []  # what is left is covered by peers: a seed duplicates nothing before the true end
         chunk_id = self._endgame_for(source, eligible, now)
         return [] if chunk_id is None else [chunk_id]
 
     def _holds_something_needed(self, peer: SourceView) -> bool:
         holds = peer.holds or ()
+        if len(holds) > len(self.done_chunks):
+            return True  # it holds more than we do: something we lack
         return any(c not in self.done_chunks for c in holds)
 
     def _covered_by_peer(self, chunk_id: int, peer_ids: frozenset[str],
                          covered: Coverage | None) -> bool:
-        if covered is None or not peer_ids:
+        if covered is None:
             return False
         by = covered.get(chunk_id)
-        return bool(by) and any(p in peer_ids for p in by)
+        if by is ANY_ELIGIBLE_PEER:
+            return True
+        return bool(by) and any(p in by for p in peer_ids)
 
     def _pending_for(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
                      covered: Coverage | None) -> int | None:
@@ -346,6 +371,8 @@ class Job:
         covers (within a bounded window); one it failed only if no other source
         can take it.
         """
+        if source.holds is not None and len(source.holds) * 4 < len(self.pending):
+            return self._pending_held_by(source)
         fallback = None
         seen = 0
         for chunk_id in self.pending:
@@ -366,6 +393,17 @@ class Job:
         if fallback is not None:
             self.pending.remove(fallback)
         return fallback
+
+    def _pending_held_by(self, peer: SourceView) -> int | None:
+        """A pending chunk a peer that holds few chunks can serve: walk what it holds, not the queue."""
+        best = None
+        for chunk_id in peer.holds or ():
+            if chunk_id in self.pending and peer.source_id not in self.chunks[chunk_id].failed_on:
+                if best is None or chunk_id < best:
+                    best = chunk_id  # the lowest: merged runs grow upward from it
+        if best is not None:
+            self.pending.remove(best)
+        return best
 
     def _more_pending_for(self, source: SourceView, eligible: list[SourceView], first: int,
                           budget: float | None, peer_ids: frozenset[str] = frozenset(),
@@ -478,7 +516,9 @@ class Job:
                        source.agent_url, sum(state.chunk.nbytes for state in states),
                        max(state.attempts for state in states) + 1, now, reads, chunk_ids=tuple(chunk_ids),
                        source_kind=source.kind)
-        for state in states:
+        for chunk_id, state in zip(chunk_ids, states):
+            if self.on_cover is not None and not state.done and not state.live:
+                self.on_cover(chunk_id, +1)
             state.live[a.assignment_id] = a
         self.assignments[a.assignment_id] = a
         self._set_live(a)
@@ -502,17 +542,32 @@ class Job:
         if not any(a.assignment_id in self.chunks[c].live for c in a.chunk_ids):
             self._unset_live(a)
 
+    def _covering(self, chunk_ids: Iterable[int]) -> dict[int, bool] | None:
+        if self.on_cover is None:
+            return None
+        return {c: self.chunks[c].done or bool(self.chunks[c].live) for c in chunk_ids}
+
+    def _cover_changes(self, chunk_ids: Iterable[int], before: dict[int, bool] | None) -> None:
+        if before is None or self.on_cover is None:
+            return
+        for c, was in before.items():
+            now_covering = self.chunks[c].done or bool(self.chunks[c].live)
+            if now_covering != was:
+                self.on_cover(c, +1 if now_covering else -1)
+
     # -- results -----------------------------------------------------------
     def apply(self, report: Report, now: float) -> None:
         a = self.assignments.get(report.assignment_id)
         if a is None or self.state != RUNNING:
             return  # unknown or after the end: nothing to learn
+        before = self._covering(a.chunk_ids)
         was_live = [c for c in a.chunk_ids if self.chunks[c].live.pop(a.assignment_id, None) is not None]
         self._unset_live(a)
         if report.ok:
             self._landed(a, report, now)
         elif was_live:
             self._failed(a, was_live, report, now)
+        self._cover_changes(a.chunk_ids, before)
 
     def _landed(self, a: Assignment, report: Report, now: float) -> None:
         self.consecutive_failures[a.seed_id] = 0
@@ -589,7 +644,10 @@ class Job:
 
     def _requeue_live(self, source_id: str) -> None:
         requeue = []
-        for a in [a for a in self.live.values() if a.seed_id == source_id]:
+        theirs = [a for a in self.live.values() if a.seed_id == source_id]
+        touched = [c for a in theirs for c in a.chunk_ids]
+        before = self._covering(touched)
+        for a in theirs:
             for chunk_id in a.chunk_ids:
                 state = self.chunks[chunk_id]
                 if state.live.pop(a.assignment_id, None) is not None and not state.done and not state.live \
@@ -600,6 +658,7 @@ class Job:
         for chunk_id in reversed(sorted(requeue)):  # at the front, in order
             self.pending.appendleft(chunk_id)
             self.retried_chunks += 1
+        self._cover_changes(touched, before)
 
     def _fail_if_no_sources(self, eligible: list[SourceView], sources: list[SourceView], now: float) -> None:
         if sources and not eligible and any(s.source_id != self.peer_id for s in sources):
@@ -615,8 +674,10 @@ class Job:
 
     def _fail(self, now: float, error: str) -> None:
         self.state, self.error, self.finished_at = FAILED, error, now
-        for state in self.chunks:
+        for chunk_id, state in enumerate(self.chunks):
             self._cancel.extend(state.live)
+            if state.live and not state.done and self.on_cover is not None:
+                self.on_cover(chunk_id, -1)
             state.live.clear()
         self.live.clear()
         self._live_count.clear()

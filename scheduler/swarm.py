@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Collection, Hashable, Iterable
 
 from rfork_api.manifest import Manifest
-from scheduler.planner import PEER, Assignment, Job, SourceView
+from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, Job, SourceView
 from throttle.token_bucket import TokenBucket
 
 GroupKey = Hashable
@@ -81,10 +82,18 @@ class _Member:
 class Swarm:
     """Every group of jobs that can feed each other, and the reads between them."""
 
-    def __init__(self, read_deadline_seconds: float = 30.0, burst_seconds: float = 0.5) -> None:
+    def __init__(self, read_deadline_seconds: float = 30.0, burst_seconds: float = 0.5,
+                 max_peers_per_decision: int = 16, rng: random.Random | None = None) -> None:
         self.read_deadline_seconds = read_deadline_seconds
         """How long a read from a peer may still be on the wire after its reader went silent."""
         self.burst_seconds = burst_seconds
+        self.max_peers_per_decision = max_peers_per_decision
+        """Peers offered to one decision: a random sample of the serving ones, as a swarm gives each
+        peer a few parents, so a decision costs O(this) however large the group is."""
+        self._rng = rng or random.Random(0)
+        self._cover_count: dict[GroupKey, list[int]] = {}
+        """Per group and chunk: serving peers that hold it or are fetching it."""
+        self._serving: dict[GroupKey, list[str]] = {}
         self._members: dict[str, _Member] = {}
         self._groups: dict[GroupKey, list[str]] = {}
         self._joined: dict[GroupKey, int] = {}
@@ -106,6 +115,33 @@ class Swarm:
         self._members[job.job_id] = _Member(job, key, offer, bucket)
         self._groups.setdefault(key, []).append(job.job_id)
         self._joined[key] = self._joined.get(key, 0) + 1
+        counts = self._cover_count.setdefault(key, [0] * len(job.chunks))
+        if offer is not None:
+            self._serving.setdefault(key, []).append(job.job_id)
+
+            def on_cover(chunk_id: int, delta: int) -> None:
+                counts[chunk_id] += delta
+
+            job.on_cover = on_cover
+            for chunk_id in self._covering_chunks(job):
+                counts[chunk_id] += 1
+
+    @staticmethod
+    def _covering_chunks(job: Job) -> list[int]:
+        return [c for c, state in enumerate(job.chunks) if state.done or state.live]
+
+    def _stop_serving(self, member: _Member) -> None:
+        """It no longer covers anything for the others."""
+        if member.offer is None or member.job.on_cover is None:
+            return
+        counts = self._cover_count.get(member.key)
+        if counts is not None:
+            for chunk_id in self._covering_chunks(member.job):
+                counts[chunk_id] -= 1
+        member.job.on_cover = None
+        serving = self._serving.get(member.key, [])
+        if member.job.job_id in serving:
+            serving.remove(member.job.job_id)
 
     def leave(self, job_id: str, now: float) -> list[Job]:
         """The job is gone (deleted, abandoned, failed); returns the jobs that were reading from it.
@@ -116,12 +152,13 @@ class Swarm:
         member = self._members.pop(job_id, None)
         if member is None:
             return []
+        self._stop_serving(member)
         group = self._groups.get(member.key, [])
         if job_id in group:
             group.remove(job_id)
         if not group:
-            self._groups.pop(member.key, None)
-            self._joined.pop(member.key, None)
+            for table in (self._groups, self._joined, self._cover_count, self._serving):
+                table.pop(member.key, None)
         for assignment_id in member.outstanding:
             self._reader_of.pop(assignment_id, None)
         self.reader_gone(job_id, now)
@@ -131,15 +168,23 @@ class Swarm:
         return job_id in self._members
 
     # -- what a job's planner sees ----------------------------------------
-    def sources_for(self, job_id: str, now: float) -> list[SourceView]:
-        """The peers ``job_id`` may read from now."""
+    def sources_for(self, job_id: str, now: float, complete_only: bool = False) -> list[SourceView]:
+        """Up to ``max_peers_per_decision`` peers ``job_id`` may read from now, sampled at random
+        among those serving (``complete_only``: only peers holding every chunk: a cascade)."""
         me = self._members.get(job_id)
         if me is None:
             return []
+        serving = self._serving.get(me.key, [])
+        limit = self.max_peers_per_decision
+        # A fresh random sample every decision: over a few calls a job meets every peer, so a
+        # chunk only one peer holds is found (a fixed subset could leave it out forever).
+        pool = self._rng.sample(serving, min(len(serving), 2 * limit))
         out = []
-        for other_id in self._groups.get(me.key, ()):
+        for other_id in pool:
             other = self._members[other_id]
             if other_id == job_id or not other.serving or not other.job.done_chunks:
+                continue
+            if complete_only and len(other.job.done_chunks) < len(other.job.chunks):
                 continue
             offer = other.offer
             assert offer is not None
@@ -148,12 +193,20 @@ class Swarm:
                 holds=other.job.done_chunks,
                 free_slots=max(offer.max_in_flight - len(other.outstanding), 0),
                 budget_bytes=None if other.bucket is None else other.bucket.available(now)))
+            if len(out) == limit:
+                break
         return out
 
     def covered_for(self, job_id: str) -> "Covered":
+        """What the other serving peers hold or fetch, for ``job_id``'s seeds' rarest-first."""
         me = self._members.get(job_id)
-        members = [] if me is None else [self._members[j] for j in self._groups.get(me.key, ()) if j != job_id]
-        return Covered([m for m in members if m.serving])
+        if me is None:
+            return Covered([0], [], exact=False)
+        # Counts are O(1) per chunk but blind to which peer covers it; a job that excluded or
+        # lost a peer asks per peer, so a chunk only that peer covers is not withheld from seeds.
+        exact = bool(me.job.excluded or me.job.lost)
+        members = [self._members[j] for j in self._serving.get(me.key, ()) if j != job_id] if exact else []
+        return Covered(self._cover_count[me.key], members, exact=exact, own=me if me.serving else None)
 
     # -- reads between peers ----------------------------------------------
     def assigned(self, assignments: Iterable[Assignment], reader_job_id: str, now: float) -> None:
@@ -191,7 +244,9 @@ class Swarm:
         member = self._members.get(job_id)
         if member is None:
             return 0
-        member.withdrawn = True
+        if not member.withdrawn:
+            member.withdrawn = True
+            self._stop_serving(member)
         for assignment_id, deadline in list(member.outstanding.items()):
             if deadline <= now:
                 del member.outstanding[assignment_id]
@@ -208,19 +263,27 @@ class Swarm:
 
 
 class Covered:
-    """For a chunk id, the peers (source ids) that hold it or are fetching it: read lazily.
+    """For a chunk id, whether serving peers hold it or are fetching it (the planner's ``covered``).
 
-    Computed on demand from the other members' chunk states, O(members) per chunk
-    the planner asks about, instead of a map kept for every chunk of every group.
+    Backed by per-chunk counts the planner keeps current through ``Job.on_cover``:
+    O(1) per chunk asked. ``exact`` asks each member instead (O(members)), returning
+    their source ids, for a job that must not count peers it excluded.
     """
 
-    def __init__(self, members: Collection[_Member]) -> None:
+    def __init__(self, counts: list[int], members: Collection[_Member], exact: bool,
+                 own: _Member | None = None) -> None:
+        self._counts = counts
         self._members = members
+        self._exact = exact
+        self._own = own
 
-    def get(self, chunk_id: int, default=None) -> list[str] | None:
-        out = []
-        for m in self._members:
-            state = m.job.chunks[chunk_id]
-            if state.done or state.live:
-                out.append(m.job.peer_id)
-        return out or default
+    def get(self, chunk_id: int, default=None) -> Collection[str] | None:
+        if self._exact:
+            out = [m.job.peer_id for m in self._members
+                   if m.job.chunks[chunk_id].done or m.job.chunks[chunk_id].live]
+            return out or default
+        n = self._counts[chunk_id]
+        if self._own is not None:
+            state = self._own.job.chunks[chunk_id]
+            n -= 1 if (state.done or state.live) else 0  # our own fetch covers nothing for us
+        return ANY_ELIGIBLE_PEER if n > 0 else default

@@ -1,0 +1,351 @@
+"""One simulated scale-out: N new instances fork one rank from S seeds, the real planner deciding.
+
+Every scheduling decision is made by the code that ships: ``scheduler.planner.Job``
+(chunk and source choice, merging, retries, exclusions, endgame) and
+``scheduler.swarm.Swarm`` (peers, coverage, upload budgets, withdraw). What is
+simulated is everything around it: links (``sim.network``), the latency of
+the control plane (a ``/work`` call, an agent lease), seeds whose serving load
+moves their allowed rate, and faults. The CPU the planner and swarm spend is
+measured with ``time.perf_counter`` around the real calls, so the result says
+whether one scheduler process keeps up.
+
+    >>> result = simulate(Scenario(model="qwen2.5-7b", instances=4, strategy="swarm"))
+    >>> result.instances_completed
+    4
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import simpy
+
+from rfork_api.manifest import parse_manifest
+from scheduler.chunking import plan_chunks
+from scheduler.planner import DONE, FAILED, PEER, Job, PlannerConfig, Report, SourceView, stripe_start
+from scheduler.swarm import PeerOffer, Swarm, group_key
+from sim.network import LinkDown, Network, Node
+from sim.presets import rank_manifest
+from sim.scenario import Scenario
+
+BYTES_PER_CHUNK_STATE = 700
+"""Measured memory per chunk per job (chunk state, pending entry, sets): for the N x chunks check."""
+
+
+class SimulationTooLarge(ValueError):
+    """The scenario would not fit in memory; the message says how big and what to change."""
+
+
+@dataclass
+class _Seed:
+    seed_id: str
+    node: Node
+    allowed_rate: float
+    registered: bool = True
+    in_flight: int = 0
+
+
+@dataclass
+class _Instance:
+    index: int
+    job: Job
+    node: Node
+    started_at: float
+    finished_at: float | None = None
+    killed_at: float | None = None
+    process: simpy.Process | None = None
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    time_to_all_seconds: float
+    completion_seconds: list[float]
+    instances_completed: int
+    instances_killed: int
+    instances_failed: int
+    model_bytes_per_instance: int
+    seed_bytes_served: float
+    peer_bytes_served: float
+    chunks_per_instance: int
+    assignments: int
+    work_calls: int
+    lease_calls: int
+    scheduler_cpu_seconds: float
+    decision_cpu_seconds: list[float] = field(repr=False, default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    single_fork_seconds: float | None = None
+
+    @property
+    def scheduler_cpu_share(self) -> float:
+        return self.scheduler_cpu_seconds / self.time_to_all_seconds if self.time_to_all_seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        decisions = sorted(self.decision_cpu_seconds)
+
+        def pct(q: float) -> float:
+            return decisions[min(len(decisions) - 1, int(q * len(decisions)))] if decisions else 0.0
+
+        t = self.time_to_all_seconds
+        return {
+            "scenario": self.scenario.to_json(),
+            "time_to_all_seconds": t,
+            "single_fork_seconds": self.single_fork_seconds,
+            "time_to_all_over_single_fork": (t / self.single_fork_seconds) if self.single_fork_seconds else None,
+            "completion_seconds": self.completion_seconds,
+            "instances_completed": self.instances_completed,
+            "instances_killed": self.instances_killed,
+            "instances_failed": self.instances_failed,
+            "model_bytes_per_instance": self.model_bytes_per_instance,
+            "seed_bytes_served": self.seed_bytes_served,
+            "seed_bytes_over_model": self.seed_bytes_served / self.model_bytes_per_instance,
+            "peer_bytes_served": self.peer_bytes_served,
+            "chunks_per_instance": self.chunks_per_instance,
+            "scheduler": {
+                "assignments": self.assignments,
+                "work_calls": self.work_calls,
+                "lease_calls": self.lease_calls,
+                "cpu_seconds": self.scheduler_cpu_seconds,
+                "cpu_share": self.scheduler_cpu_share,
+                "work_calls_per_second": self.work_calls / t if t else 0.0,
+                "assignments_per_second": self.assignments / t if t else 0.0,
+                "cpu_per_work_call_seconds": {"mean": sum(decisions) / len(decisions) if decisions else 0.0,
+                                              "p50": pct(0.5), "p99": pct(0.99)},
+            },
+            "scheduler_cpu_share": self.scheduler_cpu_share,
+            "failures": self.failures[:20],
+        }
+
+
+class FleetSimulation:
+    def __init__(self, scenario: Scenario) -> None:
+        self.s = scenario
+        self.rng = random.Random(scenario.random_seed)
+        self.env = simpy.Environment()
+        self.net = Network(self.env)
+        raw = rank_manifest(scenario.model)
+        self.manifest = parse_manifest(raw)
+        self.chunks = plan_chunks(self.manifest, scenario.chunk_size)
+        self.model_bytes = sum(c.nbytes for c in self.chunks)
+        self._check_memory()
+        self.config = PlannerConfig(max_assignment_bytes=scenario.max_assignment_bytes)
+        self.swarm = Swarm(read_deadline_seconds=scenario.client_timeout_seconds,
+                           max_peers_per_decision=scenario.max_peers_per_decision,
+                           rng=random.Random(scenario.random_seed + 1))
+        self.key = group_key(scenario.model, 0, self.manifest, scenario.chunk_size)
+        self.seeds = {f"seed-{i}": _Seed(f"seed-{i}", self.net.add_node(f"seed-{i}", scenario.seed_egress,
+                                                                         scenario.seed_egress), scenario.seed_egress)
+                      for i in range(scenario.seeds)}
+        self.instances: list[_Instance] = []
+        self.by_job: dict[str, _Instance] = {}
+        self.cpu = 0.0
+        self.decisions: list[float] = []
+        self.assignments = self.work_calls = self.lease_calls = 0
+        self.failures: list[str] = []
+
+    def _check_memory(self) -> None:
+        need = self.s.instances * len(self.chunks) * BYTES_PER_CHUNK_STATE
+        available = _available_memory()
+        if available is not None and need > 0.6 * available:
+            raise SimulationTooLarge(
+                f"{self.s.instances} instances x {len(self.chunks)} chunks needs about {need / 2**30:.1f} GiB, more "
+                f"than 60% of the {available / 2**30:.1f} GiB available; use a larger --chunk-size or fewer instances")
+
+    # -- the run -------------------------------------------------------------
+    def run(self) -> Result:
+        s = self.s
+        for i in range(s.instances):
+            start = stripe_start(len(self.chunks), self.swarm.next_index(self.key))
+            job = Job(f"i{i}", self.manifest, self.chunks, self.config, 0.0, start=start)
+            offer = None if s.strategy == "direct" else PeerOffer(f"i{i}", s.peer_rate, s.peer_max_in_flight)
+            self.swarm.join(job, self.key, offer, 0.0)
+            node = self.net.add_node(f"i{i}", s.instance_egress if s.peer_rate is None
+                                     else min(s.instance_egress, s.peer_rate), s.instance_ingress)
+            inst = _Instance(i, job, node, started_at=0.0)
+            self.instances.append(inst)
+            self.by_job[job.job_id] = inst
+        for inst in self.instances:
+            inst.process = self.env.process(self._client(inst))
+        if s.seed_qos == "serving":
+            for seed in self.seeds.values():
+                self.env.process(self._serving_load(seed))
+        self.env.process(self._faults())
+        for slow in s.slowdowns:
+            self.env.process(self._slowdown(slow))
+        everyone = self.env.all_of([inst.process for inst in self.instances])
+        self.env.run(until=self.env.any_of([everyone, self.env.timeout(s.max_simulated_seconds)]))
+        return self._result()
+
+    def _sources(self, inst: _Instance) -> tuple[list[SourceView], object]:
+        s, now = self.s, self.env.now
+        views = [SourceView(seed.seed_id, seed.seed_id, f"http://{seed.seed_id}", self.manifest, seed.allowed_rate,
+                            free_slots=max(s.seed_max_in_flight - seed.in_flight, 0))
+                 for seed in self.seeds.values() if seed.registered]
+        if s.strategy == "direct":
+            return views, None
+        # cascade: only finished instances serve, as seeds do (no coverage: they are equals of the seeds).
+        cascade = s.strategy == "cascade"
+        peers = self.swarm.sources_for(inst.job.job_id, now, complete_only=cascade)
+        covered = None if cascade else self.swarm.covered_for(inst.job.job_id)
+        return views + peers, covered
+
+    def _client(self, inst: _Instance):
+        s, job = self.s, inst.job
+        running: dict[str, simpy.Process] = {}
+        reports: list[Report] = []
+        try:
+            while True:
+                started = time.perf_counter()
+                now = self.env.now
+                for r in reports:
+                    job.apply(r, now)
+                    self.swarm.settled(r.assignment_id)
+                reports = []
+                sources, covered = self._sources(inst)
+                out = job.next_assignments(sources, now, s.client_max_in_flight - len(running), covered=covered)
+                self.swarm.assigned(out, job.job_id, now)
+                for a in out:
+                    if a.source_kind != PEER:
+                        self.seeds[a.seed_id].in_flight += 1
+                spent = time.perf_counter() - started
+                self.cpu += spent
+                self.decisions.append(spent)
+                self.work_calls += 1
+                self.assignments += len(out)
+                if job.state == DONE:
+                    inst.finished_at = self.env.now
+                    return
+                if job.state == FAILED:
+                    self.failures.append(f"{job.job_id}: {job.error}")
+                    return
+                yield self.env.timeout(s.control_latency_seconds)  # the /work round trip
+                for a in out:
+                    running[a.assignment_id] = self.env.process(self._read(inst, a))
+                if not running:
+                    yield self.env.timeout(s.idle_poll_seconds)
+                    continue
+                yield self.env.any_of(list(running.values()))
+                for aid in [aid for aid, p in running.items() if p.triggered]:
+                    reports.append(running.pop(aid).value)
+        except simpy.Interrupt:
+            return  # killed
+
+    def _read(self, inst: _Instance, a):
+        if a.source_kind == PEER:
+            src = self.by_job[a.seed_id.removeprefix("peer:")].node
+        else:
+            self.lease_calls += 1
+            yield self.env.timeout(self.s.control_latency_seconds)  # the lease round trip to its agent
+            src = self.seeds[a.seed_id].node
+        started = self.env.now
+        try:
+            yield self.env.timeout(self.s.read_latency_seconds)
+            yield self.net.transfer(src, inst.node, a.nbytes)
+        except LinkDown as exc:
+            return Report(a.assignment_id, ok=False, reason="read_failed", error=str(exc))
+        finally:
+            if a.source_kind != PEER:
+                self.seeds[a.seed_id].in_flight -= 1
+        return Report(a.assignment_id, ok=True, seconds=self.env.now - started)
+
+    # -- the world around the fork ---------------------------------------------
+    def _serving_load(self, seed: _Seed):
+        """A serving seed: its QoS throttle moves the allowed rate every second with the load."""
+        s = self.s
+        level = 1.0
+        while True:
+            level = min(1.0, max(s.seed_qos_floor, level + self.rng.uniform(-0.2, 0.2)))
+            seed.allowed_rate = s.seed_egress * level
+            if seed.node.alive:
+                self.net.set_egress(seed.node, seed.allowed_rate)
+            yield self.env.timeout(1.0)
+
+    def _slowdown(self, slow):
+        seed = self.seeds.get(slow.seed)
+        if seed is None:
+            return
+        yield self.env.timeout(slow.at_seconds)
+        normal = seed.node.egress
+        self.net.set_egress(seed.node, normal * slow.factor)
+        yield self.env.timeout(slow.duration_seconds)
+        if seed.node.alive:
+            self.net.set_egress(seed.node, normal)
+
+    def _faults(self):
+        s = self.s
+        f = s.faults
+        if not f.kill_seeds and not f.kill_peers_fraction:
+            return
+        # Kill times spread over the window where the scale-out is under way.
+        horizon = f.window_seconds
+        events = [(self.rng.uniform(0, horizon), "seed", sid)
+                  for sid in self.rng.sample(sorted(self.seeds), min(f.kill_seeds, len(self.seeds)))]
+        victims = self.rng.sample(self.instances, int(round(f.kill_peers_fraction * len(self.instances))))
+        events += [(self.rng.uniform(0, horizon), "peer", inst.index) for inst in victims]
+        for at, kind, who in sorted(events):
+            yield self.env.timeout(max(at - self.env.now, 0.0))
+            if kind == "seed":
+                self.env.process(self._kill_seed(self.seeds[who]))
+            else:
+                self.env.process(self._kill_instance(self.instances[who]))
+
+    def _kill_seed(self, seed: _Seed):
+        self.net.kill(seed.node)
+        yield self.env.timeout(self.s.heartbeat_timeout_seconds)  # the registry drops it
+        seed.registered = False
+        for inst in self.instances:
+            inst.job.seed_lost(seed.seed_id, "seed_lost: no heartbeat", self.env.now)
+
+    def _kill_instance(self, inst: _Instance):
+        if inst.finished_at is not None and self.s.strategy == "direct":
+            return
+        inst.killed_at = self.env.now
+        self.net.kill(inst.node)
+        if inst.process is not None and inst.process.is_alive:
+            inst.process.interrupt("killed")
+        yield self.env.timeout(self.s.client_timeout_seconds)  # the scheduler abandons its job
+        for reader in self.swarm.leave(inst.job.job_id, self.env.now):
+            reader.seed_lost(inst.job.peer_id, "peer abandoned", self.env.now)
+
+    def _result(self) -> Result:
+        done = [i.finished_at for i in self.instances if i.finished_at is not None and i.killed_at is None]
+        killed = sum(1 for i in self.instances if i.killed_at is not None and i.finished_at is None)
+        failed = sum(1 for i in self.instances if i.job.state == FAILED)
+        unfinished = len(self.instances) - len(done) - killed
+        if unfinished and not self.failures:
+            self.failures.append(f"{unfinished} instances still loading at the {self.s.max_simulated_seconds} s limit")
+        seed_bytes = sum(seed.node.bytes_sent for seed in self.seeds.values())
+        peer_bytes = sum(i.node.bytes_sent for i in self.instances)
+        return Result(
+            scenario=self.s,
+            time_to_all_seconds=max(done) if done and not unfinished else math.inf,
+            completion_seconds=sorted(done),
+            instances_completed=len(done), instances_killed=killed, instances_failed=failed,
+            model_bytes_per_instance=self.model_bytes, seed_bytes_served=seed_bytes, peer_bytes_served=peer_bytes,
+            chunks_per_instance=len(self.chunks), assignments=self.assignments, work_calls=self.work_calls,
+            lease_calls=self.lease_calls, scheduler_cpu_seconds=self.cpu, decision_cpu_seconds=self.decisions,
+            failures=self.failures,
+        )
+
+
+def simulate(scenario: Scenario, with_single_fork: bool = True) -> Result:
+    """Run ``scenario``; with ``with_single_fork``, also one instance alone on the same links."""
+    result = FleetSimulation(scenario).run()
+    if with_single_fork:
+        alone = scenario.replace(instances=1, faults=scenario.faults.none(), slowdowns=())
+        result.single_fork_seconds = FleetSimulation(alone).run().time_to_all_seconds
+    return result
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

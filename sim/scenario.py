@@ -1,0 +1,188 @@
+"""A simulated scale-out, from flags or a YAML file, validated with errors that say what to fix.
+
+    >>> Scenario.from_mapping({"model": "deepseek-v3", "instances": 128, "strategy": "swarm"}).instances
+    128
+    >>> Scenario.from_mapping({"instances": 0})
+    Traceback (most recent call last):
+    ...
+    sim.scenario.ScenarioError: instances must be an integer >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from rfork_api.units import UnitError, parse_rate, parse_size
+from sim.presets import PRESETS
+
+STRATEGIES = ("direct", "cascade", "swarm")
+GBps = 1e9
+
+
+class ScenarioError(ValueError):
+    """A scenario field is missing, unknown or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class Slowdown:
+    seed: str
+    at_seconds: float
+    duration_seconds: float
+    factor: float
+    """The seed's egress is multiplied by this (0 < factor <= 1) for the duration."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    kill_seeds: int = 0
+    kill_peers_fraction: float = 0.0
+    window_seconds: float = 2.0
+    """Kills happen at uniformly random times in [0, window_seconds)."""
+
+    def none(self) -> "Faults":
+        return Faults()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    model: str = "deepseek-v3"
+    instances: int = 8
+    seeds: int = 1
+    strategy: str = "swarm"
+    chunk_size: int = 64 * 2**20
+    seed_egress: float = 50 * GBps
+    """Bytes/s a seed's NIC sends (a 400 Gb/s NIC is 50 GB/s)."""
+    instance_ingress: float = 50 * GBps
+    instance_egress: float = 50 * GBps
+    peer_rate: float | None = None
+    """Upload cap each peer offers (``rfork fork --peer-rate``); None = its NIC."""
+    peer_max_in_flight: int = 8
+    seed_max_in_flight: int = 8
+    """Reads from one seed at once across every job (the scheduler's per-seed slots): few reads at
+    full rate land first copies sooner than N reads at 1/N each."""
+    client_max_in_flight: int = 8
+    max_peers_per_decision: int = 16
+    max_assignment_bytes: int = 256 * 2**20
+    control_latency_seconds: float = 0.001
+    """One control-plane round trip: a /work call to the scheduler, or a lease from an agent."""
+    read_latency_seconds: float = 20e-6
+    idle_poll_seconds: float = 0.05
+    seed_qos: str = "constant"
+    """``constant``: seeds give their whole NIC; ``serving``: a QoS throttle moves it every second."""
+    seed_qos_floor: float = 0.3
+    heartbeat_timeout_seconds: float = 3.0
+    client_timeout_seconds: float = 5.0
+    faults: Faults = field(default_factory=Faults)
+    slowdowns: tuple[Slowdown, ...] = ()
+    random_seed: int = 1
+    max_simulated_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _int(self.instances, "instances", 1)
+        _int(self.seeds, "seeds", 1)
+        if self.model not in PRESETS:
+            raise ScenarioError(f"unknown model preset {self.model!r}; choose from {', '.join(PRESETS)}")
+        if self.strategy not in STRATEGIES:
+            raise ScenarioError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.seed_qos not in ("constant", "serving"):
+            raise ScenarioError(f"seed_qos must be 'constant' or 'serving', got {self.seed_qos!r}")
+        _int(self.chunk_size, "chunk_size", 4096)
+        for name in ("seed_egress", "instance_ingress", "instance_egress"):
+            _positive(getattr(self, name), name)
+        if self.peer_rate is not None:
+            _positive(self.peer_rate, "peer_rate")
+        for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision"):
+            _int(getattr(self, name), name, 1)
+        _int(self.max_assignment_bytes, "max_assignment_bytes", 0)
+        for name in ("control_latency_seconds", "read_latency_seconds", "heartbeat_timeout_seconds",
+                     "client_timeout_seconds"):
+            _non_negative(getattr(self, name), name)
+        _positive(self.idle_poll_seconds, "idle_poll_seconds")
+        _positive(self.max_simulated_seconds, "max_simulated_seconds")
+        if not 0 < self.seed_qos_floor <= 1:
+            raise ScenarioError(f"seed_qos_floor must be in (0, 1], got {self.seed_qos_floor}")
+        f = self.faults
+        _int(f.kill_seeds, "faults.kill_seeds", 0)
+        if f.kill_seeds >= self.seeds:
+            raise ScenarioError(f"faults.kill_seeds ({f.kill_seeds}) must leave at least one of the {self.seeds} "
+                                "seeds alive, or nothing could finish")
+        if not 0 <= f.kill_peers_fraction < 1:
+            raise ScenarioError(f"faults.kill_peers_fraction must be in [0, 1), got {f.kill_peers_fraction}")
+        _positive(f.window_seconds, "faults.window_seconds")
+        for slow in self.slowdowns:
+            if slow.seed not in {f"seed-{i}" for i in range(self.seeds)}:
+                raise ScenarioError(f"slowdown names seed {slow.seed!r}; seeds are seed-0..seed-{self.seeds - 1}")
+            _non_negative(slow.at_seconds, "slowdowns.at_seconds")
+            _positive(slow.duration_seconds, "slowdowns.duration_seconds")
+            if not 0 < slow.factor <= 1:
+                raise ScenarioError(f"slowdowns.factor must be in (0, 1], got {slow.factor}")
+
+    def replace(self, **changes: Any) -> "Scenario":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["slowdowns"] = [dataclasses.asdict(s) for s in self.slowdowns]
+        return out
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> "Scenario":
+        """From a YAML/JSON mapping; sizes and rates may be strings (``64MiB``, ``400Gbit/s``)."""
+        if not isinstance(raw, Mapping):
+            raise ScenarioError(f"a scenario is a mapping of fields, got {type(raw).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ScenarioError(f"unknown scenario field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(raw)
+        try:
+            if "chunk_size" in values:
+                values["chunk_size"] = parse_size(values["chunk_size"])
+            if "max_assignment_bytes" in values:
+                values["max_assignment_bytes"] = parse_size(values["max_assignment_bytes"])
+            for name in ("seed_egress", "instance_ingress", "instance_egress", "peer_rate"):
+                if values.get(name) is not None:
+                    values[name] = parse_rate(values[name])
+        except UnitError as exc:
+            raise ScenarioError(str(exc)) from None
+        if "faults" in values:
+            values["faults"] = _sub(Faults, values["faults"], "faults")
+        if "slowdowns" in values:
+            if not isinstance(values["slowdowns"], list):
+                raise ScenarioError("slowdowns must be a list of {seed, at_seconds, duration_seconds, factor}")
+            values["slowdowns"] = tuple(_sub(Slowdown, s, "slowdowns") for s in values["slowdowns"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ScenarioError(f"a scenario field has the wrong type: {exc}") from None
+
+
+def _sub(cls, raw: Any, where: str):
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"{where} must be a mapping, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ScenarioError(f"unknown {where} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def _int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ScenarioError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _positive(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ScenarioError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _non_negative(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ScenarioError(f"{name} must be a finite number >= 0, got {value!r}")

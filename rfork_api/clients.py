@@ -124,6 +124,10 @@ class SchedulerClient(_Client):
     async def work(self, job_id: str, body: m.WorkRequest) -> m.WorkReply:
         return await self._call("POST", f"/v1/jobs/{job_id}/work", body, m.WorkReply)
 
+    async def withdraw(self, job_id: str) -> m.WithdrawReply:
+        """Stop serving as a peer; returns the reads from us that may still be on the wire."""
+        return await self._call("POST", f"/v1/jobs/{job_id}/withdraw", None, m.WithdrawReply)
+
     async def get_job(self, job_id: str) -> m.JobStatus:
         return await self._call("GET", f"/v1/jobs/{job_id}", None, m.JobStatus)
 

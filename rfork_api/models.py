@@ -15,7 +15,7 @@ client keeps working against a newer server that added one.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -161,6 +161,19 @@ class Resume(Request):
     chunks_done: list[int] = Field(default_factory=list, max_length=10_000_000)
 
 
+class PeerOffer(Request):
+    """A client offers to serve the chunks it has landed to other clients of the same weights.
+
+    ``session_id`` is its TransferEngine session (the job's manifest gives the
+    pointers). The scheduler never lets its reads from this peer exceed
+    ``max_in_flight`` at once or ``upload_rate_bytes_per_second`` (None: uncapped).
+    """
+
+    session_id: str = Field(min_length=1, max_length=256)
+    upload_rate_bytes_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_in_flight: int = Field(default=8, ge=1, le=1024)
+
+
 class JobRequest(Request):
     """``POST /v1/jobs``: fork one rank of ``identity`` into the memory ``manifest`` describes."""
 
@@ -169,6 +182,8 @@ class JobRequest(Request):
     manifest: dict[str, Any]
     chunk_size_bytes: int | None = None
     resume: Resume | None = None
+    peer: PeerOffer | None = None
+    """Serve landed chunks to the other clients of the same identity, rank and manifest."""
 
 
 class JobCreated(Reply):
@@ -190,10 +205,16 @@ class ChunkReport(Request):
 
 
 class WorkRequest(Request):
-    """``POST /v1/jobs/{job_id}/work``: report finished assignments, ask for up to N more."""
+    """``POST /v1/jobs/{job_id}/work``: report finished assignments, ask for up to N more.
+
+    With ``wait_seconds``, a call that would get no assignment waits (up to that long)
+    until one may exist: a chunk landed elsewhere in the swarm, a seed came or freed a slot.
+    A finished job that still serves as a peer calls it with ``max_assignments=0`` to stay alive.
+    """
 
     max_assignments: int = Field(default=8, ge=0, le=1024)
     reports: list[ChunkReport] = Field(default_factory=list, max_length=100_000)
+    wait_seconds: float = Field(default=0.0, ge=0, le=30, allow_inf_nan=False)
 
 
 class ReadSpan(Reply):
@@ -217,6 +238,8 @@ class Assignment(Reply):
     attempt: int
     grant: str | None = None
     reads: list[ReadSpan]
+    source_kind: Literal["seed", "peer"] = "seed"
+    """``peer``: another client (no agent, no lease: read at once); ``seed``: lease from ``agent_url`` first."""
 
 
 class Progress(Reply):
@@ -228,7 +251,10 @@ class Progress(Reply):
     failed_seeds: dict[str, str] = Field(default_factory=dict)
     """Every seed that failed this job, with why (worst state: failed a read, left, excluded)."""
     bytes_by_seed: dict[str, int] = Field(default_factory=dict)
+    """Bytes landed per source id: seeds by their id, peers as ``peer:<job id>``."""
     bytes_resumed: int = 0
+    bytes_from_seeds: int = 0
+    bytes_from_peers: int = 0
 
 
 class WorkReply(Reply):
@@ -239,6 +265,16 @@ class WorkReply(Reply):
     """Assignments another seed already landed (endgame duplicates): stop them if not yet reading."""
     retry_after_seconds: float = 0.0
     progress: Progress
+
+
+class WithdrawReply(Reply):
+    """``POST /v1/jobs/{job_id}/withdraw``: no new reads from this peer; how many may still be on the wire.
+
+    The client keeps its memory unchanged until ``reads_in_flight`` is 0 (call again to poll).
+    """
+
+    job_id: str
+    reads_in_flight: int
 
 
 class JobStatus(Reply):

@@ -214,7 +214,10 @@ def create_app(state: SeedState):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="HTTP and TransferEngine address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=30000, help="HTTP port; 0 picks a free one (default 30000)")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny, qwen2.5-0.5b, llama-3.2-1b, ... (default tiny)")
+    from testbed.presets import ARCHITECTURES, DEFAULT_PRESET
+
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"model preset: {', '.join(ARCHITECTURES)} (default {DEFAULT_PRESET}, as `rfork testbed`)")
     p.add_argument("--size", default=None, help="instead of --preset: a Llama-shaped model of about this size, e.g. 600MiB")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel ranks this process serves (default 1)")

@@ -6,8 +6,9 @@ only; removed when a job ends), ``reason`` (``FAILURE_REASONS``), ``outcome``
 ``job``: Prometheus attaches its own ``job`` label (the scrape job) to every
 series and would rename ours to ``exported_job``.
 
-``catalog()`` lists every family (name, type, labels, help); the README table
-and the dashboard checks in tests/prometheus are built from it.
+``catalog()`` lists every family (name, type, labels, help); docs/metrics.md's
+table (scripts/generate_metrics_doc.py) and the dashboard checks in
+tests/prometheus are built from it.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def choose_slo(baseline: WindowHistogram, budget: float, max_ratio: float = 1.15
     (else any transfer at all breaks the SLO and the oracle is zero). 0.75
     keeps the SLO within 1.15x the baseline p99 in most runs; with 0.6 the
     throttled p99 met the SLO more often but the SLO itself landed at
-    1.18-1.25x the baseline (README, "Serving QoS throttle"). Among
+    1.18-1.25x the baseline (docs/benchmarks.md, runs 10-12). Among
     those, take the largest bound <= ``max_ratio`` x the baseline p99, so that
     meeting the SLO means p99 <= 1.15 x baseline; if there is none (coarse
     buckets, a heavy baseline tail), the smallest one, and say so.

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
+from rfork_agent.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_agent.units import format_rate, parse_rate, parse_size
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.histogram import window as histogram_window
@@ -426,7 +427,7 @@ def _first_time(trace: list[tuple[float, list[float | None]]], since: float, pre
 
 
 def run_qos_bench(options: QosBenchOptions) -> dict:
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    quiet_mooncake_by_default()  # glog chatter on stderr, here and in the fleet's processes
     from testbed.fleet import Fleet, FleetSpec
 
     spec = FleetSpec(
@@ -701,7 +702,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin-seeds", action="store_true",
                    help="let the seed stand-ins float over all CPUs (default: seed i on CPU i)")
     p.add_argument("--log-dir", default=None)
-    p.add_argument("--log-level", default="WARNING")
+    add_log_arguments(p, default="warning")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: seeds' weights and decode, "
                                                    "fork clients' destination")
 
@@ -757,8 +758,9 @@ def _finite(x):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.qos_bench", description=__doc__.splitlines()[0])
     add_arguments(p)
-    logging.basicConfig(level="WARNING", stream=sys.stderr)
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    setup_logging_from_args(args)
+    return run(args)
 
 
 if __name__ == "__main__":

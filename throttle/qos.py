@@ -360,7 +360,10 @@ class QosTracker:
         observed_itl = quantile(itl, 0.99) if itl is not None else math.nan
         base = self._baseline_p99()
         baseline_share = self._baseline_violation_ratio()
-        reason_before, self.throttle_reason = self.throttle_reason, self._throttle_reason(mode, baseline_share)
+        reason_before = self.throttle_reason
+        # A tick that learnt nothing (a failed scrape short of stale, a counter reset) changes nothing.
+        if (observation is not None and observation.reset_reason is None) or mode is Mode.STALE_FLOOR:
+            self.throttle_reason = self._throttle_reason(mode, baseline_share)
         since = self._last_good_at if self._last_good_at is not None else self._started_at
         return QosReport(
             throttle=self.throttle,
@@ -385,7 +388,7 @@ class QosTracker:
         )
 
     def _throttle_reason(self, mode: Mode | None, baseline_share: float) -> str:
-        """One of :data:`THROTTLE_REASONS` for this tick (see there)."""
+        """One of :data:`THROTTLE_REASONS` for a tick with news (see there)."""
         if self.throttle is not ThrottleMode.ADAPTIVE or self.state is None or self.controller is None:
             return "not_adaptive"
         if mode is Mode.STALE_FLOOR:

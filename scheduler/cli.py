@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from rfork_agent.logs import add_log_arguments, uvicorn_options
@@ -79,5 +80,9 @@ def main(args: argparse.Namespace) -> int:
                              max_body_bytes=max_body, token=token,
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds))
+    # uvicorn's own start-up lines are -v only: say once that we serve.
+    logging.getLogger("rfork.scheduler").info(
+        "scheduler on http://%s:%d (heartbeat timeout %g s, client timeout %g s, auth %s)", args.host, args.port,
+        args.heartbeat_timeout, args.client_timeout, "on" if token else "off")
     uvicorn.run(create_app(config), host=args.host, port=args.port, **uvicorn_options())
     return 0

@@ -68,7 +68,7 @@ def test_an_idle_fleet_stays_quiet_over_heartbeats(fleet):
     # What they do say: start-up and registration, one line each.
     assert len(after["agent-0"]) <= 5, after["agent-0"]
     assert any("registered with" in line for line in after["agent-0"])
-    assert len(after["scheduler"]) <= 2, after["scheduler"]
+    assert len(after["scheduler"]) <= 3, after["scheduler"]  # where it serves; each registration
     assert any(f"seed {seed.seed_id} registered" in line for line in after["scheduler"])
     assert len(after["seed-0"]) <= 5, after["seed-0"]
 

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
+from rfork_agent.logs import add_log_arguments, quiet_mooncake_by_default
 from rfork_agent.units import UnitError, format_bytes, format_rate, parse_rate, parse_size
 from testbed.presets import ARCHITECTURES, DEFAULT_PRESET
 
@@ -81,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-dir", default=None, help="where process logs go (default: a temp dir)")
-    p.add_argument("--log-level", default="WARNING")
+    add_log_arguments(p, default="warning")
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda or cuda:N: seeds hold their weights and decode there, the client "
                         "forks into that device's memory and verifies there")
@@ -173,8 +174,7 @@ def main(args: argparse.Namespace) -> int:
 
 def run_testbed(options: TestbedOptions) -> dict:
     """Start the fleet, fork every rank, verify, and return the result record."""
-    # TransferEngine logs through glog at INFO; keep the terminal for the progress bar.
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    quiet_mooncake_by_default()  # glog chatter on stderr, here and in the fleet's processes
     from metrics.definitions import ClientMetrics, serve_metrics
     from prometheus_client import CollectorRegistry
     from testbed.fleet import FleetSpec

@@ -1,7 +1,7 @@
 """The fork benchmark: issue #2's acceptance numbers, measured on a loopback testbed.
 
 Each scenario is one `rfork testbed` run (fresh processes every time). The
-figures printed here are the ones the README records.
+figures printed here are the ones docs/benchmarks.md records.
 
     python -m bench.fork_bench --json out/bench-fork.json
 """

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
+from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_api.units import format_rate, parse_rate, parse_size
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.histogram import window as histogram_window
@@ -125,7 +126,7 @@ def choose_slo(baseline: WindowHistogram, budget: float, max_ratio: float = 1.15
     (else any transfer at all breaks the SLO and the oracle is zero). 0.75
     keeps the SLO within 1.15x the baseline p99 in most runs; with 0.6 the
     throttled p99 met the SLO more often but the SLO itself landed at
-    1.18-1.25x the baseline (README, "Serving QoS throttle"). Among
+    1.18-1.25x the baseline (docs/benchmarks.md, runs 10-12). Among
     those, take the largest bound <= ``max_ratio`` x the baseline p99, so that
     meeting the SLO means p99 <= 1.15 x baseline; if there is none (coarse
     buckets, a heavy baseline tail), the smallest one, and say so.
@@ -426,7 +427,7 @@ def _first_time(trace: list[tuple[float, list[float | None]]], since: float, pre
 
 
 def run_qos_bench(options: QosBenchOptions) -> dict:
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    quiet_mooncake_by_default()  # glog chatter on stderr, here and in the fleet's processes
     from testbed.fleet import Fleet, FleetSpec
 
     spec = FleetSpec(
@@ -632,51 +633,119 @@ def judge(r: dict) -> dict:
 # --------------------------------------------------------------------------- plot
 
 
-def plot(result: dict, path: str) -> None:
+def pooled_share_above_slo(series: list[dict], seed: int, seconds: float) -> list[float | None]:
+    """Per sample, the share of ``seed``'s tokens over the SLO in the trailing ``seconds``, token-weighted.
+
+    The controller judges pooled evidence like this (``ControllerConfig.judge_window_seconds``),
+    not one second's p99: a second holds ~500 tokens, so 1 % of them is 5 tokens and one
+    stalled decode step puts that second's p99 over the SLO.
+
+        >>> s = [{"t": t, "itl_tokens": [100.0], "itl_fraction_above_slo": [f]} for t, f in ((1, 0.0), (2, 0.04))]
+        >>> pooled_share_above_slo(s, 0, 4.0)
+        [0.0, 0.02]
+    """
+    out: list[float | None] = []
+    for k, sample in enumerate(series):
+        over = tokens = 0.0
+        for past in reversed(series[: k + 1]):
+            if sample["t"] - past["t"] >= seconds - 1e-9:
+                break
+            f, n = past["itl_fraction_above_slo"][seed], past["itl_tokens"][seed]
+            if f is not None and n:
+                over, tokens = over + f * n, tokens + n
+        out.append(over / tokens if tokens else None)
+    return out
+
+
+def _spans(series: list[dict], key) -> list[tuple[object, float, float]]:
+    """(value, start, end) runs of ``key(sample)`` over the series, each ending where the next starts."""
+    runs: list[tuple[object, float, float]] = []
+    for k, sample in enumerate(series):
+        end = series[k + 1]["t"] if k + 1 < len(series) else sample["t"]
+        value = key(sample)
+        if runs and runs[-1][0] == value and runs[-1][2] == sample["t"]:
+            runs[-1] = (value, runs[-1][1], end)
+        else:
+            runs.append((value, sample["t"], end))
+    return runs
+
+
+def plot(result: dict, path: str, judge_window_seconds: float = 4.0) -> None:
+    """Allowed rate per seed (probes marked) over the share of tokens over the SLO against the budget.
+
+    The lower panel shows what the controller acts on: the share of tokens over the SLO,
+    pooled over ``judge_window_seconds``, against the budget (plus the throttled phase's
+    share over all its tokens, the number the bench checks); 1-second shares are faint.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     series = result["time_series"]
     t = [s["t"] for s in series]
     n = result["seeds"]
-    fig, (ax_rate, ax_itl) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+    budget = result["slo_budget"]
+    colors = [f"C{i}" for i in range(n)]
+    fig, (ax_rate, ax_share) = plt.subplots(2, 1, figsize=(13, 7.5), sharex=True)
+
+    # Phases: alternating bands, names in a strip above the top panel where no legend can cover them.
+    phases = [(name, a, b) for name, a, b in _spans(series, lambda s: s["phase"])]
+    for k, (name, a, b) in enumerate(phases):
+        for ax in (ax_rate, ax_share):
+            ax.axvspan(a, b, color="0.93" if k % 2 else "white", zorder=0)
+        ax_rate.text((a + b) / 2, 1.01 + 0.05 * (k % 3), name, transform=ax_rate.get_xaxis_transform(),
+                     ha="center", va="bottom", fontsize=7)
+
+    # Probes: the controller pauses a seed's transfer to measure its no-transfer baseline.
+    probes = False
     for i in range(n):
-        ax_rate.step(t, [(s["rates"][i] or 0) / MB for s in series], where="post", label=f"seed-{i} allowed")
+        for mode, a, b in _spans(series, lambda s, i=i: s["modes"][i]):
+            if mode == "probe_pause":
+                probes = True
+                for ax in (ax_rate, ax_share):
+                    ax.axvspan(a, b, color=colors[i], alpha=0.25, lw=0, zorder=1)
+
+    for i in range(n):
+        ax_rate.step(t, [(s["rates"][i] or 0) / MB for s in series], where="post", color=colors[i],
+                     label=f"seed-{i} allowed")
     ax_rate.axhline(result["cap_bytes_per_second"] / MB, color="grey", ls=":", label="cap")
     if result.get("oracle_rate_per_seed_bytes_per_second"):
         ax_rate.axhline(result["oracle_rate_per_seed_bytes_per_second"] / MB, color="green", ls="--",
-                        label="oracle (best fixed rate meeting the SLO)")
+                        label="oracle (best fixed\nrate meeting the SLO)")
+    handles, _ = ax_rate.get_legend_handles_labels()
+    if probes:
+        handles.append(Patch(color="0.5", alpha=0.35, label="probe: transfer paused\n(no-transfer baseline)"))
     ax_rate.set_ylabel("allowed rate per seed (MB/s)")
-    ax_rate.legend(loc="upper left", fontsize=8)
+    ax_rate.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+
+    top = 5 * budget
     for i in range(n):
-        ax_itl.plot(t, [s["itl_p99"][i] * 1000 for s in series], lw=1, label=f"seed-{i} ITL p99 (1 s windows)")
-    ax_itl.axhline(result["slo_itl_seconds"] * 1000, color="red", ls="--", label="SLO")
-    ax_itl.axhline(result["itl_p99_baseline_seconds"] * 1000, color="black", ls=":", label="baseline p99")
-    ax_itl.set_ylabel("seed ITL p99 (ms)")
-    ax_itl.set_xlabel("seconds")
-    ax_itl.set_ylim(0, max(result["slo_itl_seconds"] * 4000, 1))
-    ax_itl.legend(loc="upper left", fontsize=8)
-    # Phase bands.
-    bounds, current, start = [], None, None
-    for s in series:
-        if s["phase"] != current:
-            if current is not None:
-                bounds.append((current, start, s["t"]))
-            current, start = s["phase"], s["t"]
-    if current is not None:
-        bounds.append((current, start, series[-1]["t"]))
-    for k, (name, a, b) in enumerate(bounds):
-        for ax in (ax_rate, ax_itl):
-            ax.axvspan(a, b, color="0.93" if k % 2 else "white", zorder=0)
-        ax_rate.text((a + b) / 2, ax_rate.get_ylim()[1] * (0.99 if k % 2 else 0.91), name, ha="center", va="top",
-                     fontsize=7)
+        second = [s["itl_fraction_above_slo"][i] for s in series]
+        ax_share.plot(t, [None if f is None else min(f, top) for f in second], color=colors[i], lw=0.6, alpha=0.35,
+                      label=f"seed-{i}, each second")
+        pooled = pooled_share_above_slo(series, i, judge_window_seconds)
+        ax_share.plot(t, [None if f is None else min(f, top) for f in pooled], color=colors[i], lw=1.6,
+                      label=f"seed-{i}, pooled over {judge_window_seconds:g} s\n(what the controller judges)")
+    ax_share.axhline(budget, color="red", ls="--", label=f"budget ({budget:.0%} of tokens)")
+    throttled = (result.get("itl_fraction_above_slo") or {}).get("throttled")
+    window = next((w for name, w in (result.get("phases") or {}).items() if name.startswith("C ")), None)
+    if throttled is not None and window:
+        ax_share.hlines(throttled, *window, color="black", lw=2.5,
+                        label=f"throttled phase, all tokens\n(the bench's check): {throttled:.2%}")
+    ax_share.set_ylim(0, top)
+    ax_share.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
+    ax_share.set_ylabel(f"tokens over the ITL SLO\n(clipped at {top:.0%})")
+    ax_share.set_xlabel("seconds")
+    ax_share.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+
     fig.suptitle(f"rfork serving-QoS throttle: {n} seeds, load {result['load_rps_per_seed']:g} req/s each, "
-                 f"ITL SLO {result['slo_itl_seconds'] * 1000:g} ms")
+                 f"ITL SLO {result['slo_itl_seconds'] * 1000:g} ms, budget {budget:.0%} of tokens")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -701,7 +770,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin-seeds", action="store_true",
                    help="let the seed stand-ins float over all CPUs (default: seed i on CPU i)")
     p.add_argument("--log-dir", default=None)
-    p.add_argument("--log-level", default="WARNING")
+    add_log_arguments(p, default="warning")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: seeds' weights and decode, "
                                                    "fork clients' destination")
 
@@ -757,8 +826,9 @@ def _finite(x):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.qos_bench", description=__doc__.splitlines()[0])
     add_arguments(p)
-    logging.basicConfig(level="WARNING", stream=sys.stderr)
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    setup_logging_from_args(args)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,12 @@ SEED_QOS = Dashboard(
         Panel("Throttle decisions, by action",
               (t(f'sum by (action) (increase(rfork_agent_throttle_decisions_total{{seed="$seed"}}[{RATE}]))',
                  "{{action}}"),)),
+        Panel("Why the rate is where it is (decisions by reason)",
+              (t(f'sum by (reason) (increase(rfork_agent_throttle_decisions_total{{seed="$seed"}}[{RATE}]))',
+                 "{{reason}}"),),
+              description="seed_over_slo: held at the floor because the seed misses its ITL SLO without the "
+                          "transfer (the agent logs it once); transfer_latency: the law follows the latency the "
+                          "transfer adds; seed_idle: full rate; metrics_stale: the floor."),
         Panel("Seed /metrics scrapes: failures and age",
               (t(f'sum by (reason) (increase(rfork_agent_seed_metrics_scrape_failures_total{{seed="$seed"}}[{RATE}]))',
                  "failures: {{reason}}"),

@@ -6,8 +6,9 @@ only; removed when a job ends), ``reason`` (``FAILURE_REASONS``), ``outcome``
 ``job``: Prometheus attaches its own ``job`` label (the scrape job) to every
 series and would rename ours to ``exported_job``.
 
-``catalog()`` lists every family (name, type, labels, help); the README table
-and the dashboard checks in tests/prometheus are built from it.
+``catalog()`` lists every family (name, type, labels, help); docs/metrics.md's
+table (scripts/generate_metrics_doc.py) and the dashboard checks in
+tests/prometheus are built from it.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ class AgentMetrics:
         )
         # Serving QoS (issue #3): what the seed's /metrics say and what the throttle did about it.
         # Label values are closed sets: ``mode`` = throttle.controller.Mode values plus "fixed"/"off",
-        # ``action`` = throttle.qos.ACTIONS, ``reason`` = throttle.qos.SCRAPE_FAILURE_REASONS.
+        # ``action`` = throttle.qos.ACTIONS, ``reason`` = throttle.qos.THROTTLE_REASONS (decisions) or
+        # throttle.qos.SCRAPE_FAILURE_REASONS (scrape failures).
         self.observed_itl_p99 = Gauge(
             "rfork_agent_observed_itl_p99_seconds",
             "Seed inter-token latency p99 over the last report window (5 s), from its /metrics (NaN = no tokens).",
@@ -196,8 +198,10 @@ class AgentMetrics:
         )
         self.throttle_decisions_total = Counter(
             "rfork_agent_throttle_decisions_total",
-            "Adaptive throttle decisions by action (cut, raise, hold, floor, cap, probe).",
-            ["seed", "action"], registry=registry,
+            "Adaptive throttle decisions by action (cut, raise, hold, floor, cap, probe) and reason, why the rate "
+            "is where it is (transfer_latency; seed_over_slo: held at the floor because the seed misses its SLO "
+            "without the transfer; seed_idle; metrics_stale).",
+            ["seed", "action", "reason"], registry=registry,
         )
         self.seed_metrics_scrape_failures_total = Counter(
             "rfork_agent_seed_metrics_scrape_failures_total",

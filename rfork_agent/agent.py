@@ -59,7 +59,16 @@ from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_api.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
 from throttle.controller import ControllerConfig, InvalidConfig, Mode, SloConfig
 from throttle.prom_text import Scrape
-from throttle.qos import ACTIONS, SCRAPE_FAILURE_REASONS, QosReport, QosTracker, ScrapeFailure, ThrottleMode, classify_body
+from throttle.qos import (
+    ACTIONS,
+    SCRAPE_FAILURE_REASONS,
+    THROTTLE_REASONS,
+    QosReport,
+    QosTracker,
+    ScrapeFailure,
+    ThrottleMode,
+    classify_body,
+)
 from throttle.token_bucket import Reservation, TokenBucket, default_burst
 
 log = logging.getLogger("rfork.agent")
@@ -67,6 +76,8 @@ log = logging.getLogger("rfork.agent")
 LEASE_OUTCOMES = ("granted", "denied", "expired", "released", "returned")
 THROTTLE_MODE_LABELS = tuple(m.value for m in Mode) + (ThrottleMode.FIXED.value, ThrottleMode.OFF.value)
 """Values of the ``mode`` label of ``rfork_agent_throttle_mode``: the controller's modes, plus fixed/off."""
+ADAPTIVE_REASONS = tuple(r for r in THROTTLE_REASONS if r != "not_adaptive")
+"""Values of the ``reason`` label of ``rfork_agent_throttle_decisions_total`` (only adaptive mode decides)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -370,7 +381,8 @@ class AgentState:
                       m.seed_metrics_age):
             gauge.labels(seed=seed).set(math.nan)
         for action in ACTIONS:
-            m.throttle_decisions_total.labels(seed=seed, action=action)
+            for reason in ADAPTIVE_REASONS:
+                m.throttle_decisions_total.labels(seed=seed, action=action, reason=reason)
         for reason in SCRAPE_FAILURE_REASONS:
             m.seed_metrics_scrape_failures_total.labels(seed=seed, reason=reason)
         if self.qos.state is not None:  # adaptive: start where the controller starts (the floor)
@@ -442,7 +454,9 @@ class AgentState:
         m.latency_impact_ratio.labels(seed=seed).set(report.latency_impact_ratio)
         m.seed_metrics_age.labels(seed=seed).set(report.metrics_age_seconds)
         if report.action is not None:
-            m.throttle_decisions_total.labels(seed=seed, action=report.action).inc()
+            m.throttle_decisions_total.labels(seed=seed, action=report.action, reason=report.throttle_reason).inc()
+        if report.throttle_reason_changed and report.throttle_reason != "not_adaptive":
+            log.info("agent %s: %s", seed, describe_throttle_reason(report, self.qos.slo, self.qos.controller))
         if report.scrape_failure is not None:
             m.seed_metrics_scrape_failures_total.labels(seed=seed, reason=report.scrape_failure.reason).inc()
         self._set_mode_gauge(report.mode_label)
@@ -495,6 +509,8 @@ class AgentState:
             "controller_mode": None if report is None else report.mode_label,
             "action": None if report is None else report.action,
             "reason": None if report is None else report.reason,
+            "throttle_reason": self.qos.throttle_reason,
+            "baseline_itl_slo_violation_ratio": None if report is None else num(report.baseline_itl_slo_violation_ratio),
             "slo_itl_seconds": None if self.qos.slo is None else self.qos.slo.itl_threshold_seconds,
             "observed_itl_p99_seconds": None if report is None else num(report.observed_itl_p99_seconds),
             "itl_slo_violation_ratio": None if report is None else num(report.itl_slo_violation_ratio),
@@ -925,6 +941,7 @@ class QosLoop:
         scrape = await self.scrape() if tracker.scrapes else None
         now = state.clock()
         report = tracker.tick(now, scrape, active)
+        before = state.allowed_rate
         notable = state.apply_qos(report, now)
         seed = self.config.seed_id
         if report.scrape_failure is not None and report.log_failure:
@@ -934,14 +951,36 @@ class QosLoop:
                         f" ({unlogged} more failures since the last line)" if unlogged else "")
         elif report.log_recovered:
             log.info("agent %s: the seed's metrics are readable again", seed)
-        if report.action in ("cut", "floor", "cap", "probe") or notable:
-            log.info("agent %s: throttle %s -> %s: %s", seed, report.action or report.mode_label,
-                     _rate_text(state.allowed_rate), report.reason)
-        else:
-            log.debug("agent %s: throttle %s -> %s: %s", seed, report.action or report.mode_label,
-                      _rate_text(state.allowed_rate), report.reason)
+        # One INFO line per notable change of rate. Not per tick (an idle seed decides "cap" every
+        # second), not for probes (a pause and a resume every 30 s), and not twice: a new
+        # throttle reason already got its line in apply_qos.
+        probe_edge = 0 in (before, state.allowed_rate)
+        level = logging.INFO if notable and not probe_edge and not report.throttle_reason_changed else logging.DEBUG
+        log.log(level, "agent %s: throttle %s -> %s: %s", seed, report.action or report.mode_label,
+                _rate_text(state.allowed_rate), report.reason)
         if notable and self.on_rate_change is not None:
             self.on_rate_change()
+
+
+def describe_throttle_reason(report: QosReport, slo: SloConfig | None, controller: ControllerConfig | None) -> str:
+    """The one log line for a new ``report.throttle_reason`` (throttle/qos.py: THROTTLE_REASONS)."""
+    reason, share = report.throttle_reason, report.baseline_itl_slo_violation_ratio
+    floor = None if controller is None else controller.floor_bytes_per_second
+    own = "" if slo is None or math.isnan(share) else (
+        f"{share:.1%} of its tokens over {slo.itl_threshold_seconds:g} s with no chunk reads; "
+        f"budget {slo.violation_budget:.1%}")
+    if reason == "seed_over_slo":
+        return (f"holding forks at the floor ({_rate_text(floor)}): the seed misses its ITL SLO without the "
+                f"transfer ({own}), so the transfer is not the cause; this seed serves forks at the floor until "
+                "its own latency is back within the SLO (lower its load, or set an SLO it can meet)")
+    if reason == "seed_idle":
+        return f"the seed is idle: forks get the full rate ({_rate_text(controller and controller.cap)})"
+    if reason == "metrics_stale":
+        return f"no usable scrape of the seed's metrics: forks get the floor ({_rate_text(floor)}) until they return"
+    rate = report.rate_bytes_per_second
+    return ("the throttle follows the latency the transfer adds"
+            + ("" if rate is None or rate == 0 else f", now {_rate_text(rate)}")
+            + ("" if not own else f" (the seed on its own: {own})"))
 
 
 def _rate_text(rate: float | None) -> str:

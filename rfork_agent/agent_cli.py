@@ -23,6 +23,7 @@ import sys
 from urllib.parse import urlparse
 
 from rfork_api.auth import load_token
+from rfork_api.logs import add_log_arguments, uvicorn_options
 from rfork_api.units import UnitError, parse_rate, parse_size
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds before an unreleased lease expires (default 30)")
     p.add_argument("--max-wait", type=float, default=5.0,
                    help="longest a lease request waits for budget before 429 (default 5 s)")
-    p.add_argument("--log-level", default="info", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
+    add_log_arguments(p)
     p.add_argument("--token-file", default=None,
                    help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else "
                         "$RFORK_TOKEN; none = no auth). With a token, leases need the scheduler's signed grant")
@@ -290,9 +291,6 @@ def main(args: argparse.Namespace) -> int:
     from rfork_agent.agent import create_app
     from rfork_api.units import format_rate
 
-    logging.getLogger("rfork").setLevel(args.log_level.upper())
-    # APScheduler logs every run of every job at INFO (heartbeat, liveness, QoS: ~6 lines a second).
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger("rfork").level))
     logging.getLogger("rfork").info(
         "agent %s for %s -> scheduler %s, cap %s, serving on %s, throttle %s%s",
         config.seed_id, config.sglang_url, config.scheduler_url, format_rate(config.rate_cap), config.advertised_url,
@@ -301,8 +299,7 @@ def main(args: argparse.Namespace) -> int:
         + ("" if config.slo_ttft_seconds is None else f", TTFT SLO {config.slo_ttft_seconds:g} s") + ")",
     )
     try:
-        uvicorn.run(create_app(config), host=config.host, port=config.port,
-                    log_level=args.log_level.lower(), access_log=False)
+        uvicorn.run(create_app(config), host=config.host, port=config.port, **uvicorn_options())
     except OSError as exc:  # e.g. the port is taken
         print(f"rfork agent: error: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1

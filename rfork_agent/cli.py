@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 # name -> (module with add_arguments/main, one-line help)
@@ -50,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"rfork {name}", description=help_text)
     module.add_arguments(sub)
     args = sub.parse_args(rest)
-    logging.basicConfig(
-        level=str(getattr(args, "log_level", "INFO")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from rfork_api.logs import LogLevelError, setup_logging_from_args
+
+    try:
+        setup_logging_from_args(args)
+    except LogLevelError as exc:
+        print(f"rfork {name}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt:

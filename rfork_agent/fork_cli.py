@@ -16,6 +16,7 @@ import sys
 import time
 
 from rfork_api.auth import AuthConfigError, load_token
+from rfork_api.logs import add_log_arguments
 from rfork_api.units import UnitError, format_bytes, format_rate, parse_size
 
 log = logging.getLogger("rfork.fork")
@@ -53,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", default=None,
                    help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else $RFORK_TOKEN)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--log-level", default="INFO")
+    add_log_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:

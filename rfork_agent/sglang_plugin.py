@@ -10,7 +10,7 @@ Enabled by the environment, because SGLang rejects
     registers nothing and SGLang behaves exactly as without rfork.
 ``RFORK_TOKEN_FILE`` or ``RFORK_TOKEN``
     The fleet's shared bearer token, when the scheduler and agents run with
-    one (README "Security").
+    one (docs/operating.md, "Security").
 ``RFORK_CHUNK_SIZE``
     Chunk size, e.g. ``64MiB`` (default: the scheduler's).
 ``RFORK_MODEL``, ``RFORK_REVISION``, ``RFORK_DTYPE``, ``RFORK_TP_SIZE``

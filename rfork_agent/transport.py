@@ -111,8 +111,11 @@ class MooncakeTransport:
         if protocol not in ("tcp", "rdma"):
             raise TransportError(f"protocol {protocol!r} is not supported; use 'tcp' or 'rdma'")
         if engine is None:
+            from rfork_api.logs import mooncake_start_quietly
+
             engine = _new_engine()
-            rc = engine.initialize(local_ip, "P2PHANDSHAKE", protocol, device)
+            with mooncake_start_quietly():  # its start-up always logs a spurious ERROR (see there)
+                rc = engine.initialize(local_ip, "P2PHANDSHAKE", protocol, device)
             if rc != 0:
                 hint = (
                     "check that the RDMA device exists (ibv_devices) and the IP is this host's"
@@ -121,7 +124,7 @@ class MooncakeTransport:
                 )
                 raise TransportError(
                     f"TransferEngine.initialize({local_ip!r}, 'P2PHANDSHAKE', {protocol!r}, {device!r}) "
-                    f"returned {rc}; {hint} (TE's log on stderr says more)"
+                    f"returned {rc}; {hint} (run with -v for TransferEngine's own log)"
                 )
         self.engine = engine
         self.protocol = protocol

@@ -1,6 +1,6 @@
 """Authentication for rfork's control plane: a shared bearer token and signed lease grants.
 
-Threat model in one paragraph (README "Security" has the long form): the
+Threat model in one paragraph (docs/operating.md, "Security", has the long form): the
 scheduler and agent HTTP APIs are the control plane. With a token
 configured, every request but ``/health`` and ``/metrics`` needs
 ``Authorization: Bearer <token>`` (401 otherwise, compared in constant time),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
+from rfork_api.logs import add_log_arguments, uvicorn_options
 from rfork_api.units import UnitError, parse_size
 
 
@@ -23,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", default=None,
                    help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else "
                         "$RFORK_TOKEN; none = no auth). Also signs the lease grants agents verify")
-    p.add_argument("--log-level", default="INFO")
+    add_log_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -78,6 +80,9 @@ def main(args: argparse.Namespace) -> int:
                              max_body_bytes=max_body, token=token,
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds))
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level.lower(),
-                access_log=False)
+    # uvicorn's own start-up lines are -v only: say once that we serve.
+    logging.getLogger("rfork.scheduler").info(
+        "scheduler on http://%s:%d (heartbeat timeout %g s, client timeout %g s, auth %s)", args.host, args.port,
+        args.heartbeat_timeout, args.client_timeout, "on" if token else "off")
+    uvicorn.run(create_app(config), host=args.host, port=args.port, **uvicorn_options())
     return 0

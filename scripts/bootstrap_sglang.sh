@@ -5,7 +5,8 @@
 # the main suite should not depend on.
 #
 # Idempotent and fast when nothing changed: a stamp file records the hash of
-# the inputs that matter. Recipe and gotchas: ../shared/NOTES-SGLANG.md.
+# the inputs that matter. What SGLang needs on a CPU-only machine, and why:
+# docs/testing.md ("The SGLang tier").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -30,6 +30,7 @@ from typing import Callable
 
 import httpx
 
+from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default
 from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
 
 log = logging.getLogger("rfork.chaos")
@@ -482,7 +483,7 @@ SCENARIOS: dict[str, Callable[[ChaosOptions], ScenarioResult]] = {
 
 
 def run_chaos(options: ChaosOptions, progress: Callable[[ScenarioResult], None] | None = None) -> list[ScenarioResult]:
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    quiet_mooncake_by_default()  # glog chatter on stderr, here and in the fleet's processes
     chosen = [n for n in SCENARIOS if not options.only or any(o in n for o in options.only)]
     out = []
     for name in chosen:
@@ -510,7 +511,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auth", action="store_true", help="run the fleet without a bearer token")
     p.add_argument("--log-dir", default=None, help="keep every process's log here (default: temp dirs)")
     p.add_argument("--json", dest="json_path", default=None, help="write the results here")
-    p.add_argument("--log-level", default="WARNING")
+    add_log_arguments(p, default="warning")
 
 
 def main(args: argparse.Namespace) -> int:

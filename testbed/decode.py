@@ -1,7 +1,7 @@
 """A real CPU decode loop over the seed's own weights, exporting SGLang's latency metrics.
 
 The QoS controller throttles fork traffic by the serving latency a seed reports
-(docs: NOTES-QOS.md), so the stand-in has to serve: requests arrive open-loop
+(docs/qos.md), so the stand-in has to serve: requests arrive open-loop
 (Poisson at ``load_rps``), one scheduler thread runs batched steps whose
 matmuls read the very buffers the TransferEngine serves to forking clients, and
 the latencies land in histograms named, labelled and bucketed exactly as

@@ -33,6 +33,9 @@ from rfork_api.units import format_bytes, parse_size
 DTYPE_SIZES: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
 """Element size in bytes of each dtype the stand-in can hold."""
 
+DEFAULT_PRESET = "qwen2.5-0.5b"
+"""The model `rfork testbed` forks and `rfork testbed-seed` serves when given none."""
+
 VOCAB_PADDING = 64
 """SGLang's DEFAULT_VOCAB_PADDING_SIZE (layers/vocab_parallel_embedding.py)."""
 

@@ -39,6 +39,14 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from rfork_api.logs import (
+    LogLevelError,
+    add_log_arguments,
+    mooncake_start_quietly,
+    setup_logging_from_args,
+    uvicorn_options,
+)
+
 log = logging.getLogger("rfork.testbed.seed")
 
 SGLANG_VERSION = "0.5.23"
@@ -214,7 +222,10 @@ def create_app(state: SeedState):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="HTTP and TransferEngine address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=30000, help="HTTP port; 0 picks a free one (default 30000)")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny, qwen2.5-0.5b, llama-3.2-1b, ... (default tiny)")
+    from testbed.presets import ARCHITECTURES, DEFAULT_PRESET
+
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"model preset: {', '.join(ARCHITECTURES)} (default {DEFAULT_PRESET}, as `rfork testbed`)")
     p.add_argument("--size", default=None, help="instead of --preset: a Llama-shaped model of about this size, e.g. 600MiB")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel ranks this process serves (default 1)")
@@ -240,7 +251,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket-inter-token-latency", type=float, nargs="+", default=None, metavar="SECONDS",
                    help="ITL histogram bucket bounds, as SGLang's flag of the same name (default: SGLang's; put "
                         "the ITL SLO on a bound so the throttle reads exactly the share of tokens above it)")
-    p.add_argument("--log-level", default="INFO")
+    add_log_arguments(p)
 
 
 def itl_buckets(bounds: list[float] | None) -> tuple[float, ...]:
@@ -327,10 +338,11 @@ def _engine(host: str, protocol: str, device_name: str):
         raise SeedError("mooncake is not installed: pip install mooncake-transfer-engine "
                         "(or mooncake-transfer-engine-non-cuda on a machine without CUDA)") from exc
     engine = TransferEngine()
-    ret = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
+    with mooncake_start_quietly():
+        ret = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
     if ret != 0:
         raise SeedError(f"TransferEngine.initialize({host!r}, 'P2PHANDSHAKE', {protocol!r}) returned {ret}; "
-                        "check --host and --protocol")
+                        "check --host and --protocol (-v shows TransferEngine's own log)")
     return engine, f"{host}:{engine.get_rpc_port()}"
 
 
@@ -350,8 +362,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        setup_logging_from_args(args)  # again when started by `rfork testbed-seed`: harmless
+    except LogLevelError as exc:
+        print(f"testbed.seed: error: {exc}", file=sys.stderr)
+        return 2
     import uvicorn
 
     stop = threading.Event()
@@ -368,8 +383,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"testbed.seed: error: {exc}", file=sys.stderr)
         return 2
     state.port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", access_log=False,
-                                           lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(create_app(state), lifespan="off", **uvicorn_options()))
     # uvicorn only installs signal handlers on the main thread; ours stay in charge.
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
     thread.start()

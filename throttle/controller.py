@@ -1,124 +1,15 @@
 """Adaptive rate controller: how fast a seed may serve weight chunks without breaking its serving SLO.
 
 Pure and clock-injected: :func:`decide` maps (state, observation, config,
-SLO, now) to a new state and a byte rate. The seed-side agent scrapes the
-seed's ``/metrics`` once per interval, builds an :class:`Observation` with
-:func:`observation_from_scrapes`, calls :func:`decide`, and sets its token
-bucket to ``decision.rate_bytes_per_second``.
+SLO, now) to a new state and a byte rate. The agent's serving-QoS loop
+(:class:`throttle.qos.QosTracker`, driven by ``rfork_agent.agent.QosLoop``)
+builds an :class:`Observation` from two scrapes of the seed's ``/metrics``
+with :func:`observation_from_scrapes`, calls :func:`decide` once per interval
+and sets its token bucket to ``decision.rate_bytes_per_second``.
 
-The law (NOTES-QOS.md, "A good starting law")
-----------------------------------------------
-Each interval the signal is ``f`` = fraction of tokens whose inter-token
-latency exceeded the SLO threshold T (and the same for TTFT), read from
-histogram deltas as ``1 − Δ(le=T)/N``. With budget ``b`` (e.g. 1 %):
-
-1. **Idle** (running = queued = 0 and no tokens for 2 intervals): rate = cap.
-   When load returns, drop at once to half the last rate that held the SLO for
-   3 consecutive loaded intervals (the floor if none is known yet): that rate
-   held under an earlier load, which may have been lighter.
-2. **Too few tokens** (N < 200): hold, pooling consecutive intervals up to
-   5 s. At 5 s a pool with at least 50 tokens is judged anyway; a thinner one
-   is dropped (hold) — a near-idle seed is not worth guessing about.
-3. **Judge the rate, not the second.** Judged intervals at the current rate
-   are pooled (the last ``judge_window_seconds``, 4 s; any rate change starts
-   afresh) and the pool is judged with the newest interval. At ~500 tokens a
-   second a 1 % budget is 5 tokens, and one scheduling stall of the seed
-   delays every running request at once, so single seconds read 0, 1.6 or
-   3.2 % around a mean under budget; several seconds at one rate do not.
-4. **Bad** (f > b for ITL or TTFT): ``rate = max(floor, rate·max(1 − β(f−b)/f, 1 − max_cut))``
-   with β = 0.3, max_cut = 0.3 (Swift: 0.8 and 0.5) — Swift's multiplicative
-   decrease, scaled by how far over budget the evidence is. A cut needs
-   either the newest interval alone to be a *clear* miss (f > 4b, severity
-   (f−b)/f > 0.75: a real spike; cut at once) or the pool at this rate to be
-   over budget on at least ``confirm_mild_miss_seconds`` (2 s). The worse of
-   the two sizes the cut, so a pool just over budget trims a few percent and a
-   spike cuts by up to 30 %. At most one cut per interval.
-5. **Good** (f ≤ b/2 for the newest interval and the pool, which spans at
-   least ``raise_evidence_seconds``, 2 s): ``rate += cap/16`` (blk-iolatency's
-   scale-up step), doubling after every two raises in a row up to 4 × (a seed
-   whose load went down climbs back in ~12 s), never within 3 s of the last
-   cut. **Between** (b/2 < f ≤ b): hold. The dead band is what stops a steady
-   mildly-bad load from ping-ponging. When the seed's own no-transfer fraction
-   f₀ is known (a recent baseline of at least ``min_observations`` tokens),
-   "good" is f ≤ (b + min(f₀, b))/2 (``good_headroom_share`` 0.5): the
-   transfer may use half of the headroom the seed leaves, not half of the
-   whole budget. Measured on the testbed: with a tight SLO (1.15 × the
-   no-transfer p99) the seed alone already puts ~0.5–0.9 % of its tokens above it, so f ≤ b/2 never held and the fork
-   stayed at the floor, far below the best fixed rate that met the SLO.
-   Raising on one good second but cutting only on pooled evidence would bias
-   the rate upward: a second with no stall reads 0 % whatever the mean.
-6. **Probe**: under load, pause the transfer ~2 s every ~30 s to measure the
-   no-transfer baseline (LEDBAT++'s periodic slowdown to re-learn base
-   delay). If the SLO is missed with the transfer paused or inactive, the
-   transfer is not the cause: hold, don't collapse. Later, while that recent
-   baseline itself misses the SLO, a bad interval only cuts if the transfer
-   adds more than one budget on top of it.
-7. **Stale metrics** (no good scrape for 3 s): rate = floor (5 % of cap).
-8. **Counter reset** (seed restart, bucket layout change): hold, never cut.
-
-Why this shape: a fixed latency target misbehaves when the base latency is
-unknown (LEDBAT's lesson), hence the SLO-relative tail fraction rather than
-a mean, and the probe that learns the base. blk-iolatency and Swift both
-cut multiplicatively on a miss and grow additively after good samples, with
-a minimum spacing between changes; we follow them. Token-weighted ITL
-buckets are coarse (40→60→80→100 ms), so a "p99" is unstable while a
-fraction above a bucket bound is not.
-
-Reaction-time budget (interval 1 s)
------------------------------------
-* First cut ≤ 2 s after a spike: the next scrape (≤ 1 s) shows it and is
-  acted on at once; one more interval if the seed's token rate is below 200/s,
-  or if the spike is mild (f ≤ 4b: confirmed on 2 s of evidence at the rate).
-* Floor in ≤ 9 intervals of a severe miss (f ≥ 10b): each cut is at most
-  ×0.7 (β·(f−b)/f = 0.27 there) and 0.7⁹ < 5 %. (Cuts are not blocked by the
-  3 s post-cut hold: the hold only blocks *increases*.) A pool just over
-  budget trims a few percent a second instead.
-* Floor → 90 % of cap in ~12 s of good evidence: raises every 2 s of
-  +1, 1, 2, 2, 4, 4, 4 × cap/16, plus up to 3 s of post-cut hold. A load
-  that goes away entirely is faster: 2 idle intervals → cap.
-
-Deliberate choices
-------------------
-* The cap is required: floor (5 % of cap) and the step (cap/16) are
-  fractions of it; an uncapped link has no reference. Measure the link (or
-  configure it) before enabling adaptive mode, or run the token bucket
-  uncapped without this controller.
-* ``state.rate_bytes_per_second`` is the law's rate; during a probe pause the
-  decision's rate is 0 while the state keeps the rate to resume at.
-* Intervals that met the SLO (f ≤ b, including the hold band) count toward
-  the remembered "good" rate: the rate the law converges on sits in the hold
-  band and is exactly the one worth remembering.
-* "At most once per interval" allows 10 % clock jitter (``jitter_tolerance``):
-  a 0.98 s tick must not skip a cut. Likewise evidence is only judged once
-  it covers ≥ 0.9 interval, so calling :func:`decide` faster than once per
-  interval pools rather than reacting more often.
-* Start (and restart after stale metrics) at the floor, and on load after
-  idle with no proven rate drop to the floor: with no evidence, the safe end.
-* A window spanning more than ``stale_after_seconds`` (a scrape gap) is not
-  judged: it mixes rates that are no longer in force.
-* "Not our fault" is extended beyond the probe itself: while the no-transfer
-  baseline (every no-transfer window of the last 60 s, pooled) misses the SLO, an active interval cuts
-  only if it is worse than that baseline by more than one budget. Without
-  this, an overloaded seed would drive the fork to the floor for nothing.
-* TTFT is judged only with ≥ 20 first tokens in the pool (a handful of
-  requests gives no usable fraction); ITL gates pooling.
-
-Driving it (the agent's QoS loop, once per ``interval_seconds``)::
-
-    state, prev = initial_state(cfg, now=clock()), None
-    every tick:
-        t = clock()
-        try:
-            cur = parse_sglang_scrape(fetch_metrics_text(), taken_at=t, model_name=model)
-        except (FetchError, ScrapeParseError):
-            obs = None                              # counts toward staleness
-        else:
-            obs = observation_from_scrapes(prev, cur, transfer_active=bytes_granted_last_interval > 0)
-            prev = cur                              # also after a reset: it is the new base
-        d = decide(state, obs, cfg, slo, now=t)
-        state = d.state
-        token_bucket.set_rate(d.rate_bytes_per_second)   # 0 during a probe pause
-        export(d.mode, d.reason, d.rate_bytes_per_second, d.latency_impact_ratio)
+The control law (the signal, each rule, the reaction-time budget, the
+deliberate choices and why the law has this shape) has one home:
+docs/qos.md. Change it there when the law changes here.
 
 Example (a busy seed at 1.5 % against a 1 % budget: a mild miss, confirmed, then cut)::
 
@@ -262,7 +153,7 @@ class SloConfig:
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Tuning of the control law. Defaults are NOTES-QOS.md's starting law.
+    """Tuning of the control law (docs/qos.md); `rfork agent --throttle-tuning` overrides fields.
 
     Example::
 
@@ -292,7 +183,7 @@ class ControllerConfig:
     pool_max_seconds: float = 5.0
     #: Swift's β: how much of the overshoot (f−b)/f a cut removes. Swift uses 0.8 with
     #: max_cut 0.5; on the testbed those cuts left the fork at 0.37x the oracle rate with
-    #: p99 at the SLO, β = 0.5 at 0.74x (README "Serving QoS throttle"). Cuts now act on
+    #: p99 at the SLO, β = 0.5 at 0.74x (docs/benchmarks.md). Cuts now act on
     #: pooled evidence, so a pool just over budget is a small, real excess: trim it, do not
     #: halve the rate. On a clustered-noise plant (tests) β 0.5 ran at 0.73-0.75x the best
     #: fixed rate, β 0.3 at 0.84-0.87x, both with the SLO met on average.

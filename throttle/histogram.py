@@ -14,7 +14,7 @@ Vocabulary
   bucket layout changed; a caller must never act on such an interval.
 * :func:`quantile` reproduces PromQL's ``histogram_quantile`` on a window and
   :func:`fraction_above` gives the fraction of observations above a bucket
-  bound, the more robust signal for coarse buckets (see NOTES-QOS.md).
+  bound, the more robust signal for coarse buckets (docs/qos.md, "The signal").
 
 Example::
 

@@ -7,7 +7,9 @@ clock-injected: it remembers the previous good scrape, turns a scrape (or a
 throttle is adaptive, and computes what the agent exports — observed ITL/TTFT
 p99 and the SLO violation ratio over a short report window, the latency
 impact against the no-transfer baseline, the age of the last good scrape,
-the decision's action, and whether a scrape failure deserves a log line now.
+the decision's action, why the rate is where it is (:data:`THROTTLE_REASONS`,
+and whether that just changed: worth one log line), and whether a scrape
+failure deserves a log line now.
 
 The agent's job (``rfork_agent.agent.QosLoop``) only fetches ``/metrics``,
 calls :func:`classify_body` and :meth:`QosTracker.tick`, applies
@@ -62,6 +64,7 @@ __all__ = [
     "ACTIONS",
     "SCRAPE_FAILURE_REASONS",
     "ACTION_BY_MODE",
+    "THROTTLE_REASONS",
     "ScrapeFailure",
     "QosReport",
     "QosTracker",
@@ -83,6 +86,20 @@ ACTIONS = ("cut", "raise", "hold", "floor", "cap", "probe")
 
 #: The ``reason`` label of ``rfork_agent_seed_metrics_scrape_failures_total``.
 SCRAPE_FAILURE_REASONS = ("unreachable", "http_error", "parse_error")
+
+#: Why the allowed rate is where it is: the ``reason`` label of ``rfork_agent_throttle_decisions_total``
+#: and ``throttle_reason`` in the agent's ``GET /v1/throttle`` (a closed set). Unlike the
+#: controller's mode, which changes tick by tick (pooling, probes), it changes only when the
+#: situation does, so each change is worth one log line.
+#:
+#: * ``not_adaptive`` — throttle fixed or off: the configured rate;
+#: * ``seed_idle`` — the seed serves nothing: full rate;
+#: * ``transfer_latency`` — the law follows the latency the transfer adds (cuts, raises, probes);
+#: * ``seed_over_slo`` — held at the floor while the seed misses its ITL SLO without the
+#:   transfer (its no-transfer intervals are over budget): the transfer is not the cause, and
+#:   the fork gets little from this seed until the seed's own latency comes back;
+#: * ``metrics_stale`` — no usable scrape of the seed's /metrics: the floor.
+THROTTLE_REASONS = ("not_adaptive", "seed_idle", "transfer_latency", "seed_over_slo", "metrics_stale")
 
 #: Controller mode -> exported action. Every :class:`Mode` maps to one action.
 ACTION_BY_MODE: dict[Mode, str] = {
@@ -199,6 +216,13 @@ class QosReport:
     unlogged_failures: int = 0
     #: A good scrape after logged failures: log "recovered" once.
     log_recovered: bool = False
+    #: One of :data:`THROTTLE_REASONS`.
+    throttle_reason: str = "not_adaptive"
+    #: ``throttle_reason`` differs from the previous tick's: say so once.
+    throttle_reason_changed: bool = False
+    #: Share of the seed's tokens over the ITL SLO in its no-transfer intervals (the last
+    #: ``baseline_max_age_seconds``); NaN until they hold ``min_baseline_tokens``.
+    baseline_itl_slo_violation_ratio: float = math.nan
 
     @property
     def mode_label(self) -> str:
@@ -255,6 +279,7 @@ class QosTracker:
         self.throttle = throttle
         self.fixed_rate: float | None = None
         self.state: ControllerState | None = None
+        self.throttle_reason = "not_adaptive"
         self.set_mode(throttle, now, fixed_rate_bytes_per_second)
 
     # -- mode -------------------------------------------------------------
@@ -277,6 +302,11 @@ class QosTracker:
             self.state = None
         self.throttle = throttle
         self.fixed_rate = fixed_rate_bytes_per_second if throttle is ThrottleMode.FIXED else None
+        # Where a mode starts; only later changes are news (the mode switch itself is logged by the agent).
+        if throttle is not ThrottleMode.ADAPTIVE:
+            self.throttle_reason = "not_adaptive"
+        elif self.throttle_reason == "not_adaptive":
+            self.throttle_reason = "transfer_latency"
 
     @property
     def scrapes(self) -> bool:
@@ -329,6 +359,11 @@ class QosTracker:
         itl, ttft = self._pooled("itl"), self._pooled("ttft")
         observed_itl = quantile(itl, 0.99) if itl is not None else math.nan
         base = self._baseline_p99()
+        baseline_share = self._baseline_violation_ratio()
+        reason_before = self.throttle_reason
+        # A tick that learnt nothing (a failed scrape short of stale, a counter reset) changes nothing.
+        if (observation is not None and observation.reset_reason is None) or mode is Mode.STALE_FLOOR:
+            self.throttle_reason = self._throttle_reason(mode, baseline_share)
         since = self._last_good_at if self._last_good_at is not None else self._started_at
         return QosReport(
             throttle=self.throttle,
@@ -347,7 +382,25 @@ class QosTracker:
             log_failure=log_failure,
             unlogged_failures=unlogged,
             log_recovered=log_recovered,
+            throttle_reason=self.throttle_reason,
+            throttle_reason_changed=self.throttle_reason != reason_before,
+            baseline_itl_slo_violation_ratio=baseline_share,
         )
+
+    def _throttle_reason(self, mode: Mode | None, baseline_share: float) -> str:
+        """One of :data:`THROTTLE_REASONS` for a tick with news (see there)."""
+        if self.throttle is not ThrottleMode.ADAPTIVE or self.state is None or self.controller is None:
+            return "not_adaptive"
+        if mode is Mode.STALE_FLOOR:
+            return "metrics_stale"
+        if mode is Mode.IDLE_FULL:
+            return "seed_idle"
+        assert self.slo is not None
+        # The law's rate, not the applied one: a probe pause (rate 0) does not change the situation.
+        at_floor = self.state.rate_bytes_per_second <= self.controller.floor_bytes_per_second * (1 + 1e-9)
+        if at_floor and baseline_share > self.slo.violation_budget:
+            return "seed_over_slo"
+        return "transfer_latency"
 
     # -- windows ------------------------------------------------------------
 
@@ -370,6 +423,17 @@ class QosTracker:
             return None
         pooled = pool(windows)
         return pooled if observations(pooled) > 0 else None
+
+    def _baseline_violation_ratio(self) -> float:
+        """Share of no-transfer ITL tokens over the SLO (NaN: no SLO, or too few tokens)."""
+        windows = [i.itl for i in self._baseline if i.itl is not None]
+        windows = [w for w in windows if windows and w.bounds == windows[-1].bounds]
+        if not windows or self.slo is None:
+            return math.nan
+        pooled = pool(windows)
+        if observations(pooled) < self.min_baseline_tokens:
+            return math.nan
+        return fraction_above(pooled, self.slo.itl_threshold_seconds).fraction
 
     def _baseline_p99(self) -> float:
         windows = [i.itl for i in self._baseline if i.itl is not None]

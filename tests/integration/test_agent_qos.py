@@ -93,14 +93,15 @@ def wait_for_rate(agent_url: str, predicate, timeout: float, what: str) -> dict:
 
 
 def agent_metric(agent_url: str, name: str, **labels) -> float:
+    """The sum of the samples of ``name`` that carry ``labels`` (others summed over, as PromQL's sum)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{agent_url}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise AssertionError(f"{name}{labels} not exported")
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+    if not values:
+        raise AssertionError(f"{name}{labels} not exported")
+    return sum(values)
 
 
 def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
@@ -212,7 +213,7 @@ def test_bad_metrics_drop_to_the_floor_and_are_counted(qos_agent, answer, caplog
     assert registry.get_sample_value("rfork_agent_throttle_mode", {"seed": "seed-0", "mode": "stale_floor"}) == 1
     assert registry.get_sample_value("rfork_agent_seed_metrics_age_seconds", {"seed": "seed-0"}) >= 3
     assert registry.get_sample_value("rfork_agent_throttle_decisions_total",
-                                     {"seed": "seed-0", "action": "floor"}) >= 1
+                                     {"seed": "seed-0", "action": "floor", "reason": "metrics_stale"}) >= 1
     # Logged once (rate-limited), not every quarter second.
     lines = [r for r in caplog.records if "cannot use the seed's metrics" in r.getMessage()]
     assert len(lines) == 1 and reason in lines[0].getMessage()

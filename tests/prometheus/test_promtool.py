@@ -35,6 +35,21 @@ def test_example_prometheus_config_passes_promtool_check_config():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_example_config_loads_the_alert_rules_only_beside_them(tmp_path):
+    """The example config finds the rules by a relative path; a copy elsewhere loses them.
+
+    Prometheus itself loads no rules from such a copy without a word, so the
+    config's comment and docs/metrics.md tell operators to run this check.
+    """
+    config = REPO / "grafana" / "prometheus" / "prometheus.yml"
+    r = promtool("check", "config", str(config))
+    assert "1 rule files found" in r.stdout, r.stdout + r.stderr
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(config.read_text())
+    r = promtool("check", "config", str(copy))
+    assert r.returncode != 0 and "rfork-alerts.yml" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 def test_promtool_rejects_a_broken_rule(tmp_path):
     """The check is real: a rule with a PromQL error fails it."""
     bad = tmp_path / "bad.yml"

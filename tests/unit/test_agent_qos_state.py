@@ -6,6 +6,7 @@ A fake clock and a fresh registry per test; the QoS loop's I/O (fetching
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -14,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from metrics.definitions import AgentMetrics
 from rfork_agent.agent import THROTTLE_MODE_LABELS, AgentConfig, AgentState, LeaseRequest
 from throttle.controller import Mode
+from throttle.histogram import CumulativeHistogram
+from throttle.prom_text import ITL_HISTOGRAM, QUEUED_GAUGE, RUNNING_GAUGE, Scrape
 from throttle.qos import QosReport, ThrottleMode
 
 CAP = 100e6
@@ -54,7 +57,8 @@ def test_adaptive_starts_at_the_floor_with_every_qos_series_exported():
     assert {label: sample(registry, "rfork_agent_throttle_mode", mode=label) for label in THROTTLE_MODE_LABELS} == {
         label: (1.0 if label == Mode.HOLD.value else 0.0) for label in THROTTLE_MODE_LABELS}
     for action in ("cut", "raise", "hold", "floor", "cap", "probe"):
-        assert sample(registry, "rfork_agent_throttle_decisions_total", action=action) == 0
+        for reason in ("seed_idle", "transfer_latency", "seed_over_slo", "metrics_stale"):
+            assert sample(registry, "rfork_agent_throttle_decisions_total", action=action, reason=reason) == 0
     for reason in ("unreachable", "http_error", "parse_error"):
         assert sample(registry, "rfork_agent_seed_metrics_scrape_failures_total", reason=reason) == 0
 
@@ -79,7 +83,8 @@ def test_transfer_activity_counts_grants_and_leases_held_across_a_tick():
 
 
 def report(rate, action="hold", mode=Mode.HOLD, **fields) -> QosReport:
-    return QosReport(ThrottleMode.ADAPTIVE, rate, mode, action, "test", **fields)
+    return QosReport(ThrottleMode.ADAPTIVE, rate, mode, action, "test", **{"throttle_reason": "transfer_latency",
+                                                                          **fields})
 
 
 def test_apply_qos_sets_the_rate_exports_the_report_and_flags_notable_changes():
@@ -95,7 +100,7 @@ def test_apply_qos_sets_the_rate_exports_the_report_and_flags_notable_changes():
     assert sample(registry, "rfork_agent_observed_itl_p99_seconds") == 0.03
     assert sample(registry, "rfork_agent_itl_slo_violation_ratio") == 0.002
     assert sample(registry, "rfork_agent_seed_metrics_age_seconds") == 0.5
-    assert sample(registry, "rfork_agent_throttle_decisions_total", action="raise") == 2
+    assert sample(registry, "rfork_agent_throttle_decisions_total", action="raise", reason="transfer_latency") == 2
     assert sample(registry, "rfork_agent_throttle_mode", mode="idle_full") == 1
     assert sample(registry, "rfork_agent_throttle_mode", mode="probe_pause") == 0
 
@@ -122,3 +127,81 @@ def test_set_throttle_switches_modes_and_the_slo():
     assert sample(registry, "rfork_agent_slo_itl_seconds") == 0.06
     state.set_throttle(ThrottleMode.OFF, None, now=2.0)
     assert state.allowed_rate == CAP and sample(registry, "rfork_agent_throttle_mode", mode="off") == 1
+
+
+# --------------------------------------------------------------------------- a seed over its SLO on its own
+
+ITL_BOUNDS = (0.02, 0.04, math.inf)
+
+
+class OwnLatencySeed:
+    """Cumulative SGLang ITL counters: each second ``tokens`` tokens, ``slow_share`` of them over 40 ms."""
+
+    def __init__(self) -> None:
+        self.fast = self.slow = 0.0
+
+    def scrape(self, t: float, tokens: int, slow_share: float) -> Scrape:
+        self.slow += round(tokens * slow_share)
+        self.fast += tokens - round(tokens * slow_share)
+        counts = (self.fast, self.fast, self.fast + self.slow)
+        return Scrape(t, {ITL_HISTOGRAM: CumulativeHistogram(ITL_BOUNDS, counts)}, {RUNNING_GAUGE: 8.0, QUEUED_GAUGE: 0.0})
+
+
+def qos_seconds(state: AgentState, clock: Clock, seed: OwnLatencySeed, seconds: int, slow_share: float,
+                active: bool) -> list[QosReport]:
+    """What the agent's QoS job does each second (rfork_agent.agent.QosLoop.tick), minus the HTTP fetch."""
+    reports = []
+    for _ in range(seconds):
+        clock.t += 1.0
+        report = state.qos.tick(clock.t, seed.scrape(clock.t, 500, slow_share), transfer_active=active)
+        state.apply_qos(report, clock.t)
+        reports.append(report)
+    return reports
+
+
+def test_a_seed_missing_its_slo_on_its_own_is_said_once_at_info_and_counted_by_reason(caplog):
+    # The README's --slo-itl 0.04 on a seed that misses it without any transfer: the agent holds
+    # the fork at the floor. Before, only GET /v1/throttle said why (every tick, in the mode/reason);
+    # the log was silent at INFO and no series named the situation.
+    state, registry, clock = make_state(slo_itl_seconds=0.04, controller=None)
+    seed = OwnLatencySeed()
+    floor = 0.05 * CAP
+    caplog.set_level(logging.DEBUG, logger="rfork.agent")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.INFO and "without the transfer" in r.getMessage()]
+
+    # 20 % of the seed's tokens over 40 ms with no chunk reads, then with the fork reading at the floor.
+    reports = qos_seconds(state, clock, seed, 20, slow_share=0.2, active=False)
+    reports += qos_seconds(state, clock, seed, 20, slow_share=0.2, active=True)
+    assert state.allowed_rate == pytest.approx(floor)
+    assert reports[-1].throttle_reason == "seed_over_slo"
+    assert len(said()) == 1, said()
+    assert "holding forks at the floor (5.0 MB/s)" in said()[0] and "20.0% of its tokens over 0.04 s" in said()[0]
+    assert state.throttle_status()["throttle_reason"] == "seed_over_slo"
+    assert state.throttle_status()["baseline_itl_slo_violation_ratio"] == pytest.approx(0.2)
+    over = sum(sample(registry, "rfork_agent_throttle_decisions_total", action=a, reason="seed_over_slo")
+               for a in ("cut", "raise", "hold", "floor", "cap", "probe"))
+    assert over >= 35  # every decision from the first judged baseline on names the reason
+
+    # The seed's own latency comes back; once the bad no-transfer minute has aged out, one more line.
+    caplog.clear()
+    reports = qos_seconds(state, clock, seed, 70, slow_share=0.0, active=False)
+    assert reports[-1].throttle_reason == "transfer_latency"
+    changes = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(changes) == 1, changes
+    # It changes as soon as the no-transfer share is within the budget (the bad seconds age out one by one).
+    assert changes[0] == ("agent seed-0: the throttle follows the latency the transfer adds, now 5.0 MB/s "
+                          "(the seed on its own: 1.0% of its tokens over 0.04 s with no chunk reads; budget 1.0%)")
+
+
+def test_a_seed_within_its_slo_never_reports_seed_over_slo(caplog):
+    state, registry, clock = make_state(slo_itl_seconds=0.04)
+    seed = OwnLatencySeed()
+    caplog.set_level(logging.INFO, logger="rfork.agent")
+    reports = qos_seconds(state, clock, seed, 10, slow_share=0.0, active=False)
+    reports += qos_seconds(state, clock, seed, 20, slow_share=0.002, active=True)
+    assert {r.throttle_reason for r in reports} == {"transfer_latency"}
+    assert [r for r in caplog.records if "without the transfer" in r.getMessage()] == []
+    assert sample(registry, "rfork_agent_throttle_decisions_total", action="hold", reason="seed_over_slo") == 0

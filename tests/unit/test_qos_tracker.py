@@ -142,6 +142,39 @@ def test_stale_metrics_go_to_the_floor_and_log_once():
     assert back.log_recovered and back.metrics_age_seconds == 0.0
 
 
+def test_throttle_reason_changes_only_with_the_situation():
+    t, seed = adaptive(), FakeSeed()
+    changes = []
+
+    def step(scrape_or_failure, t_now, active=True):
+        r = t.tick(t_now, scrape_or_failure, transfer_active=active)
+        if r.throttle_reason_changed:
+            changes.append((t_now, r.throttle_reason))
+        return r
+
+    assert t.throttle_reason == "transfer_latency"  # where adaptive starts: not news
+    for k in range(1, 5):  # idle: the cap
+        seed.interval(0, running=0)
+        step(seed.scrape(k), k, active=False)
+    step(ScrapeFailure("unreachable", "timed out"), 5)  # one missed scrape: still idle as far as we know
+    for k in range(6, 12):  # load, transfer running, SLO met
+        seed.interval(1000)
+        step(seed.scrape(k), k)
+    for k in range(12, 16):  # the metrics stop: the floor after 3 s
+        step(ScrapeFailure("unreachable", "connection refused"), k)
+    assert changes == [(2, "seed_idle"), (6, "transfer_latency"), (14, "metrics_stale")]
+
+
+def test_a_seed_over_its_slo_without_the_transfer_is_held_at_the_floor_with_that_reason():
+    t, seed = adaptive(), FakeSeed()
+    reports = run(t, seed, 1.0, 5, fast=400, slow=100, active=False)  # 20 % over the SLO, no chunk reads
+    reports += run(t, seed, 6.0, 10, fast=400, slow=100, active=True)
+    assert reports[-1].rate_bytes_per_second == pytest.approx(0.05 * CAP)
+    assert reports[-1].baseline_itl_slo_violation_ratio == pytest.approx(0.2)
+    assert [r.throttle_reason for r in reports if r.throttle_reason_changed] == ["seed_over_slo"]
+    assert reports[-1].throttle_reason == "seed_over_slo"
+
+
 def test_garbage_metrics_count_as_stale():
     t = adaptive()
     reports = [t.tick(1.0 + k, classify_body("garbage{", taken_at=1.0 + k), True) for k in range(4)]

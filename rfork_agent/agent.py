@@ -89,7 +89,8 @@ class AgentConfig:
     agent_url: str = ""
     """URL fork clients use to reach this agent; default http://host:port."""
     rate_cap: float | None = None
-    """Bytes/s this seed may serve to forks (the link cap); None = uncapped."""
+    """Bytes/s this seed may serve to forks (the link cap); None = uncapped, 0 = paused (no
+    lease is granted; the scheduler plans nothing on this seed)."""
     burst_bytes: float | None = None
     """Token bucket burst; default max(0.25 s x rate, 1 MiB)."""
     model: str | None = None
@@ -145,8 +146,8 @@ class AgentConfig:
                 problems.append(f"{name} {url!r} is not an http(s) URL like http://127.0.0.1:30000")
         if not 0 < self.port < 65536:
             problems.append(f"port {self.port} is not in 1..65535")
-        if self.rate_cap is not None and not (self.rate_cap > 0 and math.isfinite(self.rate_cap)):
-            problems.append(f"rate_cap {self.rate_cap} must be > 0 bytes/s, or None for uncapped")
+        if self.rate_cap is not None and not (self.rate_cap >= 0 and math.isfinite(self.rate_cap)):
+            problems.append(f"rate_cap {self.rate_cap} must be >= 0 bytes/s (0 = paused), or None for uncapped")
         if self.burst_bytes is not None and not self.burst_bytes > 0:
             problems.append(f"burst_bytes {self.burst_bytes} must be > 0")
         if self.tp_size is not None and self.tp_size < 1:
@@ -188,6 +189,9 @@ class AgentConfig:
                 problems.append("adaptive throttling needs an ITL SLO (slo_itl_seconds, --slo-itl), e.g. 0.04")
         if self.throttle == ThrottleMode.FIXED.value and self.rate_cap is None:
             problems.append("fixed throttling paces at the link cap; give rate_cap (--rate-cap), e.g. 200MB/s")
+        if self.throttle != ThrottleMode.OFF.value and self.rate_cap == 0:
+            problems.append(f"{self.throttle} throttling has nothing to pace on a paused seed (rate_cap 0, "
+                            "--rate-cap 0); give the link's rate, or --throttle off")
         try:
             self.slo
         except InvalidConfig as exc:
@@ -212,7 +216,7 @@ class AgentConfig:
         """The control law's config: ``controller`` or the defaults at ``rate_cap``; None when uncapped."""
         if self.controller is not None:
             return self.controller
-        if self.rate_cap is None:
+        if not self.rate_cap:  # uncapped or paused: no law to run
             return None
         interval = self.qos_interval_seconds
         return ControllerConfig(cap_bytes_per_second=self.rate_cap, interval_seconds=interval,
@@ -467,6 +471,9 @@ class AgentState:
             raise ValueError("rate_bytes_per_second applies to fixed mode only; leave it out")
         if mode is not ThrottleMode.OFF and cap is None:
             raise ValueError(f"{mode.value} throttling needs a link cap; start the agent with --rate-cap")
+        if mode is not ThrottleMode.OFF and cap == 0:
+            raise ValueError(f"this seed is paused (--rate-cap 0): {mode.value} throttling has nothing to pace; "
+                             "restart the agent with the link's rate")
         if mode is ThrottleMode.ADAPTIVE and slo is None:
             raise ValueError("adaptive throttling needs an ITL SLO; give slo_itl_seconds or start with --slo-itl")
         if rate is not None and cap is not None and rate > cap:
@@ -554,7 +561,9 @@ class AgentState:
         needed = self.bucket.wait_for(nbytes, now)
         rate = self.allowed_rate
         if math.isinf(needed):  # paused: the controller decides again within a heartbeat or so
-            retry, pace = self.config.heartbeat_interval, "paused (allowed rate 0)"
+            retry, pace = self.config.heartbeat_interval, (
+                "paused by its operator (--rate-cap 0); read elsewhere" if self.config.rate_cap == 0
+                else "paused (allowed rate 0)")
         else:
             # Ask again when the same wait would be enough.
             retry, pace = min(max(needed - max_wait, 0.05), 30.0), f"paced at {rate / 1e6:.1f} MB/s"

@@ -152,7 +152,9 @@ class SchedulerState:
         self.metrics.seeds_registered.set(len(self.seeds))
 
     def matching(self, identity: wire.ModelIdentity, rank: int) -> list[SeedRecord]:
-        return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks]
+        """Seeds that may serve this identity and rank. A seed paused by its operator (rate cap 0)
+        is left out, as if absent: jobs run from the others, or fail as with no seed at all."""
+        return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks and s.rate_cap != 0]
 
     # -- jobs --------------------------------------------------------------
     def create_job(self, body: wire.JobRequest) -> JobRecord:
@@ -163,7 +165,7 @@ class SchedulerState:
             seeds = self.matching(body.identity, body.rank)
             if not seeds:
                 known = sorted({f"{s.identity.model}@{s.identity.revision} {s.identity.dtype} tp={s.identity.tp_size}"
-                                for s in self.seeds.values()})
+                                + (" (paused: --rate-cap 0)" if s.rate_cap == 0 else "") for s in self.seeds.values()})
                 raise UnknownModel(
                     f"no live seed serves {body.identity.model}@{body.identity.revision} "
                     f"{body.identity.dtype} tp={body.identity.tp_size} rank {body.rank}; "

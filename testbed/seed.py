@@ -350,6 +350,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rfork_agent.units import UnitError, parse_size
+
+    try:  # before any socket, signal handler or torch import: a typo costs nothing
+        if args.size is not None:
+            parse_size(args.size)
+    except UnitError as exc:
+        print(f"testbed.seed: error: --size: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn

@@ -354,7 +354,7 @@ class ForkDriver:
     def __init__(self, fleet, observer: Observer, streams: int, chunk_size: int, device: str = "cpu") -> None:
         import torch
 
-        from rfork_agent.fork_cli import allocate_like
+        from rfork_agent.destination import allocate_like
         from rfork_agent.fork import register_tensors
         from rfork_agent.transport import MooncakeTransport
         from testbed.orchestrator import _seed_info

@@ -106,7 +106,7 @@ class _Setup:
         import torch
 
         from rfork_agent.fork import register_tensors
-        from rfork_agent.fork_cli import allocate_like
+        from rfork_agent.destination import allocate_like
         from rfork_agent.transport import MooncakeTransport
         from testbed.fleet import Fleet
         from testbed.orchestrator import _seed_info

@@ -209,7 +209,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
     import torch
 
     from rfork_agent.fork import ForkClient, ForkOptions, register_tensors, single_seed_read
-    from rfork_agent.fork_cli import allocate_like
+    from rfork_agent.destination import allocate_like
     from rfork_agent.transport import MooncakeTransport
     from testbed.fleet import Fleet
 

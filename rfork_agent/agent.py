@@ -40,13 +40,13 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
+from typing import Annotated, Awaitable, Callable
 from urllib.parse import urlparse
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
 from rfork_agent.auth import BearerAuth, GrantClaims, InvalidGrant, bearer_header, grant_key, verify_grant
-from rfork_agent.http_guard import BodySizeLimit
+from rfork_agent.http_guard import BodySizeLimit, JsonBodyRoute, error_response, install_error_handlers
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_agent.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
 from throttle.controller import ControllerConfig, InvalidConfig, Mode, SloConfig
@@ -961,7 +961,7 @@ def _rate_text(rate: float | None) -> str:
 
 
 def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": {"error": code, "message": message, **extra}})
+    return error_response(status, code, message, **extra)
 
 
 def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
@@ -1011,15 +1011,12 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             await http.aclose()
 
     app = FastAPI(title="rfork agent", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
+    install_error_handlers(app, what="request")
     app.state.agent = state
     app.add_middleware(BodySizeLimit, max_bytes=1 << 20)  # lease bodies are ~200 bytes
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return _error(422, "invalid_request", f"request is not valid: {problems}")
 
     @app.post("/v1/leases")
     async def acquire_lease(body: LeaseRequest):
@@ -1054,12 +1051,13 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
         return {"lease_id": lease.lease_id, "ttl_seconds": config.lease_ttl_seconds}
 
     @app.post("/v1/leases/{lease_id}/release")
-    async def release_lease(lease_id: str, body: ReleaseRequest | None = None):
+    async def release_lease(lease_id: Annotated[str, PathParam(min_length=1, max_length=128)],
+                            body: ReleaseRequest | None = None):
         used = True if body is None else body.used
         try:
             refunded = state.release(lease_id, used, clock())
-        except UnknownLease as exc:
-            return _error(404, "unknown_lease", str(exc))
+        except UnknownLease as exc:  # a KeyError: str() would quote the message
+            return _error(404, "unknown_lease", exc.args[0])
         return {"lease_id": lease_id, "refunded_bytes": refunded}
 
     @app.get("/v1/status")

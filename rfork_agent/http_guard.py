@@ -23,7 +23,7 @@ Every error either service answers has the documented shape
 from __future__ import annotations
 
 import json
-import logging
+import sys
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,9 +31,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scheduler.errors import CLIP_CHARS, clip  # noqa: F401 - clip is re-exported for the agent
-
-log = logging.getLogger("rfork.http")
+from scheduler.errors import CLIP_CHARS, clip
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 """Largest request body the services accept (a manifest of ~500k tensors)."""
@@ -138,7 +136,7 @@ def parse_json_body(body: bytes):
     except ValueError as exc:  # int() refusing a number of too many digits
         if "digits" not in str(exc):
             raise
-        raise json.JSONDecodeError("a number has more than 4300 digits", "", 0) from None
+        raise json.JSONDecodeError(f"a number has more than {sys.get_int_max_str_digits()} digits", "", 0) from None
 
 
 class JsonBodyRoute(APIRoute):

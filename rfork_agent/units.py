@@ -76,7 +76,8 @@ def _number(text: str, what: str, forms: str) -> tuple[Decimal, str, str]:
         value = Decimal(digits)
     except InvalidOperation:  # an exponent beyond Decimal's range: 1e99999999999999999999 or its inverse
         if "-" not in digits.lower().partition("e")[2]:
-            raise UnitError(f"{what} {text!r} is too large: at most {MAX_BYTES} (8 EiB)") from None
+            unit = "bytes" if what == "size" else "bytes/s"
+            raise UnitError(f"{what} {text!r} is too large: at most {MAX_BYTES} {unit} (8 EiB)") from None
         value = Decimal("1e-999")  # far below one byte, like the number typed
     if sign == "-" and value != 0:
         raise UnitError(f"{what} {text!r} is negative: give {forms}")

@@ -1,18 +1,154 @@
-"""ASGI guards shared by the scheduler and the agent: request body size limit.
+"""HTTP guards shared by the scheduler and the agent: body size, body parsing, one error shape.
 
-A manifest of a real model is a few hundred KiB; a body of gigabytes is a
-mistake or an attack, and FastAPI would buffer all of it before validating a
-single field. This middleware answers ``413 body_too_large`` first.
+Every error either service answers has the documented shape
+``{"detail": {"error": "<code>", "message": "<sentence>"}}``:
 
-    >>> app = BodySizeLimit(fastapi_app, max_bytes=64 << 20)
+- ``BodySizeLimit`` answers ``413 body_too_large`` before a body is buffered
+  (a manifest of a real model is a few hundred KiB; FastAPI would buffer a body
+  of gigabytes before validating a single field).
+- ``JsonBodyRoute`` parses request bodies so that *every* malformed body is a
+  JSON decode error FastAPI reports as ``422 invalid_request``: a number of
+  more digits than Python converts, nesting deeper than the parser recurses,
+  bytes that are not UTF-8. FastAPI's own parse lets those escape as a bare
+  ``400 {"detail": "There was an error parsing the body"}``.
+- ``install_error_handlers`` gives FastAPI's and Starlette's own errors
+  (unknown route 404, 405, validation 422, an unexpected 500) the same shape.
+- ``clip`` (scheduler/errors.py) shortens values echoed into messages: a 100k-character name must not
+  come back as a 100k-character message.
+
+    >>> app = FastAPI(); app.router.route_class = JsonBodyRoute; install_error_handlers(app)
+    >>> app.add_middleware(BodySizeLimit, max_bytes=64 << 20)
 """
 
 from __future__ import annotations
 
 import json
+import sys
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scheduler.errors import CLIP_CHARS, clip
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 """Largest request body the services accept (a manifest of ~500k tensors)."""
+
+MAX_MESSAGE_CHARS = 1000
+"""Longest error message sent: a safety net behind ``clip`` for any message built from input."""
+
+_CODE_BY_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "body_too_large",
+                   415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests",
+                   500: "internal_error", 503: "unavailable"}
+
+
+def error_body(code: str, message: str, **extra) -> dict:
+    """The services' error shape, with the message cut to ``MAX_MESSAGE_CHARS``."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}…({len(message)} chars)"
+    return {"detail": {"error": code, "message": message, **extra}}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(code, message, **extra), headers=headers)
+
+
+def validation_message(exc: RequestValidationError, what: str = "request") -> str:
+    """One sentence naming up to five problems, each field path and echoed value clipped."""
+    errors = exc.errors()
+    undecodable = [e for e in errors if e.get("type") == "json_invalid"]
+    if undecodable:
+        reason = (undecodable[0].get("ctx") or {}).get("error") or "it does not parse"
+        return f"request body is not valid JSON: {reason}; send one JSON object, UTF-8 encoded"
+    problems = []
+    for e in errors[:5]:
+        where = ".".join(p if isinstance(p, str) and len(p) <= CLIP_CHARS else clip(p) for p in map(_loc, e["loc"]))
+        problems.append(f"{where}: {e['msg']}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"{what} is not valid: {'; '.join(problems)}{more}"
+
+
+def _loc(part: object) -> object:
+    return str(part) if isinstance(part, int) and not isinstance(part, bool) else part
+
+
+def install_error_handlers(app: FastAPI, what: str = "request") -> None:
+    """Give FastAPI's and Starlette's own errors the services' shape (see the module docstring)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if isinstance(detail, dict) and {"error", "message"} <= detail.keys():
+            return error_response(exc.status_code, detail["error"], str(detail["message"]), headers=exc.headers)
+        code = _CODE_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
+        message = str(detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {clip(request.url.path)}; the API is at /openapi.json"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {clip(request.url.path)}"
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", validation_message(exc, what))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # Only what nothing else handled reaches here (a bug); domain errors have their own
+        # handlers and statuses. Starlette still logs the traceback after this answer.
+        return error_response(500, "internal_error",
+                              f"{type(exc).__name__} while serving {request.method} {clip(request.url.path)}; "
+                              "this is a bug: the service's log has the traceback")
+
+
+class JsonBodyRequest(Request):
+    """A request whose ``json()`` fails only with ``json.JSONDecodeError``, saying why.
+
+    FastAPI turns a JSONDecodeError into a 422 ``json_invalid`` validation
+    error, but any other exception from the parse into a bare 400. Python's
+    parser raises ValueError for integers of over 4300 digits (a guard against
+    quadratic conversion), RecursionError for arrays or objects nested deeper
+    than the interpreter's recursion limit, UnicodeDecodeError for bytes that
+    are not UTF-8: all three are malformed bodies, so they become decode errors here.
+    """
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            self._json = parse_json_body(body)
+        return self._json
+
+
+def parse_json_body(body: bytes):
+    """``json.loads(body)``, raising only ``json.JSONDecodeError`` (its ``msg`` says what was wrong)."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise json.JSONDecodeError(f"{exc.msg} at line {exc.lineno} column {exc.colno}", exc.doc, exc.pos) from None
+    except UnicodeDecodeError as exc:
+        raise json.JSONDecodeError(f"byte {exc.start} is not UTF-8", "", 0) from None
+    except RecursionError:
+        raise json.JSONDecodeError("arrays or objects are nested too deeply (a few hundred levels at most)",
+                                   "", 0) from None
+    except ValueError as exc:  # int() refusing a number of too many digits
+        if "digits" not in str(exc):
+            raise
+        raise json.JSONDecodeError(f"a number has more than {sys.get_int_max_str_digits()} digits", "", 0) from None
+
+
+class JsonBodyRoute(APIRoute):
+    """An APIRoute whose handlers see ``JsonBodyRequest``: set ``app.router.route_class`` to it."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def parse_with_reasons(request: Request):
+            return await handler(JsonBodyRequest(request.scope, request.receive))
+
+        return parse_with_reasons
 
 
 class BodySizeLimit:
@@ -72,7 +208,7 @@ class BodySizeLimit:
 
 async def send_json_error(send, status: int, code: str, message: str, headers=()) -> None:
     """Answer from ASGI middleware with the services' error shape: {"detail": {"error", "message"}}."""
-    payload = json.dumps({"detail": {"error": code, "message": message}}).encode()
+    payload = json.dumps(error_body(code, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(payload)).encode()), *headers]})

@@ -61,7 +61,7 @@ def small_fleet(tmp_path_factory):
 def _client_tensors(fleet, rank=0):
     import torch
 
-    from rfork_agent.fork_cli import allocate_like
+    from rfork_agent.destination import allocate_like
     from testbed.orchestrator import _seed_info
 
     _, manifest = _seed_info(fleet.seeds[0].url, rank)

@@ -15,7 +15,7 @@ import statistics
 import sys
 from dataclasses import replace
 
-from rfork_api.units import format_rate, parse_size
+from rfork_api.units import UnitError, format_rate, parse_size
 from testbed.orchestrator import TestbedOptions, run_testbed
 
 MB = 1e6
@@ -97,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
     except DeviceError as exc:
         print(f"rfork bench fork: error: {exc}", file=sys.stderr)
         return 2
-    size, chunk = parse_size(args.size), parse_size(args.chunk_size)
+    try:
+        size, chunk = parse_size(args.size), parse_size(args.chunk_size)
+    except UnitError as exc:
+        print(f"rfork bench fork: error: {exc}", file=sys.stderr)
+        return 2
     report, all_ok = [], True
     for name, options, target in scenarios(size, chunk, getattr(args, "device", "cpu"),
                                            getattr(args, "seed_device", None)):

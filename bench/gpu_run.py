@@ -29,7 +29,7 @@ import sys
 import time
 import textwrap
 
-from rfork_api.units import format_bytes, format_rate, parse_size
+from rfork_api.units import UnitError, format_bytes, format_rate, parse_size
 
 MB = 1e6
 
@@ -208,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_device(args.device)
+        for flag in ("size", "big_size", "chunk_size", "qos_chunk_size"):
+            if getattr(args, flag) is not None:
+                parse_size(getattr(args, flag))
+    except UnitError as exc:
+        print(f"bench.gpu_run: error: --{flag.replace('_', '-')}: {exc}", file=sys.stderr)
+        return 2
     except DeviceError as exc:
         print(f"bench.gpu_run: error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import httpx
 
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
-from rfork_api.units import format_rate, parse_rate, parse_size
+from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.histogram import window as histogram_window
 from throttle.prom_text import ITL_HISTOGRAM, parse_sglang_scrape
@@ -355,7 +355,7 @@ class ForkDriver:
     def __init__(self, fleet, observer: Observer, streams: int, chunk_size: int, device: str = "cpu") -> None:
         import torch
 
-        from rfork_agent.fork_cli import allocate_like
+        from rfork_agent.destination import allocate_like
         from rfork_agent.fork import register_tensors
         from rfork_agent.transport import MooncakeTransport
         from testbed.orchestrator import seed_te_info
@@ -779,9 +779,18 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.load_rps <= 0 or not 0 < args.slo_budget < 1:
         print("rfork bench qos: error: --seeds >= 1, --load-rps > 0 and 0 < --slo-budget < 1", file=sys.stderr)
         return 2
+    try:
+        size, chunk, cap = parse_size(args.size), parse_size(args.chunk_size), parse_rate(args.cap)
+    except UnitError as exc:
+        print(f"rfork bench qos: error: {exc}", file=sys.stderr)
+        return 2
+    if not cap:
+        print(f"rfork bench qos: error: --cap {args.cap!r}: the throttle needs a link rate > 0, e.g. 100MB/s",
+              file=sys.stderr)
+        return 2
     options = QosBenchOptions(
-        seeds=args.seeds, size_bytes=parse_size(args.size), chunk_size=parse_size(args.chunk_size),
-        load_rps=args.load_rps, cap=parse_rate(args.cap), slo_itl_seconds=args.slo_itl,
+        seeds=args.seeds, size_bytes=size, chunk_size=chunk,
+        load_rps=args.load_rps, cap=cap, slo_itl_seconds=args.slo_itl,
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None,
         device=getattr(args, "device", "cpu"),
         itl_buckets=None if getattr(args, "sglang_default_buckets", False) else FINE_ITL_BUCKETS,

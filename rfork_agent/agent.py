@@ -40,13 +40,13 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
+from typing import Annotated, Awaitable, Callable
 from urllib.parse import urlparse
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
 from rfork_api.auth import GrantClaims, InvalidGrant, bearer_header, grant_key, verify_grant
-from rfork_api.http import BearerAuth, BodySizeLimit
+from rfork_api.http import BearerAuth, BodySizeLimit, JsonBodyRoute, error_response, install_error_handlers
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_api.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
 from throttle.controller import ControllerConfig, InvalidConfig, Mode, SloConfig
@@ -100,7 +100,8 @@ class AgentConfig:
     agent_url: str = ""
     """URL fork clients use to reach this agent; default http://host:port."""
     rate_cap: float | None = None
-    """Bytes/s this seed may serve to forks (the link cap); None = uncapped."""
+    """Bytes/s this seed may serve to forks (the link cap); None = uncapped, 0 = paused (no
+    lease is granted; the scheduler plans nothing on this seed)."""
     burst_bytes: float | None = None
     """Token bucket burst; default max(0.25 s x rate, 1 MiB)."""
     model: str | None = None
@@ -156,8 +157,8 @@ class AgentConfig:
                 problems.append(f"{name} {url!r} is not an http(s) URL like http://127.0.0.1:30000")
         if not 0 < self.port < 65536:
             problems.append(f"port {self.port} is not in 1..65535")
-        if self.rate_cap is not None and not (self.rate_cap > 0 and math.isfinite(self.rate_cap)):
-            problems.append(f"rate_cap {self.rate_cap} must be > 0 bytes/s, or None for uncapped")
+        if self.rate_cap is not None and not (self.rate_cap >= 0 and math.isfinite(self.rate_cap)):
+            problems.append(f"rate_cap {self.rate_cap} must be >= 0 bytes/s (0 = paused), or None for uncapped")
         if self.burst_bytes is not None and not self.burst_bytes > 0:
             problems.append(f"burst_bytes {self.burst_bytes} must be > 0")
         if self.tp_size is not None and self.tp_size < 1:
@@ -199,6 +200,9 @@ class AgentConfig:
                 problems.append("adaptive throttling needs an ITL SLO (slo_itl_seconds, --slo-itl), e.g. 0.04")
         if self.throttle == ThrottleMode.FIXED.value and self.rate_cap is None:
             problems.append("fixed throttling paces at the link cap; give rate_cap (--rate-cap), e.g. 200MB/s")
+        if self.throttle != ThrottleMode.OFF.value and self.rate_cap == 0:
+            problems.append(f"{self.throttle} throttling has nothing to pace on a paused seed (rate_cap 0, "
+                            "--rate-cap 0); give the link's rate, or --throttle off")
         try:
             self.slo
         except InvalidConfig as exc:
@@ -223,7 +227,7 @@ class AgentConfig:
         """The control law's config: ``controller`` or the defaults at ``rate_cap``; None when uncapped."""
         if self.controller is not None:
             return self.controller
-        if self.rate_cap is None:
+        if not self.rate_cap:  # uncapped or paused: no law to run
             return None
         interval = self.qos_interval_seconds
         return ControllerConfig(cap_bytes_per_second=self.rate_cap, interval_seconds=interval,
@@ -481,6 +485,9 @@ class AgentState:
             raise ValueError("rate_bytes_per_second applies to fixed mode only; leave it out")
         if mode is not ThrottleMode.OFF and cap is None:
             raise ValueError(f"{mode.value} throttling needs a link cap; start the agent with --rate-cap")
+        if mode is not ThrottleMode.OFF and cap == 0:
+            raise ValueError(f"this seed is paused (--rate-cap 0): {mode.value} throttling has nothing to pace; "
+                             "restart the agent with the link's rate")
         if mode is ThrottleMode.ADAPTIVE and slo is None:
             raise ValueError("adaptive throttling needs an ITL SLO; give slo_itl_seconds or start with --slo-itl")
         if rate is not None and cap is not None and rate > cap:
@@ -570,7 +577,9 @@ class AgentState:
         needed = self.bucket.wait_for(nbytes, now)
         rate = self.allowed_rate
         if math.isinf(needed):  # paused: the controller decides again within a heartbeat or so
-            retry, pace = self.config.heartbeat_interval, "paused (allowed rate 0)"
+            retry, pace = self.config.heartbeat_interval, (
+                "paused by its operator (--rate-cap 0); read elsewhere" if self.config.rate_cap == 0
+                else "paused (allowed rate 0)")
         else:
             # Ask again when the same wait would be enough.
             retry, pace = min(max(needed - max_wait, 0.05), 30.0), f"paced at {rate / 1e6:.1f} MB/s"
@@ -991,7 +1000,7 @@ def _rate_text(rate: float | None) -> str:
 
 
 def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": {"error": code, "message": message, **extra}})
+    return error_response(status, code, message, **extra)
 
 
 def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
@@ -1041,15 +1050,12 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             await http.aclose()
 
     app = FastAPI(title="rfork agent", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
+    install_error_handlers(app, what="request")
     app.state.agent = state
     app.add_middleware(BodySizeLimit, max_bytes=1 << 20)  # lease bodies are ~200 bytes
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return _error(422, "invalid_request", f"request is not valid: {problems}")
 
     @app.post("/v1/leases")
     async def acquire_lease(body: LeaseRequest):
@@ -1084,12 +1090,13 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
         return {"lease_id": lease.lease_id, "ttl_seconds": config.lease_ttl_seconds}
 
     @app.post("/v1/leases/{lease_id}/release")
-    async def release_lease(lease_id: str, body: ReleaseRequest | None = None):
+    async def release_lease(lease_id: Annotated[str, PathParam(min_length=1, max_length=128)],
+                            body: ReleaseRequest | None = None):
         used = True if body is None else body.used
         try:
             refunded = state.release(lease_id, used, clock())
-        except UnknownLease as exc:
-            return _error(404, "unknown_lease", str(exc))
+        except UnknownLease as exc:  # a KeyError: str() would quote the message
+            return _error(404, "unknown_lease", exc.args[0])
         return {"lease_id": lease_id, "refunded_bytes": refunded}
 
     @app.get("/v1/status")

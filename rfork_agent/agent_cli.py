@@ -1,7 +1,7 @@
 """`rfork agent`: run the seed agent beside one SGLang seed.
 
     rfork agent --sglang-url http://127.0.0.1:30000 --scheduler http://127.0.0.1:8700 \\
-                --port 8800 --rate-cap 2GB/s
+                --port 8800 --rate-cap 2GB/s      # or 16Gbps; 0 = paused; default unlimited
 
 Serving QoS (issue #3): ``--throttle adaptive --slo-itl 0.04 [--slo-ttft 2] [--slo-budget 0.01]``
 keeps the seed's inter-token latency inside its SLO while forks read from it;
@@ -49,9 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--advertise-url", default=None,
                    help="URL fork clients use to reach this agent (default http://HOST:PORT; "
                         "required when HOST is a wildcard like 0.0.0.0)")
-    p.add_argument("--rate-cap", default="inf",
-                   help="bytes/s forks may read from this seed, e.g. 100MB/s, 2GiB/s, or inf (default inf)")
-    p.add_argument("--burst", default=None, help="token bucket burst, e.g. 64MiB (default max(0.25 s x rate, 1 MiB))")
+    p.add_argument("--rate-cap", default="unlimited",
+                   help="most forks may read from this seed: bytes/s (100MB/s, 2GiB/s) or bits/s (10Gbps, "
+                        "10Gbit/s); 0 pauses the seed (it serves no fork); unlimited (default) = no cap")
+    p.add_argument("--burst", default=None,
+                   help="token bucket burst in bytes, e.g. 64MiB (default max(0.25 s x rate, 1 MiB))")
     p.add_argument("--model", help="model identity override (default: the seed's model_path)")
     p.add_argument("--revision", help="revision override (default: the seed's, or 'main')")
     p.add_argument("--dtype", help="dtype override (default: the seed's)")
@@ -163,6 +165,9 @@ def qos_settings(args: argparse.Namespace, rate_cap: float | None) -> dict:
             raise _BadFlag("--throttle adaptive needs --slo-itl SECONDS (or $RFORK_SLO_ITL), e.g. 0.04")
     if mode == "fixed" and rate_cap is None:
         raise _BadFlag("--throttle fixed paces at --rate-cap; give one, e.g. --rate-cap 200MB/s")
+    if mode != "off" and rate_cap == 0:
+        raise _BadFlag(f"--rate-cap 0 pauses this seed, so --throttle {mode} has nothing to pace; give the "
+                       "link's rate, e.g. --rate-cap 10Gbps, or --throttle off")
     settings = {"throttle": mode, "slo_itl_seconds": itl, "slo_ttft_seconds": ttft, "slo_budget": budget}
     tuning = throttle_tuning(args, rate_cap)
     if tuning is not None:
@@ -235,7 +240,7 @@ def build_config(args: argparse.Namespace):
     except UnitError as exc:
         raise _BadFlag(f"--burst: {exc}") from None
     if burst is not None and burst <= 0:
-        raise _BadFlag("--burst must be > 0 bytes")
+        raise _BadFlag(f"--burst must be > 0 bytes, got {args.burst}")
     if not (args.lease_ttl > 0 and math.isfinite(args.lease_ttl)):
         raise _BadFlag(f"--lease-ttl must be a number of seconds > 0, got {args.lease_ttl}")
     if not (0 <= args.max_wait < math.inf):

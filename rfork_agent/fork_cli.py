@@ -17,12 +17,10 @@ import time
 
 from rfork_api.auth import AuthConfigError, load_token
 from rfork_api.logs import add_log_arguments
+from rfork_agent.destination import allocate_like, write_dump  # noqa: F401 - allocate_like: kept importable from here
 from rfork_api.units import UnitError, format_bytes, format_rate, parse_size
 
 log = logging.getLogger("rfork.fork")
-
-# Element size -> a torch dtype of that width, so views report SGLang's numel/element_size.
-_DTYPE_BY_SIZE = {1: "uint8", 2: "int16", 4: "int32", 8: "int64", 16: "complex128"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,36 +170,3 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
     return 0
-
-
-def allocate_like(manifest: dict, torch, device: str = "cpu") -> tuple[dict, "object"]:
-    """Zeroed destination views laid out like ``manifest``, in one contiguous buffer on ``device``.
-
-    With ``device="cuda"`` the views are CUDA memory, registered with the
-    TransferEngine as they are (as SGLang's parameters are).
-    """
-    total = sum(numel * esize for _, numel, esize in manifest.values())
-    # empty + zero_ writes every page now: calloc'd zero pages would otherwise fault
-    # in during the fork (SGLang's parameters are likewise written before loading).
-    buffer = torch.empty(max(total, 1), dtype=torch.uint8, device=device)
-    buffer.zero_()
-    tensors, offset = {}, 0
-    for name, (_, numel, esize) in manifest.items():
-        dtype = getattr(torch, _DTYPE_BY_SIZE.get(esize, "uint8"))
-        nbytes = numel * esize
-        view = buffer[offset:offset + nbytes]
-        tensors[name] = view.view(dtype) if esize in _DTYPE_BY_SIZE else view
-        offset += nbytes
-    return tensors, buffer
-
-
-def write_dump(directory: str, rank: int, tensors: dict, buffer) -> None:
-    os.makedirs(directory, exist_ok=True)
-    index, offset = {}, 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        index[name] = {"offset": offset, "numel": t.numel(), "element_size": t.element_size()}
-        offset += nbytes
-    buffer[:offset].cpu().numpy().tofile(os.path.join(directory, f"rank{rank}.bin"))
-    with open(os.path.join(directory, f"rank{rank}.index.json"), "w") as f:
-        json.dump(index, f)

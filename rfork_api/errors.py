@@ -37,17 +37,28 @@ user input is cut (``clip``) so a 100k-character name cannot make a 100 kB error
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
-MAX_ECHO_CHARS = 80
+CLIP_CHARS = 80
+"""Longest echoed value (a name, an id, a number) kept whole in an error message."""
 
 
-def clip(value: object, limit: int = MAX_ECHO_CHARS) -> str:
-    """``repr``-like text of user input for an error message, cut to ``limit`` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}…({len(text)} chars)"
+def clip(value: object, limit: int = CLIP_CHARS, quote: bool = True) -> str:
+    """``repr(value)`` (``str`` with ``quote=False``) for a message, cut to ``limit`` characters plus how long it was.
+
+        >>> clip("w" * 100, limit=10)
+        "'wwwwwwwww…(102 chars)"
+        >>> clip(-10**5000)
+        'an integer of 5001 digits'
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        # repr refuses integers of over 4300 digits; count the digits without converting.
+        n = abs(value)
+        guess = int((n.bit_length() - 1) * math.log10(2))  # floor(log10 n), or one below it
+        return f"an integer of {guess + 1 + (n >= 10 ** (guess + 1))} digits"
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
 
 
 class RforkApiError(Exception):

@@ -1,12 +1,27 @@
-"""What every rfork HTTP service shares, installed with one call: ``install(app, ...)``.
+"""What every rfork HTTP service shares: body size, body parsing, auth, one error shape, /health, /metrics.
 
-- a request body limit (413 ``body_too_large`` before a byte is parsed);
-- bearer-token auth (401 ``unauthorized``; ``/health`` and ``/metrics`` stay open);
-- one error shape for everything that goes wrong: ``{"detail": {"error", "message"}}``
-  (``RforkApiError`` subclasses, request validation, unparseable bodies, unknown routes);
-- ``GET /metrics`` from the service's own registry, and ``GET /health`` from a callback.
+``install(app, ...)`` puts all of it on a FastAPI app in one call (the scheduler
+and the agent both use it); the pieces are below.
 
-    >>> app = fastapi.FastAPI()
+Every error either service answers has the documented shape
+``{"detail": {"error": "<code>", "message": "<sentence>"}}``:
+
+- ``BodySizeLimit`` answers ``413 body_too_large`` before a body is buffered
+  (a manifest of a real model is a few hundred KiB; FastAPI would buffer a body
+  of gigabytes before validating a single field).
+- ``JsonBodyRoute`` parses request bodies so that *every* malformed body is a
+  JSON decode error FastAPI reports as ``422 invalid_request``: a number of
+  more digits than Python converts, nesting deeper than the parser recurses,
+  bytes that are not UTF-8. FastAPI's own parse lets those escape as a bare
+  ``400 {"detail": "There was an error parsing the body"}``.
+- ``install_error_handlers`` gives FastAPI's and Starlette's own errors
+  (unknown route 404, 405, validation 422, an unexpected 500) the same shape.
+- ``BearerAuth`` answers ``401 unauthorized`` unless the fleet's shared token is sent
+  (``/health`` and ``/metrics`` stay open).
+- ``clip`` (rfork_api/errors.py) shortens values echoed into messages: a 100k-character name must not
+  come back as a 100k-character message.
+
+    >>> app = FastAPI()
     >>> install(app, registry=registry, health=lambda: SchedulerHealth(status="ok", seeds=0, jobs=0),
     ...         health_model=SchedulerHealth, token=None, max_body_bytes=64 << 20)
 """
@@ -15,56 +30,74 @@ from __future__ import annotations
 
 import hmac
 import json
+import sys
 from typing import Any, Callable
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from rfork_api.auth import OPEN_PATHS, TOKEN_ENV
-from rfork_api.errors import RforkApiError, clip
+from rfork_api.errors import CLIP_CHARS, RforkApiError, clip
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 """Largest request body the services accept (a manifest of ~500k tensors)."""
 
-# Generic HTTP statuses that reach us as starlette's HTTPException (routing, body parsing).
-_CODE_BY_STATUS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 422: "invalid_request"}
+MAX_MESSAGE_CHARS = 1000
+"""Longest error message sent: a safety net behind ``clip`` for any message built from input."""
+
+_CODE_BY_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "body_too_large",
+                   415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests",
+                   500: "internal_error", 503: "unavailable"}
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": {"error": code, "message": message, **extra}})
+def error_body(code: str, message: str, **extra) -> dict:
+    """The services' error shape, with the message cut to ``MAX_MESSAGE_CHARS``."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}…({len(message)} chars)"
+    return {"detail": {"error": code, "message": message, **extra}}
 
 
-def install(app, *, registry, health: Callable[[], Any], health_model: type,
-            token: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-    """Add body limit, auth, error handlers, ``/health`` and ``/metrics`` to a FastAPI ``app``."""
-    # Imported here: the services that call this have FastAPI and prometheus_client;
-    # the clients that import rfork_api need neither.
-    from fastapi.exceptions import RequestValidationError
+def error_response(status: int, code: str, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(code, message, **extra), headers=headers)
+
+
+def validation_message(exc: RequestValidationError, what: str = "request") -> str:
+    """One sentence naming up to five problems, each field path and echoed value clipped."""
+    errors = exc.errors()
+    undecodable = [e for e in errors if e.get("type") == "json_invalid"]
+    if undecodable:
+        reason = (undecodable[0].get("ctx") or {}).get("error") or "it does not parse"
+        return f"request body is not valid JSON: {reason}; send one JSON object, UTF-8 encoded"
+    problems = []
+    for e in errors[:5]:
+        where = ".".join(p if isinstance(p, str) and len(p) <= CLIP_CHARS else clip(p) for p in map(_loc, e["loc"]))
+        problems.append(f"{where}: {e['msg']}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"{what} is not valid: {'; '.join(problems)}{more}"
+
+
+def _loc(part: object) -> object:
+    return str(part) if isinstance(part, int) and not isinstance(part, bool) else part
+
+
+def install(app: FastAPI, *, registry, health: Callable[[], Any], health_model: type,
+            token: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, what: str = "request") -> None:
+    """Body limit, body parsing, auth, every error handler, ``/health`` and ``/metrics`` on ``app``.
+
+    Call before declaring the app's own routes (so they use ``JsonBodyRoute``).
+    """
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.responses import Response
 
+    app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
+    install_error_handlers(app, what=what)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if token:
         app.add_middleware(BearerAuth, token=token)  # outermost: no body is read for a stranger
-
-    @app.exception_handler(RforkApiError)
-    async def _api_error(request: Request, exc: RforkApiError):
-        return JSONResponse(status_code=exc.status, content={"detail": exc.detail()})
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        return error_response(422, "invalid_request", f"request is not valid: {describe_validation(exc.errors())}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 400 and "parsing the body" in message:
-            # FastAPI's answer when the JSON decoder raised something other than a
-            # decode error: a number over Python's digit limit, nesting past the
-            # recursion limit. Say which, in our shape.
-            message = ("request body could not be parsed as JSON (a number with thousands of digits, or nesting "
-                       "thousands of levels deep?); send the documented body")
-        return error_response(exc.status_code, _CODE_BY_STATUS.get(exc.status_code, "http_error"), message)
 
     @app.get("/health", response_model=health_model)
     async def _health():
@@ -75,17 +108,85 @@ def install(app, *, registry, health: Callable[[], Any], health_model: type,
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def describe_validation(errors: list[dict]) -> str:
-    """Up to five problems as ``field.path: message``, each cut to a readable length."""
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(clip(str(p), 40) for p in e.get("loc", ()))
-        parts.append(f"{where}: {clip(str(e.get('msg', '')), 200)}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
+def install_error_handlers(app: FastAPI, what: str = "request") -> None:
+    """Give FastAPI's and Starlette's own errors the services' shape (see the module docstring)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if isinstance(detail, dict) and {"error", "message"} <= detail.keys():
+            return error_response(exc.status_code, detail["error"], str(detail["message"]), headers=exc.headers)
+        code = _CODE_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
+        message = str(detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {clip(request.url.path)}; the API is at /openapi.json"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {clip(request.url.path)}"
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", validation_message(exc, what))
+
+    @app.exception_handler(RforkApiError)
+    async def _api_error(request: Request, exc: RforkApiError):
+        extra = {k: v for k, v in exc.detail().items() if k not in ("error", "message")}
+        return error_response(exc.status, exc.code, exc.message, **extra)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # Only what nothing else handled reaches here (a bug); domain errors have their own
+        # handlers and statuses. Starlette still logs the traceback after this answer.
+        return error_response(500, "internal_error",
+                              f"{type(exc).__name__} while serving {request.method} {clip(request.url.path)}; "
+                              "this is a bug: the service's log has the traceback")
 
 
-# --------------------------------------------------------------------------- ASGI middleware
+class JsonBodyRequest(Request):
+    """A request whose ``json()`` fails only with ``json.JSONDecodeError``, saying why.
+
+    FastAPI turns a JSONDecodeError into a 422 ``json_invalid`` validation
+    error, but any other exception from the parse into a bare 400. Python's
+    parser raises ValueError for integers of over 4300 digits (a guard against
+    quadratic conversion), RecursionError for arrays or objects nested deeper
+    than the interpreter's recursion limit, UnicodeDecodeError for bytes that
+    are not UTF-8: all three are malformed bodies, so they become decode errors here.
+    """
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            self._json = parse_json_body(body)
+        return self._json
+
+
+def parse_json_body(body: bytes):
+    """``json.loads(body)``, raising only ``json.JSONDecodeError`` (its ``msg`` says what was wrong)."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise json.JSONDecodeError(f"{exc.msg} at line {exc.lineno} column {exc.colno}", exc.doc, exc.pos) from None
+    except UnicodeDecodeError as exc:
+        raise json.JSONDecodeError(f"byte {exc.start} is not UTF-8", "", 0) from None
+    except RecursionError:
+        raise json.JSONDecodeError("arrays or objects are nested too deeply (a few hundred levels at most)",
+                                   "", 0) from None
+    except ValueError as exc:  # int() refusing a number of too many digits
+        if "digits" not in str(exc):
+            raise
+        raise json.JSONDecodeError(f"a number has more than {sys.get_int_max_str_digits()} digits", "", 0) from None
+
+
+class JsonBodyRoute(APIRoute):
+    """An APIRoute whose handlers see ``JsonBodyRequest``: set ``app.router.route_class`` to it."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def parse_with_reasons(request: Request):
+            return await handler(JsonBodyRequest(request.scope, request.receive))
+
+        return parse_with_reasons
 
 
 class BodySizeLimit:
@@ -93,8 +194,7 @@ class BodySizeLimit:
 
     A declared ``Content-Length`` over the limit is refused without reading the
     body; a chunked body is buffered up to the limit and refused once it passes
-    it (the app would have buffered it anyway). A real model's manifest is a few
-    hundred KiB to tens of MiB; gigabytes are a mistake or an attack.
+    it (the app would have buffered it anyway).
     """
 
     def __init__(self, app, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
@@ -144,6 +244,25 @@ class BodySizeLimit:
             headers=[(b"connection", b"close")])
 
 
+async def send_json_error(send, status: int, code: str, message: str, headers=()) -> None:
+    """Answer from ASGI middleware with the services' error shape: {"detail": {"error", "message"}}."""
+    payload = json.dumps(error_body(code, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 class BearerAuth:
     """ASGI middleware: 401 unless ``Authorization: Bearer <token>`` matches (constant-time).
 
@@ -175,22 +294,3 @@ class BearerAuth:
             f"{problem}; send 'Authorization: Bearer <token>' with the fleet's shared token "
             f"(--token-file or ${TOKEN_ENV})",
             headers=[(b"www-authenticate", b'Bearer realm="rfork"')])
-
-
-async def send_json_error(send, status: int, code: str, message: str, headers=()) -> None:
-    """Answer from ASGI middleware with the services' error shape: {"detail": {"error", "message"}}."""
-    payload = json.dumps({"detail": {"error": code, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _content_length(scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None

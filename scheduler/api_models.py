@@ -37,7 +37,8 @@ class RankInfo(_Strict):
 class SeedRegistration(_Strict):
     identity: ModelIdentity
     agent_url: str = Field(min_length=1, max_length=512)
-    rate_cap_bytes_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    rate_cap_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """None = uncapped; 0 = paused by its operator: registered and visible, planned nothing."""
     ranks: list[RankInfo] = Field(min_length=1, max_length=4096)
 
 

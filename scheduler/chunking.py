@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from scheduler.errors import InvalidChunkSize
+from scheduler.errors import InvalidChunkSize, clip
 from rfork_api.manifest import Manifest
 
 MIN_CHUNK_SIZE = 4096
@@ -37,10 +37,10 @@ class Chunk:
 
 def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise InvalidChunkSize(f"chunk size must be an integer byte count, got {chunk_size!r}")
+        raise InvalidChunkSize(f"chunk size must be an integer byte count, got {clip(chunk_size)}")
     if not minimum <= chunk_size <= MAX_CHUNK_SIZE:
         raise InvalidChunkSize(
-            f"chunk size {chunk_size} is outside [{minimum}, {MAX_CHUNK_SIZE}] bytes; "
+            f"chunk size {clip(chunk_size)} is outside [{minimum}, {MAX_CHUNK_SIZE}] bytes; "
             f"the default is {DEFAULT_CHUNK_SIZE} (64 MiB)"
         )
 

@@ -1,6 +1,7 @@
 """The scheduler's errors: the shared tree of ``rfork_api.errors`` (one table of codes for every service)."""
 
 from rfork_api.errors import (  # noqa: F401 - re-exported for the scheduler's modules
+    CLIP_CHARS,
     InvalidChunkSize,
     InvalidManifest,
     InvalidResume,
@@ -9,4 +10,5 @@ from rfork_api.errors import (  # noqa: F401 - re-exported for the scheduler's m
     UnknownJob,
     UnknownModel,
     UnknownSeed,
+    clip,
 )

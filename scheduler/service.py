@@ -22,16 +22,16 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
 
 from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
 from rfork_api.auth import GrantClaims, grant_key, sign_grant
-from rfork_api.http import DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit
+from rfork_api.http import (DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit, JsonBodyRoute, error_response,
+                            install_error_handlers)
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
-from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed
+from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed, clip
 from rfork_api.manifest import Manifest, match_manifests, parse_manifest
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SourceView
 
@@ -152,7 +152,9 @@ class SchedulerState:
         self.metrics.seeds_registered.set(len(self.seeds))
 
     def matching(self, identity: wire.ModelIdentity, rank: int) -> list[SeedRecord]:
-        return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks]
+        """Seeds that may serve this identity and rank. A seed paused by its operator (rate cap 0)
+        is left out, as if absent: jobs run from the others, or fail as with no seed at all."""
+        return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks and s.rate_cap != 0]
 
     # -- jobs --------------------------------------------------------------
     def create_job(self, body: wire.JobRequest) -> JobRecord:
@@ -162,10 +164,12 @@ class SchedulerState:
         with self.lock:
             seeds = self.matching(body.identity, body.rank)
             if not seeds:
-                known = sorted({f"{s.identity.model}@{s.identity.revision} {s.identity.dtype} tp={s.identity.tp_size}"
-                                for s in self.seeds.values()})
+                known = sorted({f"{clip(s.identity.model, quote=False)}@{clip(s.identity.revision, quote=False)} "
+                                f"{s.identity.dtype} tp={s.identity.tp_size}"
+                                + (" (paused: --rate-cap 0)" if s.rate_cap == 0 else "") for s in self.seeds.values()})
                 raise UnknownModel(
-                    f"no live seed serves {body.identity.model}@{body.identity.revision} "
+                    f"no live seed serves {clip(body.identity.model, quote=False)}@"
+                    f"{clip(body.identity.revision, quote=False)} "
                     f"{body.identity.dtype} tp={body.identity.tp_size} rank {body.rank}; "
                     f"registered: {', '.join(known) or 'none'}. Start a seed (and its rfork agent) for "
                     "this exact identity, or fix the client's model/revision/dtype/tp_size to match one above"
@@ -195,7 +199,7 @@ class SchedulerState:
                                 "something under the same chunk plan")
         bad = [c for c in resume.chunks_done if not 0 <= c < num_chunks]
         if bad:
-            raise InvalidResume(f"chunks_done has ids outside 0..{num_chunks - 1} (e.g. {bad[0]}): the manifest "
+            raise InvalidResume(f"chunks_done has ids outside 0..{num_chunks - 1} (e.g. {clip(bad[0])}): the manifest "
                                 "or chunk size differs from the job being resumed")
         job.resume(resume.chunks_done, now)
         log.info("job %s resumes job %s: %d of %d chunks already landed", job.job_id, resume.previous_job_id,
@@ -271,7 +275,7 @@ class SchedulerState:
     def _job(self, job_id: str) -> JobRecord:
         record = self.jobs.get(job_id)
         if record is None:
-            raise UnknownJob(f"no fork job {job_id!r} (finished long ago, abandoned, or never created)")
+            raise UnknownJob(f"no fork job {clip(job_id)} (finished long ago, abandoned, or never created)")
         return record
 
     def _active_jobs(self) -> int:
@@ -339,10 +343,6 @@ def _assignment_json(a) -> dict:
     }
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": {"error": code, "message": message}})
-
-
 def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorRegistry | None = None,
                clock: Callable[[], float] = time.monotonic, run_reaper: bool = True) -> FastAPI:
     registry = registry if registry is not None else CollectorRegistry()
@@ -364,6 +364,8 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                 reaper.shutdown(wait=False)
 
     app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
+    install_error_handlers(app, what="request body")
     app.state.scheduler = state
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     if config.token:
@@ -371,12 +373,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
 
     @app.exception_handler(SchedulerError)
     async def _domain_error(request: Request, exc: SchedulerError):
-        return _error(exc.http_status, exc.code, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return _error(422, "invalid_request", f"request body is not valid: {problems}")
+        return error_response(exc.http_status, exc.code, str(exc))
 
     @app.middleware("http")
     async def _timing(request: Request, call_next):

@@ -107,7 +107,7 @@ class _Setup:
         import torch
 
         from rfork_agent.fork import register_tensors
-        from rfork_agent.fork_cli import allocate_like
+        from rfork_agent.destination import allocate_like
         from rfork_agent.transport import MooncakeTransport
         from testbed.fleet import Fleet
         from testbed.orchestrator import seed_te_info
@@ -527,8 +527,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"rfork chaos: error: --only {unknown[0]!r} matches no scenario; choose from {', '.join(SCENARIOS)}",
               file=sys.stderr)
         return 2
-    if options.size_bytes < 8 * MiB or options.chunk_size <= 0 or options.seed_rate is None:
-        print("rfork chaos: error: --size must be >= 8MiB and --seed-rate a finite rate", file=sys.stderr)
+    if options.size_bytes < 8 * MiB or options.chunk_size <= 0 or not options.seed_rate:
+        print("rfork chaos: error: --size must be >= 8MiB, --chunk-size > 0 and --seed-rate a rate > 0 "
+              "(the scenarios time faults against it), e.g. 40MB/s", file=sys.stderr)
         return 2
     print(f"{'scenario':32} {'survived':8} {'verified':8} {'seconds':>8}  lost / detail", flush=True)
 

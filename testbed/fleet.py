@@ -178,7 +178,7 @@ class Fleet:
     def start_agent(self, seed: SeedHandle) -> None:
         port = free_port()
         seed.agent_url = f"http://127.0.0.1:{port}"
-        rate = "inf" if seed.rate_cap is None else str(seed.rate_cap)
+        rate = "unlimited" if seed.rate_cap is None else repr(float(seed.rate_cap))
         cmd = _python_module(
             "rfork_agent.cli", "agent", "--sglang-url", seed.url, "--scheduler", self.scheduler_url,
             "--seed-id", seed.seed_id, "--host", "127.0.0.1", "--port", str(port), "--rate-cap", rate,

@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel size; every rank is forked")
     p.add_argument("--seed-rate", default=None, metavar="RATE[,RATE...]",
-                   help="per-seed rate caps, e.g. 100MB/s or 100MB/s,100MB/s,25MB/s (default uncapped)")
+                   help="per-seed rate caps, e.g. 100MB/s, 1Gbps or 100MB/s,100MB/s,25MB/s; 0 pauses that seed "
+                        "(default unlimited)")
     p.add_argument("--chunk-size", default=None, help="chunk size, e.g. 16MiB (default: the scheduler's, 64MiB)")
     p.add_argument("--kill-seed-at", type=float, default=None, metavar="FRACTION",
                    help="SIGKILL one seed process when this fraction of bytes has landed (0 < F < 1)")
@@ -115,6 +116,10 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         raise ValueError("--throttle adaptive needs --slo-itl and a --seed-rate cap for every seed")
     if throttle == "fixed" and (not rates or None in rates):
         raise ValueError("--throttle fixed paces at --seed-rate; give one")
+    if throttle != "off" and 0 in rates:
+        raise ValueError(f"--seed-rate 0 pauses a seed, so --throttle {throttle} has nothing to pace there")
+    if rates and all(r == 0 for r in rates):
+        raise ValueError("--seed-rate pauses every seed (0), so nothing could be forked; give one a rate > 0")
     if args.kill_seed_at is not None:
         if not 0 < args.kill_seed_at < 1:
             raise ValueError("--kill-seed-at must be a fraction strictly between 0 and 1, e.g. 0.5")
@@ -206,7 +211,7 @@ def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
     import torch
 
     from rfork_agent.fork import ForkClient, ForkOptions, register_tensors, single_seed_read
-    from rfork_agent.fork_cli import allocate_like
+    from rfork_agent.destination import allocate_like
     from rfork_agent.transport import MooncakeTransport
     from testbed.fleet import Fleet
 

@@ -362,6 +362,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rfork_api.units import UnitError, parse_size
+
+    try:  # before any socket, signal handler or torch import: a typo costs nothing
+        if args.size is not None:
+            parse_size(args.size)
+    except UnitError as exc:
+        print(f"testbed.seed: error: --size: {exc}", file=sys.stderr)
+        return 2
     try:
         setup_logging_from_args(args)  # again when started by `rfork testbed-seed`: harmless
     except LogLevelError as exc:

@@ -30,7 +30,8 @@ Rules (why each one):
   instead would stall the seed for (debt / new rate): measured on the
   testbed, 13 s of no transfer at all after a drop from 60 MB/s to the
   5 MB/s floor, where the controller meant "slowly", not "stop".
-- **Rate 0 pauses.** ``set_rate(0.0)`` (a QoS probe pause) denies every new
+- **Rate 0 pauses.** ``set_rate(0.0)`` (a QoS probe pause), or a bucket
+  created at rate 0 (a seed started with ``--rate-cap 0``), denies every new
   reservation of a positive size; the balance is frozen, not lost.
 - **Uncapped** (``rate=None``) grants at once and keeps no balance.
 
@@ -103,11 +104,7 @@ class TokenBucket:
     """
 
     def __init__(self, rate: float | None, burst: float, now: float) -> None:
-        _check_rate(rate)
-        if rate == 0:
-            # A configured cap of 0 is a mistake (uncapped is None); only the
-            # QoS controller pauses, through set_rate(0.0).
-            raise ValueError("rate must be > 0 bytes/s, or None for uncapped; pause with set_rate(0.0)")
+        _check_rate(rate)  # 0 starts paused: a seed whose operator gave it --rate-cap 0
         if not burst > 0 or math.isinf(burst):
             raise ValueError(f"burst must be a finite number of bytes > 0, got {burst}")
         self._rate = rate

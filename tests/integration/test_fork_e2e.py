@@ -61,7 +61,7 @@ def small_fleet(tmp_path_factory):
 def _client_tensors(fleet, rank=0):
     import torch
 
-    from rfork_agent.fork_cli import allocate_like
+    from rfork_agent.destination import allocate_like
     from testbed.orchestrator import seed_te_info
 
     _, manifest = seed_te_info(fleet.seeds[0].url, rank)

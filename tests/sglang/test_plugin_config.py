@@ -24,6 +24,8 @@ def test_from_env(env, expected):
 @pytest.mark.parametrize("env, message", [
     ({"RFORK_SCHEDULER_URL": "sched:8700"}, "not an http(s) URL"),
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_CHUNK_SIZE": "big"}, "RFORK_CHUNK_SIZE='big'"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_CHUNK_SIZE": "1e400"}, "RFORK_CHUNK_SIZE='1e400': size '1e400' is too large"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_CHUNK_SIZE": "4096.5"}, "not a whole number of bytes"),
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_TP_SIZE": "two"}, "RFORK_TP_SIZE='two'"),
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_FALLBACK": "maybe"}, "RFORK_FALLBACK='maybe'"),
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_TOKEN_FILE": "/nonexistent/token"}, "cannot read the token file"),

@@ -120,7 +120,16 @@ def test_a_clock_step_back_accrues_nothing():
     assert bucket.available(9.0) == 0.0
 
 
-@pytest.mark.parametrize("rate, burst", [(0.0, 1.0), (-1.0, 1.0), (math.nan, 1.0), (math.inf, 1.0), (1.0, 0.0)])
+def test_a_bucket_created_at_rate_zero_is_paused_until_given_a_rate():
+    bucket = TokenBucket(0.0, 50.0, now=0.0)   # a seed started with --rate-cap 0
+    assert bucket.rate == 0.0
+    assert bucket.reserve(1, 0.0, max_wait=1000) is None  # not even what the full balance covers
+    assert bucket.wait_for(1, 10.0) == math.inf
+    bucket.set_rate(100.0, now=10.0)
+    assert bucket.reserve(50, 10.0, max_wait=0).start_at == 10.0
+
+
+@pytest.mark.parametrize("rate, burst", [(-1.0, 1.0), (math.nan, 1.0), (math.inf, 1.0), (1.0, 0.0)])
 def test_bad_parameters_are_refused_with_a_reason(rate, burst):
     with pytest.raises(ValueError, match="rate|burst"):
         TokenBucket(rate, burst, now=0.0)

@@ -11,6 +11,7 @@ Exception tree::
     ClientError
      ├── SchedulerError                 scheduler answered 5xx / something unexpected
      │    ├── SchedulerUnreachable      connect/timeout; .url
+     │    ├── Unauthorized              401: no token, or not the fleet's token
      │    ├── UnknownModel              404 unknown_model
      │    ├── ManifestMismatch          409 manifest_mismatch
      │    ├── InvalidRequest            422 and other 4xx
@@ -60,6 +61,10 @@ class SchedulerUnreachable(SchedulerError):
             f"cannot reach the rfork scheduler at {url}: {why or 'no answer'} — is `rfork scheduler` running there?"
         )
         self.url = url
+
+
+class Unauthorized(SchedulerError):
+    """The scheduler refused the bearer token (or its absence): 401."""
 
 
 class UnknownModel(SchedulerError):
@@ -147,6 +152,35 @@ def _detail(response: httpx.Response) -> tuple[str, str, dict]:
     return "http_error", f"HTTP {response.status_code}: {detail}", {}
 
 
+def seeds_serving(seeds: list[dict], identity: dict, rank: int) -> list[dict]:
+    """The seeds of a ``list_seeds`` answer that serve ``identity`` and ``rank``, by the rule the
+    scheduler matches jobs with (equal identity, rank among the seed's ranks). Raises
+    ``UnknownModel`` naming what is registered when none does.
+
+        >>> seeds_serving(await scheduler.list_seeds(), identity, rank=0)
+        [{'seed_id': 'seed-0', 'identity': {...}, 'ranks': [0], ...}]
+    """
+    serving = [s for s in seeds if s.get("identity") == identity and rank in s.get("ranks", ())]
+    if serving:
+        return serving
+    wanted = _describe_identity(identity)
+    other_ranks = sorted({r for s in seeds if s.get("identity") == identity for r in s.get("ranks", ())})
+    if other_ranks:
+        raise UnknownModel(
+            f"the live seeds of {wanted} serve ranks {other_ranks}, not rank {rank}; fork one of those "
+            "ranks, or start a seed (and its rfork agent) that serves this one", code="unknown_model")
+    known = sorted({_describe_identity(s["identity"]) for s in seeds if isinstance(s.get("identity"), dict)})
+    raise UnknownModel(
+        f"no live seed serves {wanted} rank {rank}; registered: {', '.join(known) or 'none'}. "
+        "Start a seed (and its rfork agent) for this exact identity, or fix the model/revision/dtype/"
+        "tp_size to match one above", code="unknown_model")
+
+
+def _describe_identity(identity: dict) -> str:
+    return (f"{identity.get('model')}@{identity.get('revision')} {identity.get('dtype')} "
+            f"tp={identity.get('tp_size')}")
+
+
 def _body(response: httpx.Response) -> Any:
     if not response.content:
         return {}
@@ -198,6 +232,9 @@ class SchedulerClient(_Base):
         if status >= 500:
             raise SchedulerError(f"the scheduler at {self.base_url} failed ({status}): {message}",
                                  code=code, status=status)
+        if status == 401:
+            raise Unauthorized(f"the rfork scheduler at {self.base_url} refused this client: {message}",
+                               code=code, status=status)
         raise _SCHEDULER_ERRORS.get(code, InvalidRequest)(message, code=code, status=status)
 
     async def register_seed(self, seed_id: str, body: dict) -> dict:
@@ -218,6 +255,7 @@ class SchedulerClient(_Base):
     deregister = deregister_seed
 
     async def list_seeds(self) -> list[dict]:
+        """GET /v1/seeds -> [{seed_id, identity, agent_url, ranks, ...}] (live seeds only)."""
         return await self._call("GET", "/v1/seeds")
 
     async def create_job(self, identity: dict, rank: int, manifest: dict,

@@ -31,6 +31,7 @@ from metrics.definitions import FAILURE_REASONS, ClientMetrics
 from rfork_agent import clients
 from rfork_api.auth import bearer_header
 from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
+from rfork_api.units import format_bytes
 
 log = logging.getLogger("rfork.fork")
 
@@ -71,6 +72,44 @@ class ForkResult:
 
 
 @dataclass(frozen=True)
+class Cancellation:
+    """What a cancelled fork left behind: ``ForkClient.cancellation`` after ``fork`` was cancelled.
+
+    A cancelled fork stops issuing reads, waits for the reads already on the wire
+    (TransferEngine cannot abort a read into our memory), releases every lease it
+    holds, and cancels its job at the scheduler, then re-raises ``CancelledError``.
+
+        >>> Cancellation("9d4b", True, "", 3, 0, 2**20, 2**26).describe()
+        'cancelled job 9d4b at the scheduler and released 3 leases (1.00 MiB of 64.00 MiB had landed)'
+    """
+
+    job_id: str | None
+    """None: cancelled before the scheduler created a job."""
+    job_cancelled: bool
+    cancel_error: str
+    """Why the job could not be cancelled at the scheduler ('' when it was)."""
+    leases_released: int
+    leases_unconfirmed: int
+    """Releases not confirmed within ``ForkOptions.cleanup_seconds``: their agents expire them."""
+    bytes_done: int
+    bytes_total: int
+
+    def describe(self) -> str:
+        if self.job_id is None:
+            return "no fork job had been created yet; nothing to clean up"
+        if self.job_cancelled:
+            job = f"cancelled job {self.job_id} at the scheduler"
+        else:
+            job = (f"could not cancel job {self.job_id} at the scheduler ({self.cancel_error}); "
+                   "it drops the job once its client timeout passes")
+        leases = f"released {self.leases_released} lease{'s' if self.leases_released != 1 else ''}"
+        if self.leases_unconfirmed:
+            leases += f" ({self.leases_unconfirmed} unconfirmed: their agents expire them after the lease ttl)"
+        landed = f"{format_bytes(self.bytes_done)} of {format_bytes(self.bytes_total)} had landed"
+        return f"{job} and {leases} ({landed})"
+
+
+@dataclass(frozen=True)
 class ForkOptions:
     """Client knobs. Defaults suit both TCP testbeds and RDMA fleets."""
 
@@ -91,6 +130,10 @@ class ForkOptions:
     seed's agent whether the seed is alive (its probe runs every 250 ms). A read submitted to a
     dead TCP peer can block inside TransferEngine, so we never guess; a transient error costs at
     most this delay."""
+    cleanup_seconds: float = 15.0
+    """When a fork ends (done, failed or cancelled), how long it waits for its last lease requests,
+    lease releases and job cancel to be answered. A lease whose release is not confirmed in time
+    expires at its agent after the agent's lease ttl."""
 
 
 def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
@@ -148,6 +191,18 @@ class ForkClient:
         self._metrics = metrics
         self._clock = clock
         self._suspect_until: dict[str, float] = {}
+        self._background: set[asyncio.Task] = set()
+        """Lease requests whose caller went away, lease releases, the job cancel: awaited (bounded)
+        before ``fork`` returns, so none is cut off when the caller's event loop closes."""
+        self._releases_started = self._releases_confirmed = 0
+        self._job_cancel_error: str | None = None
+        """'' once the scheduler confirmed the job's cancel; else why not."""
+        self.job_id: str | None = None
+        """The job this client runs (a resumed job has a new id)."""
+        self.progress: dict = {}
+        """The scheduler's latest progress report for the job."""
+        self.cancellation: Cancellation | None = None
+        """Set when ``fork`` was cancelled: what it cleaned up."""
 
     async def fork(
         self,
@@ -161,8 +216,13 @@ class ForkClient:
         scheduler = clients.SchedulerClient(self.scheduler_url, headers=self._headers)
         agents: dict[str, clients.AgentClient] = {}
         manifest = manifest_of(tensors)
+        self.job_id, self.progress, self.cancellation = None, {}, None
+        self._releases_started = self._releases_confirmed = 0
+        self._job_cancel_error = None
         try:
-            job = await scheduler.create_job(dict(identity), rank, manifest, chunk_size_bytes=chunk_size_bytes)
+            job = await self._create_job(scheduler, dict(identity), rank, manifest, chunk_size_bytes)
+            self.job_id = job["job_id"]
+            self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
             log.info(
                 "job %s: %d bytes in %d chunks from seeds %s",
                 job["job_id"], job["total_bytes"], job["num_chunks"], ", ".join(job["seed_ids"]),
@@ -173,10 +233,77 @@ class ForkClient:
                 return await self._resume(scheduler, dict(identity), rank, manifest, old_job, landed)
 
             return await self._run(scheduler, agents, job, rank, resume)
+        except asyncio.CancelledError:
+            # _run stopped new reads, waited for those on the wire and sent the job's cancel;
+            # what is left: the lease releases, late lease answers and that cancel.
+            await self._settle_background()
+            self.cancellation = self._cancellation()
+            log.debug("fork cancelled: %s", self.cancellation.describe())
+            raise
         finally:
+            await self._settle_background()
             for agent in agents.values():
                 await agent.aclose()
             await scheduler.aclose()
+
+    async def _create_job(self, scheduler, identity: dict, rank: int, manifest: dict,
+                          chunk_size_bytes: int | None) -> dict:
+        """POST the job; if we are cancelled meanwhile, the job the scheduler may still create is
+        cancelled when its answer comes (else it would wait out the client timeout)."""
+        request = asyncio.ensure_future(
+            scheduler.create_job(identity, rank, manifest, chunk_size_bytes=chunk_size_bytes))
+        try:
+            return await asyncio.shield(request)
+        except asyncio.CancelledError:
+            async def cancel_when_created() -> None:
+                try:
+                    job = await request
+                except Exception:  # noqa: BLE001 - no job was created: nothing to cancel
+                    return
+                self.job_id = job["job_id"]
+                self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
+                await self._cancel_job(scheduler, job["job_id"])
+
+            self._spawn(cancel_when_created())
+            raise
+
+    async def _cancel_job(self, scheduler, job_id: str) -> None:
+        try:
+            await scheduler.delete_job(job_id)
+            self._job_cancel_error = ""
+        except clients.UnknownJob:
+            self._job_cancel_error = ""  # already gone (finished, or the scheduler restarted)
+        except Exception as exc:  # noqa: BLE001 - reported in Cancellation; the scheduler's timeout is the backstop
+            self._job_cancel_error = str(exc)
+            log.debug("cancel of job %s failed: %s", job_id, exc)
+
+    def _cancellation(self) -> Cancellation:
+        error = self._job_cancel_error
+        return Cancellation(
+            job_id=self.job_id, job_cancelled=error == "",
+            cancel_error=f"no answer within {self.options.cleanup_seconds:g} s" if error is None else error,
+            leases_released=self._releases_confirmed,
+            leases_unconfirmed=self._releases_started - self._releases_confirmed,
+            bytes_done=int(self.progress.get("bytes_done", 0)), bytes_total=int(self.progress.get("bytes_total", 0)),
+        )
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _settle_background(self) -> None:
+        """Wait (at most ``cleanup_seconds``) for lease requests, releases and the job cancel."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.cleanup_seconds
+        # A settling task may start another (a late lease is then released): loop until none is left.
+        while self._background and loop.time() < deadline:
+            await asyncio.wait(set(self._background), timeout=deadline - loop.time())
+        left = list(self._background)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     async def _resume(self, scheduler, identity: dict, rank: int, manifest: dict, old_job: dict,
                       landed: set[int]) -> dict:
@@ -225,6 +352,8 @@ class ForkClient:
                     # what they landed is in tally.landed_chunks.
                     job = await resume(job, tally.landed_chunks)
                     job_id, reports = job["job_id"], []
+                    self.job_id = job_id
+                    self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
                     tally.resumed_jobs += 1
                     continue
                 except clients.SchedulerUnreachable as exc:
@@ -270,6 +399,14 @@ class ForkClient:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 reports.extend(self._collect(running))
+        except ForkFailed:
+            raise  # the scheduler ended the job itself
+        except BaseException:
+            # Cancelled (Ctrl-C, SIGTERM, the caller gave up) or failed on our side: the job would
+            # hold its assignments until the scheduler's client timeout. Sent before the drain,
+            # which waits for reads on the wire: a process about to be killed gets this out first.
+            self._spawn(self._cancel_job(scheduler, job_id))
+            raise
         finally:
             await self._drain(running)
             self._set_in_flight(0)
@@ -336,9 +473,14 @@ class ForkClient:
             # A read from this session just failed: transient, or the seed died. Submitting
             # to a dead TCP peer can block inside TransferEngine, so wait until the agent's
             # liveness probe has had time to look, and ask it.
-            await asyncio.sleep(max(suspect_until - self._clock(), 0.0))
-            if not await agent.seed_alive():
-                asyncio.ensure_future(self._release(agent, lease_id, False))
+            try:
+                await asyncio.sleep(max(suspect_until - self._clock(), 0.0))
+                alive = await agent.seed_alive()
+            except asyncio.CancelledError:
+                self._spawn(self._release(agent, lease_id, used=False))  # no read was issued
+                raise
+            if not alive:
+                self._spawn(self._release(agent, lease_id, used=False))
                 return report(False, "seed_lost",
                               f"a read from {a['session_id']} failed moments ago and its agent sees the seed down")
         now = self._clock()
@@ -370,14 +512,14 @@ class ForkClient:
         finally:
             entry.reading = False
             # Release off the critical path; an unreachable agent expires the lease itself.
-            asyncio.ensure_future(self._release(agent, lease_id, used=True))
+            self._spawn(self._release(agent, lease_id, used=True))
 
     async def _acquire_lease(self, agent, job_id: str, rank: int, a: dict) -> str | dict:
         give_up_at = self._clock() + self.options.lease_give_up_seconds
         while True:
             try:
-                lease = await agent.acquire_lease(
-                    job_id=job_id, assignment_id=a["assignment_id"], rank=rank, nbytes=a["bytes"],
+                lease = await self._lease_or_release(
+                    agent, job_id=job_id, assignment_id=a["assignment_id"], rank=rank, nbytes=a["bytes"],
                     grant=a.get("grant", ""), wait_seconds=self.options.lease_wait_seconds,
                 )
                 return lease["lease_id"]
@@ -393,14 +535,41 @@ class ForkClient:
             except clients.AgentError as exc:
                 return {"reason": "lease_denied", "error": str(exc)}
 
+    async def _lease_or_release(self, agent, **request) -> dict:
+        """``agent.acquire_lease``, run to its end even if our caller is cancelled meanwhile.
+
+        The agent may hold a lease request for up to ``lease_wait_seconds`` and does not
+        notice that we stopped listening: it grants the lease anyway, and a lease nobody
+        releases holds the seed's budget until the agent's lease ttl. So a cancelled caller
+        leaves the request running and the lease it brings is released unused.
+        """
+        pending = self._spawn(agent.acquire_lease(**request))
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            async def release_when_granted() -> None:
+                try:
+                    lease = await pending
+                except Exception:  # noqa: BLE001 - refused or unreachable: no lease to give back
+                    return
+                await self._release(agent, lease["lease_id"], used=False)
+
+            self._spawn(release_when_granted())
+            raise
+
     async def _release(self, agent, lease_id: str, used: bool) -> None:
+        self._releases_started += 1
         try:
             await agent.release_lease(lease_id, used=used)
+        except clients.UnknownLease:
+            pass  # expired already: the agent holds nothing
         except Exception as exc:  # noqa: BLE001 - best effort: the lease expires on its own
             log.debug("lease %s release failed: %s", lease_id, exc)
+            return
+        self._releases_confirmed += 1
 
     def _report_progress(self, response: dict, tally: _Tally) -> None:
-        p = response["progress"]
+        p = self.progress = response["progress"]
         if self._metrics and p["bytes_total"]:
             self._metrics.progress_ratio.set(p["bytes_done"] / p["bytes_total"])
         if self._progress:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -82,8 +83,12 @@ def main(args: argparse.Namespace) -> int:
     except DeviceError as exc:
         print(f"rfork fork: error: {exc}", file=sys.stderr)
         return 2
+    interrupt = _Interrupt()
     try:
-        return asyncio.run(_fork(args, chunk_size))
+        return asyncio.run(_main(args, chunk_size, interrupt))
+    except asyncio.CancelledError:
+        # The signal landed after the fork's last await (while the result was being written).
+        return interrupt.report()
     except Exception as exc:  # noqa: BLE001 - CLI boundary: one clear line, not a traceback
         from rfork_agent.fork import ForkError
         from rfork_agent import clients
@@ -93,29 +98,129 @@ def main(args: argparse.Namespace) -> int:
         raise
 
 
-async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
+class _Interrupt:
+    """SIGINT and SIGTERM cancel the fork; its cleanup runs and one line says what it did.
+
+    Cancelling the fork's task stops new reads, waits for the reads on the wire
+    (TransferEngine cannot abort a read into our memory), releases the leases
+    and cancels the job at the scheduler (``ForkClient.cancellation``). A second
+    signal exits at once, leaving the rest to the agents' lease ttl and the
+    scheduler's client timeout.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.client = None
+        """The ForkClient, once there is one: what its cancellation cleaned up."""
+
+    def install(self, task: asyncio.Task) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum, task)
+
+    def _on_signal(self, signum: int, task: asyncio.Task) -> None:
+        if self.signum is None:
+            self.signum = signum
+            task.cancel()
+            return
+        print(f"rfork fork: {signal.Signals(signum).name} again: exiting without waiting for the cleanup",
+              file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    def report(self) -> int:
+        """Print the one line and return the exit status (128 + the signal's number)."""
+        assert self.signum is not None, "report() only after a signal"
+        cancellation = getattr(self.client, "cancellation", None)
+        if cancellation is not None:
+            what = cancellation.describe()
+        elif self.client is None:
+            what = "no fork job had been created yet; nothing to clean up"
+        else:
+            what = "the fork had already ended; nothing to clean up"
+        print(f"rfork fork: interrupted by {signal.Signals(self.signum).name}; {what}", file=sys.stderr, flush=True)
+        return 128 + self.signum
+
+
+async def _main(args: argparse.Namespace, chunk_size: int | None, interrupt: _Interrupt) -> int:
+    interrupt.install(asyncio.current_task())
+    try:
+        return await _fork(args, chunk_size, interrupt)
+    except asyncio.CancelledError:
+        if interrupt.signum is None:
+            raise
+        return interrupt.report()
+
+
+async def preflight(args: argparse.Namespace) -> tuple[dict, str, dict, bool]:
+    """Check what a config mistake breaks, in well under 2 s, before paying for torch and TransferEngine.
+
+    Returns (identity, seed session id, seed manifest, scheduler_reachable).
+    Raises a ``ClientError`` or ``ForkError`` whose message says how to fix:
+    the scheduler does not answer (unless ``--fallback-seed``), it refuses the
+    token, the seed at ``--like-seed`` does not answer, or no live seed serves
+    the identity and rank.
+    """
     import httpx
-    import torch
-    from prometheus_client import CollectorRegistry
 
-    from metrics.definitions import ClientMetrics, serve_metrics
     from rfork_agent import clients
-    from rfork_agent.fork import ForkClient, ForkError, register_tensors, single_seed_read
+    from rfork_api.auth import bearer_header
+    from rfork_agent.fork import ForkError
     from rfork_api.seed_info import fetch_server_info, fetch_transfer_engine_info
-    from rfork_agent.transport import MooncakeTransport
 
-    async with httpx.AsyncClient(timeout=10) as http:
-        info = await fetch_server_info(http, args.like_seed)
-        session_id, seed_manifest = await fetch_transfer_engine_info(http, args.like_seed, args.rank)
+    # A short connect timeout: a dead host is reported at once. A scheduler that accepts the
+    # connection but is slow to answer is alive, and gets the usual 10 s.
+    timeout = httpx.Timeout(10.0, connect=_PREFLIGHT_CONNECT_SECONDS)
+
+    async def like_seed() -> tuple[dict, str, dict]:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            info = await fetch_server_info(http, args.like_seed)
+            return (info, *await fetch_transfer_engine_info(http, args.like_seed, args.rank))
+
+    async with clients.SchedulerClient(args.scheduler, timeout=timeout, headers=bearer_header(args.token)) as scheduler:
+        seed, seeds = await asyncio.gather(like_seed(), scheduler.list_seeds(), return_exceptions=True)
+    reachable = True
+    if isinstance(seeds, clients.SchedulerUnreachable):
+        if not args.fallback_seed:
+            raise ForkError(f"{seeds} (pass --fallback-seed to read from --like-seed alone)") from seeds
+        reachable = False
+    elif isinstance(seeds, BaseException):
+        raise seeds
+    if isinstance(seed, BaseException):
+        raise seed
+    info, session_id, seed_manifest = seed
     identity = {
         "model": args.model or info.get("model_path"),
         "revision": args.revision or info.get("revision") or "main",
         "dtype": args.dtype or str(info.get("dtype")),
         "tp_size": args.tp_size or int(info.get("tp_size", 1)),
     }
+    if reachable:
+        clients.seeds_serving(seeds, identity, args.rank)
+    return identity, session_id, seed_manifest, reachable
+
+
+_PREFLIGHT_CONNECT_SECONDS = 1.5
+
+
+async def _fork(args: argparse.Namespace, chunk_size: int | None, interrupt: _Interrupt) -> int:
+    from rfork_agent import clients
+
+    identity, session_id, seed_manifest, scheduler_reachable = await preflight(args)
+
+    # Only now the heavy part: torch, the destination buffer, TransferEngine.
+    import torch
+    from prometheus_client import CollectorRegistry
+
+    from metrics.definitions import ClientMetrics, serve_metrics
+    from rfork_agent.fork import ForkClient, ForkError, register_tensors, single_seed_read
+    from rfork_agent.transport import MooncakeTransport
+
     tensors, buffer = allocate_like(seed_manifest, torch, device=args.device)
     transport = MooncakeTransport(protocol=args.protocol, local_ip=args.local_ip)
     register_tensors(transport, tensors)
+    # The setup above blocks the event loop for seconds; a signal that came meanwhile lands
+    # here, before a job exists.
+    await asyncio.sleep(0)
     total = sum(t.numel() * t.element_size() for t in tensors.values())
 
     bar = None
@@ -138,28 +243,36 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None) -> int:
         print(f"rfork fork: metrics at http://{args.metrics_host}:{metrics_server.port}/metrics",
               file=sys.stderr, flush=True)
 
+    def fallback(why) -> dict:
+        log.warning("scheduler unreachable (%s); falling back to one batch read from %s", why, args.like_seed)
+        seconds = single_seed_read(transport, session_id, seed_manifest, tensors)
+        return {"mode": "single-seed-fallback", "bytes": total, "transfer_seconds": seconds}
+
     started = time.perf_counter()
     try:
-        result = await ForkClient(args.scheduler, transport, progress=on_progress, metrics=metrics,
-                                  token=args.token).fork(
-            identity, args.rank, tensors, chunk_size_bytes=chunk_size
-        )
-        summary = {
-            "mode": "rfork", "job_id": result.job_id, "bytes": result.bytes_total,
-            "transfer_seconds": result.transfer_seconds, "bytes_by_seed": result.bytes_by_seed,
-            "retried_chunks": result.retried_chunks, "failed_seeds": result.failed_seeds,
-        }
-    except clients.SchedulerUnreachable as exc:
-        if not args.fallback_seed:
-            raise ForkError(f"{exc} (pass --fallback-seed to read from --like-seed alone)") from exc
-        log.warning("scheduler unreachable (%s); falling back to one batch read from %s", exc, args.like_seed)
-        seconds = single_seed_read(transport, session_id, seed_manifest, tensors)
-        summary = {"mode": "single-seed-fallback", "bytes": total, "transfer_seconds": seconds}
+        if not scheduler_reachable:
+            summary = fallback("no answer to the preflight check")
+        else:
+            client = interrupt.client = ForkClient(args.scheduler, transport, progress=on_progress,
+                                                   metrics=metrics, token=args.token)
+            try:
+                result = await client.fork(identity, args.rank, tensors, chunk_size_bytes=chunk_size)
+            except clients.SchedulerUnreachable as exc:
+                if not args.fallback_seed:
+                    raise ForkError(f"{exc} (pass --fallback-seed to read from --like-seed alone)") from exc
+                summary = fallback(exc)
+            else:
+                summary = {
+                    "mode": "rfork", "job_id": result.job_id, "bytes": result.bytes_total,
+                    "transfer_seconds": result.transfer_seconds, "bytes_by_seed": result.bytes_by_seed,
+                    "retried_chunks": result.retried_chunks, "failed_seeds": result.failed_seeds,
+                }
     finally:
         if bar is not None:
             bar.close()
         if metrics_server is not None:
-            await asyncio.sleep(args.metrics_linger)
+            if interrupt.signum is None:
+                await asyncio.sleep(args.metrics_linger)
             metrics_server.close()
     summary["wall_seconds"] = time.perf_counter() - started
     rate = summary["bytes"] / summary["transfer_seconds"] if summary["transfer_seconds"] else None

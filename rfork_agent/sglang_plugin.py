@@ -42,6 +42,14 @@ Failure is never silent:
 - a draft (speculative) model is left to SGLang: seeds' agents serve the
   target model, so the draft would never match.
 
+Stopping the process during a fork never falls back: KeyboardInterrupt,
+SystemExit or SIGTERM (where SIGTERM would otherwise kill the process
+outright) cancel the fork — reads on the wire settle, leases are released, the
+job is cancelled at the scheduler — and the interruption then goes on (SIGTERM
+is re-delivered with its default action). A SIGKILL (what ``launch_server``
+sends its scheduler processes when it stops) leaves no time for any of it:
+the agents' lease ttl and the scheduler's client timeout clean up then.
+
     $ RFORK_SCHEDULER_URL=http://10.0.0.5:8700 python -m sglang.launch_server --model-path M \\
         --load-format remote_instance --remote-instance-weight-loader-backend transfer_engine \\
         --remote-instance-weight-loader-seed-instance-ip 10.0.0.7 \\
@@ -51,8 +59,10 @@ Failure is never silent:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -89,6 +99,17 @@ class RforkPluginError(RuntimeError):
 
 class RforkLoadError(RuntimeError):
     """rfork could not load this rank and ``RFORK_FALLBACK=0`` forbids SGLang's own path."""
+
+
+class ForkInterrupted(BaseException):
+    """SIGTERM arrived during a fork, where it would have killed the process outright.
+
+    A BaseException like KeyboardInterrupt: nothing may catch it and carry on loading.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"{signal.Signals(signum).name} during the fork")
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -277,6 +298,7 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
     started = time.perf_counter()
     job_started = False
     identity: dict = {}
+    client = None
     try:
         identity = model_identity(config)
         if not 0 <= tp_rank < identity["tp_size"]:
@@ -291,7 +313,16 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
             nonlocal job_started
             job_started = True
 
-        result = _run_sync(lambda: _fork(config, transport, identity, tp_rank, tensors, on_progress))
+        client = _client(config, transport, on_progress)
+        result = _run_sync(lambda: client.fork(identity, tp_rank, tensors, chunk_size_bytes=config.chunk_size_bytes))
+    except (KeyboardInterrupt, SystemExit, ForkInterrupted) as exc:
+        # Stopped, not failed: no fallback read. The fork was cancelled before this ran.
+        reason = f"interrupted by {_interruption(exc)}; {_cleanup_outcome(client)}"
+        last_load = LoadRecord(rank=tp_rank, path="failed", reason=reason, identity=identity)
+        log.warning("rfork: rank %d: %s", tp_rank, reason)
+        if isinstance(exc, ForkInterrupted):
+            signal.raise_signal(exc.signum)  # its default action again: the process ends as SIGTERM ends it
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure is logged below, then handled per RFORK_FALLBACK
         when = "after its job started" if job_started else "before any byte moved"
         reason = f"rfork could not fork rank {tp_rank} ({when}): {type(exc).__name__}: {exc}"
@@ -392,39 +423,126 @@ def _transport(loader: Any, transfer_engine: Any):
     return transport
 
 
-async def _fork(config: PluginConfig, transport, identity: dict, rank: int, tensors: dict, on_progress):
+def _interruption(exc: BaseException) -> str:
+    if isinstance(exc, ForkInterrupted):
+        return signal.Signals(exc.signum).name
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt (SIGINT)"
+    return f"{type(exc).__name__}({exc})" if str(exc) else type(exc).__name__
+
+
+def _cleanup_outcome(client) -> str:
+    if client is None or (client.job_id is None and client.cancellation is None):
+        return "no fork job had been created yet"
+    if client.cancellation is None:
+        return (f"the cleanup of job {client.job_id} did not finish within {CANCEL_WAIT_SECONDS:g} s; the "
+                "scheduler drops it after its client timeout and the agents expire its leases")
+    return client.cancellation.describe()
+
+
+def _client(config: PluginConfig, transport, on_progress):
     from rfork_agent.fork import ForkClient
 
     # Only pass the token when there is one: ForkClient takes it as a keyword.
     auth = {"token": config.token} if config.token else {}
-    client = ForkClient(config.scheduler_url, transport, progress=on_progress, **auth)
-    return await client.fork(identity, rank, tensors, chunk_size_bytes=config.chunk_size_bytes)
+    return ForkClient(config.scheduler_url, transport, progress=on_progress, **auth)
+
+
+CANCEL_WAIT_SECONDS = 60.0
+"""How long an interrupted load waits for the cancelled fork to clean up: reads on the wire end
+within their own timeout (10 s + 0.1 s per MB by default), then releases and the job cancel
+within ``ForkOptions.cleanup_seconds``."""
 
 
 def _run_sync(make_coroutine: Callable[[], Any]) -> Any:
-    """Run a coroutine to completion from SGLang's synchronous loader.
+    """Run a coroutine to completion from SGLang's synchronous loader, on a thread of its own.
 
-    On a thread of its own when this thread already runs an event loop
-    (``asyncio.run`` refuses to nest).
+    This thread only waits, so an interruption reaches it at once whatever it
+    runs (SGLang's loader may be called from a thread that runs an event loop,
+    and ``asyncio.run`` refuses to nest): KeyboardInterrupt, SystemExit, or
+    SIGTERM where it would kill the process outright (see ``ForkInterrupted``).
+    The coroutine is then cancelled and given ``CANCEL_WAIT_SECONDS`` to clean
+    up before the interruption goes on.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make_coroutine())
-    outcome: dict = {}
-
-    def run() -> None:
+    runner = _CoroutineThread(make_coroutine)
+    with _sigterm_interrupts():
+        runner.start()
         try:
-            outcome["value"] = asyncio.run(make_coroutine())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = exc
+            runner.finished.wait()
+        except BaseException:
+            runner.cancel()
+            runner.finished.wait(CANCEL_WAIT_SECONDS)
+            raise
+    return runner.result()
 
-    thread = threading.Thread(target=run, name="rfork-fork", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+
+class _CoroutineThread(threading.Thread):
+    """``asyncio.run(make_coroutine())`` on its own thread, cancellable from another.
+
+    Wait on ``finished``, not ``join()``: in Python 3.11 a join interrupted by a signal
+    handler's exception marks the still-running thread as stopped (bpo-45274's fix), and
+    every later join returns at once.
+    """
+
+    def __init__(self, make_coroutine: Callable[[], Any]) -> None:
+        super().__init__(name="rfork-fork", daemon=True)
+        self._make_coroutine = make_coroutine
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._cancelled = False
+        self._outcome: dict = {}
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._outcome["value"] = asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._outcome["error"] = exc
+        finally:
+            self.finished.set()
+
+    async def _main(self) -> Any:
+        with self._lock:
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+            if self._cancelled:
+                self._task.cancel()
+        return await self._make_coroutine()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._loop is not None and self._task is not None:
+                with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to cancel
+                    self._loop.call_soon_threadsafe(self._task.cancel)
+
+    def result(self) -> Any:
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a fork runs, SIGTERM raises ``ForkInterrupted`` here instead of killing the process.
+
+    Only where SIGTERM has its default action, and only on the main thread (where
+    Python runs signal handlers): a handler SGLang or an embedder installed stays
+    in charge. The default action is back when the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, _frame) -> None:
+        raise ForkInterrupted(signum)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _expected(exc: BaseException) -> bool:

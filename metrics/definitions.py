@@ -67,6 +67,25 @@ class SchedulerMetrics:
             ["seed"],
             registry=registry,
         )
+        self.bytes_landed_by_kind_total = Counter(
+            "rfork_scheduler_bytes_landed_total",
+            "Bytes reported landed, by the kind of source they were read from: seed (a serving instance, "
+            "behind its agent's throttle) or peer (another client that landed them first).",
+            ["kind"],
+            registry=registry,
+        )
+        self.peers_serving = Gauge(
+            "rfork_scheduler_peers_serving",
+            "Clients offering their landed chunks to other clients of the same weights (peers), now.",
+            registry=registry,
+        )
+        self.scale_out_seconds = Histogram(
+            "rfork_scheduler_scale_out_seconds",
+            "Time-to-all of a scale-out: from the first job of a group of concurrent forks of the same weights "
+            "and rank to the moment none of them is running any more.",
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=registry,
+        )
         self.chunk_retries_total = Counter(
             "rfork_scheduler_chunk_retries_total",
             "Chunks handed out again after a failed read, by failure reason.",

@@ -10,6 +10,7 @@ whose heartbeats stopped and jobs whose client went silent.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -33,7 +34,8 @@ from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed, clip
 from rfork_api.manifest import Manifest, match_manifests, parse_manifest
-from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SourceView
+from scheduler.planner import DONE, FAILED, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
+from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
 
 log = logging.getLogger("rfork.scheduler")
 
@@ -55,6 +57,11 @@ class SchedulerConfig:
     """Shared bearer token (None = auth off). Also derives the lease-grant signing key."""
     grant_ttl_seconds: float = 300.0
     """A lease grant is valid this long after its assignment was handed out."""
+    peer_read_deadline_seconds: float = 30.0
+    """A read from a peer whose reader went away without reporting it may still be on the wire this
+    long: the peer's withdraw waits for it (a client's read times out well before)."""
+    max_peers_per_decision: int = 16
+    """Peers offered to one /work decision, sampled afresh each time (a swarm's few parents)."""
     planner: PlannerConfig = PlannerConfig()
 
 
@@ -82,6 +89,8 @@ class JobRecord:
     identity: wire.ModelIdentity
     rank: int
     last_poll: float
+    group: GroupKey | None = None
+    """The jobs that can feed each other (same weights, rank, manifest shape, chunk size)."""
 
 
 @dataclass
@@ -94,6 +103,13 @@ class SchedulerState:
     seeds: dict[str, SeedRecord] = field(default_factory=dict)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    swarm: Swarm = field(init=False)
+    scale_outs: dict[GroupKey, float] = field(default_factory=dict)
+    """Group -> when its current scale-out started (its first job while none was running)."""
+
+    def __post_init__(self) -> None:
+        self.swarm = Swarm(read_deadline_seconds=self.config.peer_read_deadline_seconds,
+                           max_peers_per_decision=self.config.max_peers_per_decision)
 
     @functools.cached_property
     def grant_key(self) -> bytes | None:
@@ -179,11 +195,18 @@ class SchedulerState:
             chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
             now = self.clock()
             job_id = uuid.uuid4().hex[:12]
-            job = Job(job_id, manifest, chunks, self.config.planner, now)
+            group = group_key(body.identity, body.rank, manifest, chunk_size)
+            start = stripe_start(len(chunks), self.swarm.next_index(group))
+            job = Job(job_id, manifest, chunks, self.config.planner, now, start=start)
             if body.resume is not None:
                 self._resume(job, body, len(chunks), now)
-            record = JobRecord(job, body.identity, body.rank, last_poll=now)
+            record = JobRecord(job, body.identity, body.rank, last_poll=now, group=group)
             self.jobs[job_id] = record
+            offer = None if body.peer is None else PeerOffer(
+                body.peer.session_id, body.peer.upload_rate_bytes_per_second, body.peer.max_in_flight)
+            self.swarm.join(job, group, offer, now)
+            self.scale_outs.setdefault(group, now)
+            self._swarm_metrics()
             self.metrics.jobs_active.set(self._active_jobs())
             self.metrics.job_bytes_total.labels(job_id=job_id).set(record.job.bytes_total)
             self.metrics.job_last_progress_timestamp.labels(job_id=job_id).set(time.time())
@@ -228,21 +251,28 @@ class SchedulerState:
             record = self._job(job_id)
             job, now = record.job, self.clock()
             record.last_poll = now
-            before = (job.bytes_done, dict(job.bytes_by_seed), job.state)
+            before = (job.bytes_done, dict(job.bytes_by_seed), job.state, dict(job.bytes_by_kind))
             for r in body.reports:
                 a = job.assignments.get(r.assignment_id)
                 reason = r.reason if r.reason in FAILURE_REASONS else "read_failed"
                 report = Report(r.assignment_id, r.ok, r.reason, r.error, r.seconds)
                 self._counting_retries(job, reason, lambda report=report: job.apply(report, now))
+                self.swarm.settled(r.assignment_id)  # off the wire: its peer may free its memory
                 if a is not None and not r.ok:
-                    self.metrics.chunk_failures_total.labels(seed=a.seed_id, reason=reason).inc()
-            views = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
-            assignments = job.next_assignments(views, now, body.max_assignments)
-            self.sign_grants(job_id, assignments, record.rank)
+                    # Peers are counted as one label value: one per client would grow without bound.
+                    source = PEER if a.source_kind == PEER else a.seed_id
+                    self.metrics.chunk_failures_total.labels(seed=source, reason=reason).inc()
+            assignments = job.next_assignments(*self._sources(record, now), body.max_assignments,
+                                               covered=self.swarm.covered_for(job_id))
+            self.swarm.assigned(assignments, job_id, now)
+            self.sign_grants(job_id, [a for a in assignments if a.source_kind != PEER], record.rank)
             for seed_id, n in job.bytes_by_seed.items():
                 delta = n - before[1].get(seed_id, 0)
-                if delta:
+                if delta and not seed_id.startswith("peer:"):
                     self.metrics.seed_bytes_assigned_total.labels(seed=seed_id).inc(delta)
+            for kind, n in job.bytes_by_kind.items():
+                if n > before[3].get(kind, 0):
+                    self.metrics.bytes_landed_by_kind_total.labels(kind=kind).inc(n - before[3].get(kind, 0))
             if job.bytes_done > before[0] and job.state == RUNNING:
                 # Wall time, not self.clock: alert rules compare it with Prometheus's time().
                 self.metrics.job_last_progress_timestamp.labels(job_id=job_id).set(time.time())
@@ -258,6 +288,43 @@ class SchedulerState:
                 "progress": job.progress(),
             }
 
+    def _sources(self, record: JobRecord, now: float) -> tuple[list[SourceView], float]:
+        """The seeds serving this job's identity and rank, then the peers it may read from."""
+        seeds = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
+        return seeds + self.swarm.sources_for(record.job.job_id, now), now
+
+    def withdraw(self, job_id: str) -> int:
+        """The job's client stops serving as a peer; returns reads from it that may still be on the wire."""
+        with self.lock:
+            record = self._job(job_id)
+            now = self.clock()
+            record.last_poll = now
+            was_member = self.swarm.is_member(job_id)
+            in_flight = self.swarm.withdraw(job_id, now)
+            self._swarm_metrics()
+        if was_member and in_flight:
+            log.info("job %s withdrew as a peer; %d reads from it still on the wire", job_id, in_flight)
+        return in_flight
+
+    def _leave_swarm(self, record: JobRecord, why: str, now: float) -> None:
+        """The job's client is gone or stopped serving: its readers read elsewhere."""
+        job = record.job
+        readers = self.swarm.leave(job.job_id, now)
+        for reader in readers:
+            self._counting_retries(reader, "seed_lost", lambda reader=reader: reader.seed_lost(job.peer_id, why, now))
+        group = record.group
+        if group is not None and not any(r.job.state == RUNNING for r in self.jobs.values() if r.group == group):
+            self._end_scale_out(group, now)
+        self._swarm_metrics()
+
+    def _end_scale_out(self, group: GroupKey, now: float) -> None:
+        started = self.scale_outs.pop(group, None)
+        if started is not None:
+            self.metrics.scale_out_seconds.observe(now - started)
+
+    def _swarm_metrics(self) -> None:
+        self.metrics.peers_serving.set(self.swarm.peers_serving())
+
     def job_status(self, job_id: str) -> dict:
         with self.lock:
             record = self._job(job_id)
@@ -270,6 +337,8 @@ class SchedulerState:
             if record.job.state == RUNNING:
                 record.job.cancel(self.clock(), why)
                 self._finished(record, "cancelled")
+            elif self.swarm.is_member(job_id):
+                self._leave_swarm(record, "peer finished serving", self.clock())
             del self.jobs[job_id]
 
     def _job(self, job_id: str) -> JobRecord:
@@ -304,6 +373,13 @@ class SchedulerState:
         if outcome == DONE and job.finished_at is not None:
             self.metrics.fork_duration.observe(job.finished_at - job.created_at)
         self.metrics.forget_job(job.job_id)  # finished jobs' series go: bounded cardinality
+        now = self.clock()
+        self.swarm.reader_gone(job.job_id, now)  # reads it never reported may still be on the wire
+        if outcome != DONE:
+            self._leave_swarm(record, f"peer's job {outcome}", now)
+        elif record.group is not None and not any(
+                r.job.state == RUNNING for r in self.jobs.values() if r.group == record.group):
+            self._end_scale_out(record.group, now)  # a done job stays a peer while its client polls
         self._in_flight_metrics()  # its assignments no longer count as in flight
         self.metrics.jobs_active.set(self._active_jobs())
         log.log(logging.INFO if outcome == DONE else logging.WARNING, "job %s %s%s", job.job_id, outcome,
@@ -323,15 +399,35 @@ class SchedulerState:
                 job = record.job
                 if job.state == RUNNING:
                     # Let the planner notice 'no seeds at all' even if the client stopped asking.
-                    job.next_assignments([s.view(record.rank) for s in self.matching(record.identity, record.rank)], now, 0)
+                    job.next_assignments(*self._sources(record, now), 0)
                     if job.state != RUNNING:
                         self._finished(record, job.state)
                     elif now - record.last_poll > self.config.client_timeout_seconds:
                         job.cancel(now, f"client silent for {now - record.last_poll:.0f} s")
                         self._finished(record, "abandoned")
+                elif self.swarm.is_member(job_id):
+                    if job.state == DONE and now - record.last_poll > self.config.client_timeout_seconds:
+                        self._leave_swarm(record, f"peer silent for {now - record.last_poll:.0f} s", now)
                 elif job.finished_at is not None and now - job.finished_at > self.config.finished_job_ttl_seconds:
                     del self.jobs[job_id]
             self._in_flight_metrics()
+
+
+class _Changes:
+    """Wakes long-polling /work calls when something that may create work happened."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()  # later waiters wait for the next change
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
 
 def _assignment_json(a) -> dict:
@@ -340,6 +436,7 @@ def _assignment_json(a) -> dict:
         "seed_id": a.seed_id,
         "session_id": a.session_id, "agent_url": a.agent_url, "bytes": a.nbytes, "attempt": a.attempt,
         "grant": a.grant, "reads": [{"dst_ptr": r.dst_ptr, "src_ptr": r.src_ptr, "length": r.length} for r in a.reads],
+        "source_kind": a.source_kind,
     }
 
 
@@ -367,6 +464,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
     install_error_handlers(app, what="request body")
     app.state.scheduler = state
+    changes = _Changes()
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
@@ -388,6 +486,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     @app.put("/v1/seeds/{seed_id}", response_model=wire.RegistrationResponse)
     async def register_seed(seed_id: wire.SeedId, body: wire.SeedRegistration):
         state.register(seed_id, body)
+        changes.notify()
         return wire.RegistrationResponse(
             seed_id=seed_id, heartbeat_interval_seconds=config.heartbeat_interval_seconds,
             heartbeat_timeout_seconds=config.heartbeat_timeout_seconds)
@@ -395,6 +494,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     @app.post("/v1/seeds/{seed_id}/heartbeat")
     async def heartbeat(seed_id: wire.SeedId, body: wire.Heartbeat):
         state.heartbeat(seed_id, body)
+        changes.notify()
         return {}
 
     @app.delete("/v1/seeds/{seed_id}", status_code=204)
@@ -427,7 +527,26 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
 
     @app.post("/v1/jobs/{job_id}/work")
     async def work(job_id: str, body: wire.WorkRequest):
-        return state.work(job_id, body)
+        reply = state.work(job_id, body)
+        if body.reports:
+            changes.notify()  # chunks landed: peers hold more, other jobs may have work now
+        # Long poll: a job with nothing to do now waits until something changes (a chunk lands
+        # anywhere, a seed registers or reports budget) instead of asking again and again.
+        deadline = asyncio.get_running_loop().time() + body.wait_seconds
+        cancels = list(reply["cancel"])
+        while (not reply["assignments"] and reply["state"] == RUNNING and body.max_assignments > 0
+               and (left := deadline - asyncio.get_running_loop().time()) > 0):
+            await changes.wait(left)
+            reply = state.work(job_id, wire.WorkRequest(max_assignments=body.max_assignments))
+            cancels += reply["cancel"]
+        reply["cancel"] = cancels
+        return reply
+
+    @app.post("/v1/jobs/{job_id}/withdraw", response_model=wire.WithdrawReply)
+    async def withdraw(job_id: str):
+        in_flight = state.withdraw(job_id)
+        changes.notify()
+        return wire.WithdrawReply(job_id=job_id, reads_in_flight=in_flight)
 
     @app.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str):

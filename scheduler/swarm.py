@@ -255,7 +255,8 @@ class Swarm:
 
     # -- views ---------------------------------------------------------------
     def peers_serving(self) -> int:
-        return sum(1 for m in self._members.values() if m.serving and m.job.done_chunks)
+        """Clients offering their chunks now (whether or not they hold any yet)."""
+        return sum(len(ids) for ids in self._serving.values())
 
     def group_of(self, job_id: str) -> list[Job]:
         me = self._members.get(job_id)

@@ -1,0 +1,220 @@
+"""Peers through the scheduler's HTTP API in-process (httpx over ASGI), with a fake clock.
+
+Two or more clients fork the same weights; each offers its landed chunks (a
+``peer`` offer in its job request). The real service, planner and swarm decide;
+the tests play the clients and report reads as landed or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from rfork_api import models as m
+from scheduler.service import SchedulerConfig, create_app
+
+KiB = 1024
+IDENTITY = {"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}
+CHUNK = 4 * KiB
+N_CHUNKS = 8
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def manifest(base: int) -> dict:
+    return {"w": [base, N_CHUNKS * CHUNK, 1]}
+
+
+class Fleet:
+    def __init__(self, **config) -> None:
+        self.clock, self.registry = FakeClock(), CollectorRegistry()
+        self.app = create_app(SchedulerConfig(**config), registry=self.registry, clock=self.clock, run_reaper=False)
+        self.loop = asyncio.new_event_loop()
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://scheduler")
+
+    def call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        return self.loop.run_until_complete(self.http.request(method, path, **kwargs))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.http.aclose())
+        self.loop.close()
+
+    def seed(self, rate=None) -> None:
+        r = self.call("PUT", "/v1/seeds/seed-0", json={
+            "identity": IDENTITY, "agent_url": "http://127.0.0.1:9", "rate_cap_bytes_per_second": rate,
+            "ranks": [{"rank": 0, "session_id": "seed:1", "manifest": manifest(1 << 40)}]})
+        assert r.status_code == 200, r.text
+
+    def job(self, k: int, peer: dict | None = None) -> str:
+        body = {"identity": IDENTITY, "rank": 0, "manifest": manifest((k + 1) << 30), "chunk_size_bytes": CHUNK}
+        if peer is not None:
+            body["peer"] = peer
+        r = self.call("POST", "/v1/jobs", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["job_id"]
+
+    def work(self, job_id: str, reports=(), max_assignments=8, **extra) -> m.WorkReply:
+        r = self.call("POST", f"/v1/jobs/{job_id}/work",
+                      json={"max_assignments": max_assignments, "reports": list(reports), **extra})
+        assert r.status_code == 200, r.text
+        return m.WorkReply.model_validate(r.json())
+
+    def metric(self, name: str, **labels) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def fleet():
+    f = Fleet()
+    yield f
+    f.close()
+
+
+def landed(assignments) -> list[dict]:
+    return [{"assignment_id": a.assignment_id, "ok": True, "seconds": 0.01} for a in assignments]
+
+
+def run_to_done(fleet: Fleet, job_id: str, first: m.WorkReply) -> m.WorkReply:
+    reply = first
+    while reply.state == "running":
+        reply = fleet.work(job_id, landed(reply.assignments))
+    return reply
+
+
+def test_a_second_client_reads_what_the_first_landed_from_it_not_from_the_seed(fleet):
+    fleet.seed()
+    a = fleet.job(0, peer={"session_id": "client-a:1"})
+    done = run_to_done(fleet, a, fleet.work(a))
+    assert done.state == "done" and done.progress.bytes_from_seeds == N_CHUNKS * CHUNK
+    b = fleet.job(1, peer={"session_id": "client-b:1"})
+    reply = fleet.work(b)
+    assert reply.assignments and all(x.source_kind == "peer" and x.seed_id == f"peer:{a}" for x in reply.assignments)
+    assert all(x.session_id == "client-a:1" and x.agent_url == "" and not x.grant for x in reply.assignments)
+    # Reads resolve to the peer's own memory (its job manifest), not the seed's.
+    assert all((1 << 30) <= r.src_ptr < (2 << 30) and (2 << 30) <= r.dst_ptr < (3 << 30)
+               for x in reply.assignments for r in x.reads)
+    done_b = run_to_done(fleet, b, reply)
+    assert done_b.progress.bytes_from_peers == N_CHUNKS * CHUNK and done_b.progress.bytes_from_seeds == 0
+    assert fleet.metric("rfork_scheduler_bytes_landed_total", kind="peer") == N_CHUNKS * CHUNK
+    assert fleet.metric("rfork_scheduler_bytes_landed_total", kind="seed") == N_CHUNKS * CHUNK
+
+
+def test_a_client_without_a_peer_offer_is_never_a_source(fleet):
+    fleet.seed()
+    a = fleet.job(0)  # no offer
+    run_to_done(fleet, a, fleet.work(a))
+    b = fleet.job(1, peer={"session_id": "client-b:1"})
+    assert {x.source_kind for x in fleet.work(b).assignments} == {"seed"}
+
+
+def test_withdraw_stops_new_reads_and_counts_those_still_on_the_wire(fleet):
+    fleet.seed()
+    a = fleet.job(0, peer={"session_id": "client-a:1"})
+    run_to_done(fleet, a, fleet.work(a))
+    b = fleet.job(1, peer={"session_id": "client-b:1"})
+    reads = fleet.work(b, max_assignments=2).assignments
+    assert reads and all(x.source_kind == "peer" for x in reads)
+    w = fleet.call("POST", f"/v1/jobs/{a}/withdraw")
+    assert w.status_code == 200 and m.WithdrawReply.model_validate(w.json()).reads_in_flight == len(reads)
+    later = fleet.work(b, landed(reads))  # the reads in flight land; nothing new comes from a
+    assert all(x.source_kind == "seed" for x in later.assignments)
+    w = fleet.call("POST", f"/v1/jobs/{a}/withdraw")
+    assert w.json()["reads_in_flight"] == 0  # now a may free or rewrite its memory
+
+
+def test_a_peer_that_failed_reads_is_excluded_and_its_chunks_come_from_the_seed(fleet):
+    fleet.seed()
+    a = fleet.job(0, peer={"session_id": "client-a:1"})
+    run_to_done(fleet, a, fleet.work(a))
+    b = fleet.job(1, peer={"session_id": "client-b:1"})
+    reply = fleet.work(b)
+    failures = 0
+    while any(x.source_kind == "peer" for x in reply.assignments):  # the peer died: its reads fail
+        outcome = [{"assignment_id": x.assignment_id, "ok": False, "reason": "read_failed", "error": "refused"}
+                   if x.source_kind == "peer" else {"assignment_id": x.assignment_id, "ok": True}
+                   for x in reply.assignments]
+        failures += sum(1 for x in reply.assignments if x.source_kind == "peer")
+        reply = fleet.work(b, outcome)
+    assert failures >= 3 and f"peer:{a}" in fleet.app.state.scheduler.jobs[b].job.excluded
+    done = run_to_done(fleet, b, reply)
+    assert done.state == "done" and done.progress.failed_seeds.get(f"peer:{a}", "").startswith("read_failed")
+    assert fleet.metric("rfork_scheduler_chunk_failures_total", seed="peer", reason="read_failed") >= 3
+
+
+def test_deleting_a_serving_peer_moves_its_readers_reads_elsewhere(fleet):
+    fleet.seed()
+    a = fleet.job(0, peer={"session_id": "client-a:1"})
+    run_to_done(fleet, a, fleet.work(a))
+    b = fleet.job(1, peer={"session_id": "client-b:1"})
+    reads = fleet.work(b).assignments
+    assert fleet.call("DELETE", f"/v1/jobs/{a}").status_code == 204
+    reply = fleet.work(b)
+    assert set(reply.cancel) == {x.assignment_id for x in reads}
+    assert run_to_done(fleet, b, reply).state == "done"
+
+
+def test_a_done_peer_silent_past_the_client_timeout_stops_serving():
+    fleet = Fleet(client_timeout_seconds=5.0)
+    try:
+        fleet.seed()
+        a = fleet.job(0, peer={"session_id": "client-a:1"})
+        run_to_done(fleet, a, fleet.work(a))
+        assert fleet.metric("rfork_scheduler_peers_serving") == 1
+        fleet.clock.now += 6.0
+        fleet.call("POST", "/v1/seeds/seed-0/heartbeat", json={})
+        fleet.app.state.scheduler.reap()
+        assert fleet.metric("rfork_scheduler_peers_serving") == 0
+        b = fleet.job(1, peer={"session_id": "client-b:1"})
+        assert {x.source_kind for x in fleet.work(b).assignments} == {"seed"}
+    finally:
+        fleet.close()
+
+
+def test_a_scale_out_is_timed_from_its_first_job_to_its_last_done(fleet):
+    fleet.seed()
+    jobs = [fleet.job(k, peer={"session_id": f"c{k}:1"}) for k in range(3)]
+    fleet.clock.now += 2.0
+    for j in jobs:
+        run_to_done(fleet, j, fleet.work(j))
+    assert fleet.metric("rfork_scheduler_scale_out_seconds_count") == 1
+    assert fleet.metric("rfork_scheduler_scale_out_seconds_sum") == pytest.approx(2.0)
+
+
+def test_long_poll_returns_at_once_with_work_and_waits_without(fleet):
+    fleet.seed()
+    a = fleet.job(0, peer={"session_id": "client-a:1"})
+    first = fleet.work(a, wait_seconds=5.0)
+    assert first.assignments  # work was there: no wait
+    done = run_to_done(fleet, a, first)
+    assert done.state == "done"
+    loop = fleet.loop
+    started = loop.time()
+    reply = fleet.work(a, max_assignments=8, wait_seconds=0.2)  # done: answers at once
+    assert reply.state == "done" and loop.time() - started < 0.2
+
+
+@pytest.mark.parametrize("peer, field", [
+    ({"session_id": ""}, "session_id"),
+    ({"session_id": "x", "upload_rate_bytes_per_second": 0}, "upload_rate_bytes_per_second"),
+    ({"session_id": "x", "max_in_flight": 0}, "max_in_flight"),
+    ({"session_id": "x", "bogus": 1}, "bogus"),
+])
+def test_bad_peer_offers_are_422_naming_the_field(fleet, peer, field):
+    fleet.seed()
+    r = fleet.call("POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": manifest(1 << 30),
+                                             "peer": peer})
+    assert r.status_code == 422 and field in r.json()["detail"]["message"]
+
+
+def test_withdraw_of_an_unknown_job_is_404(fleet):
+    r = fleet.call("POST", "/v1/jobs/nope/withdraw")
+    assert r.status_code == 404 and r.json()["detail"]["error"] == "unknown_job"

@@ -9,17 +9,26 @@ from fastapi import Path
 
 from rfork_api.models import (  # noqa: F401 - the scheduler's routes use these names
     SEED_ID_PATTERN,
+    Assignment,
     ChunkReport,
     Heartbeat,
+    HeartbeatReply,
     JobCreated,
     JobRequest,
+    JobStatus,
     ModelIdentity,
     PeerOffer,
+    Progress,
     RankInfo,
+    ReadSpan,
     RegistrationReply,
     Resume,
+    SchedulerHealth,
+    SeedList,
     SeedRegistration,
+    SeedSummary,
     WithdrawReply,
+    WorkReply,
     WorkRequest,
 )
 

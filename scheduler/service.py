@@ -24,17 +24,16 @@ from typing import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
 
 from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
 from rfork_api.auth import GrantClaims, grant_key, sign_grant
-from rfork_api.http import (DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit, JsonBodyRoute, error_response,
-                            install_error_handlers)
+from rfork_api.http import DEFAULT_MAX_BODY_BYTES, install
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
-from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed, clip
+from scheduler.errors import InvalidResume, UnknownJob, UnknownModel, UnknownSeed, clip
 from rfork_api.manifest import Manifest, match_manifests, parse_manifest
-from scheduler.planner import DONE, FAILED, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
+from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
 from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
 
 log = logging.getLogger("rfork.scheduler")
@@ -246,7 +245,7 @@ class SchedulerState:
                 job_id=job_id, assignment_id=a.assignment_id, seed_id=a.seed_id, rank=rank,
                 bytes=a.nbytes, expires_at=expires))
 
-    def work(self, job_id: str, body: wire.WorkRequest) -> dict:
+    def work(self, job_id: str, body: wire.WorkRequest) -> wire.WorkReply:
         with self.lock:
             record = self._job(job_id)
             job, now = record.job, self.clock()
@@ -280,13 +279,10 @@ class SchedulerState:
                 self._finished(record, job.state)
             else:
                 self._job_metrics(record)
-            return {
-                "state": job.state, "error": job.error,
-                "assignments": [_assignment_json(a) for a in assignments],
-                "cancel": job.take_cancellations(),
-                "retry_after_seconds": 0.0 if assignments else 0.05,
-                "progress": job.progress(),
-            }
+            return wire.WorkReply(
+                state=job.state, error=job.error, assignments=[_wire_assignment(a) for a in assignments],
+                cancel=job.take_cancellations(), retry_after_seconds=0.0 if assignments else 0.05,
+                progress=_wire_progress(job))
 
     def _sources(self, record: JobRecord, now: float) -> tuple[list[SourceView], float]:
         """The seeds serving this job's identity and rank, then the peers it may read from."""
@@ -325,11 +321,24 @@ class SchedulerState:
     def _swarm_metrics(self) -> None:
         self.metrics.peers_serving.set(self.swarm.peers_serving())
 
-    def job_status(self, job_id: str) -> dict:
+    def job_status(self, job_id: str) -> wire.JobStatus:
         with self.lock:
             record = self._job(job_id)
-            return {"job_id": job_id, "state": record.job.state, "error": record.job.error,
-                    "progress": record.job.progress()}
+            return wire.JobStatus(job_id=job_id, state=record.job.state, error=record.job.error,
+                                  progress=_wire_progress(record.job))
+
+    def seed_list(self) -> wire.SeedList:
+        now = self.clock()
+        with self.lock:
+            return wire.SeedList([
+                wire.SeedSummary(
+                    seed_id=s.seed_id, identity=s.identity, agent_url=s.agent_url, ranks=sorted(s.ranks),
+                    rate_cap_bytes_per_second=s.rate_cap, allowed_rate_bytes_per_second=s.allowed_rate,
+                    in_flight_leases=s.in_flight_leases, seconds_since_heartbeat=now - s.last_heartbeat)
+                for s in self.seeds.values()])
+
+    def health(self) -> wire.SchedulerHealth:
+        return wire.SchedulerHealth(status="ok", seeds=len(self.seeds), jobs=len(self.jobs))
 
     def cancel_job(self, job_id: str, why: str = "cancelled by the client") -> None:
         with self.lock:
@@ -430,14 +439,19 @@ class _Changes:
             pass
 
 
-def _assignment_json(a) -> dict:
-    return {
-        "assignment_id": a.assignment_id, "chunk_id": a.chunk_id, "chunk_ids": list(a.chunk_ids),
-        "seed_id": a.seed_id,
-        "session_id": a.session_id, "agent_url": a.agent_url, "bytes": a.nbytes, "attempt": a.attempt,
-        "grant": a.grant, "reads": [{"dst_ptr": r.dst_ptr, "src_ptr": r.src_ptr, "length": r.length} for r in a.reads],
-        "source_kind": a.source_kind,
-    }
+# -- the planner's dataclasses -> the wire (the one place each crosses) -------
+
+
+def _wire_assignment(a) -> wire.Assignment:
+    return wire.Assignment(
+        assignment_id=a.assignment_id, chunk_id=a.chunk_id, chunk_ids=list(a.chunk_ids), seed_id=a.seed_id,
+        session_id=a.session_id, agent_url=a.agent_url, bytes=a.nbytes, attempt=a.attempt, grant=a.grant,
+        reads=[wire.ReadSpan(dst_ptr=r.dst_ptr, src_ptr=r.src_ptr, length=r.length) for r in a.reads],
+        source_kind=a.source_kind)
+
+
+def _wire_progress(job: Job) -> wire.Progress:
+    return wire.Progress(**job.progress())
 
 
 def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorRegistry | None = None,
@@ -461,17 +475,10 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                 reaper.shutdown(wait=False)
 
     app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan)
-    app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
-    install_error_handlers(app, what="request body")
+    install(app, registry=registry, health=state.health, health_model=wire.SchedulerHealth, token=config.token,
+            max_body_bytes=config.max_body_bytes, what="request body")
     app.state.scheduler = state
     changes = _Changes()
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
-    if config.token:
-        app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
-
-    @app.exception_handler(SchedulerError)
-    async def _domain_error(request: Request, exc: SchedulerError):
-        return error_response(exc.http_status, exc.code, str(exc))
 
     @app.middleware("http")
     async def _timing(request: Request, call_next):
@@ -491,11 +498,11 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             seed_id=seed_id, heartbeat_interval_seconds=config.heartbeat_interval_seconds,
             heartbeat_timeout_seconds=config.heartbeat_timeout_seconds)
 
-    @app.post("/v1/seeds/{seed_id}/heartbeat")
+    @app.post("/v1/seeds/{seed_id}/heartbeat", response_model=wire.HeartbeatReply)
     async def heartbeat(seed_id: wire.SeedId, body: wire.Heartbeat):
         state.heartbeat(seed_id, body)
         changes.notify()
-        return {}
+        return wire.HeartbeatReply()
 
     @app.delete("/v1/seeds/{seed_id}", status_code=204)
     async def deregister(seed_id: wire.SeedId):
@@ -503,17 +510,9 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             raise UnknownSeed(f"seed {seed_id!r} is not registered")
         return Response(status_code=204)
 
-    @app.get("/v1/seeds")
+    @app.get("/v1/seeds", response_model=wire.SeedList)
     async def list_seeds():
-        now = clock()
-        with state.lock:
-            return [
-                {"seed_id": s.seed_id, "identity": s.identity.model_dump(), "agent_url": s.agent_url,
-                 "ranks": sorted(s.ranks), "rate_cap_bytes_per_second": s.rate_cap,
-                 "allowed_rate_bytes_per_second": s.allowed_rate, "in_flight_leases": s.in_flight_leases,
-                 "seconds_since_heartbeat": now - s.last_heartbeat}
-                for s in state.seeds.values()
-            ]
+        return state.seed_list()
 
     @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated)
     async def create_job(body: wire.JobRequest):
@@ -525,7 +524,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                                chunk_size_bytes=config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes,
                                seed_ids=seed_ids)
 
-    @app.post("/v1/jobs/{job_id}/work")
+    @app.post("/v1/jobs/{job_id}/work", response_model=wire.WorkReply)
     async def work(job_id: str, body: wire.WorkRequest):
         reply = state.work(job_id, body)
         if body.reports:
@@ -533,13 +532,13 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         # Long poll: a job with nothing to do now waits until something changes (a chunk lands
         # anywhere, a seed registers or reports budget) instead of asking again and again.
         deadline = asyncio.get_running_loop().time() + body.wait_seconds
-        cancels = list(reply["cancel"])
-        while (not reply["assignments"] and reply["state"] == RUNNING and body.max_assignments > 0
+        cancels = list(reply.cancel)
+        while (not reply.assignments and reply.state == RUNNING and body.max_assignments > 0
                and (left := deadline - asyncio.get_running_loop().time()) > 0):
             await changes.wait(left)
             reply = state.work(job_id, wire.WorkRequest(max_assignments=body.max_assignments))
-            cancels += reply["cancel"]
-        reply["cancel"] = cancels
+            cancels += reply.cancel
+        reply.cancel = cancels
         return reply
 
     @app.post("/v1/jobs/{job_id}/withdraw", response_model=wire.WithdrawReply)
@@ -548,7 +547,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         changes.notify()
         return wire.WithdrawReply(job_id=job_id, reads_in_flight=in_flight)
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", response_model=wire.JobStatus)
     async def get_job(job_id: str):
         return state.job_status(job_id)
 
@@ -556,13 +555,5 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     async def delete_job(job_id: str):
         state.cancel_job(job_id)
         return Response(status_code=204)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "seeds": len(state.seeds), "jobs": len(state.jobs)}
-
-    @app.get("/metrics")
-    async def metrics_endpoint():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

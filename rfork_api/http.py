@@ -84,6 +84,15 @@ def _loc(part: object) -> object:
     return str(part) if isinstance(part, int) and not isinstance(part, bool) else part
 
 
+def error_responses() -> dict:
+    """OpenAPI ``responses`` for every error status the services send, all in ``ErrorBody``'s shape:
+    pass as ``FastAPI(responses=error_responses())`` so clients and the fuzz tests see the real shape."""
+    from rfork_api.models import ErrorBody
+
+    return {status: {"model": ErrorBody, "description": code.replace("_", " ")}
+            for status, code in _CODE_BY_STATUS.items()}
+
+
 def install(app: FastAPI, *, registry, health: Callable[[], Any], health_model: type,
             token: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, what: str = "request") -> None:
     """Body limit, body parsing, auth, every error handler, ``/health`` and ``/metrics`` on ``app``.

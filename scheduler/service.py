@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
 from rfork_api.auth import GrantClaims, grant_key, sign_grant
-from rfork_api.http import DEFAULT_MAX_BODY_BYTES, install
+from rfork_api.http import DEFAULT_MAX_BODY_BYTES, error_responses, install
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, UnknownJob, UnknownModel, UnknownSeed, clip
@@ -474,7 +474,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             if reaper is not None:
                 reaper.shutdown(wait=False)
 
-    app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan, responses=error_responses())
     install(app, registry=registry, health=state.health, health_model=wire.SchedulerHealth, token=config.token,
             max_body_bytes=config.max_body_bytes, what="request body")
     app.state.scheduler = state

@@ -1,8 +1,9 @@
 """Property-based fuzzing of the scheduler's and agent's HTTP APIs from their own OpenAPI schemas.
 
 schemathesis generates valid and invalid requests for every operation; the
-property is the issue's: zero 5xx and zero hangs (each call is bounded by the
-test timeout). Both apps run in-process over ASGI, the agent with auth on so
+properties: zero 5xx and zero hangs (each call is bounded by the test
+timeout), and every scheduler response, success or error, matches the schema
+the app declares (its ``response_model`` and the shared error shape). Both apps run in-process over ASGI, the agent with auth on so
 the 401 path is fuzzed too, the scheduler once with a registered seed so job
 and work operations get past 404.
 """
@@ -14,6 +15,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402 - after the importorskip
 from schemathesis.core.failures import ServerError  # noqa: E402
+from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from rfork_agent.agent import AgentConfig  # noqa: E402
@@ -56,8 +58,8 @@ agent_schema = schemathesis.openapi.from_asgi("/openapi.json", agent_app, header
 
 @scheduler_schema.parametrize()
 @FUZZ
-def test_scheduler_never_answers_5xx(case):
-    case.call_and_validate(checks=[no_unplanned_5xx])
+def test_scheduler_never_answers_5xx_and_answers_what_it_documents(case):
+    case.call_and_validate(checks=[no_unplanned_5xx, response_schema_conformance])
 
 
 @agent_schema.parametrize()

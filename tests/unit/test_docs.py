@@ -142,3 +142,13 @@ def test_gitignore_covers_the_token_and_venv_symlinks(tmp_path):
                             capture_output=True, text=True, check=True, timeout=30).stdout.split("\n")
     shown = {line[3:] for line in status if line}
     assert shown & {".venv", ".venv-sglang", "fleet.token"} == set(), shown
+
+
+def test_design_wire_contract_is_generated_from_the_services_openapi():
+    """docs/DESIGN.md's route and body tables come from app.openapi() of the real apps."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "generate_api_doc.py"), "--check"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr

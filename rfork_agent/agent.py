@@ -646,11 +646,20 @@ class AgentState:
 
     def heartbeat_body(self, now: float) -> dict:
         available = self.bucket.available(now)
+        throttle = self.throttle_status()
+
+        def finite(x: float | None) -> float | None:  # the scheduler's API is strict JSON: no NaN or inf
+            return x if x is not None and math.isfinite(x) else None
+
         return {
             "allowed_rate_bytes_per_second": self.allowed_rate,
             # Uncapped has no balance; JSON has no inf and allowed_rate null already says it.
             "available_bytes": 0.0 if math.isinf(available) else float(available),
             "in_flight_leases": self.leases.in_flight(),
+            # The seed's SLO state for the scheduler's GET /v1/fleet.
+            "qos": {"throttle": throttle["mode"], "slo_itl_seconds": finite(throttle["slo_itl_seconds"]),
+                    "observed_itl_p99_seconds": finite(throttle["observed_itl_p99_seconds"]),
+                    "latency_impact_ratio": finite(throttle["latency_impact_ratio"])},
         }
 
     def set_phase(self, phase: Phase) -> None:

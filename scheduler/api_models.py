@@ -6,7 +6,7 @@ FastAPI turns type errors here into 422s with the field named.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,10 +48,21 @@ class RegistrationResponse(BaseModel):
     heartbeat_timeout_seconds: float
 
 
+class SeedQos(_Strict):
+    """The seed's serving QoS as its agent sees it (None: not known; the agent sends null for NaN)."""
+
+    throttle: Literal["adaptive", "fixed", "off"]
+    slo_itl_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    observed_itl_p99_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    latency_impact_ratio: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
 class Heartbeat(_Strict):
     allowed_rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     available_bytes: float = Field(default=0.0, allow_inf_nan=False)
     in_flight_leases: int = Field(default=0, ge=0)
+    qos: SeedQos | None = None
+    """Absent from agents older than GET /v1/fleet (their SLO state shows as unknown)."""
 
 
 class Resume(_Strict):

@@ -32,6 +32,7 @@ from rfork_agent.http_guard import (DEFAULT_MAX_BODY_BYTES, BodySizeLimit, JsonB
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed, clip
+from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
 from scheduler.manifest import Manifest, match_manifests, parse_manifest
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
 
@@ -56,6 +57,8 @@ class SchedulerConfig:
     grant_ttl_seconds: float = 300.0
     """A lease grant is valid this long after its assignment was handed out."""
     planner: PlannerConfig = PlannerConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    """Fleet-wide limit on concurrent forks per seed (scheduler/fleet.py); none by default."""
 
 
 @dataclass
@@ -70,6 +73,7 @@ class SeedRecord:
     allowed_rate: float | None
     available_bytes: float = 0.0
     in_flight_leases: int = 0
+    qos: wire.SeedQos | None = None
 
     def view(self, rank: int) -> SeedView:
         session_id, manifest = self.ranks[rank]
@@ -94,6 +98,10 @@ class SchedulerState:
     seeds: dict[str, SeedRecord] = field(default_factory=dict)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @functools.cached_property
+    def admission(self) -> FleetAdmission:
+        return FleetAdmission(self.config.admission)
 
     @functools.cached_property
     def grant_key(self) -> bytes | None:
@@ -126,6 +134,7 @@ class SchedulerState:
             seed.allowed_rate = body.allowed_rate_bytes_per_second
             seed.available_bytes = body.available_bytes
             seed.in_flight_leases = body.in_flight_leases
+            seed.qos = body.qos
             self.metrics.seed_allowed_rate.labels(seed=seed_id).set(
                 math.nan if seed.allowed_rate is None else seed.allowed_rate)
 
@@ -236,8 +245,9 @@ class SchedulerState:
                 self._counting_retries(job, reason, lambda report=report: job.apply(report, now))
                 if a is not None and not r.ok:
                     self.metrics.chunk_failures_total.labels(seed=a.seed_id, reason=reason).inc()
-            views = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
-            assignments = job.next_assignments(views, now, body.max_assignments)
+            self._admit()
+            views = self._views(record)
+            assignments = [] if views is None else job.next_assignments(views, now, body.max_assignments)
             self.sign_grants(job_id, assignments, record.rank)
             for seed_id, n in job.bytes_by_seed.items():
                 delta = n - before[1].get(seed_id, 0)
@@ -254,9 +264,33 @@ class SchedulerState:
                 "state": job.state, "error": job.error,
                 "assignments": [_assignment_json(a) for a in assignments],
                 "cancel": job.take_cancellations(),
-                "retry_after_seconds": 0.0 if assignments else 0.05,
+                "retry_after_seconds": 0.0 if assignments else 0.5 if views is None else 0.05,
                 "progress": job.progress(),
+                "queued": self.admission.last.position(job_id),
             }
+
+    def _admit(self) -> None:
+        """Recompute fork admission (only with a limit: scheduler/fleet.py)."""
+        if self.config.admission.max_forks_per_seed is not None:
+            self.admission.update([r for r in self.jobs.values() if r.job.state == RUNNING], self.seeds.values())
+
+    def _views(self, record: JobRecord) -> list[SeedView] | None:
+        """The seeds a job may read from now; None while it waits in the queue for a fork slot."""
+        matching = self.matching(record.identity, record.rank)
+        if self.config.admission.max_forks_per_seed is None:
+            return [s.view(record.rank) for s in matching]
+        allowed = self.admission.seed_ids_for(record.job.job_id)
+        if allowed is None:
+            return None
+        # No admitted seed and not queued: none matches, or the job excluded them all; the planner decides.
+        return [s.view(record.rank) for s in matching if not allowed or s.seed_id in allowed]
+
+    def fleet(self) -> dict:
+        with self.lock:
+            running = [r for r in self.jobs.values() if r.job.state == RUNNING]
+            admission = self.admission.update(running, self.seeds.values())  # no limit: every matching seed
+            seeds = list(self.seeds.values())
+            return fleet_summary(admission, seeds, running, {s.seed_id: s.qos for s in seeds}, self.clock())
 
     def job_status(self, job_id: str) -> dict:
         with self.lock:
@@ -319,11 +353,15 @@ class SchedulerState:
                 if silent > self.config.heartbeat_timeout_seconds:
                     self._remove_seed(seed_id, f"seed_lost: no heartbeat for {silent:.1f} s")
                     self.metrics.seeds_dropped_total.inc()
+            self._admit()
             for job_id, record in list(self.jobs.items()):
                 job = record.job
                 if job.state == RUNNING:
-                    # Let the planner notice 'no seeds at all' even if the client stopped asking.
-                    job.next_assignments([s.view(record.rank) for s in self.matching(record.identity, record.rank)], now, 0)
+                    # Let the planner notice 'no seeds at all' even if the client stopped asking
+                    # (not while the job waits for a fork slot: its seeds are busy, not gone).
+                    views = self._views(record)
+                    if views is not None:
+                        job.next_assignments(views, now, 0)
                     if job.state != RUNNING:
                         self._finished(record, job.state)
                     elif now - record.last_poll > self.config.client_timeout_seconds:
@@ -414,6 +452,10 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                  "seconds_since_heartbeat": now - s.last_heartbeat}
                 for s in state.seeds.values()
             ]
+
+    @app.get("/v1/fleet")
+    async def fleet():
+        return state.fleet()
 
     @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated)
     async def create_job(body: wire.JobRequest):

@@ -39,6 +39,10 @@ class SeedRegistration(_Strict):
     agent_url: str = Field(min_length=1, max_length=512)
     rate_cap_bytes_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     ranks: list[RankInfo] = Field(min_length=1, max_length=4096)
+    agent_instance_id: str | None = Field(default=None, min_length=1, max_length=128)
+    """Unique per agent process (made at its start). A registration with a new one means the
+    agent restarted: running jobs that had excluded this seed may use it again. Without it,
+    every registration counts as a restart."""
 
 
 class RegistrationResponse(BaseModel):

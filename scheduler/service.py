@@ -68,12 +68,16 @@ class SeedRecord:
     registered_at: float
     last_heartbeat: float
     allowed_rate: float | None
+    agent_incarnation: str = ""
+    """The agent process behind this registration (``agent_instance_id``, or one per registration)."""
     available_bytes: float = 0.0
     in_flight_leases: int = 0
 
     def view(self, rank: int) -> SeedView:
         session_id, manifest = self.ranks[rank]
-        return SeedView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate)
+        # A new agent process or a new TransferEngine session (a restarted seed) is a new incarnation.
+        return SeedView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate,
+                        incarnation=f"{self.agent_incarnation}/{session_id}")
 
 
 @dataclass
@@ -94,6 +98,7 @@ class SchedulerState:
     seeds: dict[str, SeedRecord] = field(default_factory=dict)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    registrations: int = 0
 
     @functools.cached_property
     def grant_key(self) -> bytes | None:
@@ -105,9 +110,11 @@ class SchedulerState:
         ranks = {r.rank: (r.session_id, parse_manifest(r.manifest)) for r in body.ranks}
         with self.lock:
             previous = self.seeds.get(seed_id)
+            self.registrations += 1
             self.seeds[seed_id] = SeedRecord(
                 seed_id, body.identity, body.agent_url, body.rate_cap_bytes_per_second, ranks,
                 registered_at=now, last_heartbeat=now, allowed_rate=body.rate_cap_bytes_per_second,
+                agent_incarnation=body.agent_instance_id or f"registration-{self.registrations}",
             )
             if previous is not None and previous.ranks != ranks:
                 # Same id, new memory (a restarted seed): running jobs hold stale pointers.
@@ -233,7 +240,11 @@ class SchedulerState:
                 if a is not None and not r.ok:
                     self.metrics.chunk_failures_total.labels(seed=a.seed_id, reason=reason).inc()
             views = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
+            excluded = dict(job.excluded)
             assignments = job.next_assignments(views, now, body.max_assignments)
+            for seed_id in excluded.keys() - job.excluded.keys():
+                log.info("job %s: seed %s restarted (a new agent or seed process registered) after it was "
+                         "excluded (%s); using it again", job_id, seed_id, excluded[seed_id])
             self.sign_grants(job_id, assignments, record.rank)
             for seed_id, n in job.bytes_by_seed.items():
                 delta = n - before[1].get(seed_id, 0)

@@ -6,12 +6,18 @@ FastAPI turns type errors here into 422s with the field named.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Iterable, Sequence
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 SeedId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+def validation_message(errors: Sequence[dict], prefix: Iterable[str] = ()) -> str:
+    """One line naming the first few problems, e.g. ``body.rank: Input should be a valid integer``."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in (*prefix, *e['loc']))}: {e['msg']}" for e in errors[:5])
+    return f"request body is not valid: {problems}"
 
 
 class _Strict(BaseModel):

@@ -3,12 +3,21 @@
     >>> m = parse_manifest({"w": [4096, 10, 2]})
     >>> m["w"].nbytes
     20
+
+Manifests of MoE models hold hundreds of thousands of tensors, so the per-tensor
+work here is kept to a few C-level operations: checks on exact types, tuples
+rather than dataclasses, and matching by whole-dict comparisons first.
+``ManifestTable`` is the same manifest as two flat sequences, cheap to send
+between processes (see scheduler/intake.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+import hashlib
+import json
+import operator
+from array import array
+from typing import Mapping, NamedTuple
 
 from scheduler.errors import InvalidManifest, ManifestMismatch
 
@@ -16,8 +25,7 @@ MAX_TENSORS = 1_000_000
 MAX_TENSOR_BYTES = 2**46  # 64 TiB: far above any single tensor, far below int overflow
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(NamedTuple):
     ptr: int
     numel: int
     element_size: int
@@ -30,41 +38,78 @@ class TensorSpec:
 Manifest = dict[str, TensorSpec]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+class ManifestTable(NamedTuple):
+    """A validated manifest as tensor names and ``[ptr, numel, element_size, ...]`` (unsigned 64-bit)."""
+
+    names: list[str]
+    values: array
+    shapes_digest: bytes
+    """Digest of the sorted (name, numel, element_size) triples: two manifests with equal
+    digests match (``match_manifests``) whatever their pointers and order."""
+
+    def to_manifest(self) -> Manifest:
+        numbers = iter(self.values)
+        return dict(zip(self.names, map(TensorSpec._make, zip(numbers, numbers, numbers))))
 
 
-def parse_manifest(raw: object) -> Manifest:
+def parse_manifest_table(raw: object) -> ManifestTable:
     """Validate a wire manifest; raises InvalidManifest naming the tensor and the problem."""
     if not isinstance(raw, Mapping):
         raise InvalidManifest("manifest must be an object {name: [ptr, numel, element_size]}")
     if len(raw) > MAX_TENSORS:
         raise InvalidManifest(f"manifest has {len(raw)} tensors; at most {MAX_TENSORS} are accepted")
-    out: Manifest = {}
+    names, values = list(raw), array("Q")
+    extend = values.extend
     for name, entry in raw.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidManifest(f"tensor names must be non-empty strings, got {name!r}")
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and all(_is_int(v) for v in entry)):
-            raise InvalidManifest(f"tensor {name!r}: expected [ptr, numel, element_size] as integers, got {entry!r}")
-        ptr, numel, element_size = entry
-        if ptr < 0 or ptr >= 2**64:
-            raise InvalidManifest(f"tensor {name!r}: ptr {ptr} is not a 64-bit address")
-        if numel < 0:
-            raise InvalidManifest(f"tensor {name!r}: numel {numel} is negative")
-        if not 1 <= element_size <= 16:
-            raise InvalidManifest(f"tensor {name!r}: element_size {element_size} is outside 1..16")
-        if numel * element_size > MAX_TENSOR_BYTES:
-            raise InvalidManifest(f"tensor {name!r}: {numel * element_size} bytes is larger than {MAX_TENSOR_BYTES}")
-        out[name] = TensorSpec(ptr, numel, element_size)
-    return out
+        # Exact types: JSON gives str, list and int; bool (an int subclass) is not a count.
+        if (type(entry) is list or type(entry) is tuple) and len(entry) == 3:
+            ptr, numel, element_size = entry
+            if (type(ptr) is int and type(numel) is int and type(element_size) is int and type(name) is str
+                    and name and 0 <= ptr < 2**64 and 1 <= element_size <= 16
+                    and 0 <= numel * element_size <= MAX_TENSOR_BYTES):
+                extend(entry)
+                continue
+        _reject(name, entry)  # the slow path: say exactly what is wrong
+    shapes = sorted(zip(names, values[1::3], values[2::3]))
+    return ManifestTable(names, values, hashlib.sha256(json.dumps(shapes).encode()).digest())
+
+
+def parse_manifest(raw: object) -> Manifest:
+    """Validate a wire manifest into {name: TensorSpec}; raises InvalidManifest."""
+    return parse_manifest_table(raw).to_manifest()
+
+
+def _reject(name: object, entry: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidManifest(f"tensor names must be non-empty strings, got {name!r}")
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
+        raise InvalidManifest(f"tensor {name!r}: expected [ptr, numel, element_size] as integers, got {entry!r}")
+    ptr, numel, element_size = entry
+    if ptr < 0 or ptr >= 2**64:
+        raise InvalidManifest(f"tensor {name!r}: ptr {ptr} is not a 64-bit address")
+    if numel < 0:
+        raise InvalidManifest(f"tensor {name!r}: numel {numel} is negative")
+    if not 1 <= element_size <= 16:
+        raise InvalidManifest(f"tensor {name!r}: element_size {element_size} is outside 1..16")
+    if numel * element_size > MAX_TENSOR_BYTES:
+        raise InvalidManifest(f"tensor {name!r}: {numel * element_size} bytes is larger than {MAX_TENSOR_BYTES}")
+    raise AssertionError(f"tensor {name!r}: {entry!r} was rejected for no reason")  # pragma: no cover
 
 
 def total_bytes(manifest: Manifest) -> int:
     return sum(t.nbytes for t in manifest.values())
 
 
+_shape = operator.itemgetter(1, 2)
+
+
 def match_manifests(client: Manifest, seed: Manifest, seed_id: str) -> None:
     """Raise ManifestMismatch naming the first tensor that differs (client order, then seed-only)."""
+    # Fast path, C-level loops only: the same names, and each name's (numel, element_size).
+    if client.keys() == seed.keys() and (
+            list(map(_shape, client.values())) == list(map(_shape, map(seed.__getitem__, client)))):
+        return
     for name, mine in client.items():
         theirs = seed.get(name)
         if theirs is None:

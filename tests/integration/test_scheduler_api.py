@@ -263,3 +263,28 @@ def test_a_huge_manifest_count_is_refused_with_the_limit_named():
 
     with pytest.raises(InvalidManifest, match=f"at most {MAX_TENSORS}"):
         parse_manifest({f"t{i}": [4096 * i, 1, 1] for i in range(MAX_TENSORS + 1)})
+
+
+def test_a_stall_of_the_scheduler_itself_does_not_drop_seeds(service):
+    """Heartbeats sent while the scheduler's loop stalled wait in a socket: the seed is not silent."""
+    from scheduler.liveness import LoopWatch
+
+    app, clock, registry = service
+    state = app.state.scheduler
+    state.loop_watch = LoopWatch(interval=0.1, now=clock.now)
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    clock.now += 0.1
+    state.loop_watch.tick(clock.now)
+    clock.now += 6.0  # the loop stalls for 6 s, past the 5 s heartbeat timeout; the reaper thread runs
+    state.reap()
+    assert "s0" in state.seeds
+    state.loop_watch.tick(clock.now)  # the loop runs again: the waiting heartbeat comes next
+    state.reap()
+    assert "s0" in state.seeds
+    call(app, "POST", "/v1/seeds/s0/heartbeat", json={})
+    for _ in range(52):  # then 5.2 s of a loop that runs, and no heartbeat: dropped
+        clock.now += 0.1
+        state.loop_watch.tick(clock.now)
+    state.reap()
+    assert "s0" not in state.seeds
+    assert registry.get_sample_value("rfork_scheduler_seeds_dropped_total") == 1.0

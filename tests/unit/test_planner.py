@@ -6,7 +6,7 @@ import pytest
 
 from scheduler.chunking import Chunk, Segment, plan_chunks
 from scheduler.errors import InvalidChunkSize, InvalidManifest, ManifestMismatch
-from scheduler.manifest import match_manifests, parse_manifest
+from scheduler.manifest import match_manifests, parse_manifest, parse_manifest_table
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
 
 KiB = 1024
@@ -61,6 +61,23 @@ def test_manifest_match_names_the_first_difference(client, seed_raw, needle):
         match_manifests(c, s, "s")
     assert needle in str(info.value)
 
+
+
+@pytest.mark.parametrize("other, same", [
+    ({"b": [7, 3, 1], "a": [9, 4, 2]}, True),   # other pointers, other order: the same shapes
+    ({"a": [0, 4, 2], "b": [0, 3, 2]}, False),  # b's element size differs
+    ({"a": [0, 4, 2], "c": [0, 3, 1]}, False),  # another name
+    ({"a": [0, 4, 2]}, False),                  # one tensor fewer
+])
+def test_equal_shape_digests_mean_the_manifests_match(other, same):
+    mine = parse_manifest_table({"a": [0, 4, 2], "b": [64, 3, 1]})
+    theirs = parse_manifest_table(other)
+    assert (mine.shapes_digest == theirs.shapes_digest) is same
+    if same:
+        match_manifests(mine.to_manifest(), theirs.to_manifest(), "s")
+    else:
+        with pytest.raises(ManifestMismatch):
+            match_manifests(mine.to_manifest(), theirs.to_manifest(), "s")
 
 # -- chunking ----------------------------------------------------------------
 @pytest.mark.parametrize("sizes, chunk, expected", [

@@ -1,0 +1,114 @@
+"""Decoding request bodies off the event loop, so big manifests never stall heartbeats.
+
+A job request or a seed registration for a MoE model carries a manifest of
+hundreds of thousands of tensors: tens of MB of JSON and seconds of CPU to
+decode and validate. Done in the event loop, that work held up heartbeats until
+the reaper dropped live seeds. ``json.loads`` holds the GIL for the whole
+document, so a worker thread alone would not help: bodies of at least
+``SchedulerConfig.process_pool_min_body_bytes`` are decoded in a small pool of
+worker processes, which send back a ``ManifestTable`` (names and one integer
+array, cheap to unpickle); smaller bodies are decoded in a worker thread. Both
+run the same functions below, so a body gets the same answer either way.
+
+    >>> intake = Intake(process_min_bytes=1 << 20, workers=2)
+    >>> request, table = await intake.decode(decode_job_request, body)
+    >>> intake.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, TypeVar
+
+import anyio.to_thread
+from anyio import CapacityLimiter
+from pydantic import BaseModel, ValidationError
+
+from scheduler import api_models as wire
+from scheduler.errors import InvalidRequest
+from scheduler.manifest import ManifestTable, parse_manifest_table
+
+log = logging.getLogger("rfork.scheduler")
+
+T = TypeVar("T")
+
+
+def _validated(model: type[BaseModel], body: bytes) -> BaseModel:
+    """``model`` from a JSON body, or InvalidRequest with FastAPI's wording (loc starts at 'body')."""
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        raise InvalidRequest("request body is not valid: body: JSON nested too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer with too many digits
+        raise InvalidRequest(f"request body is not valid: body: JSON decode error: {exc}") from None
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidRequest(wire.validation_message(exc.errors(), prefix=("body",))) from None
+
+
+def decode_job_request(body: bytes) -> tuple[wire.JobRequest, ManifestTable]:
+    """A job request with its manifest validated and taken out (the request keeps an empty one)."""
+    request = _validated(wire.JobRequest, body)
+    table = parse_manifest_table(request.manifest)
+    return request.model_copy(update={"manifest": {}}), table
+
+
+def decode_registration(body: bytes) -> tuple[wire.SeedRegistration, dict[int, ManifestTable]]:
+    """A seed registration with each rank's manifest validated and taken out."""
+    registration = _validated(wire.SeedRegistration, body)
+    tables = {r.rank: parse_manifest_table(r.manifest) for r in registration.ranks}
+    ranks = [r.model_copy(update={"manifest": {}}) for r in registration.ranks]
+    return registration.model_copy(update={"ranks": ranks}), tables
+
+
+def _ready() -> bool:
+    return True
+
+
+class Intake:
+    """Runs decoding and other CPU-heavy request work away from the event loop, boundedly.
+
+    ``workers`` bounds both the processes and the threads doing this work at once: more
+    would only share the same cores, and a queue of awaiting requests costs nothing.
+    """
+
+    def __init__(self, process_min_bytes: int, workers: int) -> None:
+        self.process_min_bytes = process_min_bytes
+        self.workers = workers
+        self.threads = CapacityLimiter(workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def decode(self, decoder: Callable[[bytes], T], body: bytes) -> T:
+        if len(body) < self.process_min_bytes:
+            return await self.in_thread(decoder, body)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._processes(), decoder, body)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): start a fresh pool next time, decode this one here.
+            log.warning("a manifest decoding process died; restarting the pool and decoding in a thread")
+            self._pool = None
+            return await self.in_thread(decoder, body)
+
+    async def in_thread(self, fn: Callable[..., T], *args) -> T:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.threads)
+
+    def start(self) -> None:
+        """Start the worker processes now (they take a second to import), not on the first big body."""
+        self._processes().submit(_ready)
+
+    def _processes(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the scheduler has threads (reaper, anyio workers) a fork would copy mid-state.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import httpx
@@ -104,6 +105,17 @@ class _HealthProbe(threading.Thread):
                 self.stop.wait(0.1)
 
 
+def _warm(_: int) -> None:
+    return None
+
+
+def _create_job(url: str, body: bytes) -> tuple[float, int]:
+    with httpx.Client(base_url=url, timeout=300) as client:
+        started = time.monotonic()
+        status = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"}).status_code
+        return time.monotonic() - started, status
+
+
 def measure(url: str, *, jobs: int = 4, tensors: int = 260_000, seeds: int = 2,
             heartbeat_interval: float = 1.0, settle_seconds: float = 2.0) -> LoadResult:
     """Register ``seeds``, keep them heartbeating, create ``jobs`` jobs at once; see the module doc."""
@@ -130,14 +142,11 @@ def measure(url: str, *, jobs: int = 4, tensors: int = 260_000, seeds: int = 2,
         probe.start()
         stop.wait(settle_seconds)
 
-        def create(_: int) -> tuple[float, int]:
-            with httpx.Client(base_url=url, timeout=120) as client:
-                started = time.monotonic()
-                status = client.post("/v1/jobs", content=job_body, headers=headers).status_code
-                return time.monotonic() - started, status
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for seconds, status in pool.map(create, range(jobs)):
+        # The job clients run in their own processes: in this one they would compete with the
+        # heartbeat threads for the GIL, and the heartbeats measured would be partly the client's.
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_warm, range(jobs)))  # started and imported before the clock runs
+            for seconds, status in pool.map(_create_job, [url] * jobs, [job_body] * jobs):
                 result.job_seconds.append(seconds)
                 result.job_status.append(status)
         stop.wait(settle_seconds)

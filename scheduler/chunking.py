@@ -7,10 +7,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from scheduler.errors import InvalidChunkSize
-from scheduler.manifest import Manifest
+from scheduler.manifest import Manifest, tensor_sizes, total_bytes
 
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 4 * 2**30
@@ -18,11 +17,10 @@ DEFAULT_CHUNK_SIZE = 64 * 2**20
 MAX_CHUNKS = 2_000_000
 
 
-class Segment(NamedTuple):
-    # A tuple, not a dataclass: a MoE manifest has hundreds of thousands of them.
-    tensor: str
-    offset: int
-    length: int
+Segment = tuple[str, int, int]
+"""(tensor, offset, length): plain tuples, which Python's garbage collector stops tracking
+once it has seen them (a tuple subclass it tracks forever). A MoE model's job has
+hundreds of thousands; see scheduler/manifest.py for why that matters."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class Chunk:
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:
-            object.__setattr__(self, "nbytes", sum(s.length for s in self.segments))
+            object.__setattr__(self, "nbytes", sum(length for _, _, length in self.segments))
 
 
 def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> None:
@@ -50,7 +48,7 @@ def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> No
 
 def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> list[Chunk]:
     validate_chunk_size(chunk_size, minimum=minimum)
-    total = sum(numel * element_size for _, numel, element_size in manifest.values())
+    total = total_bytes(manifest)
     if total // chunk_size > MAX_CHUNKS:
         raise InvalidChunkSize(
             f"{total} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks; use a larger chunk size"
@@ -65,19 +63,18 @@ def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK
             chunks.append(Chunk(len(chunks), tuple(open_segments), open_bytes))
             open_segments, open_bytes = [], 0
 
-    for name, (_, numel, element_size) in manifest.items():
-        n = numel * element_size
+    for name, n in tensor_sizes(manifest):
         if n == 0:
             continue  # zero-byte tensors: nothing to read (SGLang has hung on these)
         if n > chunk_size:
             close()
             for offset in range(0, n, chunk_size):
                 length = min(chunk_size, n - offset)
-                chunks.append(Chunk(len(chunks), (Segment(name, offset, length),), length))
+                chunks.append(Chunk(len(chunks), ((name, offset, length),), length))
             continue
         if open_bytes + n > chunk_size:
             close()
-        open_segments.append(Segment(name, 0, n))
+        open_segments.append((name, 0, n))
         open_bytes += n
     close()
     return chunks

@@ -5,10 +5,13 @@
     20
 
 Manifests of MoE models hold hundreds of thousands of tensors, so the per-tensor
-work here is kept to a few C-level operations: checks on exact types, tuples
-rather than dataclasses, and matching by whole-dict comparisons first.
-``ManifestTable`` is the same manifest as two flat sequences, cheap to send
-between processes (see scheduler/intake.py).
+work here is kept small: one pass of exact-type checks, and a ``Manifest`` that
+stores names and one integer array rather than an object per tensor. A million
+long-lived objects per job would cost more than their memory: each full
+collection of Python's garbage collector walks them all while holding the GIL,
+which stalled the scheduler's event loop for half a second at a time.
+``ManifestTable`` is the validated form sent between processes
+(scheduler/intake.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import hashlib
 import json
 import operator
 from array import array
-from typing import Mapping, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 from scheduler.errors import InvalidManifest, ManifestMismatch
 
@@ -35,7 +38,50 @@ class TensorSpec(NamedTuple):
         return self.numel * self.element_size
 
 
-Manifest = dict[str, TensorSpec]
+class Manifest(Mapping[str, TensorSpec]):
+    """{name: TensorSpec} in tensor order, stored as names, a name -> index dict and one array.
+
+        >>> m = Manifest(["a", "b"], array("Q", [4096, 10, 2, 8192, 3, 4]))
+        >>> m["b"]
+        TensorSpec(ptr=8192, numel=3, element_size=4)
+    """
+
+    __slots__ = ("names", "_values", "_index")
+
+    def __init__(self, names: list[str], values: array) -> None:
+        self.names = names
+        self._values = values
+        self._index = dict(zip(names, range(0, 3 * len(names), 3)))
+
+    def __getitem__(self, name: str) -> TensorSpec:
+        i, v = self._index[name], self._values
+        return TensorSpec(v[i], v[i + 1], v[i + 2])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def values(self):
+        numbers = iter(self._values)
+        return map(TensorSpec._make, zip(numbers, numbers, numbers))
+
+    def items(self):
+        return zip(self.names, self.values())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Manifest):
+            return self.names == other.names and self._values == other._values
+        return Mapping.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Manifest({len(self)} tensors)"
 
 
 class ManifestTable(NamedTuple):
@@ -48,8 +94,7 @@ class ManifestTable(NamedTuple):
     digests match (``match_manifests``) whatever their pointers and order."""
 
     def to_manifest(self) -> Manifest:
-        numbers = iter(self.values)
-        return dict(zip(self.names, map(TensorSpec._make, zip(numbers, numbers, numbers))))
+        return Manifest(self.names, self.values)
 
 
 def parse_manifest_table(raw: object) -> ManifestTable:
@@ -97,19 +142,23 @@ def _reject(name: object, entry: object) -> None:
     raise AssertionError(f"tensor {name!r}: {entry!r} was rejected for no reason")  # pragma: no cover
 
 
-def total_bytes(manifest: Manifest) -> int:
+def tensor_sizes(manifest: Mapping[str, TensorSpec]) -> Iterator[tuple[str, int]]:
+    """(name, nbytes) in tensor order; for a ``Manifest`` without a TensorSpec per tensor."""
+    if isinstance(manifest, Manifest):
+        v = manifest._values
+        return zip(manifest.names, map(operator.mul, v[1::3], v[2::3]))
+    return ((name, t.nbytes) for name, t in manifest.items())
+
+
+def total_bytes(manifest: Mapping[str, TensorSpec]) -> int:
+    if isinstance(manifest, Manifest):
+        v = manifest._values
+        return sum(map(operator.mul, v[1::3], v[2::3]))
     return sum(t.nbytes for t in manifest.values())
-
-
-_shape = operator.itemgetter(1, 2)
 
 
 def match_manifests(client: Manifest, seed: Manifest, seed_id: str) -> None:
     """Raise ManifestMismatch naming the first tensor that differs (client order, then seed-only)."""
-    # Fast path, C-level loops only: the same names, and each name's (numel, element_size).
-    if client.keys() == seed.keys() and (
-            list(map(_shape, client.values())) == list(map(_shape, map(seed.__getitem__, client)))):
-        return
     for name, mine in client.items():
         theirs = seed.get(name)
         if theirs is None:

@@ -305,9 +305,10 @@ class Job:
     def _assign(self, chunk_ids: list[int], seed: SeedView, now: float) -> Assignment:
         states = [self.chunks[c] for c in chunk_ids]
         self._ids += 1
+        client, theirs = self.client_manifest, seed.manifest
         reads = [
-            Read(self.client_manifest[s.tensor].ptr + s.offset, seed.manifest[s.tensor].ptr + s.offset, s.length)
-            for state in states for s in state.chunk.segments
+            Read(client[tensor].ptr + offset, theirs[tensor].ptr + offset, length)
+            for state in states for tensor, offset, length in state.chunk.segments
         ]
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.

@@ -21,9 +21,15 @@ import asyncio
 import json
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing.connection
+import multiprocessing.resource_tracker
+import os
+import signal
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -71,6 +77,42 @@ def _ready() -> bool:
     return True
 
 
+def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group; the scheduler shuts its workers down itself,
+    # and a worker's KeyboardInterrupt traceback would be noise on the operator's terminal.
+    # The worker started with SIGINT blocked (see _sigint_blocked): one sent while it was
+    # starting is pending, and is ignored once unblocked here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    # A scheduler killed outright (SIGKILL, OOM) cannot shut the pool down, and a worker
+    # waiting for work never notices: leave with it.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True, name="parent-watch").start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while it may start worker processes: they inherit the mask."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    # The pool's first start also starts multiprocessing's resource tracker, which blocks and
+    # then *unblocks* SIGINT around its own start: get that done before blocking it here.
+    multiprocessing.resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile is delivered now
+
+
 class Intake:
     """Runs decoding and other CPU-heavy request work away from the event loop, boundedly.
 
@@ -88,7 +130,7 @@ class Intake:
         if len(body) < self.process_min_bytes:
             return await self.in_thread(decoder, body)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._processes(), decoder, body)
+            return await asyncio.wrap_future(self._submit(decoder, body))
         except BrokenProcessPool:
             # A worker died (killed, out of memory): start a fresh pool next time, decode this one here.
             log.warning("a manifest decoding process died; restarting the pool and decoding in a thread")
@@ -99,13 +141,18 @@ class Intake:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.threads)
 
     def start(self) -> None:
-        """Start the worker processes now (they take a second to import), not on the first big body."""
-        self._processes().submit(_ready)
+        """Start a worker process now (it takes a second to import), not on the first big body."""
+        self._submit(_ready)
+
+    def _submit(self, fn: Callable[..., T], *args) -> Future:
+        with _sigint_blocked():  # submit may start a worker process
+            return self._processes().submit(fn, *args)
 
     def _processes(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the scheduler has threads (reaper, anyio workers) a fork would copy mid-state.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker)
         return self._pool
 
     def close(self) -> None:

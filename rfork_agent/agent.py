@@ -38,6 +38,7 @@ import enum
 import logging
 import math
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Awaitable, Callable
@@ -353,6 +354,9 @@ class AgentState:
     _grant_key: bytes | None = field(init=False, default=None, repr=False)
     _grants_used: dict[tuple[str, str], float] = field(init=False, default_factory=dict, repr=False)
     """(job, assignment) -> grant expiry: a grant buys one lease, never two."""
+    instance_id: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
+    """This agent process, in every registration: the scheduler tells a restarted agent (a new
+    id: its seed is eligible again for jobs that had excluded it) from one registering again."""
 
     def __post_init__(self) -> None:
         cap = self.config.rate_cap
@@ -642,6 +646,7 @@ class AgentState:
                 {"rank": info.rank, "session_id": info.session_id, "manifest": info.manifest}
                 for _, info in sorted(self.seed.ranks.items())
             ],
+            "agent_instance_id": self.instance_id,
         }
 
     def heartbeat_body(self, now: float) -> dict:

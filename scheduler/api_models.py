@@ -6,12 +6,25 @@ FastAPI turns type errors here into 422s with the field named.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterable, Literal, Sequence
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 SeedId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+def validation_message(errors: Sequence[dict], prefix: Iterable[str] = ()) -> str:
+    """One line naming the first few problems, e.g. ``body.rank: Input should be a valid integer``."""
+    from scheduler.errors import CLIP_CHARS, clip
+
+    def part(p: object) -> str:  # a 100k-character field name must not make a 100k-character message
+        text = str(p)
+        return text if len(text) <= CLIP_CHARS else clip(text)
+
+    problems = "; ".join(f"{'.'.join(part(p) for p in (*prefix, *e['loc']))}: {e['msg']}" for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"request body is not valid: {problems}{more}"
 
 
 class _Strict(BaseModel):
@@ -40,6 +53,10 @@ class SeedRegistration(_Strict):
     rate_cap_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """None = uncapped; 0 = paused by its operator: registered and visible, planned nothing."""
     ranks: list[RankInfo] = Field(min_length=1, max_length=4096)
+    agent_instance_id: str | None = Field(default=None, min_length=1, max_length=128)
+    """Unique per agent process (made at its start). A registration with a new one means the
+    agent restarted: running jobs that had excluded this seed may use it again. Without it,
+    every registration counts as a restart."""
 
 
 class RegistrationResponse(BaseModel):

@@ -60,3 +60,9 @@ class InvalidChunkSize(SchedulerError):
 
 class InvalidResume(SchedulerError):
     code, http_status = "invalid_resume", 422
+
+
+class InvalidRequest(SchedulerError):
+    """A body that is not JSON or not the documented shape (as FastAPI's own validation reports it)."""
+
+    code, http_status = "invalid_request", 422

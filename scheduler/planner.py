@@ -55,6 +55,10 @@ class SeedView:
     manifest: Manifest
     allowed_rate: float | None
     """Bytes/s the seed's agent lets through now; None = uncapped, 0 = paused."""
+    incarnation: str = ""
+    """Which life of this seed (its agent process and its TransferEngine session) the view
+    describes. It changes when the agent or the seed restarts and registers again; an exclusion
+    holds for the incarnation that failed, so a restarted seed is eligible again."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Assignment:
     grant: str = ""
     chunk_ids: tuple[int, ...] = ()
     """Every chunk this assignment reads (``chunk_id`` is the first)."""
+    incarnation: str = ""
+    """The seed's incarnation when this was handed out (``SeedView.incarnation``)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,13 @@ class Job:
         self.pending: deque[int] = deque(range(len(chunks)))
         self.assignments: dict[str, Assignment] = {}
         self.excluded: dict[str, str] = {}
-        """Seeds that failed this job's reads: never used again by this job."""
+        """Seeds that failed this job's reads: not used again by this job unless they restart."""
+        self.excluded_incarnation: dict[str, str] = {}
+        """The incarnation each excluded seed had when it was excluded."""
+        self.incarnation: dict[str, str] = {}
+        """Each seed's latest incarnation this job has seen."""
+        self.readmissions: dict[str, int] = {}
+        """How often each seed came back (a new incarnation) after an exclusion."""
         self.lost: dict[str, str] = {}
         """Seeds that left the registry while this job ran (eligible again if they return)."""
         self.last_failure: dict[str, str] = {}
@@ -160,6 +172,7 @@ class Job:
     def next_assignments(self, seeds: list[SeedView], now: float, max_assignments: int) -> list[Assignment]:
         if self.state != RUNNING:
             return []
+        self._readmit_restarted(seeds)
         eligible = [s for s in seeds if s.seed_id not in self.excluded]
         if not eligible:
             self._fail_if_no_seeds(seeds, now)
@@ -188,6 +201,21 @@ class Job:
             out.append(self._assign(chunk_ids, seed, now))
             free[seed.seed_id] -= 1
         return out
+
+    def _readmit_restarted(self, seeds: list[SeedView]) -> None:
+        """A seed excluded in one incarnation and registered again in another is eligible again.
+
+        Its failures (e.g. ``agent_unreachable`` while its agent restarted) were evidence
+        against the incarnation that is gone. The same incarnation, however often it
+        registers, stays excluded: a seed whose reads keep failing is still bad.
+        """
+        for s in seeds:
+            self.incarnation[s.seed_id] = s.incarnation
+            if s.seed_id in self.excluded and self.excluded_incarnation.get(s.seed_id) != s.incarnation:
+                del self.excluded[s.seed_id]
+                self.excluded_incarnation.pop(s.seed_id, None)
+                self.consecutive_failures[s.seed_id] = 0
+                self.readmissions[s.seed_id] = self.readmissions.get(s.seed_id, 0) + 1
 
     def _more_pending_for(self, seed: SeedView, eligible: list[SeedView], first: int) -> list[int]:
         """Further pending chunks to merge into the assignment that starts with ``first``."""
@@ -277,15 +305,16 @@ class Job:
     def _assign(self, chunk_ids: list[int], seed: SeedView, now: float) -> Assignment:
         states = [self.chunks[c] for c in chunk_ids]
         self._ids += 1
+        client, theirs = self.client_manifest, seed.manifest
         reads = [
-            Read(self.client_manifest[s.tensor].ptr + s.offset, seed.manifest[s.tensor].ptr + s.offset, s.length)
-            for state in states for s in state.chunk.segments
+            Read(client[tensor].ptr + offset, theirs[tensor].ptr + offset, length)
+            for state in states for tensor, offset, length in state.chunk.segments
         ]
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], seed.seed_id, seed.session_id, seed.agent_url,
                        sum(state.chunk.nbytes for state in states), max(state.attempts for state in states) + 1,
-                       now, reads, chunk_ids=tuple(chunk_ids))
+                       now, reads, chunk_ids=tuple(chunk_ids), incarnation=seed.incarnation)
         for state in states:
             state.live[a.assignment_id] = a
         self.assignments[a.assignment_id] = a
@@ -334,7 +363,10 @@ class Job:
         # whose previous read just failed. Neither is evidence against the seed by
         # itself, so only reads that really failed count toward exclusion.
         really_failed = report.reason != "seed_lost"
-        if really_failed:
+        # A failure reported late from an incarnation that has since restarted says
+        # nothing about the seed as it is now: the chunk is retried, the seed keeps its slate.
+        current = self.incarnation.get(a.seed_id, a.incarnation) == a.incarnation
+        if really_failed and current:
             failures += 1
         self.consecutive_failures[a.seed_id] = failures
         self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
@@ -350,13 +382,18 @@ class Job:
                 self._fail(now, f"chunk {chunk_id} failed {state.attempts} times; last: {report.reason}: {report.error}")
                 return
         if failures >= self.config.seed_failure_threshold:
-            self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now)
+            self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now,
+                         incarnation=a.incarnation)
 
-    def exclude(self, seed_id: str, reason: str, now: float) -> None:
-        """Stop using a seed for this job (it failed our reads) and re-queue what it held."""
+    def exclude(self, seed_id: str, reason: str, now: float, incarnation: str | None = None) -> None:
+        """Stop using a seed's ``incarnation`` for this job (it failed our reads) and re-queue what it held.
+
+        ``incarnation`` defaults to the latest one this job has seen for the seed.
+        """
         if seed_id in self.excluded or self.state != RUNNING:
             return
         self.excluded[seed_id] = reason
+        self.excluded_incarnation[seed_id] = self.incarnation.get(seed_id, "") if incarnation is None else incarnation
         self._requeue_live(seed_id)
 
     def seed_lost(self, seed_id: str, reason: str, now: float) -> None:

@@ -10,6 +10,7 @@ whose heartbeats stopped and jobs whose client went silent.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -22,6 +23,7 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
 
@@ -33,8 +35,10 @@ from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, SchedulerError, UnknownJob, UnknownModel, UnknownSeed, clip
 from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
-from scheduler.manifest import Manifest, match_manifests, parse_manifest
-from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SeedView
+from scheduler.intake import Intake, decode_job_request, decode_registration
+from scheduler.liveness import LoopWatch, NoWatch
+from scheduler.manifest import Manifest, ManifestTable, match_manifests
+from scheduler.planner import DONE, RUNNING, Job, PlannerConfig, Report, SeedView
 
 log = logging.getLogger("rfork.scheduler")
 
@@ -43,7 +47,10 @@ log = logging.getLogger("rfork.scheduler")
 class SchedulerConfig:
     heartbeat_interval_seconds: float = 1.0
     heartbeat_timeout_seconds: float = 5.0
-    """Seeds silent this long are dropped and their chunks move elsewhere."""
+    """Seeds silent this long are dropped and their chunks move elsewhere. Time the scheduler's
+    own event loop was stalled (and so could not have heard a heartbeat) does not count."""
+    loop_watch_interval_seconds: float = 0.1
+    """How often the event loop reports that it runs (a late report measures a stall)."""
     client_timeout_seconds: float = 30.0
     """Jobs whose client has not asked for work this long are abandoned."""
     default_chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -56,6 +63,10 @@ class SchedulerConfig:
     """Shared bearer token (None = auth off). Also derives the lease-grant signing key."""
     grant_ttl_seconds: float = 300.0
     """A lease grant is valid this long after its assignment was handed out."""
+    intake_workers: int = 2
+    """Job requests and registrations decoded and planned at once, off the event loop (more wait)."""
+    process_pool_min_body_bytes: int = 1 << 20
+    """Bodies at least this long are decoded in a worker process, smaller ones in a thread."""
     planner: PlannerConfig = PlannerConfig()
     admission: AdmissionConfig = AdmissionConfig()
     """Fleet-wide limit on concurrent forks per seed (scheduler/fleet.py); none by default."""
@@ -68,16 +79,26 @@ class SeedRecord:
     agent_url: str
     rate_cap: float | None
     ranks: dict[int, tuple[str, Manifest]]
+    """rank -> (TransferEngine session, manifest)."""
     registered_at: float
     last_heartbeat: float
     allowed_rate: float | None
+    agent_incarnation: str = ""
+    """The agent process behind this registration (``agent_instance_id``, or one per registration)."""
+    stalled_at_heartbeat: float = 0.0
+    """``LoopWatch.stalled`` when the last heartbeat (or the registration) arrived."""
+    shapes_digests: dict[int, bytes] = field(default_factory=dict)
+    """rank -> ``ManifestTable.shapes_digest`` of its manifest: a job whose manifest has the same
+    digest matches without a tensor-by-tensor comparison."""
     available_bytes: float = 0.0
     in_flight_leases: int = 0
     qos: wire.SeedQos | None = None
 
     def view(self, rank: int) -> SeedView:
         session_id, manifest = self.ranks[rank]
-        return SeedView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate)
+        # A new agent process or a new TransferEngine session (a restarted seed) is a new incarnation.
+        return SeedView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate,
+                        incarnation=f"{self.agent_incarnation}/{session_id}")
 
 
 @dataclass
@@ -98,6 +119,9 @@ class SchedulerState:
     seeds: dict[str, SeedRecord] = field(default_factory=dict)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    registrations: int = 0
+    loop_watch: LoopWatch = field(default_factory=NoWatch)
+    """Stalls of the event loop, not counted as seed silence (a NoWatch when nothing ticks it)."""
 
     @functools.cached_property
     def admission(self) -> FleetAdmission:
@@ -108,14 +132,19 @@ class SchedulerState:
         return grant_key(self.config.token) if self.config.token else None  # same test as the auth middleware
 
     # -- seeds -------------------------------------------------------------
-    def register(self, seed_id: str, body: wire.SeedRegistration) -> None:
+    def register(self, seed_id: str, body: wire.SeedRegistration, tables: dict[int, ManifestTable]) -> None:
+        """Add or replace a seed. CPU-heavy for big manifests: call it off the event loop."""
+        ranks = {r.rank: (r.session_id, tables[r.rank].to_manifest()) for r in body.ranks}
         now = self.clock()
-        ranks = {r.rank: (r.session_id, parse_manifest(r.manifest)) for r in body.ranks}
         with self.lock:
             previous = self.seeds.get(seed_id)
+            self.registrations += 1
             self.seeds[seed_id] = SeedRecord(
                 seed_id, body.identity, body.agent_url, body.rate_cap_bytes_per_second, ranks,
                 registered_at=now, last_heartbeat=now, allowed_rate=body.rate_cap_bytes_per_second,
+                agent_incarnation=body.agent_instance_id or f"registration-{self.registrations}",
+                stalled_at_heartbeat=self.loop_watch.stalled(now),
+                shapes_digests={rank: table.shapes_digest for rank, table in tables.items()},
             )
             if previous is not None and previous.ranks != ranks:
                 # Same id, new memory (a restarted seed): running jobs hold stale pointers.
@@ -131,6 +160,7 @@ class SchedulerState:
             if seed is None:
                 raise UnknownSeed(f"seed {seed_id!r} is not registered (dropped after missed heartbeats?); re-register it")
             seed.last_heartbeat = self.clock()
+            seed.stalled_at_heartbeat = self.loop_watch.stalled(seed.last_heartbeat)
             seed.allowed_rate = body.allowed_rate_bytes_per_second
             seed.available_bytes = body.available_bytes
             seed.in_flight_leases = body.in_flight_leases
@@ -166,10 +196,15 @@ class SchedulerState:
         return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks and s.rate_cap != 0]
 
     # -- jobs --------------------------------------------------------------
-    def create_job(self, body: wire.JobRequest) -> JobRecord:
+    def create_job(self, body: wire.JobRequest, table: ManifestTable) -> JobRecord:
+        """Match the client's manifest with the seeds', plan chunks, add the job.
+
+        CPU-heavy for big manifests: call it off the event loop. The lock is held only to
+        read the registry and to add the job, so heartbeats and /work go on meanwhile.
+        """
         chunk_size = self.config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes
         validate_chunk_size(chunk_size, minimum=self.config.min_chunk_size)
-        manifest = parse_manifest(body.manifest)
+        manifest = table.to_manifest()
         with self.lock:
             seeds = self.matching(body.identity, body.rank)
             if not seeds:
@@ -183,15 +218,18 @@ class SchedulerState:
                     f"registered: {', '.join(known) or 'none'}. Start a seed (and its rfork agent) for "
                     "this exact identity, or fix the client's model/revision/dtype/tp_size to match one above"
                 )
-            for seed in seeds:
-                match_manifests(manifest, seed.ranks[body.rank][1], seed.seed_id)
-            chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
-            now = self.clock()
-            job_id = uuid.uuid4().hex[:12]
-            job = Job(job_id, manifest, chunks, self.config.planner, now)
-            if body.resume is not None:
-                self._resume(job, body, len(chunks), now)
-            record = JobRecord(job, body.identity, body.rank, last_poll=now)
+            seed_manifests = [(s.seed_id, s.ranks[body.rank][1], s.shapes_digests.get(body.rank)) for s in seeds]
+        for seed_id, seed_manifest, digest in seed_manifests:
+            if digest != table.shapes_digest:  # they differ somewhere: name the first difference
+                match_manifests(manifest, seed_manifest, seed_id)
+        chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
+        now = self.clock()
+        job_id = uuid.uuid4().hex[:12]
+        job = Job(job_id, manifest, chunks, self.config.planner, now)
+        if body.resume is not None:
+            self._resume(job, body, len(chunks), now)
+        with self.lock:
+            record = JobRecord(job, body.identity, body.rank, last_poll=self.clock())
             self.jobs[job_id] = record
             self.metrics.jobs_active.set(self._active_jobs())
             self.metrics.job_bytes_total.labels(job_id=job_id).set(record.job.bytes_total)
@@ -247,7 +285,11 @@ class SchedulerState:
                     self.metrics.chunk_failures_total.labels(seed=a.seed_id, reason=reason).inc()
             self._admit()
             views = self._views(record)
+            excluded = dict(job.excluded)
             assignments = [] if views is None else job.next_assignments(views, now, body.max_assignments)
+            for seed_id in excluded.keys() - job.excluded.keys():
+                log.info("job %s: seed %s restarted (a new agent or seed process registered) after it was "
+                         "excluded (%s); using it again", job_id, seed_id, excluded[seed_id])
             self.sign_grants(job_id, assignments, record.rank)
             for seed_id, n in job.bytes_by_seed.items():
                 delta = n - before[1].get(seed_id, 0)
@@ -349,7 +391,7 @@ class SchedulerState:
         now = self.clock()
         with self.lock:
             for seed_id, seed in list(self.seeds.items()):
-                silent = now - seed.last_heartbeat
+                silent = self.loop_watch.silence(seed.last_heartbeat, seed.stalled_at_heartbeat, now)
                 if silent > self.config.heartbeat_timeout_seconds:
                     self._remove_seed(seed_id, f"seed_lost: no heartbeat for {silent:.1f} s")
                     self.metrics.seeds_dropped_total.inc()
@@ -386,11 +428,23 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     registry = registry if registry is not None else CollectorRegistry()
     metrics = SchedulerMetrics(registry)
     state = SchedulerState(config, metrics, clock)
+    intake = Intake(config.process_pool_min_body_bytes, config.intake_workers)
+
+    async def watch_loop() -> None:
+        while True:
+            await asyncio.sleep(config.loop_watch_interval_seconds)
+            late = state.loop_watch.tick(clock())
+            if late >= 1.0:
+                log.warning("the scheduler's event loop stalled for %.1f s; seeds' heartbeat silence does not "
+                            "count it", late)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        reaper = None
-        if run_reaper:
+        reaper = watcher = None
+        if run_reaper:  # a serving scheduler: also have the decoding processes ready before the first big body
+            intake.start()
+            state.loop_watch = LoopWatch(config.loop_watch_interval_seconds, clock())
+            watcher = asyncio.create_task(watch_loop())
             reaper = BackgroundScheduler(daemon=True)
             reaper.add_job(state.reap, "interval", seconds=config.heartbeat_interval_seconds,
                            id="reaper", max_instances=1, coalesce=True)
@@ -400,11 +454,15 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         finally:
             if reaper is not None:
                 reaper.shutdown(wait=False)
+            if watcher is not None:
+                watcher.cancel()
+            intake.close()
 
     app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan)
     app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
     install_error_handlers(app, what="request body")
     app.state.scheduler = state
+    app.state.intake = intake
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
@@ -423,9 +481,13 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             time.perf_counter() - started)
         return response
 
-    @app.put("/v1/seeds/{seed_id}", response_model=wire.RegistrationResponse)
-    async def register_seed(seed_id: wire.SeedId, body: wire.SeedRegistration):
-        state.register(seed_id, body)
+    # Bodies that may carry big manifests are read raw and decoded by the intake (off the
+    # event loop); their documented schema is added to the OpenAPI document below.
+    @app.put("/v1/seeds/{seed_id}", response_model=wire.RegistrationResponse,
+             openapi_extra=_json_body("SeedRegistration"))
+    async def register_seed(seed_id: wire.SeedId, request: Request):
+        body, tables = await intake.decode(decode_registration, await request.body())
+        await intake.in_thread(state.register, seed_id, body, tables)
         return wire.RegistrationResponse(
             seed_id=seed_id, heartbeat_interval_seconds=config.heartbeat_interval_seconds,
             heartbeat_timeout_seconds=config.heartbeat_timeout_seconds)
@@ -457,9 +519,10 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     async def fleet():
         return state.fleet()
 
-    @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated)
-    async def create_job(body: wire.JobRequest):
-        record = state.create_job(body)
+    @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated, openapi_extra=_json_body("JobRequest"))
+    async def create_job(request: Request):
+        body, table = await intake.decode(decode_job_request, await request.body())
+        record = await intake.in_thread(state.create_job, body, table)
         job = record.job
         with state.lock:
             seed_ids = [s.seed_id for s in state.matching(record.identity, record.rank)]
@@ -488,4 +551,21 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     async def metrics_endpoint():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (wire.JobRequest, wire.SeedRegistration):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+def _json_body(model: str) -> dict:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}

@@ -38,6 +38,7 @@ import enum
 import logging
 import math
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Awaitable, Callable
@@ -353,6 +354,9 @@ class AgentState:
     _grant_key: bytes | None = field(init=False, default=None, repr=False)
     _grants_used: dict[tuple[str, str], float] = field(init=False, default_factory=dict, repr=False)
     """(job, assignment) -> grant expiry: a grant buys one lease, never two."""
+    instance_id: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
+    """This agent process, in every registration: the scheduler tells a restarted agent (a new
+    id: its seed is eligible again for jobs that had excluded it) from one registering again."""
 
     def __post_init__(self) -> None:
         cap = self.config.rate_cap
@@ -642,15 +646,25 @@ class AgentState:
                 {"rank": info.rank, "session_id": info.session_id, "manifest": info.manifest}
                 for _, info in sorted(self.seed.ranks.items())
             ],
+            "agent_instance_id": self.instance_id,
         }
 
     def heartbeat_body(self, now: float) -> dict:
         available = self.bucket.available(now)
+        throttle = self.throttle_status()
+
+        def finite(x: float | None) -> float | None:  # the scheduler's API is strict JSON: no NaN or inf
+            return x if x is not None and math.isfinite(x) else None
+
         return {
             "allowed_rate_bytes_per_second": self.allowed_rate,
             # Uncapped has no balance; JSON has no inf and allowed_rate null already says it.
             "available_bytes": 0.0 if math.isinf(available) else float(available),
             "in_flight_leases": self.leases.in_flight(),
+            # The seed's SLO state for the scheduler's GET /v1/fleet.
+            "qos": {"throttle": throttle["mode"], "slo_itl_seconds": finite(throttle["slo_itl_seconds"]),
+                    "observed_itl_p99_seconds": finite(throttle["observed_itl_p99_seconds"]),
+                    "latency_impact_ratio": finite(throttle["latency_impact_ratio"])},
         }
 
     def set_phase(self, phase: Phase) -> None:

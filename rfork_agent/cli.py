@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "testbed-seed": ("testbed.seed", "run one seed stand-in (used by `rfork testbed`)"),
     "bench": ("bench.cli", "benchmarks that print numbers (fork, qos)"),
     "chaos": ("testbed.chaos", "run the fault matrix on a local fleet and print what survived"),
+    "gate": ("rfork_agent.gate_cli", "may a rollout step proceed? exit 0 proceed, 1 hold (SLO at risk), 2 cannot tell"),
 }
 
 

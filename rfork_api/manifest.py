@@ -3,12 +3,24 @@
     >>> m = parse_manifest({"w": [4096, 10, 2]})
     >>> m["w"].nbytes
     20
+
+Manifests of MoE models hold hundreds of thousands of tensors, so the per-tensor
+work here is kept small: one pass of exact-type checks, and a ``Manifest`` that
+stores names and one integer array rather than an object per tensor. A million
+long-lived objects per job would cost more than their memory: each full
+collection of Python's garbage collector walks them all while holding the GIL,
+which stalled the scheduler's event loop for half a second at a time.
+``ManifestTable`` is the validated form sent between processes
+(scheduler/intake.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+import hashlib
+import json
+import operator
+from array import array
+from typing import Iterator, Mapping, NamedTuple
 
 from rfork_api.errors import InvalidManifest, ManifestMismatch, clip
 
@@ -16,8 +28,7 @@ MAX_TENSORS = 1_000_000
 MAX_TENSOR_BYTES = 2**46  # 64 TiB: far above any single tensor, far below int overflow
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(NamedTuple):
     ptr: int
     numel: int
     element_size: int
@@ -27,41 +38,124 @@ class TensorSpec:
         return self.numel * self.element_size
 
 
-Manifest = dict[str, TensorSpec]
+class Manifest(Mapping[str, TensorSpec]):
+    """{name: TensorSpec} in tensor order, stored as names, a name -> index dict and one array.
+
+        >>> m = Manifest(["a", "b"], array("Q", [4096, 10, 2, 8192, 3, 4]))
+        >>> m["b"]
+        TensorSpec(ptr=8192, numel=3, element_size=4)
+    """
+
+    __slots__ = ("names", "_values", "_index")
+
+    def __init__(self, names: list[str], values: array) -> None:
+        self.names = names
+        self._values = values
+        self._index = dict(zip(names, range(0, 3 * len(names), 3)))
+
+    def __getitem__(self, name: str) -> TensorSpec:
+        i, v = self._index[name], self._values
+        return TensorSpec(v[i], v[i + 1], v[i + 2])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def values(self):
+        numbers = iter(self._values)
+        return map(TensorSpec._make, zip(numbers, numbers, numbers))
+
+    def items(self):
+        return zip(self.names, self.values())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Manifest):
+            return self.names == other.names and self._values == other._values
+        return Mapping.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Manifest({len(self)} tensors)"
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+class ManifestTable(NamedTuple):
+    """A validated manifest as tensor names and ``[ptr, numel, element_size, ...]`` (unsigned 64-bit)."""
+
+    names: list[str]
+    values: array
+    shapes_digest: bytes
+    """Digest of the sorted (name, numel, element_size) triples: two manifests with equal
+    digests match (``match_manifests``) whatever their pointers and order."""
+
+    def to_manifest(self) -> Manifest:
+        return Manifest(self.names, self.values)
 
 
-def parse_manifest(raw: object) -> Manifest:
+def parse_manifest_table(raw: object) -> ManifestTable:
     """Validate a wire manifest; raises InvalidManifest naming the tensor and the problem."""
     if not isinstance(raw, Mapping):
         raise InvalidManifest("manifest must be an object {name: [ptr, numel, element_size]}")
     if len(raw) > MAX_TENSORS:
         raise InvalidManifest(f"manifest has {len(raw)} tensors; at most {MAX_TENSORS} are accepted")
-    out: Manifest = {}
+    names, values = list(raw), array("Q")
+    extend = values.extend
     for name, entry in raw.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidManifest(f"tensor names must be non-empty strings, got {clip(name)}")
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and all(_is_int(v) for v in entry)):
-            raise InvalidManifest(f"tensor {clip(name)}: expected [ptr, numel, element_size] as integers, "
-                                  f"got {clip(entry)}")
-        ptr, numel, element_size = entry
-        if ptr < 0 or ptr >= 2**64:
-            raise InvalidManifest(f"tensor {clip(name)}: ptr {clip(ptr)} is not a 64-bit address")
-        if numel < 0:
-            raise InvalidManifest(f"tensor {clip(name)}: numel {clip(numel)} is negative")
-        if not 1 <= element_size <= 16:
-            raise InvalidManifest(f"tensor {clip(name)}: element_size {clip(element_size)} is outside 1..16")
-        if numel * element_size > MAX_TENSOR_BYTES:
-            raise InvalidManifest(f"tensor {clip(name)}: {clip(numel * element_size)} bytes is larger than "
-                                  f"{MAX_TENSOR_BYTES}")
-        out[name] = TensorSpec(ptr, numel, element_size)
-    return out
+        # Exact types: JSON gives str, list and int; bool (an int subclass) is not a count.
+        if (type(entry) is list or type(entry) is tuple) and len(entry) == 3:
+            ptr, numel, element_size = entry
+            if (type(ptr) is int and type(numel) is int and type(element_size) is int and type(name) is str
+                    and name and 0 <= ptr < 2**64 and 1 <= element_size <= 16
+                    and 0 <= numel * element_size <= MAX_TENSOR_BYTES):
+                extend(entry)
+                continue
+        _reject(name, entry)  # the slow path: say exactly what is wrong
+    shapes = sorted(zip(names, values[1::3], values[2::3]))
+    return ManifestTable(names, values, hashlib.sha256(json.dumps(shapes).encode()).digest())
 
 
-def total_bytes(manifest: Manifest) -> int:
+def parse_manifest(raw: object) -> Manifest:
+    """Validate a wire manifest into {name: TensorSpec}; raises InvalidManifest."""
+    return parse_manifest_table(raw).to_manifest()
+
+
+def _reject(name: object, entry: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidManifest(f"tensor names must be non-empty strings, got {clip(name)}")
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
+        raise InvalidManifest(f"tensor {clip(name)}: expected [ptr, numel, element_size] as integers, "
+                              f"got {clip(entry)}")
+    ptr, numel, element_size = entry
+    if ptr < 0 or ptr >= 2**64:
+        raise InvalidManifest(f"tensor {clip(name)}: ptr {clip(ptr)} is not a 64-bit address")
+    if numel < 0:
+        raise InvalidManifest(f"tensor {clip(name)}: numel {clip(numel)} is negative")
+    if not 1 <= element_size <= 16:
+        raise InvalidManifest(f"tensor {clip(name)}: element_size {clip(element_size)} is outside 1..16")
+    if numel * element_size > MAX_TENSOR_BYTES:
+        raise InvalidManifest(f"tensor {clip(name)}: {clip(numel * element_size)} bytes is larger than "
+                              f"{MAX_TENSOR_BYTES}")
+    raise AssertionError(f"tensor {clip(name)}: {clip(entry)} was rejected for no reason")  # pragma: no cover
+
+
+def tensor_sizes(manifest: Mapping[str, TensorSpec]) -> Iterator[tuple[str, int]]:
+    """(name, nbytes) in tensor order; for a ``Manifest`` without a TensorSpec per tensor."""
+    if isinstance(manifest, Manifest):
+        v = manifest._values
+        return zip(manifest.names, map(operator.mul, v[1::3], v[2::3]))
+    return ((name, t.nbytes) for name, t in manifest.items())
+
+
+def total_bytes(manifest: Mapping[str, TensorSpec]) -> int:
+    if isinstance(manifest, Manifest):
+        v = manifest._values
+        return sum(map(operator.mul, v[1::3], v[2::3]))
     return sum(t.nbytes for t in manifest.values())
 
 

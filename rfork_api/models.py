@@ -115,12 +115,23 @@ class RegistrationReply(Reply):
     heartbeat_timeout_seconds: float
 
 
+class SeedQos(Request):
+    """The seed's serving QoS as its agent sees it (None: not known; the agent sends null for NaN)."""
+
+    throttle: Literal["adaptive", "fixed", "off"]
+    slo_itl_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    observed_itl_p99_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    latency_impact_ratio: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
 class Heartbeat(Request):
     """``POST /v1/seeds/{seed_id}/heartbeat``: the agent's current budget for this seed."""
 
     allowed_rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     available_bytes: float = Field(default=0.0, allow_inf_nan=False)
     in_flight_leases: int = Field(default=0, ge=0)
+    qos: SeedQos | None = None
+    """Absent from agents older than GET /v1/fleet (their SLO state shows as unknown)."""
 
 
 class HeartbeatReply(Reply):
@@ -270,6 +281,8 @@ class WorkReply(Reply):
     """Assignments another seed already landed (endgame duplicates): stop them if not yet reading."""
     retry_after_seconds: float = 0.0
     progress: Progress
+    queued: int | None = None
+    """1-based place in the fork admission queue (``--max-forks-per-seed``); None when not waiting."""
 
 
 class WithdrawReply(Reply):
@@ -287,6 +300,48 @@ class JobStatus(Reply):
     state: JobState
     error: str | None = None
     progress: Progress
+
+
+class SeedSlo(Reply):
+    state: str
+    """``ok``, ``at_risk``, ``violated`` or ``unknown`` (see scheduler/fleet.py ``slo_state``)."""
+    throttle: str | None = None
+    slo_itl_seconds: float | None = None
+    observed_itl_p99_seconds: float | None = None
+    latency_impact_ratio: float | None = None
+
+
+class FleetSeed(Reply):
+    seed_id: str
+    identity: ModelIdentity
+    ranks: list[int]
+    allowed_rate_bytes_per_second: float | None = None
+    rate_cap_bytes_per_second: float | None = None
+    slo: SeedSlo
+    active_forks: int
+    free_fork_slots: int | None = None
+
+
+class FleetForks(Reply):
+    active: int
+    queued: int
+
+
+class QueuedFork(Reply):
+    job_id: str
+    position: int
+    identity: ModelIdentity
+    rank: int
+    age_seconds: float
+
+
+class FleetSummary(Reply):
+    """``GET /v1/fleet``: whether the fleet has room for more forks (for deploy controllers)."""
+
+    max_forks_per_seed: int | None = None
+    seeds: list[FleetSeed]
+    forks: FleetForks
+    queued: list[QueuedFork]
 
 
 # --------------------------------------------------------------------------- leases (client -> agent)

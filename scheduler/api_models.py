@@ -3,7 +3,7 @@ plus the path parameter FastAPI validates."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Iterable, Sequence
 
 from fastapi import Path
 
@@ -11,6 +11,7 @@ from rfork_api.models import (  # noqa: F401 - the scheduler's routes use these 
     SEED_ID_PATTERN,
     Assignment,
     ChunkReport,
+    FleetSummary,
     Heartbeat,
     HeartbeatReply,
     JobCreated,
@@ -25,6 +26,7 @@ from rfork_api.models import (  # noqa: F401 - the scheduler's routes use these 
     Resume,
     SchedulerHealth,
     SeedList,
+    SeedQos,
     SeedRegistration,
     SeedSummary,
     WithdrawReply,
@@ -34,3 +36,16 @@ from rfork_api.models import (  # noqa: F401 - the scheduler's routes use these 
 
 RegistrationResponse = RegistrationReply
 SeedId = Annotated[str, Path(min_length=1, max_length=128, pattern=SEED_ID_PATTERN)]
+
+
+def validation_message(errors: Sequence[dict], prefix: Iterable[str] = ()) -> str:
+    """One line naming the first few problems, e.g. ``body.rank: Input should be a valid integer``."""
+    from scheduler.errors import CLIP_CHARS, clip
+
+    def part(p: object) -> str:  # a 100k-character field name must not make a 100k-character message
+        text = str(p)
+        return text if len(text) <= CLIP_CHARS else clip(text)
+
+    problems = "; ".join(f"{'.'.join(part(p) for p in (*prefix, *e['loc']))}: {e['msg']}" for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"request body is not valid: {problems}{more}"

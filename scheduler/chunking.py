@@ -7,10 +7,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 from scheduler.errors import InvalidChunkSize, clip
-from rfork_api.manifest import Manifest
+from rfork_api.manifest import Manifest, tensor_sizes, total_bytes
 
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 4 * 2**30
@@ -18,21 +17,23 @@ DEFAULT_CHUNK_SIZE = 64 * 2**20
 MAX_CHUNKS = 2_000_000
 
 
-@dataclass(frozen=True)
-class Segment:
-    tensor: str
-    offset: int
-    length: int
+Segment = tuple[str, int, int]
+"""(tensor, offset, length): plain tuples, which Python's garbage collector stops tracking
+once it has seen them (a tuple subclass it tracks forever). A MoE model's job has
+hundreds of thousands; see scheduler/manifest.py for why that matters."""
 
 
 @dataclass(frozen=True)
 class Chunk:
     chunk_id: int
     segments: tuple[Segment, ...]
+    nbytes: int = -1
+    """The segments' total length (computed when not given). Stored, not summed on each
+    use: the planner asks often, and a chunk of small tensors has thousands of segments."""
 
-    @cached_property
-    def nbytes(self) -> int:  # cached: the planner asks for it on every decision
-        return sum(s.length for s in self.segments)
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            object.__setattr__(self, "nbytes", sum(length for _, _, length in self.segments))
 
 
 def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> None:
@@ -47,7 +48,7 @@ def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> No
 
 def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> list[Chunk]:
     validate_chunk_size(chunk_size, minimum=minimum)
-    total = sum(t.nbytes for t in manifest.values())
+    total = total_bytes(manifest)
     if total // chunk_size > MAX_CHUNKS:
         raise InvalidChunkSize(
             f"{total} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks; use a larger chunk size"
@@ -59,21 +60,21 @@ def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK
     def close() -> None:
         nonlocal open_segments, open_bytes
         if open_segments:
-            chunks.append(Chunk(len(chunks), tuple(open_segments)))
+            chunks.append(Chunk(len(chunks), tuple(open_segments), open_bytes))
             open_segments, open_bytes = [], 0
 
-    for name, spec in manifest.items():
-        n = spec.nbytes
+    for name, n in tensor_sizes(manifest):
         if n == 0:
             continue  # zero-byte tensors: nothing to read (SGLang has hung on these)
         if n > chunk_size:
             close()
             for offset in range(0, n, chunk_size):
-                chunks.append(Chunk(len(chunks), (Segment(name, offset, min(chunk_size, n - offset)),)))
+                length = min(chunk_size, n - offset)
+                chunks.append(Chunk(len(chunks), ((name, offset, length),), length))
             continue
         if open_bytes + n > chunk_size:
             close()
-        open_segments.append(Segment(name, 0, n))
+        open_segments.append((name, 0, n))
         open_bytes += n
     close()
     return chunks

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chunk reads a job keeps in flight per seed at most (default 4)")
     p.add_argument("--pipeline-seconds", type=float, default=0.5,
                    help="in-flight budget per seed, in seconds of its allowed rate (default 0.5)")
+    p.add_argument("--max-forks-per-seed", type=int, default=None, metavar="N",
+                   help="fork jobs that may read from one seed rank at once, fleet-wide; more wait in a queue "
+                        "(GET /v1/fleet shows it). Default: no limit")
     p.add_argument("--max-body-bytes", default="64MiB",
                    help="largest request body accepted; larger ones get 413 (default 64MiB)")
     p.add_argument("--token-file", default=None,
@@ -52,6 +55,10 @@ def main(args: argparse.Namespace) -> int:
     if args.max_in_flight_per_seed < 1:
         print("rfork scheduler: error: --max-in-flight-per-seed must be >= 1", file=sys.stderr)
         return 2
+    if args.max_forks_per_seed is not None and args.max_forks_per_seed < 1:
+        print(f"rfork scheduler: error: --max-forks-per-seed must be >= 1 (leave it out for no limit), "
+              f"got {args.max_forks_per_seed}", file=sys.stderr)
+        return 2
     if not args.pipeline_seconds > 0:
         print("rfork scheduler: error: --pipeline-seconds must be > 0", file=sys.stderr)
         return 2
@@ -72,12 +79,14 @@ def main(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from scheduler.fleet import AdmissionConfig
     from scheduler.planner import PlannerConfig
     from scheduler.service import SchedulerConfig, create_app
 
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
                              max_body_bytes=max_body, token=token,
+                             admission=AdmissionConfig(max_forks_per_seed=args.max_forks_per_seed),
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds))
     # uvicorn's own start-up lines are -v only: say once that we serve.

@@ -4,6 +4,7 @@ from rfork_api.errors import (  # noqa: F401 - re-exported for the scheduler's m
     CLIP_CHARS,
     InvalidChunkSize,
     InvalidManifest,
+    InvalidRequest,
     InvalidResume,
     ManifestMismatch,
     SchedulerError,

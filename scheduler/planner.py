@@ -99,6 +99,10 @@ class SourceView:
 
     def can_serve(self, chunk_id: int) -> bool:
         return self.holds is None or chunk_id in self.holds
+    incarnation: str = ""
+    """Which life of this source (a seed's agent process and TransferEngine session) the view
+    describes. It changes when the agent or the seed restarts and registers again; an exclusion
+    holds for the incarnation that failed, so a restarted seed is eligible again."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class Assignment:
     chunk_ids: tuple[int, ...] = ()
     """Every chunk this assignment reads (``chunk_id`` is the first)."""
     source_kind: str = SEED
+    incarnation: str = ""
+    """The source's incarnation when this was handed out (``SourceView.incarnation``)."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,13 @@ class Job:
         """Assignments in flight (at least one of their chunks not landed yet)."""
         self._live_count: dict[str, int] = {}
         self.excluded: dict[str, str] = {}
-        """Sources that failed this job's reads: not used again by this job (until they re-register)."""
+        """Sources that failed this job's reads: not used again by this job unless they restart."""
+        self.excluded_incarnation: dict[str, str] = {}
+        """The incarnation each excluded source had when it was excluded."""
+        self.incarnation: dict[str, str] = {}
+        """Each source's latest incarnation this job has seen."""
+        self.readmissions: dict[str, int] = {}
+        """How often each source came back (a new incarnation) after an exclusion."""
         self.lost: dict[str, str] = {}
         """Sources that left while this job ran (eligible again if they return)."""
         self.last_failure: dict[str, str] = {}
@@ -302,6 +314,7 @@ class Job:
         """
         if self.state != RUNNING:
             return []
+        self._readmit_restarted(sources)
         eligible = [s for s in sources if s.source_id not in self.excluded and s.source_id != self.peer_id]
         useful = any(s.kind == SEED for s in eligible) or any(self._holds_something_needed(s) for s in eligible)
         if not useful:
@@ -506,16 +519,17 @@ class Job:
     def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
         states = [self.chunks[c] for c in chunk_ids]
         self._ids += 1
+        client, theirs = self.client_manifest, source.manifest
         reads = [
-            Read(self.client_manifest[s.tensor].ptr + s.offset, source.manifest[s.tensor].ptr + s.offset, s.length)
-            for state in states for s in state.chunk.segments
+            Read(client[tensor].ptr + offset, theirs[tensor].ptr + offset, length)
+            for state in states for tensor, offset, length in state.chunk.segments
         ]
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,
                        source.agent_url, sum(state.chunk.nbytes for state in states),
                        max(state.attempts for state in states) + 1, now, reads, chunk_ids=tuple(chunk_ids),
-                       source_kind=source.kind)
+                       source_kind=source.kind, incarnation=source.incarnation)
         for chunk_id, state in zip(chunk_ids, states):
             if self.on_cover is not None and not state.done and not state.live:
                 self.on_cover(chunk_id, +1)
@@ -603,7 +617,10 @@ class Job:
         # whose previous read just failed. Neither is evidence against the source by
         # itself, so only reads that really failed count toward exclusion.
         really_failed = report.reason != "seed_lost"
-        if really_failed:
+        # A failure reported late from an incarnation that has since restarted says
+        # nothing about the seed as it is now: the chunk is retried, the seed keeps its slate.
+        current = self.incarnation.get(a.seed_id, a.incarnation) == a.incarnation
+        if really_failed and current:
             failures += 1
         self.consecutive_failures[a.seed_id] = failures
         self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
@@ -619,14 +636,35 @@ class Job:
                 self._fail(now, f"chunk {chunk_id} failed {state.attempts} times; last: {report.reason}: {report.error}")
                 return
         if failures >= self.config.seed_failure_threshold:
-            self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now)
+            self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now,
+                         incarnation=a.incarnation)
 
-    def exclude(self, source_id: str, reason: str, now: float) -> None:
-        """Stop using a source for this job (it failed our reads) and re-queue what it held."""
+    def exclude(self, source_id: str, reason: str, now: float, incarnation: str | None = None) -> None:
+        """Stop using a source's ``incarnation`` for this job (it failed our reads) and re-queue what it held.
+
+        ``incarnation`` defaults to the latest one this job has seen for the source.
+        """
         if source_id in self.excluded or self.state != RUNNING:
             return
+        self.excluded_incarnation[source_id] = (self.incarnation.get(source_id, "") if incarnation is None
+                                                else incarnation)
         self.excluded[source_id] = reason
         self._requeue_live(source_id)
+
+    def _readmit_restarted(self, sources: list[SourceView]) -> None:
+        """A source excluded in one incarnation and registered again in another is eligible again.
+
+        Its failures (e.g. ``agent_unreachable`` while its agent restarted) were evidence
+        against the incarnation that is gone. The same incarnation, however often it
+        registers, stays excluded: a seed whose reads keep failing is still bad.
+        """
+        for s in sources:
+            self.incarnation[s.source_id] = s.incarnation
+            if s.source_id in self.excluded and self.excluded_incarnation.get(s.source_id) != s.incarnation:
+                del self.excluded[s.source_id]
+                self.excluded_incarnation.pop(s.source_id, None)
+                self.consecutive_failures[s.source_id] = 0
+                self.readmissions[s.source_id] = self.readmissions.get(s.source_id, 0) + 1
 
     def seed_lost(self, source_id: str, reason: str, now: float) -> None:
         """The source left (missed heartbeats, deregistered, re-registered with new memory, a peer withdrew).

@@ -23,6 +23,7 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 
@@ -32,9 +33,12 @@ from rfork_api.http import DEFAULT_MAX_BODY_BYTES, error_responses, install
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, UnknownJob, UnknownModel, UnknownSeed, clip
-from rfork_api.manifest import Manifest, match_manifests, parse_manifest
+from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
+from scheduler.intake import Intake, decode_job_request, decode_registration
+from scheduler.liveness import LoopWatch, NoWatch
+from rfork_api.manifest import Manifest, ManifestTable, match_manifests
 from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
-from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
+from scheduler.swarm import GroupKey, PeerOffer, Swarm
 
 log = logging.getLogger("rfork.scheduler")
 
@@ -43,7 +47,10 @@ log = logging.getLogger("rfork.scheduler")
 class SchedulerConfig:
     heartbeat_interval_seconds: float = 1.0
     heartbeat_timeout_seconds: float = 5.0
-    """Seeds silent this long are dropped and their chunks move elsewhere."""
+    """Seeds silent this long are dropped and their chunks move elsewhere. Time the scheduler's
+    own event loop was stalled (and so could not have heard a heartbeat) does not count."""
+    loop_watch_interval_seconds: float = 0.1
+    """How often the event loop reports that it runs (a late report measures a stall)."""
     client_timeout_seconds: float = 30.0
     """Jobs whose client has not asked for work this long are abandoned."""
     default_chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -61,7 +68,13 @@ class SchedulerConfig:
     long: the peer's withdraw waits for it (a client's read times out well before)."""
     max_peers_per_decision: int = 16
     """Peers offered to one /work decision, sampled afresh each time (a swarm's few parents)."""
+    intake_workers: int = 2
+    """Job requests and registrations decoded and planned at once, off the event loop (more wait)."""
+    process_pool_min_body_bytes: int = 1 << 20
+    """Bodies at least this long are decoded in a worker process, smaller ones in a thread."""
     planner: PlannerConfig = PlannerConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    """Fleet-wide limit on concurrent forks per seed (scheduler/fleet.py); none by default."""
 
 
 @dataclass
@@ -71,15 +84,26 @@ class SeedRecord:
     agent_url: str
     rate_cap: float | None
     ranks: dict[int, tuple[str, Manifest]]
+    """rank -> (TransferEngine session, manifest)."""
     registered_at: float
     last_heartbeat: float
     allowed_rate: float | None
+    agent_incarnation: str = ""
+    """The agent process behind this registration (``agent_instance_id``, or one per registration)."""
+    stalled_at_heartbeat: float = 0.0
+    """``LoopWatch.stalled`` when the last heartbeat (or the registration) arrived."""
+    shapes_digests: dict[int, bytes] = field(default_factory=dict)
+    """rank -> ``ManifestTable.shapes_digest`` of its manifest: a job whose manifest has the same
+    digest matches without a tensor-by-tensor comparison."""
     available_bytes: float = 0.0
     in_flight_leases: int = 0
+    qos: wire.SeedQos | None = None
 
     def view(self, rank: int) -> SourceView:
         session_id, manifest = self.ranks[rank]
-        return SourceView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate)
+        # A new agent process or a new TransferEngine session (a restarted seed) is a new incarnation.
+        return SourceView(self.seed_id, session_id, self.agent_url, manifest, self.allowed_rate,
+                          incarnation=f"{self.agent_incarnation}/{session_id}")
 
 
 @dataclass
@@ -102,6 +126,9 @@ class SchedulerState:
     seeds: dict[str, SeedRecord] = field(default_factory=dict)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    registrations: int = 0
+    loop_watch: LoopWatch = field(default_factory=NoWatch)
+    """Stalls of the event loop, not counted as seed silence (a NoWatch when nothing ticks it)."""
     swarm: Swarm = field(init=False)
     scale_outs: dict[GroupKey, float] = field(default_factory=dict)
     """Group -> when its current scale-out started (its first job while none was running)."""
@@ -111,18 +138,27 @@ class SchedulerState:
                            max_peers_per_decision=self.config.max_peers_per_decision)
 
     @functools.cached_property
+    def admission(self) -> FleetAdmission:
+        return FleetAdmission(self.config.admission)
+
+    @functools.cached_property
     def grant_key(self) -> bytes | None:
         return grant_key(self.config.token) if self.config.token else None  # same test as the auth middleware
 
     # -- seeds -------------------------------------------------------------
-    def register(self, seed_id: str, body: wire.SeedRegistration) -> None:
+    def register(self, seed_id: str, body: wire.SeedRegistration, tables: dict[int, ManifestTable]) -> None:
+        """Add or replace a seed. CPU-heavy for big manifests: call it off the event loop."""
+        ranks = {r.rank: (r.session_id, tables[r.rank].to_manifest()) for r in body.ranks}
         now = self.clock()
-        ranks = {r.rank: (r.session_id, parse_manifest(r.manifest)) for r in body.ranks}
         with self.lock:
             previous = self.seeds.get(seed_id)
+            self.registrations += 1
             self.seeds[seed_id] = SeedRecord(
                 seed_id, body.identity, body.agent_url, body.rate_cap_bytes_per_second, ranks,
                 registered_at=now, last_heartbeat=now, allowed_rate=body.rate_cap_bytes_per_second,
+                agent_incarnation=body.agent_instance_id or f"registration-{self.registrations}",
+                stalled_at_heartbeat=self.loop_watch.stalled(now),
+                shapes_digests={rank: table.shapes_digest for rank, table in tables.items()},
             )
             if previous is not None and previous.ranks != ranks:
                 # Same id, new memory (a restarted seed): running jobs hold stale pointers.
@@ -138,9 +174,11 @@ class SchedulerState:
             if seed is None:
                 raise UnknownSeed(f"seed {seed_id!r} is not registered (dropped after missed heartbeats?); re-register it")
             seed.last_heartbeat = self.clock()
+            seed.stalled_at_heartbeat = self.loop_watch.stalled(seed.last_heartbeat)
             seed.allowed_rate = body.allowed_rate_bytes_per_second
             seed.available_bytes = body.available_bytes
             seed.in_flight_leases = body.in_flight_leases
+            seed.qos = body.qos
             self.metrics.seed_allowed_rate.labels(seed=seed_id).set(
                 math.nan if seed.allowed_rate is None else seed.allowed_rate)
 
@@ -172,10 +210,15 @@ class SchedulerState:
         return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks and s.rate_cap != 0]
 
     # -- jobs --------------------------------------------------------------
-    def create_job(self, body: wire.JobRequest) -> JobRecord:
+    def create_job(self, body: wire.JobRequest, table: ManifestTable) -> JobRecord:
+        """Match the client's manifest with the seeds', plan chunks, add the job.
+
+        CPU-heavy for big manifests: call it off the event loop. The lock is held only to
+        read the registry and to add the job, so heartbeats and /work go on meanwhile.
+        """
         chunk_size = self.config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes
         validate_chunk_size(chunk_size, minimum=self.config.min_chunk_size)
-        manifest = parse_manifest(body.manifest)
+        manifest = table.to_manifest()
         with self.lock:
             seeds = self.matching(body.identity, body.rank)
             if not seeds:
@@ -189,17 +232,22 @@ class SchedulerState:
                     f"registered: {', '.join(known) or 'none'}. Start a seed (and its rfork agent) for "
                     "this exact identity, or fix the client's model/revision/dtype/tp_size to match one above"
                 )
-            for seed in seeds:
-                match_manifests(manifest, seed.ranks[body.rank][1], seed.seed_id)
-            chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
-            now = self.clock()
-            job_id = uuid.uuid4().hex[:12]
-            group = group_key(body.identity, body.rank, manifest, chunk_size)
+            seed_manifests = [(s.seed_id, s.ranks[body.rank][1], s.shapes_digests.get(body.rank)) for s in seeds]
+        for seed_id, seed_manifest, digest in seed_manifests:
+            if digest != table.shapes_digest:  # they differ somewhere: name the first difference
+                match_manifests(manifest, seed_manifest, seed_id)
+        chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
+        now = self.clock()
+        job_id = uuid.uuid4().hex[:12]
+        # The group's key uses the shapes digest: jobs that read the same bytes under the same chunk ids.
+        group = (body.identity, body.rank, chunk_size, table.shapes_digest)
+        with self.lock:
             start = stripe_start(len(chunks), self.swarm.next_index(group))
-            job = Job(job_id, manifest, chunks, self.config.planner, now, start=start)
-            if body.resume is not None:
-                self._resume(job, body, len(chunks), now)
-            record = JobRecord(job, body.identity, body.rank, last_poll=now, group=group)
+        job = Job(job_id, manifest, chunks, self.config.planner, now, start=start)
+        if body.resume is not None:
+            self._resume(job, body, len(chunks), now)
+        with self.lock:
+            record = JobRecord(job, body.identity, body.rank, last_poll=self.clock(), group=group)
             self.jobs[job_id] = record
             offer = None if body.peer is None else PeerOffer(
                 body.peer.session_id, body.peer.upload_rate_bytes_per_second, body.peer.max_in_flight)
@@ -261,8 +309,15 @@ class SchedulerState:
                     # Peers are counted as one label value: one per client would grow without bound.
                     source = PEER if a.source_kind == PEER else a.seed_id
                     self.metrics.chunk_failures_total.labels(seed=source, reason=reason).inc()
-            assignments = job.next_assignments(*self._sources(record, now), body.max_assignments,
-                                               covered=self.swarm.covered_for(job_id))
+            self._admit()
+            views = self._views(record)
+            excluded = dict(job.excluded)
+            assignments = [] if views is None else job.next_assignments(
+                views + self.swarm.sources_for(job_id, now), now, body.max_assignments,
+                covered=self.swarm.covered_for(job_id))
+            for seed_id in excluded.keys() - job.excluded.keys():
+                log.info("job %s: seed %s restarted (a new agent or seed process registered) after it was "
+                         "excluded (%s); using it again", job_id, seed_id, excluded[seed_id])
             self.swarm.assigned(assignments, job_id, now)
             self.sign_grants(job_id, [a for a in assignments if a.source_kind != PEER], record.rank)
             for seed_id, n in job.bytes_by_seed.items():
@@ -281,13 +336,32 @@ class SchedulerState:
                 self._job_metrics(record)
             return wire.WorkReply(
                 state=job.state, error=job.error, assignments=[_wire_assignment(a) for a in assignments],
-                cancel=job.take_cancellations(), retry_after_seconds=0.0 if assignments else 0.05,
-                progress=_wire_progress(job))
+                cancel=job.take_cancellations(),
+                retry_after_seconds=0.0 if assignments else 0.5 if views is None else 0.05,
+                progress=_wire_progress(job), queued=self.admission.last.position(job_id))
 
-    def _sources(self, record: JobRecord, now: float) -> tuple[list[SourceView], float]:
-        """The seeds serving this job's identity and rank, then the peers it may read from."""
-        seeds = [s.view(record.rank) for s in self.matching(record.identity, record.rank)]
-        return seeds + self.swarm.sources_for(record.job.job_id, now), now
+    def _admit(self) -> None:
+        """Recompute fork admission (only with a limit: scheduler/fleet.py)."""
+        if self.config.admission.max_forks_per_seed is not None:
+            self.admission.update([r for r in self.jobs.values() if r.job.state == RUNNING], self.seeds.values())
+
+    def _views(self, record: JobRecord) -> list[SourceView] | None:
+        """The seeds a job may read from now; None while it waits in the queue for a fork slot."""
+        matching = self.matching(record.identity, record.rank)
+        if self.config.admission.max_forks_per_seed is None:
+            return [s.view(record.rank) for s in matching]
+        allowed = self.admission.seed_ids_for(record.job.job_id)
+        if allowed is None:
+            return None
+        # No admitted seed and not queued: none matches, or the job excluded them all; the planner decides.
+        return [s.view(record.rank) for s in matching if not allowed or s.seed_id in allowed]
+
+    def fleet(self) -> dict:
+        with self.lock:
+            running = [r for r in self.jobs.values() if r.job.state == RUNNING]
+            admission = self.admission.update(running, self.seeds.values())  # no limit: every matching seed
+            seeds = list(self.seeds.values())
+            return fleet_summary(admission, seeds, running, {s.seed_id: s.qos for s in seeds}, self.clock())
 
     def withdraw(self, job_id: str) -> int:
         """The job's client stops serving as a peer; returns reads from it that may still be on the wire."""
@@ -400,15 +474,19 @@ class SchedulerState:
         now = self.clock()
         with self.lock:
             for seed_id, seed in list(self.seeds.items()):
-                silent = now - seed.last_heartbeat
+                silent = self.loop_watch.silence(seed.last_heartbeat, seed.stalled_at_heartbeat, now)
                 if silent > self.config.heartbeat_timeout_seconds:
                     self._remove_seed(seed_id, f"seed_lost: no heartbeat for {silent:.1f} s")
                     self.metrics.seeds_dropped_total.inc()
+            self._admit()
             for job_id, record in list(self.jobs.items()):
                 job = record.job
                 if job.state == RUNNING:
-                    # Let the planner notice 'no seeds at all' even if the client stopped asking.
-                    job.next_assignments(*self._sources(record, now), 0)
+                    # Let the planner notice 'no seeds at all' even if the client stopped asking
+                    # (not while the job waits for a fork slot: its seeds are busy, not gone).
+                    views = self._views(record)
+                    if views is not None:
+                        job.next_assignments(views + self.swarm.sources_for(job_id, now), now, 0)
                     if job.state != RUNNING:
                         self._finished(record, job.state)
                     elif now - record.last_poll > self.config.client_timeout_seconds:
@@ -459,11 +537,23 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     registry = registry if registry is not None else CollectorRegistry()
     metrics = SchedulerMetrics(registry)
     state = SchedulerState(config, metrics, clock)
+    intake = Intake(config.process_pool_min_body_bytes, config.intake_workers)
+
+    async def watch_loop() -> None:
+        while True:
+            await asyncio.sleep(config.loop_watch_interval_seconds)
+            late = state.loop_watch.tick(clock())
+            if late >= 1.0:
+                log.warning("the scheduler's event loop stalled for %.1f s; seeds' heartbeat silence does not "
+                            "count it", late)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        reaper = None
-        if run_reaper:
+        reaper = watcher = None
+        if run_reaper:  # a serving scheduler: also have the decoding processes ready before the first big body
+            intake.start()
+            state.loop_watch = LoopWatch(config.loop_watch_interval_seconds, clock())
+            watcher = asyncio.create_task(watch_loop())
             reaper = BackgroundScheduler(daemon=True)
             reaper.add_job(state.reap, "interval", seconds=config.heartbeat_interval_seconds,
                            id="reaper", max_instances=1, coalesce=True)
@@ -473,11 +563,15 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         finally:
             if reaper is not None:
                 reaper.shutdown(wait=False)
+            if watcher is not None:
+                watcher.cancel()
+            intake.close()
 
     app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan, responses=error_responses())
     install(app, registry=registry, health=state.health, health_model=wire.SchedulerHealth, token=config.token,
             max_body_bytes=config.max_body_bytes, what="request body")
     app.state.scheduler = state
+    app.state.intake = intake
     changes = _Changes()
 
     @app.middleware("http")
@@ -490,9 +584,13 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             time.perf_counter() - started)
         return response
 
-    @app.put("/v1/seeds/{seed_id}", response_model=wire.RegistrationResponse)
-    async def register_seed(seed_id: wire.SeedId, body: wire.SeedRegistration):
-        state.register(seed_id, body)
+    # Bodies that may carry big manifests are read raw and decoded by the intake (off the
+    # event loop); their documented schema is added to the OpenAPI document below.
+    @app.put("/v1/seeds/{seed_id}", response_model=wire.RegistrationResponse,
+             openapi_extra=_json_body("SeedRegistration"))
+    async def register_seed(seed_id: wire.SeedId, request: Request):
+        body, tables = await intake.decode(decode_registration, await request.body())
+        await intake.in_thread(state.register, seed_id, body, tables)
         changes.notify()
         return wire.RegistrationResponse(
             seed_id=seed_id, heartbeat_interval_seconds=config.heartbeat_interval_seconds,
@@ -514,9 +612,14 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     async def list_seeds():
         return state.seed_list()
 
-    @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated)
-    async def create_job(body: wire.JobRequest):
-        record = state.create_job(body)
+    @app.get("/v1/fleet", response_model=wire.FleetSummary)
+    async def fleet():
+        return wire.FleetSummary.model_validate(state.fleet())
+
+    @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated, openapi_extra=_json_body("JobRequest"))
+    async def create_job(request: Request):
+        body, table = await intake.decode(decode_job_request, await request.body())
+        record = await intake.in_thread(state.create_job, body, table)
         job = record.job
         with state.lock:
             seed_ids = [s.seed_id for s in state.matching(record.identity, record.rank)]
@@ -556,4 +659,21 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         state.cancel_job(job_id)
         return Response(status_code=204)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (wire.JobRequest, wire.SeedRegistration):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+def _json_body(model: str) -> dict:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}

@@ -22,6 +22,16 @@ if [ "${RFORK_SKIP_PROMETHEUS:-0}" != 1 ] && ! { command -v prometheus && comman
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
 fi
 
+# The Kubernetes manifest tests (tests/kubernetes) render deploy/kubernetes with
+# `kubectl kustomize`: any kubectl works (Debian's kubernetes-client when none is
+# installed). RFORK_SKIP_KUBECTL=1 skips the install.
+if [ "${RFORK_SKIP_KUBECTL:-0}" != 1 ] && ! command -v kubectl >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian package: kubernetes-client (kubectl)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubernetes-client
+fi
+
 # GPU machines take the CUDA build of the transport; CPU machines the non-CUDA one.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     EXTRA=${RFORK_TRANSPORT_EXTRA:-gpu}

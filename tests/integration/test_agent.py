@@ -226,7 +226,7 @@ def lease_body(nbytes: int, rank: int = 0, wait: float = 5.0, assignment: str = 
 
 
 def test_registration_matches_the_design_and_heartbeats_arrive(fleet):
-    seed, scheduler, agent, _ = fleet(rate_cap=100 * MB)
+    seed, scheduler, agent, app = fleet(rate_cap=100 * MB)
     wait_until(lambda: len(scheduler.heartbeats) >= 3, what="3 heartbeats")
     seed_id, body = scheduler.registrations[0]
     assert seed_id == "seed-0"
@@ -235,6 +235,7 @@ def test_registration_matches_the_design_and_heartbeats_arrive(fleet):
         "agent_url": agent.url,
         "rate_cap_bytes_per_second": 100 * MB,
         "ranks": [{"rank": r, "session_id": seed.session(r), "manifest": manifest_for(r)} for r in (0, 1)],
+        "agent_instance_id": app.state.agent.instance_id,
     }
     assert list(body["ranks"][0]["manifest"]) == list(manifest_for(0))  # tensor order kept
     _, beat, _ = scheduler.heartbeats[-1]
@@ -264,6 +265,8 @@ def test_reregisters_when_the_scheduler_forgets_and_when_the_seed_restarts(fleet
     seed.generation += 1                                        # restarted seed: new TE sessions
     wait_until(lambda: scheduler.registrations[-1][1]["ranks"][0]["session_id"] == seed.session(0),
                what="re-registration with the new session")
+    # One agent process, one instance id: the scheduler must not take these for an agent restart.
+    assert len({body["agent_instance_id"] for _, body in scheduler.registrations}) == 1
 
 
 def test_keeps_trying_until_the_scheduler_comes_up(fleet):

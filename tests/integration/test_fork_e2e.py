@@ -50,6 +50,47 @@ def test_two_ranks_fork_independently(tmp_path):
     assert [r["rank"] for r in result["ranks"]] == [0, 1]
 
 
+def test_an_agent_restarted_mid_fork_serves_the_same_fork_again(tmp_path):
+    """Its seed is excluded while the agent is down (agent_unreachable), then used again."""
+    import threading
+
+    import httpx
+
+    from rfork_agent.fork import ForkClient, register_tensors
+    from rfork_agent.transport import MooncakeTransport
+    from testbed.fleet import Fleet, FleetSpec
+    from testbed.orchestrator import verify_rank
+
+    # seed-0 alone would take ~25 s; seed-1 (10x faster) is worth getting back.
+    spec = FleetSpec(seeds=2, preset=None, size_bytes=48 * MiB, seed_rates=(2e6, 40e6), log_dir=str(tmp_path))
+    with Fleet(spec) as fleet:
+        tensors, _buffer = _client_tensors(fleet)
+        transport = MooncakeTransport(protocol="tcp")
+        register_tensors(transport, tensors)
+        seed1 = fleet.seeds[1]
+        old_agent = seed1.agent_process
+        killed, restarted = threading.Event(), threading.Event()
+
+        def restart_agent() -> None:
+            old_agent.wait()
+            fleet.start_agent(seed1)  # a new process on a new port: a new agent instance
+            restarted.set()
+
+        def kill_once(progress) -> None:
+            if not killed.is_set() and progress.bytes_done > 0:
+                killed.set()
+                fleet.kill_agent(1)
+                threading.Thread(target=restart_agent, daemon=True).start()
+
+        client = ForkClient(fleet.scheduler_url, transport, progress=kill_once)
+        result = asyncio.run(client.fork(fleet.identity(), 0, tensors, chunk_size_bytes=2 * MiB))
+        assert restarted.is_set(), "the fork ended before the agent was restarted: nothing was tested"
+        assert result.failed_seeds.get("seed-1", "").startswith("agent_unreachable"), result.failed_seeds
+        granted = httpx.get(f"{seed1.agent_url}/v1/status", timeout=5).json()["granted_bytes"]
+        assert granted > 0, "the restarted agent's seed never served this fork again"
+        assert verify_rank(spec, 0, tensors) == []
+
+
 @pytest.fixture(scope="module")
 def small_fleet(tmp_path_factory):
     from testbed.fleet import Fleet, FleetSpec

@@ -150,6 +150,36 @@ def test_seed_dropped_then_re_registered_gets_work_again(service):
     assert "s0" not in again["progress"]["failed_seeds"]
 
 
+@pytest.mark.parametrize("instance_after, eligible", [
+    ("agent-2", True),    # the agent process restarted
+    ("agent-1", False),   # the same agent registering again: its failures still count
+])
+def test_a_seed_excluded_while_its_agent_was_down_is_used_again_once_a_new_agent_registers(
+        service, instance_after, eligible):
+    app, _, _ = service
+    # Capped at four 4 KiB chunks per half second: one chunk per assignment, four in flight.
+    capped, manifest = {"rate_cap_bytes_per_second": 32768.0}, {"w": [1 << 20, 32 * 4096, 1]}
+    call(app, "PUT", "/v1/seeds/s0", json={**registration("127.0.0.1:1", manifest), **capped,
+                                           "agent_instance_id": "agent-1"})
+    call(app, "PUT", "/v1/seeds/s1", json={**registration("127.0.0.1:2", manifest), **capped,
+                                           "agent_instance_id": "agent-9"})
+    job = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": manifest,
+                                              "chunk_size_bytes": 4096}).json()
+    work = f"/v1/jobs/{job['job_id']}/work"
+    out = call(app, "POST", work, json={"max_assignments": 16}).json()["assignments"]
+    unreachable = [{"assignment_id": a["assignment_id"], "ok": False, "reason": "agent_unreachable",
+                    "error": "connection refused"} for a in out if a["seed_id"] == "s0"]
+    assert len(unreachable) >= 3
+    r = call(app, "POST", work, json={"max_assignments": 0, "reports": unreachable}).json()
+    assert r["progress"]["failed_seeds"]["s0"].startswith("agent_unreachable")
+    # Same memory, same session: only the agent behind it may have changed.
+    call(app, "PUT", "/v1/seeds/s0", json={**registration("127.0.0.1:1", manifest), **capped,
+                                           "agent_instance_id": instance_after})
+    again = call(app, "POST", work, json={"max_assignments": 16}).json()
+    assert again["state"] == "running"
+    assert any(a["seed_id"] == "s0" for a in again["assignments"]) is eligible
+
+
 # -- auth and resume -----------------------------------------------------------
 
 TOKEN = "t0ken-for-tests"
@@ -233,3 +263,28 @@ def test_a_huge_manifest_count_is_refused_with_the_limit_named():
 
     with pytest.raises(InvalidManifest, match=f"at most {MAX_TENSORS}"):
         parse_manifest({f"t{i}": [4096 * i, 1, 1] for i in range(MAX_TENSORS + 1)})
+
+
+def test_a_stall_of_the_scheduler_itself_does_not_drop_seeds(service):
+    """Heartbeats sent while the scheduler's loop stalled wait in a socket: the seed is not silent."""
+    from scheduler.liveness import LoopWatch
+
+    app, clock, registry = service
+    state = app.state.scheduler
+    state.loop_watch = LoopWatch(interval=0.1, now=clock.now)
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    clock.now += 0.1
+    state.loop_watch.tick(clock.now)
+    clock.now += 6.0  # the loop stalls for 6 s, past the 5 s heartbeat timeout; the reaper thread runs
+    state.reap()
+    assert "s0" in state.seeds
+    state.loop_watch.tick(clock.now)  # the loop runs again: the waiting heartbeat comes next
+    state.reap()
+    assert "s0" in state.seeds
+    call(app, "POST", "/v1/seeds/s0/heartbeat", json={})
+    for _ in range(52):  # then 5.2 s of a loop that runs, and no heartbeat: dropped
+        clock.now += 0.1
+        state.loop_watch.tick(clock.now)
+    state.reap()
+    assert "s0" not in state.seeds
+    assert registry.get_sample_value("rfork_scheduler_seeds_dropped_total") == 1.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.chunking import Chunk, Segment, plan_chunks
+from scheduler.chunking import plan_chunks
 from scheduler.errors import InvalidChunkSize, InvalidManifest, ManifestMismatch
-from rfork_api.manifest import match_manifests, parse_manifest
+from rfork_api.manifest import match_manifests, parse_manifest, parse_manifest_table
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SourceView
 
 KiB = 1024
@@ -62,6 +62,23 @@ def test_manifest_match_names_the_first_difference(client, seed_raw, needle):
     assert needle in str(info.value)
 
 
+
+@pytest.mark.parametrize("other, same", [
+    ({"b": [7, 3, 1], "a": [9, 4, 2]}, True),   # other pointers, other order: the same shapes
+    ({"a": [0, 4, 2], "b": [0, 3, 2]}, False),  # b's element size differs
+    ({"a": [0, 4, 2], "c": [0, 3, 1]}, False),  # another name
+    ({"a": [0, 4, 2]}, False),                  # one tensor fewer
+])
+def test_equal_shape_digests_mean_the_manifests_match(other, same):
+    mine = parse_manifest_table({"a": [0, 4, 2], "b": [64, 3, 1]})
+    theirs = parse_manifest_table(other)
+    assert (mine.shapes_digest == theirs.shapes_digest) is same
+    if same:
+        match_manifests(mine.to_manifest(), theirs.to_manifest(), "s")
+    else:
+        with pytest.raises(ManifestMismatch):
+            match_manifests(mine.to_manifest(), theirs.to_manifest(), "s")
+
 # -- chunking ----------------------------------------------------------------
 @pytest.mark.parametrize("sizes, chunk, expected", [
     # big tensors split, the last piece shorter
@@ -80,7 +97,7 @@ def test_manifest_match_names_the_first_difference(client, seed_raw, needle):
 ])
 def test_plan_chunks(sizes, chunk, expected):
     chunks = plan_chunks(manifest(**sizes), chunk)
-    assert [[(s.tensor, s.offset, s.length) for s in c.segments] for c in chunks] == expected
+    assert [list(c.segments) for c in chunks] == expected
     assert [c.chunk_id for c in chunks] == list(range(len(expected)))
 
 
@@ -471,3 +488,77 @@ def test_pending_queue_removal_is_lazy_and_order_is_kept():
     for c in [1, 2, 4, 5, 3]:
         q.remove(c)
     assert list(q) == [] and not q
+
+
+# -- restarted seeds (a new incarnation) ---------------------------------------
+def incarnated(seed_id: str, m, incarnation: str, rate: float | None = None) -> SourceView:
+    return SourceView(seed_id, f"{seed_id}:1", f"http://{seed_id}", m, rate, incarnation=incarnation)
+
+
+EXCLUDE_AFTER_TWO = PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=2)
+
+
+def exclude_s0(job, m, reason="agent_unreachable"):
+    """s0 (agent A, session 1) fails two reads while s1 works: s0 is excluded."""
+    seeds = [incarnated("s0", m, "agent-A/s0:1"), incarnated("s1", m, "agent-X/s1:1", rate=4 * KiB)]
+    out = job.next_assignments(seeds, 0.0, 100)
+    s0 = [a for a in out if a.seed_id == "s0"]
+    finish(job, s0, 1.0, ok=False, reason=reason)
+    assert "s0" in job.excluded
+    return s0, seeds[1]
+
+
+@pytest.mark.parametrize("incarnation, eligible", [
+    ("agent-A/s0:1", False),  # the same agent registering again (e.g. after the scheduler dropped it)
+    ("agent-B/s0:1", True),   # the agent restarted: a new instance id
+    ("agent-A/s0:2", True),   # the seed restarted: a new TransferEngine session
+])
+def test_an_excluded_seed_is_eligible_again_only_in_a_new_incarnation(incarnation, eligible):
+    job, m = make_job(n_chunks=16, config=EXCLUDE_AFTER_TWO)
+    _, s1 = exclude_s0(job, m)
+    again = job.next_assignments([incarnated("s0", m, incarnation), s1], 2.0, 100)
+    assert any(a.seed_id == "s0" for a in again) is eligible
+    assert ("s0" in job.excluded) is not eligible
+    assert job.readmissions.get("s0", 0) == (1 if eligible else 0)
+    if eligible:  # the user still sees what happened to it
+        assert job.progress()["failed_seeds"]["s0"].startswith("agent_unreachable")
+
+
+def test_a_readmitted_seed_that_fails_again_is_excluded_again():
+    job, m = make_job(n_chunks=16, config=EXCLUDE_AFTER_TWO)
+    _, s1 = exclude_s0(job, m)
+    restarted = incarnated("s0", m, "agent-B/s0:1")
+    again = [a for a in job.next_assignments([restarted, s1], 2.0, 100) if a.seed_id == "s0"]
+    assert all(a.incarnation == "agent-B/s0:1" for a in again)
+    finish(job, again[:1], 3.0, ok=False, reason="read_failed")
+    assert "s0" not in job.excluded  # a fresh count: one failure is not two
+    finish(job, again[1:2], 3.5, ok=False, reason="read_failed")
+    assert job.excluded["s0"].startswith("read_failed")
+    assert job.excluded_incarnation["s0"] == "agent-B/s0:1"
+    assert all(a.seed_id == "s1" for a in job.next_assignments([restarted, s1], 4.0, 100))
+
+
+def test_late_failures_of_the_previous_incarnation_do_not_exclude_the_restarted_one():
+    job, m = make_job(n_chunks=16, config=PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=3))
+    seeds = [incarnated("s0", m, "agent-A/s0:1"), incarnated("s1", m, "agent-X/s1:1", rate=4 * KiB)]
+    old = [a for a in job.next_assignments(seeds, 0.0, 100) if a.seed_id == "s0"]
+    assert len(old) == 4
+    finish(job, old[:3], 1.0, ok=False, reason="agent_unreachable")  # excluded in incarnation A
+    restarted = incarnated("s0", m, "agent-B/s0:1")
+    new = [a for a in job.next_assignments([restarted, seeds[1]], 2.0, 100) if a.seed_id == "s0"]
+    assert new, "the restarted agent's seed gets work again"
+    # The old agent's last read (cancelled at the exclusion) reports its failure late: no effect.
+    finish(job, old[3:], 2.5, ok=False, reason="agent_unreachable")
+    assert "s0" not in job.excluded and job.consecutive_failures["s0"] == 0
+    finish(job, new, 3.0)
+    assert job.bytes_by_seed["s0"] == sum(a.nbytes for a in new)
+
+
+def test_a_seed_whose_reads_keep_failing_stays_excluded_across_drops_and_re_registrations():
+    job, m = make_job(n_chunks=16, config=EXCLUDE_AFTER_TWO)
+    _, s1 = exclude_s0(job, m, reason="read_failed")
+    same = incarnated("s0", m, "agent-A/s0:1")
+    for t in (2.0, 3.0, 4.0):  # dropped for missed heartbeats, then back: the same agent, the same seed
+        job.seed_lost("s0", "seed_lost: no heartbeat for 5.0 s", t)
+        assert all(a.seed_id == "s1" for a in job.next_assignments([same, s1], t + 0.5, 100))
+    assert job.excluded["s0"].startswith("read_failed") and job.readmissions == {}

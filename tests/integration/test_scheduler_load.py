@@ -1,0 +1,76 @@
+"""The scheduler under large, legal job requests: a real scheduler process, real HTTP.
+
+Many forks of a MoE model starting at once is the normal fleet case: each job
+request carries a manifest of hundreds of thousands of tensors. Creating them
+must not hold up heartbeats (issue 12, item 4).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from bench.scheduler_load import SchedulerProcess, measure
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_heartbeats_keep_flowing_while_large_jobs_are_created(tmp_path):
+    # A tight heartbeat timeout (1 s, heartbeats every 0.2 s): a scheduler that stops hearing
+    # heartbeats while it parses and plans drops the seeds, and the later job requests get 404.
+    with SchedulerProcess(str(tmp_path / "scheduler.log"), heartbeat_timeout=1.0) as scheduler:
+        result = measure(scheduler.url, jobs=4, tensors=260_000, heartbeat_interval=0.2)
+    summary = result.summary()
+    print(summary)
+    assert result.job_status == [201] * 4, summary
+    assert result.heartbeat_failures == [], summary
+    assert result.seeds_dropped == 0 and result.seeds_registered_after == 2, summary
+    # Heartbeats are answered while jobs are created, not queued behind them.
+    assert result.heartbeat_max_seconds < max(result.job_seconds) / 4, summary
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_the_decoding_processes_leave_with_the_scheduler(tmp_path, sig):
+    log_path = tmp_path / "scheduler.log"
+    with SchedulerProcess(str(log_path)) as scheduler:
+        pid = scheduler.process.pid
+        deadline = time.monotonic() + 60
+        while not (workers := _children(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the pool starts its first worker at startup
+        assert workers, "no decoding process started"
+        scheduler.process.send_signal(sig)
+        if sig == signal.SIGINT:
+            for worker in workers:  # Ctrl-C reaches the whole process group
+                os.kill(worker, signal.SIGINT)
+        scheduler.process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), f"left behind: {workers}"
+    assert "Traceback" not in log_path.read_text()

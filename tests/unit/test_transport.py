@@ -256,3 +256,18 @@ def test_mooncake_missing_library_is_explained(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(TransportError, match="apt-get install libibverbs1 librdmacm1"):
         MooncakeTransport()
+
+
+def test_register_tensors_registers_each_storage_once():
+    torch = pytest.importorskip("torch")
+    from rfork_agent.fork import register_tensors
+
+    # Views into one buffer, as fork_cli.allocate_like lays a rank out (40,000 of
+    # them made 40,000 TE registrations: minutes, then failed handshakes).
+    buffer = torch.zeros(4096 + 7, dtype=torch.uint8)
+    views = {f"t{i}": buffer[i * 64:(i + 1) * 64].view(torch.bfloat16) for i in range(64)}
+    views["empty"] = buffer[:0]
+    alone = torch.zeros(3, dtype=torch.float32)
+    client = InMemoryTransport(InMemoryFabric())
+    register_tensors(client, {**views, "alone": alone, "zero": torch.zeros(0)})
+    assert client.regions == {buffer.data_ptr(): 4096 + 7, alone.data_ptr(): 12}

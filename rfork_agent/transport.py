@@ -62,8 +62,8 @@ still drain, and reads to that peer fail until they have (0.7 s measured);
 a read retried with the same oversized batch never gets through.
 256 is 8x under the measured limit and 4x under the per-peer queue, so even
 four batches in flight to one peer (threads sharing a transport) are admitted
-directly. It costs about a millisecond per extra batch on loopback, nothing
-next to the bytes of a chunk that has this many segments.
+directly. The batch size made no measurable difference to a 5,000-segment
+read on loopback (64 to 1024 per batch): each segment's own round trip dominates.
 """
 
 
@@ -275,12 +275,12 @@ async def read(
 
     Batches go one after another, so one read never has more than one batch
     queued at the peer; the loop runs between batches and between polls (with
-    TE each poll itself waits for its batch: see ``MooncakeTransport.poll``). Raises ``ReadFailed`` (a batch could not start, or
-    finished with an error; later batches are not submitted) or ``ReadTimeout``
-    (``timeout_s`` covers the whole read). TransferEngine cannot cancel a
-    batch: after a timeout the read may still write into ``dst_ptrs``, so
-    callers must not reuse or free that memory for anything else until the
-    fork is abandoned.
+    TE each poll itself waits for its batch: see ``MooncakeTransport.poll``).
+    Raises ``ReadFailed`` (a batch could not start, or finished with an error;
+    later batches are not submitted) or ``ReadTimeout`` (``timeout_s`` covers
+    the whole read). TransferEngine cannot cancel a batch: after a timeout the
+    read may still write into ``dst_ptrs``, so callers must not reuse or free
+    that memory for anything else until the fork is abandoned.
 
         >>> await read(client, seed_session, [dst], [src], [4096], timeout_s=5)
     """

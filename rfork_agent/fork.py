@@ -117,7 +117,10 @@ class ForkOptions:
     """Assignments running at once, over all seeds (the scheduler picks per seed)."""
     read_timeout_base_seconds: float = 10.0
     read_timeout_min_bandwidth: float = 10e6
-    """A read of N bytes times out after base + N / this (bytes/s)."""
+    """A read of N bytes in S segments times out after base + N / this (bytes/s) + S x the next."""
+    read_timeout_per_segment_seconds: float = 0.005
+    """Over TCP each segment is one TransferEngine request (0.1-0.4 ms each measured on a loaded
+    loopback), so a read of thousands of tiny tensors is slow by its count, not its bytes."""
     lease_wait_seconds: float = 5.0
     """How long one lease request may wait at the agent before retrying."""
     lease_give_up_seconds: float = 120.0
@@ -144,11 +147,21 @@ def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
 
 
 def register_tensors(transport: Transport, tensors: Mapping[str, "object"]) -> None:
-    """Register each tensor's memory with the transport (skips zero-byte tensors)."""
+    """Register the memory behind the tensors with the transport: each storage once (skips zero-byte tensors).
+
+    Views into one buffer (``fork_cli.allocate_like``) make one registration,
+    padding included. TransferEngine's registration cost grows with the number
+    of regions already registered (40,000 one-tensor regions took 8 minutes on
+    TCP), and with that many regions the handshakes with the seeds then failed
+    (connection reset); a model with tens of thousands of tensors needs few regions.
+    """
+    regions: dict[int, int] = {}
     for tensor in tensors.values():
-        nbytes = tensor.numel() * tensor.element_size()
-        if nbytes:
-            transport.register(tensor.data_ptr(), nbytes)
+        if tensor.numel() * tensor.element_size():
+            storage = tensor.untyped_storage()
+            regions[storage.data_ptr()] = storage.nbytes()
+    for ptr, nbytes in regions.items():
+        transport.register(ptr, nbytes)
 
 
 @dataclass
@@ -487,7 +500,8 @@ class ForkClient:
         tally.first_lease_at = now if tally.first_lease_at is None else min(tally.first_lease_at, now)
 
         reads = a["reads"]
-        timeout = self.options.read_timeout_base_seconds + a["bytes"] / self.options.read_timeout_min_bandwidth
+        timeout = (self.options.read_timeout_base_seconds + a["bytes"] / self.options.read_timeout_min_bandwidth
+                   + len(reads) * self.options.read_timeout_per_segment_seconds)
         entry.reading = True
         try:
             read_started = self._clock()

@@ -7,7 +7,10 @@ process, through a shared in-process ``InMemoryFabric``.
 
 Reads are one-sided and batched: ``submit_read`` starts a batch and returns a
 handle, ``poll`` reports ``ReadStatus``; ``read`` (below) drives the pair from
-an asyncio loop with a timeout.
+an asyncio loop with a timeout. A batch carries at most
+``max_segments_per_batch`` segments (``MAX_SEGMENTS_PER_BATCH`` for TE);
+``read`` and ``read_sync`` split longer reads into several batches, one after
+another, so a model with tens of thousands of tensors reads like any other.
 
     >>> seed, client = MooncakeTransport(protocol="tcp"), MooncakeTransport(protocol="tcp")  # two processes
     >>> seed.register(weights.data_ptr(), nbytes)        # on the seed
@@ -39,6 +42,31 @@ class ReadTimeout(ReadFailed):
     """A read did not finish in time (it may still be on the wire; see ``read``)."""
 
 
+class BatchTooLarge(ReadFailed):
+    """``submit_read`` was given more segments than one batch may carry; nothing was submitted.
+
+    ``read`` and ``read_sync`` never raise it: they split the read into batches.
+    """
+
+
+MAX_SEGMENTS_PER_BATCH = 256
+"""Segments (dst, src, length triples) in one TransferEngine batch.
+
+Mooncake's TCP transport (0.3.13) queues at most 1024 transfers per peer, plus
+1024 waiting for admission that fail after 1 s; every segment of a batch is
+one transfer, and the rest of an oversized batch is failed at once
+("TCP lane queue-full" in TE's log). ``python -m bench.te_batch_limit``
+measured the largest batch that completes on loopback at 2,055-2,112
+segments (64 KiB to 8 B each). After a refused batch its admitted segments
+still drain, and reads to that peer fail until they have (0.7 s measured);
+a read retried with the same oversized batch never gets through.
+256 is 8x under the measured limit and 4x under the per-peer queue, so even
+four batches in flight to one peer (threads sharing a transport) are admitted
+directly. The batch size made no measurable difference to a 5,000-segment
+read on loopback (64 to 1024 per batch): each segment's own round trip dominates.
+"""
+
+
 class ReadStatus(enum.IntEnum):
     """State of a submitted batch. Values are TransferEngine's batch status codes (0.3.13)."""
 
@@ -56,6 +84,8 @@ class Transport(Protocol):
     """
 
     session_id: str
+    max_segments_per_batch: int
+    """The most segments ``submit_read`` accepts in one batch (``BatchTooLarge`` above it)."""
 
     def register(self, ptr: int, length: int) -> None: ...
 
@@ -66,7 +96,8 @@ class Transport(Protocol):
     ) -> int:
         """Start copying each ``src_ptrs[i]`` of peer ``session_id`` to local ``dst_ptrs[i]``.
 
-        Returns a handle for ``poll``; raises ReadFailed if the read cannot even start.
+        Returns a handle for ``poll``; raises ReadFailed if the read cannot even start,
+        BatchTooLarge (nothing submitted) above ``max_segments_per_batch`` segments.
         """
         ...
 
@@ -75,8 +106,36 @@ class Transport(Protocol):
     def read_sync(
         self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int]
     ) -> int:
-        """Blocking read: 0 on success, -1 on failure (TransferEngine's convention)."""
+        """Blocking read of any number of segments (in batches): 0 on success, -1 on failure (TE's convention)."""
         ...
+
+
+Batch = tuple[Sequence[int], Sequence[int], Sequence[int]]
+
+
+def split_batches(dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int],
+                  max_segments: int) -> list[Batch]:
+    """Cut a read into batches of at most ``max_segments`` segments, in order.
+
+        >>> [len(lengths) for _, _, lengths in split_batches(range(5), range(5), [1] * 5, 2)]
+        [2, 2, 1]
+    """
+    if max_segments < 1:
+        raise ValueError(f"max_segments must be at least 1, got {max_segments}")
+    return [
+        (dst_ptrs[i:i + max_segments], src_ptrs[i:i + max_segments], lengths[i:i + max_segments])
+        for i in range(0, len(lengths), max_segments)
+    ]
+
+
+def _check_size(lengths: Sequence[int], max_segments: int, session_id: str) -> None:
+    if len(lengths) > max_segments:
+        raise BatchTooLarge(
+            f"a read batch to {session_id} may carry at most {max_segments} segments, got {len(lengths)} "
+            f"({sum(lengths)} bytes); nothing was submitted. Use transport.read() or read_sync(), which "
+            "split a read into batches (TransferEngine refuses oversized batches and then refuses "
+            "every read to that peer until the admitted part has drained)"
+        )
 
 
 def _check_batch(dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int]) -> None:
@@ -100,6 +159,8 @@ class MooncakeTransport:
         >>> t.session_id
         '127.0.0.1:15933'
     """
+
+    max_segments_per_batch: int = MAX_SEGMENTS_PER_BATCH
 
     def __init__(
         self,
@@ -152,6 +213,7 @@ class MooncakeTransport:
 
     def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         _check_batch(dst_ptrs, src_ptrs, lengths)
+        _check_size(lengths, self.max_segments_per_batch, session_id)
         with self._lock:
             handle = self.engine.batch_transfer_async_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
         # TE returns batch id 0 when it cannot start (unknown/unreachable session).
@@ -163,6 +225,10 @@ class MooncakeTransport:
         return handle
 
     def poll(self, handle: int) -> ReadStatus:
+        # TE (0.3.13) frees a settled batch inside this call: poll a handle until it
+        # settles, never after. Its Python binding also waits in here until the batch
+        # has settled (GIL released; TE's own transfer timeout bounds it), so it
+        # returns DONE or FAILED, not PENDING.
         with self._lock:
             status = self.engine.get_batch_transfer_status([handle])
         if status == 0:
@@ -173,9 +239,12 @@ class MooncakeTransport:
 
     def read_sync(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         _check_batch(dst_ptrs, src_ptrs, lengths)
-        with self._lock:
-            rc = self.engine.batch_transfer_sync_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
-        return 0 if rc == 0 else -1
+        for dst, src, sizes in split_batches(dst_ptrs, src_ptrs, lengths, self.max_segments_per_batch):
+            with self._lock:
+                rc = self.engine.batch_transfer_sync_read(session_id, list(dst), list(src), list(sizes))
+            if rc != 0:
+                return -1
+        return 0
 
 
 def _new_engine():
@@ -205,35 +274,55 @@ async def read(
     timeout_s: float,
     poll_interval: float = 0.002,
 ) -> None:
-    """Submit one batch read and wait for it without blocking the event loop.
+    """Read every segment, in batches of ``transport.max_segments_per_batch``, from an asyncio loop.
 
-    Raises ``ReadFailed`` (could not start, or finished with an error) or
-    ``ReadTimeout``. TransferEngine cannot cancel a batch: after a timeout the
+    Batches go one after another, so one read never has more than one batch
+    queued at the peer; the loop runs between batches and between polls (with
+    TE each poll itself waits for its batch: see ``MooncakeTransport.poll``).
+    Raises ``ReadFailed`` (a batch could not start, or finished with an error;
+    later batches are not submitted) or ``ReadTimeout`` (``timeout_s`` covers
+    the whole read). TransferEngine cannot cancel a batch: after a timeout the
     read may still write into ``dst_ptrs``, so callers must not reuse or free
     that memory for anything else until the fork is abandoned.
 
         >>> await read(client, seed_session, [dst], [src], [4096], timeout_s=5)
     """
+    _check_batch(dst_ptrs, src_ptrs, lengths)
     nbytes = sum(lengths)
-    handle = transport.submit_read(session_id, dst_ptrs, src_ptrs, lengths)
+    batches = split_batches(dst_ptrs, src_ptrs, lengths, transport.max_segments_per_batch)
     started = time.monotonic()
     deadline = started + timeout_s
-    interval = poll_interval
-    while True:
-        status = transport.poll(handle)
-        if status == ReadStatus.DONE:
-            return
-        if status == ReadStatus.FAILED:
-            raise ReadFailed(
-                f"read of {nbytes} bytes ({len(lengths)} segments) from {session_id} failed after "
-                f"{time.monotonic() - started:.2f} s: the peer is gone or the addresses are not registered there"
-            )
-        if time.monotonic() >= deadline:
-            raise ReadTimeout(f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s")
-        await asyncio.sleep(interval)
-        # Back off a little: a 64 MiB chunk takes ~50 ms on loopback TCP and
-        # polling every 2 ms for it is wasted GIL time; never beyond 4x.
-        interval = min(interval * 1.25, poll_interval * 4)
+    for index, (dst, src, sizes) in enumerate(batches):
+        if index:
+            await asyncio.sleep(0)  # let the loop run between batches (leases, heartbeats)
+        where = f"batch {index + 1} of {len(batches)}, {len(sizes)} segments" if len(batches) > 1 else ""
+        try:
+            handle = transport.submit_read(session_id, dst, src, sizes)
+        except ReadFailed as exc:
+            if index == 0:
+                raise
+            raise type(exc)(f"{exc} ({where}; the earlier batches landed)") from exc
+        interval = poll_interval
+        while True:
+            status = transport.poll(handle)
+            if status == ReadStatus.DONE:
+                break
+            if status == ReadStatus.FAILED:
+                raise ReadFailed(
+                    f"read of {nbytes} bytes ({len(lengths)} segments) from {session_id} failed after "
+                    f"{time.monotonic() - started:.2f} s{f' in {where}' if where else ''}: TransferEngine "
+                    "failed the batch without saying why (the seed's process died or restarted, a source "
+                    "address is not registered there, or TE refused transfers; TE's log on stderr names it)"
+                )
+            if time.monotonic() >= deadline:
+                raise ReadTimeout(
+                    f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s"
+                    f"{f' ({where} was on the wire)' if where else ''}"
+                )
+            await asyncio.sleep(interval)
+            # Back off a little: a 64 MiB chunk takes ~50 ms on loopback TCP and
+            # polling every 2 ms for it is wasted GIL time; never beyond 4x.
+            interval = min(interval * 1.25, poll_interval * 4)
 
 
 @dataclass
@@ -263,7 +352,9 @@ class InMemoryTransport:
     closed, when a source or destination range is not inside a registered
     region, or when ``fail_when(session_id, lengths)`` returns True.
     ``pending_polls`` makes each read report PENDING that many polls before it
-    settles, to exercise polling loops.
+    settles, to exercise polling loops. ``submit_read`` refuses batches of more
+    than ``max_segments_per_batch`` segments with ``BatchTooLarge``, as
+    ``MooncakeTransport`` does.
 
         >>> fabric = InMemoryFabric()
         >>> seed, client = InMemoryTransport(fabric), InMemoryTransport(fabric)
@@ -277,13 +368,16 @@ class InMemoryTransport:
         fabric: InMemoryFabric = FABRIC,
         fail_when: FailurePredicate | None = None,
         pending_polls: int = 0,
+        max_segments_per_batch: int = MAX_SEGMENTS_PER_BATCH,
     ) -> None:
         self.fabric = fabric
+        self.max_segments_per_batch = max_segments_per_batch
         self.session_id = fabric.new_session_id()
         self.regions: dict[int, int] = {}
         self.fail_when = fail_when
         self.pending_polls = pending_polls
         self.reads_submitted = 0
+        """Batches copied (``submit_read`` and each batch of ``read_sync``)."""
         self._handles: dict[int, list] = {}  # handle -> [status, polls left]
         self._next = itertools.count(1)
         fabric.endpoints[self.session_id] = self
@@ -324,6 +418,8 @@ class InMemoryTransport:
         if session_id not in self.fabric.endpoints:
             # Same as TE: an unknown session cannot even start.
             raise ReadFailed(f"could not start a read from {session_id}: the session is unknown or closed")
+        _check_batch(dst_ptrs, src_ptrs, lengths)
+        _check_size(lengths, self.max_segments_per_batch, session_id)
         handle = next(self._next)
         self._handles[handle] = [self._copy(session_id, dst_ptrs, src_ptrs, lengths), self.pending_polls]
         return handle
@@ -339,4 +435,8 @@ class InMemoryTransport:
         return entry[0]
 
     def read_sync(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
-        return 0 if self._copy(session_id, dst_ptrs, src_ptrs, lengths) == ReadStatus.DONE else -1
+        _check_batch(dst_ptrs, src_ptrs, lengths)
+        for batch in split_batches(dst_ptrs, src_ptrs, lengths, self.max_segments_per_batch):
+            if self._copy(session_id, *batch) != ReadStatus.DONE:
+                return -1
+        return 0

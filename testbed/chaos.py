@@ -90,13 +90,14 @@ class _Setup:
     """A fleet plus this process's transport and destination memory for N forks."""
 
     def __init__(self, options: ChaosOptions, name: str, forks: int = 1, size_bytes: int | None = None,
-                 scheduler_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = ()) -> None:
+                 scheduler_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = (),
+                 preset: str | None = None) -> None:
         from testbed.fleet import FleetSpec
 
         self.options = options
         log_dir = os.path.join(options.log_dir, name) if options.log_dir else None
         self.spec = FleetSpec(
-            seeds=options.seeds, preset=None, size_bytes=size_bytes or options.size_bytes,
+            seeds=options.seeds, preset=preset, size_bytes=None if preset else size_bytes or options.size_bytes,
             seed_rates=(options.seed_rate,), log_dir=log_dir, heartbeat_timeout_seconds=3.0,
             token=secrets.token_hex(16) if options.auth else None,
             scheduler_args=scheduler_args, agent_args=agent_args,
@@ -197,6 +198,21 @@ def seed_kill(fraction: float) -> Callable[[ChaosOptions], ScenarioResult]:
             _completed(res, setup, *_fork_once(setup, trigger))
         return res
     return run
+
+
+def moe_seed_kill(options: ChaosOptions) -> ScenarioResult:
+    from testbed.presets import get_preset
+
+    res = ScenarioResult("moe-40k-tensors-seed-kill-50pct",
+                         "a rank of 40,848 tiny tensors completes byte-exact; the killed seed's chunks move")
+    with _Setup(options, res.name, preset="tiny-moe") as setup:
+        trigger = _Trigger(0.5, setup.total, lambda: setup.fleet.kill_seed(1))
+        result, error, seconds = _fork_once(setup, trigger)
+        _completed(res, setup, result, error, seconds)
+        res.detail["tensors"] = len(get_preset("tiny-moe").rank_tensors(0))
+        if result is not None:
+            res.detail["chunks"] = result.chunks_total
+    return res
 
 
 def agent_kill(options: ChaosOptions) -> ScenarioResult:
@@ -479,6 +495,7 @@ SCENARIOS: dict[str, Callable[[ChaosOptions], ScenarioResult]] = {
     "all-seeds-lost-50pct": seeds_lost(3),
     "8-concurrent-forks": concurrent_forks,
     "transient-read-errors-5pct": transient_errors,
+    "moe-40k-tensors-seed-kill-50pct": moe_seed_kill,
 }
 
 

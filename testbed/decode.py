@@ -313,12 +313,50 @@ class BatchScheduler:
 
 
 @dataclass
+class _DenseMLP:
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down)
+
+
+@dataclass
+class _MoEMLP:
+    """Top-``k`` routing over per-expert (gate, up, down) weights, one expert at a time."""
+
+    router: torch.Tensor
+    experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    k: int = 2
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        weights, chosen = F.linear(x, self.router).softmax(dim=-1).topk(self.k, dim=-1)
+        out = torch.zeros_like(x)
+        for e in chosen.unique().tolist():
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            gate, up, down = self.experts[e]
+            h = x[rows]
+            y = F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), down)
+            out.index_add_(0, rows, y * weights[rows, slot].unsqueeze(-1))
+        return out
+
+
+def _mlp(tensors: dict[str, torch.Tensor], prefix: str) -> _DenseMLP | _MoEMLP:
+    if f"{prefix}.gate_up_proj.weight" in tensors:
+        return _DenseMLP(tensors[f"{prefix}.gate_up_proj.weight"], tensors[f"{prefix}.down_proj.weight"])
+    router = tensors[f"{prefix}.gate.weight"]
+    experts = [tuple(tensors[f"{prefix}.experts.{e}.{m}_proj.weight"] for m in ("gate", "up", "down"))
+               for e in range(router.shape[0])]
+    return _MoEMLP(router, experts)
+
+
+@dataclass
 class _Layer:
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
     o: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
+    mlp: _DenseMLP | _MoEMLP
     input_norm: torch.Tensor
     post_norm: torch.Tensor
 
@@ -327,8 +365,7 @@ class _Layer:
         # Attention over a KV cache is left out: it reads no weights, and the
         # point is that each step streams the registered weights through the CPU.
         x = x + F.linear(qkv[:, : self.o.shape[1]], self.o)
-        gate, up = F.linear(_rms_norm(x, self.post_norm), self.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.down)
+        return x + self.mlp(_rms_norm(x, self.post_norm))
 
 
 class ForwardPass:
@@ -352,8 +389,7 @@ class ForwardPass:
                 qkv=w.tensors[f"model.layers.{i}.self_attn.qkv_proj.weight"],
                 qkv_bias=w.tensors.get(f"model.layers.{i}.self_attn.qkv_proj.bias"),
                 o=w.tensors[f"model.layers.{i}.self_attn.o_proj.weight"],
-                gate_up=w.tensors[f"model.layers.{i}.mlp.gate_up_proj.weight"],
-                down=w.tensors[f"model.layers.{i}.mlp.down_proj.weight"],
+                mlp=_mlp(w.tensors, f"model.layers.{i}.mlp"),
                 input_norm=w.tensors[f"model.layers.{i}.input_layernorm.weight"],
                 post_norm=w.tensors[f"model.layers.{i}.post_attention_layernorm.weight"],
             )

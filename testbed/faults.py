@@ -39,6 +39,10 @@ class FlakyTransport:
     def session_id(self) -> str:
         return self.inner.session_id
 
+    @property
+    def max_segments_per_batch(self) -> int:
+        return self.inner.max_segments_per_batch
+
     def register(self, ptr: int, length: int) -> None:
         self.inner.register(ptr, length)
 
@@ -61,5 +65,5 @@ class FlakyTransport:
         return self.inner.poll(handle)
 
     def read_sync(self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int],
-                  lengths: Sequence[int]) -> None:
-        self.inner.read_sync(session_id, dst_ptrs, src_ptrs, lengths)
+                  lengths: Sequence[int]) -> int:
+        return self.inner.read_sync(session_id, dst_ptrs, src_ptrs, lengths)

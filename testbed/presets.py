@@ -13,6 +13,9 @@ SGLang's parallel layers allocate:
   of 64, or 64·tp when that does not divide, as ``VocabParallelEmbedding`` does);
 - norms are replicated.
 
+``tiny-moe`` is a mixture-of-experts shape with over 40,000 small tensors per
+rank, for the many-segments path of the data plane (see ``Architecture.num_experts``).
+
     >>> spec = get_preset("qwen2.5-0.5b", tp_size=2)
     >>> spec.rank_tensors(1)[1].name, spec.rank_tensors(1)[1].shape
     ('model.layers.0.self_attn.qkv_proj.weight', (576, 896))
@@ -69,15 +72,28 @@ class Architecture:
     """
 
     family: str
-    """``llama`` (no qkv bias) or ``qwen2`` (qkv bias)."""
+    """``llama`` (no qkv bias), ``qwen2`` (qkv bias) or ``moe`` (no qkv bias, experts: ``num_experts``)."""
     hidden_size: int
     intermediate_size: int
+    """The MLP's width; for ``moe``, each expert's (``moe_intermediate_size`` in config.json)."""
     num_layers: int
     num_heads: int
     num_kv_heads: int
     vocab_size: int
     tie_word_embeddings: bool
     head_dim_override: int | None = None
+    num_experts: int = 0
+    """Experts per layer (``moe`` only). Each layer then has a router (``mlp.gate``) and,
+    per expert, ``mlp.experts.E.{gate,up,down}_proj.weight`` as MoE checkpoints (Qwen3-MoE,
+    Mixtral-style) name them: 3 tensors per expert per layer, tens of thousands per rank.
+    SGLang's ``FusedMoE`` loads them into two fused tensors per layer (``experts.w13_weight``,
+    ``experts.w2_weight``), so its own manifest is short; a stack that keeps experts unfused,
+    or a quantised one with per-expert scales, meets this many."""
+
+    def __post_init__(self) -> None:
+        if (self.family == "moe") != (self.num_experts > 0):
+            raise PresetError(f"family {self.family!r} with num_experts={self.num_experts}: "
+                              "a 'moe' family needs num_experts > 0, and only it may have experts")
 
     @property
     def head_dim(self) -> int:
@@ -122,6 +138,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     # About 8 MiB in bfloat16: qkv bias and an untied lm_head, so tests meet every
     # parameter kind; shards over tp 1, 2 and 4.
     "tiny": Architecture("qwen2", 256, 704, 4, 4, 2, 2048, tie_word_embeddings=False),
+    # Qwen3-235B-A22B's 128 experts, over 105 layers (it has 94) so one rank holds
+    # 40,848 tensors, each expert matrix 1 KiB in bfloat16: about 41 MiB per rank.
+    # Shards over tp 1, 2 and 4.
+    "tiny-moe": Architecture("moe", 32, 16, 105, 4, 2, 512, tie_word_embeddings=False, num_experts=128),
 }
 
 
@@ -227,8 +247,9 @@ class ModelSpec:
 
     def describe(self) -> str:
         a = self.arch
+        experts = f" experts={a.num_experts} ({len(self.tensors)} tensors per rank)" if a.num_experts else ""
         return (f"{self.name}: {a.family} hidden={a.hidden_size} inter={a.intermediate_size} "
-                f"layers={a.num_layers} heads={a.num_heads}/{a.num_kv_heads} vocab={a.vocab_size} "
+                f"layers={a.num_layers} heads={a.num_heads}/{a.num_kv_heads} vocab={a.vocab_size}{experts} "
                 f"{self.dtype} tp={self.tp_size}, {format_bytes(self.total_bytes)}")
 
 
@@ -259,6 +280,8 @@ def preset_for_size(nbytes: int | str, base: str = "llama-3.2-1b", dtype: str = 
     base_arch = ARCHITECTURES.get(base)
     if base_arch is None:
         raise PresetError(f"unknown base preset {base!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if base_arch.num_experts:
+        raise PresetError(f"sized models are dense; {base!r} has experts: use it as a preset (--preset {base})")
     if dtype not in DTYPE_SIZES:
         raise PresetError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPE_SIZES)}")
     widths = list(_narrower(base_arch, tp_size))
@@ -302,10 +325,22 @@ def _build_tensors(a: Architecture, tp_size: int, include_zero_byte: bool) -> tu
         if include_zero_byte and i == 0:
             # Mid-model rather than last, so chunk planning has to step over it.
             out.append(TensorSpec(ZERO_BYTE_TENSOR, (0,), Parallel.REPLICATED))
+        out.append(TensorSpec(f"{p}.self_attn.o_proj.weight", (h, q_rows), Parallel.ROW))
+        if a.num_experts:
+            out.append(TensorSpec(f"{p}.mlp.gate.weight", (a.num_experts, h), Parallel.REPLICATED))
+            for e in range(a.num_experts):
+                # Tensor-parallel MoE splits each expert like a dense MLP.
+                out += [
+                    TensorSpec(f"{p}.mlp.experts.{e}.gate_proj.weight", (a.intermediate_size, h), Parallel.COLUMN),
+                    TensorSpec(f"{p}.mlp.experts.{e}.up_proj.weight", (a.intermediate_size, h), Parallel.COLUMN),
+                    TensorSpec(f"{p}.mlp.experts.{e}.down_proj.weight", (h, a.intermediate_size), Parallel.ROW),
+                ]
+        else:
+            out += [
+                TensorSpec(f"{p}.mlp.gate_up_proj.weight", (2 * a.intermediate_size, h), Parallel.COLUMN),
+                TensorSpec(f"{p}.mlp.down_proj.weight", (h, a.intermediate_size), Parallel.ROW),
+            ]
         out += [
-            TensorSpec(f"{p}.self_attn.o_proj.weight", (h, q_rows), Parallel.ROW),
-            TensorSpec(f"{p}.mlp.gate_up_proj.weight", (2 * a.intermediate_size, h), Parallel.COLUMN),
-            TensorSpec(f"{p}.mlp.down_proj.weight", (h, a.intermediate_size), Parallel.ROW),
             TensorSpec(f"{p}.input_layernorm.weight", (h,), Parallel.REPLICATED),
             TensorSpec(f"{p}.post_attention_layernorm.weight", (h,), Parallel.REPLICATED),
         ]

@@ -91,6 +91,18 @@ def test_an_agent_restarted_mid_fork_serves_the_same_fork_again(tmp_path):
         assert verify_rank(spec, 0, tensors) == []
 
 
+def test_moe_rank_of_40000_tensors_is_byte_exact(tmp_path):
+    # Tens of thousands of tiny tensors: chunks of thousands of segments, reads
+    # split into TE batches, one registration for the client's buffer.
+    from testbed.presets import get_preset
+
+    tensors_per_rank = len(get_preset("tiny-moe").rank_tensors(0))
+    assert tensors_per_rank >= 40_000
+    result = run_testbed(TestbedOptions(seeds=2, model="tiny-moe", progress=False, log_dir=str(tmp_path)))
+    assert result["verified"], result["ranks"][0]["mismatched_tensors"]
+    assert result["ranks"][0]["chunks"] >= tensors_per_rank // 2048
+
+
 @pytest.fixture(scope="module")
 def small_fleet(tmp_path_factory):
     from testbed.fleet import Fleet, FleetSpec

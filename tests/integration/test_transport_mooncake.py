@@ -21,7 +21,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("mooncake.engine")
 
-from rfork_agent.transport import MooncakeTransport, ReadFailed, ReadStatus, read  # noqa: E402
+from rfork_agent.transport import (  # noqa: E402
+    BatchTooLarge, MooncakeTransport, ReadFailed, ReadStatus, read,
+)
 
 pytestmark = [pytest.mark.cpu_only, pytest.mark.timeout(60)]
 
@@ -105,6 +107,59 @@ def test_async_read_of_scattered_segments_is_byte_exact(seed, client):
         assert torch.equal(dst[:quarter], want[half:half + quarter])
         assert torch.equal(dst[half:], want[:half])
         assert not dst[quarter:half].any()
+    finally:
+        client.unregister(dst.data_ptr())
+
+
+MANY_SEGMENTS = 5000
+"""Well above the ~2,050-2,110 segments one TE batch carries over TCP (bench/te_batch_limit.py)."""
+
+
+def _scattered(dst, seed, count, size=16, stride=48):
+    """``count`` segments of ``size`` bytes, ``stride`` apart, read into the same offsets of ``dst``."""
+    offsets = [i * stride for i in range(count)]
+    return [dst.data_ptr() + o for o in offsets], [seed["ptr"] + o for o in offsets], [size] * count, offsets
+
+
+def _landed(dst, offsets, size=16):
+    want = expected_bytes(NBYTES)
+    return all(torch.equal(dst[o:o + size], want[o:o + size]) for o in offsets)
+
+
+def test_read_of_thousands_of_segments_is_byte_exact(seed, client):
+    dst = torch.zeros(NBYTES, dtype=torch.uint8)
+    client.register(dst.data_ptr(), NBYTES)
+    try:
+        dst_ptrs, src_ptrs, lengths, offsets = _scattered(dst, seed, MANY_SEGMENTS)
+        asyncio.run(read(client, seed["session_id"], dst_ptrs, src_ptrs, lengths, timeout_s=30))
+        assert _landed(dst, offsets)
+        dst.zero_()
+        assert client.read_sync(seed["session_id"], dst_ptrs, src_ptrs, lengths) == 0
+        assert _landed(dst, offsets)
+    finally:
+        client.unregister(dst.data_ptr())
+
+
+def test_the_transport_stays_usable_after_a_refused_and_a_failed_batch(seed, client):
+    dst = torch.zeros(NBYTES, dtype=torch.uint8)
+    client.register(dst.data_ptr(), NBYTES)
+    try:
+        dst_ptrs, src_ptrs, lengths, offsets = _scattered(dst, seed, MANY_SEGMENTS)
+        # An oversized batch is refused before it reaches TE (which would fail it and
+        # then refuse reads to this seed until its admitted part drained).
+        with pytest.raises(BatchTooLarge):
+            client.submit_read(seed["session_id"], dst_ptrs, src_ptrs, lengths)
+        asyncio.run(read(client, seed["session_id"], dst_ptrs[:1], src_ptrs[:1], lengths[:1], timeout_s=10))
+        assert _landed(dst, offsets[:1])
+        # A batch TE fails (its last segment's source is past the seed's registered
+        # region) is followed at once by a read that succeeds on the same transport.
+        bad = client.max_segments_per_batch
+        dst.zero_()
+        with pytest.raises(ReadFailed, match="failed the batch"):
+            asyncio.run(read(client, seed["session_id"], dst_ptrs[:bad - 1] + [dst.data_ptr()],
+                             src_ptrs[:bad - 1] + [seed["ptr"] + NBYTES], lengths[:bad], timeout_s=10))
+        asyncio.run(read(client, seed["session_id"], dst_ptrs, src_ptrs, lengths, timeout_s=30))
+        assert _landed(dst, offsets)
     finally:
         client.unregister(dst.data_ptr())
 

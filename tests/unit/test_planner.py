@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.chunking import plan_chunks
+from scheduler.chunking import MAX_SEGMENTS_PER_CHUNK, plan_chunks
 from scheduler.errors import InvalidChunkSize, InvalidManifest, ManifestMismatch
 from rfork_api.manifest import match_manifests, parse_manifest, parse_manifest_table
 from scheduler.planner import DONE, FAILED, RUNNING, Job, PlannerConfig, Report, SourceView
@@ -105,6 +105,14 @@ def test_plan_chunks(sizes, chunk, expected):
 def test_absurd_chunk_sizes_are_rejected(chunk):
     with pytest.raises(InvalidChunkSize):
         plan_chunks(manifest(a=10), chunk)
+
+
+def test_many_tiny_tensors_are_spread_over_chunks_of_bounded_segments():
+    # A MoE rank: tens of thousands of tensors that all fit one 64 MiB chunk by bytes.
+    n = 2 * MAX_SEGMENTS_PER_CHUNK + 5
+    chunks = plan_chunks(parse_manifest({f"t{i}": [i * 64, 32, 2] for i in range(n)}), 64 * 2**20)
+    assert [len(c.segments) for c in chunks] == [MAX_SEGMENTS_PER_CHUNK, MAX_SEGMENTS_PER_CHUNK, 5]
+    assert [tensor for c in chunks for tensor, _, _ in c.segments] == [f"t{i}" for i in range(n)]
 
 
 def test_chunk_count_is_bounded():

@@ -10,6 +10,8 @@ from testbed.decode import BatchScheduler, DecodeConfig, DecodeMetrics, ForwardP
 from testbed.presets import (
     ARCHITECTURES,
     ZERO_BYTE_TENSOR,
+    Architecture,
+    ModelSpec,
     PresetError,
     get_preset,
     preset_for_size,
@@ -186,3 +188,33 @@ def test_forward_pass_runs_on_every_rank_and_dtype():
         out = fwd.run([1, 2, 3, 4], [1, 3])
         assert len(out) == 2 and all(0 <= t < fwd.vocab_rows for t in out)
         assert torch.isfinite(fwd.embed.float()).all()
+
+
+@pytest.mark.parametrize("tp_size", [1, 2, 4])
+def test_tiny_moe_has_over_40000_tensors_per_rank_in_checkpoint_expert_layout(tp_size):
+    spec = get_preset("tiny-moe", tp_size=tp_size)
+    s = shapes(spec, tp_size - 1)
+    assert len(s) == 3 + 105 * (2 + 1 + 128 * 3 + 2) == 40_848
+    assert s["model.layers.0.mlp.gate.weight"] == (128, 32)                              # router: replicated
+    assert s["model.layers.104.mlp.experts.127.gate_proj.weight"] == (16 // tp_size, 32)  # column-parallel
+    assert s["model.layers.104.mlp.experts.127.up_proj.weight"] == (16 // tp_size, 32)
+    assert s["model.layers.0.mlp.experts.0.down_proj.weight"] == (32, 16 // tp_size)       # row-parallel
+    assert "model.layers.0.mlp.gate_up_proj.weight" not in s
+    assert list(s)[-1] == "lm_head.weight"
+    assert 40 * MiB < spec.total_bytes < 48 * MiB  # over all ranks: small, so forks of it stay quick
+
+
+def test_moe_family_and_experts_go_together_and_sizes_stay_dense():
+    with pytest.raises(PresetError, match="needs num_experts > 0"):
+        Architecture("moe", 32, 16, 1, 4, 2, 128, False)
+    with pytest.raises(PresetError, match="only it may have experts"):
+        Architecture("llama", 32, 16, 1, 4, 2, 128, False, num_experts=4)
+    with pytest.raises(PresetError, match="sized models are dense"):
+        preset_for_size("64MiB", base="tiny-moe")
+
+
+def test_forward_pass_routes_through_experts():
+    spec = ModelSpec("moe-probe", Architecture("moe", 32, 16, 2, 4, 2, 128, False, num_experts=8), tp_size=2)
+    fwd = ForwardPass([materialize(spec, r, 3) for r in range(2)], layers_per_step=4)
+    out = fwd.run([1, 2, 3, 4, 5, 6], [0, 5])
+    assert len(out) == 2 and all(0 <= t < fwd.vocab_rows for t in out)

@@ -8,8 +8,8 @@ import ctypes
 import pytest
 
 from rfork_agent.transport import (
-    InMemoryFabric, InMemoryTransport, MooncakeTransport, ReadFailed, ReadStatus, ReadTimeout, Transport,
-    TransportError, read,
+    MAX_SEGMENTS_PER_BATCH, BatchTooLarge, InMemoryFabric, InMemoryTransport, MooncakeTransport, ReadFailed,
+    ReadStatus, ReadTimeout, Transport, TransportError, read, split_batches,
 )
 
 
@@ -93,12 +93,82 @@ def test_read_helper(pair, name, pending_polls, fail_when, timeout, error):
             asyncio.run(go())
 
 
+@pytest.fixture
+def many_segments():
+    """A seed and a client whose batches hold at most 4 segments, and 10 one-byte segments to read."""
+    fabric = InMemoryFabric()
+    seed = InMemoryTransport(fabric)
+    client = InMemoryTransport(fabric, max_segments_per_batch=4)
+    src, src_ptr = _buffer(10, 0)
+    src[:] = bytes(range(1, 11))
+    dst, dst_ptr = _buffer(10, 0)
+    seed.register(src_ptr, 10)
+    client.register(dst_ptr, 10)
+    # Reversed order: each segment must land at its own offset whichever batch carries it.
+    segments = ([dst_ptr + i for i in range(10)], [src_ptr + 9 - i for i in range(10)], [1] * 10)
+    return seed, client, src, dst, segments
+
+
+@pytest.mark.parametrize("max_segments, sizes", [(4, [4, 4, 2]), (5, [5, 5]), (10, [10]), (11, [10]), (1, [1] * 10)])
+def test_split_batches_keeps_order_and_bound(max_segments, sizes):
+    batches = split_batches(list(range(10)), list(range(100, 110)), list(range(1, 11)), max_segments)
+    assert [len(lengths) for _, _, lengths in batches] == sizes
+    assert [d for dst, _, _ in batches for d in dst] == list(range(10))
+    assert [s for _, src, _ in batches for s in src] == list(range(100, 110))
+    assert [n for _, _, lengths in batches for n in lengths] == list(range(1, 11))
+
+
+def test_submit_read_refuses_an_oversized_batch_and_submits_nothing(many_segments):
+    seed, client, _, dst, segments = many_segments
+    with pytest.raises(BatchTooLarge, match="at most 4 segments, got 10.*nothing was submitted"):
+        client.submit_read(seed.session_id, *segments)
+    assert client.reads_submitted == 0 and bytes(dst) == bytes(10)
+
+
+def test_read_splits_into_batches_and_is_byte_exact(many_segments):
+    seed, client, src, dst, segments = many_segments
+    asyncio.run(read(client, seed.session_id, *segments, timeout_s=5))
+    assert bytes(dst) == bytes(reversed(bytes(src)))
+    assert client.reads_submitted == 3
+
+
+def test_read_sync_splits_into_batches_and_is_byte_exact(many_segments):
+    seed, client, src, dst, segments = many_segments
+    assert client.read_sync(seed.session_id, *segments) == 0
+    assert bytes(dst) == bytes(reversed(bytes(src))) and client.reads_submitted == 3
+
+
+def test_a_failed_batch_names_its_place_stops_the_read_and_the_next_read_works(many_segments):
+    seed, client, src, dst, segments = many_segments
+    batches_seen = []
+
+    def fail_second_batch(session, lengths):
+        batches_seen.append(len(lengths))
+        return len(batches_seen) == 2
+
+    client.fail_when = fail_second_batch
+    with pytest.raises(ReadFailed, match=r"batch 2 of 3, 4 segments.*failed the batch"):
+        asyncio.run(read(client, seed.session_id, *segments, timeout_s=5))
+    assert batches_seen == [4, 4], "the batch after a failed one must not be submitted"
+    assert bytes(dst[:4]) == bytes(reversed(bytes(src)))[:4] and bytes(dst[4:]) == bytes(6)
+    asyncio.run(read(client, seed.session_id, *segments, timeout_s=5))
+    assert bytes(dst) == bytes(reversed(bytes(src)))
+
+
+def test_read_timeout_covers_the_whole_read(many_segments):
+    seed, client, _, _, segments = many_segments
+    client.pending_polls = 10**9
+    with pytest.raises(ReadTimeout, match="batch 1 of 3"):
+        asyncio.run(read(client, seed.session_id, *segments, timeout_s=0.05, poll_interval=0.001))
+
+
 class FakeEngine:
     """Just enough of mooncake.engine.TransferEngine to test the wrapper's mapping."""
 
     def __init__(self, statuses=(0,), batch_id=7, sync_rc=0):
         self.statuses, self.batch_id, self.sync_rc = list(statuses), batch_id, sync_rc
         self.registered = {}
+        self.batches = []
 
     def get_rpc_port(self):
         return 15000
@@ -111,12 +181,14 @@ class FakeEngine:
         return 0 if self.registered.pop(ptr, None) else -1
 
     def batch_transfer_async_read(self, session, dst, src, lengths):
+        self.batches.append(len(lengths))
         return self.batch_id
 
     def get_batch_transfer_status(self, ids):
         return self.statuses.pop(0)
 
     def batch_transfer_sync_read(self, session, dst, src, lengths):
+        self.batches.append(len(lengths))
         return self.sync_rc
 
 
@@ -137,6 +209,25 @@ def test_mooncake_batch_id_zero_is_a_failed_start():
 @pytest.mark.parametrize("rc, expected", [(0, 0), (-1, -1), (5, -1)])
 def test_mooncake_sync_read_normalises_codes(rc, expected):
     assert MooncakeTransport(engine=FakeEngine(sync_rc=rc)).read_sync("s", [1], [2], [3]) == expected
+
+
+def test_mooncake_refuses_batches_above_its_bound_before_touching_te():
+    engine = FakeEngine()
+    t = MooncakeTransport(engine=engine)
+    n = MAX_SEGMENTS_PER_BATCH + 1
+    with pytest.raises(BatchTooLarge, match=f"at most {MAX_SEGMENTS_PER_BATCH} segments"):
+        t.submit_read("s", [1] * n, [2] * n, [3] * n)
+    assert engine.batches == []
+
+
+def test_mooncake_sync_read_goes_in_bounded_batches_and_stops_at_a_failure():
+    engine = FakeEngine()
+    n = 2 * MAX_SEGMENTS_PER_BATCH + 1
+    assert MooncakeTransport(engine=engine).read_sync("s", [1] * n, [2] * n, [3] * n) == 0
+    assert engine.batches == [MAX_SEGMENTS_PER_BATCH, MAX_SEGMENTS_PER_BATCH, 1]
+    engine = FakeEngine(sync_rc=-1)
+    assert MooncakeTransport(engine=engine).read_sync("s", [1] * n, [2] * n, [3] * n) == -1
+    assert engine.batches == [MAX_SEGMENTS_PER_BATCH]
 
 
 def test_mooncake_unregister_of_unknown_region_raises():
@@ -165,3 +256,18 @@ def test_mooncake_missing_library_is_explained(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(TransportError, match="apt-get install libibverbs1 librdmacm1"):
         MooncakeTransport()
+
+
+def test_register_tensors_registers_each_storage_once():
+    torch = pytest.importorskip("torch")
+    from rfork_agent.fork import register_tensors
+
+    # Views into one buffer, as fork_cli.allocate_like lays a rank out (40,000 of
+    # them made 40,000 TE registrations: minutes, then failed handshakes).
+    buffer = torch.zeros(4096 + 7, dtype=torch.uint8)
+    views = {f"t{i}": buffer[i * 64:(i + 1) * 64].view(torch.bfloat16) for i in range(64)}
+    views["empty"] = buffer[:0]
+    alone = torch.zeros(3, dtype=torch.float32)
+    client = InMemoryTransport(InMemoryFabric())
+    register_tensors(client, {**views, "alone": alone, "zero": torch.zeros(0)})
+    assert client.regions == {buffer.data_ptr(): 4096 + 7, alone.data_ptr(): 12}

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from rfork_api.auth import GrantClaims, grant_key, sign_grant
-from tests.integration.test_agent import fleet, registered, wait_until  # noqa: F401 - fleet is a fixture
+from tests.integration.agent_fakes import registered, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from rfork_agent import agent_cli
 from rfork_agent.agent import AgentConfig, create_app
 from throttle.controller import ControllerConfig
-from tests.integration.test_agent import FakeSeed, RecordingScheduler, Served, _socket, wait_until
+from tests.integration.agent_fakes import FakeSeed, RecordingScheduler, Served, _socket, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

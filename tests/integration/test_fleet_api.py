@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from scheduler.fleet import AdmissionConfig
 from scheduler.service import SchedulerConfig, create_app
-from tests.integration.test_scheduler_api import IDENTITY, MANIFEST, FakeClock, call, registration
+from tests.integration.scheduler_fakes import IDENTITY, MANIFEST, FakeClock, call, registration
 
 pytestmark = pytest.mark.timeout(60)
 

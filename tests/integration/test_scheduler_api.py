@@ -6,45 +6,19 @@ real-process, real-TransferEngine paths are in test_fork_e2e.py.
 
 from __future__ import annotations
 
-import asyncio
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from rfork_api.auth import GrantClaims, grant_key, verify_grant
 from scheduler.service import SchedulerConfig, create_app
-
-IDENTITY = {"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}
-MANIFEST = {"a": [1 << 20, 8192, 2], "b": [2 << 20, 4096, 1]}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def registration(session: str = "127.0.0.1:1", manifest=None) -> dict:
-    return {"identity": IDENTITY, "agent_url": "http://127.0.0.1:9", "rate_cap_bytes_per_second": None,
-            "ranks": [{"rank": 0, "session_id": session, "manifest": manifest or MANIFEST}]}
-
+from tests.integration.scheduler_fakes import IDENTITY, MANIFEST, FakeClock, call, registration  # noqa: F401
 
 @pytest.fixture
 def service():
     clock, registry = FakeClock(), CollectorRegistry()
     app = create_app(SchedulerConfig(max_body_bytes=64 * 1024), registry=registry, clock=clock, run_reaper=False)
     return app, clock, registry
-
-
-def call(app, method: str, path: str, **kwargs) -> httpx.Response:
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://scheduler") as client:
-            return await client.request(method, path, **kwargs)
-    return asyncio.run(go())
 
 
 @pytest.mark.parametrize("path, body, field", [

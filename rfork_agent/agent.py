@@ -54,6 +54,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
+from rfork_api.errors import InvalidIdentity
+from rfork_api.models import ModelIdentity
 from rfork_api.auth import GrantClaims, InvalidGrant, bearer_header, grant_key, verify_grant
 from rfork_api.http import BearerAuth, BodySizeLimit, JsonBodyRoute, error_response, install_error_handlers
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
@@ -704,21 +706,12 @@ class AgentState:
 async def discover(config: AgentConfig, http: httpx.AsyncClient) -> SeedDescription:
     """The seed's identity and per-rank TE info; config overrides the seed's answers."""
     info = await fetch_server_info(http, config.sglang_url)
-    model = config.model or info.get("model_path")
-    if not model:
-        raise SeedUnavailable(config.sglang_url,
-                              f"seed {config.sglang_url} server info has no model_path; pass --model")
     try:
-        tp_size = config.tp_size or int(info.get("tp_size") or 1)
-    except (TypeError, ValueError):
-        raise SeedUnavailable(config.sglang_url, f"seed {config.sglang_url} reports tp_size "
-                                                 f"{info.get('tp_size')!r}; pass --tp-size") from None
-    identity = {
-        "model": str(model),
-        "revision": config.revision or str(info.get("revision") or "main"),
-        "dtype": config.dtype or str(info.get("dtype") or "auto"),
-        "tp_size": tp_size,
-    }
+        identity = ModelIdentity.from_server_info(info, model=config.model, revision=config.revision,
+                                                  dtype=config.dtype, tp_size=config.tp_size).model_dump()
+    except InvalidIdentity as exc:
+        raise SeedUnavailable(config.sglang_url, f"seed {config.sglang_url}: {exc}") from None
+    tp_size = identity["tp_size"]
     ranks = {}
     for rank in config.ranks if config.ranks is not None else range(tp_size):
         session_id, manifest = await fetch_transfer_engine_info(http, config.sglang_url, rank)

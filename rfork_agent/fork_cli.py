@@ -165,6 +165,7 @@ async def preflight(args: argparse.Namespace) -> tuple[dict, str, dict, bool]:
     from rfork_agent import clients
     from rfork_api.auth import bearer_header
     from rfork_agent.fork import ForkError
+    from rfork_api.models import ModelIdentity
     from rfork_api.seed_info import fetch_server_info, fetch_transfer_engine_info
 
     # A short connect timeout: a dead host is reported at once. A scheduler that accepts the
@@ -188,12 +189,9 @@ async def preflight(args: argparse.Namespace) -> tuple[dict, str, dict, bool]:
     if isinstance(seed, BaseException):
         raise seed
     info, session_id, seed_manifest = seed
-    identity = {
-        "model": args.model or info.get("model_path"),
-        "revision": args.revision or info.get("revision") or "main",
-        "dtype": args.dtype or str(info.get("dtype")),
-        "tp_size": args.tp_size or int(info.get("tp_size", 1)),
-    }
+    # The one identity rule (rfork_api.models): the seed agents and the SGLang plugin derive it the same way.
+    identity = ModelIdentity.from_server_info(info, model=args.model, revision=args.revision, dtype=args.dtype,
+                                              tp_size=args.tp_size).model_dump()
     if reachable:
         clients.seeds_serving(seeds, identity, args.rank)
     return identity, session_id, seed_manifest, reachable

@@ -372,12 +372,11 @@ def model_identity(config: PluginConfig) -> dict:
             "cannot tell which model this instance loads: SGLang's server args are not published in this "
             f"process; set {ENV_MODEL} (and {ENV_DTYPE}, {ENV_TP_SIZE}) to what the seeds' agents registered"
         )
-    return {
-        "model": str(model),
-        "revision": config.revision or str(resolved.get("revision") or "main"),
-        "dtype": config.dtype or str(resolved.get("dtype") or "auto"),
-        "tp_size": int(config.tp_size or resolved.get("tp_size") or 1),
-    }
+    from rfork_api.models import ModelIdentity
+
+    # The one identity rule, as the seeds' agents apply it to SGLang's /server_info.
+    return ModelIdentity.from_server_info(resolved, model=str(model), revision=config.revision, dtype=config.dtype,
+                                          tp_size=config.tp_size).model_dump()
 
 
 def _sglang_server_args() -> dict:

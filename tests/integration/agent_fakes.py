@@ -77,6 +77,8 @@ class FakeSeed:
     generation: int = 0
     healthy: bool = True
     hits: list = field(default_factory=list)
+    server_info_fields: tuple[str, ...] = ("model_path", "tp_size", "dtype")
+    """What its /server_info reports (older SGLang builds and stand-ins leave some out)."""
 
     def session(self, rank: int) -> str:
         return f"127.0.0.1:{16000 + 100 * self.generation + rank}"
@@ -105,7 +107,8 @@ class FakeSeed:
             self.hits.append(path)
             if (path == "/server_info") == self.deprecated_paths:
                 raise HTTPException(404)
-            return {"model_path": "Qwen/Qwen2.5-0.5B", "tp_size": self.tp_size, "dtype": "bfloat16"}
+            info = {"model_path": "Qwen/Qwen2.5-0.5B", "tp_size": self.tp_size, "dtype": "bfloat16"}
+            return {k: v for k, v in info.items() if k in self.server_info_fields}
 
         @app.get("/server_info")
         def server_info_new():

@@ -48,16 +48,16 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 
 from metrics.definitions import AgentMetrics
 from rfork_agent import clients
 from rfork_api.errors import InvalidIdentity
 from rfork_api.models import ModelIdentity
 from rfork_api.auth import GrantClaims, InvalidGrant, bearer_header, grant_key, verify_grant
-from rfork_api.http import BearerAuth, BodySizeLimit, JsonBodyRoute, error_response, install_error_handlers
+from rfork_api import models as wire
+from rfork_api.http import error_response, error_responses, install
 from rfork_agent.leases import Lease, LeaseBook, LeaseExpired, UnknownLease
 from rfork_api.seed_info import SeedUnavailable, fetch_server_info, fetch_transfer_engine_info
 from throttle.controller import ControllerConfig, InvalidConfig, Mode, SloConfig
@@ -245,34 +245,8 @@ class AgentConfig:
         return (self.agent_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
-# --------------------------------------------------------------------------- wire models
-
-
-class LeaseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # true is not 1
-    job_id: str = Field(min_length=1, max_length=128)
-    assignment_id: str = Field(min_length=1, max_length=128)
-    rank: int = Field(ge=0, le=4095)
-    bytes: int = Field(gt=0, le=2**40)
-    grant: str = Field(default="", max_length=4096)
-    """The scheduler's signed grant for this assignment; required when the agent has a token."""
-    wait_seconds: float = Field(default=5.0, ge=0, le=600, allow_inf_nan=False)
-
-
-class ReleaseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    used: bool = True
-
-
-class ThrottleRequest(BaseModel):
-    """Body of ``PUT /v1/throttle``: switch the throttle at run time (operators, benchmarks)."""
-
-    model_config = ConfigDict(extra="forbid")
-    mode: ThrottleMode
-    rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    """Fixed mode only: the rate to pace at (default the cap; never above it)."""
-    slo_itl_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    """A new ITL SLO threshold (default: keep the current one)."""
+# The wire models (LeaseRequest, LeaseGranted, ...) are rfork_api.models: one definition for both ends.
+LeaseRequest = wire.LeaseRequest  # the name AgentState.grant and its tests use
 
 
 # --------------------------------------------------------------------------- state (no I/O)
@@ -510,6 +484,12 @@ class AgentState:
             self._set_mode_gauge(mode.value)
         log.info("agent %s: throttle %s%s", self.config.seed_id, mode.value,
                  "" if rate is None else f" at {rate / 1e6:.1f} MB/s")
+
+    def health(self) -> wire.AgentHealth:
+        return wire.AgentHealth(status="ok", phase=self.phase.value, seed_alive=self.seed_alive)
+
+    def throttle_reply(self) -> wire.ThrottleStatus:
+        return wire.ThrottleStatus(allowed_rate_bytes_per_second=self.allowed_rate, **self.throttle_status())
 
     def throttle_status(self) -> dict:
         report = self.last_qos
@@ -1056,16 +1036,13 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             await scheduler.aclose()
             await http.aclose()
 
-    app = FastAPI(title="rfork agent", version="0.1.0", lifespan=lifespan)
-    app.router.route_class = JsonBodyRoute  # every malformed body is a 422 in the error shape, not a bare 400
-    install_error_handlers(app, what="request")
+    app = FastAPI(title="rfork agent", version="0.1.0", lifespan=lifespan, responses=error_responses())
+    install(app, registry=registry, health=state.health, health_model=wire.AgentHealth, token=config.token,
+            max_body_bytes=1 << 20, what="request")  # lease bodies are ~200 bytes
     app.state.agent = state
-    app.add_middleware(BodySizeLimit, max_bytes=1 << 20)  # lease bodies are ~200 bytes
-    if config.token:
-        app.add_middleware(BearerAuth, token=config.token)  # outermost: no body is read for a stranger
 
-    @app.post("/v1/leases")
-    async def acquire_lease(body: LeaseRequest):
+    @app.post("/v1/leases", response_model=wire.LeaseGranted)
+    async def acquire_lease(body: wire.LeaseRequest):
         asked = clock()
         denied = state.check_lease(body.rank)
         if denied is not None:
@@ -1094,43 +1071,35 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             state.metrics.leases_total.labels(seed=config.seed_id, outcome="denied").inc()
             return denied.response()
         lease = state.grant(body, asked, clock())
-        return {"lease_id": lease.lease_id, "ttl_seconds": config.lease_ttl_seconds}
+        return wire.LeaseGranted(lease_id=lease.lease_id, ttl_seconds=config.lease_ttl_seconds)
 
-    @app.post("/v1/leases/{lease_id}/release")
+    @app.post("/v1/leases/{lease_id}/release", response_model=wire.ReleaseReply)
     async def release_lease(lease_id: Annotated[str, PathParam(min_length=1, max_length=128)],
-                            body: ReleaseRequest | None = None):
+                            body: wire.ReleaseRequest | None = None):
         used = True if body is None else body.used
         try:
             refunded = state.release(lease_id, used, clock())
         except UnknownLease as exc:  # a KeyError: str() would quote the message
             return _error(404, "unknown_lease", exc.args[0])
-        return {"lease_id": lease_id, "refunded_bytes": refunded}
+        return wire.ReleaseReply(lease_id=lease_id, refunded_bytes=refunded)
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", response_model=wire.AgentStatus)
     async def status():
-        return state.status(clock())
+        return wire.AgentStatus.model_validate(state.status(clock()))
 
-    @app.get("/v1/throttle")
+    @app.get("/v1/throttle", response_model=wire.ThrottleStatus)
     async def get_throttle():
-        return {"allowed_rate_bytes_per_second": state.allowed_rate, **state.throttle_status()}
+        return state.throttle_reply()
 
-    @app.put("/v1/throttle")
-    async def put_throttle(body: ThrottleRequest):
+    @app.put("/v1/throttle", response_model=wire.ThrottleStatus)
+    async def put_throttle(body: wire.ThrottleRequest):
         try:
-            state.set_throttle(body.mode, body.rate_bytes_per_second, clock(), body.slo_itl_seconds)
+            state.set_throttle(ThrottleMode(body.mode.value), body.rate_bytes_per_second, clock(), body.slo_itl_seconds)
         except ValueError as exc:
             return _error(409, "throttle_unavailable", str(exc))
         link = getattr(app.state, "link", None)
         if link is not None:
             link.push_rate()
-        return {"allowed_rate_bytes_per_second": state.allowed_rate, **state.throttle_status()}
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "phase": state.phase.value, "seed_alive": state.seed_alive}
-
-    @app.get("/metrics")
-    async def metrics_endpoint():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return state.throttle_reply()
 
     return app

@@ -398,6 +398,9 @@ class ThrottleStatus(Reply):
     controller_mode: str | None = None
     action: str | None = None
     reason: str | None = None
+    throttle_reason: str | None = None
+    """Why the rate is where it is: transfer_latency, seed_over_slo, seed_idle, metrics_stale, not_adaptive."""
+    baseline_itl_slo_violation_ratio: float | None = None
     slo_itl_seconds: float | None = None
     observed_itl_p99_seconds: float | None = None
     itl_slo_violation_ratio: float | None = None

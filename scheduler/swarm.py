@@ -101,6 +101,9 @@ class Swarm:
         """Outstanding assignment id -> the peer (job id) it reads from."""
         self._readers_outstanding: dict[str, set[str]] = {}
         """Reader job id -> its outstanding assignment ids (reads from peers not reported yet)."""
+        self._departed: dict[str, _Member] = {}
+        """Peers whose job ended (failed, cancelled, abandoned) with reads from them still outstanding:
+        their client may still ask to withdraw, and must wait for those reads before reusing its memory."""
 
     # -- membership -------------------------------------------------------
     def next_index(self, key: GroupKey) -> int:
@@ -153,14 +156,15 @@ class Swarm:
         if member is None:
             return []
         self._stop_serving(member)
+        member.withdrawn = True
+        if member.outstanding:
+            self._departed[job_id] = member  # its reads are still counted until reported or expired
         group = self._groups.get(member.key, [])
         if job_id in group:
             group.remove(job_id)
         if not group:
             for table in (self._groups, self._joined, self._cover_count, self._serving):
                 table.pop(member.key, None)
-        for assignment_id in member.outstanding:
-            self._reader_of.pop(assignment_id, None)
         self.reader_gone(job_id, now)
         return [self._members[j].job for j in group if j in self._members]
 
@@ -227,21 +231,24 @@ class Swarm:
     def settled(self, assignment_id: str) -> None:
         """The reader reported this read (landed or failed): it is off the wire."""
         peer_job_id = self._reader_of.pop(assignment_id, None)
-        if peer_job_id is not None and peer_job_id in self._members:
-            self._members[peer_job_id].outstanding.pop(assignment_id, None)
+        peer = None if peer_job_id is None else self._members.get(peer_job_id) or self._departed.get(peer_job_id)
+        if peer is not None:
+            peer.outstanding.pop(assignment_id, None)
+            if not peer.outstanding:
+                self._departed.pop(peer_job_id, None)
 
     def reader_gone(self, reader_job_id: str, now: float) -> None:
         """The reader will never report: its reads from peers may still be on the wire until a deadline."""
         for assignment_id in self._readers_outstanding.pop(reader_job_id, set()):
             peer_job_id = self._reader_of.get(assignment_id)
-            if peer_job_id is not None and peer_job_id in self._members:
-                outstanding = self._members[peer_job_id].outstanding
-                if assignment_id in outstanding:
-                    outstanding[assignment_id] = now + self.read_deadline_seconds
+            peer = None if peer_job_id is None else self._members.get(peer_job_id) or self._departed.get(peer_job_id)
+            if peer is not None and assignment_id in peer.outstanding:
+                peer.outstanding[assignment_id] = min(peer.outstanding[assignment_id],
+                                                      now + self.read_deadline_seconds)
 
     def withdraw(self, job_id: str, now: float) -> int:
         """Stop serving from ``job_id``; returns the reads from it that may still be on the wire."""
-        member = self._members.get(job_id)
+        member = self._members.get(job_id) or self._departed.get(job_id)
         if member is None:
             return 0
         if not member.withdrawn:
@@ -251,6 +258,8 @@ class Swarm:
             if deadline <= now:
                 del member.outstanding[assignment_id]
                 self._reader_of.pop(assignment_id, None)
+        if not member.outstanding:
+            self._departed.pop(job_id, None)
         return len(member.outstanding)
 
     # -- views ---------------------------------------------------------------

@@ -148,3 +148,17 @@ def test_a_peer_that_left_is_no_source_and_its_readers_are_returned():
         a.apply(Report(x.assignment_id, ok=True), 0.0)
     assert [j.job_id for j in fleet.swarm.leave("j0", 1.0)] == ["j1"]
     assert fleet.swarm.sources_for("j1", 1.0) == [] and not fleet.swarm.is_member("j0")
+
+
+def test_a_peer_whose_job_ended_still_counts_the_reads_from_it_until_they_are_reported():
+    fleet = Fleet(2, n_chunks=2)
+    a, b = fleet.jobs
+    for x in a.next_assignments([seed(fleet.seed_manifest)], 0.0, 8):
+        a.apply(Report(x.assignment_id, ok=True), 0.0)
+    reads = b.next_assignments(fleet.swarm.sources_for("j1", 0.0), 0.0, 8, covered=fleet.swarm.covered_for("j1"))
+    fleet.swarm.assigned(reads, "j1", 0.0)
+    fleet.swarm.leave("j0", 1.0)  # its job failed at the scheduler; its client will fall back and rewrite memory
+    assert fleet.swarm.withdraw("j0", 1.0) == len(reads)  # so it must wait: the reads are still on the wire
+    for r in reads:
+        fleet.swarm.settled(r.assignment_id)
+    assert fleet.swarm.withdraw("j0", 2.0) == 0

@@ -157,6 +157,13 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         check_device(seed_device)
     clients, client_rate = getattr(args, "clients", None), getattr(args, "client_rate", None)
     no_peers = getattr(args, "no_peers", False)
+    rate = None
+    if client_rate is not None:
+        from rfork_agent.fork import parse_peer_settings
+        settings = parse_peer_settings(client_rate, flag="--client-rate")
+        if not settings.serve:
+            raise ValueError("--client-rate 0 serves nothing; use --no-peers for that")
+        rate = settings.rate
     if clients is None and (client_rate is not None or no_peers):
         raise ValueError("--client-rate and --no-peers shape a scale-out; give --clients N")
     if clients is not None:
@@ -167,13 +174,6 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         if args.compare_baseline or client_metrics_port is not None:
             raise ValueError("--compare-baseline and --client-metrics-port time or watch the in-process fork; "
                              "drop them with --clients")
-    rate = None
-    if client_rate is not None:
-        from rfork_agent.fork import parse_peer_settings
-        settings = parse_peer_settings(client_rate, flag="--client-rate")
-        if not settings.serve:
-            raise ValueError("--client-rate 0 serves nothing; use --no-peers for that")
-        rate = settings.rate
     return TestbedOptions(
         seeds=args.seeds,
         model=None if args.size else (args.model or DEFAULT_PRESET),

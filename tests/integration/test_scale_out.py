@@ -67,11 +67,11 @@ def test_peer_faults_lose_nothing(name, tmp_path):
 
 
 def _job(fleet: Fleet, identity: dict, manifest: dict, base: int) -> str:
-    """A hand-played reader: a job whose client never reads (its pointers are made up), only asks for work."""
+    """A hand-played reader: a job whose client never reads (its pointers are made up), only asks for work.
+    It offers no peer session: what it 'lands' must not make it a source."""
     fake = {name: [base + i * 2**30, numel, esize] for i, (name, (_, numel, esize)) in enumerate(manifest.items())}
     r = httpx.post(f"{fleet.scheduler_url}/v1/jobs", timeout=10, json={
-        "identity": identity, "rank": 0, "manifest": fake, "chunk_size_bytes": MiB,
-        "peer": {"session_id": "127.0.0.1:1"}})
+        "identity": identity, "rank": 0, "manifest": fake, "chunk_size_bytes": MiB})
     assert r.status_code == 201, r.text
     return r.json()["job_id"]
 

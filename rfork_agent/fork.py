@@ -74,7 +74,7 @@ class ForkResult:
     job_id: str
     bytes_total: int
     transfer_seconds: float
-    """First lease granted to last chunk landed."""
+    """First read started (after its lease, or at once from a peer) to last chunk landed."""
     bytes_by_seed: dict[str, int]
     retried_chunks: int
     failed_seeds: dict[str, str]

@@ -1,4 +1,4 @@
-"""`rfork bench fork|qos ...`: the benchmarks, reachable from the rfork command."""
+"""`rfork bench fork|qos|fleet ...`: the benchmarks, reachable from the rfork command."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     qos_bench.add_arguments(sub.add_parser("qos", help="issue #3 numbers: serving-latency throttle vs baseline, "
                                                        "no throttle and the best fixed rate"))
+    from bench import fleet_bench
+
+    fleet_bench.add_arguments(sub.add_parser("fleet", help="issue #14 numbers: N new instances at once, with and "
+                                                           "without peers: time to all and seed bytes served"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -25,4 +29,8 @@ def main(args: argparse.Namespace) -> int:
         from bench import qos_bench
 
         return qos_bench.run(args)
+    if args.bench == "fleet":
+        from bench import fleet_bench
+
+        return fleet_bench.run(args)
     raise SystemExit(f"unknown benchmark {args.bench!r}")

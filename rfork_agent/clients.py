@@ -39,6 +39,8 @@ from typing import Any
 
 import httpx
 
+from rfork_api import models as m
+
 
 class ClientError(Exception):
     """Base of every error these clients raise. ``code``/``status`` are the server's, if any."""
@@ -220,9 +222,9 @@ class SchedulerClient(_Base):
     def __init__(self, base_url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
         super().__init__(base_url, timeout, headers)
 
-    async def _call(self, method: str, path: str, json: Any = None) -> Any:
+    async def _call(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> Any:
         try:
-            response = await self._http.request(method, path, json=json)
+            response = await self._http.request(method, path, json=json, timeout=timeout or self.timeout)
         except httpx.HTTPError as exc:
             raise SchedulerUnreachable(self.base_url, exc) from exc
         if response.status_code < 400:
@@ -259,20 +261,34 @@ class SchedulerClient(_Base):
         return await self._call("GET", "/v1/seeds")
 
     async def create_job(self, identity: dict, rank: int, manifest: dict,
-                         chunk_size_bytes: int | None = None, resume: dict | None = None) -> dict:
+                         chunk_size_bytes: int | None = None, resume: dict | None = None,
+                         peer: m.PeerOffer | None = None) -> dict:
         """POST /v1/jobs -> {job_id, total_bytes, num_chunks, chunk_size_bytes, seed_ids}.
 
         ``resume`` = {"previous_job_id", "chunks_done"} re-creates a job the scheduler lost.
+        ``peer`` offers this client's landed chunks to the other clients of the same weights.
         """
         body = {"identity": identity, "rank": rank, "manifest": manifest, "chunk_size_bytes": chunk_size_bytes}
         if resume is not None:
             body["resume"] = resume
+        if peer is not None:
+            body["peer"] = peer.model_dump()
         return await self._call("POST", "/v1/jobs", body)
 
-    async def work(self, job_id: str, max_assignments: int, reports: list[dict]) -> dict:
-        """POST /v1/jobs/{id}/work -> {state, error, assignments, cancel, retry_after_seconds, progress}."""
-        return await self._call("POST", f"/v1/jobs/{job_id}/work",
-                                {"max_assignments": max(max_assignments, 0), "reports": reports})
+    async def work(self, job_id: str, max_assignments: int, reports: list[dict], wait_seconds: float = 0.0) -> dict:
+        """POST /v1/jobs/{id}/work -> {state, error, assignments, cancel, retry_after_seconds, progress}.
+
+        ``wait_seconds`` > 0 long-polls: a call that would get no assignment waits up to that long for one.
+        """
+        body = {"max_assignments": max(max_assignments, 0), "reports": reports}
+        if wait_seconds > 0:
+            body["wait_seconds"] = wait_seconds
+        return await self._call("POST", f"/v1/jobs/{job_id}/work", body, timeout=self.timeout + max(wait_seconds, 0.0))
+
+    async def withdraw(self, job_id: str) -> m.WithdrawReply:
+        """POST /v1/jobs/{id}/withdraw: stop serving as a peer; says how many reads from us may still be
+        on the wire (call again to poll). Raises UnknownJob when the scheduler does not know the job."""
+        return m.WithdrawReply.model_validate(await self._call("POST", f"/v1/jobs/{job_id}/withdraw"))
 
     async def get_job(self, job_id: str) -> dict:
         """GET /v1/jobs/{id} -> {state, error, progress...}."""

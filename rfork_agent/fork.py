@@ -6,7 +6,19 @@ assignment runs as its own task: take a lease from the seed's agent (the agent
 paces leases to the seed's allowed byte rate), issue the TransferEngine read,
 release the lease. The scheduler decides which seed serves which chunk, so
 rebalancing, retries on another seed and endgame duplicates need nothing here
-beyond running what it hands out.
+beyond running what it hands out. With nothing to run, the call long-polls
+(``wait_seconds``) instead of the client sleeping.
+
+Peers: with a ``PeerOffer`` (``ForkClient.peer_offer``) the job offers every
+chunk this client has landed to the other clients forking the same weights,
+and its assignments may come from such peers (``source_kind`` "peer": no agent,
+no lease, read at once). Other clients may be reading our memory, so before
+``fork`` returns or raises, and before ``stop_serving`` returns, the client
+withdraws as a source and waits (bounded by ``ForkOptions.withdraw_wait_seconds``)
+until the scheduler says no read from it is still on the wire; only then is the
+job deleted and the caller free to rewrite or free the memory. ``keep_serving``
+leaves the finished job serving: keep it alive with ``serve`` and end it with
+``stop_serving``.
 
 Destination memory must already be registered with the transport (SGLang's
 loader registers the model's parameters itself; ``register_tensors`` does it
@@ -21,17 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping
 
-import httpx
 
 from metrics.definitions import FAILURE_REASONS, ClientMetrics
 from rfork_agent import clients
+from rfork_api import models as m
 from rfork_api.auth import bearer_header
 from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
-from rfork_api.units import format_bytes
+from rfork_api.units import UnitError, format_bytes, format_rate, parse_rate
 
 log = logging.getLogger("rfork.fork")
 
@@ -60,7 +73,7 @@ class ForkResult:
     job_id: str
     bytes_total: int
     transfer_seconds: float
-    """First lease granted to last chunk landed."""
+    """First read started (after its lease, or at once from a peer) to last chunk landed."""
     bytes_by_seed: dict[str, int]
     retried_chunks: int
     failed_seeds: dict[str, str]
@@ -69,6 +82,79 @@ class ForkResult:
     reads_failed: int = 0
     resumed_jobs: int = 0
     """Times the scheduler lost the job (restarted) and the client resumed it."""
+    bytes_from_seeds: int = 0
+    bytes_from_peers: int = 0
+    """Bytes landed from serving seeds and from other clients (the scheduler's count)."""
+    serving: bool = False
+    """The job still serves its chunks as a peer (``keep_serving``): end it with ``stop_serving``."""
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """How a peer stopped serving: ``ForkClient.withdrawal`` after ``stop_serving`` (or a fork's end).
+
+        >>> Withdrawal("9d4b", 0.12, 0, "").describe()
+        'job 9d4b stopped serving as a peer after 0.12 s; no read from it is on the wire'
+    """
+
+    job_id: str
+    seconds: float
+    """From the first withdraw to the scheduler's confirmation (or giving up)."""
+    reads_in_flight: int
+    """Reads from us the scheduler still counted when we stopped waiting (0 = confirmed clear)."""
+    gave_up: str
+    """Why we stopped waiting before the scheduler confirmed ('' when it confirmed)."""
+
+    @property
+    def confirmed(self) -> bool:
+        return not self.gave_up
+
+    def describe(self) -> str:
+        if self.confirmed:
+            return (f"job {self.job_id} stopped serving as a peer after {self.seconds:.2f} s; "
+                    "no read from it is on the wire")
+        return (f"job {self.job_id} stopped serving as a peer without the scheduler's confirmation that no read "
+                f"from it is on the wire ({self.gave_up}); gave up after {self.seconds:.1f} s")
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """What ``--peer-rate``, ``--peer-max-in-flight`` and ``--no-peers`` ask for (``parse_peer_settings``)."""
+
+    serve: bool = True
+    """Offer landed chunks to other clients (False: read from seeds and peers, serve nobody)."""
+    rate: float | None = None
+    """Upload bytes/s the scheduler lets others read from us; None = unlimited."""
+    max_in_flight: int = 8
+    """Reads from us at once, over every reader."""
+
+    def describe(self) -> str:
+        if not self.serve:
+            return "not serving as a peer"
+        return f"serving as a peer at up to {format_rate(self.rate)}, {self.max_in_flight} reads at once"
+
+
+def parse_peer_settings(rate: str | None, max_in_flight: int | None = None, no_peers: bool = False,
+                        flag: str = "--peer-rate") -> PeerSettings:
+    """Peer flags -> ``PeerSettings``; raises ``ValueError`` with a one-line message naming the flag.
+
+    The rate parses exactly like an agent's ``--rate-cap`` (``unlimited`` by
+    default); 0 serves nobody, as ``--no-peers`` does.
+
+        >>> parse_peer_settings("50MB/s", 4)
+        PeerSettings(serve=True, rate=50000000.0, max_in_flight=4)
+    """
+    try:
+        parsed = parse_rate(rate)
+    except UnitError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
+    limit = PeerSettings.max_in_flight if max_in_flight is None else max_in_flight
+    field_limits = m.PeerOffer.model_fields["max_in_flight"].metadata
+    low = next(c.ge for c in field_limits if hasattr(c, "ge"))
+    high = next(c.le for c in field_limits if hasattr(c, "le"))
+    if not low <= limit <= high:
+        raise ValueError(f"--peer-max-in-flight must be between {low} and {high} reads, got {limit}")
+    return PeerSettings(serve=not no_peers and parsed != 0, rate=parsed, max_in_flight=limit)
 
 
 @dataclass(frozen=True)
@@ -137,6 +223,16 @@ class ForkOptions:
     """When a fork ends (done, failed or cancelled), how long it waits for its last lease requests,
     lease releases and job cancel to be answered. A lease whose release is not confirmed in time
     expires at its agent after the agent's lease ttl."""
+    long_poll_seconds: float = 5.0
+    """With nothing running, how long one ``/work`` call may wait at the scheduler for work."""
+    withdraw_wait_seconds: float = 40.0
+    """A peer that stops serving waits at most this long for the scheduler to confirm that no read
+    from it is on the wire (a reader that went away holds its reads for the scheduler's peer read
+    deadline, 30 s by default) before it gives up, says so, and lets its memory go."""
+    withdraw_poll_seconds: float = 0.05
+    keepalive_seconds: float = 2.0
+    """While a finished fork serves (``serve``), how often it tells the scheduler it is alive
+    (the scheduler drops a silent peer after its client timeout, 30 s by default)."""
 
 
 def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
@@ -216,6 +312,18 @@ class ForkClient:
         """The scheduler's latest progress report for the job."""
         self.cancellation: Cancellation | None = None
         """Set when ``fork`` was cancelled: what it cleaned up."""
+        self.withdrawal: Withdrawal | None = None
+        """Set when a job that served as a peer stopped serving: whether the scheduler confirmed it."""
+        self._serving_job: str | None = None
+        """The job whose chunks other clients may be reading: withdraw before the memory changes."""
+        self._peer: m.PeerOffer | None = None
+
+    def peer_offer(self, settings: PeerSettings = PeerSettings()) -> m.PeerOffer | None:
+        """This client's offer to serve its landed chunks over its transport's session (None: serve nobody)."""
+        if not settings.serve:
+            return None
+        return m.PeerOffer(session_id=self.transport.session_id, upload_rate_bytes_per_second=settings.rate,
+                           max_in_flight=settings.max_in_flight)
 
     async def fork(
         self,
@@ -224,17 +332,31 @@ class ForkClient:
         tensors: Mapping[str, "object"],
         *,
         chunk_size_bytes: int | None = None,
+        peer: m.PeerOffer | None = None,
+        keep_serving: bool = False,
     ) -> ForkResult:
-        """Fork every byte of ``tensors`` (registered destination memory) or raise ForkError."""
+        """Fork every byte of ``tensors`` (registered destination memory) or raise ForkError.
+
+        ``peer`` (see ``peer_offer``) serves the chunks landed so far to other clients while the fork
+        runs. However the fork ends, it first withdraws and waits for reads from us on the wire
+        (``withdrawal`` says how that went), except that ``keep_serving`` leaves a successful fork
+        serving: then call ``serve`` and, before the memory changes, ``stop_serving``.
+        """
+        if self._serving_job is not None:
+            raise ForkError(f"job {self._serving_job} of this client still serves as a peer; "
+                            "call stop_serving() before forking again")
         scheduler = clients.SchedulerClient(self.scheduler_url, headers=self._headers)
         agents: dict[str, clients.AgentClient] = {}
         manifest = manifest_of(tensors)
-        self.job_id, self.progress, self.cancellation = None, {}, None
+        self.job_id, self.progress, self.cancellation, self.withdrawal = None, {}, None, None
         self._releases_started = self._releases_confirmed = 0
         self._job_cancel_error = None
+        self._peer = peer
         try:
             job = await self._create_job(scheduler, dict(identity), rank, manifest, chunk_size_bytes)
             self.job_id = job["job_id"]
+            if peer is not None:
+                self._serving_job = self.job_id
             self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
             log.info(
                 "job %s: %d bytes in %d chunks from seeds %s",
@@ -245,7 +367,17 @@ class ForkClient:
             async def resume(old_job: dict, landed: set[int]) -> dict:
                 return await self._resume(scheduler, dict(identity), rank, manifest, old_job, landed)
 
-            return await self._run(scheduler, agents, job, rank, resume)
+            try:
+                result = await self._run(scheduler, agents, job, rank, resume)
+            except BaseException:
+                # Our own reads have settled (_run drained them); reads FROM us may not have.
+                await self._stop_serving(scheduler)
+                raise
+            if keep_serving and self._serving_job is not None:
+                result.serving = True
+            else:
+                await self._stop_serving(scheduler)
+            return result
         except asyncio.CancelledError:
             # _run stopped new reads, waited for those on the wire and sent the job's cancel;
             # what is left: the lease releases, late lease answers and that cancel.
@@ -262,9 +394,10 @@ class ForkClient:
     async def _create_job(self, scheduler, identity: dict, rank: int, manifest: dict,
                           chunk_size_bytes: int | None) -> dict:
         """POST the job; if we are cancelled meanwhile, the job the scheduler may still create is
-        cancelled when its answer comes (else it would wait out the client timeout)."""
+        cancelled when its answer comes (else it would wait out the client timeout). No read from
+        us can be on the wire yet: we had landed nothing when it was created."""
         request = asyncio.ensure_future(
-            scheduler.create_job(identity, rank, manifest, chunk_size_bytes=chunk_size_bytes))
+            scheduler.create_job(identity, rank, manifest, chunk_size_bytes=chunk_size_bytes, peer=self._peer))
         try:
             return await asyncio.shield(request)
         except asyncio.CancelledError:
@@ -333,6 +466,7 @@ class ForkClient:
                 job = await scheduler.create_job(
                     identity, rank, manifest, chunk_size_bytes=old_job["chunk_size_bytes"],
                     resume={"previous_job_id": old_job["job_id"], "chunks_done": sorted(landed)},
+                    peer=self._peer,
                 )
             except (clients.UnknownModel, clients.SchedulerUnreachable) as exc:
                 if self._clock() >= give_up_at:
@@ -355,8 +489,11 @@ class ForkClient:
         try:
             while True:
                 try:
+                    # Nothing running: the scheduler holds the call until there may be work for us
+                    # (a chunk landed somewhere in the swarm, a seed freed a slot), no sleeping here.
                     response = await scheduler.work(
-                        job_id, max_assignments=self.options.max_in_flight - len(running), reports=reports
+                        job_id, max_assignments=self.options.max_in_flight - len(running), reports=reports,
+                        wait_seconds=0.0 if running else self.options.long_poll_seconds,
                     )
                     reports = []
                     unreachable_since = None
@@ -366,6 +503,8 @@ class ForkClient:
                     job = await resume(job, tally.landed_chunks)
                     job_id, reports = job["job_id"], []
                     self.job_id = job_id
+                    if self._peer is not None:
+                        self._serving_job = job_id
                     self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
                     tally.resumed_jobs += 1
                     continue
@@ -402,8 +541,9 @@ class ForkClient:
 
                 wait_for = max(float(response.get("retry_after_seconds") or 0.0), 0.0)
                 if not running:
-                    await asyncio.sleep(wait_for or self.options.idle_poll_seconds)
-                    continue
+                    if not response.get("assignments") and not self.options.long_poll_seconds:
+                        await asyncio.sleep(wait_for or self.options.idle_poll_seconds)
+                    continue  # the next call long-polls
                 done, _ = await asyncio.wait(
                     [e.task for e in running.values()],
                     # Wake when a chunk finishes (to report it and refill its slot) or
@@ -418,7 +558,12 @@ class ForkClient:
             # Cancelled (Ctrl-C, SIGTERM, the caller gave up) or failed on our side: the job would
             # hold its assignments until the scheduler's client timeout. Sent before the drain,
             # which waits for reads on the wire: a process about to be killed gets this out first.
-            self._spawn(self._cancel_job(scheduler, job_id))
+            # A peer withdraws instead (no new reads from us); its job is deleted only once the
+            # reads from it have settled (fork's _stop_serving), or the scheduler would forget them.
+            if self._serving_job is None:
+                self._spawn(self._cancel_job(scheduler, job_id))
+            else:
+                self._spawn(self._withdraw_once(scheduler, job_id))
             raise
         finally:
             await self._drain(running)
@@ -439,6 +584,8 @@ class ForkClient:
             chunks_total=progress["chunks_total"],
             reads_failed=tally.reads_failed,
             resumed_jobs=tally.resumed_jobs,
+            bytes_from_seeds=int(progress.get("bytes_from_seeds", 0)),
+            bytes_from_peers=int(progress.get("bytes_from_peers", 0)),
         )
 
     def _collect(self, running: dict[str, _Running]) -> list[dict]:
@@ -462,22 +609,27 @@ class ForkClient:
     async def _run_assignment(self, agents, job_id: str, rank: int, entry: _Running, tally: _Tally) -> dict:
         a = entry.assignment
         seed = a["seed_id"]
+        peer = a.get("source_kind") == "peer"
+        # One label value for every peer: a label per client would grow without bound.
+        label = "peer" if peer else seed
         started = self._clock()
-        agent = agents.get(a["agent_url"])
-        if agent is None:
-            agent = agents[a["agent_url"]] = clients.AgentClient(a["agent_url"], headers=self._headers)
 
         def report(ok: bool, reason: str | None = None, error: str | None = None) -> dict:
             if not ok:
                 tally.reads_failed += 1
                 if self._metrics:
-                    self._metrics.chunk_failures_total.labels(seed=seed, reason=reason).inc()
+                    self._metrics.chunk_failures_total.labels(seed=label, reason=reason).inc()
                 log.warning("chunk %s from %s failed (%s): %s", a["chunk_id"], seed, reason, error)
             return {
                 "assignment_id": a["assignment_id"], "ok": ok, "reason": reason, "error": error,
                 "seconds": self._clock() - started,
             }
 
+        if peer:
+            return await self._read_from_peer(entry, tally, report)
+        agent = agents.get(a["agent_url"])
+        if agent is None:
+            agent = agents[a["agent_url"]] = clients.AgentClient(a["agent_url"], headers=self._headers)
         lease_id = await self._acquire_lease(agent, job_id, rank, a)
         if isinstance(lease_id, dict):
             return report(False, **lease_id)
@@ -496,9 +648,29 @@ class ForkClient:
                 self._spawn(self._release(agent, lease_id, used=False))
                 return report(False, "seed_lost",
                               f"a read from {a['session_id']} failed moments ago and its agent sees the seed down")
+        try:
+            return await self._read(entry, tally, report, label)
+        finally:
+            # Release off the critical path; an unreachable agent expires the lease itself.
+            self._spawn(self._release(agent, lease_id, used=True))
+
+    async def _read_from_peer(self, entry: _Running, tally: _Tally, report) -> dict:
+        """Read from another client: no agent and no lease (the scheduler keeps the peer's budget)."""
+        a = entry.assignment
+        if self._clock() < self._suspect_until.get(a["session_id"], 0.0):
+            # A read from this peer just failed: it is probably gone (killed, or it withdrew and freed
+            # its memory), and a read submitted to a dead host can block inside TransferEngine. There
+            # is no agent to ask; reporting at once lets the scheduler exclude it and read elsewhere.
+            return report(False, "read_failed",
+                          f"skipped: a read from peer {a['session_id']} failed moments ago")
+        return await self._read(entry, tally, report, "peer")
+
+    async def _read(self, entry: _Running, tally: _Tally, report, label: str) -> dict:
+        """One TransferEngine read of the assignment's spans; the report for the scheduler."""
+        a = entry.assignment
+        seed = a["seed_id"]
         now = self._clock()
         tally.first_lease_at = now if tally.first_lease_at is None else min(tally.first_lease_at, now)
-
         reads = a["reads"]
         timeout = (self.options.read_timeout_base_seconds + a["bytes"] / self.options.read_timeout_min_bandwidth
                    + len(reads) * self.options.read_timeout_per_segment_seconds)
@@ -515,7 +687,7 @@ class ForkClient:
             tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a["bytes"]
             tally.landed_chunks.update(a.get("chunk_ids") or [a["chunk_id"]])
             if self._metrics:
-                self._metrics.bytes_total.labels(seed=seed).inc(a["bytes"])
+                self._metrics.bytes_total.labels(seed=label).inc(a["bytes"])
                 self._metrics.chunk_read_seconds.observe(landed - read_started)
             return report(True)
         except ReadTimeout as exc:
@@ -525,8 +697,84 @@ class ForkClient:
             return report(False, "read_failed", str(exc))
         finally:
             entry.reading = False
-            # Release off the critical path; an unreachable agent expires the lease itself.
-            self._spawn(self._release(agent, lease_id, used=True))
+
+    # -- serving as a peer ---------------------------------------------------
+    async def serve(self, seconds: float | None = None, stop: asyncio.Event | None = None) -> None:
+        """Keep a finished fork (``keep_serving``) serving its chunks for ``seconds`` or until ``stop`` is set.
+
+        Tells the scheduler every ``keepalive_seconds`` that we are alive (a
+        ``/work`` call asking for nothing); returns early if the scheduler
+        forgot the job. Does not withdraw: call ``stop_serving`` after.
+        """
+        job_id = self._serving_job
+        if job_id is None:
+            return
+        loop = asyncio.get_running_loop()
+        until = math.inf if seconds is None else loop.time() + max(seconds, 0.0)
+        stop = stop or asyncio.Event()
+        async with clients.SchedulerClient(self.scheduler_url, headers=self._headers) as scheduler:
+            while not stop.is_set() and loop.time() < until:
+                try:
+                    await scheduler.work(job_id, max_assignments=0, reports=[])
+                except clients.UnknownJob:
+                    log.warning("the scheduler no longer knows job %s (restarted?); it serves no more", job_id)
+                    return
+                except clients.SchedulerError as exc:
+                    log.debug("keepalive of job %s failed: %s", job_id, exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), min(self.options.keepalive_seconds, until - loop.time()))
+                except asyncio.TimeoutError:
+                    pass
+
+    async def stop_serving(self) -> Withdrawal | None:
+        """Withdraw as a peer, wait until no read from us is on the wire (bounded), delete the job.
+
+        Call before the memory the fork landed in is freed or rewritten. Returns
+        (and sets ``withdrawal``) how it went; None if nothing was serving.
+        """
+        if self._serving_job is None:
+            return None
+        async with clients.SchedulerClient(self.scheduler_url, headers=self._headers) as scheduler:
+            await self._stop_serving(scheduler)
+        return self.withdrawal
+
+    async def _withdraw_once(self, scheduler, job_id: str) -> None:
+        try:
+            await scheduler.withdraw(job_id)
+        except clients.ClientError as exc:
+            log.debug("withdraw of job %s failed: %s", job_id, exc)
+
+    async def _stop_serving(self, scheduler) -> None:
+        """Withdraw, wait for reads from us to settle, then delete the job; a no-op for a non-peer."""
+        job_id = self._serving_job
+        if job_id is None:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.options.withdraw_wait_seconds
+        in_flight, gave_up = 0, ""
+        while True:
+            try:
+                in_flight = (await scheduler.withdraw(job_id)).reads_in_flight
+                if in_flight == 0:
+                    break
+                why = f"{in_flight} read{'s' if in_flight != 1 else ''} from it still counted"
+            except clients.UnknownJob:
+                in_flight = 0  # forgotten (a restarted scheduler): nobody is told to read from us
+                break
+            except clients.ClientError as exc:
+                why = f"the scheduler did not answer the withdraw: {exc}"
+            if loop.time() >= deadline:
+                gave_up = why
+                break
+            await asyncio.sleep(self.options.withdraw_poll_seconds)
+        self._serving_job = None
+        self.withdrawal = Withdrawal(job_id, loop.time() - started, in_flight, gave_up)
+        if gave_up:
+            log.warning("%s", self.withdrawal.describe())
+        else:
+            log.debug("%s", self.withdrawal.describe())
+        await self._cancel_job(scheduler, job_id)
 
     async def _acquire_lease(self, agent, job_id: str, rank: int, a: dict) -> str | dict:
         give_up_at = self._clock() + self.options.lease_give_up_seconds

@@ -3,6 +3,12 @@
 Outside SGLang (where the plugin forks straight into the model's parameters),
 the destination is a buffer laid out like a seed's manifest; ``--output`` writes
 it to disk as a raw file plus an index.
+
+While it forks, the client serves the chunks it has landed to other clients of
+the same weights (``--peer-rate``, ``--peer-max-in-flight``; ``--no-peers``
+serves nobody), and ``--serve-seconds`` keeps serving after the fork is done.
+Before the buffer is freed or rewritten (the process exits, a fallback read
+rewrites it, Ctrl-C) it withdraws and waits until no read from it is on the wire.
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
                    help="keep serving metrics this long after the fork ends, so a last scrape sees the final "
                         "values (default 0)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="serve no chunk to other clients (still read from peers the scheduler offers)")
+    p.add_argument("--peer-rate", default="unlimited", metavar="RATE",
+                   help="most other clients may read from this one: bytes/s (100MB/s, 2GiB/s) or bits/s (10Gbps); "
+                        "0 serves nobody, like --no-peers; unlimited (default) = no cap")
+    p.add_argument("--peer-max-in-flight", type=int, default=8, metavar="N",
+                   help="reads other clients may have on this one at once (default 8)")
+    p.add_argument("--serve-seconds", type=float, default=0.0, metavar="SECONDS",
+                   help="after the fork is done, keep serving its chunks to other clients this long, then "
+                        "withdraw (default 0)")
     p.add_argument("--token-file", default=None,
                    help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else $RFORK_TOKEN)")
     p.add_argument("--no-progress", action="store_true")
@@ -64,6 +80,20 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.rank < 0:
         print("rfork fork: error: --rank must be >= 0", file=sys.stderr)
+        return 2
+    from rfork_agent.fork import parse_peer_settings
+    try:
+        args.peers = parse_peer_settings(args.peer_rate, args.peer_max_in_flight, args.no_peers)
+    except ValueError as exc:
+        print(f"rfork fork: error: {exc}", file=sys.stderr)
+        return 2
+    if not 0 <= args.serve_seconds < float("inf"):
+        print(f"rfork fork: error: --serve-seconds must be a number of seconds >= 0, got {args.serve_seconds}",
+              file=sys.stderr)
+        return 2
+    if args.serve_seconds and not args.peers.serve:
+        print("rfork fork: error: --serve-seconds serves chunks to other clients; drop it, or drop --no-peers "
+              "(--peer-rate 0)", file=sys.stderr)
         return 2
     try:
         args.token = load_token(args.token_file)
@@ -131,10 +161,15 @@ class _Interrupt:
         """Print the one line and return the exit status (128 + the signal's number)."""
         assert self.signum is not None, "report() only after a signal"
         cancellation = getattr(self.client, "cancellation", None)
+        withdrawal = getattr(self.client, "withdrawal", None)
         if cancellation is not None:
             what = cancellation.describe()
+            if withdrawal is not None and not withdrawal.confirmed:
+                what += f"; {withdrawal.describe()}"
         elif self.client is None:
             what = "no fork job had been created yet; nothing to clean up"
+        elif withdrawal is not None:
+            what = f"the fork had already ended; {withdrawal.describe()}"
         else:
             what = "the fork had already ended; nothing to clean up"
         print(f"rfork fork: interrupted by {signal.Signals(self.signum).name}; {what}", file=sys.stderr, flush=True)
@@ -200,6 +235,13 @@ async def preflight(args: argparse.Namespace) -> tuple[dict, str, dict, bool]:
 _PREFLIGHT_CONNECT_SECONDS = 1.5
 
 
+def _say_if_unconfirmed(client) -> None:
+    """One line when a peer stopped waiting for reads from it without the scheduler's word."""
+    withdrawal = getattr(client, "withdrawal", None)
+    if withdrawal is not None and not withdrawal.confirmed:
+        print(f"rfork fork: warning: {withdrawal.describe()}", file=sys.stderr, flush=True)
+
+
 async def _fork(args: argparse.Namespace, chunk_size: int | None, interrupt: _Interrupt) -> int:
     from rfork_agent import clients
 
@@ -254,16 +296,39 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None, interrupt: _In
             client = interrupt.client = ForkClient(args.scheduler, transport, progress=on_progress,
                                                    metrics=metrics, token=args.token)
             try:
-                result = await client.fork(identity, args.rank, tensors, chunk_size_bytes=chunk_size)
+                # fork() withdraws (and waits for reads from us) before it returns or raises, unless
+                # it is to keep serving; then stop_serving below does it.
+                result = await client.fork(identity, args.rank, tensors, chunk_size_bytes=chunk_size,
+                                           peer=client.peer_offer(args.peers),
+                                           keep_serving=args.serve_seconds > 0)
             except clients.SchedulerUnreachable as exc:
+                _say_if_unconfirmed(client)
                 if not args.fallback_seed:
                     raise ForkError(f"{exc} (pass --fallback-seed to read from --like-seed alone)") from exc
                 summary = fallback(exc)
+            except BaseException:
+                _say_if_unconfirmed(client)
+                raise
             else:
+                if result.serving:
+                    if bar is not None:
+                        bar.close()
+                        bar = None
+                    print(f"rfork fork: forked; serving its chunks to other clients for {args.serve_seconds:g} s",
+                          file=sys.stderr, flush=True)
+                    try:
+                        await client.serve(args.serve_seconds)
+                    finally:
+                        await client.stop_serving()
+                        _say_if_unconfirmed(client)
+                else:
+                    _say_if_unconfirmed(client)
                 summary = {
                     "mode": "rfork", "job_id": result.job_id, "bytes": result.bytes_total,
                     "transfer_seconds": result.transfer_seconds, "bytes_by_seed": result.bytes_by_seed,
                     "retried_chunks": result.retried_chunks, "failed_seeds": result.failed_seeds,
+                    "bytes_from_seeds": result.bytes_from_seeds, "bytes_from_peers": result.bytes_from_peers,
+                    "peer": args.peers.describe(), "serve_seconds": args.serve_seconds,
                 }
     finally:
         if bar is not None:

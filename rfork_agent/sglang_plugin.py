@@ -20,6 +20,14 @@ Enabled by the environment, because SGLang rejects
 ``RFORK_FALLBACK``
     ``1`` (default): when rfork cannot fork a rank, log why and let SGLang's
     own single-seed read load it. ``0``: raise instead.
+``RFORK_PEERS``, ``RFORK_PEER_RATE``, ``RFORK_PEER_MAX_IN_FLIGHT``
+    While it loads, the instance serves the chunks it has landed to other
+    instances loading the same weights (``RFORK_PEERS=0``: it does not), at
+    most ``RFORK_PEER_RATE`` (like `rfork fork --peer-rate`; default
+    unlimited) with at most ``RFORK_PEER_MAX_IN_FLIGHT`` reads at once
+    (default 8). Before the hook returns to SGLang (whose post-load step may
+    rewrite weights in place) or falls back to SGLang's own read, it withdraws
+    and waits until no read from its memory is on the wire.
 
 When enabled it wraps (``HookType.AROUND``)
 ``RemoteInstanceModelLoader.load_model_from_remote_instance_by_transfer_engine``.
@@ -84,6 +92,9 @@ ENV_REVISION = "RFORK_REVISION"
 ENV_DTYPE = "RFORK_DTYPE"
 ENV_TP_SIZE = "RFORK_TP_SIZE"
 ENV_FALLBACK = "RFORK_FALLBACK"
+ENV_PEERS = "RFORK_PEERS"
+ENV_PEER_RATE = "RFORK_PEER_RATE"
+ENV_PEER_MAX_IN_FLIGHT = "RFORK_PEER_MAX_IN_FLIGHT"
 
 # Called from inside SGLang's model runner: a draft runner reaches the same
 # loader through this function, with ``is_draft_worker`` as a local.
@@ -131,6 +142,11 @@ class PluginConfig:
     """Let SGLang's single-seed read load a rank rfork could not fork."""
     token: str | None = field(default=None, repr=False)
     """The fleet's bearer token (never logged)."""
+    peers: bool = True
+    """Serve landed chunks to other instances loading the same weights, during the load."""
+    peer_rate: float | None = None
+    """Their reads from us, bytes/s; None = unlimited."""
+    peer_max_in_flight: int = 8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "PluginConfig | None":
@@ -165,6 +181,23 @@ class PluginConfig:
         fallback = environ.get(ENV_FALLBACK, "1").strip().lower()
         if fallback not in ("1", "0", "true", "false", "yes", "no", ""):
             raise RforkPluginError(f"{ENV_FALLBACK}={fallback!r}: use 1 (fall back to SGLang's own read) or 0 (fail)")
+        peers = environ.get(ENV_PEERS, "1").strip().lower()
+        if peers not in ("1", "0", "true", "false", "yes", "no", ""):
+            raise RforkPluginError(f"{ENV_PEERS}={peers!r}: use 1 (serve landed chunks to other instances) or 0")
+        from rfork_agent.fork import parse_peer_settings
+
+        rate_text = environ.get(ENV_PEER_RATE, "").strip() or None
+        limit_text = environ.get(ENV_PEER_MAX_IN_FLIGHT, "").strip() or None
+        try:
+            limit = int(limit_text) if limit_text else None
+        except ValueError:
+            raise RforkPluginError(f"{ENV_PEER_MAX_IN_FLIGHT}={limit_text!r} must be a whole number of reads, "
+                                   "e.g. 8") from None
+        try:
+            settings = parse_peer_settings(rate_text, limit, no_peers=peers in ("0", "false", "no"), flag=ENV_PEER_RATE)
+        except ValueError as exc:
+            raise RforkPluginError(str(exc).replace("--peer-max-in-flight", ENV_PEER_MAX_IN_FLIGHT)
+                                   .replace(ENV_PEER_RATE + ":", f"{ENV_PEER_RATE}={rate_text!r}:")) from None
         return cls(
             scheduler_url=url.rstrip("/"),
             chunk_size_bytes=chunk_size,
@@ -174,6 +207,9 @@ class PluginConfig:
             tp_size=tp_size,
             fallback=fallback in ("1", "true", "yes", ""),
             token=token,
+            peers=settings.serve,
+            peer_rate=settings.rate,
+            peer_max_in_flight=settings.max_in_flight,
         )
 
 
@@ -191,6 +227,11 @@ class LoadRecord:
     bytes_total: int = 0
     bytes_by_seed: dict = field(default_factory=dict)
     seconds: float = 0.0
+    bytes_from_peers: int = 0
+    served_as_peer: bool = False
+    """It offered its landed chunks to other instances during the load."""
+    withdrawal: str = ""
+    """How it stopped serving before returning to SGLang (or falling back)."""
 
 
 last_load: LoadRecord | None = None
@@ -314,7 +355,11 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
             job_started = True
 
         client = _client(config, transport, on_progress)
-        result = _run_sync(lambda: client.fork(identity, tp_rank, tensors, chunk_size_bytes=config.chunk_size_bytes))
+        peer = client.peer_offer(_peer_settings(config))
+        # fork() withdraws as a peer and waits for the reads from our memory before it returns or
+        # raises: SGLang's post-load step below, or its own read on fallback, may rewrite it.
+        result = _run_sync(lambda: client.fork(identity, tp_rank, tensors, chunk_size_bytes=config.chunk_size_bytes,
+                                               peer=peer))
     except (KeyboardInterrupt, SystemExit, ForkInterrupted) as exc:
         # Stopped, not failed: no fallback read. The fork was cancelled before this ran.
         reason = f"interrupted by {_interruption(exc)}; {_cleanup_outcome(client)}"
@@ -340,8 +385,10 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
         else:
             log.warning("rfork: %s; falling back to SGLang's single-seed read from %s",
                         reason, seed_url, exc_info=not _expected(exc))
+        _log_withdrawal(client, tp_rank)
         ok = sglang_path(reason)
         last_load.identity = identity
+        _record_withdrawal(last_load, client)
         return ok
 
     from sglang.srt.model_loader import loader as sglang_loader
@@ -350,12 +397,34 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
     sglang_loader.post_load_weights(model)
     seconds = time.perf_counter() - started
     last_load = LoadRecord(rank=tp_rank, path="rfork", identity=identity, job_id=result.job_id,
-                           bytes_total=result.bytes_total, bytes_by_seed=dict(result.bytes_by_seed), seconds=seconds)
+                           bytes_total=result.bytes_total, bytes_by_seed=dict(result.bytes_by_seed), seconds=seconds,
+                           bytes_from_peers=result.bytes_from_peers)
+    _record_withdrawal(last_load, client)
+    _log_withdrawal(client, tp_rank)
     log.info("rfork: rank %d: %d bytes in %.2f s from %s (job %s, %d chunks retried)", tp_rank,
              result.bytes_total, seconds,
              ", ".join(f"{s}={b}" for s, b in sorted(result.bytes_by_seed.items())) or "no seed (nothing to read)",
              result.job_id, result.retried_chunks)
     return True
+
+
+def _peer_settings(config: PluginConfig):
+    from rfork_agent.fork import PeerSettings
+
+    return PeerSettings(serve=config.peers, rate=config.peer_rate, max_in_flight=config.peer_max_in_flight)
+
+
+def _record_withdrawal(record: LoadRecord, client) -> None:
+    withdrawal = getattr(client, "withdrawal", None)
+    record.served_as_peer = withdrawal is not None
+    record.withdrawal = "" if withdrawal is None else withdrawal.describe()
+
+
+def _log_withdrawal(client, tp_rank: int) -> None:
+    """A peer that gave up waiting for reads from its memory says so: SGLang may now rewrite it."""
+    withdrawal = getattr(client, "withdrawal", None)
+    if withdrawal is not None and not withdrawal.confirmed:
+        log.warning("rfork: rank %d: %s", tp_rank, withdrawal.describe())
 
 
 def model_identity(config: PluginConfig) -> dict:

@@ -2,7 +2,8 @@
 
 Each scenario starts a fresh fleet (scheduler, 3 seed stand-ins, 3 agents,
 auth on), forks a model into this process (or, for the client-kill case, in an
-`rfork fork` subprocess), injects one fault when a given fraction of the bytes
+`rfork fork` subprocess; for the peer cases, a scale-out of client processes
+that feed each other), injects one fault when a given fraction of the bytes
 has landed, and checks the outcome: the fork completed and every byte matches
 an independent regeneration of the weights, or it failed fast with the
 intended clear error. Nothing is ever allowed to be lost silently: ``lost``
@@ -458,6 +459,95 @@ def client_kill(options: ChaosOptions) -> ScenarioResult:
     return res
 
 
+def _scale_out(options: ChaosOptions, name: str, clients: int, size_bytes: int | None = None, **faults) -> tuple:
+    """A scale-out of ``clients`` processes feeding each other on a fresh fleet, with one fault.
+
+    Returns (the scale-out record, the fleet's seed ids). Clients upload at the seeds' rate.
+    """
+    from testbed.fleet import Fleet, FleetSpec
+    from testbed.scale_out import ScaleOutOptions, run_scale_out
+
+    spec = FleetSpec(
+        seeds=options.seeds, preset=None, size_bytes=size_bytes or options.size_bytes,
+        seed_rates=(options.seed_rate,), heartbeat_timeout_seconds=3.0,
+        log_dir=os.path.join(options.log_dir, name) if options.log_dir else None,
+        token=secrets.token_hex(16) if options.auth else None,
+    )
+    with Fleet(spec) as fleet:
+        record = run_scale_out(fleet, ScaleOutOptions(clients=clients, client_rate=options.seed_rate,
+                                                      chunk_size=options.chunk_size, **faults))
+        record["log_dir"] = str(fleet.log_dir)
+        return record
+
+
+def _judge_scale_out(res: ScenarioResult, record: dict, victim: int | None = None) -> ScenarioResult:
+    """Every client that was not killed finished byte-exact; where a peer was the fault, others had read from it."""
+    survivors = [c for c in record["clients"] if not c["killed"]]
+    for c in survivors:
+        if c["verified"] is not True:
+            res.lost.append(f"{c['id']}: " + (f"tensors differ: {', '.join(c['mismatched_tensors'][:3])}"
+                                              if c["mismatched_tensors"] else f"did not finish ({c['error']})"))
+    res.verified = not res.lost
+    res.seconds = round(record["time_to_all_seconds"] or 0.0, 3)
+    res.detail.update(
+        clients=len(record["clients"]), model_bytes=record["model_bytes"],
+        seed_bytes_served_per_model=round(record["seed_bytes_served_per_model"], 3),
+        bytes_from_peers=record["bytes_from_peers"], log_dir=record["log_dir"],
+        fell_back=[c["id"] for c in record["clients"] if c["fell_back"]],
+        killed=[c["id"] for c in record["clients"] if c["killed"]],
+    )
+    if victim is not None:
+        peer_id = f"peer:{record['clients'][victim]['job_id']}"
+        readers = [c["id"] for c in survivors
+                   if peer_id in (c["bytes_by_source"] or {}) or peer_id in (c["failed_seeds"] or {})]
+        res.detail["read_from_the_victim"] = readers
+        if not readers:
+            res.lost.append(f"nothing tested: no client read from {record['clients'][victim]['id']} "
+                            "(use a bigger --size or a slower --seed-rate)")
+        victim_record = record["clients"][victim]
+        res.detail["victim"] = {k: victim_record[k] for k in ("id", "killed", "killed_at_bytes", "fell_back",
+                                                              "verified", "withdraw_confirmed", "withdraw_seconds")}
+    res.survived = not res.lost
+    return res
+
+
+def peer_kill(options: ChaosOptions) -> ScenarioResult:
+    res = ScenarioResult("peer-kill-mid-fork", "a client SIGKILLed while others read from it: every other client "
+                                               "completes byte-exact, its chunks are read elsewhere")
+    record = _scale_out(options, res.name, clients=4, kill_client=(0, 0.5))
+    return _judge_scale_out(res, record, victim=0)
+
+
+def peer_fail_fallback(options: ChaosOptions) -> ScenarioResult:
+    res = ScenarioResult("peer-fail-fallback-50pct",
+                         "a client fails while others read from it, withdraws, waits for their reads, then its "
+                         "fallback zeroes and rewrites its memory: everyone, it included, ends byte-exact")
+    record = _scale_out(options, res.name, clients=4, fail_client=(0, 0.5))
+    _judge_scale_out(res, record, victim=0)
+    victim = record["clients"][0]
+    if not victim["fell_back"]:
+        res.lost.append("the failing client did not fall back")
+    elif victim["withdraw_confirmed"] is not True:
+        res.lost.append("the failing client rewrote its memory without the scheduler's word that no read "
+                        "from it was on the wire")
+    res.survived = not res.lost
+    return res
+
+
+def clients_seed_kill(options: ChaosOptions) -> ScenarioResult:
+    clients = 8
+    res = ScenarioResult(f"{clients}-clients-seed-kill-50pct", "8 clients feeding each other, one seed SIGKILLed "
+                                                                "at 50% of all bytes: all complete byte-exact")
+    # A third of the model each: 8 client processes at once on a small host.
+    record = _scale_out(options, res.name, clients=clients, size_bytes=max(options.size_bytes // 3, 8 * MiB),
+                        kill_seed=(1, 0.5))
+    _judge_scale_out(res, record)
+    if record["kill_seed_at_bytes"] is None:
+        res.lost.append("the seed was never killed")
+        res.survived = False
+    return res
+
+
 def _leases_held(fleet) -> int:
     held = 0
     for seed in fleet.seeds:
@@ -496,6 +586,9 @@ SCENARIOS: dict[str, Callable[[ChaosOptions], ScenarioResult]] = {
     "8-concurrent-forks": concurrent_forks,
     "transient-read-errors-5pct": transient_errors,
     "moe-40k-tensors-seed-kill-50pct": moe_seed_kill,
+    "peer-kill-mid-fork": peer_kill,
+    "peer-fail-fallback-50pct": peer_fail_fallback,
+    "8-clients-seed-kill-50pct": clients_seed_kill,
 }
 
 

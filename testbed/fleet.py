@@ -252,12 +252,17 @@ class Fleet:
             time.sleep(0.2)
         raise FleetError(f"seeds {sorted(missing)} did not register within {timeout:.0f} s; logs in {self.log_dir}")
 
-    def _spawn(self, cmd: list[str], name: str, stdout=None) -> subprocess.Popen:
+    def spawn(self, cmd: list[str], name: str, stdout=None, stdin=None) -> subprocess.Popen:
+        """Start a process that belongs to the fleet: its stderr goes to ``<log_dir>/<name>.log`` (stdout too
+        unless ``stdout`` is given) and ``stop`` ends it with the rest."""
+        return self._spawn(cmd, name, stdout=stdout, stdin=stdin)
+
+    def _spawn(self, cmd: list[str], name: str, stdout=None, stdin=None) -> subprocess.Popen:
         log_file = open(self.log_dir / f"{name}.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         process = subprocess.Popen(
             cmd, stdout=stdout if stdout is not None else log_file, stderr=log_file,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL, env=env, start_new_session=True,
         )
         self._processes.append(process)
         return process

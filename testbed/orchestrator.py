@@ -6,6 +6,11 @@ forks each rank into this process through the scheduler, optionally SIGKILLs a
 seed part-way, verifies the result against an independent regeneration of the
 weights, and optionally times SGLang R-Fork's own way (one batch read from one
 seed) for comparison.
+
+``--clients N`` is a scale-out instead (testbed.scale_out): N fork clients, each
+its own process with its own TransferEngine, start at once and feed each other
+the chunks they have landed (``--client-rate`` caps each one's upload,
+``--no-peers`` reads everything from the seeds); each checks its own bytes.
 """
 
 from __future__ import annotations
@@ -54,6 +59,12 @@ class TestbedOptions:
     """Where the client forks into and verifies (cpu, cuda, cuda:N); also the seeds' unless ``seed_device``."""
     seed_device: str | None = None
     """Where the seed stand-ins hold their weights and decode; None = ``device``."""
+    clients: int | None = None
+    """A scale-out of this many client processes (testbed.scale_out); None = one fork in this process."""
+    client_rate: float | None = None
+    """Each scale-out client's upload cap as a peer, bytes/s (None = unlimited)."""
+    peers: bool = True
+    """Scale-out clients feed each other; False: every byte from the seeds."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,6 +100,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "forks into that device's memory and verifies there")
     p.add_argument("--seed-device", default=None,
                    help="put the seeds on another device than the client, e.g. --device cuda:0 --seed-device cuda:1")
+    p.add_argument("--clients", type=int, default=None, metavar="N",
+                   help="a scale-out: N fork clients, each its own process and TransferEngine, start at once and "
+                        "serve each other the chunks they have landed; each verifies its own bytes "
+                        "(default: one fork in this process)")
+    p.add_argument("--client-rate", default=None, metavar="RATE",
+                   help="with --clients: each client's upload cap as a peer (its --peer-rate), e.g. 50MB/s "
+                        "(default unlimited)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="with --clients: no client serves another, every byte comes from the seeds")
     p.add_argument("--client-metrics-port", type=int, default=None, metavar="PORT",
                    help="serve the in-process fork client's Prometheus metrics at http://127.0.0.1:PORT/metrics "
                         "while the testbed runs (0 picks a free port; off by default)")
@@ -135,6 +155,25 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
     seed_device = getattr(args, "seed_device", None)
     if seed_device is not None:
         check_device(seed_device)
+    clients, client_rate = getattr(args, "clients", None), getattr(args, "client_rate", None)
+    no_peers = getattr(args, "no_peers", False)
+    rate = None
+    if client_rate is not None:
+        from rfork_agent.fork import parse_peer_settings
+        settings = parse_peer_settings(client_rate, flag="--client-rate")
+        if not settings.serve:
+            raise ValueError("--client-rate 0 serves nothing; use --no-peers for that")
+        rate = settings.rate
+    if clients is None and (client_rate is not None or no_peers):
+        raise ValueError("--client-rate and --no-peers shape a scale-out; give --clients N")
+    if clients is not None:
+        if clients < 1:
+            raise ValueError(f"--clients must be at least 1, got {clients}")
+        if args.tp_size != 1:
+            raise ValueError("--clients forks rank 0 into each client; use --tp-size 1")
+        if args.compare_baseline or client_metrics_port is not None:
+            raise ValueError("--compare-baseline and --client-metrics-port time or watch the in-process fork; "
+                             "drop them with --clients")
     return TestbedOptions(
         seeds=args.seeds,
         model=None if args.size else (args.model or DEFAULT_PRESET),
@@ -147,6 +186,7 @@ def options_from_args(args: argparse.Namespace) -> TestbedOptions:
         include_zero_byte=args.include_zero_byte, rng_seed=args.rng_seed,
         json_path=args.json_path, progress=not args.no_progress, log_dir=args.log_dir,
         client_metrics_port=client_metrics_port, device=device, seed_device=seed_device,
+        clients=clients, client_rate=rate, peers=not no_peers,
     )
 
 
@@ -168,7 +208,10 @@ def main(args: argparse.Namespace) -> int:
     except (FleetError, ForkError) as exc:
         print(f"rfork testbed: error: {exc}", file=sys.stderr)
         return 1
-    print_summary(result)
+    if options.clients is not None:
+        print_scale_out_summary(result)
+    else:
+        print_summary(result)
     if options.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(options.json_path)), exist_ok=True)
         with open(options.json_path, "w") as f:
@@ -200,10 +243,35 @@ def run_testbed(options: TestbedOptions) -> dict:
         print(f"rfork testbed: client metrics at http://127.0.0.1:{metrics_server.port}/metrics",
               file=sys.stderr, flush=True)
     try:
+        if options.clients is not None:
+            return _run_scale_out(options, spec)
         return _run_fleet(options, spec, client_metrics)
     finally:
         if metrics_server is not None:
             metrics_server.close()
+
+
+def _run_scale_out(options: TestbedOptions, spec) -> dict:
+    """``options.clients`` client processes fork rank 0 at once; each verifies its own bytes."""
+    from testbed.fleet import Fleet
+    from testbed.scale_out import ScaleOutOptions, run_scale_out
+
+    started = time.perf_counter()
+    with Fleet(spec) as fleet:
+        startup_seconds = time.perf_counter() - started
+        kill = None
+        if options.kill_seed_at is not None:
+            kill = (options.kill_seed_index, options.kill_seed_at)
+        result = run_scale_out(fleet, ScaleOutOptions(
+            clients=options.clients, peers=options.peers, client_rate=options.client_rate,
+            chunk_size=options.chunk_size, device=options.device, kill_seed=kill))
+        result.update({
+            "model": options.model or f"llama-shaped {format_bytes(options.size_bytes or 0)}",
+            "dtype": options.dtype, "chunk_size_bytes": options.chunk_size, "device": options.device,
+            "seed_device": spec.device, "kill_seed_at": options.kill_seed_at,
+            "startup_seconds": startup_seconds, "log_dir": str(fleet.log_dir),
+        })
+        return result
 
 
 def _run_fleet(options: TestbedOptions, spec, client_metrics) -> dict:
@@ -427,6 +495,43 @@ def summary_lines(result: dict) -> list[str]:
                      f"rfork/ideal = {transfer / ideal:.2f}")
     if "baseline_seconds" in result:
         lines += _baseline_lines(result)
+    lines.append(f"  process logs: {result['log_dir']}")
+    return lines
+
+
+def print_scale_out_summary(result: dict) -> None:
+    print()
+    for line in scale_out_summary_lines(result):
+        print(line)
+
+
+def scale_out_summary_lines(result: dict) -> list[str]:
+    """The human summary of a scale-out record (``--clients``), one line per string."""
+    n, model = result["clients_count"], result["model_bytes"]
+    how = ("clients feed each other" + (f", each uploading at most {format_rate(result['client_rate_bytes_per_second'])}"
+                                        if result["client_rate_bytes_per_second"] else "")
+           if result["peers"] else "every byte from the seeds (--no-peers)")
+    verified = sum(1 for c in result["clients"] if c["verified"] is True)
+    survivors = sum(1 for c in result["clients"] if not c["killed"])
+    tta = result["time_to_all_seconds"]
+    lines = [
+        f"rfork testbed: scale-out of {n} client{'s' if n != 1 else ''}, {result['model']} "
+        f"({format_bytes(model)}); {how}",
+        f"  time to all: {'-' if tta is None else f'{tta:.2f} s'}; seeds served "
+        f"{format_bytes(result['seed_bytes_served'])} = {result['seed_bytes_served_per_model']:.2f} x the model; "
+        f"{verified} of {survivors} clients VERIFIED byte-exact",
+        f"  {'client':10} {'fork s':>7} {'transfer s':>10} {'from seeds':>12} {'from peers':>12}  state",
+    ]
+    for c in result["clients"]:
+        state = ("KILLED" if c["killed"] else "fell back, " if c["fell_back"] else "") + (
+            "" if c["killed"] else "verified" if c["verified"] else "NOT VERIFIED")
+        fork_s = "-" if c["fork_seconds"] is None else f"{c['fork_seconds']:.2f}"
+        transfer_s = "-" if c["transfer_seconds"] is None else f"{c['transfer_seconds']:.2f}"
+        lines.append(f"  {c['id']:10} {fork_s:>7} {transfer_s:>10} {format_bytes(c['bytes_from_seeds'] or 0):>12} "
+                     f"{format_bytes(c['bytes_from_peers'] or 0):>12}  {state}")
+    for s in result["seeds"]:
+        lines.append(f"  {s['id']:10} cap {format_rate(s['rate_cap_bytes_per_second'])}, served "
+                     f"{format_bytes(s['bytes_served'])}" + (" (KILLED)" if s["killed"] else ""))
     lines.append(f"  process logs: {result['log_dir']}")
     return lines
 

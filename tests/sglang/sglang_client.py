@@ -119,6 +119,7 @@ def main(config: dict) -> dict:
     result["last_load"] = None if record is None else {
         "path": record.path, "reason": record.reason, "identity": record.identity, "job_id": record.job_id,
         "bytes_total": record.bytes_total, "bytes_by_seed": record.bytes_by_seed,
+        "served_as_peer": record.served_as_peer, "withdrawal": record.withdrawal,
     }
     return result
 

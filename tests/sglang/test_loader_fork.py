@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import httpx
 import pytest
 
 from testbed.fleet import Fleet, FleetSpec, free_port
@@ -62,6 +63,17 @@ def test_hooked_loader_forks_every_byte_from_every_seed(fleet):
     # SGLang's post-load step ran once, as after its own read; the zero-byte tensor hung nothing.
     assert result["post_load_calls"] == 1
     assert "rfork: rank 0: forking" in stderr
+    # It served its landed chunks while loading, and stopped (confirmed) before SGLang got its weights back.
+    assert record["served_as_peer"], record
+    assert "no read from it is on the wire" in record["withdrawal"], record
+    assert httpx.get(f"{fleet.scheduler_url}/v1/jobs/{record['job_id']}", headers=fleet.headers,
+                     timeout=5).status_code == 404
+
+
+def test_with_peers_off_the_instance_serves_nobody(fleet):
+    result, _ = load(fleet, rfork_env(fleet, RFORK_PEERS="0"))
+    assert result["ok"] and result["mismatched"] == []
+    assert result["last_load"]["path"] == "rfork" and not result["last_load"]["served_as_peer"]
 
 
 def test_scheduler_down_falls_back_to_sglangs_own_read(fleet):
@@ -135,3 +147,4 @@ def test_job_that_fails_after_it_started_falls_back_and_sglang_rewrites_every_by
     assert record["path"] == "sglang" and "after its job started" in record["reason"], record
     assert "ForkFailed" in record["reason"]
     assert "which rewrites every parameter" in stderr
+    assert record["served_as_peer"] and record["withdrawal"], record  # withdrew before SGLang's own read

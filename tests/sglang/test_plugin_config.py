@@ -16,6 +16,10 @@ URL = "http://127.0.0.1:8700"
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_CHUNK_SIZE": "16MiB", "RFORK_TP_SIZE": "4", "RFORK_FALLBACK": "0"},
      PluginConfig(URL, chunk_size_bytes=16 << 20, tp_size=4, fallback=False)),
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_TOKEN": "s3cret"}, PluginConfig(URL, token="s3cret")),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_PEER_RATE": "50MB/s", "RFORK_PEER_MAX_IN_FLIGHT": "4"},
+     PluginConfig(URL, peer_rate=50e6, peer_max_in_flight=4)),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_PEERS": "0"}, PluginConfig(URL, peers=False)),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_PEER_RATE": "0"}, PluginConfig(URL, peers=False, peer_rate=0.0)),
 ])
 def test_from_env(env, expected):
     assert PluginConfig.from_env(env) == expected
@@ -29,6 +33,10 @@ def test_from_env(env, expected):
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_TP_SIZE": "two"}, "RFORK_TP_SIZE='two'"),
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_FALLBACK": "maybe"}, "RFORK_FALLBACK='maybe'"),
     ({"RFORK_SCHEDULER_URL": URL, "RFORK_TOKEN_FILE": "/nonexistent/token"}, "cannot read the token file"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_PEER_RATE": "2Gb/s"}, "RFORK_PEER_RATE='2Gb/s': rate '2Gb/s' is ambiguous"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_PEER_MAX_IN_FLIGHT": "0"}, "RFORK_PEER_MAX_IN_FLIGHT must be between 1"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_PEER_MAX_IN_FLIGHT": "many"}, "RFORK_PEER_MAX_IN_FLIGHT='many'"),
+    ({"RFORK_SCHEDULER_URL": URL, "RFORK_PEERS": "maybe"}, "RFORK_PEERS='maybe'"),
 ])
 def test_malformed_env_names_the_variable(env, message):
     with pytest.raises(RforkPluginError, match=message.replace("(", r"\(").replace(")", r"\)")):

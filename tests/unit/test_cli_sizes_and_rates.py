@@ -17,18 +17,22 @@ COMMANDS = {
     "agent": ["agent", "--sglang-url", SEED, "--scheduler", SCHED],
     "scheduler": ["scheduler"],
     "testbed": ["testbed", "--model", "tiny"],
+    "testbed --clients": ["testbed", "--model", "tiny", "--clients", "2"],
     "testbed-seed": ["testbed-seed", "--port", "0"],
     "chaos": ["chaos"],
     "bench fork": ["bench", "fork"],
     "bench qos": ["bench", "qos"],
+    "bench fleet": ["bench", "fleet"],
 }
 SIZE_FLAGS = [
     ("fork", "--chunk-size"), ("scheduler", "--chunk-size"), ("scheduler", "--max-body-bytes"),
     ("agent", "--burst"), ("testbed", "--chunk-size"), ("testbed-seed", "--size"),
     ("chaos", "--size"), ("chaos", "--chunk-size"), ("bench fork", "--size"), ("bench fork", "--chunk-size"),
-    ("bench qos", "--size"), ("bench qos", "--chunk-size"),
+    ("bench qos", "--size"), ("bench qos", "--chunk-size"), ("bench fleet", "--size"), ("bench fleet", "--chunk-size"),
 ]
-RATE_FLAGS = [("agent", "--rate-cap"), ("testbed", "--seed-rate"), ("chaos", "--seed-rate"), ("bench qos", "--cap")]
+RATE_FLAGS = [("agent", "--rate-cap"), ("testbed", "--seed-rate"), ("chaos", "--seed-rate"), ("bench qos", "--cap"),
+              ("fork", "--peer-rate"), ("testbed --clients", "--client-rate"), ("bench fleet", "--seed-rate"),
+              ("bench fleet", "--client-rate")]
 BAD_SIZES = {"1e400": "too large", "4096.5": "not a whole number of bytes", "-1MiB": "negative",
              "inf": "cannot read size", "nan": "cannot read size", "64Mbit": "unknown unit"}
 BAD_RATES = {"1e400": "too large", "2Gb/s": "ambiguous (bits or bytes?)", "-5MB/s": "negative",
@@ -74,6 +78,18 @@ def test_a_bad_rate_is_one_line(command, flag, value, capsys):
     (COMMANDS["chaos"] + ["--seed-rate", "unlimited"], "--seed-rate a rate > 0"),
     (COMMANDS["bench qos"] + ["--cap", "0"], "needs a link rate > 0"),
     (COMMANDS["agent"] + ["--burst", "0"], "--burst must be > 0 bytes"),
+    (COMMANDS["fork"] + ["--peer-rate", "0", "--serve-seconds", "5"], "--serve-seconds serves chunks to other"),
+    (COMMANDS["fork"] + ["--no-peers", "--serve-seconds", "5"], "--serve-seconds serves chunks to other"),
+    (COMMANDS["fork"] + ["--serve-seconds", "-1"], "--serve-seconds must be a number of seconds >= 0"),
+    (COMMANDS["fork"] + ["--serve-seconds", "inf"], "--serve-seconds must be a number of seconds >= 0"),
+    (COMMANDS["fork"] + ["--peer-max-in-flight", "0"], "--peer-max-in-flight must be between 1 and 1024"),
+    (COMMANDS["testbed"] + ["--client-rate", "50MB/s"], "give --clients N"),
+    (COMMANDS["testbed"] + ["--no-peers"], "give --clients N"),
+    (COMMANDS["testbed --clients"] + ["--client-rate", "0"], "use --no-peers for that"),
+    (COMMANDS["testbed"] + ["--clients", "0"], "--clients must be at least 1"),
+    (COMMANDS["testbed --clients"] + ["--tp-size", "2"], "--clients forks rank 0 into each client"),
+    (COMMANDS["bench fleet"] + ["--seed-rate", "unlimited"], "--seed-rate must be a rate > 0"),
+    (COMMANDS["bench fleet"] + ["--clients", "1,two"], "--clients must be whole numbers"),
 ])
 def test_paused_and_unlimited_where_they_make_no_sense(argv, says, capsys):
     assert_one_line_refusal(*run(argv, capsys), says)

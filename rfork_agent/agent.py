@@ -574,20 +574,23 @@ class AgentState:
         if reservation is not None:
             return reservation
         self.metrics.leases_total.labels(seed=self.config.seed_id, outcome="denied").inc()
-        needed = self.bucket.wait_for(nbytes, now)
+        needed = self.bucket.wait_for(nbytes, now, max_wait)
         rate = self.allowed_rate
         if math.isinf(needed):  # paused: the controller decides again within a heartbeat or so
             retry, pace = self.config.heartbeat_interval, (
                 "paused by its operator (--rate-cap 0); read elsewhere" if self.config.rate_cap == 0
                 else "paused (allowed rate 0)")
         else:
-            # Ask again when the same wait would be enough.
+            # Ask again when the same wait would be enough. Rounded up to the ms (asking a little
+            # early is a second refusal, not a grant), except float noise under 0.1 us, which the
+            # bucket's WAIT_TOLERANCE_SECONDS absorbs.
             retry, pace = min(max(needed - max_wait, 0.05), 30.0), f"paced at {rate / 1e6:.1f} MB/s"
+            retry = math.ceil(retry * 1000 - 1e-4) / 1000
         return Denied(
             429, "over_budget",
             f"seed {self.config.seed_id} is {pace}; {nbytes} bytes could start in {needed:.2f} s, "
-            f"more than the {max_wait:.2f} s wait; retry in {retry:.2f} s",
-            retry_after_seconds=round(retry, 3),
+            f"more than the {max_wait:.2f} s wait; retry in {retry:.3f} s",
+            retry_after_seconds=retry,
         )
 
     def grant(self, body: LeaseRequest, asked_at: float, now: float) -> Lease:

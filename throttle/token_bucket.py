@@ -19,6 +19,18 @@ Rules (why each one):
   ``(nbytes - balance) / rate`` — instead of waiting forever for a balance the
   cap can never reach. Later reservations pay off that debt first, which keeps
   the long-run rate exact.
+- **Bigger than the wait can pay for pays after.** A reservation that could
+  not start within ``max_wait`` even from a full bucket (``nbytes > burst +
+  rate * max_wait``) would be refused forever under pay first: no balance the
+  cap allows ever makes its wait short enough (a 33.5 MB chunk at a 2.5 MB/s
+  floor with a 5 s wait: every lease refused, the fork hung). Such a
+  reservation instead starts once the bytes booked before it have started
+  (the balance is back to zero) and books its whole size as debt, which the
+  reservations after it repay. FIFO still holds, nothing is created: the
+  long-run rate stays exact, and any window's bytes are at most ``rate * T +
+  burst`` plus the last such read. It is refused only while the debt ahead of
+  it would take longer than ``max_wait`` to clear, and ``wait_for`` with the
+  same ``max_wait`` says when asking again succeeds.
 - **Rate changes conserve tokens; debt keeps its deadline.** ``set_rate``
   settles accrual at the old rate up to ``now`` and accrues at the new rate
   after it, so the adaptive QoS controller can move the rate every tick
@@ -45,6 +57,10 @@ Rules (why each one):
     >>> b.set_rate(200.0, now=0.5)                       # 50 accrued at 100 B/s, kept
     >>> b.available(0.5)                                 # the 50 B of debt left still clears at t=1.0
     -100.0
+    >>> b.reserve(1000, now=1.0, max_wait=2).start_at    # over 50 B + 2 s x 200 B/s: pays after,
+    1.0
+    >>> b.reserve(10, now=1.0, max_wait=10).start_at     # and those after it repay its debt
+    6.05
 """
 
 from __future__ import annotations
@@ -58,6 +74,10 @@ DEFAULT_BURST_SECONDS = 0.25
 """The agent's burst is this many seconds of the rate (at least ``MIN_BURST_BYTES``)."""
 
 MIN_BURST_BYTES = 1 * MiB
+
+WAIT_TOLERANCE_SECONDS = 1e-6
+"""A wait this close to ``max_wait`` is within it: a caller that asks again after exactly
+``wait_for(...) - max_wait`` must be granted, not refused by float rounding of that sum."""
 
 
 def default_burst(rate: float | None) -> float:
@@ -135,16 +155,28 @@ class TokenBucket:
         self._advance(now)
         return math.inf if self._rate is None else self._tokens
 
-    def wait_for(self, nbytes: float, now: float) -> float:
-        """Seconds until ``nbytes`` could start if reserved at ``now`` (inf when paused). Books nothing."""
+    def wait_for(self, nbytes: float, now: float, max_wait: float = math.inf) -> float:
+        """Seconds until ``nbytes`` could start if reserved at ``now`` (inf when paused). Books nothing.
+
+        ``max_wait`` is the wait the reservation would be given: one too big
+        to be paid for within it, even from a full bucket, waits only for the
+        debt ahead of it (see "pays after" in the module docstring).
+        """
         self._advance(now)
         if self._rate is None or nbytes <= 0:
             return 0.0
         if self._rate == 0:
             return math.inf  # paused: not even a positive balance may be spent
+        if self.pays_after(nbytes, max_wait):
+            return max(0.0, -self._tokens) / self._rate
         if nbytes <= self._tokens:
             return 0.0
         return (nbytes - self._tokens) / self._rate
+
+    def pays_after(self, nbytes: float, max_wait: float) -> bool:
+        """Whether ``nbytes`` could never be paid for first within ``max_wait`` (see the rules)."""
+        rate = self._rate
+        return bool(rate) and nbytes > self._burst + rate * max_wait  # type: ignore[operator]
 
     def reserve(self, nbytes: float, now: float, max_wait: float) -> Reservation | None:
         """Book ``nbytes`` to start no earlier than the rate allows.
@@ -154,8 +186,8 @@ class TokenBucket:
         """
         if nbytes < 0 or math.isnan(nbytes):
             raise ValueError(f"cannot reserve {nbytes} bytes; give a byte count >= 0")
-        wait = self.wait_for(nbytes, now)
-        if wait > max_wait:
+        wait = self.wait_for(nbytes, now, max_wait)
+        if wait > max_wait + WAIT_TOLERANCE_SECONDS:
             return None
         if self._rate is not None:
             self._tokens -= nbytes  # booked now: later reservations queue behind this debt

@@ -781,6 +781,8 @@ class SeedLink:
                 await self._seed_lost("the seed stopped answering its /health")
             if time.monotonic() < self._retry_at:
                 return
+            if state.phase is Phase.DISCOVERING and not state.seed_alive:
+                return  # the liveness probe says down: wait for it to say up (it calls step() then)
             if state.phase is Phase.DISCOVERING and not await self._discover():
                 return
             if state.phase is Phase.REGISTERING:
@@ -796,7 +798,9 @@ class SeedLink:
             self._problem(f"waiting for the seed at {self.config.sglang_url}", exc)
             self._backoff(time.monotonic())
             return False
-        self.state.seed_alive = True
+        # Not `seed_alive = True`: the liveness probe owns that verdict. A seed that serves its TE
+        # info while its /health fails was registered here, marked alive, then found down by the
+        # next probe: a register/deregister flap during which leases for a down seed were granted.
         self.state.set_phase(Phase.REGISTERING)
         return True
 
@@ -860,10 +864,12 @@ class SeedLink:
         state = self.state
         log.warning("agent %s: seed %s lost (%s); deregistering and waiting for it to come back",
                     self.config.seed_id, self.config.sglang_url, why)
-        if state.phase is Phase.REGISTERED:
-            await self.deregister()
+        registered = state.phase is Phase.REGISTERED
+        # Forget the seed before the await: a lease asked while the scheduler answers must be refused.
         state.seed = None
         state.set_phase(Phase.DISCOVERING)
+        if registered:
+            await self.deregister()
 
     async def deregister(self) -> None:
         try:

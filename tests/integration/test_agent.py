@@ -87,6 +87,9 @@ class FakeSeed:
     tp_size: int = 2
     generation: int = 0
     healthy: bool = True
+    info_ok: bool = True
+    """False: the TE-info endpoints answer 503 while /health still answers (a seed restarting)."""
+    health_probes: int = 0
     hits: list = field(default_factory=list)
 
     def session(self, rank: int) -> str:
@@ -100,6 +103,8 @@ class FakeSeed:
             self.hits.append(path)
             if (path == new_te) == self.deprecated_paths:
                 raise HTTPException(404)
+            if not self.info_ok:
+                raise HTTPException(503)
             if rank is None or not 0 <= rank < self.tp_size:
                 return JSONResponse({"error": f"no rank {rank}"}, status_code=400)
             return {"rank": rank, "remote_instance_transfer_engine_info": [self.session(rank), manifest_for(rank)]}
@@ -128,6 +133,7 @@ class FakeSeed:
 
         @app.get("/health")
         def health():
+            self.health_probes += 1
             if not self.healthy:
                 raise HTTPException(503)
             return {}
@@ -144,6 +150,9 @@ class RecordingScheduler:
     heartbeats: list = field(default_factory=list)
     deletes: list = field(default_factory=list)
     known: set = field(default_factory=set)
+    delete_arrived: threading.Event = field(default_factory=threading.Event)
+    hold_deletes: threading.Event | None = None
+    """When set to an unset Event, each DELETE is answered only once it is set."""
 
     def forget(self, seed_id: str) -> None:
         self.known.discard(seed_id)
@@ -167,6 +176,9 @@ class RecordingScheduler:
 
         @app.delete("/v1/seeds/{seed_id}", status_code=204)
         def delete(seed_id: str):
+            self.delete_arrived.set()
+            if self.hold_deletes is not None:
+                self.hold_deletes.wait(30)
             self.deletes.append(seed_id)
             self.known.discard(seed_id)
 
@@ -182,7 +194,7 @@ def fleet():
     started: list[Served] = []
 
     def start(seed: FakeSeed | None = None, scheduler: RecordingScheduler | None = None,
-              scheduler_sock: socket.socket | None = None, **overrides):
+              scheduler_sock: socket.socket | None = None, clock=time.monotonic, **overrides):
         seed = seed or FakeSeed()
         scheduler = scheduler or RecordingScheduler()
         seed_server = Served(seed.app())
@@ -199,7 +211,7 @@ def fleet():
             "port": agent_sock.getsockname()[1], "heartbeat_interval": 0.1, "liveness_interval_seconds": 0.1,
             **overrides,
         })
-        app = create_app(config)
+        app = create_app(config, clock=clock)
         agent_server = Served(app, agent_sock)
         started.insert(0, agent_server)  # stopped first, so it can deregister
         return seed, scheduler, agent_server, app
@@ -288,6 +300,42 @@ def test_seed_down_refuses_leases_and_deregisters_then_comes_back(fleet):
     assert response.status_code == 503 and response.json()["detail"]["error"] == "seed_unavailable"
     seed.healthy = True
     wait_until(registered(scheduler, 2), what="re-registration after the seed came back")
+    assert post(f"{agent.url}/v1/leases", lease_body(1000)).status_code == 200
+
+
+def test_no_lease_is_granted_while_the_agent_deregisters_a_lost_seed(fleet):
+    scheduler = RecordingScheduler(hold_deletes=threading.Event())
+    seed, _, agent, _ = fleet(scheduler=scheduler, refresh_every_heartbeats=1)
+    try:
+        wait_until(registered(scheduler), what="registration")
+        assert post(f"{agent.url}/v1/leases", lease_body(1000)).status_code == 200
+        seed.info_ok = False                     # the next refresh finds the seed gone; /health still answers
+        assert scheduler.delete_arrived.wait(10), "the agent never deregistered"
+        # The agent is awaiting the scheduler's answer to its DELETE: it knows the seed is lost.
+        response = post(f"{agent.url}/v1/leases", lease_body(1000, assignment="a2"))
+        assert response.status_code == 503 and response.json()["detail"]["error"] == "seed_unavailable"
+    finally:
+        scheduler.hold_deletes.set()
+    wait_until(lambda: scheduler.deletes == ["seed-0"], what="the deregistration to complete")
+    seed.info_ok = True
+    wait_until(registered(scheduler, 2), what="re-registration once the seed's TE info is back")
+    assert post(f"{agent.url}/v1/leases", lease_body(1000, assignment="a3")).status_code == 200
+
+
+def test_a_seed_whose_health_fails_is_not_registered_again_until_it_answers(fleet):
+    # Its TE info still answers, so discovery alone succeeds. The agent used to register it again at
+    # once and mark it alive until the next probe deregistered it: a flap, granting leases between.
+    seed, scheduler, agent, _ = fleet()
+    wait_until(registered(scheduler), what="registration")
+    seed.healthy = False
+    wait_until(lambda: scheduler.deletes, what="deregistration")
+    probes = seed.health_probes
+    wait_until(lambda: seed.health_probes >= probes + 5, what="five more liveness probes")
+    assert len(scheduler.registrations) == 1 and scheduler.deletes == ["seed-0"]
+    response = post(f"{agent.url}/v1/leases", lease_body(1000))
+    assert response.status_code == 503 and response.json()["detail"]["error"] == "seed_unavailable"
+    seed.healthy = True
+    wait_until(registered(scheduler, 2), what="re-registration once /health answers")
     assert post(f"{agent.url}/v1/leases", lease_body(1000)).status_code == 200
 
 

@@ -581,15 +581,18 @@ class AgentState:
                 "paused by its operator (--rate-cap 0); read elsewhere" if self.config.rate_cap == 0
                 else "paused (allowed rate 0)")
         else:
-            # Ask again when the same wait would be enough. Rounded up to the ms (asking a little
-            # early is a second refusal, not a grant), except float noise under 0.1 us, which the
-            # bucket's WAIT_TOLERANCE_SECONDS absorbs.
-            retry, pace = min(max(needed - max_wait, 0.05), 30.0), f"paced at {rate / 1e6:.1f} MB/s"
-            retry = math.ceil(retry * 1000 - 1e-4) / 1000
+            # Ask again when it would be granted. Rounded up to the ms (asking a little early is a
+            # second refusal, not a grant), except float noise under 0.1 us, which the bucket's
+            # WAIT_TOLERANCE_SECONDS absorbs.
+            retry = min(max(self.bucket.retry_after(nbytes, now, max_wait), 0.05), 30.0)
+            retry, pace = math.ceil(retry * 1000 - 1e-4) / 1000, f"paced at {rate / 1e6:.1f} MB/s"
+        if not math.isinf(needed) and self.bucket.pays_after(nbytes, max_wait):
+            why = (f"{nbytes} bytes are more than the {max_wait:.2f} s wait can pay for first, so they start "
+                   f"when no bytes are booked ahead of them, in {needed:.2f} s")
+        else:
+            why = f"{nbytes} bytes could start in {needed:.2f} s, more than the {max_wait:.2f} s wait"
         return Denied(
-            429, "over_budget",
-            f"seed {self.config.seed_id} is {pace}; {nbytes} bytes could start in {needed:.2f} s, "
-            f"more than the {max_wait:.2f} s wait; retry in {retry:.3f} s",
+            429, "over_budget", f"seed {self.config.seed_id} is {pace}; {why}; retry in {retry:.3f} s",
             retry_after_seconds=retry,
         )
 

@@ -24,13 +24,15 @@ Rules (why each one):
   rate * max_wait``) would be refused forever under pay first: no balance the
   cap allows ever makes its wait short enough (a 33.5 MB chunk at a 2.5 MB/s
   floor with a 5 s wait: every lease refused, the fork hung). Such a
-  reservation instead starts once the bytes booked before it have started
-  (the balance is back to zero) and books its whole size as debt, which the
-  reservations after it repay. FIFO still holds, nothing is created: the
-  long-run rate stays exact, and any window's bytes are at most ``rate * T +
-  burst`` plus the last such read. It is refused only while the debt ahead of
-  it would take longer than ``max_wait`` to clear, and ``wait_for`` with the
-  same ``max_wait`` says when asking again succeeds.
+  reservation instead starts at once when no debt is booked ahead of it (the
+  balance is >= 0) and books its whole size as debt, which the reservations
+  after it repay: nothing is created, the long-run rate stays exact, and any
+  window's bytes are at most ``rate * T + burst`` plus the last such read.
+  While debt is booked ahead it is refused, not held: holding it could not
+  make it pay first anyway, and a held request keeps its caller waiting (a
+  fork that is done still settles its lease requests). ``retry_after`` says
+  when that debt is repaid. It does not queue: while reads that pay first
+  keep the seed booked ahead, it is served in the first gap they leave.
 - **Rate changes conserve tokens; debt keeps its deadline.** ``set_rate``
   settles accrual at the old rate up to ``now`` and accrues at the new rate
   after it, so the adaptive QoS controller can move the rate every tick
@@ -57,10 +59,12 @@ Rules (why each one):
     >>> b.set_rate(200.0, now=0.5)                       # 50 accrued at 100 B/s, kept
     >>> b.available(0.5)                                 # the 50 B of debt left still clears at t=1.0
     -100.0
-    >>> b.reserve(1000, now=1.0, max_wait=2).start_at    # over 50 B + 2 s x 200 B/s: pays after,
+    >>> b.reserve(1000, now=1.0, max_wait=2).start_at    # over 50 B + 2 s x 200 B/s: no debt
     1.0
-    >>> b.reserve(10, now=1.0, max_wait=10).start_at     # and those after it repay its debt
-    6.05
+    >>> b.reserve(1000, now=1.0, max_wait=2) is None     # ahead, it starts now and pays after;
+    True
+    >>> b.retry_after(1000, now=1.0, max_wait=2)         # the next one, once that is repaid
+    5.0
 """
 
 from __future__ import annotations
@@ -76,8 +80,8 @@ DEFAULT_BURST_SECONDS = 0.25
 MIN_BURST_BYTES = 1 * MiB
 
 WAIT_TOLERANCE_SECONDS = 1e-6
-"""A wait this close to ``max_wait`` is within it: a caller that asks again after exactly
-``wait_for(...) - max_wait`` must be granted, not refused by float rounding of that sum."""
+"""A wait this close to the longest allowed is within it: a caller that asks again after exactly
+``retry_after(...)`` must be granted, not refused by float rounding of that sum."""
 
 
 def default_burst(rate: float | None) -> float:
@@ -178,16 +182,27 @@ class TokenBucket:
         rate = self._rate
         return bool(rate) and nbytes > self._burst + rate * max_wait  # type: ignore[operator]
 
+    def retry_after(self, nbytes: float, now: float, max_wait: float) -> float:
+        """Seconds from ``now`` after which the same ``reserve`` is granted, if nothing else is
+        booked meanwhile (0: it would be granted now; inf: paused). Books nothing."""
+        wait = self.wait_for(nbytes, now, max_wait)
+        return max(0.0, wait - self._longest_wait(nbytes, max_wait))
+
+    def _longest_wait(self, nbytes: float, max_wait: float) -> float:
+        # A read that pays after is never held: it starts now or not at all (see the rules).
+        return 0.0 if self.pays_after(nbytes, max_wait) else max_wait
+
     def reserve(self, nbytes: float, now: float, max_wait: float) -> Reservation | None:
         """Book ``nbytes`` to start no earlier than the rate allows.
 
         Returns the reservation, or None — with nothing booked — if it could
-        not start within ``max_wait`` seconds of ``now``.
+        not start within ``max_wait`` seconds of ``now`` (or, for a read that
+        pays after, at once).
         """
         if nbytes < 0 or math.isnan(nbytes):
             raise ValueError(f"cannot reserve {nbytes} bytes; give a byte count >= 0")
         wait = self.wait_for(nbytes, now, max_wait)
-        if wait > max_wait + WAIT_TOLERANCE_SECONDS:
+        if wait > self._longest_wait(nbytes, max_wait) + WAIT_TOLERANCE_SECONDS:
             return None
         if self._rate is not None:
             self._tokens -= nbytes  # booked now: later reservations queue behind this debt

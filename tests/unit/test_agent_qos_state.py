@@ -217,10 +217,10 @@ def test_a_chunk_bigger_than_the_floor_times_the_wait_is_leased_and_the_retry_af
     assert floor == pytest.approx(2.5e6) and chunk > state.bucket.burst + floor * 5.0
     first = state.reserve(chunk, wait_seconds=5.0, now=clock())
     assert isinstance(first, Reservation) and first.start_at == 0.0  # nobody ahead: starts now, pays after
-    second = state.reserve(chunk, wait_seconds=5.0, now=clock())     # behind 13 s of debt: refused...
-    assert isinstance(second, Denied) and second.status == 429
-    debt_clears_at = (chunk - state.bucket.burst) / floor
-    assert second.retry_after_seconds == pytest.approx(debt_clears_at - 5.0, abs=1e-3)
-    clock.t = second.retry_after_seconds                             # ...and asked again when told
+    second = state.reserve(chunk, wait_seconds=5.0, now=clock())     # 13 s of debt ahead: refused,
+    assert isinstance(second, Denied) and second.status == 429         # not held
+    debt_repaid_at = (chunk - state.bucket.burst) / floor
+    assert second.retry_after_seconds == pytest.approx(debt_repaid_at, abs=1e-3)
+    clock.t = second.retry_after_seconds                             # asked again when told: granted
     third = state.reserve(chunk, wait_seconds=5.0, now=clock())
-    assert isinstance(third, Reservation) and third.start_at == pytest.approx(debt_clears_at)
+    assert isinstance(third, Reservation) and third.start_at == clock.t

@@ -153,7 +153,7 @@ def test_default_burst(rate, expected):
     # 1 s wait can pay for first, so 500 B with a 1 s wait "pays after".
     ("on a full bucket it starts at once", [(500, 0.0, 1.0)], [0.0]),
     ("those after it repay its debt", [(500, 0.0, 1.0), (10, 0.0, 100.0)], [0.0, 4.6]),
-    ("it queues behind the debt ahead (FIFO)", [(100, 0.0, 1.0), (500, 0.0, 1.0), (10, 0.0, 100.0)],
+    ("once the debt ahead is repaid (FIFO)", [(100, 0.0, 1.0), (500, 0.5, 1.0), (10, 0.5, 100.0)],
      [0.5, 0.5, 5.6]),
     ("a partial balance is no debt", [(30, 0.0, 1.0), (500, 0.0, 1.0)], [0.0, 0.0]),
     ("what the wait can pay for still pays first", [(150, 0.0, 1.0)], [1.0]),
@@ -166,14 +166,18 @@ def test_a_read_the_wait_can_never_pay_for_pays_after(name, requests, expected_s
     assert [r.start_at for r in reservations] == pytest.approx(expected_starts), name
 
 
-def test_pay_after_is_refused_while_the_debt_ahead_outlasts_the_wait_and_wait_for_says_when_to_ask():
+def test_pay_after_is_refused_not_held_while_debt_is_ahead_and_retry_after_says_when():
     bucket = TokenBucket(100.0, 50.0, now=0.0)
-    bucket.reserve(250, 0.0, max_wait=10)                       # 200 B of debt: clears at 2.0
-    assert bucket.wait_for(500, 0.0, max_wait=1.0) == pytest.approx(2.0)
-    assert bucket.reserve(500, 0.0, max_wait=1.0) is None       # 2 s of debt ahead > 1 s
+    bucket.reserve(250, 0.0, max_wait=10)                       # 200 B of debt: repaid at 2.0
+    assert bucket.wait_for(500, 0.0, max_wait=3.0) == pytest.approx(2.0)
+    assert bucket.reserve(500, 0.0, max_wait=3.0) is None       # within the wait, but never held
     assert bucket.available(0.0) == pytest.approx(-200)         # nothing booked
-    retry_at = bucket.wait_for(500, 0.0, max_wait=1.0) - 1.0    # what the agent's 429 says
-    assert bucket.reserve(500, retry_at, max_wait=1.0).start_at == pytest.approx(2.0)
+    assert bucket.retry_after(500, 0.0, max_wait=3.0) == pytest.approx(2.0)
+    assert bucket.retry_after(250, 0.0, max_wait=3.0) == pytest.approx(1.5)  # pays first: 4.5 s - 3 s
+    retry_at = bucket.retry_after(500, 0.0, max_wait=3.0)       # what the agent's 429 says
+    assert bucket.reserve(500, retry_at, max_wait=3.0).start_at == pytest.approx(2.0)
+    bucket.set_rate(0.0, now=2.0)
+    assert bucket.retry_after(500, 2.0, max_wait=3.0) == math.inf  # paused
 
 
 @pytest.mark.parametrize("rate, burst, chunk, max_wait", [
@@ -182,14 +186,14 @@ def test_pay_after_is_refused_while_the_debt_ahead_outlasts_the_wait_and_wait_fo
     (100.0, 50.0, 10_000, 0.0),        # a client that will not wait at all
 ])
 def test_a_client_that_honours_the_retry_is_served_every_chunk(rate, burst, chunk, max_wait):
-    """Any size is served: ask, and on a refusal ask again after wait_for - max_wait (the 429's retry)."""
+    """Any size is served: ask, and on a refusal ask again after retry_after (the 429's retry)."""
     bucket, now, starts = TokenBucket(rate, burst, now=0.0), 0.0, []
     for _ in range(20):
         for _attempt in range(2):  # one refusal at most per chunk: the retry is exact
             reservation = bucket.reserve(chunk, now, max_wait)
             if reservation is not None:
                 break
-            now += bucket.wait_for(chunk, now, max_wait) - max_wait
+            now += bucket.retry_after(chunk, now, max_wait)
         assert reservation is not None, "starved: refused after honouring the retry"
         starts.append(reservation.start_at)
         now = reservation.start_at

@@ -9,7 +9,7 @@ Rules (why each one):
 - **Pay first.** A reservation of N bytes starts once the bucket has accrued N
   bytes after every earlier reservation. Over any window of length T the bytes
   started are therefore at most ``rate * T + burst``: a chunk's bytes are paid
-  for before it begins, never after.
+  for before it begins, never after (except a read too big for the wait, below).
 - **FIFO in virtual time.** The balance is booked at once (it may go
   negative); the next reservation waits until the debt of those before it is
   repaid. Arrival order is service order, and no caller needs a lock or queue.

@@ -560,20 +560,26 @@ class AgentState:
         if reservation is not None:
             return reservation
         self.metrics.leases_total.labels(seed=self.config.seed_id, outcome="denied").inc()
-        needed = self.bucket.wait_for(nbytes, now)
+        needed = self.bucket.wait_for(nbytes, now, max_wait)
         rate = self.allowed_rate
         if math.isinf(needed):  # paused: the controller decides again within a heartbeat or so
             retry, pace = self.config.heartbeat_interval, (
                 "paused by its operator (--rate-cap 0); read elsewhere" if self.config.rate_cap == 0
                 else "paused (allowed rate 0)")
         else:
-            # Ask again when the same wait would be enough.
-            retry, pace = min(max(needed - max_wait, 0.05), 30.0), f"paced at {rate / 1e6:.1f} MB/s"
+            # Ask again when it would be granted. Rounded up to the ms (asking a little early is a
+            # second refusal, not a grant), except float noise under 0.1 us, which the bucket's
+            # WAIT_TOLERANCE_SECONDS absorbs.
+            retry = min(max(self.bucket.retry_after(nbytes, now, max_wait), 0.05), 30.0)
+            retry, pace = math.ceil(retry * 1000 - 1e-4) / 1000, f"paced at {rate / 1e6:.1f} MB/s"
+        if not math.isinf(needed) and self.bucket.pays_after(nbytes, max_wait):
+            why = (f"{nbytes} bytes are more than the {max_wait:.2f} s wait can pay for first, so they start "
+                   f"when no bytes are booked ahead of them, in {needed:.2f} s")
+        else:
+            why = f"{nbytes} bytes could start in {needed:.2f} s, more than the {max_wait:.2f} s wait"
         return Denied(
-            429, "over_budget",
-            f"seed {self.config.seed_id} is {pace}; {nbytes} bytes could start in {needed:.2f} s, "
-            f"more than the {max_wait:.2f} s wait; retry in {retry:.2f} s",
-            retry_after_seconds=round(retry, 3),
+            429, "over_budget", f"seed {self.config.seed_id} is {pace}; {why}; retry in {retry:.3f} s",
+            retry_after_seconds=retry,
         )
 
     def grant(self, body: LeaseRequest, asked_at: float, now: float) -> Lease:
@@ -756,6 +762,8 @@ class SeedLink:
                 await self._seed_lost("the seed stopped answering its /health")
             if time.monotonic() < self._retry_at:
                 return
+            if state.phase is Phase.DISCOVERING and not state.seed_alive:
+                return  # the liveness probe says down: wait for it to say up (it calls step() then)
             if state.phase is Phase.DISCOVERING and not await self._discover():
                 return
             if state.phase is Phase.REGISTERING:
@@ -771,7 +779,9 @@ class SeedLink:
             self._problem(f"waiting for the seed at {self.config.sglang_url}", exc)
             self._backoff(time.monotonic())
             return False
-        self.state.seed_alive = True
+        # Not `seed_alive = True`: the liveness probe owns that verdict. A seed that serves its TE
+        # info while its /health fails was registered here, marked alive, then found down by the
+        # next probe: a register/deregister flap during which leases for a down seed were granted.
         self.state.set_phase(Phase.REGISTERING)
         return True
 
@@ -835,10 +845,12 @@ class SeedLink:
         state = self.state
         log.warning("agent %s: seed %s lost (%s); deregistering and waiting for it to come back",
                     self.config.seed_id, self.config.sglang_url, why)
-        if state.phase is Phase.REGISTERED:
-            await self.deregister()
+        registered = state.phase is Phase.REGISTERED
+        # Forget the seed before the await: a lease asked while the scheduler answers must be refused.
         state.seed = None
         state.set_phase(Phase.DISCOVERING)
+        if registered:
+            await self.deregister()
 
     async def deregister(self) -> None:
         try:

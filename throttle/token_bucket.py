@@ -9,7 +9,7 @@ Rules (why each one):
 - **Pay first.** A reservation of N bytes starts once the bucket has accrued N
   bytes after every earlier reservation. Over any window of length T the bytes
   started are therefore at most ``rate * T + burst``: a chunk's bytes are paid
-  for before it begins, never after.
+  for before it begins, never after (except a read too big for the wait, below).
 - **FIFO in virtual time.** The balance is booked at once (it may go
   negative); the next reservation waits until the debt of those before it is
   repaid. Arrival order is service order, and no caller needs a lock or queue.
@@ -19,6 +19,20 @@ Rules (why each one):
   ``(nbytes - balance) / rate`` — instead of waiting forever for a balance the
   cap can never reach. Later reservations pay off that debt first, which keeps
   the long-run rate exact.
+- **Bigger than the wait can pay for pays after.** A reservation that could
+  not start within ``max_wait`` even from a full bucket (``nbytes > burst +
+  rate * max_wait``) would be refused forever under pay first: no balance the
+  cap allows ever makes its wait short enough (a 33.5 MB chunk at a 2.5 MB/s
+  floor with a 5 s wait: every lease refused, the fork hung). Such a
+  reservation instead starts at once when no debt is booked ahead of it (the
+  balance is >= 0) and books its whole size as debt, which the reservations
+  after it repay: nothing is created, the long-run rate stays exact, and any
+  window's bytes are at most ``rate * T + burst`` plus the last such read.
+  While debt is booked ahead it is refused, not held: holding it could not
+  make it pay first anyway, and a held request keeps its caller waiting (a
+  fork that is done still settles its lease requests). ``retry_after`` says
+  when that debt is repaid. It does not queue: while reads that pay first
+  keep the seed booked ahead, it is served in the first gap they leave.
 - **Rate changes conserve tokens; debt keeps its deadline.** ``set_rate``
   settles accrual at the old rate up to ``now`` and accrues at the new rate
   after it, so the adaptive QoS controller can move the rate every tick
@@ -45,6 +59,12 @@ Rules (why each one):
     >>> b.set_rate(200.0, now=0.5)                       # 50 accrued at 100 B/s, kept
     >>> b.available(0.5)                                 # the 50 B of debt left still clears at t=1.0
     -100.0
+    >>> b.reserve(1000, now=1.0, max_wait=2).start_at    # over 50 B + 2 s x 200 B/s: no debt
+    1.0
+    >>> b.reserve(1000, now=1.0, max_wait=2) is None     # ahead, it starts now and pays after;
+    True
+    >>> b.retry_after(1000, now=1.0, max_wait=2)         # the next one, once that is repaid
+    5.0
 """
 
 from __future__ import annotations
@@ -58,6 +78,10 @@ DEFAULT_BURST_SECONDS = 0.25
 """The agent's burst is this many seconds of the rate (at least ``MIN_BURST_BYTES``)."""
 
 MIN_BURST_BYTES = 1 * MiB
+
+WAIT_TOLERANCE_SECONDS = 1e-6
+"""A wait this close to the longest allowed is within it: a caller that asks again after exactly
+``retry_after(...)`` must be granted, not refused by float rounding of that sum."""
 
 
 def default_burst(rate: float | None) -> float:
@@ -135,27 +159,50 @@ class TokenBucket:
         self._advance(now)
         return math.inf if self._rate is None else self._tokens
 
-    def wait_for(self, nbytes: float, now: float) -> float:
-        """Seconds until ``nbytes`` could start if reserved at ``now`` (inf when paused). Books nothing."""
+    def wait_for(self, nbytes: float, now: float, max_wait: float = math.inf) -> float:
+        """Seconds until ``nbytes`` could start if reserved at ``now`` (inf when paused). Books nothing.
+
+        ``max_wait`` is the wait the reservation would be given: one too big
+        to be paid for within it, even from a full bucket, waits only for the
+        debt ahead of it (see "pays after" in the module docstring).
+        """
         self._advance(now)
         if self._rate is None or nbytes <= 0:
             return 0.0
         if self._rate == 0:
             return math.inf  # paused: not even a positive balance may be spent
+        if self.pays_after(nbytes, max_wait):
+            return max(0.0, -self._tokens) / self._rate
         if nbytes <= self._tokens:
             return 0.0
         return (nbytes - self._tokens) / self._rate
+
+    def pays_after(self, nbytes: float, max_wait: float) -> bool:
+        """Whether ``nbytes`` could never be paid for first within ``max_wait`` (see the rules)."""
+        rate = self._rate
+        return bool(rate) and nbytes > self._burst + rate * max_wait  # type: ignore[operator]
+
+    def retry_after(self, nbytes: float, now: float, max_wait: float) -> float:
+        """Seconds from ``now`` after which the same ``reserve`` is granted, if nothing else is
+        booked meanwhile (0: it would be granted now; inf: paused). Books nothing."""
+        wait = self.wait_for(nbytes, now, max_wait)
+        return max(0.0, wait - self._longest_wait(nbytes, max_wait))
+
+    def _longest_wait(self, nbytes: float, max_wait: float) -> float:
+        # A read that pays after is never held: it starts now or not at all (see the rules).
+        return 0.0 if self.pays_after(nbytes, max_wait) else max_wait
 
     def reserve(self, nbytes: float, now: float, max_wait: float) -> Reservation | None:
         """Book ``nbytes`` to start no earlier than the rate allows.
 
         Returns the reservation, or None — with nothing booked — if it could
-        not start within ``max_wait`` seconds of ``now``.
+        not start within ``max_wait`` seconds of ``now`` (or, for a read that
+        pays after, at once).
         """
         if nbytes < 0 or math.isnan(nbytes):
             raise ValueError(f"cannot reserve {nbytes} bytes; give a byte count >= 0")
-        wait = self.wait_for(nbytes, now)
-        if wait > max_wait:
+        wait = self.wait_for(nbytes, now, max_wait)
+        if wait > self._longest_wait(nbytes, max_wait) + WAIT_TOLERANCE_SECONDS:
             return None
         if self._rate is not None:
             self._tokens -= nbytes  # booked now: later reservations queue behind this debt

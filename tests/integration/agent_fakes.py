@@ -76,6 +76,9 @@ class FakeSeed:
     tp_size: int = 2
     generation: int = 0
     healthy: bool = True
+    info_ok: bool = True
+    """False: the TE-info endpoints answer 503 while /health still answers (a seed restarting)."""
+    health_probes: int = 0
     hits: list = field(default_factory=list)
     server_info_fields: tuple[str, ...] = ("model_path", "tp_size", "dtype")
     """What its /server_info reports (older SGLang builds and stand-ins leave some out)."""
@@ -91,6 +94,8 @@ class FakeSeed:
             self.hits.append(path)
             if (path == new_te) == self.deprecated_paths:
                 raise HTTPException(404)
+            if not self.info_ok:
+                raise HTTPException(503)
             if rank is None or not 0 <= rank < self.tp_size:
                 return JSONResponse({"error": f"no rank {rank}"}, status_code=400)
             return {"rank": rank, "remote_instance_transfer_engine_info": [self.session(rank), manifest_for(rank)]}
@@ -120,6 +125,7 @@ class FakeSeed:
 
         @app.get("/health")
         def health():
+            self.health_probes += 1
             if not self.healthy:
                 raise HTTPException(503)
             return {}
@@ -136,6 +142,9 @@ class RecordingScheduler:
     heartbeats: list = field(default_factory=list)
     deletes: list = field(default_factory=list)
     known: set = field(default_factory=set)
+    delete_arrived: threading.Event = field(default_factory=threading.Event)
+    hold_deletes: threading.Event | None = None
+    """When set to an unset Event, each DELETE is answered only once it is set."""
 
     def forget(self, seed_id: str) -> None:
         self.known.discard(seed_id)
@@ -159,6 +168,9 @@ class RecordingScheduler:
 
         @app.delete("/v1/seeds/{seed_id}", status_code=204)
         def delete(seed_id: str):
+            self.delete_arrived.set()
+            if self.hold_deletes is not None:
+                self.hold_deletes.wait(30)
             self.deletes.append(seed_id)
             self.known.discard(seed_id)
 

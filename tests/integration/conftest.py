@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -16,7 +17,7 @@ def fleet():
     started: list[Served] = []
 
     def start(seed: FakeSeed | None = None, scheduler: RecordingScheduler | None = None,
-              scheduler_sock: socket.socket | None = None, **overrides):
+              scheduler_sock: socket.socket | None = None, clock=time.monotonic, **overrides):
         seed = seed or FakeSeed()
         scheduler = scheduler or RecordingScheduler()
         seed_server = Served(seed.app())
@@ -33,7 +34,7 @@ def fleet():
             "port": agent_sock.getsockname()[1], "heartbeat_interval": 0.1, "liveness_interval_seconds": 0.1,
             **overrides,
         })
-        app = create_app(config)
+        app = create_app(config, clock=clock)
         agent_server = Served(app, agent_sock)
         started.insert(0, agent_server)  # stopped first, so it can deregister
         return seed, scheduler, agent_server, app

@@ -13,11 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from metrics.definitions import AgentMetrics
-from rfork_agent.agent import THROTTLE_MODE_LABELS, AgentConfig, AgentState, LeaseRequest
+from rfork_agent.agent import THROTTLE_MODE_LABELS, AgentConfig, AgentState, Denied, LeaseRequest
 from throttle.controller import Mode
 from throttle.histogram import CumulativeHistogram
 from throttle.prom_text import ITL_HISTOGRAM, QUEUED_GAUGE, RUNNING_GAUGE, Scrape
 from throttle.qos import QosReport, ThrottleMode
+from throttle.token_bucket import Reservation
 
 CAP = 100e6
 
@@ -205,3 +206,21 @@ def test_a_seed_within_its_slo_never_reports_seed_over_slo(caplog):
     assert {r.throttle_reason for r in reports} == {"transfer_latency"}
     assert [r for r in caplog.records if "without the transfer" in r.getMessage()] == []
     assert sample(registry, "rfork_agent_throttle_decisions_total", action="hold", reason="seed_over_slo") == 0
+
+
+def test_a_chunk_bigger_than_the_floor_times_the_wait_is_leased_and_the_retry_after_leads_to_a_grant():
+    # `rfork testbed --seeds 2 --size 32MiB --throttle adaptive --slo-itl 0.04` with a seed missing its SLO:
+    # one 33.5 MB chunk, seeds held at the 2.5 MB/s floor, a 5 s wait. Paying first needs 13 s > 5 s,
+    # so every lease was refused forever and the fork hung.
+    state, _, clock = make_state(rate_cap=50e6)
+    floor, chunk = state.allowed_rate, 32 * 2**20
+    assert floor == pytest.approx(2.5e6) and chunk > state.bucket.burst + floor * 5.0
+    first = state.reserve(chunk, wait_seconds=5.0, now=clock())
+    assert isinstance(first, Reservation) and first.start_at == 0.0  # nobody ahead: starts now, pays after
+    second = state.reserve(chunk, wait_seconds=5.0, now=clock())     # 13 s of debt ahead: refused,
+    assert isinstance(second, Denied) and second.status == 429         # not held
+    debt_repaid_at = (chunk - state.bucket.burst) / floor
+    assert second.retry_after_seconds == pytest.approx(debt_repaid_at, abs=1e-3)
+    clock.t = second.retry_after_seconds                             # asked again when told: granted
+    third = state.reserve(chunk, wait_seconds=5.0, now=clock())
+    assert isinstance(third, Reservation) and third.start_at == clock.t

@@ -124,8 +124,10 @@ def test_agent_state_refusals():
     assert state.check_lease(3).status == 404
     state.seed_alive = False
     assert state.check_lease(0).code == "seed_unavailable"
-    denied = _agent_state()[0].reserve(1000, wait_seconds=1.0, now=0.0)
-    assert denied.status == 429 and denied.retry_after_seconds == pytest.approx(8.0)  # (1000-100)/100 - 1
+    fresh = _agent_state()[0]
+    fresh.reserve(100, wait_seconds=1.0, now=0.0)             # the burst, spent
+    denied = fresh.reserve(150, wait_seconds=1.0, now=0.0)    # paid first: could start in 1.5 s
+    assert denied.status == 429 and denied.retry_after_seconds == pytest.approx(0.5)  # 150/100 - 1
 
 
 def test_agent_state_rate_seam_never_exceeds_the_cap():

@@ -143,3 +143,75 @@ def test_negative_reservation_is_refused():
 @pytest.mark.parametrize("rate, expected", [(None, MIN_BURST_BYTES), (1e6, MIN_BURST_BYTES), (1e9, 2.5e8)])
 def test_default_burst(rate, expected):
     assert default_burst(rate) == expected
+
+
+# --------------------------------------------------------------------------- bigger than the wait can pay for
+
+
+@pytest.mark.parametrize("name, requests, expected_starts", [
+    # rate 100 B/s, burst 50 B; requests: (nbytes, now, max_wait). 50 + 100 x 1 = 150 B is the most a
+    # 1 s wait can pay for first, so 500 B with a 1 s wait "pays after".
+    ("on a full bucket it starts at once", [(500, 0.0, 1.0)], [0.0]),
+    ("those after it repay its debt", [(500, 0.0, 1.0), (10, 0.0, 100.0)], [0.0, 4.6]),
+    ("once the debt ahead is repaid (FIFO)", [(100, 0.0, 1.0), (500, 0.5, 1.0), (10, 0.5, 100.0)],
+     [0.5, 0.5, 5.6]),
+    ("a partial balance is no debt", [(30, 0.0, 1.0), (500, 0.0, 1.0)], [0.0, 0.0]),
+    ("what the wait can pay for still pays first", [(150, 0.0, 1.0)], [1.0]),
+    ("a longer wait pays first", [(500, 0.0, 10.0)], [4.5]),
+])
+def test_a_read_the_wait_can_never_pay_for_pays_after(name, requests, expected_starts):
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    reservations = [bucket.reserve(n, now, max_wait=w) for n, now, w in requests]
+    assert None not in reservations, name
+    assert [r.start_at for r in reservations] == pytest.approx(expected_starts), name
+
+
+def test_pay_after_is_refused_not_held_while_debt_is_ahead_and_retry_after_says_when():
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    bucket.reserve(250, 0.0, max_wait=10)                       # 200 B of debt: repaid at 2.0
+    assert bucket.wait_for(500, 0.0, max_wait=3.0) == pytest.approx(2.0)
+    assert bucket.reserve(500, 0.0, max_wait=3.0) is None       # within the wait, but never held
+    assert bucket.available(0.0) == pytest.approx(-200)         # nothing booked
+    assert bucket.retry_after(500, 0.0, max_wait=3.0) == pytest.approx(2.0)
+    assert bucket.retry_after(250, 0.0, max_wait=3.0) == pytest.approx(1.5)  # pays first: 4.5 s - 3 s
+    retry_at = bucket.retry_after(500, 0.0, max_wait=3.0)       # what the agent's 429 says
+    assert bucket.reserve(500, retry_at, max_wait=3.0).start_at == pytest.approx(2.0)
+    bucket.set_rate(0.0, now=2.0)
+    assert bucket.retry_after(500, 2.0, max_wait=3.0) == math.inf  # paused
+
+
+@pytest.mark.parametrize("rate, burst, chunk, max_wait", [
+    (2.5e6, 1 * MiB, 33.5e6, 5.0),     # the hung fork: a 32 MiB model's one chunk at the QoS floor
+    (1e6, 64 * 1024, 3e6, 0.5),
+    (100.0, 50.0, 10_000, 0.0),        # a client that will not wait at all
+])
+def test_a_client_that_honours_the_retry_is_served_every_chunk(rate, burst, chunk, max_wait):
+    """Any size is served: ask, and on a refusal ask again after retry_after (the 429's retry)."""
+    bucket, now, starts = TokenBucket(rate, burst, now=0.0), 0.0, []
+    for _ in range(20):
+        for _attempt in range(2):  # one refusal at most per chunk: the retry is exact
+            reservation = bucket.reserve(chunk, now, max_wait)
+            if reservation is not None:
+                break
+            now += bucket.retry_after(chunk, now, max_wait)
+        assert reservation is not None, "starved: refused after honouring the retry"
+        starts.append(reservation.start_at)
+        now = reservation.start_at
+    assert starts == sorted(starts)  # FIFO
+    # The long-run rate is the cap: the first chunk started at once (on the full burst), every
+    # later one when the debt before it was repaid, chunk / rate apart.
+    assert starts[0] == 0.0 and starts[1] == pytest.approx((chunk - burst) / rate)
+    assert (len(starts) - 2) * chunk / (starts[-1] - starts[1]) == pytest.approx(rate, rel=1e-6)
+    for i, t in enumerate(starts):
+        # Bytes started by t: at most rate x t + burst, plus the one that paid after.
+        assert (i + 1) * chunk <= burst + rate * t + chunk + 1e-6 * chunk
+
+
+def test_pays_after_threshold():
+    bucket = TokenBucket(100.0, 50.0, now=0.0)
+    assert not bucket.pays_after(150, max_wait=1.0) and bucket.pays_after(151, max_wait=1.0)
+    assert not bucket.pays_after(10**12, max_wait=math.inf)
+    bucket.set_rate(0.0, now=0.0)
+    assert not bucket.pays_after(10**12, max_wait=1.0)  # a pause pays nothing, before or after
+    bucket.set_rate(None, now=0.0)
+    assert not bucket.pays_after(10**12, max_wait=1.0)  # uncapped: nothing to pay

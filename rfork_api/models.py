@@ -384,7 +384,8 @@ class ReleaseReply(Reply):
 class ThrottleRequest(Request):
     """``PUT /v1/throttle``: switch the throttle at run time (operators, benchmarks)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())  # mode arrives as a JSON string
+    # Not strict: ``mode`` arrives as a JSON string and becomes the enum; numbers may be ints.
+    model_config = ConfigDict(extra="forbid", strict=False, protected_namespaces=())
     mode: ThrottleMode
     rate_bytes_per_second: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Fixed mode only: the rate to pace at (default the cap; never above it)."""

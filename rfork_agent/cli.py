@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "testbed-seed": ("testbed.seed", "run one seed stand-in (used by `rfork testbed`)"),
     "bench": ("bench.cli", "benchmarks that print numbers (fork, qos)"),
     "chaos": ("testbed.chaos", "run the fault matrix on a local fleet and print what survived"),
+    "simulate": ("sim.cli", "simulate a fleet scale-out (1 to 1024+ instances) driven by the real planner"),
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from rfork_api.units import UnitError, parse_rate, parse_size
-from sim.presets import PRESETS
+from sim.presets import PRESETS, SIZED_PREFIX, is_known
 
 STRATEGIES = ("direct", "cascade", "swarm")
 GBps = 1e9
@@ -65,6 +65,8 @@ class Scenario:
     full rate land first copies sooner than N reads at 1/N each."""
     client_max_in_flight: int = 8
     max_peers_per_decision: int = 16
+    cascade_fanout: int = 1
+    """``cascade``: instances one source (a seed, or an instance that finished) copies to at once."""
     max_assignment_bytes: int = 256 * 2**20
     control_latency_seconds: float = 0.001
     """One control-plane round trip: a /work call to the scheduler, or a lease from an agent."""
@@ -83,8 +85,9 @@ class Scenario:
     def __post_init__(self) -> None:
         _int(self.instances, "instances", 1)
         _int(self.seeds, "seeds", 1)
-        if self.model not in PRESETS:
-            raise ScenarioError(f"unknown model preset {self.model!r}; choose from {', '.join(PRESETS)}")
+        if not isinstance(self.model, str) or not is_known(self.model):
+            raise ScenarioError(f"unknown model preset {self.model!r}; choose from {', '.join(PRESETS)}, "
+                                f"or {SIZED_PREFIX}SIZE (e.g. {SIZED_PREFIX}256MiB)")
         if self.strategy not in STRATEGIES:
             raise ScenarioError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.seed_qos not in ("constant", "serving"):
@@ -94,7 +97,8 @@ class Scenario:
             _positive(getattr(self, name), name)
         if self.peer_rate is not None:
             _positive(self.peer_rate, "peer_rate")
-        for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision"):
+        for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision",
+                     "cascade_fanout"):
             _int(getattr(self, name), name, 1)
         _int(self.max_assignment_bytes, "max_assignment_bytes", 0)
         for name in ("control_latency_seconds", "read_latency_seconds", "heartbeat_timeout_seconds",

@@ -382,8 +382,11 @@ class Job:
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
             return [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
-        if source.kind == SEED and self.pending:
-            return []  # what is left is covered by peers: a seed duplicates nothing before the true end
+        if self.pending:
+            # Nothing is duplicated before the true end. A seed: what is left is covered by peers.
+            # A peer: while chunks wait, every byte through this job's ingress should be a new one
+            # (measured: duplicates of merged peer reads were a third of a swarm's assignments).
+            return []
         chunk_id = self._endgame_for(source, rates, now)
         return [] if chunk_id is None else [chunk_id]
 
@@ -467,8 +470,11 @@ class Job:
         limit = min(limit, (first_bytes + self.pending.nbytes) / len(eligible))
         taken, total = [], first_bytes
         # A seed merges the next chunks in queue order; a peer the run of chunk ids after
-        # ``first`` that it holds (the queue's front may be chunks it does not have).
-        following = self.pending if source.holds is None else self._pending_run_after(first)
+        # ``first`` that it holds (the queue's front may be chunks it does not have). In a
+        # swarm (an ``uncovered`` set) a seed merges the run after ``first`` too: the queue's
+        # front is then mostly chunks peers cover, and runs keep what peers hold in long runs.
+        by_run = source.holds is not None or getattr(covered, "uncovered", None) is not None
+        following = self._pending_run_after(first) if by_run else self.pending
         for chunk_id in following:
             state = self.chunks[chunk_id]
             if source.source_id in state.failed_on or not source.can_serve(chunk_id):
@@ -517,6 +523,13 @@ class Job:
         if not self.config.endgame or not self.live:
             return None
         my_rate = rates[source.source_id]
+        if source.allowed_rate is None and source.source_id not in self.observed_rate:
+            # Uncapped and never read from by this job: not infinitely fast, but no faster than the
+            # best source this job has measured (its own ingress bounds every read). Assuming
+            # infinity had every fresh peer duplicate whatever was in flight.
+            if not self.observed_rate:
+                return None
+            my_rate = max(self.observed_rate.values())
         if my_rate <= 0:
             return None
         mine_queued = self._live_count.get(source.source_id, 0) + 1
@@ -565,8 +578,14 @@ class Job:
                 i = j
         remaining: dict[str, float] = {}
         for aid, a in self.live.items():
-            their_rate = rates.get(a.seed_id, 0.0)
-            remaining[aid] = (math.inf if their_rate <= 0 else ahead[aid] / their_rate) - (now - a.assigned_at)
+            # A holder missing from this decision's sources is not dead (a left or excluded source's
+            # reads were re-queued already): peers are sampled per decision. Judge it by what this
+            # job measured of it; with nothing measured there is no evidence it is slow.
+            their_rate = rates.get(a.seed_id) or self.observed_rate.get(a.seed_id) or math.inf
+            # A seed's reads wait on its agent's leases, one after another; a peer's run side by
+            # side (its observed rate already is one read's share), so only its own bytes count.
+            queued = a.nbytes if a.source_kind == PEER else ahead[aid]
+            remaining[aid] = (math.inf if their_rate <= 0 else queued / their_rate) - (now - a.assigned_at)
         smallest = min(self.chunks[c].chunk.nbytes for a in self.live.values() for c in a.chunk_ids)
         outlook = (remaining, max(remaining.values()), smallest)
         self._outlook = (key, outlook)

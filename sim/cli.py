@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-rate", help="upload cap a loading instance offers (rfork fork --peer-rate)")
     p.add_argument("--seed-qos", help="constant (default) or serving: a QoS throttle moves seeds' rate every second")
     p.add_argument("--cascade-fanout", help="cascade: instances one source copies to at once (default 1)")
+    p.add_argument("--scheduler-shards", help="scheduler processes the rank's instances are split over, each its "
+                                              "own swarm (default 1)")
+    p.add_argument("--peers-per-decision", help="peers a decision samples (default 8)")
     p.add_argument("--kill-seeds", help="seeds killed at random times during the scale-out")
     p.add_argument("--kill-peers", help="fraction of the new instances killed at random times (0.05 = 5%%)")
     p.add_argument("--fault-window", help="kills happen in [0, this) seconds (default 2)")
@@ -169,6 +172,10 @@ def scenario_fields(args: argparse.Namespace, sweep: bool = False) -> dict[str, 
         fields["seed_qos"] = args.seed_qos
     if args.cascade_fanout is not None:
         fields["cascade_fanout"] = _int_flag(args.cascade_fanout, "--cascade-fanout", 1)
+    if args.scheduler_shards is not None:
+        fields["scheduler_shards"] = _int_flag(args.scheduler_shards, "--scheduler-shards", 1)
+    if args.peers_per_decision is not None:
+        fields["max_peers_per_decision"] = _int_flag(args.peers_per_decision, "--peers-per-decision", 1)
     if args.random_seed is not None:
         fields["random_seed"] = _int_flag(args.random_seed, "--random-seed", 0)
     faults = dict(fields.get("faults") or {}) if isinstance(fields.get("faults", {}), dict) else fields["faults"]
@@ -273,8 +280,9 @@ def summary_line(r: dict) -> str:
             f"{r['instances_completed']}/{s['instances']} completed"
             + (f", {r['instances_killed']} killed" if r["instances_killed"] else "")
             + f"; scheduler {sched['work_calls_per_second']:,.0f} work calls/s, "
-            f"{sched['assignments_per_second']:,.0f} assignments/s, CPU {r['scheduler_cpu_share']:.2f} of a core "
-            f"(per call p50 {cpu['p50'] * 1e6:.0f} us, p99 {cpu['p99'] * 1e6:.0f} us)")
+            f"{sched['assignments_per_second']:,.0f} assignments/s, CPU {r['scheduler_cpu_share']:.2f} of a core"
+            + (f" in each of {sched['processes']} processes " if sched["processes"] > 1 else " ")
+            + f"(per call p50 {cpu['p50'] * 1e6:.0f} us, p99 {cpu['p99'] * 1e6:.0f} us)")
 
 
 def _write(args: argparse.Namespace, payload: dict, kind: str) -> None:

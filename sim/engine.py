@@ -84,6 +84,8 @@ class Result:
     work_calls: int
     lease_calls: int
     scheduler_cpu_seconds: float
+    """The busiest scheduler process's CPU (with one shard: the scheduler's)."""
+    scheduler_cpu_seconds_by_shard: list[float]
     decision_cpu_seconds: list[float] = field(repr=False, default_factory=list)
     failures: list[str] = field(default_factory=list)
     single_fork_seconds: float | None = None
@@ -117,7 +119,9 @@ class Result:
                 "assignments": self.assignments,
                 "work_calls": self.work_calls,
                 "lease_calls": self.lease_calls,
+                "processes": len(self.scheduler_cpu_seconds_by_shard),
                 "cpu_seconds": self.scheduler_cpu_seconds,
+                "cpu_seconds_all_processes": sum(self.scheduler_cpu_seconds_by_shard),
                 "cpu_share": self.scheduler_cpu_share,
                 "work_calls_per_second": self.work_calls / t if t else 0.0,
                 "assignments_per_second": self.assignments / t if t else 0.0,
@@ -141,16 +145,20 @@ class FleetSimulation:
         self.model_bytes = sum(c.nbytes for c in self.chunks)
         self._check_memory()
         self.config = PlannerConfig(max_assignment_bytes=scenario.max_assignment_bytes)
-        self.swarm = Swarm(read_deadline_seconds=scenario.client_timeout_seconds,
-                           max_peers_per_decision=scenario.max_peers_per_decision,
-                           rng=random.Random(scenario.random_seed + 1))
+        # One scheduler process per shard of the (model, rank) group, each with its own swarm:
+        # an instance's peers are the instances of its shard; every shard reads from the seeds.
+        self.swarms = [Swarm(read_deadline_seconds=scenario.client_timeout_seconds,
+                             max_peers_per_decision=scenario.max_peers_per_decision,
+                             rng=random.Random(scenario.random_seed + 1 + k))
+                       for k in range(scenario.scheduler_shards)]
         self.key = group_key(scenario.model, 0, self.manifest, scenario.chunk_size)
         self.seeds = {f"seed-{i}": _Seed(f"seed-{i}", self.net.add_node(f"seed-{i}", scenario.seed_egress,
                                                                          scenario.seed_egress), scenario.seed_egress)
                       for i in range(scenario.seeds)}
         self.instances: list[_Instance] = []
         self.by_job: dict[str, _Instance] = {}
-        self.cpu = 0.0
+        self.cpu_by_shard = [0.0] * scenario.scheduler_shards
+        """CPU of the real planner and swarm calls, per scheduler process."""
         self.decisions: list[float] = []
         self.assignments = self.work_calls = self.lease_calls = 0
         self.failures: list[str] = []
@@ -165,11 +173,12 @@ class FleetSimulation:
         s = self.s
         for i in range(s.instances):
             started = cpu_clock()
-            start = stripe_start(len(self.chunks), self.swarm.next_index(self.key))
+            swarm = self.swarms[i % s.scheduler_shards]
+            start = stripe_start(len(self.chunks), swarm.next_index(self.key))
             job = Job(f"i{i}", self.manifest, self.chunks, self.config, 0.0, start=start)
             offer = PeerOffer(f"i{i}", s.peer_rate, s.peer_max_in_flight) if s.strategy == "swarm" else None
-            self.swarm.join(job, self.key, offer, 0.0)
-            self.cpu += cpu_clock() - started
+            swarm.join(job, self.key, offer, 0.0)
+            self.cpu_by_shard[i % s.scheduler_shards] += cpu_clock() - started
             node = self.net.add_node(f"i{i}", s.instance_egress if s.peer_rate is None
                                      else min(s.instance_egress, s.peer_rate), s.instance_ingress)
             inst = _Instance(i, job, node, started_at=0.0)
@@ -200,8 +209,11 @@ class FleetSimulation:
         views = [self._seed_view(seed) for seed in self.seeds.values() if seed.registered]
         if s.strategy == "direct":
             return views, None
-        peers = self.swarm.sources_for(inst.job.job_id, now)
-        return views + peers, self.swarm.covered_for(inst.job.job_id)
+        swarm = self._swarm(inst)
+        return views + swarm.sources_for(inst.job.job_id, now), swarm.covered_for(inst.job.job_id)
+
+    def _swarm(self, inst: _Instance) -> Swarm:
+        return self.swarms[inst.index % self.s.scheduler_shards]
 
     def _seed_view(self, seed: _Seed) -> SourceView:
         return SourceView(seed.seed_id, seed.seed_id, f"http://{seed.seed_id}", self.manifest, seed.allowed_rate,
@@ -250,6 +262,7 @@ class FleetSimulation:
 
     def _client(self, inst: _Instance):
         s, job = self.s, inst.job
+        swarm, shard = self._swarm(inst), inst.index % s.scheduler_shards
         running: dict[str, simpy.Process] = {}
         reports: list[Report] = []
         try:
@@ -260,7 +273,7 @@ class FleetSimulation:
                 now = self.env.now
                 for r in reports:
                     job.apply(r, now)
-                    self.swarm.settled(r.assignment_id)
+                    swarm.settled(r.assignment_id)
                 reports = []
                 if s.strategy == "cascade" and inst.source is not None and self._source_gone(inst):
                     self._release(inst)
@@ -268,12 +281,12 @@ class FleetSimulation:
                     self._admit()
                 sources, covered = self._sources(inst)
                 out = job.next_assignments(sources, now, s.client_max_in_flight - len(running), covered=covered)
-                self.swarm.assigned(out, job.job_id, now)
+                swarm.assigned(out, job.job_id, now)
                 for a in out:
                     if a.source_kind != PEER:
                         self.seeds[a.seed_id].in_flight += 1
                 spent = cpu_clock() - started
-                self.cpu += spent
+                self.cpu_by_shard[shard] += spent
                 self.decisions.append(spent)
                 self.work_calls += 1
                 self.assignments += len(out)
@@ -362,10 +375,10 @@ class FleetSimulation:
         self.net.kill(seed.node)
         yield self.env.timeout(self.s.heartbeat_timeout_seconds)  # the registry drops it
         seed.registered = False
-        started = cpu_clock()
-        for inst in self.instances:
+        for inst in self.instances:  # each shard's scheduler hears of it and tells its jobs
+            started = cpu_clock()
             inst.job.seed_lost(seed.seed_id, "seed_lost: no heartbeat", self.env.now)
-        self.cpu += cpu_clock() - started
+            self.cpu_by_shard[inst.index % self.s.scheduler_shards] += cpu_clock() - started
         if self.s.strategy == "cascade":
             for inst in self.instances:
                 if inst.source == seed.seed_id and inst.killed_at is None and inst.finished_at is None:
@@ -391,9 +404,9 @@ class FleetSimulation:
             self._admit()
         yield self.env.timeout(self.s.client_timeout_seconds)  # the scheduler abandons its job
         started = cpu_clock()
-        for reader in self.swarm.leave(inst.job.job_id, self.env.now):
+        for reader in self._swarm(inst).leave(inst.job.job_id, self.env.now):
             reader.seed_lost(inst.job.peer_id, "peer abandoned", self.env.now)
-        self.cpu += cpu_clock() - started
+        self.cpu_by_shard[inst.index % self.s.scheduler_shards] += cpu_clock() - started
 
     def _result(self) -> Result:
         # Killed instances (before or after they finished) are not survivors; every survivor must finish.
@@ -413,7 +426,8 @@ class FleetSimulation:
             instances_completed=len(done), instances_killed=killed, instances_failed=failed,
             model_bytes_per_instance=self.model_bytes, seed_bytes_served=seed_bytes, peer_bytes_served=peer_bytes,
             chunks_per_instance=len(self.chunks), assignments=self.assignments, work_calls=self.work_calls,
-            lease_calls=self.lease_calls, scheduler_cpu_seconds=self.cpu, decision_cpu_seconds=self.decisions,
+            lease_calls=self.lease_calls, scheduler_cpu_seconds=max(self.cpu_by_shard),
+            scheduler_cpu_seconds_by_shard=list(self.cpu_by_shard), decision_cpu_seconds=self.decisions,
             failures=self.failures,
         )
 

@@ -166,7 +166,7 @@ SEED_SCAN_WINDOW = 512
 offers no ``uncovered`` set: bounds the work per decision (thousands of chunks per rank) while
 striping keeps concurrent jobs apart."""
 
-FRONT_WINDOW = 16
+FRONT_WINDOW = 4
 """Pending chunks at the queue's front (retries, then this job's stripe) a source is matched
 against one by one; past them a source's chunk is found by set intersection, in C."""
 
@@ -349,9 +349,17 @@ class Job:
         for s in eligible:
             self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
-        free = {s.source_id: self._free(s) for s in eligible}
-        budget = {s.source_id: s.budget_bytes for s in eligible}
-        rates = {s.source_id: self._rate(s) for s in eligible}
+        free, budget, rates = {}, {}, {}
+        live_count, observed, cap = self._live_count, self.observed_rate, self.config.max_in_flight_per_seed
+        for s in eligible:
+            sid = s.source_id
+            if s.allowed_rate is None:  # the common case, inline (_free and _rate of an uncapped source)
+                n = cap - live_count.get(sid, 0)
+                free[sid] = n if s.free_slots is None else min(n, s.free_slots)
+                rates[sid] = observed.get(sid) or math.inf
+            else:
+                free[sid], rates[sid] = self._free(s), self._rate(s)
+            budget[sid] = s.budget_bytes
         out: list[Assignment] = []
         while len(out) < max_assignments:
             candidates = [s for s in eligible if free[s.source_id] > 0]
@@ -416,8 +424,9 @@ class Job:
         it holds and a seed's the lowest pending one no peer covers, found by set
         intersection (C speed, no walk past thousands of covered chunks).
         """
+        holds = source.holds
         uncovered = getattr(covered, "uncovered", None) if source.kind == SEED else None
-        by_set = source.holds is not None or uncovered is not None
+        by_set = holds is not None or uncovered is not None
         window = FRONT_WINDOW if by_set else (SEED_SCAN_WINDOW if source.kind == SEED else len(self.chunks))
         fallback = None
         seen = 0
@@ -425,12 +434,15 @@ class Job:
             seen += 1
             if seen > window:
                 break
-            if not source.can_serve(chunk_id):
+            if holds is not None and chunk_id not in holds:
                 continue
             state = self.chunks[chunk_id]
             if source.source_id not in state.failed_on:
-                if source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
-                    continue  # a peer holds it or will soon: not the seeds' job
+                if uncovered is not None:
+                    if chunk_id not in uncovered:
+                        continue  # a peer holds it or will soon: not the seeds' job
+                elif source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
+                    continue
                 self.pending.remove(chunk_id)
                 return chunk_id
             if fallback is None and all(s.source_id in state.failed_on or not s.can_serve(chunk_id)

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 import simpy
 
 from rfork_api.manifest import parse_manifest
+from rfork_api.units import format_bytes
 from scheduler.chunking import plan_chunks
 from scheduler.planner import DONE, FAILED, PEER, Job, PlannerConfig, Report, SourceView, stripe_start
 from scheduler.swarm import PeerOffer, Swarm, group_key
 from sim.network import LinkDown, Network, Node
-from sim.presets import get_model, rank_manifest
+from sim.presets import rank_manifest
 from sim.scenario import Scenario
 
 cpu_clock = time.thread_time
@@ -144,7 +145,7 @@ class FleetSimulation:
         self.chunks = plan_chunks(self.manifest, scenario.chunk_size)
         self.model_bytes = sum(c.nbytes for c in self.chunks)
         self._check_memory()
-        self.config = PlannerConfig(max_assignment_bytes=scenario.max_assignment_bytes)
+        self.config = PlannerConfig(max_assignment_bytes=scenario.merge_bytes)
         # One scheduler process per shard of the (model, rank) group, each with its own swarm:
         # an instance's peers are the instances of its shard; every shard reads from the seeds.
         self.swarms = [Swarm(read_deadline_seconds=scenario.client_timeout_seconds,
@@ -437,14 +438,14 @@ def _check_memory(instances: int, chunks: int, available: int | None = None) -> 
     available = _available_memory() if available is None else available
     if available is not None and need > 0.6 * available:
         raise SimulationTooLarge(
-            f"{instances} instances x {chunks} chunks needs about {need / 2**30:.1f} GiB, more "
-            f"than 60% of the {available / 2**30:.1f} GiB available; use a larger --chunk-size or fewer instances")
+            f"{instances} instances x {chunks} chunks needs about {format_bytes(need)}, more than 60% of the "
+            f"{format_bytes(available)} available; use a larger --chunk-size or fewer instances")
 
 
 def check_fits(scenario: Scenario, available_bytes: int | None = None) -> None:
     """Refuse (``SimulationTooLarge``) a scenario whose job state would not fit in memory, before it starts."""
-    model_bytes = get_model(scenario.model).rank_bytes
-    _check_memory(scenario.instances, math.ceil(model_bytes / scenario.chunk_size), available_bytes)
+    chunks = plan_chunks(parse_manifest(rank_manifest(scenario.model)), scenario.chunk_size)
+    _check_memory(scenario.instances, len(chunks), available_bytes)
 
 
 def simulate(scenario: Scenario, with_single_fork: bool = True) -> Result:

@@ -73,7 +73,12 @@ class Scenario:
     """Scheduler processes the (model, rank) group is split over, instance i to shard i mod this; each
     runs its own swarm (peers only within a shard), all read from the seeds. CPU is per process."""
     """``cascade``: instances one source (a seed, or an instance that finished) copies to at once."""
-    max_assignment_bytes: int = 256 * 2**20
+    max_assignment_bytes: int | None = None
+    """The planner's largest merged assignment; None = the links' rate x ``assignment_seconds``
+    (at least one chunk, at most 1 GiB): 256 MiB at 50 GB/s, one 16 MiB chunk at 1 GB/s."""
+    assignment_seconds: float = 0.005
+    """How long one merged read may take at full link rate: bigger reads cost the scheduler fewer
+    decisions, smaller ones let peers serve what they landed sooner."""
     control_latency_seconds: float = 0.001
     """One control-plane round trip: a /work call to the scheduler, or a lease from an agent."""
     read_latency_seconds: float = 20e-6
@@ -106,7 +111,9 @@ class Scenario:
         for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision",
                      "cascade_fanout", "scheduler_shards"):
             _int(getattr(self, name), name, 1)
-        _int(self.max_assignment_bytes, "max_assignment_bytes", 0)
+        if self.max_assignment_bytes is not None:
+            _int(self.max_assignment_bytes, "max_assignment_bytes", 0)
+        _positive(self.assignment_seconds, "assignment_seconds")
         for name in ("control_latency_seconds", "read_latency_seconds", "heartbeat_timeout_seconds",
                      "client_timeout_seconds"):
             _non_negative(getattr(self, name), name)
@@ -130,6 +137,14 @@ class Scenario:
             if not 0 < slow.factor <= 1:
                 raise ScenarioError(f"slowdowns.factor must be in (0, 1], got {slow.factor}")
 
+    @property
+    def merge_bytes(self) -> int:
+        """The planner's ``max_assignment_bytes`` for this scenario."""
+        if self.max_assignment_bytes is not None:
+            return self.max_assignment_bytes
+        rate = min(self.seed_egress, self.instance_ingress)
+        return int(min(max(rate * self.assignment_seconds, self.chunk_size), 2**30))
+
     def replace(self, **changes: Any) -> "Scenario":
         return dataclasses.replace(self, **changes)
 
@@ -151,7 +166,7 @@ class Scenario:
         try:
             if "chunk_size" in values:
                 values["chunk_size"] = parse_size(values["chunk_size"])
-            if "max_assignment_bytes" in values:
+            if values.get("max_assignment_bytes") is not None:
                 values["max_assignment_bytes"] = parse_size(values["max_assignment_bytes"])
             for name in ("seed_egress", "instance_ingress", "instance_egress", "peer_rate"):
                 if values.get(name) is not None:

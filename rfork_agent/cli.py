@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "bench": ("bench.cli", "benchmarks that print numbers (fork, qos)"),
     "chaos": ("testbed.chaos", "run the fault matrix on a local fleet and print what survived"),
     "gate": ("rfork_agent.gate_cli", "may a rollout step proceed? exit 0 proceed, 1 hold (SLO at risk), 2 cannot tell"),
+    "simulate": ("sim.cli", "simulate a fleet scale-out (1 to 1024+ instances) driven by the real planner"),
 }
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, Protocol
+from dataclasses import dataclass
+from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, NamedTuple, Protocol
 
 from scheduler.chunking import Chunk
 from rfork_api.manifest import Manifest
@@ -64,6 +64,10 @@ class Coverage(Protocol):
     ``ANY_ELIGIBLE_PEER`` means "a peer this job may read from covers it" when the
     caller knows that without naming the peer (a count over peers this job has not
     excluded), even if none of them is among this decision's sources yet.
+
+    A caller that also keeps the set of chunk ids NO eligible peer covers may offer
+    it as an ``uncovered`` attribute (a swarm does); the seeds then find their next
+    chunk by a set intersection instead of walking the job's queue past covered ones.
     """
 
     def get(self, chunk_id: int, default: None = None) -> Collection[str] | None: ...
@@ -105,8 +109,10 @@ class SourceView:
     holds for the incarnation that failed, so a restarted seed is eligible again."""
 
 
-@dataclass(frozen=True)
-class Read:
+class Read(NamedTuple):
+    """One contiguous copy: a tuple, because a merged assignment carries one per segment and a
+    frozen dataclass costs several times more to build (measured by ``rfork simulate``)."""
+
     dst_ptr: int
     src_ptr: int
     length: int
@@ -141,20 +147,34 @@ class Report:
     seconds: float = 0.0
 
 
-@dataclass
+_NO_FAILURES: frozenset[str] = frozenset()
+
+
 class _ChunkState:
-    chunk: Chunk
-    done: bool = False
-    live: dict[str, Assignment] = field(default_factory=dict)
-    failed_on: set[str] = field(default_factory=set)
-    attempts: int = 0
+    """One chunk of one job. Slotted and built by hand: a rank has thousands of chunks and a
+    scale-out thousands of jobs, so its construction is part of the scheduler's cost."""
+
+    __slots__ = ("chunk", "done", "live", "failed_on", "attempts")
+
+    def __init__(self, chunk: Chunk) -> None:
+        self.chunk = chunk
+        self.done = False
+        self.live: dict[str, Assignment] = {}
+        self.failed_on: AbstractSet[str] = _NO_FAILURES
+        """Sources whose read of it failed (a shared empty set until the first failure)."""
+        self.attempts = 0
 
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 
 SEED_SCAN_WINDOW = 512
-"""Pending chunks a seed looks through for one no peer covers, per assignment: bounds the
-work per decision (thousands of chunks per rank) while striping keeps concurrent jobs apart."""
+"""Pending chunks a seed looks through for one no peer covers, per assignment, when the caller
+offers no ``uncovered`` set: bounds the work per decision (thousands of chunks per rank) while
+striping keeps concurrent jobs apart."""
+
+FRONT_WINDOW = 4
+"""Pending chunks at the queue's front (retries, then this job's stripe) a source is matched
+against one by one; past them a source's chunk is found by set intersection, in C."""
 
 
 class PendingQueue:
@@ -166,12 +186,19 @@ class PendingQueue:
     not O(pending) (a rank of a large model has tens of thousands of chunks).
     """
 
-    def __init__(self, chunk_ids: Collection[int] = ()) -> None:
-        self._entries: deque[tuple[int, int]] = deque()
-        self._token: dict[int, int] = {}
-        self._next = 0
-        for c in chunk_ids:
-            self.append(c)
+    def __init__(self, chunk_ids: Collection[int] = (), sizes: list[int] | None = None) -> None:
+        ids = list(chunk_ids)
+        tokens = range(1, len(ids) + 1)
+        self._entries: deque[tuple[int, int]] = deque(zip(ids, tokens))
+        self._token: dict[int, int] = dict(zip(ids, tokens))
+        self._next = len(ids)
+        self._sizes = sizes
+        self.nbytes = sum(sizes[c] for c in self._token) if sizes is not None else 0
+        """Bytes pending, when built with ``sizes`` (chunk id -> bytes): a merge's share in O(1)."""
+
+    def ids(self) -> AbstractSet[int]:
+        """The pending chunk ids as a set view (for intersections; do not mutate the queue meanwhile)."""
+        return self._token.keys()
 
     def __len__(self) -> int:
         return len(self._token)
@@ -196,14 +223,22 @@ class PendingQueue:
         self._token[chunk_id] = self._next
         return self._next
 
+    def _count_in(self, chunk_id: int) -> None:
+        if self._sizes is not None and chunk_id not in self._token:
+            self.nbytes += self._sizes[chunk_id]
+
     def append(self, chunk_id: int) -> None:
+        self._count_in(chunk_id)
         self._entries.append((chunk_id, self._new_token(chunk_id)))
 
     def appendleft(self, chunk_id: int) -> None:
+        self._count_in(chunk_id)
         self._entries.appendleft((chunk_id, self._new_token(chunk_id)))
 
     def remove(self, chunk_id: int) -> None:
         del self._token[chunk_id]
+        if self._sizes is not None:
+            self.nbytes -= self._sizes[chunk_id]
         if len(self._entries) > 2 * len(self._token) + 64:
             self._entries = deque((c, t) for c, t in self._entries if self._token.get(c) == t)
 
@@ -239,7 +274,7 @@ class Job:
         self.client_manifest = client_manifest
         self.config = config
         self.chunks = [_ChunkState(c) for c in chunks]
-        self.pending = PendingQueue(striped_order(len(chunks), start))
+        self.pending = PendingQueue(striped_order(len(chunks), start), sizes=[c.nbytes for c in chunks])
         self.done_chunks: set[int] = set()
         """Landed chunks: what this job, as a peer, can serve to others."""
         self.assignments: dict[str, Assignment] = {}
@@ -259,6 +294,9 @@ class Job:
         self.last_failure: dict[str, str] = {}
         """Each source's last failed read in this job, excluded or not: what the user sees."""
         self.consecutive_failures: dict[str, int] = {}
+        self._failed_chunks: dict[str, set[int]] = {}
+        self._outlook: tuple[tuple, tuple[dict[str, float], float, int]] | None = None
+        """Source id -> chunks whose read from it failed (each chunk's ``failed_on``, by source)."""
         self.observed_rate: dict[str, float] = {}
         self.bytes_by_seed: dict[str, int] = {}
         """Bytes landed per source id (seeds and peers)."""
@@ -324,16 +362,25 @@ class Job:
         for s in eligible:
             self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
-        free = {s.source_id: self._free(s) for s in eligible}
-        budget = {s.source_id: s.budget_bytes for s in eligible}
+        free, budget, rates = {}, {}, {}
+        live_count, observed, cap = self._live_count, self.observed_rate, self.config.max_in_flight_per_seed
+        for s in eligible:
+            sid = s.source_id
+            if s.allowed_rate is None:  # the common case, inline (_free and _rate of an uncapped source)
+                n = cap - live_count.get(sid, 0)
+                free[sid] = n if s.free_slots is None else min(n, s.free_slots)
+                rates[sid] = observed.get(sid) or math.inf
+            else:
+                free[sid], rates[sid] = self._free(s), self._rate(s)
+            budget[sid] = s.budget_bytes
         out: list[Assignment] = []
         while len(out) < max_assignments:
             candidates = [s for s in eligible if free[s.source_id] > 0]
             if not candidates:
                 break
             # Peers first (they serve no traffic), then most free budget, then the faster source.
-            source = max(candidates, key=lambda s: (s.kind == PEER, free[s.source_id], self._rate(s)))
-            chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[source.source_id], now)
+            source = max(candidates, key=lambda s: (s.kind == PEER, free[s.source_id], rates[s.source_id]))
+            chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[source.source_id], rates, now)
             if not chunk_ids:
                 free[source.source_id] = 0
                 continue
@@ -350,15 +397,18 @@ class Job:
         return f"peer:{self.job_id}"
 
     def _choose(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
-                covered: Coverage | None, budget: float | None, now: float) -> list[int]:
+                covered: Coverage | None, budget: float | None, rates: dict[str, float], now: float) -> list[int]:
         if budget is not None and budget <= 0:
             return []  # its bucket is in debt: the reads already given to it come first
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
             return [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
-        if source.kind == SEED and self.pending:
-            return []  # what is left is covered by peers: a seed duplicates nothing before the true end
-        chunk_id = self._endgame_for(source, eligible, now)
+        if self.pending:
+            # Nothing is duplicated before the true end. A seed: what is left is covered by peers.
+            # A peer: while chunks wait, every byte through this job's ingress should be a new one
+            # (measured: duplicates of merged peer reads were a third of a swarm's assignments).
+            return []
+        chunk_id = self._endgame_for(source, rates, now)
         return [] if chunk_id is None else [chunk_id]
 
     def _holds_something_needed(self, peer: SourceView) -> bool:
@@ -382,41 +432,49 @@ class Job:
 
         A peer takes the first it holds. A seed takes the first no eligible peer
         covers (within a bounded window); one it failed only if no other source
-        can take it.
+        can take it. The queue's front is matched chunk by chunk (retries first,
+        then this job's stripe); past it, a peer's chunk is the lowest pending one
+        it holds and a seed's the lowest pending one no peer covers, found by set
+        intersection (C speed, no walk past thousands of covered chunks).
         """
-        if source.holds is not None and len(source.holds) * 4 < len(self.pending):
-            return self._pending_held_by(source)
+        holds = source.holds
+        uncovered = getattr(covered, "uncovered", None) if source.kind == SEED else None
+        by_set = holds is not None or uncovered is not None
+        window = FRONT_WINDOW if by_set else (SEED_SCAN_WINDOW if source.kind == SEED else len(self.chunks))
         fallback = None
         seen = 0
         for chunk_id in self.pending:
-            state = self.chunks[chunk_id]
             seen += 1
-            if source.kind == SEED and seen > SEED_SCAN_WINDOW:
+            if seen > window:
                 break
-            if not source.can_serve(chunk_id):
+            if holds is not None and chunk_id not in holds:
                 continue
+            state = self.chunks[chunk_id]
             if source.source_id not in state.failed_on:
-                if source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
-                    continue  # a peer holds it or will soon: not the seeds' job
+                if uncovered is not None:
+                    if chunk_id not in uncovered:
+                        continue  # a peer holds it or will soon: not the seeds' job
+                elif source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
+                    continue
                 self.pending.remove(chunk_id)
                 return chunk_id
             if fallback is None and all(s.source_id in state.failed_on or not s.can_serve(chunk_id)
                                         for s in eligible):
                 fallback = chunk_id
+        if by_set and seen > window:
+            wanted = source.holds if source.holds is not None else uncovered
+            assert wanted is not None
+            found = self.pending.ids() & wanted  # iterates the smaller of the two
+            failed = self._failed_chunks.get(source.source_id)
+            if failed:
+                found -= failed
+            if found:
+                chunk_id = min(found)  # the lowest: merged runs grow upward from it
+                self.pending.remove(chunk_id)
+                return chunk_id
         if fallback is not None:
             self.pending.remove(fallback)
         return fallback
-
-    def _pending_held_by(self, peer: SourceView) -> int | None:
-        """A pending chunk a peer that holds few chunks can serve: walk what it holds, not the queue."""
-        best = None
-        for chunk_id in peer.holds or ():
-            if chunk_id in self.pending and peer.source_id not in self.chunks[chunk_id].failed_on:
-                if best is None or chunk_id < best:
-                    best = chunk_id  # the lowest: merged runs grow upward from it
-        if best is not None:
-            self.pending.remove(best)
-        return best
 
     def _more_pending_for(self, source: SourceView, eligible: list[SourceView], first: int,
                           budget: float | None, peer_ids: frozenset[str] = frozenset(),
@@ -432,18 +490,16 @@ class Job:
             limit = min(limit, source.allowed_rate * self.config.pipeline_seconds / self.config.max_in_flight_per_seed)
         if budget is not None:
             limit = min(limit, max(budget, first_bytes))
-        # Never more than this source's share of what is left, so the others get work too.
-        # Summing stops once the share cannot bind: O(limit / chunk), not O(pending), per assignment.
-        pending_bytes = first_bytes
-        for chunk_id in self.pending:
-            if pending_bytes >= limit * len(eligible):
-                break
-            pending_bytes += self.chunks[chunk_id].chunk.nbytes
-        limit = min(limit, pending_bytes / len(eligible))
+        # Never more than this source's share of what is left, so the others get work too
+        # (the queue keeps its byte count: O(1) per assignment).
+        limit = min(limit, (first_bytes + self.pending.nbytes) / len(eligible))
         taken, total = [], first_bytes
         # A seed merges the next chunks in queue order; a peer the run of chunk ids after
-        # ``first`` that it holds (the queue's front may be chunks it does not have).
-        following = self.pending if source.holds is None else self._pending_run_after(first)
+        # ``first`` that it holds (the queue's front may be chunks it does not have). In a
+        # swarm (an ``uncovered`` set) a seed merges the run after ``first`` too: the queue's
+        # front is then mostly chunks peers cover, and runs keep what peers hold in long runs.
+        by_run = source.holds is not None or getattr(covered, "uncovered", None) is not None
+        following = self._pending_run_after(first) if by_run else self.pending
         for chunk_id in following:
             state = self.chunks[chunk_id]
             if source.source_id in state.failed_on or not source.can_serve(chunk_id):
@@ -487,34 +543,78 @@ class Job:
         allowed = math.inf if source.allowed_rate is None else source.allowed_rate
         return min(observed, allowed) if observed else allowed
 
-    def _endgame_for(self, source: SourceView, eligible: list[SourceView], now: float) -> int | None:
+    def _endgame_for(self, source: SourceView, rates: dict[str, float], now: float) -> int | None:
         """Duplicate the in-flight chunk whose current source would land it last, if this one is much sooner."""
         if not self.config.endgame or not self.live:
             return None
-        rates = {s.source_id: self._rate(s) for s in eligible}
         my_rate = rates[source.source_id]
+        if source.allowed_rate is None and source.source_id not in self.observed_rate:
+            # Uncapped and never read from by this job: not infinitely fast, but no faster than the
+            # best source this job has measured (its own ingress bounds every read). Assuming
+            # infinity had every fresh peer duplicate whatever was in flight.
+            if not self.observed_rate:
+                return None
+            my_rate = max(self.observed_rate.values())
         if my_rate <= 0:
             return None
-        live = self.live
         mine_queued = self._live_count.get(source.source_id, 0) + 1
+        remaining, slowest, smallest = self._in_flight_outlook(rates, now)
+        speedup = self.config.endgame_speedup
+        if slowest <= mine_queued * smallest / my_rate * speedup:
+            return None  # nothing in flight is slow enough to be worth a second read (the usual case)
         best, best_gain = None, 0.0
         # Only chunks in flight can be duplicated: scan the live assignments, not every chunk.
-        for chunk_id in sorted({c for a in live.values() for c in a.chunk_ids}):
+        for chunk_id in sorted({c for a in self.live.values() for c in a.chunk_ids}):
             state = self.chunks[chunk_id]
             if state.done or not state.live or len(state.live) >= self.config.max_live_per_chunk:
                 continue
             if not source.can_serve(chunk_id) or source.source_id in state.failed_on \
                     or any(a.seed_id == source.source_id for a in state.live.values()):
                 continue
-            a = next(iter(state.live.values()))
-            their_rate = rates.get(a.seed_id, 0.0)
-            # Bytes the holder must read before this assignment lands: its own and those queued ahead.
-            ahead = sum(b.nbytes for b in live.values() if b.seed_id == a.seed_id and b.assigned_at <= a.assigned_at)
-            remaining = (math.inf if their_rate <= 0 else ahead / their_rate) - (now - a.assigned_at)
+            holder = next(iter(state.live))
+            left = remaining[holder] if holder in remaining else math.inf
             mine = mine_queued * state.chunk.nbytes / my_rate
-            if mine * self.config.endgame_speedup < remaining and remaining - mine > best_gain:
-                best, best_gain = chunk_id, remaining - mine
+            if mine * speedup < left and left - mine > best_gain:
+                best, best_gain = chunk_id, left - mine
         return best
+
+    def _in_flight_outlook(self, rates: dict[str, float], now: float) -> tuple[dict[str, float], float, int]:
+        """Seconds until each live assignment lands (bytes its source must read first, its own and
+        those assigned at or before it, over that source's rate, less the time already spent), the
+        largest of them, and the smallest chunk in flight. Kept until the live set changes: every
+        source a decision finds nothing for asks, and the answer is the same."""
+        key = (now, self._ids, len(self.live), id(rates))
+        if self._outlook is not None and self._outlook[0] == key:
+            return self._outlook[1]
+        ahead: dict[str, int] = {}
+        by_source: dict[str, list[Assignment]] = {}
+        for a in self.live.values():
+            by_source.setdefault(a.seed_id, []).append(a)
+        for theirs in by_source.values():
+            theirs.sort(key=lambda a: a.assigned_at)
+            total, i = 0, 0
+            while i < len(theirs):  # assignments made at the same moment are all ahead of each other
+                j = i
+                while j < len(theirs) and theirs[j].assigned_at == theirs[i].assigned_at:
+                    total += theirs[j].nbytes
+                    j += 1
+                for a in theirs[i:j]:
+                    ahead[a.assignment_id] = total
+                i = j
+        remaining: dict[str, float] = {}
+        for aid, a in self.live.items():
+            # A holder missing from this decision's sources is not dead (a left or excluded source's
+            # reads were re-queued already): peers are sampled per decision. Judge it by what this
+            # job measured of it; with nothing measured there is no evidence it is slow.
+            their_rate = rates.get(a.seed_id) or self.observed_rate.get(a.seed_id) or math.inf
+            # A seed's reads wait on its agent's leases, one after another; a peer's run side by
+            # side (its observed rate already is one read's share), so only its own bytes count.
+            queued = a.nbytes if a.source_kind == PEER else ahead[aid]
+            remaining[aid] = (math.inf if their_rate <= 0 else queued / their_rate) - (now - a.assigned_at)
+        smallest = min(self.chunks[c].chunk.nbytes for a in self.live.values() for c in a.chunk_ids)
+        outlook = (remaining, max(remaining.values()), smallest)
+        self._outlook = (key, outlook)
+        return outlook
 
     def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
         states = [self.chunks[c] for c in chunk_ids]
@@ -574,12 +674,14 @@ class Job:
         a = self.assignments.get(report.assignment_id)
         if a is None or self.state != RUNNING:
             return  # unknown or after the end: nothing to learn
+        if report.ok:
+            self._unset_live(a)
+            self._landed(a, report, now)
+            return
         before = self._covering(a.chunk_ids)
         was_live = [c for c in a.chunk_ids if self.chunks[c].live.pop(a.assignment_id, None) is not None]
         self._unset_live(a)
-        if report.ok:
-            self._landed(a, report, now)
-        elif was_live:
+        if was_live:
             self._failed(a, was_live, report, now)
         self._cover_changes(a.chunk_ids, before)
 
@@ -589,17 +691,23 @@ class Job:
             sample = a.nbytes / report.seconds
             prev = self.observed_rate.get(a.seed_id)
             self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
+        aid, on_cover, chunks, pending = a.assignment_id, self.on_cover, self.chunks, self.pending
+        landed_bytes = landed_chunks = 0
         for chunk_id in a.chunk_ids:
-            state = self.chunks[chunk_id]
+            state = chunks[chunk_id]
+            ours = state.live.pop(aid, None)
             if state.done:
                 continue  # a duplicate landed second: same bytes, count them once
+            if on_cover is not None and ours is None and not state.live:
+                on_cover(chunk_id, +1)  # it covered nothing a moment ago (its read had been moved away)
             state.done = True
             self.done_chunks.add(chunk_id)
-            self.pending.discard(chunk_id)
-            self.bytes_done += state.chunk.nbytes
-            self.chunks_done += 1
-            self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + state.chunk.nbytes
-            self.bytes_by_kind[a.source_kind] = self.bytes_by_kind.get(a.source_kind, 0) + state.chunk.nbytes
+            if chunk_id in pending:
+                pending.remove(chunk_id)
+            landed_bytes += state.chunk.nbytes
+            landed_chunks += 1
+            if not state.live:
+                continue
             for other_id, other in list(state.live.items()):
                 del state.live[other_id]
                 if len(other.chunk_ids) == 1:
@@ -607,6 +715,10 @@ class Job:
                 # A merged assignment also reading other chunks carries on: its bytes for
                 # this chunk are the same, and its other chunks still need them.
                 self._drop_live_if_idle(other)
+        self.bytes_done += landed_bytes
+        self.chunks_done += landed_chunks
+        self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + landed_bytes
+        self.bytes_by_kind[a.source_kind] = self.bytes_by_kind.get(a.source_kind, 0) + landed_bytes
         if self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
 
@@ -626,7 +738,10 @@ class Job:
         self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
         for chunk_id in reversed(chunk_ids):  # appendleft: keep the chunks' order at the front
             state = self.chunks[chunk_id]
-            state.failed_on.add(a.seed_id)
+            if state.failed_on is _NO_FAILURES:
+                state.failed_on = set()
+            state.failed_on.add(a.seed_id)  # type: ignore[attr-defined]
+            self._failed_chunks.setdefault(a.seed_id, set()).add(chunk_id)
             if really_failed:
                 state.attempts += 1  # a read that never started is not an attempt at this chunk
             if not state.done and not state.live:

@@ -33,7 +33,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Collection, Hashable, Iterable
+from typing import AbstractSet, Collection, Hashable, Iterable
 
 from rfork_api.manifest import Manifest
 from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, Job, SourceView
@@ -73,6 +73,22 @@ class _Member:
     withdrawn: bool = False
     outstanding: dict[str, float] = field(default_factory=dict)
     """Assignment id of a read FROM this peer -> its deadline (inf while its reader is alive)."""
+    _view: SourceView | None = None
+    _view_slots: int = -1
+
+    def view(self, now: float) -> SourceView:
+        """This peer as a source now. Built once and reused while its free slots are unchanged
+        (a capped peer's budget moves with time, so its view is built afresh each time)."""
+        offer = self.offer
+        assert offer is not None
+        free_slots = max(offer.max_in_flight - len(self.outstanding), 0)
+        if self._view is None or self.bucket is not None or free_slots != self._view_slots:
+            self._view = SourceView(
+                self.job.peer_id, offer.session_id, "", self.job.client_manifest, offer.rate, kind=PEER,
+                holds=self.job.done_chunks, free_slots=free_slots,
+                budget_bytes=None if self.bucket is None else self.bucket.available(now))
+            self._view_slots = free_slots
+        return self._view
 
     @property
     def serving(self) -> bool:
@@ -93,6 +109,8 @@ class Swarm:
         self._rng = rng or random.Random(0)
         self._cover_count: dict[GroupKey, list[int]] = {}
         """Per group and chunk: serving peers that hold it or are fetching it."""
+        self._uncovered: dict[GroupKey, set[int]] = {}
+        """Per group: the chunks no serving peer holds or fetches (count 0): what the seeds serve."""
         self._serving: dict[GroupKey, list[str]] = {}
         self._members: dict[str, _Member] = {}
         self._groups: dict[GroupKey, list[str]] = {}
@@ -119,15 +137,20 @@ class Swarm:
         self._groups.setdefault(key, []).append(job.job_id)
         self._joined[key] = self._joined.get(key, 0) + 1
         counts = self._cover_count.setdefault(key, [0] * len(job.chunks))
+        uncovered = self._uncovered.setdefault(key, set(range(len(job.chunks))))
         if offer is not None:
             self._serving.setdefault(key, []).append(job.job_id)
 
             def on_cover(chunk_id: int, delta: int) -> None:
-                counts[chunk_id] += delta
+                n = counts[chunk_id] = counts[chunk_id] + delta
+                if n == 0:
+                    uncovered.add(chunk_id)
+                elif n == delta:  # 0 -> 1
+                    uncovered.discard(chunk_id)
 
             job.on_cover = on_cover
             for chunk_id in self._covering_chunks(job):
-                counts[chunk_id] += 1
+                on_cover(chunk_id, +1)
 
     @staticmethod
     def _covering_chunks(job: Job) -> list[int]:
@@ -137,10 +160,9 @@ class Swarm:
         """It no longer covers anything for the others."""
         if member.offer is None or member.job.on_cover is None:
             return
-        counts = self._cover_count.get(member.key)
-        if counts is not None:
-            for chunk_id in self._covering_chunks(member.job):
-                counts[chunk_id] -= 1
+        on_cover = member.job.on_cover
+        for chunk_id in self._covering_chunks(member.job):
+            on_cover(chunk_id, -1)
         member.job.on_cover = None
         serving = self._serving.get(member.key, [])
         if member.job.job_id in serving:
@@ -163,7 +185,7 @@ class Swarm:
         if job_id in group:
             group.remove(job_id)
         if not group:
-            for table in (self._groups, self._joined, self._cover_count, self._serving):
+            for table in (self._groups, self._joined, self._cover_count, self._uncovered, self._serving):
                 table.pop(member.key, None)
         self.reader_gone(job_id, now)
         return [self._members[j].job for j in group if j in self._members]
@@ -180,23 +202,24 @@ class Swarm:
             return []
         serving = self._serving.get(me.key, [])
         limit = self.max_peers_per_decision
-        # A fresh random sample every decision: over a few calls a job meets every peer, so a
-        # chunk only one peer holds is found (a fixed subset could leave it out forever).
-        pool = self._rng.sample(serving, min(len(serving), 2 * limit))
+        # A fresh random pick every decision: over a few calls a job meets every peer, so a
+        # chunk only one peer holds is found (a fixed subset could leave it out forever). The
+        # pick is a window of the serving list at a random offset: O(window) list slicing in C,
+        # where random.sample costs a random draw per peer.
+        want = min(2 * limit, len(serving))
+        at = self._rng.randrange(len(serving)) if serving else 0
+        pool = serving[at:at + want]
+        if len(pool) < want:
+            pool += serving[:want - len(pool)]  # wrap around: every peer is as likely to be seen
         out = []
+        members = self._members
         for other_id in pool:
-            other = self._members[other_id]
+            other = members[other_id]
             if other_id == job_id or not other.serving or not other.job.done_chunks:
                 continue
             if complete_only and len(other.job.done_chunks) < len(other.job.chunks):
                 continue
-            offer = other.offer
-            assert offer is not None
-            out.append(SourceView(
-                other.job.peer_id, offer.session_id, "", other.job.client_manifest, offer.rate, kind=PEER,
-                holds=other.job.done_chunks,
-                free_slots=max(offer.max_in_flight - len(other.outstanding), 0),
-                budget_bytes=None if other.bucket is None else other.bucket.available(now)))
+            out.append(other.view(now))
             if len(out) == limit:
                 break
         return out
@@ -210,7 +233,8 @@ class Swarm:
         # lost a peer asks per peer, so a chunk only that peer covers is not withheld from seeds.
         exact = bool(me.job.excluded or me.job.lost)
         members = [self._members[j] for j in self._serving.get(me.key, ()) if j != job_id] if exact else []
-        return Covered(self._cover_count[me.key], members, exact=exact, own=me if me.serving else None)
+        return Covered(self._cover_count[me.key], members, exact=exact, own=me if me.serving else None,
+                       uncovered=None if exact else self._uncovered[me.key])
 
     # -- reads between peers ----------------------------------------------
     def assigned(self, assignments: Iterable[Assignment], reader_job_id: str, now: float) -> None:
@@ -281,11 +305,13 @@ class Covered:
     """
 
     def __init__(self, counts: list[int], members: Collection[_Member], exact: bool,
-                 own: _Member | None = None) -> None:
+                 own: _Member | None = None, uncovered: AbstractSet[int] | None = None) -> None:
         self._counts = counts
         self._members = members
         self._exact = exact
         self._own = own
+        self.uncovered = uncovered
+        """Chunks no serving peer covers (the planner's fast path for seeds); None when exact."""
 
     def get(self, chunk_id: int, default=None) -> Collection[str] | None:
         if self._exact:

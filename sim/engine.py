@@ -6,8 +6,9 @@ Every scheduling decision is made by the code that ships: ``scheduler.planner.Jo
 simulated is everything around it: links (``sim.network``), the latency of
 the control plane (a ``/work`` call, an agent lease), seeds whose serving load
 moves their allowed rate, and faults. The CPU the planner and swarm spend is
-measured with ``time.perf_counter`` around the real calls, so the result says
-whether one scheduler process keeps up.
+measured with ``time.thread_time`` (CPU this thread ran, so other processes on a
+loaded machine do not inflate it) around the real calls, job creation included,
+so the result says whether one scheduler process keeps up.
 
     >>> result = simulate(Scenario(model="qwen2.5-7b", instances=4, strategy="swarm"))
     >>> result.instances_completed
@@ -24,12 +25,16 @@ from dataclasses import dataclass, field
 import simpy
 
 from rfork_api.manifest import parse_manifest
+from rfork_api.units import format_bytes
 from scheduler.chunking import plan_chunks
 from scheduler.planner import DONE, FAILED, PEER, Job, PlannerConfig, Report, SourceView, stripe_start
 from scheduler.swarm import PeerOffer, Swarm, group_key
 from sim.network import LinkDown, Network, Node
 from sim.presets import rank_manifest
 from sim.scenario import Scenario
+
+cpu_clock = time.thread_time
+"""The scheduler's CPU: what the real planner and swarm calls cost, not the wall time they took."""
 
 BYTES_PER_CHUNK_STATE = 700
 """Measured memory per chunk per job (chunk state, pending entry, sets): for the N x chunks check."""
@@ -46,6 +51,8 @@ class _Seed:
     allowed_rate: float
     registered: bool = True
     in_flight: int = 0
+    copying_to: set[int] = field(default_factory=set)
+    """Cascade: the instances this source is admitted to copy the model to now."""
 
 
 @dataclass
@@ -57,6 +64,9 @@ class _Instance:
     finished_at: float | None = None
     killed_at: float | None = None
     process: simpy.Process | None = None
+    source: str | None = None
+    """Cascade: the one source (seed or finished instance) this instance copies from now."""
+    admitted: simpy.Event | None = None
 
 
 @dataclass
@@ -75,6 +85,8 @@ class Result:
     work_calls: int
     lease_calls: int
     scheduler_cpu_seconds: float
+    """The busiest scheduler process's CPU (with one shard: the scheduler's)."""
+    scheduler_cpu_seconds_by_shard: list[float]
     decision_cpu_seconds: list[float] = field(repr=False, default_factory=list)
     failures: list[str] = field(default_factory=list)
     single_fork_seconds: float | None = None
@@ -108,7 +120,9 @@ class Result:
                 "assignments": self.assignments,
                 "work_calls": self.work_calls,
                 "lease_calls": self.lease_calls,
+                "processes": len(self.scheduler_cpu_seconds_by_shard),
                 "cpu_seconds": self.scheduler_cpu_seconds,
+                "cpu_seconds_all_processes": sum(self.scheduler_cpu_seconds_by_shard),
                 "cpu_share": self.scheduler_cpu_share,
                 "work_calls_per_second": self.work_calls / t if t else 0.0,
                 "assignments_per_second": self.assignments / t if t else 0.0,
@@ -131,42 +145,51 @@ class FleetSimulation:
         self.chunks = plan_chunks(self.manifest, scenario.chunk_size)
         self.model_bytes = sum(c.nbytes for c in self.chunks)
         self._check_memory()
-        self.config = PlannerConfig(max_assignment_bytes=scenario.max_assignment_bytes)
-        self.swarm = Swarm(read_deadline_seconds=scenario.client_timeout_seconds,
-                           max_peers_per_decision=scenario.max_peers_per_decision,
-                           rng=random.Random(scenario.random_seed + 1))
+        self.config = PlannerConfig(max_assignment_bytes=scenario.merge_bytes)
+        # One scheduler process per shard of the (model, rank) group, each with its own swarm:
+        # an instance's peers are the instances of its shard; every shard reads from the seeds.
+        self.swarms = [Swarm(read_deadline_seconds=scenario.client_timeout_seconds,
+                             max_peers_per_decision=scenario.max_peers_per_decision,
+                             rng=random.Random(scenario.random_seed + 1 + k))
+                       for k in range(scenario.scheduler_shards)]
         self.key = group_key(scenario.model, 0, self.manifest, scenario.chunk_size)
         self.seeds = {f"seed-{i}": _Seed(f"seed-{i}", self.net.add_node(f"seed-{i}", scenario.seed_egress,
                                                                          scenario.seed_egress), scenario.seed_egress)
                       for i in range(scenario.seeds)}
         self.instances: list[_Instance] = []
         self.by_job: dict[str, _Instance] = {}
-        self.cpu = 0.0
+        self.cpu_by_shard = [0.0] * scenario.scheduler_shards
+        """CPU of the real planner and swarm calls, per scheduler process."""
         self.decisions: list[float] = []
         self.assignments = self.work_calls = self.lease_calls = 0
         self.failures: list[str] = []
+        self.waiting: list[_Instance] = []
+        """Cascade: instances waiting for a source to copy from, first come first served."""
 
     def _check_memory(self) -> None:
-        need = self.s.instances * len(self.chunks) * BYTES_PER_CHUNK_STATE
-        available = _available_memory()
-        if available is not None and need > 0.6 * available:
-            raise SimulationTooLarge(
-                f"{self.s.instances} instances x {len(self.chunks)} chunks needs about {need / 2**30:.1f} GiB, more "
-                f"than 60% of the {available / 2**30:.1f} GiB available; use a larger --chunk-size or fewer instances")
+        _check_memory(self.s.instances, len(self.chunks))
 
     # -- the run -------------------------------------------------------------
     def run(self) -> Result:
         s = self.s
         for i in range(s.instances):
-            start = stripe_start(len(self.chunks), self.swarm.next_index(self.key))
+            started = cpu_clock()
+            swarm = self.swarms[i % s.scheduler_shards]
+            start = stripe_start(len(self.chunks), swarm.next_index(self.key))
             job = Job(f"i{i}", self.manifest, self.chunks, self.config, 0.0, start=start)
-            offer = None if s.strategy == "direct" else PeerOffer(f"i{i}", s.peer_rate, s.peer_max_in_flight)
-            self.swarm.join(job, self.key, offer, 0.0)
+            offer = PeerOffer(f"i{i}", s.peer_rate, s.peer_max_in_flight) if s.strategy == "swarm" else None
+            swarm.join(job, self.key, offer, 0.0)
+            self.cpu_by_shard[i % s.scheduler_shards] += cpu_clock() - started
             node = self.net.add_node(f"i{i}", s.instance_egress if s.peer_rate is None
                                      else min(s.instance_egress, s.peer_rate), s.instance_ingress)
             inst = _Instance(i, job, node, started_at=0.0)
             self.instances.append(inst)
             self.by_job[job.job_id] = inst
+        if s.strategy == "cascade":
+            self.waiting = list(self.instances)
+            for inst in self.instances:
+                inst.admitted = self.env.event()
+            self._admit()
         for inst in self.instances:
             inst.process = self.env.process(self._client(inst))
         if s.seed_qos == "serving":
@@ -181,42 +204,99 @@ class FleetSimulation:
 
     def _sources(self, inst: _Instance) -> tuple[list[SourceView], object]:
         s, now = self.s, self.env.now
-        views = [SourceView(seed.seed_id, seed.seed_id, f"http://{seed.seed_id}", self.manifest, seed.allowed_rate,
-                            free_slots=max(s.seed_max_in_flight - seed.in_flight, 0))
-                 for seed in self.seeds.values() if seed.registered]
+        if s.strategy == "cascade":
+            seed = self.seeds.get(inst.source or "")
+            return ([] if seed is None or not seed.registered else [self._seed_view(seed)]), None
+        views = [self._seed_view(seed) for seed in self.seeds.values() if seed.registered]
         if s.strategy == "direct":
             return views, None
-        # cascade: only finished instances serve, as seeds do (no coverage: they are equals of the seeds).
-        cascade = s.strategy == "cascade"
-        peers = self.swarm.sources_for(inst.job.job_id, now, complete_only=cascade)
-        covered = None if cascade else self.swarm.covered_for(inst.job.job_id)
-        return views + peers, covered
+        swarm = self._swarm(inst)
+        return views + swarm.sources_for(inst.job.job_id, now), swarm.covered_for(inst.job.job_id)
+
+    def _swarm(self, inst: _Instance) -> Swarm:
+        return self.swarms[inst.index % self.s.scheduler_shards]
+
+    def _seed_view(self, seed: _Seed) -> SourceView:
+        return SourceView(seed.seed_id, seed.seed_id, f"http://{seed.seed_id}", self.manifest, seed.allowed_rate,
+                          free_slots=max(self.s.seed_max_in_flight - seed.in_flight, 0))
+
+    # -- cascade: each instance copies the whole model from one source ---------
+    def _admit(self) -> None:
+        """Give waiting instances a source with room (a seed, or an instance that finished):
+        each source copies to ``cascade_fanout`` instances at a time, so (fanout 1) the
+        number of sources doubles every round, as cascade deployments do."""
+        fanout = self.s.cascade_fanout
+        while self.waiting:
+            free = [seed for seed in self.seeds.values()
+                    if seed.registered and seed.node.alive and len(seed.copying_to) < fanout]
+            if not free:
+                return
+            source = min(free, key=lambda seed: len(seed.copying_to))
+            inst = self.waiting.pop(0)
+            inst.source = source.seed_id
+            source.copying_to.add(inst.index)
+            assert inst.admitted is not None
+            if not inst.admitted.triggered:
+                inst.admitted.succeed()
+
+    def _readmit(self, inst: _Instance) -> None:
+        """Its source died: it waits (first in line) for another, keeping what it has landed."""
+        inst.source = None
+        inst.admitted = self.env.event()
+        self.waiting.insert(0, inst)
+
+    def _source_gone(self, inst: _Instance) -> bool:
+        """Its source died or failed its reads (the job excluded it): copy from another."""
+        seed = self.seeds.get(inst.source or "")
+        return seed is None or not seed.registered or not seed.node.alive or seed.seed_id in inst.job.excluded
+
+    def _release(self, inst: _Instance) -> None:
+        source = self.seeds.get(inst.source or "")
+        if source is not None:
+            source.copying_to.discard(inst.index)
+        inst.source = None
+
+    def _become_source(self, inst: _Instance) -> None:
+        """A finished cascade instance serves as a seed does (an SGLang seed with an agent beside it)."""
+        seed_id = inst.job.peer_id
+        self.seeds[seed_id] = _Seed(seed_id, inst.node, inst.node.egress)
 
     def _client(self, inst: _Instance):
         s, job = self.s, inst.job
+        swarm, shard = self._swarm(inst), inst.index % s.scheduler_shards
         running: dict[str, simpy.Process] = {}
         reports: list[Report] = []
         try:
             while True:
-                started = time.perf_counter()
+                if inst.admitted is not None and not inst.admitted.triggered and not running and not reports:
+                    yield inst.admitted  # cascade: no source to copy from yet
+                started = cpu_clock()
                 now = self.env.now
                 for r in reports:
                     job.apply(r, now)
-                    self.swarm.settled(r.assignment_id)
+                    swarm.settled(r.assignment_id)
                 reports = []
+                if s.strategy == "cascade" and inst.source is not None and self._source_gone(inst):
+                    self._release(inst)
+                    self._readmit(inst)
+                    self._admit()
                 sources, covered = self._sources(inst)
                 out = job.next_assignments(sources, now, s.client_max_in_flight - len(running), covered=covered)
-                self.swarm.assigned(out, job.job_id, now)
+                swarm.assigned(out, job.job_id, now)
                 for a in out:
                     if a.source_kind != PEER:
                         self.seeds[a.seed_id].in_flight += 1
-                spent = time.perf_counter() - started
-                self.cpu += spent
+                spent = cpu_clock() - started
+                self.cpu_by_shard[shard] += spent
                 self.decisions.append(spent)
                 self.work_calls += 1
                 self.assignments += len(out)
                 if job.state == DONE:
                     inst.finished_at = self.env.now
+                    if s.strategy == "cascade":
+                        self._release(inst)
+                        self._become_source(inst)
+                        self._admit()
                     return
                 if job.state == FAILED:
                     self.failures.append(f"{job.job_id}: {job.error}")
@@ -296,8 +376,16 @@ class FleetSimulation:
         self.net.kill(seed.node)
         yield self.env.timeout(self.s.heartbeat_timeout_seconds)  # the registry drops it
         seed.registered = False
-        for inst in self.instances:
+        for inst in self.instances:  # each shard's scheduler hears of it and tells its jobs
+            started = cpu_clock()
             inst.job.seed_lost(seed.seed_id, "seed_lost: no heartbeat", self.env.now)
+            self.cpu_by_shard[inst.index % self.s.scheduler_shards] += cpu_clock() - started
+        if self.s.strategy == "cascade":
+            for inst in self.instances:
+                if inst.source == seed.seed_id and inst.killed_at is None and inst.finished_at is None:
+                    self._readmit(inst)
+            seed.copying_to.clear()
+            self._admit()
 
     def _kill_instance(self, inst: _Instance):
         if inst.finished_at is not None and self.s.strategy == "direct":
@@ -306,18 +394,31 @@ class FleetSimulation:
         self.net.kill(inst.node)
         if inst.process is not None and inst.process.is_alive:
             inst.process.interrupt("killed")
+        if self.s.strategy == "cascade":
+            if inst in self.waiting:
+                self.waiting.remove(inst)
+            self._release(inst)
+            as_source = self.seeds.get(inst.job.peer_id)
+            if as_source is not None:  # it had finished and was serving: lost like a seed
+                yield from self._kill_seed(as_source)
+                return
+            self._admit()
         yield self.env.timeout(self.s.client_timeout_seconds)  # the scheduler abandons its job
-        for reader in self.swarm.leave(inst.job.job_id, self.env.now):
+        started = cpu_clock()
+        for reader in self._swarm(inst).leave(inst.job.job_id, self.env.now):
             reader.seed_lost(inst.job.peer_id, "peer abandoned", self.env.now)
+        self.cpu_by_shard[inst.index % self.s.scheduler_shards] += cpu_clock() - started
 
     def _result(self) -> Result:
+        # Killed instances (before or after they finished) are not survivors; every survivor must finish.
         done = [i.finished_at for i in self.instances if i.finished_at is not None and i.killed_at is None]
-        killed = sum(1 for i in self.instances if i.killed_at is not None and i.finished_at is None)
-        failed = sum(1 for i in self.instances if i.job.state == FAILED)
+        killed = sum(1 for i in self.instances if i.killed_at is not None)
+        failed = sum(1 for i in self.instances if i.job.state == FAILED and i.killed_at is None)
         unfinished = len(self.instances) - len(done) - killed
-        if unfinished and not self.failures:
-            self.failures.append(f"{unfinished} instances still loading at the {self.s.max_simulated_seconds} s limit")
-        seed_bytes = sum(seed.node.bytes_sent for seed in self.seeds.values())
+        if unfinished > failed:
+            self.failures.append(f"{unfinished - failed} instances still loading at the "
+                                 f"{self.s.max_simulated_seconds} s limit")
+        seed_bytes = sum(self.seeds[f"seed-{i}"].node.bytes_sent for i in range(self.s.seeds))  # not cascade's
         peer_bytes = sum(i.node.bytes_sent for i in self.instances)
         return Result(
             scenario=self.s,
@@ -326,9 +427,25 @@ class FleetSimulation:
             instances_completed=len(done), instances_killed=killed, instances_failed=failed,
             model_bytes_per_instance=self.model_bytes, seed_bytes_served=seed_bytes, peer_bytes_served=peer_bytes,
             chunks_per_instance=len(self.chunks), assignments=self.assignments, work_calls=self.work_calls,
-            lease_calls=self.lease_calls, scheduler_cpu_seconds=self.cpu, decision_cpu_seconds=self.decisions,
+            lease_calls=self.lease_calls, scheduler_cpu_seconds=max(self.cpu_by_shard),
+            scheduler_cpu_seconds_by_shard=list(self.cpu_by_shard), decision_cpu_seconds=self.decisions,
             failures=self.failures,
         )
+
+
+def _check_memory(instances: int, chunks: int, available: int | None = None) -> None:
+    need = instances * chunks * BYTES_PER_CHUNK_STATE
+    available = _available_memory() if available is None else available
+    if available is not None and need > 0.6 * available:
+        raise SimulationTooLarge(
+            f"{instances} instances x {chunks} chunks needs about {format_bytes(need)}, more than 60% of the "
+            f"{format_bytes(available)} available; use a larger --chunk-size or fewer instances")
+
+
+def check_fits(scenario: Scenario, available_bytes: int | None = None) -> None:
+    """Refuse (``SimulationTooLarge``) a scenario whose job state would not fit in memory, before it starts."""
+    chunks = plan_chunks(parse_manifest(rank_manifest(scenario.model)), scenario.chunk_size)
+    _check_memory(scenario.instances, len(chunks), available_bytes)
 
 
 def simulate(scenario: Scenario, with_single_fork: bool = True) -> Result:

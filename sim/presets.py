@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from testbed.presets import Architecture, ModelSpec, get_preset
+from rfork_api.units import UnitError
+from testbed.presets import ARCHITECTURES, Architecture, ModelSpec, PresetError, get_preset, preset_for_size
 
 GB = 10**9
 
@@ -100,14 +101,29 @@ PRESETS = {
     "deepseek-v3": lambda: _deepseek_v3(8),
     "llama-3.1-70b": lambda: _from_testbed("llama-3.1-70b", 8, LLAMA_31_70B),
     "qwen2.5-7b": lambda: _from_testbed("qwen2.5-7b", 1),
+    # The testbed's own presets (TP1), so a testbed run can be simulated with its very tensors.
+    **{name: (lambda name=name: _from_testbed(name, 1)) for name in ARCHITECTURES if name != "qwen2.5-7b"},
 }
+SIZED_PREFIX = "size:"
+"""``size:256MiB``: the testbed's Llama-shaped stand-in of that size (``rfork testbed --model-size``)."""
 
 
 def get_model(name: str) -> SimModel:
+    if name.startswith(SIZED_PREFIX):
+        try:
+            spec = preset_for_size(name[len(SIZED_PREFIX):])
+        except (PresetError, UnitError) as exc:
+            raise UnknownPreset(f"model {name!r}: {exc}") from None
+        return SimModel(name, 1, tuple((t.name, t.numel, spec.element_size) for t in spec.rank_tensors(0)))
     try:
         return PRESETS[name]()
     except KeyError:
-        raise UnknownPreset(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}") from None
+        raise UnknownPreset(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}, "
+                            f"or {SIZED_PREFIX}SIZE (e.g. {SIZED_PREFIX}256MiB)") from None
+
+
+def is_known(name: str) -> bool:
+    return name in PRESETS or name.startswith(SIZED_PREFIX)
 
 
 def rank_manifest(name: str) -> dict[str, list[int]]:

@@ -570,3 +570,73 @@ def test_a_seed_whose_reads_keep_failing_stays_excluded_across_drops_and_re_regi
         job.seed_lost("s0", "seed_lost: no heartbeat for 5.0 s", t)
         assert all(a.seed_id == "s1" for a in job.next_assignments([same, s1], t + 0.5, 100))
     assert job.excluded["s0"].startswith("read_failed") and job.readmissions == {}
+
+
+# -- performance paths (#15): the same decisions, found without walking the queue ------
+class _Covered(dict):
+    """A swarm-like ``covered``: per-chunk peers plus the set of chunks no peer covers."""
+
+    def __init__(self, covered: dict, n_chunks: int) -> None:
+        super().__init__(covered)
+        self.uncovered = {c for c in range(n_chunks) if c not in covered}
+
+
+def test_a_peer_finds_a_chunk_it_holds_far_past_the_queues_front():
+    job, m = make_job(n_chunks=200)
+    out = job.next_assignments([peer("p", m, {150, 151})], 0.0, 8)
+    assert [a.chunk_ids for a in out] == [(150,), (151,)]
+
+
+def test_a_seed_in_a_swarm_takes_the_first_uncovered_chunk_past_the_front_and_merges_the_run_after_it():
+    job, m = make_job(n_chunks=200, config=MERGE_16K)
+    covered = _Covered({c: {"peer:p"} for c in range(200) if not 120 <= c < 126}, 200)
+    sources = [seed("s0", m, None), peer("p", m, set(), free_slots=0)]
+    out = job.next_assignments(sources, 0.0, 8, covered=covered)
+    assert [a.chunk_ids for a in out] == [(120, 121, 122, 123), (124, 125)]
+
+
+def test_a_seed_in_a_swarm_with_nothing_uncovered_gets_nothing():
+    job, m = make_job(n_chunks=40)
+    everything = _Covered({c: {"peer:p"} for c in range(40)}, 40)
+    assert job.next_assignments([seed("s0", m, None), peer("p", m, set(), free_slots=0)], 0.0, 8,
+                                covered=everything) == []
+
+
+def test_a_chunk_a_seed_failed_goes_to_it_again_only_when_no_other_source_can_take_it():
+    job, m = make_job(n_chunks=40, config=PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=99))
+    [a] = job.next_assignments([seed("s0", m, None)], 0.0, 1)
+    finish(job, [a], 1.0, ok=False, reason="read_failed")
+    out = job.next_assignments([seed("s0", m, None), seed("s1", m, None)], 2.0, 2, covered=_Covered({}, 40))
+    assert sorted((x.chunk_id, x.seed_id) for x in out) == [(0, "s1"), (1, "s0")]
+    job2, m = make_job(n_chunks=40, config=PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=99))
+    [a] = job2.next_assignments([seed("s0", m, None)], 0.0, 1)
+    finish(job2, [a], 1.0, ok=False, reason="read_failed")
+    for t in range(3, 30):  # the failed chunk too, in the end: no one else has it
+        finish(job2, job2.next_assignments([seed("s0", m, None)], float(t), 8, covered=_Covered({}, 40)), t + 0.5)
+    assert job2.state == DONE
+
+
+def test_no_peer_duplicates_an_in_flight_chunk_while_chunks_still_wait():
+    job, m = make_job(n_chunks=4)
+    [slow] = job.next_assignments([seed("slow", m, 100.0)], 0.0, 1)
+    holder = peer("p", m, {slow.chunk_id})  # holds only the chunk in flight; chunks 1-3 wait
+    assert job.next_assignments([holder], 5.0, 8) == []
+
+
+def test_an_in_flight_read_from_a_peer_missing_from_this_decision_is_not_taken_for_dead():
+    job, m = make_job(n_chunks=2)
+    p, q = peer("p", m, {0, 1}), peer("q", m, {0, 1})
+    a, b = job.next_assignments([p], 0.0, 8)
+    finish(job, [a], 0.1)  # p is measured: one chunk in 0.1 s
+    # p is not among this decision's (sampled) sources; q holds the chunk p is reading.
+    assert job.next_assignments([q], 0.15, 8) == []
+
+
+def test_the_pending_queue_keeps_its_byte_count():
+    q = PendingQueue([0, 1, 2], sizes=[10, 20, 40])
+    assert q.nbytes == 70
+    q.remove(1)
+    q.appendleft(1)
+    q.appendleft(1)  # re-queued twice: counted once
+    q.discard(2)
+    assert q.nbytes == 30 and list(q) == [1, 0] and set(q.ids()) == {0, 1}

@@ -162,3 +162,39 @@ def test_a_peer_whose_job_ended_still_counts_the_reads_from_it_until_they_are_re
     for r in reads:
         fleet.swarm.settled(r.assignment_id)
     assert fleet.swarm.withdraw("j0", 2.0) == 0
+
+
+def _uncovered_truth(fleet: Fleet) -> set[int]:
+    n = len(fleet.jobs[0].chunks)
+    return {c for c in range(n) if not any(j.chunks[c].done or j.chunks[c].live for j in fleet.jobs)}
+
+
+def test_the_uncovered_set_follows_assignments_landings_failures_and_leaving():
+    fleet = Fleet(n_jobs=3, n_chunks=12)
+    key = fleet.swarm._members["j0"].key
+    assert fleet.swarm._uncovered[key] == set(range(12))
+    fleet.tick(1.0)
+    assert fleet.swarm._uncovered[key] == _uncovered_truth(fleet)
+    job, a = next(iter(fleet.live.values()))
+    job.apply(Report(a.assignment_id, ok=False, reason="read_failed", error="boom"), 1.5)
+    assert fleet.swarm._uncovered[key] == _uncovered_truth(fleet)
+    fleet.swarm.leave("j1", 2.0)
+    fleet.jobs = [j for j in fleet.jobs if j.job_id != "j1"]
+    assert fleet.swarm._uncovered[key] == _uncovered_truth(fleet)
+    fleet.live = {k: v for k, v in fleet.live.items() if v[0].job_id != "j1"}
+    fleet.run()
+    assert fleet.swarm._uncovered[key] == set()
+
+
+def test_over_a_few_decisions_a_job_meets_every_serving_peer():
+    swarm = Swarm(read_deadline_seconds=5.0, max_peers_per_decision=2)
+    m = manifest(4, 1 << 30)
+    key = group_key("model", 0, m, CHUNK)
+    jobs = []
+    for k in range(10):
+        job = Job(f"j{k}", m, plan_chunks(m, CHUNK), PlannerConfig(), 0.0)
+        job.done_chunks.add(0)  # each holds something, so each may be offered
+        swarm.join(job, key, PeerOffer(f"s{k}"), 0.0)
+        jobs.append(job)
+    seen = {v.source_id for _ in range(50) for v in swarm.sources_for("j0", 0.0)}
+    assert seen == {f"peer:j{k}" for k in range(1, 10)}

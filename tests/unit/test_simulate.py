@@ -1,0 +1,173 @@
+"""`rfork simulate` (#15): the fleet simulator driven by the real planner and swarm, at small N.
+
+Every run here uses the real ``scheduler.planner`` and ``scheduler.swarm`` on a
+small model (the testbed's qwen2.5-0.5b shapes, 16 MiB chunks: 60 chunks), so
+each takes a second or two; the CLI runs in-process through ``rfork``'s entry point.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rfork_agent import cli
+from sim.engine import SimulationTooLarge, check_fits, simulate
+from sim.scenario import Faults, Scenario, ScenarioError
+from sim.validate import scenario_from_testbed, simulate_testbed
+
+SMALL = dict(model="qwen2.5-0.5b", chunk_size=16 * 2**20, seed_egress=1e9, instance_ingress=1e9,
+             instance_egress=1e9)
+"""About 1 GB over 1 GB/s links: a fork takes about a second, long next to the control plane's latency."""
+
+
+def small(**fields) -> Scenario:
+    return Scenario(**{**SMALL, **fields})
+
+
+# -- bad input -----------------------------------------------------------------
+@pytest.mark.parametrize("fields, says", [
+    ({"model": "gpt-17"}, "unknown model preset 'gpt-17'"),
+    ({"seed_egress": "-5GB/s"}, "negative"),
+    ({"instance_ingress": 0}, "instance_ingress must be a finite number > 0"),
+    ({"instances": 0}, "instances must be an integer >= 1, got 0"),
+    ({"instancs": 8}, "unknown scenario field(s) instancs"),
+    ({"strategy": "gossip"}, "strategy must be one of direct, cascade, swarm"),
+    ({"seeds": 2, "faults": {"kill_seeds": 2}}, "must leave at least one of the 2 seeds alive"),
+    ({"faults": {"kill_peer": 0.1}}, "unknown faults field(s) kill_peer"),
+])
+def test_bad_scenarios_are_refused_naming_the_field(fields, says):
+    with pytest.raises(ScenarioError) as err:
+        Scenario.from_mapping(fields)
+    assert says in str(err.value)
+
+
+def test_a_simulation_too_large_for_memory_is_refused_before_it_starts():
+    check_fits(small(instances=1024))  # fits
+    with pytest.raises(SimulationTooLarge) as err:
+        check_fits(small(instances=1024), available_bytes=10 * 2**20)
+    assert "1024 instances x 90 chunks" in str(err.value) and "--chunk-size" in str(err.value)
+
+
+# -- what a scale-out does ---------------------------------------------------------
+def test_direct_reads_n_copies_from_the_seeds():
+    r = simulate(small(instances=4, strategy="direct"))
+    assert r.instances_completed == 4 and r.seed_bytes_served == 4 * r.model_bytes_per_instance
+    assert r.peer_bytes_served == 0
+    assert r.time_to_all_seconds == pytest.approx(4 * r.single_fork_seconds, rel=0.1)  # the seed's NIC, shared
+
+
+def test_a_swarm_takes_about_one_copy_from_the_seeds_and_finishes_near_one_forks_time():
+    r = simulate(small(instances=8, strategy="swarm"))
+    assert r.instances_completed == 8 and not r.failures
+    assert r.seed_bytes_served <= 1.5 * r.model_bytes_per_instance
+    assert r.time_to_all_seconds <= 2 * r.single_fork_seconds
+
+
+def test_cascade_doubles_the_sources_each_round():
+    r = simulate(small(instances=7, strategy="cascade"))  # 1 seed -> 2 -> 4 -> 8 sources: three rounds
+    assert r.instances_completed == 7
+    assert r.time_to_all_seconds == pytest.approx(3 * r.single_fork_seconds, rel=0.15)
+    assert r.seed_bytes_served == 3 * r.model_bytes_per_instance  # the seed copies once per round
+
+
+@pytest.mark.parametrize("strategy", ["swarm", "cascade", "direct"])
+def test_killed_seeds_and_peers_leave_every_survivor_complete(strategy):
+    r = simulate(small(instances=8, seeds=3, strategy=strategy,
+                       faults=Faults(kill_seeds=2, kill_peers_fraction=0.25, window_seconds=0.2)))
+    assert r.instances_killed >= 1
+    assert r.instances_completed + r.instances_killed == 8 and r.instances_failed == 0, r.failures
+    assert r.time_to_all_seconds < float("inf")
+
+
+def test_scheduler_shards_split_the_cpu_and_each_reads_from_the_seeds():
+    one = simulate(small(instances=8), with_single_fork=False)
+    two = simulate(small(instances=8, scheduler_shards=2), with_single_fork=False)
+    assert two.instances_completed == 8
+    assert two.seed_bytes_served > 1.5 * two.model_bytes_per_instance  # each shard's swarm takes its own copy
+    assert len(two.scheduler_cpu_seconds_by_shard) == 2 and one.scheduler_cpu_seconds > 0
+
+
+# -- the command -------------------------------------------------------------------
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--instances", "0"], "--instances must be >= 1, got 0"),
+    (["--instances", "many"], "--instances must be a whole number, got 'many'"),
+    (["--model", "gpt-17"], "unknown model preset 'gpt-17'"),
+    (["--link-rate=-5GB/s"], "--link-rate: "),
+    (["--seed-rate", "2Gb/s"], "ambiguous"),
+    (["--chunk-size", "64Mbit"], "unknown unit"),
+    (["--strategy", "gossip"], "strategy must be one of"),
+    (["--scenario", "/nonexistent/scenario.yaml"], "cannot read --scenario"),
+    (["--instances", "10000000", "--model", "deepseek-v3"], "needs about"),
+    (["sweep", "--strategies", "direct,gossip"], "unknown strategy 'gossip'"),
+    (["sweep", "--strategy", "swarm"], "sweep takes --strategies"),
+    (["validate"], "validate needs the testbed's JSON"),
+    (["explode"], "unknown action 'explode'"),
+])
+def test_bad_flags_are_one_line_and_exit_2(argv, says, capsys):
+    rc, _, err = run(["simulate", *argv], capsys)
+    assert rc == 2 and "Traceback" not in err and says in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_scenario_file_with_an_unknown_field_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("model: qwen2.5-0.5b\ninstances: 4\nwarp_drive: true\n")
+    rc, _, err = run(["simulate", "--scenario", str(path)], capsys)
+    assert rc == 2 and "unknown scenario field(s) warp_drive" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_writes_the_json_fields_and_a_plot(tmp_path, capsys):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("model: qwen2.5-0.5b\nchunk_size: 16MiB\nseed_egress: 1GB/s\n")
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    rc, stdout, err = run(["simulate", "--scenario", str(scenario), "--instances", "4", "--link-rate", "1GB/s",
+                           "--json", str(out), "--plot", str(png)], capsys)
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    for field in ("time_to_all_seconds", "single_fork_seconds", "seed_bytes_served", "model_bytes_per_instance",
+                  "instances_completed", "scheduler_cpu_share", "completion_seconds", "peer_bytes_served"):
+        assert field in r, field
+    assert r["instances_completed"] == 4 and r["scenario"]["model"] == "qwen2.5-0.5b"
+    assert {"assignments_per_second", "work_calls_per_second", "cpu_per_work_call_seconds"} <= set(r["scheduler"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "swarm qwen2.5-0.5b N=4" in stdout
+
+
+def test_sweep_runs_every_strategy_at_every_n(tmp_path, capsys):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    rc, _, err = run(["simulate", "sweep", "--model", "qwen2.5-0.5b", "--chunk-size", "16MiB", "--link-rate", "1GB/s", "--instances", "1,4",
+                      "--json", str(out), "--plot", str(png)], capsys)
+    assert rc == 0, err
+    sweep = json.loads(out.read_text())
+    points = sorted((r["scenario"]["strategy"], r["scenario"]["instances"]) for r in sweep["runs"])
+    assert points == [(s, n) for s in ("cascade", "direct", "swarm") for n in (1, 4)]
+    assert sweep["single_fork_seconds"] > 0 and png.stat().st_size > 10_000
+
+
+# -- validation against the testbed -------------------------------------------------
+TESTBED_RECORD = {  # the fields `rfork testbed --clients N --json` writes (testbed.scale_out)
+    "clients_count": 4, "peers": True, "client_rate_bytes_per_second": 50e6, "model_bytes": 256 * 2**20,
+    "model": "llama-shaped 256.00 MiB", "chunk_size_bytes": 16 * 2**20, "time_to_all_seconds": 8.0,
+    "seed_bytes_served": 300 * 2**20, "seeds": [{"id": "seed-0", "rate_cap_bytes_per_second": 50e6}],
+    "clients": [{"id": i, "fork_seconds": 7.0 + i / 4} for i in range(4)],
+}
+
+
+def test_a_testbed_record_becomes_the_same_scale_out_in_simulation():
+    s = scenario_from_testbed(TESTBED_RECORD)
+    assert (s.instances, s.seeds, s.strategy, s.chunk_size) == (4, 1, "swarm", 16 * 2**20)
+    assert s.seed_egress == 50e6 and s.peer_rate == 50e6 and s.model.startswith("size:")
+    out = simulate_testbed(TESTBED_RECORD)
+    assert out["measured"]["time_to_all_seconds"] == 8.0
+    assert out["simulated"]["instances_completed"] == 4
+    assert out["time_to_all_ratio"] == pytest.approx(out["simulated"]["time_to_all_seconds"] / 8.0)

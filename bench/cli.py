@@ -1,4 +1,4 @@
-"""`rfork bench fork|qos ...`: the benchmarks, reachable from the rfork command."""
+"""`rfork bench fork|qos|scheduler ...`: the benchmarks, reachable from the rfork command."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     qos_bench.add_arguments(sub.add_parser("qos", help="issue #3 numbers: serving-latency throttle vs baseline, "
                                                        "no throttle and the best fixed rate"))
+    from bench import scheduler_bench
+
+    scheduler_bench.add_arguments(sub.add_parser("scheduler", help="issue #15 numbers: one real scheduler process's "
+                                                                   "work requests/s, assignments/s, latency and CPU "
+                                                                   "under many concurrent fake jobs and seeds"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -25,4 +30,8 @@ def main(args: argparse.Namespace) -> int:
         from bench import qos_bench
 
         return qos_bench.run(args)
+    if args.bench == "scheduler":
+        from bench import scheduler_bench
+
+        return scheduler_bench.run(args)
     raise SystemExit(f"unknown benchmark {args.bench!r}")

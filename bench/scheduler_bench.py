@@ -66,7 +66,11 @@ SATURATED_SHARE = 0.85
 
 
 class BenchError(RuntimeError):
-    """The benchmark could not run (the scheduler did not start, a load generator died)."""
+    """A scenario could not run (a load generator died or stalled): recorded, the others go on."""
+
+
+class SchedulerStartError(BenchError):
+    """``rfork scheduler`` did not start (a bad --scheduler-arg?): every scenario would fail the same way."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,8 @@ def bottleneck(scheduler: tuple[float, float], load_generators: list[tuple[float
         "the scheduler's CPU, shared with other processes (it waited 80% of the time)"
         >>> bottleneck((0.5, 0.0), [(0.2, 0.0), (0.95, 0.0)])
         'load generator'
+        >>> bottleneck((0.07, 0.75), [(0.09, 0.8)])
+        "the machine: other processes held the scheduler's and the load generators' CPUs"
         >>> bottleneck((0.5, 0.0), [(0.5, 0.0)])
         'neither (closed-loop latency: raise --connections)'
     """
@@ -189,6 +195,8 @@ def bottleneck(scheduler: tuple[float, float], load_generators: list[tuple[float
     saturated = [(c, w) for c, w in load_generators if c + w >= threshold]
     if saturated:
         if all(w > c for c, w in saturated):
+            if wait > cpu:
+                return "the machine: other processes held the scheduler's and the load generators' CPUs"
             return "load generator's CPU, shared with other processes"
         return "load generator"
     return "neither (closed-loop latency: raise --connections)"
@@ -325,7 +333,7 @@ class SchedulerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise BenchError(f"rfork scheduler exited with code {self.process.returncode} before answering: "
+                raise SchedulerStartError(f"rfork scheduler exited with code {self.process.returncode} before answering: "
                                  f"{self.last_log_line()} (log: {self.log_path})")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
@@ -333,7 +341,8 @@ class SchedulerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise BenchError(f"rfork scheduler did not answer {self.url}/health within {timeout:.0f} s; see {self.log_path}")
+        raise SchedulerStartError(f"rfork scheduler did not answer {self.url}/health within {timeout:.0f} s; "
+                                  f"see {self.log_path}")
 
     def last_log_line(self) -> str:
         try:
@@ -835,7 +844,7 @@ def capacity_lines(report: dict) -> list[str]:
 
 
 def _scenario_ok(s: dict) -> bool:
-    return s["seeds_dropped"] == 0 and s["jobs_failed"] == 0
+    return "error" not in s and s["seeds_dropped"] == 0 and s["jobs_failed"] == 0
 
 
 async def run_all(options: SchedulerBenchOptions) -> dict:
@@ -847,7 +856,16 @@ async def run_all(options: SchedulerBenchOptions) -> dict:
     loadavg_start = load_average()
     scenarios = []
     for jobs in options.jobs:
-        scenario = await run_scenario(options, jobs, log_dir)
+        try:
+            scenario = await run_scenario(options, jobs, log_dir)
+        except SchedulerStartError:
+            raise
+        except BenchError as exc:
+            # Recorded, not raised: the other scenarios' figures still go to the report.
+            print(f"jobs={jobs:<5} FAILED: {exc}", flush=True)
+            scenarios.append({"jobs": jobs, "error": str(exc), "assignments": 0, "scheduler_cpu_seconds": 0.0,
+                              "seeds_dropped": None, "jobs_failed": None})
+            continue
         print_scenario(scenario)
         scenarios.append(scenario)
     ok = all(_scenario_ok(s) for s in scenarios)

@@ -62,6 +62,7 @@ def test_latency_summary_of_nothing_is_nan_not_zero():
     ((0.10, 0.80), [(0.2, 0.1)], "the scheduler's CPU, shared with other processes (it waited 80% of the time)"),
     ((0.40, 0.10), [(0.1, 0.0), (0.9, 0.0)], "load generator"),
     ((0.40, 0.10), [(0.1, 0.8)], "load generator's CPU, shared with other processes"),
+    ((0.07, 0.75), [(0.09, 0.8)], "the machine: other processes held the scheduler's and the load generators' CPUs"),
     ((0.40, 0.10), [(0.4, 0.1)], "neither (closed-loop latency: raise --connections)"),
 ])
 def test_bottleneck(scheduler, load, verdict):

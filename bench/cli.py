@@ -1,4 +1,4 @@
-"""`rfork bench fork|qos|fleet ...`: the benchmarks, reachable from the rfork command."""
+"""`rfork bench fork|qos|fleet|scheduler ...`: the benchmarks, reachable from the rfork command."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     fleet_bench.add_arguments(sub.add_parser("fleet", help="issue #14 numbers: N new instances at once, with and "
                                                            "without peers: time to all and seed bytes served"))
+    from bench import scheduler_bench
+
+    scheduler_bench.add_arguments(sub.add_parser("scheduler", help="issue #15 numbers: one real scheduler process's "
+                                                                   "work requests/s, assignments/s, latency and CPU "
+                                                                   "under many concurrent fake jobs and seeds"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -33,4 +38,8 @@ def main(args: argparse.Namespace) -> int:
         from bench import fleet_bench
 
         return fleet_bench.run(args)
+    if args.bench == "scheduler":
+        from bench import scheduler_bench
+
+        return scheduler_bench.run(args)
     raise SystemExit(f"unknown benchmark {args.bench!r}")

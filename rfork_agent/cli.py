@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     "fork": ("rfork_agent.fork_cli", "fork one rank's weights through a scheduler"),
     "testbed": ("testbed.orchestrator", "start a local fleet on loopback and fork a model end to end"),
     "testbed-seed": ("testbed.seed", "run one seed stand-in (used by `rfork testbed`)"),
-    "bench": ("bench.cli", "benchmarks that print numbers (fork, qos)"),
+    "bench": ("bench.cli", "benchmarks that print numbers (fork, qos, scheduler)"),
     "chaos": ("testbed.chaos", "run the fault matrix on a local fleet and print what survived"),
     "gate": ("rfork_agent.gate_cli", "may a rollout step proceed? exit 0 proceed, 1 hold (SLO at risk), 2 cannot tell"),
     "simulate": ("sim.cli", "simulate a fleet scale-out (1 to 1024+ instances) driven by the real planner"),

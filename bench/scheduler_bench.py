@@ -1,0 +1,965 @@
+"""`rfork bench scheduler`: how much work one real scheduler process hands out (issue #15 item 3).
+
+It starts ``rfork scheduler`` as users run it (a subprocess on a free loopback
+port), registers fake seeds (``PUT /v1/seeds/{id}`` with a manifest of fake
+pointers, no TransferEngine) that heartbeat on the schedule the scheduler
+asks for, and drives ``N`` concurrent fork jobs from load-generator processes:
+each job loops on ``POST /v1/jobs/{id}/work``, reporting every assignment it
+got as landed in its next call (a read takes no time), and a job that finishes
+is replaced by a new one, so ``N`` jobs are always running. Requests share a
+bounded pool of connections (``--connections``), like the fork clients of a
+fleet sharing one scheduler.
+
+Measured over a window after every job exists and a warm-up: work requests/s,
+assignments/s (a merged assignment is one: one lease, one read, one report)
+and chunks/s, p50/p99 latency of ``/work`` and of heartbeats, the scheduler's
+CPU (``/proc/<pid>/stat``) and the time it waited for a CPU
+(``/proc/<pid>/schedstat``: on a shared machine that is where the rest went),
+the load generators' CPU (so a bench that could not generate enough load says
+so), and whether any seed was dropped: a dropped seed fails the run.
+
+With two or more CPUs the scheduler is pinned to the first (``taskset``) and
+the load generators to the others, so the two never compete for a core.
+
+    rfork bench scheduler --jobs 1,64,1024 --chunks 1300 --duration 20 --json bench/results/scheduler.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rfork_api import models as m
+from rfork_api.errors import RforkApiError, UnknownJob, UnknownSeed
+from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
+
+DEFAULT_CHUNK_SIZE = 64 * 2**20
+
+# Issue #15's yardstick: a 1024-instance DeepSeek-V3 scale-out needs about 340,000 assignments
+# (1,024 jobs of one 85 GB TP8 rank, 1,300 chunks of 64 MiB, merged into ~330 assignments of
+# up to 256 MiB each). Its goal: time-to-all within 3 x one fork alone (85 GB at 50 GB/s).
+SCALE_OUT_ASSIGNMENTS = 340_000
+SCALE_OUT_TARGET_SECONDS = 3 * 85e9 / 50e9
+
+SATURATED_SHARE = 0.85
+"""A process that wanted a CPU (ran, or waited in the run queue) this much of the window is saturated."""
+
+
+class BenchError(RuntimeError):
+    """A scenario could not run (a load generator died or stalled): recorded, the others go on."""
+
+
+class SchedulerStartError(BenchError):
+    """``rfork scheduler`` did not start (a bad --scheduler-arg?): every scenario would fail the same way."""
+
+
+@dataclass(frozen=True)
+class SchedulerBenchOptions:
+    jobs: tuple[int, ...] = (1, 64, 1024)
+    """Concurrent fork jobs, one scenario (and one fresh scheduler process) each."""
+    chunks: int = 1300
+    """Chunks per job: the manifest has this many tensors of ``chunk_size`` bytes."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    seeds: int = 4
+    seed_rate: float | None = None
+    """Each seed's allowed rate in its heartbeats (None: uncapped, so the planner merges chunks)."""
+    duration_seconds: float = 10.0
+    """Length of the measured window."""
+    warmup_seconds: float = 2.0
+    """Load runs this long after the last job was created before the window opens."""
+    connections: int = 64
+    """Connections to the scheduler across all load generators (each job has one request at a time)."""
+    clients: int = 0
+    """Load-generator processes; 0: one per CPU left after the scheduler's."""
+    max_assignments: int = 16
+    """``max_assignments`` of each /work call: the fork client's default in-flight limit."""
+    pin: bool = True
+    """Pin the scheduler to one CPU and the load generators to the others (when there are two or more)."""
+    scheduler_args: tuple[str, ...] = ()
+    """Extra ``rfork scheduler`` flags (``--max-in-flight-per-seed 8``, ...)."""
+    profile_dir: str | None = None
+    """Run the scheduler under cProfile and write ``scheduler-<jobs>.prof`` here."""
+    request_timeout_seconds: float = 60.0
+    setup_stall_seconds: float = 120.0
+    """Creating the jobs fails the run when a load generator reports no progress for this long
+    (every seed dropped: creates answer unknown_model and nothing moves)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.jobs or any(n < 1 for n in self.jobs):
+            problems.append(f"--jobs must be positive integers, got {','.join(map(str, self.jobs)) or 'none'}")
+        if self.chunks < 1:
+            problems.append(f"--chunks must be >= 1, got {self.chunks}")
+        if self.chunk_size < 4096 or self.chunk_size % 2:
+            problems.append(f"--chunk-size must be an even number of bytes >= 4KiB, got {self.chunk_size}")
+        if self.seeds < 1:
+            problems.append(f"--seeds must be >= 1, got {self.seeds}")
+        if self.seed_rate is not None and not self.seed_rate > 0:
+            problems.append(f"--seed-rate must be > 0 (or omitted for uncapped seeds), got {self.seed_rate}")
+        if not self.duration_seconds > 0:
+            problems.append(f"--duration must be > 0 seconds, got {self.duration_seconds}")
+        if not self.warmup_seconds >= 0:
+            problems.append(f"--warmup must be >= 0 seconds, got {self.warmup_seconds}")
+        if self.connections < 1:
+            problems.append(f"--connections must be >= 1, got {self.connections}")
+        if self.clients < 0:
+            problems.append(f"--clients must be >= 0 (0 = one per spare CPU), got {self.clients}")
+        if not 1 <= self.max_assignments <= 1024:
+            problems.append(f"--max-assignments must be in 1..1024, got {self.max_assignments}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------- pure: workload and statistics
+
+
+IDENTITY = m.ModelIdentity(model="rfork-bench/scheduler", revision="main", dtype="bfloat16", tp_size=1)
+
+
+def bench_manifest(chunks: int, chunk_size: int, base_ptr: int) -> dict[str, list[int]]:
+    """``chunks`` bf16 tensors of ``chunk_size`` bytes each at fake addresses: exactly one chunk per tensor.
+
+        >>> bench_manifest(2, 4096, 1 << 40)
+        {'layers.0.weight': [1099511627776, 2048, 2], 'layers.1.weight': [1099511631872, 2048, 2]}
+    """
+    return {f"layers.{i}.weight": [base_ptr + i * chunk_size, chunk_size // 2, 2] for i in range(chunks)}
+
+
+def latency_summary(samples: list[float]) -> dict:
+    """p50/p99/max (seconds) and count of a list of latencies; NaN when there are none.
+
+        >>> latency_summary([0.1, 0.2, 0.3, 0.4])["p50_seconds"]
+        0.25
+    """
+    if not samples:
+        return {"count": 0, "p50_seconds": math.nan, "p99_seconds": math.nan, "max_seconds": math.nan}
+    ordered = sorted(samples)
+    return {"count": len(ordered), "p50_seconds": _quantile(ordered, 0.5), "p99_seconds": _quantile(ordered, 0.99),
+            "max_seconds": ordered[-1]}
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def bottleneck(scheduler: tuple[float, float], load_generators: list[tuple[float, float]],
+               threshold: float = SATURATED_SHARE) -> str:
+    """What limited the throughput, from each process's (CPU share, run-queue wait share) of the window.
+
+    A process that ran or waited for a CPU ``threshold`` of the window is
+    saturated: a single-threaded event loop could not have gone faster. If it
+    spent more of that time waiting than running, other processes held its CPU
+    (a shared machine). The scheduler is named first: if both are saturated,
+    more load would not help.
+
+        >>> bottleneck((0.95, 0.02), [(0.4, 0.0)])
+        'scheduler'
+        >>> bottleneck((0.10, 0.80), [(0.2, 0.1)])
+        "the scheduler's CPU, shared with other processes (it waited 80% of the time)"
+        >>> bottleneck((0.5, 0.0), [(0.2, 0.0), (0.95, 0.0)])
+        'load generator'
+        >>> bottleneck((0.07, 0.75), [(0.09, 0.8)])
+        "the machine: other processes held the scheduler's and the load generators' CPUs"
+        >>> bottleneck((0.5, 0.0), [(0.5, 0.0)])
+        'neither (closed-loop latency: raise --connections)'
+    """
+    cpu, wait = scheduler
+    if cpu + wait >= threshold:
+        if wait > cpu:
+            return f"the scheduler's CPU, shared with other processes (it waited {wait:.0%} of the time)"
+        return "scheduler"
+    saturated = [(c, w) for c, w in load_generators if c + w >= threshold]
+    if saturated:
+        if all(w > c for c, w in saturated):
+            if wait > cpu:
+                return "the machine: other processes held the scheduler's and the load generators' CPUs"
+            return "load generator's CPU, shared with other processes"
+        return "load generator"
+    return "neither (closed-loop latency: raise --connections)"
+
+
+def capacity(assignments: int, scheduler_cpu_seconds: float,
+             scale_out_assignments: int = SCALE_OUT_ASSIGNMENTS,
+             target_seconds: float = SCALE_OUT_TARGET_SECONDS) -> dict:
+    """What one scheduler process gives per second of one core, and what a scale-out of
+    ``scale_out_assignments`` then costs: seconds of one core, and the share of one core
+    it needs to keep up with a time-to-all of ``target_seconds``.
+
+        >>> c = capacity(10_000, 2.0, scale_out_assignments=340_000, target_seconds=5.1)
+        >>> c["assignments_per_cpu_second"], c["scale_out_cpu_seconds"], round(c["scale_out_cores_needed"], 2)
+        (5000.0, 68.0, 13.33)
+    """
+    per_cpu_second = assignments / scheduler_cpu_seconds if scheduler_cpu_seconds > 0 else math.nan
+    cpu_seconds = scale_out_assignments / per_cpu_second if per_cpu_second > 0 else math.inf
+    return {"assignments_per_cpu_second": per_cpu_second, "scale_out_assignments": scale_out_assignments,
+            "scale_out_cpu_seconds": cpu_seconds, "scale_out_target_seconds": target_seconds,
+            "scale_out_cores_needed": cpu_seconds / target_seconds}
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal non-negative integers, largest first.
+
+        >>> split_evenly(10, 3)
+        [4, 3, 3]
+    """
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+# --------------------------------------------------------------------------- /proc readers (Linux)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of every thread of ``pid`` so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the threads of ``pid`` were runnable but waiting for a CPU (``schedstat``); 0 if unknown."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that just exited
+    return total / 1e9
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    cpu_seconds: float
+    wait_seconds: float
+
+    @staticmethod
+    def of(pid: int) -> "ProcessSample":
+        return ProcessSample(process_cpu_seconds(pid), runqueue_wait_seconds(pid))
+
+
+# --------------------------------------------------------------------------- the scheduler process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child (no loader lock there)
+except OSError:
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the bench dies (even by SIGKILL), so nothing is left behind."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+class SchedulerProcess:
+    """``rfork scheduler`` on a free loopback port, optionally pinned to CPUs, logging to ``log_path``."""
+
+    def __init__(self, log_dir: Path, cpus: list[int] | None, extra_args: tuple[str, ...] = (),
+                 profile_path: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"scheduler-{self.port}.log"
+        command = [sys.executable]
+        if profile_path:
+            command += ["-m", "cProfile", "-o", profile_path]
+        command += ["-m", "rfork_agent.cli", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                    *extra_args]
+        if cpus is not None:
+            command = [shutil.which("taskset") or "taskset", "-c", ",".join(map(str, cpus)), *command]
+        self.command = command
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=_die_with_parent)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid  # taskset execs the command: same pid
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SchedulerStartError(f"rfork scheduler exited with code {self.process.returncode} before answering: "
+                                 f"{self.last_log_line()} (log: {self.log_path})")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise SchedulerStartError(f"rfork scheduler did not answer {self.url}/health within {timeout:.0f} s; "
+                                  f"see {self.log_path}")
+
+    def last_log_line(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return lines[-1] if lines else "empty log"
+
+    def metric(self, name: str) -> float | None:
+        """One unlabelled sample from the scheduler's /metrics, or None when unreadable."""
+        try:
+            text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return None
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # uvicorn's graceful stop; cProfile then writes its file
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- load generator (one process)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    url: str
+    jobs: int
+    connections: int
+    job_request_json: str
+    max_assignments: int
+    cpus: list[int] | None
+    request_timeout_seconds: float
+
+
+@dataclass
+class WorkerResult:
+    """What one load generator measured inside the window."""
+
+    work_requests: int = 0
+    assignments: int = 0
+    chunks: int = 0
+    reports: int = 0
+    jobs_created: int = 0
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    """Over the whole run, warm-up included: a failed job is a failed run."""
+    work_latencies: list[float] = field(default_factory=list)
+    create_latencies: list[float] = field(default_factory=list)
+    assignments_by_second: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    """Errors over the whole run (not only the window), by kind."""
+
+
+def load_worker_main(spec: WorkerSpec, conn) -> None:
+    """Entry point of a load-generator process (multiprocessing, spawn)."""
+    if spec.cpus is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, spec.cpus)
+    try:
+        result = asyncio.run(LoadWorker(spec, conn).run())
+    except Exception as exc:  # reported to the parent, which says which worker and why
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("result", asdict(result)))
+
+
+class LoadWorker:
+    """``spec.jobs`` fork jobs, each one request at a time, over ``spec.connections`` connections.
+
+    Protocol with the parent over ``conn``: the worker sends ``("ready", jobs)``
+    once every job exists; the parent answers ``(t0, t1)`` (``time.monotonic``,
+    system-wide on Linux); the worker records what completes inside the window,
+    stops at ``t1`` and sends ``("result", WorkerResult)``.
+    """
+
+    def __init__(self, spec: WorkerSpec, conn) -> None:
+        self.spec = spec
+        self.conn = conn
+        self.result = WorkerResult()
+        self.window: tuple[float, float] | None = None
+        self.stopping = asyncio.Event()
+        self.created = 0
+        self.errors: Counter[str] = Counter()
+
+    async def run(self) -> WorkerResult:
+        from rfork_api.clients import SchedulerClient
+
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.conn.fileno(), self._on_parent_message)
+        limits = httpx.Limits(max_connections=self.spec.connections, max_keepalive_connections=self.spec.connections)
+        self.slots = asyncio.Semaphore(self.spec.connections)
+        self.request = m.JobRequest.model_validate_json(self.spec.job_request_json)
+        self.client = SchedulerClient(self.spec.url, timeout=self.spec.request_timeout_seconds,
+                                      transport=httpx.AsyncHTTPTransport(limits=limits))
+        tasks = [asyncio.create_task(self._job_loop()) for _ in range(self.spec.jobs)]
+        try:
+            await self.stopping.wait()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            loop.remove_reader(self.conn.fileno())
+            for task in tasks:
+                task.cancel()
+            await self.client.aclose()
+        self.result.errors = dict(self.errors)
+        return self.result
+
+    def _on_parent_message(self) -> None:
+        try:
+            t0, t1 = self.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            self.stopping.set()  # the parent is gone: stop
+            return
+        self.window = (t0, t1)
+        asyncio.get_running_loop().call_later(max(t1 - time.monotonic(), 0.0), self.stopping.set)
+
+    def _in_window(self, ended: float) -> bool:
+        return self.window is not None and self.window[0] <= ended <= self.window[1]
+
+    async def _job_loop(self) -> None:
+        first = True
+        while not self.stopping.is_set():
+            job_id = await self._create()
+            if job_id is None:
+                await asyncio.sleep(0.1)
+                continue
+            if first:
+                first = False
+                self.created += 1
+                if self.created == self.spec.jobs:
+                    self.conn.send(("ready", self.created))
+                elif self.created % 64 == 0:
+                    self.conn.send(("progress", {"created": self.created, "errors": dict(self.errors)}))
+            await self._work_until_finished(job_id)
+
+    async def _create(self) -> str | None:
+        async with self.slots:
+            if self.stopping.is_set():
+                return None
+            started = time.monotonic()
+            try:
+                job = await self.client.create_job(self.request)
+            except RforkApiError as exc:
+                self.errors[f"create: {exc.code}"] += 1
+                if self.created < self.spec.jobs and sum(self.errors.values()) % 64 == 1:
+                    self.conn.send(("progress", {"created": self.created, "errors": dict(self.errors)}))
+                return None
+            ended = time.monotonic()
+        if self._in_window(ended):
+            self.result.jobs_created += 1
+            self.result.create_latencies.append(ended - started)
+        return job.job_id
+
+    async def _work_until_finished(self, job_id: str) -> None:
+        landed: list[m.Assignment] = []
+        received_at = time.monotonic()
+        while not self.stopping.is_set():
+            async with self.slots:
+                if self.stopping.is_set():
+                    return
+                started = time.monotonic()
+                # Every assignment of the last reply landed, in the time since it arrived.
+                reports = [m.ChunkReport(assignment_id=a.assignment_id, ok=True, seconds=started - received_at)
+                           for a in landed]
+                body = m.WorkRequest(max_assignments=self.spec.max_assignments, reports=reports)
+                try:
+                    reply = await self.client.work(job_id, body)
+                except UnknownJob:
+                    self.errors["work: unknown_job"] += 1
+                    return
+                except RforkApiError as exc:
+                    self.errors[f"work: {exc.code}"] += 1
+                    reply = None
+                ended = time.monotonic()
+            if reply is None:
+                await asyncio.sleep(0.1)  # keep the reports: they go with the next call
+                continue
+            if self._in_window(ended):
+                r = self.result
+                r.work_requests += 1
+                r.reports += len(reports)
+                r.assignments += len(reply.assignments)
+                r.chunks += sum(len(a.chunk_ids) for a in reply.assignments)
+                r.work_latencies.append(ended - started)
+                second = int(ended - self.window[0])
+                r.assignments_by_second[second] = r.assignments_by_second.get(second, 0) + len(reply.assignments)
+            landed, received_at = reply.assignments, ended
+            if reply.state != m.JobState.RUNNING:
+                if reply.state == m.JobState.DONE and self._in_window(ended):
+                    self.result.jobs_completed += 1
+                if reply.state == m.JobState.FAILED:  # counted over the whole run, warm-up included
+                    self.result.jobs_failed += 1
+                    self.errors["job failed: " + (reply.error or "no error given")[:120]] += 1
+                return
+            if not reply.assignments:
+                await asyncio.sleep(reply.retry_after_seconds)
+
+
+# --------------------------------------------------------------------------- seeds (in the parent)
+
+
+@dataclass
+class SeedStats:
+    latencies: list[float] = field(default_factory=list)
+    max_gap_seconds: float = 0.0
+    dropped: int = 0
+    dropped_in_window: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+
+class FakeSeeds:
+    """Seeds with no memory behind them: registered with a manifest, heartbeating on the scheduler's schedule.
+
+    A heartbeat answered ``unknown_seed`` means the scheduler dropped the seed:
+    counted, and the seed re-registers as a real agent would.
+    """
+
+    def __init__(self, url: str, options: SchedulerBenchOptions) -> None:
+        from rfork_api.clients import SchedulerClient
+
+        self.options = options
+        self.client = SchedulerClient(url, timeout=options.request_timeout_seconds)
+        self.registrations = {
+            f"bench-seed-{i}": m.SeedRegistration(
+                identity=IDENTITY, agent_url=f"http://127.0.0.1:9/bench-seed-{i}",
+                rate_cap_bytes_per_second=options.seed_rate,
+                ranks=[m.RankInfo(rank=0, session_id=f"127.0.0.1:{17000 + i}",
+                                  manifest=bench_manifest(options.chunks, options.chunk_size, (i + 1) << 44))])
+            for i in range(options.seeds)
+        }
+        self.stats = SeedStats()
+        self.window: tuple[float, float] | None = None
+        self.interval = 1.0
+        self._tasks: list[asyncio.Task] = []
+
+    async def register(self) -> None:
+        for seed_id, body in self.registrations.items():
+            reply = await self.client.register_seed(seed_id, body)
+            self.interval = reply.heartbeat_interval_seconds
+        self._tasks = [asyncio.create_task(self._heartbeats(seed_id)) for seed_id in self.registrations]
+
+    async def _heartbeats(self, seed_id: str) -> None:
+        body = m.Heartbeat(allowed_rate_bytes_per_second=self.options.seed_rate)
+        last_ok = time.monotonic()
+        next_at = last_ok
+        while True:
+            next_at += self.interval
+            await asyncio.sleep(max(next_at - time.monotonic(), 0.0))
+            started = time.monotonic()
+            try:
+                await self.client.heartbeat(seed_id, body)
+            except UnknownSeed:
+                self.stats.dropped += 1
+                if self.window is not None and self.window[0] <= time.monotonic() <= self.window[1]:
+                    self.stats.dropped_in_window += 1
+                try:
+                    await self.client.register_seed(seed_id, self.registrations[seed_id])
+                except RforkApiError as exc:
+                    self.stats.errors[f"re-register: {exc.code}"] += 1
+                continue
+            except RforkApiError as exc:
+                self.stats.errors[exc.code] += 1
+                continue
+            ended = time.monotonic()
+            if self.window is not None and self.window[0] <= ended <= self.window[1]:
+                self.stats.latencies.append(ended - started)
+                self.stats.max_gap_seconds = max(self.stats.max_gap_seconds, ended - max(last_ok, self.window[0]))
+            last_ok = ended
+            next_at = max(next_at, ended - self.interval)  # late: the next one goes one interval after
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+
+
+# --------------------------------------------------------------------------- one scenario
+
+
+def plan_cpus(pin: bool) -> tuple[list[int] | None, list[int] | None, str]:
+    """(scheduler CPUs, load-generator CPUs, what was done) on this machine."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin:
+        return None, None, "not pinned (--no-pin)"
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return None, None, f"not pinned ({len(cpus)} CPU(s){'' if shutil.which('taskset') else ', no taskset'})"
+    return cpus[:1], cpus[1:], f"scheduler on CPU {cpus[0]} (taskset), load generators on CPU(s) " \
+                               f"{','.join(map(str, cpus[1:]))}"
+
+
+async def run_scenario(options: SchedulerBenchOptions, jobs: int, log_dir: Path) -> dict:
+    """One fresh scheduler, ``jobs`` concurrent jobs, one measured window: the scenario's figures."""
+    scheduler_cpus, load_cpus, _ = plan_cpus(options.pin)
+    clients = options.clients or max(len(load_cpus or []), 1)
+    clients = min(clients, jobs)
+    profile_path = str(Path(options.profile_dir) / f"scheduler-{jobs}.prof") if options.profile_dir else None
+    if profile_path:
+        Path(options.profile_dir).mkdir(parents=True, exist_ok=True)
+    scheduler = SchedulerProcess(log_dir, scheduler_cpus, options.scheduler_args, profile_path)
+    seeds: FakeSeeds | None = None
+    workers: list[tuple[multiprocessing.Process, object]] = []
+    try:
+        scheduler.wait_ready()
+        seeds = FakeSeeds(scheduler.url, options)
+        await seeds.register()
+        request = m.JobRequest(identity=IDENTITY, rank=0, chunk_size_bytes=options.chunk_size,
+                               manifest=bench_manifest(options.chunks, options.chunk_size, 1 << 40))
+        context = multiprocessing.get_context("spawn")
+        for index, (n, conns) in enumerate(zip(split_evenly(jobs, clients),
+                                               split_evenly(max(options.connections, clients), clients))):
+            parent_end, child_end = context.Pipe()
+            spec = WorkerSpec(index, scheduler.url, n, conns, request.model_dump_json(), options.max_assignments,
+                              load_cpus, options.request_timeout_seconds)
+            process = context.Process(target=load_worker_main, args=(spec, child_end), daemon=True,
+                                      name=f"rfork-bench-load-{index}")
+            process.start()
+            child_end.close()
+            workers.append((process, parent_end))
+
+        setup_started = time.monotonic()
+        for process, conn in workers:
+            await _expect(conn, process, "ready", stall_seconds=options.setup_stall_seconds)
+        setup_seconds = time.monotonic() - setup_started
+        t0 = time.monotonic() + options.warmup_seconds
+        t1 = t0 + options.duration_seconds
+        seeds.window = (t0, t1)
+        for _, conn in workers:
+            conn.send((t0, t1))
+
+        await asyncio.sleep(max(t0 - time.monotonic(), 0.0))
+        pids = [scheduler.pid] + [p.pid for p, _ in workers]
+        start = {pid: ProcessSample.of(pid) for pid in pids}
+        started_at = time.monotonic()
+        await asyncio.sleep(max(t1 - time.monotonic(), 0.0))
+        end = {pid: ProcessSample.of(pid) for pid in pids}
+        window = time.monotonic() - started_at
+        rss = rss_bytes(scheduler.pid)
+
+        results = [WorkerResult(**(await _expect(conn, process, "result"))) for process, conn in workers]
+        dropped_metric = scheduler.metric("rfork_scheduler_seeds_dropped_total")
+        return summarize(options, jobs, clients, window, setup_seconds, start, end, scheduler.pid,
+                         [p.pid for p, _ in workers], results, seeds.stats, dropped_metric, rss)
+    finally:
+        if seeds is not None:
+            await seeds.close()
+        for process, conn in workers:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+            conn.close()
+        scheduler.stop()
+
+
+async def _expect(conn, process, kind: str, stall_seconds: float = 600.0):
+    """The next message of ``kind`` from a load generator, or BenchError saying why it did not come.
+
+    ``progress`` messages on the way (jobs created so far, errors) keep the wait
+    alive while the count grows; ``stall_seconds`` without a new job is a stalled
+    run (errors alone are not progress).
+    """
+    loop = asyncio.get_running_loop()
+    last_news, news = time.monotonic(), {}
+    while True:
+        if await loop.run_in_executor(None, conn.poll, 0.2):
+            got, payload = conn.recv()
+            if got == "progress":
+                if payload["created"] > news.get("created", 0):
+                    last_news = time.monotonic()
+                news = payload
+                continue
+            if got == "error":
+                raise BenchError(f"load generator {process.name} failed: {payload}")
+            if got != kind:
+                raise BenchError(f"load generator {process.name} sent {got!r}, expected {kind!r}")
+            return payload
+        if not process.is_alive():
+            raise BenchError(f"load generator {process.name} exited (code {process.exitcode}) before '{kind}'")
+        if time.monotonic() - last_news > stall_seconds:
+            raise BenchError(f"load generator {process.name} sent no '{kind}' and created no job for {stall_seconds:.0f} s"
+                             + (f"; last: {news['created']} jobs created, errors {news['errors']}" if news else ""))
+
+
+def summarize(options: SchedulerBenchOptions, jobs: int, clients: int, window: float, setup_seconds: float,
+              start: dict[int, ProcessSample], end: dict[int, ProcessSample], scheduler_pid: int,
+              worker_pids: list[int], results: list[WorkerResult], seed_stats: SeedStats,
+              dropped_metric: float | None, rss: int) -> dict:
+    def share(pid: int, attr: str) -> float:
+        return (getattr(end[pid], attr) - getattr(start[pid], attr)) / window
+
+    total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
+    scheduler_cpu_seconds = end[scheduler_pid].cpu_seconds - start[scheduler_pid].cpu_seconds
+    scheduler_use = (share(scheduler_pid, "cpu_seconds"), share(scheduler_pid, "wait_seconds"))
+    load_use = [(share(p, "cpu_seconds"), share(p, "wait_seconds")) for p in worker_pids]
+    timeline: dict[int, int] = {}
+    for r in results:
+        for second, n in r.assignments_by_second.items():
+            timeline[int(second)] = timeline.get(int(second), 0) + n
+    errors: Counter[str] = Counter()
+    for r in results:
+        errors.update(r.errors)
+    errors.update({f"heartbeat: {k}": v for k, v in seed_stats.errors.items()})
+    seeds_dropped = max(seed_stats.dropped, int(dropped_metric or 0))
+    assignments = total("assignments")
+    verdict = bottleneck(scheduler_use, load_use)
+    return {
+        "jobs": jobs,
+        "window_seconds": window,
+        "setup_seconds": setup_seconds,
+        "load_generator_processes": clients,
+        "work_requests_per_second": total("work_requests") / window,
+        "assignments_per_second": assignments / window,
+        "chunks_per_second": total("chunks") / window,
+        "chunks_per_assignment": total("chunks") / assignments if assignments else math.nan,
+        "assignments": assignments,
+        "jobs_created_per_second": total("jobs_created") / window,
+        "jobs_completed": total("jobs_completed"),
+        "jobs_failed": total("jobs_failed"),
+        "work_latency": latency_summary([x for r in results for x in r.work_latencies]),
+        "create_latency": latency_summary([x for r in results for x in r.create_latencies]),
+        "heartbeat_latency": latency_summary(seed_stats.latencies),
+        "heartbeat_max_gap_seconds": seed_stats.max_gap_seconds,
+        "seeds_dropped": seeds_dropped,
+        "seeds_dropped_in_window": seed_stats.dropped_in_window,
+        "errors": dict(errors),
+        "scheduler_cpu_seconds": scheduler_cpu_seconds,
+        "scheduler_cpu_share": share(scheduler_pid, "cpu_seconds"),
+        # Summed over the scheduler's threads (event loop, reaper): it can pass 1.0.
+        "scheduler_runqueue_wait_share": share(scheduler_pid, "wait_seconds"),
+        "scheduler_rss_bytes": rss,
+        "load_generator_cpu_shares": [share(p, "cpu_seconds") for p in worker_pids],
+        "load_generator_runqueue_wait_shares": [share(p, "wait_seconds") for p in worker_pids],
+        "bottleneck": verdict,
+        "bench_is_bottleneck": verdict.startswith("load generator"),
+        "assignments_per_second_timeline": [timeline.get(s, 0) for s in range(math.ceil(window))],
+        **{k: v for k, v in capacity(assignments, scheduler_cpu_seconds).items()
+           if k == "assignments_per_cpu_second"},
+    }
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def finite(value):
+    """``value`` with NaN and infinities as None: strict JSON, readable by any parser.
+
+        >>> finite({"a": [1.0, math.nan], "b": math.inf})
+        {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+
+def _ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
+
+
+def print_scenario(s: dict) -> None:
+    w, h = s["work_latency"], s["heartbeat_latency"]
+    print(f"jobs={s['jobs']:<5} work {s['work_requests_per_second']:7.0f} req/s  "
+          f"assignments {s['assignments_per_second']:7.0f}/s ({s['chunks_per_second']:.0f} chunks/s)  "
+          f"/work p50 {_ms(w['p50_seconds'])} ms p99 {_ms(w['p99_seconds'])} ms  "
+          f"heartbeat p50 {_ms(h['p50_seconds'])} ms p99 {_ms(h['p99_seconds'])} ms", flush=True)
+    loads = ", ".join(f"{x:.0%}" for x in s["load_generator_cpu_shares"])
+    print(f"           scheduler CPU {s['scheduler_cpu_share']:.0%} of a core (+{s['scheduler_runqueue_wait_share']:.0%} "
+          f"waiting for it), {s['assignments_per_cpu_second']:.0f} assignments per CPU-second, "
+          f"RSS {format_bytes(s['scheduler_rss_bytes'])}; load generators CPU {loads}; "
+          f"bottleneck: {s['bottleneck']}; seeds dropped: {s['seeds_dropped']}; jobs failed: {s['jobs_failed']}"
+          + (f"; errors: {s['errors']}" if s["errors"] else ""), flush=True)
+
+
+def capacity_lines(report: dict) -> list[str]:
+    c = report["capacity"]
+    if c is None:
+        return []
+    return [
+        f"capacity: one scheduler process hands out {c['assignments_per_cpu_second']:.0f} assignments per second of "
+        f"one core (at {c['measured_at_jobs']} concurrent jobs"
+        f"{'' if c['measured_scenario_ok'] else ', a run that dropped seeds or lost jobs'}).",
+        f"a 1024-instance DeepSeek-V3 scale-out (~{c['scale_out_assignments']:,} assignments) takes "
+        f"{c['scale_out_cpu_seconds']:.0f} s of that core; keeping up with its time-to-all target "
+        f"({c['scale_out_target_seconds']:.1f} s = 3 x one 85 GB rank at 50 GB/s) needs "
+        f"{c['scale_out_cores_needed']:.1f} cores' worth (issue #15 asks for <= 0.5).",
+    ]
+
+
+def _scenario_ok(s: dict) -> bool:
+    return "error" not in s and s["seeds_dropped"] == 0 and s["jobs_failed"] == 0
+
+
+async def run_all(options: SchedulerBenchOptions) -> dict:
+    _, _, pinning = plan_cpus(options.pin)
+    log_dir = Path(tempfile.mkdtemp(prefix="rfork-bench-scheduler-"))
+    print(f"rfork bench scheduler: {options.seeds} seeds, {options.chunks} chunks of "
+          f"{format_bytes(options.chunk_size)} per job, {options.connections} connections, "
+          f"{options.duration_seconds:g} s windows; {pinning}; load average {load_average()}", flush=True)
+    loadavg_start = load_average()
+    scenarios = []
+    for jobs in options.jobs:
+        try:
+            scenario = await run_scenario(options, jobs, log_dir)
+        except SchedulerStartError:
+            raise
+        except BenchError as exc:
+            # Recorded, not raised: the other scenarios' figures still go to the report.
+            print(f"jobs={jobs:<5} FAILED: {exc}", flush=True)
+            scenarios.append({"jobs": jobs, "error": str(exc), "assignments": 0, "scheduler_cpu_seconds": 0.0,
+                              "seeds_dropped": None, "jobs_failed": None})
+            continue
+        print_scenario(scenario)
+        scenarios.append(scenario)
+    ok = all(_scenario_ok(s) for s in scenarios)
+    if ok:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    # Capacity from the most concurrent scenario that handed out work (one that collapsed says nothing of it).
+    working = [s for s in scenarios if s["assignments"] > 0 and s["scheduler_cpu_seconds"] > 0]
+    cap = None
+    if working:
+        largest = max(working, key=lambda s: s["jobs"])
+        cap = {**capacity(largest["assignments"], largest["scheduler_cpu_seconds"]),
+               "measured_at_jobs": largest["jobs"], "measured_scenario_ok": _scenario_ok(largest)}
+    return {
+        "bench": "scheduler",
+        "ok": ok,
+        "options": {**asdict(options), "jobs": list(options.jobs), "scheduler_args": list(options.scheduler_args)},
+        "machine": {"cpus": os.cpu_count(), "pinning": pinning, "load_average_start": loadavg_start,
+                    "load_average_end": load_average(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "scheduler_logs": None if ok else str(log_dir),
+        "scenarios": scenarios,
+        "capacity": cap,
+    }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", default="1,64,1024", help="concurrent jobs per scenario, comma-separated (default 1,64,1024)")
+    p.add_argument("--chunks", type=int, default=1300, help="chunks per job (default 1300: one 85 GB rank in 64 MiB)")
+    p.add_argument("--chunk-size", default="64MiB", help="chunk size (default 64MiB)")
+    p.add_argument("--seeds", type=int, default=4, help="fake seeds (default 4)")
+    p.add_argument("--seed-rate", default=None, help="each seed's allowed rate, e.g. 50GB/s (default uncapped)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
+    p.add_argument("--connections", type=int, default=64, help="connections to the scheduler in all (default 64)")
+    p.add_argument("--clients", type=int, default=0,
+                   help="load-generator processes (default 0: one per CPU not running the scheduler)")
+    p.add_argument("--max-assignments", type=int, default=16, help="max_assignments per /work call (default 16)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin the scheduler and the load generators to separate CPUs")
+    p.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
+                   help="extra flag for `rfork scheduler` (repeat; e.g. --scheduler-arg=--max-in-flight-per-seed=8)")
+    p.add_argument("--profile", dest="profile_dir", default=None, metavar="DIR",
+                   help="run the scheduler under cProfile; write DIR/scheduler-<jobs>.prof")
+    p.add_argument("--json", dest="json_path", default=None, help="write the full report here")
+
+
+def options_from_args(args: argparse.Namespace) -> SchedulerBenchOptions:
+    """Flags -> options; ValueError with a one-line message on bad input."""
+    try:
+        jobs = tuple(int(x) for x in str(args.jobs).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--jobs must be comma-separated integers like 1,64,1024, got {args.jobs!r}") from None
+    try:
+        chunk_size = parse_size(args.chunk_size)
+        seed_rate = parse_rate(args.seed_rate)
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
+    return SchedulerBenchOptions(
+        jobs=jobs, chunks=args.chunks, chunk_size=chunk_size, seeds=args.seeds, seed_rate=seed_rate,
+        duration_seconds=args.duration, warmup_seconds=args.warmup, connections=args.connections,
+        clients=args.clients, max_assignments=args.max_assignments, pin=args.pin,
+        scheduler_args=tuple(args.scheduler_arg), profile_dir=args.profile_dir)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        print(f"rfork bench scheduler: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(run_all(options))
+    except BenchError as exc:
+        print(f"rfork bench scheduler: error: {exc}", file=sys.stderr)
+        return 1
+    for line in capacity_lines(report):
+        print(line)
+    if not report["ok"]:
+        print(f"FAILED: a seed was dropped or a job failed under load; scheduler logs in {report['scheduler_logs']}",
+              file=sys.stderr)
+    if args.json_path:
+        path = Path(args.json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(finite(report), indent=2, allow_nan=False))
+        print(f"wrote {path}")
+    return 0 if report["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scheduler_bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -128,6 +128,14 @@ def test_every_tensor_read_over_transfer_engine_matches_both_digests(seed):
     assert httpx.get(seed.url + "/testbed/digests", params={"rank": 5}).status_code == 404
 
 
+def _wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    """Poll for a condition (a starved seed on a busy machine decodes late, not never)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.05)
+
+
 def _itl_count(url: str) -> float:
     text = httpx.get(url + "/metrics").text
     line = next(l for l in text.splitlines() if l.startswith(f"sglang:inter_token_latency_seconds_count{{{LABELS}}}"))
@@ -145,9 +153,8 @@ def test_metrics_have_sglang_names_and_load_can_change(seed):
     assert 'sglang:num_running_reqs{engine_type="unified",model_name="tiny",moe_ep_rank="0",pp_rank="0",tp_rank="0"}' in text
     before = _itl_count(seed.url)
     assert httpx.post(seed.url + "/testbed/load", json={"rps": 25}).json() == {"rps": 25.0}
-    time.sleep(1.5)
+    _wait_until(lambda: _itl_count(seed.url) > before, "the load to produce inter-token latencies")
     assert httpx.post(seed.url + "/testbed/load", json={"rps": 0}).status_code == 200
-    assert _itl_count(seed.url) > before
     assert httpx.post(seed.url + "/testbed/load", json={"rps": -1}).status_code == 422
 
 
@@ -155,11 +162,11 @@ def test_load_rps_flag_drives_decode_and_itl_grows():
     seed = SeedProcess("--preset", "tiny", "--load-rps", "20", "--output-tokens", "16")
     try:
         first = _itl_count(seed.url)
-        time.sleep(2.0)
-        second = _itl_count(seed.url)
-        assert second > first
-        status = httpx.get(seed.url + "/testbed/status").json()["decode"]
-        assert status["load_rps"] == 20 and status["completed"] > 0 and status["rejected"] == 0
+        _wait_until(lambda: _itl_count(seed.url) > first, "the --load-rps load to produce inter-token latencies")
+        decode = lambda: httpx.get(seed.url + "/testbed/status").json()["decode"]  # noqa: E731
+        _wait_until(lambda: decode()["completed"] > 0, "a load request to complete")
+        status = decode()
+        assert status["load_rps"] == 20 and status["rejected"] == 0
         assert 1 <= status["layers_per_step"]
     finally:
         assert seed.stop() == 0

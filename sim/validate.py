@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from scheduler.chunking import DEFAULT_CHUNK_SIZE
+from scheduler.planner import PlannerConfig
+from scheduler.swarm import Swarm
 from sim.engine import simulate
 from sim.presets import SIZED_PREFIX, is_known
 from sim.scenario import Scenario, ScenarioError
@@ -27,6 +29,10 @@ LOOPBACK_RATE = 1.5e9
 machine (docs/benchmarks.md, 1 seed uncapped: 600 MiB in about 0.4 s); a cap below it binds."""
 LOOPBACK_CONTROL_SECONDS = 0.003
 """A /work call or a lease over loopback HTTP on that machine, about."""
+
+
+CLIENT_MAX_IN_FLIGHT = 16
+"""``rfork_agent.fork.ForkOptions.max_in_flight``: reads a fork client keeps in flight."""
 
 
 class TestbedRecordError(ValueError):
@@ -63,6 +69,10 @@ def scenario_from_testbed(record: Mapping[str, Any], link_rate: float = LOOPBACK
         "instance_egress": link_rate,
         "peer_rate": min(client_rate, link_rate) if client_rate else None,
         "control_latency_seconds": control_latency_seconds,
+        # What the real processes use, not the simulator's defaults for 50 GB/s links:
+        "max_assignment_bytes": PlannerConfig().max_assignment_bytes,  # the scheduler's
+        "max_peers_per_decision": Swarm().max_peers_per_decision,     # the scheduler's swarm
+        "client_max_in_flight": CLIENT_MAX_IN_FLIGHT,                  # rfork fork's
     }
     values.update(overrides)
     try:

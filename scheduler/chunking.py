@@ -25,7 +25,7 @@ seed served alone and that endgame duplication and retries read again whole."""
 Segment = tuple[str, int, int]
 """(tensor, offset, length): plain tuples, which Python's garbage collector stops tracking
 once it has seen them (a tuple subclass it tracks forever). A MoE model's job has
-hundreds of thousands; see scheduler/manifest.py for why that matters."""
+hundreds of thousands; see rfork_api/manifest.py for why that matters."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import asyncio
 import httpx
 import pytest
 
-from rfork_agent.seed_info import fetch_transfer_engine_info
+from rfork_api.seed_info import fetch_transfer_engine_info
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -2,7 +2,7 @@
 
 Real processes (scheduler, seed stand-in with a real TransferEngine, agent; the
 `rfork fork` CLI), their stderr counted. Before the shared set-up
-(rfork_agent/logs.py) an idle agent wrote ~6 httpx lines a second, the
+(rfork_api/logs.py) an idle agent wrote ~6 httpx lines a second, the
 scheduler two APScheduler "Running job" lines a second, every TransferEngine
 its glog start-up (ending in ``E ... Local segment descriptor not found``),
 and a fork against a down scheduler ~15 lines before its one error.

@@ -1,4 +1,4 @@
-"""rfork_agent/logs.py: the one logging set-up every CLI uses (levels per logger, -v, environment)."""
+"""rfork_api/logs.py: the one logging set-up every CLI uses (levels per logger, -v, environment)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from rfork_agent import logs
+from rfork_api import logs
 
 
 @pytest.fixture(autouse=True)

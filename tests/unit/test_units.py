@@ -1,4 +1,4 @@
-"""Sizes and rates typed by people (rfork_agent/units.py): what is read, and what is refused with a reason."""
+"""Sizes and rates typed by people (rfork_api/units.py): what is read, and what is refused with a reason."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ TOKEN = "lifecycle-token"
 # leases held and lease requests waiting at the agents.
 SPEC = FleetSpec(seeds=2, preset=None, size_bytes=64 * MiB, seed_rates=(2e6,), token=TOKEN)
 # The old flow imported torch, allocated the destination and started TransferEngine before it
-# asked the scheduler anything: 10-18 s to report a config mistake. The preflight takes ~0.5 s
-# on a quiet machine; the bound leaves room for a loaded 2-core CI runner.
-PREFLIGHT_BOUND_SECONDS = 6.0
+# asked the scheduler anything: 10-18 s to report a config mistake. What made it slow is what the
+# test checks (neither is loaded before the report); the time itself is printed, not asserted:
+# a wall-clock bound on a loaded 2-core runner measures the runner (docs/operating.md has the numbers).
 
 
 @pytest.fixture(scope="module")
@@ -142,4 +142,3 @@ def test_config_mistake_is_one_line_before_torch_or_transfer_engine_load(fleet, 
     assert needle in lines[0]
     assert "not-the-fleets-token" not in lines[0]
     assert "torch" not in imported and "mooncake" not in imported, "the preflight must not load them"
-    assert wall < PREFLIGHT_BOUND_SECONDS

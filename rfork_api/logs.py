@@ -150,7 +150,14 @@ def setup_logging(level: str | int = "info", verbose: int = 0, stream=None) -> L
     # Anything not ours (torch, asyncio, multipart, ...) follows the libraries' level.
     root.setLevel(settings.library_level)
     for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(settings.library_level)
+        library = logging.getLogger(name)
+        library.setLevel(settings.library_level)
+        # A uvicorn started earlier in this process with its own log config gave its loggers
+        # their own handlers and no propagation: bring them back to this one handler.
+        if name.startswith("uvicorn"):
+            library.handlers.clear()
+            library.propagate = True
+            library.disabled = False
     logging.getLogger("rfork").setLevel(numeric)
     logging.captureWarnings(True)
 

@@ -36,7 +36,7 @@ def main() -> int:
     from rfork_agent.fork import ForkClient, register_tensors
     from rfork_agent.fork_cli import allocate_like
     from rfork_agent.transport import MooncakeTransport
-    from testbed.orchestrator import _seed_info
+    from testbed.orchestrator import seed_te_info
 
     stop = False
 
@@ -47,7 +47,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     identity = httpx.get(f"{args.scheduler}/v1/seeds", timeout=10).json()[0]["identity"]
     transport = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
-    _, manifest = _seed_info(args.seed_url, 0)
+    _, manifest = seed_te_info(args.seed_url, 0)
     tensors, _buffer = allocate_like(manifest, torch)
     register_tensors(transport, tensors)
     n = 0

@@ -230,11 +230,13 @@ class Swarm:
         if me is None:
             return Covered([0], [], exact=False)
         # Counts are O(1) per chunk but blind to which peer covers it; a job that excluded or
-        # lost a peer asks per peer, so a chunk only that peer covers is not withheld from seeds.
-        exact = bool(me.job.excluded or me.job.lost)
-        members = [self._members[j] for j in self._serving.get(me.key, ()) if j != job_id] if exact else []
-        return Covered(self._cover_count[me.key], members, exact=exact, own=me if me.serving else None,
-                       uncovered=None if exact else self._uncovered[me.key])
+        # lost a peer discounts those peers, so a chunk only they cover is not withheld from
+        # the seeds. (Seeds it lost do not matter here: they cover nothing.)
+        unusable = {sid for sid in (*me.job.excluded, *me.job.lost) if sid.startswith("peer:")}
+        bad = [m for j in self._serving.get(me.key, ()) if j != job_id
+               and (m := self._members[j]).job.peer_id in unusable] if unusable else []
+        return Covered(self._cover_count[me.key], bad, exact=bool(bad), own=me if me.serving else None,
+                       uncovered=None if bad else self._uncovered[me.key])
 
     # -- reads between peers ----------------------------------------------
     def assigned(self, assignments: Iterable[Assignment], reader_job_id: str, now: float) -> None:
@@ -300,8 +302,8 @@ class Covered:
     """For a chunk id, whether serving peers hold it or are fetching it (the planner's ``covered``).
 
     Backed by per-chunk counts the planner keeps current through ``Job.on_cover``:
-    O(1) per chunk asked. ``exact`` asks each member instead (O(members)), returning
-    their source ids, for a job that must not count peers it excluded.
+    O(1) per chunk asked. ``exact``: ``members`` are peers the job must not count
+    (it excluded them, or they left it); each is discounted, O(those) per chunk.
     """
 
     def __init__(self, counts: list[int], members: Collection[_Member], exact: bool,
@@ -314,11 +316,9 @@ class Covered:
         """Chunks no serving peer covers (the planner's fast path for seeds); None when exact."""
 
     def get(self, chunk_id: int, default=None) -> Collection[str] | None:
-        if self._exact:
-            out = [m.job.peer_id for m in self._members
-                   if m.job.chunks[chunk_id].done or m.job.chunks[chunk_id].live]
-            return out or default
         n = self._counts[chunk_id]
+        if self._exact:
+            n -= sum(1 for m in self._members if m.job.chunks[chunk_id].done or m.job.chunks[chunk_id].live)
         if self._own is not None:
             state = self._own.job.chunks[chunk_id]
             n -= 1 if (state.done or state.live) else 0  # our own fetch covers nothing for us

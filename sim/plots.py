@@ -34,9 +34,10 @@ def plot_sweep(sweep: dict, path: str) -> None:
         color = COLORS.get(strategy)
         t_ax.plot(ns, [r["time_to_all_seconds"] for r in mine], "o-", color=color, label=strategy)
         bytes_ax.plot(ns, [r["seed_bytes_over_model"] for r in mine], "o-", color=color, label=f"{strategy}: seeds")
-        if strategy != "direct":
-            bytes_ax.plot(ns, [r["peer_bytes_served"] / r["model_bytes_per_instance"] for r in mine], "s--",
-                          color=color, alpha=0.6, label=f"{strategy}: instances")
+        served = [(n, r["peer_bytes_served"] / r["model_bytes_per_instance"]) for n, r in zip(ns, mine)
+                  if r["peer_bytes_served"] > 0]  # a log axis has no zero (N = 1 serves nobody)
+        if served:
+            bytes_ax.plot(*zip(*served), "s--", color=color, alpha=0.6, label=f"{strategy}: instances")
         sched_ax.plot(ns, [r["scheduler"]["work_calls_per_second"] for r in mine], "o-", color=color,
                       label=f"{strategy}: work calls/s")
         sched_ax.plot(ns, [r["scheduler"]["assignments_per_second"] for r in mine], "^:", color=color,
@@ -49,7 +50,7 @@ def plot_sweep(sweep: dict, path: str) -> None:
         cdf_ax.axvline(single, color="gray", ls="--", label="one fork alone")
     t_ax.set(xscale="log", yscale="log", xlabel="new instances N", ylabel="time to all (s)",
              title=f"{model}: time until every new instance has the model")
-    cdf_ax.set(xlabel="seconds since the scale-out began", ylabel="share of instances loaded",
+    cdf_ax.set(xscale="log", xlabel="seconds since the scale-out began (log)", ylabel="share of instances loaded",
                title=f"completion CDF, N = {biggest}")
     bytes_ax.set(xscale="log", yscale="log", xlabel="new instances N", ylabel="bytes served / model bytes",
                  title="bytes served by the seeds and by the new instances")

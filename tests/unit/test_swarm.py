@@ -198,3 +198,19 @@ def test_over_a_few_decisions_a_job_meets_every_serving_peer():
         jobs.append(job)
     seen = {v.source_id for _ in range(50) for v in swarm.sources_for("j0", 0.0)}
     assert seen == {f"peer:j{k}" for k in range(1, 10)}
+
+
+def test_a_job_that_lost_a_seed_still_counts_peers_outside_its_sample_and_discounts_peers_it_excluded():
+    fleet = Fleet(n_jobs=3, n_chunks=8)
+    j0, j1, j2 = fleet.jobs
+    j1.resume([0, 1], now=0.0)  # j1 holds chunks 0 and 1; j2 holds chunk 1 too
+    j2.resume([1], now=0.0)
+    j0.seed_lost("seed-9", "seed_lost: no heartbeat", 0.5)  # a seed left: says nothing about peers
+    out = j0.next_assignments([seed(fleet.seed_manifest)], 1.0, 8, covered=fleet.swarm.covered_for("j0"))
+    assert not {0, 1} & {c for a in out for c in a.chunk_ids}  # peers (none of them sampled here) cover them
+    finish = [Report(a.assignment_id, ok=False, reason="seed_lost") for a in out]
+    for r in finish:
+        j0.apply(r, 1.5)
+    j0.exclude("peer:j1", "read_failed: boom", 2.0)
+    covered = fleet.swarm.covered_for("j0")
+    assert covered.get(0) is None and covered.get(1) is not None  # only j1 had 0; j2 still covers 1

@@ -79,14 +79,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'peers' if peers else 'direct':6} N={n:<3} time to all {record['time_to_all_seconds']:7.2f} s   "
                   f"seed served {record['seed_bytes_served'] / record['model_bytes']:5.2f} x model   "
                   f"{'all verified' if record['verified'] else 'NOT ALL VERIFIED'}", flush=True)
+            if args.json_path:  # after every point: a run cut short (a time limit, Ctrl-C) keeps what it measured
+                _write_report(args.json_path, summarize(runs, size=size, chunk=chunk, seed_rate=seed_rate,
+                                                        client_rate=client_rate, device=args.device,
+                                                        planned=len(counts) * 2))
     report = summarize(runs, size=size, chunk=chunk, seed_rate=seed_rate, client_rate=client_rate,
                        device=args.device)
     for line in report["lines"]:
         print(line)
     if args.json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
-        with open(args.json_path, "w") as f:
-            json.dump(report, f, indent=2)
+        _write_report(args.json_path, report)
         print(f"wrote {args.json_path}")
     if args.plot_path:
         plot(report, args.plot_path)
@@ -116,9 +118,21 @@ def measure(n: int, peers: bool, size: int, chunk: int, seed_rate: float, client
     }
 
 
+def _write_report(path: str, report: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+
+
 def summarize(runs: list[dict], *, size: int, chunk: int, seed_rate: float, client_rate: float | None,
-              device: str) -> dict:
-    """Judge the runs against the issue's targets (pure: a function of the records)."""
+              device: str, planned: int | None = None) -> dict:
+    """Judge the runs against the issue's targets (pure: a function of the records).
+
+    ``planned`` (the number of points the run set out to measure) marks a report
+    written part-way: ``complete`` is false until every point is in.
+    """
     by = {(r["peers"], r["clients"]): r for r in runs}
     counts = sorted({r["clients"] for r in runs})
     largest, single = counts[-1], by.get((True, 1)) or by.get((False, 1))
@@ -147,10 +161,14 @@ def summarize(runs: list[dict], *, size: int, chunk: int, seed_rate: float, clie
                          f"{judged['direct_time_ratio']:.2f} x, seed served {judged['direct_seed_bytes_ratio']:.2f} x")
     lines.append(f"  {'PASS' if all(r['verified'] for r in runs) else 'MISS'}  every client of every run verified "
                  "byte-exact")
+    complete = planned is None or len(runs) >= planned
+    if not complete:
+        lines.append(f"  (part-way: {len(runs)} of {planned} points measured)")
+    met &= complete
     judged["met"] = met
-    return {"size_bytes": size, "chunk_size_bytes": chunk, "seed_rate_bytes_per_second": seed_rate,
-            "client_rate_bytes_per_second": client_rate, "device": device, "targets": {
-                "time_to_all_vs_single": TIME_TARGET, "seed_bytes_vs_model": SEED_BYTES_TARGET},
+    return {"complete": complete, "size_bytes": size, "chunk_size_bytes": chunk,
+            "seed_rate_bytes_per_second": seed_rate, "client_rate_bytes_per_second": client_rate, "device": device,
+            "targets": {"time_to_all_vs_single": TIME_TARGET, "seed_bytes_vs_model": SEED_BYTES_TARGET},
             "judgement": judged, "met": met, "runs": runs, "lines": lines}
 
 

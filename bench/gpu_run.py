@@ -7,7 +7,9 @@ uncapped vs SGLang's single batch read, 3 seeds capped (striping), capped
 100/100/25, one seed SIGKILLed at 50%; then the same 1-seed comparison on
 the CPU of the same machine (so GPU and CPU numbers share a host), one larger
 uncapped 1-seed fork, seeds and client on different GPUs when two are
-visible, and `rfork bench qos` with the seeds' decode load on the GPU.
+visible, and `rfork bench qos` with the seeds' decode load on the GPU; and,
+asked for by name (part ``fleet``), `rfork bench fleet` with GPU-resident
+weights: one seed and N clients as processes sharing the GPU.
 
 Results go to ``--out`` (gpu-fork.json, gpu-fork.png, gpu-qos.json,
 gpu-qos.png); JSON is rewritten after every scenario, so a run cut short
@@ -146,6 +148,46 @@ def run_qos_part(args, env: dict, started: float) -> dict:
     return result
 
 
+FLEET_PLAN = (
+    # (file stem, size, chunk, seed rate, client upload rate, N list, repeat): the CPU benchmark's shape
+    # first (same caps, so the two compare), then a larger model at 8x the rates. Each run starts N + 1
+    # CUDA processes (~30 s on an H200 host), so one repeat is what fits a 10-minute call.
+    ("gpu-fleet", "256MiB", "4MiB", "50MB/s", "50MB/s", "1,2,4,8", 1),
+    ("gpu-fleet-1gib", "1GiB", "16MiB", "400MB/s", "400MB/s", "1,8", 1),
+)
+
+
+def run_fleet_part(args, env: dict, started: float) -> list[dict]:
+    """`rfork bench fleet` with every seed and client holding its weights on the GPU (issue #14)."""
+    from bench import fleet_bench
+
+    reports = []
+    for stem, size, chunk, seed_rate, client_rate, counts, repeat in FLEET_PLAN:
+        if time.monotonic() - started > args.budget_seconds:
+            print(f"SKIP  fleet {stem} (budget)", flush=True)
+            continue
+        p = argparse.ArgumentParser()
+        fleet_bench.add_arguments(p)
+        fleet_args = p.parse_args([
+            "--size", size, "--chunk-size", chunk, "--seed-rate", seed_rate, "--client-rate", client_rate,
+            "--clients", counts, "--repeat", str(repeat), "--device", args.device,
+            "--json", os.path.join(args.out, f"{stem}.json"), "--plot", os.path.join(args.out, f"{stem}.png")])
+        try:
+            rc = fleet_bench.run(fleet_args)
+        except Exception as exc:  # noqa: BLE001 - record and go on to the next configuration
+            print(f"ERROR fleet {stem}: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        path = os.path.join(args.out, f"{stem}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                report = json.load(f)
+            report["environment"] = env
+            _write_json(path, report)
+            reports.append(report)
+        print(f"fleet {stem}: {'met' if rc == 0 else 'NOT met'}", flush=True)
+    return reports
+
+
 def plot_fork(report: dict, path: str) -> None:
     """Throughput of every fork scenario (median run), with SGLang's single batch read beside the 1-seed ones."""
     import matplotlib
@@ -192,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_run", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for gpu-*.json and gpu-*.png")
     p.add_argument("--parts", default="fork,cpu,big,split,qos",
-                   help="comma list of parts: fork, cpu, big, split, qos (default all)")
+                   help="comma list of parts: fork, cpu, big, split, qos, fleet (default all but fleet)")
     p.add_argument("--device", default="cuda", help="device of seeds and client (default cuda)")
     p.add_argument("--size", default="600MiB", help="model size of the fork scenarios (default 600MiB, as on CPU)")
     p.add_argument("--big-size", default="2GiB", help="model size of the larger uncapped 1-seed fork (default 2GiB)")
@@ -226,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     if "qos" in parts:  # first: the longest part, and its JSON is written only when it ends
         run_qos_part(args, env, started)
+    if "fleet" in parts:
+        for report in run_fleet_part(args, env, started):
+            summary.extend(report["lines"])
     if parts & {"fork", "cpu", "big", "split"}:
         report = run_fork_part(args, env, started)
         for r in report["scenarios"]:

@@ -196,6 +196,8 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
     known = {f.name for f in fields(ControllerConfig)} - {"cap_bytes_per_second", "interval_seconds"}
     # Fields annotated int are counts: "3" must stay the integer 3 (annotations are strings here).
     counts = {f.name for f in fields(ControllerConfig) if f.type in ("int", int)}
+    # Fields annotated str are names (law=aimd): passed as given; ControllerConfig checks them.
+    names = {f.name for f in fields(ControllerConfig) if f.type in ("str", str)}
     overrides: dict[str, object] = {}
     for item in (part.strip() for part in raw.split(",")):
         if not item:
@@ -204,6 +206,9 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
         name = name.strip()
         if not sep or name not in known:
             raise _BadFlag(f"{source}: {item!r} is not FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
+        if name in names:
+            overrides[name] = value.strip()
+            continue
         if value.strip().lower() == "none":
             overrides[name] = None
             continue

@@ -15,14 +15,15 @@ takes that to 1.3-2.8 %, and the best fixed rate meeting the budget was 40-50 MB
 plant (gpu-qos.json) the effect saturates: +2.4 % at 40 MB/s, +3.5 % at 100 MB/s, 12 MB/s met the
 budget. Token rates are issue 16's target (500-5,000 tokens/s, batches of 8-36).
 
-The oracle is the best *fixed* rate whose expected share over the measured part of the run is
-within the budget (exact, from the plant's own ``p``: no sampling noise). A law's run is judged
-on its expected share (the same ``p`` at the rates it chose) and its realized share, and on its
-mean applied rate (off windows and probes count as 0) against the oracle.
+Two oracles: the best *fixed* rate whose *realized* share on the run's own draw (the same steps,
+the same luck; a fixed rate replayed on it) is within the budget, which is what the bench's
+oracle estimates; and the best fixed rate whose *expected* share is (exact, from the plant's own
+``p``). A run is judged on its realized share and its mean applied rate (off windows and probes
+count as 0) against the realized oracle; expected figures are reported alongside.
 
     >>> from throttle.controller import ControllerConfig
-    >>> r = run(PLANTS["steady"], ControllerConfig(cap_bytes_per_second=CAP), rng_seed=1)
-    >>> r.expected_share <= 0.01, r.throughput_ratio > 0.8
+    >>> r = run(PLANTS["steady"], ControllerConfig(cap_bytes_per_second=CAP), rng_seed=0)
+    >>> r.realized_share <= BUDGET, r.realized_throughput_ratio >= 0.8
     (True, True)
 """
 

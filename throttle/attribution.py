@@ -138,19 +138,30 @@ def safe_rate(est: Estimate, *, budget: float, duty_off: float, z: float, floor:
     >>> round(safe_rate(est, budget=0.01, duty_off=0.0, z=0.0, floor=5e6, cap=100e6) / 1e6)
     50
     """
-    best = floor
-    for i in range(steps + 1):
-        rate = floor + (cap - floor) * i / steps
-        if overall_share(est, rate, duty_off, z) <= budget:
-            best = rate
-    return best
+    def ok(rate: float) -> bool:
+        return overall_share(est, rate, duty_off, z) <= budget
+
+    grid = [floor + (cap - floor) * i / steps for i in range(steps + 1)]
+    feasible = [i for i, rate in enumerate(grid) if ok(rate)]
+    if not feasible:
+        return floor
+    i = feasible[-1]
+    if i == steps:
+        return cap
+    lo, hi = grid[i], grid[i + 1]  # refine between the last feasible grid point and the next
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
 
 
 def one_interval_z(slow: float, tokens: float, batch: float, budget: float) -> float:
     """How many sigmas one interval's share is over ``budget`` (under "share = budget", clustered noise).
 
-    >>> round(one_interval_z(50.0, 1000.0, 8.0, 0.01), 1)    # 5 % of 1000 tokens at batch 8
-    14.1
+    >>> round(one_interval_z(50.0, 1000.0, 1.0, 0.01), 1)    # 5 % of 1000 independent tokens
+    12.6
+    >>> round(one_interval_z(50.0, 1000.0, 8.0, 0.01), 1)    # the same at batch 8: 125 steps, less evidence
+    4.5
     """
     if tokens <= 0:
         return 0.0

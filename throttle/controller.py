@@ -7,15 +7,33 @@ builds an :class:`Observation` from two scrapes of the seed's ``/metrics``
 with :func:`observation_from_scrapes`, calls :func:`decide` once per interval
 and sets its token bucket to ``decision.rate_bytes_per_second``.
 
-The control law (the signal, each rule, the reaction-time budget, the
-deliberate choices and why the law has this shape) has one home:
-docs/qos.md. Change it there when the law changes here.
+Two laws (``ControllerConfig.law``): ``"ab"``, the default, interleaves short transfer-off windows
+with the transfer and compares the seed's share of slow tokens in each (an A/B measurement pooled
+over many windows, :mod:`throttle.attribution`), then sets the largest rate whose upper confidence
+bound of the seed's share fits an error budget; ``"aimd"``, the law before it, judges whole
+seconds of the share and raises/cuts like AIMD. The control laws (the signal, each rule, the
+reaction-time budget, the deliberate choices and why the laws have this shape) have one home:
+docs/qos.md. Change it there when a law changes here.
 
-Example (a busy seed at 1.5 % against a 1 % budget: a mild miss, confirmed, then cut)::
+Example (the A/B law: the seed alone puts 0.5 % of its tokens over the SLO, the transfer adds
+nothing; an off window shows that, and the law raises)::
 
     >>> from throttle.histogram import WindowHistogram
     >>> cfg = ControllerConfig(cap_bytes_per_second=1e9)
     >>> slo = SloConfig(itl_threshold_seconds=0.06)
+    >>> half_percent = WindowHistogram((0.06, math.inf), (1990, 2000))
+    >>> d = decide(initial_state(cfg, now=0.0), Observation(itl=half_percent, running=8), cfg, slo, now=1.0)
+    >>> d = decide(d.state, Observation(itl=half_percent, running=8), cfg, slo, now=2.0)
+    >>> d.mode.value, d.rate_bytes_per_second                   # the first off window: rate 0 for 1 s
+    ('probe_pause', 0.0)
+    >>> off = Observation(itl=half_percent, running=8, transfer_active=False)
+    >>> d = decide(d.state, off, cfg, slo, now=3.0)
+    >>> d.reason.split(";")[0], d.rate_bytes_per_second > 5e7   # on and off alike: not the transfer's
+    ('off window over', True)
+
+Example (the AIMD law: a busy seed at 1.5 % against a 1 % budget: a mild miss, confirmed, then cut)::
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=1e9, law="aimd")
     >>> state = replace(initial_state(cfg, now=0.0), rate_bytes_per_second=1e9)
     >>> itl = WindowHistogram((0.04, 0.06, math.inf), (900, 985, 1000))
     >>> d = decide(state, Observation(itl=itl, running=8, queued=0), cfg, slo, now=1.0)
@@ -1116,6 +1134,10 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     paused = state.mode is Mode.PROBE_PAUSE
     on = observation.transfer_active and not paused
     rate = state.rate_bytes_per_second
+    # A spike's own tick applies its cut at once; if the next tick is still a clear miss, an off
+    # window (rate 0, and the evidence of whether the seed misses on its own) comes first.
+    cut_last_tick = state.last_cut_at is not None and now - state.last_cut_at <= config.interval_seconds * (
+        1 + config.jitter_tolerance)
     itl_sample, ttft_sample = _samples_of(observation, slo, now, rate if on else 0.0, on)
     itl = _within_horizon(state.ab_itl + ((itl_sample,) if itl_sample is not None else ()), config, now)
     ttft = _within_horizon(state.ab_ttft + ((ttft_sample,) if ttft_sample is not None else ()), config, now)
@@ -1137,8 +1159,9 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         keep_from = now - (config.interval_seconds if spike else config.change_window_seconds) + _EPS
         itl = tuple(s for s in itl if s.at > keep_from or (not s.on and not spike))
         ttft = tuple(s for s in ttft if s.at > keep_from)
+        soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
         state = replace(state, ab_itl=itl, ab_ttft=ttft, dense_until=now + config.dense_after_change_seconds,
-                        next_probe_at=now if spike else min(state.next_probe_at or now, now + config.off_every_min_seconds))
+                        next_probe_at=min(state.next_probe_at or soon, soon))
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
     target, summary, seed_over = _ab_target(itl, b, config, duty, config.min_observations, now)
@@ -1155,7 +1178,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
             new_rate = max(config.floor_bytes_per_second, rate * (1 - config.ab_max_cut))
             state = replace(state, last_cut_at=now)
             return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"clear miss this interval ({summary}); "
-                                f"rate x{1 - config.ab_max_cut:g} -> {new_rate:.3g} B/s")
+                                f"rate x{1 - config.ab_max_cut:g} -> {new_rate:.3g} B/s", may_pause=cut_last_tick)
         return _ab_schedule(state, config, slo, now, Mode.HOLD_LOW_SAMPLES, rate,
                             f"pooling: {summary}; too few tokens with the transfer on")
     if target >= rate:
@@ -1166,7 +1189,8 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         new_rate = max(target, rate * (1 - config.ab_max_cut), config.floor_bytes_per_second)
         state = replace(state, last_cut_at=now, good_rates=())
         why = "clear miss this interval; " if spike else ("load changed; " if changed else "")
-        return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"{why}{summary}; -> {new_rate:.3g} B/s")
+        return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"{why}{summary}; -> {new_rate:.3g} B/s",
+                            may_pause=not spike or cut_last_tick)
     at_rate = [s for s in itl if s.on and s.rate == rate and (state.last_cut_at is None or s.at > state.last_cut_at)]
     seconds_at_rate = len(at_rate) * config.interval_seconds
     if target > rate * (1 + config.rate_deadband) and on and seconds_at_rate + _EPS >= config.raise_evidence_seconds:
@@ -1176,12 +1200,13 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
 
 
 def _ab_schedule(state: ControllerState, config: ControllerConfig, slo: SloConfig, now: float, mode: Mode,
-                 rate: float, reason: str) -> Decision:
+                 rate: float, reason: str, may_pause: bool = True) -> Decision:
     """Overlay the off windows on the law's decision (the A/B law's version of :func:`_with_probe`).
 
     An off window pauses the transfer (rate 0) for ``off_window_seconds``; the law's rate is kept
     to resume at. Windows come every ``off_every_min_seconds`` while the seed's own share is
-    imprecise or its load just changed, else every ``off_every_max_seconds``.
+    imprecise or its load just changed, else every ``off_every_max_seconds``. A window may start
+    on any tick but a spike's own (``may_pause`` False): that tick applies its cut at once.
     """
     state = replace(state, rate_bytes_per_second=rate)
     dense = _off_dense(state, config, now, slo.violation_budget)
@@ -1193,7 +1218,7 @@ def _ab_schedule(state: ControllerState, config: ControllerConfig, slo: SloConfi
         return _decision(state, mode, rate, f"off window over; {reason}")
     if state.next_probe_at is not None and state.next_probe_at > now + period:
         state = replace(state, next_probe_at=now + period)  # the schedule just became denser
-    if mode is not Mode.CUT and state.next_probe_at is not None and now + _EPS >= state.next_probe_at:
+    if may_pause and state.next_probe_at is not None and now + _EPS >= state.next_probe_at:
         state = replace(state, probe_until=now + config.off_window_seconds)
         return _decision(state, Mode.PROBE_PAUSE, 0.0,
                          f"off window: transfer paused {config.off_window_seconds:g}s to compare; {reason}")

@@ -324,6 +324,23 @@ def test_cli_throttle_tuning_overrides_only_the_named_fields(monkeypatch):
     assert agent_cli.build_config(_args(rate_cap="2GB/s", throttle_tuning="md_beta=0.4")).controller_config.md_beta == 0.4
 
 
+def test_cli_throttle_tuning_sets_the_ab_law_fields_and_picks_the_law(monkeypatch, capsys):
+    for name in agent_cli.QOS_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    law = agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04", throttle_tuning=(
+        "off_every_min_seconds=4,off_every_max_seconds=30,confidence_z=2,budget_aim_fraction=0.9"))).controller_config
+    assert (law.law, law.off_every_min_seconds, law.off_every_max_seconds, law.confidence_z,
+            law.budget_aim_fraction) == ("ab", 4.0, 30.0, 2.0, 0.9)
+    old = agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04",
+                                       throttle_tuning="law=aimd,md_beta=0.5")).controller_config
+    assert (old.law, old.md_beta) == ("aimd", 0.5)
+    with pytest.raises(agent_cli._BadFlag, match="law must be one of ab, aimd"):
+        agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04", throttle_tuning="law=pid"))
+    with pytest.raises(agent_cli._BadFlag, match="off_every_max_seconds must be >= off_every_min_seconds"):
+        agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04",
+                                     throttle_tuning="off_every_min_seconds=10,off_every_max_seconds=5"))
+
+
 def test_cli_default_is_off_without_environment(monkeypatch):
     for name in agent_cli.QOS_ENV.values():
         monkeypatch.delenv(name, raising=False)

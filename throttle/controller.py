@@ -1157,7 +1157,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     changed = not spike and abs(_change_z(itl, config, now)) > config.spike_z
     if spike or changed:
         keep_from = now - (config.interval_seconds if spike else config.change_window_seconds) + _EPS
-        itl = tuple(s for s in itl if s.at > keep_from or (not s.on and not spike))
+        itl = tuple(s for s in itl if s.at > keep_from)
         ttft = tuple(s for s in ttft if s.at > keep_from)
         soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
         state = replace(state, ab_itl=itl, ab_ttft=ttft, dense_until=now + config.dense_after_change_seconds,

@@ -114,7 +114,9 @@ def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
     spec = FleetSpec(
         seeds=1, preset="tiny", load_rps=20.0, seed_rates=(CAP,), pin_seeds=True,
         seed_args=("--decode-layers", "1", "--bucket-inter-token-latency", *buckets),
-        agent_args=("--throttle", "adaptive", "--slo-itl", "0.1"),
+        # A 5 % budget: on a loaded 2-core machine the pinned stand-in alone puts 1-4 % of its tokens
+        # over 100 ms, and the law rightly holds the floor while the seed's share is over budget.
+        agent_args=("--throttle", "adaptive", "--slo-itl", "0.1", "--slo-budget", "0.05"),
     )
     with Fleet(spec) as fleet:
         seed, agent = fleet.seeds[0], fleet.seeds[0].agent_url

@@ -78,7 +78,7 @@ def drive(config: ControllerConfig, plant: Plant, seconds: int, slo: SloConfig =
 def linear(own: float, effect_at_cap: float, tokens: float = 2000.0, running: float = 8.0) -> Plant:
     """Exact (noise-free) shares: own + effect x rate/cap."""
     def plant(rate: float, k: int) -> tuple[float, float, float]:
-        return tokens, tokens * (own + effect_at_cap * rate / CAP), running
+        return tokens, tokens * min(1.0, own + effect_at_cap * rate / CAP), running
     return plant
 
 
@@ -257,6 +257,21 @@ def test_a_load_change_that_is_no_spike_forgets_the_old_evidence_within_the_chan
     reacted = [t for t in log[90:] if t.mode is Mode.CUT]
     assert reacted and reacted[0].now - 90 <= cfg().change_window_seconds + 1
     assert min(t.law_rate for t in log[95:]) < 0.5 * before
+
+
+def test_when_a_seed_over_its_slo_on_its_own_recovers_the_rate_climbs_again():
+    # A stall makes every token slow, transfer or not (the integration test's injected stall):
+    # the law cuts, then learns from an off window that the seed misses alone and holds the floor.
+    # When the stall ends the change is detected and the old (bad) evidence forgotten.
+    def plant(rate: float, k: int) -> tuple[float, float, float]:
+        own = 1.0 if 40 <= k < 60 else 0.003
+        return linear(own, 0.005)(rate, k)
+
+    log = drive(cfg(), plant, 110)
+    assert log[39].law_rate > 3 * FLOOR
+    assert log[40].mode is Mode.CUT
+    assert log[58].law_rate == FLOOR and any(t.mode is Mode.NOT_OUR_FAULT for t in log[40:60])
+    assert max(t.law_rate for t in log[60:100]) >= 3 * FLOOR
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

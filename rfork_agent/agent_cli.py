@@ -82,8 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="fraction of tokens allowed above the SLO, in (0, 1) (default $RFORK_SLO_BUDGET or 0.01)")
     qos.add_argument("--throttle-tuning", default=None, metavar="FIELD=VALUE,...",
                      help="override the control law's ControllerConfig fields (throttle/controller.py), e.g. "
-                          "md_beta=0.3,probe_every_seconds=60; 'none' disables a field that allows it "
-                          "(default $RFORK_THROTTLE_TUNING)")
+                          "confidence_z=1.5,off_every_max_seconds=30, or law=aimd for the law before issue 16; "
+                          "'none' disables a field that allows it (default $RFORK_THROTTLE_TUNING)")
     qos.add_argument("--seed-metrics-url", default=None,
                      help="the seed's Prometheus endpoint (default SGLANG_URL/metrics)")
 

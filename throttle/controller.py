@@ -1206,7 +1206,8 @@ def _ab_schedule(state: ControllerState, config: ControllerConfig, slo: SloConfi
     An off window pauses the transfer (rate 0) for ``off_window_seconds``; the law's rate is kept
     to resume at. Windows come every ``off_every_min_seconds`` while the seed's own share is
     imprecise or its load just changed, else every ``off_every_max_seconds``. A window may start
-    on any tick but a spike's own (``may_pause`` False): that tick applies its cut at once.
+    after any interval with chunk reads but on a spike's own tick (``may_pause`` False): that tick
+    applies its cut at once.
     """
     state = replace(state, rate_bytes_per_second=rate)
     dense = _off_dense(state, config, now, slo.violation_budget)
@@ -1218,7 +1219,10 @@ def _ab_schedule(state: ControllerState, config: ControllerConfig, slo: SloConfi
         return _decision(state, mode, rate, f"off window over; {reason}")
     if state.next_probe_at is not None and state.next_probe_at > now + period:
         state = replace(state, next_probe_at=now + period)  # the schedule just became denser
-    if may_pause and state.next_probe_at is not None and now + _EPS >= state.next_probe_at:
+    # Only an interval with chunk reads needs an off window after it: one without is already the
+    # seed alone (a fork that stopped reading must not see the seed flap to 0 and back for nothing).
+    if (may_pause and state.last_interval_active and state.next_probe_at is not None
+            and now + _EPS >= state.next_probe_at):
         state = replace(state, probe_until=now + config.off_window_seconds)
         return _decision(state, Mode.PROBE_PAUSE, 0.0,
                          f"off window: transfer paused {config.off_window_seconds:g}s to compare; {reason}")

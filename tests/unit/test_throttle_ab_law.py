@@ -170,6 +170,17 @@ def test_off_windows_pause_the_transfer_one_interval_and_keep_the_law_rate():
     assert all(b - a > 1 for a, b in zip(starts, starts[1:]))
 
 
+def test_no_off_windows_while_the_fork_reads_nothing():
+    # A loaded seed whose fork is not reading: every interval is already the seed alone.
+    state, log = initial_state(cfg(), 0.0), []
+    for k in range(30):
+        obs = Observation(itl=window(2000, 6), running=8.0, queued=0.0, transfer_active=False, span_seconds=1.0)
+        d = decide(state, obs, cfg(), SLO, now=float(k + 1))
+        state = d.state
+        log.append(d.mode)
+    assert Mode.PROBE_PAUSE not in log
+
+
 def test_off_windows_are_dense_while_the_own_share_is_imprecise_then_sparse():
     # At 2000 tokens a second and 0.3 % own share, the off pool takes a few windows to be precise.
     log = drive(cfg(), linear(0.003, 0.0), 200)

@@ -114,9 +114,10 @@ def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
     spec = FleetSpec(
         seeds=1, preset="tiny", load_rps=20.0, seed_rates=(CAP,), pin_seeds=True,
         seed_args=("--decode-layers", "1", "--bucket-inter-token-latency", *buckets),
-        # A 5 % budget: on a loaded 2-core machine the pinned stand-in alone puts 1-4 % of its tokens
-        # over 100 ms, and the law rightly holds the floor while the seed's share is over budget.
-        agent_args=("--throttle", "adaptive", "--slo-itl", "0.1", "--slo-budget", "0.05"),
+        # A 10 % budget: on a loaded 2-core machine (load average 18) the pinned stand-in alone puts
+        # 1-5 % of its tokens over 100 ms, and the A/B law rightly holds the fork near the floor while
+        # the seed's own share leaves no room; this test is about the wiring, not that margin.
+        agent_args=("--throttle", "adaptive", "--slo-itl", "0.1", "--slo-budget", "0.1"),
     )
     with Fleet(spec) as fleet:
         seed, agent = fleet.seeds[0], fleet.seeds[0].agent_url

@@ -82,8 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="fraction of tokens allowed above the SLO, in (0, 1) (default $RFORK_SLO_BUDGET or 0.01)")
     qos.add_argument("--throttle-tuning", default=None, metavar="FIELD=VALUE,...",
                      help="override the control law's ControllerConfig fields (throttle/controller.py), e.g. "
-                          "md_beta=0.3,probe_every_seconds=60; 'none' disables a field that allows it "
-                          "(default $RFORK_THROTTLE_TUNING)")
+                          "confidence_z=1.5,off_every_max_seconds=30, or law=aimd for the law before issue 16; "
+                          "'none' disables a field that allows it (default $RFORK_THROTTLE_TUNING)")
     qos.add_argument("--seed-metrics-url", default=None,
                      help="the seed's Prometheus endpoint (default SGLANG_URL/metrics)")
 
@@ -196,6 +196,8 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
     known = {f.name for f in fields(ControllerConfig)} - {"cap_bytes_per_second", "interval_seconds"}
     # Fields annotated int are counts: "3" must stay the integer 3 (annotations are strings here).
     counts = {f.name for f in fields(ControllerConfig) if f.type in ("int", int)}
+    # Fields annotated str are names (law=aimd): passed as given; ControllerConfig checks them.
+    names = {f.name for f in fields(ControllerConfig) if f.type in ("str", str)}
     overrides: dict[str, object] = {}
     for item in (part.strip() for part in raw.split(",")):
         if not item:
@@ -204,6 +206,9 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
         name = name.strip()
         if not sep or name not in known:
             raise _BadFlag(f"{source}: {item!r} is not FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
+        if name in names:
+            overrides[name] = value.strip()
+            continue
         if value.strip().lower() == "none":
             overrides[name] = None
             continue

@@ -7,15 +7,33 @@ builds an :class:`Observation` from two scrapes of the seed's ``/metrics``
 with :func:`observation_from_scrapes`, calls :func:`decide` once per interval
 and sets its token bucket to ``decision.rate_bytes_per_second``.
 
-The control law (the signal, each rule, the reaction-time budget, the
-deliberate choices and why the law has this shape) has one home:
-docs/qos.md. Change it there when the law changes here.
+Two laws (``ControllerConfig.law``): ``"ab"``, the default, interleaves short transfer-off windows
+with the transfer and compares the seed's share of slow tokens in each (an A/B measurement pooled
+over many windows, :mod:`throttle.attribution`), then sets the largest rate whose upper confidence
+bound of the seed's share fits an error budget; ``"aimd"``, the law before it, judges whole
+seconds of the share and raises/cuts like AIMD. The control laws (the signal, each rule, the
+reaction-time budget, the deliberate choices and why the laws have this shape) have one home:
+docs/qos.md. Change it there when a law changes here.
 
-Example (a busy seed at 1.5 % against a 1 % budget: a mild miss, confirmed, then cut)::
+Example (the A/B law: the seed alone puts 0.5 % of its tokens over the SLO, the transfer adds
+nothing; an off window shows that, and the law raises)::
 
     >>> from throttle.histogram import WindowHistogram
     >>> cfg = ControllerConfig(cap_bytes_per_second=1e9)
     >>> slo = SloConfig(itl_threshold_seconds=0.06)
+    >>> half_percent = WindowHistogram((0.06, math.inf), (1990, 2000))
+    >>> d = decide(initial_state(cfg, now=0.0), Observation(itl=half_percent, running=8), cfg, slo, now=1.0)
+    >>> d = decide(d.state, Observation(itl=half_percent, running=8), cfg, slo, now=2.0)
+    >>> d.mode.value, d.rate_bytes_per_second                   # the first off window: rate 0 for 1 s
+    ('probe_pause', 0.0)
+    >>> off = Observation(itl=half_percent, running=8, transfer_active=False)
+    >>> d = decide(d.state, off, cfg, slo, now=3.0)
+    >>> d.reason.split(";")[0], d.rate_bytes_per_second > 5e7   # on and off alike: not the transfer's
+    ('off window over', True)
+
+Example (the AIMD law: a busy seed at 1.5 % against a 1 % budget: a mild miss, confirmed, then cut)::
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=1e9, law="aimd")
     >>> state = replace(initial_state(cfg, now=0.0), rate_bytes_per_second=1e9)
     >>> itl = WindowHistogram((0.04, 0.06, math.inf), (900, 985, 1000))
     >>> d = decide(state, Observation(itl=itl, running=8, queued=0), cfg, slo, now=1.0)
@@ -34,6 +52,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable
 
+from throttle.attribution import Sample, estimate, one_interval_z, overall_share, safe_rate
 from throttle.histogram import (
     CumulativeHistogram,
     Reset,
@@ -63,6 +82,9 @@ __all__ = [
     "latency_impact_ratio",
 ]
 
+
+#: The control laws :func:`decide` can run (``ControllerConfig.law``).
+LAWS = ("ab", "aimd")
 
 # Float slack for comparing accumulated spans and clock differences (0.1 summed 9 times < 0.9).
 _EPS = 1e-9
@@ -248,6 +270,50 @@ class ControllerConfig:
     baseline_max_windows: int = 10
     #: Tolerated tick jitter, as a fraction of the interval.
     jitter_tolerance: float = 0.1
+    #: Which law runs: "ab" (default: short transfer-off windows interleaved with the transfer, the
+    #: on/off shares compared; docs/qos.md "The law") or "aimd" (the law before issue 16, kept for
+    #: comparison: judges whole seconds of the seed's share and raises/cuts like AIMD). The fields
+    #: below up to the end apply to "ab"; probe_*, md_beta, judge/confirm/raise windows to "aimd".
+    law: str = "ab"
+    #: Length of one transfer-off window (rate 0): one scrape interval is the shortest that
+    #: yields a clean off measurement.
+    off_window_seconds: float = 1.0
+    #: Densest off-window schedule: one window per this many seconds (20 % off at 5 s), while the
+    #: seed's own share is not yet known precisely, and after its load changed.
+    off_every_min_seconds: float = 5.0
+    #: Sparsest schedule (5 % off at 20 s), once the off share is known to within
+    #: ``off_precision_fraction`` of the budget.
+    off_every_max_seconds: float = 20.0
+    #: The off pool is precise enough for the sparse schedule when ``confidence_z`` of its standard
+    #: errors is at most this share of the budget.
+    off_precision_fraction: float = 0.25
+    #: Evidence (on and off intervals) older than this is forgotten. Longer is more precise (a 1 %
+    #: budget at ~100 decode steps a second is one slow step a second) but slower to follow a load.
+    evidence_horizon_seconds: float = 120.0
+    #: Off evidence is kept this long (the seed's own share changes with its load, which is
+    #: watched separately; off windows are few, so their evidence must be kept longer).
+    off_horizon_seconds: float = 300.0
+    #: Standard errors of margin: the rate is the largest whose upper bound of the seed's share is
+    #: within the budget.
+    confidence_z: float = 1.0
+    #: One interval cuts at once when its share is this many standard errors over the budget
+    #: (and at least twice the budget); the same threshold flags a change of the seed's load.
+    spike_z: float = 8.0
+    #: Recent on intervals compared with the pooled model to detect a load change.
+    change_window_seconds: float = 5.0
+    #: After a load change, off windows stay dense this long.
+    dense_after_change_seconds: float = 20.0
+    #: Largest single raise: to max(rate x this, rate + cap x additive_step_fraction).
+    max_raise_factor: float = 1.25
+    #: Largest single cut, as a fraction of the rate (0.5: at most halved per interval).
+    ab_max_cut: float = 0.5
+    #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
+    budget_aim_fraction: float = 0.95
+    #: Unspent (or overspent) error budget is spread over this many seconds ahead.
+    plan_seconds: float = 30.0
+    #: Targets within this fraction of the rate are not worth a change (the pooled model does not
+    #: need the rate to move to learn).
+    rate_deadband: float = 0.05
 
     def __post_init__(self) -> None:
         cls, err = ControllerConfig, InvalidControllerConfig
@@ -286,7 +352,27 @@ class ControllerConfig:
             ("baseline_max_age_seconds", lambda v: v > 0, "> 0 seconds"),
             ("baseline_max_windows", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
             ("jitter_tolerance", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+            ("off_window_seconds", lambda v: v >= self.interval_seconds * (1 - self.jitter_tolerance),
+             ">= interval_seconds (an off window shorter than a scrape interval measures nothing)"),
+            ("off_every_min_seconds", lambda v: v >= 2 * self.off_window_seconds, ">= 2 x off_window_seconds"),
+            ("off_every_max_seconds", lambda v: v >= self.off_every_min_seconds, ">= off_every_min_seconds"),
+            ("off_precision_fraction", lambda v: v > 0, "> 0"),
+            ("evidence_horizon_seconds", lambda v: v >= 2 * self.off_every_max_seconds,
+             ">= 2 x off_every_max_seconds (the horizon must hold off windows)"),
+            ("off_horizon_seconds", lambda v: v >= self.evidence_horizon_seconds, ">= evidence_horizon_seconds"),
+            ("confidence_z", lambda v: v >= 0, ">= 0"),
+            ("spike_z", lambda v: v > 0, "> 0"),
+            ("change_window_seconds", lambda v: self.interval_seconds <= v < self.evidence_horizon_seconds,
+             "in [interval_seconds, evidence_horizon_seconds)"),
+            ("dense_after_change_seconds", lambda v: v >= 0, ">= 0 seconds"),
+            ("max_raise_factor", lambda v: v > 1, "> 1"),
+            ("ab_max_cut", lambda v: 0 < v < 1, "in (0, 1)"),
+            ("rate_deadband", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+            ("budget_aim_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("plan_seconds", lambda v: v >= self.interval_seconds, ">= interval_seconds"),
         ]
+        if self.law not in LAWS:
+            raise err("law", f"ControllerConfig.law must be one of {', '.join(LAWS)}; got {self.law!r}")
         for name, ok, allowed in checks:
             value = getattr(self, name)
             v = _number(cls, err, name, value, allowed)
@@ -437,6 +523,12 @@ class ControllerState:
     baseline: tuple[tuple[float, Evidence], ...] = ()
     baseline_p99_seconds: float = math.nan
     observed_p99_seconds: float = math.nan
+    #: A/B law: the ITL and TTFT evidence of the last ``evidence_horizon_seconds``, one sample per
+    #: judged interval, transfer on (at the rate in force) and off, oldest first.
+    ab_itl: tuple[Sample, ...] = ()
+    ab_ttft: tuple[Sample, ...] = ()
+    #: A/B law: off windows stay at their densest until then (a load change was seen).
+    dense_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -674,6 +766,8 @@ def decide(
         reason = f"window spans {span:.1f}s (scrape gap); too old to judge the current rate, holding"
         return _with_probe(state, config, now, Mode.HOLD, state.rate_bytes_per_second, reason, False)
 
+    if config.law == "ab":
+        return _ab_tick(state, observation, config, slo, now)
     evidence = Evidence(observation.itl, observation.ttft, span)
     paused = state.mode is Mode.PROBE_PAUSE
     if paused or not observation.transfer_active:
@@ -693,7 +787,7 @@ def _without_observation(state: ControllerState, config: ControllerConfig, now: 
         # Unknown load: the floor keeps the fork moving while bounding the harm.
         # Forget idle/pool/probe state: when metrics return, we climb from the floor.
         state = replace(state, idle_streak=0, pending=None, at_rate=(), raise_streak=0, probe_until=None,
-                        next_probe_at=None, good_rates=())
+                        next_probe_at=None, good_rates=(), ab_itl=(), ab_ttft=(), dense_until=None)
         reason = f"no good scrape for {silent:.1f}s (>= {config.stale_after_seconds:g}s): metrics stale, floor"
         return _decision(state, Mode.STALE_FLOOR, config.floor_bytes_per_second, reason)
     reason = f"no scrape this tick (last good {silent:.1f}s ago); holding"
@@ -714,6 +808,11 @@ def _load_returned(state: ControllerState, config: ControllerConfig, now: float)
         next_probe_at=None if config.probe_every_seconds is None else now + config.probe_every_seconds,
         unproven_rate=True,
     )
+    if config.law == "ab":
+        # The load that came back may not be the one the evidence was gathered under: start afresh,
+        # with an off window at once (the seed's own share is what is least known now).
+        state = replace(state, ab_itl=(), ab_ttft=(), next_probe_at=now + config.interval_seconds,
+                        dense_until=now + config.dense_after_change_seconds)
     if target >= state.rate_bytes_per_second:
         return _decision(state, Mode.HOLD, target, f"load returned after idle; keeping {target:.3g} B/s ({source})")
     return _decision(state, Mode.CUT, target, f"load returned after idle; dropping to {target:.3g} B/s ({source})")
@@ -925,4 +1024,206 @@ def _with_probe(
             f"probe: pausing the transfer {config.probe_pause_seconds:g}s "
             f"to measure the no-transfer baseline; {reason}",
         )
+    return _decision(state, mode, rate, reason)
+
+
+# ---------------------------------------------------------------------------
+# The A/B law (ControllerConfig.law == "ab"; docs/qos.md, "The law")
+
+
+def _samples_of(observation: Observation, slo: SloConfig, now: float, rate: float,
+                on: bool) -> tuple[Sample | None, Sample | None]:
+    """This interval's ITL and TTFT samples (None: no window, or nothing in it)."""
+    itl = ttft = None
+    batch = max(1.0, observation.running or 0.0)
+    if observation.itl is not None and observations(observation.itl) > 0:
+        n = observations(observation.itl)
+        itl = Sample(now, rate, on, fraction_above(observation.itl, slo.itl_threshold_seconds).fraction * n, n, batch)
+    if (slo.ttft_threshold_seconds is not None and observation.ttft is not None
+            and observations(observation.ttft) > 0):
+        n = observations(observation.ttft)
+        ttft = Sample(now, rate, on, fraction_above(observation.ttft, slo.ttft_threshold_seconds).fraction * n, n)
+    return itl, ttft
+
+
+def _within_horizon(samples: tuple[Sample, ...], config: ControllerConfig, now: float) -> tuple[Sample, ...]:
+    """On samples of the last ``evidence_horizon_seconds``, off samples of the last ``off_horizon_seconds``.
+
+    Off windows are a small share of the time, so their evidence is scarce; the seed's own share
+    changes only with its load, and a load change forgets old evidence explicitly.
+    """
+    return tuple(s for s in samples
+                 if now - s.at < (config.evidence_horizon_seconds if s.on else config.off_horizon_seconds))
+
+
+def _duty_off(config: ControllerConfig, dense: bool) -> float:
+    return config.off_window_seconds / (config.off_every_min_seconds if dense else config.off_every_max_seconds)
+
+
+def _off_dense(state: ControllerState, config: ControllerConfig, now: float, budget: float) -> bool:
+    """Off windows at their densest: after a load change, or while the seed's own share is imprecise."""
+    if state.dense_until is not None and now < state.dense_until:
+        return True
+    off = [s for s in state.ab_itl if not s.on]
+    est = estimate((), off, min_tokens=config.min_observations)
+    if not est.off_known:
+        return True
+    return config.confidence_z * math.sqrt(est.var_off) > config.off_precision_fraction * budget
+
+
+def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float) -> float:
+    """Sigmas by which the recent on intervals differ from what the older evidence predicts for them."""
+    cut = now - config.change_window_seconds
+    older = [s for s in samples if s.at <= cut + _EPS]
+    recent = [s for s in samples if s.at > cut + _EPS and s.on]
+    older_on = [s for s in older if s.on]
+    if not recent or not older_on or sum(s.tokens for s in older_on) < 4 * config.min_observations:
+        return 0.0
+    est = estimate(older_on, [s for s in older if not s.on], min_tokens=config.min_observations)
+    if est.r_on <= 0:
+        return 0.0
+    slope = max(est.p_on - est.p_off, 0.0) / est.r_on
+    expected = sum(s.tokens * (est.p_off + slope * s.rate) for s in recent)
+    variance = sum(s.tokens * s.batch * max(est.p_off + slope * s.rate, 1 / s.tokens) for s in recent)
+    observed = sum(s.slow for s in recent)
+    return (observed - expected) / math.sqrt(variance) if variance > 0 else 0.0
+
+
+def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerConfig, duty: float,
+               min_tokens: float, now: float) -> tuple[float | None, str, bool]:
+    """(safe rate or None when the on pool is too small, summary, seed over budget on its own)."""
+    on = [s for s in samples if s.on]
+    off = [s for s in samples if not s.on]
+    est = estimate(on, off, min_tokens=min_tokens)
+    z = config.confidence_z
+    off_text = (f"off {est.p_off:.2%} of {est.tokens_off:.0f}" if est.off_known
+                else f"off unknown ({est.tokens_off:.0f})")
+    summary = f"on {est.p_on:.2%} of {est.tokens_on:.0f} at {est.r_on:.3g} B/s, {off_text}, budget {budget:.2%}"
+    if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:
+        return config.floor_bytes_per_second, summary, True
+    if est.tokens_on < min_tokens:
+        return None, summary, False
+    recent = [s for s in samples if now - s.at < config.evidence_horizon_seconds]
+    allowed = _allowed_share(recent, budget, config)
+    rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=config.floor_bytes_per_second, cap=config.cap)
+    bound = overall_share(est, rate, duty, z)
+    return rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s", False
+
+
+def _allowed_share(samples: tuple[Sample, ...] | list[Sample], budget: float, config: ControllerConfig) -> float:
+    """The share the next ``plan_seconds`` may use so that the evidence horizon ends at ``budget_aim``.
+
+    An error budget: the slow tokens of the horizon (on and off intervals alike, as the seed's
+    users see them) against ``aim x budget`` of its tokens. Unspent budget raises the share the
+    transfer may use next; an overspend (bad luck, a wrong slope) lowers it until repaid. This is
+    the integral action that makes the share over a run, not a model's guess, meet the budget.
+    """
+    slow = sum(s.slow for s in samples)
+    tokens = sum(s.tokens for s in samples)
+    aim = config.budget_aim_fraction * budget
+    if tokens <= 0:
+        return aim
+    seconds = max(len(samples) * config.interval_seconds, config.interval_seconds)
+    future = tokens / seconds * config.plan_seconds
+    return max(0.0, aim + (aim * tokens - slow) / future)
+
+
+def _ab_tick(state: ControllerState, observation: Observation, config: ControllerConfig, slo: SloConfig,
+             now: float) -> Decision:
+    """One loaded interval of the A/B law."""
+    paused = state.mode is Mode.PROBE_PAUSE
+    on = observation.transfer_active and not paused
+    rate = state.rate_bytes_per_second
+    # A spike's own tick applies its cut at once; if the next tick is still a clear miss, an off
+    # window (rate 0, and the evidence of whether the seed misses on its own) comes first.
+    cut_last_tick = state.last_cut_at is not None and now - state.last_cut_at <= config.interval_seconds * (
+        1 + config.jitter_tolerance)
+    itl_sample, ttft_sample = _samples_of(observation, slo, now, rate if on else 0.0, on)
+    itl = _within_horizon(state.ab_itl + ((itl_sample,) if itl_sample is not None else ()), config, now)
+    ttft = _within_horizon(state.ab_ttft + ((ttft_sample,) if ttft_sample is not None else ()), config, now)
+    state = replace(state, ab_itl=itl, ab_ttft=ttft, last_interval_active=on)
+    if state.next_probe_at is None:
+        state = replace(state, next_probe_at=now + config.interval_seconds)
+    if itl_sample is None:
+        return _ab_schedule(state, config, slo, now, Mode.HOLD_LOW_SAMPLES, rate, "no ITL tokens this interval; holding")
+    b = slo.violation_budget
+
+    # A clear miss in one transfer-on interval cuts at once (a load spike must not wait for pooled
+    # evidence), forgets the older evidence (gathered under another load) and schedules an off
+    # window next, to learn whether the seed misses on its own.
+    spike = (on and itl_sample.tokens >= config.min_observations_at_pool_max
+             and itl_sample.slow > 2 * b * itl_sample.tokens
+             and one_interval_z(itl_sample.slow, itl_sample.tokens, itl_sample.batch, b) > config.spike_z)
+    changed = not spike and abs(_change_z(itl, config, now)) > config.spike_z
+    if spike or changed:
+        keep_from = now - (config.interval_seconds if spike else config.change_window_seconds) + _EPS
+        itl = tuple(s for s in itl if s.at > keep_from)
+        ttft = tuple(s for s in ttft if s.at > keep_from)
+        soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
+        state = replace(state, ab_itl=itl, ab_ttft=ttft, dense_until=now + config.dense_after_change_seconds,
+                        next_probe_at=min(state.next_probe_at or soon, soon))
+    dense = _off_dense(state, config, now, b)
+    duty = _duty_off(config, dense)
+    target, summary, seed_over = _ab_target(itl, b, config, duty, config.min_observations, now)
+    if slo.ttft_threshold_seconds is not None and target is not None:
+        t_target, t_summary, t_over = _ab_target(ttft, slo.ttft_budget, config, duty, config.min_ttft_observations, now)
+        if t_target is not None and t_target < target:
+            target, summary, seed_over = t_target, f"TTFT: {t_summary}", t_over
+    if seed_over:
+        state = replace(state, good_rates=())
+        return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, config.floor_bytes_per_second,
+                            f"the seed misses its SLO with the transfer off ({summary}): floor")
+    if target is None:
+        if spike:
+            new_rate = max(config.floor_bytes_per_second, rate * (1 - config.ab_max_cut))
+            state = replace(state, last_cut_at=now)
+            return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"clear miss this interval ({summary}); "
+                                f"rate x{1 - config.ab_max_cut:g} -> {new_rate:.3g} B/s", may_pause=cut_last_tick)
+        return _ab_schedule(state, config, slo, now, Mode.HOLD_LOW_SAMPLES, rate,
+                            f"pooling: {summary}; too few tokens with the transfer on")
+    if target >= rate:
+        state = replace(state, remembered_rate=rate)
+    if target < rate * (1 - config.rate_deadband) or (spike and target < rate):
+        if state.last_cut_at is not None and now - state.last_cut_at + _EPS < config.min_spacing_seconds:
+            return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, f"over ({summary}); one cut per interval")
+        new_rate = max(target, rate * (1 - config.ab_max_cut), config.floor_bytes_per_second)
+        state = replace(state, last_cut_at=now, good_rates=())
+        why = "clear miss this interval; " if spike else ("load changed; " if changed else "")
+        return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"{why}{summary}; -> {new_rate:.3g} B/s",
+                            may_pause=not spike or cut_last_tick)
+    at_rate = [s for s in itl if s.on and s.rate == rate and (state.last_cut_at is None or s.at > state.last_cut_at)]
+    seconds_at_rate = len(at_rate) * config.interval_seconds
+    if target > rate * (1 + config.rate_deadband) and on and seconds_at_rate + _EPS >= config.raise_evidence_seconds:
+        new_rate = min(target, max(rate * config.max_raise_factor, rate + config.step_bytes_per_second), config.cap)
+        return _ab_schedule(state, config, slo, now, Mode.RECOVER, new_rate, f"{summary}; -> {new_rate:.3g} B/s")
+    return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, f"{summary}; holding")
+
+
+def _ab_schedule(state: ControllerState, config: ControllerConfig, slo: SloConfig, now: float, mode: Mode,
+                 rate: float, reason: str, may_pause: bool = True) -> Decision:
+    """Overlay the off windows on the law's decision (the A/B law's version of :func:`_with_probe`).
+
+    An off window pauses the transfer (rate 0) for ``off_window_seconds``; the law's rate is kept
+    to resume at. Windows come every ``off_every_min_seconds`` while the seed's own share is
+    imprecise or its load just changed, else every ``off_every_max_seconds``. A window may start
+    after any interval with chunk reads but on a spike's own tick (``may_pause`` False): that tick
+    applies its cut at once.
+    """
+    state = replace(state, rate_bytes_per_second=rate)
+    dense = _off_dense(state, config, now, slo.violation_budget)
+    period = config.off_every_min_seconds if dense else config.off_every_max_seconds
+    if state.probe_until is not None:
+        if now + _EPS < state.probe_until:
+            return _decision(state, Mode.PROBE_PAUSE, 0.0, f"off window until t={state.probe_until:g}; {reason}")
+        state = replace(state, probe_until=None, next_probe_at=now + period - config.off_window_seconds)
+        return _decision(state, mode, rate, f"off window over; {reason}")
+    if state.next_probe_at is not None and state.next_probe_at > now + period:
+        state = replace(state, next_probe_at=now + period)  # the schedule just became denser
+    # Only an interval with chunk reads needs an off window after it: one without is already the
+    # seed alone (a fork that stopped reading must not see the seed flap to 0 and back for nothing).
+    if (may_pause and state.last_interval_active and state.next_probe_at is not None
+            and now + _EPS >= state.next_probe_at):
+        state = replace(state, probe_until=now + config.off_window_seconds)
+        return _decision(state, Mode.PROBE_PAUSE, 0.0,
+                         f"off window: transfer paused {config.off_window_seconds:g}s to compare; {reason}")
     return _decision(state, mode, rate, reason)

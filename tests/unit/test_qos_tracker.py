@@ -25,8 +25,9 @@ SLO = SloConfig(itl_threshold_seconds=0.03, violation_budget=0.01)
 
 
 def controller(**overrides) -> ControllerConfig:
-    # The textbook law, as in test_throttle_controller.py (SWIFT): these tests check the wiring.
-    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None,
+    # The textbook AIMD law, as in test_throttle_controller.py (SWIFT): its steps are easy to predict,
+    # and these tests check the wiring. The A/B law's wiring is checked at the end.
+    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, "law": "aimd",
                                "md_beta": 0.8, "max_cut": 0.5, "clear_miss_severity": 0.5,
                                "raise_evidence_seconds": 0.0, "max_step_multiplier": 1, **overrides})
 
@@ -258,3 +259,39 @@ def test_docstring_examples():
 
     for module in (throttle.qos, throttle.token_bucket):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+# --------------------------------------------------------------------------- the A/B law's wiring
+
+
+def ab_tracker() -> QosTracker:
+    return QosTracker(SLO, ControllerConfig(cap_bytes_per_second=CAP), ThrottleMode.ADAPTIVE, now=0.0)
+
+
+def test_ab_off_windows_reach_the_bucket_as_rate_0_and_their_interval_is_the_baseline():
+    # The agent reports no chunk reads for an interval in which its bucket was at 0; the tracker
+    # counts such intervals as the no-transfer baseline (exported) and the law as its off share.
+    t, seed = ab_tracker(), FakeSeed()
+    reports, active = [], True
+    for k in range(1, 41):
+        slow = 10 if active else 2  # 1 % with the transfer, 0.2 % without it
+        seed.interval(fast=1000 - slow, slow=slow, running=4.0)
+        r = t.tick(float(k), seed.scrape(float(k)), transfer_active=active)
+        reports.append(r)
+        active = r.rate_bytes_per_second != 0
+    paused = [r for r in reports if r.rate_bytes_per_second == 0]
+    assert paused and all(r.action == "probe" for r in paused)
+    assert reports[-1].baseline_itl_slo_violation_ratio == pytest.approx(0.002)
+    # The law saw the same split: its off pool holds only the paused intervals' tokens.
+    off = [s for s in t.state.ab_itl if not s.on]
+    assert len(off) == len(paused) - (1 if reports[-1].rate_bytes_per_second == 0 else 0)
+    assert all(s.slow / s.tokens == pytest.approx(0.002) for s in off)
+
+
+def test_ab_seed_over_its_slo_on_its_own_is_held_at_the_floor_with_that_reason():
+    t, seed = ab_tracker(), FakeSeed()
+    reports = run(t, seed, 1.0, 5, fast=400, slow=100, active=False)  # 20 % over the SLO, no chunk reads
+    reports += run(t, seed, 6.0, 10, fast=400, slow=100, active=True)
+    assert reports[-1].rate_bytes_per_second in (0.0, pytest.approx(0.05 * CAP))
+    assert t.state.rate_bytes_per_second == pytest.approx(0.05 * CAP)
+    assert reports[-1].throttle_reason == "seed_over_slo"

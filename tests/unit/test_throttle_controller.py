@@ -1,4 +1,6 @@
-"""throttle.controller: the control law, stepped over a fake clock with synthetic histograms."""
+"""throttle.controller: the AIMD law (``law="aimd"``, the law before issue 16, kept selectable for
+comparison), stepped over a fake clock with synthetic histograms; also the config checks and the
+scrape-to-observation plumbing both laws share. The A/B law's tables are in test_throttle_ab_law.py."""
 
 from __future__ import annotations
 
@@ -84,7 +86,8 @@ under "shipped law" check those rules and the whole law on a noisy plant."""
 
 def make_config(**overrides) -> ControllerConfig:
     """The law with Swift's cut constants, probes off unless a test turns them on."""
-    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, **SWIFT, **overrides})
+    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, "law": "aimd", **SWIFT,
+                               **overrides})
 
 
 class Sim:
@@ -293,7 +296,7 @@ def test_on_clustered_noise_the_law_runs_near_the_best_fixed_rate_within_budget(
     # this law (every second over 2 b cut at once, cuts of beta 0.5, 2 s evidence windows) ran
     # this plant at ~0.75x: noise cut the rate.
     def run(**overrides) -> tuple[float, float]:
-        cfg = ControllerConfig(cap_bytes_per_second=CAP, probe_every_seconds=None, **overrides)
+        cfg = ControllerConfig(cap_bytes_per_second=CAP, probe_every_seconds=None, law="aimd", **overrides)
         sim = Sim(cfg, rate=FLOOR)
         sim.run(stall_plant(random.Random(seed), convex_stalls), 400)
         rates = [d.rate_bytes_per_second for _, d in sim.log][50:]
@@ -737,7 +740,7 @@ def test_observation_from_scrapes(prev, cur, itl, ttft, reset):
 # --- shipped law -----------------------------------------------------------------
 
 def shipped(**overrides) -> ControllerConfig:
-    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, **overrides})
+    return ControllerConfig(**{"cap_bytes_per_second": CAP, "probe_every_seconds": None, "law": "aimd", **overrides})
 
 
 def test_shipped_cut_constants_are_gentler_and_still_reach_the_floor():

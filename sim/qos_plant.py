@@ -1,0 +1,297 @@
+"""A closed-loop plant for the serving-QoS law: a seed whose slow-token share depends on its load and
+on the transfer's rate, with the noise a real seed has, driven by :func:`throttle.controller.decide`.
+
+Pure and seeded: no clock, no I/O. Each simulated second the seed runs ``tokens/batch`` decode
+steps (Poisson); each step is slow with probability ``p = f0 + effect * shape(rate / cap)`` times
+a per-second log-normal factor (stalls cluster in time: overdispersion beyond the binomial), and
+a slow step makes all ``batch`` tokens of the step slow (one stall delays every running request,
+as in ``testbed/decode.py``'s batched decode loop). The law sees exactly what the agent would: a
+histogram window with the tokens under and over the threshold, the running gauge, and whether
+the transfer ran in the interval.
+
+Plausibility (bench/results/qos-*.json, the CPU testbed at a 1 % budget): the seed alone puts
+0.3-0.6 % of its tokens over the chosen threshold, the transfer at the cap (100 MB/s per seed)
+takes that to 1.3-2.8 %, and the best fixed rate meeting the budget was 40-50 MB/s; on the GPU
+plant (gpu-qos.json) the effect saturates: +2.4 % at 40 MB/s, +3.5 % at 100 MB/s, 12 MB/s met the
+budget. Token rates are issue 16's target (500-5,000 tokens/s, batches of 8-36).
+
+Two oracles: the best *fixed* rate whose *realized* share on the run's own draw (the same steps,
+the same luck; a fixed rate replayed on it) is within the budget, which is what the bench's
+oracle estimates; and the best fixed rate whose *expected* share is (exact, from the plant's own
+``p``). A run is judged on its realized share and its mean applied rate (off windows and probes
+count as 0) against the realized oracle; expected figures are reported alongside.
+
+    >>> from throttle.controller import ControllerConfig
+    >>> r = run(PLANTS["steady"], ControllerConfig(cap_bytes_per_second=CAP), rng_seed=0)
+    >>> r.realized_share <= BUDGET, r.realized_throughput_ratio >= 0.8
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from throttle.controller import ControllerConfig, Observation, SloConfig, decide, initial_state
+from throttle.histogram import WindowHistogram
+
+__all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "run", "oracle_rate"]
+
+CAP = 100e6
+BUDGET = 0.01
+THRESHOLD = 0.04
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The seed's load from ``start`` seconds on."""
+
+    start: float
+    tokens_per_second: float
+    batch: float
+    #: The seed's own share of slow tokens (transfer off).
+    own_share: float
+    #: What the transfer adds at the cap.
+    effect_at_cap: float
+    #: 0: linear in the rate; s > 0: saturating, (1 - exp(-x/s)) / (1 - exp(-1/s)).
+    saturation: float = 0.0
+
+    def share(self, rate: float) -> float:
+        x = max(rate, 0.0) / CAP
+        shape = x if self.saturation <= 0 else (1 - math.exp(-x / self.saturation)) / (1 - math.exp(-1 / self.saturation))
+        return min(1.0, self.own_share + self.effect_at_cap * shape)
+
+
+@dataclass(frozen=True)
+class Plant:
+    name: str
+    #: rng -> load segments (drawn per run: the parameters vary within plausible ranges).
+    segments: Callable[[random.Random, float], list[Segment]]
+    seconds: float = 240.0
+    #: The start of the run (the climb from the floor) is not judged, like the bench's settling.
+    warmup_seconds: float = 30.0
+    #: Standard deviation of the per-second log-normal factor on p (clustered stalls).
+    overdispersion: float = 0.3
+
+
+@dataclass
+class RunResult:
+    plant: str
+    rng_seed: int
+    oracle_bytes_per_second: float
+    throughput_bytes_per_second: float
+    expected_share: float
+    realized_share: float
+    realized_oracle_bytes_per_second: float
+    rates: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.throughput_bytes_per_second / self.oracle_bytes_per_second
+
+    @property
+    def realized_throughput_ratio(self) -> float:
+        return self.throughput_bytes_per_second / self.realized_oracle_bytes_per_second
+
+
+def _segment_at(segments: list[Segment], t: float) -> Segment:
+    current = segments[0]
+    for seg in segments:
+        if seg.start <= t:
+            current = seg
+    return current
+
+
+def _expected_share(segments: list[Segment], rates: list[float], start: int) -> float:
+    slow = tokens = 0.0
+    for t in range(start, len(rates)):
+        seg = _segment_at(segments, t)
+        slow += seg.tokens_per_second * seg.share(rates[t])
+        tokens += seg.tokens_per_second
+    return slow / tokens
+
+
+def oracle_rate(plant: Plant, segments: list[Segment], budget: float = BUDGET) -> float:
+    """The best fixed rate whose expected share over the judged part is <= ``budget`` (bisection)."""
+    n, start = int(plant.seconds), int(plant.warmup_seconds)
+    if _expected_share(segments, [CAP] * n, start) <= budget:
+        return CAP
+    lo, hi = 0.0, CAP
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if _expected_share(segments, [mid] * n, start) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    if mean > 50:
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+    threshold, k, p = math.exp(-mean), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= threshold:
+            return k
+        k += 1
+
+
+@dataclass(frozen=True)
+class _Second:
+    """One second's randomness, drawn before the run so a fixed rate can be replayed on it."""
+
+    segment: Segment
+    batch: float
+    jitter: float
+    #: One uniform per decode step, sorted: a step is slow when its uniform is under p x jitter.
+    uniforms: tuple[float, ...]
+
+    def slow_tokens(self, rate: float) -> float:
+        return bisect.bisect_left(self.uniforms, self.segment.share(rate) * self.jitter) * self.batch
+
+    @property
+    def tokens(self) -> float:
+        return len(self.uniforms) * self.batch
+
+
+def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second]]:
+    segments = plant.segments(rng, plant.seconds)
+    sigma = plant.overdispersion
+    seconds = []
+    for t in range(int(plant.seconds)):
+        seg = _segment_at(segments, t)
+        steps = _poisson(rng, seg.tokens_per_second / seg.batch)
+        jitter = math.exp(rng.gauss(-sigma * sigma / 2, sigma)) if sigma > 0 else 1.0
+        seconds.append(_Second(seg, seg.batch, jitter, tuple(sorted(rng.random() for _ in range(steps)))))
+    return segments, seconds
+
+
+def realized_oracle_rate(plant: Plant, seconds: list[_Second], budget: float = BUDGET) -> float:
+    """The best fixed rate whose *realized* share on this very draw is <= ``budget`` (what a fixed-rate
+    run under the same luck would have met; the bench's oracle estimates this with its own luck)."""
+    start = int(plant.warmup_seconds)
+    judged = seconds[start:]
+    tokens = sum(s.tokens for s in judged)
+
+    def share(rate: float) -> float:
+        return sum(s.slow_tokens(rate) for s in judged) / tokens
+
+    if share(CAP) <= budget:
+        return CAP
+    lo, hi = 0.0, CAP
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if share(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET) -> RunResult:
+    """One closed-loop run of ``config``'s law on ``plant`` (interval 1 s)."""
+    segments, seconds = _draw(plant, random.Random(rng_seed))
+    slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
+    state = initial_state(config, now=0.0)
+    applied = state.rate_bytes_per_second
+    rates: list[float] = []
+    slow_total = token_total = 0.0
+    for t, second in enumerate(seconds):
+        tokens, slow = second.tokens, second.slow_tokens(applied)
+        rates.append(applied)
+        if t >= plant.warmup_seconds:
+            slow_total += slow
+            token_total += tokens
+        window = WindowHistogram((THRESHOLD, math.inf), (tokens - slow, tokens))
+        obs = Observation(itl=window, running=second.batch, queued=0.0, transfer_active=applied > 0,
+                          span_seconds=1.0)
+        decision = decide(state, obs, config, slo, now=float(t + 1))
+        state, applied = decision.state, decision.rate_bytes_per_second
+    start = int(plant.warmup_seconds)
+    judged = rates[start:]
+    return RunResult(plant.name, rng_seed, oracle_rate(plant, segments, budget), sum(judged) / len(judged),
+                     _expected_share(segments, rates, start), slow_total / max(token_total, 1.0),
+                     realized_oracle_rate(plant, seconds, budget), rates)
+
+
+def _steady(rng: random.Random, seconds: float) -> list[Segment]:
+    return [Segment(0, 2000, 16, rng.uniform(0.003, 0.006), rng.uniform(0.015, 0.03))]
+
+
+def _low_rate(rng: random.Random, seconds: float) -> list[Segment]:
+    # Today's testbed stand-in: ~500 tokens/s at batch 8.
+    return [Segment(0, 500, 8, rng.uniform(0.003, 0.006), rng.uniform(0.015, 0.03))]
+
+
+def _near_slo(rng: random.Random, seconds: float) -> list[Segment]:
+    # The seed alone uses 70-90 % of the budget; the transfer's effect is drawn so that the best
+    # fixed rate stays >= 2.5 x the floor (a law at the floor cannot reach 0.8 x an oracle near it).
+    own = rng.uniform(0.007, 0.009)
+    return [Segment(0, 4000, 32, own, rng.uniform(0.3, 0.8) * (0.01 - own) / 0.125)]
+
+
+def _bursty(rng: random.Random, seconds: float) -> list[Segment]:
+    # On/off arrivals: busy spells and quiet ones of a few seconds each.
+    segments, t, busy = [], 0.0, True
+    while t < seconds:
+        if busy:
+            segments.append(Segment(t, 3000, 24, 0.006, 0.025))
+        else:
+            segments.append(Segment(t, 600, 6, 0.003, 0.01))
+        t += max(1.0, round(rng.expovariate(1 / 4.0)))
+        busy = not busy
+    return segments
+
+
+def _load_change(rng: random.Random, seconds: float) -> list[Segment]:
+    # Load triples half way through the fork; the transfer hurts more under the heavier load.
+    return [Segment(0, 1500, 12, 0.004, 0.015), Segment(seconds / 2, 4500, 36, rng.uniform(0.005, 0.007), 0.03)]
+
+
+def _saturating(rng: random.Random, seconds: float) -> list[Segment]:
+    # GPU-like: most of the effect comes early (gpu-qos.json: +2.4 % at 40 % of the cap, +3.5 % at it;
+    # its best fixed rate was 12 % of the cap).
+    return [Segment(0, 3000, 32, rng.uniform(0.002, 0.004), 0.025, saturation=0.4)]
+
+
+PLANTS: dict[str, Plant] = {
+    p.name: p for p in (
+        Plant("steady", _steady),
+        Plant("low-rate", _low_rate),
+        Plant("near-slo", _near_slo),
+        Plant("bursty", _bursty),
+        Plant("load-change", _load_change),
+        Plant("saturating", _saturating),
+    )
+}
+
+
+def main() -> None:  # pragma: no cover - a report for docs, not a test
+    import argparse
+    import statistics
+
+    parser = argparse.ArgumentParser(description="old (aimd) vs new (ab) law on the QoS plant")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--plants", default=",".join(PLANTS))
+    args = parser.parse_args()
+    for law in ("aimd", "ab"):
+        cfg = ControllerConfig(cap_bytes_per_second=CAP, law=law)
+        for name in args.plants.split(","):
+            results = [run(PLANTS[name], cfg, seed) for seed in range(args.runs)]
+            shares = [r.expected_share / BUDGET for r in results]
+            real = [r.realized_share / BUDGET for r in results]
+            ratio = [r.throughput_ratio for r in results]
+            rratio = [r.realized_throughput_ratio for r in results]
+            ok = sum(1 for r in results if r.realized_share <= BUDGET and r.realized_throughput_ratio >= 0.8)
+            print(f"{law:5s} {name:12s} realized share/budget min {min(real):.2f} med {statistics.median(real):.2f} "
+                  f"max {max(real):.2f} | x realized oracle min {min(rratio):.2f} med {statistics.median(rratio):.2f} "
+                  f"max {max(rratio):.2f} | expected share max {max(shares):.2f} | x expected oracle min "
+                  f"{min(ratio):.2f} med {statistics.median(ratio):.2f} | both goals {ok}/{len(results)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

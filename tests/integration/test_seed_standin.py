@@ -152,10 +152,14 @@ def test_metrics_have_sglang_names_and_load_can_change(seed):
     assert 'sglang:inter_token_latency_seconds_bucket{engine_type="unified",le="0.04",model_name="tiny"}' in text
     assert 'sglang:num_running_reqs{engine_type="unified",model_name="tiny",moe_ep_rank="0",pp_rank="0",tp_rank="0"}' in text
     before = _itl_count(seed.url)
-    assert httpx.post(seed.url + "/testbed/load", json={"rps": 25}).json() == {"rps": 25.0}
+    assert httpx.post(seed.url + "/testbed/load", json={"rps": 25}).json() == {
+        "rps": 25.0, "concurrency": 0, "on_seconds": 0.0, "off_seconds": 0.0}
     _wait_until(lambda: _itl_count(seed.url) > before, "the load to produce inter-token latencies")
     assert httpx.post(seed.url + "/testbed/load", json={"rps": 0}).status_code == 200
     assert httpx.post(seed.url + "/testbed/load", json={"rps": -1}).status_code == 422
+    # A bursty closed loop: both switch times or neither; a misspelt field is refused, not ignored.
+    assert httpx.post(seed.url + "/testbed/load", json={"concurrency": 8, "on_seconds": 1}).status_code == 422
+    assert httpx.post(seed.url + "/testbed/load", json={"concurency": 8}).status_code == 422
 
 
 def test_load_rps_flag_drives_decode_and_itl_grows():

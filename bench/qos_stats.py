@@ -196,11 +196,14 @@ class Check:
     """``"<= 0.01"`` or ``">= 0.8"``."""
     issue_target: bool = True
     """An issue #16 goal (judged in every run); False: context kept from earlier issues."""
+    missing_is_a_miss: bool = False
+    """No value means the event never came within its window (a rate never cut, never back at the cap): a
+    miss. Otherwise no value means there is nothing to judge (no TTFT SLO, no oracle): ``met`` is None."""
 
     def met(self) -> bool | None:
-        """Whether ``value`` meets ``target``; None when there is nothing to judge (no value)."""
+        """Whether ``value`` meets ``target``; None when there is nothing to judge."""
         if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
-            return None
+            return False if self.missing_is_a_miss else None
         op, bound = self.target.split()
         return self.value >= float(bound) if op == ">=" else self.value <= float(bound)
 
@@ -215,7 +218,8 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
 
     ``run`` holds the run's measurements under the names ``bench/qos_bench.py``
     writes. ``met`` is None where the check cannot be judged: no TTFT SLO, or
-    no fixed rate met the budget (then there is no oracle to compare with).
+    no fixed rate met the budget (then there is no oracle to compare with). A
+    time that never came within its window (None) is a miss.
 
         >>> r = {"throttled_share_above_slo": 0.008, "throttled_ttft_share_above_slo": None,
         ...      "throughput_throttled_bytes_per_second": 90e6, "spike_cut_seconds": 0.6,
@@ -234,8 +238,10 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         "throttled_ttft_share_above_slo": Check(run.get("throttled_ttft_share_above_slo"), f"<= {budget:g}"),
         "throttled_vs_oracle": Check(ratio(run.get("throughput_throttled_bytes_per_second"), oracle_throughput),
                                      ">= 0.8"),
-        "spike_cut_seconds": Check(run.get("spike_cut_seconds"), f"<= {spike_cut_max_seconds:g}"),
-        "idle_to_cap_seconds": Check(run.get("idle_to_cap_seconds"), f"<= {idle_max_seconds:g}"),
+        "spike_cut_seconds": Check(run.get("spike_cut_seconds"), f"<= {spike_cut_max_seconds:g}",
+                                   missing_is_a_miss=True),
+        "idle_to_cap_seconds": Check(run.get("idle_to_cap_seconds"), f"<= {idle_max_seconds:g}",
+                                     missing_is_a_miss=True),
         # Issue #3's targets, kept as context for comparison with the earlier runs.
         "unthrottled_p99_vs_baseline": Check(ratio(run.get("itl_p99_unthrottled_seconds"),
                                                    run.get("itl_p99_baseline_seconds")), ">= 1.5", False),
@@ -245,8 +251,8 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
                                       "<= 1.0", False),
         "idle_vs_cap": Check(ratio(run.get("throughput_idle_bytes_per_second"),
                                    run.get("cap_aggregate_bytes_per_second")), f">= {idle_cap_fraction:g}", False),
-        "spike_reaction_seconds": Check(run.get("spike_reaction_seconds"), "<= 3", False),
-        "recovery_seconds": Check(run.get("recovery_seconds"), "<= 20", False),
+        "spike_reaction_seconds": Check(run.get("spike_reaction_seconds"), "<= 3", False, missing_is_a_miss=True),
+        "recovery_seconds": Check(run.get("recovery_seconds"), "<= 20", False, missing_is_a_miss=True),
     }
     return {name: c.as_dict() for name, c in checks.items()}
 

@@ -174,3 +174,26 @@ def test_load_rps_flag_drives_decode_and_itl_grows():
         assert 1 <= status["layers_per_step"]
     finally:
         assert seed.stop() == 0
+
+
+def test_a_closed_loop_keeps_its_requests_in_flight_and_a_burst_ends_them():
+    """--load-concurrency N: N requests in flight (decoded together in each step), a new one as each finishes;
+    a bursty load stops sending when its on-period ends, so the seed drains to idle."""
+    seed = SeedProcess("--preset", "tiny", "--load-concurrency", "12", "--output-tokens", "6",
+                       "--output-tokens-jitter", "0.5", "--decode-layers", "1")
+    try:
+        decode = lambda: httpx.get(seed.url + "/testbed/status").json()["decode"]  # noqa: E731
+        # Several generations of requests finished, and every one was replaced at once.
+        _wait_until(lambda: decode()["completed"] >= 36, "three generations of the closed loop to finish")
+        status = decode()
+        assert status["running"] + status["queued"] == 12 and status["rejected"] == 0, status
+        assert status["load"] == {"rps": 0.0, "concurrency": 12, "on_seconds": 0.0, "off_seconds": 0.0}
+        # On for 0.3 s, then off for a minute: the requests in flight finish and none replaces them.
+        body = {"concurrency": 12, "on_seconds": 0.3, "off_seconds": 60}
+        assert httpx.post(seed.url + "/testbed/load", json=body).json() == {"rps": 0.0, **body}
+        _wait_until(lambda: decode()["running"] + decode()["queued"] == 0, "the burst's requests to finish")
+        completed = decode()["completed"]
+        time.sleep(0.5)
+        assert decode()["completed"] == completed and decode()["running"] == 0  # still off: nothing new arrives
+    finally:
+        assert seed.stop() == 0

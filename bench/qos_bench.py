@@ -353,7 +353,7 @@ class Observer:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             stats = [self.http.get(f"{s.url}/testbed/status").json()["decode"] for s in self.fleet.seeds]
-            if all(d["running"] == 0 and d["queued"] == 0 for d in stats):
+            if all(d["in_flight"] == 0 for d in stats):
                 return time.monotonic() - start
             time.sleep(0.1)
         return None

@@ -323,10 +323,17 @@ class BatchScheduler:
         self.completed = 0
         self.rejected = 0
         self.generated_tokens = 0
+        self.num_prefilling = 0
+        """Requests taken off the queue by a prefill step that has not finished: in flight, neither queued nor running."""
 
     @property
     def num_running(self) -> int:
         return len(self.running)
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests accepted and not finished: queued, being prefilled, or running."""
+        return len(self.waiting) + self.num_prefilling + len(self.running)
 
     @property
     def num_waiting(self) -> int:
@@ -353,6 +360,7 @@ class BatchScheduler:
             budget -= len(request.prompt)
             admitted.append(request)
         if admitted:
+            self.num_prefilling = len(admitted)
             return Batch("prefill", admitted)
         if self.running:
             return Batch("decode", list(self.running))
@@ -360,6 +368,8 @@ class BatchScheduler:
 
     def finish_step(self, batch: Batch, next_tokens: list[int], now: float) -> None:
         stream = self.config.stream
+        if batch.kind == "prefill":
+            self.num_prefilling = 0
         for request, token in zip(batch.requests, next_tokens):
             request.output.append(token)
             self.generated_tokens += 1
@@ -619,7 +629,7 @@ class DecodeLoop:
         if not shape.concurrency:
             return
         now = self.clock()
-        missing = shape.target_in_flight(now - since) - self.scheduler.num_running - self.scheduler.num_waiting
+        missing = shape.target_in_flight(now - since) - self.scheduler.num_in_flight
         for _ in range(max(missing, 0)):
             if not self._submit_locked(now):
                 break
@@ -633,6 +643,7 @@ class DecodeLoop:
                          "off_seconds": shape.off_seconds},
                 "running": self.scheduler.num_running,
                 "queued": self.scheduler.num_waiting,
+                "in_flight": self.scheduler.num_in_flight,
                 "completed": self.scheduler.completed,
                 "rejected": self.scheduler.rejected,
                 "generated_tokens": self.scheduler.generated_tokens,

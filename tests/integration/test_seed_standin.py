@@ -186,12 +186,12 @@ def test_a_closed_loop_keeps_its_requests_in_flight_and_a_burst_ends_them():
         # Several generations of requests finished, and every one was replaced at once.
         _wait_until(lambda: decode()["completed"] >= 36, "three generations of the closed loop to finish")
         status = decode()
-        assert status["running"] + status["queued"] == 12 and status["rejected"] == 0, status
+        assert status["in_flight"] == 12 and status["rejected"] == 0, status
         assert status["load"] == {"rps": 0.0, "concurrency": 12, "on_seconds": 0.0, "off_seconds": 0.0}
         # On for 0.3 s, then off for a minute: the requests in flight finish and none replaces them.
         body = {"concurrency": 12, "on_seconds": 0.3, "off_seconds": 60}
         assert httpx.post(seed.url + "/testbed/load", json=body).json() == {"rps": 0.0, **body}
-        _wait_until(lambda: decode()["running"] + decode()["queued"] == 0, "the burst's requests to finish")
+        _wait_until(lambda: decode()["in_flight"] == 0, "the burst's requests to finish")
         completed = decode()["completed"]
         time.sleep(0.5)
         assert decode()["completed"] == completed and decode()["running"] == 0  # still off: nothing new arrives

@@ -93,12 +93,22 @@ def test_a_closed_loop_decodes_its_whole_batch_every_step_and_replaces_finished_
     with loop._work:
         loop._top_up_locked()
     assert loop.scheduler.num_waiting == 16
-    assert _step(loop, clock) == 16  # one prefill step admits all 16
+    with loop._work:
+        batch = loop.scheduler.schedule()  # one prefill step admits all 16
+    # While it runs they are neither queued nor running, but still in flight: a top-up adds none.
+    assert batch.kind == "prefill" and loop.scheduler.num_waiting == 0 and loop.scheduler.num_in_flight == 16
+    with loop._work:
+        loop._top_up_locked()
+    assert loop.scheduler.num_in_flight == 16
+    clock.now += 0.01
+    with loop._work:
+        loop.scheduler.finish_step(batch, loop.forward.run(*batch.token_ids()), clock())
+    assert loop.scheduler.num_running == 16
     decode_batches = []
     for _ in range(60):
         decode_batches.append(_step(loop, clock))
         # Every finished request is replaced at once: 16 in flight after every step.
-        assert loop.scheduler.num_running + loop.scheduler.num_waiting == 16
+        assert loop.scheduler.num_in_flight == 16
     assert loop.scheduler.completed >= 16
     # Lengths of 4-12 tokens: requests finish at different steps, so most steps decode the whole batch.
     assert max(decode_batches) == 16
@@ -115,7 +125,7 @@ def test_a_bursty_closed_loop_stops_replacing_requests_while_off(weights):
         loop._top_up_locked()
     while clock.now < 100.9:  # on: topped up to 8 after every step
         _step(loop, clock, 0.05)
-        assert loop.scheduler.num_running + loop.scheduler.num_waiting == 8
+        assert loop.scheduler.num_in_flight == 8
     clock.now = 101.2  # off: requests in flight finish, none replaces them
     while loop.scheduler.has_work():
         _step(loop, clock, 0.05)

@@ -1,7 +1,7 @@
 """Every QoS plant x K runs at once, on disjoint CPUs and ports: issue #16's battery in one command.
 
     python -m bench.qos_battery --plants steady,bursty,near-slo,load-change --runs 5 --out $OUT \\
-        --cores-per-plant 3 [--gpu] [--deadline-seconds 480]
+        --cores-per-plant 3 [--gpu] [--deadline-seconds 450]
 
 Each plant is one ``python -m bench.qos_bench`` process (its own fleet: two
 seeds, their agents, a scheduler, two fork loops) confined to its own
@@ -332,13 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores-per-plant", type=int, default=3,
                    help="CPUs per CPU plant: one per seed, the rest for its agents, scheduler and fork clients "
                         "(default 3)")
-    p.add_argument("--deadline-seconds", type=float, default=480.0,
-                   help="plants start no run that would end after this (default 480)")
-    p.add_argument("--grace-seconds", type=float, default=40.0,
-                   help="after the deadline, this long before a plant still running is stopped (default 40)")
+    p.add_argument("--deadline-seconds", type=float, default=450.0,
+                   help="plants start no run that would end after this many seconds (default 450)")
+    p.add_argument("--grace-seconds", type=float, default=30.0,
+                   help="after the deadline, this long before a plant still running is stopped (default 30)")
     p.add_argument("--throttled-seconds", type=float, default=15.0,
                    help="each run's measured throttled phase (default 15: 5 runs and a 5-probe oracle of 30 s "
-                        "probes fit 480 s; at 2000+ tokens/s a seed that is 30,000+ tokens per seed and run)")
+                        "probes fit 450 s; at 2000+ tokens/s a seed that is 30,000+ tokens per seed and run)")
     p.add_argument("--quick", action="store_true", help="every plant with --quick: mechanics, not goals")
     return p
 

@@ -116,6 +116,8 @@ class QosBenchOptions:
     fork_streams: int = 2
     """Concurrent fork loops: one fork's tail overlaps the next one's start, so demand never stops."""
     warmup_seconds: float = 5.0
+    first_bytes_timeout_seconds: float = 90.0
+    """The forks must land their first bytes within this long of starting (else the run stops, naming the logs)."""
     baseline_seconds: float = 10.0
     """Phase A: no transfer; the SLO is chosen from it."""
     drain_seconds: float = 3.0
@@ -158,9 +160,9 @@ class QosBenchOptions:
     @classmethod
     def quick(cls, **overrides) -> "QosBenchOptions":
         """Short phases and a small model: to check the mechanics, not the goals."""
-        short = dict(size_bytes=64 * 2**20, chunk_size=4 * 2**20, warmup_seconds=2.0, baseline_seconds=4.0,
-                     drain_seconds=1.0, settle_seconds=0.5, oracle_probe_seconds=4.0, oracle_max_probes=3,
-                     oracle_tolerance=2.0, run_baseline_seconds=2.0, throttled_ramp_seconds=2.0,
+        short = dict(size_bytes=64 * 2**20, chunk_size=4 * 2**20, warmup_seconds=1.0, baseline_seconds=4.0,
+                     drain_seconds=0.5, settle_seconds=0.5, oracle_probe_seconds=4.0, oracle_max_probes=3,
+                     oracle_tolerance=2.0, run_baseline_seconds=1.5, throttled_ramp_seconds=1.5,
                      throttled_measure_seconds=5.0, idle_timeout_seconds=6.0, idle_seconds=1.0, spike_seconds=2.0,
                      recovery_timeout_seconds=6.0)
         return cls(**{**short, **overrides})
@@ -559,6 +561,17 @@ def _wait_rates(observer: Observer, predicate, timeout: float, poll: float = 0.0
     return None
 
 
+def _wait_bytes(observer: Observer, driver, timeout: float) -> float:
+    """Seconds until the fork clients land their first bytes; RuntimeError (naming the logs) if they never do."""
+    start = time.monotonic()
+    while observer.landed() == 0:
+        if time.monotonic() - start > timeout:
+            errors = "; ".join(driver.errors[:3]) or "no fork error reported"
+            raise RuntimeError(f"no fork landed a byte in {timeout:.0f} s ({errors}); logs in {observer.fleet.log_dir}")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
 def _first_time(trace: list[tuple[float, list[float | None]]], since: float, predicate) -> float | None:
     return next((t - since for t, rates in trace if t >= since and predicate(rates)), None)
 
@@ -626,8 +639,13 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         driver = ForkDriver(fleet, observer, options.fork_streams, options.chunk_size, options.device)
         observer.start()
         observer.set_load(load)
-        time.sleep(options.warmup_seconds)
+        # The forks start now (the agents pace at the cap until told otherwise), and the bench waits for
+        # their first bytes: a first fork is slow to get going on a busy host (handshakes, registration), and
+        # a probe measured before it moves anything would "meet" the budget at zero throughput.
         driver.start()
+        first_bytes = _wait_bytes(observer, driver, options.first_bytes_timeout_seconds)
+        say(f"  forks moving after {first_bytes:.1f} s")
+        time.sleep(options.warmup_seconds)
 
         # A. no transfer (fixed rate 0: leases wait); the SLO is chosen from it.
         observer.phase = "baseline"
@@ -669,7 +687,12 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             met = worst is not None and worst <= budget
             probes.append(Probe(rate, met))
             probe_results[rate] = r
-            sweep.append({"rate_per_seed_bytes_per_second": rate, "met_slo": met, **_phase_figures(r, slo)})
+            # How much of the asked rate the forks moved: well under 1 means the host, not the rate, set the load.
+            delivered = r.throughput / (rate * n) if rate > 0 else None
+            sweep.append({"rate_per_seed_bytes_per_second": rate, "met_slo": met, "delivered_fraction": delivered,
+                          **_phase_figures(r, slo)})
+            if delivered is not None and delivered < 0.5:
+                say(f"  warning: the forks moved {delivered:.0%} of {format_rate(rate)} a seed during this probe")
         observer.set_load(load)
         oracle_rate, (low, high) = oracle_from(probes)
         oracle_phase = probe_results.get(oracle_rate) if oracle_rate is not None else None

@@ -308,6 +308,6 @@ def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
 
 
 def test_the_battery_fits_its_default_deadline():
-    """The battery's per-plant invocation (5 runs, 15 s throttled phases, 30 s probes) fits the 480 s deadline."""
+    """The battery's per-plant invocation (5 runs, 15 s throttled phases, 30 s probes) fits the 450 s deadline."""
     options = qos_bench.QosBenchOptions(throttled_measure_seconds=15.0)
-    assert qos_bench.estimate_seconds(options, 5) < 470
+    assert qos_bench.estimate_seconds(options, 5) < 445

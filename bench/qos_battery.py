@@ -15,8 +15,8 @@ and its JSON keeps what it had.
 
 Writes (at most 8 files, flat, for a device call that returns only a few):
 ``qos-<plant>.json`` per plant (bench/qos_bench.py's result: ``runs[]``,
-``summary``, ``oracle``), ``qos-battery.json`` (every plant's summary, and the
-tail of the logs of a plant that failed), ``qos-battery.png`` (min/median/max of
+``summary``, ``oracle``), ``qos-battery.json`` (every plant's summary and
+progress lines, and the tail of the logs of a plant that failed), ``qos-battery.png`` (min/median/max of
 each goal per plant against its target) and ``qos-battery-series.png`` (each
 plant's allowed rates and share of slow tokens over time).
 """
@@ -222,9 +222,9 @@ def run_battery(args: argparse.Namespace) -> int:
                 "slo_choice", "load_description", "oracle_rate_per_seed_bytes_per_second", "oracle_bytes_per_second")})
             entry["oracle_bracket_per_seed_bytes_per_second"] = (result.get("oracle") or {}).get(
                 "bracket_per_seed_bytes_per_second")
+        entry["output"] = output[name]  # every progress line: each phase's latency, throughput and share
         if children[name].returncode not in (0, 1):
             entry["log_tails"] = _log_tails(logs / name)
-            entry["output_tail"] = output[name][-30:]
         summary["plants"][name] = entry
     summary["table"] = goal_table(summary["plants"])
     (out / "qos-battery.json").write_text(json.dumps(summary, indent=1, default=str))

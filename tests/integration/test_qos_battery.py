@@ -55,3 +55,4 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert battery["plants"]["steady"]["exit_code"] == done.returncode
     assert battery["plants"]["steady"]["summary"] == result["summary"]
     assert any(row.startswith("steady") for row in battery["table"])
+    assert any("C throttled (run 1)" in line for line in battery["plants"]["steady"]["output"])

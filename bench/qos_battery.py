@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,11 +105,17 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
     return rows
 
 
+# Mooncake's own (glog) lines, e.g. "E1202 01:35:23.551600 22325 tcp_transport_session_impl.h:651] ...": reads cut
+# off when a plant stops its fleet under running forks. Kept in qos-battery.json, not relayed to the terminal.
+_GLOG_LINE = re.compile(r"^([EWIF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|WARNING: Logging before InitGoogleLogging)")
+
+
 def _relay(stream, sink: list[str]) -> None:
     for raw in stream:
         line = raw.decode(errors="replace").rstrip()
         sink.append(line)
-        print(line, flush=True)
+        if not _GLOG_LINE.match(line):
+            print(line, flush=True)
 
 
 def _log_tails(log_dir: Path, lines: int = 25) -> dict[str, str]:
@@ -223,6 +230,7 @@ def run_battery(args: argparse.Namespace) -> int:
             entry["oracle_bracket_per_seed_bytes_per_second"] = (result.get("oracle") or {}).get(
                 "bracket_per_seed_bytes_per_second")
         entry["output"] = output[name]  # every progress line: each phase's latency, throughput and share
+        entry["mooncake_log_lines"] = sum(1 for line in output[name] if _GLOG_LINE.match(line))
         if children[name].returncode not in (0, 1):
             entry["log_tails"] = _log_tails(logs / name)
         summary["plants"][name] = entry

@@ -453,22 +453,19 @@ class Observer:
 def share_estimate(w: WindowHistogram | None, slo: float, blocks: list[tuple[float, float]]) -> ShareEstimate | None:
     """The phase's share of tokens over ``slo`` (exact, from its window) with the interval from its seconds.
 
-    The interval's half-widths come from the per-second blocks
-    (``block_share_interval``); the point is the whole window's share, which the
-    check judges (the blocks' edges are the observer's seconds, not the phase's).
+    The interval comes from the per-second blocks (``block_share_interval``),
+    centred on the whole window's share, which the check judges (the blocks'
+    edges are the observer's seconds, not the phase's).
     """
     if w is None or observations(w) <= 0:
         return None
     share = fraction_above(w, slo).fraction
     tokens = observations(w)
-    estimate = block_share_interval(blocks)
+    estimate = block_share_interval(blocks, share=share)
     naive_low, naive_high = wilson_interval(share * tokens, tokens)
     if estimate is None or estimate.blocks < 2:
         return ShareEstimate(share, 0.0, 1.0, tokens, 0 if estimate is None else estimate.blocks, naive_low, naive_high)
-    up, down = estimate.high - estimate.share, estimate.share - estimate.low
-    half = max(up, down)  # the lower side is clipped at 0 when the share is small
-    return ShareEstimate(share, max(0.0, share - half), min(1.0, share + half), tokens, estimate.blocks,
-                         naive_low, naive_high)
+    return ShareEstimate(share, estimate.low, estimate.high, tokens, estimate.blocks, naive_low, naive_high)
 
 
 def _cpu_times() -> tuple[int, int] | None:

@@ -83,26 +83,32 @@ class ShareEstimate:
                 "naive_token_interval": [self.naive_low, self.naive_high], "design_effect": self.design_effect}
 
 
-def block_share_interval(blocks: list[tuple[float, float]]) -> ShareEstimate | None:
+def block_share_interval(blocks: list[tuple[float, float]], share: float | None = None) -> ShareEstimate | None:
     """Share of slow tokens over ``blocks`` of (slow tokens, tokens), one per second, with a 95 % interval.
 
     Ratio estimator with the cluster-robust variance (see the module docstring); blocks
-    without tokens are skipped. None when no block has a token.
+    without tokens are skipped. None when no block has a token. ``share``: the point
+    estimate from elsewhere (the phase's whole window, whose edges the blocks only
+    approximate); the interval is then centred on it and the blocks' spread is
+    measured around it, so blocks that all read 0 % do not make a 1 % share certain.
 
         >>> e = block_share_interval([(1, 100), (0, 100), (3, 100), (0, 100)])
         >>> round(e.share, 4), round(e.low, 4), round(e.high, 4)
         (0.01, 0.0, 0.0325)
         >>> block_share_interval([(0, 0)]) is None
         True
+        >>> e = block_share_interval([(0, 100)] * 4, share=0.01); round(e.low, 4), round(e.high, 4)
+        (0.0, 0.0284)
     """
     good = [(over, n) for over, n in blocks if n > 0]
     if not good:
         return None
     over_total = sum(o for o, _ in good)
     tokens = sum(n for _, n in good)
-    share = over_total / tokens
+    if share is None:
+        share = over_total / tokens
     m = len(good)
-    naive_low, naive_high = wilson_interval(over_total, tokens)
+    naive_low, naive_high = wilson_interval(share * tokens, tokens)
     if m < 2:
         return ShareEstimate(share, 0.0, 1.0, tokens, m, naive_low, naive_high)
     mean_n = tokens / m

@@ -88,9 +88,16 @@ def test_share_estimate_is_the_window_share_with_the_blocks_half_width():
     w = WindowHistogram((0.01, 0.02, math.inf), (900.0, 990.0, 1000.0))  # 1 % above 0.02
     e = qos_bench.share_estimate(w, 0.02, [(2, 250), (0, 250), (4, 250), (4, 250)])
     assert e.share == pytest.approx(0.01) and e.blocks == 4
-    blocks_only = block_share_interval([(2, 250), (0, 250), (4, 250), (4, 250)])
-    assert e.high - e.share == pytest.approx(blocks_only.high - blocks_only.share)
+    around = block_share_interval([(2, 250), (0, 250), (4, 250), (4, 250)], share=0.01)
+    assert (e.low, e.high) == (around.low, around.high) and e.low < 0.01 < e.high
     assert qos_bench.share_estimate(None, 0.02, []) is None
+
+
+def test_seconds_that_all_read_zero_do_not_make_a_nonzero_share_certain():
+    """The blocks' edges only approximate the phase's: if they all read 0 % while the whole window reads 1 %,
+    the interval must still have width (the spread is measured around the window's share)."""
+    e = block_share_interval([(0, 500)] * 5, share=0.01)
+    assert e.share == 0.01 and e.high > 0.01 and e.low < 0.01
 
 
 # --------------------------------------------------------------------------- the oracle's bisection
@@ -311,3 +318,13 @@ def test_the_battery_fits_its_default_deadline():
     """The battery's per-plant invocation (5 runs, 15 s throttled phases, 30 s probes) fits the 450 s deadline."""
     options = qos_bench.QosBenchOptions(throttled_measure_seconds=15.0)
     assert qos_bench.estimate_seconds(options, 5) < 445
+
+
+@pytest.mark.parametrize("line, mooncake", [
+    ("E1202 01:35:23.551600 22325 tcp_transport_session_impl.h:651] ClientSession: READ rejected by server", True),
+    ("WARNING: Logging before InitGoogleLogging() is written to STDERR", True),
+    ("[steady]   run 1/5: every goal met", False),
+    ("Traceback (most recent call last):", False),
+])
+def test_the_battery_keeps_mooncakes_own_lines_off_the_terminal(line, mooncake):
+    assert bool(qos_battery._GLOG_LINE.match(line)) is mooncake

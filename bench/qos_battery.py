@@ -36,6 +36,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.qos_bench import EXIT_CODES
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
 
 PORT_BASE = 21000
@@ -217,7 +218,8 @@ def run_battery(args: argparse.Namespace) -> int:
         "cpu_count": len(cpus), "interrupted": interrupted}}
     for name in every:
         path = out / f"qos-{name}.json"
-        entry: dict = {"exit_code": children[name].returncode}
+        code = children[name].returncode
+        entry: dict = {"exit_code": code, "exit_meaning": EXIT_CODES.get(code, "killed" if code < 0 else "unknown")}
         try:
             result = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

@@ -168,6 +168,10 @@ class QosBenchOptions:
         return cls(**{**short, **overrides})
 
 
+class QosBenchError(RuntimeError):
+    """The bench could not measure (no SLO leaves room, no fork moved, an agent refused); the message says which."""
+
+
 # --------------------------------------------------------------------------- SLO choice
 
 
@@ -200,7 +204,7 @@ def choose_slo(baseline: WindowHistogram, budget: float, max_ratio: float = 1.15
     finite = [b for b in baseline.bounds if math.isfinite(b)]
     roomy = [b for b in finite if fraction_above(baseline, b).fraction <= max_base_share * budget]
     if not roomy:
-        raise RuntimeError(f"no ITL bucket bound has <= {max_base_share * budget:.2%} of the seed's tokens above it "
+        raise QosBenchError(f"no ITL bucket bound has <= {max_base_share * budget:.2%} of the seed's tokens above it "
                            f"without a transfer (baseline p99 {p99 * 1000:.1f} ms); lower the seeds' load")
     if tightest:
         t = min(roomy)
@@ -344,7 +348,7 @@ class Observer:
         for seed in self.fleet.seeds:
             r = self.http.put(f"{seed.agent_url}/v1/throttle", json=body)
             if r.status_code != 200:
-                raise RuntimeError(f"PUT {seed.agent_url}/v1/throttle {body}: {r.status_code} {r.text}")
+                raise QosBenchError(f"PUT {seed.agent_url}/v1/throttle {body}: {r.status_code} {r.text}")
 
     def set_load(self, load: Load) -> None:
         for seed in self.fleet.seeds:
@@ -559,12 +563,12 @@ def _wait_rates(observer: Observer, predicate, timeout: float, poll: float = 0.0
 
 
 def _wait_bytes(observer: Observer, driver, timeout: float) -> float:
-    """Seconds until the fork clients land their first bytes; RuntimeError (naming the logs) if they never do."""
+    """Seconds until the fork clients land their first bytes; QosBenchError (naming the logs) if they never do."""
     start = time.monotonic()
     while observer.landed() == 0:
         if time.monotonic() - start > timeout:
             errors = "; ".join(driver.errors[:3]) or "no fork error reported"
-            raise RuntimeError(f"no fork landed a byte in {timeout:.0f} s ({errors}); logs in {observer.fleet.log_dir}")
+            raise QosBenchError(f"no fork landed a byte in {timeout:.0f} s ({errors}); logs in {observer.fleet.log_dir}")
         time.sleep(0.1)
     return time.monotonic() - start
 
@@ -652,7 +656,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
                                     plant.schedule(options.baseline_seconds))
         observer.set_load(load)
         if baseline.itl is None or observations(baseline.itl) < 1000:
-            raise RuntimeError(f"the seeds produced too few tokens for a baseline; logs in {fleet.log_dir}")
+            raise QosBenchError(f"the seeds produced too few tokens for a baseline; logs in {fleet.log_dir}")
         if options.slo_itl_seconds is None:
             slo, slo_how = slo_for_plant(baseline.itl, budget, plant)
         else:
@@ -1202,6 +1206,8 @@ def run(args: argparse.Namespace) -> int:
     except BenchArgsError as exc:
         print(f"rfork bench qos: error: {exc}", file=sys.stderr)
         return 2
+    from testbed.fleet import FleetError
+
     _confine_to_cpus(options, args.cpus)
     # SIGTERM (a timeout, a CI cancel, the battery's deadline) must still stop the fleet's processes.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -1218,6 +1224,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         say("interrupted; the fleet is stopped" + (f"; partial results in {args.json_path}" if args.json_path else ""))
         return 130
+    except (QosBenchError, FleetError, httpx.HTTPError) as exc:
+        # Exit 3, not 1 (a goal missed): the measurement itself failed.
+        print(f"{tag}rfork bench qos: error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+        return 3
     print_checks(result, say)
     oracle = result["oracle_bytes_per_second"]
     say(f"oracle {'none met the budget' if oracle is None else format_rate(oracle)}, throttled (run 1) "
@@ -1230,6 +1240,10 @@ def run(args: argparse.Namespace) -> int:
         plot(result, args.plot_path)
         say(f"wrote {args.plot_path}")
     return 0 if result.get("every_run_met_every_goal") else 1
+
+
+EXIT_CODES = {0: "every goal met in every run", 1: "a goal was missed in some run", 2: "bad flags",
+              3: "the measurement failed (see the error line)", 130: "interrupted"}
 
 
 def _finite(x):

@@ -328,3 +328,37 @@ def test_the_battery_fits_its_default_deadline():
 ])
 def test_the_battery_keeps_mooncakes_own_lines_off_the_terminal(line, mooncake):
     assert bool(qos_battery._GLOG_LINE.match(line)) is mooncake
+
+
+# The seed alone: 10 % of tokens above 25 ms, 1.2 % above 30 ms, 0.6 % above 35 ms, 0.1 % above 40 ms.
+BASELINE = ((0.025, 0.03, 0.035, 0.04, math.inf), (9000.0, 9880.0, 9940.0, 9990.0, 10000.0))
+
+
+@pytest.mark.parametrize("plant, slo", [
+    ("steady", 0.035),      # the largest bound <= 1.15 x p99 (34.2 ms) with <= 0.75 % above: 35 ms (1.03x)
+    ("near-slo", 0.035),    # the tightest bound with <= 0.9 % above: 35 ms (30 ms has 1.2 %)
+])
+def test_the_plants_slo_rules(plant, slo):
+    from throttle.histogram import WindowHistogram
+
+    got, how = qos_bench.slo_for_plant(WindowHistogram(*BASELINE), 0.01, qos_plants.get_plant(plant))
+    assert got == slo and how
+
+
+def test_near_slo_takes_the_tightest_bound_the_seed_alone_still_meets():
+    from throttle.histogram import WindowHistogram
+
+    # Above 25 ms 2 %, 30 ms 0.7 %, 32 ms 0.4 %, 34 ms 0.1 %; p99 28.8 ms, so 1.15 x p99 = 33.2 ms.
+    w = WindowHistogram((0.025, 0.03, 0.032, 0.034, math.inf), (9800.0, 9930.0, 9960.0, 9990.0, 10000.0))
+    assert qos_bench.slo_for_plant(w, 0.01, qos_plants.get_plant("steady"))[0] == 0.032   # largest <= 33.2 ms
+    assert qos_bench.slo_for_plant(w, 0.01, qos_plants.get_plant("near-slo"))[0] == 0.03  # the seed uses 70 %
+    # A tighter budget: 30 ms leaves no room under 90 % of 0.5 %; 32 ms (0.4 %) is the tightest left.
+    assert qos_bench.slo_for_plant(w, 0.005, qos_plants.get_plant("near-slo"))[0] == 0.032
+
+
+def test_no_bound_leaving_the_transfer_room_is_a_bench_error():
+    from throttle.histogram import WindowHistogram
+
+    w = WindowHistogram((0.025, 0.03, math.inf), (5000.0, 8000.0, 10000.0))  # 20 % above every bound
+    with pytest.raises(qos_bench.QosBenchError, match="lower the seeds' load"):
+        qos_bench.choose_slo(w, 0.01)

@@ -159,6 +159,14 @@ def run_battery(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="rfork-qos-battery-"))
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM (a timeout, a cancelled job) both stop every plant, each of which stops its fleet:
+    # the plants run in sessions of their own, so only this process can pass the signal on.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     for w in warnings:
         print(f"battery: warning: {w}", flush=True)
     started = time.monotonic()
@@ -203,11 +211,13 @@ def run_battery(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         stop_all("interrupted")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the plants' own shutdown short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for name, child in children.items():
         try:
             child.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            child.kill()  # its fleet's processes got SIGTERM from its own shutdown already, or never started
+            child.kill()  # it did not stop its fleet in 30 s; its fleet's processes are told by their own timeouts
             child.wait()
     for relay in relays:
         relay.join(2)

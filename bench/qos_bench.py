@@ -1222,7 +1222,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_qos_bench(options, plant, args.runs, say=say, on_update=update, deadline=deadline)
     except KeyboardInterrupt:
-        say("interrupted; the fleet is stopped" + (f"; partial results in {args.json_path}" if args.json_path else ""))
+        saved = args.json_path and os.path.exists(args.json_path)
+        say("interrupted; the fleet is stopped" + (f"; partial results in {args.json_path}" if saved else ""))
         return 130
     except (QosBenchError, FleetError, httpx.HTTPError) as exc:
         # Exit 3, not 1 (a goal missed): the measurement itself failed.

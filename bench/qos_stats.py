@@ -15,7 +15,8 @@ seconds differ (the cluster-robust variance of a ratio, as survey sampling uses
 for clustered samples), and a Student t quantile for the number of seconds.
 One second holds tens of steps, longer than the correlation a stall leaves in
 the queue, so seconds are close to independent. The Wilson interval over tokens
-is reported beside it (``naive_token_interval``) so the design effect is visible.
+is reported beside it (``naive_token_interval``) so the design effect is visible,
+and bounds the block interval from inside: it is never narrower than Wilson's.
 """
 
 from __future__ import annotations
@@ -114,7 +115,10 @@ def block_share_interval(blocks: list[tuple[float, float]], share: float | None 
     mean_n = tokens / m
     variance = sum((o - share * n) ** 2 for o, n in good) / (m * (m - 1) * mean_n * mean_n)
     half = t_quantile_975(m - 1) * math.sqrt(variance)
-    return ShareEstimate(share, max(0.0, share - half), min(1.0, share + half), tokens, m, naive_low, naive_high)
+    # Never narrower than the binomial interval: independent tokens are the best case, and seconds that
+    # happen to agree (all 0 %, say) must not make the share look certain.
+    low, high = min(max(0.0, share - half), naive_low), max(min(1.0, share + half), naive_high)
+    return ShareEstimate(share, low, high, tokens, m, naive_low, naive_high)
 
 
 # --------------------------------------------------------------------------- the oracle's bisection

@@ -54,9 +54,12 @@ def test_block_share(blocks, share, blocks_used):
     assert e.low <= e.share <= e.high
 
 
-def test_identical_seconds_have_a_zero_width_interval_and_one_second_says_nothing():
+def test_identical_seconds_give_the_binomial_interval_and_one_second_says_nothing():
+    """Seconds that agree exactly have no spread, but the interval is never narrower than Wilson's."""
     e = block_share_interval([(1, 100)] * 10)
-    assert e.low == pytest.approx(0.01) and e.high == pytest.approx(0.01)
+    assert (e.low, e.high) == (e.naive_low, e.naive_high) and e.low < 0.01 < e.high
+    none_slow = block_share_interval([(0, 500)] * 30)
+    assert none_slow.low == 0.0 and none_slow.high == pytest.approx(qos_stats.wilson_interval(0, 15000)[1])
     one = block_share_interval([(3, 300)])
     assert (one.low, one.high) == (0.0, 1.0)
 

@@ -143,6 +143,13 @@ def run_battery(args: argparse.Namespace) -> int:
         print(f"bench.qos_battery: error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
         return 2
     gpu = "gpu-decode" if args.gpu else None
+    if args.estimate:
+        try:
+            print("\n".join(estimate(args, plants + ([gpu] if gpu else []))))
+        except (SystemExit, ValueError) as exc:
+            print(f"bench.qos_battery: error: the flags after -- : {exc}", file=sys.stderr)
+            return 2
+        return 0
     if gpu:
         from rfork_agent.devices import DeviceError, check_device
         try:
@@ -175,15 +182,10 @@ def run_battery(args: argparse.Namespace) -> int:
     relays = []
     every = list(plants) + ([gpu] if gpu else [])
     for i, name in enumerate(every):
-        cmd = [sys.executable, "-m", "bench.qos_bench", "--plant", name, "--runs", str(args.runs),
-               "--json", str(out / f"qos-{name}.json"), "--cpus", ",".join(map(str, cores[name])),
-               "--port-base", str(PORT_BASE + PORTS_PER_PLANT * i), "--log-dir", str(logs / name), "--tag-lines",
-               "--deadline-seconds", str(max(args.deadline_seconds - 5.0, 1.0))]
-        if args.quick:
-            cmd.append("--quick")
-        else:
-            cmd += ["--throttled-seconds", f"{args.throttled_seconds:g}"]
-        cmd += args.bench_args
+        cmd = [sys.executable, "-m", "bench.qos_bench", "--json", str(out / f"qos-{name}.json"),
+               "--cpus", ",".join(map(str, cores[name])), "--port-base", str(PORT_BASE + PORTS_PER_PLANT * i),
+               "--log-dir", str(logs / name), "--tag-lines", "--deadline-seconds",
+               str(max(args.deadline_seconds - 5.0, 1.0)), *plant_argv(name, args)]
         print(f"battery: {name} on CPUs {cores[name]}: {' '.join(cmd[1:])}", flush=True)
         # Its own session: a Ctrl-C here reaches it once, through us, and it stops its own fleet.
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -360,7 +362,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each run's measured throttled phase (default 15: 5 runs and a 5-probe oracle of 30 s "
                         "probes fit 450 s; at 2000+ tokens/s a seed that is 30,000+ tokens per seed and run)")
     p.add_argument("--quick", action="store_true", help="every plant with --quick: mechanics, not goals")
+    p.add_argument("--estimate", action="store_true",
+                   help="print how long each plant would take with these flags (and how many runs fit the "
+                        "deadline), start nothing")
     return p
+
+
+def plant_argv(name: str, args: argparse.Namespace) -> list[str]:
+    """The bench.qos_bench flags every plant gets from the battery's own flags (and those after --)."""
+    argv = ["--plant", name, "--runs", str(args.runs)]
+    argv += ["--quick"] if args.quick else ["--throttled-seconds", f"{args.throttled_seconds:g}"]
+    return argv + args.bench_args
+
+
+def estimate(args: argparse.Namespace, plants: list[str]) -> list[str]:
+    """One line per plant: estimated seconds for its runs, and how many runs fit the deadline.
+
+        >>> ns = argparse.Namespace(runs=5, quick=False, throttled_seconds=15.0, bench_args=[], deadline_seconds=450.0)
+        >>> estimate(ns, ["steady"])[0].split(":")[0]
+        'steady'
+    """
+    from bench import qos_bench
+
+    parser = argparse.ArgumentParser()
+    qos_bench.add_arguments(parser)
+    lines = []
+    for name in plants:
+        bench_args = parser.parse_args(plant_argv(name, args))
+        bench_args.device = "cpu"  # the estimate does not need the plant's device
+        options, _ = qos_bench.options_from_args(bench_args)
+        total = qos_bench.estimate_seconds(options, args.runs)
+        per_run = qos_bench.estimate_run_seconds(options)
+        fits = max(0, int((args.deadline_seconds - 5 - (total - args.runs * per_run)) // per_run))
+        lines.append(f"{name}: about {total:.0f} s for {args.runs} runs ({total - args.runs * per_run:.0f} s to the "
+                     f"oracle, {per_run:.0f} s a run); {min(fits, args.runs)} of {args.runs} runs fit the "
+                     f"{args.deadline_seconds:.0f} s deadline")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

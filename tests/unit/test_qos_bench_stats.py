@@ -365,3 +365,12 @@ def test_no_bound_leaving_the_transfer_room_is_a_bench_error():
     w = WindowHistogram((0.025, 0.03, math.inf), (5000.0, 8000.0, 10000.0))  # 20 % above every bound
     with pytest.raises(qos_bench.QosBenchError, match="lower the seeds' load"):
         qos_bench.choose_slo(w, 0.01)
+
+
+def test_the_battery_estimates_without_starting_anything(capsys, tmp_path):
+    out = tmp_path / "never-created"
+    assert qos_battery.main(["--out", str(out), "--plants", "steady,bursty", "--estimate", "--deadline-seconds",
+                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["steady", "bursty"]
+    assert "3 of 5 runs fit the 300 s deadline" in lines[0] and not out.exists()

@@ -12,8 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fork_bench.add_arguments(sub.add_parser("fork", help="issue #2 numbers: multi-seed striping, caps, seed kill"))
     from bench import qos_bench
 
-    qos_bench.add_arguments(sub.add_parser("qos", help="issue #3 numbers: serving-latency throttle vs baseline, "
-                                                       "no throttle and the best fixed rate"))
+    qos_bench.add_arguments(sub.add_parser("qos", help="issues #3 and #16: the serving-latency throttle on a plant "
+                                                       "(--plant), K runs against the best fixed rate (bisected)"))
     from bench import fleet_bench
 
     fleet_bench.add_arguments(sub.add_parser("fleet", help="issue #14 numbers: N new instances at once, with and "

@@ -7,7 +7,8 @@ uncapped vs SGLang's single batch read, 3 seeds capped (striping), capped
 100/100/25, one seed SIGKILLed at 50%; then the same 1-seed comparison on
 the CPU of the same machine (so GPU and CPU numbers share a host), one larger
 uncapped 1-seed fork, seeds and client on different GPUs when two are
-visible, and `rfork bench qos` with the seeds' decode load on the GPU; and,
+visible, and `rfork bench qos --plant gpu-decode` (the oracle once, then
+``--qos-runs`` throttled runs) with the seeds' decode load on the GPU; and,
 asked for by name (part ``fleet``), `rfork bench fleet` with GPU-resident
 weights: one seed and N clients as processes sharing the GPU.
 
@@ -22,7 +23,6 @@ still leaves what it measured. Parts that would start after
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -110,37 +110,29 @@ def run_fork_part(args, env: dict, started: float) -> dict:
 
 
 def run_qos_part(args, env: dict, started: float) -> dict:
+    """`rfork bench qos --plant gpu-decode` (issue #16), sized to one device call: the oracle once, then runs."""
     path = os.path.join(args.out, "gpu-qos.json")
-    try:
-        from bench import qos_bench
-    except ImportError as exc:
-        result = {"skipped": f"bench/qos_bench.py not importable: {exc}"}
-        _write_json(path, result)
-        return result
-    fields = {f.name for f in dataclasses.fields(qos_bench.QosBenchOptions)}
-    if "device" not in fields:
-        result = {"skipped": "bench/qos_bench.py has no device option"}
-        _write_json(path, result)
-        return result
     if time.monotonic() - started > args.budget_seconds:
         result = {"skipped": f"past the {args.budget_seconds:.0f} s budget"}
         _write_json(path, result)
         return result
-    # The QoS phases, shortened to fit one device call; same order and meaning as `rfork bench qos`.
-    short = dict(warmup_seconds=5.0, sweep_seconds=8.0, throttled_seconds=45.0, throttled_measure_seconds=30.0,
-                 idle_seconds=8.0, spike_seconds=12.0, recovery_timeout_seconds=20.0)
+    from bench import qos_bench
+
+    fields = {"device": args.device, "throttled_measure_seconds": 15.0}
     if getattr(args, "qos_chunk_size", None):
-        from rfork_api.units import parse_size
-        short["chunk_size"] = parse_size(args.qos_chunk_size)
-    options = qos_bench.QosBenchOptions(device=args.device, **{k: v for k, v in short.items() if k in fields})
+        fields["chunk_size"] = parse_size(args.qos_chunk_size)
+    options = qos_bench.QosBenchOptions(**fields)
+    deadline = started + args.budget_seconds
+
+    def update(partial: dict) -> None:
+        _write_json(path, qos_bench._finite({**partial, "environment": env}))
+
     try:
-        result = qos_bench.run_qos_bench(options)
+        result = qos_bench.run_qos_bench(options, "gpu-decode", args.qos_runs, on_update=update, deadline=deadline)
         result["environment"] = env
         _write_json(path, qos_bench._finite(result))
         qos_bench.plot(result, os.path.join(args.out, "gpu-qos.png"))
-        for name, c in result["checks"].items():
-            value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
-            print(f"{'PASS' if c['met'] else 'MISS'}  qos {name:32} {value:>8}   [target {c['target']}]", flush=True)
+        qos_bench.print_checks(result, lambda line: print(f"qos {line}", flush=True))
     except Exception as exc:  # noqa: BLE001 - record it; the fork part's results stand on their own
         result = {"error": f"{type(exc).__name__}: {exc}", "environment": env}
         print(f"ERROR qos: {result['error']}", flush=True)
@@ -243,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="chunk size of the QoS part (default: bench qos's 8MiB); a chunk read over TCP from "
                         "GPU memory is one staging copy, so its size sets how long one read stalls decode")
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario; the median is reported")
+    p.add_argument("--qos-runs", type=int, default=3,
+                   help="throttled runs of the qos part after its one oracle (default 3; fewer if the budget ends)")
     p.add_argument("--budget-seconds", type=float, default=480.0,
                    help="start no part or scenario after this many seconds (default 480)")
     args = p.parse_args(argv)

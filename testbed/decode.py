@@ -2,7 +2,9 @@
 
 The QoS controller throttles fork traffic by the serving latency a seed reports
 (docs/qos.md), so the stand-in has to serve: requests arrive open-loop
-(Poisson at ``load_rps``), one scheduler thread runs batched steps whose
+(Poisson at ``rps``) and/or closed-loop (``concurrency`` requests kept in
+flight, as a serving benchmark's clients do), optionally in on/off bursts
+(``LoadShape``); one scheduler thread runs continuously batched steps whose
 matmuls read the very buffers the TransferEngine serves to forking clients, and
 the latencies land in histograms named, labelled and bucketed exactly as
 SGLang 0.5.23's ``TokenizerMetricsCollector`` / ``SchedulerMetricsCollector``
@@ -15,6 +17,7 @@ shows up in ``sglang:inter_token_latency_seconds`` as it would on a real seed.
     >>> weights = [materialize(get_preset("tiny"), 0, rng_seed=1)]
     >>> loop = DecodeLoop(weights, DecodeConfig(layers_per_step=2), DecodeMetrics(CollectorRegistry(), "tiny"))
     >>> loop.start(); loop.set_load(50.0)      # requests/s, changeable any time
+    >>> loop.set_shape(LoadShape(concurrency=64, on_seconds=2, off_seconds=2))  # 64 in flight, bursts
     >>> loop.stop()
 
 Pieces: ``BatchScheduler`` decides each step's batch and records latencies (no
@@ -66,6 +69,12 @@ class DecodeConfig:
     prompt_tokens: int = 32
     output_tokens: int = 64
     """Tokens each request generates (the first comes from its prefill step)."""
+    output_tokens_jitter: float = 0.0
+    """Each request generates ``output_tokens`` x a uniform factor in [1 - jitter, 1 + jitter]: real
+    outputs differ in length, so a closed loop's requests finish (and new ones prefill) spread out
+    instead of in lockstep."""
+    load_concurrency: int = 0
+    """Closed-loop requests kept in flight from the start (0 = none; see ``LoadShape``)."""
     max_running_requests: int = 64
     max_queued_requests: int = 256
     """Arrivals beyond this many waiting are rejected (counted as aborted), so an
@@ -83,6 +92,9 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         _check_rps(self.load_rps)
+        LoadShape(rps=self.load_rps, concurrency=self.load_concurrency)  # raises on a bad value
+        if not 0 <= self.output_tokens_jitter < 1:
+            raise ValueError(f"output_tokens_jitter must be in [0, 1), got {self.output_tokens_jitter}")
         for name in ("prompt_tokens", "output_tokens", "max_running_requests", "max_queued_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -91,6 +103,68 @@ class DecodeConfig:
                              f"{self.prompt_tokens}; no prompt could ever be prefilled: raise it")
         if self.layers_per_step is not None and self.layers_per_step < 1:
             raise ValueError(f"layers_per_step must be at least 1, got {self.layers_per_step}")
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """What arrives at the seed, changeable at run time (``DecodeLoop.set_shape``).
+
+    ``rps``: open-loop Poisson arrivals per second. ``concurrency``: a closed loop
+    that keeps this many requests in flight (queued or running), submitting a new
+    one as soon as one finishes, as a serving benchmark's N concurrent clients do:
+    every decode step then decodes one token for each of them (continuous
+    batching, batch ~ ``concurrency``), whatever the machine's speed. Both may be
+    set. With ``on_seconds`` and ``off_seconds`` both > 0 the load is bursty: on
+    for ``on_seconds`` (from the moment it is set), then no arrivals for
+    ``off_seconds`` (running requests finish), repeating.
+
+        >>> LoadShape(concurrency=64, on_seconds=2, off_seconds=1).phase(2.5)   # off, back on in 0.5 s
+        (False, 0.5)
+        >>> LoadShape(rps=10).phase(1e6)
+        (True, inf)
+        >>> LoadShape(concurrency=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: load concurrency must be a whole number of requests >= 0, got -1
+    """
+
+    rps: float = 0.0
+    concurrency: int = 0
+    on_seconds: float = 0.0
+    off_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_rps(self.rps)
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 0:
+            raise ValueError(f"load concurrency must be a whole number of requests >= 0, got {self.concurrency!r}")
+        for name in ("on_seconds", "off_seconds"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"load {name} must be finite seconds >= 0, got {value!r}")
+        if (self.on_seconds > 0) != (self.off_seconds > 0):
+            raise ValueError(f"a bursty load needs both on_seconds and off_seconds > 0 (got on {self.on_seconds}, "
+                             f"off {self.off_seconds}); give both, or neither for a steady load")
+
+    @property
+    def idle(self) -> bool:
+        return self.rps == 0 and self.concurrency == 0
+
+    def phase(self, elapsed: float) -> tuple[bool, float]:
+        """(is the load on ``elapsed`` seconds after it was set, seconds until that changes)."""
+        if self.on_seconds <= 0:
+            return True, math.inf
+        at = elapsed % (self.on_seconds + self.off_seconds)
+        if at < self.on_seconds:
+            return True, self.on_seconds - at
+        return False, self.on_seconds + self.off_seconds - at
+
+    def target_in_flight(self, elapsed: float) -> int:
+        """Closed-loop requests to keep in flight at ``elapsed``: ``concurrency`` while on, else 0."""
+        return self.concurrency if self.phase(elapsed)[0] else 0
+
+    def rate(self, elapsed: float) -> float:
+        """Open-loop arrival rate at ``elapsed``: ``rps`` while on, else 0."""
+        return self.rps if self.phase(elapsed)[0] else 0.0
 
 
 class DecodeMetrics:
@@ -249,10 +323,17 @@ class BatchScheduler:
         self.completed = 0
         self.rejected = 0
         self.generated_tokens = 0
+        self.num_prefilling = 0
+        """Requests taken off the queue by a prefill step that has not finished: in flight, neither queued nor running."""
 
     @property
     def num_running(self) -> int:
         return len(self.running)
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests accepted and not finished: queued, being prefilled, or running."""
+        return len(self.waiting) + self.num_prefilling + len(self.running)
 
     @property
     def num_waiting(self) -> int:
@@ -279,6 +360,7 @@ class BatchScheduler:
             budget -= len(request.prompt)
             admitted.append(request)
         if admitted:
+            self.num_prefilling = len(admitted)
             return Batch("prefill", admitted)
         if self.running:
             return Batch("decode", list(self.running))
@@ -286,6 +368,8 @@ class BatchScheduler:
 
     def finish_step(self, batch: Batch, next_tokens: list[int], now: float) -> None:
         stream = self.config.stream
+        if batch.kind == "prefill":
+            self.num_prefilling = 0
         for request, token in zip(batch.requests, next_tokens):
             request.output.append(token)
             self.generated_tokens += 1
@@ -428,9 +512,10 @@ class ForwardPass:
 class DecodeLoop:
     """The serving side of the seed stand-in: arrivals, batching, compute, metrics.
 
-    ``set_load(rps)`` takes effect at once (the arrival process is memoryless,
-    so redrawing the next gap on a change is exact). ``submit()`` injects one
-    request directly.
+    ``set_shape(LoadShape(...))`` (or ``set_load(rps)``) takes effect at once:
+    the open-loop arrival process is memoryless, so redrawing the next gap on a
+    change (or at a burst's switch) is exact; a closed loop is topped up to its
+    target after every step. ``submit()`` injects one request directly.
 
         >>> loop = DecodeLoop(weights, DecodeConfig(), metrics)   # doctest: +SKIP
         >>> loop.start(); loop.set_load(20); ...; loop.stop()     # doctest: +SKIP
@@ -444,7 +529,8 @@ class DecodeLoop:
         self.forward = ForwardPass(ranks, config.layers_per_step or 1)
         self.scheduler = BatchScheduler(config, metrics)
         self.calibrated_step_seconds: float | None = None
-        self._rps = config.load_rps
+        # (shape, when it was set, version): one attribute, so the step loop reads a consistent pair.
+        self._shape_state = (LoadShape(rps=config.load_rps, concurrency=config.load_concurrency), clock(), 0)
         self._rng = random.Random(config.seed)
         self._next_rid = 0
         self._work = threading.Condition()
@@ -479,12 +565,16 @@ class DecodeLoop:
         self._threads.clear()
 
     def set_load(self, rps: float) -> None:
-        """Change the mean arrival rate (requests/s); 0 stops new arrivals."""
+        """Open-loop arrivals at ``rps`` requests/s, nothing else (0 stops new arrivals)."""
         _check_rps(rps)
+        self.set_shape(LoadShape(rps=float(rps)))
+
+    def set_shape(self, shape: LoadShape) -> None:
+        """Replace the load; a bursty shape starts its first on-period now."""
         with self._arrivals:
-            self._rps = float(rps)
+            self._shape_state = (shape, self.clock(), self._shape_state[2] + 1)
             self._arrivals.notify_all()
-        log.info("decode: load set to %.2f requests/s", rps)
+        log.info("decode: load set to %s", shape)
 
     def set_stall(self, seconds: float) -> None:
         """Add ``seconds`` to every step (0 = none): an injected latency spike for tests of the
@@ -499,21 +589,17 @@ class DecodeLoop:
         return self._stall_seconds
 
     @property
+    def shape(self) -> LoadShape:
+        return self._shape_state[0]
+
+    @property
     def load_rps(self) -> float:
-        return self._rps
+        return self._shape_state[0].rps
 
     def submit(self, arrival: float | None = None) -> bool:
         """Queue one request (prompt and length from the config); False if the queue is full."""
         with self._work:
-            request = Request(
-                rid=self._next_rid, arrival=self.clock() if arrival is None else arrival,
-                prompt=[self._rng.randrange(self.forward.vocab_rows) for _ in range(self.config.prompt_tokens)],
-                max_new_tokens=self.config.output_tokens,
-            )
-            self._next_rid += 1
-            accepted = self.scheduler.add(request)
-            if accepted:
-                self._work.notify()
+            accepted = self._submit_locked(self.clock() if arrival is None else arrival)
         if not accepted:
             now = time.monotonic()
             if now - self._last_reject_log > 10:
@@ -521,12 +607,43 @@ class DecodeLoop:
                 log.warning("decode: queue full (%d waiting); rejecting arrivals", self.config.max_queued_requests)
         return accepted
 
+    def _submit_locked(self, arrival: float) -> bool:
+        jitter = self.config.output_tokens_jitter
+        length = self.config.output_tokens
+        if jitter:
+            length = max(1, round(length * self._rng.uniform(1 - jitter, 1 + jitter)))
+        request = Request(
+            rid=self._next_rid, arrival=arrival,
+            prompt=[self._rng.randrange(self.forward.vocab_rows) for _ in range(self.config.prompt_tokens)],
+            max_new_tokens=length,
+        )
+        self._next_rid += 1
+        accepted = self.scheduler.add(request)
+        if accepted:
+            self._work.notify()
+        return accepted
+
+    def _top_up_locked(self) -> None:
+        """Closed loop: submit requests until the target in flight is reached (caller holds ``_work``)."""
+        shape, since, _ = self._shape_state
+        if not shape.concurrency:
+            return
+        now = self.clock()
+        missing = shape.target_in_flight(now - since) - self.scheduler.num_in_flight
+        for _ in range(max(missing, 0)):
+            if not self._submit_locked(now):
+                break
+
     def stats(self) -> dict:
         with self._work:
+            shape = self._shape_state[0]
             return {
-                "load_rps": self._rps,
+                "load_rps": shape.rps,
+                "load": {"rps": shape.rps, "concurrency": shape.concurrency, "on_seconds": shape.on_seconds,
+                         "off_seconds": shape.off_seconds},
                 "running": self.scheduler.num_running,
                 "queued": self.scheduler.num_waiting,
+                "in_flight": self.scheduler.num_in_flight,
                 "completed": self.scheduler.completed,
                 "rejected": self.scheduler.rejected,
                 "generated_tokens": self.scheduler.generated_tokens,
@@ -541,28 +658,41 @@ class DecodeLoop:
 
     # -- threads ---------------------------------------------------------
     def _arrival_loop(self) -> None:
+        """Open-loop arrivals, and the closed loop's top-up when a burst switches on or the load changes."""
         rng = random.Random(self.config.seed + 1)
         next_at: float | None = None
+        seen_version = -1
         while True:
             with self._arrivals:
                 if self._stopped:
                     return
-                if self._rps <= 0:
-                    next_at = None
-                    self._arrivals.wait()
-                    continue
-                now = self.clock()
+                shape, since, version = self._shape_state
+            now = self.clock()
+            on, switch_in = shape.phase(now - since)
+            if version != seen_version:
+                next_at, seen_version = None, version  # a new load: redraw from now
+            if on and shape.concurrency:
+                with self._work:
+                    self._top_up_locked()
+            rate = shape.rps if on else 0.0
+            if rate <= 0:
+                next_at = None
+            else:
                 if next_at is None:
-                    next_at = now + rng.expovariate(self._rps)
-                if now < next_at:
-                    if self._arrivals.wait(timeout=next_at - now):
-                        next_at = None  # rate changed (or stopping): redraw from now
+                    next_at = now + rng.expovariate(rate)
+                if next_at <= now:
+                    arrival = next_at
+                    # Open loop: the schedule advances from the planned time, so a
+                    # late wake-up does not thin the arrivals.
+                    next_at += rng.expovariate(rate)
+                    self.submit(arrival=arrival)
                     continue
-                arrival = next_at
-                # Open loop: the schedule advances from the planned time, so a
-                # late wake-up does not thin the arrivals.
-                next_at += rng.expovariate(self._rps)
-            self.submit(arrival=arrival)
+                if next_at > now + switch_in:
+                    next_at = None  # the burst ends first; memoryless: redraw when it is next on
+            wake = min(next_at if next_at is not None else math.inf, now + switch_in)
+            with self._arrivals:
+                if not self._stopped and self._shape_state[2] == seen_version:
+                    self._arrivals.wait(timeout=None if math.isinf(wake) else max(wake - self.clock(), 0.0))
 
     def _step_loop(self) -> None:
         while True:
@@ -584,6 +714,8 @@ class DecodeLoop:
             elapsed = time.perf_counter() - started
             with self._work:
                 self.scheduler.finish_step(batch, next_tokens, self.clock())
+                # A closed-loop client sends its next request as soon as one finishes.
+                self._top_up_locked()
                 self._steps += 1
                 self._step_seconds += elapsed
                 self._last_step_seconds = elapsed

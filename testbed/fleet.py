@@ -62,6 +62,12 @@ class FleetSpec:
     """Pin seed i to CPU i (mod the CPUs this process may use): each seed stands for its own host,
     so one seed's decode and chunk sends do not compete with another seed's for a core (Linux only;
     agents, the scheduler and fork clients still float)."""
+    seed_cpus: tuple[int, ...] = ()
+    """With ``pin_seeds``: seed i on CPU ``seed_cpus[i % len]`` instead of the i-th CPU this process may
+    use, so a caller confined to other CPUs (a benchmark sharing a host) can place its seeds."""
+    port_base: int | None = None
+    """The scheduler and agents listen on ``port_base``, ``port_base + 1``, ... instead of free ports
+    picked one at a time: fleets started side by side on one host then cannot race for a port."""
 
     def rate_for(self, index: int) -> float | None:
         if not self.seed_rates:
@@ -112,6 +118,7 @@ class Fleet:
     scheduler_process: subprocess.Popen | None = None
     log_dir: Path = field(default=None)  # type: ignore[assignment]
     _processes: list[subprocess.Popen] = field(default_factory=list)
+    _ports_taken: int = 0
 
     def __enter__(self) -> "Fleet":
         try:
@@ -148,8 +155,14 @@ class Fleet:
             self.start_agent(seed)
         self.wait_registered([s.seed_id for s in self.seeds])
 
+    def _port(self) -> int:
+        if self.spec.port_base is None:
+            return free_port()
+        self._ports_taken += 1
+        return self.spec.port_base + self._ports_taken - 1
+
     def start_scheduler(self, port: int | None = None) -> None:
-        port = port or (int(self.scheduler_url.rsplit(":", 1)[1]) if self.scheduler_url else free_port())
+        port = port or (int(self.scheduler_url.rsplit(":", 1)[1]) if self.scheduler_url else self._port())
         self.scheduler_url = f"http://127.0.0.1:{port}"
         cmd = _python_module(
             "rfork_agent.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port),
@@ -167,7 +180,7 @@ class Fleet:
         )
         process = self._spawn(cmd, f"seed-{index}", stdout=subprocess.PIPE)
         if self.spec.pin_seeds and hasattr(os, "sched_setaffinity"):
-            cpus = sorted(os.sched_getaffinity(0))
+            cpus = list(self.spec.seed_cpus) or sorted(os.sched_getaffinity(0))
             try:
                 # Before the seed starts its threads (torch, TransferEngine): they inherit the mask.
                 os.sched_setaffinity(process.pid, {cpus[index % len(cpus)]})
@@ -176,7 +189,7 @@ class Fleet:
         return index, process, self.log_dir / f"seed-{index}.log"
 
     def start_agent(self, seed: SeedHandle) -> None:
-        port = free_port()
+        port = self._port()
         seed.agent_url = f"http://127.0.0.1:{port}"
         rate = "unlimited" if seed.rate_cap is None else repr(float(seed.rate_cap))
         cmd = _python_module(

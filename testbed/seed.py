@@ -10,7 +10,8 @@ HTTP surface an rfork agent and SGLang's own R-Fork client read from a seed:
   400 when the rank is missing, negative or not served, as SGLang answers;
 - ``GET /server_info`` (and ``/get_server_info``), ``GET /health``, ``GET /metrics``
   (SGLang's metric names, from a real decode loop: testbed.decode);
-- testbed controls: ``POST /testbed/load {"rps": 20}``, ``POST /testbed/stall {"seconds": 0.05}``
+- testbed controls: ``POST /testbed/load {"rps": 20}`` (open-loop arrivals; or
+  ``{"concurrency": 64, "on_seconds": 2, "off_seconds": 2}``: a closed loop, in bursts), ``POST /testbed/stall {"seconds": 0.05}``
   (an injected per-step delay: a latency spike on demand), ``GET /testbed/status``,
   ``GET /testbed/digests?rank=N``.
 
@@ -54,9 +55,18 @@ SGLANG_VERSION = "0.5.23"
 
 
 class LoadBody(BaseModel):
-    """Body of ``POST /testbed/load``: the new mean arrival rate."""
+    """Body of ``POST /testbed/load``: the new load (testbed.decode.LoadShape), replacing the old one.
 
-    rps: float
+    ``{"rps": 20}``: open-loop arrivals; ``{"concurrency": 64}``: 64 requests kept in
+    flight; ``"on_seconds"``/``"off_seconds"``: in bursts.
+    """
+
+    model_config = {"extra": "forbid"}  # a misspelt field must not silently leave the seed idle
+
+    rps: float = 0.0
+    concurrency: int = 0
+    on_seconds: float = 0.0
+    off_seconds: float = 0.0
 
 
 class StallBody(BaseModel):
@@ -184,13 +194,15 @@ def create_app(state: SeedState):
 
     @app.post("/testbed/load")
     def set_load(body: LoadBody):
-        if not math.isfinite(body.rps) or body.rps < 0:
-            return JSONResponse(
-                {"detail": {"error": "invalid_load",
-                            "message": f"rps must be a finite number >= 0 (requests/s), got {body.rps}"}},
-                status_code=422)
-        state.decode.set_load(body.rps)
-        return {"rps": state.decode.load_rps}
+        from testbed.decode import LoadShape
+
+        try:
+            shape = LoadShape(rps=body.rps, concurrency=body.concurrency, on_seconds=body.on_seconds,
+                              off_seconds=body.off_seconds)
+        except ValueError as exc:
+            return JSONResponse({"detail": {"error": "invalid_load", "message": str(exc)}}, status_code=422)
+        state.decode.set_shape(shape)
+        return state.decode.stats()["load"]
 
     @app.post("/testbed/stall")
     def set_stall(body: StallBody):
@@ -239,7 +251,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "CUDA pointers are registered with the TransferEngine as they are")
     p.add_argument("--model-name", default=None, help="model identity served as model_path (default: the preset name)")
     p.add_argument("--load-rps", type=float, default=0.0, help="request arrivals per second (default 0 = idle)")
+    p.add_argument("--load-concurrency", type=int, default=0,
+                   help="closed loop: keep this many requests in flight, a new one as each finishes (default 0)")
     p.add_argument("--output-tokens", type=int, default=64, help="tokens each request generates (default 64)")
+    p.add_argument("--output-tokens-jitter", type=float, default=0.0,
+                   help="each request generates --output-tokens x uniform(1-J, 1+J) tokens (default 0)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length of each request (default 32)")
     p.add_argument("--max-running-requests", type=int, default=64)
     p.add_argument("--max-queued-requests", type=int, default=256,
@@ -292,6 +308,8 @@ def start_seed(args: argparse.Namespace) -> SeedState:
         spec = resolve_spec(args.preset, args.size, args.dtype, args.tp_size, args.include_zero_byte)
         config = DecodeConfig(
             load_rps=args.load_rps, prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
+            output_tokens_jitter=getattr(args, "output_tokens_jitter", 0.0),
+            load_concurrency=getattr(args, "load_concurrency", 0),
             max_running_requests=args.max_running_requests, max_queued_requests=args.max_queued_requests,
             max_prefill_tokens=max(256, args.prompt_tokens), target_step_ms=args.decode_step_ms,
             layers_per_step=args.decode_layers, seed=args.rng_seed,

@@ -152,10 +152,14 @@ def test_metrics_have_sglang_names_and_load_can_change(seed):
     assert 'sglang:inter_token_latency_seconds_bucket{engine_type="unified",le="0.04",model_name="tiny"}' in text
     assert 'sglang:num_running_reqs{engine_type="unified",model_name="tiny",moe_ep_rank="0",pp_rank="0",tp_rank="0"}' in text
     before = _itl_count(seed.url)
-    assert httpx.post(seed.url + "/testbed/load", json={"rps": 25}).json() == {"rps": 25.0}
+    assert httpx.post(seed.url + "/testbed/load", json={"rps": 25}).json() == {
+        "rps": 25.0, "concurrency": 0, "on_seconds": 0.0, "off_seconds": 0.0}
     _wait_until(lambda: _itl_count(seed.url) > before, "the load to produce inter-token latencies")
     assert httpx.post(seed.url + "/testbed/load", json={"rps": 0}).status_code == 200
     assert httpx.post(seed.url + "/testbed/load", json={"rps": -1}).status_code == 422
+    # A bursty closed loop: both switch times or neither; a misspelt field is refused, not ignored.
+    assert httpx.post(seed.url + "/testbed/load", json={"concurrency": 8, "on_seconds": 1}).status_code == 422
+    assert httpx.post(seed.url + "/testbed/load", json={"concurency": 8}).status_code == 422
 
 
 def test_load_rps_flag_drives_decode_and_itl_grows():
@@ -168,5 +172,28 @@ def test_load_rps_flag_drives_decode_and_itl_grows():
         status = decode()
         assert status["load_rps"] == 20 and status["rejected"] == 0
         assert 1 <= status["layers_per_step"]
+    finally:
+        assert seed.stop() == 0
+
+
+def test_a_closed_loop_keeps_its_requests_in_flight_and_a_burst_ends_them():
+    """--load-concurrency N: N requests in flight (decoded together in each step), a new one as each finishes;
+    a bursty load stops sending when its on-period ends, so the seed drains to idle."""
+    seed = SeedProcess("--preset", "tiny", "--load-concurrency", "12", "--output-tokens", "6",
+                       "--output-tokens-jitter", "0.5", "--decode-layers", "1")
+    try:
+        decode = lambda: httpx.get(seed.url + "/testbed/status").json()["decode"]  # noqa: E731
+        # Several generations of requests finished, and every one was replaced at once.
+        _wait_until(lambda: decode()["completed"] >= 36, "three generations of the closed loop to finish")
+        status = decode()
+        assert status["in_flight"] == 12 and status["rejected"] == 0, status
+        assert status["load"] == {"rps": 0.0, "concurrency": 12, "on_seconds": 0.0, "off_seconds": 0.0}
+        # On for 0.3 s, then off for a minute: the requests in flight finish and none replaces them.
+        body = {"concurrency": 12, "on_seconds": 0.3, "off_seconds": 60}
+        assert httpx.post(seed.url + "/testbed/load", json=body).json() == {"rps": 0.0, **body}
+        _wait_until(lambda: decode()["in_flight"] == 0, "the burst's requests to finish")
+        completed = decode()["completed"]
+        time.sleep(0.5)
+        assert decode()["completed"] == completed and decode()["running"] == 0  # still off: nothing new arrives
     finally:
         assert seed.stop() == 0

@@ -1,0 +1,418 @@
+"""Every QoS plant x K runs at once, on disjoint CPUs and ports: issue #16's battery in one command.
+
+    python -m bench.qos_battery --plants steady,bursty,near-slo,load-change --runs 5 --out $OUT \\
+        --cores-per-plant 3 [--gpu] [--deadline-seconds 450]
+
+Each plant is one ``python -m bench.qos_bench`` process (its own fleet: two
+seeds, their agents, a scheduler, two fork loops) confined to its own
+``--cores-per-plant`` CPUs: the seeds one CPU each, the rest on the remaining
+one(s); plant i's scheduler and agents listen from port 21000 + 100 i. With
+``--gpu`` the ``gpu-decode`` plant runs beside them on the CPUs left over. Every
+progress line is relayed prefixed with its plant. A plant that would not finish
+its next run before ``--deadline-seconds`` skips it (its JSON says so); past the
+deadline plus a grace period a plant is stopped (SIGTERM: its fleet shuts down)
+and its JSON keeps what it had.
+
+Writes (at most 8 files, flat, for a device call that returns only a few):
+``qos-<plant>.json`` per plant (bench/qos_bench.py's result: ``runs[]``,
+``summary``, ``oracle``), ``qos-battery.json`` (every plant's summary and
+progress lines, and the tail of the logs of a plant that failed), ``qos-battery.png`` (min/median/max of
+each goal per plant against its target) and ``qos-battery-series.png`` (each
+plant's allowed rates and share of slow tokens over time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.qos_bench import EXIT_CODES
+from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
+
+PORT_BASE = 21000
+PORTS_PER_PLANT = 100
+GOALS = ("throttled_share_above_slo", "throttled_vs_oracle", "spike_cut_seconds", "idle_to_cap_seconds")
+
+
+class BatteryError(ValueError):
+    """A flag the battery cannot run with; the message is the one line to print."""
+
+
+def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int, gpu_plant: str | None = None
+                 ) -> tuple[dict[str, list[int]], list[str]]:
+    """CPUs for every plant: disjoint slices of ``cores_per_plant`` for the CPU plants, the rest for the GPU plant.
+
+    Too few CPUs: slices wrap around (plants then share CPUs) and a warning says so.
+
+        >>> assign_cores(list(range(16)), ["steady", "bursty"], 3, "gpu-decode")[0]
+        {'steady': [0, 1, 2], 'bursty': [3, 4, 5], 'gpu-decode': [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]}
+        >>> cores, warnings = assign_cores([0, 1], ["steady", "bursty"], 2); cores
+        {'steady': [0, 1], 'bursty': [0, 1]}
+    """
+    if cores_per_plant < 1:
+        raise BatteryError(f"--cores-per-plant must be at least 1, got {cores_per_plant}")
+    warnings = []
+    out: dict[str, list[int]] = {}
+    need = len(plants) * cores_per_plant
+    if need > len(cpus):
+        warnings.append(f"{len(plants)} plants x {cores_per_plant} CPUs need {need}, this process may use "
+                        f"{len(cpus)}: plants share CPUs, so their latencies disturb each other")
+    for i, name in enumerate(plants):
+        out[name] = [cpus[(i * cores_per_plant + j) % len(cpus)] for j in range(cores_per_plant)]
+    if gpu_plant is not None:
+        left = cpus[need:] if need < len(cpus) else []
+        if len(left) < 2:
+            warnings.append(f"the GPU plant has {len(left)} CPUs of its own; it shares the last plant's")
+            left = sorted(set(left) | set(out[plants[-1]] if plants else cpus))
+        out[gpu_plant] = left
+    return out, warnings
+
+
+def goal_table(plants: dict[str, dict]) -> list[str]:
+    """One line per plant and goal: min / median / max over the runs, and in how many runs it was met.
+
+        >>> rows = goal_table({"steady": {"summary": {"throttled_vs_oracle": {
+        ...     "min": 0.8, "median": 0.9, "max": 1.1, "met_runs": 5, "judged_runs": 5, "target": ">= 0.8",
+        ...     "every_run": True}}}})
+        >>> rows[1].split()
+        ['steady', 'throttled_vs_oracle', '0.8', '0.9', '1.1', '5/5', '>=', '0.8', 'PASS']
+    """
+    rows = [f"{'plant':12} {'goal':28} {'min':>8} {'median':>8} {'max':>8} {'met':>5}  target"]
+    for name, plant in plants.items():
+        summary = plant.get("summary") or {}
+        if not summary:
+            rows.append(f"{name:12} {'(no run completed)':28}")
+            continue
+        for goal in GOALS + ("throttled_ttft_share_above_slo",):
+            s = summary.get(goal)
+            if s is None or (goal == "throttled_ttft_share_above_slo" and not s["judged_runs"]):
+                continue
+
+            def fmt(v):
+                return "n/a" if v is None else f"{v:.3g}"
+            verdict = {True: "PASS", False: "MISS", None: "n/a"}[s["every_run"]]
+            rows.append(f"{name:12} {goal:28} {fmt(s['min']):>8} {fmt(s['median']):>8} {fmt(s['max']):>8} "
+                        f"{s['met_runs']}/{s['judged_runs']:<3} {s['target']}  {verdict}")
+    return rows
+
+
+# Mooncake's own (glog) lines, e.g. "E1202 01:35:23.551600 22325 tcp_transport_session_impl.h:651] ...": reads cut
+# off when a plant stops its fleet under running forks. Kept in qos-battery.json, not relayed to the terminal.
+_GLOG_LINE = re.compile(r"^([EWIF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|WARNING: Logging before InitGoogleLogging)")
+
+
+def _relay(stream, sink: list[str]) -> None:
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip()
+        sink.append(line)
+        if not _GLOG_LINE.match(line):
+            print(line, flush=True)
+
+
+def _log_tails(log_dir: Path, lines: int = 25) -> dict[str, str]:
+    tails = {}
+    for path in sorted(log_dir.glob("*.log")):
+        try:
+            text = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        tails[path.name] = "\n".join(text[-lines:])
+    return tails
+
+
+def run_battery(args: argparse.Namespace) -> int:
+    try:
+        plants = [p.name for p in parse_plants(args.plants)]
+    except PlantError as exc:
+        print(f"bench.qos_battery: error: --plants: {exc}", file=sys.stderr)
+        return 2
+    if "gpu-decode" in plants:
+        print("bench.qos_battery: error: --plants takes the CPU plants; add the GPU one with --gpu", file=sys.stderr)
+        return 2
+    if args.runs < 1:
+        print(f"bench.qos_battery: error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
+        return 2
+    gpu = "gpu-decode" if args.gpu else None
+    if args.estimate:
+        try:
+            print("\n".join(estimate(args, plants + ([gpu] if gpu else []))))
+        except (SystemExit, ValueError) as exc:
+            print(f"bench.qos_battery: error: the flags after -- : {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if gpu:
+        from rfork_agent.devices import DeviceError, check_device
+        try:
+            check_device("cuda")
+        except DeviceError as exc:
+            print(f"bench.qos_battery: error: --gpu: {exc}", file=sys.stderr)
+            return 2
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    try:
+        cores, warnings = assign_cores(cpus, plants, args.cores_per_plant, gpu)
+    except BatteryError as exc:
+        print(f"bench.qos_battery: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="rfork-qos-battery-"))
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM (a timeout, a cancelled job) both stop every plant, each of which stops its fleet:
+    # the plants run in sessions of their own, so only this process can pass the signal on.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    for w in warnings:
+        print(f"battery: warning: {w}", flush=True)
+    started = time.monotonic()
+    children: dict[str, subprocess.Popen] = {}
+    output: dict[str, list[str]] = {}
+    relays = []
+    every = list(plants) + ([gpu] if gpu else [])
+    for i, name in enumerate(every):
+        cmd = [sys.executable, "-m", "bench.qos_bench", "--json", str(out / f"qos-{name}.json"),
+               "--cpus", ",".join(map(str, cores[name])), "--port-base", str(PORT_BASE + PORTS_PER_PLANT * i),
+               "--log-dir", str(logs / name), "--tag-lines", "--deadline-seconds",
+               str(max(args.deadline_seconds - 5.0, 1.0)), *plant_argv(name, args)]
+        print(f"battery: {name} on CPUs {cores[name]}: {' '.join(cmd[1:])}", flush=True)
+        # Its own session: a Ctrl-C here reaches it once, through us, and it stops its own fleet.
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        children[name] = child
+        output[name] = []
+        relay = threading.Thread(target=_relay, args=(child.stdout, output[name]), daemon=True)
+        relay.start()
+        relays.append(relay)
+
+    def stop_all(reason: str) -> None:
+        for name, child in children.items():
+            if child.poll() is None:
+                print(f"battery: stopping {name} ({reason})", flush=True)
+                child.send_signal(signal.SIGTERM)
+
+    hard_stop = args.deadline_seconds + args.grace_seconds
+    interrupted = False
+    try:
+        while any(c.poll() is None for c in children.values()):
+            if time.monotonic() - started > hard_stop:
+                stop_all(f"past the {hard_stop:.0f} s hard stop")
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop_all("interrupted")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the plants' own shutdown short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for name, child in children.items():
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()  # it did not stop its fleet in 30 s; its fleet's processes are told by their own timeouts
+            child.wait()
+    for relay in relays:
+        relay.join(2)
+
+    summary = {"plants": {}, "battery": {
+        "plants": every, "runs": args.runs, "quick": args.quick, "cores": cores, "warnings": warnings,
+        "wall_seconds": time.monotonic() - started, "deadline_seconds": args.deadline_seconds,
+        "cpu_count": len(cpus), "interrupted": interrupted}}
+    for name in every:
+        path = out / f"qos-{name}.json"
+        code = children[name].returncode
+        entry: dict = {"exit_code": code, "exit_meaning": EXIT_CODES.get(code, "killed" if code < 0 else "unknown")}
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            result = None
+            entry["error"] = f"no result ({exc.__class__.__name__}); last lines: " + " | ".join(output[name][-5:])
+        if result:
+            entry.update({k: result.get(k) for k in (
+                "summary", "every_run_met_every_goal", "runs_completed", "runs_skipped", "slo_itl_seconds",
+                "slo_choice", "load_description", "oracle_rate_per_seed_bytes_per_second", "oracle_bytes_per_second")})
+            entry["oracle_bracket_per_seed_bytes_per_second"] = (result.get("oracle") or {}).get(
+                "bracket_per_seed_bytes_per_second")
+        entry["output"] = output[name]  # every progress line: each phase's latency, throughput and share
+        entry["mooncake_log_lines"] = sum(1 for line in output[name] if _GLOG_LINE.match(line))
+        if children[name].returncode not in (0, 1):
+            entry["log_tails"] = _log_tails(logs / name)
+        summary["plants"][name] = entry
+    summary["table"] = goal_table(summary["plants"])
+    (out / "qos-battery.json").write_text(json.dumps(summary, indent=1, default=str))
+    try:
+        plot_goals(summary, str(out / "qos-battery.png"))
+        plot_series({n: out / f"qos-{n}.json" for n in every}, str(out / "qos-battery-series.png"))
+    except Exception as exc:  # noqa: BLE001 - a plot must not lose the numbers, which are written already
+        print(f"battery: plot failed: {exc.__class__.__name__}: {exc}", flush=True)
+    print(f"\n== qos battery: {len(every)} plants x {args.runs} runs in {time.monotonic() - started:.0f} s "
+          f"(results in {out}) ==")
+    print("\n".join(summary["table"]))
+    every_met = all(e.get("every_run_met_every_goal") for e in summary["plants"].values())
+    print("every goal in every run of every plant: " + ("MET" if every_met else "NOT MET"))
+    return 130 if interrupted else (0 if every_met else 1)
+
+
+def plot_goals(summary: dict, path: str) -> None:
+    """Per goal, per plant: the runs' values (dots), min-max (bar) and the target (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plants = list(summary["plants"])
+    fig, axes = plt.subplots(1, len(GOALS), figsize=(4.2 * len(GOALS), 4.2))
+    for ax, goal in zip(axes, GOALS):
+        target = None
+        for x, name in enumerate(plants):
+            s = (summary["plants"][name].get("summary") or {}).get(goal)
+            if not s:
+                continue
+            target = s["target"]
+            values = [v for v in s["values"] if v is not None]
+            if values:
+                ax.vlines(x, min(values), max(values), color="0.6", lw=6, alpha=0.5)
+                ax.plot([x] * len(values), values, "o", color="C0" if s["every_run"] else "C3", ms=4)
+        if target:
+            ax.axhline(float(target.split()[1]), color="red", ls="--", lw=1, label=f"target {target}")
+            ax.legend(fontsize=7, loc="best")
+        ax.set_xticks(range(len(plants)), plants, rotation=30, fontsize=8)
+        ax.set_title(goal.replace("_", " "), fontsize=9)
+        if goal == "throttled_share_above_slo":
+            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
+    b = summary["battery"]
+    fig.suptitle(f"rfork QoS battery: {b['runs']} runs per plant (blue: met in every run, red: not)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_series(paths: dict[str, Path], path: str) -> None:
+    """One row per plant: allowed rate per seed, and the share of tokens over the SLO pooled over 4 s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.qos_bench import MB, pooled_share_above_slo
+
+    results = {}
+    for name, p in paths.items():
+        try:
+            results[name] = json.loads(Path(p).read_text())
+        except (OSError, ValueError):
+            continue
+    if not results:
+        return
+    fig, axes = plt.subplots(len(results), 2, figsize=(16, 2.8 * len(results)), squeeze=False)
+    for row, (name, r) in enumerate(results.items()):
+        series = r.get("time_series") or []
+        t = [s["t"] for s in series]
+        ax_rate, ax_share = axes[row]
+        for i in range(r.get("seeds") or 0):
+            ax_rate.step(t, [(s["rates"][i] or 0) / MB for s in series], where="post", lw=0.8, label=f"seed-{i}")
+            pooled = pooled_share_above_slo(series, i, 4.0)
+            budget = r.get("slo_budget") or 0.01
+            ax_share.plot(t, [None if f is None else min(f, 5 * budget) for f in pooled], lw=0.8)
+        if r.get("oracle_rate_per_seed_bytes_per_second"):
+            ax_rate.axhline(r["oracle_rate_per_seed_bytes_per_second"] / MB, color="green", ls="--", lw=1,
+                            label="oracle")
+        ax_share.axhline(r.get("slo_budget") or 0.01, color="red", ls="--", lw=1, label="budget")
+        for k, run in enumerate(r.get("runs") or []):
+            window = next((w for n, w in run.get("phases", {}).items() if n.startswith("C ")), None)
+            if window:
+                for ax in (ax_rate, ax_share):
+                    ax.axvspan(*window, color="0.9", zorder=0)
+        ax_rate.set_ylabel(f"{name}\nallowed MB/s a seed", fontsize=8)
+        ax_share.set_ylabel("tokens over the SLO\n(4 s pooled)", fontsize=8)
+        ax_share.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
+        ax_rate.legend(fontsize=6, loc="upper right")
+    axes[-1][0].set_xlabel("seconds (grey: throttled phases)")
+    axes[-1][1].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.qos_battery", description=__doc__.splitlines()[0],
+                                epilog="Arguments after -- go to every plant's bench.qos_bench, e.g. -- --seeds 1")
+    p.add_argument("--plants", default=",".join(CPU_PLANTS), help=f"CPU plants (default {','.join(CPU_PLANTS)})")
+    p.add_argument("--gpu", action="store_true", help="also run the gpu-decode plant (needs CUDA)")
+    p.add_argument("--runs", type=int, default=5, help="runs per plant (default 5)")
+    p.add_argument("--out", required=True, help="folder for the JSON and plots")
+    p.add_argument("--cores-per-plant", type=int, default=3,
+                   help="CPUs per CPU plant: one per seed, the rest for its agents, scheduler and fork clients "
+                        "(default 3)")
+    p.add_argument("--deadline-seconds", type=float, default=450.0,
+                   help="plants start no run that would end after this many seconds (default 450)")
+    p.add_argument("--grace-seconds", type=float, default=30.0,
+                   help="after the deadline, this long before a plant still running is stopped (default 30)")
+    p.add_argument("--throttled-seconds", type=float, default=15.0,
+                   help="each run's measured throttled phase (default 15: 5 runs and a 5-probe oracle of 30 s "
+                        "probes fit 450 s; at 2000+ tokens/s a seed that is 30,000+ tokens per seed and run)")
+    p.add_argument("--quick", action="store_true", help="every plant with --quick: mechanics, not goals")
+    p.add_argument("--estimate", action="store_true",
+                   help="print how long each plant would take with these flags (and how many runs fit the "
+                        "deadline), start nothing")
+    return p
+
+
+def plant_argv(name: str, args: argparse.Namespace) -> list[str]:
+    """The bench.qos_bench flags every plant gets from the battery's own flags (and those after --)."""
+    argv = ["--plant", name, "--runs", str(args.runs)]
+    argv += ["--quick"] if args.quick else ["--throttled-seconds", f"{args.throttled_seconds:g}"]
+    return argv + args.bench_args
+
+
+def estimate(args: argparse.Namespace, plants: list[str]) -> list[str]:
+    """One line per plant: estimated seconds for its runs, and how many runs fit the deadline.
+
+        >>> ns = argparse.Namespace(runs=5, quick=False, throttled_seconds=15.0, bench_args=[], deadline_seconds=450.0)
+        >>> estimate(ns, ["steady"])[0].split(":")[0]
+        'steady'
+    """
+    from bench import qos_bench
+
+    parser = argparse.ArgumentParser()
+    qos_bench.add_arguments(parser)
+    lines = []
+    for name in plants:
+        bench_args = parser.parse_args(plant_argv(name, args))
+        bench_args.device = "cpu"  # the estimate does not need the plant's device
+        options, _ = qos_bench.options_from_args(bench_args)
+        total = qos_bench.estimate_seconds(options, args.runs)
+        per_run = qos_bench.estimate_run_seconds(options)
+        fits = max(0, int((args.deadline_seconds - 5 - (total - args.runs * per_run)) // per_run))
+        lines.append(f"{name}: about {total:.0f} s for {args.runs} runs ({total - args.runs * per_run:.0f} s to the "
+                     f"oracle, {per_run:.0f} s a run); {min(fits, args.runs)} of {args.runs} runs fit the "
+                     f"{args.deadline_seconds:.0f} s deadline")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bench_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, bench_args = argv[:cut], argv[cut + 1:]
+    args = build_parser().parse_args(argv)
+    args.bench_args = bench_args
+    if not (args.deadline_seconds > 0 and math.isfinite(args.deadline_seconds)):
+        print(f"bench.qos_battery: error: --deadline-seconds must be > 0, got {args.deadline_seconds}", file=sys.stderr)
+        return 2
+    return run_battery(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

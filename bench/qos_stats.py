@@ -1,0 +1,313 @@
+"""The serving-QoS benchmark's arithmetic, kept pure: intervals, the oracle's bisection, judging, summaries.
+
+Nothing here does I/O or reads a clock; ``bench/qos_bench.py`` measures and calls these.
+
+**Why the share of slow tokens gets a block interval, not a binomial one.** A
+decode step emits one token for every running request, and every one of them
+gets the same inter-token latency: a prefill or a transfer that stalls one step
+puts the whole batch (32-128 tokens) over the SLO at once, and the queue a slow
+step leaves slows the next ones too. The tokens are not independent trials, so
+a Wilson interval over them is far too narrow (with a batch of 64, about
+sqrt(64) = 8x when whole steps are slow). The interval the bench reports treats
+each second of a phase as one observation: ``over_i`` slow tokens of ``n_i``,
+the share the ratio estimator ``sum(over) / sum(n)``, its variance from how the
+seconds differ (the cluster-robust variance of a ratio, as survey sampling uses
+for clustered samples), and a Student t quantile for the number of seconds.
+One second holds tens of steps, longer than the correlation a stall leaves in
+the queue, so seconds are close to independent. The Wilson interval over tokens
+is reported beside it (``naive_token_interval``) so the design effect is visible,
+and bounds the block interval from inside: it is never narrower than Wilson's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+# Two-sided 95 % Student t quantiles by degrees of freedom (1..30); above 30 the normal's 1.96 is within 4 %.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (a table, then 1.96).
+
+        >>> t_quantile_975(1), t_quantile_975(30), t_quantile_975(1000)
+        (12.706, 2.042, 1.96)
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def wilson_interval(successes: float, trials: float, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's score interval for a binomial share (``successes`` of ``trials``, independent).
+
+        >>> lo, hi = wilson_interval(10, 1000); round(lo, 4), round(hi, 4)
+        (0.0054, 0.0183)
+        >>> wilson_interval(0, 0)
+        (0.0, 1.0)
+    """
+    if trials <= 0:
+        return 0.0, 1.0
+    p = min(max(successes / trials, 0.0), 1.0)
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class ShareEstimate:
+    """The share of tokens over a threshold in a phase, with a 95 % interval over its seconds."""
+
+    share: float
+    low: float
+    high: float
+    tokens: float
+    blocks: int
+    """Seconds (blocks) the interval was computed over."""
+    naive_low: float
+    naive_high: float
+    """Wilson's interval over tokens as if independent: narrower than the truth (see the module docstring)."""
+
+    @property
+    def design_effect(self) -> float:
+        """How much wider the block interval is than the naive one, squared (1 = tokens independent)."""
+        naive = self.naive_high - self.naive_low
+        return ((self.high - self.low) / naive) ** 2 if naive > 0 else math.nan
+
+    def as_dict(self) -> dict:
+        return {"share": self.share, "ci95": [self.low, self.high], "tokens": self.tokens, "blocks": self.blocks,
+                "naive_token_interval": [self.naive_low, self.naive_high], "design_effect": self.design_effect}
+
+
+def block_share_interval(blocks: list[tuple[float, float]], share: float | None = None) -> ShareEstimate | None:
+    """Share of slow tokens over ``blocks`` of (slow tokens, tokens), one per second, with a 95 % interval.
+
+    Ratio estimator with the cluster-robust variance (see the module docstring); blocks
+    without tokens are skipped. None when no block has a token. ``share``: the point
+    estimate from elsewhere (the phase's whole window, whose edges the blocks only
+    approximate); the interval is then centred on it and the blocks' spread is
+    measured around it, so blocks that all read 0 % do not make a 1 % share certain.
+
+        >>> e = block_share_interval([(1, 100), (0, 100), (3, 100), (0, 100)])
+        >>> round(e.share, 4), round(e.low, 4), round(e.high, 4)
+        (0.01, 0.0, 0.0325)
+        >>> block_share_interval([(0, 0)]) is None
+        True
+        >>> e = block_share_interval([(0, 100)] * 4, share=0.01); round(e.low, 4), round(e.high, 4)
+        (0.0, 0.0284)
+    """
+    good = [(over, n) for over, n in blocks if n > 0]
+    if not good:
+        return None
+    over_total = sum(o for o, _ in good)
+    tokens = sum(n for _, n in good)
+    if share is None:
+        share = over_total / tokens
+    m = len(good)
+    naive_low, naive_high = wilson_interval(share * tokens, tokens)
+    if m < 2:
+        return ShareEstimate(share, 0.0, 1.0, tokens, m, naive_low, naive_high)
+    mean_n = tokens / m
+    variance = sum((o - share * n) ** 2 for o, n in good) / (m * (m - 1) * mean_n * mean_n)
+    half = t_quantile_975(m - 1) * math.sqrt(variance)
+    # Never narrower than the binomial interval: independent tokens are the best case, and seconds that
+    # happen to agree (all 0 %, say) must not make the share look certain.
+    low, high = min(max(0.0, share - half), naive_low), max(min(1.0, share + half), naive_high)
+    return ShareEstimate(share, low, high, tokens, m, naive_low, naive_high)
+
+
+# --------------------------------------------------------------------------- the oracle's bisection
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One fixed per-seed rate held for a probe: did every seed keep its share of slow tokens within budget?"""
+
+    rate: float
+    met: bool
+
+
+def bracket(probes: list[Probe]) -> tuple[float | None, float | None]:
+    """(highest probed rate that met the budget, lowest probed rate above it that missed); None: none yet.
+
+    A noisy measurement can make a lower rate miss while a higher one met; the
+    bracket then keeps the highest rate that met and the lowest miss above it,
+    and bisection goes on between them.
+
+        >>> bracket([Probe(100, False), Probe(25, True), Probe(50, False)])
+        (25, 50)
+        >>> bracket([Probe(100, False), Probe(50, True), Probe(25, False)])
+        (50, 100)
+    """
+    met = [p.rate for p in probes if p.met]
+    low = max(met) if met else None
+    missed = [p.rate for p in probes if not p.met and (low is None or p.rate > low)]
+    return low, (min(missed) if missed else None)
+
+
+def next_probe(probes: list[Probe], cap: float, floor: float, tolerance: float, max_probes: int) -> float | None:
+    """The next fixed per-seed rate to probe, or None when the oracle is found (or the probes are spent).
+
+    The first probe is the cap (the throttle off). Then bisection on a log
+    scale between the highest rate that met and the lowest that missed,
+    starting from [``floor``, cap]: rates span decades (a seed near its SLO
+    leaves a few MB/s, an idle one the whole link), and a geometric midpoint
+    halves the ratio's logarithm each step. It stops when high / low <=
+    ``tolerance``; if nothing met yet and the bracket has shrunk to the floor,
+    the floor itself is probed (and if it misses, no fixed rate >= floor meets).
+
+        >>> next_probe([], 100.0, 6.25, 1.2, 5)
+        100.0
+        >>> next_probe([Probe(100, True)], 100.0, 6.25, 1.2, 5) is None   # the cap meets: the oracle is the cap
+        True
+        >>> next_probe([Probe(100, False)], 100.0, 6.25, 1.2, 5)          # sqrt(6.25 * 100)
+        25.0
+        >>> next_probe([Probe(100, False), Probe(25, True)], 100.0, 6.25, 1.2, 5)
+        50.0
+    """
+    if not probes:
+        return cap
+    if len(probes) >= max_probes:
+        return None
+    low, high = bracket(probes)
+    if high is None:
+        return None  # the cap met
+    if low is None:
+        if high <= floor * tolerance:
+            return None if any(p.rate <= floor for p in probes) else floor
+        return math.sqrt(floor * high)
+    if high / low <= tolerance:
+        return None
+    return math.sqrt(low * high)
+
+
+def oracle_from(probes: list[Probe]) -> tuple[float | None, tuple[float | None, float | None]]:
+    """(the best probed fixed rate that met the budget, the bracket it lies in).
+
+        >>> oracle_from([Probe(100, False), Probe(25, True), Probe(50, False), Probe(35.4, True)])
+        (35.4, (35.4, 50))
+    """
+    low, high = bracket(probes)
+    return low, (low, high)
+
+
+# --------------------------------------------------------------------------- judging and summaries
+
+
+@dataclass(frozen=True)
+class Check:
+    value: float | None
+    target: str
+    """``"<= 0.01"`` or ``">= 0.8"``."""
+    issue_target: bool = True
+    """An issue #16 goal (judged in every run); False: context kept from earlier issues."""
+    missing_is_a_miss: bool = False
+    """No value means the event never came within its window (a rate never cut, never back at the cap): a
+    miss. Otherwise no value means there is nothing to judge (no TTFT SLO, no oracle): ``met`` is None."""
+
+    def met(self) -> bool | None:
+        """Whether ``value`` meets ``target``; None when there is nothing to judge."""
+        if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
+            return False if self.missing_is_a_miss else None
+        op, bound = self.target.split()
+        return self.value >= float(bound) if op == ">=" else self.value <= float(bound)
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "met": self.met(), "issue_target": self.issue_target}
+
+
+def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | None,
+              spike_cut_max_seconds: float = 1.0, idle_cap_fraction: float = 0.95,
+              idle_max_seconds: float = 5.0) -> dict:
+    """Issue #16's goals for one run (plus issue #3's as context), each as ``Check.as_dict()``.
+
+    ``run`` holds the run's measurements under the names ``bench/qos_bench.py``
+    writes. ``met`` is None where the check cannot be judged: no TTFT SLO, or
+    no fixed rate met the budget (then there is no oracle to compare with). A
+    time that never came within its window (None) is a miss.
+
+        >>> r = {"throttled_share_above_slo": 0.008, "throttled_ttft_share_above_slo": None,
+        ...      "throughput_throttled_bytes_per_second": 90e6, "spike_cut_seconds": 0.6,
+        ...      "idle_to_cap_seconds": 2.5, "itl_p99_throttled_seconds": 0.02, "slo_itl_seconds": 0.021,
+        ...      "itl_p99_baseline_seconds": 0.018, "itl_p99_unthrottled_seconds": 0.03,
+        ...      "throughput_idle_bytes_per_second": 199e6, "spike_reaction_seconds": 1.2, "recovery_seconds": 3.0}
+        >>> c = judge_run(r, 0.01, 100e6, 100e6)
+        >>> c["throttled_share_above_slo"]["met"], c["throttled_vs_oracle"]["value"], c["throttled_ttft_share_above_slo"]["met"]
+        (True, 0.9, None)
+    """
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    checks = {
+        "throttled_share_above_slo": Check(run.get("throttled_share_above_slo"), f"<= {budget:g}"),
+        "throttled_ttft_share_above_slo": Check(run.get("throttled_ttft_share_above_slo"), f"<= {budget:g}"),
+        "throttled_vs_oracle": Check(ratio(run.get("throughput_throttled_bytes_per_second"), oracle_throughput),
+                                     ">= 0.8"),
+        "spike_cut_seconds": Check(run.get("spike_cut_seconds"), f"<= {spike_cut_max_seconds:g}",
+                                   missing_is_a_miss=True),
+        "idle_to_cap_seconds": Check(run.get("idle_to_cap_seconds"), f"<= {idle_max_seconds:g}",
+                                     missing_is_a_miss=True),
+        # Issue #3's targets, kept as context for comparison with the earlier runs.
+        "unthrottled_p99_vs_baseline": Check(ratio(run.get("itl_p99_unthrottled_seconds"),
+                                                   run.get("itl_p99_baseline_seconds")), ">= 1.5", False),
+        "throttled_p99_vs_baseline": Check(ratio(run.get("itl_p99_throttled_seconds"),
+                                                 run.get("itl_p99_baseline_seconds")), "<= 1.15", False),
+        "throttled_p99_vs_slo": Check(ratio(run.get("itl_p99_throttled_seconds"), run.get("slo_itl_seconds")),
+                                      "<= 1.0", False),
+        "idle_vs_cap": Check(ratio(run.get("throughput_idle_bytes_per_second"),
+                                   run.get("cap_aggregate_bytes_per_second")), f">= {idle_cap_fraction:g}", False),
+        "spike_reaction_seconds": Check(run.get("spike_reaction_seconds"), "<= 3", False, missing_is_a_miss=True),
+        "recovery_seconds": Check(run.get("recovery_seconds"), "<= 20", False, missing_is_a_miss=True),
+    }
+    return {name: c.as_dict() for name, c in checks.items()}
+
+
+def all_met(checks: dict) -> bool:
+    """Every issue target that could be judged was met (a None ``met`` - nothing to judge - does not fail).
+
+        >>> all_met({"a": {"met": True, "issue_target": True}, "b": {"met": None, "issue_target": True},
+        ...          "c": {"met": False, "issue_target": False}})
+        True
+    """
+    return all(c["met"] is not False for c in checks.values() if c["issue_target"])
+
+
+def summarize(runs_checks: list[dict]) -> dict:
+    """Per check over runs: min / median / max of the values, and in how many runs it was met.
+
+        >>> s = summarize([{"x": {"value": 1.0, "target": ">= 0.8", "met": True, "issue_target": True}},
+        ...                {"x": {"value": 0.5, "target": ">= 0.8", "met": False, "issue_target": True}},
+        ...                {"x": {"value": None, "target": ">= 0.8", "met": None, "issue_target": True}}])
+        >>> s["x"]["min"], s["x"]["median"], s["x"]["max"], s["x"]["met_runs"], s["x"]["judged_runs"], s["x"]["every_run"]
+        (0.5, 0.75, 1.0, 1, 2, False)
+        >>> summarize([{"ttft": {"value": None, "target": "<= 0.01", "met": None, "issue_target": True}}])["ttft"]["every_run"] is None
+        True
+    """
+    names: list[str] = []
+    for checks in runs_checks:
+        names += [n for n in checks if n not in names]
+    out = {}
+    for name in names:
+        entries = [c[name] for c in runs_checks if name in c]
+        values = [e["value"] for e in entries if e["value"] is not None and not _nan(e["value"])]
+        judged = [e["met"] for e in entries if e["met"] is not None]
+        out[name] = {
+            "target": entries[0]["target"], "issue_target": entries[0]["issue_target"],
+            "min": min(values) if values else None,
+            "median": statistics.median(values) if values else None,
+            "max": max(values) if values else None,
+            "values": [e["value"] for e in entries],
+            "runs": len(entries), "judged_runs": len(judged), "met_runs": sum(judged),
+            # The issue's bar: met in every run where it could be judged; None: judged in no run.
+            "every_run": all(judged) if judged else None,
+        }
+    return out
+
+
+def _nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)

@@ -1,0 +1,58 @@
+"""`python -m bench.qos_battery` end to end, in miniature: one plant, one run, the real fleet and agents.
+
+What is checked is the mechanics (the files, the JSON layout, an oracle probed and shared by the runs,
+per-run checks and their min/median/max), not the goals: on a busy 2-core machine they are not meaningful.
+Several runs are summarized by the same code (tests/unit/test_qos_bench_stats.py covers ``summarize``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.qos_battery import GOALS
+from bench.qos_bench import RUN_FIELDS_AT_TOP
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+
+def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(tmp_path):
+    argv = [sys.executable, "-m", "bench.qos_battery", "--plants", "steady", "--runs", "1", "--out", str(tmp_path),
+            "--cores-per-plant", "2", "--quick", "--deadline-seconds", "200",
+            "--", "--seeds", "1", "--concurrency", "8", "--oracle-probes", "2", "--oracle-probe-seconds", "2",
+            "--throttled-seconds", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=280, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: a goal missed, expected here
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady.json"]
+    assert "[steady]   C throttled (run 1)" in done.stdout and "== qos battery: 1 plants x 1 runs" in done.stdout
+
+    result = json.loads((tmp_path / "qos-steady.json").read_text())
+    assert result["plant"]["name"] == "steady" and result["runs_completed"] == 1 and len(result["runs"]) == 1
+    # One run's fields at the top, as before --runs: run 1's.
+    assert set(RUN_FIELDS_AT_TOP) <= set(result) and result["checks"] == result["runs"][0]["checks"]
+    oracle = result["oracle"]
+    # The cap first; a second probe only if the cap missed the budget.
+    assert oracle["shared_by_runs"] is True and 1 <= len(oracle["probes"]) <= 2 and oracle["probe_seconds"] == 2
+    assert oracle["probes"][0]["rate_per_seed_bytes_per_second"] == result["cap_bytes_per_second"]
+    assert (len(oracle["probes"]) == 1) == oracle["probes"][0]["met_slo"]
+    assert oracle["probes"][0]["delivered_fraction"] > 0.1  # the forks were moving when the probes began
+    share = oracle["probes"][0]["share_above_slo_per_seed"][0]
+    assert share["ci95"][0] <= share["share"] <= share["ci95"][1] and share["tokens"] > 0
+    for run in result["runs"]:
+        assert set(GOALS) <= set(run["checks"])
+        assert run["oracle_bytes_per_second"] == result["oracle_bytes_per_second"]
+        assert run["throttled_tokens_per_second_per_seed"][0] > 50  # the closed loop decodes its batch of 8
+    summary = result["summary"]["throttled_share_above_slo"]
+    assert summary["runs"] == 1 and summary["min"] == summary["median"] == summary["max"]
+    assert result["time_series"] and result["slo_itl_seconds"] > 0
+
+    battery = json.loads((tmp_path / "qos-battery.json").read_text())
+    assert battery["plants"]["steady"]["exit_code"] == done.returncode
+    assert battery["plants"]["steady"]["summary"] == result["summary"]
+    assert any(row.startswith("steady") for row in battery["table"])
+    assert any("C throttled (run 1)" in line for line in battery["plants"]["steady"]["output"])

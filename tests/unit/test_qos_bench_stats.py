@@ -1,0 +1,376 @@
+"""bench/qos_stats.py, qos_plants.py, qos_battery.py and the bench's flag checks: the pure parts, table-tested."""
+
+from __future__ import annotations
+
+import argparse
+import doctest
+import math
+import random
+
+import pytest
+
+from bench import qos_battery, qos_bench, qos_plants, qos_stats
+from bench.qos_stats import Check, Probe, block_share_interval, bracket, next_probe, oracle_from, summarize
+
+
+@pytest.mark.parametrize("module", [qos_stats, qos_plants, qos_battery, qos_bench])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    (10, 1000, 0.0054, 0.0183),
+    (0, 1000, 0.0, 0.0038),
+    (1000, 1000, 0.9962, 1.0),
+    (5, 10, 0.2366, 0.7634),
+])
+def test_wilson_interval(k, n, low, high):
+    lo, hi = qos_stats.wilson_interval(k, n)
+    assert (round(lo, 4), round(hi, 4)) == (low, high)
+
+
+@pytest.mark.parametrize("df, t", [(1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042), (31, 1.96), (10_000, 1.96)])
+def test_t_quantile(df, t):
+    assert qos_stats.t_quantile_975(df) == t
+
+
+def test_t_quantile_refuses_no_degrees_of_freedom():
+    with pytest.raises(ValueError, match="degrees of freedom must be >= 1"):
+        qos_stats.t_quantile_975(0)
+
+
+@pytest.mark.parametrize("blocks, share, blocks_used", [
+    ([(0, 100)] * 10, 0.0, 10),
+    ([(1, 100)] * 10, 0.01, 10),
+    ([(2, 100), (0, 0), (0, 100)], 0.01, 2),   # a second without tokens is skipped
+    ([(3, 300)], 0.01, 1),
+])
+def test_block_share(blocks, share, blocks_used):
+    e = block_share_interval(blocks)
+    assert e.share == pytest.approx(share) and e.blocks == blocks_used
+    assert e.low <= e.share <= e.high
+
+
+def test_identical_seconds_give_the_binomial_interval_and_one_second_says_nothing():
+    """Seconds that agree exactly have no spread, but the interval is never narrower than Wilson's."""
+    e = block_share_interval([(1, 100)] * 10)
+    assert (e.low, e.high) == (e.naive_low, e.naive_high) and e.low < 0.01 < e.high
+    none_slow = block_share_interval([(0, 500)] * 30)
+    assert none_slow.low == 0.0 and none_slow.high == pytest.approx(qos_stats.wilson_interval(0, 15000)[1])
+    one = block_share_interval([(3, 300)])
+    assert (one.low, one.high) == (0.0, 1.0)
+
+
+def test_whole_slow_steps_widen_the_interval_beyond_the_binomial_one():
+    """A batch of 64 tokens shares one step's latency: slow tokens come 64 at a time, so the tokens are not
+    independent, and the interval over seconds must be much wider than Wilson's over tokens."""
+    rng = random.Random(7)
+    blocks = []
+    for _ in range(60):  # 60 s of 50 steps x 64 tokens; 1 % of steps are slow, all 64 tokens of each
+        slow_steps = sum(rng.random() < 0.01 for _ in range(50))
+        blocks.append((64 * slow_steps, 64 * 50))
+    e = block_share_interval(blocks)
+    assert e.design_effect > 10, e
+    assert e.naive_high - e.naive_low < (e.high - e.low) / 3
+    assert e.low < 0.01 < e.high
+
+
+def test_independent_tokens_give_about_the_binomial_interval():
+    rng = random.Random(3)
+    blocks = [(sum(rng.random() < 0.01 for _ in range(2000)), 2000) for _ in range(60)]
+    e = block_share_interval(blocks)
+    assert 0.5 < e.design_effect < 2.0, e
+
+
+def test_share_estimate_is_the_window_share_with_the_blocks_half_width():
+    from throttle.histogram import WindowHistogram
+
+    w = WindowHistogram((0.01, 0.02, math.inf), (900.0, 990.0, 1000.0))  # 1 % above 0.02
+    e = qos_bench.share_estimate(w, 0.02, [(2, 250), (0, 250), (4, 250), (4, 250)])
+    assert e.share == pytest.approx(0.01) and e.blocks == 4
+    around = block_share_interval([(2, 250), (0, 250), (4, 250), (4, 250)], share=0.01)
+    assert (e.low, e.high) == (around.low, around.high) and e.low < 0.01 < e.high
+    assert qos_bench.share_estimate(None, 0.02, []) is None
+
+
+def test_seconds_that_all_read_zero_do_not_make_a_nonzero_share_certain():
+    """The blocks' edges only approximate the phase's: if they all read 0 % while the whole window reads 1 %,
+    the interval must still have width (the spread is measured around the window's share)."""
+    e = block_share_interval([(0, 500)] * 5, share=0.01)
+    assert e.share == 0.01 and e.high > 0.01 and e.low < 0.01
+
+
+# --------------------------------------------------------------------------- the oracle's bisection
+
+
+@pytest.mark.parametrize("probes, expected", [
+    ([], (None, None)),
+    ([Probe(100, True)], (100, None)),
+    ([Probe(100, False)], (None, 100)),
+    ([Probe(100, False), Probe(25, True), Probe(50, False)], (25, 50)),
+    ([Probe(100, False), Probe(25, True), Probe(50, True), Probe(70, False)], (50, 70)),
+    # Noise: a lower rate missed after a higher one met; the bracket keeps the highest that met.
+    ([Probe(100, False), Probe(50, True), Probe(25, False)], (50, 100)),
+])
+def test_bracket(probes, expected):
+    assert bracket(probes) == expected
+
+
+@pytest.mark.parametrize("probes, expected", [
+    ([], 100.0),
+    ([Probe(100, True)], None),                                   # the cap meets: done
+    ([Probe(100, False)], 25.0),                                  # sqrt(6.25 x 100)
+    ([Probe(100, False), Probe(25, False)], 12.5),
+    ([Probe(100, False), Probe(25, True)], 50.0),
+    ([Probe(100, False), Probe(25, True), Probe(50, True), Probe(70.7, True), Probe(84.1, False)], None),  # 5 probes
+    ([Probe(100, False), Probe(80, True), Probe(90, False)], None),  # 90 / 80 <= 1.2
+    ([Probe(100, False), Probe(7.0, False)], 6.25),               # within tolerance of the floor: the floor itself
+    ([Probe(100, False), Probe(7.0, False), Probe(6.25, False)], None),
+])
+def test_next_probe(probes, expected):
+    got = next_probe(probes, 100.0, 6.25, 1.2, 5 if len(probes) < 5 else 5)
+    assert got == (pytest.approx(expected, rel=1e-3) if expected else None)
+
+
+@pytest.mark.parametrize("true_oracle", [3.0, 6.5, 11.0, 30.0, 47.0, 64.0, 99.0, 150.0])
+def test_bisection_brackets_the_true_oracle(true_oracle):
+    """A plant where every rate up to ``true_oracle`` meets the budget: bisection ends with it bracketed."""
+    cap, floor, tolerance = 100.0, 6.25, 1.2
+    probes: list[Probe] = []
+    while (rate := next_probe(probes, cap, floor, tolerance, 8)) is not None:
+        probes.append(Probe(rate, rate <= true_oracle))
+    oracle, (low, high) = oracle_from(probes)
+    assert len(probes) <= 8
+    if true_oracle >= cap:
+        assert oracle == cap and len(probes) == 1
+    elif true_oracle < floor:
+        assert oracle is None and any(p.rate == floor for p in probes)
+    else:
+        assert low <= true_oracle < high and high / low <= tolerance
+
+
+def test_five_probes_bracket_within_a_fifth():
+    """The battery's default: the cap plus four log-scale halvings of [cap/16, cap] reach high/low <= 1.19."""
+    probes: list[Probe] = []
+    while (rate := next_probe(probes, 100.0, 6.25, 1.2, 5)) is not None:
+        probes.append(Probe(rate, rate <= 57.0))
+    low, high = bracket(probes)
+    assert len(probes) == 5 and low <= 57.0 < high and high / low < 1.2
+
+
+# --------------------------------------------------------------------------- judging and summaries
+
+
+@pytest.mark.parametrize("value, target, met", [
+    (0.009, "<= 0.01", True), (0.01, "<= 0.01", True), (0.0101, "<= 0.01", False),
+    (0.8, ">= 0.8", True), (0.79, ">= 0.8", False), (None, ">= 0.8", None), (math.nan, "<= 1", None),
+])
+def test_check(value, target, met):
+    assert Check(value, target).met() is met
+
+
+def test_a_missing_time_is_a_miss_where_it_means_the_event_never_came():
+    assert Check(None, "<= 1", missing_is_a_miss=True).met() is False
+    assert Check(None, "<= 1").met() is None
+
+
+RUN = {"throttled_share_above_slo": 0.008, "throttled_ttft_share_above_slo": None,
+       "throughput_throttled_bytes_per_second": 90e6, "spike_cut_seconds": 0.6, "idle_to_cap_seconds": 2.5,
+       "itl_p99_throttled_seconds": 0.02, "slo_itl_seconds": 0.021, "itl_p99_baseline_seconds": 0.018,
+       "itl_p99_unthrottled_seconds": 0.03, "throughput_idle_bytes_per_second": 199e6,
+       "cap_aggregate_bytes_per_second": 200e6, "spike_reaction_seconds": 1.2, "recovery_seconds": 3.0}
+
+
+@pytest.mark.parametrize("change, check, met", [
+    ({}, "throttled_share_above_slo", True),
+    ({"throttled_share_above_slo": 0.012}, "throttled_share_above_slo", False),
+    ({"throttled_ttft_share_above_slo": 0.02}, "throttled_ttft_share_above_slo", False),
+    ({}, "throttled_ttft_share_above_slo", None),                       # no TTFT SLO: not judged
+    ({"throughput_throttled_bytes_per_second": 79e6}, "throttled_vs_oracle", False),
+    ({"spike_cut_seconds": 1.3}, "spike_cut_seconds", False),
+    ({"spike_cut_seconds": None}, "spike_cut_seconds", False),          # never cut in the window: a miss
+    ({"idle_to_cap_seconds": None}, "idle_to_cap_seconds", False),
+    ({"recovery_seconds": None}, "recovery_seconds", False),
+    ({"idle_to_cap_seconds": 5.5}, "idle_to_cap_seconds", False),
+    ({}, "idle_vs_cap", True),
+])
+def test_judge_run(change, check, met):
+    checks = qos_stats.judge_run({**RUN, **change}, 0.01, 100e6, 100e6)
+    assert checks[check]["met"] is met
+
+
+def test_judge_run_without_an_oracle_cannot_judge_throughput():
+    checks = qos_stats.judge_run(RUN, 0.01, 100e6, None)
+    assert checks["throttled_vs_oracle"] == {"value": None, "target": ">= 0.8", "met": None, "issue_target": True}
+
+
+def test_a_goal_missed_in_one_run_of_five_is_missed():
+    runs = [qos_stats.judge_run({**RUN, "throttled_share_above_slo": s}, 0.01, 100e6, 100e6)
+            for s in (0.005, 0.007, 0.011, 0.006, 0.009)]
+    summary = summarize(runs)["throttled_share_above_slo"]
+    assert (summary["min"], summary["median"], summary["max"]) == (0.005, 0.007, 0.011)
+    assert (summary["met_runs"], summary["judged_runs"], summary["every_run"]) == (4, 5, False)
+    assert summarize(runs)["spike_cut_seconds"]["every_run"] is True
+    assert not all(qos_stats.all_met(c) for c in runs)
+
+
+# --------------------------------------------------------------------------- plants, battery, flags
+
+
+def test_load_change_plant_changes_mid_phase_and_others_do_not():
+    assert qos_plants.get_plant("steady").schedule(30.0) == [(0.0, qos_plants.Load(concurrency=64))]
+    change = qos_plants.get_plant("load-change").schedule(30.0)
+    assert [(t, load.concurrency) for t, load in change] == [(0.0, 32), (15.0, 96)]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("", "no plant named"), ("steady,steady", "named twice"), ("steady,spiky", "unknown plant 'spiky'"),
+])
+def test_parse_plants_refuses(text, says):
+    with pytest.raises(qos_plants.PlantError, match=says):
+        qos_plants.parse_plants(text)
+
+
+def test_every_plant_is_on_the_cpu_but_the_gpu_one():
+    assert {n for n, p in qos_plants.PLANTS.items() if p.device != "cpu"} == {"gpu-decode"}
+    assert set(qos_plants.CPU_PLANTS) == set(qos_plants.PLANTS) - {"gpu-decode"}
+
+
+@pytest.mark.parametrize("cpus, plants, per, gpu, expected, warned", [
+    (list(range(16)), ["a", "b", "c", "d"], 3, "g",
+     {"a": [0, 1, 2], "b": [3, 4, 5], "c": [6, 7, 8], "d": [9, 10, 11], "g": [12, 13, 14, 15]}, False),
+    (list(range(16)), ["a", "b", "c", "d"], 4, "g",
+     {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7], "c": [8, 9, 10, 11], "d": [12, 13, 14, 15], "g": [12, 13, 14, 15]}, True),
+    ([0, 1], ["a", "b"], 1, None, {"a": [0], "b": [1]}, False),
+    ([0, 1], ["a", "b"], 2, None, {"a": [0, 1], "b": [0, 1]}, True),
+])
+def test_assign_cores(cpus, plants, per, gpu, expected, warned):
+    cores, warnings = qos_battery.assign_cores(cpus, plants, per, gpu)
+    assert cores == expected and bool(warnings) is warned
+    cpu_slices = [set(cores[p]) for p in plants]
+    if not warned:  # disjoint CPU plants
+        assert sum(len(s) for s in cpu_slices) == len(set().union(*cpu_slices))
+
+
+def test_the_benchs_buckets_include_sglangs():
+    from testbed.decode import ITL_BUCKETS
+
+    assert qos_bench.SGLANG_ITL_BUCKETS == ITL_BUCKETS
+    assert set(ITL_BUCKETS) <= set(qos_bench.FINE_ITL_BUCKETS)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    qos_bench.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_quick_and_flags_set_the_options():
+    options, plant = qos_bench.options_from_args(_args("--plant", "bursty", "--quick", "--oracle-probe-seconds",
+                                                       "7", "--cpus", "0", "--concurrency", "16"))
+    assert plant.name == "bursty" and options.oracle_probe_seconds == 7 and options.size_bytes == 64 * 2**20
+    assert options.load == qos_plants.Load(concurrency=16) and options.seed_cpus == (0,)
+    full, _ = qos_bench.options_from_args(_args())
+    assert full.oracle_probe_seconds >= 30 and full.oracle_max_probes >= 5
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--plant", "spiky"], "unknown plant 'spiky'"),
+    (["--runs", "0"], "--runs must be at least 1"),
+    (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--oracle-probe-seconds", "0"], "--oracle-probe-seconds must be seconds > 0"),
+    (["--cpus", "0,x"], "--cpus must be CPU numbers"),
+    (["--cpus", "100000"], "this process may use CPUs"),
+    (["--cap", "0"], "needs a link rate > 0"),
+])
+def test_bad_flags_are_one_line(argv, says, capsys):
+    assert qos_bench.run(_args(*argv)) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_gpu_plant_without_cuda_is_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert qos_bench.run(_args("--plant", "gpu-decode")) == 2
+    err = capsys.readouterr().err
+    assert "--plant gpu-decode needs --device cuda" in err and len(err.strip().splitlines()) == 1
+    assert qos_battery.main(["--out", "unused", "--gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpu" in err and "CUDA" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--plants", "steady,gpu-decode"], "add the GPU one with --gpu"),
+    (["--plants", "steady", "--runs", "0"], "--runs must be at least 1"),
+    (["--plants", "steady", "--cores-per-plant", "0"], "--cores-per-plant must be at least 1"),
+    (["--plants", "steady", "--deadline-seconds", "0"], "--deadline-seconds must be > 0"),
+])
+def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
+    assert qos_battery.main(["--out", str(tmp_path)] + argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_battery_fits_its_default_deadline():
+    """The battery's per-plant invocation (5 runs, 15 s throttled phases, 30 s probes) fits the 450 s deadline."""
+    options = qos_bench.QosBenchOptions(throttled_measure_seconds=15.0)
+    assert qos_bench.estimate_seconds(options, 5) < 445
+
+
+@pytest.mark.parametrize("line, mooncake", [
+    ("E1202 01:35:23.551600 22325 tcp_transport_session_impl.h:651] ClientSession: READ rejected by server", True),
+    ("WARNING: Logging before InitGoogleLogging() is written to STDERR", True),
+    ("[steady]   run 1/5: every goal met", False),
+    ("Traceback (most recent call last):", False),
+])
+def test_the_battery_keeps_mooncakes_own_lines_off_the_terminal(line, mooncake):
+    assert bool(qos_battery._GLOG_LINE.match(line)) is mooncake
+
+
+# The seed alone: 10 % of tokens above 25 ms, 1.2 % above 30 ms, 0.6 % above 35 ms, 0.1 % above 40 ms.
+BASELINE = ((0.025, 0.03, 0.035, 0.04, math.inf), (9000.0, 9880.0, 9940.0, 9990.0, 10000.0))
+
+
+@pytest.mark.parametrize("plant, slo", [
+    ("steady", 0.035),      # the largest bound <= 1.15 x p99 (34.2 ms) with <= 0.75 % above: 35 ms (1.03x)
+    ("near-slo", 0.035),    # the tightest bound with <= 0.9 % above: 35 ms (30 ms has 1.2 %)
+])
+def test_the_plants_slo_rules(plant, slo):
+    from throttle.histogram import WindowHistogram
+
+    got, how = qos_bench.slo_for_plant(WindowHistogram(*BASELINE), 0.01, qos_plants.get_plant(plant))
+    assert got == slo and how
+
+
+def test_near_slo_takes_the_tightest_bound_the_seed_alone_still_meets():
+    from throttle.histogram import WindowHistogram
+
+    # Above 25 ms 2 %, 30 ms 0.7 %, 32 ms 0.4 %, 34 ms 0.1 %; p99 28.8 ms, so 1.15 x p99 = 33.2 ms.
+    w = WindowHistogram((0.025, 0.03, 0.032, 0.034, math.inf), (9800.0, 9930.0, 9960.0, 9990.0, 10000.0))
+    assert qos_bench.slo_for_plant(w, 0.01, qos_plants.get_plant("steady"))[0] == 0.032   # largest <= 33.2 ms
+    assert qos_bench.slo_for_plant(w, 0.01, qos_plants.get_plant("near-slo"))[0] == 0.03  # the seed uses 70 %
+    # A tighter budget: 30 ms leaves no room under 90 % of 0.5 %; 32 ms (0.4 %) is the tightest left.
+    assert qos_bench.slo_for_plant(w, 0.005, qos_plants.get_plant("near-slo"))[0] == 0.032
+
+
+def test_no_bound_leaving_the_transfer_room_is_a_bench_error():
+    from throttle.histogram import WindowHistogram
+
+    w = WindowHistogram((0.025, 0.03, math.inf), (5000.0, 8000.0, 10000.0))  # 20 % above every bound
+    with pytest.raises(qos_bench.QosBenchError, match="lower the seeds' load"):
+        qos_bench.choose_slo(w, 0.01)
+
+
+def test_the_battery_estimates_without_starting_anything(capsys, tmp_path):
+    out = tmp_path / "never-created"
+    assert qos_battery.main(["--out", str(out), "--plants", "steady,bursty", "--estimate", "--deadline-seconds",
+                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["steady", "bursty"]
+    assert "3 of 5 runs fit the 300 s deadline" in lines[0] and not out.exists()

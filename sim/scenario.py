@@ -57,8 +57,14 @@ class Scenario:
     """Bytes/s a seed's NIC sends (a 400 Gb/s NIC is 50 GB/s)."""
     instance_ingress: float = 50 * GBps
     instance_egress: float = 50 * GBps
+    seed_rate_cap: float | None = None
+    """A seed agent's rate cap (``rfork agent --rate-cap``): each lease waits on the agent's token
+    bucket at this rate, then the read runs at the NIC's ``seed_egress``, as the agent paces
+    reads; None = no cap (the NIC's fair share bounds every read)."""
     peer_rate: float | None = None
-    """Upload cap each peer offers (``rfork fork --peer-rate``); None = its NIC."""
+    """Upload cap each peer offers (``rfork fork --peer-rate``); None = its NIC. The scheduler's
+    swarm paces it (its token bucket decides when a peer may be given another read); each read
+    then runs at the NIC's ``instance_egress``, as the real client's reads do."""
     peer_max_in_flight: int = 8
     seed_max_in_flight: int = 8
     """Reads from one seed at once across every job (the scheduler's per-seed slots): few reads at
@@ -106,8 +112,9 @@ class Scenario:
         _int(self.chunk_size, "chunk_size", 4096)
         for name in ("seed_egress", "instance_ingress", "instance_egress"):
             _positive(getattr(self, name), name)
-        if self.peer_rate is not None:
-            _positive(self.peer_rate, "peer_rate")
+        for name in ("seed_rate_cap", "peer_rate"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), name)
         for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision",
                      "cascade_fanout", "scheduler_shards"):
             _int(getattr(self, name), name, 1)
@@ -168,7 +175,7 @@ class Scenario:
                 values["chunk_size"] = parse_size(values["chunk_size"])
             if values.get("max_assignment_bytes") is not None:
                 values["max_assignment_bytes"] = parse_size(values["max_assignment_bytes"])
-            for name in ("seed_egress", "instance_ingress", "instance_egress", "peer_rate"):
+            for name in ("seed_egress", "instance_ingress", "instance_egress", "seed_rate_cap", "peer_rate"):
                 if values.get(name) is not None:
                     values[name] = parse_rate(values[name])
         except UnitError as exc:

@@ -53,6 +53,17 @@ class PlannerConfig:
     report) is what separates a fork from an uncapped seed from SGLang's single batch read;
     capped seeds keep one chunk per assignment, so pacing stays fine-grained. 0 turns
     merging off."""
+    merge_seconds: float = 0.0
+    """Size merged assignments by link time as well: up to what the source delivered to this
+    job per read (its observed rate; a peer not read from yet: the best rate this job has
+    seen) in this many seconds, when that is more than ``max_assignment_bytes``, capped at
+    ``max_merged_bytes``. At 50 GB/s a 64 MiB chunk is 1.3 ms on the wire, so one decision
+    per few chunks is a scheduler core per ~100 instances; a decision per ~0.1 s of link
+    time is ~100x fewer. The share-of-pending cap still shrinks merges near the end. A
+    job's first reads (nothing observed yet) stay at ``max_assignment_bytes``, so a swarm's
+    first chunks land, and become servable by peers, early. 0: bytes cap only."""
+    max_merged_bytes: int = 16 << 30
+    """The largest assignment ``merge_seconds`` may size (a read's timeout grows with its bytes)."""
 
 
 SEED, PEER = "seed", "peer"
@@ -252,6 +263,27 @@ class PendingQueue:
             entries.popleft()
 
 
+def _reads(states: list[_ChunkState], client: Manifest, theirs: Manifest) -> list[Read]:
+    """The copies of these chunks, in order. A tensor split over consecutive chunks of a merged
+    assignment is ONE read (its bytes are contiguous on both sides, inside one registered
+    tensor): fewer reads to build, send and post. Reads never span two tensors, whose memory
+    may be registered apart even when adjacent."""
+    reads: list[Read] = []
+    last_tensor, last_end, dst_base, src_base = None, -1, 0, 0
+    for state in states:
+        for tensor, offset, length in state.chunk.segments:
+            if tensor == last_tensor and offset == last_end:
+                dst, src, n = reads[-1]
+                reads[-1] = Read(dst, src, n + length)
+            else:
+                if tensor != last_tensor:
+                    dst_base, src_base = client[tensor].ptr, theirs[tensor].ptr
+                    last_tensor = tensor
+                reads.append(Read(dst_base + offset, src_base + offset, length))
+            last_end = offset + length
+    return reads
+
+
 def striped_order(num_chunks: int, start: int) -> list[int]:
     """``range(num_chunks)`` rotated to begin at ``start``: where this job reads from the seeds first."""
     start = start % num_chunks if num_chunks else 0
@@ -298,6 +330,8 @@ class Job:
         self._outlook: tuple[tuple, tuple[dict[str, float], float, int]] | None = None
         """Source id -> chunks whose read from it failed (each chunk's ``failed_on``, by source)."""
         self.observed_rate: dict[str, float] = {}
+        self._best_rate = 0.0
+        """The highest observed rate of any peer this job read from: a fresh peer's estimate."""
         self.bytes_by_seed: dict[str, int] = {}
         """Bytes landed per source id (seeds and peers)."""
         self.bytes_by_kind: dict[str, int] = {SEED: 0, PEER: 0}
@@ -481,8 +515,8 @@ class Job:
                           covered: Coverage | None = None) -> list[int]:
         """Further pending chunks to merge into the assignment that starts with ``first``."""
         first_bytes = self.chunks[first].chunk.nbytes
-        limit = self.config.max_assignment_bytes
-        if limit <= first_bytes or not self.pending:
+        limit = max(self.config.max_assignment_bytes, self._link_time_bytes(source))
+        if self.config.max_assignment_bytes <= 0 or limit <= first_bytes or not self.pending:
             return []
         if source.allowed_rate is not None:
             # A capped source merges only once its in-flight budget outgrows max_in_flight_per_seed
@@ -515,6 +549,21 @@ class Job:
         for chunk_id in taken:
             self.pending.remove(chunk_id)
         return taken
+
+    def _link_time_bytes(self, source: SourceView) -> float:
+        """Bytes ``source`` delivers to this job in ``merge_seconds`` at the rate it measured (0: none).
+
+        O(1) in the chunks: the rate is per source, the best one over the sources this job read.
+        """
+        seconds = self.config.merge_seconds
+        if seconds <= 0:
+            return 0.0
+        rate = self.observed_rate.get(source.source_id)
+        if rate is None and source.kind == PEER and self._best_rate > 0:
+            rate = self._best_rate  # peers are alike: what this job's ingress took from the best one
+        if not rate:
+            return 0.0
+        return min(rate * seconds, float(self.config.max_merged_bytes))
 
     def _pending_run_after(self, first: int) -> Iterator[int]:
         chunk_id = first + 1
@@ -619,11 +668,7 @@ class Job:
     def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
         states = [self.chunks[c] for c in chunk_ids]
         self._ids += 1
-        client, theirs = self.client_manifest, source.manifest
-        reads = [
-            Read(client[tensor].ptr + offset, theirs[tensor].ptr + offset, length)
-            for state in states for tensor, offset, length in state.chunk.segments
-        ]
+        reads = _reads(states, self.client_manifest, source.manifest)
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,
@@ -690,7 +735,9 @@ class Job:
         if report.seconds > 0:
             sample = a.nbytes / report.seconds
             prev = self.observed_rate.get(a.seed_id)
-            self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
+            rate = self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
+            if a.source_kind == PEER and rate > self._best_rate:
+                self._best_rate = rate
         aid, on_cover, chunks, pending = a.assignment_id, self.on_cover, self.chunks, self.pending
         landed_bytes = landed_chunks = 0
         for chunk_id in a.chunk_ids:

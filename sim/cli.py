@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", help="sweep: a list (default direct,cascade,swarm)")
     p.add_argument("--chunk-size", help="planner chunk size (default 64MiB)")
     p.add_argument("--max-assignment-bytes", help="largest merged assignment (default 256MiB; 0 = no merging)")
+    p.add_argument("--merge-seconds", help="also merge up to this much link time at each job's measured rate "
+                                           "(the planner's merge_seconds; default 0 = bytes cap only)")
+    p.add_argument("--client-in-flight", help="reads each instance keeps in flight (default 8)")
     p.add_argument("--link-rate", help="every NIC: seeds' egress, instances' ingress and egress (default 50GB/s)")
     p.add_argument("--seed-rate", help="a seed's egress (overrides --link-rate)")
     p.add_argument("--ingress", help="an instance's ingress (overrides --link-rate)")
@@ -161,6 +164,10 @@ def scenario_fields(args: argparse.Namespace, sweep: bool = False) -> dict[str, 
         fields["chunk_size"] = _size_flag(args.chunk_size, "--chunk-size")
     if args.max_assignment_bytes is not None:
         fields["max_assignment_bytes"] = _size_flag(args.max_assignment_bytes, "--max-assignment-bytes")
+    if args.merge_seconds is not None:
+        fields["merge_seconds"] = _float_flag(args.merge_seconds, "--merge-seconds")
+    if args.client_in_flight is not None:
+        fields["client_max_in_flight"] = _int_flag(args.client_in_flight, "--client-in-flight", 1)
     if args.link_rate is not None:
         rate = _rate_flag(args.link_rate, "--link-rate")
         fields.update(seed_egress=rate, instance_ingress=rate, instance_egress=rate)

@@ -148,7 +148,8 @@ class FleetSimulation:
         self.chunks = plan_chunks(self.manifest, scenario.chunk_size)
         self.model_bytes = sum(c.nbytes for c in self.chunks)
         self._check_memory()
-        self.config = PlannerConfig(max_assignment_bytes=scenario.merge_bytes)
+        self.config = PlannerConfig(max_assignment_bytes=scenario.merge_bytes, merge_seconds=scenario.merge_seconds,
+                                    max_merged_bytes=scenario.max_merged_bytes)
         # One scheduler process per shard of the (model, rank) group, each with its own swarm:
         # an instance's peers are the instances of its shard; every shard reads from the seeds.
         self.swarms = [Swarm(read_deadline_seconds=scenario.client_timeout_seconds,

@@ -85,6 +85,11 @@ class Scenario:
     assignment_seconds: float = 0.005
     """How long one merged read may take at full link rate: bigger reads cost the scheduler fewer
     decisions, smaller ones let peers serve what they landed sooner."""
+    merge_seconds: float = 0.0
+    """The planner's ``merge_seconds``: merged assignments of about this much link time at the
+    rate each job measured (0: ``max_assignment_bytes`` alone)."""
+    max_merged_bytes: int = 16 << 30
+    """The planner's ``max_merged_bytes``: the largest assignment ``merge_seconds`` sizes."""
     control_latency_seconds: float = 0.001
     """One control-plane round trip: a /work call to the scheduler, or a lease from an agent."""
     read_latency_seconds: float = 20e-6
@@ -121,6 +126,8 @@ class Scenario:
         if self.max_assignment_bytes is not None:
             _int(self.max_assignment_bytes, "max_assignment_bytes", 0)
         _positive(self.assignment_seconds, "assignment_seconds")
+        _non_negative(self.merge_seconds, "merge_seconds")
+        _int(self.max_merged_bytes, "max_merged_bytes", 1)
         for name in ("control_latency_seconds", "read_latency_seconds", "heartbeat_timeout_seconds",
                      "client_timeout_seconds"):
             _non_negative(getattr(self, name), name)
@@ -173,8 +180,9 @@ class Scenario:
         try:
             if "chunk_size" in values:
                 values["chunk_size"] = parse_size(values["chunk_size"])
-            if values.get("max_assignment_bytes") is not None:
-                values["max_assignment_bytes"] = parse_size(values["max_assignment_bytes"])
+            for name in ("max_assignment_bytes", "max_merged_bytes"):
+                if values.get(name) is not None:
+                    values[name] = parse_size(values[name])
             for name in ("seed_egress", "instance_ingress", "instance_egress", "seed_rate_cap", "peer_rate"):
                 if values.get(name) is not None:
                     values[name] = parse_rate(values[name])

@@ -740,3 +740,26 @@ def test_a_failed_link_time_merge_retries_only_what_did_not_land():
     by_seed = {b.seed_id: b.chunk_ids for b in out}
     assert by_seed["s1"][0] == a.chunk_ids[0]            # the retry goes to the other seed
     assert not set(by_seed["s0"]) & set(a.chunk_ids)    # the seed that failed them gets other chunks
+
+
+@pytest.mark.parametrize("holds, expected", [
+    (range(0, 64), list(range(0, 4))),                 # a run: the first 16 KiB of it
+    (range(0, 64, 2), [0, 2, 4, 6]),                   # every other chunk: gathered across the gaps
+    ([5, 40, 41, 63], [5, 40, 41, 63]),                # scattered: still one assignment
+    ([7], [7]),
+])
+def test_a_link_time_merge_from_a_peer_gathers_what_it_holds_across_gaps(holds, expected):
+    m = manifest(w=64 * 4 * KiB)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), LINK_TIME, 0.0)
+    job.observed_rate["peer:p"] = 160 * KiB            # 0.1 s = 16 KiB = 4 chunks
+    [a] = job.next_assignments([peer("p", m, holds)], 0.0, 1)
+    assert list(a.chunk_ids) == expected
+    # Each chunk is one read here (one tensor, but not consecutive chunks unless the run is).
+    assert sum(r.length for r in a.reads) == 4 * KiB * len(expected)
+
+
+def test_without_merge_seconds_a_peer_merges_only_its_run():
+    m = manifest(w=64 * 4 * KiB)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), MERGE_16K, 0.0)
+    [a] = job.next_assignments([peer("p", m, range(0, 64, 2))], 0.0, 1)
+    assert a.chunk_ids == (0,)

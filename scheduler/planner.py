@@ -332,6 +332,8 @@ class Job:
         """Source id -> chunks whose read from it failed (each chunk's ``failed_on``, by source)."""
         self.observed_rate: dict[str, float] = {}
         self._best_rate = 0.0
+        self._reads_at_once = 1
+        """Reads this job may have in flight after the current decision (live + asked for)."""
         """The highest observed rate of any peer this job read from: a fresh peer's estimate."""
         self.bytes_by_seed: dict[str, int] = {}
         """Bytes landed per source id (seeds and peers)."""
@@ -397,6 +399,7 @@ class Job:
         for s in eligible:
             self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
+        self._reads_at_once = len(self.live) + max_assignments
         free, budget, rates = {}, {}, {}
         live_count, observed, cap = self._live_count, self.observed_rate, self.config.max_in_flight_per_seed
         for s in eligible:
@@ -437,7 +440,10 @@ class Job:
             return []  # its bucket is in debt: the reads already given to it come first
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
-            return [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
+            chunk_ids = [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
+            if self.config.merge_seconds > 0 and len(chunk_ids) > 2:
+                chunk_ids.sort()  # gathered across gaps: in order, so a tensor's consecutive chunks are one read
+            return chunk_ids
         if self.pending:
             # Nothing is duplicated before the true end. A seed: what is left is covered by peers.
             # A peer: while chunks wait, every byte through this job's ingress should be a new one
@@ -526,8 +532,15 @@ class Job:
         if budget is not None:
             limit = min(limit, max(budget, first_bytes))
         # Never more than this source's share of what is left, so the others get work too
-        # (the queue keeps its byte count: O(1) per assignment).
-        limit = min(limit, (first_bytes + self.pending.nbytes) / len(eligible))
+        # (the queue keeps its byte count: O(1) per assignment). Sized by link time, the share
+        # is over the reads this job will have in flight, when fewer than its sources: its
+        # client reads no more at once, and sources it does not read from need no share (split
+        # over 9 sampled sources, the last ~40 chunks of a 32-instance swarm took a third of
+        # its decisions).
+        sharers = len(eligible)
+        if self.config.merge_seconds > 0:
+            sharers = max(1, min(sharers, self._reads_at_once))
+        limit = min(limit, (first_bytes + self.pending.nbytes) / sharers)
         taken, total = [], first_bytes
         # A seed merges the next chunks in queue order; a peer the run of chunk ids after
         # ``first`` that it holds (the queue's front may be chunks it does not have). In a

@@ -763,3 +763,15 @@ def test_without_merge_seconds_a_peer_merges_only_its_run():
     job = Job("j", m, plan_chunks(m, 4 * KiB), MERGE_16K, 0.0)
     [a] = job.next_assignments([peer("p", m, range(0, 64, 2))], 0.0, 1)
     assert a.chunk_ids == (0,)
+
+
+def test_a_gathered_merge_is_in_chunk_order_so_a_tensors_chunks_are_one_read():
+    m = manifest(w=64 * 4 * KiB)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), LINK_TIME, 0.0)
+    job.observed_rate["peer:p"] = 160 * KiB            # 4 chunks
+    for c in (0, 1, 2):
+        job.pending.remove(c)                          # landed already (or taken)
+    job.pending.appendleft(1)                          # ... but chunk 1 is back at the front, as a retry is
+    [a] = job.next_assignments([peer("p", m, [1, 3, 4, 5, 9])], 0.0, 1)
+    assert a.chunk_ids == (1, 3, 4, 5)
+    assert [(r.dst_ptr - m["w"].ptr, r.length) for r in a.reads] == [(4 * KiB, 4 * KiB), (12 * KiB, 12 * KiB)]

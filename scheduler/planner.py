@@ -270,17 +270,18 @@ def _reads(states: list[_ChunkState], client: Manifest, theirs: Manifest) -> lis
     tensor): fewer reads to build, send and post. Reads never span two tensors, whose memory
     may be registered apart even when adjacent."""
     reads: list[Read] = []
+    new = tuple.__new__  # Read's own __new__ is Python code: several times slower per read
     last_tensor, last_end, dst_base, src_base = None, -1, 0, 0
     for state in states:
         for tensor, offset, length in state.chunk.segments:
             if tensor == last_tensor and offset == last_end:
                 dst, src, n = reads[-1]
-                reads[-1] = Read(dst, src, n + length)
+                reads[-1] = new(Read, (dst, src, n + length))
             else:
                 if tensor != last_tensor:
                     dst_base, src_base = client[tensor].ptr, theirs[tensor].ptr
                     last_tensor = tensor
-                reads.append(Read(dst_base + offset, src_base + offset, length))
+                reads.append(new(Read, (dst_base + offset, src_base + offset, length)))
             last_end = offset + length
     return reads
 
@@ -333,6 +334,8 @@ class Job:
         self.observed_rate: dict[str, float] = {}
         self._best_rate = 0.0
         self._reads_at_once = 1
+        self._found: tuple[str, set[int]] | None = None
+        """(source id, pending chunks it can serve) found by the current choice, for its merge."""
         """Reads this job may have in flight after the current decision (live + asked for)."""
         """The highest observed rate of any peer this job read from: a fresh peer's estimate."""
         self.bytes_by_seed: dict[str, int] = {}
@@ -438,6 +441,7 @@ class Job:
                 covered: Coverage | None, budget: float | None, rates: dict[str, float], now: float) -> list[int]:
         if budget is not None and budget <= 0:
             return []  # its bucket is in debt: the reads already given to it come first
+        self._found = None
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
             chunk_ids = [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
@@ -512,6 +516,8 @@ class Job:
             if found:
                 chunk_id = min(found)  # the lowest: merged runs grow upward from it
                 self.pending.remove(chunk_id)
+                found.discard(chunk_id)
+                self._found = (source.source_id, found)  # what a link-time merge gathers from next
                 return chunk_id
         if fallback is not None:
             self.pending.remove(fallback)
@@ -573,15 +579,18 @@ class Job:
         of a few, so runs alone kept merges at a fifth of the link-time size and the decisions
         five times as many. Reads stay per tensor; a tensor's chunks still merge into one read
         where they are consecutive. One set intersection (C speed) and a partial sort."""
-        wanted = source.holds if source.holds is not None else getattr(covered, "uncovered", None)
-        if wanted is None:
-            return total
-        found = self.pending.ids() & wanted
-        found.discard(first)
+        if self._found is not None and self._found[0] == source.source_id:
+            found = self._found[1]  # this decision's intersection, from _pending_for: not computed twice
+        else:
+            wanted = source.holds if source.holds is not None else getattr(covered, "uncovered", None)
+            if wanted is None:
+                return total
+            found = self.pending.ids() & wanted
+            failed = self._failed_chunks.get(source.source_id)
+            if failed:
+                found -= failed
+            found.discard(first)
         found.difference_update(taken)
-        failed = self._failed_chunks.get(source.source_id)
-        if failed:
-            found -= failed
         if not found:
             return total
         room = int((limit - total) // max(self.chunks[first].chunk.nbytes, 1)) + 1

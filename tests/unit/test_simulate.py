@@ -215,3 +215,26 @@ def test_a_capped_seed_paces_leases_and_reads_at_the_link_rate():
     swarm = simulate(Scenario(**CAPPED, instances=8), with_single_fork=False)
     assert swarm.instances_completed == 8
     assert swarm.time_to_all_seconds < 1.25 * alone.time_to_all_seconds
+
+
+def test_link_time_merges_cut_the_decisions_of_a_fast_swarm(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc, _, err = run(["simulate", "--model", "qwen2.5-0.5b", "--chunk-size", "16MiB", "--link-rate", "1GB/s",
+                      "--instances", "8", "--merge-seconds", "0.2", "--client-in-flight", "2", "--no-single-fork",
+                      "--json", str(out)], capsys)
+    assert rc == 0, err
+    merged = json.loads(out.read_text())
+    assert merged["scenario"]["merge_seconds"] == 0.2 and merged["scenario"]["client_max_in_flight"] == 2
+    assert merged["instances_completed"] == 8
+    plain = simulate(small(instances=8, client_max_in_flight=2), with_single_fork=False)
+    assert merged["scheduler"]["assignments"] < plain.assignments
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--merge-seconds", "soon"], "--merge-seconds must be a number"),
+    (["--merge-seconds", "-1"], "merge_seconds must be a finite number >= 0"),
+    (["--client-in-flight", "0"], "--client-in-flight must be >= 1"),
+])
+def test_bad_merge_flags_are_one_line(argv, says, capsys):
+    rc, _, err = run(["simulate", *argv], capsys)
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err

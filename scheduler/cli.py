@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from rfork_api.logs import add_log_arguments, uvicorn_options
@@ -20,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chunk reads a job keeps in flight per seed at most (default 4)")
     p.add_argument("--pipeline-seconds", type=float, default=0.5,
                    help="in-flight budget per seed, in seconds of its allowed rate (default 0.5)")
+    p.add_argument("--merge-seconds", type=float, default=0.0, metavar="S",
+                   help="also size merged assignments to about S seconds of each source's measured rate "
+                        "(up to 16 GiB): fewer /work calls on fast links (default 0: 256 MiB at most)")
     p.add_argument("--max-forks-per-seed", type=int, default=None, metavar="N",
                    help="fork jobs that may read from one seed rank at once, fleet-wide; more wait in a queue "
                         "(GET /v1/fleet shows it). Default: no limit")
@@ -62,6 +66,10 @@ def main(args: argparse.Namespace) -> int:
     if not args.pipeline_seconds > 0:
         print("rfork scheduler: error: --pipeline-seconds must be > 0", file=sys.stderr)
         return 2
+    if not 0 <= args.merge_seconds < math.inf:
+        print(f"rfork scheduler: error: --merge-seconds must be a number of seconds >= 0, got {args.merge_seconds}",
+              file=sys.stderr)
+        return 2
     if not 0 <= args.port <= 65535:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
@@ -88,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
                              max_body_bytes=max_body, token=token,
                              admission=AdmissionConfig(max_forks_per_seed=args.max_forks_per_seed),
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
-                                                   pipeline_seconds=args.pipeline_seconds))
+                                                   pipeline_seconds=args.pipeline_seconds,
+                                                   merge_seconds=args.merge_seconds))
     # uvicorn's own start-up lines are -v only: say once that we serve.
     logging.getLogger("rfork.scheduler").info(
         "scheduler on http://%s:%d (heartbeat timeout %g s, client timeout %g s, auth %s)", args.host, args.port,

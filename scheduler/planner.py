@@ -21,6 +21,7 @@ the seeds and then feed each other.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -53,6 +54,17 @@ class PlannerConfig:
     report) is what separates a fork from an uncapped seed from SGLang's single batch read;
     capped seeds keep one chunk per assignment, so pacing stays fine-grained. 0 turns
     merging off."""
+    merge_seconds: float = 0.0
+    """Size merged assignments by link time as well: up to what the source delivered to this
+    job per read (its observed rate; a peer not read from yet: the best rate this job has
+    seen) in this many seconds, when that is more than ``max_assignment_bytes``, capped at
+    ``max_merged_bytes``. At 50 GB/s a 64 MiB chunk is 1.3 ms on the wire, so one decision
+    per few chunks is a scheduler core per ~100 instances; a decision per ~0.1 s of link
+    time is ~100x fewer. The share-of-pending cap still shrinks merges near the end. A
+    job's first reads (nothing observed yet) stay at ``max_assignment_bytes``, so a swarm's
+    first chunks land, and become servable by peers, early. 0: bytes cap only."""
+    max_merged_bytes: int = 16 << 30
+    """The largest assignment ``merge_seconds`` may size (a read's timeout grows with its bytes)."""
 
 
 SEED, PEER = "seed", "peer"
@@ -252,6 +264,28 @@ class PendingQueue:
             entries.popleft()
 
 
+def _reads(states: list[_ChunkState], client: Manifest, theirs: Manifest) -> list[Read]:
+    """The copies of these chunks, in order. A tensor split over consecutive chunks of a merged
+    assignment is ONE read (its bytes are contiguous on both sides, inside one registered
+    tensor): fewer reads to build, send and post. Reads never span two tensors, whose memory
+    may be registered apart even when adjacent."""
+    reads: list[Read] = []
+    new = tuple.__new__  # Read's own __new__ is Python code: several times slower per read
+    last_tensor, last_end, dst_base, src_base = None, -1, 0, 0
+    for state in states:
+        for tensor, offset, length in state.chunk.segments:
+            if tensor == last_tensor and offset == last_end:
+                dst, src, n = reads[-1]
+                reads[-1] = new(Read, (dst, src, n + length))
+            else:
+                if tensor != last_tensor:
+                    dst_base, src_base = client[tensor].ptr, theirs[tensor].ptr
+                    last_tensor = tensor
+                reads.append(new(Read, (dst_base + offset, src_base + offset, length)))
+            last_end = offset + length
+    return reads
+
+
 def striped_order(num_chunks: int, start: int) -> list[int]:
     """``range(num_chunks)`` rotated to begin at ``start``: where this job reads from the seeds first."""
     start = start % num_chunks if num_chunks else 0
@@ -298,6 +332,12 @@ class Job:
         self._outlook: tuple[tuple, tuple[dict[str, float], float, int]] | None = None
         """Source id -> chunks whose read from it failed (each chunk's ``failed_on``, by source)."""
         self.observed_rate: dict[str, float] = {}
+        self._best_rate = 0.0
+        self._reads_at_once = 1
+        self._found: tuple[str, set[int]] | None = None
+        """(source id, pending chunks it can serve) found by the current choice, for its merge."""
+        """Reads this job may have in flight after the current decision (live + asked for)."""
+        """The highest observed rate of any peer this job read from: a fresh peer's estimate."""
         self.bytes_by_seed: dict[str, int] = {}
         """Bytes landed per source id (seeds and peers)."""
         self.bytes_by_kind: dict[str, int] = {SEED: 0, PEER: 0}
@@ -362,6 +402,7 @@ class Job:
         for s in eligible:
             self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
+        self._reads_at_once = len(self.live) + max_assignments
         free, budget, rates = {}, {}, {}
         live_count, observed, cap = self._live_count, self.observed_rate, self.config.max_in_flight_per_seed
         for s in eligible:
@@ -400,9 +441,13 @@ class Job:
                 covered: Coverage | None, budget: float | None, rates: dict[str, float], now: float) -> list[int]:
         if budget is not None and budget <= 0:
             return []  # its bucket is in debt: the reads already given to it come first
+        self._found = None
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
-            return [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
+            chunk_ids = [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
+            if self.config.merge_seconds > 0 and len(chunk_ids) > 2:
+                chunk_ids.sort()  # gathered across gaps: in order, so a tensor's consecutive chunks are one read
+            return chunk_ids
         if self.pending:
             # Nothing is duplicated before the true end. A seed: what is left is covered by peers.
             # A peer: while chunks wait, every byte through this job's ingress should be a new one
@@ -471,6 +516,8 @@ class Job:
             if found:
                 chunk_id = min(found)  # the lowest: merged runs grow upward from it
                 self.pending.remove(chunk_id)
+                found.discard(chunk_id)
+                self._found = (source.source_id, found)  # what a link-time merge gathers from next
                 return chunk_id
         if fallback is not None:
             self.pending.remove(fallback)
@@ -481,8 +528,8 @@ class Job:
                           covered: Coverage | None = None) -> list[int]:
         """Further pending chunks to merge into the assignment that starts with ``first``."""
         first_bytes = self.chunks[first].chunk.nbytes
-        limit = self.config.max_assignment_bytes
-        if limit <= first_bytes or not self.pending:
+        limit = max(self.config.max_assignment_bytes, self._link_time_bytes(source))
+        if self.config.max_assignment_bytes <= 0 or limit <= first_bytes or not self.pending:
             return []
         if source.allowed_rate is not None:
             # A capped source merges only once its in-flight budget outgrows max_in_flight_per_seed
@@ -491,8 +538,15 @@ class Job:
         if budget is not None:
             limit = min(limit, max(budget, first_bytes))
         # Never more than this source's share of what is left, so the others get work too
-        # (the queue keeps its byte count: O(1) per assignment).
-        limit = min(limit, (first_bytes + self.pending.nbytes) / len(eligible))
+        # (the queue keeps its byte count: O(1) per assignment). Sized by link time, the share
+        # is over the reads this job will have in flight, when fewer than its sources: its
+        # client reads no more at once, and sources it does not read from need no share (split
+        # over 9 sampled sources, the last ~40 chunks of a 32-instance swarm took a third of
+        # its decisions).
+        sharers = len(eligible)
+        if self.config.merge_seconds > 0:
+            sharers = max(1, min(sharers, self._reads_at_once))
+        limit = min(limit, (first_bytes + self.pending.nbytes) / sharers)
         taken, total = [], first_bytes
         # A seed merges the next chunks in queue order; a peer the run of chunk ids after
         # ``first`` that it holds (the queue's front may be chunks it does not have). In a
@@ -512,9 +566,56 @@ class Job:
                 break  # a peer serves the rest of this run
             taken.append(chunk_id)
             total += state.chunk.nbytes
+        if by_run and self.config.merge_seconds > 0 and limit - total >= first_bytes:
+            total = self._fill_from_elsewhere(source, covered, first, taken, total, limit)
         for chunk_id in taken:
             self.pending.remove(chunk_id)
         return taken
+
+    def _fill_from_elsewhere(self, source: SourceView, covered: Coverage | None, first: int,
+                             taken: list[int], total: int, limit: float) -> int:
+        """Sized by link time, an assignment whose run ended early takes further chunks the source
+        can serve from anywhere in the job (lowest ids first): a peer's landed chunks come in runs
+        of a few, so runs alone kept merges at a fifth of the link-time size and the decisions
+        five times as many. Reads stay per tensor; a tensor's chunks still merge into one read
+        where they are consecutive. One set intersection (C speed) and a partial sort."""
+        if self._found is not None and self._found[0] == source.source_id:
+            found = self._found[1]  # this decision's intersection, from _pending_for: not computed twice
+        else:
+            wanted = source.holds if source.holds is not None else getattr(covered, "uncovered", None)
+            if wanted is None:
+                return total
+            found = self.pending.ids() & wanted
+            failed = self._failed_chunks.get(source.source_id)
+            if failed:
+                found -= failed
+            found.discard(first)
+        found.difference_update(taken)
+        if not found:
+            return total
+        room = int((limit - total) // max(self.chunks[first].chunk.nbytes, 1)) + 1
+        for chunk_id in (sorted(found) if len(found) <= 4 * room else heapq.nsmallest(room, found)):
+            nbytes = self.chunks[chunk_id].chunk.nbytes
+            if total + nbytes > limit:
+                break
+            taken.append(chunk_id)
+            total += nbytes
+        return total
+
+    def _link_time_bytes(self, source: SourceView) -> float:
+        """Bytes ``source`` delivers to this job in ``merge_seconds`` at the rate it measured (0: none).
+
+        O(1) in the chunks: the rate is per source, the best one over the sources this job read.
+        """
+        seconds = self.config.merge_seconds
+        if seconds <= 0:
+            return 0.0
+        rate = self.observed_rate.get(source.source_id)
+        if rate is None and source.kind == PEER and self._best_rate > 0:
+            rate = self._best_rate  # peers are alike: what this job's ingress took from the best one
+        if not rate:
+            return 0.0
+        return min(rate * seconds, float(self.config.max_merged_bytes))
 
     def _pending_run_after(self, first: int) -> Iterator[int]:
         chunk_id = first + 1
@@ -619,11 +720,7 @@ class Job:
     def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
         states = [self.chunks[c] for c in chunk_ids]
         self._ids += 1
-        client, theirs = self.client_manifest, source.manifest
-        reads = [
-            Read(client[tensor].ptr + offset, theirs[tensor].ptr + offset, length)
-            for state in states for tensor, offset, length in state.chunk.segments
-        ]
+        reads = _reads(states, self.client_manifest, source.manifest)
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,
@@ -690,7 +787,9 @@ class Job:
         if report.seconds > 0:
             sample = a.nbytes / report.seconds
             prev = self.observed_rate.get(a.seed_id)
-            self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
+            rate = self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
+            if a.source_kind == PEER and rate > self._best_rate:
+                self._best_rate = rate
         aid, on_cover, chunks, pending = a.assignment_id, self.on_cover, self.chunks, self.pending
         landed_bytes = landed_chunks = 0
         for chunk_id in a.chunk_ids:

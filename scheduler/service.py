@@ -38,7 +38,7 @@ from scheduler.intake import Intake, decode_job_request, decode_registration
 from scheduler.liveness import LoopWatch, NoWatch
 from rfork_api.manifest import Manifest, ManifestTable, match_manifests
 from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
-from scheduler.swarm import GroupKey, PeerOffer, Swarm
+from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
 
 log = logging.getLogger("rfork.scheduler")
 
@@ -239,8 +239,7 @@ class SchedulerState:
         chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
         now = self.clock()
         job_id = uuid.uuid4().hex[:12]
-        # The group's key uses the shapes digest: jobs that read the same bytes under the same chunk ids.
-        group = (body.identity, body.rank, chunk_size, table.shapes_digest)
+        group = group_key(body.identity, body.rank, manifest, chunk_size)  # same bytes under the same chunk ids
         with self.lock:
             start = stripe_start(len(chunks), self.swarm.next_index(group))
         job = Job(job_id, manifest, chunks, self.config.planner, now, start=start)

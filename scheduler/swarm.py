@@ -30,6 +30,7 @@ Pure bookkeeping, no I/O: the service calls it under its lock with ``now``.
 from __future__ import annotations
 
 import hashlib
+from array import array
 import math
 import random
 from dataclasses import dataclass, field
@@ -45,11 +46,21 @@ GroupKey = Hashable
 def group_key(identity: Hashable, rank: int, manifest: Manifest, chunk_size: int) -> GroupKey:
     """Jobs with this key read the same bytes under the same chunk ids: they can feed each other.
 
-    The manifest's names and shapes count, not its pointers (each client has its own memory).
+    The manifest's names, shapes and ORDER count, not its pointers (each client has its own
+    memory): chunks are planned in manifest order, so two clients listing the same tensors in
+    another order give the same chunk id to different bytes, and a peer would be asked for a
+    chunk it has not landed. (``ManifestTable.shapes_digest`` is order-blind: it says whether
+    two manifests match, not whether their chunk plans do.) Hashed from the manifest's arrays,
+    at C speed: a job creation in a 1024-instance scale-out must stay cheap.
     """
-    digest = hashlib.sha256()
-    for name, spec in manifest.items():
-        digest.update(f"{name}\0{spec.numel}\0{spec.element_size}\n".encode())
+    if isinstance(manifest, Manifest):
+        names, values = manifest.names, manifest._values
+    else:  # a plain mapping of TensorSpec: the same key as its Manifest
+        names = list(manifest)
+        values = array("Q", [v for name in names for v in (0, manifest[name].numel, manifest[name].element_size)])
+    digest = hashlib.sha256("\0".join(names).encode())
+    digest.update(values[1::3].tobytes())
+    digest.update(values[2::3].tobytes())
     return identity, rank, chunk_size, digest.hexdigest()
 
 

@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "planner deciding): `run` one scenario, `sweep` over N and strategies, `validate` "
                      "against a `rfork testbed --clients N --json` record.")
     p.add_argument("action", nargs="?", default="run", help="run (default), sweep or validate")
-    p.add_argument("testbed_json", nargs="?", help="validate: the JSON `rfork testbed --clients N --json` wrote")
+    p.add_argument("testbed_json", nargs="*", help="validate: the JSON `rfork testbed --clients N --json` wrote "
+                                                   "(several runs of one scale-out: compared at their median)")
     p.add_argument("--scenario", help="YAML (or JSON) file of scenario fields; flags override it")
     p.add_argument("--model", help="deepseek-v3 (default), llama-3.1-70b, qwen2.5-7b, a testbed preset, size:256MiB")
     p.add_argument("--instances", help="new instances N (sweep: a list, default 1,8,32,128)")
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", help="sweep: a list (default direct,cascade,swarm)")
     p.add_argument("--chunk-size", help="planner chunk size (default 64MiB)")
     p.add_argument("--max-assignment-bytes", help="largest merged assignment (default 256MiB; 0 = no merging)")
+    p.add_argument("--merge-seconds", help="also merge up to this much link time at each job's measured rate "
+                                           "(the planner's merge_seconds; default 0 = bytes cap only)")
+    p.add_argument("--client-in-flight", help="reads each instance keeps in flight (default 8)")
     p.add_argument("--link-rate", help="every NIC: seeds' egress, instances' ingress and egress (default 50GB/s)")
     p.add_argument("--seed-rate", help="a seed's egress (overrides --link-rate)")
     p.add_argument("--ingress", help="an instance's ingress (overrides --link-rate)")
@@ -74,8 +78,8 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown action {args.action!r}; choose from {', '.join(ACTIONS)}")
         if args.action == "validate":
             return _validate(args)
-        if args.testbed_json is not None:
-            raise UsageError(f"unexpected argument {args.testbed_json!r} (only `validate` takes a file)")
+        if args.testbed_json:
+            raise UsageError(f"unexpected argument {args.testbed_json[0]!r} (only `validate` takes a file)")
         return _sweep(args) if args.action == "sweep" else _run(args)
     except (UsageError, ScenarioError, UnitError, UnknownPreset, SimulationTooLarge, TestbedRecordError) as exc:
         print(f"rfork simulate: error: {exc}", file=sys.stderr)
@@ -160,6 +164,10 @@ def scenario_fields(args: argparse.Namespace, sweep: bool = False) -> dict[str, 
         fields["chunk_size"] = _size_flag(args.chunk_size, "--chunk-size")
     if args.max_assignment_bytes is not None:
         fields["max_assignment_bytes"] = _size_flag(args.max_assignment_bytes, "--max-assignment-bytes")
+    if args.merge_seconds is not None:
+        fields["merge_seconds"] = _float_flag(args.merge_seconds, "--merge-seconds")
+    if args.client_in_flight is not None:
+        fields["client_max_in_flight"] = _int_flag(args.client_in_flight, "--client-in-flight", 1)
     if args.link_rate is not None:
         rate = _rate_flag(args.link_rate, "--link-rate")
         fields.update(seed_egress=rate, instance_ingress=rate, instance_egress=rate)
@@ -242,25 +250,38 @@ def _validate(args: argparse.Namespace) -> int:
     from sim.validate import LOOPBACK_CONTROL_SECONDS, LOOPBACK_RATE, simulate_testbed
 
     if not args.testbed_json:
-        raise UsageError("validate needs the testbed's JSON: rfork simulate validate PATH")
-    try:
-        with open(args.testbed_json, encoding="utf-8") as f:
-            record = json.load(f)
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.testbed_json}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{args.testbed_json} is not JSON: {exc.msg} at line {exc.lineno}") from None
-    if not isinstance(record, dict):
-        raise UsageError(f"{args.testbed_json} must hold one testbed record (a JSON object)")
+        raise UsageError("validate needs the testbed's JSON: rfork simulate validate PATH [PATH...]")
+    records = [_testbed_record(path) for path in args.testbed_json]
+    shapes = {(r.get("clients_count"), r.get("peers", True), r.get("model_bytes")) for r in records}
+    if len(shapes) > 1:
+        raise UsageError("validate's records must be runs of one scale-out (same clients, peers, model); got "
+                         + ", ".join(f"N={n} peers={p} model={m}" for n, p, m in sorted(shapes, key=str)))
+    timed = [r for r in records if isinstance(r.get("time_to_all_seconds"), (int, float))]
+    # The median run by time-to-all (the upper one of an even count): one noisy run does not decide.
+    record = sorted(timed, key=lambda r: r["time_to_all_seconds"])[len(timed) // 2] if timed else records[0]
     link = _rate_flag(args.link_rate, "--link-rate") if args.link_rate else LOOPBACK_RATE
     latency = _float_flag(args.link_latency, "--link-latency") if args.link_latency else LOOPBACK_CONTROL_SECONDS
     out = simulate_testbed(record, link_rate=link, control_latency_seconds=latency)
+    out["measured"]["runs_time_to_all_seconds"] = sorted(r["time_to_all_seconds"] for r in timed)
     m, s = out["measured"], out["simulated"]
     ratio = out["time_to_all_ratio"]
-    print(f"testbed {m['time_to_all_seconds']} s, simulated {s['time_to_all_seconds']:.3f} s"
+    print(f"testbed {m['time_to_all_seconds']:.3f} s (median of {len(timed)}), simulated {s['time_to_all_seconds']:.3f} s"
           + (f" ({ratio:.2f}x; {'within' if out['within_20_percent'] else 'NOT within'} 20%)" if ratio else ""))
     _write(args, out, "validate")
     return 0
+
+
+def _testbed_record(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path} must hold one testbed record (a JSON object)")
+    return record
 
 
 def _all_survivors_done(result: dict) -> bool:

@@ -32,6 +32,7 @@ from scheduler.swarm import PeerOffer, Swarm, group_key
 from sim.network import LinkDown, Network, Node
 from sim.presets import rank_manifest
 from sim.scenario import Scenario
+from throttle.token_bucket import TokenBucket, default_burst
 
 cpu_clock = time.thread_time
 """The scheduler's CPU: what the real planner and swarm calls cost, not the wall time they took."""
@@ -50,6 +51,8 @@ class _Seed:
     node: Node
     allowed_rate: float
     registered: bool = True
+    bucket: TokenBucket | None = None
+    """A capped seed's agent bucket: a lease waits on it, then the read runs at the NIC's rate."""
     in_flight: int = 0
     copying_to: set[int] = field(default_factory=set)
     """Cascade: the instances this source is admitted to copy the model to now."""
@@ -145,7 +148,8 @@ class FleetSimulation:
         self.chunks = plan_chunks(self.manifest, scenario.chunk_size)
         self.model_bytes = sum(c.nbytes for c in self.chunks)
         self._check_memory()
-        self.config = PlannerConfig(max_assignment_bytes=scenario.merge_bytes)
+        self.config = PlannerConfig(max_assignment_bytes=scenario.merge_bytes, merge_seconds=scenario.merge_seconds,
+                                    max_merged_bytes=scenario.max_merged_bytes)
         # One scheduler process per shard of the (model, rank) group, each with its own swarm:
         # an instance's peers are the instances of its shard; every shard reads from the seeds.
         self.swarms = [Swarm(read_deadline_seconds=scenario.client_timeout_seconds,
@@ -153,8 +157,11 @@ class FleetSimulation:
                              rng=random.Random(scenario.random_seed + 1 + k))
                        for k in range(scenario.scheduler_shards)]
         self.key = group_key(scenario.model, 0, self.manifest, scenario.chunk_size)
+        cap = scenario.seed_rate_cap
         self.seeds = {f"seed-{i}": _Seed(f"seed-{i}", self.net.add_node(f"seed-{i}", scenario.seed_egress,
-                                                                         scenario.seed_egress), scenario.seed_egress)
+                                                                         scenario.seed_egress),
+                                         scenario.seed_egress if cap is None else cap,
+                                         bucket=None if cap is None else TokenBucket(cap, default_burst(cap), 0.0))
                       for i in range(scenario.seeds)}
         self.instances: list[_Instance] = []
         self.by_job: dict[str, _Instance] = {}
@@ -180,8 +187,8 @@ class FleetSimulation:
             offer = PeerOffer(f"i{i}", s.peer_rate, s.peer_max_in_flight) if s.strategy == "swarm" else None
             swarm.join(job, self.key, offer, 0.0)
             self.cpu_by_shard[i % s.scheduler_shards] += cpu_clock() - started
-            node = self.net.add_node(f"i{i}", s.instance_egress if s.peer_rate is None
-                                     else min(s.instance_egress, s.peer_rate), s.instance_ingress)
+            # A peer's upload cap is the swarm's bucket (the real scheduler's), not a slower NIC.
+            node = self.net.add_node(f"i{i}", s.instance_egress, s.instance_ingress)
             inst = _Instance(i, job, node, started_at=0.0)
             self.instances.append(inst)
             self.by_job[job.job_id] = inst
@@ -319,7 +326,12 @@ class FleetSimulation:
         else:
             self.lease_calls += 1
             yield self.env.timeout(self.s.control_latency_seconds)  # the lease round trip to its agent
-            src = self.seeds[a.seed_id].node
+            seed = self.seeds[a.seed_id]
+            src = seed.node
+            if seed.bucket is not None:  # the agent grants the lease when its bucket has paid for it
+                wait = seed.bucket.reserve(a.nbytes, self.env.now, math.inf).delay(self.env.now)
+                if wait > 0:
+                    yield self.env.timeout(wait)
         started = self.env.now
         try:
             yield self.env.timeout(self.s.read_latency_seconds)
@@ -338,9 +350,13 @@ class FleetSimulation:
         level = 1.0
         while True:
             level = min(1.0, max(s.seed_qos_floor, level + self.rng.uniform(-0.2, 0.2)))
-            seed.allowed_rate = s.seed_egress * level
-            if seed.node.alive:
-                self.net.set_egress(seed.node, seed.allowed_rate)
+            if seed.bucket is not None:  # the throttle moves the agent's lease rate
+                seed.allowed_rate = (s.seed_rate_cap or s.seed_egress) * level
+                seed.bucket.set_rate(seed.allowed_rate, self.env.now)
+            else:
+                seed.allowed_rate = s.seed_egress * level
+                if seed.node.alive:
+                    self.net.set_egress(seed.node, seed.allowed_rate)
             yield self.env.timeout(1.0)
 
     def _slowdown(self, slow):

@@ -57,8 +57,14 @@ class Scenario:
     """Bytes/s a seed's NIC sends (a 400 Gb/s NIC is 50 GB/s)."""
     instance_ingress: float = 50 * GBps
     instance_egress: float = 50 * GBps
+    seed_rate_cap: float | None = None
+    """A seed agent's rate cap (``rfork agent --rate-cap``): each lease waits on the agent's token
+    bucket at this rate, then the read runs at the NIC's ``seed_egress``, as the agent paces
+    reads; None = no cap (the NIC's fair share bounds every read)."""
     peer_rate: float | None = None
-    """Upload cap each peer offers (``rfork fork --peer-rate``); None = its NIC."""
+    """Upload cap each peer offers (``rfork fork --peer-rate``); None = its NIC. The scheduler's
+    swarm paces it (its token bucket decides when a peer may be given another read); each read
+    then runs at the NIC's ``instance_egress``, as the real client's reads do."""
     peer_max_in_flight: int = 8
     seed_max_in_flight: int = 8
     """Reads from one seed at once across every job (the scheduler's per-seed slots): few reads at
@@ -79,6 +85,11 @@ class Scenario:
     assignment_seconds: float = 0.005
     """How long one merged read may take at full link rate: bigger reads cost the scheduler fewer
     decisions, smaller ones let peers serve what they landed sooner."""
+    merge_seconds: float = 0.0
+    """The planner's ``merge_seconds``: merged assignments of about this much link time at the
+    rate each job measured (0: ``max_assignment_bytes`` alone)."""
+    max_merged_bytes: int = 16 << 30
+    """The planner's ``max_merged_bytes``: the largest assignment ``merge_seconds`` sizes."""
     control_latency_seconds: float = 0.001
     """One control-plane round trip: a /work call to the scheduler, or a lease from an agent."""
     read_latency_seconds: float = 20e-6
@@ -106,14 +117,17 @@ class Scenario:
         _int(self.chunk_size, "chunk_size", 4096)
         for name in ("seed_egress", "instance_ingress", "instance_egress"):
             _positive(getattr(self, name), name)
-        if self.peer_rate is not None:
-            _positive(self.peer_rate, "peer_rate")
+        for name in ("seed_rate_cap", "peer_rate"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), name)
         for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision",
                      "cascade_fanout", "scheduler_shards"):
             _int(getattr(self, name), name, 1)
         if self.max_assignment_bytes is not None:
             _int(self.max_assignment_bytes, "max_assignment_bytes", 0)
         _positive(self.assignment_seconds, "assignment_seconds")
+        _non_negative(self.merge_seconds, "merge_seconds")
+        _int(self.max_merged_bytes, "max_merged_bytes", 1)
         for name in ("control_latency_seconds", "read_latency_seconds", "heartbeat_timeout_seconds",
                      "client_timeout_seconds"):
             _non_negative(getattr(self, name), name)
@@ -166,9 +180,10 @@ class Scenario:
         try:
             if "chunk_size" in values:
                 values["chunk_size"] = parse_size(values["chunk_size"])
-            if values.get("max_assignment_bytes") is not None:
-                values["max_assignment_bytes"] = parse_size(values["max_assignment_bytes"])
-            for name in ("seed_egress", "instance_ingress", "instance_egress", "peer_rate"):
+            for name in ("max_assignment_bytes", "max_merged_bytes"):
+                if values.get(name) is not None:
+                    values[name] = parse_size(values[name])
+            for name in ("seed_egress", "instance_ingress", "instance_egress", "seed_rate_cap", "peer_rate"):
                 if values.get(name) is not None:
                     values[name] = parse_rate(values[name])
         except UnitError as exc:

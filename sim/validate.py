@@ -56,7 +56,7 @@ def scenario_from_testbed(record: Mapping[str, Any], link_rate: float = LOOPBACK
     caps = [s.get("rate_cap_bytes_per_second") for s in seeds]
     capped = [c for c in caps if c]
     # The simulator gives every seed one rate: the testbed's caps, where all seeds are capped alike.
-    seed_rate = min(min(capped), link_rate) if len(capped) == len(caps) else link_rate
+    seed_cap = min(capped) if len(capped) == len(caps) else None
     client_rate = record.get("client_rate_bytes_per_second")
     values: dict[str, Any] = {
         "model": model,
@@ -64,10 +64,11 @@ def scenario_from_testbed(record: Mapping[str, Any], link_rate: float = LOOPBACK
         "seeds": len(seeds),
         "strategy": "swarm" if record.get("peers", True) else "direct",
         "chunk_size": int(record.get("chunk_size_bytes") or DEFAULT_CHUNK_SIZE),
-        "seed_egress": seed_rate,
+        "seed_egress": link_rate,
+        "seed_rate_cap": seed_cap,
         "instance_ingress": link_rate,
         "instance_egress": link_rate,
-        "peer_rate": min(client_rate, link_rate) if client_rate else None,
+        "peer_rate": client_rate or None,
         "control_latency_seconds": control_latency_seconds,
         # What the real processes use, not the simulator's defaults for 50 GB/s links:
         "max_assignment_bytes": PlannerConfig().max_assignment_bytes,  # the scheduler's

@@ -218,3 +218,28 @@ def test_bad_peer_offers_are_422_naming_the_field(fleet, peer, field):
 def test_withdraw_of_an_unknown_job_is_404(fleet):
     r = fleet.call("POST", "/v1/jobs/nope/withdraw")
     assert r.status_code == 404 and r.json()["detail"]["error"] == "unknown_job"
+
+
+def test_clients_listing_the_same_tensors_in_another_order_do_not_read_each_others_chunk_ids(fleet):
+    """Chunk ids follow the client's manifest order: a peer that landed its chunk 0 (tensor a)
+    must not be asked for another client's chunk 0 (tensor b), which it has not landed."""
+    r = fleet.call("PUT", "/v1/seeds/seed-0", json={
+        "identity": IDENTITY, "agent_url": "http://127.0.0.1:9", "rate_cap_bytes_per_second": None,
+        "ranks": [{"rank": 0, "session_id": "seed:1",
+                   "manifest": {"a": [1 << 40, 2 * CHUNK, 1], "b": [(1 << 40) + (1 << 20), 2 * CHUNK, 1]}}]})
+    assert r.status_code == 200, r.text
+
+    def job(order: list[str], base: int) -> str:
+        body = {"identity": IDENTITY, "rank": 0, "chunk_size_bytes": CHUNK, "peer": {"session_id": f"c{base}:1"},
+                "manifest": {name: [(base << 30) + i * (1 << 20), 2 * CHUNK, 1] for i, name in enumerate(order)}}
+        r = fleet.call("POST", "/v1/jobs", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["job_id"]
+
+    a = job(["a", "b"], 1)
+    first = fleet.work(a, max_assignments=1)
+    assert first.assignments[0].chunk_ids[0] == 0
+    fleet.work(a, landed(first.assignments), max_assignments=0)  # a holds its chunk 0: tensor a only
+    b = job(["b", "a"], 2)
+    for x in fleet.work(b).assignments:
+        assert x.source_kind == "seed", f"{x.seed_id} asked for chunk {x.chunk_ids} of another chunk plan"

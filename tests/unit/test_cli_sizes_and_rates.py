@@ -90,6 +90,8 @@ def test_a_bad_rate_is_one_line(command, flag, value, capsys):
     (COMMANDS["testbed --clients"] + ["--tp-size", "2"], "--clients forks rank 0 into each client"),
     (COMMANDS["bench fleet"] + ["--seed-rate", "unlimited"], "--seed-rate must be a rate > 0"),
     (COMMANDS["bench fleet"] + ["--clients", "1,two"], "--clients must be whole numbers"),
+    (COMMANDS["scheduler"] + ["--merge-seconds", "-1"], "--merge-seconds must be a number of seconds >= 0"),
+    (COMMANDS["scheduler"] + ["--merge-seconds", "inf"], "--merge-seconds must be a number of seconds >= 0"),
 ])
 def test_paused_and_unlimited_where_they_make_no_sense(argv, says, capsys):
     assert_one_line_refusal(*run(argv, capsys), says)

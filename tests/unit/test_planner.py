@@ -307,10 +307,9 @@ def test_an_uncapped_seed_gets_consecutive_chunks_as_one_assignment():
     out = job.next_assignments([seed("s0", m, None)], 0.0, 8)
     assert [a.chunk_ids for a in out] == [(0, 1, 2, 3), (4, 5, 6, 7)]
     assert [a.nbytes for a in out] == [16 * KiB, 16 * KiB]
-    # One read batch covering the four chunks, in order, client and seed pointers resolved.
+    # One read covering the four chunks of the one tensor, client and seed pointers resolved.
     first = out[0]
-    assert sum(r.length for r in first.reads) == 16 * KiB
-    assert [r.dst_ptr - m["w"].ptr for r in first.reads] == [0, 4 * KiB, 8 * KiB, 12 * KiB]
+    assert [(r.dst_ptr - m["w"].ptr, r.length) for r in first.reads] == [(0, 16 * KiB)]
     finish(job, out, 1.0)
     assert job.state == DONE and job.bytes_done == 32 * KiB and job.bytes_by_seed == {"s0": 32 * KiB}
 
@@ -640,3 +639,139 @@ def test_the_pending_queue_keeps_its_byte_count():
     q.appendleft(1)  # re-queued twice: counted once
     q.discard(2)
     assert q.nbytes == 30 and list(q) == [1, 0] and set(q.ids()) == {0, 1}
+
+
+# -- reads of a merged assignment ---------------------------------------------------
+@pytest.mark.parametrize("sizes, expected", [
+    # (tensor sizes in KiB) -> reads as (tensor, offset KiB, length KiB), 4 KiB chunks merged up to 16 KiB
+    ({"w": 16}, [("w", 0, 16)]),                              # one tensor over four chunks: one read
+    ({"a": 6, "b": 10}, [("a", 0, 6), ("b", 0, 10)]),         # never across tensors (registered apart)
+    ({"a": 2, "b": 2, "c": 12}, [("a", 0, 2), ("b", 0, 2), ("c", 0, 12)]),
+])
+def test_a_merged_assignment_reads_each_tensor_once(sizes, expected):
+    m = manifest(**{k: v * KiB for k, v in sizes.items()})
+    job = Job("j", m, plan_chunks(m, 4 * KiB), MERGE_16K, 0.0)
+    [a] = job.next_assignments([seed("s0", m, None)], 0.0, 1)
+    by_ptr = {m[name].ptr: name for name in sizes}
+    got = []
+    for r in a.reads:
+        name = max((p for p in by_ptr if p <= r.dst_ptr))
+        got.append((by_ptr[name], (r.dst_ptr - name) // KiB, r.length // KiB))
+        assert r.src_ptr == r.dst_ptr  # same manifest on both sides here
+    assert got == expected
+
+
+# -- merges sized by link time (merge_seconds) ---------------------------------------
+LINK_TIME = PlannerConfig(max_assignment_bytes=8 * KiB, merge_seconds=0.1, max_merged_bytes=64 * KiB)
+
+
+def _chunks_of(job, source, now):
+    [a] = job.next_assignments([source], now, 1)
+    return a
+
+
+@pytest.mark.parametrize("observed_rate, expected_chunks", [
+    (None, 2),              # nothing measured yet: the bytes cap (8 KiB = 2 chunks)
+    (40 * KiB, 2),          # 0.1 s at 40 KiB/s = 4 KiB: below the bytes cap, which wins
+    (160 * KiB, 4),         # 0.1 s at 160 KiB/s = 16 KiB = 4 chunks
+    (10 * 1024 * KiB, 16),  # 1 MiB in 0.1 s: capped at max_merged_bytes (64 KiB = 16 chunks)
+])
+def test_a_seed_merges_about_merge_seconds_of_its_measured_rate(observed_rate, expected_chunks):
+    job, m = make_job(n_chunks=200, config=LINK_TIME)
+    if observed_rate is not None:
+        job.observed_rate["s0"] = observed_rate
+    a = _chunks_of(job, seed("s0", m, None), 0.0)
+    assert len(a.chunk_ids) == expected_chunks
+
+
+def test_merge_size_follows_the_rate_the_reports_measure():
+    job, m = make_job(n_chunks=400, config=LINK_TIME)
+    s0 = seed("s0", m, None)
+    first = _chunks_of(job, s0, 0.0)
+    assert len(first.chunk_ids) == 2                    # 8 KiB: nothing measured yet
+    finish(job, [first], 1.0, seconds=8 * KiB / (320 * KiB))  # landed at 320 KiB/s
+    second = _chunks_of(job, s0, 1.0)
+    assert second.nbytes == 32 * KiB                    # 0.1 s x 320 KiB/s
+
+
+def test_a_fresh_peer_merges_at_the_best_peer_rate_this_job_saw():
+    m = manifest(w=400 * 4 * KiB)
+    chunks = plan_chunks(m, 4 * KiB)
+    job = Job("j", m, chunks, LINK_TIME, 0.0)
+    everything = range(len(chunks))
+    old = peer("old", m, everything)
+    [a] = job.next_assignments([old], 0.0, 1)
+    finish(job, [a], 1.0, seconds=a.nbytes / (160 * KiB))
+    [b] = job.next_assignments([peer("fresh", m, everything)], 1.0, 1)
+    assert b.nbytes == 16 * KiB                         # 0.1 s x 160 KiB/s, never measured itself
+
+
+def test_link_time_merges_still_leave_the_others_their_share_near_the_end():
+    job, m = make_job(n_chunks=8, config=LINK_TIME)
+    job.observed_rate.update({"s0": 10 * 1024 * KiB, "s1": 10 * 1024 * KiB})
+    out = job.next_assignments([seed("s0", m, None), seed("s1", m, None)], 0.0, 2)
+    # 16 chunks' worth of link time each, but each takes at most its share of what is pending:
+    # 32 KiB over two seeds, then 16 KiB over two.
+    assert [len(a.chunk_ids) for a in out] == [4, 2]
+
+
+def test_merging_off_stays_off_whatever_the_link_time():
+    config = PlannerConfig(max_assignment_bytes=0, merge_seconds=1.0)
+    job, m = make_job(n_chunks=8, config=config)
+    job.observed_rate["s0"] = 1e12
+    a = _chunks_of(job, seed("s0", m, None), 0.0)
+    assert a.chunk_ids == (0,)
+
+
+def test_a_failed_link_time_merge_retries_only_what_did_not_land():
+    """A merged read that fails is retried whole (the client reports it as one read), chunk by
+    chunk from the queue's front, and from another source first; a chunk that an endgame
+    duplicate landed meanwhile is not read again."""
+    job, m = make_job(n_chunks=64, config=LINK_TIME)
+    job.observed_rate.update({"s0": 10 * 1024 * KiB, "s1": 10 * 1024 * KiB})
+    [a] = job.next_assignments([seed("s0", m, None)], 0.0, 1)
+    assert len(a.chunk_ids) == 16
+    job.chunks[a.chunk_ids[3]].done = True  # landed through another read meanwhile (as an endgame copy does)
+    job.done_chunks.add(a.chunk_ids[3])
+    finish(job, [a], 1.0, ok=False, reason="read_failed")
+    requeued = list(job.pending)[:15]
+    assert requeued == [c for c in a.chunk_ids if c != a.chunk_ids[3]]
+    out = job.next_assignments([seed("s0", m, None), seed("s1", m, None)], 1.0, 2)
+    by_seed = {b.seed_id: b.chunk_ids for b in out}
+    assert by_seed["s1"][0] == a.chunk_ids[0]            # the retry goes to the other seed
+    assert not set(by_seed["s0"]) & set(a.chunk_ids)    # the seed that failed them gets other chunks
+
+
+@pytest.mark.parametrize("holds, expected", [
+    (range(0, 64), list(range(0, 4))),                 # a run: the first 16 KiB of it
+    (range(0, 64, 2), [0, 2, 4, 6]),                   # every other chunk: gathered across the gaps
+    ([5, 40, 41, 63], [5, 40, 41, 63]),                # scattered: still one assignment
+    ([7], [7]),
+])
+def test_a_link_time_merge_from_a_peer_gathers_what_it_holds_across_gaps(holds, expected):
+    m = manifest(w=64 * 4 * KiB)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), LINK_TIME, 0.0)
+    job.observed_rate["peer:p"] = 160 * KiB            # 0.1 s = 16 KiB = 4 chunks
+    [a] = job.next_assignments([peer("p", m, holds)], 0.0, 1)
+    assert list(a.chunk_ids) == expected
+    # Each chunk is one read here (one tensor, but not consecutive chunks unless the run is).
+    assert sum(r.length for r in a.reads) == 4 * KiB * len(expected)
+
+
+def test_without_merge_seconds_a_peer_merges_only_its_run():
+    m = manifest(w=64 * 4 * KiB)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), MERGE_16K, 0.0)
+    [a] = job.next_assignments([peer("p", m, range(0, 64, 2))], 0.0, 1)
+    assert a.chunk_ids == (0,)
+
+
+def test_a_gathered_merge_is_in_chunk_order_so_a_tensors_chunks_are_one_read():
+    m = manifest(w=64 * 4 * KiB)
+    job = Job("j", m, plan_chunks(m, 4 * KiB), LINK_TIME, 0.0)
+    job.observed_rate["peer:p"] = 160 * KiB            # 4 chunks
+    for c in (0, 1, 2):
+        job.pending.remove(c)                          # landed already (or taken)
+    job.pending.appendleft(1)                          # ... but chunk 1 is back at the front, as a retry is
+    [a] = job.next_assignments([peer("p", m, [1, 3, 4, 5, 9])], 0.0, 1)
+    assert a.chunk_ids == (1, 3, 4, 5)
+    assert [(r.dst_ptr - m["w"].ptr, r.length) for r in a.reads] == [(4 * KiB, 4 * KiB), (12 * KiB, 12 * KiB)]

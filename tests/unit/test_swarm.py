@@ -70,6 +70,15 @@ def test_group_key_ignores_pointers_but_not_shapes_or_chunk_size():
     assert group_key("m", 0, a, CHUNK) != group_key("m", 1, a, CHUNK)
 
 
+def test_group_key_counts_the_manifests_order():
+    """Chunks are planned in manifest order: the same tensors listed in another order are other chunk ids."""
+    ab = parse_manifest({"a": [1 << 30, 8192, 1], "b": [2 << 30, 8192, 1]})
+    ba = parse_manifest({"b": [3 << 30, 8192, 1], "a": [4 << 30, 8192, 1]})
+    assert group_key("m", 0, ab, CHUNK) != group_key("m", 0, ba, CHUNK)
+    as_mapping = {name: ab[name] for name in ab}  # the same manifest as a plain mapping: the same key
+    assert group_key("m", 0, as_mapping, CHUNK) == group_key("m", 0, ab, CHUNK)
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2, 4, 8])
 def test_with_peers_the_seed_serves_about_one_copy_whatever_the_number_of_jobs(n_jobs):
     fleet = Fleet(n_jobs, n_chunks=64)

@@ -506,7 +506,7 @@ class ForkClient:
                 ))
             except (UnknownModel, SchedulerUnreachable) as exc:
                 if self._clock() >= give_up_at:
-                    raise ForkError(f"the rfork scheduler at {self.scheduler_url} lost job {old_job['job_id']} "
+                    raise ForkError(f"the rfork scheduler at {self.scheduler_url} lost job {old_job.job_id} "
                                     f"and it could not be resumed: {exc}") from exc
                 await asyncio.sleep(0.5)
                 continue
@@ -683,7 +683,7 @@ class ForkClient:
             if not alive:
                 self._spawn(self._release(agent, lease_id, used=False))
                 return report(False, "seed_lost",
-                              f"a read from {a['session_id']} failed moments ago and its agent sees the seed down")
+                              f"a read from {a.session_id} failed moments ago and its agent sees the seed down")
         try:
             return await self._read(entry, tally, report, label)
         finally:
@@ -698,7 +698,7 @@ class ForkClient:
             # its memory), and a read submitted to a dead host can block inside TransferEngine. There
             # is no agent to ask; reporting at once lets the scheduler exclude it and read elsewhere.
             return report(False, "read_failed",
-                          f"skipped: a read from peer {a['session_id']} failed moments ago")
+                          f"skipped: a read from peer {a.session_id} failed moments ago")
         return await self._read(entry, tally, report, "peer")
 
     async def _read(self, entry: _Running, tally: _Tally, report, label: str) -> m.ChunkReport:

@@ -59,33 +59,6 @@ def one_line(output: str) -> str:
     return lines[0]
 
 
-def start_prometheus(tmp: Path, scrape_configs: list[dict]) -> tuple[subprocess.Popen, str]:
-    exe = next((p for p in ("/usr/bin/prometheus", "/usr/local/bin/prometheus") if os.path.exists(p)), None)
-    if exe is None:
-        pytest.fail("prometheus is missing: run scripts/bootstrap.sh (it installs Debian's prometheus package)")
-    config = tmp / "prometheus.yml"
-    config.write_text(json.dumps({
-        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "scrape_timeout": f"{SCRAPE_SECONDS}s"},
-        "scrape_configs": scrape_configs}))
-    port = free_port()
-    log = open(tmp / "prometheus.log", "ab")
-    process = subprocess.Popen([exe, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                               stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"prometheus exited; see {tmp / 'prometheus.log'}"
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"prometheus not ready in 60 s; see {tmp / 'prometheus.log'}")
-
-
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -146,21 +119,26 @@ class ForkLoop:
         stop(self.process)
 
 
+def scrape_config(scrape_configs: list[dict]) -> dict:
+    return {"global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "scrape_timeout": f"{SCRAPE_SECONDS}s"},
+            "scrape_configs": scrape_configs}
+
+
 @pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
+def testbed(tmp_path_factory, start_prometheus):
     tmp = tmp_path_factory.mktemp("gate")
     spec = FleetSpec(seeds=2, preset=None, size_bytes=32 << 20, load_rps=4.0, seed_rates=(100e9,),
                      log_dir=str(tmp / "fleet"), agent_args=("--throttle", "fixed", "--slo-itl", "0.05"))
     with Fleet(spec) as fleet:
-        prometheus, url = start_prometheus(tmp, [
+        prometheus = start_prometheus(tmp, scrape_config([
             {"job_name": "rfork-seed", "static_configs": [{"targets": [s.url.split("://")[1] for s in fleet.seeds]}]},
             {"job_name": "rfork-agent",
              "static_configs": [{"targets": [s.agent_url.split("://")[1] for s in fleet.seeds]}]},
-        ])
+        ]))
         try:
-            yield fleet, url, tmp
+            yield fleet, prometheus.url, tmp
         finally:
-            stop(prometheus)
+            prometheus.stop()
 
 
 def test_gate_holds_over_the_slo_and_proceeds_under_it_during_real_forks(testbed):
@@ -230,11 +208,11 @@ def test_the_queries_return_one_value_each(testbed):
 
 
 @pytest.fixture(scope="module")
-def empty_prometheus(tmp_path_factory):
+def empty_prometheus(tmp_path_factory, start_prometheus):
     """A real Prometheus that scrapes nothing: every query returns no series."""
-    process, url = start_prometheus(tmp_path_factory.mktemp("empty-prometheus"), [])
-    yield url
-    stop(process)
+    prometheus = start_prometheus(tmp_path_factory.mktemp("empty-prometheus"), scrape_config([]))
+    yield prometheus.url
+    prometheus.stop()
 
 
 @pytest.fixture(scope="module")

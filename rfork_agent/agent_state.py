@@ -482,7 +482,7 @@ class AgentStateCollector:
         yield one(m.slo_ttft, None if slo is None else slo.ttft_threshold_seconds)
         yield one(m.itl_slo_violation_ratio, None if report is None else report.itl_slo_violation_ratio)
         yield one(m.latency_impact_ratio, None if report is None else report.latency_impact_ratio)
-        yield m.throttle_mode.family([((*seed, label), 1 if label == state.throttle_mode_label else 0)
+        yield m.throttle_mode.family([((*seed, label), 1.0 if label == state.throttle_mode_label else 0.0)
                                       for label in THROTTLE_MODE_LABELS])
         yield one(m.seed_metrics_age, None if report is None else report.metrics_age_seconds)
 

@@ -150,7 +150,7 @@ class OwnLatencySeed:
 
 def qos_seconds(state: AgentState, clock: Clock, seed: OwnLatencySeed, seconds: int, slow_share: float,
                 active: bool) -> list[QosReport]:
-    """What the agent's QoS job does each second (rfork_agent.agent.QosLoop.tick), minus the HTTP fetch."""
+    """What the agent's QoS job does each second (rfork_agent.qos_loop.QosLoop.tick), minus the HTTP fetch."""
     reports = []
     for _ in range(seconds):
         clock.t += 1.0

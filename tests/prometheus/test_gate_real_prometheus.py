@@ -35,6 +35,7 @@ import httpx
 import pytest
 
 from rfork_agent.gate import FORK_LATENCY_IMPACT, SEED_ITL_P99
+from rfork_api.models import AgentStatus
 from testbed.fleet import Fleet, FleetSpec, free_port
 from throttle.histogram import quantile, window
 from throttle.prom_text import ITL_HISTOGRAM, parse_sglang_scrape
@@ -99,6 +100,7 @@ class ForkLoop:
     """A separate process forking the model over and over (tests/prometheus/fork_loop.py)."""
 
     def __init__(self, fleet: Fleet, log: Path) -> None:
+        self.fleet = fleet
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.prometheus.fork_loop", fleet.scheduler_url, fleet.seeds[0].url,
@@ -115,8 +117,24 @@ class ForkLoop:
             time.sleep(0.2)
         raise AssertionError(f"fewer than {n} forks in {timeout:.0f} s; see {self.log}")
 
+    def wait_granted(self, before: int, timeout: float = 180) -> None:
+        """Until the seeds' agents granted this loop a lease (their granted bytes passed ``before``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the fork loop died; see {self.log.with_suffix('.err')}"
+            if granted_bytes(self.fleet) > before:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no lease granted to the fork loop in {timeout:.0f} s; see {self.log}")
+
     def stop(self) -> None:
         stop(self.process)
+
+
+def granted_bytes(fleet: Fleet) -> int:
+    """Bytes every seed's agent has granted in leases so far (GET /v1/status)."""
+    return sum(AgentStatus.model_validate_json(httpx.get(f"{s.agent_url}/v1/status", timeout=10).content).granted_bytes
+               for s in fleet.seeds)
 
 
 def scrape_config(scrape_configs: list[dict]) -> dict:
@@ -168,8 +186,12 @@ def test_gate_holds_over_the_slo_and_proceeds_under_it_during_real_forks(testbed
         r = httpx.put(f"{seed.agent_url}/v1/throttle", json={"mode": "fixed", "rate_bytes_per_second": 2e6},
                       timeout=10)
         assert r.status_code == 200, r.text
+    granted_before = granted_bytes(fleet)
     loop = ForkLoop(fleet, tmp / "throttled.log")
     try:
+        # The new fork process may take many seconds to start on a loaded machine: the window
+        # begins once it reads, not at a guess.
+        loop.wait_granted(granted_before)
         time.sleep(WINDOW_SECONDS)  # the unthrottled forks leave the window
         p99 = numbers["throttled_p99_s"] = observed_window(fleet, prom)
         granted = httpx.get(f"{prom}/api/v1/query", timeout=10, params={

@@ -6,6 +6,11 @@ only; removed when a job ends), ``reason`` (``FAILURE_REASONS``), ``outcome``
 ``job``: Prometheus attaches its own ``job`` label (the scrape job) to every
 series and would rename ours to ``exported_job``.
 
+Gauges whose value already lives in a component's state are ``StateGauge``
+definitions: the component registers a collector that reads its state at
+scrape time and yields ``StateGauge.family(samples)`` (prometheus_client's
+Collector pattern), instead of pushing a gauge from inside every state change.
+
 ``catalog()`` lists every family (name, type, labels, help); docs/metrics.md's
 table (scripts/generate_metrics_doc.py) and the dashboard checks in
 tests/prometheus are built from it.
@@ -15,9 +20,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Iterable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 # Why a chunk read failed. Kept closed so the label set stays bounded.
 FAILURE_REASONS = ("read_failed", "lease_denied", "agent_unreachable", "timeout", "seed_lost")
@@ -28,18 +35,48 @@ _API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 _FORK_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 
+@dataclass(frozen=True)
+class StateGauge:
+    """A gauge read from a component's state when Prometheus scrapes, by that component's collector.
+
+    Only the definition lives here (name, help, label names), so ``catalog()``
+    and the docs list it like any other family.
+
+        >>> StateGauge("rfork_agent_registered", "1 while registered.", ("seed",)).family([(("seed-0",), 1)])
+        GaugeMetricFamily(...)
+    """
+
+    name: str
+    documentation: str
+    labelnames: tuple[str, ...] = ()
+
+    def family(self, samples: Iterable[tuple[tuple[str, ...], float]]) -> GaugeMetricFamily:
+        """The exposition of ``samples`` ((label values, value) pairs) under this definition."""
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in samples:
+            family.add_metric(labels, value)
+        return family
+
+
 class SchedulerMetrics:
+    """The scheduler's families. The ``StateGauge`` ones are read from ``SchedulerState`` at scrape time
+    (scheduler/state_metrics.py); the rest count events or are set where a job or seed changes."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.seeds_registered = Gauge(
-            "rfork_scheduler_seeds_registered", "Seeds currently in the registry.", registry=registry
+        self.seeds_registered = StateGauge(
+            "rfork_scheduler_seeds_registered",
+            "Seeds currently in the registry.",
         )
         self.seeds_dropped_total = Counter(
             "rfork_scheduler_seeds_dropped_total",
             "Seeds removed because their heartbeats stopped.",
             registry=registry,
         )
-        self.jobs_active = Gauge("rfork_scheduler_jobs_active", "Fork jobs running.", registry=registry)
+        self.jobs_active = StateGauge(
+            "rfork_scheduler_jobs_active",
+            "Fork jobs running.",
+        )
         self.jobs_finished_total = Counter(
             "rfork_scheduler_jobs_finished_total",
             "Fork jobs that ended, by outcome (done, failed, abandoned, cancelled).",
@@ -74,10 +111,9 @@ class SchedulerMetrics:
             ["kind"],
             registry=registry,
         )
-        self.peers_serving = Gauge(
+        self.peers_serving = StateGauge(
             "rfork_scheduler_peers_serving",
             "Clients offering their landed chunks to other clients of the same weights (peers), now.",
-            registry=registry,
         )
         self.scale_out_seconds = Histogram(
             "rfork_scheduler_scale_out_seconds",
@@ -138,17 +174,20 @@ class SchedulerMetrics:
 
 
 class AgentMetrics:
+    """The agent's families. The ``StateGauge`` ones are read from ``AgentState`` at scrape time
+    (rfork_agent/agent_state.py: ``AgentStateCollector``); counters and histograms count events."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.rate_cap = Gauge(
-            "rfork_agent_rate_cap_bytes_per_second", "Configured link cap for this seed (NaN = uncapped).",
-            ["seed"], registry=registry,
+        self.rate_cap = StateGauge(
+            "rfork_agent_rate_cap_bytes_per_second",
+            "Configured link cap for this seed (NaN = uncapped).",
+            ("seed",),
         )
-        self.allowed_rate = Gauge(
+        self.allowed_rate = StateGauge(
             "rfork_agent_allowed_rate_bytes_per_second",
             "Byte rate the agent lets chunk reads through at now (NaN = uncapped).",
-            ["seed"],
-            registry=registry,
+            ("seed",),
         )
         self.granted_bytes_total = Counter(
             "rfork_agent_granted_bytes_total", "Bytes granted in leases.", ["seed"], registry=registry
@@ -163,16 +202,19 @@ class AgentMetrics:
             ["seed", "outcome"],
             registry=registry,
         )
-        self.leases_in_flight = Gauge(
-            "rfork_agent_leases_in_flight", "Leases granted and not yet released or expired.",
-            ["seed"], registry=registry,
+        self.leases_in_flight = StateGauge(
+            "rfork_agent_leases_in_flight",
+            "Leases granted and not yet released or expired.",
+            ("seed",),
         )
         self.lease_wait = Histogram(
             "rfork_agent_lease_wait_seconds", "Time a lease request waited for budget.",
             ["seed"], buckets=_API_BUCKETS, registry=registry,
         )
-        self.registered = Gauge(
-            "rfork_agent_registered", "1 while the scheduler has this seed registered.", ["seed"], registry=registry
+        self.registered = StateGauge(
+            "rfork_agent_registered",
+            "1 while the scheduler has this seed registered.",
+            ("seed",),
         )
         self.heartbeat_failures_total = Counter(
             "rfork_agent_heartbeat_failures_total", "Heartbeats the scheduler did not accept.",
@@ -182,38 +224,40 @@ class AgentMetrics:
         # Label values are closed sets: ``mode`` = throttle.controller.Mode values plus "fixed"/"off",
         # ``action`` = throttle.qos.ACTIONS, ``reason`` = throttle.qos.THROTTLE_REASONS (decisions) or
         # throttle.qos.SCRAPE_FAILURE_REASONS (scrape failures).
-        self.observed_itl_p99 = Gauge(
+        self.observed_itl_p99 = StateGauge(
             "rfork_agent_observed_itl_p99_seconds",
             "Seed inter-token latency p99 over the last report window (5 s), from its /metrics (NaN = no tokens).",
-            ["seed"], registry=registry,
+            ("seed",),
         )
-        self.observed_ttft_p99 = Gauge(
+        self.observed_ttft_p99 = StateGauge(
             "rfork_agent_observed_ttft_p99_seconds",
             "Seed time-to-first-token p99 over the last report window (NaN = no new requests).",
-            ["seed"], registry=registry,
+            ("seed",),
         )
-        self.slo_itl = Gauge(
-            "rfork_agent_slo_itl_seconds", "Configured inter-token latency SLO threshold (NaN = none).",
-            ["seed"], registry=registry,
+        self.slo_itl = StateGauge(
+            "rfork_agent_slo_itl_seconds",
+            "Configured inter-token latency SLO threshold (NaN = none).",
+            ("seed",),
         )
-        self.slo_ttft = Gauge(
-            "rfork_agent_slo_ttft_seconds", "Configured time-to-first-token SLO threshold (NaN = none).",
-            ["seed"], registry=registry,
+        self.slo_ttft = StateGauge(
+            "rfork_agent_slo_ttft_seconds",
+            "Configured time-to-first-token SLO threshold (NaN = none).",
+            ("seed",),
         )
-        self.itl_slo_violation_ratio = Gauge(
+        self.itl_slo_violation_ratio = StateGauge(
             "rfork_agent_itl_slo_violation_ratio",
             "Fraction of the seed's tokens with inter-token latency above the SLO in the last report window.",
-            ["seed"], registry=registry,
+            ("seed",),
         )
-        self.latency_impact_ratio = Gauge(
+        self.latency_impact_ratio = StateGauge(
             "rfork_agent_latency_impact_ratio",
             "Observed ITL p99 / the seed's no-transfer baseline ITL p99 (NaN = no baseline yet).",
-            ["seed"], registry=registry,
+            ("seed",),
         )
-        self.throttle_mode = Gauge(
+        self.throttle_mode = StateGauge(
             "rfork_agent_throttle_mode",
             "1 for the throttle's current mode (the controller's mode when adaptive; fixed; off), else 0.",
-            ["seed", "mode"], registry=registry,
+            ("seed", "mode"),
         )
         self.throttle_decisions_total = Counter(
             "rfork_agent_throttle_decisions_total",
@@ -227,9 +271,10 @@ class AgentMetrics:
             "Scrapes of the seed's /metrics that gave nothing usable, by reason (unreachable, http_error, parse_error).",
             ["seed", "reason"], registry=registry,
         )
-        self.seed_metrics_age = Gauge(
-            "rfork_agent_seed_metrics_age_seconds", "Seconds since the last usable scrape of the seed's /metrics.",
-            ["seed"], registry=registry,
+        self.seed_metrics_age = StateGauge(
+            "rfork_agent_seed_metrics_age_seconds",
+            "Seconds since the last usable scrape of the seed's /metrics.",
+            ("seed",),
         )
 
 
@@ -286,6 +331,8 @@ def catalog() -> list[Family]:
             if isinstance(metric, MetricWrapperBase):
                 name = metric._name + ("_total" if metric._type == "counter" else "")
                 families.append(Family(name, metric._type, tuple(metric._labelnames), metric._documentation, process))
+            elif isinstance(metric, StateGauge):
+                families.append(Family(metric.name, "gauge", metric.labelnames, metric.documentation, process))
     return families
 
 

@@ -40,13 +40,29 @@ from typing import Awaitable, Callable, Mapping
 
 
 from metrics.definitions import FAILURE_REASONS, ClientMetrics
-from rfork_agent import clients
 from rfork_api import models as m
+from rfork_api.clients import AgentClient, SchedulerClient
+from rfork_api.errors import (
+    AgentError,
+    AgentUnreachable,
+    LeaseDenied,
+    RforkApiError,
+    SchedulerError,
+    SchedulerUnreachable,
+    SeedUnavailable,
+    UnknownJob,
+    UnknownLease,
+    UnknownModel,
+    clip,
+)
 from rfork_api.auth import bearer_header
 from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
 from rfork_api.units import UnitError, format_bytes, format_rate, parse_rate
 
 log = logging.getLogger("rfork.fork")
+
+_REPORT_ERROR_CHARS = m.ChunkReport.model_fields["error"].metadata[0].max_length - 32
+"""Room for ``clip``'s "…(N chars)" suffix within the report's bound."""
 
 
 class ForkError(Exception):
@@ -260,9 +276,26 @@ def register_tensors(transport: Transport, tensors: Mapping[str, "object"]) -> N
         transport.register(ptr, nbytes)
 
 
+@dataclass(frozen=True)
+class _LeaseFailure:
+    """Why no lease came for an assignment: the reason and error its chunk report carries."""
+
+    reason: str
+    error: str
+
+
+def _identity(identity: m.ModelIdentity | Mapping[str, object]) -> m.ModelIdentity:
+    return identity if isinstance(identity, m.ModelIdentity) else m.ModelIdentity.model_validate(dict(identity))
+
+
+def _no_progress_yet(job: m.JobCreated) -> m.Progress:
+    return m.Progress(bytes_done=0, bytes_total=job.total_bytes, chunks_done=0, chunks_total=job.num_chunks,
+                      retried_chunks=0)
+
+
 @dataclass
 class _Running:
-    assignment: dict
+    assignment: m.Assignment
     task: asyncio.Task
     reading: bool = False
 
@@ -308,8 +341,8 @@ class ForkClient:
         """'' once the scheduler confirmed the job's cancel; else why not."""
         self.job_id: str | None = None
         """The job this client runs (a resumed job has a new id)."""
-        self.progress: dict = {}
-        """The scheduler's latest progress report for the job."""
+        self.progress: m.Progress | None = None
+        """The scheduler's latest progress report for the job (None before it exists)."""
         self.cancellation: Cancellation | None = None
         """Set when ``fork`` was cancelled: what it cleaned up."""
         self.withdrawal: Withdrawal | None = None
@@ -345,27 +378,28 @@ class ForkClient:
         if self._serving_job is not None:
             raise ForkError(f"job {self._serving_job} of this client still serves as a peer; "
                             "call stop_serving() before forking again")
-        scheduler = clients.SchedulerClient(self.scheduler_url, headers=self._headers)
-        agents: dict[str, clients.AgentClient] = {}
+        scheduler = SchedulerClient(self.scheduler_url, headers=self._headers)
+        agents: dict[str, AgentClient] = {}
         manifest = manifest_of(tensors)
-        self.job_id, self.progress, self.cancellation, self.withdrawal = None, {}, None, None
+        self.job_id, self.progress, self.cancellation, self.withdrawal = None, None, None, None
         self._releases_started = self._releases_confirmed = 0
         self._job_cancel_error = None
         self._peer = peer
         try:
-            job = await self._create_job(scheduler, dict(identity), rank, manifest, chunk_size_bytes)
-            self.job_id = job["job_id"]
+            identity = _identity(identity)
+            job = await self._create_job(scheduler, identity, rank, manifest, chunk_size_bytes)
+            self.job_id = job.job_id
             if peer is not None:
                 self._serving_job = self.job_id
-            self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
+            self.progress = _no_progress_yet(job)
             log.info(
                 "job %s: %d bytes in %d chunks from seeds %s",
-                job["job_id"], job["total_bytes"], job["num_chunks"], ", ".join(job["seed_ids"]),
+                job.job_id, job.total_bytes, job.num_chunks, ", ".join(job.seed_ids),
             )
-            self._touch_seed_series(job["seed_ids"])
+            self._touch_seed_series(job.seed_ids)
 
-            async def resume(old_job: dict, landed: set[int]) -> dict:
-                return await self._resume(scheduler, dict(identity), rank, manifest, old_job, landed)
+            async def resume(old_job: m.JobCreated, landed: set[int]) -> m.JobCreated:
+                return await self._resume(scheduler, identity, rank, manifest, old_job, landed)
 
             try:
                 result = await self._run(scheduler, agents, job, rank, resume)
@@ -391,13 +425,14 @@ class ForkClient:
                 await agent.aclose()
             await scheduler.aclose()
 
-    async def _create_job(self, scheduler, identity: dict, rank: int, manifest: dict,
-                          chunk_size_bytes: int | None) -> dict:
+    async def _create_job(self, scheduler: SchedulerClient, identity: m.ModelIdentity, rank: int, manifest: dict,
+                          chunk_size_bytes: int | None) -> m.JobCreated:
         """POST the job; if we are cancelled meanwhile, the job the scheduler may still create is
         cancelled when its answer comes (else it would wait out the client timeout). No read from
         us can be on the wire yet: we had landed nothing when it was created."""
         request = asyncio.ensure_future(
-            scheduler.create_job(identity, rank, manifest, chunk_size_bytes=chunk_size_bytes, peer=self._peer))
+            scheduler.create_job(m.JobRequest(identity=identity, rank=rank, manifest=manifest,
+                                              chunk_size_bytes=chunk_size_bytes, peer=self._peer)))
         try:
             return await asyncio.shield(request)
         except asyncio.CancelledError:
@@ -406,9 +441,9 @@ class ForkClient:
                     job = await request
                 except Exception:  # noqa: BLE001 - no job was created: nothing to cancel
                     return
-                self.job_id = job["job_id"]
-                self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
-                await self._cancel_job(scheduler, job["job_id"])
+                self.job_id = job.job_id
+                self.progress = _no_progress_yet(job)
+                await self._cancel_job(scheduler, job.job_id)
 
             self._spawn(cancel_when_created())
             raise
@@ -417,7 +452,7 @@ class ForkClient:
         try:
             await scheduler.delete_job(job_id)
             self._job_cancel_error = ""
-        except clients.UnknownJob:
+        except UnknownJob:
             self._job_cancel_error = ""  # already gone (finished, or the scheduler restarted)
         except Exception as exc:  # noqa: BLE001 - reported in Cancellation; the scheduler's timeout is the backstop
             self._job_cancel_error = str(exc)
@@ -430,7 +465,8 @@ class ForkClient:
             cancel_error=f"no answer within {self.options.cleanup_seconds:g} s" if error is None else error,
             leases_released=self._releases_confirmed,
             leases_unconfirmed=self._releases_started - self._releases_confirmed,
-            bytes_done=int(self.progress.get("bytes_done", 0)), bytes_total=int(self.progress.get("bytes_total", 0)),
+            bytes_done=self.progress.bytes_done if self.progress else 0,
+            bytes_total=self.progress.bytes_total if self.progress else 0,
         )
 
     def _spawn(self, coroutine) -> asyncio.Task:
@@ -451,8 +487,8 @@ class ForkClient:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
 
-    async def _resume(self, scheduler, identity: dict, rank: int, manifest: dict, old_job: dict,
-                      landed: set[int]) -> dict:
+    async def _resume(self, scheduler: SchedulerClient, identity: m.ModelIdentity, rank: int, manifest: dict,
+                      old_job: m.JobCreated, landed: set[int]) -> m.JobCreated:
         """Re-create a job the scheduler lost (it restarted), keeping the chunks that already landed.
 
         The scheduler keeps no durable state: seeds are re-announced by their
@@ -463,52 +499,52 @@ class ForkClient:
         give_up_at = self._clock() + self.options.scheduler_give_up_seconds
         while True:
             try:
-                job = await scheduler.create_job(
-                    identity, rank, manifest, chunk_size_bytes=old_job["chunk_size_bytes"],
-                    resume={"previous_job_id": old_job["job_id"], "chunks_done": sorted(landed)},
+                job = await scheduler.create_job(m.JobRequest(
+                    identity=identity, rank=rank, manifest=manifest, chunk_size_bytes=old_job.chunk_size_bytes,
+                    resume=m.Resume(previous_job_id=old_job.job_id, chunks_done=sorted(landed)),
                     peer=self._peer,
-                )
-            except (clients.UnknownModel, clients.SchedulerUnreachable) as exc:
+                ))
+            except (UnknownModel, SchedulerUnreachable) as exc:
                 if self._clock() >= give_up_at:
-                    raise ForkError(f"the rfork scheduler at {self.scheduler_url} lost job {old_job['job_id']} "
+                    raise ForkError(f"the rfork scheduler at {self.scheduler_url} lost job {old_job.job_id} "
                                     f"and it could not be resumed: {exc}") from exc
                 await asyncio.sleep(0.5)
                 continue
             log.warning("the scheduler lost job %s (restarted?); resumed as job %s with %d of %d chunks landed",
-                        old_job["job_id"], job["job_id"], len(landed), job["num_chunks"])
+                        old_job.job_id, job.job_id, len(landed), job.num_chunks)
             return job
 
-    async def _run(self, scheduler, agents, job: dict, rank: int,
-                   resume: Callable[[dict, set[int]], Awaitable[dict]]) -> ForkResult:
-        job_id = job["job_id"]
+    async def _run(self, scheduler: SchedulerClient, agents: dict[str, AgentClient], job: m.JobCreated, rank: int,
+                   resume: Callable[[m.JobCreated, set[int]], Awaitable[m.JobCreated]]) -> ForkResult:
+        job_id = job.job_id
         tally = _Tally()
         running: dict[str, _Running] = {}
-        reports: list[dict] = []
+        reports: list[m.ChunkReport] = []
         unreachable_since: float | None = None
-        response: dict = {}
+        response: m.WorkReply | None = None
         try:
             while True:
                 try:
                     # Nothing running: the scheduler holds the call until there may be work for us
                     # (a chunk landed somewhere in the swarm, a seed freed a slot), no sleeping here.
-                    response = await scheduler.work(
-                        job_id, max_assignments=self.options.max_in_flight - len(running), reports=reports,
+                    response = await scheduler.work(job_id, m.WorkRequest(
+                        max_assignments=max(self.options.max_in_flight - len(running), 0), reports=reports,
                         wait_seconds=0.0 if running else self.options.long_poll_seconds,
-                    )
+                    ))
                     reports = []
                     unreachable_since = None
-                except clients.UnknownJob:
+                except UnknownJob:
                     # Reports of assignments from the lost job mean nothing to the new one;
                     # what they landed is in tally.landed_chunks.
                     job = await resume(job, tally.landed_chunks)
-                    job_id, reports = job["job_id"], []
+                    job_id, reports = job.job_id, []
                     self.job_id = job_id
                     if self._peer is not None:
                         self._serving_job = job_id
-                    self.progress = {"bytes_done": 0, "bytes_total": job["total_bytes"]}
+                    self.progress = _no_progress_yet(job)
                     tally.resumed_jobs += 1
                     continue
-                except clients.SchedulerUnreachable as exc:
+                except SchedulerUnreachable as exc:
                     # Keep the reports: they go with the next call that gets through.
                     now = self._clock()
                     unreachable_since = unreachable_since or now
@@ -521,27 +557,26 @@ class ForkClient:
                     continue
 
                 self._report_progress(response, tally)
-                state = response["state"]
-                if state == "done":
+                if response.state == m.JobState.DONE:
                     break
-                if state == "failed":
-                    raise ForkFailed(f"fork job {job_id} failed: {response.get('error')}")
+                if response.state == m.JobState.FAILED:
+                    raise ForkFailed(f"fork job {job_id} failed: {response.error}")
 
-                for assignment_id in response.get("cancel", []):
+                for assignment_id in response.cancel:
                     entry = running.get(assignment_id)
                     # A read already on the wire cannot be recalled; it writes the
                     # same bytes the winning read wrote, so letting it finish is safe.
                     if entry is not None and not entry.reading:
                         entry.task.cancel()
-                for assignment in response.get("assignments", []):
+                for assignment in response.assignments:
                     entry = _Running(assignment, None)  # type: ignore[arg-type]
                     entry.task = asyncio.create_task(self._run_assignment(agents, job_id, rank, entry, tally))
-                    running[assignment["assignment_id"]] = entry
+                    running[assignment.assignment_id] = entry
                 self._set_in_flight(len(running))
 
-                wait_for = max(float(response.get("retry_after_seconds") or 0.0), 0.0)
+                wait_for = max(response.retry_after_seconds, 0.0)
                 if not running:
-                    if not response.get("assignments") and not self.options.long_poll_seconds:
+                    if not response.assignments and not self.options.long_poll_seconds:
                         await asyncio.sleep(wait_for or self.options.idle_poll_seconds)
                     continue  # the next call long-polls
                 done, _ = await asyncio.wait(
@@ -569,26 +604,26 @@ class ForkClient:
             await self._drain(running)
             self._set_in_flight(0)
 
-        progress = response["progress"]
+        progress = response.progress
         if tally.first_lease_at is None or tally.last_landed_at is None:
             seconds = 0.0  # nothing to read (every tensor was zero bytes)
         else:
             seconds = tally.last_landed_at - tally.first_lease_at
         return ForkResult(
             job_id=job_id,
-            bytes_total=progress["bytes_total"],
+            bytes_total=progress.bytes_total,
             transfer_seconds=seconds,
             bytes_by_seed=dict(tally.bytes_by_seed),
-            retried_chunks=progress["retried_chunks"],
-            failed_seeds=dict(progress.get("failed_seeds", {})),
-            chunks_total=progress["chunks_total"],
+            retried_chunks=progress.retried_chunks,
+            failed_seeds=dict(progress.failed_seeds),
+            chunks_total=progress.chunks_total,
             reads_failed=tally.reads_failed,
             resumed_jobs=tally.resumed_jobs,
-            bytes_from_seeds=int(progress.get("bytes_from_seeds", 0)),
-            bytes_from_peers=int(progress.get("bytes_from_peers", 0)),
+            bytes_from_seeds=progress.bytes_from_seeds,
+            bytes_from_peers=progress.bytes_from_peers,
         )
 
-    def _collect(self, running: dict[str, _Running]) -> list[dict]:
+    def _collect(self, running: dict[str, _Running]) -> list[m.ChunkReport]:
         reports = []
         for assignment_id in [a for a, e in running.items() if e.task.done()]:
             entry = running.pop(assignment_id)
@@ -606,34 +641,35 @@ class ForkClient:
             await asyncio.gather(*(e.task for e in running.values()), return_exceptions=True)
         running.clear()
 
-    async def _run_assignment(self, agents, job_id: str, rank: int, entry: _Running, tally: _Tally) -> dict:
+    async def _run_assignment(self, agents: dict[str, AgentClient], job_id: str, rank: int, entry: _Running,
+                              tally: _Tally) -> m.ChunkReport:
         a = entry.assignment
-        seed = a["seed_id"]
-        peer = a.get("source_kind") == "peer"
+        seed = a.seed_id
+        peer = a.source_kind == "peer"
         # One label value for every peer: a label per client would grow without bound.
         label = "peer" if peer else seed
         started = self._clock()
 
-        def report(ok: bool, reason: str | None = None, error: str | None = None) -> dict:
+        def report(ok: bool, reason: str | None = None, error: str | None = None) -> m.ChunkReport:
             if not ok:
                 tally.reads_failed += 1
                 if self._metrics:
                     self._metrics.chunk_failures_total.labels(seed=label, reason=reason).inc()
-                log.warning("chunk %s from %s failed (%s): %s", a["chunk_id"], seed, reason, error)
-            return {
-                "assignment_id": a["assignment_id"], "ok": ok, "reason": reason, "error": error,
-                "seconds": self._clock() - started,
-            }
+                log.warning("chunk %s from %s failed (%s): %s", a.chunk_id, seed, reason, error)
+            # The report's error field is bounded; a longer message would get the whole /work call refused.
+            return m.ChunkReport(assignment_id=a.assignment_id, ok=ok, reason=reason,
+                                 error=None if error is None else clip(error, _REPORT_ERROR_CHARS, quote=False),
+                                 seconds=max(self._clock() - started, 0.0))
 
         if peer:
             return await self._read_from_peer(entry, tally, report)
-        agent = agents.get(a["agent_url"])
+        agent = agents.get(a.agent_url)
         if agent is None:
-            agent = agents[a["agent_url"]] = clients.AgentClient(a["agent_url"], headers=self._headers)
+            agent = agents[a.agent_url] = AgentClient(a.agent_url, headers=self._headers)
         lease_id = await self._acquire_lease(agent, job_id, rank, a)
-        if isinstance(lease_id, dict):
-            return report(False, **lease_id)
-        suspect_until = self._suspect_until.get(a["session_id"], 0.0)
+        if isinstance(lease_id, _LeaseFailure):
+            return report(False, lease_id.reason, lease_id.error)
+        suspect_until = self._suspect_until.get(a.session_id, 0.0)
         if self._clock() < suspect_until:
             # A read from this session just failed: transient, or the seed died. Submitting
             # to a dead TCP peer can block inside TransferEngine, so wait until the agent's
@@ -647,53 +683,53 @@ class ForkClient:
             if not alive:
                 self._spawn(self._release(agent, lease_id, used=False))
                 return report(False, "seed_lost",
-                              f"a read from {a['session_id']} failed moments ago and its agent sees the seed down")
+                              f"a read from {a.session_id} failed moments ago and its agent sees the seed down")
         try:
             return await self._read(entry, tally, report, label)
         finally:
             # Release off the critical path; an unreachable agent expires the lease itself.
             self._spawn(self._release(agent, lease_id, used=True))
 
-    async def _read_from_peer(self, entry: _Running, tally: _Tally, report) -> dict:
+    async def _read_from_peer(self, entry: _Running, tally: _Tally, report) -> m.ChunkReport:
         """Read from another client: no agent and no lease (the scheduler keeps the peer's budget)."""
         a = entry.assignment
-        if self._clock() < self._suspect_until.get(a["session_id"], 0.0):
+        if self._clock() < self._suspect_until.get(a.session_id, 0.0):
             # A read from this peer just failed: it is probably gone (killed, or it withdrew and freed
             # its memory), and a read submitted to a dead host can block inside TransferEngine. There
             # is no agent to ask; reporting at once lets the scheduler exclude it and read elsewhere.
             return report(False, "read_failed",
-                          f"skipped: a read from peer {a['session_id']} failed moments ago")
+                          f"skipped: a read from peer {a.session_id} failed moments ago")
         return await self._read(entry, tally, report, "peer")
 
-    async def _read(self, entry: _Running, tally: _Tally, report, label: str) -> dict:
+    async def _read(self, entry: _Running, tally: _Tally, report, label: str) -> m.ChunkReport:
         """One TransferEngine read of the assignment's spans; the report for the scheduler."""
         a = entry.assignment
-        seed = a["seed_id"]
+        seed = a.seed_id
         now = self._clock()
         tally.first_lease_at = now if tally.first_lease_at is None else min(tally.first_lease_at, now)
-        reads = a["reads"]
-        timeout = (self.options.read_timeout_base_seconds + a["bytes"] / self.options.read_timeout_min_bandwidth
+        reads = a.reads
+        timeout = (self.options.read_timeout_base_seconds + a.bytes / self.options.read_timeout_min_bandwidth
                    + len(reads) * self.options.read_timeout_per_segment_seconds)
         entry.reading = True
         try:
             read_started = self._clock()
             await read(
-                self.transport, a["session_id"],
-                [r["dst_ptr"] for r in reads], [r["src_ptr"] for r in reads], [r["length"] for r in reads],
+                self.transport, a.session_id,
+                [r.dst_ptr for r in reads], [r.src_ptr for r in reads], [r.length for r in reads],
                 timeout_s=timeout,
             )
             landed = self._clock()
             tally.last_landed_at = landed if tally.last_landed_at is None else max(tally.last_landed_at, landed)
-            tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a["bytes"]
-            tally.landed_chunks.update(a.get("chunk_ids") or [a["chunk_id"]])
+            tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a.bytes
+            tally.landed_chunks.update(a.chunk_ids or [a.chunk_id])
             if self._metrics:
-                self._metrics.bytes_total.labels(seed=label).inc(a["bytes"])
+                self._metrics.bytes_total.labels(seed=label).inc(a.bytes)
                 self._metrics.chunk_read_seconds.observe(landed - read_started)
             return report(True)
         except ReadTimeout as exc:
             return report(False, "timeout", str(exc))
         except ReadFailed as exc:
-            self._suspect_until[a["session_id"]] = self._clock() + self.options.suspect_seconds
+            self._suspect_until[a.session_id] = self._clock() + self.options.suspect_seconds
             return report(False, "read_failed", str(exc))
         finally:
             entry.reading = False
@@ -712,14 +748,14 @@ class ForkClient:
         loop = asyncio.get_running_loop()
         until = math.inf if seconds is None else loop.time() + max(seconds, 0.0)
         stop = stop or asyncio.Event()
-        async with clients.SchedulerClient(self.scheduler_url, headers=self._headers) as scheduler:
+        async with SchedulerClient(self.scheduler_url, headers=self._headers) as scheduler:
             while not stop.is_set() and loop.time() < until:
                 try:
-                    await scheduler.work(job_id, max_assignments=0, reports=[])
-                except clients.UnknownJob:
+                    await scheduler.work(job_id, m.WorkRequest(max_assignments=0))
+                except UnknownJob:
                     log.warning("the scheduler no longer knows job %s (restarted?); it serves no more", job_id)
                     return
-                except clients.SchedulerError as exc:
+                except SchedulerError as exc:
                     log.debug("keepalive of job %s failed: %s", job_id, exc)
                 try:
                     await asyncio.wait_for(stop.wait(), min(self.options.keepalive_seconds, until - loop.time()))
@@ -734,14 +770,14 @@ class ForkClient:
         """
         if self._serving_job is None:
             return None
-        async with clients.SchedulerClient(self.scheduler_url, headers=self._headers) as scheduler:
+        async with SchedulerClient(self.scheduler_url, headers=self._headers) as scheduler:
             await self._stop_serving(scheduler)
         return self.withdrawal
 
     async def _withdraw_once(self, scheduler, job_id: str) -> None:
         try:
             await scheduler.withdraw(job_id)
-        except clients.ClientError as exc:
+        except RforkApiError as exc:
             log.debug("withdraw of job %s failed: %s", job_id, exc)
 
     async def _stop_serving(self, scheduler) -> None:
@@ -759,10 +795,10 @@ class ForkClient:
                 if in_flight == 0:
                     break
                 why = f"{in_flight} read{'s' if in_flight != 1 else ''} from it still counted"
-            except clients.UnknownJob:
+            except UnknownJob:
                 in_flight = 0  # forgotten (a restarted scheduler): nobody is told to read from us
                 break
-            except clients.ClientError as exc:
+            except RforkApiError as exc:
                 why = f"the scheduler did not answer the withdraw: {exc}"
             if loop.time() >= deadline:
                 gave_up = why
@@ -776,28 +812,29 @@ class ForkClient:
             log.debug("%s", self.withdrawal.describe())
         await self._cancel_job(scheduler, job_id)
 
-    async def _acquire_lease(self, agent, job_id: str, rank: int, a: dict) -> str | dict:
+    async def _acquire_lease(self, agent: AgentClient, job_id: str, rank: int,
+                             a: m.Assignment) -> "str | _LeaseFailure":
         give_up_at = self._clock() + self.options.lease_give_up_seconds
         while True:
             try:
-                lease = await self._lease_or_release(
-                    agent, job_id=job_id, assignment_id=a["assignment_id"], rank=rank, nbytes=a["bytes"],
-                    grant=a.get("grant", ""), wait_seconds=self.options.lease_wait_seconds,
-                )
-                return lease["lease_id"]
-            except clients.LeaseDenied as exc:
+                lease = await self._lease_or_release(agent, m.LeaseRequest(
+                    job_id=job_id, assignment_id=a.assignment_id, rank=rank, bytes=a.bytes,
+                    grant=a.grant or "", wait_seconds=self.options.lease_wait_seconds,
+                ))
+                return lease.lease_id
+            except LeaseDenied as exc:
                 # The seed is busy, not broken: wait our turn unless it takes absurdly long.
                 if self._clock() >= give_up_at:
-                    return {"reason": "lease_denied", "error": str(exc)}
+                    return _LeaseFailure("lease_denied", str(exc))
                 await asyncio.sleep(min(max(exc.retry_after_seconds, 0.01), 1.0))
-            except clients.AgentUnreachable as exc:
-                return {"reason": "agent_unreachable", "error": str(exc)}
-            except clients.SeedUnavailable as exc:
-                return {"reason": "seed_lost", "error": str(exc)}
-            except clients.AgentError as exc:
-                return {"reason": "lease_denied", "error": str(exc)}
+            except AgentUnreachable as exc:
+                return _LeaseFailure("agent_unreachable", str(exc))
+            except SeedUnavailable as exc:
+                return _LeaseFailure("seed_lost", str(exc))
+            except AgentError as exc:
+                return _LeaseFailure("lease_denied", str(exc))
 
-    async def _lease_or_release(self, agent, **request) -> dict:
+    async def _lease_or_release(self, agent: AgentClient, request: m.LeaseRequest) -> m.LeaseGranted:
         """``agent.acquire_lease``, run to its end even if our caller is cancelled meanwhile.
 
         The agent may hold a lease request for up to ``lease_wait_seconds`` and does not
@@ -805,7 +842,7 @@ class ForkClient:
         releases holds the seed's budget until the agent's lease ttl. So a cancelled caller
         leaves the request running and the lease it brings is released unused.
         """
-        pending = self._spawn(agent.acquire_lease(**request))
+        pending = self._spawn(agent.acquire_lease(request))
         try:
             return await asyncio.shield(pending)
         except asyncio.CancelledError:
@@ -814,7 +851,7 @@ class ForkClient:
                     lease = await pending
                 except Exception:  # noqa: BLE001 - refused or unreachable: no lease to give back
                     return
-                await self._release(agent, lease["lease_id"], used=False)
+                await self._release(agent, lease.lease_id, used=False)
 
             self._spawn(release_when_granted())
             raise
@@ -823,23 +860,23 @@ class ForkClient:
         self._releases_started += 1
         try:
             await agent.release_lease(lease_id, used=used)
-        except clients.UnknownLease:
+        except UnknownLease:
             pass  # expired already: the agent holds nothing
         except Exception as exc:  # noqa: BLE001 - best effort: the lease expires on its own
             log.debug("lease %s release failed: %s", lease_id, exc)
             return
         self._releases_confirmed += 1
 
-    def _report_progress(self, response: dict, tally: _Tally) -> None:
-        p = self.progress = response["progress"]
-        if self._metrics and p["bytes_total"]:
-            self._metrics.progress_ratio.set(p["bytes_done"] / p["bytes_total"])
+    def _report_progress(self, response: m.WorkReply, tally: _Tally) -> None:
+        p = self.progress = response.progress
+        if self._metrics and p.bytes_total:
+            self._metrics.progress_ratio.set(p.bytes_done / p.bytes_total)
         if self._progress:
             self._progress(
                 ForkProgress(
-                    bytes_done=p["bytes_done"], bytes_total=p["bytes_total"], chunks_done=p["chunks_done"],
-                    chunks_total=p["chunks_total"], retried_chunks=p["retried_chunks"],
-                    bytes_by_seed=dict(tally.bytes_by_seed), failed_seeds=dict(p.get("failed_seeds", {})),
+                    bytes_done=p.bytes_done, bytes_total=p.bytes_total, chunks_done=p.chunks_done,
+                    chunks_total=p.chunks_total, retried_chunks=p.retried_chunks,
+                    bytes_by_seed=dict(tally.bytes_by_seed), failed_seeds=dict(p.failed_seeds),
                 )
             )
 

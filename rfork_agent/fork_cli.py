@@ -21,11 +21,15 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from rfork_api.auth import AuthConfigError, load_token
 from rfork_api.logs import add_log_arguments
 from rfork_agent.destination import allocate_like, write_dump  # noqa: F401 - allocate_like: kept importable from here
 from rfork_api.units import UnitError, format_bytes, format_rate, parse_size
+
+if TYPE_CHECKING:
+    from rfork_api.models import ModelIdentity
 
 log = logging.getLogger("rfork.fork")
 
@@ -121,8 +125,8 @@ def main(args: argparse.Namespace) -> int:
         return interrupt.report()
     except Exception as exc:  # noqa: BLE001 - CLI boundary: one clear line, not a traceback
         from rfork_agent.fork import ForkError
-        from rfork_agent import clients
-        if isinstance(exc, (ForkError, clients.ClientError)):
+        from rfork_api.errors import RforkApiError
+        if isinstance(exc, (ForkError, RforkApiError)):
             print(f"rfork fork: error: {exc}", file=sys.stderr)
             return 1
         raise
@@ -186,19 +190,20 @@ async def _main(args: argparse.Namespace, chunk_size: int | None, interrupt: _In
         return interrupt.report()
 
 
-async def preflight(args: argparse.Namespace) -> tuple[dict, str, dict, bool]:
+async def preflight(args: argparse.Namespace) -> tuple["ModelIdentity", str, dict, bool]:
     """Check what a config mistake breaks, in well under 2 s, before paying for torch and TransferEngine.
 
     Returns (identity, seed session id, seed manifest, scheduler_reachable).
-    Raises a ``ClientError`` or ``ForkError`` whose message says how to fix:
+    Raises an ``RforkApiError`` or ``ForkError`` whose message says how to fix:
     the scheduler does not answer (unless ``--fallback-seed``), it refuses the
     token, the seed at ``--like-seed`` does not answer, or no live seed serves
     the identity and rank.
     """
     import httpx
 
-    from rfork_agent import clients
     from rfork_api.auth import bearer_header
+    from rfork_api.clients import SchedulerClient, seeds_serving
+    from rfork_api.errors import SchedulerUnreachable
     from rfork_agent.fork import ForkError
     from rfork_api.models import ModelIdentity
     from rfork_api.seed_info import fetch_server_info, fetch_transfer_engine_info
@@ -212,10 +217,10 @@ async def preflight(args: argparse.Namespace) -> tuple[dict, str, dict, bool]:
             info = await fetch_server_info(http, args.like_seed)
             return (info, *await fetch_transfer_engine_info(http, args.like_seed, args.rank))
 
-    async with clients.SchedulerClient(args.scheduler, timeout=timeout, headers=bearer_header(args.token)) as scheduler:
+    async with SchedulerClient(args.scheduler, timeout=timeout, headers=bearer_header(args.token)) as scheduler:
         seed, seeds = await asyncio.gather(like_seed(), scheduler.list_seeds(), return_exceptions=True)
     reachable = True
-    if isinstance(seeds, clients.SchedulerUnreachable):
+    if isinstance(seeds, SchedulerUnreachable):
         if not args.fallback_seed:
             raise ForkError(f"{seeds} (pass --fallback-seed to read from --like-seed alone)") from seeds
         reachable = False
@@ -226,9 +231,9 @@ async def preflight(args: argparse.Namespace) -> tuple[dict, str, dict, bool]:
     info, session_id, seed_manifest = seed
     # The one identity rule (rfork_api.models): the seed agents and the SGLang plugin derive it the same way.
     identity = ModelIdentity.from_server_info(info, model=args.model, revision=args.revision, dtype=args.dtype,
-                                              tp_size=args.tp_size).model_dump()
+                                              tp_size=args.tp_size)
     if reachable:
-        clients.seeds_serving(seeds, identity, args.rank)
+        seeds_serving(seeds, identity, args.rank)
     return identity, session_id, seed_manifest, reachable
 
 
@@ -243,7 +248,7 @@ def _say_if_unconfirmed(client) -> None:
 
 
 async def _fork(args: argparse.Namespace, chunk_size: int | None, interrupt: _Interrupt) -> int:
-    from rfork_agent import clients
+    from rfork_api.errors import SchedulerUnreachable
 
     identity, session_id, seed_manifest, scheduler_reachable = await preflight(args)
 
@@ -301,7 +306,7 @@ async def _fork(args: argparse.Namespace, chunk_size: int | None, interrupt: _In
                 result = await client.fork(identity, args.rank, tensors, chunk_size_bytes=chunk_size,
                                            peer=client.peer_offer(args.peers),
                                            keep_serving=args.serve_seconds > 0)
-            except clients.SchedulerUnreachable as exc:
+            except SchedulerUnreachable as exc:
                 _say_if_unconfirmed(client)
                 if not args.fallback_seed:
                     raise ForkError(f"{exc} (pass --fallback-seed to read from --like-seed alone)") from exc

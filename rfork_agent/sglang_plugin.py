@@ -75,7 +75,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from rfork_api.models import ModelIdentity
 
 log = logging.getLogger("rfork.sglang")
 
@@ -223,6 +226,7 @@ class LoadRecord:
     reason: str = ""
     """Why SGLang's path ran, or why the load failed."""
     identity: dict = field(default_factory=dict)
+    """The model identity it forked (``ModelIdentity.model_dump()``; empty when none was derived)."""
     job_id: str = ""
     bytes_total: int = 0
     bytes_by_seed: dict = field(default_factory=dict)
@@ -338,17 +342,17 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
 
     started = time.perf_counter()
     job_started = False
-    identity: dict = {}
+    identity = None
     client = None
     try:
         identity = model_identity(config)
-        if not 0 <= tp_rank < identity["tp_size"]:
-            raise RforkPluginError(f"TP rank {tp_rank} is outside tp_size {identity['tp_size']}; "
+        if not 0 <= tp_rank < identity.tp_size:
+            raise RforkPluginError(f"TP rank {tp_rank} is outside tp_size {identity.tp_size}; "
                                    f"check {ENV_TP_SIZE} / --tp-size")
         transport = _transport(loader, transfer_engine)
         tensors = dict(model.named_parameters())
         log.info("rfork: rank %d: forking %d tensors of %s through %s", tp_rank, len(tensors),
-                 _describe(identity), config.scheduler_url)
+                 identity.describe(), config.scheduler_url)
 
         def on_progress(_progress) -> None:
             nonlocal job_started
@@ -363,7 +367,7 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
     except (KeyboardInterrupt, SystemExit, ForkInterrupted) as exc:
         # Stopped, not failed: no fallback read. The fork was cancelled before this ran.
         reason = f"interrupted by {_interruption(exc)}; {_cleanup_outcome(client)}"
-        last_load = LoadRecord(rank=tp_rank, path="failed", reason=reason, identity=identity)
+        last_load = LoadRecord(rank=tp_rank, path="failed", reason=reason, identity=_record_identity(identity))
         log.warning("rfork: rank %d: %s", tp_rank, reason)
         if isinstance(exc, ForkInterrupted):
             signal.raise_signal(exc.signum)  # its default action again: the process ends as SIGTERM ends it
@@ -372,7 +376,7 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
         when = "after its job started" if job_started else "before any byte moved"
         reason = f"rfork could not fork rank {tp_rank} ({when}): {type(exc).__name__}: {exc}"
         if not config.fallback:
-            last_load = LoadRecord(rank=tp_rank, path="failed", reason=reason, identity=identity)
+            last_load = LoadRecord(rank=tp_rank, path="failed", reason=reason, identity=_record_identity(identity))
             log.error("rfork: %s; %s=0, so the load fails", reason, ENV_FALLBACK)
             raise RforkLoadError(f"{reason}. Fix the cause, or set {ENV_FALLBACK}=1 to let SGLang read "
                                  f"every weight from {seed_url}") from exc
@@ -387,7 +391,7 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
                         reason, seed_url, exc_info=not _expected(exc))
         _log_withdrawal(client, tp_rank)
         ok = sglang_path(reason)
-        last_load.identity = identity
+        last_load.identity = _record_identity(identity)
         _record_withdrawal(last_load, client)
         return ok
 
@@ -396,7 +400,7 @@ def _around_transfer_engine_load(original: Callable, loader: Any, model: Any, tr
     # What the original does after its read: the model's own post-load fixups.
     sglang_loader.post_load_weights(model)
     seconds = time.perf_counter() - started
-    last_load = LoadRecord(rank=tp_rank, path="rfork", identity=identity, job_id=result.job_id,
+    last_load = LoadRecord(rank=tp_rank, path="rfork", identity=_record_identity(identity), job_id=result.job_id,
                            bytes_total=result.bytes_total, bytes_by_seed=dict(result.bytes_by_seed), seconds=seconds,
                            bytes_from_peers=result.bytes_from_peers)
     _record_withdrawal(last_load, client)
@@ -427,7 +431,11 @@ def _log_withdrawal(client, tp_rank: int) -> None:
         log.warning("rfork: rank %d: %s", tp_rank, withdrawal.describe())
 
 
-def model_identity(config: PluginConfig) -> dict:
+def _record_identity(identity) -> dict:
+    return {} if identity is None else identity.model_dump()
+
+
+def model_identity(config: PluginConfig) -> "ModelIdentity":
     """The identity this instance forks: SGLang's server args, overridden by ``RFORK_*``.
 
     Reads the same fields, resolved the same way, as the seeds' agents read from
@@ -445,7 +453,7 @@ def model_identity(config: PluginConfig) -> dict:
 
     # The one identity rule, as the seeds' agents apply it to SGLang's /server_info.
     return ModelIdentity.from_server_info(resolved, model=str(model), revision=config.revision, dtype=config.dtype,
-                                          tp_size=config.tp_size).model_dump()
+                                          tp_size=config.tp_size)
 
 
 def _sglang_server_args() -> dict:
@@ -615,11 +623,8 @@ def _sigterm_interrupts():
 
 def _expected(exc: BaseException) -> bool:
     """Failures with a clear message of their own (no traceback needed in the log)."""
-    from rfork_agent.clients import ClientError
     from rfork_agent.fork import ForkError
+    from rfork_api.errors import RforkApiError
 
-    return isinstance(exc, (ClientError, ForkError, RforkPluginError))
+    return isinstance(exc, (RforkApiError, ForkError, RforkPluginError))
 
-
-def _describe(identity: dict) -> str:
-    return f"{identity['model']}@{identity['revision']} {identity['dtype']} tp={identity['tp_size']}"

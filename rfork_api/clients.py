@@ -27,6 +27,7 @@ from rfork_api.errors import (
     RforkApiError,
     SchedulerError,
     SchedulerUnreachable,
+    UnknownModel,
     UnknownSeed,
     clip,
     error_from_reply,
@@ -44,6 +45,29 @@ def error_detail(response: httpx.Response) -> tuple[dict[str, Any], str]:
     if isinstance(detail, dict):
         return detail, str(detail.get("message", detail))
     return {}, f"HTTP {response.status_code}: {clip(str(detail), 200)}"
+
+
+def seeds_serving(seeds: list[m.SeedSummary], identity: m.ModelIdentity, rank: int) -> list[m.SeedSummary]:
+    """The seeds of a ``list_seeds`` answer that serve ``identity`` and ``rank``, by the rule the
+    scheduler matches jobs with (equal identity, rank among the seed's ranks). Raises
+    ``UnknownModel`` naming what is registered when none does.
+
+        >>> [s.seed_id for s in seeds_serving(await scheduler.list_seeds(), identity, rank=0)]
+        ['seed-0']
+    """
+    serving = [s for s in seeds if s.identity == identity and rank in s.ranks]
+    if serving:
+        return serving
+    other_ranks = sorted({r for s in seeds if s.identity == identity for r in s.ranks})
+    if other_ranks:
+        raise UnknownModel(
+            f"the live seeds of {identity.describe()} serve ranks {other_ranks}, not rank {rank}; fork one of "
+            "those ranks, or start a seed (and its rfork agent) that serves this one")
+    known = sorted({s.identity.describe() for s in seeds})
+    raise UnknownModel(
+        f"no live seed serves {identity.describe()} rank {rank}; registered: {', '.join(known) or 'none'}. "
+        "Start a seed (and its rfork agent) for this exact identity, or fix the model/revision/dtype/"
+        "tp_size to match one above")
 
 
 class _Client:
@@ -122,7 +146,9 @@ class SchedulerClient(_Client):
         return await self._call("POST", "/v1/jobs", body, m.JobCreated)
 
     async def work(self, job_id: str, body: m.WorkRequest) -> m.WorkReply:
-        return await self._call("POST", f"/v1/jobs/{job_id}/work", body, m.WorkReply)
+        """``body.wait_seconds`` > 0 long-polls: the scheduler may hold the call that long before answering."""
+        return await self._call("POST", f"/v1/jobs/{job_id}/work", body, m.WorkReply,
+                                timeout=self.timeout + max(body.wait_seconds, 0.0))
 
     async def withdraw(self, job_id: str) -> m.WithdrawReply:
         """Stop serving as a peer; returns the reads from us that may still be on the wire."""

@@ -8,7 +8,7 @@ falls back to the deprecated one when the seed answers 404:
   ``{"rank": N, "remote_instance_transfer_engine_info": [session_id, {name: [ptr, numel, esize]}]}``
 - ``/server_info``, then ``/get_server_info``.
 
-Every failure is a ``SeedUnavailable`` naming the URL and what was wrong.
+Every failure is a ``SeedInfoUnavailable`` naming the URL and what was wrong.
 
     >>> async with httpx.AsyncClient(timeout=5) as http:
     ...     session_id, manifest = await fetch_transfer_engine_info(http, "http://127.0.0.1:30000", rank=0)
@@ -20,13 +20,13 @@ from typing import Any
 
 import httpx
 
-from rfork_api.errors import SeedInfoUnavailable as SeedUnavailable, SeedRankMissing
+from rfork_api.errors import SeedInfoUnavailable, SeedRankMissing
 
 TE_INFO_PATHS = ("/remote_instance_transfer_engine_info", "/get_remote_instance_transfer_engine_info")
 SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 
 
-__all__ = ["SeedUnavailable", "SeedRankMissing", "fetch_server_info", "fetch_transfer_engine_info"]
+__all__ = ["SeedInfoUnavailable", "SeedRankMissing", "fetch_server_info", "fetch_transfer_engine_info"]
 
 
 async def _get_json(client: httpx.AsyncClient, seed_url: str, paths: tuple[str, ...],
@@ -39,14 +39,14 @@ async def _get_json(client: httpx.AsyncClient, seed_url: str, paths: tuple[str, 
         try:
             response = await client.get(url, params=params)
         except httpx.HTTPError as exc:
-            raise SeedUnavailable(
+            raise SeedInfoUnavailable(
                 seed_url, f"cannot reach the seed at {url}: {type(exc).__name__}: {exc or 'no detail'} — is it running?"
             ) from exc
         if response.status_code == 404:
             tried.append(path)
             continue  # an older or newer SGLang: try the other name
         return url, response
-    raise SeedUnavailable(
+    raise SeedInfoUnavailable(
         seed_url,
         f"seed {base} answered 404 on every known path ({', '.join(tried)}); "
         "is this an SGLang server started with --remote-instance-weight-loader-start-seed-via-transfer-engine?",
@@ -57,7 +57,7 @@ def _json(url: str, seed_url: str, response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:
-        raise SeedUnavailable(seed_url, f"seed {url} did not return JSON: {response.text[:200]!r}") from exc
+        raise SeedInfoUnavailable(seed_url, f"seed {url} did not return JSON: {response.text[:200]!r}") from exc
 
 
 def _check_manifest(url: str, seed_url: str, manifest: dict) -> None:
@@ -68,7 +68,7 @@ def _check_manifest(url: str, seed_url: str, manifest: dict) -> None:
             and entry[0] >= 0 and entry[1] >= 0 and 1 <= entry[2] <= 16
         )
         if not ok:
-            raise SeedUnavailable(
+            raise SeedInfoUnavailable(
                 seed_url,
                 f"seed {url}: tensor {name!r} has {entry!r}; expected [ptr >= 0, numel >= 0, element_size 1..16]",
             )
@@ -86,13 +86,13 @@ async def fetch_transfer_engine_info(client: httpx.AsyncClient, seed_url: str, r
             "not 404, when it was not)",
         )
     if response.status_code != 200:
-        raise SeedUnavailable(seed_url, f"seed {url}?rank={rank} answered HTTP {response.status_code}: "
+        raise SeedInfoUnavailable(seed_url, f"seed {url}?rank={rank} answered HTTP {response.status_code}: "
                                         f"{response.text[:200]}")
     body = _json(url, seed_url, response)
     info = body.get("remote_instance_transfer_engine_info") if isinstance(body, dict) else None
     if not (isinstance(info, (list, tuple)) and len(info) == 2 and isinstance(info[0], str) and info[0]
             and isinstance(info[1], dict)):
-        raise SeedUnavailable(
+        raise SeedInfoUnavailable(
             seed_url,
             f"seed {url}?rank={rank}: expected {{'remote_instance_transfer_engine_info': "
             f"[session_id, {{name: [ptr, numel, element_size]}}]}}, got {str(body)[:200]}",
@@ -106,8 +106,8 @@ async def fetch_server_info(client: httpx.AsyncClient, seed_url: str) -> dict:
     """The seed's server info (``model_path``, ``tp_size``, ``dtype``, maybe ``revision``)."""
     url, response = await _get_json(client, seed_url, SERVER_INFO_PATHS)
     if response.status_code != 200:
-        raise SeedUnavailable(seed_url, f"seed {url} answered HTTP {response.status_code}: {response.text[:200]}")
+        raise SeedInfoUnavailable(seed_url, f"seed {url} answered HTTP {response.status_code}: {response.text[:200]}")
     body = _json(url, seed_url, response)
     if not isinstance(body, dict):
-        raise SeedUnavailable(seed_url, f"seed {url} returned {type(body).__name__}, expected a JSON object")
+        raise SeedInfoUnavailable(seed_url, f"seed {url} returned {type(body).__name__}, expected a JSON object")
     return body

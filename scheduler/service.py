@@ -36,6 +36,7 @@ from scheduler.errors import InvalidResume, UnknownJob, UnknownModel, UnknownSee
 from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
 from scheduler.intake import Intake, decode_job_request, decode_registration
 from scheduler.liveness import LoopWatch, NoWatch
+from scheduler.state_metrics import SchedulerStateCollector
 from rfork_api.manifest import Manifest, ManifestTable, match_manifests
 from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
 from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
@@ -136,6 +137,7 @@ class SchedulerState:
     def __post_init__(self) -> None:
         self.swarm = Swarm(read_deadline_seconds=self.config.peer_read_deadline_seconds,
                            max_peers_per_decision=self.config.max_peers_per_decision)
+        self.metrics.registry.register(SchedulerStateCollector(self))
 
     @functools.cached_property
     def admission(self) -> FleetAdmission:
@@ -164,7 +166,6 @@ class SchedulerState:
                 # Same id, new memory (a restarted seed): running jobs hold stale pointers.
                 for record in self.jobs.values():
                     record.job.seed_lost(seed_id, "seed re-registered with new memory", now)
-            self._update_seed_metrics()
         log.info("seed %s %s: %s ranks %s, cap %s", seed_id, "re-registered" if previous else "registered",
                  body.identity.model, sorted(ranks), body.rate_cap_bytes_per_second)
 
@@ -197,12 +198,8 @@ class SchedulerState:
                 family.remove(seed_id)
             except KeyError:
                 pass
-        self._update_seed_metrics()
         log.warning("seed %s removed: %s", seed_id, reason)
         return True
-
-    def _update_seed_metrics(self) -> None:
-        self.metrics.seeds_registered.set(len(self.seeds))
 
     def matching(self, identity: wire.ModelIdentity, rank: int) -> list[SeedRecord]:
         """Seeds that may serve this identity and rank. A seed paused by its operator (rate cap 0)
@@ -252,8 +249,6 @@ class SchedulerState:
                 body.peer.session_id, body.peer.upload_rate_bytes_per_second, body.peer.max_in_flight)
             self.swarm.join(job, group, offer, now)
             self.scale_outs.setdefault(group, now)
-            self._swarm_metrics()
-            self.metrics.jobs_active.set(self._active_jobs())
             self.metrics.job_bytes_total.labels(job_id=job_id).set(record.job.bytes_total)
             self.metrics.job_last_progress_timestamp.labels(job_id=job_id).set(time.time())
             self._job_metrics(record)
@@ -370,7 +365,6 @@ class SchedulerState:
             record.last_poll = now
             was_member = self.swarm.is_member(job_id)
             in_flight = self.swarm.withdraw(job_id, now)
-            self._swarm_metrics()
         if was_member and in_flight:
             log.info("job %s withdrew as a peer; %d reads from it still on the wire", job_id, in_flight)
         return in_flight
@@ -384,15 +378,11 @@ class SchedulerState:
         group = record.group
         if group is not None and not any(r.job.state == RUNNING for r in self.jobs.values() if r.group == group):
             self._end_scale_out(group, now)
-        self._swarm_metrics()
 
     def _end_scale_out(self, group: GroupKey, now: float) -> None:
         started = self.scale_outs.pop(group, None)
         if started is not None:
             self.metrics.scale_out_seconds.observe(now - started)
-
-    def _swarm_metrics(self) -> None:
-        self.metrics.peers_serving.set(self.swarm.peers_serving())
 
     def job_status(self, job_id: str) -> wire.JobStatus:
         with self.lock:
@@ -463,7 +453,6 @@ class SchedulerState:
                 r.job.state == RUNNING for r in self.jobs.values() if r.group == record.group):
             self._end_scale_out(record.group, now)  # a done job stays a peer while its client polls
         self._in_flight_metrics()  # its assignments no longer count as in flight
-        self.metrics.jobs_active.set(self._active_jobs())
         log.log(logging.INFO if outcome == DONE else logging.WARNING, "job %s %s%s", job.job_id, outcome,
                 f": {job.error}" if job.error else "")
 

@@ -31,6 +31,8 @@ from typing import Callable
 
 import httpx
 
+from rfork_api import models as wire
+
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default
 from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
 
@@ -552,10 +554,10 @@ def _leases_held(fleet) -> int:
     held = 0
     for seed in fleet.seeds:
         try:
-            status = httpx.get(f"{seed.agent_url}/v1/status", headers=fleet.headers, timeout=2).json()
-        except (httpx.HTTPError, ValueError):
+            response = httpx.get(f"{seed.agent_url}/v1/status", headers=fleet.headers, timeout=2)
+            held += wire.AgentStatus.model_validate_json(response.content).in_flight_leases
+        except (httpx.HTTPError, ValueError):  # gone (chaos), or not an agent's answer: holds nothing we count
             continue
-        held += int(status.get("in_flight_leases", status.get("leases_in_flight", 0)) or 0)
     return held
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from rfork_api import models as wire
+
 log = logging.getLogger("rfork.testbed")
 
 
@@ -241,20 +243,22 @@ class Fleet:
         """What a client of this fleet's scheduler and agents must send."""
         return {"Authorization": f"Bearer {self.spec.token}"} if self.spec.token else {}
 
-    def identity(self) -> dict:
+    def seeds_listed(self, timeout: float = 5.0) -> list[wire.SeedSummary]:
+        """The scheduler's GET /v1/seeds: the live seeds."""
+        response = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=timeout, headers=self.headers)
+        response.raise_for_status()
+        return wire.SeedList.model_validate_json(response.content).root
+
+    def identity(self) -> wire.ModelIdentity:
         """The identity the agents registered (read back from the scheduler)."""
-        seeds = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=5, headers=self.headers).json()
-        first = seeds[0] if isinstance(seeds, list) else seeds["seeds"][0]
-        return first["identity"]
+        return self.seeds_listed()[0].identity
 
     def wait_registered(self, seed_ids: list[str], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         missing = set(seed_ids)
         while time.monotonic() < deadline:
             try:
-                body = httpx.get(f"{self.scheduler_url}/v1/seeds", timeout=2, headers=self.headers).json()
-                listed = body if isinstance(body, list) else body.get("seeds", [])
-                missing = set(seed_ids) - {s["seed_id"] for s in listed}
+                missing = set(seed_ids) - {s.seed_id for s in self.seeds_listed(timeout=2)}
                 if not missing:
                     return
             except httpx.HTTPError:

@@ -38,6 +38,7 @@ import threading
 import time
 
 from rfork_api.logs import add_log_arguments, setup_logging_from_args
+from rfork_api.models import ModelIdentity
 from rfork_api.units import UnitError, parse_size
 
 log = logging.getLogger("rfork.testbed.client")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleet client: error: {exc}", file=sys.stderr)
         return 2
     args.token = load_token(args.token_file)
-    args.identity = json.loads(args.identity)
+    args.identity = ModelIdentity.model_validate_json(args.identity)
 
     import torch
 

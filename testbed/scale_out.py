@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from rfork_api import models as wire
 from testbed.fleet import Fleet, FleetError
 
 log = logging.getLogger("rfork.testbed")
@@ -88,11 +89,11 @@ class _ScaleOut:
         self.seed_killed_at_bytes: int | None = None
 
     # -- processes ---------------------------------------------------------
-    def start(self, identity: dict, digests_path: str) -> None:
+    def start(self, identity: wire.ModelIdentity, digests_path: str) -> None:
         o, fleet = self.options, self.fleet
         for i in range(o.clients):
             cmd = [sys.executable, "-m", "testbed.fleet_client", "--scheduler", fleet.scheduler_url,
-                   "--like-seed", fleet.seeds[0].url, "--identity", json.dumps(identity),
+                   "--like-seed", fleet.seeds[0].url, "--identity", identity.model_dump_json(),
                    "--client-id", f"client-{i}", "--expected-digests", digests_path, "--device", o.device,
                    "--peer-max-in-flight", str(o.peer_max_in_flight),
                    "--peer-rate", "unlimited" if o.client_rate is None else repr(float(o.client_rate))]
@@ -257,8 +258,8 @@ def _granted_bytes(fleet: Fleet) -> dict[str, int]:
     out = {}
     for seed in fleet.seeds:
         try:
-            status = httpx.get(f"{seed.agent_url}/v1/status", headers=fleet.headers, timeout=5).json()
-            out[seed.seed_id] = int(status.get("granted_bytes", 0))
+            response = httpx.get(f"{seed.agent_url}/v1/status", headers=fleet.headers, timeout=5)
+            out[seed.seed_id] = wire.AgentStatus.model_validate_json(response.content).granted_bytes
         except (httpx.HTTPError, ValueError):
             pass  # its agent is gone (chaos): counted as 0 more
     return out

@@ -135,7 +135,7 @@ def _client_tensors(fleet, rank=0):
 def test_manifest_mismatch_is_rejected_naming_the_tensor(small_fleet):
     import torch
 
-    from rfork_agent import clients
+    from rfork_api import errors
     from rfork_agent.fork import ForkClient
     from rfork_agent.transport import MooncakeTransport
 
@@ -144,33 +144,33 @@ def test_manifest_mismatch_is_rejected_naming_the_tensor(small_fleet):
     tensors = dict(tensors)
     tensors[name] = torch.zeros(tensors[name].numel() - 1, dtype=tensors[name].dtype)
     client = ForkClient(small_fleet.scheduler_url, MooncakeTransport(protocol="tcp"))
-    with pytest.raises(clients.ManifestMismatch) as info:
+    with pytest.raises(errors.ManifestMismatch) as info:
         asyncio.run(client.fork(small_fleet.identity(), 0, tensors))
     assert name in str(info.value)
 
 
 def test_unknown_model_is_a_clear_error(small_fleet):
-    from rfork_agent import clients
+    from rfork_api import errors
     from rfork_agent.fork import ForkClient
     from rfork_agent.transport import MooncakeTransport
 
     tensors, _buffer = _client_tensors(small_fleet)
     identity = dict(small_fleet.identity(), model="no-such-model")
     client = ForkClient(small_fleet.scheduler_url, MooncakeTransport(protocol="tcp"))
-    with pytest.raises(clients.UnknownModel) as info:
+    with pytest.raises(errors.UnknownModel) as info:
         asyncio.run(client.fork(identity, 0, tensors))
     assert "no-such-model" in str(info.value)
 
 
 def test_unreachable_scheduler_names_the_url():
-    from rfork_agent import clients
+    from rfork_api import errors
     from rfork_agent.fork import ForkClient
     from rfork_agent.transport import InMemoryTransport
     from testbed.fleet import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     client = ForkClient(url, InMemoryTransport())
-    with pytest.raises(clients.SchedulerUnreachable) as info:
+    with pytest.raises(errors.SchedulerUnreachable) as info:
         asyncio.run(client.fork({"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}, 0, {}))
     assert url in str(info.value)
 

@@ -61,10 +61,10 @@ def test_fork_like_seed_and_the_agent_agree_on_a_seed_without_dtype_or_tp_size(b
                               model=None, revision=None, dtype=None, tp_size=None)
     identity, _session, manifest, reachable = asyncio.run(fork_cli.preflight(args))
     assert not reachable and manifest
-    assert identity == {"model": "Qwen/Qwen2.5-0.5B", "revision": "main", "dtype": "auto", "tp_size": 1}
+    assert identity.model_dump() == {"model": "Qwen/Qwen2.5-0.5B", "revision": "main", "dtype": "auto", "tp_size": 1}
 
     async def agent_view():
         async with httpx.AsyncClient(timeout=5) as http:
             return await discover(AgentConfig(seed_id="s", sglang_url=bare_seed, scheduler_url=url, port=9), http)
 
-    assert dict(asyncio.run(agent_view()).identity) == identity
+    assert asyncio.run(agent_view()).identity == identity

@@ -72,7 +72,7 @@ def test_a_paused_agent_grants_no_lease_and_says_why():
     config = AgentConfig(seed_id="seed-0", sglang_url="http://127.0.0.1:30000",
                          scheduler_url="http://127.0.0.1:8700", rate_cap=0.0)
     state = AgentState(config, AgentMetrics(CollectorRegistry()), clock=lambda: 0.0)
-    assert state.allowed_rate == 0.0 and state.heartbeat_body(0.0)["allowed_rate_bytes_per_second"] == 0.0
+    assert state.allowed_rate == 0.0 and state.heartbeat_body(0.0).allowed_rate_bytes_per_second == 0.0
     denied = state.reserve(4096, wait_seconds=5.0, now=0.0)
     assert isinstance(denied, Denied) and denied.status == 429
     assert "paused by its operator (--rate-cap 0)" in denied.message

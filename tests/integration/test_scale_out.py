@@ -94,7 +94,7 @@ def served(tmp_path):
     from testbed.orchestrator import seed_te_info
 
     with Fleet(FleetSpec(seeds=1, preset=None, size_bytes=4 * MiB, log_dir=str(tmp_path))) as fleet:
-        identity = fleet.identity()
+        identity = fleet.identity().model_dump()
         _, manifest = seed_te_info(fleet.seeds[0].url, 0)
         tensors, _buffer = allocate_like(manifest, torch)
         transport = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")

@@ -35,6 +35,7 @@ import httpx
 import pytest
 
 from rfork_agent.gate import FORK_LATENCY_IMPACT, SEED_ITL_P99
+from rfork_api.models import AgentStatus
 from testbed.fleet import Fleet, FleetSpec, free_port
 from throttle.histogram import quantile, window
 from throttle.prom_text import ITL_HISTOGRAM, parse_sglang_scrape
@@ -57,33 +58,6 @@ def one_line(output: str) -> str:
     assert len(lines) == 1, f"expected one line, got:\n{output}"
     assert "Traceback" not in output
     return lines[0]
-
-
-def start_prometheus(tmp: Path, scrape_configs: list[dict]) -> tuple[subprocess.Popen, str]:
-    exe = next((p for p in ("/usr/bin/prometheus", "/usr/local/bin/prometheus") if os.path.exists(p)), None)
-    if exe is None:
-        pytest.fail("prometheus is missing: run scripts/bootstrap.sh (it installs Debian's prometheus package)")
-    config = tmp / "prometheus.yml"
-    config.write_text(json.dumps({
-        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "scrape_timeout": f"{SCRAPE_SECONDS}s"},
-        "scrape_configs": scrape_configs}))
-    port = free_port()
-    log = open(tmp / "prometheus.log", "ab")
-    process = subprocess.Popen([exe, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                               stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"prometheus exited; see {tmp / 'prometheus.log'}"
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"prometheus not ready in 60 s; see {tmp / 'prometheus.log'}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -126,6 +100,7 @@ class ForkLoop:
     """A separate process forking the model over and over (tests/prometheus/fork_loop.py)."""
 
     def __init__(self, fleet: Fleet, log: Path) -> None:
+        self.fleet = fleet
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.prometheus.fork_loop", fleet.scheduler_url, fleet.seeds[0].url,
@@ -142,25 +117,46 @@ class ForkLoop:
             time.sleep(0.2)
         raise AssertionError(f"fewer than {n} forks in {timeout:.0f} s; see {self.log}")
 
+    def wait_granted(self, before: int, timeout: float = 180) -> None:
+        """Until the seeds' agents granted this loop a lease (their granted bytes passed ``before``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the fork loop died; see {self.log.with_suffix('.err')}"
+            if granted_bytes(self.fleet) > before:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no lease granted to the fork loop in {timeout:.0f} s; see {self.log}")
+
     def stop(self) -> None:
         stop(self.process)
 
 
+def granted_bytes(fleet: Fleet) -> int:
+    """Bytes every seed's agent has granted in leases so far (GET /v1/status)."""
+    return sum(AgentStatus.model_validate_json(httpx.get(f"{s.agent_url}/v1/status", timeout=10).content).granted_bytes
+               for s in fleet.seeds)
+
+
+def scrape_config(scrape_configs: list[dict]) -> dict:
+    return {"global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "scrape_timeout": f"{SCRAPE_SECONDS}s"},
+            "scrape_configs": scrape_configs}
+
+
 @pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
+def testbed(tmp_path_factory, start_prometheus):
     tmp = tmp_path_factory.mktemp("gate")
     spec = FleetSpec(seeds=2, preset=None, size_bytes=32 << 20, load_rps=4.0, seed_rates=(100e9,),
                      log_dir=str(tmp / "fleet"), agent_args=("--throttle", "fixed", "--slo-itl", "0.05"))
     with Fleet(spec) as fleet:
-        prometheus, url = start_prometheus(tmp, [
+        prometheus = start_prometheus(tmp, scrape_config([
             {"job_name": "rfork-seed", "static_configs": [{"targets": [s.url.split("://")[1] for s in fleet.seeds]}]},
             {"job_name": "rfork-agent",
              "static_configs": [{"targets": [s.agent_url.split("://")[1] for s in fleet.seeds]}]},
-        ])
+        ]))
         try:
-            yield fleet, url, tmp
+            yield fleet, prometheus.url, tmp
         finally:
-            stop(prometheus)
+            prometheus.stop()
 
 
 def test_gate_holds_over_the_slo_and_proceeds_under_it_during_real_forks(testbed):
@@ -190,8 +186,12 @@ def test_gate_holds_over_the_slo_and_proceeds_under_it_during_real_forks(testbed
         r = httpx.put(f"{seed.agent_url}/v1/throttle", json={"mode": "fixed", "rate_bytes_per_second": 2e6},
                       timeout=10)
         assert r.status_code == 200, r.text
+    granted_before = granted_bytes(fleet)
     loop = ForkLoop(fleet, tmp / "throttled.log")
     try:
+        # The new fork process may take many seconds to start on a loaded machine: the window
+        # begins once it reads, not at a guess.
+        loop.wait_granted(granted_before)
         time.sleep(WINDOW_SECONDS)  # the unthrottled forks leave the window
         p99 = numbers["throttled_p99_s"] = observed_window(fleet, prom)
         granted = httpx.get(f"{prom}/api/v1/query", timeout=10, params={
@@ -230,11 +230,11 @@ def test_the_queries_return_one_value_each(testbed):
 
 
 @pytest.fixture(scope="module")
-def empty_prometheus(tmp_path_factory):
+def empty_prometheus(tmp_path_factory, start_prometheus):
     """A real Prometheus that scrapes nothing: every query returns no series."""
-    process, url = start_prometheus(tmp_path_factory.mktemp("empty-prometheus"), [])
-    yield url
-    stop(process)
+    prometheus = start_prometheus(tmp_path_factory.mktemp("empty-prometheus"), scrape_config([]))
+    yield prometheus.url
+    prometheus.stop()
 
 
 @pytest.fixture(scope="module")

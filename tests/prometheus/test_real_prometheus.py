@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -94,19 +93,12 @@ class Scenario:
         return body["data"]["result"]
 
 
-def _binary(name: str) -> str:
-    exe = shutil.which(name)
-    if exe is None:
-        pytest.fail(f"{name} is missing: run scripts/bootstrap.sh (it installs Debian's prometheus package)")
-    return exe
-
-
 def _scheduler_samples(fleet: Fleet, name: str) -> list:
     text = httpx.get(f"{fleet.scheduler_url}/metrics", timeout=5).text
     return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
 
 
-def _prometheus_config(tmp: Path, fleet: Fleet, client_port: int) -> Path:
+def _prometheus_config(fleet: Fleet, client_port: int) -> dict:
     def job(name: str, targets: list[str]) -> dict:
         return {"job_name": name, "static_configs": [{"targets": targets}]}
 
@@ -122,31 +114,7 @@ def _prometheus_config(tmp: Path, fleet: Fleet, client_port: int) -> Path:
             job("rfork-client", [f"127.0.0.1:{client_port}"]),
         ],
     }
-    path = tmp / "prometheus.yml"
-    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-    return path
-
-
-def _start_prometheus(tmp: Path, config: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(tmp / "prometheus.log", "ab")
-    process = subprocess.Popen(
-        [_binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"prometheus exited {process.returncode}; see {tmp / 'prometheus.log'}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"prometheus not ready in 30 s; see {tmp / 'prometheus.log'}")
+    return config
 
 
 def _manifest(fleet: Fleet) -> dict:
@@ -217,8 +185,7 @@ def _watch_fork(scenario_tmp: Path, fleet: Fleet, process: subprocess.Popen, tim
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory):
-    _binary("prometheus")
+def scenario(tmp_path_factory, start_prometheus):
     tmp = tmp_path_factory.mktemp("prometheus")
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -234,13 +201,13 @@ def scenario(tmp_path_factory):
     with Fleet(spec) as fleet:
         timings["fleet_start_s"] = time.monotonic() - t0
         started_unix = time.time()
-        identity, manifest = fleet.identity(), _manifest(fleet)
+        identity, manifest = fleet.identity().model_dump(), _manifest(fleet)
         hung_created_unix = time.time()
         hung_job_id = _create_job(fleet, identity, manifest, 1 << 20)
         client_port = free_port()
         fork = _start_fork(tmp, fleet, client_port)  # its imports overlap Prometheus's start
-        config = _prometheus_config(tmp, fleet, client_port)
-        prometheus, prom_url = _start_prometheus(tmp, config)
+        prometheus = start_prometheus(tmp, _prometheus_config(fleet, client_port))
+        prom_url = prometheus.url
         try:
             r = httpx.put(f"{fleet.seeds[ADAPTIVE_SEED].agent_url}/v1/throttle", json={"mode": "adaptive"},
                           headers=fleet.headers, timeout=5)
@@ -255,12 +222,7 @@ def scenario(tmp_path_factory):
             if fork.poll() is None:
                 fork.kill()
                 fork.wait()
-            prometheus.send_signal(signal.SIGTERM)
-            try:
-                prometheus.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                prometheus.kill()
-                prometheus.wait()
+            prometheus.stop()
 
 
 def _has_finite_value(result: list[dict]) -> bool:
@@ -273,8 +235,8 @@ def _variable_values(s: Scenario) -> dict[str, list[str]]:
             "__rate_interval": [RATE_INTERVAL]}
 
 
-def test_generated_scrape_config_passes_promtool(scenario):
-    r = subprocess.run([_binary("promtool"), "check", "config", str(scenario.tmp / "prometheus.yml")],
+def test_generated_scrape_config_passes_promtool(scenario, promtool):
+    r = subprocess.run([promtool, "check", "config", str(scenario.tmp / "prometheus.yml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -41,7 +41,7 @@ def load(fleet, env: dict, **config) -> tuple[dict, str]:
 def rfork_env(fleet, **extra) -> dict:
     identity = fleet.identity()
     return {"RFORK_SCHEDULER_URL": fleet.scheduler_url, "RFORK_CHUNK_SIZE": CHUNK, "RFORK_TOKEN": TOKEN,
-            "RFORK_MODEL": identity["model"], "RFORK_DTYPE": identity["dtype"], **extra}
+            "RFORK_MODEL": identity.model, "RFORK_DTYPE": identity.dtype, **extra}
 
 
 def test_hooked_loader_forks_every_byte_from_every_seed(fleet):
@@ -49,14 +49,14 @@ def test_hooked_loader_forks_every_byte_from_every_seed(fleet):
     # process; only the model name is given, because "tiny" is no Hugging Face model SGLang
     # could resolve.
     identity = fleet.identity()
-    env = {"RFORK_SCHEDULER_URL": fleet.scheduler_url, "RFORK_CHUNK_SIZE": CHUNK, "RFORK_MODEL": identity["model"],
+    env = {"RFORK_SCHEDULER_URL": fleet.scheduler_url, "RFORK_CHUNK_SIZE": CHUNK, "RFORK_MODEL": identity.model,
            "RFORK_TOKEN": TOKEN}
-    result, stderr = load(fleet, env, publish={"dtype": identity["dtype"], "tp_size": 1})
+    result, stderr = load(fleet, env, publish={"dtype": identity.dtype, "tp_size": 1})
     assert result["hook_active"] and result["ok"] and result["error"] is None
     assert result["mismatched"] == [], result
     record = result["last_load"]
     assert record["path"] == "rfork", record
-    assert record["identity"] == identity
+    assert record["identity"] == identity.model_dump()
     assert sorted(record["bytes_by_seed"]) == ["seed-0", "seed-1"], "both seeds should serve chunks"
     # Endgame duplicates may read a chunk twice, so the per-seed sum can exceed the total.
     assert record["bytes_total"] == fleet.seeds[0].total_bytes <= sum(record["bytes_by_seed"].values())
@@ -138,7 +138,7 @@ def test_job_that_fails_after_it_started_falls_back_and_sglang_rewrites_every_by
         for index in range(spec.seeds):
             lonely.kill_agent(index)
         env = {"RFORK_SCHEDULER_URL": lonely.scheduler_url, "RFORK_TOKEN": TOKEN, "RFORK_CHUNK_SIZE": CHUNK,
-               "RFORK_MODEL": identity["model"], "RFORK_DTYPE": identity["dtype"]}
+               "RFORK_MODEL": identity.model, "RFORK_DTYPE": identity.dtype}
         config = {"mode": "load", "seed_url": lonely.seeds[0].url, "rank": 0,
                   "fleet": {k: asdict(spec)[k] for k in MODEL_FIELDS}}
         result, stderr = run_sglang_client(config, client_env(**env))

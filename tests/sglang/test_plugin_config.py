@@ -49,7 +49,7 @@ def test_token_is_not_in_the_repr():
 
 def test_identity_from_env_alone_when_sglang_has_not_published():
     config = PluginConfig(URL, model="m", dtype="float16", tp_size=2)
-    assert model_identity(config) == {"model": "m", "revision": "main", "dtype": "float16", "tp_size": 2}
+    assert model_identity(config).model_dump() == {"model": "m", "revision": "main", "dtype": "float16", "tp_size": 2}
     with pytest.raises(RforkPluginError, match="set RFORK_MODEL"):
         model_identity(PluginConfig(URL))
 

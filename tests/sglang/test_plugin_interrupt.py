@@ -52,7 +52,7 @@ def cancelled_jobs(fleet) -> float:
 def test_stopping_sglang_mid_fork_cancels_the_job_and_releases_every_lease(fleet, signum):
     identity = fleet.identity()
     env = client_env(RFORK_SCHEDULER_URL=fleet.scheduler_url, RFORK_TOKEN=TOKEN, RFORK_CHUNK_SIZE="1MiB",
-                     RFORK_MODEL=identity["model"], RFORK_DTYPE=identity["dtype"])
+                     RFORK_MODEL=identity.model, RFORK_DTYPE=identity.dtype)
     config = {"mode": "load", "seed_url": fleet.seeds[0].url, "rank": 0,
               "fleet": {k: asdict(SPEC)[k] for k in MODEL_FIELDS}}
     cancelled_before = cancelled_jobs(fleet)

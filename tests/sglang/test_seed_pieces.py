@@ -42,7 +42,7 @@ def test_agents_discover_identity_from_sglangs_real_server_info(fleet):
     # SGLang's own JSON (flat resolved args + launch_command), not the stand-in's.
     assert "launch_command" in info and info["revision"] is None
     assert (info["model_path"], info["dtype"], info["tp_size"]) == ("tiny", "bfloat16", 2)
-    assert fleet.identity() == {"model": "tiny", "revision": "main", "dtype": "bfloat16", "tp_size": 2}
+    assert fleet.identity().model_dump() == {"model": "tiny", "revision": "main", "dtype": "bfloat16", "tp_size": 2}
     seeds = httpx.get(f"{fleet.scheduler_url}/v1/seeds", timeout=5).json()
     listed = seeds if isinstance(seeds, list) else seeds["seeds"]
     assert len(listed) == 2

@@ -150,7 +150,7 @@ class OwnLatencySeed:
 
 def qos_seconds(state: AgentState, clock: Clock, seed: OwnLatencySeed, seconds: int, slow_share: float,
                 active: bool) -> list[QosReport]:
-    """What the agent's QoS job does each second (rfork_agent.agent.QosLoop.tick), minus the HTTP fetch."""
+    """What the agent's QoS job does each second (rfork_agent.qos_loop.QosLoop.tick), minus the HTTP fetch."""
     reports = []
     for _ in range(seconds):
         clock.t += 1.0
@@ -182,8 +182,8 @@ def test_a_seed_missing_its_slo_on_its_own_is_said_once_at_info_and_counted_by_r
     assert reports[-1].throttle_reason == "seed_over_slo"
     assert len(said()) == 1, said()
     assert "holding forks at the floor (5.0 MB/s)" in said()[0] and "20.0% of its tokens over 0.04 s" in said()[0]
-    assert state.throttle_status()["throttle_reason"] == "seed_over_slo"
-    assert state.throttle_status()["baseline_itl_slo_violation_ratio"] == pytest.approx(0.2)
+    assert state.throttle_reply().throttle_reason == "seed_over_slo"
+    assert state.throttle_reply().baseline_itl_slo_violation_ratio == pytest.approx(0.2)
     over = sum(sample(registry, "rfork_agent_throttle_decisions_total", action=a, reason="seed_over_slo")
                for a in ("cut", "raise", "hold", "floor", "cap", "probe"))
     assert over >= 35  # every decision from the first judged baseline on names the reason

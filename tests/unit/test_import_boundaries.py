@@ -6,6 +6,9 @@
   module level (its ``http`` module, the services' side, also FastAPI; prometheus_client
   only inside functions) and no other rfork package, so every process can depend on it.
 - ``testbed`` and ``bench`` use public names only, and no CLI module.
+- one client layer: nothing imports ``rfork_agent.clients`` (the old dict-returning
+  clients, with their own copy of the exception tree); every caller uses
+  ``rfork_api.clients`` and ``rfork_api.errors``.
 - no test module imports another test module (shared fixtures live in conftest.py).
 """
 
@@ -109,3 +112,15 @@ def test_no_test_module_imports_another():
             if _top(i.module) == "tests" and any(part.startswith("test_") for part in leaf):
                 bad.append(_where(i))
     assert not bad, "shared fixtures and helpers belong in conftest.py or a helper module:\n" + "\n".join(bad)
+
+
+def test_one_client_layer_nothing_imports_the_old_agent_clients():
+    assert not (REPO / "rfork_agent" / "clients.py").exists(), \
+        "rfork_agent/clients.py is back: rfork_api.clients is the one client layer (typed replies, one exception set)"
+    bad = []
+    for top in (*PROJECT, "tests", "scripts", "sim"):
+        for f in _files(top):
+            for i in _imports(f):
+                if i.module == "rfork_agent.clients" or (i.module == "rfork_agent" and "clients" in i.names):
+                    bad.append(_where(i))
+    assert not bad, "use rfork_api.clients / rfork_api.errors instead:\n" + "\n".join(bad)

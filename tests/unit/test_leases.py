@@ -93,12 +93,14 @@ def _agent_state(**overrides):
 
     from metrics.definitions import AgentMetrics
     from rfork_agent.agent import AgentConfig, AgentState, LeaseRequest, RankInfo, SeedDescription
+    from rfork_api.models import ModelIdentity
 
     config = AgentConfig(**{"seed_id": "s", "sglang_url": "http://127.0.0.1:1", "scheduler_url": "http://127.0.0.1:2",
                             "rate_cap": 100.0, "burst_bytes": 100.0, "lease_ttl_seconds": 10, **overrides})
     registry = CollectorRegistry()
     state = AgentState(config, AgentMetrics(registry), clock=lambda: 0.0)
-    state.seed = SeedDescription({"model": "m"}, {0: RankInfo(0, "127.0.0.1:1", {})})
+    state.seed = SeedDescription(ModelIdentity(model="m", dtype="auto", tp_size=1),
+                                 {0: RankInfo(rank=0, session_id="127.0.0.1:1", manifest={})})
     return state, registry, lambda n, a="a": LeaseRequest(job_id="j", assignment_id=a, rank=0, bytes=n)
 
 
@@ -136,6 +138,6 @@ def test_agent_state_rate_seam_never_exceeds_the_cap():
     assert state.allowed_rate == 100.0
     state.set_allowed_rate(0.0, now=0.0)
     assert registry.get_sample_value("rfork_agent_allowed_rate_bytes_per_second", {"seed": "s"}) == 0.0
-    assert state.heartbeat_body(0.0)["allowed_rate_bytes_per_second"] == 0.0
+    assert state.heartbeat_body(0.0).allowed_rate_bytes_per_second == 0.0
     state.set_allowed_rate(None, now=0.0)                   # back to the cap
     assert state.allowed_rate == 100.0

@@ -1,0 +1,258 @@
+"""The agent's link to its seed and to the scheduler: ``SeedLink`` (and ``discover``).
+
+Discovery reads the seed's identity and per-rank TransferEngine info over
+SGLang's HTTP API; registration and heartbeats keep the scheduler's view of
+this seed true; a liveness probe of the seed's ``/health`` deregisters a seed
+that died so running jobs re-plan at once. All I/O; the decisions and the
+lifecycle ``Phase`` are ``AgentState``'s.
+
+Lifecycle (``Phase``)::
+
+    discovering --seed answered--> registering --scheduler accepted--> registered
+         ^                              ^                                  |
+         |                              +---- heartbeat 404 / new TE session
+         +---- seed down (liveness probe or failed refresh): deregister ---+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+import httpx
+
+from rfork_agent.agent_config import AgentConfig
+from rfork_agent.agent_state import AgentState, Phase, RankInfo, SeedDescription
+from rfork_api.clients import SchedulerClient
+from rfork_api.errors import InvalidIdentity, RforkApiError, SeedInfoUnavailable, UnknownSeed
+from rfork_api.models import ModelIdentity
+from rfork_api.seed_info import fetch_server_info, fetch_transfer_engine_info
+
+log = logging.getLogger("rfork.agent")
+
+
+async def discover(config: AgentConfig, http: httpx.AsyncClient) -> SeedDescription:
+    """The seed's identity and per-rank TE info; config overrides the seed's answers."""
+    info = await fetch_server_info(http, config.sglang_url)
+    try:
+        identity = ModelIdentity.from_server_info(info, model=config.model, revision=config.revision,
+                                                  dtype=config.dtype, tp_size=config.tp_size)
+    except InvalidIdentity as exc:
+        raise SeedInfoUnavailable(config.sglang_url, f"seed {config.sglang_url}: {exc}") from None
+    ranks = {}
+    for rank in config.ranks if config.ranks is not None else range(identity.tp_size):
+        session_id, manifest = await fetch_transfer_engine_info(http, config.sglang_url, rank)
+        ranks[rank] = RankInfo(rank=rank, session_id=session_id, manifest=manifest)
+    return SeedDescription(identity, ranks)
+
+
+class SeedLink:
+    """Keeps the scheduler's view of this seed true: discovery, registration, heartbeats, liveness.
+
+    ``step()`` is one heartbeat period's work and is safe to call from
+    several tasks (a lock serialises it). Failures never escape: they are
+    logged (once per distinct problem, then at debug) and retried with backoff.
+    """
+
+    def __init__(self, state: AgentState, http: httpx.AsyncClient, scheduler: SchedulerClient) -> None:
+        self.state = state
+        self.config = state.config
+        self.http = http
+        self.scheduler = scheduler
+        self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+        self._attempts = 0
+        self._last_problem = ""
+        self._probe_failures = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- logging / backoff --------------------------------------------------
+
+    def _problem(self, what: str, exc: Exception) -> None:
+        message = f"{what}: {exc}"
+        # Log a problem once when it starts or changes, not every second.
+        if message != self._last_problem:
+            log.warning("agent %s: %s", self.config.seed_id, message)
+            self._last_problem = message
+        else:
+            log.debug("agent %s: %s", self.config.seed_id, message)
+
+    def _backoff(self, now: float) -> None:
+        self._attempts += 1
+        delay = min(0.1 * 2 ** (self._attempts - 1), self.config.max_backoff_seconds)
+        self._retry_at = now + delay
+
+    def _recovered(self) -> None:
+        if self._last_problem:
+            log.info("agent %s: recovered (%s)", self.config.seed_id, self.state.phase.value)
+        self._attempts, self._retry_at, self._last_problem = 0, 0.0, ""
+
+    @property
+    def retry_in(self) -> float:
+        return max(self._retry_at - time.monotonic(), 0.0)
+
+    # -- the loop -------------------------------------------------------------
+
+    async def step(self) -> None:
+        async with self._lock:
+            state = self.state
+            state.expire_leases(state.clock())
+            if state.phase is Phase.STOPPED:
+                return
+            if not state.seed_alive and state.phase is not Phase.DISCOVERING:
+                await self._seed_lost("the seed stopped answering its /health")
+            if time.monotonic() < self._retry_at:
+                return
+            if state.phase is Phase.DISCOVERING and not state.seed_alive:
+                return  # the liveness probe says down: wait for it to say up (it calls step() then)
+            if state.phase is Phase.DISCOVERING and not await self._discover():
+                return
+            if state.phase is Phase.REGISTERING:
+                await self._register()
+                return  # a registration counts as this period's heartbeat
+            if state.phase is Phase.REGISTERED:
+                await self._heartbeat()
+
+    async def _discover(self) -> bool:
+        try:
+            self.state.seed = await discover(self.config, self.http)
+        except SeedInfoUnavailable as exc:
+            self._problem(f"waiting for the seed at {self.config.sglang_url}", exc)
+            self._backoff(time.monotonic())
+            return False
+        # Not `seed_alive = True`: the liveness probe owns that verdict. A seed that serves its TE
+        # info while its /health fails was registered here, marked alive, then found down by the
+        # next probe: a register/deregister flap during which leases for a down seed were granted.
+        self.state.set_phase(Phase.REGISTERING)
+        return True
+
+    async def _register(self) -> None:
+        state = self.state
+        try:
+            answer = await self.scheduler.register_seed(self.config.seed_id, state.registration_body())
+        except RforkApiError as exc:
+            self._problem(f"cannot register with the scheduler at {self.config.scheduler_url}", exc)
+            self._backoff(time.monotonic())
+            return
+        assert state.seed is not None
+        state.set_phase(Phase.REGISTERED)
+        state.heartbeats = 0
+        log.info("agent %s registered with %s: %s ranks %s sessions %s (scheduler expects a heartbeat every %s s)",
+                 self.config.seed_id, self.config.scheduler_url, state.seed.identity.model,
+                 sorted(state.seed.ranks), sorted(set(state.seed.sessions().values())),
+                 answer.heartbeat_interval_seconds)
+        self._recovered()
+
+    async def _heartbeat(self) -> None:
+        state, seed = self.state, self.config.seed_id
+        state.heartbeats += 1
+        if state.heartbeats % self.config.refresh_every_heartbeats == 0 and await self._seed_changed():
+            return
+        try:
+            await self.scheduler.heartbeat(seed, state.heartbeat_body(state.clock()))
+        except UnknownSeed:
+            # The scheduler restarted or dropped us (missed heartbeats): register again now.
+            state.metrics.heartbeat_failures_total.labels(seed=seed).inc()
+            log.warning("agent %s: the scheduler does not know this seed; re-registering", seed)
+            state.set_phase(Phase.REGISTERING)
+            await self._register()
+        except RforkApiError as exc:
+            state.metrics.heartbeat_failures_total.labels(seed=seed).inc()
+            self._problem(f"heartbeat to {self.config.scheduler_url} failed (will keep trying)", exc)
+        else:
+            if self._last_problem:
+                self._recovered()
+
+    async def _seed_changed(self) -> bool:
+        """Re-read the seed; re-register if its TE sessions changed (it restarted). True if handled."""
+        state = self.state
+        try:
+            fresh = await discover(self.config, self.http)
+        except SeedInfoUnavailable as exc:
+            await self._seed_lost(str(exc))
+            return True
+        old = state.seed
+        if old is not None and fresh.sessions() == old.sessions() and fresh.identity == old.identity:
+            return False
+        log.warning("agent %s: the seed restarted (TE sessions %s -> %s); re-registering",
+                    self.config.seed_id, old and old.sessions(), fresh.sessions())
+        state.seed = fresh
+        state.set_phase(Phase.REGISTERING)
+        await self._register()
+        return True
+
+    async def _seed_lost(self, why: str) -> None:
+        """The seed is gone: leave the scheduler at once so jobs re-plan, then wait for it to return."""
+        state = self.state
+        log.warning("agent %s: seed %s lost (%s); deregistering and waiting for it to come back",
+                    self.config.seed_id, self.config.sglang_url, why)
+        registered = state.phase is Phase.REGISTERED
+        # Forget the seed before the await: a lease asked while the scheduler answers must be refused.
+        state.seed = None
+        state.set_phase(Phase.DISCOVERING)
+        if registered:
+            await self.deregister()
+
+    async def deregister(self) -> None:
+        try:
+            await self.scheduler.deregister_seed(self.config.seed_id)
+        except RforkApiError as exc:
+            log.info("agent %s: could not deregister (%s); the scheduler drops silent seeds by itself",
+                     self.config.seed_id, exc)
+
+    async def bootstrap(self) -> None:
+        """Discover and register as fast as backoff allows; the heartbeat job takes over after."""
+        while self.state.phase not in (Phase.REGISTERED, Phase.STOPPED):
+            await self.step()
+            await asyncio.sleep(max(self.retry_in, 0.05))
+
+    async def probe_seed(self) -> None:
+        """Liveness of the seed's HTTP server. Connection refused counts at once; timeouts twice."""
+        state = self.state
+        try:
+            response = await self.http.get(f"{self.config.sglang_url}/health",
+                                           timeout=self.config.liveness_timeout_seconds)
+            failed, hard = response.status_code != 200, False
+        except httpx.ConnectError:
+            failed, hard = True, True  # nothing listens: the process is gone
+        except httpx.HTTPError:
+            failed, hard = True, False  # slow under load is not dead
+        self._probe_failures = self._probe_failures + 1 if failed else 0
+        alive = not (hard or self._probe_failures >= 2)
+        if alive == state.seed_alive:
+            return
+        state.seed_alive = alive
+        if alive:
+            log.warning("agent %s: seed %s answers again; re-reading its TE info", self.config.seed_id,
+                        self.config.sglang_url)
+            self._attempts, self._retry_at = 0, 0.0
+        else:
+            log.warning("agent %s: seed %s is DOWN; refusing leases", self.config.seed_id, self.config.sglang_url)
+        # Act now, not at the next heartbeat; keep a reference so the task is not collected.
+        task = asyncio.ensure_future(self.step())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def push_rate(self) -> None:
+        """Heartbeat now (not at the next period): the allowed rate changed a lot and the
+        scheduler's planner sizes this seed's in-flight depth from it."""
+        if self.state.phase is not Phase.REGISTERED:
+            return
+        task = asyncio.ensure_future(self.step())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def job(self, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``body`` as an APScheduler job that ends quietly when shutdown cancels it mid-flight."""
+
+        async def run() -> None:
+            try:
+                await body()
+            except asyncio.CancelledError:
+                if self.state.phase is not Phase.STOPPED:
+                    raise
+
+        run.__name__ = run.__qualname__ = f"SeedLink.{body.__name__}"
+        return run

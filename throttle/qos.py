@@ -11,7 +11,7 @@ the decision's action, why the rate is where it is (:data:`THROTTLE_REASONS`,
 and whether that just changed: worth one log line), and whether a scrape
 failure deserves a log line now.
 
-The agent's job (``rfork_agent.agent.QosLoop``) only fetches ``/metrics``,
+The agent's job (``rfork_agent.qos_loop.QosLoop``) only fetches ``/metrics``,
 calls :func:`classify_body` and :meth:`QosTracker.tick`, applies
 ``report.rate_bytes_per_second`` to its token bucket and sets gauges.
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from throttle.controller import ControllerConfig, Observation, SloConfig, decide, initial_state
@@ -94,6 +94,9 @@ class RunResult:
 
     @property
     def realized_throughput_ratio(self) -> float:
+        # A draw on which even rate 0 breaks the budget (a short run near the SLO) has oracle 0.
+        if self.realized_oracle_bytes_per_second <= 0:
+            return math.inf
         return self.throughput_bytes_per_second / self.realized_oracle_bytes_per_second
 
 
@@ -277,11 +280,23 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser = argparse.ArgumentParser(description="old (aimd) vs new (ab) law on the QoS plant")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--plants", default=",".join(PLANTS))
+    parser.add_argument("--laws", default="aimd,ab")
+    parser.add_argument("--fast-raise", type=float, default=None,
+                        help="the A/B law's ab_fast_raise_factor (1.25: its raises before the fast climb)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="run length; with --warmup 0 and 25, a bench throttled phase judged from the floor")
+    parser.add_argument("--warmup", type=float, default=None, help="unjudged start of each run (seconds)")
     args = parser.parse_args()
-    for law in ("aimd", "ab"):
-        cfg = ControllerConfig(cap_bytes_per_second=CAP, law=law)
+    for law in args.laws.split(","):
+        extra = {"ab_fast_raise_factor": args.fast_raise} if law == "ab" and args.fast_raise is not None else {}
+        cfg = ControllerConfig(cap_bytes_per_second=CAP, law=law, **extra)
         for name in args.plants.split(","):
-            results = [run(PLANTS[name], cfg, seed) for seed in range(args.runs)]
+            plant = PLANTS[name]
+            if args.seconds is not None:
+                plant = replace(plant, seconds=args.seconds)
+            if args.warmup is not None:
+                plant = replace(plant, warmup_seconds=args.warmup)
+            results = [run(plant, cfg, seed) for seed in range(args.runs)]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]
             ratio = [r.throughput_ratio for r in results]

@@ -20,6 +20,7 @@ from throttle.controller import (
     Observation,
     SloConfig,
     _allowed_share,
+    _raise_factor,
     decide,
     initial_state,
 )
@@ -198,6 +199,56 @@ def test_idle_seed_gets_the_cap_within_two_intervals():
     assert log[1].applied == CAP and log[1].mode is Mode.IDLE_FULL
 
 
+# --------------------------------------------------------------------------- the climb
+
+
+def seconds_to(log: list[Tick], rate: float) -> float | None:
+    return next((t.now for t in log if t.law_rate >= rate), None)
+
+
+@pytest.mark.parametrize("own, effect_at_cap", [
+    (0.0, 0.0),        # the transfer costs the seed nothing
+    (0.003, 0.0),      # the seed's own slow tokens, none of them the transfer's
+    (0.003, 0.002),    # the transfer adds 0.2 % at the cap: 0.5 % there, half the budget
+])
+def test_with_headroom_the_law_climbs_from_the_floor_to_0_9_of_the_cap_within_12_seconds(own, effect_at_cap):
+    # The bench's throttled phases start at the floor and last 25 s; raising x1.25 per 2 s took
+    # ~25-30 s to the cap there. Evidence far under the budget doubles the rate per raise.
+    log = drive(cfg(), linear(own, effect_at_cap), 30)
+    assert seconds_to(log, 0.9 * CAP) <= 12.0, [round(t.law_rate / 1e6, 1) for t in log]
+    # Before the fast climb (every raise x1.25) the same plant is still under half the cap at 12 s.
+    slow = drive(cfg(ab_fast_raise_factor=1.25), linear(own, effect_at_cap), 30)
+    assert max(t.law_rate for t in slow[:12]) < 0.5 * CAP
+
+
+def test_raises_shrink_to_max_raise_factor_as_the_bound_nears_the_budget():
+    # Own 0.5 %, +2 % at the cap: 1 % at 25 MB/s. Far from it the law doubles; within reach of the
+    # safe rate every raise is at most x max_raise_factor (or the additive step), never a jump over.
+    config = cfg()
+    log = drive(config, linear(0.005, 0.02), 60)
+    rates = [t.law_rate for t in log if t.mode is Mode.RECOVER]
+    steps = [b / a for a, b in zip(rates, rates[1:]) if b > a]
+    assert max(steps) > config.max_raise_factor  # fast where the evidence is far under the budget
+    near = [(a, b) for a, b in zip(rates, rates[1:]) if b > a and a >= 15e6]
+    assert all(b <= max(a * config.max_raise_factor, a + config.step_bytes_per_second) + 1 for a, b in near), near
+    assert max(t.law_rate for t in log) <= 30e6
+
+
+def test_raise_factor_scales_with_the_headroom_left_at_the_current_rate():
+    config = cfg()
+    far = Estimate(0.004, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)     # +0.1 % at 5 MB/s, 0.65 % left
+    mid = Estimate(0.0055, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)    # +0.25 %: sqrt(2.6) = 1.61
+    near = Estimate(0.0085, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)   # +0.55 %: the near-budget step
+    own_over = Estimate(0.011, 0.0, 1e5, 5e6, 0.0096, 0.0, 1e5, True)  # no headroom left
+    assert _raise_factor(far, 5e6, 0.0095, 0.0, config) == 2.0
+    assert _raise_factor(mid, 5e6, 0.0095, 0.0, config) == pytest.approx(math.sqrt(0.0065 / 0.0025))
+    assert _raise_factor(near, 5e6, 0.0095, 0.0, config) == config.max_raise_factor
+    assert _raise_factor(own_over, 5e6, 0.0095, 0.0, config) == config.max_raise_factor
+    # Uncertainty counts as excess: the same means with a wide on-share interval step less.
+    unsure = Estimate(0.004, 0.002 ** 2, 1e5, 5e6, 0.003, 0.0, 1e5, True)
+    assert _raise_factor(unsure, 5e6, 0.0095, 0.0, cfg(confidence_z=1.0)) < 2.0
+
+
 # --------------------------------------------------------------------------- attribution
 
 
@@ -317,6 +368,7 @@ def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     ("confidence_z", -1.0),
     ("spike_z", 0.0),
     ("max_raise_factor", 1.0),
+    ("ab_fast_raise_factor", 1.1),
     ("ab_max_cut", 1.0),
     ("budget_aim_fraction", 0.0),
     ("plan_seconds", 0.5),

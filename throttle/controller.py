@@ -538,8 +538,9 @@ class ControllerState:
     ab_ttft: tuple[Sample, ...] = ()
     #: A/B law: off windows stay at their densest until then (a load change was seen).
     dense_until: float | None = None
-    #: A/B law: the rate the last cut was made from (it proved too high). Fast raises stop there,
-    #: like TCP's slow-start threshold: above it each raise is at most ``max_raise_factor``.
+    #: A/B law: the rate the last cut was made from (it proved too high; the highest of a cascade of
+    #: cuts within ``change_window_seconds``). Fast raises stop there, like TCP's slow-start
+    #: threshold: above it each raise is at most ``max_raise_factor``.
     ab_cut_from: float | None = None
 
 
@@ -1169,6 +1170,15 @@ def _allowed_share(samples: tuple[Sample, ...] | list[Sample], budget: float, co
     return max(0.0, aim + (aim * tokens - slow) / future)
 
 
+def _cut_from(state: ControllerState, config: ControllerConfig, rate: float, now: float) -> float:
+    """The rate a cut at ``rate`` comes from: a cut soon after another continues its cascade (a spike
+    halves the rate tick after tick), which started from the highest rate, not the last."""
+    if (state.last_cut_at is not None and state.ab_cut_from is not None
+            and now - state.last_cut_at <= config.change_window_seconds + _EPS):
+        return max(state.ab_cut_from, rate)
+    return rate
+
+
 def _ab_tick(state: ControllerState, observation: Observation, config: ControllerConfig, slo: SloConfig,
              now: float) -> Decision:
     """One loaded interval of the A/B law."""
@@ -1220,7 +1230,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     if target is None:
         if spike:
             new_rate = max(config.floor_bytes_per_second, rate * (1 - config.ab_max_cut))
-            state = replace(state, last_cut_at=now, ab_cut_from=rate)
+            state = replace(state, last_cut_at=now, ab_cut_from=_cut_from(state, config, rate, now))
             return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"clear miss this interval ({summary}); "
                                 f"rate x{1 - config.ab_max_cut:g} -> {new_rate:.3g} B/s", may_pause=cut_last_tick)
         return _ab_schedule(state, config, slo, now, Mode.HOLD_LOW_SAMPLES, rate,
@@ -1231,7 +1241,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         if state.last_cut_at is not None and now - state.last_cut_at + _EPS < config.min_spacing_seconds:
             return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, f"over ({summary}); one cut per interval")
         new_rate = max(target, rate * (1 - config.ab_max_cut), config.floor_bytes_per_second)
-        state = replace(state, last_cut_at=now, good_rates=(), ab_cut_from=rate)
+        state = replace(state, last_cut_at=now, good_rates=(), ab_cut_from=_cut_from(state, config, rate, now))
         why = "clear miss this interval; " if spike else ("load changed; " if changed else "")
         return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"{why}{summary}; -> {new_rate:.3g} B/s",
                             may_pause=not spike or cut_last_tick)

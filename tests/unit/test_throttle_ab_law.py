@@ -54,11 +54,12 @@ Plant = Callable[[float, int], tuple[float, float, float]]
 
 
 def drive(config: ControllerConfig, plant: Plant, seconds: int, slo: SloConfig = SLO,
-          ttft: Callable[[float, int], tuple[float, float]] | None = None, start_rate: float | None = None) -> list[Tick]:
+          ttft: Callable[[float, int], tuple[float, float]] | None = None, start_rate: float | None = None,
+          **state_fields) -> list[Tick]:
     """Closed loop: the rate decided at t is in force during (t, t+1]; a rate of 0 is an off interval."""
-    state = initial_state(config, now=0.0)
+    from dataclasses import replace
+    state = replace(initial_state(config, now=0.0), **state_fields)
     if start_rate is not None:
-        from dataclasses import replace
         state = replace(state, rate_bytes_per_second=start_rate)
     applied = state.rate_bytes_per_second
     log: list[Tick] = []
@@ -206,6 +207,12 @@ def seconds_to(log: list[Tick], rate: float) -> float | None:
     return next((t.now for t in log if t.law_rate >= rate), None)
 
 
+def raises(log: list[Tick], start: float = FLOOR) -> list[tuple[float, float]]:
+    """(from, to) of every raise of the law's rate (a raise may land on an off window's tick)."""
+    rates = [start] + [t.law_rate for t in log]
+    return [(a, b) for a, b in zip(rates, rates[1:]) if b > a]
+
+
 @pytest.mark.parametrize("own, effect_at_cap", [
     (0.0, 0.0),        # the transfer costs the seed nothing
     (0.003, 0.0),      # the seed's own slow tokens, none of them the transfer's
@@ -226,12 +233,33 @@ def test_raises_shrink_to_max_raise_factor_as_the_bound_nears_the_budget():
     # safe rate every raise is at most x max_raise_factor (or the additive step), never a jump over.
     config = cfg()
     log = drive(config, linear(0.005, 0.02), 60)
-    rates = [t.law_rate for t in log if t.mode is Mode.RECOVER]
-    steps = [b / a for a, b in zip(rates, rates[1:]) if b > a]
-    assert max(steps) > config.max_raise_factor  # fast where the evidence is far under the budget
-    near = [(a, b) for a, b in zip(rates, rates[1:]) if b > a and a >= 15e6]
-    assert all(b <= max(a * config.max_raise_factor, a + config.step_bytes_per_second) + 1 for a, b in near), near
+    assert max(b / a for a, b in raises(log)) > config.max_raise_factor  # fast far under the budget
+    near = [(a, b) for a, b in raises(log) if a >= 15e6]
+    assert near and all(b <= max(a * config.max_raise_factor, a + config.step_bytes_per_second) + 1 for a, b in near), near
     assert max(t.law_rate for t in log) <= 30e6
+
+
+def test_after_a_cut_fast_raises_stop_at_the_rate_the_cut_came_from():
+    # Like TCP's slow-start threshold: a rate once shown too high (perhaps after a lucky stretch of
+    # evidence) is approached again by near-budget steps only. The transfer costs nothing over 60
+    # MB/s and 3 % above (a knee the linear model cannot see coming): the fast climb overshoots once,
+    # the cut cascade records where it came from, and later raises never jump past that rate.
+    def knee(rate: float, k: int) -> tuple[float, float, float]:
+        return 2000.0, 2000.0 * (0.002 + (0.03 if rate > 60e6 else 0.0)), 8.0
+
+    config = cfg()
+    log = drive(config, knee, 60)
+    first_cut = next(i for i, t in enumerate(log) if t.mode is Mode.CUT)
+    cut_from = log[first_cut - 1].law_rate
+    assert cut_from > 60e6 and first_cut <= 12
+
+    # A clean seed with a cut remembered at 20 MB/s: doubling up to it, then the near-budget step
+    # (x1.25 or + cap/16), though the evidence would allow doubling.
+    steps = raises(drive(config, linear(0.002, 0.0), 20, ab_cut_from=20e6, last_cut_at=-100.0))
+    assert max(b for a, b in steps if a < 20e6) == pytest.approx(20e6)
+    above = [(a, b) for a, b in steps if a >= 20e6]
+    assert len(above) >= 3 and all(
+        b <= max(a * config.max_raise_factor, a + config.step_bytes_per_second) + 1 for a, b in above), steps
 
 
 def test_raise_factor_scales_with_the_headroom_left_at_the_current_rate():

@@ -120,8 +120,8 @@ def overall_share(est: Estimate, rate: float, duty_off: float, z: float) -> floa
     mean = est.p_off + x * max(est.p_on - est.p_off, 0.0)
     # The uncertainty is that of the evidence, not of the extrapolation: scaling the on variance by
     # x^2 above the measured rates would forbid every raise (the evidence is always at or below the
-    # current rate). Raises are bounded in size instead (the controller's max_raise_factor), and the
-    # evidence at the new rate corrects the slope.
+    # current rate). Raises are bounded in size instead (the controller's max_raise_factor, and
+    # ab_fast_raise_factor far under the budget), and the evidence at the new rate corrects the slope.
     xv = min(x, 1.0)
     sigma = math.sqrt(max((1.0 - xv) ** 2 * est.var_off + xv * xv * est.var_on, 0.0))
     return mean + z * sigma

@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable
 
-from throttle.attribution import Sample, estimate, one_interval_z, overall_share, safe_rate
+from throttle.attribution import Estimate, Sample, estimate, one_interval_z, overall_share, safe_rate
 from throttle.histogram import (
     CumulativeHistogram,
     Reset,
@@ -303,8 +303,16 @@ class ControllerConfig:
     change_window_seconds: float = 5.0
     #: After a load change, off windows stay dense this long.
     dense_after_change_seconds: float = 20.0
-    #: Largest single raise: to max(rate x this, rate + cap x additive_step_fraction).
+    #: Largest single raise near the budget: to max(rate x this, rate + cap x additive_step_fraction).
     max_raise_factor: float = 1.25
+    #: Largest single raise far under the budget. A raise multiplies the rate by
+    #: sqrt(headroom / excess), clamped to [max_raise_factor, this]: ``excess`` is the upper bound of
+    #: what the transfer adds at the current rate, ``headroom`` what the allowed share leaves over the
+    #: seed's own part. That step keeps the bound within the allowed share even if the transfer's
+    #: effect grew with the square of its rate (the linear model's extrapolation, doubly hedged), so
+    #: a seed with headroom sees floor -> 90 % of the cap in ~12 s (x2 a step), and a rate near the
+    #: budget still moves by max_raise_factor.
+    ab_fast_raise_factor: float = 2.0
     #: Largest single cut, as a fraction of the rate (0.5: at most halved per interval).
     ab_max_cut: float = 0.5
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
@@ -366,6 +374,7 @@ class ControllerConfig:
              "in [interval_seconds, evidence_horizon_seconds)"),
             ("dense_after_change_seconds", lambda v: v >= 0, ">= 0 seconds"),
             ("max_raise_factor", lambda v: v > 1, "> 1"),
+            ("ab_fast_raise_factor", lambda v: v >= self.max_raise_factor, ">= max_raise_factor"),
             ("ab_max_cut", lambda v: 0 < v < 1, "in (0, 1)"),
             ("rate_deadband", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
             ("budget_aim_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -529,6 +538,10 @@ class ControllerState:
     ab_ttft: tuple[Sample, ...] = ()
     #: A/B law: off windows stay at their densest until then (a load change was seen).
     dense_until: float | None = None
+    #: A/B law: the rate the last cut was made from (it proved too high; the highest of a cascade of
+    #: cuts within ``change_window_seconds``). Fast raises stop there, like TCP's slow-start
+    #: threshold: above it each raise is at most ``max_raise_factor``.
+    ab_cut_from: float | None = None
 
 
 @dataclass(frozen=True)
@@ -1089,9 +1102,37 @@ def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float)
     return (observed - expected) / math.sqrt(variance) if variance > 0 else 0.0
 
 
+def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, config: ControllerConfig) -> float:
+    """The largest raise the evidence at ``rate`` supports: sqrt(headroom / excess), clamped.
+
+    ``excess`` is the upper bound of the transfer's part at ``rate`` (the bound less the seed's own
+    share), ``headroom`` the allowed share less the seed's own share. Multiplying the rate by
+    sqrt(headroom / excess) keeps the excess within the headroom even if it grew with the square of
+    the rate; a step is never under ``max_raise_factor`` (near the budget the pooled model, not the
+    step, bounds the rate) nor over ``ab_fast_raise_factor``.
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> far = Estimate(0.004, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)     # +0.1 % at 5 MB/s, 0.6 % left
+    >>> _raise_factor(far, 5e6, 0.0095, 0.0, cfg)
+    2.0
+    >>> near = Estimate(0.0085, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)   # +0.55 %, 0.65 % left
+    >>> _raise_factor(near, 5e6, 0.0095, 0.0, cfg)
+    1.25
+    """
+    p_own = est.p_off if est.off_known else 0.0
+    excess = overall_share(est, rate, duty, config.confidence_z) - p_own
+    headroom = allowed - p_own
+    if headroom <= 0:
+        return config.max_raise_factor
+    if excess <= 0:
+        return config.ab_fast_raise_factor
+    return min(config.ab_fast_raise_factor, max(config.max_raise_factor, math.sqrt(headroom / excess)))
+
+
 def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerConfig, duty: float,
-               min_tokens: float, now: float) -> tuple[float | None, str, bool]:
-    """(safe rate or None when the on pool is too small, summary, seed over budget on its own)."""
+               min_tokens: float, now: float, rate_now: float) -> tuple[float | None, str, bool, float]:
+    """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
+    the largest raise factor the evidence at ``rate_now`` supports)."""
     on = [s for s in samples if s.on]
     off = [s for s in samples if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
@@ -1100,14 +1141,15 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
                 else f"off unknown ({est.tokens_off:.0f})")
     summary = f"on {est.p_on:.2%} of {est.tokens_on:.0f} at {est.r_on:.3g} B/s, {off_text}, budget {budget:.2%}"
     if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:
-        return config.floor_bytes_per_second, summary, True
+        return config.floor_bytes_per_second, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
-        return None, summary, False
+        return None, summary, False, config.max_raise_factor
     recent = [s for s in samples if now - s.at < config.evidence_horizon_seconds]
     allowed = _allowed_share(recent, budget, config)
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=config.floor_bytes_per_second, cap=config.cap)
     bound = overall_share(est, rate, duty, z)
-    return rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s", False
+    return (rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s", False,
+            _raise_factor(est, rate_now, allowed, duty, config))
 
 
 def _allowed_share(samples: tuple[Sample, ...] | list[Sample], budget: float, config: ControllerConfig) -> float:
@@ -1126,6 +1168,15 @@ def _allowed_share(samples: tuple[Sample, ...] | list[Sample], budget: float, co
     seconds = max(len(samples) * config.interval_seconds, config.interval_seconds)
     future = tokens / seconds * config.plan_seconds
     return max(0.0, aim + (aim * tokens - slow) / future)
+
+
+def _cut_from(state: ControllerState, config: ControllerConfig, rate: float, now: float) -> float:
+    """The rate a cut at ``rate`` comes from: a cut soon after another continues its cascade (a spike
+    halves the rate tick after tick), which started from the highest rate, not the last."""
+    if (state.last_cut_at is not None and state.ab_cut_from is not None
+            and now - state.last_cut_at <= config.change_window_seconds + _EPS):
+        return max(state.ab_cut_from, rate)
+    return rate
 
 
 def _ab_tick(state: ControllerState, observation: Observation, config: ControllerConfig, slo: SloConfig,
@@ -1164,9 +1215,12 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                         next_probe_at=min(state.next_probe_at or soon, soon))
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
-    target, summary, seed_over = _ab_target(itl, b, config, duty, config.min_observations, now)
+    target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate)
     if slo.ttft_threshold_seconds is not None and target is not None:
-        t_target, t_summary, t_over = _ab_target(ttft, slo.ttft_budget, config, duty, config.min_ttft_observations, now)
+        t_target, t_summary, t_over, t_factor = _ab_target(ttft, slo.ttft_budget, config, duty,
+                                                           config.min_ttft_observations, now, rate)
+        if t_target is not None:
+            factor = min(factor, t_factor)
         if t_target is not None and t_target < target:
             target, summary, seed_over = t_target, f"TTFT: {t_summary}", t_over
     if seed_over:
@@ -1176,7 +1230,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     if target is None:
         if spike:
             new_rate = max(config.floor_bytes_per_second, rate * (1 - config.ab_max_cut))
-            state = replace(state, last_cut_at=now)
+            state = replace(state, last_cut_at=now, ab_cut_from=_cut_from(state, config, rate, now))
             return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"clear miss this interval ({summary}); "
                                 f"rate x{1 - config.ab_max_cut:g} -> {new_rate:.3g} B/s", may_pause=cut_last_tick)
         return _ab_schedule(state, config, slo, now, Mode.HOLD_LOW_SAMPLES, rate,
@@ -1187,14 +1241,18 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         if state.last_cut_at is not None and now - state.last_cut_at + _EPS < config.min_spacing_seconds:
             return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, f"over ({summary}); one cut per interval")
         new_rate = max(target, rate * (1 - config.ab_max_cut), config.floor_bytes_per_second)
-        state = replace(state, last_cut_at=now, good_rates=())
+        state = replace(state, last_cut_at=now, good_rates=(), ab_cut_from=_cut_from(state, config, rate, now))
         why = "clear miss this interval; " if spike else ("load changed; " if changed else "")
         return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"{why}{summary}; -> {new_rate:.3g} B/s",
                             may_pause=not spike or cut_last_tick)
     at_rate = [s for s in itl if s.on and s.rate == rate and (state.last_cut_at is None or s.at > state.last_cut_at)]
     seconds_at_rate = len(at_rate) * config.interval_seconds
     if target > rate * (1 + config.rate_deadband) and on and seconds_at_rate + _EPS >= config.raise_evidence_seconds:
-        new_rate = min(target, max(rate * config.max_raise_factor, rate + config.step_bytes_per_second), config.cap)
+        # Fast up to the rate the last cut came from; past it (a rate already shown too high once,
+        # perhaps on a lucky stretch of evidence) the near-budget step.
+        fast = min(rate * factor, max(state.ab_cut_from or config.cap, rate))
+        new_rate = min(target, max(fast, rate * config.max_raise_factor, rate + config.step_bytes_per_second),
+                       config.cap)
         return _ab_schedule(state, config, slo, now, Mode.RECOVER, new_rate, f"{summary}; -> {new_rate:.3g} B/s")
     return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, f"{summary}; holding")
 

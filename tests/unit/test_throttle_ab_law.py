@@ -20,6 +20,7 @@ from throttle.controller import (
     Observation,
     SloConfig,
     _allowed_share,
+    _raise_factor,
     decide,
     initial_state,
 )
@@ -53,11 +54,12 @@ Plant = Callable[[float, int], tuple[float, float, float]]
 
 
 def drive(config: ControllerConfig, plant: Plant, seconds: int, slo: SloConfig = SLO,
-          ttft: Callable[[float, int], tuple[float, float]] | None = None, start_rate: float | None = None) -> list[Tick]:
+          ttft: Callable[[float, int], tuple[float, float]] | None = None, start_rate: float | None = None,
+          **state_fields) -> list[Tick]:
     """Closed loop: the rate decided at t is in force during (t, t+1]; a rate of 0 is an off interval."""
-    state = initial_state(config, now=0.0)
+    from dataclasses import replace
+    state = replace(initial_state(config, now=0.0), **state_fields)
     if start_rate is not None:
-        from dataclasses import replace
         state = replace(state, rate_bytes_per_second=start_rate)
     applied = state.rate_bytes_per_second
     log: list[Tick] = []
@@ -198,6 +200,83 @@ def test_idle_seed_gets_the_cap_within_two_intervals():
     assert log[1].applied == CAP and log[1].mode is Mode.IDLE_FULL
 
 
+# --------------------------------------------------------------------------- the climb
+
+
+def seconds_to(log: list[Tick], rate: float) -> float | None:
+    return next((t.now for t in log if t.law_rate >= rate), None)
+
+
+def raises(log: list[Tick], start: float = FLOOR) -> list[tuple[float, float]]:
+    """(from, to) of every raise of the law's rate (a raise may land on an off window's tick)."""
+    rates = [start] + [t.law_rate for t in log]
+    return [(a, b) for a, b in zip(rates, rates[1:]) if b > a]
+
+
+@pytest.mark.parametrize("own, effect_at_cap", [
+    (0.0, 0.0),        # the transfer costs the seed nothing
+    (0.003, 0.0),      # the seed's own slow tokens, none of them the transfer's
+    (0.003, 0.002),    # the transfer adds 0.2 % at the cap: 0.5 % there, half the budget
+])
+def test_with_headroom_the_law_climbs_from_the_floor_to_0_9_of_the_cap_within_12_seconds(own, effect_at_cap):
+    # The bench's throttled phases start at the floor and last 25 s; raising x1.25 per 2 s took
+    # ~25-30 s to the cap there. Evidence far under the budget doubles the rate per raise.
+    log = drive(cfg(), linear(own, effect_at_cap), 30)
+    assert seconds_to(log, 0.9 * CAP) <= 12.0, [round(t.law_rate / 1e6, 1) for t in log]
+    # Before the fast climb (every raise x1.25) the same plant is still under half the cap at 12 s.
+    slow = drive(cfg(ab_fast_raise_factor=1.25), linear(own, effect_at_cap), 30)
+    assert max(t.law_rate for t in slow[:12]) < 0.5 * CAP
+
+
+def test_raises_shrink_to_max_raise_factor_as_the_bound_nears_the_budget():
+    # Own 0.5 %, +2 % at the cap: 1 % at 25 MB/s. Far from it the law doubles; within reach of the
+    # safe rate every raise is at most x max_raise_factor (or the additive step), never a jump over.
+    config = cfg()
+    log = drive(config, linear(0.005, 0.02), 60)
+    assert max(b / a for a, b in raises(log)) > config.max_raise_factor  # fast far under the budget
+    near = [(a, b) for a, b in raises(log) if a >= 15e6]
+    assert near and all(b <= max(a * config.max_raise_factor, a + config.step_bytes_per_second) + 1 for a, b in near), near
+    assert max(t.law_rate for t in log) <= 30e6
+
+
+def test_after_a_cut_fast_raises_stop_at_the_rate_the_cut_came_from():
+    # Like TCP's slow-start threshold: a rate once shown too high (perhaps after a lucky stretch of
+    # evidence) is approached again by near-budget steps only. The transfer costs nothing over 60
+    # MB/s and 3 % above (a knee the linear model cannot see coming): the fast climb overshoots once,
+    # the cut cascade records where it came from, and later raises never jump past that rate.
+    def knee(rate: float, k: int) -> tuple[float, float, float]:
+        return 2000.0, 2000.0 * (0.002 + (0.03 if rate > 60e6 else 0.0)), 8.0
+
+    config = cfg()
+    log = drive(config, knee, 60)
+    first_cut = next(i for i, t in enumerate(log) if t.mode is Mode.CUT)
+    cut_from = log[first_cut - 1].law_rate
+    assert cut_from > 60e6 and first_cut <= 12
+
+    # A clean seed with a cut remembered at 20 MB/s: doubling up to it, then the near-budget step
+    # (x1.25 or + cap/16), though the evidence would allow doubling.
+    steps = raises(drive(config, linear(0.002, 0.0), 20, ab_cut_from=20e6, last_cut_at=-100.0))
+    assert max(b for a, b in steps if a < 20e6) == pytest.approx(20e6)
+    above = [(a, b) for a, b in steps if a >= 20e6]
+    assert len(above) >= 3 and all(
+        b <= max(a * config.max_raise_factor, a + config.step_bytes_per_second) + 1 for a, b in above), steps
+
+
+def test_raise_factor_scales_with_the_headroom_left_at_the_current_rate():
+    config = cfg()
+    far = Estimate(0.004, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)     # +0.1 % at 5 MB/s, 0.65 % left
+    mid = Estimate(0.0055, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)    # +0.25 %: sqrt(2.6) = 1.61
+    near = Estimate(0.0085, 0.0, 1e5, 5e6, 0.003, 0.0, 1e5, True)   # +0.55 %: the near-budget step
+    own_over = Estimate(0.011, 0.0, 1e5, 5e6, 0.0096, 0.0, 1e5, True)  # no headroom left
+    assert _raise_factor(far, 5e6, 0.0095, 0.0, config) == 2.0
+    assert _raise_factor(mid, 5e6, 0.0095, 0.0, config) == pytest.approx(math.sqrt(0.0065 / 0.0025))
+    assert _raise_factor(near, 5e6, 0.0095, 0.0, config) == config.max_raise_factor
+    assert _raise_factor(own_over, 5e6, 0.0095, 0.0, config) == config.max_raise_factor
+    # Uncertainty counts as excess: the same means with a wide on-share interval step less.
+    unsure = Estimate(0.004, 0.002 ** 2, 1e5, 5e6, 0.003, 0.0, 1e5, True)
+    assert _raise_factor(unsure, 5e6, 0.0095, 0.0, cfg(confidence_z=1.0)) < 2.0
+
+
 # --------------------------------------------------------------------------- attribution
 
 
@@ -317,6 +396,7 @@ def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     ("confidence_z", -1.0),
     ("spike_z", 0.0),
     ("max_raise_factor", 1.0),
+    ("ab_fast_raise_factor", 1.1),
     ("ab_max_cut", 1.0),
     ("budget_aim_fraction", 0.0),
     ("plan_seconds", 0.5),

@@ -2,7 +2,7 @@
 
 Pure and clock-injected: :func:`decide` maps (state, observation, config,
 SLO, now) to a new state and a byte rate. The agent's serving-QoS loop
-(:class:`throttle.qos.QosTracker`, driven by ``rfork_agent.agent.QosLoop``)
+(:class:`throttle.qos.QosTracker`, driven by ``rfork_agent.qos_loop.QosLoop``)
 builds an :class:`Observation` from two scrapes of the seed's ``/metrics``
 with :func:`observation_from_scrapes`, calls :func:`decide` once per interval
 and sets its token bucket to ``decision.rate_bytes_per_second``.

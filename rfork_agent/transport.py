@@ -7,7 +7,10 @@ process, through a shared in-process ``InMemoryFabric``.
 
 Reads are one-sided and batched: ``submit_read`` starts a batch and returns a
 handle, ``poll`` reports ``ReadStatus``; ``read`` (below) drives the pair from
-an asyncio loop with a timeout. A batch carries at most
+an asyncio loop with a timeout. TE's ``poll`` waits until its batch settles,
+so ``read`` runs it on the transport's ``executor`` threads: the loop stays
+free for other reads, leases and heartbeats while a chunk is on the wire.
+A batch carries at most
 ``max_segments_per_batch`` segments (``MAX_SEGMENTS_PER_BATCH`` for TE);
 ``read`` and ``read_sync`` split longer reads into several batches, one after
 another, so a model with tens of thousands of tensors reads like any other.
@@ -26,6 +29,7 @@ import enum
 import itertools
 import threading
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -67,6 +71,12 @@ read on loopback (64 to 1024 per batch): each segment's own round trip dominates
 """
 
 
+MAX_READS_IN_FLIGHT = 16
+"""Batches a ``MooncakeTransport`` waits on at once (its read threads), as many as the fork
+client's default ``ForkOptions.max_in_flight``. A read beyond them waits for a thread before
+it is submitted; its timeout runs meanwhile."""
+
+
 class ReadStatus(enum.IntEnum):
     """State of a submitted batch. Values are TransferEngine's batch status codes (0.3.13)."""
 
@@ -86,6 +96,9 @@ class Transport(Protocol):
     session_id: str
     max_segments_per_batch: int
     """The most segments ``submit_read`` accepts in one batch (``BatchTooLarge`` above it)."""
+    executor: Executor | None
+    """Where ``read`` runs ``submit_read`` and ``poll`` when they can block (TE's ``poll`` waits
+    until its batch settles); None when both return at once and may run on the event loop."""
 
     def register(self, ptr: int, length: int) -> None: ...
 
@@ -101,7 +114,12 @@ class Transport(Protocol):
         """
         ...
 
-    def poll(self, handle: int) -> ReadStatus: ...
+    def poll(self, handle: int) -> ReadStatus:
+        """The batch's state; once it reports DONE or FAILED the handle is spent (TE frees the batch).
+
+        Each handle is polled by one thread at a time.
+        """
+        ...
 
     def read_sync(
         self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int]
@@ -154,6 +172,8 @@ class MooncakeTransport:
     ``protocol`` is ``tcp`` or ``rdma``; ``device`` is the RDMA NIC list
     ("mlx5_0,mlx5_1") or "" to let TE pick. ``engine`` injects an
     already-initialised engine (e.g. SGLang's own) or a fake for tests.
+    ``max_reads_in_flight`` sizes ``executor``, the threads that ``read``
+    waits for batches on (``poll`` blocks; see there).
 
         >>> t = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
         >>> t.session_id
@@ -168,6 +188,7 @@ class MooncakeTransport:
         local_ip: str = "127.0.0.1",
         device: str = "",
         engine: object | None = None,
+        max_reads_in_flight: int = MAX_READS_IN_FLIGHT,
     ) -> None:
         if protocol not in ("tcp", "rdma"):
             raise TransportError(f"protocol {protocol!r} is not supported; use 'tcp' or 'rdma'")
@@ -191,9 +212,12 @@ class MooncakeTransport:
         self.protocol = protocol
         self.local_ip = local_ip
         self.session_id = f"{local_ip}:{engine.get_rpc_port()}"
-        # TE's batch calls are not documented as thread-safe. The fork client
-        # polls from one event loop, but SGLang's plugin may call from threads.
-        self._lock = threading.Lock()
+        # No lock around the engine: TE's Python binding releases the GIL in its submit, status and
+        # sync-read calls and guards the one state they share (its cache of open peer sessions)
+        # with a mutex of its own; a status call touches only its own batch. A lock here made
+        # every read wait for the one on the wire (tests/integration/test_transport_mooncake.py
+        # reads from two seeds at once). Threads start on first use: a seed never reads.
+        self.executor = ThreadPoolExecutor(max_workers=max_reads_in_flight, thread_name_prefix="rfork-te-read")
 
     def __repr__(self) -> str:
         return f"MooncakeTransport(protocol={self.protocol!r}, session_id={self.session_id!r})"
@@ -214,8 +238,7 @@ class MooncakeTransport:
     def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         _check_batch(dst_ptrs, src_ptrs, lengths)
         _check_size(lengths, self.max_segments_per_batch, session_id)
-        with self._lock:
-            handle = self.engine.batch_transfer_async_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
+        handle = self.engine.batch_transfer_async_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
         # TE returns batch id 0 when it cannot start (unknown/unreachable session).
         if not handle:
             raise ReadFailed(
@@ -225,12 +248,12 @@ class MooncakeTransport:
         return handle
 
     def poll(self, handle: int) -> ReadStatus:
-        # TE (0.3.13) frees a settled batch inside this call: poll a handle until it
-        # settles, never after. Its Python binding also waits in here until the batch
-        # has settled (GIL released; TE's own transfer timeout bounds it), so it
-        # returns DONE or FAILED, not PENDING.
-        with self._lock:
-            status = self.engine.get_batch_transfer_status([handle])
+        # TE (0.3.13, 0.3.14) frees a settled batch inside this call: poll a handle until
+        # it settles, never after. Its Python binding also waits in here until the batch
+        # has settled, spinning with the GIL released; TE's own transfer timeout
+        # (MC_TRANSFER_TIMEOUT, 30 s, plus 1 ns per byte) bounds it. So it returns DONE
+        # or FAILED, not PENDING, and ``read`` calls it on an ``executor`` thread.
+        status = self.engine.get_batch_transfer_status([handle])
         if status == 0:
             return ReadStatus.DONE
         if status == 1:
@@ -240,8 +263,7 @@ class MooncakeTransport:
     def read_sync(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         _check_batch(dst_ptrs, src_ptrs, lengths)
         for dst, src, sizes in split_batches(dst_ptrs, src_ptrs, lengths, self.max_segments_per_batch):
-            with self._lock:
-                rc = self.engine.batch_transfer_sync_read(session_id, list(dst), list(src), list(sizes))
+            rc = self.engine.batch_transfer_sync_read(session_id, list(dst), list(src), list(sizes))
             if rc != 0:
                 return -1
         return 0
@@ -277,13 +299,16 @@ async def read(
     """Read every segment, in batches of ``transport.max_segments_per_batch``, from an asyncio loop.
 
     Batches go one after another, so one read never has more than one batch
-    queued at the peer; the loop runs between batches and between polls (with
-    TE each poll itself waits for its batch: see ``MooncakeTransport.poll``).
+    queued at the peer. The loop keeps running while a batch is on the wire:
+    a transport with an ``executor`` (TE, whose ``poll`` waits for its batch)
+    submits and waits on one of its threads, any other is polled from the loop.
     Raises ``ReadFailed`` (a batch could not start, or finished with an error;
     later batches are not submitted) or ``ReadTimeout`` (``timeout_s`` covers
-    the whole read). TransferEngine cannot cancel a batch: after a timeout the
-    read may still write into ``dst_ptrs``, so callers must not reuse or free
-    that memory for anything else until the fork is abandoned.
+    the whole read, and fires on time even while a thread waits inside TE).
+    TransferEngine cannot cancel a batch: after a timeout the read may still
+    write into ``dst_ptrs``, so callers must not reuse or free that memory for
+    anything else until the fork is abandoned. Cancelled, it returns only once
+    the batch on the wire has settled (TE's own transfer timeout bounds that).
 
         >>> await read(client, seed_session, [dst], [src], [4096], timeout_s=5)
     """
@@ -292,37 +317,102 @@ async def read(
     batches = split_batches(dst_ptrs, src_ptrs, lengths, transport.max_segments_per_batch)
     started = time.monotonic()
     deadline = started + timeout_s
+    executor = transport.executor
     for index, (dst, src, sizes) in enumerate(batches):
         if index:
             await asyncio.sleep(0)  # let the loop run between batches (leases, heartbeats)
         where = f"batch {index + 1} of {len(batches)}, {len(sizes)} segments" if len(batches) > 1 else ""
         try:
-            handle = transport.submit_read(session_id, dst, src, sizes)
+            if executor is None:
+                status = await _poll_on_loop(transport, session_id, dst, src, sizes, deadline, poll_interval)
+            else:
+                status = await _wait_on_thread(executor, transport, session_id, dst, src, sizes, deadline,
+                                               poll_interval)
         except ReadFailed as exc:
             if index == 0:
                 raise
             raise type(exc)(f"{exc} ({where}; the earlier batches landed)") from exc
-        interval = poll_interval
-        while True:
-            status = transport.poll(handle)
-            if status == ReadStatus.DONE:
-                break
-            if status == ReadStatus.FAILED:
-                raise ReadFailed(
-                    f"read of {nbytes} bytes ({len(lengths)} segments) from {session_id} failed after "
-                    f"{time.monotonic() - started:.2f} s{f' in {where}' if where else ''}: TransferEngine "
-                    "failed the batch without saying why (the seed's process died or restarted, a source "
-                    "address is not registered there, or TE refused transfers; TE's log on stderr names it)"
-                )
-            if time.monotonic() >= deadline:
-                raise ReadTimeout(
-                    f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s"
-                    f"{f' ({where} was on the wire)' if where else ''}"
-                )
-            await asyncio.sleep(interval)
-            # Back off a little: a 64 MiB chunk takes ~50 ms on loopback TCP and
-            # polling every 2 ms for it is wasted GIL time; never beyond 4x.
-            interval = min(interval * 1.25, poll_interval * 4)
+        except _TimedOut as late:
+            if not late.submitted:
+                state = f" ({where or 'the read'} was still waiting for a free read thread: not submitted)"
+            else:
+                state = f" ({where} was on the wire)" if where else ""
+            raise ReadTimeout(
+                f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s{state}"
+            ) from None
+        if status == ReadStatus.FAILED:
+            raise ReadFailed(
+                f"read of {nbytes} bytes ({len(lengths)} segments) from {session_id} failed after "
+                f"{time.monotonic() - started:.2f} s{f' in {where}' if where else ''}: TransferEngine "
+                "failed the batch without saying why (the seed's process died or restarted, a source "
+                "address is not registered there, or TE refused transfers; TE's log on stderr names it)"
+            )
+
+
+class _TimedOut(Exception):
+    """The read's deadline passed with a batch unsettled (``read`` turns it into ``ReadTimeout``)."""
+
+    def __init__(self, submitted: bool) -> None:
+        super().__init__()
+        self.submitted = submitted
+
+
+async def _poll_on_loop(transport: Transport, session_id: str, dst, src, sizes, deadline: float,
+                        poll_interval: float) -> ReadStatus:
+    """Submit and poll from the loop: for transports whose calls return at once (no ``executor``)."""
+    handle = transport.submit_read(session_id, dst, src, sizes)
+    interval = poll_interval
+    while True:
+        status = transport.poll(handle)
+        if status != ReadStatus.PENDING:
+            return status
+        if time.monotonic() >= deadline:
+            raise _TimedOut(submitted=True)
+        await asyncio.sleep(interval)
+        # Back off a little: polling every 2 ms for a chunk that takes 50 ms is wasted
+        # GIL time; never beyond 4x.
+        interval = min(interval * 1.25, poll_interval * 4)
+
+
+def _submit_and_settle(transport: Transport, session_id: str, dst, src, sizes, poll_interval: float) -> ReadStatus:
+    """On an executor thread: submit one batch and wait until it settles (TE frees it then)."""
+    handle = transport.submit_read(session_id, dst, src, sizes)
+    while (status := transport.poll(handle)) == ReadStatus.PENDING:
+        time.sleep(poll_interval)  # only a transport whose poll does not wait itself gets here
+    return status
+
+
+async def _wait_on_thread(executor: Executor, transport: Transport, session_id: str, dst, src, sizes,
+                          deadline: float, poll_interval: float) -> ReadStatus:
+    """Submit one batch and wait for it on an ``executor`` thread, the loop free meanwhile.
+
+    At the deadline the thread is left to settle the batch (and free it) on its own.
+    """
+    job: Future = executor.submit(_submit_and_settle, transport, session_id, dst, src, sizes, poll_interval)
+    settled = asyncio.wrap_future(job)
+    # A job left behind at a timeout may still fail; nobody awaits it then, so read its outcome here.
+    settled.add_done_callback(lambda f: f.cancelled() or f.exception())
+    try:
+        return await asyncio.wait_for(asyncio.shield(settled), max(deadline - time.monotonic(), 0.0))
+    except asyncio.TimeoutError:
+        # Not started yet: it never will, nothing was submitted. Started: its batch may be on
+        # the wire; the thread waits it out, TE frees it, and read's memory rule covers the rest.
+        raise _TimedOut(submitted=not job.cancel()) from None
+    except asyncio.CancelledError:
+        if not job.cancel():
+            await _until_settled(settled)
+        raise
+
+
+async def _until_settled(settled: asyncio.Future) -> None:
+    """Wait for a batch's job to end, cancelled or not: until then TE may write into the caller's memory."""
+    while not settled.done():
+        try:
+            await asyncio.shield(settled)
+        except asyncio.CancelledError:
+            continue
+        except Exception:  # noqa: BLE001 - settled with an error: nothing is on the wire any more
+            return
 
 
 @dataclass
@@ -354,7 +444,9 @@ class InMemoryTransport:
     ``pending_polls`` makes each read report PENDING that many polls before it
     settles, to exercise polling loops. ``submit_read`` refuses batches of more
     than ``max_segments_per_batch`` segments with ``BatchTooLarge``, as
-    ``MooncakeTransport`` does.
+    ``MooncakeTransport`` does. With ``settle_when`` it behaves like TE's
+    binding: ``poll`` waits until that event is set, then copies and settles,
+    and the transport has an ``executor`` that ``read`` waits on.
 
         >>> fabric = InMemoryFabric()
         >>> seed, client = InMemoryTransport(fabric), InMemoryTransport(fabric)
@@ -369,6 +461,7 @@ class InMemoryTransport:
         fail_when: FailurePredicate | None = None,
         pending_polls: int = 0,
         max_segments_per_batch: int = MAX_SEGMENTS_PER_BATCH,
+        settle_when: threading.Event | None = None,
     ) -> None:
         self.fabric = fabric
         self.max_segments_per_batch = max_segments_per_batch
@@ -378,7 +471,9 @@ class InMemoryTransport:
         self.pending_polls = pending_polls
         self.reads_submitted = 0
         """Batches copied (``submit_read`` and each batch of ``read_sync``)."""
-        self._handles: dict[int, list] = {}  # handle -> [status, polls left]
+        self.settle_when = settle_when
+        self.executor = None if settle_when is None else ThreadPoolExecutor(thread_name_prefix="inmem-read")
+        self._handles: dict[int, list] = {}  # handle -> [status (or, with settle_when, the batch), polls left]
         self._next = itertools.count(1)
         fabric.endpoints[self.session_id] = self
 
@@ -421,13 +516,26 @@ class InMemoryTransport:
         _check_batch(dst_ptrs, src_ptrs, lengths)
         _check_size(lengths, self.max_segments_per_batch, session_id)
         handle = next(self._next)
-        self._handles[handle] = [self._copy(session_id, dst_ptrs, src_ptrs, lengths), self.pending_polls]
+        if self.settle_when is not None:
+            self._handles[handle] = [(session_id, list(dst_ptrs), list(src_ptrs), list(lengths)), 0]
+        else:
+            self._handles[handle] = [self._copy(session_id, dst_ptrs, src_ptrs, lengths), self.pending_polls]
         return handle
+
+    @property
+    def batches_unsettled(self) -> int:
+        """Batches submitted and not yet settled by ``poll`` (with ``settle_when``: still "on the wire")."""
+        return len(self._handles)
 
     def poll(self, handle: int) -> ReadStatus:
         entry = self._handles.get(handle)
         if entry is None:
             return ReadStatus.FAILED
+        if self.settle_when is not None:
+            self.settle_when.wait()
+            status = self._copy(*entry[0])  # the bytes land now, as a late TE batch writes them
+            del self._handles[handle]
+            return status
         if entry[1] > 0:
             entry[1] -= 1
             return ReadStatus.PENDING

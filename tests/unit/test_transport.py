@@ -271,3 +271,106 @@ def test_register_tensors_registers_each_storage_once():
     client = InMemoryTransport(InMemoryFabric())
     register_tensors(client, {**views, "alone": alone, "zero": torch.zeros(0)})
     assert client.regions == {buffer.data_ptr(): 4096 + 7, alone.data_ptr(): 12}
+
+
+# -- a transport whose poll waits, like TE's: read waits on its executor threads --------------
+
+@pytest.fixture
+def waiting_pair():
+    """Like ``pair``, with a client whose ``poll`` waits (like TE's) until ``settle`` is set."""
+    import threading
+
+    fabric = InMemoryFabric()
+    settle = threading.Event()
+    seed, client = InMemoryTransport(fabric), InMemoryTransport(fabric, settle_when=settle)
+    src, src_ptr = _buffer(64, 7)
+    dst, dst_ptr = _buffer(64, 0)
+    seed.register(src_ptr, 64)
+    client.register(dst_ptr, 64)
+    yield seed, client, settle, src, (dst, dst_ptr), src_ptr
+    settle.set()  # no thread is left waiting after the test
+    client.executor.shutdown(wait=True)
+
+
+async def _until(condition, what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_the_loop_runs_while_a_poll_waits_and_the_timeout_fires_on_time(waiting_pair):
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+
+    async def go():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        with pytest.raises(ReadTimeout, match="did not finish in 0.20 s"):
+            await read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=0.2)
+        ticker.cancel()
+        return ticks
+
+    assert asyncio.run(go()) > 0, "the event loop was blocked while the poll waited"
+    # TE cannot cancel a batch: after the timeout it is still on the wire, and lands later.
+    assert client.batches_unsettled == 1 and bytes(dst) == bytes(64)
+    settle.set()
+    client.executor.shutdown(wait=True)
+    assert client.batches_unsettled == 0 and bytes(dst) == bytes(src)
+
+
+def test_a_cancelled_read_returns_only_once_its_batch_settled(waiting_pair):
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+
+    async def go():
+        reading = asyncio.create_task(read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=30))
+        await _until(lambda: client.batches_unsettled == 1, "the batch to be submitted")
+        reading.cancel()
+        await asyncio.sleep(0.05)
+        assert not reading.done(), "a cancelled read returned while its batch could still write"
+        reading.cancel()  # a second cancel (a second Ctrl-C) does not cut the wait short either
+        await asyncio.sleep(0.05)
+        assert not reading.done()
+        settle.set()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert client.batches_unsettled == 0 and bytes(dst) == bytes(src)
+
+    asyncio.run(go())
+
+
+def test_a_read_that_times_out_waiting_for_a_thread_is_never_submitted(waiting_pair):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+    client.executor = ThreadPoolExecutor(max_workers=1)
+
+    async def go():
+        first = asyncio.create_task(read(client, seed.session_id, [dst_ptr], [src_ptr], [32], timeout_s=30))
+        await _until(lambda: client.reads_submitted == 0 and client.batches_unsettled == 1, "the first batch")
+        with pytest.raises(ReadTimeout, match="waiting for a free read thread: not submitted"):
+            await read(client, seed.session_id, [dst_ptr + 32], [src_ptr + 32], [32], timeout_s=0.1)
+        settle.set()
+        await first
+
+    asyncio.run(go())
+    client.executor.shutdown(wait=True)
+    assert client.reads_submitted == 1 and bytes(dst[:32]) == bytes(src[:32]) and bytes(dst[32:]) == bytes(32)
+
+
+def test_failures_reach_the_reader_from_the_thread(waiting_pair):
+    seed, client, settle, *_ = waiting_pair
+    _, _, _, _, (_, dst_ptr), src_ptr = waiting_pair
+    settle.set()
+    client.fail_when = lambda session, lengths: True
+    with pytest.raises(ReadFailed, match="failed the batch"):
+        asyncio.run(read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=5))
+    with pytest.raises(ReadFailed, match="unknown or closed"):
+        asyncio.run(read(client, "inmem:nope", [dst_ptr], [src_ptr], [64], timeout_s=5))

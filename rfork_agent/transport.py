@@ -8,8 +8,8 @@ process, through a shared in-process ``InMemoryFabric``.
 Reads are one-sided and batched: ``submit_read`` starts a batch and returns a
 handle, ``poll`` reports ``ReadStatus``; ``read`` (below) drives the pair from
 an asyncio loop with a timeout. TE's ``poll`` waits until its batch settles,
-so ``read`` runs it on the transport's ``executor`` threads: the loop stays
-free for other reads, leases and heartbeats while a chunk is on the wire.
+so ``read`` runs submits and polls on the transport's ``threads``: the loop
+stays free for other reads, leases and heartbeats while a chunk is on the wire.
 A batch carries at most
 ``max_segments_per_batch`` segments (``MAX_SEGMENTS_PER_BATCH`` for TE);
 ``read`` and ``read_sync`` split longer reads into several batches, one after
@@ -71,10 +71,29 @@ read on loopback (64 to 1024 per batch): each segment's own round trip dominates
 """
 
 
-MAX_READS_IN_FLIGHT = 16
-"""Batches a ``MooncakeTransport`` waits on at once (its read threads), as many as the fork
-client's default ``ForkOptions.max_in_flight``. A read beyond them waits for a thread before
-it is submitted; its timeout runs meanwhile."""
+SUBMIT_THREADS = 16
+"""Batches a ``MooncakeTransport`` submits at once, as many as the fork client's default
+``ForkOptions.max_in_flight``. A submit returns at once unless the peer's session is new (a
+handshake) or gone; a read beyond them waits for a thread unsubmitted, its timeout running."""
+
+WAIT_THREADS = 2
+"""Batches a ``MooncakeTransport`` waits on at once. TE's wait spins on a core until its batch
+settles, so each costs a core while it waits: 16 of them (one per read in flight) made a
+3-seed fork on a 2-core machine 1.5-5x slower than one. Batches finish in about the order
+they were submitted, so a few waiters, taking them in that order, notice each soon after it
+lands; two keep one stalled peer from delaying the others' notice until TE's timeout."""
+
+
+@dataclass(frozen=True)
+class ReadThreads:
+    """The threads ``read`` uses for a transport whose calls block (TE's).
+
+    Submits go to ``submit``, waits to ``wait``, kept apart so that every read gets on the
+    wire at once while only a few threads spin waiting.
+    """
+
+    submit: Executor
+    wait: Executor
 
 
 class ReadStatus(enum.IntEnum):
@@ -96,7 +115,7 @@ class Transport(Protocol):
     session_id: str
     max_segments_per_batch: int
     """The most segments ``submit_read`` accepts in one batch (``BatchTooLarge`` above it)."""
-    executor: Executor | None
+    threads: ReadThreads | None
     """Where ``read`` runs ``submit_read`` and ``poll`` when they can block (TE's ``poll`` waits
     until its batch settles); None when both return at once and may run on the event loop."""
 
@@ -172,8 +191,8 @@ class MooncakeTransport:
     ``protocol`` is ``tcp`` or ``rdma``; ``device`` is the RDMA NIC list
     ("mlx5_0,mlx5_1") or "" to let TE pick. ``engine`` injects an
     already-initialised engine (e.g. SGLang's own) or a fake for tests.
-    ``max_reads_in_flight`` sizes ``executor``, the threads that ``read``
-    waits for batches on (``poll`` blocks; see there).
+    ``submit_threads`` and ``wait_threads`` size ``threads``, where ``read``
+    submits batches and waits for them (``poll`` blocks; see there).
 
         >>> t = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
         >>> t.session_id
@@ -188,7 +207,8 @@ class MooncakeTransport:
         local_ip: str = "127.0.0.1",
         device: str = "",
         engine: object | None = None,
-        max_reads_in_flight: int = MAX_READS_IN_FLIGHT,
+        submit_threads: int = SUBMIT_THREADS,
+        wait_threads: int = WAIT_THREADS,
     ) -> None:
         if protocol not in ("tcp", "rdma"):
             raise TransportError(f"protocol {protocol!r} is not supported; use 'tcp' or 'rdma'")
@@ -217,7 +237,10 @@ class MooncakeTransport:
         # with a mutex of its own; a status call touches only its own batch. A lock here made
         # every read wait for the one on the wire (tests/integration/test_transport_mooncake.py
         # reads from two seeds at once). Threads start on first use: a seed never reads.
-        self.executor = ThreadPoolExecutor(max_workers=max_reads_in_flight, thread_name_prefix="rfork-te-read")
+        self.threads = ReadThreads(
+            submit=ThreadPoolExecutor(max_workers=submit_threads, thread_name_prefix="rfork-te-submit"),
+            wait=ThreadPoolExecutor(max_workers=wait_threads, thread_name_prefix="rfork-te-wait"),
+        )
 
     def __repr__(self) -> str:
         return f"MooncakeTransport(protocol={self.protocol!r}, session_id={self.session_id!r})"
@@ -252,7 +275,7 @@ class MooncakeTransport:
         # it settles, never after. Its Python binding also waits in here until the batch
         # has settled, spinning with the GIL released; TE's own transfer timeout
         # (MC_TRANSFER_TIMEOUT, 30 s, plus 1 ns per byte) bounds it. So it returns DONE
-        # or FAILED, not PENDING, and ``read`` calls it on an ``executor`` thread.
+        # or FAILED, not PENDING, and ``read`` calls it on a ``threads.wait`` thread.
         status = self.engine.get_batch_transfer_status([handle])
         if status == 0:
             return ReadStatus.DONE
@@ -300,8 +323,8 @@ async def read(
 
     Batches go one after another, so one read never has more than one batch
     queued at the peer. The loop keeps running while a batch is on the wire:
-    a transport with an ``executor`` (TE, whose ``poll`` waits for its batch)
-    submits and waits on one of its threads, any other is polled from the loop.
+    a transport with ``threads`` (TE, whose ``poll`` waits for its batch)
+    submits and waits on them, any other is polled from the loop.
     Raises ``ReadFailed`` (a batch could not start, or finished with an error;
     later batches are not submitted) or ``ReadTimeout`` (``timeout_s`` covers
     the whole read, and fires on time even while a thread waits inside TE).
@@ -317,24 +340,24 @@ async def read(
     batches = split_batches(dst_ptrs, src_ptrs, lengths, transport.max_segments_per_batch)
     started = time.monotonic()
     deadline = started + timeout_s
-    executor = transport.executor
+    threads = transport.threads
     for index, (dst, src, sizes) in enumerate(batches):
         if index:
             await asyncio.sleep(0)  # let the loop run between batches (leases, heartbeats)
         where = f"batch {index + 1} of {len(batches)}, {len(sizes)} segments" if len(batches) > 1 else ""
         try:
-            if executor is None:
+            if threads is None:
                 status = await _poll_on_loop(transport, session_id, dst, src, sizes, deadline, poll_interval)
             else:
-                status = await _wait_on_thread(executor, transport, session_id, dst, src, sizes, deadline,
-                                               poll_interval)
+                status = await _wait_on_threads(threads, transport, session_id, dst, src, sizes, deadline,
+                                                poll_interval)
         except ReadFailed as exc:
             if index == 0:
                 raise
             raise type(exc)(f"{exc} ({where}; the earlier batches landed)") from exc
         except _TimedOut as late:
             if not late.submitted:
-                state = f" ({where or 'the read'} was still waiting for a free read thread: not submitted)"
+                state = f" ({where or 'the read'} was still waiting for a free submit thread: not submitted)"
             else:
                 state = f" ({where} was on the wire)" if where else ""
             raise ReadTimeout(
@@ -359,7 +382,7 @@ class _TimedOut(Exception):
 
 async def _poll_on_loop(transport: Transport, session_id: str, dst, src, sizes, deadline: float,
                         poll_interval: float) -> ReadStatus:
-    """Submit and poll from the loop: for transports whose calls return at once (no ``executor``)."""
+    """Submit and poll from the loop: for transports whose calls return at once (no ``threads``)."""
     handle = transport.submit_read(session_id, dst, src, sizes)
     interval = poll_interval
     while True:
@@ -374,44 +397,66 @@ async def _poll_on_loop(transport: Transport, session_id: str, dst, src, sizes, 
         interval = min(interval * 1.25, poll_interval * 4)
 
 
-def _submit_and_settle(transport: Transport, session_id: str, dst, src, sizes, poll_interval: float) -> ReadStatus:
-    """On an executor thread: submit one batch and wait until it settles (TE frees it then)."""
+def _submit(threads: ReadThreads, transport: Transport, session_id: str, dst, src, sizes,
+            poll_interval: float) -> Future:
+    """On a submit thread: start one batch, and queue the wait that settles it (and frees it in TE).
+
+    The wait is queued here, not by the reader, so that a batch submitted after its reader
+    gave up is still settled.
+    """
     handle = transport.submit_read(session_id, dst, src, sizes)
+    return threads.wait.submit(_settle, transport, handle, poll_interval)
+
+
+def _settle(transport: Transport, handle: int, poll_interval: float) -> ReadStatus:
     while (status := transport.poll(handle)) == ReadStatus.PENDING:
         time.sleep(poll_interval)  # only a transport whose poll does not wait itself gets here
     return status
 
 
-async def _wait_on_thread(executor: Executor, transport: Transport, session_id: str, dst, src, sizes,
-                          deadline: float, poll_interval: float) -> ReadStatus:
-    """Submit one batch and wait for it on an ``executor`` thread, the loop free meanwhile.
+async def _wait_on_threads(threads: ReadThreads, transport: Transport, session_id: str, dst, src, sizes,
+                           deadline: float, poll_interval: float) -> ReadStatus:
+    """Submit one batch and wait for it on ``threads``, the loop free meanwhile.
 
-    At the deadline the thread is left to settle the batch (and free it) on its own.
+    At the deadline the threads are left to settle the batch on their own.
     """
-    job: Future = executor.submit(_submit_and_settle, transport, session_id, dst, src, sizes, poll_interval)
-    settled = asyncio.wrap_future(job)
-    # A job left behind at a timeout may still fail; nobody awaits it then, so read its outcome here.
-    settled.add_done_callback(lambda f: f.cancelled() or f.exception())
+    submitting: Future = threads.submit.submit(_submit, threads, transport, session_id, dst, src, sizes,
+                                               poll_interval)
     try:
-        return await asyncio.wait_for(asyncio.shield(settled), max(deadline - time.monotonic(), 0.0))
+        settling: Future = await asyncio.wait_for(_shielded(submitting), _left(deadline))
+        return await asyncio.wait_for(_shielded(settling), _left(deadline))
     except asyncio.TimeoutError:
-        # Not started yet: it never will, nothing was submitted. Started: its batch may be on
-        # the wire; the thread waits it out, TE frees it, and read's memory rule covers the rest.
-        raise _TimedOut(submitted=not job.cancel()) from None
+        # Still queued for a submit thread: it never runs, nothing was submitted. Otherwise the
+        # batch may be on the wire; a wait thread settles it, and read's memory rule covers the rest.
+        raise _TimedOut(submitted=not submitting.cancel()) from None
     except asyncio.CancelledError:
-        if not job.cancel():
-            await _until_settled(settled)
+        if not submitting.cancel():
+            await _until_done(submitting)
+            if submitting.exception() is None:
+                await _until_done(submitting.result())
         raise
 
 
-async def _until_settled(settled: asyncio.Future) -> None:
-    """Wait for a batch's job to end, cancelled or not: until then TE may write into the caller's memory."""
-    while not settled.done():
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _shielded(job: Future) -> asyncio.Future:
+    """``job`` as an awaitable that a timeout or cancel of its awaiter leaves running."""
+    outcome = asyncio.wrap_future(job)
+    # Left behind at a timeout, it may still fail with nobody awaiting: read its outcome here.
+    outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return asyncio.shield(outcome)
+
+
+async def _until_done(job: Future) -> None:
+    """Wait for ``job`` to end, cancelled or not: until then TE may write into the caller's memory."""
+    while not job.done():
         try:
-            await asyncio.shield(settled)
+            await _shielded(job)
         except asyncio.CancelledError:
             continue
-        except Exception:  # noqa: BLE001 - settled with an error: nothing is on the wire any more
+        except Exception:  # noqa: BLE001 - ended with an error: nothing is on the wire any more
             return
 
 
@@ -446,7 +491,7 @@ class InMemoryTransport:
     than ``max_segments_per_batch`` segments with ``BatchTooLarge``, as
     ``MooncakeTransport`` does. With ``settle_when`` it behaves like TE's
     binding: ``poll`` waits until that event is set, then copies and settles,
-    and the transport has an ``executor`` that ``read`` waits on.
+    and the transport has ``threads`` that ``read`` submits and waits on.
 
         >>> fabric = InMemoryFabric()
         >>> seed, client = InMemoryTransport(fabric), InMemoryTransport(fabric)
@@ -472,7 +517,10 @@ class InMemoryTransport:
         self.reads_submitted = 0
         """Batches copied (``submit_read`` and each batch of ``read_sync``)."""
         self.settle_when = settle_when
-        self.executor = None if settle_when is None else ThreadPoolExecutor(thread_name_prefix="inmem-read")
+        self.threads = None if settle_when is None else ReadThreads(
+            submit=ThreadPoolExecutor(thread_name_prefix="inmem-submit"),
+            wait=ThreadPoolExecutor(thread_name_prefix="inmem-wait"),
+        )
         self._handles: dict[int, list] = {}  # handle -> [status (or, with settle_when, the batch), polls left]
         self._next = itertools.count(1)
         fabric.endpoints[self.session_id] = self

@@ -44,8 +44,8 @@ class FlakyTransport:
         return self.inner.max_segments_per_batch
 
     @property
-    def executor(self):
-        return self.inner.executor  # the inner transport's calls block, or not, just the same here
+    def threads(self):
+        return self.inner.threads  # the inner transport's calls block, or not, just the same here
 
     def register(self, ptr: int, length: int) -> None:
         self.inner.register(ptr, length)

@@ -273,7 +273,13 @@ def test_register_tensors_registers_each_storage_once():
     assert client.regions == {buffer.data_ptr(): 4096 + 7, alone.data_ptr(): 12}
 
 
-# -- a transport whose poll waits, like TE's: read waits on its executor threads --------------
+# -- a transport whose poll waits, like TE's: read submits and waits on its threads -------------
+
+def _settle_all(client) -> None:
+    """Wait until the client's threads have settled every batch (the submits queue the waits)."""
+    client.threads.submit.shutdown(wait=True)
+    client.threads.wait.shutdown(wait=True)
+
 
 @pytest.fixture
 def waiting_pair():
@@ -289,7 +295,7 @@ def waiting_pair():
     client.register(dst_ptr, 64)
     yield seed, client, settle, src, (dst, dst_ptr), src_ptr
     settle.set()  # no thread is left waiting after the test
-    client.executor.shutdown(wait=True)
+    _settle_all(client)
 
 
 async def _until(condition, what: str, timeout: float = 10.0) -> None:
@@ -322,7 +328,7 @@ def test_the_loop_runs_while_a_poll_waits_and_the_timeout_fires_on_time(waiting_
     # TE cannot cancel a batch: after the timeout it is still on the wire, and lands later.
     assert client.batches_unsettled == 1 and bytes(dst) == bytes(64)
     settle.set()
-    client.executor.shutdown(wait=True)
+    _settle_all(client)
     assert client.batches_unsettled == 0 and bytes(dst) == bytes(src)
 
 
@@ -346,23 +352,46 @@ def test_a_cancelled_read_returns_only_once_its_batch_settled(waiting_pair):
     asyncio.run(go())
 
 
-def test_a_read_that_times_out_waiting_for_a_thread_is_never_submitted(waiting_pair):
+def test_a_read_that_times_out_waiting_for_a_submit_thread_is_never_submitted(waiting_pair):
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from rfork_agent.transport import ReadThreads
+
     seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
-    client.executor = ThreadPoolExecutor(max_workers=1)
+    busy = threading.Event()
+    client.threads = ReadThreads(submit=ThreadPoolExecutor(max_workers=1), wait=client.threads.wait)
+    client.threads.submit.submit(busy.wait)  # the one submit thread is taken (a handshake that hangs)
 
     async def go():
-        first = asyncio.create_task(read(client, seed.session_id, [dst_ptr], [src_ptr], [32], timeout_s=30))
-        await _until(lambda: client.reads_submitted == 0 and client.batches_unsettled == 1, "the first batch")
-        with pytest.raises(ReadTimeout, match="waiting for a free read thread: not submitted"):
-            await read(client, seed.session_id, [dst_ptr + 32], [src_ptr + 32], [32], timeout_s=0.1)
-        settle.set()
-        await first
+        with pytest.raises(ReadTimeout, match="waiting for a free submit thread: not submitted"):
+            await read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=0.1)
 
     asyncio.run(go())
-    client.executor.shutdown(wait=True)
-    assert client.reads_submitted == 1 and bytes(dst[:32]) == bytes(src[:32]) and bytes(dst[32:]) == bytes(32)
+    busy.set()
+    settle.set()
+    _settle_all(client)
+    assert client.reads_submitted == 0 and client.batches_unsettled == 0 and bytes(dst) == bytes(64)
+
+
+def test_reads_all_get_on_the_wire_while_one_wait_thread_is_taken(waiting_pair):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rfork_agent.transport import ReadThreads
+
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+    client.threads = ReadThreads(submit=client.threads.submit, wait=ThreadPoolExecutor(max_workers=1))
+
+    async def go():
+        reads = [asyncio.create_task(read(client, seed.session_id, [dst_ptr + i * 8], [src_ptr + i * 8], [8],
+                                          timeout_s=30)) for i in range(8)]
+        # Every batch is submitted though one thread waits at a time: the wire is never idle.
+        await _until(lambda: client.batches_unsettled == 8, "all eight batches to be submitted")
+        settle.set()
+        await asyncio.gather(*reads)
+
+    asyncio.run(go())
+    assert bytes(dst) == bytes(src) and client.batches_unsettled == 0
 
 
 def test_failures_reach_the_reader_from_the_thread(waiting_pair):

@@ -24,6 +24,8 @@ another, so a model with tens of thousands of tensors reads like any other.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import ctypes
 import enum
 import itertools
@@ -76,20 +78,125 @@ SUBMIT_THREADS = 16
 ``ForkOptions.max_in_flight``. A submit returns at once unless the peer's session is new (a
 handshake) or gone; a read beyond them waits for a thread unsubmitted, its timeout running."""
 
-WAIT_THREADS = 2
-"""Batches a ``MooncakeTransport`` waits on at once. TE's wait spins on a core until its batch
-settles, so each costs a core while it waits: 16 of them (one per read in flight) made a
-3-seed fork on a 2-core machine 1.5-5x slower than one. Batches finish in about the order
-they were submitted, so a few waiters, taking them in that order, notice each soon after it
-lands; two keep one stalled peer from delaying the others' notice until TE's timeout."""
+WAIT_THREADS = 4
+"""At most this many batches a ``MooncakeTransport`` waits on at once (see ``WaitThreads``)."""
+
+STUCK_WAIT_SECONDS = 0.5
+"""A wait longer than this is stuck (a stalled peer, or a very large batch): another wait
+thread starts, so that the batches behind it are noticed when they land."""
+
+
+class WaitThreads(Executor):
+    """Threads that run waits in submit order, one at a time unless one is stuck.
+
+    TE's wait spins on a core until its batch settles, so a thread per batch in flight costs a
+    core each: 16 of them made a 3-seed fork on a 2-core machine 1.5-5x slower. Batches end in
+    about the order they were submitted, so one waiter, taking them in that order, notices each
+    soon after it lands. A batch on a stalled peer would hold that waiter until TE's transfer
+    timeout (30 s) and hide every batch behind it: when every running wait has lasted over
+    ``stuck_seconds`` and another is queued, one more thread starts (up to ``max_threads``);
+    a waiter that finds another unstuck one ends. Daemon threads, drained at exit.
+    """
+
+    def __init__(self, max_threads: int = WAIT_THREADS, stuck_seconds: float = STUCK_WAIT_SECONDS,
+                 name: str = "rfork-te-wait") -> None:
+        if max_threads < 1:
+            raise ValueError(f"max_threads must be at least 1, got {max_threads}")
+        self.max_threads, self.stuck_seconds, self._name = max_threads, stuck_seconds, name
+        self._changed = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+        self._busy_since: dict[int, float | None] = {}  # waiter -> when its current wait began; None: idle
+        self._numbers = itertools.count()
+        self._watchdog: threading.Thread | None = None
+        self._shutdown = False
+        self.most_threads = 0
+        """The most waiters that ran at once (for tests and benchmarks)."""
+        atexit.register(self.shutdown)  # no thread left inside TE while the interpreter tears down
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        with self._changed:
+            if self._shutdown:
+                raise RuntimeError("cannot wait for a batch after shutdown")
+            self._queue.append((future, fn, args, kwargs))
+            if not self._busy_since:
+                self._start_waiter()
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name=f"{self._name}-watchdog", daemon=True)
+                self._watchdog.start()
+            self._changed.notify_all()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Run what is queued, then end; with ``wait``, return once every wait has ended."""
+        with self._changed:
+            self._shutdown = True
+            self._changed.notify_all()
+            threads = [t for t in threading.enumerate() if t.name.startswith(f"{self._name}-{id(self)}-")]
+        if wait:
+            for thread in threads:
+                thread.join()
+
+    def _start_waiter(self) -> None:
+        number = next(self._numbers)
+        self._busy_since[number] = None
+        threading.Thread(target=self._wait_loop, args=(number,), name=f"{self._name}-{id(self)}-{number}",
+                         daemon=True).start()
+        self.most_threads = max(self.most_threads, len(self._busy_since))
+
+    def _stuck(self, since: float | None, now: float) -> bool:
+        return since is not None and now - since > self.stuck_seconds
+
+    def _wait_loop(self, me: int) -> None:
+        while True:
+            with self._changed:
+                self._busy_since[me] = None
+                self._changed.notify_all()
+                while True:
+                    now = time.monotonic()
+                    unstuck_others = [n for n, since in self._busy_since.items()
+                                      if n != me and not self._stuck(since, now)]
+                    if unstuck_others or (self._shutdown and not self._queue):
+                        del self._busy_since[me]  # another waiter takes the queue in order
+                        self._changed.notify_all()
+                        return
+                    if self._queue:
+                        break
+                    self._changed.wait()
+                future, fn, args, kwargs = self._queue.popleft()
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._busy_since[me] = time.monotonic()
+                self._changed.notify_all()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def _watch(self) -> None:
+        """Start another waiter when every running one is stuck and a wait is queued."""
+        with self._changed:
+            while not self._shutdown:
+                now = time.monotonic()
+                starts = list(self._busy_since.values())
+                if not self._queue or None in starts or len(starts) >= self.max_threads:
+                    self._changed.wait()
+                    continue
+                unstuck_in = min(since + self.stuck_seconds - now for since in starts)
+                if unstuck_in > 0:
+                    self._changed.wait(unstuck_in + 0.001)
+                    continue
+                self._start_waiter()
 
 
 @dataclass(frozen=True)
 class ReadThreads:
     """The threads ``read`` uses for a transport whose calls block (TE's).
 
-    Submits go to ``submit``, waits to ``wait``, kept apart so that every read gets on the
-    wire at once while only a few threads spin waiting.
+    Submits go to ``submit``, waits to ``wait`` (a ``WaitThreads`` for TE), kept apart so that
+    every read gets on the wire at once while only one thread, as a rule, spins waiting.
     """
 
     submit: Executor
@@ -239,7 +346,7 @@ class MooncakeTransport:
         # reads from two seeds at once). Threads start on first use: a seed never reads.
         self.threads = ReadThreads(
             submit=ThreadPoolExecutor(max_workers=submit_threads, thread_name_prefix="rfork-te-submit"),
-            wait=ThreadPoolExecutor(max_workers=wait_threads, thread_name_prefix="rfork-te-wait"),
+            wait=WaitThreads(max_threads=wait_threads),
         )
 
     def __repr__(self) -> str:

@@ -403,3 +403,55 @@ def test_failures_reach_the_reader_from_the_thread(waiting_pair):
         asyncio.run(read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=5))
     with pytest.raises(ReadFailed, match="unknown or closed"):
         asyncio.run(read(client, "inmem:nope", [dst_ptr], [src_ptr], [64], timeout_s=5))
+
+
+# -- WaitThreads: TE's wait spins, so one waiter at a time unless it is stuck --------------------
+
+def test_quick_waits_run_one_at_a_time_in_submit_order():
+    import time as clock
+
+    from rfork_agent.transport import WaitThreads
+
+    waits = WaitThreads(max_threads=4, stuck_seconds=5.0)
+    order = []
+    futures = [waits.submit(lambda i=i: (clock.sleep(0.002), order.append(i))) for i in range(20)]
+    for future in futures:
+        future.result(timeout=10)
+    waits.shutdown()
+    assert order == list(range(20)) and waits.most_threads == 1
+
+
+def test_a_stuck_wait_does_not_hide_the_waits_behind_it():
+    import threading
+
+    from rfork_agent.transport import WaitThreads
+
+    waits = WaitThreads(max_threads=2, stuck_seconds=0.05)
+    stalled_peer = threading.Event()
+    stuck = waits.submit(stalled_peer.wait)
+    behind = [waits.submit(lambda i=i: i) for i in range(3)]
+    try:
+        assert [f.result(timeout=10) for f in behind] == [0, 1, 2], "waits queued behind a stuck one never ran"
+        assert not stuck.done() and waits.most_threads == 2
+        third = waits.submit(threading.Event().wait, 0.01)  # max_threads reached: it queues, then runs
+        assert third.result(timeout=10) is False
+    finally:
+        stalled_peer.set()
+    assert stuck.result(timeout=10) is True
+    waits.shutdown()
+    assert waits.most_threads == 2
+
+
+def test_wait_threads_hand_errors_to_the_reader_and_refuse_work_after_shutdown():
+    from rfork_agent.transport import WaitThreads
+
+    waits = WaitThreads()
+
+    def boom():
+        raise ReadFailed("peer gone")
+
+    with pytest.raises(ReadFailed, match="peer gone"):
+        waits.submit(boom).result(timeout=10)
+    waits.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        waits.submit(boom)

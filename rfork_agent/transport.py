@@ -73,6 +73,12 @@ read on loopback (64 to 1024 per batch): each segment's own round trip dominates
 """
 
 
+MAX_BATCHES_PER_PEER = 4
+"""Batches a ``MooncakeTransport`` keeps in flight to one peer: four of ``MAX_SEGMENTS_PER_BATCH``
+fill TE's TCP per-peer queue (1024 transfers) and no more. A submit beyond them waits on its
+submit thread until one settles. Without it, 16 reads of thousands of tiny tensors put 16
+batches on one peer at once (a 40,000-tensor fork stalled: tests/integration/test_fork_e2e.py)."""
+
 SUBMIT_THREADS = 16
 """Batches a ``MooncakeTransport`` submits at once, as many as the fork client's default
 ``ForkOptions.max_in_flight``. A submit returns at once unless the peer's session is new (a
@@ -348,6 +354,9 @@ class MooncakeTransport:
             submit=ThreadPoolExecutor(max_workers=submit_threads, thread_name_prefix="rfork-te-submit"),
             wait=WaitThreads(max_threads=wait_threads),
         )
+        self._peer_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slot_of: dict[int, threading.BoundedSemaphore] = {}  # unsettled handle -> its peer's slots
+        self._slots_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MooncakeTransport(protocol={self.protocol!r}, session_id={self.session_id!r})"
@@ -368,9 +377,19 @@ class MooncakeTransport:
     def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         _check_batch(dst_ptrs, src_ptrs, lengths)
         _check_size(lengths, self.max_segments_per_batch, session_id)
-        handle = self.engine.batch_transfer_async_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
+        with self._slots_lock:
+            slots = self._peer_slots.setdefault(session_id, threading.BoundedSemaphore(MAX_BATCHES_PER_PEER))
+        slots.acquire()  # on a submit thread (see read): a full peer holds back this batch alone
+        try:
+            handle = self.engine.batch_transfer_async_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
+        except BaseException:
+            slots.release()
+            raise
         # TE returns batch id 0 when it cannot start (unknown/unreachable session).
-        if not handle:
+        if handle:
+            self._slot_of[handle] = slots
+        else:
+            slots.release()
             raise ReadFailed(
                 f"TransferEngine could not start a read of {sum(lengths)} bytes from {session_id} "
                 f"({len(lengths)} segments): the session is unknown or unreachable"
@@ -384,6 +403,10 @@ class MooncakeTransport:
         # (MC_TRANSFER_TIMEOUT, 30 s, plus 1 ns per byte) bounds it. So it returns DONE
         # or FAILED, not PENDING, and ``read`` calls it on a ``threads.wait`` thread.
         status = self.engine.get_batch_transfer_status([handle])
+        if status != 1:
+            slots = self._slot_of.pop(handle, None)
+            if slots is not None:
+                slots.release()
         if status == 0:
             return ReadStatus.DONE
         if status == 1:

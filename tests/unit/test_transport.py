@@ -455,3 +455,29 @@ def test_wait_threads_hand_errors_to_the_reader_and_refuse_work_after_shutdown()
     waits.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         waits.submit(boom)
+
+
+def test_mooncake_keeps_at_most_four_batches_in_flight_to_one_peer():
+    import itertools
+    import threading
+
+    from rfork_agent.transport import MAX_BATCHES_PER_PEER
+
+    class Engine(FakeEngine):
+        ids = itertools.count(1)
+
+        def batch_transfer_async_read(self, session, dst, src, lengths):
+            self.batches.append(session)
+            return next(self.ids)
+
+    engine = Engine(statuses=[0] * 10)
+    t = MooncakeTransport(engine=engine)
+    handles = [t.submit_read("peer-a", [1], [2], [3]) for _ in range(MAX_BATCHES_PER_PEER)]
+    t.submit_read("peer-b", [1], [2], [3])  # another peer has slots of its own
+    fifth = threading.Thread(target=t.submit_read, args=("peer-a", [1], [2], [3]))
+    fifth.start()
+    fifth.join(0.2)
+    assert fifth.is_alive() and engine.batches.count("peer-a") == MAX_BATCHES_PER_PEER
+    assert t.poll(handles[0]) == ReadStatus.DONE  # a batch settles: its slot frees
+    fifth.join(10)
+    assert not fifth.is_alive() and engine.batches.count("peer-a") == MAX_BATCHES_PER_PEER + 1

@@ -7,7 +7,10 @@ process, through a shared in-process ``InMemoryFabric``.
 
 Reads are one-sided and batched: ``submit_read`` starts a batch and returns a
 handle, ``poll`` reports ``ReadStatus``; ``read`` (below) drives the pair from
-an asyncio loop with a timeout. A batch carries at most
+an asyncio loop with a timeout. TE's ``poll`` waits until its batch settles,
+so ``read`` runs submits and polls on the transport's ``threads``: the loop
+stays free for other reads, leases and heartbeats while a chunk is on the wire.
+A batch carries at most
 ``max_segments_per_batch`` segments (``MAX_SEGMENTS_PER_BATCH`` for TE);
 ``read`` and ``read_sync`` split longer reads into several batches, one after
 another, so a model with tens of thousands of tensors reads like any other.
@@ -21,11 +24,14 @@ another, so a model with tens of thousands of tensors reads like any other.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import ctypes
 import enum
 import itertools
 import threading
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -67,6 +73,142 @@ read on loopback (64 to 1024 per batch): each segment's own round trip dominates
 """
 
 
+MAX_BATCHES_PER_PEER = 4
+"""Batches a ``MooncakeTransport`` keeps in flight to one peer: four of ``MAX_SEGMENTS_PER_BATCH``
+fill TE's TCP per-peer queue (1024 transfers) and no more. A submit beyond them waits on its
+submit thread until one settles. Without it, 16 reads of thousands of tiny tensors put 16
+batches on one peer at once (a 40,000-tensor fork stalled: tests/integration/test_fork_e2e.py)."""
+
+SUBMIT_THREADS = 16
+"""Batches a ``MooncakeTransport`` submits at once, as many as the fork client's default
+``ForkOptions.max_in_flight``. A submit returns at once unless the peer's session is new (a
+handshake) or gone; a read beyond them waits for a thread unsubmitted, its timeout running."""
+
+WAIT_THREADS = 4
+"""At most this many batches a ``MooncakeTransport`` waits on at once (see ``WaitThreads``)."""
+
+STUCK_WAIT_SECONDS = 0.5
+"""A wait longer than this is stuck (a stalled peer, or a very large batch): another wait
+thread starts, so that the batches behind it are noticed when they land."""
+
+
+class WaitThreads(Executor):
+    """Threads that run waits in submit order, one at a time unless one is stuck.
+
+    TE's wait spins on a core until its batch settles, so a thread per batch in flight costs a
+    core each: 16 of them made a 3-seed fork on a 2-core machine 1.5-5x slower. Batches end in
+    about the order they were submitted, so one waiter, taking them in that order, notices each
+    soon after it lands. A batch on a stalled peer would hold that waiter until TE's transfer
+    timeout (30 s) and hide every batch behind it: when every running wait has lasted over
+    ``stuck_seconds`` and another is queued, one more thread starts (up to ``max_threads``);
+    a waiter that finds another unstuck one ends. Daemon threads, drained at exit.
+    """
+
+    def __init__(self, max_threads: int = WAIT_THREADS, stuck_seconds: float = STUCK_WAIT_SECONDS,
+                 name: str = "rfork-te-wait") -> None:
+        if max_threads < 1:
+            raise ValueError(f"max_threads must be at least 1, got {max_threads}")
+        self.max_threads, self.stuck_seconds, self._name = max_threads, stuck_seconds, name
+        self._changed = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+        self._busy_since: dict[int, float | None] = {}  # waiter -> when its current wait began; None: idle
+        self._numbers = itertools.count()
+        self._watchdog: threading.Thread | None = None
+        self._shutdown = False
+        self.most_threads = 0
+        """The most waiters that ran at once (for tests and benchmarks)."""
+        atexit.register(self.shutdown)  # no thread left inside TE while the interpreter tears down
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        with self._changed:
+            if self._shutdown:
+                raise RuntimeError("cannot wait for a batch after shutdown")
+            self._queue.append((future, fn, args, kwargs))
+            if not self._busy_since:
+                self._start_waiter()
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name=f"{self._name}-watchdog", daemon=True)
+                self._watchdog.start()
+            self._changed.notify_all()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Run what is queued, then end; with ``wait``, return once every wait has ended."""
+        with self._changed:
+            self._shutdown = True
+            self._changed.notify_all()
+            threads = [t for t in threading.enumerate() if t.name.startswith(f"{self._name}-{id(self)}-")]
+        if wait:
+            for thread in threads:
+                thread.join()
+
+    def _start_waiter(self) -> None:
+        number = next(self._numbers)
+        self._busy_since[number] = None
+        threading.Thread(target=self._wait_loop, args=(number,), name=f"{self._name}-{id(self)}-{number}",
+                         daemon=True).start()
+        self.most_threads = max(self.most_threads, len(self._busy_since))
+
+    def _stuck(self, since: float | None, now: float) -> bool:
+        return since is not None and now - since > self.stuck_seconds
+
+    def _wait_loop(self, me: int) -> None:
+        while True:
+            with self._changed:
+                self._busy_since[me] = None
+                self._changed.notify_all()
+                while True:
+                    now = time.monotonic()
+                    unstuck_others = [n for n, since in self._busy_since.items()
+                                      if n != me and not self._stuck(since, now)]
+                    if unstuck_others or (self._shutdown and not self._queue):
+                        del self._busy_since[me]  # another waiter takes the queue in order
+                        self._changed.notify_all()
+                        return
+                    if self._queue:
+                        break
+                    self._changed.wait()
+                future, fn, args, kwargs = self._queue.popleft()
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._busy_since[me] = time.monotonic()
+                self._changed.notify_all()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def _watch(self) -> None:
+        """Start another waiter when every running one is stuck and a wait is queued."""
+        with self._changed:
+            while not self._shutdown:
+                now = time.monotonic()
+                starts = list(self._busy_since.values())
+                if not self._queue or None in starts or len(starts) >= self.max_threads:
+                    self._changed.wait()
+                    continue
+                unstuck_in = min(since + self.stuck_seconds - now for since in starts)
+                if unstuck_in > 0:
+                    self._changed.wait(unstuck_in + 0.001)
+                    continue
+                self._start_waiter()
+
+
+@dataclass(frozen=True)
+class ReadThreads:
+    """The threads ``read`` uses for a transport whose calls block (TE's).
+
+    Submits go to ``submit``, waits to ``wait`` (a ``WaitThreads`` for TE), kept apart so that
+    every read gets on the wire at once while only one thread, as a rule, spins waiting.
+    """
+
+    submit: Executor
+    wait: Executor
+
+
 class ReadStatus(enum.IntEnum):
     """State of a submitted batch. Values are TransferEngine's batch status codes (0.3.13)."""
 
@@ -86,6 +228,9 @@ class Transport(Protocol):
     session_id: str
     max_segments_per_batch: int
     """The most segments ``submit_read`` accepts in one batch (``BatchTooLarge`` above it)."""
+    threads: ReadThreads | None
+    """Where ``read`` runs ``submit_read`` and ``poll`` when they can block (TE's ``poll`` waits
+    until its batch settles); None when both return at once and may run on the event loop."""
 
     def register(self, ptr: int, length: int) -> None: ...
 
@@ -101,7 +246,12 @@ class Transport(Protocol):
         """
         ...
 
-    def poll(self, handle: int) -> ReadStatus: ...
+    def poll(self, handle: int) -> ReadStatus:
+        """The batch's state; once it reports DONE or FAILED the handle is spent (TE frees the batch).
+
+        Each handle is polled by one thread at a time.
+        """
+        ...
 
     def read_sync(
         self, session_id: str, dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int]
@@ -154,6 +304,8 @@ class MooncakeTransport:
     ``protocol`` is ``tcp`` or ``rdma``; ``device`` is the RDMA NIC list
     ("mlx5_0,mlx5_1") or "" to let TE pick. ``engine`` injects an
     already-initialised engine (e.g. SGLang's own) or a fake for tests.
+    ``submit_threads`` and ``wait_threads`` size ``threads``, where ``read``
+    submits batches and waits for them (``poll`` blocks; see there).
 
         >>> t = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
         >>> t.session_id
@@ -168,6 +320,8 @@ class MooncakeTransport:
         local_ip: str = "127.0.0.1",
         device: str = "",
         engine: object | None = None,
+        submit_threads: int = SUBMIT_THREADS,
+        wait_threads: int = WAIT_THREADS,
     ) -> None:
         if protocol not in ("tcp", "rdma"):
             raise TransportError(f"protocol {protocol!r} is not supported; use 'tcp' or 'rdma'")
@@ -191,9 +345,18 @@ class MooncakeTransport:
         self.protocol = protocol
         self.local_ip = local_ip
         self.session_id = f"{local_ip}:{engine.get_rpc_port()}"
-        # TE's batch calls are not documented as thread-safe. The fork client
-        # polls from one event loop, but SGLang's plugin may call from threads.
-        self._lock = threading.Lock()
+        # No lock around the engine: TE's Python binding releases the GIL in its submit, status and
+        # sync-read calls and guards the one state they share (its cache of open peer sessions)
+        # with a mutex of its own; a status call touches only its own batch. A lock here made
+        # every read wait for the one on the wire (tests/integration/test_transport_mooncake.py
+        # reads from two seeds at once). Threads start on first use: a seed never reads.
+        self.threads = ReadThreads(
+            submit=ThreadPoolExecutor(max_workers=submit_threads, thread_name_prefix="rfork-te-submit"),
+            wait=WaitThreads(max_threads=wait_threads),
+        )
+        self._peer_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slot_of: dict[int, threading.BoundedSemaphore] = {}  # unsettled handle -> its peer's slots
+        self._slots_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MooncakeTransport(protocol={self.protocol!r}, session_id={self.session_id!r})"
@@ -214,10 +377,19 @@ class MooncakeTransport:
     def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         _check_batch(dst_ptrs, src_ptrs, lengths)
         _check_size(lengths, self.max_segments_per_batch, session_id)
-        with self._lock:
+        with self._slots_lock:
+            slots = self._peer_slots.setdefault(session_id, threading.BoundedSemaphore(MAX_BATCHES_PER_PEER))
+        slots.acquire()  # on a submit thread (see read): a full peer holds back this batch alone
+        try:
             handle = self.engine.batch_transfer_async_read(session_id, list(dst_ptrs), list(src_ptrs), list(lengths))
+        except BaseException:
+            slots.release()
+            raise
         # TE returns batch id 0 when it cannot start (unknown/unreachable session).
-        if not handle:
+        if handle:
+            self._slot_of[handle] = slots
+        else:
+            slots.release()
             raise ReadFailed(
                 f"TransferEngine could not start a read of {sum(lengths)} bytes from {session_id} "
                 f"({len(lengths)} segments): the session is unknown or unreachable"
@@ -225,12 +397,16 @@ class MooncakeTransport:
         return handle
 
     def poll(self, handle: int) -> ReadStatus:
-        # TE (0.3.13) frees a settled batch inside this call: poll a handle until it
-        # settles, never after. Its Python binding also waits in here until the batch
-        # has settled (GIL released; TE's own transfer timeout bounds it), so it
-        # returns DONE or FAILED, not PENDING.
-        with self._lock:
-            status = self.engine.get_batch_transfer_status([handle])
+        # TE (0.3.13, 0.3.14) frees a settled batch inside this call: poll a handle until
+        # it settles, never after. Its Python binding also waits in here until the batch
+        # has settled, spinning with the GIL released; TE's own transfer timeout
+        # (MC_TRANSFER_TIMEOUT, 30 s, plus 1 ns per byte) bounds it. So it returns DONE
+        # or FAILED, not PENDING, and ``read`` calls it on a ``threads.wait`` thread.
+        status = self.engine.get_batch_transfer_status([handle])
+        if status != 1:
+            slots = self._slot_of.pop(handle, None)
+            if slots is not None:
+                slots.release()
         if status == 0:
             return ReadStatus.DONE
         if status == 1:
@@ -240,8 +416,7 @@ class MooncakeTransport:
     def read_sync(self, session_id, dst_ptrs, src_ptrs, lengths) -> int:
         _check_batch(dst_ptrs, src_ptrs, lengths)
         for dst, src, sizes in split_batches(dst_ptrs, src_ptrs, lengths, self.max_segments_per_batch):
-            with self._lock:
-                rc = self.engine.batch_transfer_sync_read(session_id, list(dst), list(src), list(sizes))
+            rc = self.engine.batch_transfer_sync_read(session_id, list(dst), list(src), list(sizes))
             if rc != 0:
                 return -1
         return 0
@@ -277,13 +452,16 @@ async def read(
     """Read every segment, in batches of ``transport.max_segments_per_batch``, from an asyncio loop.
 
     Batches go one after another, so one read never has more than one batch
-    queued at the peer; the loop runs between batches and between polls (with
-    TE each poll itself waits for its batch: see ``MooncakeTransport.poll``).
+    queued at the peer. The loop keeps running while a batch is on the wire:
+    a transport with ``threads`` (TE, whose ``poll`` waits for its batch)
+    submits and waits on them, any other is polled from the loop.
     Raises ``ReadFailed`` (a batch could not start, or finished with an error;
     later batches are not submitted) or ``ReadTimeout`` (``timeout_s`` covers
-    the whole read). TransferEngine cannot cancel a batch: after a timeout the
-    read may still write into ``dst_ptrs``, so callers must not reuse or free
-    that memory for anything else until the fork is abandoned.
+    the whole read, and fires on time even while a thread waits inside TE).
+    TransferEngine cannot cancel a batch: after a timeout the read may still
+    write into ``dst_ptrs``, so callers must not reuse or free that memory for
+    anything else until the fork is abandoned. Cancelled, it returns only once
+    the batch on the wire has settled (TE's own transfer timeout bounds that).
 
         >>> await read(client, seed_session, [dst], [src], [4096], timeout_s=5)
     """
@@ -292,37 +470,124 @@ async def read(
     batches = split_batches(dst_ptrs, src_ptrs, lengths, transport.max_segments_per_batch)
     started = time.monotonic()
     deadline = started + timeout_s
+    threads = transport.threads
     for index, (dst, src, sizes) in enumerate(batches):
         if index:
             await asyncio.sleep(0)  # let the loop run between batches (leases, heartbeats)
         where = f"batch {index + 1} of {len(batches)}, {len(sizes)} segments" if len(batches) > 1 else ""
         try:
-            handle = transport.submit_read(session_id, dst, src, sizes)
+            if threads is None:
+                status = await _poll_on_loop(transport, session_id, dst, src, sizes, deadline, poll_interval)
+            else:
+                status = await _wait_on_threads(threads, transport, session_id, dst, src, sizes, deadline,
+                                                poll_interval)
         except ReadFailed as exc:
             if index == 0:
                 raise
             raise type(exc)(f"{exc} ({where}; the earlier batches landed)") from exc
-        interval = poll_interval
-        while True:
-            status = transport.poll(handle)
-            if status == ReadStatus.DONE:
-                break
-            if status == ReadStatus.FAILED:
-                raise ReadFailed(
-                    f"read of {nbytes} bytes ({len(lengths)} segments) from {session_id} failed after "
-                    f"{time.monotonic() - started:.2f} s{f' in {where}' if where else ''}: TransferEngine "
-                    "failed the batch without saying why (the seed's process died or restarted, a source "
-                    "address is not registered there, or TE refused transfers; TE's log on stderr names it)"
-                )
-            if time.monotonic() >= deadline:
-                raise ReadTimeout(
-                    f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s"
-                    f"{f' ({where} was on the wire)' if where else ''}"
-                )
-            await asyncio.sleep(interval)
-            # Back off a little: a 64 MiB chunk takes ~50 ms on loopback TCP and
-            # polling every 2 ms for it is wasted GIL time; never beyond 4x.
-            interval = min(interval * 1.25, poll_interval * 4)
+        except _TimedOut as late:
+            if not late.submitted:
+                state = f" ({where or 'the read'} was still waiting for a free submit thread: not submitted)"
+            else:
+                state = f" ({where} was on the wire)" if where else ""
+            raise ReadTimeout(
+                f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s{state}"
+            ) from None
+        if status == ReadStatus.FAILED:
+            raise ReadFailed(
+                f"read of {nbytes} bytes ({len(lengths)} segments) from {session_id} failed after "
+                f"{time.monotonic() - started:.2f} s{f' in {where}' if where else ''}: TransferEngine "
+                "failed the batch without saying why (the seed's process died or restarted, a source "
+                "address is not registered there, or TE refused transfers; TE's log on stderr names it)"
+            )
+
+
+class _TimedOut(Exception):
+    """The read's deadline passed with a batch unsettled (``read`` turns it into ``ReadTimeout``)."""
+
+    def __init__(self, submitted: bool) -> None:
+        super().__init__()
+        self.submitted = submitted
+
+
+async def _poll_on_loop(transport: Transport, session_id: str, dst, src, sizes, deadline: float,
+                        poll_interval: float) -> ReadStatus:
+    """Submit and poll from the loop: for transports whose calls return at once (no ``threads``)."""
+    handle = transport.submit_read(session_id, dst, src, sizes)
+    interval = poll_interval
+    while True:
+        status = transport.poll(handle)
+        if status != ReadStatus.PENDING:
+            return status
+        if time.monotonic() >= deadline:
+            raise _TimedOut(submitted=True)
+        await asyncio.sleep(interval)
+        # Back off a little: polling every 2 ms for a chunk that takes 50 ms is wasted
+        # GIL time; never beyond 4x.
+        interval = min(interval * 1.25, poll_interval * 4)
+
+
+def _submit(threads: ReadThreads, transport: Transport, session_id: str, dst, src, sizes,
+            poll_interval: float) -> Future:
+    """On a submit thread: start one batch, and queue the wait that settles it (and frees it in TE).
+
+    The wait is queued here, not by the reader, so that a batch submitted after its reader
+    gave up is still settled.
+    """
+    handle = transport.submit_read(session_id, dst, src, sizes)
+    return threads.wait.submit(_settle, transport, handle, poll_interval)
+
+
+def _settle(transport: Transport, handle: int, poll_interval: float) -> ReadStatus:
+    while (status := transport.poll(handle)) == ReadStatus.PENDING:
+        time.sleep(poll_interval)  # only a transport whose poll does not wait itself gets here
+    return status
+
+
+async def _wait_on_threads(threads: ReadThreads, transport: Transport, session_id: str, dst, src, sizes,
+                           deadline: float, poll_interval: float) -> ReadStatus:
+    """Submit one batch and wait for it on ``threads``, the loop free meanwhile.
+
+    At the deadline the threads are left to settle the batch on their own.
+    """
+    submitting: Future = threads.submit.submit(_submit, threads, transport, session_id, dst, src, sizes,
+                                               poll_interval)
+    try:
+        settling: Future = await asyncio.wait_for(_shielded(submitting), _left(deadline))
+        return await asyncio.wait_for(_shielded(settling), _left(deadline))
+    except asyncio.TimeoutError:
+        # Still queued for a submit thread: it never runs, nothing was submitted. Otherwise the
+        # batch may be on the wire; a wait thread settles it, and read's memory rule covers the rest.
+        raise _TimedOut(submitted=not submitting.cancel()) from None
+    except asyncio.CancelledError:
+        if not submitting.cancel():
+            await _until_done(submitting)
+            if submitting.exception() is None:
+                await _until_done(submitting.result())
+        raise
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _shielded(job: Future) -> asyncio.Future:
+    """``job`` as an awaitable that a timeout or cancel of its awaiter leaves running."""
+    outcome = asyncio.wrap_future(job)
+    # Left behind at a timeout, it may still fail with nobody awaiting: read its outcome here.
+    outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return asyncio.shield(outcome)
+
+
+async def _until_done(job: Future) -> None:
+    """Wait for ``job`` to end, cancelled or not: until then TE may write into the caller's memory."""
+    while not job.done():
+        try:
+            await _shielded(job)
+        except asyncio.CancelledError:
+            continue
+        except Exception:  # noqa: BLE001 - ended with an error: nothing is on the wire any more
+            return
 
 
 @dataclass
@@ -354,7 +619,9 @@ class InMemoryTransport:
     ``pending_polls`` makes each read report PENDING that many polls before it
     settles, to exercise polling loops. ``submit_read`` refuses batches of more
     than ``max_segments_per_batch`` segments with ``BatchTooLarge``, as
-    ``MooncakeTransport`` does.
+    ``MooncakeTransport`` does. With ``settle_when`` it behaves like TE's
+    binding: ``poll`` waits until that event is set, then copies and settles,
+    and the transport has ``threads`` that ``read`` submits and waits on.
 
         >>> fabric = InMemoryFabric()
         >>> seed, client = InMemoryTransport(fabric), InMemoryTransport(fabric)
@@ -369,6 +636,7 @@ class InMemoryTransport:
         fail_when: FailurePredicate | None = None,
         pending_polls: int = 0,
         max_segments_per_batch: int = MAX_SEGMENTS_PER_BATCH,
+        settle_when: threading.Event | None = None,
     ) -> None:
         self.fabric = fabric
         self.max_segments_per_batch = max_segments_per_batch
@@ -378,7 +646,12 @@ class InMemoryTransport:
         self.pending_polls = pending_polls
         self.reads_submitted = 0
         """Batches copied (``submit_read`` and each batch of ``read_sync``)."""
-        self._handles: dict[int, list] = {}  # handle -> [status, polls left]
+        self.settle_when = settle_when
+        self.threads = None if settle_when is None else ReadThreads(
+            submit=ThreadPoolExecutor(thread_name_prefix="inmem-submit"),
+            wait=ThreadPoolExecutor(thread_name_prefix="inmem-wait"),
+        )
+        self._handles: dict[int, list] = {}  # handle -> [status (or, with settle_when, the batch), polls left]
         self._next = itertools.count(1)
         fabric.endpoints[self.session_id] = self
 
@@ -421,13 +694,26 @@ class InMemoryTransport:
         _check_batch(dst_ptrs, src_ptrs, lengths)
         _check_size(lengths, self.max_segments_per_batch, session_id)
         handle = next(self._next)
-        self._handles[handle] = [self._copy(session_id, dst_ptrs, src_ptrs, lengths), self.pending_polls]
+        if self.settle_when is not None:
+            self._handles[handle] = [(session_id, list(dst_ptrs), list(src_ptrs), list(lengths)), 0]
+        else:
+            self._handles[handle] = [self._copy(session_id, dst_ptrs, src_ptrs, lengths), self.pending_polls]
         return handle
+
+    @property
+    def batches_unsettled(self) -> int:
+        """Batches submitted and not yet settled by ``poll`` (with ``settle_when``: still "on the wire")."""
+        return len(self._handles)
 
     def poll(self, handle: int) -> ReadStatus:
         entry = self._handles.get(handle)
         if entry is None:
             return ReadStatus.FAILED
+        if self.settle_when is not None:
+            self.settle_when.wait()
+            status = self._copy(*entry[0])  # the bytes land now, as a late TE batch writes them
+            del self._handles[handle]
+            return status
         if entry[1] > 0:
             entry[1] -= 1
             return ReadStatus.PENDING

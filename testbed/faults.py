@@ -43,6 +43,10 @@ class FlakyTransport:
     def max_segments_per_batch(self) -> int:
         return self.inner.max_segments_per_batch
 
+    @property
+    def threads(self):
+        return self.inner.threads  # the inner transport's calls block, or not, just the same here
+
     def register(self, ptr: int, length: int) -> None:
         self.inner.register(ptr, length)
 

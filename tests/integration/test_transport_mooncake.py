@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("mooncake.engine")
 
 from rfork_agent.transport import (  # noqa: E402
-    BatchTooLarge, MooncakeTransport, ReadFailed, ReadStatus, read,
+    BatchTooLarge, MooncakeTransport, ReadFailed, ReadStatus, ReadTimeout, read,
 )
 
 pytestmark = [pytest.mark.cpu_only, pytest.mark.timeout(60)]
@@ -194,3 +194,138 @@ def test_unknown_session_fails_at_once(client):
         assert time.monotonic() - started < 10
     finally:
         client.unregister(dst.data_ptr())
+
+
+# -- reads run side by side: a read waiting on the wire blocks neither the loop nor other reads ------
+
+@pytest.fixture
+def stalled_seed(tmp_path):
+    """A seed of its own, warmed up, then stopped (SIGSTOP): reads from it wait on the wire.
+
+    Resumed by the test, or at the latest after ``resume_after`` seconds by a timer thread,
+    so code that blocks the event loop until the read settles fails instead of hanging.
+    """
+    import threading
+
+    with running_seed(tmp_path) as info:
+        process = info["process"]
+        resumed = threading.Event()
+
+        def resume():
+            if not resumed.is_set():
+                resumed.set()
+                process.send_signal(signal.SIGCONT)
+
+        info["resume"], info["resumed"] = resume, resumed
+        info["resume_after"] = 20.0
+        timer = threading.Timer(info["resume_after"], resume)
+        info["stop"] = lambda: (process.send_signal(signal.SIGSTOP), timer.start())
+        try:
+            yield info
+        finally:
+            timer.cancel()
+            resume()
+
+
+def _warm(client, seed, dst):
+    """One small read, so the TE session (its handshake) exists before the seed stops."""
+    assert client.read_sync(seed["session_id"], [dst.data_ptr()], [seed["ptr"]], [4096]) == 0
+    dst.zero_()
+
+
+def test_a_read_stalled_on_the_wire_leaves_the_loop_and_reads_from_other_seeds_free(seed, stalled_seed, client):
+    stalled = stalled_seed
+    slow_dst, fast_dst = torch.zeros(NBYTES, dtype=torch.uint8), torch.zeros(NBYTES, dtype=torch.uint8)
+    client.register(slow_dst.data_ptr(), NBYTES)
+    client.register(fast_dst.data_ptr(), NBYTES)
+    try:
+        _warm(client, stalled, slow_dst)
+        _warm(client, seed, fast_dst)
+        stalled["stop"]()
+
+        async def go():
+            ticks_while_stalled = 0
+
+            async def heartbeat():  # what leases and keepalives need: the loop's turn now and then
+                nonlocal ticks_while_stalled
+                while not stalled["resumed"].is_set():
+                    await asyncio.sleep(0.01)
+                    ticks_while_stalled += not stalled["resumed"].is_set()
+
+            beating = asyncio.create_task(heartbeat())
+            slow = asyncio.create_task(read(client, stalled["session_id"], [slow_dst.data_ptr()], [stalled["ptr"]],
+                                            [NBYTES], timeout_s=60))
+            await asyncio.sleep(0.05)  # the stalled read is submitted and waiting first
+            await read(client, seed["session_id"], [fast_dst.data_ptr()], [seed["ptr"]], [NBYTES], timeout_s=60)
+            fast_landed_while_stalled = not stalled["resumed"].is_set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while ticks_while_stalled < 5 and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            if fast_landed_while_stalled:
+                assert not slow.done(), "the read from the stopped seed finished while the seed was stopped"
+            stalled["resume"]()
+            await slow
+            await beating
+            return fast_landed_while_stalled, ticks_while_stalled
+
+        fast_landed_while_stalled, ticks = asyncio.run(go())
+        assert fast_landed_while_stalled, (
+            f"the read from the live seed finished only after the stopped seed was resumed "
+            f"({stalled['resume_after']:.0f} s later): a read waiting on the wire blocked the event loop")
+        assert ticks >= 5, f"the event loop ticked {ticks} times while a read waited on the stopped seed"
+        want = expected_bytes(NBYTES)
+        assert torch.equal(fast_dst, want) and torch.equal(slow_dst, want)
+    finally:
+        client.unregister(slow_dst.data_ptr())
+        client.unregister(fast_dst.data_ptr())
+
+
+def test_a_read_timeout_fires_on_time_while_the_batch_waits_and_the_batch_lands_later(stalled_seed, client):
+    stalled = stalled_seed
+    dst = torch.zeros(NBYTES, dtype=torch.uint8)
+    client.register(dst.data_ptr(), NBYTES)
+    try:
+        _warm(client, stalled, dst)
+        stalled["stop"]()
+        started = time.monotonic()
+        with pytest.raises(ReadTimeout, match="did not finish in 0.50 s"):
+            asyncio.run(read(client, stalled["session_id"], [dst.data_ptr()], [stalled["ptr"]], [NBYTES],
+                             timeout_s=0.5))
+        waited = time.monotonic() - started
+        assert not stalled["resumed"].is_set(), "the timeout fired only once the seed was resumed"
+        print(f"ReadTimeout(0.5 s) raised after {waited:.2f} s")
+        # TE cannot cancel the batch: it is still on the wire and lands once the seed runs again
+        # (read's memory rule: the caller's memory stays reserved after a timeout).
+        stalled["resume"]()
+        deadline = time.monotonic() + 30
+        want = expected_bytes(NBYTES)
+        while not torch.equal(dst, want):
+            assert time.monotonic() < deadline, "the timed-out batch never landed"
+            time.sleep(0.05)
+    finally:
+        client.unregister(dst.data_ptr())
+
+
+def test_many_concurrent_reads_from_two_seeds_are_byte_exact(seed, doomed_seed, client):
+    # Up to 16 batches waited on at once on one transport (no lock around TE): every byte lands right.
+    pieces = 16
+    size = NBYTES // pieces
+    dsts = {name: torch.zeros(NBYTES, dtype=torch.uint8) for name in ("a", "b")}
+    for dst in dsts.values():
+        client.register(dst.data_ptr(), NBYTES)
+    try:
+        async def go():
+            reads = [
+                read(client, source["session_id"], [dsts[name].data_ptr() + i * size],
+                     [source["ptr"] + i * size], [size], timeout_s=60)
+                for i in range(pieces) for name, source in (("a", seed), ("b", doomed_seed))
+            ]
+            await asyncio.gather(*reads)
+
+        asyncio.run(go())
+        want = expected_bytes(NBYTES)
+        assert all(torch.equal(dst, want) for dst in dsts.values())
+    finally:
+        for dst in dsts.values():
+            client.unregister(dst.data_ptr())

@@ -271,3 +271,213 @@ def test_register_tensors_registers_each_storage_once():
     client = InMemoryTransport(InMemoryFabric())
     register_tensors(client, {**views, "alone": alone, "zero": torch.zeros(0)})
     assert client.regions == {buffer.data_ptr(): 4096 + 7, alone.data_ptr(): 12}
+
+
+# -- a transport whose poll waits, like TE's: read submits and waits on its threads -------------
+
+def _settle_all(client) -> None:
+    """Wait until the client's threads have settled every batch (the submits queue the waits)."""
+    client.threads.submit.shutdown(wait=True)
+    client.threads.wait.shutdown(wait=True)
+
+
+@pytest.fixture
+def waiting_pair():
+    """Like ``pair``, with a client whose ``poll`` waits (like TE's) until ``settle`` is set."""
+    import threading
+
+    fabric = InMemoryFabric()
+    settle = threading.Event()
+    seed, client = InMemoryTransport(fabric), InMemoryTransport(fabric, settle_when=settle)
+    src, src_ptr = _buffer(64, 7)
+    dst, dst_ptr = _buffer(64, 0)
+    seed.register(src_ptr, 64)
+    client.register(dst_ptr, 64)
+    yield seed, client, settle, src, (dst, dst_ptr), src_ptr
+    settle.set()  # no thread is left waiting after the test
+    _settle_all(client)
+
+
+async def _until(condition, what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_the_loop_runs_while_a_poll_waits_and_the_timeout_fires_on_time(waiting_pair):
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+
+    async def go():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        with pytest.raises(ReadTimeout, match="did not finish in 0.20 s"):
+            await read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=0.2)
+        ticker.cancel()
+        return ticks
+
+    assert asyncio.run(go()) > 0, "the event loop was blocked while the poll waited"
+    # TE cannot cancel a batch: after the timeout it is still on the wire, and lands later.
+    assert client.batches_unsettled == 1 and bytes(dst) == bytes(64)
+    settle.set()
+    _settle_all(client)
+    assert client.batches_unsettled == 0 and bytes(dst) == bytes(src)
+
+
+def test_a_cancelled_read_returns_only_once_its_batch_settled(waiting_pair):
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+
+    async def go():
+        reading = asyncio.create_task(read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=30))
+        await _until(lambda: client.batches_unsettled == 1, "the batch to be submitted")
+        reading.cancel()
+        await asyncio.sleep(0.05)
+        assert not reading.done(), "a cancelled read returned while its batch could still write"
+        reading.cancel()  # a second cancel (a second Ctrl-C) does not cut the wait short either
+        await asyncio.sleep(0.05)
+        assert not reading.done()
+        settle.set()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert client.batches_unsettled == 0 and bytes(dst) == bytes(src)
+
+    asyncio.run(go())
+
+
+def test_a_read_that_times_out_waiting_for_a_submit_thread_is_never_submitted(waiting_pair):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rfork_agent.transport import ReadThreads
+
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+    busy = threading.Event()
+    client.threads = ReadThreads(submit=ThreadPoolExecutor(max_workers=1), wait=client.threads.wait)
+    client.threads.submit.submit(busy.wait)  # the one submit thread is taken (a handshake that hangs)
+
+    async def go():
+        with pytest.raises(ReadTimeout, match="waiting for a free submit thread: not submitted"):
+            await read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=0.1)
+
+    asyncio.run(go())
+    busy.set()
+    settle.set()
+    _settle_all(client)
+    assert client.reads_submitted == 0 and client.batches_unsettled == 0 and bytes(dst) == bytes(64)
+
+
+def test_reads_all_get_on_the_wire_while_one_wait_thread_is_taken(waiting_pair):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rfork_agent.transport import ReadThreads
+
+    seed, client, settle, src, (dst, dst_ptr), src_ptr = waiting_pair
+    client.threads = ReadThreads(submit=client.threads.submit, wait=ThreadPoolExecutor(max_workers=1))
+
+    async def go():
+        reads = [asyncio.create_task(read(client, seed.session_id, [dst_ptr + i * 8], [src_ptr + i * 8], [8],
+                                          timeout_s=30)) for i in range(8)]
+        # Every batch is submitted though one thread waits at a time: the wire is never idle.
+        await _until(lambda: client.batches_unsettled == 8, "all eight batches to be submitted")
+        settle.set()
+        await asyncio.gather(*reads)
+
+    asyncio.run(go())
+    assert bytes(dst) == bytes(src) and client.batches_unsettled == 0
+
+
+def test_failures_reach_the_reader_from_the_thread(waiting_pair):
+    seed, client, settle, *_ = waiting_pair
+    _, _, _, _, (_, dst_ptr), src_ptr = waiting_pair
+    settle.set()
+    client.fail_when = lambda session, lengths: True
+    with pytest.raises(ReadFailed, match="failed the batch"):
+        asyncio.run(read(client, seed.session_id, [dst_ptr], [src_ptr], [64], timeout_s=5))
+    with pytest.raises(ReadFailed, match="unknown or closed"):
+        asyncio.run(read(client, "inmem:nope", [dst_ptr], [src_ptr], [64], timeout_s=5))
+
+
+# -- WaitThreads: TE's wait spins, so one waiter at a time unless it is stuck --------------------
+
+def test_quick_waits_run_one_at_a_time_in_submit_order():
+    import time as clock
+
+    from rfork_agent.transport import WaitThreads
+
+    waits = WaitThreads(max_threads=4, stuck_seconds=5.0)
+    order = []
+    futures = [waits.submit(lambda i=i: (clock.sleep(0.002), order.append(i))) for i in range(20)]
+    for future in futures:
+        future.result(timeout=10)
+    waits.shutdown()
+    assert order == list(range(20)) and waits.most_threads == 1
+
+
+def test_a_stuck_wait_does_not_hide_the_waits_behind_it():
+    import threading
+
+    from rfork_agent.transport import WaitThreads
+
+    waits = WaitThreads(max_threads=2, stuck_seconds=0.05)
+    stalled_peer = threading.Event()
+    stuck = waits.submit(stalled_peer.wait)
+    behind = [waits.submit(lambda i=i: i) for i in range(3)]
+    try:
+        assert [f.result(timeout=10) for f in behind] == [0, 1, 2], "waits queued behind a stuck one never ran"
+        assert not stuck.done() and waits.most_threads == 2
+        third = waits.submit(threading.Event().wait, 0.01)  # max_threads reached: it queues, then runs
+        assert third.result(timeout=10) is False
+    finally:
+        stalled_peer.set()
+    assert stuck.result(timeout=10) is True
+    waits.shutdown()
+    assert waits.most_threads == 2
+
+
+def test_wait_threads_hand_errors_to_the_reader_and_refuse_work_after_shutdown():
+    from rfork_agent.transport import WaitThreads
+
+    waits = WaitThreads()
+
+    def boom():
+        raise ReadFailed("peer gone")
+
+    with pytest.raises(ReadFailed, match="peer gone"):
+        waits.submit(boom).result(timeout=10)
+    waits.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        waits.submit(boom)
+
+
+def test_mooncake_keeps_at_most_four_batches_in_flight_to_one_peer():
+    import itertools
+    import threading
+
+    from rfork_agent.transport import MAX_BATCHES_PER_PEER
+
+    class Engine(FakeEngine):
+        ids = itertools.count(1)
+
+        def batch_transfer_async_read(self, session, dst, src, lengths):
+            self.batches.append(session)
+            return next(self.ids)
+
+    engine = Engine(statuses=[0] * 10)
+    t = MooncakeTransport(engine=engine)
+    handles = [t.submit_read("peer-a", [1], [2], [3]) for _ in range(MAX_BATCHES_PER_PEER)]
+    t.submit_read("peer-b", [1], [2], [3])  # another peer has slots of its own
+    fifth = threading.Thread(target=t.submit_read, args=("peer-a", [1], [2], [3]))
+    fifth.start()
+    fifth.join(0.2)
+    assert fifth.is_alive() and engine.batches.count("peer-a") == MAX_BATCHES_PER_PEER
+    assert t.poll(handles[0]) == ReadStatus.DONE  # a batch settles: its slot frees
+    fifth.join(10)
+    assert not fifth.is_alive() and engine.batches.count("peer-a") == MAX_BATCHES_PER_PEER + 1

@@ -206,9 +206,10 @@ class AgentState:
         """
         seed, m = self.config.seed_id, self.metrics
         before = self.allowed_rate
-        if report.throttle is not ThrottleMode.OFF:
-            self.set_allowed_rate(report.rate_bytes_per_second, now)
-        after = self.allowed_rate
+        # The report, its counters and its mode first, the rate last: the QoS loop runs on the
+        # agent's event loop while scrapes and tests read from other threads, and whoever sees
+        # the new rate must also see the decision that set it (a scrape showing the floor with
+        # the previous mode and age was a real, if brief, lie).
         self.last_qos = report
         if report.action is not None:
             m.throttle_decisions_total.labels(seed=seed, action=report.action, reason=report.throttle_reason).inc()
@@ -217,6 +218,9 @@ class AgentState:
         if report.scrape_failure is not None:
             m.seed_metrics_scrape_failures_total.labels(seed=seed, reason=report.scrape_failure.reason).inc()
         self.throttle_mode_label = report.mode_label
+        if report.throttle is not ThrottleMode.OFF:
+            self.set_allowed_rate(report.rate_bytes_per_second, now)
+        after = self.allowed_rate
         if before == after:
             return False
         if before is None or after is None or before == 0 or after == 0:

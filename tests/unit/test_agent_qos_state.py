@@ -226,3 +226,22 @@ def test_a_chunk_bigger_than_the_floor_times_the_wait_is_leased_and_the_retry_af
     clock.t = second.retry_after_seconds                             # asked again when told: granted
     third = state.reserve(chunk, wait_seconds=5.0, now=clock())
     assert isinstance(third, Reservation) and third.start_at == clock.t
+
+
+def test_whoever_sees_a_new_rate_also_sees_the_decision_that_set_it():
+    """apply_qos publishes the rate last: a reader on another thread (a scrape, the integration tests'
+    waits) that sees the new rate must not read the previous mode, age or decision counts beside it."""
+    state, registry, _ = make_state()
+    seen = {}
+    set_rate = state.set_allowed_rate
+
+    def spy(rate, now):
+        seen.update(mode=state.throttle_mode_label, report=state.last_qos,
+                    floors=sample(registry, "rfork_agent_throttle_decisions_total", action="floor",
+                                  reason="transfer_latency"))
+        set_rate(rate, now)
+
+    state.set_allowed_rate = spy
+    stale = report(0.05 * CAP, "floor", Mode.STALE_FLOOR, metrics_age_seconds=3.5)
+    state.apply_qos(stale, now=1.0)
+    assert seen == {"mode": Mode.STALE_FLOOR.value, "report": stale, "floors": 1.0}

@@ -59,8 +59,8 @@ class StateGauge:
 
 
 class SchedulerMetrics:
-    """The scheduler's families. The ``StateGauge`` ones are read from ``SchedulerState`` at scrape time
-    (scheduler/state_metrics.py); the rest count events or are set where a job or seed changes."""
+    """The scheduler's families. The ``StateGauge`` ones (counts, and every per-seed and per-job gauge)
+    are read from ``SchedulerState`` at scrape time (scheduler/state_metrics.py); the rest count events."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -83,20 +83,20 @@ class SchedulerMetrics:
             ["outcome"],
             registry=registry,
         )
-        self.job_bytes_total = Gauge(
-            "rfork_scheduler_job_size_bytes", "Bytes a running fork job must move.", ["job_id"], registry=registry
+        # Per-job series exist for running jobs only (read from state): job_id stays bounded.
+        self.job_bytes_total = StateGauge(
+            "rfork_scheduler_job_size_bytes", "Bytes a running fork job must move.", ("job_id",)
         )
-        self.job_bytes_done = Gauge(
-            "rfork_scheduler_job_landed_bytes", "Bytes a running fork job has landed.", ["job_id"], registry=registry
+        self.job_bytes_done = StateGauge(
+            "rfork_scheduler_job_landed_bytes", "Bytes a running fork job has landed.", ("job_id",)
         )
-        self.job_progress_ratio = Gauge(
-            "rfork_scheduler_job_progress_ratio", "Landed / total bytes of a running job.", ["job_id"],
-            registry=registry,
+        self.job_progress_ratio = StateGauge(
+            "rfork_scheduler_job_progress_ratio", "Landed / total bytes of a running job.", ("job_id",)
         )
-        self.job_last_progress_timestamp = Gauge(
+        self.job_last_progress_timestamp = StateGauge(
             "rfork_scheduler_job_last_progress_timestamp_seconds",
             "Unix time a running job last landed bytes (its creation time until the first chunk lands).",
-            ["job_id"], registry=registry,
+            ("job_id",),
         )
         self.seed_bytes_assigned_total = Counter(
             "rfork_scheduler_seed_bytes_completed_total",
@@ -134,15 +134,14 @@ class SchedulerMetrics:
             ["seed", "reason"],
             registry=registry,
         )
-        self.assignments_in_flight = Gauge(
+        self.assignments_in_flight = StateGauge(
             "rfork_scheduler_assignments_in_flight", "Chunk assignments handed out and not yet reported.",
-            ["seed"], registry=registry,
+            ("seed",),
         )
-        self.seed_allowed_rate = Gauge(
+        self.seed_allowed_rate = StateGauge(
             "rfork_scheduler_seed_allowed_rate_bytes_per_second",
             "Allowed byte rate each seed's agent last reported (NaN = uncapped).",
-            ["seed"],
-            registry=registry,
+            ("seed",),
         )
         self.fork_duration = Histogram(
             "rfork_scheduler_fork_duration_seconds",
@@ -162,15 +161,6 @@ class SchedulerMetrics:
             self.chunk_retries_total.labels(reason=reason)
         for outcome in JOB_OUTCOMES:
             self.jobs_finished_total.labels(outcome=outcome)
-
-    def forget_job(self, job_id: str) -> None:
-        """Drop every per-job series of a job that ended: ``job_id`` stays bounded by running jobs."""
-        for family in (self.job_bytes_total, self.job_bytes_done, self.job_progress_ratio,
-                       self.job_last_progress_timestamp):
-            try:
-                family.remove(job_id)
-            except KeyError:
-                pass
 
 
 class AgentMetrics:

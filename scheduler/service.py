@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import threading
 import time
 import uuid
@@ -115,6 +114,9 @@ class JobRecord:
     last_poll: float
     group: GroupKey | None = None
     """The jobs that can feed each other (same weights, rank, manifest shape, chunk size)."""
+    last_progress_wall: float = 0.0
+    """Unix time the job last landed bytes (its creation until the first chunk lands): alert rules
+    compare it with Prometheus's time(), so wall time, not the scheduler's clock."""
 
 
 @dataclass
@@ -180,8 +182,6 @@ class SchedulerState:
             seed.available_bytes = body.available_bytes
             seed.in_flight_leases = body.in_flight_leases
             seed.qos = body.qos
-            self.metrics.seed_allowed_rate.labels(seed=seed_id).set(
-                math.nan if seed.allowed_rate is None else seed.allowed_rate)
 
     def remove_seed(self, seed_id: str, reason: str) -> bool:
         with self.lock:
@@ -193,11 +193,6 @@ class SchedulerState:
         now = self.clock()
         for record in self.jobs.values():
             self._counting_retries(record.job, "seed_lost", lambda job=record.job: job.seed_lost(seed_id, reason, now))
-        for family in (self.metrics.seed_allowed_rate, self.metrics.assignments_in_flight):
-            try:
-                family.remove(seed_id)
-            except KeyError:
-                pass
         log.warning("seed %s removed: %s", seed_id, reason)
         return True
 
@@ -243,15 +238,13 @@ class SchedulerState:
         if body.resume is not None:
             self._resume(job, body, len(chunks), now)
         with self.lock:
-            record = JobRecord(job, body.identity, body.rank, last_poll=self.clock(), group=group)
+            record = JobRecord(job, body.identity, body.rank, last_poll=self.clock(), group=group,
+                               last_progress_wall=self.wall_clock())
             self.jobs[job_id] = record
             offer = None if body.peer is None else PeerOffer(
                 body.peer.session_id, body.peer.upload_rate_bytes_per_second, body.peer.max_in_flight)
             self.swarm.join(job, group, offer, now)
             self.scale_outs.setdefault(group, now)
-            self.metrics.job_bytes_total.labels(job_id=job_id).set(record.job.bytes_total)
-            self.metrics.job_last_progress_timestamp.labels(job_id=job_id).set(time.time())
-            self._job_metrics(record)
         log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
         return record
@@ -322,12 +315,9 @@ class SchedulerState:
                 if n > before[3].get(kind, 0):
                     self.metrics.bytes_landed_by_kind_total.labels(kind=kind).inc(n - before[3].get(kind, 0))
             if job.bytes_done > before[0] and job.state == RUNNING:
-                # Wall time, not self.clock: alert rules compare it with Prometheus's time().
-                self.metrics.job_last_progress_timestamp.labels(job_id=job_id).set(time.time())
+                record.last_progress_wall = self.wall_clock()
             if before[2] == RUNNING and job.state != RUNNING:
                 self._finished(record, job.state)
-            else:
-                self._job_metrics(record)
             return wire.WorkReply(
                 state=job.state, error=job.error, assignments=[_wire_assignment(a) for a in assignments],
                 cancel=job.take_cancellations(),
@@ -419,32 +409,20 @@ class SchedulerState:
             raise UnknownJob(f"no fork job {clip(job_id)} (finished long ago, abandoned, or never created)")
         return record
 
-    def _active_jobs(self) -> int:
-        return sum(1 for r in self.jobs.values() if r.job.state == RUNNING)
-
-    def _job_metrics(self, record: JobRecord) -> None:
-        job = record.job
-        if job.state == RUNNING:  # an ended job's series are gone; a late /work must not bring them back
-            self.metrics.job_bytes_done.labels(job_id=job.job_id).set(job.bytes_done)
-            self.metrics.job_progress_ratio.labels(job_id=job.job_id).set(
-                job.bytes_done / job.bytes_total if job.bytes_total else 1.0)
-
-    def _in_flight_metrics(self) -> None:
-        """Assignments in flight per seed, over all jobs. A scan of every job's chunks, so it
-        runs once a second in the reaper and when a job ends, not on every /work call."""
-        live = {}
+    def live_by_seed(self) -> dict[str, int]:
+        """Assignments in flight per seed, over all jobs (a scan of every job's chunks: the
+        metrics collector calls it once a scrape). Call with the lock held."""
+        live: dict[str, int] = {}
         for rec in self.jobs.values():
             for seed_id, n in rec.job.live_by_seed().items():
                 live[seed_id] = live.get(seed_id, 0) + n
-        for seed_id in self.seeds:
-            self.metrics.assignments_in_flight.labels(seed=seed_id).set(live.get(seed_id, 0))
+        return live
 
     def _finished(self, record: JobRecord, outcome: str) -> None:
         job = record.job
         self.metrics.jobs_finished_total.labels(outcome=outcome).inc()
         if outcome == DONE and job.finished_at is not None:
             self.metrics.fork_duration.observe(job.finished_at - job.created_at)
-        self.metrics.forget_job(job.job_id)  # finished jobs' series go: bounded cardinality
         now = self.clock()
         self.swarm.reader_gone(job.job_id, now)  # reads it never reported may still be on the wire
         if outcome != DONE:
@@ -452,7 +430,6 @@ class SchedulerState:
         elif record.group is not None and not any(
                 r.job.state == RUNNING for r in self.jobs.values() if r.group == record.group):
             self._end_scale_out(record.group, now)  # a done job stays a peer while its client polls
-        self._in_flight_metrics()  # its assignments no longer count as in flight
         log.log(logging.INFO if outcome == DONE else logging.WARNING, "job %s %s%s", job.job_id, outcome,
                 f": {job.error}" if job.error else "")
 
@@ -485,7 +462,6 @@ class SchedulerState:
                         self._leave_swarm(record, f"peer silent for {now - record.last_poll:.0f} s", now)
                 elif job.finished_at is not None and now - job.finished_at > self.config.finished_job_ttl_seconds:
                     del self.jobs[job_id]
-            self._in_flight_metrics()
 
 
 class _Changes:

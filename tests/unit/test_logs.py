@@ -16,7 +16,11 @@ from rfork_api import logs
 def restore_logging(monkeypatch):
     """Each test configures the process's logging; put it back as pytest had it."""
     for name in (logs.LEVEL_ENV, logs.VERBOSE_ENV, logs.MOONCAKE_LEVEL_ENV):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first so monkeypatch records the variable's absence too: setup_logging writes
+        # os.environ itself (for the processes it starts), and a bare delenv of an unset name
+        # records nothing to undo, so -v leaked into every later test's subprocesses.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     root = logging.getLogger()
     names = ("rfork",) + logs.LIBRARY_LOGGERS
     saved = (root.level, list(root.handlers), {n: logging.getLogger(n).level for n in names})

@@ -61,6 +61,11 @@ class Fleet:
     def seed_bytes(self) -> int:
         return sum(j.bytes_by_kind["seed"] for j in self.jobs)
 
+    def land_from_seed(self, job: Job, max_in_flight: int = 8) -> None:
+        """``job`` reads what one decision gives it from the seed, and every read lands at t = 0."""
+        for a in job.next_assignments([seed(self.seed_manifest)], 0.0, max_in_flight):
+            job.apply(Report(a.assignment_id, ok=True), 0.0)
+
 
 def test_group_key_ignores_pointers_but_not_shapes_or_chunk_size():
     a, b = manifest(4, 1 << 30), manifest(4, 2 << 30)
@@ -123,8 +128,7 @@ def test_a_peers_reads_are_outstanding_until_reported_and_withdraw_counts_them()
 def test_a_silent_readers_reads_hold_the_peer_until_their_deadline():
     fleet = Fleet(2, n_chunks=2)
     a, b = fleet.jobs
-    for x in a.next_assignments([seed(fleet.seed_manifest)], 0.0, 8):
-        a.apply(Report(x.assignment_id, ok=True), 0.0)
+    fleet.land_from_seed(a)
     reads = b.next_assignments(fleet.swarm.sources_for("j1", 0.0), 0.0, 8, covered=fleet.swarm.covered_for("j1"))
     fleet.swarm.assigned(reads, "j1", 0.0)
     fleet.swarm.leave("j1", now=10.0)  # the reader was abandoned without reporting
@@ -139,8 +143,7 @@ def test_a_silent_readers_reads_hold_the_peer_until_their_deadline():
 def test_a_peers_upload_limits_hold_across_all_its_readers(max_in_flight, rate, expected):
     fleet = Fleet(3, n_chunks=8, offer=PeerOffer("x", rate, max_in_flight))
     server, r1, r2 = fleet.jobs
-    for x in server.next_assignments([seed(fleet.seed_manifest)], 0.0, 100):
-        server.apply(Report(x.assignment_id, ok=True), 0.0)
+    fleet.land_from_seed(server, max_in_flight=100)
     given = 0
     for reader in (r1, r2):
         peers = [p for p in fleet.swarm.sources_for(reader.job_id, 0.0) if p.source_id == "peer:j0"]
@@ -153,8 +156,7 @@ def test_a_peers_upload_limits_hold_across_all_its_readers(max_in_flight, rate, 
 def test_a_peer_that_left_is_no_source_and_its_readers_are_returned():
     fleet = Fleet(2, n_chunks=2)
     a, b = fleet.jobs
-    for x in a.next_assignments([seed(fleet.seed_manifest)], 0.0, 8):
-        a.apply(Report(x.assignment_id, ok=True), 0.0)
+    fleet.land_from_seed(a)
     assert [j.job_id for j in fleet.swarm.leave("j0", 1.0)] == ["j1"]
     assert fleet.swarm.sources_for("j1", 1.0) == [] and not fleet.swarm.is_member("j0")
 
@@ -162,8 +164,7 @@ def test_a_peer_that_left_is_no_source_and_its_readers_are_returned():
 def test_a_peer_whose_job_ended_still_counts_the_reads_from_it_until_they_are_reported():
     fleet = Fleet(2, n_chunks=2)
     a, b = fleet.jobs
-    for x in a.next_assignments([seed(fleet.seed_manifest)], 0.0, 8):
-        a.apply(Report(x.assignment_id, ok=True), 0.0)
+    fleet.land_from_seed(a)
     reads = b.next_assignments(fleet.swarm.sources_for("j1", 0.0), 0.0, 8, covered=fleet.swarm.covered_for("j1"))
     fleet.swarm.assigned(reads, "j1", 0.0)
     fleet.swarm.leave("j0", 1.0)  # its job failed at the scheduler; its client will fall back and rewrite memory

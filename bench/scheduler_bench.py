@@ -52,6 +52,7 @@ import httpx
 from rfork_api import models as m
 from rfork_api.errors import RforkApiError, UnknownJob, UnknownSeed
 from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
+from testbed.fleet import wait_http_ready
 
 DEFAULT_CHUNK_SIZE = 64 * 2**20
 
@@ -330,19 +331,13 @@ class SchedulerProcess:
         return self.process.pid  # taskset execs the command: same pid
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SchedulerStartError(f"rfork scheduler exited with code {self.process.returncode} before answering: "
-                                 f"{self.last_log_line()} (log: {self.log_path})")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SchedulerStartError(f"rfork scheduler did not answer {self.url}/health within {timeout:.0f} s; "
-                                  f"see {self.log_path}")
+        failure = wait_http_ready(f"{self.url}/health", self.process, timeout)
+        if failure is None:
+            return
+        if self.process.poll() is not None:
+            raise SchedulerStartError(f"rfork scheduler {failure} before answering: {self.last_log_line()} "
+                                      f"(log: {self.log_path})")
+        raise SchedulerStartError(f"rfork scheduler {failure}; see {self.log_path}")
 
     def last_log_line(self) -> str:
         try:

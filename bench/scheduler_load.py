@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
+from testbed.fleet import wait_http_ready
+
 IDENTITY = {"model": "moe-load", "revision": "main", "dtype": "bfloat16", "tp_size": 1}
 
 
@@ -176,18 +178,11 @@ class SchedulerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rfork_agent.cli", "scheduler", "--port", port, *self._args],
             stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the scheduler exited with code {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        failure = wait_http_ready(f"{self.url}/health", self.process, 60)
+        if failure is None:
+            return self
         self.__exit__()
-        raise RuntimeError(f"the scheduler did not answer within 60 s; see {self.log_path}")
+        raise RuntimeError(f"the scheduler {failure}; see {self.log_path}")
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:

@@ -31,6 +31,25 @@ from rfork_api import models as wire
 log = logging.getLogger("rfork.testbed")
 
 
+def wait_http_ready(url: str, process: subprocess.Popen, timeout: float) -> str | None:
+    """Wait until ``url`` answers 200 while ``process`` (the server behind it) lives.
+
+    Returns None once it answers, else what went wrong ("exited with code N",
+    "did not answer URL within T s") for the caller to raise as its own error.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with code {process.returncode}"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return f"did not answer {url} within {timeout:.0f} s"
+
+
 class FleetError(RuntimeError):
     """A fleet process did not start or misbehaved; the message names its log."""
 
@@ -314,14 +333,6 @@ class Fleet:
         return result
 
     def _wait_http(self, url: str, process: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise FleetError(f"{name} exited with code {process.returncode}; see {self.log_dir / (name + '.log')}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise FleetError(f"{name} did not answer {url} within {timeout:.0f} s; see {self.log_dir / (name + '.log')}")
+        failure = wait_http_ready(url, process, timeout)
+        if failure is not None:
+            raise FleetError(f"{name} {failure}; see {self.log_dir / (name + '.log')}")

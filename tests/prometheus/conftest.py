@@ -6,15 +6,13 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import httpx
 import pytest
 
-from testbed.fleet import free_port
+from testbed.fleet import free_port, wait_http_ready
 
 READY_TIMEOUT_SECONDS = 60
 
@@ -58,18 +56,11 @@ def _start(tmp: Path, config: dict) -> PrometheusServer:
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
     server = PrometheusServer(process, f"http://127.0.0.1:{port}", path, log)
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"prometheus exited {process.returncode}; see {log}")
-        try:
-            if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    failure = wait_http_ready(f"{server.url}/-/ready", process, READY_TIMEOUT_SECONDS)
+    if failure is None:
+        return server
     server.stop()
-    raise AssertionError(f"prometheus not ready in {READY_TIMEOUT_SECONDS} s; see {log}")
+    raise AssertionError(f"prometheus {failure}; see {log}")
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Issue #16's QoS battery in one device call: install the carried wheels, then run bench/qos_battery.py.
+# Issue #16's QoS battery on the device: install the carried wheels, then run bench/qos_battery.py.
 #
 #   device run, carry ["gpu_wheels"]:
 #     bash bench/qos_battery.sh --plants steady,bursty,near-slo,load-change --runs 5 --cores-per-plant 3 --gpu
 #
+# The full battery (5 runs of 80 s throttled phases per plant, ~14 min) is longer than one 10-minute
+# device call. Then start it detached (its own process session, which outlives the call) and collect
+# it in the next call, made at once (an idle machine is given back after ~30 s):
+#     bash bench/qos_battery.sh --detach --gpu ...     # starts it, follows it for up to WAIT_SECONDS (570)
+#     bash bench/qos_battery.sh --collect              # waits for it to end (up to WAIT_SECONDS), copies results
+# Either way the results are copied to $OUT at the end of the call (<= 8 files, flat).
+#
 # gpu_wheels/ (git-ignored) holds what the device image lacks (see bench/gpu_run.sh): mooncake-transfer-engine
-# and fastapi, starlette, pydantic, uvicorn, apscheduler, ... Results land in $OUT (<= 8 files, flat).
+# and fastapi, starlette, pydantic, uvicorn, apscheduler, ...
 set -uo pipefail
 OUT=${OUT:-out/qos-battery}
 mkdir -p "$OUT"
@@ -29,4 +36,31 @@ else
 fi
 python3 -c 'import fastapi, uvicorn, httpx, apscheduler, prometheus_client, matplotlib, torch; from mooncake.engine import TransferEngine; print("deps ok:", torch.__version__)' \
   || { echo "missing Python deps (carry gpu_wheels)"; exit 1; }
-python3 -m bench.qos_battery --out "$OUT" "$@"
+
+DETACHED=/tmp/rfork-battery
+WAIT_SECONDS=${WAIT_SECONDS:-570}
+
+follow() {  # wait for the detached battery to end (or WAIT_SECONDS), then copy what it wrote to $OUT
+  local waited=0
+  while [ ! -e "$DETACHED/exit" ] && [ "$waited" -lt "$WAIT_SECONDS" ]; do sleep 10; waited=$((waited + 10)); done
+  tail -n 40 "$DETACHED/log"
+  cp "$DETACHED"/out/* "$OUT"/ 2>/dev/null
+  cp "$DETACHED/log" "$OUT/battery.log"
+  if [ -e "$DETACHED/exit" ]; then echo "== battery ended: exit $(cat "$DETACHED/exit")"; exit "$(cat "$DETACHED/exit")"; fi
+  echo "== battery still running after ${WAIT_SECONDS}s: call again with --collect"
+  exit 3
+}
+
+case "${1:-}" in
+  --detach)
+    shift
+    rm -rf "$DETACHED" && mkdir -p "$DETACHED/out"
+    setsid bash -c 'python3 -m bench.qos_battery --out "$0/out" "$@" > "$0/log" 2>&1; echo $? > "$0/exit"' \
+      "$DETACHED" "$@" < /dev/null &
+    follow ;;
+  --collect)
+    [ -d "$DETACHED" ] || { echo "no detached battery on this machine (a fresh machine: start it again)"; exit 1; }
+    follow ;;
+  *)
+    python3 -m bench.qos_battery --out "$OUT" "$@" ;;
+esac

@@ -131,8 +131,10 @@ class QosBenchOptions:
     """The lowest rate bisection goes to, as a fraction of the cap."""
     oracle_tolerance: float = 1.2
     """Stop when the lowest rate that missed is within this factor of the highest that met."""
-    run_baseline_seconds: float = 4.0
-    """A no-transfer block before each run's throttled phase (context: the seed's latency just then)."""
+    run_baseline_seconds: float = 15.0
+    """A no-transfer block before each run's throttled phase: the seed's latency just then, and what
+    each agent watched of its loaded seed before the fork (an agent beside a serving seed has watched
+    it for minutes when a fork arrives; the throttle starts with that evidence of the seed alone)."""
     throttled_ramp_seconds: float = 5.0
     throttled_measure_seconds: float = 20.0
     """The throttled figures cover this many seconds after the ramp (the controller starts afresh)."""
@@ -1074,6 +1076,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="most probes for the oracle, the cap included (default 5; 3 with --quick)")
     p.add_argument("--throttled-seconds", type=float, default=None,
                    help="seconds each run's throttled phase is measured, after its ramp (default 20)")
+    p.add_argument("--watch-seconds", type=float, default=None,
+                   help="seconds the agents watch their loaded seeds with no transfer before each run's "
+                        "throttled phase (default 15; 1.5 with --quick)")
     p.add_argument("--decode-layers", type=int, default=1,
                    help="layer passes per decode step on every seed (default 1; 0 = calibrate per seed)")
     p.add_argument("--throttle-tuning", default=None, metavar="FIELD=VALUE,...",
@@ -1113,7 +1118,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         raise BenchArgsError(f"--concurrency must be at least 1 request, got {args.concurrency}")
     if args.load_rps is not None and not (0 < args.load_rps < math.inf):
         raise BenchArgsError(f"--load-rps must be a number of requests/s > 0, got {args.load_rps}")
-    for flag in ("oracle_probe_seconds", "throttled_seconds"):
+    for flag in ("oracle_probe_seconds", "throttled_seconds", "watch_seconds"):
         value = getattr(args, flag)
         if value is not None and not (0 < value < math.inf):
             raise BenchArgsError(f"--{flag.replace('_', '-')} must be seconds > 0, got {value}")
@@ -1155,7 +1160,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
     )
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
-                        ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds)):
+                        ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),
+                        ("run_baseline_seconds", args.watch_seconds)):
         if value is not None:
             fields[name] = value
     options = QosBenchOptions.quick(**fields) if args.quick else QosBenchOptions(**fields)

@@ -35,7 +35,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from throttle.controller import ControllerConfig, Observation, SloConfig, decide, initial_state
+from throttle.controller import (ControllerConfig, Observation, SloConfig, decide, initial_state,
+                                 with_seed_alone_evidence)
 from throttle.histogram import WindowHistogram
 
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "run", "oracle_rate"]
@@ -195,11 +196,36 @@ def realized_oracle_rate(plant: Plant, seconds: list[_Second], budget: float = B
     return lo
 
 
-def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET) -> RunResult:
-    """One closed-loop run of ``config``'s law on ``plant`` (interval 1 s)."""
+def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, seconds: float) -> list[tuple[float, Observation]]:
+    """``seconds`` of the run's load schedule from its start, with no transfer, ending at t = 0: what the
+    agent watched before the fork (a bursty seed's bursts included; drawn from their own rng, so the
+    run's draw is the same with or without them)."""
+    sigma, out = plant.overdispersion, []
+    for k in range(int(seconds)):
+        seg = _segment_at(segments, k)
+        steps = _poisson(rng, seg.tokens_per_second / seg.batch)
+        jitter = math.exp(rng.gauss(-sigma * sigma / 2, sigma)) if sigma > 0 else 1.0
+        second = _Second(seg, seg.batch, jitter, tuple(sorted(rng.random() for _ in range(steps))))
+        tokens, slow = second.tokens, second.slow_tokens(0.0)
+        window = WindowHistogram((THRESHOLD, math.inf), (tokens - slow, tokens))
+        out.append((float(k + 1) - seconds, Observation(itl=window, running=seg.batch, queued=0.0,
+                                                        transfer_active=False, span_seconds=1.0)))
+    return out
+
+
+def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET,
+        seed_alone_seconds: float = 0.0) -> RunResult:
+    """One closed-loop run of ``config``'s law on ``plant`` (interval 1 s).
+
+    ``seed_alone_seconds``: the agent watched the seed without a transfer for this long before the
+    run (as an agent beside a serving seed does before a fork arrives); the law starts with it.
+    """
     segments, seconds = _draw(plant, random.Random(rng_seed))
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
     state = initial_state(config, now=0.0)
+    if seed_alone_seconds > 0:
+        watched = _seed_alone(plant, segments, random.Random(rng_seed + 1_000_003), seed_alone_seconds)
+        state = with_seed_alone_evidence(state, watched, config, slo, now=0.0)
     applied = state.rate_bytes_per_second
     rates: list[float] = []
     slow_total = token_total = 0.0
@@ -302,6 +328,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--seconds", type=float, default=None,
                         help="run length; with --warmup 0 and 25, a bench throttled phase judged from the floor")
     parser.add_argument("--warmup", type=float, default=None, help="unjudged start of each run (seconds)")
+    parser.add_argument("--seed-alone", type=float, default=0.0,
+                        help="seconds the agent watched the seed without a transfer before each run (default 0)")
     args = parser.parse_args()
     for law in args.laws.split(","):
         extra = {"ab_fast_raise_factor": args.fast_raise} if law == "ab" and args.fast_raise is not None else {}
@@ -312,7 +340,7 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                 plant = replace(plant, seconds=args.seconds)
             if args.warmup is not None:
                 plant = replace(plant, warmup_seconds=args.warmup)
-            results = [run(plant, cfg, seed) for seed in range(args.runs)]
+            results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone) for seed in range(args.runs)]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]
             ratio = [r.throughput_ratio for r in results]

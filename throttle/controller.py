@@ -26,7 +26,7 @@ nothing; an off window shows that, and the law raises)::
     >>> d = decide(d.state, Observation(itl=half_percent, running=8), cfg, slo, now=2.0)
     >>> d.mode.value, d.rate_bytes_per_second                   # the first off window: rate 0 for 1 s
     ('probe_pause', 0.0)
-    >>> off = Observation(itl=half_percent, running=8, transfer_active=False)
+    >>> off = Observation(itl=half_percent, running=8.0, transfer_active=False)
     >>> d = decide(d.state, off, cfg, slo, now=3.0)
     >>> d.reason.split(";")[0], d.rate_bytes_per_second > 5e7   # on and off alike: not the transfer's
     ('off window over', True)
@@ -50,7 +50,7 @@ import functools
 import math
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Callable
+from typing import Callable, Iterable
 
 from throttle.attribution import Estimate, Sample, estimate, one_interval_z, overall_share, safe_rate
 from throttle.histogram import (
@@ -542,6 +542,11 @@ class ControllerState:
     #: cuts within ``change_window_seconds``). Fast raises stop there, like TCP's slow-start
     #: threshold: above it each raise is at most ``max_raise_factor``.
     ab_cut_from: float | None = None
+    #: A/B law: the error budget counts tokens from here on (entering adaptive mode). Evidence of
+    #: the seed alone from before is evidence of its own share, not budget the transfer saved:
+    #: counted as savings, 60 s of it let the transfer run 1.1-1.4x over the budget afterwards
+    #: (sim/qos_plant.py, steady and saturating plants).
+    ab_budget_from: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -571,6 +576,42 @@ def initial_state(config: ControllerConfig, now: float) -> ControllerState:
     deliver a first scrape.
     """
     return ControllerState(rate_bytes_per_second=config.floor_bytes_per_second, mode=Mode.HOLD, last_scrape_at=now)
+
+
+def with_seed_alone_evidence(state: ControllerState, intervals: Iterable[tuple[float, Observation]],
+                             config: ControllerConfig, slo: SloConfig, now: float) -> ControllerState:
+    """The A/B law starts with what was seen of the seed alone: its transfer-off intervals.
+
+    An agent watches its seed before any fork arrives (fixed mode, or adaptive with no
+    chunk reads); those intervals are exactly what an off window measures, so entering
+    adaptive mode need not learn the seed's own share from scratch in 1 s off windows.
+    Measured on the H200 battery: a throttled phase that started with ~1 s of off evidence
+    read p_off as 0.0-0.4 % against a true 0.3-0.9 %, and blamed the seed's own share on
+    the transfer. Each ``(at, observation)`` must be an interval without chunk reads
+    (``observation.transfer_active`` False); older than ``off_horizon_seconds`` is ignored.
+    The AIMD law keeps its own baseline and ignores this.
+
+    >>> from throttle.histogram import WindowHistogram
+    >>> cfg, slo = ControllerConfig(cap_bytes_per_second=100e6), SloConfig(itl_threshold_seconds=0.05)
+    >>> alone = Observation(WindowHistogram((0.05, math.inf), (990.0, 1000.0)), running=8.0, transfer_active=False)
+    >>> s = with_seed_alone_evidence(initial_state(cfg, 10.0), [(9.0, alone), (10.0, alone)], cfg, slo, 10.0)
+    >>> [(x.on, x.slow, x.tokens, x.batch) for x in s.ab_itl]
+    [(False, 10.0, 1000.0, 8.0), (False, 10.0, 1000.0, 8.0)]
+    """
+    if config.law != "ab":
+        return state
+    itl: list[Sample] = []
+    ttft: list[Sample] = []
+    for at, observation in intervals:
+        if observation.transfer_active or now - at >= config.off_horizon_seconds:
+            continue
+        itl_sample, ttft_sample = _samples_of(observation, slo, at, 0.0, False)
+        if itl_sample is not None:
+            itl.append(itl_sample)
+        if ttft_sample is not None:
+            ttft.append(ttft_sample)
+    return replace(state, ab_itl=state.ab_itl + tuple(itl), ab_ttft=state.ab_ttft + tuple(ttft),
+                   ab_budget_from=now, dense_until=now + config.dense_after_change_seconds)
 
 
 def latency_impact_ratio(state: ControllerState) -> float:
@@ -1130,7 +1171,8 @@ def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, confi
 
 
 def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerConfig, duty: float,
-               min_tokens: float, now: float, rate_now: float) -> tuple[float | None, str, bool, float]:
+               min_tokens: float, now: float, rate_now: float,
+               budget_from: float = -math.inf) -> tuple[float | None, str, bool, float]:
     """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
     the largest raise factor the evidence at ``rate_now`` supports)."""
     on = [s for s in samples if s.on]
@@ -1144,7 +1186,7 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
         return config.floor_bytes_per_second, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
         return None, summary, False, config.max_raise_factor
-    recent = [s for s in samples if now - s.at < config.evidence_horizon_seconds]
+    recent = [s for s in samples if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
     allowed = _allowed_share(recent, budget, config)
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=config.floor_bytes_per_second, cap=config.cap)
     bound = overall_share(est, rate, duty, z)
@@ -1215,10 +1257,12 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                         next_probe_at=min(state.next_probe_at or soon, soon))
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
-    target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate)
+    target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate,
+                                                    state.ab_budget_from)
     if slo.ttft_threshold_seconds is not None and target is not None:
         t_target, t_summary, t_over, t_factor = _ab_target(ttft, slo.ttft_budget, config, duty,
-                                                           config.min_ttft_observations, now, rate)
+                                                           config.min_ttft_observations, now, rate,
+                                                           state.ab_budget_from)
         if t_target is not None:
             factor = min(factor, t_factor)
         if t_target is not None and t_target < target:

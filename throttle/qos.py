@@ -43,9 +43,11 @@ from throttle.controller import (
     ControllerConfig,
     ControllerState,
     Mode,
+    Observation,
     SloConfig,
     decide,
     initial_state,
+    with_seed_alone_evidence,
     observation_from_scrapes,
 )
 from throttle.histogram import WindowHistogram, fraction_above, observations, pool, quantile
@@ -236,6 +238,7 @@ class _Interval:
     itl: WindowHistogram | None
     ttft: WindowHistogram | None
     transfer_active: bool
+    running: float | None = None
 
 
 class QosTracker:
@@ -285,7 +288,8 @@ class QosTracker:
     # -- mode -------------------------------------------------------------
 
     def set_mode(self, throttle: ThrottleMode, now: float, fixed_rate_bytes_per_second: float | None = None) -> None:
-        """Switch mode. Entering adaptive starts the controller afresh (at the floor);
+        """Switch mode. Entering adaptive starts the controller afresh (at the floor, with the
+        no-transfer intervals of the last ``baseline_max_age_seconds`` as its evidence of the seed alone);
         staying adaptive keeps its state. Fixed uses ``fixed_rate`` (None = the cap)."""
         if throttle is ThrottleMode.ADAPTIVE and self.controller is None:
             raise ValueError("adaptive throttling needs a link cap; configure --rate-cap")
@@ -296,8 +300,12 @@ class QosTracker:
         ):
             raise ValueError(f"a fixed rate must be a finite number of bytes/s >= 0, got {fixed_rate_bytes_per_second}")
         if throttle is ThrottleMode.ADAPTIVE and (self.state is None or self.throttle is not ThrottleMode.ADAPTIVE):
-            assert self.controller is not None
-            self.state = initial_state(self.controller, now)
+            assert self.controller is not None and self.slo is not None
+            # The seed alone, as watched before this switch, is the law's first off evidence.
+            seed_alone = [(i.at, Observation(i.itl, i.ttft, running=i.running, transfer_active=False))
+                          for i in self._baseline]
+            self.state = with_seed_alone_evidence(initial_state(self.controller, now), seed_alone,
+                                                  self.controller, self.slo, now)
         elif throttle is not ThrottleMode.ADAPTIVE:
             self.state = None
         self.throttle = throttle
@@ -333,7 +341,8 @@ class QosTracker:
             self._last_good_at = now
             log_recovered = self.failure_log.recovered()
             if observation.reset_reason is None and observation.span_seconds is not None:
-                self._remember(_Interval(now, observation.itl, observation.ttft, transfer_active))
+                self._remember(_Interval(now, observation.itl, observation.ttft, transfer_active,
+                                         observation.running))
         elif failure is not None:
             suppressed = self.failure_log.should_log(failure.reason, now)
             log_failure, unlogged = suppressed is not None, suppressed or 0

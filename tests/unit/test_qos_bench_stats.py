@@ -282,6 +282,7 @@ def test_quick_and_flags_set_the_options():
     (["--runs", "0"], "--runs must be at least 1"),
     (["--concurrency", "0"], "--concurrency must be at least 1"),
     (["--oracle-probe-seconds", "0"], "--oracle-probe-seconds must be seconds > 0"),
+    (["--watch-seconds", "-1"], "--watch-seconds must be seconds > 0"),
     (["--cpus", "0,x"], "--cpus must be CPU numbers"),
     (["--cpus", "100000"], "this process may use CPUs"),
     (["--cap", "0"], "needs a link rate > 0"),
@@ -318,9 +319,10 @@ def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
 
 
 def test_the_battery_fits_its_default_deadline():
-    """The battery's per-plant invocation (5 runs, 15 s throttled phases, 30 s probes) fits the 450 s deadline."""
-    options = qos_bench.QosBenchOptions(throttled_measure_seconds=15.0)
-    assert qos_bench.estimate_seconds(options, 5) < 445
+    """The battery's per-plant invocation (5 runs of 15 s watching the seed alone and an 80 s throttled phase,
+    30 s probes) fits the 900 s deadline."""
+    options = qos_bench.QosBenchOptions(throttled_measure_seconds=80.0)
+    assert qos_bench.estimate_seconds(options, 5) < 895
 
 
 @pytest.mark.parametrize("line, mooncake", [
@@ -370,7 +372,7 @@ def test_no_bound_leaving_the_transfer_room_is_a_bench_error():
 def test_the_battery_estimates_without_starting_anything(capsys, tmp_path):
     out = tmp_path / "never-created"
     assert qos_battery.main(["--out", str(out), "--plants", "steady,bursty", "--estimate", "--deadline-seconds",
-                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4"]) == 0
+                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4", "--watch-seconds", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["steady", "bursty"]
     assert "3 of 5 runs fit the 300 s deadline" in lines[0] and not out.exists()

@@ -295,3 +295,26 @@ def test_ab_seed_over_its_slo_on_its_own_is_held_at_the_floor_with_that_reason()
     assert reports[-1].rate_bytes_per_second in (0.0, pytest.approx(0.05 * CAP))
     assert t.state.rate_bytes_per_second == pytest.approx(0.05 * CAP)
     assert reports[-1].throttle_reason == "seed_over_slo"
+
+
+def test_ab_entering_adaptive_starts_with_the_seed_alone_as_off_evidence():
+    # Watched in fixed mode at rate 0 (no chunk reads), the seed alone is what an off window
+    # measures: entering adaptive mode, the law has that evidence from its first tick.
+    t = QosTracker(SLO, ControllerConfig(cap_bytes_per_second=CAP), ThrottleMode.FIXED, now=0.0,
+                   fixed_rate_bytes_per_second=0.0)
+    seed = FakeSeed()
+    run(t, seed, 1.0, 30, fast=995, slow=5, running=8.0, active=False)
+    run(t, seed, 31.0, 3, fast=990, slow=10, running=8.0, active=True)  # reads at a fixed rate: not the seed alone
+    t.set_mode(ThrottleMode.ADAPTIVE, 33.5)
+    off = [s for s in t.state.ab_itl if not s.on]
+    assert not [s for s in t.state.ab_itl if s.on]
+    # The first scrape has no window; the other 29 seconds are the seed alone, the last 60 s kept.
+    assert len(off) == 29 and {(s.slow, s.tokens, s.batch, s.rate) for s in off} == {(5.0, 1000.0, 8.0, 0.0)}
+    assert t.state.rate_bytes_per_second == pytest.approx(0.05 * CAP)  # still from the floor
+
+
+def test_aimd_entering_adaptive_ignores_the_seed_alone_evidence():
+    t = QosTracker(SLO, controller(), ThrottleMode.FIXED, now=0.0, fixed_rate_bytes_per_second=0.0)
+    run(t, FakeSeed(), 1.0, 10, fast=995, slow=5, active=False)
+    t.set_mode(ThrottleMode.ADAPTIVE, 11.0)
+    assert t.state.ab_itl == ()

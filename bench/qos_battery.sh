@@ -9,7 +9,7 @@
 # it in the next call, made at once (an idle machine is given back after ~30 s):
 #     bash bench/qos_battery.sh --detach --gpu ...     # starts it, follows it for up to WAIT_SECONDS (570)
 #     bash bench/qos_battery.sh --collect              # waits for it to end (up to WAIT_SECONDS), copies results
-# Either way the results are copied to $OUT at the end of the call (<= 8 files, flat).
+# Detached, the call ends with $OUT/battery.tar.gz (every plant's JSON, the plots, the log) and the summary.
 #
 # gpu_wheels/ (git-ignored) holds what the device image lacks (see bench/gpu_run.sh): mooncake-transfer-engine
 # and fastapi, starlette, pydantic, uvicorn, apscheduler, ...
@@ -44,8 +44,9 @@ follow() {  # wait for the detached battery to end (or WAIT_SECONDS), then copy 
   local waited=0
   while [ ! -e "$DETACHED/exit" ] && [ "$waited" -lt "$WAIT_SECONDS" ]; do sleep 10; waited=$((waited + 10)); done
   tail -n 40 "$DETACHED/log"
-  cp "$DETACHED"/out/* "$OUT"/ 2>/dev/null
-  cp "$DETACHED/log" "$OUT/battery.log"
+  # The device returns at most 8 files: everything in one archive, the summary and its plot beside it.
+  tar -czf "$OUT/battery.tar.gz" -C "$DETACHED" out log
+  cp "$DETACHED"/out/qos-battery.json "$DETACHED"/out/qos-battery.png "$OUT"/ 2>/dev/null
   if [ -e "$DETACHED/exit" ]; then echo "== battery ended: exit $(cat "$DETACHED/exit")"; exit "$(cat "$DETACHED/exit")"; fi
   echo "== battery still running after ${WAIT_SECONDS}s: call again with --collect"
   exit 3

@@ -329,8 +329,10 @@ class Job:
         """Each source's last failed read in this job, excluded or not: what the user sees."""
         self.consecutive_failures: dict[str, int] = {}
         self._failed_chunks: dict[str, set[int]] = {}
-        self._outlook: tuple[tuple, tuple[dict[str, float], float, int]] | None = None
         """Source id -> chunks whose read from it failed (each chunk's ``failed_on``, by source)."""
+        self._decisions = 0
+        """Calls of ``next_assignments`` so far: what the endgame outlook's cache is valid for."""
+        self._outlook: tuple[tuple, tuple[dict[str, float], float, int]] | None = None
         self.observed_rate: dict[str, float] = {}
         self._best_rate = 0.0
         self._reads_at_once = 1
@@ -399,6 +401,7 @@ class Job:
             self._fail_if_no_sources(eligible, sources, now)
             return []
         self.last_seed_seen_at = now
+        self._decisions += 1
         for s in eligible:
             self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
@@ -682,9 +685,11 @@ class Job:
     def _in_flight_outlook(self, rates: dict[str, float], now: float) -> tuple[dict[str, float], float, int]:
         """Seconds until each live assignment lands (bytes its source must read first, its own and
         those assigned at or before it, over that source's rate, less the time already spent), the
-        largest of them, and the smallest chunk in flight. Kept until the live set changes: every
-        source a decision finds nothing for asks, and the answer is the same."""
-        key = (now, self._ids, len(self.live), id(rates))
+        largest of them, and the smallest chunk in flight. Kept within one decision (``rates`` is
+        that decision's) until the live set changes: every source a decision finds nothing for
+        asks, and the answer is the same. (Not keyed on ``id(rates)``: a later decision's dict
+        may sit at a freed one's address.)"""
+        key = (self._decisions, now, self._ids, len(self.live))
         if self._outlook is not None and self._outlook[0] == key:
             return self._outlook[1]
         ahead: dict[str, int] = {}

@@ -268,6 +268,23 @@ def test_endgame_duplicates_a_straggler_and_counts_bytes_once():
     assert job.bytes_done == job.bytes_total and job.chunks_done == 2
 
 
+@pytest.mark.parametrize("decisions_between", range(6))
+def test_a_decision_judges_a_straggler_by_its_own_rates_not_an_earlier_decisions(decisions_between):
+    """The endgame's outlook (when each read in flight lands) is kept within a decision. A later
+    decision at the same moment with the same reads in flight, after the holder's allowed rate
+    dropped, must see the new rate. Keyed on the rates dict's ``id()``, the cache matched a new
+    dict built at a freed one's address (here after two other jobs' decisions, as a scheduler
+    interleaves them) and judged the straggler by the old rate."""
+    job, m = make_job(n_chunks=1)
+    other, other_manifest = make_job(n_chunks=64)
+    [a] = job.next_assignments([seed("a", m, 1e9)], 0.0, 1)
+    assert job.next_assignments([seed("a", m, 1e9), seed("b", m, 1e6)], 1.0, 8) == []  # a lands it first
+    for _ in range(decisions_between):
+        other.next_assignments([seed("c", other_manifest, 1e6)], 1.0, 1)
+    [dup] = job.next_assignments([seed("a", m, 1.0), seed("b", m, 1e6)], 1.0, 8)  # a throttled to 1 B/s
+    assert dup.chunk_id == a.chunk_id and dup.seed_id == "b"
+
+
 def test_stale_and_unknown_reports_change_nothing():
     job, m = make_job(n_chunks=2)
     [a, b] = job.next_assignments([seed("s0", m, None)], 0.0, 2)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import AbstractSet, Collection, Hashable, Iterable
 
 from rfork_api.manifest import Manifest
-from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, Job, SourceView
+from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, ChunkSet, Job, SourceView
 from throttle.token_bucket import TokenBucket
 
 GroupKey = Hashable
@@ -120,7 +120,7 @@ class Swarm:
         self._rng = rng or random.Random(0)
         self._cover_count: dict[GroupKey, list[int]] = {}
         """Per group and chunk: serving peers that hold it or are fetching it."""
-        self._uncovered: dict[GroupKey, set[int]] = {}
+        self._uncovered: dict[GroupKey, ChunkSet] = {}
         """Per group: the chunks no serving peer holds or fetches (count 0): what the seeds serve."""
         self._serving: dict[GroupKey, list[str]] = {}
         self._members: dict[str, _Member] = {}
@@ -148,7 +148,7 @@ class Swarm:
         self._groups.setdefault(key, []).append(job.job_id)
         self._joined[key] = self._joined.get(key, 0) + 1
         counts = self._cover_count.setdefault(key, [0] * len(job.chunks))
-        uncovered = self._uncovered.setdefault(key, set(range(len(job.chunks))))
+        uncovered = self._uncovered.setdefault(key, ChunkSet(range(len(job.chunks))))
         if offer is not None:
             self._serving.setdefault(key, []).append(job.job_id)
 

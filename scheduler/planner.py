@@ -163,18 +163,66 @@ _NO_FAILURES: frozenset[str] = frozenset()
 
 
 class _ChunkState:
-    """One chunk of one job. Slotted and built by hand: a rank has thousands of chunks and a
-    scale-out thousands of jobs, so its construction is part of the scheduler's cost."""
+    """One chunk of one job, read from the job's tables when asked for (``Job.chunks[c]``).
 
-    __slots__ = ("chunk", "done", "live", "failed_on", "attempts")
+    A job keeps no object per chunk: a 1024-instance scale-out of a 1,348-chunk rank would
+    hold 1.4 million, and every full pass of Python's garbage collector walks them all (it was
+    the largest part of the scheduler's CPU). Only ``done`` may be set through this view."""
 
-    def __init__(self, chunk: Chunk) -> None:
-        self.chunk = chunk
-        self.done = False
-        self.live: dict[str, Assignment] = {}
-        self.failed_on: AbstractSet[str] = _NO_FAILURES
-        """Sources whose read of it failed (a shared empty set until the first failure)."""
-        self.attempts = 0
+    __slots__ = ("_job", "chunk_id")
+
+    def __init__(self, job: "Job", chunk_id: int) -> None:
+        self._job, self.chunk_id = job, chunk_id
+
+    @property
+    def chunk(self) -> Chunk:
+        return self._job._plan[self.chunk_id]
+
+    @property
+    def done(self) -> bool:
+        return self.chunk_id in self._job.done_chunks
+
+    @done.setter
+    def done(self, value: bool) -> None:
+        if value:
+            self._job.done_chunks.add(self.chunk_id)
+        else:
+            self._job.done_chunks.discard(self.chunk_id)
+
+    @property
+    def live(self) -> dict[str, Assignment]:
+        """Its assignments in flight (a copy)."""
+        return dict(self._job._live_on.get(self.chunk_id, ()))
+
+    @property
+    def failed_on(self) -> AbstractSet[str]:
+        """Sources whose read of it failed."""
+        return frozenset(self._job._failed_on.get(self.chunk_id, ()))
+
+    @property
+    def attempts(self) -> int:
+        return self._job._attempts.get(self.chunk_id, 0)
+
+
+class _ChunkStates(Sequence[_ChunkState]):
+    """``Job.chunks``: each chunk's state, built on demand (see ``_ChunkState``)."""
+
+    __slots__ = ("_job",)
+
+    def __init__(self, job: "Job") -> None:
+        self._job = job
+
+    def __len__(self) -> int:
+        return len(self._job._plan)
+
+    def __getitem__(self, chunk_id):  # type: ignore[override]
+        if isinstance(chunk_id, slice):
+            return [_ChunkState(self._job, c) for c in range(len(self._job._plan))[chunk_id]]
+        if chunk_id < 0:
+            chunk_id += len(self._job._plan)
+        if not 0 <= chunk_id < len(self._job._plan):
+            raise IndexError(f"chunk {chunk_id} out of range")
+        return _ChunkState(self._job, chunk_id)
 
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
@@ -361,7 +409,7 @@ def _pointer_table(manifest: Manifest) -> tuple[Mapping[str, int], Sequence[int]
     return dict(zip(names, range(len(names)))), [manifest[name].ptr for name in names]
 
 
-def _reads(states: list[_ChunkState], client: Manifest, theirs: Manifest) -> list[Read]:
+def _reads(chunks: list[Chunk], client: Manifest, theirs: Manifest) -> list[Read]:
     """The copies of these chunks, in order. A tensor split over consecutive chunks of a merged
     assignment is ONE read (its bytes are contiguous on both sides, inside one registered
     tensor): fewer reads to build, send and post. Reads never span two tensors, whose memory
@@ -372,8 +420,8 @@ def _reads(states: list[_ChunkState], client: Manifest, theirs: Manifest) -> lis
     client_index, client_values = _pointer_table(client)
     their_index, their_values = _pointer_table(theirs)
     last_tensor, last_end, dst_base, src_base = None, -1, 0, 0
-    for state in states:
-        for tensor, offset, length in state.chunk.segments:
+    for chunk in chunks:
+        for tensor, offset, length in chunk.segments:
             if tensor == last_tensor and offset == last_end:
                 dst, src, n = reads[-1]
                 reads[-1] = new(Read, (dst, src, n + length))
@@ -400,18 +448,31 @@ def stripe_start(num_chunks: int, member_index: int) -> int:
 
 
 class Job:
-    """One rank's fork: chunk states, per-source failures, progress."""
+    """One rank's fork: chunk states, per-source failures, progress.
+
+    A chunk's state lives in tables, not an object per chunk: landed is ``done_chunks``,
+    waiting is ``pending``, and the rarer states (in flight, failed somewhere, attempted) are
+    dicts holding only the chunks in them. ``chunks[c]`` reads them back as one view."""
 
     def __init__(self, job_id: str, client_manifest: Manifest, chunks: list[Chunk],
                  config: PlannerConfig, now: float, start: int = 0) -> None:
         self.job_id = job_id
         self.client_manifest = client_manifest
         self.config = config
-        self.chunks = [_ChunkState(c) for c in chunks]
-        self.pending = PendingQueue(striped_order(len(chunks), start), sizes=[c.nbytes for c in chunks],
+        self._plan = chunks
+        self._sizes = [c.nbytes for c in chunks]
+        """Chunk id -> bytes."""
+        self.chunks = _ChunkStates(self)
+        self.pending = PendingQueue(striped_order(len(chunks), start), sizes=self._sizes,
                                     mask=(1 << len(chunks)) - 1)
         self.done_chunks: set[int] = ChunkSet()
         """Landed chunks: what this job, as a peer, can serve to others."""
+        self._live_on: dict[int, dict[str, Assignment]] = {}
+        """Chunk id -> its assignments in flight, for the chunks that have any."""
+        self._failed_on: dict[int, set[str]] = {}
+        """Chunk id -> the sources whose read of it failed, for the chunks that have any."""
+        self._attempts: dict[int, int] = {}
+        """Chunk id -> reads of it that failed, for the chunks that have any."""
         self.assignments: dict[str, Assignment] = {}
         self.live: dict[str, Assignment] = {}
         """Assignments in flight (at least one of their chunks not landed yet)."""
@@ -444,7 +505,7 @@ class Job:
         self.bytes_by_seed: dict[str, int] = {}
         """Bytes landed per source id (seeds and peers)."""
         self.bytes_by_kind: dict[str, int] = {SEED: 0, PEER: 0}
-        self.bytes_total = sum(c.nbytes for c in chunks)
+        self.bytes_total = sum(self._sizes)
         self.bytes_done = 0
         self.bytes_resumed = 0
         """Bytes the client already held when it re-created this job (not read again)."""
@@ -469,17 +530,16 @@ class Job:
         Chunk ids are stable: the same manifest and chunk size give the same plan.
         """
         for chunk_id in sorted(set(chunks_done)):
-            state = self.chunks[chunk_id]
-            if state.done:
+            nbytes = self._sizes[chunk_id]
+            if chunk_id in self.done_chunks:
                 continue
-            covering = bool(state.live)
-            state.done = True
+            covering = chunk_id in self._live_on
             self.done_chunks.add(chunk_id)
             self.pending.discard(chunk_id)
             if not covering and self.on_cover is not None:
                 self.on_cover(chunk_id, +1)
-            self.bytes_done += state.chunk.nbytes
-            self.bytes_resumed += state.chunk.nbytes
+            self.bytes_done += nbytes
+            self.bytes_resumed += nbytes
             self.chunks_done += 1
         if self.chunks and self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
@@ -592,7 +652,7 @@ class Job:
         holds = source.holds
         uncovered = getattr(covered, "uncovered", None) if source.kind == SEED else None
         by_set = holds is not None or uncovered is not None
-        window = FRONT_WINDOW if by_set else (SEED_SCAN_WINDOW if source.kind == SEED else len(self.chunks))
+        window = FRONT_WINDOW if by_set else (SEED_SCAN_WINDOW if source.kind == SEED else len(self._plan))
         fallback = None
         seen = 0
         for chunk_id in self.pending:
@@ -601,8 +661,8 @@ class Job:
                 break
             if holds is not None and chunk_id not in holds:
                 continue
-            state = self.chunks[chunk_id]
-            if source.source_id not in state.failed_on:
+            failed_on = self._failed_on.get(chunk_id, _NO_FAILURES)
+            if source.source_id not in failed_on:
                 if uncovered is not None:
                     if chunk_id not in uncovered:
                         continue  # a peer holds it or will soon: not the seeds' job
@@ -610,7 +670,7 @@ class Job:
                     continue
                 self.pending.remove(chunk_id)
                 return chunk_id
-            if fallback is None and all(s.source_id in state.failed_on or not s.can_serve(chunk_id)
+            if fallback is None and all(s.source_id in failed_on or not s.can_serve(chunk_id)
                                         for s in eligible):
                 fallback = chunk_id
         if by_set and seen > window:
@@ -631,7 +691,8 @@ class Job:
                           budget: float | None, peer_ids: frozenset[str] = frozenset(),
                           covered: Coverage | None = None) -> list[int]:
         """Further pending chunks to merge into the assignment that starts with ``first``."""
-        first_bytes = self.chunks[first].chunk.nbytes
+        sizes = self._sizes
+        first_bytes = sizes[first]
         limit = max(self.config.max_assignment_bytes, self._link_time_bytes(source))
         if self.config.max_assignment_bytes <= 0 or limit <= first_bytes or not self.pending:
             return []
@@ -658,18 +719,20 @@ class Job:
         # front is then mostly chunks peers cover, and runs keep what peers hold in long runs.
         by_run = source.holds is not None or getattr(covered, "uncovered", None) is not None
         following = self._pending_run_after(first) if by_run else self.pending
+        failed_on = self._failed_on
         for chunk_id in following:
-            state = self.chunks[chunk_id]
-            if source.source_id in state.failed_on or not source.can_serve(chunk_id):
+            if (failed_on and source.source_id in failed_on.get(chunk_id, _NO_FAILURES)) \
+                    or not source.can_serve(chunk_id):
                 if source.holds is None:
                     continue
                 break
-            if total + state.chunk.nbytes > limit:
+            nbytes = sizes[chunk_id]
+            if total + nbytes > limit:
                 break
             if source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
                 break  # a peer serves the rest of this run
             taken.append(chunk_id)
-            total += state.chunk.nbytes
+            total += nbytes
         if by_run and self.config.merge_seconds > 0 and limit - total >= first_bytes:
             total = self._fill_from_elsewhere(source, covered, first, taken, total, limit)
         for chunk_id in taken:
@@ -694,11 +757,12 @@ class Job:
             found &= ~(1 << chunk_id)
         if not found:
             return total
-        room = int((limit - total) // max(self.chunks[first].chunk.nbytes, 1)) + 1
+        sizes = self._sizes
+        room = int((limit - total) // max(sizes[first], 1)) + 1
         # The lowest ids first; when there are many, only the ``room`` lowest are looked at.
         lowest = lowest_chunks(found)
         for chunk_id in (lowest if found.bit_count() <= 4 * room else itertools.islice(lowest, room)):
-            nbytes = self.chunks[chunk_id].chunk.nbytes
+            nbytes = sizes[chunk_id]
             if total + nbytes > limit:
                 break
             taken.append(chunk_id)
@@ -730,7 +794,7 @@ class Job:
 
     def _pending_run_after(self, first: int) -> Iterator[int]:
         chunk_id = first + 1
-        while chunk_id < len(self.chunks) and chunk_id in self.pending:
+        while chunk_id < len(self._plan) and chunk_id in self.pending:
             yield chunk_id
             chunk_id += 1
 
@@ -746,7 +810,7 @@ class Job:
             return cap
         if source.allowed_rate <= 0:
             return 0
-        typical = max(self.bytes_total / max(len(self.chunks), 1), 1)
+        typical = max(self.bytes_total / max(len(self._plan), 1), 1)
         return max(1, min(cap, math.ceil(source.allowed_rate * self.config.pipeline_seconds / typical)))
 
     def _rate(self, source: SourceView) -> float:
@@ -777,15 +841,15 @@ class Job:
         best, best_gain = None, 0.0
         # Only chunks in flight can be duplicated: scan the live assignments, not every chunk.
         for chunk_id in sorted({c for a in self.live.values() for c in a.chunk_ids}):
-            state = self.chunks[chunk_id]
-            if state.done or not state.live or len(state.live) >= self.config.max_live_per_chunk:
+            live = self._live_on.get(chunk_id)
+            if chunk_id in self.done_chunks or not live or len(live) >= self.config.max_live_per_chunk:
                 continue
-            if not source.can_serve(chunk_id) or source.source_id in state.failed_on \
-                    or any(a.seed_id == source.source_id for a in state.live.values()):
+            if not source.can_serve(chunk_id) or source.source_id in self._failed_on.get(chunk_id, _NO_FAILURES) \
+                    or any(a.seed_id == source.source_id for a in live.values()):
                 continue
-            holder = next(iter(state.live))
+            holder = next(iter(live))
             left = remaining[holder] if holder in remaining else math.inf
-            mine = mine_queued * state.chunk.nbytes / my_rate
+            mine = mine_queued * self._sizes[chunk_id] / my_rate
             if mine * speedup < left and left - mine > best_gain:
                 best, best_gain = chunk_id, left - mine
         return best
@@ -825,25 +889,31 @@ class Job:
             # side (its observed rate already is one read's share), so only its own bytes count.
             queued = a.nbytes if a.source_kind == PEER else ahead[aid]
             remaining[aid] = (math.inf if their_rate <= 0 else queued / their_rate) - (now - a.assigned_at)
-        smallest = min(self.chunks[c].chunk.nbytes for a in self.live.values() for c in a.chunk_ids)
+        sizes = self._sizes
+        smallest = min(sizes[c] for a in self.live.values() for c in a.chunk_ids)
         outlook = (remaining, max(remaining.values()), smallest)
         self._outlook = (key, outlook)
         return outlook
 
     def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
-        states = [self.chunks[c] for c in chunk_ids]
+        plan, sizes, attempts = self._plan, self._sizes, self._attempts
         self._ids += 1
-        reads = _reads(states, self.client_manifest, source.manifest)
+        reads = _reads([plan[c] for c in chunk_ids], self.client_manifest, source.manifest)
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,
-                       source.agent_url, sum(state.chunk.nbytes for state in states),
-                       max(state.attempts for state in states) + 1, now, reads, chunk_ids=tuple(chunk_ids),
-                       source_kind=source.kind, incarnation=source.incarnation)
-        for chunk_id, state in zip(chunk_ids, states):
-            if self.on_cover is not None and not state.done and not state.live:
-                self.on_cover(chunk_id, +1)
-            state.live[a.assignment_id] = a
+                       source.agent_url, sum([sizes[c] for c in chunk_ids]),
+                       (max([attempts.get(c, 0) for c in chunk_ids]) if attempts else 0) + 1, now, reads,
+                       chunk_ids=tuple(chunk_ids), source_kind=source.kind, incarnation=source.incarnation)
+        aid, on_cover, live_on, done = a.assignment_id, self.on_cover, self._live_on, self.done_chunks
+        for chunk_id in chunk_ids:
+            live = live_on.get(chunk_id)
+            if live is None:
+                if on_cover is not None and chunk_id not in done:
+                    on_cover(chunk_id, +1)
+                live_on[chunk_id] = {aid: a}
+            else:
+                live[aid] = a
         self.assignments[a.assignment_id] = a
         self._set_live(a)
         return a
@@ -863,19 +933,38 @@ class Job:
 
     def _drop_live_if_idle(self, a: Assignment) -> None:
         """An assignment stops counting as in flight once none of its chunks still waits on it."""
-        if not any(a.assignment_id in self.chunks[c].live for c in a.chunk_ids):
+        live_on = self._live_on
+        if not any(a.assignment_id in live_on.get(c, ()) for c in a.chunk_ids):
             self._unset_live(a)
+
+    def _unlive(self, chunk_id: int, assignment_id: str) -> Assignment | None:
+        """Take an assignment off a chunk's in-flight reads; returns it if it was there."""
+        live = self._live_on.get(chunk_id)
+        if live is None:
+            return None
+        a = live.pop(assignment_id, None)
+        if not live:
+            del self._live_on[chunk_id]
+        return a
+
+    def covers(self, chunk_id: int) -> bool:
+        """Whether this job holds the chunk or is fetching it (what a swarm counts for its peers)."""
+        return chunk_id in self.done_chunks or chunk_id in self._live_on
+
+    def covering_chunks(self) -> list[int]:
+        """The chunks this job holds or is fetching, in order."""
+        return sorted(self.done_chunks.union(self._live_on))
 
     def _covering(self, chunk_ids: Iterable[int]) -> dict[int, bool] | None:
         if self.on_cover is None:
             return None
-        return {c: self.chunks[c].done or bool(self.chunks[c].live) for c in chunk_ids}
+        return {c: self.covers(c) for c in chunk_ids}
 
     def _cover_changes(self, chunk_ids: Iterable[int], before: dict[int, bool] | None) -> None:
         if before is None or self.on_cover is None:
             return
         for c, was in before.items():
-            now_covering = self.chunks[c].done or bool(self.chunks[c].live)
+            now_covering = self.covers(c)
             if now_covering != was:
                 self.on_cover(c, +1 if now_covering else -1)
 
@@ -889,7 +978,7 @@ class Job:
             self._landed(a, report, now)
             return
         before = self._covering(a.chunk_ids)
-        was_live = [c for c in a.chunk_ids if self.chunks[c].live.pop(a.assignment_id, None) is not None]
+        was_live = [c for c in a.chunk_ids if self._unlive(c, a.assignment_id) is not None]
         self._unset_live(a)
         if was_live:
             self._failed(a, was_live, report, now)
@@ -903,25 +992,30 @@ class Job:
             rate = self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
             if a.source_kind == PEER and rate > self._best_rate:
                 self._best_rate = rate
-        aid, on_cover, chunks, pending = a.assignment_id, self.on_cover, self.chunks, self.pending
+        aid, on_cover, pending = a.assignment_id, self.on_cover, self.pending
+        live_on, done, sizes = self._live_on, self.done_chunks, self._sizes
         landed_bytes = landed_chunks = 0
         for chunk_id in a.chunk_ids:
-            state = chunks[chunk_id]
-            ours = state.live.pop(aid, None)
-            if state.done:
+            live = live_on.get(chunk_id)
+            ours = None
+            if live is not None:
+                ours = live.pop(aid, None)
+                if not live:
+                    del live_on[chunk_id]
+                    live = None
+            if chunk_id in done:
                 continue  # a duplicate landed second: same bytes, count them once
-            if on_cover is not None and ours is None and not state.live:
+            if on_cover is not None and ours is None and live is None:
                 on_cover(chunk_id, +1)  # it covered nothing a moment ago (its read had been moved away)
-            state.done = True
-            self.done_chunks.add(chunk_id)
+            done.add(chunk_id)
             if chunk_id in pending:
                 pending.remove(chunk_id)
-            landed_bytes += state.chunk.nbytes
+            landed_bytes += sizes[chunk_id]
             landed_chunks += 1
-            if not state.live:
+            if live is None:
                 continue
-            for other_id, other in list(state.live.items()):
-                del state.live[other_id]
+            del live_on[chunk_id]
+            for other_id, other in live.items():
                 if len(other.chunk_ids) == 1:
                     self._cancel.append(other_id)
                 # A merged assignment also reading other chunks carries on: its bytes for
@@ -931,7 +1025,7 @@ class Job:
         self.chunks_done += landed_chunks
         self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + landed_bytes
         self.bytes_by_kind[a.source_kind] = self.bytes_by_kind.get(a.source_kind, 0) + landed_bytes
-        if self.chunks_done == len(self.chunks):
+        if self.chunks_done == len(self._plan):
             self.state, self.finished_at = DONE, now
 
     def _failed(self, a: Assignment, chunk_ids: list[int], report: Report, now: float) -> None:
@@ -949,18 +1043,16 @@ class Job:
         self.consecutive_failures[a.seed_id] = failures
         self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
         for chunk_id in reversed(chunk_ids):  # appendleft: keep the chunks' order at the front
-            state = self.chunks[chunk_id]
-            if state.failed_on is _NO_FAILURES:
-                state.failed_on = set()
-            state.failed_on.add(a.seed_id)  # type: ignore[attr-defined]
+            self._failed_on.setdefault(chunk_id, set()).add(a.seed_id)
             self._failed_chunks.setdefault(a.seed_id, ChunkSet()).add(chunk_id)
+            attempts = self._attempts.get(chunk_id, 0)
             if really_failed:
-                state.attempts += 1  # a read that never started is not an attempt at this chunk
-            if not state.done and not state.live:
+                attempts = self._attempts[chunk_id] = attempts + 1  # a read that never started is not an attempt
+            if not self.covers(chunk_id):
                 self.pending.appendleft(chunk_id)  # retries go first: they gate completion
                 self.retried_chunks += 1
-            if state.attempts >= self.config.max_attempts_per_chunk:
-                self._fail(now, f"chunk {chunk_id} failed {state.attempts} times; last: {report.reason}: {report.error}")
+            if attempts >= self.config.max_attempts_per_chunk:
+                self._fail(now, f"chunk {chunk_id} failed {attempts} times; last: {report.reason}: {report.error}")
                 return
         if failures >= self.config.seed_failure_threshold:
             self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now,
@@ -1014,8 +1106,7 @@ class Job:
         before = self._covering(touched)
         for a in theirs:
             for chunk_id in a.chunk_ids:
-                state = self.chunks[chunk_id]
-                if state.live.pop(a.assignment_id, None) is not None and not state.done and not state.live \
+                if self._unlive(chunk_id, a.assignment_id) is not None and not self.covers(chunk_id) \
                         and chunk_id not in self.pending:
                     requeue.append(chunk_id)
             self._cancel.append(a.assignment_id)
@@ -1039,11 +1130,11 @@ class Job:
 
     def _fail(self, now: float, error: str) -> None:
         self.state, self.error, self.finished_at = FAILED, error, now
-        for chunk_id, state in enumerate(self.chunks):
-            self._cancel.extend(state.live)
-            if state.live and not state.done and self.on_cover is not None:
+        for chunk_id in sorted(self._live_on):
+            self._cancel.extend(self._live_on[chunk_id])
+            if chunk_id not in self.done_chunks and self.on_cover is not None:
                 self.on_cover(chunk_id, -1)
-            state.live.clear()
+        self._live_on.clear()
         self.live.clear()
         self._live_count.clear()
 
@@ -1062,7 +1153,7 @@ class Job:
     def progress(self) -> dict:
         return {
             "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
-            "chunks_done": self.chunks_done, "chunks_total": len(self.chunks),
+            "chunks_done": self.chunks_done, "chunks_total": len(self._plan),
             "retried_chunks": self.retried_chunks,
             # Every source that failed this job, worst state last: failed a read, left, excluded.
             "failed_seeds": {**self.last_failure, **self.lost, **self.excluded},

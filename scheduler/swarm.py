@@ -165,7 +165,7 @@ class Swarm:
 
     @staticmethod
     def _covering_chunks(job: Job) -> list[int]:
-        return [c for c, state in enumerate(job.chunks) if state.done or state.live]
+        return job.covering_chunks()
 
     def _stop_serving(self, member: _Member) -> None:
         """It no longer covers anything for the others."""
@@ -329,8 +329,7 @@ class Covered:
     def get(self, chunk_id: int, default=None) -> Collection[str] | None:
         n = self._counts[chunk_id]
         if self._exact:
-            n -= sum(1 for m in self._members if m.job.chunks[chunk_id].done or m.job.chunks[chunk_id].live)
-        if self._own is not None:
-            state = self._own.job.chunks[chunk_id]
-            n -= 1 if (state.done or state.live) else 0  # our own fetch covers nothing for us
+            n -= sum(1 for m in self._members if m.job.covers(chunk_id))
+        if self._own is not None and self._own.job.covers(chunk_id):
+            n -= 1  # our own fetch covers nothing for us
         return ANY_ELIGIBLE_PEER if n > 0 else default

@@ -142,6 +142,7 @@ class Assignment:
     attempt: int
     assigned_at: float
     reads: list[Read]
+    """The copies to make; emptied once the assignment is reported (``Job.apply``)."""
     grant: str = ""
     chunk_ids: tuple[int, ...] = ()
     """Every chunk this assignment reads (``chunk_id`` is the first)."""
@@ -971,8 +972,14 @@ class Job:
     # -- results -----------------------------------------------------------
     def apply(self, report: Report, now: float) -> None:
         a = self.assignments.get(report.assignment_id)
-        if a is None or self.state != RUNNING:
-            return  # unknown or after the end: nothing to learn
+        if a is None:
+            return  # unknown: nothing to learn
+        # Reported: the client is done with its reads. The assignment is kept (a late or repeated
+        # report must still match it), its reads are not: one per chunk per job, 1.4 million in a
+        # 1024-instance scale-out, each an object Python's garbage collector would walk forever.
+        a.reads = []
+        if self.state != RUNNING:
+            return  # after the end: nothing to learn
         if report.ok:
             self._unset_live(a)
             self._landed(a, report, now)

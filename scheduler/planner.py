@@ -21,6 +21,7 @@ the seeds and then feed each other.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections import deque
@@ -580,21 +581,27 @@ class Job:
                 free[sid], rates[sid] = self._free(s), self._rate(s)
             budget[sid] = s.budget_bytes
         out: list[Assignment] = []
-        while len(out) < max_assignments:
-            candidates = [s for s in eligible if free[s.source_id] > 0]
-            if not candidates:
-                break
-            # Peers first (they serve no traffic), then most free budget, then the faster source.
-            source = max(candidates, key=lambda s: (s.kind == PEER, free[s.source_id], rates[s.source_id]))
-            chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[source.source_id], rates, now)
+        # Peers first (they serve no traffic), then most free budget, then the faster source; on a
+        # tie, the first in ``eligible``. A heap of those keys (negated: smallest first): a source
+        # that finds nothing leaves it, one given a read goes back with one slot less.
+        queue = [(-(s.kind == PEER), -free[s.source_id], -rates[s.source_id], i)
+                 for i, s in enumerate(eligible) if free[s.source_id] > 0]
+        heapq.heapify(queue)
+        while len(out) < max_assignments and queue:
+            peer_first, _, minus_rate, i = heapq.heappop(queue)
+            source = eligible[i]
+            sid = source.source_id
+            chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[sid], rates, now)
             if not chunk_ids:
-                free[source.source_id] = 0
+                free[sid] = 0
                 continue
             a = self._assign(chunk_ids, source, now)
             out.append(a)
-            free[source.source_id] -= 1
-            if budget[source.source_id] is not None:
-                budget[source.source_id] -= a.nbytes
+            free[sid] -= 1
+            if free[sid] > 0:
+                heapq.heappush(queue, (peer_first, -free[sid], minus_rate, i))
+            if budget[sid] is not None:
+                budget[sid] -= a.nbytes
         return out
 
     @property

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, Mapping, NamedTuple, Protocol, Sequence
 
-from scheduler.chunking import Chunk
+from scheduler.chunking import Chunk, ReadIndex, read_index
 from rfork_api.manifest import Manifest
 
 
@@ -411,28 +411,34 @@ def _pointer_table(manifest: Manifest) -> tuple[Mapping[str, int], Sequence[int]
     return dict(zip(names, range(len(names)))), [manifest[name].ptr for name in names]
 
 
-def _reads(chunks: list[Chunk], client: Manifest, theirs: Manifest) -> list[Read]:
+def _reads(chunk_ids: list[int], index: ReadIndex, client: Manifest, theirs: Manifest) -> list[Read]:
     """The copies of these chunks, in order. A tensor split over consecutive chunks of a merged
     assignment is ONE read (its bytes are contiguous on both sides, inside one registered
     tensor): fewer reads to build, send and post. Reads never span two tensors, whose memory
-    may be registered apart even when adjacent. Pointers come from the manifests' tables, not
-    a ``TensorSpec`` per lookup: a scale-out builds reads for every chunk of every job."""
+    may be registered apart even when adjacent. Found per read, not per chunk: each run of
+    consecutive chunk ids is a range of the plan's segments, which ``index`` splits into runs
+    of contiguous bytes; pointers come from the manifests' tables (no ``TensorSpec`` each)."""
     reads: list[Read] = []
     new = tuple.__new__  # Read's own __new__ is Python code: several times slower per read
     client_index, client_values = _pointer_table(client)
     their_index, their_values = _pointer_table(theirs)
-    last_tensor, last_end, dst_base, src_base = None, -1, 0, 0
-    for chunk in chunks:
-        for tensor, offset, length in chunk.segments:
-            if tensor == last_tensor and offset == last_end:
-                dst, src, n = reads[-1]
-                reads[-1] = new(Read, (dst, src, n + length))
-            else:
-                if tensor != last_tensor:
-                    dst_base, src_base = client_values[client_index[tensor]], their_values[their_index[tensor]]
-                    last_tensor = tensor
-                reads.append(new(Read, (dst_base + offset, src_base + offset, length)))
-            last_end = offset + length
+    first, last, run_end = index.first, index.last, index.run_end
+    tensors, offsets, ends = index.tensor, index.offset, index.end
+    i, n = 0, len(chunk_ids)
+    while i < n:
+        j = i
+        while j + 1 < n and chunk_ids[j + 1] == chunk_ids[j] + 1:
+            j += 1
+        g, g_last = first[chunk_ids[i]], last[chunk_ids[j]]
+        while g <= g_last:
+            e = run_end[g]
+            if e > g_last:
+                e = g_last
+            tensor, offset = tensors[g], offsets[g]
+            reads.append(new(Read, (client_values[client_index[tensor]] + offset,
+                                    their_values[their_index[tensor]] + offset, ends[e] - offset)))
+            g = e + 1
+        i = j + 1
     return reads
 
 
@@ -462,6 +468,7 @@ class Job:
         self.client_manifest = client_manifest
         self.config = config
         self._plan = chunks
+        self._read_index = read_index(chunks)
         self._sizes = [c.nbytes for c in chunks]
         """Chunk id -> bytes."""
         self.chunks = _ChunkStates(self)
@@ -904,9 +911,9 @@ class Job:
         return outlook
 
     def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
-        plan, sizes, attempts = self._plan, self._sizes, self._attempts
+        sizes, attempts = self._sizes, self._attempts
         self._ids += 1
-        reads = _reads([plan[c] for c in chunk_ids], self.client_manifest, source.manifest)
+        reads = _reads(chunk_ids, self._read_index, self.client_manifest, source.manifest)
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,

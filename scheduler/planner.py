@@ -266,6 +266,15 @@ class ChunkSet(set):
             set.add(self, chunk_id)
             self.mask |= 1 << chunk_id
 
+    def add_new(self, chunk_ids: list[int]) -> None:
+        """Add chunk ids none of which is in the set yet (an assignment's landed chunks): one
+        update of the set and of the mask for all of them."""
+        set.update(self, chunk_ids)
+        mask = 0
+        for chunk_id in chunk_ids:
+            mask |= 1 << chunk_id
+        self.mask |= mask
+
     def discard(self, chunk_id: int) -> None:
         if chunk_id in self:
             set.discard(self, chunk_id)
@@ -397,6 +406,19 @@ class PendingQueue:
     def discard(self, chunk_id: int) -> None:
         if chunk_id in self._token:
             self.remove(chunk_id)
+
+    def remove_all(self, chunk_ids: list[int]) -> None:
+        """``remove`` each of these (all pending), at once."""
+        token, mask = self._token, 0
+        for chunk_id in chunk_ids:
+            del token[chunk_id]
+            mask |= 1 << chunk_id
+        self.mask &= ~mask
+        if self._sizes is not None:
+            sizes = self._sizes
+            self.nbytes -= sum([sizes[c] for c in chunk_ids])
+        if len(self._entries) > 2 * len(token) + 64:
+            self._entries = deque((c, t) for c, t in self._entries if token.get(c) == t)
 
     def _drop_stale_front(self) -> None:
         entries, token = self._entries, self._token
@@ -750,8 +772,7 @@ class Job:
             total += nbytes
         if by_run and self.config.merge_seconds > 0 and limit - total >= first_bytes:
             total = self._fill_from_elsewhere(source, covered, first, taken, total, limit)
-        for chunk_id in taken:
-            self.pending.remove(chunk_id)
+        self.pending.remove_all(taken)
         return taken
 
     def _fill_from_elsewhere(self, source: SourceView, covered: Coverage | None, first: int,
@@ -1015,7 +1036,7 @@ class Job:
                 self._best_rate = rate
         aid, on_cover, pending = a.assignment_id, self.on_cover, self.pending
         live_on, done, sizes = self._live_on, self.done_chunks, self._sizes
-        landed_bytes = landed_chunks = 0
+        landed: list[int] = []
         for chunk_id in a.chunk_ids:
             live = live_on.get(chunk_id)
             ours = None
@@ -1028,11 +1049,9 @@ class Job:
                 continue  # a duplicate landed second: same bytes, count them once
             if on_cover is not None and ours is None and live is None:
                 on_cover(chunk_id, +1)  # it covered nothing a moment ago (its read had been moved away)
-            done.add(chunk_id)
+            landed.append(chunk_id)
             if chunk_id in pending:
                 pending.remove(chunk_id)
-            landed_bytes += sizes[chunk_id]
-            landed_chunks += 1
             if live is None:
                 continue
             del live_on[chunk_id]
@@ -1042,6 +1061,8 @@ class Job:
                 # A merged assignment also reading other chunks carries on: its bytes for
                 # this chunk are the same, and its other chunks still need them.
                 self._drop_live_if_idle(other)
+        done.add_new(landed)
+        landed_bytes, landed_chunks = sum([sizes[c] for c in landed]), len(landed)
         self.bytes_done += landed_bytes
         self.chunks_done += landed_chunks
         self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + landed_bytes

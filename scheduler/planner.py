@@ -754,13 +754,16 @@ class Job:
         # ``first`` that it holds (the queue's front may be chunks it does not have). In a
         # swarm (an ``uncovered`` set) a seed merges the run after ``first`` too: the queue's
         # front is then mostly chunks peers cover, and runs keep what peers hold in long runs.
-        by_run = source.holds is not None or getattr(covered, "uncovered", None) is not None
-        following = self._pending_run_after(first) if by_run else self.pending
-        failed_on = self._failed_on
+        holds = source.holds
+        by_run = holds is not None or getattr(covered, "uncovered", None) is not None
+        # Only a holds set without a mask is asked chunk by chunk; a ChunkSet's run is cut at
+        # its first chunk the source lacks by the mask (the loop would break there).
+        ask_holds = holds is not None and not isinstance(holds, ChunkSet)
+        following = self._pending_run_after(first, None if ask_holds else holds) if by_run else self.pending
+        failed_on, sid = self._failed_on, source.source_id
         for chunk_id in following:
-            if (failed_on and source.source_id in failed_on.get(chunk_id, _NO_FAILURES)) \
-                    or not source.can_serve(chunk_id):
-                if source.holds is None:
+            if (failed_on and sid in failed_on.get(chunk_id, _NO_FAILURES)) or (ask_holds and chunk_id not in holds):
+                if holds is None:
                     continue
                 break
             nbytes = sizes[chunk_id]
@@ -828,11 +831,13 @@ class Job:
             return 0.0
         return min(rate * seconds, float(self.config.max_merged_bytes))
 
-    def _pending_run_after(self, first: int) -> Iterator[int]:
-        chunk_id = first + 1
-        while chunk_id < len(self._plan) and chunk_id in self.pending:
-            yield chunk_id
-            chunk_id += 1
+    def _pending_run_after(self, first: int, holds: AbstractSet[int] | None = None) -> range:
+        """The pending chunk ids right after ``first``, up to the first one not pending (or, with a
+        ``ChunkSet`` ``holds``, not in it): the trailing ones of a shifted mask, O(1) per run."""
+        run = self.pending.mask >> (first + 1)
+        if isinstance(holds, ChunkSet):
+            run &= holds.mask >> (first + 1)
+        return range(first + 1, first + (run ^ (run + 1)).bit_length())
 
     def _free(self, source: SourceView) -> int:
         free = self._depth(source) - self._live_count.get(source.source_id, 0)
@@ -1035,7 +1040,7 @@ class Job:
             if a.source_kind == PEER and rate > self._best_rate:
                 self._best_rate = rate
         aid, on_cover, pending = a.assignment_id, self.on_cover, self.pending
-        live_on, done, sizes = self._live_on, self.done_chunks, self._sizes
+        live_on, done, sizes, pending_ids = self._live_on, self.done_chunks, self._sizes, self.pending.ids()
         landed: list[int] = []
         for chunk_id in a.chunk_ids:
             live = live_on.get(chunk_id)
@@ -1050,7 +1055,7 @@ class Job:
             if on_cover is not None and ours is None and live is None:
                 on_cover(chunk_id, +1)  # it covered nothing a moment ago (its read had been moved away)
             landed.append(chunk_id)
-            if chunk_id in pending:
+            if chunk_id in pending_ids:
                 pending.remove(chunk_id)
             if live is None:
                 continue

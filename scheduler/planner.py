@@ -194,7 +194,7 @@ class _ChunkState:
     @property
     def live(self) -> dict[str, Assignment]:
         """Its assignments in flight (a copy)."""
-        return dict(self._job._live_on.get(self.chunk_id, ()))
+        return dict(self._job._holders(self.chunk_id))
 
     @property
     def failed_on(self) -> AbstractSet[str]:
@@ -498,8 +498,10 @@ class Job:
                                     mask=(1 << len(chunks)) - 1)
         self.done_chunks: set[int] = ChunkSet()
         """Landed chunks: what this job, as a peer, can serve to others."""
-        self._live_on: dict[int, dict[str, Assignment]] = {}
-        """Chunk id -> its assignments in flight, for the chunks that have any."""
+        self._live_on: dict[int, Assignment | dict[str, Assignment]] = {}
+        """Chunk id -> its assignment in flight, for the chunks that have any; a dict of them
+        (id -> assignment) for a chunk read twice at once (an endgame duplicate). One object per
+        chunk in flight is not built: a merged assignment is stored under each of its chunks."""
         self._failed_on: dict[int, set[str]] = {}
         """Chunk id -> the sources whose read of it failed, for the chunks that have any."""
         self._attempts: dict[int, int] = {}
@@ -882,7 +884,7 @@ class Job:
         best, best_gain = None, 0.0
         # Only chunks in flight can be duplicated: scan the live assignments, not every chunk.
         for chunk_id in sorted({c for a in self.live.values() for c in a.chunk_ids}):
-            live = self._live_on.get(chunk_id)
+            live = self._holders(chunk_id)
             if chunk_id in self.done_chunks or not live or len(live) >= self.config.max_live_per_chunk:
                 continue
             if not source.can_serve(chunk_id) or source.source_id in self._failed_on.get(chunk_id, _NO_FAILURES) \
@@ -948,13 +950,15 @@ class Job:
                        chunk_ids=tuple(chunk_ids), source_kind=source.kind, incarnation=source.incarnation)
         aid, on_cover, live_on, done = a.assignment_id, self.on_cover, self._live_on, self.done_chunks
         for chunk_id in chunk_ids:
-            live = live_on.get(chunk_id)
-            if live is None:
+            held = live_on.get(chunk_id)
+            if held is None:
                 if on_cover is not None and chunk_id not in done:
                     on_cover(chunk_id, +1)
-                live_on[chunk_id] = {aid: a}
+                live_on[chunk_id] = a
+            elif type(held) is dict:
+                held[aid] = a
             else:
-                live[aid] = a
+                live_on[chunk_id] = {held.assignment_id: held, aid: a}
         self.assignments[a.assignment_id] = a
         self._set_live(a)
         return a
@@ -974,19 +978,34 @@ class Job:
 
     def _drop_live_if_idle(self, a: Assignment) -> None:
         """An assignment stops counting as in flight once none of its chunks still waits on it."""
-        live_on = self._live_on
-        if not any(a.assignment_id in live_on.get(c, ()) for c in a.chunk_ids):
-            self._unset_live(a)
+        live_on, aid = self._live_on, a.assignment_id
+        for c in a.chunk_ids:
+            held = live_on.get(c)
+            if held is a or (type(held) is dict and aid in held):
+                return
+        self._unset_live(a)
+
+    def _holders(self, chunk_id: int) -> dict[str, Assignment]:
+        """A chunk's assignments in flight, by id (do not mutate)."""
+        held = self._live_on.get(chunk_id)
+        if held is None:
+            return {}
+        return held if type(held) is dict else {held.assignment_id: held}
 
     def _unlive(self, chunk_id: int, assignment_id: str) -> Assignment | None:
         """Take an assignment off a chunk's in-flight reads; returns it if it was there."""
-        live = self._live_on.get(chunk_id)
-        if live is None:
+        held = self._live_on.get(chunk_id)
+        if held is None:
             return None
-        a = live.pop(assignment_id, None)
-        if not live:
-            del self._live_on[chunk_id]
-        return a
+        if type(held) is dict:
+            a = held.pop(assignment_id, None)
+            if not held:
+                del self._live_on[chunk_id]
+            return a
+        if held.assignment_id != assignment_id:
+            return None
+        del self._live_on[chunk_id]
+        return held
 
     def covers(self, chunk_id: int) -> bool:
         """Whether this job holds the chunk or is fetching it (what a swarm counts for its peers)."""
@@ -1043,13 +1062,21 @@ class Job:
         live_on, done, sizes, pending_ids = self._live_on, self.done_chunks, self._sizes, self.pending.ids()
         landed: list[int] = []
         for chunk_id in a.chunk_ids:
-            live = live_on.get(chunk_id)
-            ours = None
-            if live is not None:
-                ours = live.pop(aid, None)
-                if not live:
+            held = live_on.get(chunk_id)
+            ours = live = None
+            if held is None:
+                pass
+            elif type(held) is dict:
+                ours = held.pop(aid, None)
+                if held:
+                    live = held
+                else:
                     del live_on[chunk_id]
-                    live = None
+            elif held is a:
+                ours = held
+                del live_on[chunk_id]
+            else:
+                live = {held.assignment_id: held}  # another read of it; ours had been moved away
             if chunk_id in done:
                 continue  # a duplicate landed second: same bytes, count them once
             if on_cover is not None and ours is None and live is None:
@@ -1178,7 +1205,7 @@ class Job:
     def _fail(self, now: float, error: str) -> None:
         self.state, self.error, self.finished_at = FAILED, error, now
         for chunk_id in sorted(self._live_on):
-            self._cancel.extend(self._live_on[chunk_id])
+            self._cancel.extend(self._holders(chunk_id))
             if chunk_id not in self.done_chunks and self.on_cover is not None:
                 self.on_cover(chunk_id, -1)
         self._live_on.clear()

@@ -47,9 +47,11 @@ class ReadIndex:
 
     Built once per plan (``ChunkPlan.read_index``) and shared by every job of it."""
 
-    __slots__ = ("tensor", "offset", "end", "first", "last", "run_end")
+    __slots__ = ("tensor", "offset", "end", "first", "last", "run_end", "sizes")
 
     def __init__(self, chunks: list[Chunk]) -> None:
+        self.sizes = [chunk.nbytes for chunk in chunks]
+        """Chunk id -> bytes."""
         tensor: list[str] = []
         offset: list[int] = []
         end: list[int] = []

@@ -339,15 +339,18 @@ class PendingQueue:
     """
 
     def __init__(self, chunk_ids: Collection[int] = (), sizes: list[int] | None = None,
-                 mask: int | None = None) -> None:
+                 mask: int | None = None, nbytes: int | None = None) -> None:
         ids = list(chunk_ids)
         tokens = range(1, len(ids) + 1)
         self._entries: deque[tuple[int, int]] = deque(zip(ids, tokens))
         self._token: dict[int, int] = dict(zip(ids, tokens))
         self._next = len(ids)
         self._sizes = sizes
-        self.nbytes = sum(sizes[c] for c in self._token) if sizes is not None else 0
-        """Bytes pending, when built with ``sizes`` (chunk id -> bytes): a merge's share in O(1)."""
+        if nbytes is None:
+            nbytes = sum([sizes[c] for c in self._token]) if sizes is not None else 0
+        self.nbytes = nbytes
+        """Bytes pending, when built with ``sizes`` (chunk id -> bytes): a merge's share in O(1).
+        A caller that knows it (every chunk pending) passes it in, with ``mask``."""
         if mask is None:
             mask = 0
             for chunk_id in self._token:
@@ -491,11 +494,12 @@ class Job:
         self.config = config
         self._plan = chunks
         self._read_index = read_index(chunks)
-        self._sizes = [c.nbytes for c in chunks]
-        """Chunk id -> bytes."""
+        self._sizes = self._read_index.sizes
+        """Chunk id -> bytes (the plan's, shared: read only)."""
         self.chunks = _ChunkStates(self)
+        self.bytes_total = sum(self._sizes)
         self.pending = PendingQueue(striped_order(len(chunks), start), sizes=self._sizes,
-                                    mask=(1 << len(chunks)) - 1)
+                                    mask=(1 << len(chunks)) - 1, nbytes=self.bytes_total)
         self.done_chunks: set[int] = ChunkSet()
         """Landed chunks: what this job, as a peer, can serve to others."""
         self._live_on: dict[int, Assignment | dict[str, Assignment]] = {}
@@ -538,7 +542,6 @@ class Job:
         self.bytes_by_seed: dict[str, int] = {}
         """Bytes landed per source id (seeds and peers)."""
         self.bytes_by_kind: dict[str, int] = {SEED: 0, PEER: 0}
-        self.bytes_total = sum(self._sizes)
         self.bytes_done = 0
         self.bytes_resumed = 0
         """Bytes the client already held when it re-created this job (not read again)."""

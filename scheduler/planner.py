@@ -490,6 +490,7 @@ class Job:
     def __init__(self, job_id: str, client_manifest: Manifest, chunks: list[Chunk],
                  config: PlannerConfig, now: float, start: int = 0) -> None:
         self.job_id = job_id
+        self._peer_id = f"peer:{job_id}"
         self.client_manifest = client_manifest
         self.config = config
         self._plan = chunks
@@ -592,15 +593,17 @@ class Job:
         if self.state != RUNNING:
             return []
         self._readmit_restarted(sources)
-        eligible = [s for s in sources if s.source_id not in self.excluded and s.source_id != self.peer_id]
+        excluded, peer_id = self.excluded, self._peer_id
+        eligible = [s for s in sources if s.source_id not in excluded and s.source_id != peer_id]
         useful = any(s.kind == SEED for s in eligible) or any(self._holds_something_needed(s) for s in eligible)
         if not useful:
             self._fail_if_no_sources(eligible, sources, now)
             return []
         self.last_seed_seen_at = now
         self._decisions += 1
-        for s in eligible:
-            self.lost.pop(s.source_id, None)
+        if self.lost:
+            for s in eligible:
+                self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
         self._reads_at_once = len(self.live) + max_assignments
         free, budget, rates = {}, {}, {}
@@ -641,7 +644,7 @@ class Job:
     @property
     def peer_id(self) -> str:
         """This job's id as a source for other jobs."""
-        return f"peer:{self.job_id}"
+        return self._peer_id
 
     def _choose(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
                 covered: Coverage | None, budget: float | None, rates: dict[str, float], now: float) -> list[int]:
@@ -1154,9 +1157,10 @@ class Job:
         against the incarnation that is gone. The same incarnation, however often it
         registers, stays excluded: a seed whose reads keep failing is still bad.
         """
+        incarnation, excluded = self.incarnation, self.excluded
         for s in sources:
-            self.incarnation[s.source_id] = s.incarnation
-            if s.source_id in self.excluded and self.excluded_incarnation.get(s.source_id) != s.incarnation:
+            incarnation[s.source_id] = s.incarnation
+            if excluded and s.source_id in excluded and self.excluded_incarnation.get(s.source_id) != s.incarnation:
                 del self.excluded[s.source_id]
                 self.excluded_incarnation.pop(s.source_id, None)
                 self.consecutive_failures[s.source_id] = 0

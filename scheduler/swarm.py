@@ -328,8 +328,12 @@ class Covered:
 
     def get(self, chunk_id: int, default=None) -> Collection[str] | None:
         n = self._counts[chunk_id]
+        if n <= 0:
+            return default  # nobody covers it: nothing to discount
         if self._exact:
-            n -= sum(1 for m in self._members if m.job.covers(chunk_id))
+            for m in self._members:
+                if m.job.covers(chunk_id):
+                    n -= 1
         if self._own is not None and self._own.job.covers(chunk_id):
             n -= 1  # our own fetch covers nothing for us
         return ANY_ELIGIBLE_PEER if n > 0 else default

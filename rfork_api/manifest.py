@@ -66,6 +66,11 @@ class Manifest(Mapping[str, TensorSpec]):
     def __len__(self) -> int:
         return len(self.names)
 
+    def pointer_table(self) -> tuple[dict[str, int], array]:
+        """(name -> position, values): ``values[position]`` is the tensor's ptr. For callers that
+        look up thousands of pointers (the planner's reads) without building a ``TensorSpec`` each."""
+        return self._index, self._values
+
     def values(self):
         numbers = iter(self._values)
         return map(TensorSpec._make, zip(numbers, numbers, numbers))

@@ -41,6 +41,59 @@ class Chunk:
             object.__setattr__(self, "nbytes", sum(length for _, _, length in self.segments))
 
 
+class ReadIndex:
+    """A plan's segments, flattened in chunk order, with where each run of contiguous bytes of
+    one tensor ends: the reads of consecutive chunks are found per read, not per chunk.
+
+    Built once per plan (``ChunkPlan.read_index``) and shared by every job of it."""
+
+    __slots__ = ("tensor", "offset", "end", "first", "last", "run_end", "sizes")
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.sizes = [chunk.nbytes for chunk in chunks]
+        """Chunk id -> bytes."""
+        tensor: list[str] = []
+        offset: list[int] = []
+        end: list[int] = []
+        self.first: list[int] = []
+        """Chunk id -> the index of its first segment."""
+        self.last: list[int] = []
+        """Chunk id -> the index of its last segment."""
+        for chunk in chunks:
+            self.first.append(len(tensor))
+            for name, at, length in chunk.segments:
+                tensor.append(name)
+                offset.append(at)
+                end.append(at + length)
+            self.last.append(len(tensor) - 1)
+        self.tensor, self.offset, self.end = tensor, offset, end
+        run_end = list(range(len(tensor)))
+        """Segment index -> the last segment of the run of contiguous bytes of one tensor it is in."""
+        for g in range(len(tensor) - 2, -1, -1):
+            if tensor[g + 1] == tensor[g] and offset[g + 1] == end[g]:
+                run_end[g] = run_end[g + 1]
+        self.run_end = run_end
+
+
+class ChunkPlan(list):
+    """``plan_chunks``' chunks (a list), carrying what the planner derives from them once."""
+
+    __slots__ = ("_read_index",)
+
+    @property
+    def read_index(self) -> ReadIndex:
+        try:
+            return self._read_index
+        except AttributeError:
+            self._read_index = ReadIndex(self)
+            return self._read_index
+
+
+def read_index(chunks: list[Chunk]) -> ReadIndex:
+    """The plan's ``ReadIndex``: kept with a ``ChunkPlan``, built afresh for any other list."""
+    return chunks.read_index if isinstance(chunks, ChunkPlan) else ReadIndex(chunks)
+
+
 def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise InvalidChunkSize(f"chunk size must be an integer byte count, got {clip(chunk_size)}")
@@ -51,14 +104,14 @@ def validate_chunk_size(chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> No
         )
 
 
-def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> list[Chunk]:
+def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK_SIZE) -> ChunkPlan:
     validate_chunk_size(chunk_size, minimum=minimum)
     total = total_bytes(manifest)
     if total // chunk_size > MAX_CHUNKS:
         raise InvalidChunkSize(
             f"{total} bytes in {chunk_size}-byte chunks is more than {MAX_CHUNKS} chunks; use a larger chunk size"
         )
-    chunks: list[Chunk] = []
+    chunks = ChunkPlan()
     open_segments: list[Segment] = []
     open_bytes = 0
 

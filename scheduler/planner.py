@@ -22,12 +22,13 @@ the seeds and then feed each other.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, NamedTuple, Protocol
+from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, Mapping, NamedTuple, Protocol, Sequence
 
-from scheduler.chunking import Chunk
+from scheduler.chunking import Chunk, ReadIndex, read_index
 from rfork_api.manifest import Manifest
 
 
@@ -142,6 +143,7 @@ class Assignment:
     attempt: int
     assigned_at: float
     reads: list[Read]
+    """The copies to make; emptied once the assignment is reported (``Job.apply``)."""
     grant: str = ""
     chunk_ids: tuple[int, ...] = ()
     """Every chunk this assignment reads (``chunk_id`` is the first)."""
@@ -163,18 +165,66 @@ _NO_FAILURES: frozenset[str] = frozenset()
 
 
 class _ChunkState:
-    """One chunk of one job. Slotted and built by hand: a rank has thousands of chunks and a
-    scale-out thousands of jobs, so its construction is part of the scheduler's cost."""
+    """One chunk of one job, read from the job's tables when asked for (``Job.chunks[c]``).
 
-    __slots__ = ("chunk", "done", "live", "failed_on", "attempts")
+    A job keeps no object per chunk: a 1024-instance scale-out of a 1,348-chunk rank would
+    hold 1.4 million, and every full pass of Python's garbage collector walks them all (about a
+    quarter of the scheduler's CPU there). Only ``done`` may be set through this view."""
 
-    def __init__(self, chunk: Chunk) -> None:
-        self.chunk = chunk
-        self.done = False
-        self.live: dict[str, Assignment] = {}
-        self.failed_on: AbstractSet[str] = _NO_FAILURES
-        """Sources whose read of it failed (a shared empty set until the first failure)."""
-        self.attempts = 0
+    __slots__ = ("_job", "chunk_id")
+
+    def __init__(self, job: "Job", chunk_id: int) -> None:
+        self._job, self.chunk_id = job, chunk_id
+
+    @property
+    def chunk(self) -> Chunk:
+        return self._job._plan[self.chunk_id]
+
+    @property
+    def done(self) -> bool:
+        return self.chunk_id in self._job.done_chunks
+
+    @done.setter
+    def done(self, value: bool) -> None:
+        if value:
+            self._job.done_chunks.add(self.chunk_id)
+        else:
+            self._job.done_chunks.discard(self.chunk_id)
+
+    @property
+    def live(self) -> dict[str, Assignment]:
+        """Its assignments in flight (a copy)."""
+        return dict(self._job._holders(self.chunk_id))
+
+    @property
+    def failed_on(self) -> AbstractSet[str]:
+        """Sources whose read of it failed."""
+        return frozenset(self._job._failed_on.get(self.chunk_id, ()))
+
+    @property
+    def attempts(self) -> int:
+        return self._job._attempts.get(self.chunk_id, 0)
+
+
+class _ChunkStates(Sequence[_ChunkState]):
+    """``Job.chunks``: each chunk's state, built on demand (see ``_ChunkState``)."""
+
+    __slots__ = ("_job",)
+
+    def __init__(self, job: "Job") -> None:
+        self._job = job
+
+    def __len__(self) -> int:
+        return len(self._job._plan)
+
+    def __getitem__(self, chunk_id):  # type: ignore[override]
+        if isinstance(chunk_id, slice):
+            return [_ChunkState(self._job, c) for c in range(len(self._job._plan))[chunk_id]]
+        if chunk_id < 0:
+            chunk_id += len(self._job._plan)
+        if not 0 <= chunk_id < len(self._job._plan):
+            raise IndexError(f"chunk {chunk_id} out of range")
+        return _ChunkState(self._job, chunk_id)
 
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
@@ -189,6 +239,97 @@ FRONT_WINDOW = 4
 against one by one; past them a source's chunk is found by set intersection, in C."""
 
 
+class ChunkSet(set):
+    """A set of chunk ids that also keeps them as one integer bitmask (bit ``c`` = chunk ``c``).
+
+    A job's landed chunks (what it serves as a peer), the chunks a swarm's peers leave to the
+    seeds, the chunks a source failed: the planner intersects these with what a job has
+    pending on every decision, and an AND of two ~1,400-bit integers costs about a hundred
+    nanoseconds where a set intersection walks hundreds of entries. Every mutation keeps
+    ``mask`` current, so it stays a drop-in ``set`` for every other use.
+    """
+
+    __slots__ = ("mask",)
+
+    def __init__(self, chunk_ids: Iterable[int] = ()) -> None:
+        super().__init__(chunk_ids)
+        self._remask()
+
+    def _remask(self) -> None:
+        mask = 0
+        for chunk_id in self:
+            mask |= 1 << chunk_id
+        self.mask = mask
+
+    def add(self, chunk_id: int) -> None:
+        if chunk_id not in self:
+            set.add(self, chunk_id)
+            self.mask |= 1 << chunk_id
+
+    def add_new(self, chunk_ids: list[int]) -> None:
+        """Add chunk ids none of which is in the set yet (an assignment's landed chunks): one
+        update of the set and of the mask for all of them."""
+        set.update(self, chunk_ids)
+        mask = 0
+        for chunk_id in chunk_ids:
+            mask |= 1 << chunk_id
+        self.mask |= mask
+
+    def discard(self, chunk_id: int) -> None:
+        if chunk_id in self:
+            set.discard(self, chunk_id)
+            self.mask &= ~(1 << chunk_id)
+
+    def remove(self, chunk_id: int) -> None:
+        set.remove(self, chunk_id)
+        self.mask &= ~(1 << chunk_id)
+
+    def pop(self) -> int:
+        chunk_id = set.pop(self)
+        self.mask &= ~(1 << chunk_id)
+        return chunk_id
+
+    def clear(self) -> None:
+        set.clear(self)
+        self.mask = 0
+
+    def _updated(name: str):  # the rarely used in-place operations: recompute the mask after them
+        base = getattr(set, name)
+
+        def method(self, *others):
+            result = base(self, *others)
+            if result is not NotImplemented:
+                self._remask()
+            return result
+        method.__name__ = name
+        return method
+
+    update = _updated("update")
+    difference_update = _updated("difference_update")
+    intersection_update = _updated("intersection_update")
+    symmetric_difference_update = _updated("symmetric_difference_update")
+    __ior__ = _updated("__ior__")
+    __iand__ = _updated("__iand__")
+    __isub__ = _updated("__isub__")
+    __ixor__ = _updated("__ixor__")
+    del _updated
+
+
+def _mask_of(chunk_ids: Iterable[int]) -> int:
+    mask = 0
+    for chunk_id in chunk_ids:
+        mask |= 1 << chunk_id
+    return mask
+
+
+def lowest_chunks(mask: int) -> Iterator[int]:
+    """The chunk ids in ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
 class PendingQueue:
     """Chunk ids waiting for a source, in order: O(1) membership and removal, retries at the front.
 
@@ -198,15 +339,25 @@ class PendingQueue:
     not O(pending) (a rank of a large model has tens of thousands of chunks).
     """
 
-    def __init__(self, chunk_ids: Collection[int] = (), sizes: list[int] | None = None) -> None:
+    def __init__(self, chunk_ids: Collection[int] = (), sizes: list[int] | None = None,
+                 mask: int | None = None, nbytes: int | None = None) -> None:
         ids = list(chunk_ids)
         tokens = range(1, len(ids) + 1)
         self._entries: deque[tuple[int, int]] = deque(zip(ids, tokens))
         self._token: dict[int, int] = dict(zip(ids, tokens))
         self._next = len(ids)
         self._sizes = sizes
-        self.nbytes = sum(sizes[c] for c in self._token) if sizes is not None else 0
-        """Bytes pending, when built with ``sizes`` (chunk id -> bytes): a merge's share in O(1)."""
+        if nbytes is None:
+            nbytes = sum([sizes[c] for c in self._token]) if sizes is not None else 0
+        self.nbytes = nbytes
+        """Bytes pending, when built with ``sizes`` (chunk id -> bytes): a merge's share in O(1).
+        A caller that knows it (every chunk pending) passes it in, with ``mask``."""
+        if mask is None:
+            mask = 0
+            for chunk_id in self._token:
+                mask |= 1 << chunk_id
+        self.mask = mask
+        """The pending ids as a bitmask (see ``ChunkSet``); a caller that knows it passes it in."""
 
     def ids(self) -> AbstractSet[int]:
         """The pending chunk ids as a set view (for intersections; do not mutate the queue meanwhile)."""
@@ -231,6 +382,7 @@ class PendingQueue:
                 yield c
 
     def _new_token(self, chunk_id: int) -> int:
+        self.mask |= 1 << chunk_id
         self._next += 1
         self._token[chunk_id] = self._next
         return self._next
@@ -249,6 +401,7 @@ class PendingQueue:
 
     def remove(self, chunk_id: int) -> None:
         del self._token[chunk_id]
+        self.mask &= ~(1 << chunk_id)
         if self._sizes is not None:
             self.nbytes -= self._sizes[chunk_id]
         if len(self._entries) > 2 * len(self._token) + 64:
@@ -258,31 +411,60 @@ class PendingQueue:
         if chunk_id in self._token:
             self.remove(chunk_id)
 
+    def remove_all(self, chunk_ids: list[int]) -> None:
+        """``remove`` each of these (all pending), at once."""
+        token, mask = self._token, 0
+        for chunk_id in chunk_ids:
+            del token[chunk_id]
+            mask |= 1 << chunk_id
+        self.mask &= ~mask
+        if self._sizes is not None:
+            sizes = self._sizes
+            self.nbytes -= sum([sizes[c] for c in chunk_ids])
+        if len(self._entries) > 2 * len(token) + 64:
+            self._entries = deque((c, t) for c, t in self._entries if token.get(c) == t)
+
     def _drop_stale_front(self) -> None:
         entries, token = self._entries, self._token
         while entries and token.get(entries[0][0]) != entries[0][1]:
             entries.popleft()
 
 
-def _reads(states: list[_ChunkState], client: Manifest, theirs: Manifest) -> list[Read]:
+def _pointer_table(manifest: Manifest) -> tuple[Mapping[str, int], Sequence[int]]:
+    if isinstance(manifest, Manifest):
+        return manifest.pointer_table()
+    names = list(manifest)  # a plain mapping of TensorSpec (tests): the same table, built once
+    return dict(zip(names, range(len(names)))), [manifest[name].ptr for name in names]
+
+
+def _reads(chunk_ids: list[int], index: ReadIndex, client: Manifest, theirs: Manifest) -> list[Read]:
     """The copies of these chunks, in order. A tensor split over consecutive chunks of a merged
     assignment is ONE read (its bytes are contiguous on both sides, inside one registered
     tensor): fewer reads to build, send and post. Reads never span two tensors, whose memory
-    may be registered apart even when adjacent."""
+    may be registered apart even when adjacent. Found per read, not per chunk: each run of
+    consecutive chunk ids is a range of the plan's segments, which ``index`` splits into runs
+    of contiguous bytes; pointers come from the manifests' tables (no ``TensorSpec`` each)."""
     reads: list[Read] = []
     new = tuple.__new__  # Read's own __new__ is Python code: several times slower per read
-    last_tensor, last_end, dst_base, src_base = None, -1, 0, 0
-    for state in states:
-        for tensor, offset, length in state.chunk.segments:
-            if tensor == last_tensor and offset == last_end:
-                dst, src, n = reads[-1]
-                reads[-1] = new(Read, (dst, src, n + length))
-            else:
-                if tensor != last_tensor:
-                    dst_base, src_base = client[tensor].ptr, theirs[tensor].ptr
-                    last_tensor = tensor
-                reads.append(new(Read, (dst_base + offset, src_base + offset, length)))
-            last_end = offset + length
+    client_index, client_values = _pointer_table(client)
+    their_index, their_values = _pointer_table(theirs)
+    first, last, run_end = index.first, index.last, index.run_end
+    tensors, offsets, ends = index.tensor, index.offset, index.end
+    i, n = 0, len(chunk_ids)
+    while i < n:
+        j = i
+        while j + 1 < n and chunk_ids[j + 1] == chunk_ids[j] + 1:
+            j += 1
+        g, g_last = first[chunk_ids[i]], last[chunk_ids[j]]
+        while g <= g_last:
+            e = run_end[g]
+            if e > g_last:
+                e = g_last
+            tensor, offset = tensors[g], offsets[g]
+            reads.append(new(Read, (client_values[client_index[tensor]] + offset,
+                                    their_values[their_index[tensor]] + offset, ends[e] - offset)))
+            g = e + 1
+        i = j + 1
     return reads
 
 
@@ -300,17 +482,36 @@ def stripe_start(num_chunks: int, member_index: int) -> int:
 
 
 class Job:
-    """One rank's fork: chunk states, per-source failures, progress."""
+    """One rank's fork: chunk states, per-source failures, progress.
+
+    A chunk's state lives in tables, not an object per chunk: landed is ``done_chunks``,
+    waiting is ``pending``, and the rarer states (in flight, failed somewhere, attempted) are
+    dicts holding only the chunks in them. ``chunks[c]`` reads them back as one view."""
 
     def __init__(self, job_id: str, client_manifest: Manifest, chunks: list[Chunk],
                  config: PlannerConfig, now: float, start: int = 0) -> None:
         self.job_id = job_id
+        self._peer_id = f"peer:{job_id}"
         self.client_manifest = client_manifest
         self.config = config
-        self.chunks = [_ChunkState(c) for c in chunks]
-        self.pending = PendingQueue(striped_order(len(chunks), start), sizes=[c.nbytes for c in chunks])
-        self.done_chunks: set[int] = set()
+        self._plan = chunks
+        self._read_index = read_index(chunks)
+        self._sizes = self._read_index.sizes
+        """Chunk id -> bytes (the plan's, shared: read only)."""
+        self.chunks = _ChunkStates(self)
+        self.bytes_total = sum(self._sizes)
+        self.pending = PendingQueue(striped_order(len(chunks), start), sizes=self._sizes,
+                                    mask=(1 << len(chunks)) - 1, nbytes=self.bytes_total)
+        self.done_chunks: set[int] = ChunkSet()
         """Landed chunks: what this job, as a peer, can serve to others."""
+        self._live_on: dict[int, Assignment | dict[str, Assignment]] = {}
+        """Chunk id -> its assignment in flight, for the chunks that have any; a dict of them
+        (id -> assignment) for a chunk read twice at once (an endgame duplicate). One object per
+        chunk in flight is not built: a merged assignment is stored under each of its chunks."""
+        self._failed_on: dict[int, set[str]] = {}
+        """Chunk id -> the sources whose read of it failed, for the chunks that have any."""
+        self._attempts: dict[int, int] = {}
+        """Chunk id -> reads of it that failed, for the chunks that have any."""
         self.assignments: dict[str, Assignment] = {}
         self.live: dict[str, Assignment] = {}
         """Assignments in flight (at least one of their chunks not landed yet)."""
@@ -328,20 +529,21 @@ class Job:
         self.last_failure: dict[str, str] = {}
         """Each source's last failed read in this job, excluded or not: what the user sees."""
         self.consecutive_failures: dict[str, int] = {}
-        self._failed_chunks: dict[str, set[int]] = {}
-        self._outlook: tuple[tuple, tuple[dict[str, float], float, int]] | None = None
+        self._failed_chunks: dict[str, ChunkSet] = {}
         """Source id -> chunks whose read from it failed (each chunk's ``failed_on``, by source)."""
+        self._decisions = 0
+        """Calls of ``next_assignments`` so far: what the endgame outlook's cache is valid for."""
+        self._outlook: tuple[tuple, tuple[dict[str, float], float, int]] | None = None
         self.observed_rate: dict[str, float] = {}
         self._best_rate = 0.0
         self._reads_at_once = 1
-        self._found: tuple[str, set[int]] | None = None
+        self._found: tuple[str, int] | None = None
         """(source id, pending chunks it can serve) found by the current choice, for its merge."""
         """Reads this job may have in flight after the current decision (live + asked for)."""
         """The highest observed rate of any peer this job read from: a fresh peer's estimate."""
         self.bytes_by_seed: dict[str, int] = {}
         """Bytes landed per source id (seeds and peers)."""
         self.bytes_by_kind: dict[str, int] = {SEED: 0, PEER: 0}
-        self.bytes_total = sum(c.nbytes for c in chunks)
         self.bytes_done = 0
         self.bytes_resumed = 0
         """Bytes the client already held when it re-created this job (not read again)."""
@@ -366,17 +568,16 @@ class Job:
         Chunk ids are stable: the same manifest and chunk size give the same plan.
         """
         for chunk_id in sorted(set(chunks_done)):
-            state = self.chunks[chunk_id]
-            if state.done:
+            nbytes = self._sizes[chunk_id]
+            if chunk_id in self.done_chunks:
                 continue
-            covering = bool(state.live)
-            state.done = True
+            covering = chunk_id in self._live_on
             self.done_chunks.add(chunk_id)
             self.pending.discard(chunk_id)
             if not covering and self.on_cover is not None:
                 self.on_cover(chunk_id, +1)
-            self.bytes_done += state.chunk.nbytes
-            self.bytes_resumed += state.chunk.nbytes
+            self.bytes_done += nbytes
+            self.bytes_resumed += nbytes
             self.chunks_done += 1
         if self.chunks and self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
@@ -393,14 +594,17 @@ class Job:
         if self.state != RUNNING:
             return []
         self._readmit_restarted(sources)
-        eligible = [s for s in sources if s.source_id not in self.excluded and s.source_id != self.peer_id]
+        excluded, peer_id = self.excluded, self._peer_id
+        eligible = [s for s in sources if s.source_id not in excluded and s.source_id != peer_id]
         useful = any(s.kind == SEED for s in eligible) or any(self._holds_something_needed(s) for s in eligible)
         if not useful:
             self._fail_if_no_sources(eligible, sources, now)
             return []
         self.last_seed_seen_at = now
-        for s in eligible:
-            self.lost.pop(s.source_id, None)
+        self._decisions += 1
+        if self.lost:
+            for s in eligible:
+                self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
         self._reads_at_once = len(self.live) + max_assignments
         free, budget, rates = {}, {}, {}
@@ -415,33 +619,42 @@ class Job:
                 free[sid], rates[sid] = self._free(s), self._rate(s)
             budget[sid] = s.budget_bytes
         out: list[Assignment] = []
-        while len(out) < max_assignments:
-            candidates = [s for s in eligible if free[s.source_id] > 0]
-            if not candidates:
-                break
-            # Peers first (they serve no traffic), then most free budget, then the faster source.
-            source = max(candidates, key=lambda s: (s.kind == PEER, free[s.source_id], rates[s.source_id]))
-            chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[source.source_id], rates, now)
+        # Peers first (they serve no traffic), then most free budget, then the faster source; on a
+        # tie, the first in ``eligible``. A heap of those keys (negated: smallest first): a source
+        # that finds nothing leaves it, one given a read goes back with one slot less.
+        queue = [(-(s.kind == PEER), -free[s.source_id], -rates[s.source_id], i)
+                 for i, s in enumerate(eligible) if free[s.source_id] > 0]
+        heapq.heapify(queue)
+        while len(out) < max_assignments and queue:
+            peer_first, _, minus_rate, i = heapq.heappop(queue)
+            source = eligible[i]
+            sid = source.source_id
+            chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[sid], rates, now)
             if not chunk_ids:
-                free[source.source_id] = 0
+                free[sid] = 0
                 continue
             a = self._assign(chunk_ids, source, now)
             out.append(a)
-            free[source.source_id] -= 1
-            if budget[source.source_id] is not None:
-                budget[source.source_id] -= a.nbytes
+            free[sid] -= 1
+            if free[sid] > 0:
+                heapq.heappush(queue, (peer_first, -free[sid], minus_rate, i))
+            if budget[sid] is not None:
+                budget[sid] -= a.nbytes
         return out
 
     @property
     def peer_id(self) -> str:
         """This job's id as a source for other jobs."""
-        return f"peer:{self.job_id}"
+        return self._peer_id
 
     def _choose(self, source: SourceView, eligible: list[SourceView], peer_ids: frozenset[str],
                 covered: Coverage | None, budget: float | None, rates: dict[str, float], now: float) -> list[int]:
         if budget is not None and budget <= 0:
             return []  # its bucket is in debt: the reads already given to it come first
         self._found = None
+        holds = source.holds
+        if isinstance(holds, ChunkSet) and self.pending and not self.pending.mask & holds.mask:
+            return []  # a peer holding nothing this job waits for (most sampled peers, late in a scale-out)
         chunk_id = self._pending_for(source, eligible, peer_ids, covered)
         if chunk_id is not None:
             chunk_ids = [chunk_id, *self._more_pending_for(source, eligible, chunk_id, budget, peer_ids, covered)]
@@ -485,7 +698,7 @@ class Job:
         holds = source.holds
         uncovered = getattr(covered, "uncovered", None) if source.kind == SEED else None
         by_set = holds is not None or uncovered is not None
-        window = FRONT_WINDOW if by_set else (SEED_SCAN_WINDOW if source.kind == SEED else len(self.chunks))
+        window = FRONT_WINDOW if by_set else (SEED_SCAN_WINDOW if source.kind == SEED else len(self._plan))
         fallback = None
         seen = 0
         for chunk_id in self.pending:
@@ -494,8 +707,8 @@ class Job:
                 break
             if holds is not None and chunk_id not in holds:
                 continue
-            state = self.chunks[chunk_id]
-            if source.source_id not in state.failed_on:
+            failed_on = self._failed_on.get(chunk_id, _NO_FAILURES)
+            if source.source_id not in failed_on:
                 if uncovered is not None:
                     if chunk_id not in uncovered:
                         continue  # a peer holds it or will soon: not the seeds' job
@@ -503,21 +716,18 @@ class Job:
                     continue
                 self.pending.remove(chunk_id)
                 return chunk_id
-            if fallback is None and all(s.source_id in state.failed_on or not s.can_serve(chunk_id)
+            if fallback is None and all(s.source_id in failed_on or not s.can_serve(chunk_id)
                                         for s in eligible):
                 fallback = chunk_id
         if by_set and seen > window:
             wanted = source.holds if source.holds is not None else uncovered
             assert wanted is not None
-            found = self.pending.ids() & wanted  # iterates the smaller of the two
-            failed = self._failed_chunks.get(source.source_id)
-            if failed:
-                found -= failed
+            found = self._pending_among(source.source_id, wanted)
             if found:
-                chunk_id = min(found)  # the lowest: merged runs grow upward from it
+                lowest = found & -found  # the lowest: merged runs grow upward from it
+                chunk_id = lowest.bit_length() - 1
                 self.pending.remove(chunk_id)
-                found.discard(chunk_id)
-                self._found = (source.source_id, found)  # what a link-time merge gathers from next
+                self._found = (source.source_id, found ^ lowest)  # what a link-time merge gathers from next
                 return chunk_id
         if fallback is not None:
             self.pending.remove(fallback)
@@ -527,7 +737,8 @@ class Job:
                           budget: float | None, peer_ids: frozenset[str] = frozenset(),
                           covered: Coverage | None = None) -> list[int]:
         """Further pending chunks to merge into the assignment that starts with ``first``."""
-        first_bytes = self.chunks[first].chunk.nbytes
+        sizes = self._sizes
+        first_bytes = sizes[first]
         limit = max(self.config.max_assignment_bytes, self._link_time_bytes(source))
         if self.config.max_assignment_bytes <= 0 or limit <= first_bytes or not self.pending:
             return []
@@ -552,24 +763,28 @@ class Job:
         # ``first`` that it holds (the queue's front may be chunks it does not have). In a
         # swarm (an ``uncovered`` set) a seed merges the run after ``first`` too: the queue's
         # front is then mostly chunks peers cover, and runs keep what peers hold in long runs.
-        by_run = source.holds is not None or getattr(covered, "uncovered", None) is not None
-        following = self._pending_run_after(first) if by_run else self.pending
+        holds = source.holds
+        by_run = holds is not None or getattr(covered, "uncovered", None) is not None
+        # Only a holds set without a mask is asked chunk by chunk; a ChunkSet's run is cut at
+        # its first chunk the source lacks by the mask (the loop would break there).
+        ask_holds = holds is not None and not isinstance(holds, ChunkSet)
+        following = self._pending_run_after(first, None if ask_holds else holds) if by_run else self.pending
+        failed_on, sid = self._failed_on, source.source_id
         for chunk_id in following:
-            state = self.chunks[chunk_id]
-            if source.source_id in state.failed_on or not source.can_serve(chunk_id):
-                if source.holds is None:
+            if (failed_on and sid in failed_on.get(chunk_id, _NO_FAILURES)) or (ask_holds and chunk_id not in holds):
+                if holds is None:
                     continue
                 break
-            if total + state.chunk.nbytes > limit:
+            nbytes = sizes[chunk_id]
+            if total + nbytes > limit:
                 break
             if source.kind == SEED and self._covered_by_peer(chunk_id, peer_ids, covered):
                 break  # a peer serves the rest of this run
             taken.append(chunk_id)
-            total += state.chunk.nbytes
+            total += nbytes
         if by_run and self.config.merge_seconds > 0 and limit - total >= first_bytes:
             total = self._fill_from_elsewhere(source, covered, first, taken, total, limit)
-        for chunk_id in taken:
-            self.pending.remove(chunk_id)
+        self.pending.remove_all(taken)
         return taken
 
     def _fill_from_elsewhere(self, source: SourceView, covered: Coverage | None, first: int,
@@ -585,22 +800,30 @@ class Job:
             wanted = source.holds if source.holds is not None else getattr(covered, "uncovered", None)
             if wanted is None:
                 return total
-            found = self.pending.ids() & wanted
-            failed = self._failed_chunks.get(source.source_id)
-            if failed:
-                found -= failed
-            found.discard(first)
-        found.difference_update(taken)
+            found = self._pending_among(source.source_id, wanted) & ~(1 << first)
+        for chunk_id in taken:
+            found &= ~(1 << chunk_id)
         if not found:
             return total
-        room = int((limit - total) // max(self.chunks[first].chunk.nbytes, 1)) + 1
-        for chunk_id in (sorted(found) if len(found) <= 4 * room else heapq.nsmallest(room, found)):
-            nbytes = self.chunks[chunk_id].chunk.nbytes
+        sizes = self._sizes
+        room = int((limit - total) // max(sizes[first], 1)) + 1
+        # The lowest ids first; when there are many, only the ``room`` lowest are looked at.
+        lowest = lowest_chunks(found)
+        for chunk_id in (lowest if found.bit_count() <= 4 * room else itertools.islice(lowest, room)):
+            nbytes = sizes[chunk_id]
             if total + nbytes > limit:
                 break
             taken.append(chunk_id)
             total += nbytes
         return total
+
+    def _pending_among(self, source_id: str, wanted: AbstractSet[int]) -> int:
+        """The pending chunks in ``wanted`` whose read from ``source_id`` has not failed, as a bitmask."""
+        found = self.pending.mask & (wanted.mask if isinstance(wanted, ChunkSet) else _mask_of(wanted))
+        failed = self._failed_chunks.get(source_id)
+        if failed:
+            found &= ~failed.mask
+        return found
 
     def _link_time_bytes(self, source: SourceView) -> float:
         """Bytes ``source`` delivers to this job in ``merge_seconds`` at the rate it measured (0: none).
@@ -617,11 +840,13 @@ class Job:
             return 0.0
         return min(rate * seconds, float(self.config.max_merged_bytes))
 
-    def _pending_run_after(self, first: int) -> Iterator[int]:
-        chunk_id = first + 1
-        while chunk_id < len(self.chunks) and chunk_id in self.pending:
-            yield chunk_id
-            chunk_id += 1
+    def _pending_run_after(self, first: int, holds: AbstractSet[int] | None = None) -> range:
+        """The pending chunk ids right after ``first``, up to the first one not pending (or, with a
+        ``ChunkSet`` ``holds``, not in it): the trailing ones of a shifted mask, O(1) per run."""
+        run = self.pending.mask >> (first + 1)
+        if isinstance(holds, ChunkSet):
+            run &= holds.mask >> (first + 1)
+        return range(first + 1, first + (run ^ (run + 1)).bit_length())
 
     def _free(self, source: SourceView) -> int:
         free = self._depth(source) - self._live_count.get(source.source_id, 0)
@@ -635,7 +860,7 @@ class Job:
             return cap
         if source.allowed_rate <= 0:
             return 0
-        typical = max(self.bytes_total / max(len(self.chunks), 1), 1)
+        typical = max(self.bytes_total / max(len(self._plan), 1), 1)
         return max(1, min(cap, math.ceil(source.allowed_rate * self.config.pipeline_seconds / typical)))
 
     def _rate(self, source: SourceView) -> float:
@@ -666,15 +891,15 @@ class Job:
         best, best_gain = None, 0.0
         # Only chunks in flight can be duplicated: scan the live assignments, not every chunk.
         for chunk_id in sorted({c for a in self.live.values() for c in a.chunk_ids}):
-            state = self.chunks[chunk_id]
-            if state.done or not state.live or len(state.live) >= self.config.max_live_per_chunk:
+            live = self._holders(chunk_id)
+            if chunk_id in self.done_chunks or not live or len(live) >= self.config.max_live_per_chunk:
                 continue
-            if not source.can_serve(chunk_id) or source.source_id in state.failed_on \
-                    or any(a.seed_id == source.source_id for a in state.live.values()):
+            if not source.can_serve(chunk_id) or source.source_id in self._failed_on.get(chunk_id, _NO_FAILURES) \
+                    or any(a.seed_id == source.source_id for a in live.values()):
                 continue
-            holder = next(iter(state.live))
+            holder = next(iter(live))
             left = remaining[holder] if holder in remaining else math.inf
-            mine = mine_queued * state.chunk.nbytes / my_rate
+            mine = mine_queued * self._sizes[chunk_id] / my_rate
             if mine * speedup < left and left - mine > best_gain:
                 best, best_gain = chunk_id, left - mine
         return best
@@ -682,9 +907,11 @@ class Job:
     def _in_flight_outlook(self, rates: dict[str, float], now: float) -> tuple[dict[str, float], float, int]:
         """Seconds until each live assignment lands (bytes its source must read first, its own and
         those assigned at or before it, over that source's rate, less the time already spent), the
-        largest of them, and the smallest chunk in flight. Kept until the live set changes: every
-        source a decision finds nothing for asks, and the answer is the same."""
-        key = (now, self._ids, len(self.live), id(rates))
+        largest of them, and the smallest chunk in flight. Kept within one decision (``rates`` is
+        that decision's) until the live set changes: every source a decision finds nothing for
+        asks, and the answer is the same. (Not keyed on ``id(rates)``: a later decision's dict
+        may sit at a freed one's address.)"""
+        key = (self._decisions, now, self._ids, len(self.live))
         if self._outlook is not None and self._outlook[0] == key:
             return self._outlook[1]
         ahead: dict[str, int] = {}
@@ -712,25 +939,33 @@ class Job:
             # side (its observed rate already is one read's share), so only its own bytes count.
             queued = a.nbytes if a.source_kind == PEER else ahead[aid]
             remaining[aid] = (math.inf if their_rate <= 0 else queued / their_rate) - (now - a.assigned_at)
-        smallest = min(self.chunks[c].chunk.nbytes for a in self.live.values() for c in a.chunk_ids)
+        sizes = self._sizes
+        smallest = min(sizes[c] for a in self.live.values() for c in a.chunk_ids)
         outlook = (remaining, max(remaining.values()), smallest)
         self._outlook = (key, outlook)
         return outlook
 
     def _assign(self, chunk_ids: list[int], source: SourceView, now: float) -> Assignment:
-        states = [self.chunks[c] for c in chunk_ids]
+        sizes, attempts = self._sizes, self._attempts
         self._ids += 1
-        reads = _reads(states, self.client_manifest, source.manifest)
+        reads = _reads(chunk_ids, self._read_index, self.client_manifest, source.manifest)
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,
-                       source.agent_url, sum(state.chunk.nbytes for state in states),
-                       max(state.attempts for state in states) + 1, now, reads, chunk_ids=tuple(chunk_ids),
-                       source_kind=source.kind, incarnation=source.incarnation)
-        for chunk_id, state in zip(chunk_ids, states):
-            if self.on_cover is not None and not state.done and not state.live:
-                self.on_cover(chunk_id, +1)
-            state.live[a.assignment_id] = a
+                       source.agent_url, sum([sizes[c] for c in chunk_ids]),
+                       (max([attempts.get(c, 0) for c in chunk_ids]) if attempts else 0) + 1, now, reads,
+                       chunk_ids=tuple(chunk_ids), source_kind=source.kind, incarnation=source.incarnation)
+        aid, on_cover, live_on, done = a.assignment_id, self.on_cover, self._live_on, self.done_chunks
+        for chunk_id in chunk_ids:
+            held = live_on.get(chunk_id)
+            if held is None:
+                if on_cover is not None and chunk_id not in done:
+                    on_cover(chunk_id, +1)
+                live_on[chunk_id] = a
+            elif type(held) is dict:
+                held[aid] = a
+            else:
+                live_on[chunk_id] = {held.assignment_id: held, aid: a}
         self.assignments[a.assignment_id] = a
         self._set_live(a)
         return a
@@ -750,33 +985,73 @@ class Job:
 
     def _drop_live_if_idle(self, a: Assignment) -> None:
         """An assignment stops counting as in flight once none of its chunks still waits on it."""
-        if not any(a.assignment_id in self.chunks[c].live for c in a.chunk_ids):
-            self._unset_live(a)
+        live_on, aid = self._live_on, a.assignment_id
+        for c in a.chunk_ids:
+            held = live_on.get(c)
+            if held is a or (type(held) is dict and aid in held):
+                return
+        self._unset_live(a)
+
+    def _holders(self, chunk_id: int) -> dict[str, Assignment]:
+        """A chunk's assignments in flight, by id (do not mutate)."""
+        held = self._live_on.get(chunk_id)
+        if held is None:
+            return {}
+        return held if type(held) is dict else {held.assignment_id: held}
+
+    def _unlive(self, chunk_id: int, assignment_id: str) -> Assignment | None:
+        """Take an assignment off a chunk's in-flight reads; returns it if it was there."""
+        held = self._live_on.get(chunk_id)
+        if held is None:
+            return None
+        if type(held) is dict:
+            a = held.pop(assignment_id, None)
+            if not held:
+                del self._live_on[chunk_id]
+            return a
+        if held.assignment_id != assignment_id:
+            return None
+        del self._live_on[chunk_id]
+        return held
+
+    def covers(self, chunk_id: int) -> bool:
+        """Whether this job holds the chunk or is fetching it (what a swarm counts for its peers)."""
+        return chunk_id in self.done_chunks or chunk_id in self._live_on
+
+    def covering_chunks(self) -> list[int]:
+        """The chunks this job holds or is fetching, in order."""
+        return sorted(self.done_chunks.union(self._live_on))
 
     def _covering(self, chunk_ids: Iterable[int]) -> dict[int, bool] | None:
         if self.on_cover is None:
             return None
-        return {c: self.chunks[c].done or bool(self.chunks[c].live) for c in chunk_ids}
+        return {c: self.covers(c) for c in chunk_ids}
 
     def _cover_changes(self, chunk_ids: Iterable[int], before: dict[int, bool] | None) -> None:
         if before is None or self.on_cover is None:
             return
         for c, was in before.items():
-            now_covering = self.chunks[c].done or bool(self.chunks[c].live)
+            now_covering = self.covers(c)
             if now_covering != was:
                 self.on_cover(c, +1 if now_covering else -1)
 
     # -- results -----------------------------------------------------------
     def apply(self, report: Report, now: float) -> None:
         a = self.assignments.get(report.assignment_id)
-        if a is None or self.state != RUNNING:
-            return  # unknown or after the end: nothing to learn
+        if a is None:
+            return  # unknown: nothing to learn
+        # Reported: the client is done with its reads. The assignment is kept (a late or repeated
+        # report must still match it), its reads are not: one per chunk per job, 1.4 million in a
+        # 1024-instance scale-out, each an object Python's garbage collector would walk forever.
+        a.reads = []
+        if self.state != RUNNING:
+            return  # after the end: nothing to learn
         if report.ok:
             self._unset_live(a)
             self._landed(a, report, now)
             return
         before = self._covering(a.chunk_ids)
-        was_live = [c for c in a.chunk_ids if self.chunks[c].live.pop(a.assignment_id, None) is not None]
+        was_live = [c for c in a.chunk_ids if self._unlive(c, a.assignment_id) is not None]
         self._unset_live(a)
         if was_live:
             self._failed(a, was_live, report, now)
@@ -790,35 +1065,48 @@ class Job:
             rate = self.observed_rate[a.seed_id] = sample if prev is None else 0.7 * prev + 0.3 * sample
             if a.source_kind == PEER and rate > self._best_rate:
                 self._best_rate = rate
-        aid, on_cover, chunks, pending = a.assignment_id, self.on_cover, self.chunks, self.pending
-        landed_bytes = landed_chunks = 0
+        aid, on_cover, pending = a.assignment_id, self.on_cover, self.pending
+        live_on, done, sizes, pending_ids = self._live_on, self.done_chunks, self._sizes, self.pending.ids()
+        landed: list[int] = []
         for chunk_id in a.chunk_ids:
-            state = chunks[chunk_id]
-            ours = state.live.pop(aid, None)
-            if state.done:
+            held = live_on.get(chunk_id)
+            ours = live = None
+            if held is None:
+                pass
+            elif type(held) is dict:
+                ours = held.pop(aid, None)
+                if held:
+                    live = held
+                else:
+                    del live_on[chunk_id]
+            elif held is a:
+                ours = held
+                del live_on[chunk_id]
+            else:
+                live = {held.assignment_id: held}  # another read of it; ours had been moved away
+            if chunk_id in done:
                 continue  # a duplicate landed second: same bytes, count them once
-            if on_cover is not None and ours is None and not state.live:
+            if on_cover is not None and ours is None and live is None:
                 on_cover(chunk_id, +1)  # it covered nothing a moment ago (its read had been moved away)
-            state.done = True
-            self.done_chunks.add(chunk_id)
-            if chunk_id in pending:
+            landed.append(chunk_id)
+            if chunk_id in pending_ids:
                 pending.remove(chunk_id)
-            landed_bytes += state.chunk.nbytes
-            landed_chunks += 1
-            if not state.live:
+            if live is None:
                 continue
-            for other_id, other in list(state.live.items()):
-                del state.live[other_id]
+            del live_on[chunk_id]
+            for other_id, other in live.items():
                 if len(other.chunk_ids) == 1:
                     self._cancel.append(other_id)
                 # A merged assignment also reading other chunks carries on: its bytes for
                 # this chunk are the same, and its other chunks still need them.
                 self._drop_live_if_idle(other)
+        done.add_new(landed)
+        landed_bytes, landed_chunks = sum([sizes[c] for c in landed]), len(landed)
         self.bytes_done += landed_bytes
         self.chunks_done += landed_chunks
         self.bytes_by_seed[a.seed_id] = self.bytes_by_seed.get(a.seed_id, 0) + landed_bytes
         self.bytes_by_kind[a.source_kind] = self.bytes_by_kind.get(a.source_kind, 0) + landed_bytes
-        if self.chunks_done == len(self.chunks):
+        if self.chunks_done == len(self._plan):
             self.state, self.finished_at = DONE, now
 
     def _failed(self, a: Assignment, chunk_ids: list[int], report: Report, now: float) -> None:
@@ -836,18 +1124,16 @@ class Job:
         self.consecutive_failures[a.seed_id] = failures
         self.last_failure[a.seed_id] = f"{report.reason or 'read_failed'}: {report.error or 'no detail'}"
         for chunk_id in reversed(chunk_ids):  # appendleft: keep the chunks' order at the front
-            state = self.chunks[chunk_id]
-            if state.failed_on is _NO_FAILURES:
-                state.failed_on = set()
-            state.failed_on.add(a.seed_id)  # type: ignore[attr-defined]
-            self._failed_chunks.setdefault(a.seed_id, set()).add(chunk_id)
+            self._failed_on.setdefault(chunk_id, set()).add(a.seed_id)
+            self._failed_chunks.setdefault(a.seed_id, ChunkSet()).add(chunk_id)
+            attempts = self._attempts.get(chunk_id, 0)
             if really_failed:
-                state.attempts += 1  # a read that never started is not an attempt at this chunk
-            if not state.done and not state.live:
+                attempts = self._attempts[chunk_id] = attempts + 1  # a read that never started is not an attempt
+            if not self.covers(chunk_id):
                 self.pending.appendleft(chunk_id)  # retries go first: they gate completion
                 self.retried_chunks += 1
-            if state.attempts >= self.config.max_attempts_per_chunk:
-                self._fail(now, f"chunk {chunk_id} failed {state.attempts} times; last: {report.reason}: {report.error}")
+            if attempts >= self.config.max_attempts_per_chunk:
+                self._fail(now, f"chunk {chunk_id} failed {attempts} times; last: {report.reason}: {report.error}")
                 return
         if failures >= self.config.seed_failure_threshold:
             self.exclude(a.seed_id, f"{report.reason or 'read_failed'}: {report.error or 'no detail'}", now,
@@ -872,9 +1158,10 @@ class Job:
         against the incarnation that is gone. The same incarnation, however often it
         registers, stays excluded: a seed whose reads keep failing is still bad.
         """
+        incarnation, excluded = self.incarnation, self.excluded
         for s in sources:
-            self.incarnation[s.source_id] = s.incarnation
-            if s.source_id in self.excluded and self.excluded_incarnation.get(s.source_id) != s.incarnation:
+            incarnation[s.source_id] = s.incarnation
+            if excluded and s.source_id in excluded and self.excluded_incarnation.get(s.source_id) != s.incarnation:
                 del self.excluded[s.source_id]
                 self.excluded_incarnation.pop(s.source_id, None)
                 self.consecutive_failures[s.source_id] = 0
@@ -901,8 +1188,7 @@ class Job:
         before = self._covering(touched)
         for a in theirs:
             for chunk_id in a.chunk_ids:
-                state = self.chunks[chunk_id]
-                if state.live.pop(a.assignment_id, None) is not None and not state.done and not state.live \
+                if self._unlive(chunk_id, a.assignment_id) is not None and not self.covers(chunk_id) \
                         and chunk_id not in self.pending:
                     requeue.append(chunk_id)
             self._cancel.append(a.assignment_id)
@@ -926,11 +1212,11 @@ class Job:
 
     def _fail(self, now: float, error: str) -> None:
         self.state, self.error, self.finished_at = FAILED, error, now
-        for chunk_id, state in enumerate(self.chunks):
-            self._cancel.extend(state.live)
-            if state.live and not state.done and self.on_cover is not None:
+        for chunk_id in sorted(self._live_on):
+            self._cancel.extend(self._holders(chunk_id))
+            if chunk_id not in self.done_chunks and self.on_cover is not None:
                 self.on_cover(chunk_id, -1)
-            state.live.clear()
+        self._live_on.clear()
         self.live.clear()
         self._live_count.clear()
 
@@ -949,7 +1235,7 @@ class Job:
     def progress(self) -> dict:
         return {
             "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
-            "chunks_done": self.chunks_done, "chunks_total": len(self.chunks),
+            "chunks_done": self.chunks_done, "chunks_total": len(self._plan),
             "retried_chunks": self.retried_chunks,
             # Every source that failed this job, worst state last: failed a read, left, excluded.
             "failed_seeds": {**self.last_failure, **self.lost, **self.excluded},

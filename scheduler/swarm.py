@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import AbstractSet, Collection, Hashable, Iterable
 
 from rfork_api.manifest import Manifest
-from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, Job, SourceView
+from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, ChunkSet, Job, SourceView
 from throttle.token_bucket import TokenBucket
 
 GroupKey = Hashable
@@ -120,7 +120,7 @@ class Swarm:
         self._rng = rng or random.Random(0)
         self._cover_count: dict[GroupKey, list[int]] = {}
         """Per group and chunk: serving peers that hold it or are fetching it."""
-        self._uncovered: dict[GroupKey, set[int]] = {}
+        self._uncovered: dict[GroupKey, ChunkSet] = {}
         """Per group: the chunks no serving peer holds or fetches (count 0): what the seeds serve."""
         self._serving: dict[GroupKey, list[str]] = {}
         self._members: dict[str, _Member] = {}
@@ -148,7 +148,7 @@ class Swarm:
         self._groups.setdefault(key, []).append(job.job_id)
         self._joined[key] = self._joined.get(key, 0) + 1
         counts = self._cover_count.setdefault(key, [0] * len(job.chunks))
-        uncovered = self._uncovered.setdefault(key, set(range(len(job.chunks))))
+        uncovered = self._uncovered.setdefault(key, ChunkSet(range(len(job.chunks))))
         if offer is not None:
             self._serving.setdefault(key, []).append(job.job_id)
 
@@ -165,7 +165,7 @@ class Swarm:
 
     @staticmethod
     def _covering_chunks(job: Job) -> list[int]:
-        return [c for c, state in enumerate(job.chunks) if state.done or state.live]
+        return job.covering_chunks()
 
     def _stop_serving(self, member: _Member) -> None:
         """It no longer covers anything for the others."""
@@ -328,9 +328,12 @@ class Covered:
 
     def get(self, chunk_id: int, default=None) -> Collection[str] | None:
         n = self._counts[chunk_id]
+        if n <= 0:
+            return default  # nobody covers it: nothing to discount
         if self._exact:
-            n -= sum(1 for m in self._members if m.job.chunks[chunk_id].done or m.job.chunks[chunk_id].live)
-        if self._own is not None:
-            state = self._own.job.chunks[chunk_id]
-            n -= 1 if (state.done or state.live) else 0  # our own fetch covers nothing for us
+            for m in self._members:
+                if m.job.covers(chunk_id):
+                    n -= 1
+        if self._own is not None and self._own.job.covers(chunk_id):
+            n -= 1  # our own fetch covers nothing for us
         return ANY_ELIGIBLE_PEER if n > 0 else default

@@ -37,8 +37,11 @@ class Node:
     egress: float
     ingress: float
     alive: bool = True
-    outgoing: set["Flow"] = field(default_factory=set)
-    incoming: set["Flow"] = field(default_factory=set)
+    outgoing: dict["Flow", None] = field(default_factory=dict)
+    incoming: dict["Flow", None] = field(default_factory=dict)
+    """Flows as ordered sets (dict keys): a set of objects hashed by ``id()`` iterates in memory-address
+    order, which differs between runs, and the order flows are re-rated in breaks ties between equal
+    completion times; insertion order keeps a simulation with a fixed seed the same every run."""
     bytes_sent: float = 0.0
 
 
@@ -78,8 +81,8 @@ class Network:
             done.succeed()
             return done
         flow = Flow(src, dst, float(nbytes), float(nbytes), done, since=self.env.now)
-        src.outgoing.add(flow)
-        dst.incoming.add(flow)
+        src.outgoing[flow] = None
+        dst.incoming[flow] = None
         self._rerate(src, dst)
         return done
 
@@ -90,10 +93,10 @@ class Network:
     def kill(self, node: Node) -> None:
         """The node dies: every transfer to or from it fails."""
         node.alive = False
-        flows = list(node.outgoing | node.incoming)
+        flows = list({**node.outgoing, **node.incoming})
         for flow in flows:
             self._end(flow, LinkDown(f"{node.name} died"))
-        others = {f.src for f in flows} | {f.dst for f in flows}
+        others = dict.fromkeys(n for f in flows for n in (f.src, f.dst))  # ordered: see Node.outgoing
         self._rerate(*(n for n in others if n is not node))
 
     # -- internals -----------------------------------------------------------
@@ -102,10 +105,10 @@ class Network:
 
     def _rerate(self, *nodes: Node) -> None:
         now = self.env.now
-        touched = set()
+        touched: dict[Flow, None] = {}
         for node in nodes:
-            touched |= node.outgoing
-            touched |= node.incoming
+            touched.update(node.outgoing)
+            touched.update(node.incoming)
         for flow in touched:
             new = self._share(flow)
             if new == flow.rate and flow.version:
@@ -120,8 +123,8 @@ class Network:
                     self._wake.succeed()
 
     def _end(self, flow: Flow, error: Exception | None) -> None:
-        flow.src.outgoing.discard(flow)
-        flow.dst.incoming.discard(flow)
+        flow.src.outgoing.pop(flow, None)
+        flow.dst.incoming.pop(flow, None)
         flow.version = -1  # every heap entry of it is stale now
         if error is None:
             flow.src.bytes_sent += flow.nbytes

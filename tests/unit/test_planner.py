@@ -268,6 +268,23 @@ def test_endgame_duplicates_a_straggler_and_counts_bytes_once():
     assert job.bytes_done == job.bytes_total and job.chunks_done == 2
 
 
+@pytest.mark.parametrize("decisions_between", range(6))
+def test_a_decision_judges_a_straggler_by_its_own_rates_not_an_earlier_decisions(decisions_between):
+    """The endgame's outlook (when each read in flight lands) is kept within a decision. A later
+    decision at the same moment with the same reads in flight, after the holder's allowed rate
+    dropped, must see the new rate. Keyed on the rates dict's ``id()``, the cache matched a new
+    dict built at a freed one's address (here after two other jobs' decisions, as a scheduler
+    interleaves them) and judged the straggler by the old rate."""
+    job, m = make_job(n_chunks=1)
+    other, other_manifest = make_job(n_chunks=64)
+    [a] = job.next_assignments([seed("a", m, 1e9)], 0.0, 1)
+    assert job.next_assignments([seed("a", m, 1e9), seed("b", m, 1e6)], 1.0, 8) == []  # a lands it first
+    for _ in range(decisions_between):
+        other.next_assignments([seed("c", other_manifest, 1e6)], 1.0, 1)
+    [dup] = job.next_assignments([seed("a", m, 1.0), seed("b", m, 1e6)], 1.0, 8)  # a throttled to 1 B/s
+    assert dup.chunk_id == a.chunk_id and dup.seed_id == "b"
+
+
 def test_stale_and_unknown_reports_change_nothing():
     job, m = make_job(n_chunks=2)
     [a, b] = job.next_assignments([seed("s0", m, None)], 0.0, 2)
@@ -377,7 +394,7 @@ def test_a_lost_seed_cancels_its_merged_assignment_once_and_requeues_every_chunk
 
 
 # -- sources: seeds and peers (the swarm) ------------------------------------
-from scheduler.planner import PEER, PendingQueue, stripe_start, striped_order  # noqa: E402
+from scheduler.planner import PEER, ChunkSet, PendingQueue, stripe_start, striped_order  # noqa: E402
 
 
 def peer(job_id: str, m, holds, rate: float | None = None, free_slots=None, budget=None) -> SourceView:
@@ -629,6 +646,36 @@ def test_an_in_flight_read_from_a_peer_missing_from_this_decision_is_not_taken_f
     finish(job, [a], 0.1)  # p is measured: one chunk in 0.1 s
     # p is not among this decision's (sampled) sources; q holds the chunk p is reading.
     assert job.next_assignments([q], 0.15, 8) == []
+
+
+def mask_bits(mask: int) -> set[int]:
+    return {c for c in range(mask.bit_length()) if mask >> c & 1}
+
+
+def test_the_pending_queue_keeps_its_mask_through_every_change():
+    q = PendingQueue([4, 0, 2, 7], sizes=[1] * 8)
+    assert mask_bits(q.mask) == {0, 2, 4, 7}
+    q.remove(2)
+    q.appendleft(5)
+    q.append(2)
+    q.discard(7)
+    q.remove_all([0, 5])
+    assert mask_bits(q.mask) == set(q.ids()) == {2, 4} and q.nbytes == 2 and list(q) == [4, 2]
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.add(9), lambda s: s.add(1), lambda s: s.discard(1), lambda s: s.discard(4),
+    lambda s: s.remove(2), lambda s: s.pop(), lambda s: s.clear(), lambda s: s.add_new([5, 6]),
+    lambda s: s.update({3, 70}), lambda s: s.difference_update([1, 2]), lambda s: s.intersection_update({1, 9}),
+    lambda s: s.symmetric_difference_update({1, 4}), lambda s: s.__ior__({8}), lambda s: s.__iand__({2}),
+    lambda s: s.__isub__({2}), lambda s: s.__ixor__({2, 3}),
+])
+def test_a_chunk_set_keeps_its_mask_equal_to_its_members(change):
+    chunks = ChunkSet([1, 2, 64])
+    result = change(chunks)
+    assert mask_bits(chunks.mask) == set(chunks)
+    if result is not None and not isinstance(result, int):
+        assert result is chunks  # in-place operators return the set itself
 
 
 def test_the_pending_queue_keeps_its_byte_count():

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -30,7 +31,7 @@ from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
 from rfork_api.auth import GrantClaims, grant_key, sign_grant
 from rfork_api.http import DEFAULT_MAX_BODY_BYTES, error_responses, install
 from scheduler import api_models as wire
-from scheduler.chunking import DEFAULT_CHUNK_SIZE, plan_chunks, validate_chunk_size
+from scheduler.chunking import DEFAULT_CHUNK_SIZE, ChunkPlan, plan_chunks, validate_chunk_size
 from scheduler.errors import InvalidResume, UnknownJob, UnknownModel, UnknownSeed, clip
 from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
 from scheduler.intake import Intake, decode_job_request, decode_registration
@@ -41,6 +42,10 @@ from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, S
 from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
 
 log = logging.getLogger("rfork.scheduler")
+
+PLAN_CACHE_SIZE = 64
+"""Chunk plans kept (groups: model identity, rank, manifest, chunk size). A TP8 model is 8 groups; a
+plan of 45,000 tensors is a few MB."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,10 @@ class SchedulerState:
     swarm: Swarm = field(init=False)
     scale_outs: dict[GroupKey, float] = field(default_factory=dict)
     """Group -> when its current scale-out started (its first job while none was running)."""
+    plans: OrderedDict[GroupKey, ChunkPlan] = field(default_factory=OrderedDict)
+    """Group -> its chunk plan, the most recently used last (at most ``PLAN_CACHE_SIZE``): a group's
+    jobs have the same chunks by definition, so a 1024-instance scale-out plans them once, and its
+    jobs share the plan's read index."""
 
     def __post_init__(self) -> None:
         self.swarm = Swarm(read_deadline_seconds=self.config.peer_read_deadline_seconds,
@@ -228,10 +237,10 @@ class SchedulerState:
         for seed_id, seed_manifest, digest in seed_manifests:
             if digest != table.shapes_digest:  # they differ somewhere: name the first difference
                 match_manifests(manifest, seed_manifest, seed_id)
-        chunks = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)
+        group = group_key(body.identity, body.rank, manifest, chunk_size)  # same bytes under the same chunk ids
+        chunks = self._plan(group, manifest, chunk_size)
         now = self.clock()
         job_id = uuid.uuid4().hex[:12]
-        group = group_key(body.identity, body.rank, manifest, chunk_size)  # same bytes under the same chunk ids
         with self.lock:
             start = stripe_start(len(chunks), self.swarm.next_index(group))
         job = Job(job_id, manifest, chunks, self.config.planner, now, start=start)
@@ -248,6 +257,20 @@ class SchedulerState:
         log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
         return record
+
+    def _plan(self, group: GroupKey, manifest: Manifest, chunk_size: int) -> ChunkPlan:
+        """The group's chunk plan: planned by its first job, shared by the others (read-only to them)."""
+        with self.lock:
+            plan = self.plans.get(group)
+            if plan is not None:
+                self.plans.move_to_end(group)
+                return plan
+        plan = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)  # outside the lock: CPU
+        with self.lock:
+            self.plans[group] = plan
+            while len(self.plans) > PLAN_CACHE_SIZE:
+                self.plans.popitem(last=False)
+        return plan
 
     def _resume(self, job: Job, body: wire.JobRequest, num_chunks: int, now: float) -> None:
         resume = body.resume

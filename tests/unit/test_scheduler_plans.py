@@ -1,0 +1,60 @@
+"""scheduler/service.py: the jobs of one group share one chunk plan (planned once per group, bounded)."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client import CollectorRegistry
+
+from metrics.definitions import SchedulerMetrics
+from scheduler import service as service_module
+from scheduler.intake import decode_job_request, decode_registration
+from scheduler.planner import SourceView
+from scheduler.service import SchedulerConfig, SchedulerState
+
+IDENTITY = {"model": "m", "revision": "main", "dtype": "bf16", "tp_size": 1}
+TENSORS = {"a": (3 << 20, 1), "b": (5 << 20, 1), "c": (1 << 20, 2)}
+
+
+def manifest(base: int) -> dict:
+    out, ptr = {}, base
+    for name, (numel, size) in TENSORS.items():
+        out[name] = [ptr, numel, size]
+        ptr += numel * size + 4096
+    return out
+
+
+def state_with_a_seed() -> SchedulerState:
+    state = SchedulerState(SchedulerConfig(), SchedulerMetrics(CollectorRegistry()), clock=lambda: 0.0)
+    body = json.dumps({"identity": IDENTITY, "agent_url": "http://127.0.0.1:1",
+                       "ranks": [{"rank": 0, "session_id": "127.0.0.1:2", "manifest": manifest(1 << 30)}]})
+    state.register("seed-0", *decode_registration(body.encode()))
+    return state
+
+
+def job(state: SchedulerState, base: int, chunk_size: int = 4 << 20):
+    body = json.dumps({"identity": IDENTITY, "rank": 0, "manifest": manifest(base), "chunk_size_bytes": chunk_size})
+    return state.create_job(*decode_job_request(body.encode()))
+
+
+def test_the_jobs_of_a_group_share_its_chunk_plan_and_each_reads_its_own_memory():
+    state = state_with_a_seed()
+    first, second = job(state, 1 << 40), job(state, 2 << 40)
+    assert first.group == second.group and len(state.plans) == 1
+    assert first.job._plan is second.job._plan is state.plans[first.group]
+    # One plan, each job's own pointers: a read lands in its own client's memory.
+    seed = state.seeds["seed-0"]
+    sources = [SourceView("seed-0", "127.0.0.1:2", seed.agent_url, seed.ranks[0][1], None)]
+    for record, base in ((first, 1 << 40), (second, 2 << 40)):
+        reads = [r for a in record.job.next_assignments(sources, 0.0, 8) for r in a.reads]
+        assert reads and all(base <= r.dst_ptr < base + (1 << 30) for r in reads)
+        assert all(1 << 30 <= r.src_ptr < 2 << 30 for r in reads)
+    other = job(state, 3 << 40, chunk_size=2 << 20)  # another chunk size: another group, another plan
+    assert other.group != first.group and len(state.plans) == 2 and other.job._plan is not first.job._plan
+
+
+def test_the_plan_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(service_module, "PLAN_CACHE_SIZE", 2)
+    state = state_with_a_seed()
+    groups = [job(state, (k + 1) << 40, chunk_size=(1 << 20) << k).group for k in range(3)]
+    assert list(state.plans) == groups[1:]  # the least recently used went first

@@ -34,7 +34,7 @@ from array import array
 import math
 import random
 from dataclasses import dataclass, field
-from typing import AbstractSet, Collection, Hashable, Iterable
+from typing import AbstractSet, Collection, Hashable, Iterable, Sequence
 
 from rfork_api.manifest import Manifest
 from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, ChunkSet, Job, SourceView
@@ -159,7 +159,13 @@ class Swarm:
                 elif n == delta:  # 0 -> 1
                     uncovered.discard(chunk_id)
 
-            job.on_cover = on_cover
+            def on_cover_all(chunk_ids: Sequence[int]) -> None:
+                # Each count goes up by one, so each chunk is covered now: none stays uncovered.
+                for chunk_id in chunk_ids:
+                    counts[chunk_id] += 1
+                uncovered.discard_all(chunk_ids)
+
+            job.on_cover, job.on_cover_all = on_cover, on_cover_all
             for chunk_id in self._covering_chunks(job):
                 on_cover(chunk_id, +1)
 
@@ -174,7 +180,7 @@ class Swarm:
         on_cover = member.job.on_cover
         for chunk_id in self._covering_chunks(member.job):
             on_cover(chunk_id, -1)
-        member.job.on_cover = None
+        member.job.on_cover = member.job.on_cover_all = None
         serving = self._serving.get(member.key, [])
         if member.job.job_id in serving:
             serving.remove(member.job.job_id)

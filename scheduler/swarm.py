@@ -231,12 +231,18 @@ class Swarm:
         out = []
         members = self._members
         for other_id in pool:
+            if other_id == job_id:
+                continue
             other = members[other_id]
-            if other_id == job_id or not other.serving or not other.job.done_chunks:
+            held = other.job.done_chunks
+            if not held or other.withdrawn or other.offer is None:  # holds nothing yet, or not serving
                 continue
-            if complete_only and len(other.job.done_chunks) < len(other.job.chunks):
+            if complete_only and len(held) < len(other.job.chunks):
                 continue
-            out.append(other.view(now))
+            # Its view as built last, when its reads outstanding have not changed since (``assigned``,
+            # ``settled`` and ``withdraw`` drop it) and it has no bucket (whose balance moves with time).
+            view = other._view
+            out.append(view if view is not None and other.bucket is None else other.view(now))
             if len(out) == limit:
                 break
         return out
@@ -266,6 +272,7 @@ class Swarm:
             if peer is None:
                 continue
             peer.outstanding[a.assignment_id] = math.inf
+            peer._view = None  # one free slot less
             self._reader_of[a.assignment_id] = peer_job_id
             self._readers_outstanding.setdefault(reader_job_id, set()).add(a.assignment_id)
             if peer.bucket is not None:
@@ -277,6 +284,7 @@ class Swarm:
         peer = None if peer_job_id is None else self._members.get(peer_job_id) or self._departed.get(peer_job_id)
         if peer is not None:
             peer.outstanding.pop(assignment_id, None)
+            peer._view = None  # a free slot more
             if not peer.outstanding:
                 self._departed.pop(peer_job_id, None)
 
@@ -300,6 +308,7 @@ class Swarm:
         for assignment_id, deadline in list(member.outstanding.items()):
             if deadline <= now:
                 del member.outstanding[assignment_id]
+                member._view = None
                 self._reader_of.pop(assignment_id, None)
         if not member.outstanding:
             self._departed.pop(job_id, None)

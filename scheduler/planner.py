@@ -239,6 +239,14 @@ FRONT_WINDOW = 4
 against one by one; past them a source's chunk is found by set intersection, in C."""
 
 
+def bits_of(chunk_ids: Iterable[int]) -> int:
+    """The bitmask of these chunk ids."""
+    mask = 0
+    for chunk_id in chunk_ids:
+        mask |= 1 << chunk_id
+    return mask
+
+
 class ChunkSet(set):
     """A set of chunk ids that also keeps them as one integer bitmask (bit ``c`` = chunk ``c``).
 
@@ -270,10 +278,12 @@ class ChunkSet(set):
         """Add chunk ids none of which is in the set yet (an assignment's landed chunks): one
         update of the set and of the mask for all of them."""
         set.update(self, chunk_ids)
-        mask = 0
-        for chunk_id in chunk_ids:
-            mask |= 1 << chunk_id
-        self.mask |= mask
+        self.mask |= bits_of(chunk_ids)
+
+    def discard_all(self, chunk_ids: Collection[int]) -> None:
+        """``discard`` each of these chunk ids (what a new assignment covers), in one call."""
+        set.difference_update(self, chunk_ids)
+        self.mask &= ~bits_of(chunk_ids)
 
     def discard(self, chunk_id: int) -> None:
         if chunk_id in self:
@@ -405,7 +415,7 @@ class PendingQueue:
         if self._sizes is not None:
             self.nbytes -= self._sizes[chunk_id]
         if len(self._entries) > 2 * len(self._token) + 64:
-            self._entries = deque((c, t) for c, t in self._entries if self._token.get(c) == t)
+            self._compact()
 
     def discard(self, chunk_id: int) -> None:
         if chunk_id in self._token:
@@ -422,7 +432,12 @@ class PendingQueue:
             sizes = self._sizes
             self.nbytes -= sum([sizes[c] for c in chunk_ids])
         if len(self._entries) > 2 * len(token) + 64:
-            self._entries = deque((c, t) for c, t in self._entries if token.get(c) == t)
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the stale entries."""
+        token = self._token
+        self._entries = deque((c, t) for c, t in self._entries if token.get(c) == t)
 
     def _drop_stale_front(self) -> None:
         entries, token = self._entries, self._token
@@ -558,6 +573,10 @@ class Job:
         self.on_cover: Callable[[int, int], None] | None = None
         """Told ``(chunk_id, +1)`` when a chunk becomes held-or-fetching here and ``(chunk_id, -1)``
         when it stops (a failed read re-queued it): how a swarm counts who covers what."""
+        self.on_cover_all: Callable[[Sequence[int]], None] | None = None
+        """Optional, beside ``on_cover``: told ``chunk_ids`` (distinct) when they ALL become covered
+        here at once (a new assignment of chunks nobody here covered): ``on_cover(c, +1)`` for
+        each, in one call. Without it, ``on_cover`` is called per chunk."""
         self.state = RUNNING if chunks else DONE
         if not chunks:
             self.finished_at = now
@@ -622,11 +641,38 @@ class Job:
         # Peers first (they serve no traffic), then most free budget, then the faster source; on a
         # tie, the first in ``eligible``. A heap of those keys (negated: smallest first): a source
         # that finds nothing leaves it, one given a read goes back with one slot less.
-        queue = [(-(s.kind == PEER), -free[s.source_id], -rates[s.source_id], i)
-                 for i, s in enumerate(eligible) if free[s.source_id] > 0]
+        # A source that cannot find anything while chunks are pending is set aside at once, by the
+        # checks ``_choose`` and ``_pending_for`` would make (O(1) each: an AND of bitmasks): a
+        # peer holding no pending chunk, a seed when peers cover every pending chunk and none of
+        # its reads failed. Pending only shrinks during a decision, so it finds nothing later in
+        # it either, unless pending runs out: then the endgame may use it, and those not asked
+        # yet in the heap's order go back in. A source whose bucket is in debt finds nothing at
+        # all. About half the work calls of a swarm hand out nothing; each asked every source.
+        pending_mask = self.pending.mask
+        uncovered = getattr(covered, "uncovered", None)
+        uncovered_mask = uncovered.mask if isinstance(uncovered, ChunkSet) else None
+        failed_chunks = self._failed_chunks
+        queue, aside = [], []
+        for i, s in enumerate(eligible):
+            sid = s.source_id
+            if free[sid] <= 0 or (budget[sid] is not None and budget[sid] <= 0):
+                continue
+            key = (-(s.kind == PEER), -free[sid], -rates[sid], i)
+            if pending_mask:
+                holds = s.holds
+                if holds is None:
+                    if s.kind == SEED and uncovered_mask is not None and not pending_mask & uncovered_mask \
+                            and not failed_chunks.get(sid):
+                        aside.append(key)
+                        continue
+                elif isinstance(holds, ChunkSet) and not pending_mask & holds.mask:
+                    aside.append(key)
+                    continue
+            queue.append(key)
         heapq.heapify(queue)
         while len(out) < max_assignments and queue:
-            peer_first, _, minus_rate, i = heapq.heappop(queue)
+            key = heapq.heappop(queue)
+            peer_first, _, minus_rate, i = key
             source = eligible[i]
             sid = source.source_id
             chunk_ids = self._choose(source, eligible, peer_ids, covered, budget[sid], rates, now)
@@ -634,6 +680,11 @@ class Job:
                 free[sid] = 0
                 continue
             a = self._assign(chunk_ids, source, now)
+            if aside and not self.pending:
+                for set_aside in aside:  # the ones the heap would still have asked: now for the endgame
+                    if set_aside > key:
+                        heapq.heappush(queue, set_aside)
+                aside = []
             out.append(a)
             free[sid] -= 1
             if free[sid] > 0:
@@ -952,20 +1003,27 @@ class Job:
         # Ids carry the job id: a report from a lost job's assignment (the client
         # resumed after a scheduler restart) can never match one of this job's.
         a = Assignment(f"{self.job_id}-a{self._ids}", chunk_ids[0], source.source_id, source.session_id,
-                       source.agent_url, sum([sizes[c] for c in chunk_ids]),
-                       (max([attempts.get(c, 0) for c in chunk_ids]) if attempts else 0) + 1, now, reads,
+                       source.agent_url, sum(map(sizes.__getitem__, chunk_ids)),
+                       (max(map(attempts.get, chunk_ids, itertools.repeat(0))) if attempts else 0) + 1, now, reads,
                        chunk_ids=tuple(chunk_ids), source_kind=source.kind, incarnation=source.incarnation)
         aid, on_cover, live_on, done = a.assignment_id, self.on_cover, self._live_on, self.done_chunks
+        newly_covered: list[int] = []
         for chunk_id in chunk_ids:
             held = live_on.get(chunk_id)
             if held is None:
-                if on_cover is not None and chunk_id not in done:
-                    on_cover(chunk_id, +1)
+                if chunk_id not in done:
+                    newly_covered.append(chunk_id)
                 live_on[chunk_id] = a
             elif type(held) is dict:
                 held[aid] = a
             else:
                 live_on[chunk_id] = {held.assignment_id: held, aid: a}
+        if on_cover is not None and newly_covered:
+            if self.on_cover_all is not None:
+                self.on_cover_all(newly_covered)  # one call per assignment, not one per chunk
+            else:
+                for chunk_id in newly_covered:
+                    on_cover(chunk_id, +1)
         self.assignments[a.assignment_id] = a
         self._set_live(a)
         return a

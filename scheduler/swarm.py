@@ -34,7 +34,7 @@ from array import array
 import math
 import random
 from dataclasses import dataclass, field
-from typing import AbstractSet, Collection, Hashable, Iterable
+from typing import AbstractSet, Collection, Hashable, Iterable, Sequence
 
 from rfork_api.manifest import Manifest
 from scheduler.planner import ANY_ELIGIBLE_PEER, PEER, Assignment, ChunkSet, Job, SourceView
@@ -159,7 +159,13 @@ class Swarm:
                 elif n == delta:  # 0 -> 1
                     uncovered.discard(chunk_id)
 
-            job.on_cover = on_cover
+            def on_cover_all(chunk_ids: Sequence[int]) -> None:
+                # Each count goes up by one, so each chunk is covered now: none stays uncovered.
+                for chunk_id in chunk_ids:
+                    counts[chunk_id] += 1
+                uncovered.discard_all(chunk_ids)
+
+            job.on_cover, job.on_cover_all = on_cover, on_cover_all
             for chunk_id in self._covering_chunks(job):
                 on_cover(chunk_id, +1)
 
@@ -174,7 +180,7 @@ class Swarm:
         on_cover = member.job.on_cover
         for chunk_id in self._covering_chunks(member.job):
             on_cover(chunk_id, -1)
-        member.job.on_cover = None
+        member.job.on_cover = member.job.on_cover_all = None
         serving = self._serving.get(member.key, [])
         if member.job.job_id in serving:
             serving.remove(member.job.job_id)
@@ -225,12 +231,18 @@ class Swarm:
         out = []
         members = self._members
         for other_id in pool:
+            if other_id == job_id:
+                continue
             other = members[other_id]
-            if other_id == job_id or not other.serving or not other.job.done_chunks:
+            held = other.job.done_chunks
+            if not held or other.withdrawn or other.offer is None:  # holds nothing yet, or not serving
                 continue
-            if complete_only and len(other.job.done_chunks) < len(other.job.chunks):
+            if complete_only and len(held) < len(other.job.chunks):
                 continue
-            out.append(other.view(now))
+            # Its view as built last, when its reads outstanding have not changed since (``assigned``,
+            # ``settled`` and ``withdraw`` drop it) and it has no bucket (whose balance moves with time).
+            view = other._view
+            out.append(view if view is not None and other.bucket is None else other.view(now))
             if len(out) == limit:
                 break
         return out
@@ -260,6 +272,7 @@ class Swarm:
             if peer is None:
                 continue
             peer.outstanding[a.assignment_id] = math.inf
+            peer._view = None  # one free slot less
             self._reader_of[a.assignment_id] = peer_job_id
             self._readers_outstanding.setdefault(reader_job_id, set()).add(a.assignment_id)
             if peer.bucket is not None:
@@ -271,6 +284,7 @@ class Swarm:
         peer = None if peer_job_id is None else self._members.get(peer_job_id) or self._departed.get(peer_job_id)
         if peer is not None:
             peer.outstanding.pop(assignment_id, None)
+            peer._view = None  # a free slot more
             if not peer.outstanding:
                 self._departed.pop(peer_job_id, None)
 
@@ -294,6 +308,7 @@ class Swarm:
         for assignment_id, deadline in list(member.outstanding.items()):
             if deadline <= now:
                 del member.outstanding[assignment_id]
+                member._view = None
                 self._reader_of.pop(assignment_id, None)
         if not member.outstanding:
             self._departed.pop(job_id, None)

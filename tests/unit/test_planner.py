@@ -668,7 +668,7 @@ def test_the_pending_queue_keeps_its_mask_through_every_change():
     lambda s: s.remove(2), lambda s: s.pop(), lambda s: s.clear(), lambda s: s.add_new([5, 6]),
     lambda s: s.update({3, 70}), lambda s: s.difference_update([1, 2]), lambda s: s.intersection_update({1, 9}),
     lambda s: s.symmetric_difference_update({1, 4}), lambda s: s.__ior__({8}), lambda s: s.__iand__({2}),
-    lambda s: s.__isub__({2}), lambda s: s.__ixor__({2, 3}),
+    lambda s: s.__isub__({2}), lambda s: s.__ixor__({2, 3}), lambda s: s.discard_all([64, 5, 1]),
 ])
 def test_a_chunk_set_keeps_its_mask_equal_to_its_members(change):
     chunks = ChunkSet([1, 2, 64])
@@ -822,3 +822,19 @@ def test_a_gathered_merge_is_in_chunk_order_so_a_tensors_chunks_are_one_read():
     [a] = job.next_assignments([peer("p", m, [1, 3, 4, 5, 9])], 0.0, 1)
     assert a.chunk_ids == (1, 3, 4, 5)
     assert [(r.dst_ptr - m["w"].ptr, r.length) for r in a.reads] == [(4 * KiB, 4 * KiB), (12 * KiB, 12 * KiB)]
+
+
+def test_a_peer_set_aside_while_chunks_were_pending_serves_the_endgame_once_they_run_out():
+    """A decision sets aside at once a peer holding no pending chunk (it would find nothing). When
+    a source asked before it takes the last pending chunk, the endgame starts within the same
+    decision, and that peer may duplicate a straggler it holds: it must be asked then, as it
+    would have been had it waited its turn in the decision's order."""
+    job, m = make_job(n_chunks=3)
+    [straggler] = job.next_assignments([seed("slow", m, 100.0)], 0.0, 1)
+    [fast] = job.next_assignments([seed("fast", m, 1e9)], 0.0, 1)
+    finish(job, [fast], 0.01, seconds=0.01)  # the job measured a fast source: a peer's estimate
+    last = ({0, 1, 2} - {straggler.chunk_id, fast.chunk_id}).pop()
+    first = SourceView("peer:a", "a:1", "", m, None, kind=PEER, holds=ChunkSet({last}), free_slots=4)
+    holder = SourceView("peer:b", "b:1", "", m, None, kind=PEER, holds=ChunkSet({straggler.chunk_id}), free_slots=1)
+    out = job.next_assignments([seed("slow", m, 100.0), first, holder], 0.02, 8)  # slow: no free slot
+    assert [(a.seed_id, a.chunk_ids) for a in out] == [("peer:a", (last,)), ("peer:b", (straggler.chunk_id,))]

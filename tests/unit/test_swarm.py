@@ -176,7 +176,12 @@ def test_a_peer_whose_job_ended_still_counts_the_reads_from_it_until_they_are_re
 
 def _uncovered_truth(fleet: Fleet) -> set[int]:
     n = len(fleet.jobs[0].chunks)
-    return {c for c in range(n) if not any(j.chunks[c].done or j.chunks[c].live for j in fleet.jobs)}
+    truth = {c for c in range(n) if not any(j.chunks[c].done or j.chunks[c].live for j in fleet.jobs)}
+    # The per-chunk counts behind it too (a merged assignment updates them in one bulk call).
+    key = fleet.swarm._members[fleet.jobs[0].job_id].key
+    assert fleet.swarm._cover_count[key] == [sum(j.covers(c) for j in fleet.jobs) for c in range(n)]
+    assert fleet.swarm._uncovered[key].mask == sum(1 << c for c in fleet.swarm._uncovered[key])
+    return truth
 
 
 def test_the_uncovered_set_follows_assignments_landings_failures_and_leaving():

@@ -6,7 +6,8 @@
 Each plant is one ``python -m bench.qos_bench`` process (its own fleet: two
 seeds, their agents, a scheduler, two fork loops) confined to its own
 ``--cores-per-plant`` CPUs: the seeds one CPU each, the rest on the remaining
-one(s); plant i's scheduler and agents listen from port 21000 + 100 i. With
+one(s); its scheduler and agents listen on free ports (``--port-base N``: plant i from
+N + 100 i, for a host where only some ports may be used). With
 ``--gpu`` the ``gpu-decode`` plant runs beside them on the CPUs left over. Every
 progress line is relayed prefixed with its plant. A plant that would not finish
 its next run before ``--deadline-seconds`` skips it (its JSON says so); past the
@@ -39,8 +40,9 @@ from pathlib import Path
 from bench.qos_bench import EXIT_CODES
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
 
-PORT_BASE = 21000
 PORTS_PER_PLANT = 100
+"""With ``--port-base``, plant i listens from port base + 100 i. Without it every plant takes free
+ports: two batteries on one host (two CI runs) once collided on fixed ones."""
 GOALS = ("throttled_share_above_slo", "throttled_vs_oracle", "spike_cut_seconds", "idle_to_cap_seconds")
 
 
@@ -183,7 +185,7 @@ def run_battery(args: argparse.Namespace) -> int:
     every = list(plants) + ([gpu] if gpu else [])
     for i, name in enumerate(every):
         cmd = [sys.executable, "-m", "bench.qos_bench", "--json", str(out / f"qos-{name}.json"),
-               "--cpus", ",".join(map(str, cores[name])), "--port-base", str(PORT_BASE + PORTS_PER_PLANT * i),
+               "--cpus", ",".join(map(str, cores[name])), *port_argv(args, i),
                "--log-dir", str(logs / name), "--tag-lines", "--deadline-seconds",
                str(max(args.deadline_seconds - 5.0, 1.0)), *plant_argv(name, args)]
         print(f"battery: {name} on CPUs {cores[name]}: {' '.join(cmd[1:])}", flush=True)
@@ -363,11 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each run's measured throttled phase (default 80: a fork of minutes, judged over "
                         "150,000+ tokens per seed and run at 2000+ tokens/s; 5 runs, each after 15 s of the "
                         "seed alone, and a 5-probe oracle of 30 s probes fit 900 s)")
+    p.add_argument("--port-base", type=int, default=None,
+                   help="plant i's scheduler and agents listen from this port + 100 i (default: free ports)")
     p.add_argument("--quick", action="store_true", help="every plant with --quick: mechanics, not goals")
     p.add_argument("--estimate", action="store_true",
                    help="print how long each plant would take with these flags (and how many runs fit the "
                         "deadline), start nothing")
     return p
+
+
+def port_argv(args: argparse.Namespace, index: int) -> list[str]:
+    """The ports plant ``index`` listens on: free ones, or ``--port-base`` + 100 x index up.
+
+        >>> port_argv(argparse.Namespace(port_base=None), 2), port_argv(argparse.Namespace(port_base=30000), 2)
+        ([], ['--port-base', '30200'])
+    """
+    return [] if args.port_base is None else ["--port-base", str(args.port_base + PORTS_PER_PLANT * index)]
 
 
 def plant_argv(name: str, args: argparse.Namespace) -> list[str]:
@@ -412,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     args.bench_args = bench_args
     if not (args.deadline_seconds > 0 and math.isfinite(args.deadline_seconds)):
         print(f"bench.qos_battery: error: --deadline-seconds must be > 0, got {args.deadline_seconds}", file=sys.stderr)
+        return 2
+    if args.port_base is not None and not 1024 <= args.port_base <= 65535 - PORTS_PER_PLANT * 5:
+        print(f"bench.qos_battery: error: --port-base must be 1024..{65535 - PORTS_PER_PLANT * 5} (five plants "
+              f"take {PORTS_PER_PLANT} ports each from it), got {args.port_base}", file=sys.stderr)
         return 2
     return run_battery(args)
 

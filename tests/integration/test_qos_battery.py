@@ -28,7 +28,7 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     done = subprocess.run(argv, capture_output=True, text=True, timeout=280, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: a goal missed, expected here
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady.json"]
+        "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady.json"], done.stdout[-3000:]
     assert "[steady]   C throttled (run 1)" in done.stdout and "== qos battery: 1 plants x 1 runs" in done.stdout
 
     result = json.loads((tmp_path / "qos-steady.json").read_text())

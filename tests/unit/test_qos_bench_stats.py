@@ -311,6 +311,7 @@ def test_the_gpu_plant_without_cuda_is_one_line(capsys):
     (["--plants", "steady", "--runs", "0"], "--runs must be at least 1"),
     (["--plants", "steady", "--cores-per-plant", "0"], "--cores-per-plant must be at least 1"),
     (["--plants", "steady", "--deadline-seconds", "0"], "--deadline-seconds must be > 0"),
+    (["--plants", "steady", "--port-base", "80"], "--port-base must be 1024.."),
 ])
 def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
     assert qos_battery.main(["--out", str(tmp_path)] + argv) == 2

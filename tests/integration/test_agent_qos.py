@@ -92,14 +92,18 @@ def wait_for_rate(agent_url: str, predicate, timeout: float, what: str) -> dict:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last throttle state {last}")
 
 
-def agent_metric(agent_url: str, name: str, **labels) -> float:
-    """The sum of the samples of ``name`` that carry ``labels`` (others summed over, as PromQL's sum)."""
+def agent_metric(agent_url: str, name: str, missing: float | None = None, **labels) -> float:
+    """The sum of the samples of ``name`` that carry ``labels`` (others summed over, as PromQL's sum).
+
+    No such sample fails the test, unless ``missing`` is given (a labelled counter not incremented yet)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{agent_url}/metrics", timeout=5).text
     values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
     if not values:
+        if missing is not None:
+            return missing
         raise AssertionError(f"{name}{labels} not exported")
     return sum(values)
 
@@ -133,7 +137,16 @@ def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
             cut = wait_for_rate(agent, lambda r: r <= 0.5 * climbed["allowed_rate_bytes_per_second"], 15,
                                 "a cut after the latency spike")
             reaction = time.monotonic() - spiked_at
-            assert agent_metric(agent, "rfork_agent_throttle_decisions_total", seed="seed-0", action="cut") >= 1
+            # The stall is the seed's own (it slows decode with or without reads), so the law may meet it three
+            # ways, each a decision the agent counts: a cut (a transfer-on interval that clearly misses), the
+            # floor as "not our fault" (an off window showed the seed misses alone), or the floor for stale
+            # metrics (a stalled, loaded seed answered /metrics too late). Which comes first is timing and load:
+            # in two CI runs side by side (both seeds pinned to CPU 0) the rate fell with no cut counted.
+            decisions = "rfork_agent_throttle_decisions_total"
+            ways = {"cut": agent_metric(agent, decisions, 0.0, seed="seed-0", action="cut"),
+                    "seed_over_slo": agent_metric(agent, decisions, 0.0, seed="seed-0", reason="seed_over_slo"),
+                    "metrics_stale": agent_metric(agent, decisions, 0.0, seed="seed-0", reason="metrics_stale")}
+            assert any(n >= 1 for n in ways.values()), f"the rate fell without a counted decision: {ways}; {cut}"
             assert agent_metric(agent, "rfork_agent_itl_slo_violation_ratio", seed="seed-0") > 0.01
             assert agent_metric(agent, "rfork_agent_slo_itl_seconds", seed="seed-0") == 0.1
             # The scheduler's planner sizes this seed's depth from the rate in the heartbeats.

@@ -264,10 +264,7 @@ class ChunkSet(set):
         self._remask()
 
     def _remask(self) -> None:
-        mask = 0
-        for chunk_id in self:
-            mask |= 1 << chunk_id
-        self.mask = mask
+        self.mask = bits_of(self)
 
     def add(self, chunk_id: int) -> None:
         if chunk_id not in self:
@@ -325,13 +322,6 @@ class ChunkSet(set):
     del _updated
 
 
-def _mask_of(chunk_ids: Iterable[int]) -> int:
-    mask = 0
-    for chunk_id in chunk_ids:
-        mask |= 1 << chunk_id
-    return mask
-
-
 def lowest_chunks(mask: int) -> Iterator[int]:
     """The chunk ids in ``mask``, lowest first."""
     while mask:
@@ -362,11 +352,7 @@ class PendingQueue:
         self.nbytes = nbytes
         """Bytes pending, when built with ``sizes`` (chunk id -> bytes): a merge's share in O(1).
         A caller that knows it (every chunk pending) passes it in, with ``mask``."""
-        if mask is None:
-            mask = 0
-            for chunk_id in self._token:
-                mask |= 1 << chunk_id
-        self.mask = mask
+        self.mask = bits_of(self._token) if mask is None else mask
         """The pending ids as a bitmask (see ``ChunkSet``); a caller that knows it passes it in."""
 
     def ids(self) -> AbstractSet[int]:
@@ -870,7 +856,7 @@ class Job:
 
     def _pending_among(self, source_id: str, wanted: AbstractSet[int]) -> int:
         """The pending chunks in ``wanted`` whose read from ``source_id`` has not failed, as a bitmask."""
-        found = self.pending.mask & (wanted.mask if isinstance(wanted, ChunkSet) else _mask_of(wanted))
+        found = self.pending.mask & (wanted.mask if isinstance(wanted, ChunkSet) else bits_of(wanted))
         failed = self._failed_chunks.get(source_id)
         if failed:
             found &= ~failed.mask

@@ -85,20 +85,20 @@ class _Member:
     outstanding: dict[str, float] = field(default_factory=dict)
     """Assignment id of a read FROM this peer -> its deadline (inf while its reader is alive)."""
     _view: SourceView | None = None
-    _view_slots: int = -1
+    """The view as built last; whatever changes ``outstanding`` (``Swarm.assigned``, ``settled``,
+    ``withdraw``) drops it, since its free slots move with it."""
 
     def view(self, now: float) -> SourceView:
-        """This peer as a source now. Built once and reused while its free slots are unchanged
+        """This peer as a source now. Built once and reused until its reads outstanding change
         (a capped peer's budget moves with time, so its view is built afresh each time)."""
+        if self._view is not None and self.bucket is None:
+            return self._view
         offer = self.offer
         assert offer is not None
-        free_slots = max(offer.max_in_flight - len(self.outstanding), 0)
-        if self._view is None or self.bucket is not None or free_slots != self._view_slots:
-            self._view = SourceView(
-                self.job.peer_id, offer.session_id, "", self.job.client_manifest, offer.rate, kind=PEER,
-                holds=self.job.done_chunks, free_slots=free_slots,
-                budget_bytes=None if self.bucket is None else self.bucket.available(now))
-            self._view_slots = free_slots
+        self._view = SourceView(
+            self.job.peer_id, offer.session_id, "", self.job.client_manifest, offer.rate, kind=PEER,
+            holds=self.job.done_chunks, free_slots=max(offer.max_in_flight - len(self.outstanding), 0),
+            budget_bytes=None if self.bucket is None else self.bucket.available(now))
         return self._view
 
     @property
@@ -166,19 +166,15 @@ class Swarm:
                 uncovered.discard_all(chunk_ids)
 
             job.on_cover, job.on_cover_all = on_cover, on_cover_all
-            for chunk_id in self._covering_chunks(job):
+            for chunk_id in job.covering_chunks():
                 on_cover(chunk_id, +1)
-
-    @staticmethod
-    def _covering_chunks(job: Job) -> list[int]:
-        return job.covering_chunks()
 
     def _stop_serving(self, member: _Member) -> None:
         """It no longer covers anything for the others."""
         if member.offer is None or member.job.on_cover is None:
             return
         on_cover = member.job.on_cover
-        for chunk_id in self._covering_chunks(member.job):
+        for chunk_id in member.job.covering_chunks():
             on_cover(chunk_id, -1)
         member.job.on_cover = member.job.on_cover_all = None
         serving = self._serving.get(member.key, [])
@@ -235,14 +231,11 @@ class Swarm:
                 continue
             other = members[other_id]
             held = other.job.done_chunks
-            if not held or other.withdrawn or other.offer is None:  # holds nothing yet, or not serving
+            if not held or not other.serving:  # holds nothing yet, or not serving
                 continue
             if complete_only and len(held) < len(other.job.chunks):
                 continue
-            # Its view as built last, when its reads outstanding have not changed since (``assigned``,
-            # ``settled`` and ``withdraw`` drop it) and it has no bucket (whose balance moves with time).
-            view = other._view
-            out.append(view if view is not None and other.bucket is None else other.view(now))
+            out.append(other.view(now))
             if len(out) == limit:
                 break
         return out

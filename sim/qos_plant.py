@@ -162,16 +162,24 @@ class _Second:
         return len(self.uniforms) * self.batch
 
 
+def _draw_second(seg: Segment, sigma: float, rng: random.Random) -> _Second:
+    """One second of ``seg``'s load: its decode steps and its stall factor."""
+    steps = _poisson(rng, seg.tokens_per_second / seg.batch)
+    jitter = math.exp(rng.gauss(-sigma * sigma / 2, sigma)) if sigma > 0 else 1.0
+    return _Second(seg, seg.batch, jitter, tuple(sorted(rng.random() for _ in range(steps))))
+
+
 def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second]]:
     segments = plant.segments(rng, plant.seconds)
-    sigma = plant.overdispersion
-    seconds = []
-    for t in range(int(plant.seconds)):
-        seg = _segment_at(segments, t)
-        steps = _poisson(rng, seg.tokens_per_second / seg.batch)
-        jitter = math.exp(rng.gauss(-sigma * sigma / 2, sigma)) if sigma > 0 else 1.0
-        seconds.append(_Second(seg, seg.batch, jitter, tuple(sorted(rng.random() for _ in range(steps)))))
+    seconds = [_draw_second(_segment_at(segments, t), plant.overdispersion, rng) for t in range(int(plant.seconds))]
     return segments, seconds
+
+
+def _observation(second: _Second, rate: float) -> Observation:
+    """What the agent scrapes after ``second`` with the transfer at ``rate`` (0: off)."""
+    tokens, slow = second.tokens, second.slow_tokens(rate)
+    window = WindowHistogram((THRESHOLD, math.inf), (tokens - slow, tokens))
+    return Observation(itl=window, running=second.batch, queued=0.0, transfer_active=rate > 0, span_seconds=1.0)
 
 
 def realized_oracle_rate(plant: Plant, seconds: list[_Second], budget: float = BUDGET) -> float:
@@ -200,17 +208,8 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
     """``seconds`` of the run's load schedule from its start, with no transfer, ending at t = 0: what the
     agent watched before the fork (a bursty seed's bursts included; drawn from their own rng, so the
     run's draw is the same with or without them)."""
-    sigma, out = plant.overdispersion, []
-    for k in range(int(seconds)):
-        seg = _segment_at(segments, k)
-        steps = _poisson(rng, seg.tokens_per_second / seg.batch)
-        jitter = math.exp(rng.gauss(-sigma * sigma / 2, sigma)) if sigma > 0 else 1.0
-        second = _Second(seg, seg.batch, jitter, tuple(sorted(rng.random() for _ in range(steps))))
-        tokens, slow = second.tokens, second.slow_tokens(0.0)
-        window = WindowHistogram((THRESHOLD, math.inf), (tokens - slow, tokens))
-        out.append((float(k + 1) - seconds, Observation(itl=window, running=seg.batch, queued=0.0,
-                                                        transfer_active=False, span_seconds=1.0)))
-    return out
+    drawn = [_draw_second(_segment_at(segments, k), plant.overdispersion, rng) for k in range(int(seconds))]
+    return [(float(k + 1) - seconds, _observation(second, 0.0)) for k, second in enumerate(drawn)]
 
 
 def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET,
@@ -230,15 +229,11 @@ def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = B
     rates: list[float] = []
     slow_total = token_total = 0.0
     for t, second in enumerate(seconds):
-        tokens, slow = second.tokens, second.slow_tokens(applied)
         rates.append(applied)
         if t >= plant.warmup_seconds:
-            slow_total += slow
-            token_total += tokens
-        window = WindowHistogram((THRESHOLD, math.inf), (tokens - slow, tokens))
-        obs = Observation(itl=window, running=second.batch, queued=0.0, transfer_active=applied > 0,
-                          span_seconds=1.0)
-        decision = decide(state, obs, config, slo, now=float(t + 1))
+            slow_total += second.slow_tokens(applied)
+            token_total += second.tokens
+        decision = decide(state, _observation(second, applied), config, slo, now=float(t + 1))
         state, applied = decision.state, decision.rate_bytes_per_second
     start = int(plant.warmup_seconds)
     judged = rates[start:]

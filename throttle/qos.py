@@ -98,7 +98,8 @@ SCRAPE_FAILURE_REASONS = ("unreachable", "http_error", "parse_error")
 #: * ``seed_idle`` — the seed serves nothing: full rate;
 #: * ``transfer_latency`` — the law follows the latency the transfer adds (cuts, raises, probes);
 #: * ``seed_over_slo`` — held at the floor while the seed misses its ITL SLO without the
-#:   transfer (its no-transfer intervals are over budget): the transfer is not the cause, and
+#:   transfer (its no-transfer intervals, or the A/B law's off windows, are over budget; it
+#:   stays until the law moves off the floor): the transfer is not the cause, and
 #:   the fork gets little from this seed until the seed's own latency comes back;
 #: * ``metrics_stale`` — no usable scrape of the seed's /metrics: the floor.
 THROTTLE_REASONS = ("not_adaptive", "seed_idle", "transfer_latency", "seed_over_slo", "metrics_stale")
@@ -405,9 +406,19 @@ class QosTracker:
         if mode is Mode.IDLE_FULL:
             return "seed_idle"
         assert self.slo is not None
+        # The law's own verdict first: the A/B law judges "the seed misses alone" from its off windows,
+        # which count a paused interval as off even when a lease granted before the pause was still
+        # held (the agent then reports the interval active, so it never reaches this tracker's
+        # baseline). Judged from the baseline alone, that floor was labelled transfer_latency and its
+        # decision counted under the wrong reason.
+        if mode is Mode.NOT_OUR_FAULT:
+            return "seed_over_slo"
         # The law's rate, not the applied one: a probe pause (rate 0) does not change the situation.
         at_floor = self.state.rate_bytes_per_second <= self.controller.floor_bytes_per_second * (1 + 1e-9)
         if at_floor and baseline_share > self.slo.violation_budget:
+            return "seed_over_slo"
+        if at_floor and math.isnan(baseline_share) and self.throttle_reason == "seed_over_slo":
+            # Still at the floor the verdict set, and no baseline says otherwise: nothing has changed.
             return "seed_over_slo"
         return "transfer_latency"
 

@@ -297,6 +297,24 @@ def test_ab_seed_over_its_slo_on_its_own_is_held_at_the_floor_with_that_reason()
     assert reports[-1].throttle_reason == "seed_over_slo"
 
 
+def test_ab_seed_over_its_slo_is_counted_as_such_when_leases_are_held_through_the_off_windows():
+    # CI saw this: a client held its lease across the law's off windows, so the agent reported every
+    # interval active and the tracker's own no-transfer baseline stayed empty, while the law's off
+    # windows (paused intervals) showed the seed missing alone and held the floor. The floor's
+    # decisions were counted under transfer_latency; the law's verdict must set the reason.
+    t, seed = ab_tracker(), FakeSeed()
+    reports = run(t, seed, 1.0, 5, fast=1000, slow=0, active=True)     # within the SLO: the law climbs
+    reports += run(t, seed, 6.0, 40, fast=400, slow=100, active=True)  # 20 % over, on or off
+    assert all(r.baseline_itl_slo_violation_ratio != r.baseline_itl_slo_violation_ratio for r in reports)  # NaN
+    verdicts = [r for r in reports if r.controller_mode is Mode.NOT_OUR_FAULT]
+    assert verdicts, [r.reason for r in reports]
+    assert all(r.throttle_reason == "seed_over_slo" for r in verdicts)
+    assert t.state.rate_bytes_per_second == pytest.approx(0.05 * CAP)
+    assert reports[-1].throttle_reason == "seed_over_slo"
+    changes = [r.throttle_reason for r in reports if r.throttle_reason_changed]
+    assert changes == ["seed_over_slo"], changes
+
+
 def test_ab_entering_adaptive_starts_with_the_seed_alone_as_off_evidence():
     # Watched in fixed mode at rate 0 (no chunk reads), the seed alone is what an off window
     # measures: entering adaptive mode, the law has that evidence from its first tick.

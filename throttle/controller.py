@@ -284,6 +284,16 @@ class ControllerConfig:
     #: Sparsest schedule (5 % off at 20 s), once the off share is known to within
     #: ``off_precision_fraction`` of the budget.
     off_every_max_seconds: float = 20.0
+    #: Quietest schedule (1.7 % off at 60 s), at the cap once the share the seed shows while the
+    #: transfer runs at the cap (its own part included) is within ``budget_aim_fraction`` of the
+    #: budget by ``confidence_z`` standard errors, over at least ``quiet_min_tokens_factor`` x
+    #: ``min_observations`` tokens. Attribution cannot change the decision then: the rate cannot go
+    #: higher, and what the seed's users see is within budget whoever causes it, so off windows only
+    #: cost throughput. A cut, or the share at the cap rising, ends it; spikes and load changes are
+    #: judged on transfer-on intervals and need no off window.
+    off_every_quiet_seconds: float = 60.0
+    #: See ``off_every_quiet_seconds``.
+    quiet_min_tokens_factor: float = 4.0
     #: The off pool is precise enough for the sparse schedule when ``confidence_z`` of its standard
     #: errors is at most this share of the budget.
     off_precision_fraction: float = 0.25
@@ -364,6 +374,8 @@ class ControllerConfig:
              ">= interval_seconds (an off window shorter than a scrape interval measures nothing)"),
             ("off_every_min_seconds", lambda v: v >= 2 * self.off_window_seconds, ">= 2 x off_window_seconds"),
             ("off_every_max_seconds", lambda v: v >= self.off_every_min_seconds, ">= off_every_min_seconds"),
+            ("off_every_quiet_seconds", lambda v: v >= self.off_every_max_seconds, ">= off_every_max_seconds"),
+            ("quiet_min_tokens_factor", lambda v: v >= 1, ">= 1"),
             ("off_precision_fraction", lambda v: v > 0, "> 0"),
             ("evidence_horizon_seconds", lambda v: v >= 2 * self.off_every_max_seconds,
              ">= 2 x off_every_max_seconds (the horizon must hold off windows)"),
@@ -1125,6 +1137,29 @@ def _off_dense(state: ControllerState, config: ControllerConfig, now: float, bud
     return config.confidence_z * math.sqrt(est.var_off) > config.off_precision_fraction * budget
 
 
+def _quiet_at_cap(state: ControllerState, config: ControllerConfig, slo: SloConfig) -> bool:
+    """Whether the law is at the cap with the seed clearly within budget there (see ``off_every_quiet_seconds``).
+
+    Judged on the transfer-on intervals at the cap since the last cut, for ITL and, where a TTFT SLO
+    is set, for TTFT: the upper bound of each share must be within ``budget_aim_fraction`` of its budget.
+    """
+    cap = config.cap
+    if state.rate_bytes_per_second < cap * (1 - 1e-9):
+        return False
+    signals = [(state.ab_itl, slo.violation_budget)]
+    if slo.ttft_threshold_seconds is not None:
+        signals.append((state.ab_ttft, slo.ttft_budget))
+    for samples, budget in signals:
+        at_cap = [s for s in samples if s.on and s.rate >= cap * (1 - 1e-9)
+                  and (state.last_cut_at is None or s.at > state.last_cut_at)]
+        est = estimate(at_cap, (), min_tokens=config.min_observations)
+        if est.tokens_on < config.quiet_min_tokens_factor * config.min_observations:
+            return False
+        if est.p_on + config.confidence_z * math.sqrt(est.var_on) > config.budget_aim_fraction * budget:
+            return False
+    return True
+
+
 def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float) -> float:
     """Sigmas by which the recent on intervals differ from what the older evidence predicts for them."""
     cut = now - config.change_window_seconds
@@ -1307,13 +1342,18 @@ def _ab_schedule(state: ControllerState, config: ControllerConfig, slo: SloConfi
 
     An off window pauses the transfer (rate 0) for ``off_window_seconds``; the law's rate is kept
     to resume at. Windows come every ``off_every_min_seconds`` while the seed's own share is
-    imprecise or its load just changed, else every ``off_every_max_seconds``. A window may start
+    imprecise or its load just changed, else every ``off_every_max_seconds``, and every
+    ``off_every_quiet_seconds`` at the cap while the seed is within budget there. A window may start
     after any interval with chunk reads but on a spike's own tick (``may_pause`` False): that tick
     applies its cut at once.
     """
     state = replace(state, rate_bytes_per_second=rate)
-    dense = _off_dense(state, config, now, slo.violation_budget)
-    period = config.off_every_min_seconds if dense else config.off_every_max_seconds
+    if _quiet_at_cap(state, config, slo):
+        period = config.off_every_quiet_seconds
+    elif _off_dense(state, config, now, slo.violation_budget):
+        period = config.off_every_min_seconds
+    else:
+        period = config.off_every_max_seconds
     if state.probe_until is not None:
         if now + _EPS < state.probe_until:
             return _decision(state, Mode.PROBE_PAUSE, 0.0, f"off window until t={state.probe_until:g}; {reason}")

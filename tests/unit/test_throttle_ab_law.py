@@ -185,12 +185,59 @@ def test_no_off_windows_while_the_fork_reads_nothing():
 
 def test_off_windows_are_dense_while_the_own_share_is_imprecise_then_sparse():
     # At 2000 tokens a second and 0.3 % own share, the off pool takes a few windows to be precise.
-    log = drive(cfg(), linear(0.003, 0.0), 200)
+    # (The quiet schedule at the cap is off here: its own tests follow.)
+    log = drive(cfg(off_every_quiet_seconds=20.0), linear(0.003, 0.0), 200)
     starts = off_windows(log)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps[0] == pytest.approx(5.0)           # dense: one window per off_every_min_seconds
     assert gaps[-1] == pytest.approx(20.0)         # sparse once the seed's own share is known
     assert sum(1 for t in log[100:] if t.applied == 0) <= 6  # <= 6 % of the time off later on
+
+
+def test_at_the_cap_within_budget_off_windows_go_quiet():
+    # The seed at 0.3 %, the transfer adding 0.2 % at the cap: the cap is safe, attribution cannot
+    # change the rate, so after the climb an off window comes once a minute, not every 20 s.
+    log = drive(cfg(), linear(0.003, 0.002), 400)
+    assert seconds_to(log, CAP) is not None and seconds_to(log, CAP) < 30
+    late = [t for t in off_windows(log) if t > 100]
+    gaps = [b - a for a, b in zip(late, late[1:])]
+    assert gaps and all(g == pytest.approx(60.0) for g in gaps), gaps
+    assert sum(1 for t in log[100:] if t.applied == 0) <= 6  # <= 2 % of 300 s, against 5 % at 20 s
+
+
+@pytest.mark.parametrize("own, effect_at_cap", [
+    (0.003, 0.0065),   # over the aim at the cap (0.95 %): the law holds under it, off windows as before
+    (0.003, 0.012),    # the cap misses the budget
+])
+def test_below_the_cap_or_near_the_budget_off_windows_stay_at_most_20_seconds_apart(own, effect_at_cap):
+    log = drive(cfg(), linear(own, effect_at_cap), 400)
+    starts = off_windows(log)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps and max(gaps) <= 20.0 + 1e-9, gaps
+
+
+def test_quiet_ends_when_the_share_at_the_cap_rises():
+    # Quiet at the cap; at t = 200 the transfer's effect grows (a heavier load): the law cuts on
+    # transfer-on intervals alone, and its off windows are dense again within seconds.
+    quiet, heavy = linear(0.003, 0.002), linear(0.003, 0.03)
+    log = drive(cfg(), lambda rate, k: (quiet if k < 200 else heavy)(rate, k), 260)
+    assert [t for t in off_windows(log) if 140 < t <= 200]  # quiet: one window in the minute before
+    assert len([t for t in off_windows(log) if 140 < t <= 200]) == 1
+    cut = next(t.now for t in log if t.now > 200 and t.mode is Mode.CUT)
+    assert cut <= 203
+    after = [t for t in off_windows(log) if t > 200]
+    assert after and after[0] <= 210 and len(after) >= 5, after
+
+
+def test_the_quiet_schedule_also_needs_ttft_within_budget_at_the_cap():
+    # ITL far within budget at the cap; TTFT at 0.93 % there: the law reaches the cap (unspent budget
+    # lets it), but the upper bound of TTFT's share there is over the 0.95 % aim: no quiet schedule.
+    log = drive(cfg(), linear(0.003, 0.0), 300, slo=TTFT_SLO,
+                ttft=lambda rate, k: (1000.0, 1000.0 * (0.0085 + 0.0008 * rate / CAP)))
+    assert seconds_to(log, CAP) is not None
+    starts = [t for t in off_windows(log) if t > 100]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps and max(gaps) <= 20.0 + 1e-9, gaps
 
 
 def test_idle_seed_gets_the_cap_within_two_intervals():
@@ -391,6 +438,8 @@ def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     ("off_window_seconds", 0.5),
     ("off_every_min_seconds", 1.0),
     ("off_every_max_seconds", 2.0),
+    ("off_every_quiet_seconds", 10.0),
+    ("quiet_min_tokens_factor", 0.5),
     ("evidence_horizon_seconds", 10.0),
     ("off_horizon_seconds", 60.0),
     ("confidence_z", -1.0),

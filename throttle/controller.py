@@ -287,7 +287,7 @@ class ControllerConfig:
     #: Quietest schedule (1.7 % off at 60 s), at the cap once the share the seed shows while the
     #: transfer runs at the cap (its own part included) is within ``budget_aim_fraction`` of the
     #: budget by ``confidence_z`` standard errors, over at least ``quiet_min_tokens_factor`` x
-    #: ``min_observations`` tokens. Attribution cannot change the decision then: the rate cannot go
+    #: ``min_observations`` tokens (TTFT: x ``min_ttft_observations`` requests). Attribution cannot change the decision then: the rate cannot go
     #: higher, and what the seed's users see is within budget whoever causes it, so off windows only
     #: cost throughput. A cut, or the share at the cap rising, ends it; spikes and load changes are
     #: judged on transfer-on intervals and need no off window.
@@ -1146,14 +1146,14 @@ def _quiet_at_cap(state: ControllerState, config: ControllerConfig, slo: SloConf
     cap = config.cap
     if state.rate_bytes_per_second < cap * (1 - 1e-9):
         return False
-    signals = [(state.ab_itl, slo.violation_budget)]
+    signals = [(state.ab_itl, slo.violation_budget, config.min_observations)]
     if slo.ttft_threshold_seconds is not None:
-        signals.append((state.ab_ttft, slo.ttft_budget))
-    for samples, budget in signals:
+        signals.append((state.ab_ttft, slo.ttft_budget, config.min_ttft_observations))
+    for samples, budget, min_tokens in signals:
         at_cap = [s for s in samples if s.on and s.rate >= cap * (1 - 1e-9)
                   and (state.last_cut_at is None or s.at > state.last_cut_at)]
-        est = estimate(at_cap, (), min_tokens=config.min_observations)
-        if est.tokens_on < config.quiet_min_tokens_factor * config.min_observations:
+        est = estimate(at_cap, (), min_tokens=min_tokens)
+        if est.tokens_on < config.quiet_min_tokens_factor * min_tokens:
             return False
         if est.p_on + config.confidence_z * math.sqrt(est.var_on) > config.budget_aim_fraction * budget:
             return False

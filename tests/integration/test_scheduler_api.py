@@ -262,3 +262,40 @@ def test_a_stall_of_the_scheduler_itself_does_not_drop_seeds(service):
     state.reap()
     assert "s0" not in state.seeds
     assert registry.get_sample_value("rfork_scheduler_seeds_dropped_total") == 1.0
+
+
+def test_request_latency_is_observed_by_route_template_and_status_class(service):
+    app, _, registry = service
+
+    def count(route: str, status: str) -> float:
+        return registry.get_sample_value("rfork_scheduler_api_request_duration_seconds_count",
+                                         {"route": route, "status": status}) or 0.0
+
+    assert call(app, "PUT", "/v1/seeds/s0", json=registration()).status_code == 200
+    assert call(app, "GET", "/v1/seeds").status_code == 200
+    assert call(app, "DELETE", "/v1/seeds/nobody").status_code == 404
+    assert call(app, "POST", "/v1/seeds/s0/heartbeat", json={"in_flight_leases": "many"}).status_code == 422
+    assert call(app, "GET", "/no/such/endpoint").status_code == 404
+    assert count("PUT /v1/seeds/{seed_id}", "2xx") == 1  # the template, not the seed's id
+    assert count("GET /v1/seeds", "2xx") == 1
+    assert count("DELETE /v1/seeds/{seed_id}", "4xx") == 1
+    assert count("POST /v1/seeds/{seed_id}/heartbeat", "4xx") == 1
+    assert count("GET unmatched", "4xx") == 1
+
+
+def test_a_request_that_raises_is_observed_as_5xx(service, monkeypatch):
+    app, _, registry = service
+    import asyncio
+
+    import httpx
+
+    monkeypatch.setattr(app.state.scheduler, "seed_list", lambda: 1 / 0)
+
+    async def go():  # the server answers 500 and re-raises, as under uvicorn: keep the answer
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scheduler") as client:
+            return await client.get("/v1/seeds")
+
+    assert asyncio.run(go()).status_code == 500
+    assert registry.get_sample_value("rfork_scheduler_api_request_duration_seconds_count",
+                                     {"route": "GET /v1/seeds", "status": "5xx"}) == 1

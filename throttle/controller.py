@@ -287,10 +287,11 @@ class ControllerConfig:
     #: Quietest schedule (1.7 % off at 60 s), at the cap once the share the seed shows while the
     #: transfer runs at the cap (its own part included) is within ``budget_aim_fraction`` of the
     #: budget by ``confidence_z`` standard errors, over at least ``quiet_min_tokens_factor`` x
-    #: ``min_observations`` tokens (TTFT: x ``min_ttft_observations`` requests). Attribution cannot change the decision then: the rate cannot go
-    #: higher, and what the seed's users see is within budget whoever causes it, so off windows only
-    #: cost throughput. A cut, or the share at the cap rising, ends it; spikes and load changes are
-    #: judged on transfer-on intervals and need no off window.
+    #: ``min_observations`` tokens (TTFT: x ``min_ttft_observations`` requests). Attribution cannot
+    #: change the decision then: the rate cannot go higher, and what the seed's users see is within
+    #: budget whoever causes it, so off windows only cost throughput. A cut, or the share at the cap
+    #: rising, ends it; spikes and load changes are judged on transfer-on intervals and need no off
+    #: window.
     off_every_quiet_seconds: float = 60.0
     #: See ``off_every_quiet_seconds``.
     quiet_min_tokens_factor: float = 4.0

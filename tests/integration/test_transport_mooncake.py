@@ -216,15 +216,43 @@ def stalled_seed(tmp_path):
                 resumed.set()
                 process.send_signal(signal.SIGCONT)
 
+        def stop():
+            # SIGSTOP is asynchronous: return only once the kernel shows every thread stopped, so
+            # no read submitted after this can be served by a seed thread still on its way to the stop.
+            process.send_signal(signal.SIGSTOP)
+            timer.start()
+            deadline = time.monotonic() + 5
+            while not _stopped(process.pid):
+                assert time.monotonic() < deadline, f"seed {process.pid} did not stop within 5 s of SIGSTOP"
+                time.sleep(0.005)
+
         info["resume"], info["resumed"] = resume, resumed
         info["resume_after"] = 20.0
         timer = threading.Timer(info["resume_after"], resume)
-        info["stop"] = lambda: (process.send_signal(signal.SIGSTOP), timer.start())
+        info["stop"] = stop
         try:
             yield info
         finally:
             timer.cancel()
             resume()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in the stopped state (T) per /proc."""
+    import os
+
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+            states.append(fh.read().rsplit(")", 1)[1].split()[0])
+    return all(state == "T" for state in states)
+
+
+@pytest.fixture
+def own_client():
+    """A transport of its own: no cached session of a seed that an earlier test of this module
+    killed, whose port a later seed may have been given."""
+    return MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
 
 
 def _warm(client, seed, dst):
@@ -233,8 +261,8 @@ def _warm(client, seed, dst):
     dst.zero_()
 
 
-def test_a_read_stalled_on_the_wire_leaves_the_loop_and_reads_from_other_seeds_free(seed, stalled_seed, client):
-    stalled = stalled_seed
+def test_a_read_stalled_on_the_wire_leaves_the_loop_and_reads_from_other_seeds_free(seed, stalled_seed, own_client):
+    stalled, client = stalled_seed, own_client
     slow_dst, fast_dst = torch.zeros(NBYTES, dtype=torch.uint8), torch.zeros(NBYTES, dtype=torch.uint8)
     client.register(slow_dst.data_ptr(), NBYTES)
     client.register(fast_dst.data_ptr(), NBYTES)
@@ -263,7 +291,10 @@ def test_a_read_stalled_on_the_wire_leaves_the_loop_and_reads_from_other_seeds_f
             while ticks_while_stalled < 5 and loop.time() < deadline:
                 await asyncio.sleep(0.01)
             if fast_landed_while_stalled:
-                assert not slow.done(), "the read from the stopped seed finished while the seed was stopped"
+                assert not slow.done(), (
+                    f"the read from the stopped seed finished while the seed was stopped "
+                    f"({'raised ' + repr(slow.exception()) if slow.exception() else 'returned'}; seed stopped: "
+                    f"{_stopped(stalled['process'].pid)}; its bytes landed: {torch.equal(slow_dst, expected_bytes(NBYTES))})")
             stalled["resume"]()
             await slow
             await beating
@@ -281,8 +312,8 @@ def test_a_read_stalled_on_the_wire_leaves_the_loop_and_reads_from_other_seeds_f
         client.unregister(fast_dst.data_ptr())
 
 
-def test_a_read_timeout_fires_on_time_while_the_batch_waits_and_the_batch_lands_later(stalled_seed, client):
-    stalled = stalled_seed
+def test_a_read_timeout_fires_on_time_while_the_batch_waits_and_the_batch_lands_later(stalled_seed, own_client):
+    stalled, client = stalled_seed, own_client
     dst = torch.zeros(NBYTES, dtype=torch.uint8)
     client.register(dst.data_ptr(), NBYTES)
     try:
@@ -292,6 +323,10 @@ def test_a_read_timeout_fires_on_time_while_the_batch_waits_and_the_batch_lands_
         with pytest.raises(ReadTimeout, match="did not finish in 0.50 s"):
             asyncio.run(read(client, stalled["session_id"], [dst.data_ptr()], [stalled["ptr"]], [NBYTES],
                              timeout_s=0.5))
+            # Only reached when the read returned: say what came back, and from where.
+            pytest.fail(f"the read from the stopped seed returned after {time.monotonic() - started:.2f} s; "
+                        f"seed stopped: {_stopped(stalled['process'].pid)}, resumed: {stalled['resumed'].is_set()}, "
+                        f"its bytes landed: {torch.equal(dst, expected_bytes(NBYTES))}")
         waited = time.monotonic() - started
         assert not stalled["resumed"].is_set(), "the timeout fired only once the seed was resumed"
         print(f"ReadTimeout(0.5 s) raised after {waited:.2f} s")

@@ -213,11 +213,14 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
 
 
 def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET,
-        seed_alone_seconds: float = 0.0) -> RunResult:
+        seed_alone_seconds: float = 0.0, chunk_bytes: float = 0.0) -> RunResult:
     """One closed-loop run of ``config``'s law on ``plant`` (interval 1 s).
 
     ``seed_alone_seconds``: the agent watched the seed without a transfer for this long before the
     run (as an agent beside a serving seed does before a fork arrives); the law starts with it.
+    ``chunk_bytes`` > 0: the transfer moves whole chunks (the agent's pay-first bucket grants one
+    when the rate has paid for it), so below ``chunk_bytes`` a second some seconds read nothing
+    (the agent reports them as transfer-off) and others a whole chunk; 0: a fluid transfer.
     """
     segments, seconds = _draw(plant, random.Random(rng_seed))
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
@@ -228,12 +231,22 @@ def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = B
     applied = state.rate_bytes_per_second
     rates: list[float] = []
     slow_total = token_total = 0.0
+    credit = 0.0
     for t, second in enumerate(seconds):
-        rates.append(applied)
+        moved = applied
+        if chunk_bytes > 0:
+            # Pay-first: the debt a chunk leaves is paid at the rate in force; a pause pays nothing.
+            credit = min(credit + applied, applied) if applied > 0 else min(credit, 0.0)
+            chunks = 0
+            while applied > 0 and credit > 0:
+                credit -= chunk_bytes
+                chunks += 1
+            moved = chunks * chunk_bytes
+        rates.append(moved)
         if t >= plant.warmup_seconds:
-            slow_total += second.slow_tokens(applied)
+            slow_total += second.slow_tokens(moved)
             token_total += second.tokens
-        decision = decide(state, _observation(second, applied), config, slo, now=float(t + 1))
+        decision = decide(state, _observation(second, moved), config, slo, now=float(t + 1))
         state, applied = decision.state, decision.rate_bytes_per_second
     start = int(plant.warmup_seconds)
     judged = rates[start:]
@@ -323,11 +336,17 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--seconds", type=float, default=None,
                         help="run length; with --warmup 0 and 25, a bench throttled phase judged from the floor")
     parser.add_argument("--warmup", type=float, default=None, help="unjudged start of each run (seconds)")
+    parser.add_argument("--chunk-bytes", type=float, default=0.0,
+                        help="the transfer moves whole chunks of this size (the bench: 8 MiB); 0: fluid")
     parser.add_argument("--seed-alone", type=float, default=0.0,
                         help="seconds the agent watched the seed without a transfer before each run (default 0)")
+    parser.add_argument("--tuning", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a ControllerConfig field for the A/B law (repeatable)")
     args = parser.parse_args()
     for law in args.laws.split(","):
         extra = {"ab_fast_raise_factor": args.fast_raise} if law == "ab" and args.fast_raise is not None else {}
+        if law == "ab":
+            extra.update({k: float(v) for k, v in (t.split("=", 1) for t in args.tuning)})
         cfg = ControllerConfig(cap_bytes_per_second=CAP, law=law, **extra)
         for name in args.plants.split(","):
             plant = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN}[name]
@@ -335,7 +354,7 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                 plant = replace(plant, seconds=args.seconds)
             if args.warmup is not None:
                 plant = replace(plant, warmup_seconds=args.warmup)
-            results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone) for seed in range(args.runs)]
+            results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes) for seed in range(args.runs)]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]
             ratio = [r.throughput_ratio for r in results]

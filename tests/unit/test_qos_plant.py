@@ -8,6 +8,7 @@ the budget, and throughput >= 0.8 x the best fixed rate that meets the budget on
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -85,3 +86,17 @@ def test_a_throttled_phase_from_the_floor_on_a_seed_with_headroom_climbs_faster_
     assert max(r.realized_share for r in new) <= BUDGET
     assert statistics.median(r.realized_throughput_ratio for r in new) >= 1.3 * statistics.median(
         r.realized_throughput_ratio for r in old)
+
+
+def test_whole_chunks_move_in_whole_chunks_and_a_slow_rate_leaves_seconds_without_reads():
+    # At the floor (5 MB/s) an 8 MiB chunk is paid for every ~1.7 s: some seconds read a chunk, the
+    # others read nothing (the agent reports those as the seed alone); the average is the rate.
+    from sim.qos_plant import HEADROOM_CLEAN
+    plant = replace(HEADROOM_CLEAN, seconds=20, warmup_seconds=0)
+    chunk = 8 * 2**20
+    config = ControllerConfig(cap_bytes_per_second=CAP, ab_start_cap_fraction=0.0)
+    r = run(plant, config, rng_seed=3, chunk_bytes=chunk)
+    assert all(moved % chunk == 0 for moved in r.rates)
+    assert 0 in r.rates[:4] and any(r.rates[:4])
+    fluid = run(plant, config, rng_seed=3)
+    assert fluid.rates[0] == config.floor_bytes_per_second

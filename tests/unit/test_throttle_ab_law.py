@@ -23,6 +23,7 @@ from throttle.controller import (
     _raise_factor,
     decide,
     initial_state,
+    with_seed_alone_evidence,
 )
 from throttle.histogram import WindowHistogram
 
@@ -447,6 +448,9 @@ def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     ("max_raise_factor", 1.0),
     ("ab_fast_raise_factor", 1.1),
     ("ab_max_cut", 1.0),
+    ("ab_start_cap_fraction", 1.5),
+    ("ab_start_cap_fraction", -0.1),
+    ("ab_start_headroom_fraction", 0.0),
     ("budget_aim_fraction", 0.0),
     ("plan_seconds", 0.5),
     ("change_window_seconds", 0.5),
@@ -455,3 +459,85 @@ def test_ab_fields_are_checked_and_named(field, value):
     with pytest.raises(InvalidControllerConfig) as exc:
         cfg(**{field: value})
     assert exc.value.field == field and field in str(exc.value)
+
+
+# --------------------------------------------------------------------------- where the law starts
+
+
+def seed_alone(seconds: int, own: float, tokens: float = 2000.0, running: float = 8.0,
+               ttft: tuple[float, float] | None = None) -> list[tuple[float, Observation]]:
+    """``seconds`` watched intervals of the seed alone (no chunk reads), ending at t = 0."""
+    ttft_window = None if ttft is None else WindowHistogram((1.0, math.inf), (ttft[0] - ttft[1], ttft[0]))
+    return [(float(k + 1 - seconds), Observation(itl=window(tokens, tokens * own), ttft=ttft_window, running=running,
+                                                 queued=0.0, transfer_active=False, span_seconds=1.0))
+            for k in range(seconds)]
+
+
+@pytest.mark.parametrize("watched, own, config, slo, ttft, start", [
+    (15, 0.001, {}, SLO, None, 0.5 * CAP),                  # a tenth of the budget alone: cap/2
+    (15, 0.0, {}, SLO, None, 0.5 * CAP),                    # nothing slow at all
+    (15, 0.0075, {}, SLO, None, FLOOR),                     # three quarters of it: the floor
+    (15, 0.0028, {}, SLO, None, FLOOR),                     # under 0.3 %, but not by a standard error
+    (15, 0.0045, {"ab_start_headroom_fraction": 0.6}, SLO, None, 0.5 * CAP),
+    (0, 0.0, {}, SLO, None, FLOOR),                         # never watched: nothing known
+    (15, 0.0, {"ab_start_cap_fraction": 0.0}, SLO, None, FLOOR),        # turned off
+    (15, 0.0, {"ab_start_cap_fraction": 1.0}, SLO, None, CAP),
+    (15, 0.0, {"ab_start_headroom_fraction": 1.0}, SLO, None, 0.5 * CAP),
+    (15, 0.0, {}, TTFT_SLO, (40.0, 0.0), 0.5 * CAP),          # TTFT within half its budget too
+    (15, 0.0, {}, TTFT_SLO, (40.0, 1.0), FLOOR),              # 2.5 % of first tokens over: the floor
+    (15, 0.0, {"law": "aimd"}, SLO, None, FLOOR),             # the AIMD law starts at the floor
+])
+def test_entering_adaptive_starts_at_half_the_cap_only_where_the_seed_alone_leaves_headroom(
+        watched, own, config, slo, ttft, start):
+    c = cfg(**config)
+    state = with_seed_alone_evidence(initial_state(c, now=0.0), seed_alone(watched, own, ttft=ttft), c, slo, now=0.0)
+    assert state.rate_bytes_per_second == pytest.approx(start)
+
+
+def test_watched_seed_alone_evidence_does_not_force_dense_off_windows():
+    # 15 s of 2,000 tokens a second pin the seed's share down: the sparse schedule applies at once.
+    c = cfg()
+    state = with_seed_alone_evidence(initial_state(c, now=0.0), seed_alone(15, 0.002), c, SLO, now=0.0)
+    assert state.dense_until is None
+    log = drive(c, linear(0.002, 0.0), 30, ab_itl=state.ab_itl, ab_budget_from=0.0,
+                start_rate=state.rate_bytes_per_second)
+    off = [t.now for t in log if t.mode is Mode.PROBE_PAUSE]
+    assert len(off) <= 2, off
+
+
+def closed_loop(config: ControllerConfig, reads: Callable[[int], bool], own: float, effect_at_cap: float,
+                seconds: int, tokens: float = 2000.0) -> list[Tick]:
+    """Like :func:`drive`, but the transfer only runs in the seconds where ``reads(k)`` (a fork may not
+    have arrived yet): elsewhere the interval is the seed alone, whatever the law's rate."""
+    state = initial_state(config, now=0.0)
+    applied = state.rate_bytes_per_second
+    log: list[Tick] = []
+    for k in range(seconds):
+        moving = applied if reads(k) else 0.0
+        obs = Observation(itl=window(tokens, tokens * min(1.0, own + effect_at_cap * moving / CAP)), running=8.0,
+                          queued=0.0, transfer_active=moving > 0, span_seconds=1.0)
+        d = decide(state, obs, config, SLO, now=float(k + 1))
+        state, applied = d.state, d.rate_bytes_per_second
+        log.append(Tick(float(k + 1), applied, d.mode, d.reason, state.rate_bytes_per_second))
+    return log
+
+
+def test_an_agent_adaptive_before_any_fork_starts_the_first_one_at_half_the_cap():
+    # Adaptive since boot beside a seed at 0.1 % alone: once min_observations tokens show the
+    # headroom, the rate waiting for the first fork is cap/2, not the floor.
+    log = closed_loop(cfg(), lambda k: k >= 10, own=0.001, effect_at_cap=0.0, seconds=20)
+    assert log[9].law_rate == pytest.approx(0.5 * CAP), [(t.now, t.law_rate, t.reason) for t in log[:10]]
+    assert "start at" in next(t.reason for t in log if t.law_rate == 0.5 * CAP)
+    assert max(t.law_rate for t in log) >= 0.9 * CAP        # and it climbs on from there
+
+
+def test_a_start_too_high_is_cut_within_two_intervals_and_never_restarted():
+    # The transfer hurts: own 0.1 %, +8 % at the cap (1 % at 11 MB/s). Starting at cap/2 reads
+    # 4.1 % in the first interval: a clear miss, halved at once (an off window may follow, to learn
+    # whether the seed misses on its own) and again on the next clear miss.
+    log = closed_loop(cfg(), lambda k: 10 <= k < 30 or k >= 40, own=0.001, effect_at_cap=0.08, seconds=60)
+    first = log[10:13]
+    assert first[0].law_rate <= 0.25 * CAP and first[1].law_rate <= 0.125 * CAP, [(t.now, t.law_rate) for t in first]
+    # The fork pauses (k 30-39): with no transfer-on evidence in the last seconds, the start rule
+    # must not jump back to cap/2; the law has cut since it entered adaptive.
+    assert all(t.law_rate < 0.5 * CAP for t in log[11:]), [round(t.law_rate / 1e6, 1) for t in log]

@@ -111,6 +111,9 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
         app.state.qos = qos
         jobs.add_job(link.job(qos.tick), "interval", seconds=config.qos_interval_seconds, id="qos",
                      max_instances=1, coalesce=True, misfire_grace_time=None)
+        if 0 < config.qos_idle_watch_seconds < config.qos_interval_seconds:
+            jobs.add_job(link.job(qos.watch), "interval", seconds=config.qos_idle_watch_seconds, id="qos-idle-watch",
+                         max_instances=1, coalesce=True, misfire_grace_time=None)
         jobs.start()
         # Register at once (with backoff) instead of one heartbeat interval later,
         # without holding up startup: /health answers while the seed warms up.

@@ -74,6 +74,10 @@ class AgentConfig:
     """Fraction of tokens (and of first tokens) allowed above the thresholds."""
     qos_interval_seconds: float = 1.0
     """How often the QoS job scrapes the seed's /metrics and decides."""
+    qos_idle_watch_seconds: float = 0.25
+    """While the adaptive law gives an idle seed the cap, the seed's /metrics are also scraped this
+    often, and a returning load is decided on at once instead of up to a whole interval later
+    (docs/qos.md "Load returning to an idle seed"). 0, or not under qos_interval_seconds: only at the interval."""
     metrics_url: str = ""
     """The seed's Prometheus endpoint; default sglang_url + /metrics."""
     metrics_timeout_seconds: float = 0.8
@@ -126,6 +130,9 @@ class AgentConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 problems.append(f"{name} must be a number of seconds > 0, got {value}")
+        watch = self.qos_idle_watch_seconds
+        if not (watch >= 0 and math.isfinite(watch)):
+            problems.append(f"qos_idle_watch_seconds must be 0 (off) or a number of seconds > 0, got {watch}")
         if self.throttle == ThrottleMode.ADAPTIVE.value:
             if self.rate_cap is None:
                 problems.append("adaptive throttling needs a link cap (rate_cap, --rate-cap): its floor (5% of "
@@ -165,8 +172,16 @@ class AgentConfig:
         if not self.rate_cap:  # uncapped or paused: no law to run
             return None
         interval = self.qos_interval_seconds
+        # The defaults assume a 1 s interval; a longer one stretches what must span at least one
+        # interval (an off window shorter than a scrape measures nothing).
         return ControllerConfig(cap_bytes_per_second=self.rate_cap, interval_seconds=interval,
-                                stale_after_seconds=max(3.0, 3 * interval), pool_max_seconds=max(5.0, 5 * interval))
+                                stale_after_seconds=max(3.0, 3 * interval), pool_max_seconds=max(5.0, 5 * interval),
+                                judge_window_seconds=max(4.0, interval), off_window_seconds=max(1.0, interval),
+                                change_window_seconds=max(5.0, interval), plan_seconds=max(30.0, interval),
+                                off_every_min_seconds=max(5.0, 5 * interval), off_every_max_seconds=max(20.0, 20 * interval),
+                                off_every_quiet_seconds=max(60.0, 60 * interval),
+                                evidence_horizon_seconds=max(120.0, 120 * interval),
+                                off_horizon_seconds=max(300.0, 300 * interval))
 
     @property
     def seed_metrics_url(self) -> str:

@@ -7,6 +7,7 @@ returned, and logs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Callable
 
@@ -25,7 +26,9 @@ class QosLoop:
     Everything it decides lives in ``throttle.qos.QosTracker`` (pure); this
     class only classifies what the fetch returned (unreachable, HTTP error,
     unparseable) and logs scrape failures at most once a minute per reason.
-    One ``tick()`` per ``qos_interval_seconds`` (an APScheduler job).
+    One ``tick()`` per ``qos_interval_seconds`` (an APScheduler job), and one ``watch()`` per
+    ``qos_idle_watch_seconds`` that scrapes only while the law gives an idle seed the cap, and ticks at
+    once when the seed serves again. The two never overlap (one lock), so ticks stay in order.
     """
 
     def __init__(self, state: AgentState, http: httpx.AsyncClient,
@@ -34,6 +37,9 @@ class QosLoop:
         self.config = state.config
         self.http = http
         self.on_rate_change = on_rate_change
+        self._lock = asyncio.Lock()
+        #: Ticks run early because a watch scrape saw the idle seed busy again.
+        self.woken_ticks = 0
 
     async def scrape(self) -> Scrape | ScrapeFailure:
         url = self.config.seed_metrics_url
@@ -48,9 +54,24 @@ class QosLoop:
         return classify_body(response.text, taken_at=self.state.clock())
 
     async def tick(self) -> None:
+        async with self._lock:
+            scrape = await self.scrape() if self.state.qos.scrapes else None
+            self._decide(scrape)
+
+    async def watch(self) -> None:
+        """Between ticks: while the seed is idle at the cap, scrape it and tick at once if it serves again."""
+        if not self.state.qos.idle_at_cap or self._lock.locked():
+            return
+        async with self._lock:
+            scrape = await self.scrape()
+            # Re-checked after the await: a tick may have run while this scrape was in flight.
+            if isinstance(scrape, Scrape) and self.state.qos.idle_at_cap and self.state.qos.wakes_on(scrape):
+                self.woken_ticks += 1
+                self._decide(scrape)
+
+    def _decide(self, scrape: Scrape | ScrapeFailure | None) -> None:
         state, tracker = self.state, self.state.qos
         active = state.take_transfer_activity()
-        scrape = await self.scrape() if tracker.scrapes else None
         now = state.clock()
         report = tracker.tick(now, scrape, active)
         before = state.allowed_rate

@@ -828,7 +828,7 @@ def _baseline_evidence(state: ControllerState, config: ControllerConfig, now: fl
 # The law
 
 
-def _is_idle(obs: Observation) -> bool:
+def is_idle(obs: Observation) -> bool:
     """No requests running or queued and no tokens produced. Unknown (nothing exported) is not idle."""
     gauges = [g for g in (obs.running, obs.queued) if g is not None]
     windows = [w for w in (obs.itl, obs.ttft) if w is not None]
@@ -859,7 +859,7 @@ def decide(
         reason = f"counter reset ({observation.reset_reason}); not acting on this interval"
         return _with_probe(state, config, now, Mode.HOLD, state.rate_bytes_per_second, reason, False)
 
-    idle = _is_idle(observation)
+    idle = is_idle(observation)
     was_idle = state.idle_streak >= config.idle_intervals
     state = replace(state, idle_streak=state.idle_streak + 1 if idle else 0)
     if idle:

@@ -47,8 +47,9 @@ from throttle.controller import (
     SloConfig,
     decide,
     initial_state,
-    with_seed_alone_evidence,
+    is_idle,
     observation_from_scrapes,
+    with_seed_alone_evidence,
 )
 from throttle.histogram import WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.prom_text import (
@@ -321,6 +322,41 @@ class QosTracker:
     def scrapes(self) -> bool:
         """Whether the agent should fetch the seed's /metrics this tick (not in off mode)."""
         return self.throttle is not ThrottleMode.OFF
+
+    # -- between ticks ------------------------------------------------------
+
+    @property
+    def idle_at_cap(self) -> bool:
+        """Adaptive, and the law gave the seed the cap because it is idle: a returning load must be
+        seen sooner than the next tick (see :meth:`wakes_on`)."""
+        return (self.throttle is ThrottleMode.ADAPTIVE and self.state is not None
+                and self.state.mode is Mode.IDLE_FULL)
+
+    def wakes_on(self, scrape: Scrape) -> bool:
+        """Whether ``scrape``, taken between ticks, shows an idle seed serving again.
+
+        An idle seed runs at the cap; when requests return, the law cuts on its next tick, up to a
+        whole interval later, while the transfer still runs at the cap beside the new requests. The
+        agent scrapes more often while :attr:`idle_at_cap` and ticks at once when this is True
+        (running or queued requests, or new tokens since the last tick's scrape). Pure: nothing is
+        remembered; the tick that follows takes its window from the last tick's scrape.
+
+            >>> from dataclasses import replace
+            >>> from throttle.histogram import CumulativeHistogram as C
+            >>> t = QosTracker(SloConfig(0.05), ControllerConfig(cap_bytes_per_second=1e8), ThrottleMode.ADAPTIVE, 0.0)
+            >>> idle = Scrape(0.0, {ITL_HISTOGRAM: C((0.05, math.inf), (10, 10))}, {RUNNING_GAUGE: 0.0})
+            >>> for k in range(1, 4):
+            ...     _ = t.tick(float(k), replace(idle, taken_at=float(k)), transfer_active=True)
+            >>> t.idle_at_cap, t.wakes_on(replace(idle, taken_at=3.25))
+            (True, False)
+            >>> t.wakes_on(Scrape(3.25, {ITL_HISTOGRAM: C((0.05, math.inf), (10, 10))}, {RUNNING_GAUGE: 4.0}))
+            True
+        """
+        if not self.idle_at_cap or self._previous is None:
+            return False
+        observation = observation_from_scrapes(self._previous, scrape, transfer_active=False,
+                                               itl_name=ITL_HISTOGRAM, ttft_name=TTFT_HISTOGRAM)
+        return observation.reset_reason is None and not is_idle(observation)
 
     # -- the tick -----------------------------------------------------------
 

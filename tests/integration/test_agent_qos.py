@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from rfork_agent import agent_cli
 from rfork_agent.agent import AgentConfig, create_app
-from throttle.controller import ControllerConfig
+from throttle.controller import ControllerConfig, Mode
 from tests.integration.agent_fakes import FakeSeed, RecordingScheduler, Served, _socket, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -172,7 +172,7 @@ def _scheduler_rate(fleet) -> float:
 class MetricsSeed(FakeSeed):
     """The fake seed of test_agent.py plus a /metrics whose answer the test chooses."""
 
-    answer: str = "idle"  # idle | garbage | http_error
+    answer: str = "idle"  # idle | busy | garbage | http_error
 
     def app(self) -> FastAPI:
         app = super().app()
@@ -183,7 +183,8 @@ class MetricsSeed(FakeSeed):
                 return PlainTextResponse("<html><body>502 Bad Gateway</body></html>\n")
             if self.answer == "http_error":
                 return PlainTextResponse("internal error\n", status_code=500)
-            return PlainTextResponse("sglang:num_running_reqs{model_name=\"m\"} 0\n"
+            running = 4 if self.answer == "busy" else 0
+            return PlainTextResponse(f"sglang:num_running_reqs{{model_name=\"m\"}} {running}\n"
                                      "sglang:num_queue_reqs{model_name=\"m\"} 0\n")
 
         return app
@@ -205,8 +206,10 @@ def qos_agent():
         registry = CollectorRegistry()
         app = create_app(config, registry=registry)
         started.insert(0, Served(app, sock))
+        start.apps.append(app)
         return app.state.agent, registry
 
+    start.apps = []
     yield start
     for server in started:
         server.stop()
@@ -215,6 +218,41 @@ def qos_agent():
 def failures(registry: CollectorRegistry, reason: str) -> float:
     return registry.get_sample_value("rfork_agent_seed_metrics_scrape_failures_total",
                                      {"seed": "seed-0", "reason": reason})
+
+
+def test_load_returning_to_an_idle_seed_is_decided_on_before_the_next_tick(qos_agent):
+    # Ticks 3 s apart; the idle watch scrapes every 0.1 s while an idle seed has the cap. Requests
+    # arriving just after a tick are seen by the watch, which ticks at once: the rate drops seconds
+    # before the next regular tick would have seen them (woken_ticks counts exactly that).
+    seed = MetricsSeed(tp_size=1)
+    state, _ = qos_agent(seed, qos_interval_seconds=3.0, qos_idle_watch_seconds=0.1)
+    qos = qos_agent.apps[-1].state.qos
+    wait_until(lambda: state.qos.idle_at_cap, 30, "the idle seed to get the cap")
+    assert state.allowed_rate == CAP and qos.woken_ticks == 0
+    seed.answer = "busy"
+    wait_until(lambda: state.allowed_rate < CAP, 30, "the rate to drop once requests run")
+    assert qos.woken_ticks == 1, "the regular tick, not the watch, saw the load: the watch did not run"
+    assert state.qos.state.mode is not Mode.IDLE_FULL
+
+
+@pytest.mark.parametrize("interval", [0.1, 0.25, 1.0, 2.0, 3.0, 10.0, 30.0])
+def test_the_law_derived_from_any_scrape_interval_is_valid(interval):
+    # The law's defaults assume 1 s; a slower scrape stretches its windows instead of failing to start.
+    config = AgentConfig(seed_id="s", sglang_url="http://127.0.0.1:1", scheduler_url="http://127.0.0.1:2",
+                         rate_cap=CAP, throttle="adaptive", slo_itl_seconds=0.04, qos_interval_seconds=interval)
+    law = config.controller_config
+    assert law.interval_seconds == interval and law.off_window_seconds >= interval
+    if interval <= 1.0:
+        assert law == ControllerConfig(cap_bytes_per_second=CAP, interval_seconds=interval,
+                                       stale_after_seconds=3.0, pool_max_seconds=5.0)
+
+
+def test_the_idle_watch_can_be_turned_off_and_rejects_bad_periods():
+    base = {"seed_id": "s", "sglang_url": "http://127.0.0.1:1", "scheduler_url": "http://127.0.0.1:2"}
+    assert AgentConfig(**base, qos_idle_watch_seconds=0).qos_idle_watch_seconds == 0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="qos_idle_watch_seconds"):
+            AgentConfig(**base, qos_idle_watch_seconds=bad)
 
 
 @pytest.mark.parametrize("answer", ["garbage", "http_error"])

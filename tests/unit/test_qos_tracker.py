@@ -336,3 +336,43 @@ def test_aimd_entering_adaptive_ignores_the_seed_alone_evidence():
     run(t, FakeSeed(), 1.0, 10, fast=995, slow=5, active=False)
     t.set_mode(ThrottleMode.ADAPTIVE, 11.0)
     assert t.state.ab_itl == ()
+
+
+# --------------------------------------------------------------------------- load returning to an idle seed
+
+
+@pytest.mark.parametrize("fast, running, queued, restart, wakes", [
+    (0, 0.0, 0.0, False, False),       # still idle
+    (0, 2.0, 0.0, False, True),        # requests running (prefill: no tokens yet)
+    (0, 0.0, 3.0, False, True),        # requests queued
+    (40, 0.0, 0.0, False, True),       # tokens since the last tick's scrape, the batch already done
+    (0, 0.0, 0.0, True, False),        # a counter reset: the next tick judges it, not the watch
+])
+def test_a_scrape_between_ticks_wakes_the_law_only_when_an_idle_seed_serves_again(fast, running, queued, restart,
+                                                                                   wakes):
+    t = adaptive()
+    seed = FakeSeed()
+    run(t, seed, 1.0, 3, fast=0, running=0.0)
+    assert t.idle_at_cap and t.state.rate_bytes_per_second == CAP
+    seed.interval(fast, 0, running)
+    if restart:
+        seed.restart()
+    between = seed.scrape(3.25)
+    between.gauges[QUEUED_GAUGE] = queued
+    assert t.wakes_on(between) is wakes
+    # Pure: asking changes nothing; the woken tick decides from the last tick's scrape.
+    assert t.idle_at_cap
+    if wakes:
+        report = t.tick(3.25, between, transfer_active=True)
+        assert report.rate_bytes_per_second < CAP and "load returned after idle" in report.reason
+
+
+@pytest.mark.parametrize("make", [
+    lambda: QosTracker(SLO, controller(), ThrottleMode.FIXED, now=0.0),     # fixed: nothing to wake
+    lambda: adaptive(),                                                      # adaptive but never idle
+])
+def test_only_an_adaptive_law_at_the_cap_for_an_idle_seed_is_watched(make):
+    t = make()
+    seed = FakeSeed()
+    run(t, seed, 1.0, 3, fast=500, running=4.0)
+    assert not t.idle_at_cap and not t.wakes_on(seed.scrape(3.25, running=8.0))

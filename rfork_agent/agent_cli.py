@@ -36,6 +36,7 @@ QOS_ENV = {
     "--slo-ttft": "RFORK_SLO_TTFT",
     "--slo-budget": "RFORK_SLO_BUDGET",
     "--throttle-tuning": "RFORK_THROTTLE_TUNING",
+    "--idle-watch": "RFORK_IDLE_WATCH",
 }
 
 
@@ -84,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="override the control law's ControllerConfig fields (throttle/controller.py), e.g. "
                           "confidence_z=1.5,off_every_max_seconds=30, or law=aimd for the law before issue 16; "
                           "'none' disables a field that allows it (default $RFORK_THROTTLE_TUNING)")
+    qos.add_argument("--idle-watch", default=None, metavar="SECONDS",
+                     help="while the adaptive law gives an idle seed the cap, also scrape it this often and "
+                          "decide at once when requests return; 0 = only every second "
+                          "(default $RFORK_IDLE_WATCH or 0.25)")
     qos.add_argument("--seed-metrics-url", default=None,
                      help="the seed's Prometheus endpoint (default SGLANG_URL/metrics)")
 
@@ -174,6 +179,15 @@ def qos_settings(args: argparse.Namespace, rate_cap: float | None) -> dict:
         settings["controller"] = tuning
     if getattr(args, "seed_metrics_url", None):
         settings["metrics_url"] = _url("--seed-metrics-url", args.seed_metrics_url)
+    raw_watch, watch_source = _flag_or_env(args, "--idle-watch")
+    if raw_watch is not None:
+        try:
+            watch = float(raw_watch)
+        except ValueError:
+            raise _BadFlag(f"{watch_source} {raw_watch!r} is not a number of seconds, e.g. 0.25 (0 = off)") from None
+        if not (watch >= 0 and math.isfinite(watch)):
+            raise _BadFlag(f"{watch_source} must be 0 (off) or a number of seconds > 0, got {raw_watch}")
+        settings["qos_idle_watch_seconds"] = watch
     return settings
 
 

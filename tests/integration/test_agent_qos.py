@@ -337,6 +337,9 @@ def _args(**overrides) -> argparse.Namespace:
     ({"rate_cap": "1GB/s", "throttle_tuning": "md_beta=2"}, {}, "ControllerConfig.md_beta must be in (0, 1]"),
     ({"rate_cap": "1GB/s", "throttle_tuning": "max_cut=none"}, {}, "ControllerConfig.max_cut must be a number"),
     ({"rate_cap": "1GB/s", "throttle_tuning": "min_observations=2.5"}, {}, "min_observations must be an integer"),
+    ({"idle_watch": "soon"}, {}, "--idle-watch 'soon' is not a number of seconds"),
+    ({"idle_watch": "-0.5"}, {}, "--idle-watch must be 0 (off) or a number of seconds > 0"),
+    ({}, {"RFORK_IDLE_WATCH": "nan"}, "--idle-watch (from $RFORK_IDLE_WATCH) must be 0 (off)"),
     ({"rate_cap": "1GB/s"}, {"RFORK_THROTTLE_TUNING": "max_cut=1"},
      "--throttle-tuning (from $RFORK_THROTTLE_TUNING): ControllerConfig.max_cut must be in (0, 1)"),
 ])
@@ -362,6 +365,16 @@ def test_cli_slo_from_flags_and_environment(monkeypatch):
     monkeypatch.setenv("RFORK_SLO_ITL", "0.06")
     config = agent_cli.build_config(_args(rate_cap="2GB/s", slo_itl="0.08"))  # a flag wins over its variable
     assert (config.throttle, config.slo_itl_seconds, config.slo_budget) == ("adaptive", 0.08, 0.01)
+
+
+def test_cli_idle_watch_from_flag_or_environment(monkeypatch):
+    for name in agent_cli.QOS_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    assert agent_cli.build_config(_args()).qos_idle_watch_seconds == 0.25
+    assert agent_cli.build_config(_args(idle_watch="0")).qos_idle_watch_seconds == 0
+    monkeypatch.setenv("RFORK_IDLE_WATCH", "0.1")
+    assert agent_cli.build_config(_args()).qos_idle_watch_seconds == 0.1
+    assert agent_cli.build_config(_args(idle_watch="0.5")).qos_idle_watch_seconds == 0.5
 
 
 def test_cli_throttle_tuning_overrides_only_the_named_fields(monkeypatch):

@@ -599,7 +599,9 @@ def initial_state(config: ControllerConfig, now: float) -> ControllerState:
     """Start at the floor: nothing is known about the seed's load yet.
 
     The first scrapes take the rate to cap within ``idle_intervals`` if the
-    seed is idle, or up by ``cap/16`` per good interval if it is serving.
+    seed is idle; if it is serving, the A/B law climbs from here, or starts
+    at ``ab_start_cap_fraction`` of the cap once the seed alone shows room
+    (:func:`with_seed_alone_evidence`, or its first ticks without a transfer).
     ``now`` starts the staleness clock, so the agent gets ``stale_after`` to
     deliver a first scrape.
     """

@@ -290,8 +290,9 @@ class QosTracker:
     # -- mode -------------------------------------------------------------
 
     def set_mode(self, throttle: ThrottleMode, now: float, fixed_rate_bytes_per_second: float | None = None) -> None:
-        """Switch mode. Entering adaptive starts the controller afresh (at the floor, with the
-        no-transfer intervals of the last ``baseline_max_age_seconds`` as its evidence of the seed alone);
+        """Switch mode. Entering adaptive starts the controller afresh (at the floor, or at half the cap
+        where the seed alone leaves room, with the no-transfer intervals of the last
+        ``baseline_max_age_seconds`` as its evidence of the seed alone);
         staying adaptive keeps its state. Fixed uses ``fixed_rate`` (None = the cap)."""
         if throttle is ThrottleMode.ADAPTIVE and self.controller is None:
             raise ValueError("adaptive throttling needs a link cap; configure --rate-cap")

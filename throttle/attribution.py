@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["Sample", "Estimate", "estimate", "overall_share", "safe_rate", "one_interval_z"]
+__all__ = ["Sample", "Estimate", "batch_class", "estimate", "overall_share", "safe_rate", "one_interval_z"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,18 @@ class Estimate:
     #: Whether the off pool is large enough to trust (else p_off = 0: every slow token is blamed on
     #: the transfer, which overstates its effect: the safe side).
     off_known: bool
+    #: The seed's own share at the load the on intervals saw: the off share per batch class,
+    #: weighted by the on tokens in each class (:func:`estimate`); None = ``p_off``. The transfer's
+    #: excess is ``p_on`` less this, not less the pooled ``p_off``.
+    p_off_matched: float | None = None
+    #: Variance of ``p_off_matched - p_off`` (the matching's own uncertainty).
+    var_matching: float = 0.0
+
+    @property
+    def excess(self) -> float:
+        """What the transfer adds at ``r_on``, never negative (it does not speed the seed up)."""
+        base = self.p_off if self.p_off_matched is None else self.p_off_matched
+        return max(self.p_on - base, 0.0)
 
 
 def _pool(samples: Iterable[Sample]) -> tuple[float, float, float, float]:
@@ -95,14 +107,55 @@ def _share_and_var(slow: float, tokens: float, batch: float) -> tuple[float, flo
     return share, prior * batch / tokens
 
 
+def batch_class(batch: float) -> int:
+    """The load class of an interval: its batch (running requests) to within a factor of two.
+
+        >>> [batch_class(b) for b in (1.0, 6.0, 8.0, 24.0, 32.0, 64.0)]
+        [0, 2, 3, 4, 5, 6]
+    """
+    return int(math.floor(math.log2(max(batch, 1.0))))
+
+
 def estimate(on: Iterable[Sample], off: Iterable[Sample], *, min_tokens: float) -> Estimate:
-    """Pool the on and off samples; an off pool under ``min_tokens`` is not trusted."""
+    """Pool the on and off samples; an off pool under ``min_tokens`` is not trusted.
+
+    The seed's own share depends on its load, and which intervals carry chunk reads need not be
+    independent of it: at a low rate a chunk read is granted every second or two, and one slowed
+    by a busy seed holds its lease into the next interval, so busy intervals count as "on" more
+    often than quiet ones. Comparing the on share with the pooled off share would then blame the
+    busy spells' own slow tokens on the transfer. So the excess is measured against the off
+    share *at the on intervals' load*: per :func:`batch_class`, weighted by the on tokens in each
+    (a class with fewer than ``min_tokens`` off tokens uses the pooled off share).
+
+        >>> busy_on = [Sample(1.0, 5e6, True, 60.0, 10_000.0, 24.0)] * 8      # busy: 0.6 % alone
+        >>> quiet_on = [Sample(1.0, 5e6, True, 6.0, 2_000.0, 6.0)] * 2        # quiet: 0.3 % alone
+        >>> off = ([Sample(1.0, 0.0, False, 60.0, 10_000.0, 24.0)] * 2
+        ...        + [Sample(1.0, 0.0, False, 6.0, 2_000.0, 6.0)] * 8)
+        >>> est = estimate(busy_on + quiet_on, off, min_tokens=1000)
+        >>> round(est.p_on - est.p_off, 4), round(est.excess, 4)   # pooled: +0.12 %; matched: none
+        (0.0012, 0.0)
+    """
+    on, off = list(on), list(off)
     s_on, n_on, b_on, r_on = _pool(on)
     s_off, n_off, b_off, _ = _pool(off)
     p_on, v_on = _share_and_var(s_on, n_on, b_on)
     known = n_off >= min_tokens
-    p_off, v_off = _share_and_var(s_off, n_off, b_off) if known else (0.0, 0.0)
-    return Estimate(p_on, v_on, n_on, r_on, p_off, v_off, n_off, known)
+    if not known:
+        return Estimate(p_on, v_on, n_on, r_on, 0.0, 0.0, n_off, False)
+    p_off, v_off = _share_and_var(s_off, n_off, b_off)
+    on_classes: dict[int, float] = {}
+    for s in on:
+        on_classes[batch_class(s.batch)] = on_classes.get(batch_class(s.batch), 0.0) + s.tokens
+    if len(on_classes) <= 1 and {batch_class(s.batch) for s in off} <= set(on_classes):
+        return Estimate(p_on, v_on, n_on, r_on, p_off, v_off, n_off, True)
+    matched = var_matched = 0.0
+    for cls, tokens in on_classes.items():
+        weight = tokens / n_on
+        s_c, n_c, b_c, _ = _pool(s for s in off if batch_class(s.batch) == cls)
+        p_c, v_c = _share_and_var(s_c, n_c, b_c) if n_c >= min_tokens else (p_off, v_off)
+        matched += weight * p_c
+        var_matched += weight * weight * v_c
+    return Estimate(p_on, v_on, n_on, r_on, p_off, v_off, n_off, True, matched, max(var_matched - v_off, 0.0))
 
 
 def overall_share(est: Estimate, rate: float, duty_off: float, z: float) -> float:
@@ -117,13 +170,13 @@ def overall_share(est: Estimate, rate: float, duty_off: float, z: float) -> floa
     x = (1.0 - duty_off) * rate / est.r_on
     # The excess cannot be negative: the transfer does not speed the seed up. A p_on under p_off
     # is noise; the variance term still bounds how far it may be extrapolated.
-    mean = est.p_off + x * max(est.p_on - est.p_off, 0.0)
+    mean = est.p_off + x * est.excess
     # The uncertainty is that of the evidence, not of the extrapolation: scaling the on variance by
     # x^2 above the measured rates would forbid every raise (the evidence is always at or below the
     # current rate). Raises are bounded in size instead (the controller's max_raise_factor, and
     # ab_fast_raise_factor far under the budget), and the evidence at the new rate corrects the slope.
     xv = min(x, 1.0)
-    sigma = math.sqrt(max((1.0 - xv) ** 2 * est.var_off + xv * xv * est.var_on, 0.0))
+    sigma = math.sqrt(max((1.0 - xv) ** 2 * est.var_off + xv * xv * (est.var_on + est.var_matching), 0.0))
     return mean + z * sigma
 
 

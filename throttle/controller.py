@@ -1219,7 +1219,7 @@ def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float)
     est = estimate(older_on, [s for s in older if not s.on], min_tokens=config.min_observations)
     if est.r_on <= 0:
         return 0.0
-    slope = max(est.p_on - est.p_off, 0.0) / est.r_on
+    slope = est.excess / est.r_on
     expected = sum(s.tokens * (est.p_off + slope * s.rate) for s in recent)
     variance = sum(s.tokens * s.batch * max(est.p_off + slope * s.rate, 1 / s.tokens) for s in recent)
     observed = sum(s.slow for s in recent)

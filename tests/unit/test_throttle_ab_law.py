@@ -541,3 +541,55 @@ def test_a_start_too_high_is_cut_within_two_intervals_and_never_restarted():
     # The fork pauses (k 30-39): with no transfer-on evidence in the last seconds, the start rule
     # must not jump back to cap/2; the law has cut since it entered adaptive.
     assert all(t.law_rate < 0.5 * CAP for t in log[11:]), [round(t.law_rate / 1e6, 1) for t in log]
+
+
+# --------------------------------------------------------------------------- the seed's own share at the on intervals' load
+
+
+def bursty_samples(confounded: bool) -> tuple[list[Sample], list[Sample]]:
+    """A bursty seed (busy: batch 24, 0.6 % alone; quiet: batch 6, 0.3 % alone) and a transfer at
+    5 MB/s that adds nothing. Confounded: 80 % of the on intervals fall in busy spells and 80 % of
+    the off ones in quiet spells (a chunk read slowed by a busy seed holds its lease into the next
+    interval); else both see the same mix."""
+    busy_on, quiet_on = (8, 2) if confounded else (5, 5)
+    busy_off, quiet_off = (2, 8) if confounded else (5, 5)
+    on = ([Sample(1.0, 5e6, True, 60.0, 10_000.0, 24.0)] * (busy_on * 10)
+          + [Sample(1.0, 5e6, True, 6.0, 2_000.0, 6.0)] * (quiet_on * 10))
+    off = ([Sample(1.0, 0.0, False, 60.0, 10_000.0, 24.0)] * (busy_off * 10)
+           + [Sample(1.0, 0.0, False, 6.0, 2_000.0, 6.0)] * (quiet_off * 10))
+    return on, off
+
+
+def unmatched(samples: list[Sample]) -> list[Sample]:
+    from dataclasses import replace
+    return [replace(s, batch=16.0) for s in samples]   # one load class: the pooled comparison
+
+
+@pytest.mark.parametrize("confounded", [True, False])
+def test_the_transfer_is_not_blamed_for_the_busy_spells_its_reads_fell_in(confounded):
+    on, off = bursty_samples(confounded)
+    est = estimate(on, off, min_tokens=1000)
+    assert est.excess == pytest.approx(0.0, abs=1e-4)
+    safe = safe_rate(est, budget=0.0095, duty_off=0.05, z=1.0, floor=FLOOR, cap=CAP)
+    assert safe >= 0.5 * CAP
+    if confounded:
+        # Against the pooled off share the same evidence reads as +0.12 % at 5 MB/s, and the law
+        # would stop at a fifth of the cap.
+        pooled = estimate(unmatched(on), unmatched(off), min_tokens=1000)
+        assert pooled.excess > 0.001
+        assert safe_rate(pooled, budget=0.0095, duty_off=0.05, z=1.0, floor=FLOOR, cap=CAP) < 0.25 * CAP
+
+
+def test_one_load_class_is_the_plain_pooled_comparison():
+    on = [Sample(1.0, 5e6, True, 15.0, 2_000.0, 16.0)] * 10
+    off = [Sample(1.0, 0.0, False, 10.0, 2_000.0, 17.0)] * 10
+    est = estimate(on, off, min_tokens=1000)
+    assert est.p_off_matched is None and est.var_matching == 0.0
+    assert est.excess == pytest.approx(0.0075 - 0.005)
+
+
+def test_a_load_class_with_too_few_off_tokens_falls_back_to_the_pooled_off_share():
+    on = [Sample(1.0, 5e6, True, 30.0, 2_000.0, 64.0)] * 10       # on at batch 64: no off evidence there
+    off = [Sample(1.0, 0.0, False, 10.0, 2_000.0, 8.0)] * 10
+    est = estimate(on, off, min_tokens=1000)
+    assert est.p_off_matched == pytest.approx(est.p_off) and est.excess == pytest.approx(0.015 - 0.005)

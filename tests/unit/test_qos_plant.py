@@ -100,3 +100,29 @@ def test_whole_chunks_move_in_whole_chunks_and_a_slow_rate_leaves_seconds_withou
     assert 0 in r.rates[:4] and any(r.rates[:4])
     fluid = run(plant, config, rng_seed=3)
     assert fluid.rates[0] == config.floor_bytes_per_second
+
+
+def test_a_spilled_lease_is_reported_as_a_transfer_interval_that_moves_nothing():
+    # bursty-spill: a chunk granted in a busy second (batch >= 16) holds its lease into the next,
+    # which the law sees as a transfer interval; the plain bursty plant never does.
+    from sim.qos_plant import BURSTY_SPILL
+    import throttle.controller as controller
+
+    seen: list[tuple[bool, float]] = []
+    real = controller.decide
+
+    def spy(state, observation, config, slo, now):
+        seen.append((observation.transfer_active, observation.running))
+        return real(state, observation, config, slo, now)
+
+    config = ControllerConfig(cap_bytes_per_second=CAP, ab_start_cap_fraction=0.0)
+    for plant in (PLANTS["bursty"], BURSTY_SPILL):
+        seen.clear()
+        import sim.qos_plant as qos_plant
+        qos_plant.decide, restore = spy, qos_plant.decide
+        try:
+            r = run(replace(plant, seconds=60, warmup_seconds=0), config, rng_seed=1, chunk_bytes=8 * 2**20)
+        finally:
+            qos_plant.decide = restore
+        held = sum(1 for (active, _), moved in zip(seen, r.rates) if active and moved == 0)
+        assert (held > 0) == (plant is BURSTY_SPILL), (plant.name, held)

@@ -71,6 +71,12 @@ class SchedulerConfig:
     peer_read_deadline_seconds: float = 30.0
     """A read from a peer whose reader went away without reporting it may still be on the wire this
     long: the peer's withdraw waits for it (a client's read times out well before)."""
+    long_poll_recheck_seconds: float = 0.05
+    """A long-polling /work call looks for work again at most this often. Every report is a change
+    that may create work, and each would wake every waiting call: at fleet scale (hundreds of
+    waiting clients, thousands of reports a second) that is a planner decision per waiter per
+    report. With this bound, N waiting calls cost at most N / this decisions a second, as the
+    simulator's clients (``idle_poll_seconds``) do. 0 = on every change."""
     max_peers_per_decision: int = 16
     """Peers offered to one /work decision, sampled afresh each time (a swarm's few parents)."""
     intake_workers: int = 2
@@ -647,11 +653,17 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             changes.notify()  # chunks landed: peers hold more, other jobs may have work now
         # Long poll: a job with nothing to do now waits until something changes (a chunk lands
         # anywhere, a seed registers or reports budget) instead of asking again and again.
-        deadline = asyncio.get_running_loop().time() + body.wait_seconds
+        loop = asyncio.get_running_loop()
+        deadline = last_look = loop.time()
+        deadline += body.wait_seconds
         cancels = list(reply.cancel)
         while (not reply.assignments and reply.state == RUNNING and body.max_assignments > 0
-               and (left := deadline - asyncio.get_running_loop().time()) > 0):
+               and (left := deadline - loop.time()) > 0):
             await changes.wait(left)
+            # Changes come in bursts (every report is one): look again at most every recheck.
+            if (pause := min(last_look + config.long_poll_recheck_seconds, deadline) - loop.time()) > 0:
+                await asyncio.sleep(pause)
+            last_look = loop.time()
             reply = state.work(job_id, wire.WorkRequest(max_assignments=body.max_assignments))
             cancels += reply.cancel
         reply.cancel = cancels

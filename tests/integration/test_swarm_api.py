@@ -243,3 +243,57 @@ def test_clients_listing_the_same_tensors_in_another_order_do_not_read_each_othe
     b = job(["b", "a"], 2)
     for x in fleet.work(b).assignments:
         assert x.source_kind == "seed", f"{x.seed_id} asked for chunk {x.chunk_ids} of another chunk plan"
+
+
+@pytest.mark.parametrize("recheck", [0.05, 0.0])
+def test_waiting_long_polls_look_again_at_most_once_per_recheck_however_many_reports_arrive(recheck):
+    # Eight clients whose every chunk is already being read wait in /work; 48 others report their
+    # reads one by one (each report is a change that wakes every waiting call). With the recheck bound
+    # each waiter looks again about once per 50 ms of the burst; with 0, once per report.
+    fleet = Fleet(long_poll_recheck_seconds=recheck)
+    try:
+        fleet.seed()
+        waiting = [fleet.job(k) for k in range(8)]
+        for j in waiting:
+            assert sum(len(a.chunk_ids) for a in fleet.work(j, max_assignments=64).assignments) == N_CHUNKS
+        reporter = [fleet.job(8 + k) for k in range(48)]
+        held = {j: fleet.work(j, max_assignments=64).assignments for j in reporter}
+        scheduler = fleet.app.state.scheduler
+        looks = {j: 0 for j in waiting}
+        real_work = scheduler.work
+
+        def counting(job_id, body):
+            if job_id in looks:
+                looks[job_id] += 1
+            return real_work(job_id, body)
+
+        scheduler.work = counting
+
+        async def scenario() -> float:
+            polls = [asyncio.ensure_future(fleet.http.post(f"/v1/jobs/{j}/work",
+                                                           json={"max_assignments": 8, "wait_seconds": 1.0}))
+                     for j in waiting]
+            await asyncio.sleep(0.05)   # every waiter is in its long poll
+            started = asyncio.get_running_loop().time()
+            for j, reads in held.items():
+                for a in reads:
+                    r = await fleet.http.post(f"/v1/jobs/{j}/work", json={"max_assignments": 0,
+                                                                         "reports": landed([a])})
+                    assert r.status_code == 200
+                    await asyncio.sleep(0.002)   # reports arrive spread out, as from many clients
+            burst = asyncio.get_running_loop().time() - started
+            for r in await asyncio.gather(*polls):
+                assert r.status_code == 200
+            return burst
+
+        burst = fleet.loop.run_until_complete(scenario())
+        reports = sum(len(reads) for reads in held.values())
+        assert reports >= 48
+        worst = max(looks.values())
+        if recheck:
+            # The call, one look per 50 ms of the burst (and one straddling its end), the deadline's.
+            assert worst <= 4 + burst / recheck, (looks, burst)
+        else:
+            assert worst >= reports // 2, (looks, burst)
+    finally:
+        fleet.close()

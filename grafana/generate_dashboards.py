@@ -199,7 +199,11 @@ SEED_QOS = Dashboard(
               description="1 for the current mode."),
         Panel("Throttle decisions, by action",
               (t(f'sum by (action) (increase(rfork_agent_throttle_decisions_total{{seed="$seed"}}[{RATE}]))',
-                 "{{action}}"),)),
+                 "{{action}}"),
+               t(f'sum(increase(rfork_agent_idle_watch_wakeups_total{{seed="$seed"}}[{RATE}]))',
+                 "made early by the idle watch")),
+              description="made early by the idle watch: requests returned to an idle seed at the cap and the "
+                          "law decided within a quarter second instead of at the next interval."),
         Panel("Why the rate is where it is (decisions by reason)",
               (t(f'sum by (reason) (increase(rfork_agent_throttle_decisions_total{{seed="$seed"}}[{RATE}]))',
                  "{{reason}}"),),

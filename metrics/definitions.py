@@ -210,6 +210,12 @@ class AgentMetrics:
             "rfork_agent_heartbeat_failures_total", "Heartbeats the scheduler did not accept.",
             ["seed"], registry=registry,
         )
+        self.idle_watch_wakeups_total = Counter(
+            "rfork_agent_idle_watch_wakeups_total",
+            "QoS decisions made early: the idle watch saw requests return to an idle seed the throttle had "
+            "given the cap, and the law decided at once instead of at the next interval.",
+            ["seed"], registry=registry,
+        )
         # Serving QoS (issue #3): what the seed's /metrics say and what the throttle did about it.
         # Label values are closed sets: ``mode`` = throttle.controller.Mode values plus "fixed"/"off",
         # ``action`` = throttle.qos.ACTIONS, ``reason`` = throttle.qos.THROTTLE_REASONS (decisions) or

@@ -141,6 +141,7 @@ class AgentState:
         m.granted_bytes_total.labels(seed=seed)
         m.read_bytes_total.labels(seed=seed)
         m.heartbeat_failures_total.labels(seed=seed)
+        m.idle_watch_wakeups_total.labels(seed=seed)
         m.lease_wait.labels(seed=seed)
         for outcome in LEASE_OUTCOMES:
             m.leases_total.labels(seed=seed, outcome=outcome)

@@ -67,6 +67,7 @@ class QosLoop:
             # Re-checked after the await: a tick may have run while this scrape was in flight.
             if isinstance(scrape, Scrape) and self.state.qos.idle_at_cap and self.state.qos.wakes_on(scrape):
                 self.woken_ticks += 1
+                self.state.metrics.idle_watch_wakeups_total.labels(seed=self.config.seed_id).inc()
                 self._decide(scrape)
 
     def _decide(self, scrape: Scrape | ScrapeFailure | None) -> None:

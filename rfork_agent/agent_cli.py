@@ -129,16 +129,18 @@ def _flag_or_env(args: argparse.Namespace, flag: str) -> tuple[str | None, str]:
     return (value if value not in (None, "") else None), f"{flag} (from ${env})"
 
 
-def _positive_seconds(args: argparse.Namespace, flag: str) -> float | None:
+def _positive_seconds(args: argparse.Namespace, flag: str, *, zero_is_off: bool = False,
+                      example: str = "0.04") -> float | None:
     raw, source = _flag_or_env(args, flag)
     if raw is None:
         return None
+    off = " (0 = off)" if zero_is_off else ""
     try:
         value = float(raw)
     except ValueError:
-        raise _BadFlag(f"{source} {raw!r} is not a number of seconds, e.g. 0.04") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise _BadFlag(f"{source} must be a number of seconds > 0, got {raw}")
+        raise _BadFlag(f"{source} {raw!r} is not a number of seconds, e.g. {example}{off}") from None
+    if not ((value > 0 or (zero_is_off and value == 0)) and math.isfinite(value)):
+        raise _BadFlag(f"{source} must be {'0 (off) or ' if zero_is_off else ''}a number of seconds > 0, got {raw}")
     return value
 
 
@@ -179,14 +181,8 @@ def qos_settings(args: argparse.Namespace, rate_cap: float | None) -> dict:
         settings["controller"] = tuning
     if getattr(args, "seed_metrics_url", None):
         settings["metrics_url"] = _url("--seed-metrics-url", args.seed_metrics_url)
-    raw_watch, watch_source = _flag_or_env(args, "--idle-watch")
-    if raw_watch is not None:
-        try:
-            watch = float(raw_watch)
-        except ValueError:
-            raise _BadFlag(f"{watch_source} {raw_watch!r} is not a number of seconds, e.g. 0.25 (0 = off)") from None
-        if not (watch >= 0 and math.isfinite(watch)):
-            raise _BadFlag(f"{watch_source} must be 0 (off) or a number of seconds > 0, got {raw_watch}")
+    watch = _positive_seconds(args, "--idle-watch", zero_is_off=True, example="0.25")
+    if watch is not None:
         settings["qos_idle_watch_seconds"] = watch
     return settings
 

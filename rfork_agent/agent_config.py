@@ -9,7 +9,7 @@ a port. The QoS fields derive the SLO and the control law's tuning
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
 from throttle.controller import ControllerConfig, InvalidConfig, SloConfig
@@ -172,16 +172,16 @@ class AgentConfig:
         if not self.rate_cap:  # uncapped or paused: no law to run
             return None
         interval = self.qos_interval_seconds
-        # The defaults assume a 1 s interval; a longer one stretches what must span at least one
-        # interval (an off window shorter than a scrape measures nothing).
+        # The law's defaults assume a 1 s interval. A longer one stretches what must span at least
+        # one interval (an off window shorter than a scrape measures nothing), and scales the
+        # schedules and horizons counted in intervals; at 1 s and under, the defaults stand.
+        defaults = {f.name: f.default for f in fields(ControllerConfig)}
+        spans = ("judge_window_seconds", "off_window_seconds", "change_window_seconds", "plan_seconds")
+        scaled = ("stale_after_seconds", "pool_max_seconds", "off_every_min_seconds", "off_every_max_seconds",
+                  "off_every_quiet_seconds", "evidence_horizon_seconds", "off_horizon_seconds")
         return ControllerConfig(cap_bytes_per_second=self.rate_cap, interval_seconds=interval,
-                                stale_after_seconds=max(3.0, 3 * interval), pool_max_seconds=max(5.0, 5 * interval),
-                                judge_window_seconds=max(4.0, interval), off_window_seconds=max(1.0, interval),
-                                change_window_seconds=max(5.0, interval), plan_seconds=max(30.0, interval),
-                                off_every_min_seconds=max(5.0, 5 * interval), off_every_max_seconds=max(20.0, 20 * interval),
-                                off_every_quiet_seconds=max(60.0, 60 * interval),
-                                evidence_horizon_seconds=max(120.0, 120 * interval),
-                                off_horizon_seconds=max(300.0, 300 * interval))
+                                **{name: max(defaults[name], interval) for name in spans},
+                                **{name: max(defaults[name], defaults[name] * interval) for name in scaled})
 
     @property
     def seed_metrics_url(self) -> str:

@@ -38,8 +38,6 @@ class QosLoop:
         self.http = http
         self.on_rate_change = on_rate_change
         self._lock = asyncio.Lock()
-        #: Ticks run early because a watch scrape saw the idle seed busy again.
-        self.woken_ticks = 0
 
     async def scrape(self) -> Scrape | ScrapeFailure:
         url = self.config.seed_metrics_url
@@ -66,7 +64,6 @@ class QosLoop:
             scrape = await self.scrape()
             # Re-checked after the await: a tick may have run while this scrape was in flight.
             if isinstance(scrape, Scrape) and self.state.qos.idle_at_cap and self.state.qos.wakes_on(scrape):
-                self.woken_ticks += 1
                 self.state.metrics.idle_watch_wakeups_total.labels(seed=self.config.seed_id).inc()
                 self._decide(scrape)
 

@@ -206,10 +206,8 @@ def qos_agent():
         registry = CollectorRegistry()
         app = create_app(config, registry=registry)
         started.insert(0, Served(app, sock))
-        start.apps.append(app)
         return app.state.agent, registry
 
-    start.apps = []
     yield start
     for server in started:
         server.stop()
@@ -223,16 +221,18 @@ def failures(registry: CollectorRegistry, reason: str) -> float:
 def test_load_returning_to_an_idle_seed_is_decided_on_before_the_next_tick(qos_agent):
     # Ticks 3 s apart; the idle watch scrapes every 0.1 s while an idle seed has the cap. Requests
     # arriving just after a tick are seen by the watch, which ticks at once: the rate drops seconds
-    # before the next regular tick would have seen them (woken_ticks counts exactly that).
+    # before the next regular tick would have seen them (rfork_agent_idle_watch_wakeups_total counts
+    # exactly that).
     seed = MetricsSeed(tp_size=1)
     state, registry = qos_agent(seed, qos_interval_seconds=3.0, qos_idle_watch_seconds=0.1)
-    qos = qos_agent.apps[-1].state.qos
+    def wakeups() -> float | None:
+        return registry.get_sample_value("rfork_agent_idle_watch_wakeups_total", {"seed": "seed-0"})
+
     wait_until(lambda: state.qos.idle_at_cap, 30, "the idle seed to get the cap")
-    assert state.allowed_rate == CAP and qos.woken_ticks == 0
+    assert state.allowed_rate == CAP and wakeups() == 0
     seed.answer = "busy"
     wait_until(lambda: state.allowed_rate < CAP, 30, "the rate to drop once requests run")
-    assert qos.woken_ticks == 1, "the regular tick, not the watch, saw the load: the watch did not run"
-    assert registry.get_sample_value("rfork_agent_idle_watch_wakeups_total", {"seed": "seed-0"}) == 1
+    assert wakeups() == 1, "the regular tick, not the watch, saw the load: the watch did not run"
     assert state.qos.state.mode is not Mode.IDLE_FULL
 
 

@@ -145,7 +145,8 @@ def estimate(on: Iterable[Sample], off: Iterable[Sample], *, min_tokens: float) 
     p_off, v_off = _share_and_var(s_off, n_off, b_off)
     on_classes: dict[int, float] = {}
     for s in on:
-        on_classes[batch_class(s.batch)] = on_classes.get(batch_class(s.batch), 0.0) + s.tokens
+        cls = batch_class(s.batch)
+        on_classes[cls] = on_classes.get(cls, 0.0) + s.tokens
     if len(on_classes) <= 1 and {batch_class(s.batch) for s in off} <= set(on_classes):
         return Estimate(p_on, v_on, n_on, r_on, p_off, v_off, n_off, True)
     matched = var_matched = 0.0

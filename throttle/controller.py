@@ -642,10 +642,9 @@ def with_seed_alone_evidence(state: ControllerState, intervals: Iterable[tuple[f
             ttft.append(ttft_sample)
     # No forced dense off windows: where the watched share is imprecise, _off_dense keeps them dense
     # anyway; where it is precise, 20 s of windows every 5 s only cost the fork throughput.
-    state = replace(state, ab_itl=state.ab_itl + tuple(itl), ab_ttft=state.ab_ttft + tuple(ttft),
-                    ab_budget_from=now)
-    return replace(state, rate_bytes_per_second=max(state.rate_bytes_per_second,
-                                                    _start_rate(state.ab_itl, state.ab_ttft, config, slo)))
+    ab_itl, ab_ttft = state.ab_itl + tuple(itl), state.ab_ttft + tuple(ttft)
+    return replace(state, ab_itl=ab_itl, ab_ttft=ab_ttft, ab_budget_from=now,
+                   rate_bytes_per_second=max(state.rate_bytes_per_second, _start_rate(ab_itl, ab_ttft, config, slo)))
 
 
 def _start_rate(itl: Iterable[Sample], ttft: Iterable[Sample], config: ControllerConfig, slo: SloConfig) -> float:
@@ -664,10 +663,9 @@ def _start_rate(itl: Iterable[Sample], ttft: Iterable[Sample], config: Controlle
     if slo.ttft_threshold_seconds is not None:
         pools.append((list(ttft), slo.ttft_budget, config.min_ttft_observations))
     for samples, budget, min_tokens in pools:
-        off = [s for s in samples if not s.on]
         if any(s.on for s in samples):
             return floor
-        est = estimate((), off, min_tokens=min_tokens)
+        est = estimate((), samples, min_tokens=min_tokens)
         if not est.off_known or est.p_off + config.confidence_z * math.sqrt(est.var_off) > (
                 config.ab_start_headroom_fraction * budget):
             return floor

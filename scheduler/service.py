@@ -654,8 +654,8 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         # Long poll: a job with nothing to do now waits until something changes (a chunk lands
         # anywhere, a seed registers or reports budget) instead of asking again and again.
         loop = asyncio.get_running_loop()
-        deadline = last_look = loop.time()
-        deadline += body.wait_seconds
+        last_look = loop.time()
+        deadline = last_look + body.wait_seconds
         cancels = list(reply.cancel)
         while (not reply.assignments and reply.state == RUNNING and body.max_assignments > 0
                and (left := deadline - loop.time()) > 0):

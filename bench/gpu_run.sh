@@ -3,8 +3,8 @@
 #
 #   device run, carry ["gpu_wheels"]:  bash bench/gpu_run.sh [fork,cpu,big,split,qos]
 #
-# gpu_wheels/ (git-ignored) holds mooncake-transfer-engine-cuda13 for Python 3.12
-# and the rfork deps the GPU image lacks (fastapi, starlette, pydantic, uvicorn,
+# gpu_wheels/ (git-ignored; scripts/gpu_wheels.py fills it) holds mooncake-transfer-engine-cuda13
+# for Python 3.12 and the rfork deps the GPU image lacks (fastapi, starlette, pydantic, uvicorn,
 # apscheduler, ...). Results land in $OUT (the device tool's folder; out/gpu here).
 set -uo pipefail
 OUT=${OUT:-out/gpu}

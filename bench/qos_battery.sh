@@ -11,7 +11,7 @@
 #     bash bench/qos_battery.sh --collect              # waits for it to end (up to WAIT_SECONDS), copies results
 # Detached, the call ends with $OUT/battery.tar.gz (every plant's JSON, the plots, the log) and the summary.
 #
-# gpu_wheels/ (git-ignored) holds what the device image lacks (see bench/gpu_run.sh): mooncake-transfer-engine
+# gpu_wheels/ (git-ignored; scripts/gpu_wheels.py fills it) holds what the device image lacks: mooncake-transfer-engine
 # and fastapi, starlette, pydantic, uvicorn, apscheduler, ...
 set -uo pipefail
 OUT=${OUT:-out/qos-battery}

@@ -10,7 +10,7 @@ at most 64 MiB with the working tree, and Mooncake's CUDA wheel alone is 50 MB
 process-group extensions and their daemons, none of which rfork loads. The
 wheel is rewritten with only its Python files and ``mooncake/engine.so`` with
 the shared libraries it needs (followed through ELF ``NEEDED`` entries):
-~12 MB. Its RECORD is rewritten to match, so pip installs it as any wheel.
+~9 MB. Its RECORD is rewritten to match, so pip installs it as any wheel.
 """
 
 from __future__ import annotations

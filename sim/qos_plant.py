@@ -376,11 +376,14 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
             real = [r.realized_share / BUDGET for r in results]
             ratio = [r.throughput_ratio for r in results]
             rratio = [r.realized_throughput_ratio for r in results]
+            within = sum(1 for r in results if r.realized_share <= BUDGET)
+            fast = sum(1 for r in results if r.realized_throughput_ratio >= 0.8)
             ok = sum(1 for r in results if r.realized_share <= BUDGET and r.realized_throughput_ratio >= 0.8)
             print(f"{law:5s} {name:12s} realized share/budget min {min(real):.2f} med {statistics.median(real):.2f} "
                   f"max {max(real):.2f} | x realized oracle min {min(rratio):.2f} med {statistics.median(rratio):.2f} "
                   f"max {max(rratio):.2f} | expected share max {max(shares):.2f} | x expected oracle min "
-                  f"{min(ratio):.2f} med {statistics.median(ratio):.2f} | both goals {ok}/{len(results)}")
+                  f"{min(ratio):.2f} med {statistics.median(ratio):.2f} | within budget {within}, >= 0.8x {fast}, "
+                  f"both goals {ok}/{len(results)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

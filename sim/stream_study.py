@@ -7,14 +7,16 @@ stripe, and again only when a relay dies. A reader learns which chunks its paren
 landed bitmap in the parent's registered memory (a one-sided read, like the chunks). That bitmap is
 the parent's report that a chunk landed.
 
-- The model's chunks are split into ``stripes`` contiguous ranges. Stripe s flows down its own
-  ``fanout``-ary tree over the instances, in join order rotated by s x N / stripes. Each instance is
-  then a relay in about stripes / fanout trees and uploads about one model, and the seeds send one copy.
+- The model's chunks are split into ``stripes`` contiguous ranges, each flowing down its own tree,
+  built by the scheduler's own :class:`scheduler.streams.StripeTrees` as the instances join (in
+  order, all at t = 0): each instance relays its home stripe to up to ``fanout`` children and is a
+  leaf in the others, so it uploads about one model, and the seeds send each stripe once.
 - A stream reads up to ``batch`` chunks at a time, in order, of what its parent has landed beyond its
   own progress. It waits for the parent's next landing, then polls its bitmap (``poll_seconds``).
-- A relay that dies orphans its streams. Each orphan is one decision, measured: the scheduler gives it
-  the live instance with the fewest children among 8 sampled that is as far along in that stripe and
-  not below it (no cycle), or else the nearest such ancestor, or the seeds.
+- A relay that dies orphans its streams. Each orphan is one decision, measured:
+  :meth:`~scheduler.streams.StripeTrees.reparent` (a live relay of the stripe with a free slot, as far
+  along and not below it; else the emptiest such member of 16 sampled; else the nearest such
+  ancestor; else the seeds).
 - The CPU counted is what the scheduler would run: creating each job with the real planner's ``Job``
   (manifest, chunk plan and state, as in ``rfork simulate``), choosing parents, and re-parenting.
   The study leaves out seeds' QoS throttling, HTTP costs, and chunk-level read failures.
@@ -40,11 +42,9 @@ import simpy
 from rfork_api.manifest import parse_manifest
 from scheduler.chunking import plan_chunks
 from scheduler.planner import Job, PlannerConfig
+from scheduler.streams import SEEDS, StripeTrees
 from sim.network import LinkDown, Network
 from sim.presets import UnknownPreset, rank_manifest
-
-SEEDS = -1
-"""The parent of a stripe's root: the seeds."""
 
 
 @dataclass(frozen=True)
@@ -105,23 +105,6 @@ class StudyResult:
                 "scheduler_cpu_share": self.scheduler_cpu_share}
 
 
-def stripe_parents(member: int, instances: int, stripes: int, fanout: int) -> list[int]:
-    """``member``'s parent in each stripe (``SEEDS`` for a stripe's root).
-
-    Stripe s's tree is the members in join order rotated by s x N / stripes, ``fanout``-ary: the
-    relays of different stripes are different members.
-
-        >>> stripe_parents(0, 16, 2, 2), stripe_parents(8, 16, 2, 2), stripe_parents(3, 16, 2, 2)
-        ([-1, 11], [3, -1], [1, 13])
-    """
-    out = []
-    for s in range(stripes):
-        offset = s * instances // stripes
-        position = (member - offset) % instances
-        out.append(SEEDS if position == 0 else ((position - 1) // fanout + offset) % instances)
-    return out
-
-
 def run(config: StudyConfig) -> StudyResult:
     config.check()
     cpu = time.thread_time
@@ -141,19 +124,14 @@ def run(config: StudyConfig) -> StudyResult:
     alive = [True] * n
     finished: list[float | None] = [None] * n
     cpu_seconds, decisions = 0.0, 0
-    parent: list[list[int]] = []
     planner = PlannerConfig()
+    trees = StripeTrees(f, config.fanout)
     for i in range(n):
         started = cpu()
         Job(f"i{i}", manifest, chunks, planner, 0.0)  # what the scheduler keeps per job
-        parent.append(stripe_parents(i, n, f, config.fanout))
+        trees.join(i)
         cpu_seconds += cpu() - started
         decisions += 1
-    children = [[0] * f for _ in range(n)]
-    for i in range(n):
-        for s, p in enumerate(parent[i]):
-            if p != SEEDS:
-                children[p][s] += 1
 
     def next_landing(p: int, s: int) -> simpy.Event:
         event = landing[p][s]
@@ -164,30 +142,7 @@ def run(config: StudyConfig) -> StudyResult:
     def reparent(i: int, s: int) -> None:
         nonlocal cpu_seconds, decisions
         started = cpu()
-        old = parent[i][s]
-        if old != SEEDS:
-            children[old][s] -= 1
-        def usable(q: int) -> bool:  # alive, as far along, and not below i (no cycle)
-            if not alive[q] or landed[q][s] < landed[i][s]:
-                return False
-            node = q
-            while node != SEEDS:
-                if node == i:
-                    return False
-                node = parent[node][s]
-            return True
-
-        best = None
-        for q in rng.sample(range(n), min(8, n)):
-            if usable(q) and (best is None or children[q][s] < children[best][s]):
-                best = q
-        if best is None:
-            best = old
-            while best != SEEDS and not usable(best):
-                best = stripe_parents(best, n, f, config.fanout)[s]
-        parent[i][s] = best
-        if best != SEEDS:
-            children[best][s] += 1
+        trees.reparent(i, s, lambda member, stripe: landed[member][stripe])
         cpu_seconds += cpu() - started
         decisions += 1
 
@@ -198,12 +153,12 @@ def run(config: StudyConfig) -> StudyResult:
     def stream(i: int, s: int):
         total = bounds[s + 1] - bounds[s]
         while landed[i][s] < total:
-            p = parent[i][s]
-            if p != SEEDS and not alive[p]:
+            p = trees.parent(i, s)
+            if p is not SEEDS and not alive[p]:
                 yield env.timeout(config.detect_seconds)
                 reparent(i, s)
                 continue
-            ahead = total if p == SEEDS else landed[p][s]
+            ahead = total if p is SEEDS else landed[p][s]
             if ahead <= landed[i][s]:
                 yield next_landing(p, s)
                 yield env.timeout(config.poll_seconds)
@@ -212,12 +167,12 @@ def run(config: StudyConfig) -> StudyResult:
             first = bounds[s] + landed[i][s]
             try:
                 yield env.timeout(config.read_latency_seconds)
-                yield net.transfer(nodes[p] if p != SEEDS else seed_for(i, s), nodes[i], sum(sizes[first:first + take]))
+                yield net.transfer(nodes[p] if p is not SEEDS else seed_for(i, s), nodes[i], sum(sizes[first:first + take]))
             except LinkDown:
                 if not alive[i]:
                     return
                 yield env.timeout(config.detect_seconds)
-                if p != SEEDS:
+                if p is not SEEDS:
                     reparent(i, s)
                 continue
             landed[i][s] += take
@@ -231,6 +186,7 @@ def run(config: StudyConfig) -> StudyResult:
             finished[i] = env.now
 
     def faults():
+        nonlocal cpu_seconds
         victims = rng.sample(range(n), int(round(config.kill_peers_fraction * n)))
         events = [(rng.uniform(0, config.fault_window_seconds), "peer", v) for v in victims]
         events += [(rng.uniform(0, config.fault_window_seconds), "seed", k)
@@ -240,6 +196,9 @@ def run(config: StudyConfig) -> StudyResult:
             if kind == "peer":
                 alive[who] = False
                 net.kill(nodes[who])
+                started = cpu()
+                trees.leave(who)  # the scheduler learns it left; its orphans ask for parents when reads fail
+                cpu_seconds += cpu() - started
                 for event in landing[who]:  # its readers waiting on its next landing find it dead
                     if event is not None and not event.triggered:
                         event.succeed()

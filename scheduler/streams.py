@@ -1,0 +1,287 @@
+"""Stripe trees: which parent each member of a swarm streams each stripe of the chunks from.
+
+Pure: no clock, no I/O; the scheduler's side of the stream data path (docs/fleet.md,
+"Streams"), used so far by the design study (``sim/stream_study.py``), whose CPU
+accounting is then this code's. The chunks of a (model, rank) are split into
+``stripes`` contiguous ranges; each stripe flows from the seeds down its own tree of
+members. A member is *interior* in one stripe, its home (the members' join order,
+round robin), with up to ``fanout`` children there, and a leaf in every other: with
+``fanout`` = ``stripes`` every member uploads about one model, and the seeds send each
+stripe once, to its root (SplitStream's layout).
+
+Members join one at a time, as their jobs arrive; the trees are built as they come:
+
+- in its home stripe a member takes the next heap position: the k-th interior of a stripe
+  hangs below interior (k - 1) // fanout, taking a leaf's slot there if it must (the leaf
+  moves below the new interior), so trees stay ``log_fanout(N / stripes)`` deep;
+- in every other stripe it is a leaf below the earliest-joined live interior with a free
+  slot, or, when every interior is full, the least loaded of the latest ones (the stripe's
+  next interior takes that surplus over); while the stripe has no interior yet (fewer
+  members than stripes), below the first member the seeds feed it to, else the seeds;
+- a member that becomes its home stripe's first interior takes the seeds as its parent
+  there and *adopts* the members that had been given the seeds for that stripe (there
+  was nobody else), up to ``fanout``: in a burst of joins the seeds still send each
+  stripe once.
+
+A member that leaves (its reads fail, it withdrew) orphans its children; each orphaned
+stream is one :meth:`StripeTrees.reparent` decision: the first live interior of the
+stripe with a free slot (of the ``candidates`` earliest) that is as far along in the
+stripe as the orphan and not below it (no cycle); else, of ``candidates`` members sampled
+at random, the such one with the fewest children in the stripe; else the nearest such
+ancestor of the old parent; else the seeds. Every decision is O(candidates x depth),
+whatever N.
+
+    >>> trees = StripeTrees(stripes=2, fanout=2)
+    >>> [trees.join(m) for m in "abc"]       # each join: (member, stripe, new parent) moves
+    [[('a', 0, None), ('a', 1, None)], [('b', 0, 'a'), ('b', 1, None), ('a', 1, 'b')], [('c', 0, 'a'), ('c', 1, 'b')]]
+    >>> trees.parent("a", 1), trees.leave("a")
+    ('b', [('b', 0), ('c', 0)])
+    >>> [trees.reparent(m, s, progress=lambda member, stripe: 0) for m, s in [("b", 0), ("c", 0)]]
+    [('b', 0, 'c'), ('c', 0, None)]
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+__all__ = ["SEEDS", "Move", "StripeTrees"]
+
+SEEDS = None
+"""The parent of a stripe's root: the seeds (their agents' leases)."""
+
+Member = Hashable
+Move = tuple[Member, int, "Member | None"]
+"""(member, stripe, its new parent there; ``SEEDS`` for the seeds)."""
+Progress = Callable[[Member, int], int]
+"""Chunks of a stripe a member has landed (the scheduler knows them from the members' progress reports)."""
+
+
+@dataclass
+class _Node:
+    index: int
+    home: int
+    parents: list
+    children: list[set] = field(default_factory=list)
+    alive: bool = True
+
+
+class StripeTrees:
+    """The stripe trees of one swarm (one model, rank and chunk plan)."""
+
+    def __init__(self, stripes: int, fanout: int, candidates: int = 16, rng: random.Random | None = None) -> None:
+        if stripes < 1 or fanout < 1 or candidates < 1:
+            raise ValueError(f"stripes, fanout and candidates must be >= 1, got {stripes}, {fanout}, {candidates}")
+        self.stripes, self.fanout, self.candidates = stripes, fanout, candidates
+        self._nodes: dict[Member, _Node] = {}
+        self._members: list = []  # every member that joined, for sampling (the dead are skipped as unusable)
+        self._rng = rng if rng is not None else random.Random(0)
+        self._joined = 0
+        # Per stripe: its interiors in join order that may have a free slot (full or dead ones are
+        # dropped when met), all its live interiors, and the members given the seeds for want of one.
+        self._open: list[deque] = [deque() for _ in range(stripes)]
+        self._interiors: list[list] = [[] for _ in range(stripes)]
+        self._on_seeds: list[list] = [[] for _ in range(stripes)]
+        self._is_open: set = set()
+        self._over: list[deque] = [deque() for _ in range(stripes)]
+        self._heap: list[list] = [[] for _ in range(stripes)]  # each stripe's relays in heap order
+
+    def __len__(self) -> int:
+        return sum(1 for n in self._nodes.values() if n.alive)
+
+    def parent(self, member: Member, stripe: int) -> Member | None:
+        return self._nodes[member].parents[stripe]
+
+    def children(self, member: Member, stripe: int) -> set:
+        return set(self._nodes[member].children[stripe])
+
+    def home(self, member: Member) -> int:
+        return self._nodes[member].home
+
+    def join(self, member: Member) -> list[Move]:
+        """Place a new member in every stripe; returns its parents and any adopted member's new parent."""
+        if member in self._nodes:
+            raise ValueError(f"member {member!r} has already joined these stripe trees")
+        home = self._joined % self.stripes
+        self._joined += 1
+        node = self._nodes[member] = _Node(self._joined - 1, home, [SEEDS] * self.stripes,
+                                           [set() for _ in range(self.stripes)])
+        self._members.append(member)
+        moves: list[Move] = []
+        root_of_home = not self._interiors[home]
+        displaced = None
+        if root_of_home:
+            self._heap[home] = [member]
+        else:
+            self._heap[home].append(member)
+        for s in range(self.stripes):
+            if s != home:
+                parent = self._place(s)
+            elif root_of_home:
+                parent = SEEDS  # the first interior of its home stripe is that stripe's root
+            else:
+                parent, displaced = self._place_interior(s)
+            self._attach(member, s, parent)
+            moves.append((member, s, parent))
+        if displaced is not None:  # it gave its slot to a relay and hangs below that relay instead
+            self._move(displaced, home, member, moves)
+        over = self._over[home]
+        while over and not root_of_home and len(node.children[home]) < self.fanout:
+            q = over[0]
+            extra = [c for c in self._nodes[q].children[home] if self._nodes[c].home != home]
+            if not self._nodes[q].alive or len(self._nodes[q].children[home]) <= self.fanout or not extra:
+                over.popleft()
+                continue
+            self._move(max(extra, key=lambda c: self._nodes[c].index), home, member, moves)
+        self._interiors[home].append(member)
+        self._open[home].append(member)
+        self._is_open.add((member, home))
+        if root_of_home:
+            # Adopt those the seeds fed this stripe to for want of an interior, and the members a
+            # stand-in relayed it to, up to fanout: the stripe's relays are its own interiors again.
+            waiting, self._on_seeds[home] = self._on_seeds[home], []
+            for fed in waiting:
+                fed_node = self._nodes[fed]
+                if not fed_node.alive or fed_node.parents[home] is not SEEDS:
+                    continue
+                for other in [fed, *sorted(fed_node.children[home], key=lambda m: self._nodes[m].index)]:
+                    if len(node.children[home]) >= self.fanout:
+                        if other == fed:
+                            self._on_seeds[home].append(fed)
+                        break
+                    self._move(other, home, member, moves)
+        return moves
+
+    def leave(self, member: Member) -> list[tuple[Member, int]]:
+        """Take a member out (dead or withdrawn); returns its orphaned (child, stripe) streams to re-parent."""
+        node = self._nodes.get(member)
+        if node is None or not node.alive:
+            return []
+        node.alive = False
+        orphans = []
+        for s in range(self.stripes):
+            for child in sorted(node.children[s], key=lambda m: self._nodes[m].index):
+                orphans.append((child, s))
+            parent = node.parents[s]
+            if parent is not SEEDS:
+                self._nodes[parent].children[s].discard(member)
+                self._reopen(parent, s)
+        self._interiors[node.home].remove(member)
+        return orphans
+
+    def reparent(self, member: Member, stripe: int, progress: Progress) -> Move:
+        """A new parent in ``stripe`` for a member whose parent left (or whose reads from it failed)."""
+        node = self._nodes[member]
+        old = node.parents[stripe]
+        if old is not SEEDS:
+            self._nodes[old].children[stripe].discard(member)
+            self._reopen(old, stripe)
+        have = progress(member, stripe)
+
+        def usable(q: Member) -> bool:  # alive, not behind, and not below the member (no cycle)
+            return (q != member and self._nodes[q].alive and progress(q, stripe) >= have
+                    and not self._is_below(q, member, stripe))
+
+        choice = SEEDS
+        open_ = self._open[stripe]
+        for q in list(open_)[:self.candidates]:
+            if len(self._nodes[q].children[stripe]) < self.fanout and usable(q):
+                choice = q
+                break
+        else:
+            # No free slot: every member's upload is in use (each relays its home stripe). The
+            # orphan goes to the usable member with the fewest children in this stripe among a
+            # random sample of all of them, mostly leaves here: its extra upload is one stream,
+            # spread over the swarm rather than piled on the stripe's first relays. (Preferring
+            # shallow members instead kept trees shallower but slowed the study's fault runs.)
+            sample = self._rng.sample(self._members, min(self.candidates, len(self._members)))
+            usable_members = [q for q in sample if usable(q)]
+            if usable_members:
+                choice = min(usable_members, key=lambda q: len(self._nodes[q].children[stripe]))
+            else:
+                up = old
+                while up is not SEEDS and not usable(up):
+                    up = self._nodes[up].parents[stripe]
+                choice = up
+        self._attach(member, stripe, choice)
+        return (member, stripe, choice)
+
+    # -- internals -------------------------------------------------------------------------
+    def _is_below(self, member: Member, ancestor: Member, stripe: int) -> bool:
+        """Whether ``ancestor`` is on ``member``'s path to the seeds in ``stripe``."""
+        up = self._nodes[member].parents[stripe]
+        while up is not SEEDS:
+            if up == ancestor:
+                return True
+            up = self._nodes[up].parents[stripe]
+        return False
+
+    def _place(self, stripe: int) -> Member | None:
+        open_ = self._open[stripe]
+        while open_:
+            q = open_[0]
+            node = self._nodes[q]
+            if node.alive and len(node.children[stripe]) < self.fanout:
+                return q
+            open_.popleft()  # full or gone: a leave or re-parent that frees a slot puts it back
+            self._is_open.discard((q, stripe))
+        live = self._interiors[stripe]
+        if live:
+            # Every slot is taken (more members than this stripe has relays for, until its next
+            # relay joins and takes the surplus over): the least loaded of the latest relays, at the
+            # trees' edge, so the next relay still finds a leaf to displace near the root.
+            q = min(live[-self.candidates:], key=lambda q: len(self._nodes[q].children[stripe]))
+            self._over[stripe].append(q)
+            return q
+        # No interior yet (fewer members than stripes so far): the first member the seeds feed this
+        # stripe to stands in as its relay, so the seeds still send it once.
+        for q in self._on_seeds[stripe][:self.candidates]:
+            node = self._nodes[q]
+            if node.alive and node.parents[stripe] is SEEDS and len(node.children[stripe]) < self.fanout:
+                return q
+        return SEEDS
+
+    def _place_interior(self, stripe: int) -> tuple[Member, Member | None]:
+        """A parent for a new relay of ``stripe``, and the leaf it displaces there (None: a free slot).
+
+        Relays sit at heap positions: the k-th relay of a stripe hangs below relay (k - 1) //
+        fanout, so relays form a ``fanout``-ary tree ``log_fanout(N / stripes)`` deep. If that
+        parent is full, the new relay takes a leaf's slot and the leaf hangs below the new relay.
+        Without this, with ``fanout`` = ``stripes`` (every slot needed), each relay would fill with
+        the next members, the next relay among them: a chain N / stripes deep.
+        """
+        heap = self._heap[stripe]
+        parent = heap[(len(heap) - 1) // self.fanout]
+        node = self._nodes[parent]
+        if not node.alive:
+            return self._place(stripe), None
+        children = node.children[stripe]
+        if len(children) < self.fanout:
+            return parent, None
+        leaves = [c for c in children if self._nodes[c].home != stripe]
+        return parent, (max(leaves, key=lambda c: self._nodes[c].index) if leaves else None)
+
+    def _move(self, member: Member, stripe: int, parent: Member, moves: list[Move]) -> None:
+        old = self._nodes[member].parents[stripe]
+        if old is not SEEDS:
+            self._nodes[old].children[stripe].discard(member)
+        self._attach(member, stripe, parent)
+        moves.append((member, stripe, parent))
+
+    def _attach(self, member: Member, stripe: int, parent: Member | None) -> None:
+        node = self._nodes[member]
+        node.parents[stripe] = parent
+        if parent is SEEDS:
+            if stripe != node.home or self._interiors[stripe]:
+                self._on_seeds[stripe].append(member)
+        else:
+            self._nodes[parent].children[stripe].add(member)
+
+    def _reopen(self, member: Member, stripe: int) -> None:
+        node = self._nodes[member]
+        if node.alive and node.home == stripe and len(node.children[stripe]) < self.fanout \
+                and (member, stripe) not in self._is_open:
+            self._open[stripe].append(member)
+            self._is_open.add((member, stripe))

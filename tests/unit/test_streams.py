@@ -1,0 +1,133 @@
+"""scheduler/streams.py: stripe trees built as members join, and re-parented as they leave."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import random
+
+import pytest
+
+import scheduler.streams as streams
+from scheduler.streams import SEEDS, StripeTrees
+
+
+def burst(n: int, stripes: int, fanout: int) -> StripeTrees:
+    trees = StripeTrees(stripes, fanout)
+    for m in range(n):
+        trees.join(m)
+    return trees
+
+
+def live(trees: StripeTrees, n: int) -> list[int]:
+    return [m for m in range(n) if trees._nodes[m].alive]
+
+
+def check_trees(trees: StripeTrees, members: list[int]) -> None:
+    """Every live member reaches the seeds in every stripe through live members, without a cycle;
+    each stripe is sent by the seeds once."""
+    for s in range(trees.stripes):
+        roots = [m for m in members if trees.parent(m, s) is SEEDS]
+        assert len(roots) == 1, f"stripe {s}: the seeds feed {roots}"
+        for m in members:
+            seen, node = set(), m
+            while trees.parent(node, s) is not SEEDS:
+                assert node not in seen, f"stripe {s}: a cycle through {node}"
+                seen.add(node)
+                node = trees.parent(node, s)
+                assert trees._nodes[node].alive, f"stripe {s}: {m} hangs below {node}, which left"
+            for c in trees.children(m, s):
+                assert trees.parent(c, s) == m
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 16, 64, 300])
+@pytest.mark.parametrize("stripes, fanout", [(8, 8), (4, 4), (3, 2)])
+def test_a_burst_of_joins_makes_one_tree_per_stripe_fed_once_by_the_seeds(n, stripes, fanout):
+    trees = burst(n, stripes, fanout)
+    check_trees(trees, list(range(n)))
+
+
+@pytest.mark.parametrize("n", [8, 64, 512])
+def test_trees_are_shallow_and_every_member_uploads_about_one_model(n):
+    stripes = fanout = 8
+    trees = burst(n, stripes, fanout)
+    depth = 0
+    for s in range(stripes):
+        for m in range(n):
+            d, node = 0, m
+            while trees.parent(node, s) is not SEEDS:
+                node, d = trees.parent(node, s), d + 1
+            depth = max(depth, d)
+    assert depth <= math.ceil(math.log(max(n / stripes, 1), fanout)) + 1
+    # A member relays its home stripe to at most `fanout` children: one model's worth of upload
+    # (fanout / stripes), and nothing of the other stripes.
+    for m in range(n):
+        per_stripe = [len(trees.children(m, s)) for s in range(stripes)]
+        assert max(per_stripe) <= fanout
+        assert sum(per_stripe) == per_stripe[trees.home(m)]
+
+
+def test_fewer_members_than_stripes_still_take_each_stripe_once_from_the_seeds():
+    trees = burst(2, 8, 8)
+    assert [trees.parent(1, s) for s in range(8)] == [0, SEEDS, 0, 0, 0, 0, 0, 0]
+    assert [trees.parent(0, s) for s in range(8)] == [SEEDS, 1, SEEDS, SEEDS, SEEDS, SEEDS, SEEDS, SEEDS]
+
+
+def test_the_home_stripes_first_interior_adopts_what_a_stand_in_relayed():
+    trees = StripeTrees(stripes=4, fanout=4)
+    moves = [trees.join(m) for m in range(4)]
+    # Member 3 roots stripe 3, which member 0 stood in for (relaying it to 1 and 2): all three move under 3.
+    assert moves[3] == [(3, 0, 0), (3, 1, 1), (3, 2, 2), (3, 3, SEEDS), (0, 3, 3), (1, 3, 3), (2, 3, 3)]
+    assert trees.children(0, 3) == set()
+
+
+@pytest.mark.parametrize("rng_seed", range(6))
+def test_members_leaving_at_random_are_re_parented_without_cycles_or_going_back(rng_seed):
+    rng = random.Random(rng_seed)
+    n, stripes, fanout = 200, 8, 8
+    trees = burst(n, stripes, fanout)
+    progress = {(m, s): rng.randrange(100) for m in range(n) for s in range(stripes)}
+    decisions = 0
+    for victim in rng.sample(range(n), 20):
+        for child, s in trees.leave(victim):
+            before = progress[child, s]
+            member, stripe, parent = trees.reparent(child, s, lambda m, st: progress[m, st])
+            decisions += 1
+            assert (member, stripe) == (child, s)
+            assert parent is SEEDS or progress[parent, s] >= before, "a new parent must not be behind"
+    for s in range(stripes):  # the seeds feed a stripe to its root and to orphans nobody could take
+        for m in live(trees, n):
+            seen, node = set(), m
+            while trees.parent(node, s) is not SEEDS:
+                assert node not in seen
+                seen.add(node)
+                node = trees.parent(node, s)
+                assert trees._nodes[node].alive
+    assert decisions > 0
+
+
+def test_a_root_that_leaves_is_replaced_from_below():
+    trees = burst(16, 4, 4)
+    root = next(m for m in range(16) if trees.parent(m, 0) is SEEDS)
+    orphans = trees.leave(root)
+    moves = [trees.reparent(c, s, lambda m, st: 0) for c, s in orphans]
+    stripe0 = [p for (c, s, p) in moves if s == 0]
+    assert stripe0.count(SEEDS) == 1  # one orphan becomes the new root; the rest hang below it
+    check_trees(trees, live(trees, 16))
+
+
+def test_leaving_twice_or_unknown_is_a_no_op_and_joining_twice_is_refused():
+    trees = burst(3, 2, 2)
+    assert trees.leave(0) and trees.leave(0) == [] and trees.leave("nobody") == []
+    with pytest.raises(ValueError, match="member 1 has already joined"):
+        trees.join(1)
+
+
+@pytest.mark.parametrize("args", [(0, 8), (8, 0), (8, 8, 0)])
+def test_bad_sizes_are_refused(args):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        StripeTrees(*args)
+
+
+def test_doctests():
+    assert doctest.testmod(streams).failed == 0

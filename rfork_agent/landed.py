@@ -1,38 +1,42 @@
 """An instance's landed map (registered memory) and a stream reader that follows a parent's map.
 
-The layout is :mod:`rfork_api.landed`'s. :class:`LandedMap` is this instance's map:
-``mark`` a chunk only once every byte of it is in place, because a reader that sees the
-byte reads the chunk at once. :func:`follow` reads one :class:`~rfork_api.landed.Stream`:
-it reads the parent's map into a registered scratch map, reads the chunks of the stream
-the parent has landed and this instance has not (``batch_chunks`` at a time), marks them
-in this instance's map (so its own children can read them on), and polls again, backing
-off while the parent lands nothing. It returns when every chunk of the stream is marked
-here; it raises :class:`ParentLost` when a read from the parent fails (the parent died or
-withdrew: ask for another parent) and :class:`ParentStalled` when the parent landed
-nothing of the stream for ``stall_seconds``.
+The layout is :mod:`rfork_api.landed`'s: a header, the instance's tensor addresses, and a
+byte per chunk. :class:`LandedMap` is this instance's map: ``mark`` a chunk only once every
+byte of it is in place, because a reader that sees the byte reads the chunk at once.
+:func:`follow` reads one :class:`~rfork_api.landed.Stream`: it reads the parent's header
+and tensor addresses once, then its landed bytes, reads the chunks of the stream the parent
+has landed and this instance has not (``batch_chunks`` at a time, their reads built from the
+chunk plan, which every member of a swarm shares), marks them in this instance's map (so
+its own children can read them on), and polls again, backing off while the parent lands
+nothing. It returns when every chunk of the stream is marked here; it raises
+:class:`ParentLost` when a read from the parent fails (the parent died or withdrew: ask for
+another parent), :class:`ParentStalled` when the parent landed nothing of the stream for
+``stall_seconds``, and :class:`NotTheSamePlan` when the parent's map is not one of the
+same chunk plan.
 
-Not yet used by ``rfork fork``: the scheduler's side (stream assignments, stripe trees,
-re-parenting; docs/fleet.md "Streams") comes next.
+Not yet used by ``rfork fork``: the scheduler's side (stream assignments, the stripe trees
+of scheduler/streams.py in its swarm; docs/fleet.md "Streams") comes next.
 
-    >>> with LandedMap(transport, num_chunks=1348) as mine:
-    ...     await follow(transport, Stream(parent_ref, 0, 168), reads_for, mine)
+    >>> with LandedMap(transport, len(plan), manifest) as mine:
+    ...     await follow(transport, Stream(parent_ref, 0, 168), plan, manifest, mine)
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import struct
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
-from rfork_api.landed import LANDED, LandedMapRef, Stream, landed_in
+from rfork_api.chunking import Chunk
+from rfork_api.landed import (HEADER_BYTES, LANDED, LandedMapRef, NotALandedMap, Stream, landed_in, landed_offset,
+                              pack_header, parse_header, region_bytes)
+from rfork_api.manifest import Manifest
 from rfork_agent.transport import ReadFailed, Transport, read
 
-__all__ = ["LandedMap", "StreamError", "ParentLost", "ParentStalled", "FollowOptions", "follow"]
-
-ChunkReads = Callable[[Sequence[int]], tuple[Sequence[int], Sequence[int], Sequence[int]]]
-"""(destination pointers, the parent's source pointers, lengths) that copy these chunks from the parent."""
+__all__ = ["LandedMap", "StreamError", "ParentLost", "ParentStalled", "NotTheSamePlan", "FollowOptions", "follow"]
 
 
 class StreamError(RuntimeError):
@@ -47,50 +51,74 @@ class ParentStalled(StreamError):
     """The parent landed none of the stream's remaining chunks for ``stall_seconds``."""
 
 
-class LandedMap:
-    """This instance's landed map: ``num_chunks`` bytes, registered with ``transport`` for readers.
+class NotTheSamePlan(StreamError):
+    """The parent's map is not of this instance's chunk plan (another model, rank or chunk size)."""
 
-    Plain host memory (ctypes), zeroed: every chunk starts not landed. ``close`` (or the
-    ``with`` block's end) unregisters it; readers that still read it then fail, as they do
-    when the instance is gone.
-    """
 
-    def __init__(self, transport: Transport, num_chunks: int) -> None:
-        if num_chunks <= 0:
-            raise ValueError(f"a landed map needs at least one chunk, got {num_chunks}")
+def _tensor_addresses(manifest: Manifest) -> list[int]:
+    index, values = manifest.pointer_table()
+    return [values[index[name]] for name in manifest.names]
+
+
+class _Registered:
+    """A zeroed host buffer registered with ``transport`` while open (ctypes: its address is stable)."""
+
+    def __init__(self, transport: Transport, nbytes: int) -> None:
         self._transport = transport
-        self._buffer = (ctypes.c_uint8 * num_chunks)()
-        self.num_chunks = num_chunks
-        self.ptr = ctypes.addressof(self._buffer)
-        transport.register(self.ptr, num_chunks)
+        self.buffer = (ctypes.c_uint8 * nbytes)()
+        self.ptr = ctypes.addressof(self.buffer)
+        self.nbytes = nbytes
+        transport.register(self.ptr, nbytes)
         self._registered = True
-
-    def mark(self, chunk_ids: Iterable[int]) -> None:
-        """Mark these chunks landed. Call only once every byte of each is in place."""
-        buffer = self._buffer
-        for c in chunk_ids:
-            buffer[c] = LANDED
-
-    def is_landed(self, chunk_id: int) -> bool:
-        return self._buffer[chunk_id] == LANDED
-
-    def snapshot(self) -> bytes:
-        return bytes(self._buffer)
-
-    def ref(self, session_id: str) -> LandedMapRef:
-        """Where readers find this map, given this instance's TransferEngine session."""
-        return LandedMapRef(session_id=session_id, ptr=self.ptr, num_chunks=self.num_chunks)
 
     def close(self) -> None:
         if self._registered:
             self._registered = False
             self._transport.unregister(self.ptr)
 
-    def __enter__(self) -> "LandedMap":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LandedMap(_Registered):
+    """This instance's landed map: header, tensor addresses (``manifest``'s, in its order), a byte per chunk.
+
+    Registered with ``transport`` for readers while open; ``close`` (or the ``with``
+    block's end) unregisters it, and readers that still read it then fail, as they do
+    when the instance is gone. Every chunk starts not landed.
+    """
+
+    def __init__(self, transport: Transport, num_chunks: int, manifest: Manifest) -> None:
+        if num_chunks <= 0 or len(manifest) == 0:
+            raise ValueError(f"a landed map needs at least one chunk and one tensor, got {num_chunks} chunks "
+                             f"and {len(manifest)} tensors")
+        self.num_chunks, self.num_tensors = num_chunks, len(manifest)
+        super().__init__(transport, region_bytes(num_chunks, self.num_tensors))
+        view = memoryview(self.buffer).cast("B")
+        view[:HEADER_BYTES] = pack_header(num_chunks, self.num_tensors)
+        struct.pack_into(f"<{self.num_tensors}Q", view, HEADER_BYTES, *_tensor_addresses(manifest))
+        self._landed_at = landed_offset(self.num_tensors)
+
+    def mark(self, chunk_ids: Sequence[int]) -> None:
+        """Mark these chunks landed. Call only once every byte of each is in place."""
+        buffer, at = self.buffer, self._landed_at
+        for c in chunk_ids:
+            buffer[at + c] = LANDED
+
+    def is_landed(self, chunk_id: int) -> bool:
+        return self.buffer[self._landed_at + chunk_id] == LANDED
+
+    def snapshot(self) -> bytes:
+        """The landed bytes, one per chunk."""
+        return bytes(self.buffer[self._landed_at:])
+
+    def ref(self, session_id: str) -> LandedMapRef:
+        """Where readers find this map, given this instance's TransferEngine session."""
+        return LandedMapRef(session_id=session_id, ptr=self.ptr, num_chunks=self.num_chunks,
+                            num_tensors=self.num_tensors)
 
 
 @dataclass(frozen=True)
@@ -116,27 +144,58 @@ class FollowOptions:
             raise ValueError("read_timeout_seconds and stall_seconds must be > 0")
 
 
-async def follow(transport: Transport, stream: Stream, reads_for: ChunkReads, mine: LandedMap,
+async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], manifest: Manifest, mine: LandedMap,
                  options: FollowOptions = FollowOptions(),
                  clock: Callable[[], float] = time.monotonic) -> int:
     """Read every chunk of ``stream`` not yet landed in ``mine`` from the parent, as the parent lands it.
 
-    Returns how many chunks it read. ``mine`` must have the parent's number of chunks (same
-    model, rank and chunk plan); chunks already marked in it (landed from elsewhere) are skipped.
+    ``plan`` is this instance's chunk plan (``rfork_api.chunking.plan_chunks`` of ``manifest``,
+    its own tensors, at the swarm's chunk size); ``mine`` its landed map. Returns how many
+    chunks it read; chunks already marked in ``mine`` (landed from elsewhere) are skipped.
     """
     parent = stream.parent
-    if mine.num_chunks != parent.num_chunks:
-        raise ValueError(f"this instance's landed map has {mine.num_chunks} chunks and the parent's "
-                         f"{parent.num_chunks}: not the same chunk plan")
+    if not mine.num_chunks == parent.num_chunks == len(plan) or parent.num_tensors != len(manifest):
+        raise NotTheSamePlan(
+            f"stream from parent {parent.session_id}: its map has {parent.num_chunks} chunks of "
+            f"{parent.num_tensors} tensors, this instance {len(plan)} chunks of {len(manifest)} tensors "
+            f"(its map: {mine.num_chunks}); a parent must be of the same model, rank and chunk size")
     left = [c for c in stream.chunks if not mine.is_landed(c)]
+    if not left:
+        return 0
+    with _Registered(transport, landed_offset(parent.num_tensors)) as head:
+        await _read_from(transport, stream, [head.ptr], [parent.ptr], [head.nbytes], options,
+                         "its landed map's header and tensor addresses")
+        where = f"stream from parent {parent.session_id} at {parent.ptr:#x}"
+        try:
+            counts = parse_header(bytes(head.buffer[:HEADER_BYTES]), where)
+        except NotALandedMap as exc:
+            raise NotTheSamePlan(str(exc)) from None
+        if counts != (parent.num_chunks, parent.num_tensors):
+            raise NotTheSamePlan(f"{where}: its map says {counts[0]} chunks of {counts[1]} tensors, the stream "
+                                 f"{parent.num_chunks} of {parent.num_tensors}")
+        theirs = struct.unpack_from(f"<{parent.num_tensors}Q", head.buffer, HEADER_BYTES)
+    ours = _tensor_addresses(manifest)
+    position = {name: i for i, name in enumerate(manifest.names)}
+
+    def reads_for(chunk_ids: list[int]) -> tuple[list[int], list[int], list[int]]:
+        dst, src, lengths = [], [], []
+        for c in chunk_ids:
+            for name, offset, length in plan[c].segments:
+                i = position[name]
+                dst.append(ours[i] + offset)
+                src.append(theirs[i] + offset)
+                lengths.append(length)
+        return dst, src, lengths
+
     read_count = 0
     poll = options.poll_min_seconds
     last_progress = clock()
-    with LandedMap(transport, parent.num_chunks) as theirs:
+    landed_ptr = parent.ptr + landed_offset(parent.num_tensors)
+    with _Registered(transport, parent.num_chunks) as landed:
         while left:
-            await _read_from(transport, stream, [theirs.ptr], [parent.ptr], [parent.num_chunks], options,
+            await _read_from(transport, stream, [landed.ptr], [landed_ptr], [parent.num_chunks], options,
                              f"its landed map ({len(left)} chunks of the stream left)")
-            ready = landed_in(theirs.snapshot(), left)
+            ready = landed_in(bytes(landed.buffer), left)
             if not ready:
                 if clock() - last_progress > options.stall_seconds:
                     raise ParentStalled(

@@ -1,45 +1,97 @@
-"""The landed map: which of a loading instance's chunks are in place, readable by other instances.
+"""The landed map: which of a loading instance's chunks are in place, and where its tensors are.
 
 The first piece of the stream data path (docs/fleet.md, "Streams"): instead of the
 scheduler handing a reader each chunk a peer reported landed, a reader follows its
 parent by reading the parent's landed map over TransferEngine, one-sided, like the
 chunks themselves, and then reads the chunks the map says are there. The map is then
-the parent's report that a chunk landed.
+the parent's report that a chunk landed. It also carries the parent's tensor
+addresses, so the reader builds its reads from the chunk plan (rfork_api/chunking.py,
+the same on every member of a swarm) without the scheduler sending any.
 
-Layout, the same at both ends: ``num_chunks`` bytes in memory the parent registered
-with its TransferEngine; byte ``c`` is :data:`LANDED` once every byte of chunk ``c``
-is in the parent's memory, :data:`NOT_LANDED` before. A byte per chunk, not a bit: the
-parent sets it with one store of its own and a reader can never see half of another
-chunk's update. A byte never goes back to :data:`NOT_LANDED`: what landed stays (the
-parent serves until it withdraws, and then it stops answering reads altogether).
+Layout, the same at both ends, in memory the parent registered with its TransferEngine
+(little-endian)::
 
-    >>> ref = LandedMapRef(session_id="10.0.0.7:15933", ptr=0x7f00_0000_1000, num_chunks=8)
+    magic b"RFLM" | version u32 | num_chunks u32 | num_tensors u32     (HEADER_BYTES)
+    tensor addresses, u64 x num_tensors, in manifest order           (written once)
+    landed bytes, u8 x num_chunks                                     (LANDED once in place)
+
+Byte ``c`` of the landed bytes is :data:`LANDED` once every byte of chunk ``c`` is in
+the parent's memory, :data:`NOT_LANDED` before. A byte per chunk, not a bit: the parent
+sets it with one store of its own and a reader never sees half of another chunk's update.
+A byte never goes back: what landed stays (the parent serves until it withdraws, and then
+it stops answering reads altogether).
+
+    >>> header = pack_header(num_chunks=8, num_tensors=3)
+    >>> len(header), parse_header(header, where="a test")
+    (16, (8, 3))
+    >>> landed_offset(3), region_bytes(8, 3)
+    (40, 48)
     >>> landed_in(bytes([1, 1, 0, 1, 0, 0, 1, 1]), range(2, 7))
     [3, 6]
+    >>> ref = LandedMapRef(session_id="10.0.0.7:15933", ptr=0x7f00_0000_1000, num_chunks=8, num_tensors=3)
     >>> Stream(parent=ref, first_chunk=4, end_chunk=8).chunks
     range(4, 8)
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["LANDED", "NOT_LANDED", "LandedMapRef", "Stream", "landed_in"]
+__all__ = ["LANDED", "NOT_LANDED", "HEADER_BYTES", "LandedMapRef", "Stream", "NotALandedMap", "pack_header",
+           "parse_header", "landed_offset", "region_bytes", "landed_in"]
 
 LANDED = 1
 NOT_LANDED = 0
+MAGIC = b"RFLM"
+VERSION = 1
+_HEADER = struct.Struct("<4sIII")
+HEADER_BYTES = _HEADER.size
 MAX_CHUNKS = 1 << 24
 """A rank of 16 million chunks (1 TiB in 64 KiB chunks) is a mistake, not a model: refused."""
+MAX_TENSORS = 1 << 22
+
+
+class NotALandedMap(ValueError):
+    """What was read where a landed map should be is not one (wrong address, another version)."""
+
+
+def pack_header(num_chunks: int, num_tensors: int) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, num_chunks, num_tensors)
+
+
+def parse_header(data: bytes | bytearray | memoryview, where: str) -> tuple[int, int]:
+    """(num_chunks, num_tensors) of a map's header, or :class:`NotALandedMap` saying what was found."""
+    if len(data) < HEADER_BYTES:
+        raise NotALandedMap(f"{where}: {len(data)} bytes is shorter than a landed map's {HEADER_BYTES}-byte header")
+    magic, version, num_chunks, num_tensors = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise NotALandedMap(f"{where}: no landed map there (it starts {bytes(magic)!r}, not {MAGIC!r}); "
+                            "is the address the parent's landed map?")
+    if version != VERSION:
+        raise NotALandedMap(f"{where}: landed map version {version}, this reader knows {VERSION}; "
+                            "run the same rfork version on parent and reader")
+    return num_chunks, num_tensors
+
+
+def landed_offset(num_tensors: int) -> int:
+    """Where the landed bytes start in a map of ``num_tensors`` tensor addresses."""
+    return HEADER_BYTES + 8 * num_tensors
+
+
+def region_bytes(num_chunks: int, num_tensors: int) -> int:
+    return landed_offset(num_tensors) + num_chunks
 
 
 @dataclass(frozen=True)
 class LandedMapRef:
-    """Where an instance's landed map lives: its TransferEngine session, the map's address, its length."""
+    """Where an instance's landed map lives: its TransferEngine session, the map's address, its sizes."""
 
     session_id: str
     ptr: int
     num_chunks: int
+    num_tensors: int
 
     def __post_init__(self) -> None:
         if not self.session_id:
@@ -49,6 +101,8 @@ class LandedMapRef:
             raise ValueError(f"a landed map's ptr must be a registered address (> 0), got {self.ptr}")
         if not 0 < self.num_chunks <= MAX_CHUNKS:
             raise ValueError(f"a landed map holds 1 to {MAX_CHUNKS} chunks, got {self.num_chunks}")
+        if not 0 < self.num_tensors <= MAX_TENSORS:
+            raise ValueError(f"a landed map lists 1 to {MAX_TENSORS} tensors, got {self.num_tensors}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +124,6 @@ class Stream:
         return range(self.first_chunk, self.end_chunk)
 
 
-def landed_in(landed_map: bytes | bytearray | memoryview, chunks: Iterable[int]) -> list[int]:
-    """The chunks of ``chunks`` that ``landed_map`` (a copy of a map's bytes) shows landed, in order."""
-    return [c for c in chunks if landed_map[c] == LANDED]
+def landed_in(landed: bytes | bytearray | memoryview, chunks: Iterable[int]) -> list[int]:
+    """The chunks of ``chunks`` that ``landed`` (a copy of a map's landed bytes) shows landed, in order."""
+    return [c for c in chunks if landed[c] == LANDED]

@@ -11,45 +11,61 @@ import asyncio
 import ctypes
 import doctest
 import random
+import struct
 
 import pytest
 
 import rfork_api.landed as wire
-from rfork_agent.landed import FollowOptions, LandedMap, ParentLost, ParentStalled, follow
+from rfork_agent.landed import FollowOptions, LandedMap, NotTheSamePlan, ParentLost, ParentStalled, follow
 from rfork_agent.transport import InMemoryFabric, InMemoryTransport
-from rfork_api.landed import LANDED, LandedMapRef, Stream, landed_in
+from rfork_api.chunking import plan_chunks
+from rfork_api.landed import (HEADER_BYTES, LANDED, LandedMapRef, NotALandedMap, Stream, landed_in, landed_offset,
+                              parse_header, region_bytes)
+from rfork_api.manifest import parse_manifest
 
 CHUNK = 4096
-CHUNKS = 32
+# Tensors of one model: some split over chunks, some coalesced into one, one of exactly a chunk.
+SIZES = [10_000, 3_000, 1_000, 500, 20_000, 4_096, 100, 50_000, 7, 30_000]
 FAST = FollowOptions(poll_min_seconds=0.0005, poll_max_seconds=0.005, read_timeout_seconds=5, stall_seconds=5)
 
 
-def pattern(chunk_id: int) -> bytes:
-    return bytes((chunk_id * 31 + i * 7) % 251 for i in range(CHUNK))
+def pattern(tensor: int, offset: int, length: int) -> bytes:
+    return bytes((tensor * 31 + (offset + i) * 7) % 251 for i in range(length))
 
 
 class Instance:
-    """A transport, its weights (zeroed) and its landed map."""
+    """A transport, its weights (zeroed tensors at addresses of its own), its chunk plan and landed map."""
 
     def __init__(self, fabric: InMemoryFabric) -> None:
         self.transport = InMemoryTransport(fabric)
-        self.weights = (ctypes.c_uint8 * (CHUNKS * CHUNK))()
+        self.weights = (ctypes.c_uint8 * (sum(SIZES) + 64 * len(SIZES)))()
         self.base = ctypes.addressof(self.weights)
-        self.transport.register(self.base, CHUNKS * CHUNK)
-        self.map = LandedMap(self.transport, CHUNKS)
+        self.transport.register(self.base, len(self.weights))
+        starts, at = [], 0
+        for size in SIZES:
+            starts.append(at)
+            at += size + 64  # gaps: reads must use each tensor's own address
+        self.starts = starts
+        self.manifest = parse_manifest({f"t{i}": [self.base + starts[i], size, 1] for i, size in enumerate(SIZES)})
+        self.plan = plan_chunks(self.manifest, CHUNK)
+        self.map = LandedMap(self.transport, len(self.plan), self.manifest)
 
     def land(self, chunk_id: int) -> None:
-        ctypes.memmove(self.base + chunk_id * CHUNK, pattern(chunk_id), CHUNK)
+        for name, offset, length in self.plan[chunk_id].segments:
+            i = int(name[1:])
+            ctypes.memmove(self.base + self.starts[i] + offset, pattern(i, offset, length), length)
         self.map.mark([chunk_id])
 
     def chunk(self, chunk_id: int) -> bytes:
-        return bytes(self.weights[chunk_id * CHUNK:(chunk_id + 1) * CHUNK])
+        return b"".join(bytes(self.weights[self.starts[int(n[1:])] + o:self.starts[int(n[1:])] + o + length])
+                        for n, o, length in self.plan[chunk_id].segments)
 
-    def reads_from(self, parent: "Instance"):
-        def reads_for(chunk_ids):
-            return ([self.base + c * CHUNK for c in chunk_ids], [parent.base + c * CHUNK for c in chunk_ids],
-                    [CHUNK] * len(chunk_ids))
-        return reads_for
+    def expected(self, chunk_id: int) -> bytes:
+        return b"".join(pattern(int(n[1:]), o, length) for n, o, length in self.plan[chunk_id].segments)
+
+    def follow(self, parent: "Instance", first: int, end: int, options: FollowOptions = FAST):
+        stream = Stream(parent.map.ref(parent.transport.session_id), first, end)
+        return follow(self.transport, stream, self.plan, self.manifest, self.map, options)
 
 
 @pytest.fixture
@@ -66,54 +82,54 @@ async def land_slowly(parent: Instance, order: list[int], seconds_each: float) -
 
 def test_a_stream_reads_its_chunks_as_the_parent_lands_them_and_marks_them(pair) -> None:
     parent, child = pair
-    order = list(range(CHUNKS))
+    n = len(parent.plan)
+    assert n >= 20 and any(len(c.segments) > 1 for c in parent.plan)  # split and coalesced tensors both
+    order = list(range(n))
     random.Random(1).shuffle(order)
-    stream = Stream(parent.map.ref(parent.transport.session_id), 4, 28)
 
     async def scenario() -> int:
         landing = asyncio.create_task(land_slowly(parent, order, 0.001))
-        count = await follow(child.transport, stream, child.reads_from(parent), child.map, FAST)
+        count = await child.follow(parent, 4, n - 3)
         await landing
         return count
 
-    assert asyncio.run(scenario()) == 24
-    for c in range(CHUNKS):
-        assert child.map.is_landed(c) == (4 <= c < 28)
-        assert child.chunk(c) == (pattern(c) if 4 <= c < 28 else bytes(CHUNK))
+    assert asyncio.run(scenario()) == n - 7
+    for c in range(n):
+        inside = 4 <= c < n - 3
+        assert child.map.is_landed(c) == inside
+        assert child.chunk(c) == (child.expected(c) if inside else bytes(len(child.expected(c))))
 
 
 def test_chunks_already_landed_here_are_not_read_again(pair) -> None:
     parent, child = pair
-    for c in range(CHUNKS):
+    for c in range(len(parent.plan)):
         parent.land(c)
     child.map.mark([5, 6])  # landed from elsewhere (their bytes are not written here: a re-read would)
-    stream = Stream(parent.map.ref(parent.transport.session_id), 4, 8)
-    assert asyncio.run(follow(child.transport, stream, child.reads_from(parent), child.map, FAST)) == 2
-    assert child.chunk(5) == bytes(CHUNK) and child.chunk(4) == pattern(4) and child.chunk(7) == pattern(7)
+    assert asyncio.run(child.follow(parent, 4, 8)) == 2
+    assert child.chunk(5) == bytes(len(child.expected(5)))
+    assert child.chunk(4) == child.expected(4) and child.chunk(7) == child.expected(7)
 
 
 def test_a_child_can_follow_a_parent_that_is_itself_following(pair) -> None:
-    """A chain seed-side parent -> relay -> leaf: the relay's marks are what the leaf follows."""
+    """A chain parent -> relay -> leaf: the relay's marks are what the leaf follows."""
     parent, relay = pair
     leaf = Instance(parent.transport.fabric)
-    stream_of = lambda src: Stream(src.map.ref(src.transport.session_id), 0, CHUNKS)  # noqa: E731
+    n = len(parent.plan)
 
     async def scenario() -> None:
-        landing = asyncio.create_task(land_slowly(parent, list(range(CHUNKS)), 0.001))
-        await asyncio.gather(
-            follow(relay.transport, stream_of(parent), relay.reads_from(parent), relay.map, FAST),
-            follow(leaf.transport, stream_of(relay), leaf.reads_from(relay), leaf.map, FAST))
+        landing = asyncio.create_task(land_slowly(parent, list(range(n)), 0.001))
+        await asyncio.gather(relay.follow(parent, 0, n), leaf.follow(relay, 0, n))
         await landing
 
     asyncio.run(scenario())
-    assert all(leaf.chunk(c) == pattern(c) for c in range(CHUNKS))
+    assert all(leaf.chunk(c) == leaf.expected(c) for c in range(n))
 
 
 def test_a_parent_that_goes_away_is_reported_lost(pair) -> None:
     parent, child = pair
     for c in range(10):
         parent.land(c)
-    stream = Stream(parent.map.ref(parent.transport.session_id), 0, CHUNKS)
+    n = len(parent.plan)
 
     async def scenario() -> None:
         async def die_soon() -> None:
@@ -122,11 +138,11 @@ def test_a_parent_that_goes_away_is_reported_lost(pair) -> None:
             parent.transport.close()  # reads from it now fail, as from a killed process
         killer = asyncio.create_task(die_soon())
         try:
-            await follow(child.transport, stream, child.reads_from(parent), child.map, FAST)
+            await child.follow(parent, 0, n)
         finally:
             await killer
 
-    with pytest.raises(ParentLost, match=r"stream \[0, 32\) from parent inmem:\d+: reading its landed map"):
+    with pytest.raises(ParentLost, match=rf"stream \[0, {n}\) from parent inmem:\d+: reading its landed map"):
         asyncio.run(scenario())
     assert all(child.map.is_landed(c) for c in range(10))  # what it read before stays read
 
@@ -135,26 +151,31 @@ def test_a_parent_that_lands_nothing_more_is_reported_stalled(pair) -> None:
     parent, child = pair
     for c in range(3):
         parent.land(c)
-    stream = Stream(parent.map.ref(parent.transport.session_id), 0, 8)
     options = FollowOptions(poll_min_seconds=0.001, poll_max_seconds=0.01, stall_seconds=0.1)
     with pytest.raises(ParentStalled, match="landed none of the 5 chunks left of stream \\[0, 8\\) for 0.1 s"):
-        asyncio.run(follow(child.transport, stream, child.reads_from(parent), child.map, options))
+        asyncio.run(child.follow(parent, 0, 8, options))
 
 
-def test_a_stream_of_another_chunk_plan_is_refused(pair) -> None:
+def test_a_parent_of_another_plan_or_no_map_at_all_is_refused(pair) -> None:
     parent, child = pair
-    stream = Stream(LandedMapRef(parent.transport.session_id, parent.map.ptr, CHUNKS + 1), 0, 4)
-    with pytest.raises(ValueError, match="33 chunks.*32|32 chunks and the parent's 33"):
-        asyncio.run(follow(child.transport, stream, child.reads_from(parent), child.map, FAST))
+    n, t = len(parent.plan), len(parent.manifest)
+    session = parent.transport.session_id
+    other_plan = Stream(LandedMapRef(session, parent.map.ptr, n + 1, t), 0, 4)
+    with pytest.raises(NotTheSamePlan, match=f"its map has {n + 1} chunks of {t} tensors, this instance {n} chunks"):
+        asyncio.run(follow(child.transport, other_plan, child.plan, child.manifest, child.map, FAST))
+    not_a_map = Stream(LandedMapRef(session, parent.base, n, t), 0, 4)  # the parent's weights, not its map
+    with pytest.raises(NotTheSamePlan, match="no landed map there"):
+        asyncio.run(follow(child.transport, not_a_map, child.plan, child.manifest, child.map, FAST))
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: LandedMapRef("", 4096, 8), "session_id is empty"),
-    (lambda: LandedMapRef("h:1", 0, 8), "registered address"),
-    (lambda: LandedMapRef("h:1", 4096, 0), "1 to 16777216 chunks"),
-    (lambda: Stream(LandedMapRef("h:1", 4096, 8), 4, 4), r"\[4, 4\) are not a non-empty range"),
-    (lambda: Stream(LandedMapRef("h:1", 4096, 8), 2, 9), "inside the parent's 8 chunks"),
-    (lambda: Stream(LandedMapRef("h:1", 4096, 8), -1, 3), "not a non-empty range"),
+    (lambda: LandedMapRef("", 4096, 8, 2), "session_id is empty"),
+    (lambda: LandedMapRef("h:1", 0, 8, 2), "registered address"),
+    (lambda: LandedMapRef("h:1", 4096, 0, 2), "1 to 16777216 chunks"),
+    (lambda: LandedMapRef("h:1", 4096, 8, 0), "1 to 4194304 tensors"),
+    (lambda: Stream(LandedMapRef("h:1", 4096, 8, 2), 4, 4), r"\[4, 4\) are not a non-empty range"),
+    (lambda: Stream(LandedMapRef("h:1", 4096, 8, 2), 2, 9), "inside the parent's 8 chunks"),
+    (lambda: Stream(LandedMapRef("h:1", 4096, 8, 2), -1, 3), "not a non-empty range"),
     (lambda: FollowOptions(batch_chunks=0), "batch_chunks must be at least 1"),
     (lambda: FollowOptions(poll_min_seconds=0.1, poll_max_seconds=0.01), "poll_min_seconds <= poll_max_seconds"),
     (lambda: FollowOptions(stall_seconds=0), "must be > 0"),
@@ -164,16 +185,30 @@ def test_bad_stream_inputs_say_what_is_wrong(build, message) -> None:
         build()
 
 
-def test_a_map_is_registered_while_open_and_unregistered_after() -> None:
+def test_a_map_holds_its_header_and_tensor_addresses_and_is_registered_while_open() -> None:
     transport = InMemoryTransport(InMemoryFabric())
-    with LandedMap(transport, 16) as landed:
-        assert transport.regions == {landed.ptr: 16}
+    manifest = parse_manifest({"a": [0x1000, 8, 2], "b": [0x9000, 4, 4]})
+    with LandedMap(transport, 16, manifest) as landed:
+        assert transport.regions == {landed.ptr: region_bytes(16, 2)}
+        raw = bytes(landed.buffer)
+        assert parse_header(raw, "test") == (16, 2)
+        assert struct.unpack_from("<2Q", raw, HEADER_BYTES) == (0x1000, 0x9000)
         landed.mark([3, 15])
         assert landed_in(landed.snapshot(), range(16)) == [3, 15]
-        assert landed.snapshot()[3] == LANDED
+        assert landed.snapshot()[3] == LANDED and raw[landed_offset(2):] == bytes(16)
     assert transport.regions == {}
-    with pytest.raises(ValueError, match="at least one chunk"):
-        LandedMap(transport, 0)
+    with pytest.raises(ValueError, match="at least one chunk and one tensor"):
+        LandedMap(transport, 0, manifest)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"RFLM", "shorter than a landed map's 16-byte header"),
+    (b"XXXX" + bytes(12), "no landed map there"),
+    (b"RFLM" + struct.pack("<III", 2, 8, 1), "landed map version 2, this reader knows 1"),
+])
+def test_a_header_that_is_not_a_map_says_what_was_found(data, message) -> None:
+    with pytest.raises(NotALandedMap, match=message):
+        parse_header(data, "parent 10.0.0.7:1")
 
 
 def test_doctests() -> None:

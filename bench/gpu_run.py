@@ -10,7 +10,9 @@ uncapped 1-seed fork, seeds and client on different GPUs when two are
 visible, and `rfork bench qos --plant gpu-decode` (the oracle once, then
 ``--qos-runs`` throttled runs) with the seeds' decode load on the GPU; and,
 asked for by name (part ``fleet``), `rfork bench fleet` with GPU-resident
-weights: one seed and N clients as processes sharing the GPU.
+weights: one seed and N clients as processes sharing the GPU; and (part
+``stream``) bench.stream_chain with every member's weights on the GPU
+(gpu-stream-chain-*.json).
 
 Results go to ``--out`` (gpu-fork.json, gpu-fork.png, gpu-qos.json,
 gpu-qos.png); JSON is rewritten after every scenario, so a run cut short
@@ -180,6 +182,28 @@ def run_fleet_part(args, env: dict, started: float) -> list[dict]:
     return reports
 
 
+STREAM_PLAN = [  # (stem, hops, size, chunk size, the head's landing rate)
+    ("gpu-stream-chain-unpaced", 3, "1GiB", "16MiB", "unlimited"),
+    ("gpu-stream-chain-paced", 6, "1GiB", "16MiB", "1GB/s"),
+]
+
+
+def run_stream_part(args, started: float) -> list[str]:
+    """bench.stream_chain with every member's weights on the GPU: stream readers following GPU-resident parents."""
+    from bench import stream_chain
+
+    lines = []
+    for stem, hops, size, chunk, rate in STREAM_PLAN:
+        if time.monotonic() - started > args.budget_seconds:
+            print(f"SKIP  stream {stem} (budget)", flush=True)
+            continue
+        path = os.path.join(args.out, f"{stem}.json")
+        rc = stream_chain.main(["--hops", str(hops), "--size", size, "--chunk-size", chunk, "--land-rate", rate,
+                                "--device", args.device, "--json", path])
+        lines.append(f"stream {stem}: {'every hop verified' if rc == 0 else f'FAILED (exit {rc})'}")
+    return lines
+
+
 def plot_fork(report: dict, path: str) -> None:
     """Throughput of every fork scenario (median run), with SGLang's single batch read beside the 1-seed ones."""
     import matplotlib
@@ -226,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_run", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for gpu-*.json and gpu-*.png")
     p.add_argument("--parts", default="fork,cpu,big,split,qos",
-                   help="comma list of parts: fork, cpu, big, split, qos, fleet (default all but fleet)")
+                   help="comma list of parts: fork, cpu, big, split, qos, fleet, stream (default all but fleet "
+                        "and stream)")
     p.add_argument("--device", default="cuda", help="device of seeds and client (default cuda)")
     p.add_argument("--size", default="600MiB", help="model size of the fork scenarios (default 600MiB, as on CPU)")
     p.add_argument("--big-size", default="2GiB", help="model size of the larger uncapped 1-seed fork (default 2GiB)")
@@ -262,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     if "qos" in parts:  # first: the longest part, and its JSON is written only when it ends
         run_qos_part(args, env, started)
+    if "stream" in parts:
+        summary.extend(run_stream_part(args, started))
     if "fleet" in parts:
         for report in run_fleet_part(args, env, started):
             summary.extend(report["lines"])

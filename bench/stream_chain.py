@@ -11,6 +11,8 @@ hop checks its bytes. The report is when each hop had the whole model, after
 the head started landing: with streams a hop should finish about one read batch
 after its parent, whatever the depth, rather than a whole model behind.
 Over TCP on loopback here, RDMA in production: the same TransferEngine calls.
+``--device cuda`` keeps every member's weights in GPU memory (the maps stay in host
+memory): the head then waits for its GPU copies before it marks a chunk.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _member(args: argparse.Namespace) -> int:
     from rfork_api.manifest import parse_manifest
 
     sizes = _model(args.size, args.tensors)
-    weights = torch.zeros(args.size, dtype=torch.uint8)
+    weights = torch.zeros(args.size, dtype=torch.uint8, device=args.device)
     base, starts = weights.data_ptr(), [sum(sizes[:i]) for i in range(len(sizes))]
     manifest = parse_manifest({f"t{i}": [base + starts[i], n, 1] for i, n in enumerate(sizes)})
     plan = plan_chunks(manifest, args.chunk_size)
@@ -56,7 +58,9 @@ def _member(args: argparse.Namespace) -> int:
                       "tensors": len(sizes)}), flush=True)
     order = json.loads(sys.stdin.readline())  # {"go": wall time} or {"parent": ref, "go": ...}
     # byte i is i % 251, built in bytes (an int64 arange of the model would be 8x its size per process)
-    full = torch.arange(PATTERN_MOD, dtype=torch.uint8).repeat(args.size // PATTERN_MOD + 1)[:args.size]
+    full = torch.arange(PATTERN_MOD, dtype=torch.uint8, device=args.device).repeat(
+        args.size // PATTERN_MOD + 1)[:args.size]
+    on_gpu = weights.is_cuda
     while time.time() < order["go"]:
         time.sleep(0.0005)
     started = time.time()
@@ -67,6 +71,8 @@ def _member(args: argparse.Namespace) -> int:
                 at = starts[int(name[1:])] + offset
                 weights[at:at + length] = full[at:at + length]
                 landed_bytes += length
+            if on_gpu:
+                torch.cuda.synchronize()  # a GPU copy is queued, not done: the map may say so only once it is
             landed.mark([c])
             if args.land_rate:  # pace: chunk c is in place no sooner than its bytes at the rate
                 ahead = started + landed_bytes / args.land_rate - time.time()
@@ -87,6 +93,7 @@ def _member(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     common = ["--size", str(args.size), "--chunk-size", str(args.chunk_size), "--tensors", str(args.tensors),
+              "--device", args.device,
               "--batch-chunks", str(args.batch_chunks), "--land-rate", str(args.land_rate or 0)]
     roles = ["head"] + ["follower"] * args.hops
     logs = [tempfile.TemporaryFile(mode="w+") for _ in roles]  # TransferEngine's chatter; shown if one fails
@@ -133,7 +140,8 @@ def run(args: argparse.Namespace) -> dict:
         hops.append({"hop": k, "seconds_after_head_started": seconds,
                      "seconds_behind_parent": r["done_at"] - results[k - 1]["done_at"],
                      "verified": r["verified"]})
-    return {"size_bytes": args.size, "chunk_size_bytes": args.chunk_size, "chunks": refs[0]["chunks"],
+    return {"device": args.device, "size_bytes": args.size, "chunk_size_bytes": args.chunk_size,
+            "chunks": refs[0]["chunks"],
             "tensors": refs[0]["tensors"], "batch_chunks": args.batch_chunks, "land_rate_bytes_per_second":
             args.land_rate or None, "head_landing_seconds": head_seconds, "hops": hops,
             "every_hop_verified": all(h["verified"] for h in hops)}
@@ -148,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-chunks", type=int, default=8, help="chunks per read from a parent (default 8)")
     p.add_argument("--land-rate", default="200MB/s",
                    help="how fast the head lands the model (default 200MB/s; 'unlimited' for memcpy speed)")
+    p.add_argument("--device", default="cpu",
+                   help="where every member holds its weights: cpu (default) or cuda[:N] (the landed maps stay in "
+                        "host memory)")
     p.add_argument("--json", help="write the result here")
     p.add_argument("--role", choices=["head", "follower"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -162,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.role:
         return _member(args)
+    from rfork_agent.devices import DeviceError, check_device
+
+    try:
+        check_device(args.device)
+    except DeviceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not 1 <= args.hops <= 32 or args.tensors < 1 or args.batch_chunks < 1 or args.size < args.tensors:
         print("error: --hops must be 1-32, --tensors and --batch-chunks >= 1, --size >= --tensors bytes",
               file=sys.stderr)
@@ -172,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     rate = f" at {format_rate(result['land_rate_bytes_per_second'])}" if result["land_rate_bytes_per_second"] else ""
-    print(f"head landed {format_bytes(result['size_bytes'])} in {result['chunks']} chunks{rate} in "
+    print(f"head landed {format_bytes(result['size_bytes'])} ({result['device']}) in {result['chunks']} chunks{rate} in "
           f"{result['head_landing_seconds']:.2f} s")
     for h in result["hops"]:
         print(f"  hop {h['hop']}: whole model {h['seconds_after_head_started']:.2f} s after the head started, "

@@ -53,7 +53,7 @@ def _member(args: argparse.Namespace) -> int:
     plan = plan_chunks(manifest, args.chunk_size)
     transport = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
     transport.register(base, args.size)
-    landed = LandedMap(transport, len(plan), manifest)
+    landed = LandedMap(transport, plan, manifest)
     print(json.dumps({"session_id": transport.session_id, "map": landed.ptr, "chunks": len(plan),
                       "tensors": len(sizes)}), flush=True)
     order = json.loads(sys.stdin.readline())  # {"go": wall time} or {"parent": ref, "go": ...}

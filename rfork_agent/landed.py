@@ -17,7 +17,7 @@ same chunk plan.
 Not yet used by ``rfork fork``: the scheduler's side (stream assignments, the stripe trees
 of scheduler/streams.py in its swarm; docs/fleet.md "Streams") comes next.
 
-    >>> with LandedMap(transport, len(plan), manifest) as mine:
+    >>> with LandedMap(transport, plan, manifest) as mine:
     ...     await follow(transport, Stream(parent_ref, 0, 168), plan, manifest, mine)
 """
 
@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 from rfork_api.chunking import Chunk
 from rfork_api.landed import (HEADER_BYTES, LANDED, LandedMapRef, NotALandedMap, Stream, landed_in, landed_offset,
-                              pack_header, parse_header, region_bytes)
+                              pack_header, parse_header, plan_digest, region_bytes)
 from rfork_api.manifest import Manifest
 from rfork_agent.transport import ReadFailed, Transport, read
 
@@ -91,21 +91,24 @@ class LandedMap(_Registered):
     when the instance is gone. Every chunk starts not landed.
     """
 
-    def __init__(self, transport: Transport, num_chunks: int, manifest: Manifest) -> None:
-        if num_chunks <= 0 or len(manifest) == 0:
-            raise ValueError(f"a landed map needs at least one chunk and one tensor, got {num_chunks} chunks "
+    def __init__(self, transport: Transport, plan: Sequence[Chunk], manifest: Manifest) -> None:
+        if len(plan) == 0 or len(manifest) == 0:
+            raise ValueError(f"a landed map needs at least one chunk and one tensor, got {len(plan)} chunks "
                              f"and {len(manifest)} tensors")
-        self.num_chunks, self.num_tensors = num_chunks, len(manifest)
-        super().__init__(transport, region_bytes(num_chunks, self.num_tensors))
+        self.num_chunks, self.num_tensors = len(plan), len(manifest)
+        self.digest = plan_digest(plan)
+        super().__init__(transport, region_bytes(self.num_chunks, self.num_tensors))
         view = memoryview(self.buffer).cast("B")
-        view[:HEADER_BYTES] = pack_header(num_chunks, self.num_tensors)
+        view[:HEADER_BYTES] = pack_header(self.num_chunks, self.num_tensors, self.digest)
         struct.pack_into(f"<{self.num_tensors}Q", view, HEADER_BYTES, *_tensor_addresses(manifest))
         self._landed_at = landed_offset(self.num_tensors)
 
     def mark(self, chunk_ids: Sequence[int]) -> None:
         """Mark these chunks landed. Call only once every byte of each is in place."""
-        buffer, at = self.buffer, self._landed_at
+        buffer, at, n = self.buffer, self._landed_at, self.num_chunks
         for c in chunk_ids:
+            if not 0 <= c < n:  # a bad id must not land in the header or the tensor addresses
+                raise IndexError(f"chunk {c} is not in this map's {n} chunks")
             buffer[at + c] = LANDED
 
     def is_landed(self, chunk_id: int) -> bool:
@@ -113,7 +116,7 @@ class LandedMap(_Registered):
 
     def snapshot(self) -> bytes:
         """The landed bytes, one per chunk."""
-        return bytes(self.buffer[self._landed_at:])
+        return bytes(memoryview(self.buffer).cast("B")[self._landed_at:])
 
     def ref(self, session_id: str) -> LandedMapRef:
         """Where readers find this map, given this instance's TransferEngine session."""
@@ -167,12 +170,15 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
                          "its landed map's header and tensor addresses")
         where = f"stream from parent {parent.session_id} at {parent.ptr:#x}"
         try:
-            counts = parse_header(bytes(head.buffer[:HEADER_BYTES]), where)
+            num_chunks, num_tensors, digest = parse_header(bytes(head.buffer[:HEADER_BYTES]), where)
         except NotALandedMap as exc:
             raise NotTheSamePlan(str(exc)) from None
-        if counts != (parent.num_chunks, parent.num_tensors):
-            raise NotTheSamePlan(f"{where}: its map says {counts[0]} chunks of {counts[1]} tensors, the stream "
+        if (num_chunks, num_tensors) != (parent.num_chunks, parent.num_tensors):
+            raise NotTheSamePlan(f"{where}: its map says {num_chunks} chunks of {num_tensors} tensors, the stream "
                                  f"{parent.num_chunks} of {parent.num_tensors}")
+        if digest != mine.digest:
+            raise NotTheSamePlan(f"{where}: its chunk plan differs from this instance's (same counts, other "
+                                 "tensors, order or chunk size): its chunks would be other bytes here")
         theirs = struct.unpack_from(f"<{parent.num_tensors}Q", head.buffer, HEADER_BYTES)
     ours = _tensor_addresses(manifest)
     position = {name: i for i, name in enumerate(manifest.names)}

@@ -11,9 +11,13 @@ the same on every member of a swarm) without the scheduler sending any.
 Layout, the same at both ends, in memory the parent registered with its TransferEngine
 (little-endian)::
 
-    magic b"RFLM" | version u32 | num_chunks u32 | num_tensors u32     (HEADER_BYTES)
-    tensor addresses, u64 x num_tensors, in manifest order           (written once)
-    landed bytes, u8 x num_chunks                                     (LANDED once in place)
+    magic b"RFLM" | version u32 | num_chunks u32 | num_tensors u32 | plan digest 16 bytes   (HEADER_BYTES)
+    tensor addresses, u64 x num_tensors, in manifest order                               (written once)
+    landed bytes, u8 x num_chunks                                                         (LANDED once in place)
+
+The plan digest (:func:`plan_digest`: every chunk's segments, in order) lets a reader
+refuse a parent whose chunk ids mean other bytes (another model, tensor order or chunk
+size), which counts alone cannot show: following it would copy the wrong bytes.
 
 Byte ``c`` of the landed bytes is :data:`LANDED` once every byte of chunk ``c`` is in
 the parent's memory, :data:`NOT_LANDED` before. A byte per chunk, not a bit: the parent
@@ -21,11 +25,11 @@ sets it with one store of its own and a reader never sees half of another chunk'
 A byte never goes back: what landed stays (the parent serves until it withdraws, and then
 it stops answering reads altogether).
 
-    >>> header = pack_header(num_chunks=8, num_tensors=3)
+    >>> header = pack_header(num_chunks=8, num_tensors=3, digest=bytes(16))
     >>> len(header), parse_header(header, where="a test")
-    (16, (8, 3))
+    (32, (8, 3, b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00'))
     >>> landed_offset(3), region_bytes(8, 3)
-    (40, 48)
+    (56, 64)
     >>> landed_in(bytes([1, 1, 0, 1, 0, 0, 1, 1]), range(2, 7))
     [3, 6]
     >>> ref = LandedMapRef(session_id="10.0.0.7:15933", ptr=0x7f00_0000_1000, num_chunks=8, num_tensors=3)
@@ -35,18 +39,19 @@ it stops answering reads altogether).
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 __all__ = ["LANDED", "NOT_LANDED", "HEADER_BYTES", "LandedMapRef", "Stream", "NotALandedMap", "pack_header",
-           "parse_header", "landed_offset", "region_bytes", "landed_in"]
+           "parse_header", "plan_digest", "landed_offset", "region_bytes", "landed_in"]
 
 LANDED = 1
 NOT_LANDED = 0
 MAGIC = b"RFLM"
 VERSION = 1
-_HEADER = struct.Struct("<4sIII")
+_HEADER = struct.Struct("<4sIII16s")
 HEADER_BYTES = _HEADER.size
 MAX_CHUNKS = 1 << 24
 """A rank of 16 million chunks (1 TiB in 64 KiB chunks) is a mistake, not a model: refused."""
@@ -57,22 +62,32 @@ class NotALandedMap(ValueError):
     """What was read where a landed map should be is not one (wrong address, another version)."""
 
 
-def pack_header(num_chunks: int, num_tensors: int) -> bytes:
-    return _HEADER.pack(MAGIC, VERSION, num_chunks, num_tensors)
+def plan_digest(plan: Sequence) -> bytes:
+    """16 bytes that differ between chunk plans whose chunk ids mean other bytes: every chunk's
+    ``segments`` ((tensor, offset, length), rfork_api/chunking.py), in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in plan:
+        h.update(repr(chunk.segments).encode())
+        h.update(b";")
+    return h.digest()
 
 
-def parse_header(data: bytes | bytearray | memoryview, where: str) -> tuple[int, int]:
-    """(num_chunks, num_tensors) of a map's header, or :class:`NotALandedMap` saying what was found."""
+def pack_header(num_chunks: int, num_tensors: int, digest: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, num_chunks, num_tensors, digest)
+
+
+def parse_header(data: bytes | bytearray | memoryview, where: str) -> tuple[int, int, bytes]:
+    """(num_chunks, num_tensors, plan digest) of a map's header, or :class:`NotALandedMap` saying what was found."""
     if len(data) < HEADER_BYTES:
         raise NotALandedMap(f"{where}: {len(data)} bytes is shorter than a landed map's {HEADER_BYTES}-byte header")
-    magic, version, num_chunks, num_tensors = _HEADER.unpack_from(data)
+    magic, version, num_chunks, num_tensors, digest = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise NotALandedMap(f"{where}: no landed map there (it starts {bytes(magic)!r}, not {MAGIC!r}); "
                             "is the address the parent's landed map?")
     if version != VERSION:
         raise NotALandedMap(f"{where}: landed map version {version}, this reader knows {VERSION}; "
                             "run the same rfork version on parent and reader")
-    return num_chunks, num_tensors
+    return num_chunks, num_tensors, digest
 
 
 def landed_offset(num_tensors: int) -> int:

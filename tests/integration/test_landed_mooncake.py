@@ -49,7 +49,7 @@ PARENT_SCRIPT = textwrap.dedent("""
     plan = plan_chunks(manifest, chunk)
     t = MooncakeTransport(protocol="tcp", local_ip="127.0.0.1")
     t.register(base, weights.numel())
-    landed = LandedMap(t, len(plan), manifest)
+    landed = LandedMap(t, plan, manifest)
     print(json.dumps({"session_id": t.session_id, "map": landed.ptr, "chunks": len(plan)}), flush=True)
     order = list(range(len(plan)))
     random.Random(7).shuffle(order)
@@ -104,7 +104,7 @@ def follow_parent(child: MooncakeTransport, parent: dict, first: int, end: int |
     assert len(plan) == parent["chunks"]
     stream = Stream(LandedMapRef(parent["session_id"], parent["map"], len(plan), len(TENSORS)),
                     first, len(plan) if end is None else end)
-    mine = LandedMap(child, len(plan), manifest)
+    mine = LandedMap(child, plan, manifest)
 
     async def run():
         task = asyncio.create_task(follow(child, stream, plan, manifest, mine, options))

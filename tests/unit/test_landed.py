@@ -20,7 +20,7 @@ from rfork_agent.landed import FollowOptions, LandedMap, NotTheSamePlan, ParentL
 from rfork_agent.transport import InMemoryFabric, InMemoryTransport
 from rfork_api.chunking import plan_chunks
 from rfork_api.landed import (HEADER_BYTES, LANDED, LandedMapRef, NotALandedMap, Stream, landed_in, landed_offset,
-                              parse_header, region_bytes)
+                              parse_header, plan_digest, region_bytes)
 from rfork_api.manifest import parse_manifest
 
 CHUNK = 4096
@@ -36,19 +36,19 @@ def pattern(tensor: int, offset: int, length: int) -> bytes:
 class Instance:
     """A transport, its weights (zeroed tensors at addresses of its own), its chunk plan and landed map."""
 
-    def __init__(self, fabric: InMemoryFabric) -> None:
+    def __init__(self, fabric: InMemoryFabric, sizes: list[int] = SIZES) -> None:
         self.transport = InMemoryTransport(fabric)
-        self.weights = (ctypes.c_uint8 * (sum(SIZES) + 64 * len(SIZES)))()
+        self.weights = (ctypes.c_uint8 * (sum(sizes) + 64 * len(sizes)))()
         self.base = ctypes.addressof(self.weights)
         self.transport.register(self.base, len(self.weights))
         starts, at = [], 0
-        for size in SIZES:
+        for size in sizes:
             starts.append(at)
             at += size + 64  # gaps: reads must use each tensor's own address
         self.starts = starts
-        self.manifest = parse_manifest({f"t{i}": [self.base + starts[i], size, 1] for i, size in enumerate(SIZES)})
+        self.manifest = parse_manifest({f"t{i}": [self.base + starts[i], size, 1] for i, size in enumerate(sizes)})
         self.plan = plan_chunks(self.manifest, CHUNK)
-        self.map = LandedMap(self.transport, len(self.plan), self.manifest)
+        self.map = LandedMap(self.transport, self.plan, self.manifest)
 
     def land(self, chunk_id: int) -> None:
         for name, offset, length in self.plan[chunk_id].segments:
@@ -187,24 +187,50 @@ def test_bad_stream_inputs_say_what_is_wrong(build, message) -> None:
 
 def test_a_map_holds_its_header_and_tensor_addresses_and_is_registered_while_open() -> None:
     transport = InMemoryTransport(InMemoryFabric())
-    manifest = parse_manifest({"a": [0x1000, 8, 2], "b": [0x9000, 4, 4]})
-    with LandedMap(transport, 16, manifest) as landed:
-        assert transport.regions == {landed.ptr: region_bytes(16, 2)}
+    manifest = parse_manifest({"a": [0x1000, 8192, 2], "b": [0x9000, 4, 4]})
+    plan = plan_chunks(manifest, 4096)  # a's 16 KiB in 4 chunks, b in a fifth
+    with LandedMap(transport, plan, manifest) as landed:
+        assert transport.regions == {landed.ptr: region_bytes(5, 2)}
         raw = bytes(landed.buffer)
-        assert parse_header(raw, "test") == (16, 2)
+        assert parse_header(raw, "test") == (5, 2, plan_digest(plan))
         assert struct.unpack_from("<2Q", raw, HEADER_BYTES) == (0x1000, 0x9000)
-        landed.mark([3, 15])
-        assert landed_in(landed.snapshot(), range(16)) == [3, 15]
-        assert landed.snapshot()[3] == LANDED and raw[landed_offset(2):] == bytes(16)
+        landed.mark([1, 4])
+        assert landed_in(landed.snapshot(), range(5)) == [1, 4]
+        assert landed.snapshot()[1] == LANDED and raw[landed_offset(2):] == bytes(5)
+        for bad in (-1, 5):  # never into the header or the addresses, never past the end
+            with pytest.raises(IndexError, match=f"chunk {bad} is not in this map's 5 chunks"):
+                landed.mark([bad])
+        assert bytes(landed.buffer)[:landed_offset(2)] == raw[:landed_offset(2)]
     assert transport.regions == {}
     with pytest.raises(ValueError, match="at least one chunk and one tensor"):
-        LandedMap(transport, 0, manifest)
+        LandedMap(transport, [], manifest)
+
+
+def test_the_plan_digest_tells_plans_apart_that_counts_cannot() -> None:
+    one = parse_manifest({"a": [0x1000, 4096, 1], "b": [0x9000, 4096, 1]})
+    swapped = parse_manifest({"b": [0x1000, 4096, 1], "a": [0x9000, 4096, 1]})  # same counts, other order
+    assert len(plan_chunks(one, 4096)) == len(plan_chunks(swapped, 4096)) == 2
+    assert plan_digest(plan_chunks(one, 4096)) != plan_digest(plan_chunks(swapped, 4096))
+    assert plan_digest(plan_chunks(one, 4096)) == plan_digest(plan_chunks(parse_manifest(
+        {"a": [0x5000, 4096, 1], "b": [0x7000, 4096, 1]}), 4096))  # addresses do not matter
+
+
+def test_a_parent_whose_plan_differs_is_refused_before_a_byte_is_read(pair) -> None:
+    parent, child = pair
+    other = Instance(parent.transport.fabric, sizes=SIZES[::-1])  # the same tensors in another order
+    assert len(other.plan) == len(child.plan) and len(other.manifest) == len(child.manifest)  # counts alike
+    for c in range(len(other.plan)):
+        other.land(c)
+    stream = Stream(other.map.ref(other.transport.session_id), 0, 2)
+    with pytest.raises(NotTheSamePlan, match="chunk plan differs"):
+        asyncio.run(follow(child.transport, stream, child.plan, child.manifest, child.map, FAST))
+    assert child.chunk(0) == bytes(len(child.expected(0))) and not child.map.is_landed(0)
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"RFLM", "shorter than a landed map's 16-byte header"),
-    (b"XXXX" + bytes(12), "no landed map there"),
-    (b"RFLM" + struct.pack("<III", 2, 8, 1), "landed map version 2, this reader knows 1"),
+    (b"RFLM", "shorter than a landed map's 32-byte header"),
+    (b"XXXX" + bytes(28), "no landed map there"),
+    (b"RFLM" + struct.pack("<III", 2, 8, 1) + bytes(16), "landed map version 2, this reader knows 1"),
 ])
 def test_a_header_that_is_not_a_map_says_what_was_found(data, message) -> None:
     with pytest.raises(NotALandedMap, match=message):

@@ -36,7 +36,8 @@ from rfork_api.landed import (HEADER_BYTES, LANDED, LandedMapRef, NotALandedMap,
 from rfork_api.manifest import Manifest
 from rfork_agent.transport import ReadFailed, Transport, read
 
-__all__ = ["LandedMap", "StreamError", "ParentLost", "ParentStalled", "NotTheSamePlan", "FollowOptions", "follow"]
+__all__ = ["LandedMap", "StreamError", "ParentLost", "ParentStalled", "NotTheSamePlan", "FollowOptions",
+           "FollowResult", "follow"]
 
 
 class StreamError(RuntimeError):
@@ -147,14 +148,26 @@ class FollowOptions:
             raise ValueError("read_timeout_seconds and stall_seconds must be > 0")
 
 
+@dataclass(frozen=True)
+class FollowResult:
+    """What one followed stream did."""
+
+    chunks_read: int
+    bytes_read: int
+    #: Reads of the parent's landed bytes (polls), the first included.
+    map_reads: int
+    seconds: float
+
+
 async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], manifest: Manifest, mine: LandedMap,
-                 options: FollowOptions = FollowOptions(),
-                 clock: Callable[[], float] = time.monotonic) -> int:
+                 options: FollowOptions = FollowOptions(), on_landed: Callable[[list[int]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> FollowResult:
     """Read every chunk of ``stream`` not yet landed in ``mine`` from the parent, as the parent lands it.
 
     ``plan`` is this instance's chunk plan (``rfork_api.chunking.plan_chunks`` of ``manifest``,
-    its own tensors, at the swarm's chunk size); ``mine`` its landed map. Returns how many
-    chunks it read; chunks already marked in ``mine`` (landed from elsewhere) are skipped.
+    its own tensors, at the swarm's chunk size); ``mine`` its landed map. Chunks already
+    marked in ``mine`` (landed from elsewhere) are skipped. ``on_landed`` gets each batch of
+    chunk ids once they are read and marked (what the client reports to the scheduler).
     """
     parent = stream.parent
     if not mine.num_chunks == parent.num_chunks == len(plan) or parent.num_tensors != len(manifest):
@@ -162,9 +175,10 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
             f"stream from parent {parent.session_id}: its map has {parent.num_chunks} chunks of "
             f"{parent.num_tensors} tensors, this instance {len(plan)} chunks of {len(manifest)} tensors "
             f"(its map: {mine.num_chunks}); a parent must be of the same model, rank and chunk size")
+    started = clock()
     left = [c for c in stream.chunks if not mine.is_landed(c)]
     if not left:
-        return 0
+        return FollowResult(0, 0, 0, 0.0)
     with _Registered(transport, landed_offset(parent.num_tensors)) as head:
         await _read_from(transport, stream, [head.ptr], [parent.ptr], [head.nbytes], options,
                          "its landed map's header and tensor addresses")
@@ -193,7 +207,7 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
                 lengths.append(length)
         return dst, src, lengths
 
-    read_count = 0
+    read_count = read_bytes = map_reads = 0
     poll = options.poll_min_seconds
     last_progress = clock()
     landed_ptr = parent.ptr + landed_offset(parent.num_tensors)
@@ -201,6 +215,7 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
         while left:
             await _read_from(transport, stream, [landed.ptr], [landed_ptr], [parent.num_chunks], options,
                              f"its landed map ({len(left)} chunks of the stream left)")
+            map_reads += 1
             ready = landed_in(bytes(landed.buffer), left)
             if not ready:
                 if clock() - last_progress > options.stall_seconds:
@@ -217,11 +232,14 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
                                  f"chunks {batch[0]}..{batch[-1]} ({len(batch)})")
                 mine.mark(batch)  # only now: a child of ours may read them the moment they are marked
                 read_count += len(batch)
+                read_bytes += sum(lengths)
+                if on_landed is not None:
+                    on_landed(batch)
             landed_now = set(ready)
             left = [c for c in left if c not in landed_now]
             last_progress = clock()
             poll = options.poll_min_seconds
-    return read_count
+    return FollowResult(read_count, read_bytes, map_reads, clock() - started)
 
 
 async def _read_from(transport: Transport, stream: Stream, dst: Sequence[int], src: Sequence[int],

@@ -94,7 +94,7 @@ def child():
 
 def follow_parent(child: MooncakeTransport, parent: dict, first: int, end: int | None, options: FollowOptions,
                   on_started=None, landed_at_end: list | None = None):
-    """Follow chunks [first, end) of the parent into weights of our own; returns (count, weights, plan, map bytes)."""
+    """Follow chunks [first, end) of the parent into weights of our own; returns (FollowResult, weights, plan, map bytes)."""
     weights = torch.zeros(TOTAL, dtype=torch.uint8)
     base = weights.data_ptr()
     child.register(base, TOTAL)
@@ -125,8 +125,8 @@ def test_a_stream_follows_a_parent_in_another_process_byte_exact(child, tmp_path
     with parent_process(tmp_path) as parent:
         go = lambda _: (parent["process"].stdin.write("go\n"), parent["process"].stdin.flush())  # noqa: E731
         options = FollowOptions(read_timeout_seconds=20, stall_seconds=30)
-        count, weights, plan, landed = follow_parent(child, parent, 8, 40, options, on_started=go)
-    assert count == 32
+        result, weights, plan, landed = follow_parent(child, parent, 8, 40, options, on_started=go)
+    assert result.chunks_read == 32 and result.bytes_read == sum(plan[c].nbytes for c in range(8, 40))
     full = expected_all()
     starts = [sum(TENSORS[:i]) for i in range(len(TENSORS))]
     for c, chunk in enumerate(plan):

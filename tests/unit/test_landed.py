@@ -63,9 +63,9 @@ class Instance:
     def expected(self, chunk_id: int) -> bytes:
         return b"".join(pattern(int(n[1:]), o, length) for n, o, length in self.plan[chunk_id].segments)
 
-    def follow(self, parent: "Instance", first: int, end: int, options: FollowOptions = FAST):
+    def follow(self, parent: "Instance", first: int, end: int, options: FollowOptions = FAST, on_landed=None):
         stream = Stream(parent.map.ref(parent.transport.session_id), first, end)
-        return follow(self.transport, stream, self.plan, self.manifest, self.map, options)
+        return follow(self.transport, stream, self.plan, self.manifest, self.map, options, on_landed=on_landed)
 
 
 @pytest.fixture
@@ -87,13 +87,18 @@ def test_a_stream_reads_its_chunks_as_the_parent_lands_them_and_marks_them(pair)
     order = list(range(n))
     random.Random(1).shuffle(order)
 
-    async def scenario() -> int:
-        landing = asyncio.create_task(land_slowly(parent, order, 0.001))
-        count = await child.follow(parent, 4, n - 3)
-        await landing
-        return count
+    reported: list[int] = []
 
-    assert asyncio.run(scenario()) == n - 7
+    async def scenario():
+        landing = asyncio.create_task(land_slowly(parent, order, 0.001))
+        result = await child.follow(parent, 4, n - 3, on_landed=reported.extend)
+        await landing
+        return result
+
+    result = asyncio.run(scenario())
+    assert result.chunks_read == n - 7 and sorted(reported) == list(range(4, n - 3))  # each reported once
+    assert result.bytes_read == sum(parent.plan[c].nbytes for c in range(4, n - 3))
+    assert result.map_reads >= 2 and result.seconds > 0
     for c in range(n):
         inside = 4 <= c < n - 3
         assert child.map.is_landed(c) == inside
@@ -105,7 +110,7 @@ def test_chunks_already_landed_here_are_not_read_again(pair) -> None:
     for c in range(len(parent.plan)):
         parent.land(c)
     child.map.mark([5, 6])  # landed from elsewhere (their bytes are not written here: a re-read would)
-    assert asyncio.run(child.follow(parent, 4, 8)) == 2
+    assert asyncio.run(child.follow(parent, 4, 8)).chunks_read == 2
     assert child.chunk(5) == bytes(len(child.expected(5)))
     assert child.chunk(4) == child.expected(4) and child.chunk(7) == child.expected(7)
 

@@ -9,11 +9,8 @@ read before its bytes were in place would come back as zeros.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -23,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("mooncake.engine")
 
+from tests.integration.script_process import script_process  # noqa: E402
 from rfork_agent.landed import FollowOptions, LandedMap, ParentLost, follow  # noqa: E402
 from rfork_agent.transport import MooncakeTransport  # noqa: E402
 from rfork_api.chunking import plan_chunks  # noqa: E402
@@ -69,22 +67,8 @@ def expected_all():
     return (torch.arange(TOTAL, dtype=torch.int64) * 7 % 251).to(torch.uint8)
 
 
-@contextlib.contextmanager
 def parent_process(directory, land_first: int = -1):
-    script = directory / "parent.py"
-    script.write_text(PARENT_SCRIPT)
-    process = subprocess.Popen([sys.executable, str(script), str(CHUNK), json.dumps(TENSORS), str(land_first)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = process.stdout.readline()
-        assert line, "the parent script exited before printing its session"
-        info = json.loads(line)
-        info["process"] = process
-        yield info
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+    return script_process(directory, "parent.py", PARENT_SCRIPT, str(CHUNK), json.dumps(TENSORS), str(land_first))
 
 
 @pytest.fixture(scope="module")

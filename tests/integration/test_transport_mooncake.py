@@ -8,11 +8,7 @@ client side is a MooncakeTransport in this process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -21,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("mooncake.engine")
 
+from tests.integration.script_process import script_process  # noqa: E402
 from rfork_agent.transport import (  # noqa: E402
     BatchTooLarge, MooncakeTransport, ReadFailed, ReadStatus, ReadTimeout, read,
 )
@@ -45,24 +42,8 @@ def expected_bytes(n: int):
     return (torch.arange(n, dtype=torch.int64) * 7 % 251).to(torch.uint8)
 
 
-@contextlib.contextmanager
 def running_seed(directory):
-    script = directory / "seed.py"
-    script.write_text(SEED_SCRIPT)
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(NBYTES)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,   # TE's glog chatter goes to stderr
-    )
-    try:
-        line = process.stdout.readline()
-        assert line, "the seed script exited before printing its session"
-        info = json.loads(line)
-        info["process"] = process
-        yield info
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+    return script_process(directory, "seed.py", SEED_SCRIPT, str(NBYTES))
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ stream is one :meth:`StripeTrees.reparent` decision: the first live interior of 
 stripe with a free slot (of the ``candidates`` earliest) that is as far along in the
 stripe as the orphan and not below it (no cycle); else, of ``candidates`` members sampled
 at random, the such one with the fewest children in the stripe; else the nearest such
-ancestor of the old parent; else the seeds. Every decision is O(candidates x depth),
-whatever N.
+ancestor of the old parent; else the seeds. A join or a re-parent costs
+O(fanout + candidates x depth), whatever N; a leave O(N / stripes).
 
     >>> trees = StripeTrees(stripes=2, fanout=2)
     >>> [trees.join(m) for m in "abc"]       # each join: (member, stripe, new parent) moves

@@ -131,3 +131,23 @@ def test_bad_sizes_are_refused(args):
 
 def test_doctests():
     assert doctest.testmod(streams).failed == 0
+
+
+def test_members_joining_after_others_left_still_make_valid_trees():
+    rng = random.Random(5)
+    trees = burst(64, 8, 8)
+    for victim in rng.sample(range(64), 6):
+        for child, s in trees.leave(victim):
+            trees.reparent(child, s, lambda m, st: 0)
+    for m in range(64, 96):  # a second wave, some of whose heap parents are gone
+        trees.join(m)
+    members = live(trees, 96)
+    assert len(members) == 90 == len(trees)
+    for s in range(trees.stripes):
+        for m in members:
+            seen, node = set(), m
+            while trees.parent(node, s) is not SEEDS:
+                assert node not in seen
+                seen.add(node)
+                node = trees.parent(node, s)
+                assert trees._nodes[node].alive, f"stripe {s}: {m} hangs below {node}, which left"

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from rfork_api.chunking import Chunk
+from rfork_api.chunking import Chunk, chunk_reads, read_index
 from rfork_api.landed import (HEADER_BYTES, LANDED, LandedMapRef, NotALandedMap, Stream, landed_in, landed_offset,
                               pack_header, parse_header, plan_digest, region_bytes)
 from rfork_api.manifest import Manifest
@@ -194,18 +194,14 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
             raise NotTheSamePlan(f"{where}: its chunk plan differs from this instance's (same counts, other "
                                  "tensors, order or chunk size): its chunks would be other bytes here")
         theirs = struct.unpack_from(f"<{parent.num_tensors}Q", head.buffer, HEADER_BYTES)
-    ours = _tensor_addresses(manifest)
-    position = {name: i for i, name in enumerate(manifest.names)}
-
-    def reads_for(chunk_ids: list[int]) -> tuple[list[int], list[int], list[int]]:
-        dst, src, lengths = [], [], []
-        for c in chunk_ids:
-            for name, offset, length in plan[c].segments:
-                i = position[name]
-                dst.append(ours[i] + offset)
-                src.append(theirs[i] + offset)
-                lengths.append(length)
-        return dst, src, lengths
+    # The parent's addresses in a table shaped as this instance's (same tensors, same order: the
+    # digest said so), for the planner's own read builder.
+    ours = manifest.pointer_table()
+    index, values = ours
+    their_values = list(values)
+    for name, address in zip(manifest.names, theirs):
+        their_values[index[name]] = address
+    plan_index = read_index(plan)
 
     read_count = read_bytes = map_reads = 0
     poll = options.poll_min_seconds
@@ -227,7 +223,7 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
                 continue
             for i in range(0, len(ready), options.batch_chunks):
                 batch = ready[i:i + options.batch_chunks]
-                dst, src, lengths = reads_for(batch)
+                dst, src, lengths = zip(*chunk_reads(batch, plan_index, ours, (index, their_values)))
                 await _read_from(transport, stream, dst, src, lengths, options,
                                  f"chunks {batch[0]}..{batch[-1]} ({len(batch)})")
                 mine.mark(batch)  # only now: a child of ours may read them the moment they are marked

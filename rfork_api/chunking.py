@@ -4,13 +4,15 @@ Part of the contract between the scheduler and its clients: chunk ids mean the s
 on both sides. The scheduler plans every job with it; a client following a parent's
 stream (rfork_agent/landed.py) plans its own manifest with it to build its reads.
 
-    >>> [c.nbytes for c in plan_chunks(parse_manifest({"a": [0, 6, 1], "b": [0, 3, 1]}), 4)]
+    >>> from rfork_api.manifest import parse_manifest
+    >>> [c.nbytes for c in plan_chunks(parse_manifest({"a": [0, 6, 1], "b": [0, 3, 1]}), 4, minimum=1)]
     [4, 2, 3]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Sequence
 
 from rfork_api.errors import InvalidChunkSize, clip
 from rfork_api.manifest import Manifest, tensor_sizes, total_bytes
@@ -140,3 +142,55 @@ def plan_chunks(manifest: Manifest, chunk_size: int, *, minimum: int = MIN_CHUNK
         open_bytes += n
     close()
     return chunks
+
+
+class Read(NamedTuple):
+    """One contiguous copy: a tuple, because a merged assignment carries one per segment and a
+    frozen dataclass costs several times more to build (measured by ``rfork simulate``)."""
+
+    dst_ptr: int
+    src_ptr: int
+    length: int
+
+
+PointerTable = tuple[Mapping[str, int], Sequence[int]]
+"""(tensor name -> position, values): ``values[position]`` is the tensor's address
+(``Manifest.pointer_table``)."""
+
+
+def chunk_reads(chunk_ids: list[int], index: ReadIndex, dst: PointerTable, src: PointerTable) -> list[Read]:
+    """The copies of these chunks from ``src``'s tensors into ``dst``'s, in order. A tensor split
+    over consecutive chunks is ONE read (its bytes are contiguous on both sides, inside one
+    registered tensor): fewer reads to build, send and post. Reads never span two tensors, whose
+    memory may be registered apart even when adjacent. Found per read, not per chunk: each run of
+    consecutive chunk ids is a range of the plan's segments, which ``index`` splits into runs of
+    contiguous bytes; addresses come from the pointer tables (no ``TensorSpec`` each). The
+    scheduler builds assignments' reads with it, a stream reader its own reads from a parent.
+
+        >>> from rfork_api.manifest import parse_manifest
+        >>> plan = plan_chunks(parse_manifest({"a": [0, 6, 1], "b": [0, 3, 1]}), 4, minimum=1)
+        >>> chunk_reads([0, 1, 2], read_index(plan), ({"a": 0, "b": 1}, [1000, 2000]), ({"a": 0, "b": 1}, [50, 90]))
+        [Read(dst_ptr=1000, src_ptr=50, length=6), Read(dst_ptr=2000, src_ptr=90, length=3)]
+    """
+    reads: list[Read] = []
+    new = tuple.__new__  # Read's own __new__ is Python code: several times slower per read
+    dst_index, dst_values = dst
+    src_index, src_values = src
+    first, last, run_end = index.first, index.last, index.run_end
+    tensors, offsets, ends = index.tensor, index.offset, index.end
+    i, n = 0, len(chunk_ids)
+    while i < n:
+        j = i
+        while j + 1 < n and chunk_ids[j + 1] == chunk_ids[j] + 1:
+            j += 1
+        g, g_last = first[chunk_ids[i]], last[chunk_ids[j]]
+        while g <= g_last:
+            e = run_end[g]
+            if e > g_last:
+                e = g_last
+            tensor, offset = tensors[g], offsets[g]
+            reads.append(new(Read, (dst_values[dst_index[tensor]] + offset,
+                                    src_values[src_index[tensor]] + offset, ends[e] - offset)))
+            g = e + 1
+        i = j + 1
+    return reads

@@ -26,9 +26,9 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, Mapping, NamedTuple, Protocol, Sequence
+from typing import AbstractSet, Callable, Collection, Iterable, Iterator, Literal, Protocol, Sequence
 
-from scheduler.chunking import Chunk, ReadIndex, read_index
+from scheduler.chunking import Chunk, PointerTable, Read, ReadIndex, chunk_reads, read_index
 from rfork_api.manifest import Manifest
 
 
@@ -120,15 +120,6 @@ class SourceView:
     """Which life of this source (a seed's agent process and TransferEngine session) the view
     describes. It changes when the agent or the seed restarts and registers again; an exclusion
     holds for the incarnation that failed, so a restarted seed is eligible again."""
-
-
-class Read(NamedTuple):
-    """One contiguous copy: a tuple, because a merged assignment carries one per segment and a
-    frozen dataclass costs several times more to build (measured by ``rfork simulate``)."""
-
-    dst_ptr: int
-    src_ptr: int
-    length: int
 
 
 @dataclass
@@ -431,7 +422,7 @@ class PendingQueue:
             entries.popleft()
 
 
-def _pointer_table(manifest: Manifest) -> tuple[Mapping[str, int], Sequence[int]]:
+def _pointer_table(manifest: Manifest) -> PointerTable:
     if isinstance(manifest, Manifest):
         return manifest.pointer_table()
     names = list(manifest)  # a plain mapping of TensorSpec (tests): the same table, built once
@@ -439,34 +430,8 @@ def _pointer_table(manifest: Manifest) -> tuple[Mapping[str, int], Sequence[int]
 
 
 def _reads(chunk_ids: list[int], index: ReadIndex, client: Manifest, theirs: Manifest) -> list[Read]:
-    """The copies of these chunks, in order. A tensor split over consecutive chunks of a merged
-    assignment is ONE read (its bytes are contiguous on both sides, inside one registered
-    tensor): fewer reads to build, send and post. Reads never span two tensors, whose memory
-    may be registered apart even when adjacent. Found per read, not per chunk: each run of
-    consecutive chunk ids is a range of the plan's segments, which ``index`` splits into runs
-    of contiguous bytes; pointers come from the manifests' tables (no ``TensorSpec`` each)."""
-    reads: list[Read] = []
-    new = tuple.__new__  # Read's own __new__ is Python code: several times slower per read
-    client_index, client_values = _pointer_table(client)
-    their_index, their_values = _pointer_table(theirs)
-    first, last, run_end = index.first, index.last, index.run_end
-    tensors, offsets, ends = index.tensor, index.offset, index.end
-    i, n = 0, len(chunk_ids)
-    while i < n:
-        j = i
-        while j + 1 < n and chunk_ids[j + 1] == chunk_ids[j] + 1:
-            j += 1
-        g, g_last = first[chunk_ids[i]], last[chunk_ids[j]]
-        while g <= g_last:
-            e = run_end[g]
-            if e > g_last:
-                e = g_last
-            tensor, offset = tensors[g], offsets[g]
-            reads.append(new(Read, (client_values[client_index[tensor]] + offset,
-                                    their_values[their_index[tensor]] + offset, ends[e] - offset)))
-            g = e + 1
-        i = j + 1
-    return reads
+    """The copies of these chunks from ``theirs`` into ``client``: :func:`rfork_api.chunking.chunk_reads`."""
+    return chunk_reads(chunk_ids, index, _pointer_table(client), _pointer_table(theirs))
 
 
 def striped_order(num_chunks: int, start: int) -> list[int]:

@@ -80,6 +80,14 @@ def test_equal_shape_digests_mean_the_manifests_match(other, same):
             match_manifests(mine.to_manifest(), theirs.to_manifest(), "s")
 
 # -- chunking ----------------------------------------------------------------
+def test_chunking_doctests():
+    import doctest
+
+    import rfork_api.chunking
+
+    assert doctest.testmod(rfork_api.chunking).failed == 0
+
+
 @pytest.mark.parametrize("sizes, chunk, expected", [
     # big tensors split, the last piece shorter
     ({"a": 10 * KiB}, 4 * KiB, [[("a", 0, 4096)], [("a", 4096, 4096)], [("a", 8192, 2048)]]),

@@ -163,11 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--role", choices=["head", "follower"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
-        args.size = parse_size(args.size) if isinstance(args.size, str) else args.size
-        args.chunk_size = parse_size(args.chunk_size) if isinstance(args.chunk_size, str) else args.chunk_size
-        rate = args.land_rate
-        args.land_rate = (parse_rate(rate) or 0.0) if isinstance(rate, str) and not rate.replace(".", "").isdigit() \
-            else float(rate)
+        args.size, args.chunk_size = parse_size(args.size), parse_size(args.chunk_size)
+        args.land_rate = parse_rate(args.land_rate) or 0.0  # unlimited (None) and 0: land at memory speed
     except UnitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
@@ -186,7 +187,7 @@ class StripeTrees:
 
         choice = SEEDS
         open_ = self._open[stripe]
-        for q in list(open_)[:self.candidates]:
+        for q in islice(open_, self.candidates):
             if len(self._nodes[q].children[stripe]) < self.fanout and usable(q):
                 choice = q
                 break

@@ -128,6 +128,19 @@ class SchedulerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.streams_started_total = Counter(
+            "rfork_scheduler_streams_started_total",
+            "Streams handed to clients: a member follows a parent's landed map for one stripe of the chunks "
+            "(one per member and stripe, and one more for each re-parent).",
+            registry=registry,
+        )
+        self.stream_failures_total = Counter(
+            "rfork_scheduler_stream_failures_total",
+            "Streams their clients reported failed, by reason (parent_lost, parent_stalled, not_the_same_plan); "
+            "each is re-parented.",
+            ["reason"],
+            registry=registry,
+        )
         self.chunk_failures_total = Counter(
             "rfork_scheduler_chunk_failures_total",
             "Failed chunk reads reported by clients, by seed and reason.",

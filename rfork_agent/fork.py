@@ -56,7 +56,11 @@ from rfork_api.errors import (
     clip,
 )
 from rfork_api.auth import bearer_header
+from rfork_agent.landed import FollowOptions, LandedMap, NotTheSamePlan, ParentStalled, follow
 from rfork_agent.transport import ReadFailed, ReadTimeout, Transport, read
+from rfork_api.chunking import InvalidChunkSize, plan_chunks
+from rfork_api.landed import Stream, plan_digest
+from rfork_api.manifest import InvalidManifest, parse_manifest
 from rfork_api.units import UnitError, format_bytes, format_rate, parse_rate
 
 log = logging.getLogger("rfork.fork")
@@ -249,6 +253,12 @@ class ForkOptions:
     keepalive_seconds: float = 2.0
     """While a finished fork serves (``serve``), how often it tells the scheduler it is alive
     (the scheduler drops a silent peer after its client timeout, 30 s by default)."""
+    streams: bool = True
+    """Follow the streams the scheduler offers a peer (a landed map, one stream per stripe): no
+    scheduler decision per chunk. False: every chunk is an assignment."""
+    stream_report_seconds: float = 1.0
+    """While streams run, how often the chunks they landed are reported (and moves picked up)."""
+    follow: FollowOptions = FollowOptions()
 
 
 def manifest_of(tensors: Mapping[str, "object"]) -> dict[str, list[int]]:
@@ -301,6 +311,16 @@ class _Running:
 
 
 @dataclass
+class _Following:
+    """One stream this client follows: its task, the chunks it landed not reported yet."""
+
+    assignment: m.StreamAssignment
+    task: asyncio.Task | None = None
+    landed: list[int] = field(default_factory=list)
+    told_to_end: bool = False
+
+
+@dataclass
 class _Tally:
     first_lease_at: float | None = None
     last_landed_at: float | None = None
@@ -350,6 +370,11 @@ class ForkClient:
         self._serving_job: str | None = None
         """The job whose chunks other clients may be reading: withdraw before the memory changes."""
         self._peer: m.PeerOffer | None = None
+        self._landed_map: LandedMap | None = None
+        """This fork's landed map while it streams (registered memory readers follow): closed once
+        no reader is counted (``_stop_serving``)."""
+        self._manifest = None
+        self._plan = None
 
     def peer_offer(self, settings: PeerSettings = PeerSettings()) -> m.PeerOffer | None:
         """This client's offer to serve its landed chunks over its transport's session (None: serve nobody)."""
@@ -392,6 +417,7 @@ class ForkClient:
             if peer is not None:
                 self._serving_job = self.job_id
             self.progress = _no_progress_yet(job)
+            self._open_landed_map(job, manifest)
             log.info(
                 "job %s: %d bytes in %d chunks from seeds %s",
                 job.job_id, job.total_bytes, job.num_chunks, ", ".join(job.seed_ids),
@@ -421,9 +447,35 @@ class ForkClient:
             raise
         finally:
             await self._settle_background()
+            if self._serving_job is None:
+                self._close_landed_map()  # nobody is told to read it any more
             for agent in agents.values():
                 await agent.aclose()
             await scheduler.aclose()
+
+    def _open_landed_map(self, job: m.JobCreated, manifest: dict) -> None:
+        """Register this fork's landed map if the scheduler streams and our chunk plan is its plan."""
+        self._close_landed_map()
+        if job.streams is None or not self.options.streams or self._peer is None:
+            return
+        try:
+            parsed = parse_manifest(manifest)
+            plan = plan_chunks(parsed, job.chunk_size_bytes, minimum=1)
+        except (InvalidManifest, InvalidChunkSize) as exc:
+            log.warning("job %s: forking without streams: our chunk plan failed (%s)", job.job_id, exc)
+            return
+        if len(plan) != job.num_chunks or plan_digest(plan).hex() != job.streams.plan_digest:
+            log.warning("job %s: forking without streams: our chunk plan (%d chunks) is not the scheduler's "
+                        "(%d chunks, or other bytes under the same ids); run the same rfork version on both",
+                        job.job_id, len(plan), job.num_chunks)
+            return
+        self._manifest, self._plan = parsed, plan
+        self._landed_map = LandedMap(self.transport, plan, parsed)
+
+    def _close_landed_map(self) -> None:
+        if self._landed_map is not None:
+            self._landed_map.close()
+            self._landed_map = None
 
     async def _create_job(self, scheduler: SchedulerClient, identity: m.ModelIdentity, rank: int, manifest: dict,
                           chunk_size_bytes: int | None) -> m.JobCreated:
@@ -519,25 +571,38 @@ class ForkClient:
         job_id = job.job_id
         tally = _Tally()
         running: dict[str, _Running] = {}
+        following: dict[str, _Following] = {}
         reports: list[m.ChunkReport] = []
+        stream_reports: list[m.StreamReport] = []
+        landed_map = None if self._landed_map is None or self._peer is None else m.LandedMapInfo.of(
+            self._landed_map.ref(self._peer.session_id))
+        send_map = landed_map
+        last_stream_report = self._clock()
         unreachable_since: float | None = None
         response: m.WorkReply | None = None
         try:
             while True:
+                stream_reports += self._stream_news(following, tally)
+                last_stream_report = self._clock()
                 try:
                     # Nothing running: the scheduler holds the call until there may be work for us
                     # (a chunk landed somewhere in the swarm, a seed freed a slot), no sleeping here.
+                    # While streams run, no long poll: their news goes out every stream_report_seconds.
                     response = await scheduler.work(job_id, m.WorkRequest(
                         max_assignments=max(self.options.max_in_flight - len(running), 0), reports=reports,
-                        wait_seconds=0.0 if running else self.options.long_poll_seconds,
+                        wait_seconds=0.0 if running or following else self.options.long_poll_seconds,
+                        landed_map=send_map, streams=stream_reports,
                     ))
-                    reports = []
+                    reports, stream_reports, send_map = [], [], None
                     unreachable_since = None
                 except UnknownJob:
                     # Reports of assignments from the lost job mean nothing to the new one;
                     # what they landed is in tally.landed_chunks.
                     job = await resume(job, tally.landed_chunks)
-                    job_id, reports = job.job_id, []
+                    job_id, reports, stream_reports = job.job_id, [], []
+                    await self._stop_following(following)  # the new job's streams come anew
+                    following.clear()
+                    send_map = landed_map if job.streams is not None else None
                     self.job_id = job_id
                     if self._peer is not None:
                         self._serving_job = job_id
@@ -557,6 +622,15 @@ class ForkClient:
                     continue
 
                 self._report_progress(response, tally)
+                for stream_id in response.end_streams:
+                    entry = following.get(stream_id)
+                    if entry is None:
+                        stream_reports.append(m.StreamReport(stream_id=stream_id, state="ended"))  # never started
+                    else:
+                        entry.told_to_end = True
+                        entry.task.cancel()  # a read on the wire settles first (transport.read)
+                for assignment in response.streams:
+                    following[assignment.stream_id] = self._start_following(assignment, tally)
                 if response.state == m.JobState.DONE:
                     break
                 if response.state == m.JobState.FAILED:
@@ -575,12 +649,15 @@ class ForkClient:
                 self._set_in_flight(len(running))
 
                 wait_for = max(response.retry_after_seconds, 0.0)
-                if not running:
+                if not running and not following:
                     if not response.assignments and not self.options.long_poll_seconds:
                         await asyncio.sleep(wait_for or self.options.idle_poll_seconds)
                     continue  # the next call long-polls
+                if following and not running:
+                    # Streams alone: wake when one ends (to report it) or to report what they landed.
+                    wait_for = max(last_stream_report + self.options.stream_report_seconds - self._clock(), 0.0)
                 done, _ = await asyncio.wait(
-                    [e.task for e in running.values()],
+                    [e.task for e in running.values()] + [f.task for f in following.values()],
                     # Wake when a chunk finishes (to report it and refill its slot) or
                     # when the scheduler said to ask again.
                     timeout=wait_for or self.options.idle_poll_seconds,
@@ -602,7 +679,17 @@ class ForkClient:
             raise
         finally:
             await self._drain(running)
+            await self._stop_following(following)
             self._set_in_flight(0)
+
+        # Done: every chunk is here, so every stream has ended. Say so, or each parent would count
+        # it as a reader until the scheduler's read deadline (a parent's withdraw waits for that).
+        stream_reports += self._stream_news(following, tally)
+        if stream_reports:
+            try:
+                await scheduler.work(job_id, m.WorkRequest(max_assignments=0, streams=stream_reports))
+            except RforkApiError as exc:
+                log.debug("final stream reports of job %s not sent: %s", job_id, exc)
 
         progress = response.progress
         if tally.first_lease_at is None or tally.last_landed_at is None:
@@ -622,6 +709,67 @@ class ForkClient:
             bytes_from_seeds=progress.bytes_from_seeds,
             bytes_from_peers=progress.bytes_from_peers,
         )
+
+    def _start_following(self, assignment: m.StreamAssignment, tally: _Tally) -> _Following:
+        entry = _Following(assignment)
+        mine = self._landed_map
+        if mine is None or self._plan is None:  # cannot happen: the scheduler streams only jobs that sent a map
+            entry.task = asyncio.ensure_future(asyncio.sleep(0))
+            entry.told_to_end = True
+            return entry
+        stream = Stream(assignment.parent_map.ref(), assignment.first_chunk, assignment.end_chunk)
+        label = f"peer:{assignment.parent_job_id}"
+        sizes = [c.nbytes for c in self._plan]
+        started = self._clock()
+
+        def on_landed(chunk_ids: list[int]) -> None:
+            now = self._clock()
+            tally.first_lease_at = started if tally.first_lease_at is None else min(tally.first_lease_at, started)
+            tally.last_landed_at = now if tally.last_landed_at is None else max(tally.last_landed_at, now)
+            nbytes = sum(sizes[c] for c in chunk_ids)
+            tally.bytes_by_seed[label] = tally.bytes_by_seed.get(label, 0) + nbytes
+            tally.landed_chunks.update(chunk_ids)
+            entry.landed.extend(chunk_ids)
+            if self._metrics:
+                self._metrics.bytes_total.labels(seed="peer").inc(nbytes)
+
+        entry.task = asyncio.ensure_future(follow(self.transport, stream, self._plan, self._manifest, mine,
+                                                  self.options.follow, on_landed, clock=self._clock))
+        return entry
+
+    def _stream_news(self, following: dict[str, _Following], tally: _Tally) -> list[m.StreamReport]:
+        """Reports of what each stream landed since the last call, and of the streams that ended."""
+        out = []
+        for stream_id, entry in list(following.items()):
+            landed, entry.landed = entry.landed, []
+            task = entry.task
+            if not task.done():
+                if landed:
+                    out.append(m.StreamReport(stream_id=stream_id, landed=landed))
+                continue
+            del following[stream_id]
+            if task.cancelled() or entry.told_to_end:
+                state, reason, error = "ended", None, None
+            elif (exc := task.exception()) is None:
+                state, reason, error = "done", None, None
+            else:
+                state, error = "failed", clip(str(exc), _REPORT_ERROR_CHARS, quote=False)
+                reason = ("parent_stalled" if isinstance(exc, ParentStalled) else
+                          "not_the_same_plan" if isinstance(exc, NotTheSamePlan) else "parent_lost")
+                tally.reads_failed += 1
+                log.warning("stream %s from %s failed (%s): %s", stream_id, entry.assignment.parent_job_id,
+                            reason, error)
+            out.append(m.StreamReport(stream_id=stream_id, landed=landed, state=state, reason=reason, error=error))
+        return out
+
+    async def _stop_following(self, following: dict[str, _Following]) -> None:
+        """Stop every stream and wait for it: never return while a stream's read may write our memory."""
+        for entry in following.values():
+            if not entry.task.done():
+                entry.told_to_end = True
+                entry.task.cancel()
+        if following:
+            await asyncio.gather(*(f.task for f in following.values()), return_exceptions=True)
 
     def _collect(self, running: dict[str, _Running]) -> list[m.ChunkReport]:
         reports = []
@@ -722,6 +870,8 @@ class ForkClient:
             tally.last_landed_at = landed if tally.last_landed_at is None else max(tally.last_landed_at, landed)
             tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a.bytes
             tally.landed_chunks.update(a.chunk_ids or [a.chunk_id])
+            if self._landed_map is not None:
+                self._landed_map.mark(a.chunk_ids or [a.chunk_id])  # only now: a child may read them at once
             if self._metrics:
                 self._metrics.bytes_total.labels(seed=label).inc(a.bytes)
                 self._metrics.chunk_read_seconds.observe(landed - read_started)
@@ -805,6 +955,7 @@ class ForkClient:
                 break
             await asyncio.sleep(self.options.withdraw_poll_seconds)
         self._serving_job = None
+        self._close_landed_map()  # no stream from us is counted (or we gave up waiting, as for chunk reads)
         self.withdrawal = Withdrawal(job_id, loop.time() - started, in_flight, gave_up)
         if gave_up:
             log.warning("%s", self.withdrawal.describe())

@@ -14,8 +14,8 @@ another parent), :class:`ParentStalled` when the parent landed nothing of the st
 ``stall_seconds``, and :class:`NotTheSamePlan` when the parent's map is not one of the
 same chunk plan.
 
-Not yet used by ``rfork fork``: the scheduler's side (stream assignments, the stripe trees
-of scheduler/streams.py in its swarm; docs/fleet.md "Streams") comes next.
+``rfork fork`` (rfork_agent/fork.py) follows the streams the scheduler hands it
+(scheduler/stream_swarm.py; docs/fleet.md "Streams").
 
     >>> with LandedMap(transport, plan, manifest) as mine:
     ...     await follow(transport, Stream(parent_ref, 0, 168), plan, manifest, mine)
@@ -209,6 +209,9 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
     landed_ptr = parent.ptr + landed_offset(parent.num_tensors)
     with _Registered(transport, parent.num_chunks) as landed:
         while left:
+            left = [c for c in left if not mine.is_landed(c)]  # some may have landed from elsewhere meanwhile
+            if not left:
+                break
             await _read_from(transport, stream, [landed.ptr], [landed_ptr], [parent.num_chunks], options,
                              f"its landed map ({len(left)} chunks of the stream left)")
             map_reads += 1

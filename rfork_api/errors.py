@@ -18,7 +18,8 @@ its status and its meaning are written.
      │    ├── ManifestMismatch     409 manifest_mismatch  names the first differing tensor
      │    ├── InvalidManifest      422 invalid_manifest
      │    ├── InvalidChunkSize     422 invalid_chunk_size
-     │    └── InvalidResume        422 invalid_resume
+     │    ├── InvalidResume        422 invalid_resume
+     │    └── InvalidLandedMap     422 invalid_landed_map not of the job's chunk plan
      ├── AgentError                5xx / unexpected       agent-side
      │    ├── AgentUnreachable            connect/timeout (client only); .url
      │    ├── LeaseDenied          429 over_budget        .retry_after_seconds
@@ -145,6 +146,10 @@ class InvalidResume(SchedulerError):
     code, status = "invalid_resume", 422
 
 
+class InvalidLandedMap(SchedulerError):
+    code, status = "invalid_landed_map", 422
+
+
 # -- agent -------------------------------------------------------------------
 
 
@@ -216,7 +221,7 @@ class InvalidIdentity(ValueError):
 _WIRE_ERRORS: tuple[type[RforkApiError], ...] = (
     InvalidRequest, BodyTooLarge, Unauthorized,
     UnknownModel, UnknownJob, UnknownSeed, ManifestMismatch, InvalidManifest, InvalidChunkSize, InvalidResume,
-    LeaseDenied, GrantRefused, UnknownRank, UnknownLease, SeedUnavailable, ThrottleUnavailable,
+    InvalidLandedMap, LeaseDenied, GrantRefused, UnknownRank, UnknownLease, SeedUnavailable, ThrottleUnavailable,
 )
 BY_CODE: dict[str, type[RforkApiError]] = {cls.code: cls for cls in _WIRE_ERRORS}
 

@@ -208,6 +208,62 @@ class JobCreated(Reply):
     num_chunks: int
     chunk_size_bytes: int
     seed_ids: list[str]
+    streams: StreamPlan | None = None
+    """Set when the scheduler streams and the job offered itself as a peer: register a landed map."""
+
+
+class LandedMapInfo(Request):
+    """Where a client's landed map lives (rfork_api/landed.py ``LandedMapRef``, on the wire)."""
+
+    session_id: str = Field(min_length=1, max_length=256)
+    ptr: int = Field(gt=0, lt=2**64)
+    num_chunks: int = Field(gt=0, le=1 << 24)
+    num_tensors: int = Field(gt=0, le=1 << 22)
+
+    def ref(self):
+        from rfork_api.landed import LandedMapRef
+        return LandedMapRef(self.session_id, self.ptr, self.num_chunks, self.num_tensors)
+
+    @classmethod
+    def of(cls, ref) -> "LandedMapInfo":
+        return cls(session_id=ref.session_id, ptr=ref.ptr, num_chunks=ref.num_chunks, num_tensors=ref.num_tensors)
+
+
+class StreamPlan(Reply):
+    """In ``JobCreated`` when the scheduler streams: register a landed map of this chunk plan and send it."""
+
+    stripes: int
+    plan_digest: str
+    """Hex of ``rfork_api.landed.plan_digest`` of the scheduler's chunk plan: a client whose own plan
+    differs (another rfork version) must not register a map, and forks without streams."""
+
+
+class StreamAssignment(Reply):
+    """Follow ``parent_map`` and read chunks ``[first_chunk, end_chunk)`` as they land there."""
+
+    stream_id: str
+    stripe: int
+    first_chunk: int
+    end_chunk: int
+    parent_job_id: str
+    parent_map: LandedMapInfo
+
+
+STREAM_STATES = ("running", "done", "ended", "failed")
+StreamState = Literal["running", "done", "ended", "failed"]
+StreamFailure = Literal["parent_lost", "parent_stalled", "not_the_same_plan"]
+
+
+class StreamReport(Request):
+    """A stream's news, sent with the next ``/work`` call: chunks it landed since its last report, and
+    whether it is still ``running``, ``done`` (every chunk landed), ``ended`` (stopped as told by
+    ``end_streams``; no read of it is on the wire any more) or ``failed`` (``reason``)."""
+
+    stream_id: str = Field(min_length=1, max_length=64)
+    landed: list[int] = Field(default_factory=list, max_length=1 << 24)
+    state: StreamState = "running"
+    reason: StreamFailure | None = None
+    error: str | None = Field(default=None, max_length=4096)
 
 
 class ChunkReport(Request):
@@ -231,6 +287,9 @@ class WorkRequest(Request):
     max_assignments: int = Field(default=8, ge=0, le=1024)
     reports: list[ChunkReport] = Field(default_factory=list, max_length=100_000)
     wait_seconds: float = Field(default=0.0, ge=0, le=30, allow_inf_nan=False)
+    landed_map: LandedMapInfo | None = None
+    """Once, after ``JobCreated.streams``: this client's registered landed map; the job then streams."""
+    streams: list[StreamReport] = Field(default_factory=list, max_length=4096)
 
 
 class ReadSpan(Reply):
@@ -279,6 +338,10 @@ class WorkReply(Reply):
     assignments: list[Assignment] = Field(default_factory=list)
     cancel: list[str] = Field(default_factory=list)
     """Assignments another seed already landed (endgame duplicates): stop them if not yet reading."""
+    streams: list[StreamAssignment] = Field(default_factory=list)
+    """Streams to start (each until every chunk of it has landed here)."""
+    end_streams: list[str] = Field(default_factory=list)
+    """Streams to stop (their parent moved); report each ``ended`` once no read of it is on the wire."""
     retry_after_seconds: float = 0.0
     progress: Progress
     queued: int | None = None

@@ -27,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-forks-per-seed", type=int, default=None, metavar="N",
                    help="fork jobs that may read from one seed rank at once, fleet-wide; more wait in a queue "
                         "(GET /v1/fleet shows it). Default: no limit")
+    p.add_argument("--stream-stripes", type=int, default=8, metavar="N",
+                   help="peers that register a landed map follow other peers' maps, one stream per stripe of "
+                        "N, with no decision per chunk (docs/fleet.md, \"Streams\"); 0 = off (default 8)")
+    p.add_argument("--stream-fanout", type=int, default=8, metavar="N",
+                   help="children a streaming peer relays its home stripe to (default 8)")
     p.add_argument("--max-body-bytes", default="64MiB",
                    help="largest request body accepted; larger ones get 413 (default 64MiB)")
     p.add_argument("--token-file", default=None,
@@ -70,6 +75,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"rfork scheduler: error: --merge-seconds must be a number of seconds >= 0, got {args.merge_seconds}",
               file=sys.stderr)
         return 2
+    if not 0 <= args.stream_stripes <= 1024:
+        print(f"rfork scheduler: error: --stream-stripes must be 0 (off) to 1024, got {args.stream_stripes}",
+              file=sys.stderr)
+        return 2
+    if not 1 <= args.stream_fanout <= 1024:
+        print(f"rfork scheduler: error: --stream-fanout must be 1 to 1024, got {args.stream_fanout}", file=sys.stderr)
+        return 2
     if not 0 <= args.port <= 65535:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
@@ -93,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
 
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
-                             max_body_bytes=max_body, token=token,
+                             max_body_bytes=max_body, token=token, stream_stripes=args.stream_stripes,
+                             stream_fanout=args.stream_fanout,
                              admission=AdmissionConfig(max_forks_per_seed=args.max_forks_per_seed),
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds,

@@ -5,6 +5,7 @@ from rfork_api.errors import (  # noqa: F401 - re-exported for the scheduler's m
     InvalidChunkSize,
     InvalidManifest,
     InvalidRequest,
+    InvalidLandedMap,
     InvalidResume,
     ManifestMismatch,
     SchedulerError,

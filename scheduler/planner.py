@@ -521,6 +521,9 @@ class Job:
         self.error: str | None = None
         self._cancel: list[str] = []
         self._ids = 0
+        self.streamed = ChunkSet()
+        """Chunks this job reads by a stream from a parent peer (``stream_chunks``): not handed to a
+        source here, and not re-queued when a read of one fails; ``unstream_chunks`` gives them back."""
         self.on_cover: Callable[[int, int], None] | None = None
         """Told ``(chunk_id, +1)`` when a chunk becomes held-or-fetching here and ``(chunk_id, -1)``
         when it stops (a failed read re-queued it): how a swarm counts who covers what."""
@@ -552,6 +555,64 @@ class Job:
         if self.chunks and self.chunks_done == len(self.chunks):
             self.state, self.finished_at = DONE, now
 
+    # -- streams -----------------------------------------------------------
+    def stream_chunks(self, chunk_ids: Iterable[int]) -> None:
+        """These chunks come by a stream from a parent (scheduler/stream_swarm.py): withhold them.
+
+        A read of one already in flight carries on (if it lands first, the stream skips it);
+        if it fails, the chunk is not re-queued: the stream brings it.
+        """
+        fresh = [c for c in chunk_ids if c not in self.done_chunks and c not in self.streamed]
+        for chunk_id in fresh:
+            self.streamed.add(chunk_id)
+            self.pending.discard(chunk_id)
+
+    def unstream_chunks(self, chunk_ids: Iterable[int], now: float) -> None:
+        """The stream that was to bring these chunks ended (its parent left, it went back to the
+        seeds): the ones not landed and not in flight are pending again, at the front, in order."""
+        back = []
+        for chunk_id in chunk_ids:
+            if chunk_id not in self.streamed:
+                continue
+            self.streamed.discard(chunk_id)
+            if chunk_id not in self.done_chunks and chunk_id not in self._live_on and chunk_id not in self.pending:
+                back.append(chunk_id)
+        for chunk_id in reversed(sorted(back)):
+            self.pending.appendleft(chunk_id)
+        if back:
+            # The no-seed grace counts from when the work became the seeds' again.
+            self.last_seed_seen_at = max(self.last_seed_seen_at, now)
+
+    def landed_by_stream(self, chunk_ids: Iterable[int], source_id: str, now: float) -> int:
+        """The client read these chunks by a stream from ``source_id`` (a peer); returns the bytes
+        newly landed. A chunk already landed counts once."""
+        if self.state != RUNNING:
+            return 0
+        sizes, done, on_cover = self._sizes, self.done_chunks, self.on_cover
+        landed = []
+        for chunk_id in chunk_ids:
+            if chunk_id in done:
+                continue
+            if on_cover is not None and chunk_id not in self._live_on:
+                on_cover(chunk_id, +1)
+            done.add(chunk_id)
+            self.pending.discard(chunk_id)
+            landed.append(chunk_id)
+        nbytes = sum([sizes[c] for c in landed])
+        self.bytes_done += nbytes
+        self.chunks_done += len(landed)
+        if landed:
+            self.bytes_by_seed[source_id] = self.bytes_by_seed.get(source_id, 0) + nbytes
+            self.bytes_by_kind[PEER] = self.bytes_by_kind.get(PEER, 0) + nbytes
+        if self.chunks_done == len(self._plan):
+            self.state, self.finished_at = DONE, now
+        return nbytes
+
+    def done_in(self, chunks: range) -> int:
+        """Chunks of the contiguous range ``chunks`` landed here (an AND of bitmasks)."""
+        width = chunks.stop - chunks.start
+        return ((self.done_chunks.mask >> chunks.start) & ((1 << width) - 1)).bit_count()
+
     # -- handing out work --------------------------------------------------
     def next_assignments(self, sources: list[SourceView], now: float, max_assignments: int,
                          covered: Coverage | None = None) -> list[Assignment]:
@@ -561,8 +622,8 @@ class Job:
         fetching it now; a seed is not asked for a chunk an eligible peer covers,
         so concurrent jobs take each chunk from the seeds about once.
         """
-        if self.state != RUNNING:
-            return []
+        if self.state != RUNNING or (not self.pending and not self.live and self.streamed):
+            return []  # (every chunk left comes by a stream: nothing for a source, and no seed needed)
         self._readmit_restarted(sources)
         excluded, peer_id = self.excluded, self._peer_id
         eligible = [s for s in sources if s.source_id not in excluded and s.source_id != peer_id]
@@ -1138,7 +1199,7 @@ class Job:
             attempts = self._attempts.get(chunk_id, 0)
             if really_failed:
                 attempts = self._attempts[chunk_id] = attempts + 1  # a read that never started is not an attempt
-            if not self.covers(chunk_id):
+            if not self.covers(chunk_id) and chunk_id not in self.streamed:
                 self.pending.appendleft(chunk_id)  # retries go first: they gate completion
                 self.retried_chunks += 1
             if attempts >= self.config.max_attempts_per_chunk:
@@ -1198,7 +1259,7 @@ class Job:
         for a in theirs:
             for chunk_id in a.chunk_ids:
                 if self._unlive(chunk_id, a.assignment_id) is not None and not self.covers(chunk_id) \
-                        and chunk_id not in self.pending:
+                        and chunk_id not in self.pending and chunk_id not in self.streamed:
                     requeue.append(chunk_id)
             self._cancel.append(a.assignment_id)
             self._unset_live(a)

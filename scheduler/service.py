@@ -32,14 +32,16 @@ from rfork_api.auth import GrantClaims, grant_key, sign_grant
 from rfork_api.http import DEFAULT_MAX_BODY_BYTES, error_responses, install
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, ChunkPlan, plan_chunks, validate_chunk_size
-from scheduler.errors import InvalidResume, UnknownJob, UnknownModel, UnknownSeed, clip
+from scheduler.errors import InvalidLandedMap, InvalidResume, UnknownJob, UnknownModel, UnknownSeed, clip
 from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
 from scheduler.intake import Intake, decode_job_request, decode_registration
 from scheduler.liveness import LoopWatch, NoWatch
 from scheduler.state_metrics import SchedulerStateCollector
 from rfork_api.manifest import Manifest, ManifestTable, match_manifests
 from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
+from scheduler.stream_swarm import FAILED as STREAM_FAILED, StreamReport, StreamSwarm
 from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
+from rfork_api.landed import plan_digest
 
 log = logging.getLogger("rfork.scheduler")
 
@@ -79,6 +81,11 @@ class SchedulerConfig:
     simulator's clients (``idle_poll_seconds``) do. 0 = on every change."""
     max_peers_per_decision: int = 16
     """Peers offered to one /work decision, sampled afresh each time (a swarm's few parents)."""
+    stream_stripes: int = 8
+    """Streams (scheduler/stream_swarm.py): a peer whose client registers a landed map follows other
+    members' maps, one stream per stripe of this many, instead of a decision per chunk. 0 = off."""
+    stream_fanout: int = 8
+    """Children a member relays its home stripe to."""
     intake_workers: int = 2
     """Job requests and registrations decoded and planned at once, off the event loop (more wait)."""
     process_pool_min_body_bytes: int = 1 << 20
@@ -144,6 +151,9 @@ class SchedulerState:
     loop_watch: LoopWatch = field(default_factory=NoWatch)
     """Stalls of the event loop, not counted as seed silence (a NoWatch when nothing ticks it)."""
     swarm: Swarm = field(init=False)
+    streams: StreamSwarm | None = field(init=False)
+    plan_digests: dict[GroupKey, str] = field(default_factory=dict)
+    """Group -> hex digest of its chunk plan (what a streaming client checks its own plan against)."""
     scale_outs: dict[GroupKey, float] = field(default_factory=dict)
     """Group -> when its current scale-out started (its first job while none was running)."""
     plans: OrderedDict[GroupKey, ChunkPlan] = field(default_factory=OrderedDict)
@@ -154,6 +164,9 @@ class SchedulerState:
     def __post_init__(self) -> None:
         self.swarm = Swarm(read_deadline_seconds=self.config.peer_read_deadline_seconds,
                            max_peers_per_decision=self.config.max_peers_per_decision)
+        self.streams = None if self.config.stream_stripes <= 0 else StreamSwarm(
+            self.config.stream_stripes, self.config.stream_fanout,
+            read_deadline_seconds=self.config.peer_read_deadline_seconds)
         self.metrics.registry.register(SchedulerStateCollector(self))
 
     @functools.cached_property
@@ -272,10 +285,13 @@ class SchedulerState:
                 self.plans.move_to_end(group)
                 return plan
         plan = plan_chunks(manifest, chunk_size, minimum=self.config.min_chunk_size)  # outside the lock: CPU
+        digest = plan_digest(plan).hex() if self.streams is not None else ""
         with self.lock:
             self.plans[group] = plan
+            self.plan_digests[group] = digest
             while len(self.plans) > PLAN_CACHE_SIZE:
-                self.plans.popitem(last=False)
+                dropped, _ = self.plans.popitem(last=False)
+                self.plan_digests.pop(dropped, None)
         return plan
 
     def _resume(self, job: Job, body: wire.JobRequest, num_chunks: int, now: float) -> None:
@@ -309,12 +325,47 @@ class SchedulerState:
                 job_id=job_id, assignment_id=a.assignment_id, seed_id=a.seed_id, rank=rank,
                 bytes=a.nbytes, expires_at=expires))
 
+    def stream_plan(self, record: JobRecord, offered_peer: bool) -> wire.StreamPlan | None:
+        """What a new job's client needs to stream (None: it does not: streams off, or it serves nobody)."""
+        if self.streams is None or not offered_peer or record.group is None:
+            return None
+        with self.lock:
+            digest = self.plan_digests.get(record.group)
+        if not digest:
+            return None
+        return wire.StreamPlan(stripes=min(self.config.stream_stripes, len(record.job.chunks)), plan_digest=digest)
+
+    def _join_streams(self, record: JobRecord, landed_map: wire.LandedMapInfo, now: float) -> None:
+        job = record.job
+        streams = self.streams
+        if streams is None or streams.is_member(job.job_id) or job.state != RUNNING:
+            return  # streams off (the client forks without), joined already, or nothing left to read
+        if not self.swarm.is_member(job.job_id) or not self.swarm._members[job.job_id].serving:
+            raise InvalidLandedMap(f"job {job.job_id} offered no peer session: a member of streams serves its "
+                                   "landed chunks; create the job with a peer offer to stream")
+        if (landed_map.num_chunks, landed_map.num_tensors) != (len(job.chunks), len(job.client_manifest)):
+            raise InvalidLandedMap(
+                f"the landed map has {landed_map.num_chunks} chunks of {landed_map.num_tensors} tensors, the job "
+                f"{len(job.chunks)} of {len(job.client_manifest)}: register a map of the job's chunk plan "
+                "(rfork_api.chunking.plan_chunks at JobCreated.chunk_size_bytes)")
+        streams.join(job, record.group, landed_map.ref(), now)
+
     def work(self, job_id: str, body: wire.WorkRequest) -> wire.WorkReply:
         with self.lock:
             record = self._job(job_id)
             job, now = record.job, self.clock()
             record.last_poll = now
             before = (job.bytes_done, dict(job.bytes_by_seed), job.state, dict(job.bytes_by_kind))
+            streams = self.streams
+            if body.landed_map is not None:
+                self._join_streams(record, body.landed_map, now)
+            if body.streams and streams is not None:
+                streams.report(job_id, [StreamReport(r.stream_id, r.landed, r.state, r.reason, r.error)
+                                        for r in body.streams], now)
+                for r in body.streams:
+                    if r.state == STREAM_FAILED:
+                        self.metrics.stream_failures_total.labels(reason=r.reason or "parent_lost").inc()
+                        log.info("job %s: stream %s failed (%s): %s", job_id, r.stream_id, r.reason, r.error)
             for r in body.reports:
                 a = job.assignments.get(r.assignment_id)
                 reason = r.reason if r.reason in FAILURE_REASONS else "read_failed"
@@ -326,11 +377,14 @@ class SchedulerState:
                     source = PEER if a.source_kind == PEER else a.seed_id
                     self.metrics.chunk_failures_total.labels(seed=source, reason=reason).inc()
             self._admit()
-            views = self._views(record)
             excluded = dict(job.excluded)
-            assignments = [] if views is None else job.next_assignments(
-                views + self.swarm.sources_for(job_id, now), now, body.max_assignments,
-                covered=self.swarm.covered_for(job_id))
+            if job.streamed and not job.pending and not job.live:
+                views, assignments = [], []  # every chunk left comes by a stream: no source to ask
+            else:
+                views = self._views(record)
+                assignments = [] if views is None else job.next_assignments(
+                    views + self.swarm.sources_for(job_id, now), now, body.max_assignments,
+                    covered=self.swarm.covered_for(job_id))
             for seed_id in excluded.keys() - job.excluded.keys():
                 log.info("job %s: seed %s restarted (a new agent or seed process registered) after it was "
                          "excluded (%s); using it again", job_id, seed_id, excluded[seed_id])
@@ -347,9 +401,12 @@ class SchedulerState:
                 record.last_progress_wall = self.wall_clock()
             if before[2] == RUNNING and job.state != RUNNING:
                 self._finished(record, job.state)
+            started, ended = ([], []) if streams is None else streams.take(job_id)
+            if started:
+                self.metrics.streams_started_total.inc(len(started))
             return wire.WorkReply(
                 state=job.state, error=job.error, assignments=[_wire_assignment(a) for a in assignments],
-                cancel=job.take_cancellations(),
+                cancel=job.take_cancellations(), streams=[_wire_stream(a) for a in started], end_streams=ended,
                 retry_after_seconds=0.0 if assignments else 0.5 if views is None else 0.05,
                 progress=_wire_progress(job), queued=self.admission.last.position(job_id))
 
@@ -384,6 +441,8 @@ class SchedulerState:
             record.last_poll = now
             was_member = self.swarm.is_member(job_id)
             in_flight = self.swarm.withdraw(job_id, now)
+            if self.streams is not None:
+                in_flight += self.streams.withdraw(job_id, now)
         if was_member and in_flight:
             log.info("job %s withdrew as a peer; %d reads from it still on the wire", job_id, in_flight)
         return in_flight
@@ -392,6 +451,8 @@ class SchedulerState:
         """The job's client is gone or stopped serving: its readers read elsewhere."""
         job = record.job
         readers = self.swarm.leave(job.job_id, now)
+        if self.streams is not None:
+            self.streams.leave(job.job_id, now)
         for reader in readers:
             self._counting_retries(reader, "seed_lost", lambda reader=reader: reader.seed_lost(job.peer_id, why, now))
         group = record.group
@@ -555,6 +616,12 @@ def _wire_assignment(a) -> wire.Assignment:
         source_kind=a.source_kind)
 
 
+def _wire_stream(a) -> wire.StreamAssignment:
+    return wire.StreamAssignment(
+        stream_id=a.stream_id, stripe=a.stripe, first_chunk=a.first_chunk, end_chunk=a.end_chunk,
+        parent_job_id=a.parent_job_id, parent_map=wire.LandedMapInfo.of(a.parent_map))
+
+
 def _wire_progress(job: Job) -> wire.Progress:
     return wire.Progress(**job.progress())
 
@@ -644,12 +711,12 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             seed_ids = [s.seed_id for s in state.matching(record.identity, record.rank)]
         return wire.JobCreated(job_id=job.job_id, total_bytes=job.bytes_total, num_chunks=len(job.chunks),
                                chunk_size_bytes=config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes,
-                               seed_ids=seed_ids)
+                               seed_ids=seed_ids, streams=state.stream_plan(record, body.peer is not None))
 
     @app.post("/v1/jobs/{job_id}/work", response_model=wire.WorkReply)
     async def work(job_id: str, body: wire.WorkRequest):
         reply = state.work(job_id, body)
-        if body.reports:
+        if body.reports or body.streams or body.landed_map:
             changes.notify()  # chunks landed: peers hold more, other jobs may have work now
         # Long poll: a job with nothing to do now waits until something changes (a chunk lands
         # anywhere, a seed registers or reports budget) instead of asking again and again.
@@ -657,8 +724,9 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         last_look = loop.time()
         deadline = last_look + body.wait_seconds
         cancels = list(reply.cancel)
-        while (not reply.assignments and reply.state == RUNNING and body.max_assignments > 0
-               and (left := deadline - loop.time()) > 0):
+        started, ended = list(reply.streams), list(reply.end_streams)
+        while (not reply.assignments and not started and not ended and reply.state == RUNNING
+               and body.max_assignments > 0 and (left := deadline - loop.time()) > 0):
             await changes.wait(left)
             # Changes come in bursts (every report is one): look again at most every recheck.
             if (pause := min(last_look + config.long_poll_recheck_seconds, deadline) - loop.time()) > 0:
@@ -666,7 +734,9 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             last_look = loop.time()
             reply = state.work(job_id, wire.WorkRequest(max_assignments=body.max_assignments))
             cancels += reply.cancel
-        reply.cancel = cancels
+            started += reply.streams
+            ended += reply.end_streams
+        reply.cancel, reply.streams, reply.end_streams = cancels, started, ended
         return reply
 
     @app.post("/v1/jobs/{job_id}/withdraw", response_model=wire.WithdrawReply)

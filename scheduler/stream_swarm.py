@@ -1,0 +1,320 @@
+"""Streams in the scheduler: which parent each member of a swarm follows for each stripe.
+
+Pure bookkeeping, no I/O: the service calls it under its lock with ``now``, and the
+simulator calls the same code (so its CPU accounting is the service's).
+
+A job whose client registered a landed map (rfork_api/landed.py) and offers itself as a
+peer *streams*: for each stripe of the chunk plan (contiguous ranges,
+:func:`stripe_ranges`), :class:`~scheduler.streams.StripeTrees` gives it a parent, another
+member or the seeds. A member parent means a *stream*: the client follows that parent's
+landed map and reads the stripe's chunks as they land there, with no scheduler decision
+per chunk; the job's planner withholds those chunks (``Job.stream_chunks``). The seeds
+as parent mean the planner serves the stripe, per chunk, under the seeds' leases, as for
+any job. So the per-chunk decisions of a scale-out are about one model copy (the
+stripes' roots), whatever N is, and each member costs one join and a few reports.
+
+Every change of a member's parent in a stripe (a join's placement, an adoption, a
+re-parent) ends its old stream and starts a new one, each under a new ``stream_id``:
+the client is told to stop the old one (``take``: ``ended``) and start the new one.
+
+Safety (docs/fleet.md, "Safety"): a reader reads the parent's memory one-sided, so the
+parent cannot see it. Every stream counts against its parent as a reader until its
+client reports it finished (landed all, stopped, or failed); a reader that goes away
+without reporting keeps counting until ``read_deadline_seconds`` after it left. A parent
+that withdraws leaves the trees at once (its children are re-parented) and frees its
+memory only once ``withdraw`` counts no stream (and no chunk read) from it. Use::
+
+    streams = StreamSwarm(stripes=8, fanout=8)
+    streams.join(job, group, LandedMapRef(session, ptr, num_chunks, num_tensors), now)
+    started, ended = streams.take(job.job_id)      # StreamAssignments to follow, stream ids to stop
+    streams.report(job.job_id, [StreamReport(stream_id, landed=[...], state=DONE)], now)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Hashable, Iterable, Sequence
+
+from rfork_api.landed import LandedMapRef
+from scheduler.planner import Job
+from scheduler.streams import SEEDS, StripeTrees
+
+__all__ = ["StreamSwarm", "StreamAssignment", "StreamReport", "stripe_ranges", "RUNNING", "DONE", "ENDED",
+           "FAILED", "STREAM_FAILURES"]
+
+GroupKey = Hashable
+
+RUNNING, DONE, ENDED, FAILED = "running", "done", "ended", "failed"
+"""A stream's state in a client's report: still reading; every chunk landed; stopped as told
+(``take``'s ``ended``); failed (``reason`` one of :data:`STREAM_FAILURES`)."""
+STREAM_FAILURES = ("parent_lost", "parent_stalled", "not_the_same_plan")
+
+
+def stripe_ranges(num_chunks: int, stripes: int) -> list[range]:
+    """``stripes`` contiguous chunk ranges, as even as they go (fewer when there are fewer chunks).
+
+        >>> stripe_ranges(10, 4)
+        [range(0, 3), range(3, 6), range(6, 8), range(8, 10)]
+    """
+    stripes = max(min(stripes, num_chunks), 1)
+    base, extra = divmod(num_chunks, stripes)
+    out, start = [], 0
+    for s in range(stripes):
+        end = start + base + (s < extra)
+        out.append(range(start, end))
+        start = end
+    return out
+
+
+@dataclass(frozen=True)
+class StreamAssignment:
+    """Follow ``parent_map`` and read chunks ``[first_chunk, end_chunk)`` as they land there."""
+
+    stream_id: str
+    stripe: int
+    first_chunk: int
+    end_chunk: int
+    parent_job_id: str
+    parent_map: LandedMapRef
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """What a client says about one of its streams (sent with its next ``/work`` call)."""
+
+    stream_id: str
+    landed: Sequence[int] = ()
+    """Chunk ids this stream landed since its last report."""
+    state: str = RUNNING
+    reason: str | None = None
+    """For ``FAILED``: one of :data:`STREAM_FAILURES`."""
+    error: str | None = None
+
+
+@dataclass
+class _Stream:
+    stream_id: str
+    reader: str
+    """The reading job's id."""
+    stripe: int
+    parent: str
+    deadline: float = math.inf
+    """While the reader is alive, inf; once it left without reporting the stream, when a read of
+    it can no longer be on the wire."""
+
+
+@dataclass
+class _Member:
+    job: Job
+    key: GroupKey
+    landed_map: LandedMapRef
+    ranges: list[range]
+    streams: dict[int, _Stream] = field(default_factory=dict)
+    """Stripe -> the stream this member reads it by now (absent: the seeds serve it, or done)."""
+    started: list[StreamAssignment] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    """What the client has not been told yet: streams to start, stream ids to stop."""
+    readers: dict[str, _Stream] = field(default_factory=dict)
+    """Streams that read from this member, not yet reported finished by their readers."""
+    reading: dict[str, _Stream] = field(default_factory=dict)
+    """Streams this member reads (or was told to stop and has not confirmed), not yet finished."""
+    in_trees: bool = True
+
+
+class StreamSwarm:
+    """The stripe trees of every group of streaming jobs, and the streams between them."""
+
+    def __init__(self, stripes: int = 8, fanout: int = 8, candidates: int = 16,
+                 read_deadline_seconds: float = 30.0, rng: random.Random | None = None) -> None:
+        if stripes < 1 or fanout < 1:
+            raise ValueError(f"stream stripes and fanout must be >= 1, got {stripes} and {fanout}")
+        self.stripes, self.fanout, self.candidates = stripes, fanout, candidates
+        self.read_deadline_seconds = read_deadline_seconds
+        self._rng = rng or random.Random(0)
+        self._trees: dict[GroupKey, StripeTrees] = {}
+        self._members: dict[str, _Member] = {}
+        self._group_size: dict[GroupKey, int] = {}
+        self._gone: dict[str, _Member] = {}
+        """Members that left with streams still reading from them (counted until reported or expired)."""
+        self._by_id: dict[str, _Stream] = {}
+        """Every stream some parent still counts, by id."""
+        self._ids = 0
+        self.decisions = 0
+        """Parent choices made (joins' placements and re-parents): the scheduler's per-member work."""
+
+    # -- membership -------------------------------------------------------
+    def is_member(self, job_id: str) -> bool:
+        return job_id in self._members
+
+    def join(self, job: Job, key: GroupKey, landed_map: LandedMapRef, now: float) -> None:
+        """Add a streaming job to its group's trees; its streams wait in ``take``."""
+        if job.job_id in self._members:
+            return  # already joined (a repeated registration of the same map)
+        if landed_map.num_chunks != len(job.chunks):
+            raise ValueError(f"the landed map has {landed_map.num_chunks} chunks, the job {len(job.chunks)}: "
+                             "it is not of this job's chunk plan")
+        ranges = stripe_ranges(len(job.chunks), self.stripes)
+        trees = self._trees.get(key)
+        if trees is None:
+            trees = self._trees[key] = StripeTrees(len(ranges), self.fanout, self.candidates, self._rng)
+        self._members[job.job_id] = _Member(job, key, landed_map, ranges)
+        self._group_size[key] = self._group_size.get(key, 0) + 1
+        self.decisions += 1
+        for moved, stripe, parent in trees.join(job.job_id):
+            self._apply(self._members[moved], stripe, parent, now)
+
+    def leave(self, job_id: str, now: float) -> None:
+        """The job is gone (finished serving, failed, abandoned): its children read elsewhere, and its
+        own streams count against their parents until the read deadline (it may not have stopped them)."""
+        member = self._members.pop(job_id, None)
+        if member is None:
+            return
+        if member.in_trees:
+            self._leave_trees(member, now)
+        for stream in member.reading.values():
+            stream.deadline = min(stream.deadline, now + self.read_deadline_seconds)
+        member.streams.clear()
+        member.started.clear()
+        member.ended.clear()
+        if member.readers:
+            self._gone[job_id] = member
+        left = self._group_size[member.key] = self._group_size[member.key] - 1
+        if not left:
+            del self._group_size[member.key]
+            self._trees.pop(member.key, None)
+
+    def withdraw(self, job_id: str, now: float) -> int:
+        """The member stops serving: no new stream from it; returns its streams not yet reported ended."""
+        member = self._members.get(job_id) or self._gone.get(job_id)
+        if member is None:
+            return 0
+        if member.in_trees:
+            self._leave_trees(member, now)
+        return self.readers_of(job_id, now)
+
+    def readers_of(self, job_id: str, now: float) -> int:
+        """Streams from this member that may still be reading its memory."""
+        member = self._members.get(job_id) or self._gone.get(job_id)
+        if member is None:
+            return 0
+        for stream_id in [s for s, stream in member.readers.items() if stream.deadline <= now]:
+            self._finish(stream_id)
+        if not member.readers:
+            self._gone.pop(job_id, None)
+        return len(member.readers)
+
+    # -- the client's side ------------------------------------------------
+    def take(self, job_id: str) -> tuple[list[StreamAssignment], list[str]]:
+        """Streams the client should start and the stream ids it should stop, each told once."""
+        member = self._members.get(job_id)
+        if member is None or not (member.started or member.ended):
+            return [], []
+        started, ended = member.started, member.ended
+        member.started, member.ended = [], []
+        return started, ended
+
+    def has_news(self, job_id: str) -> bool:
+        member = self._members.get(job_id)
+        return member is not None and bool(member.started or member.ended)
+
+    def report(self, job_id: str, reports: Iterable[StreamReport], now: float) -> None:
+        """Apply a client's stream reports: chunks landed, streams finished or failed."""
+        member = self._members.get(job_id)
+        for r in reports:
+            stream = self._by_id.get(r.stream_id)
+            if stream is None or stream.reader != job_id:
+                continue  # finished already, or not this job's: nothing to learn
+            if r.landed and member is not None:
+                n = len(member.job.chunks)
+                member.job.landed_by_stream([c for c in r.landed if 0 <= c < n], f"peer:{stream.parent}", now)
+            if r.state == RUNNING:
+                continue
+            self._finish(r.stream_id)
+            if member is None or member.streams.get(stream.stripe) is not stream:
+                continue  # an old stream (already replaced) or a job that left: only its count goes
+            del member.streams[stream.stripe]
+            if r.state == FAILED:
+                self._failed(member, stream, r, now)
+            elif r.state in (DONE, ENDED) and member.job.done_in(member.ranges[stream.stripe]) < len(
+                    member.ranges[stream.stripe]):
+                # Stopped short (a stop we did not ask for): the seeds serve the rest.
+                member.job.unstream_chunks(member.ranges[stream.stripe], now)
+
+    # -- internals ----------------------------------------------------------
+    def _failed(self, member: _Member, stream: _Stream, report: StreamReport, now: float) -> None:
+        parent = self._members.get(stream.parent)
+        trees = self._trees[member.key]
+        if report.reason in ("parent_lost", "not_the_same_plan") and parent is not None and parent.in_trees:
+            # Reads from it fail (or it is not what it claims): it relays no more; all its
+            # children move (this member among them). It may still be loading: its own streams go on.
+            self._leave_trees(parent, now)
+            if trees.parent(member.job.job_id, stream.stripe) != stream.parent:
+                return
+        self._reparent(member, stream.stripe, now)
+
+    def _leave_trees(self, member: _Member, now: float) -> None:
+        member.in_trees = False
+        trees = self._trees.get(member.key)
+        if trees is None:
+            return
+        for child, stripe in trees.leave(member.job.job_id):
+            orphan = self._members.get(child)
+            if orphan is not None:
+                self._reparent(orphan, stripe, now)
+
+    def _reparent(self, member: _Member, stripe: int, now: float) -> None:
+        trees = self._trees[member.key]
+        members = self._members
+
+        def progress(job_id: str, s: int) -> int:
+            m = members.get(job_id)
+            return -1 if m is None else m.job.done_in(m.ranges[s])
+
+        self.decisions += 1
+        _, _, parent = trees.reparent(member.job.job_id, stripe, progress)
+        self._apply(member, stripe, parent, now)
+
+    def _apply(self, member: _Member, stripe: int, parent: str | None, now: float) -> None:
+        """``member`` reads ``stripe`` from ``parent`` now (``SEEDS``: its planner, from the seeds)."""
+        chunks = member.ranges[stripe]
+        old = member.streams.pop(stripe, None)
+        if old is not None:
+            if old.parent == parent:
+                member.streams[stripe] = old  # the same parent: the stream goes on
+                return
+            untold = [a for a in member.started if a.stream_id == old.stream_id]
+            if untold:  # the client never heard of it: nothing to stop
+                member.started.remove(untold[0])
+                self._finish(old.stream_id)
+            else:  # told to stop, the client confirms it; only then does the parent stop counting it
+                member.ended.append(old.stream_id)
+        job = member.job
+        if parent is SEEDS or job.done_in(chunks) == len(chunks) or job.state != "running":
+            job.unstream_chunks(chunks, now)
+            return
+        parent_member = self._members[parent]
+        self._ids += 1
+        stream = _Stream(f"{member.job.job_id}.s{stripe}.{self._ids}", member.job.job_id, stripe, parent)
+        member.streams[stripe] = stream
+        member.reading[stream.stream_id] = stream
+        parent_member.readers[stream.stream_id] = stream
+        self._by_id[stream.stream_id] = stream
+        job.stream_chunks(chunks)
+        member.started.append(StreamAssignment(stream.stream_id, stripe, chunks.start, chunks.stop, parent,
+                                               parent_member.landed_map))
+
+    def _finish(self, stream_id: str) -> None:
+        """The stream reads no more: its parent stops counting it."""
+        stream = self._by_id.pop(stream_id, None)
+        if stream is None:
+            return
+        reader = self._members.get(stream.reader) or self._gone.get(stream.reader)
+        if reader is not None:
+            reader.reading.pop(stream_id, None)
+        parent = self._members.get(stream.parent) or self._gone.get(stream.parent)
+        if parent is not None:
+            parent.readers.pop(stream_id, None)
+            if not parent.readers and stream.parent in self._gone:
+                del self._gone[stream.parent]

@@ -1,0 +1,173 @@
+"""scheduler/stream_swarm.py: streams between members, the planner's share, reports, safety counts."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+import scheduler.stream_swarm as stream_swarm
+from rfork_api.chunking import plan_chunks
+from rfork_api.landed import LandedMapRef
+from rfork_api.manifest import parse_manifest
+from scheduler.planner import DONE, RUNNING, Job, PlannerConfig, Report, SourceView
+from scheduler.stream_swarm import ENDED, FAILED, StreamReport, StreamSwarm, stripe_ranges
+
+CHUNK = 1 << 20
+MANIFEST = parse_manifest({f"w{i}": [0x1000 + i * CHUNK, CHUNK // 2, 2] for i in range(16)})
+PLAN = plan_chunks(MANIFEST, CHUNK, minimum=4096)  # 16 chunks
+GROUP = "model/rank0"
+
+
+def job(i: int) -> Job:
+    return Job(f"j{i}", MANIFEST, PLAN, PlannerConfig(), now=0.0)
+
+
+def ref(i: int) -> LandedMapRef:
+    return LandedMapRef(f"10.0.0.{i}:1", 0x10_0000 * (i + 1), len(PLAN), len(MANIFEST))
+
+
+def seed() -> SourceView:
+    return SourceView("seed-0", "10.0.9.9:1", "http://agent", MANIFEST, None)
+
+
+def swarm_of(n: int, stripes: int = 4, fanout: int = 4, **kw) -> tuple[StreamSwarm, list[Job]]:
+    swarm = StreamSwarm(stripes=stripes, fanout=fanout, **kw)
+    jobs = [job(i) for i in range(n)]
+    for i, j in enumerate(jobs):
+        swarm.join(j, GROUP, ref(i), now=0.0)
+    return swarm, jobs
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(stream_swarm, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+@pytest.mark.parametrize("chunks, stripes, sizes", [
+    (16, 4, [4, 4, 4, 4]), (10, 4, [3, 3, 2, 2]), (3, 8, [1, 1, 1]), (1, 8, [1]), (0, 8, [0]),
+])
+def test_stripe_ranges_cover_the_plan_in_order(chunks: int, stripes: int, sizes: list[int]) -> None:
+    ranges = stripe_ranges(chunks, stripes)
+    assert [len(r) for r in ranges] == sizes
+    assert [c for r in ranges for c in r] == list(range(chunks))
+
+
+def test_the_first_member_reads_everything_from_the_seeds() -> None:
+    swarm, (a,) = swarm_of(1)
+    assert swarm.take("j0") == ([], [])
+    got = a.next_assignments([seed()], 0.0, 64)
+    assert sorted(c for x in got for c in x.chunk_ids) == list(range(16))
+
+
+def test_later_members_stream_what_others_relay_and_the_planner_serves_only_their_seed_stripes() -> None:
+    swarm, jobs = swarm_of(4)
+    for i, j in enumerate(jobs):
+        started, ended = swarm.take(j.job_id)
+        streamed = {c for s in started for c in range(s.first_chunk, s.end_chunk)}
+        assert ended == []
+        assert streamed == set(j.streamed), j.job_id
+        assert all(s.parent_job_id != j.job_id and s.parent_map == ref(int(s.parent_job_id[1:])) for s in started)
+        from_seeds = {c for x in j.next_assignments([seed()], 0.0, 64) for c in x.chunk_ids}
+        assert from_seeds.isdisjoint(streamed) and from_seeds | streamed == set(range(16))
+    # Each stripe leaves the seeds once: the four members' seed reads are the four stripes.
+    assert sorted(len(j.chunks) - len(j.streamed) for j in jobs) == [4, 4, 4, 4]
+
+
+def test_reports_land_chunks_and_finish_the_job_and_free_the_parent() -> None:
+    swarm, (a, b) = swarm_of(2, stripes=2, fanout=2)
+    swarm.take("j0")
+    started, _ = swarm.take("j1")
+    assert len(started) == 1 and started[0].parent_job_id == "j0"
+    s = started[0]
+    assert swarm.readers_of("j0", now=1.0) == 1
+    swarm.report("j1", [StreamReport(s.stream_id, landed=list(range(s.first_chunk, s.end_chunk)), state="done")], 1.0)
+    assert swarm.readers_of("j0", now=1.0) == 0
+    assert b.done_in(range(s.first_chunk, s.end_chunk)) == s.end_chunk - s.first_chunk
+    assert b.progress()["bytes_from_peers"] == (s.end_chunk - s.first_chunk) * CHUNK
+    rest = b.next_assignments([seed()], 1.0, 64)
+    for x in rest:
+        b.apply(Report(x.assignment_id, ok=True), 2.0)
+    assert b.state == DONE
+
+
+def test_a_reader_that_left_counts_against_its_parent_until_the_read_deadline() -> None:
+    swarm, _ = swarm_of(2, stripes=2, fanout=2, read_deadline_seconds=30.0)
+    swarm.take("j1")
+    swarm.leave("j1", now=10.0)
+    assert swarm.withdraw("j0", now=20.0) == 1
+    assert swarm.withdraw("j0", now=40.1) == 0
+
+
+def test_a_parent_that_withdraws_moves_its_children_and_waits_for_their_confirmation() -> None:
+    swarm, jobs = swarm_of(3, stripes=2, fanout=2)
+    for j in jobs:
+        swarm.take(j.job_id)
+    children = [j for j in jobs if any(s.parent == "j0" for s in swarm._members[j.job_id].streams.values())]
+    assert children, "someone streams from j0"
+    in_flight = swarm.withdraw("j0", now=1.0)
+    assert in_flight >= 1
+    for child in children:
+        started, ended = swarm.take(child.job_id)
+        assert ended, "told to stop its stream from j0"
+        assert all(s.parent_job_id != "j0" for s in started)
+        swarm.report(child.job_id, [StreamReport(e, state=ENDED) for e in ended], 2.0)
+    assert swarm.withdraw("j0", now=2.0) == 0
+
+
+def test_a_parent_lost_report_takes_the_parent_out_and_moves_every_child() -> None:
+    swarm, jobs = swarm_of(6, stripes=2, fanout=2)
+    streams = {j.job_id: swarm.take(j.job_id)[0] for j in jobs}
+    reader, stream = next((r, s) for r, ss in streams.items() for s in ss if s.parent_job_id != "j0")
+    parent = stream.parent_job_id
+    swarm.report(reader, [StreamReport(stream.stream_id, state=FAILED, reason="parent_lost", error="gone")], 1.0)
+    trees = swarm._trees[GROUP]
+    assert not trees._nodes[parent].alive
+    for j in jobs:
+        if j.job_id == parent:
+            continue
+        for s in range(trees.stripes):
+            assert trees.parent(j.job_id, s) != parent
+    started, _ = swarm.take(reader)
+    assert [s.stripe for s in started] == [stream.stripe] or jobs[int(reader[1:])].pending
+
+
+def test_a_stream_moved_back_to_the_seeds_gives_its_chunks_to_the_planner() -> None:
+    swarm, (a, b) = swarm_of(2, stripes=2, fanout=2)
+    (s,), _ = swarm.take("j1")
+    swarm.leave("j0", now=1.0)
+    _, ended = swarm.take("j1")
+    assert ended == [s.stream_id]
+    got = {c for x in b.next_assignments([seed()], 1.0, 64) for c in x.chunk_ids}
+    assert set(range(s.first_chunk, s.end_chunk)) <= got
+
+
+def test_a_failed_seed_read_of_a_streamed_chunk_is_not_queued_again() -> None:
+    j = job(0)
+    got = j.next_assignments([seed()], 0.0, 1)
+    j.stream_chunks(got[0].chunk_ids)
+    j.apply(Report(got[0].assignment_id, ok=False, reason="read_failed", error="x"), 1.0)
+    assert not set(got[0].chunk_ids) & set(j.pending)
+    assert j.state == RUNNING
+
+
+def test_reports_of_unknown_or_foreign_streams_change_nothing() -> None:
+    swarm, (a, b, c) = swarm_of(3, stripes=2, fanout=2)
+    (s, *_), _ = swarm.take("j1")
+    swarm.report("j2", [StreamReport(s.stream_id, landed=[0, 1], state="done")], 1.0)
+    swarm.report("j1", [StreamReport("nope", landed=[0, 1], state="done")], 1.0)
+    assert b.chunks_done == 0 and c.chunks_done == 0
+
+
+def test_a_map_of_another_plan_is_refused() -> None:
+    swarm = StreamSwarm()
+    with pytest.raises(ValueError, match="chunks"):
+        swarm.join(job(0), GROUP, LandedMapRef("h:1", 4096, 3, len(MANIFEST)), now=0.0)
+
+
+def test_a_thousand_members_cost_one_decision_each_and_the_seeds_send_one_copy() -> None:
+    swarm = StreamSwarm(stripes=4, fanout=4)
+    jobs = [job(i) for i in range(1000)]
+    for i, j in enumerate(jobs):
+        swarm.join(j, GROUP, ref(i % 200), now=0.0)
+    assert swarm.decisions == 1000
+    assert sum(len(j.chunks) - len(j.streamed) for j in jobs) == len(PLAN)

@@ -297,3 +297,107 @@ def test_waiting_long_polls_look_again_at_most_once_per_recheck_however_many_rep
             assert worst >= reports // 2, (looks, burst)
     finally:
         fleet.close()
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def landed_map(k: int, num_chunks: int = N_CHUNKS, num_tensors: int = 1) -> dict:
+    return {"session_id": f"client{k}:1", "ptr": (k + 1) << 20, "num_chunks": num_chunks, "num_tensors": num_tensors}
+
+
+def created(fleet: Fleet, k: int, peer: dict | None) -> dict:
+    body = {"identity": IDENTITY, "rank": 0, "manifest": manifest((k + 1) << 30), "chunk_size_bytes": CHUNK}
+    if peer is not None:
+        body["peer"] = peer
+    r = fleet.call("POST", "/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_a_peer_is_told_the_plan_to_stream_and_a_client_serving_nobody_is_not(fleet):
+    fleet.seed()
+    streaming = created(fleet, 0, {"session_id": "client0:1"})
+    assert streaming["streams"]["stripes"] == min(8, N_CHUNKS) and len(streaming["streams"]["plan_digest"]) == 32
+    assert created(fleet, 1, None)["streams"] is None
+    off = Fleet(stream_stripes=0)
+    try:
+        off.seed()
+        assert created(off, 0, {"session_id": "client0:1"})["streams"] is None
+    finally:
+        off.close()
+
+
+def test_streaming_members_get_streams_from_each_other_and_report_them_done(fleet):
+    fleet.seed()
+    jobs = [created(fleet, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
+    replies = [fleet.work(j, max_assignments=64, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
+    later = fleet.work(jobs[0], max_assignments=0)  # the first member is adopted as the others join
+    streams = {j: [*r.streams] for j, r in zip(jobs, replies)}
+    streams[jobs[0]] += later.streams
+    assert all(s.parent_job_id != j for j, ss in streams.items() for s in ss)
+    assert sum(len(ss) for ss in streams.values()) > 0
+    assert fleet.metric("rfork_scheduler_streams_started_total") == sum(len(ss) for ss in streams.values())
+    # The seed is asked for each chunk about once, not three times.
+    seed_chunks = [c for r in replies for a in r.assignments if a.source_kind == "seed" for c in a.chunk_ids]
+    assert len(seed_chunks) <= N_CHUNKS + 2, seed_chunks
+    # The first member lands what it read from the seed; a member that reports every streamed chunk
+    # landed, and reads the rest (from the seed or, per chunk, from the first member), is done.
+    fleet.work(jobs[0], reports=landed(replies[0].assignments), max_assignments=0)
+    j = jobs[2]
+    rest = fleet.work(j, reports=landed(replies[2].assignments), max_assignments=64)
+    reply = fleet.work(j, reports=landed(rest.assignments), streams=[
+        {"stream_id": s.stream_id, "landed": list(range(s.first_chunk, s.end_chunk)), "state": "done"}
+        for s in streams[j]])
+    assert reply.state == m.JobState.DONE, reply.progress
+    assert reply.progress.bytes_from_peers >= sum((s.end_chunk - s.first_chunk) * CHUNK for s in streams[j])
+
+
+def test_a_withdrawing_parent_waits_for_its_stream_readers_to_confirm(fleet):
+    fleet.seed()
+    a = created(fleet, 0, {"session_id": "client0:1"})["job_id"]
+    b = created(fleet, 1, {"session_id": "client1:1"})["job_id"]
+    fleet.work(a, max_assignments=0, landed_map=landed_map(0))
+    got = fleet.work(b, max_assignments=0, landed_map=landed_map(1))
+    from_a = [s for s in got.streams if s.parent_job_id == a]
+    assert from_a
+    assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == len(from_a)
+    told = fleet.work(b, max_assignments=0)
+    assert set(told.end_streams) >= {s.stream_id for s in from_a}
+    fleet.work(b, max_assignments=0, streams=[{"stream_id": s, "state": "ended"} for s in told.end_streams])
+    assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 0
+
+
+def test_a_failed_stream_is_counted_and_re_parented(fleet):
+    fleet.seed()
+    jobs = [created(fleet, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
+    replies = [fleet.work(j, max_assignments=0, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
+    reader, stream = next((j, s) for j, r in zip(jobs, replies) for s in r.streams)
+    reply = fleet.work(reader, max_assignments=64, streams=[
+        {"stream_id": stream.stream_id, "state": "failed", "reason": "parent_lost", "error": "read failed"}])
+    assert fleet.metric("rfork_scheduler_stream_failures_total", reason="parent_lost") == 1
+    moved = [s for s in reply.streams if s.stripe == stream.stripe]
+    from_seed = {c for a in reply.assignments for c in a.chunk_ids}
+    # The stripe comes from another member, or back from the seed.
+    assert (moved and moved[0].parent_job_id != stream.parent_job_id) or \
+        set(range(stream.first_chunk, stream.end_chunk)) <= from_seed
+
+
+@pytest.mark.parametrize("extra, status, words", [
+    ({"landed_map": landed_map(0, num_chunks=N_CHUNKS + 1)}, 422, "chunks"),
+    ({"landed_map": {**landed_map(0), "ptr": 0}}, 422, "ptr"),
+    ({"streams": [{"stream_id": "x", "state": "failed", "reason": "bored"}]}, 422, "reason"),
+])
+def test_bad_landed_maps_and_stream_reports_are_422(fleet, extra, status, words):
+    fleet.seed()
+    j = created(fleet, 0, {"session_id": "client0:1"})["job_id"]
+    r = fleet.call("POST", f"/v1/jobs/{j}/work", json={"max_assignments": 0, **extra})
+    assert r.status_code == status, r.text
+    assert words in r.text
+
+
+def test_a_landed_map_from_a_client_serving_nobody_is_422(fleet):
+    fleet.seed()
+    j = created(fleet, 0, None)["job_id"]
+    r = fleet.call("POST", f"/v1/jobs/{j}/work", json={"max_assignments": 0, "landed_map": landed_map(0)})
+    assert r.status_code == 422 and "peer offer" in r.text, r.text

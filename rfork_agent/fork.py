@@ -654,8 +654,16 @@ class ForkClient:
                         await asyncio.sleep(wait_for or self.options.idle_poll_seconds)
                     continue  # the next call long-polls
                 if following and not running:
-                    # Streams alone: wake when one ends (to report it) or to report what they landed.
-                    wait_for = max(last_stream_report + self.options.stream_report_seconds - self._clock(), 0.0)
+                    # Streams alone: wake when one ends, or to report what they landed. A stream
+                    # that finished while others run waits for the next report: a call per stream
+                    # would be most of the scheduler's work in a scale-out.
+                    report_s = self.options.stream_report_seconds
+                    while not self._stream_call_due(following, last_stream_report):
+                        await asyncio.wait(
+                            [f.task for f in following.values() if not f.task.done()],
+                            timeout=max(last_stream_report + report_s - self._clock(), 0.001),
+                            return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 done, _ = await asyncio.wait(
                     [e.task for e in running.values()] + [f.task for f in following.values()],
                     # Wake when a chunk finishes (to report it and refill its slot) or
@@ -736,6 +744,17 @@ class ForkClient:
         entry.task = asyncio.ensure_future(follow(self.transport, stream, self._plan, self._manifest, mine,
                                                   self.options.follow, on_landed, clock=self._clock))
         return entry
+
+    def _stream_call_due(self, following: dict[str, _Following], last_report: float) -> bool:
+        """Whether the streams have news the scheduler needs now: every stream ended (the fork may be
+        done), one failed or stopped as told (it moves one, or a parent waits for it), or the report
+        interval passed."""
+        tasks = [f.task for f in following.values()]
+        if all(t.done() for t in tasks):
+            return True
+        if any(t.done() and (t.cancelled() or t.exception() is not None) for t in tasks):
+            return True
+        return self._clock() - last_report >= self.options.stream_report_seconds
 
     def _stream_news(self, following: dict[str, _Following], tally: _Tally) -> list[m.StreamReport]:
         """Reports of what each stream landed since the last call, and of the streams that ended."""

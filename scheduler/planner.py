@@ -231,7 +231,17 @@ against one by one; past them a source's chunk is found by set intersection, in 
 
 
 def bits_of(chunk_ids: Iterable[int]) -> int:
-    """The bitmask of these chunk ids."""
+    """The bitmask of these chunk ids (distinct). A contiguous run (a stripe, a range) costs O(1).
+
+        >>> bits_of([3, 4, 5]) == bits_of(range(3, 6)) == 0b111000
+        True
+    """
+    if isinstance(chunk_ids, range) and chunk_ids.step == 1:
+        return ((1 << len(chunk_ids)) - 1) << chunk_ids.start if len(chunk_ids) else 0
+    if isinstance(chunk_ids, (set, frozenset, list, tuple)) and len(chunk_ids) > 8:
+        low, high = min(chunk_ids), max(chunk_ids)
+        if high - low + 1 == len(chunk_ids):
+            return ((1 << len(chunk_ids)) - 1) << low
     mask = 0
     for chunk_id in chunk_ids:
         mask |= 1 << chunk_id
@@ -252,7 +262,7 @@ class ChunkSet(set):
 
     def __init__(self, chunk_ids: Iterable[int] = ()) -> None:
         super().__init__(chunk_ids)
-        self._remask()
+        self.mask = bits_of(chunk_ids) if isinstance(chunk_ids, range) else bits_of(self)
 
     def _remask(self) -> None:
         self.mask = bits_of(self)
@@ -262,11 +272,11 @@ class ChunkSet(set):
             set.add(self, chunk_id)
             self.mask |= 1 << chunk_id
 
-    def add_new(self, chunk_ids: list[int]) -> None:
+    def add_new(self, chunk_ids: Collection[int], mask: int | None = None) -> None:
         """Add chunk ids none of which is in the set yet (an assignment's landed chunks): one
-        update of the set and of the mask for all of them."""
+        update of the set and of the mask (``bits_of(chunk_ids)``, if the caller has it) for all."""
         set.update(self, chunk_ids)
-        self.mask |= bits_of(chunk_ids)
+        self.mask |= bits_of(chunk_ids) if mask is None else mask
 
     def discard_all(self, chunk_ids: Collection[int]) -> None:
         """``discard`` each of these chunk ids (what a new assignment covers), in one call."""
@@ -337,6 +347,9 @@ class PendingQueue:
         self._entries: deque[tuple[int, int]] = deque(zip(ids, tokens))
         self._token: dict[int, int] = dict(zip(ids, tokens))
         self._next = len(ids)
+        self._in_token_order = True
+        """Whether the entries are in the order of ``_token`` (only ``appendleft`` and re-adding a
+        chunk still queued break it): then the live entries are ``_token.items()`` as they are."""
         self._sizes = sizes
         if nbytes is None:
             nbytes = sum([sizes[c] for c in self._token]) if sizes is not None else 0
@@ -379,10 +392,13 @@ class PendingQueue:
             self.nbytes += self._sizes[chunk_id]
 
     def append(self, chunk_id: int) -> None:
+        if chunk_id in self._token:
+            self._in_token_order = False
         self._count_in(chunk_id)
         self._entries.append((chunk_id, self._new_token(chunk_id)))
 
     def appendleft(self, chunk_id: int) -> None:
+        self._in_token_order = False
         self._count_in(chunk_id)
         self._entries.appendleft((chunk_id, self._new_token(chunk_id)))
 
@@ -398,28 +414,75 @@ class PendingQueue:
         if chunk_id in self._token:
             self.remove(chunk_id)
 
-    def remove_all(self, chunk_ids: list[int]) -> None:
-        """``remove`` each of these (all pending), at once."""
-        token, mask = self._token, 0
-        for chunk_id in chunk_ids:
-            del token[chunk_id]
-            mask |= 1 << chunk_id
-        self.mask &= ~mask
+    def remove_all(self, chunk_ids: Collection[int], mask: int | None = None) -> None:
+        """``remove`` each of these (all pending, distinct), at once, at C speed (a stream withholds a
+        stripe of a fresh job). ``mask``: their ``bits_of``, if the caller has it."""
+        token = self._token
+        if self._in_token_order and 2 * len(chunk_ids) > len(token):
+            # Most of the queue goes (a stream takes all but the seeds' stripe): rebuild from the few
+            # kept, in their (token) order, instead of popping the many.
+            kept = sorted(token.keys() - set(chunk_ids), key=token.__getitem__)
+            self._token = token = dict(zip(kept, map(token.__getitem__, kept)))
+            self._entries = deque(token.items())
+        else:
+            deque(map(token.pop, chunk_ids), maxlen=0)
+            if len(self._entries) > 2 * len(token) + 64:
+                if self._in_token_order:  # the live entries, in order, at C speed; the stale ones freed now
+                    self._entries = deque(token.items())
+                else:
+                    self._compact()
+        self.mask &= ~(bits_of(chunk_ids) if mask is None else mask)
         if self._sizes is not None:
-            sizes = self._sizes
-            self.nbytes -= sum([sizes[c] for c in chunk_ids])
-        if len(self._entries) > 2 * len(token) + 64:
-            self._compact()
+            self.nbytes -= sum(map(self._sizes.__getitem__, chunk_ids))
+
+    def remove_ranges(self, ranges: Sequence[range], outside: Sequence[range]) -> None:
+        """Remove every queued chunk of ``ranges`` (``outside``: the plan's other chunks). When most of
+        the queue goes, it is rebuilt from what is queued ``outside``, in order: the Python work is
+        for the chunks kept, not those removed."""
+        token = self._token
+        gone = 0
+        for r in ranges:
+            gone |= bits_of(r)
+        gone &= self.mask
+        if not gone:
+            return
+        if self._in_token_order and 2 * gone.bit_count() > len(token):
+            kept = sorted(filter(token.__contains__, itertools.chain.from_iterable(outside)),
+                          key=token.__getitem__)
+            self._token = token = dict(zip(kept, map(token.__getitem__, kept)))
+            self._entries = deque(token.items())
+            self.mask &= ~gone
+            if self._sizes is not None:
+                self.nbytes = sum(map(self._sizes.__getitem__, kept))
+            return
+        self.remove_all(list(filter(token.__contains__, itertools.chain.from_iterable(ranges))), gone)
 
     def _compact(self) -> None:
         """Drop the stale entries."""
         token = self._token
         self._entries = deque((c, t) for c, t in self._entries if token.get(c) == t)
+        self._in_token_order = list(token.values()) == [t for _, t in self._entries]
 
     def _drop_stale_front(self) -> None:
         entries, token = self._entries, self._token
         while entries and token.get(entries[0][0]) != entries[0][1]:
             entries.popleft()
+
+
+def _complement(ranges: Sequence[range], n: int) -> list[range]:
+    """The chunks of ``range(n)`` outside ``ranges`` (contiguous, step 1), as ranges.
+
+        >>> _complement([range(5, 8), range(0, 2)], 10)
+        [range(2, 5), range(8, 10)]
+    """
+    out, at = [], 0
+    for r in sorted(ranges, key=lambda r: r.start):
+        if r.start > at:
+            out.append(range(at, r.start))
+        at = max(at, r.stop)
+    if at < n:
+        out.append(range(at, n))
+    return out
 
 
 def _pointer_table(manifest: Manifest) -> PointerTable:
@@ -521,9 +584,13 @@ class Job:
         self.error: str | None = None
         self._cancel: list[str] = []
         self._ids = 0
-        self.streamed = ChunkSet()
-        """Chunks this job reads by a stream from a parent peer (``stream_chunks``): not handed to a
-        source here, and not re-queued when a read of one fails; ``unstream_chunks`` gives them back."""
+        self.bytes_streaming = self.chunks_streaming = 0
+        """Bytes and chunks running streams reported landed, not yet in ``done_chunks`` (a stream's
+        chunks are marked landed when it ends: one set operation, not one per report)."""
+        self.streamed_mask = 0
+        """Chunks this job reads by a stream from a parent peer (``stream_chunks``), as a bitmask: not
+        handed to a source here, and not re-queued when a read of one fails; ``unstream_chunks``
+        gives them back."""
         self.on_cover: Callable[[int, int], None] | None = None
         """Told ``(chunk_id, +1)`` when a chunk becomes held-or-fetching here and ``(chunk_id, -1)``
         when it stops (a failed read re-queued it): how a swarm counts who covers what."""
@@ -556,57 +623,91 @@ class Job:
             self.state, self.finished_at = DONE, now
 
     # -- streams -----------------------------------------------------------
-    def stream_chunks(self, chunk_ids: Iterable[int]) -> None:
-        """These chunks come by a stream from a parent (scheduler/stream_swarm.py): withhold them.
+    def stream_chunks(self, ranges: Sequence[range]) -> None:
+        """The chunks of ``ranges`` come by streams from parents (scheduler/stream_swarm.py): withhold them.
 
         A read of one already in flight carries on (if it lands first, the stream skips it);
-        if it fails, the chunk is not re-queued: the stream brings it.
+        if it fails, the chunk is not re-queued: the stream brings it. Bitmask operations,
+        and Python work only for the chunks kept: a join in a 1024-instance scale-out
+        withholds 7 of 8 stripes of every job.
         """
-        fresh = [c for c in chunk_ids if c not in self.done_chunks and c not in self.streamed]
-        for chunk_id in fresh:
-            self.streamed.add(chunk_id)
-            self.pending.discard(chunk_id)
+        want = 0
+        for r in ranges:
+            want |= bits_of(r)
+        fresh = want & ~self.done_chunks.mask & ~self.streamed_mask
+        if not fresh:
+            return
+        self.streamed_mask |= fresh
+        self.pending.remove_ranges(ranges, _complement(ranges, len(self._plan)))
 
-    def unstream_chunks(self, chunk_ids: Iterable[int], now: float) -> None:
-        """The stream that was to bring these chunks ended (its parent left, it went back to the
-        seeds): the ones not landed and not in flight are pending again, at the front, in order."""
-        back = []
-        for chunk_id in chunk_ids:
-            if chunk_id not in self.streamed:
-                continue
-            self.streamed.discard(chunk_id)
-            if chunk_id not in self.done_chunks and chunk_id not in self._live_on and chunk_id not in self.pending:
-                back.append(chunk_id)
-        for chunk_id in reversed(sorted(back)):
+    def unstream_chunks(self, ranges: Sequence[range], now: float) -> None:
+        """The streams that were to bring these chunks ended (a parent left, a stripe went back to
+        the seeds): the ones not landed and not in flight are pending again, at the front, in order."""
+        want = 0
+        for r in ranges:
+            want |= bits_of(r)
+        mine = self.streamed_mask & want
+        if not mine:
+            return
+        self.streamed_mask &= ~mine
+        back = [c for c in lowest_chunks(mine & ~self.done_chunks.mask)
+                if c not in self._live_on and c not in self.pending]
+        for chunk_id in reversed(back):
             self.pending.appendleft(chunk_id)
         if back:
             # The no-seed grace counts from when the work became the seeds' again.
             self.last_seed_seen_at = max(self.last_seed_seen_at, now)
 
+    def is_streamed(self, chunk_id: int) -> bool:
+        return bool(self.streamed_mask >> chunk_id & 1)
+
+    def streamed_chunks(self) -> list[int]:
+        """The chunks withheld for streams (landed or not)."""
+        return list(lowest_chunks(self.streamed_mask))
+
     def landed_by_stream(self, chunk_ids: Iterable[int], source_id: str, now: float) -> int:
         """The client read these chunks by a stream from ``source_id`` (a peer); returns the bytes
-        newly landed. A chunk already landed counts once."""
+        newly landed. A chunk already landed counts once. Set operations at C speed, as for
+        ``stream_chunks``: every chunk of a scale-out but the seeds' copy lands this way."""
         if self.state != RUNNING:
             return 0
-        sizes, done, on_cover = self._sizes, self.done_chunks, self.on_cover
-        landed = []
-        for chunk_id in chunk_ids:
-            if chunk_id in done:
-                continue
-            if on_cover is not None and chunk_id not in self._live_on:
-                on_cover(chunk_id, +1)
-            done.add(chunk_id)
-            self.pending.discard(chunk_id)
-            landed.append(chunk_id)
-        nbytes = sum([sizes[c] for c in landed])
+        whole = isinstance(chunk_ids, range) and chunk_ids.step == 1
+        if whole and not self.done_chunks.mask & bits_of(chunk_ids):
+            landed = set(chunk_ids)  # a stream's whole stripe, none of it here yet: the common case
+        else:
+            landed = set(chunk_ids).difference(self.done_chunks)
+            whole = False
+        if not landed:
+            return 0
+        on_cover, on_cover_all = self.on_cover, self.on_cover_all
+        if on_cover is not None:
+            newly_covering = landed - self._live_on.keys() if self._live_on else landed  # in flight: covered
+            if on_cover_all is not None:
+                on_cover_all(chunk_ids if whole and len(newly_covering) == len(landed) else list(newly_covering))
+            else:
+                for chunk_id in newly_covering:
+                    on_cover(chunk_id, +1)
+        landed_mask = bits_of(chunk_ids) if whole else bits_of(landed)
+        self.done_chunks.add_new(landed, landed_mask)
+        queued_mask = landed_mask & self.pending.mask
+        if queued_mask:
+            self.pending.remove_all([c for c in landed if c in self.pending], queued_mask)
+        nbytes = sum(map(self._sizes.__getitem__, landed))
         self.bytes_done += nbytes
         self.chunks_done += len(landed)
-        if landed:
-            self.bytes_by_seed[source_id] = self.bytes_by_seed.get(source_id, 0) + nbytes
-            self.bytes_by_kind[PEER] = self.bytes_by_kind.get(PEER, 0) + nbytes
+        self.bytes_by_seed[source_id] = self.bytes_by_seed.get(source_id, 0) + nbytes
+        self.bytes_by_kind[PEER] = self.bytes_by_kind.get(PEER, 0) + nbytes
         if self.chunks_done == len(self._plan):
             self.state, self.finished_at = DONE, now
         return nbytes
+
+    def stream_progress(self, nbytes: int, nchunks: int) -> None:
+        """Running streams landed (or, negative, handed over to ``landed_by_stream``) this much."""
+        self.bytes_streaming += nbytes
+        self.chunks_streaming += nchunks
+
+    def chunk_bytes(self, chunk_ids: Iterable[int]) -> int:
+        return sum(map(self._sizes.__getitem__, chunk_ids))
 
     def done_in(self, chunks: range) -> int:
         """Chunks of the contiguous range ``chunks`` landed here (an AND of bitmasks)."""
@@ -622,7 +723,7 @@ class Job:
         fetching it now; a seed is not asked for a chunk an eligible peer covers,
         so concurrent jobs take each chunk from the seeds about once.
         """
-        if self.state != RUNNING or (not self.pending and not self.live and self.streamed):
+        if self.state != RUNNING or (not self.pending and not self.live and self.streamed_mask):
             return []  # (every chunk left comes by a stream: nothing for a source, and no seed needed)
         self._readmit_restarted(sources)
         excluded, peer_id = self.excluded, self._peer_id
@@ -1199,7 +1300,7 @@ class Job:
             attempts = self._attempts.get(chunk_id, 0)
             if really_failed:
                 attempts = self._attempts[chunk_id] = attempts + 1  # a read that never started is not an attempt
-            if not self.covers(chunk_id) and chunk_id not in self.streamed:
+            if not self.covers(chunk_id) and not self.streamed_mask >> chunk_id & 1:
                 self.pending.appendleft(chunk_id)  # retries go first: they gate completion
                 self.retried_chunks += 1
             if attempts >= self.config.max_attempts_per_chunk:
@@ -1259,7 +1360,7 @@ class Job:
         for a in theirs:
             for chunk_id in a.chunk_ids:
                 if self._unlive(chunk_id, a.assignment_id) is not None and not self.covers(chunk_id) \
-                        and chunk_id not in self.pending and chunk_id not in self.streamed:
+                        and chunk_id not in self.pending and not self.streamed_mask >> chunk_id & 1:
                     requeue.append(chunk_id)
             self._cancel.append(a.assignment_id)
             self._unset_live(a)
@@ -1304,11 +1405,11 @@ class Job:
 
     def progress(self) -> dict:
         return {
-            "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
-            "chunks_done": self.chunks_done, "chunks_total": len(self._plan),
+            "bytes_done": self.bytes_done + self.bytes_streaming, "bytes_total": self.bytes_total,
+            "chunks_done": self.chunks_done + self.chunks_streaming, "chunks_total": len(self._plan),
             "retried_chunks": self.retried_chunks,
             # Every source that failed this job, worst state last: failed a read, left, excluded.
             "failed_seeds": {**self.last_failure, **self.lost, **self.excluded},
             "bytes_by_seed": dict(self.bytes_by_seed), "bytes_resumed": self.bytes_resumed,
-            "bytes_from_seeds": self.bytes_by_kind.get(SEED, 0), "bytes_from_peers": self.bytes_by_kind.get(PEER, 0),
+            "bytes_from_seeds": self.bytes_by_kind.get(SEED, 0), "bytes_from_peers": self.bytes_by_kind.get(PEER, 0) + self.bytes_streaming,
         }

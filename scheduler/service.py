@@ -378,7 +378,7 @@ class SchedulerState:
                     self.metrics.chunk_failures_total.labels(seed=source, reason=reason).inc()
             self._admit()
             excluded = dict(job.excluded)
-            if job.streamed and not job.pending and not job.live:
+            if job.streamed_mask and not job.pending and not job.live:
                 views, assignments = [], []  # every chunk left comes by a stream: no source to ask
             else:
                 views = self._views(record)

@@ -100,9 +100,13 @@ class _Stream:
     """The reading job's id."""
     stripe: int
     parent: str
+    chunks: range = range(0)
     deadline: float = math.inf
     """While the reader is alive, inf; once it left without reporting the stream, when a read of
     it can no longer be on the wire."""
+    landed: list[int] = field(default_factory=list)
+    """Chunks it reported landed so far (marked in the job when it ends: one set operation)."""
+    nbytes: int = 0
 
 
 @dataclass
@@ -162,8 +166,11 @@ class StreamSwarm:
         self._members[job.job_id] = _Member(job, key, landed_map, ranges)
         self._group_size[key] = self._group_size.get(key, 0) + 1
         self.decisions += 1
+        withheld: dict[str, list[range]] = {}
         for moved, stripe, parent in trees.join(job.job_id):
-            self._apply(self._members[moved], stripe, parent, now)
+            self._apply(self._members[moved], stripe, parent, now, withheld)
+        for moved, ranges in withheld.items():  # one set operation per member, not one per stripe
+            self._members[moved].job.stream_chunks(ranges)
 
     def leave(self, job_id: str, now: float) -> None:
         """The job is gone (finished serving, failed, abandoned): its children read elsewhere, and its
@@ -226,21 +233,34 @@ class StreamSwarm:
             stream = self._by_id.get(r.stream_id)
             if stream is None or stream.reader != job_id:
                 continue  # finished already, or not this job's: nothing to learn
-            if r.landed and member is not None:
-                n = len(member.job.chunks)
-                member.job.landed_by_stream([c for c in r.landed if 0 <= c < n], f"peer:{stream.parent}", now)
+            job = None if member is None else member.job
+            if r.landed and job is not None:
+                ids = r.landed
+                first, end = stream.chunks.start, stream.chunks.stop
+                if min(ids) < first or max(ids) >= end:
+                    ids = [c for c in ids if first <= c < end]  # not its chunks: ignored
+                nbytes = job.chunk_bytes(ids)
+                stream.landed.extend(ids)
+                stream.nbytes += nbytes
+                job.stream_progress(nbytes, len(ids))
             if r.state == RUNNING:
                 continue
             self._finish(r.stream_id)
-            if member is None or member.streams.get(stream.stripe) is not stream:
-                continue  # an old stream (already replaced) or a job that left: only its count goes
+            if job is None:
+                continue
+            job.stream_progress(-stream.nbytes, -len(stream.landed))
+            source = f"peer:{stream.parent}"
+            # Done: every chunk of it is here (some may have come another way first).
+            job.landed_by_stream(stream.chunks if r.state == DONE else stream.landed, source, now)
+            if member.streams.get(stream.stripe) is not stream:
+                continue  # an old stream (already replaced): only its count goes
             del member.streams[stream.stripe]
             if r.state == FAILED:
                 self._failed(member, stream, r, now)
             elif r.state in (DONE, ENDED) and member.job.done_in(member.ranges[stream.stripe]) < len(
                     member.ranges[stream.stripe]):
                 # Stopped short (a stop we did not ask for): the seeds serve the rest.
-                member.job.unstream_chunks(member.ranges[stream.stripe], now)
+                member.job.unstream_chunks([member.ranges[stream.stripe]], now)
 
     # -- internals ----------------------------------------------------------
     def _failed(self, member: _Member, stream: _Stream, report: StreamReport, now: float) -> None:
@@ -270,14 +290,20 @@ class StreamSwarm:
 
         def progress(job_id: str, s: int) -> int:
             m = members.get(job_id)
-            return -1 if m is None else m.job.done_in(m.ranges[s])
+            if m is None:
+                return -1
+            running = m.streams.get(s)
+            return m.job.done_in(m.ranges[s]) + (len(running.landed) if running is not None else 0)
 
         self.decisions += 1
         _, _, parent = trees.reparent(member.job.job_id, stripe, progress)
         self._apply(member, stripe, parent, now)
 
-    def _apply(self, member: _Member, stripe: int, parent: str | None, now: float) -> None:
-        """``member`` reads ``stripe`` from ``parent`` now (``SEEDS``: its planner, from the seeds)."""
+    def _apply(self, member: _Member, stripe: int, parent: str | None, now: float,
+               withheld: dict[str, list[range]] | None = None) -> None:
+        """``member`` reads ``stripe`` from ``parent`` now (``SEEDS``: its planner, from the seeds).
+        With ``withheld``, the chunks a new stream brings are collected there for the caller to
+        withhold from the planner at once."""
         chunks = member.ranges[stripe]
         old = member.streams.pop(stripe, None)
         if old is not None:
@@ -292,16 +318,19 @@ class StreamSwarm:
                 member.ended.append(old.stream_id)
         job = member.job
         if parent is SEEDS or job.done_in(chunks) == len(chunks) or job.state != "running":
-            job.unstream_chunks(chunks, now)
+            job.unstream_chunks([chunks], now)
             return
         parent_member = self._members[parent]
         self._ids += 1
-        stream = _Stream(f"{member.job.job_id}.s{stripe}.{self._ids}", member.job.job_id, stripe, parent)
+        stream = _Stream(f"{member.job.job_id}.s{stripe}.{self._ids}", member.job.job_id, stripe, parent, chunks)
         member.streams[stripe] = stream
         member.reading[stream.stream_id] = stream
         parent_member.readers[stream.stream_id] = stream
         self._by_id[stream.stream_id] = stream
-        job.stream_chunks(chunks)
+        if withheld is None:
+            job.stream_chunks([chunks])
+        else:
+            withheld.setdefault(job.job_id, []).append(chunks)
         member.started.append(StreamAssignment(stream.stream_id, stripe, chunks.start, chunks.stop, parent,
                                                parent_member.landed_map))
 

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from rfork_api.landed import LandedMapRef
 from rfork_api.manifest import parse_manifest
 from rfork_api.units import format_bytes
 from scheduler.chunking import plan_chunks
 from scheduler.planner import DONE, FAILED, PEER, Job, PlannerConfig, Report, SourceView, stripe_start
+from scheduler.stream_swarm import DONE as STREAM_DONE, ENDED, FAILED as STREAM_FAILED, StreamReport, StreamSwarm
 from scheduler.swarm import PeerOffer, Swarm, group_key
 from sim.network import LinkDown, Network, Node
 from sim.presets import rank_manifest
@@ -41,6 +43,11 @@ BYTES_PER_CHUNK_STATE = 520
 """Measured memory per chunk per job, for the N x chunks check: peak RSS of DeepSeek-V3 swarms (1,348
 chunks a rank), 1024 less 128 instances, over their 896 x 1,348 chunks: 509 bytes without merges, 363
 with ``--merge-seconds 0.4`` (reads and in-flight maps, landed sets and masks, the swarm's counts)."""
+
+
+PARENT_LOST_DETECT_SECONDS = 0.005
+"""``stream``: from a parent's death to its follower's failed read (a read of a dead peer fails at once
+over RDMA; 0.06 s was measured over TCP on loopback, testbed chaos ``peer-kill-mid-fork``)."""
 
 
 class SimulationTooLarge(ValueError):
@@ -72,6 +79,12 @@ class _Instance:
     source: str | None = None
     """Cascade: the one source (seed or finished instance) this instance copies from now."""
     admitted: simpy.Event | None = None
+    landed: bytearray = field(default_factory=bytearray)
+    """``stream``: its landed map (a byte per chunk, set once the chunk is in its memory)."""
+    landing: simpy.Event | None = None
+    """``stream``: fired when it lands chunks (its followers wait on it)."""
+    stream_landed: dict[str, list[int]] = field(default_factory=dict)
+    """``stream``: chunks each of its streams landed, not reported yet."""
 
 
 @dataclass
@@ -95,6 +108,9 @@ class Result:
     decision_cpu_seconds: list[float] = field(repr=False, default_factory=list)
     failures: list[str] = field(default_factory=list)
     single_fork_seconds: float | None = None
+    streams: int = 0
+    """``stream``: streams handed out (joins' placements and re-parents)."""
+    stream_failures: int = 0
 
     @property
     def scheduler_cpu_share(self) -> float:
@@ -123,6 +139,8 @@ class Result:
             "chunks_per_instance": self.chunks_per_instance,
             "scheduler": {
                 "assignments": self.assignments,
+                "streams": self.streams,
+                "stream_failures": self.stream_failures,
                 "work_calls": self.work_calls,
                 "lease_calls": self.lease_calls,
                 "processes": len(self.scheduler_cpu_seconds_by_shard),
@@ -149,6 +167,7 @@ class FleetSimulation:
         self.manifest = parse_manifest(raw)
         self.chunks = plan_chunks(self.manifest, scenario.chunk_size)
         self.model_bytes = sum(c.nbytes for c in self.chunks)
+        self._sizes = [c.nbytes for c in self.chunks]
         self._check_memory()
         self.config = PlannerConfig(max_assignment_bytes=scenario.merge_bytes, merge_seconds=scenario.merge_seconds,
                                     max_merged_bytes=scenario.max_merged_bytes)
@@ -158,6 +177,17 @@ class FleetSimulation:
                              max_peers_per_decision=scenario.max_peers_per_decision,
                              rng=random.Random(scenario.random_seed + 1 + k))
                        for k in range(scenario.scheduler_shards)]
+        self.streams = [StreamSwarm(scenario.stream_stripes, scenario.stream_fanout,
+                                    read_deadline_seconds=scenario.client_timeout_seconds,
+                                    rng=random.Random(scenario.random_seed + 101 + k))
+                        for k in range(scenario.scheduler_shards)] if scenario.strategy == "stream" else []
+        self.streams_started = self.stream_failures = 0
+        self._seed_slots = scenario.seed_max_in_flight
+        if scenario.strategy == "stream":
+            # Every stripe's root reads its stripe from the seeds at once (the service has no
+            # fleet-wide slot count; the planner's per job is the limit): with 8 slots, two roots
+            # would take them all and the other stripes would wait, and their whole trees with them.
+            self._seed_slots = max(self._seed_slots, scenario.stream_stripes * self.config.max_in_flight_per_seed)
         self.key = group_key(scenario.model, 0, self.manifest, scenario.chunk_size)
         cap = scenario.seed_rate_cap
         self.seeds = {f"seed-{i}": _Seed(f"seed-{i}", self.net.add_node(f"seed-{i}", scenario.seed_egress,
@@ -186,12 +216,16 @@ class FleetSimulation:
             swarm = self.swarms[i % s.scheduler_shards]
             start = stripe_start(len(self.chunks), swarm.next_index(self.key))
             job = Job(f"i{i}", self.manifest, self.chunks, self.config, 0.0, start=start)
-            offer = PeerOffer(f"i{i}", s.peer_rate, s.peer_max_in_flight) if s.strategy == "swarm" else None
+            offer = PeerOffer(f"i{i}", s.peer_rate, s.peer_max_in_flight) if s.strategy in ("swarm", "stream") \
+                else None
             swarm.join(job, self.key, offer, 0.0)
+            if s.strategy == "stream":  # its client's first /work call sends its landed map
+                self.streams[i % s.scheduler_shards].join(
+                    job, self.key, LandedMapRef(f"i{i}", 4096, len(self.chunks), len(self.manifest)), 0.0)
             self.cpu_by_shard[i % s.scheduler_shards] += cpu_clock() - started
             # A peer's upload cap is the swarm's bucket (the real scheduler's), not a slower NIC.
             node = self.net.add_node(f"i{i}", s.instance_egress, s.instance_ingress)
-            inst = _Instance(i, job, node, started_at=0.0)
+            inst = _Instance(i, job, node, started_at=0.0, landed=bytearray(len(self.chunks)))
             self.instances.append(inst)
             self.by_job[job.job_id] = inst
         if s.strategy == "cascade":
@@ -200,7 +234,8 @@ class FleetSimulation:
                 inst.admitted = self.env.event()
             self._admit()
         for inst in self.instances:
-            inst.process = self.env.process(self._client(inst))
+            inst.process = self.env.process(
+                self._stream_client(inst) if s.strategy == "stream" else self._client(inst))
         if s.seed_qos == "serving":
             for seed in self.seeds.values():
                 self.env.process(self._serving_load(seed))
@@ -227,7 +262,7 @@ class FleetSimulation:
 
     def _seed_view(self, seed: _Seed) -> SourceView:
         return SourceView(seed.seed_id, seed.seed_id, f"http://{seed.seed_id}", self.manifest, seed.allowed_rate,
-                          free_slots=max(self.s.seed_max_in_flight - seed.in_flight, 0))
+                          free_slots=max(self._seed_slots - seed.in_flight, 0))
 
     # -- cascade: each instance copies the whole model from one source ---------
     def _admit(self) -> None:
@@ -343,7 +378,137 @@ class FleetSimulation:
         finally:
             if a.source_kind != PEER:
                 self.seeds[a.seed_id].in_flight -= 1
+        if self.s.strategy == "stream":
+            self._mark(inst, a.chunk_ids)
         return Report(a.assignment_id, ok=True, seconds=self.env.now - started)
+
+    # -- stream: members follow each other's landed maps -------------------------
+    def _mark(self, inst: _Instance, chunk_ids) -> None:
+        """Chunks are in ``inst``'s memory: its map says so, and its followers wake."""
+        for c in chunk_ids:
+            inst.landed[c] = 1
+        event = inst.landing
+        if event is not None and not event.triggered:
+            event.succeed()
+
+    def _next_landing(self, inst: _Instance) -> simpy.Event:
+        if inst.landing is None or inst.landing.triggered:
+            inst.landing = self.env.event()
+        return inst.landing
+
+    def _stream_client(self, inst: _Instance):
+        """``rfork fork`` with streams: reports, the planner for the seeds' stripes, streams to follow."""
+        s, job = self.s, inst.job
+        shard = inst.index % s.scheduler_shards
+        swarm, streams = self.swarms[shard], self.streams[shard]
+        running: dict[str, simpy.Process] = {}
+        following: dict[str, simpy.Process] = {}
+        reports: list[Report] = []
+        try:
+            while True:
+                news = self._stream_news(inst, following)
+                started = cpu_clock()
+                now = self.env.now
+                for r in reports:
+                    job.apply(r, now)
+                    swarm.settled(r.assignment_id)
+                reports = []
+                if news:
+                    streams.report(job.job_id, news, now)
+                if job.streamed_mask and not job.pending and not job.live:
+                    out = []  # the service's fast path: every chunk left comes by a stream
+                else:
+                    sources, covered = self._sources(inst)
+                    out = job.next_assignments(sources, now, s.client_max_in_flight - len(running), covered=covered)
+                    swarm.assigned(out, job.job_id, now)
+                begin, end = streams.take(job.job_id)
+                for a in out:
+                    if a.source_kind != PEER:
+                        self.seeds[a.seed_id].in_flight += 1
+                spent = cpu_clock() - started
+                self.cpu_by_shard[shard] += spent
+                self.decisions.append(spent)
+                self.work_calls += 1
+                self.assignments += len(out)
+                self.streams_started += len(begin)
+                self.stream_failures += sum(1 for r in news if r.state == STREAM_FAILED)
+                if job.state == DONE:
+                    inst.finished_at = self.env.now  # it serves on: its map stays readable
+                    return
+                if job.state == FAILED:
+                    self.failures.append(f"{job.job_id}: {job.error}")
+                    return
+                yield self.env.timeout(s.control_latency_seconds)  # the /work round trip
+                for stream_id in end:
+                    process = following.get(stream_id)
+                    if process is not None and process.is_alive:
+                        process.interrupt("ended")
+                for a in begin:
+                    following[a.stream_id] = self.env.process(self._follow(inst, a))
+                for a in out:
+                    running[a.assignment_id] = self.env.process(self._read(inst, a))
+                if not running and not following:
+                    yield self.env.timeout(s.idle_poll_seconds)
+                    continue
+                if running:
+                    yield self.env.any_of([*running.values(), *following.values(),
+                                           self.env.timeout(s.idle_poll_seconds)])
+                else:  # streams alone: as rfork fork, a call when all ended, one failed, or to report
+                    due = self.env.now + s.stream_report_seconds
+                    while following and self.env.now < due:
+                        live = [p for p in following.values() if not p.triggered]
+                        if not live or any(p.value[0] != STREAM_DONE for p in following.values() if p.triggered):
+                            break
+                        yield self.env.any_of([*live, self.env.timeout(due - self.env.now)])
+                for aid in [aid for aid, p in running.items() if p.triggered]:
+                    reports.append(running.pop(aid).value)
+        except simpy.Interrupt:
+            return  # killed
+
+    def _stream_news(self, inst: _Instance, following: dict[str, simpy.Process]) -> list[StreamReport]:
+        out = []
+        for stream_id, process in list(following.items()):
+            landed = inst.stream_landed.pop(stream_id, [])
+            if process.triggered:
+                del following[stream_id]
+                state, reason = process.value
+                out.append(StreamReport(stream_id, landed, state, reason))
+            elif landed:
+                out.append(StreamReport(stream_id, landed))
+        return out
+
+    def _follow(self, inst: _Instance, a):
+        """One stream: read the parent's landed chunks of ``a``'s range as its map shows them."""
+        s = self.s
+        parent = self.by_job[a.parent_job_id]
+        sizes = self._sizes
+        left = [c for c in range(a.first_chunk, a.end_chunk) if not inst.landed[c]]
+        try:
+            while True:
+                left = [c for c in left if not inst.landed[c]]
+                if not left:
+                    return STREAM_DONE, None
+                if parent.killed_at is not None:
+                    yield self.env.timeout(PARENT_LOST_DETECT_SECONDS)
+                    return STREAM_FAILED, "parent_lost"
+                yield self.env.timeout(s.stream_poll_seconds)  # read the parent's landed map
+                ready = [c for c in left if parent.landed[c]]
+                if not ready:
+                    yield self._next_landing(parent)
+                    continue
+                for i in range(0, len(ready), s.stream_batch_chunks):
+                    batch = [c for c in ready[i:i + s.stream_batch_chunks] if not inst.landed[c]]
+                    if not batch:
+                        continue
+                    yield self.env.timeout(s.read_latency_seconds)
+                    yield self.net.transfer(parent.node, inst.node, sum(sizes[c] for c in batch))
+                    self._mark(inst, batch)
+                    inst.stream_landed.setdefault(a.stream_id, []).extend(batch)
+        except LinkDown:
+            yield self.env.timeout(PARENT_LOST_DETECT_SECONDS)
+            return STREAM_FAILED, "parent_lost"
+        except simpy.Interrupt:
+            return ENDED, None
 
     # -- the world around the fork ---------------------------------------------
     def _serving_load(self, seed: _Seed):
@@ -412,6 +577,8 @@ class FleetSimulation:
         self.net.kill(inst.node)
         if inst.process is not None and inst.process.is_alive:
             inst.process.interrupt("killed")
+        if inst.landing is not None and not inst.landing.triggered:
+            inst.landing.succeed()  # its followers waiting for its next landing find it dead
         if self.s.strategy == "cascade":
             if inst in self.waiting:
                 self.waiting.remove(inst)
@@ -425,6 +592,8 @@ class FleetSimulation:
         started = cpu_clock()
         for reader in self._swarm(inst).leave(inst.job.job_id, self.env.now):
             reader.seed_lost(inst.job.peer_id, "peer abandoned", self.env.now)
+        if self.streams:
+            self.streams[inst.index % self.s.scheduler_shards].leave(inst.job.job_id, self.env.now)
         self.cpu_by_shard[inst.index % self.s.scheduler_shards] += cpu_clock() - started
 
     def _result(self) -> Result:
@@ -447,7 +616,7 @@ class FleetSimulation:
             chunks_per_instance=len(self.chunks), assignments=self.assignments, work_calls=self.work_calls,
             lease_calls=self.lease_calls, scheduler_cpu_seconds=max(self.cpu_by_shard),
             scheduler_cpu_seconds_by_shard=list(self.cpu_by_shard), decision_cpu_seconds=self.decisions,
-            failures=self.failures,
+            failures=self.failures, streams=self.streams_started, stream_failures=self.stream_failures,
         )
 
 

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"direct": "tab:red", "cascade": "tab:orange", "swarm": "tab:blue"}
+COLORS = {"direct": "tab:red", "cascade": "tab:orange", "swarm": "tab:blue", "stream": "tab:green"}
 
 
 def _cdf(ax, seconds: list[float], n: int, label: str, color: str | None, **kw) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from rfork_api.units import UnitError, parse_rate, parse_size
 from sim.presets import PRESETS, SIZED_PREFIX, is_known
 
-STRATEGIES = ("direct", "cascade", "swarm")
+STRATEGIES = ("direct", "cascade", "swarm", "stream")
 GBps = 1e9
 
 
@@ -75,6 +75,17 @@ class Scenario:
     as 16 at 40% less scheduler CPU (32 DeepSeek-V3 instances)."""
     cascade_fanout: int = 1
     """``cascade``: instances one source (a seed, or an instance that finished) copies to at once."""
+    stream_stripes: int = 8
+    """``stream``: stripes of the chunk plan, one stream each (the scheduler's ``--stream-stripes``)."""
+    stream_fanout: int = 8
+    """``stream``: children a member relays its home stripe to (``--stream-fanout``)."""
+    stream_report_seconds: float = 1.0
+    """``stream``: how often a client reports what its streams landed (``ForkOptions.stream_report_seconds``);
+    it also reports at once when a stream ends."""
+    stream_batch_chunks: int = 8
+    """``stream``: chunks per read from a parent (``FollowOptions.batch_chunks``)."""
+    stream_poll_seconds: float = 10e-6
+    """``stream``: one read of a parent's landed map."""
     scheduler_shards: int = 1
     """Scheduler processes the (model, rank) group is split over, instance i to shard i mod this; each
     runs its own swarm (peers only within a shard), all read from the seeds. CPU is per process."""
@@ -121,12 +132,14 @@ class Scenario:
             if getattr(self, name) is not None:
                 _positive(getattr(self, name), name)
         for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision",
-                     "cascade_fanout", "scheduler_shards"):
+                     "cascade_fanout", "scheduler_shards", "stream_stripes", "stream_fanout", "stream_batch_chunks"):
             _int(getattr(self, name), name, 1)
         if self.max_assignment_bytes is not None:
             _int(self.max_assignment_bytes, "max_assignment_bytes", 0)
         _positive(self.assignment_seconds, "assignment_seconds")
         _non_negative(self.merge_seconds, "merge_seconds")
+        _positive(self.stream_report_seconds, "stream_report_seconds")
+        _positive(self.stream_poll_seconds, "stream_poll_seconds")
         _int(self.max_merged_bytes, "max_merged_bytes", 1)
         for name in ("control_latency_seconds", "read_latency_seconds", "heartbeat_timeout_seconds",
                      "client_timeout_seconds"):

@@ -65,12 +65,12 @@ def test_later_members_stream_what_others_relay_and_the_planner_serves_only_thei
         started, ended = swarm.take(j.job_id)
         streamed = {c for s in started for c in range(s.first_chunk, s.end_chunk)}
         assert ended == []
-        assert streamed == set(j.streamed), j.job_id
+        assert streamed == set(j.streamed_chunks()), j.job_id
         assert all(s.parent_job_id != j.job_id and s.parent_map == ref(int(s.parent_job_id[1:])) for s in started)
         from_seeds = {c for x in j.next_assignments([seed()], 0.0, 64) for c in x.chunk_ids}
         assert from_seeds.isdisjoint(streamed) and from_seeds | streamed == set(range(16))
     # Each stripe leaves the seeds once: the four members' seed reads are the four stripes.
-    assert sorted(len(j.chunks) - len(j.streamed) for j in jobs) == [4, 4, 4, 4]
+    assert sorted(len(j.chunks) - len(j.streamed_chunks()) for j in jobs) == [4, 4, 4, 4]
 
 
 def test_reports_land_chunks_and_finish_the_job_and_free_the_parent() -> None:
@@ -144,7 +144,7 @@ def test_a_stream_moved_back_to_the_seeds_gives_its_chunks_to_the_planner() -> N
 def test_a_failed_seed_read_of_a_streamed_chunk_is_not_queued_again() -> None:
     j = job(0)
     got = j.next_assignments([seed()], 0.0, 1)
-    j.stream_chunks(got[0].chunk_ids)
+    j.stream_chunks([range(min(got[0].chunk_ids), max(got[0].chunk_ids) + 1)])
     j.apply(Report(got[0].assignment_id, ok=False, reason="read_failed", error="x"), 1.0)
     assert not set(got[0].chunk_ids) & set(j.pending)
     assert j.state == RUNNING
@@ -170,4 +170,4 @@ def test_a_thousand_members_cost_one_decision_each_and_the_seeds_send_one_copy()
     for i, j in enumerate(jobs):
         swarm.join(j, GROUP, ref(i % 200), now=0.0)
     assert swarm.decisions == 1000
-    assert sum(len(j.chunks) - len(j.streamed) for j in jobs) == len(PLAN)
+    assert sum(len(j.chunks) - len(j.streamed_chunks()) for j in jobs) == len(PLAN)

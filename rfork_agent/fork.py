@@ -590,7 +590,7 @@ class ForkClient:
                     # While streams run, no long poll: their news goes out every stream_report_seconds.
                     response = await scheduler.work(job_id, m.WorkRequest(
                         max_assignments=max(self.options.max_in_flight - len(running), 0), reports=reports,
-                        wait_seconds=0.0 if running or following else self.options.long_poll_seconds,
+                        wait_seconds=0.0 if running else self._long_poll_seconds(following, response),
                         landed_map=send_map, streams=stream_reports,
                     ))
                     reports, stream_reports, send_map = [], [], None
@@ -653,6 +653,8 @@ class ForkClient:
                     if not response.assignments and not self.options.long_poll_seconds:
                         await asyncio.sleep(wait_for or self.options.idle_poll_seconds)
                     continue  # the next call long-polls
+                if following and not running and response.chunks_waiting:
+                    continue  # chunks wait for a source: the next call long-polls (up to a report interval)
                 if following and not running:
                     # Streams alone: wake when one ends, or to report what they landed. A stream
                     # that finished while others run waits for the next report: a call per stream
@@ -744,6 +746,16 @@ class ForkClient:
         entry.task = asyncio.ensure_future(follow(self.transport, stream, self._plan, self._manifest, mine,
                                                   self.options.follow, on_landed, clock=self._clock))
         return entry
+
+    def _long_poll_seconds(self, following: dict[str, _Following], last: m.WorkReply | None) -> float:
+        """How long the next /work call, with nothing running, may wait at the scheduler: its long
+        poll; while streams run, no longer than their report interval, and not at all when the last
+        reply left nothing for a source (the streams' news is what to wait for, here)."""
+        if not following:
+            return self.options.long_poll_seconds
+        if last is not None and not last.chunks_waiting:
+            return 0.0
+        return min(self.options.long_poll_seconds, self.options.stream_report_seconds)
 
     def _stream_call_due(self, following: dict[str, _Following], last_report: float) -> bool:
         """Whether the streams have news the scheduler needs now: every stream ended (the fork may be

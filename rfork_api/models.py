@@ -346,6 +346,9 @@ class WorkReply(Reply):
     progress: Progress
     queued: int | None = None
     """1-based place in the fork admission queue (``--max-forks-per-seed``); None when not waiting."""
+    chunks_waiting: int = 0
+    """Chunks waiting for a source (the planner's queue, streams' chunks not counted): while > 0 a
+    client with nothing running asks again (long-polls) rather than waiting for its streams."""
 
 
 class WithdrawReply(Reply):

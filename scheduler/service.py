@@ -362,6 +362,9 @@ class SchedulerState:
             if body.streams and streams is not None:
                 streams.report(job_id, [StreamReport(r.stream_id, r.landed, r.state, r.reason, r.error)
                                         for r in body.streams], now)
+                for lost in streams.take_lost():
+                    self.swarm.withdraw(lost, now)  # its followers cannot read it: nobody else should
+                    log.warning("job %s: streams from it failed (%s's report); it serves no more", lost, job_id)
                 for r in body.streams:
                     if r.state == STREAM_FAILED:
                         self.metrics.stream_failures_total.labels(reason=r.reason or "parent_lost").inc()
@@ -380,6 +383,12 @@ class SchedulerState:
             excluded = dict(job.excluded)
             if job.streamed_mask and not job.pending and not job.live:
                 views, assignments = [], []  # every chunk left comes by a stream: no source to ask
+            elif streams is not None and streams.is_member(job_id):
+                # A streaming member reads per chunk only the stripes whose parent is the seeds (a
+                # root, or a stripe whose relays were lost): from the seeds, as the trees decided.
+                # Single-chunk reads from peers would compete with their streams' upload.
+                views = self._views(record)
+                assignments = [] if views is None else job.next_assignments(views, now, body.max_assignments)
             else:
                 views = self._views(record)
                 assignments = [] if views is None else job.next_assignments(
@@ -408,7 +417,8 @@ class SchedulerState:
                 state=job.state, error=job.error, assignments=[_wire_assignment(a) for a in assignments],
                 cancel=job.take_cancellations(), streams=[_wire_stream(a) for a in started], end_streams=ended,
                 retry_after_seconds=0.0 if assignments else 0.5 if views is None else 0.05,
-                progress=_wire_progress(job), queued=self.admission.last.position(job_id))
+                progress=_wire_progress(job), queued=self.admission.last.position(job_id),
+                chunks_waiting=len(job.pending) if job.state == RUNNING else 0)
 
     def _admit(self) -> None:
         """Recompute fork admission (only with a limit: scheduler/fleet.py)."""

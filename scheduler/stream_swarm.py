@@ -145,6 +145,7 @@ class StreamSwarm:
         self._by_id: dict[str, _Stream] = {}
         """Every stream some parent still counts, by id."""
         self._ids = 0
+        self._lost: list[str] = []
         self.decisions = 0
         """Parent choices made (joins' placements and re-parents): the scheduler's per-member work."""
 
@@ -222,6 +223,13 @@ class StreamSwarm:
         member.started, member.ended = [], []
         return started, ended
 
+    def take_lost(self) -> list[str]:
+        """Members whose followers' reads failed since the last call (taken out of the trees): the
+        caller stops offering them as peers for single chunks too (scheduler/swarm.py ``withdraw``),
+        or readers would wait on what a dead member covered until its client times out."""
+        lost, self._lost = self._lost, []
+        return lost
+
     def has_news(self, job_id: str) -> bool:
         member = self._members.get(job_id)
         return member is not None and bool(member.started or member.ended)
@@ -270,6 +278,7 @@ class StreamSwarm:
             # Reads from it fail (or it is not what it claims): it relays no more; all its
             # children move (this member among them). It may still be loading: its own streams go on.
             self._leave_trees(parent, now)
+            self._lost.append(stream.parent)
             if trees.parent(member.job.job_id, stream.stripe) != stream.parent:
                 return
         self._reparent(member, stream.stripe, now)

@@ -200,7 +200,10 @@ class StripeTrees:
             sample = self._rng.sample(self._members, min(self.candidates, len(self._members)))
             usable_members = [q for q in sample if usable(q)]
             if usable_members:
-                choice = min(usable_members, key=lambda q: len(self._nodes[q].children[stripe]))
+                # Fewest children, then the shallowest: orphans hung below orphans make chains,
+                # each hop a read batch behind the one above it.
+                choice = min(usable_members, key=lambda q: (len(self._nodes[q].children[stripe]),
+                                                            self._depth(q, stripe)))
             else:
                 up = old
                 while up is not SEEDS and not usable(up):
@@ -210,6 +213,12 @@ class StripeTrees:
         return (member, stripe, choice)
 
     # -- internals -------------------------------------------------------------------------
+    def _depth(self, member: Member, stripe: int) -> int:
+        depth, up = 0, self._nodes[member].parents[stripe]
+        while up is not SEEDS:
+            depth, up = depth + 1, self._nodes[up].parents[stripe]
+        return depth
+
     def _is_below(self, member: Member, ancestor: Member, stripe: int) -> bool:
         """Whether ``ancestor`` is on ``member``'s path to the seeds in ``stripe``."""
         up = self._nodes[member].parents[stripe]

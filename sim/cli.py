@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="serving seeds S (default 1)")
     p.add_argument("--strategy", help="direct: every instance reads from the seeds; cascade: each instance copies "
                                       "from one source and finished instances become sources; swarm (default): "
-                                      "loading instances serve the chunks they have landed")
-    p.add_argument("--strategies", help="sweep: a list (default direct,cascade,swarm)")
+                                      "loading instances serve the chunks they have landed; stream: loading instances follow each "
+                                      "other's landed maps, one stream per stripe (the scheduler's --stream-stripes)")
+    p.add_argument("--strategies", help="sweep: a list (default direct,cascade,swarm,stream)")
     p.add_argument("--chunk-size", help="planner chunk size (default 64MiB)")
     p.add_argument("--max-assignment-bytes", help="largest merged assignment (default 256MiB; 0 = no merging)")
     p.add_argument("--merge-seconds", help="also merge up to this much link time at each job's measured rate "

@@ -415,12 +415,13 @@ class FleetSimulation:
                 reports = []
                 if news:
                     streams.report(job.job_id, news, now)
+                    for lost in streams.take_lost():
+                        swarm.withdraw(lost, now)  # as the service does
                 if job.streamed_mask and not job.pending and not job.live:
                     out = []  # the service's fast path: every chunk left comes by a stream
-                else:
-                    sources, covered = self._sources(inst)
-                    out = job.next_assignments(sources, now, s.client_max_in_flight - len(running), covered=covered)
-                    swarm.assigned(out, job.job_id, now)
+                else:  # the seeds' stripes, from the seeds alone (as the service does for a member)
+                    seeds = [self._seed_view(seed) for seed in self.seeds.values() if seed.registered]
+                    out = job.next_assignments(seeds, now, s.client_max_in_flight - len(running))
                 begin, end = streams.take(job.job_id)
                 for a in out:
                     if a.source_kind != PEER:
@@ -450,7 +451,7 @@ class FleetSimulation:
                 if not running and not following:
                     yield self.env.timeout(s.idle_poll_seconds)
                     continue
-                if running:
+                if running or job.pending:  # reads to report, or chunks for a source: ask again soon
                     yield self.env.any_of([*running.values(), *following.values(),
                                            self.env.timeout(s.idle_poll_seconds)])
                 else:  # streams alone: as rfork fork, a call when all ended, one failed, or to report

@@ -178,7 +178,7 @@ def test_sweep_runs_every_strategy_at_every_n(tmp_path, capsys):
     assert rc == 0, err
     sweep = json.loads(out.read_text())
     points = sorted((r["scenario"]["strategy"], r["scenario"]["instances"]) for r in sweep["runs"])
-    assert points == [(s, n) for s in ("cascade", "direct", "swarm") for n in (1, 4)]
+    assert points == [(s, n) for s in ("cascade", "direct", "stream", "swarm") for n in (1, 4)]
     assert sweep["single_fork_seconds"] > 0 and png.stat().st_size > 10_000
 
 
@@ -266,3 +266,42 @@ def test_link_time_merges_cut_the_decisions_of_a_fast_swarm(tmp_path, capsys):
 def test_bad_merge_flags_are_one_line(argv, says, capsys):
     rc, _, err = run(["simulate", *argv], capsys)
     assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+# -- stream: the service's stream core in the simulation ------------------------------
+
+
+def test_stream_strategy_feeds_everyone_from_one_seed_copy_with_few_decisions():
+    from sim.engine import simulate
+    from sim.scenario import Scenario
+
+    # 4 MiB chunks: 35 per stripe, so a stripe flows down its tree a read batch (8 chunks) at a time.
+    r = simulate(Scenario(model="qwen2.5-0.5b", instances=24, strategy="stream", chunk_size=4 << 20,
+                          seed_egress=1e9, instance_ingress=1e9, instance_egress=1e9)).to_json()
+    assert r["instances_completed"] == 24 and not r["failures"]
+    assert r["seed_bytes_over_model"] < 1.05, r["seed_bytes_over_model"]
+    assert r["scheduler"]["streams"] >= 24 * 7 * 0.9  # about one per member and stripe but its own
+    # Per-chunk decisions are about the seeds' copy alone, not one per chunk per instance.
+    assert r["scheduler"]["assignments"] < r["chunks_per_instance"] * 2
+    assert r["time_to_all_over_single_fork"] < 2.0
+
+
+def test_stream_strategy_survives_killed_seeds_and_relays():
+    from sim.engine import simulate
+    from sim.scenario import Faults, Scenario
+
+    r = simulate(Scenario(model="qwen2.5-0.5b", instances=24, seeds=4, strategy="stream", chunk_size=16 << 20,
+                          seed_egress=1e9, instance_ingress=1e9, instance_egress=1e9, random_seed=3,
+                          faults=Faults(kill_seeds=2, kill_peers_fraction=0.1, window_seconds=0.5)),
+                 with_single_fork=False).to_json()
+    assert r["instances_killed"] == 2
+    assert r["instances_completed"] == 22 and not r["failures"], r["failures"]
+    assert r["scheduler"]["stream_failures"] > 0
+
+
+@pytest.mark.parametrize("field, value", [("stream_stripes", 0), ("stream_fanout", 0), ("stream_report_seconds", 0)])
+def test_bad_stream_fields_are_scenario_errors(field, value):
+    from sim.scenario import Scenario, ScenarioError
+
+    with pytest.raises(ScenarioError, match=field):
+        Scenario(strategy="stream", **{field: value})

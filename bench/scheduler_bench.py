@@ -22,6 +22,18 @@ With two or more CPUs the scheduler is pinned to the first (``taskset``) and
 the load generators to the others, so the two never compete for a core.
 
     rfork bench scheduler --jobs 1,64,1024 --chunks 1300 --duration 20 --json bench/results/scheduler.json
+
+``--scale-out N`` measures a scale-out instead of a steady state: ``N`` members that
+offer themselves as peers are created at once and each plays ``rfork fork``'s part
+to its end, with streams when the scheduler offers them (``--stream-stripes``, on by
+default): it sends its landed map, reports the seeds' assignments it got as landed,
+and reports its streams the way the client does (half of each stream's chunks in one
+progress call, the rest with the streams' end), until its job is done. The
+scheduler's CPU is measured for the whole scale-out, in two phases (creating the jobs;
+the /work calls until the last is done), with the calls, streams and assignments it
+took: the HTTP-level counterpart of ``rfork simulate --strategy stream``'s accounting.
+
+    rfork bench scheduler --scale-out 128,1024 --json bench/results/scheduler-scale-out.json
 """
 
 from __future__ import annotations
@@ -100,6 +112,8 @@ class SchedulerBenchOptions:
     """Extra ``rfork scheduler`` flags (``--max-in-flight-per-seed 8``, ...)."""
     profile_dir: str | None = None
     """Run the scheduler under cProfile and write ``scheduler-<jobs>.prof`` here."""
+    scale_out: tuple[int, ...] = ()
+    """Scale-outs of this many members, one scenario each (instead of the steady-state ``jobs``)."""
     request_timeout_seconds: float = 60.0
     setup_stall_seconds: float = 120.0
     """Creating the jobs fails the run when a load generator reports no progress for this long
@@ -125,6 +139,8 @@ class SchedulerBenchOptions:
             problems.append(f"--connections must be >= 1, got {self.connections}")
         if self.clients < 0:
             problems.append(f"--clients must be >= 0 (0 = one per spare CPU), got {self.clients}")
+        if any(n < 1 for n in self.scale_out):
+            problems.append(f"--scale-out must be positive integers, got {','.join(map(str, self.scale_out))}")
         if not 1 <= self.max_assignments <= 1024:
             problems.append(f"--max-assignments must be in 1..1024, got {self.max_assignments}")
         if problems:
@@ -544,6 +560,226 @@ class LoadWorker:
                 await asyncio.sleep(reply.retry_after_seconds)
 
 
+# --------------------------------------------------------------------------- scale-out members (one process)
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    index: int
+    url: str
+    members: int
+    first_member: int
+    connections: int
+    chunks: int
+    chunk_size: int
+    max_assignments: int
+    cpus: list[int] | None
+    request_timeout_seconds: float
+
+
+@dataclass
+class MemberResult:
+    """What one load generator's members did (every call counted: a scale-out has no window)."""
+
+    created: int = 0
+    done: int = 0
+    failed: int = 0
+    work_calls: int = 0
+    assignments: int = 0
+    streams: int = 0
+    streams_ended: int = 0
+    work_latencies: list[float] = field(default_factory=list)
+    create_latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def member_worker_main(spec: MemberSpec, conn) -> None:
+    """Entry point of a scale-out load generator: create its members, say so, wait for 'go', run them."""
+    if spec.cpus is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, spec.cpus)
+    try:
+        result = asyncio.run(_members(spec, conn))
+    except Exception as exc:  # reported to the parent, which says which worker and why
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("result", asdict(result)))
+
+
+async def _members(spec: MemberSpec, conn) -> MemberResult:
+    from rfork_api.clients import SchedulerClient
+
+    result, errors = MemberResult(), Counter()
+    limits = httpx.Limits(max_connections=spec.connections, max_keepalive_connections=spec.connections)
+    slots = asyncio.Semaphore(spec.connections)
+    client = SchedulerClient(spec.url, timeout=spec.request_timeout_seconds,
+                             transport=httpx.AsyncHTTPTransport(limits=limits))
+
+    async def call(coro_fn, latencies: list[float]):
+        async with slots:
+            started = time.monotonic()
+            out = await coro_fn()
+            latencies.append(time.monotonic() - started)
+            return out
+
+    async def create(k: int) -> tuple[m.JobCreated, int] | None:
+        member = spec.first_member + k
+        manifest = bench_manifest(spec.chunks, spec.chunk_size, (member + 2) << 40)  # its own memory
+        request = m.JobRequest(identity=IDENTITY, rank=0, chunk_size_bytes=spec.chunk_size, manifest=manifest,
+                               peer=m.PeerOffer(session_id=f"bench-member-{member}:1"))
+        try:
+            job = await call(lambda: client.create_job(request), result.create_latencies)
+        except RforkApiError as exc:
+            errors[f"create: {exc.code}"] += 1
+            return None
+        result.created += 1
+        return job, member
+
+    async def run_member(job: m.JobCreated, member: int) -> None:
+        landed_map = None if job.streams is None else m.LandedMapInfo(
+            session_id=f"bench-member-{member}:1", ptr=4096, num_chunks=job.num_chunks, num_tensors=spec.chunks)
+        body = m.WorkRequest(max_assignments=spec.max_assignments, landed_map=landed_map)
+        following: dict[str, tuple[m.StreamAssignment, bool]] = {}  # stream id -> (it, half reported)
+        while True:
+            try:
+                reply = await call(lambda: client.work(job.job_id, body), result.work_latencies)
+            except RforkApiError as exc:
+                errors[f"work: {exc.code}"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            result.work_calls += 1
+            result.assignments += len(reply.assignments)
+            result.streams += len(reply.streams)
+            if reply.state != m.JobState.RUNNING:
+                if reply.state == m.JobState.DONE:
+                    result.done += 1
+                else:
+                    result.failed += 1
+                    errors["job failed: " + (reply.error or "no error given")[:120]] += 1
+                return
+            streams = [m.StreamReport(stream_id=i, state="ended") for i in reply.end_streams]
+            result.streams_ended += len(reply.end_streams)
+            for stream_id in reply.end_streams:
+                following.pop(stream_id, None)
+            following.update({s.stream_id: (s, False) for s in reply.streams})
+            # As rfork fork: what a stream landed goes with a report a stream-interval later, the rest
+            # with the streams' end (here at once: there is no data to wait for).
+            for stream_id, (s, half) in list(following.items()):
+                middle = (s.first_chunk + s.end_chunk) // 2
+                if not half:
+                    streams.append(m.StreamReport(stream_id=stream_id, landed=list(range(s.first_chunk, middle))))
+                    following[stream_id] = (s, True)
+                else:
+                    streams.append(m.StreamReport(stream_id=stream_id, landed=list(range(middle, s.end_chunk)),
+                                                  state="done"))
+                    del following[stream_id]
+            reports = [m.ChunkReport(assignment_id=a.assignment_id, ok=True, seconds=0.01) for a in reply.assignments]
+            waiting = not reports and not streams
+            body = m.WorkRequest(max_assignments=spec.max_assignments, reports=reports, streams=streams,
+                                 wait_seconds=1.0 if waiting else 0.0)
+
+    made = await asyncio.gather(*(create(k) for k in range(spec.members)))
+    jobs = [j for j in made if j is not None]
+    conn.send(("ready", len(jobs)))
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "go"
+    await asyncio.gather(*(run_member(job, member) for job, member in jobs))
+    await client.aclose()
+    result.errors = dict(errors)
+    return result
+
+
+async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: Path) -> dict:
+    """One fresh scheduler, ``members`` peers forking at once: the scheduler's CPU for the whole scale-out."""
+    scheduler_cpus, load_cpus, _ = plan_cpus(options.pin)
+    clients = min(options.clients or max(len(load_cpus or []), 1), members)
+    profile_path = str(Path(options.profile_dir) / f"scheduler-scale-out-{members}.prof") if options.profile_dir else None
+    if profile_path:
+        Path(options.profile_dir).mkdir(parents=True, exist_ok=True)
+    scheduler = SchedulerProcess(log_dir, scheduler_cpus, options.scheduler_args, profile_path)
+    seeds: FakeSeeds | None = None
+    workers: list[tuple[multiprocessing.Process, object]] = []
+    try:
+        scheduler.wait_ready()
+        seeds = FakeSeeds(scheduler.url, options)
+        await seeds.register()
+        context = multiprocessing.get_context("spawn")
+        first = 0
+        for index, (n, conns) in enumerate(zip(split_evenly(members, clients),
+                                               split_evenly(max(options.connections, clients), clients))):
+            parent_end, child_end = context.Pipe()
+            spec = MemberSpec(index, scheduler.url, n, first, conns, options.chunks, options.chunk_size,
+                              options.max_assignments, load_cpus, options.request_timeout_seconds)
+            first += n
+            process = context.Process(target=member_worker_main, args=(spec, child_end), daemon=True,
+                                      name=f"rfork-bench-members-{index}")
+            process.start()
+            child_end.close()
+            workers.append((process, parent_end))
+        create_started = time.monotonic()
+        before = ProcessSample.of(scheduler.pid)
+        created = sum([await _expect(conn, process, "ready", options.setup_stall_seconds)
+                       for process, conn in workers])
+        create_seconds = time.monotonic() - create_started
+        after_create = ProcessSample.of(scheduler.pid)
+        started = time.monotonic()
+        for _, conn in workers:
+            conn.send("go")
+        results = [MemberResult(**(await _expect(conn, process, "result", options.setup_stall_seconds)))
+                   for process, conn in workers]
+        run_seconds = time.monotonic() - started
+        end = ProcessSample.of(scheduler.pid)
+        total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
+        errors: Counter[str] = Counter()
+        for r in results:
+            errors.update(r.errors)
+        errors.update({f"heartbeat: {k}": v for k, v in seeds.stats.errors.items()})
+        create_cpu = after_create.cpu_seconds - before.cpu_seconds
+        run_cpu = end.cpu_seconds - after_create.cpu_seconds
+        streams_started = scheduler.metric("rfork_scheduler_streams_started_total")
+        return {
+            "members": members,
+            "created": created,
+            "done": total("done"),
+            "failed": total("failed"),
+            "create_seconds": create_seconds,
+            "run_seconds": run_seconds,
+            "scheduler_cpu_seconds_create": create_cpu,
+            "scheduler_cpu_seconds_run": run_cpu,
+            "scheduler_cpu_seconds": create_cpu + run_cpu,
+            "scheduler_cpu_ms_per_member": 1000 * (create_cpu + run_cpu) / max(members, 1),
+            "work_calls": total("work_calls"),
+            "work_calls_per_member": total("work_calls") / max(members, 1),
+            "assignments": total("assignments"),
+            "streams": total("streams"),
+            "streams_started_metric": streams_started,
+            "streams_ended": total("streams_ended"),
+            "work_latency": latency_summary([x for r in results for x in r.work_latencies]),
+            "create_latency": latency_summary([x for r in results for x in r.create_latencies]),
+            "seeds_dropped": max(seeds.stats.dropped, int(scheduler.metric("rfork_scheduler_seeds_dropped_total") or 0)),
+            "errors": dict(errors),
+            "scheduler_runqueue_wait_seconds": end.wait_seconds - before.wait_seconds,
+        }
+    finally:
+        if seeds is not None:
+            await seeds.close()
+        for process, conn in workers:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+            conn.close()
+        scheduler.stop()
+
+
+def print_scale_out(s: dict) -> None:
+    print(f"scale-out of {s['members']:<5} {s['done']} done, {s['failed']} failed: scheduler CPU "
+          f"{s['scheduler_cpu_seconds']:.2f} s ({s['scheduler_cpu_seconds_create']:.2f} s creating the jobs, "
+          f"{s['scheduler_cpu_seconds_run']:.2f} s answering {s['work_calls']} /work calls = "
+          f"{s['work_calls_per_member']:.1f} per member), {s['scheduler_cpu_ms_per_member']:.2f} ms per member; "
+          f"{s['streams']} streams, {s['assignments']} assignments; /work p50 {_ms(s['work_latency']['p50_seconds'])} "
+          f"ms p99 {_ms(s['work_latency']['p99_seconds'])} ms; wall {s['create_seconds']:.1f} + "
+          f"{s['run_seconds']:.1f} s; seeds dropped {s['seeds_dropped']}"
+          + (f"; errors: {s['errors']}" if s["errors"] else ""), flush=True)
+
+
 # --------------------------------------------------------------------------- seeds (in the parent)
 
 
@@ -849,6 +1085,8 @@ async def run_all(options: SchedulerBenchOptions) -> dict:
           f"{format_bytes(options.chunk_size)} per job, {options.connections} connections, "
           f"{options.duration_seconds:g} s windows; {pinning}; load average {load_average()}", flush=True)
     loadavg_start = load_average()
+    if options.scale_out:
+        return await _run_scale_outs(options, log_dir, pinning, loadavg_start)
     scenarios = []
     for jobs in options.jobs:
         try:
@@ -886,6 +1124,37 @@ async def run_all(options: SchedulerBenchOptions) -> dict:
     }
 
 
+async def _run_scale_outs(options: SchedulerBenchOptions, log_dir: Path, pinning: str, loadavg_start) -> dict:
+    runs = []
+    for members in options.scale_out:
+        try:
+            run_ = await run_scale_out(options, members, log_dir)
+        except SchedulerStartError:
+            raise
+        except BenchError as exc:
+            print(f"scale-out of {members:<5} FAILED: {exc}", flush=True)
+            runs.append({"members": members, "error": str(exc)})
+            continue
+        print_scale_out(run_)
+        runs.append(run_)
+    ok = all("error" not in r and r["failed"] == 0 and r["done"] == r["members"] and r["seeds_dropped"] == 0
+             for r in runs)
+    if ok:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return {
+        "bench": "scheduler-scale-out",
+        "ok": ok,
+        "options": {**asdict(options), "jobs": list(options.jobs), "scale_out": list(options.scale_out),
+                    "scheduler_args": list(options.scheduler_args)},
+        "machine": {"cpus": os.cpu_count(), "pinning": pinning, "load_average_start": loadavg_start,
+                    "load_average_end": load_average(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "scheduler_logs": None if ok else str(log_dir),
+        "scale_outs": runs,
+        "capacity": None,
+    }
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", default="1,64,1024", help="concurrent jobs per scenario, comma-separated (default 1,64,1024)")
     p.add_argument("--chunks", type=int, default=1300, help="chunks per job (default 1300: one 85 GB rank in 64 MiB)")
@@ -904,6 +1173,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra flag for `rfork scheduler` (repeat; e.g. --scheduler-arg=--max-in-flight-per-seed=8)")
     p.add_argument("--profile", dest="profile_dir", default=None, metavar="DIR",
                    help="run the scheduler under cProfile; write DIR/scheduler-<jobs>.prof")
+    p.add_argument("--scale-out", default="", metavar="N[,N]",
+                   help="measure scale-outs of N members forking at once as peers (with streams unless "
+                        "--scheduler-arg=--stream-stripes=0), instead of the steady state of --jobs")
     p.add_argument("--json", dest="json_path", default=None, help="write the full report here")
 
 
@@ -914,6 +1186,11 @@ def options_from_args(args: argparse.Namespace) -> SchedulerBenchOptions:
     except ValueError:
         raise ValueError(f"--jobs must be comma-separated integers like 1,64,1024, got {args.jobs!r}") from None
     try:
+        scale_out = tuple(int(x) for x in str(getattr(args, "scale_out", "") or "").split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--scale-out must be comma-separated integers like 128,1024, got {args.scale_out!r}") \
+            from None
+    try:
         chunk_size = parse_size(args.chunk_size)
         seed_rate = parse_rate(args.seed_rate)
     except UnitError as exc:
@@ -922,7 +1199,7 @@ def options_from_args(args: argparse.Namespace) -> SchedulerBenchOptions:
         jobs=jobs, chunks=args.chunks, chunk_size=chunk_size, seeds=args.seeds, seed_rate=seed_rate,
         duration_seconds=args.duration, warmup_seconds=args.warmup, connections=args.connections,
         clients=args.clients, max_assignments=args.max_assignments, pin=args.pin,
-        scheduler_args=tuple(args.scheduler_arg), profile_dir=args.profile_dir)
+        scheduler_args=tuple(args.scheduler_arg), profile_dir=args.profile_dir, scale_out=scale_out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -940,7 +1217,8 @@ def run(args: argparse.Namespace) -> int:
     for line in capacity_lines(report):
         print(line)
     if not report["ok"]:
-        print(f"FAILED: a seed was dropped or a job failed under load; scheduler logs in {report['scheduler_logs']}",
+        print(f"FAILED: a seed was dropped or a job failed (or did not finish); scheduler logs in "
+              f"{report['scheduler_logs']}",
               file=sys.stderr)
     if args.json_path:
         path = Path(args.json_path)

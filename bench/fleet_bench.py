@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
             runs.append(record)
             print(f"{'peers' if peers else 'direct':6} N={n:<3} time to all {record['time_to_all_seconds']:7.2f} s   "
                   f"seed served {record['seed_bytes_served'] / record['model_bytes']:5.2f} x model   "
-                  f"{'all verified' if record['verified'] else 'NOT ALL VERIFIED'}", flush=True)
+                  f"{'all verified' if record['verified'] else 'NOT ALL VERIFIED'}"
+                  + (f"   streams {record['streams']['started']} ({record['streams']['failed']} failed)"
+                     if peers and record.get("streams") else ""), flush=True)
             if args.json_path:  # after every point: a run cut short (a time limit, Ctrl-C) keeps what it measured
                 _write_report(args.json_path, summarize(runs, size=size, chunk=chunk, seed_rate=seed_rate,
                                                         client_rate=client_rate, device=args.device,
@@ -113,6 +115,7 @@ def measure(n: int, peers: bool, size: int, chunk: int, seed_rate: float, client
         "time_to_all_seconds_all": [r["time_to_all_seconds"] for r in results],
         "seed_bytes_served": median["seed_bytes_served"], "model_bytes": median["model_bytes"],
         "bytes_from_peers": median["bytes_from_peers"],
+        "streams": median.get("streams"),
         "verified": all(r["verified"] for r in results),
         "clients_detail": median["clients"], "log_dir": median["log_dir"],
     }

@@ -26,6 +26,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from rfork_api.models import STREAM_FAILURE_REASONS
+
 # Why a chunk read failed. Kept closed so the label set stays bounded.
 FAILURE_REASONS = ("read_failed", "lease_denied", "agent_unreachable", "timeout", "seed_lost")
 # How a fork job ended (rfork_scheduler_jobs_finished_total's ``outcome``).
@@ -174,6 +176,8 @@ class SchedulerMetrics:
             self.chunk_retries_total.labels(reason=reason)
         for outcome in JOB_OUTCOMES:
             self.jobs_finished_total.labels(outcome=outcome)
+        for reason in STREAM_FAILURE_REASONS:
+            self.stream_failures_total.labels(reason=reason)
 
 
 class AgentMetrics:

@@ -15,7 +15,7 @@ client keeps working against a newer server that added one.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -249,9 +249,9 @@ class StreamAssignment(Reply):
     parent_map: LandedMapInfo
 
 
-STREAM_STATES = ("running", "done", "ended", "failed")
 StreamState = Literal["running", "done", "ended", "failed"]
 StreamFailure = Literal["parent_lost", "parent_stalled", "not_the_same_plan"]
+STREAM_FAILURE_REASONS: tuple[str, ...] = get_args(StreamFailure)
 
 
 class StreamReport(Request):

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Hashable, Iterable, Sequence
 
 from rfork_api.landed import LandedMapRef
+from rfork_api.models import STREAM_FAILURE_REASONS
 from scheduler.planner import Job
 from scheduler.streams import SEEDS, StripeTrees
 
@@ -49,7 +50,7 @@ GroupKey = Hashable
 RUNNING, DONE, ENDED, FAILED = "running", "done", "ended", "failed"
 """A stream's state in a client's report: still reading; every chunk landed; stopped as told
 (``take``'s ``ended``); failed (``reason`` one of :data:`STREAM_FAILURES`)."""
-STREAM_FAILURES = ("parent_lost", "parent_stalled", "not_the_same_plan")
+STREAM_FAILURES = STREAM_FAILURE_REASONS
 
 
 def stripe_ranges(num_chunks: int, stripes: int) -> list[range]:

@@ -250,7 +250,24 @@ def _record(fleet: Fleet, options: ScaleOutOptions, run: _ScaleOut, go_at: float
         "seeds": [{"id": s.seed_id, "rate_cap_bytes_per_second": s.rate_cap, "killed": s.killed,
                    "bytes_served": served[s.seed_id]} for s in fleet.seeds],
         "kill_seed_at_bytes": run.seed_killed_at_bytes,
+        "streams": _scheduler_streams(fleet),
     }
+
+
+def _scheduler_streams(fleet: Fleet) -> dict:
+    """Streams the scheduler handed out and those its clients reported failed (None: no answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{fleet.scheduler_url}/metrics", headers=fleet.headers, timeout=5).text
+    except httpx.HTTPError:
+        return {"started": None, "failed": None}
+    totals = {"rfork_scheduler_streams_started": 0.0, "rfork_scheduler_stream_failures": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name in totals:
+            totals[family.name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return {"started": int(totals["rfork_scheduler_streams_started"]),
+            "failed": int(totals["rfork_scheduler_stream_failures"])}
 
 
 def _granted_bytes(fleet: Fleet) -> dict[str, int]:

@@ -744,7 +744,8 @@ class ForkClient:
                 self._metrics.bytes_total.labels(seed="peer").inc(nbytes)
 
         entry.task = asyncio.ensure_future(follow(self.transport, stream, self._plan, self._manifest, mine,
-                                                  self.options.follow, on_landed, clock=self._clock))
+                                                  self.options.follow, on_landed, clock=self._clock,
+                                                  rate=assignment.max_rate_bytes_per_second))
         return entry
 
     def _long_poll_seconds(self, following: dict[str, _Following], last: m.WorkReply | None) -> float:

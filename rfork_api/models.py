@@ -247,6 +247,8 @@ class StreamAssignment(Reply):
     end_chunk: int
     parent_job_id: str
     parent_map: LandedMapInfo
+    max_rate_bytes_per_second: float | None = None
+    """Read it at this rate at most: the parent's upload cap (``PeerOffer``) over its fanout."""
 
 
 StreamState = Literal["running", "done", "ended", "failed"]

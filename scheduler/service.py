@@ -340,7 +340,8 @@ class SchedulerState:
         streams = self.streams
         if streams is None or streams.is_member(job.job_id) or job.state != RUNNING:
             return  # streams off (the client forks without), joined already, or nothing left to read
-        if not self.swarm.is_member(job.job_id) or not self.swarm._members[job.job_id].serving:
+        offer = self.swarm.serving_offer(job.job_id)
+        if offer is None:
             raise InvalidLandedMap(f"job {job.job_id} offered no peer session: a member of streams serves its "
                                    "landed chunks; create the job with a peer offer to stream")
         if (landed_map.num_chunks, landed_map.num_tensors) != (len(job.chunks), len(job.client_manifest)):
@@ -348,7 +349,7 @@ class SchedulerState:
                 f"the landed map has {landed_map.num_chunks} chunks of {landed_map.num_tensors} tensors, the job "
                 f"{len(job.chunks)} of {len(job.client_manifest)}: register a map of the job's chunk plan "
                 "(rfork_api.chunking.plan_chunks at JobCreated.chunk_size_bytes)")
-        streams.join(job, record.group, landed_map.ref(), now)
+        streams.join(job, record.group, landed_map.ref(), now, upload_rate=offer.rate)
 
     def work(self, job_id: str, body: wire.WorkRequest) -> wire.WorkReply:
         with self.lock:
@@ -629,7 +630,8 @@ def _wire_assignment(a) -> wire.Assignment:
 def _wire_stream(a) -> wire.StreamAssignment:
     return wire.StreamAssignment(
         stream_id=a.stream_id, stripe=a.stripe, first_chunk=a.first_chunk, end_chunk=a.end_chunk,
-        parent_job_id=a.parent_job_id, parent_map=wire.LandedMapInfo.of(a.parent_map))
+        parent_job_id=a.parent_job_id, parent_map=wire.LandedMapInfo.of(a.parent_map),
+        max_rate_bytes_per_second=a.max_rate)
 
 
 def _wire_progress(job: Job) -> wire.Progress:

@@ -79,6 +79,8 @@ class StreamAssignment:
     end_chunk: int
     parent_job_id: str
     parent_map: LandedMapRef
+    max_rate: float | None = None
+    """Bytes/s to read it at, at most: the parent's upload cap over its fanout (None: uncapped)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class _Member:
     key: GroupKey
     landed_map: LandedMapRef
     ranges: list[range]
+    upload_rate: float | None = None
+    """Its upload cap (its peer offer's rate; None: uncapped), shared by the streams read from it."""
     streams: dict[int, _Stream] = field(default_factory=dict)
     """Stripe -> the stream this member reads it by now (absent: the seeds serve it, or done)."""
     started: list[StreamAssignment] = field(default_factory=list)
@@ -154,7 +158,8 @@ class StreamSwarm:
     def is_member(self, job_id: str) -> bool:
         return job_id in self._members
 
-    def join(self, job: Job, key: GroupKey, landed_map: LandedMapRef, now: float) -> None:
+    def join(self, job: Job, key: GroupKey, landed_map: LandedMapRef, now: float,
+             upload_rate: float | None = None) -> None:
         """Add a streaming job to its group's trees; its streams wait in ``take``."""
         if job.job_id in self._members:
             return  # already joined (a repeated registration of the same map)
@@ -165,7 +170,7 @@ class StreamSwarm:
         trees = self._trees.get(key)
         if trees is None:
             trees = self._trees[key] = StripeTrees(len(ranges), self.fanout, self.candidates, self._rng)
-        self._members[job.job_id] = _Member(job, key, landed_map, ranges)
+        self._members[job.job_id] = _Member(job, key, landed_map, ranges, upload_rate)
         self._group_size[key] = self._group_size.get(key, 0) + 1
         self.decisions += 1
         withheld: dict[str, list[range]] = {}
@@ -341,8 +346,10 @@ class StreamSwarm:
             job.stream_chunks([chunks])
         else:
             withheld.setdefault(job.job_id, []).append(chunks)
+        # A relay serves up to ``fanout`` streams of its home stripe: each gets that share of its cap.
+        rate = None if parent_member.upload_rate is None else parent_member.upload_rate / self.fanout
         member.started.append(StreamAssignment(stream.stream_id, stripe, chunks.start, chunks.stop, parent,
-                                               parent_member.landed_map))
+                                               parent_member.landed_map, rate))
 
     def _finish(self, stream_id: str) -> None:
         """The stream reads no more: its parent stops counting it."""

@@ -217,6 +217,11 @@ class Swarm:
     def is_member(self, job_id: str) -> bool:
         return job_id in self._members
 
+    def serving_offer(self, job_id: str) -> PeerOffer | None:
+        """The job's peer offer while it serves (None: not a member, never offered, or withdrawn)."""
+        member = self._members.get(job_id)
+        return member.offer if member is not None and member.serving else None
+
     # -- what a job's planner sees ----------------------------------------
     def sources_for(self, job_id: str, now: float, complete_only: bool = False) -> list[SourceView]:
         """Up to ``max_peers_per_decision`` peers ``job_id`` may read from now, sampled at random

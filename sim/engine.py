@@ -221,7 +221,8 @@ class FleetSimulation:
             swarm.join(job, self.key, offer, 0.0)
             if s.strategy == "stream":  # its client's first /work call sends its landed map
                 self.streams[i % s.scheduler_shards].join(
-                    job, self.key, LandedMapRef(f"i{i}", 4096, len(self.chunks), len(self.manifest)), 0.0)
+                    job, self.key, LandedMapRef(f"i{i}", 4096, len(self.chunks), len(self.manifest)), 0.0,
+                    upload_rate=s.peer_rate)
             self.cpu_by_shard[i % s.scheduler_shards] += cpu_clock() - started
             # A peer's upload cap is the swarm's bucket (the real scheduler's), not a slower NIC.
             node = self.net.add_node(f"i{i}", s.instance_egress, s.instance_ingress)
@@ -484,6 +485,7 @@ class FleetSimulation:
         parent = self.by_job[a.parent_job_id]
         sizes = self._sizes
         left = [c for c in range(a.first_chunk, a.end_chunk) if not inst.landed[c]]
+        paced_until = self.env.now
         try:
             while True:
                 left = [c for c in left if not inst.landed[c]]
@@ -501,8 +503,13 @@ class FleetSimulation:
                     batch = [c for c in ready[i:i + s.stream_batch_chunks] if not inst.landed[c]]
                     if not batch:
                         continue
+                    nbytes = sum(sizes[c] for c in batch)
+                    if a.max_rate:  # paced as rfork fork's follow: the parent's cap over its fanout
+                        if paced_until > self.env.now:
+                            yield self.env.timeout(paced_until - self.env.now)
+                        paced_until = max(paced_until, self.env.now) + nbytes / a.max_rate
                     yield self.env.timeout(s.read_latency_seconds)
-                    yield self.net.transfer(parent.node, inst.node, sum(sizes[c] for c in batch))
+                    yield self.net.transfer(parent.node, inst.node, nbytes)
                     self._mark(inst, batch)
                     inst.stream_landed.setdefault(a.stream_id, []).extend(batch)
         except LinkDown:

@@ -8,6 +8,7 @@ zeros, so byte-exact results also check the order.
 from __future__ import annotations
 
 import asyncio
+import time
 import ctypes
 import doctest
 import random
@@ -63,9 +64,11 @@ class Instance:
     def expected(self, chunk_id: int) -> bytes:
         return b"".join(pattern(int(n[1:]), o, length) for n, o, length in self.plan[chunk_id].segments)
 
-    def follow(self, parent: "Instance", first: int, end: int, options: FollowOptions = FAST, on_landed=None):
+    def follow(self, parent: "Instance", first: int, end: int, options: FollowOptions = FAST, on_landed=None,
+               rate: float | None = None):
         stream = Stream(parent.map.ref(parent.transport.session_id), first, end)
-        return follow(self.transport, stream, self.plan, self.manifest, self.map, options, on_landed=on_landed)
+        return follow(self.transport, stream, self.plan, self.manifest, self.map, options, on_landed=on_landed,
+                      rate=rate)
 
 
 @pytest.fixture
@@ -113,6 +116,21 @@ def test_chunks_already_landed_here_are_not_read_again(pair) -> None:
     assert asyncio.run(child.follow(parent, 4, 8)).chunks_read == 2
     assert child.chunk(5) == bytes(len(child.expected(5)))
     assert child.chunk(4) == child.expected(4) and child.chunk(7) == child.expected(7)
+
+
+def test_a_paced_stream_reads_no_faster_than_its_rate(pair) -> None:
+    """The parent's upload cap share: every batch but the first waits for the time the last took at it."""
+    parent, child = pair
+    for c in range(len(parent.plan)):
+        parent.land(c)
+    batch = FollowOptions(batch_chunks=1, poll_min_seconds=0.001, poll_max_seconds=0.002)
+    nbytes = sum(parent.plan[c].nbytes for c in range(0, 6))
+    rate = nbytes / 0.25  # six one-chunk batches in 0.25 s: five waits of ~0.04 s at least
+    started = time.monotonic()
+    result = asyncio.run(child.follow(parent, 0, 6, options=batch, rate=rate))
+    assert result.chunks_read == 6 and all(child.chunk(c) == child.expected(c) for c in range(6))
+    # A lower bound only (a loaded machine makes it slower, never faster).
+    assert time.monotonic() - started >= (nbytes - parent.plan[5].nbytes) / rate * 0.95
 
 
 def test_a_child_can_follow_a_parent_that_is_itself_following(pair) -> None:

@@ -171,3 +171,13 @@ def test_a_thousand_members_cost_one_decision_each_and_the_seeds_send_one_copy()
         swarm.join(j, GROUP, ref(i % 200), now=0.0)
     assert swarm.decisions == 1000
     assert sum(len(j.chunks) - len(j.streamed_chunks()) for j in jobs) == len(PLAN)
+
+
+def test_a_capped_parent_shares_its_upload_cap_among_its_fanout():
+    swarm = StreamSwarm(stripes=2, fanout=4)
+    swarm.join(job(0), GROUP, ref(0), now=0.0, upload_rate=400e6)
+    swarm.join(job(1), GROUP, ref(1), now=0.0)
+    adopted, _ = swarm.take("j0")
+    started, _ = swarm.take("j1")
+    assert started and all(s.max_rate == 100e6 for s in started if s.parent_job_id == "j0")
+    assert adopted and all(s.max_rate is None for s in adopted)  # from j1, which offered no cap

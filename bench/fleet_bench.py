@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="each client's upload cap as a peer (default 50MB/s; 'unlimited' for none)")
     p.add_argument("--clients", default="1,2,4,8", metavar="N[,N...]", help="fleet sizes (default 1,2,4,8)")
     p.add_argument("--repeat", type=int, default=1, help="runs per point; the median time-to-all is kept")
+    p.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
+                   help="extra flag for `rfork scheduler` (repeat; --scheduler-arg=--stream-stripes=0: peers per chunk)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: seed's and clients' memory")
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH")
     p.add_argument("--plot", dest="plot_path", default=None, metavar="PATH.png")
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     runs = []
     for peers in (True, False):
         for n in counts:
-            record = measure(n, peers, size, chunk, seed_rate, client_rate, args.device, args.repeat)
+            record = measure(n, peers, size, chunk, seed_rate, client_rate, args.device, args.repeat,
+                             tuple(args.scheduler_arg))
             runs.append(record)
             print(f"{'peers' if peers else 'direct':6} N={n:<3} time to all {record['time_to_all_seconds']:7.2f} s   "
                   f"seed served {record['seed_bytes_served'] / record['model_bytes']:5.2f} x model   "
@@ -99,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(n: int, peers: bool, size: int, chunk: int, seed_rate: float, client_rate: float | None,
-            device: str, repeat: int) -> dict:
+            device: str, repeat: int, scheduler_args: tuple[str, ...] = ()) -> dict:
     """``repeat`` scale-outs of ``n`` clients (fresh fleet each); the median by time-to-all, with every run's time."""
     from testbed.orchestrator import TestbedOptions, run_testbed
 
     options = TestbedOptions(seeds=1, model=None, size_bytes=size, chunk_size=chunk, seed_rates=(seed_rate,),
                              clients=n, peers=peers, client_rate=client_rate if peers else None,
-                             progress=False, device=device)
+                             progress=False, device=device, scheduler_args=scheduler_args)
     results = [run_testbed(options) for _ in range(repeat)]
     results.sort(key=lambda r: r["time_to_all_seconds"] if r["time_to_all_seconds"] is not None else float("inf"))
     median = results[len(results) // 2]

@@ -148,15 +148,20 @@ FLEET_PLAN = (
     # CUDA processes (~30 s on an H200 host), so one repeat is what fits a 10-minute call.
     ("gpu-fleet", "256MiB", "4MiB", "50MB/s", "50MB/s", "1,2,4,8", 1),
     ("gpu-fleet-1gib", "1GiB", "16MiB", "400MB/s", "400MB/s", "1,8", 1),
+    # Asked for by name only (part fleet-per-chunk): the larger model with peers per chunk, no streams.
+    ("gpu-fleet-1gib-per-chunk", "1GiB", "16MiB", "400MB/s", "400MB/s", "1,8", 1),
 )
 
 
-def run_fleet_part(args, env: dict, started: float) -> list[dict]:
-    """`rfork bench fleet` with every seed and client holding its weights on the GPU (issue #14)."""
+def run_fleet_part(args, env: dict, started: float, per_chunk: bool = False) -> list[dict]:
+    """`rfork bench fleet` with every seed and client holding its weights on the GPU (issue #14); with
+    ``per_chunk``, only the per-chunk comparison (``--stream-stripes 0``)."""
     from bench import fleet_bench
 
     reports = []
     for stem, size, chunk, seed_rate, client_rate, counts, repeat in FLEET_PLAN:
+        if stem.endswith("-per-chunk") != per_chunk:
+            continue
         if time.monotonic() - started > args.budget_seconds:
             print(f"SKIP  fleet {stem} (budget)", flush=True)
             continue
@@ -165,7 +170,8 @@ def run_fleet_part(args, env: dict, started: float) -> list[dict]:
         fleet_args = p.parse_args([
             "--size", size, "--chunk-size", chunk, "--seed-rate", seed_rate, "--client-rate", client_rate,
             "--clients", counts, "--repeat", str(repeat), "--device", args.device,
-            "--json", os.path.join(args.out, f"{stem}.json"), "--plot", os.path.join(args.out, f"{stem}.png")])
+            "--json", os.path.join(args.out, f"{stem}.json"), "--plot", os.path.join(args.out, f"{stem}.png")]
+            + (["--scheduler-arg=--stream-stripes=0"] if per_chunk else []))
         try:
             rc = fleet_bench.run(fleet_args)
         except Exception as exc:  # noqa: BLE001 - record and go on to the next configuration
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_run", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for gpu-*.json and gpu-*.png")
     p.add_argument("--parts", default="fork,cpu,big,split,qos",
-                   help="comma list of parts: fork, cpu, big, split, qos, fleet, stream (default all but fleet "
+                   help="comma list of parts: fork, cpu, big, split, qos, fleet, fleet-per-chunk, stream (default all but fleet "
                         "and stream)")
     p.add_argument("--device", default="cuda", help="device of seeds and client (default cuda)")
     p.add_argument("--size", default="600MiB", help="model size of the fork scenarios (default 600MiB, as on CPU)")
@@ -291,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         summary.extend(run_stream_part(args, started))
     if "fleet" in parts:
         for report in run_fleet_part(args, env, started):
+            summary.extend(report["lines"])
+    if "fleet-per-chunk" in parts:
+        for report in run_fleet_part(args, env, started, per_chunk=True):
             summary.extend(report["lines"])
     if parts & {"fork", "cpu", "big", "split"}:
         report = run_fork_part(args, env, started)

@@ -318,6 +318,8 @@ class _Following:
     task: asyncio.Task | None = None
     landed: list[int] = field(default_factory=list)
     told_to_end: bool = False
+    rate: float | None = None
+    """Its share of the parent's upload cap now (the scheduler moves it as the parent's streams change)."""
 
 
 @dataclass
@@ -631,6 +633,9 @@ class ForkClient:
                         entry.task.cancel()  # a read on the wire settles first (transport.read)
                 for assignment in response.streams:
                     following[assignment.stream_id] = self._start_following(assignment, tally)
+                for stream_id, rate in response.stream_rates.items():
+                    if stream_id in following:
+                        following[stream_id].rate = rate
                 if response.state == m.JobState.DONE:
                     break
                 if response.state == m.JobState.FAILED:
@@ -721,7 +726,7 @@ class ForkClient:
         )
 
     def _start_following(self, assignment: m.StreamAssignment, tally: _Tally) -> _Following:
-        entry = _Following(assignment)
+        entry = _Following(assignment, rate=assignment.max_rate_bytes_per_second)
         mine = self._landed_map
         if mine is None or self._plan is None:  # cannot happen: the scheduler streams only jobs that sent a map
             entry.task = asyncio.ensure_future(asyncio.sleep(0))
@@ -745,7 +750,7 @@ class ForkClient:
 
         entry.task = asyncio.ensure_future(follow(self.transport, stream, self._plan, self._manifest, mine,
                                                   self.options.follow, on_landed, clock=self._clock,
-                                                  rate=assignment.max_rate_bytes_per_second))
+                                                  rate=lambda: entry.rate))
         return entry
 
     def _long_poll_seconds(self, following: dict[str, _Following], last: m.WorkReply | None) -> float:

@@ -161,15 +161,16 @@ class FollowResult:
 
 async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], manifest: Manifest, mine: LandedMap,
                  options: FollowOptions = FollowOptions(), on_landed: Callable[[list[int]], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, rate: float | None = None) -> FollowResult:
+                 clock: Callable[[], float] = time.monotonic,
+                 rate: float | None | Callable[[], float | None] = None) -> FollowResult:
     """Read every chunk of ``stream`` not yet landed in ``mine`` from the parent, as the parent lands it.
 
     ``plan`` is this instance's chunk plan (``rfork_api.chunking.plan_chunks`` of ``manifest``,
     its own tensors, at the swarm's chunk size); ``mine`` its landed map. Chunks already
     marked in ``mine`` (landed from elsewhere) are skipped. ``on_landed`` gets each batch of
     chunk ids once they are read and marked (what the client reports to the scheduler).
-    ``rate`` (bytes/s) paces the reads: the parent's share of its upload cap for this stream
-    (one-sided reads are the reader's to pace; the parent cannot).
+    ``rate`` (bytes/s, or a function giving the current one) paces the reads: this stream's share
+    of the parent's upload cap (one-sided reads are the reader's to pace; the parent cannot).
     """
     parent = stream.parent
     if not mine.num_chunks == parent.num_chunks == len(plan) or parent.num_tensors != len(manifest):
@@ -230,10 +231,11 @@ async def follow(transport: Transport, stream: Stream, plan: Sequence[Chunk], ma
             for i in range(0, len(ready), options.batch_chunks):
                 batch = ready[i:i + options.batch_chunks]
                 dst, src, lengths = zip(*chunk_reads(batch, plan_index, ours, (index, their_values)))
-                if rate:  # at most ``rate`` on average: a batch waits for the time the last one took at it
+                current = rate() if callable(rate) else rate
+                if current:  # at most ``rate`` on average: a batch waits for the time the last one took at it
                     if (wait := paced_until - clock()) > 0:
                         await asyncio.sleep(wait)
-                    paced_until = max(paced_until, clock()) + sum(lengths) / rate
+                    paced_until = max(paced_until, clock()) + sum(lengths) / current
                 await _read_from(transport, stream, dst, src, lengths, options,
                                  f"chunks {batch[0]}..{batch[-1]} ({len(batch)})")
                 mine.mark(batch)  # only now: a child of ours may read them the moment they are marked

@@ -248,7 +248,7 @@ class StreamAssignment(Reply):
     parent_job_id: str
     parent_map: LandedMapInfo
     max_rate_bytes_per_second: float | None = None
-    """Read it at this rate at most: the parent's upload cap (``PeerOffer``) over its fanout."""
+    """Read it at this rate at most: its share of the parent's upload cap (``PeerOffer``); None: uncapped."""
 
 
 StreamState = Literal["running", "done", "ended", "failed"]
@@ -344,6 +344,8 @@ class WorkReply(Reply):
     """Streams to start (each until every chunk of it has landed here)."""
     end_streams: list[str] = Field(default_factory=list)
     """Streams to stop (their parent moved); report each ``ended`` once no read of it is on the wire."""
+    stream_rates: dict[str, float] = Field(default_factory=dict)
+    """New rates (bytes/s) for running streams: their parents' upload caps, shared anew as streams came or went."""
     retry_after_seconds: float = 0.0
     progress: Progress
     queued: int | None = None

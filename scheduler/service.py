@@ -412,11 +412,13 @@ class SchedulerState:
             if before[2] == RUNNING and job.state != RUNNING:
                 self._finished(record, job.state)
             started, ended = ([], []) if streams is None else streams.take(job_id)
+            rates = {} if streams is None else streams.take_rates(job_id)
             if started:
                 self.metrics.streams_started_total.inc(len(started))
             return wire.WorkReply(
                 state=job.state, error=job.error, assignments=[_wire_assignment(a) for a in assignments],
                 cancel=job.take_cancellations(), streams=[_wire_stream(a) for a in started], end_streams=ended,
+                stream_rates=rates,
                 retry_after_seconds=0.0 if assignments else 0.5 if views is None else 0.05,
                 progress=_wire_progress(job), queued=self.admission.last.position(job_id),
                 chunks_waiting=len(job.pending) if job.state == RUNNING else 0)
@@ -736,7 +738,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         last_look = loop.time()
         deadline = last_look + body.wait_seconds
         cancels = list(reply.cancel)
-        started, ended = list(reply.streams), list(reply.end_streams)
+        started, ended, rates = list(reply.streams), list(reply.end_streams), dict(reply.stream_rates)
         while (not reply.assignments and not started and not ended and reply.state == RUNNING
                and body.max_assignments > 0 and (left := deadline - loop.time()) > 0):
             await changes.wait(left)
@@ -748,7 +750,8 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
             cancels += reply.cancel
             started += reply.streams
             ended += reply.end_streams
-        reply.cancel, reply.streams, reply.end_streams = cancels, started, ended
+            rates.update(reply.stream_rates)
+        reply.cancel, reply.streams, reply.end_streams, reply.stream_rates = cancels, started, ended, rates
         # Serialized once, here: returned as a model, FastAPI would dump it, validate the dump
         # against response_model and encode it again, the hottest route's largest cost after the
         # planner's (response_model still documents it).

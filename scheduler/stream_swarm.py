@@ -32,6 +32,7 @@ memory only once ``withdraw`` counts no stream (and no chunk read) from it. Use:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ class StreamAssignment:
     parent_job_id: str
     parent_map: LandedMapRef
     max_rate: float | None = None
-    """Bytes/s to read it at, at most: the parent's upload cap over its fanout (None: uncapped)."""
+    """Bytes/s to read it at, at most: its share of the parent's upload cap (None: uncapped). The share
+    moves as streams from the parent come and go (``take_rates``)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class _Stream:
     landed: list[int] = field(default_factory=list)
     """Chunks it reported landed so far (marked in the job when it ends: one set operation)."""
     nbytes: int = 0
+    rate: float | None = None
+    """Its share of the parent's upload cap, as last told."""
 
 
 @dataclass
@@ -125,6 +129,8 @@ class _Member:
     started: list[StreamAssignment] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     """What the client has not been told yet: streams to start, stream ids to stop."""
+    rates: dict[str, float] = field(default_factory=dict)
+    """New shares of their parents' caps for running streams, not told yet."""
     readers: dict[str, _Stream] = field(default_factory=dict)
     """Streams that read from this member, not yet reported finished by their readers."""
     reading: dict[str, _Stream] = field(default_factory=dict)
@@ -228,6 +234,14 @@ class StreamSwarm:
         started, ended = member.started, member.ended
         member.started, member.ended = [], []
         return started, ended
+
+    def take_rates(self, job_id: str) -> dict[str, float]:
+        """New rates (bytes/s) for the job's running streams, each told once."""
+        member = self._members.get(job_id)
+        if member is None or not member.rates:
+            return {}
+        rates, member.rates = member.rates, {}
+        return rates
 
     def take_lost(self) -> list[str]:
         """Members whose followers' reads failed since the last call (taken out of the trees): the
@@ -346,10 +360,30 @@ class StreamSwarm:
             job.stream_chunks([chunks])
         else:
             withheld.setdefault(job.job_id, []).append(chunks)
-        # A relay serves up to ``fanout`` streams of its home stripe: each gets that share of its cap.
-        rate = None if parent_member.upload_rate is None else parent_member.upload_rate / self.fanout
         member.started.append(StreamAssignment(stream.stream_id, stripe, chunks.start, chunks.stop, parent,
-                                               parent_member.landed_map, rate))
+                                               parent_member.landed_map))
+        self._share_upload(parent_member)
+
+    def _share_upload(self, parent: _Member) -> None:
+        """Split a capped member's upload evenly over the streams that read from it now. It cannot pace
+        reads it does not see: each reader paces itself to its share, told with its stream or, for a
+        running one, with its client's next /work reply (until then the old shares hold)."""
+        if parent.upload_rate is None or not parent.readers:
+            return
+        share = parent.upload_rate / len(parent.readers)
+        for stream in parent.readers.values():
+            if stream.rate == share:
+                continue
+            stream.rate = share
+            reader = self._members.get(stream.reader)
+            if reader is None:
+                continue
+            for k, a in enumerate(reader.started):
+                if a.stream_id == stream.stream_id:  # not told yet: it starts at its share
+                    reader.started[k] = dataclasses.replace(a, max_rate=share)
+                    break
+            else:
+                reader.rates[stream.stream_id] = share
 
     def _finish(self, stream_id: str) -> None:
         """The stream reads no more: its parent stops counting it."""
@@ -364,3 +398,5 @@ class StreamSwarm:
             parent.readers.pop(stream_id, None)
             if not parent.readers and stream.parent in self._gone:
                 del self._gone[stream.parent]
+            elif parent.in_trees:
+                self._share_upload(parent)  # the others' shares grow

@@ -85,6 +85,8 @@ class _Instance:
     """``stream``: fired when it lands chunks (its followers wait on it)."""
     stream_landed: dict[str, list[int]] = field(default_factory=dict)
     """``stream``: chunks each of its streams landed, not reported yet."""
+    stream_rates: dict[str, float] = field(default_factory=dict)
+    """``stream``: its streams' shares of their parents' upload caps, as last told."""
 
 
 @dataclass
@@ -424,6 +426,7 @@ class FleetSimulation:
                     seeds = [self._seed_view(seed) for seed in self.seeds.values() if seed.registered]
                     out = job.next_assignments(seeds, now, s.client_max_in_flight - len(running))
                 begin, end = streams.take(job.job_id)
+                inst.stream_rates.update(streams.take_rates(job.job_id))
                 for a in out:
                     if a.source_kind != PEER:
                         self.seeds[a.seed_id].in_flight += 1
@@ -504,10 +507,11 @@ class FleetSimulation:
                     if not batch:
                         continue
                     nbytes = sum(sizes[c] for c in batch)
-                    if a.max_rate:  # paced as rfork fork's follow: the parent's cap over its fanout
+                    rate = inst.stream_rates.get(a.stream_id, a.max_rate)
+                    if rate:  # paced as rfork fork's follow: its share of the parent's cap
                         if paced_until > self.env.now:
                             yield self.env.timeout(paced_until - self.env.now)
-                        paced_until = max(paced_until, self.env.now) + nbytes / a.max_rate
+                        paced_until = max(paced_until, self.env.now) + nbytes / rate
                     yield self.env.timeout(s.read_latency_seconds)
                     yield self.net.transfer(parent.node, inst.node, nbytes)
                     self._mark(inst, batch)

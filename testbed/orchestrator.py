@@ -65,6 +65,8 @@ class TestbedOptions:
     """Each scale-out client's upload cap as a peer, bytes/s (None = unlimited)."""
     peers: bool = True
     """Scale-out clients feed each other; False: every byte from the seeds."""
+    scheduler_args: tuple[str, ...] = ()
+    """Extra ``rfork scheduler`` flags (``--stream-stripes 0``: peers without streams)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -231,7 +233,7 @@ def run_testbed(options: TestbedOptions) -> dict:
         seeds=options.seeds, preset=options.model, size_bytes=options.size_bytes, dtype=options.dtype,
         tp_size=options.tp_size, rng_seed=options.rng_seed, seed_rates=options.seed_rates,
         load_rps=options.load_rps, include_zero_byte=options.include_zero_byte, log_dir=options.log_dir,
-        device=options.seed_device or options.device,
+        device=options.seed_device or options.device, scheduler_args=options.scheduler_args,
         agent_args=("--throttle", options.throttle)
         + (() if options.slo_itl_seconds is None else ("--slo-itl", str(options.slo_itl_seconds))),
     )

@@ -173,11 +173,21 @@ def test_a_thousand_members_cost_one_decision_each_and_the_seeds_send_one_copy()
     assert sum(len(j.chunks) - len(j.streamed_chunks()) for j in jobs) == len(PLAN)
 
 
-def test_a_capped_parent_shares_its_upload_cap_among_its_fanout():
+def test_a_capped_parent_shares_its_upload_cap_among_the_streams_reading_it():
     swarm = StreamSwarm(stripes=2, fanout=4)
     swarm.join(job(0), GROUP, ref(0), now=0.0, upload_rate=400e6)
     swarm.join(job(1), GROUP, ref(1), now=0.0)
     adopted, _ = swarm.take("j0")
-    started, _ = swarm.take("j1")
-    assert started and all(s.max_rate == 100e6 for s in started if s.parent_job_id == "j0")
+    (from_j0,), _ = swarm.take("j1")
+    assert from_j0.parent_job_id == "j0" and from_j0.max_rate == 400e6  # its only reader: the whole cap
     assert adopted and all(s.max_rate is None for s in adopted)  # from j1, which offered no cap
+    swarm.join(job(2), GROUP, ref(2), now=0.0)
+    new, _ = swarm.take("j2")
+    shares = [s.max_rate for s in new if s.parent_job_id == "j0"]
+    assert shares == [200e6]
+    assert swarm.take_rates("j1") == {from_j0.stream_id: 200e6}  # told with its next /work reply
+    assert swarm.take_rates("j1") == {}
+    # A reader that finishes gives its share back to the others.
+    swarm.report("j1", [StreamReport(from_j0.stream_id, state="done")], now=1.0)
+    j2_from_j0 = next(s for s in new if s.parent_job_id == "j0")
+    assert swarm.take_rates("j2") == {j2_from_j0.stream_id: 400e6}

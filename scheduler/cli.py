@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "N, with no decision per chunk (docs/fleet.md, \"Streams\"); 0 = off (default 8)")
     p.add_argument("--stream-fanout", type=int, default=8, metavar="N",
                    help="children a streaming peer relays its home stripe to (default 8)")
+    p.add_argument("--stream-min-members", type=int, default=16, metavar="N",
+                   help="a group of forks streams once N of them registered landed maps; fewer feed each other "
+                        "per chunk (default 16)")
     p.add_argument("--max-body-bytes", default="64MiB",
                    help="largest request body accepted; larger ones get 413 (default 64MiB)")
     p.add_argument("--token-file", default=None,
@@ -82,6 +85,10 @@ def main(args: argparse.Namespace) -> int:
     if not 1 <= args.stream_fanout <= 1024:
         print(f"rfork scheduler: error: --stream-fanout must be 1 to 1024, got {args.stream_fanout}", file=sys.stderr)
         return 2
+    if args.stream_min_members < 1:
+        print(f"rfork scheduler: error: --stream-min-members must be >= 1, got {args.stream_min_members}",
+              file=sys.stderr)
+        return 2
     if not 0 <= args.port <= 65535:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
@@ -106,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
                              max_body_bytes=max_body, token=token, stream_stripes=args.stream_stripes,
-                             stream_fanout=args.stream_fanout,
+                             stream_fanout=args.stream_fanout, stream_min_members=args.stream_min_members,
                              admission=AdmissionConfig(max_forks_per_seed=args.max_forks_per_seed),
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds,

@@ -86,6 +86,8 @@ class SchedulerConfig:
     members' maps, one stream per stripe of this many, instead of a decision per chunk. 0 = off."""
     stream_fanout: int = 8
     """Children a member relays its home stripe to."""
+    stream_min_members: int = 16
+    """A group streams once this many of its jobs registered maps (fewer feed each other per chunk)."""
     intake_workers: int = 2
     """Job requests and registrations decoded and planned at once, off the event loop (more wait)."""
     process_pool_min_body_bytes: int = 1 << 20
@@ -166,7 +168,7 @@ class SchedulerState:
                            max_peers_per_decision=self.config.max_peers_per_decision)
         self.streams = None if self.config.stream_stripes <= 0 else StreamSwarm(
             self.config.stream_stripes, self.config.stream_fanout,
-            read_deadline_seconds=self.config.peer_read_deadline_seconds)
+            read_deadline_seconds=self.config.peer_read_deadline_seconds, min_members=self.config.stream_min_members)
         self.metrics.registry.register(SchedulerStateCollector(self))
 
     @functools.cached_property

@@ -142,10 +142,17 @@ class StreamSwarm:
     """The stripe trees of every group of streaming jobs, and the streams between them."""
 
     def __init__(self, stripes: int = 8, fanout: int = 8, candidates: int = 16,
-                 read_deadline_seconds: float = 30.0, rng: random.Random | None = None) -> None:
-        if stripes < 1 or fanout < 1:
-            raise ValueError(f"stream stripes and fanout must be >= 1, got {stripes} and {fanout}")
+                 read_deadline_seconds: float = 30.0, rng: random.Random | None = None,
+                 min_members: int = 1) -> None:
+        if stripes < 1 or fanout < 1 or min_members < 1:
+            raise ValueError(f"stream stripes, fanout and min_members must be >= 1, got {stripes}, {fanout} and "
+                             f"{min_members}")
         self.stripes, self.fanout, self.candidates = stripes, fanout, candidates
+        self.min_members = min_members
+        """A group streams once this many members have registered maps: a few instances feed each other
+        as well per chunk (the scheduler's cost does not matter there, and every upload is used at once),
+        and members join the trees in the order they came."""
+        self._waiting: dict[GroupKey, dict[str, tuple[Job, LandedMapRef, float | None]]] = {}
         self.read_deadline_seconds = read_deadline_seconds
         self._rng = rng or random.Random(0)
         self._trees: dict[GroupKey, StripeTrees] = {}
@@ -166,12 +173,23 @@ class StreamSwarm:
 
     def join(self, job: Job, key: GroupKey, landed_map: LandedMapRef, now: float,
              upload_rate: float | None = None) -> None:
-        """Add a streaming job to its group's trees; its streams wait in ``take``."""
-        if job.job_id in self._members:
-            return  # already joined (a repeated registration of the same map)
+        """Add a streaming job to its group's trees (or, while the group has fewer than ``min_members``,
+        to those waiting to join them); its streams wait in ``take``."""
         if landed_map.num_chunks != len(job.chunks):
             raise ValueError(f"the landed map has {landed_map.num_chunks} chunks, the job {len(job.chunks)}: "
                              "it is not of this job's chunk plan")
+        waiting = self._waiting.setdefault(key, {})
+        if job.job_id in self._members or job.job_id in waiting:
+            return  # already joined (a repeated registration of the same map)
+        waiting[job.job_id] = (job, landed_map, upload_rate)
+        if key not in self._trees and len(waiting) < self.min_members:
+            return
+        del self._waiting[key]
+        for waited, ref, rate in waiting.values():
+            self._join_trees(waited, key, ref, now, rate)
+
+    def _join_trees(self, job: Job, key: GroupKey, landed_map: LandedMapRef, now: float,
+                    upload_rate: float | None) -> None:
         ranges = stripe_ranges(len(job.chunks), self.stripes)
         trees = self._trees.get(key)
         if trees is None:
@@ -190,6 +208,7 @@ class StreamSwarm:
         own streams count against their parents until the read deadline (it may not have stopped them)."""
         member = self._members.pop(job_id, None)
         if member is None:
+            self._stop_waiting(job_id)
             return
         if member.in_trees:
             self._leave_trees(member, now)
@@ -209,10 +228,16 @@ class StreamSwarm:
         """The member stops serving: no new stream from it; returns its streams not yet reported ended."""
         member = self._members.get(job_id) or self._gone.get(job_id)
         if member is None:
+            self._stop_waiting(job_id)  # nobody streams from a member still waiting
             return 0
         if member.in_trees:
             self._leave_trees(member, now)
         return self.readers_of(job_id, now)
+
+    def _stop_waiting(self, job_id: str) -> None:
+        for key, waiting in list(self._waiting.items()):
+            if waiting.pop(job_id, None) is not None and not waiting:
+                del self._waiting[key]
 
     def readers_of(self, job_id: str, now: float) -> int:
         """Streams from this member that may still be reading its memory."""

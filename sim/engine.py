@@ -181,7 +181,8 @@ class FleetSimulation:
                        for k in range(scenario.scheduler_shards)]
         self.streams = [StreamSwarm(scenario.stream_stripes, scenario.stream_fanout,
                                     read_deadline_seconds=scenario.client_timeout_seconds,
-                                    rng=random.Random(scenario.random_seed + 101 + k))
+                                    rng=random.Random(scenario.random_seed + 101 + k),
+                                    min_members=scenario.stream_min_members)
                         for k in range(scenario.scheduler_shards)] if scenario.strategy == "stream" else []
         self.streams_started = self.stream_failures = 0
         self._seed_slots = scenario.seed_max_in_flight
@@ -319,10 +320,7 @@ class FleetSimulation:
                     yield inst.admitted  # cascade: no source to copy from yet
                 started = cpu_clock()
                 now = self.env.now
-                for r in reports:
-                    job.apply(r, now)
-                    swarm.settled(r.assignment_id)
-                reports = []
+                reports = self._apply_reports(job, swarm, reports, now)
                 if s.strategy == "cascade" and inst.source is not None and self._source_gone(inst):
                     self._release(inst)
                     self._readmit(inst)
@@ -330,14 +328,7 @@ class FleetSimulation:
                 sources, covered = self._sources(inst)
                 out = job.next_assignments(sources, now, s.client_max_in_flight - len(running), covered=covered)
                 swarm.assigned(out, job.job_id, now)
-                for a in out:
-                    if a.source_kind != PEER:
-                        self.seeds[a.seed_id].in_flight += 1
-                spent = cpu_clock() - started
-                self.cpu_by_shard[shard] += spent
-                self.decisions.append(spent)
-                self.work_calls += 1
-                self.assignments += len(out)
+                self._work_call_done(shard, out, started)
                 if job.state == DONE:
                     inst.finished_at = self.env.now
                     if s.strategy == "cascade":
@@ -359,6 +350,26 @@ class FleetSimulation:
                     reports.append(running.pop(aid).value)
         except simpy.Interrupt:
             return  # killed
+
+    @staticmethod
+    def _apply_reports(job: Job, swarm: Swarm, reports: list[Report], now: float) -> list[Report]:
+        """The reads a /work call reports, applied as the service does; returns the (empty) next batch."""
+        for r in reports:
+            job.apply(r, now)
+            swarm.settled(r.assignment_id)
+        return []
+
+    def _work_call_done(self, shard: int, out, started: float) -> None:
+        """A /work call handed out ``out``: the seeds' slots it takes, and the CPU the call cost the
+        scheduler since ``started`` (its planner, swarm and stream calls)."""
+        for a in out:
+            if a.source_kind != PEER:
+                self.seeds[a.seed_id].in_flight += 1
+        spent = cpu_clock() - started
+        self.cpu_by_shard[shard] += spent
+        self.decisions.append(spent)
+        self.work_calls += 1
+        self.assignments += len(out)
 
     def _read(self, inst: _Instance, a):
         if a.source_kind == PEER:
@@ -412,29 +423,23 @@ class FleetSimulation:
                 news = self._stream_news(inst, following)
                 started = cpu_clock()
                 now = self.env.now
-                for r in reports:
-                    job.apply(r, now)
-                    swarm.settled(r.assignment_id)
-                reports = []
+                reports = self._apply_reports(job, swarm, reports, now)
                 if news:
                     streams.report(job.job_id, news, now)
                     for lost in streams.take_lost():
                         swarm.withdraw(lost, now)  # as the service does
                 if job.streamed_mask and not job.pending and not job.live:
                     out = []  # the service's fast path: every chunk left comes by a stream
-                else:  # the seeds' stripes, from the seeds alone (as the service does for a member)
+                elif streams.is_member(job.job_id):  # the seeds' stripes, from the seeds alone, as the service
                     seeds = [self._seed_view(seed) for seed in self.seeds.values() if seed.registered]
                     out = job.next_assignments(seeds, now, s.client_max_in_flight - len(running))
+                else:  # its group is too small to stream yet: a swarm member, as the service does
+                    sources, covered = self._sources(inst)
+                    out = job.next_assignments(sources, now, s.client_max_in_flight - len(running), covered=covered)
+                    swarm.assigned(out, job.job_id, now)
                 begin, end = streams.take(job.job_id)
                 inst.stream_rates.update(streams.take_rates(job.job_id))
-                for a in out:
-                    if a.source_kind != PEER:
-                        self.seeds[a.seed_id].in_flight += 1
-                spent = cpu_clock() - started
-                self.cpu_by_shard[shard] += spent
-                self.decisions.append(spent)
-                self.work_calls += 1
-                self.assignments += len(out)
+                self._work_call_done(shard, out, started)
                 self.streams_started += len(begin)
                 self.stream_failures += sum(1 for r in news if r.state == STREAM_FAILED)
                 if job.state == DONE:

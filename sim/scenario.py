@@ -79,6 +79,8 @@ class Scenario:
     """``stream``: stripes of the chunk plan, one stream each (the scheduler's ``--stream-stripes``)."""
     stream_fanout: int = 8
     """``stream``: children a member relays its home stripe to (``--stream-fanout``)."""
+    stream_min_members: int = 16
+    """``stream``: members a group needs before it streams (``--stream-min-members``); fewer: a swarm."""
     stream_report_seconds: float = 1.0
     """``stream``: how often a client reports what its streams landed (``ForkOptions.stream_report_seconds``);
     it also reports at once when a stream ends."""
@@ -132,7 +134,8 @@ class Scenario:
             if getattr(self, name) is not None:
                 _positive(getattr(self, name), name)
         for name in ("peer_max_in_flight", "seed_max_in_flight", "client_max_in_flight", "max_peers_per_decision",
-                     "cascade_fanout", "scheduler_shards", "stream_stripes", "stream_fanout", "stream_batch_chunks"):
+                     "cascade_fanout", "scheduler_shards", "stream_stripes", "stream_fanout", "stream_batch_chunks",
+                     "stream_min_members"):
             _int(getattr(self, name), name, 1)
         if self.max_assignment_bytes is not None:
             _int(self.max_assignment_bytes, "max_assignment_bytes", 0)

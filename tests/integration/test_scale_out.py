@@ -48,7 +48,7 @@ def test_three_clients_feed_each_other_and_each_verifies_itself(tmp_path):
 @pytest.mark.parametrize("stripes", [8, 0])
 def test_streaming_clients_follow_each_others_landed_maps_and_verify(stripes, tmp_path):
     spec = FleetSpec(seeds=1, preset=None, size_bytes=12 * MiB, seed_rates=(RATE,), log_dir=str(tmp_path),
-                     scheduler_args=("--stream-stripes", str(stripes)))
+                     scheduler_args=("--stream-stripes", str(stripes), "--stream-min-members", "1"))
     with Fleet(spec) as fleet:
         result = run_scale_out(fleet, ScaleOutOptions(clients=4, client_rate=RATE, chunk_size=512 * 1024))
     clients = result["clients"]

@@ -302,6 +302,14 @@ def test_waiting_long_polls_look_again_at_most_once_per_recheck_however_many_rep
 # --------------------------------------------------------------------------- streams
 
 
+@pytest.fixture
+def streaming():
+    """A scheduler whose groups stream from their first member (the service's default waits for 16)."""
+    f = Fleet(stream_min_members=1)
+    yield f
+    f.close()
+
+
 def landed_map(k: int, num_chunks: int = N_CHUNKS, num_tensors: int = 1) -> dict:
     return {"session_id": f"client{k}:1", "ptr": (k + 1) << 20, "num_chunks": num_chunks, "num_tensors": num_tensors}
 
@@ -328,54 +336,54 @@ def test_a_peer_is_told_the_plan_to_stream_and_a_client_serving_nobody_is_not(fl
         off.close()
 
 
-def test_streaming_members_get_streams_from_each_other_and_report_them_done(fleet):
-    fleet.seed()
-    jobs = [created(fleet, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
-    replies = [fleet.work(j, max_assignments=64, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
-    later = fleet.work(jobs[0], max_assignments=0)  # the first member is adopted as the others join
+def test_streaming_members_get_streams_from_each_other_and_report_them_done(streaming):
+    streaming.seed()
+    jobs = [created(streaming, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
+    replies = [streaming.work(j, max_assignments=64, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
+    later = streaming.work(jobs[0], max_assignments=0)  # the first member is adopted as the others join
     streams = {j: [*r.streams] for j, r in zip(jobs, replies)}
     streams[jobs[0]] += later.streams
     assert all(s.parent_job_id != j for j, ss in streams.items() for s in ss)
     assert sum(len(ss) for ss in streams.values()) > 0
-    assert fleet.metric("rfork_scheduler_streams_started_total") == sum(len(ss) for ss in streams.values())
+    assert streaming.metric("rfork_scheduler_streams_started_total") == sum(len(ss) for ss in streams.values())
     # The seed is asked for each chunk about once, not three times.
     seed_chunks = [c for r in replies for a in r.assignments if a.source_kind == "seed" for c in a.chunk_ids]
     assert len(seed_chunks) <= N_CHUNKS + 2, seed_chunks
     # The first member lands what it read from the seed; a member that reports every streamed chunk
     # landed, and reads the rest (from the seed or, per chunk, from the first member), is done.
-    fleet.work(jobs[0], reports=landed(replies[0].assignments), max_assignments=0)
+    streaming.work(jobs[0], reports=landed(replies[0].assignments), max_assignments=0)
     j = jobs[2]
-    rest = fleet.work(j, reports=landed(replies[2].assignments), max_assignments=64)
-    reply = fleet.work(j, reports=landed(rest.assignments), streams=[
+    rest = streaming.work(j, reports=landed(replies[2].assignments), max_assignments=64)
+    reply = streaming.work(j, reports=landed(rest.assignments), streams=[
         {"stream_id": s.stream_id, "landed": list(range(s.first_chunk, s.end_chunk)), "state": "done"}
         for s in streams[j]])
     assert reply.state == m.JobState.DONE, reply.progress
     assert reply.progress.bytes_from_peers >= sum((s.end_chunk - s.first_chunk) * CHUNK for s in streams[j])
 
 
-def test_a_withdrawing_parent_waits_for_its_stream_readers_to_confirm(fleet):
-    fleet.seed()
-    a = created(fleet, 0, {"session_id": "client0:1"})["job_id"]
-    b = created(fleet, 1, {"session_id": "client1:1"})["job_id"]
-    fleet.work(a, max_assignments=0, landed_map=landed_map(0))
-    got = fleet.work(b, max_assignments=0, landed_map=landed_map(1))
+def test_a_withdrawing_parent_waits_for_its_stream_readers_to_confirm(streaming):
+    streaming.seed()
+    a = created(streaming, 0, {"session_id": "client0:1"})["job_id"]
+    b = created(streaming, 1, {"session_id": "client1:1"})["job_id"]
+    streaming.work(a, max_assignments=0, landed_map=landed_map(0))
+    got = streaming.work(b, max_assignments=0, landed_map=landed_map(1))
     from_a = [s for s in got.streams if s.parent_job_id == a]
     assert from_a
-    assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == len(from_a)
-    told = fleet.work(b, max_assignments=0)
+    assert streaming.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == len(from_a)
+    told = streaming.work(b, max_assignments=0)
     assert set(told.end_streams) >= {s.stream_id for s in from_a}
-    fleet.work(b, max_assignments=0, streams=[{"stream_id": s, "state": "ended"} for s in told.end_streams])
-    assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 0
+    streaming.work(b, max_assignments=0, streams=[{"stream_id": s, "state": "ended"} for s in told.end_streams])
+    assert streaming.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 0
 
 
-def test_a_failed_stream_is_counted_and_re_parented(fleet):
-    fleet.seed()
-    jobs = [created(fleet, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
-    replies = [fleet.work(j, max_assignments=0, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
+def test_a_failed_stream_is_counted_and_re_parented(streaming):
+    streaming.seed()
+    jobs = [created(streaming, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
+    replies = [streaming.work(j, max_assignments=0, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
     reader, stream = next((j, s) for j, r in zip(jobs, replies) for s in r.streams)
-    reply = fleet.work(reader, max_assignments=64, streams=[
+    reply = streaming.work(reader, max_assignments=64, streams=[
         {"stream_id": stream.stream_id, "state": "failed", "reason": "parent_lost", "error": "read failed"}])
-    assert fleet.metric("rfork_scheduler_stream_failures_total", reason="parent_lost") == 1
+    assert streaming.metric("rfork_scheduler_stream_failures_total", reason="parent_lost") == 1
     moved = [s for s in reply.streams if s.stripe == stream.stripe]
     from_seed = {c for a in reply.assignments for c in a.chunk_ids}
     # The stripe comes from another member, or back from the seed.
@@ -388,16 +396,32 @@ def test_a_failed_stream_is_counted_and_re_parented(fleet):
     ({"landed_map": {**landed_map(0), "ptr": 0}}, 422, "ptr"),
     ({"streams": [{"stream_id": "x", "state": "failed", "reason": "bored"}]}, 422, "reason"),
 ])
-def test_bad_landed_maps_and_stream_reports_are_422(fleet, extra, status, words):
-    fleet.seed()
-    j = created(fleet, 0, {"session_id": "client0:1"})["job_id"]
-    r = fleet.call("POST", f"/v1/jobs/{j}/work", json={"max_assignments": 0, **extra})
+def test_bad_landed_maps_and_stream_reports_are_422(streaming, extra, status, words):
+    streaming.seed()
+    j = created(streaming, 0, {"session_id": "client0:1"})["job_id"]
+    r = streaming.call("POST", f"/v1/jobs/{j}/work", json={"max_assignments": 0, **extra})
     assert r.status_code == status, r.text
     assert words in r.text
 
 
-def test_a_landed_map_from_a_client_serving_nobody_is_422(fleet):
-    fleet.seed()
-    j = created(fleet, 0, None)["job_id"]
-    r = fleet.call("POST", f"/v1/jobs/{j}/work", json={"max_assignments": 0, "landed_map": landed_map(0)})
+def test_a_landed_map_from_a_client_serving_nobody_is_422(streaming):
+    streaming.seed()
+    j = created(streaming, 0, None)["job_id"]
+    r = streaming.call("POST", f"/v1/jobs/{j}/work", json={"max_assignments": 0, "landed_map": landed_map(0)})
     assert r.status_code == 422 and "peer offer" in r.text, r.text
+
+
+def test_a_group_streams_once_enough_members_registered_maps():
+    f = Fleet(stream_min_members=3)
+    try:
+        f.seed()
+        jobs = [created(f, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
+        first = [f.work(j, max_assignments=64, landed_map=landed_map(k)) for k, j in enumerate(jobs[:2])]
+        assert all(not r.streams for r in first)  # two members: they feed each other per chunk
+        assert any(a.source_kind == "seed" for r in first for a in r.assignments)
+        third = f.work(jobs[2], max_assignments=0, landed_map=landed_map(2))
+        later = [f.work(j, max_assignments=0) for j in jobs[:2]]
+        assert third.streams or any(r.streams for r in later), "the third map starts the group's streams"
+        assert f.metric("rfork_scheduler_streams_started_total") > 0
+    finally:
+        f.close()

@@ -191,3 +191,19 @@ def test_a_capped_parent_shares_its_upload_cap_among_the_streams_reading_it():
     swarm.report("j1", [StreamReport(from_j0.stream_id, state="done")], now=1.0)
     j2_from_j0 = next(s for s in new if s.parent_job_id == "j0")
     assert swarm.take_rates("j2") == {j2_from_j0.stream_id: 400e6}
+
+
+def test_a_group_waits_for_min_members_then_joins_them_in_order():
+    swarm = StreamSwarm(stripes=2, fanout=2, min_members=3)
+    jobs = [job(i) for i in range(4)]
+    swarm.join(jobs[0], GROUP, ref(0), now=0.0)
+    swarm.join(jobs[1], GROUP, ref(1), now=0.0)
+    assert not swarm.is_member("j0") and swarm.take("j1") == ([], [])
+    swarm.leave("j1", now=0.5)  # a waiting member that goes is forgotten
+    swarm.join(jobs[1], GROUP, ref(1), now=0.6)
+    swarm.join(jobs[2], GROUP, ref(2), now=1.0)
+    assert all(swarm.is_member(f"j{i}") for i in range(3))
+    assert sum(len(swarm.take(f"j{i}")[0]) for i in range(3)) > 0
+    swarm.join(jobs[3], GROUP, ref(3), now=2.0)  # the group streams: later members join at once
+    assert swarm.is_member("j3")
+    assert sum(len(j.chunks) - len(j.streamed_chunks()) for j in jobs) == len(PLAN)

@@ -275,10 +275,6 @@ class StreamSwarm:
         lost, self._lost = self._lost, []
         return lost
 
-    def has_news(self, job_id: str) -> bool:
-        member = self._members.get(job_id)
-        return member is not None and bool(member.started or member.ended)
-
     def report(self, job_id: str, reports: Iterable[StreamReport], now: float) -> None:
         """Apply a client's stream reports: chunks landed, streams finished or failed."""
         member = self._members.get(job_id)

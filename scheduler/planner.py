@@ -421,9 +421,7 @@ class PendingQueue:
         if self._in_token_order and 2 * len(chunk_ids) > len(token):
             # Most of the queue goes (a stream takes all but the seeds' stripe): rebuild from the few
             # kept, in their (token) order, instead of popping the many.
-            kept = sorted(token.keys() - set(chunk_ids), key=token.__getitem__)
-            self._token = token = dict(zip(kept, map(token.__getitem__, kept)))
-            self._entries = deque(token.items())
+            self._keep_only(token.keys() - set(chunk_ids))
         else:
             deque(map(token.pop, chunk_ids), maxlen=0)
             if len(self._entries) > 2 * len(token) + 64:
@@ -447,15 +445,21 @@ class PendingQueue:
         if not gone:
             return
         if self._in_token_order and 2 * gone.bit_count() > len(token):
-            kept = sorted(filter(token.__contains__, itertools.chain.from_iterable(outside)),
-                          key=token.__getitem__)
-            self._token = token = dict(zip(kept, map(token.__getitem__, kept)))
-            self._entries = deque(token.items())
+            kept = self._keep_only(filter(token.__contains__, itertools.chain.from_iterable(outside)))
             self.mask &= ~gone
             if self._sizes is not None:
                 self.nbytes = sum(map(self._sizes.__getitem__, kept))
             return
         self.remove_all(list(filter(token.__contains__, itertools.chain.from_iterable(ranges))), gone)
+
+    def _keep_only(self, kept: Iterable[int]) -> list[int]:
+        """Rebuild the queue from ``kept`` (queued ids), in their token order, which is the queue's
+        (call only while ``_in_token_order``); returns them in that order."""
+        token = self._token
+        ordered = sorted(kept, key=token.__getitem__)
+        self._token = token = dict(zip(ordered, map(token.__getitem__, ordered)))
+        self._entries = deque(token.items())
+        return ordered
 
     def _compact(self) -> None:
         """Drop the stale entries."""

@@ -21,6 +21,7 @@ the seeds and then feed each other.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -533,8 +534,11 @@ class Job:
         """Chunk id -> bytes (the plan's, shared: read only)."""
         self.chunks = _ChunkStates(self)
         self.bytes_total = sum(self._sizes)
-        self.pending = PendingQueue(striped_order(len(chunks), start), sizes=self._sizes,
-                                    mask=(1 << len(chunks)) - 1, nbytes=self.bytes_total)
+        self._start = start
+        self._pending: PendingQueue | None = None
+        """Built on first use (``pending``): a member of streams withholds most of its chunks
+        (``stream_chunks``) before its first decision, and its queue then holds only the rest;
+        queueing every chunk at creation was most of a scale-out member's creation."""
         self.done_chunks: set[int] = ChunkSet()
         """Landed chunks: what this job, as a peer, can serve to others."""
         self._live_on: dict[int, Assignment | dict[str, Assignment]] = {}
@@ -606,6 +610,27 @@ class Job:
         if not chunks:
             self.finished_at = now
 
+    @property
+    def pending(self) -> PendingQueue:
+        """The chunks waiting for a source, in this job's striped order (retries first)."""
+        queue = self._pending
+        if queue is None:
+            queue = self._pending = self._first_queue()
+        return queue
+
+    def _first_queue(self) -> PendingQueue:
+        n = len(self._plan)
+        everything = (1 << n) - 1
+        gone = self.streamed_mask | self.done_chunks.mask
+        if not gone:
+            return PendingQueue(striped_order(n, self._start), sizes=self._sizes, mask=everything,
+                                nbytes=self.bytes_total)
+        kept = list(lowest_chunks(everything & ~gone))
+        at = bisect.bisect_left(kept, self._start % n)  # the striped order: from start, then wrap around
+        order = kept[at:] + kept[:at]
+        return PendingQueue(order, sizes=self._sizes, mask=everything & ~gone,
+                            nbytes=sum(map(self._sizes.__getitem__, order)))
+
     def resume(self, chunks_done: list[int], now: float) -> None:
         """Mark chunks the client already holds (it re-created the job after a scheduler restart).
 
@@ -642,7 +667,8 @@ class Job:
         if not fresh:
             return
         self.streamed_mask |= fresh
-        self.pending.remove_ranges(ranges, _complement(ranges, len(self._plan)))
+        if self._pending is not None:  # else it is built without them
+            self._pending.remove_ranges(ranges, _complement(ranges, len(self._plan)))
 
     def unstream_chunks(self, ranges: Sequence[range], now: float) -> None:
         """The streams that were to bring these chunks ended (a parent left, a stripe went back to

@@ -846,3 +846,26 @@ def test_a_peer_set_aside_while_chunks_were_pending_serves_the_endgame_once_they
     holder = SourceView("peer:b", "b:1", "", m, None, kind=PEER, holds=ChunkSet({straggler.chunk_id}), free_slots=1)
     out = job.next_assignments([seed("slow", m, 100.0), first, holder], 0.02, 8)  # slow: no free slot
     assert [(a.seed_id, a.chunk_ids) for a in out] == [("peer:a", (last,)), ("peer:b", (straggler.chunk_id,))]
+
+
+@pytest.mark.parametrize("start, streamed, resumed", [
+    (0, [range(2, 5)], []),
+    (6, [range(0, 3), range(7, 10)], []),
+    (9, [range(0, 12)], []),
+    (4, [range(3, 6)], [0, 7, 11]),
+    (5, [], [1, 2]),
+])
+def test_a_queue_built_after_streams_withheld_chunks_is_the_queue_they_were_taken_from(start, streamed, resumed):
+    """The pending queue is built on first use; withholding stripes (and resuming chunks) before or
+    after it is built gives the same queue, in the job's striped order."""
+    m = manifest(w=12 * 4 * KiB)
+    plan = plan_chunks(m, 4 * KiB)
+    eager, lazy = (Job(name, m, plan, ONE_CHUNK_EACH, 0.0, start=start) for name in ("eager", "lazy"))
+    assert len(eager.pending) == 12  # built now
+    for job in (eager, lazy):
+        job.resume(resumed, 0.0) if resumed else None
+        job.stream_chunks(streamed)
+    assert list(lazy.pending) == list(eager.pending)
+    assert (lazy.pending.mask, lazy.pending.nbytes) == (eager.pending.mask, eager.pending.nbytes)
+    withheld = {c for r in streamed for c in r}
+    assert list(lazy.pending) == [c for c in [*range(start, 12), *range(start)] if c not in withheld | set(resumed)]

@@ -65,7 +65,7 @@ from rfork_agent.seed_link import SeedLink, discover
 from rfork_api import models as wire
 from rfork_api.auth import bearer_header
 from rfork_api.clients import SchedulerClient
-from rfork_api.http import error_response, error_responses, install
+from rfork_api.http import error_response, error_responses, install, service_app
 from throttle.qos import ThrottleMode
 
 __all__ = [
@@ -130,7 +130,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             await scheduler.aclose()
             await http.aclose()
 
-    app = FastAPI(title="rfork agent", version="0.1.0", lifespan=lifespan, responses=error_responses())
+    app = service_app(title="rfork agent", version="0.1.0", lifespan=lifespan, responses=error_responses())
     install(app, registry=registry, health=state.health, health_model=wire.AgentHealth, token=config.token,
             max_body_bytes=1 << 20, what="request")  # lease bodies are ~200 bytes
     app.state.agent = state

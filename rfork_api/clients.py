@@ -21,12 +21,14 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from rfork_api import models as m
+from rfork_api.manifest import compact_manifest
 from rfork_api.errors import (
     AgentError,
     AgentUnreachable,
     RforkApiError,
     SchedulerError,
     SchedulerUnreachable,
+    UnknownLayout,
     UnknownModel,
     UnknownSeed,
     clip,
@@ -143,6 +145,19 @@ class SchedulerClient(_Client):
         return (await self._call("GET", "/v1/seeds", None, m.SeedList)).root
 
     async def create_job(self, body: m.JobRequest) -> m.JobCreated:
+        """Sends a whole manifest by reference first (its layout's digest and the pointers): in a
+        scale-out the scheduler holds the layout already, and a member's creation costs it a
+        fraction of checking the whole manifest. The manifest goes whole when the scheduler does
+        not hold its layout (``409 unknown_layout``) or it cannot be sent by reference."""
+        compact = compact_manifest(body.manifest) if body.manifest and body.layout is None else None
+        if compact is not None:
+            digest, pointers = compact
+            by_reference = body.model_copy(update={"manifest": {}, "layout": m.ManifestLayout(
+                digest=digest, pointers=pointers)})
+            try:
+                return await self._call("POST", "/v1/jobs", by_reference, m.JobCreated)
+            except UnknownLayout:
+                pass
         return await self._call("POST", "/v1/jobs", body, m.JobCreated)
 
     async def work(self, job_id: str, body: m.WorkRequest) -> m.WorkReply:

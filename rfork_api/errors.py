@@ -134,6 +134,12 @@ class ManifestMismatch(SchedulerError):
     code, status = "manifest_mismatch", 409
 
 
+class UnknownLayout(SchedulerError):
+    """A job sent its manifest by layout digest and the scheduler holds no manifest of that layout
+    (none was sent whole yet, or it restarted or evicted it): send the manifest whole."""
+    code, status = "unknown_layout", 409
+
+
 class InvalidManifest(SchedulerError):
     code, status = "invalid_manifest", 422
 
@@ -220,8 +226,8 @@ class InvalidIdentity(ValueError):
 
 _WIRE_ERRORS: tuple[type[RforkApiError], ...] = (
     InvalidRequest, BodyTooLarge, Unauthorized,
-    UnknownModel, UnknownJob, UnknownSeed, ManifestMismatch, InvalidManifest, InvalidChunkSize, InvalidResume,
-    InvalidLandedMap, LeaseDenied, GrantRefused, UnknownRank, UnknownLease, SeedUnavailable, ThrottleUnavailable,
+    UnknownModel, UnknownJob, UnknownSeed, ManifestMismatch, UnknownLayout, InvalidManifest, InvalidChunkSize,
+    InvalidResume, InvalidLandedMap, LeaseDenied, GrantRefused, UnknownRank, UnknownLease, SeedUnavailable, ThrottleUnavailable,
 )
 BY_CODE: dict[str, type[RforkApiError]] = {cls.code: cls for cls in _WIRE_ERRORS}
 

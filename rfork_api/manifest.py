@@ -16,11 +16,14 @@ which stalled the scheduler's event loop for half a second at a time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import operator
+import sys
 from array import array
-from typing import Iterator, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from rfork_api.errors import InvalidManifest, ManifestMismatch, clip
 
@@ -46,12 +49,16 @@ class Manifest(Mapping[str, TensorSpec]):
         TensorSpec(ptr=8192, numel=3, element_size=4)
     """
 
-    __slots__ = ("names", "_values", "_index")
+    __slots__ = ("names", "_values", "_index", "_layout")
 
-    def __init__(self, names: list[str], values: array) -> None:
+    def __init__(self, names: list[str], values: array, index: dict[str, int] | None = None,
+                 layout: str | None = None) -> None:
+        """``index`` and ``layout`` (its ``layout_digest``) may come from another manifest of the
+        same layout (shared, read-only): a job created from a known layout builds neither."""
         self.names = names
         self._values = values
-        self._index = dict(zip(names, range(0, 3 * len(names), 3)))
+        self._index = dict(zip(names, range(0, 3 * len(names), 3))) if index is None else index
+        self._layout = layout
 
     def __getitem__(self, name: str) -> TensorSpec:
         i, v = self._index[name], self._values
@@ -147,6 +154,72 @@ def _reject(name: object, entry: object) -> None:
         raise InvalidManifest(f"tensor {clip(name)}: {clip(numel * element_size)} bytes is larger than "
                               f"{MAX_TENSOR_BYTES}")
     raise AssertionError(f"tensor {clip(name)}: {clip(entry)} was rejected for no reason")  # pragma: no cover
+
+
+def layout_digest(manifest: Mapping[str, TensorSpec]) -> str:
+    """Hex digest of a manifest's layout: its tensor names, sizes and ORDER, not its pointers.
+
+    Two manifests with equal layouts differ only in where their tensors live, so one client
+    can send its layout's digest and its pointers instead of the whole manifest
+    (``compact_manifest``), and the scheduler gives equal chunk ids to equal bytes. The
+    names are hashed as JSON (ASCII, unambiguous), the sizes as little-endian 64-bit integers.
+
+        >>> layout_digest(parse_manifest({"w": [4096, 10, 2]})) == layout_digest(parse_manifest({"w": [8192, 10, 2]}))
+        True
+    """
+    if isinstance(manifest, Manifest):
+        if manifest._layout is None:
+            manifest._layout = _layout_digest(manifest.names, manifest._values)
+        return manifest._layout
+    names = list(manifest)
+    values = array("Q", [v for name in names for v in (0, manifest[name].numel, manifest[name].element_size)])
+    return _layout_digest(names, values)
+
+
+def _layout_digest(names: list[str], values: array) -> str:
+    digest = hashlib.sha256(json.dumps(names).encode("ascii"))
+    for column in (values[1::3], values[2::3]):
+        if sys.byteorder == "big":
+            column.byteswap()
+        digest.update(column.tobytes())
+    return digest.hexdigest()
+
+
+def compact_manifest(raw: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(layout digest, pointers) of a wire manifest, the pointers as base64 of little-endian
+    64-bit integers in tensor order; None for a manifest that is not all ``[int, int, int]``
+    entries (send it whole: the scheduler says what is wrong with it)."""
+    try:
+        if any(len(entry) != 3 for entry in raw.values()):
+            return None
+        values = array("Q", [v for entry in raw.values() for v in entry])
+    except (TypeError, OverflowError, ValueError):
+        return None
+    names = list(raw)
+    if not all(type(name) is str for name in names):
+        return None
+    pointers = values[0::3]
+    if sys.byteorder == "big":
+        pointers.byteswap()
+    return _layout_digest(names, values), base64.b64encode(pointers.tobytes()).decode("ascii")
+
+
+def decode_pointers(text: str) -> array:
+    """The pointers of ``compact_manifest`` back as an array of unsigned 64-bit integers;
+    raises InvalidManifest when ``text`` is not base64 of a whole number of them."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidManifest("layout.pointers is not base64: send base64 (RFC 4648, with padding) of "
+                              "the tensors' pointers as little-endian 64-bit integers") from None
+    if len(raw) % 8:
+        raise InvalidManifest(f"layout.pointers decodes to {len(raw)} bytes, not a whole number of 64-bit "
+                              "pointers (8 bytes each, little-endian)")
+    pointers = array("Q")
+    pointers.frombytes(raw)
+    if sys.byteorder == "big":
+        pointers.byteswap()
+    return pointers
 
 
 def tensor_sizes(manifest: Mapping[str, TensorSpec]) -> Iterator[tuple[str, int]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, Mapping, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 SEED_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 SeedIdText = Annotated[str, Field(min_length=1, max_length=128, pattern=SEED_ID_PATTERN)]
@@ -190,16 +190,39 @@ class PeerOffer(Request):
     max_in_flight: int = Field(default=8, ge=1, le=1024)
 
 
+class ManifestLayout(Request):
+    """A manifest sent by reference: the digest of its layout (names, sizes, order) and this
+    client's pointers. The scheduler knows a layout once any job sent a manifest of it whole;
+    otherwise it answers ``409 unknown_layout`` and the client sends its manifest whole
+    (``rfork_api.manifest.compact_manifest`` makes one; ``SchedulerClient.create_job`` does both)."""
+
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """``rfork_api.manifest.layout_digest`` of the manifest."""
+    pointers: str = Field(min_length=1, max_length=12_000_000)
+    """Base64 of each tensor's pointer, in the layout's order, as a little-endian 64-bit integer."""
+
+
 class JobRequest(Request):
-    """``POST /v1/jobs``: fork one rank of ``identity`` into the memory ``manifest`` describes."""
+    """``POST /v1/jobs``: fork one rank of ``identity`` into the memory ``manifest`` describes.
+
+    The manifest comes whole (``manifest``) or by reference (``layout``), not both: in a
+    scale-out every new instance of a model has the same layout, and sending and checking
+    every member's whole manifest was most of the scheduler's work per member."""
 
     identity: ModelIdentity
     rank: int = Field(ge=0, le=4095)
-    manifest: dict[str, Any]
+    manifest: dict[str, Any] = Field(default_factory=dict)
+    layout: ManifestLayout | None = None
     chunk_size_bytes: int | None = None
     resume: Resume | None = None
     peer: PeerOffer | None = None
     """Serve landed chunks to the other clients of the same identity, rank and manifest."""
+
+    @model_validator(mode="after")
+    def _one_manifest(self) -> "JobRequest":
+        if self.layout is not None and self.manifest:
+            raise ValueError("send the manifest whole (manifest) or by reference (layout), not both")
+        return self
 
 
 class JobCreated(Reply):

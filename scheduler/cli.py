@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-min-members", type=int, default=16, metavar="N",
                    help="a group of forks streams once N of them registered landed maps; fewer feed each other "
                         "per chunk (default 16)")
+    p.add_argument("--layout-cache-tensors", type=int, default=2_000_000, metavar="N",
+                   help="tensors of manifest layouts kept, so a scale-out's forks send their manifests by "
+                        "reference (about 150 bytes each); 0 = every fork sends its manifest whole "
+                        "(default 2000000)")
     p.add_argument("--max-body-bytes", default="64MiB",
                    help="largest request body accepted; larger ones get 413 (default 64MiB)")
     p.add_argument("--token-file", default=None,
@@ -64,9 +68,6 @@ def main(args: argparse.Namespace) -> int:
         if not value > 0:
             print(f"rfork scheduler: error: {flag} must be > 0 seconds, got {value}", file=sys.stderr)
             return 2
-    if args.max_in_flight_per_seed < 1:
-        print("rfork scheduler: error: --max-in-flight-per-seed must be >= 1", file=sys.stderr)
-        return 2
     if args.max_forks_per_seed is not None and args.max_forks_per_seed < 1:
         print(f"rfork scheduler: error: --max-forks-per-seed must be >= 1 (leave it out for no limit), "
               f"got {args.max_forks_per_seed}", file=sys.stderr)
@@ -78,17 +79,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"rfork scheduler: error: --merge-seconds must be a number of seconds >= 0, got {args.merge_seconds}",
               file=sys.stderr)
         return 2
-    if not 0 <= args.stream_stripes <= 1024:
-        print(f"rfork scheduler: error: --stream-stripes must be 0 (off) to 1024, got {args.stream_stripes}",
-              file=sys.stderr)
-        return 2
-    if not 1 <= args.stream_fanout <= 1024:
-        print(f"rfork scheduler: error: --stream-fanout must be 1 to 1024, got {args.stream_fanout}", file=sys.stderr)
-        return 2
-    if args.stream_min_members < 1:
-        print(f"rfork scheduler: error: --stream-min-members must be >= 1, got {args.stream_min_members}",
-              file=sys.stderr)
-        return 2
+    for flag, value, low, high, rule in (
+            ("--max-in-flight-per-seed", args.max_in_flight_per_seed, 1, None, ">= 1"),
+            ("--stream-stripes", args.stream_stripes, 0, 1024, "0 (off) to 1024"),
+            ("--stream-fanout", args.stream_fanout, 1, 1024, "1 to 1024"),
+            ("--stream-min-members", args.stream_min_members, 1, None, ">= 1"),
+            ("--layout-cache-tensors", args.layout_cache_tensors, 0, None, ">= 0 (0: no layouts kept)")):
+        if value < low or (high is not None and value > high):
+            print(f"rfork scheduler: error: {flag} must be {rule}, got {value}", file=sys.stderr)
+            return 2
     if not 0 <= args.port <= 65535:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
@@ -114,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
                              max_body_bytes=max_body, token=token, stream_stripes=args.stream_stripes,
                              stream_fanout=args.stream_fanout, stream_min_members=args.stream_min_members,
+                             layout_cache_tensors=args.layout_cache_tensors,
                              admission=AdmissionConfig(max_forks_per_seed=args.max_forks_per_seed),
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds,

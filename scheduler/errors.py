@@ -10,6 +10,7 @@ from rfork_api.errors import (  # noqa: F401 - re-exported for the scheduler's m
     ManifestMismatch,
     SchedulerError,
     UnknownJob,
+    UnknownLayout,
     UnknownModel,
     UnknownSeed,
     clip,

@@ -7,8 +7,9 @@ the reaper dropped live seeds. ``json.loads`` holds the GIL for the whole
 document, so a worker thread alone would not help: bodies of at least
 ``SchedulerConfig.process_pool_min_body_bytes`` are decoded in a small pool of
 worker processes, which send back a ``ManifestTable`` (names and one integer
-array, cheap to unpickle); smaller bodies are decoded in a worker thread. Both
-run the same functions below, so a body gets the same answer either way.
+array, cheap to unpickle); smaller bodies are decoded in a worker thread, and
+the smallest (``inline_max_bytes``: a job sent by reference) where they arrive.
+All run the same functions below, so a body gets the same answer either way.
 
     >>> intake = Intake(process_min_bytes=1 << 20, workers=2)
     >>> request, table = await intake.decode(decode_job_request, body)
@@ -26,6 +27,7 @@ import multiprocessing.resource_tracker
 import os
 import signal
 import threading
+from array import array
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ from pydantic import BaseModel, ValidationError
 
 from scheduler import api_models as wire
 from scheduler.errors import InvalidRequest
-from rfork_api.manifest import ManifestTable, parse_manifest_table
+from rfork_api.manifest import ManifestTable, decode_pointers, parse_manifest_table
 from rfork_api.http import parse_json_body
 
 log = logging.getLogger("rfork.scheduler")
@@ -57,9 +59,12 @@ def _validated(model: type[BaseModel], body: bytes) -> BaseModel:
         raise InvalidRequest(wire.validation_message(exc.errors(), prefix=("body",))) from None
 
 
-def decode_job_request(body: bytes) -> tuple[wire.JobRequest, ManifestTable]:
-    """A job request with its manifest validated and taken out (the request keeps an empty one)."""
+def decode_job_request(body: bytes) -> tuple[wire.JobRequest, ManifestTable | array]:
+    """A job request with its manifest validated and taken out (the request keeps an empty one);
+    for a manifest sent by layout, its pointers (the scheduler holds the rest, ``create_job``)."""
     request = _validated(wire.JobRequest, body)
+    if request.layout is not None:
+        return request, decode_pointers(request.layout.pointers)
     table = parse_manifest_table(request.manifest)
     return request.model_copy(update={"manifest": {}}), table
 
@@ -119,13 +124,18 @@ class Intake:
     would only share the same cores, and a queue of awaiting requests costs nothing.
     """
 
-    def __init__(self, process_min_bytes: int, workers: int) -> None:
+    def __init__(self, process_min_bytes: int, workers: int, inline_max_bytes: int = 0) -> None:
         self.process_min_bytes = process_min_bytes
+        self.inline_max_bytes = inline_max_bytes
+        """Bodies shorter than this are decoded on the caller's thread: a job sent by reference
+        (tens of KB) decodes in well under a millisecond, less than the hop to a thread costs."""
         self.workers = workers
         self.threads = CapacityLimiter(workers)
         self._pool: ProcessPoolExecutor | None = None
 
     async def decode(self, decoder: Callable[[bytes], T], body: bytes) -> T:
+        if len(body) < self.inline_max_bytes:
+            return decoder(body)
         if len(body) < self.process_min_bytes:
             return await self.in_thread(decoder, body)
         try:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
+from array import array
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,21 +31,26 @@ from prometheus_client import CollectorRegistry
 
 from metrics.definitions import FAILURE_REASONS, SchedulerMetrics
 from rfork_api.auth import GrantClaims, grant_key, sign_grant
-from rfork_api.http import DEFAULT_MAX_BODY_BYTES, error_responses, install
+from rfork_api.http import DEFAULT_MAX_BODY_BYTES, add_plain_route, error_responses, install, service_app, validated_body
 from scheduler import api_models as wire
 from scheduler.chunking import DEFAULT_CHUNK_SIZE, ChunkPlan, plan_chunks, validate_chunk_size
-from scheduler.errors import InvalidLandedMap, InvalidResume, UnknownJob, UnknownModel, UnknownSeed, clip
+from scheduler.errors import InvalidLandedMap, InvalidResume, UnknownJob, UnknownLayout, UnknownModel, UnknownSeed, clip
 from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
 from scheduler.intake import Intake, decode_job_request, decode_registration
 from scheduler.liveness import LoopWatch, NoWatch
 from scheduler.state_metrics import SchedulerStateCollector
-from rfork_api.manifest import Manifest, ManifestTable, match_manifests
+from rfork_api.manifest import Manifest, ManifestTable, layout_digest, match_manifests
 from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
 from scheduler.stream_swarm import FAILED as STREAM_FAILED, StreamReport, StreamSwarm
-from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key
+from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key, layout_group
+from scheduler.layouts import LayoutCache
 from rfork_api.landed import plan_digest
 
 log = logging.getLogger("rfork.scheduler")
+
+SILENT_JOB_DECISION_SECONDS = 5.0
+"""The reaper decides for a running job whose client has not asked this long, at most this often
+(half the planner's default ``no_seed_grace_seconds``: a silent job still fails in time)."""
 
 PLAN_CACHE_SIZE = 64
 """Chunk plans kept (groups: model identity, rank, manifest, chunk size). A TP8 model is 8 groups; a
@@ -92,6 +99,12 @@ class SchedulerConfig:
     """Job requests and registrations decoded and planned at once, off the event loop (more wait)."""
     process_pool_min_body_bytes: int = 1 << 20
     """Bodies at least this long are decoded in a worker process, smaller ones in a thread."""
+    inline_max_body_bytes: int = 32 << 10
+    """Bodies shorter than this are decoded on the event loop (under a millisecond: a job sent by
+    reference, a small registration), without the hop to a thread."""
+    layout_cache_tensors: int = 2_000_000
+    """Tensors of the manifest layouts kept for jobs that send their manifest by reference
+    (scheduler/layouts.py; ~150 bytes each); 0 = none (every job sends its manifest whole)."""
     planner: PlannerConfig = PlannerConfig()
     admission: AdmissionConfig = AdmissionConfig()
     """Fleet-wide limit on concurrent forks per seed (scheduler/fleet.py); none by default."""
@@ -134,6 +147,8 @@ class JobRecord:
     last_poll: float
     group: GroupKey | None = None
     """The jobs that can feed each other (same weights, rank, manifest shape, chunk size)."""
+    last_reaper_decision: float = -math.inf
+    """When the reaper last made a decision for this job while its client was silent."""
     last_progress_wall: float = 0.0
     """Unix time the job last landed bytes (its creation until the first chunk lands): alert rules
     compare it with Prometheus's time(), so wall time, not the scheduler's clock."""
@@ -158,12 +173,15 @@ class SchedulerState:
     """Group -> hex digest of its chunk plan (what a streaming client checks its own plan against)."""
     scale_outs: dict[GroupKey, float] = field(default_factory=dict)
     """Group -> when its current scale-out started (its first job while none was running)."""
+    layouts: LayoutCache = field(init=False)
+    """Layouts of the manifests sent whole: later jobs may send theirs by reference."""
     plans: OrderedDict[GroupKey, ChunkPlan] = field(default_factory=OrderedDict)
     """Group -> its chunk plan, the most recently used last (at most ``PLAN_CACHE_SIZE``): a group's
     jobs have the same chunks by definition, so a 1024-instance scale-out plans them once, and its
     jobs share the plan's read index."""
 
     def __post_init__(self) -> None:
+        self.layouts = LayoutCache(self.config.layout_cache_tensors)
         self.swarm = Swarm(read_deadline_seconds=self.config.peer_read_deadline_seconds,
                            max_peers_per_decision=self.config.max_peers_per_decision)
         self.streams = None if self.config.stream_stripes <= 0 else StreamSwarm(
@@ -232,15 +250,17 @@ class SchedulerState:
         return [s for s in self.seeds.values() if s.identity == identity and rank in s.ranks and s.rate_cap != 0]
 
     # -- jobs --------------------------------------------------------------
-    def create_job(self, body: wire.JobRequest, table: ManifestTable) -> JobRecord:
+    def create_job(self, body: wire.JobRequest, sent: ManifestTable | array) -> JobRecord:
         """Match the client's manifest with the seeds', plan chunks, add the job.
 
+        ``sent`` is ``decode_job_request``'s: the manifest sent whole, or the pointers of one
+        sent by layout (``UnknownLayout`` when no manifest of that layout was sent whole).
         CPU-heavy for big manifests: call it off the event loop. The lock is held only to
         read the registry and to add the job, so heartbeats and /work go on meanwhile.
         """
         chunk_size = self.config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes
         validate_chunk_size(chunk_size, minimum=self.config.min_chunk_size)
-        manifest = table.to_manifest()
+        manifest, shapes_digest = self._manifest(body, sent)
         with self.lock:
             seeds = self.matching(body.identity, body.rank)
             if not seeds:
@@ -256,7 +276,7 @@ class SchedulerState:
                 )
             seed_manifests = [(s.seed_id, s.ranks[body.rank][1], s.shapes_digests.get(body.rank)) for s in seeds]
         for seed_id, seed_manifest, digest in seed_manifests:
-            if digest != table.shapes_digest:  # they differ somewhere: name the first difference
+            if digest != shapes_digest:  # they differ somewhere: name the first difference
                 match_manifests(manifest, seed_manifest, seed_id)
         group = group_key(body.identity, body.rank, manifest, chunk_size)  # same bytes under the same chunk ids
         chunks = self._plan(group, manifest, chunk_size)
@@ -278,6 +298,32 @@ class SchedulerState:
         log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
         return record
+
+    def planned(self, body: wire.JobRequest) -> bool:
+        """Whether a job request sends its manifest by reference to a layout whose chunk plan (at its
+        chunk size) is held: then creating the job is cheap (a copy of the pointers, the job's queue),
+        with no manifest to check and nothing to plan, and needs no thread."""
+        if body.layout is None:
+            return False
+        chunk_size = self.config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes
+        with self.lock:
+            return layout_group(body.identity, body.rank, body.layout.digest, chunk_size) in self.plans
+
+    def _manifest(self, body: wire.JobRequest, sent: ManifestTable | array) -> tuple[Manifest, bytes]:
+        """(the job's manifest, its shapes digest); a manifest sent whole leaves its layout here."""
+        if isinstance(sent, ManifestTable):
+            manifest = sent.to_manifest()
+            layout_digest(manifest)  # computed here, off the lock (the manifest keeps it)
+            with self.lock:
+                self.layouts.add(manifest, sent.shapes_digest)
+            return manifest, sent.shapes_digest
+        with self.lock:
+            layout = self.layouts.get(body.layout.digest)
+        if layout is None:
+            raise UnknownLayout(
+                f"this scheduler holds no manifest of layout {body.layout.digest[:12]}… (none was sent whole "
+                "yet, or it restarted or evicted it): send the manifest whole (JobRequest.manifest)")
+        return layout.manifest(sent), layout.shapes_digest
 
     def _plan(self, group: GroupKey, manifest: Manifest, chunk_size: int) -> ChunkPlan:
         """The group's chunk plan: planned by its first job, shared by the others (read-only to them)."""
@@ -553,10 +599,15 @@ class SchedulerState:
                 job = record.job
                 if job.state == RUNNING:
                     # Let the planner notice 'no seeds at all' even if the client stopped asking
-                    # (not while the job waits for a fork slot: its seeds are busy, not gone).
-                    views = self._views(record)
-                    if views is not None:
-                        job.next_assignments(views + self.swarm.sources_for(job_id, now), now, 0)
+                    # (not while the job waits for a fork slot: its seeds are busy, not gone), for
+                    # jobs silent a while, at most that often: a client that asks has its own
+                    # decisions, and one per running job per second was a quarter of a 1024-member
+                    # scale-out's CPU.
+                    if now - max(record.last_poll, record.last_reaper_decision) >= SILENT_JOB_DECISION_SECONDS:
+                        record.last_reaper_decision = now
+                        views = self._views(record)
+                        if views is not None:
+                            job.next_assignments(views + self.swarm.sources_for(job_id, now), now, 0)
                     if job.state != RUNNING:
                         self._finished(record, job.state)
                     elif now - record.last_poll > self.config.client_timeout_seconds:
@@ -647,7 +698,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     registry = registry if registry is not None else CollectorRegistry()
     metrics = SchedulerMetrics(registry)
     state = SchedulerState(config, metrics, clock)
-    intake = Intake(config.process_pool_min_body_bytes, config.intake_workers)
+    intake = Intake(config.process_pool_min_body_bytes, config.intake_workers, config.inline_max_body_bytes)
 
     async def watch_loop() -> None:
         while True:
@@ -677,7 +728,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                 watcher.cancel()
             intake.close()
 
-    app = FastAPI(title="rfork scheduler", version="0.1.0", lifespan=lifespan, responses=error_responses())
+    app = service_app(title="rfork scheduler", version="0.1.0", lifespan=lifespan, responses=error_responses())
     install(app, registry=registry, health=state.health, health_model=wire.SchedulerHealth, token=config.token,
             max_body_bytes=config.max_body_bytes, what="request body")
     app.state.scheduler = state
@@ -720,8 +771,11 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
 
     @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated, openapi_extra=_json_body("JobRequest"))
     async def create_job(request: Request):
-        body, table = await intake.decode(decode_job_request, await request.body())
-        record = await intake.in_thread(state.create_job, body, table)
+        body, sent = await intake.decode(decode_job_request, await request.body())
+        if state.planned(body):  # a scale-out's member: no manifest to check, nothing to plan
+            record = state.create_job(body, sent)
+        else:
+            record = await intake.in_thread(state.create_job, body, sent)
         job = record.job
         with state.lock:
             seed_ids = [s.seed_id for s in state.matching(record.identity, record.rank)]
@@ -729,8 +783,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                                chunk_size_bytes=config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes,
                                seed_ids=seed_ids, streams=state.stream_plan(record, body.peer is not None))
 
-    @app.post("/v1/jobs/{job_id}/work", response_model=wire.WorkReply)
-    async def work(job_id: str, body: wire.WorkRequest):
+    async def serve_work(job_id: str, body: wire.WorkRequest) -> Response:
         reply = state.work(job_id, body)
         if body.reports or body.streams or body.landed_map:
             changes.notify()  # chunks landed: peers hold more, other jobs may have work now
@@ -758,6 +811,19 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         # against response_model and encode it again, the hottest route's largest cost after the
         # planner's (response_model still documents it).
         return Response(reply.model_dump_json(), media_type="application/json")
+
+    @app.post("/v1/jobs/{job_id}/work", response_model=wire.WorkReply)
+    async def work(job_id: str, body: wire.WorkRequest):
+        """Documents the route; ``work_plain`` below serves it."""
+        return await serve_work(job_id, body)
+
+    async def work_plain(request: Request) -> Response:
+        # The hottest route (every client, every second): served without FastAPI's dependency
+        # solving and body handling, which cost as much CPU as the planner's decision.
+        return await serve_work(request.path_params["job_id"],
+                                validated_body(wire.WorkRequest, request, await request.body()))
+
+    add_plain_route(app, "/v1/jobs/{job_id}/work", work_plain, methods=["POST"])
 
     @app.post("/v1/jobs/{job_id}/withdraw", response_model=wire.WithdrawReply)
     async def withdraw(job_id: str):

@@ -299,3 +299,80 @@ def test_a_request_that_raises_is_observed_as_5xx(service, monkeypatch):
     assert asyncio.run(go()).status_code == 500
     assert registry.get_sample_value("rfork_scheduler_api_request_duration_seconds_count",
                                      {"route": "GET /v1/seeds", "status": "5xx"}) == 1
+
+
+# -- manifests sent by reference (a layout's digest and the pointers) ---------------------
+
+
+def _by_layout(manifest: dict, **extra) -> dict:
+    from rfork_api.manifest import compact_manifest
+
+    digest, pointers = compact_manifest(manifest)
+    return {"identity": IDENTITY, "rank": 0, "layout": {"digest": digest, "pointers": pointers}, **extra}
+
+
+def test_a_manifest_by_reference_needs_the_layout_sent_whole_once(service):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    r = call(app, "POST", "/v1/jobs", json=_by_layout(MANIFEST))
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"]["error"] == "unknown_layout" and "send the manifest whole" in r.json()["detail"]["message"]
+    whole = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST})
+    assert whole.status_code == 201
+    # Another client's memory, the same layout: created by reference, reading into ITS pointers.
+    theirs = {name: [ptr + (40 << 30), numel, size] for name, (ptr, numel, size) in MANIFEST.items()}
+    r = call(app, "POST", "/v1/jobs", json=_by_layout(theirs, chunk_size_bytes=4096))
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["total_bytes"] == whole.json()["total_bytes"]
+    work = call(app, "POST", f"/v1/jobs/{job['job_id']}/work", json={"max_assignments": 1000}).json()
+    destinations = {read["dst_ptr"] for a in work["assignments"] for read in a["reads"]}
+    assert destinations and all(ptr >= 40 << 30 for ptr in destinations)
+    assert {MANIFEST["a"][0] + (40 << 30), MANIFEST["b"][0] + (40 << 30)} <= destinations
+
+
+@pytest.mark.parametrize("change, status, needle", [
+    (lambda b: {**b, "layout": {**b["layout"], "pointers": "AAAAAAAAAAA="}}, 422, "holds 1 pointers"),
+    (lambda b: {**b, "layout": {**b["layout"], "pointers": "%%%"}}, 422, "is not base64"),
+    (lambda b: {**b, "layout": {**b["layout"], "pointers": "AAAA"}}, 422, "not a whole number"),
+    (lambda b: {**b, "layout": {**b["layout"], "digest": "ab" * 31}}, 422, "layout.digest"),
+    (lambda b: {**b, "manifest": MANIFEST}, 422, "not both"),
+])
+def test_bad_manifests_by_reference_are_4xx_saying_what_is_wrong(service, change, status, needle):
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    assert call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST}).status_code == 201
+    r = call(app, "POST", "/v1/jobs", json=change(_by_layout(MANIFEST)))
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]["message"]
+
+
+def test_the_client_sends_by_reference_and_whole_only_when_the_scheduler_lacks_the_layout(service):
+    import asyncio
+
+    import httpx
+
+    from rfork_api import models as m
+    from rfork_api.clients import SchedulerClient
+
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    sent: list[bytes] = []
+
+    class Recording(httpx.ASGITransport):
+        async def handle_async_request(self, request):
+            sent.append(request.read())
+            return await super().handle_async_request(request)
+
+    async def create_two():
+        async with SchedulerClient("http://scheduler", transport=Recording(app=app)) as scheduler:
+            request = m.JobRequest(identity=m.ModelIdentity(**IDENTITY), rank=0, manifest=MANIFEST)
+            first = await scheduler.create_job(request)
+            second = await scheduler.create_job(request)
+            return first, second
+
+    first, second = asyncio.run(create_two())
+    assert first.num_chunks == second.num_chunks and first.job_id != second.job_id
+    # By reference (409: unknown), whole, then by reference (known now).
+    assert [b'"layout":{' in body for body in sent] == [True, False, True]
+    assert b'"a":[' in sent[1] and b'"a":[' not in sent[2]

@@ -371,6 +371,15 @@ class SchedulerProcess:
         found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(found.group(1)) if found else None
 
+    def metric_by_label(self, name: str, label: str) -> dict[str, float]:
+        """``{label value: sample}`` of a family with one label, from /metrics; {} when unreadable."""
+        try:
+            text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return {}
+        pattern = rf'^{re.escape(name)}\{{{re.escape(label)}="([^"]*)"\}} (\S+)$'
+        return {value: float(sample) for value, sample in re.findall(pattern, text, re.MULTILINE)}
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # uvicorn's graceful stop; cProfile then writes its file
@@ -716,10 +725,12 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
             workers.append((process, parent_end))
         create_started = time.monotonic()
         before = ProcessSample.of(scheduler.pid)
+        decisions_before = _decision_cpu(scheduler)
         created = sum([await _expect(conn, process, "ready", options.setup_stall_seconds)
                        for process, conn in workers])
         create_seconds = time.monotonic() - create_started
         after_create = ProcessSample.of(scheduler.pid)
+        decisions_after_create = _decision_cpu(scheduler)
         started = time.monotonic()
         for _, conn in workers:
             conn.send("go")
@@ -727,6 +738,7 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
                    for process, conn in workers]
         run_seconds = time.monotonic() - started
         end = ProcessSample.of(scheduler.pid)
+        decisions_end = _decision_cpu(scheduler)
         total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
         errors: Counter[str] = Counter()
         for r in results:
@@ -746,6 +758,11 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
             "scheduler_cpu_seconds_run": run_cpu,
             "scheduler_cpu_seconds": create_cpu + run_cpu,
             "scheduler_cpu_ms_per_member": 1000 * (create_cpu + run_cpu) / max(members, 1),
+            # The scheduler's own account of its decisions' CPU (rfork_scheduler_decision_cpu_seconds_total),
+            # by call; the process's CPU beyond them is the HTTP protocol around them.
+            "decision_cpu_seconds_create": _delta(decisions_after_create, decisions_before),
+            "decision_cpu_seconds_run": _delta(decisions_end, decisions_after_create),
+            "decision_cpu_ms_per_member": 1000 * sum(_delta(decisions_end, decisions_before).values()) / max(members, 1),
             "work_calls": total("work_calls"),
             "work_calls_per_member": total("work_calls") / max(members, 1),
             "assignments": total("assignments"),
@@ -769,11 +786,20 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
         scheduler.stop()
 
 
+def _decision_cpu(scheduler: SchedulerProcess) -> dict[str, float]:
+    return scheduler.metric_by_label("rfork_scheduler_decision_cpu_seconds_total", "call")
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {call: after[call] - before.get(call, 0.0) for call in after}
+
+
 def print_scale_out(s: dict) -> None:
     print(f"scale-out of {s['members']:<5} {s['done']} done, {s['failed']} failed: scheduler CPU "
           f"{s['scheduler_cpu_seconds']:.2f} s ({s['scheduler_cpu_seconds_create']:.2f} s creating the jobs, "
           f"{s['scheduler_cpu_seconds_run']:.2f} s answering {s['work_calls']} /work calls = "
-          f"{s['work_calls_per_member']:.1f} per member), {s['scheduler_cpu_ms_per_member']:.2f} ms per member; "
+          f"{s['work_calls_per_member']:.1f} per member), {s['scheduler_cpu_ms_per_member']:.2f} ms per member "
+          f"(decisions {s['decision_cpu_ms_per_member']:.2f}); "
           f"{s['streams']} streams, {s['assignments']} assignments; /work p50 {_ms(s['work_latency']['p50_seconds'])} "
           f"ms p99 {_ms(s['work_latency']['p99_seconds'])} ms; wall {s['create_seconds']:.1f} + "
           f"{s['run_seconds']:.1f} s; seeds dropped {s['seeds_dropped']}"

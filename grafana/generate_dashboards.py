@@ -123,6 +123,10 @@ FLEET = Dashboard(
         Panel("Scheduler API latency p99, by route",
               (t(f"histogram_quantile(0.99, sum by (le, route) "
                  f"(rate(rfork_scheduler_api_request_duration_seconds_bucket[{RATE}])))", "{{route}}"),), unit="s"),
+        Panel("Scheduler CPU on decisions, by call (cores)",
+              (t(f"sum by (call) (rate(rfork_scheduler_decision_cpu_seconds_total[{RATE}]))", "{{call}}"),),
+              description="The scheduler's decisions are one process's work: near 1 core, forks wait for it. "
+                          "Its process CPU beyond these is the HTTP protocol (bench/scheduler_bench.py)."),
         Panel("Scheduler API requests, by status",
               (t(f"sum by (status) (rate(rfork_scheduler_api_request_duration_seconds_count[{RATE}]))", "{{status}}"),),
               unit="reqps"),

@@ -32,6 +32,8 @@ from rfork_api.models import STREAM_FAILURE_REASONS
 FAILURE_REASONS = ("read_failed", "lease_denied", "agent_unreachable", "timeout", "seed_lost")
 # How a fork job ended (rfork_scheduler_jobs_finished_total's ``outcome``).
 JOB_OUTCOMES = ("done", "failed", "abandoned", "cancelled")
+DECISION_CALLS = ("create_job", "work", "reap")
+"""The scheduler's calls into its state whose CPU ``rfork_scheduler_decision_cpu_seconds_total`` counts."""
 
 _API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _FORK_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -164,6 +166,16 @@ class SchedulerMetrics:
             buckets=_FORK_BUCKETS,
             registry=registry,
         )
+        self.decision_cpu_seconds_total = Counter(
+            "rfork_scheduler_decision_cpu_seconds_total",
+            "CPU seconds of the scheduler's decisions, by call: creating jobs, answering /work (reports, "
+            "streams, the planner), the reaper. The rest of the process's CPU is the HTTP protocol around "
+            "them (and Python's own).",
+            ["call"],
+            registry=registry,
+        )
+        self.decision_cpu_by_call = {call: self.decision_cpu_seconds_total.labels(call=call) for call in DECISION_CALLS}
+        """Call -> its counter (resolved once: the hottest route counts on every request)."""
         self.api_latency = Histogram(
             "rfork_scheduler_api_request_duration_seconds",
             "Scheduler HTTP request latency by route template and status class.",

@@ -121,7 +121,7 @@ _UNITLESS = {"rfork_scheduler_seeds_registered", "rfork_scheduler_jobs_active", 
 _UNIT_SUFFIXES = ("_seconds", "_bytes", "_bytes_per_second", "_ratio", "_total")
 # Closed or bounded label sets only; never "job" (Prometheus's own target label).
 _BOUNDED_LABELS = {"seed", "job_id", "reason", "outcome", "route", "status", "mode", "action",
-                   "kind"}  # kind: seed or peer
+                   "kind", "call"}  # kind: seed or peer; call: DECISION_CALLS
 
 
 @pytest.mark.parametrize("family", catalog(), ids=lambda f: f.name)

@@ -59,6 +59,9 @@ class LayoutCache:
     def __len__(self) -> int:
         return len(self._layouts)
 
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._layouts
+
     def get(self, digest: str) -> Layout | None:
         layout = self._layouts.get(digest)
         if layout is not None:

@@ -115,6 +115,10 @@ class SchedulerConfig:
     process_pool_min_body_bytes: int = 1 << 20
     """Bodies at least this long are decoded in a worker process, smaller ones in a thread."""
     inline_max_body_bytes: int = 32 << 10
+    layout_wait_seconds: float = 5.0
+    """A job sent by reference to a layout not held waits this long at most for a manifest of that
+    layout that may be on its way (a creation in progress, or one a client was just told to send
+    whole: a scale-out's first members arrive together), then gets ``409 unknown_layout``."""
     """Bodies shorter than this are decoded on the event loop (under a millisecond: a job sent by
     reference, a small registration), without the hop to a thread."""
     layout_cache_tensors: int = 2_000_000
@@ -314,6 +318,10 @@ class SchedulerState:
         log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
         return record
+
+    def holds_layout(self, digest: str) -> bool:
+        with self.lock:
+            return digest in self.layouts
 
     def planned(self, body: wire.JobRequest) -> bool:
         """Whether a job request sends its manifest by reference to a layout whose chunk plan (at its
@@ -638,6 +646,46 @@ class SchedulerState:
                     del self.jobs[job_id]
 
 
+class _Arrivals:
+    """Layouts on their way: job creations in progress whose manifest may come whole, and the
+    layouts a client was just told to send whole (``409 unknown_layout``). A scale-out's first
+    members arrive together, all by reference to a layout not held yet: the first is told to send
+    its manifest whole, and the others wait for it (``wait``) instead of each sending theirs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        """Creations in progress whose body may be a whole manifest."""
+        self._asked: dict[str, float] = {}
+        """Layout digest -> when a client was last told to send a manifest of it whole."""
+        self._changed = _Changes()
+
+    def begin(self) -> None:
+        self.count += 1
+
+    def end(self) -> None:
+        self.count -= 1
+        self._changed.notify()
+
+    def settled(self) -> None:
+        """A creation whose manifest came whole is done (its layout may be held now)."""
+        self._changed.notify()
+
+    async def wait(self, digest: str, held: Callable[[], bool], timeout: float) -> None:
+        """Until ``held()``, or no manifest of ``digest`` may be on its way, or ``timeout`` seconds
+        passed. Not held then: the caller answers 409, and its client sends the manifest whole."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        asked = self._asked.get(digest)
+        while not held() and (self.count or (asked is not None and loop.time() - asked < timeout)) \
+                and (left := deadline - loop.time()) > 0:
+            await self._changed.wait(left)
+        if not held():
+            now = loop.time()
+            for old in [d for d, at in self._asked.items() if now - at >= timeout]:
+                del self._asked[old]
+            self._asked[digest] = now
+
+
 class _Changes:
     """Wakes long-polling /work calls when something that may create work happened."""
 
@@ -752,6 +800,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
     app.state.scheduler = state
     app.state.intake = intake
     changes = _Changes()
+    manifests_arriving = _Arrivals()
 
     app.add_middleware(RouteTiming, histogram=metrics.api_latency)
 
@@ -789,11 +838,31 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
 
     @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated, openapi_extra=_json_body("JobRequest"))
     async def create_job(request: Request):
-        body, sent = await intake.decode(decode_job_request, await request.body())
-        if state.planned(body):  # a scale-out's member: no manifest to check, nothing to plan
-            record = state.create_job(body, sent)
-        else:
-            record = await intake.in_thread(state.create_job, body, sent)
+        raw = await request.body()
+        sent = None
+        whole = len(raw) >= config.inline_max_body_bytes  # most likely a manifest sent whole
+        if whole:
+            manifests_arriving.begin()
+        try:
+            body, sent = await intake.decode(decode_job_request, raw)
+            if body.layout is not None:
+                if whole:  # a big layout's pointers, not a manifest: none to wait for here
+                    whole = False
+                    manifests_arriving.end()
+                # A scale-out's first members arrive together, by reference to a layout not held
+                # yet: one is told to send its manifest whole, the others wait for it rather than
+                # each sending theirs (_Arrivals).
+                await manifests_arriving.wait(body.layout.digest, lambda: state.holds_layout(body.layout.digest),
+                                              config.layout_wait_seconds)
+            if state.planned(body):  # no manifest to check, nothing to plan
+                record = state.create_job(body, sent)
+            else:
+                record = await intake.in_thread(state.create_job, body, sent)
+        finally:
+            if whole:
+                manifests_arriving.end()
+            elif isinstance(sent, ManifestTable):
+                manifests_arriving.settled()  # a small manifest, sent whole: its layout may be held now
         job = record.job
         with state.lock:
             seed_ids = [s.seed_id for s in state.matching(record.identity, record.rank)]

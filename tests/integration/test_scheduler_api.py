@@ -376,3 +376,61 @@ def test_the_client_sends_by_reference_and_whole_only_when_the_scheduler_lacks_t
     # By reference (409: unknown), whole, then by reference (known now).
     assert [b'"layout":{' in body for body in sent] == [True, False, True]
     assert b'"a":[' in sent[1] and b'"a":[' not in sent[2]
+
+
+def test_members_arriving_with_the_first_whole_manifest_wait_for_its_layout_instead_of_a_409(service):
+    import asyncio
+    import time
+
+    import httpx
+
+    app, _, _ = service
+    big = {f"model.layers.{i}.weight": [(i + 1) << 20, 4096, 2] for i in range(900)}  # ~40 KB: decoded off the loop
+    call(app, "PUT", "/v1/seeds/s0", json=registration(manifest=big))
+
+    async def arrive_together(first_whole: dict, then_by_reference: dict):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://scheduler") as client:
+            started = time.monotonic()
+            whole, by_reference = await asyncio.gather(
+                client.post("/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": first_whole}),
+                client.post("/v1/jobs", json=_by_layout(then_by_reference)))
+            return whole, by_reference, time.monotonic() - started
+
+    whole, by_reference, _ = asyncio.run(arrive_together(big, big))
+    assert whole.status_code == 201 and by_reference.status_code == 201, by_reference.text
+    # The one in progress is of another layout: the 409 comes once it is done, not at the wait's bound.
+    whole, by_reference, took = asyncio.run(arrive_together(big, {**big, "extra": [1 << 40, 1, 1]}))
+    assert whole.status_code == 201 and by_reference.status_code == 409 and took < 4.0
+
+
+def test_a_scale_outs_first_members_send_one_manifest_whole_between_them(service):
+    import asyncio
+    import time
+
+    import httpx
+
+    from rfork_api import models as m
+    from rfork_api.clients import SchedulerClient
+
+    app, _, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    whole_bodies = 0
+
+    class Counting(httpx.ASGITransport):
+        async def handle_async_request(self, request):
+            nonlocal whole_bodies
+            whole_bodies += b'"layout":{' not in request.read()
+            return await super().handle_async_request(request)
+
+    async def members(n: int):
+        async with SchedulerClient("http://scheduler", transport=Counting(app=app)) as scheduler:
+            requests = [m.JobRequest(identity=m.ModelIdentity(**IDENTITY), rank=0, manifest={
+                name: [ptr + (k << 32), numel, size] for name, (ptr, numel, size) in MANIFEST.items()})
+                for k in range(n)]
+            return await asyncio.gather(*(scheduler.create_job(r) for r in requests))
+
+    started = time.monotonic()
+    created = asyncio.run(members(8))
+    assert len({job.job_id for job in created}) == 8
+    assert whole_bodies == 1  # the first was told to send it whole; the other seven waited for it
+    assert time.monotonic() - started < 2.0  # woken when it was held, not at the wait's bound (5 s)

@@ -434,3 +434,22 @@ def test_a_scale_outs_first_members_send_one_manifest_whole_between_them(service
     assert len({job.job_id for job in created}) == 8
     assert whole_bodies == 1  # the first was told to send it whole; the other seven waited for it
     assert time.monotonic() - started < 2.0  # woken when it was held, not at the wait's bound (5 s)
+
+
+def test_a_silent_clients_job_still_fails_once_no_seed_is_left(service):
+    """The reaper decides for a job whose client stopped asking (every 5 s at most): with its only
+    seed gone, the job fails after the planner's no-seed grace (10 s), as a polling one would."""
+    app, clock, _ = service
+    call(app, "PUT", "/v1/seeds/s0", json=registration())
+    job = call(app, "POST", "/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": MANIFEST,
+                                              "chunk_size_bytes": 8192}).json()
+    state = app.state.scheduler
+    call(app, "DELETE", "/v1/seeds/s0")
+    for second in range(1, 30):
+        clock.now += 1
+        state.reap()
+        status = call(app, "GET", f"/v1/jobs/{job['job_id']}").json()
+        if status["state"] != "running":
+            break
+    assert status["state"] == "failed" and "no live seed" in status["error"], status
+    assert 10 < second <= 10 + 5 + 1  # the grace, then the reaper's next look

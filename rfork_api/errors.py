@@ -227,7 +227,8 @@ class InvalidIdentity(ValueError):
 _WIRE_ERRORS: tuple[type[RforkApiError], ...] = (
     InvalidRequest, BodyTooLarge, Unauthorized,
     UnknownModel, UnknownJob, UnknownSeed, ManifestMismatch, UnknownLayout, InvalidManifest, InvalidChunkSize,
-    InvalidResume, InvalidLandedMap, LeaseDenied, GrantRefused, UnknownRank, UnknownLease, SeedUnavailable, ThrottleUnavailable,
+    InvalidResume, InvalidLandedMap, LeaseDenied, GrantRefused, UnknownRank, UnknownLease, SeedUnavailable,
+    ThrottleUnavailable,
 )
 BY_CODE: dict[str, type[RforkApiError]] = {cls.code: cls for cls in _WIRE_ERRORS}
 

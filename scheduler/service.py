@@ -633,7 +633,7 @@ class SchedulerState:
                         record.last_reaper_decision = now
                         views = self._views(record)
                         if views is not None:
-                            job.next_assignments(views + self.swarm.sources_for(job_id, now), now, 0)
+                            job.check_sources(views, now, lambda job_id=job_id: self.swarm.sources_for(job_id, now))
                     if job.state != RUNNING:
                         self._finished(record, job.state)
                     elif now - record.last_poll > self.config.client_timeout_seconds:

@@ -869,3 +869,52 @@ def test_a_queue_built_after_streams_withheld_chunks_is_the_queue_they_were_take
     assert (lazy.pending.mask, lazy.pending.nbytes) == (eager.pending.mask, eager.pending.nbytes)
     withheld = {c for r in streamed for c in r}
     assert list(lazy.pending) == [c for c in [*range(start, 12), *range(start)] if c not in withheld | set(resumed)]
+
+
+# -- a silent job's check (the reaper's) ---------------------------------------
+def _scenario(name: str):
+    """(job, sources at t=20, config) for each case of the reaper's check."""
+    config = PlannerConfig(max_assignment_bytes=0, no_seed_grace_seconds=10, seed_failure_threshold=1)
+    job, m = make_job(n_chunks=4, config=config)
+    if name == "a seed":
+        return job, [seed("s0", m)]
+    if name == "no source":
+        return job, []
+    if name == "every seed excluded":
+        finish(job, job.next_assignments([seed("s0", m)], 0.0, 1), 1.0, ok=False, reason="read_failed")
+        return job, [seed("s0", m)]
+    if name == "a peer holding a chunk it lacks":
+        return job, [peer("p", m, {2})]
+    if name == "a peer holding only what it has":
+        finish(job, job.next_assignments([seed("s0", m)], 0.0, 1), 1.0)
+        return job, [peer("p", m, {0})]
+    if name == "every chunk left comes by a stream":
+        job.stream_chunks([range(0, 4)])
+        return job, []
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name, fails", [
+    ("a seed", False),
+    ("no source", True),
+    ("every seed excluded", True),
+    ("a peer holding a chunk it lacks", False),
+    ("a peer holding only what it has", True),
+    ("every chunk left comes by a stream", False),
+])
+def test_a_silent_jobs_check_decides_as_a_decision_handing_out_nothing(name, fails):
+    decided, sources = _scenario(name)
+    decided.next_assignments(sources, 20.0, 0)
+    checked, sources = _scenario(name)
+    checked.check_sources(sources, 20.0)
+    assert (checked.state, checked.error) == (decided.state, decided.error)
+    assert (checked.state == FAILED) == fails
+
+
+def test_a_silent_jobs_check_builds_no_queue_and_asks_for_peers_only_without_a_seed():
+    job, m = make_job(n_chunks=4)
+    asked = []
+    job.check_sources([seed("s0", m)], 1.0, lambda: asked.append(1) or [])
+    assert job._pending is None and asked == []  # a seed: its queue waits for its first real decision
+    job.check_sources([], 1.0, lambda: asked.append(1) or [peer("p", m, {1})])
+    assert asked == [1] and job.state == RUNNING and job.last_seed_seen_at == 1.0

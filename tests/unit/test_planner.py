@@ -918,3 +918,31 @@ def test_a_silent_jobs_check_builds_no_queue_and_asks_for_peers_only_without_a_s
     assert job._pending is None and asked == []  # a seed: its queue waits for its first real decision
     job.check_sources([], 1.0, lambda: asked.append(1) or [peer("p", m, {1})])
     assert asked == [1] and job.state == RUNNING and job.last_seed_seen_at == 1.0
+
+
+# -- chunks landed by streams ------------------------------------------------
+@pytest.mark.parametrize("landed, earlier, in_flight", [
+    (range(0, 8), [], []),                       # a stream's whole stripe, none of it here yet
+    (range(0, 8), [0, 1, 2, 3], []),             # its end: the first half came with a progress report
+    ([5, 3, 3, 7, 5], [], []),                   # a client's list: out of order, repeated ids
+    ([1, 2, 3, 6], [2], [3]),                    # one landed already, one in flight from a seed here
+    ([], [], []),
+    (range(2, 6), [2, 3, 4, 5], []),             # nothing new
+])
+def test_landed_by_stream_counts_each_new_chunk_once_and_covers_what_was_not_covered(landed, earlier, in_flight):
+    job, m = make_job(n_chunks=8)
+    covered: list[int] = []
+    job.on_cover = lambda chunk_id, delta: covered.append(chunk_id * delta)
+    job.on_cover_all = lambda chunk_ids: covered.extend(chunk_ids)
+    job.landed_by_stream(earlier, "peer:a", 0.0)
+    job.pending.remove_all([c for c in range(8) if c not in in_flight and c in job.pending])
+    assert [c for a in job.next_assignments([seed("s0", m, None)], 0.0, 8) for c in a.chunk_ids] == in_flight
+    covered.clear()
+    before = (job.bytes_done, job.chunks_done, set(job.done_chunks))
+    nbytes = job.landed_by_stream(landed, "peer:b", 1.0)
+    new = set(landed) - before[2]
+    assert nbytes == 4 * KiB * len(new) == job.bytes_done - before[0] == job.bytes_by_seed.get("peer:b", 0)
+    assert job.chunks_done - before[1] == len(new)
+    assert set(job.done_chunks) == before[2] | new and job.done_chunks.mask == sum(1 << c for c in job.done_chunks)
+    assert sorted(covered) == sorted(new - set(in_flight))  # one in flight here counted as covered already
+    assert not set(job.pending.ids()) & set(job.done_chunks)

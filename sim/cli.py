@@ -19,7 +19,7 @@ from typing import Any
 
 from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
 
-ACTIONS = ("run", "sweep", "validate")
+ACTIONS = ("run", "sweep", "validate", "faults")
 
 
 class UsageError(ValueError):
@@ -29,8 +29,9 @@ class UsageError(ValueError):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Simulate N new instances forking a model from S seeds (links simulated, the real "
                      "planner deciding): `run` one scenario, `sweep` over N and strategies, `validate` "
-                     "against a `rfork testbed --clients N --json` record.")
-    p.add_argument("action", nargs="?", default="run", help="run (default), sweep or validate")
+                     "against a `rfork testbed --clients N --json` record, `faults` over random draws of "
+                     "the scenario's kills, each against the same scale-out without them.")
+    p.add_argument("action", nargs="?", default="run", help="run (default), sweep, validate or faults")
     p.add_argument("testbed_json", nargs="*", help="validate: the JSON `rfork testbed --clients N --json` wrote "
                                                    "(several runs of one scale-out: compared at their median)")
     p.add_argument("--scenario", help="YAML (or JSON) file of scenario fields; flags override it")
@@ -60,7 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-seeds", help="seeds killed at random times during the scale-out")
     p.add_argument("--kill-peers", help="fraction of the new instances killed at random times (0.05 = 5%%)")
     p.add_argument("--fault-window", help="kills happen in [0, this) seconds (default 2)")
-    p.add_argument("--random-seed", help="the simulation's random seed (default 1)")
+    p.add_argument("--random-seed", help="the simulation's random seed (default 1; faults: the first draw's)")
+    p.add_argument("--draws", help="faults: random draws of the kills, seeds --random-seed onwards (default 16)")
+    p.add_argument("--growth-goal", help="faults: the time-to-all growth a draw may have, e.g. 0.25 (default)")
     p.add_argument("--link-latency", help="validate: control-plane round trip in seconds (default 0.003)")
     p.add_argument("--no-single-fork", action="store_true",
                    help="skip simulating one instance alone (single_fork_seconds) for comparison")
@@ -81,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
             return _validate(args)
         if args.testbed_json:
             raise UsageError(f"unexpected argument {args.testbed_json[0]!r} (only `validate` takes a file)")
+        if args.action == "faults":
+            return _faults(args)
         return _sweep(args) if args.action == "sweep" else _run(args)
     except (UsageError, ScenarioError, UnitError, UnknownPreset, SimulationTooLarge, TestbedRecordError) as exc:
         print(f"rfork simulate: error: {exc}", file=sys.stderr)
@@ -245,6 +250,85 @@ def _sweep(args: argparse.Namespace) -> int:
              "strategies": strategies, "single_fork_seconds": single, "runs": runs}
     _write(args, sweep, "sweep")
     return 0 if all(_all_survivors_done(r) for r in runs) else 1
+
+
+def _fault_draw(scenario) -> dict:
+    """One draw: the scale-out with its kills and the same one without them (a worker process's job)."""
+    from sim.engine import simulate
+
+    clean = simulate(scenario.replace(faults=scenario.faults.none(), slowdowns=()), with_single_fork=False)
+    faulty = simulate(scenario, with_single_fork=False).to_json()
+    return {"random_seed": scenario.random_seed, "clean_seconds": clean.time_to_all_seconds,
+            "faults_seconds": faulty["time_to_all_seconds"],
+            "growth": faulty["time_to_all_seconds"] / clean.time_to_all_seconds - 1,
+            "completed": faulty["instances_completed"], "killed": faulty["instances_killed"],
+            "failed": faulty["instances_failed"], "seed_copies": faulty["seed_bytes_over_model"],
+            "every_survivor_completed": _all_survivors_done(faulty)}
+
+
+def _ignore_sigint() -> None:
+    # A worker of `faults`: Ctrl-C reaches the whole process group; the parent stops the pool.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def fault_draws_summary(draws: list[dict], growth_goal: float) -> dict:
+    """Min / median / 90th percentile / max of the draws' growth and seed copies, and which draws
+    missed the goal (pure).
+
+        >>> s = fault_draws_summary([{"random_seed": k, "growth": g, "seed_copies": 1.0 + g,
+        ...                           "every_survivor_completed": True} for k, g in enumerate([0.1, 0.3, 0.2])], 0.25)
+        >>> s["growth"]["median"], s["over_goal"], s["every_survivor_completed_in_every_draw"]
+        (0.2, [1], True)
+    """
+    def spread(values: list[float]) -> dict:
+        ordered = sorted(values)
+        return {"min": ordered[0], "median": ordered[len(ordered) // 2],
+                "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "max": ordered[-1],
+                "mean": sum(ordered) / len(ordered)}
+
+    return {"draws": len(draws), "growth_goal": growth_goal, "growth": spread([d["growth"] for d in draws]),
+            "seed_copies": spread([d["seed_copies"] for d in draws]),
+            "over_goal": [d["random_seed"] for d in draws if d["growth"] > growth_goal],
+            "every_survivor_completed_in_every_draw": all(d["every_survivor_completed"] for d in draws)}
+
+
+def _faults(args: argparse.Namespace) -> int:
+    import multiprocessing
+
+    from sim.engine import check_fits
+    from sim.scenario import Scenario
+
+    if args.plot_path:
+        raise UsageError("faults writes no plot (--json keeps every draw)")
+    base = Scenario.from_mapping(scenario_fields(args))
+    if not base.faults.kill_seeds and not base.faults.kill_peers_fraction:
+        raise UsageError("faults needs kills to draw: --kill-seeds N and/or --kill-peers FRACTION")
+    draws = _int_flag(args.draws or "16", "--draws", 1)
+    goal = _float_flag(args.growth_goal or "0.25", "--growth-goal")
+    if goal < 0:
+        raise UsageError(f"--growth-goal must be >= 0, got {args.growth_goal}")
+    check_fits(base)
+    scenarios = [base.replace(random_seed=base.random_seed + k) for k in range(draws)]
+    runs = []
+    # Pool's exit terminates the workers: on Ctrl-C the draws still running stop at once.
+    with multiprocessing.Pool(min(draws, os.cpu_count() or 1), initializer=_ignore_sigint) as pool:
+        for run in pool.imap(_fault_draw, scenarios):
+            runs.append(run)
+            print(f"draw {run['random_seed']:>4}: {run['faults_seconds']:.3f} s with the kills, "
+                  f"{run['clean_seconds']:.3f} s without: {run['growth']:+.1%}; {run['completed']} completed, "
+                  f"{run['killed']} killed; seeds served {run['seed_copies']:.2f}x the model", flush=True)
+    summary = fault_draws_summary(runs, goal)
+    g, c = summary["growth"], summary["seed_copies"]
+    print(f"{draws} draws: growth min {g['min']:+.1%}, median {g['median']:+.1%}, p90 {g['p90']:+.1%}, "
+          f"max {g['max']:+.1%}; {len(summary['over_goal'])} over {goal:.0%}"
+          + (f" (draws {', '.join(map(str, summary['over_goal']))})" if summary["over_goal"] else "")
+          + f"; seeds served {c['min']:.2f}-{c['max']:.2f}x the model; every survivor completed in "
+          + ("every draw" if summary["every_survivor_completed_in_every_draw"] else "NOT every draw"))
+    _write(args, {"kind": "rfork-simulate-faults", "scenario": base.to_json(), "summary": summary, "runs": runs},
+           "faults")
+    return 0 if summary["every_survivor_completed_in_every_draw"] else 1
 
 
 def _validate(args: argparse.Namespace) -> int:

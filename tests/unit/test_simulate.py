@@ -140,6 +140,10 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
     (["sweep", "--strategy", "swarm"], "sweep takes --strategies"),
     (["validate"], "validate needs the testbed's JSON"),
     (["explode"], "unknown action 'explode'"),
+    (["faults", "--instances", "8"], "faults needs kills to draw"),
+    (["faults", "--kill-peers", "0.1", "--draws", "0"], "--draws must be >= 1, got 0"),
+    (["faults", "--kill-peers", "0.1", "--growth-goal=-1"], "--growth-goal must be >= 0"),
+    (["faults", "--kill-peers", "0.1", "--plot", "x.png"], "faults writes no plot"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(argv, says, capsys):
     rc, _, err = run(["simulate", *argv], capsys)
@@ -305,3 +309,30 @@ def test_bad_stream_fields_are_scenario_errors(field, value):
 
     with pytest.raises(ScenarioError, match=field):
         Scenario(strategy="stream", **{field: value})
+
+
+def test_faults_draws_the_kills_and_compares_each_draw_with_the_same_scale_out_without_them(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    rc, stdout, err = run(["simulate", "faults", "--model", "qwen2.5-0.5b", "--instances", "24", "--seeds", "4",
+                           "--strategy", "stream", "--chunk-size", "16MiB", "--link-rate", "1GB/s",
+                           "--kill-seeds", "2", "--kill-peers", "0.1", "--fault-window", "0.5", "--draws", "3",
+                           "--random-seed", "3", "--growth-goal", "0", "--json", str(out)], capsys)
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    assert [d["random_seed"] for d in r["runs"]] == [3, 4, 5]
+    for d in r["runs"]:
+        assert d["every_survivor_completed"] and d["completed"] + d["killed"] == 24
+        assert d["growth"] == pytest.approx(d["faults_seconds"] / d["clean_seconds"] - 1)
+    s = r["summary"]
+    assert s["draws"] == 3 and s["every_survivor_completed_in_every_draw"]
+    assert s["growth"]["min"] <= s["growth"]["median"] <= s["growth"]["max"]
+    assert s["over_goal"] == [d["random_seed"] for d in r["runs"] if d["growth"] > 0]
+    assert "3 draws: growth min" in stdout and "every survivor completed in every draw" in stdout
+
+
+def test_sim_cli_doctests():
+    import doctest
+
+    import sim.cli
+
+    assert doctest.testmod(sim.cli).failed == 0

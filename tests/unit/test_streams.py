@@ -23,12 +23,12 @@ def live(trees: StripeTrees, n: int) -> list[int]:
     return [m for m in range(n) if trees._nodes[m].alive]
 
 
-def check_trees(trees: StripeTrees, members: list[int]) -> None:
+def check_trees(trees: StripeTrees, members: list[int], extra_roots: int = 0) -> None:
     """Every live member reaches the seeds in every stripe through live members, without a cycle;
-    each stripe is sent by the seeds once."""
+    each stripe is sent by the seeds once (and at most ``extra_roots`` more times: orphaned relays)."""
     for s in range(trees.stripes):
         roots = [m for m in members if trees.parent(m, s) is SEEDS]
-        assert len(roots) == 1, f"stripe {s}: the seeds feed {roots}"
+        assert 1 <= len(roots) <= 1 + extra_roots, f"stripe {s}: the seeds feed {roots}"
         for m in members:
             seen, node = set(), m
             while trees.parent(node, s) is not SEEDS:
@@ -106,14 +106,38 @@ def test_members_leaving_at_random_are_re_parented_without_cycles_or_going_back(
     assert decisions > 0
 
 
-def test_a_root_that_leaves_is_replaced_from_below():
-    trees = burst(16, 4, 4)
+def test_a_root_that_leaves_is_replaced_from_below_without_extra_roots():
+    trees = StripeTrees(4, 4, extra_roots=0)
+    for m in range(16):
+        trees.join(m)
     root = next(m for m in range(16) if trees.parent(m, 0) is SEEDS)
     orphans = trees.leave(root)
     moves = [trees.reparent(c, s, lambda m, st: 0) for c, s in orphans]
     stripe0 = [p for (c, s, p) in moves if s == 0]
     assert stripe0.count(SEEDS) == 1  # one orphan becomes the new root; the rest hang below it
     check_trees(trees, live(trees, 16))
+
+
+@pytest.mark.parametrize("extra_roots", [1, 2, 3])
+def test_orphaned_relays_are_fed_by_the_seeds_up_to_the_stripes_budget(extra_roots):
+    """A relay whose parent left goes to the seeds (every member's upload is in use, the seeds' is
+    idle after the first copy), at most ``extra_roots`` times per stripe; leaves and the relays
+    past the budget hang below live members as before."""
+    n, stripes, fanout = 64, 4, 4
+    trees = StripeTrees(stripes, fanout, extra_roots=extra_roots)
+    for m in range(n):
+        trees.join(m)
+    relaying = []  # stripe 0's orphans with children of their own, in order, and their new parents
+    for victim in [0, 4, 8]:  # relays of stripe 0, one below another
+        for child, s in trees.leave(victim):
+            relays = bool(trees.children(child, s))
+            _, _, parent = trees.reparent(child, s, lambda m, st: 0)
+            if s == 0 and relays:
+                relaying.append(parent)
+    assert len(relaying) > extra_roots
+    assert relaying[:extra_roots] == [SEEDS] * extra_roots  # the first ones, up to the budget
+    assert trees._extra_roots_used == [extra_roots, 0, 0, 0]
+    check_trees(trees, live(trees, n), extra_roots)
 
 
 def test_leaving_twice_or_unknown_is_a_no_op_and_joining_twice_is_refused():

@@ -193,7 +193,8 @@ class StreamSwarm:
         ranges = stripe_ranges(len(job.chunks), self.stripes)
         trees = self._trees.get(key)
         if trees is None:
-            trees = self._trees[key] = StripeTrees(len(ranges), self.fanout, self.candidates, self._rng)
+            trees = self._trees[key] = StripeTrees(len(ranges), self.fanout, self.candidates, self._rng,
+                                                   stripe_chunks=[len(r) for r in ranges])
         self._members[job.job_id] = _Member(job, key, landed_map, ranges, upload_rate)
         self._group_size[key] = self._group_size.get(key, 0) + 1
         self.decisions += 1

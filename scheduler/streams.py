@@ -25,16 +25,16 @@ Members join one at a time, as their jobs arrive; the trees are built as they co
 
 A member that leaves (its reads fail, it withdrew) orphans its children; each orphaned
 stream is one :meth:`StripeTrees.reparent` decision. An orphan that relays the stripe to
-children of its own goes to the seeds, for ``extra_roots`` such orphans per stripe over
-the trees' life: every member's upload is in use, so any member it could hang below would
-share its upload between its own children and the orphan's whole subtree, which then
-trails the swarm; the seeds' upload is idle once the first copy is out, and each extra
-root costs them at most a stripe. Otherwise the first live interior of the stripe with a
-free slot (of the ``candidates`` earliest) that is as far along in the stripe as the
-orphan and not below it (no cycle); else, of ``candidates`` members sampled at random,
-the such one with the fewest children in the stripe; else the nearest such ancestor of
-the old parent; else the seeds. A join or a re-parent costs O(fanout + candidates x
-depth), whatever N; a leave O(N / stripes).
+children of its own goes to the seeds, for ``extra_roots`` such orphans per stripe: every
+member's upload is in use, so below any member the orphan's whole subtree would share
+that member's upload with its own children and trail the swarm, while the seeds' upload
+is idle once the first copy is out. Each extra root costs the seeds what it lacks of the
+stripe; given the stripes' sizes, all of them together at most one model. Otherwise the
+first live interior of the stripe with a free slot (of the ``candidates`` earliest) that
+is as far along in the stripe as the orphan and not below it (no cycle); else, of
+``candidates`` members sampled at random, the such one with the fewest children in the
+stripe; else the nearest such ancestor of the old parent; else the seeds. A join or a
+re-parent costs O(fanout + candidates x depth), whatever N; a leave O(N / stripes).
 
     >>> trees = StripeTrees(stripes=2, fanout=2)
     >>> [trees.join(m) for m in "abc"]       # each join: (member, stripe, new parent) moves
@@ -51,7 +51,7 @@ import random
 from collections import deque
 from itertools import islice
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Sequence
 
 __all__ = ["EXTRA_ROOTS_PER_STRIPE", "SEEDS", "Move", "StripeTrees"]
 
@@ -59,10 +59,10 @@ SEEDS = None
 """The parent of a stripe's root: the seeds (their agents' leases)."""
 
 EXTRA_ROOTS_PER_STRIPE = 2
-"""Orphaned relays the seeds take on per stripe (each at most a stripe more from the seeds). In the
-fleet simulation (128 members, 2 of 4 seeds and 5 % of the members killed, 64 random draws),
-0 / 1 / 2 / 3 per stripe: time-to-all grew by at most 50.1 / 31.1 / 26.3 / 33.5 % (12 / 4 / 4 / 3
-draws over 25 %), the seeds served at most 1.31 / 1.42 / 1.57 / 1.79 model copies."""
+"""Orphaned relays the seeds take on per stripe. In the fleet simulation (128 members, 2 of 4 seeds
+and 5 % of the members killed, 64 random draws; docs/benchmarks.md), 0 / 1 / 2 / 3 per stripe:
+time-to-all grew by at most 50.1 / 31.1 / 26.3 / 33.5 % (12 / 4 / 4 / 3 draws over 25 %), the
+seeds served at most 1.31 / 1.42 / 1.57 / 1.79 model copies."""
 
 Member = Hashable
 Move = tuple[Member, int, "Member | None"]
@@ -84,14 +84,20 @@ class StripeTrees:
     """The stripe trees of one swarm (one model, rank and chunk plan)."""
 
     def __init__(self, stripes: int, fanout: int, candidates: int = 16, rng: random.Random | None = None,
-                 extra_roots: int = EXTRA_ROOTS_PER_STRIPE) -> None:
+                 extra_roots: int = EXTRA_ROOTS_PER_STRIPE, stripe_chunks: Sequence[int] | None = None) -> None:
         if stripes < 1 or fanout < 1 or candidates < 1:
             raise ValueError(f"stripes, fanout and candidates must be >= 1, got {stripes}, {fanout}, {candidates}")
         if extra_roots < 0:
             raise ValueError(f"extra_roots must be >= 0, got {extra_roots}")
+        if stripe_chunks is not None and (len(stripe_chunks) != stripes or min(stripe_chunks) < 0):
+            raise ValueError(f"stripe_chunks must give each of the {stripes} stripes' chunk count, got {stripe_chunks}")
         self.stripes, self.fanout, self.candidates = stripes, fanout, candidates
         self.extra_roots = extra_roots
         self._extra_roots_used = [0] * stripes
+        self._stripe_chunks = list(stripe_chunks) if stripe_chunks is not None else None
+        self.extra_root_chunks_left = sum(stripe_chunks) if stripe_chunks is not None else None
+        """What the seeds may still send to orphaned relays, in chunks: one model over the trees' life
+        (``stripe_chunks`` given), whatever the members' count; None: only the per-stripe count bounds it."""
         self._nodes: dict[Member, _Node] = {}
         self._members: list = []  # every member that joined, for sampling (the dead are skipped as unusable)
         self._rng = rng if rng is not None else random.Random(0)
@@ -202,9 +208,14 @@ class StripeTrees:
                     and not self._is_below(q, member, stripe))
 
         if node.children[stripe] and self._extra_roots_used[stripe] < self.extra_roots:
-            self._extra_roots_used[stripe] += 1  # a relay: its subtree follows it (see the module doc)
-            self._attach(member, stripe, SEEDS)
-            return (member, stripe, SEEDS)
+            # A relay: its subtree follows it (see the module doc); the seeds send what it lacks.
+            cost = 0 if self._stripe_chunks is None else max(self._stripe_chunks[stripe] - have, 0)
+            if self.extra_root_chunks_left is None or cost <= self.extra_root_chunks_left:
+                self._extra_roots_used[stripe] += 1
+                if self.extra_root_chunks_left is not None:
+                    self.extra_root_chunks_left -= cost
+                self._attach(member, stripe, SEEDS)
+                return (member, stripe, SEEDS)
         choice = SEEDS
         open_ = self._open[stripe]
         for q in islice(open_, self.candidates):

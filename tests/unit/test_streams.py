@@ -175,3 +175,31 @@ def test_members_joining_after_others_left_still_make_valid_trees():
                 seen.add(node)
                 node = trees.parent(node, s)
                 assert trees._nodes[node].alive, f"stripe {s}: {m} hangs below {node}, which left"
+
+
+def test_the_seeds_send_orphaned_relays_at_most_one_model_in_all():
+    """With the stripes' sizes known, an extra root costs the seeds what it lacks of its stripe, and
+    all of them together at most one model: an orphan that would go over goes below a member."""
+    stripes, fanout = 4, 4
+    trees = StripeTrees(stripes, fanout, extra_roots=8, stripe_chunks=[10] * stripes)
+    for m in range(64):
+        trees.join(m)
+    assert trees.extra_root_chunks_left == 40
+    landed = {}  # (member, stripe) -> chunks landed; the rest have none
+    moves = []
+    for victim in [0, 4]:  # stripe 0's root, then its first relay: relaying orphans each time
+        for child, s in trees.leave(victim):
+            if s == 0 and trees.children(child, 0):
+                landed[child, 0] = 1  # each lacks 9 of the stripe's 10 chunks
+                moves.append((child, trees.reparent(child, s, lambda m, st: landed.get((m, st), 0))[2]))
+            else:
+                trees.reparent(child, s, lambda m, st: landed.get((m, st), 0))
+    to_seeds = [c for c, p in moves if p is SEEDS]
+    assert len(moves) > 4 and len(to_seeds) == 4  # 4 x 9 = 36 chunks fit in 40; a fifth would not
+    assert trees.extra_root_chunks_left == 40 - 36
+    check_trees(trees, live(trees, 64), extra_roots=8)
+
+
+def test_stripe_sizes_must_match_the_stripes():
+    with pytest.raises(ValueError, match="stripe_chunks must give each of the 4 stripes"):
+        StripeTrees(4, 4, stripe_chunks=[10, 10])

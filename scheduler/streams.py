@@ -29,7 +29,7 @@ children of its own goes to the seeds, for ``extra_roots`` such orphans per stri
 member's upload is in use, so below any member the orphan's whole subtree would share
 that member's upload with its own children and trail the swarm, while the seeds' upload
 is idle once the first copy is out. Each extra root costs the seeds what it lacks of the
-stripe; given the stripes' sizes, all of them together at most one model. Otherwise the
+stripe; given the stripes' sizes, all of them together at most half a model. Otherwise the
 first live interior of the stripe with a free slot (of the ``candidates`` earliest) that
 is as far along in the stripe as the orphan and not below it (no cycle); else, of
 ``candidates`` members sampled at random, the such one with the fewest children in the
@@ -95,9 +95,11 @@ class StripeTrees:
         self.extra_roots = extra_roots
         self._extra_roots_used = [0] * stripes
         self._stripe_chunks = list(stripe_chunks) if stripe_chunks is not None else None
-        self.extra_root_chunks_left = sum(stripe_chunks) if stripe_chunks is not None else None
-        """What the seeds may still send to orphaned relays, in chunks: one model over the trees' life
-        (``stripe_chunks`` given), whatever the members' count; None: only the per-stripe count bounds it."""
+        self.extra_root_chunks_left = sum(stripe_chunks) // 2 if stripe_chunks is not None else None
+        """What the seeds may still send to orphaned relays, in chunks: half a model over the trees' life
+        (``stripe_chunks`` given), whatever the members' count, so that with the first copy and the reads
+        retried after faults they serve under two (one model: up to 2.35 copies in the 1024-member fault
+        runs, docs/benchmarks.md); None: only the per-stripe count bounds it."""
         self._nodes: dict[Member, _Node] = {}
         self._members: list = []  # every member that joined, for sampling (the dead are skipped as unusable)
         self._rng = rng if rng is not None else random.Random(0)

@@ -755,18 +755,11 @@ class Job:
         """
         if self.state != RUNNING or (not self.pending and not self.live and self.streamed_mask):
             return []  # (every chunk left comes by a stream: nothing for a source, and no seed needed)
-        self._readmit_restarted(sources)
-        excluded, peer_id = self.excluded, self._peer_id
-        eligible = [s for s in sources if s.source_id not in excluded and s.source_id != peer_id]
-        useful = any(s.kind == SEED for s in eligible) or any(self._holds_something_needed(s) for s in eligible)
-        if not useful:
+        eligible = self._eligible(sources)
+        if not self._sees_a_source(eligible, now):
             self._fail_if_no_sources(eligible, sources, now)
             return []
-        self.last_seed_seen_at = now
         self._decisions += 1
-        if self.lost:
-            for s in eligible:
-                self.lost.pop(s.source_id, None)
         peer_ids = frozenset(s.source_id for s in eligible if s.kind == PEER)
         self._reads_at_once = len(self.live) + max_assignments
         free, budget, rates = {}, {}, {}
@@ -872,19 +865,29 @@ class Job:
         ``more`` gives further sources (a swarm's peers), asked only when no seed is eligible."""
         if self.state != RUNNING:
             return
-        self._readmit_restarted(sources)
-        eligible = [s for s in sources if s.source_id not in self.excluded and s.source_id != self._peer_id]
-        if not any(s.kind == SEED for s in eligible) and more is not None:
-            extra = more()
-            self._readmit_restarted(extra)
-            sources = sources + extra
-            eligible += [s for s in extra if s.source_id not in self.excluded and s.source_id != self._peer_id]
-        if any(s.kind == SEED for s in eligible) or any(self._holds_something_needed(s) for s in eligible):
-            self.last_seed_seen_at = now
-            for s in eligible if self.lost else ():
-                self.lost.pop(s.source_id, None)
-        elif not (self.streamed_mask and not self.live and not self.pending):
+        eligible = self._eligible(sources)
+        if more is not None and not any(s.kind == SEED for s in eligible):
+            sources = sources + more()
+            eligible = self._eligible(sources)
+        if not self._sees_a_source(eligible, now) and not (self.streamed_mask and not self.live and not self.pending):
             self._fail_if_no_sources(eligible, sources, now)  # (every chunk left by a stream: none needed)
+
+    def _eligible(self, sources: list[SourceView]) -> list[SourceView]:
+        """The sources this job may read from: not excluded (a restarted one readmitted first), not itself."""
+        self._readmit_restarted(sources)
+        excluded, peer_id = self.excluded, self._peer_id
+        return [s for s in sources if s.source_id not in excluded and s.source_id != peer_id]
+
+    def _sees_a_source(self, eligible: list[SourceView], now: float) -> bool:
+        """Whether a seed, or a peer holding a chunk still needed, can serve this job; if so, the
+        no-seed grace starts again and the seeds lost before are forgotten."""
+        if not (any(s.kind == SEED for s in eligible) or any(self._holds_something_needed(s) for s in eligible)):
+            return False
+        self.last_seed_seen_at = now
+        if self.lost:
+            for s in eligible:
+                self.lost.pop(s.source_id, None)
+        return True
 
     def _holds_something_needed(self, peer: SourceView) -> bool:
         holds = peer.holds or ()

@@ -183,6 +183,17 @@ class SchedulerMetrics:
             buckets=_API_BUCKETS,
             registry=registry,
         )
+        self.front_ends = Gauge(
+            "rfork_scheduler_front_ends_running",
+            "HTTP front-end processes running (rfork scheduler --front-ends N); 0 when the scheduler serves "
+            "HTTP itself.",
+            registry=registry,
+        )
+        self.front_end_restarts_total = Counter(
+            "rfork_scheduler_front_end_restarts_total",
+            "HTTP front ends the scheduler restarted after one exited on its own (crashed or was killed).",
+            registry=registry,
+        )
         # Closed label sets start at zero so rate() and dashboards see 0, not "no data".
         for reason in FAILURE_REASONS:
             self.chunk_retries_total.labels(reason=reason)

@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", default=None,
                    help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else "
                         "$RFORK_TOKEN; none = no auth). Also signs the lease grants agents verify")
+    p.add_argument("--front-ends", type=int, default=0, metavar="N",
+                   help="serve HTTP from N front-end processes that pass requests to this one, which decides "
+                        "(for scale-outs of hundreds of forks: parsing their requests costs more CPU than "
+                        "deciding them); 0 = serve HTTP in this process (default 0)")
     add_log_arguments(p)
 
 
@@ -84,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
             ("--stream-stripes", args.stream_stripes, 0, 1024, "0 (off) to 1024"),
             ("--stream-fanout", args.stream_fanout, 1, 1024, "1 to 1024"),
             ("--stream-min-members", args.stream_min_members, 1, None, ">= 1"),
-            ("--layout-cache-tensors", args.layout_cache_tensors, 0, None, ">= 0 (0: no layouts kept)")):
+            ("--layout-cache-tensors", args.layout_cache_tensors, 0, None, ">= 0 (0: no layouts kept)"),
+            ("--front-ends", args.front_ends, 0, 64, "0 (serve HTTP here) to 64")):
         if value < low or (high is not None and value > high):
             print(f"rfork scheduler: error: {flag} must be {rule}, got {value}", file=sys.stderr)
             return 2
@@ -122,5 +127,22 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("rfork.scheduler").info(
         "scheduler on http://%s:%d (heartbeat timeout %g s, client timeout %g s, auth %s)", args.host, args.port,
         args.heartbeat_timeout, args.client_timeout, "on" if token else "off")
-    uvicorn.run(create_app(config), host=args.host, port=args.port, **uvicorn_options())
-    return 0
+    if not args.front_ends:
+        uvicorn.run(create_app(config), host=args.host, port=args.port, **uvicorn_options())
+        return 0
+
+    from scheduler import front_ends
+
+    try:
+        listening = front_ends.listen(args.host, args.port)
+    except OSError as exc:
+        print(f"rfork scheduler: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    logging.getLogger("rfork.scheduler").info("serving HTTP from %d front-end processes", args.front_ends)
+    try:
+        return front_ends.serve(create_app(config), listening, args.front_ends, token=token, max_body_bytes=max_body,
+                                log_level=args.log_level, verbose=args.verbose)
+    except front_ends.FrontEndError as exc:
+        print(f"rfork scheduler: error: {exc}", file=sys.stderr)
+        return 1

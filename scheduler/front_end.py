@@ -1,0 +1,174 @@
+"""One HTTP front end of the scheduler (``rfork scheduler --front-ends N`` starts N of them).
+
+It accepts on the scheduler's listening socket (inherited), answers what needs
+no state itself (a missing or wrong token: 401; a body over the limit: 413, the
+same middleware the deciding process uses) and passes every other request to
+the deciding process (scheduler/front_protocol.py). HTTP, most of a request's
+CPU, so runs in N processes beside the one that decides.
+
+When the deciding process goes away (its end of the socket closes) the front
+end answers 503 to what was waiting and exits: a front end never outlives its
+scheduler. Started by ``scheduler.front_ends``, not by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import socket
+import sys
+
+from rfork_api.auth import load_token
+from rfork_api.http import BearerAuth, BodySizeLimit, send_json_error
+from rfork_api.logs import setup_logging, uvicorn_options
+from scheduler.front_protocol import ForwardedRequest, ForwardedResponse, FrameWriter, read_message
+
+log = logging.getLogger("rfork.scheduler.front_end")
+
+
+class DecidingProcessGone(ConnectionError):
+    """The deciding process closed its end of the front end's socket (it stopped or died)."""
+
+
+class Link:
+    """This front end's one socket to the deciding process: requests out, replies matched by id."""
+
+    def __init__(self, sock: socket.socket, on_closed) -> None:
+        self._sock = sock
+        self._on_closed = on_closed
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._writer: FrameWriter | None = None
+        self._reading: asyncio.Task | None = None
+        self.closed = False
+
+    async def open(self) -> None:
+        reader, writer = await asyncio.open_connection(sock=self._sock)
+        self._writer = FrameWriter(writer)
+        self._reading = asyncio.create_task(self._read(reader))
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def call(self, message: ForwardedRequest) -> ForwardedResponse:
+        if self.closed or self._writer is None:
+            raise DecidingProcessGone()
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[message.request_id] = answer
+        try:
+            self._writer.send(message)
+            return await answer
+        finally:
+            self._waiting.pop(message.request_id, None)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (message := await read_message(reader)) is not None:
+                answer = self._waiting.get(message.request_id)
+                if answer is not None and not answer.done():
+                    answer.set_result(message)
+        finally:
+            self.closed = True
+            for answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_exception(DecidingProcessGone())
+            self._on_closed()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reading is not None:
+            self._reading.cancel()
+
+
+class Forwarder:
+    """The front end's ASGI app, inside the same auth and body-size middleware as the deciding process's."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        client = scope.get("client")
+        request = ForwardedRequest(
+            request_id=self.link.next_id(), method=scope["method"], path=scope["path"],
+            raw_path=scope.get("raw_path") or scope["path"].encode(), query_string=scope.get("query_string", b""),
+            headers=list(scope["headers"]), client=tuple(client) if client else None,
+            http_version=scope.get("http_version", "1.1"), scheme=scope.get("scheme", "http"), body=bytes(body))
+        try:
+            reply = await self.link.call(request)
+        except DecidingProcessGone:
+            await send_json_error(send, 503, "scheduler_stopping",
+                                  "the scheduler's deciding process stopped; retry against the restarted scheduler",
+                                  headers=[(b"connection", b"close"), (b"retry-after", b"1")])
+            return
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.link.open()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.link.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def build_app(link: Link, token: str | None, max_body_bytes: int):
+    app = BodySizeLimit(Forwarder(link), max_bytes=max_body_bytes)
+    return BearerAuth(app, token=token) if token else app
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="python -m scheduler.front_end",
+                                description="one HTTP front end of `rfork scheduler --front-ends N`")
+    p.add_argument("--listen-fd", type=int, required=True, help="the scheduler's listening socket (inherited)")
+    p.add_argument("--link-fd", type=int, required=True, help="this front end's socket to the deciding process")
+    p.add_argument("--index", type=int, default=0, help="which front end this is, for the logs")
+    p.add_argument("--max-body-bytes", type=int, required=True)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--verbose", type=int, default=0)
+    args = p.parse_args(argv)
+    setup_logging(args.log_level, args.verbose)
+    token = load_token()  # the scheduler passes its token in the environment, never on the command line
+    listening = socket.socket(fileno=args.listen_fd)
+    link_sock = socket.socket(fileno=args.link_fd)
+    server: uvicorn.Server | None = None
+
+    def deciding_process_gone() -> None:
+        if server is not None and not server.should_exit:
+            log.info("front end %d: the deciding process closed its socket; stopping", args.index)
+            server.should_exit = True
+
+    link = Link(link_sock, deciding_process_gone)
+    config = uvicorn.Config(build_app(link, token, args.max_body_bytes), lifespan="on",
+                            timeout_graceful_shutdown=2, **uvicorn_options())
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[listening])
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The scheduler served through HTTP front-end processes (``rfork scheduler --front-ends N``).
+
+One process holds the scheduler's state and makes every decision (the
+*deciding* process, this module); HTTP, most of a request's CPU, runs in N
+front-end processes (scheduler/front_end.py) that accept on the deciding
+process's listening socket and pass it each request (scheduler/front_protocol.py).
+A 1024-instance scale-out is ~5,000 requests in a few seconds: served by one
+process, parsing them costs more CPU than deciding them (docs/benchmarks.md).
+
+Here the deciding process answers each request on the app it would serve
+itself: ``/work`` straight from the route's own ``serve_work``, with the app's
+own body check and error handlers, the rest by running the whole app
+in-process. So every route, error and metric is the same whichever
+way the scheduler runs. A front end that exits on its own is started again
+(backoff 0.5 s doubling to 10 s); one that loses its socket to this process
+exits: Ctrl-C or a killed scheduler leaves no front end behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from fastapi import FastAPI
+from starlette.requests import Request
+
+from rfork_api.auth import TOKEN_ENV, TOKEN_FILE_ENV
+from rfork_api.http import error_body, validated_body
+from scheduler.api_models import WorkRequest
+from scheduler.front_protocol import WORK_PATH, ForwardedRequest, ForwardedResponse, FrameWriter, read_message
+
+log = logging.getLogger("rfork.scheduler")
+
+WORK_ROUTE = "POST /v1/jobs/{job_id}/work"
+RESTART_BACKOFF_SECONDS = (0.5, 10.0)
+"""A front end that exited is started again after the first, doubling up to the second while it keeps
+exiting within ``STABLE_SECONDS`` of its start."""
+STABLE_SECONDS = 30.0
+STOP_GRACE_SECONDS = 5.0
+
+
+class FrontEndError(RuntimeError):
+    """The front ends could not be started (the message says why)."""
+
+
+# --------------------------------------------------------------------------- answering one request
+
+
+async def answer(app: FastAPI, request: ForwardedRequest) -> ForwardedResponse:
+    """The app's response to one forwarded request."""
+    if request.method == "POST" and (match := WORK_PATH.fullmatch(request.path)):
+        return await _work(app, request, match.group(1))
+    return await _run_app(app, request)
+
+
+async def _work(app: FastAPI, forwarded: ForwardedRequest, job_id: str) -> ForwardedResponse:
+    """``/work`` as its route serves it (``work_plain``), without the app's routing and middleware: the
+    front end checked the token and the body's size already."""
+    started = time.perf_counter()
+    request = Request(forwarded.scope())
+    try:
+        response = await app.state.serve_work(job_id, validated_body(WorkRequest, request, forwarded.body))
+    except Exception as exc:
+        handler = _handler_for(app, exc)
+        if handler is None:
+            raise
+        response = await handler(request, exc)
+        if response.status_code >= 500:
+            log.error("POST %s failed", forwarded.path, exc_info=exc)
+    app.state.scheduler.metrics.api_latency.labels(
+        route=WORK_ROUTE, status=f"{response.status_code // 100}xx").observe(time.perf_counter() - started)
+    return ForwardedResponse(forwarded.request_id, response.status_code, response.raw_headers, response.body)
+
+
+def _handler_for(app: FastAPI, exc: Exception):
+    for cls in type(exc).__mro__:
+        handler = app.exception_handlers.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
+async def _run_app(app: FastAPI, request: ForwardedRequest) -> ForwardedResponse:
+    status, headers, body = 500, [], bytearray()
+    started = sent_body = False
+
+    async def receive():
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await asyncio.Event().wait()  # the front end owns the connection: no disconnect to report
+
+    async def send(message) -> None:
+        nonlocal status, headers, started
+        if message["type"] == "http.response.start":
+            status, headers, started = message["status"], list(message.get("headers", [])), True
+        elif message["type"] == "http.response.body":
+            body.extend(message.get("body", b""))
+
+    try:
+        await app(request.scope(), receive, send)
+    except Exception:
+        # Starlette's error middleware answered already (500, in the services' shape) and re-raised
+        # for the server to log, as uvicorn would.
+        log.exception("%s %s failed", request.method, request.path)
+        if not started:
+            payload = error_body("internal_error", f"the scheduler failed serving {request.method} {request.path}; "
+                                 "this is a bug: the scheduler's log has the traceback")
+            return ForwardedResponse(request.request_id, 500, [(b"content-type", b"application/json")],
+                                     _json(payload))
+    return ForwardedResponse(request.request_id, status, headers, bytes(body))
+
+
+def _json(payload: dict) -> bytes:
+    import json
+
+    return json.dumps(payload).encode()
+
+
+async def serve_link(app: FastAPI, sock: socket.socket) -> None:
+    """Answer one front end's requests until it closes its socket (each request in its own task:
+    a long-polled ``/work`` must not hold up the others)."""
+    reader, stream_writer = await asyncio.open_connection(sock=sock)
+    writer = FrameWriter(stream_writer)
+    answering: set[asyncio.Task] = set()
+
+    async def answer_one(message: ForwardedRequest) -> None:
+        try:
+            reply = await answer(app, message)
+        except Exception:
+            log.exception("answering a front end's %s failed", type(message).__name__)
+            reply = ForwardedResponse(message.request_id, 500, [(b"content-type", b"application/json")],
+                                      _json(error_body("internal_error", "the scheduler failed serving this request; "
+                                                       "this is a bug: the scheduler's log has the traceback")))
+        writer.send(reply)
+
+    try:
+        while (message := await read_message(reader)) is not None:
+            if not isinstance(message, ForwardedRequest):
+                log.error("a front end sent a %s; closing its socket", type(message).__name__)
+                break
+            task = asyncio.create_task(answer_one(message))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
+    finally:
+        for task in list(answering):
+            task.cancel()
+        writer.close()
+
+
+# --------------------------------------------------------------------------- the front-end processes
+
+
+class FrontEnds:
+    """N front-end processes on ``listening``, each linked to ``app``; started again when one exits."""
+
+    def __init__(self, app: FastAPI, listening: socket.socket, count: int, *, token: str | None,
+                 max_body_bytes: int, log_level: str, verbose: int) -> None:
+        if count < 1:
+            raise ValueError(f"front ends: count must be >= 1, got {count}")
+        self.app = app
+        self.listening = listening
+        self.count = count
+        self.max_body_bytes = max_body_bytes
+        self.log_level = log_level
+        self.verbose = verbose
+        self.env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TOKEN_FILE_ENV)}
+        if token:
+            self.env[TOKEN_ENV] = token  # the environment, not argv: ps shows argv to everyone
+        self.metrics = app.state.scheduler.metrics
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        """Front end index -> its running process."""
+        self._stopping = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep ``count`` front ends running until ``stop`` is set; then stop them all and return.
+
+        Raises FrontEndError if one cannot be started (the others are stopped first)."""
+        slots = [asyncio.create_task(self._slot(index)) for index in range(self.count)]
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([*slots, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._stopping.set()
+            stopping.cancel()
+            for process in list(self.processes.values()):
+                _terminate(process)
+            _, late = await asyncio.wait(slots, timeout=STOP_GRACE_SECONDS)
+            for process in list(self.processes.values()):
+                _terminate(process, kill=True)
+            if late:
+                await asyncio.wait(late)
+        for slot in slots:
+            if slot.exception() is not None:
+                raise slot.exception()
+
+    async def _slot(self, index: int) -> None:
+        backoff = RESTART_BACKOFF_SECONDS[0]
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            ours, theirs = socket.socketpair()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "scheduler.front_end", "--listen-fd", str(self.listening.fileno()),
+                    "--link-fd", str(theirs.fileno()), "--index", str(index),
+                    "--max-body-bytes", str(self.max_body_bytes), "--log-level", self.log_level,
+                    "--verbose", str(self.verbose),
+                    pass_fds=(self.listening.fileno(), theirs.fileno()), env=self.env, stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                ours.close()
+                raise FrontEndError(f"cannot start front end {index}: {exc}") from exc
+            finally:
+                theirs.close()
+            link = asyncio.create_task(serve_link(self.app, ours))
+            started = loop.time()
+            self._running(index, process)
+            try:
+                code = await process.wait()
+            finally:
+                self._running(index, None)
+                link.cancel()
+            if self._stopping.is_set():
+                return
+            if loop.time() - started >= STABLE_SECONDS:
+                backoff = RESTART_BACKOFF_SECONDS[0]
+            log.warning("front end %d (pid %d) exited (%s); starting another in %.1f s", index, process.pid,
+                        _exit_text(code), backoff)
+            self.metrics.front_end_restarts_total.inc()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, RESTART_BACKOFF_SECONDS[1])
+
+    def _running(self, index: int, process: asyncio.subprocess.Process | None) -> None:
+        if process is None:
+            self.processes.pop(index, None)
+        else:
+            self.processes[index] = process
+        self.metrics.front_ends.set(len(self.processes))
+
+
+def _terminate(process: asyncio.subprocess.Process, kill: bool = False) -> None:
+    if process.returncode is None:
+        try:
+            process.kill() if kill else process.terminate()
+        except ProcessLookupError:
+            pass
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+# --------------------------------------------------------------------------- the deciding process
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The scheduler's listening socket (the front ends accept on it). Raises OSError (e.g. the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=4096)
+
+
+def serve(app: FastAPI, listening: socket.socket, count: int, *, token: str | None, max_body_bytes: int,
+          log_level: str, verbose: int) -> int:
+    """Run the deciding process: the app's lifespan, ``count`` front ends, until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with app.router.lifespan_context(app):
+            await FrontEnds(app, listening, count, token=token, max_body_bytes=max_body_bytes,
+                            log_level=log_level, verbose=verbose).run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        listening.close()
+    return 0

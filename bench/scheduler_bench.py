@@ -275,6 +275,40 @@ def runqueue_wait_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def front_end_pids(pid: int) -> list[int]:
+    """The HTTP front ends (``--front-ends N``) that scheduler ``pid`` runs now; none without."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if b"scheduler.front_end" in f.read():  # not the intake's decoding processes
+                        found.append(child)
+            except OSError:
+                continue  # exited meanwhile
+    return found
+
+
+def front_end_cpu_seconds(pid: int) -> float:
+    """CPU seconds of scheduler ``pid``'s front ends so far (0 without)."""
+    total = 0.0
+    for child in front_end_pids(pid):
+        try:
+            total += process_cpu_seconds(child)
+        except OSError:
+            continue
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -708,6 +742,10 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
     workers: list[tuple[multiprocessing.Process, object]] = []
     try:
         scheduler.wait_ready()
+        if load_cpus and hasattr(os, "sched_setaffinity"):
+            # Front ends inherit the scheduler's CPU (taskset); the deciding process is what is measured.
+            for child in front_end_pids(scheduler.pid):
+                os.sched_setaffinity(child, load_cpus)
         seeds = FakeSeeds(scheduler.url, options)
         await seeds.register()
         context = multiprocessing.get_context("spawn")
@@ -725,6 +763,7 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
             workers.append((process, parent_end))
         create_started = time.monotonic()
         before = ProcessSample.of(scheduler.pid)
+        front_ends_before = front_end_cpu_seconds(scheduler.pid)
         decisions_before = _decision_cpu(scheduler)
         created = sum([await _expect(conn, process, "ready", options.setup_stall_seconds)
                        for process, conn in workers])
@@ -738,6 +777,7 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
                    for process, conn in workers]
         run_seconds = time.monotonic() - started
         end = ProcessSample.of(scheduler.pid)
+        front_ends_end = front_end_cpu_seconds(scheduler.pid)
         decisions_end = _decision_cpu(scheduler)
         total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
         errors: Counter[str] = Counter()
@@ -758,6 +798,9 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
             "scheduler_cpu_seconds_run": run_cpu,
             "scheduler_cpu_seconds": create_cpu + run_cpu,
             "scheduler_cpu_ms_per_member": 1000 * (create_cpu + run_cpu) / max(members, 1),
+            # With --scheduler-arg=--front-ends=N the scheduler's process above only decides; its HTTP
+            # runs in the front ends (these, all N together).
+            "front_end_cpu_seconds": front_ends_end - front_ends_before,
             # The scheduler's own account of its decisions' CPU (rfork_scheduler_decision_cpu_seconds_total),
             # by call; the process's CPU beyond them is the HTTP protocol around them.
             "decision_cpu_seconds_create": _delta(decisions_after_create, decisions_before),
@@ -799,7 +842,8 @@ def print_scale_out(s: dict) -> None:
           f"{s['scheduler_cpu_seconds']:.2f} s ({s['scheduler_cpu_seconds_create']:.2f} s creating the jobs, "
           f"{s['scheduler_cpu_seconds_run']:.2f} s answering {s['work_calls']} /work calls = "
           f"{s['work_calls_per_member']:.1f} per member), {s['scheduler_cpu_ms_per_member']:.2f} ms per member "
-          f"(decisions {s['decision_cpu_ms_per_member']:.2f}); "
+          f"(decisions {s['decision_cpu_ms_per_member']:.2f})"
+          + (f", front ends {s['front_end_cpu_seconds']:.2f} s" if s.get("front_end_cpu_seconds") else "") + "; "
           f"{s['streams']} streams, {s['assignments']} assignments; /work p50 {_ms(s['work_latency']['p50_seconds'])} "
           f"ms p99 {_ms(s['work_latency']['p99_seconds'])} ms; wall {s['create_seconds']:.1f} + "
           f"{s['run_seconds']:.1f} s; seeds dropped {s['seeds_dropped']}"

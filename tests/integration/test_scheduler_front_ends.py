@@ -179,3 +179,17 @@ def test_streaming_scale_out_through_front_ends_verifies_every_client(tmp_path):
     assert [c["verified"] for c in clients] == [True] * 4, [c["mismatched_tensors"] for c in clients]
     assert result["streams"]["started"] >= 4 and result["streams"]["failed"] == 0, result["streams"]
     assert all(c["withdraw_confirmed"] for c in clients), clients
+
+
+def test_the_front_link_bench_measures_each_level_and_refuses_bad_flags():
+    done = subprocess.run([sys.executable, "-m", "bench.front_link", "--in-flight", "1,8", "--requests", "40"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(" in flight:")[0].strip() for line in lines] == ["1", "8"], done.stdout
+    assert all("us of the deciding process's CPU per request" in line for line in lines)
+    for argv, needle in ((["--in-flight", "many"], "--in-flight must be integers"),
+                         (["--in-flight", "0"], "must be >= 1")):
+        bad = subprocess.run([sys.executable, "-m", "bench.front_link", *argv], capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -127,6 +127,11 @@ FLEET = Dashboard(
               (t(f"sum by (call) (rate(rfork_scheduler_decision_cpu_seconds_total[{RATE}]))", "{{call}}"),),
               description="The scheduler's decisions are one process's work: near 1 core, forks wait for it. "
                           "Its process CPU beyond these is the HTTP protocol (bench/scheduler_bench.py)."),
+        Panel("Scheduler HTTP front ends (--front-ends N)",
+              (t("rfork_scheduler_front_ends_running", "running"),
+               t(f"increase(rfork_scheduler_front_end_restarts_total[{RATE}])", "restarted")),
+              description="0 running: the scheduler serves HTTP itself (the default). Restarts: front ends that "
+                          "exited and were started again (alert RforkSchedulerFrontEndRestarting)."),
         Panel("Scheduler API requests, by status",
               (t(f"sum by (status) (rate(rfork_scheduler_api_request_duration_seconds_count[{RATE}]))", "{{status}}"),),
               unit="reqps"),

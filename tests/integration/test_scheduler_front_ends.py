@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bench.scheduler_bench import front_end_pids
+from tests.integration.scheduler_fakes import IDENTITY, registration
 from testbed.fleet import Fleet, FleetSpec, free_port, wait_http_ready
 from testbed.scale_out import ScaleOutOptions, run_scale_out
 
@@ -107,6 +108,26 @@ def test_front_ends_answer_every_request_as_the_scheduler_itself_does(tmp_path):
     finally:
         _stop(plain)
         _stop(fronted)
+
+
+def test_a_moe_sized_manifest_goes_through_the_front_ends(tmp_path):
+    # ~3 MB of JSON: the scheduler process decodes it in its worker processes, as without front ends.
+    manifest = {f"model.layers.{i // 256}.mlp.experts.{i % 256}.w{i % 3}": [(i + 1) << 21, 1 << 20, 2]
+                for i in range(40_000)}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    process, url = _start(tmp_path, "--front-ends", "2")
+    try:
+        registered = httpx.put(f"{url}/v1/seeds/big-seed", json=registration(manifest=manifest), headers=auth,
+                               timeout=60)
+        assert registered.status_code == 200, registered.text
+        job = httpx.post(f"{url}/v1/jobs", json={"identity": IDENTITY, "rank": 0, "manifest": manifest,
+                                                 "chunk_size_bytes": 64 << 20}, headers=auth, timeout=60)
+        assert job.status_code == 201, job.text
+        assert job.json()["seed_ids"] == ["big-seed"] and job.json()["total_bytes"] == 40_000 * (1 << 20) * 2
+        work = httpx.post(f"{url}/v1/jobs/{job.json()['job_id']}/work", json={"max_assignments": 4}, headers=auth)
+        assert work.status_code == 200 and work.json()["assignments"], work.text
+    finally:
+        _stop(process)
 
 
 def test_a_killed_front_end_is_replaced_and_a_killed_scheduler_leaves_none_behind(tmp_path):

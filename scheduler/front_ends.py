@@ -19,6 +19,7 @@ exits: Ctrl-C or a killed scheduler leaves no front end behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -119,8 +120,6 @@ async def _run_app(app: FastAPI, request: ForwardedRequest) -> ForwardedResponse
 
 
 def _json(payload: dict) -> bytes:
-    import json
-
     return json.dumps(payload).encode()
 
 

@@ -1,5 +1,5 @@
 """Helpers for the scheduler API tests: an in-process app called over httpx's ASGI transport,
-a fake clock, a seed registration body."""
+a fake clock, a seed registration body, whether a process still runs."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ def call(app, method: str, path: str, **kwargs) -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url="http://scheduler") as client:
             return await client.request(method, path, **kwargs)
     return asyncio.run(go())
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

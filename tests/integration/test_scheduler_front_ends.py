@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bench.scheduler_bench import front_end_pids
-from tests.integration.scheduler_fakes import IDENTITY, registration
+from tests.integration.scheduler_fakes import IDENTITY, process_alive, registration
 from testbed.fleet import Fleet, FleetSpec, free_port, wait_http_ready
 from testbed.scale_out import ScaleOutOptions, run_scale_out
 
@@ -53,14 +53,6 @@ def _wait_for(condition, timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.1)
     return condition()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _metric(url: str, name: str) -> float:
@@ -144,7 +136,7 @@ def test_a_killed_front_end_is_replaced_and_a_killed_scheduler_leaves_none_behin
         front_ends = front_end_pids(process.pid)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        assert _wait_for(lambda: not any(_alive(pid) for pid in front_ends)), "front ends outlived the scheduler"
+        assert _wait_for(lambda: not any(process_alive(pid) for pid in front_ends)), "front ends outlived the scheduler"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/health", timeout=2)
     finally:
@@ -158,7 +150,7 @@ def test_ctrl_c_stops_the_scheduler_and_its_front_ends_cleanly(tmp_path):
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     try:
         assert process.wait(timeout=20) == 0
-        assert _wait_for(lambda: not any(_alive(pid) for pid in front_ends))
+        assert _wait_for(lambda: not any(process_alive(pid) for pid in front_ends))
         log = (tmp_path / f"scheduler-{url.rsplit(':', 1)[1]}.log").read_text()
         assert "Traceback" not in log, log
     finally:

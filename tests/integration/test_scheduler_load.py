@@ -14,6 +14,7 @@ import time
 import pytest
 
 from bench.scheduler_load import SchedulerProcess, measure
+from tests.integration.scheduler_fakes import process_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -46,14 +47,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_the_decoding_processes_leave_with_the_scheduler(tmp_path, sig):
@@ -70,7 +63,7 @@ def test_the_decoding_processes_leave_with_the_scheduler(tmp_path, sig):
                 os.kill(worker, signal.SIGINT)
         scheduler.process.wait(timeout=30)
         deadline = time.monotonic() + 30
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(process_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(w) for w in workers), f"left behind: {workers}"
+        assert not any(process_alive(w) for w in workers), f"left behind: {workers}"
     assert "Traceback" not in log_path.read_text()

@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
 
     from scheduler.fleet import AdmissionConfig
     from scheduler.planner import PlannerConfig
-    from scheduler.service import SchedulerConfig, create_app
+    from scheduler.service import SchedulerConfig, create_app, tune_gc
 
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
@@ -128,7 +128,9 @@ def main(args: argparse.Namespace) -> int:
         "scheduler on http://%s:%d (heartbeat timeout %g s, client timeout %g s, auth %s)", args.host, args.port,
         args.heartbeat_timeout, args.client_timeout, "on" if token else "off")
     if not args.front_ends:
-        uvicorn.run(create_app(config), host=args.host, port=args.port, **uvicorn_options())
+        app = create_app(config)
+        tune_gc()
+        uvicorn.run(app, host=args.host, port=args.port, **uvicorn_options())
         return 0
 
     from scheduler import front_ends
@@ -140,8 +142,10 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     logging.getLogger("rfork.scheduler").info("serving HTTP from %d front-end processes", args.front_ends)
+    app = create_app(config)
+    tune_gc()
     try:
-        return front_ends.serve(create_app(config), listening, args.front_ends, token=token, max_body_bytes=max_body,
+        return front_ends.serve(app, listening, args.front_ends, token=token, max_body_bytes=max_body,
                                 log_level=args.log_level, verbose=args.verbose)
     except front_ends.FrontEndError as exc:
         print(f"rfork scheduler: error: {exc}", file=sys.stderr)

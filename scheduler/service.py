@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import math
 import threading
@@ -51,6 +52,15 @@ log = logging.getLogger("rfork.scheduler")
 SILENT_JOB_DECISION_SECONDS = 5.0
 """The reaper decides for a running job whose client has not asked this long, at most this often
 (half the planner's default ``no_seed_grace_seconds``: a silent job still fails in time)."""
+
+GC_THRESHOLDS = (20_000, 20, 10)
+"""The serving scheduler's garbage-collector thresholds (Python's default: 700, 10, 10). Its heap holds
+every job's chunk state (a 1024-member scale-out: millions of objects) and its decisions allocate
+fast, so by default young collections ran every few requests and a full one scanned the whole heap.
+In-process, a 1024-member scale-out's /work calls (one 2-core machine, 2 runs each): 205 young, 19
+middle and one full collection, 0.22-0.58 s in all, the full one a 0.15-0.39 s stall of every request;
+with ``tune_gc`` 7 young ones, 0.05-0.10 s, 7-14 ms each on average (50,000: 3 of 35-50 ms). Garbage
+cycles are rare here; they wait a little longer to be freed."""
 
 PLAN_CACHE_SIZE = 64
 """Chunk plans kept (groups: model identity, rank, manifest, chunk size). A TP8 model is 8 groups; a
@@ -757,6 +767,14 @@ def _wire_stream(a) -> wire.StreamAssignment:
 
 def _wire_progress(job: Job) -> wire.Progress:
     return wire.Progress(**job.progress())
+
+
+def tune_gc() -> None:
+    """For a serving scheduler process, once its app is built: what start-up allocated (imports, the
+    app) lives as long as the process, so collections never scan it again (``gc.freeze``), and
+    ``GC_THRESHOLDS``."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorRegistry | None = None,

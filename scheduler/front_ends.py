@@ -211,7 +211,10 @@ class FrontEnds:
                     "--link-fd", str(theirs.fileno()), "--index", str(index),
                     "--max-body-bytes", str(self.max_body_bytes), "--log-level", self.log_level,
                     "--verbose", str(self.verbose),
-                    pass_fds=(self.listening.fileno(), theirs.fileno()), env=self.env, stdin=subprocess.DEVNULL)
+                    pass_fds=(self.listening.fileno(), theirs.fileno()), env=self.env, stdin=subprocess.DEVNULL,
+                    # Out of the terminal's process group: a Ctrl-C reaches this process, which stops them
+                    # (SIGTERM). Caught mid-start-up by the terminal's SIGINT, one printed a traceback.
+                    start_new_session=True)
             except OSError as exc:
                 ours.close()
                 raise FrontEndError(f"cannot start front end {index}: {exc}") from exc

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -126,6 +127,10 @@ def main(config: dict) -> dict:
 
 
 if __name__ == "__main__":
+    # SIGINT raises KeyboardInterrupt, as in an SGLang started from a terminal, even when the suite
+    # runs where SIGINT is ignored (a background job of a non-interactive shell, nohup): Python keeps
+    # an inherited SIG_IGN, and test_plugin_interrupt's Ctrl-C would then be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = main(json.loads(sys.argv[1]))
     except Exception:  # noqa: BLE001 - the test prints this

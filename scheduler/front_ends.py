@@ -8,9 +8,8 @@ A 1024-instance scale-out is ~5,000 requests in a few seconds: served by one
 process, parsing them costs more CPU than deciding them (docs/benchmarks.md).
 
 Here the deciding process answers each request on the app it would serve
-itself: ``/work`` straight from the route's own ``serve_work``, with the app's
-own body check and error handlers, the rest by running the whole app
-in-process. So every route, error and metric is the same whichever
+itself: ``/work`` by its route's own endpoint, with the app's own error
+handlers, the rest by running the whole app in-process. So every route, error and metric is the same whichever
 way the scheduler runs. A front end that exits on its own is started again
 (backoff 0.5 s doubling to 10 s); one that loses its socket to this process
 exits: Ctrl-C or a killed scheduler leaves no front end behind.
@@ -32,8 +31,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from rfork_api.auth import TOKEN_ENV, TOKEN_FILE_ENV
-from rfork_api.http import error_body, validated_body
-from scheduler.api_models import WorkRequest
+from rfork_api.http import error_body
 from scheduler.front_protocol import WORK_PATH, ForwardedRequest, ForwardedResponse, FrameWriter, read_message
 
 log = logging.getLogger("rfork.scheduler")
@@ -61,12 +59,18 @@ async def answer(app: FastAPI, request: ForwardedRequest) -> ForwardedResponse:
 
 
 async def _work(app: FastAPI, forwarded: ForwardedRequest, job_id: str) -> ForwardedResponse:
-    """``/work`` as its route serves it (``work_plain``), without the app's routing and middleware: the
-    front end checked the token and the body's size already."""
+    """``/work`` by its route's own endpoint (``work_plain``), without the app's routing and middleware:
+    the front end checked the token and the body's size already."""
     started = time.perf_counter()
-    request = Request(forwarded.scope())
+    scope = forwarded.scope()
+    scope["path_params"] = {"job_id": job_id}
+
+    async def receive():
+        return {"type": "http.request", "body": forwarded.body, "more_body": False}
+
+    request = Request(scope, receive)
     try:
-        response = await app.state.serve_work(job_id, validated_body(WorkRequest, request, forwarded.body))
+        response = await app.state.work_plain(request)
     except Exception as exc:
         handler = _handler_for(app, exc)
         if handler is None:
@@ -112,15 +116,14 @@ async def _run_app(app: FastAPI, request: ForwardedRequest) -> ForwardedResponse
         # for the server to log, as uvicorn would.
         log.exception("%s %s failed", request.method, request.path)
         if not started:
-            payload = error_body("internal_error", f"the scheduler failed serving {request.method} {request.path}; "
-                                 "this is a bug: the scheduler's log has the traceback")
-            return ForwardedResponse(request.request_id, 500, [(b"content-type", b"application/json")],
-                                     _json(payload))
+            return _internal_error(request.request_id, f"{request.method} {request.path}")
     return ForwardedResponse(request.request_id, status, headers, bytes(body))
 
 
-def _json(payload: dict) -> bytes:
-    return json.dumps(payload).encode()
+def _internal_error(request_id: int, what: str) -> ForwardedResponse:
+    payload = error_body("internal_error",
+                         f"the scheduler failed serving {what}; this is a bug: the scheduler's log has the traceback")
+    return ForwardedResponse(request_id, 500, [(b"content-type", b"application/json")], json.dumps(payload).encode())
 
 
 async def serve_link(app: FastAPI, sock: socket.socket) -> None:
@@ -134,10 +137,8 @@ async def serve_link(app: FastAPI, sock: socket.socket) -> None:
         try:
             reply = await answer(app, message)
         except Exception:
-            log.exception("answering a front end's %s failed", type(message).__name__)
-            reply = ForwardedResponse(message.request_id, 500, [(b"content-type", b"application/json")],
-                                      _json(error_body("internal_error", "the scheduler failed serving this request; "
-                                                       "this is a bug: the scheduler's log has the traceback")))
+            log.exception("answering a front end's %s %s failed", message.method, message.path)
+            reply = _internal_error(message.request_id, f"{message.method} {message.path}")
         writer.send(reply)
 
     try:

@@ -929,7 +929,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                                 validated_body(wire.WorkRequest, request, await request.body()))
 
     add_plain_route(app, "/v1/jobs/{job_id}/work", work_plain, methods=["POST"])
-    app.state.serve_work = serve_work  # front ends pass /work bodies validated (scheduler/front_ends.py)
+    app.state.work_plain = work_plain  # the deciding process behind front ends serves /work by it (scheduler/front_ends.py)
 
     @app.post("/v1/jobs/{job_id}/withdraw", response_model=wire.WithdrawReply)
     async def withdraw(job_id: str):

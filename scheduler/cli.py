@@ -127,9 +127,9 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("rfork.scheduler").info(
         "scheduler on http://%s:%d (heartbeat timeout %g s, client timeout %g s, auth %s)", args.host, args.port,
         args.heartbeat_timeout, args.client_timeout, "on" if token else "off")
+    app = create_app(config)
+    tune_gc()
     if not args.front_ends:
-        app = create_app(config)
-        tune_gc()
         uvicorn.run(app, host=args.host, port=args.port, **uvicorn_options())
         return 0
 
@@ -142,8 +142,6 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     logging.getLogger("rfork.scheduler").info("serving HTTP from %d front-end processes", args.front_ends)
-    app = create_app(config)
-    tune_gc()
     try:
         return front_ends.serve(app, listening, args.front_ends, token=token, max_body_bytes=max_body,
                                 log_level=args.log_level, verbose=args.verbose)

@@ -46,10 +46,15 @@ def test_seed_killed_mid_fork_is_retried_elsewhere_and_verified(tmp_path):
         seeds=3, model=None, size_bytes=48 * MiB, chunk_size=2 * MiB, seed_rates=(3.5e6,),
         kill_seed_at=0.3, kill_seed_index=1, progress=False, log_dir=str(tmp_path),
     ))
-    assert result["verified"]
+    rank = result["ranks"][0]
+    # What a failure here needs to be told apart (a lost byte, a kill that missed, a job that never
+    # heard of the death): the rank's record and the seeds', and the logs under tmp_path.
+    record = {k: rank.get(k) for k in ("mismatched_tensors", "failed_seeds", "retried_chunks", "bytes_by_seed",
+                                       "kill_at_bytes")}
+    assert result["verified"], (record, tmp_path)
     killed = [s for s in result["seeds"] if s["killed"]]
-    assert [s["id"] for s in killed] == ["seed-1"]
-    assert result["ranks"][0]["failed_seeds"].get("seed-1"), result["ranks"][0]["failed_seeds"]
+    assert [s["id"] for s in killed] == ["seed-1"], (result["seeds"], record)
+    assert rank["failed_seeds"].get("seed-1"), (record, tmp_path)
 
 
 def test_two_ranks_fork_independently(tmp_path):

@@ -364,7 +364,7 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
 
     parser = argparse.ArgumentParser(description="old (aimd) vs new (ab) law on the QoS plant")
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--plants", default=",".join(PLANTS))
+    parser.add_argument("--plants", default=",".join(PLANTS), help="comma-separated, or all (the 11 plants)")
     parser.add_argument("--laws", default="aimd,ab")
     parser.add_argument("--fast-raise", type=float, default=None,
                         help="the A/B law's ab_fast_raise_factor (1.25: its raises before the fast climb)")
@@ -377,20 +377,27 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                         help="seconds the agent watched the seed without a transfer before each run (default 0)")
     parser.add_argument("--tuning", action="append", default=[], metavar="FIELD=VALUE",
                         help="a ControllerConfig field for the A/B law (repeatable)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="draws are RNG seeds first-seed .. first-seed + runs - 1 (default 0)")
     args = parser.parse_args()
+    every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
+             BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
+    names = list(every) if args.plants == "all" else args.plants.split(",")
     for law in args.laws.split(","):
         extra = {"ab_fast_raise_factor": args.fast_raise} if law == "ab" and args.fast_raise is not None else {}
         if law == "ab":
             extra.update({k: float(v) for k, v in (t.split("=", 1) for t in args.tuning)})
         cfg = ControllerConfig(cap_bytes_per_second=CAP, law=law, **extra)
-        for name in args.plants.split(","):
-            plant = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
-                     BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}[name]
+        totals = [0, 0, 0, 0]
+        for name in names:
+            plant = every[name]
             if args.seconds is not None:
                 plant = replace(plant, seconds=args.seconds)
             if args.warmup is not None:
                 plant = replace(plant, warmup_seconds=args.warmup)
-            results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes) for seed in range(args.runs)]
+            seeds = range(args.first_seed, args.first_seed + args.runs)
+            results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes)
+                       for seed in seeds]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]
             ratio = [r.throughput_ratio for r in results]
@@ -403,6 +410,10 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                   f"max {max(rratio):.2f} | expected share max {max(shares):.2f} | x expected oracle min "
                   f"{min(ratio):.2f} med {statistics.median(ratio):.2f} | within budget {within}, >= 0.8x {fast}, "
                   f"both goals {ok}/{len(results)}")
+            for i, n in enumerate((within, fast, ok, len(results))):
+                totals[i] += n
+        print(f"{law:5s} all {len(names)} plants: within budget {totals[0]}, >= 0.8x {totals[1]}, "
+              f"both goals {totals[2]}/{totals[3]}")
 
 
 if __name__ == "__main__":  # pragma: no cover

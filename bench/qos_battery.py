@@ -14,7 +14,13 @@ its next run before ``--deadline-seconds`` skips it (its JSON says so); past the
 deadline plus a grace period a plant is stopped (SIGTERM: its fleet shuts down)
 and its JSON keeps what it had.
 
-Writes (at most 8 files, flat, for a device call that returns only a few):
+``--compare FIELD=VALUE,...`` runs every plant twice side by side, on CPUs of their own: as the
+agents default to, and as ``<plant>-b`` with ``--throttle-tuning FIELD=VALUE,...`` (two laws on one
+host at one time: batteries on different hosts have differed more than the laws did), and prints
+each goal's medians and runs met for both.
+
+Writes (at most 8 files, flat, for a device call that returns only a few; with ``--compare``, two
+JSON files a plant):
 ``qos-<plant>.json`` per plant (bench/qos_bench.py's result: ``runs[]``,
 ``summary``, ``oracle``), ``qos-battery.json`` (every plant's summary and
 progress lines, and the tail of the logs of a plant that failed), ``qos-battery.png`` (min/median/max of
@@ -50,14 +56,17 @@ class BatteryError(ValueError):
     """A flag the battery cannot run with; the message is the one line to print."""
 
 
-def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int, gpu_plant: str | None = None
-                 ) -> tuple[dict[str, list[int]], list[str]]:
-    """CPUs for every plant: disjoint slices of ``cores_per_plant`` for the CPU plants, the rest for the GPU plant.
+def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int,
+                 gpu_plant: str | list[str] | None = None) -> tuple[dict[str, list[int]], list[str]]:
+    """CPUs for every plant: disjoint slices of ``cores_per_plant`` for the CPU plants, the rest for the GPU
+    plant (split evenly between them where two arms of it run: ``--compare``).
 
     Too few CPUs: slices wrap around (plants then share CPUs) and a warning says so.
 
         >>> assign_cores(list(range(16)), ["steady", "bursty"], 3, "gpu-decode")[0]
         {'steady': [0, 1, 2], 'bursty': [3, 4, 5], 'gpu-decode': [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]}
+        >>> assign_cores(list(range(16)), ["steady", "steady-b"], 3, ["gpu-decode", "gpu-decode-b"])[0]["gpu-decode-b"]
+        [11, 12, 13, 14, 15]
         >>> cores, warnings = assign_cores([0, 1], ["steady", "bursty"], 2); cores
         {'steady': [0, 1], 'bursty': [0, 1]}
     """
@@ -71,12 +80,17 @@ def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int, gpu_p
                         f"{len(cpus)}: plants share CPUs, so their latencies disturb each other")
     for i, name in enumerate(plants):
         out[name] = [cpus[(i * cores_per_plant + j) % len(cpus)] for j in range(cores_per_plant)]
-    if gpu_plant is not None:
+    gpu_plants = [gpu_plant] if isinstance(gpu_plant, str) else list(gpu_plant or [])
+    if gpu_plants:
         left = cpus[need:] if need < len(cpus) else []
-        if len(left) < 2:
+        if len(left) < 2 * len(gpu_plants):
             warnings.append(f"the GPU plant has {len(left)} CPUs of its own; it shares the last plant's")
             left = sorted(set(left) | set(out[plants[-1]] if plants else cpus))
-        out[gpu_plant] = left
+        share = max(len(left) // len(gpu_plants), 1)
+        for i, name in enumerate(gpu_plants):
+            last = i == len(gpu_plants) - 1
+            out[name] = left[i * share:] if last else left[i * share:(i + 1) * share]
+            out[name] = out[name] or left
     return out, warnings
 
 
@@ -105,6 +119,36 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
             verdict = {True: "PASS", False: "MISS", None: "n/a"}[s["every_run"]]
             rows.append(f"{name:12} {goal:28} {fmt(s['min']):>8} {fmt(s['median']):>8} {fmt(s['max']):>8} "
                         f"{s['met_runs']}/{s['judged_runs']:<3} {s['target']}  {verdict}")
+    return rows
+
+
+def compare_table(plants: dict[str, dict]) -> list[str]:
+    """``--compare``: per plant run in both arms and goal, the median and the runs met of arm a and arm b.
+
+        >>> entry = lambda median, met: {"summary": {"throttled_vs_oracle": {
+        ...     "median": median, "met_runs": met, "judged_runs": 5}}}
+        >>> rows = compare_table({"steady": entry(0.6, 1), "steady-b": entry(0.9, 4)})
+        >>> rows[1].split()
+        ['steady', 'throttled_vs_oracle', '0.6', '1/5', '0.9', '4/5']
+    """
+    rows = [f"{'plant':12} {'goal':28} {'a median':>9} {'a met':>6} {'b median':>9} {'b met':>6}"]
+    for name, a in plants.items():
+        b = plants.get(f"{name}-b")
+        if name.endswith("-b") or b is None:
+            continue
+        for goal in GOALS + ("throttled_ttft_share_above_slo",):
+            sa, sb = ((p.get("summary") or {}).get(goal) for p in (a, b))
+            if not sa and not sb or goal == "throttled_ttft_share_above_slo" and not (
+                    (sa or {}).get("judged_runs") or (sb or {}).get("judged_runs")):
+                continue
+
+            def cells(s):
+                if not s:
+                    return "n/a", "n/a"
+                median = "n/a" if s.get("median") is None else f"{s['median']:.3g}"
+                return median, f"{s['met_runs']}/{s['judged_runs']}"
+            (ma, na), (mb, nb) = cells(sa), cells(sb)
+            rows.append(f"{name:12} {goal:28} {ma:>9} {na:>6} {mb:>9} {nb:>6}")
     return rows
 
 
@@ -145,6 +189,14 @@ def run_battery(args: argparse.Namespace) -> int:
         print(f"bench.qos_battery: error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
         return 2
     gpu = "gpu-decode" if args.gpu else None
+    compare = getattr(args, "compare", None)
+    if compare is not None:
+        reason = tuning_error(compare) or (
+            "--compare sets the b arm's --throttle-tuning; do not also pass --throttle-tuning after --"
+            if "--throttle-tuning" in args.bench_args else None)
+        if reason:
+            print(f"bench.qos_battery: error: --compare: {reason}", file=sys.stderr)
+            return 2
     if args.estimate:
         try:
             print("\n".join(estimate(args, plants + ([gpu] if gpu else []))))
@@ -160,8 +212,12 @@ def run_battery(args: argparse.Namespace) -> int:
             print(f"bench.qos_battery: error: --gpu: {exc}", file=sys.stderr)
             return 2
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    # Each arm: (its name, the plant it runs, the b arm's tuning or None).
+    arms = [(name, name, None) for name in plants] + ([(f"{n}-b", n, compare) for n in plants] if compare else [])
+    gpu_arms = ([(gpu, gpu, None)] + ([(f"{gpu}-b", gpu, compare)] if compare else [])) if gpu else []
     try:
-        cores, warnings = assign_cores(cpus, plants, args.cores_per_plant, gpu)
+        cores, warnings = assign_cores(cpus, [a[0] for a in arms], args.cores_per_plant,
+                                       [a[0] for a in gpu_arms] or None)
     except BatteryError as exc:
         print(f"bench.qos_battery: error: {exc}", file=sys.stderr)
         return 2
@@ -182,12 +238,17 @@ def run_battery(args: argparse.Namespace) -> int:
     children: dict[str, subprocess.Popen] = {}
     output: dict[str, list[str]] = {}
     relays = []
-    every = list(plants) + ([gpu] if gpu else [])
-    for i, name in enumerate(every):
+    if compare and gpu:
+        warnings.append("both arms of gpu-decode decode on the one GPU: each sees the other's load")
+    every = [a[0] for a in arms + gpu_arms]
+    for i, (name, plant, tuning) in enumerate(arms + gpu_arms):
         cmd = [sys.executable, "-m", "bench.qos_bench", "--json", str(out / f"qos-{name}.json"),
                "--cpus", ",".join(map(str, cores[name])), *port_argv(args, i),
                "--log-dir", str(logs / name), "--tag-lines", "--deadline-seconds",
-               str(max(args.deadline_seconds - 5.0, 1.0)), *plant_argv(name, args)]
+               str(max(args.deadline_seconds - 5.0, 1.0)), *plant_argv(plant, args),
+               *(["--throttle-tuning", tuning] if tuning else [])]
+        if tuning:
+            cmd += ["--tag", name]
         print(f"battery: {name} on CPUs {cores[name]}: {' '.join(cmd[1:])}", flush=True)
         # Its own session: a Ctrl-C here reaches it once, through us, and it stops its own fleet.
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -229,7 +290,7 @@ def run_battery(args: argparse.Namespace) -> int:
     summary = {"plants": {}, "battery": {
         "plants": every, "runs": args.runs, "quick": args.quick, "cores": cores, "warnings": warnings,
         "wall_seconds": time.monotonic() - started, "deadline_seconds": args.deadline_seconds,
-        "cpu_count": len(cpus), "interrupted": interrupted}}
+        "cpu_count": len(cpus), "interrupted": interrupted, "compare": compare}}
     for name in every:
         path = out / f"qos-{name}.json"
         code = children[name].returncode
@@ -251,6 +312,8 @@ def run_battery(args: argparse.Namespace) -> int:
             entry["log_tails"] = _log_tails(logs / name)
         summary["plants"][name] = entry
     summary["table"] = goal_table(summary["plants"])
+    if compare:
+        summary["compare_table"] = compare_table(summary["plants"])
     (out / "qos-battery.json").write_text(json.dumps(summary, indent=1, default=str))
     try:
         plot_goals(summary, str(out / "qos-battery.png"))
@@ -260,6 +323,9 @@ def run_battery(args: argparse.Namespace) -> int:
     print(f"\n== qos battery: {len(every)} plants x {args.runs} runs in {time.monotonic() - started:.0f} s "
           f"(results in {out}) ==")
     print("\n".join(summary["table"]))
+    if compare:
+        print(f"\n== a: as the agents default; b: --throttle-tuning {compare} ==")
+        print("\n".join(summary["compare_table"]))
     every_met = all(e.get("every_run_met_every_goal") for e in summary["plants"].values())
     print("every goal in every run of every plant: " + ("MET" if every_met else "NOT MET"))
     return 130 if interrupted else (0 if every_met else 1)
@@ -368,10 +434,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-base", type=int, default=None,
                    help="plant i's scheduler and agents listen from this port + 100 i (default: free ports)")
     p.add_argument("--quick", action="store_true", help="every plant with --quick: mechanics, not goals")
+    p.add_argument("--compare", default=None, metavar="FIELD=VALUE,...",
+                   help="also run every plant as <plant>-b with the agents' --throttle-tuning FIELD=VALUE,..., "
+                        "side by side on CPUs of its own: two laws on one host at one time")
     p.add_argument("--estimate", action="store_true",
                    help="print how long each plant would take with these flags (and how many runs fit the "
                         "deadline), start nothing")
     return p
+
+
+def tuning_error(tuning: str) -> str | None:
+    """Why the agents would refuse ``--throttle-tuning tuning`` (None: they take it), said before any fleet starts.
+
+        >>> tuning_error("plan_seconds=30"), tuning_error("plan_seconds=-1") is not None
+        (None, True)
+        >>> tuning_error("no_such_field=1").split(":")[0]
+        '--throttle-tuning'
+    """
+    from rfork_agent.agent_cli import _BadFlag, throttle_tuning
+
+    if not tuning.strip():
+        return "give FIELD=VALUE,... (the control law's fields, as rfork agent --throttle-tuning takes them)"
+    try:
+        throttle_tuning(argparse.Namespace(throttle_tuning=tuning), rate_cap=100e6)
+    except _BadFlag as exc:
+        return str(exc)
+    return None
 
 
 def port_argv(args: argparse.Namespace, index: int) -> list[str]:
@@ -426,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.deadline_seconds > 0 and math.isfinite(args.deadline_seconds)):
         print(f"bench.qos_battery: error: --deadline-seconds must be > 0, got {args.deadline_seconds}", file=sys.stderr)
         return 2
-    if args.port_base is not None and not 1024 <= args.port_base <= 65535 - PORTS_PER_PLANT * 5:
-        print(f"bench.qos_battery: error: --port-base must be 1024..{65535 - PORTS_PER_PLANT * 5} (five plants "
-              f"take {PORTS_PER_PLANT} ports each from it), got {args.port_base}", file=sys.stderr)
+    arms = 10 if args.compare is not None else 5  # every plant, and with --compare each twice
+    if args.port_base is not None and not 1024 <= args.port_base <= 65535 - PORTS_PER_PLANT * arms:
+        print(f"bench.qos_battery: error: --port-base must be 1024..{65535 - PORTS_PER_PLANT * arms} ({arms} "
+              f"plants take {PORTS_PER_PLANT} ports each from it), got {args.port_base}", file=sys.stderr)
         return 2
     return run_battery(args)
 

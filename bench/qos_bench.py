@@ -1217,7 +1217,7 @@ def run(args: argparse.Namespace) -> int:
     _confine_to_cpus(options, args.cpus)
     # SIGTERM (a timeout, a CI cancel, the battery's deadline) must still stop the fleet's processes.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    tag = f"[{plant.name}] " if getattr(args, "tag_lines", False) else ""
+    tag = f"[{getattr(args, 'tag', None) or plant.name}] " if getattr(args, "tag_lines", False) else ""
 
     def say(line: str) -> None:
         print(f"{tag}{line}", flush=True)
@@ -1268,6 +1268,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.qos_bench", description=__doc__.splitlines()[0])
     add_arguments(p)
     p.add_argument("--tag-lines", action="store_true", help="prefix every progress line with [PLANT]")
+    p.add_argument("--tag", default=None, help="with --tag-lines, this name instead of the plant's")
     args = p.parse_args(argv)
     setup_logging_from_args(args)
     return run(args)

@@ -1,8 +1,10 @@
-"""`python -m bench.qos_battery` end to end, in miniature: one plant, one run, the real fleet and agents.
+"""`python -m bench.qos_battery` end to end, in miniature: one plant, one run, the real fleet and agents,
+in both arms of ``--compare`` (the plant as the agents default to, and ``steady-b`` with another tuning).
 
 What is checked is the mechanics (the files, the JSON layout, an oracle probed and shared by the runs,
-per-run checks and their min/median/max), not the goals: on a busy 2-core machine they are not meaningful.
-Several runs are summarized by the same code (tests/unit/test_qos_bench_stats.py covers ``summarize``).
+per-run checks and their min/median/max, the A/B table), not the goals: on a busy 2-core machine they are
+not meaningful. Several runs are summarized by the same code (tests/unit/test_qos_bench_stats.py covers
+``summarize``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(tmp_path):
     argv = [sys.executable, "-m", "bench.qos_battery", "--plants", "steady", "--runs", "1", "--out", str(tmp_path),
-            "--cores-per-plant", "2", "--quick", "--deadline-seconds", "200",
+            "--cores-per-plant", "2", "--quick", "--deadline-seconds", "200", "--compare", "plan_seconds=30",
             "--", "--seeds", "1", "--concurrency", "8", "--oracle-probes", "2", "--oracle-probe-seconds", "2",
             "--throttled-seconds", "2"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=280, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: a goal missed, expected here
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady.json"], done.stdout[-3000:]
-    assert "[steady]   C throttled (run 1)" in done.stdout and "== qos battery: 1 plants x 1 runs" in done.stdout
+        "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady-b.json", "qos-steady.json"
+    ], done.stdout[-3000:]
+    assert "[steady]   C throttled (run 1)" in done.stdout and "[steady-b]   C throttled (run 1)" in done.stdout
+    assert "== qos battery: 2 plants x 1 runs" in done.stdout
+    assert "== a: as the agents default; b: --throttle-tuning plan_seconds=30 ==" in done.stdout
 
     result = json.loads((tmp_path / "qos-steady.json").read_text())
     assert result["plant"]["name"] == "steady" and result["runs_completed"] == 1 and len(result["runs"]) == 1
@@ -51,8 +56,16 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert summary["runs"] == 1 and summary["min"] == summary["median"] == summary["max"]
     assert result["time_series"] and result["slo_itl_seconds"] > 0
 
+    # The b arm: the same plant, its agents told the tuning, run beside arm a on the same host.
+    b = json.loads((tmp_path / "qos-steady-b.json").read_text())
+    assert b["plant"]["name"] == "steady" and b["runs_completed"] == 1
+    assert b["options"]["throttle_tuning"] == "plan_seconds=30" and not result["options"].get("throttle_tuning")
+
     battery = json.loads((tmp_path / "qos-battery.json").read_text())
-    assert battery["plants"]["steady"]["exit_code"] == done.returncode
+    assert battery["battery"]["compare"] == "plan_seconds=30"
+    assert [row.split()[:2] for row in battery["compare_table"][1:3]] == [
+        ["steady", "throttled_share_above_slo"], ["steady", "throttled_vs_oracle"]]
+    assert done.returncode == max(battery["plants"][arm]["exit_code"] for arm in ("steady", "steady-b"))
     assert battery["plants"]["steady"]["summary"] == result["summary"]
     assert any(row.startswith("steady") for row in battery["table"])
     assert any("C throttled (run 1)" in line for line in battery["plants"]["steady"]["output"])

@@ -312,6 +312,11 @@ def test_the_gpu_plant_without_cuda_is_one_line(capsys):
     (["--plants", "steady", "--cores-per-plant", "0"], "--cores-per-plant must be at least 1"),
     (["--plants", "steady", "--deadline-seconds", "0"], "--deadline-seconds must be > 0"),
     (["--plants", "steady", "--port-base", "80"], "--port-base must be 1024.."),
+    (["--plants", "steady", "--compare", "no_such_field=1"], "--compare: --throttle-tuning: 'no_such_field=1' is not"),
+    (["--plants", "steady", "--compare", "plan_seconds=0"], "--compare: --throttle-tuning: "),
+    (["--plants", "steady", "--compare", " "], "--compare: give FIELD=VALUE"),
+    (["--plants", "steady", "--compare", "plan_seconds=30", "--", "--throttle-tuning", "plan_seconds=5"],
+     "do not also pass --throttle-tuning after --"),
 ])
 def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
     assert qos_battery.main(["--out", str(tmp_path)] + argv) == 2

@@ -32,14 +32,10 @@ def aimd() -> dict[str, list[RunResult]]:
     return {name: runs("aimd", name) for name in PLANTS}
 
 
-def test_the_ab_law_keeps_nearly_every_run_within_the_budget_on_every_plant(ab):
-    # A share judged over a run is itself uncertain (a few slow decode steps a second): a law that
-    # aims at 0.95 b lands over b in a few runs. Over 30 draws a plant (docs/qos.md "The error
-    # budget's plan") 170 of 180 runs were within the budget, as with the 30 s plan; none far over.
+def test_the_ab_law_keeps_every_run_within_the_budget_on_every_plant(ab):
     over = [(r.plant, r.rng_seed, round(r.realized_share / BUDGET, 3)) for rs in ab.values() for r in rs
             if r.realized_share > BUDGET]
-    assert len(over) <= 1, over
-    assert all(share <= 1.05 for _, _, share in over), over
+    assert not over
 
 
 @pytest.mark.parametrize("plant", ["steady", "low-rate", "load-change", "saturating"])
@@ -62,11 +58,10 @@ def test_the_aimd_law_breaks_the_budget_in_most_runs_on_the_same_plants(aimd, ab
     total = sum(len(rs) for rs in aimd.values())
     assert len(over) >= total // 2
     # It moves more bytes because it takes budget it does not have: on every plant its median run
-    # is over the budget, where the A/B law's median run is under it and its worst within 5 % of it.
+    # is over the budget, where the A/B law's worst run is under it.
     for name in PLANTS:
-        assert statistics.median(r.realized_share for r in aimd[name]) > BUDGET >= statistics.median(
+        assert statistics.median(r.realized_share for r in aimd[name]) > BUDGET >= max(
             r.realized_share for r in ab[name]), name
-        assert max(r.realized_share for r in ab[name]) <= 1.05 * BUDGET, name
 
 
 def test_plant_docstring_example():

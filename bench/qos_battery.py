@@ -221,6 +221,8 @@ def run_battery(args: argparse.Namespace) -> int:
     except BatteryError as exc:
         print(f"bench.qos_battery: error: {exc}", file=sys.stderr)
         return 2
+    if compare and gpu:
+        warnings.append("both arms of gpu-decode decode on the one GPU: each sees the other's load")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="rfork-qos-battery-"))
@@ -238,8 +240,6 @@ def run_battery(args: argparse.Namespace) -> int:
     children: dict[str, subprocess.Popen] = {}
     output: dict[str, list[str]] = {}
     relays = []
-    if compare and gpu:
-        warnings.append("both arms of gpu-decode decode on the one GPU: each sees the other's load")
     every = [a[0] for a in arms + gpu_arms]
     for i, (name, plant, tuning) in enumerate(arms + gpu_arms):
         cmd = [sys.executable, "-m", "bench.qos_bench", "--json", str(out / f"qos-{name}.json"),
@@ -451,14 +451,14 @@ def tuning_error(tuning: str) -> str | None:
         >>> tuning_error("no_such_field=1").split(":")[0]
         '--throttle-tuning'
     """
-    from rfork_agent.agent_cli import _BadFlag, throttle_tuning
+    from throttle.controller import InvalidTuning, tuning_from_text
 
     if not tuning.strip():
         return "give FIELD=VALUE,... (the control law's fields, as rfork agent --throttle-tuning takes them)"
     try:
-        throttle_tuning(argparse.Namespace(throttle_tuning=tuning), rate_cap=100e6)
-    except _BadFlag as exc:
-        return str(exc)
+        tuning_from_text(tuning, 100e6)  # the cap is the agents' own; any valid one checks the rest
+    except InvalidTuning as exc:
+        return f"--throttle-tuning: {exc}"
     return None
 
 

@@ -193,43 +193,16 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
     The cap and the interval-derived defaults stay the agent's; only the named
     fields change, and ControllerConfig's own checks say what a bad value is.
     """
-    from dataclasses import fields
-
-    from throttle.controller import ControllerConfig, InvalidConfig
+    from throttle.controller import InvalidTuning, tuning_from_text
 
     raw, source = _flag_or_env(args, "--throttle-tuning")
     if raw is None:
         return None
     if rate_cap is None:
         raise _BadFlag(f"{source} tunes the adaptive law, which needs --rate-cap")
-    # The cap is --rate-cap; the interval is the agent's QoS loop period, not the law's to change.
-    known = {f.name for f in fields(ControllerConfig)} - {"cap_bytes_per_second", "interval_seconds"}
-    # Fields annotated int are counts: "3" must stay the integer 3 (annotations are strings here).
-    counts = {f.name for f in fields(ControllerConfig) if f.type in ("int", int)}
-    # Fields annotated str are names (law=aimd): passed as given; ControllerConfig checks them.
-    names = {f.name for f in fields(ControllerConfig) if f.type in ("str", str)}
-    overrides: dict[str, object] = {}
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in known:
-            raise _BadFlag(f"{source}: {item!r} is not FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
-        if name in names:
-            overrides[name] = value.strip()
-            continue
-        if value.strip().lower() == "none":
-            overrides[name] = None
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            raise _BadFlag(f"{source}: {name}={value!r} is not a number") from None
-        overrides[name] = int(number) if number.is_integer() and name in counts else number
     try:
-        return ControllerConfig(cap_bytes_per_second=rate_cap, **overrides)
-    except (InvalidConfig, TypeError) as exc:
+        return tuning_from_text(raw, rate_cap)
+    except InvalidTuning as exc:
         raise _BadFlag(f"{source}: {exc}") from None
 
 

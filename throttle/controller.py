@@ -71,6 +71,8 @@ __all__ = [
     "InvalidControllerConfig",
     "SloConfig",
     "ControllerConfig",
+    "InvalidTuning",
+    "tuning_from_text",
     "Mode",
     "Observation",
     "Evidence",
@@ -462,6 +464,56 @@ class ControllerConfig:
 
 # ---------------------------------------------------------------------------
 # Inputs, state, outputs
+
+
+class InvalidTuning(ValueError):
+    """A ``FIELD=VALUE,...`` tuning text (``rfork agent --throttle-tuning``) names no field, or gives a bad value."""
+
+
+def tuning_from_text(text: str, cap_bytes_per_second: float) -> ControllerConfig:
+    """A ControllerConfig from ``FIELD=VALUE,...``: the named fields changed, the rest the defaults.
+
+    The cap and the interval are not the tuning's (the link's rate; the agent's loop period). Counts stay
+    integers, names (``law=aimd``) stay strings, ``none`` is None; ControllerConfig's own checks say what a
+    bad value is.
+
+        >>> tuning_from_text("plan_seconds=10, law=aimd", 100e6).plan_seconds
+        10.0
+        >>> try:
+        ...     tuning_from_text("plan_seconds=-1", 100e6)
+        ... except InvalidTuning as exc:
+        ...     print(exc)
+        ControllerConfig.plan_seconds must be >= interval_seconds; got -1.0
+    """
+    from dataclasses import fields
+
+    known = {f.name for f in fields(ControllerConfig)} - {"cap_bytes_per_second", "interval_seconds"}
+    # Annotations are strings here (from __future__ import annotations).
+    counts = {f.name for f in fields(ControllerConfig) if f.type in ("int", int)}
+    names = {f.name for f in fields(ControllerConfig) if f.type in ("str", str)}
+    overrides: dict[str, object] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise InvalidTuning(f"{item!r} is not FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
+        if name in names:
+            overrides[name] = value.strip()
+            continue
+        if value.strip().lower() == "none":
+            overrides[name] = None
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidTuning(f"{name}={value!r} is not a number") from None
+        overrides[name] = int(number) if number.is_integer() and name in counts else number
+    try:
+        return ControllerConfig(cap_bytes_per_second=cap_bytes_per_second, **overrides)
+    except (InvalidConfig, TypeError) as exc:
+        raise InvalidTuning(str(exc)) from None
 
 
 class Mode(str, Enum):

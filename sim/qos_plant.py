@@ -35,8 +35,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from throttle.controller import (ControllerConfig, Observation, SloConfig, decide, initial_state,
-                                 with_seed_alone_evidence)
+from throttle.controller import (ControllerConfig, InvalidTuning, Observation, SloConfig, decide, initial_state,
+                                 tuning_from_text, with_seed_alone_evidence)
 from throttle.histogram import WindowHistogram
 
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
@@ -383,11 +383,13 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
     names = list(every) if args.plants == "all" else args.plants.split(",")
+    try:  # the agents' own parser of --throttle-tuning: the same fields, counts and checks
+        tuned = tuning_from_text(",".join(args.tuning), CAP)
+    except InvalidTuning as exc:
+        parser.error(f"--tuning: {exc}")
     for law in args.laws.split(","):
         extra = {"ab_fast_raise_factor": args.fast_raise} if law == "ab" and args.fast_raise is not None else {}
-        if law == "ab":
-            extra.update({k: float(v) for k, v in (t.split("=", 1) for t in args.tuning)})
-        cfg = ControllerConfig(cap_bytes_per_second=CAP, law=law, **extra)
+        cfg = replace(tuned if law == "ab" else ControllerConfig(cap_bytes_per_second=CAP), law=law, **extra)
         totals = [0, 0, 0, 0]
         for name in names:
             plant = every[name]

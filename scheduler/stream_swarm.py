@@ -347,7 +347,11 @@ class StreamSwarm:
             return m.job.done_in(m.ranges[s]) + (len(running.landed) if running is not None else 0)
 
         self.decisions += 1
-        _, _, parent = trees.reparent(member.job.job_id, stripe, progress)
+        def upload_load(job_id: str) -> int:
+            m = members.get(job_id)
+            return len(m.readers) if m is not None else 0
+
+        _, _, parent = trees.reparent(member.job.job_id, stripe, progress, upload_load)
         self._apply(member, stripe, parent, now)
 
     def _apply(self, member: _Member, stripe: int, parent: str | None, now: float,

@@ -31,9 +31,11 @@ that member's upload with its own children and trail the swarm, while the seeds'
 is idle once the first copy is out. Each extra root costs the seeds what it lacks of the
 stripe; given the stripes' sizes, all of them together at most half a model. Otherwise the
 first live interior of the stripe with a free slot (of the ``candidates`` earliest) that
-is as far along in the stripe as the orphan and not below it (no cycle); else, of
-``candidates`` members sampled at random, the such one with the fewest children in the
-stripe; else the nearest such ancestor of the old parent; else the seeds. A join or a
+is as far along in the stripe as the orphan and fed: neither below the orphan (a cycle) nor
+below a dead member (another orphan's stalled subtree); else, of ``candidates`` members
+sampled at random, the such one whose upload the fewest streams share (the scheduler's
+count; without it, the fewest children in the stripe); else the nearest such ancestor of
+the old parent; else the seeds. A join or a
 re-parent costs O(fanout + candidates x depth), whatever N; a leave O(N / stripes).
 
     >>> trees = StripeTrees(stripes=2, fanout=2)
@@ -42,7 +44,7 @@ re-parent costs O(fanout + candidates x depth), whatever N; a leave O(N / stripe
     >>> trees.parent("a", 1), trees.leave("a")
     ('b', [('b', 0), ('c', 0)])
     >>> [trees.reparent(m, s, progress=lambda member, stripe: 0) for m, s in [("b", 0), ("c", 0)]]
-    [('b', 0, 'c'), ('c', 0, None)]
+    [('b', 0, None), ('c', 0, 'b')]
 """
 
 from __future__ import annotations
@@ -62,13 +64,16 @@ EXTRA_ROOTS_PER_STRIPE = 2
 """Orphaned relays the seeds take on per stripe. In the fleet simulation (128 members, 2 of 4 seeds
 and 5 % of the members killed, 64 random draws; docs/benchmarks.md), 0 / 1 / 2 / 3 per stripe:
 time-to-all grew by at most 50.1 / 31.1 / 26.3 / 33.5 % (12 / 4 / 4 / 3 draws over 25 %), the
-seeds served at most 1.31 / 1.42 / 1.57 / 1.79 model copies."""
+seeds served at most 1.31 / 1.42 / 1.57 / 1.79 model copies. With orphans kept off stalled subtrees
+(``reparent``), 2 / 3 per stripe: 2 / 3 draws over 25 %, at most 1.61 / 1.73 copies."""
 
 Member = Hashable
 Move = tuple[Member, int, "Member | None"]
 """(member, stripe, its new parent there; ``SEEDS`` for the seeds)."""
 Progress = Callable[[Member, int], int]
 """Chunks of a stripe a member has landed (the scheduler knows them from the members' progress reports)."""
+UploadLoad = Callable[[Member], int]
+"""Streams reading from a member now, in every stripe (the scheduler counts them)."""
 
 
 @dataclass
@@ -196,8 +201,13 @@ class StripeTrees:
         self._interiors[node.home].remove(member)
         return orphans
 
-    def reparent(self, member: Member, stripe: int, progress: Progress) -> Move:
-        """A new parent in ``stripe`` for a member whose parent left (or whose reads from it failed)."""
+    def reparent(self, member: Member, stripe: int, progress: Progress,
+                 upload_load: UploadLoad | None = None) -> Move:
+        """A new parent in ``stripe`` for a member whose parent left (or whose reads from it failed).
+
+        ``upload_load`` gives the streams reading from a member now (all stripes): with it, an orphan
+        without a free slot goes where the upload is least shared; without it, to the member with
+        the fewest children in this stripe."""
         node = self._nodes[member]
         old = node.parents[stripe]
         if old is not SEEDS:
@@ -205,9 +215,18 @@ class StripeTrees:
             self._reopen(old, stripe)
         have = progress(member, stripe)
 
-        def usable(q: Member) -> bool:  # alive, not behind, and not below the member (no cycle)
-            return (q != member and self._nodes[q].alive and progress(q, stripe) >= have
-                    and not self._is_below(q, member, stripe))
+        def usable(q: Member) -> bool:
+            """Alive, not behind, and fed: not below the member (a cycle) nor below a dead member (an
+            orphan not re-parented yet, or its subtree: orphans hung below each other's stalled
+            subtrees made chains 7-8 deep after one relay died, each hop sharing an upload)."""
+            if q == member or not self._nodes[q].alive or progress(q, stripe) < have:
+                return False
+            up = self._nodes[q].parents[stripe]
+            while up is not SEEDS:
+                if up == member or not self._nodes[up].alive:
+                    return False
+                up = self._nodes[up].parents[stripe]
+            return True
 
         if node.children[stripe] and self._extra_roots_used[stripe] < self.extra_roots:
             # A relay: its subtree follows it (see the module doc); the seeds send what it lacks.
@@ -235,8 +254,13 @@ class StripeTrees:
             if usable_members:
                 # Fewest children, then the shallowest: orphans hung below orphans make chains,
                 # each hop a read batch behind the one above it.
-                choice = min(usable_members, key=lambda q: (len(self._nodes[q].children[stripe]),
-                                                            self._depth(q, stripe)))
+                # With the streams reading from each member known: the least shared upload, which
+                # is what the orphan's subtree will flow at (children in this stripe miss the other
+                # stripes' readers, and orphans hung there before).
+                def load(q: Member) -> int:
+                    return upload_load(q) if upload_load is not None else len(self._nodes[q].children[stripe])
+
+                choice = min(usable_members, key=lambda q: (load(q), self._depth(q, stripe)))
             else:
                 up = old
                 while up is not SEEDS and not usable(up):
@@ -251,15 +275,6 @@ class StripeTrees:
         while up is not SEEDS:
             depth, up = depth + 1, self._nodes[up].parents[stripe]
         return depth
-
-    def _is_below(self, member: Member, ancestor: Member, stripe: int) -> bool:
-        """Whether ``ancestor`` is on ``member``'s path to the seeds in ``stripe``."""
-        up = self._nodes[member].parents[stripe]
-        while up is not SEEDS:
-            if up == ancestor:
-                return True
-            up = self._nodes[up].parents[stripe]
-        return False
 
     def _place(self, stripe: int) -> Member | None:
         open_ = self._open[stripe]

@@ -202,3 +202,63 @@ def test_the_seeds_send_orphaned_relays_at_most_half_a_model_in_all():
 def test_stripe_sizes_must_match_the_stripes():
     with pytest.raises(ValueError, match="stripe_chunks must give each of the 4 stripes"):
         StripeTrees(4, 4, stripe_chunks=[10, 10])
+
+
+def test_an_orphan_never_hangs_below_another_orphan_not_yet_re_parented():
+    """When a relay dies its orphans are re-parented one at a time; while they wait, their subtrees
+    are stalled. A relaying orphan must not go below one (each hop shares an upload: such orphans
+    made chains 7-8 deep in the fleet simulation's fault draws)."""
+    n, stripes, fanout = 64, 4, 4
+    for rng_seed in range(8):
+        trees = StripeTrees(stripes, fanout, candidates=64, rng=random.Random(rng_seed), extra_roots=0)
+        for m in range(n):
+            trees.join(m)
+        victim = next(m for m in range(n) if trees.parent(m, 0) is not SEEDS and len(trees.children(m, 0)) == fanout
+                      and all(trees.children(c, 0) for c in trees.children(m, 0) if trees._nodes[c].home == 0))
+        orphans = trees.leave(victim)
+        waiting = {c for c, s in orphans if s == 0}
+        for child, s in orphans:
+            stalled = set()  # the orphans still waiting in this stripe, and everything below them
+            frontier = list(waiting - {child}) if s == 0 else []
+            while frontier:
+                m = frontier.pop()
+                stalled.add(m)
+                frontier.extend(trees.children(m, s))
+            trees._open[s].clear()  # no free slot: the sampled members decide
+            # The stalled members look the least loaded (their readers' reads stopped): the trap.
+            _, _, parent = trees.reparent(child, s, lambda m, st: 0,
+                                          upload_load=lambda m: 0 if m in stalled else 8)
+            assert parent not in stalled, f"seed {rng_seed}: {child} hung below {parent}, itself cut off"
+            waiting.discard(child)
+        check_trees(trees, live(trees, n))
+
+
+@pytest.mark.parametrize("rng_seed", range(6))
+def test_without_a_free_slot_an_orphan_goes_where_the_upload_is_least_shared(rng_seed):
+    """No free slot: the orphan goes below the usable member whose upload the fewest streams read now
+    (the scheduler's count over every stripe), the shallower of equals; not the one with the fewest
+    children in this stripe, which misses the other stripes' readers."""
+    rng = random.Random(rng_seed)
+    n, stripes, fanout = 48, 4, 4
+    trees = StripeTrees(stripes, fanout, candidates=n, rng=random.Random(rng_seed), extra_roots=0)
+    for m in range(n):
+        trees.join(m)
+    loads = {m: rng.randrange(3, 12) for m in range(n)}
+    victim = rng.choice([m for m in range(n) if trees.parent(m, 0) is not SEEDS and trees.children(m, 0)])
+    orphan = min(c for c, s in trees.leave(victim) if s == 0)
+    trees._open[0].clear()  # every slot taken: the sampled members decide
+
+    def path(m):
+        up, hops = [], trees.parent(m, 0)
+        while hops is not SEEDS:
+            up.append(hops)
+            hops = trees.parent(hops, 0)
+        return up
+
+    usable = [m for m in range(n) if m != orphan and trees._nodes[m].alive
+              and all(trees._nodes[u].alive and u != orphan for u in path(m))]
+    _, _, parent = trees.reparent(orphan, 0, lambda m, st: 0, upload_load=loads.__getitem__)
+    def key(m):
+        return loads[m], len(path(m))
+
+    assert parent in usable and key(parent) == min(map(key, usable))  # ties go to the sample's order

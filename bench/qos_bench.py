@@ -120,6 +120,9 @@ class QosBenchOptions:
     """The forks must land their first bytes within this long of starting (else the run stops, naming the logs)."""
     baseline_seconds: float = 10.0
     """Phase A: no transfer; the SLO is chosen from it."""
+    min_baseline_tokens: int = 1000
+    """Fewer tokens in phase A and the bench stops: a p99 over fewer says little (``quick``: 200, its
+    seeds on a CPU that other work starves made 640 tokens in its 4 s)."""
     drain_seconds: float = 3.0
     """No transfer before each probe and each run: arrivals keep coming while a heavier rate slows the
     seed, and the queue it leaves would slow the next phase too."""
@@ -166,7 +169,7 @@ class QosBenchOptions:
                      drain_seconds=0.5, settle_seconds=0.5, oracle_probe_seconds=4.0, oracle_max_probes=3,
                      oracle_tolerance=2.0, run_baseline_seconds=1.5, throttled_ramp_seconds=1.5,
                      throttled_measure_seconds=5.0, idle_timeout_seconds=6.0, idle_seconds=1.0, spike_seconds=2.0,
-                     recovery_timeout_seconds=6.0)
+                     recovery_timeout_seconds=6.0, min_baseline_tokens=200)
         return cls(**{**short, **overrides})
 
 
@@ -657,7 +660,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         baseline = observer.measure("A baseline (no transfer)", options.baseline_seconds,
                                     plant.schedule(options.baseline_seconds))
         observer.set_load(load)
-        if baseline.itl is None or observations(baseline.itl) < 1000:
+        if baseline.itl is None or observations(baseline.itl) < options.min_baseline_tokens:
             raise QosBenchError(f"the seeds produced too few tokens for a baseline; logs in {fleet.log_dir}")
         if options.slo_itl_seconds is None:
             slo, slo_how = slo_for_plant(baseline.itl, budget, plant)

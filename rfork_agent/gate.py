@@ -238,10 +238,14 @@ class PrometheusClient:
     def __exit__(self, *exc) -> None:
         self._http.close()
 
-    def value(self, query: str) -> float | None:
-        """The query's single value (NaN possible); None when it returned no series."""
+    def value(self, query: str, at: float | None = None) -> float | None:
+        """The query's single value (NaN possible) at ``at`` (Unix seconds; None: now); None when it
+        returned no series."""
+        params: dict[str, str] = {"query": query}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
         try:
-            response = self._http.get("/api/v1/query", params={"query": query})
+            response = self._http.get("/api/v1/query", params=params)
         except httpx.HTTPError as exc:
             raise PrometheusError(f"cannot reach Prometheus at {self.base_url} ({type(exc).__name__}: {exc}); "
                                   "check --prometheus and that Prometheus is up") from exc
@@ -275,13 +279,14 @@ def _single_value(data: dict) -> float | None:
     return float(result[0]["value"][1]) if result else None  # Prometheus sends NaN as "NaN"; float() reads it
 
 
-def run_gate(config: GateConfig, prometheus: PrometheusClient) -> Decision:
-    """Query the judged values and decide. Prometheus failures are "cannot tell", never an exception."""
+def run_gate(config: GateConfig, prometheus: PrometheusClient, at: float | None = None) -> Decision:
+    """Query the judged values over the window ending at ``at`` (Unix seconds; None: now) and decide.
+    Prometheus failures are "cannot tell", never an exception."""
     values: dict[str, float | None] = {}
     try:
         for query in QUERIES:
             if query.name in config.bounds():
-                values[query.name] = prometheus.value(query.render(config.window))
+                values[query.name] = prometheus.value(query.render(config.window), at)
     except PrometheusError as exc:
         return Decision(Verdict.CANNOT_TELL, str(exc))
     return decide(config, values)

@@ -81,13 +81,16 @@ def oracle_p99(before: list, after: list) -> float:
     return max(quantile(window(b, a), 0.99) for b, a in zip(before, after))
 
 
-def observed_window(fleet: Fleet, prom_url: str) -> float:
-    """Read the seeds, wait until Prometheus has the window's last scrape, read again; the oracle p99."""
+def observed_window(fleet: Fleet, prom_url: str) -> tuple[float, str]:
+    """Read the seeds, wait until Prometheus has the window's last scrape, read again: the oracle p99,
+    and the window's end for the gate's ``--at``. Without it the gate judged the window ending when
+    its process got to query; on a loaded machine that was seconds later, and the seeds' p99 there
+    was half the oracle's (1.76 s against 0.77 s beside a second suite)."""
     before = seed_itl(fleet)
     time.sleep(WINDOW_SECONDS - SCRAPE_SECONDS)
     after = seed_itl(fleet)
     time.sleep(SCRAPE_SECONDS + 0.5)  # Prometheus's next scrape has the same counts
-    return oracle_p99(before, after)
+    return oracle_p99(before, after), f"{time.time():.3f}"
 
 
 def gate_value(line: str) -> float:
@@ -168,8 +171,9 @@ def test_gate_holds_over_the_slo_and_proceeds_under_it_during_real_forks(testbed
     loop = ForkLoop(fleet, tmp / "unthrottled.log")
     try:
         loop.wait_forks(1)
-        p99 = numbers["unthrottled_p99_s"] = observed_window(fleet, prom)
-        status, out = gate("--prometheus", prom, "--slo-itl", f"{p99 / 2:.6g}", "--window", window)
+        p99, at = observed_window(fleet, prom)
+        numbers["unthrottled_p99_s"] = p99
+        status, out = gate("--prometheus", prom, "--slo-itl", f"{p99 / 2:.6g}", "--window", window, "--at", at)
         line = one_line(out)
         assert status == 1 and line.startswith("hold: worst seed ITL p99"), out
         assert p99 / 2 < gate_value(line) <= p99 * 2, (line, p99)
@@ -193,11 +197,12 @@ def test_gate_holds_over_the_slo_and_proceeds_under_it_during_real_forks(testbed
         # begins once it reads, not at a guess.
         loop.wait_granted(granted_before)
         time.sleep(WINDOW_SECONDS)  # the unthrottled forks leave the window
-        p99 = numbers["throttled_p99_s"] = observed_window(fleet, prom)
+        p99, at = observed_window(fleet, prom)
+        numbers["throttled_p99_s"] = p99
         granted = httpx.get(f"{prom}/api/v1/query", timeout=10, params={
             "query": f"sum(increase(rfork_agent_granted_bytes_total[{window}]))"}).json()["data"]["result"]
         assert granted and float(granted[0]["value"][1]) > 0, "the throttled fork read nothing in the window"
-        status, out = gate("--prometheus", prom, "--slo-itl", f"{p99 * 2:.6g}", "--window", window)
+        status, out = gate("--prometheus", prom, "--slo-itl", f"{p99 * 2:.6g}", "--window", window, "--at", at)
         line = one_line(out)
         assert status == 0 and line.startswith("proceed: worst seed ITL p99"), out
         assert p99 / 2 <= gate_value(line) <= p99 * 2, (line, p99)
@@ -270,6 +275,11 @@ def not_prometheus(tmp_path_factory):
     ("bad window", ["--prometheus", "{empty}", "--slo-itl", "0.04", "--window", "5 minutes"],
      "is not a Prometheus duration"),
     ("no bound", ["--prometheus", "{empty}"], "nothing to judge"),
+    ("--at not a number", ["--prometheus", "{empty}", "--slo-itl", "0.04", "--at", "yesterday"],
+     "--at 'yesterday' is not a number"),
+    ("--at in the future", ["--prometheus", "{empty}", "--slo-itl", "0.04", "--at", "4102444800"],
+     "--at must be a time in the past"),
+    ("--at negative", ["--prometheus", "{empty}", "--slo-itl", "0.04", "--at", "-5"], "--at must be a time in the past"),
     ("no URL", ["--slo-itl", "0.04"], "give --prometheus URL"),
 ])
 def test_bad_input_is_exit_2_with_one_line_saying_what_to_fix(case, args, needle, empty_prometheus, not_prometheus,

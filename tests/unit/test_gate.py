@@ -109,3 +109,23 @@ def test_queries_have_one_parameter_and_no_template_braces():
 
 def test_doctests():
     assert doctest.testmod(gate_module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+@pytest.mark.parametrize("at, sent", [(None, None), (1764806400.25, "1764806400.250")])
+def test_the_gate_queries_the_window_ending_at_at_or_now(at, sent):
+    """``--at`` becomes Prometheus's ``time`` parameter on every query; without it none is sent (now)."""
+    import httpx
+
+    from rfork_agent.gate import GateConfig, PrometheusClient, run_gate
+
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.params.get("time"))
+        return httpx.Response(200, json={"status": "success",
+                                         "data": {"resultType": "vector", "result": [{"value": [0, "0.02"]}]}})
+
+    with PrometheusClient("http://prometheus:9090", transport=httpx.MockTransport(answer)) as prometheus:
+        decision = run_gate(GateConfig(slo_itl_seconds=0.04), prometheus, at)
+    assert seen and all(t == sent for t in seen)
+    assert decision.line().startswith("proceed"), decision.line()

@@ -347,6 +347,7 @@ class StreamSwarm:
             return m.job.done_in(m.ranges[s]) + (len(running.landed) if running is not None else 0)
 
         self.decisions += 1
+
         def upload_load(job_id: str) -> int:
             m = members.get(job_id)
             return len(m.readers) if m is not None else 0

@@ -35,8 +35,8 @@ is as far along in the stripe as the orphan and fed: neither below the orphan (a
 below a dead member (another orphan's stalled subtree); else, of ``candidates`` members
 sampled at random, the such one whose upload the fewest streams share (the scheduler's
 count; without it, the fewest children in the stripe); else the nearest such ancestor of
-the old parent; else the seeds. A join or a
-re-parent costs O(fanout + candidates x depth), whatever N; a leave O(N / stripes).
+the old parent; else the seeds. A join or a re-parent costs O(fanout + candidates x depth),
+whatever N; a leave O(N / stripes).
 
     >>> trees = StripeTrees(stripes=2, fanout=2)
     >>> [trees.join(m) for m in "abc"]       # each join: (member, stripe, new parent) moves
@@ -257,9 +257,8 @@ class StripeTrees:
                 # With the streams reading from each member known: the least shared upload, which
                 # is what the orphan's subtree will flow at (children in this stripe miss the other
                 # stripes' readers, and orphans hung there before).
-                def load(q: Member) -> int:
-                    return upload_load(q) if upload_load is not None else len(self._nodes[q].children[stripe])
-
+                load = upload_load if upload_load is not None else (
+                    lambda q: len(self._nodes[q].children[stripe]))
                 choice = min(usable_members, key=lambda q: (load(q), self._depth(q, stripe)))
             else:
                 up = old

@@ -41,6 +41,7 @@ from typing import Awaitable, Callable, Mapping
 
 from metrics.definitions import FAILURE_REASONS, ClientMetrics
 from rfork_api import models as m
+from rfork_api.models import NOT_READ
 from rfork_api.clients import AgentClient, SchedulerClient
 from rfork_api.errors import (
     AgentError,
@@ -301,6 +302,10 @@ def _identity(identity: m.ModelIdentity | Mapping[str, object]) -> m.ModelIdenti
 def _no_progress_yet(job: m.JobCreated) -> m.Progress:
     return m.Progress(bytes_done=0, bytes_total=job.total_bytes, chunks_done=0, chunks_total=job.num_chunks,
                       retried_chunks=0)
+
+
+def _not_read(assignment_id: str, why: str) -> m.ChunkReport:
+    return m.ChunkReport(assignment_id=assignment_id, ok=False, reason=NOT_READ, error=f"not read: {why}")
 
 
 @dataclass
@@ -582,6 +587,7 @@ class ForkClient:
         last_stream_report = self._clock()
         unreachable_since: float | None = None
         response: m.WorkReply | None = None
+        unreported: list[m.ChunkReport] = []
         try:
             while True:
                 stream_reports += self._stream_news(following, tally)
@@ -693,18 +699,23 @@ class ForkClient:
                 self._spawn(self._withdraw_once(scheduler, job_id))
             raise
         finally:
-            await self._drain(running)
+            # Every assignment still ours ends here. Done, each is reported (below): a read from a
+            # peer counts as on the wire until its reader reports it, and one never reported holds
+            # the peer's withdraw for the scheduler's --peer-read-deadline. (Cancelled or failed,
+            # the job is gone at the scheduler: its reads count until that deadline.)
+            unreported = reports + await self._drain(running)
             await self._stop_following(following)
             self._set_in_flight(0)
 
         # Done: every chunk is here, so every stream has ended. Say so, or each parent would count
         # it as a reader until the scheduler's read deadline (a parent's withdraw waits for that).
         stream_reports += self._stream_news(following, tally)
-        if stream_reports:
+        if stream_reports or unreported:
             try:
-                await scheduler.work(job_id, m.WorkRequest(max_assignments=0, streams=stream_reports))
+                await scheduler.work(job_id, m.WorkRequest(max_assignments=0, streams=stream_reports,
+                                                           reports=unreported))
             except RforkApiError as exc:
-                log.debug("final stream reports of job %s not sent: %s", job_id, exc)
+                log.debug("final reports of job %s not sent: %s", job_id, exc)
 
         progress = response.progress
         if tally.first_lease_at is None or tally.last_landed_at is None:
@@ -813,18 +824,33 @@ class ForkClient:
         for assignment_id in [a for a, e in running.items() if e.task.done()]:
             entry = running.pop(assignment_id)
             if entry.task.cancelled():
-                continue  # cancelled by the scheduler: it already knows
+                # Cancelled by the scheduler before its read started. Said all the same: a read
+                # from a peer counts as on the wire until reported, which holds the peer's withdraw.
+                reports.append(_not_read(assignment_id, "the scheduler cancelled it first"))
+                continue
             reports.append(entry.task.result())
         return reports
 
-    async def _drain(self, running: dict[str, _Running]) -> None:
-        """Never return while a read may still write into the caller's memory."""
+    async def _drain(self, running: dict[str, _Running]) -> list[m.ChunkReport]:
+        """Never return while a read may still write into the caller's memory.
+
+        Returns a report of every assignment that was running: its read's own when it went on
+        the wire and ended, else a failure that says it was not read.
+        """
         for entry in running.values():
             if not entry.reading:
                 entry.task.cancel()
         if running:
             await asyncio.gather(*(e.task for e in running.values()), return_exceptions=True)
+        reports = []
+        for assignment_id, entry in running.items():
+            task = entry.task
+            if not task.cancelled() and task.exception() is None:
+                reports.append(task.result())
+            else:
+                reports.append(_not_read(assignment_id, "the fork ended first"))
         running.clear()
+        return reports
 
     async def _run_assignment(self, agents: dict[str, AgentClient], job_id: str, rank: int, entry: _Running,
                               tally: _Tally) -> m.ChunkReport:

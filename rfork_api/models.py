@@ -291,8 +291,15 @@ class StreamReport(Request):
     error: str | None = Field(default=None, max_length=4096)
 
 
+NOT_READ = "not_read"
+"""A ``ChunkReport.reason``: the client never read the assignment (the scheduler cancelled it first,
+or the fork finished before). Reported all the same: a read from a peer counts as on the wire until
+its reader reports it. The scheduler settles it and blames no source."""
+
+
 class ChunkReport(Request):
-    """The outcome of one assignment, sent with the next ``/work`` call."""
+    """The outcome of one assignment, sent with the next ``/work`` call (and, once the job is done,
+    with a last one for the assignments the client still held)."""
 
     assignment_id: str = Field(min_length=1, max_length=64)
     ok: bool

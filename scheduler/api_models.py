@@ -8,6 +8,7 @@ from typing import Annotated, Iterable, Sequence
 from fastapi import Path
 
 from rfork_api.models import (  # noqa: F401 - the scheduler's routes use these names
+    NOT_READ,
     SEED_ID_PATTERN,
     Assignment,
     ChunkReport,

@@ -16,6 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8700)
     p.add_argument("--heartbeat-timeout", type=float, default=5.0, help="drop seeds silent this long (s)")
     p.add_argument("--client-timeout", type=float, default=30.0, help="abandon jobs whose client is silent this long (s)")
+    p.add_argument("--peer-read-deadline", type=float, default=30.0, metavar="S",
+                   help="a read from a peer whose reader went away without reporting it counts as on the wire "
+                        "this long more; the peer's withdraw waits for it. Keep it above the clients' read "
+                        "timeout (10 s + 1 s per 10 MB of chunk) (default 30)")
     p.add_argument("--chunk-size", default="64MiB", help="default chunk size (default 64MiB)")
     p.add_argument("--max-in-flight-per-seed", type=int, default=4,
                    help="chunk reads a job keeps in flight per seed at most (default 4)")
@@ -68,8 +72,9 @@ def main(args: argparse.Namespace) -> int:
     if max_body < 4096:
         print(f"rfork scheduler: error: --max-body-bytes must be at least 4KiB, got {max_body}", file=sys.stderr)
         return 2
-    for flag, value in (("--heartbeat-timeout", args.heartbeat_timeout), ("--client-timeout", args.client_timeout)):
-        if not value > 0:
+    for flag, value in (("--heartbeat-timeout", args.heartbeat_timeout), ("--client-timeout", args.client_timeout),
+                        ("--peer-read-deadline", args.peer_read_deadline)):
+        if not 0 < value < math.inf:
             print(f"rfork scheduler: error: {flag} must be > 0 seconds, got {value}", file=sys.stderr)
             return 2
     if args.max_forks_per_seed is not None and args.max_forks_per_seed < 1:
@@ -116,6 +121,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = SchedulerConfig(heartbeat_timeout_seconds=args.heartbeat_timeout,
                              client_timeout_seconds=args.client_timeout, default_chunk_size=chunk,
+                             peer_read_deadline_seconds=args.peer_read_deadline,
                              max_body_bytes=max_body, token=token, stream_stripes=args.stream_stripes,
                              stream_fanout=args.stream_fanout, stream_min_members=args.stream_min_members,
                              layout_cache_tensors=args.layout_cache_tensors,

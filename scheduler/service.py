@@ -453,13 +453,17 @@ class SchedulerState:
                     if r.state == STREAM_FAILED:
                         self.metrics.stream_failures_total.labels(reason=r.reason or "parent_lost").inc()
                         log.info("job %s: stream %s failed (%s): %s", job_id, r.stream_id, r.reason, r.error)
+            # A job that ended learns nothing from reports; its client's last ones (the assignments it
+            # held, read or not) only settle its reads, and fail no source. Nor does an assignment
+            # the client never read (NOT_READ: cancelled by us, or by the client's end).
+            running = job.state == RUNNING
             for r in body.reports:
                 a = job.assignments.get(r.assignment_id)
                 reason = r.reason if r.reason in FAILURE_REASONS else "read_failed"
                 report = Report(r.assignment_id, r.ok, r.reason, r.error, r.seconds)
                 self._counting_retries(job, reason, lambda report=report: job.apply(report, now))
                 self.swarm.settled(r.assignment_id)  # off the wire: its peer may free its memory
-                if a is not None and not r.ok:
+                if a is not None and not r.ok and running and r.reason != wire.NOT_READ:
                     # Peers are counted as one label value: one per client would grow without bound.
                     source = PEER if a.source_kind == PEER else a.seed_id
                     self.metrics.chunk_failures_total.labels(seed=source, reason=reason).inc()

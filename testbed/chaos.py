@@ -469,9 +469,13 @@ def _scale_out(options: ChaosOptions, name: str, clients: int, size_bytes: int |
     from testbed.fleet import Fleet, FleetSpec
     from testbed.scale_out import ScaleOutOptions, run_scale_out
 
+    # A killed client's job is abandoned after 8 s of silence, and its reads from peers stop counting
+    # 12 s later (above the clients' 10 s read timeout at these chunk sizes), where the scheduler's
+    # defaults (30 s and 30 s) would hold a surviving peer's withdraw 40 s, all of a scenario's time.
     spec = FleetSpec(
         seeds=options.seeds, preset=None, size_bytes=size_bytes or options.size_bytes,
         seed_rates=(options.seed_rate,), heartbeat_timeout_seconds=3.0,
+        scheduler_args=("--client-timeout", "8", "--peer-read-deadline", "12"),
         log_dir=os.path.join(options.log_dir, name) if options.log_dir else None,
         token=secrets.token_hex(16) if options.auth else None,
     )

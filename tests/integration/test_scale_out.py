@@ -16,6 +16,7 @@ import sys
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.chaos import SCENARIOS, ChaosOptions
 from testbed.fleet import Fleet, FleetSpec
@@ -143,6 +144,27 @@ def test_withdraw_waits_until_the_reads_from_the_peer_are_reported(served):
     assert httpx.get(f"{fleet.scheduler_url}/v1/jobs/{job_id}", timeout=5).status_code == 404  # deleted after
     # Nothing new comes from the withdrawn peer.
     assert not _peer_reads(fleet, _job(fleet, identity, manifest, base=1 << 45))
+
+
+def test_a_read_reported_not_read_settles_too_and_fails_no_source(served):
+    """A client says so of an assignment it never read (the scheduler cancelled it, or its fork
+    ended first): the read stops counting on the peer at once, and is no failure of the peer."""
+    fleet, client, loop, identity, manifest = served
+
+    def peer_failures() -> float:
+        text = httpx.get(f"{fleet.scheduler_url}/metrics", timeout=5).text
+        return sum(s.value for f in text_string_to_metric_families(text) if f.name == "rfork_scheduler_chunk_failures"
+                   for s in f.samples if s.name.endswith("_total") and s.labels.get("seed") == "peer")
+
+    reader = _job(fleet, identity, manifest, base=1 << 44)
+    reads = _peer_reads(fleet, reader)
+    assert reads
+    failures = peer_failures()
+    _peer_reads(fleet, reader, reports=[{"assignment_id": a["assignment_id"], "ok": False, "reason": "not_read",
+                                         "error": "not read: the fork ended first"} for a in reads])
+    withdrawal = loop.run_until_complete(asyncio.wait_for(client.stop_serving(), 10))
+    assert withdrawal.confirmed and withdrawal.reads_in_flight == 0 and withdrawal.seconds < 3.0
+    assert peer_failures() == failures
 
 
 def test_withdraw_gives_up_after_its_bound_and_says_so(served):

@@ -92,6 +92,9 @@ def test_a_bad_rate_is_one_line(command, flag, value, capsys):
     (COMMANDS["bench fleet"] + ["--clients", "1,two"], "--clients must be whole numbers"),
     (COMMANDS["scheduler"] + ["--merge-seconds", "-1"], "--merge-seconds must be a number of seconds >= 0"),
     (COMMANDS["scheduler"] + ["--merge-seconds", "inf"], "--merge-seconds must be a number of seconds >= 0"),
+    (COMMANDS["scheduler"] + ["--peer-read-deadline", "0"], "--peer-read-deadline must be > 0 seconds, got 0.0"),
+    (COMMANDS["scheduler"] + ["--peer-read-deadline", "inf"], "--peer-read-deadline must be > 0 seconds, got inf"),
+    (COMMANDS["scheduler"] + ["--client-timeout", "nan"], "--client-timeout must be > 0 seconds, got nan"),
 ])
 def test_paused_and_unlimited_where_they_make_no_sense(argv, says, capsys):
     assert_one_line_refusal(*run(argv, capsys), says)

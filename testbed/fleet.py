@@ -160,9 +160,11 @@ class Fleet:
             token_file = self.log_dir / "token"
             token_file.write_text(self.spec.token)
             token_file.chmod(0o600)
-        self.start_scheduler()
-        # Seeds start in parallel (each imports torch and fills its weights).
+        # Everything that can start at once does (each process spends a second or more on its
+        # imports): the scheduler and the seeds, then every agent (each needs its seed's port).
+        self.start_scheduler(wait=False)
         pending = [self._spawn_seed(i) for i in range(self.spec.seeds)]
+        self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
         for index, process, log_path in pending:
             ready = self._wait_ready_line(process, log_path, f"seed-{index}")
             self.seeds.append(
@@ -173,7 +175,9 @@ class Fleet:
                 )
             )
         for seed in self.seeds:
-            self.start_agent(seed)
+            self.start_agent(seed, wait=False)
+        for seed in self.seeds:
+            self._wait_http(f"{seed.agent_url}/health", seed.agent_process, f"agent-{seed.index}")
         self.wait_registered([s.seed_id for s in self.seeds])
 
     def _port(self) -> int:
@@ -182,7 +186,7 @@ class Fleet:
         self._ports_taken += 1
         return self.spec.port_base + self._ports_taken - 1
 
-    def start_scheduler(self, port: int | None = None) -> None:
+    def start_scheduler(self, port: int | None = None, wait: bool = True) -> None:
         port = port or (int(self.scheduler_url.rsplit(":", 1)[1]) if self.scheduler_url else self._port())
         self.scheduler_url = f"http://127.0.0.1:{port}"
         cmd = _python_module(
@@ -191,7 +195,8 @@ class Fleet:
             *self.spec.scheduler_args,
         )
         self.scheduler_process = self._spawn(cmd, "scheduler")
-        self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
+        if wait:
+            self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
 
     def _spawn_seed(self, index: int):
         cmd = _python_module(
@@ -209,7 +214,7 @@ class Fleet:
                 log.warning("could not pin seed-%d to CPU %d: %s", index, cpus[index % len(cpus)], exc)
         return index, process, self.log_dir / f"seed-{index}.log"
 
-    def start_agent(self, seed: SeedHandle) -> None:
+    def start_agent(self, seed: SeedHandle, wait: bool = True) -> None:
         port = self._port()
         seed.agent_url = f"http://127.0.0.1:{port}"
         rate = "unlimited" if seed.rate_cap is None else repr(float(seed.rate_cap))
@@ -220,7 +225,8 @@ class Fleet:
         )
         seed.agent_process = self._spawn(cmd, f"agent-{seed.index}")
         seed.agent_killed = False
-        self._wait_http(f"{seed.agent_url}/health", seed.agent_process, f"agent-{seed.index}")
+        if wait:
+            self._wait_http(f"{seed.agent_url}/health", seed.agent_process, f"agent-{seed.index}")
 
     def stop(self) -> None:
         for process in self._processes:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,18 +60,115 @@ def client_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+class ClientZygote:
+    """tests/sglang/client_zygote.py: SGLang and torch imported once, a forked process per case."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, str(HERE / "client_zygote.py")], cwd=REPO,
+                                        env=client_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.work = Path(tempfile.mkdtemp(prefix="rfork-sglang-cases-"))
+        self.cases = 0
+        line = self._line(PROCESS_HANG_GUARD_SECONDS)
+        assert line == "READY", f"the zygote did not start ({line!r}); stderr:\n{self._stderr()}"
+
+    def _line(self, timeout: float) -> str:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        return self.process.stdout.readline().strip() if ready else ""
+
+    def _stderr(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stderr.read()[-4000:]
+
+    def start(self, config: dict, env: dict[str, str]) -> "Case":
+        """Fork one case; it runs while the caller goes on (``Case.wait`` for its end)."""
+        self.cases += 1
+        out, err = self.work / f"case-{self.cases}.out", self.work / f"case-{self.cases}.err"
+        self.process.stdin.write(json.dumps({"config": config, "env": env, "stdout": str(out),
+                                             "stderr": str(err)}) + "\n")
+        self.process.stdin.flush()
+        pid_line = self._line(60)
+        assert pid_line.startswith("PID "), f"the zygote did not fork ({pid_line!r}); stderr:\n{self._stderr()}"
+        return Case(self, int(pid_line.split()[1]), out, err)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class Case:
+    """One forked client process."""
+
+    def __init__(self, zygote: ClientZygote, pid: int, out: Path, err: Path) -> None:
+        self.zygote, self.pid, self.out, self.err = zygote, pid, out, err
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Its exit code once it ended (-N: killed by signal N), else None."""
+        if self.returncode is None:
+            self._take_exit(0)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        """Its exit code; None when it ran past ``timeout`` (then it is killed, with what it started)."""
+        if self.returncode is None and not self._take_exit(timeout):
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._take_exit(60)
+            return None
+        return self.returncode
+
+    def output(self) -> tuple[str, str]:
+        return self.out.read_text(), self.err.read_text()
+
+    def _take_exit(self, timeout: float) -> bool:
+        line = self.zygote._line(timeout)
+        if line.startswith("EXIT "):
+            self.returncode = int(line.split()[1])
+            return True
+        return False
+
+
+_zygote: ClientZygote | None = None
+
+
+def zygote() -> ClientZygote:
+    """The session's zygote, started by the first case that needs it."""
+    global _zygote
+    if _zygote is None:
+        _zygote = ClientZygote()
+    return _zygote
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_zygote():
+    yield
+    global _zygote
+    if _zygote is not None:
+        _zygote.close()
+        _zygote = None
+
+
 def run_sglang_client(config: dict, env: dict[str, str],
                       timeout: float = PROCESS_HANG_GUARD_SECONDS) -> tuple[dict, str]:
-    """Run tests/sglang/sglang_client.py in a fresh process; (result, stderr)."""
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "sglang_client.py"), json.dumps(config)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"client exited {proc.returncode} without a result; stderr:\n{proc.stderr[-4000:]}"
+    """Run tests/sglang/sglang_client.py's case in a fresh process (forked by the zygote); (result, stderr)."""
+    case = zygote().start(config, env)
+    code = case.wait(timeout)
+    stdout, stderr = case.output()
+    assert code is not None, f"client hung for {timeout:.0f} s and was killed; stderr:\n{stderr[-4000:]}"
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"client exited {code} without a result; stderr:\n{stderr[-4000:]}"
     result = json.loads(lines[-1][len("RESULT "):])
-    assert "crash" not in result, f"client crashed:\n{result['crash']}\nstderr:\n{proc.stderr[-4000:]}"
-    return result, proc.stderr
+    assert "crash" not in result, f"client crashed:\n{result['crash']}\nstderr:\n{stderr[-4000:]}"
+    return result, stderr
 
 
 def run_python(code: str, env: dict[str, str] | None = None,

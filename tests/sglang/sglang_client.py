@@ -1,7 +1,8 @@
 """One SGLang client process for the tests: load_plugins(), then SGLang's real loader loads one rank.
 
 Run as ``python tests/sglang/sglang_client.py '<json config>'`` with the SGLang
-venv's python; prints one JSON line (prefixed ``RESULT ``) on stdout. A fresh
+venv's python, or forked by ``client_zygote.py`` (the tests' way: the imports
+are made once); prints one JSON line (prefixed ``RESULT ``) on stdout. A fresh
 process per case: SGLang's ``load_plugins()`` runs once per process and its
 hooks patch module state.
 
@@ -126,13 +127,10 @@ def main(config: dict) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    # SIGINT raises KeyboardInterrupt, as in an SGLang started from a terminal, even when the suite
-    # runs where SIGINT is ignored (a background job of a non-interactive shell, nohup): Python keeps
-    # an inherited SIG_IGN, and test_plugin_interrupt's Ctrl-C would then be lost.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def run_and_exit(config: dict) -> None:
+    """Run one case, print its RESULT line, exit the process (the tier's zygote forks into this)."""
     try:
-        outcome = main(json.loads(sys.argv[1]))
+        outcome = main(config)
     except Exception:  # noqa: BLE001 - the test prints this
         outcome = {"crash": traceback.format_exc()}
     sys.stdout.write("RESULT " + json.dumps(outcome) + "\n")
@@ -142,3 +140,11 @@ if __name__ == "__main__":
     # loaded 2-core machine (measured), nothing after the RESULT line is under test, and the
     # caller's time limit counted it.
     os._exit(0)
+
+
+if __name__ == "__main__":
+    # SIGINT raises KeyboardInterrupt, as in an SGLang started from a terminal, even when the suite
+    # runs where SIGINT is ignored (a background job of a non-interactive shell, nohup): Python keeps
+    # an inherited SIG_IGN, and test_plugin_interrupt's Ctrl-C would then be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run_and_exit(json.loads(sys.argv[1]))

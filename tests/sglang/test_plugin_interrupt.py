@@ -1,6 +1,7 @@
 """Stopping an SGLang process while the plugin forks: the job is cancelled, leases released.
 
-A fresh SGLang client process (tests/sglang/sglang_client.py) loads a rank
+A fresh SGLang client process (tests/sglang/sglang_client.py's case, forked by the
+tier's zygote) loads a rank
 through SGLang's real hooked loader from capped seeds, and gets SIGINT or
 SIGTERM mid-fork. It must not fall back to SGLang's own read: it cancels the
 job at the scheduler, releases every lease, logs one line, and dies of the
@@ -9,11 +10,9 @@ signal as it would have without rfork.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from testbed.fleet import Fleet, FleetSpec
-from tests.sglang.conftest import HERE, REPO, SGLANG_INSTALLED, client_env
+from tests.sglang.conftest import SGLANG_INSTALLED, client_env, zygote
 
 MiB = 2**20
 TOKEN = "sglang-interrupt-token"
@@ -57,20 +56,19 @@ def test_stopping_sglang_mid_fork_cancels_the_job_and_releases_every_lease(fleet
               "fleet": {k: asdict(SPEC)[k] for k in MODEL_FIELDS}}
     cancelled_before = cancelled_jobs(fleet)
     granted_before = granted_bytes(fleet)
-    proc = subprocess.Popen([sys.executable, str(HERE / "sglang_client.py"), json.dumps(config)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = zygote().start(config, env)
     try:
         deadline = time.monotonic() + 150  # SGLang's imports take a while on a loaded machine
         while granted_bytes(fleet) < granted_before + 2 * MiB:
-            assert proc.poll() is None, f"the client exited before the fork started:\n{proc.communicate()[1][-4000:]}"
+            assert proc.poll() is None, f"the client exited before the fork started:\n{proc.output()[1][-4000:]}"
             assert time.monotonic() < deadline, "the fork never started"
             time.sleep(0.1)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=90)
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=90) is not None, "the client did not end within 90 s of the signal"
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.wait(timeout=0)  # killed
+    stdout, stderr = proc.output()
 
     name = signal.Signals(signum).name
     # It dies of the signal, as SGLang's process would without rfork (an uncaught

@@ -90,5 +90,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the suite's Ctrl-C ends the cases; stdin's end ends this
-    sys.exit(main())
+    # A Ctrl-C reaches this process with pytest's; the case running then (its own group) is killed by the
+    # tests' teardown. Otherwise stdin's end (pytest gone) ends it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -69,6 +69,7 @@ class ClientZygote:
                                         stderr=subprocess.PIPE, text=True, bufsize=1)
         self.work = Path(tempfile.mkdtemp(prefix="rfork-sglang-cases-"))
         self.cases = 0
+        self.current: Case | None = None
         line = self._line(PROCESS_HANG_GUARD_SECONDS)
         assert line == "READY", f"the zygote did not start ({line!r}); stderr:\n{self._stderr()}"
 
@@ -90,9 +91,16 @@ class ClientZygote:
         self.process.stdin.flush()
         pid_line = self._line(60)
         assert pid_line.startswith("PID "), f"the zygote did not fork ({pid_line!r}); stderr:\n{self._stderr()}"
-        return Case(self, int(pid_line.split()[1]), out, err)
+        self.current = Case(self, int(pid_line.split()[1]), out, err)
+        return self.current
 
     def close(self) -> None:
+        """End the zygote, and a case still running (its own process group: a Ctrl-C does not reach it)."""
+        if self.current is not None and self.current.returncode is None:
+            try:
+                os.killpg(self.current.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.stdin.close()
         try:
             self.process.wait(timeout=30)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,10 @@ class ClientZygote:
     def __init__(self) -> None:
         self.process = subprocess.Popen([sys.executable, str(HERE / "client_zygote.py")], cwd=REPO,
                                         env=client_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, bufsize=1)
+                                        stderr=subprocess.PIPE)
+        self._read = b""
+        """What was read of the zygote's stdout past the last whole line (a quick case's PID and EXIT
+        lines can come in one read: a buffered reader would keep the second where select cannot see it)."""
         self.work = Path(tempfile.mkdtemp(prefix="rfork-sglang-cases-"))
         self.cases = 0
         self.current: Case | None = None
@@ -74,20 +78,29 @@ class ClientZygote:
         assert line == "READY", f"the zygote did not start ({line!r}); stderr:\n{self._stderr()}"
 
     def _line(self, timeout: float) -> str:
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        return self.process.stdout.readline().strip() if ready else ""
+        """The zygote's next line; '' when none came within ``timeout`` (or it exited)."""
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._read:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))
+            chunk = os.read(fd, 4096) if ready else b""
+            if not chunk:
+                return ""
+            self._read += chunk
+        line, _, self._read = self._read.partition(b"\n")
+        return line.decode().strip()
 
     def _stderr(self) -> str:
         if self.process.poll() is None:
             return "(still running)"
-        return self.process.stderr.read()[-4000:]
+        return self.process.stderr.read().decode(errors="replace")[-4000:]
 
     def start(self, config: dict, env: dict[str, str]) -> "Case":
         """Fork one case; it runs while the caller goes on (``Case.wait`` for its end)."""
         self.cases += 1
         out, err = self.work / f"case-{self.cases}.out", self.work / f"case-{self.cases}.err"
         self.process.stdin.write(json.dumps({"config": config, "env": env, "stdout": str(out),
-                                             "stderr": str(err)}) + "\n")
+                                             "stderr": str(err)}).encode() + b"\n")
         self.process.stdin.flush()
         pid_line = self._line(60)
         assert pid_line.startswith("PID "), f"the zygote did not fork ({pid_line!r}); stderr:\n{self._stderr()}"

@@ -587,7 +587,6 @@ class ForkClient:
         last_stream_report = self._clock()
         unreachable_since: float | None = None
         response: m.WorkReply | None = None
-        unreported: list[m.ChunkReport] = []
         try:
             while True:
                 stream_reports += self._stream_news(following, tally)

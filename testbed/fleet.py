@@ -164,7 +164,7 @@ class Fleet:
         # imports): the scheduler and the seeds, then every agent (each needs its seed's port).
         self.start_scheduler(wait=False)
         pending = [self._spawn_seed(i) for i in range(self.spec.seeds)]
-        self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
+        self._wait_scheduler()
         for index, process, log_path in pending:
             ready = self._wait_ready_line(process, log_path, f"seed-{index}")
             self.seeds.append(
@@ -177,7 +177,7 @@ class Fleet:
         for seed in self.seeds:
             self.start_agent(seed, wait=False)
         for seed in self.seeds:
-            self._wait_http(f"{seed.agent_url}/health", seed.agent_process, f"agent-{seed.index}")
+            self._wait_agent(seed)
         self.wait_registered([s.seed_id for s in self.seeds])
 
     def _port(self) -> int:
@@ -196,7 +196,10 @@ class Fleet:
         )
         self.scheduler_process = self._spawn(cmd, "scheduler")
         if wait:
-            self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
+            self._wait_scheduler()
+
+    def _wait_scheduler(self) -> None:
+        self._wait_http(f"{self.scheduler_url}/health", self.scheduler_process, "scheduler")
 
     def _spawn_seed(self, index: int):
         cmd = _python_module(
@@ -226,7 +229,10 @@ class Fleet:
         seed.agent_process = self._spawn(cmd, f"agent-{seed.index}")
         seed.agent_killed = False
         if wait:
-            self._wait_http(f"{seed.agent_url}/health", seed.agent_process, f"agent-{seed.index}")
+            self._wait_agent(seed)
+
+    def _wait_agent(self, seed: SeedHandle) -> None:
+        self._wait_http(f"{seed.agent_url}/health", seed.agent_process, f"agent-{seed.index}")
 
     def stop(self) -> None:
         for process in self._processes:

@@ -110,10 +110,7 @@ class ClientZygote:
     def close(self) -> None:
         """End the zygote, and a case still running (its own process group: a Ctrl-C does not reach it)."""
         if self.current is not None and self.current.returncode is None:
-            try:
-                os.killpg(self.current.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.current.kill()
         self.process.stdin.close()
         try:
             self.process.wait(timeout=30)
@@ -139,13 +136,17 @@ class Case:
     def wait(self, timeout: float) -> int | None:
         """Its exit code; None when it ran past ``timeout`` (then it is killed, with what it started)."""
         if self.returncode is None and not self._take_exit(timeout):
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.kill()
             self._take_exit(60)
             return None
         return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL it and whatever it started (its own process group)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def output(self) -> tuple[str, str]:
         return self.out.read_text(), self.err.read_text()

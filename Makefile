@@ -15,10 +15,10 @@ demo: venv
 		--kill-seed-at 0.5 --compare-baseline --json out/demo.json
 
 # The main suite reports tests/sglang as skipped (no SGLang in .venv); the
-# SGLang tier then runs them in its own venv.
+# SGLang tier then runs them in its own venv, built while the main suite runs
+# (scripts/run_tests.sh; RFORK_TEST_WORKERS=1 runs the main suite in one process).
 test: venv
-	$(PY) -m pytest tests -q
-	@$(MAKE) --no-print-directory test-sglang
+	@VENV=$(VENV) SGLANG_VENV=$(SGLANG_VENV) ./scripts/run_tests.sh
 
 venv-sglang:
 	@SGLANG_VENV=$(SGLANG_VENV) ./scripts/bootstrap_sglang.sh

@@ -108,6 +108,7 @@ def agent_metric(agent_url: str, name: str, missing: float | None = None, **labe
     return sum(values)
 
 
+@pytest.mark.slow
 def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
     from testbed.fleet import Fleet, FleetSpec
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SCENARIO_FIELDS = {
     "jobs", "window_seconds", "work_requests_per_second", "assignments_per_second", "chunks_per_second",

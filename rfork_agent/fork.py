@@ -587,6 +587,7 @@ class ForkClient:
         last_stream_report = self._clock()
         unreachable_since: float | None = None
         response: m.WorkReply | None = None
+        done = False
         try:
             while True:
                 stream_reports += self._stream_news(following, tally)
@@ -642,6 +643,7 @@ class ForkClient:
                     if stream_id in following:
                         following[stream_id].rate = rate
                 if response.state == m.JobState.DONE:
+                    done = True
                     break
                 if response.state == m.JobState.FAILED:
                     raise ForkFailed(f"fork job {job_id} failed: {response.error}")
@@ -700,11 +702,13 @@ class ForkClient:
         finally:
             # Every assignment still ours ends here. Done, each is reported (below): a read from a
             # peer counts as on the wire until its reader reports it, and one never reported holds
-            # the peer's withdraw for the scheduler's --peer-read-deadline. (Cancelled or failed,
-            # the job is gone at the scheduler: its reads count until that deadline.)
+            # the peer's withdraw for the scheduler's --peer-read-deadline. Cancelled or failed, the
+            # job has ended (or is deleted) at the scheduler: the settle call says they are off the wire.
             unreported = reports + await self._drain(running)
             await self._stop_following(following)
             self._set_in_flight(0)
+            if not done and unreported:
+                self._spawn(self._settle_reads(scheduler, job_id, [r.assignment_id for r in unreported]))
 
         # Done: every chunk is here, so every stream has ended. Say so, or each parent would count
         # it as a reader until the scheduler's read deadline (a parent's withdraw waits for that).
@@ -985,6 +989,14 @@ class ForkClient:
         async with SchedulerClient(self.scheduler_url, headers=self._headers) as scheduler:
             await self._stop_serving(scheduler)
         return self.withdrawal
+
+    async def _settle_reads(self, scheduler, job_id: str, assignment_ids: list[str]) -> None:
+        """Tell the scheduler these reads of an ended fork are off the wire: each read from a peer
+        would otherwise hold that peer's withdraw until the scheduler's --peer-read-deadline."""
+        try:
+            await scheduler.settle_reads(job_id, assignment_ids)
+        except RforkApiError as exc:
+            log.debug("settling the reads of job %s failed: %s", job_id, exc)
 
     async def _withdraw_once(self, scheduler, job_id: str) -> None:
         try:

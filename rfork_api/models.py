@@ -395,6 +395,28 @@ class WithdrawReply(Reply):
     reads_in_flight: int
 
 
+AssignmentIdText = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ReadsSettled(Request):
+    """``POST /v1/jobs/{job_id}/settled``: reads by this job that are off the wire, none of them reported.
+
+    A client whose fork was cancelled or failed deletes its job first (a process about to be killed
+    gets that out), then waits for its reads on the wire to end, then says so here: a read from a peer
+    counts against that peer's withdraw until its reader says it ended, and the deleted job has no
+    ``/work`` to report it by any more. Answered whether or not the job still exists.
+    """
+
+    assignment_ids: list[AssignmentIdText] = Field(min_length=1, max_length=100_000)
+
+
+class ReadsSettledReply(Reply):
+    job_id: str
+    settled: int
+    """Reads from peers this call took off their peers' count. Ids of reads from seeds, of another
+    job's reads, or settled already (reported, or past the scheduler's read deadline) count 0."""
+
+
 class JobStatus(Reply):
     job_id: str
     state: JobState

@@ -24,6 +24,8 @@ from rfork_api.models import (  # noqa: F401 - the scheduler's routes use these 
     Progress,
     RankInfo,
     ReadSpan,
+    ReadsSettled,
+    ReadsSettledReply,
     RegistrationReply,
     Resume,
     SchedulerHealth,

@@ -583,6 +583,15 @@ class SchedulerState:
     def health(self) -> wire.SchedulerHealth:
         return wire.SchedulerHealth(status="ok", seeds=len(self.seeds), jobs=len(self.jobs))
 
+    def settle_reads(self, job_id: str, body: wire.ReadsSettled) -> wire.ReadsSettledReply:
+        """A client's reads that are off the wire, said after its job was deleted (or any time)."""
+        with self.lock:
+            settled = self.swarm.settle_reads(job_id, body.assignment_ids)
+        if settled:
+            log.info("job %s: %d read%s from peers settled by its client after the job's end", clip(job_id),
+                     settled, "" if settled == 1 else "s")
+        return wire.ReadsSettledReply(job_id=job_id, settled=settled)
+
     def cancel_job(self, job_id: str, why: str = "cancelled by the client") -> None:
         with self.lock:
             record = self._job(job_id)
@@ -940,6 +949,12 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         in_flight = state.withdraw(job_id)
         changes.notify()
         return wire.WithdrawReply(job_id=job_id, reads_in_flight=in_flight)
+
+    @app.post("/v1/jobs/{job_id}/settled", response_model=wire.ReadsSettledReply)
+    async def settle_reads(job_id: str, body: wire.ReadsSettled):
+        reply = state.settle_reads(job_id, body)
+        changes.notify()  # a peer's withdraw may be waiting for exactly these
+        return reply
 
     @app.get("/v1/jobs/{job_id}", response_model=wire.JobStatus)
     async def get_job(job_id: str):

@@ -126,6 +126,9 @@ class Swarm:
         self._joined: dict[GroupKey, int] = {}
         self._reader_of: dict[str, str] = {}
         """Outstanding assignment id -> the peer (job id) it reads from."""
+        self._read_by: dict[str, str] = {}
+        """Outstanding assignment id -> the job reading it (kept in step with ``_reader_of``): who may
+        settle it after its job is gone (``settle_reads``)."""
         self._readers_outstanding: dict[str, set[str]] = {}
         """Reader job id -> its outstanding assignment ids (reads from peers not reported yet)."""
         self._departed: dict[str, _Member] = {}
@@ -279,6 +282,7 @@ class Swarm:
             peer.outstanding[a.assignment_id] = math.inf
             peer._view = None  # one free slot less
             self._reader_of[a.assignment_id] = peer_job_id
+            self._read_by[a.assignment_id] = reader_job_id
             self._readers_outstanding.setdefault(reader_job_id, set()).add(a.assignment_id)
             if peer.bucket is not None:
                 peer.bucket.reserve(a.nbytes, now, max_wait=math.inf)
@@ -286,12 +290,24 @@ class Swarm:
     def settled(self, assignment_id: str) -> None:
         """The reader reported this read (landed or failed): it is off the wire."""
         peer_job_id = self._reader_of.pop(assignment_id, None)
+        self._read_by.pop(assignment_id, None)
         peer = None if peer_job_id is None else self._members.get(peer_job_id) or self._departed.get(peer_job_id)
         if peer is not None:
             peer.outstanding.pop(assignment_id, None)
             peer._view = None  # a free slot more
             if not peer.outstanding:
                 self._departed.pop(peer_job_id, None)
+
+    def settle_reads(self, reader_job_id: str, assignment_ids: Iterable[str]) -> int:
+        """``reader_job_id``'s client says these reads of its are off the wire (its job may be gone:
+        ``reader_gone`` left them counting until the deadline). Returns how many it settled; ids of
+        another reader's reads, or of reads settled already, are ignored."""
+        settled = 0
+        for assignment_id in assignment_ids:
+            if self._read_by.get(assignment_id) == reader_job_id:
+                self.settled(assignment_id)
+                settled += 1
+        return settled
 
     def reader_gone(self, reader_job_id: str, now: float) -> None:
         """The reader will never report: its reads from peers may still be on the wire until a deadline."""
@@ -315,6 +331,7 @@ class Swarm:
                 del member.outstanding[assignment_id]
                 member._view = None
                 self._reader_of.pop(assignment_id, None)
+                self._read_by.pop(assignment_id, None)
         if not member.outstanding:
             self._departed.pop(job_id, None)
         return len(member.outstanding)

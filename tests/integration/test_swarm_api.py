@@ -131,6 +131,51 @@ def test_withdraw_stops_new_reads_and_counts_those_still_on_the_wire(fleet):
     assert w.json()["reads_in_flight"] == 0  # now a may free or rewrite its memory
 
 
+@pytest.mark.parametrize("end", ["DELETE", "abandoned"])
+def test_a_deleted_readers_settle_call_frees_the_peers_withdraw_at_once(fleet, end):
+    """A reader's job ends while its reads from a peer are on the wire (its client was cancelled, or
+    abandoned): they count on the peer until the read deadline, unless the reader's client says they
+    ended. Only the reader's own job id settles them."""
+    fleet.seed()
+    a = fleet.job(0, peer={"session_id": "client-a:1"})
+    run_to_done(fleet, a, fleet.work(a))
+    b = fleet.job(1, peer={"session_id": "client-b:1"})
+    reads = fleet.work(b, max_assignments=3).assignments
+    assert len(reads) == 3 and all(x.source_kind == "peer" for x in reads)
+    if end == "DELETE":
+        assert fleet.call("DELETE", f"/v1/jobs/{b}").status_code == 204
+    else:  # b's client falls silent past the client timeout; a's keeps polling
+        fleet.clock.now += 31
+        fleet.work(a, max_assignments=0)
+        fleet.app.state.scheduler.reap()
+        assert fleet.call("GET", f"/v1/jobs/{b}").json()["state"] == "failed"
+    ids = [x.assignment_id for x in reads]
+
+    def settle(job_id: str, assignment_ids: list[str]) -> httpx.Response:
+        return fleet.call("POST", f"/v1/jobs/{job_id}/settled", json={"assignment_ids": assignment_ids})
+
+    assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 3
+    other = settle(a, ids)  # not a's reads: nothing settles
+    assert other.status_code == 200 and m.ReadsSettledReply.model_validate(other.json()).settled == 0
+    first = settle(b, ids[:2])
+    assert first.status_code == 200 and first.json() == {"job_id": b, "settled": 2}
+    assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 1
+    assert settle(b, ids).json()["settled"] == 1  # settled already: counted once
+    assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 0
+
+
+@pytest.mark.parametrize("body", [{}, {"assignment_ids": []}, {"assignment_ids": ["x" * 65]},
+                                  {"assignment_ids": "a1"}, {"assignment_ids": ["a"] * 100_001}])
+def test_a_bad_settle_body_is_422_naming_the_field(fleet, body):
+    r = fleet.call("POST", "/v1/jobs/anything/settled", json=body)
+    assert r.status_code == 422 and "assignment_ids" in r.text, r.text
+
+
+def test_settling_reads_of_an_unknown_job_settles_nothing(fleet):
+    r = fleet.call("POST", "/v1/jobs/nope/settled", json={"assignment_ids": ["a-1"]})
+    assert r.status_code == 200 and r.json() == {"job_id": "nope", "settled": 0}
+
+
 def test_a_peer_that_failed_reads_is_excluded_and_its_chunks_come_from_the_seed(fleet):
     fleet.seed()
     a = fleet.job(0, peer={"session_id": "client-a:1"})

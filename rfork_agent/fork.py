@@ -703,12 +703,16 @@ class ForkClient:
             # Every assignment still ours ends here. Done, each is reported (below): a read from a
             # peer counts as on the wire until its reader reports it, and one never reported holds
             # the peer's withdraw for the scheduler's --peer-read-deadline. Cancelled or failed, the
-            # job has ended (or is deleted) at the scheduler: the settle call says they are off the wire.
+            # job has ended (or is deleted) at the scheduler: the settle call says they (and the
+            # streams, stopped above) are off the wire.
             unreported = reports + await self._drain(running)
             await self._stop_following(following)
             self._set_in_flight(0)
-            if not done and unreported:
-                self._spawn(self._settle_reads(scheduler, job_id, [r.assignment_id for r in unreported]))
+            if not done:
+                streams = {*following, *(r.stream_id for r in stream_reports if r.state != "running")}
+                if unreported or streams:
+                    self._spawn(self._settle_reads(scheduler, job_id, m.ReadsSettled(
+                        assignment_ids=[r.assignment_id for r in unreported], stream_ids=sorted(streams))))
 
         # Done: every chunk is here, so every stream has ended. Say so, or each parent would count
         # it as a reader until the scheduler's read deadline (a parent's withdraw waits for that).
@@ -990,11 +994,11 @@ class ForkClient:
             await self._stop_serving(scheduler)
         return self.withdrawal
 
-    async def _settle_reads(self, scheduler, job_id: str, assignment_ids: list[str]) -> None:
-        """Tell the scheduler these reads of an ended fork are off the wire: each read from a peer
-        would otherwise hold that peer's withdraw until the scheduler's --peer-read-deadline."""
+    async def _settle_reads(self, scheduler, job_id: str, body: m.ReadsSettled) -> None:
+        """Tell the scheduler these reads and streams of an ended fork are off the wire: each would
+        otherwise hold its peer's (parent's) withdraw until the scheduler's --peer-read-deadline."""
         try:
-            await scheduler.settle_reads(job_id, assignment_ids)
+            await scheduler.settle_reads(job_id, body)
         except RforkApiError as exc:
             log.debug("settling the reads of job %s failed: %s", job_id, exc)
 

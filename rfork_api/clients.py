@@ -169,10 +169,9 @@ class SchedulerClient(_Client):
         """Stop serving as a peer; returns the reads from us that may still be on the wire."""
         return await self._call("POST", f"/v1/jobs/{job_id}/withdraw", None, m.WithdrawReply)
 
-    async def settle_reads(self, job_id: str, assignment_ids: list[str]) -> m.ReadsSettledReply:
-        """Say these reads of ``job_id``'s are off the wire, after its job was deleted (or at any time)."""
-        return await self._call("POST", f"/v1/jobs/{job_id}/settled", m.ReadsSettled(assignment_ids=assignment_ids),
-                                m.ReadsSettledReply)
+    async def settle_reads(self, job_id: str, body: m.ReadsSettled) -> m.ReadsSettledReply:
+        """Say these reads and streams of ``job_id``'s are off the wire, after its job was deleted (or at any time)."""
+        return await self._call("POST", f"/v1/jobs/{job_id}/settled", body, m.ReadsSettledReply)
 
     async def get_job(self, job_id: str) -> m.JobStatus:
         return await self._call("GET", f"/v1/jobs/{job_id}", None, m.JobStatus)

@@ -399,15 +399,24 @@ AssignmentIdText = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class ReadsSettled(Request):
-    """``POST /v1/jobs/{job_id}/settled``: reads by this job that are off the wire, none of them reported.
+    """``POST /v1/jobs/{job_id}/settled``: reads and streams of this job's that are off the wire, none of
+    them reported.
 
     A client whose fork was cancelled or failed deletes its job first (a process about to be killed
-    gets that out), then waits for its reads on the wire to end, then says so here: a read from a peer
-    counts against that peer's withdraw until its reader says it ended, and the deleted job has no
-    ``/work`` to report it by any more. Answered whether or not the job still exists.
+    gets that out), then waits for its reads and streams on the wire to end, then says so here: a read
+    from a peer (or a stream from a parent) counts against that peer's withdraw until its reader says
+    it ended, and the deleted job has no ``/work`` to report it by any more. Answered whether or not
+    the job still exists.
     """
 
-    assignment_ids: list[AssignmentIdText] = Field(min_length=1, max_length=100_000)
+    assignment_ids: list[AssignmentIdText] = Field(default_factory=list, max_length=100_000)
+    stream_ids: list[AssignmentIdText] = Field(default_factory=list, max_length=4096)
+
+    @model_validator(mode="after")
+    def _names_something(self) -> "ReadsSettled":
+        if not self.assignment_ids and not self.stream_ids:
+            raise ValueError("assignment_ids and stream_ids are both empty: name the reads or streams that ended")
+        return self
 
 
 class ReadsSettledReply(Reply):
@@ -415,6 +424,8 @@ class ReadsSettledReply(Reply):
     settled: int
     """Reads from peers this call took off their peers' count. Ids of reads from seeds, of another
     job's reads, or settled already (reported, or past the scheduler's read deadline) count 0."""
+    streams_settled: int = 0
+    """Streams this call took off their parents' count, likewise."""
 
 
 class JobStatus(Reply):

@@ -587,10 +587,11 @@ class SchedulerState:
         """A client's reads that are off the wire, said after its job was deleted (or any time)."""
         with self.lock:
             settled = self.swarm.settle_reads(job_id, body.assignment_ids)
-        if settled:
-            log.info("job %s: %d read%s from peers settled by its client after the job's end", clip(job_id),
-                     settled, "" if settled == 1 else "s")
-        return wire.ReadsSettledReply(job_id=job_id, settled=settled)
+            streams = 0 if self.streams is None else self.streams.settle(job_id, body.stream_ids)
+        if settled or streams:
+            log.info("job %s: %d read%s from peers and %d stream%s settled by its client", clip(job_id),
+                     settled, "" if settled == 1 else "s", streams, "" if streams == 1 else "s")
+        return wire.ReadsSettledReply(job_id=job_id, settled=settled, streams_settled=streams)
 
     def cancel_job(self, job_id: str, why: str = "cancelled by the client") -> None:
         with self.lock:

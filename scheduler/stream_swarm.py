@@ -225,6 +225,18 @@ class StreamSwarm:
             del self._group_size[member.key]
             self._trees.pop(member.key, None)
 
+    def settle(self, reader_job_id: str, stream_ids: Iterable[str]) -> int:
+        """``reader_job_id``'s client says these streams of its stopped (its job may be gone: ``leave``
+        left them counting on their parents until the deadline). Returns how many it settled; another
+        reader's streams, or streams settled already, are ignored."""
+        settled = 0
+        for stream_id in stream_ids:
+            stream = self._by_id.get(stream_id)
+            if stream is not None and stream.reader == reader_job_id:
+                self._finish(stream_id)
+                settled += 1
+        return settled
+
     def withdraw(self, job_id: str, now: float) -> int:
         """The member stops serving: no new stream from it; returns its streams not yet reported ended."""
         member = self._members.get(job_id) or self._gone.get(job_id)

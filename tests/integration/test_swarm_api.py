@@ -158,22 +158,23 @@ def test_a_deleted_readers_settle_call_frees_the_peers_withdraw_at_once(fleet, e
     other = settle(a, ids)  # not a's reads: nothing settles
     assert other.status_code == 200 and m.ReadsSettledReply.model_validate(other.json()).settled == 0
     first = settle(b, ids[:2])
-    assert first.status_code == 200 and first.json() == {"job_id": b, "settled": 2}
+    assert first.status_code == 200 and first.json() == {"job_id": b, "settled": 2, "streams_settled": 0}
     assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 1
     assert settle(b, ids).json()["settled"] == 1  # settled already: counted once
     assert fleet.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 0
 
 
-@pytest.mark.parametrize("body", [{}, {"assignment_ids": []}, {"assignment_ids": ["x" * 65]},
-                                  {"assignment_ids": "a1"}, {"assignment_ids": ["a"] * 100_001}])
+@pytest.mark.parametrize("body", [{}, {"assignment_ids": [], "stream_ids": []}, {"assignment_ids": ["x" * 65]},
+                                  {"assignment_ids": "a1"}, {"assignment_ids": ["a"] * 100_001},
+                                  {"stream_ids": ["s"] * 4097}])
 def test_a_bad_settle_body_is_422_naming_the_field(fleet, body):
     r = fleet.call("POST", "/v1/jobs/anything/settled", json=body)
-    assert r.status_code == 422 and "assignment_ids" in r.text, r.text
+    assert r.status_code == 422 and ("assignment_ids" in r.text or "stream_ids" in r.text), r.text
 
 
 def test_settling_reads_of_an_unknown_job_settles_nothing(fleet):
     r = fleet.call("POST", "/v1/jobs/nope/settled", json={"assignment_ids": ["a-1"]})
-    assert r.status_code == 200 and r.json() == {"job_id": "nope", "settled": 0}
+    assert r.status_code == 200 and r.json() == {"job_id": "nope", "settled": 0, "streams_settled": 0}
 
 
 def test_a_peer_that_failed_reads_is_excluded_and_its_chunks_come_from_the_seed(fleet):
@@ -418,6 +419,25 @@ def test_a_withdrawing_parent_waits_for_its_stream_readers_to_confirm(streaming)
     told = streaming.work(b, max_assignments=0)
     assert set(told.end_streams) >= {s.stream_id for s in from_a}
     streaming.work(b, max_assignments=0, streams=[{"stream_id": s, "state": "ended"} for s in told.end_streams])
+    assert streaming.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 0
+
+
+def test_a_deleted_members_settle_call_frees_its_parents_withdraw_at_once(streaming):
+    """A member cancelled while it streams from a parent: its job is deleted, so its streams would count
+    on the parent until the read deadline; its client stops them and says so (only its own job id can)."""
+    streaming.seed()
+    a = created(streaming, 0, {"session_id": "client0:1"})["job_id"]
+    b = created(streaming, 1, {"session_id": "client1:1"})["job_id"]
+    streaming.work(a, max_assignments=0, landed_map=landed_map(0))
+    from_a = [s.stream_id for s in streaming.work(b, max_assignments=0, landed_map=landed_map(1)).streams
+              if s.parent_job_id == a]
+    assert from_a
+    assert streaming.call("DELETE", f"/v1/jobs/{b}").status_code == 204
+    assert streaming.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == len(from_a)
+    other = streaming.call("POST", f"/v1/jobs/{a}/settled", json={"stream_ids": from_a})
+    assert other.json()["streams_settled"] == 0
+    reply = streaming.call("POST", f"/v1/jobs/{b}/settled", json={"stream_ids": from_a})
+    assert reply.json() == {"job_id": b, "settled": 0, "streams_settled": len(from_a)}
     assert streaming.call("POST", f"/v1/jobs/{a}/withdraw").json()["reads_in_flight"] == 0
 
 

@@ -395,7 +395,8 @@ class WithdrawReply(Reply):
     reads_in_flight: int
 
 
-AssignmentIdText = Annotated[str, Field(min_length=1, max_length=64)]
+WireIdText = Annotated[str, Field(min_length=1, max_length=64)]
+"""An assignment's or a stream's id, as ``ChunkReport`` and ``StreamReport`` take them."""
 
 
 class ReadsSettled(Request):
@@ -409,8 +410,8 @@ class ReadsSettled(Request):
     the job still exists.
     """
 
-    assignment_ids: list[AssignmentIdText] = Field(default_factory=list, max_length=100_000)
-    stream_ids: list[AssignmentIdText] = Field(default_factory=list, max_length=4096)
+    assignment_ids: list[WireIdText] = Field(default_factory=list, max_length=100_000)
+    stream_ids: list[WireIdText] = Field(default_factory=list, max_length=4096)
 
     @model_validator(mode="after")
     def _names_something(self) -> "ReadsSettled":

@@ -12,6 +12,7 @@ order and its module-scoped fixtures are set up as before.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return not slow, folder not in LONGEST_FIRST
 
     items.sort(key=order)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_put_back():
+    """Tests that run a CLI's main in-process (the battery's, the benches') set up logging with a
+    handler on that test's captured stderr; left in place, every later log line of this worker went
+    to a closed file ("--- Logging error --- ValueError: I/O operation on closed file"). Each test
+    gets the root logger's handlers and level back as they were."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

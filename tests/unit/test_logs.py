@@ -14,20 +14,18 @@ from rfork_api import logs
 
 @pytest.fixture(autouse=True)
 def restore_logging(monkeypatch):
-    """Each test configures the process's logging; put it back as pytest had it."""
+    """Each test configures the process's logging; put it back as pytest had it. (The root logger's
+    handlers and level are put back after every test of the suite: tests/conftest.py.)"""
     for name in (logs.LEVEL_ENV, logs.VERBOSE_ENV, logs.MOONCAKE_LEVEL_ENV):
         # setenv first so monkeypatch records the variable's absence too: setup_logging writes
         # os.environ itself (for the processes it starts), and a bare delenv of an unset name
         # records nothing to undo, so -v leaked into every later test's subprocesses.
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    root = logging.getLogger()
     names = ("rfork",) + logs.LIBRARY_LOGGERS
-    saved = (root.level, list(root.handlers), {n: logging.getLogger(n).level for n in names})
+    levels = {n: logging.getLogger(n).level for n in names}
     yield
-    root.setLevel(saved[0])
-    root.handlers[:] = saved[1]
-    for name, level in saved[2].items():
+    for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     logging.captureWarnings(False)
 

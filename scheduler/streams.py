@@ -24,19 +24,26 @@ Members join one at a time, as their jobs arrive; the trees are built as they co
   stripe once.
 
 A member that leaves (its reads fail, it withdrew) orphans its children; each orphaned
-stream is one :meth:`StripeTrees.reparent` decision. An orphan that relays the stripe to
-children of its own goes to the seeds, for ``extra_roots`` such orphans per stripe: every
-member's upload is in use, so below any member the orphan's whole subtree would share
-that member's upload with its own children and trail the swarm, while the seeds' upload
-is idle once the first copy is out. Each extra root costs the seeds what it lacks of the
-stripe; given the stripes' sizes, all of them together at most half a model. Otherwise the
-first live interior of the stripe with a free slot (of the ``candidates`` earliest) that
-is as far along in the stripe as the orphan and fed: neither below the orphan (a cycle) nor
-below a dead member (another orphan's stalled subtree); else, of ``candidates`` members
-sampled at random, the such one whose upload the fewest streams share (the scheduler's
-count; without it, the fewest children in the stripe); else the nearest such ancestor of
-the old parent; else the seeds. A join or a re-parent costs O(fanout + candidates x depth),
-whatever N; a leave O(N / stripes).
+stream is one :meth:`StripeTrees.reparent` decision, the orphans that relay the stripe
+first (so the leaves then find their subtrees fed again). An orphan that relays the stripe
+to children of its own goes to the seeds, for ``extra_roots`` such orphans per stripe:
+every member's upload is in use, so below any member the orphan's whole subtree would
+share that member's upload with its own children and trail the swarm, while the seeds'
+upload is idle once the first copy is out. When the member that left was itself fed by
+the seeds (a stripe's root, or an extra root), its first relaying orphan takes its place
+there without counting as an extra root: the stripe keeps the relays the seeds fed. Each
+of these costs the seeds what it lacks of the stripe; given the stripes' sizes, all of them
+together at most half a model. Otherwise the first live interior of the stripe with a
+free slot (of the ``candidates`` earliest) that is fed: neither below the orphan (a
+cycle) nor below a dead member (another orphan's stalled subtree); else, of
+``candidates`` members sampled at random, the such one whose upload the fewest streams
+share (the scheduler's count; without it, the fewest children in the stripe); else the
+nearest such ancestor of the old parent; else the seeds. How far along a candidate is does
+not decide: the scheduler knows it from reports up to a second old, and an orphan that
+had just reported looked ahead of every other member, so every orphan of a death went to
+the old parent's nearest ancestor, the stripe's root, whose upload then fed the whole
+stripe over 14 streams instead of 8. A join or a re-parent costs
+O(fanout + candidates x depth), whatever N; a leave O(N / stripes).
 
     >>> trees = StripeTrees(stripes=2, fanout=2)
     >>> [trees.join(m) for m in "abc"]       # each join: (member, stripe, new parent) moves
@@ -99,6 +106,8 @@ class StripeTrees:
         self.stripes, self.fanout, self.candidates = stripes, fanout, candidates
         self.extra_roots = extra_roots
         self._extra_roots_used = [0] * stripes
+        self._replaced: set = set()
+        """(dead member, stripe) whose place a relaying orphan took on the seeds."""
         self._stripe_chunks = list(stripe_chunks) if stripe_chunks is not None else None
         self.extra_root_chunks_left = sum(stripe_chunks) // 2 if stripe_chunks is not None else None
         """What the seeds may still send to orphaned relays, in chunks: half a model over the trees' life
@@ -192,7 +201,8 @@ class StripeTrees:
         node.alive = False
         orphans = []
         for s in range(self.stripes):
-            for child in sorted(node.children[s], key=lambda m: self._nodes[m].index):
+            # Relays first: a leaf re-parented before them finds their subtrees unfed.
+            for child in sorted(node.children[s], key=lambda m: (not self._nodes[m].children[s], self._nodes[m].index)):
                 orphans.append((child, s))
             parent = node.parents[s]
             if parent is not SEEDS:
@@ -216,10 +226,11 @@ class StripeTrees:
         have = progress(member, stripe)
 
         def usable(q: Member) -> bool:
-            """Alive, not behind, and fed: not below the member (a cycle) nor below a dead member (an
-            orphan not re-parented yet, or its subtree: orphans hung below each other's stalled
-            subtrees made chains 7-8 deep after one relay died, each hop sharing an upload)."""
-            if q == member or not self._nodes[q].alive or progress(q, stripe) < have:
+            """Alive and fed: not below the member (a cycle) nor below a dead member (an orphan not
+            re-parented yet, or its subtree: orphans hung below each other's stalled subtrees made
+            chains 7-8 deep after one relay died, each hop sharing an upload). Not its progress:
+            see the module doc."""
+            if q == member or not self._nodes[q].alive:
                 return False
             up = self._nodes[q].parents[stripe]
             while up is not SEEDS:
@@ -228,11 +239,18 @@ class StripeTrees:
                 up = self._nodes[up].parents[stripe]
             return True
 
-        if node.children[stripe] and self._extra_roots_used[stripe] < self.extra_roots:
+        # A relay whose parent the seeds fed takes its place there (once per such parent); other
+        # relays are extra roots while the stripe has any left.
+        replaces = (old is not SEEDS and not self._nodes[old].alive and self._nodes[old].parents[stripe] is SEEDS
+                    and (old, stripe) not in self._replaced)
+        if node.children[stripe] and (replaces or self._extra_roots_used[stripe] < self.extra_roots):
             # A relay: its subtree follows it (see the module doc); the seeds send what it lacks.
             cost = 0 if self._stripe_chunks is None else max(self._stripe_chunks[stripe] - have, 0)
             if self.extra_root_chunks_left is None or cost <= self.extra_root_chunks_left:
-                self._extra_roots_used[stripe] += 1
+                if replaces:
+                    self._replaced.add((old, stripe))
+                else:
+                    self._extra_roots_used[stripe] += 1
                 if self.extra_root_chunks_left is not None:
                     self.extra_root_chunks_left -= cost
                 self._attach(member, stripe, SEEDS)

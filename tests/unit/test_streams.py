@@ -82,7 +82,7 @@ def test_the_home_stripes_first_interior_adopts_what_a_stand_in_relayed():
 
 
 @pytest.mark.parametrize("rng_seed", range(6))
-def test_members_leaving_at_random_are_re_parented_without_cycles_or_going_back(rng_seed):
+def test_members_leaving_at_random_are_re_parented_without_cycles_or_dead_parents(rng_seed):
     rng = random.Random(rng_seed)
     n, stripes, fanout = 200, 8, 8
     trees = burst(n, stripes, fanout)
@@ -90,11 +90,10 @@ def test_members_leaving_at_random_are_re_parented_without_cycles_or_going_back(
     decisions = 0
     for victim in rng.sample(range(n), 20):
         for child, s in trees.leave(victim):
-            before = progress[child, s]
             member, stripe, parent = trees.reparent(child, s, lambda m, st: progress[m, st])
             decisions += 1
             assert (member, stripe) == (child, s)
-            assert parent is SEEDS or progress[parent, s] >= before, "a new parent must not be behind"
+            assert parent is SEEDS or trees._nodes[parent].alive
     for s in range(stripes):  # the seeds feed a stripe to its root and to orphans nobody could take
         for m in live(trees, n):
             seen, node = set(), m
@@ -262,3 +261,76 @@ def test_without_a_free_slot_an_orphan_goes_where_the_upload_is_least_shared(rng
         return loads[m], len(path(m))
 
     assert parent in usable and key(parent) == min(map(key, usable))  # ties go to the sample's order
+
+
+def test_an_orphan_ahead_in_stale_reports_still_goes_where_the_upload_is_free():
+    """The scheduler knows progress from reports up to a second old, and an orphan has just reported
+    (its stream failed). Compared by progress, every other member looked behind it, and each orphan of
+    the death went to the old parent's nearest ancestor: the stripe's root, 14 streams on one upload in
+    the fleet simulation's draw 18. Progress no longer decides; the least shared upload does."""
+    n, stripes, fanout = 64, 4, 4
+    trees = StripeTrees(stripes, fanout, candidates=n, rng=random.Random(3), extra_roots=0)
+    for m in range(n):
+        trees.join(m)
+    victim = next(m for m in range(n) if trees._nodes[m].home == 0 and trees.parent(m, 0) is not SEEDS
+                  and trees.children(m, 0) and not any(trees.children(c, 0) for c in trees.children(m, 0)))
+    root = next(m for m in range(n) if trees._nodes[m].home == 0 and trees.parent(m, 0) is SEEDS)
+    orphans = [c for c, s in trees.leave(victim) if s == 0]
+    idle = next(m for m in range(n) if m not in orphans and m not in (victim, root) and trees._nodes[m].home != 0)
+    reported = {m: 50 for m in orphans}  # the orphans' reports are fresh; everyone else's say 0
+    for child in orphans:
+        trees._open[0].clear()  # no free slot: the sampled members decide
+        _, _, parent = trees.reparent(child, 0, lambda m, st: reported.get(m, 0),
+                                      upload_load=lambda m: 0 if m == idle else 8)
+        assert parent == idle, f"{child} went below {parent}, not the idle upload of {idle}"
+    check_trees(trees, live(trees, n))
+
+
+def test_a_leaving_relays_orphans_are_re_parented_relays_first():
+    """The leaves after the relays: a leaf re-parented first would find every relay's subtree cut off."""
+    trees = burst(64, 4, 4)
+    victim = next(m for m in range(64) if trees._nodes[m].home == 0 and trees.parent(m, 0) is SEEDS)
+    orphans = [c for c, s in trees.leave(victim) if s == 0]
+    relays = [c for c in orphans if trees.children(c, 0)]
+    assert relays and orphans[:len(relays)] == relays
+
+
+def test_a_dead_root_is_replaced_by_one_relaying_orphan_outside_the_extra_roots():
+    """A stripe's root dies: its first relaying orphan takes its place on the seeds, which costs no
+    extra root; the next relaying orphan is an extra root while the stripe has one left."""
+    for extra_roots, expected in ((0, 1), (1, 2)):
+        trees = StripeTrees(4, 4, extra_roots=extra_roots, stripe_chunks=[100] * 4)
+        for m in range(64):
+            trees.join(m)
+        root = next(m for m in range(64) if trees._nodes[m].home == 0 and trees.parent(m, 0) is SEEDS)
+        orphans = [c for c, s in trees.leave(root) if s == 0]
+        moves = [trees.reparent(c, 0, lambda m, st: 0) for c in orphans]
+        assert [p for _, _, p in moves].count(SEEDS) == expected, (extra_roots, moves)
+        assert moves[0][2] is SEEDS and trees.children(moves[0][0], 0)
+        assert trees._extra_roots_used[0] == expected - 1
+        check_trees(trees, live(trees, 64), extra_roots=extra_roots)
+
+
+@pytest.mark.parametrize("budget, replaced", [(100, True), (50, False)])
+def test_a_dead_extra_root_is_replaced_within_the_seeds_half_model(budget, replaced):
+    """An extra root dies: its first relaying orphan replaces it on the seeds, once, if what it lacks of
+    the stripe fits in what the seeds may still send orphaned relays; else it goes below a fed member."""
+    trees = StripeTrees(4, 4, extra_roots=1, stripe_chunks=[100] * 4)
+    for m in range(64):
+        trees.join(m)
+    relay = next(m for m in range(64) if trees._nodes[m].home == 0 and trees.parent(m, 0) is not SEEDS
+                 and trees.parent(trees.parent(m, 0), 0) is SEEDS and trees.children(m, 0))
+    orphans = [c for c, s in trees.leave(relay) if s == 0]
+    extra_root = trees.reparent(orphans[0], 0, lambda m, st: 0)[0]
+    assert trees.parent(extra_root, 0) is SEEDS and trees.children(extra_root, 0)
+    for c in orphans[1:]:
+        trees.reparent(c, 0, lambda m, st: 0)
+    trees.extra_root_chunks_left = budget
+    orphans = [c for c, s in trees.leave(extra_root) if s == 0]
+    first = trees.reparent(orphans[0], 0, lambda m, st: 0)
+    assert trees.children(orphans[0], 0), "the first orphan re-parented relays the stripe"
+    assert (first[2] is SEEDS) == replaced
+    assert trees.extra_root_chunks_left == (0 if replaced else budget)
+    rest = [trees.reparent(c, 0, lambda m, st: 0) for c in orphans[1:]]
+    assert all(p is not SEEDS for _, _, p in rest), "one replacement per dead relay, no extra root left"
+    check_trees(trees, live(trees, 64), extra_roots=1)

@@ -107,7 +107,9 @@ def test_a_moe_sized_manifest_goes_through_the_front_ends(tmp_path):
     manifest = {f"model.layers.{i // 256}.mlp.experts.{i % 256}.w{i % 3}": [(i + 1) << 21, 1 << 20, 2]
                 for i in range(40_000)}
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    process, url = _start(tmp_path, "--front-ends", "2")
+    # The test sends no heartbeats, and the job's 3 MB decode took over 5 s (the default timeout) beside a
+    # second suite: the seed was dropped before its job could match it.
+    process, url = _start(tmp_path, "--front-ends", "2", "--heartbeat-timeout", "120")
     try:
         registered = httpx.put(f"{url}/v1/seeds/big-seed", json=registration(manifest=manifest), headers=auth,
                                timeout=60)

@@ -103,6 +103,9 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
         jobs = AsyncIOScheduler()
         jobs.add_job(link.job(link.step), "interval", seconds=config.heartbeat_interval, id="heartbeat",
                      max_instances=1, coalesce=True, misfire_grace_time=None)
+        jobs.add_job(link.job(link.check_seed), "interval",
+                     seconds=config.heartbeat_interval * config.refresh_every_heartbeats, id="seed-refresh",
+                     max_instances=1, coalesce=True, misfire_grace_time=None)
         if config.liveness_interval_seconds > 0:
             jobs.add_job(link.job(link.probe_seed), "interval", seconds=config.liveness_interval_seconds, id="liveness",
                          max_instances=1, coalesce=True, misfire_grace_time=None)

@@ -52,7 +52,8 @@ class AgentConfig:
     """Longest a lease request is held waiting for budget (the client's wait_seconds is capped to it)."""
     heartbeat_interval: float = 1.0
     refresh_every_heartbeats: int = 5
-    """Re-read the seed's TE info every this many heartbeats, to notice a restarted seed."""
+    """Re-read the seed's TE info every this many heartbeat periods, to notice a restarted seed
+    (a job of its own: a slow read never delays a heartbeat)."""
     liveness_interval_seconds: float = 0.25
     """Probe the seed's /health this often; 0 disables the probe."""
     liveness_timeout_seconds: float = 2.0

@@ -110,7 +110,6 @@ class AgentState:
     seed_alive: bool = True
     """Last verdict of the liveness probe. Leases are refused while the seed is
     down: a read submitted to a dead peer only wastes the client's time."""
-    heartbeats: int = 0
     qos: QosTracker = field(init=False)
     """The serving-QoS state (throttle/qos.py); ``QosLoop`` ticks it."""
     last_qos: QosReport | None = None

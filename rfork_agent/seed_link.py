@@ -138,7 +138,6 @@ class SeedLink:
             return
         assert state.seed is not None
         state.set_phase(Phase.REGISTERED)
-        state.heartbeats = 0
         log.info("agent %s registered with %s: %s ranks %s sessions %s (scheduler expects a heartbeat every %s s)",
                  self.config.seed_id, self.config.scheduler_url, state.seed.identity.model,
                  sorted(state.seed.ranks), sorted(set(state.seed.sessions().values())),
@@ -147,9 +146,6 @@ class SeedLink:
 
     async def _heartbeat(self) -> None:
         state, seed = self.state, self.config.seed_id
-        state.heartbeats += 1
-        if state.heartbeats % self.config.refresh_every_heartbeats == 0 and await self._seed_changed():
-            return
         try:
             await self.scheduler.heartbeat(seed, state.heartbeat_body(state.clock()))
         except UnknownSeed:
@@ -165,23 +161,41 @@ class SeedLink:
             if self._last_problem:
                 self._recovered()
 
-    async def _seed_changed(self) -> bool:
-        """Re-read the seed; re-register if its TE sessions changed (it restarted). True if handled."""
+    async def check_seed(self) -> None:
+        """Re-read the seed's TE info; re-register if its sessions changed (it restarted).
+
+        Its own job, beside the heartbeat and never ahead of it: on a seed with tens of
+        thousands of tensors per rank the read takes about a second (the seed builds megabytes
+        of JSON), several on a loaded host, and heartbeats that waited behind it arrived late
+        enough for the scheduler to drop a live seed. Only the verdict is taken under the step
+        lock. A read that times out is no verdict: a slow seed is not a dead one (the liveness
+        probe owns that), so it keeps its registration.
+        """
         state = self.state
+        if state.phase is not Phase.REGISTERED:
+            return
+        known = state.seed
+        lost = None
         try:
             fresh = await discover(self.config, self.http)
         except SeedInfoUnavailable as exc:
-            await self._seed_lost(str(exc))
-            return True
-        old = state.seed
-        if old is not None and fresh.sessions() == old.sessions() and fresh.identity == old.identity:
-            return False
-        log.warning("agent %s: the seed restarted (TE sessions %s -> %s); re-registering",
-                    self.config.seed_id, old and old.sessions(), fresh.sessions())
-        state.seed = fresh
-        state.set_phase(Phase.REGISTERING)
-        await self._register()
-        return True
+            if isinstance(exc.__cause__, httpx.TimeoutException):
+                self._problem("re-reading the seed's TE info timed out (keeping its registration)", exc)
+                return
+            fresh, lost = None, str(exc)
+        async with self._lock:
+            if state.phase is not Phase.REGISTERED or state.seed is not known:
+                return  # re-registered or lost meanwhile: that verdict is newer than this read
+            if fresh is None:
+                await self._seed_lost(lost)
+                return
+            if known is not None and fresh.sessions() == known.sessions() and fresh.identity == known.identity:
+                return
+            log.warning("agent %s: the seed restarted (TE sessions %s -> %s); re-registering",
+                        self.config.seed_id, known and known.sessions(), fresh.sessions())
+            state.seed = fresh
+            state.set_phase(Phase.REGISTERING)
+            await self._register()
 
     async def _seed_lost(self, why: str) -> None:
         """The seed is gone: leave the scheduler at once so jobs re-plan, then wait for it to return."""

@@ -78,6 +78,8 @@ class FakeSeed:
     healthy: bool = True
     info_ok: bool = True
     """False: the TE-info endpoints answer 503 while /health still answers (a seed restarting)."""
+    info_delay_seconds: float = 0.0
+    """How long the TE-info endpoints take to answer (a seed building megabytes of JSON)."""
     health_probes: int = 0
     hits: list = field(default_factory=list)
     server_info_fields: tuple[str, ...] = ("model_path", "tp_size", "dtype")
@@ -96,6 +98,7 @@ class FakeSeed:
                 raise HTTPException(404)
             if not self.info_ok:
                 raise HTTPException(503)
+            time.sleep(self.info_delay_seconds)  # a sync route: FastAPI runs it on a worker thread
             if rank is None or not 0 <= rank < self.tp_size:
                 return JSONResponse({"error": f"no rank {rank}"}, status_code=400)
             return {"rank": rank, "remote_instance_transfer_engine_info": [self.session(rank), manifest_for(rank)]}

@@ -68,6 +68,34 @@ def test_reregisters_when_the_scheduler_forgets_and_when_the_seed_restarts(fleet
     assert len({body["agent_instance_id"] for _, body in scheduler.registrations}) == 1
 
 
+def test_a_slow_seed_refresh_never_holds_up_the_heartbeats(fleet):
+    # A seed with tens of thousands of tensors per rank takes seconds to answer its TE info under
+    # load; heartbeats that waited behind that re-read reached the scheduler late enough for it to
+    # drop a live seed. Each refresh here reads two ranks at 1 s each (a 2 s step before).
+    seed, scheduler, _, _ = fleet(refresh_every_heartbeats=1)
+    wait_until(registered(scheduler), what="registration")
+    seed.info_delay_seconds = 1.0
+    wait_until(lambda: seed.hits.count("/remote_instance_transfer_engine_info") >= 4, what="a slow refresh")
+    start = len(scheduler.heartbeats)
+    time.sleep(2.0)
+    beats = len(scheduler.heartbeats) - start
+    assert beats >= 8, f"{beats} heartbeats at a 0.1 s period in 2 s while the seed was slow to answer"
+    seed.info_delay_seconds = 0.0
+
+
+def test_a_refresh_that_times_out_keeps_the_registration(fleet):
+    # Slow is not dead: the liveness probe (its /health still answers) owns that verdict.
+    seed, scheduler, agent, _ = fleet(refresh_every_heartbeats=1, http_timeout_seconds=0.3)
+    wait_until(registered(scheduler), what="registration")
+    seed.info_delay_seconds = 1.0
+    reads = seed.hits.count("/remote_instance_transfer_engine_info")
+    wait_until(lambda: seed.hits.count("/remote_instance_transfer_engine_info") >= reads + 3,
+               what="three refreshes that time out")
+    assert scheduler.deletes == [] and len(scheduler.registrations) == 1
+    assert post(f"{agent.url}/v1/leases", lease_body(1000)).status_code == 200
+    seed.info_delay_seconds = 0.0
+
+
 def test_keeps_trying_until_the_scheduler_comes_up(fleet):
     sock = _socket()          # bound, not listening: connection refused
     scheduler = RecordingScheduler()

@@ -31,10 +31,13 @@ every member's upload is in use, so below any member the orphan's whole subtree 
 share that member's upload with its own children and trail the swarm, while the seeds'
 upload is idle once the first copy is out. When the member that left was itself fed by
 the seeds (a stripe's root, or an extra root), its first relaying orphan takes its place
-there without counting as an extra root: the stripe keeps the relays the seeds fed. Each
-of these costs the seeds what it lacks of the stripe; given the stripes' sizes, all of them
-together at most half a model. Otherwise the first live interior of the stripe with a
-free slot (of the ``candidates`` earliest) that is fed: neither below the orphan (a
+there without counting as an extra root: the stripe keeps the relays the seeds fed. An extra
+root costs the seeds what it lacks of the stripe, a replacement what the seeds had sent the
+dead relay and it lacks (``progress`` of the dead; unknown: what it lacks); given the stripes'
+sizes, all of them together at most half a model, of which extra roots leave one stripe's worth
+for replacements. Otherwise the first live interior of the stripe with a free slot (of the
+``candidates`` earliest) whose upload is not in full use already (``fanout`` streams over all
+stripes: an extra root relays two) and that is fed: neither below the orphan (a
 cycle) nor below a dead member (another orphan's stalled subtree); else, of
 ``candidates`` members sampled at random, the such one whose upload the fewest streams
 share (the scheduler's count; without it, the fewest children in the stripe); else the
@@ -67,18 +70,23 @@ __all__ = ["EXTRA_ROOTS_PER_STRIPE", "SEEDS", "Move", "StripeTrees"]
 SEEDS = None
 """The parent of a stripe's root: the seeds (their agents' leases)."""
 
-EXTRA_ROOTS_PER_STRIPE = 2
+EXTRA_ROOTS_PER_STRIPE = 3
 """Orphaned relays the seeds take on per stripe. In the fleet simulation (128 members, 2 of 4 seeds
-and 5 % of the members killed, 64 random draws; docs/benchmarks.md), 0 / 1 / 2 / 3 per stripe:
-time-to-all grew by at most 50.1 / 31.1 / 26.3 / 33.5 % (12 / 4 / 4 / 3 draws over 25 %), the
-seeds served at most 1.31 / 1.42 / 1.57 / 1.79 model copies. With orphans kept off stalled subtrees
-(``reparent``), 2 / 3 per stripe: 2 / 3 draws over 25 %, at most 1.61 / 1.73 copies."""
+and 5 % of the members killed; docs/benchmarks.md), 64 random draws at first: 0 / 1 / 2 / 3 per
+stripe grew time-to-all by at most 50.1 / 31.1 / 26.3 / 33.5 % (12 / 4 / 4 / 3 draws over 25 %).
+With the rules as they are now (replacements' cost, the reserve, busy uploads skipped), 256 draws:
+2 / 3 / 4 per stripe, 3 / 0 / 0 draws over 25 %, at most +31.8 / +22.8 / +22.8 %, the seeds serving
+at most 1.42 / 1.46 / 1.46 model copies (the half-model budget binds before a fourth)."""
+
+REPLACEMENT_RESERVE_STRIPES = 1
+"""Stripes' worth of the seeds' budget for orphaned relays that only replacements may spend."""
 
 Member = Hashable
 Move = tuple[Member, int, "Member | None"]
 """(member, stripe, its new parent there; ``SEEDS`` for the seeds)."""
 Progress = Callable[[Member, int], int]
-"""Chunks of a stripe a member has landed (the scheduler knows them from the members' progress reports)."""
+"""Chunks of a stripe a member has landed (the scheduler knows them from the members' progress reports;
+a member that left may still be asked, negative: not known)."""
 UploadLoad = Callable[[Member], int]
 """Streams reading from a member now, in every stripe (the scheduler counts them)."""
 
@@ -244,9 +252,21 @@ class StripeTrees:
         replaces = (old is not SEEDS and not self._nodes[old].alive and self._nodes[old].parents[stripe] is SEEDS
                     and (old, stripe) not in self._replaced)
         if node.children[stripe] and (replaces or self._extra_roots_used[stripe] < self.extra_roots):
-            # A relay: its subtree follows it (see the module doc); the seeds send what it lacks.
-            cost = 0 if self._stripe_chunks is None else max(self._stripe_chunks[stripe] - have, 0)
-            if self.extra_root_chunks_left is None or cost <= self.extra_root_chunks_left:
+            # A relay: its subtree follows it (see the module doc). An extra root costs the seeds what
+            # it lacks of the stripe; a replacement only what they had sent the dead relay and must
+            # send again (the rest they were sending anyway). Charged what it lacked, a root that died
+            # 0.2 s in cost 160 chunks (0.12 of a model) to replace where the seeds had sent it ~50, and
+            # the half model was gone before a later death needed it (docs/benchmarks.md, 2026-12-04).
+            cost = 0
+            if self._stripe_chunks is not None:
+                lacks = max(self._stripe_chunks[stripe] - have, 0)
+                dead_had = progress(old, stripe) if replaces else -1
+                cost = lacks if dead_had < 0 else min(max(dead_had - have, 0), lacks)
+            # Extra roots leave the seeds a stripe's worth for replacements: a root that dies late
+            # orphans its whole stripe, and the early deaths' extra roots had spent the budget.
+            floor = 0 if replaces or self._stripe_chunks is None else (
+                REPLACEMENT_RESERVE_STRIPES * max(self._stripe_chunks))
+            if self.extra_root_chunks_left is None or cost + floor <= self.extra_root_chunks_left:
                 if replaces:
                     self._replaced.add((old, stripe))
                 else:
@@ -258,7 +278,10 @@ class StripeTrees:
         choice = SEEDS
         open_ = self._open[stripe]
         for q in islice(open_, self.candidates):
-            if len(self._nodes[q].children[stripe]) < self.fanout and usable(q):
+            # A free slot in its home stripe, and an upload not already shared by ``fanout`` streams
+            # (an extra root relays a second stripe: its home slots are not all free upload).
+            if len(self._nodes[q].children[stripe]) < self.fanout and usable(q) and (
+                    upload_load is None or upload_load(q) < self.fanout):
                 choice = q
                 break
         else:

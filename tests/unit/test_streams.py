@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import doctest
 import math
 import random
@@ -176,26 +177,86 @@ def test_members_joining_after_others_left_still_make_valid_trees():
                 assert trees._nodes[node].alive, f"stripe {s}: {m} hangs below {node}, which left"
 
 
-def test_the_seeds_send_orphaned_relays_at_most_half_a_model_in_all():
-    """With the stripes' sizes known, an extra root costs the seeds what it lacks of its stripe, and
-    all of them together at most half a model: an orphan that would go over goes below a member."""
-    stripes, fanout = 4, 4
+def _relay_fed_by_a_member(trees: StripeTrees, n: int, stripe: int = 0):
+    """A relay of ``stripe`` whose parent is a member fed by the seeds, with relays below it."""
+    return next(m for m in range(n) if trees._nodes[m].home == stripe and trees.parent(m, stripe) is not SEEDS
+                and trees.parent(trees.parent(m, stripe), stripe) is SEEDS
+                and any(trees.children(c, stripe) for c in trees.children(m, stripe)))
+
+
+def test_extra_roots_leave_a_stripes_worth_of_the_half_model_for_replacements():
+    """With the stripes' sizes known, the seeds send orphaned relays at most half a model in all. An
+    extra root costs what it lacks of its stripe, and stops a stripe's worth short of that budget:
+    the rest is for a seeds-fed relay that dies later, whose stripe would otherwise lose its feed
+    (an orphan over the line goes below a member)."""
+    stripes, fanout, n = 4, 4, 256
     trees = StripeTrees(stripes, fanout, extra_roots=8, stripe_chunks=[10] * stripes)
-    for m in range(64):
+    for m in range(n):
         trees.join(m)
     assert trees.extra_root_chunks_left == 20  # half of the 4 x 10 chunks
-    progress = lambda m, st: 1 if st == 0 else 0  # noqa: E731 (everyone has 1 of stripe 0's 10 chunks)
-    moves = []
-    for victim in [0, 4]:  # stripe 0's root, then its first relay: relaying orphans each time
-        for child, s in trees.leave(victim):
-            relays = s == 0 and bool(trees.children(child, 0))
-            _, _, parent = trees.reparent(child, s, progress)
-            if relays:
-                moves.append((child, parent))
-    to_seeds = [c for c, p in moves if p is SEEDS]
-    assert len(moves) > 2 and len(to_seeds) == 2  # 2 x 9 = 18 chunks fit in 20; a third would not
-    assert trees.extra_root_chunks_left == 20 - 18
-    check_trees(trees, live(trees, 64), extra_roots=8)
+    assert streams.REPLACEMENT_RESERVE_STRIPES == 1  # 10 of them kept for replacements
+    have = {}  # everyone has 1 of stripe 0's 10 chunks, but what ``have`` says
+    progress = lambda m, st: have.get(m, 1) if st == 0 else 0  # noqa: E731
+    victim = _relay_fed_by_a_member(trees, n)
+    orphans = [c for c, s in trees.leave(victim) if s == 0]
+    relays = [c for c in orphans if trees.children(c, 0)]
+    moves = [trees.reparent(c, 0, progress) for c in orphans]
+    assert len(relays) >= 2
+    assert [p for c, _, p in moves if c in relays].count(SEEDS) == 1  # 9 + 10 fit in 20; 9 + 9 + 10 do not
+    assert trees.extra_root_chunks_left == 11
+    root = next(m for m in range(n) if trees.parent(m, 0) is SEEDS and trees._nodes[m].home == 0
+                and trees._nodes[m].index == 0)
+    have[root] = 10  # it had the whole stripe: its first relaying orphan lacks 9 the seeds had sent
+    orphans = [c for c, s in trees.leave(root) if s == 0]
+    first = trees.reparent(orphans[0], 0, progress)
+    assert trees.children(orphans[0], 0) and first[2] is SEEDS, "the root's replacement may spend the reserve"
+    assert trees.extra_root_chunks_left == 2
+    for c in orphans[1:]:
+        trees.reparent(c, 0, progress)
+    check_trees(trees, live(trees, n), extra_roots=8)
+
+
+def test_replacing_a_root_costs_what_the_seeds_had_sent_it_not_the_whole_stripe():
+    """A root that dies early had little of its stripe: the seeds send its replacement the rest, which
+    they were sending anyway. It cost the whole stripe before (less what the orphan had), and early
+    deaths spent the half model that a later one needed."""
+    trees = StripeTrees(4, 4, extra_roots=0, stripe_chunks=[100] * 4)
+    for m in range(64):
+        trees.join(m)
+    root = next(m for m in range(64) if trees._nodes[m].home == 0 and trees.parent(m, 0) is SEEDS)
+    progress = lambda m, st: {root: 8}.get(m, 2)  # noqa: E731 (its orphans trail it by 6 chunks)
+    orphans = [c for c, s in trees.leave(root) if s == 0]
+    assert trees.reparent(orphans[0], 0, progress)[2] is SEEDS
+    assert trees.extra_root_chunks_left == 200 - 6
+    unknown = StripeTrees(4, 4, extra_roots=0, stripe_chunks=[100] * 4)
+    for m in range(64):
+        unknown.join(m)
+    orphans = [c for c, s in unknown.leave(root) if s == 0]
+    unknown.reparent(orphans[0], 0, lambda m, st: -1 if m == root else 2)  # the dead's progress not known
+    assert unknown.extra_root_chunks_left == 200 - 98
+
+
+def test_an_orphan_skips_a_free_slot_whose_upload_is_already_in_full_use():
+    """A relay with a free slot in its home stripe whose upload already feeds ``fanout`` streams (it
+    is an extra root of another stripe too) is no free slot: a leaf orphaned early and hung there
+    shared that upload for the rest of the fork and finished last (the fault runs' worst draw)."""
+    trees = StripeTrees(4, 4, extra_roots=0)
+    for m in range(24):
+        trees.join(m)
+    victim = next(m for m in range(24) if trees._nodes[m].home == 1 and trees.parent(m, 1) is not SEEDS
+                  and trees.children(m, 1))
+    orphaned = trees.leave(victim)
+    orphans = [c for c, s in orphaned if s == 1 and not trees.children(c, 1)]
+    assert orphans
+    unconstrained = copy.deepcopy(trees)
+    _, _, busy = unconstrained.reparent(orphans[0], 1, lambda m, st: 0, upload_load=lambda q: 1)
+    assert busy is not SEEDS and len(unconstrained.children(busy, 1)) <= 4  # a free slot it took
+    _, _, parent = trees.reparent(orphans[0], 1, lambda m, st: 0, upload_load=lambda q: 4 if q == busy else 1)
+    assert parent not in (busy, SEEDS)
+    for c, s in orphaned:
+        if (c, s) != (orphans[0], 1):
+            trees.reparent(c, s, lambda m, st: 0, upload_load=lambda q: 1)
+    check_trees(trees, live(trees, 24))
 
 
 def test_stripe_sizes_must_match_the_stripes():
@@ -326,11 +387,12 @@ def test_a_dead_extra_root_is_replaced_within_the_seeds_half_model(budget, repla
     for c in orphans[1:]:
         trees.reparent(c, 0, lambda m, st: 0)
     trees.extra_root_chunks_left = budget
+    had_all = lambda m, st: 100 if m == extra_root else 0  # noqa: E731 (the seeds had sent it the stripe)
     orphans = [c for c, s in trees.leave(extra_root) if s == 0]
-    first = trees.reparent(orphans[0], 0, lambda m, st: 0)
+    first = trees.reparent(orphans[0], 0, had_all)
     assert trees.children(orphans[0], 0), "the first orphan re-parented relays the stripe"
     assert (first[2] is SEEDS) == replaced
     assert trees.extra_root_chunks_left == (0 if replaced else budget)
-    rest = [trees.reparent(c, 0, lambda m, st: 0) for c in orphans[1:]]
+    rest = [trees.reparent(c, 0, had_all) for c in orphans[1:]]
     assert all(p is not SEEDS for _, _, p in rest), "one replacement per dead relay, no extra root left"
     check_trees(trees, live(trees, 64), extra_roots=1)

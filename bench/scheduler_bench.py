@@ -50,7 +50,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ import httpx
 from rfork_api import models as m
 from rfork_api.errors import RforkApiError, UnknownJob, UnknownSeed
 from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
-from testbed.fleet import wait_http_ready
+from testbed.fleet import HeldPort, wait_http_ready
 
 DEFAULT_CHUNK_SIZE = 64 * 2**20
 
@@ -337,12 +336,6 @@ class ProcessSample:
 # --------------------------------------------------------------------------- the scheduler process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 try:
     _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child (no loader lock there)
 except OSError:
@@ -361,7 +354,8 @@ class SchedulerProcess:
 
     def __init__(self, log_dir: Path, cpus: list[int] | None, extra_args: tuple[str, ...] = (),
                  profile_path: str | None = None) -> None:
-        self.port = free_port()
+        self._held_port = HeldPort()
+        self.port = self._held_port.port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"scheduler-{self.port}.log"
         command = [sys.executable]
@@ -423,6 +417,7 @@ class SchedulerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        self._held_port.close()
 
 
 # --------------------------------------------------------------------------- load generator (one process)

@@ -166,9 +166,10 @@ class SchedulerProcess:
     """`rfork scheduler` in its own process on a free loopback port, logging to ``log_path``."""
 
     def __init__(self, log_path: str, heartbeat_timeout: float = 3.0, extra_args: tuple[str, ...] = ()) -> None:
-        from testbed.fleet import free_port
+        from testbed.fleet import HeldPort
 
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self._port = HeldPort()
+        self.url = f"http://127.0.0.1:{self._port.port}"
         self.log_path = log_path
         self._args = ["--heartbeat-timeout", str(heartbeat_timeout), *extra_args]
 
@@ -193,6 +194,7 @@ class SchedulerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        self._port.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,9 +122,37 @@ class SeedHandle:
 
 
 def free_port() -> int:
+    """A port nothing listens on now (its probe socket is closed: another bind may take it; to hand
+    a port to a child process, use ``HeldPort``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class HeldPort:
+    """A free loopback port, held until ``close()`` for a child process to listen on.
+
+    ``free_port()`` closes its probe before the child binds, and on a loaded machine another process
+    took the port in between (``make demo`` failed: an agent's bind found its port in use). This
+    keeps a socket bound to the port with SO_REUSEADDR, never listening: no other bind gets it, while
+    a child's listening socket with SO_REUSEADDR can (uvicorn's, the scheduler's front ends' and
+    ``socket.create_server``'s, ``http.server``'s and Go's, Prometheus', all set it).
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))
+        self.port: int = self._socket.getsockname()[1]
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> "HeldPort":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _python_module(module: str, *args: str) -> list[str]:
@@ -140,6 +168,9 @@ class Fleet:
     log_dir: Path = field(default=None)  # type: ignore[assignment]
     _processes: list[subprocess.Popen] = field(default_factory=list)
     _ports_taken: int = 0
+    _held_ports: list[HeldPort] = field(default_factory=list)
+    """The ports handed to the scheduler and agents, held until the fleet stops (a restarted process
+    gets its port back, and nothing else takes it meanwhile)."""
 
     def __enter__(self) -> "Fleet":
         try:
@@ -182,7 +213,9 @@ class Fleet:
 
     def _port(self) -> int:
         if self.spec.port_base is None:
-            return free_port()
+            held = HeldPort()
+            self._held_ports.append(held)
+            return held.port
         self._ports_taken += 1
         return self.spec.port_base + self._ports_taken - 1
 
@@ -246,6 +279,9 @@ class Fleet:
                 process.kill()
                 process.wait()
         self._processes.clear()
+        for held in self._held_ports:
+            held.close()
+        self._held_ports.clear()
 
     # -- faults ----------------------------------------------------------
     def kill_seed(self, index: int) -> None:

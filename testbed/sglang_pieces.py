@@ -39,7 +39,7 @@ import time
 import types
 from typing import Any, Mapping
 
-from testbed.fleet import Fleet, free_port
+from testbed.fleet import Fleet, HeldPort
 
 log = logging.getLogger("rfork.testbed.sglang")
 
@@ -163,7 +163,8 @@ class EngineInfoSource:
         import httpx
         from sglang.srt.entrypoints.engine_info_bootstrap_server import EngineInfoBootstrapServer
 
-        self.host, self.port = host, port or free_port()
+        self._held = HeldPort(host) if port is None else None  # ours until SGLang's uvicorn listens on it
+        self.host, self.port = host, port or self._held.port
         self.url = f"http://{host}:{self.port}"
         self._http = httpx.Client(timeout=5)
         self.server = EngineInfoBootstrapServer(host, self.port)
@@ -204,6 +205,8 @@ class EngineInfoSource:
     def close(self) -> None:
         self.server.close()
         self._http.close()
+        if self._held is not None:
+            self._held.close()
 
 
 class SGLangTokenizerMetrics:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from testbed.fleet import free_port, wait_http_ready
+from testbed.fleet import HeldPort, wait_http_ready
 
 READY_TIMEOUT_SECONDS = 60
 
@@ -25,6 +25,7 @@ class PrometheusServer:
     url: str
     config: Path
     log: Path
+    held_port: HeldPort | None = None
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 15 s. Safe to call twice."""
@@ -35,6 +36,8 @@ class PrometheusServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.held_port is not None:
+            self.held_port.close()
 
 
 def prometheus_binary(name: str = "prometheus") -> str:
@@ -49,13 +52,14 @@ def _start(tmp: Path, config: dict) -> PrometheusServer:
     path = tmp / "prometheus.yml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     log = tmp / "prometheus.log"
-    port = free_port()
+    held = HeldPort()
+    port = held.port
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [prometheus_binary(), f"--config.file={path}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
-    server = PrometheusServer(process, f"http://127.0.0.1:{port}", path, log)
+    server = PrometheusServer(process, f"http://127.0.0.1:{port}", path, log, held)
     failure = wait_http_ready(f"{server.url}/-/ready", process, READY_TIMEOUT_SECONDS)
     if failure is None:
         return server

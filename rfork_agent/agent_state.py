@@ -68,6 +68,9 @@ class SeedDescription:
 
     identity: wire.ModelIdentity
     ranks: dict[int, RankInfo]
+    te_info_digests: dict[int, str] = field(default_factory=dict)
+    """Per rank, the digest of the TE-info answer this was read from (``rfork_api.seed_info``): the
+    restart check compares these and reads the answers whole only when one changed."""
 
     def sessions(self) -> dict[int, str]:
         return {r: info.session_id for r, info in self.ranks.items()}

@@ -83,6 +83,30 @@ def test_a_slow_seed_refresh_never_holds_up_the_heartbeats(fleet):
     seed.info_delay_seconds = 0.0
 
 
+def test_a_refresh_of_an_unchanged_seed_does_not_parse_its_te_info(fleet, monkeypatch):
+    # Each refresh compares digests of the seed's answers; only a changed one is read whole.
+    from rfork_agent import seed_link
+
+    parsed = []
+    real = seed_link.discover
+
+    async def counting(config, http):
+        parsed.append(time.monotonic())
+        return await real(config, http)
+
+    monkeypatch.setattr(seed_link, "discover", counting)
+    seed, scheduler, _, _ = fleet(refresh_every_heartbeats=1)
+    wait_until(registered(scheduler), what="registration")
+    reads = seed.hits.count("/remote_instance_transfer_engine_info")
+    wait_until(lambda: seed.hits.count("/remote_instance_transfer_engine_info") >= reads + 6,
+               what="three refreshes of both ranks")
+    assert len(parsed) == 1, "only discovery parsed the TE info"
+    seed.generation += 1  # restarted: new sessions, a different answer
+    wait_until(lambda: scheduler.registrations[-1][1]["ranks"][0]["session_id"] == seed.session(0),
+               what="re-registration with the new session")
+    assert len(parsed) == 2
+
+
 def test_a_refresh_that_times_out_keeps_the_registration(fleet):
     # Slow is not dead: the liveness probe (its /health still answers) owns that verdict.
     seed, scheduler, agent, _ = fleet(refresh_every_heartbeats=1, http_timeout_seconds=0.3)

@@ -152,7 +152,11 @@ def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
                     "seed_over_slo": agent_metric(agent, decisions, 0.0, seed="seed-0", reason="seed_over_slo"),
                     "metrics_stale": agent_metric(agent, decisions, 0.0, seed="seed-0", reason="metrics_stale")}
             assert any(n >= 1 for n in ways.values()), f"the rate fell without a counted decision: {ways}; {cut}"
-            assert agent_metric(agent, "rfork_agent_itl_slo_violation_ratio", seed="seed-0") > 0.01
+            # The share over the SLO is of the pooled window (seconds of tokens): a cut that came with the
+            # first slow tokens saw it at 0.4 % (alone, the window still mostly the fast tokens before the
+            # stall); the stall goes on, so the window fills with slow ones.
+            wait_until(lambda: agent_metric(agent, "rfork_agent_itl_slo_violation_ratio", seed="seed-0") > 0.01, 20,
+                       "the exported share of tokens over the SLO to show the stall")
             assert agent_metric(agent, "rfork_agent_slo_itl_seconds", seed="seed-0") == 0.1
             # The scheduler's planner sizes this seed's depth from the rate in the heartbeats.
             wait_until(lambda: _scheduler_rate(fleet) <= 0.5 * climbed["allowed_rate_bytes_per_second"], 10,

@@ -17,6 +17,7 @@ Lifecycle (``Phase``)::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Awaitable, Callable
@@ -213,6 +214,9 @@ class SeedLink:
                 await self._seed_lost(lost)
                 return
             if known is not None and fresh.sessions() == known.sessions() and fresh.identity == known.identity:
+                # Not restarted, but answering other bytes: keep this answer's digests, or every later
+                # check would find them changed and read the seed twice (digest, then whole).
+                state.seed = dataclasses.replace(known, te_info_digests=fresh.te_info_digests)
                 return
             log.warning("agent %s: the seed restarted (TE sessions %s -> %s); re-registering",
                         self.config.seed_id, known and known.sessions(), fresh.sessions())

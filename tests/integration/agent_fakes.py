@@ -78,6 +78,8 @@ class FakeSeed:
     healthy: bool = True
     info_ok: bool = True
     """False: the TE-info endpoints answer 503 while /health still answers (a seed restarting)."""
+    info_extra: dict = field(default_factory=dict)
+    """Extra fields in the TE-info answers (other bytes, the same sessions and tensors)."""
     info_delay_seconds: float = 0.0
     """How long the TE-info endpoints take to answer (a seed building megabytes of JSON)."""
     health_probes: int = 0
@@ -101,7 +103,8 @@ class FakeSeed:
             time.sleep(self.info_delay_seconds)  # a sync route: FastAPI runs it on a worker thread
             if rank is None or not 0 <= rank < self.tp_size:
                 return JSONResponse({"error": f"no rank {rank}"}, status_code=400)
-            return {"rank": rank, "remote_instance_transfer_engine_info": [self.session(rank), manifest_for(rank)]}
+            return {"rank": rank, "remote_instance_transfer_engine_info": [self.session(rank), manifest_for(rank)],
+                    **self.info_extra}
 
         @app.get(new_te)
         def te_new(rank: int | None = Query(None)):

@@ -101,10 +101,16 @@ def test_a_refresh_of_an_unchanged_seed_does_not_parse_its_te_info(fleet, monkey
     wait_until(lambda: seed.hits.count("/remote_instance_transfer_engine_info") >= reads + 6,
                what="three refreshes of both ranks")
     assert len(parsed) == 1, "only discovery parsed the TE info"
+    seed.info_extra = {"served_at": 1}  # other bytes, same sessions: read whole once, then by digest again
+    wait_until(lambda: len(parsed) == 2, what="the changed answer read whole")
+    reads = seed.hits.count("/remote_instance_transfer_engine_info")
+    wait_until(lambda: seed.hits.count("/remote_instance_transfer_engine_info") >= reads + 6,
+               what="three more refreshes")
+    assert len(parsed) == 2 and len(scheduler.registrations) == 1
     seed.generation += 1  # restarted: new sessions, a different answer
     wait_until(lambda: scheduler.registrations[-1][1]["ranks"][0]["session_id"] == seed.session(0),
                what="re-registration with the new session")
-    assert len(parsed) == 2
+    assert len(parsed) == 3
 
 
 def test_a_refresh_that_times_out_keeps_the_registration(fleet):

@@ -168,8 +168,8 @@ class SchedulerProcess:
     def __init__(self, log_path: str, heartbeat_timeout: float = 3.0, extra_args: tuple[str, ...] = ()) -> None:
         from testbed.fleet import HeldPort
 
-        self._port = HeldPort()
-        self.url = f"http://127.0.0.1:{self._port.port}"
+        self._held_port = HeldPort()
+        self.url = f"http://127.0.0.1:{self._held_port.port}"
         self.log_path = log_path
         self._args = ["--heartbeat-timeout", str(heartbeat_timeout), *extra_args]
 
@@ -194,7 +194,7 @@ class SchedulerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
-        self._port.close()
+        self._held_port.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,9 +106,11 @@ FLEET = Dashboard(
         Panel("Peers and streams",
               (t("rfork_scheduler_peers_serving", "peers serving"),
                t(f"sum(rate(rfork_scheduler_streams_started_total[{RATE}]))", "streams started/s"),
+               t(f"sum(rate(rfork_scheduler_stream_endgame_moves_total[{RATE}]))", "endgame moves/s"),
                t(f"sum by (reason) (rate(rfork_scheduler_stream_failures_total[{RATE}]))", "stream failures/s {{reason}}")),
               description="Streams: a member follows a parent's landed map for one stripe; a failed one is "
-                          "re-parented (docs/fleet.md, Streams)."),
+                          "re-parented, and late in a scale-out a slow one moves to a finished member with upload "
+                          "to spare (docs/fleet.md, Streams)."),
         Panel("Scale-out time-to-all (last hour)",
               tuple(t(f"histogram_quantile({q}, sum by (le) (increase(rfork_scheduler_scale_out_seconds_bucket[1h])))",
                       f"p{round(q * 100)}") for q in (0.5, 0.99)), unit="s"),

@@ -138,6 +138,12 @@ class SchedulerMetrics:
             "(one per member and stripe, and one more for each re-parent).",
             registry=registry,
         )
+        self.stream_endgame_moves_total = Counter(
+            "rfork_scheduler_stream_endgame_moves_total",
+            "Streams moved late in a scale-out to a member that has every chunk and upload to spare, from a "
+            "parent still loading or more shared (each also counts in rfork_scheduler_streams_started_total).",
+            registry=registry,
+        )
         self.stream_failures_total = Counter(
             "rfork_scheduler_stream_failures_total",
             "Streams their clients reported failed, by reason (parent_lost, parent_stalled, not_the_same_plan); "

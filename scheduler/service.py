@@ -444,8 +444,11 @@ class SchedulerState:
             if body.landed_map is not None:
                 self._join_streams(record, body.landed_map, now)
             if body.streams and streams is not None:
+                moves = streams.endgame_moves
                 streams.report(job_id, [StreamReport(r.stream_id, r.landed, r.state, r.reason, r.error)
                                         for r in body.streams], now)
+                if streams.endgame_moves > moves:
+                    self.metrics.stream_endgame_moves_total.inc(streams.endgame_moves - moves)
                 for lost in streams.take_lost():
                     self.swarm.withdraw(lost, now)  # its followers cannot read it: nobody else should
                     log.warning("job %s: streams from it failed (%s's report); it serves no more", lost, job_id)

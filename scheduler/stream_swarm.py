@@ -14,8 +14,9 @@ any job. So the per-chunk decisions of a scale-out are about one model copy (the
 stripes' roots), whatever N is, and each member costs one join and a few reports.
 
 Every change of a member's parent in a stripe (a join's placement, an adoption, a
-re-parent) ends its old stream and starts a new one, each under a new ``stream_id``:
-the client is told to stop the old one (``take``: ``ended``) and start the new one.
+re-parent, an endgame move to a finished member: :meth:`StreamSwarm.report`) ends its
+old stream and starts a new one, each under a new ``stream_id``: the client is told to
+stop the old one (``take``: ``ended``) and start the new one.
 
 Safety (docs/fleet.md, "Safety"): a reader reads the parent's memory one-sided, so the
 parent cannot see it. Every stream counts against its parent as a reader until its
@@ -35,12 +36,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable, Sequence
 
 from rfork_api.landed import LandedMapRef
 from rfork_api.models import STREAM_FAILURE_REASONS
-from scheduler.planner import Job
+from scheduler.planner import DONE as JOB_DONE, Job
 from scheduler.streams import SEEDS, StripeTrees
 
 __all__ = ["StreamSwarm", "StreamAssignment", "StreamReport", "stripe_ranges", "RUNNING", "DONE", "ENDED",
@@ -52,6 +54,10 @@ RUNNING, DONE, ENDED, FAILED = "running", "done", "ended", "failed"
 """A stream's state in a client's report: still reading; every chunk landed; stopped as told
 (``take``'s ``ended``); failed (``reason`` one of :data:`STREAM_FAILURES`)."""
 STREAM_FAILURES = STREAM_FAILURE_REASONS
+
+ENDGAME_MIN_LEFT_FRACTION = 1 / 8
+"""A stream moves to a finished member (the endgame, :meth:`StreamSwarm.report`) only while at least
+this share of its stripe is left to read: less is over before a move pays for its round trip."""
 
 
 def stripe_ranges(num_chunks: int, stripes: int) -> list[range]:
@@ -136,6 +142,8 @@ class _Member:
     reading: dict[str, _Stream] = field(default_factory=dict)
     """Streams this member reads (or was told to stop and has not confirmed), not yet finished."""
     in_trees: bool = True
+    finished: bool = False
+    """Its job has every chunk (it serves on): a parent for the endgame's moves."""
 
 
 class StreamSwarm:
@@ -164,8 +172,13 @@ class StreamSwarm:
         """Every stream some parent still counts, by id."""
         self._ids = 0
         self._lost: list[str] = []
+        self._finished: dict[GroupKey, deque[str]] = {}
+        """Per group, its members that have every chunk, in the order they finished (the endgame's parents;
+        those gone or withdrawn are dropped when met)."""
         self.decisions = 0
-        """Parent choices made (joins' placements and re-parents): the scheduler's per-member work."""
+        """Parent choices made (joins' placements, re-parents, endgame moves): the scheduler's per-member work."""
+        self.endgame_moves = 0
+        """Streams moved to a finished member's idle upload (:meth:`report`)."""
 
     # -- membership -------------------------------------------------------
     def is_member(self, job_id: str) -> bool:
@@ -224,6 +237,7 @@ class StreamSwarm:
         if not left:
             del self._group_size[member.key]
             self._trees.pop(member.key, None)
+            self._finished.pop(member.key, None)
 
     def settle(self, reader_job_id: str, stream_ids: Iterable[str]) -> int:
         """``reader_job_id``'s client says these streams of its stopped (its job may be gone: ``leave``
@@ -267,7 +281,11 @@ class StreamSwarm:
     def take(self, job_id: str) -> tuple[list[StreamAssignment], list[str]]:
         """Streams the client should start and the stream ids it should stop, each told once."""
         member = self._members.get(job_id)
-        if member is None or not (member.started or member.ended):
+        if member is None:
+            return [], []
+        if not member.finished and member.job.state == JOB_DONE:
+            self._note_finished(member)  # (its last chunk may have come from the seeds, not a stream)
+        if not (member.started or member.ended):
             return [], []
         started, ended = member.started, member.ended
         member.started, member.ended = [], []
@@ -323,6 +341,75 @@ class StreamSwarm:
                     member.ranges[stream.stripe]):
                 # Stopped short (a stop we did not ask for): the seeds serve the rest.
                 member.job.unstream_chunks([member.ranges[stream.stripe]], now)
+        if member is None or not member.in_trees:
+            return
+        if member.job.state == JOB_DONE:
+            if not member.finished:
+                self._note_finished(member)
+        elif self._finished.get(member.key):
+            self._endgame(member, now)
+
+    def _note_finished(self, member: _Member) -> None:
+        member.finished = True
+        if member.in_trees:
+            self._finished.setdefault(member.key, deque()).append(member.job.job_id)
+
+    def _endgame(self, member: _Member, now: float) -> None:
+        """Move this member's slow streams to members that have finished and have upload to spare.
+
+        Late in a scale-out most members have every chunk and their uploads fall idle as their
+        readers finish, while a subtree that lost its relay early (a member killed) still reads a
+        stripe from scratch at a share of some member's upload, a chain behind: in the fault
+        simulation's worst draw those members finished 0.3 s after the rest (docs/benchmarks.md).
+        A finished member feeds a stream from its whole stripe at once, so each of this member's
+        streams with at least ``ENDGAME_MIN_LEFT_FRACTION`` of its stripe left moves, with its
+        subtree, to the finished member whose upload the fewest streams share, if the stream's
+        share grows there (or stays the same but no longer trails a parent that is still loading).
+        Decided at the member's own call, on the progress it just reported: O(stripes x candidates).
+        """
+        trees = self._trees.get(member.key)
+        if trees is None:
+            return
+        job_id = member.job.job_id
+        for stripe, stream in list(member.streams.items()):
+            chunks = member.ranges[stripe]
+            left = len(chunks) - member.job.done_in(chunks) - len(stream.landed)
+            if left < len(chunks) * ENDGAME_MIN_LEFT_FRACTION:
+                continue
+            parent = self._members.get(stream.parent)
+            if parent is None or not parent.in_trees:
+                continue  # its parent is leaving: the re-parent decides (its reads will fail)
+            target = self._idle_finished(member.key, job_id, stripe, trees)
+            if target is None:
+                continue  # none with upload to spare (that is not fed by this member in this stripe)
+            shared_now, shared_there = len(parent.readers), len(target.readers) + 1
+            if shared_there < shared_now or (shared_there == shared_now and not parent.finished):
+                trees.move(job_id, stripe, target.job.job_id)
+                self.decisions += 1
+                self.endgame_moves += 1
+                self._apply(member, stripe, target.job.job_id, now)
+
+    def _idle_finished(self, key: GroupKey, reader: str, stripe: int, trees: StripeTrees) -> _Member | None:
+        """Of the group's first ``candidates`` finished members still serving, the one whose upload the
+        fewest streams share (fewer than ``fanout``), not ``reader`` nor fed by it in ``stripe``."""
+        finished = self._finished[key]
+        best, looked = None, 0
+        for job_id in list(finished):
+            member = self._members.get(job_id)
+            if member is None or not member.in_trees:
+                finished.remove(job_id)  # gone or withdrawn: it serves nobody
+                continue
+            looked += 1
+            if job_id != reader and len(member.readers) < self.fanout and (
+                    best is None or len(member.readers) < len(best.readers)) and not trees.is_below(
+                    job_id, reader, stripe):
+                best = member
+            if looked >= self.candidates or (best is not None and not best.readers):
+                break
+        if best is not None:
+            finished.remove(best.job.job_id)  # to the back: the next move looks at the others first
+            finished.append(best.job.job_id)
+        return best
 
     # -- internals ----------------------------------------------------------
     def _failed(self, member: _Member, stream: _Stream, report: StreamReport, now: float) -> None:

@@ -46,7 +46,9 @@ not decide: the scheduler knows it from reports up to a second old, and an orpha
 had just reported looked ahead of every other member, so every orphan of a death went to
 the old parent's nearest ancestor, the stripe's root, whose upload then fed the whole
 stripe over 14 streams instead of 8. A join or a re-parent costs
-O(fanout + candidates x depth), whatever N; a leave O(N / stripes).
+O(fanout + candidates x depth), whatever N; a leave O(N / stripes). :meth:`StripeTrees.move` puts a
+member (and its subtree) below a parent the caller knows holds the whole stripe already: the scheduler's
+endgame (scheduler/stream_swarm.py) moves slow streams to finished members that way.
 
     >>> trees = StripeTrees(stripes=2, fanout=2)
     >>> [trees.join(m) for m in "abc"]       # each join: (member, stripe, new parent) moves
@@ -308,6 +310,29 @@ class StripeTrees:
                 choice = up
         self._attach(member, stripe, choice)
         return (member, stripe, choice)
+
+    def is_below(self, member: Member, ancestor: Member, stripe: int) -> bool:
+        """Whether ``ancestor`` feeds ``member`` in ``stripe`` (is its parent, or its parent's, ...)."""
+        up, hops = self._nodes[member].parents[stripe], 0
+        while up is not SEEDS and hops <= len(self._nodes):  # (bounded: a cycle is a bug, never a hang)
+            if up == ancestor:
+                return True
+            up, hops = self._nodes[up].parents[stripe], hops + 1
+        return False
+
+    def move(self, member: Member, stripe: int, parent: Member) -> Move:
+        """``member`` (with its subtree) now reads ``stripe`` from ``parent``, a member that holds the
+        whole stripe already (the caller knows: a finished member), so it needs no feed of its own."""
+        target = self._nodes[parent]
+        if parent == member or not target.alive or self.is_below(parent, member, stripe):
+            raise ValueError(f"{parent!r} cannot feed {member!r} stripe {stripe}: it is the member, gone, "
+                             "or below it there")
+        old = self._nodes[member].parents[stripe]
+        if old is not SEEDS:
+            self._nodes[old].children[stripe].discard(member)
+            self._reopen(old, stripe)
+        self._attach(member, stripe, parent)
+        return (member, stripe, parent)
 
     # -- internals -------------------------------------------------------------------------
     def _depth(self, member: Member, stripe: int) -> int:

@@ -459,6 +459,36 @@ def test_a_failed_stream_is_counted_and_re_parented(streaming):
         set(range(stream.first_chunk, stream.end_chunk)) <= from_seed
 
 
+def test_late_in_a_scale_out_a_slow_stream_moves_to_a_finished_member_and_is_counted():
+    """Two stripes, fanout 4, six members (docs/fleet.md, "The endgame"): the fourth finishes by its streams
+    with nobody reading from it; the fifth then reports a stream from the first member, which three more
+    streams share, one chunk of four in: it is told to stop it and read the stripe from the fourth."""
+    fleet = Fleet(stream_min_members=1, stream_stripes=2, stream_fanout=4)
+    try:
+        fleet.seed()
+        jobs = [created(fleet, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(6)]
+        told = {j: {} for j in jobs}
+        for k, j in enumerate(jobs):
+            told[j].update({s.stripe: s for s in fleet.work(j, max_assignments=0, landed_map=landed_map(k)).streams})
+        for j in jobs:  # adoptions as later members joined
+            told[j].update({s.stripe: s for s in fleet.work(j, max_assignments=0).streams})
+        finished, slow = jobs[3], told[jobs[4]][0]
+        assert {s.parent_job_id for s in told[finished].values()} == {jobs[0], jobs[1]}
+        assert slow.parent_job_id == jobs[0]
+        done = fleet.work(finished, max_assignments=0, streams=[
+            {"stream_id": s.stream_id, "landed": list(range(s.first_chunk, s.end_chunk)), "state": "done"}
+            for s in told[finished].values()])
+        assert done.state == m.JobState.DONE
+        reply = fleet.work(jobs[4], max_assignments=0, streams=[{"stream_id": slow.stream_id, "landed": [slow.first_chunk]}])
+        assert reply.end_streams == [slow.stream_id]
+        assert [(s.stripe, s.parent_job_id, s.first_chunk, s.end_chunk) for s in reply.streams] == [
+            (0, finished, slow.first_chunk, slow.end_chunk)]
+        assert reply.streams[0].parent_map.session_id == "client3:1"
+        assert fleet.metric("rfork_scheduler_stream_endgame_moves_total") == 1
+    finally:
+        fleet.close()
+
+
 @pytest.mark.parametrize("extra, status, words", [
     ({"landed_map": landed_map(0, num_chunks=N_CHUNKS + 1)}, 422, "chunks"),
     ({"landed_map": {**landed_map(0), "ptr": 0}}, 422, "ptr"),

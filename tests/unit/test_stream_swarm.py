@@ -207,3 +207,75 @@ def test_a_group_waits_for_min_members_then_joins_them_in_order():
     swarm.join(jobs[3], GROUP, ref(3), now=2.0)  # the group streams: later members join at once
     assert swarm.is_member("j3")
     assert sum(len(j.chunks) - len(j.streamed_chunks()) for j in jobs) == len(PLAN)
+
+
+# -- the endgame: finished members' idle uploads take over slow streams ------------------
+
+MANIFEST_64 = parse_manifest({f"w{i}": [0x1000 + i * CHUNK, CHUNK // 2, 2] for i in range(64)})
+PLAN_64 = plan_chunks(MANIFEST_64, CHUNK, minimum=4096)  # 64 chunks: 32 a stripe with 2 stripes
+
+
+def endgame_swarm() -> tuple[StreamSwarm, list[Job], dict[str, dict[int, object]]]:
+    """Six members, 2 stripes, fanout 4: j0 and j1 relay stripes 0 and 1 to four readers each, j3 reads
+    both from them and nobody reads from j3, j4 reads stripe 0 from j0 (told streams by member and stripe)."""
+    swarm = StreamSwarm(stripes=2, fanout=4)
+    jobs = [Job(f"j{i}", MANIFEST_64, PLAN_64, PlannerConfig(), now=0.0) for i in range(6)]
+    for i, j in enumerate(jobs):
+        swarm.join(j, GROUP, LandedMapRef(f"10.0.0.{i}:1", 0x10_0000 * (i + 1), len(PLAN_64), len(MANIFEST_64)), 0.0)
+    told = {j.job_id: {s.stripe: s for s in swarm.take(j.job_id)[0]} for j in jobs}
+    assert told["j4"][0].parent_job_id == "j0" and swarm.readers_of("j0", 0.0) == 4
+    assert {s.parent_job_id for s in told["j3"].values()} == {"j0", "j1"} and swarm.readers_of("j3", 0.0) == 0
+    return swarm, jobs, told
+
+
+def finish_by_streams(swarm: StreamSwarm, job_id: str, streams: dict, now: float) -> None:
+    swarm.report(job_id, [StreamReport(s.stream_id, landed=list(range(s.first_chunk, s.end_chunk)), state="done")
+                          for s in streams.values()], now)
+
+
+def test_a_finished_member_with_idle_upload_takes_over_a_slow_stream_at_the_readers_report() -> None:
+    swarm, jobs, told = endgame_swarm()
+    finish_by_streams(swarm, "j3", told["j3"], 1.0)
+    assert jobs[3].state == DONE
+    slow = told["j4"][0]
+    swarm.report("j4", [StreamReport(slow.stream_id, landed=[slow.first_chunk])], 1.5)  # 1 of 32 in 1.5 s
+    started, ended = swarm.take("j4")
+    assert ended == [slow.stream_id]
+    assert [(s.stripe, s.parent_job_id, s.first_chunk, s.end_chunk) for s in started] == [
+        (0, "j3", slow.first_chunk, slow.end_chunk)]
+    assert started[0].parent_map == LandedMapRef("10.0.0.3:1", 0x10_0000 * 4, len(PLAN_64), len(MANIFEST_64))
+    assert swarm.endgame_moves == 1 and swarm.readers_of("j3", 1.5) == 1
+    # The old stream counts against j0 (j1, j2 and j4 read from it since j3 finished) until j4 confirms
+    # it stopped; what it landed stays landed.
+    assert swarm.readers_of("j0", 1.5) == 3
+    swarm.report("j4", [StreamReport(slow.stream_id, state="ended")], 1.6)
+    assert swarm.readers_of("j0", 1.6) == 2 and jobs[4].done_in(range(slow.first_chunk, slow.first_chunk + 1)) == 1
+    # Its next report is not a second move: j3 is already its parent there.
+    swarm.report("j4", [StreamReport(started[0].stream_id, landed=[slow.first_chunk + 1])], 1.7)
+    assert swarm.take("j4") == ([], []) and swarm.endgame_moves == 1
+
+
+@pytest.mark.parametrize("case", ["nobody finished", "nearly done", "the finished member withdrew"])
+def test_the_endgame_moves_nothing_without_a_finished_idle_upload_that_pays_off(case: str) -> None:
+    swarm, jobs, told = endgame_swarm()
+    left = {0: 31, 1: 31}  # chunks of each of j4's streams not landed yet
+    if case != "nobody finished":
+        finish_by_streams(swarm, "j3", told["j3"], 1.0)
+    if case == "nearly done":
+        left = {0: 3, 1: 3}  # of 32: under an eighth
+    elif case == "the finished member withdrew":
+        swarm.withdraw("j3", 1.2)
+    swarm.report("j4", [StreamReport(s.stream_id, landed=list(range(s.first_chunk, s.end_chunk - left[stripe])))
+                        for stripe, s in told["j4"].items()], 1.5)
+    assert swarm.take("j4") == ([], []) and swarm.endgame_moves == 0
+
+
+def test_the_endgame_never_feeds_a_stripe_from_a_member_below_the_reader_there() -> None:
+    swarm, jobs, told = endgame_swarm()
+    assert told["j5"][0].parent_job_id == "j2"  # j2 relays stripe 0 to j5
+    finish_by_streams(swarm, "j5", told["j5"], 1.0)  # (as if j5 had its chunks from elsewhere)
+    swarm.report("j2", [StreamReport(s.stream_id, landed=[s.first_chunk]) for s in told["j2"].values()], 1.5)
+    started, ended = swarm.take("j2")
+    # Stripe 1 may move to j5 (it reads that one from j1); stripe 0 may not: j5 is below j2 there.
+    assert [s.stripe for s in started] == [1] and ended == [told["j2"][1].stream_id]
+    assert started[0].parent_job_id == "j5"

@@ -396,3 +396,29 @@ def test_a_dead_extra_root_is_replaced_within_the_seeds_half_model(budget, repla
     rest = [trees.reparent(c, 0, had_all) for c in orphans[1:]]
     assert all(p is not SEEDS for _, _, p in rest), "one replacement per dead relay, no extra root left"
     check_trees(trees, live(trees, 64), extra_roots=1)
+
+
+def test_a_member_moves_with_its_subtree_to_a_given_parent_and_its_old_parent_reopens():
+    trees = burst(64, stripes=4, fanout=4)
+    relay = next(m for m in range(64) if trees.home(m) == 0 and trees.children(m, 0) and trees.parent(m, 0) is not SEEDS)
+    old, below = trees.parent(relay, 0), trees.children(relay, 0)
+    target = next(m for m in range(64) if m != relay and not trees.is_below(m, relay, 0) and m != old)
+    assert trees.move(relay, 0, target) == (relay, 0, target)
+    assert trees.parent(relay, 0) == target and relay in trees.children(target, 0)
+    assert relay not in trees.children(old, 0) and trees.children(relay, 0) == below  # its subtree follows
+    check_trees(trees, list(range(64)))
+    # The old parent's freed slot takes the next orphan (a relay of its home stripe).
+    assert (old, 0) in trees._is_open
+
+
+def test_a_move_that_would_make_a_cycle_or_feed_from_the_gone_is_refused():
+    trees = burst(64, stripes=4, fanout=4)
+    relay = next(m for m in range(64) if trees.home(m) == 0 and trees.children(m, 0))
+    child = next(iter(trees.children(relay, 0)))
+    gone = next(m for m in range(64) if m not in (relay, child) and not trees.children(m, 0))
+    trees.leave(gone)
+    for parent in (relay, child, gone):
+        with pytest.raises(ValueError, match="cannot feed"):
+            trees.move(relay, 0, parent)
+    assert trees.parent(child, 0) == relay  # nothing changed
+    assert trees.is_below(child, relay, 0) and not trees.is_below(relay, child, 0)

@@ -390,25 +390,24 @@ class StreamSwarm:
                 self._apply(member, stripe, target.job.job_id, now)
 
     def _idle_finished(self, key: GroupKey, reader: str, stripe: int, trees: StripeTrees) -> _Member | None:
-        """Of the group's first ``candidates`` finished members still serving, the one whose upload the
+        """Of the group's next ``4 x candidates`` finished members still serving (in turn: those looked at
+        go to the back, so busy ones do not hide idle ones behind them for long), the one whose upload the
         fewest streams share (fewer than ``fanout``), not ``reader`` nor fed by it in ``stripe``."""
         finished = self._finished[key]
-        best, looked = None, 0
-        for job_id in list(finished):
+        best, looked = None, []
+        while finished and len(looked) < 4 * self.candidates:
+            job_id = finished.popleft()
             member = self._members.get(job_id)
             if member is None or not member.in_trees:
-                finished.remove(job_id)  # gone or withdrawn: it serves nobody
-                continue
-            looked += 1
+                continue  # gone or withdrawn: it serves nobody (dropped)
+            looked.append(job_id)
             if job_id != reader and len(member.readers) < self.fanout and (
                     best is None or len(member.readers) < len(best.readers)) and not trees.is_below(
                     job_id, reader, stripe):
                 best = member
-            if looked >= self.candidates or (best is not None and not best.readers):
-                break
-        if best is not None:
-            finished.remove(best.job.job_id)  # to the back: the next move looks at the others first
-            finished.append(best.job.job_id)
+                if not member.readers:
+                    break
+        finished.extend(looked)
         return best
 
     # -- internals ----------------------------------------------------------

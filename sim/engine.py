@@ -113,6 +113,8 @@ class Result:
     streams: int = 0
     """``stream``: streams handed out (joins' placements and re-parents)."""
     stream_failures: int = 0
+    stream_endgame_moves: int = 0
+    """``stream``: streams moved late to finished members' idle uploads (scheduler/stream_swarm.py)."""
 
     @property
     def scheduler_cpu_share(self) -> float:
@@ -143,6 +145,7 @@ class Result:
                 "assignments": self.assignments,
                 "streams": self.streams,
                 "stream_failures": self.stream_failures,
+                "stream_endgame_moves": self.stream_endgame_moves,
                 "work_calls": self.work_calls,
                 "lease_calls": self.lease_calls,
                 "processes": len(self.scheduler_cpu_seconds_by_shard),
@@ -634,6 +637,7 @@ class FleetSimulation:
             lease_calls=self.lease_calls, scheduler_cpu_seconds=max(self.cpu_by_shard),
             scheduler_cpu_seconds_by_shard=list(self.cpu_by_shard), decision_cpu_seconds=self.decisions,
             failures=self.failures, streams=self.streams_started, stream_failures=self.stream_failures,
+            stream_endgame_moves=sum(streams.endgame_moves for streams in self.streams or ()),
         )
 
 

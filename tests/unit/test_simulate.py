@@ -330,6 +330,31 @@ def test_faults_draws_the_kills_and_compares_each_draw_with_the_same_scale_out_w
     assert "3 draws: growth min" in stdout and "every survivor completed in every draw" in stdout
 
 
+def test_the_endgame_moves_slow_streams_to_finished_members_and_shortens_fault_draws(monkeypatch):
+    """Draws 1-8 of a small scale-out with kills (deterministic): with the endgame every survivor completes
+    as without it, the simulation counts its moves, and time-to-all is shorter summed over the draws (it
+    is in 6 of these 8; the 128-member study is docs/benchmarks.md, "The endgame")."""
+    import scheduler.stream_swarm as stream_swarm
+    from sim.engine import simulate
+    from sim.scenario import Scenario
+
+    def draws() -> list[dict]:
+        return [simulate(Scenario.from_mapping({
+            "model": "qwen2.5-0.5b", "instances": 24, "seeds": 4, "strategy": "stream", "chunk_size": "16MiB",
+            "instance_ingress": "1GB/s", "instance_egress": "1GB/s", "seed_egress": "1GB/s", "stream_min_members": 1,
+            "faults": {"kill_seeds": 2, "kill_peers_fraction": 0.1, "window_seconds": 0.5}, "random_seed": k}),
+            with_single_fork=False).to_json() for k in range(1, 9)]
+
+    with_endgame = draws()
+    monkeypatch.setattr(stream_swarm, "ENDGAME_MIN_LEFT_FRACTION", 2.0)  # no stream ever has that much left
+    without = draws()
+    for runs in (with_endgame, without):
+        assert all(r["instances_completed"] + r["instances_killed"] == 24 and not r["failures"] for r in runs)
+    assert all(r["scheduler"]["stream_endgame_moves"] > 0 for r in with_endgame)
+    assert all(r["scheduler"]["stream_endgame_moves"] == 0 for r in without)
+    assert sum(r["time_to_all_seconds"] for r in with_endgame) < 0.97 * sum(r["time_to_all_seconds"] for r in without)
+
+
 def test_sim_cli_doctests():
     import doctest
 

@@ -255,6 +255,23 @@ def test_a_finished_member_with_idle_upload_takes_over_a_slow_stream_at_the_read
     assert swarm.take("j4") == ([], []) and swarm.endgame_moves == 1
 
 
+def test_busy_finished_members_do_not_hide_an_idle_one_behind_them() -> None:
+    swarm, jobs, told = endgame_swarm()
+    swarm.candidates = 1  # (it looks at 4 x candidates in turn)
+    seed_64 = SourceView("seed-0", "10.0.9.9:1", "http://agent", MANIFEST_64, None)
+    for relay in ("j0", "j1"):  # finished first, each feeding fanout (4) streams: no upload to spare
+        finish_by_streams(swarm, relay, told[relay], 0.8)
+        for a in jobs[int(relay[1])].next_assignments([seed_64], 0.8, 64):
+            jobs[int(relay[1])].apply(Report(a.assignment_id, ok=True), 0.8)
+        assert jobs[int(relay[1])].state == DONE and swarm.take(relay) == ([], [])
+    finish_by_streams(swarm, "j5", told["j5"], 0.9)  # finished too; j4 reads stripe 1 from it
+    finish_by_streams(swarm, "j3", told["j3"], 1.0)  # finished last, nobody reading from it
+    slow = told["j4"][0]
+    swarm.report("j4", [StreamReport(slow.stream_id, landed=[slow.first_chunk])], 1.5)
+    started, ended = swarm.take("j4")
+    assert [(s.stripe, s.parent_job_id) for s in started] == [(0, "j3")] and ended == [slow.stream_id]
+
+
 @pytest.mark.parametrize("case", ["nobody finished", "nearly done", "the finished member withdrew"])
 def test_the_endgame_moves_nothing_without_a_finished_idle_upload_that_pays_off(case: str) -> None:
     swarm, jobs, told = endgame_swarm()

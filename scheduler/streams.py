@@ -229,10 +229,7 @@ class StripeTrees:
         without a free slot goes where the upload is least shared; without it, to the member with
         the fewest children in this stripe."""
         node = self._nodes[member]
-        old = node.parents[stripe]
-        if old is not SEEDS:
-            self._nodes[old].children[stripe].discard(member)
-            self._reopen(old, stripe)
+        old = self._detach(member, stripe)
         have = progress(member, stripe)
 
         def usable(q: Member) -> bool:
@@ -327,10 +324,7 @@ class StripeTrees:
         if parent == member or not target.alive or self.is_below(parent, member, stripe):
             raise ValueError(f"{parent!r} cannot feed {member!r} stripe {stripe}: it is the member, gone, "
                              "or below it there")
-        old = self._nodes[member].parents[stripe]
-        if old is not SEEDS:
-            self._nodes[old].children[stripe].discard(member)
-            self._reopen(old, stripe)
+        self._detach(member, stripe)
         self._attach(member, stripe, parent)
         return (member, stripe, parent)
 
@@ -392,6 +386,14 @@ class StripeTrees:
             self._nodes[old].children[stripe].discard(member)
         self._attach(member, stripe, parent)
         moves.append((member, stripe, parent))
+
+    def _detach(self, member: Member, stripe: int) -> Member | None:
+        """Take ``member`` out of its parent's children in ``stripe`` (its slot reopens); returns that parent."""
+        old = self._nodes[member].parents[stripe]
+        if old is not SEEDS:
+            self._nodes[old].children[stripe].discard(member)
+            self._reopen(old, stripe)
+        return old
 
     def _attach(self, member: Member, stripe: int, parent: Member | None) -> None:
         node = self._nodes[member]

@@ -637,7 +637,7 @@ class FleetSimulation:
             lease_calls=self.lease_calls, scheduler_cpu_seconds=max(self.cpu_by_shard),
             scheduler_cpu_seconds_by_shard=list(self.cpu_by_shard), decision_cpu_seconds=self.decisions,
             failures=self.failures, streams=self.streams_started, stream_failures=self.stream_failures,
-            stream_endgame_moves=sum(streams.endgame_moves for streams in self.streams or ()),
+            stream_endgame_moves=sum(streams.endgame_moves for streams in self.streams),
         )
 
 

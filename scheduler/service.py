@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -202,6 +202,8 @@ class SchedulerState:
     """Group -> hex digest of its chunk plan (what a streaming client checks its own plan against)."""
     scale_outs: dict[GroupKey, float] = field(default_factory=dict)
     """Group -> when its current scale-out started (its first job while none was running)."""
+    maybe_running: dict[GroupKey, deque[str]] = field(default_factory=dict)
+    """Group -> its jobs in creation order, those ended pruned from the front as found (``_group_running``)."""
     layouts: LayoutCache = field(init=False)
     """Layouts of the manifests sent whole: later jobs may send theirs by reference."""
     plans: OrderedDict[GroupKey, ChunkPlan] = field(default_factory=OrderedDict)
@@ -325,6 +327,7 @@ class SchedulerState:
                 body.peer.session_id, body.peer.upload_rate_bytes_per_second, body.peer.max_in_flight)
             self.swarm.join(job, group, offer, now)
             self.scale_outs.setdefault(group, now)
+            self.maybe_running.setdefault(group, deque()).append(job_id)
         log.info("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
         return record
@@ -558,9 +561,22 @@ class SchedulerState:
             self.streams.leave(job.job_id, now)
         for reader in readers:
             self._counting_retries(reader, "seed_lost", lambda reader=reader: reader.seed_lost(job.peer_id, why, now))
-        group = record.group
-        if group is not None and not any(r.job.state == RUNNING for r in self.jobs.values() if r.group == group):
-            self._end_scale_out(group, now)
+        if record.group is not None and not self._group_running(record.group):
+            self._end_scale_out(record.group, now)
+
+    def _group_running(self, group: GroupKey) -> bool:
+        """Whether a job of ``group`` is still running. Asked at every job's end: a scan of every job
+        made a scale-out's ends quadratic (1024 members: 0.5 M steps; a TP8 fleet of 1024, 8 groups in
+        one process: 33 M). A job never runs again once ended, so the group's queue drops ended jobs
+        from its front as it finds them, each once: O(1) amortized."""
+        queue = self.maybe_running.get(group)
+        while queue:
+            record = self.jobs.get(queue[0])
+            if record is not None and record.job.state == RUNNING:
+                return True
+            queue.popleft()
+        self.maybe_running.pop(group, None)
+        return False
 
     def _end_scale_out(self, group: GroupKey, now: float) -> None:
         started = self.scale_outs.pop(group, None)
@@ -630,8 +646,7 @@ class SchedulerState:
         self.swarm.reader_gone(job.job_id, now)  # reads it never reported may still be on the wire
         if outcome != DONE:
             self._leave_swarm(record, f"peer's job {outcome}", now)
-        elif record.group is not None and not any(
-                r.job.state == RUNNING for r in self.jobs.values() if r.group == record.group):
+        elif record.group is not None and not self._group_running(record.group):
             self._end_scale_out(record.group, now)  # a done job stays a peer while its client polls
         log.log(logging.INFO if outcome == DONE else logging.WARNING, "job %s %s%s", job.job_id, outcome,
                 f": {job.error}" if job.error else "")

@@ -235,6 +235,28 @@ def test_a_scale_out_is_timed_from_its_first_job_to_its_last_done(fleet):
     assert fleet.metric("rfork_scheduler_scale_out_seconds_sum") == pytest.approx(2.0)
 
 
+def test_a_scale_out_whose_members_end_out_of_order_ends_with_its_last_running_member(fleet):
+    fleet.seed()
+    jobs = [fleet.job(k, peer={"session_id": f"c{k}:1"}) for k in range(4)]
+    state = fleet.app.state.scheduler
+    fleet.clock.now += 1.0
+    run_to_done(fleet, jobs[3], fleet.work(jobs[3]))  # the newest first: the oldest still runs
+    assert fleet.call("DELETE", f"/v1/jobs/{jobs[1]}").status_code == 204  # one cancelled
+    fleet.clock.now += 1.0
+    run_to_done(fleet, jobs[0], fleet.work(jobs[0]))
+    assert fleet.metric("rfork_scheduler_scale_out_seconds_count") in (None, 0)  # jobs[2] still runs
+    fleet.clock.now += 1.0
+    run_to_done(fleet, jobs[2], fleet.work(jobs[2]))
+    assert fleet.metric("rfork_scheduler_scale_out_seconds_count") == 1
+    assert fleet.metric("rfork_scheduler_scale_out_seconds_sum") == pytest.approx(3.0)
+    assert state.maybe_running == {}  # nothing kept for a group with no job running
+    later = fleet.job(4, peer={"session_id": "c4:1"})  # the next scale-out of the group is timed anew
+    fleet.clock.now += 0.5
+    run_to_done(fleet, later, fleet.work(later))
+    assert fleet.metric("rfork_scheduler_scale_out_seconds_count") == 2
+    assert fleet.metric("rfork_scheduler_scale_out_seconds_sum") == pytest.approx(3.5)
+
+
 def test_long_poll_returns_at_once_with_work_and_waits_without(fleet):
     fleet.seed()
     a = fleet.job(0, peer={"session_id": "client-a:1"})

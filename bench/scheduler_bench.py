@@ -112,7 +112,10 @@ class SchedulerBenchOptions:
     profile_dir: str | None = None
     """Run the scheduler under cProfile and write ``scheduler-<jobs>.prof`` here."""
     scale_out: tuple[int, ...] = ()
-    """Scale-outs of this many members, one scenario each (instead of the steady-state ``jobs``)."""
+    """Scale-outs of this many instances, one scenario each (instead of the steady-state ``jobs``)."""
+    ranks: int = 1
+    """Ranks per instance (a TP-``ranks`` model): a scale-out of N instances is N x ranks jobs in ``ranks``
+    groups, one per rank, all served by the one scheduler (a DeepSeek-V3 TP8 fleet: 8)."""
     request_timeout_seconds: float = 60.0
     setup_stall_seconds: float = 120.0
     """Creating the jobs fails the run when a load generator reports no progress for this long
@@ -140,6 +143,8 @@ class SchedulerBenchOptions:
             problems.append(f"--clients must be >= 0 (0 = one per spare CPU), got {self.clients}")
         if any(n < 1 for n in self.scale_out):
             problems.append(f"--scale-out must be positive integers, got {','.join(map(str, self.scale_out))}")
+        if not 1 <= self.ranks <= 4096:
+            problems.append(f"--ranks must be in 1..4096, got {self.ranks}")
         if not 1 <= self.max_assignments <= 1024:
             problems.append(f"--max-assignments must be in 1..1024, got {self.max_assignments}")
         if problems:
@@ -149,7 +154,8 @@ class SchedulerBenchOptions:
 # --------------------------------------------------------------------------- pure: workload and statistics
 
 
-IDENTITY = m.ModelIdentity(model="rfork-bench/scheduler", revision="main", dtype="bfloat16", tp_size=1)
+def bench_identity(ranks: int) -> m.ModelIdentity:
+    return m.ModelIdentity(model="rfork-bench/scheduler", revision="main", dtype="bfloat16", tp_size=ranks)
 
 
 def bench_manifest(chunks: int, chunk_size: int, base_ptr: int) -> dict[str, list[int]]:
@@ -613,6 +619,8 @@ class MemberSpec:
     max_assignments: int
     cpus: list[int] | None
     request_timeout_seconds: float
+    ranks: int = 1
+    """Member k forks rank k % ranks (of instance k // ranks)."""
 
 
 @dataclass
@@ -662,7 +670,8 @@ async def _members(spec: MemberSpec, conn) -> MemberResult:
     async def create(k: int) -> tuple[m.JobCreated, int] | None:
         member = spec.first_member + k
         manifest = bench_manifest(spec.chunks, spec.chunk_size, (member + 2) << 40)  # its own memory
-        request = m.JobRequest(identity=IDENTITY, rank=0, chunk_size_bytes=spec.chunk_size, manifest=manifest,
+        request = m.JobRequest(identity=bench_identity(spec.ranks), rank=member % spec.ranks,
+                               chunk_size_bytes=spec.chunk_size, manifest=manifest,
                                peer=m.PeerOffer(session_id=f"bench-member-{member}:1"))
         try:
             job = await call(lambda: client.create_job(request), result.create_latencies)
@@ -725,8 +734,10 @@ async def _members(spec: MemberSpec, conn) -> MemberResult:
     return result
 
 
-async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: Path) -> dict:
-    """One fresh scheduler, ``members`` peers forking at once: the scheduler's CPU for the whole scale-out."""
+async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir: Path) -> dict:
+    """One fresh scheduler, ``instances`` x ``options.ranks`` peers (one job per rank of each instance)
+    forking at once: the scheduler's CPU for the whole scale-out."""
+    members = instances * options.ranks
     scheduler_cpus, load_cpus, _ = plan_cpus(options.pin)
     clients = min(options.clients or max(len(load_cpus or []), 1), members)
     profile_path = str(Path(options.profile_dir) / f"scheduler-scale-out-{members}.prof") if options.profile_dir else None
@@ -749,7 +760,7 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
                                                split_evenly(max(options.connections, clients), clients))):
             parent_end, child_end = context.Pipe()
             spec = MemberSpec(index, scheduler.url, n, first, conns, options.chunks, options.chunk_size,
-                              options.max_assignments, load_cpus, options.request_timeout_seconds)
+                              options.max_assignments, load_cpus, options.request_timeout_seconds, options.ranks)
             first += n
             process = context.Process(target=member_worker_main, args=(spec, child_end), daemon=True,
                                       name=f"rfork-bench-members-{index}")
@@ -783,6 +794,8 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
         run_cpu = end.cpu_seconds - after_create.cpu_seconds
         streams_started = scheduler.metric("rfork_scheduler_streams_started_total")
         return {
+            "instances": instances,
+            "ranks": options.ranks,
             "members": members,
             "created": created,
             "done": total("done"),
@@ -793,6 +806,7 @@ async def run_scale_out(options: SchedulerBenchOptions, members: int, log_dir: P
             "scheduler_cpu_seconds_run": run_cpu,
             "scheduler_cpu_seconds": create_cpu + run_cpu,
             "scheduler_cpu_ms_per_member": 1000 * (create_cpu + run_cpu) / max(members, 1),
+            "scheduler_cpu_ms_per_instance": 1000 * (create_cpu + run_cpu) / max(instances, 1),
             # With --scheduler-arg=--front-ends=N the scheduler's process above only decides; its HTTP
             # runs in the front ends (these, all N together).
             "front_end_cpu_seconds": front_ends_end - front_ends_before,
@@ -833,7 +847,9 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
 
 
 def print_scale_out(s: dict) -> None:
-    print(f"scale-out of {s['members']:<5} {s['done']} done, {s['failed']} failed: scheduler CPU "
+    ranks = s.get("ranks", 1)
+    what = f"{s['members']:<5}" if ranks == 1 else f"{s['instances']} x {ranks} ranks = {s['members']} members"
+    print(f"scale-out of {what} {s['done']} done, {s['failed']} failed: scheduler CPU "
           f"{s['scheduler_cpu_seconds']:.2f} s ({s['scheduler_cpu_seconds_create']:.2f} s creating the jobs, "
           f"{s['scheduler_cpu_seconds_run']:.2f} s answering {s['work_calls']} /work calls = "
           f"{s['work_calls_per_member']:.1f} per member), {s['scheduler_cpu_ms_per_member']:.2f} ms per member "
@@ -871,10 +887,12 @@ class FakeSeeds:
         self.client = SchedulerClient(url, timeout=options.request_timeout_seconds)
         self.registrations = {
             f"bench-seed-{i}": m.SeedRegistration(
-                identity=IDENTITY, agent_url=f"http://127.0.0.1:9/bench-seed-{i}",
+                identity=bench_identity(options.ranks), agent_url=f"http://127.0.0.1:9/bench-seed-{i}",
                 rate_cap_bytes_per_second=options.seed_rate,
-                ranks=[m.RankInfo(rank=0, session_id=f"127.0.0.1:{17000 + i}",
-                                  manifest=bench_manifest(options.chunks, options.chunk_size, (i + 1) << 44))])
+                ranks=[m.RankInfo(rank=r, session_id=f"127.0.0.1:{17000 + i}",
+                                  manifest=bench_manifest(options.chunks, options.chunk_size,
+                                                          ((i + 1) << 44) + (r << 38)))
+                       for r in range(options.ranks)])
             for i in range(options.seeds)
         }
         self.stats = SeedStats()
@@ -953,7 +971,7 @@ async def run_scenario(options: SchedulerBenchOptions, jobs: int, log_dir: Path)
         scheduler.wait_ready()
         seeds = FakeSeeds(scheduler.url, options)
         await seeds.register()
-        request = m.JobRequest(identity=IDENTITY, rank=0, chunk_size_bytes=options.chunk_size,
+        request = m.JobRequest(identity=bench_identity(options.ranks), rank=0, chunk_size_bytes=options.chunk_size,
                                manifest=bench_manifest(options.chunks, options.chunk_size, 1 << 40))
         context = multiprocessing.get_context("spawn")
         for index, (n, conns) in enumerate(zip(split_evenly(jobs, clients),
@@ -1191,9 +1209,10 @@ async def run_all(options: SchedulerBenchOptions) -> dict:
 
 async def _run_scale_outs(options: SchedulerBenchOptions, log_dir: Path, pinning: str, loadavg_start) -> dict:
     runs = []
-    for members in options.scale_out:
+    for instances in options.scale_out:
+        members = instances * options.ranks
         try:
-            run_ = await run_scale_out(options, members, log_dir)
+            run_ = await run_scale_out(options, instances, log_dir)
         except SchedulerStartError:
             raise
         except BenchError as exc:
@@ -1239,8 +1258,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", dest="profile_dir", default=None, metavar="DIR",
                    help="run the scheduler under cProfile; write DIR/scheduler-<jobs>.prof")
     p.add_argument("--scale-out", default="", metavar="N[,N]",
-                   help="measure scale-outs of N members forking at once as peers (with streams unless "
+                   help="measure scale-outs of N instances forking at once as peers (with streams unless "
                         "--scheduler-arg=--stream-stripes=0), instead of the steady state of --jobs")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="ranks per instance (a TP-R model, one job and one swarm group per rank; default 1): "
+                        "--scale-out 128 --ranks 8 is a DeepSeek-V3 TP8 scale-out of 128 instances, 1024 jobs")
     p.add_argument("--json", dest="json_path", default=None, help="write the full report here")
 
 
@@ -1264,7 +1286,8 @@ def options_from_args(args: argparse.Namespace) -> SchedulerBenchOptions:
         jobs=jobs, chunks=args.chunks, chunk_size=chunk_size, seeds=args.seeds, seed_rate=seed_rate,
         duration_seconds=args.duration, warmup_seconds=args.warmup, connections=args.connections,
         clients=args.clients, max_assignments=args.max_assignments, pin=args.pin,
-        scheduler_args=tuple(args.scheduler_arg), profile_dir=args.profile_dir, scale_out=scale_out)
+        scheduler_args=tuple(args.scheduler_arg), profile_dir=args.profile_dir, scale_out=scale_out,
+        ranks=getattr(args, "ranks", 1))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,6 +56,20 @@ def test_short_run_reports_every_figure_and_drops_no_seed(tmp_path):
     assert report["options"]["chunks"] == 50 and report["machine"]["pinning"]
 
 
+def test_a_tensor_parallel_scale_out_forks_every_rank_of_every_instance_through_one_scheduler(tmp_path):
+    out = tmp_path / "scale-out.json"
+    done = _bench("--scale-out", "6", "--ranks", "2", "--chunks", "40", "--seeds", "2",
+                  "--scheduler-arg=--stream-min-members=1", "--json", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run] = json.loads(out.read_text())["scale_outs"]
+    assert (run["instances"], run["ranks"], run["members"]) == (6, 2, 12)
+    assert run["created"] == run["done"] == 12 and run["failed"] == 0 and run["seeds_dropped"] == 0, run
+    # Each rank is its own group, one copy of it from the seeds; the rest by streams between members.
+    assert run["streams"] >= 2 * 5 and run["assignments"] >= 2
+    assert run["scheduler_cpu_ms_per_instance"] == pytest.approx(2 * run["scheduler_cpu_ms_per_member"])
+    assert "6 x 2 ranks = 12 members" in done.stdout
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--jobs", "0"], "--jobs must be positive integers"),
     (["--jobs", "1", "--chunk-size", "lots"], "cannot read size"),

@@ -118,6 +118,7 @@ def test_flags_become_options():
     (["--duration", "0"], "--duration must be > 0"),
     (["--connections", "0"], "--connections must be >= 1"),
     (["--max-assignments", "0"], "--max-assignments must be in 1..1024"),
+    (["--scale-out", "8", "--ranks", "0"], "--ranks must be in 1..4096"),
 ])
 def test_bad_flags_say_what_is_wrong(argv, fragment):
     with pytest.raises(ValueError) as info:

@@ -9,6 +9,7 @@ import sys
 
 from rfork_api.logs import add_log_arguments, uvicorn_options
 from rfork_api.units import UnitError, parse_size
+from scheduler.partition import MAX_DECIDERS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve HTTP from N front-end processes that pass requests to this one, which decides "
                         "(for scale-outs of hundreds of forks: parsing their requests costs more CPU than "
                         "deciding them); 0 = serve HTTP in this process (default 0)")
+    p.add_argument("--deciders", type=int, default=1, metavar="K",
+                   help="decide in K processes, each owning the ranks r with r %% K equal to its index (a TP8 "
+                        "fleet's 8 ranks never feed each other: --deciders 8 decides them in parallel); needs "
+                        "--front-ends, which route each request to its decider (default 1)")
     add_log_arguments(p)
 
 
@@ -94,10 +99,15 @@ def main(args: argparse.Namespace) -> int:
             ("--stream-fanout", args.stream_fanout, 1, 1024, "1 to 1024"),
             ("--stream-min-members", args.stream_min_members, 1, None, ">= 1"),
             ("--layout-cache-tensors", args.layout_cache_tensors, 0, None, ">= 0 (0: no layouts kept)"),
-            ("--front-ends", args.front_ends, 0, 64, "0 (serve HTTP here) to 64")):
+            ("--front-ends", args.front_ends, 0, 64, "0 (serve HTTP here) to 64"),
+            ("--deciders", args.deciders, 1, MAX_DECIDERS, f"1 to {MAX_DECIDERS}")):
         if value < low or (high is not None and value > high):
             print(f"rfork scheduler: error: {flag} must be {rule}, got {value}", file=sys.stderr)
             return 2
+    if args.deciders > 1 and not args.front_ends:
+        print(f"rfork scheduler: error: --deciders {args.deciders} needs --front-ends N (N >= 1): the front ends "
+              "route each request to the decider that owns it", file=sys.stderr)
+        return 2
     if not 0 <= args.port <= 65535:
         print(f"rfork scheduler: error: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
@@ -126,6 +136,7 @@ def main(args: argparse.Namespace) -> int:
                              stream_fanout=args.stream_fanout, stream_min_members=args.stream_min_members,
                              layout_cache_tensors=args.layout_cache_tensors,
                              admission=AdmissionConfig(max_forks_per_seed=args.max_forks_per_seed),
+                             deciders=args.deciders,
                              planner=PlannerConfig(max_in_flight_per_seed=args.max_in_flight_per_seed,
                                                    pipeline_seconds=args.pipeline_seconds,
                                                    merge_seconds=args.merge_seconds))
@@ -147,10 +158,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"rfork scheduler: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
-    logging.getLogger("rfork.scheduler").info("serving HTTP from %d front-end processes", args.front_ends)
+    logging.getLogger("rfork.scheduler").info(
+        "serving HTTP from %d front-end processes%s", args.front_ends,
+        f", deciding in {args.deciders} processes (ranks r % {args.deciders})" if args.deciders > 1 else "")
     try:
         return front_ends.serve(app, listening, args.front_ends, token=token, max_body_bytes=max_body,
-                                log_level=args.log_level, verbose=args.verbose)
-    except front_ends.FrontEndError as exc:
+                                log_level=args.log_level, verbose=args.verbose, deciders=args.deciders)
+    except (front_ends.FrontEndError, front_ends.DeciderExited) as exc:
         print(f"rfork scheduler: error: {exc}", file=sys.stderr)
         return 1

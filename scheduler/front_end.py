@@ -4,7 +4,10 @@ It accepts on the scheduler's listening socket (inherited), answers what needs
 no state itself (a missing or wrong token: 401; a body over the limit: 413, the
 same middleware the deciding process uses) and passes every other request to
 the deciding process (scheduler/front_protocol.py). HTTP, most of a request's
-CPU, so runs in N processes beside the one that decides.
+CPU, so runs in N processes beside the one that decides. With ``--deciders K``
+it holds one link to each of the K deciding processes and routes each request
+to the decider that owns it, or to all of them and merges their answers
+(scheduler/partition.py).
 
 When the deciding process goes away (its end of the socket closes) the front
 end answers 503 to what was waiting and exits: a front end never outlives its
@@ -23,6 +26,7 @@ import sys
 from rfork_api.auth import load_token
 from rfork_api.http import BearerAuth, BodySizeLimit, send_json_error
 from rfork_api.logs import setup_logging, uvicorn_options
+from scheduler import partition
 from scheduler.front_protocol import ForwardedRequest, ForwardedResponse, FrameWriter, read_message
 
 log = logging.getLogger("rfork.scheduler.front_end")
@@ -86,8 +90,8 @@ class Link:
 class Forwarder:
     """The front end's ASGI app, inside the same auth and body-size middleware as the deciding process's."""
 
-    def __init__(self, link: Link) -> None:
-        self.link = link
+    def __init__(self, links: list[Link]) -> None:
+        self.links = links
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -105,12 +109,12 @@ class Forwarder:
                 break
         client = scope.get("client")
         request = ForwardedRequest(
-            request_id=self.link.next_id(), method=scope["method"], path=scope["path"],
+            request_id=0, method=scope["method"], path=scope["path"],
             raw_path=scope.get("raw_path") or scope["path"].encode(), query_string=scope.get("query_string", b""),
             headers=list(scope["headers"]), client=tuple(client) if client else None,
             http_version=scope.get("http_version", "1.1"), scheme=scope.get("scheme", "http"), body=bytes(body))
         try:
-            reply = await self.link.call(request)
+            reply = await self._answer(request)
         except DecidingProcessGone:
             await send_json_error(send, 503, "scheduler_stopping",
                                   "the scheduler's deciding process stopped; retry against the restarted scheduler",
@@ -119,20 +123,71 @@ class Forwarder:
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
 
+    async def _answer(self, request: ForwardedRequest) -> ForwardedResponse:
+        if len(self.links) == 1:
+            link = self.links[0]
+            return await link.call(request._replace(request_id=link.next_id()))
+        where = partition.route(request.method, request.path, request.body, len(self.links))
+        if where.merge is None:
+            link = self.links[where.deciders[0]]
+            return await link.call(request._replace(request_id=link.next_id()))
+        replies = await asyncio.gather(*(
+            self.links[k].call(request._replace(request_id=self.links[k].next_id(), replica=k != where.deciders[0]))
+            for k in where.deciders))
+        return merged_reply(where.merge, replies)
+
     async def _lifespan(self, receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.link.open()
+                for link in self.links:
+                    await link.open()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.link.close()
+                for link in self.links:
+                    await link.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
-def build_app(link: Link, token: str | None, max_body_bytes: int):
-    app = BodySizeLimit(Forwarder(link), max_bytes=max_body_bytes)
+def merged_reply(merge: str, replies: list[ForwardedResponse]) -> ForwardedResponse:
+    """One answer from every decider's (decider 0's first). The first that is not a success is the
+    answer: a seed's registration every decider refused is refused, and one a decider failed is not
+    half done silently (the agent registers again)."""
+    first = replies[0]
+    failed = next((r for r in replies if not 200 <= r.status < 300), None)
+    if failed is not None:
+        return failed
+    if merge == partition.MERGE_ONE:
+        return first
+    if merge == partition.MERGE_METRICS:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        families = partition.merge_metrics([r.body.decode() for r in replies])
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(families))
+        body = generate_latest(registry)
+    elif merge == partition.MERGE_FLEET:
+        body = partition.merge_fleet([r.body for r in replies])
+    else:
+        body = partition.merge_health([r.body for r in replies])
+    headers = [(k, v) for k, v in first.headers if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return ForwardedResponse(first.request_id, first.status, headers, body)
+
+
+class _Families:
+    """A collector of already-built families (the deciders' merged metrics)."""
+
+    def __init__(self, families) -> None:
+        self._families = families
+
+    def collect(self):
+        return self._families
+
+
+def build_app(links: list[Link], token: str | None, max_body_bytes: int):
+    app = BodySizeLimit(Forwarder(links), max_bytes=max_body_bytes)
     return BearerAuth(app, token=token) if token else app
 
 
@@ -142,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scheduler.front_end",
                                 description="one HTTP front end of `rfork scheduler --front-ends N`")
     p.add_argument("--listen-fd", type=int, required=True, help="the scheduler's listening socket (inherited)")
-    p.add_argument("--link-fd", type=int, required=True, help="this front end's socket to the deciding process")
+    p.add_argument("--link-fds", required=True,
+                   help="this front end's sockets to the deciding processes, comma-separated, decider 0 first")
     p.add_argument("--index", type=int, default=0, help="which front end this is, for the logs")
     p.add_argument("--max-body-bytes", type=int, required=True)
     p.add_argument("--log-level", default="info")
@@ -151,16 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, args.verbose)
     token = load_token()  # the scheduler passes its token in the environment, never on the command line
     listening = socket.socket(fileno=args.listen_fd)
-    link_sock = socket.socket(fileno=args.link_fd)
     server: uvicorn.Server | None = None
 
     def deciding_process_gone() -> None:
         if server is not None and not server.should_exit:
-            log.info("front end %d: the deciding process closed its socket; stopping", args.index)
+            log.info("front end %d: a deciding process closed its socket; stopping", args.index)
             server.should_exit = True
 
-    link = Link(link_sock, deciding_process_gone)
-    config = uvicorn.Config(build_app(link, token, args.max_body_bytes), lifespan="on",
+    links = [Link(socket.socket(fileno=int(fd)), deciding_process_gone) for fd in args.link_fds.split(",")]
+    config = uvicorn.Config(build_app(links, token, args.max_body_bytes), lifespan="on",
                             timeout_graceful_shutdown=2, **uvicorn_options())
     server = uvicorn.Server(config)
     try:

@@ -48,6 +48,10 @@ class FrontEndError(RuntimeError):
     """The front ends could not be started (the message says why)."""
 
 
+class DeciderExited(RuntimeError):
+    """A deciding process (``--deciders``) exited while the scheduler ran: the scheduler stops."""
+
+
 # --------------------------------------------------------------------------- answering one request
 
 
@@ -158,14 +162,88 @@ async def serve_link(app: FastAPI, sock: socket.socket) -> None:
 # --------------------------------------------------------------------------- the front-end processes
 
 
+class Deciders:
+    """Deciders 1..K-1 of ``--deciders K`` (this process is decider 0), each a ``scheduler.decider``
+    process with ``config`` and a control socket over which it gets its end of each front end's link.
+
+    A decider that exits stops the scheduler (``wait`` returns): its jobs are gone with it, and the
+    forks recover from that as from a scheduler restart, which is what follows."""
+
+    def __init__(self, config, count: int, *, log_level: str, verbose: int) -> None:
+        self.config = config
+        self.count = count
+        self.log_level = log_level
+        self.verbose = verbose
+        self.controls: dict[int, socket.socket] = {}
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+
+    async def start(self) -> None:
+        from dataclasses import replace
+
+        from scheduler.decider import CONFIG_ENV, encode_config
+
+        for index in range(1, self.count):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            env = {**os.environ, CONFIG_ENV: encode_config(replace(self.config, decider_index=index))}
+            try:
+                self.processes[index] = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "scheduler.decider", "--control-fd", str(theirs.fileno()),
+                    "--log-level", self.log_level, "--verbose", str(self.verbose),
+                    pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                ours.close()
+                raise FrontEndError(f"cannot start decider {index}: {exc}") from exc
+            finally:
+                theirs.close()
+            self.controls[index] = ours
+
+    def hand_links(self, links: dict[int, socket.socket]) -> None:
+        """Give each decider its end of one front end's links (and close ours)."""
+        from scheduler.decider import hand_link
+
+        for index, sock in links.items():
+            try:
+                hand_link(self.controls[index], sock)
+            except OSError as exc:  # that decider is gone: wait() reports it and the scheduler stops
+                log.error("could not hand decider %d a front end's link: %s", index, exc)
+            finally:
+                sock.close()
+
+    async def wait(self) -> tuple[int, int]:
+        """(index, exit status) of the first decider to exit."""
+        waits = {asyncio.create_task(p.wait()): index for index, p in self.processes.items()}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        task = next(iter(done))
+        return waits[task], task.result()
+
+    async def stop(self) -> None:
+        for control in self.controls.values():
+            control.close()  # a decider exits when its control socket closes
+        for process in self.processes.values():
+            _terminate(process)
+        waits = [asyncio.create_task(p.wait()) for p in self.processes.values()]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=STOP_GRACE_SECONDS)
+            if late:
+                for process in self.processes.values():
+                    _terminate(process, kill=True)
+                await asyncio.wait(late)
+
+
 class FrontEnds:
-    """N front-end processes on ``listening``, each linked to ``app``; started again when one exits."""
+    """N front-end processes on ``listening``, each linked to ``app`` (and to each of ``deciders``);
+    started again when one exits."""
 
     def __init__(self, app: FastAPI, listening: socket.socket, count: int, *, token: str | None,
-                 max_body_bytes: int, log_level: str, verbose: int) -> None:
+                 max_body_bytes: int, log_level: str, verbose: int, deciders: Deciders | None = None) -> None:
         if count < 1:
             raise ValueError(f"front ends: count must be >= 1, got {count}")
         self.app = app
+        self.deciders = deciders
         self.listening = listening
         self.count = count
         self.max_body_bytes = max_body_bytes
@@ -204,24 +282,31 @@ class FrontEnds:
     async def _slot(self, index: int) -> None:
         backoff = RESTART_BACKOFF_SECONDS[0]
         loop = asyncio.get_running_loop()
+        deciders = 1 if self.deciders is None else self.deciders.count
         while not self._stopping.is_set():
-            ours, theirs = socket.socketpair()
+            pairs = [socket.socketpair() for _ in range(deciders)]  # one link per decider, 0 first
+            theirs = [pair[1] for pair in pairs]
             try:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "scheduler.front_end", "--listen-fd", str(self.listening.fileno()),
-                    "--link-fd", str(theirs.fileno()), "--index", str(index),
+                    "--link-fds", ",".join(str(t.fileno()) for t in theirs), "--index", str(index),
                     "--max-body-bytes", str(self.max_body_bytes), "--log-level", self.log_level,
                     "--verbose", str(self.verbose),
-                    pass_fds=(self.listening.fileno(), theirs.fileno()), env=self.env, stdin=subprocess.DEVNULL,
+                    pass_fds=(self.listening.fileno(), *(t.fileno() for t in theirs)), env=self.env,
+                    stdin=subprocess.DEVNULL,
                     # Out of the terminal's process group: a Ctrl-C reaches this process, which stops them
                     # (SIGTERM). Caught mid-start-up by the terminal's SIGINT, one printed a traceback.
                     start_new_session=True)
             except OSError as exc:
-                ours.close()
+                for ours, _ in pairs:
+                    ours.close()
                 raise FrontEndError(f"cannot start front end {index}: {exc}") from exc
             finally:
-                theirs.close()
-            link = asyncio.create_task(serve_link(self.app, ours))
+                for sock in theirs:
+                    sock.close()
+            if self.deciders is not None:
+                self.deciders.hand_links({k: pairs[k][0] for k in range(1, deciders)})
+            link = asyncio.create_task(serve_link(self.app, pairs[0][0]))
             started = loop.time()
             self._running(index, process)
             try:
@@ -277,17 +362,41 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(app: FastAPI, listening: socket.socket, count: int, *, token: str | None, max_body_bytes: int,
-          log_level: str, verbose: int) -> int:
-    """Run the deciding process: the app's lifespan, ``count`` front ends, until SIGINT or SIGTERM."""
+          log_level: str, verbose: int, deciders: int = 1) -> int:
+    """Run the deciding process (decider 0 of ``deciders``): the app's lifespan, the other deciders,
+    ``count`` front ends, until SIGINT or SIGTERM (0), or until a decider exits (DeciderExited)."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        others: Deciders | None = None
+        watching: asyncio.Task | None = None
+        exited: tuple[int, int] | None = None
         async with app.router.lifespan_context(app):
-            await FrontEnds(app, listening, count, token=token, max_body_bytes=max_body_bytes,
-                            log_level=log_level, verbose=verbose).run(stop)
+            try:
+                if deciders > 1:
+                    others = Deciders(app.state.scheduler.config, deciders, log_level=log_level, verbose=verbose)
+                    await others.start()
+
+                    async def watch() -> None:
+                        nonlocal exited
+                        exited = await others.wait()
+                        log.error("decider %d exited (%s); stopping the scheduler", exited[0], _exit_text(exited[1]))
+                        stop.set()
+
+                    watching = asyncio.create_task(watch())
+                await FrontEnds(app, listening, count, token=token, max_body_bytes=max_body_bytes,
+                                log_level=log_level, verbose=verbose, deciders=others).run(stop)
+            finally:
+                if watching is not None:
+                    watching.cancel()
+                if others is not None:
+                    await others.stop()
+        if exited is not None:
+            raise DeciderExited(f"decider {exited[0]} exited ({_exit_text(exited[1])}); the scheduler stopped "
+                                "with it: its log says why")
 
     try:
         asyncio.run(main())

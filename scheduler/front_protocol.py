@@ -34,6 +34,10 @@ FRAME_HEADER = struct.Struct(">Q")
 WORK_PATH = re.compile(r"/v1/jobs/([^/]+)/work")
 """The hot route the deciding process serves without its app's routing (Starlette's ``{job_id}``)."""
 
+REPLICA_SCOPE_KEY = "rfork.replica"
+"""Set in the ASGI scope of a copy of a request sent to every decider (``--deciders``), for each
+decider but 0: the copies' latency is not observed again."""
+
 
 class ForwardedRequest(NamedTuple):
     """An HTTP request as the front end received it: the deciding process runs its app on it."""
@@ -48,13 +52,18 @@ class ForwardedRequest(NamedTuple):
     http_version: str
     scheme: str
     body: bytes
+    replica: bool = False
+    """A copy of a request every decider answers, to a decider but the first (``--deciders``)."""
 
     def scope(self) -> dict:
         """The ASGI HTTP scope of this request (as uvicorn built it in the front end)."""
-        return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": self.http_version,
-                "method": self.method, "scheme": self.scheme, "path": self.path, "raw_path": self.raw_path,
-                "query_string": self.query_string, "root_path": "", "headers": self.headers,
-                "client": self.client, "server": None, "state": {}}
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": self.http_version,
+                 "method": self.method, "scheme": self.scheme, "path": self.path, "raw_path": self.raw_path,
+                 "query_string": self.query_string, "root_path": "", "headers": self.headers,
+                 "client": self.client, "server": None, "state": {}}
+        if self.replica:
+            scope[REPLICA_SCOPE_KEY] = True
+        return scope
 
 
 class ForwardedResponse(NamedTuple):

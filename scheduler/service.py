@@ -39,6 +39,8 @@ from scheduler.errors import InvalidLandedMap, InvalidResume, UnknownJob, Unknow
 from scheduler.fleet import AdmissionConfig, FleetAdmission, fleet_summary
 from scheduler.intake import Intake, decode_job_request, decode_registration
 from scheduler.liveness import LoopWatch, NoWatch
+from scheduler.front_protocol import REPLICA_SCOPE_KEY
+from scheduler.partition import job_id_for
 from scheduler.state_metrics import SchedulerStateCollector
 from rfork_api.manifest import Manifest, ManifestTable, layout_digest, match_manifests
 from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
@@ -125,18 +127,21 @@ class SchedulerConfig:
     process_pool_min_body_bytes: int = 1 << 20
     """Bodies at least this long are decoded in a worker process, smaller ones in a thread."""
     inline_max_body_bytes: int = 32 << 10
+    """Bodies shorter than this are decoded on the event loop (under a millisecond: a job sent by
+    reference, a small registration), without the hop to a thread."""
     layout_wait_seconds: float = 5.0
     """A job sent by reference to a layout not held waits this long at most for a manifest of that
     layout that may be on its way (a creation in progress, or one a client was just told to send
     whole: a scale-out's first members arrive together), then gets ``409 unknown_layout``."""
-    """Bodies shorter than this are decoded on the event loop (under a millisecond: a job sent by
-    reference, a small registration), without the hop to a thread."""
     layout_cache_tensors: int = 2_000_000
     """Tensors of the manifest layouts kept for jobs that send their manifest by reference
     (scheduler/layouts.py; ~150 bytes each); 0 = none (every job sends its manifest whole)."""
     planner: PlannerConfig = PlannerConfig()
     admission: AdmissionConfig = AdmissionConfig()
     """Fleet-wide limit on concurrent forks per seed (scheduler/fleet.py); none by default."""
+    deciders: int = 1
+    """Deciding processes, each owning the ranks ``r % deciders == decider_index`` (scheduler/partition.py)."""
+    decider_index: int = 0
 
 
 @dataclass
@@ -313,7 +318,7 @@ class SchedulerState:
         group = group_key(body.identity, body.rank, manifest, chunk_size)  # same bytes under the same chunk ids
         chunks = self._plan(group, manifest, chunk_size)
         now = self.clock()
-        job_id = uuid.uuid4().hex[:12]
+        job_id = job_id_for(uuid.uuid4().hex[:12], self.config.decider_index, self.config.deciders)
         with self.lock:
             start = stripe_start(len(chunks), self.swarm.next_index(group))
         job = Job(job_id, manifest, chunks, self.config.planner, now, start=start)
@@ -751,7 +756,8 @@ class RouteTiming:
     Plain ASGI: Starlette's ``@app.middleware("http")`` runs every request through
     an extra task and memory streams, which cost the scheduler about as much CPU as
     a small request itself. An exception that escapes the app (answered by the
-    outermost error middleware) counts as 5xx.
+    outermost error middleware) counts as 5xx. A seed's call that the front ends
+    sent to every decider (``--deciders``) is timed by decider 0 alone.
     """
 
     def __init__(self, app, histogram) -> None:
@@ -759,7 +765,7 @@ class RouteTiming:
         self.histogram = histogram
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get(REPLICA_SCOPE_KEY):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -10,96 +10,38 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from bench.scheduler_bench import front_end_pids
 from tests.integration.scheduler_fakes import IDENTITY, process_alive, registration
-from testbed.fleet import Fleet, FleetSpec, free_port, wait_http_ready
+from tests.integration.scheduler_processes import (REQUESTS, TOKEN, metric, start_scheduler, stop_scheduler,
+                                                   wait_for)
+from testbed.fleet import Fleet, FleetSpec, free_port
 from testbed.scale_out import ScaleOutOptions, run_scale_out
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 MiB = 1 << 20
-TOKEN = "front-end-test-token"
-
-
-def _start(tmp_path, *args: str, token: bool = True) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RFORK_TOKEN")}
-    if token:
-        env["RFORK_TOKEN"] = TOKEN
-    log = open(tmp_path / f"scheduler-{port}.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "rfork_agent.cli", "scheduler", "--port", str(port), *args],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    failure = wait_http_ready(f"{url}/health", process, 30)
-    assert failure is None, failure
-    return process, url
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def _wait_for(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
-def _metric(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in {url}/metrics")
-
-
-REQUESTS = [
-    # (method, path, headers, body): what a client may send, good and bad
-    ("GET", "/health", {}, None),
-    ("GET", "/v1/seeds", {"Authorization": f"Bearer {TOKEN}"}, None),
-    ("GET", "/v1/seeds", {}, None),  # no token: 401
-    ("GET", "/v1/seeds", {"Authorization": "Bearer wrong"}, None),
-    ("POST", "/v1/jobs/nope/work", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
-     b'{"max_assignments": 1}'),  # unknown job: 404
-    ("POST", "/v1/jobs/nope/work", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
-     b'{"max_assignments": "many"}'),  # 422, the field named
-    ("POST", "/v1/jobs/nope/work", {"Authorization": f"Bearer {TOKEN}", "content-type": "text/plain"}, b"{}"),
-    ("POST", "/v1/jobs/nope/work", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
-     b"{not json"),
-    ("POST", "/v1/jobs", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
-     b'{"identity": 3}'),
-    ("POST", "/v1/jobs", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
-     b"x" * (64 << 10)),  # over --max-body-bytes 16KiB: 413
-    ("GET", "/v1/no/such/route", {"Authorization": f"Bearer {TOKEN}"}, None),
-    ("DELETE", "/v1/jobs/nope", {"Authorization": f"Bearer {TOKEN}"}, None),
-]
 
 
 def test_front_ends_answer_every_request_as_the_scheduler_itself_does(tmp_path):
-    plain, plain_url = _start(tmp_path, "--max-body-bytes", "16KiB")
-    fronted, fronted_url = _start(tmp_path, "--max-body-bytes", "16KiB", "--front-ends", "2")
+    plain, plain_url = start_scheduler(tmp_path, "--max-body-bytes", "16KiB")
+    fronted, fronted_url = start_scheduler(tmp_path, "--max-body-bytes", "16KiB", "--front-ends", "2")
     try:
         for method, path, headers, body in REQUESTS:
             want = httpx.request(method, plain_url + path, headers=headers, content=body)
             got = httpx.request(method, fronted_url + path, headers=headers, content=body)
             assert (got.status_code, got.content) == (want.status_code, want.content), (method, path)
             assert got.headers.get("content-type") == want.headers.get("content-type"), (method, path)
-        assert _metric(fronted_url, "rfork_scheduler_front_ends_running") == 2
-        assert _metric(plain_url, "rfork_scheduler_front_ends_running") == 0
+        assert metric(fronted_url, "rfork_scheduler_front_ends_running") == 2
+        assert metric(plain_url, "rfork_scheduler_front_ends_running") == 0
         # The deciding process times /work itself (the front ends skip the app's middleware).
         assert 'route="POST /v1/jobs/{job_id}/work",status="4xx"' in httpx.get(f"{fronted_url}/metrics").text
     finally:
-        _stop(plain)
-        _stop(fronted)
+        stop_scheduler(plain)
+        stop_scheduler(fronted)
 
 
 def test_a_moe_sized_manifest_goes_through_the_front_ends(tmp_path):
@@ -109,7 +51,7 @@ def test_a_moe_sized_manifest_goes_through_the_front_ends(tmp_path):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     # The test sends no heartbeats, and the job's 3 MB decode took over 5 s (the default timeout) beside a
     # second suite: the seed was dropped before its job could match it.
-    process, url = _start(tmp_path, "--front-ends", "2", "--heartbeat-timeout", "120")
+    process, url = start_scheduler(tmp_path, "--front-ends", "2", "--heartbeat-timeout", "120")
     try:
         registered = httpx.put(f"{url}/v1/seeds/big-seed", json=registration(manifest=manifest), headers=auth,
                                timeout=60)
@@ -121,42 +63,42 @@ def test_a_moe_sized_manifest_goes_through_the_front_ends(tmp_path):
         work = httpx.post(f"{url}/v1/jobs/{job.json()['job_id']}/work", json={"max_assignments": 4}, headers=auth)
         assert work.status_code == 200 and work.json()["assignments"], work.text
     finally:
-        _stop(process)
+        stop_scheduler(process)
 
 
 def test_a_killed_front_end_is_replaced_and_a_killed_scheduler_leaves_none_behind(tmp_path):
-    process, url = _start(tmp_path, "--front-ends", "2", token=False)
+    process, url = start_scheduler(tmp_path, "--front-ends", "2", token=False)
     try:
         first = front_end_pids(process.pid)
         assert len(first) == 2
         os.kill(first[0], signal.SIGKILL)
-        assert _wait_for(lambda: len(front_end_pids(process.pid)) == 2 and first[0] not in front_end_pids(process.pid))
-        assert _wait_for(lambda: _metric(url, "rfork_scheduler_front_ends_running") == 2)
-        assert _metric(url, "rfork_scheduler_front_end_restarts_total") == 1
+        assert wait_for(lambda: len(front_end_pids(process.pid)) == 2 and first[0] not in front_end_pids(process.pid))
+        assert wait_for(lambda: metric(url, "rfork_scheduler_front_ends_running") == 2)
+        assert metric(url, "rfork_scheduler_front_end_restarts_total") == 1
         assert httpx.get(f"{url}/v1/seeds").status_code == 200
         # The deciding process dies without a word: its front ends must not keep the port.
         front_ends = front_end_pids(process.pid)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        assert _wait_for(lambda: not any(process_alive(pid) for pid in front_ends)), "front ends outlived the scheduler"
+        assert wait_for(lambda: not any(process_alive(pid) for pid in front_ends)), "front ends outlived the scheduler"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/health", timeout=2)
     finally:
-        _stop(process)
+        stop_scheduler(process)
 
 
 def test_ctrl_c_stops_the_scheduler_and_its_front_ends_cleanly(tmp_path):
-    process, url = _start(tmp_path, "--front-ends", "3", token=False)
+    process, url = start_scheduler(tmp_path, "--front-ends", "3", token=False)
     front_ends = front_end_pids(process.pid)
     assert len(front_ends) == 3
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     try:
         assert process.wait(timeout=20) == 0
-        assert _wait_for(lambda: not any(process_alive(pid) for pid in front_ends))
+        assert wait_for(lambda: not any(process_alive(pid) for pid in front_ends))
         log = (tmp_path / f"scheduler-{url.rsplit(':', 1)[1]}.log").read_text()
         assert "Traceback" not in log, log
     finally:
-        _stop(process)
+        stop_scheduler(process)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -171,7 +113,7 @@ def test_bad_front_end_counts_are_one_line_errors(argv, needle):
 
 
 def test_a_taken_port_is_a_one_line_error(tmp_path):
-    process, url = _start(tmp_path, "--front-ends", "1", token=False)
+    process, url = start_scheduler(tmp_path, "--front-ends", "1", token=False)
     try:
         port = url.rsplit(":", 1)[1]
         done = subprocess.run([sys.executable, "-m", "rfork_agent.cli", "scheduler", "--port", port,
@@ -181,7 +123,7 @@ def test_a_taken_port_is_a_one_line_error(tmp_path):
         assert lines[-1].startswith(f"rfork scheduler: error: cannot listen on 127.0.0.1:{port}: "), done.stderr
         assert "Traceback" not in done.stderr
     finally:
-        _stop(process)
+        stop_scheduler(process)
 
 
 def test_streaming_scale_out_through_front_ends_verifies_every_client(tmp_path):

@@ -282,6 +282,15 @@ def runqueue_wait_seconds(pid: int) -> float:
 
 def front_end_pids(pid: int) -> list[int]:
     """The HTTP front ends (``--front-ends N``) that scheduler ``pid`` runs now; none without."""
+    return _children_running(pid, b"scheduler.front_end")  # not the intake's decoding processes
+
+
+def decider_pids(pid: int) -> list[int]:
+    """Deciders 1..K-1 (``--deciders K``) that scheduler ``pid`` runs now, in their order; none without."""
+    return _children_running(pid, b"scheduler.decider")
+
+
+def _children_running(pid: int, module: bytes) -> list[int]:
     found = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -296,11 +305,11 @@ def front_end_pids(pid: int) -> list[int]:
         for child in children:
             try:
                 with open(f"/proc/{child}/cmdline", "rb") as f:
-                    if b"scheduler.front_end" in f.read():  # not the intake's decoding processes
+                    if module in f.read().split(b"\0"):
                         found.append(child)
             except OSError:
                 continue  # exited meanwhile
-    return found
+    return sorted(found)
 
 
 def front_end_cpu_seconds(pid: int) -> float:
@@ -747,9 +756,18 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
     seeds: FakeSeeds | None = None
     workers: list[tuple[multiprocessing.Process, object]] = []
     try:
-        scheduler.wait_ready()
+        scheduler.wait_ready()  # with --deciders, /health answers once every decider does
+        deciders = decider_pids(scheduler.pid)
         if load_cpus and hasattr(os, "sched_setaffinity"):
-            # Front ends inherit the scheduler's CPU (taskset); the deciding process is what is measured.
+            # Front ends and deciders inherit the scheduler's CPU (taskset). Each decider gets a CPU of its
+            # own where there are CPUs to spare (deciding is what is measured), else the load's.
+            if len(load_cpus) > len(deciders):
+                for child, cpu in zip(deciders, load_cpus):
+                    os.sched_setaffinity(child, [cpu])
+                load_cpus = load_cpus[len(deciders):]
+            else:
+                for child in deciders:
+                    os.sched_setaffinity(child, load_cpus)
             for child in front_end_pids(scheduler.pid):
                 os.sched_setaffinity(child, load_cpus)
         seeds = FakeSeeds(scheduler.url, options)
@@ -768,6 +786,7 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
             child_end.close()
             workers.append((process, parent_end))
         create_started = time.monotonic()
+        deciders_before = [process_cpu_seconds(pid) for pid in deciders]
         before = ProcessSample.of(scheduler.pid)
         front_ends_before = front_end_cpu_seconds(scheduler.pid)
         decisions_before = _decision_cpu(scheduler)
@@ -783,6 +802,7 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
                    for process, conn in workers]
         run_seconds = time.monotonic() - started
         end = ProcessSample.of(scheduler.pid)
+        deciders_end = [process_cpu_seconds(pid) for pid in deciders]
         front_ends_end = front_end_cpu_seconds(scheduler.pid)
         decisions_end = _decision_cpu(scheduler)
         total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
@@ -792,6 +812,8 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
         errors.update({f"heartbeat: {k}": v for k, v in seeds.stats.errors.items()})
         create_cpu = after_create.cpu_seconds - before.cpu_seconds
         run_cpu = end.cpu_seconds - after_create.cpu_seconds
+        # Decider 0 is the scheduler's own process; with --deciders K the others decide beside it.
+        by_decider = [create_cpu + run_cpu] + [e - b for e, b in zip(deciders_end, deciders_before)]
         streams_started = scheduler.metric("rfork_scheduler_streams_started_total")
         return {
             "instances": instances,
@@ -807,6 +829,12 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
             "scheduler_cpu_seconds": create_cpu + run_cpu,
             "scheduler_cpu_ms_per_member": 1000 * (create_cpu + run_cpu) / max(members, 1),
             "scheduler_cpu_ms_per_instance": 1000 * (create_cpu + run_cpu) / max(instances, 1),
+            # Every deciding process's CPU (decider 0 = scheduler_cpu_seconds); the busiest one is what
+            # keeps up with the scale-out or not.
+            "decider_cpu_seconds": by_decider,
+            "deciders_cpu_seconds": sum(by_decider),
+            "busiest_decider_cpu_seconds": max(by_decider),
+            "deciders_cpu_ms_per_member": 1000 * sum(by_decider) / max(members, 1),
             # With --scheduler-arg=--front-ends=N the scheduler's process above only decides; its HTTP
             # runs in the front ends (these, all N together).
             "front_end_cpu_seconds": front_ends_end - front_ends_before,
@@ -849,11 +877,15 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
 def print_scale_out(s: dict) -> None:
     ranks = s.get("ranks", 1)
     what = f"{s['members']:<5}" if ranks == 1 else f"{s['instances']} x {ranks} ranks = {s['members']} members"
+    deciders = s.get("decider_cpu_seconds") or [s["scheduler_cpu_seconds"]]
     print(f"scale-out of {what} {s['done']} done, {s['failed']} failed: scheduler CPU "
           f"{s['scheduler_cpu_seconds']:.2f} s ({s['scheduler_cpu_seconds_create']:.2f} s creating the jobs, "
           f"{s['scheduler_cpu_seconds_run']:.2f} s answering {s['work_calls']} /work calls = "
           f"{s['work_calls_per_member']:.1f} per member), {s['scheduler_cpu_ms_per_member']:.2f} ms per member "
           f"(decisions {s['decision_cpu_ms_per_member']:.2f})"
+          + (f"; {len(deciders)} deciders {s['deciders_cpu_seconds']:.2f} s in all "
+             f"({s['deciders_cpu_ms_per_member']:.2f} ms per member), the busiest "
+             f"{s['busiest_decider_cpu_seconds']:.2f} s" if len(deciders) > 1 else "")
           + (f", front ends {s['front_end_cpu_seconds']:.2f} s" if s.get("front_end_cpu_seconds") else "") + "; "
           f"{s['streams']} streams, {s['assignments']} assignments; /work p50 {_ms(s['work_latency']['p50_seconds'])} "
           f"ms p99 {_ms(s['work_latency']['p99_seconds'])} ms; wall {s['create_seconds']:.1f} + "

@@ -46,6 +46,28 @@ def wait_for(condition, timeout: float = 15.0) -> bool:
     return condition()
 
 
+def interrupt_and_check_nothing_is_left(process: subprocess.Popen, url: str, tmp_path, children: list[int]) -> None:
+    """A terminal's Ctrl-C (SIGINT to the whole group): the scheduler exits 0, none of ``children`` is
+    left, and its log has no traceback."""
+    from tests.integration.scheduler_fakes import process_alive
+
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        assert process.wait(timeout=20) == 0
+        assert wait_for(lambda: not any(process_alive(pid) for pid in children))
+        log = (tmp_path / f"scheduler-{url.rsplit(':', 1)[1]}.log").read_text()
+        assert "Traceback" not in log, log
+    finally:
+        stop_scheduler(process)
+
+
+def cli_error(*argv: str) -> tuple[int, list[str]]:
+    """``rfork scheduler`` refusing its flags: (exit status, stderr's lines)."""
+    done = subprocess.run([sys.executable, "-m", "rfork_agent.cli", "scheduler", "--port", str(free_port()), *argv],
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stderr.strip().splitlines()
+
+
 def metric(url: str, name: str) -> float:
     for line in httpx.get(f"{url}/metrics").text.splitlines():
         if line.startswith(name + " "):

@@ -16,9 +16,8 @@ import pytest
 
 from bench.scheduler_bench import decider_pids, front_end_pids
 from tests.integration.scheduler_fakes import MANIFEST, process_alive
-from tests.integration.scheduler_processes import (REQUESTS, TOKEN, metric, start_scheduler, stop_scheduler,
-                                                   wait_for)
-from testbed.fleet import free_port
+from tests.integration.scheduler_processes import (REQUESTS, TOKEN, interrupt_and_check_nothing_is_left, metric,
+                                                   start_scheduler, stop_scheduler, wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -127,27 +126,7 @@ def test_ctrl_c_stops_the_scheduler_its_deciders_and_front_ends_cleanly(tmp_path
     process, url = start_scheduler(tmp_path, "--front-ends", "2", "--deciders", "2", token=False)
     children = decider_pids(process.pid) + front_end_pids(process.pid)
     assert len(children) == 3
-    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
-    try:
-        assert process.wait(timeout=20) == 0
-        assert wait_for(lambda: not any(process_alive(pid) for pid in children))
-        log = (tmp_path / f"scheduler-{url.rsplit(':', 1)[1]}.log").read_text()
-        assert "Traceback" not in log, log
-    finally:
-        stop_scheduler(process)
-
-
-@pytest.mark.parametrize("argv, needle", [
-    (["--deciders", "2"], "--deciders 2 needs --front-ends N (N >= 1): the front ends route each request to "
-                          "the decider that owns it"),
-    (["--front-ends", "1", "--deciders", "0"], "--deciders must be 1 to 64, got 0"),
-    (["--front-ends", "1", "--deciders", "65"], "--deciders must be 1 to 64, got 65"),
-])
-def test_bad_decider_counts_are_one_line_errors(argv, needle):
-    done = subprocess.run([sys.executable, "-m", "rfork_agent.cli", "scheduler", "--port", str(free_port()), *argv],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"rfork scheduler: error: {needle}"], done.stderr
+    interrupt_and_check_nothing_is_left(process, url, tmp_path, children)
 
 
 def test_a_tensor_parallel_scale_out_through_deciders_finishes_every_rank(tmp_path):

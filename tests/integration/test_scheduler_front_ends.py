@@ -16,9 +16,9 @@ import pytest
 
 from bench.scheduler_bench import front_end_pids
 from tests.integration.scheduler_fakes import IDENTITY, process_alive, registration
-from tests.integration.scheduler_processes import (REQUESTS, TOKEN, metric, start_scheduler, stop_scheduler,
-                                                   wait_for)
-from testbed.fleet import Fleet, FleetSpec, free_port
+from tests.integration.scheduler_processes import (REQUESTS, TOKEN, cli_error, interrupt_and_check_nothing_is_left,
+                                                   metric, start_scheduler, stop_scheduler, wait_for)
+from testbed.fleet import Fleet, FleetSpec
 from testbed.scale_out import ScaleOutOptions, run_scale_out
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -91,25 +91,19 @@ def test_ctrl_c_stops_the_scheduler_and_its_front_ends_cleanly(tmp_path):
     process, url = start_scheduler(tmp_path, "--front-ends", "3", token=False)
     front_ends = front_end_pids(process.pid)
     assert len(front_ends) == 3
-    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
-    try:
-        assert process.wait(timeout=20) == 0
-        assert wait_for(lambda: not any(process_alive(pid) for pid in front_ends))
-        log = (tmp_path / f"scheduler-{url.rsplit(':', 1)[1]}.log").read_text()
-        assert "Traceback" not in log, log
-    finally:
-        stop_scheduler(process)
+    interrupt_and_check_nothing_is_left(process, url, tmp_path, front_ends)
 
 
 @pytest.mark.parametrize("argv, needle", [
     (["--front-ends", "-1"], "--front-ends must be 0 (serve HTTP here) to 64, got -1"),
     (["--front-ends", "65"], "--front-ends must be 0 (serve HTTP here) to 64, got 65"),
+    (["--deciders", "2"], "--deciders 2 needs --front-ends N (N >= 1): the front ends route each request to "
+                          "the decider that owns it"),
+    (["--front-ends", "1", "--deciders", "0"], "--deciders must be 1 to 64, got 0"),
+    (["--front-ends", "1", "--deciders", "65"], "--deciders must be 1 to 64, got 65"),
 ])
-def test_bad_front_end_counts_are_one_line_errors(argv, needle):
-    done = subprocess.run([sys.executable, "-m", "rfork_agent.cli", "scheduler", "--port", str(free_port()), *argv],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"rfork scheduler: error: {needle}"], done.stderr
+def test_bad_front_end_and_decider_counts_are_one_line_errors(argv, needle):
+    assert cli_error(*argv) == (2, [f"rfork scheduler: error: {needle}"])
 
 
 def test_a_taken_port_is_a_one_line_error(tmp_path):

@@ -894,6 +894,13 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
 
     @app.post("/v1/jobs", status_code=201, response_model=wire.JobCreated, openapi_extra=_json_body("JobRequest"))
     async def create_job(request: Request):
+        """Documents the route; ``create_job_plain`` below serves it."""
+        return await create_job_plain(request)
+
+    async def create_job_plain(request: Request) -> Response:
+        # Every member of a scale-out creates a job: served, like /work, without FastAPI's route
+        # handling and without checking the reply against response_model (it is one already),
+        # which cost more CPU than creating a job by reference to a held layout.
         raw = await request.body()
         sent = None
         whole = len(raw) >= config.inline_max_body_bytes  # most likely a manifest sent whole
@@ -922,9 +929,13 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         job = record.job
         with state.lock:
             seed_ids = [s.seed_id for s in state.matching(record.identity, record.rank)]
-        return wire.JobCreated(job_id=job.job_id, total_bytes=job.bytes_total, num_chunks=len(job.chunks),
-                               chunk_size_bytes=config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes,
-                               seed_ids=seed_ids, streams=state.stream_plan(record, body.peer is not None))
+        created = wire.JobCreated(
+            job_id=job.job_id, total_bytes=job.bytes_total, num_chunks=len(job.chunks),
+            chunk_size_bytes=config.default_chunk_size if body.chunk_size_bytes is None else body.chunk_size_bytes,
+            seed_ids=seed_ids, streams=state.stream_plan(record, body.peer is not None))
+        return Response(created.model_dump_json(), status_code=201, media_type="application/json")
+
+    add_plain_route(app, "/v1/jobs", create_job_plain, methods=["POST"])
 
     async def serve_work(job_id: str, body: wire.WorkRequest) -> Response:
         reply = state.work(job_id, body)

@@ -129,11 +129,15 @@ FLEET = Dashboard(
               (t(f"sum by (call) (rate(rfork_scheduler_decision_cpu_seconds_total[{RATE}]))", "{{call}}"),),
               description="The scheduler's decisions are one process's work: near 1 core, forks wait for it. "
                           "Its process CPU beyond these is the HTTP protocol (bench/scheduler_bench.py)."),
-        Panel("Scheduler HTTP front ends (--front-ends N)",
-              (t("rfork_scheduler_front_ends_running", "running"),
-               t(f"increase(rfork_scheduler_front_end_restarts_total[{RATE}])", "restarted")),
-              description="0 running: the scheduler serves HTTP itself (the default). Restarts: front ends that "
-                          "exited and were started again (alert RforkSchedulerFrontEndRestarting)."),
+        Panel("Scheduler processes (--front-ends N, --deciders K)",
+              (t("rfork_scheduler_front_ends_running", "front ends running"),
+               t(f"increase(rfork_scheduler_front_end_restarts_total[{RATE}])", "front ends restarted"),
+               t("rfork_scheduler_deciders_running", "deciders running"),
+               t(f"increase(rfork_scheduler_decider_restarts_total[{RATE}])", "deciders restarted")),
+              description="0 front ends: the scheduler serves HTTP itself (the default); 1 decider: it decides "
+                          "every rank itself (the default). Restarts: processes that exited and were started "
+                          "again (alerts RforkSchedulerFrontEndRestarting, RforkSchedulerDeciderRestarted: a "
+                          "decider's forks start over)."),
         Panel("Scheduler API requests, by status",
               (t(f"sum by (status) (rate(rfork_scheduler_api_request_duration_seconds_count[{RATE}]))", "{{status}}"),),
               unit="reqps"),

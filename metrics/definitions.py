@@ -200,6 +200,17 @@ class SchedulerMetrics:
             "HTTP front ends the scheduler restarted after one exited on its own (crashed or was killed).",
             registry=registry,
         )
+        self.deciders = Gauge(
+            "rfork_scheduler_deciders_running",
+            "Deciding processes running (rfork scheduler --deciders K), this one included; 1 by default.",
+            registry=registry,
+        )
+        self.decider_restarts_total = Counter(
+            "rfork_scheduler_decider_restarts_total",
+            "Deciding processes (--deciders) the scheduler restarted after one exited on its own; the jobs "
+            "of its ranks were lost with it.",
+            registry=registry,
+        )
         # Closed label sets start at zero so rate() and dashboards see 0, not "no data".
         for reason in FAILURE_REASONS:
             self.chunk_retries_total.labels(reason=reason)

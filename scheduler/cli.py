@@ -164,6 +164,6 @@ def main(args: argparse.Namespace) -> int:
     try:
         return front_ends.serve(app, listening, args.front_ends, token=token, max_body_bytes=max_body,
                                 log_level=args.log_level, verbose=args.verbose, deciders=args.deciders)
-    except (front_ends.FrontEndError, front_ends.DeciderExited) as exc:
+    except front_ends.FrontEndError as exc:
         print(f"rfork scheduler: error: {exc}", file=sys.stderr)
         return 1

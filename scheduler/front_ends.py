@@ -48,10 +48,6 @@ class FrontEndError(RuntimeError):
     """The front ends could not be started (the message says why)."""
 
 
-class DeciderExited(RuntimeError):
-    """A deciding process (``--deciders``) exited while the scheduler ran: the scheduler stops."""
-
-
 # --------------------------------------------------------------------------- answering one request
 
 
@@ -164,29 +160,69 @@ async def serve_link(app: FastAPI, sock: socket.socket) -> None:
 
 class Deciders:
     """Deciders 1..K-1 of ``--deciders K`` (this process is decider 0), each a ``scheduler.decider``
-    process with ``config`` and a control socket over which it gets its end of each front end's link.
+    process with ``config`` and a control socket over which it gets its end of each front end's link;
+    started again when one exits.
 
-    A decider that exits stops the scheduler (``wait`` returns): its jobs are gone with it, and the
-    forks recover from that as from a scheduler restart, which is what follows."""
+    A decider that exits takes the jobs of its ranks with it (their forks start over, as after a
+    scheduler restart) and closes its end of every front end's link, so every front end exits and is
+    started again, linked to the new decider once it runs. The other deciders keep their jobs. The new
+    decider knows no seed until the agents register again: its reply to their next heartbeat,
+    ``unknown_seed``, is what the front ends answer, and the agents re-register (every decider)."""
 
-    def __init__(self, config, count: int, *, log_level: str, verbose: int) -> None:
+    def __init__(self, config, count: int, metrics, *, log_level: str, verbose: int) -> None:
         self.config = config
         self.count = count
+        self.metrics = metrics
         self.log_level = log_level
         self.verbose = verbose
         self.controls: dict[int, socket.socket] = {}
+        """Decider index -> our end of its control socket, while it runs."""
         self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self._running = {index: asyncio.Event() for index in range(1, count)}
+        self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the deciders running until ``stop`` is set; then stop them all and return.
+
+        Raises FrontEndError if one cannot be started (the others are stopped first)."""
+        self.metrics.deciders.set(1)
+        slots = [asyncio.create_task(self._slot(index)) for index in range(1, self.count)]
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([*slots, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._stopping.set()
+            stopping.cancel()
+            for control in self.controls.values():
+                control.close()  # a decider exits when its control socket closes
+            for process in list(self.processes.values()):
+                _terminate(process)
+            _, late = await asyncio.wait(slots, timeout=STOP_GRACE_SECONDS)
+            for process in list(self.processes.values()):
+                _terminate(process, kill=True)
+            if late:
+                await asyncio.wait(late)
+        for slot in slots:
+            if slot.exception() is not None:
+                raise slot.exception()
+
+    async def ready(self) -> None:
+        """Until every decider runs (a front end started before would be linked to one that is gone)."""
+        for running in self._running.values():
+            await running.wait()
+
+    async def _slot(self, index: int) -> None:
         from dataclasses import replace
 
         from scheduler.decider import CONFIG_ENV, encode_config
 
-        for index in range(1, self.count):
+        backoff = RESTART_BACKOFF_SECONDS[0]
+        loop = asyncio.get_running_loop()
+        env = {**os.environ, CONFIG_ENV: encode_config(replace(self.config, decider_index=index))}
+        while not self._stopping.is_set():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            env = {**os.environ, CONFIG_ENV: encode_config(replace(self.config, decider_index=index))}
             try:
-                self.processes[index] = await asyncio.create_subprocess_exec(
+                process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "scheduler.decider", "--control-fd", str(theirs.fileno()),
                     "--log-level", self.log_level, "--verbose", str(self.verbose),
                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -195,43 +231,46 @@ class Deciders:
                 raise FrontEndError(f"cannot start decider {index}: {exc}") from exc
             finally:
                 theirs.close()
-            self.controls[index] = ours
+            started = loop.time()
+            self.processes[index], self.controls[index] = process, ours
+            self._running[index].set()
+            self.metrics.deciders.set(1 + len(self.processes))
+            try:
+                code = await process.wait()
+            finally:
+                self._running[index].clear()
+                self.processes.pop(index, None)
+                self.controls.pop(index, None)
+                ours.close()
+                self.metrics.deciders.set(1 + len(self.processes))
+            if self._stopping.is_set():
+                return
+            if loop.time() - started >= STABLE_SECONDS:
+                backoff = RESTART_BACKOFF_SECONDS[0]
+            log.error("decider %d (pid %d) exited (%s): the jobs of ranks r %% %d == %d are gone, their forks "
+                      "start over; starting another in %.1f s", index, process.pid, _exit_text(code), self.count,
+                      index, backoff)
+            self.metrics.decider_restarts_total.inc()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, RESTART_BACKOFF_SECONDS[1])
 
     def hand_links(self, links: dict[int, socket.socket]) -> None:
-        """Give each decider its end of one front end's links (and close ours)."""
+        """Give each decider its end of one front end's links (and close ours). A decider that is not
+        running gets none: that link closes, and its front end exits and is started again."""
         from scheduler.decider import hand_link
 
         for index, sock in links.items():
+            control = self.controls.get(index)
             try:
-                hand_link(self.controls[index], sock)
-            except OSError as exc:  # that decider is gone: wait() reports it and the scheduler stops
-                log.error("could not hand decider %d a front end's link: %s", index, exc)
+                if control is not None:
+                    hand_link(control, sock)
+            except OSError as exc:  # it exited just now: its slot starts another
+                log.warning("could not hand decider %d a front end's link: %s", index, exc)
             finally:
                 sock.close()
-
-    async def wait(self) -> tuple[int, int]:
-        """(index, exit status) of the first decider to exit."""
-        waits = {asyncio.create_task(p.wait()): index for index, p in self.processes.items()}
-        try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-        task = next(iter(done))
-        return waits[task], task.result()
-
-    async def stop(self) -> None:
-        for control in self.controls.values():
-            control.close()  # a decider exits when its control socket closes
-        for process in self.processes.values():
-            _terminate(process)
-        waits = [asyncio.create_task(p.wait()) for p in self.processes.values()]
-        if waits:
-            _, late = await asyncio.wait(waits, timeout=STOP_GRACE_SECONDS)
-            if late:
-                for process in self.processes.values():
-                    _terminate(process, kill=True)
-                await asyncio.wait(late)
 
 
 class FrontEnds:
@@ -284,6 +323,10 @@ class FrontEnds:
         loop = asyncio.get_running_loop()
         deciders = 1 if self.deciders is None else self.deciders.count
         while not self._stopping.is_set():
+            if self.deciders is not None:
+                await self._until_stopping_or(self.deciders.ready())
+                if self._stopping.is_set():
+                    return
             pairs = [socket.socketpair() for _ in range(deciders)]  # one link per decider, 0 first
             theirs = [pair[1] for pair in pairs]
             try:
@@ -327,6 +370,15 @@ class FrontEnds:
                 pass
             backoff = min(backoff * 2, RESTART_BACKOFF_SECONDS[1])
 
+    async def _until_stopping_or(self, awaitable) -> None:
+        waiting = asyncio.ensure_future(awaitable)
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            stopping.cancel()
+
     def _running(self, index: int, process: asyncio.subprocess.Process | None) -> None:
         if process is None:
             self.processes.pop(index, None)
@@ -364,39 +416,31 @@ def listen(host: str, port: int) -> socket.socket:
 def serve(app: FastAPI, listening: socket.socket, count: int, *, token: str | None, max_body_bytes: int,
           log_level: str, verbose: int, deciders: int = 1) -> int:
     """Run the deciding process (decider 0 of ``deciders``): the app's lifespan, the other deciders,
-    ``count`` front ends, until SIGINT or SIGTERM (0), or until a decider exits (DeciderExited)."""
+    ``count`` front ends, until SIGINT or SIGTERM."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        others: Deciders | None = None
-        watching: asyncio.Task | None = None
-        exited: tuple[int, int] | None = None
         async with app.router.lifespan_context(app):
+            others = None if deciders <= 1 else Deciders(
+                app.state.scheduler.config, deciders, app.state.scheduler.metrics, log_level=log_level,
+                verbose=verbose)
+            front_ends = FrontEnds(app, listening, count, token=token, max_body_bytes=max_body_bytes,
+                                   log_level=log_level, verbose=verbose, deciders=others)
+            if others is None:
+                await front_ends.run(stop)
+                return
+            running = [asyncio.create_task(others.run(stop)), asyncio.create_task(front_ends.run(stop))]
             try:
-                if deciders > 1:
-                    others = Deciders(app.state.scheduler.config, deciders, log_level=log_level, verbose=verbose)
-                    await others.start()
-
-                    async def watch() -> None:
-                        nonlocal exited
-                        exited = await others.wait()
-                        log.error("decider %d exited (%s); stopping the scheduler", exited[0], _exit_text(exited[1]))
-                        stop.set()
-
-                    watching = asyncio.create_task(watch())
-                await FrontEnds(app, listening, count, token=token, max_body_bytes=max_body_bytes,
-                                log_level=log_level, verbose=verbose, deciders=others).run(stop)
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                if watching is not None:
-                    watching.cancel()
-                if others is not None:
-                    await others.stop()
-        if exited is not None:
-            raise DeciderExited(f"decider {exited[0]} exited ({_exit_text(exited[1])}); the scheduler stopped "
-                                "with it: its log says why")
+                stop.set()  # one could not start its processes: the other stops too
+                await asyncio.wait(running)
+            for task in running:
+                if task.exception() is not None:
+                    raise task.exception()
 
     try:
         asyncio.run(main())

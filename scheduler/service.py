@@ -819,6 +819,8 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
                clock: Callable[[], float] = time.monotonic, run_reaper: bool = True) -> FastAPI:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = SchedulerMetrics(registry)
+    if config.decider_index == 0:
+        metrics.deciders.set(1)  # the scheduler's own process (--deciders: its supervisor counts the others)
     state = SchedulerState(config, metrics, clock)
     intake = Intake(config.process_pool_min_body_bytes, config.intake_workers, config.inline_max_body_bytes)
 

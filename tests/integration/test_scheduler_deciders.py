@@ -107,19 +107,46 @@ def test_each_ranks_jobs_go_to_its_decider_and_every_decider_knows_every_seed(tm
         stop_scheduler(process)
 
 
-def test_a_killed_decider_stops_the_scheduler_and_leaves_nothing_behind(tmp_path):
-    process, url = start_scheduler(tmp_path, "--front-ends", "2", "--deciders", "3", token=False)
+def test_a_killed_decider_is_replaced_the_other_ranks_jobs_go_on_and_a_killed_scheduler_leaves_nothing(tmp_path):
+    process, url = start_scheduler(tmp_path, "--front-ends", "2", "--deciders", "2")
     try:
-        deciders, front_ends = decider_pids(process.pid), front_end_pids(process.pid)
-        assert len(deciders) == 2 and len(front_ends) == 2
-        os.kill(deciders[1], signal.SIGKILL)
-        assert process.wait(timeout=30) == 1
-        assert wait_for(lambda: not any(process_alive(pid) for pid in deciders + front_ends))
+        assert _register(url).status_code == 200
+        jobs = {rank: _create(url, rank).json()["job_id"] for rank in range(4)}
+        first = decider_pids(process.pid)
+        assert len(first) == 1 and metric(url, "rfork_scheduler_deciders_running") == 2
+        os.kill(first[0], signal.SIGKILL)  # decider 1: ranks 1 and 3
+        assert wait_for(lambda: len(decider_pids(process.pid)) == 1 and decider_pids(process.pid) != first, 30)
+        assert wait_for(lambda: _health_ok(url), 30)
+        assert metric(url, "rfork_scheduler_decider_restarts_total") == 1
+        assert metric(url, "rfork_scheduler_deciders_running") == 2
+        assert len(front_end_pids(process.pid)) == 2  # started again, linked to the new decider
+        for rank in (0, 2):  # decider 0's jobs are untouched
+            assert httpx.get(f"{url}/v1/jobs/{jobs[rank]}", headers=AUTH).json()["state"] == "running"
+        for rank in (1, 3):  # decider 1's went with it: their forks start over
+            assert httpx.get(f"{url}/v1/jobs/{jobs[rank]}", headers=AUTH).status_code == 404
+        # The new decider knows no seed: the agent's next heartbeat says so, and the agent registers again.
+        beat = httpx.post(f"{url}/v1/seeds/seed-a/heartbeat", json={}, headers=AUTH)
+        assert beat.status_code == 404 and beat.json()["detail"]["error"] == "unknown_seed", beat.text
+        assert _register(url).status_code == 200
+        again = _create(url, 1)
+        assert again.status_code == 201 and again.json()["job_id"].endswith("-1"), again.text
+        assert httpx.get(f"{url}/v1/jobs/{jobs[0]}", headers=AUTH).json()["state"] == "running"
+        # The scheduler killed without a word: its deciders and front ends go too.
+        children = decider_pids(process.pid) + front_end_pids(process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert wait_for(lambda: not any(process_alive(pid) for pid in children)), "children outlived the scheduler"
         log = (tmp_path / f"scheduler-{url.rsplit(':', 1)[1]}.log").read_text()
-        assert "exited (signal SIGKILL); stopping the scheduler" in log, log
-        assert log.strip().splitlines()[-1].startswith("rfork scheduler: error: decider "), log
+        assert "decider 1 (pid" in log and "exited (signal SIGKILL): the jobs of ranks r % 2 == 1 are gone" in log
     finally:
         stop_scheduler(process)
+
+
+def _health_ok(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_ctrl_c_stops_the_scheduler_its_deciders_and_front_ends_cleanly(tmp_path):

@@ -359,6 +359,12 @@ class FrontEnds:
                 link.cancel()
             if self._stopping.is_set():
                 return
+            if code == 0 and self.deciders is not None:
+                # It stopped itself because a decider it was linked to exited: not a front end's failure
+                # (that decider's own restart is counted). Another starts once every decider runs.
+                log.info("front end %d (pid %d) stopped: a decider it was linked to exited; starting another",
+                         index, process.pid)
+                continue
             if loop.time() - started >= STABLE_SECONDS:
                 backoff = RESTART_BACKOFF_SECONDS[0]
             log.warning("front end %d (pid %d) exited (%s); starting another in %.1f s", index, process.pid,

@@ -118,6 +118,7 @@ def test_a_killed_decider_is_replaced_the_other_ranks_jobs_go_on_and_a_killed_sc
         assert wait_for(lambda: len(decider_pids(process.pid)) == 1 and decider_pids(process.pid) != first, 30)
         assert wait_for(lambda: _health_ok(url), 30)
         assert metric(url, "rfork_scheduler_decider_restarts_total") == 1
+        assert metric(url, "rfork_scheduler_front_end_restarts_total") == 0  # they stopped on purpose
         assert metric(url, "rfork_scheduler_deciders_running") == 2
         assert len(front_end_pids(process.pid)) == 2  # started again, linked to the new decider
         for rank in (0, 2):  # decider 0's jobs are untouched

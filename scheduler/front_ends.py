@@ -186,25 +186,13 @@ class Deciders:
 
         Raises FrontEndError if one cannot be started (the others are stopped first)."""
         self.metrics.deciders.set(1)
-        slots = [asyncio.create_task(self._slot(index)) for index in range(1, self.count)]
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait([*slots, stopping], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._stopping.set()
-            stopping.cancel()
+
+        def close_controls() -> None:
             for control in self.controls.values():
                 control.close()  # a decider exits when its control socket closes
-            for process in list(self.processes.values()):
-                _terminate(process)
-            _, late = await asyncio.wait(slots, timeout=STOP_GRACE_SECONDS)
-            for process in list(self.processes.values()):
-                _terminate(process, kill=True)
-            if late:
-                await asyncio.wait(late)
-        for slot in slots:
-            if slot.exception() is not None:
-                raise slot.exception()
+
+        await _supervise([asyncio.create_task(self._slot(index)) for index in range(1, self.count)], stop,
+                         self._stopping, self.processes, close_controls)
 
     async def ready(self) -> None:
         """Until every decider runs (a front end started before would be linked to one that is gone)."""
@@ -251,11 +239,7 @@ class Deciders:
                       "start over; starting another in %.1f s", index, process.pid, _exit_text(code), self.count,
                       index, backoff)
             self.metrics.decider_restarts_total.inc()
-            try:
-                await asyncio.wait_for(self._stopping.wait(), backoff)
-            except asyncio.TimeoutError:
-                pass
-            backoff = min(backoff * 2, RESTART_BACKOFF_SECONDS[1])
+            backoff = await _back_off(self._stopping, backoff)
 
     def hand_links(self, links: dict[int, socket.socket]) -> None:
         """Give each decider its end of one front end's links (and close ours). A decider that is not
@@ -300,23 +284,8 @@ class FrontEnds:
         """Keep ``count`` front ends running until ``stop`` is set; then stop them all and return.
 
         Raises FrontEndError if one cannot be started (the others are stopped first)."""
-        slots = [asyncio.create_task(self._slot(index)) for index in range(self.count)]
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait([*slots, stopping], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._stopping.set()
-            stopping.cancel()
-            for process in list(self.processes.values()):
-                _terminate(process)
-            _, late = await asyncio.wait(slots, timeout=STOP_GRACE_SECONDS)
-            for process in list(self.processes.values()):
-                _terminate(process, kill=True)
-            if late:
-                await asyncio.wait(late)
-        for slot in slots:
-            if slot.exception() is not None:
-                raise slot.exception()
+        await _supervise([asyncio.create_task(self._slot(index)) for index in range(self.count)], stop,
+                         self._stopping, self.processes)
 
     async def _slot(self, index: int) -> None:
         backoff = RESTART_BACKOFF_SECONDS[0]
@@ -370,11 +339,7 @@ class FrontEnds:
             log.warning("front end %d (pid %d) exited (%s); starting another in %.1f s", index, process.pid,
                         _exit_text(code), backoff)
             self.metrics.front_end_restarts_total.inc()
-            try:
-                await asyncio.wait_for(self._stopping.wait(), backoff)
-            except asyncio.TimeoutError:
-                pass
-            backoff = min(backoff * 2, RESTART_BACKOFF_SECONDS[1])
+            backoff = await _back_off(self._stopping, backoff)
 
     async def _until_stopping_or(self, awaitable) -> None:
         waiting = asyncio.ensure_future(awaitable)
@@ -391,6 +356,40 @@ class FrontEnds:
         else:
             self.processes[index] = process
         self.metrics.front_ends.set(len(self.processes))
+
+
+async def _back_off(stopping: asyncio.Event, seconds: float) -> float:
+    """Wait ``seconds`` before starting a process again (less if stopping); returns the next wait."""
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+    return min(seconds * 2, RESTART_BACKOFF_SECONDS[1])
+
+
+async def _supervise(slots: list[asyncio.Task], stop: asyncio.Event, stopping: asyncio.Event,
+                    processes: dict[int, asyncio.subprocess.Process], before_stopping=None) -> None:
+    """Let ``slots`` keep their processes running until ``stop`` is set or a slot ends (it could not
+    start one); then stop them all (SIGTERM, SIGKILL after ``STOP_GRACE_SECONDS``), wait for the slots,
+    and raise the error a slot ended with."""
+    stop_waiting = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([*slots, stop_waiting], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.set()
+        stop_waiting.cancel()
+        if before_stopping is not None:
+            before_stopping()
+        for process in list(processes.values()):
+            _terminate(process)
+        _, late = await asyncio.wait(slots, timeout=STOP_GRACE_SECONDS)
+        for process in list(processes.values()):
+            _terminate(process, kill=True)
+        if late:
+            await asyncio.wait(late)
+    for slot in slots:
+        if slot.exception() is not None:
+            raise slot.exception()
 
 
 def _terminate(process: asyncio.subprocess.Process, kill: bool = False) -> None:

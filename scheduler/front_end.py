@@ -124,17 +124,18 @@ class Forwarder:
         await send({"type": "http.response.body", "body": reply.body})
 
     async def _answer(self, request: ForwardedRequest) -> ForwardedResponse:
-        if len(self.links) == 1:
-            link = self.links[0]
-            return await link.call(request._replace(request_id=link.next_id()))
+        if len(self.links) == 1:  # one decider: nothing to route (the hot path skips partition.route)
+            return await self._call(0, request)
         where = partition.route(request.method, request.path, request.body, len(self.links))
         if where.merge is None:
-            link = self.links[where.deciders[0]]
-            return await link.call(request._replace(request_id=link.next_id()))
-        replies = await asyncio.gather(*(
-            self.links[k].call(request._replace(request_id=self.links[k].next_id(), replica=k != where.deciders[0]))
-            for k in where.deciders))
+            return await self._call(where.deciders[0], request)
+        first = where.deciders[0]
+        replies = await asyncio.gather(*(self._call(k, request, replica=k != first) for k in where.deciders))
         return merged_reply(where.merge, replies)
+
+    async def _call(self, decider: int, request: ForwardedRequest, replica: bool = False) -> ForwardedResponse:
+        link = self.links[decider]
+        return await link.call(request._replace(request_id=link.next_id(), replica=replica))
 
     async def _lifespan(self, receive, send) -> None:
         while True:

@@ -185,8 +185,6 @@ class Deciders:
         """Keep the deciders running until ``stop`` is set; then stop them all and return.
 
         Raises FrontEndError if one cannot be started (the others are stopped first)."""
-        self.metrics.deciders.set(1)
-
         def close_controls() -> None:
             for control in self.controls.values():
                 control.close()  # a decider exits when its control socket closes
@@ -222,7 +220,7 @@ class Deciders:
             started = loop.time()
             self.processes[index], self.controls[index] = process, ours
             self._running[index].set()
-            self.metrics.deciders.set(1 + len(self.processes))
+            self._count_running()
             try:
                 code = await process.wait()
             finally:
@@ -230,7 +228,7 @@ class Deciders:
                 self.processes.pop(index, None)
                 self.controls.pop(index, None)
                 ours.close()
-                self.metrics.deciders.set(1 + len(self.processes))
+                self._count_running()
             if self._stopping.is_set():
                 return
             if loop.time() - started >= STABLE_SECONDS:
@@ -240,6 +238,9 @@ class Deciders:
                       index, backoff)
             self.metrics.decider_restarts_total.inc()
             backoff = await _back_off(self._stopping, backoff)
+
+    def _count_running(self) -> None:
+        self.metrics.deciders.set(1 + len(self.processes))  # this process is decider 0
 
     def hand_links(self, links: dict[int, socket.socket]) -> None:
         """Give each decider its end of one front end's links (and close ours). A decider that is not

@@ -68,7 +68,9 @@ def test_deciders_answer_every_request_as_one_scheduler_does(tmp_path):
 
 
 def test_each_ranks_jobs_go_to_its_decider_and_every_decider_knows_every_seed(tmp_path):
-    process, url = start_scheduler(tmp_path, "--front-ends", "2", "--deciders", "2")
+    # The test heartbeats once at most: under load its steps outlasted the default 5 s timeout and the
+    # seed was dropped mid-test (a deregistration answered 404).
+    process, url = start_scheduler(tmp_path, "--front-ends", "2", "--deciders", "2", "--heartbeat-timeout", "120")
     try:
         assert _register(url).status_code == 200
         assert httpx.post(f"{url}/v1/seeds/seed-a/heartbeat", json={}, headers=AUTH).status_code == 200
@@ -108,7 +110,9 @@ def test_each_ranks_jobs_go_to_its_decider_and_every_decider_knows_every_seed(tm
 
 
 def test_a_killed_decider_is_replaced_the_other_ranks_jobs_go_on_and_a_killed_scheduler_leaves_nothing(tmp_path):
-    process, url = start_scheduler(tmp_path, "--front-ends", "2", "--deciders", "2")
+    # The test heartbeats once at most: under load its steps outlasted the default 5 s timeout and the
+    # seed was dropped mid-test (a deregistration answered 404).
+    process, url = start_scheduler(tmp_path, "--front-ends", "2", "--deciders", "2", "--heartbeat-timeout", "120")
     try:
         assert _register(url).status_code == 200
         jobs = {rank: _create(url, rank).json()["job_id"] for rank in range(4)}

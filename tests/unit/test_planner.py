@@ -220,6 +220,20 @@ def test_all_seeds_excluded_fails_naming_each_seed():
     assert "s0 (read_failed" in job.error and "s1 (read_failed" in job.error
 
 
+def test_the_last_seed_excluded_fails_naming_the_seeds_that_left_before_it_too():
+    # Every seed killed at once: the agents of s1 and s2 deregister theirs, while s0's reads fail
+    # first. The error must still account for all three, not only the one still registered.
+    job, m = make_job(n_chunks=6, config=PlannerConfig(max_assignment_bytes=0, seed_failure_threshold=1))
+    seeds = [seed("s0", m), seed("s1", m), seed("s2", m)]
+    out = job.next_assignments(seeds, 0.0, 100)
+    job.seed_lost("s1", "seed_lost: deregistered", 1.0)
+    job.seed_lost("s2", "seed_lost: deregistered", 1.0)
+    finish(job, [a for a in out if a.seed_id == "s0"], 1.1, ok=False, reason="read_failed")
+    job.next_assignments([seeds[0]], 1.2, 100)
+    assert job.state == FAILED and job.error.startswith("no eligible seed left: s0 (read_failed")
+    assert "lost: s1 (seed_lost: deregistered); s2 (seed_lost: deregistered)" in job.error
+
+
 def test_no_live_seed_fails_after_grace():
     job, m = make_job(config=PlannerConfig(max_assignment_bytes=0, no_seed_grace_seconds=10))
     job.next_assignments([], 5.0, 8)

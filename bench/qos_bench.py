@@ -567,14 +567,15 @@ def _wait_rates(observer: Observer, predicate, timeout: float, poll: float = 0.0
     return None
 
 
-def _wait_bytes(observer: Observer, driver, timeout: float) -> float:
-    """Seconds until the fork clients land their first bytes; QosBenchError (naming the logs) if they never do."""
+def _wait_bytes(observer: Observer, driver, timeout: float, since: int = 0) -> float:
+    """Seconds until the fork clients have landed more than ``since`` bytes; QosBenchError (naming the
+    logs) if they do not within ``timeout``."""
     start = time.monotonic()
-    while observer.landed() == 0:
+    while observer.landed() <= since:
         if time.monotonic() - start > timeout:
             errors = "; ".join(driver.errors[:3]) or "no fork error reported"
             raise QosBenchError(f"no fork landed a byte in {timeout:.0f} s ({errors}); logs in {observer.fleet.log_dir}")
-        time.sleep(0.1)
+        time.sleep(0.05)
     return time.monotonic() - start
 
 
@@ -687,6 +688,11 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             else:
                 observer.put_throttle(mode="fixed", rate_bytes_per_second=rate)
             time.sleep(options.settle_seconds)
+            # The forks were held at rate 0: they pick up again at the next lease retry or work poll,
+            # a second or more on a busy host. A probe that began before that would charge the
+            # restart to the rate (on a loaded 2-core host, a 2 s probe at the cap once moved nothing
+            # and "met" the budget, making an oracle of 0 B/s). So it begins once bytes land again.
+            resumed = _wait_bytes(observer, driver, options.first_bytes_timeout_seconds, since=observer.landed())
             label = "B unthrottled (throttle off)" if rate >= cap else f"S fixed {format_rate(rate)}/seed"
             r = observer.measure(label, options.oracle_probe_seconds, plant.schedule(options.oracle_probe_seconds))
             worst = r.worst_share()
@@ -696,6 +702,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             # How much of the asked rate the forks moved: well under 1 means the host, not the rate, set the load.
             delivered = r.throughput / (rate * n) if rate > 0 else None
             sweep.append({"rate_per_seed_bytes_per_second": rate, "met_slo": met, "delivered_fraction": delivered,
+                          "resumed_after_seconds": round(options.settle_seconds + resumed, 3),
                           **_phase_figures(r, slo)})
             if delivered is not None and delivered < 0.5:
                 say(f"  warning: the forks moved {delivered:.0%} of {format_rate(rate)} a seed during this probe")

@@ -109,6 +109,9 @@ class AgentState:
     bucket: TokenBucket = field(init=False)
     leases: LeaseBook = field(init=False)
     seed: SeedDescription | None = None
+    seed_lost_because: str | None = None
+    """Why the seed was forgotten (it was read before and then lost); None before the first read
+    and once it is read again. Lease refusals say which of the two it is."""
     phase: Phase = Phase.DISCOVERING
     seed_alive: bool = True
     """Last verdict of the liveness probe. Leases are refused while the seed is
@@ -318,6 +321,11 @@ class AgentState:
         """Refusals that do not depend on the budget (seed down, unknown rank)."""
         seed = self.config.seed_id
         if self.seed is None:
+            if self.seed_lost_because is not None:
+                return Denied(503, "seed_unavailable",
+                              f"agent for {seed} lost the seed at {self.config.sglang_url} "
+                              f"({self.seed_lost_because}) and waits for it to come back; "
+                              "read this chunk from another seed")
             return Denied(503, "seed_unavailable",
                           f"agent for {seed} has not read the seed's TransferEngine info from "
                           f"{self.config.sglang_url} yet; read this chunk from another seed")

@@ -139,6 +139,7 @@ class SeedLink:
     async def _discover(self) -> bool:
         try:
             self.state.seed = await discover(self.config, self.http)
+            self.state.seed_lost_because = None
         except SeedInfoUnavailable as exc:
             self._problem(f"waiting for the seed at {self.config.sglang_url}", exc)
             self._backoff(time.monotonic())
@@ -231,7 +232,7 @@ class SeedLink:
                     self.config.seed_id, self.config.sglang_url, why)
         registered = state.phase is Phase.REGISTERED
         # Forget the seed before the await: a lease asked while the scheduler answers must be refused.
-        state.seed = None
+        state.seed, state.seed_lost_because = None, why
         state.set_phase(Phase.DISCOVERING)
         if registered:
             await self.deregister()

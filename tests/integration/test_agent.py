@@ -162,6 +162,7 @@ def test_no_lease_is_granted_while_the_agent_deregisters_a_lost_seed(fleet):
         # The agent is awaiting the scheduler's answer to its DELETE: it knows the seed is lost.
         response = post(f"{agent.url}/v1/leases", lease_body(1000, assignment="a2"))
         assert response.status_code == 503 and response.json()["detail"]["error"] == "seed_unavailable"
+        assert "lost the seed at" in response.json()["detail"]["message"], response.text  # not "not read yet"
     finally:
         scheduler.hold_deletes.set()
     wait_until(lambda: scheduler.deletes == ["seed-0"], what="the deregistration to complete")

@@ -126,6 +126,11 @@ def test_agent_state_refusals():
     assert state.check_lease(3).status == 404
     state.seed_alive = False
     assert state.check_lease(0).code == "seed_unavailable"
+    state.seed = None                                         # not read yet, then read and lost
+    assert "has not read the seed's TransferEngine info" in state.check_lease(0).message
+    state.seed_lost_because = "the seed stopped answering its /health"
+    lost = state.check_lease(0)
+    assert lost.status == 503 and "lost the seed at" in lost.message and "stopped answering" in lost.message
     fresh = _agent_state()[0]
     fresh.reserve(100, wait_seconds=1.0, now=0.0)             # the burst, spent
     denied = fresh.reserve(150, wait_seconds=1.0, now=0.0)    # paid first: could start in 1.5 s

@@ -1429,18 +1429,19 @@ class Job:
         if sources and not eligible and any(s.source_id != self.peer_id for s in sources):
             # Every registered source is excluded; the seeds that left before are named too,
             # so the error accounts for every seed the job had, not only the last ones standing.
-            self._fail(now, "no eligible seed left: " + self._exclusions() + self._losses("; lost: "))
+            self._fail(now, "no eligible seed left: " + self._exclusions() + self._losses())
         elif now - self.last_seed_seen_at > self.config.no_seed_grace_seconds:
             self._fail(now, f"no live seed for {now - self.last_seed_seen_at:.0f} s"
-                       + self._losses("; lost: ")
+                       + self._losses()
                        + (f"; excluded: {self._exclusions()}" if self.excluded else ""))
 
     def _exclusions(self) -> str:
         return "; ".join(f"{seed} ({why})" for seed, why in sorted(self.excluded.items())) or "none registered"
 
-    def _losses(self, prefix: str) -> str:
+    def _losses(self) -> str:
+        """'; lost: <seed> (<why>); ...' for the seeds that left and are not excluded, or ''."""
         lost = [(seed, why) for seed, why in sorted(self.lost.items()) if seed not in self.excluded]
-        return prefix + "; ".join(f"{seed} ({why})" for seed, why in lost) if lost else ""
+        return "; lost: " + "; ".join(f"{seed} ({why})" for seed, why in lost) if lost else ""
 
     def _fail(self, now: float, error: str) -> None:
         self.state, self.error, self.finished_at = FAILED, error, now

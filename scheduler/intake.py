@@ -164,7 +164,23 @@ class Intake:
                                              initializer=_init_worker)
         return self._pool
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    def close(self, timeout_seconds: float = 30.0) -> None:
+        """Cancel queued work and wait, at most ``timeout_seconds``, until the worker processes are gone.
+
+        Waiting keeps the exit clean. After ``shutdown(wait=False)`` the pool's manager thread
+        closes its wake-up pipe while the exiting interpreter's hook for process pools writes to
+        it (CPython guards that with a lock only from gh-125451 on): a Ctrl-C that came as a worker
+        was starting left an ignored "Bad file descriptor" traceback in the log. A decode already
+        running finishes first (bodies are bounded by ``max_body_bytes``); the bound covers a worker
+        that never does, which then leaves with the scheduler (it watches its parent).
+        """
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        stopping = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True},
+                                    name="intake-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(timeout_seconds)
+        if stopping.is_alive():
+            log.warning("the manifest decoding processes did not stop within %.0f s; they leave with the "
+                        "scheduler", timeout_seconds)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -70,3 +72,29 @@ def test_the_decoding_processes_leave_with_the_scheduler(tmp_path, sig):
             time.sleep(0.1)
         assert not any(process_alive(w) for w in workers), f"left behind: {workers}"
     assert "Traceback" not in log_path.read_text()
+
+
+_CLOSE_AS_A_WORKER_STARTS = """
+import multiprocessing, sys, time
+from scheduler.intake import Intake
+if __name__ == "__main__":
+    intake = Intake(process_min_bytes=1, workers=2)
+    intake.start()              # a worker process starts (spawn: it imports for a second)
+    time.sleep(0.1)
+    intake.close()
+    print(len(multiprocessing.active_children()))
+"""
+
+
+def test_closing_the_intake_waits_until_its_decoding_processes_are_gone(tmp_path):
+    # As the scheduler or a decider does on Ctrl-C, possibly as its first worker starts. Closing
+    # without waiting left the pool's manager thread closing its wake-up pipe while the exiting
+    # interpreter wrote to it: an ignored "Bad file descriptor" traceback in a decider's log.
+    script = tmp_path / "close_intake.py"
+    script.write_text(_CLOSE_AS_A_WORKER_STARTS)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=root,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", done.stdout + done.stderr   # no worker left when close returns
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

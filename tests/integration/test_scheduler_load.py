@@ -75,7 +75,7 @@ def test_the_decoding_processes_leave_with_the_scheduler(tmp_path, sig):
 
 
 _CLOSE_AS_A_WORKER_STARTS = """
-import multiprocessing, sys, time
+import multiprocessing, time
 from scheduler.intake import Intake
 if __name__ == "__main__":
     intake = Intake(process_min_bytes=1, workers=2)
@@ -92,9 +92,7 @@ def test_closing_the_intake_waits_until_its_decoding_processes_are_gone(tmp_path
     # interpreter wrote to it: an ignored "Bad file descriptor" traceback in a decider's log.
     script = tmp_path / "close_intake.py"
     script.write_text(_CLOSE_AS_A_WORKER_STARTS)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=root,
-                          env={**os.environ, "PYTHONPATH": root})
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0", done.stdout + done.stderr   # no worker left when close returns
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

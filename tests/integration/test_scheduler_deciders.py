@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bench.scheduler_bench import decider_pids, front_end_pids
+from testbed.fleet import wait_http_ready
 from tests.integration.scheduler_fakes import MANIFEST, process_alive
 from tests.integration.scheduler_processes import (REQUESTS, TOKEN, interrupt_and_check_nothing_is_left, metric,
                                                    start_scheduler, stop_scheduler, wait_for)
@@ -120,7 +121,7 @@ def test_a_killed_decider_is_replaced_the_other_ranks_jobs_go_on_and_a_killed_sc
         assert len(first) == 1 and metric(url, "rfork_scheduler_deciders_running") == 2
         os.kill(first[0], signal.SIGKILL)  # decider 1: ranks 1 and 3
         assert wait_for(lambda: len(decider_pids(process.pid)) == 1 and decider_pids(process.pid) != first, 30)
-        assert wait_for(lambda: _health_ok(url), 30)
+        assert wait_http_ready(f"{url}/health", process, 30) is None
         assert metric(url, "rfork_scheduler_decider_restarts_total") == 1
         assert metric(url, "rfork_scheduler_front_end_restarts_total") == 0  # they stopped on purpose
         assert metric(url, "rfork_scheduler_deciders_running") == 2
@@ -145,13 +146,6 @@ def test_a_killed_decider_is_replaced_the_other_ranks_jobs_go_on_and_a_killed_sc
         assert "decider 1 (pid" in log and "exited (signal SIGKILL): the jobs of ranks r % 2 == 1 are gone" in log
     finally:
         stop_scheduler(process)
-
-
-def _health_ok(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_ctrl_c_stops_the_scheduler_its_deciders_and_front_ends_cleanly(tmp_path):

@@ -117,6 +117,11 @@ class SchedulerBenchOptions:
     """Ranks per instance (a TP-``ranks`` model): a scale-out of N instances is N x ranks jobs in ``ranks``
     groups, one per rank, all served by the one scheduler (a DeepSeek-V3 TP8 fleet: 8)."""
     request_timeout_seconds: float = 60.0
+    member_fork_seconds: float = 2.0
+    """A scale-out's member reports its streams' progress as rfork fork would over a fork this long: every
+    report interval (its own 1 s, or the scheduler's longer paced one) before its streams end. The bench
+    lands every chunk at once, so this sets only how many reports there are: 2 s, one on its own second
+    (the 1024-instance DeepSeek-V3 scale-out takes 1.7-2.3 s a member in the simulation)."""
     setup_stall_seconds: float = 120.0
     """Creating the jobs fails the run when a load generator reports no progress for this long
     (every seed dropped: creates answer unknown_model and nothing moves)."""
@@ -145,6 +150,8 @@ class SchedulerBenchOptions:
             problems.append(f"--scale-out must be positive integers, got {','.join(map(str, self.scale_out))}")
         if not 1 <= self.ranks <= 4096:
             problems.append(f"--ranks must be in 1..4096, got {self.ranks}")
+        if not 0 < self.member_fork_seconds <= 3600:
+            problems.append(f"--member-fork-seconds must be in (0, 3600], got {self.member_fork_seconds}")
         if not 1 <= self.max_assignments <= 1024:
             problems.append(f"--max-assignments must be in 1..1024, got {self.max_assignments}")
         if problems:
@@ -630,6 +637,22 @@ class MemberSpec:
     request_timeout_seconds: float
     ranks: int = 1
     """Member k forks rank k % ranks (of instance k // ranks)."""
+    fork_seconds: float = 2.0
+    """``SchedulerBenchOptions.member_fork_seconds``."""
+
+
+CLIENT_REPORT_SECONDS = 1.0
+"""rfork fork's own stream report interval (``ForkOptions.stream_report_seconds``)."""
+
+
+def progress_reports(fork_seconds: float, paced_seconds: float) -> int:
+    """Reports a streaming member sends before its streams end, over a fork of ``fork_seconds``, at the
+    longer of rfork fork's own interval and the scheduler's ``paced_seconds`` (WorkReply.stream_report_seconds).
+
+        >>> progress_reports(2.0, 0.0), progress_reports(2.32, 0.0), progress_reports(2.0, 4.0)
+        (1, 2, 0)
+    """
+    return max(math.ceil(fork_seconds / max(CLIENT_REPORT_SECONDS, paced_seconds)) - 1, 0)
 
 
 @dataclass
@@ -694,7 +717,8 @@ async def _members(spec: MemberSpec, conn) -> MemberResult:
         landed_map = None if job.streams is None else m.LandedMapInfo(
             session_id=f"bench-member-{member}:1", ptr=4096, num_chunks=job.num_chunks, num_tensors=spec.chunks)
         body = m.WorkRequest(max_assignments=spec.max_assignments, landed_map=landed_map)
-        following: dict[str, tuple[m.StreamAssignment, bool]] = {}  # stream id -> (it, half reported)
+        following: dict[str, tuple[m.StreamAssignment, int]] = {}  # stream id -> (it, first chunk not reported)
+        reported = 0  # progress reports sent
         while True:
             try:
                 reply = await call(lambda: client.work(job.job_id, body), result.work_latencies)
@@ -716,18 +740,20 @@ async def _members(spec: MemberSpec, conn) -> MemberResult:
             result.streams_ended += len(reply.end_streams)
             for stream_id in reply.end_streams:
                 following.pop(stream_id, None)
-            following.update({s.stream_id: (s, False) for s in reply.streams})
-            # As rfork fork: what a stream landed goes with a report a stream-interval later, the rest
-            # with the streams' end (here at once: there is no data to wait for).
-            for stream_id, (s, half) in list(following.items()):
-                middle = (s.first_chunk + s.end_chunk) // 2
-                if not half:
-                    streams.append(m.StreamReport(stream_id=stream_id, landed=list(range(s.first_chunk, middle))))
-                    following[stream_id] = (s, True)
-                else:
-                    streams.append(m.StreamReport(stream_id=stream_id, landed=list(range(middle, s.end_chunk)),
-                                                  state="done"))
+            following.update({s.stream_id: (s, s.first_chunk) for s in reply.streams})
+            # As rfork fork: what the streams landed goes with a report every report interval, and their
+            # end (done: no ids) with the last; here at once, as there is no data to wait for.
+            planned = progress_reports(spec.fork_seconds, reply.stream_report_seconds)
+            for stream_id, (s, first) in list(following.items()):
+                if reported >= planned:
+                    streams.append(m.StreamReport(stream_id=stream_id, state="done"))
                     del following[stream_id]
+                else:
+                    end = first + (s.end_chunk - first) // (planned - reported + 1)
+                    streams.append(m.StreamReport(stream_id=stream_id, landed=list(range(first, end))))
+                    following[stream_id] = (s, end)
+            if following:
+                reported += 1
             reports = [m.ChunkReport(assignment_id=a.assignment_id, ok=True, seconds=0.01) for a in reply.assignments]
             waiting = not reports and not streams
             body = m.WorkRequest(max_assignments=spec.max_assignments, reports=reports, streams=streams,
@@ -778,7 +804,8 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
                                                split_evenly(max(options.connections, clients), clients))):
             parent_end, child_end = context.Pipe()
             spec = MemberSpec(index, scheduler.url, n, first, conns, options.chunks, options.chunk_size,
-                              options.max_assignments, load_cpus, options.request_timeout_seconds, options.ranks)
+                              options.max_assignments, load_cpus, options.request_timeout_seconds, options.ranks,
+                              options.member_fork_seconds)
             first += n
             process = context.Process(target=member_worker_main, args=(spec, child_end), daemon=True,
                                       name=f"rfork-bench-members-{index}")
@@ -1295,6 +1322,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=int, default=1,
                    help="ranks per instance (a TP-R model, one job and one swarm group per rank; default 1): "
                         "--scale-out 128 --ranks 8 is a DeepSeek-V3 TP8 scale-out of 128 instances, 1024 jobs")
+    p.add_argument("--member-fork-seconds", type=float, default=2.0, metavar="S",
+                   help="--scale-out: each member reports its streams' progress as rfork fork would over a fork "
+                        "of S seconds (every 1 s, or the scheduler's paced interval if longer; default 2)")
     p.add_argument("--json", dest="json_path", default=None, help="write the full report here")
 
 
@@ -1319,7 +1349,7 @@ def options_from_args(args: argparse.Namespace) -> SchedulerBenchOptions:
         duration_seconds=args.duration, warmup_seconds=args.warmup, connections=args.connections,
         clients=args.clients, max_assignments=args.max_assignments, pin=args.pin,
         scheduler_args=tuple(args.scheduler_arg), profile_dir=args.profile_dir, scale_out=scale_out,
-        ranks=getattr(args, "ranks", 1))
+        ranks=getattr(args, "ranks", 1), member_fork_seconds=getattr(args, "member_fork_seconds", 2.0))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -258,7 +258,8 @@ class ForkOptions:
     """Follow the streams the scheduler offers a peer (a landed map, one stream per stripe): no
     scheduler decision per chunk. False: every chunk is an assignment."""
     stream_report_seconds: float = 1.0
-    """While streams run, how often the chunks they landed are reported (and moves picked up)."""
+    """While streams run, how often the chunks they landed are reported (and moves picked up); less
+    often when the scheduler asks (``WorkReply.stream_report_seconds``: it paces big scale-outs)."""
     follow: FollowOptions = FollowOptions()
 
 
@@ -595,7 +596,7 @@ class ForkClient:
                 try:
                     # Nothing running: the scheduler holds the call until there may be work for us
                     # (a chunk landed somewhere in the swarm, a seed freed a slot), no sleeping here.
-                    # While streams run, no long poll: their news goes out every stream_report_seconds.
+                    # While streams run, no long poll: their news goes out every report interval.
                     response = await scheduler.work(job_id, m.WorkRequest(
                         max_assignments=max(self.options.max_in_flight - len(running), 0), reports=reports,
                         wait_seconds=0.0 if running else self._long_poll_seconds(following, response),
@@ -671,8 +672,8 @@ class ForkClient:
                     # Streams alone: wake when one ends, or to report what they landed. A stream
                     # that finished while others run waits for the next report: a call per stream
                     # would be most of the scheduler's work in a scale-out.
-                    report_s = self.options.stream_report_seconds
-                    while not self._stream_call_due(following, last_stream_report):
+                    report_s = self._report_seconds(response)
+                    while not self._stream_call_due(following, last_stream_report, report_s):
                         await asyncio.wait(
                             [f.task for f in following.values() if not f.task.done()],
                             timeout=max(last_stream_report + report_s - self._clock(), 0.001),
@@ -779,9 +780,14 @@ class ForkClient:
             return self.options.long_poll_seconds
         if last is not None and not last.chunks_waiting:
             return 0.0
-        return min(self.options.long_poll_seconds, self.options.stream_report_seconds)
+        return min(self.options.long_poll_seconds, self._report_seconds(last))
 
-    def _stream_call_due(self, following: dict[str, _Following], last_report: float) -> bool:
+    def _report_seconds(self, last: m.WorkReply | None) -> float:
+        """How often the streams' news goes out: our own interval, or the scheduler's if it asks for
+        less often (it paces a big scale-out's members to what it can serve)."""
+        return max(self.options.stream_report_seconds, 0.0 if last is None else last.stream_report_seconds)
+
+    def _stream_call_due(self, following: dict[str, _Following], last_report: float, report_seconds: float) -> bool:
         """Whether the streams have news the scheduler needs now: every stream ended (the fork may be
         done), one failed or stopped as told (it moves one, or a parent waits for it), or the report
         interval passed."""
@@ -790,7 +796,7 @@ class ForkClient:
             return True
         if any(t.done() and (t.cancelled() or t.exception() is not None) for t in tasks):
             return True
-        return self._clock() - last_report >= self.options.stream_report_seconds
+        return self._clock() - last_report >= report_seconds
 
     def _stream_news(self, following: dict[str, _Following], tally: _Tally) -> list[m.StreamReport]:
         """Reports of what each stream landed since the last call, and of the streams that ended."""
@@ -807,6 +813,7 @@ class ForkClient:
                 state, reason, error = "ended", None, None
             elif (exc := task.exception()) is None:
                 state, reason, error = "done", None, None
+                landed = []  # done says every chunk of it landed: the ids would be parsed for nothing
             else:
                 state, error = "failed", clip(str(exc), _REPORT_ERROR_CHARS, quote=False)
                 reason = ("parent_stalled" if isinstance(exc, ParentStalled) else

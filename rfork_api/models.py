@@ -281,8 +281,9 @@ STREAM_FAILURE_REASONS: tuple[str, ...] = get_args(StreamFailure)
 
 class StreamReport(Request):
     """A stream's news, sent with the next ``/work`` call: chunks it landed since its last report, and
-    whether it is still ``running``, ``done`` (every chunk landed), ``ended`` (stopped as told by
-    ``end_streams``; no read of it is on the wire any more) or ``failed`` (``reason``)."""
+    whether it is still ``running``, ``done`` (every chunk landed: ``landed`` is ignored, and clients
+    leave it empty), ``ended`` (stopped as told by ``end_streams``; no read of it is on the wire any
+    more) or ``failed`` (``reason``)."""
 
     stream_id: str = Field(min_length=1, max_length=64)
     landed: list[int] = Field(default_factory=list, max_length=1 << 24)
@@ -383,6 +384,11 @@ class WorkReply(Reply):
     chunks_waiting: int = 0
     """Chunks waiting for a source (the planner's queue, streams' chunks not counted): while > 0 a
     client with nothing running asks again (long-polls) rather than waiting for its streams."""
+    stream_report_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """While only streams run, report what they landed at most this often: the client waits the longer
+    of this and its own interval (a stream that fails, or the last one ending, is told at once). The
+    scheduler paces its streaming members so that they report about ``--stream-reports-per-second``
+    times a second together; 0: the client's own interval."""
 
 
 class WithdrawReply(Reply):

@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-min-members", type=int, default=16, metavar="N",
                    help="a group of forks streams once N of them registered landed maps; fewer feed each other "
                         "per chunk (default 16)")
+    p.add_argument("--stream-reports-per-second", type=float, default=256.0, metavar="R",
+                   help="pace streaming forks' progress reports so that together they send about R a second "
+                        "(each at most every members / R seconds, at least its own 1 s, at most a third of "
+                        "--client-timeout): a scale-out's reports cost about R /work calls a second whatever "
+                        "its size; 0 = every fork reports every second (default 256)")
     p.add_argument("--layout-cache-tensors", type=int, default=2_000_000, metavar="N",
                    help="tensors of manifest layouts kept, so a scale-out's forks send their manifests by "
                         "reference (about 150 bytes each); 0 = every fork sends its manifest whole "
@@ -89,6 +94,10 @@ def main(args: argparse.Namespace) -> int:
     if not args.pipeline_seconds > 0:
         print("rfork scheduler: error: --pipeline-seconds must be > 0", file=sys.stderr)
         return 2
+    if not 0 <= args.stream_reports_per_second < math.inf:
+        print("rfork scheduler: error: --stream-reports-per-second must be a rate >= 0 (0: no pacing), got "
+              f"{args.stream_reports_per_second}", file=sys.stderr)
+        return 2
     if not 0 <= args.merge_seconds < math.inf:
         print(f"rfork scheduler: error: --merge-seconds must be a number of seconds >= 0, got {args.merge_seconds}",
               file=sys.stderr)
@@ -134,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
                              peer_read_deadline_seconds=args.peer_read_deadline,
                              max_body_bytes=max_body, token=token, stream_stripes=args.stream_stripes,
                              stream_fanout=args.stream_fanout, stream_min_members=args.stream_min_members,
+                             stream_reports_per_second=args.stream_reports_per_second,
                              layout_cache_tensors=args.layout_cache_tensors,
                              admission=AdmissionConfig(max_forks_per_seed=args.max_forks_per_seed),
                              deciders=args.deciders,

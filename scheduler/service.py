@@ -44,7 +44,7 @@ from scheduler.partition import job_id_for
 from scheduler.state_metrics import SchedulerStateCollector
 from rfork_api.manifest import Manifest, ManifestTable, layout_digest, match_manifests
 from scheduler.planner import DONE, PEER, RUNNING, Job, PlannerConfig, Report, SourceView, stripe_start
-from scheduler.stream_swarm import FAILED as STREAM_FAILED, StreamReport, StreamSwarm
+from scheduler.stream_swarm import FAILED as STREAM_FAILED, StreamReport, StreamSwarm, paced_report_seconds
 from scheduler.swarm import GroupKey, PeerOffer, Swarm, group_key, layout_group
 from scheduler.layouts import LayoutCache
 from rfork_api.landed import plan_digest
@@ -122,6 +122,11 @@ class SchedulerConfig:
     """Children a member relays its home stripe to."""
     stream_min_members: int = 16
     """A group streams once this many of its jobs registered maps (fewer feed each other per chunk)."""
+    stream_reports_per_second: float = 256.0
+    """Streaming members are told to report at most every members / this seconds (``WorkReply.
+    stream_report_seconds``; their own second below 256 members, 4 s at 1,024), so that their reports
+    cost this process about this many /work calls a second whatever N is. At most a third of
+    ``client_timeout_seconds``. 0 = each client's own interval."""
     intake_workers: int = 2
     """Job requests and registrations decoded and planned at once, off the event loop (more wait)."""
     process_pool_min_body_bytes: int = 1 << 20
@@ -519,7 +524,10 @@ class SchedulerState:
                 stream_rates=rates,
                 retry_after_seconds=0.0 if assignments else 0.5 if views is None else 0.05,
                 progress=_wire_progress(job), queued=self.admission.last.position(job_id),
-                chunks_waiting=len(job.pending) if job.state == RUNNING else 0)
+                chunks_waiting=len(job.pending) if job.state == RUNNING else 0,
+                stream_report_seconds=0.0 if streams is None else paced_report_seconds(
+                    streams.streaming_members(), self.config.stream_reports_per_second,
+                    self.config.client_timeout_seconds / 3))
 
     def _admit(self) -> None:
         """Recompute fork admission (only with a limit: scheduler/fleet.py)."""

@@ -45,8 +45,8 @@ from rfork_api.models import STREAM_FAILURE_REASONS
 from scheduler.planner import DONE as JOB_DONE, Job
 from scheduler.streams import SEEDS, StripeTrees
 
-__all__ = ["StreamSwarm", "StreamAssignment", "StreamReport", "stripe_ranges", "RUNNING", "DONE", "ENDED",
-           "FAILED", "STREAM_FAILURES"]
+__all__ = ["StreamSwarm", "StreamAssignment", "StreamReport", "stripe_ranges", "paced_report_seconds", "RUNNING",
+           "DONE", "ENDED", "FAILED", "STREAM_FAILURES"]
 
 GroupKey = Hashable
 
@@ -76,6 +76,27 @@ def stripe_ranges(num_chunks: int, stripes: int) -> list[range]:
     return out
 
 
+def paced_report_seconds(streaming_members: float, reports_per_second: float, ceiling_seconds: float) -> float:
+    """How often, at most, each streaming member should report what its streams landed, so that
+    ``streaming_members`` report about ``reports_per_second`` times a second together.
+
+    A member's report is a ``/work`` call for the process that decides its group, and while its
+    streams run nothing else needs one: left at a client's own second, N members cost N calls a
+    second whatever the links (a 1024-member scale-out on slow links: ~1,000 calls a second for as
+    long as it runs). 0 when no pacing is needed or asked (``reports_per_second`` <= 0): the client
+    keeps its own interval, which is also the floor (it waits the longer of the two). Never more than
+    ``ceiling_seconds``, which keeps a member well inside the scheduler's client timeout.
+
+        >>> paced_report_seconds(1024, 256, 10.0), paced_report_seconds(100, 256, 10.0)
+        (4.0, 0.390625)
+        >>> paced_report_seconds(8192, 256, 10.0), paced_report_seconds(8192, 0, 10.0)
+        (10.0, 0.0)
+    """
+    if reports_per_second <= 0 or streaming_members <= 0:
+        return 0.0
+    return min(streaming_members / reports_per_second, ceiling_seconds)
+
+
 @dataclass(frozen=True)
 class StreamAssignment:
     """Follow ``parent_map`` and read chunks ``[first_chunk, end_chunk)`` as they land there."""
@@ -97,7 +118,7 @@ class StreamReport:
 
     stream_id: str
     landed: Sequence[int] = ()
-    """Chunk ids this stream landed since its last report."""
+    """Chunk ids this stream landed since its last report (ignored for ``DONE``: all of them)."""
     state: str = RUNNING
     reason: str | None = None
     """For ``FAILED``: one of :data:`STREAM_FAILURES`."""
@@ -277,6 +298,11 @@ class StreamSwarm:
             self._gone.pop(job_id, None)
         return len(member.readers)
 
+    def streaming_members(self) -> float:
+        """About how many members read by streams now: the streams their parents count, over the
+        stripes (a loading member reads each stripe by one stream, unless the seeds serve it). O(1)."""
+        return len(self._by_id) / self.stripes
+
     # -- the client's side ------------------------------------------------
     def take(self, job_id: str) -> tuple[list[StreamAssignment], list[str]]:
         """Streams the client should start and the stream ids it should stop, each told once."""
@@ -314,7 +340,9 @@ class StreamSwarm:
             if stream is None or stream.reader != job_id:
                 continue  # finished already, or not this job's: nothing to learn
             job = None if member is None else member.job
-            if r.landed and job is not None:
+            # Done means every chunk of it landed: the ids (clients leave them out) add nothing the
+            # stream's range does not say, and a whole stripe's worth would be walked for nothing.
+            if r.landed and job is not None and r.state != DONE:
                 ids = r.landed
                 first, end = stream.chunks.start, stream.chunks.stop
                 if min(ids) < first or max(ids) >= end:

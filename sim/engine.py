@@ -29,7 +29,8 @@ from rfork_api.manifest import parse_manifest
 from rfork_api.units import format_bytes
 from scheduler.chunking import plan_chunks
 from scheduler.planner import DONE, FAILED, PEER, Job, PlannerConfig, Report, SourceView, stripe_start
-from scheduler.stream_swarm import DONE as STREAM_DONE, ENDED, FAILED as STREAM_FAILED, StreamReport, StreamSwarm
+from scheduler.stream_swarm import (DONE as STREAM_DONE, ENDED, FAILED as STREAM_FAILED, StreamReport, StreamSwarm,
+                                    paced_report_seconds)
 from scheduler.swarm import PeerOffer, Swarm, group_key
 from sim.network import LinkDown, Network, Node
 from sim.presets import rank_manifest
@@ -442,6 +443,8 @@ class FleetSimulation:
                     swarm.assigned(out, job.job_id, now)
                 begin, end = streams.take(job.job_id)
                 inst.stream_rates.update(streams.take_rates(job.job_id))
+                report_after = paced_report_seconds(streams.streaming_members(), s.stream_reports_per_second,
+                                                    s.stream_report_max_seconds)  # as the service's reply says
                 self._work_call_done(shard, out, started)
                 self.streams_started += len(begin)
                 self.stream_failures += sum(1 for r in news if r.state == STREAM_FAILED)
@@ -467,7 +470,7 @@ class FleetSimulation:
                     yield self.env.any_of([*running.values(), *following.values(),
                                            self.env.timeout(s.idle_poll_seconds)])
                 else:  # streams alone: as rfork fork, a call when all ended, one failed, or to report
-                    due = self.env.now + s.stream_report_seconds
+                    due = self.env.now + max(s.stream_report_seconds, report_after)
                     while following and self.env.now < due:
                         live = [p for p in following.values() if not p.triggered]
                         if not live or any(p.value[0] != STREAM_DONE for p in following.values() if p.triggered):
@@ -485,7 +488,8 @@ class FleetSimulation:
             if process.triggered:
                 del following[stream_id]
                 state, reason = process.value
-                out.append(StreamReport(stream_id, landed, state, reason))
+                # As rfork fork: a done stream's ids are left out (done means all of them).
+                out.append(StreamReport(stream_id, [] if state == STREAM_DONE else landed, state, reason))
             elif landed:
                 out.append(StreamReport(stream_id, landed))
         return out

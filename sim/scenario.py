@@ -83,7 +83,13 @@ class Scenario:
     """``stream``: members a group needs before it streams (``--stream-min-members``); fewer: a swarm."""
     stream_report_seconds: float = 1.0
     """``stream``: how often a client reports what its streams landed (``ForkOptions.stream_report_seconds``);
-    it also reports at once when a stream ends."""
+    it also reports at once when a stream fails or its last one ends."""
+    stream_reports_per_second: float = 256.0
+    """``stream``: the scheduler paces its streaming members' reports to about this many a second in all
+    (``--stream-reports-per-second``): each waits the longer of its own interval and members / this
+    (``scheduler.stream_swarm.paced_report_seconds``); 0 = no pacing."""
+    stream_report_max_seconds: float = 10.0
+    """``stream``: the longest paced interval (the service's: a third of its 30 s client timeout)."""
     stream_batch_chunks: int = 8
     """``stream``: chunks per read from a parent (``FollowOptions.batch_chunks``)."""
     stream_poll_seconds: float = 10e-6
@@ -142,6 +148,8 @@ class Scenario:
         _positive(self.assignment_seconds, "assignment_seconds")
         _non_negative(self.merge_seconds, "merge_seconds")
         _positive(self.stream_report_seconds, "stream_report_seconds")
+        _non_negative(self.stream_reports_per_second, "stream_reports_per_second")
+        _positive(self.stream_report_max_seconds, "stream_report_max_seconds")
         _positive(self.stream_poll_seconds, "stream_poll_seconds")
         _int(self.max_merged_bytes, "max_merged_bytes", 1)
         for name in ("control_latency_seconds", "read_latency_seconds", "heartbeat_timeout_seconds",

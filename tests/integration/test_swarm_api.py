@@ -432,6 +432,35 @@ def test_streaming_members_get_streams_from_each_other_and_report_them_done(stre
     assert reply.progress.bytes_from_peers >= sum((s.end_chunk - s.first_chunk) * CHUNK for s in streams[j])
 
 
+@pytest.mark.parametrize("rate, client_timeout", [(0.5, 30.0), (0.0, 30.0), (0.001, 3.0)])
+def test_streaming_members_are_paced_to_the_schedulers_report_rate(rate, client_timeout):
+    """Each reply says how often, at most, to report streams: members / --stream-reports-per-second
+    (so a scale-out's reports cost the scheduler about that many calls a second), 0 with pacing off,
+    and never more than a third of the client timeout. A done stream needs no ids and lands whole."""
+    f = Fleet(stream_min_members=1, stream_stripes=8, stream_reports_per_second=rate,
+              client_timeout_seconds=client_timeout)
+    try:
+        f.seed()
+        jobs = [created(f, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(4)]
+        replies = [f.work(j, max_assignments=0, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
+        streams = {j: [*r.streams] for j, r in zip(jobs, replies)}
+        for j in jobs[:-1]:  # the first ones were adopted as the others joined
+            streams[j] += f.work(j, max_assignments=0).streams
+        running = sum(len(ss) for ss in streams.values())
+        assert running >= 8
+        expected = 0.0 if not rate else min(running / 8 / rate, client_timeout / 3)
+        reply = f.work(jobs[0], max_assignments=0)
+        assert reply.stream_report_seconds == pytest.approx(expected)
+        last = jobs[-1]
+        done = f.work(last, max_assignments=0, streams=[{"stream_id": s.stream_id, "state": "done"}
+                                                        for s in streams[last]])
+        assert done.progress.bytes_from_peers == sum((s.end_chunk - s.first_chunk) * CHUNK for s in streams[last])
+        if rate and client_timeout == 30.0:  # its streams ended: fewer members stream, a shorter interval
+            assert done.stream_report_seconds == pytest.approx((running - len(streams[last])) / 8 / rate)
+    finally:
+        f.close()
+
+
 def test_a_withdrawing_parent_waits_for_its_stream_readers_to_confirm(streaming):
     streaming.seed()
     a = created(streaming, 0, {"session_id": "client0:1"})["job_id"]

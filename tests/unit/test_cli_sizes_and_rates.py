@@ -92,6 +92,8 @@ def test_a_bad_rate_is_one_line(command, flag, value, capsys):
     (COMMANDS["bench fleet"] + ["--clients", "1,two"], "--clients must be whole numbers"),
     (COMMANDS["scheduler"] + ["--merge-seconds", "-1"], "--merge-seconds must be a number of seconds >= 0"),
     (COMMANDS["scheduler"] + ["--merge-seconds", "inf"], "--merge-seconds must be a number of seconds >= 0"),
+    (COMMANDS["scheduler"] + ["--stream-reports-per-second", "-1"], "--stream-reports-per-second must be a rate >= 0"),
+    (COMMANDS["scheduler"] + ["--stream-reports-per-second", "nan"], "--stream-reports-per-second must be a rate >= 0"),
     (COMMANDS["scheduler"] + ["--peer-read-deadline", "0"], "--peer-read-deadline must be > 0 seconds, got 0.0"),
     (COMMANDS["scheduler"] + ["--peer-read-deadline", "inf"], "--peer-read-deadline must be > 0 seconds, got inf"),
     (COMMANDS["scheduler"] + ["--client-timeout", "nan"], "--client-timeout must be > 0 seconds, got nan"),

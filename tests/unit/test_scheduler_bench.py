@@ -16,6 +16,7 @@ from bench.scheduler_bench import (
     finite,
     latency_summary,
     options_from_args,
+    progress_reports,
     split_evenly,
 )
 from rfork_api.manifest import parse_manifest
@@ -119,11 +120,24 @@ def test_flags_become_options():
     (["--connections", "0"], "--connections must be >= 1"),
     (["--max-assignments", "0"], "--max-assignments must be in 1..1024"),
     (["--scale-out", "8", "--ranks", "0"], "--ranks must be in 1..4096"),
+    (["--scale-out", "8", "--member-fork-seconds", "0"], "--member-fork-seconds must be in (0, 3600]"),
+    (["--scale-out", "8", "--member-fork-seconds", "nan"], "--member-fork-seconds must be in (0, 3600]"),
 ])
 def test_bad_flags_say_what_is_wrong(argv, fragment):
     with pytest.raises(ValueError) as info:
         options_from_args(_args(*argv))
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("fork_seconds, paced, reports", [
+    (2.0, 0.0, 1),    # rfork fork's own second: one report, then the streams' end
+    (2.32, 0.0, 2),
+    (1.0, 0.0, 0),    # over within its first interval: only the end
+    (2.0, 4.0, 0),    # paced to every 4 s: only the end
+    (9.0, 4.0, 2),
+])
+def test_a_member_reports_as_often_as_rfork_fork_would(fork_seconds, paced, reports):
+    assert progress_reports(fork_seconds, paced) == reports
 
 
 def test_options_validate_when_built_directly():

@@ -11,7 +11,7 @@ from rfork_api.chunking import plan_chunks
 from rfork_api.landed import LandedMapRef
 from rfork_api.manifest import parse_manifest
 from scheduler.planner import DONE, RUNNING, Job, PlannerConfig, Report, SourceView
-from scheduler.stream_swarm import ENDED, FAILED, StreamReport, StreamSwarm, stripe_ranges
+from scheduler.stream_swarm import ENDED, FAILED, StreamReport, StreamSwarm, paced_report_seconds, stripe_ranges
 
 CHUNK = 1 << 20
 MANIFEST = parse_manifest({f"w{i}": [0x1000 + i * CHUNK, CHUNK // 2, 2] for i in range(16)})
@@ -88,6 +88,41 @@ def test_reports_land_chunks_and_finish_the_job_and_free_the_parent() -> None:
     for x in rest:
         b.apply(Report(x.assignment_id, ok=True), 2.0)
     assert b.state == DONE
+
+
+@pytest.mark.parametrize("landed", [[], [0, 1, 99]])
+def test_a_done_report_lands_the_whole_stream_whatever_ids_it_carries(landed: list[int]) -> None:
+    """Done means every chunk of the stream: clients leave the ids out, and any sent are not walked."""
+    swarm, (_, b) = swarm_of(2, stripes=2, fanout=2)
+    swarm.take("j0")
+    (s,), _ = swarm.take("j1")
+    swarm.report("j1", [StreamReport(s.stream_id, landed=[s.first_chunk])], 1.0)  # a progress report first
+    swarm.report("j1", [StreamReport(s.stream_id, landed=landed, state="done")], 2.0)
+    assert b.done_in(range(s.first_chunk, s.end_chunk)) == s.end_chunk - s.first_chunk
+    assert b.progress()["bytes_from_peers"] == (s.end_chunk - s.first_chunk) * CHUNK
+    assert (b.bytes_streaming, b.chunks_streaming) == (0, 0)  # the progress report's count went with it
+    assert swarm.readers_of("j0", now=2.0) == 0
+
+
+@pytest.mark.parametrize("members, rate, ceiling, seconds", [
+    (1024, 256, 10.0, 4.0),       # a big scale-out: every 4 s, 256 reports a second in all
+    (128, 256, 10.0, 0.5),        # under the client's own second: it keeps its own
+    (0, 256, 10.0, 0.0),          # nobody streams
+    (100_000, 256, 10.0, 10.0),   # never past the ceiling (a third of the client timeout)
+    (1024, 0, 10.0, 0.0),         # pacing off
+])
+def test_paced_report_interval(members: int, rate: float, ceiling: float, seconds: float) -> None:
+    assert paced_report_seconds(members, rate, ceiling) == seconds
+
+
+def test_streaming_members_counts_the_members_reading_by_streams() -> None:
+    swarm, jobs = swarm_of(9, stripes=4, fanout=4)
+    streams = {j.job_id: swarm.take(j.job_id)[0] for j in jobs}
+    assert swarm.streaming_members() == sum(len(ss) for ss in streams.values()) / 4
+    assert 7 <= swarm.streaming_members() <= 9  # all but the roots' own stripes
+    last = jobs[-1].job_id
+    swarm.report(last, [StreamReport(s.stream_id, state="done") for s in streams[last]], 1.0)
+    assert swarm.streaming_members() == (sum(len(ss) for ss in streams.values()) - len(streams[last])) / 4
 
 
 def test_a_reader_that_left_counts_against_its_parent_until_the_read_deadline() -> None:

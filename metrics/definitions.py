@@ -92,14 +92,17 @@ class SchedulerMetrics:
             "rfork_scheduler_job_size_bytes", "Bytes a running fork job must move.", ("job_id",)
         )
         self.job_bytes_done = StateGauge(
-            "rfork_scheduler_job_landed_bytes", "Bytes a running fork job has landed.", ("job_id",)
+            "rfork_scheduler_job_landed_bytes",
+            "Bytes a running fork job has landed, as its client last reported (streams: every report interval).",
+            ("job_id",)
         )
         self.job_progress_ratio = StateGauge(
             "rfork_scheduler_job_progress_ratio", "Landed / total bytes of a running job.", ("job_id",)
         )
         self.job_last_progress_timestamp = StateGauge(
             "rfork_scheduler_job_last_progress_timestamp_seconds",
-            "Unix time a running job last landed bytes (its creation time until the first chunk lands).",
+            "Unix time a running job's client last reported landed bytes, by a read or a stream (its creation "
+            "time until the first report).",
             ("job_id",),
         )
         self.seed_bytes_assigned_total = Counter(

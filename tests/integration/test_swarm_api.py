@@ -8,6 +8,7 @@ the tests play the clients and report reads as landed or failed.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -459,6 +460,25 @@ def test_streaming_members_are_paced_to_the_schedulers_report_rate(rate, client_
             assert done.stream_report_seconds == pytest.approx((running - len(streams[last])) / 8 / rate)
     finally:
         f.close()
+
+
+def test_a_streaming_members_progress_reports_count_as_progress(streaming):
+    """Its streams' chunks are marked when they end; until then what they landed, as reported, is the
+    job's progress: its landed bytes and last progress move with each report, not at the end alone
+    (a long fork by streams would otherwise look stalled)."""
+    streaming.seed()
+    jobs = [created(streaming, k, {"session_id": f"client{k}:1"})["job_id"] for k in range(3)]
+    replies = [streaming.work(j, max_assignments=0, landed_map=landed_map(k)) for k, j in enumerate(jobs)]
+    j, streams = jobs[-1], replies[-1].streams
+    assert streams
+    wall = streaming.metric("rfork_scheduler_job_last_progress_timestamp_seconds", job_id=j)
+    assert streaming.metric("rfork_scheduler_job_landed_bytes", job_id=j) == 0
+    time.sleep(0.01)  # the wall clock stamps progress
+    s = streams[0]
+    reply = streaming.work(j, max_assignments=0, streams=[{"stream_id": s.stream_id, "landed": [s.first_chunk]}])
+    assert reply.progress.bytes_done == CHUNK
+    assert streaming.metric("rfork_scheduler_job_landed_bytes", job_id=j) == CHUNK
+    assert streaming.metric("rfork_scheduler_job_last_progress_timestamp_seconds", job_id=j) > wall
 
 
 def test_a_withdrawing_parent_waits_for_its_stream_readers_to_confirm(streaming):

@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -677,8 +678,9 @@ def member_worker_main(spec: MemberSpec, conn) -> None:
         os.sched_setaffinity(0, spec.cpus)
     try:
         result = asyncio.run(_members(spec, conn))
-    except Exception as exc:  # reported to the parent, which says which worker and why
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    except Exception as exc:  # reported to the parent, which says which worker, why and where
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        conn.send(("error", f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"))
         return
     conn.send(("result", asdict(result)))
 

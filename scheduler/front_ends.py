@@ -37,6 +37,8 @@ from scheduler.front_protocol import WORK_PATH, ForwardedRequest, ForwardedRespo
 log = logging.getLogger("rfork.scheduler")
 
 WORK_ROUTE = "POST /v1/jobs/{job_id}/work"
+CREATE_ROUTE = "POST /v1/jobs"
+CREATE_PATH = "/v1/jobs"
 RESTART_BACKOFF_SECONDS = (0.5, 10.0)
 """A front end that exited is started again after the first, doubling up to the second while it keeps
 exiting within ``STABLE_SECONDS`` of its start."""
@@ -53,24 +55,30 @@ class FrontEndError(RuntimeError):
 
 async def answer(app: FastAPI, request: ForwardedRequest) -> ForwardedResponse:
     """The app's response to one forwarded request."""
-    if request.method == "POST" and (match := WORK_PATH.fullmatch(request.path)):
-        return await _work(app, request, match.group(1))
+    if request.method == "POST":
+        if match := WORK_PATH.fullmatch(request.path):
+            return await _plain(app, request, app.state.work_plain, WORK_ROUTE, {"job_id": match.group(1)})
+        if request.path == CREATE_PATH:
+            return await _plain(app, request, app.state.create_job_plain, CREATE_ROUTE, {})
     return await _run_app(app, request)
 
 
-async def _work(app: FastAPI, forwarded: ForwardedRequest, job_id: str) -> ForwardedResponse:
-    """``/work`` by its route's own endpoint (``work_plain``), without the app's routing and middleware:
-    the front end checked the token and the body's size already."""
+async def _plain(app: FastAPI, forwarded: ForwardedRequest, endpoint, route: str,
+                 path_params: dict[str, str]) -> ForwardedResponse:
+    """The hot routes (``/work``; a job's creation, every member of a scale-out's) by their own
+    endpoints (``work_plain``, ``create_job_plain``), without the app's routing and middleware, which
+    cost the deciding process as much as a creation by reference itself: the front end checked the
+    token and the body's size already; the errors and the latency histogram are the app's."""
     started = time.perf_counter()
     scope = forwarded.scope()
-    scope["path_params"] = {"job_id": job_id}
+    scope["path_params"] = path_params
 
     async def receive():
         return {"type": "http.request", "body": forwarded.body, "more_body": False}
 
     request = Request(scope, receive)
     try:
-        response = await app.state.work_plain(request)
+        response = await endpoint(request)
     except Exception as exc:
         handler = _handler_for(app, exc)
         if handler is None:
@@ -79,7 +87,7 @@ async def _work(app: FastAPI, forwarded: ForwardedRequest, job_id: str) -> Forwa
         if response.status_code >= 500:
             log.error("POST %s failed", forwarded.path, exc_info=exc)
     app.state.scheduler.metrics.api_latency.labels(
-        route=WORK_ROUTE, status=f"{response.status_code // 100}xx").observe(time.perf_counter() - started)
+        route=route, status=f"{response.status_code // 100}xx").observe(time.perf_counter() - started)
     return ForwardedResponse(forwarded.request_id, response.status_code, response.raw_headers, response.body)
 
 

@@ -949,6 +949,7 @@ def create_app(config: SchedulerConfig = SchedulerConfig(), registry: CollectorR
         return Response(created.model_dump_json(), status_code=201, media_type="application/json")
 
     add_plain_route(app, "/v1/jobs", create_job_plain, methods=["POST"])
+    app.state.create_job_plain = create_job_plain  # and creations, behind front ends (scheduler/front_ends.py)
 
     async def serve_work(job_id: str, body: wire.WorkRequest) -> Response:
         reply = state.work(job_id, body)

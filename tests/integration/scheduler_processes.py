@@ -91,6 +91,12 @@ REQUESTS = [
     ("POST", "/v1/jobs", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
      b'{"identity": 3}'),
     ("POST", "/v1/jobs", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
+     b'{"identity": {"model": "m", "revision": "main", "dtype": "bfloat16", "tp_size": 1}, "rank": 0, '
+     b'"manifest": {"w": [4096, 1024, 2]}}'),  # no seed serves it
+    ("POST", "/v1/jobs", {"Authorization": f"Bearer {TOKEN}", "content-type": "text/plain"}, b"{}"),
+    ("POST", "/v1/jobs", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}, b"{not json"),
+    ("POST", "/v1/jobs", {}, b"{}"),  # no token: 401
+    ("POST", "/v1/jobs", {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
      b"x" * (64 << 10)),  # over --max-body-bytes 16KiB: 413
     ("GET", "/v1/no/such/route", {"Authorization": f"Bearer {TOKEN}"}, None),
     ("DELETE", "/v1/jobs/nope", {"Authorization": f"Bearer {TOKEN}"}, None),

@@ -37,8 +37,10 @@ def test_front_ends_answer_every_request_as_the_scheduler_itself_does(tmp_path):
             assert got.headers.get("content-type") == want.headers.get("content-type"), (method, path)
         assert metric(fronted_url, "rfork_scheduler_front_ends_running") == 2
         assert metric(plain_url, "rfork_scheduler_front_ends_running") == 0
-        # The deciding process times /work itself (the front ends skip the app's middleware).
-        assert 'route="POST /v1/jobs/{job_id}/work",status="4xx"' in httpx.get(f"{fronted_url}/metrics").text
+        # The deciding process times /work and creations itself (the front ends skip the app's middleware).
+        exposed = httpx.get(f"{fronted_url}/metrics").text
+        assert 'route="POST /v1/jobs/{job_id}/work",status="4xx"' in exposed
+        assert 'route="POST /v1/jobs",status="4xx"' in exposed
     finally:
         stop_scheduler(plain)
         stop_scheduler(fronted)

@@ -111,6 +111,13 @@ FLEET = Dashboard(
               description="Streams: a member follows a parent's landed map for one stripe; a failed one is "
                           "re-parented, and late in a scale-out a slow one moves to a finished member with upload "
                           "to spare (docs/fleet.md, Streams)."),
+        Panel("Streaming members and their report interval",
+              (t("rfork_scheduler_streaming_members", "members streaming"),
+               t("rfork_scheduler_stream_report_interval_seconds", "report interval asked (s)")),
+              description="The scheduler paces streaming forks' progress reports to about "
+                          "--stream-reports-per-second calls a second in all: each reports at most every "
+                          "members / rate seconds (0: its own second). Progress bars of a big scale-out move "
+                          "in steps this long (docs/fleet.md, Paced reports)."),
         Panel("Scale-out time-to-all (last hour)",
               tuple(t(f"histogram_quantile({q}, sum by (le) (increase(rfork_scheduler_scale_out_seconds_bucket[1h])))",
                       f"p{round(q * 100)}") for q in (0.5, 0.99)), unit="s"),

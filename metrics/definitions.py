@@ -122,6 +122,16 @@ class SchedulerMetrics:
             "rfork_scheduler_peers_serving",
             "Clients offering their landed chunks to other clients of the same weights (peers), now.",
         )
+        self.streaming_members = StateGauge(
+            "rfork_scheduler_streaming_members",
+            "Forks reading by streams now, about (the streams their parents count, over the stripes).",
+        )
+        self.stream_report_interval_seconds = StateGauge(
+            "rfork_scheduler_stream_report_interval_seconds",
+            "How often, at most, each streaming fork is asked to report now: streaming members / "
+            "--stream-reports-per-second, at most a third of the client timeout; a fork waits the longer of "
+            "this and its own interval (1 s). 0: their own.",
+        )
         self.scale_out_seconds = Histogram(
             "rfork_scheduler_scale_out_seconds",
             "Time-to-all of a scale-out: from the first job of a group of concurrent forks of the same weights "

@@ -528,9 +528,18 @@ class SchedulerState:
                 retry_after_seconds=0.0 if assignments else 0.5 if views is None else 0.05,
                 progress=_wire_progress(job), queued=self.admission.last.position(job_id),
                 chunks_waiting=len(job.pending) if job.state == RUNNING else 0,
-                stream_report_seconds=0.0 if streams is None else paced_report_seconds(
-                    streams.streaming_members(), self.config.stream_reports_per_second,
-                    self.config.client_timeout_seconds / 3))
+                stream_report_seconds=self._paced_report_seconds())
+
+    def _paced_report_seconds(self) -> float:
+        """What each reply tells a streaming member: report at most this often (0: its own interval)."""
+        if self.streams is None:
+            return 0.0
+        return paced_report_seconds(self.streams.streaming_members(), self.config.stream_reports_per_second,
+                                    self.config.client_timeout_seconds / 3)
+
+    def stream_pacing(self) -> tuple[float, float]:
+        """(members streaming now, the report interval they are asked for); the caller holds the lock."""
+        return (0.0 if self.streams is None else self.streams.streaming_members()), self._paced_report_seconds()
 
     def _admit(self) -> None:
         """Recompute fork admission (only with a limit: scheduler/fleet.py)."""

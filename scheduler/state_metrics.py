@@ -39,9 +39,12 @@ class SchedulerStateCollector:
             running = [(job_id, r.job.bytes_total, r.job.bytes_done + r.job.bytes_streaming, r.last_progress_wall)
                        for job_id, r in state.jobs.items() if r.job.state == RUNNING]
             jobs, peers = len(running), state.swarm.peers_serving()
+            streaming, report_interval = state.stream_pacing()
         yield m.seeds_registered.family([((), len(seeds))])
         yield m.jobs_active.family([((), jobs)])
         yield m.peers_serving.family([((), peers)])
+        yield m.streaming_members.family([((), streaming)])
+        yield m.stream_report_interval_seconds.family([((), report_interval)])
         yield m.seed_allowed_rate.family(
             ((seed_id,), math.nan if rate is None else rate) for seed_id, rate in seeds.items())
         yield m.assignments_in_flight.family(((seed_id,), live.get(seed_id, 0)) for seed_id in seeds)

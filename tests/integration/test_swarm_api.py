@@ -452,6 +452,9 @@ def test_streaming_members_are_paced_to_the_schedulers_report_rate(rate, client_
         expected = 0.0 if not rate else min(running / 8 / rate, client_timeout / 3)
         reply = f.work(jobs[0], max_assignments=0)
         assert reply.stream_report_seconds == pytest.approx(expected)
+        # Operators see it as Prometheus gauges (the fleet dashboard's panel).
+        assert f.metric("rfork_scheduler_streaming_members") == pytest.approx(running / 8)
+        assert f.metric("rfork_scheduler_stream_report_interval_seconds") == pytest.approx(expected)
         last = jobs[-1]
         done = f.work(last, max_assignments=0, streams=[{"stream_id": s.stream_id, "state": "done"}
                                                         for s in streams[last]])

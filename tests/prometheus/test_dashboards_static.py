@@ -118,7 +118,7 @@ def test_provisioning_files_point_at_this_layout():
 _UNITLESS = {"rfork_scheduler_seeds_registered", "rfork_scheduler_jobs_active", "rfork_scheduler_assignments_in_flight",
              "rfork_agent_leases_in_flight", "rfork_agent_registered", "rfork_agent_throttle_mode",
              "rfork_client_chunks_in_flight", "rfork_scheduler_peers_serving", "rfork_scheduler_front_ends_running",
-             "rfork_scheduler_deciders_running"}
+             "rfork_scheduler_deciders_running", "rfork_scheduler_streaming_members"}
 _UNIT_SUFFIXES = ("_seconds", "_bytes", "_bytes_per_second", "_ratio", "_total")
 # Closed or bounded label sets only; never "job" (Prometheus's own target label).
 _BOUNDED_LABELS = {"seed", "job_id", "reason", "outcome", "route", "status", "mode", "action",

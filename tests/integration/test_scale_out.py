@@ -63,6 +63,22 @@ def test_streaming_clients_follow_each_others_landed_maps_and_verify(stripes, tm
     assert result["streams"]["failed"] == 0
 
 
+def test_paced_stream_reports_never_hold_up_a_fork(tmp_path):
+    """The scheduler paces streaming members' progress reports to its rate: here to the ceiling, a third
+    of a 90 s client timeout (30 s), far longer than the fork. A member still calls as soon as its
+    streams end (or one fails), so the scale-out ends at its transfer's pace, not the report interval's."""
+    spec = FleetSpec(seeds=1, preset=None, size_bytes=12 * MiB, seed_rates=(RATE,), log_dir=str(tmp_path),
+                     scheduler_args=("--stream-min-members", "1", "--stream-reports-per-second", "0.01",
+                                     "--client-timeout", "90"))
+    with Fleet(spec) as fleet:
+        result = run_scale_out(fleet, ScaleOutOptions(clients=4, client_rate=RATE, chunk_size=512 * 1024))
+    clients = result["clients"]
+    assert [c["verified"] for c in clients] == [True] * 4, [c["mismatched_tensors"] for c in clients]
+    assert result["streams"]["started"] >= 4 and result["streams"]["failed"] == 0
+    assert all(c["withdraw_confirmed"] for c in clients), clients
+    assert result["time_to_all_seconds"] < 20, result["time_to_all_seconds"]  # a report interval would be 30 s
+
+
 def test_without_peers_every_byte_comes_from_the_seeds(tmp_path):
     with Fleet(fleet_spec(tmp_path)) as fleet:
         result = run_scale_out(fleet, ScaleOutOptions(clients=2, peers=False, chunk_size=512 * 1024))

@@ -61,6 +61,7 @@ from pathlib import Path
 
 import httpx
 
+from rfork_agent.fork import ForkOptions
 from rfork_api import models as m
 from rfork_api.errors import RforkApiError, UnknownJob, UnknownSeed
 from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
@@ -642,10 +643,6 @@ class MemberSpec:
     """``SchedulerBenchOptions.member_fork_seconds``."""
 
 
-CLIENT_REPORT_SECONDS = 1.0
-"""rfork fork's own stream report interval (``ForkOptions.stream_report_seconds``)."""
-
-
 def progress_reports(fork_seconds: float, paced_seconds: float) -> int:
     """Reports a streaming member sends before its streams end, over a fork of ``fork_seconds``, at the
     longer of rfork fork's own interval and the scheduler's ``paced_seconds`` (WorkReply.stream_report_seconds).
@@ -653,7 +650,7 @@ def progress_reports(fork_seconds: float, paced_seconds: float) -> int:
         >>> progress_reports(2.0, 0.0), progress_reports(2.32, 0.0), progress_reports(2.0, 4.0)
         (1, 2, 0)
     """
-    return max(math.ceil(fork_seconds / max(CLIENT_REPORT_SECONDS, paced_seconds)) - 1, 0)
+    return max(math.ceil(fork_seconds / max(ForkOptions.stream_report_seconds, paced_seconds)) - 1, 0)
 
 
 @dataclass

@@ -731,6 +731,12 @@ class Job:
             self.state, self.finished_at = DONE, now
         return nbytes
 
+    @property
+    def bytes_reported(self) -> int:
+        """Bytes landed as the client reported them: marked (``bytes_done``) and reported by running
+        streams (marked when they end). A job's progress, on the wire and in the metrics."""
+        return self.bytes_done + self.bytes_streaming
+
     def stream_progress(self, nbytes: int, nchunks: int) -> None:
         """Running streams landed (or, negative, handed over to ``landed_by_stream``) this much."""
         self.bytes_streaming += nbytes
@@ -1467,7 +1473,7 @@ class Job:
 
     def progress(self) -> dict:
         return {
-            "bytes_done": self.bytes_done + self.bytes_streaming, "bytes_total": self.bytes_total,
+            "bytes_done": self.bytes_reported, "bytes_total": self.bytes_total,
             "chunks_done": self.chunks_done + self.chunks_streaming, "chunks_total": len(self._plan),
             "retried_chunks": self.retried_chunks,
             # Every source that failed this job, worst state last: failed a read, left, excluded.

@@ -452,10 +452,9 @@ class SchedulerState:
             record = self._job(job_id)
             job, now = record.job, self.clock()
             record.last_poll = now
-            # Landed counts what running streams reported too (their chunks are marked when they end):
-            # a streaming member's progress is its reports, every few seconds, not its streams' ends.
-            before = (job.bytes_done + job.bytes_streaming, dict(job.bytes_by_seed), job.state,
-                      dict(job.bytes_by_kind))
+            # Progress counts what running streams reported too (their chunks are marked when they
+            # end): a streaming member's progress is its reports, every few seconds, not its streams' ends.
+            before = (job.bytes_reported, dict(job.bytes_by_seed), job.state, dict(job.bytes_by_kind))
             streams = self.streams
             if body.landed_map is not None:
                 self._join_streams(record, body.landed_map, now)
@@ -513,7 +512,7 @@ class SchedulerState:
             for kind, n in job.bytes_by_kind.items():
                 if n > before[3].get(kind, 0):
                     self.metrics.bytes_landed_by_kind_total.labels(kind=kind).inc(n - before[3].get(kind, 0))
-            if job.bytes_done + job.bytes_streaming > before[0] and job.state == RUNNING:
+            if job.bytes_reported > before[0] and job.state == RUNNING:
                 record.last_progress_wall = self.wall_clock()
             if before[2] == RUNNING and job.state != RUNNING:
                 self._finished(record, job.state)

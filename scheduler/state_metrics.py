@@ -36,7 +36,7 @@ class SchedulerStateCollector:
         with state.lock:
             seeds = {seed_id: seed.allowed_rate for seed_id, seed in state.seeds.items()}
             live = state.live_by_seed()
-            running = [(job_id, r.job.bytes_total, r.job.bytes_done + r.job.bytes_streaming, r.last_progress_wall)
+            running = [(job_id, r.job.bytes_total, r.job.bytes_reported, r.last_progress_wall)
                        for job_id, r in state.jobs.items() if r.job.state == RUNNING]
             jobs, peers = len(running), state.swarm.peers_serving()
             streaming, report_interval = state.stream_pacing()

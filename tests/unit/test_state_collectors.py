@@ -54,9 +54,7 @@ def test_the_scheduler_exports_each_seed_and_each_running_job_as_they_are_and_fo
     state = SchedulerState(SchedulerConfig(), SchedulerMetrics(registry), clock=lambda: 0.0)
     seed = SimpleNamespace(allowed_rate=None)
     state.seeds["seed-0"] = seed  # type: ignore[assignment]
-    # 60 bytes marked landed, 40 more reported by its running streams
-    job = SimpleNamespace(state="running", bytes_total=400, bytes_done=60, bytes_streaming=40,
-                          live_by_seed=lambda: {"seed-0": 3})
+    job = SimpleNamespace(state="running", bytes_total=400, bytes_reported=100, live_by_seed=lambda: {"seed-0": 3})
     state.jobs["j1"] = JobRecord(job, None, 0, last_poll=0.0, last_progress_wall=1700000000.0)  # type: ignore[arg-type]
     rate = registry.get_sample_value("rfork_scheduler_seed_allowed_rate_bytes_per_second", {"seed": "seed-0"})
     assert math.isnan(rate)  # uncapped

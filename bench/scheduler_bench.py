@@ -61,9 +61,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.keepalive import KeepAliveTransport
 from rfork_agent.fork import ForkOptions
 from rfork_api import models as m
-from rfork_api.errors import RforkApiError, UnknownJob, UnknownSeed
+from rfork_api.errors import RforkApiError, UnknownJob, UnknownLayout, UnknownSeed
+from rfork_api.manifest import compact_manifest
 from rfork_api.units import UnitError, format_bytes, parse_rate, parse_size
 from testbed.fleet import HeldPort, wait_http_ready
 
@@ -513,11 +515,10 @@ class LoadWorker:
 
         loop = asyncio.get_running_loop()
         loop.add_reader(self.conn.fileno(), self._on_parent_message)
-        limits = httpx.Limits(max_connections=self.spec.connections, max_keepalive_connections=self.spec.connections)
         self.slots = asyncio.Semaphore(self.spec.connections)
         self.request = m.JobRequest.model_validate_json(self.spec.job_request_json)
         self.client = SchedulerClient(self.spec.url, timeout=self.spec.request_timeout_seconds,
-                                      transport=httpx.AsyncHTTPTransport(limits=limits))
+                                      transport=KeepAliveTransport(self.spec.url, max_connections=self.spec.connections))
         tasks = [asyncio.create_task(self._job_loop()) for _ in range(self.spec.jobs)]
         try:
             await self.stopping.wait()
@@ -653,6 +654,20 @@ def progress_reports(fork_seconds: float, paced_seconds: float) -> int:
     return max(math.ceil(fork_seconds / max(ForkOptions.stream_report_seconds, paced_seconds)) - 1, 0)
 
 
+def member_manifest(spec: MemberSpec, member: int) -> dict[str, list[int]]:
+    """Member ``member``'s manifest: the bench's layout at memory of its own."""
+    return bench_manifest(spec.chunks, spec.chunk_size, (member + 2) << 40)
+
+
+def member_job_request(spec: MemberSpec, member: int) -> m.JobRequest:
+    """Member ``member``'s job request, its manifest by reference (layout digest and pointers) as
+    ``SchedulerClient.create_job`` sends it first."""
+    digest, pointers = compact_manifest(member_manifest(spec, member))
+    return m.JobRequest(identity=bench_identity(spec.ranks), rank=member % spec.ranks,
+                        chunk_size_bytes=spec.chunk_size, layout=m.ManifestLayout(digest=digest, pointers=pointers),
+                        peer=m.PeerOffer(session_id=f"bench-member-{member}:1"))
+
+
 @dataclass
 class MemberResult:
     """What one load generator's members did (every call counted: a scale-out has no window)."""
@@ -686,10 +701,9 @@ async def _members(spec: MemberSpec, conn) -> MemberResult:
     from rfork_api.clients import SchedulerClient
 
     result, errors = MemberResult(), Counter()
-    limits = httpx.Limits(max_connections=spec.connections, max_keepalive_connections=spec.connections)
     slots = asyncio.Semaphore(spec.connections)
     client = SchedulerClient(spec.url, timeout=spec.request_timeout_seconds,
-                             transport=httpx.AsyncHTTPTransport(limits=limits))
+                             transport=KeepAliveTransport(spec.url, max_connections=spec.connections))
 
     async def call(coro_fn, latencies: list[float]):
         async with slots:
@@ -698,14 +712,20 @@ async def _members(spec: MemberSpec, conn) -> MemberResult:
             latencies.append(time.monotonic() - started)
             return out
 
-    async def create(k: int) -> tuple[m.JobCreated, int] | None:
+    async def create(k: int, request: m.JobRequest) -> tuple[m.JobCreated, int] | None:
         member = spec.first_member + k
-        manifest = bench_manifest(spec.chunks, spec.chunk_size, (member + 2) << 40)  # its own memory
-        request = m.JobRequest(identity=bench_identity(spec.ranks), rank=member % spec.ranks,
-                               chunk_size_bytes=spec.chunk_size, manifest=manifest,
-                               peer=m.PeerOffer(session_id=f"bench-member-{member}:1"))
+
+        async def by_reference_else_whole() -> m.JobCreated:
+            # In one connection slot, as one client would: the scale-out's members waiting for the first
+            # one's manifest (the scheduler holds them up to 5 s) must not hold every slot it needs.
+            try:
+                return await client.create_job(request)
+            except UnknownLayout:  # the first of a scale-out: the scheduler asks for the manifest whole
+                whole = request.model_copy(update={"layout": None, "manifest": member_manifest(spec, member)})
+                return await client.create_job(whole, by_reference=False)
+
         try:
-            job = await call(lambda: client.create_job(request), result.create_latencies)
+            job = await call(by_reference_else_whole, result.create_latencies)
         except RforkApiError as exc:
             errors[f"create: {exc.code}"] += 1
             return None
@@ -758,7 +778,13 @@ async def _members(spec: MemberSpec, conn) -> MemberResult:
             body = m.WorkRequest(max_assignments=spec.max_assignments, reports=reports, streams=streams,
                                  wait_seconds=1.0 if waiting else 0.0)
 
-    made = await asyncio.gather(*(create(k) for k in range(spec.members)))
+    # The members' requests are built before the parent starts counting (the load's own work, ~1 ms a
+    # member), so their creations arrive together, as a scale-out's do.
+    requests = [member_job_request(spec, spec.first_member + k) for k in range(spec.members)]
+    conn.send(("prepared", len(requests)))
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "create"
+    made = await asyncio.gather(*(create(k, request) for k, request in enumerate(requests)))
+    del requests
     jobs = [j for j in made if j is not None]
     conn.send(("ready", len(jobs)))
     await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "go"
@@ -811,16 +837,27 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
             process.start()
             child_end.close()
             workers.append((process, parent_end))
+        for process, conn in workers:
+            await _expect(conn, process, "prepared", options.setup_stall_seconds)
+        # The bench's own /metrics reads (the decisions' counters) are not the scale-out's work: each
+        # is read outside the counted CPU (one with 1,024 jobs running costs a decider ~40 ms).
+        decisions_before = _decision_cpu(scheduler)
         create_started = time.monotonic()
         deciders_before = [process_cpu_seconds(pid) for pid in deciders]
         before = ProcessSample.of(scheduler.pid)
         front_ends_before = front_end_cpu_seconds(scheduler.pid)
-        decisions_before = _decision_cpu(scheduler)
+        for _, conn in workers:
+            conn.send("create")
         created = sum([await _expect(conn, process, "ready", options.setup_stall_seconds)
                        for process, conn in workers])
         create_seconds = time.monotonic() - create_started
         after_create = ProcessSample.of(scheduler.pid)
+        deciders_after_create = [process_cpu_seconds(pid) for pid in deciders]
+        front_ends_after_create = front_end_cpu_seconds(scheduler.pid)
         decisions_after_create = _decision_cpu(scheduler)
+        run_from = ProcessSample.of(scheduler.pid)
+        reading = [process_cpu_seconds(pid) - b for pid, b in zip(deciders, deciders_after_create)]
+        front_ends_reading = front_end_cpu_seconds(scheduler.pid) - front_ends_after_create
         started = time.monotonic()
         for _, conn in workers:
             conn.send("go")
@@ -837,9 +874,9 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
             errors.update(r.errors)
         errors.update({f"heartbeat: {k}": v for k, v in seeds.stats.errors.items()})
         create_cpu = after_create.cpu_seconds - before.cpu_seconds
-        run_cpu = end.cpu_seconds - after_create.cpu_seconds
+        run_cpu = end.cpu_seconds - run_from.cpu_seconds
         # Decider 0 is the scheduler's own process; with --deciders K the others decide beside it.
-        by_decider = [create_cpu + run_cpu] + [e - b for e, b in zip(deciders_end, deciders_before)]
+        by_decider = [create_cpu + run_cpu] + [e - b - r for e, b, r in zip(deciders_end, deciders_before, reading)]
         streams_started = scheduler.metric("rfork_scheduler_streams_started_total")
         return {
             "instances": instances,
@@ -863,7 +900,7 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
             "deciders_cpu_ms_per_member": 1000 * sum(by_decider) / max(members, 1),
             # With --scheduler-arg=--front-ends=N the scheduler's process above only decides; its HTTP
             # runs in the front ends (these, all N together).
-            "front_end_cpu_seconds": front_ends_end - front_ends_before,
+            "front_end_cpu_seconds": front_ends_end - front_ends_before - front_ends_reading,
             # The scheduler's own account of its decisions' CPU (rfork_scheduler_decision_cpu_seconds_total),
             # by call; the process's CPU beyond them is the HTTP protocol around them.
             "decision_cpu_seconds_create": _delta(decisions_after_create, decisions_before),

@@ -144,12 +144,15 @@ class SchedulerClient(_Client):
     async def list_seeds(self) -> list[m.SeedSummary]:
         return (await self._call("GET", "/v1/seeds", None, m.SeedList)).root
 
-    async def create_job(self, body: m.JobRequest) -> m.JobCreated:
+    async def create_job(self, body: m.JobRequest, by_reference: bool = True) -> m.JobCreated:
         """Sends a whole manifest by reference first (its layout's digest and the pointers): in a
         scale-out the scheduler holds the layout already, and a member's creation costs it a
         fraction of checking the whole manifest. The manifest goes whole when the scheduler does
-        not hold its layout (``409 unknown_layout``) or it cannot be sent by reference."""
-        compact = compact_manifest(body.manifest) if body.manifest and body.layout is None else None
+        not hold its layout (``409 unknown_layout``) or it cannot be sent by reference, or at once
+        with ``by_reference=False`` (a caller that sent it by reference itself and was told 409:
+        asking again by reference would wait for a manifest nobody sends). A request that carries
+        its layout already goes as it is (``UnknownLayout`` if the scheduler does not hold it)."""
+        compact = compact_manifest(body.manifest) if by_reference and body.manifest and body.layout is None else None
         if compact is not None:
             digest, pointers = compact
             by_reference = body.model_copy(update={"manifest": {}, "layout": m.ManifestLayout(

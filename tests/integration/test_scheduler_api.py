@@ -347,7 +347,7 @@ def test_bad_manifests_by_reference_are_4xx_saying_what_is_wrong(service, change
     assert needle in r.json()["detail"]["message"]
 
 
-def test_the_client_sends_by_reference_and_whole_only_when_the_scheduler_lacks_the_layout(service):
+def test_the_client_sends_by_reference_and_whole_only_when_the_scheduler_lacks_the_layout_or_asked_to(service):
     import asyncio
 
     import httpx
@@ -364,18 +364,21 @@ def test_the_client_sends_by_reference_and_whole_only_when_the_scheduler_lacks_t
             sent.append(request.read())
             return await super().handle_async_request(request)
 
-    async def create_two():
+    async def create_three():
         async with SchedulerClient("http://scheduler", transport=Recording(app=app)) as scheduler:
             request = m.JobRequest(identity=m.ModelIdentity(**IDENTITY), rank=0, manifest=MANIFEST)
             first = await scheduler.create_job(request)
             second = await scheduler.create_job(request)
-            return first, second
+            # A caller that was told 409 itself (a load generator sending pre-built references) asks
+            # for the manifest to go whole at once: by reference again would wait for nobody's.
+            third = await scheduler.create_job(request, by_reference=False)
+            return first, second, third
 
-    first, second = asyncio.run(create_two())
-    assert first.num_chunks == second.num_chunks and first.job_id != second.job_id
-    # By reference (409: unknown), whole, then by reference (known now).
-    assert [b'"layout":{' in body for body in sent] == [True, False, True]
-    assert b'"a":[' in sent[1] and b'"a":[' not in sent[2]
+    first, second, third = asyncio.run(create_three())
+    assert first.num_chunks == second.num_chunks == third.num_chunks and first.job_id != second.job_id
+    # By reference (409: unknown), whole, then by reference (known now), then whole as asked.
+    assert [b'"layout":{' in body for body in sent] == [True, False, True, False]
+    assert b'"a":[' in sent[1] and b'"a":[' not in sent[2] and b'"a":[' in sent[3]
 
 
 def test_members_arriving_with_the_first_whole_manifest_wait_for_its_layout_instead_of_a_409(service):

@@ -11,6 +11,7 @@ stream (rfork_agent/landed.py) plans its own manifest with it to build its reads
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
@@ -53,11 +54,14 @@ class ReadIndex:
 
     Built once per plan (``ChunkPlan.read_index``) and shared by every job of it."""
 
-    __slots__ = ("tensor", "offset", "end", "first", "last", "run_end", "sizes")
+    __slots__ = ("tensor", "offset", "end", "first", "last", "run_end", "sizes", "bytes_before")
 
     def __init__(self, chunks: list[Chunk]) -> None:
         self.sizes = [chunk.nbytes for chunk in chunks]
         """Chunk id -> bytes."""
+        self.bytes_before = list(itertools.accumulate(self.sizes, initial=0))
+        """Chunk id -> bytes of the chunks before it (one more entry: the plan's total): a range's
+        bytes in O(1), as a stream's stripe lands whole."""
         tensor: list[str] = []
         offset: list[int] = []
         end: list[int] = []

@@ -532,8 +532,9 @@ class Job:
         self._read_index = read_index(chunks)
         self._sizes = self._read_index.sizes
         """Chunk id -> bytes (the plan's, shared: read only)."""
+        self._bytes_before = self._read_index.bytes_before
         self.chunks = _ChunkStates(self)
-        self.bytes_total = sum(self._sizes)
+        self.bytes_total = self._bytes_before[-1]
         self._start = start
         self._pending: PendingQueue | None = None
         """Built on first use (``pending``): a member of streams withholds most of its chunks
@@ -722,7 +723,7 @@ class Job:
         queued_mask = landed_mask & self.pending.mask
         if queued_mask:
             self.pending.remove_all([c for c in landed if c in self.pending], queued_mask)
-        nbytes = sum(map(self._sizes.__getitem__, landed))
+        nbytes = self.chunk_bytes(chunk_ids if whole else landed)
         self.bytes_done += nbytes
         self.chunks_done += len(landed)
         self.bytes_by_seed[source_id] = self.bytes_by_seed.get(source_id, 0) + nbytes
@@ -743,6 +744,8 @@ class Job:
         self.chunks_streaming += nchunks
 
     def chunk_bytes(self, chunk_ids: Iterable[int]) -> int:
+        if isinstance(chunk_ids, range) and chunk_ids.step == 1:
+            return self._bytes_before[max(chunk_ids.stop, chunk_ids.start)] - self._bytes_before[chunk_ids.start]
         return sum(map(self._sizes.__getitem__, chunk_ids))
 
     def done_in(self, chunks: range) -> int:

@@ -935,6 +935,23 @@ def test_a_silent_jobs_check_builds_no_queue_and_asks_for_peers_only_without_a_s
 
 
 # -- chunks landed by streams ------------------------------------------------
+def test_a_ranges_bytes_come_from_the_plans_running_total_and_match_its_chunks_sizes():
+    # Uneven chunks (tensors smaller and larger than a chunk, a short last chunk): a stripe's bytes
+    # are a difference of the plan's running total, a list's the sum of its chunks.
+    m = parse_manifest({"a": [1 << 30, 3000, 2], "b": [2 << 30, 10_000, 1], "c": [3 << 30, 1, 4],
+                        "d": [4 << 30, 2500, 4]})
+    job = Job("j", m, plan_chunks(m, 4 * KiB), ONE_CHUNK_EACH, 0.0)
+    sizes = [chunk.nbytes for chunk in job._plan]
+    assert len(set(sizes)) > 2 and job.bytes_total == sum(sizes) == 6000 + 10_000 + 4 + 10_000
+    n = len(sizes)
+    for start in range(n + 1):
+        for stop in range(start, n + 1):
+            assert job.chunk_bytes(range(start, stop)) == sum(sizes[start:stop]) == job.chunk_bytes(
+                list(range(start, stop)))
+    assert job.chunk_bytes(range(3, 1)) == 0 and job.chunk_bytes(range(0, n, 2)) == sum(sizes[0::2])
+    assert job.landed_by_stream(range(1, n - 1), "peer:a", 0.0) == sum(sizes[1:n - 1]) == job.bytes_done
+
+
 @pytest.mark.parametrize("landed, earlier, in_flight", [
     (range(0, 8), [], []),                       # a stream's whole stripe, none of it here yet
     (range(0, 8), [0, 1, 2, 3], []),             # its end: the first half came with a progress report

@@ -58,3 +58,27 @@ def test_the_plan_cache_is_bounded(monkeypatch):
     state = state_with_a_seed()
     groups = [job(state, (k + 1) << 40, chunk_size=(1 << 20) << k).group for k in range(3)]
     assert list(state.plans) == groups[1:]  # the least recently used went first
+
+
+def test_a_scale_out_is_logged_once_as_it_begins_and_once_as_it_ends_its_jobs_at_debug(caplog):
+    from rfork_api import models as wire
+
+    state = state_with_a_seed()
+    with caplog.at_level("DEBUG", logger="rfork.scheduler"):
+        records = [job(state, (k + 1) << 40) for k in range(3)]
+        for record in records:
+            reply = state.work(record.job.job_id, wire.WorkRequest(max_assignments=1000))
+            reports = [wire.ChunkReport(assignment_id=a.assignment_id, ok=True, seconds=0.01) for a in reply.assignments]
+            assert state.work(record.job.job_id, wire.WorkRequest(max_assignments=0, reports=reports)).state == "done"
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert len(info) == 2, info  # not a line per job: a 1024-member scale-out would log 2,000
+    assert info[0].startswith(f"scale-out of m rank 0: began with job {records[0].job.job_id} (")
+    assert info[1] == "scale-out of m rank 0: ended after 0.0 s, 3 of its 3 jobs done"
+    debug = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert all(any(m.startswith(f"job {r.job.job_id}") for m in debug) for r in records)
+    # The next job of the group begins another scale-out.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rfork.scheduler"):
+        later = job(state, 9 << 40)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"scale-out of m rank 0: began with job {later.job.job_id}"]

@@ -350,15 +350,18 @@ class SchedulerState:
                 body.peer.session_id, body.peer.upload_rate_bytes_per_second, body.peer.max_in_flight)
             self.swarm.join(job, group, offer, now)
             scale_out = self.scale_outs.get(group)
-            if scale_out is None:
+            began = scale_out is None
+            if began:
                 scale_out = self.scale_outs[group] = ScaleOut(now, body.identity.model, body.rank)
-                log.info("scale-out of %s rank %d: began with job %s (%d bytes in %d chunks of <= %d, seeds %s)",
-                         body.identity.model, body.rank, job_id, job.bytes_total, len(chunks), chunk_size,
-                         [s.seed_id for s in seeds])
             scale_out.jobs += 1
             self.maybe_running.setdefault(group, deque()).append(job_id)
-        log.debug("job %s: %s rank %d, %d bytes in %d chunks of <= %d, seeds %s", job_id, body.identity.model,
-                  body.rank, record.job.bytes_total, len(chunks), chunk_size, [s.seed_id for s in seeds])
+        if began or log.isEnabledFor(logging.DEBUG):
+            what = (f"{job.bytes_total} bytes in {len(chunks)} chunks of <= {chunk_size}, "
+                    f"seeds {[s.seed_id for s in seeds]}")
+            if began:
+                log.info("scale-out of %s rank %d: began with job %s (%s)", body.identity.model, body.rank, job_id,
+                         what)
+            log.debug("job %s: %s rank %d, %s", job_id, body.identity.model, body.rank, what)
         return record
 
     def holds_layout(self, digest: str) -> bool:

@@ -71,16 +71,21 @@ class ScenarioResult:
 
 
 class _Trigger:
-    """Runs ``action`` once, in a thread, when ``fraction`` of the bytes has landed."""
+    """Runs ``action`` once, in a thread, when ``fraction`` of the bytes has landed; ``inline``: in the
+    fork's own progress callback, so the fork asks for nothing more until the fault is in place (a
+    fault that must land before the fork could finish: a thread may start late on a loaded machine)."""
 
-    def __init__(self, fraction: float, total: int, action: Callable[[], None]) -> None:
-        self.fraction, self.total, self.action = fraction, total, action
+    def __init__(self, fraction: float, total: int, action: Callable[[], None], inline: bool = False) -> None:
+        self.fraction, self.total, self.action, self.inline = fraction, total, action, inline
         self.fired_at: float | None = None
         self.thread: threading.Thread | None = None
 
     def check(self, bytes_done: int) -> None:
         if self.fired_at is None and bytes_done >= self.fraction * self.total:
             self.fired_at = time.perf_counter()
+            if self.inline:
+                self.action()
+                return
             self.thread = threading.Thread(target=self.action, daemon=True, name="chaos-fault")
             self.thread.start()
 
@@ -281,12 +286,19 @@ def seeds_lost(count: int) -> Callable[[ChaosOptions], ScenarioResult]:
         expected = ("fails fast with a clear error naming each seed; no hang" if everyone
                     else "completes byte-exact from the survivor")
         res = ScenarioResult(name, expected)
-        with _Setup(options, res.name) as setup:
+        # Every seed lost: the fork must not finish on what it was already reading. Twice the model, so
+        # the half left at the kill is more than the seeds' leases can have in flight (a quarter second
+        # of each one's cap, 30 MB here), and the kill inline, seeds dead before the fork asks again.
+        # (A kill from a thread that started late on a loaded machine let a fork finish 0.2 s on.)
+        with _Setup(options, res.name, size_bytes=2 * options.size_bytes if everyone else None) as setup:
             def kill() -> None:
                 for i in range(count):
                     setup.fleet.kill_seed(i)
+                if everyone:
+                    for i in range(count):
+                        setup.fleet.seeds[i].process.wait(timeout=30)
 
-            trigger = _Trigger(0.5, setup.total, kill)
+            trigger = _Trigger(0.5, setup.total, kill, inline=everyone)
             result, error, seconds = _fork_once(setup, trigger)
             if not everyone:
                 _completed(res, setup, result, error, seconds)

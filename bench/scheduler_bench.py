@@ -58,6 +58,7 @@ import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -357,6 +358,21 @@ class ProcessSample:
     @staticmethod
     def of(pid: int) -> "ProcessSample":
         return ProcessSample(process_cpu_seconds(pid), runqueue_wait_seconds(pid))
+
+
+@dataclass(frozen=True)
+class SchedulerSample:
+    """Every process of a scheduler at one moment: its own (decider 0), the other deciders' CPU, and its
+    front ends' CPU in all."""
+
+    scheduler: ProcessSample
+    deciders: list[float]
+    front_ends: float
+
+    @staticmethod
+    def of(pid: int, deciders: list[int]) -> "SchedulerSample":
+        return SchedulerSample(ProcessSample.of(pid), [process_cpu_seconds(d) for d in deciders],
+                               front_end_cpu_seconds(pid))
 
 
 # --------------------------------------------------------------------------- the scheduler process
@@ -843,40 +859,38 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
         # is read outside the counted CPU (one with 1,024 jobs running costs a decider ~40 ms).
         decisions_before = _decision_cpu(scheduler)
         create_started = time.monotonic()
-        deciders_before = [process_cpu_seconds(pid) for pid in deciders]
-        before = ProcessSample.of(scheduler.pid)
-        front_ends_before = front_end_cpu_seconds(scheduler.pid)
+        before = SchedulerSample.of(scheduler.pid, deciders)
         for _, conn in workers:
             conn.send("create")
         created = sum([await _expect(conn, process, "ready", options.setup_stall_seconds)
                        for process, conn in workers])
         create_seconds = time.monotonic() - create_started
-        after_create = ProcessSample.of(scheduler.pid)
-        deciders_after_create = [process_cpu_seconds(pid) for pid in deciders]
-        front_ends_after_create = front_end_cpu_seconds(scheduler.pid)
+        after_create = SchedulerSample.of(scheduler.pid, deciders)
         decisions_after_create = _decision_cpu(scheduler)
-        run_from = ProcessSample.of(scheduler.pid)
-        reading = [process_cpu_seconds(pid) - b for pid, b in zip(deciders, deciders_after_create)]
-        front_ends_reading = front_end_cpu_seconds(scheduler.pid) - front_ends_after_create
+        run_from = SchedulerSample.of(scheduler.pid, deciders)
         started = time.monotonic()
         for _, conn in workers:
             conn.send("go")
         results = [MemberResult(**(await _expect(conn, process, "result", options.setup_stall_seconds)))
                    for process, conn in workers]
         run_seconds = time.monotonic() - started
-        end = ProcessSample.of(scheduler.pid)
-        deciders_end = [process_cpu_seconds(pid) for pid in deciders]
-        front_ends_end = front_end_cpu_seconds(scheduler.pid)
+        end = SchedulerSample.of(scheduler.pid, deciders)
         decisions_end = _decision_cpu(scheduler)
         total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
         errors: Counter[str] = Counter()
         for r in results:
             errors.update(r.errors)
         errors.update({f"heartbeat: {k}": v for k, v in seeds.stats.errors.items()})
-        create_cpu = after_create.cpu_seconds - before.cpu_seconds
-        run_cpu = end.cpu_seconds - run_from.cpu_seconds
+
+        def counted(cpu: Callable[[SchedulerSample], float]) -> float:
+            """CPU over the creations and the run, not over the /metrics read between them."""
+            return cpu(after_create) - cpu(before) + cpu(end) - cpu(run_from)
+
+        create_cpu = after_create.scheduler.cpu_seconds - before.scheduler.cpu_seconds
+        run_cpu = end.scheduler.cpu_seconds - run_from.scheduler.cpu_seconds
         # Decider 0 is the scheduler's own process; with --deciders K the others decide beside it.
-        by_decider = [create_cpu + run_cpu] + [e - b - r for e, b, r in zip(deciders_end, deciders_before, reading)]
+        by_decider = [create_cpu + run_cpu] + [counted(lambda sample, i=i: sample.deciders[i])
+                                               for i in range(len(deciders))]
         streams_started = scheduler.metric("rfork_scheduler_streams_started_total")
         return {
             "instances": instances,
@@ -900,7 +914,7 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
             "deciders_cpu_ms_per_member": 1000 * sum(by_decider) / max(members, 1),
             # With --scheduler-arg=--front-ends=N the scheduler's process above only decides; its HTTP
             # runs in the front ends (these, all N together).
-            "front_end_cpu_seconds": front_ends_end - front_ends_before - front_ends_reading,
+            "front_end_cpu_seconds": counted(lambda sample: sample.front_ends),
             # The scheduler's own account of its decisions' CPU (rfork_scheduler_decision_cpu_seconds_total),
             # by call; the process's CPU beyond them is the HTTP protocol around them.
             "decision_cpu_seconds_create": _delta(decisions_after_create, decisions_before),
@@ -916,7 +930,7 @@ async def run_scale_out(options: SchedulerBenchOptions, instances: int, log_dir:
             "create_latency": latency_summary([x for r in results for x in r.create_latencies]),
             "seeds_dropped": max(seeds.stats.dropped, int(scheduler.metric("rfork_scheduler_seeds_dropped_total") or 0)),
             "errors": dict(errors),
-            "scheduler_runqueue_wait_seconds": end.wait_seconds - before.wait_seconds,
+            "scheduler_runqueue_wait_seconds": end.scheduler.wait_seconds - before.scheduler.wait_seconds,
         }
     finally:
         if seeds is not None:

@@ -104,13 +104,6 @@ class RawServer:
             writer.close()
 
 
-def _get(url: str, transport: KeepAliveTransport, timeout: float = 5.0) -> httpx.Response:
-    async def go():
-        async with httpx.AsyncClient(transport=transport, base_url=url, timeout=timeout) as http:
-            return await http.post("/x", content=b"{}")
-    return asyncio.run(go())
-
-
 @pytest.mark.parametrize("reply, body", [
     (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", b"hello"),
     (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n", b"hello"),

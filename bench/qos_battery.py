@@ -36,6 +36,7 @@ import math
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -311,6 +312,14 @@ def run_battery(args: argparse.Namespace) -> int:
         if children[name].returncode not in (0, 1):
             entry["log_tails"] = _log_tails(logs / name)
         summary["plants"][name] = entry
+    # The plants' logs (seeds, agents, scheduler) stay only where one failed on its own: their tails are
+    # in the summary, the rest may tell why. A battery that ran through, or was stopped, leaves none.
+    failed = [n for n, e in summary["plants"].items() if e["exit_code"] not in (0, 1)]
+    if failed and not interrupted:
+        summary["battery"]["logs_kept"] = str(logs)
+        print(f"battery: {', '.join(failed)} failed; the plants' logs are in {logs}", flush=True)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
     summary["table"] = goal_table(summary["plants"])
     if compare:
         summary["compare_table"] = compare_table(summary["plants"])

@@ -87,7 +87,14 @@ class BenchError(RuntimeError):
 
 
 class SchedulerStartError(BenchError):
-    """``rfork scheduler`` did not start (a bad --scheduler-arg?): every scenario would fail the same way."""
+    """``rfork scheduler`` did not start (a bad --scheduler-arg?): every scenario would fail the same way.
+
+    ``log_needed``: whether its log says more than the message (False for a usage error, which the CLI
+    reports in the one line the message carries), so the bench keeps its log directory only then."""
+
+    def __init__(self, message: str, log_needed: bool = True) -> None:
+        super().__init__(message)
+        self.log_needed = log_needed
 
 
 @dataclass(frozen=True)
@@ -421,6 +428,9 @@ class SchedulerProcess:
         if failure is None:
             return
         if self.process.poll() is not None:
+            if self.process.returncode == 2:  # the CLI's usage error: its one line says it all
+                raise SchedulerStartError(f"rfork scheduler {failure} before answering: {self.last_log_line()}",
+                                          log_needed=False)
             raise SchedulerStartError(f"rfork scheduler {failure} before answering: {self.last_log_line()} "
                                       f"(log: {self.log_path})")
         raise SchedulerStartError(f"rfork scheduler {failure}; see {self.log_path}")
@@ -1277,6 +1287,15 @@ async def run_all(options: SchedulerBenchOptions) -> dict:
           f"{format_bytes(options.chunk_size)} per job, {options.connections} connections, "
           f"{options.duration_seconds:g} s windows; {pinning}; load average {load_average()}", flush=True)
     loadavg_start = load_average()
+    try:
+        return await _run_all_logged(options, log_dir, pinning, loadavg_start)
+    except SchedulerStartError as exc:
+        if not exc.log_needed:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        raise
+
+
+async def _run_all_logged(options: SchedulerBenchOptions, log_dir: Path, pinning: str, loadavg_start) -> dict:
     if options.scale_out:
         return await _run_scale_outs(options, log_dir, pinning, loadavg_start)
     scenarios = []

@@ -22,13 +22,16 @@ from bench.qos_bench import RUN_FIELDS_AT_TOP
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
-def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(tmp_path):
+def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(tmp_path, tmp_path_factory):
+    scratch = tmp_path_factory.mktemp("battery-tmpdir")  # its TMPDIR: where the plants' logs go while it runs
     argv = [sys.executable, "-m", "bench.qos_battery", "--plants", "steady", "--runs", "1", "--out", str(tmp_path),
             "--cores-per-plant", "2", "--quick", "--deadline-seconds", "200", "--compare", "plan_seconds=30",
             "--", "--seeds", "1", "--concurrency", "8", "--oracle-probes", "2", "--oracle-probe-seconds", "2",
             "--throttled-seconds", "2"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=280, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=280,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch)))
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: a goal missed, expected here
+    assert list(scratch.iterdir()) == []  # every plant ran through: no logs left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady-b.json", "qos-steady.json"
     ], done.stdout[-3000:]

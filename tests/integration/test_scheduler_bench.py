@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,9 +28,10 @@ SCENARIO_FIELDS = {
 }
 
 
-def _bench(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _bench(*argv: str, timeout: float = 240, tmpdir: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
     return subprocess.run([sys.executable, "-m", "rfork_agent.cli", "bench", "scheduler", *argv],
-                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_short_run_reports_every_figure_and_drops_no_seed(tmp_path):
@@ -76,7 +78,9 @@ def test_a_tensor_parallel_scale_out_forks_every_rank_of_every_instance_through_
     # The scheduler refuses a flag: its own one-line error comes through, not a hang or a traceback.
     (["--jobs", "1", "--scheduler-arg=--chunk-size=3"], "--chunk-size: chunk size 3 is outside"),
 ])
-def test_bad_input_is_a_one_line_error(argv, message):
-    done = _bench(*argv, "--duration", "1", timeout=120)
+def test_bad_input_is_a_one_line_error(argv, message, tmp_path):
+    done = _bench(*argv, "--duration", "1", timeout=120, tmpdir=tmp_path)
     assert done.returncode in (1, 2)
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    # The error says it all: no scheduler log directory is left behind for it.
+    assert list(tmp_path.iterdir()) == []

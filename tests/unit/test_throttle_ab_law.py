@@ -487,8 +487,10 @@ def seed_alone(seconds: int, own: float, tokens: float = 2000.0, running: float 
     (15, 0.001, {}, SLO, None, 0.5 * CAP),                  # a tenth of the budget alone: cap/2
     (15, 0.0, {}, SLO, None, 0.5 * CAP),                    # nothing slow at all
     (15, 0.0075, {}, SLO, None, FLOOR),                     # three quarters of it: the floor
-    (15, 0.0028, {}, SLO, None, FLOOR),                     # under 0.3 %, but not by a standard error
+    (15, 0.0028, {}, SLO, None, 0.5 * CAP),                 # under half of it by a standard error
+    (15, 0.0045, {}, SLO, None, FLOOR),                     # under 0.5 %, but not by a standard error
     (15, 0.0045, {"ab_start_headroom_fraction": 0.6}, SLO, None, 0.5 * CAP),
+    (15, 0.0028, {"ab_start_headroom_fraction": 0.3}, SLO, None, FLOOR),  # the rule before 2026-12-05
     (0, 0.0, {}, SLO, None, FLOOR),                         # never watched: nothing known
     (15, 0.0, {"ab_start_cap_fraction": 0.0}, SLO, None, FLOOR),        # turned off
     (15, 0.0, {"ab_start_cap_fraction": 1.0}, SLO, None, CAP),

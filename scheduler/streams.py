@@ -25,7 +25,8 @@ Members join one at a time, as their jobs arrive; the trees are built as they co
 
 A member that leaves (its reads fail, it withdrew) orphans its children; each orphaned
 stream is one :meth:`StripeTrees.reparent` decision, the orphans that relay the stripe
-first (so the leaves then find their subtrees fed again). An orphan that relays the stripe
+first (so the leaves then find their subtrees fed again), the stripe's own interiors before
+leaves that had taken orphans of their own. An orphan that relays the stripe
 to children of its own goes to the seeds, for ``extra_roots`` such orphans per stripe:
 every member's upload is in use, so below any member the orphan's whole subtree would
 share that member's upload with its own children and trail the swarm, while the seeds'
@@ -211,8 +212,7 @@ class StripeTrees:
         node.alive = False
         orphans = []
         for s in range(self.stripes):
-            # Relays first: a leaf re-parented before them finds their subtrees unfed.
-            for child in sorted(node.children[s], key=lambda m: (not self._nodes[m].children[s], self._nodes[m].index)):
+            for child in sorted(node.children[s], key=lambda m: self._orphan_order(m, s)):
                 orphans.append((child, s))
             parent = node.parents[s]
             if parent is not SEEDS:
@@ -220,6 +220,15 @@ class StripeTrees:
                 self._reopen(parent, s)
         self._interiors[node.home].remove(member)
         return orphans
+
+    def _orphan_order(self, member: Member, stripe: int) -> tuple:
+        """Relays first: a leaf re-parented before them finds their subtrees unfed. Of the relays, the
+        stripe's own interiors first: the first relay takes a dead root's place on the seeds, and an
+        interior's upload is this stripe's, where a leaf that had taken orphans (its upload its home
+        stripe's) made the whole stripe flow through one share of it (docs/benchmarks.md, draw 952)."""
+        node = self._nodes[member]
+        relays = bool(node.children[stripe])
+        return (not relays, relays and node.home != stripe, node.index)
 
     def reparent(self, member: Member, stripe: int, progress: Progress,
                  upload_load: UploadLoad | None = None) -> Move:

@@ -372,6 +372,22 @@ def test_a_dead_root_is_replaced_by_one_relaying_orphan_outside_the_extra_roots(
         check_trees(trees, live(trees, 64), extra_roots=extra_roots)
 
 
+def test_a_dead_roots_place_goes_to_an_interior_of_its_stripe_before_a_leaf_that_took_orphans():
+    """A leaf of the stripe that took an orphan relays it too, but its upload is its home stripe's:
+    as the root it would pass the whole stripe through one share of that upload (the fault
+    simulation's worst draw, docs/benchmarks.md). The stripe's own interior replaces the root."""
+    trees = StripeTrees(stripes=2, fanout=2, extra_roots=0)
+    for m in "abcdefgh":
+        trees.join(m)
+    assert (trees.parent("b", 0), trees.home("b"), trees.parent("c", 0), trees.home("c")) == ("a", 1, "a", 0)
+    trees.move("d", 0, "b")  # b, a leaf of stripe 0 joined before c, now relays it to d
+    orphans = [c for c, s in trees.leave("a") if s == 0]
+    assert orphans == ["c", "b"]  # both relay; the interior first, though it joined later
+    moves = [trees.reparent(c, 0, lambda m, st: 0) for c in orphans]
+    assert moves[0] == ("c", 0, SEEDS) and moves[1][2] is not SEEDS
+    check_trees(trees, [m for m in "bcdefgh"], extra_roots=0)
+
+
 @pytest.mark.parametrize("budget, replaced", [(100, True), (50, False)])
 def test_a_dead_extra_root_is_replaced_within_the_seeds_half_model(budget, replaced):
     """An extra root dies: its first relaying orphan replaces it on the seeds, once, if what it lacks of

@@ -273,6 +273,7 @@ def test_bad_metrics_drop_to_the_floor_and_are_counted(qos_agent, answer, caplog
     seed = MetricsSeed(tp_size=1)
     state, registry = qos_agent(seed)
     wait_until(lambda: state.allowed_rate == CAP, 10, "an idle seed to get the cap")
+    logged_before = len(caplog.records)
     seed.answer = answer
     reason = "parse_error" if answer == "garbage" else answer
     wait_until(lambda: state.allowed_rate == pytest.approx(FLOOR), 10, "the floor after stale metrics")
@@ -281,9 +282,12 @@ def test_bad_metrics_drop_to_the_floor_and_are_counted(qos_agent, answer, caplog
     assert registry.get_sample_value("rfork_agent_seed_metrics_age_seconds", {"seed": "seed-0"}) >= 3
     assert registry.get_sample_value("rfork_agent_throttle_decisions_total",
                                      {"seed": "seed-0", "action": "floor", "reason": "metrics_stale"}) >= 1
-    # Logged once (rate-limited), not every quarter second.
-    lines = [r for r in caplog.records if "cannot use the seed's metrics" in r.getMessage()]
-    assert len(lines) == 1 and reason in lines[0].getMessage()
+    # Logged once (rate-limited), not every quarter second. A scrape that timed out on a loaded machine is
+    # a failure of another reason, logged as such, and the next line of this one is a change of reason
+    # again: one more line for each such failure, never one a tick.
+    lines = [r.getMessage() for r in caplog.records[logged_before:] if "cannot use the seed's metrics" in r.getMessage()]
+    ours = [line for line in lines if f"({reason}:" in line]
+    assert 1 <= len(ours) <= 1 + len(lines) - len(ours), lines
     # The metrics come back: the idle seed gets the cap again.
     seed.answer = "idle"
     wait_until(lambda: state.allowed_rate == CAP, 10, "the cap once metrics are readable")

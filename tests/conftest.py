@@ -13,6 +13,8 @@ order and its module-scoped fixtures are set up as before.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,20 @@ def _root_logging_put_back():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_in_pytests_own_directory(tmp_path_factory):
+    """What the tests start keeps its logs where a user would look for them: `rfork testbed` in a temp
+    directory it names in its summary, the benches where a run failed. Under the suite those are
+    pytest's own (rotated, like every tmp_path), not /tmp, where a suite run left ten of them. Set for
+    the processes the tests start (TMPDIR) and for this one (tempfile)."""
+    scratch = tmp_path_factory.mktemp("tmpdir")
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(scratch), str(scratch)
+    yield
+    tempfile.tempdir = saved_tempdir
+    if saved_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_env

@@ -1288,11 +1288,15 @@ async def run_all(options: SchedulerBenchOptions) -> dict:
           f"{options.duration_seconds:g} s windows; {pinning}; load average {load_average()}", flush=True)
     loadavg_start = load_average()
     try:
-        return await _run_all_logged(options, log_dir, pinning, loadavg_start)
+        report = await _run_all_logged(options, log_dir, pinning, loadavg_start)
     except SchedulerStartError as exc:
         if not exc.log_needed:
             shutil.rmtree(log_dir, ignore_errors=True)
         raise
+    # The scheduler's logs stay where a run failed (the report names them), and only there.
+    if report["ok"]:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return report
 
 
 async def _run_all_logged(options: SchedulerBenchOptions, log_dir: Path, pinning: str, loadavg_start) -> dict:
@@ -1313,8 +1317,6 @@ async def _run_all_logged(options: SchedulerBenchOptions, log_dir: Path, pinning
         print_scenario(scenario)
         scenarios.append(scenario)
     ok = all(_scenario_ok(s) for s in scenarios)
-    if ok:
-        shutil.rmtree(log_dir, ignore_errors=True)
     # Capacity from the most concurrent scenario that handed out work (one that collapsed says nothing of it).
     working = [s for s in scenarios if s["assignments"] > 0 and s["scheduler_cpu_seconds"] > 0]
     cap = None
@@ -1351,8 +1353,6 @@ async def _run_scale_outs(options: SchedulerBenchOptions, log_dir: Path, pinning
         runs.append(run_)
     ok = all("error" not in r and r["failed"] == 0 and r["done"] == r["members"] and r["seeds_dropped"] == 0
              for r in runs)
-    if ok:
-        shutil.rmtree(log_dir, ignore_errors=True)
     return {
         "bench": "scheduler-scale-out",
         "ok": ok,

@@ -13,7 +13,6 @@ order and its module-scoped fixtures are set up as before.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -51,12 +50,8 @@ def _temporary_files_in_pytests_own_directory(tmp_path_factory):
     directory it names in its summary, the benches where a run failed. Under the suite those are
     pytest's own (rotated, like every tmp_path), not /tmp, where a suite run left ten of them. Set for
     the processes the tests start (TMPDIR) and for this one (tempfile)."""
-    scratch = tmp_path_factory.mktemp("tmpdir")
-    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"], tempfile.tempdir = str(scratch), str(scratch)
-    yield
-    tempfile.tempdir = saved_tempdir
-    if saved_env is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = saved_env
+    scratch = str(tmp_path_factory.mktemp("tmpdir"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", scratch)
+        patch.setattr(tempfile, "tempdir", scratch)
+        yield

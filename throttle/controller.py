@@ -331,18 +331,23 @@ class ControllerConfig:
     #: Where the A/B law starts before it has any transfer-on evidence (entering adaptive mode, or
     #: a fork arriving at a seed it has only watched): this fraction of the cap when the seed's own
     #: share, over at least ``min_observations`` transfer-off tokens, is at most
-    #: ``ab_start_headroom_fraction`` of the budget by ``confidence_z`` standard errors; else the
-    #: floor. A seed that uses under half its budget alone has room for the transfer's first
-    #: seconds, and a start that hurts it is a clear miss that halves the rate each interval (the
-    #: spike cut). In the plant model, 80 s phases with 15 s watched, 60 runs x 8 plants, whole
-    #: 8 MiB chunks: runs at >= 0.8x the oracle 247 -> 299, within the budget 442 -> 434
-    #: (docs/qos.md "Where the law starts"). 0 = always the floor.
+    #: ``ab_start_headroom_fraction`` of the budget by ``confidence_z`` standard errors, less in
+    #: proportion above it, and the floor from ``budget_aim_fraction`` of the budget on (with
+    #: ``ab_start_graded`` False: the floor above the headroom fraction, the rule until
+    #: 2026-12-05, session 23). A seed that uses under half its budget alone has room for the
+    #: transfer's first seconds, and a start that hurts it is a clear miss that halves the rate each
+    #: interval (the spike cut). In the plant model, 80 s phases with 15 s watched, 60 runs x 8
+    #: plants, whole 8 MiB chunks: runs at >= 0.8x the oracle 247 -> 299, within the budget 442 ->
+    #: 434 (docs/qos.md "Where the law starts"). 0 = always the floor.
     ab_start_cap_fraction: float = 0.5
     #: See ``ab_start_cap_fraction``. 0.3 until 2026-12-05: in the plant model (60 runs x 11 plants)
     #: 0.5 meets both goals in 347 runs of 660 against 330, within the budget in 616 against 624; on an
     #: H200 host seeds at 0.4 % alone started at half the cap, were at the cap within 5 s and stayed
     #: within the budget (docs/qos.md "Where the law starts").
     ab_start_headroom_fraction: float = 0.5
+    #: See ``ab_start_cap_fraction``: between the headroom fraction and the aim, the start falls
+    #: linearly from ``ab_start_cap_fraction`` of the cap to the floor.
+    ab_start_graded: bool = True
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -476,8 +481,8 @@ def tuning_from_text(text: str, cap_bytes_per_second: float) -> ControllerConfig
     """A ControllerConfig from ``FIELD=VALUE,...``: the named fields changed, the rest the defaults.
 
     The cap and the interval are not the tuning's (the link's rate; the agent's loop period). Counts stay
-    integers, names (``law=aimd``) stay strings, ``none`` is None; ControllerConfig's own checks say what a
-    bad value is.
+    integers, names (``law=aimd``) stay strings, flags take true or false, ``none`` is None;
+    ControllerConfig's own checks say what a bad value is.
 
         >>> tuning_from_text("plan_seconds=10, law=aimd", 100e6).plan_seconds
         10.0
@@ -493,6 +498,7 @@ def tuning_from_text(text: str, cap_bytes_per_second: float) -> ControllerConfig
     # Annotations are strings here (from __future__ import annotations).
     counts = {f.name for f in fields(ControllerConfig) if f.type in ("int", int)}
     names = {f.name for f in fields(ControllerConfig) if f.type in ("str", str)}
+    flags = {f.name for f in fields(ControllerConfig) if f.type in ("bool", bool)}
     overrides: dict[str, object] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -503,6 +509,13 @@ def tuning_from_text(text: str, cap_bytes_per_second: float) -> ControllerConfig
             raise InvalidTuning(f"{item!r} is not FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
         if name in names:
             overrides[name] = value.strip()
+            continue
+        if name in flags:
+            flag = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
+                value.strip().lower())
+            if flag is None:
+                raise InvalidTuning(f"{name}={value!r} is not true or false")
+            overrides[name] = flag
             continue
         if value.strip().lower() == "none":
             overrides[name] = None
@@ -716,8 +729,11 @@ def _start_rate(itl: Iterable[Sample], ttft: Iterable[Sample], config: Controlle
     >>> cfg, slo = ControllerConfig(cap_bytes_per_second=100e6), SloConfig(itl_threshold_seconds=0.05)
     >>> quiet = [Sample(float(t), 0.0, False, 4.0, 4000.0, 16.0) for t in range(15)]    # 0.1 % alone
     >>> busy = [Sample(float(t), 0.0, False, 30.0, 4000.0, 16.0) for t in range(15)]    # 0.75 % alone
-    >>> _start_rate(quiet, (), cfg, slo), _start_rate(busy, (), cfg, slo), _start_rate(quiet[:1], (), cfg, slo)
-    (50000000.0, 5000000.0, 5000000.0)
+    >>> busier = [Sample(float(t), 0.0, False, 36.0, 4000.0, 16.0) for t in range(15)]  # 0.9 % alone
+    >>> _start_rate(quiet, (), cfg, slo), round(_start_rate(busy, (), cfg, slo) / 1e6, 1), _start_rate(busier, (), cfg, slo)
+    (50000000.0, 6.2, 5000000.0)
+    >>> _start_rate((), (), cfg, slo), _start_rate(busy, (), replace(cfg, ab_start_graded=False), slo)
+    (5000000.0, 5000000.0)
     """
     floor = config.floor_bytes_per_second
     if config.ab_start_cap_fraction <= 0:
@@ -725,14 +741,21 @@ def _start_rate(itl: Iterable[Sample], ttft: Iterable[Sample], config: Controlle
     pools = [(list(itl), slo.violation_budget, config.min_observations)]
     if slo.ttft_threshold_seconds is not None:
         pools.append((list(ttft), slo.ttft_budget, config.min_ttft_observations))
+    share_of_start = 1.0
     for samples, budget, min_tokens in pools:
         if any(s.on for s in samples):
             return floor
         est = estimate((), samples, min_tokens=min_tokens)
-        if not est.off_known or est.p_off + config.confidence_z * math.sqrt(est.var_off) > (
-                config.ab_start_headroom_fraction * budget):
+        if not est.off_known:
             return floor
-    return max(floor, config.ab_start_cap_fraction * config.cap)
+        own = est.p_off + config.confidence_z * math.sqrt(est.var_off)
+        full, none = config.ab_start_headroom_fraction * budget, config.budget_aim_fraction * budget
+        if own <= full:
+            continue
+        if not config.ab_start_graded or own >= none:
+            return floor
+        share_of_start = min(share_of_start, (none - own) / (none - full))
+    return max(floor, share_of_start * config.ab_start_cap_fraction * config.cap)
 
 
 def latency_impact_ratio(state: ControllerState) -> float:

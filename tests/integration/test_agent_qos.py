@@ -351,6 +351,7 @@ def _args(**overrides) -> argparse.Namespace:
     ({"rate_cap": "1GB/s", "throttle_tuning": "speed=9"}, {}, "'speed=9' is not FIELD=VALUE"),
     ({"rate_cap": "1GB/s", "throttle_tuning": "interval_seconds=2"}, {}, "is not FIELD=VALUE"),
     ({"rate_cap": "1GB/s", "throttle_tuning": "md_beta=fast"}, {}, "md_beta='fast' is not a number"),
+    ({"rate_cap": "1GB/s", "throttle_tuning": "ab_start_graded=maybe"}, {}, "ab_start_graded='maybe' is not true or false"),
     ({"rate_cap": "1GB/s", "throttle_tuning": "md_beta=2"}, {}, "ControllerConfig.md_beta must be in (0, 1]"),
     ({"rate_cap": "1GB/s", "throttle_tuning": "max_cut=none"}, {}, "ControllerConfig.max_cut must be a number"),
     ({"rate_cap": "1GB/s", "throttle_tuning": "min_observations=2.5"}, {}, "min_observations must be an integer"),
@@ -412,9 +413,10 @@ def test_cli_throttle_tuning_sets_the_ab_law_fields_and_picks_the_law(monkeypatc
     for name in agent_cli.QOS_ENV.values():
         monkeypatch.delenv(name, raising=False)
     law = agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04", throttle_tuning=(
-        "off_every_min_seconds=4,off_every_max_seconds=30,confidence_z=2,budget_aim_fraction=0.9"))).controller_config
+        "off_every_min_seconds=4,off_every_max_seconds=30,confidence_z=2,budget_aim_fraction=0.9,"
+        "ab_start_graded=false"))).controller_config
     assert (law.law, law.off_every_min_seconds, law.off_every_max_seconds, law.confidence_z,
-            law.budget_aim_fraction) == ("ab", 4.0, 30.0, 2.0, 0.9)
+            law.budget_aim_fraction, law.ab_start_graded) == ("ab", 4.0, 30.0, 2.0, 0.9, False)
     old = agent_cli.build_config(_args(rate_cap="2GB/s", throttle="adaptive", slo_itl="0.04",
                                        throttle_tuning="law=aimd,md_beta=0.5")).controller_config
     assert (old.law, old.md_beta) == ("aimd", 0.5)

@@ -328,7 +328,9 @@ def test_ab_entering_adaptive_starts_with_the_seed_alone_as_off_evidence():
     assert not [s for s in t.state.ab_itl if s.on]
     # The first scrape has no window; the other 29 seconds are the seed alone, the last 60 s kept.
     assert len(off) == 29 and {(s.slow, s.tokens, s.batch, s.rate) for s in off} == {(5.0, 1000.0, 8.0, 0.0)}
-    assert t.state.rate_bytes_per_second == pytest.approx(0.05 * CAP)  # still from the floor
+    # 0.5 % alone, 0.62 % by a standard error: past half the budget, so under half the cap (the
+    # start falls to the floor at the aim, 0.95 %).
+    assert 0.25 * CAP < t.state.rate_bytes_per_second < 0.5 * CAP
 
 
 def test_aimd_entering_adaptive_ignores_the_seed_alone_evidence():

@@ -486,11 +486,17 @@ def seed_alone(seconds: int, own: float, tokens: float = 2000.0, running: float 
 @pytest.mark.parametrize("watched, own, config, slo, ttft, start", [
     (15, 0.001, {}, SLO, None, 0.5 * CAP),                  # a tenth of the budget alone: cap/2
     (15, 0.0, {}, SLO, None, 0.5 * CAP),                    # nothing slow at all
-    (15, 0.0075, {}, SLO, None, FLOOR),                     # three quarters of it: the floor
     (15, 0.0028, {}, SLO, None, 0.5 * CAP),                 # under half of it by a standard error
-    (15, 0.0045, {}, SLO, None, FLOOR),                     # under 0.5 %, but not by a standard error
+    # Graded between half the budget and the aim (0.95 %), by the share's upper bound:
+    (15, 0.0045, {}, SLO, None, 43.0e6),                    # 0.45 %, 0.58 % by a standard error
+    (15, 0.006, {}, SLO, None, 24.5e6),                     # 0.6 %, 0.73 %
+    (15, 0.0075, {}, SLO, None, 6.23e6),                    # three quarters of it, 0.89 %: near the floor
+    (15, 0.0085, {}, SLO, None, FLOOR),                     # 0.85 %, past the aim by a standard error
     (15, 0.0045, {"ab_start_headroom_fraction": 0.6}, SLO, None, 0.5 * CAP),
-    (15, 0.0028, {"ab_start_headroom_fraction": 0.3}, SLO, None, FLOOR),  # the rule before 2026-12-05
+    (15, 0.0028, {"ab_start_headroom_fraction": 0.3}, SLO, None, 44.6e6),
+    # The rule before 2026-12-05 (session 23): the floor past the headroom fraction; 0.3 before that day.
+    (15, 0.0045, {"ab_start_graded": False}, SLO, None, FLOOR),
+    (15, 0.0028, {"ab_start_headroom_fraction": 0.3, "ab_start_graded": False}, SLO, None, FLOOR),
     (0, 0.0, {}, SLO, None, FLOOR),                         # never watched: nothing known
     (15, 0.0, {"ab_start_cap_fraction": 0.0}, SLO, None, FLOOR),        # turned off
     (15, 0.0, {"ab_start_cap_fraction": 1.0}, SLO, None, CAP),
@@ -503,7 +509,7 @@ def test_entering_adaptive_starts_at_half_the_cap_only_where_the_seed_alone_leav
         watched, own, config, slo, ttft, start):
     c = cfg(**config)
     state = with_seed_alone_evidence(initial_state(c, now=0.0), seed_alone(watched, own, ttft=ttft), c, slo, now=0.0)
-    assert state.rate_bytes_per_second == pytest.approx(start)
+    assert state.rate_bytes_per_second == pytest.approx(start, rel=0.01)
 
 
 def test_watched_seed_alone_evidence_does_not_force_dense_off_windows():

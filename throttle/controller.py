@@ -730,8 +730,10 @@ def _start_rate(itl: Iterable[Sample], ttft: Iterable[Sample], config: Controlle
     >>> quiet = [Sample(float(t), 0.0, False, 4.0, 4000.0, 16.0) for t in range(15)]    # 0.1 % alone
     >>> busy = [Sample(float(t), 0.0, False, 30.0, 4000.0, 16.0) for t in range(15)]    # 0.75 % alone
     >>> busier = [Sample(float(t), 0.0, False, 36.0, 4000.0, 16.0) for t in range(15)]  # 0.9 % alone
-    >>> _start_rate(quiet, (), cfg, slo), round(_start_rate(busy, (), cfg, slo) / 1e6, 1), _start_rate(busier, (), cfg, slo)
-    (50000000.0, 6.2, 5000000.0)
+    >>> _start_rate(quiet, (), cfg, slo), _start_rate(busier, (), cfg, slo)
+    (50000000.0, 5000000.0)
+    >>> round(_start_rate(busy, (), cfg, slo) / 1e6, 1)      # past half the budget: graded
+    6.2
     >>> _start_rate((), (), cfg, slo), _start_rate(busy, (), replace(cfg, ab_start_graded=False), slo)
     (5000000.0, 5000000.0)
     """
@@ -749,12 +751,13 @@ def _start_rate(itl: Iterable[Sample], ttft: Iterable[Sample], config: Controlle
         if not est.off_known:
             return floor
         own = est.p_off + config.confidence_z * math.sqrt(est.var_off)
-        full, none = config.ab_start_headroom_fraction * budget, config.budget_aim_fraction * budget
-        if own <= full:
+        whole_start_below = config.ab_start_headroom_fraction * budget
+        floor_from = config.budget_aim_fraction * budget
+        if own <= whole_start_below:
             continue
-        if not config.ab_start_graded or own >= none:
+        if not config.ab_start_graded or own >= floor_from:
             return floor
-        share_of_start = min(share_of_start, (none - own) / (none - full))
+        share_of_start = min(share_of_start, (floor_from - own) / (floor_from - whole_start_below))
     return max(floor, share_of_start * config.ab_start_cap_fraction * config.cap)
 
 

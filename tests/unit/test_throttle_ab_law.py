@@ -503,9 +503,10 @@ def seed_alone(seconds: int, own: float, tokens: float = 2000.0, running: float 
     (15, 0.0, {"ab_start_headroom_fraction": 1.0}, SLO, None, 0.5 * CAP),
     (15, 0.0, {}, TTFT_SLO, (40.0, 0.0), 0.5 * CAP),          # TTFT within half its budget too
     (15, 0.0, {}, TTFT_SLO, (40.0, 1.0), FLOOR),              # 2.5 % of first tokens over: the floor
+    (15, 0.0, {}, TTFT_SLO, (40.0, 0.2), 13.0e6),             # 0.5 % (0.83 % by a standard error): graded
     (15, 0.0, {"law": "aimd"}, SLO, None, FLOOR),             # the AIMD law starts at the floor
 ])
-def test_entering_adaptive_starts_at_half_the_cap_only_where_the_seed_alone_leaves_headroom(
+def test_entering_adaptive_starts_at_half_the_cap_where_the_seed_alone_leaves_headroom_and_lower_as_it_leaves_less(
         watched, own, config, slo, ttft, start):
     c = cfg(**config)
     state = with_seed_alone_evidence(initial_state(c, now=0.0), seed_alone(watched, own, ttft=ttft), c, slo, now=0.0)

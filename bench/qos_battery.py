@@ -46,6 +46,7 @@ from pathlib import Path
 
 from bench.qos_bench import EXIT_CODES
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
+from bench.qos_signal import format_rows, rows as signal_rows
 
 PORTS_PER_PLANT = 100
 """With ``--port-base``, plant i listens from port base + 100 i. Without it every plant takes free
@@ -307,6 +308,11 @@ def run_battery(args: argparse.Namespace) -> int:
                 "slo_choice", "load_description", "oracle_rate_per_seed_bytes_per_second", "oracle_bytes_per_second")})
             entry["oracle_bracket_per_seed_bytes_per_second"] = (result.get("oracle") or {}).get(
                 "bracket_per_seed_bytes_per_second")
+            try:
+                # The transfer's effect at each probed rate, counted and by the scale model (bench.qos_signal).
+                entry["signal_table"] = format_rows(signal_rows(result)).splitlines()
+            except (ValueError, KeyError, ZeroDivisionError) as exc:
+                entry["signal_table"] = [f"(none: {exc})"]
         entry["output"] = output[name]  # every progress line: each phase's latency, throughput and share
         entry["mooncake_log_lines"] = sum(1 for line in output[name] if _GLOG_LINE.match(line))
         if children[name].returncode not in (0, 1):
@@ -332,6 +338,10 @@ def run_battery(args: argparse.Namespace) -> int:
     print(f"\n== qos battery: {len(every)} plants x {args.runs} runs in {time.monotonic() - started:.0f} s "
           f"(results in {out}) ==")
     print("\n".join(summary["table"]))
+    for name, entry in summary["plants"].items():
+        if entry.get("signal_table"):
+            print(f"\n== {name}: the transfer's effect, counted and by the scale model (bench.qos_signal) ==")
+            print("\n".join(entry["signal_table"]))
     if compare:
         print(f"\n== a: as the agents default; b: --throttle-tuning {compare} ==")
         print("\n".join(summary["compare_table"]))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import logging
 import math
@@ -252,6 +253,11 @@ class Sample:
     itl_fraction_above_slo: list[float | None]
     #: Each agent's last decision, in its own words (why it cut, held or raised).
     reasons: list[str | None]
+    #: Each seed's mean ITL this second (its ``_sum`` over its count; None without tokens or ``_sum``).
+    itl_mean_seconds: list[float | None] = field(default_factory=list)
+    #: Each seed's tokens this second above each of the result's ``itl_tail_bounds_seconds`` (None until
+    #: the SLO is chosen): the tail's shape under the SLO, which ``bench.qos_signal`` reads.
+    itl_tokens_above: list[list[float] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -323,8 +329,10 @@ class Observer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: list[CumulativeHistogram | None] = [None] * len(fleet.seeds)
-        #: The ITL SLO once chosen; per-second samples then record the share of tokens above it.
+        #: The ITL SLO once chosen; per-second samples then record the share of tokens above it, and
+        #: the tokens above each of ``tail_bounds`` (the seeds' bucket bounds from half the SLO to it).
         self.slo: float | None = None
+        self.tail_bounds: tuple[float, ...] = ()
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -393,19 +401,22 @@ class Observer:
                     for seed in self.fleet.seeds:
                         body = http.get(f"{seed.url}/metrics").text
                         cums.append(parse_sglang_scrape(body, taken_at=now).histograms.get(ITL_HISTOGRAM))
-                    p99s, tokens, above = [], [], []
+                    p99s, tokens, above, means, tails = [], [], [], [], []
                     for i, cum in enumerate(cums):
                         prev, self._last[i] = self._last[i], cum
                         w = histogram_window(prev, cum) if prev is not None and cum is not None else None
                         ok = isinstance(w, WindowHistogram)
+                        n = observations(w) if ok else 0.0
                         p99s.append(quantile(w, 0.99) if ok else math.nan)
-                        tokens.append(observations(w) if ok else 0.0)
-                        f = fraction_above(w, self.slo).fraction if ok and self.slo and observations(w) else None
+                        tokens.append(n)
+                        f = fraction_above(w, self.slo).fraction if ok and self.slo and n else None
                         above.append(f)
+                        means.append(w.sum / n if ok and n > 0 and w.sum is not None else None)
+                        tails.append(tokens_above(w, self.tail_bounds) if ok and self.tail_bounds else None)
                     self.samples.append(Sample(
                         round(now, 2), self.phase, [r["allowed_rate_bytes_per_second"] for r in rates],
                         [r["controller_mode"] for r in rates], p99s, tokens, self.landed(), above,
-                        [r.get("reason") for r in rates]))
+                        [r.get("reason") for r in rates], means, tails))
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 log.debug("observer: %s", exc)
             self._stop.wait(0.25)
@@ -457,6 +468,27 @@ class Observer:
         self.say(f"  {name:30} ITL p99 {result.p99 * 1000:6.1f} ms (per seed "
                  f"{', '.join(f'{p * 1000:.1f}' for p in per_seed)}), {tps} tokens/s a seed; "
                  f"fork {format_rate(result.throughput)}; CPU {result.cpu_busy:.0%} busy{share}")
+
+
+def tail_bounds(bounds: tuple[float, ...], slo: float) -> tuple[float, ...]:
+    """The finite bucket bounds from half the SLO up to it: the tail whose shape tells a shift of the
+    whole distribution (which moves tokens across every one of them) from stalls (which only add above).
+
+        >>> tail_bounds((0.004, 0.008, 0.01, 0.016, 0.02, 0.025, math.inf), 0.02)
+        (0.01, 0.016, 0.02)
+    """
+    return tuple(b for b in bounds if math.isfinite(b) and slo / 2 <= b <= slo)
+
+
+def tokens_above(w: WindowHistogram, bounds: tuple[float, ...]) -> list[float]:
+    """Tokens of the window above each of ``bounds`` (bounds of the window's own layout; a bound the
+    layout lacks counts from the next lower one, as :func:`fraction_above` does).
+
+        >>> tokens_above(WindowHistogram((0.01, 0.02, math.inf), (70.0, 95.0, 100.0)), (0.01, 0.02))
+        [30.0, 5.0]
+    """
+    n = observations(w)
+    return [n - w.cumulative[i] if (i := bisect.bisect_right(w.bounds, b) - 1) >= 0 else n for b in bounds]
 
 
 def share_estimate(w: WindowHistogram | None, slo: float, blocks: list[tuple[float, float]]) -> ShareEstimate | None:
@@ -669,6 +701,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             slo, slo_how = options.slo_itl_seconds, "given by --slo-itl"
         say(f"  SLO: ITL {slo * 1000:g} ms, budget {budget:.0%} ({slo_how})")
         observer.slo = slo
+        observer.tail_bounds = tail_bounds(baseline.itl.bounds, slo)
         baseline.shares = [share_estimate(w, slo, observer.blocks(i, baseline.start, baseline.end))
                            for i, w in enumerate(baseline.per_seed)]
 
@@ -730,7 +763,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             "seeds": n, "model_bytes": options.size_bytes, "load_description": load.describe(),
             "load_rps_per_seed": load.rps, "load_concurrency_per_seed": load.concurrency,
             "slo_itl_seconds": slo, "slo_ttft_seconds": options.slo_ttft_seconds, "slo_budget": budget,
-            "slo_choice": slo_how,
+            "slo_choice": slo_how, "itl_tail_bounds_seconds": list(observer.tail_bounds),
             "baseline_fraction_above_bound": {
                 f"{b:g}": fraction_above(baseline.itl, b).fraction
                 for b in baseline.itl.bounds if math.isfinite(b) and 0.001 <= b <= 0.2},

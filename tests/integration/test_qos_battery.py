@@ -59,6 +59,13 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     summary = result["summary"]["throttled_share_above_slo"]
     assert summary["runs"] == 1 and summary["min"] == summary["median"] == summary["max"]
     assert result["time_series"] and result["slo_itl_seconds"] > 0
+    # Every second once the SLO is chosen: each seed's mean ITL and its tokens above the tail bounds
+    # (half the SLO up to it), which bench.qos_signal reads.
+    bounds = result["itl_tail_bounds_seconds"]
+    assert bounds and max(bounds) <= result["slo_itl_seconds"] and min(bounds) >= result["slo_itl_seconds"] / 2
+    tailed = [s for s in result["time_series"] if s["itl_tokens_above"][0] is not None and s["itl_tokens"][0] > 0]
+    assert tailed and all(len(s["itl_tokens_above"][0]) == len(bounds) and s["itl_mean_seconds"][0] > 0
+                          and s["itl_tokens_above"][0][0] <= s["itl_tokens"][0] for s in tailed)
 
     # The b arm: the same plant, its agents told the tuning, run beside arm a on the same host.
     b = json.loads((tmp_path / "qos-steady-b.json").read_text())
@@ -72,4 +79,5 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert done.returncode == max(battery["plants"][arm]["exit_code"] for arm in ("steady", "steady-b"))
     assert battery["plants"]["steady"]["summary"] == result["summary"]
     assert any(row.startswith("steady") for row in battery["table"])
+    assert battery["plants"]["steady"]["signal_table"][0].startswith("| seed | rate MB/s |")
     assert any("C throttled (run 1)" in line for line in battery["plants"]["steady"]["output"])

@@ -471,8 +471,9 @@ class Observer:
 
 
 def tail_bounds(bounds: tuple[float, ...], slo: float) -> tuple[float, ...]:
-    """The finite bucket bounds from half the SLO up to it: the tail whose shape tells a shift of the
-    whole distribution (which moves tokens across every one of them) from stalls (which only add above).
+    """The finite bucket bounds from half the SLO up to it: the tail whose shape tells a stretch of every
+    step (which adds most over the lower, denser bounds) from stalls of a few (which add about as much
+    over each) (``bench.qos_signal``).
 
         >>> tail_bounds((0.004, 0.008, 0.01, 0.016, 0.02, 0.025, math.inf), 0.02)
         (0.01, 0.016, 0.02)

@@ -71,10 +71,6 @@ def _ratio(num: tuple[float, ...], den: tuple[float, ...]) -> tuple[float, float
     return r, resid / (mean_den * mean_den)
 
 
-def _survival(bounds: list[float], shares: list[float]) -> dict[float, float]:
-    return dict(zip(bounds, shares))
-
-
 def predicted_excess(off_survival: dict[float, float], slo: float, scale: float) -> float:
     """What stretching every step by ``1 + scale`` adds to the share over ``slo``: ``F(slo / (1 + scale)) - F(slo)``.
 
@@ -104,6 +100,8 @@ def predicted_excess(off_survival: dict[float, float], slo: float, scale: float)
 
 @dataclass(frozen=True)
 class SignalComparison:
+    """One seed at one fixed rate: the transfer's excess over the SLO counted, and by the scale model."""
+
     seed: int
     rate: float
     seconds_on: int
@@ -187,13 +185,13 @@ def compare(off: Seconds, on: Seconds, bounds: list[float], slo: float, seed: in
     # Relative variances per second of the two means; their sum, per second on and off alike.
     rel = vm_on / (m_on * m_on) + vm_off / (m_off * m_off)
     scale_se = (1.0 + scale) * math.sqrt(vm_on / (m_on * m_on) / on.seconds + vm_off / (m_off * m_off) / off.seconds)
-    survival = _survival(bounds, [share(off, j)[0] for j in range(len(bounds))])
+    survival = {b: share(off, j)[0] for j, b in enumerate(bounds)}
     predicted = predicted_excess(survival, slo, scale)
-    # The prediction's slope in s, numerically (at s >= a small step: at s <= 0 it is flat by definition).
+    # The prediction's slope in s, numerically, over one standard error either side (one-sided at s <= 0,
+    # where the model is flat by definition: the transfer does not speed the seed up).
     step = max(scale_se, 1e-4)
-    around = max(scale, 0.0)
-    slope = (predicted_excess(survival, slo, around + step) - predicted_excess(survival, slo, max(around - step, 0.0))) / (
-        around + step - max(around - step, 0.0))
+    lo, hi = max(scale - step, 0.0), max(scale, 0.0) + step
+    slope = (predicted_excess(survival, slo, hi) - predicted_excess(survival, slo, lo)) / (hi - lo)
     predicted_se = abs(slope) * scale_se
     counting_var = v_on + v_off
     scale_var = slope * slope * (1.0 + scale) ** 2 * rel

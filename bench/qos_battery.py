@@ -512,8 +512,8 @@ def estimate(args: argparse.Namespace, plants: list[str]) -> list[str]:
     for name in plants:
         bench_args = parser.parse_args(plant_argv(name, args))
         bench_args.device = "cpu"  # the estimate does not need the plant's device
-        options, _ = qos_bench.options_from_args(bench_args)
-        total = qos_bench.estimate_seconds(options, args.runs)
+        options, plant = qos_bench.options_from_args(bench_args)
+        total = qos_bench.estimate_seconds(options, args.runs, loads=len(plant.loads()))
         per_run = qos_bench.estimate_run_seconds(options)
         fits = max(0, int((args.deadline_seconds - 5 - (total - args.runs * per_run)) // per_run))
         lines.append(f"{name}: about {total:.0f} s for {args.runs} runs ({total - args.runs * per_run:.0f} s to the "

@@ -74,6 +74,14 @@ class Plant:
     device: str = "cpu"
     seed_args: tuple[str, ...] = field(default=())
 
+    def loads(self) -> list[Load]:
+        """Every load the plant runs, in order (the baseline measures each on its own).
+
+            >>> [l.concurrency for l in PLANTS["load-change"].loads()], len(PLANTS["steady"].loads())
+            ([32, 96], 1)
+        """
+        return [self.load] if self.changed_load is None else [self.load, self.changed_load]
+
     def schedule(self, seconds: float) -> list[tuple[float, Load]]:
         """(offset, load) changes over a measured phase of ``seconds``, the first at 0.
 

@@ -367,6 +367,43 @@ def test_near_slo_takes_the_tightest_bound_the_seed_alone_still_meets():
     assert qos_bench.slo_for_plant(w, 0.005, qos_plants.get_plant("near-slo"))[0] == 0.032
 
 
+def test_a_plant_whose_load_changes_gets_an_slo_the_seed_alone_meets_at_every_load():
+    from throttle.histogram import WindowHistogram, fraction_above, pool
+
+    b = (0.015, 0.017, 0.019, 0.021, 0.023, math.inf)
+    # Light: 1 % over 15 ms, 0.5 % over 17 ms. Heavy (a third of the tokens): 2 % over 17 ms, 1.2 % over 19 ms,
+    # 0.6 % over 21 ms.
+    light = WindowHistogram(b, (29700.0, 29850.0, 29940.0, 29985.0, 30000.0, 30000.0))
+    heavy = WindowHistogram(b, (9700.0, 9800.0, 9880.0, 9940.0, 9990.0, 10000.0))
+    plant = qos_plants.get_plant("load-change")
+    slo, how = qos_bench.slo_for_loads([light, heavy], 0.01, plant)
+    assert slo == 0.021 and "17 ms, 21 ms" in how
+    for w in (light, heavy):
+        assert fraction_above(w, slo).fraction <= 0.0075
+    # What choosing from the loads pooled gives: a bound the heavy load alone is over the budget at.
+    pooled, _ = qos_bench.slo_for_plant(pool([light, heavy]), 0.01, plant)
+    assert pooled < slo and fraction_above(heavy, pooled).fraction > 0.01
+
+
+def test_a_baseline_measured_one_load_at_a_time_reports_as_one_phase():
+    from throttle.histogram import WindowHistogram, observations
+
+    b = (0.02, math.inf)
+
+    def part(start, n, slow, busy):
+        w = WindowHistogram(b, (n - slow, n), 0.01 * n)
+        return qos_bench.PhaseResult("part", start, start + 10.0, 1000, w, [0.0, 0.0], [w, None], cpu_busy=busy,
+                                     per_seed_ttft=[None, None])
+
+    merged = qos_bench.merge_phases("A baseline", [part(0.0, 1000.0, 10.0, 0.5), part(11.0, 3000.0, 60.0, 0.9)])
+    assert merged.name == "A baseline" and (merged.start, merged.end, merged.seconds) == (0.0, 21.0, 20.0)
+    assert merged.bytes == 2000 and observations(merged.itl) == 4000.0 and merged.itl.sum == 40.0
+    assert merged.per_seed[1] is None and merged.per_seed_ttft == [None, None]
+    assert merged.fraction_above(0.02) == 70.0 / 4000.0 and merged.cpu_busy == pytest.approx(0.7)
+    one = part(0.0, 10.0, 0.0, 0.1)
+    assert qos_bench.merge_phases("x", [one]) is one
+
+
 def test_no_bound_leaving_the_transfer_room_is_a_bench_error():
     from throttle.histogram import WindowHistogram
 

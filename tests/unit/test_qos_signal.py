@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 import random
 
 import pytest
 
+from bench import qos_signal
 from bench.qos_signal import compare, groups, main, predicted_excess, rows
 
 #: Bounds 5 % apart from 1 ms, as the bench's seeds export them.
@@ -101,3 +103,7 @@ def test_a_result_from_before_the_tail_counts_is_a_one_line_error(tmp_path, caps
     assert main([str(old)]) == 2
     err = capsys.readouterr().err
     assert "no itl_tail_bounds_seconds" in err and err.count("\n") == 1
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(qos_signal).failed == 0

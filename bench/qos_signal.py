@@ -133,7 +133,9 @@ def groups(result: dict, seed: int, settle_seconds: int = 2) -> tuple[Seconds, l
 
     No transfer: the watch phases (``baseline-K``). Fixed rates: the oracle's probes, without each
     probe's first ``settle_seconds`` (the rate was just set). Seconds without the tail counts (before
-    the SLO was chosen) or without tokens are skipped.
+    the SLO was chosen) or without tokens are skipped. A plant whose load changes mid-probe
+    (``load-change``) keeps only each probe's seconds before the change: its watch phases run the
+    first load only, and the other would be compared with it.
     """
     bounds = [float(b) for b in result.get("itl_tail_bounds_seconds") or []]
     if not bounds:
@@ -143,6 +145,11 @@ def groups(result: dict, seed: int, settle_seconds: int = 2) -> tuple[Seconds, l
     slo = max((b for b in bounds if b <= float(result["slo_itl_seconds"])), default=None)
     if slo is None:
         raise ValueError(f"no tail bound is at or under the SLO {result['slo_itl_seconds']} s")
+    plant = result.get("plant") or {}
+    last_second = math.inf
+    if plant.get("changed_load"):
+        probe_seconds = float((result.get("options") or {}).get("oracle_probe_seconds") or 0.0)
+        last_second = math.floor(float(plant.get("change_at_fraction", 0.5)) * probe_seconds)
     off: list[dict] = []
     by_rate: dict[float, list[dict]] = {}
     previous: tuple[str, float | None] | None = None
@@ -158,7 +165,7 @@ def groups(result: dict, seed: int, settle_seconds: int = 2) -> tuple[Seconds, l
             continue
         if sample["phase"].startswith("baseline-"):
             off.append(sample)
-        elif sample["phase"] == "oracle" and rate and run_length > settle_seconds:
+        elif sample["phase"] == "oracle" and rate and settle_seconds < run_length <= last_second:
             by_rate.setdefault(float(rate), []).append(sample)
 
     def pack(rate: float, samples: list[dict]) -> Seconds:

@@ -97,6 +97,18 @@ def test_a_probes_first_seconds_and_seconds_before_the_tail_counts_are_left_out(
     assert compare(off, on, bounds, slo, 0).rate == 50e6
 
 
+def test_a_plant_whose_load_changes_mid_probe_is_compared_on_the_seconds_before_the_change() -> None:
+    light, heavy = _result(on_seconds=28), _result(scale=0.5, on_seconds=28, rng_seed=8)
+    # One probe: its first 15 s at the watch phases' load, the rest at a load that stretches every step by half.
+    result = dict(light, plant={"changed_load": {"concurrency": 96}, "change_at_fraction": 0.5},
+                  options={"oracle_probe_seconds": 30.0})
+    result["time_series"] = light["time_series"][:120 + 15] + heavy["time_series"][120 + 15:]
+    [c] = rows(result)
+    assert c.seconds_on == 13 and abs(c.scale) < 4 * c.scale_se
+    [mixed] = rows(dict(result, plant={}))   # a plant without a change: every probe second counts
+    assert mixed.seconds_on == 28 and mixed.scale > 0.2
+
+
 def test_a_result_from_before_the_tail_counts_is_a_one_line_error(tmp_path, capsys) -> None:
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"slo_itl_seconds": 0.02, "time_series": [{"rates": [0.0]}]}))

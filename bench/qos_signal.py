@@ -42,6 +42,8 @@ import math
 import sys
 from dataclasses import dataclass
 
+from bench.qos_stats import ratio_estimate
+
 __all__ = ["Seconds", "SignalComparison", "groups", "compare", "predicted_excess", "main"]
 
 
@@ -61,14 +63,10 @@ class Seconds:
 
 
 def _ratio(num: tuple[float, ...], den: tuple[float, ...]) -> tuple[float, float]:
-    """Ratio estimator sum(num)/sum(den) and its per-second variance (so SE^2 = var / seconds)."""
-    n, total = len(den), sum(den)
-    if n < 2 or total <= 0:
-        return math.nan, math.nan
-    r = sum(num) / total
-    mean_den = total / n
-    resid = sum((a - r * b) ** 2 for a, b in zip(num, den)) / (n - 1)
-    return r, resid / (mean_den * mean_den)
+    """``bench.qos_stats.ratio_estimate`` per second: the ratio and one second's variance (SE^2 = var / seconds),
+    so that on and off pools of different lengths, and the seconds a target error needs, follow from it."""
+    ratio, variance = ratio_estimate(list(zip(num, den)))
+    return ratio, variance * len(den)
 
 
 def predicted_excess(off_survival: dict[float, float], slo: float, scale: float) -> float:

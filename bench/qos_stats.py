@@ -84,6 +84,28 @@ class ShareEstimate:
                 "naive_token_interval": [self.naive_low, self.naive_high], "design_effect": self.design_effect}
 
 
+def ratio_estimate(blocks: list[tuple[float, float]], centre: float | None = None) -> tuple[float, float]:
+    """``sum(num) / sum(den)`` over ``blocks`` of (num, den), one per second, and that ratio's variance from
+    how the seconds differ (the cluster-robust variance of a ratio; see the module). Blocks with ``den``
+    <= 0 are skipped; NaN for both with fewer than two left. ``centre``: measure the spread around this
+    instead of the ratio (:func:`block_share_interval`'s point estimate from elsewhere).
+
+        >>> r, var = ratio_estimate([(1, 100), (0, 100), (3, 100), (0, 100)]); round(r, 4), round(var * 1e6, 2)
+        (0.01, 50.0)
+        >>> ratio_estimate([(1, 100)])
+        (nan, nan)
+    """
+    good = [(num, den) for num, den in blocks if den > 0]
+    m = len(good)
+    if m < 2:
+        return math.nan, math.nan
+    total = sum(den for _, den in good)
+    ratio = sum(num for num, _ in good) / total
+    around = ratio if centre is None else centre
+    mean_den = total / m
+    return ratio, sum((num - around * den) ** 2 for num, den in good) / (m * (m - 1) * mean_den * mean_den)
+
+
 def block_share_interval(blocks: list[tuple[float, float]], share: float | None = None) -> ShareEstimate | None:
     """Share of slow tokens over ``blocks`` of (slow tokens, tokens), one per second, with a 95 % interval.
 
@@ -112,8 +134,7 @@ def block_share_interval(blocks: list[tuple[float, float]], share: float | None 
     naive_low, naive_high = wilson_interval(share * tokens, tokens)
     if m < 2:
         return ShareEstimate(share, 0.0, 1.0, tokens, m, naive_low, naive_high)
-    mean_n = tokens / m
-    variance = sum((o - share * n) ** 2 for o, n in good) / (m * (m - 1) * mean_n * mean_n)
+    _, variance = ratio_estimate(good, centre=share)
     half = t_quantile_975(m - 1) * math.sqrt(variance)
     # Never narrower than the binomial interval: independent tokens are the best case, and seconds that
     # happen to agree (all 0 %, say) must not make the share look certain.

@@ -187,9 +187,11 @@ def compare(off: Seconds, on: Seconds, bounds: list[float], slo: float, seed: in
     m_off, vm_off = _ratio(off.latency, off.tokens)
     m_on, vm_on = _ratio(on.latency, on.tokens)
     scale = m_on / m_off - 1.0
-    # Relative variances per second of the two means; their sum, per second on and off alike.
-    rel = vm_on / (m_on * m_on) + vm_off / (m_off * m_off)
-    scale_se = (1.0 + scale) * math.sqrt(vm_on / (m_on * m_on) / on.seconds + vm_off / (m_off * m_off) / off.seconds)
+    # One second's relative variance of each mean: the ratio's error from the seconds each pool has, and
+    # (summed) per second on and off alike for the seconds a target error needs.
+    rel_on, rel_off = vm_on / (m_on * m_on), vm_off / (m_off * m_off)
+    rel = rel_on + rel_off
+    scale_se = (1.0 + scale) * math.sqrt(rel_on / on.seconds + rel_off / off.seconds)
     survival = {b: share(off, j)[0] for j, b in enumerate(bounds)}
     predicted = predicted_excess(survival, slo, scale)
     # The prediction's slope in s, numerically, over one standard error either side (one-sided at s <= 0,

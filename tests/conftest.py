@@ -36,12 +36,18 @@ def _root_logging_put_back():
     """Tests that run a CLI's main in-process (the battery's, the benches') set up logging with a
     handler on that test's captured stderr; left in place, every later log line of this worker went
     to a closed file ("--- Logging error --- ValueError: I/O operation on closed file"). Each test
-    gets the root logger's handlers and level back as they were."""
+    gets the root logger's handlers and level back as they were, and every logger it had its level:
+    a CLI's set-up also sets "rfork" to INFO, and left so, a later test that counts a logger's INFO
+    lines saw lines logged before its own capture began (test_scheduler_plans, after
+    test_cli_sizes_and_rates, in one process)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    named = {name: logging.getLogger(name).level for name in ["rfork", *logging.root.manager.loggerDict]}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, was in named.items():
+        logging.getLogger(name).setLevel(was)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -86,6 +86,11 @@ class Plant:
     #: transfer interval although it moves nothing new. 0 = never. Busy seconds then count as on
     #: more often than quiet ones: the confounding the A/B law's load matching corrects.
     lease_spill_batch: float = 0.0
+    #: The seed's own rare bad seconds (a host hiccup, a long prefill): on average one every this many
+    #: seconds, whatever the transfer does, a second puts ``own_spike_share`` of its tokens over the
+    #: threshold. 0 = none.
+    own_spike_every_seconds: float = 0.0
+    own_spike_share: float = 0.12
 
 
 @dataclass
@@ -163,9 +168,13 @@ class _Second:
     jitter: float
     #: One uniform per decode step, sorted: a step is slow when its uniform is under p x jitter.
     uniforms: tuple[float, ...]
+    #: A share of the steps slow whatever the rate (the plant's own spike); 0 in most seconds.
+    own_spike_share: float = 0.0
 
     def slow_tokens(self, rate: float) -> float:
-        return bisect.bisect_left(self.uniforms, self.segment.share(rate) * self.jitter) * self.batch
+        steps = len(self.uniforms)
+        slow_steps = bisect.bisect_left(self.uniforms, self.segment.share(rate) * self.jitter)
+        return min(steps, slow_steps + round(self.own_spike_share * steps)) * self.batch
 
     @property
     def tokens(self) -> float:
@@ -182,6 +191,11 @@ def _draw_second(seg: Segment, sigma: float, rng: random.Random) -> _Second:
 def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second]]:
     segments = plant.segments(rng, plant.seconds)
     seconds = [_draw_second(_segment_at(segments, t), plant.overdispersion, rng) for t in range(int(plant.seconds))]
+    if plant.own_spike_every_seconds > 0:
+        # Their own rng: the rest of the draw is the same with or without them.
+        spikes = random.Random(rng.random())
+        seconds = [replace(s, own_spike_share=plant.own_spike_share)
+                   if spikes.random() < 1 / plant.own_spike_every_seconds else s for s in seconds]
     return segments, seconds
 
 
@@ -345,6 +359,11 @@ HEADROOM_CLEAN = Plant("headroom-clean", _headroom_clean)
 #: The bursty plant with reads held into the next second in busy spells (batch >= 16); only
 #: different from ``bursty`` with whole chunks (``chunk_bytes``).
 BURSTY_SPILL = Plant("bursty-spill", _bursty, lease_spill_batch=16.0)
+#: The H200 CPU and bursty plants with the seed's own rare bad seconds (v10's bursty seeds: 12.3 % and
+#: 10.8 % over the SLO in one second each, one at 82 MB/s and one at the cap, where the cap met the
+#: budget in the oracle's probe).
+H200_CPU_SPIKES = Plant("h200-cpu-spikes", _h200_cpu, own_spike_every_seconds=80.0)
+BURSTY_SPIKES = Plant("bursty-spikes", _bursty, own_spike_every_seconds=80.0)
 
 PLANTS: dict[str, Plant] = {
     p.name: p for p in (
@@ -382,7 +401,9 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     args = parser.parse_args()
     every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
+    spiky = {H200_CPU_SPIKES.name: H200_CPU_SPIKES, BURSTY_SPIKES.name: BURSTY_SPIKES}
     names = list(every) if args.plants == "all" else args.plants.split(",")
+    every.update(spiky)
     try:  # the agents' own parser of --throttle-tuning: the same fields, counts and checks
         tuned = tuning_from_text(",".join(args.tuning), CAP)
     except InvalidTuning as exc:

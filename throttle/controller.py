@@ -348,6 +348,14 @@ class ControllerConfig:
     #: See ``ab_start_cap_fraction``: between the headroom fraction and the aim, the start falls
     #: linearly from ``ab_start_cap_fraction`` of the cap to the floor.
     ab_start_graded: bool = True
+    #: A/B law: a spike (one interval's clear miss) cuts at once either way. With this on, it forgets
+    #: the older evidence only once the next ``change_window_seconds`` confirm a new load (another
+    #: spike, or the on intervals since it off the older model by ``spike_z``); a spike they do not
+    #: confirm is the seed's own bad second, left out of the attribution and kept in the error
+    #: budget. Off (the rule until 2026-12-05, session 25): every spike forgets at once, and the
+    #: spike, pooled with the few seconds after it, holds the rate down for up to the evidence
+    #: horizon (v10's bursty plant: one 12 % second at 82 MB/s held a seed at the floor for 40 s).
+    ab_confirm_spikes: bool = True
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -651,6 +659,11 @@ class ControllerState:
     #: counted as savings, 60 s of it let the transfer run 1.1-1.4x over the budget afterwards
     #: (sim/qos_plant.py, steady and saturating plants).
     ab_budget_from: float = -math.inf
+    #: A/B law: when the latest spike not yet confirmed as a new load was seen (``ab_confirm_spikes``).
+    ab_spike_at: float | None = None
+    #: A/B law: the intervals (their sample times) of spikes the change window did not confirm: left
+    #: out of the attribution while in the horizon, kept in the error budget.
+    ab_isolated: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1342,11 +1355,13 @@ def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, confi
 
 def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerConfig, duty: float,
                min_tokens: float, now: float, rate_now: float,
-               budget_from: float = -math.inf) -> tuple[float | None, str, bool, float]:
+               budget_from: float = -math.inf,
+               isolated: tuple[float, ...] = ()) -> tuple[float | None, str, bool, float]:
     """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
-    the largest raise factor the evidence at ``rate_now`` supports)."""
-    on = [s for s in samples if s.on]
-    off = [s for s in samples if not s.on]
+    the largest raise factor the evidence at ``rate_now`` supports). Intervals in ``isolated`` (the
+    seed's own bad seconds) are left out of the attribution; the error budget counts them."""
+    on = [s for s in samples if s.on and s.at not in isolated]
+    off = [s for s in samples if not s.on and s.at not in isolated]
     est = estimate(on, off, min_tokens=min_tokens)
     z = config.confidence_z
     off_text = (f"off {est.p_off:.2%} of {est.tokens_off:.0f}" if est.off_known
@@ -1418,22 +1433,46 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     spike = (on and itl_sample.tokens >= config.min_observations_at_pool_max
              and itl_sample.slow > 2 * b * itl_sample.tokens
              and one_interval_z(itl_sample.slow, itl_sample.tokens, itl_sample.batch, b) > config.spike_z)
-    changed = not spike and abs(_change_z(itl, config, now)) > config.spike_z
+    isolated = tuple(t for t in state.ab_isolated if itl and t >= itl[0].at)
+    pending = state.ab_spike_at
+    forget_from: float | None = None  # forget the evidence up to here: a new load
+    if spike and config.ab_confirm_spikes and pending is None:
+        # The first spike: cut (below) and watch whether a new load follows; forget nothing yet.
+        pending = now
+    elif spike:
+        # A second spike within the window (or the rule without confirmation): a new load since the first.
+        forget_from = (pending if pending is not None else now) - config.interval_seconds
+        pending = None
+    elif pending is not None and now - pending + _EPS >= config.change_window_seconds:
+        # The window is over: the spike was a new load if the on intervals since it (itself left out)
+        # still differ from the older model; else it was the seed's own bad second.
+        after = tuple(s for s in itl if s.at not in isolated and s.at != pending)
+        if abs(_change_z(after, config, now)) > config.spike_z:
+            forget_from = pending - config.interval_seconds
+        else:
+            isolated += (pending,)
+        pending = None
+    changed = (not spike and pending is None and forget_from is None
+               and abs(_change_z(tuple(s for s in itl if s.at not in isolated), config, now)) > config.spike_z)
+    if changed:
+        forget_from = now - config.change_window_seconds
+    if forget_from is not None:
+        itl = tuple(s for s in itl if s.at > forget_from + _EPS)
+        ttft = tuple(s for s in ttft if s.at > forget_from + _EPS)
+        isolated = ()
+    state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_itl=itl, ab_ttft=ttft)
     if spike or changed:
-        keep_from = now - (config.interval_seconds if spike else config.change_window_seconds) + _EPS
-        itl = tuple(s for s in itl if s.at > keep_from)
-        ttft = tuple(s for s in ttft if s.at > keep_from)
         soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
-        state = replace(state, ab_itl=itl, ab_ttft=ttft, dense_until=now + config.dense_after_change_seconds,
+        state = replace(state, dense_until=now + config.dense_after_change_seconds,
                         next_probe_at=min(state.next_probe_at or soon, soon))
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
     target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate,
-                                                    state.ab_budget_from)
+                                                    state.ab_budget_from, isolated)
     if slo.ttft_threshold_seconds is not None and target is not None:
         t_target, t_summary, t_over, t_factor = _ab_target(ttft, slo.ttft_budget, config, duty,
                                                            config.min_ttft_observations, now, rate,
-                                                           state.ab_budget_from)
+                                                           state.ab_budget_from, isolated)
         if t_target is not None:
             factor = min(factor, t_factor)
         if t_target is not None and t_target < target:
@@ -1456,6 +1495,10 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                                 f"rate x{1 - config.ab_max_cut:g} -> {new_rate:.3g} B/s", may_pause=cut_last_tick)
         return _ab_schedule(state, config, slo, now, Mode.HOLD_LOW_SAMPLES, rate,
                             f"pooling: {summary}; too few tokens with the transfer on")
+    if spike:
+        # A spike cuts at once whatever the pooled evidence says (it may be a new load: the older
+        # evidence is only forgotten once that is confirmed).
+        target = min(target, rate * (1 - config.ab_max_cut))
     if target >= rate:
         state = replace(state, remembered_rate=rate)
     if target < rate * (1 - config.rate_deadband) or (spike and target < rate):
@@ -1468,7 +1511,10 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                             may_pause=not spike or cut_last_tick)
     at_rate = [s for s in itl if s.on and s.rate == rate and (state.last_cut_at is None or s.at > state.last_cut_at)]
     seconds_at_rate = len(at_rate) * config.interval_seconds
-    if target > rate * (1 + config.rate_deadband) and on and seconds_at_rate + _EPS >= config.raise_evidence_seconds:
+    # No raise while a spike may still prove a new load: the older evidence that would support it
+    # may be of another load.
+    if (target > rate * (1 + config.rate_deadband) and on and state.ab_spike_at is None
+            and seconds_at_rate + _EPS >= config.raise_evidence_seconds):
         # Fast up to the rate the last cut came from; past it (a rate already shown too high once,
         # perhaps on a lucky stretch of evidence) the near-budget step.
         fast = min(rate * factor, max(state.ab_cut_from or config.cap, rate))

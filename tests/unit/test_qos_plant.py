@@ -126,3 +126,35 @@ def test_a_spilled_lease_is_reported_as_a_transfer_interval_that_moves_nothing()
             qos_plant.decide = restore
         held = sum(1 for (active, _), moved in zip(seen, r.rates) if active and moved == 0)
         assert (held > 0) == (plant is BURSTY_SPILL), (plant.name, held)
+
+
+def test_the_seeds_own_bad_seconds_are_rare_whatever_the_rate_and_leave_the_rest_of_the_draw_alone():
+    import random
+
+    from sim.qos_plant import H200_CPU, H200_CPU_SPIKES, _draw
+
+    plain = _draw(replace(H200_CPU, seconds=800), random.Random(7))[1]
+    spiky = _draw(replace(H200_CPU_SPIKES, seconds=800), random.Random(7))[1]
+    bad = [k for k, s in enumerate(spiky) if s.own_spike_share > 0]
+    assert 3 <= len(bad) <= 25  # one every 80 s on average
+    for k, (a, b) in enumerate(zip(plain, spiky)):
+        assert (a.uniforms, a.jitter) == (b.uniforms, b.jitter)
+        if k in bad:  # at least 12 % of the steps slow, with the transfer off or at the cap
+            assert b.slow_tokens(0.0) >= 0.12 * b.tokens - b.batch and b.slow_tokens(CAP) >= b.slow_tokens(0.0)
+        else:
+            assert b.slow_tokens(CAP) == a.slow_tokens(CAP)
+
+
+def test_confirming_spikes_brings_a_seed_with_its_own_bad_seconds_back_to_the_rate():
+    # The plant model's case for ab_confirm_spikes (docs/qos.md "Spikes"): the cap is safe, and one bad
+    # second of the seed's own in 80 s no longer holds the law down for the evidence horizon.
+    from sim.qos_plant import H200_CPU_SPIKES
+
+    plant = replace(H200_CPU_SPIKES, seconds=80, warmup_seconds=0)
+
+    def mean_ratio(confirm: bool) -> float:
+        law = ControllerConfig(cap_bytes_per_second=CAP, ab_confirm_spikes=confirm)
+        results = [run(plant, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(20)]
+        return statistics.mean(min(r.realized_throughput_ratio, 2.0) for r in results)
+
+    assert mean_ratio(True) > mean_ratio(False) + 0.05

@@ -1359,9 +1359,9 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
                isolated: tuple[float, ...] = ()) -> tuple[float | None, str, bool, float]:
     """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
     the largest raise factor the evidence at ``rate_now`` supports). Intervals in ``isolated`` (the
-    seed's own bad seconds) are left out of the attribution; the error budget counts them."""
+    seed's own bad seconds, all transfer-on) are left out of the attribution; the error budget counts them."""
     on = [s for s in samples if s.on and s.at not in isolated]
-    off = [s for s in samples if not s.on and s.at not in isolated]
+    off = [s for s in samples if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
     z = config.confidence_z
     off_text = (f"off {est.p_off:.2%} of {est.tokens_off:.0f}" if est.off_known
@@ -1428,8 +1428,8 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     b = slo.violation_budget
 
     # A clear miss in one transfer-on interval cuts at once (a load spike must not wait for pooled
-    # evidence), forgets the older evidence (gathered under another load) and schedules an off
-    # window next, to learn whether the seed misses on its own.
+    # evidence) and schedules an off window next, to learn whether the seed misses on its own. The
+    # older evidence is forgotten once a new load is confirmed (ab_confirm_spikes), else at once.
     spike = (on and itl_sample.tokens >= config.min_observations_at_pool_max
              and itl_sample.slow > 2 * b * itl_sample.tokens
              and one_interval_z(itl_sample.slow, itl_sample.tokens, itl_sample.batch, b) > config.spike_z)

@@ -37,7 +37,6 @@ import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Callable
 
-import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI
 from fastapi import Path as PathParam
@@ -66,6 +65,7 @@ from rfork_api import models as wire
 from rfork_api.auth import bearer_header
 from rfork_api.clients import SchedulerClient
 from rfork_api.http import error_response, error_responses, install, service_app
+from rfork_api.seed_info import seed_http_client
 from throttle.qos import ThrottleMode
 
 __all__ = [
@@ -95,7 +95,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        http = httpx.AsyncClient(timeout=config.http_timeout_seconds)
+        http = seed_http_client(config.http_timeout_seconds)
         scheduler = SchedulerClient(config.scheduler_url, timeout=config.http_timeout_seconds,
                                     headers=bearer_header(config.token))
         link = SeedLink(state, http, scheduler)

@@ -206,14 +206,14 @@ async def preflight(args: argparse.Namespace) -> tuple["ModelIdentity", str, dic
     from rfork_api.errors import SchedulerUnreachable
     from rfork_agent.fork import ForkError
     from rfork_api.models import ModelIdentity
-    from rfork_api.seed_info import fetch_server_info, fetch_transfer_engine_info
+    from rfork_api.seed_info import fetch_server_info, fetch_transfer_engine_info, seed_http_client
 
     # A short connect timeout: a dead host is reported at once. A scheduler that accepts the
     # connection but is slow to answer is alive, and gets the usual 10 s.
     timeout = httpx.Timeout(10.0, connect=_PREFLIGHT_CONNECT_SECONDS)
 
     async def like_seed() -> tuple[dict, str, dict]:
-        async with httpx.AsyncClient(timeout=timeout) as http:
+        async with seed_http_client(timeout) as http:
             info = await fetch_server_info(http, args.like_seed)
             return (info, *await fetch_transfer_engine_info(http, args.like_seed, args.rank))
 

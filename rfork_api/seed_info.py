@@ -10,7 +10,13 @@ falls back to the deprecated one when the seed answers 404:
 
 Every failure is a ``SeedInfoUnavailable`` naming the URL and what was wrong.
 
-    >>> async with httpx.AsyncClient(timeout=5) as http:
+``seed_http_client`` is the client to read a seed with, for whoever polls it
+(the agent: its ``/metrics`` every second, ``/health`` every 0.25 s, its
+identity every 5 s): kept-alive connections are not reused once idle for
+``SEED_KEEPALIVE_SECONDS``, and a GET whose connection the seed closed before
+answering is sent once more, on a new connection.
+
+    >>> async with seed_http_client(timeout=5) as http:
     ...     session_id, manifest = await fetch_transfer_engine_info(http, "http://127.0.0.1:30000", rank=0)
 """
 
@@ -27,8 +33,43 @@ TE_INFO_PATHS = ("/remote_instance_transfer_engine_info", "/get_remote_instance_
 SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 
 
-__all__ = ["SeedInfoUnavailable", "SeedRankMissing", "fetch_server_info", "fetch_transfer_engine_info",
-           "fetch_transfer_engine_info_digested", "transfer_engine_info_digest"]
+SEED_KEEPALIVE_SECONDS = 2.0
+"""An idle connection to a seed older than this is closed, not reused. SGLang's HTTP server (uvicorn)
+closes its idle ones after 5 s, and a request written as it does so fails with "Server disconnected
+without sending a response". httpx's own limit is 5 s too, and the agent's identity check runs every
+5 s on a connection of its own: on an H200 host that raced in ~1 of 200 of the agent's scrapes."""
+
+__all__ = ["SEED_KEEPALIVE_SECONDS", "SeedInfoUnavailable", "SeedRankMissing", "ResendDroppedGets",
+           "fetch_server_info", "fetch_transfer_engine_info", "fetch_transfer_engine_info_digested",
+           "seed_http_client", "transfer_engine_info_digest"]
+
+
+class ResendDroppedGets(httpx.AsyncBaseTransport):
+    """Sends a GET or HEAD once more, on a new connection, when the server closed the connection
+    before answering it (``httpx.RemoteProtocolError``): a kept-alive connection the server had just
+    closed. Both are idempotent and carry no body, so the second send is safe; anything else, and a
+    second failure, is raised as it was."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except httpx.RemoteProtocolError:
+            if request.method not in ("GET", "HEAD"):
+                raise
+            return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def seed_http_client(timeout: float | httpx.Timeout,
+                     keepalive_seconds: float = SEED_KEEPALIVE_SECONDS) -> httpx.AsyncClient:
+    """The client for a seed's HTTP API (see the module's docstring)."""
+    limits = httpx.Limits(keepalive_expiry=keepalive_seconds)
+    return httpx.AsyncClient(timeout=timeout, transport=ResendDroppedGets(httpx.AsyncHTTPTransport(limits=limits)))
 
 
 async def _get_json(client: httpx.AsyncClient, seed_url: str, paths: tuple[str, ...],

@@ -72,6 +72,14 @@ def seeds_serving(seeds: list[m.SeedSummary], identity: m.ModelIdentity, rank: i
         "tp_size to match one above")
 
 
+KEEPALIVE_REUSE_SECONDS = 2.0
+"""A kept-alive connection idle for longer than this is closed, not reused. The scheduler, the agent
+and SGLang serve with uvicorn, which closes its idle connections after 5 s; a request written as it
+does so fails with "Server disconnected without sending a response". httpx's own limit is 5 s too,
+so a client that calls every 5 s (the agent's check of its seed) raced it: on an H200 host in ~1 of
+200 of the agent's scrapes of its seed (docs/benchmarks.md, "v11")."""
+
+
 class _Client:
     service = "service"
     unreachable: type = RforkApiError
@@ -82,6 +90,7 @@ class _Client:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers or {},
+                                       limits=httpx.Limits(keepalive_expiry=KEEPALIVE_REUSE_SECONDS),
                                        transport=transport)
 
     def __repr__(self) -> str:

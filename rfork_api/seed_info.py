@@ -13,7 +13,7 @@ Every failure is a ``SeedInfoUnavailable`` naming the URL and what was wrong.
 ``seed_http_client`` is the client to read a seed with, for whoever polls it
 (the agent: its ``/metrics`` every second, ``/health`` every 0.25 s, its
 identity every 5 s): kept-alive connections are not reused once idle for
-``SEED_KEEPALIVE_SECONDS``, and a GET whose connection the seed closed before
+``KEEPALIVE_REUSE_SECONDS`` (rfork_api/clients.py), and a GET whose connection the seed closed before
 answering is sent once more, on a new connection.
 
     >>> async with seed_http_client(timeout=5) as http:
@@ -27,19 +27,14 @@ from typing import Any
 
 import httpx
 
+from rfork_api.clients import KEEPALIVE_REUSE_SECONDS
 from rfork_api.errors import SeedInfoUnavailable, SeedRankMissing
 
 TE_INFO_PATHS = ("/remote_instance_transfer_engine_info", "/get_remote_instance_transfer_engine_info")
 SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 
 
-SEED_KEEPALIVE_SECONDS = 2.0
-"""An idle connection to a seed older than this is closed, not reused. SGLang's HTTP server (uvicorn)
-closes its idle ones after 5 s, and a request written as it does so fails with "Server disconnected
-without sending a response". httpx's own limit is 5 s too, and the agent's identity check runs every
-5 s on a connection of its own: on an H200 host that raced in ~1 of 200 of the agent's scrapes."""
-
-__all__ = ["SEED_KEEPALIVE_SECONDS", "SeedInfoUnavailable", "SeedRankMissing", "ResendDroppedGets",
+__all__ = ["SeedInfoUnavailable", "SeedRankMissing", "ResendDroppedGets",
            "fetch_server_info", "fetch_transfer_engine_info", "fetch_transfer_engine_info_digested",
            "seed_http_client", "transfer_engine_info_digest"]
 
@@ -66,7 +61,7 @@ class ResendDroppedGets(httpx.AsyncBaseTransport):
 
 
 def seed_http_client(timeout: float | httpx.Timeout,
-                     keepalive_seconds: float = SEED_KEEPALIVE_SECONDS) -> httpx.AsyncClient:
+                     keepalive_seconds: float = KEEPALIVE_REUSE_SECONDS) -> httpx.AsyncClient:
     """The client for a seed's HTTP API (see the module's docstring)."""
     limits = httpx.Limits(keepalive_expiry=keepalive_seconds)
     return httpx.AsyncClient(timeout=timeout, transport=ResendDroppedGets(httpx.AsyncHTTPTransport(limits=limits)))

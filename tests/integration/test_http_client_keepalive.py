@@ -1,8 +1,9 @@
-"""The agent's client for a seed's HTTP API, against a real socket server that drops kept-alive connections.
+"""rfork's HTTP clients against a real socket server that drops kept-alive connections.
 
-The race it closes was seen on an H200 host: SGLang's uvicorn closes a connection idle for 5 s just as
+The race they close was seen on an H200 host: SGLang's uvicorn closes a connection idle for 5 s just as
 the agent's 5 s identity check writes a request on it, and ~1 in 200 of the agent's scrapes failed with
-"Server disconnected without sending a response".
+"Server disconnected without sending a response". The seed's client resends such a GET; every client
+stops reusing a connection idle for ``KEEPALIVE_REUSE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import httpx
 import pytest
 
+from rfork_api.clients import KEEPALIVE_REUSE_SECONDS, SchedulerClient
 from rfork_api.seed_info import seed_http_client
 
 
@@ -20,8 +22,9 @@ class DroppingServer:
     ``drop_at``-th request (1-based) is met by closing the connection unanswered, as a server whose
     keep-alive timer fires as the request arrives does."""
 
-    def __init__(self, drop_at: int | None) -> None:
+    def __init__(self, drop_at: int | None, body: bytes = b"ok") -> None:
         self.drop_at = drop_at
+        self.body = body
         self.connections = 0
         self.requests: list[tuple[int, str]] = []  # (connection, method) of each answered request
         self.dropped = 0
@@ -50,7 +53,8 @@ class DroppingServer:
                     self.dropped += 1
                     return
                 self.requests.append((connection, method))
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\ncontent-type: application/json\r\n\r\n%s"
+                             % (len(self.body), self.body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -109,6 +113,19 @@ def test_a_connection_idle_past_the_limit_is_not_reused(idle_seconds, connection
             await http.get(f"{server.url}/health")
             await asyncio.sleep(idle_seconds)
             await http.get(f"{server.url}/health")
+        assert server.connections == connections
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("idle_seconds, connections", [(0.0, 1), (KEEPALIVE_REUSE_SECONDS + 0.5, 2)])
+def test_the_scheduler_client_does_not_reuse_a_connection_idle_past_the_limit(idle_seconds, connections):
+    async def go():
+        health = b'{"status": "ok", "seeds": 0, "jobs": 0}'
+        async with DroppingServer(drop_at=None, body=health) as server, SchedulerClient(server.url) as scheduler:
+            assert (await scheduler.health()).status == "ok"
+            await asyncio.sleep(idle_seconds)
+            assert (await scheduler.health()).status == "ok"
         assert server.connections == connections
 
     asyncio.run(go())

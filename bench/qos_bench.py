@@ -285,6 +285,11 @@ class Sample:
     #: Each seed's tokens this second above each of the result's ``itl_tail_bounds_seconds`` (None until
     #: the SLO is chosen): the tail's shape under the SLO, which ``bench.qos_signal`` reads.
     itl_tokens_above: list[list[float] | None] = field(default_factory=list)
+    #: Each agent's share of its seed's tokens over the SLO in the seconds of the last 60 s without a
+    #: chunk read (off windows, seconds at a low rate that read nothing): the seed alone, as the agent
+    #: measured it during the phase (``ThrottleStatus.baseline_itl_slo_violation_ratio``); None until
+    #: those seconds hold 200 tokens.
+    seed_alone_shares: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -443,7 +448,8 @@ class Observer:
                     self.samples.append(Sample(
                         round(now, 2), self.phase, [r["allowed_rate_bytes_per_second"] for r in rates],
                         [r["controller_mode"] for r in rates], p99s, tokens, self.landed(), above,
-                        [r.get("reason") for r in rates], means, tails))
+                        [r.get("reason") for r in rates], means, tails,
+                        [r.get("baseline_itl_slo_violation_ratio") for r in rates]))
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 log.debug("observer: %s", exc)
             self._stop.wait(0.25)
@@ -458,6 +464,16 @@ class Observer:
                 n = s.itl_tokens[seed]
                 out.append((s.itl_fraction_above_slo[seed] * n, n))
         return out
+
+    def seed_alone_shares(self, start: float, end: float) -> list[float | None]:
+        """Each seed's last ``Sample.seed_alone_shares`` value within [start, end] (None: none there)."""
+        last: list[float | None] = [None] * len(self.fleet.seeds)
+        for s in list(self.samples):
+            if start <= s.t <= end + 0.1:
+                for i, share in enumerate(s.seed_alone_shares):
+                    if share is not None:
+                        last[i] = share
+        return last
 
     def measure(self, name: str, seconds: float, schedule: list[tuple[float, Load]] | None = None) -> PhaseResult:
         """Hold the current setting for ``seconds`` (changing the load at the ``schedule``'s offsets after
@@ -943,6 +959,11 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "throttled_share_above_slo_per_seed": [s.as_dict() if s else None for s in throttled.shares],
         "throttled_ttft_share_above_slo": throttled.ttft_share(options.slo_ttft_seconds),
         "throttled_tokens_per_second_per_seed": throttled.tokens_per_second(),
+        # The seeds alone at the end of the phase, as their agents measured them (Sample.seed_alone_shares):
+        # the oracle is measured once, before the runs, and a seed whose own load drifts to its SLO
+        # leaves no fixed rate, not even 0, within the budget.
+        "throttled_seed_alone_share_per_seed": observer.seed_alone_shares(round(throttled.start, 2),
+                                                                          round(throttled.end, 2)),
         "throttled_tokens_per_seed": [observations(w) if w is not None else 0 for w in throttled.per_seed],
         "cpu_busy_share": {
             "baseline": baseline.cpu_busy, "unthrottled": unthrottled.cpu_busy,
@@ -983,8 +1004,14 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
             f"({run['checks']['throttled_vs_oracle']['value'] or math.nan:.2f}x the oracle), worst seed "
             f"{worst.share:.2%} over the SLO (95% CI {worst.low:.2%}-{worst.high:.2%}), spike cut "
             f"{'-' if cut is None else f'{cut:.2f} s'}, idle to 0.95 cap "
-            f"{'-' if idle_to_cap is None else f'{idle_to_cap:.1f} s'}")
+            f"{'-' if idle_to_cap is None else f'{idle_to_cap:.1f} s'}; the seeds alone (their agents' last "
+            f"60 s without reads) {_shares_text(run['throttled_seed_alone_share_per_seed'])}")
     return run
+
+
+def _shares_text(shares: list[float | None]) -> str:
+    """``0.52%/-``: each seed's share, ``-`` where unknown."""
+    return "/".join("-" if x is None else f"{x:.2%}" for x in shares)
 
 
 # One run's figures are also written at the top level, as `rfork bench qos` did before --runs.

@@ -56,9 +56,17 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
         assert set(GOALS) <= set(run["checks"])
         assert run["oracle_bytes_per_second"] == result["oracle_bytes_per_second"]
         assert run["throttled_tokens_per_second_per_seed"][0] > 50  # the closed loop decodes its batch of 8
+        # The seed alone as its agent measured it: the last reading within the throttled phase.
+        start, end = run["phases"]["C throttled (run 1)"]
+        readings = [s["seed_alone_shares"][0] for s in result["time_series"]
+                    if start <= s["t"] <= end + 0.1 and s["seed_alone_shares"][0] is not None]
+        assert run["throttled_seed_alone_share_per_seed"] == [readings[-1] if readings else None]
     summary = result["summary"]["throttled_share_above_slo"]
     assert summary["runs"] == 1 and summary["min"] == summary["median"] == summary["max"]
     assert result["time_series"] and result["slo_itl_seconds"] > 0
+    # The agent reads the seed alone in its seconds without chunk reads (the baseline's, at least).
+    alone = [s["seed_alone_shares"][0] for s in result["time_series"] if s["seed_alone_shares"][0] is not None]
+    assert alone and all(0 <= x <= 1 for x in alone)
     # Every second once the SLO is chosen: each seed's mean ITL and its tokens above the tail bounds
     # (half the SLO up to it), which bench.qos_signal reads.
     bounds = result["itl_tail_bounds_seconds"]

@@ -76,8 +76,8 @@ KEEPALIVE_REUSE_SECONDS = 2.0
 """A kept-alive connection idle for longer than this is closed, not reused. The scheduler, the agent
 and SGLang serve with uvicorn, which closes its idle connections after 5 s; a request written as it
 does so fails with "Server disconnected without sending a response". httpx's own limit is 5 s too,
-so a client that calls every 5 s (the agent's check of its seed) raced it: on an H200 host in ~1 of
-200 of the agent's scrapes of its seed (docs/benchmarks.md, "v11")."""
+so a client that calls every 5 s (the agent's check of its seed) raced it: on an H200 host in ~1 in 350
+of the agent's scrapes of its seed (docs/benchmarks.md, "v11")."""
 
 
 class _Client:

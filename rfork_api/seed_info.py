@@ -14,7 +14,7 @@ Every failure is a ``SeedInfoUnavailable`` naming the URL and what was wrong.
 (the agent: its ``/metrics`` every second, ``/health`` every 0.25 s, its
 identity every 5 s): kept-alive connections are not reused once idle for
 ``KEEPALIVE_REUSE_SECONDS`` (rfork_api/clients.py), and a GET whose connection the seed closed before
-answering is sent once more, on a new connection.
+answering is sent once more, on another connection.
 
     >>> async with seed_http_client(timeout=5) as http:
     ...     session_id, manifest = await fetch_transfer_engine_info(http, "http://127.0.0.1:30000", rank=0)
@@ -40,10 +40,10 @@ __all__ = ["SeedInfoUnavailable", "SeedRankMissing", "ResendDroppedGets",
 
 
 class ResendDroppedGets(httpx.AsyncBaseTransport):
-    """Sends a GET or HEAD once more, on a new connection, when the server closed the connection
-    before answering it (``httpx.RemoteProtocolError``): a kept-alive connection the server had just
-    closed. Both are idempotent and carry no body, so the second send is safe; anything else, and a
-    second failure, is raised as it was."""
+    """Sends a GET or HEAD once more when the server closed the connection before answering it
+    (``httpx.RemoteProtocolError``: a kept-alive connection the server had just closed; httpx drops
+    it, so the second send goes on another). Both are idempotent and carry no body, so the second
+    send is safe; anything else, and a second failure, is raised as it was."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self._inner = inner

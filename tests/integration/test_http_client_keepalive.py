@@ -1,7 +1,7 @@
 """rfork's HTTP clients against a real socket server that drops kept-alive connections.
 
 The race they close was seen on an H200 host: SGLang's uvicorn closes a connection idle for 5 s just as
-the agent's 5 s identity check writes a request on it, and ~1 in 200 of the agent's scrapes failed with
+the agent's 5 s identity check writes a request on it, and ~1 in 350 of the agent's scrapes failed with
 "Server disconnected without sending a response". The seed's client resends such a GET; every client
 stops reusing a connection idle for ``KEEPALIVE_REUSE_SECONDS``.
 """

@@ -315,6 +315,17 @@ class AgentMetrics:
             "Fraction of the seed's tokens with inter-token latency above the SLO in the last report window.",
             ("seed",),
         )
+        self.seed_alone_itl_slo_violation_ratio = StateGauge(
+            "rfork_agent_seed_alone_itl_slo_violation_ratio",
+            "Fraction of the seed's tokens with inter-token latency above the SLO in its intervals without chunk "
+            "reads over the last 60 s: the seed alone (NaN until they hold 200 tokens).",
+            ("seed",),
+        )
+        self.itl_slo_violation_budget_ratio = StateGauge(
+            "rfork_agent_itl_slo_violation_budget_ratio",
+            "Configured share of the seed's tokens allowed above the ITL SLO (NaN = no SLO).",
+            ("seed",),
+        )
         self.latency_impact_ratio = StateGauge(
             "rfork_agent_latency_impact_ratio",
             "Observed ITL p99 / the seed's no-transfer baseline ITL p99 (NaN = no baseline yet).",

@@ -496,6 +496,9 @@ class AgentStateCollector:
         yield one(m.slo_itl, None if slo is None else slo.itl_threshold_seconds)
         yield one(m.slo_ttft, None if slo is None else slo.ttft_threshold_seconds)
         yield one(m.itl_slo_violation_ratio, None if report is None else report.itl_slo_violation_ratio)
+        yield one(m.seed_alone_itl_slo_violation_ratio,
+                  None if report is None else report.baseline_itl_slo_violation_ratio)
+        yield one(m.itl_slo_violation_budget_ratio, None if slo is None else slo.violation_budget)
         yield one(m.latency_impact_ratio, None if report is None else report.latency_impact_ratio)
         yield m.throttle_mode.family([((*seed, label), 1.0 if label == state.throttle_mode_label else 0.0)
                                       for label in THROTTLE_MODE_LABELS])

@@ -96,10 +96,12 @@ def test_apply_qos_sets_the_rate_exports_the_report_and_flags_notable_changes():
     assert state.apply_qos(report(0.0, "probe", Mode.PROBE_PAUSE), now=4.0) is True  # a pause always is
     assert state.allowed_rate == 0.0
     assert state.apply_qos(report(2 * CAP, "cap", Mode.IDLE_FULL, observed_itl_p99_seconds=0.03,
-                                  itl_slo_violation_ratio=0.002, metrics_age_seconds=0.5), now=5.0) is True
+                                  itl_slo_violation_ratio=0.002, metrics_age_seconds=0.5,
+                                  baseline_itl_slo_violation_ratio=0.0015), now=5.0) is True
     assert state.allowed_rate == CAP  # never above the cap
     assert sample(registry, "rfork_agent_observed_itl_p99_seconds") == 0.03
     assert sample(registry, "rfork_agent_itl_slo_violation_ratio") == 0.002
+    assert sample(registry, "rfork_agent_seed_alone_itl_slo_violation_ratio") == 0.0015
     assert sample(registry, "rfork_agent_seed_metrics_age_seconds") == 0.5
     assert sample(registry, "rfork_agent_throttle_decisions_total", action="raise", reason="transfer_latency") == 2
     assert sample(registry, "rfork_agent_throttle_mode", mode="idle_full") == 1
@@ -184,6 +186,9 @@ def test_a_seed_missing_its_slo_on_its_own_is_said_once_at_info_and_counted_by_r
     assert "holding forks at the floor (5.0 MB/s)" in said()[0] and "20.0% of its tokens over 0.04 s" in said()[0]
     assert state.throttle_reply().throttle_reason == "seed_over_slo"
     assert state.throttle_reply().baseline_itl_slo_violation_ratio == pytest.approx(0.2)
+    # Grafana's view of the same: the seed alone at 20 % against its budget.
+    assert sample(registry, "rfork_agent_seed_alone_itl_slo_violation_ratio") == pytest.approx(0.2)
+    assert sample(registry, "rfork_agent_itl_slo_violation_budget_ratio") == state.qos.slo.violation_budget
     over = sum(sample(registry, "rfork_agent_throttle_decisions_total", action=a, reason="seed_over_slo")
                for a in ("cut", "raise", "hold", "floor", "cap", "probe"))
     assert over >= 35  # every decision from the first judged baseline on names the reason

@@ -1360,7 +1360,7 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
     the largest raise factor the evidence at ``rate_now`` supports). Intervals in ``isolated`` (the
     seed's own bad seconds, all transfer-on) are left out of the attribution; the error budget counts them."""
-    on = [s for s in samples if s.on and s.at not in isolated]
+    on = [s for s in _attributable(samples, isolated) if s.on]
     off = [s for s in samples if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
     z = config.confidence_z
@@ -1377,6 +1377,11 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     bound = overall_share(est, rate, duty, z)
     return (rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s", False,
             _raise_factor(est, rate_now, allowed, duty, config))
+
+
+def _attributable(samples: tuple[Sample, ...], isolated: tuple[float, ...]) -> tuple[Sample, ...]:
+    """``samples`` less the intervals in ``isolated`` (spikes judged the seed's own: see ``ab_confirm_spikes``)."""
+    return tuple(s for s in samples if s.at not in isolated)
 
 
 def _allowed_share(samples: tuple[Sample, ...] | list[Sample], budget: float, config: ControllerConfig) -> float:
@@ -1446,14 +1451,13 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     elif pending is not None and now - pending + _EPS >= config.change_window_seconds:
         # The window is over: the spike was a new load if the on intervals since it (itself left out)
         # still differ from the older model; else it was the seed's own bad second.
-        after = tuple(s for s in itl if s.at not in isolated and s.at != pending)
-        if abs(_change_z(after, config, now)) > config.spike_z:
+        if abs(_change_z(_attributable(itl, isolated + (pending,)), config, now)) > config.spike_z:
             forget_from = pending - config.interval_seconds
         else:
             isolated += (pending,)
         pending = None
     changed = (not spike and pending is None and forget_from is None
-               and abs(_change_z(tuple(s for s in itl if s.at not in isolated), config, now)) > config.spike_z)
+               and abs(_change_z(_attributable(itl, isolated), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
     if forget_from is not None:

@@ -441,15 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores-per-plant", type=int, default=3,
                    help="CPUs per CPU plant: one per seed, the rest for its agents, scheduler and fork clients "
                         "(default 3)")
-    p.add_argument("--deadline-seconds", type=float, default=900.0,
-                   help="plants start no run that would end after this many seconds (default 900: longer than "
-                        "one 10-minute device call; bench/qos_battery.sh --detach runs it across two)")
+    p.add_argument("--deadline-seconds", type=float, default=1300.0,
+                   help="plants start no run that would end after this many seconds (default 1300: longer than "
+                        "one 10-minute device call; bench/qos_battery.sh --detach runs it across calls)")
     p.add_argument("--grace-seconds", type=float, default=30.0,
                    help="after the deadline, this long before a plant still running is stopped (default 30)")
     p.add_argument("--throttled-seconds", type=float, default=80.0,
                    help="each run's measured throttled phase (default 80: a fork of minutes, judged over "
                         "150,000+ tokens per seed and run at 2000+ tokens/s; 5 runs, each after 15 s of the "
-                        "seed alone, and a 5-probe oracle of 30 s probes fit 900 s)")
+                        "seed alone and with two 30 s probes of its own oracle, a 30 s baseline and a 5-probe "
+                        "shared oracle fit 1300 s)")
     p.add_argument("--port-base", type=int, default=None,
                    help="plant i's scheduler and agents listen from this port + 100 i (default: free ports)")
     p.add_argument("--quick", action="store_true", help="every plant with --quick: mechanics, not goals")

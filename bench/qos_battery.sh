@@ -4,11 +4,13 @@
 #   device run, carry ["gpu_wheels"]:
 #     bash bench/qos_battery.sh --plants steady,bursty,near-slo,load-change --runs 5 --cores-per-plant 3 --gpu
 #
-# The full battery (5 runs of 80 s throttled phases per plant, ~14 min) is longer than one 10-minute
-# device call. Then start it detached (its own process session, which outlives the call) and collect
-# it in the next call, made at once (an idle machine is given back after ~30 s):
+# The full battery (5 runs of 80 s throttled phases per plant, each with its own oracle probes, up to
+# ~20 min) is longer than one 10-minute device call. Then start it detached (its own process session,
+# which outlives the call) and collect it in the next calls, made at once (an idle machine is given
+# back after ~30 s):
 #     bash bench/qos_battery.sh --detach --gpu ...     # starts it, follows it for up to WAIT_SECONDS (570)
-#     bash bench/qos_battery.sh --collect              # waits for it to end (up to WAIT_SECONDS), copies results
+#     bash bench/qos_battery.sh --collect              # waits for it to end (up to WAIT_SECONDS), copies results;
+#                                                      # exit 3: still running, call --collect again
 # Detached, the call ends with $OUT/battery.tar.gz (every plant's JSON, the plots, the log) and the summary.
 #
 # gpu_wheels/ (git-ignored; scripts/gpu_wheels.py fills it) holds what the device image lacks: mooncake-transfer-engine

@@ -9,8 +9,9 @@ ones prefill at staggered times: thousands of tokens/s per seed.
 - ``steady``: 64 requests in flight, all the time.
 - ``bursty``: 96 in flight for 1.5 s, then no arrivals for 1.5 s (running
   requests finish), repeating: on/off arrivals.
-- ``near-slo``: as steady, with the SLO at the tightest bucket bound where the
-  seed alone still meets the budget (it uses up to 90 % of it): the hard case,
+- ``near-slo``: as steady, with the SLO at the tightest bucket bound where
+  every seed alone still meets the budget (it uses up to 90 % of it, at the
+  upper end of its 95 % interval over the baseline's windows): the hard case,
   where the transfer has almost no room and the seed's own noise is most of
   what the law sees.
 - ``load-change``: 32 in flight for the first half of every measured phase
@@ -67,9 +68,9 @@ class Plant:
     """Load for the second half of every measured phase (None: ``load`` throughout)."""
     change_at_fraction: float = 0.5
     slo_rule: str = "ratio"
-    """``ratio``: the largest bucket bound <= 1.15 x the baseline p99 where the seed alone uses <= 3/4 of the
-    budget (the rule of `rfork bench qos` since issue #3); ``near``: the tightest bound where the seed alone
-    uses <= ``near_base_share`` of the budget."""
+    """``ratio``: the largest bucket bound <= 1.15 x the baseline p99 where every seed alone uses <= 3/4 of the
+    budget (the rule of `rfork bench qos` since issue #3); ``near``: the tightest bound where every seed alone
+    uses <= ``near_base_share`` of the budget (both judged as ``bench.qos_bench.choose_slo`` does)."""
     near_base_share: float = 0.9
     device: str = "cpu"
     seed_args: tuple[str, ...] = field(default=())

@@ -54,7 +54,17 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert share["ci95"][0] <= share["share"] <= share["ci95"][1] and share["tokens"] > 0
     for run in result["runs"]:
         assert set(GOALS) <= set(run["checks"])
-        assert run["oracle_bytes_per_second"] == result["oracle_bytes_per_second"]
+        # The shared oracle probed again beside the run (--quick: one probe), and the run judged against it.
+        assert run["shared_oracle_bytes_per_second"] == result["oracle_bytes_per_second"]
+        assert "throttled_vs_shared_oracle" in run["checks"]
+        if oracle["rate_per_seed_bytes_per_second"] is None:
+            assert run["run_oracle"] is None and run["oracle_bytes_per_second"] is None
+        else:
+            (probe,) = run["run_oracle"]["probes"]
+            assert probe["rate_per_seed_bytes_per_second"] == oracle["rate_per_seed_bytes_per_second"]
+            assert run["run_oracle"]["shared_oracle_met"] is probe["met_slo"]
+            assert run["oracle_bytes_per_second"] == (probe["throughput_bytes_per_second"] if probe["met_slo"] else None)
+            assert any(s["phase"] == "oracle-1" for s in result["time_series"])
         assert run["throttled_tokens_per_second_per_seed"][0] > 50  # the closed loop decodes its batch of 8
         # The seed alone as its agent measured it: the last reading within the throttled phase.
         start, end = run["phases"]["C throttled (run 1)"]

@@ -6,6 +6,7 @@ import argparse
 import doctest
 import math
 import random
+import time
 
 import pytest
 
@@ -275,6 +276,8 @@ def test_quick_and_flags_set_the_options():
     assert options.load == qos_plants.Load(concurrency=16) and options.seed_cpus == (0,)
     full, _ = qos_bench.options_from_args(_args())
     assert full.oracle_probe_seconds >= 30 and full.oracle_max_probes >= 5
+    assert full.baseline_seconds == 30 and full.baseline_block_seconds == 3 and options.baseline_block_seconds is None
+    assert qos_bench.options_from_args(_args("--baseline-seconds", "60"))[0].baseline_seconds == 60
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -283,6 +286,8 @@ def test_quick_and_flags_set_the_options():
     (["--concurrency", "0"], "--concurrency must be at least 1"),
     (["--oracle-probe-seconds", "0"], "--oracle-probe-seconds must be seconds > 0"),
     (["--watch-seconds", "-1"], "--watch-seconds must be seconds > 0"),
+    (["--baseline-seconds", "nan"], "--baseline-seconds must be seconds > 0"),
+    (["--run-oracle-probes", "-1"], "--run-oracle-probes must be 0 or more"),
     (["--cpus", "0,x"], "--cpus must be CPU numbers"),
     (["--cpus", "100000"], "this process may use CPUs"),
     (["--cap", "0"], "needs a link rate > 0"),
@@ -325,10 +330,11 @@ def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
 
 
 def test_the_battery_fits_its_default_deadline():
-    """The battery's per-plant invocation (5 runs of 15 s watching the seed alone and an 80 s throttled phase,
-    30 s probes) fits the 900 s deadline."""
+    """The battery's per-plant invocation (5 runs of 15 s watching the seed alone, an 80 s throttled phase and
+    two probes of the run's own oracle; 30 s probes) fits the 1300 s deadline (the bench's, 5 s under it)."""
     options = qos_bench.QosBenchOptions(throttled_measure_seconds=80.0)
-    assert qos_bench.estimate_seconds(options, 5) < 895
+    deadline = qos_battery.build_parser().get_default("deadline_seconds")
+    assert qos_bench.estimate_seconds(options, 5) < deadline - 5
 
 
 @pytest.mark.parametrize("line, mooncake", [
@@ -415,7 +421,115 @@ def test_no_bound_leaving_the_transfer_room_is_a_bench_error():
 def test_the_battery_estimates_without_starting_anything(capsys, tmp_path):
     out = tmp_path / "never-created"
     assert qos_battery.main(["--out", str(out), "--plants", "steady,bursty", "--estimate", "--deadline-seconds",
-                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4", "--watch-seconds", "4"]) == 0
+                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4", "--watch-seconds", "4",
+                                 "--run-oracle-probes", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["steady", "bursty"]
-    assert "3 of 5 runs fit the 300 s deadline" in lines[0] and not out.exists()
+    assert "2 of 5 runs fit the 300 s deadline" in lines[0] and not out.exists()
+
+
+def _blocks(bounds, per_block):
+    """Consecutive windows of one seed: ``per_block`` is [(tokens, [tokens above each finite bound]), ...]."""
+    from throttle.histogram import WindowHistogram
+
+    return [WindowHistogram(bounds, tuple(n - a for a in above) + (n,)) for n, above in per_block]
+
+
+def test_the_slo_rule_holds_every_seed_not_the_seeds_pooled():
+    from throttle.histogram import pool
+
+    b = (0.02, 0.025, 0.03, math.inf)
+    # Seed 0: 0.2 % over 20 ms in every window. Seed 1: 1.2 % over 20 ms, 0.5 % over 25 ms, 0.1 % over 30 ms.
+    seed0 = _blocks(b, [(5000.0, [10.0, 5.0, 0.0])] * 10)
+    seed1 = _blocks(b, [(5000.0, [60.0, 25.0, 5.0])] * 10)
+    pooled = pool(seed0 + seed1)   # 0.7 % over 20 ms: under 0.75 %, with seed 1 alone over the whole budget
+    assert qos_bench.choose_slo(pooled, 0.01, max_ratio=10.0)[0] == 0.03
+    assert qos_bench.choose_slo(pooled, 0.01, max_ratio=10.0, tightest=True)[0] == 0.02
+    slo, how = qos_bench.choose_slo(pooled, 0.01, max_ratio=10.0, tightest=True, per_seed_blocks=[seed0, seed1])
+    assert slo == 0.025 and "every seed alone (10 windows a seed" in how and "0.10%, 0.50%" in how
+
+
+def test_the_slo_rule_takes_the_upper_end_of_each_seeds_interval():
+    from throttle.histogram import pool
+
+    b = (0.02, 0.025, 0.03, math.inf)
+    # 0.6 % over 20 ms on average, both seeds alike: steady windows, or on/off windows of 0 % and 1.2 %.
+    steady = _blocks(b, [(5000.0, [30.0, 10.0, 0.0])] * 10)
+    swinging = _blocks(b, [(5000.0, [0.0, 0.0, 0.0]), (5000.0, [60.0, 20.0, 0.0])] * 5)
+    tightest = dict(max_ratio=10.0, tightest=True, max_base_share=0.75)
+    assert qos_bench.choose_slo(pool(steady * 2), 0.01, per_seed_blocks=[steady, steady], **tightest)[0] == 0.02
+    # Swinging, the same 0.6 % is uncertain (its 95 % interval reaches ~1.0 %): the next bound up, 0.2 %.
+    assert qos_bench.seed_alone_high(swinging, 0.02) > 0.0075 > qos_bench.seed_alone_high(swinging, 0.025)
+    assert qos_bench.choose_slo(pool(swinging * 2), 0.01, per_seed_blocks=[swinging, swinging], **tightest)[0] == 0.025
+    # One window tells nothing: no bound is known to leave room, and the error says what to do.
+    with pytest.raises(qos_bench.QosBenchError, match="lengthen the baseline"):
+        qos_bench.choose_slo(pool(steady[:1]), 0.01, per_seed_blocks=[steady[:1]], **tightest)
+
+
+def test_a_load_change_plant_takes_each_loads_blocks():
+    from throttle.histogram import pool
+
+    b = (0.02, 0.025, 0.03, math.inf)
+    light = _blocks(b, [(5000.0, [20.0, 5.0, 0.0])] * 10)     # 0.4 % over 20 ms
+    heavy = _blocks(b, [(5000.0, [100.0, 30.0, 5.0])] * 10)   # 0.6 % over 25 ms, 0.1 % over 30 ms
+    plant = qos_plants.get_plant("load-change")
+    windows = [pool(light * 2), pool(heavy * 2)]
+    slo, how = qos_bench.slo_for_loads(windows, 0.01, plant, [[light, light], [heavy, heavy]])
+    assert slo == 0.025 and how.startswith("the highest of each load's own choice (20 ms, 25 ms)")
+
+
+def test_a_measured_phase_cut_into_windows_adds_up_to_the_whole(monkeypatch):
+    from types import SimpleNamespace
+
+    from throttle.histogram import CumulativeHistogram, observations, pool
+
+    bounds = (0.02, math.inf)
+
+    class Scripted(qos_bench.Observer):
+        """Scrapes a counter that grows by 100 tokens (1 over 20 ms) a scrape, per seed; records load changes."""
+
+        def __init__(self):
+            super().__init__(SimpleNamespace(seeds=[object(), object()]), time.monotonic(), say=lambda line: None)
+            self.scrapes, self.events = 0, []
+
+        def scrape(self):
+            self.scrapes += 1
+            n = 100.0 * self.scrapes
+            self.events.append(("scrape", round(self.now(), 2)))
+            return [(CumulativeHistogram(bounds, (n - n / 100, n)), None)] * 2
+
+        def set_load(self, load):
+            self.events.append(("load", load.concurrency))
+
+    observer = Scripted()
+    schedule = [(0.0, qos_plants.Load(concurrency=8)), (0.2, qos_plants.Load(concurrency=16))]
+    result = observer.measure("A baseline", 0.4, schedule=schedule, block_seconds=0.1)
+    observer.http.close()
+    # Scrapes at 0, 0.1, 0.2, 0.3 and 0.4 s; the load changes at 0.2 s, after that second's scrape.
+    assert [e[0] for e in observer.events] == ["scrape", "scrape", "scrape", "load", "scrape", "scrape"]
+    assert len(result.blocks) == 2 and [len(b) for b in result.blocks] == [4, 4]
+    for seed, blocks in enumerate(result.blocks):
+        assert [observations(w) for w in blocks] == [100.0] * 4
+        assert pool(blocks).cumulative == result.per_seed[seed].cumulative
+    # Without block_seconds, nothing more is scraped and no windows are kept.
+    assert observer.measure("C", 0.05).blocks == []
+
+
+@pytest.mark.parametrize("shared, shared_missed, true_oracle, max_probes, probed, oracle", [
+    (100.0, None, 150.0, 2, [100.0], 100.0),            # the cap still meets: one probe
+    (100.0, None, 30.0, 2, [100.0, 25.0], 25.0),         # the seeds drifted: the midpoint to the floor met
+    (100.0, None, 10.0, 2, [100.0, 25.0], None),         # drifted further: two misses, the oracle is under 25
+    (100.0, None, 10.0, 4, [100.0, 25.0, 12.5, 8.84], 8.84),
+    (100.0, None, 1.0, 5, [100.0, 25.0, 12.5, 8.84, 7.43], None),
+    (12.5, 14.9, 20.0, 2, [12.5, 14.9], 14.9),           # eased: the rate that missed before the runs met
+    (12.5, 14.9, 13.0, 2, [12.5, 14.9], 12.5),
+    (12.5, 14.9, 13.0, 1, [12.5], 12.5),
+])
+def test_each_run_probes_its_own_oracle_from_the_shared_one(shared, shared_missed, true_oracle, max_probes,
+                                                            probed, oracle):
+    probes = []
+    while (rate := qos_stats.next_run_probe(shared, shared_missed, probes, 6.25, max_probes)) is not None:
+        probes.append(Probe(rate, rate <= true_oracle))
+    assert [round(p.rate, 2) for p in probes] == probed
+    got, _ = oracle_from(probes)
+    assert (None if got is None else round(got, 2)) == oracle

@@ -4,8 +4,8 @@
 #   device run, carry ["gpu_wheels"]:
 #     bash bench/qos_battery.sh --plants steady,bursty,near-slo,load-change --runs 5 --cores-per-plant 3 --gpu
 #
-# The full battery (5 runs of 80 s throttled phases per plant, each with its own oracle probes, up to
-# ~20 min) is longer than one 10-minute device call. Then start it detached (its own process session,
+# The full battery (5 runs of 80 s throttled phases per plant, ~14 min; ~17 min with
+# `-- --run-oracle-probes 2`) is longer than one 10-minute device call. Then start it detached (its own process session,
 # which outlives the call) and collect it in the next calls, made at once (an idle machine is given
 # back after ~30 s):
 #     bash bench/qos_battery.sh --detach --gpu ...     # starts it, follows it for up to WAIT_SECONDS (570)

@@ -317,6 +317,9 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
                                      missing_is_a_miss=True),
         "throttled_vs_shared_oracle": Check(ratio(run.get("throughput_throttled_bytes_per_second"),
                                                   shared_oracle_throughput), ">= 0.8", False),
+        # Did the host keep the speed the SLO and the oracle were measured at? (the slowest seed's tokens/s
+        # before the run over its calibration's)
+        "seed_speed_vs_calibration": Check(run.get("seed_speed_vs_calibration"), ">= 0.9", False),
         # Issue #3's targets, kept as context for comparison with the earlier runs.
         "unthrottled_p99_vs_baseline": Check(ratio(run.get("itl_p99_unthrottled_seconds"),
                                                    run.get("itl_p99_baseline_seconds")), ">= 1.5", False),

@@ -57,6 +57,10 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
         # The shared oracle probed again beside the run (--quick: one probe), and the run judged against it.
         assert run["shared_oracle_bytes_per_second"] == result["oracle_bytes_per_second"]
         assert "throttled_vs_shared_oracle" in run["checks"]
+        # The host's speed before the run against the calibration: the slowest seed's tokens/s ratio.
+        (speed,) = run["seed_speed_vs_calibration_per_seed"]
+        assert speed > 0 and run["seed_speed_vs_calibration"] == speed
+        assert run["checks"]["seed_speed_vs_calibration"]["issue_target"] is False
         if oracle["rate_per_seed_bytes_per_second"] is None:
             assert run["run_oracle"] is None and run["oracle_bytes_per_second"] is None
         else:

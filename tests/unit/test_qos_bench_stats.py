@@ -330,8 +330,8 @@ def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
 
 
 def test_the_battery_fits_its_default_deadline():
-    """The battery's per-plant invocation (5 runs of 15 s watching the seed alone, an 80 s throttled phase and
-    two probes of the run's own oracle; 30 s probes) fits the 1300 s deadline (the bench's, 5 s under it)."""
+    """The battery's per-plant invocation (a 30 s baseline, 5 runs of 15 s watching the seed alone and an 80 s
+    throttled phase, 30 s probes) fits the 900 s deadline (the bench's, 5 s under it)."""
     options = qos_bench.QosBenchOptions(throttled_measure_seconds=80.0)
     deadline = qos_battery.build_parser().get_default("deadline_seconds")
     assert qos_bench.estimate_seconds(options, 5) < deadline - 5
@@ -421,8 +421,7 @@ def test_no_bound_leaving_the_transfer_room_is_a_bench_error():
 def test_the_battery_estimates_without_starting_anything(capsys, tmp_path):
     out = tmp_path / "never-created"
     assert qos_battery.main(["--out", str(out), "--plants", "steady,bursty", "--estimate", "--deadline-seconds",
-                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4", "--watch-seconds", "4",
-                                 "--run-oracle-probes", "0"]) == 0
+                             "300", "--throttled-seconds", "10", "--", "--oracle-probes", "4", "--watch-seconds", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["steady", "bursty"]
     assert "2 of 5 runs fit the 300 s deadline" in lines[0] and not out.exists()

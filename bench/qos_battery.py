@@ -17,9 +17,7 @@ and its JSON keeps what it had.
 ``--compare FIELD=VALUE,...`` runs every plant twice side by side, on CPUs of their own: as the
 agents default to, and as ``<plant>-b`` with ``--throttle-tuning FIELD=VALUE,...`` (two laws on one
 host at one time: batteries on different hosts have differed more than the laws did), and prints
-each goal's medians and runs met for both. ``--twin`` runs every plant beside ``<plant>-twin``,
-whose throttled phases hold its oracle's fixed rate, and prints each run of the law beside the
-same run of its twin (``twin_rows``): what the oracle's rate did in the same minutes.
+each goal's medians and runs met for both.
 
 Writes (at most 8 files, flat, for a device call that returns only a few; with ``--compare``, two
 JSON files a plant):
@@ -156,100 +154,6 @@ def compare_table(plants: dict[str, dict]) -> list[str]:
     return rows
 
 
-Arm = tuple[str, str, "str | None", list[str]]
-"""(the arm's name, the plant it runs, the agents' --throttle-tuning or None, its own bench flags)."""
-
-
-def battery_arms(plants: list[str], gpu: str | None, compare: str | None, twin: bool) -> tuple[list[Arm], list[Arm]]:
-    """The CPU arms and the GPU arms: every plant, and with ``--compare`` its ``-b`` arm (the tuning), or with
-    ``--twin`` its ``-twin`` arm (the oracle's fixed rate).
-
-        >>> battery_arms(["steady"], None, "plan_seconds=30", False)[0]
-        [('steady', 'steady', None, []), ('steady-b', 'steady', 'plan_seconds=30', [])]
-        >>> battery_arms(["steady"], "gpu-decode", None, True)[1]
-        [('gpu-decode', 'gpu-decode', None, []), ('gpu-decode-twin', 'gpu-decode', None, ['--fixed-at-oracle'])]
-    """
-    def second(n: str) -> list[Arm]:
-        if compare is not None:
-            return [(f"{n}-b", n, compare, [])]
-        return [(f"{n}-twin", n, None, ["--fixed-at-oracle"])] if twin else []
-    arms = [(name, name, None, []) for name in plants] + [a for n in plants for a in second(n)]
-    return arms, ([(gpu, gpu, None, [])] + second(gpu)) if gpu else []
-
-
-def twin_rows(law: dict, twin: dict) -> list[dict]:
-    """``--twin``: each run of the law's arm beside the same run of its control arm (the oracle's fixed
-    rate, on seeds of its own, in the same minutes): both shares, both throughputs, how many seconds
-    the two throttled phases overlapped, and what that says.
-
-    A host whose speed moves within minutes (v12 in docs/benchmarks.md) makes an oracle measured
-    before the runs, or probed after one, a judge of other minutes. The twin is measured in the same
-    ones: where it missed the budget too, the oracle's rate did not hold then, and the run says
-    "host"; where it met it, the law's run is judged against what it did.
-
-        >>> def arm(t0, runs):
-        ...     return {"t0_monotonic_seconds": t0, "slo_budget": 0.01, "runs": [
-        ...         {"run": k, "throttled_share_above_slo": share, "throughput_throttled_bytes_per_second": mbs * 2e6,
-        ...          "phases": {f"C throttled (run {k})": [100.0 * k, 100.0 * k + 80]}}
-        ...         for k, share, mbs in runs]}
-        >>> rows = twin_rows(arm(0.0, [(1, 0.008, 90), (2, 0.013, 20), (3, 0.012, 50)]),
-        ...                  arm(5.0, [(1, 0.006, 100), (2, 0.009, 100), (3, 0.015, 100)]))
-        >>> [(r["run"], r["overlap_seconds"], r["reading"]) for r in rows]
-        [(1, 75.0, 'met both'), (2, 75.0, 'law over, twin within'), (3, 75.0, 'host: the twin missed too')]
-    """
-    budget = law.get("slo_budget")
-    t0_law, t0_twin = law.get("t0_monotonic_seconds"), twin.get("t0_monotonic_seconds")
-    by_run = {r["run"]: r for r in twin.get("runs") or []}
-    rows = []
-    for run in law.get("runs") or []:
-        k = run["run"]
-        other = by_run.get(k)
-        if other is None:
-            continue
-        phase = f"C throttled (run {k})"
-        a, b = run["phases"].get(phase), other["phases"].get(phase)
-        overlap = None
-        if a and b and t0_law is not None and t0_twin is not None:
-            overlap = max(0.0, min(t0_law + a[1], t0_twin + b[1]) - max(t0_law + a[0], t0_twin + b[0]))
-        share, twin_share = run.get("throttled_share_above_slo"), other.get("throttled_share_above_slo")
-        moved, twin_moved = (r.get("throughput_throttled_bytes_per_second") for r in (run, other))
-        if share is None or twin_share is None or budget is None:
-            reading = "no share"
-        elif twin_share > budget:
-            reading = "host: the twin missed too"
-        elif share > budget:
-            reading = "law over, twin within"
-        elif moved is not None and twin_moved and moved < 0.8 * twin_moved:
-            reading = "law under 0.8x the twin"
-        else:
-            reading = "met both"
-        rows.append({"run": k, "share": share, "twin_share": twin_share, "throughput_bytes_per_second": moved,
-                     "twin_throughput_bytes_per_second": twin_moved,
-                     "vs_twin": moved / twin_moved if moved is not None and twin_moved else None,
-                     "overlap_seconds": overlap, "reading": reading})
-    return rows
-
-
-def twin_table(pairs: dict[str, list[dict]]) -> list[str]:
-    """``--twin``: one line per plant and run (:func:`twin_rows`).
-
-        >>> twin_table({"steady": [{"run": 1, "share": 0.008, "twin_share": 0.006, "throughput_bytes_per_second": 180e6,
-        ...     "twin_throughput_bytes_per_second": 200e6, "vs_twin": 0.9, "overlap_seconds": 75.0,
-        ...     "reading": "met both"}]})[1].split()[:6]
-        ['steady', '1', '0.80%', '0.60%', '0.90', '75']
-    """
-    def pct(x):
-        return "n/a" if x is None else f"{x:.2%}"
-    rows = [f"{'plant':12} {'run':>3} {'law share':>10} {'twin share':>10} {'law/twin':>8} {'overlap s':>9}  reading"]
-    for name, runs in pairs.items():
-        for r in runs:
-            ratio = "n/a" if r["vs_twin"] is None else f"{r['vs_twin']:.2f}"
-            overlap = "n/a" if r["overlap_seconds"] is None else f"{r['overlap_seconds']:.0f}"
-            rows.append(f"{name:12} {r['run']:>3} {pct(r['share']):>10} {pct(r['twin_share']):>10} {ratio:>8} "
-                        f"{overlap:>9}  {r['reading']}")
-    return rows
-
-
 # Mooncake's own (glog) lines, e.g. "E1202 01:35:23.551600 22325 tcp_transport_session_impl.h:651] ...": reads cut
 # off when a plant stops its fleet under running forks. Kept in qos-battery.json, not relayed to the terminal.
 _GLOG_LINE = re.compile(r"^([EWIF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|WARNING: Logging before InitGoogleLogging)")
@@ -288,14 +192,6 @@ def run_battery(args: argparse.Namespace) -> int:
         return 2
     gpu = "gpu-decode" if args.gpu else None
     compare = getattr(args, "compare", None)
-    twin = getattr(args, "twin", False)
-    if twin and compare is not None:
-        print("bench.qos_battery: error: --twin and --compare each take the b arm; give one", file=sys.stderr)
-        return 2
-    if twin and "--fixed-at-oracle" in args.bench_args:
-        print("bench.qos_battery: error: --twin makes the control arm itself; drop --fixed-at-oracle after --",
-              file=sys.stderr)
-        return 2
     if compare is not None:
         reason = tuning_error(compare) or (
             "--compare sets the b arm's --throttle-tuning; do not also pass --throttle-tuning after --"
@@ -318,14 +214,16 @@ def run_battery(args: argparse.Namespace) -> int:
             print(f"bench.qos_battery: error: --gpu: {exc}", file=sys.stderr)
             return 2
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    arms, gpu_arms = battery_arms(plants, gpu, compare, twin)
+    # Each arm: (its name, the plant it runs, the b arm's tuning or None).
+    arms = [(name, name, None) for name in plants] + ([(f"{n}-b", n, compare) for n in plants] if compare else [])
+    gpu_arms = ([(gpu, gpu, None)] + ([(f"{gpu}-b", gpu, compare)] if compare else [])) if gpu else []
     try:
         cores, warnings = assign_cores(cpus, [a[0] for a in arms], args.cores_per_plant,
                                        [a[0] for a in gpu_arms] or None)
     except BatteryError as exc:
         print(f"bench.qos_battery: error: {exc}", file=sys.stderr)
         return 2
-    if (compare or twin) and gpu:
+    if compare and gpu:
         warnings.append("both arms of gpu-decode decode on the one GPU: each sees the other's load")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,13 +243,13 @@ def run_battery(args: argparse.Namespace) -> int:
     output: dict[str, list[str]] = {}
     relays = []
     every = [a[0] for a in arms + gpu_arms]
-    for i, (name, plant, tuning, extra) in enumerate(arms + gpu_arms):
+    for i, (name, plant, tuning) in enumerate(arms + gpu_arms):
         cmd = [sys.executable, "-m", "bench.qos_bench", "--json", str(out / f"qos-{name}.json"),
                "--cpus", ",".join(map(str, cores[name])), *port_argv(args, i),
                "--log-dir", str(logs / name), "--tag-lines", "--deadline-seconds",
                str(max(args.deadline_seconds - 5.0, 1.0)), *plant_argv(plant, args),
-               *(["--throttle-tuning", tuning] if tuning else []), *extra]
-        if name != plant:
+               *(["--throttle-tuning", tuning] if tuning else [])]
+        if tuning:
             cmd += ["--tag", name]
         print(f"battery: {name} on CPUs {cores[name]}: {' '.join(cmd[1:])}", flush=True)
         # Its own session: a Ctrl-C here reaches it once, through us, and it stops its own fleet.
@@ -394,8 +292,7 @@ def run_battery(args: argparse.Namespace) -> int:
     summary = {"plants": {}, "battery": {
         "plants": every, "runs": args.runs, "quick": args.quick, "cores": cores, "warnings": warnings,
         "wall_seconds": time.monotonic() - started, "deadline_seconds": args.deadline_seconds,
-        "cpu_count": len(cpus), "interrupted": interrupted, "compare": compare, "twin": twin}}
-    results: dict[str, dict] = {}
+        "cpu_count": len(cpus), "interrupted": interrupted, "compare": compare}}
     for name in every:
         path = out / f"qos-{name}.json"
         code = children[name].returncode
@@ -406,7 +303,6 @@ def run_battery(args: argparse.Namespace) -> int:
             result = None
             entry["error"] = f"no result ({exc.__class__.__name__}); last lines: " + " | ".join(output[name][-5:])
         if result:
-            results[name] = result
             entry.update({k: result.get(k) for k in (
                 "summary", "every_run_met_every_goal", "runs_completed", "runs_skipped", "slo_itl_seconds",
                 "slo_choice", "load_description", "oracle_rate_per_seed_bytes_per_second", "oracle_bytes_per_second")})
@@ -433,10 +329,6 @@ def run_battery(args: argparse.Namespace) -> int:
     summary["table"] = goal_table(summary["plants"])
     if compare:
         summary["compare_table"] = compare_table(summary["plants"])
-    if twin:
-        summary["twin_runs"] = {n: twin_rows(results[n], results[f"{n}-twin"]) for n in every
-                                if n in results and f"{n}-twin" in results}
-        summary["twin_table"] = twin_table(summary["twin_runs"])
     (out / "qos-battery.json").write_text(json.dumps(summary, indent=1, default=str))
     try:
         plot_goals(summary, str(out / "qos-battery.png"))
@@ -453,11 +345,7 @@ def run_battery(args: argparse.Namespace) -> int:
     if compare:
         print(f"\n== a: as the agents default; b: --throttle-tuning {compare} ==")
         print("\n".join(summary["compare_table"]))
-    if twin:
-        print("\n== each run of the law beside its twin (the oracle's fixed rate, same minutes, seeds of its own) ==")
-        print("\n".join(summary["twin_table"]))
-    # The twins are controls: their goals are not the law's.
-    every_met = all(e.get("every_run_met_every_goal") for n, e in summary["plants"].items() if not n.endswith("-twin"))
+    every_met = all(e.get("every_run_met_every_goal") for e in summary["plants"].values())
     print("every goal in every run of every plant: " + ("MET" if every_met else "NOT MET"))
     return 130 if interrupted else (0 if every_met else 1)
 
@@ -568,10 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, metavar="FIELD=VALUE,...",
                    help="also run every plant as <plant>-b with the agents' --throttle-tuning FIELD=VALUE,..., "
                         "side by side on CPUs of its own: two laws on one host at one time")
-    p.add_argument("--twin", action="store_true",
-                   help="also run every plant as <plant>-twin, side by side on CPUs of its own, its throttled "
-                        "phases at its oracle's fixed rate: what that rate did in the same minutes as the law "
-                        "(a host whose speed moves judges an oracle measured at other minutes)")
     p.add_argument("--estimate", action="store_true",
                    help="print how long each plant would take with these flags (and how many runs fit the "
                         "deadline), start nothing")
@@ -649,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.deadline_seconds > 0 and math.isfinite(args.deadline_seconds)):
         print(f"bench.qos_battery: error: --deadline-seconds must be > 0, got {args.deadline_seconds}", file=sys.stderr)
         return 2
-    arms = 10 if args.compare is not None or args.twin else 5  # every plant, and with --compare/--twin each twice
+    arms = 10 if args.compare is not None else 5  # every plant, and with --compare each twice
     if args.port_base is not None and not 1024 <= args.port_base <= 65535 - PORTS_PER_PLANT * arms:
         print(f"bench.qos_battery: error: --port-base must be 1024..{65535 - PORTS_PER_PLANT * arms} ({arms} "
               f"plants take {PORTS_PER_PLANT} ports each from it), got {args.port_base}", file=sys.stderr)

@@ -147,11 +147,6 @@ class QosBenchOptions:
     other minutes than the throttled phase (v12, docs/benchmarks.md: the cap missed at 1.97 % in a
     probe right after a phase where the law moved 89 MB/s a seed at 0.47 %); ``seed_speed_vs_calibration``
     says whether the host held, at no cost."""
-    fixed_at_oracle: bool = False
-    """The throttled phase (and the phases after it) hold the shared oracle's fixed rate (the cap: the
-    throttle off; no oracle: the floor) instead of the adaptive law: the control arm of a battery's
-    ``--twin``, which says what the oracle's rate did to its seeds in the same minutes as the law beside
-    it. Its reaction checks (spike cut, idle to cap) do not apply."""
     run_baseline_seconds: float = 15.0
     """A no-transfer block before each run's throttled phase: the seed's latency just then, and what
     each agent watched of its loaded seed before the fork (an agent beside a serving seed has watched
@@ -831,9 +826,6 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
     with Fleet(_fleet_spec(options, plant)) as fleet:
         observer = Observer(fleet, time.monotonic(), say=say)
         result["log_dir"] = str(fleet.log_dir)
-        # Every time in the result is seconds from this instant of the host's monotonic clock: a battery
-        # aligns its arms' phases with it (bench.qos_battery --twin).
-        result["t0_monotonic_seconds"] = observer.t0
         driver = ForkDriver(fleet, observer, options.fork_streams, options.chunk_size, options.device)
         observer.start()
         observer.set_load(load)
@@ -1045,14 +1037,9 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     # minutes after the SLO and the oracle were measured) moves the seeds alone toward their SLO.
     speed = [a / c if c > 0 else None for a, c in zip(adjacent.tokens_per_second(), calibration.tokens_per_second())]
 
-    # C. adaptive, from scratch (the control arm: the oracle's fixed rate).
+    # C. adaptive, from scratch.
     observer.phase = f"throttled-{k}"
-    if not options.fixed_at_oracle:
-        observer.put_throttle(mode="adaptive", slo_itl_seconds=slo)
-    elif oracle_rate is not None and oracle_rate >= cap:
-        observer.put_throttle(mode="off")
-    else:
-        observer.put_throttle(mode="fixed", rate_bytes_per_second=oracle_rate or options.oracle_floor_fraction * cap)
+    observer.put_throttle(mode="adaptive", slo_itl_seconds=slo)
     whole_start_bytes, whole_start = observer.landed(), observer.now()
     time.sleep(options.throttled_ramp_seconds)
     throttled = observer.measure(f"C throttled (run {k})", options.throttled_measure_seconds,
@@ -1100,7 +1087,6 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
 
     run = {
         "run": k,
-        "control": "fixed at the oracle" if options.fixed_at_oracle else "adaptive",
         "slo_itl_seconds": slo, "slo_budget": options.slo_budget,
         "cap_aggregate_bytes_per_second": cap * options.seeds,
         "itl_p99_baseline_seconds": baseline.p99,
@@ -1160,8 +1146,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
                               spike_cut_max_seconds=TARGETS["spike_cut_max_seconds"],
                               idle_cap_fraction=TARGETS["idle_cap_fraction"],
                               idle_max_seconds=TARGETS["idle_to_cap_max_seconds"],
-                              shared_oracle_throughput=oracle["throughput_bytes_per_second"],
-                              control=options.fixed_at_oracle)
+                              shared_oracle_throughput=oracle["throughput_bytes_per_second"])
     worst = throttled.worst_estimate()
     if worst is not None:
         say(f"  run {k}: throttled {format_rate(throttled.throughput)} "
@@ -1372,9 +1357,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "windows (default 30; 4, read whole, with --quick)")
     p.add_argument("--throttled-seconds", type=float, default=None,
                    help="seconds each run's throttled phase is measured, after its ramp (default 20)")
-    p.add_argument("--fixed-at-oracle", action="store_true",
-                   help="the throttled phases hold the oracle's fixed rate instead of the adaptive law: the "
-                        "control arm of bench.qos_battery --twin")
     p.add_argument("--run-oracle-probes", type=int, default=None,
                    help="fixed-rate probes beside every run, from the shared oracle: each run is judged "
                         "against the best that met (default 0: the shared oracle; 1 with --quick); each "
@@ -1463,7 +1445,6 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None, device=device,
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
-        fixed_at_oracle=args.fixed_at_oracle,
     )
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
                         ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),

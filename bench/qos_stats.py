@@ -284,8 +284,7 @@ class Check:
 
 def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | None,
               spike_cut_max_seconds: float = 1.0, idle_cap_fraction: float = 0.95,
-              idle_max_seconds: float = 5.0, shared_oracle_throughput: float | None = None,
-              control: bool = False) -> dict:
+              idle_max_seconds: float = 5.0, shared_oracle_throughput: float | None = None) -> dict:
     """Issue #16's goals for one run (plus issue #3's as context), each as ``Check.as_dict()``.
 
     ``run`` holds the run's measurements under the names ``bench/qos_bench.py``
@@ -294,8 +293,6 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
     time that never came within its window (None) is a miss. ``oracle_throughput``
     is the run's own oracle where it was probed beside the run; the shared one
     (``shared_oracle_throughput``, measured before the runs) is kept as context.
-    ``control``: the run held a fixed rate (a battery's ``--twin`` arm); nothing reacted, so the
-    reaction goals (spike cut, idle to cap, and issue #3's spike and recovery) are not judged.
 
         >>> r = {"throttled_share_above_slo": 0.008, "throttled_ttft_share_above_slo": None,
         ...      "throughput_throttled_bytes_per_second": 90e6, "spike_cut_seconds": 0.6,
@@ -335,9 +332,6 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         "spike_reaction_seconds": Check(run.get("spike_reaction_seconds"), "<= 3", False, missing_is_a_miss=True),
         "recovery_seconds": Check(run.get("recovery_seconds"), "<= 20", False, missing_is_a_miss=True),
     }
-    if control:
-        for name in ("spike_cut_seconds", "idle_to_cap_seconds", "spike_reaction_seconds", "recovery_seconds"):
-            checks[name] = Check(None, checks[name].target, checks[name].issue_target)
     return {name: c.as_dict() for name, c in checks.items()}
 
 

@@ -1,6 +1,5 @@
 """`python -m bench.qos_battery` end to end, in miniature: one plant, one run, the real fleet and agents,
-with ``--twin`` (the plant as the agents default to, and ``steady-twin`` beside it at its oracle's fixed
-rate; ``--compare``'s b arm differs only in its flags: ``battery_arms``'s doctest).
+in both arms of ``--compare`` (the plant as the agents default to, and ``steady-b`` with another tuning).
 
 What is checked is the mechanics (the files, the JSON layout, an oracle probed and shared by the runs,
 per-run checks and their min/median/max, the A/B table), not the goals: on a busy 2-core machine they are
@@ -26,7 +25,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(tmp_path, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("battery-tmpdir")  # its TMPDIR: where the plants' logs go while it runs
     argv = [sys.executable, "-m", "bench.qos_battery", "--plants", "steady", "--runs", "1", "--out", str(tmp_path),
-            "--cores-per-plant", "2", "--quick", "--deadline-seconds", "200", "--twin",
+            "--cores-per-plant", "2", "--quick", "--deadline-seconds", "200", "--compare", "plan_seconds=30",
             "--", "--seeds", "1", "--concurrency", "8", "--oracle-probes", "2", "--oracle-probe-seconds", "2",
             "--throttled-seconds", "2"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=280,
@@ -34,11 +33,11 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: a goal missed, expected here
     assert list(scratch.iterdir()) == []  # every plant ran through: no logs left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady-twin.json", "qos-steady.json"
+        "qos-battery-series.png", "qos-battery.json", "qos-battery.png", "qos-steady-b.json", "qos-steady.json"
     ], done.stdout[-3000:]
-    assert "[steady]   C throttled (run 1)" in done.stdout and "[steady-twin]   C throttled (run 1)" in done.stdout
+    assert "[steady]   C throttled (run 1)" in done.stdout and "[steady-b]   C throttled (run 1)" in done.stdout
     assert "== qos battery: 2 plants x 1 runs" in done.stdout
-    assert "== each run of the law beside its twin" in done.stdout
+    assert "== a: as the agents default; b: --throttle-tuning plan_seconds=30 ==" in done.stdout
 
     result = json.loads((tmp_path / "qos-steady.json").read_text())
     assert result["plant"]["name"] == "steady" and result["runs_completed"] == 1 and len(result["runs"]) == 1
@@ -90,26 +89,16 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert tailed and all(len(s["itl_tokens_above"][0]) == len(bounds) and s["itl_mean_seconds"][0] > 0
                           and s["itl_tokens_above"][0][0] <= s["itl_tokens"][0] for s in tailed)
 
-    # The twin: the same plant beside arm a on the same host, its throttled phase at its own oracle's
-    # fixed rate, not judged on reactions it cannot have.
-    twin = json.loads((tmp_path / "qos-steady-twin.json").read_text())
-    assert twin["plant"]["name"] == "steady" and twin["runs_completed"] == 1
-    assert twin["options"]["fixed_at_oracle"] is True and result["options"]["fixed_at_oracle"] is False
-    (twin_run,) = twin["runs"]
-    assert twin_run["control"] == "fixed at the oracle" and result["runs"][0]["control"] == "adaptive"
-    assert twin_run["checks"]["spike_cut_seconds"]["met"] is None
-    start, end = twin_run["phases"]["C throttled (run 1)"]
-    modes = {m for s in twin["time_series"] if start + 1 <= s["t"] <= end for m in s["modes"]}
-    assert modes and modes <= {"fixed", "off"}  # the agents paced a fixed rate (or the cap) the whole phase
+    # The b arm: the same plant, its agents told the tuning, run beside arm a on the same host.
+    b = json.loads((tmp_path / "qos-steady-b.json").read_text())
+    assert b["plant"]["name"] == "steady" and b["runs_completed"] == 1
+    assert b["options"]["throttle_tuning"] == "plan_seconds=30" and not result["options"].get("throttle_tuning")
 
     battery = json.loads((tmp_path / "qos-battery.json").read_text())
-    assert battery["battery"]["twin"] is True and battery["battery"]["compare"] is None
-    (row,) = battery["twin_runs"]["steady"]
-    assert row["run"] == 1 and row["share"] == result["runs"][0]["throttled_share_above_slo"]
-    assert row["twin_share"] == twin_run["throttled_share_above_slo"] and row["overlap_seconds"] > 0
-    assert battery["twin_table"][1].split()[:2] == ["steady", "1"]
-    # The twin is a control: the exit status is the law's arm's.
-    assert done.returncode == battery["plants"]["steady"]["exit_code"]
+    assert battery["battery"]["compare"] == "plan_seconds=30"
+    assert [row.split()[:2] for row in battery["compare_table"][1:3]] == [
+        ["steady", "throttled_share_above_slo"], ["steady", "throttled_vs_oracle"]]
+    assert done.returncode == max(battery["plants"][arm]["exit_code"] for arm in ("steady", "steady-b"))
     assert battery["plants"]["steady"]["summary"] == result["summary"]
     assert any(row.startswith("steady") for row in battery["table"])
     assert battery["plants"]["steady"]["signal_table"][0].startswith("| seed | rate MB/s |")

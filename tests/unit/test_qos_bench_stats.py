@@ -322,8 +322,6 @@ def test_the_gpu_plant_without_cuda_is_one_line(capsys):
     (["--plants", "steady", "--compare", " "], "--compare: give FIELD=VALUE"),
     (["--plants", "steady", "--compare", "plan_seconds=30", "--", "--throttle-tuning", "plan_seconds=5"],
      "do not also pass --throttle-tuning after --"),
-    (["--plants", "steady", "--compare", "plan_seconds=30", "--twin"], "--twin and --compare each take the b arm"),
-    (["--plants", "steady", "--twin", "--", "--fixed-at-oracle"], "drop --fixed-at-oracle after --"),
 ])
 def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
     assert qos_battery.main(["--out", str(tmp_path)] + argv) == 2
@@ -534,29 +532,3 @@ def test_each_run_probes_its_own_oracle_from_the_shared_one(shared, shared_misse
     assert [round(p.rate, 2) for p in probes] == probed
     got, _ = oracle_from(probes)
     assert (None if got is None else round(got, 2)) == oracle
-
-
-def test_a_twin_run_is_judged_as_a_control():
-    run = {"throttled_share_above_slo": 0.008, "throughput_throttled_bytes_per_second": 200e6, "spike_cut_seconds": None,
-           "idle_to_cap_seconds": None, "spike_reaction_seconds": None, "recovery_seconds": None}
-    law = qos_stats.judge_run(run, 0.01, 100e6, 200e6)
-    control = qos_stats.judge_run(run, 0.01, 100e6, 200e6, control=True)
-    # A fixed rate never cuts nor climbs: the law would miss both; the control is not judged on them.
-    assert law["spike_cut_seconds"]["met"] is False and law["idle_to_cap_seconds"]["met"] is False
-    for name in ("spike_cut_seconds", "idle_to_cap_seconds", "spike_reaction_seconds", "recovery_seconds"):
-        assert control[name]["met"] is None
-    assert control["throttled_share_above_slo"]["met"] is True and control["throttled_vs_oracle"]["value"] == 1.0
-    assert qos_stats.all_met(control) and not qos_stats.all_met(law)
-
-
-def test_twin_rows_skip_runs_the_twin_lacks_and_say_why_a_run_cannot_be_read():
-    law = {"t0_monotonic_seconds": 10.0, "slo_budget": 0.01, "runs": [
-        {"run": 1, "throttled_share_above_slo": None, "throughput_throttled_bytes_per_second": 1e6,
-         "phases": {"C throttled (run 1)": [5.0, 85.0]}},
-        {"run": 2, "throttled_share_above_slo": 0.005, "throughput_throttled_bytes_per_second": 1e6,
-         "phases": {"C throttled (run 2)": [100.0, 180.0]}}]}
-    twin = {"t0_monotonic_seconds": 0.0, "runs": [
-        {"run": 1, "throttled_share_above_slo": 0.004, "throughput_throttled_bytes_per_second": 2e6,
-         "phases": {"C throttled (run 1)": [200.0, 280.0]}}]}
-    (row,) = qos_battery.twin_rows(law, twin)
-    assert row["run"] == 1 and row["reading"] == "no share" and row["overlap_seconds"] == 0.0 and row["vs_twin"] == 0.5

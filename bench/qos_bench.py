@@ -207,7 +207,7 @@ def seed_alone_high(blocks: list[WindowHistogram], bound: float) -> float:
         >>> round(seed_alone_high(swinging, 0.02), 4)                    # 0.5 % too, in blocks of 0 and 1 %
         0.0107
     """
-    estimate = block_share_interval([(tokens_above(w, (bound,))[0], observations(w)) for w in blocks])
+    estimate = block_share_interval(slow_and_tokens(blocks, bound))
     return 1.0 if estimate is None or estimate.blocks < 2 else estimate.high
 
 
@@ -642,6 +642,15 @@ def tokens_above(w: WindowHistogram, bounds: tuple[float, ...]) -> list[float]:
     return [n - w.cumulative[i] if (i := bisect.bisect_right(w.bounds, b) - 1) >= 0 else n for b in bounds]
 
 
+def slow_and_tokens(windows: list[WindowHistogram], bound: float) -> list[tuple[float, float]]:
+    """(tokens over ``bound``, tokens) of each window: the blocks ``block_share_interval`` takes.
+
+        >>> slow_and_tokens([WindowHistogram((0.01, 0.02, math.inf), (70.0, 95.0, 100.0))], 0.02)
+        [(5.0, 100.0)]
+    """
+    return [(tokens_above(w, (bound,))[0], observations(w)) for w in windows]
+
+
 def share_estimate(w: WindowHistogram | None, slo: float, blocks: list[tuple[float, float]]) -> ShareEstimate | None:
     """The phase's share of tokens over ``slo`` (exact, from its window) with the interval from its seconds.
 
@@ -866,10 +875,8 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         observer.slo = slo
         observer.tail_bounds = tail_bounds(baseline.itl.bounds, slo)
         # The per-second samples had no SLO to count over during the baseline: its windows give the interval.
-        baseline.shares = [
-            share_estimate(w, slo, [(tokens_above(b, (slo,))[0], observations(b)) for p in parts for b in p.blocks[i]]
-                           if blocks else [])
-            for i, w in enumerate(baseline.per_seed)]
+        baseline.shares = [share_estimate(w, slo, slow_and_tokens(baseline.blocks[i], slo) if blocks else [])
+                           for i, w in enumerate(baseline.per_seed)]
 
         # S. the oracle: the cap (throttle off), then bisection on the rate.
         probes: list[Probe] = []
@@ -883,7 +890,6 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             probes.append(Probe(rate, entry["met_slo"]))
             probe_results[rate] = r
             sweep.append(entry)
-        observer.set_load(load)
         oracle_rate, (low, high) = oracle_from(probes)
         oracle_phase = probe_results.get(oracle_rate) if oracle_rate is not None else None
         unthrottled = probe_results[cap]

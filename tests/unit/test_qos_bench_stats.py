@@ -408,6 +408,14 @@ def test_a_baseline_measured_one_load_at_a_time_reports_as_one_phase():
     assert merged.fraction_above(0.02) == 70.0 / 4000.0 and merged.cpu_busy == pytest.approx(0.7)
     one = part(0.0, 10.0, 0.0, 0.1)
     assert qos_bench.merge_phases("x", [one]) is one
+    assert merged.blocks == []  # parts measured whole keep no windows
+    # Parts read in windows: the merged phase holds each seed's windows of every part, in order (the
+    # baseline's per-seed interval is computed over them).
+    first, second = part(0.0, 1000.0, 10.0, 0.5), part(11.0, 3000.0, 60.0, 0.9)
+    first.blocks, second.blocks = [[first.itl], []], [[second.itl], [second.itl]]
+    windowed = qos_bench.merge_phases("A baseline", [first, second])
+    assert windowed.blocks == [[first.itl, second.itl], [second.itl]]
+    assert qos_bench.slow_and_tokens(windowed.blocks[0], 0.02) == [(10.0, 1000.0), (60.0, 3000.0)]
 
 
 def test_no_bound_leaving_the_transfer_room_is_a_bench_error():

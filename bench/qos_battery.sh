@@ -47,7 +47,7 @@ follow() {  # wait for the detached battery to end (or WAIT_SECONDS), then copy 
   while [ ! -e "$DETACHED/exit" ] && [ "$waited" -lt "$WAIT_SECONDS" ]; do sleep 10; waited=$((waited + 10)); done
   tail -n 40 "$DETACHED/log"
   # The device returns at most 8 files: everything in one archive, the summary and its plot beside it.
-  tar -czf "$OUT/battery.tar.gz" -C "$DETACHED" out log
+  tar -czf "$OUT/battery.tar.gz" -C "$DETACHED" out log host.log
   cp "$DETACHED"/out/qos-battery.json "$DETACHED"/out/qos-battery.png "$OUT"/ 2>/dev/null
   if [ -e "$DETACHED/exit" ]; then echo "== battery ended: exit $(cat "$DETACHED/exit")"; exit "$(cat "$DETACHED/exit")"; fi
   echo "== battery still running after ${WAIT_SECONDS}s: call again with --collect"
@@ -58,6 +58,12 @@ case "${1:-}" in
   --detach)
     shift
     rm -rf "$DETACHED" && mkdir -p "$DETACHED/out"
+    # The host beside the battery, every 5 s until it ends: /proc/stat's cpu line (its 8th number is the time
+    # a neighbour on the hypervisor took), the load average, the CPUs' mean MHz and the GPU's SM clock, temperature and power.
+    # v12's seeds slowed 12-43 % at an unchanged busy share; this says whether steal, clocks or heat moved.
+    setsid bash -c 'while [ ! -e "$0/exit" ]; do
+        echo "t=$(date +%s) $(head -n1 /proc/stat) load=$(cut -d" " -f1-3 /proc/loadavg) mhz=$(awk "/cpu MHz/{s+=\$4;n++}END{if(n)printf \"%.0f\",s/n}" /proc/cpuinfo) gpu=$(nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw --format=csv,noheader,nounits 2>/dev/null | head -n1 | tr -d " ")"
+        sleep 5; done >> "$0/host.log" 2>/dev/null' "$DETACHED" < /dev/null &
     setsid bash -c 'python3 -m bench.qos_battery --out "$0/out" "$@" > "$0/log" 2>&1; echo $? > "$0/exit"' \
       "$DETACHED" "$@" < /dev/null &
     follow ;;

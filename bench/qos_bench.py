@@ -48,6 +48,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 
 import httpx
 
@@ -367,6 +368,8 @@ class PhaseResult:
     """Seconds actually measured; None: end - start."""
     cpu_busy: float = math.nan
     """Share of the host's CPU time that was busy during the phase (NaN where /proc/stat is missing)."""
+    cpu_steal: float = math.nan
+    """Share of it the hypervisor gave to others while this VM had work (part of ``cpu_busy``)."""
     per_seed_ttft: list[WindowHistogram | None] = field(default_factory=list)
     shares: list[ShareEstimate | None] = field(default_factory=list)
     """Per seed: the share of tokens over the SLO with its interval over the phase's seconds (once the SLO is set)."""
@@ -576,7 +579,8 @@ class Observer:
         good = [w for w in itl if w is not None]
         result = PhaseResult(name, start, end, bytes1 - bytes0, pool(good) if good else None,
                              [quantile(w, 0.99) if w is not None else math.nan for w in itl], itl,
-                             cpu_busy=_busy_share(cpu0, cpu1), per_seed_ttft=ttft)
+                             cpu_busy=_busy_share(cpu0, cpu1), cpu_steal=_steal_share(cpu0, cpu1),
+                             per_seed_ttft=ttft)
         if block_seconds:
             result.blocks = [[w for a, b in zip(marks, marks[1:])
                               if a[i][0] is not None and b[i][0] is not None
@@ -593,9 +597,10 @@ class Observer:
         share = "" if worst is None else (f"; worst seed {worst.share:.2%} over the SLO "
                                           f"(95% CI {worst.low:.2%}-{worst.high:.2%}, {worst.blocks} s)")
         tps = "/".join(f"{t:.0f}" for t in result.tokens_per_second())
+        steal = f" ({result.cpu_steal:.1%} stolen)" if result.cpu_steal >= 0.001 else ""
         self.say(f"  {name:30} ITL p99 {result.p99 * 1000:6.1f} ms (per seed "
                  f"{', '.join(f'{p * 1000:.1f}' for p in per_seed)}), {tps} tokens/s a seed; "
-                 f"fork {format_rate(result.throughput)}; CPU {result.cpu_busy:.0%} busy{share}")
+                 f"fork {format_rate(result.throughput)}; CPU {result.cpu_busy:.0%} busy{steal}{share}")
 
 
 def merge_phases(name: str, parts: list[PhaseResult]) -> PhaseResult:
@@ -610,11 +615,16 @@ def merge_phases(name: str, parts: list[PhaseResult]) -> PhaseResult:
     seeds = len(parts[0].per_seed)
     per_seed = [pooled([p.per_seed[i] for p in parts]) for i in range(seeds)]
     seconds = sum(p.seconds for p in parts)
-    busy = [(p.cpu_busy, p.seconds) for p in parts if not math.isnan(p.cpu_busy)]
+
+    def weighted(values: list[tuple[float, float]]) -> float:
+        known = [(v, t) for v, t in values if not math.isnan(v)]
+        return sum(v * t for v, t in known) / sum(t for _, t in known) if known else math.nan
+
     return PhaseResult(
         name, parts[0].start, parts[-1].end, sum(p.bytes for p in parts), pooled([p.itl for p in parts]),
         [quantile(w, 0.99) if w is not None else math.nan for w in per_seed], per_seed, measured_seconds=seconds,
-        cpu_busy=sum(b * t for b, t in busy) / sum(t for _, t in busy) if busy else math.nan,
+        cpu_busy=weighted([(p.cpu_busy, p.seconds) for p in parts]),
+        cpu_steal=weighted([(p.cpu_steal, p.seconds) for p in parts]),
         per_seed_ttft=[pooled([p.per_seed_ttft[i] for p in parts if i < len(p.per_seed_ttft)]) for i in range(seeds)],
         blocks=[[w for p in parts if i < len(p.blocks) for w in p.blocks[i]] for i in range(seeds)]
         if any(p.blocks for p in parts) else [])
@@ -669,21 +679,35 @@ def share_estimate(w: WindowHistogram | None, slo: float, blocks: list[tuple[flo
     return ShareEstimate(share, estimate.low, estimate.high, tokens, estimate.blocks, naive_low, naive_high)
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat; None off Linux."""
+class CpuTimes(NamedTuple):
+    """Jiffies of all CPUs, from /proc/stat's first line."""
+    busy: int
+    total: int
+    steal: int
+    """Time the hypervisor ran something else while this VM had work: a neighbour on the host, not us."""
+
+
+def _cpu_times() -> CpuTimes | None:
+    """All CPUs' jiffies from /proc/stat; None off Linux."""
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    return CpuTimes(sum(fields) - idle, sum(fields), fields[7] if len(fields) > 7 else 0)
 
 
-def _busy_share(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float:
-    if a is None or b is None or b[1] <= a[1]:
+def _busy_share(a: CpuTimes | None, b: CpuTimes | None) -> float:
+    if a is None or b is None or b.total <= a.total:
         return math.nan
-    return (b[0] - a[0]) / (b[1] - a[1])
+    return (b.busy - a.busy) / (b.total - a.total)
+
+
+def _steal_share(a: CpuTimes | None, b: CpuTimes | None) -> float:
+    if a is None or b is None or b.total <= a.total:
+        return math.nan
+    return (b.steal - a.steal) / (b.total - a.total)
 
 
 class ForkDriver:
@@ -805,6 +829,7 @@ def _phase_figures(p: PhaseResult, slo: float | None) -> dict:
         "itl_fraction_above_slo": p.fraction_above(slo) if slo else None,
         "share_above_slo_per_seed": [s.as_dict() if s else None for s in p.shares],
         "worst_seed_share_above_slo": p.worst_share(), "cpu_busy_share": p.cpu_busy,
+        "cpu_steal_share": p.cpu_steal,
     }
 
 
@@ -1119,6 +1144,11 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "cpu_busy_share": {
             "baseline": baseline.cpu_busy, "unthrottled": unthrottled.cpu_busy,
             "baseline_before_throttled": adjacent.cpu_busy, "throttled": throttled.cpu_busy, "idle": idle.cpu_busy,
+        },
+        # The share of CPU time a neighbour on the host took from this VM (part of the busy share above).
+        "cpu_steal_share": {
+            "baseline": baseline.cpu_steal, "baseline_before_throttled": adjacent.cpu_steal,
+            "throttled": throttled.cpu_steal, "idle": idle.cpu_steal,
         },
         "itl_p99_per_seed_seconds": {
             "baseline": baseline.per_seed_p99, "unthrottled": unthrottled.per_seed_p99,

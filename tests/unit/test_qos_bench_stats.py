@@ -396,16 +396,21 @@ def test_a_baseline_measured_one_load_at_a_time_reports_as_one_phase():
 
     b = (0.02, math.inf)
 
-    def part(start, n, slow, busy):
+    def part(start, n, slow, busy, steal=math.nan):
         w = WindowHistogram(b, (n - slow, n), 0.01 * n)
         return qos_bench.PhaseResult("part", start, start + 10.0, 1000, w, [0.0, 0.0], [w, None], cpu_busy=busy,
-                                     per_seed_ttft=[None, None])
+                                     cpu_steal=steal, per_seed_ttft=[None, None])
 
     merged = qos_bench.merge_phases("A baseline", [part(0.0, 1000.0, 10.0, 0.5), part(11.0, 3000.0, 60.0, 0.9)])
     assert merged.name == "A baseline" and (merged.start, merged.end, merged.seconds) == (0.0, 21.0, 20.0)
     assert merged.bytes == 2000 and observations(merged.itl) == 4000.0 and merged.itl.sum == 40.0
     assert merged.per_seed[1] is None and merged.per_seed_ttft == [None, None]
     assert merged.fraction_above(0.02) == 70.0 / 4000.0 and merged.cpu_busy == pytest.approx(0.7)
+    assert math.isnan(merged.cpu_steal)  # not measured (off Linux): unknown, not 0
+    # Stolen time weighs by seconds like the busy share; a part without it does not count as none stolen.
+    stolen = qos_bench.merge_phases("A", [part(0.0, 10.0, 0.0, 0.5, 0.01), part(11.0, 10.0, 0.0, 0.5, 0.04),
+                                          part(22.0, 10.0, 0.0, 0.5)])
+    assert stolen.cpu_steal == pytest.approx(0.025)
     one = part(0.0, 10.0, 0.0, 0.1)
     assert qos_bench.merge_phases("x", [one]) is one
     assert merged.blocks == []  # parts measured whole keep no windows
@@ -540,3 +545,14 @@ def test_each_run_probes_its_own_oracle_from_the_shared_one(shared, shared_misse
     assert [round(p.rate, 2) for p in probes] == probed
     got, _ = oracle_from(probes)
     assert (None if got is None else round(got, 2)) == oracle
+
+
+def test_the_cpu_times_split_out_what_the_hypervisor_stole():
+    now = qos_bench._cpu_times()
+    if now is None:
+        pytest.skip("no /proc/stat here")
+    assert 0 <= now.steal <= now.busy <= now.total
+    later = qos_bench.CpuTimes(now.busy + 30, now.total + 100, now.steal + 5)
+    assert qos_bench._busy_share(now, later) == pytest.approx(0.3)
+    assert qos_bench._steal_share(now, later) == pytest.approx(0.05)
+    assert math.isnan(qos_bench._steal_share(now, now)) and math.isnan(qos_bench._steal_share(None, later))

@@ -1145,7 +1145,9 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
             "baseline": baseline.cpu_busy, "unthrottled": unthrottled.cpu_busy,
             "baseline_before_throttled": adjacent.cpu_busy, "throttled": throttled.cpu_busy, "idle": idle.cpu_busy,
         },
-        # The share of CPU time a neighbour on the host took from this VM (part of the busy share above).
+        # The share of CPU time a neighbour on the host took from this VM (part of the busy share above);
+        # host_steal_share: the throttled phase's, checked (context) as the run's host marker.
+        "host_steal_share": _finite(throttled.cpu_steal),
         "cpu_steal_share": {
             "baseline": baseline.cpu_steal, "baseline_before_throttled": adjacent.cpu_steal,
             "throttled": throttled.cpu_steal, "idle": idle.cpu_steal,
@@ -1191,7 +1193,8 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
             f"{'-' if cut is None else f'{cut:.2f} s'}, idle to 0.95 cap "
             f"{'-' if idle_to_cap is None else f'{idle_to_cap:.1f} s'}; the seeds alone (their agents' last "
             f"60 s without reads) {_shares_text(run['throttled_seed_alone_share_per_seed'])}, "
-            f"at {'/'.join('-' if x is None else f'{x:.2f}' for x in speed)}x their calibration's tokens/s")
+            f"at {'/'.join('-' if x is None else f'{x:.2f}' for x in speed)}x their calibration's tokens/s"
+            + ("" if math.isnan(throttled.cpu_steal) else f", {throttled.cpu_steal:.2%} of the CPU time stolen"))
     return run
 
 

@@ -111,7 +111,7 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
         if not summary:
             rows.append(f"{name:12} {'(no run completed)':28}")
             continue
-        for goal in GOALS + ("throttled_ttft_share_above_slo", "seed_speed_vs_calibration", "host_steal_share"):
+        for goal in GOALS + ("throttled_ttft_share_above_slo", "seed_speed_vs_calibration"):
             s = summary.get(goal)
             if s is None or (goal == "throttled_ttft_share_above_slo" and not s["judged_runs"]):
                 continue

@@ -320,9 +320,6 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         # Did the host keep the speed the SLO and the oracle were measured at? (the slowest seed's tokens/s
         # before the run over its calibration's)
         "seed_speed_vs_calibration": Check(run.get("seed_speed_vs_calibration"), ">= 0.9", False),
-        # Did a neighbour on the hypervisor take CPU time during the throttled phase? (v13: 0.01-0.09 % in
-        # quiet runs; 0.43 % in the run where every plant's law fell under the oracle at once)
-        "host_steal_share": Check(run.get("host_steal_share"), "<= 0.001", False),
         # Issue #3's targets, kept as context for comparison with the earlier runs.
         "unthrottled_p99_vs_baseline": Check(ratio(run.get("itl_p99_unthrottled_seconds"),
                                                    run.get("itl_p99_baseline_seconds")), ">= 1.5", False),

@@ -111,14 +111,16 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
         if not summary:
             rows.append(f"{name:12} {'(no run completed)':28}")
             continue
-        for goal in GOALS + ("throttled_ttft_share_above_slo", "seed_speed_vs_calibration"):
+        for goal in GOALS + ("throttled_ttft_share_above_slo", "seed_speed_vs_calibration",
+                             "control_share_above_slo", "throttled_vs_control"):
             s = summary.get(goal)
             if s is None or (goal == "throttled_ttft_share_above_slo" and not s["judged_runs"]):
                 continue
 
             def fmt(v):
                 return "n/a" if v is None else f"{v:.3g}"
-            verdict = {True: "PASS", False: "MISS", None: "n/a"}[s["every_run"]] if s.get("issue_target", True) else "(host)"
+            verdict = ({True: "PASS", False: "MISS", None: "n/a"}[s["every_run"]] if s.get("issue_target", True)
+                       else "(control)" if goal.startswith("control") or goal.endswith("control") else "(host)")
             rows.append(f"{name:12} {goal:28} {fmt(s['min']):>8} {fmt(s['median']):>8} {fmt(s['max']):>8} "
                         f"{s['met_runs']}/{s['judged_runs']:<3} {s['target']}  {verdict}")
     return rows
@@ -218,7 +220,9 @@ def run_battery(args: argparse.Namespace) -> int:
     arms = [(name, name, None) for name in plants] + ([(f"{n}-b", n, compare) for n in plants] if compare else [])
     gpu_arms = ([(gpu, gpu, None)] + ([(f"{gpu}-b", gpu, compare)] if compare else [])) if gpu else []
     try:
-        cores, warnings = assign_cores(cpus, [a[0] for a in arms], args.cores_per_plant,
+        # A plant run with a control fleet (-- --control) runs two fleets: twice the CPUs, halved by the bench.
+        per_plant = args.cores_per_plant * (2 if "--control" in args.bench_args else 1)
+        cores, warnings = assign_cores(cpus, [a[0] for a in arms], per_plant,
                                        [a[0] for a in gpu_arms] or None)
     except BatteryError as exc:
         print(f"bench.qos_battery: error: {exc}", file=sys.stderr)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import bisect
 import json
 import logging
@@ -175,6 +176,14 @@ class QosBenchOptions:
     log_dir: str | None = None
     device: str = "cpu"
     """Where the seeds hold their weights and decode, and the fork clients land bytes (cpu, cuda, cuda:N)."""
+    control: bool = False
+    """A control fleet beside the law's (``ControlledObserver``): the same plant, driven through the same
+    schedule and measured over the same seconds, under the law fleet's SLO; in every run's throttled
+    phase it holds the law fleet's oracle rate (0 where no rate met) instead of the law. What a fixed
+    rate did in the run's own minutes, on a host whose speed moves within minutes (v12, v13)."""
+    control_seed_cpus: tuple[int, ...] = ()
+    """The control fleet's seeds' CPUs (as ``seed_cpus``); its scheduler and agents listen from
+    ``port_base + 50``."""
 
     @classmethod
     def quick(cls, **overrides) -> "QosBenchOptions":
@@ -630,6 +639,70 @@ def merge_phases(name: str, parts: list[PhaseResult]) -> PhaseResult:
         if any(p.blocks for p in parts) else [])
 
 
+class ControlledObserver:
+    """The law fleet's ``Observer`` with a control fleet's beside it, driven as one.
+
+    Every load change, throttle setting, phase name and SLO goes to both fleets at once, and every
+    ``measure`` runs on both over the same seconds (the control's in a thread; each fleet changes its
+    own load at the schedule's offsets), the control's phase kept in ``control_phases`` by name. One
+    exception: while ``control_throttle`` is set, a PUT of the adaptive law reaches the law fleet only,
+    and the control fleet gets ``control_throttle`` instead (its fixed rate). Everything else (rates,
+    bytes landed, idle waits) reads the law fleet. So the control shares the law fleet's SLO, its
+    schedule and its minutes, and the throttled phase of a run can be read beside a fixed rate in the
+    same seconds.
+    """
+
+    _MIRRORED = ("phase", "slo", "tail_bounds")
+
+    def __init__(self, law: Observer, control: Observer) -> None:
+        object.__setattr__(self, "law", law)
+        object.__setattr__(self, "control", control)
+        object.__setattr__(self, "control_throttle", None)
+        object.__setattr__(self, "control_phases", {})
+
+    def __getattr__(self, name: str):
+        return getattr(self.law, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self._MIRRORED:
+            setattr(self.control, name, value)
+            setattr(self.law, name, value)
+        elif name == "control_throttle":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.law, name, value)
+
+    def set_load(self, load: Load) -> None:
+        self.law.set_load(load)
+        self.control.set_load(load)
+
+    def put_throttle(self, **body) -> None:
+        self.law.put_throttle(**body)
+        instead = self.control_throttle if body.get("mode") == "adaptive" else None
+        self.control.put_throttle(**(instead or body))
+
+    def measure(self, name: str, seconds: float, schedule: list[tuple[float, Load]] | None = None,
+                block_seconds: float | None = None) -> PhaseResult:
+        done: dict = {}
+
+        def control() -> None:
+            try:
+                done["result"] = self.control.measure(name, seconds, schedule, block_seconds)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                done["error"] = exc
+
+        thread = threading.Thread(target=control, name="control-measure", daemon=True)
+        thread.start()
+        try:
+            result = self.law.measure(name, seconds, schedule, block_seconds)
+        finally:
+            thread.join()
+        if "error" in done:
+            raise QosBenchError(f"the control fleet's {name!r} failed: {done['error']}") from done["error"]
+        self.control_phases[name] = done["result"]
+        return result
+
+
 def tail_bounds(bounds: tuple[float, ...], slo: float) -> tuple[float, ...]:
     """The finite bucket bounds from half the SLO up to it: the tail whose shape tells a stretch of every
     step (which adds most over the lower, denser bounds) from stalls of a few (which add about as much
@@ -799,7 +872,8 @@ def _first_time(trace: list[tuple[float, list[float | None]]], since: float, pre
     return next((t - since for t, rates in trace if t >= since and predicate(rates)), None)
 
 
-def _fleet_spec(options: QosBenchOptions, plant: Plant):
+def _fleet_spec(options: QosBenchOptions, plant: Plant, control: bool = False):
+    """The law fleet's spec, or (``control``) the control fleet's: its own seed CPUs, ports and log folder."""
     from bench.qos_plants import SERVING_SEED_ARGS
     from testbed.fleet import FleetSpec
 
@@ -814,11 +888,15 @@ def _fleet_spec(options: QosBenchOptions, plant: Plant):
         seed_args += ["--decode-layers", str(options.decode_layers)]
     if options.itl_buckets is not None:
         seed_args += ["--bucket-inter-token-latency", *(f"{b:g}" for b in options.itl_buckets)]
+    log_dir, seed_cpus, port_base = options.log_dir, options.seed_cpus, options.port_base
+    if control:
+        log_dir = os.path.join(log_dir, "control") if log_dir else None
+        seed_cpus = options.control_seed_cpus
+        port_base = port_base + 50 if port_base is not None else None
     return FleetSpec(
         seeds=options.seeds, preset=None, size_bytes=options.size_bytes, load_rps=0.0,
-        seed_rates=(options.cap,), log_dir=options.log_dir, device=options.device, agent_args=tuple(agent_args),
-        pin_seeds=options.pin_seeds, seed_cpus=options.seed_cpus, port_base=options.port_base,
-        seed_args=tuple(seed_args),
+        seed_rates=(options.cap,), log_dir=log_dir, device=options.device, agent_args=tuple(agent_args),
+        pin_seeds=options.pin_seeds, seed_cpus=seed_cpus, port_base=port_base, seed_args=tuple(seed_args),
     )
 
 
@@ -857,17 +935,31 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         f"model, load {load.describe()}"
         + (f" then {plant.changed_load.describe()} mid-phase" if plant.changed_load else "")
         + f", cap {format_rate(cap)} per seed, {runs} run(s)")
-    with Fleet(_fleet_spec(options, plant)) as fleet:
-        observer = Observer(fleet, time.monotonic(), say=say)
+    with contextlib.ExitStack() as fleets:
+        fleet = fleets.enter_context(Fleet(_fleet_spec(options, plant)))
+        control_fleet = fleets.enter_context(Fleet(_fleet_spec(options, plant, control=True))) if options.control else None
+        t0 = time.monotonic()
+        law_observer = Observer(fleet, t0, say=say)
         result["log_dir"] = str(fleet.log_dir)
-        driver = ForkDriver(fleet, observer, options.fork_streams, options.chunk_size, options.device)
-        observer.start()
+        driver = ForkDriver(fleet, law_observer, options.fork_streams, options.chunk_size, options.device)
+        observer: Observer | ControlledObserver = law_observer
+        drivers = [(law_observer, driver)]
+        if control_fleet is not None:
+            control_observer = Observer(control_fleet, t0, say=lambda line: say(f"  control{line}"))
+            drivers.append((control_observer, ForkDriver(control_fleet, control_observer, options.fork_streams,
+                                                         options.chunk_size, options.device)))
+            observer = ControlledObserver(law_observer, control_observer)
+            result["control"] = {"log_dir": str(control_fleet.log_dir), "seed_cpus": list(options.control_seed_cpus)}
+        for o, _ in drivers:
+            o.start()
         observer.set_load(load)
         # The forks start now (the agents pace at the cap until told otherwise), and the bench waits for
         # their first bytes: a first fork is slow to get going on a busy host (handshakes, registration), and
         # a probe measured before it moves anything would "meet" the budget at zero throughput.
-        driver.start()
-        first_bytes = _wait_bytes(observer, driver, options.first_bytes_timeout_seconds)
+        for o, d in drivers:
+            d.start()
+        for o, d in drivers:
+            first_bytes = _wait_bytes(o, d, options.first_bytes_timeout_seconds)
         say(f"  forks moving after {first_bytes:.1f} s")
         time.sleep(options.warmup_seconds)
 
@@ -950,6 +1042,10 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         })
         if on_update:
             on_update(_snapshot(result, observer))
+        if isinstance(observer, ControlledObserver):
+            # The control's throttled phases: the law fleet's oracle rate (0, the seeds alone, where none met).
+            observer.control_throttle = {"mode": "fixed", "rate_bytes_per_second": oracle_rate or 0.0}
+            say(f"  control: every throttled phase at {_control_rate_text(oracle_rate or 0.0)}, under the same SLO")
 
         runs_started = observer.now()
         for k in range(1, runs + 1):
@@ -969,8 +1065,9 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         observer.phase = "end"
         # Forks still running fail when the fleet stops under them: expected, not worth a warning.
         logging.getLogger("rfork.fork").setLevel(logging.CRITICAL)
-        driver.stop()
-        observer.stop()
+        for o, d in drivers:
+            d.stop()
+            o.stop()
         return _snapshot(result, observer, driver)
 
 
@@ -1077,6 +1174,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
                                  plant.schedule(options.throttled_measure_seconds))
     throttled_whole = (observer.landed() - whole_start_bytes) / (observer.now() - whole_start)
     observer.set_load(load)
+    control = _control_figures(observer, throttled, options.slo_budget) if isinstance(observer, ControlledObserver) else None
 
     # D. idle seeds: the controller should go to the cap.
     observer.phase = f"idle-{k}"
@@ -1167,6 +1265,8 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "oracle_rate_per_seed_bytes_per_second": judged_oracle["rate_per_seed_bytes_per_second"],
         "shared_oracle_bytes_per_second": oracle["throughput_bytes_per_second"],
         "run_oracle": run_oracle,
+        # The control fleet's throttled phase (--control): a fixed rate in the same seconds, same SLO.
+        "control": control,
         "idle_drain_seconds": idle_drain,
         "idle_to_cap_seconds": idle_to_cap,
         "seconds_to_cap_when_idle": _first_time(
@@ -1197,7 +1297,35 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
             f"60 s without reads) {_shares_text(run['throttled_seed_alone_share_per_seed'])}, "
             f"at {'/'.join('-' if x is None else f'{x:.2f}' for x in speed)}x their calibration's tokens/s"
             + ("" if math.isnan(throttled.cpu_steal) else f", {throttled.cpu_steal:.2%} of the CPU time stolen"))
+    if control is not None:
+        share = control["share_above_slo"]
+        say(f"  run {k}'s control: {_control_rate_text(control['rate_per_seed_bytes_per_second'])}, "
+            f"{'-' if share is None else f'{share:.2%}'} over the SLO, moved "
+            f"{format_rate(control['throughput_bytes_per_second'])} in the same {control['overlap_seconds']:.0f} s")
     return run
+
+
+def _control_rate_text(rate: float) -> str:
+    """``40.0 MB/s a seed``, or, where no fixed rate met the budget, what the control's rate 0 is."""
+    return f"{format_rate(rate)} a seed" if rate > 0 else "no transfer (no fixed rate met the budget: the seeds alone)"
+
+
+def _control_figures(observer: ControlledObserver, throttled: PhaseResult, budget: float) -> dict:
+    """The control fleet's phase measured with the law's ``throttled`` phase, as a run's ``control``."""
+    c = observer.control_phases[throttled.name]
+    share = c.worst_share()
+    return {
+        "rate_per_seed_bytes_per_second": observer.control_throttle["rate_bytes_per_second"],
+        "slo_itl_seconds": observer.control.slo,
+        "phase": [round(c.start, 2), round(c.end, 2)],
+        "overlap_seconds": round(max(0.0, min(c.end, throttled.end) - max(c.start, throttled.start)), 3),
+        "share_above_slo": share,
+        "share_above_slo_per_seed": [x.as_dict() if x else None for x in c.shares],
+        "met_budget": None if share is None else share <= budget,
+        "throughput_bytes_per_second": c.throughput,
+        "tokens_per_second_per_seed": c.tokens_per_second(),
+        "cpu_steal_share": _finite(c.cpu_steal),
+    }
 
 
 def _shares_text(shares: list[float | None]) -> str:
@@ -1230,6 +1358,8 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
         out["forks_completed"] = driver.forks_done
         out["fork_errors"] = driver.errors[:5]
     out["time_series"] = [asdict(s) for s in observer.samples]
+    if isinstance(observer, ControlledObserver):
+        out["control"] = {**out.get("control", {}), "time_series": [asdict(s) for s in observer.control.samples]}
     return out
 
 
@@ -1415,7 +1545,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin-seeds", action="store_true",
                    help="let the seed stand-ins float over all CPUs (default: seed i on its own CPU)")
     p.add_argument("--cpus", default=None, metavar="A,B,...",
-                   help="run on these CPUs only: seeds on the first ones (one each), everything else on the rest")
+                   help="run on these CPUs only: seeds on the first ones (one each), everything else on the rest "
+                        "(with --control: the first half for the law's fleet, the second for the control's)")
+    p.add_argument("--control", action="store_true",
+                   help="run a control fleet beside the law's: the same plant and schedule, measured over the same "
+                        "seconds under the same SLO, its throttled phases at the law fleet's oracle rate; each run "
+                        "then reports the control's share and throughput beside the law's (twice the processes)")
     p.add_argument("--port-base", type=int, default=None,
                    help="scheduler and agents listen from this port up (default: free ports)")
     p.add_argument("--deadline-seconds", type=float, default=None,
@@ -1478,6 +1613,15 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         if not cpus or not set(cpus) <= allowed:
             raise BenchArgsError(f"--cpus {args.cpus}: this process may use CPUs {sorted(allowed)} only")
         seed_cpus = tuple(cpus[: args.seeds])
+    control_seed_cpus: tuple[int, ...] = ()
+    if args.control:
+        # The law's fleet on the first half of the CPUs, the control's on the second: each fleet's seeds on
+        # CPUs of their own, as without a control.
+        law_cpus, control_cpus = _control_split(
+            [int(c) for c in args.cpus.split(",")] if args.cpus
+            else sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1)),
+            args.seeds)
+        seed_cpus, control_seed_cpus = tuple(law_cpus[: args.seeds]), tuple(control_cpus[: args.seeds])
     load = None
     if args.concurrency is not None or args.load_rps is not None:
         load = Load(concurrency=args.concurrency or 0, rps=args.load_rps or 0.0)
@@ -1486,6 +1630,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None, device=device,
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
+        control=args.control, control_seed_cpus=control_seed_cpus,
     )
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
                         ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),
@@ -1497,14 +1642,34 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     return options, plant
 
 
+def _control_split(cpus: list[int], seeds: int) -> tuple[list[int], list[int]]:
+    """``--control``'s CPUs: (the law fleet's, the control fleet's), halves of ``cpus``. Too few for a seed
+    each: the halves wrap around the list (the fleets then share CPUs).
+
+        >>> _control_split([0, 1, 2, 3, 4, 5], 2)
+        ([0, 1, 2], [3, 4, 5])
+        >>> _control_split([0, 1], 2)
+        ([0, 1], [0, 1])
+    """
+    half = len(cpus) // 2
+    if half >= seeds:
+        return cpus[:half], cpus[half:]
+    return [cpus[i % len(cpus)] for i in range(seeds)], [cpus[(seeds + i) % len(cpus)] for i in range(seeds)]
+
+
 def _confine_to_cpus(options: QosBenchOptions, cpus_flag: str | None) -> None:
     """With --cpus: this process (fork clients, observer) and the scheduler and agents it starts run on the CPUs
-    after the seeds' (or all of them when there are no more); the seeds are pinned by the fleet."""
+    after the seeds' (or all of them when there are no more); the seeds are pinned by the fleet. With
+    --control, each half's CPUs after its own seeds'."""
     if not cpus_flag or not hasattr(os, "sched_setaffinity"):
         return
     cpus = [int(c) for c in cpus_flag.split(",")]
-    rest = cpus[len(options.seed_cpus):] or cpus
-    os.sched_setaffinity(0, set(rest))
+    if options.control:
+        law, control = _control_split(cpus, options.seeds)
+        rest = set(law[options.seeds:] or law) | set(control[options.seeds:] or control)
+    else:
+        rest = set(cpus[len(options.seed_cpus):] or cpus)
+    os.sched_setaffinity(0, rest)
 
 
 def print_checks(result: dict, say=print) -> None:
@@ -1548,8 +1713,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     tag = f"[{getattr(args, 'tag', None) or plant.name}] " if getattr(args, "tag_lines", False) else ""
 
+    printing = threading.Lock()  # --control measures in two threads: one line at a time
+
     def say(line: str) -> None:
-        print(f"{tag}{line}", flush=True)
+        with printing:
+            print(f"{tag}{line}", flush=True)
 
     update = (lambda r: write_json(args.json_path, r)) if args.json_path else None
     deadline = None if args.deadline_seconds is None else time.monotonic() + args.deadline_seconds

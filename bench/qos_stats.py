@@ -332,6 +332,15 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         "spike_reaction_seconds": Check(run.get("spike_reaction_seconds"), "<= 3", False, missing_is_a_miss=True),
         "recovery_seconds": Check(run.get("recovery_seconds"), "<= 20", False, missing_is_a_miss=True),
     }
+    control = run.get("control")
+    if control is not None:
+        # Context (--control): the fixed rate of the law fleet's oracle, in the same seconds and under the
+        # same SLO. The law's throughput is read against the control's only where the control met the
+        # budget: where it did not, that rate was over the oracle of those minutes.
+        checks["control_share_above_slo"] = Check(control.get("share_above_slo"), f"<= {budget:g}", False)
+        checks["throttled_vs_control"] = Check(
+            ratio(run.get("throughput_throttled_bytes_per_second"), control.get("throughput_bytes_per_second"))
+            if control.get("met_budget") else None, ">= 0.8", False)
     return {name: c.as_dict() for name, c in checks.items()}
 
 

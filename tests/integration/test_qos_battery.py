@@ -1,5 +1,6 @@
 """`python -m bench.qos_battery` end to end, in miniature: one plant, one run, the real fleet and agents,
-in both arms of ``--compare`` (the plant as the agents default to, and ``steady-b`` with another tuning).
+in both arms of ``--compare`` (the plant as the agents default to, and ``steady-b`` with another tuning),
+each with its control fleet (``-- --control``).
 
 What is checked is the mechanics (the files, the JSON layout, an oracle probed and shared by the runs,
 per-run checks and their min/median/max, the A/B table), not the goals: on a busy 2-core machine they are
@@ -27,7 +28,7 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     argv = [sys.executable, "-m", "bench.qos_battery", "--plants", "steady", "--runs", "1", "--out", str(tmp_path),
             "--cores-per-plant", "2", "--quick", "--deadline-seconds", "200", "--compare", "plan_seconds=30",
             "--", "--seeds", "1", "--concurrency", "8", "--oracle-probes", "2", "--oracle-probe-seconds", "2",
-            "--throttled-seconds", "2"]
+            "--throttled-seconds", "2", "--control"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=280,
                           env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch)))
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: a goal missed, expected here
@@ -72,8 +73,21 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
             assert run["oracle_bytes_per_second"] == (probe["throughput_bytes_per_second"] if probe["met_slo"] else None)
             assert any(s["phase"] == "oracle-1" for s in result["time_series"])
         assert run["throttled_tokens_per_second_per_seed"][0] > 50  # the closed loop decodes its batch of 8
-        # The seed alone as its agent measured it: the last reading within the throttled phase.
+        # The control fleet (--control): the law fleet's SLO, its oracle's rate, the same seconds.
         start, end = run["phases"]["C throttled (run 1)"]
+        control = run["control"]
+        assert control["slo_itl_seconds"] == run["slo_itl_seconds"] == result["slo_itl_seconds"]
+        assert control["rate_per_seed_bytes_per_second"] == (oracle["rate_per_seed_bytes_per_second"] or 0.0)
+        assert control["overlap_seconds"] >= 0.95 * (end - start) and control["phase"][0] < start + 0.5
+        # Its agents held that fixed rate through the phase while the law fleet's ran the law.
+        held = [s for s in result["control"]["time_series"] if start <= s["t"] <= end]
+        assert held and all(s["modes"] == ["fixed"] and s["rates"] == [control["rate_per_seed_bytes_per_second"]]
+                            for s in held)
+        assert all(s["modes"] != ["fixed"] for s in result["time_series"] if start <= s["t"] <= end)
+        assert control["share_above_slo"] is not None and control["met_budget"] == (control["share_above_slo"] <= 0.01)
+        assert run["checks"]["control_share_above_slo"]["issue_target"] is False
+        assert run["checks"]["throttled_vs_control"]["issue_target"] is False
+        # The seed alone as its agent measured it: the last reading within the throttled phase.
         readings = [s["seed_alone_shares"][0] for s in result["time_series"]
                     if start <= s["t"] <= end + 0.1 and s["seed_alone_shares"][0] is not None]
         assert run["throttled_seed_alone_share_per_seed"] == [readings[-1] if readings else None]
@@ -103,5 +117,6 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert done.returncode == max(battery["plants"][arm]["exit_code"] for arm in ("steady", "steady-b"))
     assert battery["plants"]["steady"]["summary"] == result["summary"]
     assert any(row.startswith("steady") for row in battery["table"])
+    assert any(row.split()[1] == "control_share_above_slo" and row.endswith("(control)") for row in battery["table"])
     assert battery["plants"]["steady"]["signal_table"][0].startswith("| seed | rate MB/s |")
     assert any("C throttled (run 1)" in line for line in battery["plants"]["steady"]["output"])

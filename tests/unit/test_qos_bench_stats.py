@@ -278,6 +278,11 @@ def test_quick_and_flags_set_the_options():
     assert full.oracle_probe_seconds >= 30 and full.oracle_max_probes >= 5
     assert full.baseline_seconds == 30 and full.baseline_block_seconds == 3 and options.baseline_block_seconds is None
     assert qos_bench.options_from_args(_args("--baseline-seconds", "60"))[0].baseline_seconds == 60
+    # --control: the CPUs in halves, the law fleet's seeds on the first, the control's on the second (on
+    # one CPU both wrap onto it).
+    controlled, _ = qos_bench.options_from_args(_args("--control", "--seeds", "1", "--cpus", "0"))
+    assert controlled.control and controlled.seed_cpus == controlled.control_seed_cpus == (0,)
+    assert not full.control and full.control_seed_cpus == ()
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -556,3 +561,83 @@ def test_the_cpu_times_split_out_what_the_hypervisor_stole():
     assert qos_bench._busy_share(now, later) == pytest.approx(0.3)
     assert qos_bench._steal_share(now, later) == pytest.approx(0.05)
     assert math.isnan(qos_bench._steal_share(now, now)) and math.isnan(qos_bench._steal_share(None, later))
+
+
+class _ScriptedObserver:
+    """Stands in for ``Observer``: records what it was told, and measures by sleeping."""
+
+    def __init__(self, fail: bool = False):
+        self.told: list[tuple] = []
+        self.phase = self.slo = None
+        self.tail_bounds = ()
+        self.fail = fail
+
+    def set_load(self, load):
+        self.told.append(("load", load))
+
+    def put_throttle(self, **body):
+        self.told.append(("throttle", body))
+
+    def measure(self, name, seconds, schedule=None, block_seconds=None):
+        import time
+
+        start = time.monotonic()
+        time.sleep(seconds)
+        if self.fail:
+            raise RuntimeError("the seeds stopped answering")
+        return qos_bench.PhaseResult(name, start, time.monotonic(), 0, None, [])
+
+    def landed(self):
+        return 42
+
+
+def test_a_controlled_observer_drives_both_fleets_as_one_but_the_law():
+    law, control = _ScriptedObserver(), _ScriptedObserver()
+    both = qos_bench.ControlledObserver(law, control)
+    both.set_load("64 in flight")
+    both.phase, both.slo, both.tail_bounds = "baseline", 0.02, (0.015, 0.02)
+    assert (control.phase, control.slo, control.tail_bounds) == ("baseline", 0.02, (0.015, 0.02)) == (
+        law.phase, law.slo, law.tail_bounds)
+    both.put_throttle(mode="adaptive", slo_itl_seconds=0.02)  # no control rate yet: mirrored
+    both.control_throttle = {"mode": "fixed", "rate_bytes_per_second": 40e6}
+    both.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
+    both.put_throttle(mode="adaptive", slo_itl_seconds=0.02)
+    both.put_throttle(mode="off")
+    assert law.told == [("load", "64 in flight"), ("throttle", {"mode": "adaptive", "slo_itl_seconds": 0.02}),
+                        ("throttle", {"mode": "fixed", "rate_bytes_per_second": 0.0}),
+                        ("throttle", {"mode": "adaptive", "slo_itl_seconds": 0.02}), ("throttle", {"mode": "off"})]
+    assert control.told == law.told[:3] + [("throttle", {"mode": "fixed", "rate_bytes_per_second": 40e6}),
+                                           ("throttle", {"mode": "off"})]
+    assert both.landed() == 42 and both.control_throttle["rate_bytes_per_second"] == 40e6
+    # A phase is measured on both over the same seconds (the control's in a thread), kept by its name.
+    phase = both.measure("C throttled (run 1)", 0.3)
+    twin = both.control_phases["C throttled (run 1)"]
+    assert twin.name == phase.name and abs(twin.start - phase.start) < 0.1 and abs(twin.end - phase.end) < 0.1
+
+
+def test_a_control_fleet_that_fails_to_measure_fails_the_phase_with_its_reason():
+    both = qos_bench.ControlledObserver(_ScriptedObserver(), _ScriptedObserver(fail=True))
+    with pytest.raises(qos_bench.QosBenchError, match="control fleet's 'C throttled' failed: the seeds stopped"):
+        both.measure("C throttled", 0.05)
+
+
+@pytest.mark.parametrize("control, throughput_check, share_check", [
+    (None, None, None),  # no control fleet: no control checks
+    ({"share_above_slo": 0.006, "met_budget": True, "throughput_bytes_per_second": 100e6}, (0.9, True), True),
+    ({"share_above_slo": 0.004, "met_budget": True, "throughput_bytes_per_second": 200e6}, (0.45, False), True),
+    # The control's rate missed the budget in these seconds: it was over their oracle, the law is not read
+    # against it.
+    ({"share_above_slo": 0.013, "met_budget": False, "throughput_bytes_per_second": 200e6}, (None, None), False),
+])
+def test_a_run_is_read_beside_its_control_as_context(control, throughput_check, share_check):
+    from bench.qos_stats import judge_run
+
+    run = {"throttled_share_above_slo": 0.008, "throughput_throttled_bytes_per_second": 90e6,
+           "spike_cut_seconds": 0.5, "idle_to_cap_seconds": 1.0, "control": control}
+    checks = judge_run(run, 0.01, 100e6, 100e6)
+    if control is None:
+        assert "control_share_above_slo" not in checks and "throttled_vs_control" not in checks
+        return
+    assert (checks["throttled_vs_control"]["value"], checks["throttled_vs_control"]["met"]) == throughput_check
+    assert checks["control_share_above_slo"]["met"] is share_check
+    assert not checks["throttled_vs_control"]["issue_target"] and not checks["control_share_above_slo"]["issue_target"]

@@ -693,10 +693,10 @@ class ControlledObserver:
 
         thread = threading.Thread(target=control, name="control-measure", daemon=True)
         thread.start()
-        try:
-            result = self.law.measure(name, seconds, schedule, block_seconds)
-        finally:
-            thread.join()
+        # Not joined if this raises (Ctrl-C, a failed scrape): the fleets stop at once, and the daemon
+        # thread's own measure fails against them and is dropped.
+        result = self.law.measure(name, seconds, schedule, block_seconds)
+        thread.join()
         if "error" in done:
             raise QosBenchError(f"the control fleet's {name!r} failed: {done['error']}") from done["error"]
         self.control_phases[name] = done["result"]

@@ -120,7 +120,7 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
             def fmt(v):
                 return "n/a" if v is None else f"{v:.3g}"
             verdict = ({True: "PASS", False: "MISS", None: "n/a"}[s["every_run"]] if s.get("issue_target", True)
-                       else "(control)" if goal.startswith("control") or goal.endswith("control") else "(host)")
+                       else "(control)" if "control" in goal else "(host)")
             rows.append(f"{name:12} {goal:28} {fmt(s['min']):>8} {fmt(s['median']):>8} {fmt(s['max']):>8} "
                         f"{s['met_runs']}/{s['judged_runs']:<3} {s['target']}  {verdict}")
     return rows

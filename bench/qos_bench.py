@@ -588,7 +588,7 @@ class Observer:
         good = [w for w in itl if w is not None]
         result = PhaseResult(name, start, end, bytes1 - bytes0, pool(good) if good else None,
                              [quantile(w, 0.99) if w is not None else math.nan for w in itl], itl,
-                             cpu_busy=_busy_share(cpu0, cpu1), cpu_steal=_steal_share(cpu0, cpu1),
+                             cpu_busy=_cpu_share(cpu0, cpu1, "busy"), cpu_steal=_cpu_share(cpu0, cpu1, "steal"),
                              per_seed_ttft=ttft)
         if block_seconds:
             result.blocks = [[w for a, b in zip(marks, marks[1:])
@@ -771,16 +771,11 @@ def _cpu_times() -> CpuTimes | None:
     return CpuTimes(sum(fields) - idle, sum(fields), fields[7] if len(fields) > 7 else 0)
 
 
-def _busy_share(a: CpuTimes | None, b: CpuTimes | None) -> float:
+def _cpu_share(a: CpuTimes | None, b: CpuTimes | None, part: str) -> float:
+    """The share of all CPU time between ``a`` and ``b`` that was ``part`` (``busy`` or ``steal``); NaN unknown."""
     if a is None or b is None or b.total <= a.total:
         return math.nan
-    return (b.busy - a.busy) / (b.total - a.total)
-
-
-def _steal_share(a: CpuTimes | None, b: CpuTimes | None) -> float:
-    if a is None or b is None or b.total <= a.total:
-        return math.nan
-    return (b.steal - a.steal) / (b.total - a.total)
+    return (getattr(b, part) - getattr(a, part)) / (b.total - a.total)
 
 
 class ForkDriver:
@@ -1603,6 +1598,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     except DeviceError as exc:
         raise BenchArgsError(f"--plant {plant.name} needs --device {device}: {exc}") from None
     seed_cpus: tuple[int, ...] = ()
+    cpus: list[int] = []
     if args.cpus:
         try:
             cpus = [int(c) for c in args.cpus.split(",")]
@@ -1616,10 +1612,9 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     if args.control:
         # The law's fleet on the first half of the CPUs, the control's on the second: each fleet's seeds on
         # CPUs of their own, as without a control.
-        law_cpus, control_cpus = _control_split(
-            [int(c) for c in args.cpus.split(",")] if args.cpus
-            else sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1)),
-            args.seeds)
+        available = cpus or (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else list(range(os.cpu_count() or 1)))
+        law_cpus, control_cpus = _control_split(available, args.seeds)
         seed_cpus, control_seed_cpus = tuple(law_cpus[: args.seeds]), tuple(control_cpus[: args.seeds])
     load = None
     if args.concurrency is not None or args.load_rps is not None:

@@ -558,9 +558,9 @@ def test_the_cpu_times_split_out_what_the_hypervisor_stole():
         pytest.skip("no /proc/stat here")
     assert 0 <= now.steal <= now.busy <= now.total
     later = qos_bench.CpuTimes(now.busy + 30, now.total + 100, now.steal + 5)
-    assert qos_bench._busy_share(now, later) == pytest.approx(0.3)
-    assert qos_bench._steal_share(now, later) == pytest.approx(0.05)
-    assert math.isnan(qos_bench._steal_share(now, now)) and math.isnan(qos_bench._steal_share(None, later))
+    assert qos_bench._cpu_share(now, later, "busy") == pytest.approx(0.3)
+    assert qos_bench._cpu_share(now, later, "steal") == pytest.approx(0.05)
+    assert math.isnan(qos_bench._cpu_share(now, now, "steal")) and math.isnan(qos_bench._cpu_share(None, later, "steal"))
 
 
 class _ScriptedObserver:

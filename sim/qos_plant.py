@@ -327,7 +327,7 @@ def _saturating(rng: random.Random, seconds: float) -> list[Segment]:
 
 
 def _headroom(rng: random.Random, seconds: float) -> list[Segment]:
-    # The H200 battery's CPU plants (bench/results/h200-qos-*.json): the transfer barely touches the
+    # The H200 battery's CPU plants (bench/results/h200-qos-*.json.gz): the transfer barely touches the
     # seed (+0.1-0.3 % at the cap), so the best fixed rate is the cap, and what counts is how fast
     # a throttled phase that starts at the floor gets there.
     return [Segment(0, 2000, 16, rng.uniform(0.003, 0.006), rng.uniform(0.001, 0.003))]
@@ -339,7 +339,7 @@ def _headroom_clean(rng: random.Random, seconds: float) -> list[Segment]:
 
 
 def _h200_cpu(rng: random.Random, seconds: float) -> list[Segment]:
-    # The H200 battery's CPU plants as measured in v6 (bench/results/h200-qos-v6-*.json): ~9,000
+    # The H200 battery's CPU plants as measured in v6 (bench/results/h200-qos-v6-*.json.gz): ~9,000
     # tokens/s a seed at 64 concurrent requests, the seed alone at 0.2-0.8 %, the transfer at the cap
     # no worse (0.49-0.80 %): the best fixed rate is the cap, and the climb from the floor is the loss.
     return [Segment(0, 9000, 64, rng.uniform(0.002, 0.008), rng.uniform(0.0, 0.002))]

@@ -40,7 +40,7 @@ from throttle.controller import (ControllerConfig, InvalidTuning, Observation, S
 from throttle.histogram import WindowHistogram
 
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
-           "H200_CPU", "H200_GPU", "H200_CPU_SPIKES", "BURSTY_SPIKES", "run", "oracle_rate"]
+           "H100_BURSTY", "H200_CPU", "H200_GPU", "H200_CPU_SPIKES", "BURSTY_SPIKES", "run", "oracle_rate"]
 
 CAP = 100e6
 BUDGET = 0.01
@@ -351,6 +351,20 @@ def _h200_gpu(rng: random.Random, seconds: float) -> list[Segment]:
     return [Segment(0, 30000, 64, rng.uniform(0.004, 0.007), 0.055, exponent=1.33)]
 
 
+def _h100_bursty(rng: random.Random, seconds: float) -> list[Segment]:
+    # The H100 battery's bursty plant (v15, bench/results/h100-qos-v15-control-bursty.json.gz): 96 requests
+    # on 1.5 s / off 1.5 s; its seconds alternate ~8,000 tokens at batch 96 and ~1,300 (the burst's
+    # first step, often slow); the seed alone at 0.4-0.8 %, the cap within the budget (+0.1 % counted).
+    segments, t, busy = [], 0.0, True
+    own, effect = rng.uniform(0.003, 0.006), rng.uniform(0.0, 0.002)
+    while t < seconds:
+        segments.append(Segment(t, 8000, 96, own, effect) if busy else Segment(t, 1300, 64, 3 * own, effect))
+        t += max(1.0, round(rng.expovariate(1 / 1.5)))
+        busy = not busy
+    return segments
+
+
+H100_BURSTY = Plant("h100-bursty", _h100_bursty)
 H200_CPU = Plant("h200-cpu", _h200_cpu)
 H200_GPU = Plant("h200-gpu", _h200_gpu)
 #: Not in PLANTS: the AIMD law meets the budget here too, and PLANTS is where the laws differ.
@@ -384,10 +398,11 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser = argparse.ArgumentParser(description="old (aimd) vs new (ab) law on the QoS plant")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--plants", default=",".join(PLANTS),
-                        help="comma-separated, or all (the 11 plants; h200-cpu-spikes and bursty-spikes only by name)")
+                        help="comma-separated, or all (the 11 plants; h200-cpu-spikes, bursty-spikes and h100-bursty only by name)")
     parser.add_argument("--laws", default="aimd,ab")
     parser.add_argument("--fast-raise", type=float, default=None,
-                        help="the A/B law's ab_fast_raise_factor (1.25: its raises before the fast climb)")
+                        help="the A/B law's ab_fast_raise_factor, and max_raise_factor if that is larger (1.25: its raises "
+                             "before the fast climb)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="run length; with --warmup 0 and 25, a bench throttled phase judged from the floor")
     parser.add_argument("--warmup", type=float, default=None, help="unjudged start of each run (seconds)")
@@ -404,7 +419,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
     names = list(every) if args.plants == "all" else args.plants.split(",")
     # Not in "all": the docs' totals over the 11 plants stay comparable across sessions.
-    every.update({H200_CPU_SPIKES.name: H200_CPU_SPIKES, BURSTY_SPIKES.name: BURSTY_SPIKES})
+    every.update({H200_CPU_SPIKES.name: H200_CPU_SPIKES, BURSTY_SPIKES.name: BURSTY_SPIKES,
+                  H100_BURSTY.name: H100_BURSTY})
     unknown = [name for name in names if name not in every]
     if unknown:
         parser.error(f"--plants: unknown {', '.join(unknown)}; known: all, {', '.join(every)}")
@@ -413,7 +429,9 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     except InvalidTuning as exc:
         parser.error(f"--tuning: {exc}")
     for law in args.laws.split(","):
-        extra = {"ab_fast_raise_factor": args.fast_raise} if law == "ab" and args.fast_raise is not None else {}
+        extra = ({"ab_fast_raise_factor": args.fast_raise,
+                  "max_raise_factor": min(tuned.max_raise_factor, args.fast_raise)}
+                 if law == "ab" and args.fast_raise is not None else {})
         cfg = replace(tuned if law == "ab" else ControllerConfig(cap_bytes_per_second=CAP), law=law, **extra)
         totals = [0, 0, 0, 0]
         for name in names:

@@ -282,7 +282,7 @@ def test_with_headroom_the_law_climbs_from_the_floor_to_0_9_of_the_cap_within_12
     log = drive(cfg(), linear(own, effect_at_cap), 30)
     assert seconds_to(log, 0.9 * CAP) <= 12.0, [round(t.law_rate / 1e6, 1) for t in log]
     # Before the fast climb (every raise x1.25) the same plant is still under half the cap at 12 s.
-    slow = drive(cfg(ab_fast_raise_factor=1.25), linear(own, effect_at_cap), 30)
+    slow = drive(cfg(ab_fast_raise_factor=1.25, max_raise_factor=1.25), linear(own, effect_at_cap), 30)
     assert max(t.law_rate for t in slow[:12]) < 0.5 * CAP
 
 

@@ -235,7 +235,8 @@ def format_rows(comparisons: list[SignalComparison]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.qos_signal", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", metavar="RESULT.json", help="`rfork bench qos --json` results (.json or .json.gz)")
+    p.add_argument("results", nargs="+", metavar="RESULT.json",
+                   help="`rfork bench qos --json` results (.json or .json.gz)")
     p.add_argument("--target-se", type=float, default=0.0025,
                    help="the standard error the 'seconds' columns aim at (default 0.0025: a quarter of 1 %%)")
     args = p.parse_args(argv)

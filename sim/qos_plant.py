@@ -398,11 +398,12 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser = argparse.ArgumentParser(description="old (aimd) vs new (ab) law on the QoS plant")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--plants", default=",".join(PLANTS),
-                        help="comma-separated, or all (the 11 plants; h200-cpu-spikes, bursty-spikes and h100-bursty only by name)")
+                        help="comma-separated, or all (the 11 plants; h200-cpu-spikes, bursty-spikes and "
+                             "h100-bursty only by name)")
     parser.add_argument("--laws", default="aimd,ab")
     parser.add_argument("--fast-raise", type=float, default=None,
-                        help="the A/B law's ab_fast_raise_factor, and max_raise_factor if that is larger (1.25: its raises "
-                             "before the fast climb)")
+                        help="the A/B law's ab_fast_raise_factor, and max_raise_factor if that is larger "
+                             "(1.25: its raises before the fast climb)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="run length; with --warmup 0 and 25, a bench throttled phase judged from the floor")
     parser.add_argument("--warmup", type=float, default=None, help="unjudged start of each run (seconds)")

@@ -34,7 +34,7 @@ def aimd() -> dict[str, list[RunResult]]:
 
 def test_the_ab_law_keeps_nearly_every_run_within_the_budget_and_none_far_over_it(ab):
     # The law aims at 0.95 x the budget. Over 660 runs of this model 3-4 % end just over it, the
-    # worst at 1.04 x (docs/qos.md "Plant model"): here at most one run in 20, none past 1.05 x.
+    # worst at 1.04 x (docs/qos.md "Raises near the budget"): here at most one in 20, none past 1.05 x.
     shares = {(r.plant, r.rng_seed): round(r.realized_share / BUDGET, 3) for rs in ab.values() for r in rs}
     over = {run: share for run, share in shares.items() if share > 1.0}
     assert len(over) <= len(shares) // 20, over

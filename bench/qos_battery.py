@@ -193,18 +193,23 @@ def run_battery(args: argparse.Namespace) -> int:
         print(f"bench.qos_battery: error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
         return 2
     gpu = "gpu-decode" if args.gpu else None
+    try:
+        bench = bench_flags(args)
+    except ValueError as exc:
+        print(f"bench.qos_battery: error: the flags after -- : {exc}", file=sys.stderr)
+        return 2
     compare = getattr(args, "compare", None)
     if compare is not None:
         reason = tuning_error(compare) or (
             "--compare sets the b arm's --throttle-tuning; do not also pass --throttle-tuning after --"
-            if "--throttle-tuning" in args.bench_args else None)
+            if bench.throttle_tuning is not None else None)
         if reason:
             print(f"bench.qos_battery: error: --compare: {reason}", file=sys.stderr)
             return 2
     if args.estimate:
         try:
             print("\n".join(estimate(args, plants + ([gpu] if gpu else []))))
-        except (SystemExit, ValueError) as exc:
+        except ValueError as exc:
             print(f"bench.qos_battery: error: the flags after -- : {exc}", file=sys.stderr)
             return 2
         return 0
@@ -221,7 +226,7 @@ def run_battery(args: argparse.Namespace) -> int:
     gpu_arms = ([(gpu, gpu, None)] + ([(f"{gpu}-b", gpu, compare)] if compare else [])) if gpu else []
     try:
         # A plant run with a control fleet (-- --control) runs two fleets: twice the CPUs, halved by the bench.
-        per_plant = args.cores_per_plant * (2 if "--control" in args.bench_args else 1)
+        per_plant = args.cores_per_plant * (2 if bench.control else 1)
         cores, warnings = assign_cores(cpus, [a[0] for a in arms], per_plant,
                                        [a[0] for a in gpu_arms] or None)
     except BatteryError as exc:
@@ -501,6 +506,34 @@ def plant_argv(name: str, args: argparse.Namespace) -> list[str]:
     return argv + args.bench_args
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are a ValueError (the battery prints them as its one line)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ValueError(message)
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    from bench import qos_bench
+
+    parser = _RaisingParser(prog="bench.qos_bench")
+    qos_bench.add_arguments(parser)
+    return parser
+
+
+def bench_flags(args: argparse.Namespace, plant: str = "steady") -> argparse.Namespace:
+    """The flags after ``--`` as bench.qos_bench reads them, abbreviations and ``--flag=value`` alike.
+
+        >>> ns = argparse.Namespace(runs=5, quick=False, throttled_seconds=80.0, bench_args=["--cont"])
+        >>> bench_flags(ns).control, bench_flags(ns).throttle_tuning
+        (True, None)
+        >>> bench_flags(argparse.Namespace(runs=5, quick=True, bench_args=["--throttle-tuning=plan_seconds=10"])
+        ...             ).throttle_tuning
+        'plan_seconds=10'
+    """
+    return _bench_parser().parse_args(plant_argv(plant, args))
+
+
 def estimate(args: argparse.Namespace, plants: list[str]) -> list[str]:
     """One line per plant: estimated seconds for its runs, and how many runs fit the deadline.
 
@@ -510,11 +543,9 @@ def estimate(args: argparse.Namespace, plants: list[str]) -> list[str]:
     """
     from bench import qos_bench
 
-    parser = argparse.ArgumentParser()
-    qos_bench.add_arguments(parser)
     lines = []
     for name in plants:
-        bench_args = parser.parse_args(plant_argv(name, args))
+        bench_args = bench_flags(args, name)
         bench_args.device = "cpu"  # the estimate does not need the plant's device
         options, plant = qos_bench.options_from_args(bench_args)
         total = qos_bench.estimate_seconds(options, args.runs, loads=len(plant.loads()))

@@ -327,6 +327,11 @@ def test_the_gpu_plant_without_cuda_is_one_line(capsys):
     (["--plants", "steady", "--compare", " "], "--compare: give FIELD=VALUE"),
     (["--plants", "steady", "--compare", "plan_seconds=30", "--", "--throttle-tuning", "plan_seconds=5"],
      "do not also pass --throttle-tuning after --"),
+    # The flags after -- are read by the bench's own parser: its abbreviations and = forms count too.
+    (["--plants", "steady", "--compare", "plan_seconds=30", "--", "--throttle-tun=plan_seconds=5"],
+     "do not also pass --throttle-tuning after --"),
+    (["--plants", "steady", "--", "--no-such-flag"], "the flags after -- : unrecognized arguments: --no-such-flag"),
+    (["--plants", "steady", "--estimate", "--", "--runs"], "the flags after -- : argument --runs: expected one"),
 ])
 def test_battery_bad_flags_are_one_line(argv, says, capsys, tmp_path):
     assert qos_battery.main(["--out", str(tmp_path)] + argv) == 2

@@ -220,7 +220,9 @@ def run_battery(args: argparse.Namespace) -> int:
         except DeviceError as exc:
             print(f"bench.qos_battery: error: --gpu: {exc}", file=sys.stderr)
             return 2
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    from bench.qos_bench import usable_cpus
+
+    cpus = usable_cpus()
     # Each arm: (its name, the plant it runs, the b arm's tuning or None).
     arms = [(name, name, None) for name in plants] + ([(f"{n}-b", n, compare) for n in plants] if compare else [])
     gpu_arms = ([(gpu, gpu, None)] + ([(f"{gpu}-b", gpu, compare)] if compare else [])) if gpu else []

@@ -760,6 +760,13 @@ class CpuTimes(NamedTuple):
     """Time the hypervisor ran something else while this VM had work: a neighbour on the host, not us."""
 
 
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on, in order (all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def _cpu_times() -> CpuTimes | None:
     """All CPUs' jiffies from /proc/stat; None off Linux."""
     try:
@@ -1612,9 +1619,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     if args.control:
         # The law's fleet on the first half of the CPUs, the control's on the second: each fleet's seeds on
         # CPUs of their own, as without a control.
-        available = cpus or (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else list(range(os.cpu_count() or 1)))
-        law_cpus, control_cpus = _control_split(available, args.seeds)
+        law_cpus, control_cpus = _control_split(cpus or usable_cpus(), args.seeds)
         seed_cpus, control_seed_cpus = tuple(law_cpus[: args.seeds]), tuple(control_cpus[: args.seeds])
     load = None
     if args.concurrency is not None or args.load_rps is not None:

@@ -47,6 +47,7 @@ from pathlib import Path
 from bench.qos_bench import EXIT_CODES
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
 from bench.qos_signal import format_rows, rows as signal_rows
+from bench.qos_stats import HOST_CHECKS
 
 PORTS_PER_PLANT = 100
 """With ``--port-base``, plant i listens from port base + 100 i. Without it every plant takes free
@@ -111,8 +112,8 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
         if not summary:
             rows.append(f"{name:12} {'(no run completed)':28}")
             continue
-        for goal in GOALS + ("throttled_ttft_share_above_slo", "seed_speed_vs_calibration",
-                             "control_share_above_slo", "throttled_vs_control"):
+        for goal in GOALS + ("throttled_ttft_share_above_slo", *HOST_CHECKS, "control_share_above_slo",
+                             "throttled_vs_control"):
             s = summary.get(goal)
             if s is None or (goal == "throttled_ttft_share_above_slo" and not s["judged_runs"]):
                 continue
@@ -124,6 +125,22 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
             rows.append(f"{name:12} {goal:28} {fmt(s['min']):>8} {fmt(s['median']):>8} {fmt(s['max']):>8} "
                         f"{s['met_runs']}/{s['judged_runs']:<3} {s['target']}  {verdict}")
     return rows
+
+
+def runs_line(plants: dict[str, dict]) -> str:
+    """Runs that met every goal, over the battery and over the runs where the host held (``qos_stats.tally``).
+
+        >>> runs_line({"steady": {"tally": {"runs": 5, "met_every_goal": 3, "host_held": 4,
+        ...                                 "host_held_met_every_goal": 3}}, "broken": {}})
+        'runs that met every goal: 3 of 5; where the host held (seeds at >= 0.9x their calibration, alone within the budget): 3 of 4'
+    """
+    tallies = [e["tally"] for e in plants.values() if e.get("tally")]
+
+    def total(key: str) -> int:
+        return sum(t[key] for t in tallies)
+    return (f"runs that met every goal: {total('met_every_goal')} of {total('runs')}; where the host held (seeds at "
+            f">= 0.9x their calibration, alone within the budget): {total('host_held_met_every_goal')} of "
+            f"{total('host_held')}")
 
 
 def compare_table(plants: dict[str, dict]) -> list[str]:
@@ -315,7 +332,7 @@ def run_battery(args: argparse.Namespace) -> int:
             entry["error"] = f"no result ({exc.__class__.__name__}); last lines: " + " | ".join(output[name][-5:])
         if result:
             entry.update({k: result.get(k) for k in (
-                "summary", "every_run_met_every_goal", "runs_completed", "runs_skipped", "slo_itl_seconds",
+                "summary", "every_run_met_every_goal", "tally", "runs_completed", "runs_skipped", "slo_itl_seconds",
                 "slo_choice", "load_description", "oracle_rate_per_seed_bytes_per_second", "oracle_bytes_per_second")})
             entry["oracle_bracket_per_seed_bytes_per_second"] = (result.get("oracle") or {}).get(
                 "bracket_per_seed_bytes_per_second")
@@ -356,6 +373,7 @@ def run_battery(args: argparse.Namespace) -> int:
     if compare:
         print(f"\n== a: as the agents default; b: --throttle-tuning {compare} ==")
         print("\n".join(summary["compare_table"]))
+    print(runs_line(summary["plants"]))
     every_met = all(e.get("every_run_met_every_goal") for e in summary["plants"].values())
     print("every goal in every run of every plant: " + ("MET" if every_met else "NOT MET"))
     return 130 if interrupted else (0 if every_met else 1)

@@ -64,6 +64,7 @@ from bench.qos_stats import (
     next_run_probe,
     oracle_from,
     summarize,
+    tally,
     wilson_interval,
 )
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
@@ -1354,6 +1355,7 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
         out.update({k: runs[0][k] for k in RUN_FIELDS_AT_TOP if k in runs[0]})
         out["summary"] = summarize([r["checks"] for r in runs])
         out["every_run_met_every_goal"] = all(all_met(r["checks"]) for r in runs)
+        out["tally"] = tally([r["checks"] for r in runs])
         out["runs_completed"] = len(runs)
     if driver is not None:
         out["forks_completed"] = driver.forks_done

@@ -320,6 +320,10 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         # Did the host keep the speed the SLO and the oracle were measured at? (the slowest seed's tokens/s
         # before the run over its calibration's)
         "seed_speed_vs_calibration": Check(run.get("seed_speed_vs_calibration"), ">= 0.9", False),
+        # Did the seeds alone still leave the transfer room? (the most any seed's agent read of its seed's
+        # own share over the SLO at the phase's end). Over the budget, no rate, not even 0, meets it.
+        "seed_alone_share_above_slo": Check(_most(run.get("throttled_seed_alone_share_per_seed")),
+                                            f"<= {budget:g}", False),
         # Issue #3's targets, kept as context for comparison with the earlier runs.
         "unthrottled_p99_vs_baseline": Check(ratio(run.get("itl_p99_unthrottled_seconds"),
                                                    run.get("itl_p99_baseline_seconds")), ">= 1.5", False),
@@ -354,6 +358,38 @@ def all_met(checks: dict) -> bool:
     return all(c["met"] is not False for c in checks.values() if c["issue_target"])
 
 
+#: The context checks that say whether the host still was the plant the SLO and the oracle were measured on.
+HOST_CHECKS = ("seed_speed_vs_calibration", "seed_alone_share_above_slo")
+
+
+def host_held(checks: dict) -> bool:
+    """The run's host was the calibration's: no host check missed (one that could not be judged does not count).
+
+        >>> host_held({"seed_speed_vs_calibration": {"met": True}, "seed_alone_share_above_slo": {"met": None}})
+        True
+        >>> host_held({"seed_speed_vs_calibration": {"met": True}, "seed_alone_share_above_slo": {"met": False}})
+        False
+    """
+    return all(checks.get(name, {}).get("met") is not False for name in HOST_CHECKS)
+
+
+def tally(runs_checks: list[dict]) -> dict:
+    """How many runs met every goal, over all runs and over those where the host held (``host_held``).
+
+    The issue's bar is every run; this says how many of the misses came in minutes when the seeds alone
+    had drifted off the plant the SLO and the oracle were measured on (read as context, not an excuse).
+
+        >>> ok = {"g": {"met": True, "issue_target": True}, "seed_speed_vs_calibration": {"met": True, "issue_target": False}}
+        >>> slow = {"g": {"met": False, "issue_target": True}, "seed_speed_vs_calibration": {"met": False, "issue_target": False}}
+        >>> miss = {"g": {"met": False, "issue_target": True}}
+        >>> tally([ok, slow, miss])
+        {'runs': 3, 'met_every_goal': 1, 'host_held': 2, 'host_held_met_every_goal': 1}
+    """
+    held = [c for c in runs_checks if host_held(c)]
+    return {"runs": len(runs_checks), "met_every_goal": sum(all_met(c) for c in runs_checks),
+            "host_held": len(held), "host_held_met_every_goal": sum(all_met(c) for c in held)}
+
+
 def summarize(runs_checks: list[dict]) -> dict:
     """Per check over runs: min / median / max of the values, and in how many runs it was met.
 
@@ -384,6 +420,12 @@ def summarize(runs_checks: list[dict]) -> dict:
             "every_run": all(judged) if judged else None,
         }
     return out
+
+
+def _most(values: list | None) -> float | None:
+    """The largest of ``values`` that is a number (None: none is)."""
+    numbers = [v for v in values or () if v is not None and not _nan(v)]
+    return max(numbers) if numbers else None
 
 
 def _nan(x) -> bool:

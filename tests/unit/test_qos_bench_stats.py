@@ -197,6 +197,9 @@ RUN = {"throttled_share_above_slo": 0.008, "throttled_ttft_share_above_slo": Non
     ({"recovery_seconds": None}, "recovery_seconds", False),
     ({"idle_to_cap_seconds": 5.5}, "idle_to_cap_seconds", False),
     ({}, "idle_vs_cap", True),
+    ({}, "seed_alone_share_above_slo", None),                          # no agent read the seed alone
+    ({"throttled_seed_alone_share_per_seed": [0.004, None, 0.009]}, "seed_alone_share_above_slo", True),
+    ({"throttled_seed_alone_share_per_seed": [0.004, 0.013]}, "seed_alone_share_above_slo", False),
 ])
 def test_judge_run(change, check, met):
     checks = qos_stats.judge_run({**RUN, **change}, 0.01, 100e6, 100e6)
@@ -206,6 +209,29 @@ def test_judge_run(change, check, met):
 def test_judge_run_without_an_oracle_cannot_judge_throughput():
     checks = qos_stats.judge_run(RUN, 0.01, 100e6, None)
     assert checks["throttled_vs_oracle"] == {"value": None, "target": ">= 0.8", "met": None, "issue_target": True}
+
+
+def test_the_seeds_alone_over_the_budget_are_the_host_not_a_goal():
+    checks = qos_stats.judge_run({**RUN, "throttled_share_above_slo": 0.014, "seed_speed_vs_calibration": 0.95,
+                                  "throttled_seed_alone_share_per_seed": [0.006, 0.013]}, 0.01, 100e6, 100e6)
+    assert checks["seed_alone_share_above_slo"] == {"value": 0.013, "target": "<= 0.01", "met": False,
+                                                    "issue_target": False}
+    assert not qos_stats.all_met(checks) and not qos_stats.host_held(checks)
+
+
+@pytest.mark.parametrize("runs, expected", [
+    # (share over the SLO, slowest seed's speed vs calibration, the most a seed alone read) a run
+    ([(0.008, 0.95, 0.005)] * 5, (5, 5, 5, 5)),
+    ([(0.008, 0.95, 0.005), (0.012, 0.95, 0.005), (0.012, 0.85, 0.005), (0.012, 0.95, 0.011), (0.008, 0.8, 0.02)],
+     (5, 2, 2, 1)),                     # run 5 met every goal on a host that did not hold: in the first count only
+    ([(0.008, None, None)], (1, 1, 1, 1)),            # nothing to judge the host by: it held
+])
+def test_tally_counts_runs_that_met_every_goal_and_those_where_the_host_held(runs, expected):
+    checks = [qos_stats.judge_run({**RUN, "throttled_share_above_slo": share, "seed_speed_vs_calibration": speed,
+                                   "throttled_seed_alone_share_per_seed": [alone]}, 0.01, 100e6, 100e6)
+              for share, speed, alone in runs]
+    t = qos_stats.tally(checks)
+    assert (t["runs"], t["met_every_goal"], t["host_held"], t["host_held_met_every_goal"]) == expected
 
 
 def test_a_goal_missed_in_one_run_of_five_is_missed():

@@ -182,6 +182,9 @@ class QosBenchOptions:
     schedule and measured over the same seconds, under the law fleet's SLO; in every run's throttled
     phase it holds the law fleet's oracle rate (0 where no rate met) instead of the law. What a fixed
     rate did in the run's own minutes, on a host whose speed moves within minutes (v12, v13)."""
+    process_cpus: tuple[int, ...] = ()
+    """CPUs this process (fork clients, observer) and the scheduler and agents it starts are confined to
+    (``--cpus``: those after the seeds', per fleet with ``--control``); empty: not confined."""
     control_seed_cpus: tuple[int, ...] = ()
     """The control fleet's seeds' CPUs (as ``seed_cpus``); its scheduler and agents listen from
     ``port_base + 50``."""
@@ -1617,12 +1620,18 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         if not cpus or not set(cpus) <= allowed:
             raise BenchArgsError(f"--cpus {args.cpus}: this process may use CPUs {sorted(allowed)} only")
         seed_cpus = tuple(cpus[: args.seeds])
+    # The rest (fork clients, observer, scheduler, agents) on the CPUs after the seeds' (all of them where
+    # there are no more).
+    process_cpus = tuple(sorted(set(cpus[args.seeds:] or cpus)))
     control_seed_cpus: tuple[int, ...] = ()
     if args.control:
         # The law's fleet on the first half of the CPUs, the control's on the second: each fleet's seeds on
-        # CPUs of their own, as without a control.
+        # CPUs of their own, as without a control, and the rest on each half's CPUs after its seeds'.
         law_cpus, control_cpus = _control_split(cpus or usable_cpus(), args.seeds)
         seed_cpus, control_seed_cpus = tuple(law_cpus[: args.seeds]), tuple(control_cpus[: args.seeds])
+        if cpus:
+            process_cpus = tuple(sorted(set(law_cpus[args.seeds:] or law_cpus)
+                                        | set(control_cpus[args.seeds:] or control_cpus)))
     load = None
     if args.concurrency is not None or args.load_rps is not None:
         load = Load(concurrency=args.concurrency or 0, rps=args.load_rps or 0.0)
@@ -1631,7 +1640,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None, device=device,
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
-        control=args.control, control_seed_cpus=control_seed_cpus,
+        control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
     )
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
                         ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),
@@ -1658,19 +1667,11 @@ def _control_split(cpus: list[int], seeds: int) -> tuple[list[int], list[int]]:
     return [cpus[i % len(cpus)] for i in range(seeds)], [cpus[(seeds + i) % len(cpus)] for i in range(seeds)]
 
 
-def _confine_to_cpus(options: QosBenchOptions, cpus_flag: str | None) -> None:
-    """With --cpus: this process (fork clients, observer) and the scheduler and agents it starts run on the CPUs
-    after the seeds' (or all of them when there are no more); the seeds are pinned by the fleet. With
-    --control, each half's CPUs after its own seeds'."""
-    if not cpus_flag or not hasattr(os, "sched_setaffinity"):
-        return
-    cpus = [int(c) for c in cpus_flag.split(",")]
-    if options.control:
-        law, control = _control_split(cpus, options.seeds)
-        rest = set(law[options.seeds:] or law) | set(control[options.seeds:] or control)
-    else:
-        rest = set(cpus[len(options.seed_cpus):] or cpus)
-    os.sched_setaffinity(0, rest)
+def _confine_to_cpus(options: QosBenchOptions) -> None:
+    """This process, and the scheduler and agents it starts, on ``options.process_cpus`` (the seeds are
+    pinned by the fleet)."""
+    if options.process_cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(options.process_cpus))
 
 
 def print_checks(result: dict, say=print) -> None:
@@ -1709,7 +1710,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from testbed.fleet import FleetError
 
-    _confine_to_cpus(options, args.cpus)
+    _confine_to_cpus(options)
     # SIGTERM (a timeout, a CI cancel, the battery's deadline) must still stop the fleet's processes.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     tag = f"[{getattr(args, 'tag', None) or plant.name}] " if getattr(args, "tag_lines", False) else ""

@@ -309,6 +309,20 @@ def test_quick_and_flags_set_the_options():
     controlled, _ = qos_bench.options_from_args(_args("--control", "--seeds", "1", "--cpus", "0"))
     assert controlled.control and controlled.seed_cpus == controlled.control_seed_cpus == (0,)
     assert not full.control and full.control_seed_cpus == ()
+    # The process itself (clients, observer, scheduler, agents) on the CPUs after the seeds', all of them
+    # where there are no more; not confined without --cpus.
+    assert options.process_cpus == (0,) and controlled.process_cpus == (0,) and full.process_cpus == ()
+
+
+@pytest.mark.skipif(len(qos_bench.usable_cpus()) < 2, reason="needs two CPUs this process may use")
+def test_the_process_runs_on_the_cpus_after_the_seeds():
+    a, b = qos_bench.usable_cpus()[:2]
+    alone, _ = qos_bench.options_from_args(_args("--seeds", "1", "--cpus", f"{a},{b}"))
+    assert alone.seed_cpus == (a,) and alone.process_cpus == (b,)
+    # --control, one seed a fleet on two CPUs: a CPU a fleet, the rest of each fleet on its own seed's CPU.
+    controlled, _ = qos_bench.options_from_args(_args("--control", "--seeds", "1", "--cpus", f"{a},{b}"))
+    assert (controlled.seed_cpus, controlled.control_seed_cpus) == ((a,), (b,))
+    assert controlled.process_cpus == tuple(sorted((a, b)))
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -91,6 +91,8 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
         readings = [s["seed_alone_shares"][0] for s in result["time_series"]
                     if start <= s["t"] <= end + 0.1 and s["seed_alone_shares"][0] is not None]
         assert run["throttled_seed_alone_share_per_seed"] == [readings[-1] if readings else None]
+        alone_check = run["checks"]["seed_alone_share_above_slo"]
+        assert alone_check["value"] == run["throttled_seed_alone_share_per_seed"][0] and not alone_check["issue_target"]
     summary = result["summary"]["throttled_share_above_slo"]
     assert summary["runs"] == 1 and summary["min"] == summary["median"] == summary["max"]
     assert result["time_series"] and result["slo_itl_seconds"] > 0
@@ -118,5 +120,8 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert battery["plants"]["steady"]["summary"] == result["summary"]
     assert any(row.startswith("steady") for row in battery["table"])
     assert any(row.split()[1] == "control_share_above_slo" and row.endswith("(control)") for row in battery["table"])
+    # The runs that met every goal, over all and where the host held (context: seed speed, the seeds alone).
+    assert result["tally"]["runs"] == 1 and battery["plants"]["steady"]["tally"] == result["tally"]
+    assert "runs that met every goal: " in done.stdout
     assert battery["plants"]["steady"]["signal_table"][0].startswith("| seed | rate MB/s |")
     assert any("C throttled (run 1)" in line for line in battery["plants"]["steady"]["output"])

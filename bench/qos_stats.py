@@ -379,9 +379,10 @@ def tally(runs_checks: list[dict]) -> dict:
     The issue's bar is every run; this says how many of the misses came in minutes when the seeds alone
     had drifted off the plant the SLO and the oracle were measured on (read as context, not an excuse).
 
-        >>> ok = {"g": {"met": True, "issue_target": True}, "seed_speed_vs_calibration": {"met": True, "issue_target": False}}
-        >>> slow = {"g": {"met": False, "issue_target": True}, "seed_speed_vs_calibration": {"met": False, "issue_target": False}}
-        >>> miss = {"g": {"met": False, "issue_target": True}}
+        >>> def run(goal, speed=None):
+        ...     speed = {} if speed is None else {"seed_speed_vs_calibration": {"met": speed, "issue_target": False}}
+        ...     return {"g": {"met": goal, "issue_target": True}, **speed}
+        >>> ok, slow, miss = run(True, True), run(False, False), run(False)
         >>> tally([ok, slow, miss])
         {'runs': 3, 'met_every_goal': 1, 'host_held': 2, 'host_held_met_every_goal': 1}
     """

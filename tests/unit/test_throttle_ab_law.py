@@ -364,6 +364,45 @@ def test_a_seed_over_its_slo_on_its_own_is_held_at_the_floor():
     assert any("with the transfer off" in t.reason for t in log)
 
 
+# Under the floor (yield_floor_fraction): a GPU seed where even the floor costs more than the budget leaves.
+# Own 0.6 %, +12 % at the cap (linear): the floor (5 MB/s) puts the seed at 1.2 %; 2.9 MB/s meets the aim.
+GPU_SEED = {"tokens": 40000.0, "running": 64.0}
+
+
+def share_of(log: list[Tick], own: float, effect_at_cap: float) -> float:
+    """The seed's share over the intervals of ``log`` (noise-free, each second's applied rate)."""
+    return sum(own + effect_at_cap * t.applied / CAP for t in log) / len(log)
+
+
+@pytest.mark.parametrize("config, own, effect, under_the_floor, within_budget", [
+    ({"yield_floor_fraction": 0.01}, 0.006, 0.12, True, True),
+    ({}, 0.006, 0.12, False, False),                      # off by default: the floor, over the budget
+    # The floor costs a little (1.2 % -> 0.9 %): no reason to go under it.
+    ({"yield_floor_fraction": 0.01}, 0.006, 0.06, False, True),
+    # The seed alone over its SLO: the floor (not_our_fault), not under it.
+    ({"yield_floor_fraction": 0.01}, 0.012, 0.12, False, False),
+])
+def test_the_law_goes_under_the_floor_only_where_the_floor_itself_is_clearly_over_the_budget(
+        config, own, effect, under_the_floor, within_budget):
+    log = drive(cfg(**config), linear(own, effect, **GPU_SEED), 240, start_rate=50e6)
+    late = log[60:]
+    under = sum(t.law_rate < FLOOR for t in late) / len(late)
+    # Under it most of the time (unspent error budget lifts it over the floor now and then), never under 1 %.
+    assert (under > 0.5) is under_the_floor and (under == 0) is not under_the_floor
+    assert min(t.law_rate for t in late) >= 0.01 * CAP
+    assert (share_of(late, own, effect) <= 0.01) is within_budget
+
+
+def test_under_the_floor_the_rate_climbs_back_when_the_seed_has_room_again():
+    # 120 s where the floor itself is over the budget, then the transfer's effect drops to +1 % at the cap
+    # (the decode load lightened; 35 MB/s meets the aim): the law leaves the yield floor and climbs past
+    # the floor again.
+    heavy, light = linear(0.006, 0.12, **GPU_SEED), linear(0.006, 0.01, **GPU_SEED)
+    log = drive(cfg(yield_floor_fraction=0.01), lambda rate, k: (heavy if k < 120 else light)(rate, k), 300,
+                start_rate=50e6)
+    assert sum(t.law_rate < FLOOR for t in log[60:120]) > 30 and min(t.law_rate for t in log[260:]) > 3 * FLOOR
+
+
 def test_ttft_over_its_budget_with_the_transfer_limits_the_rate_too():
     # ITL is clean; TTFT requests miss only with the transfer on: the TTFT model sets the rate.
     def ttft(rate: float, k: int) -> tuple[float, float]:
@@ -526,6 +565,9 @@ def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     ("budget_aim_fraction", 0.0),
     ("plan_seconds", 0.5),
     ("change_window_seconds", 0.5),
+    ("yield_floor_fraction", 0.05),      # at the floor: it must be under it (or 0, never)
+    ("yield_floor_fraction", -0.01),
+    ("yield_floor_z", -1.0),
 ])
 def test_ab_fields_are_checked_and_named(field, value):
     with pytest.raises(InvalidControllerConfig) as exc:

@@ -1529,6 +1529,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds each fixed rate is held while the oracle is sought (default 30; 4 with --quick)")
     p.add_argument("--oracle-probes", type=int, default=None,
                    help="most probes for the oracle, the cap included (default 5; 3 with --quick)")
+    p.add_argument("--oracle-floor-fraction", type=float, default=None,
+                   help="the lowest rate the oracle's bisection goes to, as a fraction of the cap (default 1/16; "
+                        "under the law's floor, 0.05, to judge yield_floor_fraction)")
     p.add_argument("--baseline-seconds", type=float, default=None,
                    help="seconds of each load's no-transfer baseline the SLO is chosen from, read in 3 s "
                         "windows (default 30; 4, read whole, with --quick)")
@@ -1595,6 +1598,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         raise BenchArgsError(f"--run-oracle-probes must be 0 or more, got {args.run_oracle_probes}")
     if args.oracle_probes is not None and args.oracle_probes < 1:
         raise BenchArgsError(f"--oracle-probes must be at least 1 (the cap), got {args.oracle_probes}")
+    if args.oracle_floor_fraction is not None and not 0 < args.oracle_floor_fraction < 1:
+        raise BenchArgsError(f"--oracle-floor-fraction must be in (0, 1) of the cap, got {args.oracle_floor_fraction}")
     try:
         size = parse_size(args.size) if args.size else None
         chunk = parse_size(args.chunk_size) if args.chunk_size else None
@@ -1645,7 +1650,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
                         ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),
                         ("run_baseline_seconds", args.watch_seconds), ("baseline_seconds", args.baseline_seconds),
-                        ("run_oracle_probes", args.run_oracle_probes)):
+                        ("run_oracle_probes", args.run_oracle_probes),
+                        ("oracle_floor_fraction", args.oracle_floor_fraction)):
         if value is not None:
             fields[name] = value
     options = QosBenchOptions.quick(**fields) if args.quick else QosBenchOptions(**fields)

@@ -304,6 +304,8 @@ def test_quick_and_flags_set_the_options():
     assert full.oracle_probe_seconds >= 30 and full.oracle_max_probes >= 5
     assert full.baseline_seconds == 30 and full.baseline_block_seconds == 3 and options.baseline_block_seconds is None
     assert qos_bench.options_from_args(_args("--baseline-seconds", "60"))[0].baseline_seconds == 60
+    assert qos_bench.options_from_args(_args("--oracle-floor-fraction", "0.01"))[0].oracle_floor_fraction == 0.01
+    assert full.oracle_floor_fraction == 1 / 16
     # --control: the CPUs in halves, the law fleet's seeds on the first, the control's on the second (on
     # one CPU both wrap onto it).
     controlled, _ = qos_bench.options_from_args(_args("--control", "--seeds", "1", "--cpus", "0"))
@@ -329,6 +331,7 @@ def test_the_process_runs_on_the_cpus_after_the_seeds():
     (["--plant", "spiky"], "unknown plant 'spiky'"),
     (["--runs", "0"], "--runs must be at least 1"),
     (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--oracle-floor-fraction", "0"], "--oracle-floor-fraction must be in (0, 1) of the cap"),
     (["--oracle-probe-seconds", "0"], "--oracle-probe-seconds must be seconds > 0"),
     (["--watch-seconds", "-1"], "--watch-seconds must be seconds > 0"),
     (["--baseline-seconds", "nan"], "--baseline-seconds must be seconds > 0"),

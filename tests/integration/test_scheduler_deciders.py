@@ -164,5 +164,7 @@ def test_a_tensor_parallel_scale_out_through_deciders_finishes_every_rank(tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     [run] = json.loads(out.read_text())["scale_outs"]
     assert run["created"] == run["done"] == 16 and run["failed"] == 0 and run["seeds_dropped"] == 0, run
-    assert len(run["decider_cpu_seconds"]) == 2 and all(s > 0 for s in run["decider_cpu_seconds"]), run
-    assert run["streams"] >= 2 * 7, run  # both ranks' groups streamed, each in its own decider
+    # Both deciding processes measured. Not "each used CPU": here each decides for a few milliseconds, under
+    # the 10 ms tick /proc counts CPU in (a loaded run read 0.0 for one); that each decided is the next check.
+    assert len(run["decider_cpu_seconds"]) == 2 and all(s >= 0 for s in run["decider_cpu_seconds"]), run
+    assert run["streams"] >= 2 * 7, run  # both ranks' groups streamed, each in its own decider (rank r: r % 2)

@@ -1528,6 +1528,10 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                                 f"rate x{1 - config.ab_max_cut:g} -> {new_rate:.3g} B/s", may_pause=cut_last_tick)
         return _ab_schedule(state, config, slo, now, Mode.HOLD_LOW_SAMPLES, rate,
                             f"pooling: {summary}; too few tokens with the transfer on")
+    # The lowest rate a cut goes to: the floor, or the yield floor where the law is under the floor
+    # (``yield_floor_fraction``: the target itself says so; a spike's cut below does not).
+    lowest = (config.floor_bytes_per_second if target >= config.floor_bytes_per_second
+              else config.yield_floor_bytes_per_second)
     if spike:
         # A spike cuts at once whatever the pooled evidence says (it may be a new load: the older
         # evidence is only forgotten once that is confirmed).
@@ -1537,7 +1541,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     if target < rate * (1 - config.rate_deadband) or (spike and target < rate):
         if state.last_cut_at is not None and now - state.last_cut_at + _EPS < config.min_spacing_seconds:
             return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, f"over ({summary}); one cut per interval")
-        new_rate = max(target, rate * (1 - config.ab_max_cut), min(target, config.floor_bytes_per_second))
+        new_rate = max(target, rate * (1 - config.ab_max_cut), lowest)
         state = replace(state, last_cut_at=now, good_rates=(), ab_cut_from=_cut_from(state, config, rate, now))
         why = "clear miss this interval; " if spike else ("load changed; " if changed else "")
         return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"{why}{summary}; -> {new_rate:.3g} B/s",

@@ -393,6 +393,16 @@ def test_the_law_goes_under_the_floor_only_where_the_floor_itself_is_clearly_ove
     assert (share_of(late, own, effect) <= 0.01) is within_budget
 
 
+@pytest.mark.parametrize("config, lowest", [({}, FLOOR), ({"yield_floor_fraction": 0.01}, 0.01 * CAP)])
+def test_a_cut_from_just_over_the_floor_stops_at_the_laws_lowest_rate(config, lowest):
+    # +100 % at the cap: the first on interval at 6 MB/s is a clear miss (6.2 % of tokens), and x0.7
+    # from 6 MB/s is under the floor. Without yield_floor_fraction the floor holds; with it, the law may
+    # go under the floor but never under the yield floor.
+    log = drive(cfg(**config), linear(0.002, 1.0, **GPU_SEED), 60, start_rate=6e6)
+    assert min(t.law_rate for t in log) >= lowest * (1 - 1e-9)
+    assert (min(t.law_rate for t in log) < FLOOR) is (lowest < FLOOR)
+
+
 def test_under_the_floor_the_rate_climbs_back_when_the_seed_has_room_again():
     # 120 s where the floor itself is over the budget, then the transfer's effect drops to +1 % at the cap
     # (the decode load lightened; 35 MB/s meets the aim): the law leaves the yield floor and climbs past

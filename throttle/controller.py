@@ -198,11 +198,11 @@ class ControllerConfig:
     #: The A/B law goes under the floor, down to this fraction of the cap, only where the evidence
     #: shows the floor itself over the budget's aim: the share's lower bound at the floor,
     #: ``yield_floor_z`` standard errors under its estimate, past ``budget_aim_fraction`` x the
-    #: budget, the seed alone not over it (that is ``not_our_fault``: the floor). 0: never, the
-    #: floor is the lowest rate. On the plant model a GPU seed like v17's (docs/qos.md "Under the
-    #: floor") meets the budget in 58 runs of 60 at 0.01 against 7, and the other 12 plants do not
-    #: move; not the default until measured on hardware.
-    yield_floor_fraction: float = 0.0
+    #: budget, the seed alone not over it (that is ``not_our_fault``: the floor). 0, or at or over
+    #: ``floor_fraction``: never, the floor is the lowest rate. On v19's H100 GPU seeds whose floor
+    #: cost +2 % (docs/qos.md "Under the floor") it held them at 1.10-1.27 % of their tokens over the
+    #: SLO where the floor's rate read 2.5-2.9 %, and on the CPU plant beside them it never acted.
+    yield_floor_fraction: float = 0.01
     #: Standard errors by which the floor's share must clear the aim before the law goes under it:
     #: more than ``confidence_z``, so a seed whose own share wanders near the budget is not taken there.
     yield_floor_z: float = 3.0
@@ -400,7 +400,7 @@ class ControllerConfig:
         checks: list[tuple[str, Callable[[float], bool], str]] = [
             ("cap_bytes_per_second", lambda v: v > 0, "> 0 bytes/s"),
             ("floor_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("yield_floor_fraction", lambda v: 0 <= v < self.floor_fraction, "in [0, floor_fraction) (0: never)"),
+            ("yield_floor_fraction", lambda v: 0 <= v < 1, "in [0, 1) (0, or at or over floor_fraction: never)"),
             ("yield_floor_z", lambda v: v >= 0, ">= 0"),
             ("interval_seconds", lambda v: v > 0, "> 0 seconds"),
             ("min_observations", lambda v: v >= 1 and v == int(v), "an integer >= 1"),
@@ -486,8 +486,14 @@ class ControllerConfig:
         return self.cap * self.floor_fraction
 
     @property
+    def yields_under_floor(self) -> bool:
+        """Whether the A/B law may go under the floor (``yield_floor_fraction``)."""
+        return 0 < self.yield_floor_fraction < self.floor_fraction
+
+    @property
     def yield_floor_bytes_per_second(self) -> float:
-        return self.cap * self.yield_floor_fraction
+        """The lowest rate of the A/B law: the yield floor where it may go under the floor, else the floor."""
+        return self.cap * (self.yield_floor_fraction if self.yields_under_floor else self.floor_fraction)
 
     @property
     def step_bytes_per_second(self) -> float:
@@ -686,6 +692,11 @@ class ControllerState:
     #: A/B law: the intervals (their sample times) of spikes the change window did not confirm: left
     #: out of the attribution while in the horizon, kept in the error budget.
     ab_isolated: tuple[float, ...] = ()
+    #: A/B law: the latest interval the seed missed its SLO on its own (``not_our_fault``). Going under
+    #: the floor (``yield_floor_fraction``) reads only the transfer-on intervals after it: those before
+    #: it were slow for the seed's own reasons, and once the seed is back they would read as the
+    #: transfer's cost at the floor.
+    ab_seed_over_at: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -1378,10 +1389,12 @@ def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, confi
 def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerConfig, duty: float,
                min_tokens: float, now: float, rate_now: float,
                budget_from: float = -math.inf,
-               isolated: tuple[float, ...] = ()) -> tuple[float | None, str, bool, float]:
+               isolated: tuple[float, ...] = (),
+               yield_from: float = -math.inf) -> tuple[float | None, str, bool, float]:
     """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
     the largest raise factor the evidence at ``rate_now`` supports). Intervals in ``isolated`` (the
-    seed's own bad seconds, all transfer-on) are left out of the attribution; the error budget counts them."""
+    seed's own bad seconds, all transfer-on) are left out of the attribution; the error budget counts them.
+    Going under the floor reads the transfer-on intervals after ``yield_from`` only."""
     on = [s for s in _attributable(samples, isolated) if s.on]
     off = [s for s in samples if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
@@ -1397,12 +1410,15 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     allowed = _allowed_share(recent, budget, config)
     floor = config.floor_bytes_per_second
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap)
-    if (rate <= floor and config.yield_floor_fraction > 0 and est.off_known
-            and overall_share(est, floor, duty, -config.yield_floor_z) > config.budget_aim_fraction * budget):
-        # The floor itself is clearly over the budget's aim (not an error budget being repaid, which
-        # ``allowed`` is): under it, to the largest rate the evidence allows there.
-        rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=config.yield_floor_bytes_per_second,
-                         cap=floor)
+    if rate <= floor and config.yields_under_floor and est.off_known:
+        since = est if yield_from == -math.inf else estimate(
+            [s for s in on if s.at > yield_from], off, min_tokens=min_tokens)
+        if (since.off_known and since.tokens_on >= min_tokens
+                and overall_share(since, floor, duty, -config.yield_floor_z) > config.budget_aim_fraction * budget):
+            # The floor itself is clearly over the budget's aim (not an error budget being repaid, which
+            # ``allowed`` is): under it, to the largest rate the evidence allows there.
+            rate = safe_rate(since, budget=allowed, duty_off=duty, z=z, floor=config.yield_floor_bytes_per_second,
+                             cap=floor)
     bound = overall_share(est, rate, duty, z)
     return (rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s", False,
             _raise_factor(est, rate_now, allowed, duty, config))
@@ -1501,17 +1517,17 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
     target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate,
-                                                    state.ab_budget_from, isolated)
+                                                    state.ab_budget_from, isolated, state.ab_seed_over_at)
     if slo.ttft_threshold_seconds is not None and target is not None:
         t_target, t_summary, t_over, t_factor = _ab_target(ttft, slo.ttft_budget, config, duty,
                                                            config.min_ttft_observations, now, rate,
-                                                           state.ab_budget_from, isolated)
+                                                           state.ab_budget_from, isolated, state.ab_seed_over_at)
         if t_target is not None:
             factor = min(factor, t_factor)
         if t_target is not None and t_target < target:
             target, summary, seed_over = t_target, f"TTFT: {t_summary}", t_over
     if seed_over:
-        state = replace(state, good_rates=())
+        state = replace(state, good_rates=(), ab_seed_over_at=now)
         return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, config.floor_bytes_per_second,
                             f"the seed misses its SLO with the transfer off ({summary}): floor")
     if target is None:

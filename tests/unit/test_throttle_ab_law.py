@@ -375,8 +375,9 @@ def share_of(log: list[Tick], own: float, effect_at_cap: float) -> float:
 
 
 @pytest.mark.parametrize("config, own, effect, under_the_floor, within_budget", [
-    ({"yield_floor_fraction": 0.01}, 0.006, 0.12, True, True),
-    ({}, 0.006, 0.12, False, False),                      # off by default: the floor, over the budget
+    ({}, 0.006, 0.12, True, True),                        # the default (0.01)
+    ({"yield_floor_fraction": 0.0}, 0.006, 0.12, False, False),   # off: the floor, over the budget
+    ({"yield_floor_fraction": 0.05}, 0.006, 0.12, False, False),  # at the floor: off too
     # The floor costs a little (1.2 % -> 0.9 %): no reason to go under it.
     ({"yield_floor_fraction": 0.01}, 0.006, 0.06, False, True),
     # The seed alone over its SLO: the floor (not_our_fault), not under it.
@@ -393,7 +394,7 @@ def test_the_law_goes_under_the_floor_only_where_the_floor_itself_is_clearly_ove
     assert (share_of(late, own, effect) <= 0.01) is within_budget
 
 
-@pytest.mark.parametrize("config, lowest", [({}, FLOOR), ({"yield_floor_fraction": 0.01}, 0.01 * CAP)])
+@pytest.mark.parametrize("config, lowest", [({"yield_floor_fraction": 0.0}, FLOOR), ({}, 0.01 * CAP)])
 def test_a_cut_from_just_over_the_floor_stops_at_the_laws_lowest_rate(config, lowest):
     # +100 % at the cap: the first on interval at 6 MB/s is a clear miss (6.2 % of tokens), and x0.7
     # from 6 MB/s is under the floor. Without yield_floor_fraction the floor holds; with it, the law may
@@ -401,6 +402,22 @@ def test_a_cut_from_just_over_the_floor_stops_at_the_laws_lowest_rate(config, lo
     log = drive(cfg(**config), linear(0.002, 1.0, **GPU_SEED), 60, start_rate=6e6)
     assert min(t.law_rate for t in log) >= lowest * (1 - 1e-9)
     assert (min(t.law_rate for t in log) < FLOOR) is (lowest < FLOOR)
+
+
+def test_a_seed_that_missed_on_its_own_does_not_take_the_law_under_the_floor_when_it_recovers():
+    # The agent's view of a seed that misses alone (tests/unit/test_agent_qos_state.py): 20 s at 20 % of its
+    # tokens over the SLO with no chunk reads, 20 s more with the fork reading at the floor (not_our_fault),
+    # then 70 s back at 0.5 % while the fork reads nothing. The on intervals of the miss read 20 % at the
+    # floor; taken for the transfer's cost they took the law under the floor for the seed's own past.
+    config = cfg()
+    state, law_rates = initial_state(config, now=0.0), []
+    for k, (share, reading) in enumerate([(0.2, False)] * 20 + [(0.2, True)] * 20 + [(0.005, False)] * 70):
+        obs = Observation(itl=window(2000.0, 2000.0 * share), ttft=None, running=8.0, queued=0.0,
+                          transfer_active=reading, span_seconds=1.0)
+        state = decide(state, obs, config, SLO, now=float(k + 1)).state
+        law_rates.append(state.rate_bytes_per_second)
+    assert state.ab_seed_over_at > 20
+    assert min(law_rates) >= FLOOR * (1 - 1e-9)
 
 
 def test_under_the_floor_the_rate_climbs_back_when_the_seed_has_room_again():
@@ -575,7 +592,7 @@ def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     ("budget_aim_fraction", 0.0),
     ("plan_seconds", 0.5),
     ("change_window_seconds", 0.5),
-    ("yield_floor_fraction", 0.05),      # at the floor: it must be under it (or 0, never)
+    ("yield_floor_fraction", 1.0),       # at or over floor_fraction is never, but a whole cap is a mistake
     ("yield_floor_fraction", -0.01),
     ("yield_floor_z", -1.0),
 ])

@@ -70,6 +70,7 @@ from bench.qos_stats import (
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
+from throttle.controller import InvalidTuning, tuning_from_text
 from throttle.histogram import window as histogram_window
 from throttle.prom_text import ITL_HISTOGRAM, TTFT_HISTOGRAM, parse_sglang_scrape
 
@@ -137,10 +138,13 @@ class QosBenchOptions:
     seed, and the queue it leaves would slow the next phase too."""
     settle_seconds: float = 1.0
     oracle_probe_seconds: float = 30.0
-    oracle_max_probes: int = 5
-    """Probes including the cap's; bisection stops earlier once the bracket is within ``oracle_tolerance``."""
-    oracle_floor_fraction: float = 1 / 16
-    """The lowest rate bisection goes to, as a fraction of the cap."""
+    oracle_max_probes: int = 6
+    """Probes including the cap's; bisection stops earlier once the bracket is within ``oracle_tolerance``.
+    The cap and five log-scale halvings of [cap/100, cap] bring the bracket within 1.16x."""
+    oracle_floor_fraction: float | None = None
+    """The lowest rate bisection goes to, as a fraction of the cap. None: the law's lowest rate, so that the
+    oracle is sought wherever the law may go: its yield floor (``yield_floor_fraction``, of
+    ``throttle_tuning`` or the default) where the law may go under its floor, else cap/16."""
     oracle_tolerance: float = 1.2
     """Stop when the lowest rate that missed is within this factor of the highest that met."""
     run_oracle_probes: int = 0
@@ -188,6 +192,15 @@ class QosBenchOptions:
     control_seed_cpus: tuple[int, ...] = ()
     """The control fleet's seeds' CPUs (as ``seed_cpus``); its scheduler and agents listen from
     ``port_base + 50``."""
+
+    @property
+    def oracle_floor_bytes_per_second(self) -> float:
+        """The lowest rate the oracle's bisection goes to (``oracle_floor_fraction``)."""
+        if self.oracle_floor_fraction is not None:
+            return self.oracle_floor_fraction * self.cap
+        law = tuning_from_text(self.throttle_tuning or "", self.cap)
+        lowest = law.yield_floor_fraction if law.law == "ab" and law.yields_under_floor else 1 / 16
+        return min(lowest, 1 / 16) * self.cap
 
     @classmethod
     def quick(cls, **overrides) -> "QosBenchOptions":
@@ -1004,7 +1017,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         probes: list[Probe] = []
         sweep: list[dict] = []
         probe_results: dict[float, PhaseResult] = {}
-        while (rate := next_probe(probes, cap, options.oracle_floor_fraction * cap, options.oracle_tolerance,
+        while (rate := next_probe(probes, cap, options.oracle_floor_bytes_per_second, options.oracle_tolerance,
                                   options.oracle_max_probes)) is not None:
             observer.phase = "oracle"
             label = "B unthrottled (throttle off)" if rate >= cap else f"S fixed {format_rate(rate)}/seed"
@@ -1021,7 +1034,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             "bracket_per_seed_bytes_per_second": [low, high],
             "share_above_slo_at_oracle": oracle_phase.worst_share() if oracle_phase else None,
             "probes": sweep, "probe_seconds": options.oracle_probe_seconds, "floor_bytes_per_second":
-                options.oracle_floor_fraction * cap, "tolerance": options.oracle_tolerance,
+                options.oracle_floor_bytes_per_second, "tolerance": options.oracle_tolerance,
             "rule": "highest probed fixed per-seed rate at which every seed's share of tokens over the ITL SLO "
                     "<= the budget; bisection on a log scale from [floor, cap]",
             "shared_by_runs": True,
@@ -1110,7 +1123,7 @@ def _run_oracle(k: int, options: QosBenchOptions, plant: Plant, observer: Observ
     """The oracle again, beside run ``k`` (``bench.qos_stats.next_run_probe``): what the run is judged against."""
     shared = oracle["rate_per_seed_bytes_per_second"]
     shared_missed = oracle["bracket_per_seed_bytes_per_second"][1]
-    floor = options.oracle_floor_fraction * options.cap
+    floor = options.oracle_floor_bytes_per_second
     probes: list[Probe] = []
     sweep: list[dict] = []
     while (rate := next_run_probe(shared, shared_missed, probes, floor, options.run_oracle_probes,
@@ -1372,6 +1385,7 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
 def _options_dict(options: QosBenchOptions) -> dict:
     d = asdict(options)
     d["itl_buckets"] = None if options.itl_buckets is None else len(options.itl_buckets)  # a count, not 100 numbers
+    d["oracle_floor_fraction"] = options.oracle_floor_bytes_per_second / options.cap  # as sought, not None
     return d
 
 
@@ -1528,10 +1542,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle-probe-seconds", type=float, default=None,
                    help="seconds each fixed rate is held while the oracle is sought (default 30; 4 with --quick)")
     p.add_argument("--oracle-probes", type=int, default=None,
-                   help="most probes for the oracle, the cap included (default 5; 3 with --quick)")
+                   help="most probes for the oracle, the cap included (default 6; 3 with --quick)")
     p.add_argument("--oracle-floor-fraction", type=float, default=None,
-                   help="the lowest rate the oracle's bisection goes to, as a fraction of the cap (default 1/16; "
-                        "under the law's floor, 0.05, to judge yield_floor_fraction)")
+                   help="the lowest rate the oracle's bisection goes to, as a fraction of the cap (default: the law's "
+                        "lowest rate, its yield_floor_fraction (0.01) where it may go under its floor, else 1/16)")
     p.add_argument("--baseline-seconds", type=float, default=None,
                    help="seconds of each load's no-transfer baseline the SLO is chosen from, read in 3 s "
                         "windows (default 30; 4, read whole, with --quick)")
@@ -1608,6 +1622,11 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         raise BenchArgsError(str(exc)) from None
     if not cap:
         raise BenchArgsError(f"--cap {args.cap!r}: the throttle needs a link rate > 0, e.g. 100MB/s")
+    if args.throttle_tuning:
+        try:
+            tuning_from_text(args.throttle_tuning, cap)
+        except InvalidTuning as exc:
+            raise BenchArgsError(f"--throttle-tuning: {exc}") from None
     device = args.device or plant.device
     from rfork_agent.devices import DeviceError, check_device
     try:

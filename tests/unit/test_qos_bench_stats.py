@@ -153,13 +153,18 @@ def test_bisection_brackets_the_true_oracle(true_oracle):
         assert low <= true_oracle < high and high / low <= tolerance
 
 
-def test_five_probes_bracket_within_a_fifth():
-    """The battery's default: the cap plus four log-scale halvings of [cap/16, cap] reach high/low <= 1.19."""
-    probes: list[Probe] = []
-    while (rate := next_probe(probes, 100.0, 6.25, 1.2, 5)) is not None:
-        probes.append(Probe(rate, rate <= 57.0))
-    low, high = bracket(probes)
-    assert len(probes) == 5 and low <= 57.0 < high and high / low < 1.2
+@pytest.mark.parametrize("floor, probes_spent, within", [
+    (6.25, 5, 1.19),   # the cap and four log-scale halvings of [cap/16, cap] (before session 31)
+    (1.0, 6, 1.16),    # the default since: [cap/100, cap] (the law's yield floor), with one probe more
+])
+def test_the_default_probes_bracket_the_oracle_within_a_fifth(floor, probes_spent, within):
+    for true_oracle in (57.0, 13.0, 1.4):
+        probes: list[Probe] = []
+        while (rate := next_probe(probes, 100.0, floor, 1.2, probes_spent)) is not None:
+            probes.append(Probe(rate, rate <= true_oracle))
+        low, high = bracket(probes)
+        if true_oracle >= floor:
+            assert low <= true_oracle < high and high / low <= within
 
 
 # --------------------------------------------------------------------------- judging and summaries
@@ -301,11 +306,18 @@ def test_quick_and_flags_set_the_options():
     assert plant.name == "bursty" and options.oracle_probe_seconds == 7 and options.size_bytes == 64 * 2**20
     assert options.load == qos_plants.Load(concurrency=16) and options.seed_cpus == (0,)
     full, _ = qos_bench.options_from_args(_args())
-    assert full.oracle_probe_seconds >= 30 and full.oracle_max_probes >= 5
+    assert full.oracle_probe_seconds >= 30 and full.oracle_max_probes >= 6
     assert full.baseline_seconds == 30 and full.baseline_block_seconds == 3 and options.baseline_block_seconds is None
     assert qos_bench.options_from_args(_args("--baseline-seconds", "60"))[0].baseline_seconds == 60
     assert qos_bench.options_from_args(_args("--oracle-floor-fraction", "0.01"))[0].oracle_floor_fraction == 0.01
-    assert full.oracle_floor_fraction == 1 / 16
+    # By default the oracle is sought down to the law's lowest rate: its yield floor, or cap/16 where it
+    # does not go under its floor.
+    assert full.oracle_floor_fraction is None and full.oracle_floor_bytes_per_second == 0.01 * full.cap
+    no_yield, _ = qos_bench.options_from_args(_args("--throttle-tuning", "yield_floor_fraction=0"))
+    assert no_yield.oracle_floor_bytes_per_second == full.cap / 16
+    aimd, _ = qos_bench.options_from_args(_args("--throttle-tuning", "law=aimd"))
+    assert aimd.oracle_floor_bytes_per_second == full.cap / 16
+    assert qos_bench._options_dict(full)["oracle_floor_fraction"] == 0.01
     # --control: the CPUs in halves, the law fleet's seeds on the first, the control's on the second (on
     # one CPU both wrap onto it).
     controlled, _ = qos_bench.options_from_args(_args("--control", "--seeds", "1", "--cpus", "0"))
@@ -339,6 +351,8 @@ def test_the_process_runs_on_the_cpus_after_the_seeds():
     (["--cpus", "0,x"], "--cpus must be CPU numbers"),
     (["--cpus", "100000"], "this process may use CPUs"),
     (["--cap", "0"], "needs a link rate > 0"),
+    (["--throttle-tuning", "plan_seconds=-1"], "--throttle-tuning: ControllerConfig.plan_seconds must be"),
+    (["--throttle-tuning", "no_such=1"], "--throttle-tuning: 'no_such=1' is not FIELD=VALUE"),
 ])
 def test_bad_flags_are_one_line(argv, says, capsys):
     assert qos_bench.run(_args(*argv)) == 2

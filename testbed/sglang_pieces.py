@@ -39,6 +39,7 @@ import time
 import types
 from typing import Any, Mapping
 
+from rfork_api.clients import KEEPALIVE_REUSE_SECONDS
 from testbed.fleet import Fleet, HeldPort
 
 log = logging.getLogger("rfork.testbed.sglang")
@@ -166,7 +167,8 @@ class EngineInfoSource:
         self._held = HeldPort(host) if port is None else None  # ours until SGLang's uvicorn listens on it
         self.host, self.port = host, port or self._held.port
         self.url = f"http://{host}:{self.port}"
-        self._http = httpx.Client(timeout=5)
+        # Not reusing a connection idle long enough for uvicorn to be closing it (rfork_api/clients.py).
+        self._http = httpx.Client(timeout=5, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_REUSE_SECONDS))
         self.server = EngineInfoBootstrapServer(host, self.port)
         # Its constructor returns before uvicorn listens.
         deadline = time.monotonic() + start_timeout_seconds

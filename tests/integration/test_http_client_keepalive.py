@@ -9,6 +9,7 @@ stops reusing a connection idle for ``KEEPALIVE_REUSE_SECONDS``.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -126,6 +127,27 @@ def test_the_scheduler_client_does_not_reuse_a_connection_idle_past_the_limit(id
             assert (await scheduler.health()).status == "ok"
             await asyncio.sleep(idle_seconds)
             assert (await scheduler.health()).status == "ok"
+        assert server.connections == connections
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("idle_seconds, connections", [(0.0, 1), (KEEPALIVE_REUSE_SECONDS + 0.5, 2)])
+def test_the_qos_bench_observers_client_does_not_reuse_a_connection_idle_past_the_limit(idle_seconds, connections):
+    # bench.qos_bench's Observer (sync httpx) polls the seeds and agents and drives their loads and throttles.
+    # With httpx's own 5 s it raced uvicorn's 5 s: a miniature battery under load lost its control fleet's
+    # idle phase to "Server disconnected without sending a response".
+    from bench.qos_bench import _http_client
+
+    def two_calls(url: str) -> None:
+        with _http_client(5.0) as http:
+            http.get(f"{url}/health")
+            time.sleep(idle_seconds)
+            http.get(f"{url}/health")
+
+    async def go():
+        async with DroppingServer(drop_at=None) as server:
+            await asyncio.to_thread(two_calls, server.url)
         assert server.connections == connections
 
     asyncio.run(go())

@@ -50,7 +50,9 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     assert oracle["probes"][0]["rate_per_seed_bytes_per_second"] == result["cap_bytes_per_second"]
     assert (len(oracle["probes"]) == 1) == oracle["probes"][0]["met_slo"]
     # The forks were moving when the probe began: it waits for them to land bytes again after the drain.
+    # A probe that moved next to nothing (2 s is about three forks of the 64 MiB model) is measured again.
     assert oracle["probes"][0]["delivered_fraction"] > 0.1 and oracle["probes"][0]["resumed_after_seconds"] > 0
+    assert 1 <= oracle["probes"][0]["attempts"] <= 3
     share = oracle["probes"][0]["share_above_slo_per_seed"][0]
     assert share["ci95"][0] <= share["share"] <= share["ci95"][1] and share["tokens"] > 0
     for run in result["runs"]:

@@ -70,8 +70,8 @@ from bench.qos_stats import (
 from rfork_api.clients import KEEPALIVE_REUSE_SECONDS
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
-from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.controller import InvalidTuning, tuning_from_text
+from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.histogram import window as histogram_window
 from throttle.prom_text import ITL_HISTOGRAM, TTFT_HISTOGRAM, parse_sglang_scrape
 

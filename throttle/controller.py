@@ -1411,9 +1411,8 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     floor = config.floor_bytes_per_second
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap)
     if rate <= floor and config.yields_under_floor and est.off_known:
-        since = est if yield_from == -math.inf else estimate(
-            [s for s in on if s.at > yield_from], off, min_tokens=min_tokens)
-        if (since.off_known and since.tokens_on >= min_tokens
+        since = estimate([s for s in on if s.at > yield_from], off, min_tokens=min_tokens)
+        if (since.tokens_on >= min_tokens
                 and overall_share(since, floor, duty, -config.yield_floor_z) > config.budget_aim_fraction * budget):
             # The floor itself is clearly over the budget's aim (not an error budget being repaid, which
             # ``allowed`` is): under it, to the largest rate the evidence allows there.

@@ -67,7 +67,7 @@ from bench.qos_stats import (
     tally,
     wilson_interval,
 )
-from rfork_api.clients import KEEPALIVE_REUSE_SECONDS
+from rfork_api.clients import blocking_http_client
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
 from throttle.controller import InvalidTuning, tuning_from_text
@@ -441,11 +441,6 @@ class PhaseResult:
         return max(shares) if shares else None
 
 
-def _http_client(timeout: float) -> httpx.Client:
-    """A client that never reuses a connection the server may be closing (see ``KEEPALIVE_REUSE_SECONDS``)."""
-    return httpx.Client(timeout=timeout, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_REUSE_SECONDS))
-
-
 class Observer:
     """Scrapes every seed's /metrics and every agent's /v1/throttle; counts landed bytes; drives loads and throttles."""
 
@@ -456,7 +451,7 @@ class Observer:
         # Connections idle for KEEPALIVE_REUSE_SECONDS are not reused: uvicorn (the seeds, agents and scheduler)
         # closes them at 5 s, and a request written as it does so fails with "Server disconnected without
         # sending a response" (a miniature battery's control fleet, between the idle phase's calls, under load).
-        self.http = _http_client(5.0)
+        self.http = blocking_http_client(5.0)
         self.bytes_landed = 0
         self._lock = threading.Lock()
         self.samples: list[Sample] = []
@@ -525,7 +520,7 @@ class Observer:
     def _run(self) -> None:
         # Allowed rates every 0.25 s (spike reaction is timed from them); seed histograms every 1 s.
         next_sample = self.now()
-        http = _http_client(2.0)
+        http = blocking_http_client(2.0)
         while not self._stop.is_set():
             now = self.now()
             try:

@@ -80,6 +80,12 @@ so a client that calls every 5 s (the agent's check of its seed) raced it: on an
 of the agent's scrapes of its seed (docs/benchmarks.md, "v11")."""
 
 
+def blocking_http_client(timeout: float) -> httpx.Client:
+    """A sync client that never reuses a connection idle for ``KEEPALIVE_REUSE_SECONDS`` (the bench's and
+    the testbed's calls to our uvicorn servers, spaced by phases and waits)."""
+    return httpx.Client(timeout=timeout, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_REUSE_SECONDS))
+
+
 class _Client:
     service = "service"
     unreachable: type = RforkApiError

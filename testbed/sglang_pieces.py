@@ -39,7 +39,7 @@ import time
 import types
 from typing import Any, Mapping
 
-from rfork_api.clients import KEEPALIVE_REUSE_SECONDS
+from rfork_api.clients import blocking_http_client
 from testbed.fleet import Fleet, HeldPort
 
 log = logging.getLogger("rfork.testbed.sglang")
@@ -168,7 +168,7 @@ class EngineInfoSource:
         self.host, self.port = host, port or self._held.port
         self.url = f"http://{host}:{self.port}"
         # Not reusing a connection idle long enough for uvicorn to be closing it (rfork_api/clients.py).
-        self._http = httpx.Client(timeout=5, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_REUSE_SECONDS))
+        self._http = blocking_http_client(5.0)
         self.server = EngineInfoBootstrapServer(host, self.port)
         # Its constructor returns before uvicorn listens.
         deadline = time.monotonic() + start_timeout_seconds

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from rfork_api.clients import KEEPALIVE_REUSE_SECONDS, SchedulerClient
+from rfork_api.clients import KEEPALIVE_REUSE_SECONDS, SchedulerClient, blocking_http_client
 from rfork_api.seed_info import seed_http_client
 
 
@@ -133,14 +133,13 @@ def test_the_scheduler_client_does_not_reuse_a_connection_idle_past_the_limit(id
 
 
 @pytest.mark.parametrize("idle_seconds, connections", [(0.0, 1), (KEEPALIVE_REUSE_SECONDS + 0.5, 2)])
-def test_the_qos_bench_observers_client_does_not_reuse_a_connection_idle_past_the_limit(idle_seconds, connections):
-    # bench.qos_bench's Observer (sync httpx) polls the seeds and agents and drives their loads and throttles.
+def test_the_blocking_client_does_not_reuse_a_connection_idle_past_the_limit(idle_seconds, connections):
+    # bench.qos_bench's Observer and testbed.sglang_pieces use it (sync httpx): the Observer polls the seeds
+    # and agents and drives their loads and throttles.
     # With httpx's own 5 s it raced uvicorn's 5 s: a miniature battery under load lost its control fleet's
     # idle phase to "Server disconnected without sending a response".
-    from bench.qos_bench import _http_client
-
     def two_calls(url: str) -> None:
-        with _http_client(5.0) as http:
+        with blocking_http_client(5.0) as http:
             http.get(f"{url}/health")
             time.sleep(idle_seconds)
             http.get(f"{url}/health")

@@ -105,6 +105,10 @@ SGLANG_ITL_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.
 # --bucket-inter-token-latency <bounds around the SLO>.
 FINE_ITL_BUCKETS = tuple(sorted(set(SGLANG_ITL_BUCKETS) | {round(0.001 * 1.05 ** i, 4) for i in range(128)}))
 
+#: The oracle's lowest rate, as a fraction of the cap, where the law does not go under its floor; where it
+#: does, the law's yield floor if that is lower.
+ORACLE_FLOOR_FRACTION = 1 / 16
+
 
 @dataclass(frozen=True)
 class QosBenchOptions:
@@ -200,8 +204,8 @@ class QosBenchOptions:
         if self.oracle_floor_fraction is not None:
             return self.oracle_floor_fraction * self.cap
         law = tuning_from_text(self.throttle_tuning or "", self.cap)
-        lowest = law.yield_floor_fraction if law.law == "ab" and law.yields_under_floor else 1 / 16
-        return min(lowest, 1 / 16) * self.cap
+        lowest = law.yield_floor_fraction if law.law == "ab" and law.yields_under_floor else ORACLE_FLOOR_FRACTION
+        return min(lowest, ORACLE_FLOOR_FRACTION) * self.cap
 
     @classmethod
     def quick(cls, **overrides) -> "QosBenchOptions":

@@ -97,6 +97,32 @@ def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int,
     return out, warnings
 
 
+def shared_core_warnings(cores: dict[str, list[int]], siblings: dict[int, frozenset[int]]) -> list[str]:
+    """A warning for every pair of plants whose CPUs share a core (hyperthreads, as the kernel reports them).
+
+    A plant's seeds are calibrated once, then run beside whatever its neighbours do in each run; a
+    neighbour on a sibling thread of a seed's core takes part of that core when it is busy, so the
+    seed's speed moves with the neighbour's phases, not with the plant's transfer.
+
+        >>> shared_core_warnings({"steady": [0, 1, 2], "bursty": [3, 4, 5]}, {c: frozenset({c}) for c in range(6)})
+        []
+        >>> sib = {c: frozenset({c, c ^ 1}) for c in range(6)}     # (0, 1), (2, 3), (4, 5) share cores
+        >>> shared_core_warnings({"steady": [0, 1, 2], "bursty": [3, 4, 5]}, sib)
+        ["CPUs of steady and bursty share cores (2/3): each plant's load moves the other's seeds' speed"]
+    """
+    owner = {cpu: name for name, cpus in cores.items() for cpu in cpus}
+    shared: dict[tuple[str, str], list[str]] = {}
+    for name, cpus in cores.items():
+        for cpu in cpus:
+            for other in sorted(siblings.get(cpu, frozenset()) - {cpu}):
+                neighbour = owner.get(other)
+                if neighbour is not None and neighbour != name and cpu < other:
+                    pair = (name, neighbour) if list(cores).index(name) < list(cores).index(neighbour) else (neighbour, name)
+                    shared.setdefault(pair, []).append(f"{cpu}/{other}")
+    return [f"CPUs of {a} and {b} share cores ({', '.join(pairs)}): each plant's load moves the other's seeds' speed"
+            for (a, b), pairs in shared.items()]
+
+
 def goal_table(plants: dict[str, dict]) -> list[str]:
     """One line per plant and goal: min / median / max over the runs, and in how many runs it was met.
 
@@ -251,6 +277,10 @@ def run_battery(args: argparse.Namespace) -> int:
     except BatteryError as exc:
         print(f"bench.qos_battery: error: {exc}", file=sys.stderr)
         return 2
+    from bench.cpu_neighbours import thread_siblings
+
+    siblings = thread_siblings(cpus)
+    warnings.extend(shared_core_warnings(cores, siblings))
     if compare and gpu:
         warnings.append("both arms of gpu-decode decode on the one GPU: each sees the other's load")
     out = Path(args.out)
@@ -320,7 +350,9 @@ def run_battery(args: argparse.Namespace) -> int:
     summary = {"plants": {}, "battery": {
         "plants": every, "runs": args.runs, "quick": args.quick, "cores": cores, "warnings": warnings,
         "wall_seconds": time.monotonic() - started, "deadline_seconds": args.deadline_seconds,
-        "cpu_count": len(cpus), "interrupted": interrupted, "compare": compare}}
+        "cpu_count": len(cpus), "interrupted": interrupted, "compare": compare,
+        # The host's cores as the kernel reports them (CPU -> the CPUs sharing its core): whether plants shared cores.
+        "thread_siblings": {cpu: sorted(group) for cpu, group in siblings.items()}}}
     for name in every:
         path = out / f"qos-{name}.json"
         code = children[name].returncode

@@ -703,3 +703,23 @@ def test_a_run_is_read_beside_its_control_as_context(control, throughput_check, 
     assert (checks["throttled_vs_control"]["value"], checks["throttled_vs_control"]["met"]) == throughput_check
     assert checks["control_share_above_slo"]["met"] is share_check
     assert not checks["throttled_vs_control"]["issue_target"] and not checks["control_share_above_slo"]["issue_target"]
+
+
+# --------------------------------------------------------------------------- the battery's CPUs
+
+
+@pytest.mark.parametrize("siblings_of, expected", [
+    # No SMT: nothing shared.
+    (lambda c: {c}, []),
+    # Threads 8 apart share a core (a common x86 numbering): steady 0-2, bursty 3-5, near-slo 6-8, gpu-decode 9-15.
+    (lambda c: {c, (c + 8) % 16}, [
+        "CPUs of steady and near-slo share cores (0/8): each plant's load moves the other's seeds' speed",
+        "CPUs of steady and gpu-decode share cores (1/9, 2/10): each plant's load moves the other's seeds' speed",
+        "CPUs of bursty and gpu-decode share cores (3/11, 4/12, 5/13): each plant's load moves the other's seeds' speed",
+        "CPUs of near-slo and gpu-decode share cores (6/14, 7/15): each plant's load moves the other's seeds' speed",
+    ]),
+])
+def test_the_battery_warns_where_plants_share_cores(siblings_of, expected):
+    cores, _ = qos_battery.assign_cores(list(range(16)), ["steady", "bursty", "near-slo"], 3, "gpu-decode")
+    siblings = {c: frozenset(siblings_of(c)) for c in range(16)}
+    assert qos_battery.shared_core_warnings(cores, siblings) == expected

@@ -44,6 +44,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.cpu_neighbours import thread_siblings
 from bench.qos_bench import EXIT_CODES
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
 from bench.qos_signal import format_rows, rows as signal_rows
@@ -111,13 +112,14 @@ def shared_core_warnings(cores: dict[str, list[int]], siblings: dict[int, frozen
         ["CPUs of steady and bursty share cores (2/3): each plant's load moves the other's seeds' speed"]
     """
     owner = {cpu: name for name, cpus in cores.items() for cpu in cpus}
+    order = {name: i for i, name in enumerate(cores)}
     shared: dict[tuple[str, str], list[str]] = {}
     for name, cpus in cores.items():
         for cpu in cpus:
             for other in sorted(siblings.get(cpu, frozenset()) - {cpu}):
                 neighbour = owner.get(other)
                 if neighbour is not None and neighbour != name and cpu < other:
-                    pair = (name, neighbour) if list(cores).index(name) < list(cores).index(neighbour) else (neighbour, name)
+                    pair = tuple(sorted((name, neighbour), key=order.__getitem__))
                     shared.setdefault(pair, []).append(f"{cpu}/{other}")
     return [f"CPUs of {a} and {b} share cores ({', '.join(pairs)}): each plant's load moves the other's seeds' speed"
             for (a, b), pairs in shared.items()]
@@ -277,8 +279,6 @@ def run_battery(args: argparse.Namespace) -> int:
     except BatteryError as exc:
         print(f"bench.qos_battery: error: {exc}", file=sys.stderr)
         return 2
-    from bench.cpu_neighbours import thread_siblings
-
     siblings = thread_siblings(cpus)
     warnings.extend(shared_core_warnings(cores, siblings))
     if compare and gpu:

@@ -436,6 +436,13 @@ class PhaseResult:
     def tokens_per_second(self) -> list[float]:
         return [observations(w) / self.seconds if w is not None and self.seconds > 0 else 0.0 for w in self.per_seed]
 
+    def speed_vs(self, calibration: "PhaseResult") -> list[float | None]:
+        """Each seed's tokens/s over its tokens/s in ``calibration`` (None where that read none).
+
+        With a fixed number of requests in flight, tokens/s is the inverse of the decode step.
+        """
+        return [a / c if c > 0 else None for a, c in zip(self.tokens_per_second(), calibration.tokens_per_second())]
+
     def ttft_share(self, threshold: float | None) -> float | None:
         """The largest per-seed share of first tokens over the TTFT SLO (None: no SLO or no request)."""
         if threshold is None:
@@ -1030,6 +1037,14 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             observer.phase = "oracle"
             label = "B unthrottled (throttle off)" if rate >= cap else f"S fixed {format_rate(rate)}/seed"
             r, entry = _probe(rate, label, options, plant, observer, driver, slo, say)
+            # The seeds' speed in the probe, the transfer's own cost included (v20's GPU plant: one seed at
+            # 0.73x, the other at 1.05x, in a probe that missed at 3.2 MB/s, where 10 MB/s had met): where the two
+            # seeds, at one rate, part by far, the host set the probe's share as much as the rate did. Against a
+            # plant of one load only: the calibration is its first load's.
+            if len(plant.loads()) == 1:
+                entry["seed_speed_vs_calibration_per_seed"] = speed = r.speed_vs(parts[0])
+                say(f"  the seeds at {'/'.join('-' if x is None else f'{x:.2f}' for x in speed)}x their "
+                    f"calibration's tokens/s in this probe (the transfer's cost included)")
             probes.append(Probe(rate, entry["met_slo"]))
             probe_results[rate] = r
             sweep.append(entry)
@@ -1201,10 +1216,9 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     observer.set_load(load)
     time.sleep(options.drain_seconds)
     adjacent = observer.measure(f"A baseline before run {k}", options.run_baseline_seconds)
-    # The seeds' speed against the calibration: with a fixed number of requests in flight, tokens/s is the
-    # inverse of the decode step. A host that slows (v12: every plant, the GPU's too, 20-40 % at once,
-    # minutes after the SLO and the oracle were measured) moves the seeds alone toward their SLO.
-    speed = [a / c if c > 0 else None for a, c in zip(adjacent.tokens_per_second(), calibration.tokens_per_second())]
+    # The seeds' speed against the calibration. A host that slows (v12: every plant, the GPU's too, 20-40 %
+    # at once, minutes after the SLO and the oracle were measured) moves the seeds alone toward their SLO.
+    speed = adjacent.speed_vs(calibration)
 
     # C. adaptive, from scratch.
     observer.phase = f"throttled-{k}"

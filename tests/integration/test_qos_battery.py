@@ -53,6 +53,11 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     # A probe that moved next to nothing (2 s is about three forks of the 64 MiB model) is measured again.
     assert oracle["probes"][0]["delivered_fraction"] > 0.1 and oracle["probes"][0]["resumed_after_seconds"] > 0
     assert 1 <= oracle["probes"][0]["attempts"] <= 3
+    # The seeds' speed in each probe against the calibration (a plant of one load), as the log says.
+    for probe in oracle["probes"]:
+        (probe_speed,) = probe["seed_speed_vs_calibration_per_seed"]
+        assert probe_speed > 0
+    assert "x their calibration's tokens/s in this probe (the transfer's cost included)" in done.stdout
     share = oracle["probes"][0]["share_above_slo_per_seed"][0]
     assert share["ci95"][0] <= share["share"] <= share["ci95"][1] and share["tokens"] > 0
     for run in result["runs"]:

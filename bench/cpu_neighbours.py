@@ -78,50 +78,68 @@ def topology(cpus: list[int]) -> dict[int, dict[str, str | None]]:
     return out
 
 
-def _decode_work(cpu: int, seconds: float, start_at: float, result: "mp.Queue[float] | None") -> None:
+def _decode_work(cpu: int, seconds: float, ready, go, result) -> None:
     os.sched_setaffinity(0, {cpu})
     import torch
     torch.set_num_threads(1)
     weights = torch.randn(2048, 4096)
     batch = torch.randn(64, 2048)
     batch @ weights  # warm up
-    while time.time() < start_at:
-        time.sleep(0.001)
-    steps, end = 0, time.time() + seconds
-    while time.time() < end:
+    ready.put(cpu)
+    go.wait()
+    if result is not None:
+        time.sleep(NEIGHBOURS_LEAD_SECONDS)  # the neighbours are running by then
+    steps, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
         batch @ weights
         steps += 1
     if result is not None:
         result.put(steps / seconds)
 
 
-def _copy_work(cpu: int, seconds: float, start_at: float, result: "mp.Queue[float] | None") -> None:
+def _copy_work(cpu: int, seconds: float, ready, go, result) -> None:
     os.sched_setaffinity(0, {cpu})
     import torch
     torch.set_num_threads(1)
     src, dst = torch.empty(64 << 20, dtype=torch.uint8), torch.empty(64 << 20, dtype=torch.uint8)
     src.fill_(1)
-    while time.time() < start_at:
-        time.sleep(0.001)
-    end = time.time() + seconds
-    while time.time() < end:
+    dst.copy_(src)  # warm up: both buffers paged in
+    ready.put(cpu)
+    go.wait()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
         dst.copy_(src)
 
 
+#: The victim starts this long after its neighbours, and they stop this long after it (all of its
+#: measurement sees them busy).
+NEIGHBOURS_LEAD_SECONDS = 0.25
+
+
 def measure(victim: int, neighbours: list[int], kind: str, seconds: float) -> float:
-    """The victim's decode steps/s while ``kind`` ("decode" or "copy") work runs on ``neighbours``."""
+    """The victim's decode steps/s while ``kind`` ("decode" or "copy") work runs on ``neighbours``.
+
+    Every process imports torch and warms up first; all start together once every one is ready, so a slow
+    import does not shorten the overlap.
+    """
     ctx = mp.get_context("spawn")
-    result = ctx.Queue()
-    start_at = time.time() + 3.0  # every process imported torch and warmed up by then
+    ready, go, result = ctx.Queue(), ctx.Event(), ctx.Queue()
     work = _decode_work if kind == "decode" else _copy_work
-    procs = [ctx.Process(target=work, args=(cpu, seconds + 0.5, start_at - 0.25, None)) for cpu in neighbours]
-    procs.append(ctx.Process(target=_decode_work, args=(victim, seconds, start_at, result)))
+    busy = seconds + 4 * NEIGHBOURS_LEAD_SECONDS
+    procs = [ctx.Process(target=work, args=(cpu, busy, ready, go, None), daemon=True) for cpu in neighbours]
+    procs.append(ctx.Process(target=_decode_work, args=(victim, seconds, ready, go, result), daemon=True))
     for p in procs:
         p.start()
-    rate = result.get(timeout=seconds + 60)
-    for p in procs:
-        p.join(timeout=seconds + 30)
-    return rate
+    try:
+        for _ in procs:
+            ready.get(timeout=120)
+        go.set()
+        return result.get(timeout=seconds + 60)
+    finally:
+        for p in procs:
+            p.join(timeout=busy + 30)
+            if p.is_alive():
+                p.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,12 +134,16 @@ def measure(victim: int, neighbours: list[int], kind: str, seconds: float) -> fl
         for _ in procs:
             ready.get(timeout=120)
         go.set()
-        return result.get(timeout=seconds + 60)
-    finally:
+        rate = result.get(timeout=seconds + 60)
+    except BaseException:  # Ctrl-C, or a process that never got ready: nothing keeps running
         for p in procs:
-            p.join(timeout=busy + 30)
-            if p.is_alive():
-                p.kill()
+            p.kill()
+        raise
+    for p in procs:
+        p.join(timeout=busy + 30)
+        if p.is_alive():
+            p.kill()
+    return rate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0:
         print(f"cpu_neighbours: --seconds must be positive, got {args.seconds}", file=sys.stderr)
         return 2
+    try:
+        return _report(args, cpus)
+    except KeyboardInterrupt:
+        print("cpu_neighbours: interrupted; every measuring process was stopped", file=sys.stderr)
+        return 130
+
+
+def _report(args: argparse.Namespace, cpus: list[int]) -> int:
     topo = topology(cpus)
     print(f"{len(cpus)} CPUs; victim {args.victim}")
     for cpu, t in topo.items():

@@ -386,6 +386,15 @@ class Sample:
     seed_alone_shares: list[float | None] = field(default_factory=list)
 
 
+def format_speeds(speeds: list[float | None]) -> str:
+    """Per-seed speeds as the log prints them.
+
+        >>> format_speeds([0.7281, 1.054, None])
+        '0.73/1.05/-'
+    """
+    return "/".join("-" if x is None else f"{x:.2f}" for x in speeds)
+
+
 @dataclass
 class PhaseResult:
     name: str
@@ -1043,7 +1052,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             # plant of one load only: the calibration is its first load's.
             if len(plant.loads()) == 1:
                 entry["seed_speed_vs_calibration_per_seed"] = speed = r.speed_vs(parts[0])
-                say(f"  the seeds at {'/'.join('-' if x is None else f'{x:.2f}' for x in speed)}x their "
+                say(f"  the seeds at {format_speeds(speed)}x their "
                     f"calibration's tokens/s in this probe (the transfer's cost included)")
             probes.append(Probe(rate, entry["met_slo"]))
             probe_results[rate] = r
@@ -1350,7 +1359,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
             f"{'-' if cut is None else f'{cut:.2f} s'}, idle to 0.95 cap "
             f"{'-' if idle_to_cap is None else f'{idle_to_cap:.1f} s'}; the seeds alone (their agents' last "
             f"60 s without reads) {_shares_text(run['throttled_seed_alone_share_per_seed'])}, "
-            f"at {'/'.join('-' if x is None else f'{x:.2f}' for x in speed)}x their calibration's tokens/s"
+            f"at {format_speeds(speed)}x their calibration's tokens/s"
             + ("" if math.isnan(throttled.cpu_steal) else f", {throttled.cpu_steal:.2%} of the CPU time stolen"))
     if control is not None:
         share = control["share_above_slo"]

@@ -1047,7 +1047,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             label = "B unthrottled (throttle off)" if rate >= cap else f"S fixed {format_rate(rate)}/seed"
             r, entry = _probe(rate, label, options, plant, observer, driver, slo, say)
             # The seeds' speed in the probe, the transfer's own cost included (v20's GPU plant: one seed at
-            # 0.73x, the other at 1.05x, in a probe that missed at 3.2 MB/s, where 10 MB/s had met): where the two
+            # 0.73x, the other at 1.05x, 4.5 % over the SLO at 3.2 MB/s, where 10 MB/s had read 1.0 %): where the two
             # seeds, at one rate, part by far, the host set the probe's share as much as the rate did. Against a
             # plant of one load only: the calibration is its first load's.
             if len(plant.loads()) == 1:

@@ -196,3 +196,23 @@ def test_under_the_floor_a_gpu_seed_whose_floor_is_over_the_budget_keeps_it():
         return sum(r.realized_share <= BUDGET for r in results)
 
     assert within(0.0) <= 3 and within(0.01) >= 8
+
+
+def test_the_drifted_plant_leaves_the_transfer_a_sliver_and_the_law_keeps_the_budget_there():
+    # v20's CPU seeds in the runs they missed (sim/qos_plant.py h200-drifted): the seed alone at 0.75-0.9 %,
+    # the transfer +0-0.2 % at the cap, so the oracle is the cap wherever the two add to <= the budget and
+    # under it elsewhere. The law keeps the budget there; 0.8x the oracle is past it on most draws
+    # (docs/qos.md "Where no law can meet both goals").
+    import random
+
+    from sim.qos_plant import H200_DRIFTED, oracle_rate
+
+    phase = replace(H200_DRIFTED, seconds=80, warmup_seconds=0)
+    for seed in range(10):
+        (segment,) = phase.segments(random.Random(seed), phase.seconds)
+        assert 0.0075 <= segment.own_share <= 0.009 and 0 <= segment.effect_at_cap <= 0.002
+        at_cap = segment.own_share + segment.effect_at_cap <= BUDGET
+        assert (oracle_rate(phase, [segment]) == pytest.approx(CAP)) == at_cap
+    law = ControllerConfig(cap_bytes_per_second=CAP)
+    results = [run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(10)]
+    assert sum(r.realized_share <= BUDGET for r in results) >= 9

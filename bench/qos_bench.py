@@ -1041,7 +1041,8 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         probes: list[Probe] = []
         sweep: list[dict] = []
         probe_results: dict[float, PhaseResult] = {}
-        while (rate := next_probe(probes, cap, options.oracle_floor_bytes_per_second, options.oracle_tolerance,
+        oracle_floor = options.oracle_floor_bytes_per_second  # the law's lowest rate: reads the tuning once
+        while (rate := next_probe(probes, cap, oracle_floor, options.oracle_tolerance,
                                   options.oracle_max_probes)) is not None:
             observer.phase = "oracle"
             label = "B unthrottled (throttle off)" if rate >= cap else f"S fixed {format_rate(rate)}/seed"
@@ -1066,7 +1067,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             "bracket_per_seed_bytes_per_second": [low, high],
             "share_above_slo_at_oracle": oracle_phase.worst_share() if oracle_phase else None,
             "probes": sweep, "probe_seconds": options.oracle_probe_seconds, "floor_bytes_per_second":
-                options.oracle_floor_bytes_per_second, "tolerance": options.oracle_tolerance,
+                oracle_floor, "tolerance": options.oracle_tolerance,
             "rule": "highest probed fixed per-seed rate at which every seed's share of tokens over the ITL SLO "
                     "<= the budget; bisection on a log scale from [floor, cap]",
             "shared_by_runs": True,

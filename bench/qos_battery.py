@@ -48,7 +48,7 @@ from bench.cpu_neighbours import thread_siblings
 from bench.qos_bench import EXIT_CODES
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
 from bench.qos_signal import format_rows, rows as signal_rows
-from bench.qos_stats import HOST_CHECKS
+from bench.qos_stats import CONTROL_GOALS, HOST_CHECKS
 
 PORTS_PER_PLANT = 100
 """With ``--port-base``, plant i listens from port base + 100 i. Without it every plant takes free
@@ -141,7 +141,7 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
             rows.append(f"{name:12} {'(no run completed)':28}")
             continue
         for goal in GOALS + ("throttled_ttft_share_above_slo", *HOST_CHECKS, "control_share_above_slo",
-                             "throttled_vs_control"):
+                             *CONTROL_GOALS):
             s = summary.get(goal)
             if s is None or (goal == "throttled_ttft_share_above_slo" and not s["judged_runs"]):
                 continue
@@ -156,19 +156,28 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
 
 
 def runs_line(plants: dict[str, dict]) -> str:
-    """Runs that met every goal, over the battery and over the runs where the host held (``qos_stats.tally``).
+    """Runs that met every goal, over the battery and over the runs where the host held, and read against the
+    control fleet where there was one (``qos_stats.tally``).
 
         >>> runs_line({"steady": {"tally": {"runs": 5, "met_every_goal": 3, "host_held": 4,
         ...                                 "host_held_met_every_goal": 3}}, "broken": {}})
         'runs that met every goal: 3 of 5; where the host held (seeds at >= 0.9x their calibration, alone within the budget): 3 of 4'
+        >>> runs_line({"gpu-decode": {"tally": {"runs": 5, "met_every_goal": 2, "host_held": 3,
+        ...            "host_held_met_every_goal": 1, "with_control": 5, "met_where_the_control_met": 5}}}).split("; ")[-1]
+        "against the oracle's rate in the same seconds (--control: share within the budget or no worse, >= 0.8x its throughput where it met): 5 of 5"
     """
     tallies = [e["tally"] for e in plants.values() if e.get("tally")]
 
     def total(key: str) -> int:
-        return sum(t[key] for t in tallies)
-    return (f"runs that met every goal: {total('met_every_goal')} of {total('runs')}; where the host held (seeds at "
+        return sum(t.get(key, 0) for t in tallies)
+    line = (f"runs that met every goal: {total('met_every_goal')} of {total('runs')}; where the host held (seeds at "
             f">= 0.9x their calibration, alone within the budget): {total('host_held_met_every_goal')} of "
             f"{total('host_held')}")
+    if total("with_control"):
+        line += (f"; against the oracle's rate in the same seconds (--control: share within the budget or no worse, "
+                 f">= 0.8x its throughput where it met): {total('met_where_the_control_met')} of "
+                 f"{total('with_control')}")
+    return line
 
 
 def compare_table(plants: dict[str, dict]) -> list[str]:

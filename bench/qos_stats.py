@@ -345,6 +345,12 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         checks["throttled_vs_control"] = Check(
             ratio(run.get("throughput_throttled_bytes_per_second"), control.get("throughput_bytes_per_second"))
             if control.get("met_budget") else None, ">= 0.8", False)
+        # The law's share against what the oracle's rate did in the same seconds: within the budget, or, where
+        # that rate missed the budget too, no more slow tokens than it had (0 or less: no worse).
+        law_share, control_share = run.get("throttled_share_above_slo"), control.get("share_above_slo")
+        checks["throttled_share_vs_control"] = Check(
+            None if law_share is None or control_share is None else law_share - max(budget, control_share),
+            "<= 0", False)
     return {name: c.as_dict() for name, c in checks.items()}
 
 
@@ -373,8 +379,41 @@ def host_held(checks: dict) -> bool:
     return all(checks.get(name, {}).get("met") is not False for name in HOST_CHECKS)
 
 
+#: With ``--control``, the goals read against the oracle's rate in the same seconds in place of the share and
+#: throughput goals (``met_where_the_control_met``).
+CONTROL_GOALS = ("throttled_share_vs_control", "throttled_vs_control")
+_GOALS_THE_CONTROL_REPLACES = ("throttled_share_above_slo", "throttled_vs_oracle")
+
+
+def met_where_the_control_met(checks: dict) -> bool | None:
+    """Every goal, with the share and throughput goals read against the control (``--control``) instead:
+    the share within the budget or no worse than the oracle's fixed rate in the same seconds, and the
+    throughput >= 0.8x that rate's where it met the budget. None: the run had no control.
+
+    The oracle is measured minutes before the runs; where the seeds have since drifted, no fixed rate may
+    meet the budget, or the oracle's may now be over it. This says whether the law did as well as that
+    rate did in the seconds it was judged in (context: the issue's bar is the goals as they are).
+
+        >>> goal = lambda met, issue=True: {"met": met, "issue_target": issue}
+        >>> checks = {"throttled_share_above_slo": goal(False), "throttled_vs_oracle": goal(True),
+        ...           "spike_cut_seconds": goal(True), "throttled_share_vs_control": goal(True, False),
+        ...           "throttled_vs_control": goal(None, False)}
+        >>> met_where_the_control_met(checks)     # over the budget, but under the control's share
+        True
+        >>> met_where_the_control_met({**checks, "spike_cut_seconds": goal(False)})
+        False
+        >>> met_where_the_control_met({"throttled_share_above_slo": goal(True)}) is None
+        True
+    """
+    if any(name not in checks for name in CONTROL_GOALS):
+        return None
+    kept = [c for name, c in checks.items() if c["issue_target"] and name not in _GOALS_THE_CONTROL_REPLACES]
+    return all(c["met"] is not False for c in kept + [checks[name] for name in CONTROL_GOALS])
+
+
 def tally(runs_checks: list[dict]) -> dict:
-    """How many runs met every goal, over all runs and over those where the host held (``host_held``).
+    """How many runs met every goal, over all runs and over those where the host held (``host_held``),
+    and, for runs with a control fleet, how many met every goal read against it (``met_where_the_control_met``).
 
     The issue's bar is every run; this says how many of the misses came in minutes when the seeds alone
     had drifted off the plant the SLO and the oracle were measured on (read as context, not an excuse).
@@ -384,11 +423,13 @@ def tally(runs_checks: list[dict]) -> dict:
         ...     return {"g": {"met": goal, "issue_target": True}, **speed}
         >>> ok, slow, miss = run(True, True), run(False, False), run(False)
         >>> tally([ok, slow, miss])
-        {'runs': 3, 'met_every_goal': 1, 'host_held': 2, 'host_held_met_every_goal': 1}
+        {'runs': 3, 'met_every_goal': 1, 'host_held': 2, 'host_held_met_every_goal': 1, 'with_control': 0, 'met_where_the_control_met': 0}
     """
     held = [c for c in runs_checks if host_held(c)]
+    against_control = [v for v in map(met_where_the_control_met, runs_checks) if v is not None]
     return {"runs": len(runs_checks), "met_every_goal": sum(all_met(c) for c in runs_checks),
-            "host_held": len(held), "host_held_met_every_goal": sum(all_met(c) for c in held)}
+            "host_held": len(held), "host_held_met_every_goal": sum(all_met(c) for c in held),
+            "with_control": len(against_control), "met_where_the_control_met": sum(against_control)}
 
 
 def summarize(runs_checks: list[dict]) -> dict:

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from bench import qos_battery, qos_bench, qos_plants, qos_stats
+from bench import qos_battery, qos_bench, qos_plants, qos_rejudge, qos_stats
 from bench.qos_stats import Check, Probe, block_share_interval, bracket, next_probe, oracle_from, summarize
 
 
-@pytest.mark.parametrize("module", [qos_stats, qos_plants, qos_battery, qos_bench])
+@pytest.mark.parametrize("module", [qos_stats, qos_plants, qos_battery, qos_bench, qos_rejudge])
 def test_doctests(module):
     assert doctest.testmod(module).failed == 0
 
@@ -703,6 +703,74 @@ def test_a_run_is_read_beside_its_control_as_context(control, throughput_check, 
     assert (checks["throttled_vs_control"]["value"], checks["throttled_vs_control"]["met"]) == throughput_check
     assert checks["control_share_above_slo"]["met"] is share_check
     assert not checks["throttled_vs_control"]["issue_target"] and not checks["control_share_above_slo"]["issue_target"]
+
+
+@pytest.mark.parametrize("law_share, control, bar_value, met_vs_control", [
+    # (the law's share, the control's (share, met budget, MB/s)) -> law share less max(budget, control's share),
+    # whether the run met every goal read against the control (the law moved 90 MB/s)
+    (0.008, (0.006, True, 100e6), -0.002, True),
+    (0.008, (0.004, True, 200e6), -0.002, False),     # 0.45x the control's throughput where it met the budget
+    (0.012, (0.006, True, 100e6), 0.002, False),      # over the budget where the oracle's rate met it
+    (0.012, (0.015, False, 200e6), -0.003, True),     # the oracle's rate missed worse: not read for throughput
+    (0.016, (0.015, False, 40e6), 0.001, False),      # both missed, the law more
+    (None, (0.006, True, 100e6), None, True),         # no share measured: nothing to judge
+])
+def test_a_run_is_judged_against_what_the_control_did_in_the_same_seconds(law_share, control, bar_value,
+                                                                          met_vs_control):
+    share, met_budget, throughput = control
+    run = {"throttled_share_above_slo": law_share, "throughput_throttled_bytes_per_second": 90e6,
+           "spike_cut_seconds": 0.5, "idle_to_cap_seconds": 1.0,
+           "control": {"share_above_slo": share, "met_budget": met_budget, "throughput_bytes_per_second": throughput}}
+    checks = qos_stats.judge_run(run, 0.01, 100e6, 100e6)
+    value = checks["throttled_share_vs_control"]["value"]
+    assert value == bar_value if bar_value is None else value == pytest.approx(bar_value)
+    assert not checks["throttled_share_vs_control"]["issue_target"]
+    assert qos_stats.met_where_the_control_met(checks) is met_vs_control
+    # The spike and idle goals are the law's alone: a miss there is a miss against the control too.
+    slow_cut = qos_stats.judge_run({**run, "spike_cut_seconds": 1.5}, 0.01, 100e6, 100e6)
+    assert qos_stats.met_where_the_control_met(slow_cut) is False
+    assert qos_stats.tally([checks, slow_cut])["with_control"] == 2
+    assert qos_stats.tally([checks, slow_cut])["met_where_the_control_met"] == int(met_vs_control)
+
+
+def test_a_run_without_a_control_is_not_counted_against_one():
+    checks = qos_stats.judge_run({**RUN, "control": None}, 0.01, 100e6, 100e6)
+    assert qos_stats.met_where_the_control_met(checks) is None
+    assert qos_stats.tally([checks])["with_control"] == 0
+
+
+def test_rejudge_reads_kept_results_and_names_verdicts_that_changed(tmp_path, capsys):
+    import gzip
+    import json
+
+    run = {**RUN, "run": 1, "throttled_share_above_slo": 0.012, "oracle_bytes_per_second": 100e6,
+           "control": {"share_above_slo": 0.014, "met_budget": False, "throughput_bytes_per_second": 80e6},
+           # Kept from a judge that read the share as met: the rejudge must say so, not apply it silently.
+           "checks": {"throttled_share_above_slo": {"met": True}}}
+    result = {"plant": {"name": "gpu-decode"}, "slo_budget": 0.01, "cap_bytes_per_second": 100e6, "runs": [run]}
+    path = tmp_path / "qos-gpu-decode.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(result, f)
+    assert qos_rejudge.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(gpu-decode, 1 runs)" in out
+    assert "run 1: MISSED throttled_share_above_slo; against the control: met (share 0.20% under its bar)" in out
+    assert '"met_where_the_control_met": 1' in out
+    assert "verdicts that differ from the kept ones: run 1: throttled_share_above_slo" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1]", "no slo_budget, cap_bytes_per_second, runs: not a `rfork bench qos --json` result"),
+    ('{"slo_budget": 0.01, "runs": []}', "no cap_bytes_per_second"),
+    ("not json", "Expecting value"),
+])
+def test_rejudge_of_what_is_not_a_result_is_one_line_and_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    assert qos_rejudge.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("python -m bench.qos_rejudge: ")
+    assert qos_rejudge.main([str(tmp_path / "missing.json")]) == 2
 
 
 # --------------------------------------------------------------------------- the battery's CPUs

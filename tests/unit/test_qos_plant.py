@@ -216,3 +216,24 @@ def test_the_drifted_plant_leaves_the_transfer_a_sliver_and_the_law_keeps_the_bu
     law = ControllerConfig(cap_bytes_per_second=CAP)
     results = [run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(10)]
     assert sum(r.realized_share <= BUDGET for r in results) >= 9
+
+
+def test_on_the_noisy_gpu_plant_the_oracle_rate_itself_meets_the_budget_in_about_half_the_phases():
+    # v21's GPU plant (sim/qos_plant.py h100-gpu-noisy): seconds far noisier than the batch explains. The best
+    # fixed rate by the expected share is, in an 80 s phase, within the budget by luck about half the time,
+    # as the bench's control (that rate, in the same seconds) was in 1 of 5 runs; the law sits at its aim
+    # (0.95 of the budget) and keeps the budget in most phases, not all (docs/qos.md).
+    import random
+
+    from sim.qos_plant import H100_GPU_NOISY, _draw, oracle_rate
+
+    phase = replace(H100_GPU_NOISY, seconds=80, warmup_seconds=0)
+    law = ControllerConfig(cap_bytes_per_second=CAP)
+    fixed_met = law_met = 0
+    for seed in range(20):
+        segments, seconds = _draw(phase, random.Random(seed))
+        rate = oracle_rate(phase, segments)
+        assert 0 < rate < CAP  # the transfer at the cap is over the budget on every draw
+        fixed_met += sum(s.slow_tokens(rate) for s in seconds) / sum(s.tokens for s in seconds) <= BUDGET
+        law_met += run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608).realized_share <= BUDGET
+    assert 4 <= fixed_met <= 12 and law_met >= 12 and law_met > fixed_met   # measured: 8 and 14 of 20

@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable, Iterable
 
-from throttle.attribution import Estimate, Sample, estimate, one_interval_z, overall_share, safe_rate
+from throttle.attribution import Estimate, Sample, batch_class, estimate, one_interval_z, overall_share, safe_rate
 from throttle.histogram import (
     CumulativeHistogram,
     Reset,
@@ -372,6 +372,15 @@ class ControllerConfig:
     #: spike, pooled with the few seconds after it, holds the rate down for up to the evidence
     #: horizon (v10's bursty plant: one 12 % second at 82 MB/s held a seed at the floor for 40 s).
     ab_confirm_spikes: bool = True
+    #: A/B law: the first seconds of a new load (from where a confirmed change forgets the older evidence,
+    #: where the running batch changed :func:`~throttle.attribution.batch_class`) are left out of the
+    #: attribution, on and off alike, and kept in the error budget. A seed's own first seconds at a new
+    #: load are slow whatever the transfer does (the new requests' prefills), and more of them fall on
+    #: transfer-on seconds than on the short off windows, so pooled they read as the transfer's cost
+    #: (v21's load-change run 1: 3.3 % in the first 5 s at 96 requests, then 0.3 %; the law sat at the
+    #: floor for the rest of the phase). Spikes still cut at once meanwhile. A change at the same batch
+    #: (the transfer's own clear misses) is attributed at once. 0: no settling.
+    ab_settle_seconds: float = 10.0
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -442,6 +451,8 @@ class ControllerConfig:
             ("change_window_seconds", lambda v: self.interval_seconds <= v < self.evidence_horizon_seconds,
              "in [interval_seconds, evidence_horizon_seconds)"),
             ("dense_after_change_seconds", lambda v: v >= 0, ">= 0 seconds"),
+            ("ab_settle_seconds", lambda v: 0 <= v < self.evidence_horizon_seconds,
+             "in [0, evidence_horizon_seconds)"),
             ("max_raise_factor", lambda v: v > 1, "> 1"),
             ("ab_fast_raise_factor", lambda v: v >= self.max_raise_factor, ">= max_raise_factor"),
             ("ab_max_cut", lambda v: 0 < v < 1, "in (0, 1)"),
@@ -697,6 +708,15 @@ class ControllerState:
     #: it were slow for the seed's own reasons, and once the seed is back they would read as the
     #: transfer's cost at the floor.
     ab_seed_over_at: float = -math.inf
+    #: A/B law: intervals up to here are a new load's first seconds (``ab_settle_seconds``): not attributed.
+    ab_settle_until: float = -math.inf
+    #: A/B law: each signal's intervals of the evidence horizon as the seed's users saw them, kept through a
+    #: new load (``ab_itl`` and ``ab_ttft`` forget the older evidence there, which was of another load):
+    #: the error budget's ledger. Truncated with the evidence, a new load's first slow seconds (the seed's
+    #: own, its new requests' prefills) were the whole ledger, and the law repaid them at the floor though the
+    #: run's share was well within the budget (sim/qos_plant.py h100-load-change).
+    ab_ledger_itl: tuple[Sample, ...] = ()
+    ab_ledger_ttft: tuple[Sample, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1034,7 +1054,8 @@ def _without_observation(state: ControllerState, config: ControllerConfig, now: 
         # Unknown load: the floor keeps the fork moving while bounding the harm.
         # Forget idle/pool/probe state: when metrics return, we climb from the floor.
         state = replace(state, idle_streak=0, pending=None, at_rate=(), raise_streak=0, probe_until=None,
-                        next_probe_at=None, good_rates=(), ab_itl=(), ab_ttft=(), dense_until=None)
+                        next_probe_at=None, good_rates=(), ab_itl=(), ab_ttft=(), ab_ledger_itl=(),
+                        ab_ledger_ttft=(), dense_until=None)
         reason = f"no good scrape for {silent:.1f}s (>= {config.stale_after_seconds:g}s): metrics stale, floor"
         return _decision(state, Mode.STALE_FLOOR, config.floor_bytes_per_second, reason)
     reason = f"no scrape this tick (last good {silent:.1f}s ago); holding"
@@ -1311,7 +1332,7 @@ def _off_dense(state: ControllerState, config: ControllerConfig, now: float, bud
     """Off windows at their densest: after a load change, or while the seed's own share is imprecise."""
     if state.dense_until is not None and now < state.dense_until:
         return True
-    off = [s for s in state.ab_itl if not s.on]
+    off = [s for s in state.ab_itl if not s.on and s.at > state.ab_settle_until + _EPS]  # as attributed
     est = estimate((), off, min_tokens=config.min_observations)
     if not est.off_known:
         return True
@@ -1390,13 +1411,18 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
                min_tokens: float, now: float, rate_now: float,
                budget_from: float = -math.inf,
                isolated: tuple[float, ...] = (),
-               yield_from: float = -math.inf) -> tuple[float | None, str, bool, float]:
+               yield_from: float = -math.inf,
+               settle_until: float = -math.inf,
+               ledger: tuple[Sample, ...] | None = None) -> tuple[float | None, str, bool, float]:
     """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
     the largest raise factor the evidence at ``rate_now`` supports). Intervals in ``isolated`` (the
-    seed's own bad seconds, all transfer-on) are left out of the attribution; the error budget counts them.
+    seed's own bad seconds, all transfer-on) and up to ``settle_until`` (a new load's first seconds, on
+    and off) are left out of the attribution; the error budget counts them. The error budget reads
+    ``ledger`` (every interval as the users saw it, through a new load) where given, else ``samples``.
     Going under the floor reads the transfer-on intervals after ``yield_from`` only."""
-    on = [s for s in _attributable(samples, isolated) if s.on]
-    off = [s for s in samples if not s.on]
+    attributable = _attributable(samples, isolated, settle_until)
+    on = [s for s in attributable if s.on]
+    off = [s for s in samples if not s.on and s.at > settle_until + _EPS]
     est = estimate(on, off, min_tokens=min_tokens)
     z = config.confidence_z
     off_text = (f"off {est.p_off:.2%} of {est.tokens_off:.0f}" if est.off_known
@@ -1406,7 +1432,8 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
         return config.floor_bytes_per_second, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
         return None, summary, False, config.max_raise_factor
-    recent = [s for s in samples if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
+    recent = [s for s in (samples if ledger is None else ledger)
+              if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
     allowed = _allowed_share(recent, budget, config)
     floor = config.floor_bytes_per_second
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap)
@@ -1423,9 +1450,49 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
             _raise_factor(est, rate_now, allowed, duty, config))
 
 
-def _attributable(samples: tuple[Sample, ...], isolated: tuple[float, ...]) -> tuple[Sample, ...]:
-    """``samples`` less the intervals in ``isolated`` (spikes judged the seed's own: see ``ab_confirm_spikes``)."""
-    return tuple(s for s in samples if s.at not in isolated)
+def _ledger_in_surplus(ledger: tuple[Sample, ...], budget: float, config: ControllerConfig, now: float,
+                       budget_from: float) -> bool:
+    """Whether the error budget's ``ledger`` over the evidence horizon has slow tokens to spare
+    (fewer than ``budget_aim_fraction`` x ``budget`` of its tokens).
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> quiet = tuple(Sample(float(t), 1e8, True, 1.0, 1000.0, 8.0) for t in range(30))      # 0.1 %
+    >>> stall = tuple(Sample(float(t), 5e6, True, 1000.0, 1000.0, 8.0) for t in range(30, 40))  # 100 %
+    >>> _ledger_in_surplus(quiet, 0.01, cfg, 40.0, -math.inf)
+    True
+    >>> _ledger_in_surplus(quiet + stall, 0.01, cfg, 40.0, -math.inf)
+    False
+    """
+    recent = [s for s in ledger if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
+    return sum(s.slow for s in recent) < config.budget_aim_fraction * budget * sum(s.tokens for s in recent)
+
+
+def _load_class_changed(samples: tuple[Sample, ...], at: float, config: ControllerConfig) -> bool:
+    """Whether the seed's running batch since ``at`` is of another :func:`batch_class` than in the
+    ``change_window_seconds`` before it: a new load, not the transfer's own clear misses at the same one
+    (which must keep being attributed: ``ab_settle_seconds`` is for the seed's own first seconds).
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> before = [Sample(float(t), 5e7, True, 0.0, 7000.0, 32.0) for t in range(1, 6)]
+    >>> _load_class_changed(tuple(before + [Sample(6.0, 5e7, True, 300.0, 10000.0, 96.0)]), 5.0, cfg)
+    True
+    >>> _load_class_changed(tuple(before + [Sample(6.0, 5e7, True, 300.0, 7000.0, 33.0)]), 5.0, cfg)
+    False
+    """
+    def batch(chosen: list[Sample]) -> float | None:
+        tokens = sum(s.tokens for s in chosen)
+        return sum(s.batch * s.tokens for s in chosen) / tokens if tokens > 0 else None
+
+    before = batch([s for s in samples if at - config.change_window_seconds < s.at <= at + _EPS])
+    after = batch([s for s in samples if s.at > at + _EPS])
+    return before is not None and after is not None and batch_class(before) != batch_class(after)
+
+
+def _attributable(samples: tuple[Sample, ...], isolated: tuple[float, ...],
+                  settle_until: float = -math.inf) -> tuple[Sample, ...]:
+    """``samples`` less the intervals in ``isolated`` (spikes judged the seed's own: see ``ab_confirm_spikes``)
+    and those of a new load's first seconds (up to ``settle_until``: see ``ab_settle_seconds``)."""
+    return tuple(s for s in samples if s.at not in isolated and s.at > settle_until + _EPS)
 
 
 def _allowed_share(samples: tuple[Sample, ...] | list[Sample], budget: float, config: ControllerConfig) -> float:
@@ -1467,9 +1534,13 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     cut_last_tick = state.last_cut_at is not None and now - state.last_cut_at <= config.interval_seconds * (
         1 + config.jitter_tolerance)
     itl_sample, ttft_sample = _samples_of(observation, slo, now, rate if on else 0.0, on)
-    itl = _within_horizon(state.ab_itl + ((itl_sample,) if itl_sample is not None else ()), config, now)
-    ttft = _within_horizon(state.ab_ttft + ((ttft_sample,) if ttft_sample is not None else ()), config, now)
-    state = replace(state, ab_itl=itl, ab_ttft=ttft, last_interval_active=on)
+    itl_new = (itl_sample,) if itl_sample is not None else ()
+    ttft_new = (ttft_sample,) if ttft_sample is not None else ()
+    itl = _within_horizon(state.ab_itl + itl_new, config, now)
+    ttft = _within_horizon(state.ab_ttft + ttft_new, config, now)
+    state = replace(state, ab_itl=itl, ab_ttft=ttft, last_interval_active=on,
+                    ab_ledger_itl=_within_horizon(state.ab_ledger_itl + itl_new, config, now),
+                    ab_ledger_ttft=_within_horizon(state.ab_ledger_ttft + ttft_new, config, now))
     if state.next_probe_at is None:
         state = replace(state, next_probe_at=now + config.interval_seconds)
     if itl_sample is None:
@@ -1483,6 +1554,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
              and itl_sample.slow > 2 * b * itl_sample.tokens
              and one_interval_z(itl_sample.slow, itl_sample.tokens, itl_sample.batch, b) > config.spike_z)
     isolated = tuple(t for t in state.ab_isolated if itl and t >= itl[0].at)
+    settle_until = state.ab_settle_until
     pending = state.ab_spike_at
     forget_from: float | None = None  # forget the evidence up to here: a new load
     if spike and config.ab_confirm_spikes and pending is None:
@@ -1495,20 +1567,33 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     elif pending is not None and now - pending + _EPS >= config.change_window_seconds:
         # The window is over: the spike was a new load if the on intervals since it (itself left out)
         # still differ from the older model; else it was the seed's own bad second.
-        if abs(_change_z(_attributable(itl, isolated + (pending,)), config, now)) > config.spike_z:
+        since = _attributable(itl, isolated + (pending,), settle_until)
+        if abs(_change_z(since, config, now)) > config.spike_z:
             forget_from = pending - config.interval_seconds
         else:
             isolated += (pending,)
         pending = None
     changed = (not spike and pending is None and forget_from is None
-               and abs(_change_z(_attributable(itl, isolated), config, now)) > config.spike_z)
+               and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
     if forget_from is not None:
+        if _load_class_changed(itl, forget_from, config):
+            settle_until = forget_from + config.ab_settle_seconds
         itl = tuple(s for s in itl if s.at > forget_from + _EPS)
         ttft = tuple(s for s in ttft if s.at > forget_from + _EPS)
         isolated = ()
-    state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_itl=itl, ab_ttft=ttft)
+        # The ledger keeps what the users saw through a new load while it is in surplus (savings the
+        # transfer may still spend); in deficit it starts afresh with the evidence: a seed's own stall,
+        # once over, must not hold the transfer at the floor for the horizon to repay it.
+        ledgers = {}
+        for name, ledger, budget in (("ab_ledger_itl", state.ab_ledger_itl, b),
+                                     ("ab_ledger_ttft", state.ab_ledger_ttft, slo.ttft_budget)):
+            if not _ledger_in_surplus(ledger, budget, config, now, state.ab_budget_from):
+                ledgers[name] = tuple(s for s in ledger if s.at > forget_from + _EPS)
+        state = replace(state, **ledgers)
+    state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_itl=itl, ab_ttft=ttft,
+                    ab_settle_until=settle_until)
     if spike or changed:
         soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
         state = replace(state, dense_until=now + config.dense_after_change_seconds,
@@ -1516,11 +1601,13 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
     target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate,
-                                                    state.ab_budget_from, isolated, state.ab_seed_over_at)
+                                                    state.ab_budget_from, isolated, state.ab_seed_over_at,
+                                                    settle_until, state.ab_ledger_itl)
     if slo.ttft_threshold_seconds is not None and target is not None:
         t_target, t_summary, t_over, t_factor = _ab_target(ttft, slo.ttft_budget, config, duty,
                                                            config.min_ttft_observations, now, rate,
-                                                           state.ab_budget_from, isolated, state.ab_seed_over_at)
+                                                           state.ab_budget_from, isolated, state.ab_seed_over_at,
+                                                           settle_until, state.ab_ledger_ttft)
         if t_target is not None:
             factor = min(factor, t_factor)
         if t_target is not None and t_target < target:

@@ -550,6 +550,44 @@ def test_when_a_seed_over_its_slo_on_its_own_recovers_the_rate_climbs_again():
     assert max(t.law_rate for t in log[60:100]) >= 3 * FLOOR
 
 
+def new_load(effect_after: float) -> Plant:
+    """v21's load-change seeds: 32 requests (7,000 tokens/s, 0.05 % alone), then from t = 40 96 requests
+    (10,000 tokens/s) whose first 8 s are 4 % slow on their own (the new requests' prefills), then 0.2 %.
+    The transfer adds 0.1 % at the cap before the change and ``effect_after`` at the cap after it."""
+    def plant(rate: float, k: int) -> tuple[float, float, float]:
+        if k < 40:
+            tokens, running, own, effect = 7000.0, 32.0, 0.0005, 0.001
+        else:
+            tokens, running, own, effect = 10000.0, 96.0, 0.04 if k < 48 else 0.002, effect_after
+        return tokens, tokens * (own + effect * rate / CAP), running
+    return plant
+
+
+@pytest.mark.parametrize("settle, mean_rate_at_least, mean_rate_under", [
+    (10.0, 0.8 * CAP, math.inf),   # the default: back at the cap once the new load has settled
+    (0.0, 0.0, 0.4 * CAP),         # the first seconds attributed: on 2-3 % against off 1.5-2 %, near the floor
+])
+def test_a_new_loads_own_first_slow_seconds_are_not_taken_for_the_transfers_cost(settle, mean_rate_at_least,
+                                                                                 mean_rate_under):
+    log = drive(cfg(ab_settle_seconds=settle), new_load(0.001), 100)
+    assert log[39].law_rate == CAP
+    assert min(t.applied for t in log[40:50]) < CAP / 2          # the spike rule still cuts at once
+    mean = sum(t.applied for t in log[50:100]) / 50
+    assert mean_rate_at_least <= mean < mean_rate_under
+
+
+def test_where_the_transfer_costs_more_at_the_new_load_the_law_still_finds_its_rate_after_settling():
+    # 3 % at the cap at the new load with the seed at 0.2 % alone: the best fixed rate is ~25 MB/s.
+    plant = new_load(0.03)
+    log = drive(cfg(), plant, 140)
+    assert 0.1 * CAP < sum(t.applied for t in log[80:140]) / 60 < 0.4 * CAP
+    slow = tokens = 0.0
+    for k in range(60, 140):
+        n, s, _ = plant(log[k - 1].applied, k)
+        slow, tokens = slow + s, tokens + n
+    assert slow / tokens <= 0.01
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     # The hard case of issue 16: the seed alone uses 80 % of the budget, every slow step is 16 slow
@@ -592,6 +630,8 @@ def test_on_clustered_noise_near_the_slo_the_share_stays_within_budget(seed):
     ("budget_aim_fraction", 0.0),
     ("plan_seconds", 0.5),
     ("change_window_seconds", 0.5),
+    ("ab_settle_seconds", -1.0),
+    ("ab_settle_seconds", 120.0),        # the whole evidence horizon: nothing would ever be attributed
     ("yield_floor_fraction", 1.0),       # at or over floor_fraction is never, but a whole cap is a mistake
     ("yield_floor_fraction", -0.01),
     ("yield_floor_z", -1.0),

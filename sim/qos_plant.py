@@ -40,7 +40,8 @@ from throttle.controller import (ControllerConfig, InvalidTuning, Observation, S
 from throttle.histogram import WindowHistogram
 
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
-           "H100_BURSTY", "H100_GPU", "H200_CPU", "H200_DRIFTED", "H200_GPU", "H100_GPU_NOISY", "H200_CPU_SPIKES",
+           "H100_BURSTY", "H100_GPU", "H200_CPU", "H200_DRIFTED", "H200_GPU", "H100_GPU_NOISY", "H100_LOAD_CHANGE",
+           "H200_CPU_SPIKES",
            "BURSTY_SPIKES", "run", "oracle_rate"]
 
 CAP = 100e6
@@ -375,6 +376,20 @@ def _h100_gpu_noisy(rng: random.Random, seconds: float) -> list[Segment]:
     return [Segment(0, 15000, 64, rng.uniform(0.001, 0.0095), rng.uniform(0.025, 0.032), exponent=1.1)]
 
 
+def _h100_load_change(rng: random.Random, seconds: float) -> list[Segment]:
+    # v21's load-change plant (bench/results/h100-qos-v21b-control-load-change.json.gz): 32 requests a seed
+    # (~7,000 tokens/s, 0.0-0.1 % alone), then 96 from the middle of the phase (~10,000 tokens/s, 0.0-0.4 % alone
+    # once settled); the transfer at the cap +0-0.2 % (its control at the cap read 0.06-0.55 %). The new requests'
+    # prefills make the seed's own first seconds at the new load slow (run 1: 3.3 % and 2.9 % in the first two
+    # 5 s blocks, whatever the rate), which the law must not take for the transfer's cost.
+    change = seconds / 2
+    settle = rng.uniform(4.0, 10.0)
+    effect = rng.uniform(0.0, 0.002)
+    return [Segment(0, 7000, 32, rng.uniform(0.0, 0.001), effect),
+            Segment(change, 10000, 96, rng.uniform(0.01, 0.04), effect),
+            Segment(change + settle, 10000, 96, rng.uniform(0.0, 0.004), effect)]
+
+
 def _h100_bursty(rng: random.Random, seconds: float) -> list[Segment]:
     # The H100 battery's bursty plant (v15, bench/results/h100-qos-v15-control-bursty.json.gz): 96 requests
     # on 1.5 s / off 1.5 s; its seconds alternate ~8,000 tokens at batch 96 and ~1,300 (the burst's
@@ -395,6 +410,7 @@ H100_GPU = Plant("h100-gpu", _h100_gpu)
 H200_DRIFTED = Plant("h200-drifted", _h200_drifted)
 #: Overdispersion 0.7: with 64 tokens slow together, a design effect of ~140 at 1 % of 15,000 tokens/s, as v21 read.
 H100_GPU_NOISY = Plant("h100-gpu-noisy", _h100_gpu_noisy, overdispersion=0.7)
+H100_LOAD_CHANGE = Plant("h100-load-change", _h100_load_change)
 #: Not in PLANTS: the AIMD law meets the budget here too, and PLANTS is where the laws differ.
 HEADROOM = Plant("headroom", _headroom)
 HEADROOM_CLEAN = Plant("headroom-clean", _headroom_clean)
@@ -427,7 +443,7 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--plants", default=",".join(PLANTS),
                         help="comma-separated, or all (the 11 plants; h200-cpu-spikes, bursty-spikes, "
-                             "h100-bursty, h100-gpu, h200-drifted and h100-gpu-noisy only by name)")
+                             "h100-bursty, h100-gpu, h200-drifted, h100-gpu-noisy and h100-load-change only by name)")
     parser.add_argument("--laws", default="aimd,ab")
     parser.add_argument("--fast-raise", type=float, default=None,
                         help="the A/B law's ab_fast_raise_factor, and max_raise_factor if that is larger "
@@ -450,7 +466,7 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     # Not in "all": the docs' totals over the 11 plants stay comparable across sessions.
     every.update({H200_CPU_SPIKES.name: H200_CPU_SPIKES, BURSTY_SPIKES.name: BURSTY_SPIKES,
                   H100_BURSTY.name: H100_BURSTY, H100_GPU.name: H100_GPU, H200_DRIFTED.name: H200_DRIFTED,
-                  H100_GPU_NOISY.name: H100_GPU_NOISY})
+                  H100_GPU_NOISY.name: H100_GPU_NOISY, H100_LOAD_CHANGE.name: H100_LOAD_CHANGE})
     unknown = [name for name in names if name not in every]
     if unknown:
         parser.error(f"--plants: unknown {', '.join(unknown)}; known: all, {', '.join(every)}")

@@ -94,6 +94,9 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
         assert control["share_above_slo"] is not None and control["met_budget"] == (control["share_above_slo"] <= 0.01)
         assert run["checks"]["control_share_above_slo"]["issue_target"] is False
         assert run["checks"]["throttled_vs_control"]["issue_target"] is False
+        bar = run["checks"]["throttled_share_vs_control"]
+        assert bar["issue_target"] is False and bar["value"] == pytest.approx(
+            run["throttled_share_above_slo"] - max(0.01, control["share_above_slo"]))
         # The seed alone as its agent measured it: the last reading within the throttled phase.
         readings = [s["seed_alone_shares"][0] for s in result["time_series"]
                     if start <= s["t"] <= end + 0.1 and s["seed_alone_shares"][0] is not None]
@@ -130,5 +133,8 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
     # The runs that met every goal, over all and where the host held (context: seed speed, the seeds alone).
     assert result["tally"]["runs"] == 1 and battery["plants"]["steady"]["tally"] == result["tally"]
     assert "runs that met every goal: " in done.stdout
+    # Read against the control fleet too (every goal, the share and throughput against the oracle's rate).
+    assert result["tally"]["with_control"] == 1
+    assert "against the oracle's rate in the same seconds (--control: " in done.stdout
     assert battery["plants"]["steady"]["signal_table"][0].startswith("| seed | rate MB/s |")
     assert any("C throttled (run 1)" in line for line in battery["plants"]["steady"]["output"])

@@ -15,10 +15,10 @@ Pure: :func:`rejudge` takes a result dict; only :func:`main` reads files.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 
+from bench.kept_results import add_results_argument, read_result
 from bench.qos_stats import judge_run, met_where_the_control_met, tally
 
 __all__ = ["rejudge", "main"]
@@ -75,13 +75,11 @@ def _run_line(run: dict, checks: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.qos_rejudge", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", metavar="RESULT.json",
-                   help="`rfork bench qos --json` results (.json or .json.gz)")
+    add_results_argument(p)
     args = p.parse_args(argv)
     for path in args.results:
         try:
-            with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
-                result = json.load(f)
+            result = read_result(path)
             judged, changed = rejudge(result)
         except (OSError, ValueError) as exc:
             print(f"python -m bench.qos_rejudge: {path}: {exc}", file=sys.stderr)

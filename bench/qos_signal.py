@@ -37,12 +37,11 @@ Pure: :func:`groups`, :func:`compare` and :func:`predicted_excess` take dicts an
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import sys
 from dataclasses import dataclass
 
+from bench.kept_results import add_results_argument, read_result
 from bench.qos_stats import ratio_estimate
 
 __all__ = ["Seconds", "SignalComparison", "groups", "compare", "predicted_excess", "main"]
@@ -235,16 +234,13 @@ def format_rows(comparisons: list[SignalComparison]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.qos_signal", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", metavar="RESULT.json",
-                   help="`rfork bench qos --json` results (.json or .json.gz)")
+    add_results_argument(p)
     p.add_argument("--target-se", type=float, default=0.0025,
                    help="the standard error the 'seconds' columns aim at (default 0.0025: a quarter of 1 %%)")
     args = p.parse_args(argv)
     for path in args.results:
         try:
-            # The batteries kept in bench/results are gzipped (they hold every second of every run).
-            with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
-                result = json.load(f)
+            result = read_result(path)
             table = format_rows(rows(result, args.target_se))
         except (OSError, ValueError, KeyError) as exc:
             print(f"{path}: {exc}", file=sys.stderr)

@@ -760,7 +760,8 @@ def test_rejudge_reads_kept_results_and_names_verdicts_that_changed(tmp_path, ca
 
 
 @pytest.mark.parametrize("content, message", [
-    ("[1]", "no slo_budget, cap_bytes_per_second, runs: not a `rfork bench qos --json` result"),
+    ("[1]", "a JSON list, not a `rfork bench qos --json` result"),
+    ("{}", "no slo_budget, cap_bytes_per_second, runs: not a `rfork bench qos --json` result"),
     ('{"slo_budget": 0.01, "runs": []}', "no cap_bytes_per_second"),
     ("not json", "Expecting value"),
 ])

@@ -42,7 +42,7 @@ from throttle.histogram import WindowHistogram
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
            "H100_BURSTY", "H100_GPU", "H200_CPU", "H200_DRIFTED", "H200_GPU", "H100_GPU_NOISY", "H100_LOAD_CHANGE",
            "H200_CPU_SPIKES",
-           "BURSTY_SPIKES", "run", "oracle_rate"]
+           "BURSTY_SPIKES", "NEAR_SLO_EPISODES", "H200_CPU_EPISODES", "run", "oracle_rate"]
 
 CAP = 100e6
 BUDGET = 0.01
@@ -93,6 +93,9 @@ class Plant:
     #: threshold. 0 = none.
     own_spike_every_seconds: float = 0.0
     own_spike_share: float = 0.12
+    #: How many seconds each such episode lasts (1: a bad second; v21's near-slo seed: ~3 s at 4-6 %, under
+    #: the law's spike rule, one of them on the phase's first second).
+    own_spike_seconds: int = 1
 
 
 @dataclass
@@ -196,8 +199,13 @@ def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second
     if plant.own_spike_every_seconds > 0:
         # Their own rng: the rest of the draw is the same with or without them.
         spikes = random.Random(rng.random())
-        seconds = [replace(s, own_spike_share=plant.own_spike_share)
-                   if spikes.random() < 1 / plant.own_spike_every_seconds else s for s in seconds]
+        marked, left = [], 0
+        for second in seconds:
+            if spikes.random() < 1 / plant.own_spike_every_seconds:
+                left = plant.own_spike_seconds
+            marked.append(replace(second, own_spike_share=plant.own_spike_share) if left > 0 else second)
+            left = max(0, left - 1)
+        seconds = marked
     return segments, seconds
 
 
@@ -422,6 +430,12 @@ BURSTY_SPILL = Plant("bursty-spill", _bursty, lease_spill_batch=16.0)
 #: budget in the oracle's probe).
 H200_CPU_SPIKES = Plant("h200-cpu-spikes", _h200_cpu, own_spike_every_seconds=80.0)
 BURSTY_SPIKES = Plant("bursty-spikes", _bursty, own_spike_every_seconds=80.0)
+#: The near-SLO and H200 CPU plants with the seed's own episodes of 3 s at +4 % (under ``spike_z``: pooled,
+#: not isolated), one every 60 s on average.
+NEAR_SLO_EPISODES = Plant("near-slo-episodes", _near_slo, own_spike_every_seconds=60.0, own_spike_share=0.04,
+                          own_spike_seconds=3)
+H200_CPU_EPISODES = Plant("h200-cpu-episodes", _h200_cpu, own_spike_every_seconds=60.0, own_spike_share=0.04,
+                          own_spike_seconds=3)
 
 PLANTS: dict[str, Plant] = {
     p.name: p for p in (
@@ -443,7 +457,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--plants", default=",".join(PLANTS),
                         help="comma-separated, or all (the 11 plants; h200-cpu-spikes, bursty-spikes, "
-                             "h100-bursty, h100-gpu, h200-drifted, h100-gpu-noisy and h100-load-change only by name)")
+                             "h100-bursty, h100-gpu, h200-drifted, h100-gpu-noisy, h100-load-change and the "
+                             "*-episodes only by name)")
     parser.add_argument("--laws", default="aimd,ab")
     parser.add_argument("--fast-raise", type=float, default=None,
                         help="the A/B law's ab_fast_raise_factor, and max_raise_factor if that is larger "
@@ -466,7 +481,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     # Not in "all": the docs' totals over the 11 plants stay comparable across sessions.
     every.update({H200_CPU_SPIKES.name: H200_CPU_SPIKES, BURSTY_SPIKES.name: BURSTY_SPIKES,
                   H100_BURSTY.name: H100_BURSTY, H100_GPU.name: H100_GPU, H200_DRIFTED.name: H200_DRIFTED,
-                  H100_GPU_NOISY.name: H100_GPU_NOISY, H100_LOAD_CHANGE.name: H100_LOAD_CHANGE})
+                  H100_GPU_NOISY.name: H100_GPU_NOISY, H100_LOAD_CHANGE.name: H100_LOAD_CHANGE,
+                  NEAR_SLO_EPISODES.name: NEAR_SLO_EPISODES, H200_CPU_EPISODES.name: H200_CPU_EPISODES})
     unknown = [name for name in names if name not in every]
     if unknown:
         parser.error(f"--plants: unknown {', '.join(unknown)}; known: all, {', '.join(every)}")

@@ -253,3 +253,25 @@ def test_a_new_loads_own_slow_first_seconds_do_not_hold_the_law_down(settle, at_
     results = [run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(30)]
     assert all(r.realized_share <= BUDGET for r in results)
     assert at_least_08x <= sum(r.throughput_ratio >= 0.8 for r in results) <= at_most_08x
+
+
+def test_the_seeds_own_episodes_last_their_seconds_and_one_second_spikes_draw_as_before():
+    # h200-cpu-episodes (v21's near-slo seed: ~3 s at 4-6 % on its own, under the law's spike rule): each
+    # episode marks own_spike_seconds consecutive seconds; with 1 s the draw is the one the spike plants had.
+    import random
+
+    from sim.qos_plant import H200_CPU_EPISODES, H200_CPU_SPIKES, _draw
+
+    episodes = replace(H200_CPU_EPISODES, seconds=600, warmup_seconds=0)
+    _, seconds = _draw(episodes, random.Random(7))
+    marked = [s.own_spike_share > 0 for s in seconds]
+    starts = [i for i, m in enumerate(marked) if m and (i == 0 or not marked[i - 1])]
+    assert starts and all(all(marked[i:i + 3]) for i in starts if i + 3 <= len(marked))
+    assert {s.own_spike_share for s in seconds} == {0.0, 0.04}
+    one = replace(H200_CPU_SPIKES, seconds=600, warmup_seconds=0)
+    longer = replace(one, own_spike_seconds=3)
+    (_, single), (_, triple) = _draw(one, random.Random(7)), _draw(longer, random.Random(7))
+    single_starts = [i for i, s in enumerate(single) if s.own_spike_share > 0]
+    # The same starts: a 3 s episode begins wherever the 1 s spike was drawn.
+    assert all(triple[i].own_spike_share > 0 for i in single_starts)
+    assert sum(s.own_spike_share > 0 for s in triple) > len(single_starts)

@@ -612,9 +612,12 @@ def estimate(args: argparse.Namespace, plants: list[str]) -> list[str]:
         total = qos_bench.estimate_seconds(options, args.runs, loads=len(plant.loads()))
         per_run = qos_bench.estimate_run_seconds(options)
         fits = max(0, int((args.deadline_seconds - 5 - (total - args.runs * per_run)) // per_run))
+        # Where the cap meets the budget the bisection ends at its first probe (v21's CPU plants: ~600 s, not ~865).
+        at_cap = qos_bench.estimate_seconds(options, args.runs, loads=len(plant.loads()), oracle_probes=1)
         lines.append(f"{name}: about {total:.0f} s for {args.runs} runs ({total - args.runs * per_run:.0f} s to the "
                      f"oracle, {per_run:.0f} s a run); {min(fits, args.runs)} of {args.runs} runs fit the "
-                     f"{args.deadline_seconds:.0f} s deadline")
+                     f"{args.deadline_seconds:.0f} s deadline; about {at_cap:.0f} s where the cap meets the budget "
+                     f"(one oracle probe)")
     return lines
 
 

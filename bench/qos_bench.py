@@ -1206,11 +1206,14 @@ def estimate_run_seconds(options: QosBenchOptions) -> float:
             + o.run_oracle_probes * (o.drain_seconds + o.settle_seconds + 1.0 + o.oracle_probe_seconds))
 
 
-def estimate_seconds(options: QosBenchOptions, runs: int, startup_seconds: float = 25.0, loads: int = 1) -> float:
-    """About how long a whole invocation takes: startup, baseline (``loads`` windows), every oracle probe, the runs."""
+def estimate_seconds(options: QosBenchOptions, runs: int, startup_seconds: float = 25.0, loads: int = 1,
+                     oracle_probes: int | None = None) -> float:
+    """About how long a whole invocation takes: startup, baseline (``loads`` windows), the oracle's probes
+    (``oracle_probes``; default every one the bisection may take: one where the cap meets the budget), the runs."""
     o = options
+    probes = o.oracle_max_probes if oracle_probes is None else oracle_probes
     return (startup_seconds + o.warmup_seconds + loads * (o.settle_seconds + o.baseline_seconds)
-            + o.oracle_max_probes * (o.drain_seconds + o.settle_seconds + o.oracle_probe_seconds)
+            + probes * (o.drain_seconds + o.settle_seconds + o.oracle_probe_seconds)
             + runs * estimate_run_seconds(o))
 
 

@@ -65,6 +65,7 @@ from bench.qos_stats import (
     oracle_from,
     summarize,
     tally,
+    target_arguments,
     wilson_interval,
 )
 from rfork_api.clients import blocking_http_client
@@ -1351,10 +1352,8 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         },
     }
     run["checks"] = judge_run(run, options.slo_budget, cap, judged_oracle["throughput_bytes_per_second"],
-                              spike_cut_max_seconds=TARGETS["spike_cut_max_seconds"],
-                              idle_cap_fraction=TARGETS["idle_cap_fraction"],
-                              idle_max_seconds=TARGETS["idle_to_cap_max_seconds"],
-                              shared_oracle_throughput=oracle["throughput_bytes_per_second"])
+                              shared_oracle_throughput=oracle["throughput_bytes_per_second"],
+                              **target_arguments(TARGETS))
     worst = throttled.worst_estimate()
     if worst is not None:
         say(f"  run {k}: throttled {format_rate(throttled.throughput)} "

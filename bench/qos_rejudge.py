@@ -19,7 +19,7 @@ import json
 import sys
 
 from bench.kept_results import add_results_argument, read_result
-from bench.qos_stats import judge_run, met_where_the_control_met, tally
+from bench.qos_stats import judge_run, met_where_the_control_met, tally, target_arguments
 
 __all__ = ["rejudge", "main"]
 
@@ -47,12 +47,9 @@ def rejudge(result: dict) -> tuple[list[dict], list[str]]:
     targets = result.get("targets") or {}
     judged, changed = [], []
     for run in runs:
-        checks = judge_run(
-            run, budget, cap, run.get("oracle_bytes_per_second"),
-            spike_cut_max_seconds=targets.get("spike_cut_max_seconds", 1.0),
-            idle_cap_fraction=targets.get("idle_cap_fraction", 0.95),
-            idle_max_seconds=targets.get("idle_to_cap_max_seconds", 5.0),
-            shared_oracle_throughput=run.get("shared_oracle_bytes_per_second"))
+        checks = judge_run(run, budget, cap, run.get("oracle_bytes_per_second"),
+                           shared_oracle_throughput=run.get("shared_oracle_bytes_per_second"),
+                           **target_arguments(targets))
         kept = run.get("checks") or {}
         changed += [f"run {run.get('run')}: {name}" for name in kept
                     if name in checks and kept[name].get("met") != checks[name]["met"]]

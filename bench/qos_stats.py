@@ -282,6 +282,20 @@ class Check:
         return {"value": self.value, "target": self.target, "met": self.met(), "issue_target": self.issue_target}
 
 
+#: A result's ``targets`` (``qos_bench.TARGETS``) -> the :func:`judge_run` keyword each sets.
+_TARGET_ARGUMENTS = {"spike_cut_max_seconds": "spike_cut_max_seconds", "idle_cap_fraction": "idle_cap_fraction",
+                     "idle_to_cap_max_seconds": "idle_max_seconds"}
+
+
+def target_arguments(targets: dict) -> dict:
+    """:func:`judge_run`'s keyword arguments from a result's ``targets``; one it does not give keeps its default.
+
+        >>> target_arguments({"spike_cut_max_seconds": 1.0, "idle_to_cap_max_seconds": 5.0, "recovery_max_seconds": 20})
+        {'spike_cut_max_seconds': 1.0, 'idle_max_seconds': 5.0}
+    """
+    return {argument: targets[key] for key, argument in _TARGET_ARGUMENTS.items() if key in targets}
+
+
 def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | None,
               spike_cut_max_seconds: float = 1.0, idle_cap_fraction: float = 0.95,
               idle_max_seconds: float = 5.0, shared_oracle_throughput: float | None = None) -> dict:

@@ -1332,7 +1332,7 @@ def _off_dense(state: ControllerState, config: ControllerConfig, now: float, bud
     """Off windows at their densest: after a load change, or while the seed's own share is imprecise."""
     if state.dense_until is not None and now < state.dense_until:
         return True
-    off = [s for s in state.ab_itl if not s.on and s.at > state.ab_settle_until + _EPS]  # as attributed
+    off = [s for s in _attributable(state.ab_itl, (), state.ab_settle_until) if not s.on]  # as attributed
     est = estimate((), off, min_tokens=config.min_observations)
     if not est.off_known:
         return True
@@ -1420,9 +1420,9 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     and off) are left out of the attribution; the error budget counts them. The error budget reads
     ``ledger`` (every interval as the users saw it, through a new load) where given, else ``samples``.
     Going under the floor reads the transfer-on intervals after ``yield_from`` only."""
-    attributable = _attributable(samples, isolated, settle_until)
+    attributable = _attributable(samples, isolated, settle_until)  # isolated intervals are all transfer-on
     on = [s for s in attributable if s.on]
-    off = [s for s in samples if not s.on and s.at > settle_until + _EPS]
+    off = [s for s in attributable if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
     z = config.confidence_z
     off_text = (f"off {est.p_off:.2%} of {est.tokens_off:.0f}" if est.off_known

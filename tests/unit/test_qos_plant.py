@@ -239,6 +239,30 @@ def test_on_the_noisy_gpu_plant_the_oracle_rate_itself_meets_the_budget_in_about
     assert 4 <= fixed_met <= 12 and law_met >= 12 and law_met > fixed_met   # measured: 8 and 14 of 20
 
 
+def test_where_the_oracle_is_the_floor_going_under_it_sooner_trades_one_goal_for_the_other():
+    # v22's GPU plant (sim/qos_plant.py h100-gpu-floor): the seed alone at 0.3-0.8 %, a concave cost, so the best
+    # fixed rate is about the floor (5 % of the cap). Going under the floor on weaker evidence (yield_floor_z 0,
+    # not 3) keeps the budget in more phases and reaches 0.8x the oracle in fewer, not more of both
+    # (docs/qos.md "The floor as the oracle"; measured on 20 draws: 14 / 18 / 14 at 3, 18 / 15 / 13 at 0).
+    import random
+
+    from sim.qos_plant import H100_GPU_FLOOR, _draw, oracle_rate
+
+    phase = replace(H100_GPU_FLOOR, seconds=80, warmup_seconds=0)
+    floor = ControllerConfig(cap_bytes_per_second=CAP).floor_bytes_per_second
+    oracles = sorted(oracle_rate(phase, _draw(phase, random.Random(seed))[0]) for seed in range(20))
+    assert 0 < oracles[0] and oracles[-1] <= 2 * floor and oracles[0] <= floor <= oracles[-1]
+    tallies = {}
+    for z in (3.0, 0.0):
+        law = ControllerConfig(cap_bytes_per_second=CAP, yield_floor_z=z)
+        results = [run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(20)]
+        within = [r.realized_share <= BUDGET for r in results]
+        fast = [r.throughput_ratio >= 0.8 for r in results]
+        tallies[z] = (sum(within), sum(fast), sum(w and f for w, f in zip(within, fast)))
+    assert tallies[0.0][0] > tallies[3.0][0] and tallies[0.0][1] < tallies[3.0][1]
+    assert tallies[0.0][2] <= tallies[3.0][2]
+
+
 @pytest.mark.parametrize("settle, at_least_08x, at_most_08x", [
     (10.0, 20, 30),   # the default: the new load's first seconds left out of the attribution (measured 23)
     (0.0, 0, 19),     # attributed: the seed's own slow first seconds read as the transfer's cost (16)

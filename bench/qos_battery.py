@@ -65,7 +65,12 @@ def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int,
     """CPUs for every plant: disjoint slices of ``cores_per_plant`` for the CPU plants, the rest for the GPU
     plant (split evenly between them where two arms of it run: ``--compare``).
 
-    Too few CPUs: slices wrap around (plants then share CPUs) and a warning says so.
+    Too few CPUs: slices wrap around (plants then share CPUs) and a warning says so. The GPU plant gets
+    at least ``cores_per_plant`` CPUs an arm, as a CPU plant does, or the battery refuses to run it beside
+    CPU plants: its fleet is laid out the same way, its seeds on CPUs of their own and its agents,
+    scheduler and fork clients on the others; with fewer those share the seeds' CPUs, and the fork
+    clients' work on every byte read lands on the seeds. (v21 and v22 ran it so: its two fleets, law and
+    control, on 4 CPUs beside two CPU plants with theirs.)
 
         >>> assign_cores(list(range(16)), ["steady", "bursty"], 3, "gpu-decode")[0]
         {'steady': [0, 1, 2], 'bursty': [3, 4, 5], 'gpu-decode': [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]}
@@ -73,6 +78,10 @@ def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int,
         [11, 12, 13, 14, 15]
         >>> cores, warnings = assign_cores([0, 1], ["steady", "bursty"], 2); cores
         {'steady': [0, 1], 'bursty': [0, 1]}
+        >>> assign_cores(list(range(16)), ["steady", "bursty"], 6, "gpu-decode")
+        Traceback (most recent call last):
+        ...
+        bench.qos_battery.BatteryError: --gpu: gpu-decode needs 6 CPUs an arm of its own, as each CPU plant gets, and 4 are left after 2 CPU plants x 6: run fewer CPU plants beside it (--plants)
     """
     if cores_per_plant < 1:
         raise BatteryError(f"--cores-per-plant must be at least 1, got {cores_per_plant}")
@@ -87,9 +96,14 @@ def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int,
     gpu_plants = [gpu_plant] if isinstance(gpu_plant, str) else list(gpu_plant or [])
     if gpu_plants:
         left = cpus[need:] if need < len(cpus) else []
-        if len(left) < 2 * len(gpu_plants):
-            warnings.append(f"the GPU plant has {len(left)} CPUs of its own; it shares the last plant's")
-            left = sorted(set(left) | set(out[plants[-1]] if plants else cpus))
+        if len(left) < cores_per_plant * len(gpu_plants):
+            if plants:
+                raise BatteryError(f"--gpu: {gpu_plants[0]} needs {cores_per_plant} CPUs an arm of its own, as each "
+                                   f"CPU plant gets, and {len(left)} are left after {len(plants)} CPU plants x "
+                                   f"{cores_per_plant}: run fewer CPU plants beside it (--plants)")
+            warnings.append(f"the GPU plant has {len(cpus)} CPUs, {cores_per_plant} an arm wanted: its agents and "
+                            f"fork clients share its seeds' CPUs")
+            left = list(cpus)
         share = max(len(left) // len(gpu_plants), 1)
         for i, name in enumerate(gpu_plants):
             last = i == len(gpu_plants) - 1

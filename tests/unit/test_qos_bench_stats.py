@@ -275,8 +275,10 @@ def test_every_plant_is_on_the_cpu_but_the_gpu_one():
 @pytest.mark.parametrize("cpus, plants, per, gpu, expected, warned", [
     (list(range(16)), ["a", "b", "c", "d"], 3, "g",
      {"a": [0, 1, 2], "b": [3, 4, 5], "c": [6, 7, 8], "d": [9, 10, 11], "g": [12, 13, 14, 15]}, False),
-    (list(range(16)), ["a", "b", "c", "d"], 4, "g",
-     {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7], "c": [8, 9, 10, 11], "d": [12, 13, 14, 15], "g": [12, 13, 14, 15]}, True),
+    (list(range(16)), ["a"], 6, "g", {"a": [0, 1, 2, 3, 4, 5], "g": [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]}, False),
+    (list(range(16)), ["a", "a-b"], 3, ["g", "g-b"],
+     {"a": [0, 1, 2], "a-b": [3, 4, 5], "g": [6, 7, 8, 9, 10], "g-b": [11, 12, 13, 14, 15]}, False),
+    ([0, 1], [], 3, "g", {"g": [0, 1]}, True),     # a host too small for one plant: shared, and said
     ([0, 1], ["a", "b"], 1, None, {"a": [0], "b": [1]}, False),
     ([0, 1], ["a", "b"], 2, None, {"a": [0, 1], "b": [0, 1]}, True),
 ])
@@ -286,6 +288,16 @@ def test_assign_cores(cpus, plants, per, gpu, expected, warned):
     cpu_slices = [set(cores[p]) for p in plants]
     if not warned:  # disjoint CPU plants
         assert sum(len(s) for s in cpu_slices) == len(set().union(*cpu_slices))
+
+
+@pytest.mark.parametrize("cpus, plants, per, gpu, left", [
+    (list(range(16)), ["a", "b", "c", "d"], 4, "g", 0),
+    (list(range(16)), ["a", "b"], 6, "g", 4),            # v21 and v22: two CPU plants with controls beside it
+    (list(range(16)), ["a", "a-b"], 6, ["g", "g-b"], 4),
+])
+def test_the_battery_refuses_a_gpu_plant_with_fewer_cpus_than_a_cpu_plant(cpus, plants, per, gpu, left):
+    with pytest.raises(qos_battery.BatteryError, match=f"needs {per} CPUs an arm of its own.* {left} are left"):
+        qos_battery.assign_cores(cpus, plants, per, gpu)
 
 
 def test_the_benchs_buckets_include_sglangs():

@@ -59,6 +59,7 @@ from bench.qos_stats import (
     ShareEstimate,
     all_met,
     block_share_interval,
+    cpu_layout_warning,
     judge_run,
     next_probe,
     next_run_probe,
@@ -979,7 +980,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         f"model, load {load.describe()}"
         + (f" then {plant.changed_load.describe()} mid-phase" if plant.changed_load else "")
         + f", cap {format_rate(cap)} per seed, {runs} run(s)")
-    layout = cpu_layout_warning(options)
+    layout = cpu_layout_warning(options.seed_cpus, options.control_seed_cpus, options.process_cpus)
     if layout:
         result["cpu_layout_warning"] = layout
         say(f"warning: {layout}")
@@ -1743,24 +1744,6 @@ def _control_split(cpus: list[int], seeds: int) -> tuple[list[int], list[int]]:
     if half >= seeds:
         return cpus[:half], cpus[half:]
     return [cpus[i % len(cpus)] for i in range(seeds)], [cpus[(seeds + i) % len(cpus)] for i in range(seeds)]
-
-
-def cpu_layout_warning(options: QosBenchOptions) -> str | None:
-    """A line where the fleets' agents, scheduler and fork clients (``process_cpus``) share the seeds' CPUs, else
-    None. The fork clients work on every byte read, so there the transfer's cost is partly CPU time taken from
-    the seeds, which a seed on a host of its own does not pay (v21's and v22's GPU plant, docs/benchmarks.md).
-
-        >>> opts = QosBenchOptions(seeds=2, seed_cpus=(0, 1), control_seed_cpus=(2, 3), process_cpus=(0, 1, 2, 3))
-        >>> cpu_layout_warning(opts)
-        "the agents, scheduler and fork clients share the seeds' CPUs 0, 1, 2, 3: give the bench more --cpus"
-        >>> cpu_layout_warning(replace(opts, process_cpus=(4, 5))) is None
-        True
-    """
-    shared = set(options.process_cpus) & (set(options.seed_cpus) | set(options.control_seed_cpus))
-    if not shared:
-        return None
-    return (f"the agents, scheduler and fork clients share the seeds' CPUs {', '.join(map(str, sorted(shared)))}: "
-            f"give the bench more --cpus")
 
 
 def _confine_to_cpus(options: QosBenchOptions) -> None:

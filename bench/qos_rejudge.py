@@ -5,7 +5,8 @@ battery's JSON; every figure it reads does. This reads each result (``.json`` or
 kept in bench/results), judges every run with :func:`bench.qos_stats.judge_run` against the oracle
 that run was judged by and the targets the result records, and prints a line a run and the plant's
 tally (``qos_stats.tally``). A check whose verdict differs from the kept one is named: a judge that
-changed is then seen, not silently applied.
+changed is then seen, not silently applied. A result whose agents, scheduler and fork clients ran on
+its seeds' CPUs (``qos_stats.cpu_layout_warning``: v21's and v22's GPU plant) says so in a line.
 
     python -m bench.qos_rejudge RESULT.json.gz [RESULT.json.gz ...]
 
@@ -19,7 +20,7 @@ import json
 import sys
 
 from bench.kept_results import add_results_argument, read_result
-from bench.qos_stats import judge_run, met_where_the_control_met, tally, target_arguments
+from bench.qos_stats import cpu_layout_warning, judge_run, met_where_the_control_met, tally, target_arguments
 
 __all__ = ["rejudge", "main"]
 
@@ -83,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         plant = result.get("plant")
         print(f"{path} ({plant.get('name', '?') if isinstance(plant, dict) else plant}, {len(judged)} runs)")
+        options = result.get("options") if isinstance(result.get("options"), dict) else {}
+        layout = cpu_layout_warning(options.get("seed_cpus"), options.get("control_seed_cpus"),
+                                    options.get("process_cpus"))
+        if layout:
+            print(f"  layout: {layout}")
         for run, checks in zip(result["runs"], judged):
             print(_run_line(run, checks))
         print(f"  tally: {json.dumps(tally(judged))}")

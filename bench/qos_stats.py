@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Iterable
 
 # Two-sided 95 % Student t quantiles by degrees of freedom (1..30); above 30 the normal's 1.96 is within 4 %.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -366,6 +367,25 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
             None if law_share is None or control_share is None else law_share - max(budget, control_share),
             "<= 0", False)
     return {name: c.as_dict() for name, c in checks.items()}
+
+
+def cpu_layout_warning(seed_cpus: Iterable[int] | None, control_seed_cpus: Iterable[int] | None,
+                       process_cpus: Iterable[int] | None) -> str | None:
+    """A line where the fleets' agents, scheduler and fork clients (``process_cpus``) share the seeds' CPUs, else
+    None (the CPU lists of the bench's options, as its JSON keeps them). The fork clients work on every byte
+    read, so there the transfer's cost is partly CPU time taken from the seeds, which a seed on a host of its
+    own does not pay (v21's and v22's GPU plant, docs/benchmarks.md).
+
+        >>> cpu_layout_warning([0, 1], [2, 3], [0, 1, 2, 3])
+        "the agents, scheduler and fork clients share the seeds' CPUs 0, 1, 2, 3: give the bench more --cpus"
+        >>> cpu_layout_warning([0, 1], [3, 4], [2, 5]) is None
+        True
+    """
+    shared = set(process_cpus or ()) & (set(seed_cpus or ()) | set(control_seed_cpus or ()))
+    if not shared:
+        return None
+    return (f"the agents, scheduler and fork clients share the seeds' CPUs {', '.join(map(str, sorted(shared)))}: "
+            f"give the bench more --cpus")
 
 
 def all_met(checks: dict) -> bool:

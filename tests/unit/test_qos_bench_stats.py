@@ -773,6 +773,29 @@ def test_rejudge_reads_kept_results_and_names_verdicts_that_changed(tmp_path, ca
     assert "run 1: MISSED throttled_share_above_slo; against the control: met (share 0.20% under its bar)" in out
     assert '"met_where_the_control_met": 1' in out
     assert "verdicts that differ from the kept ones: run 1: throttled_share_above_slo" in out
+    assert "layout:" not in out   # no CPU lists kept: nothing to say
+
+
+@pytest.mark.parametrize("options, says", [
+    # v22's GPU plant: both fleets' seeds on its 4 CPUs, the agents and fork clients on all of them.
+    ({"seed_cpus": [12, 13], "control_seed_cpus": [14, 15], "process_cpus": [12, 13, 14, 15]},
+     "  layout: the agents, scheduler and fork clients share the seeds' CPUs 12, 13, 14, 15: give the bench more --cpus"),
+    ({"seed_cpus": [0, 1], "control_seed_cpus": [3, 4], "process_cpus": [2, 5]}, None),   # its CPU plants
+    ({"seed_cpus": [0, 1], "process_cpus": [0, 1]}, "share the seeds' CPUs 0, 1"),       # no control, 2 CPUs
+])
+def test_rejudge_says_where_the_agents_ran_on_the_seeds_cpus(tmp_path, capsys, options, says):
+    import json
+
+    result = {"options": options, "plant": {"name": "gpu-decode"}, "slo_budget": 0.01, "cap_bytes_per_second": 100e6,
+              "runs": [{**RUN, "run": 1, "oracle_bytes_per_second": 100e6}]}
+    path = tmp_path / "qos.json"
+    path.write_text(json.dumps(result))
+    assert qos_rejudge.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    if says is None:
+        assert "layout:" not in out
+    else:
+        assert says in out and out.count("layout:") == 1
 
 
 @pytest.mark.parametrize("content, message", [

@@ -683,10 +683,6 @@ class ControllerState:
     baseline: tuple[tuple[float, Evidence], ...] = ()
     baseline_p99_seconds: float = math.nan
     observed_p99_seconds: float = math.nan
-    #: A/B law: the ITL and TTFT evidence of the last ``evidence_horizon_seconds``, one sample per
-    #: judged interval, transfer on (at the rate in force) and off, oldest first.
-    ab_itl: tuple[Sample, ...] = ()
-    ab_ttft: tuple[Sample, ...] = ()
     #: A/B law: off windows stay at their densest until then (a load change was seen).
     dense_until: float | None = None
     #: A/B law: the rate the last cut was made from (it proved too high; the highest of a cascade of
@@ -710,13 +706,31 @@ class ControllerState:
     ab_seed_over_at: float = -math.inf
     #: A/B law: intervals up to here are a new load's first seconds (``ab_settle_seconds``): not attributed.
     ab_settle_until: float = -math.inf
-    #: A/B law: each signal's intervals of the evidence horizon as the seed's users saw them, kept through a
-    #: new load (``ab_itl`` and ``ab_ttft`` forget the older evidence there, which was of another load):
-    #: the error budget's ledger. Truncated with the evidence, a new load's first slow seconds (the seed's
-    #: own, its new requests' prefills) were the whole ledger, and the law repaid them at the floor though the
-    #: run's share was well within the budget (sim/qos_plant.py h100-load-change).
+    #: A/B law: the law's one store of each signal's intervals (ITL, TTFT), as the seed's users saw them:
+    #: the seed-alone intervals watched before adaptive mode (:func:`with_seed_alone_evidence`), then one
+    #: sample per judged interval, transfer on (at the rate in force) and off, oldest first; on ones of the
+    #: last ``evidence_horizon_seconds``, off ones of the last ``off_horizon_seconds``. The error budget's
+    #: ledger: it reads those after ``ab_budget_from`` (so not the seed-alone ones), and a new load keeps
+    #: them while they are in surplus, else forgets them with the evidence. The attribution's evidence
+    #: (``ab_itl``, ``ab_ttft``) is those after ``ab_evidence_from``. Truncated with the evidence, a new
+    #: load's first slow seconds (the seed's own, its new requests' prefills) were the whole ledger, and the
+    #: law repaid them at the floor though the run's share was well within the budget (sim/qos_plant.py
+    #: h100-load-change).
     ab_ledger_itl: tuple[Sample, ...] = ()
     ab_ledger_ttft: tuple[Sample, ...] = ()
+    #: A/B law: the attribution's evidence is the ledger's intervals after this time. A new load (confirmed,
+    #: or back after idle) moves it on: the older evidence was of another load.
+    ab_evidence_from: float = -math.inf
+
+    @property
+    def ab_itl(self) -> tuple[Sample, ...]:
+        """A/B law: the ITL evidence the attribution reads: the ledger's intervals after ``ab_evidence_from``."""
+        return _after(self.ab_ledger_itl, self.ab_evidence_from)
+
+    @property
+    def ab_ttft(self) -> tuple[Sample, ...]:
+        """A/B law: the TTFT evidence the attribution reads: the ledger's intervals after ``ab_evidence_from``."""
+        return _after(self.ab_ledger_ttft, self.ab_evidence_from)
 
 
 @dataclass(frozen=True)
@@ -784,9 +798,12 @@ def with_seed_alone_evidence(state: ControllerState, intervals: Iterable[tuple[f
             ttft.append(ttft_sample)
     # No forced dense off windows: where the watched share is imprecise, _off_dense keeps them dense
     # anyway; where it is precise, 20 s of windows every 5 s only cost the fork throughput.
-    ab_itl, ab_ttft = state.ab_itl + tuple(itl), state.ab_ttft + tuple(ttft)
-    return replace(state, ab_itl=ab_itl, ab_ttft=ab_ttft, ab_budget_from=now,
-                   rate_bytes_per_second=max(state.rate_bytes_per_second, _start_rate(ab_itl, ab_ttft, config, slo)))
+    # Into the ledger, and so the evidence (a state entering adaptive mode forgot nothing yet); the error
+    # budget, counting from ``now``, leaves them out.
+    state = replace(state, ab_ledger_itl=state.ab_ledger_itl + tuple(itl),
+                    ab_ledger_ttft=state.ab_ledger_ttft + tuple(ttft), ab_budget_from=now)
+    return replace(state, rate_bytes_per_second=max(state.rate_bytes_per_second,
+                                                    _start_rate(state.ab_itl, state.ab_ttft, config, slo)))
 
 
 def _start_rate(itl: Iterable[Sample], ttft: Iterable[Sample], config: ControllerConfig, slo: SloConfig) -> float:
@@ -1054,8 +1071,8 @@ def _without_observation(state: ControllerState, config: ControllerConfig, now: 
         # Unknown load: the floor keeps the fork moving while bounding the harm.
         # Forget idle/pool/probe state: when metrics return, we climb from the floor.
         state = replace(state, idle_streak=0, pending=None, at_rate=(), raise_streak=0, probe_until=None,
-                        next_probe_at=None, good_rates=(), ab_itl=(), ab_ttft=(), ab_ledger_itl=(),
-                        ab_ledger_ttft=(), dense_until=None)
+                        next_probe_at=None, good_rates=(), ab_ledger_itl=(), ab_ledger_ttft=(),
+                        ab_evidence_from=-math.inf, dense_until=None)
         reason = f"no good scrape for {silent:.1f}s (>= {config.stale_after_seconds:g}s): metrics stale, floor"
         return _decision(state, Mode.STALE_FLOOR, config.floor_bytes_per_second, reason)
     reason = f"no scrape this tick (last good {silent:.1f}s ago); holding"
@@ -1077,9 +1094,10 @@ def _load_returned(state: ControllerState, config: ControllerConfig, now: float)
         unproven_rate=True,
     )
     if config.law == "ab":
-        # The load that came back may not be the one the evidence was gathered under: start afresh,
-        # with an off window at once (the seed's own share is what is least known now).
-        state = replace(state, ab_itl=(), ab_ttft=(), next_probe_at=now + config.interval_seconds,
+        # The load that came back may not be the one the evidence was gathered under: start afresh
+        # (the ledger's intervals, all before now, are no evidence), with an off window at once (the
+        # seed's own share is what is least known now).
+        state = replace(state, ab_evidence_from=now, next_probe_at=now + config.interval_seconds,
                         dense_until=now + config.dense_after_change_seconds)
     if target >= state.rate_bytes_per_second:
         return _decision(state, Mode.HOLD, target, f"load returned after idle; keeping {target:.3g} B/s ({source})")
@@ -1314,6 +1332,11 @@ def _samples_of(observation: Observation, slo: SloConfig, now: float, rate: floa
     return itl, ttft
 
 
+def _after(samples: tuple[Sample, ...], at: float) -> tuple[Sample, ...]:
+    """``samples`` after ``at`` (by more than ``_EPS``: a sample at ``at`` is not after it)."""
+    return tuple(s for s in samples if s.at > at + _EPS)
+
+
 def _within_horizon(samples: tuple[Sample, ...], config: ControllerConfig, now: float) -> tuple[Sample, ...]:
     """On samples of the last ``evidence_horizon_seconds``, off samples of the last ``off_horizon_seconds``.
 
@@ -1536,11 +1559,10 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     itl_sample, ttft_sample = _samples_of(observation, slo, now, rate if on else 0.0, on)
     itl_new = (itl_sample,) if itl_sample is not None else ()
     ttft_new = (ttft_sample,) if ttft_sample is not None else ()
-    itl = _within_horizon(state.ab_itl + itl_new, config, now)
-    ttft = _within_horizon(state.ab_ttft + ttft_new, config, now)
-    state = replace(state, ab_itl=itl, ab_ttft=ttft, last_interval_active=on,
+    state = replace(state, last_interval_active=on,
                     ab_ledger_itl=_within_horizon(state.ab_ledger_itl + itl_new, config, now),
                     ab_ledger_ttft=_within_horizon(state.ab_ledger_ttft + ttft_new, config, now))
+    itl, ttft = state.ab_itl, state.ab_ttft
     if state.next_probe_at is None:
         state = replace(state, next_probe_at=now + config.interval_seconds)
     if itl_sample is None:
@@ -1580,8 +1602,6 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     if forget_from is not None:
         if _load_class_changed(itl, forget_from, config):
             settle_until = forget_from + config.ab_settle_seconds
-        itl = tuple(s for s in itl if s.at > forget_from + _EPS)
-        ttft = tuple(s for s in ttft if s.at > forget_from + _EPS)
         isolated = ()
         # The ledger keeps what the users saw through a new load while it is in surplus (savings the
         # transfer may still spend); in deficit it starts afresh with the evidence: a seed's own stall,
@@ -1590,10 +1610,12 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         for name, ledger, budget in (("ab_ledger_itl", state.ab_ledger_itl, b),
                                      ("ab_ledger_ttft", state.ab_ledger_ttft, slo.ttft_budget)):
             if not _ledger_in_surplus(ledger, budget, config, now, state.ab_budget_from):
-                ledgers[name] = tuple(s for s in ledger if s.at > forget_from + _EPS)
-        state = replace(state, **ledgers)
-    state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_itl=itl, ab_ttft=ttft,
-                    ab_settle_until=settle_until)
+                ledgers[name] = _after(ledger, forget_from)
+        # The evidence forgets up to forget_from, or stays forgotten up to a later time an earlier reset
+        # (a load back after idle, a new load) forgot it to.
+        state = replace(state, ab_evidence_from=max(state.ab_evidence_from, forget_from), **ledgers)
+        itl, ttft = state.ab_itl, state.ab_ttft
+    state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_settle_until=settle_until)
     if spike or changed:
         soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
         state = replace(state, dense_until=now + config.dense_after_change_seconds,

@@ -689,7 +689,7 @@ def test_watched_seed_alone_evidence_does_not_force_dense_off_windows():
     c = cfg()
     state = with_seed_alone_evidence(initial_state(c, now=0.0), seed_alone(15, 0.002), c, SLO, now=0.0)
     assert state.dense_until is None
-    log = drive(c, linear(0.002, 0.0), 30, ab_itl=state.ab_itl, ab_budget_from=0.0,
+    log = drive(c, linear(0.002, 0.0), 30, ab_ledger_itl=state.ab_ledger_itl, ab_budget_from=0.0,
                 start_rate=state.rate_bytes_per_second)
     off = [t.now for t in log if t.mode is Mode.PROBE_PAUSE]
     assert len(off) <= 2, off

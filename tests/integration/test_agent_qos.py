@@ -138,10 +138,12 @@ def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
             # Good latency under load: the controller climbs from its floor.
             climbed = wait_for_rate(agent, lambda r: r >= 0.3 * CAP, 40, "the rate to climb to 30% of the cap")
             httpx.post(f"{seed.url}/testbed/stall", json={"seconds": 0.15}, timeout=5).raise_for_status()
-            spiked_at = time.monotonic()
-            cut = wait_for_rate(agent, lambda r: r <= 0.5 * climbed["allowed_rate_bytes_per_second"], 15,
+            # The stalled seed decodes ~100 tokens/s (16 requests, a step each 0.15 s), fewer on a starved CPU
+            # (80 tokens pooled in 15 s once, beside a plant-model run and three other suites), and the law
+            # judges only once it has pooled enough of them: the wait allows for that. How fast a cut comes
+            # on a seed of thousands of tokens/s is the bench's spike_cut_seconds, not this test's.
+            cut = wait_for_rate(agent, lambda r: r <= 0.5 * climbed["allowed_rate_bytes_per_second"], 45,
                                 "a cut after the latency spike")
-            reaction = time.monotonic() - spiked_at
             # The stall is the seed's own (it slows decode with or without reads), so the law may meet it three
             # ways, each a decision the agent counts: a cut (a transfer-on interval that clearly misses), the
             # floor as "not our fault" (an off window showed the seed misses alone), or the floor for stale
@@ -166,7 +168,6 @@ def test_injected_latency_spike_cuts_the_rate_and_it_recovers():
             wait_for_rate(agent, lambda r: r >= 3 * low["allowed_rate_bytes_per_second"], 40, "recovery")
             assert agent_metric(agent, "rfork_agent_throttle_decisions_total", seed="seed-0", action="raise") >= 1
     assert cut["allowed_rate_bytes_per_second"] < climbed["allowed_rate_bytes_per_second"]
-    assert reaction < 15
 
 
 def _scheduler_rate(fleet) -> float:

@@ -371,21 +371,34 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
 
 def cpu_layout_warning(seed_cpus: Iterable[int] | None, control_seed_cpus: Iterable[int] | None,
                        process_cpus: Iterable[int] | None) -> str | None:
-    """A line where the fleets' agents, scheduler and fork clients (``process_cpus``) share the seeds' CPUs, else
-    None (the CPU lists of the bench's options, as its JSON keeps them). The fork clients work on every byte
-    read, so there the transfer's cost is partly CPU time taken from the seeds, which a seed on a host of its
-    own does not pay (v21's and v22's GPU plant, docs/benchmarks.md).
+    """A line where the bench's CPUs are laid out otherwise than its design (the seeds on CPUs of their own,
+    the control's seeds on others, the agents, scheduler and fork clients on the rest), else None. Takes the
+    CPU lists of the bench's options, as its JSON keeps them.
+
+    The fork clients work on every byte read, so with them on a seed's CPU the transfer's cost is partly CPU
+    time taken from the seed, which a seed on a host of its own does not pay (v21's and v22's GPU plant,
+    docs/benchmarks.md); with the law's and the control's seeds on one CPU, each fleet's load is the other's.
 
         >>> cpu_layout_warning([0, 1], [2, 3], [0, 1, 2, 3])
         "the agents, scheduler and fork clients share the seeds' CPUs 0, 1, 2, 3: give the bench more --cpus"
+        >>> cpu_layout_warning([0], [0], [1])
+        "the law's and the control's seeds share CPU 0: give the bench more --cpus"
         >>> cpu_layout_warning([0, 1], [3, 4], [2, 5]) is None
         True
     """
-    shared = set(process_cpus or ()) & (set(seed_cpus or ()) | set(control_seed_cpus or ()))
-    if not shared:
-        return None
-    return (f"the agents, scheduler and fork clients share the seeds' CPUs {', '.join(map(str, sorted(shared)))}: "
-            f"give the bench more --cpus")
+    seeds, control = set(seed_cpus or ()), set(control_seed_cpus or ())
+    problems = []
+    on_seeds = set(process_cpus or ()) & (seeds | control)
+    if on_seeds:
+        problems.append(f"the agents, scheduler and fork clients share the seeds' CPUs {_cpu_list(on_seeds)}")
+    both = seeds & control
+    if both:
+        problems.append(f"the law's and the control's seeds share CPU{'s' if len(both) > 1 else ''} {_cpu_list(both)}")
+    return "; ".join(problems) + ": give the bench more --cpus" if problems else None
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return ", ".join(map(str, sorted(cpus)))
 
 
 def all_met(checks: dict) -> bool:

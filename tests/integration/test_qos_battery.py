@@ -19,6 +19,7 @@ import pytest
 
 from bench.qos_battery import GOALS
 from bench.qos_bench import RUN_FIELDS_AT_TOP
+from bench.qos_stats import cpu_layout_warning
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -42,6 +43,16 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
 
     result = json.loads((tmp_path / "qos-steady.json").read_text())
     assert result["plant"]["name"] == "steady" and result["runs_completed"] == 1 and len(result["runs"]) == 1
+    # Where the CPUs were too few for the layout (on 2 CPUs, wrapped to the four a plant and its control get, the
+    # two fleets' seeds share one), the result and the log say so.
+    options = result["options"]
+    layout = cpu_layout_warning(options["seed_cpus"], options["control_seed_cpus"], options["process_cpus"])
+    assert result.get("cpu_layout_warning") == layout
+    if len(os.sched_getaffinity(0)) < 4:
+        shared = options["seed_cpus"][0]
+        assert layout == f"the law's and the control's seeds share CPU {shared}: give the bench more --cpus"
+    if layout:
+        assert f"[steady] warning: {layout}" in done.stdout
     # One run's fields at the top, as before --runs: run 1's.
     assert set(RUN_FIELDS_AT_TOP) <= set(result) and result["checks"] == result["runs"][0]["checks"]
     oracle = result["oracle"]

@@ -112,6 +112,27 @@ def assign_cores(cpus: list[int], plants: list[str], cores_per_plant: int,
     return out, warnings
 
 
+def gpu_control_argv(gpu_count: int, control: bool, control_device: str | None) -> tuple[list[str], str | None]:
+    """The GPU plant's ``--control-device`` flags, and a warning where its two fleets must share one GPU.
+
+    With ``--control`` the GPU plant runs two fleets; on one GPU each fleet's transfer and decode load the
+    other's seeds, so the control's share is not the oracle's rate alone. With a second GPU the control
+    decodes there (``cuda:1``), unless the flags after ``--`` chose its device already.
+
+        >>> gpu_control_argv(2, True, None)
+        (['--control-device', 'cuda:1'], None)
+        >>> gpu_control_argv(1, True, None)[1]
+        "gpu-decode's law and control fleets decode on the one GPU: each sees the other's transfer"
+        >>> gpu_control_argv(2, True, "cuda:0"), gpu_control_argv(2, False, None)
+        (([], None), ([], None))
+    """
+    if not control or control_device is not None:
+        return [], None
+    if gpu_count >= 2:
+        return ["--control-device", "cuda:1"], None
+    return [], "gpu-decode's law and control fleets decode on the one GPU: each sees the other's transfer"
+
+
 def shared_core_warnings(cores: dict[str, list[int]], siblings: dict[int, frozenset[int]]) -> list[str]:
     """A warning for every pair of plants whose CPUs share a core (hyperthreads, as the kernel reports them).
 
@@ -281,6 +302,8 @@ def run_battery(args: argparse.Namespace) -> int:
             print(f"bench.qos_battery: error: the flags after -- : {exc}", file=sys.stderr)
             return 2
         return 0
+    gpu_argv: list[str] = []
+    gpu_warning = None
     if gpu:
         from rfork_agent.devices import DeviceError, check_device
         try:
@@ -288,6 +311,9 @@ def run_battery(args: argparse.Namespace) -> int:
         except DeviceError as exc:
             print(f"bench.qos_battery: error: --gpu: {exc}", file=sys.stderr)
             return 2
+        import torch
+
+        gpu_argv, gpu_warning = gpu_control_argv(torch.cuda.device_count(), bench.control, bench.control_device)
     from bench.qos_bench import usable_cpus
 
     cpus = usable_cpus()
@@ -306,6 +332,8 @@ def run_battery(args: argparse.Namespace) -> int:
     warnings.extend(shared_core_warnings(cores, siblings))
     if compare and gpu:
         warnings.append("both arms of gpu-decode decode on the one GPU: each sees the other's load")
+    if gpu_warning:
+        warnings.append(gpu_warning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="rfork-qos-battery-"))
@@ -329,7 +357,7 @@ def run_battery(args: argparse.Namespace) -> int:
                "--cpus", ",".join(map(str, cores[name])), *port_argv(args, i),
                "--log-dir", str(logs / name), "--tag-lines", "--deadline-seconds",
                str(max(args.deadline_seconds - 5.0, 1.0)), *plant_argv(plant, args),
-               *(["--throttle-tuning", tuning] if tuning else [])]
+               *(["--throttle-tuning", tuning] if tuning else []), *(gpu_argv if plant == gpu else [])]
         if tuning:
             cmd += ["--tag", name]
         print(f"battery: {name} on CPUs {cores[name]}: {' '.join(cmd[1:])}", flush=True)
@@ -599,9 +627,10 @@ def _bench_parser() -> argparse.ArgumentParser:
 def bench_flags(args: argparse.Namespace, plant: str = "steady") -> argparse.Namespace:
     """The flags after ``--`` as bench.qos_bench reads them, abbreviations and ``--flag=value`` alike.
 
-        >>> ns = argparse.Namespace(runs=5, quick=False, throttled_seconds=80.0, bench_args=["--cont"])
-        >>> bench_flags(ns).control, bench_flags(ns).throttle_tuning
-        (True, None)
+        >>> ns = argparse.Namespace(runs=5, quick=False, throttled_seconds=80.0,
+        ...                         bench_args=["--control", "--oracle-probe-sec", "10"])
+        >>> bench_flags(ns).control, bench_flags(ns).oracle_probe_seconds, bench_flags(ns).throttle_tuning
+        (True, 10.0, None)
         >>> bench_flags(argparse.Namespace(runs=5, quick=True, bench_args=["--throttle-tuning=plan_seconds=10"])
         ...             ).throttle_tuning
         'plan_seconds=10'

@@ -199,6 +199,13 @@ class QosBenchOptions:
     control_seed_cpus: tuple[int, ...] = ()
     """The control fleet's seeds' CPUs (as ``seed_cpus``); its scheduler and agents listen from
     ``port_base + 50``."""
+    control_device: str | None = None
+    """The control fleet's device (its seeds' weights and decode, its fork clients' destination); None: ``device``.
+    On a host with two GPUs the control decodes on the second, so neither fleet's transfer loads the other's GPU."""
+
+    @property
+    def control_fleet_device(self) -> str:
+        return self.control_device or self.device
 
     @property
     def oracle_floor_bytes_per_second(self) -> float:
@@ -940,7 +947,8 @@ def _fleet_spec(options: QosBenchOptions, plant: Plant, control: bool = False):
         port_base = port_base + 50 if port_base is not None else None
     return FleetSpec(
         seeds=options.seeds, preset=None, size_bytes=options.size_bytes, load_rps=0.0,
-        seed_rates=(options.cap,), log_dir=log_dir, device=options.device, agent_args=tuple(agent_args),
+        seed_rates=(options.cap,), log_dir=log_dir, device=options.control_fleet_device if control else options.device,
+        agent_args=tuple(agent_args),
         pin_seeds=options.pin_seeds, seed_cpus=seed_cpus, port_base=port_base, seed_args=tuple(seed_args),
     )
 
@@ -996,9 +1004,10 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         if control_fleet is not None:
             control_observer = Observer(control_fleet, t0, say=lambda line: say(f"  control{line}"))
             drivers.append((control_observer, ForkDriver(control_fleet, control_observer, options.fork_streams,
-                                                         options.chunk_size, options.device)))
+                                                         options.chunk_size, options.control_fleet_device)))
             observer = ControlledObserver(law_observer, control_observer)
-            result["control"] = {"log_dir": str(control_fleet.log_dir), "seed_cpus": list(options.control_seed_cpus)}
+            result["control"] = {"log_dir": str(control_fleet.log_dir), "seed_cpus": list(options.control_seed_cpus),
+                                 "device": options.control_fleet_device}
         for o, _ in drivers:
             o.start()
         observer.set_load(load)
@@ -1636,6 +1645,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_log_arguments(p, default="warning")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N: seeds' weights and decode, fork clients' "
                                                   "destination (default: the plant's; cuda for gpu-decode)")
+    p.add_argument("--control-device", default=None,
+                   help="with --control: the control fleet's device, as --device (default: --device's); e.g. cuda:1 "
+                        "on a host with two GPUs, so that neither fleet's transfer loads the other's GPU")
 
 
 class BenchArgsError(ValueError):
@@ -1687,6 +1699,17 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         check_device(device)
     except DeviceError as exc:
         raise BenchArgsError(f"--plant {plant.name} needs --device {device}: {exc}") from None
+    if args.control_device is not None:
+        if not args.control:
+            raise BenchArgsError("--control-device is the control fleet's: add --control")
+        kind = {"cpu": "cpu", "cud": "cuda"}.get(args.control_device[:3])
+        if kind is not None and (kind == "cpu") != (device == "cpu"):
+            raise BenchArgsError(f"--control-device {args.control_device}: the control runs the law's plant, on "
+                                 f"{device}'s kind of device (cuda:N beside cuda)")
+        try:
+            check_device(args.control_device)
+        except DeviceError as exc:
+            raise BenchArgsError(str(exc)) from None
     seed_cpus: tuple[int, ...] = ()
     cpus: list[int] = []
     if args.cpus:
@@ -1719,6 +1742,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
+        control_device=args.control_device,
     )
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
                         ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),

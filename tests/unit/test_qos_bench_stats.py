@@ -8,6 +8,7 @@ import math
 import random
 import re
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -341,6 +342,19 @@ def test_quick_and_flags_set_the_options():
     assert options.process_cpus == (0,) and controlled.process_cpus == (0,) and full.process_cpus == ()
 
 
+def test_the_control_fleet_runs_on_its_own_device_where_given():
+    from bench.qos_plants import get_plant
+
+    same, plant = qos_bench.options_from_args(_args("--control"))
+    assert same.control_device is None and same.control_fleet_device == "cpu"
+    assert qos_bench._fleet_spec(same, plant, control=True).device == "cpu"
+    # As on a host with two GPUs (cuda:1 beside cuda), here with the CPU's names: the control's spec and clients.
+    other = replace(same, device="cuda", control_device="cuda:1")
+    assert qos_bench._fleet_spec(other, get_plant("gpu-decode"), control=True).device == "cuda:1"
+    assert qos_bench._fleet_spec(other, get_plant("gpu-decode")).device == "cuda"
+    assert qos_bench._options_dict(other)["control_device"] == "cuda:1"
+
+
 @pytest.mark.skipif(len(qos_bench.usable_cpus()) < 2, reason="needs two CPUs this process may use")
 def test_the_process_runs_on_the_cpus_after_the_seeds():
     a, b = qos_bench.usable_cpus()[:2]
@@ -366,6 +380,9 @@ def test_the_process_runs_on_the_cpus_after_the_seeds():
     (["--cap", "0"], "needs a link rate > 0"),
     (["--throttle-tuning", "plan_seconds=-1"], "--throttle-tuning: ControllerConfig.plan_seconds must be"),
     (["--throttle-tuning", "no_such=1"], "--throttle-tuning: 'no_such=1' is not FIELD=VALUE"),
+    (["--control-device", "cpu"], "--control-device is the control fleet's: add --control"),
+    (["--control", "--control-device", "cuda:1"], "the control runs the law's plant, on cpu's kind of device"),
+    (["--control", "--control-device", "tpu"], "--device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
 ])
 def test_bad_flags_are_one_line(argv, says, capsys):
     assert qos_bench.run(_args(*argv)) == 2

@@ -1455,9 +1455,8 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
         return config.floor_bytes_per_second, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
         return None, summary, False, config.max_raise_factor
-    recent = [s for s in (samples if ledger is None else ledger)
-              if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
-    allowed = _allowed_share(recent, budget, config)
+    allowed = _allowed_share(_budget_window(samples if ledger is None else ledger, config, now, budget_from),
+                             budget, config)
     floor = config.floor_bytes_per_second
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap)
     if rate <= floor and config.yields_under_floor and est.off_known:
@@ -1486,8 +1485,14 @@ def _ledger_in_surplus(ledger: tuple[Sample, ...], budget: float, config: Contro
     >>> _ledger_in_surplus(quiet + stall, 0.01, cfg, 40.0, -math.inf)
     False
     """
-    recent = [s for s in ledger if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
+    recent = _budget_window(ledger, config, now, budget_from)
     return sum(s.slow for s in recent) < config.budget_aim_fraction * budget * sum(s.tokens for s in recent)
+
+
+def _budget_window(ledger: tuple[Sample, ...], config: ControllerConfig, now: float,
+                   budget_from: float) -> list[Sample]:
+    """The intervals the error budget counts: the evidence horizon's, after ``budget_from`` (the budget's start)."""
+    return [s for s in ledger if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
 
 
 def _load_class_changed(samples: tuple[Sample, ...], at: float, config: ControllerConfig) -> bool:

@@ -940,15 +940,15 @@ def _fleet_spec(options: QosBenchOptions, plant: Plant, control: bool = False):
         seed_args += ["--decode-layers", str(options.decode_layers)]
     if options.itl_buckets is not None:
         seed_args += ["--bucket-inter-token-latency", *(f"{b:g}" for b in options.itl_buckets)]
-    log_dir, seed_cpus, port_base = options.log_dir, options.seed_cpus, options.port_base
+    log_dir, seed_cpus, port_base, device = options.log_dir, options.seed_cpus, options.port_base, options.device
     if control:
         log_dir = os.path.join(log_dir, "control") if log_dir else None
         seed_cpus = options.control_seed_cpus
         port_base = port_base + 50 if port_base is not None else None
+        device = options.control_fleet_device
     return FleetSpec(
         seeds=options.seeds, preset=None, size_bytes=options.size_bytes, load_rps=0.0,
-        seed_rates=(options.cap,), log_dir=log_dir, device=options.control_fleet_device if control else options.device,
-        agent_args=tuple(agent_args),
+        seed_rates=(options.cap,), log_dir=log_dir, device=device, agent_args=tuple(agent_args),
         pin_seeds=options.pin_seeds, seed_cpus=seed_cpus, port_base=port_base, seed_args=tuple(seed_args),
     )
 
@@ -1702,8 +1702,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     if args.control_device is not None:
         if not args.control:
             raise BenchArgsError("--control-device is the control fleet's: add --control")
-        kind = {"cpu": "cpu", "cud": "cuda"}.get(args.control_device[:3])
-        if kind is not None and (kind == "cpu") != (device == "cpu"):
+        kind = args.control_device.partition(":")[0]
+        if kind in ("cpu", "cuda") and kind != device.partition(":")[0]:
             raise BenchArgsError(f"--control-device {args.control_device}: the control runs the law's plant, on "
                                  f"{device}'s kind of device (cuda:N beside cuda)")
         try:

@@ -372,9 +372,9 @@ class ControllerConfig:
     #: spike, pooled with the few seconds after it, holds the rate down for up to the evidence
     #: horizon (v10's bursty plant: one 12 % second at 82 MB/s held a seed at the floor for 40 s).
     ab_confirm_spikes: bool = True
-    #: A/B law: the first seconds of a new load (from where a confirmed change forgets the older evidence,
-    #: where the running batch changed :func:`~throttle.attribution.batch_class`) are left out of the
-    #: attribution, on and off alike, and kept in the error budget. A seed's own first seconds at a new
+    #: A/B law: the first seconds of a new load (where a confirmed change found the running batch of
+    #: another :func:`~throttle.attribution.batch_class`: from the first interval at the new class) are
+    #: left out of the attribution, on and off alike, and kept in the error budget. A seed's own first seconds at a new
     #: load are slow whatever the transfer does (the new requests' prefills), and more of them fall on
     #: transfer-on seconds than on the short off windows, so pooled they read as the transfer's cost
     #: (v21's load-change run 1: 3.3 % in the first 5 s at 96 requests, then 0.3 %; the law sat at the
@@ -1495,17 +1495,24 @@ def _budget_window(ledger: tuple[Sample, ...], config: ControllerConfig, now: fl
     return [s for s in ledger if now - s.at < config.evidence_horizon_seconds and s.at > budget_from]
 
 
-def _load_class_changed(samples: tuple[Sample, ...], at: float, config: ControllerConfig) -> bool:
-    """Whether the seed's running batch since ``at`` is of another :func:`batch_class` than in the
-    ``change_window_seconds`` before it: a new load, not the transfer's own clear misses at the same one
-    (which must keep being attributed: ``ab_settle_seconds`` is for the seed's own first seconds).
+def _new_load_from(samples: tuple[Sample, ...], at: float, config: ControllerConfig) -> float | None:
+    """Where the new load's first interval starts, if the seed's running batch since ``at`` is of another
+    :func:`batch_class` than in the ``change_window_seconds`` before it; None where it is not (the
+    transfer's own clear misses at the same load, which must keep being attributed:
+    ``ab_settle_seconds`` is for the seed's own first seconds at a new load).
+
+    A change is confirmed some seconds after it began, and ``at`` (where the law forgets from) may
+    lie before it: the settling starts at the first interval whose batch is of the new class, so the
+    seconds before the new load do not use up the settling the new load's first seconds need.
 
     >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
     >>> before = [Sample(float(t), 5e7, True, 0.0, 7000.0, 32.0) for t in range(1, 6)]
-    >>> _load_class_changed(tuple(before + [Sample(6.0, 5e7, True, 300.0, 10000.0, 96.0)]), 5.0, cfg)
+    >>> same = [Sample(float(t), 5e7, True, 0.0, 7000.0, 32.0) for t in range(6, 9)]
+    >>> heavier = [Sample(float(t), 5e7, True, 300.0, 10000.0, 95.0) for t in range(9, 12)]
+    >>> _new_load_from(tuple(before + same + heavier), 5.0, cfg)   # 96 requests from t = 8 (the interval 8-9)
+    8.0
+    >>> _new_load_from(tuple(before + [Sample(6.0, 5e7, True, 300.0, 7000.0, 31.0)]), 5.0, cfg) is None
     True
-    >>> _load_class_changed(tuple(before + [Sample(6.0, 5e7, True, 300.0, 7000.0, 33.0)]), 5.0, cfg)
-    False
     """
     def batch(chosen: list[Sample]) -> float | None:
         tokens = sum(s.tokens for s in chosen)
@@ -1513,7 +1520,10 @@ def _load_class_changed(samples: tuple[Sample, ...], at: float, config: Controll
 
     before = batch([s for s in samples if at - config.change_window_seconds < s.at <= at + _EPS])
     after = batch([s for s in samples if s.at > at + _EPS])
-    return before is not None and after is not None and batch_class(before) != batch_class(after)
+    if before is None or after is None or batch_class(before) == batch_class(after):
+        return None
+    first = next((s for s in samples if s.at > at + _EPS and batch_class(s.batch) != batch_class(before)), None)
+    return at if first is None else max(at, first.at - config.interval_seconds)
 
 
 def _attributable(samples: tuple[Sample, ...], isolated: tuple[float, ...],
@@ -1605,8 +1615,9 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     if changed:
         forget_from = now - config.change_window_seconds
     if forget_from is not None:
-        if _load_class_changed(itl, forget_from, config):
-            settle_until = forget_from + config.ab_settle_seconds
+        new_load_from = _new_load_from(itl, forget_from, config)
+        if new_load_from is not None:
+            settle_until = new_load_from + config.ab_settle_seconds
         isolated = ()
         # The ledger keeps what the users saw through a new load while it is in surplus (savings the
         # transfer may still spend); in deficit it starts afresh with the evidence: a seed's own stall,

@@ -6,8 +6,9 @@ steps (Poisson); each step is slow with probability ``p = f0 + effect * shape(ra
 a per-second log-normal factor (stalls cluster in time: overdispersion beyond the binomial), and
 a slow step makes all ``batch`` tokens of the step slow (one stall delays every running request,
 as in ``testbed/decode.py``'s batched decode loop). The law sees exactly what the agent would: a
-histogram window with the tokens under and over the threshold, the running gauge, and whether
-the transfer ran in the interval.
+histogram window with the tokens under and over the threshold, the running gauge (short of the
+batch by the requests a step just finished, as the bench's seeds report it), and whether the
+transfer ran in the interval.
 
 Plausibility (bench/results/qos-*.json, the CPU testbed at a 1 % budget): the seed alone puts
 0.3-0.6 % of its tokens over the chosen threshold, the transfer at the cap (100 MB/s per seed)
@@ -96,6 +97,12 @@ class Plant:
     #: How many seconds each such episode lasts (1: a bad second; v21's near-slo seed: ~3 s at 4-6 %, under
     #: the law's spike rule, one of them on the phase's first second).
     own_spike_seconds: int = 1
+    #: The seeds' requests' mean output length in tokens (0: the running gauge always reads the batch, the
+    #: model before 2026-12-06). A decode step finishes ``batch / output_tokens_per_request`` requests on
+    #: average, and the running gauge the agent scrapes misses them until their replacements join the
+    #: batch (testbed.decode publishes its gauges after a step, the replacements still queued): the
+    #: bench's seeds (128-token outputs), 64 in flight, read 64 in 40 of 60 scrapes, 63 in 15, 61-62 in 5.
+    output_tokens_per_request: float = 128.0
 
 
 @dataclass
@@ -175,6 +182,8 @@ class _Second:
     uniforms: tuple[float, ...]
     #: A share of the steps slow whatever the rate (the plant's own spike); 0 in most seconds.
     own_spike_share: float = 0.0
+    #: The running gauge at the scrape after this second (None: the batch).
+    running: float | None = None
 
     def slow_tokens(self, rate: float) -> float:
         steps = len(self.uniforms)
@@ -206,6 +215,11 @@ def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second
             marked.append(replace(second, own_spike_share=plant.own_spike_share) if left > 0 else second)
             left = max(0, left - 1)
         seconds = marked
+    if plant.output_tokens_per_request > 0:
+        # Their own rng too: the requests finished and not yet replaced when the agent scrapes.
+        finishing = random.Random(rng.random())
+        seconds = [replace(s, running=max(1.0, s.batch - _poisson(finishing, s.batch / plant.output_tokens_per_request)))
+                   for s in seconds]
     return segments, seconds
 
 
@@ -213,7 +227,9 @@ def _observation(second: _Second, rate: float) -> Observation:
     """What the agent scrapes after ``second`` with the transfer at ``rate`` (0: off)."""
     tokens, slow = second.tokens, second.slow_tokens(rate)
     window = WindowHistogram((THRESHOLD, math.inf), (tokens - slow, tokens))
-    return Observation(itl=window, running=second.batch, queued=0.0, transfer_active=rate > 0, span_seconds=1.0)
+    running = second.batch if second.running is None else second.running
+    return Observation(itl=window, running=running, queued=second.batch - running, transfer_active=rate > 0,
+                       span_seconds=1.0)
 
 
 def realized_oracle_rate(plant: Plant, seconds: list[_Second], budget: float = BUDGET) -> float:
@@ -243,6 +259,10 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
     agent watched before the fork (a bursty seed's bursts included; drawn from their own rng, so the
     run's draw is the same with or without them)."""
     drawn = [_draw_second(_segment_at(segments, k), plant.overdispersion, rng) for k in range(int(seconds))]
+    if plant.output_tokens_per_request > 0:
+        finishing = random.Random(rng.random())
+        drawn = [replace(s, running=max(1.0, s.batch - _poisson(finishing, s.batch / plant.output_tokens_per_request)))
+                 for s in drawn]
     return [(float(k + 1) - seconds, _observation(second, 0.0)) for k, second in enumerate(drawn)]
 
 
@@ -483,6 +503,10 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                         help="the transfer moves whole chunks of this size (the bench: 8 MiB); 0: fluid")
     parser.add_argument("--seed-alone", type=float, default=0.0,
                         help="seconds the agent watched the seed without a transfer before each run (default 0)")
+    parser.add_argument("--output-tokens", type=float, default=None,
+                        help="the seeds' requests' mean output length (tokens): the running gauge misses those a "
+                             "step finished (default: each plant's own, 128; 0: the gauge reads the batch, the "
+                             "model before 2026-12-06)")
     parser.add_argument("--tuning", action="append", default=[], metavar="FIELD=VALUE",
                         help="a ControllerConfig field for the A/B law (repeatable)")
     parser.add_argument("--first-seed", type=int, default=0,
@@ -512,6 +536,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                 plant = replace(plant, seconds=args.seconds)
             if args.warmup is not None:
                 plant = replace(plant, warmup_seconds=args.warmup)
+            if args.output_tokens is not None:
+                plant = replace(plant, output_tokens_per_request=args.output_tokens)
             seeds = range(args.first_seed, args.first_seed + args.runs)
             results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes)
                        for seed in seeds]

@@ -299,3 +299,22 @@ def test_the_seeds_own_episodes_last_their_seconds_and_one_second_spikes_draw_as
     # The same starts: a 3 s episode begins wherever the 1 s spike was drawn.
     assert all(triple[i].own_spike_share > 0 for i in single_starts)
     assert sum(s.own_spike_share > 0 for s in triple) > len(single_starts)
+
+
+def test_the_running_gauge_misses_the_requests_a_step_finished_and_the_rest_of_the_draw_stays():
+    # The bench's seeds at 64 in flight with 128-token outputs read 64 in 40 of 60 scrapes, 61-63 in the rest
+    # (testbed.decode publishes after a step, the finished requests' replacements still queued).
+    import random
+
+    from sim.qos_plant import H200_CPU, _draw, _observation
+
+    phase = replace(H200_CPU, seconds=600, warmup_seconds=0)
+    _, seconds = _draw(phase, random.Random(3))
+    running = [_observation(s, 0.0).running for s in seconds]
+    assert 0.55 <= sum(r == 64 for r in running) / len(running) <= 0.75
+    assert min(running) >= 59 and max(running) == 64
+    assert all(_observation(s, 0.0).running + _observation(s, 0.0).queued == 64 for s in seconds)
+    _, steady_gauge = _draw(replace(phase, output_tokens_per_request=0.0), random.Random(3))
+    assert {_observation(s, 0.0).running for s in steady_gauge} == {64}
+    # Their own rng: the same steps and stalls with or without them.
+    assert [(s.uniforms, s.jitter) for s in seconds] == [(s.uniforms, s.jitter) for s in steady_gauge]

@@ -774,7 +774,11 @@ def with_seed_alone_evidence(state: ControllerState, intervals: Iterable[tuple[f
     Measured on the H200 battery: a throttled phase that started with ~1 s of off evidence
     read p_off as 0.0-0.4 % against a true 0.3-0.9 %, and blamed the seed's own share on
     the transfer. Each ``(at, observation)`` must be an interval without chunk reads
-    (``observation.transfer_active`` False); older than ``off_horizon_seconds`` is ignored.
+    (``observation.transfer_active`` False), in time order; older than ``off_horizon_seconds`` is
+    ignored, and so is everything before the seed's last ``idle_intervals`` idle intervals in a row:
+    the load that came back after them is another, as the law itself forgets at a load back after
+    idle (v24's load-change run 4: a seed's own 10 s at 30-49 % before an idle phase, 40 s earlier,
+    read as 3.4 % alone and held it at the floor through a phase where it read 0.0-0.1 %).
     The AIMD law keeps its own baseline and ignores this.
 
     >>> from throttle.histogram import WindowHistogram
@@ -783,12 +787,20 @@ def with_seed_alone_evidence(state: ControllerState, intervals: Iterable[tuple[f
     >>> s = with_seed_alone_evidence(initial_state(cfg, 10.0), [(9.0, alone), (10.0, alone)], cfg, slo, 10.0)
     >>> [(x.on, x.slow, x.tokens, x.batch) for x in s.ab_itl]
     [(False, 10.0, 1000.0, 8.0), (False, 10.0, 1000.0, 8.0)]
+    >>> idle = Observation(WindowHistogram((0.05, math.inf), (0.0, 0.0)), running=0.0, transfer_active=False)
+    >>> watched = [(6.0, alone), (7.0, idle), (8.0, idle), (9.0, alone), (10.0, alone)]
+    >>> [x.at for x in with_seed_alone_evidence(initial_state(cfg, 10.0), watched, cfg, slo, 10.0).ab_itl]
+    [9.0, 10.0]
     """
     if config.law != "ab":
         return state
     itl: list[Sample] = []
     ttft: list[Sample] = []
+    idle_streak = 0
     for at, observation in intervals:
+        idle_streak = idle_streak + 1 if is_idle(observation) else 0
+        if idle_streak >= config.idle_intervals:
+            itl, ttft = [], []   # the seed went idle: what came before was of another load
         if observation.transfer_active or now - at >= config.off_horizon_seconds:
             continue
         itl_sample, ttft_sample = _samples_of(observation, slo, at, 0.0, False)

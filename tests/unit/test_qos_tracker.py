@@ -333,6 +333,23 @@ def test_ab_entering_adaptive_starts_with_the_seed_alone_as_off_evidence():
     assert 0.25 * CAP < t.state.rate_bytes_per_second < 0.5 * CAP
 
 
+def test_ab_entering_adaptive_after_the_seed_went_idle_forgets_the_load_before_it():
+    # v24's load-change run 4: the seed's own bad seconds before an idle spell read as the seed alone
+    # 40 s later and held it at the floor. What came back after idle is another load, as the law
+    # itself forgets at a load back after idle: only the seconds since are the seed alone.
+    t = QosTracker(SLO, ControllerConfig(cap_bytes_per_second=CAP), ThrottleMode.FIXED, now=0.0,
+                   fixed_rate_bytes_per_second=0.0)
+    seed = FakeSeed()
+    run(t, seed, 1.0, 10, fast=600, slow=400, running=96.0, active=False)   # 40 % slow on its own
+    run(t, seed, 11.0, 3, fast=0, slow=0, running=0.0, active=False)        # idle
+    run(t, seed, 14.0, 20, fast=1000, slow=0, running=32.0, active=False)   # back, and well
+    t.set_mode(ThrottleMode.ADAPTIVE, 33.5)
+    off = [s for s in t.state.ab_itl if not s.on]
+    assert len(off) == 20 and {s.slow for s in off} == {0.0} and {s.batch for s in off} == {32.0}
+    run(t, seed, 34.0, 1, fast=1000, slow=0, running=32.0, active=True)
+    assert t.throttle_reason == "transfer_latency" and t.state.mode is not Mode.NOT_OUR_FAULT
+
+
 def test_aimd_entering_adaptive_ignores_the_seed_alone_evidence():
     t = QosTracker(SLO, controller(), ThrottleMode.FIXED, now=0.0, fixed_rate_bytes_per_second=0.0)
     run(t, FakeSeed(), 1.0, 10, fast=995, slow=5, active=False)

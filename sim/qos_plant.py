@@ -215,12 +215,18 @@ def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second
             marked.append(replace(second, own_spike_share=plant.own_spike_share) if left > 0 else second)
             left = max(0, left - 1)
         seconds = marked
-    if plant.output_tokens_per_request > 0:
-        # Their own rng too: the requests finished and not yet replaced when the agent scrapes.
-        finishing = random.Random(rng.random())
-        seconds = [replace(s, running=max(1.0, s.batch - _poisson(finishing, s.batch / plant.output_tokens_per_request)))
-                   for s in seconds]
-    return segments, seconds
+    return segments, _with_gauge_dips(plant, seconds, rng)
+
+
+def _with_gauge_dips(plant: Plant, seconds: list[_Second], rng: random.Random) -> list[_Second]:
+    """``seconds`` with the running gauge the agent scrapes after each: the batch less the requests the
+    last step finished and not yet replaced (``Plant.output_tokens_per_request``), drawn from an rng of
+    their own, so the rest of the draw is the same with or without them."""
+    if plant.output_tokens_per_request <= 0:
+        return seconds
+    finishing = random.Random(rng.random())
+    return [replace(s, running=max(1.0, s.batch - _poisson(finishing, s.batch / plant.output_tokens_per_request)))
+            for s in seconds]
 
 
 def _observation(second: _Second, rate: float) -> Observation:
@@ -258,11 +264,8 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
     """``seconds`` of the run's load schedule from its start, with no transfer, ending at t = 0: what the
     agent watched before the fork (a bursty seed's bursts included; drawn from their own rng, so the
     run's draw is the same with or without them)."""
-    drawn = [_draw_second(_segment_at(segments, k), plant.overdispersion, rng) for k in range(int(seconds))]
-    if plant.output_tokens_per_request > 0:
-        finishing = random.Random(rng.random())
-        drawn = [replace(s, running=max(1.0, s.batch - _poisson(finishing, s.batch / plant.output_tokens_per_request)))
-                 for s in drawn]
+    drawn = _with_gauge_dips(plant, [_draw_second(_segment_at(segments, k), plant.overdispersion, rng)
+                                     for k in range(int(seconds))], rng)
     return [(float(k + 1) - seconds, _observation(second, 0.0)) for k, second in enumerate(drawn)]
 
 

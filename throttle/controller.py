@@ -374,11 +374,11 @@ class ControllerConfig:
     ab_confirm_spikes: bool = True
     #: A/B law: the first seconds of a new load (where a confirmed change found the running batch of
     #: another :func:`~throttle.attribution.batch_class`: from the first interval at the new class) are
-    #: left out of the attribution, on and off alike, and kept in the error budget. A seed's own first seconds at a new
-    #: load are slow whatever the transfer does (the new requests' prefills), and more of them fall on
-    #: transfer-on seconds than on the short off windows, so pooled they read as the transfer's cost
-    #: (v21's load-change run 1: 3.3 % in the first 5 s at 96 requests, then 0.3 %; the law sat at the
-    #: floor for the rest of the phase). Spikes still cut at once meanwhile. A change at the same batch
+    #: left out of the attribution, on and off alike, and kept in the error budget. A seed's own first
+    #: seconds at a new load are slow whatever the transfer does (the new requests' prefills), and more
+    #: of them fall on transfer-on seconds than on the short off windows, so pooled they read as the
+    #: transfer's cost (v21's load-change run 1: 3.3 % in the first 5 s at 96 requests, then 0.3 %; the
+    #: law sat at the floor for the rest of the phase). Spikes still cut at once meanwhile. A change at the same batch
     #: (the transfer's own clear misses) is attributed at once. 0: no settling.
     ab_settle_seconds: float = 10.0
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.

@@ -381,6 +381,15 @@ class ControllerConfig:
     #: law sat at the floor for the rest of the phase). Spikes still cut at once meanwhile. A change at the same batch
     #: (the transfer's own clear misses) is attributed at once. 0: no settling.
     ab_settle_seconds: float = 10.0
+    #: A/B law: a confirmed rise in the transfer-on share at the same load (no new batch class), at
+    #: rates the older evidence had already seen, is first taken for the seed's own episode: its
+    #: intervals are left out of the attribution (kept in the error budget) and the older evidence
+    #: stays. Only a rise confirmed again within two change windows forgets it (a new regime). A
+    #: seed's own 2-3 s episodes are under ``spike_z`` one second at a time and confirmed as a change;
+    #: forgetting the older evidence for them left the episode as the law's evidence for the horizon
+    #: (sim/qos_plant.py h200-cpu-episodes: the law at 5-16 MB/s for 20-45 s after each; v23's
+    #: steady run 2). False: every confirmed change forgets (the rule until session 35).
+    ab_isolate_episodes: bool = True
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -699,6 +708,9 @@ class ControllerState:
     #: A/B law: the intervals (their sample times) of spikes the change window did not confirm: left
     #: out of the attribution while in the horizon, kept in the error budget.
     ab_isolated: tuple[float, ...] = ()
+    #: A/B law: when a confirmed rise at the same load was last left out as the seed's own episode
+    #: (``ab_isolate_episodes``); None: never.
+    ab_episode_isolated_at: float | None = None
     #: A/B law: the latest interval the seed missed its SLO on its own (``not_our_fault``). Going under
     #: the floor (``yield_floor_fraction``) reads only the transfer-on intervals after it: those before
     #: it were slow for the seed's own reasons, and once the seed is back they would read as the
@@ -1538,6 +1550,40 @@ def _new_load_from(samples: tuple[Sample, ...], at: float, config: ControllerCon
     return at if first is None else max(at, first.at - config.interval_seconds)
 
 
+def _own_episode(samples: tuple[Sample, ...], isolated: tuple[float, ...], settle_until: float, since: float,
+                 config: ControllerConfig, now: float, last_isolated_at: float | None) -> bool:
+    """Whether a change confirmed ``since`` is first taken for the seed's own episode (``ab_isolate_episodes``):
+    at the same load (no new :func:`batch_class`), a rise in the transfer-on share (not a fall: a seed
+    back from its own bad spell is news to keep), at rates the older evidence had already seen (not the
+    law's climb into rates it knew nothing of), and not the second in two change windows (a rise that
+    comes back is a new regime, and is forgotten to).
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> calm = [Sample(float(t), 1e8, True, 5.0, 1000.0, 8.0) for t in range(1, 41)]      # 0.5 % at the cap
+    >>> bad = [Sample(float(t), 1e8, True, 50.0, 1000.0, 8.0) for t in range(41, 44)]     # 5 % for 3 s
+    >>> _own_episode(tuple(calm + bad), (), -math.inf, 40.0, cfg, 43.0, None)
+    True
+    >>> _own_episode(tuple(calm + bad), (), -math.inf, 40.0, cfg, 43.0, 35.0)   # the second in 10 s
+    False
+    >>> slower = [Sample(float(t), 5e7, True, 5.0, 1000.0, 8.0) for t in range(1, 41)]   # seen only at 50 MB/s
+    >>> _own_episode(tuple(slower + bad), (), -math.inf, 40.0, cfg, 43.0, None)
+    False
+    >>> better = [Sample(float(t), 1e8, True, 0.0, 1000.0, 8.0) for t in range(41, 44)]
+    >>> busy = [Sample(float(t), 1e8, True, 30.0, 1000.0, 8.0) for t in range(1, 41)]     # 3 %, then 0
+    >>> _own_episode(tuple(busy + better), (), -math.inf, 40.0, cfg, 43.0, None)          # a fall
+    False
+    """
+    if last_isolated_at is not None and now - last_isolated_at <= 2 * config.change_window_seconds + _EPS:
+        return False
+    if _new_load_from(samples, since, config) is not None:
+        return False
+    seen = max((s.rate for s in samples if s.on and s.at <= since + _EPS), default=0.0)
+    recent = max((s.rate for s in samples if s.on and s.at > since + _EPS), default=0.0)
+    if recent > seen * (1 + 1e-9):
+        return False
+    return _change_z(_attributable(samples, isolated, settle_until), config, now) > 0
+
+
 def _attributable(samples: tuple[Sample, ...], isolated: tuple[float, ...],
                   settle_until: float = -math.inf) -> tuple[Sample, ...]:
     """``samples`` less the intervals in ``isolated`` (spikes judged the seed's own: see ``ab_confirm_spikes``)
@@ -1626,6 +1672,12 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
+    if (forget_from is not None and config.ab_isolate_episodes
+            and _own_episode(itl, isolated, settle_until, forget_from, config, now, state.ab_episode_isolated_at)):
+        # The seed's own episode, first guess: leave its intervals out, keep the older evidence.
+        isolated += tuple(s.at for s in itl if s.on and s.at > forget_from + _EPS and s.at not in isolated)
+        state = replace(state, ab_episode_isolated_at=now)
+        forget_from = None
     if forget_from is not None:
         new_load_from = _new_load_from(itl, forget_from, config)
         if new_load_from is not None:

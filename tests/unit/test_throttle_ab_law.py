@@ -235,9 +235,14 @@ def test_quiet_ends_when_the_share_at_the_cap_rises():
     assert [t for t in off_windows(log) if 140 < t <= 200]  # quiet: one window in the minute before
     assert len([t for t in off_windows(log) if 140 < t <= 200]) == 1
     cut = next(t.now for t in log if t.now > 200 and t.mode is Mode.CUT)
-    assert cut <= 203
+    # The first confirmed rise at the same load is taken for the seed's own episode (left out, the older
+    # evidence kept: ab_isolate_episodes); the rise confirmed again forgets the older evidence and cuts:
+    # about two seconds later than forgetting at once did.
+    assert cut <= 206
     after = [t for t in off_windows(log) if t > 200]
     assert after and after[0] <= 210 and len(after) >= 5, after
+    at_once = drive(cfg(ab_isolate_episodes=False), lambda rate, k: (quiet if k < 200 else heavy)(rate, k), 260)
+    assert next(t.now for t in at_once if t.now > 200 and t.mode is Mode.CUT) <= 203
 
 
 def test_the_quiet_schedule_also_needs_ttft_within_budget_at_the_cap():
@@ -493,7 +498,8 @@ def test_an_isolated_spike_cuts_at_once_then_is_left_out_of_the_attribution():
     assert not raises(log[60:65], start=spike.law_rate)
     assert seconds_to(log[60:], 0.9 * CAP) == 66.0
     # The rule until session 25 forgets everything on the spike and stays lower for longer.
-    old = drive(cfg(ab_confirm_spikes=False), one_bad_second(60, linear(0.002, 0.002, running=16)), 90)
+    old = drive(cfg(ab_confirm_spikes=False, ab_isolate_episodes=False), one_bad_second(60, linear(0.002, 0.002,
+                                                                                                 running=16)), 90)
     assert sum(t.law_rate for t in log[60:]) > 1.2 * sum(t.law_rate for t in old[60:])
 
 

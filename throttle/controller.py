@@ -1672,8 +1672,9 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
-    if (forget_from is not None and config.ab_isolate_episodes
-            and _own_episode(itl, isolated, settle_until, forget_from, config, now, state.ab_episode_isolated_at)):
+    episode = (forget_from is not None and config.ab_isolate_episodes
+               and _own_episode(itl, isolated, settle_until, forget_from, config, now, state.ab_episode_isolated_at))
+    if episode:
         # The seed's own episode, first guess: leave its intervals out, keep the older evidence.
         isolated += tuple(s.at for s in itl if s.on and s.at > forget_from + _EPS and s.at not in isolated)
         state = replace(state, ab_episode_isolated_at=now)
@@ -1747,7 +1748,8 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
             return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, f"over ({summary}); one cut per interval")
         new_rate = max(target, rate * (1 - config.ab_max_cut), lowest)
         state = replace(state, last_cut_at=now, good_rates=(), ab_cut_from=_cut_from(state, config, rate, now))
-        why = "clear miss this interval; " if spike else ("load changed; " if changed else "")
+        why = ("clear miss this interval; " if spike else "a rise at the same load, left out as the seed's own; "
+               if episode else "load changed; " if changed else "")
         return _ab_schedule(state, config, slo, now, Mode.CUT, new_rate, f"{why}{summary}; -> {new_rate:.3g} B/s",
                             may_pause=not spike or cut_last_tick)
     at_rate = [s for s in itl if s.on and s.rate == rate and (state.last_cut_at is None or s.at > state.last_cut_at)]

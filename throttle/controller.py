@@ -1552,11 +1552,11 @@ def _new_load_from(samples: tuple[Sample, ...], at: float, config: ControllerCon
 
 def _own_episode(samples: tuple[Sample, ...], isolated: tuple[float, ...], settle_until: float, since: float,
                  config: ControllerConfig, now: float, last_isolated_at: float | None) -> bool:
-    """Whether a change confirmed ``since`` is first taken for the seed's own episode (``ab_isolate_episodes``):
-    at the same load (no new :func:`batch_class`), a rise in the transfer-on share (not a fall: a seed
-    back from its own bad spell is news to keep), at rates the older evidence had already seen (not the
-    law's climb into rates it knew nothing of), and not the second in two change windows (a rise that
-    comes back is a new regime, and is forgotten to).
+    """Whether a change confirmed ``since`` at the same load (the caller found no new :func:`batch_class`:
+    :func:`_new_load_from` is None) is first taken for the seed's own episode (``ab_isolate_episodes``):
+    a rise in the transfer-on share (not a fall: a seed back from its own bad spell is news to keep), at
+    rates the older evidence had already seen (not the law's climb into rates it knew nothing of), and
+    not the second in two change windows (a rise that comes back is a new regime, and is forgotten to).
 
     >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
     >>> calm = [Sample(float(t), 1e8, True, 5.0, 1000.0, 8.0) for t in range(1, 41)]      # 0.5 % at the cap
@@ -1574,8 +1574,6 @@ def _own_episode(samples: tuple[Sample, ...], isolated: tuple[float, ...], settl
     False
     """
     if last_isolated_at is not None and now - last_isolated_at <= 2 * config.change_window_seconds + _EPS:
-        return False
-    if _new_load_from(samples, since, config) is not None:
         return False
     seen = max((s.rate for s in samples if s.on and s.at <= since + _EPS), default=0.0)
     recent = max((s.rate for s in samples if s.on and s.at > since + _EPS), default=0.0)
@@ -1672,7 +1670,8 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
-    episode = (forget_from is not None and config.ab_isolate_episodes
+    new_load_from = _new_load_from(itl, forget_from, config) if forget_from is not None else None
+    episode = (forget_from is not None and new_load_from is None and config.ab_isolate_episodes
                and _own_episode(itl, isolated, settle_until, forget_from, config, now, state.ab_episode_isolated_at))
     if episode:
         # The seed's own episode, first guess: leave its intervals out, keep the older evidence.
@@ -1680,7 +1679,6 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         state = replace(state, ab_episode_isolated_at=now)
         forget_from = None
     if forget_from is not None:
-        new_load_from = _new_load_from(itl, forget_from, config)
         if new_load_from is not None:
             settle_until = new_load_from + config.ab_settle_seconds
         isolated = ()

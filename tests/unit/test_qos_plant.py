@@ -236,14 +236,14 @@ def test_on_the_noisy_gpu_plant_the_oracle_rate_itself_meets_the_budget_in_about
         assert 0 < rate < CAP  # the transfer at the cap is over the budget on every draw
         fixed_met += sum(s.slow_tokens(rate) for s in seconds) / sum(s.tokens for s in seconds) <= BUDGET
         law_met += run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608).realized_share <= BUDGET
-    assert 4 <= fixed_met <= 12 and law_met >= 12 and law_met > fixed_met   # measured: 8 and 14 of 20
+    assert 4 <= fixed_met <= 12 and law_met >= 12 and law_met > fixed_met   # measured: 8 and 15 of 20
 
 
 def test_where_the_oracle_is_the_floor_going_under_it_sooner_trades_one_goal_for_the_other():
     # v22's GPU plant (sim/qos_plant.py h100-gpu-floor): the seed alone at 0.3-0.8 %, a concave cost, so the best
     # fixed rate is about the floor (5 % of the cap). Going under the floor on weaker evidence (yield_floor_z 0,
     # not 3) keeps the budget in more phases and reaches 0.8x the oracle in fewer, not more of both
-    # (docs/qos.md "The floor as the oracle"; measured on 20 draws: 14 / 18 / 14 at 3, 18 / 15 / 13 at 0).
+    # (docs/qos.md "The floor as the oracle"; measured on 20 draws: 15 / 16 / 12 at 3, 18 / 12 / 10 at 0).
     import random
 
     from sim.qos_plant import H100_GPU_FLOOR, _draw, oracle_rate
@@ -264,8 +264,8 @@ def test_where_the_oracle_is_the_floor_going_under_it_sooner_trades_one_goal_for
 
 
 @pytest.mark.parametrize("settle, at_least_08x, at_most_08x", [
-    (10.0, 20, 30),   # the default: the new load's first seconds left out of the attribution (measured 23)
-    (0.0, 0, 19),     # attributed: the seed's own slow first seconds read as the transfer's cost (16)
+    (10.0, 20, 30),   # the default: the new load's first seconds left out of the attribution (measured 27)
+    (0.0, 0, 19),     # attributed: the seed's own slow first seconds read as the transfer's cost (17)
 ])
 def test_a_new_loads_own_slow_first_seconds_do_not_hold_the_law_down(settle, at_least_08x, at_most_08x):
     # v21's load-change seeds (sim/qos_plant.py h100-load-change): 32 then 96 requests, the new load's first

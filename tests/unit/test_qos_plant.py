@@ -218,6 +218,28 @@ def test_the_drifted_plant_leaves_the_transfer_a_sliver_and_the_law_keeps_the_bu
     assert sum(r.realized_share <= BUDGET for r in results) >= 9
 
 
+def test_v25s_near_slo_plant_the_law_keeps_the_budget_and_climbs_to_the_cap_late():
+    # v25's near-slo seeds (sim/qos_plant.py h100-near-slo): 12,000 tokens/s at 64 requests, the seed alone at
+    # 0.5-0.9 %, the transfer +0-0.1 % at the cap, so the oracle is the cap on every draw. The law keeps the
+    # budget; its shortfall is the climb: at the floor one second's share reads +-0.7 %, so the excess it
+    # reads there is mostly noise, extrapolated 20x (docs/qos.md "v25's near-slo in the plant model").
+    # Measured on seeds 0-9: within the budget 10, >= 0.8x 2 (0.08-0.88x). A law that climbs sooner here
+    # without losing the budget elsewhere should loosen the second assertion.
+    import random
+
+    from sim.qos_plant import H100_NEAR_SLO, oracle_rate
+
+    phase = replace(H100_NEAR_SLO, seconds=80, warmup_seconds=0)
+    for seed in range(10):
+        (segment,) = phase.segments(random.Random(seed), phase.seconds)
+        assert 0.005 <= segment.own_share <= 0.009 and 0 <= segment.effect_at_cap <= 0.001
+        assert oracle_rate(phase, [segment]) == pytest.approx(CAP)
+    law = ControllerConfig(cap_bytes_per_second=CAP)
+    results = [run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(10)]
+    assert sum(r.realized_share <= BUDGET for r in results) >= 9
+    assert sum(r.throughput_ratio >= 0.8 for r in results) <= 5
+
+
 def test_on_the_noisy_gpu_plant_the_oracle_rate_itself_meets_the_budget_in_about_half_the_phases():
     # v21's GPU plant (sim/qos_plant.py h100-gpu-noisy): seconds far noisier than the batch explains. The best
     # fixed rate by the expected share is, in an 80 s phase, within the budget by luck about half the time,

@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["Sample", "Estimate", "batch_class", "estimate", "overall_share", "safe_rate", "one_interval_z"]
+__all__ = ["Sample", "Estimate", "batch_class", "estimate", "overall_share", "own_share", "safe_rate", "one_interval_z"]
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,12 @@ def estimate(on: Iterable[Sample], off: Iterable[Sample], *, min_tokens: float) 
     return Estimate(p_on, v_on, n_on, r_on, p_off, v_off, n_off, True, matched, max(var_matched - v_off, 0.0))
 
 
-def overall_share(est: Estimate, rate: float, duty_off: float, z: float) -> float:
+def overall_share(est: Estimate, rate: float, duty_off: float, z: float, *, pool_own: bool = False) -> float:
     """Upper confidence bound (``z`` sigmas) of the seed's share over a run at ``rate`` with off duty ``duty_off``.
+
+    ``pool_own``: where the on share reads under the seed's own share at the on intervals' load (no
+    excess), the seed's own share is the inverse-variance mean of the two, not the off share alone
+    (:func:`own_share`).
 
     >>> est = Estimate(0.01, 0.0, 1e5, 40e6, 0.005, 0.0, 1e4, True)
     >>> round(overall_share(est, 80e6, 0.0, 0.0), 4), round(overall_share(est, 80e6, 0.5, 0.0), 4)
@@ -177,7 +181,7 @@ def overall_share(est: Estimate, rate: float, duty_off: float, z: float) -> floa
     x = (1.0 - duty_off) * rate / est.r_on
     # The excess cannot be negative: the transfer does not speed the seed up. A p_on under p_off
     # is noise; the variance term still bounds how far it may be extrapolated.
-    mean = est.p_off + x * est.excess
+    mean = own_share(est) if pool_own and est.excess <= 0 else est.p_off + x * est.excess
     # The uncertainty is that of the evidence, not of the extrapolation: scaling the on variance by
     # x^2 above the measured rates would forbid every raise (the evidence is always at or below the
     # current rate). Raises are bounded in size instead (the controller's max_raise_factor, and
@@ -187,8 +191,32 @@ def overall_share(est: Estimate, rate: float, duty_off: float, z: float) -> floa
     return mean + z * sigma
 
 
+def own_share(est: Estimate) -> float:
+    """The seed's own share where the transfer shows no excess: the on share and the off share at the
+    on intervals' load, each weighted by its inverse variance.
+
+    The model is ``share(r) = p_own + slope x r`` with ``slope >= 0`` (the transfer does not speed the
+    seed up). Where the on share reads under the off share the best fit within that constraint is
+    ``slope = 0``, and then the on intervals measure the seed's own share as well as the off ones do:
+    both pools are its evidence. The off share alone throws the on intervals away, so a few bad off
+    seconds (the seed's own) hold the transfer down however many on tokens read clean.
+
+        >>> est = Estimate(0.004, 0.01e-6, 1e5, 5e6, 0.010, 0.01e-6, 1e5, True)   # on 0.4 %, off 1.0 %
+        >>> round(own_share(est), 4)
+        0.007
+        >>> round(own_share(Estimate(0.004, 0.01e-6, 1e5, 5e6, 0.010, 0.03e-6, 1e5, True)), 4)   # off less sure
+        0.0055
+    """
+    base = est.p_off if est.p_off_matched is None else est.p_off_matched
+    if not est.off_known or est.p_on >= base:
+        return est.p_off
+    w_on = 1.0 / max(est.var_on, 1e-12)
+    w_off = 1.0 / max(est.var_off + est.var_matching, 1e-12)
+    return (est.p_on * w_on + base * w_off) / (w_on + w_off)
+
+
 def safe_rate(est: Estimate, *, budget: float, duty_off: float, z: float, floor: float, cap: float,
-              steps: int = 256) -> float:
+              steps: int = 256, pool_own: bool = False) -> float:
     """The largest rate in [floor, cap] whose share bound is <= ``budget``; ``floor`` when none is.
 
     A grid search: the bound is not monotone in the rate where the off share's uncertainty
@@ -199,7 +227,7 @@ def safe_rate(est: Estimate, *, budget: float, duty_off: float, z: float, floor:
     50
     """
     def ok(rate: float) -> bool:
-        return overall_share(est, rate, duty_off, z) <= budget
+        return overall_share(est, rate, duty_off, z, pool_own=pool_own) <= budget
 
     grid = [floor + (cap - floor) * i / steps for i in range(steps + 1)]
     feasible = [i for i, rate in enumerate(grid) if ok(rate)]

@@ -390,6 +390,16 @@ class ControllerConfig:
     #: (sim/qos_plant.py h200-cpu-episodes: the law at 5-16 MB/s for 20-45 s after each; v23's
     #: steady run 2). False: every confirmed change forgets (the rule until session 35).
     ab_isolate_episodes: bool = True
+    #: A/B law: where the transfer-on share reads under the seed's own share at the on intervals' load
+    #: (no excess), the seed's own share is the inverse-variance mean of the on and off shares, not the
+    #: off share alone (:func:`throttle.attribution.own_share`: the fit of ``share = p_own + slope x
+    #: rate`` with ``slope >= 0``). On a seed near its SLO whose off windows caught a few of its own bad
+    #: seconds, the off share alone held the law at the floor while the on intervals read clean (v25's
+    #: near-slo run 3: on 0.34 % of 110,000 tokens, off 0.97-1.09 %). Plant model, 3 x 60 draws: both
+    #: goals 1,150 -> 1,152 of 2,340 on the 13 plants, 571 -> 595 of 1,440 on the 8 other by-name plants,
+    #: h100-near-slo 55 -> 64 of 180; within the budget 2,214 -> 2,211, 1,148 -> 1,141 and 179 -> 179
+    #: (docs/qos.md "v25's near-slo in the plant model"). Off by default until run on hardware.
+    ab_pool_own_share: bool = False
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -1445,7 +1455,7 @@ def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, confi
     1.5
     """
     p_own = est.p_off if est.off_known else 0.0
-    excess = overall_share(est, rate, duty, config.confidence_z) - p_own
+    excess = overall_share(est, rate, duty, config.confidence_z, pool_own=config.ab_pool_own_share) - p_own
     headroom = allowed - p_own
     if headroom <= 0:
         return config.max_raise_factor
@@ -1482,16 +1492,18 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     allowed = _allowed_share(_budget_window(samples if ledger is None else ledger, config, now, budget_from),
                              budget, config)
     floor = config.floor_bytes_per_second
-    rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap)
+    pool_own = config.ab_pool_own_share
+    rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap, pool_own=pool_own)
     if rate <= floor and config.yields_under_floor and est.off_known:
         since = estimate([s for s in on if s.at > yield_from], off, min_tokens=min_tokens)
         if (since.tokens_on >= min_tokens
-                and overall_share(since, floor, duty, -config.yield_floor_z) > config.budget_aim_fraction * budget):
+                and overall_share(since, floor, duty, -config.yield_floor_z, pool_own=pool_own)
+                > config.budget_aim_fraction * budget):
             # The floor itself is clearly over the budget's aim (not an error budget being repaid, which
             # ``allowed`` is): under it, to the largest rate the evidence allows there.
             rate = safe_rate(since, budget=allowed, duty_off=duty, z=z, floor=config.yield_floor_bytes_per_second,
-                             cap=floor)
-    bound = overall_share(est, rate, duty, z)
+                             cap=floor, pool_own=pool_own)
+    bound = overall_share(est, rate, duty, z, pool_own=pool_own)
     return (rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s", False,
             _raise_factor(est, rate_now, allowed, duty, config))
 

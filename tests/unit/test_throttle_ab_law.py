@@ -146,6 +146,38 @@ def test_overall_share_never_credits_the_transfer_with_speeding_the_seed_up():
     assert overall_share(faster, 80e6, 0.0, 0.0) == pytest.approx(0.006)
 
 
+def test_pooling_the_seeds_own_share_lets_clean_on_intervals_outweigh_a_few_bad_off_seconds():
+    # v25's near-slo run 3, seed 0: its first off window caught one second of its own at 7 %, so the off
+    # share read ~0.97 % while 120,000 on tokens at the floor read 0.34 %. With the off share alone as the
+    # seed's own the bound at the floor is 0.97 % + one standard error of the on share, over the 1 % budget:
+    # the floor. Pooled (ab_pool_own_share), both read the seed's own share: 0.68 % + 0.15 %, the cap.
+    on = [Sample(float(t), 5e6, True, 0.0034 * 12_000, 12_000.0, 64.0) for t in range(10)]
+    off = [Sample(float(t), 0.0, False, 0.0097 * 12_000, 12_000.0, 64.0) for t in range(30)]
+    est = estimate(on, off, min_tokens=200)
+    assert est.excess == 0.0
+    assert attribution_module.own_share(est) == pytest.approx(0.0068, abs=0.0001)
+    assert safe_rate(est, budget=0.01, duty_off=0.05, z=1.0, floor=FLOOR, cap=CAP) == FLOOR
+    assert safe_rate(est, budget=0.01, duty_off=0.05, z=1.0, floor=FLOOR, cap=CAP, pool_own=True) == CAP
+    # Where the on share reads over the off share the transfer shows an excess: pooling changes nothing.
+    worse = estimate([Sample(s.at, s.rate, True, 0.012 * 12_000, 12_000.0, 64.0) for s in on], off, min_tokens=200)
+    assert attribution_module.own_share(worse) == worse.p_off
+    assert overall_share(worse, 20e6, 0.05, 1.0, pool_own=True) == overall_share(worse, 20e6, 0.05, 1.0)
+
+
+def test_pooling_the_seeds_own_share_is_a_tuning_the_law_reads():
+    # The same seed through the law, from the floor: its off windows read 0.97 %, the transfer-on seconds
+    # 0.34 %. With the off share alone as the seed's own the bound at the floor is over the budget until
+    # the error budget's savings lift what it allows (the cap at 29 s, measured); pooled, at 13 s.
+    def plant(rate: float, k: int) -> tuple[float, float, float]:
+        return 12_000.0, 12_000.0 * (0.0034 if rate > 0 else 0.0097), 64.0
+
+    def at_cap(config: ControllerConfig) -> float:
+        return next(t.now for t in drive(config, plant, 40, start_rate=FLOOR) if t.law_rate >= CAP)
+
+    assert at_cap(cfg()) >= 25
+    assert at_cap(cfg(ab_pool_own_share=True)) <= 15
+
+
 @pytest.mark.parametrize("slow, tokens, seconds, allowed", [
     (95, 10_000, 10, 0.0095),      # spent exactly the aim (0.95 x 1 %): the aim again
     (0, 10_000, 10, 0.0095 + 95 / 30_000),   # nothing spent: the slack spread over plan_seconds (30 s)

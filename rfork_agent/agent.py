@@ -66,6 +66,7 @@ from rfork_api.auth import bearer_header
 from rfork_api.clients import SchedulerClient
 from rfork_api.http import error_response, error_responses, install, service_app
 from rfork_api.seed_info import seed_http_client
+from throttle.controller import InvalidTuning
 from throttle.qos import ThrottleMode
 
 __all__ = [
@@ -191,7 +192,10 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
     @app.put("/v1/throttle", response_model=wire.ThrottleStatus)
     async def put_throttle(body: wire.ThrottleRequest):
         try:
-            state.set_throttle(ThrottleMode(body.mode.value), body.rate_bytes_per_second, clock(), body.slo_itl_seconds)
+            state.set_throttle(ThrottleMode(body.mode.value), body.rate_bytes_per_second, clock(), body.slo_itl_seconds,
+                               body.throttle_tuning)
+        except InvalidTuning as exc:
+            return _error(422, "invalid_tuning", f"throttle_tuning: {exc}")
         except ValueError as exc:
             return _error(409, "throttle_unavailable", str(exc))
         link = getattr(app.state, "link", None)

@@ -30,7 +30,7 @@ from rfork_agent.leases import Lease, LeaseBook, LeaseExpired
 from rfork_api import models as wire
 from rfork_api.auth import GrantClaims, InvalidGrant, grant_key, verify_grant
 from rfork_api.http import error_response
-from throttle.controller import ControllerConfig, Mode, SloConfig
+from throttle.controller import ControllerConfig, Mode, SloConfig, tuning_over
 from throttle.qos import ACTIONS, SCRAPE_FAILURE_REASONS, THROTTLE_REASONS, QosReport, QosTracker, ThrottleMode
 from throttle.token_bucket import Reservation, TokenBucket, default_burst
 
@@ -128,6 +128,8 @@ class AgentState:
     """(job, assignment) -> grant expiry: a grant buys one lease, never two."""
     throttle_mode_label: str = field(init=False, default=ThrottleMode.OFF.value)
     """The ``mode`` label at 1 in ``rfork_agent_throttle_mode``: the controller's mode, or fixed/off."""
+    throttle_tuning: str = field(init=False, default="")
+    """The control law's tuning over the start config, as ``PUT /v1/throttle`` last set it ("": none)."""
     instance_id: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
     """This agent process, in every registration: the scheduler tells a restarted agent (a new
     id: its seed is eligible again for jobs that had excluded it) from one registering again."""
@@ -234,13 +236,22 @@ class AgentState:
         return abs(after - before) > 0.25 * before
 
     def set_throttle(self, mode: ThrottleMode, rate: float | None, now: float,
-                     slo_itl_seconds: float | None = None) -> None:
-        """Switch the throttle (and optionally the ITL SLO) at run time.
+                     slo_itl_seconds: float | None = None, throttle_tuning: str | None = None) -> None:
+        """Switch the throttle (and optionally the ITL SLO, and the law's tuning over the start config)
+        at run time. A new tuning starts the adaptive law afresh.
 
-        Raises ValueError saying why the config cannot do ``mode``; nothing changes then.
+        Raises InvalidTuning for a tuning the law does not take, ValueError saying why the config
+        cannot do ``mode``; nothing changes then.
         """
         cap = self.config.rate_cap
         slo = self.qos.slo
+        controller = self.qos.controller
+        if throttle_tuning is not None:
+            start = self.config.controller_config
+            if start is None:
+                raise ValueError("throttle_tuning tunes the adaptive law, which needs a link cap; "
+                                 "start the agent with --rate-cap")
+            controller = tuning_over(start, throttle_tuning)  # InvalidTuning: nothing changed
         if slo_itl_seconds is not None:
             slo = (SloConfig(itl_threshold_seconds=slo_itl_seconds, violation_budget=self.config.slo_budget)
                    if slo is None else replace(slo, itl_threshold_seconds=slo_itl_seconds))
@@ -257,6 +268,11 @@ class AgentState:
             raise ValueError(f"fixed rate {rate:.4g} B/s is above this agent's cap {cap:.4g} B/s; lower it")
         if slo is not self.qos.slo:
             self.qos.slo = slo
+        if throttle_tuning is not None:
+            if controller != self.qos.controller:
+                self.qos.controller = controller
+                self.qos.state = None  # the law starts afresh under its new tuning
+            self.throttle_tuning = throttle_tuning.strip()
         self.qos.set_mode(mode, now, rate)
         if self.qos.state is not None:
             self.set_allowed_rate(self.qos.state.rate_bytes_per_second, now)
@@ -290,6 +306,7 @@ class AgentState:
             itl_slo_violation_ratio=None if report is None else num(report.itl_slo_violation_ratio),
             latency_impact_ratio=None if report is None else num(report.latency_impact_ratio),
             seed_metrics_age_seconds=None if report is None else num(report.metrics_age_seconds),
+            throttle_tuning=self.throttle_tuning,
         )
 
     # -- leases -------------------------------------------------------------

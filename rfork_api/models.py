@@ -531,6 +531,10 @@ class ThrottleRequest(Request):
     """Fixed mode only: the rate to pace at (default the cap; never above it)."""
     slo_itl_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """A new ITL SLO threshold (default: keep the current one)."""
+    throttle_tuning: str | None = Field(default=None, max_length=2000)
+    """The control law's tuning from now on, ``FIELD=VALUE,...`` over the agent's start config (its
+    ``--throttle-tuning``); ``""`` is the start config itself; default: keep the current one. A change
+    starts the adaptive law afresh. A field or value the law does not take is a 422."""
 
 
 class ThrottleStatus(Reply):
@@ -547,6 +551,8 @@ class ThrottleStatus(Reply):
     itl_slo_violation_ratio: float | None = None
     latency_impact_ratio: float | None = None
     seed_metrics_age_seconds: float | None = None
+    throttle_tuning: str = ""
+    """The tuning in force over the agent's start config (``PUT /v1/throttle``'s ``throttle_tuning``; "": none)."""
 
 
 class ServedRank(Reply):

@@ -545,6 +545,7 @@ class InvalidTuning(ValueError):
 
 def tuning_from_text(text: str, cap_bytes_per_second: float) -> ControllerConfig:
     """A ControllerConfig from ``FIELD=VALUE,...``: the named fields changed, the rest the defaults.
+    :func:`tuning_over` applies the same text over another config.
 
     The cap and the interval are not the tuning's (the link's rate; the agent's loop period). Counts stay
     integers, names (``law=aimd``) stay strings, flags take true or false, ``none`` is None;
@@ -557,6 +558,18 @@ def tuning_from_text(text: str, cap_bytes_per_second: float) -> ControllerConfig
         ... except InvalidTuning as exc:
         ...     print(exc)
         ControllerConfig.plan_seconds must be >= interval_seconds; got -1.0
+    """
+    return tuning_over(ControllerConfig(cap_bytes_per_second=cap_bytes_per_second), text)
+
+
+def tuning_over(base: ControllerConfig, text: str) -> ControllerConfig:
+    """``base`` with the fields ``FIELD=VALUE,...`` names changed (see :func:`tuning_from_text`); ``""`` is
+    ``base`` itself. Raises InvalidTuning.
+
+        >>> base = tuning_from_text("plan_seconds=10", 100e6)
+        >>> changed = tuning_over(base, "ab_pool_own_share=true")
+        >>> changed.plan_seconds, changed.ab_pool_own_share, tuning_over(base, "") == base
+        (10.0, True, True)
     """
     from dataclasses import fields
 
@@ -592,7 +605,7 @@ def tuning_from_text(text: str, cap_bytes_per_second: float) -> ControllerConfig
             raise InvalidTuning(f"{name}={value!r} is not a number") from None
         overrides[name] = int(number) if number.is_integer() and name in counts else number
     try:
-        return ControllerConfig(cap_bytes_per_second=cap_bytes_per_second, **overrides)
+        return replace(base, **overrides)
     except (InvalidConfig, TypeError) as exc:
         raise InvalidTuning(str(exc)) from None
 

@@ -319,6 +319,14 @@ def test_throttle_can_be_switched_at_run_time(qos_agent):
     assert r.status_code == 200 and r.json()["slo_itl_seconds"] == 0.06 and state.allowed_rate == FLOOR
     assert registry.get_sample_value("rfork_agent_slo_itl_seconds", {"seed": "seed-0"}) == 0.06
     assert httpx.put(url, json={"mode": "sideways"}).status_code == 422
+    # The law's tuning, over the agent's start config: a field it does not take is a 422 that says which.
+    r = httpx.put(url, json={"mode": "adaptive", "throttle_tuning": "ab_pool_own_share=true"})
+    assert r.status_code == 200 and r.json()["throttle_tuning"] == "ab_pool_own_share=true"
+    assert state.qos.controller.ab_pool_own_share and state.allowed_rate == FLOOR
+    r = httpx.put(url, json={"mode": "adaptive", "throttle_tuning": "ab_pool_own_share=maybe"})
+    assert r.status_code == 422 and r.json()["detail"]["error"] == "invalid_tuning"
+    assert "ab_pool_own_share='maybe' is not true or false" in r.json()["detail"]["message"]
+    assert httpx.get(url).json()["throttle_tuning"] == "ab_pool_own_share=true"
 
 
 # --------------------------------------------------------------------------- CLI

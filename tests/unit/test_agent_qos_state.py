@@ -132,6 +132,43 @@ def test_set_throttle_switches_modes_and_the_slo():
     assert state.allowed_rate == CAP and sample(registry, "rfork_agent_throttle_mode", mode="off") == 1
 
 
+def test_set_throttle_retunes_the_law_over_the_start_config_and_starts_it_afresh():
+    from throttle.controller import InvalidTuning
+
+    state, _, _ = make_state()
+    start = state.qos.controller
+    state.set_throttle(ThrottleMode.ADAPTIVE, None, now=1.0, throttle_tuning="ab_pool_own_share=true, plan_seconds=20")
+    assert state.qos.controller.ab_pool_own_share and state.qos.controller.plan_seconds == 20
+    assert state.qos.controller.cap == start.cap and state.qos.state is not None
+    assert state.throttle_reply().throttle_tuning == "ab_pool_own_share=true, plan_seconds=20"
+    # A bad tuning changes nothing: not the law, not the mode, not what is reported.
+    for bad in ("ab_pool_own_share=maybe", "speed=9", "plan_seconds=-1"):
+        with pytest.raises(InvalidTuning):
+            state.set_throttle(ThrottleMode.FIXED, 1e6, now=2.0, throttle_tuning=bad)
+    assert state.qos.throttle is ThrottleMode.ADAPTIVE and state.qos.controller.ab_pool_own_share
+    # "" is the start config again; leaving the field out keeps the tuning in force.
+    state.set_throttle(ThrottleMode.ADAPTIVE, None, now=3.0, throttle_tuning="")
+    assert state.qos.controller == start and state.throttle_reply().throttle_tuning == ""
+    state.set_throttle(ThrottleMode.FIXED, 1e6, now=4.0)
+    assert state.qos.controller == start
+
+
+def test_a_new_tuning_restarts_an_adaptive_law_and_the_same_one_does_not():
+    state, _, _ = make_state()
+    state.set_throttle(ThrottleMode.ADAPTIVE, None, now=1.0, throttle_tuning="plan_seconds=20")
+    law = state.qos.state
+    state.set_throttle(ThrottleMode.ADAPTIVE, None, now=2.0, throttle_tuning="plan_seconds=20")
+    assert state.qos.state is law
+    state.set_throttle(ThrottleMode.ADAPTIVE, None, now=3.0, throttle_tuning="plan_seconds=25")
+    assert state.qos.state is not law and state.qos.state.rate_bytes_per_second == pytest.approx(0.05 * CAP)
+
+
+def test_a_tuning_needs_a_law_to_tune():
+    state, _, _ = make_state(throttle="off", rate_cap=None, slo_itl_seconds=None)
+    with pytest.raises(ValueError, match="needs a link cap"):
+        state.set_throttle(ThrottleMode.OFF, None, now=0.0, throttle_tuning="plan_seconds=20")
+
+
 # --------------------------------------------------------------------------- a seed over its SLO on its own
 
 ITL_BOUNDS = (0.02, 0.04, math.inf)

@@ -72,7 +72,7 @@ from bench.qos_stats import (
 from rfork_api.clients import blocking_http_client
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
-from throttle.controller import InvalidTuning, tuning_from_text
+from throttle.controller import InvalidTuning, tuning_from_text, tuning_over
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
 from throttle.histogram import window as histogram_window
 from throttle.prom_text import ITL_HISTOGRAM, TTFT_HISTOGRAM, parse_sglang_scrape
@@ -185,6 +185,10 @@ class QosBenchOptions:
     """Layer passes per decode step on every seed (None: each seed calibrates at start)."""
     throttle_tuning: str | None = None
     """Passed to every agent as ``--throttle-tuning`` (the control law's ControllerConfig fields)."""
+    alternate_tuning: str | None = None
+    """Two laws on the same seeds, SLO and oracle: even runs' throttled phases run the agents' law with this
+    tuning over their start config (``PUT /v1/throttle`` ``throttle_tuning``), odd runs' with none; each
+    run records its arm, and the result summarizes each arm (``arms``)."""
     log_dir: str | None = None
     device: str = "cpu"
     """Where the seeds hold their weights and decode, and the fork clients land bytes (cpu, cuda, cuda:N)."""
@@ -1232,6 +1236,63 @@ def estimate_seconds(options: QosBenchOptions, runs: int, startup_seconds: float
             + runs * estimate_run_seconds(o))
 
 
+def law_arm(k: int, alternate_tuning: str | None) -> tuple[str | None, str | None]:
+    """Run ``k``'s arm and the tuning its throttled phase asks the agents for: (None, None) without
+    ``--alternate-tuning`` (the agents keep theirs), else a (``""``, their start config) in odd runs and b
+    (``alternate_tuning``) in even ones, so each arm has as many runs as the other, or one more.
+
+        >>> law_arm(1, None), law_arm(1, "ab_pool_own_share=true"), law_arm(2, "ab_pool_own_share=true")
+        ((None, None), ('a', ''), ('b', 'ab_pool_own_share=true'))
+    """
+    if alternate_tuning is None:
+        return None, None
+    return ("a", "") if k % 2 else ("b", alternate_tuning)
+
+
+def arms_of(runs: list[dict], alternate_tuning: str | None) -> dict:
+    """Each arm's tuning, runs, ``summarize`` and ``tally`` over the runs so far (``--alternate-tuning``);
+    {} without it."""
+    if alternate_tuning is None:
+        return {}
+    out = {}
+    for arm, tuning in (("a", ""), ("b", alternate_tuning)):
+        mine = [r for r in runs if r.get("law_arm") == arm]
+        if mine:
+            out[arm] = {"throttle_tuning": tuning, "runs": [r["run"] for r in mine],
+                        "summary": summarize([r["checks"] for r in mine]), "tally": tally([r["checks"] for r in mine])}
+    return out
+
+
+def arm_lines(result: dict) -> list[str]:
+    """Each issue goal's median and runs met for arm a and arm b (``--alternate-tuning``), as lines to print.
+
+        >>> arms = {"a": {"throttle_tuning": "", "summary": {"x": {"median": 0.7, "met_runs": 1, "judged_runs": 2,
+        ...                                                        "issue_target": True}}},
+        ...         "b": {"throttle_tuning": "f=1", "summary": {"x": {"median": 0.9, "met_runs": 2, "judged_runs": 2,
+        ...                                                          "issue_target": True}}}}
+        >>> print("\\n".join(arm_lines({"arms": arms})))
+        a: the agents' start config; b: f=1 (alternate runs, the same seeds, SLO and oracle)
+        goal                                 a median  a met  b median  b met
+        x                                         0.7    1/2       0.9    2/2
+    """
+    arms = result.get("arms") or {}
+    if not arms:
+        return []
+    b_tuning = arms.get("b", {}).get("throttle_tuning", "")
+    lines = [f"a: the agents' start config; b: {b_tuning} (alternate runs, the same seeds, SLO and oracle)",
+             f"{'goal':36} {'a median':>8}  {'a met':>5}  {'b median':>8}  {'b met':>5}"]
+    names = [n for arm in arms.values() for n, s in arm["summary"].items() if s["issue_target"]]
+    for name in dict.fromkeys(names):
+        cells = []
+        for arm in ("a", "b"):
+            s = arms.get(arm, {}).get("summary", {}).get(name)
+            median = "n/a" if s is None or s["median"] is None else f"{s['median']:.3g}"
+            met = "-" if s is None else f"{s['met_runs']}/{s['judged_runs']}"
+            cells += [f"{median:>8}", f"{met:>5}"]
+        lines.append(f"{name:36} {cells[0]}  {cells[1]}  {cells[2]}  {cells[3]}")
+    return lines
+
+
 def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer, driver, baseline: PhaseResult,
              calibration: PhaseResult, unthrottled: PhaseResult, oracle: dict, slo: float, say) -> dict:
     """One run (``calibration``: the baseline window at the plant's first load, which the no-transfer block
@@ -1250,7 +1311,11 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
 
     # C. adaptive, from scratch.
     observer.phase = f"throttled-{k}"
-    observer.put_throttle(mode="adaptive", slo_itl_seconds=slo)
+    arm, tuning = law_arm(k, options.alternate_tuning)
+    observer.put_throttle(mode="adaptive", slo_itl_seconds=slo,
+                          **({} if tuning is None else {"throttle_tuning": tuning}))
+    # What the agents say they run: the arm's tuning, as each took it.
+    agents_tuning = None if tuning is None else [t.get("throttle_tuning") for t in observer.throttles()]
     whole_start_bytes, whole_start = observer.landed(), observer.now()
     time.sleep(options.throttled_ramp_seconds)
     throttled = observer.measure(f"C throttled (run {k})", options.throttled_measure_seconds,
@@ -1299,6 +1364,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
 
     run = {
         "run": k,
+        **({} if arm is None else {"law_arm": arm, "throttle_tuning": tuning, "agents_throttle_tuning": agents_tuning}),
         "slo_itl_seconds": slo, "slo_budget": options.slo_budget,
         "cap_aggregate_bytes_per_second": cap * options.seeds,
         "itl_p99_baseline_seconds": baseline.p99,
@@ -1436,6 +1502,9 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
         out["every_run_met_every_goal"] = all(all_met(r["checks"]) for r in runs)
         out["tally"] = tally([r["checks"] for r in runs])
         out["runs_completed"] = len(runs)
+        arms = arms_of(runs, out["options"].get("alternate_tuning"))
+        if arms:
+            out["arms"] = arms
     if driver is not None:
         out["forks_completed"] = driver.forks_done
         out["fork_errors"] = driver.errors[:5]
@@ -1625,6 +1694,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layer passes per decode step on every seed (default 1; 0 = calibrate per seed)")
     p.add_argument("--throttle-tuning", default=None, metavar="FIELD=VALUE,...",
                    help="passed to every agent's --throttle-tuning (the control law's fields)")
+    p.add_argument("--alternate-tuning", default=None, metavar="FIELD=VALUE,...",
+                   help="two laws on the same seeds, SLO and oracle: even runs' throttled phases with this tuning "
+                        "over the agents' (PUT /v1/throttle), odd runs' without; each arm summarized (--runs >= 2)")
     p.add_argument("--sglang-default-buckets", action="store_true",
                    help="seeds export SGLang's default ITL buckets (5 ms apart near the baseline) instead of "
                         "bounds 5%% apart from 1 to 100 ms; the SLO then lands on a coarser bound")
@@ -1693,6 +1765,15 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
             tuning_from_text(args.throttle_tuning, cap)
         except InvalidTuning as exc:
             raise BenchArgsError(f"--throttle-tuning: {exc}") from None
+    if args.alternate_tuning is not None:
+        if not args.alternate_tuning.strip():
+            raise BenchArgsError("--alternate-tuning needs FIELD=VALUE,... (the b arm's law)")
+        if args.runs < 2:
+            raise BenchArgsError(f"--alternate-tuning alternates runs: give --runs 2 or more, got {args.runs}")
+        try:
+            tuning_over(tuning_from_text(args.throttle_tuning or "", cap), args.alternate_tuning)
+        except InvalidTuning as exc:
+            raise BenchArgsError(f"--alternate-tuning: {exc}") from None
     device = args.device or plant.device
     from rfork_agent.devices import DeviceError, check_device
     try:
@@ -1741,6 +1822,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None, device=device,
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
+        alternate_tuning=args.alternate_tuning,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
         control_device=args.control_device,
     )
@@ -1838,6 +1920,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{tag}rfork bench qos: error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
         return 3
     print_checks(result, say)
+    for line in arm_lines(result):
+        say(line)
     oracle = result["oracle_bytes_per_second"]
     say(f"oracle {'none met the budget' if oracle is None else format_rate(oracle)}, throttled (run 1) "
         f"{format_rate(result['throughput_throttled_bytes_per_second'])}, unthrottled "

@@ -342,6 +342,30 @@ def test_quick_and_flags_set_the_options():
     assert options.process_cpus == (0,) and controlled.process_cpus == (0,) and full.process_cpus == ()
 
 
+def test_alternating_runs_ask_the_agents_for_each_arms_law_and_summarize_each_arm():
+    options, _ = qos_bench.options_from_args(_args("--runs", "4", "--alternate-tuning", "ab_pool_own_share=true"))
+    assert options.alternate_tuning == "ab_pool_own_share=true"
+    assert [qos_bench.law_arm(k, options.alternate_tuning) for k in (1, 2, 3)] == [
+        ("a", ""), ("b", "ab_pool_own_share=true"), ("a", "")]
+    # The result as _snapshot leaves it: each arm's runs, summary and tally, and the lines main prints.
+    check = lambda value, met: {"throttled_vs_oracle": {"value": value, "target": ">= 0.8", "met": met,  # noqa: E731
+                                                        "issue_target": True}}
+    runs = [{"run": 1, "law_arm": "a", "checks": check(0.6, False)},
+            {"run": 2, "law_arm": "b", "checks": check(0.9, True)},
+            {"run": 3, "law_arm": "a", "checks": check(0.85, True)}]
+    out = {"arms": qos_bench.arms_of(runs, options.alternate_tuning)}
+    assert out["arms"]["a"]["runs"] == [1, 3] and out["arms"]["b"]["runs"] == [2]
+    assert out["arms"]["b"]["throttle_tuning"] == "ab_pool_own_share=true"
+    assert out["arms"]["a"]["tally"]["met_every_goal"] == 1
+    assert out["arms"]["b"]["summary"]["throttled_vs_oracle"]["median"] == 0.9
+    lines = qos_bench.arm_lines(out)
+    assert lines[0].startswith("a: the agents' start config; b: ab_pool_own_share=true")
+    assert lines[2].split() == ["throttled_vs_oracle", "0.725", "1/2", "0.9", "1/1"]
+    # Without the flag: no arm, no tuning sent, no lines.
+    assert qos_bench.law_arm(1, None) == (None, None) and qos_bench.arms_of(runs, None) == {}
+    assert qos_bench.arm_lines({"runs": runs[:1]}) == []
+
+
 def test_the_control_fleet_runs_on_its_own_device_where_given():
     from bench.qos_plants import get_plant
 
@@ -380,6 +404,10 @@ def test_the_process_runs_on_the_cpus_after_the_seeds():
     (["--cap", "0"], "needs a link rate > 0"),
     (["--throttle-tuning", "plan_seconds=-1"], "--throttle-tuning: ControllerConfig.plan_seconds must be"),
     (["--throttle-tuning", "no_such=1"], "--throttle-tuning: 'no_such=1' is not FIELD=VALUE"),
+    (["--alternate-tuning", "ab_pool_own_share=true"], "--alternate-tuning alternates runs: give --runs 2 or more"),
+    (["--runs", "2", "--alternate-tuning", " "], "--alternate-tuning needs FIELD=VALUE,..."),
+    (["--runs", "2", "--alternate-tuning", "ab_pool_own_share=maybe"],
+     "--alternate-tuning: ab_pool_own_share='maybe' is not true or false"),
     (["--control-device", "cpu"], "--control-device is the control fleet's: add --control"),
     (["--control", "--control-device", "cuda:1"], "the control runs the law's plant, on cpu's kind of device"),
     (["--control", "--control-device", "tpu"], "--device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),

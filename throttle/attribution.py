@@ -37,7 +37,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["Sample", "Estimate", "batch_class", "estimate", "overall_share", "own_share", "safe_rate", "one_interval_z"]
+__all__ = ["Sample", "Estimate", "batch_class", "estimate", "mean_batch", "overall_share", "own_share", "safe_rate",
+           "one_interval_z"]
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,14 @@ class Estimate:
     var_matching: float = 0.0
 
     @property
+    def p_off_at_on_load(self) -> float:
+        """The seed's own share at the on intervals' load: ``p_off_matched``, else ``p_off``."""
+        return self.p_off if self.p_off_matched is None else self.p_off_matched
+
+    @property
     def excess(self) -> float:
         """What the transfer adds at ``r_on``, never negative (it does not speed the seed up)."""
-        base = self.p_off if self.p_off_matched is None else self.p_off_matched
-        return max(self.p_on - base, 0.0)
+        return max(self.p_on - self.p_off_at_on_load, 0.0)
 
 
 def _pool(samples: Iterable[Sample]) -> tuple[float, float, float, float]:
@@ -96,6 +101,18 @@ def _pool(samples: Iterable[Sample]) -> tuple[float, float, float, float]:
     if tokens <= 0:
         return 0.0, 0.0, 1.0, 0.0
     return slow, tokens, max(1.0, batch_w / tokens), rate_w / tokens
+
+
+def mean_batch(samples: Iterable[Sample]) -> float | None:
+    """The samples' token-weighted batch (at least 1), as :func:`estimate` pools it; None without tokens.
+
+        >>> mean_batch([Sample(1.0, 0.0, False, 0.0, 3000.0, 32.0), Sample(2.0, 0.0, False, 0.0, 1000.0, 96.0)])
+        48.0
+        >>> mean_batch([]) is None
+        True
+    """
+    _, tokens, batch, _ = _pool(samples)
+    return batch if tokens > 0 else None
 
 
 def _share_and_var(slow: float, tokens: float, batch: float) -> tuple[float, float]:
@@ -207,7 +224,7 @@ def own_share(est: Estimate) -> float:
         >>> round(own_share(Estimate(0.004, 0.01e-6, 1e5, 5e6, 0.010, 0.03e-6, 1e5, True)), 4)   # off less sure
         0.0055
     """
-    base = est.p_off if est.p_off_matched is None else est.p_off_matched
+    base = est.p_off_at_on_load
     if not est.off_known or est.p_on >= base:
         return est.p_off
     w_on = 1.0 / max(est.var_on, 1e-12)

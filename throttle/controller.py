@@ -52,7 +52,16 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable, Iterable
 
-from throttle.attribution import Estimate, Sample, batch_class, estimate, one_interval_z, overall_share, safe_rate
+from throttle.attribution import (
+    Estimate,
+    Sample,
+    batch_class,
+    estimate,
+    mean_batch,
+    one_interval_z,
+    overall_share,
+    safe_rate,
+)
 from throttle.histogram import (
     CumulativeHistogram,
     Reset,
@@ -1563,12 +1572,8 @@ def _new_load_from(samples: tuple[Sample, ...], at: float, config: ControllerCon
     >>> _new_load_from(tuple(before + [Sample(6.0, 5e7, True, 300.0, 7000.0, 31.0)]), 5.0, cfg) is None
     True
     """
-    def batch(chosen: list[Sample]) -> float | None:
-        tokens = sum(s.tokens for s in chosen)
-        return sum(s.batch * s.tokens for s in chosen) / tokens if tokens > 0 else None
-
-    before = batch([s for s in samples if at - config.change_window_seconds < s.at <= at + _EPS])
-    after = batch([s for s in samples if s.at > at + _EPS])
+    before = mean_batch(s for s in samples if at - config.change_window_seconds < s.at <= at + _EPS)
+    after = mean_batch(s for s in samples if s.at > at + _EPS)
     if before is None or after is None or batch_class(before) == batch_class(after):
         return None
     first = next((s for s in samples if s.at > at + _EPS and batch_class(s.batch) != batch_class(before)), None)

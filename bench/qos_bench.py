@@ -1249,16 +1249,14 @@ def law_arm(k: int, alternate_tuning: str | None) -> tuple[str | None, str | Non
     return ("a", "") if k % 2 else ("b", alternate_tuning)
 
 
-def arms_of(runs: list[dict], alternate_tuning: str | None) -> dict:
-    """Each arm's tuning, runs, ``summarize`` and ``tally`` over the runs so far (``--alternate-tuning``);
-    {} without it."""
-    if alternate_tuning is None:
-        return {}
+def arms_of(runs: list[dict]) -> dict:
+    """Each arm's tuning, runs, ``summarize`` and ``tally`` over the runs so far, from the arm and tuning
+    each run recorded (:func:`law_arm`); {} where no run has an arm (no ``--alternate-tuning``)."""
     out = {}
-    for arm, tuning in (("a", ""), ("b", alternate_tuning)):
+    for arm in ("a", "b"):
         mine = [r for r in runs if r.get("law_arm") == arm]
         if mine:
-            out[arm] = {"throttle_tuning": tuning, "runs": [r["run"] for r in mine],
+            out[arm] = {"throttle_tuning": mine[0]["throttle_tuning"], "runs": [r["run"] for r in mine],
                         "summary": summarize([r["checks"] for r in mine]), "tally": tally([r["checks"] for r in mine])}
     return out
 
@@ -1502,7 +1500,7 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
         out["every_run_met_every_goal"] = all(all_met(r["checks"]) for r in runs)
         out["tally"] = tally([r["checks"] for r in runs])
         out["runs_completed"] = len(runs)
-        arms = arms_of(runs, out["options"].get("alternate_tuning"))
+        arms = arms_of(runs)
         if arms:
             out["arms"] = arms
     if driver is not None:

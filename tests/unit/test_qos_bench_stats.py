@@ -350,10 +350,10 @@ def test_alternating_runs_ask_the_agents_for_each_arms_law_and_summarize_each_ar
     # The result as _snapshot leaves it: each arm's runs, summary and tally, and the lines main prints.
     check = lambda value, met: {"throttled_vs_oracle": {"value": value, "target": ">= 0.8", "met": met,  # noqa: E731
                                                         "issue_target": True}}
-    runs = [{"run": 1, "law_arm": "a", "checks": check(0.6, False)},
-            {"run": 2, "law_arm": "b", "checks": check(0.9, True)},
-            {"run": 3, "law_arm": "a", "checks": check(0.85, True)}]
-    out = {"arms": qos_bench.arms_of(runs, options.alternate_tuning)}
+    runs = [{"run": k, "law_arm": arm, "throttle_tuning": tuning, "checks": check(value, met)}
+            for k, value, met in ((1, 0.6, False), (2, 0.9, True), (3, 0.85, True))
+            for arm, tuning in [qos_bench.law_arm(k, options.alternate_tuning)]]
+    out = {"arms": qos_bench.arms_of(runs)}
     assert out["arms"]["a"]["runs"] == [1, 3] and out["arms"]["b"]["runs"] == [2]
     assert out["arms"]["b"]["throttle_tuning"] == "ab_pool_own_share=true"
     assert out["arms"]["a"]["tally"]["met_every_goal"] == 1
@@ -362,7 +362,8 @@ def test_alternating_runs_ask_the_agents_for_each_arms_law_and_summarize_each_ar
     assert lines[0].startswith("a: the agents' start config; b: ab_pool_own_share=true")
     assert lines[2].split() == ["throttled_vs_oracle", "0.725", "1/2", "0.9", "1/1"]
     # Without the flag: no arm, no tuning sent, no lines.
-    assert qos_bench.law_arm(1, None) == (None, None) and qos_bench.arms_of(runs, None) == {}
+    unarmed = [{"run": 1, "checks": check(0.6, False)}]
+    assert qos_bench.law_arm(1, None) == (None, None) and qos_bench.arms_of(unarmed) == {}
     assert qos_bench.arm_lines({"runs": runs[:1]}) == []
 
 

@@ -283,8 +283,7 @@ class AgentState:
         log.info("agent %s: throttle %s%s%s", self.config.seed_id, mode.value,
                  "" if rate is None else f" at {rate / 1e6:.1f} MB/s",
                  "" if throttle_tuning is None else
-                 f", the law's tuning {throttle_tuning.strip()!r}" if throttle_tuning.strip() else
-                 ", the law's start tuning")
+                 f", the law's tuning {self.throttle_tuning!r}" if self.throttle_tuning else ", the law's start tuning")
 
     def health(self) -> wire.AgentHealth:
         return wire.AgentHealth(status="ok", phase=self.phase.value, seed_alive=self.seed_alive)

@@ -34,11 +34,12 @@ Example (a seed whose own share is 0.5 %, 1.0 % with the transfer at 40 MB/s)::
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["Sample", "Estimate", "batch_class", "estimate", "mean_batch", "overall_share", "own_share", "safe_rate",
-           "one_interval_z"]
+__all__ = ["Sample", "Estimate", "PooledCounts", "batch_class", "estimate", "evidence_summary", "mean_batch",
+           "overall_share", "own_share", "parse_evidence_summary", "safe_rate", "one_interval_z"]
 
 
 @dataclass(frozen=True)
@@ -272,3 +273,55 @@ def one_interval_z(slow: float, tokens: float, batch: float, budget: float) -> f
         return 0.0
     sigma = math.sqrt(budget * max(batch, 1.0) / tokens)
     return (slow / tokens - budget) / sigma
+
+
+@dataclass(frozen=True)
+class PooledCounts:
+    """The pools an :func:`evidence_summary` names: slow and all tokens with the transfer on and off."""
+
+    slow_on: float
+    tokens_on: float
+    rate_on: float
+    #: None where the off pool was too small to trust ("off unknown").
+    slow_off: float | None
+    tokens_off: float
+
+
+def evidence_summary(est: Estimate, budget: float) -> str:
+    """The law's evidence in the words its reasons use; :func:`parse_evidence_summary` reads it back.
+
+        >>> text = evidence_summary(Estimate(0.0085, 0.0, 152768.0, 2.44e7, 0.0038, 0.0, 350848.0, True), 0.01)
+        >>> text
+        'on 0.85% of 152768 at 2.44e+07 B/s, off 0.38% of 350848, budget 1.00%'
+        >>> parse_evidence_summary("pooling: " + text)
+        PooledCounts(slow_on=1298.528, tokens_on=152768.0, rate_on=24400000.0, slow_off=1333.2224, tokens_off=350848.0)
+    """
+    off_text = (f"off {est.p_off:.2%} of {est.tokens_off:.0f}" if est.off_known
+                else f"off unknown ({est.tokens_off:.0f})")
+    return f"on {est.p_on:.2%} of {est.tokens_on:.0f} at {est.r_on:.3g} B/s, {off_text}, budget {budget:.2%}"
+
+
+_SUMMARY = re.compile(r"on (?P<p_on>[0-9.]+)% of (?P<n_on>[0-9]+) at (?P<r_on>[0-9.e+-]+) B/s, "
+                      r"off (?:(?P<p_off>[0-9.]+)% of (?P<n_off>[0-9]+)|unknown \((?P<n_unknown>[0-9]+)\))")
+
+
+def parse_evidence_summary(reason: str) -> PooledCounts | None:
+    """The pools of the first :func:`evidence_summary` in ``reason`` (a decision's reason); None if it has none.
+
+    The shares are printed to 0.01 %, so ``slow_on`` and ``slow_off`` are within 0.005 % of their pools'
+    tokens: enough to follow the pools over many intervals, not to read one interval's slow tokens.
+
+        >>> parse_evidence_summary("fixed rate") is None
+        True
+        >>> parse_evidence_summary("on 1.00% of 9000 at 5e+06 B/s, off unknown (120), budget 1.00%").slow_off is None
+        True
+    """
+    m = _SUMMARY.search(reason)
+    if m is None:
+        return None
+    tokens_on = float(m["n_on"])
+    slow_on = float(m["p_on"]) / 100 * tokens_on
+    if m["n_unknown"] is not None:
+        return PooledCounts(slow_on, tokens_on, float(m["r_on"]), None, float(m["n_unknown"]))
+    tokens_off = float(m["n_off"])
+    return PooledCounts(slow_on, tokens_on, float(m["r_on"]), float(m["p_off"]) / 100 * tokens_off, tokens_off)

@@ -57,6 +57,7 @@ from throttle.attribution import (
     Sample,
     batch_class,
     estimate,
+    evidence_summary,
     mean_batch,
     one_interval_z,
     overall_share,
@@ -1504,9 +1505,7 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     off = [s for s in attributable if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
     z = config.confidence_z
-    off_text = (f"off {est.p_off:.2%} of {est.tokens_off:.0f}" if est.off_known
-                else f"off unknown ({est.tokens_off:.0f})")
-    summary = f"on {est.p_on:.2%} of {est.tokens_on:.0f} at {est.r_on:.3g} B/s, {off_text}, budget {budget:.2%}"
+    summary = evidence_summary(est, budget)
     if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:
         return config.floor_bytes_per_second, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:

@@ -28,7 +28,7 @@ import argparse
 import math
 import sys
 
-from bench.kept_results import add_results_argument, read_result
+from bench.kept_results import table_tool
 from bench.qos_stats import ratio_estimate
 from throttle.attribution import PooledCounts, parse_evidence_summary
 
@@ -145,27 +145,18 @@ def _report(result: dict, low_rate: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.qos_phase_shares", description=__doc__.split("\n\n")[0])
-    add_results_argument(p)
-    p.add_argument("--low-rate-mb", type=float, default=15.0,
-                   help="the law's split covers seconds with the transfer allowed at most this (MB/s; default 15)")
-    args = p.parse_args(argv)
-    if not (args.low_rate_mb > 0 and math.isfinite(args.low_rate_mb)):
-        p.error(f"--low-rate-mb must be a positive number of MB/s, got {args.low_rate_mb}")
-    for path in args.results:
-        try:
-            result = read_result(path)
-            table = _report(result, args.low_rate_mb * 1e6)
-            slo_ms = result["slo_itl_seconds"] * 1000
-        except (OSError, ValueError) as exc:
-            print(f"{path}: {exc}", file=sys.stderr)
-            return 2
-        except (KeyError, IndexError, TypeError) as exc:
-            print(f"{path}: not a `rfork bench qos --json` result with a time series "
-                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
-            return 2
-        print(f"{path} (SLO {slo_ms:g} ms)\n{table}\n")
-    return 0
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--low-rate-mb", type=float, default=15.0,
+                            help="the law's split covers seconds with the transfer allowed at most this "
+                                 "(MB/s; default 15)")
+
+    def check(args: argparse.Namespace) -> str | None:
+        if args.low_rate_mb > 0 and math.isfinite(args.low_rate_mb):
+            return None
+        return f"--low-rate-mb must be a positive number of MB/s, got {args.low_rate_mb}"
+
+    return table_tool(argv, "python -m bench.qos_phase_shares", __doc__ or "",
+                      lambda result, args: _report(result, args.low_rate_mb * 1e6), options, check)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import math
 import sys
 from dataclasses import dataclass
 
-from bench.kept_results import add_results_argument, read_result
+from bench.kept_results import table_tool
 from bench.qos_stats import ratio_estimate
 
 __all__ = ["Seconds", "SignalComparison", "groups", "compare", "predicted_excess", "main"]
@@ -233,20 +233,12 @@ def format_rows(comparisons: list[SignalComparison]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.qos_signal", description=__doc__.split("\n\n")[0])
-    add_results_argument(p)
-    p.add_argument("--target-se", type=float, default=0.0025,
-                   help="the standard error the 'seconds' columns aim at (default 0.0025: a quarter of 1 %%)")
-    args = p.parse_args(argv)
-    for path in args.results:
-        try:
-            result = read_result(path)
-            table = format_rows(rows(result, args.target_se))
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"{path}: {exc}", file=sys.stderr)
-            return 2
-        print(f"{path} (SLO {result['slo_itl_seconds'] * 1000:g} ms)\n{table}\n")
-    return 0
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--target-se", type=float, default=0.0025,
+                            help="the standard error the 'seconds' columns aim at (default 0.0025: a quarter of 1 %%)")
+
+    return table_tool(argv, "python -m bench.qos_signal", __doc__ or "",
+                      lambda result, args: format_rows(rows(result, args.target_se)), options)
 
 
 if __name__ == "__main__":

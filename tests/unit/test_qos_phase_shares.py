@@ -111,8 +111,8 @@ def test_the_cli_prints_both_tables_for_a_kept_result(tmp_path: Path, capsys: py
 @pytest.mark.parametrize(("write", "args", "message"), [
     (None, [], "No such file"),
     ("[1, 2]", [], "not a `rfork bench qos --json` result"),
-    ('{"time_series": [{"phase": "throttled-1"}]}', [], "with a time series (KeyError: 'rates')"),
-    ('{"time_series": []}', [], "with a time series (KeyError: 'slo_itl_seconds')"),
+    ('{"time_series": [{"phase": "throttled-1"}]}', [], "this tool can read (KeyError: 'rates')"),
+    ('{"time_series": []}', [], "this tool can read (KeyError: 'slo_itl_seconds')"),
 ])
 def test_unreadable_results_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      write: str | None, args: list[str], message: str) -> None:

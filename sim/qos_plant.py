@@ -36,14 +36,14 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from throttle.controller import (ControllerConfig, InvalidTuning, Observation, SloConfig, decide, initial_state,
-                                 tuning_from_text, with_seed_alone_evidence)
+from throttle.controller import (ControllerConfig, ControllerState, InvalidTuning, Observation, SloConfig, decide,
+                                 initial_state, tuning_from_text, with_seed_alone_evidence)
 from throttle.histogram import WindowHistogram
 
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
            "H100_BURSTY", "H100_GPU", "H200_CPU", "H200_DRIFTED", "H200_GPU", "H100_GPU_NOISY", "H100_LOAD_CHANGE",
            "H200_CPU_SPIKES", "BURSTY_SPIKES", "NEAR_SLO_EPISODES", "H200_CPU_EPISODES", "H100_GPU_FLOOR",
-           "BY_NAME_ONLY", "run", "oracle_rate"]
+           "BY_NAME_ONLY", "run", "run_second_fork", "oracle_rate"]
 
 CAP = 100e6
 BUDGET = 0.01
@@ -269,28 +269,18 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
     return [(float(k + 1) - seconds, _observation(second, 0.0)) for k, second in enumerate(drawn)]
 
 
-def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET,
-        seed_alone_seconds: float = 0.0, chunk_bytes: float = 0.0) -> RunResult:
-    """One closed-loop run of ``config``'s law on ``plant`` (interval 1 s).
+def _closed_loop(state: ControllerState, config: ControllerConfig, slo: SloConfig, plant: Plant,
+                 seconds: list[_Second], t0: float, chunk_bytes: float) -> tuple[ControllerState, list[float]]:
+    """The law on ``seconds`` from ``t0`` (interval 1 s): its state after them, and the bytes moved in each.
 
-    ``seed_alone_seconds``: the agent watched the seed without a transfer for this long before the
-    run (as an agent beside a serving seed does before a fork arrives); the law starts with it.
     ``chunk_bytes`` > 0: the transfer moves whole chunks (the agent's pay-first bucket grants one
     when the rate has paid for it), so below ``chunk_bytes`` a second some seconds read nothing
-    (the agent reports them as transfer-off) and others a whole chunk; 0: a fluid transfer.
-    """
-    segments, seconds = _draw(plant, random.Random(rng_seed))
-    slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
-    state = initial_state(config, now=0.0)
-    if seed_alone_seconds > 0:
-        watched = _seed_alone(plant, segments, random.Random(rng_seed + 1_000_003), seed_alone_seconds)
-        state = with_seed_alone_evidence(state, watched, config, slo, now=0.0)
+    (the agent reports them as transfer-off) and others a whole chunk; 0: a fluid transfer."""
     applied = state.rate_bytes_per_second
-    rates: list[float] = []
-    slow_total = token_total = 0.0
+    moved_each: list[float] = []
     credit = 0.0
     spill = False
-    for t, second in enumerate(seconds):
+    for k, second in enumerate(seconds):
         moved = applied
         held = False
         if chunk_bytes > 0:
@@ -303,20 +293,77 @@ def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = B
             moved = chunks * chunk_bytes
             held = spill and moved == 0
             spill = chunks > 0 and 0 < plant.lease_spill_batch <= second.batch
-        rates.append(moved)
-        if t >= plant.warmup_seconds:
-            slow_total += second.slow_tokens(moved)
-            token_total += second.tokens
+        moved_each.append(moved)
         observation = _observation(second, moved)
         if held:
             observation = replace(observation, transfer_active=True)
-        decision = decide(state, observation, config, slo, now=float(t + 1))
+        decision = decide(state, observation, config, slo, now=t0 + k + 1)
         state, applied = decision.state, decision.rate_bytes_per_second
+    return state, moved_each
+
+
+def _result(plant: Plant, rng_seed: int, segments: list[Segment], seconds: list[_Second], rates: list[float],
+            budget: float) -> RunResult:
     start = int(plant.warmup_seconds)
     judged = rates[start:]
+    slow = sum(second.slow_tokens(rate) for second, rate in zip(seconds[start:], judged))
+    tokens = sum(second.tokens for second in seconds[start:])
     return RunResult(plant.name, rng_seed, oracle_rate(plant, segments, budget), sum(judged) / len(judged),
-                     _expected_share(segments, rates, start), slow_total / max(token_total, 1.0),
+                     _expected_share(segments, rates, start), slow / max(tokens, 1.0),
                      realized_oracle_rate(plant, seconds, budget), rates)
+
+
+def _law_at_start(plant: Plant, segments: list[Segment], config: ControllerConfig, slo: SloConfig, rng_seed: int,
+                  seed_alone_seconds: float) -> ControllerState:
+    """The law at t = 0, with ``seed_alone_seconds`` of the seed watched alone before it (drawn from an rng of
+    their own, so the run's draw is the same with or without them)."""
+    state = initial_state(config, now=0.0)
+    if seed_alone_seconds <= 0:
+        return state
+    watched = _seed_alone(plant, segments, random.Random(rng_seed + 1_000_003), seed_alone_seconds)
+    return with_seed_alone_evidence(state, watched, config, slo, now=0.0)
+
+
+def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET,
+        seed_alone_seconds: float = 0.0, chunk_bytes: float = 0.0) -> RunResult:
+    """One closed-loop run of ``config``'s law on ``plant`` (interval 1 s).
+
+    ``seed_alone_seconds``: the agent watched the seed without a transfer for this long before the
+    run (as an agent beside a serving seed does before a fork arrives); the law starts with it.
+    ``chunk_bytes``: see :func:`_closed_loop`.
+    """
+    segments, seconds = _draw(plant, random.Random(rng_seed))
+    slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
+    state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
+    _, rates = _closed_loop(state, config, slo, plant, seconds, 0.0, chunk_bytes)
+    return _result(plant, rng_seed, segments, seconds, rates, budget)
+
+
+def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_seconds: float, *,
+                    law_restarts: bool, budget: float = BUDGET, seed_alone_seconds: float = 0.0,
+                    chunk_bytes: float = 0.0) -> RunResult:
+    """Two forks from one seed, ``gap_seconds`` apart (the seed alone, serving, in between); the second judged.
+
+    The first is :func:`run`'s (``plant.seconds`` long). ``law_restarts``: the law enters the second
+    afresh with the gap as its seed-alone evidence, as `rfork bench qos` does to each run when it
+    switches the agents to a fixed rate for the watch between them; else it keeps what it learnt
+    (within its horizons) and takes the gap as off intervals, as an agent that stays adaptive does.
+    The load schedule runs through both forks and the gap (``plant.segments`` over the whole span).
+    """
+    span = 2 * int(plant.seconds) + int(gap_seconds)
+    segments, seconds = _draw(replace(plant, seconds=span), random.Random(rng_seed))
+    first, gap, second = (seconds[:int(plant.seconds)], seconds[int(plant.seconds):span - int(plant.seconds)],
+                          seconds[span - int(plant.seconds):])
+    slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
+    state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
+    state, _ = _closed_loop(state, config, slo, plant, first, 0.0, chunk_bytes)
+    starts_at = plant.seconds + int(gap_seconds)
+    between = [(plant.seconds + k + 1.0, _observation(s, 0.0)) for k, s in enumerate(gap)]
+    state = with_seed_alone_evidence(initial_state(config, now=starts_at) if law_restarts else state, between,
+                                     config, slo, now=starts_at)
+    _, rates = _closed_loop(state, config, slo, plant, second, starts_at, chunk_bytes)
+    second_segments = [replace(seg, start=seg.start - starts_at) for seg in segments]
+    return _result(plant, rng_seed, second_segments, second, rates, budget)
 
 
 def _steady(rng: random.Random, seconds: float) -> list[Segment]:
@@ -521,9 +568,19 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                              "model before 2026-12-06)")
     parser.add_argument("--tuning", action="append", default=[], metavar="FIELD=VALUE",
                         help="a ControllerConfig field for the A/B law (repeatable)")
+    parser.add_argument("--second-fork-after", type=float, default=None, metavar="SECONDS",
+                        help="judge a second fork from the same seed, this many seconds after the first ended "
+                             "(the seed alone in between)")
+    parser.add_argument("--law-restarts", action="store_true",
+                        help="with --second-fork-after: the law enters the second fork afresh (as `rfork bench qos` "
+                             "does each run); default: it keeps what it learnt, as an agent that stays adaptive")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="draws are RNG seeds first-seed .. first-seed + runs - 1 (default 0)")
     args = parser.parse_args()
+    if args.second_fork_after is not None and not (0 <= args.second_fork_after < math.inf):
+        parser.error(f"--second-fork-after must be a number of seconds >= 0, got {args.second_fork_after}")
+    if args.law_restarts and args.second_fork_after is None:
+        parser.error("--law-restarts goes with --second-fork-after")
     every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
     names = list(every) if args.plants == "all" else args.plants.split(",")
@@ -551,8 +608,13 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
             if args.output_tokens is not None:
                 plant = replace(plant, output_tokens_per_request=args.output_tokens)
             seeds = range(args.first_seed, args.first_seed + args.runs)
-            results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes)
-                       for seed in seeds]
+            if args.second_fork_after is None:
+                results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes)
+                           for seed in seeds]
+            else:
+                results = [run_second_fork(plant, cfg, seed, args.second_fork_after, law_restarts=args.law_restarts,
+                                           seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes)
+                           for seed in seeds]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]
             ratio = [r.throughput_ratio for r in results]

@@ -270,12 +270,18 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
 
 
 def _closed_loop(state: ControllerState, config: ControllerConfig, slo: SloConfig, plant: Plant,
-                 seconds: list[_Second], t0: float, chunk_bytes: float) -> tuple[ControllerState, list[float]]:
+                 seconds: list[_Second], t0: float, chunk_bytes: float,
+                 fork: bool = True) -> tuple[ControllerState, list[float]]:
     """The law on ``seconds`` from ``t0`` (interval 1 s): its state after them, and the bytes moved in each.
 
     ``chunk_bytes`` > 0: the transfer moves whole chunks (the agent's pay-first bucket grants one
     when the rate has paid for it), so below ``chunk_bytes`` a second some seconds read nothing
-    (the agent reports them as transfer-off) and others a whole chunk; 0: a fluid transfer."""
+    (the agent reports them as transfer-off) and others a whole chunk; 0: a fluid transfer.
+    ``fork`` False: no fork asks for bytes, whatever the law allows (the seed alone, the law ticking)."""
+    if not fork:
+        for k, second in enumerate(seconds):
+            state = decide(state, _observation(second, 0.0), config, slo, now=t0 + k + 1).state
+        return state, [0.0] * len(seconds)
     applied = state.rate_bytes_per_second
     moved_each: list[float] = []
     credit = 0.0
@@ -347,7 +353,7 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
     The first is :func:`run`'s (``plant.seconds`` long). ``law_restarts``: the law enters the second
     afresh with the gap as its seed-alone evidence, as `rfork bench qos` does to each run when it
     switches the agents to a fixed rate for the watch between them; else it keeps what it learnt
-    (within its horizons) and takes the gap as off intervals, as an agent that stays adaptive does.
+    (within its horizons) and ticks through the gap, no fork reading, as an agent that stays adaptive does.
     The load schedule runs through both forks and the gap (``plant.segments`` over the whole span).
     """
     span = 2 * int(plant.seconds) + int(gap_seconds)
@@ -358,9 +364,11 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
     state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
     state, _ = _closed_loop(state, config, slo, plant, first, 0.0, chunk_bytes)
     starts_at = plant.seconds + int(gap_seconds)
-    between = [(plant.seconds + k + 1.0, _observation(s, 0.0)) for k, s in enumerate(gap)]
-    state = with_seed_alone_evidence(initial_state(config, now=starts_at) if law_restarts else state, between,
-                                     config, slo, now=starts_at)
+    if law_restarts:
+        between = [(plant.seconds + k + 1.0, _observation(s, 0.0)) for k, s in enumerate(gap)]
+        state = with_seed_alone_evidence(initial_state(config, now=starts_at), between, config, slo, now=starts_at)
+    else:
+        state, _ = _closed_loop(state, config, slo, plant, gap, plant.seconds, chunk_bytes, fork=False)
     _, rates = _closed_loop(state, config, slo, plant, second, starts_at, chunk_bytes)
     second_segments = [replace(seg, start=seg.start - starts_at) for seg in segments]
     return _result(plant, rng_seed, second_segments, second, rates, budget)

@@ -410,6 +410,18 @@ class ControllerConfig:
     #: h100-near-slo 55 -> 64 of 180; within the budget 2,214 -> 2,211, 1,148 -> 1,141 and 179 -> 179
     #: (docs/qos.md "v25's near-slo in the plant model"). Off by default until run on hardware.
     ab_pool_own_share: bool = False
+    #: A/B law: a fork's first chunk reads after at least this long without any (the seed alone between
+    #: two forks, the law ticking; and twice the longest spell without reads before them, the fork's own
+    #: spacing of chunks at a low rate) start its error budget afresh: the seconds between were the seed
+    #: alone, not budget the transfer saved (as entering adaptive mode). And where the seed's load in
+    #: the gap is of another :func:`batch_class` than at the end of the older evidence, the law
+    #: forgets that evidence and starts as if entering adaptive mode with the gap as the seed alone
+    #: (``ab_start_cap_fraction``), not at the rate the older load allowed. Plant model, the second of
+    #: two forks 15 s apart (docs/qos.md "A second fork"): without it the second fork spent the gap as
+    #: savings, within the budget in 527 / 322 of 780 / 480 runs; with it 749 / 386, as a law restarted
+    #: for the fork (752 / 383), and both goals in 422 / 181 against the restarted law's 353 / 153.
+    #: 0: no check (the rule until session 37).
+    ab_gap_seconds: float = 10.0
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -482,6 +494,8 @@ class ControllerConfig:
             ("dense_after_change_seconds", lambda v: v >= 0, ">= 0 seconds"),
             ("ab_settle_seconds", lambda v: 0 <= v < self.evidence_horizon_seconds,
              "in [0, evidence_horizon_seconds)"),
+            ("ab_gap_seconds", lambda v: v == 0 or v >= 2 * self.interval_seconds,
+             "0 (no check) or >= 2 x interval_seconds (a gap longer than an off window)"),
             ("max_raise_factor", lambda v: v > 1, "> 1"),
             ("ab_fast_raise_factor", lambda v: v >= self.max_raise_factor, ">= max_raise_factor"),
             ("ab_max_cut", lambda v: 0 < v < 1, "in (0, 1)"),
@@ -1579,6 +1593,35 @@ def _new_load_from(samples: tuple[Sample, ...], at: float, config: ControllerCon
     return at if first is None else max(at, first.at - config.interval_seconds)
 
 
+def _fork_after_gap(samples: tuple[Sample, ...], config: ControllerConfig, now: float) -> float | None:
+    """Where the evidence before a gap ends (its last transfer-on interval), if the interval at ``now`` is a
+    fork's first reads after at least ``ab_gap_seconds`` without any, and twice the longest spell without
+    reads before it; else None.
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> fork = [Sample(float(t), 5e7, True, 10.0, 4000.0, 12.0) for t in range(1, 41)]
+    >>> alone = [Sample(float(t), 0.0, False, 5.0, 4000.0, 12.0) for t in range(41, 56)]
+    >>> _fork_after_gap(tuple(fork + alone + [Sample(56.0, 5e7, True, 10.0, 4000.0, 12.0)]), cfg, 56.0)
+    40.0
+    >>> soon = [Sample(46.0, 5e7, True, 10.0, 4000.0, 12.0)]
+    >>> _fork_after_gap(tuple(fork + alone[:5] + soon), cfg, 46.0) is None   # 5 s without reads: too short
+    True
+    >>> sparse = [Sample(float(t), 5e6, True, 10.0, 4000.0, 12.0) for t in range(1, 41, 9)]   # a read every 9 s
+    >>> _fork_after_gap(tuple(sparse + [Sample(52.0, 5e6, True, 10.0, 4000.0, 12.0)]), cfg, 52.0) is None
+    True
+    """
+    on_at = [s.at for s in samples if s.on and s.at < now - _EPS]
+    if not on_at:
+        return None
+    # The fork's own spacing of reads is no gap: at a low rate and large chunks a read comes every
+    # chunk / rate seconds (64 MiB at 5 MB/s: 13 s), so a gap must also be twice the longest before it.
+    own_spacing = max((b - a for a, b in zip(on_at, on_at[1:])), default=0.0)
+    gap = now - on_at[-1] - config.interval_seconds
+    if gap + _EPS < max(config.ab_gap_seconds, 2 * own_spacing):
+        return None
+    return on_at[-1]
+
+
 def _own_episode(samples: tuple[Sample, ...], isolated: tuple[float, ...], settle_until: float, since: float,
                  config: ControllerConfig, now: float, last_isolated_at: float | None) -> bool:
     """Whether a change confirmed ``since`` at the same load (the caller found no new :func:`batch_class`:
@@ -1699,6 +1742,15 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
+    after_gap = _fork_after_gap(itl, config, now) if on and config.ab_gap_seconds > 0 else None
+    if after_gap is not None:
+        # The seconds without reads were the seed alone, not budget the transfer saved: the error
+        # budget counts from this fork (as entering adaptive mode does).
+        state = replace(state, ab_budget_from=now - config.interval_seconds)
+    gap_from = (after_gap if after_gap is not None and not spike and forget_from is None
+                and _new_load_from(itl, after_gap, config) is not None else None)
+    if gap_from is not None:
+        forget_from = gap_from
     new_load_from = _new_load_from(itl, forget_from, config) if forget_from is not None else None
     episode = (forget_from is not None and new_load_from is None and config.ab_isolate_episodes
                and _own_episode(itl, isolated, settle_until, forget_from, config, now, state.ab_episode_isolated_at))
@@ -1724,6 +1776,17 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         state = replace(state, ab_evidence_from=max(state.ab_evidence_from, forget_from), **ledgers)
         itl, ttft = state.ab_itl, state.ab_ttft
     state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_settle_until=settle_until)
+    if gap_from is not None:
+        # As entering adaptive mode with the gap as the seed alone: its start, dense off windows.
+        start = _start_rate([s for s in itl if not s.on], [s for s in ttft if not s.on], config, slo)
+        state = replace(state, dense_until=now + config.dense_after_change_seconds, good_rates=(),
+                        next_probe_at=min(state.next_probe_at or now, now + config.off_every_min_seconds))
+        why = (f"a fork after {now - gap_from - config.interval_seconds:.0f} s without reads, the seed at another "
+               f"load than the older evidence's: forgot it; start at {min(start, rate):.3g} B/s")
+        if start < rate:
+            state = replace(state, last_cut_at=now, ab_cut_from=None)
+            return _ab_schedule(state, config, slo, now, Mode.CUT, start, why)
+        return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, why)
     if spike or changed:
         soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
         state = replace(state, dense_until=now + config.dense_after_change_seconds,

@@ -363,14 +363,13 @@ def test_a_second_fork_finds_the_law_where_the_first_left_it_unless_the_law_rest
     # Two forks from one seed 15 s apart, the second judged (docs/qos.md "A second fork"). On v25's near-slo
     # seeds the law that stays adaptive starts the second where the first climbed to (the cap); restarted,
     # as `rfork bench qos` restarts it each run, it climbs from the floor again. Measured on seeds 0-9: at
-    # >= 0.8x the oracle 7 kept / 3 restarted, within the budget 10 / 10. The cost: where the load changed
-    # in the gap (load-change triples it there), the kept law starts at the old load's rate: within the
-    # budget 8 / 10 (1.01x and 1.03x it).
+    # >= 0.8x the oracle 7 kept / 3 restarted, within the budget 10 / 10. Where the load tripled in the gap
+    # (load-change) the kept law without ab_gap_seconds started at the old load's rate and spent the gap's
+    # seconds alone as savings: within the budget 5 of 10 (up to 1.07x it); with it, 10 of 10.
     from sim.qos_plant import H100_NEAR_SLO, run_second_fork
 
-    law = ControllerConfig(cap_bytes_per_second=CAP)
-
-    def second_forks(plant, law_restarts):
+    def second_forks(plant, law_restarts, **tuning):
+        law = ControllerConfig(cap_bytes_per_second=CAP, **tuning)
         phase = replace(plant, seconds=80, warmup_seconds=0)
         return [run_second_fork(phase, law, seed, 15, law_restarts=law_restarts, seed_alone_seconds=15,
                                 chunk_bytes=8388608) for seed in range(10)]
@@ -379,6 +378,7 @@ def test_a_second_fork_finds_the_law_where_the_first_left_it_unless_the_law_rest
     assert all(r.realized_share <= BUDGET for r in kept + restarted)
     assert sum(r.realized_throughput_ratio >= 0.8 for r in kept) >= 6
     assert sum(r.realized_throughput_ratio >= 0.8 for r in restarted) <= 4
-    kept, restarted = second_forks(PLANTS["load-change"], False), second_forks(PLANTS["load-change"], True)
-    assert sum(r.realized_share <= BUDGET for r in restarted) >= 9
-    assert sum(r.realized_share <= BUDGET for r in kept) < sum(r.realized_share <= BUDGET for r in restarted)
+    load_change = PLANTS["load-change"]
+    assert sum(r.realized_share <= BUDGET for r in second_forks(load_change, True)) >= 9
+    assert sum(r.realized_share <= BUDGET for r in second_forks(load_change, False)) >= 9
+    assert sum(r.realized_share <= BUDGET for r in second_forks(load_change, False, ab_gap_seconds=0)) <= 6

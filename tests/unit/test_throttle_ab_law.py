@@ -821,3 +821,56 @@ def test_a_load_class_with_too_few_off_tokens_falls_back_to_the_pooled_off_share
     off = [Sample(1.0, 0.0, False, 10.0, 2_000.0, 8.0)] * 10
     est = estimate(on, off, min_tokens=1000)
     assert est.p_off_matched == pytest.approx(est.p_off) and est.excess == pytest.approx(0.015 - 0.005)
+
+
+def _two_forks(config: ControllerConfig, gap_load: tuple[float, float, float], gap_seconds: int = 15):
+    """A fork at 4,000 tokens/s (batch 12, 0.4 % alone, the transfer harmless) for 60 s, ``gap_seconds`` of the seed
+    alone at ``gap_load`` (tokens, slow, running) with the law ticking, then the next fork's first reads at that
+    load: (the law's rate at the end of the first fork, the state before the second, the second's first decision)."""
+    state = initial_state(config, now=0.0)
+    applied = state.rate_bytes_per_second
+    for k in range(60):
+        obs = Observation(itl=window(4000.0, 16.0), running=12.0, queued=0.0, transfer_active=applied > 0,
+                          span_seconds=1.0)
+        d = decide(state, obs, config, SLO, now=float(k + 1))
+        state, applied = d.state, d.rate_bytes_per_second
+    end_of_first = state.rate_bytes_per_second
+    tokens, slow, running = gap_load
+    for k in range(60, 60 + gap_seconds):
+        obs = Observation(itl=window(tokens, slow), running=running, queued=0.0, transfer_active=False,
+                          span_seconds=1.0)
+        state = decide(state, obs, config, SLO, now=float(k + 1)).state
+    now = float(60 + gap_seconds + 1)
+    first = decide(state, Observation(itl=window(tokens, slow), running=running, queued=0.0, transfer_active=True,
+                                      span_seconds=1.0), config, SLO, now=now)
+    return end_of_first, state, first
+
+
+def test_a_fork_after_a_gap_at_another_load_forgets_the_older_evidence_and_starts_as_on_entering():
+    # An agent that stays adaptive keeps its evidence across forks; where the seed's load changed in the gap (the
+    # batch tripled) the older load's rate is no start for the new one (docs/qos.md "A second fork").
+    end_of_first, before, first = _two_forks(cfg(), (12000.0, 72.0, 36.0))
+    assert end_of_first == CAP
+    assert first.mode is Mode.CUT and first.rate_bytes_per_second < 0.5 * CAP
+    assert "a fork after 15 s without reads, the seed at another load" in first.reason
+    assert first.state.ab_evidence_from == 60.0 and first.state.ab_budget_from == 75.0
+    # The rule off (ab_gap_seconds=0): the second fork starts at the cap, on the first fork's evidence.
+    _, _, unchecked = _two_forks(cfg(ab_gap_seconds=0), (12000.0, 72.0, 36.0))
+    assert unchecked.rate_bytes_per_second == CAP and "a fork after" not in unchecked.reason
+
+
+def test_a_fork_after_a_gap_at_the_same_load_keeps_the_evidence_but_not_the_gaps_savings():
+    # The gap's seconds are the seed alone, not budget the transfer saved: the error budget counts from the fork.
+    _, before, first = _two_forks(cfg(), (4000.0, 16.0, 12.0))
+    assert first.rate_bytes_per_second == CAP and "a fork after" not in first.reason
+    assert first.state.ab_evidence_from == before.ab_evidence_from
+    assert before.ab_budget_from < 60.0 and first.state.ab_budget_from == 75.0
+    # A gap shorter than ab_gap_seconds is the law's own: nothing restarts.
+    _, before, first = _two_forks(cfg(), (4000.0, 16.0, 12.0), gap_seconds=5)
+    assert first.state.ab_budget_from == before.ab_budget_from
+
+
+def test_ab_gap_seconds_is_0_or_longer_than_an_off_window():
+    assert cfg(ab_gap_seconds=0).ab_gap_seconds == 0
+    with pytest.raises(InvalidControllerConfig, match="ab_gap_seconds"):
+        cfg(ab_gap_seconds=1.5)

@@ -1747,11 +1747,13 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         # The seconds without reads were the seed alone, not budget the transfer saved: the error
         # budget counts from this fork (as entering adaptive mode does).
         state = replace(state, ab_budget_from=now - config.interval_seconds)
-    gap_from = (after_gap if after_gap is not None and not spike and forget_from is None
-                and _new_load_from(itl, after_gap, config) is not None else None)
+    gap_load_from = (_new_load_from(itl, after_gap, config)
+                     if after_gap is not None and not spike and forget_from is None else None)
+    gap_from = after_gap if gap_load_from is not None else None  # the gap was at another load: forget to it
     if gap_from is not None:
         forget_from = gap_from
-    new_load_from = _new_load_from(itl, forget_from, config) if forget_from is not None else None
+    new_load_from = (gap_load_from if gap_from is not None
+                     else _new_load_from(itl, forget_from, config) if forget_from is not None else None)
     episode = (forget_from is not None and new_load_from is None and config.ab_isolate_episodes
                and _own_episode(itl, isolated, settle_until, forget_from, config, now, state.ab_episode_isolated_at))
     if episode:

@@ -179,7 +179,7 @@ class AgentConfig:
         defaults = {f.name: f.default for f in fields(ControllerConfig)}
         spans = ("judge_window_seconds", "off_window_seconds", "change_window_seconds", "plan_seconds")
         scaled = ("stale_after_seconds", "pool_max_seconds", "off_every_min_seconds", "off_every_max_seconds",
-                  "off_every_quiet_seconds", "evidence_horizon_seconds", "off_horizon_seconds")
+                  "off_every_quiet_seconds", "evidence_horizon_seconds", "off_horizon_seconds", "ab_gap_seconds")
         return ControllerConfig(cap_bytes_per_second=self.rate_cap, interval_seconds=interval,
                                 **{name: max(defaults[name], interval) for name in spans},
                                 **{name: max(defaults[name], defaults[name] * interval) for name in scaled})

@@ -412,14 +412,14 @@ class ControllerConfig:
     ab_pool_own_share: bool = False
     #: A/B law: a fork's first chunk reads after at least this long without any (the seed alone between
     #: two forks, the law ticking; and twice the longest spell without reads before them, the fork's own
-    #: spacing of chunks at a low rate) start its error budget afresh: the seconds between were the seed
+    #: spacing of chunks at a low rate; never under the floor) start its error budget afresh: the seconds between were the seed
     #: alone, not budget the transfer saved (as entering adaptive mode). And where the seed's load in
     #: the gap is of another :func:`batch_class` than at the end of the older evidence, the law
     #: forgets that evidence and starts as if entering adaptive mode with the gap as the seed alone
     #: (``ab_start_cap_fraction``), not at the rate the older load allowed. Plant model, the second of
     #: two forks 15 s apart (docs/qos.md "A second fork"): without it the second fork spent the gap as
-    #: savings, within the budget in 527 / 322 of 780 / 480 runs; with it 749 / 386, as a law restarted
-    #: for the fork (752 / 383), and both goals in 422 / 181 against the restarted law's 353 / 153.
+    #: savings, within the budget in 527 / 322 of 780 / 480 runs; with it 748 / 386, as a law restarted
+    #: for the fork (752 / 383), and both goals in 423 / 181 against the restarted law's 353 / 153.
     #: 0: no check (the rule until session 37).
     ab_gap_seconds: float = 10.0
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
@@ -1742,7 +1742,10 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
-    after_gap = _fork_after_gap(itl, config, now) if on and config.ab_gap_seconds > 0 else None
+    # Not under the floor: there the law's own reads may come a minute apart (1 % of a 100 MB/s cap moves
+    # a 64 MiB chunk every 67 s), and a restarted error budget would forget the overspend it is repaying.
+    after_gap = (_fork_after_gap(itl, config, now)
+                 if on and config.ab_gap_seconds > 0 and rate >= config.floor_bytes_per_second else None)
     if after_gap is not None:
         # The seconds without reads were the seed alone, not budget the transfer saved: the error
         # budget counts from this fork (as entering adaptive mode does).

@@ -868,6 +868,12 @@ def test_a_fork_after_a_gap_at_the_same_load_keeps_the_evidence_but_not_the_gaps
     # A gap shorter than ab_gap_seconds is the law's own: nothing restarts.
     _, before, first = _two_forks(cfg(), (4000.0, 16.0, 12.0), gap_seconds=5)
     assert first.state.ab_budget_from == before.ab_budget_from
+    # Nor under the floor, where the law's own reads may come a minute apart and its budget repays an overspend.
+    from dataclasses import replace
+    _, before, _ = _two_forks(cfg(), (4000.0, 16.0, 12.0))
+    yielding = replace(before, rate_bytes_per_second=0.5 * FLOOR)
+    reads = Observation(itl=window(4000.0, 16.0), running=12.0, queued=0.0, transfer_active=True, span_seconds=1.0)
+    assert decide(yielding, reads, cfg(), SLO, now=76.0).state.ab_budget_from == before.ab_budget_from
 
 
 def test_ab_gap_seconds_is_0_or_longer_than_an_off_window():

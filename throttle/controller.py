@@ -412,11 +412,11 @@ class ControllerConfig:
     ab_pool_own_share: bool = False
     #: A/B law: a fork's first chunk reads after at least this long without any (the seed alone between
     #: two forks, the law ticking; and twice the longest spell without reads before them, the fork's own
-    #: spacing of chunks at a low rate; never under the floor) start its error budget afresh: the seconds between were the seed
-    #: alone, not budget the transfer saved (as entering adaptive mode). And where the seed's load in
-    #: the gap is of another :func:`batch_class` than at the end of the older evidence, the law
-    #: forgets that evidence and starts as if entering adaptive mode with the gap as the seed alone
-    #: (``ab_start_cap_fraction``), not at the rate the older load allowed. Plant model, the second of
+    #: spacing of chunks at a low rate; never under the floor) start its error budget afresh: the
+    #: seconds between were the seed alone, not budget the transfer saved (as entering adaptive mode).
+    #: And where the seed's load in the gap is of another :func:`batch_class` than at the end of the
+    #: older evidence, the law forgets that evidence and starts as if entering adaptive mode with the
+    #: gap as the seed alone (``ab_start_cap_fraction``), not at the rate the older load allowed. Plant model, the second of
     #: two forks 15 s apart (docs/qos.md "A second fork"): without it the second fork spent the gap as
     #: savings, within the budget in 527 / 322 of 780 / 480 runs; with it 748 / 386, as a law restarted
     #: for the fork (752 / 383), and both goals in 423 / 181 against the restarted law's 353 / 153.
@@ -1781,21 +1781,20 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         state = replace(state, ab_evidence_from=max(state.ab_evidence_from, forget_from), **ledgers)
         itl, ttft = state.ab_itl, state.ab_ttft
     state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_settle_until=settle_until)
+    if spike or changed or gap_from is not None:
+        soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
+        state = replace(state, dense_until=now + config.dense_after_change_seconds,
+                        next_probe_at=min(state.next_probe_at or soon, soon))
     if gap_from is not None:
-        # As entering adaptive mode with the gap as the seed alone: its start, dense off windows.
+        # As entering adaptive mode with the gap as the seed alone: its start (dense off windows above).
         start = _start_rate([s for s in itl if not s.on], [s for s in ttft if not s.on], config, slo)
-        state = replace(state, dense_until=now + config.dense_after_change_seconds, good_rates=(),
-                        next_probe_at=min(state.next_probe_at or now, now + config.off_every_min_seconds))
+        state = replace(state, good_rates=())
         why = (f"a fork after {now - gap_from - config.interval_seconds:.0f} s without reads, the seed at another "
                f"load than the older evidence's: forgot it; start at {min(start, rate):.3g} B/s")
         if start < rate:
             state = replace(state, last_cut_at=now, ab_cut_from=None)
             return _ab_schedule(state, config, slo, now, Mode.CUT, start, why)
         return _ab_schedule(state, config, slo, now, Mode.HOLD, rate, why)
-    if spike or changed:
-        soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
-        state = replace(state, dense_until=now + config.dense_after_change_seconds,
-                        next_probe_at=min(state.next_probe_at or soon, soon))
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
     target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate,

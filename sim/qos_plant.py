@@ -356,20 +356,19 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
     (within its horizons) and ticks through the gap, no fork reading, as an agent that stays adaptive does.
     The load schedule runs through both forks and the gap (``plant.segments`` over the whole span).
     """
-    span = 2 * int(plant.seconds) + int(gap_seconds)
-    segments, seconds = _draw(replace(plant, seconds=span), random.Random(rng_seed))
-    first, gap, second = (seconds[:int(plant.seconds)], seconds[int(plant.seconds):span - int(plant.seconds)],
-                          seconds[span - int(plant.seconds):])
+    n, starts_at = int(plant.seconds), int(plant.seconds) + int(gap_seconds)
+    segments, seconds = _draw(replace(plant, seconds=starts_at + n), random.Random(rng_seed))
+    first, gap, second = seconds[:n], seconds[n:starts_at], seconds[starts_at:]
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
     state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
     state, _ = _closed_loop(state, config, slo, plant, first, 0.0, chunk_bytes)
-    starts_at = plant.seconds + int(gap_seconds)
     if law_restarts:
-        between = [(plant.seconds + k + 1.0, _observation(s, 0.0)) for k, s in enumerate(gap)]
-        state = with_seed_alone_evidence(initial_state(config, now=starts_at), between, config, slo, now=starts_at)
+        between = [(n + k + 1.0, _observation(s, 0.0)) for k, s in enumerate(gap)]
+        state = with_seed_alone_evidence(initial_state(config, now=float(starts_at)), between, config, slo,
+                                         now=float(starts_at))
     else:
-        state, _ = _closed_loop(state, config, slo, plant, gap, plant.seconds, chunk_bytes, fork=False)
-    _, rates = _closed_loop(state, config, slo, plant, second, starts_at, chunk_bytes)
+        state, _ = _closed_loop(state, config, slo, plant, gap, float(n), chunk_bytes, fork=False)
+    _, rates = _closed_loop(state, config, slo, plant, second, float(starts_at), chunk_bytes)
     second_segments = [replace(seg, start=seg.start - starts_at) for seg in segments]
     return _result(plant, rng_seed, second_segments, second, rates, budget)
 

@@ -12,7 +12,12 @@ import json
 import sys
 from typing import Callable
 
-__all__ = ["add_results_argument", "print_tables", "read_result", "table_tool"]
+__all__ = ["THROTTLED_PHASE", "WATCH_PHASE", "add_results_argument", "print_tables", "read_result", "table_tool"]
+
+#: The time series' ``phase`` of a run's seconds, the run's number after it: the watch with no transfer before
+#: run K (``baseline-K``) and its throttled phase (``throttled-K``). `rfork bench qos` writes them.
+WATCH_PHASE = "baseline-"
+THROTTLED_PHASE = "throttled-"
 
 
 def add_results_argument(parser: argparse.ArgumentParser) -> None:

@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 import httpx
 
+from bench.kept_results import THROTTLED_PHASE, WATCH_PHASE
 from bench.qos_plants import IDLE, Load, Plant, PlantError, get_plant
 from bench.qos_stats import (
     Probe,
@@ -1298,7 +1299,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     cap, load = options.cap, plant.load
     oracle_rate = oracle["rate_per_seed_bytes_per_second"]
     # A no-transfer block: drains what the last run left, and is the seed's latency just before this run.
-    observer.phase = f"baseline-{k}"
+    observer.phase = f"{WATCH_PHASE}{k}"
     observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
     observer.set_load(load)
     time.sleep(options.drain_seconds)
@@ -1308,7 +1309,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     speed = adjacent.speed_vs(calibration)
 
     # C. adaptive, from scratch.
-    observer.phase = f"throttled-{k}"
+    observer.phase = f"{THROTTLED_PHASE}{k}"
     arm, tuning = law_arm(k, options.alternate_tuning)
     observer.put_throttle(mode="adaptive", slo_itl_seconds=slo,
                           **({} if tuning is None else {"throttle_tuning": tuning}))

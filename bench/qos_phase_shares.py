@@ -28,7 +28,7 @@ import argparse
 import math
 import sys
 
-from bench.kept_results import table_tool
+from bench.kept_results import THROTTLED_PHASE, WATCH_PHASE, table_tool
 from bench.qos_stats import ratio_estimate
 from throttle.attribution import PooledCounts, parse_evidence_summary
 
@@ -43,7 +43,8 @@ Block = tuple[float, float]  # (slow tokens, tokens) of one second
 
 
 def _runs(result: dict) -> list[int]:
-    return sorted({int(s["phase"].split("-")[1]) for s in result["time_series"] if s["phase"].startswith("throttled-")})
+    return sorted({int(s["phase"][len(THROTTLED_PHASE):]) for s in result["time_series"]
+                   if s["phase"].startswith(THROTTLED_PHASE)})
 
 
 def _block(second: dict, seed: int) -> Block:
@@ -65,9 +66,9 @@ def phase_blocks(result: dict, seed: int) -> dict[int, dict[str, list[Block]]]:
     for run in _runs(result):
         kinds: dict[str, list[Block]] = {kind: [] for kind in PHASE_KINDS}
         for second in result["time_series"]:
-            if second["phase"] == f"baseline-{run}":
+            if second["phase"] == f"{WATCH_PHASE}{run}":
                 kinds["watch"].append(_block(second, seed))
-            elif second["phase"] == f"throttled-{run}":
+            elif second["phase"] == f"{THROTTLED_PHASE}{run}":
                 kinds["off windows" if second["rates"][seed] == 0 else "allowed"].append(_block(second, seed))
         out[run] = kinds
     return out
@@ -90,7 +91,8 @@ def law_split_blocks(result: dict, seed: int, low_rate: float) -> dict[str, list
     out: dict[str, list[Block]] = {kind: [] for kind in SPLIT_KINDS}
     previous: tuple[dict, PooledCounts] | None = None
     for second in result["time_series"]:
-        pools = parse_evidence_summary(second["reasons"][seed]) if second["phase"].startswith("throttled-") else None
+        pools = (parse_evidence_summary(second["reasons"][seed]) if second["phase"].startswith(THROTTLED_PHASE)
+                 else None)
         if pools is None or pools.slow_off is None:
             previous = None
             continue

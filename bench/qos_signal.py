@@ -41,7 +41,7 @@ import math
 import sys
 from dataclasses import dataclass
 
-from bench.kept_results import table_tool
+from bench.kept_results import WATCH_PHASE, table_tool
 from bench.qos_stats import ratio_estimate
 
 __all__ = ["Seconds", "SignalComparison", "groups", "compare", "predicted_excess", "main"]
@@ -161,7 +161,7 @@ def groups(result: dict, seed: int, settle_seconds: int = 2) -> tuple[Seconds, l
         means = sample.get("itl_mean_seconds") or []
         if seed >= len(tails) or tails[seed] is None or means[seed] is None or sample["itl_tokens"][seed] <= 0:
             continue
-        if sample["phase"].startswith("baseline-"):
+        if sample["phase"].startswith(WATCH_PHASE):
             off.append(sample)
         elif sample["phase"] == "oracle" and rate and settle_seconds < run_length <= last_second:
             by_rate.setdefault(float(rate), []).append(sample)

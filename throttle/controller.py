@@ -422,6 +422,14 @@ class ControllerConfig:
     #: for the fork (752 / 383), and both goals in 423 / 181 against the restarted law's 353 / 153.
     #: 0: no check (the rule until session 37).
     ab_gap_seconds: float = 10.0
+    #: A/B law: a load back after idle (``idle_intervals`` without requests) is first taken for a new
+    #: load (the evidence is forgotten, as before this rule); once ``change_window_seconds`` of it are
+    #: seen, if its batch is of the :func:`batch_class` the seed had before it went idle (a lull, not a
+    #: new load) the evidence before the idle spell comes back, less the first seconds after each return
+    #: (a load ramping up). A lull of a few seconds otherwise cost the law all it knew: the next fork, or
+    #: the rest of this one, climbed from half the last proven rate with no evidence. False: every load
+    #: back after idle forgets (the rule until session 38).
+    ab_keep_evidence_over_lulls: bool = True
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -706,6 +714,21 @@ def _merge(a: WindowHistogram | None, b: WindowHistogram | None) -> WindowHistog
 
 
 @dataclass(frozen=True)
+class Lull:
+    """A/B law: a load back after idle, until judged a lull of the same load (the evidence from before the
+    idle spell comes back) or a new load (``ab_keep_evidence_over_lulls``)."""
+
+    #: Where the evidence began before the seed went idle (``ControllerState.ab_evidence_from`` then).
+    evidence_from: float
+    #: The seed's last loaded interval before it went idle: the evidence to compare the load with ends there.
+    idle_from: float
+    #: When the load came back first and last: a few seconds of load between two idle spells (a spike)
+    #: keep the first spell's comparison, and the judgement waits for the last return.
+    first_return: float
+    last_return: float
+
+
+@dataclass(frozen=True)
 class ControllerState:
     """Everything :func:`decide` remembers between ticks. Immutable; start from :func:`initial_state`."""
 
@@ -765,6 +788,8 @@ class ControllerState:
     ab_seed_over_at: float = -math.inf
     #: A/B law: intervals up to here are a new load's first seconds (``ab_settle_seconds``): not attributed.
     ab_settle_until: float = -math.inf
+    #: A/B law: a load back after idle, not yet judged a lull or a new load (``ab_keep_evidence_over_lulls``).
+    ab_lull: Lull | None = None
     #: A/B law: the law's one store of each signal's intervals (ITL, TTFT), as the seed's users saw them:
     #: the seed-alone intervals watched before adaptive mode (:func:`with_seed_alone_evidence`), then one
     #: sample per judged interval, transfer on (at the rate in force) and off, oldest first; on ones of the
@@ -1169,10 +1194,61 @@ def _load_returned(state: ControllerState, config: ControllerConfig, now: float)
         # (the ledger's intervals, all before now, are no evidence), with an off window at once (the
         # seed's own share is what is least known now).
         state = replace(state, ab_evidence_from=now, next_probe_at=now + config.interval_seconds,
-                        dense_until=now + config.dense_after_change_seconds)
+                        dense_until=now + config.dense_after_change_seconds, ab_lull=_lull_at(state, config, now))
     if target >= state.rate_bytes_per_second:
         return _decision(state, Mode.HOLD, target, f"load returned after idle; keeping {target:.3g} B/s ({source})")
     return _decision(state, Mode.CUT, target, f"load returned after idle; dropping to {target:.3g} B/s ({source})")
+
+
+def _lull_at(state: ControllerState, config: ControllerConfig, now: float) -> Lull | None:
+    """The lull a load back after idle at ``now`` may be (``ab_keep_evidence_over_lulls``): the one not yet
+    judged, returned again; else a new one, where there is evidence from before the idle spell."""
+    if not config.ab_keep_evidence_over_lulls:
+        return None
+    if state.ab_lull is not None:
+        return replace(state.ab_lull, last_return=now)
+    before = state.ab_ledger_itl
+    if not before or before[-1].at <= state.ab_evidence_from + _EPS:
+        return None
+    return Lull(state.ab_evidence_from, before[-1].at, now, now)
+
+
+def _judge_lull(state: ControllerState, config: ControllerConfig, now: float) -> ControllerState:
+    """Once ``change_window_seconds`` of the load back after idle are seen: a load of the batch class the
+    evidence before the idle spell had (token-weighted, so a draining or ramping second weighs little) is
+    a lull, and that evidence comes back, less the seconds since the first return (left out of the
+    attribution as a spike is: a load ramping up, a fork cut for it); another class is a new load, and
+    what was forgotten at the return stays forgotten. Whatever it is, the error budget's ledger kept
+    every interval (a new load in deficit may have dropped the older ones, and then they stay dropped).
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> before = [Sample(float(t), 1e8, True, 5.0, 4000.0, 32.0) for t in range(1, 41)]
+    >>> lull = Lull(-math.inf, 40.0, 50.0, 50.0)
+    >>> back = [Sample(float(t), 0.0, False, 5.0, 4000.0, 30.0) for t in range(51, 56)]
+    >>> state = replace(initial_state(cfg, 0.0), ab_ledger_itl=tuple(before + back), ab_evidence_from=50.0,
+    ...                 ab_lull=lull)
+    >>> _judge_lull(state, cfg, 54.0) is state                     # 4 s back: not judged yet
+    True
+    >>> judged = _judge_lull(state, cfg, 55.0)
+    >>> judged.ab_evidence_from, judged.ab_lull, judged.ab_isolated
+    (-inf, None, (51.0, 52.0, 53.0, 54.0, 55.0))
+    >>> heavier = [Sample(float(t), 0.0, False, 5.0, 9000.0, 96.0) for t in range(51, 56)]
+    >>> other = _judge_lull(replace(state, ab_ledger_itl=tuple(before + heavier)), cfg, 55.0)
+    >>> other.ab_evidence_from, other.ab_lull, other.ab_isolated
+    (50.0, None, ())
+    """
+    lull = state.ab_lull
+    if lull is None or now - lull.last_return + _EPS < config.change_window_seconds:
+        return state
+    ledger = state.ab_ledger_itl
+    before = mean_batch(s for s in ledger if lull.evidence_from + _EPS < s.at <= lull.idle_from + _EPS)
+    after = mean_batch(s for s in ledger if s.at > lull.last_return + _EPS)
+    state = replace(state, ab_lull=None)
+    if before is None or after is None or batch_class(before) != batch_class(after):
+        return state
+    since_return = tuple(s.at for s in ledger if s.at > lull.first_return + _EPS and s.at not in state.ab_isolated)
+    return replace(state, ab_evidence_from=min(state.ab_evidence_from, lull.evidence_from),
+                   ab_isolated=state.ab_isolated + since_return)
 
 
 def _without_transfer(
@@ -1705,6 +1781,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     state = replace(state, last_interval_active=on,
                     ab_ledger_itl=_within_horizon(state.ab_ledger_itl + itl_new, config, now),
                     ab_ledger_ttft=_within_horizon(state.ab_ledger_ttft + ttft_new, config, now))
+    state = _judge_lull(state, config, now)
     itl, ttft = state.ab_itl, state.ab_ttft
     if state.next_probe_at is None:
         state = replace(state, next_probe_at=now + config.interval_seconds)
@@ -1744,13 +1821,18 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         forget_from = now - config.change_window_seconds
     # Not under the floor: there the law's own reads may come a minute apart (1 % of a 100 MB/s cap moves
     # a 64 MiB chunk every 67 s), and a restarted error budget would forget the overspend it is repaying.
-    after_gap = (_fork_after_gap(itl, config, now)
+    # The gap is sought in the ledger, not the evidence: a load back after idle forgot the evidence, not
+    # the fork's last reads (the gap's seconds alone, counted as savings, were spent by the next fork). And
+    # without the intervals left out of the attribution (a spike, a lull's return): they say nothing of the
+    # load before the gap.
+    attributable = _attributable(state.ab_ledger_itl, isolated)
+    after_gap = (_fork_after_gap(attributable, config, now)
                  if on and config.ab_gap_seconds > 0 and rate >= config.floor_bytes_per_second else None)
     if after_gap is not None:
         # The seconds without reads were the seed alone, not budget the transfer saved: the error
         # budget counts from this fork (as entering adaptive mode does).
         state = replace(state, ab_budget_from=now - config.interval_seconds)
-    gap_load_from = (_new_load_from(itl, after_gap, config)
+    gap_load_from = (_new_load_from(attributable, after_gap, config)
                      if after_gap is not None and not spike and forget_from is None else None)
     gap_from = after_gap if gap_load_from is not None else None  # the gap was at another load: forget to it
     if gap_from is not None:

@@ -876,6 +876,64 @@ def test_a_fork_after_a_gap_at_the_same_load_keeps_the_evidence_but_not_the_gaps
     assert decide(yielding, reads, cfg(), SLO, now=76.0).state.ab_budget_from == before.ab_budget_from
 
 
+def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, float], idle_seconds: int = 6):
+    """A fork at 4,000 tokens/s (batch 12, 0.4 % alone, the transfer harmless) for 60 s, the seed idle for
+    ``idle_seconds`` (the fork reading at the cap), its load back at ``back_load`` (tokens, slow, running) for 15 s
+    with no fork, then the next fork's first reads: (the state 4 s and 5 s after the load came back, at t = 67,
+    the state before the next fork, the next fork's first decision)."""
+    state = initial_state(config, now=0.0)
+    applied, t = state.rate_bytes_per_second, 0.0
+
+    def tick(tokens: float, slow: float, running: float, active: bool):
+        nonlocal state, t
+        t += 1.0
+        d = decide(state, Observation(itl=window(tokens, slow), running=running, queued=0.0, transfer_active=active,
+                                      span_seconds=1.0), config, SLO, now=t)
+        state = d.state
+        return d
+
+    for _ in range(60):
+        applied = tick(4000.0, 16.0, 12.0, applied > 0).rate_bytes_per_second
+    assert state.rate_bytes_per_second == CAP
+    for _ in range(idle_seconds):
+        tick(0.0, 0.0, 0.0, True)
+    judged = []
+    for k in range(15):
+        tick(*back_load, False)
+        if k in (4, 5):
+            judged.append(state)
+    before = state
+    return judged, before, tick(*back_load, True)
+
+
+def test_a_lull_of_the_same_load_gives_the_evidence_back_and_a_new_load_does_not():
+    # A load back after idle is first a new load (the evidence forgotten at the return, at t = 67); once the
+    # change window (5 s) of it is seen at the batch the evidence had, it was a lull, and the evidence comes back
+    # less the seconds since the return (docs/qos.md "A lull").
+    (waiting, judged), before, first = _fork_over_a_lull(cfg(), (4000.0, 16.0, 12.0))
+    assert waiting.ab_evidence_from == 67.0 and waiting.ab_lull is not None
+    assert judged.ab_evidence_from == -math.inf and judged.ab_lull is None
+    assert judged.ab_isolated == (68.0, 69.0, 70.0, 71.0, 72.0)
+    assert min(s.at for s in first.state.ab_itl) < 60.0 and first.state.ab_budget_from == 81.0
+    # The rule off: the evidence stays forgotten.
+    (_, judged), _, first = _fork_over_a_lull(cfg(ab_keep_evidence_over_lulls=False), (4000.0, 16.0, 12.0))
+    assert judged.ab_evidence_from == 67.0 and min(s.at for s in first.state.ab_itl) > 67.0
+    # Another batch class back (36 running, not 12): a new load, forgotten for good; the next fork starts as
+    # after a gap at another load.
+    (_, judged), _, first = _fork_over_a_lull(cfg(), (12000.0, 72.0, 36.0))
+    assert judged.ab_evidence_from == 67.0 and judged.ab_lull is None and judged.ab_isolated == ()
+    assert "a fork after 21 s without reads, the seed at another load" in first.reason
+
+
+def test_a_fork_after_a_lull_restarts_the_error_budget_with_the_rule_on_or_off():
+    # The gap is sought in the ledger: the load back after idle forgot the evidence, and with it the first
+    # fork's last reads, so the gap's seconds alone were spent as savings by the next fork (plant model: within
+    # the budget 523 of 780 second forks, against 764 with the gap found).
+    for keep in (True, False):
+        _, before, first = _fork_over_a_lull(cfg(ab_keep_evidence_over_lulls=keep), (4000.0, 16.0, 12.0))
+        assert before.ab_budget_from < 60.0 and first.state.ab_budget_from == 81.0
+
+
 def test_ab_gap_seconds_is_0_or_longer_than_an_off_window():
     assert cfg(ab_gap_seconds=0).ab_gap_seconds == 0
     with pytest.raises(InvalidControllerConfig, match="ab_gap_seconds"):

@@ -190,6 +190,12 @@ class QosBenchOptions:
     """Two laws on the same seeds, SLO and oracle: even runs' throttled phases run the agents' law with this
     tuning over their start config (``PUT /v1/throttle`` ``throttle_tuning``), odd runs' with none; each
     run records its arm, and the result summarizes each arm (``arms``)."""
+    law_across_runs: bool = False
+    """The agents stay adaptive from run 1's throttled phase on: every later run's watch pauses the fork
+    clients (no reads, ``ForkDriver.pause``) instead of holding the agents at a fixed rate 0, which restarts
+    their law, so each run is the next fork to an agent that kept what it learnt (within its horizons), as
+    an agent beside a serving seed between scale-out waves. Run 1 is a first fork. Runs probe no oracle of
+    their own (fixed rates would restart the law)."""
     log_dir: str | None = None
     device: str = "cpu"
     """Where the seeds hold their weights and decode, and the fork clients land bytes (cpu, cuda, cuda:N)."""
@@ -863,7 +869,10 @@ class ForkDriver:
         self.forks_done = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._forks: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True, name="forks")
@@ -872,10 +881,30 @@ class ForkDriver:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _main(self) -> None:
-        await asyncio.gather(*(self._loop(t) for t in self.destinations))
+    def pause(self, timeout: float = 30.0) -> None:
+        """Stop reading until :meth:`resume`: the forks in flight are cancelled (each waits for its reads on
+        the wire, releases its leases and cancels its job) and no new one starts; returns once none is left,
+        or QosBenchError after ``timeout`` seconds. The agents' throttle is left as it is."""
+        self._paused.set()
+        loop = self._loop
+        if loop is not None:
+            for task in list(self._forks):
+                loop.call_soon_threadsafe(task.cancel)
+        deadline = time.monotonic() + timeout
+        while self._forks:
+            if time.monotonic() > deadline:
+                raise QosBenchError(f"{len(self._forks)} fork(s) still reading {timeout:.0f} s after the "
+                                    f"pause; logs in {self.fleet.log_dir}")
+            time.sleep(0.02)
 
-    async def _loop(self, tensors) -> None:
+    def resume(self) -> None:
+        self._paused.clear()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.gather(*(self._fork_loop(t) for t in self.destinations))
+
+    async def _fork_loop(self, tensors) -> None:
         from rfork_agent.fork import ForkClient
 
         seen: dict[str, int] = {}
@@ -887,16 +916,27 @@ class ForkDriver:
 
         client = ForkClient(self.fleet.scheduler_url, self.transport, progress=progress)
         while not self._stop.is_set():
+            if self._paused.is_set():
+                await asyncio.sleep(0.05)
+                continue
             seen["bytes"] = 0
+            fork = asyncio.ensure_future(client.fork(self.identity, 0, tensors, chunk_size_bytes=self.chunk_size))
+            self._forks.add(fork)
+            if self._paused.is_set():  # paused between the check above and now: pause() may not have seen it
+                fork.cancel()
             try:
-                await client.fork(self.identity, 0, tensors, chunk_size_bytes=self.chunk_size)
+                await fork
                 self.forks_done += 1
+            except asyncio.CancelledError:
+                continue  # paused (this loop itself is never cancelled: stop() ends it)
             except Exception as exc:  # noqa: BLE001 - a fork loop must outlive one failed fork
                 if self._stop.is_set():
                     return  # the fleet is stopping under us
                 self.errors.append(f"{exc.__class__.__name__}: {exc}")
                 log.warning("fork failed: %s", exc)
                 await asyncio.sleep(1)
+            finally:
+                self._forks.discard(fork)
 
 
 # --------------------------------------------------------------------------- the run
@@ -1127,7 +1167,8 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
                                           f"deadline is {max(deadline - time.monotonic(), 0):.0f} s away")
                 say(f"  {result['runs_skipped']}")
                 break
-            run = _one_run(k, options, plant, observer, driver, baseline, parts[0], unthrottled, oracle, slo, say)
+            run = _one_run(k, options, plant, observer, driver, baseline, parts[0], unthrottled, oracle, slo, say,
+                           paused_for_watch=[d for _, d in drivers] if options.law_across_runs and k > 1 else None)
             result["runs"].append(run)
             met = all_met(run["checks"])
             say(f"  run {k}/{runs}: {'every goal met' if met else 'MISSED ' + ', '.join(n for n, c in run['checks'].items() if c['issue_target'] and c['met'] is False)}")
@@ -1293,14 +1334,21 @@ def arm_lines(result: dict) -> list[str]:
 
 
 def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer, driver, baseline: PhaseResult,
-             calibration: PhaseResult, unthrottled: PhaseResult, oracle: dict, slo: float, say) -> dict:
+             calibration: PhaseResult, unthrottled: PhaseResult, oracle: dict, slo: float, say,
+             paused_for_watch: list[ForkDriver] | None = None) -> dict:
     """One run (``calibration``: the baseline window at the plant's first load, which the no-transfer block
-    before the run is compared with)."""
+    before the run is compared with). ``paused_for_watch``: the fork drivers to pause for the watch before
+    the throttled phase, the agents left adaptive (``law_across_runs``); None: the agents are held at a
+    fixed rate 0 for it, and the throttled phase starts their law afresh."""
     cap, load = options.cap, plant.load
     oracle_rate = oracle["rate_per_seed_bytes_per_second"]
     # A no-transfer block: drains what the last run left, and is the seed's latency just before this run.
     observer.phase = f"{WATCH_PHASE}{k}"
-    observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
+    if paused_for_watch is None:
+        observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
+    else:
+        for paused in paused_for_watch:
+            paused.pause()
     observer.set_load(load)
     time.sleep(options.drain_seconds)
     adjacent = observer.measure(f"A baseline before run {k}", options.run_baseline_seconds)
@@ -1308,11 +1356,15 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     # at once, minutes after the SLO and the oracle were measured) moves the seeds alone toward their SLO.
     speed = adjacent.speed_vs(calibration)
 
-    # C. adaptive, from scratch.
+    # C. adaptive: from scratch, or the next fork to a law that stayed adaptive.
     observer.phase = f"{THROTTLED_PHASE}{k}"
     arm, tuning = law_arm(k, options.alternate_tuning)
-    observer.put_throttle(mode="adaptive", slo_itl_seconds=slo,
-                          **({} if tuning is None else {"throttle_tuning": tuning}))
+    if paused_for_watch is None:
+        observer.put_throttle(mode="adaptive", slo_itl_seconds=slo,
+                              **({} if tuning is None else {"throttle_tuning": tuning}))
+    else:
+        for paused in paused_for_watch:
+            paused.resume()
     # What the agents say they run: the arm's tuning, as each took it.
     agents_tuning = None if tuning is None else [t.get("throttle_tuning") for t in observer.throttles()]
     whole_start_bytes, whole_start = observer.landed(), observer.now()
@@ -1363,6 +1415,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
 
     run = {
         "run": k,
+        "law_start": "afresh" if paused_for_watch is None else "kept from the run before",
         **({} if arm is None else {"law_arm": arm, "throttle_tuning": tuning, "agents_throttle_tuning": agents_tuning}),
         "slo_itl_seconds": slo, "slo_budget": options.slo_budget,
         "cap_aggregate_bytes_per_second": cap * options.seeds,
@@ -1696,6 +1749,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alternate-tuning", default=None, metavar="FIELD=VALUE,...",
                    help="two laws on the same seeds, SLO and oracle: even runs' throttled phases with this tuning "
                         "over the agents' (PUT /v1/throttle), odd runs' without; each arm summarized (--runs >= 2)")
+    p.add_argument("--law-across-runs", action="store_true",
+                   help="the agents stay adaptive from run 1's throttled phase on: later runs' watches pause the "
+                        "fork clients instead of a fixed rate 0 (which restarts the law), so each run is the next "
+                        "fork to a law that kept what it learnt; no per-run oracle")
     p.add_argument("--sglang-default-buckets", action="store_true",
                    help="seeds export SGLang's default ITL buckets (5 ms apart near the baseline) instead of "
                         "bounds 5%% apart from 1 to 100 ms; the SLO then lands on a coarser bound")
@@ -1764,6 +1821,12 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
             tuning_from_text(args.throttle_tuning, cap)
         except InvalidTuning as exc:
             raise BenchArgsError(f"--throttle-tuning: {exc}") from None
+    if args.law_across_runs and args.alternate_tuning is not None:
+        raise BenchArgsError("--law-across-runs keeps one law through the runs; --alternate-tuning switches it "
+                             "every run: give one of them")
+    if args.law_across_runs and args.run_oracle_probes:
+        raise BenchArgsError("--law-across-runs: a run's own oracle probes fixed rates, which restart the agents' "
+                             "law; leave --run-oracle-probes out (or 0)")
     if args.alternate_tuning is not None:
         if not args.alternate_tuning.strip():
             raise BenchArgsError("--alternate-tuning needs FIELD=VALUE,... (the b arm's law)")
@@ -1821,7 +1884,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None, device=device,
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
-        alternate_tuning=args.alternate_tuning,
+        alternate_tuning=args.alternate_tuning, law_across_runs=args.law_across_runs,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
         control_device=args.control_device,
     )
@@ -1832,6 +1895,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
                         ("oracle_floor_fraction", args.oracle_floor_fraction)):
         if value is not None:
             fields[name] = value
+    if args.law_across_runs:
+        fields["run_oracle_probes"] = 0  # --quick's one probe too
     options = QosBenchOptions.quick(**fields) if args.quick else QosBenchOptions(**fields)
     return options, plant
 

@@ -342,6 +342,14 @@ def test_quick_and_flags_set_the_options():
     assert options.process_cpus == (0,) and controlled.process_cpus == (0,) and full.process_cpus == ()
 
 
+def test_law_across_runs_probes_no_run_oracle_even_with_quick():
+    # A run's own oracle holds the agents at fixed rates, which would restart the law the runs keep.
+    options, _ = qos_bench.options_from_args(_args("--runs", "3", "--law-across-runs", "--quick"))
+    assert options.law_across_runs and options.run_oracle_probes == 0
+    quick, _ = qos_bench.options_from_args(_args("--runs", "3", "--quick"))
+    assert not quick.law_across_runs and quick.run_oracle_probes == 1
+
+
 def test_alternating_runs_ask_the_agents_for_each_arms_law_and_summarize_each_arm():
     options, _ = qos_bench.options_from_args(_args("--runs", "4", "--alternate-tuning", "ab_pool_own_share=true"))
     assert options.alternate_tuning == "ab_pool_own_share=true"
@@ -409,6 +417,9 @@ def test_the_process_runs_on_the_cpus_after_the_seeds():
     (["--runs", "2", "--alternate-tuning", " "], "--alternate-tuning needs FIELD=VALUE,..."),
     (["--runs", "2", "--alternate-tuning", "ab_pool_own_share=maybe"],
      "--alternate-tuning: ab_pool_own_share='maybe' is not true or false"),
+    (["--runs", "2", "--law-across-runs", "--alternate-tuning", "ab_pool_own_share=true"],
+     "--law-across-runs keeps one law through the runs; --alternate-tuning switches it every run"),
+    (["--law-across-runs", "--run-oracle-probes", "2"], "--law-across-runs: a run's own oracle probes fixed rates"),
     (["--control-device", "cpu"], "--control-device is the control fleet's: add --control"),
     (["--control", "--control-device", "cuda:1"], "the control runs the law's plant, on cpu's kind of device"),
     (["--control", "--control-device", "tpu"], "--device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),

@@ -5,25 +5,15 @@ mechanics, not the goals (a busy 2-core machine)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.integration.quick_qos_bench import quick_qos_bench
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 def test_the_second_run_forks_again_to_the_law_the_first_left(tmp_path):
-    out = tmp_path / "kept.json"
-    argv = [sys.executable, "-m", "bench.qos_bench", "--plant", "steady", "--quick", "--runs", "2",
-            "--law-across-runs", "--seeds", "1", "--concurrency", "8", "--oracle-probes", "1",
-            "--oracle-probe-seconds", "2", "--throttled-seconds", "2", "--watch-seconds", "3", "--json", str(out)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=220,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: a goal missed, expected here
-    result = json.loads(out.read_text())
+    _, result = quick_qos_bench(tmp_path, "--law-across-runs", "--watch-seconds", "3")
     first, second = result["runs"]
     assert result["options"]["law_across_runs"] is True and result["options"]["run_oracle_probes"] == 0
     assert (first["law_start"], second["law_start"]) == ("afresh", "kept from the run before")

@@ -345,6 +345,10 @@ def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = B
     return _result(plant, rng_seed, segments, seconds, rates, budget)
 
 
+#: The bench's recovery test after its spike: the seeds idle until their agents are back at the cap
+#: (v28: 2.9-3.9 s).
+RECOVERY_IDLE_SECONDS = 4
+
 #: What the agent scrapes from an idle seed: no requests, no tokens.
 IDLE = Observation(itl=WindowHistogram((THRESHOLD, math.inf), (0.0, 0.0)), running=0.0, queued=0.0,
                    transfer_active=False, span_seconds=1.0)
@@ -352,7 +356,7 @@ IDLE = Observation(itl=WindowHistogram((THRESHOLD, math.inf), (0.0, 0.0)), runni
 
 def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_seconds: float, *,
                     law_restarts: bool, budget: float = BUDGET, seed_alone_seconds: float = 0.0,
-                    chunk_bytes: float = 0.0, idle_seconds: float = 0.0) -> RunResult:
+                    chunk_bytes: float = 0.0, idle_seconds: float = 0.0, spike_seconds: float = 0.0) -> RunResult:
     """Two forks from one seed, ``gap_seconds`` apart (the seed alone, serving, in between); the second judged.
 
     The first is :func:`run`'s (``plant.seconds`` long). ``law_restarts``: the law enters the second
@@ -361,23 +365,32 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
     (within its horizons) and ticks through the gap, no fork reading, as an agent that stays adaptive does.
     The load schedule runs through both forks and the gap (``plant.segments`` over the whole span).
     ``idle_seconds``: the gap's first seconds the seed is idle (no requests: a lull; the bench's idle
-    phase after each run), then its load is back (a lull is no new load).
+    phase after each run), then its load is back (a lull is no new load). ``spike_seconds``: after
+    that idle spell the load comes back for this long with the first fork still reading, then the seed
+    is idle for ``RECOVERY_IDLE_SECONDS`` (the bench's spike and recovery tests), then the load is back.
     """
     n, starts_at = int(plant.seconds), int(plant.seconds) + int(gap_seconds)
     idle = min(int(idle_seconds), starts_at - n)
+    spike = min(int(spike_seconds), starts_at - n - idle - RECOVERY_IDLE_SECONDS) if idle else 0
+    quiet = n + idle + spike + RECOVERY_IDLE_SECONDS if spike > 0 else n + idle   # from here on: loaded, no fork
     segments, seconds = _draw(replace(plant, seconds=starts_at + n), random.Random(rng_seed))
-    first, gap, second = seconds[:n], seconds[n + idle:starts_at], seconds[starts_at:]
+    first, gap, second = seconds[:n], seconds[quiet:starts_at], seconds[starts_at:]
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
     state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
     state, _ = _closed_loop(state, config, slo, plant, first, 0.0, chunk_bytes)
     if law_restarts:
-        between = [(n + idle + k + 1.0, _observation(s, 0.0)) for k, s in enumerate(gap)]
+        between = [(quiet + k + 1.0, _observation(s, 0.0)) for k, s in enumerate(gap)]
         state = with_seed_alone_evidence(initial_state(config, now=float(starts_at)), between, config, slo,
                                          now=float(starts_at))
     else:
         for k in range(idle):
             state = decide(state, IDLE, config, slo, now=n + k + 1.0).state
-        state, _ = _closed_loop(state, config, slo, plant, gap, float(n + idle), chunk_bytes, fork=False)
+        if spike > 0:
+            back = n + idle
+            state, _ = _closed_loop(state, config, slo, plant, seconds[back:back + spike], float(back), chunk_bytes)
+            for k in range(RECOVERY_IDLE_SECONDS):
+                state = decide(state, IDLE, config, slo, now=back + spike + k + 1.0).state
+        state, _ = _closed_loop(state, config, slo, plant, gap, float(quiet), chunk_bytes, fork=False)
     _, rates = _closed_loop(state, config, slo, plant, second, float(starts_at), chunk_bytes)
     second_segments = [replace(seg, start=seg.start - starts_at) for seg in segments]
     return _result(plant, rng_seed, second_segments, second, rates, budget)
@@ -591,6 +604,9 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--idle-in-gap", type=float, default=0.0, metavar="SECONDS",
                         help="with --second-fork-after: the gap's first SECONDS the seed is idle (a lull), then "
                              "its load is back (default 0)")
+    parser.add_argument("--spike-in-gap", type=float, default=0.0, metavar="SECONDS",
+                        help="with --idle-in-gap: after the idle spell the load is back for SECONDS with the first "
+                             f"fork still reading, then idle {RECOVERY_IDLE_SECONDS} s (the bench's spike and recovery)")
     parser.add_argument("--law-restarts", action="store_true",
                         help="with --second-fork-after: the law enters the second fork afresh (as `rfork bench qos` "
                              "does each run); default: it keeps what it learnt, as an agent that stays adaptive")
@@ -603,6 +619,10 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
         parser.error("--law-restarts and --idle-in-gap go with --second-fork-after")
     if not (0 <= args.idle_in_gap <= (args.second_fork_after or 0.0)):
         parser.error(f"--idle-in-gap must be seconds in [0, --second-fork-after], got {args.idle_in_gap}")
+    if args.spike_in_gap and not (args.idle_in_gap and 0 < args.spike_in_gap
+                                  <= args.second_fork_after - args.idle_in_gap - RECOVERY_IDLE_SECONDS):
+        parser.error(f"--spike-in-gap needs --idle-in-gap, and fits in the gap with it and {RECOVERY_IDLE_SECONDS} s "
+                     "of recovery")
     every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
     names = list(every) if args.plants == "all" else args.plants.split(",")
@@ -636,7 +656,7 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
             else:
                 results = [run_second_fork(plant, cfg, seed, args.second_fork_after, law_restarts=args.law_restarts,
                                            seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes,
-                                           idle_seconds=args.idle_in_gap)
+                                           idle_seconds=args.idle_in_gap, spike_seconds=args.spike_in_gap)
                            for seed in seeds]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]

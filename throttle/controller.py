@@ -1672,7 +1672,9 @@ def _new_load_from(samples: tuple[Sample, ...], at: float, config: ControllerCon
 def _fork_after_gap(samples: tuple[Sample, ...], config: ControllerConfig, now: float) -> float | None:
     """Where the evidence before a gap ends (its last transfer-on interval), if the interval at ``now`` is a
     fork's first reads after at least ``ab_gap_seconds`` without any, and twice the longest spell without
-    reads before it; else None.
+    reads before it; else None. A spell is counted in the loaded intervals ``samples`` holds (one each),
+    not in seconds: the seconds a seed was idle hold no interval, and a fork's reads either side of an
+    idle spell are not its own spacing (counted as one, they made the next fork's gap too short to see).
 
     >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
     >>> fork = [Sample(float(t), 5e7, True, 10.0, 4000.0, 12.0) for t in range(1, 41)]
@@ -1682,20 +1684,24 @@ def _fork_after_gap(samples: tuple[Sample, ...], config: ControllerConfig, now: 
     >>> soon = [Sample(46.0, 5e7, True, 10.0, 4000.0, 12.0)]
     >>> _fork_after_gap(tuple(fork + alone[:5] + soon), cfg, 46.0) is None   # 5 s without reads: too short
     True
-    >>> sparse = [Sample(float(t), 5e6, True, 10.0, 4000.0, 12.0) for t in range(1, 41, 9)]   # a read every 9 s
+    >>> sparse = [Sample(float(t), 5e6, t % 9 == 1, 10.0, 4000.0, 12.0) for t in range(1, 41)]  # a read every 9 s
     >>> _fork_after_gap(tuple(sparse + [Sample(52.0, 5e6, True, 10.0, 4000.0, 12.0)]), cfg, 52.0) is None
     True
+    >>> after_idle = [Sample(55.0, 5e6, True, 40.0, 4000.0, 12.0)]    # one read after 14 s idle, then none
+    >>> watched = [Sample(float(t), 0.0, False, 5.0, 4000.0, 12.0) for t in range(56, 75)]
+    >>> _fork_after_gap(tuple(fork + after_idle + watched + [Sample(75.0, 5e7, True, 10.0, 4000.0, 12.0)]), cfg, 75.0)
+    55.0
     """
-    on_at = [s.at for s in samples if s.on and s.at < now - _EPS]
-    if not on_at:
+    on_index = [i for i, s in enumerate(samples) if s.on and s.at < now - _EPS]
+    if not on_index:
         return None
     # The fork's own spacing of reads is no gap: at a low rate and large chunks a read comes every
     # chunk / rate seconds (64 MiB at 5 MB/s: 13 s), so a gap must also be twice the longest before it.
-    own_spacing = max((b - a for a, b in zip(on_at, on_at[1:])), default=0.0)
-    gap = now - on_at[-1] - config.interval_seconds
+    own_spacing = config.interval_seconds * max((b - a for a, b in zip(on_index, on_index[1:])), default=0)
+    gap = now - samples[on_index[-1]].at - config.interval_seconds
     if gap + _EPS < max(config.ab_gap_seconds, 2 * own_spacing):
         return None
-    return on_at[-1]
+    return samples[on_index[-1]].at
 
 
 def _own_episode(samples: tuple[Sample, ...], isolated: tuple[float, ...], settle_until: float, since: float,

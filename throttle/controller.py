@@ -1830,10 +1830,10 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     # The gap is sought in the ledger, not the evidence: a load back after idle forgot the evidence, not
     # the fork's last reads (the gap's seconds alone, counted as savings, were spent by the next fork). And
     # without the intervals left out of the attribution (a spike, a lull's return): they say nothing of the
-    # load before the gap.
-    attributable = _attributable(state.ab_ledger_itl, isolated)
-    after_gap = (_fork_after_gap(attributable, config, now)
-                 if on and config.ab_gap_seconds > 0 and rate >= config.floor_bytes_per_second else None)
+    # load before the gap. Read only where a gap could count: not every tick need copy the ledger.
+    attributable = (_attributable(state.ab_ledger_itl, isolated)
+                    if on and config.ab_gap_seconds > 0 and rate >= config.floor_bytes_per_second else None)
+    after_gap = _fork_after_gap(attributable, config, now) if attributable is not None else None
     if after_gap is not None:
         # The seconds without reads were the seed alone, not budget the transfer saved: the error
         # budget counts from this fork (as entering adaptive mode does).

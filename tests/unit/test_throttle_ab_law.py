@@ -15,6 +15,7 @@ import throttle.attribution as attribution_module
 from throttle.attribution import Estimate, Sample, estimate, one_interval_z, overall_share, safe_rate
 from throttle.controller import (
     ControllerConfig,
+    ControllerState,
     InvalidControllerConfig,
     Mode,
     Observation,
@@ -823,10 +824,9 @@ def test_a_load_class_with_too_few_off_tokens_falls_back_to_the_pooled_off_share
     assert est.p_off_matched == pytest.approx(est.p_off) and est.excess == pytest.approx(0.015 - 0.005)
 
 
-def _two_forks(config: ControllerConfig, gap_load: tuple[float, float, float], gap_seconds: int = 15):
-    """A fork at 4,000 tokens/s (batch 12, 0.4 % alone, the transfer harmless) for 60 s, ``gap_seconds`` of the seed
-    alone at ``gap_load`` (tokens, slow, running) with the law ticking, then the next fork's first reads at that
-    load: (the law's rate at the end of the first fork, the state before the second, the second's first decision)."""
+def _first_fork(config: ControllerConfig) -> ControllerState:
+    """A fork at 4,000 tokens/s (batch 12, 0.4 % alone, the transfer harmless) from t = 0 for 60 s: the law at
+    t = 60."""
     state = initial_state(config, now=0.0)
     applied = state.rate_bytes_per_second
     for k in range(60):
@@ -834,6 +834,14 @@ def _two_forks(config: ControllerConfig, gap_load: tuple[float, float, float], g
                           span_seconds=1.0)
         d = decide(state, obs, config, SLO, now=float(k + 1))
         state, applied = d.state, d.rate_bytes_per_second
+    return state
+
+
+def _two_forks(config: ControllerConfig, gap_load: tuple[float, float, float], gap_seconds: int = 15):
+    """:func:`_first_fork`, ``gap_seconds`` of the seed alone at ``gap_load`` (tokens, slow, running) with the law
+    ticking, then the next fork's first reads at that load: (the law's rate at the end of the first fork, the
+    state before the second, the second's first decision)."""
+    state = _first_fork(config)
     end_of_first = state.rate_bytes_per_second
     tokens, slow, running = gap_load
     for k in range(60, 60 + gap_seconds):
@@ -877,12 +885,10 @@ def test_a_fork_after_a_gap_at_the_same_load_keeps_the_evidence_but_not_the_gaps
 
 
 def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, float], idle_seconds: int = 6):
-    """A fork at 4,000 tokens/s (batch 12, 0.4 % alone, the transfer harmless) for 60 s, the seed idle for
-    ``idle_seconds`` (the fork reading at the cap), its load back at ``back_load`` (tokens, slow, running) for 15 s
-    with no fork, then the next fork's first reads: (the state 4 s and 5 s after the load came back, at t = 67,
-    the state before the next fork, the next fork's first decision)."""
-    state = initial_state(config, now=0.0)
-    applied, t = state.rate_bytes_per_second, 0.0
+    """:func:`_first_fork`, the seed idle for ``idle_seconds`` (the fork reading at the cap), its load back at
+    ``back_load`` (tokens, slow, running) for 15 s with no fork, then the next fork's first reads: (the state 4 s
+    and 5 s after the load came back, at t = 67, the state before the next fork, the next fork's first decision)."""
+    state, t = _first_fork(config), 60.0
 
     def tick(tokens: float, slow: float, running: float, active: bool):
         nonlocal state, t
@@ -892,8 +898,6 @@ def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, f
         state = d.state
         return d
 
-    for _ in range(60):
-        applied = tick(4000.0, 16.0, 12.0, applied > 0).rate_bytes_per_second
     assert state.rate_bytes_per_second == CAP
     for _ in range(idle_seconds):
         tick(0.0, 0.0, 0.0, True)

@@ -260,12 +260,21 @@ def realized_oracle_rate(plant: Plant, seconds: list[_Second], budget: float = B
     return lo
 
 
-def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, seconds: float) -> list[tuple[float, Observation]]:
+#: With a stale bad watch (``stale_watch_excess``), the watch's last this many seconds are the seed as it is.
+STALE_WATCH_CLEAN_SECONDS = 60
+
+
+def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, seconds: float,
+                stale_excess: float = 0.0) -> list[tuple[float, Observation]]:
     """``seconds`` of the run's load schedule from its start, with no transfer, ending at t = 0: what the
     agent watched before the fork (a bursty seed's bursts included; drawn from their own rng, so the
-    run's draw is the same with or without them)."""
+    run's draw is the same with or without them). ``stale_excess``: the seed's own share is this much
+    higher in all but the watch's last ``STALE_WATCH_CLEAN_SECONDS`` (its bad minutes, long past)."""
     drawn = _with_gauge_dips(plant, [_draw_second(_segment_at(segments, k), plant.overdispersion, rng)
                                      for k in range(int(seconds))], rng)
+    stale = len(drawn) - STALE_WATCH_CLEAN_SECONDS
+    drawn = [replace(s, segment=replace(s.segment, own_share=s.segment.own_share + stale_excess))
+             if k < stale and stale_excess else s for k, s in enumerate(drawn)]
     return [(float(k + 1) - seconds, _observation(second, 0.0)) for k, second in enumerate(drawn)]
 
 
@@ -320,27 +329,29 @@ def _result(plant: Plant, rng_seed: int, segments: list[Segment], seconds: list[
 
 
 def _law_at_start(plant: Plant, segments: list[Segment], config: ControllerConfig, slo: SloConfig, rng_seed: int,
-                  seed_alone_seconds: float) -> ControllerState:
+                  seed_alone_seconds: float, stale_watch_excess: float = 0.0) -> ControllerState:
     """The law at t = 0, with ``seed_alone_seconds`` of the seed watched alone before it (drawn from an rng of
     their own, so the run's draw is the same with or without them)."""
     state = initial_state(config, now=0.0)
     if seed_alone_seconds <= 0:
         return state
-    watched = _seed_alone(plant, segments, random.Random(rng_seed + 1_000_003), seed_alone_seconds)
+    watched = _seed_alone(plant, segments, random.Random(rng_seed + 1_000_003), seed_alone_seconds,
+                          stale_watch_excess)
     return with_seed_alone_evidence(state, watched, config, slo, now=0.0)
 
 
 def run(plant: Plant, config: ControllerConfig, rng_seed: int, budget: float = BUDGET,
-        seed_alone_seconds: float = 0.0, chunk_bytes: float = 0.0) -> RunResult:
+        seed_alone_seconds: float = 0.0, chunk_bytes: float = 0.0, stale_watch_excess: float = 0.0) -> RunResult:
     """One closed-loop run of ``config``'s law on ``plant`` (interval 1 s).
 
     ``seed_alone_seconds``: the agent watched the seed without a transfer for this long before the
     run (as an agent beside a serving seed does before a fork arrives); the law starts with it.
-    ``chunk_bytes``: see :func:`_closed_loop`.
+    ``chunk_bytes``: see :func:`_closed_loop`. ``stale_watch_excess``: the seed's own share was this much
+    higher in all but the watch's last ``STALE_WATCH_CLEAN_SECONDS`` (see :func:`_seed_alone`).
     """
     segments, seconds = _draw(plant, random.Random(rng_seed))
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
-    state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
+    state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds, stale_watch_excess)
     _, rates = _closed_loop(state, config, slo, plant, seconds, 0.0, chunk_bytes)
     return _result(plant, rng_seed, segments, seconds, rates, budget)
 
@@ -607,6 +618,9 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--spike-in-gap", type=float, default=0.0, metavar="SECONDS",
                         help="with --idle-in-gap: after the idle spell the load is back for SECONDS with the first "
                              f"fork still reading, then idle {RECOVERY_IDLE_SECONDS} s (the bench's spike and recovery)")
+    parser.add_argument("--stale-watch-excess", type=float, default=0.0, metavar="SHARE",
+                        help="with --seed-alone over 60: the seed's own share was SHARE (a fraction) higher in all but "
+                             "the watch's last 60 s (its bad minutes, long past when the fork comes; default 0)")
     parser.add_argument("--law-restarts", action="store_true",
                         help="with --second-fork-after: the law enters the second fork afresh (as `rfork bench qos` "
                              "does each run); default: it keeps what it learnt, as an agent that stays adaptive")
@@ -615,6 +629,10 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     args = parser.parse_args()
     if args.second_fork_after is not None and not (0 <= args.second_fork_after < math.inf):
         parser.error(f"--second-fork-after must be a number of seconds >= 0, got {args.second_fork_after}")
+    if args.stale_watch_excess and not (0 < args.stale_watch_excess < 1 and args.seed_alone > STALE_WATCH_CLEAN_SECONDS
+                                        and args.second_fork_after is None):
+        parser.error(f"--stale-watch-excess takes a share in (0, 1), with --seed-alone over {STALE_WATCH_CLEAN_SECONDS} "
+                     "and one fork (no --second-fork-after)")
     if (args.law_restarts or args.idle_in_gap) and args.second_fork_after is None:
         parser.error("--law-restarts and --idle-in-gap go with --second-fork-after")
     if not (0 <= args.idle_in_gap <= (args.second_fork_after or 0.0)):
@@ -651,8 +669,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                 plant = replace(plant, output_tokens_per_request=args.output_tokens)
             seeds = range(args.first_seed, args.first_seed + args.runs)
             if args.second_fork_after is None:
-                results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes)
-                           for seed in seeds]
+                results = [run(plant, cfg, seed, seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes,
+                               stale_watch_excess=args.stale_watch_excess) for seed in seeds]
             else:
                 results = [run_second_fork(plant, cfg, seed, args.second_fork_after, law_restarts=args.law_restarts,
                                            seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes,

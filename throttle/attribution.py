@@ -36,10 +36,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 __all__ = ["Sample", "Estimate", "PooledCounts", "batch_class", "estimate", "evidence_summary", "mean_batch",
-           "overall_share", "own_share", "parse_evidence_summary", "safe_rate", "one_interval_z"]
+           "overall_share", "own_share", "parse_evidence_summary", "recent_off", "safe_rate", "one_interval_z"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,37 @@ def _share_and_var(slow: float, tokens: float, batch: float) -> tuple[float, flo
     # One slow step as a prior keeps a run of zero-slow intervals from claiming zero variance.
     prior = (slow + batch) / (tokens + batch)
     return share, prior * batch / tokens
+
+
+def recent_off(off: Sequence[Sample], since: float, standard_error: float) -> Sequence[Sample]:
+    """The off intervals (in time order) after ``since``, and older ones only as far back as it takes for
+    their pooled share to have a standard error of at most ``standard_error``; all of ``off`` where even
+    that is too few.
+
+    Older off intervals are kept only for precision (off windows are few at the cap). Where the recent
+    ones are already precise, older ones are a bias, not evidence: a seed's own bad minutes long past
+    (a load's first seconds back after idle, an episode between two forks) stand for its share now.
+
+        >>> bad = [Sample(float(t), 0.0, False, 300.0, 10_000.0, 64.0) for t in range(0, 100)]     # 3 %
+        >>> good = [Sample(float(t), 0.0, False, 50.0, 10_000.0, 64.0) for t in range(100, 160)]   # 0.5 %
+        >>> len(recent_off(bad + good, 99.5, 0.00125))      # 60 s at 0.5 %, to within 0.074 %: the old left out
+        60
+        >>> len(recent_off(bad + good, 155.5, 0.00125))     # 4 s are 0.32 %: back to 22 s (0.124 %), all at 0.5 %
+        22
+        >>> len(recent_off(bad + good, 155.5, 1e-6))        # never precise enough: all
+        160
+    """
+    start = next((i for i, s in enumerate(off) if s.at > since), len(off))
+    slow = tokens = batch_w = 0.0
+    for s in off[start:]:
+        slow, tokens, batch_w = slow + s.slow, tokens + s.tokens, batch_w + s.batch * s.tokens
+    while start > 0:
+        if tokens > 0 and _share_and_var(slow, tokens, max(1.0, batch_w / tokens))[1] <= standard_error ** 2:
+            break
+        start -= 1
+        s = off[start]
+        slow, tokens, batch_w = slow + s.slow, tokens + s.tokens, batch_w + s.batch * s.tokens
+    return off[start:]
 
 
 def batch_class(batch: float) -> int:

@@ -61,6 +61,7 @@ from throttle.attribution import (
     mean_batch,
     one_interval_z,
     overall_share,
+    recent_off,
     safe_rate,
 )
 from throttle.histogram import (
@@ -327,6 +328,15 @@ class ControllerConfig:
     #: Off evidence is kept this long (the seed's own share changes with its load, which is
     #: watched separately; off windows are few, so their evidence must be kept longer).
     off_horizon_seconds: float = 300.0
+    #: A/B law: where the on intervals read under the off pool by more than this many standard errors
+    #: (the transfer does not speed a seed up: the off pool is not the seed as the on intervals saw it),
+    #: the off pool is cut to the last ``evidence_horizon_seconds``' off intervals (the on pool's span),
+    #: and older ones only as far back as it takes to know the seed's own share to within
+    #: ``off_precision_fraction`` of the budget. A law kept across forks held two seeds at the floor for
+    #: two whole runs (v29 `near-slo` runs 2-3: "misses its SLO with the transfer off", off 1.3-1.5 % of
+    #: 1.2 M tokens from five minutes of the bench's gaps and a heavy run; on 0.57 %, the seeds' last 60 s
+    #: alone 0.34-0.53 %). 0: the whole off horizon always (the rule until session 39).
+    ab_stale_off_z: float = 2.0
     #: Standard errors of margin: the rate is the largest whose upper bound of the seed's share is
     #: within the budget.
     confidence_z: float = 1.0
@@ -495,6 +505,7 @@ class ControllerConfig:
             ("evidence_horizon_seconds", lambda v: v >= 2 * self.off_every_max_seconds,
              ">= 2 x off_every_max_seconds (the horizon must hold off windows)"),
             ("off_horizon_seconds", lambda v: v >= self.evidence_horizon_seconds, ">= evidence_horizon_seconds"),
+            ("ab_stale_off_z", lambda v: v >= 0, ">= 0 (0: never)"),
             ("confidence_z", lambda v: v >= 0, ">= 0"),
             ("spike_z", lambda v: v > 0, "> 0"),
             ("change_window_seconds", lambda v: self.interval_seconds <= v < self.evidence_horizon_seconds,
@@ -1594,6 +1605,12 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     on = [s for s in attributable if s.on]
     off = [s for s in attributable if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
+    if config.ab_stale_off_z > 0 and est.off_known and est.tokens_on >= min_tokens and (
+            est.p_off_at_on_load - est.p_on
+            > config.ab_stale_off_z * math.sqrt(est.var_on + est.var_off + est.var_matching)):
+        recent = recent_off(off, now - config.evidence_horizon_seconds, config.off_precision_fraction * budget)
+        if len(recent) < len(off):
+            est = estimate(on, recent, min_tokens=min_tokens)
     z = config.confidence_z
     summary = evidence_summary(est, budget)
     if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:

@@ -16,6 +16,7 @@ from throttle.attribution import Estimate, Sample, estimate, one_interval_z, ove
 from throttle.controller import (
     ControllerConfig,
     ControllerState,
+    Decision,
     InvalidControllerConfig,
     Mode,
     Observation,
@@ -942,3 +943,34 @@ def test_ab_gap_seconds_is_0_or_longer_than_an_off_window():
     assert cfg(ab_gap_seconds=0).ab_gap_seconds == 0
     with pytest.raises(InvalidControllerConfig, match="ab_gap_seconds"):
         cfg(ab_gap_seconds=1.5)
+
+
+def _fork_after_a_stale_bad_watch(config: ControllerConfig) -> list[Decision]:
+    """240 s of the seed alone watched (10,000 tokens/s at 64 in flight): the first 180 s at 3 % over the SLO (its
+    bad minutes), the last 60 s at 0.4 %; then an 80 s fork, the seed at 0.4 % whatever the rate: every decision."""
+    def scrape(slow: float, on: bool) -> Observation:
+        return Observation(itl=window(10000.0, slow), running=64.0, queued=0.0, transfer_active=on, span_seconds=1.0)
+
+    watched = [(float(k - 239), scrape(300.0 if k < 180 else 40.0, False)) for k in range(240)]
+    state = with_seed_alone_evidence(initial_state(config, now=0.0), watched, config, SLO, now=0.0)
+    applied, decisions = state.rate_bytes_per_second, []
+    for k in range(80):
+        d = decide(state, scrape(40.0, applied > 0), config, SLO, now=float(k + 1))
+        state, applied = d.state, d.rate_bytes_per_second
+        decisions.append(d)
+    return decisions
+
+
+def test_off_intervals_the_on_intervals_contradict_give_way_to_the_recent_ones():
+    # The transfer does not speed a seed up, so on intervals far under the off pool say the pool is not the seed
+    # as it is now: the seed's bad minutes, long past but inside the off horizon, held a kept law at the floor
+    # for whole runs (v29 near-slo runs 2-3). With ab_stale_off_z the off pool shrinks to the on pool's span.
+    shrunk = _fork_after_a_stale_bad_watch(cfg())
+    assert shrunk[0].mode is Mode.NOT_OUR_FAULT   # the last 120 s still hold 60 s of the bad minutes
+    assert all(d.mode is not Mode.NOT_OUR_FAULT for d in shrunk[45:])
+    assert shrunk[-1].rate_bytes_per_second >= 0.95 * CAP
+    assert sum(d.rate_bytes_per_second for d in shrunk) / len(shrunk) > 0.4 * CAP
+    # The rule off: the whole off horizon (300 s) says the seed misses its SLO on its own, the fork through.
+    whole = _fork_after_a_stale_bad_watch(cfg(ab_stale_off_z=0))
+    assert all(d.mode is Mode.NOT_OUR_FAULT and d.rate_bytes_per_second <= cfg().floor_bytes_per_second
+               for d in whole if d.rate_bytes_per_second > 0)

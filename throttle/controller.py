@@ -1605,14 +1605,17 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     on = [s for s in attributable if s.on]
     off = [s for s in attributable if not s.on]
     est = estimate(on, off, min_tokens=min_tokens)
-    if config.ab_stale_off_z > 0 and est.off_known and est.tokens_on >= min_tokens and (
-            est.p_off_at_on_load - est.p_on
-            > config.ab_stale_off_z * math.sqrt(est.var_on + est.var_off + est.var_matching)):
-        recent = recent_off(off, now - config.evidence_horizon_seconds, config.off_precision_fraction * budget)
+    stale_note = ""
+    if config.ab_stale_off_z > 0 and est.off_known and est.tokens_on >= min_tokens:
+        under = (est.p_off_at_on_load - est.p_on) / math.sqrt(max(est.var_on + est.var_off + est.var_matching, 1e-18))
+        recent = (recent_off(off, now - config.evidence_horizon_seconds, config.off_precision_fraction * budget)
+                  if under > config.ab_stale_off_z else off)
         if len(recent) < len(off):
+            stale_note = (f"; off from the last {now - recent[0].at + config.interval_seconds:.0f} s only (the whole "
+                          f"off pool read {est.p_off:.2%}, {under:.1f} SE over the on share)")
             est = estimate(on, recent, min_tokens=min_tokens)
     z = config.confidence_z
-    summary = evidence_summary(est, budget)
+    summary = evidence_summary(est, budget) + stale_note
     if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:
         return config.floor_bytes_per_second, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:

@@ -967,6 +967,7 @@ def test_off_intervals_the_on_intervals_contradict_give_way_to_the_recent_ones()
     # for whole runs (v29 near-slo runs 2-3). With ab_stale_off_z the off pool shrinks to the on pool's span.
     shrunk = _fork_after_a_stale_bad_watch(cfg())
     assert shrunk[0].mode is Mode.NOT_OUR_FAULT   # the last 120 s still hold 60 s of the bad minutes
+    assert "off from the last 120 s only (the whole off pool read 2.35%" in shrunk[0].reason
     assert all(d.mode is not Mode.NOT_OUR_FAULT for d in shrunk[45:])
     assert shrunk[-1].rate_bytes_per_second >= 0.95 * CAP
     assert sum(d.rate_bytes_per_second for d in shrunk) / len(shrunk) > 0.4 * CAP

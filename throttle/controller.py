@@ -1589,17 +1589,16 @@ def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, confi
 
 
 def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerConfig, duty: float,
-               min_tokens: float, now: float, rate_now: float,
+               min_tokens: float, now: float, rate_now: float, ledger: tuple[Sample, ...],
                budget_from: float = -math.inf,
                isolated: tuple[float, ...] = (),
                yield_from: float = -math.inf,
-               settle_until: float = -math.inf,
-               ledger: tuple[Sample, ...] | None = None) -> tuple[float | None, str, bool, float]:
+               settle_until: float = -math.inf) -> tuple[float | None, str, bool, float]:
     """(safe rate or None when the on pool is too small, summary, seed over budget on its own,
     the largest raise factor the evidence at ``rate_now`` supports). Intervals in ``isolated`` (the
     seed's own bad seconds, all transfer-on) and up to ``settle_until`` (a new load's first seconds, on
     and off) are left out of the attribution; the error budget counts them. The error budget reads
-    ``ledger`` (every interval as the users saw it, through a new load) where given, else ``samples``.
+    ``ledger`` (every interval as the users saw it, through a new load).
     Going under the floor reads the transfer-on intervals after ``yield_from`` only."""
     attributable = _attributable(samples, isolated, settle_until)  # isolated intervals are all transfer-on
     on = [s for s in attributable if s.on]
@@ -1620,8 +1619,7 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
         return config.floor_bytes_per_second, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
         return None, summary, False, config.max_raise_factor
-    allowed = _allowed_share(_budget_window(samples if ledger is None else ledger, config, now, budget_from),
-                             budget, config)
+    allowed = _allowed_share(_budget_window(ledger, config, now, budget_from), budget, config)
     floor = config.floor_bytes_per_second
     pool_own = config.ab_pool_own_share
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap, pool_own=pool_own)
@@ -1906,13 +1904,13 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     dense = _off_dense(state, config, now, b)
     duty = _duty_off(config, dense)
     target, summary, seed_over, factor = _ab_target(itl, b, config, duty, config.min_observations, now, rate,
-                                                    state.ab_budget_from, isolated, state.ab_seed_over_at,
-                                                    settle_until, state.ab_ledger_itl)
+                                                    state.ab_ledger_itl, state.ab_budget_from, isolated,
+                                                    state.ab_seed_over_at, settle_until)
     if slo.ttft_threshold_seconds is not None and target is not None:
         t_target, t_summary, t_over, t_factor = _ab_target(ttft, slo.ttft_budget, config, duty,
                                                            config.min_ttft_observations, now, rate,
-                                                           state.ab_budget_from, isolated, state.ab_seed_over_at,
-                                                           settle_until, state.ab_ledger_ttft)
+                                                           state.ab_ledger_ttft, state.ab_budget_from, isolated,
+                                                           state.ab_seed_over_at, settle_until)
         if t_target is not None:
             factor = min(factor, t_factor)
         if t_target is not None and t_target < target:

@@ -546,7 +546,7 @@ def test_an_isolated_spike_stays_in_the_error_budget():
 
     def allowed_and_rate(samples, isolated):
         rate, summary, _, _ = _ab_target(tuple(samples), 0.01, law, 0.05, law.min_observations, 61.0, 40e6,
-                                         isolated=isolated)
+                                         tuple(samples), isolated=isolated)
         return float(summary.split("allowed ")[1].split("%")[0]), rate
 
     (clean_allowed, clean_rate), (kept_allowed, kept_rate), (left_out_allowed, left_out_rate) = (

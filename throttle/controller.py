@@ -332,10 +332,11 @@ class ControllerConfig:
     #: (the transfer does not speed a seed up: the off pool is not the seed as the on intervals saw it),
     #: the off pool is cut to the last ``evidence_horizon_seconds``' off intervals (the on pool's span),
     #: and older ones only as far back as it takes to know the seed's own share to within
-    #: ``off_precision_fraction`` of the budget. A law kept across forks held two seeds at the floor for
-    #: two whole runs (v29 `near-slo` runs 2-3: "misses its SLO with the transfer off", off 1.3-1.5 % of
-    #: 1.2 M tokens from five minutes of the bench's gaps and a heavy run; on 0.57 %, the seeds' last 60 s
-    #: alone 0.34-0.53 %). 0: the whole off horizon always (the rule until session 39).
+    #: ``off_precision_fraction`` of the budget. A law kept across forks held a seed at the floor for a
+    #: whole run (v29 `near-slo` run 3: "misses its SLO with the transfer off", off 1.30-1.55 % of 1.0-1.2 M
+    #: tokens, five minutes of them; on 0.53-0.69 %, the seeds' last 60 s alone 0.40-0.53 %). Plant model
+    #: (docs/qos.md "A stale off pool"): a watch 1 % worse but for its last minute, both goals 17 -> 56 of
+    #: 360; every other total unchanged within 3 runs. 0: the whole off horizon always (until session 39).
     ab_stale_off_z: float = 2.0
     #: Standard errors of margin: the rate is the largest whose upper bound of the seed's share is
     #: within the budget.

@@ -964,7 +964,7 @@ def _fork_after_a_stale_bad_watch(config: ControllerConfig) -> list[Decision]:
 def test_off_intervals_the_on_intervals_contradict_give_way_to_the_recent_ones():
     # The transfer does not speed a seed up, so on intervals far under the off pool say the pool is not the seed
     # as it is now: the seed's bad minutes, long past but inside the off horizon, held a kept law at the floor
-    # for whole runs (v29 near-slo runs 2-3). With ab_stale_off_z the off pool shrinks to the on pool's span.
+    # for a whole run (v29 near-slo run 3). With ab_stale_off_z the off pool shrinks to the on pool's span.
     shrunk = _fork_after_a_stale_bad_watch(cfg())
     assert shrunk[0].mode is Mode.NOT_OUR_FAULT   # the last 120 s still hold 60 s of the bad minutes
     assert "off from the last 120 s only (the whole off pool read 2.35%" in shrunk[0].reason

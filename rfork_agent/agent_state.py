@@ -298,7 +298,9 @@ class AgentState:
         return wire.ThrottleStatus(
             allowed_rate_bytes_per_second=self.allowed_rate,
             mode=wire.ThrottleMode(self.qos.throttle.value),
-            controller_mode=None if report is None else report.mode_label,
+            # The label in force, as the throttle_mode gauge has it: a PUT sets it at once, not at the next
+            # tick (the last report's label said "off" for a tick after a switch to fixed).
+            controller_mode=self.throttle_mode_label,
             action=None if report is None else report.action,
             reason=None if report is None else report.reason,
             throttle_reason=self.qos.throttle_reason,

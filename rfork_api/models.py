@@ -541,6 +541,8 @@ class ThrottleStatus(Reply):
     allowed_rate_bytes_per_second: float | None = None
     mode: ThrottleMode
     controller_mode: str | None = None
+    """The mode in force, as the agent's ``rfork_agent_throttle_mode`` gauge labels it: the adaptive law's
+    mode as of its last decision, else ``fixed`` or ``off``; a switch shows at once."""
     action: str | None = None
     reason: str | None = None
     throttle_reason: str | None = None

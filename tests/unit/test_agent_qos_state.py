@@ -132,6 +132,18 @@ def test_set_throttle_switches_modes_and_the_slo():
     assert state.allowed_rate == CAP and sample(registry, "rfork_agent_throttle_mode", mode="off") == 1
 
 
+def test_the_throttle_reply_names_a_switched_mode_before_the_next_tick():
+    # A client that switches the mode and reads it back (the QoS bench's watch) must see the mode it set, as
+    # the throttle_mode gauge does, not the last tick's: under load the next tick can be seconds away.
+    state, _, _ = make_state(throttle="off")
+    assert state.throttle_reply().controller_mode == "off"
+    state.set_throttle(ThrottleMode.FIXED, 0.0, now=1.0)
+    reply = state.throttle_reply()
+    assert (reply.mode.value, reply.controller_mode, reply.allowed_rate_bytes_per_second) == ("fixed", "fixed", 0.0)
+    state.set_throttle(ThrottleMode.ADAPTIVE, None, now=2.0)
+    assert state.throttle_reply().controller_mode == Mode.HOLD.value   # where the law starts
+
+
 def test_set_throttle_retunes_the_law_over_the_start_config_and_starts_it_afresh():
     from throttle.controller import InvalidTuning
 

@@ -16,7 +16,6 @@ from throttle.attribution import Estimate, Sample, estimate, one_interval_z, ove
 from throttle.controller import (
     ControllerConfig,
     ControllerState,
-    Decision,
     InvalidControllerConfig,
     Mode,
     Observation,
@@ -58,10 +57,11 @@ Plant = Callable[[float, int], tuple[float, float, float]]
 
 def drive(config: ControllerConfig, plant: Plant, seconds: int, slo: SloConfig = SLO,
           ttft: Callable[[float, int], tuple[float, float]] | None = None, start_rate: float | None = None,
-          **state_fields) -> list[Tick]:
-    """Closed loop: the rate decided at t is in force during (t, t+1]; a rate of 0 is an off interval."""
+          start: ControllerState | None = None, **state_fields) -> list[Tick]:
+    """Closed loop: the rate decided at t is in force during (t, t+1]; a rate of 0 is an off interval. ``start``:
+    the law at t = 0 (default: :func:`initial_state`)."""
     from dataclasses import replace
-    state = replace(initial_state(config, now=0.0), **state_fields)
+    state = replace(initial_state(config, now=0.0) if start is None else start, **state_fields)
     if start_rate is not None:
         state = replace(state, rate_bytes_per_second=start_rate)
     applied = state.rate_bytes_per_second
@@ -945,20 +945,13 @@ def test_ab_gap_seconds_is_0_or_longer_than_an_off_window():
         cfg(ab_gap_seconds=1.5)
 
 
-def _fork_after_a_stale_bad_watch(config: ControllerConfig) -> list[Decision]:
+def _fork_after_a_stale_bad_watch(config: ControllerConfig) -> list[Tick]:
     """240 s of the seed alone watched (10,000 tokens/s at 64 in flight): the first 180 s at 3 % over the SLO (its
-    bad minutes), the last 60 s at 0.4 %; then an 80 s fork, the seed at 0.4 % whatever the rate: every decision."""
-    def scrape(slow: float, on: bool) -> Observation:
-        return Observation(itl=window(10000.0, slow), running=64.0, queued=0.0, transfer_active=on, span_seconds=1.0)
-
-    watched = [(float(k - 239), scrape(300.0 if k < 180 else 40.0, False)) for k in range(240)]
+    bad minutes), the last 60 s at 0.4 %; then an 80 s fork, the seed at 0.4 % whatever the rate: every tick."""
+    watched = [(float(k - 239), Observation(itl=window(10000.0, 300.0 if k < 180 else 40.0), running=64.0, queued=0.0,
+                                            transfer_active=False, span_seconds=1.0)) for k in range(240)]
     state = with_seed_alone_evidence(initial_state(config, now=0.0), watched, config, SLO, now=0.0)
-    applied, decisions = state.rate_bytes_per_second, []
-    for k in range(80):
-        d = decide(state, scrape(40.0, applied > 0), config, SLO, now=float(k + 1))
-        state, applied = d.state, d.rate_bytes_per_second
-        decisions.append(d)
-    return decisions
+    return drive(config, lambda rate, k: (10000.0, 40.0, 64.0), 80, start=state)
 
 
 def test_off_intervals_the_on_intervals_contradict_give_way_to_the_recent_ones():
@@ -969,9 +962,9 @@ def test_off_intervals_the_on_intervals_contradict_give_way_to_the_recent_ones()
     assert shrunk[0].mode is Mode.NOT_OUR_FAULT   # the last 120 s still hold 60 s of the bad minutes
     assert "off from the last 120 s only (the whole off pool read 2.35%" in shrunk[0].reason
     assert all(d.mode is not Mode.NOT_OUR_FAULT for d in shrunk[45:])
-    assert shrunk[-1].rate_bytes_per_second >= 0.95 * CAP
-    assert sum(d.rate_bytes_per_second for d in shrunk) / len(shrunk) > 0.4 * CAP
+    assert shrunk[-1].applied >= 0.95 * CAP
+    assert sum(d.applied for d in shrunk) / len(shrunk) > 0.4 * CAP
     # The rule off: the whole off horizon (300 s) says the seed misses its SLO on its own, the fork through.
     whole = _fork_after_a_stale_bad_watch(cfg(ab_stale_off_z=0))
-    assert all(d.mode is Mode.NOT_OUR_FAULT and d.rate_bytes_per_second <= cfg().floor_bytes_per_second
-               for d in whole if d.rate_bytes_per_second > 0)
+    assert all(d.mode is Mode.NOT_OUR_FAULT and d.applied <= cfg().floor_bytes_per_second
+               for d in whole if d.applied > 0)

@@ -96,7 +96,9 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
         control = run["control"]
         assert control["slo_itl_seconds"] == run["slo_itl_seconds"] == result["slo_itl_seconds"]
         assert control["rate_per_seed_bytes_per_second"] == (oracle["rate_per_seed_bytes_per_second"] or 0.0)
-        assert control["overlap_seconds"] >= 0.95 * (end - start) and control["phase"][0] < start + 0.5
+        # Both phases are timed from one start instant; what is left between them is how late each thread
+        # woke, scheduling jitter on a loaded machine (not a share of the phase: --quick's is 2 s).
+        assert control["overlap_seconds"] >= (end - start) - 0.3 and control["phase"][0] < start + 0.3
         # Its agents held that fixed rate through the phase while the law fleet's ran the law.
         held = [s for s in result["control"]["time_series"] if start <= s["t"] <= end]
         assert held and all(s["modes"] == ["fixed"] and s["rates"] == [control["rate_per_seed_bytes_per_second"]]

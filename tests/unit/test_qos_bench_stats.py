@@ -701,11 +701,17 @@ def test_the_cpu_times_split_out_what_the_hypervisor_stole():
 class _ScriptedObserver:
     """Stands in for ``Observer``: records what it was told, and measures by sleeping."""
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, fail: bool = False, late_seconds: float = 0.0):
         self.told: list[tuple] = []
         self.phase = self.slo = None
         self.tail_bounds = ()
         self.fail = fail
+        self.late_seconds = late_seconds  # how late its measure gets going (a thread scheduled late)
+
+    def now(self):
+        import time
+
+        return time.monotonic()
 
     def set_load(self, load):
         self.told.append(("load", load))
@@ -713,11 +719,14 @@ class _ScriptedObserver:
     def put_throttle(self, **body):
         self.told.append(("throttle", body))
 
-    def measure(self, name, seconds, schedule=None, block_seconds=None):
+    def measure(self, name, seconds, schedule=None, block_seconds=None, start_at=None):
         import time
 
+        time.sleep(self.late_seconds)
+        if start_at is not None:
+            time.sleep(max(start_at - time.monotonic(), 0.0))
         start = time.monotonic()
-        time.sleep(seconds)
+        time.sleep(max((start if start_at is None else start_at) + seconds - time.monotonic(), 0.0))
         if self.fail:
             raise RuntimeError("the seeds stopped answering")
         return qos_bench.PhaseResult(name, start, time.monotonic(), 0, None, [])
@@ -748,6 +757,15 @@ def test_a_controlled_observer_drives_both_fleets_as_one_but_the_law():
     phase = both.measure("C throttled (run 1)", 0.3)
     twin = both.control_phases["C throttled (run 1)"]
     assert twin.name == phase.name and abs(twin.start - phase.start) < 0.1 and abs(twin.end - phase.end) < 0.1
+
+
+def test_a_control_fleet_measured_late_still_ends_its_phase_with_the_law_fleets():
+    # Both phases are timed from one start instant, so a control thread that got going 0.2 s late (a
+    # loaded machine) loses those 0.2 s at the start only; it does not run 0.2 s past the law's end.
+    both = qos_bench.ControlledObserver(_ScriptedObserver(), _ScriptedObserver(late_seconds=0.2))
+    phase = both.measure("C throttled (run 1)", 0.4)
+    twin = both.control_phases["C throttled (run 1)"]
+    assert twin.start - phase.start > 0.1 and abs(twin.end - phase.end) < 0.1
 
 
 def test_a_control_fleet_that_fails_to_measure_fails_the_phase_with_its_reason():

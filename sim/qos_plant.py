@@ -365,9 +365,19 @@ IDLE = Observation(itl=WindowHistogram((THRESHOLD, math.inf), (0.0, 0.0)), runni
                    transfer_active=False, span_seconds=1.0)
 
 
+def _ramping_up(seconds: list[_Second], transient_seconds: int, excess: float) -> list[_Second]:
+    """``seconds`` (a load back after idle, from its first second) with the seed's own share ``excess``
+    higher in the first ``transient_seconds``: every request arriving at once, their prefills and
+    first decode steps together (v29 `near-slo`, the watch before run 2: ~7 % for 11 s, the seeds'
+    steady share 0.3-0.5 %)."""
+    return [replace(s, segment=replace(s.segment, own_share=s.segment.own_share + excess))
+            if k < transient_seconds else s for k, s in enumerate(seconds)]
+
+
 def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_seconds: float, *,
                     law_restarts: bool, budget: float = BUDGET, seed_alone_seconds: float = 0.0,
-                    chunk_bytes: float = 0.0, idle_seconds: float = 0.0, spike_seconds: float = 0.0) -> RunResult:
+                    chunk_bytes: float = 0.0, idle_seconds: float = 0.0, spike_seconds: float = 0.0,
+                    return_transient: tuple[int, float] = (0, 0.0)) -> RunResult:
     """Two forks from one seed, ``gap_seconds`` apart (the seed alone, serving, in between); the second judged.
 
     The first is :func:`run`'s (``plant.seconds`` long). ``law_restarts``: the law enters the second
@@ -379,12 +389,19 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
     phase after each run), then its load is back (a lull is no new load). ``spike_seconds``: after
     that idle spell the load comes back for this long with the first fork still reading, then the seed
     is idle for ``RECOVERY_IDLE_SECONDS`` (the bench's spike and recovery tests), then the load is back.
+    ``return_transient``: (seconds, excess): each time the load is back after idle, the seed's own share
+    is ``excess`` higher for its first ``seconds`` (:func:`_ramping_up`).
     """
     n, starts_at = int(plant.seconds), int(plant.seconds) + int(gap_seconds)
     idle = min(int(idle_seconds), starts_at - n)
     spike = min(int(spike_seconds), starts_at - n - idle - RECOVERY_IDLE_SECONDS) if idle else 0
     quiet = n + idle + spike + RECOVERY_IDLE_SECONDS if spike > 0 else n + idle   # from here on: loaded, no fork
     segments, seconds = _draw(replace(plant, seconds=starts_at + n), random.Random(rng_seed))
+    if idle and return_transient[0] > 0:
+        # Each spell of load after idle: the spike's (then idle again), and the gap's up to the fork.
+        spells = ((n + idle, n + idle + spike), (quiet, starts_at)) if spike > 0 else ((quiet, starts_at),)
+        for back, until in spells:
+            seconds[back:until] = _ramping_up(seconds[back:until], *return_transient)
     first, gap, second = seconds[:n], seconds[quiet:starts_at], seconds[starts_at:]
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
     state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
@@ -621,6 +638,9 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--stale-watch-excess", type=float, default=0.0, metavar="SHARE",
                         help="with --seed-alone over 60: the seed's own share was SHARE (a fraction) higher in all but "
                              "the watch's last 60 s (its bad minutes, long past when the fork comes; default 0)")
+    parser.add_argument("--return-transient", default=None, metavar="SECONDS:SHARE",
+                        help="with --idle-in-gap: each time the load is back after idle, the seed's own share is "
+                             "SHARE (a fraction) higher for its first SECONDS (a load ramping up; default none)")
     parser.add_argument("--law-restarts", action="store_true",
                         help="with --second-fork-after: the law enters the second fork afresh (as `rfork bench qos` "
                              "does each run); default: it keeps what it learnt, as an agent that stays adaptive")
@@ -641,6 +661,15 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                                   <= args.second_fork_after - args.idle_in_gap - RECOVERY_IDLE_SECONDS):
         parser.error(f"--spike-in-gap needs --idle-in-gap, and fits in the gap with it and {RECOVERY_IDLE_SECONDS} s "
                      "of recovery")
+    transient = (0, 0.0)
+    if args.return_transient is not None:
+        try:
+            seconds_text, share_text = args.return_transient.split(":")
+            transient = (int(seconds_text), float(share_text))
+        except ValueError:
+            parser.error(f"--return-transient takes SECONDS:SHARE (say 10:0.06), got {args.return_transient!r}")
+        if not (args.idle_in_gap and transient[0] > 0 and 0 < transient[1] < 1):
+            parser.error("--return-transient needs --idle-in-gap, whole seconds > 0 and a share in (0, 1)")
     every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
     names = list(every) if args.plants == "all" else args.plants.split(",")
@@ -674,7 +703,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
             else:
                 results = [run_second_fork(plant, cfg, seed, args.second_fork_after, law_restarts=args.law_restarts,
                                            seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes,
-                                           idle_seconds=args.idle_in_gap, spike_seconds=args.spike_in_gap)
+                                           idle_seconds=args.idle_in_gap, spike_seconds=args.spike_in_gap,
+                                           return_transient=transient)
                            for seed in seeds]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]

@@ -441,6 +441,21 @@ class ControllerConfig:
     #: the rest of this one, climbed from half the last proven rate with no evidence. False: every load
     #: back after idle forgets (the rule until session 38).
     ab_keep_evidence_over_lulls: bool = True
+    #: A/B law: once a lull's evidence is back, each interval up to this long after the load's last
+    #: return is still left out of the attribution (kept in the error budget) while the load is ramping
+    #: up: while the last ``change_window_seconds`` of intervals read over what the evidence outside them
+    #: predicts by more than ``ab_lull_ramp_z`` standard errors; the first window that does not ends the
+    #: ramp. A load back after idle arrives all at once, and its prefills and first steps together are
+    #: slow for longer than the change window the lull is judged in: in v29 `near-slo` the seeds read ~7 %
+    #: for the 11 s after the load came back (their steady share 0.3-0.5 %), those off seconds took the off
+    #: pool from 0.34 % to 1.68 %, and held the next fork at the floor as "the seed misses its SLO with the
+    #: transfer off" for all of run 2 (0.20x the oracle). Plant model, the bench's gap with that ramp (11 s
+    #: at +6 %, ``--return-transient 11:0.06``): both goals 118 -> 331 of 780 on the 13 plants, 87 -> 200 of
+    #: 540 on the 9 others; without a ramp every total is within 2 runs (docs/qos.md "A load ramping up
+    #: after a lull"). 0: only the seconds up to the judgment (the rule until session 40).
+    ab_lull_ramp_seconds: float = 30.0
+    #: See ``ab_lull_ramp_seconds``.
+    ab_lull_ramp_z: float = 3.0
     #: The error budget aims the seed's share over the evidence horizon at this share of the budget.
     budget_aim_fraction: float = 0.95
     #: Unspent (or overspent) error budget is spread over this many seconds ahead. 10 s moved more of
@@ -514,6 +529,9 @@ class ControllerConfig:
             ("dense_after_change_seconds", lambda v: v >= 0, ">= 0 seconds"),
             ("ab_settle_seconds", lambda v: 0 <= v < self.evidence_horizon_seconds,
              "in [0, evidence_horizon_seconds)"),
+            ("ab_lull_ramp_seconds", lambda v: 0 <= v < self.evidence_horizon_seconds,
+             "in [0, evidence_horizon_seconds) (0: no ramp)"),
+            ("ab_lull_ramp_z", lambda v: v >= 0, ">= 0"),
             ("ab_gap_seconds", lambda v: v == 0 or v >= 2 * self.interval_seconds,
              "0 (no check) or >= 2 x interval_seconds (a gap longer than an off window)"),
             ("max_raise_factor", lambda v: v > 1, "> 1"),
@@ -802,6 +820,8 @@ class ControllerState:
     ab_settle_until: float = -math.inf
     #: A/B law: a load back after idle, not yet judged a lull or a new load (``ab_keep_evidence_over_lulls``).
     ab_lull: Lull | None = None
+    #: A/B law: a load back after a lull may still be ramping up until here (``ab_lull_ramp_seconds``).
+    ab_ramp_until: float = -math.inf
     #: A/B law: the law's one store of each signal's intervals (ITL, TTFT), as the seed's users saw them:
     #: the seed-alone intervals watched before adaptive mode (:func:`with_seed_alone_evidence`), then one
     #: sample per judged interval, transfer on (at the rate in force) and off, oldest first; on ones of the
@@ -1260,7 +1280,8 @@ def _judge_lull(state: ControllerState, config: ControllerConfig, now: float) ->
         return state
     since_return = tuple(s.at for s in ledger if s.at > lull.first_return + _EPS and s.at not in state.ab_isolated)
     return replace(state, ab_evidence_from=min(state.ab_evidence_from, lull.evidence_from),
-                   ab_isolated=state.ab_isolated + since_return)
+                   ab_isolated=state.ab_isolated + since_return,
+                   ab_ramp_until=lull.last_return + config.ab_lull_ramp_seconds)
 
 
 def _without_transfer(
@@ -1562,6 +1583,32 @@ def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float)
     return (observed - expected) / math.sqrt(variance) if variance > 0 else 0.0
 
 
+def _ramp_z(samples: tuple[Sample, ...], isolated: tuple[float, ...], config: ControllerConfig, now: float) -> float:
+    """Sigmas by which the last ``change_window_seconds``' intervals, on and off (the isolated among them
+    too: a ramp's own seconds), read over what the attributable evidence before them predicts (the off
+    share, plus the transfer's excess per byte/s at each interval's rate); 0 where the off share is unknown.
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> before = [Sample(float(t), 0.0, False, 30.0, 6000.0, 32.0) for t in range(1, 41)]       # 0.5 % alone
+    >>> ramp = [Sample(float(t), 0.0, False, 420.0, 6000.0, 32.0) for t in range(51, 56)]      # 7 %
+    >>> round(_ramp_z(tuple(before + ramp), (), cfg, 55.0), 1)
+    28.1
+    >>> settled = [Sample(float(t), 0.0, False, 36.0, 6000.0, 32.0) for t in range(56, 61)]    # 0.6 %
+    >>> round(_ramp_z(tuple(before + ramp + settled), tuple(float(t) for t in range(51, 56)), cfg, 60.0), 1)
+    0.4
+    """
+    cut = now - config.change_window_seconds
+    older = [s for s in _attributable(samples, isolated) if s.at <= cut + _EPS]
+    recent = [s for s in samples if s.at > cut + _EPS]
+    est = estimate([s for s in older if s.on], [s for s in older if not s.on], min_tokens=config.min_observations)
+    if not recent or not est.off_known:
+        return 0.0
+    slope = est.excess / est.r_on if est.r_on > 0 else 0.0
+    expected = sum(s.tokens * (est.p_off + slope * s.rate) for s in recent)
+    variance = sum(s.tokens * s.batch * max(est.p_off + slope * s.rate, 1 / s.tokens) for s in recent)
+    return (sum(s.slow for s in recent) - expected) / math.sqrt(variance) if variance > 0 else 0.0
+
+
 def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, config: ControllerConfig) -> float:
     """The largest raise the evidence at ``rate`` supports: sqrt(headroom / excess), clamped.
 
@@ -1807,6 +1854,13 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                     ab_ledger_itl=_within_horizon(state.ab_ledger_itl + itl_new, config, now),
                     ab_ledger_ttft=_within_horizon(state.ab_ledger_ttft + ttft_new, config, now))
     state = _judge_lull(state, config, now)
+    if itl_sample is not None and now <= state.ab_ramp_until + _EPS and now not in state.ab_isolated:
+        # A lull's load still ramping up: this interval is left out with the ramp's first seconds; the
+        # first change window that reads as the seed before the idle spell ends the ramp.
+        if _ramp_z(state.ab_itl, state.ab_isolated, config, now) > config.ab_lull_ramp_z:
+            state = replace(state, ab_isolated=state.ab_isolated + (now,))
+        else:
+            state = replace(state, ab_ramp_until=-math.inf)
     itl, ttft = state.ab_itl, state.ab_ttft
     if state.next_probe_at is None:
         state = replace(state, next_probe_at=now + config.interval_seconds)

@@ -403,6 +403,24 @@ def test_a_lull_between_two_forks_no_longer_costs_the_law_what_it_learnt():
     assert sum(r.realized_throughput_ratio >= 0.8 for r in forgotten) <= 4
 
 
+def test_a_load_ramping_up_after_the_benchs_gap_no_longer_holds_the_next_fork_at_the_floor():
+    # The bench's gap between runs, each load back after idle slow for its first 11 s (+6 %: v29 near-slo's watch
+    # before run 2 read ~7 % for 11 s, the seeds' steady share 0.3-0.5 %). Those seconds were the seed alone in
+    # the off pool, and held the second fork at the floor (ab_lull_ramp_seconds=0: 0.05-0.07x in all 10).
+    from sim.qos_plant import H100_NEAR_SLO, run_second_fork
+
+    def second_forks(**tuning):
+        law = ControllerConfig(cap_bytes_per_second=CAP, **tuning)
+        phase = replace(H100_NEAR_SLO, seconds=80, warmup_seconds=0)
+        return [run_second_fork(phase, law, seed, 35, law_restarts=False, seed_alone_seconds=15, chunk_bytes=8388608,
+                                idle_seconds=10, spike_seconds=4, return_transient=(11, 0.06)) for seed in range(10)]
+
+    ramp_left_out, ramp_attributed = second_forks(), second_forks(ab_lull_ramp_seconds=0)
+    assert all(r.realized_share <= BUDGET for r in ramp_left_out + ramp_attributed)
+    assert sum(r.realized_throughput_ratio >= 0.8 for r in ramp_left_out) >= 6
+    assert max(r.realized_throughput_ratio for r in ramp_attributed) < 0.2
+
+
 def test_a_fork_after_the_benchs_gap_between_runs_restarts_its_error_budget():
     # The bench's gap between two runs: the seeds idle (10 s), the load back for a 4 s spike with the fork still
     # reading, idle again (its recovery), then loaded with no fork until the next. The reads of the spike came

@@ -885,10 +885,12 @@ def test_a_fork_after_a_gap_at_the_same_load_keeps_the_evidence_but_not_the_gaps
     assert decide(yielding, reads, cfg(), SLO, now=76.0).state.ab_budget_from == before.ab_budget_from
 
 
-def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, float], idle_seconds: int = 6):
+def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, float], idle_seconds: int = 6,
+                      ramp: tuple[int, float] = (0, 0.0)):
     """:func:`_first_fork`, the seed idle for ``idle_seconds`` (the fork reading at the cap), its load back at
     ``back_load`` (tokens, slow, running) for 15 s with no fork, then the next fork's first reads: (the state 4 s
-    and 5 s after the load came back, at t = 67, the state before the next fork, the next fork's first decision)."""
+    and 5 s after the load came back, at t = 67, the state before the next fork, the next fork's first decision).
+    ``ramp``: (seconds, slow): the load's first seconds back have that many slow tokens instead."""
     state, t = _first_fork(config), 60.0
 
     def tick(tokens: float, slow: float, running: float, active: bool):
@@ -903,8 +905,9 @@ def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, f
     for _ in range(idle_seconds):
         tick(0.0, 0.0, 0.0, True)
     judged = []
+    tokens, slow, running = back_load
     for k in range(15):
-        tick(*back_load, False)
+        tick(tokens, ramp[1] if k < ramp[0] else slow, running, False)
         if k in (4, 5):
             judged.append(state)
     before = state
@@ -928,6 +931,28 @@ def test_a_lull_of_the_same_load_gives_the_evidence_back_and_a_new_load_does_not
     (_, judged), _, first = _fork_over_a_lull(cfg(), (12000.0, 72.0, 36.0))
     assert judged.ab_evidence_from == 67.0 and judged.ab_lull is None and judged.ab_isolated == ()
     assert "a fork after 21 s without reads, the seed at another load" in first.reason
+
+
+def test_a_load_ramping_up_after_a_lull_is_left_out_until_it_reads_as_the_seed_again():
+    # A load back after idle arrives at once and is slow for longer than the change window the lull is judged
+    # in (v29 near-slo: ~7 % for 11 s, the seeds' steady share 0.3-0.5 %). Its seconds after the judgment were
+    # the seed alone in the off pool, and held the next fork at the floor. Here: 11 s at 7 % (0.4 % steady).
+    ramp = (11, 280.0)
+    _, before, first = _fork_over_a_lull(cfg(), (4000.0, 16.0, 12.0), ramp=ramp)
+    # Left out up to the first change window that reads as the seed before the idle spell (the ramp's last
+    # second is t = 77; the window to t = 81 still holds it); the next fork's law reads the seed at 0.4 % alone
+    # and climbs (the ramp's first 5 s, before the judgment, had put it at the floor).
+    assert before.ab_isolated == tuple(float(t) for t in range(68, 82)) and before.ab_ramp_until == 97.0
+    assert first.mode is Mode.PROBE_PAUSE and first.state.ab_ramp_until == -math.inf
+    assert "off 0.40% of 16000" in first.reason and "-> 1.12e+07 B/s" in first.reason
+    # Without the ramp rule: the floor, the seed taken to miss its SLO on its own.
+    _, before, first = _fork_over_a_lull(cfg(ab_lull_ramp_seconds=0), (4000.0, 16.0, 12.0), ramp=ramp)
+    assert before.ab_isolated == (68.0, 69.0, 70.0, 71.0, 72.0)
+    assert "the seed misses its SLO with the transfer off" in first.reason and "off 2.94% of 52000" in first.reason
+    assert first.state.rate_bytes_per_second == cfg().floor_bytes_per_second
+    # No ramp: the judgment's seconds only, as before the rule.
+    _, before, _ = _fork_over_a_lull(cfg(), (4000.0, 16.0, 12.0))
+    assert before.ab_isolated == (68.0, 69.0, 70.0, 71.0, 72.0)
 
 
 def test_a_fork_after_a_lull_restarts_the_error_budget_with_the_rule_on_or_off():

@@ -450,9 +450,10 @@ class ControllerConfig:
     #: for the 11 s after the load came back (their steady share 0.3-0.5 %), those off seconds took the off
     #: pool from 0.34 % to 1.68 %, and held the next fork at the floor as "the seed misses its SLO with the
     #: transfer off" for all of run 2 (0.20x the oracle). Plant model, the bench's gap with that ramp (11 s
-    #: at +6 %, ``--return-transient 11:0.06``): both goals 118 -> 331 of 780 on the 13 plants, 87 -> 200 of
+    #: at +6 %, ``--return-transient 11:0.06``): both goals 118 -> 329 of 780 on the 13 plants, 87 -> 199 of
     #: 540 on the 9 others; without a ramp every total is within 2 runs (docs/qos.md "A load ramping up
-    #: after a lull"). 0: only the seconds up to the judgment (the rule until session 40).
+    #: after a lull"). A window at another batch class is a new load and ends the ramp. 0: only the seconds
+    #: up to the judgment (the rule until session 40).
     ab_lull_ramp_seconds: float = 30.0
     #: See ``ab_lull_ramp_seconds``.
     ab_lull_ramp_z: float = 3.0
@@ -1586,7 +1587,9 @@ def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float)
 def _ramp_z(samples: tuple[Sample, ...], isolated: tuple[float, ...], config: ControllerConfig, now: float) -> float:
     """Sigmas by which the last ``change_window_seconds``' intervals, on and off (the isolated among them
     too: a ramp's own seconds), read over what the attributable evidence before them predicts (the off
-    share, plus the transfer's excess per byte/s at each interval's rate); 0 where the off share is unknown.
+    share, plus the transfer's excess per byte/s at each interval's rate); 0 where the off share is unknown,
+    or where those intervals' running batch is of another :func:`batch_class` than the evidence's (a new
+    load, not the lull's load ramping up: the change and gap rules are for it).
 
     >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
     >>> before = [Sample(float(t), 0.0, False, 30.0, 6000.0, 32.0) for t in range(1, 41)]       # 0.5 % alone
@@ -1596,10 +1599,16 @@ def _ramp_z(samples: tuple[Sample, ...], isolated: tuple[float, ...], config: Co
     >>> settled = [Sample(float(t), 0.0, False, 36.0, 6000.0, 32.0) for t in range(56, 61)]    # 0.6 %
     >>> round(_ramp_z(tuple(before + ramp + settled), tuple(float(t) for t in range(51, 56)), cfg, 60.0), 1)
     0.4
+    >>> heavier = [Sample(float(t), 0.0, False, 420.0, 6000.0, 96.0) for t in range(51, 56)]   # 96 running
+    >>> _ramp_z(tuple(before + heavier), (), cfg, 55.0)
+    0.0
     """
     cut = now - config.change_window_seconds
     older = [s for s in _attributable(samples, isolated) if s.at <= cut + _EPS]
     recent = [s for s in samples if s.at > cut + _EPS]
+    older_batch, recent_batch = mean_batch(older), mean_batch(recent)
+    if older_batch is None or recent_batch is None or batch_class(older_batch) != batch_class(recent_batch):
+        return 0.0
     est = estimate([s for s in older if s.on], [s for s in older if not s.on], min_tokens=config.min_observations)
     if not recent or not est.off_known:
         return 0.0

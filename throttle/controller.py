@@ -1863,11 +1863,14 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                     ab_ledger_itl=_within_horizon(state.ab_ledger_itl + itl_new, config, now),
                     ab_ledger_ttft=_within_horizon(state.ab_ledger_ttft + ttft_new, config, now))
     state = _judge_lull(state, config, now)
+    ramp_note = ""
     if itl_sample is not None and now <= state.ab_ramp_until + _EPS and now not in state.ab_isolated:
         # A lull's load still ramping up: this interval is left out with the ramp's first seconds; the
         # first change window that reads as the seed before the idle spell ends the ramp.
-        if _ramp_z(state.ab_itl, state.ab_isolated, config, now) > config.ab_lull_ramp_z:
+        ramp = _ramp_z(state.ab_itl, state.ab_isolated, config, now)
+        if ramp > config.ab_lull_ramp_z:
             state = replace(state, ab_isolated=state.ab_isolated + (now,))
+            ramp_note = f"; the load back after idle still ramping up ({ramp:.1f} SE over the evidence): left out"
         else:
             state = replace(state, ab_ramp_until=-math.inf)
     itl, ttft = state.ab_itl, state.ab_ttft
@@ -1979,6 +1982,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
             factor = min(factor, t_factor)
         if t_target is not None and t_target < target:
             target, summary, seed_over = t_target, f"TTFT: {t_summary}", t_over
+    summary += ramp_note
     if seed_over:
         state = replace(state, good_rates=(), ab_seed_over_at=now)
         return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, config.floor_bytes_per_second,

@@ -886,11 +886,12 @@ def test_a_fork_after_a_gap_at_the_same_load_keeps_the_evidence_but_not_the_gaps
 
 
 def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, float], idle_seconds: int = 6,
-                      ramp: tuple[int, float] = (0, 0.0)):
+                      ramp: tuple[int, float] = (0, 0.0), reasons: list[str] | None = None):
     """:func:`_first_fork`, the seed idle for ``idle_seconds`` (the fork reading at the cap), its load back at
     ``back_load`` (tokens, slow, running) for 15 s with no fork, then the next fork's first reads: (the state 4 s
     and 5 s after the load came back, at t = 67, the state before the next fork, the next fork's first decision).
-    ``ramp``: (seconds, slow): the load's first seconds back have that many slow tokens instead."""
+    ``ramp``: (seconds, slow): the load's first seconds back have that many slow tokens instead. ``reasons``: gets
+    every decision's reason from the idle spell on."""
     state, t = _first_fork(config), 60.0
 
     def tick(tokens: float, slow: float, running: float, active: bool):
@@ -899,6 +900,8 @@ def _fork_over_a_lull(config: ControllerConfig, back_load: tuple[float, float, f
         d = decide(state, Observation(itl=window(tokens, slow), running=running, queued=0.0, transfer_active=active,
                                       span_seconds=1.0), config, SLO, now=t)
         state = d.state
+        if reasons is not None:
+            reasons.append(d.reason)
         return d
 
     assert state.rate_bytes_per_second == CAP
@@ -937,8 +940,11 @@ def test_a_load_ramping_up_after_a_lull_is_left_out_until_it_reads_as_the_seed_a
     # A load back after idle arrives at once and is slow for longer than the change window the lull is judged
     # in (v29 near-slo: ~7 % for 11 s, the seeds' steady share 0.3-0.5 %). Its seconds after the judgment were
     # the seed alone in the off pool, and held the next fork at the floor. Here: 11 s at 7 % (0.4 % steady).
-    ramp = (11, 280.0)
-    _, before, first = _fork_over_a_lull(cfg(), (4000.0, 16.0, 12.0), ramp=ramp)
+    ramp, reasons = (11, 280.0), []
+    _, before, first = _fork_over_a_lull(cfg(), (4000.0, 16.0, 12.0), ramp=ramp, reasons=reasons)
+    # The agent's reason says so while it lasts (t = 73-81).
+    assert sum("the load back after idle still ramping up" in r and "SE over the evidence): left out" in r
+               for r in reasons) == 9
     # Left out up to the first change window that reads as the seed before the idle spell (the ramp's last
     # second is t = 77; the window to t = 81 still holds it); the next fork's law reads the seed at 0.4 % alone
     # and climbs (the ramp's first 5 s, before the judgment, had put it at the floor).

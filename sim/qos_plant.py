@@ -264,6 +264,15 @@ def realized_oracle_rate(plant: Plant, seconds: list[_Second], budget: float = B
 STALE_WATCH_CLEAN_SECONDS = 60
 
 
+def _own_share_raised(seconds: list[_Second], first: int, excess: float) -> list[_Second]:
+    """``seconds`` with the seed's own share ``excess`` higher in the first ``first`` of them: a stale watch's
+    bad minutes, or a load back after idle ramping up (every request arriving at once, their prefills and
+    first decode steps together: v29 `near-slo`, the watch before run 2, ~7 % for 11 s, the seeds' steady
+    share 0.3-0.5 %)."""
+    return [replace(s, segment=replace(s.segment, own_share=s.segment.own_share + excess)) if k < first else s
+            for k, s in enumerate(seconds)]
+
+
 def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, seconds: float,
                 stale_excess: float = 0.0) -> list[tuple[float, Observation]]:
     """``seconds`` of the run's load schedule from its start, with no transfer, ending at t = 0: what the
@@ -272,9 +281,8 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
     higher in all but the watch's last ``STALE_WATCH_CLEAN_SECONDS`` (its bad minutes, long past)."""
     drawn = _with_gauge_dips(plant, [_draw_second(_segment_at(segments, k), plant.overdispersion, rng)
                                      for k in range(int(seconds))], rng)
-    stale = len(drawn) - STALE_WATCH_CLEAN_SECONDS
-    drawn = [replace(s, segment=replace(s.segment, own_share=s.segment.own_share + stale_excess))
-             if k < stale and stale_excess else s for k, s in enumerate(drawn)]
+    if stale_excess:
+        drawn = _own_share_raised(drawn, len(drawn) - STALE_WATCH_CLEAN_SECONDS, stale_excess)
     return [(float(k + 1) - seconds, _observation(second, 0.0)) for k, second in enumerate(drawn)]
 
 
@@ -365,15 +373,6 @@ IDLE = Observation(itl=WindowHistogram((THRESHOLD, math.inf), (0.0, 0.0)), runni
                    transfer_active=False, span_seconds=1.0)
 
 
-def _ramping_up(seconds: list[_Second], transient_seconds: int, excess: float) -> list[_Second]:
-    """``seconds`` (a load back after idle, from its first second) with the seed's own share ``excess``
-    higher in the first ``transient_seconds``: every request arriving at once, their prefills and
-    first decode steps together (v29 `near-slo`, the watch before run 2: ~7 % for 11 s, the seeds'
-    steady share 0.3-0.5 %)."""
-    return [replace(s, segment=replace(s.segment, own_share=s.segment.own_share + excess))
-            if k < transient_seconds else s for k, s in enumerate(seconds)]
-
-
 def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_seconds: float, *,
                     law_restarts: bool, budget: float = BUDGET, seed_alone_seconds: float = 0.0,
                     chunk_bytes: float = 0.0, idle_seconds: float = 0.0, spike_seconds: float = 0.0,
@@ -390,7 +389,7 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
     that idle spell the load comes back for this long with the first fork still reading, then the seed
     is idle for ``RECOVERY_IDLE_SECONDS`` (the bench's spike and recovery tests), then the load is back.
     ``return_transient``: (seconds, excess): each time the load is back after idle, the seed's own share
-    is ``excess`` higher for its first ``seconds`` (:func:`_ramping_up`).
+    is ``excess`` higher for its first ``seconds`` (:func:`_own_share_raised`).
     """
     n, starts_at = int(plant.seconds), int(plant.seconds) + int(gap_seconds)
     idle = min(int(idle_seconds), starts_at - n)
@@ -401,7 +400,7 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
         # Each spell of load after idle: the spike's (then idle again), and the gap's up to the fork.
         spells = ((n + idle, n + idle + spike), (quiet, starts_at)) if spike > 0 else ((quiet, starts_at),)
         for back, until in spells:
-            seconds[back:until] = _ramping_up(seconds[back:until], *return_transient)
+            seconds[back:until] = _own_share_raised(seconds[back:until], *return_transient)
     first, gap, second = seconds[:n], seconds[quiet:starts_at], seconds[starts_at:]
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
     state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)

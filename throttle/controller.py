@@ -1577,7 +1577,13 @@ def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float)
     est = estimate(older_on, [s for s in older if not s.on], min_tokens=config.min_observations)
     if est.r_on <= 0:
         return 0.0
-    slope = est.excess / est.r_on
+    return _z_over(est, recent)
+
+
+def _z_over(est: Estimate, recent: list[Sample]) -> float:
+    """Sigmas by which the slow tokens of ``recent`` exceed what ``est`` predicts for them: the off share plus
+    the transfer's excess per byte/s (none where ``est`` saw no on rate) at each interval's rate."""
+    slope = est.excess / est.r_on if est.r_on > 0 else 0.0
     expected = sum(s.tokens * (est.p_off + slope * s.rate) for s in recent)
     variance = sum(s.tokens * s.batch * max(est.p_off + slope * s.rate, 1 / s.tokens) for s in recent)
     observed = sum(s.slow for s in recent)
@@ -1610,12 +1616,7 @@ def _ramp_z(samples: tuple[Sample, ...], isolated: tuple[float, ...], config: Co
     if older_batch is None or recent_batch is None or batch_class(older_batch) != batch_class(recent_batch):
         return 0.0
     est = estimate([s for s in older if s.on], [s for s in older if not s.on], min_tokens=config.min_observations)
-    if not recent or not est.off_known:
-        return 0.0
-    slope = est.excess / est.r_on if est.r_on > 0 else 0.0
-    expected = sum(s.tokens * (est.p_off + slope * s.rate) for s in recent)
-    variance = sum(s.tokens * s.batch * max(est.p_off + slope * s.rate, 1 / s.tokens) for s in recent)
-    return (sum(s.slow for s in recent) - expected) / math.sqrt(variance) if variance > 0 else 0.0
+    return _z_over(est, recent) if est.off_known else 0.0
 
 
 def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, config: ControllerConfig) -> float:

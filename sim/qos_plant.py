@@ -373,6 +373,13 @@ IDLE = Observation(itl=WindowHistogram((THRESHOLD, math.inf), (0.0, 0.0)), runni
                    transfer_active=False, span_seconds=1.0)
 
 
+def _idle(state: ControllerState, config: ControllerConfig, slo: SloConfig, start: int, seconds: int) -> ControllerState:
+    """The law through ``seconds`` of an idle seed from ``start``: one scrape a second, no tokens."""
+    for k in range(seconds):
+        state = decide(state, IDLE, config, slo, now=start + k + 1.0).state
+    return state
+
+
 def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_seconds: float, *,
                     law_restarts: bool, budget: float = BUDGET, seed_alone_seconds: float = 0.0,
                     chunk_bytes: float = 0.0, idle_seconds: float = 0.0, spike_seconds: float = 0.0,
@@ -410,13 +417,11 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
         state = with_seed_alone_evidence(initial_state(config, now=float(starts_at)), between, config, slo,
                                          now=float(starts_at))
     else:
-        for k in range(idle):
-            state = decide(state, IDLE, config, slo, now=n + k + 1.0).state
+        state = _idle(state, config, slo, n, idle)
         if spike > 0:
             back = n + idle
             state, _ = _closed_loop(state, config, slo, plant, seconds[back:back + spike], float(back), chunk_bytes)
-            for k in range(RECOVERY_IDLE_SECONDS):
-                state = decide(state, IDLE, config, slo, now=back + spike + k + 1.0).state
+            state = _idle(state, config, slo, back + spike, RECOVERY_IDLE_SECONDS)
         state, _ = _closed_loop(state, config, slo, plant, gap, float(quiet), chunk_bytes, fork=False)
     _, rates = _closed_loop(state, config, slo, plant, second, float(starts_at), chunk_bytes)
     second_segments = [replace(seg, start=seg.start - starts_at) for seg in segments]

@@ -1636,6 +1636,9 @@ def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, confi
     >>> _raise_factor(near, 5e6, 0.0095, 0.0, cfg)   # sqrt(0.65 / 0.55) = 1.09: max_raise_factor
     1.5
     """
+    # The off share, even with ``ab_pool_own_share``: where the on share reads under it the transfer shows
+    # no excess and the step is the fast one. Measuring both against the pooled own share instead moved the
+    # plant model's totals by 1-4 runs (session 41), so it stays.
     p_own = est.p_off if est.off_known else 0.0
     excess = overall_share(est, rate, duty, config.confidence_z, pool_own=config.ab_pool_own_share) - p_own
     headroom = allowed - p_own

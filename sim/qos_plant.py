@@ -373,7 +373,8 @@ IDLE = Observation(itl=WindowHistogram((THRESHOLD, math.inf), (0.0, 0.0)), runni
                    transfer_active=False, span_seconds=1.0)
 
 
-def _idle(state: ControllerState, config: ControllerConfig, slo: SloConfig, start: int, seconds: int) -> ControllerState:
+def _idle(state: ControllerState, config: ControllerConfig, slo: SloConfig, start: int,
+          seconds: int) -> ControllerState:
     """The law through ``seconds`` of an idle seed from ``start``: one scrape a second, no tokens."""
     for k in range(seconds):
         state = decide(state, IDLE, config, slo, now=start + k + 1.0).state

@@ -560,6 +560,14 @@ def _h100_bursty(rng: random.Random, seconds: float) -> list[Segment]:
     return segments
 
 
+def _h100_near_slo_tail(rng: random.Random, seconds: float) -> list[Segment]:
+    # v31's near-slo seeds (bench/results/h100-qos-v31-law-across-runs-near-slo.json.gz): ~9,000 tokens/s a seed
+    # at 64 requests, 0.76 % of tokens over the SLO in the mean loaded second (the seeds alone and the transfer
+    # at up to the cap together: the cap met the budget in the oracle's probe). Their seconds have a heavy tail
+    # (the plant's overdispersion, below).
+    return [Segment(0, 9000, 64, rng.uniform(0.004, 0.007), rng.uniform(0.0, 0.001))]
+
+
 H100_BURSTY = Plant("h100-bursty", _h100_bursty)
 H200_CPU = Plant("h200-cpu", _h200_cpu)
 H200_GPU = Plant("h200-gpu", _h200_gpu)
@@ -569,6 +577,10 @@ H200_DRIFTED = Plant("h200-drifted", _h200_drifted)
 H100_GPU_NOISY = Plant("h100-gpu-noisy", _h100_gpu_noisy, overdispersion=0.7)
 H100_LOAD_CHANGE = Plant("h100-load-change", _h100_load_change)
 H100_NEAR_SLO = Plant("h100-near-slo", _h100_near_slo)
+#: Overdispersion 1.2: v31's near-slo seconds (1,035 loaded seconds of the two seeds) had 9.6 % of seconds at
+#: >= 2 % over the SLO, 3.8 % at >= 3 %, 1.0 % at >= 5 %, and 46 % of the slow tokens in those >= 2 % seconds; at
+#: 0.5 % the plant draws 6.9, 2.8 and 1.1 %, and 48 % (with the default 0.3: 3.1, 0.3 and 0.0 %, and 15 %).
+H100_NEAR_SLO_TAIL = Plant("h100-near-slo-tail", _h100_near_slo_tail, overdispersion=1.2)
 #: Overdispersion 0.6: v22's GPU seeds read a design effect of 80-100 at batch 64.
 H100_GPU_FLOOR = Plant("h100-gpu-floor", _h100_gpu_floor, overdispersion=0.6)
 #: Not in PLANTS: the AIMD law meets the budget here too, and PLANTS is where the laws differ.
@@ -591,7 +603,8 @@ H200_CPU_EPISODES = Plant("h200-cpu-episodes", _h200_cpu, own_spike_every_second
 
 #: Plants run only when named (``--plants NAME``), so the docs' totals over the others stay comparable.
 BY_NAME_ONLY: tuple[Plant, ...] = (H200_CPU_SPIKES, BURSTY_SPIKES, H100_BURSTY, H100_GPU, H200_DRIFTED, H100_GPU_NOISY,
-                                   H100_LOAD_CHANGE, NEAR_SLO_EPISODES, H200_CPU_EPISODES, H100_GPU_FLOOR, H100_NEAR_SLO)
+                                   H100_LOAD_CHANGE, NEAR_SLO_EPISODES, H200_CPU_EPISODES, H100_GPU_FLOOR, H100_NEAR_SLO,
+                                   H100_NEAR_SLO_TAIL)
 
 PLANTS: dict[str, Plant] = {
     p.name: p for p in (

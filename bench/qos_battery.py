@@ -200,6 +200,11 @@ def runs_line(plants: dict[str, dict]) -> str:
         >>> runs_line({"gpu-decode": {"tally": {"runs": 5, "met_every_goal": 2, "host_held": 3,
         ...            "host_held_met_every_goal": 1, "with_control": 5, "met_where_the_control_met": 5}}}).split("; ")[-1]
         "against the oracle's rate in the same seconds (--control: share within the budget or no worse, >= 0.8x its throughput where it met): 5 of 5"
+        >>> near = {"tally": {"runs": 6, "met_every_goal": 4, "host_held": 5, "host_held_met_every_goal": 4},
+        ...         "where_host_held": {"runs": [1, 2, 3, 5, 6], "met_every_goal": 4}}
+        >>> runs_line({"near-slo": near,
+        ...            "bursty": {"tally": {"runs": 5, "met_every_goal": 5, "host_held": 5}}}).split("; ")[-1]
+        'the first runs where the host held, per plant (--extra-runs-where-host-missed): 9 of 10'
     """
     tallies = [e["tally"] for e in plants.values() if e.get("tally")]
 
@@ -208,6 +213,14 @@ def runs_line(plants: dict[str, dict]) -> str:
     line = (f"runs that met every goal: {total('met_every_goal')} of {total('runs')}; where the host held (seeds at "
             f">= 0.9x their calibration, alone within the budget): {total('host_held_met_every_goal')} of "
             f"{total('host_held')}")
+    held = [e["where_host_held"] for e in plants.values() if e.get("where_host_held")]
+    if held:
+        # --extra-runs-where-host-missed: each plant's first --runs runs where the host held (all of a plant's
+        # runs where every one held).
+        whole = [e["tally"] for e in plants.values() if e.get("tally") and not e.get("where_host_held")]
+        line += (f"; the first runs where the host held, per plant (--extra-runs-where-host-missed): "
+                 f"{sum(h['met_every_goal'] for h in held) + sum(t.get('met_every_goal', 0) for t in whole)} of "
+                 f"{sum(len(h['runs']) for h in held) + sum(t.get('runs', 0) for t in whole)}")
     if total("with_control"):
         line += (f"; against the oracle's rate in the same seconds (--control: share within the budget or no worse, "
                  f">= 0.8x its throughput where it met): {total('met_where_the_control_met')} of "
@@ -415,7 +428,8 @@ def run_battery(args: argparse.Namespace) -> int:
             entry["error"] = f"no result ({exc.__class__.__name__}); last lines: " + " | ".join(output[name][-5:])
         if result:
             entry.update({k: result.get(k) for k in (
-                "summary", "every_run_met_every_goal", "tally", "runs_completed", "runs_skipped", "slo_itl_seconds",
+                "summary", "every_run_met_every_goal", "tally", "where_host_held", "runs_completed", "runs_skipped",
+                "slo_itl_seconds",
                 "slo_choice", "load_description", "oracle_rate_per_seed_bytes_per_second", "oracle_bytes_per_second")})
             entry["oracle_bracket_per_seed_bytes_per_second"] = (result.get("oracle") or {}).get(
                 "bracket_per_seed_bytes_per_second")

@@ -56,11 +56,13 @@ import httpx
 from bench.kept_results import THROTTLED_PHASE, WATCH_PHASE
 from bench.qos_plants import IDLE, Load, Plant, PlantError, get_plant
 from bench.qos_stats import (
+    HOST_CHECKS,
     Probe,
     ShareEstimate,
     all_met,
     block_share_interval,
     cpu_layout_warning,
+    host_held,
     judge_run,
     next_probe,
     next_run_probe,
@@ -68,6 +70,8 @@ from bench.qos_stats import (
     summarize,
     tally,
     target_arguments,
+    wants_another_run,
+    where_host_held,
     wilson_interval,
 )
 from rfork_api.clients import blocking_http_client
@@ -94,7 +98,15 @@ TARGETS = {
     "spike_reaction_max_seconds": 3.0,
     "recovery_max_seconds": 20.0,
     "recovery_fraction_of_cap": 0.9,
+    # Context: the host checks (qos_stats.HOST_CHECKS). The slowest seed's tokens/s before a run against its
+    # calibration's; under this the run's host is not the plant the SLO and the oracle were measured on.
+    "host_speed_min_fraction": 0.9,
 }
+
+
+def targets_of(options: "QosBenchOptions") -> dict:
+    """The result's ``targets``: :data:`TARGETS` with the run's host speed bound (``--host-speed-min``)."""
+    return dict(TARGETS, host_speed_min_fraction=options.host_speed_min_fraction)
 
 # SGLang 0.5.23's ITL buckets (testbed/decode.py's ITL_BUCKETS), repeated here so importing the
 # bench does not import torch.
@@ -196,6 +208,13 @@ class QosBenchOptions:
     their law, so each run is the next fork to an agent that kept what it learnt (within its horizons), as
     an agent beside a serving seed between scale-out waves. Run 1 is a first fork. Runs probe no oracle of
     their own (fixed rates would restart the law)."""
+    host_speed_min_fraction: float = 0.9
+    """A run's host held where its slowest seed decoded at least this fraction of its calibration's tokens/s
+    in the watch before the run (and every seed alone was within the budget): ``qos_stats.host_held``."""
+    extra_runs_where_host_missed: int = 0
+    """Up to this many runs past ``runs``, while fewer than ``runs`` of the runs had the host hold (seeds at
+    >= 0.9x their calibration, alone within the budget: ``qos_stats.wants_another_run``). Every run is
+    reported; ``where_host_held`` summarizes the first ``runs`` that held."""
     log_dir: str | None = None
     device: str = "cpu"
     """Where the seeds hold their weights and decode, and the fork clients land bytes (cpu, cuda, cuda:N)."""
@@ -1039,7 +1058,7 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
     cap, n = options.cap, options.seeds
     budget = options.slo_budget
     result: dict = {"options": _options_dict(options), "plant": {**asdict(plant), "load": asdict(plant.load)},
-                    "targets": TARGETS, "runs_requested": runs}
+                    "targets": targets_of(options), "runs_requested": runs}
     say(f"rfork bench qos --plant {plant.name}: {n} seeds on {options.device}, {options.size_bytes / 2**20:.0f} MiB "
         f"model, load {load.describe()}"
         + (f" then {plant.changed_load.describe()} mid-phase" if plant.changed_load else "")
@@ -1170,19 +1189,28 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
             say(f"  control: every throttled phase at {_control_rate_text(oracle_rate or 0.0)}, under the same SLO")
 
         runs_started = observer.now()
-        for k in range(1, runs + 1):
+        extra = options.extra_runs_where_host_missed
+        while wants_another_run([r["checks"] for r in result["runs"]], runs, extra):
             done = result["runs"]
+            k = len(done) + 1
             per_run = (observer.now() - runs_started) / len(done) if done else estimate_run_seconds(options)
             if deadline is not None and time.monotonic() + per_run > deadline:
-                result["runs_skipped"] = (f"runs {k}..{runs} not started: one takes ~{per_run:.0f} s and the "
+                which = f"runs {k}..{runs}" if k <= runs else f"extra run {k}"
+                result["runs_skipped"] = (f"{which} not started: one takes ~{per_run:.0f} s and the "
                                           f"deadline is {max(deadline - time.monotonic(), 0):.0f} s away")
                 say(f"  {result['runs_skipped']}")
                 break
+            if k > runs:
+                say(f"  run {k}: an extra run, the host missed in "
+                    f"{sum(not host_held(r['checks']) for r in done)} of {len(done)} (--extra-runs-where-host-missed)")
             run = _one_run(k, options, plant, observer, driver, baseline, parts[0], unthrottled, oracle, slo, say,
                            paused_for_watch=[d for _, d in drivers] if options.law_across_runs and k > 1 else None)
             result["runs"].append(run)
-            met = all_met(run["checks"])
-            say(f"  run {k}/{runs}: {'every goal met' if met else 'MISSED ' + ', '.join(n for n, c in run['checks'].items() if c['issue_target'] and c['met'] is False)}")
+            checks = run["checks"]
+            missed = [n for n, c in checks.items() if c["issue_target"] and c["met"] is False]
+            host = "" if host_held(checks) else " (the host missed: " + ", ".join(
+                n for n in HOST_CHECKS if checks.get(n, {}).get("met") is False) + ")"
+            say(f"  run {k}/{runs}: {'MISSED ' + ', '.join(missed) if missed else 'every goal met'}{host}")
             if on_update:
                 on_update(_snapshot(result, observer, driver))
         observer.phase = "end"
@@ -1496,7 +1524,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     }
     run["checks"] = judge_run(run, options.slo_budget, cap, judged_oracle["throughput_bytes_per_second"],
                               shared_oracle_throughput=oracle["throughput_bytes_per_second"],
-                              **target_arguments(TARGETS))
+                              **target_arguments(targets_of(options)))
     worst = throttled.worst_estimate()
     if worst is not None:
         say(f"  run {k}: throttled {format_rate(throttled.throughput)} "
@@ -1565,6 +1593,9 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
         out["every_run_met_every_goal"] = all(all_met(r["checks"]) for r in runs)
         out["tally"] = tally([r["checks"] for r in runs])
         out["runs_completed"] = len(runs)
+        held = where_host_held(runs, out.get("runs_requested") or len(runs))
+        if held is not None:
+            out["where_host_held"] = held
         arms = arms_of(runs)
         if arms:
             out["arms"] = arms
@@ -1778,6 +1809,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "then reports the control's share and throughput beside the law's (twice the processes)")
     p.add_argument("--port-base", type=int, default=None,
                    help="scheduler and agents listen from this port up (default: free ports)")
+    p.add_argument("--host-speed-min", type=float, default=0.9, metavar="FRACTION",
+                   help="a run's host held where its slowest seed decoded at least this fraction of its "
+                        "calibration's tokens/s before the run (default 0.9; a context check)")
+    p.add_argument("--extra-runs-where-host-missed", type=int, default=0, metavar="N",
+                   help="up to N runs past --runs while fewer than --runs of them had the host hold (seeds at "
+                        ">= 0.9x their calibration, alone within the budget); every run is reported, and "
+                        "where_host_held summarizes the first --runs that held (default 0)")
     p.add_argument("--deadline-seconds", type=float, default=None,
                    help="start no run that would end later than this many seconds from now (default: none)")
     p.add_argument("--log-dir", default=None)
@@ -1801,6 +1839,12 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         raise BenchArgsError(f"--plant: {exc}") from None
     if args.runs < 1:
         raise BenchArgsError(f"--runs must be at least 1, got {args.runs}")
+    if not 0 < args.host_speed_min < math.inf:
+        raise BenchArgsError(f"--host-speed-min must be a fraction of the calibration's speed > 0, got "
+                             f"{args.host_speed_min}")
+    if args.extra_runs_where_host_missed < 0:
+        raise BenchArgsError(f"--extra-runs-where-host-missed must be 0 or more runs, got "
+                             f"{args.extra_runs_where_host_missed}")
     if args.seeds < 1 or not 0 < args.slo_budget < 1:
         raise BenchArgsError("--seeds >= 1 and 0 < --slo-budget < 1")
     if args.concurrency is not None and args.concurrency < 1:
@@ -1897,7 +1941,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
         alternate_tuning=args.alternate_tuning, law_across_runs=args.law_across_runs,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
-        control_device=args.control_device,
+        control_device=args.control_device, extra_runs_where_host_missed=args.extra_runs_where_host_missed,
+        host_speed_min_fraction=args.host_speed_min,
     )
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
                         ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),
@@ -1936,6 +1981,12 @@ def _confine_to_cpus(options: QosBenchOptions) -> None:
 
 def print_checks(result: dict, say=print) -> None:
     runs = result.get("runs") or []
+    held = result.get("where_host_held")
+    if held and held["runs"]:
+        say(f"where the host held (runs {', '.join(map(str, held['runs']))}): every goal met in "
+            f"{held['met_every_goal']} of {len(held['runs'])}; all {len(runs)} runs below")
+    elif held:
+        say(f"the host held in none of the {len(runs)} runs (qos_stats.HOST_CHECKS); all of them below")
     if len(runs) > 1:
         say(f"{'':6}{'check':34} {'min':>8} {'median':>8} {'max':>8}  met   target")
         for name, s in result["summary"].items():

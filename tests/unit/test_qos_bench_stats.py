@@ -375,6 +375,61 @@ def test_alternating_runs_ask_the_agents_for_each_arms_law_and_summarize_each_ar
     assert qos_bench.arm_lines({"runs": runs[:1]}) == []
 
 
+def _host(speed_met: bool | None, alone_met: bool | None = True, goal_met: bool = True) -> dict:
+    """A run's checks: one goal, and the two host checks (None: could not be judged)."""
+    def check(met, issue_target):
+        return {"value": 1.0, "target": ">= 0.9", "met": met, "issue_target": issue_target}
+    return {"throttled_vs_oracle": check(goal_met, True), "seed_speed_vs_calibration": check(speed_met, False),
+            "seed_alone_share_above_slo": check(alone_met, False)}
+
+
+HELD, SLOW, ALONE_OVER, UNJUDGED = _host(True), _host(False), _host(True, False), _host(None, None)
+
+
+@pytest.mark.parametrize("done, runs, extra, another", [
+    ([], 5, 0, True),
+    ([HELD] * 4, 5, 0, True),
+    ([HELD] * 5, 5, 0, False),
+    ([HELD, SLOW, HELD, HELD, HELD], 5, 0, False),         # the flag off: five runs, whatever the host did
+    ([HELD] * 5, 5, 2, False),                            # every host held: no extra run
+    ([HELD, SLOW, HELD, HELD, HELD], 5, 2, True),          # one replaced ...
+    ([HELD, SLOW, HELD, HELD, HELD, HELD], 5, 2, False),   # ... and five held
+    ([HELD, SLOW, ALONE_OVER, HELD, HELD, HELD], 5, 2, True),
+    ([HELD, SLOW, ALONE_OVER, HELD, HELD, SLOW, HELD], 5, 2, False),   # the extra runs are spent
+    ([UNJUDGED] * 5, 5, 2, False),                        # a check that could not be judged is no miss
+])
+def test_extra_runs_replace_only_runs_where_the_host_missed(done, runs, extra, another):
+    assert qos_stats.wants_another_run(done, runs, extra) is another
+
+
+def test_where_the_host_held_summarizes_the_first_runs_that_held_and_every_run_is_kept():
+    runs = [{"run": k, "checks": checks} for k, checks in enumerate(
+        [HELD, SLOW, _host(True, True, goal_met=False), ALONE_OVER, HELD, HELD, HELD], start=1)]
+    held = qos_stats.where_host_held(runs, 4)
+    assert held["runs"] == [1, 3, 5, 6] and held["met_every_goal"] == 3 and not held["every_run_met_every_goal"]
+    assert held["summary"]["throttled_vs_oracle"]["runs"] == 4
+    # Short of held runs (the deadline came first): what there was.
+    assert qos_stats.where_host_held(runs[:4], 4)["runs"] == [1, 3]
+    assert qos_stats.where_host_held([{"run": 1, "checks": SLOW}], 1) == {
+        "runs": [], "summary": {}, "met_every_goal": 0, "every_run_met_every_goal": False}
+    options, _ = qos_bench.options_from_args(_args("--runs", "5", "--extra-runs-where-host-missed", "2",
+                                                   "--host-speed-min", "0.8"))
+    assert options.extra_runs_where_host_missed == 2 and options.host_speed_min_fraction == 0.8
+    # The bound is the result's target, so a kept result is re-judged (bench.qos_rejudge) as it was run.
+    targets = qos_bench.targets_of(options)
+    assert targets["host_speed_min_fraction"] == 0.8 and qos_bench.TARGETS["host_speed_min_fraction"] == 0.9
+    checks = qos_stats.judge_run({"seed_speed_vs_calibration": 0.85}, 0.01, 100e6, None,
+                                 **qos_stats.target_arguments(targets))
+    assert checks["seed_speed_vs_calibration"]["met"] is True
+    assert qos_stats.judge_run({"seed_speed_vs_calibration": 0.85}, 0.01, 100e6, None)[
+        "seed_speed_vs_calibration"]["met"] is False
+    assert qos_bench.options_from_args(_args())[0].extra_runs_where_host_missed == 0
+    lines: list[str] = []
+    qos_bench.print_checks({"runs": runs, "summary": summarize([r["checks"] for r in runs]), "where_host_held": held},
+                           say=lines.append)
+    assert lines[0] == "where the host held (runs 1, 3, 5, 6): every goal met in 3 of 4; all 7 runs below"
+
+
 def test_the_control_fleet_runs_on_its_own_device_where_given():
     from bench.qos_plants import get_plant
 
@@ -402,6 +457,9 @@ def test_the_process_runs_on_the_cpus_after_the_seeds():
 @pytest.mark.parametrize("argv, says", [
     (["--plant", "spiky"], "unknown plant 'spiky'"),
     (["--runs", "0"], "--runs must be at least 1"),
+    (["--extra-runs-where-host-missed", "-1"], "--extra-runs-where-host-missed must be 0 or more runs"),
+    (["--host-speed-min", "0"], "--host-speed-min must be a fraction of the calibration's speed > 0"),
+    (["--host-speed-min", "nan"], "--host-speed-min must be a fraction of the calibration's speed > 0"),
     (["--concurrency", "0"], "--concurrency must be at least 1"),
     (["--oracle-floor-fraction", "0"], "--oracle-floor-fraction must be in (0, 1) of the cap"),
     (["--oracle-probe-seconds", "0"], "--oracle-probe-seconds must be seconds > 0"),

@@ -214,16 +214,28 @@ def estimate(on: Iterable[Sample], off: Iterable[Sample], *, min_tokens: float) 
     return Estimate(p_on, v_on, n_on, r_on, p_off, v_off, n_off, True, matched, max(var_matched - v_off, 0.0))
 
 
-def overall_share(est: Estimate, rate: float, duty_off: float, z: float, *, pool_own: bool = False) -> float:
+def overall_share(est: Estimate, rate: float, duty_off: float, z: float, *, pool_own: bool = False,
+                  signed: bool = False) -> float:
     """Upper confidence bound (``z`` sigmas) of the seed's share over a run at ``rate`` with off duty ``duty_off``.
 
     ``pool_own``: where the on share reads under the seed's own share at the on intervals' load (no
     excess), the seed's own share is the inverse-variance mean of the two, not the off share alone
     (:func:`own_share`).
 
+    ``signed`` (an upper bound, ``z >= 0``, without ``pool_own``'s case): where the on share reads under the
+    off share, the bound is that of the linear fit itself, the on share's shortfall included (up to the on
+    intervals' rate), never under the off share: the transfer does not speed a seed up, but an on pool that
+    reads under the off pool is evidence against an excess, not merely none for one. Clamping the excess
+    at 0 first and adding the on pool's sigma to that bounds a share the evidence already rules out.
+
     >>> est = Estimate(0.01, 0.0, 1e5, 40e6, 0.005, 0.0, 1e4, True)
     >>> round(overall_share(est, 80e6, 0.0, 0.0), 4), round(overall_share(est, 80e6, 0.5, 0.0), 4)
     (0.015, 0.01)
+    >>> under = Estimate(0.0044, 0.0022 ** 2, 6e4, 5e6, 0.0081, 0.0005 ** 2, 2.2e5, True)  # on 0.44 %, off 0.81 %
+    >>> round(overall_share(under, 5e6, 0.0, 1.0), 4), round(overall_share(under, 5e6, 0.0, 1.0, signed=True), 4)
+    (0.0103, 0.0081)
+    >>> round(overall_share(under, 5e6, 0.0, 2.0, signed=True), 4)   # 0.44 % + 2 SE: over the off share
+    0.0088
     """
     if est.tokens_on <= 0 or est.r_on <= 0:
         return math.inf
@@ -237,6 +249,10 @@ def overall_share(est: Estimate, rate: float, duty_off: float, z: float, *, pool
     # ab_fast_raise_factor far under the budget), and the evidence at the new rate corrects the slope.
     xv = min(x, 1.0)
     sigma = math.sqrt(max((1.0 - xv) ** 2 * est.var_off + xv * xv * (est.var_on + est.var_matching), 0.0))
+    shortfall = est.p_on - est.p_off_at_on_load
+    if signed and z >= 0 and est.off_known and shortfall < 0 and not (pool_own and est.excess <= 0):
+        # Above the on intervals' rate the shortfall is not extrapolated (xv): the fit's slope is not negative.
+        return min(mean + z * sigma, max(est.p_off + xv * shortfall + z * sigma, est.p_off))
     return mean + z * sigma
 
 
@@ -265,7 +281,7 @@ def own_share(est: Estimate) -> float:
 
 
 def safe_rate(est: Estimate, *, budget: float, duty_off: float, z: float, floor: float, cap: float,
-              steps: int = 256, pool_own: bool = False) -> float:
+              steps: int = 256, pool_own: bool = False, signed: bool = False) -> float:
     """The largest rate in [floor, cap] whose share bound is <= ``budget``; ``floor`` when none is.
 
     A grid search: the bound is not monotone in the rate where the off share's uncertainty
@@ -276,7 +292,7 @@ def safe_rate(est: Estimate, *, budget: float, duty_off: float, z: float, floor:
     50
     """
     def ok(rate: float) -> bool:
-        return overall_share(est, rate, duty_off, z, pool_own=pool_own) <= budget
+        return overall_share(est, rate, duty_off, z, pool_own=pool_own, signed=signed) <= budget
 
     grid = [floor + (cap - floor) * i / steps for i in range(steps + 1)]
     feasible = [i for i, rate in enumerate(grid) if ok(rate)]

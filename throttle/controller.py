@@ -421,6 +421,15 @@ class ControllerConfig:
     #: h100-near-slo 55 -> 64 of 180; within the budget 2,214 -> 2,211, 1,148 -> 1,141 and 179 -> 179
     #: (docs/qos.md "v25's near-slo in the plant model"). Off by default until run on hardware.
     ab_pool_own_share: bool = False
+    #: A/B law: where the transfer-on share reads under the seed's own share at the on intervals' load, the
+    #: share's upper bound is the linear fit's (the on share's shortfall included, up to the on intervals'
+    #: rate), never under the off share, rather than the off share plus the on pool's sigma on an excess
+    #: clamped at 0 (:func:`throttle.attribution.overall_share`, ``signed``). The clamped bound held a
+    #: fork's first seconds at the floor while 60,000 on tokens read 0.44 % against 0.81 % off. Plant model,
+    #: single fork, 3 x 60 draws: both goals 1,152 -> 1,184 of 2,340 on the 13 plants and 569 -> 619 of
+    #: 1,440 on the 8 others; within the budget 2,213 -> 2,215 and 1,148 -> 1,141 (docs/qos.md "The
+    #: bound where the on pool reads under the off pool"). Off by default until run on hardware.
+    ab_signed_excess_bound: bool = False
     #: A/B law: a fork's first chunk reads after at least this long without any (the seed alone between
     #: two forks, the law ticking; and twice the longest spell without reads before them, the fork's own
     #: spacing of chunks at a low rate; never under the floor) start its error budget afresh: the
@@ -1640,7 +1649,8 @@ def _raise_factor(est: Estimate, rate: float, allowed: float, duty: float, confi
     # no excess and the step is the fast one. Measuring both against the pooled own share instead moved the
     # plant model's totals by 1-4 runs (session 41), so it stays.
     p_own = est.p_off if est.off_known else 0.0
-    excess = overall_share(est, rate, duty, config.confidence_z, pool_own=config.ab_pool_own_share) - p_own
+    excess = overall_share(est, rate, duty, config.confidence_z, pool_own=config.ab_pool_own_share,
+                           signed=config.ab_signed_excess_bound) - p_own
     headroom = allowed - p_own
     if headroom <= 0:
         return config.max_raise_factor
@@ -1682,8 +1692,9 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
         return None, summary, False, config.max_raise_factor
     allowed = _allowed_share(_budget_window(ledger, config, now, budget_from), budget, config)
     floor = config.floor_bytes_per_second
-    pool_own = config.ab_pool_own_share
-    rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap, pool_own=pool_own)
+    pool_own, signed = config.ab_pool_own_share, config.ab_signed_excess_bound
+    rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap, pool_own=pool_own,
+                     signed=signed)
     if rate <= floor and config.yields_under_floor and est.off_known:
         since = estimate([s for s in on if s.at > yield_from], off, min_tokens=min_tokens)
         if (since.tokens_on >= min_tokens
@@ -1692,8 +1703,8 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
             # The floor itself is clearly over the budget's aim (not an error budget being repaid, which
             # ``allowed`` is): under it, to the largest rate the evidence allows there.
             rate = safe_rate(since, budget=allowed, duty_off=duty, z=z, floor=config.yield_floor_bytes_per_second,
-                             cap=floor, pool_own=pool_own)
-    bound = overall_share(est, rate, duty, z, pool_own=pool_own)
+                             cap=floor, pool_own=pool_own, signed=signed)
+    bound = overall_share(est, rate, duty, z, pool_own=pool_own, signed=signed)
     return (rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s", False,
             _raise_factor(est, rate_now, allowed, duty, config))
 

@@ -999,3 +999,37 @@ def test_off_intervals_the_on_intervals_contradict_give_way_to_the_recent_ones()
     whole = _fork_after_a_stale_bad_watch(cfg(ab_stale_off_z=0))
     assert all(d.mode is Mode.NOT_OUR_FAULT and d.applied <= cfg().floor_bytes_per_second
                for d in whole if d.applied > 0)
+
+
+UNDER = Estimate(0.0044, 0.0022 ** 2, 6e4, 5e6, 0.0081, 0.0005 ** 2, 2.2e5, True)   # on 0.44 % at the floor, off 0.81 %
+
+
+@pytest.mark.parametrize("est, rate, z, pool_own, expected", [
+    (UNDER, 5e6, 1.0, False, 0.0081),            # the fit's bound (0.44 + 0.22 %) is under the off share: that
+    (UNDER, 100e6, 1.0, False, 0.0081),          # above the on rate the shortfall is not extrapolated
+    (UNDER, 5e6, 2.0, False, 0.0088),            # 0.44 + 2 x 0.22 %: the fit's bound, over the off share
+    (UNDER, 5e6, -1.0, False, None),             # a lower bound (the yield check's) is the clamped one
+    (UNDER, 5e6, 1.0, True, None),               # ab_pool_own_share's own reading of the same case
+    (Estimate(0.012, 0.0022 ** 2, 6e4, 5e6, 0.0081, 0.0005 ** 2, 2.2e5, True), 5e6, 1.0, False, None),  # an excess
+    (Estimate(0.0044, 0.0022 ** 2, 6e4, 5e6, 0.0, 0.0, 10.0, False), 5e6, 1.0, False, None),  # no off pool
+])
+def test_the_signed_bound_reads_an_on_pool_under_the_off_pool_as_evidence(est, rate, z, pool_own, expected):
+    clamped = overall_share(est, rate, 0.0, z, pool_own=pool_own)
+    signed = overall_share(est, rate, 0.0, z, pool_own=pool_own, signed=True)
+    assert signed == pytest.approx(clamped if expected is None else expected, abs=1e-9)
+    assert signed <= clamped
+
+
+def test_the_signed_bound_is_a_tuning_the_law_reads():
+    # A seed at 0.8 % on its own whose transfer-on seconds read 0.5 %, from the floor. Clamped, the bound
+    # at the floor is the off share plus the on pool's sigma, over what the error budget allows until
+    # enough on tokens shrink that sigma (the cap at 22 s, measured); signed, the on pool's shortfall
+    # counts against an excess from the first seconds (at 12 s).
+    def plant(rate: float, k: int) -> tuple[float, float, float]:
+        return 12_000.0, 12_000.0 * (0.005 if rate > 0 else 0.008), 64.0
+
+    def at_cap(config: ControllerConfig) -> float:
+        return next(t.now for t in drive(config, plant, 40, start_rate=FLOOR) if t.law_rate >= CAP)
+
+    assert at_cap(cfg()) >= 20
+    assert at_cap(cfg(ab_signed_excess_bound=True)) <= 14

@@ -213,8 +213,9 @@ class QosBenchOptions:
     in the watch before the run (and every seed alone was within the budget): ``qos_stats.host_held``."""
     extra_runs_where_host_missed: int = 0
     """Up to this many runs past ``runs``, while fewer than ``runs`` of the runs had the host hold (seeds at
-    >= 0.9x their calibration, alone within the budget: ``qos_stats.wants_another_run``). Every run is
-    reported; ``where_host_held`` summarizes the first ``runs`` that held."""
+    >= ``host_speed_min_fraction`` of their calibration, alone within the budget:
+    ``qos_stats.wants_another_run``). Every run is reported; ``where_host_held`` summarizes the first
+    ``runs`` that held."""
     log_dir: str | None = None
     device: str = "cpu"
     """Where the seeds hold their weights and decode, and the fork clients land bytes (cpu, cuda, cuda:N)."""
@@ -1814,8 +1815,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "calibration's tokens/s before the run (default 0.9; a context check)")
     p.add_argument("--extra-runs-where-host-missed", type=int, default=0, metavar="N",
                    help="up to N runs past --runs while fewer than --runs of them had the host hold (seeds at "
-                        ">= 0.9x their calibration, alone within the budget); every run is reported, and "
-                        "where_host_held summarizes the first --runs that held (default 0)")
+                        ">= --host-speed-min of their calibration, alone within the budget); every run is "
+                        "reported, and where_host_held summarizes the first --runs that held (default 0)")
     p.add_argument("--deadline-seconds", type=float, default=None,
                    help="start no run that would end later than this many seconds from now (default: none)")
     p.add_argument("--log-dir", default=None)

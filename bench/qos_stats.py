@@ -431,10 +431,10 @@ def wants_another_run(runs_checks: list[dict], runs: int, extra_runs: int) -> bo
     """Whether to start another run: until ``runs`` are done, then, up to ``extra_runs`` more, while fewer than
     ``runs`` of them had the host hold (:func:`host_held`; ``--extra-runs-where-host-missed``).
 
-    A run whose seeds had drifted off the plant the SLO and the oracle were measured on (slower than 0.9x
-    their calibration, or alone over the budget) judges the host, not the law: it is reported with the
-    others and another run follows it, so the plant still gets ``runs`` runs on the host it was measured
-    on. Both checks are read outside the law's reach (the watch before the run; the off windows).
+    A run whose seeds had drifted off the plant the SLO and the oracle were measured on (slower than
+    ``--host-speed-min``, 0.9, of their calibration, or alone over the budget) judges the host, not the law:
+    it is reported with the others and another run follows it, so the plant still gets ``runs`` runs on the
+    host it was measured on. Both checks are read outside the law's reach (the watch before the run; the off windows).
 
         >>> ok, slow = {"seed_speed_vs_calibration": {"met": True}}, {"seed_speed_vs_calibration": {"met": False}}
         >>> [wants_another_run(done, 2, 1) for done in ([], [ok], [ok, ok], [ok, slow], [ok, slow, ok])]

@@ -222,11 +222,12 @@ def overall_share(est: Estimate, rate: float, duty_off: float, z: float, *, pool
     excess), the seed's own share is the inverse-variance mean of the two, not the off share alone
     (:func:`own_share`).
 
-    ``signed`` (an upper bound, ``z >= 0``, without ``pool_own``'s case): where the on share reads under the
-    off share, the bound is that of the linear fit itself, the on share's shortfall included (up to the on
-    intervals' rate), never under the off share: the transfer does not speed a seed up, but an on pool that
-    reads under the off pool is evidence against an excess, not merely none for one. Clamping the excess
-    at 0 first and adding the on pool's sigma to that bounds a share the evidence already rules out.
+    ``signed`` (an upper bound, ``z >= 0``; ``pool_own`` reads the same case its own way): where the on
+    share reads under the off share, the bound is that of the linear fit itself, the on share's shortfall
+    included (up to the on intervals' rate), never under the off share: the transfer does not speed a seed
+    up, but an on pool that reads under the off pool is evidence against an excess, not merely none for one.
+    Clamping the excess at 0 first and adding the on pool's sigma to that bounds a share the evidence already
+    rules out.
 
     >>> est = Estimate(0.01, 0.0, 1e5, 40e6, 0.005, 0.0, 1e4, True)
     >>> round(overall_share(est, 80e6, 0.0, 0.0), 4), round(overall_share(est, 80e6, 0.5, 0.0), 4)
@@ -250,7 +251,7 @@ def overall_share(est: Estimate, rate: float, duty_off: float, z: float, *, pool
     xv = min(x, 1.0)
     sigma = math.sqrt(max((1.0 - xv) ** 2 * est.var_off + xv * xv * (est.var_on + est.var_matching), 0.0))
     shortfall = est.p_on - est.p_off_at_on_load
-    if signed and z >= 0 and est.off_known and shortfall < 0 and not (pool_own and est.excess <= 0):
+    if signed and z >= 0 and est.off_known and shortfall < 0 and not pool_own:
         # Above the on intervals' rate the shortfall is not extrapolated (xv): the fit's slope is not negative.
         return min(mean + z * sigma, max(est.p_off + xv * shortfall + z * sigma, est.p_off))
     return mean + z * sigma

@@ -425,7 +425,7 @@ class ControllerConfig:
     #: share's upper bound is the linear fit's (the on share's shortfall included, up to the on intervals'
     #: rate), never under the off share, rather than the off share plus the on pool's sigma on an excess
     #: clamped at 0 (:func:`throttle.attribution.overall_share`, ``signed``). The clamped bound held a
-    #: fork's first seconds at the floor while 60,000 on tokens read 0.44 % against 0.81 % off. Plant model,
+    #: fork's first seconds at the floor while 58,000 on tokens read 0.44 % against 0.81 % off. Plant model,
     #: single fork, 3 x 60 draws: both goals 1,152 -> 1,184 of 2,340 on the 13 plants and 569 -> 619 of
     #: 1,440 on the 8 others; within the budget 2,213 -> 2,215 and 1,148 -> 1,141 (docs/qos.md "The
     #: bound where the on pool reads under the off pool"). Off by default until run on hardware.

@@ -190,6 +190,35 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
     return rows
 
 
+def held_runs_verdict(plants: dict[str, dict], runs: int) -> str | None:
+    """With ``--extra-runs-where-host-missed``: whether every plant met every goal in ``runs`` runs where the
+    host held (its first ``runs`` such runs; all its runs where every one held); None where no plant had a
+    run the host missed. A plant short of ``runs`` held runs (the deadline came first) has not met it.
+
+        >>> held = {"runs": [1, 3, 4], "met_every_goal": 3, "every_run_met_every_goal": True}
+        >>> held_runs_verdict({"near-slo": {"where_host_held": held, "runs_completed": 4},
+        ...                    "bursty": {"every_run_met_every_goal": True, "runs_completed": 3}}, 3)
+        'every goal in 3 runs where the host held, every plant: MET'
+        >>> held_runs_verdict({"near-slo": {"where_host_held": dict(held, runs=[1, 3]), "runs_completed": 3}}, 3)
+        'every goal in 3 runs where the host held, every plant: NOT MET (near-slo: 2 such runs)'
+        >>> held_runs_verdict({"bursty": {"every_run_met_every_goal": True, "runs_completed": 3}}, 3) is None
+        True
+    """
+    if not any(e.get("where_host_held") for e in plants.values()):
+        return None
+    short = []
+    met = True
+    for name, entry in plants.items():
+        held = entry.get("where_host_held")
+        count = len(held["runs"]) if held else entry.get("runs_completed") or 0
+        ok = held["every_run_met_every_goal"] if held else bool(entry.get("every_run_met_every_goal"))
+        if count < runs:
+            short.append(f"{name}: {count} such runs")
+        met = met and ok and count >= runs
+    return (f"every goal in {runs} runs where the host held, every plant: " + ("MET" if met else "NOT MET")
+            + (f" ({'; '.join(short)})" if short else ""))
+
+
 def runs_line(plants: dict[str, dict]) -> str:
     """Runs that met every goal, over the battery and over the runs where the host held, and read against the
     control fleet where there was one (``qos_stats.tally``).
@@ -473,6 +502,9 @@ def run_battery(args: argparse.Namespace) -> int:
     print(runs_line(summary["plants"]))
     every_met = all(e.get("every_run_met_every_goal") for e in summary["plants"].values())
     print("every goal in every run of every plant: " + ("MET" if every_met else "NOT MET"))
+    held_verdict = held_runs_verdict(summary["plants"], args.runs)
+    if held_verdict:
+        print(held_verdict)
     return 130 if interrupted else (0 if every_met else 1)
 
 

@@ -547,6 +547,24 @@ def _h100_load_change(rng: random.Random, seconds: float) -> list[Segment]:
             Segment(change + settle, 10000, 96, rng.uniform(0.0, 0.004), effect)]
 
 
+def _h100_load_change_tail(rng: random.Random, seconds: float) -> list[Segment]:
+    # h100-load-change with the new load's slow tail that the kept batteries show: over 58 load-change phases
+    # (bench/results/h1*-qos-v*load-change*, v13-v32) the off windows read 1.6 % in the change's first 5 s,
+    # 0.8-1.6 % (noisy) up to 20 s after it and 0.5-0.9 % from then on (all seconds, on and off: 0.8-0.9 %,
+    # then 0.5-0.8 %); v32's run 2 held the floor through it (docs/benchmarks.md "v32"). The prefills'
+    # first seconds as h100-load-change's, then the own share 0.5-1 % over the new load's own until 15-25 s
+    # after the change.
+    change = seconds / 2
+    settle = rng.uniform(4.0, 10.0)
+    tail = rng.uniform(15.0, 25.0)
+    effect = rng.uniform(0.0, 0.002)
+    own = rng.uniform(0.002, 0.006)
+    return [Segment(0, 7000, 32, rng.uniform(0.0, 0.001), effect),
+            Segment(change, 10000, 96, rng.uniform(0.01, 0.04), effect),
+            Segment(change + settle, 10000, 96, own + rng.uniform(0.005, 0.01), effect),
+            Segment(change + tail, 10000, 96, own, effect)]
+
+
 def _h100_bursty(rng: random.Random, seconds: float) -> list[Segment]:
     # The H100 battery's bursty plant (v15, bench/results/h100-qos-v15-control-bursty.json.gz): 96 requests
     # on 1.5 s / off 1.5 s; its seconds alternate ~8,000 tokens at batch 96 and ~1,300 (the burst's
@@ -576,6 +594,7 @@ H200_DRIFTED = Plant("h200-drifted", _h200_drifted)
 #: Overdispersion 0.7: with 64 tokens slow together, a design effect of ~140 at 1 % of 15,000 tokens/s, as v21 read.
 H100_GPU_NOISY = Plant("h100-gpu-noisy", _h100_gpu_noisy, overdispersion=0.7)
 H100_LOAD_CHANGE = Plant("h100-load-change", _h100_load_change)
+H100_LOAD_CHANGE_TAIL = Plant("h100-load-change-tail", _h100_load_change_tail)
 H100_NEAR_SLO = Plant("h100-near-slo", _h100_near_slo)
 #: Overdispersion 1.2: v31's near-slo seconds (1,035 loaded seconds of the two seeds) had 9.6 % of seconds at
 #: >= 2 % over the SLO, 3.8 % at >= 3 %, 1.0 % at >= 5 %, and 46 % of the slow tokens in those >= 2 % seconds; at
@@ -604,7 +623,7 @@ H200_CPU_EPISODES = Plant("h200-cpu-episodes", _h200_cpu, own_spike_every_second
 #: Plants run only when named (``--plants NAME``), so the docs' totals over the others stay comparable.
 BY_NAME_ONLY: tuple[Plant, ...] = (H200_CPU_SPIKES, BURSTY_SPIKES, H100_BURSTY, H100_GPU, H200_DRIFTED, H100_GPU_NOISY,
                                    H100_LOAD_CHANGE, NEAR_SLO_EPISODES, H200_CPU_EPISODES, H100_GPU_FLOOR,
-                                   H100_NEAR_SLO, H100_NEAR_SLO_TAIL)
+                                   H100_NEAR_SLO, H100_NEAR_SLO_TAIL, H100_LOAD_CHANGE_TAIL)
 
 PLANTS: dict[str, Plant] = {
     p.name: p for p in (

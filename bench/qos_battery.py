@@ -236,12 +236,15 @@ def runs_line(plants: dict[str, dict]) -> str:
         'the first runs where the host held, per plant (--extra-runs-where-host-missed): 9 of 10'
     """
     tallies = [e["tally"] for e in plants.values() if e.get("tally")]
+    # The speed bound the plants judged their hosts by (--host-speed-min; 0.9 where a result does not say).
+    bounds = sorted({(e.get("targets") or {}).get("host_speed_min_fraction", 0.9) for e in plants.values()
+                     if e.get("tally")}) or [0.9]
 
     def total(key: str) -> int:
         return sum(t.get(key, 0) for t in tallies)
     line = (f"runs that met every goal: {total('met_every_goal')} of {total('runs')}; where the host held (seeds at "
-            f">= 0.9x their calibration, alone within the budget): {total('host_held_met_every_goal')} of "
-            f"{total('host_held')}")
+            f">= {'/'.join(f'{b:g}' for b in bounds)}x their calibration, alone within the budget): "
+            f"{total('host_held_met_every_goal')} of {total('host_held')}")
     held = [e["where_host_held"] for e in plants.values() if e.get("where_host_held")]
     if held:
         # --extra-runs-where-host-missed: each plant's first --runs runs where the host held (all of a plant's
@@ -457,8 +460,8 @@ def run_battery(args: argparse.Namespace) -> int:
             entry["error"] = f"no result ({exc.__class__.__name__}); last lines: " + " | ".join(output[name][-5:])
         if result:
             entry.update({k: result.get(k) for k in (
-                "summary", "every_run_met_every_goal", "tally", "where_host_held", "runs_completed", "runs_skipped",
-                "slo_itl_seconds",
+                "summary", "every_run_met_every_goal", "tally", "where_host_held", "targets", "runs_completed",
+                "runs_skipped", "slo_itl_seconds",
                 "slo_choice", "load_description", "oracle_rate_per_seed_bytes_per_second", "oracle_bytes_per_second")})
             entry["oracle_bracket_per_seed_bytes_per_second"] = (result.get("oracle") or {}).get(
                 "bracket_per_seed_bytes_per_second")

@@ -190,18 +190,28 @@ def goal_table(plants: dict[str, dict]) -> list[str]:
     return rows
 
 
+def _first_held(entry: dict) -> tuple[int, int]:
+    """A plant's runs where the host held, as ``--extra-runs-where-host-missed`` counts them: (runs, runs that
+    met every goal): its first ``--runs`` such runs (``where_host_held``), or all its runs where every one held."""
+    held = entry.get("where_host_held")
+    if held:
+        return len(held["runs"]), held["met_every_goal"]
+    tally = entry.get("tally") or {}
+    return tally.get("runs", 0), tally.get("met_every_goal", 0)
+
+
 def held_runs_verdict(plants: dict[str, dict], runs: int) -> str | None:
     """With ``--extra-runs-where-host-missed``: whether every plant met every goal in ``runs`` runs where the
     host held (its first ``runs`` such runs; all its runs where every one held); None where no plant had a
     run the host missed. A plant short of ``runs`` held runs (the deadline came first) has not met it.
 
         >>> held = {"runs": [1, 3, 4], "met_every_goal": 3, "every_run_met_every_goal": True}
-        >>> held_runs_verdict({"near-slo": {"where_host_held": held, "runs_completed": 4},
-        ...                    "bursty": {"every_run_met_every_goal": True, "runs_completed": 3}}, 3)
+        >>> held_runs_verdict({"near-slo": {"where_host_held": held},
+        ...                    "bursty": {"tally": {"runs": 3, "met_every_goal": 3}}}, 3)
         'every goal in 3 runs where the host held, every plant: MET'
-        >>> held_runs_verdict({"near-slo": {"where_host_held": dict(held, runs=[1, 3]), "runs_completed": 3}}, 3)
+        >>> held_runs_verdict({"near-slo": {"where_host_held": dict(held, runs=[1, 3], met_every_goal=2)}}, 3)
         'every goal in 3 runs where the host held, every plant: NOT MET (near-slo: 2 such runs)'
-        >>> held_runs_verdict({"bursty": {"every_run_met_every_goal": True, "runs_completed": 3}}, 3) is None
+        >>> held_runs_verdict({"bursty": {"tally": {"runs": 3, "met_every_goal": 3}}}, 3) is None
         True
     """
     if not any(e.get("where_host_held") for e in plants.values()):
@@ -209,12 +219,10 @@ def held_runs_verdict(plants: dict[str, dict], runs: int) -> str | None:
     short = []
     met = True
     for name, entry in plants.items():
-        held = entry.get("where_host_held")
-        count = len(held["runs"]) if held else entry.get("runs_completed") or 0
-        ok = held["every_run_met_every_goal"] if held else bool(entry.get("every_run_met_every_goal"))
+        count, count_met = _first_held(entry)
         if count < runs:
             short.append(f"{name}: {count} such runs")
-        met = met and ok and count >= runs
+        met = met and count_met == count and count >= runs
     return (f"every goal in {runs} runs where the host held, every plant: " + ("MET" if met else "NOT MET")
             + (f" ({'; '.join(short)})" if short else ""))
 
@@ -245,14 +253,10 @@ def runs_line(plants: dict[str, dict]) -> str:
     line = (f"runs that met every goal: {total('met_every_goal')} of {total('runs')}; where the host held (seeds at "
             f">= {'/'.join(f'{b:g}' for b in bounds)}x their calibration, alone within the budget): "
             f"{total('host_held_met_every_goal')} of {total('host_held')}")
-    held = [e["where_host_held"] for e in plants.values() if e.get("where_host_held")]
-    if held:
-        # --extra-runs-where-host-missed: each plant's first --runs runs where the host held (all of a plant's
-        # runs where every one held).
-        whole = [e["tally"] for e in plants.values() if e.get("tally") and not e.get("where_host_held")]
+    if any(e.get("where_host_held") for e in plants.values()):
+        firsts = [_first_held(e) for e in plants.values() if e.get("tally") or e.get("where_host_held")]
         line += (f"; the first runs where the host held, per plant (--extra-runs-where-host-missed): "
-                 f"{sum(h['met_every_goal'] for h in held) + sum(t.get('met_every_goal', 0) for t in whole)} of "
-                 f"{sum(len(h['runs']) for h in held) + sum(t.get('runs', 0) for t in whole)}")
+                 f"{sum(met for _, met in firsts)} of {sum(count for count, _ in firsts)}")
     if total("with_control"):
         line += (f"; against the oracle's rate in the same seconds (--control: share within the budget or no worse, "
                  f">= 0.8x its throughput where it met): {total('met_where_the_control_met')} of "

@@ -166,18 +166,21 @@ def test_pooling_the_seeds_own_share_lets_clean_on_intervals_outweigh_a_few_bad_
     assert overall_share(worse, 20e6, 0.05, 1.0, pool_own=True) == overall_share(worse, 20e6, 0.05, 1.0)
 
 
+def seconds_to_cap(config: ControllerConfig, on_share: float, off_share: float) -> float:
+    """Through the law from the floor, a seed at 64 running (12,000 tokens/s) whose transfer-on seconds read
+    ``on_share`` and off ones ``off_share``: the first second the law is at the cap."""
+    def plant(rate: float, k: int) -> tuple[float, float, float]:
+        return 12_000.0, 12_000.0 * (on_share if rate > 0 else off_share), 64.0
+
+    return next(t.now for t in drive(config, plant, 40, start_rate=FLOOR) if t.law_rate >= CAP)
+
+
 def test_pooling_the_seeds_own_share_is_a_tuning_the_law_reads():
     # The same seed through the law, from the floor: its off windows read 0.97 %, the transfer-on seconds
     # 0.34 %. With the off share alone as the seed's own the bound at the floor is over the budget until
     # the error budget's savings lift what it allows (the cap at 29 s, measured); pooled, at 13 s.
-    def plant(rate: float, k: int) -> tuple[float, float, float]:
-        return 12_000.0, 12_000.0 * (0.0034 if rate > 0 else 0.0097), 64.0
-
-    def at_cap(config: ControllerConfig) -> float:
-        return next(t.now for t in drive(config, plant, 40, start_rate=FLOOR) if t.law_rate >= CAP)
-
-    assert at_cap(cfg()) >= 25
-    assert at_cap(cfg(ab_pool_own_share=True)) <= 15
+    assert seconds_to_cap(cfg(), 0.0034, 0.0097) >= 25
+    assert seconds_to_cap(cfg(ab_pool_own_share=True), 0.0034, 0.0097) <= 15
 
 
 @pytest.mark.parametrize("slow, tokens, seconds, allowed", [
@@ -1025,11 +1028,5 @@ def test_the_signed_bound_is_a_tuning_the_law_reads():
     # at the floor is the off share plus the on pool's sigma, over what the error budget allows until
     # enough on tokens shrink that sigma (the cap at 22 s, measured); signed, the on pool's shortfall
     # counts against an excess from the first seconds (at 12 s).
-    def plant(rate: float, k: int) -> tuple[float, float, float]:
-        return 12_000.0, 12_000.0 * (0.005 if rate > 0 else 0.008), 64.0
-
-    def at_cap(config: ControllerConfig) -> float:
-        return next(t.now for t in drive(config, plant, 40, start_rate=FLOOR) if t.law_rate >= CAP)
-
-    assert at_cap(cfg()) >= 20
-    assert at_cap(cfg(ab_signed_excess_bound=True)) <= 14
+    assert seconds_to_cap(cfg(), 0.005, 0.008) >= 20
+    assert seconds_to_cap(cfg(ab_signed_excess_bound=True), 0.005, 0.008) <= 14

@@ -1030,3 +1030,23 @@ def test_the_signed_bound_is_a_tuning_the_law_reads():
     # counts against an excess from the first seconds (at 12 s).
     assert seconds_to_cap(cfg(), 0.005, 0.008) >= 20
     assert seconds_to_cap(cfg(ab_signed_excess_bound=True), 0.005, 0.008) <= 14
+
+
+@pytest.mark.parametrize("own, effect_at_cap, hold, lowest", [
+    (0.013, 0.0, False, FLOOR),      # the seed over its budget alone: the floor, as ever
+    (0.013, 0.0, True, 40e6),        # ... but the transfer shows no excess: held at its rate
+    (0.0097, 0.0, False, FLOOR),     # under the budget, over its aim (0.95 %): the floor's bound is over it
+    (0.0097, 0.0, True, 40e6),       # ... held
+    (0.013, 0.004, True, FLOOR),     # an excess (0.16 % at 40 MB/s): cut to the floor with the flag too
+])
+def test_the_law_holds_its_rate_where_the_seeds_own_share_binds_and_the_transfer_shows_none(
+        own, effect_at_cap, hold, lowest):
+    # Noise-free shares, the seed watched alone for 15 s before a fork at 40 MB/s: where the transfer adds
+    # nothing the on intervals read exactly the off share.
+    config = cfg(ab_hold_without_excess=hold)
+    alone = [(float(t), Observation(itl=window(2000.0, 2000.0 * own), ttft=None, running=8.0, queued=0.0,
+                                    transfer_active=False, span_seconds=1.0)) for t in range(-14, 1)]
+    start = with_seed_alone_evidence(initial_state(config, now=0.0), alone, config, SLO, now=0.0)
+    ticks = drive(config, linear(own, effect_at_cap), 60, start=start, start_rate=40e6)
+    assert min(t.law_rate for t in ticks[10:]) == pytest.approx(lowest, rel=1e-6)
+    assert max(t.law_rate for t in ticks) <= 40e6 + 1e-6   # held, never raised: the seed's own share binds

@@ -437,9 +437,10 @@ class ControllerConfig:
     #: an excess, and for spikes, it cuts as before. A new load's slow first 15-25 s (its prefills; the
     #: off windows of bench/results' 58 load-change phases read 0.8-1.6 % up to 20 s after the change, then
     #: 0.5-0.9 %) held the law at the floor past the change's settling (v32's load-change run 2: ~25 s, the
-    #: phase ending at 0.65 %). Plant model, on the signed bound, 180 runs: h100-load-change-tail both goals
-    #: 50 -> 80, h100-load-change 169 -> 173, within the budget unchanged (docs/qos.md "A new load's slow
-    #: tail"). Off by default until run on hardware.
+    #: phase ending at 0.65 %). Plant model, 180 runs: h100-load-change-tail both goals 42 -> 73 (50 -> 80 on
+    #: the signed bound), h100-load-change 158 -> 172, within the budget unchanged; elsewhere within a few
+    #: runs either way (docs/qos.md "Holding where the seed's own share binds"). Off by default until run on
+    #: hardware.
     ab_hold_without_excess: bool = False
     #: A/B law: a fork's first chunk reads after at least this long without any (the seed alone between
     #: two forks, the law ticking; and twice the longest spell without reads before them, the fork's own

@@ -428,8 +428,9 @@ class ControllerConfig:
     #: fork's first seconds at the floor while 58,000 on tokens read 0.44 % against 0.81 % off. Plant model,
     #: single fork, 3 x 60 draws: both goals 1,152 -> 1,184 of 2,340 on the 13 plants and 569 -> 619 of
     #: 1,440 on the 8 others; within the budget 2,213 -> 2,215 and 1,148 -> 1,141 (docs/qos.md "The
-    #: bound where the on pool reads under the off pool"). Off by default until run on hardware.
-    ab_signed_excess_bound: bool = False
+    #: bound where the on pool reads under the off pool"). On since session 43, after v33 ran it on hardware
+    #: (docs/benchmarks.md "v33"). False: the clamped bound.
+    ab_signed_excess_bound: bool = True
     #: A/B law: where the seed's own share (its upper bound) is over what the error budget allows and the
     #: transfer-on share reads at or under the seed's own share at the on intervals' load (the transfer
     #: shows no excess), the law holds its rate (at most the on intervals' mean rate) rather than cut to the
@@ -439,9 +440,9 @@ class ControllerConfig:
     #: 0.5-0.9 %) held the law at the floor past the change's settling (v32's load-change run 2: ~25 s, the
     #: phase ending at 0.65 %). Plant model, 180 runs: h100-load-change-tail both goals 42 -> 73 (50 -> 80 on
     #: the signed bound), h100-load-change 158 -> 172, within the budget unchanged; elsewhere within a few
-    #: runs either way (docs/qos.md "Holding where the seed's own share binds"). Off by default until run on
-    #: hardware.
-    ab_hold_without_excess: bool = False
+    #: runs either way (docs/qos.md "Holding where the seed's own share binds"). On since session 43, after
+    #: v33 ran it on hardware (docs/benchmarks.md "v33"). False: the floor, as before.
+    ab_hold_without_excess: bool = True
     #: A/B law: a fork's first chunk reads after at least this long without any (the seed alone between
     #: two forks, the law ticking; and twice the longest spell without reads before them, the fork's own
     #: spacing of chunks at a low rate; never under the floor) start its error budget afresh: the
@@ -1701,8 +1702,10 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     # The transfer shows no excess: the seed's own share, however high, is not the transfer's to repay.
     no_excess = (config.ab_hold_without_excess and est.off_known and est.tokens_on >= min_tokens
                  and est.p_on <= est.p_off_at_on_load)
-    if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget and not no_excess:
-        return config.floor_bytes_per_second, summary, True, config.max_raise_factor
+    if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:
+        # The seed misses its SLO on its own: the floor, or where the transfer shows no excess its rate held.
+        over = min(rate_now, max(est.r_on, config.floor_bytes_per_second)) if no_excess else 0.0
+        return max(over, config.floor_bytes_per_second), summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
         return None, summary, False, config.max_raise_factor
     allowed = _allowed_share(_budget_window(ledger, config, now, budget_from), budget, config)
@@ -2021,8 +2024,12 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     summary += ramp_note
     if seed_over:
         state = replace(state, good_rates=(), ab_seed_over_at=now)
-        return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, config.floor_bytes_per_second,
-                            f"the seed misses its SLO with the transfer off ({summary}): floor")
+        if spike:  # a held rate too: a spike cuts whatever the pooled evidence says
+            target = max(config.floor_bytes_per_second, min(target, rate * (1 - config.ab_max_cut)))
+        held = (f"the transfer shows no excess: held at {target:.3g} B/s"
+                if target > config.floor_bytes_per_second else "floor")
+        return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, target,
+                            f"the seed misses its SLO with the transfer off ({summary}): {held}")
     if target is None:
         start = _start_rate(itl, ttft, config, slo) if state.last_cut_at is None else rate
         if not spike and start > rate:

@@ -15,6 +15,10 @@ import pytest
 from sim.qos_plant import BUDGET, CAP, PLANTS, RunResult, run
 from throttle.controller import ControllerConfig
 
+#: The law before session 43 made the signed bound and the hold its defaults: the tests that measure an older
+#: rule's trade-off measure it in the law of its day (docs/qos.md "Holding where the seed's own share binds").
+BEFORE_SESSION_43 = {"ab_signed_excess_bound": False, "ab_hold_without_excess": False}
+
 SEEDS = range(6)
 
 
@@ -158,10 +162,11 @@ def test_confirming_spikes_brings_a_seed_with_its_own_bad_seconds_back_to_the_ra
     plant = replace(H200_CPU_SPIKES, seconds=80, warmup_seconds=0)
 
     def mean_ratio(confirm: bool) -> float:
-        law = ControllerConfig(cap_bytes_per_second=CAP, ab_confirm_spikes=confirm)
+        law = ControllerConfig(cap_bytes_per_second=CAP, ab_confirm_spikes=confirm, **BEFORE_SESSION_43)
         results = [run(plant, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(20)]
         return statistics.mean(min(r.realized_throughput_ratio, 2.0) for r in results)
 
+    # In the law of its day; today's (the signed bound, the hold) recovers in part by itself: 0.87 -> 0.92.
     assert mean_ratio(True) > mean_ratio(False) + 0.05
 
 
@@ -276,7 +281,7 @@ def test_where_the_oracle_is_the_floor_going_under_it_sooner_trades_one_goal_for
     assert 0 < oracles[0] and oracles[-1] <= 2 * floor and oracles[0] <= floor <= oracles[-1]
     tallies = {}
     for z in (3.0, 0.0):
-        law = ControllerConfig(cap_bytes_per_second=CAP, yield_floor_z=z)
+        law = ControllerConfig(cap_bytes_per_second=CAP, yield_floor_z=z, **BEFORE_SESSION_43)
         results = [run(phase, law, seed, seed_alone_seconds=15, chunk_bytes=8388608) for seed in range(20)]
         within = [r.realized_share <= BUDGET for r in results]
         fast = [r.throughput_ratio >= 0.8 for r in results]
@@ -369,7 +374,7 @@ def test_a_second_fork_finds_the_law_where_the_first_left_it_unless_the_law_rest
     from sim.qos_plant import H100_NEAR_SLO, run_second_fork
 
     def second_forks(plant, law_restarts, **tuning):
-        law = ControllerConfig(cap_bytes_per_second=CAP, **tuning)
+        law = ControllerConfig(cap_bytes_per_second=CAP, **{**BEFORE_SESSION_43, **tuning})
         phase = replace(plant, seconds=80, warmup_seconds=0)
         return [run_second_fork(phase, law, seed, 15, law_restarts=law_restarts, seed_alone_seconds=15,
                                 chunk_bytes=8388608) for seed in range(10)]

@@ -1683,7 +1683,8 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     seed's own bad seconds, all transfer-on) and up to ``settle_until`` (a new load's first seconds, on
     and off) are left out of the attribution; the error budget counts them. The error budget reads
     ``ledger`` (every interval as the users saw it, through a new load).
-    Going under the floor reads the transfer-on intervals after ``yield_from`` only."""
+    Going under the floor reads the transfer-on intervals after ``yield_from`` only. Where the seed's own
+    share binds and the transfer shows no excess, the rate is held (``ab_hold_without_excess``)."""
     attributable = _attributable(samples, isolated, settle_until)  # isolated intervals are all transfer-on
     on = [s for s in attributable if s.on]
     off = [s for s in attributable if not s.on]
@@ -1699,17 +1700,18 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
             est = estimate(on, recent, min_tokens=min_tokens)
     z = config.confidence_z
     summary = evidence_summary(est, budget) + stale_note
+    floor = config.floor_bytes_per_second
     # The transfer shows no excess: the seed's own share, however high, is not the transfer's to repay.
+    # Then the rate is held (``ab_hold_without_excess``), within the rates the on intervals saw.
     no_excess = (config.ab_hold_without_excess and est.off_known and est.tokens_on >= min_tokens
                  and est.p_on <= est.p_off_at_on_load)
+    held_rate = min(rate_now, max(est.r_on, floor)) if no_excess else floor
     if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:
-        # The seed misses its SLO on its own: the floor, or where the transfer shows no excess its rate held.
-        over = min(rate_now, max(est.r_on, config.floor_bytes_per_second)) if no_excess else 0.0
-        return max(over, config.floor_bytes_per_second), summary, True, config.max_raise_factor
+        # The seed misses its SLO on its own: the floor, or its rate held.
+        return held_rate, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
         return None, summary, False, config.max_raise_factor
     allowed = _allowed_share(_budget_window(ledger, config, now, budget_from), budget, config)
-    floor = config.floor_bytes_per_second
     pool_own, signed = config.ab_pool_own_share, config.ab_signed_excess_bound
     rate = safe_rate(est, budget=allowed, duty_off=duty, z=z, floor=floor, cap=config.cap, pool_own=pool_own,
                      signed=signed)
@@ -1723,11 +1725,9 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
             rate = safe_rate(since, budget=allowed, duty_off=duty, z=z, floor=config.yield_floor_bytes_per_second,
                              cap=floor, pool_own=pool_own, signed=signed)
     held = ""
-    if no_excess and est.p_off + z * math.sqrt(est.var_off) > allowed:
-        # The seed's own share is what binds: hold, within the rates the on intervals saw.
-        hold = min(rate_now, max(est.r_on, floor))
-        if hold > rate:
-            rate, held = hold, "; the seed's own share binds, the transfer shows no excess: held"
+    if no_excess and held_rate > rate and est.p_off + z * math.sqrt(est.var_off) > allowed:
+        # The seed's own share is what binds, not the transfer's excess: hold.
+        rate, held = held_rate, "; the seed's own share binds, the transfer shows no excess: held"
     bound = overall_share(est, rate, duty, z, pool_own=pool_own, signed=signed)
     return (rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s{held}", False,
             _raise_factor(est, rate_now, allowed, duty, config))

@@ -108,6 +108,7 @@ def targets_of(options: "QosBenchOptions") -> dict:
     """The result's ``targets``: :data:`TARGETS` with the run's host speed bound (``--host-speed-min``)."""
     return dict(TARGETS, host_speed_min_fraction=options.host_speed_min_fraction)
 
+
 # SGLang 0.5.23's ITL buckets (testbed/decode.py's ITL_BUCKETS), repeated here so importing the
 # bench does not import torch.
 SGLANG_ITL_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040,

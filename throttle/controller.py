@@ -1704,9 +1704,10 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     # The transfer shows no excess: the seed's own share, however high, is not the transfer's to repay.
     # Then the rate is held (``ab_hold_without_excess``), within the rates the on intervals saw.
     no_excess = (config.ab_hold_without_excess and est.off_known and est.tokens_on >= min_tokens
-                 and est.p_on <= est.p_off_at_on_load)
+                 and est.excess <= 0)
     held_rate = min(rate_now, max(est.r_on, floor)) if no_excess else floor
-    if est.off_known and est.p_off - z * math.sqrt(est.var_off) > budget:
+    off_se = math.sqrt(est.var_off)
+    if est.off_known and est.p_off - z * off_se > budget:
         # The seed misses its SLO on its own: the floor, or its rate held.
         return held_rate, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
@@ -1725,7 +1726,7 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
             rate = safe_rate(since, budget=allowed, duty_off=duty, z=z, floor=config.yield_floor_bytes_per_second,
                              cap=floor, pool_own=pool_own, signed=signed)
     held = ""
-    if no_excess and held_rate > rate and est.p_off + z * math.sqrt(est.var_off) > allowed:
+    if no_excess and held_rate > rate and est.p_off + z * off_se > allowed:
         # The seed's own share is what binds, not the transfer's excess: hold.
         rate, held = held_rate, "; the seed's own share binds, the transfer shows no excess: held"
     bound = overall_share(est, rate, duty, z, pool_own=pool_own, signed=signed)

@@ -1057,9 +1057,7 @@ def test_the_law_holds_its_rate_where_the_seeds_own_share_binds_and_the_transfer
     # Noise-free shares, the seed watched alone for 15 s before a fork at 40 MB/s: where the transfer adds
     # nothing the on intervals read exactly the off share.
     config = cfg(ab_hold_without_excess=hold)
-    alone = [(float(t), Observation(itl=window(2000.0, 2000.0 * own), ttft=None, running=8.0, queued=0.0,
-                                    transfer_active=False, span_seconds=1.0)) for t in range(-14, 1)]
-    start = with_seed_alone_evidence(initial_state(config, now=0.0), alone, config, SLO, now=0.0)
+    start = with_seed_alone_evidence(initial_state(config, now=0.0), seed_alone(15, own), config, SLO, now=0.0)
     ticks = drive(config, linear(own, effect_at_cap), 60, start=start, start_rate=40e6)
     assert min(t.law_rate for t in ticks[10:]) == pytest.approx(lowest, rel=1e-6)
     assert max(t.law_rate for t in ticks) <= 40e6 + 1e-6   # held, never raised: the seed's own share binds

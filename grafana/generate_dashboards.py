@@ -230,9 +230,8 @@ SEED_QOS = Dashboard(
               (t('rfork_agent_itl_slo_violation_ratio{seed="$seed"}', "violation ratio"),
                t('rfork_agent_seed_alone_itl_slo_violation_ratio{seed="$seed"}', "seed alone (no chunk reads, 60 s)"),
                t('rfork_agent_itl_slo_violation_budget_ratio{seed="$seed"}', "budget")), unit="percentunit",
-              description="The seed alone near or over the budget leaves forks little room: the law holds them at "
-                          "the floor, or at their rate where the transfer shows no excess (seed_over_slo), and no "
-                          "rate, not even 0, keeps the seed within its SLO."),
+              description="The seed alone near or over the budget leaves forks no room: the law holds them at the "
+                          "floor (seed_over_slo), and no rate, not even 0, keeps the seed within its SLO."),
         Panel("Latency impact (ITL p99 / no-transfer baseline)",
               (t('rfork_agent_latency_impact_ratio{seed="$seed"}', "impact"),)),
         Panel("Throttle mode", (t('rfork_agent_throttle_mode{seed="$seed"}', "{{mode}}"),),
@@ -247,9 +246,8 @@ SEED_QOS = Dashboard(
         Panel("Why the rate is where it is (decisions by reason)",
               (t(f'sum by (reason) (increase(rfork_agent_throttle_decisions_total{{seed="$seed"}}[{RATE}]))',
                  "{{reason}}"),),
-              description="seed_over_slo: held at the floor, or at its rate where the transfer shows no excess, "
-                          "because the seed misses its ITL SLO without the transfer (the agent logs it once); "
-                          "transfer_latency: the law follows the latency the "
+              description="seed_over_slo: held at the floor because the seed misses its ITL SLO without the "
+                          "transfer (the agent logs it once); transfer_latency: the law follows the latency the "
                           "transfer adds; seed_idle: full rate; metrics_stale: the floor."),
         Panel("Seed /metrics scrapes: failures and age",
               (t(f'sum by (reason) (increase(rfork_agent_seed_metrics_scrape_failures_total{{seed="$seed"}}[{RATE}]))',

@@ -339,8 +339,8 @@ class AgentMetrics:
         self.throttle_decisions_total = Counter(
             "rfork_agent_throttle_decisions_total",
             "Adaptive throttle decisions by action (cut, raise, hold, floor, cap, probe) and reason, why the rate "
-            "is where it is (transfer_latency; seed_over_slo: held at the floor, or at its rate where the transfer "
-            "shows no excess, because the seed misses its SLO without the transfer; seed_idle; metrics_stale).",
+            "is where it is (transfer_latency; seed_over_slo: held at the floor because the seed misses its SLO "
+            "without the transfer; seed_idle; metrics_stale).",
             ["seed", "action", "reason"], registry=registry,
         )
         self.seed_metrics_scrape_failures_total = Counter(

@@ -431,17 +431,18 @@ class ControllerConfig:
     #: bound where the on pool reads under the off pool"). On since session 43, after v33 ran it on hardware
     #: (docs/benchmarks.md "v33"). False: the clamped bound.
     ab_signed_excess_bound: bool = True
-    #: A/B law: where the seed's own share (its upper bound) is over what the error budget allows and the
-    #: transfer-on share reads at or under the seed's own share at the on intervals' load (the transfer
-    #: shows no excess), the law holds its rate (at most the on intervals' mean rate) rather than cut to the
-    #: floor: a cut there saves nothing the evidence shows, and the seed's own share may fall back. With
-    #: an excess, and for spikes, it cuts as before. A new load's slow first 15-25 s (its prefills; the
-    #: off windows of bench/results' 58 load-change phases read 0.8-1.6 % up to 20 s after the change, then
-    #: 0.5-0.9 %) held the law at the floor past the change's settling (v32's load-change run 2: ~25 s, the
-    #: phase ending at 0.65 %). Plant model, 180 runs: h100-load-change-tail both goals 42 -> 73 (50 -> 80 on
-    #: the signed bound), h100-load-change 158 -> 172, within the budget unchanged; elsewhere within a few
-    #: runs either way (docs/qos.md "Holding where the seed's own share binds"). On since session 43, after
-    #: v33 ran it on hardware (docs/benchmarks.md "v33"). False: the floor, as before.
+    #: A/B law: where the seed's own share (its upper bound) is over what the error budget allows and the transfer-on
+    #: share reads at or under the seed's own share at the on intervals' load (the transfer shows no excess), the law
+    #: holds its rate (at most the on intervals' mean rate) rather than cut to the floor: a cut there saves nothing the
+    #: evidence shows, and the seed's own share may fall back. With an excess, and for spikes, it cuts as before; a
+    #: seed clearly over its SLO on its own goes to the floor (``not_our_fault``) whatever the pools read: a stall puts
+    #: every token over, on and off alike. A new load's slow first 15-25 s (its prefills; the off windows of
+    #: bench/results' 58 load-change phases read 0.8-1.6 % up to 20 s after the change, then 0.5-0.9 %) held the law at
+    #: the floor past the change's settling (v32's load-change run 2: ~25 s, the phase ending at 0.65 %). Plant model,
+    #: 180 runs: h100-load-change-tail both goals 42 -> 66 (50 -> 71 on the signed bound), h100-load-change 158 -> 172,
+    #: within the budget unchanged; elsewhere within a few runs either way (docs/qos.md "Holding where the seed's own
+    #: share binds"). On since session 43, after v33 ran it on hardware (docs/benchmarks.md "v33", where it also held a
+    #: seed over its SLO alone; no longer: see above). False: the floor, as before.
     ab_hold_without_excess: bool = True
     #: A/B law: a fork's first chunk reads after at least this long without any (the seed alone between
     #: two forks, the law ticking; and twice the longest spell without reads before them, the fork's own
@@ -1701,15 +1702,11 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
     z = config.confidence_z
     summary = evidence_summary(est, budget) + stale_note
     floor = config.floor_bytes_per_second
-    # The transfer shows no excess: the seed's own share, however high, is not the transfer's to repay.
-    # Then the rate is held (``ab_hold_without_excess``), within the rates the on intervals saw.
-    no_excess = (config.ab_hold_without_excess and est.off_known and est.tokens_on >= min_tokens
-                 and est.excess <= 0)
-    held_rate = min(rate_now, max(est.r_on, floor)) if no_excess else floor
     off_se = math.sqrt(est.var_off)
     if est.off_known and est.p_off - z * off_se > budget:
-        # The seed misses its SLO on its own: the floor, or its rate held.
-        return held_rate, summary, True, config.max_raise_factor
+        # The seed misses its SLO on its own: the floor. Not held where the on share reads no higher: a seed
+        # far over (a stall: every token slow, on and off) reads so whatever the transfer costs.
+        return floor, summary, True, config.max_raise_factor
     if est.tokens_on < min_tokens:
         return None, summary, False, config.max_raise_factor
     allowed = _allowed_share(_budget_window(ledger, config, now, budget_from), budget, config)
@@ -1726,8 +1723,11 @@ def _ab_target(samples: tuple[Sample, ...], budget: float, config: ControllerCon
             rate = safe_rate(since, budget=allowed, duty_off=duty, z=z, floor=config.yield_floor_bytes_per_second,
                              cap=floor, pool_own=pool_own, signed=signed)
     held = ""
-    if no_excess and held_rate > rate and est.p_off + z * off_se > allowed:
-        # The seed's own share is what binds, not the transfer's excess: hold.
+    # The transfer shows no excess and the seed's own share is what binds (``ab_hold_without_excess``): the
+    # rate is held, within the rates the on intervals saw.
+    held_rate = min(rate_now, max(est.r_on, floor))
+    if (config.ab_hold_without_excess and est.off_known and est.excess <= 0 and held_rate > rate
+            and est.p_off + z * off_se > allowed):
         rate, held = held_rate, "; the seed's own share binds, the transfer shows no excess: held"
     bound = overall_share(est, rate, duty, z, pool_own=pool_own, signed=signed)
     return (rate, f"{summary}; allowed {allowed:.2%}, bound {bound:.2%} at {rate:.3g} B/s{held}", False,
@@ -2025,12 +2025,8 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
     summary += ramp_note
     if seed_over:
         state = replace(state, good_rates=(), ab_seed_over_at=now)
-        if spike:  # a held rate too: a spike cuts whatever the pooled evidence says
-            target = max(config.floor_bytes_per_second, min(target, rate * (1 - config.ab_max_cut)))
-        held = (f"the transfer shows no excess: held at {target:.3g} B/s"
-                if target > config.floor_bytes_per_second else "floor")
-        return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, target,
-                            f"the seed misses its SLO with the transfer off ({summary}): {held}")
+        return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, config.floor_bytes_per_second,
+                            f"the seed misses its SLO with the transfer off ({summary}): floor")
     if target is None:
         start = _start_rate(itl, ttft, config, slo) if state.last_cut_at is None else rate
         if not spike and start > rate:

@@ -101,9 +101,7 @@ SCRAPE_FAILURE_REASONS = ("unreachable", "http_error", "parse_error")
 #: * ``seed_over_slo`` — held at the floor while the seed misses its ITL SLO without the
 #:   transfer (its no-transfer intervals, or the A/B law's off windows, are over budget; it
 #:   stays until the law moves off the floor): the transfer is not the cause, and
-#:   the fork gets little from this seed until the seed's own latency comes back. Where the
-#:   transfer-on intervals read no worse than the off windows (the A/B law's
-#:   ``ab_hold_without_excess``) the rate is held where it was, not cut to the floor;
+#:   the fork gets little from this seed until the seed's own latency comes back;
 #: * ``metrics_stale`` — no usable scrape of the seed's /metrics: the floor.
 THROTTLE_REASONS = ("not_adaptive", "seed_idle", "transfer_latency", "seed_over_slo", "metrics_stale")
 

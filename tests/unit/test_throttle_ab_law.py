@@ -401,22 +401,13 @@ def test_the_rate_settles_where_the_transfers_own_excess_fits_the_budget():
     assert share <= 0.01
 
 
-@pytest.mark.parametrize("effect_at_cap, hold, held", [
-    (0.01, True, False),     # the transfer adds to it (+0.5 % at 50 MB/s): the floor
-    (0.0, False, False),     # it adds nothing, ab_hold_without_excess off: the floor (the law before session 43)
-    (0.0, True, True),       # it adds nothing: the rate the on intervals ran at, held (not_our_fault all the same)
-])
-def test_a_seed_over_its_slo_on_its_own_is_held_at_the_floor_unless_the_transfer_shows_no_excess(
-        effect_at_cap, hold, held):
-    log = drive(cfg(ab_hold_without_excess=hold), linear(0.03, effect_at_cap), 30, start_rate=50e6)
-    assert log[-1].mode in (Mode.NOT_OUR_FAULT, Mode.PROBE_PAUSE)
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_seed_over_its_slo_on_its_own_is_held_at_the_floor(hold):
+    # With ab_hold_without_excess too: a seed far over its SLO (3 %, or a stall's 100 %) reads as high with the
+    # transfer on as off whatever the transfer costs, so "no excess" is no evidence there.
+    log = drive(cfg(ab_hold_without_excess=hold), linear(0.03, 0.0), 30, start_rate=50e6)
+    assert log[-1].law_rate == FLOOR and log[-1].mode in (Mode.NOT_OUR_FAULT, Mode.PROBE_PAUSE)
     assert any("with the transfer off" in t.reason for t in log)
-    if held:
-        # The first second, off unknown, blamed 3 % on the transfer and cut; from the first off window on, held.
-        assert log[-1].law_rate > FLOOR and len({t.law_rate for t in log[5:]}) == 1
-        assert "the transfer shows no excess: held" in log[-1].reason or log[-1].mode is Mode.PROBE_PAUSE
-    else:
-        assert log[-1].law_rate == FLOOR
 
 
 # Under the floor (yield_floor_fraction): a GPU seed where even the floor costs more than the budget leaves.
@@ -1046,11 +1037,10 @@ def test_the_signed_bound_is_a_tuning_the_law_reads_on_by_default():
 
 
 @pytest.mark.parametrize("own, effect_at_cap, hold, lowest", [
-    (0.013, 0.0, False, FLOOR),      # the seed over its budget alone: the floor, as ever
-    (0.013, 0.0, True, 40e6),        # ... but the transfer shows no excess: held at its rate
     (0.0097, 0.0, False, FLOOR),     # under the budget, over its aim (0.95 %): the floor's bound is over it
-    (0.0097, 0.0, True, 40e6),       # ... held
-    (0.013, 0.004, True, FLOOR),     # an excess (0.16 % at 40 MB/s): cut to the floor with the flag too
+    (0.0097, 0.0, True, 40e6),       # ... but the transfer shows no excess: held at its rate
+    (0.0097, 0.004, True, FLOOR),    # an excess (0.16 % at 40 MB/s): cut to the floor with the flag too
+    (0.013, 0.0, True, FLOOR),       # the seed clearly over its budget alone: the floor, with the flag too
 ])
 def test_the_law_holds_its_rate_where_the_seeds_own_share_binds_and_the_transfer_shows_none(
         own, effect_at_cap, hold, lowest):

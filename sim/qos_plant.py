@@ -384,7 +384,8 @@ def _idle(state: ControllerState, config: ControllerConfig, slo: SloConfig, star
 def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_seconds: float, *,
                     law_restarts: bool, budget: float = BUDGET, seed_alone_seconds: float = 0.0,
                     chunk_bytes: float = 0.0, idle_seconds: float = 0.0, spike_seconds: float = 0.0,
-                    return_transient: tuple[int, float] = (0, 0.0)) -> RunResult:
+                    return_transient: tuple[int, float] = (0, 0.0),
+                    spell_before: tuple[int, float] = (0, 0.0)) -> RunResult:
     """Two forks from one seed, ``gap_seconds`` apart (the seed alone, serving, in between); the second judged.
 
     The first is :func:`run`'s (``plant.seconds`` long). ``law_restarts``: the law enters the second
@@ -397,7 +398,10 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
     that idle spell the load comes back for this long with the first fork still reading, then the seed
     is idle for ``RECOVERY_IDLE_SECONDS`` (the bench's spike and recovery tests), then the load is back.
     ``return_transient``: (seconds, excess): each time the load is back after idle, the seed's own share
-    is ``excess`` higher for its first ``seconds`` (:func:`_own_share_raised`).
+    is ``excess`` higher for its first ``seconds`` (:func:`_own_share_raised`). ``spell_before``: (seconds,
+    excess): the seed's own share is ``excess`` higher in the first fork's last ``seconds`` (the seed's own
+    spell over its SLO, over as the first fork ends: v34's `steady` run 3, the seeds alone at 3.5 % and
+    0.62x their speed, before run 4 on the same law).
     """
     n, starts_at = int(plant.seconds), int(plant.seconds) + int(gap_seconds)
     idle = min(int(idle_seconds), starts_at - n)
@@ -409,6 +413,9 @@ def run_second_fork(plant: Plant, config: ControllerConfig, rng_seed: int, gap_s
         spells = ((n + idle, n + idle + spike), (quiet, starts_at)) if spike > 0 else ((quiet, starts_at),)
         for back, until in spells:
             seconds[back:until] = _own_share_raised(seconds[back:until], *return_transient)
+    if spell_before[0] > 0:
+        spell_from = max(0, n - spell_before[0])
+        seconds[spell_from:n] = _own_share_raised(seconds[spell_from:n], n - spell_from, spell_before[1])
     first, gap, second = seconds[:n], seconds[quiet:starts_at], seconds[starts_at:]
     slo = SloConfig(itl_threshold_seconds=THRESHOLD, violation_budget=budget)
     state = _law_at_start(plant, segments, config, slo, rng_seed, seed_alone_seconds)
@@ -678,6 +685,10 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--return-transient", default=None, metavar="SECONDS:SHARE",
                         help="with --idle-in-gap: each time the load is back after idle, the seed's own share is "
                              "SHARE (a fraction) higher for its first SECONDS (a load ramping up; default none)")
+    parser.add_argument("--spell-before-second", default=None, metavar="SECONDS:SHARE",
+                        help="with --second-fork-after: the seed's own share is SHARE (a fraction) higher in the "
+                             "first fork's last SECONDS (its own spell over the SLO, over when the first fork ends; "
+                             "default none)")
     parser.add_argument("--law-restarts", action="store_true",
                         help="with --second-fork-after: the law enters the second fork afresh (as `rfork bench qos` "
                              "does each run); default: it keeps what it learnt, as an agent that stays adaptive")
@@ -707,6 +718,15 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
             parser.error(f"--return-transient takes SECONDS:SHARE (say 10:0.06), got {args.return_transient!r}")
         if not (args.idle_in_gap and transient[0] > 0 and 0 < transient[1] < 1):
             parser.error("--return-transient needs --idle-in-gap, whole seconds > 0 and a share in (0, 1)")
+    spell = (0, 0.0)
+    if args.spell_before_second is not None:
+        try:
+            seconds_text, share_text = args.spell_before_second.split(":")
+            spell = (int(seconds_text), float(share_text))
+        except ValueError:
+            parser.error(f"--spell-before-second takes SECONDS:SHARE (say 60:0.03), got {args.spell_before_second!r}")
+        if not (args.second_fork_after is not None and spell[0] > 0 and 0 < spell[1] < 1):
+            parser.error("--spell-before-second needs --second-fork-after, whole seconds > 0 and a share in (0, 1)")
     every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
     names = list(every) if args.plants == "all" else args.plants.split(",")
@@ -741,7 +761,7 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                 results = [run_second_fork(plant, cfg, seed, args.second_fork_after, law_restarts=args.law_restarts,
                                            seed_alone_seconds=args.seed_alone, chunk_bytes=args.chunk_bytes,
                                            idle_seconds=args.idle_in_gap, spike_seconds=args.spike_in_gap,
-                                           return_transient=transient)
+                                           return_transient=transient, spell_before=spell)
                            for seed in seeds]
             shares = [r.expected_share / BUDGET for r in results]
             real = [r.realized_share / BUDGET for r in results]

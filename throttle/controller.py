@@ -338,6 +338,18 @@ class ControllerConfig:
     #: (docs/qos.md "A stale off pool"): a watch 1 % worse but for its last minute, both goals 17 -> 56 of
     #: 360; every other total unchanged within 3 runs. 0: the whole off horizon always (until session 39).
     ab_stale_off_z: float = 2.0
+    #: A/B law: where the law held the seed over its SLO on its own within the last ``change_window_seconds``
+    #: and the intervals of that window (on and off) read under what the older evidence predicts for them by
+    #: more than this many standard errors, and within the budget, the seed is back from its own spell: the
+    #: evidence before the window is forgotten, the error budget counts from there, and the law climbs from
+    #: its rate on evidence. Without it the spell's slow tokens stayed in the pools and held the law at the
+    #: floor, then repaying them, for up to the evidence horizon (v34 `steady` run 4, on the law kept from run
+    #: 3 where the seeds ran alone at 3.5 %: ~50 s at the floor with the seeds at 0.5-1 %, then "allowed
+    #: 0.47 %"; 0.14x the oracle). A fall that large (~4.5 SE over 5 s at a batch of 64) is under ``spike_z``.
+    #: Plant model, a second fork 20 s after the seed's own spell (docs/qos.md "The seed back from its own spell
+    #: over its SLO"): both goals 60 -> 240 of 780 and 59 -> 177 of 540; the reference totals within 1-7 runs.
+    #: 0: never (the rule until session 44).
+    ab_own_spell_over_z: float = 3.0
     #: Standard errors of margin: the rate is the largest whose upper bound of the seed's share is
     #: within the budget.
     confidence_z: float = 1.0
@@ -546,6 +558,7 @@ class ControllerConfig:
              ">= 2 x off_every_max_seconds (the horizon must hold off windows)"),
             ("off_horizon_seconds", lambda v: v >= self.evidence_horizon_seconds, ">= evidence_horizon_seconds"),
             ("ab_stale_off_z", lambda v: v >= 0, ">= 0 (0: never)"),
+            ("ab_own_spell_over_z", lambda v: v >= 0, ">= 0 (0: never)"),
             ("confidence_z", lambda v: v >= 0, ">= 0"),
             ("spike_z", lambda v: v > 0, "> 0"),
             ("change_window_seconds", lambda v: self.interval_seconds <= v < self.evidence_horizon_seconds,
@@ -1603,6 +1616,32 @@ def _change_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float)
     return _z_over(est, recent)
 
 
+def _spell_over_z(samples: tuple[Sample, ...], config: ControllerConfig, now: float, budget: float) -> float:
+    """Sigmas by which the last ``change_window_seconds``' intervals, on and off, read under what the older
+    evidence predicts for them (the off share, plus the transfer's excess per byte/s at each interval's
+    rate); 0 where the off share before them is unknown or their own share is over ``budget``.
+
+    >>> cfg = ControllerConfig(cap_bytes_per_second=100e6)
+    >>> spell = [Sample(float(t), 5e6 if t % 2 else 0.0, t % 2 == 1, 420.0, 12e3, 64.0) for t in range(1, 61)]
+    >>> back = [Sample(float(t), 5e6 if t % 2 else 0.0, t % 2 == 1, 84.0, 12e3, 64.0) for t in range(61, 66)]
+    >>> round(_spell_over_z(tuple(spell + back), cfg, 65.0, 0.01), 1)                 # 3.5 %, then 0.7 %
+    4.6
+    >>> still = [Sample(float(t), 0.0, False, 180.0, 12e3, 64.0) for t in range(61, 66)]  # 1.5 %: still over
+    >>> _spell_over_z(tuple(spell + still), cfg, 65.0, 0.01)
+    0.0
+    """
+    cut = now - config.change_window_seconds
+    older = [s for s in samples if s.at <= cut + _EPS]
+    recent = [s for s in samples if s.at > cut + _EPS]
+    tokens = sum(s.tokens for s in recent)
+    if not recent or tokens <= 0 or sum(s.slow for s in recent) > budget * tokens:
+        return 0.0
+    est = estimate([s for s in older if s.on], [s for s in older if not s.on], min_tokens=config.min_observations)
+    if not est.off_known:
+        return 0.0
+    return -_z_over(est, recent)
+
+
 def _z_over(est: Estimate, recent: list[Sample]) -> float:
     """Sigmas by which the slow tokens of ``recent`` exceed what ``est`` predicts for them: the off share plus
     the transfer's excess per byte/s (none where ``est`` saw no on rate) at each interval's rate."""
@@ -1950,6 +1989,15 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
+    spell_note = ""
+    if (config.ab_own_spell_over_z > 0 and not spike and pending is None and forget_from is None
+            and now - state.ab_seed_over_at <= config.change_window_seconds + _EPS):
+        fall = _spell_over_z(_attributable(itl, isolated, settle_until), config, now, b)
+        if fall > config.ab_own_spell_over_z:
+            # The seed back from its own spell over the SLO: its slow tokens say nothing of the seed now.
+            forget_from = now - config.change_window_seconds
+            spell_note = (f"; the seed back within its SLO after its own spell over it ({fall:.1f} SE under the "
+                          f"older evidence): forgot all but the last {config.change_window_seconds:g} s")
     # Not under the floor: there the law's own reads may come a minute apart (1 % of a 100 MB/s cap moves
     # a 64 MiB chunk every 67 s), and a restarted error budget would forget the overspend it is repaying.
     # The gap is sought in the ledger, not the evidence: a load back after idle forgot the evidence, not
@@ -1985,16 +2033,23 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         # transfer may still spend); in deficit it starts afresh with the evidence: a seed's own stall,
         # once over, must not hold the transfer at the floor for the horizon to repay it.
         ledgers = {}
-        for name, ledger, budget in (("ab_ledger_itl", state.ab_ledger_itl, b),
-                                     ("ab_ledger_ttft", state.ab_ledger_ttft, slo.ttft_budget)):
-            if not _ledger_in_surplus(ledger, budget, config, now, state.ab_budget_from):
-                ledgers[name] = _after(ledger, forget_from)
+        if spell_note:
+            # The spell's overspend was the seed's own: the error budget counts from here. The ledger is kept,
+            # for a fork's first reads after a gap to be found in it (the gap then is no savings either).
+            # And no start as if entering adaptive mode: the law climbs from where the spell left it, on evidence.
+            state = replace(state, ab_budget_from=max(state.ab_budget_from, forget_from), last_cut_at=now,
+                            ab_cut_from=None)
+        else:
+            for name, ledger, budget in (("ab_ledger_itl", state.ab_ledger_itl, b),
+                                         ("ab_ledger_ttft", state.ab_ledger_ttft, slo.ttft_budget)):
+                if not _ledger_in_surplus(ledger, budget, config, now, state.ab_budget_from):
+                    ledgers[name] = _after(ledger, forget_from)
         # The evidence forgets up to forget_from, or stays forgotten up to a later time an earlier reset
         # (a load back after idle, a new load) forgot it to.
         state = replace(state, ab_evidence_from=max(state.ab_evidence_from, forget_from), **ledgers)
         itl, ttft = state.ab_itl, state.ab_ttft
     state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_settle_until=settle_until)
-    if spike or changed or gap_from is not None:
+    if spike or changed or spell_note or gap_from is not None:
         soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
         state = replace(state, dense_until=now + config.dense_after_change_seconds,
                         next_probe_at=min(state.next_probe_at or soon, soon))
@@ -2022,7 +2077,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
             factor = min(factor, t_factor)
         if t_target is not None and t_target < target:
             target, summary, seed_over = t_target, f"TTFT: {t_summary}", t_over
-    summary += ramp_note
+    summary += ramp_note + spell_note
     if seed_over:
         state = replace(state, good_rates=(), ab_seed_over_at=now)
         return _ab_schedule(state, config, slo, now, Mode.NOT_OUR_FAULT, config.floor_bytes_per_second,

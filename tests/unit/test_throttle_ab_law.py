@@ -597,6 +597,24 @@ def test_when_a_seed_over_its_slo_on_its_own_recovers_the_rate_climbs_again():
     assert max(t.law_rate for t in log[60:100]) >= 3 * FLOOR
 
 
+@pytest.mark.parametrize("z, climbs", [(3.0, True), (0.0, False)])
+def test_a_seed_back_from_its_own_spell_over_the_slo_is_no_longer_held_at_the_floor(z, climbs):
+    # v34 steady run 4: the seeds at 3.5 % on their own for a minute (a slowed host), then back at 0.5 %. The
+    # spell's slow tokens stayed in the pools for the evidence horizon: "the seed misses its SLO with the
+    # transfer off" for ~50 s, then an error budget repaying them. Noise-free, 12,000 tokens/s at batch 64.
+    def plant(rate: float, k: int) -> tuple[float, float, float]:
+        return linear(0.035 if k < 60 else 0.005, 0.002, tokens=12000.0, running=64.0)(rate, k)
+
+    log = drive(cfg(ab_own_spell_over_z=z), plant, 150, start_rate=50e6)
+    assert log[59].law_rate == FLOOR and log[59].mode in (Mode.NOT_OUR_FAULT, Mode.PROBE_PAUSE)
+    back = [t for t in log[60:] if "the seed back within its SLO after its own spell" in t.reason]
+    if climbs:
+        assert back and back[0].now <= 66
+        assert log[89].law_rate >= 0.95 * CAP
+    else:
+        assert not back and max(t.law_rate for t in log[60:]) == FLOOR   # 90 s after the spell: still the floor
+
+
 def new_load(effect_after: float) -> Plant:
     """v21's load-change seeds: 32 requests (7,000 tokens/s, 0.05 % alone), then from t = 40 96 requests
     (10,000 tokens/s) whose first 8 s are 4 % slow on their own (the new requests' prefills), then 0.2 %.
@@ -610,13 +628,14 @@ def new_load(effect_after: float) -> Plant:
     return plant
 
 
-@pytest.mark.parametrize("settle, mean_rate_at_least, mean_rate_under", [
-    (10.0, 0.8 * CAP, math.inf),   # the default: back at the cap once the new load has settled
-    (0.0, 0.0, 0.4 * CAP),         # the first seconds attributed: on 2-3 % against off 1.5-2 %, near the floor
+@pytest.mark.parametrize("settle, spell_z, mean_rate_at_least, mean_rate_under", [
+    (10.0, 3.0, 0.8 * CAP, math.inf),   # the default: back at the cap once the new load has settled
+    (0.0, 0.0, 0.0, 0.4 * CAP),         # the first seconds attributed: on 2-3 % against off 1.5-2 %, near the floor
+    (0.0, 3.0, 0.6 * CAP, math.inf),    # attributed, but forgotten as the seed's own spell once it reads 0.2 %
 ])
-def test_a_new_loads_own_first_slow_seconds_are_not_taken_for_the_transfers_cost(settle, mean_rate_at_least,
+def test_a_new_loads_own_first_slow_seconds_are_not_taken_for_the_transfers_cost(settle, spell_z, mean_rate_at_least,
                                                                                  mean_rate_under):
-    log = drive(cfg(ab_settle_seconds=settle), new_load(0.001), 100)
+    log = drive(cfg(ab_settle_seconds=settle, ab_own_spell_over_z=spell_z), new_load(0.001), 100)
     assert log[39].law_rate == CAP
     assert min(t.applied for t in log[40:50]) < CAP / 2          # the spike rule still cuts at once
     mean = sum(t.applied for t in log[50:100]) / 50
@@ -958,8 +977,10 @@ def test_a_load_ramping_up_after_a_lull_is_left_out_until_it_reads_as_the_seed_a
     assert before.ab_isolated == tuple(float(t) for t in range(68, 82)) and before.ab_ramp_until == 97.0
     assert first.mode is Mode.PROBE_PAUSE and first.state.ab_ramp_until == -math.inf
     assert "off 0.40% of 16000" in first.reason and "-> 1.12e+07 B/s" in first.reason
-    # Without the ramp rule: the floor, the seed taken to miss its SLO on its own.
-    _, before, first = _fork_over_a_lull(cfg(ab_lull_ramp_seconds=0), (4000.0, 16.0, 12.0), ramp=ramp)
+    # Without the ramp rule: the floor, the seed taken to miss its SLO on its own (and without
+    # ab_own_spell_over_z, which forgets the ramp once the load reads 0.4 % again: the ramp rule's case alone).
+    _, before, first = _fork_over_a_lull(cfg(ab_lull_ramp_seconds=0, ab_own_spell_over_z=0), (4000.0, 16.0, 12.0),
+                                         ramp=ramp)
     assert before.ab_isolated == (68.0, 69.0, 70.0, 71.0, 72.0)
     assert "the seed misses its SLO with the transfer off" in first.reason and "off 2.94% of 52000" in first.reason
     assert first.state.rate_bytes_per_second == cfg().floor_bytes_per_second
@@ -1002,8 +1023,9 @@ def test_off_intervals_the_on_intervals_contradict_give_way_to_the_recent_ones()
     assert all(d.mode is not Mode.NOT_OUR_FAULT for d in shrunk[45:])
     assert shrunk[-1].applied >= 0.95 * CAP
     assert sum(d.applied for d in shrunk) / len(shrunk) > 0.4 * CAP
-    # The rule off: the whole off horizon (300 s) says the seed misses its SLO on its own, the fork through.
-    whole = _fork_after_a_stale_bad_watch(cfg(ab_stale_off_z=0))
+    # The rule off: the whole off horizon (300 s) says the seed misses its SLO on its own, the fork through
+    # (ab_own_spell_over_z off too: it forgets the bad minutes once the seed reads as it is).
+    whole = _fork_after_a_stale_bad_watch(cfg(ab_stale_off_z=0, ab_own_spell_over_z=0))
     assert all(d.mode is Mode.NOT_OUR_FAULT and d.applied <= cfg().floor_bytes_per_second
                for d in whole if d.applied > 0)
 

@@ -644,6 +644,16 @@ PLANTS: dict[str, Plant] = {
 }
 
 
+def _seconds_and_share(text: str) -> tuple[int, float]:
+    """An option's SECONDS:SHARE (say ``10:0.06``): whole seconds and a fraction."""
+    import argparse
+    try:
+        seconds_text, share_text = text.split(":")
+        return int(seconds_text), float(share_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes SECONDS:SHARE (say 10:0.06), got {text!r}") from None
+
+
 def main() -> None:  # pragma: no cover - a report for docs, not a test
     import argparse
     import statistics
@@ -682,10 +692,10 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     parser.add_argument("--stale-watch-excess", type=float, default=0.0, metavar="SHARE",
                         help="with --seed-alone over 60: the seed's own share was SHARE (a fraction) higher in all but "
                              "the watch's last 60 s (its bad minutes, long past when the fork comes; default 0)")
-    parser.add_argument("--return-transient", default=None, metavar="SECONDS:SHARE",
+    parser.add_argument("--return-transient", type=_seconds_and_share, default=None, metavar="SECONDS:SHARE",
                         help="with --idle-in-gap: each time the load is back after idle, the seed's own share is "
                              "SHARE (a fraction) higher for its first SECONDS (a load ramping up; default none)")
-    parser.add_argument("--spell-before-second", default=None, metavar="SECONDS:SHARE",
+    parser.add_argument("--spell-before-second", type=_seconds_and_share, default=None, metavar="SECONDS:SHARE",
                         help="with --second-fork-after: the seed's own share is SHARE (a fraction) higher in the "
                              "first fork's last SECONDS (its own spell over the SLO, over when the first fork ends; "
                              "default none)")
@@ -709,24 +719,13 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
                                   <= args.second_fork_after - args.idle_in_gap - RECOVERY_IDLE_SECONDS):
         parser.error(f"--spike-in-gap needs --idle-in-gap, and fits in the gap with it and {RECOVERY_IDLE_SECONDS} s "
                      "of recovery")
-    transient = (0, 0.0)
-    if args.return_transient is not None:
-        try:
-            seconds_text, share_text = args.return_transient.split(":")
-            transient = (int(seconds_text), float(share_text))
-        except ValueError:
-            parser.error(f"--return-transient takes SECONDS:SHARE (say 10:0.06), got {args.return_transient!r}")
-        if not (args.idle_in_gap and transient[0] > 0 and 0 < transient[1] < 1):
-            parser.error("--return-transient needs --idle-in-gap, whole seconds > 0 and a share in (0, 1)")
-    spell = (0, 0.0)
-    if args.spell_before_second is not None:
-        try:
-            seconds_text, share_text = args.spell_before_second.split(":")
-            spell = (int(seconds_text), float(share_text))
-        except ValueError:
-            parser.error(f"--spell-before-second takes SECONDS:SHARE (say 60:0.03), got {args.spell_before_second!r}")
-        if not (args.second_fork_after is not None and spell[0] > 0 and 0 < spell[1] < 1):
-            parser.error("--spell-before-second needs --second-fork-after, whole seconds > 0 and a share in (0, 1)")
+    transient = args.return_transient or (0, 0.0)
+    if args.return_transient is not None and not (args.idle_in_gap and transient[0] > 0 and 0 < transient[1] < 1):
+        parser.error("--return-transient needs --idle-in-gap, whole seconds > 0 and a share in (0, 1)")
+    spell = args.spell_before_second or (0, 0.0)
+    if args.spell_before_second is not None and not (args.second_fork_after is not None and spell[0] > 0
+                                                     and 0 < spell[1] < 1):
+        parser.error("--spell-before-second needs --second-fork-after, whole seconds > 0 and a share in (0, 1)")
     every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
              BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
     names = list(every) if args.plants == "all" else args.plants.split(",")

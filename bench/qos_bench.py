@@ -1060,7 +1060,8 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
     cap, n = options.cap, options.seeds
     budget = options.slo_budget
     result: dict = {"options": _options_dict(options), "plant": {**asdict(plant), "load": asdict(plant.load)},
-                    "targets": targets_of(options), "runs_requested": runs}
+                    "law": law_identity(options.throttle_tuning), "targets": targets_of(options),
+                    "runs_requested": runs}
     say(f"rfork bench qos --plant {plant.name}: {n} seeds on {options.device}, {options.size_bytes / 2**20:.0f} MiB "
         f"model, load {load.describe()}"
         + (f" then {plant.changed_load.describe()} mid-phase" if plant.changed_load else "")
@@ -1608,6 +1609,26 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
     if isinstance(observer, ControlledObserver):
         out["control"] = {**out.get("control", {}), "time_series": [asdict(s) for s in observer.control.samples]}
     return out
+
+
+#: The modules whose code is the law: a change to either is another law, whatever its config says.
+LAW_MODULES = ("throttle.controller", "throttle.attribution")
+
+
+def law_identity(throttle_tuning: str | None) -> dict:
+    """The law the agents run: its config (the defaults, ``throttle_tuning`` over them) and a fingerprint of
+    that config and of the code that reads it (:data:`LAW_MODULES`), so that runs kept across batteries and
+    sessions can be grouped by the law they ran (``python -m bench.qos_tally``). The cap is the deployment's,
+    not the law's: it is left out of the fingerprint (and of ``config``)."""
+    import hashlib
+    import importlib
+    config = asdict(tuning_from_text(throttle_tuning or "", 100e6))
+    config.pop("cap_bytes_per_second")
+    digest = hashlib.sha256(json.dumps(_finite(config), sort_keys=True).encode())
+    for name in LAW_MODULES:
+        with open(importlib.import_module(name).__file__, "rb") as f:
+            digest.update(f.read())
+    return {"fingerprint": digest.hexdigest()[:12], "throttle_tuning": throttle_tuning or "", "config": config}
 
 
 def _options_dict(options: QosBenchOptions) -> dict:

@@ -18,8 +18,9 @@ import sys
 import pytest
 
 from bench.qos_battery import GOALS
-from bench.qos_bench import RUN_FIELDS_AT_TOP
+from bench.qos_bench import RUN_FIELDS_AT_TOP, law_identity
 from bench.qos_stats import cpu_layout_warning
+from bench.qos_tally import kept_runs, tally
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -43,6 +44,16 @@ def test_a_miniature_battery_writes_every_file_with_a_run_summary_and_an_oracle(
 
     result = json.loads((tmp_path / "qos-steady.json").read_text())
     assert result["plant"]["name"] == "steady" and result["runs_completed"] == 1 and len(result["runs"]) == 1
+    # The law each arm's agents ran, for bench.qos_tally to pool kept runs by: this checkout's, and b's tuning,
+    # which restates a default (plan_seconds 30): the same law, the same fingerprint.
+    arm_b = json.loads((tmp_path / "qos-steady-b.json").read_text())
+    assert result["law"] == law_identity(None) and arm_b["law"] == law_identity("plan_seconds=30")
+    assert arm_b["law"]["throttle_tuning"] == "plan_seconds=30"
+    assert arm_b["law"]["fingerprint"] == result["law"]["fingerprint"]
+    pooled = [kept_runs(str(tmp_path / name), json.loads((tmp_path / name).read_text()))
+              for name in ("qos-steady.json", "qos-steady-b.json")]
+    law = result["law"]["fingerprint"]
+    assert [(t.law, t.plant, t.runs) for t in tally(pooled)] == [(law, "steady", 2)]   # b's plant is steady too
     # Where the CPUs were too few for the layout (on 2 CPUs, wrapped to the four a plant and its control get, the
     # two fleets' seeds share one), the result and the log say so.
     options = result["options"]

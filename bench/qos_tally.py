@@ -1,0 +1,145 @@
+"""Kept `rfork bench qos` runs, across batteries and sessions, by the law they ran and the plant.
+
+Issue #16's goal is every goal in every one of 5 consecutive runs a plant; the bench judges it where the
+host held (its seeds at their calibration's speed, within the budget on their own: ``qos_stats.HOST_CHECKS``).
+One battery rarely gives a plant five such runs, so this tool pools the results kept in bench/results by the
+law's fingerprint (``law`` in each result: `rfork bench qos` writes it since session 44; older results are
+``unrecorded``) and, per plant, counts the runs, those where the host held, those that met every goal, and the
+longest streak of consecutive held runs that met every goal, in the order the files are given::
+
+    python -m bench.qos_tally bench/results/h100-qos-v35-*.json.gz [--law FINGERPRINT] [--streak 5]
+
+``--law current`` is this checkout's law with no tuning. Exit 0 where every plant shown has the streak, 1 where
+one has not, 2 on a file that cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from bench.kept_results import read_result
+from bench.qos_stats import all_met, host_held
+
+#: The law of results written before `rfork bench qos` recorded it.
+UNRECORDED = "unrecorded"
+
+
+@dataclass(frozen=True)
+class KeptRun:
+    """One run of a kept result: where it came from, and how it was judged."""
+
+    source: str
+    run: int
+    held: bool
+    met: bool
+
+
+@dataclass(frozen=True)
+class PlantTally:
+    """A plant's kept runs on one law."""
+
+    law: str
+    plant: str
+    runs: int
+    held: int
+    held_met: int
+    #: The longest run of consecutive held runs that met every goal (runs where the host missed are skipped,
+    #: neither breaking nor extending it).
+    streak: int
+
+
+def kept_runs(source: str, result: dict) -> tuple[str, str, list[KeptRun]]:
+    """(law fingerprint, plant, its runs) of one `rfork bench qos --json` result. KeyError or TypeError where it
+    is not one (a battery summary has no ``runs``).
+
+    >>> ok = {"g": {"met": True, "issue_target": True}}
+    >>> slow = dict(ok, seed_speed_vs_calibration={"met": False, "issue_target": False})
+    >>> kept_runs("a.json", {"plant": {"name": "steady"}, "law": {"fingerprint": "f1"},
+    ...                      "runs": [{"run": 1, "checks": ok}, {"run": 2, "checks": slow}]})
+    ('f1', 'steady', [KeptRun(source='a.json', run=1, held=True, met=True), KeptRun(source='a.json', run=2, held=False, met=True)])
+    """
+    law = (result.get("law") or {}).get("fingerprint") or UNRECORDED
+    runs = [KeptRun(source, int(r["run"]), host_held(r["checks"]), all_met(r["checks"])) for r in result["runs"]]
+    return law, result["plant"]["name"], runs
+
+
+def tally(kept: list[tuple[str, str, list[KeptRun]]]) -> list[PlantTally]:
+    """Per (law, plant), in the order first seen, the runs of ``kept`` (:func:`kept_runs`' tuples, in order).
+
+    >>> def r(held, met): return KeptRun("x", 1, held, met)
+    >>> tally([("f1", "steady", [r(True, True), r(False, False), r(True, True)]),
+    ...        ("f1", "steady", [r(True, False), r(True, True)]), ("f2", "steady", [r(True, True)])])
+    [PlantTally(law='f1', plant='steady', runs=5, held=4, held_met=3, streak=2), PlantTally(law='f2', plant='steady', runs=1, held=1, held_met=1, streak=1)]
+    """
+    grouped: dict[tuple[str, str], list[KeptRun]] = {}
+    for law, plant, runs in kept:
+        grouped.setdefault((law, plant), []).extend(runs)
+    out = []
+    for (law, plant), runs in grouped.items():
+        held = [r for r in runs if r.held]
+        streak = best = 0
+        for r in held:
+            streak = streak + 1 if r.met else 0
+            best = max(best, streak)
+        out.append(PlantTally(law, plant, len(runs), len(held), sum(r.met for r in held), best))
+    return out
+
+
+def table(tallies: list[PlantTally], streak: int) -> str:
+    """The tallies as a Markdown table, with whether each plant has ``streak`` consecutive held runs met."""
+    lines = ["| law | plant | runs | host held | held, every goal met | longest streak | goal |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for t in tallies:
+        goal = "met" if t.streak >= streak else f"{streak - t.streak} more"
+        lines.append(f"| {t.law} | `{t.plant}` | {t.runs} | {t.held} | {t.held_met} | {t.streak} | {goal} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.qos_tally", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", metavar="RESULT.json",
+                        help="`rfork bench qos --json` results (.json or .json.gz), in the order they ran")
+    parser.add_argument("--law", default=None, metavar="FINGERPRINT",
+                        help="only this law's runs (`current`: this checkout's law with no tuning; "
+                             f"`{UNRECORDED}`: results from before the law was recorded)")
+    parser.add_argument("--streak", type=int, default=5,
+                        help="consecutive held runs meeting every goal that a plant needs (default 5: issue #16)")
+    args = parser.parse_args(argv)
+    if args.streak < 1:
+        parser.error(f"--streak must be a whole number >= 1, got {args.streak}")
+    law = args.law
+    if law == "current":
+        from bench.qos_bench import law_identity
+        law = law_identity(None)["fingerprint"]
+    kept = []
+    for path in args.results:
+        try:
+            result = read_result(path)
+        except (OSError, ValueError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return 2
+        if "runs" not in result:
+            print(f"{path}: no runs[] (a battery's summary?): skipped", file=sys.stderr)
+            continue
+        try:
+            kept.append(kept_runs(path, result))
+        except (KeyError, TypeError, ValueError) as exc:
+            print(f"{path}: not a `rfork bench qos --json` result this tool can read ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            return 2
+    unrecorded = sum(1 for k in kept if k[0] == UNRECORDED)
+    if unrecorded and law in (None, UNRECORDED):
+        print(f"{unrecorded} result(s) from before the law was recorded: their runs are pooled as `{UNRECORDED}`, "
+              "whatever law each ran", file=sys.stderr)
+    tallies = [t for t in tally(kept) if law is None or t.law == law]
+    if not tallies:
+        print(f"no runs{'' if law is None else f' of law {law}'} in {len(args.results)} file(s)", file=sys.stderr)
+        return 1
+    print(table(tallies, args.streak))
+    return 0 if all(t.streak >= args.streak for t in tallies) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1989,11 +1989,12 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
                and abs(_change_z(_attributable(itl, isolated, settle_until), config, now)) > config.spike_z)
     if changed:
         forget_from = now - config.change_window_seconds
-    spell_note = ""
+    spell_over, spell_note = False, ""
     if (config.ab_own_spell_over_z > 0 and not spike and pending is None and forget_from is None
             and now - state.ab_seed_over_at <= config.change_window_seconds + _EPS):
         fall = _spell_over_z(_attributable(itl, isolated, settle_until), config, now, b)
-        if fall > config.ab_own_spell_over_z:
+        spell_over = fall > config.ab_own_spell_over_z
+        if spell_over:
             # The seed back from its own spell over the SLO: its slow tokens say nothing of the seed now.
             forget_from = now - config.change_window_seconds
             spell_note = (f"; the seed back within its SLO after its own spell over it ({fall:.1f} SE under the "
@@ -2033,7 +2034,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         # transfer may still spend); in deficit it starts afresh with the evidence: a seed's own stall,
         # once over, must not hold the transfer at the floor for the horizon to repay it.
         ledgers = {}
-        if spell_note:
+        if spell_over:
             # The spell's overspend was the seed's own: the error budget counts from here. The ledger is kept,
             # for a fork's first reads after a gap to be found in it (the gap then is no savings either).
             # And no start as if entering adaptive mode: the law climbs from where the spell left it, on evidence.
@@ -2049,7 +2050,7 @@ def _ab_tick(state: ControllerState, observation: Observation, config: Controlle
         state = replace(state, ab_evidence_from=max(state.ab_evidence_from, forget_from), **ledgers)
         itl, ttft = state.ab_itl, state.ab_ttft
     state = replace(state, ab_spike_at=pending, ab_isolated=isolated, ab_settle_until=settle_until)
-    if spike or changed or spell_note or gap_from is not None:
+    if spike or changed or spell_over or gap_from is not None:
         soon = now + (config.min_spacing_seconds if spike else config.off_every_min_seconds)
         state = replace(state, dense_until=now + config.dense_after_change_seconds,
                         next_probe_at=min(state.next_probe_at or soon, soon))

@@ -7,10 +7,11 @@ law's fingerprint (``law`` in each result: `rfork bench qos` writes it since ses
 ``unrecorded``) and, per plant, counts the runs, those where the host held, those that met every goal, and the
 longest streak of consecutive held runs that met every goal, in the order the files are given::
 
-    python -m bench.qos_tally bench/results/h100-qos-v35-*.json.gz [--law FINGERPRINT] [--streak 5]
+    python -m bench.qos_tally bench/results/h100-qos-v35-*.json.gz [--law FINGERPRINT ...] [--streak 5]
 
-``--law current`` is this checkout's law with no tuning. Exit 0 where every plant shown has the streak, 1 where
-one has not, 2 on a file that cannot be read.
+``--law current`` is this checkout's law with no tuning. ``--law`` given more than once pools those laws as one
+(a refactor that changed the code, and so the fingerprint, but not what the law does). Exit 0 where every plant
+shown has the streak, 1 where one has not, 2 on a file that cannot be read.
 """
 
 from __future__ import annotations
@@ -101,19 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.qos_tally", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", metavar="RESULT.json",
                         help="`rfork bench qos --json` results (.json or .json.gz), in the order they ran")
-    parser.add_argument("--law", default=None, metavar="FINGERPRINT",
+    parser.add_argument("--law", action="append", default=None, metavar="FINGERPRINT",
                         help="only this law's runs (`current`: this checkout's law with no tuning; "
-                             f"`{UNRECORDED}`: results from before the law was recorded)")
+                             f"`{UNRECORDED}`: results from before the law was recorded); more than once: those "
+                             "laws pooled as one (the same law across a refactor)")
     parser.add_argument("--streak", type=int, default=5,
                         help="consecutive held runs meeting every goal that a plant needs (default 5: issue #16)")
     args = parser.parse_args(argv)
     if args.streak < 1:
         parser.error(f"--streak must be a whole number >= 1, got {args.streak}")
-    law = args.law
-    if law == "current":
+    laws = None
+    if args.law:
         from bench.qos_bench import law_identity
-        law = law_identity(None)["fingerprint"]
-    kept = []
+        laws = [law_identity(None)["fingerprint"] if law == "current" else law for law in args.law]
+    kept, unrecorded = [], 0
     for path in args.results:
         try:
             result = read_result(path)
@@ -124,18 +126,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: no runs[] (a battery's summary?): skipped", file=sys.stderr)
             continue
         try:
-            kept.append(kept_runs(path, result))
+            law, plant, runs = kept_runs(path, result)
         except (KeyError, TypeError, ValueError) as exc:
             print(f"{path}: not a `rfork bench qos --json` result this tool can read ({type(exc).__name__}: {exc})",
                   file=sys.stderr)
             return 2
-    unrecorded = sum(1 for k in kept if k[0] == UNRECORDED)
-    if unrecorded and law in (None, UNRECORDED):
+        if laws is None or law in laws:
+            kept.append(("+".join(laws) if laws else law, plant, runs))
+            unrecorded += law == UNRECORDED
+    if unrecorded:
         print(f"{unrecorded} result(s) from before the law was recorded: their runs are pooled as `{UNRECORDED}`, "
               "whatever law each ran", file=sys.stderr)
-    tallies = [t for t in tally(kept) if law is None or t.law == law]
+    tallies = tally(kept)
     if not tallies:
-        print(f"no runs{'' if law is None else f' of law {law}'} in {len(args.results)} file(s)", file=sys.stderr)
+        which = "" if laws is None else " of law " + ", ".join(laws)
+        print(f"no runs{which} in {len(args.results)} file(s)", file=sys.stderr)
         return 1
     print(table(tallies, args.streak))
     return 0 if all(t.streak >= args.streak for t in tallies) else 1

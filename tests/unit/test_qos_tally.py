@@ -79,6 +79,13 @@ def test_the_command_line_reads_kept_results_and_says_whether_each_plant_has_its
     assert "| f1 | `near-slo` | 4 | 4 | 4 | 4 | 1 more |" in capsys.readouterr().out
     assert main([five, "--law", "f2"]) == 1
     assert "no runs of law f2 in 1 file(s)" in capsys.readouterr().err
+    # The same law across a refactor (another fingerprint, the same behaviour): both pooled as one.
+    refactored = write(tmp_path / "c.json", result("steady", [MET] * 2, law="f2"))
+    assert main([four, refactored, "--law", "f1", "--law", "f2"]) == 1
+    out = capsys.readouterr().out
+    assert "| f1+f2 | `near-slo` | 4 | 4 | 4 | 4 | 1 more |" in out and "| f1+f2 | `steady` | 2 |" in out
+    assert main([five, refactored, "--law", "f1", "--law", "f2"]) == 0
+    assert "| f1+f2 | `steady` | 7 | 7 | 7 | 7 | met |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content, says", [

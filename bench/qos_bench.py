@@ -1615,19 +1615,54 @@ def _snapshot(result: dict, observer: Observer, driver=None) -> dict:
 LAW_MODULES = ("throttle.controller", "throttle.attribution")
 
 
+def law_code(source: str) -> str:
+    r"""``source`` as the law's fingerprint reads it: its comments, docstrings, blank lines and trailing
+    spaces left out, so that an edit to what the code says about itself (a field's comment citing new
+    numbers) is the same law, and an edit to what it does is another. The same text on every Python
+    this runs on (the comments are :mod:`tokenize`'s, the docstrings' lines :mod:`ast`'s).
+
+        >>> law_code("def f(x):\n    'Twice x.'\n\n    return 2 * x  # why: doubled\n")
+        'def f(x):\n    return 2 * x'
+        >>> law_code("s = '# not a comment'\n") == "s = '# not a comment'"
+        True
+    """
+    import ast
+    import io
+    import tokenize
+    lines = source.splitlines()
+    dropped: set[int] = set()  # 0-based lines of docstrings
+    cuts: dict[int, int] = {}  # 0-based line -> column where its comment starts
+    for node in ast.walk(ast.parse(source)):
+        # A string alone as a statement (a docstring: a module's, a class's, a function's, an attribute's)
+        # says what the code does; it does nothing.
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            dropped.update(range(node.lineno - 1, node.end_lineno or node.lineno))
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            cuts[token.start[0] - 1] = token.start[1]
+    kept = []
+    for i, line in enumerate(lines):
+        if i in dropped:
+            continue
+        line = line[:cuts[i]] if i in cuts else line
+        if line.strip():
+            kept.append(line.rstrip())
+    return "\n".join(kept)
+
+
 def law_identity(throttle_tuning: str | None) -> dict:
     """The law the agents run: its config (the defaults, ``throttle_tuning`` over them) and a fingerprint of
-    that config and of the code that reads it (:data:`LAW_MODULES`), so that runs kept across batteries and
-    sessions can be grouped by the law they ran (``python -m bench.qos_tally``). The cap is the deployment's,
-    not the law's: it is left out of the fingerprint (and of ``config``)."""
+    that config and of the code that reads it (:data:`LAW_MODULES`, as :func:`law_code` reads it), so that runs
+    kept across batteries and sessions can be grouped by the law they ran (``python -m bench.qos_tally``). The
+    cap is the deployment's, not the law's: it is left out of the fingerprint (and of ``config``)."""
     import hashlib
     import importlib
     config = asdict(tuning_from_text(throttle_tuning or "", 100e6))
     config.pop("cap_bytes_per_second")
     digest = hashlib.sha256(json.dumps(_finite(config), sort_keys=True).encode())
     for name in LAW_MODULES:
-        with open(importlib.import_module(name).__file__, "rb") as f:
-            digest.update(f.read())
+        with open(importlib.import_module(name).__file__, encoding="utf-8") as f:
+            digest.update(law_code(f.read()).encode())
     return {"fingerprint": digest.hexdigest()[:12], "throttle_tuning": throttle_tuning or "", "config": config}
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.qos_bench import law_identity
+from bench.qos_bench import law_code, law_identity
 from bench.qos_tally import UNRECORDED, KeptRun, PlantTally, kept_runs, main, tally
 
 MET = {"g": {"value": 1.0, "target": ">= 0.8", "met": True, "issue_target": True}}
@@ -56,6 +56,45 @@ def test_the_law_identity_names_the_tuning_not_the_cap():
     assert law_identity("plan_seconds=10")["config"]["plan_seconds"] == 10
     # A tuning that restates a default is the same law.
     assert law_identity("plan_seconds=30")["fingerprint"] == law_identity(None)["fingerprint"]
+
+
+LAW = '''"""The law."""
+
+#: The floor.
+FLOOR = 0.05
+
+
+class Config:
+    """A config."""
+
+    floor: float = FLOOR  # a fraction of the cap
+    #: Why 3.
+    z: float = 3.0
+    """z's attribute docstring."""
+
+
+def cut(rate, share):
+    """Cut where over the budget (0.9 of 1 %)."""
+    if share > 0.01:  # over: cut
+        return rate * 0.9
+    return rate
+'''
+
+
+@pytest.mark.parametrize("edit, same", [
+    (("#: Why 3.", "#: Why 3: v34 said so, with new numbers."), True),
+    (("# over: cut", "# over the budget: cut now"), True),
+    (('"""Cut where over the budget (0.9 of 1 %)."""', '"""Cut where over the budget,\n    by a tenth."""'), True),
+    (('    """z\'s attribute docstring."""\n', ""), True),
+    (("FLOOR = 0.05\n", "FLOOR = 0.05\n\n\n"), True),
+    (("return rate * 0.9", "return rate * 0.8"), False),
+    (("z: float = 3.0", "z: float = 2.0"), False),
+    (("share > 0.01", "share >= 0.01"), False),
+])
+def test_the_law_code_is_what_the_code_does_not_what_it_says(edit, same):
+    old, new = edit
+    assert old in LAW
+    assert (law_code(LAW) == law_code(LAW.replace(old, new))) is same
 
 
 def write(path, data, gz=False) -> str:

@@ -1625,11 +1625,15 @@ def law_code(source: str) -> str:
         'def f(x):\n    return 2 * x'
         >>> law_code("s = '# not a comment'\n") == "s = '# not a comment'"
         True
+        >>> law_code("s = 'page\fbreak'  # a form feed in a string\nt = 1\n")
+        "s = 'page\x0cbreak'\nt = 1"
     """
     import ast
     import io
     import tokenize
-    lines = source.splitlines()
+    # Lines as tokenize and ast count them, at "\n" only: str.splitlines also breaks at a form feed (and
+    # other separators) inside a string, which would shift every later line against their numbers.
+    lines = source.split("\n")
     dropped: set[int] = set()  # 0-based lines of docstrings
     cuts: dict[int, int] = {}  # 0-based line -> column where its comment starts
     for node in ast.walk(ast.parse(source)):

@@ -12,8 +12,8 @@ longest streak of consecutive held runs that met every goal, in the order the fi
 ``--law current`` is this checkout's law with no tuning. The fingerprint reads the law's code without its comments
 and docstrings (``qos_bench.law_code``), so only an edit to what the code does makes another law. ``--law`` given
 more than once pools those laws as one (a refactor that changed the code, and so the fingerprint, but not what
-the law does). Exit 0 where every plant
-shown has the streak, 1 where one has not, 2 on a file that cannot be read.
+the law does). Exit 0 where every plant shown has the streak, 1 where one has not, 2 on a file that cannot be
+read.
 """
 
 from __future__ import annotations

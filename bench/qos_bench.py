@@ -74,6 +74,7 @@ from bench.qos_stats import (
     where_host_held,
     wilson_interval,
 )
+from rfork_agent.agent_config import MIN_READ_PIECE_BYTES
 from rfork_api.clients import blocking_http_client
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
@@ -199,6 +200,11 @@ class QosBenchOptions:
     """Layer passes per decode step on every seed (None: each seed calibrates at start)."""
     throttle_tuning: str | None = None
     """Passed to every agent as ``--throttle-tuning`` (the control law's ControllerConfig fields)."""
+    read_piece_bytes: int = 0
+    """Passed to every agent as ``--read-piece`` (0: whole reads): the fork clients read each chunk in pieces
+    of at most this many bytes."""
+    read_piece_gap_seconds: float = 0.0
+    """Passed to every agent as ``--read-piece-gap``: seconds between two pieces."""
     alternate_tuning: str | None = None
     """Two laws on the same seeds, SLO and oracle: even runs' throttled phases run the agents' law with this
     tuning over their start config (``PUT /v1/throttle`` ``throttle_tuning``), odd runs' with none; each
@@ -1012,6 +1018,9 @@ def _fleet_spec(options: QosBenchOptions, plant: Plant, control: bool = False):
         agent_args += ["--slo-itl", "1", "--slo-ttft", f"{options.slo_ttft_seconds:g}"]
     if options.throttle_tuning:
         agent_args += ["--throttle-tuning", options.throttle_tuning]
+    if options.read_piece_bytes:
+        agent_args += ["--read-piece", str(options.read_piece_bytes),
+                       "--read-piece-gap", f"{options.read_piece_gap_seconds:g}"]
     seed_args = list(SERVING_SEED_ARGS) + list(plant.seed_args)
     if options.decode_layers is not None:
         seed_args += ["--decode-layers", str(options.decode_layers)]
@@ -1850,6 +1859,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layer passes per decode step on every seed (default 1; 0 = calibrate per seed)")
     p.add_argument("--throttle-tuning", default=None, metavar="FIELD=VALUE,...",
                    help="passed to every agent's --throttle-tuning (the control law's fields)")
+    p.add_argument("--read-piece", default="0", metavar="SIZE",
+                   help="every agent's --read-piece: fork clients read each chunk in pieces of at most SIZE "
+                        "(default 0: whole reads)")
+    p.add_argument("--read-piece-gap", type=float, default=0.0, metavar="SECONDS",
+                   help="every agent's --read-piece-gap: seconds between two pieces (default 0)")
     p.add_argument("--alternate-tuning", default=None, metavar="FIELD=VALUE,...",
                    help="two laws on the same seeds, SLO and oracle: even runs' throttled phases with this tuning "
                         "over the agents' (PUT /v1/throttle), odd runs' without; each arm summarized (--runs >= 2)")
@@ -1929,8 +1943,15 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         size = parse_size(args.size) if args.size else None
         chunk = parse_size(args.chunk_size) if args.chunk_size else None
         cap = parse_rate(args.cap)
+        piece = parse_size(args.read_piece)
     except UnitError as exc:
         raise BenchArgsError(str(exc)) from None
+    if piece and piece < MIN_READ_PIECE_BYTES:
+        raise BenchArgsError(f"--read-piece must be 0 (whole reads) or at least 64KiB, got {args.read_piece}")
+    if not 0 <= args.read_piece_gap <= 1.0:
+        raise BenchArgsError(f"--read-piece-gap must be 0 to 1 seconds, got {args.read_piece_gap}")
+    if args.read_piece_gap and not piece:
+        raise BenchArgsError("--read-piece-gap needs --read-piece (e.g. --read-piece 1MiB)")
     if not cap:
         raise BenchArgsError(f"--cap {args.cap!r}: the throttle needs a link rate > 0, e.g. 100MB/s")
     if args.throttle_tuning:
@@ -2001,6 +2022,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None, device=device,
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
+        read_piece_bytes=piece, read_piece_gap_seconds=args.read_piece_gap,
         alternate_tuning=args.alternate_tuning, law_across_runs=args.law_across_runs,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
         control_device=args.control_device, extra_runs_where_host_missed=args.extra_runs_where_host_missed,

@@ -169,7 +169,9 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             state.metrics.leases_total.labels(seed=config.seed_id, outcome="denied").inc()
             return denied.response()
         lease = state.grant(body, asked, clock())
-        return wire.LeaseGranted(lease_id=lease.lease_id, ttl_seconds=config.lease_ttl_seconds)
+        piece, gap = config.read_pieces(body.bytes)
+        return wire.LeaseGranted(lease_id=lease.lease_id, ttl_seconds=config.lease_ttl_seconds,
+                                 read_piece_bytes=piece, read_piece_gap_seconds=gap)
 
     @app.post("/v1/leases/{lease_id}/release", response_model=wire.ReleaseReply)
     async def release_lease(lease_id: Annotated[str, PathParam(min_length=1, max_length=128)],

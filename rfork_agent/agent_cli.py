@@ -63,6 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-ttl", type=float, default=30.0, help="seconds before an unreleased lease expires (default 30)")
     p.add_argument("--max-wait", type=float, default=5.0,
                    help="longest a lease request waits for budget before 429 (default 5 s)")
+    p.add_argument("--read-piece", default="0", metavar="SIZE",
+                   help="clients read each leased chunk in pieces of at most SIZE, one after another (e.g. 1MiB; "
+                        "default 0: in one read): for a seed that one long read stalls, such as a GPU seed over "
+                        "TCP (docs/qos.md \"Reads in pieces\")")
+    p.add_argument("--read-piece-gap", type=float, default=0.0, metavar="SECONDS",
+                   help="and wait SECONDS between two pieces (0 to 1; default 0)")
     add_log_arguments(p)
     p.add_argument("--token-file", default=None,
                    help="file holding the fleet's shared bearer token (default $RFORK_TOKEN_FILE, else "
@@ -210,6 +216,7 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
 def build_config(args: argparse.Namespace):
     """AgentConfig from parsed flags; raises _BadFlag with a one-line reason."""
     from rfork_agent.agent import AgentConfig
+    from rfork_agent.agent_config import MIN_READ_PIECE_BYTES
 
     sglang_url = _url("--sglang-url", args.sglang_url)
     scheduler_url = _url("--scheduler", args.scheduler)
@@ -233,6 +240,16 @@ def build_config(args: argparse.Namespace):
         raise _BadFlag(f"--lease-ttl must be a number of seconds > 0, got {args.lease_ttl}")
     if not (0 <= args.max_wait < math.inf):
         raise _BadFlag(f"--max-wait must be a number of seconds >= 0, got {args.max_wait}")
+    try:
+        piece = parse_size(args.read_piece)
+    except UnitError as exc:
+        raise _BadFlag(f"--read-piece: {exc}") from None
+    if piece and piece < MIN_READ_PIECE_BYTES:
+        raise _BadFlag(f"--read-piece must be 0 (whole reads) or at least 64KiB, got {args.read_piece}")
+    if not 0 <= args.read_piece_gap <= 1.0:
+        raise _BadFlag(f"--read-piece-gap must be 0 to 1 seconds, got {args.read_piece_gap}")
+    if args.read_piece_gap and not piece:
+        raise _BadFlag("--read-piece-gap needs --read-piece (e.g. --read-piece 1MiB): whole reads have no gaps")
     if args.tp_size is not None and args.tp_size < 1:
         raise _BadFlag(f"--tp-size must be >= 1, got {args.tp_size}")
     ranks = None
@@ -265,6 +282,8 @@ def build_config(args: argparse.Namespace):
             ranks=ranks,
             lease_ttl_seconds=args.lease_ttl,
             max_wait_seconds=args.max_wait,
+            read_piece_bytes=piece,
+            read_piece_gap_seconds=args.read_piece_gap,
             token=load_token(args.token_file),
             **qos,
         )

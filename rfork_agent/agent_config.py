@@ -15,6 +15,9 @@ from urllib.parse import urlparse
 from throttle.controller import ControllerConfig, InvalidConfig, SloConfig
 from throttle.qos import ThrottleMode
 
+MIN_READ_PIECE_BYTES = 64 * 2**10
+"""The smallest read piece: Mooncake's TCP transport stages GPU memory in 64 KiB copies, so a smaller piece
+only adds round trips."""
 
 
 
@@ -50,6 +53,13 @@ class AgentConfig:
     lease_ttl_seconds: float = 30.0
     max_wait_seconds: float = 5.0
     """Longest a lease request is held waiting for budget (the client's wait_seconds is capped to it)."""
+    read_piece_bytes: int = 0
+    """Leases tell clients to read in pieces of at most this many bytes, one after another; 0: each
+    chunk in one read. For a seed whose reads stall its own work the longer they are (a GPU seed over
+    TCP, whose TransferEngine stages every read through host memory with copies on the GPU)."""
+    read_piece_gap_seconds: float = 0.0
+    """And to wait this long between two pieces (at most 1 s; a lease's pieces and gaps are kept
+    within half its ttl by shortening the gap)."""
     heartbeat_interval: float = 1.0
     refresh_every_heartbeats: int = 5
     """Re-read the seed's TE info every this many heartbeat periods, to notice a restarted seed
@@ -58,10 +68,10 @@ class AgentConfig:
     """Probe the seed's /health this often; 0 disables the probe."""
     liveness_timeout_seconds: float = 2.0
     http_timeout_seconds: float = 5.0
+    """Timeout of each call to the seed and the scheduler."""
     token: str | None = field(default=None, repr=False)
     """Shared bearer token (None = auth off): required on the lease API, sent to the
     scheduler, and the key that lease grants are verified with."""
-    """Timeout of each call to the seed and the scheduler."""
     max_backoff_seconds: float = 2.0
     """Longest pause between attempts to reach the seed or the scheduler while not registered."""
     throttle: str = "off"
@@ -111,6 +121,14 @@ class AgentConfig:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_seconds < 0 or self.liveness_interval_seconds < 0:
             problems.append("max_wait_seconds and liveness_interval_seconds must be >= 0")
+        if self.read_piece_bytes != 0 and not MIN_READ_PIECE_BYTES <= self.read_piece_bytes <= 2**40:
+            problems.append(f"read_piece_bytes must be 0 (whole reads) or {MIN_READ_PIECE_BYTES} bytes to 1 TiB, "
+                            f"got {self.read_piece_bytes}")
+        if not (0 <= self.read_piece_gap_seconds <= 1.0):
+            problems.append(f"read_piece_gap_seconds must be 0 to 1 seconds, got {self.read_piece_gap_seconds}")
+        elif self.read_piece_gap_seconds and not self.read_piece_bytes:
+            problems.append("read_piece_gap_seconds needs read_piece_bytes (--read-piece): with whole reads "
+                            "there is no gap to wait")
         if self.refresh_every_heartbeats < 1:
             problems.append(f"refresh_every_heartbeats must be >= 1, got {self.refresh_every_heartbeats}")
         problems += self._qos_problems()
@@ -183,6 +201,27 @@ class AgentConfig:
         return ControllerConfig(cap_bytes_per_second=self.rate_cap, interval_seconds=interval,
                                 **{name: max(defaults[name], interval) for name in spans},
                                 **{name: max(defaults[name], defaults[name] * interval) for name in scaled})
+
+    def read_pieces(self, nbytes: int) -> tuple[int, float]:
+        """How a lease for ``nbytes`` is to be read: (piece bytes, 0 for one read; gap seconds between pieces).
+
+        The gap shrinks where the lease's pieces would wait more than half its ttl in all: the read must end
+        well before the lease expires, or the agent would stop counting a read that is still on the wire.
+
+            >>> config = AgentConfig(seed_id="s", sglang_url="http://h:1", scheduler_url="http://h:2",
+            ...                      read_piece_bytes=2**20, read_piece_gap_seconds=0.005, lease_ttl_seconds=30)
+            >>> config.read_pieces(8 * 2**20)
+            (1048576, 0.005)
+            >>> config.read_pieces(2**20)                 # one piece: no gap to wait
+            (1048576, 0.0)
+            >>> piece, gap = config.read_pieces(8192 * 2**20)   # 8,192 pieces: 15 s of gaps at most
+            >>> round(gap * 8191, 9)
+            15.0
+        """
+        if not self.read_piece_bytes or nbytes <= self.read_piece_bytes:
+            return self.read_piece_bytes, 0.0
+        gaps = -(-nbytes // self.read_piece_bytes) - 1
+        return self.read_piece_bytes, min(self.read_piece_gap_seconds, self.lease_ttl_seconds / 2 / gaps)
 
     @property
     def seed_metrics_url(self) -> str:

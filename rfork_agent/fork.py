@@ -100,6 +100,7 @@ class ForkResult:
     failed_seeds: dict[str, str]
     chunks_total: int
     duplicate_reads: int = 0
+    """Chunks that landed more than once (an endgame duplicate read to the end beside the first)."""
     reads_failed: int = 0
     resumed_jobs: int = 0
     """Times the scheduler lost the job (restarted) and the client resumed it."""
@@ -334,6 +335,7 @@ class _Tally:
     last_landed_at: float | None = None
     bytes_by_seed: dict[str, int] = field(default_factory=dict)
     reads_failed: int = 0
+    duplicate_reads: int = 0
     landed_chunks: set[int] = field(default_factory=set)
     """Chunk ids whose bytes are in our memory: what a resumed job need not read again."""
     resumed_jobs: int = 0
@@ -738,6 +740,7 @@ class ForkClient:
             retried_chunks=progress.retried_chunks,
             failed_seeds=dict(progress.failed_seeds),
             chunks_total=progress.chunks_total,
+            duplicate_reads=tally.duplicate_reads,
             reads_failed=tally.reads_failed,
             resumed_jobs=tally.resumed_jobs,
             bytes_from_seeds=progress.bytes_from_seeds,
@@ -891,9 +894,10 @@ class ForkClient:
         agent = agents.get(a.agent_url)
         if agent is None:
             agent = agents[a.agent_url] = AgentClient(a.agent_url, headers=self._headers)
-        lease_id = await self._acquire_lease(agent, job_id, rank, a)
-        if isinstance(lease_id, _LeaseFailure):
-            return report(False, lease_id.reason, lease_id.error)
+        lease = await self._acquire_lease(agent, job_id, rank, a)
+        if isinstance(lease, _LeaseFailure):
+            return report(False, lease.reason, lease.error)
+        lease_id = lease.lease_id
         suspect_until = self._suspect_until.get(a.session_id, 0.0)
         if self._clock() < suspect_until:
             # A read from this session just failed: transient, or the seed died. Submitting
@@ -910,7 +914,8 @@ class ForkClient:
                 return report(False, "seed_lost",
                               f"a read from {a.session_id} failed moments ago and its agent sees the seed down")
         try:
-            return await self._read(entry, tally, report, label)
+            return await self._read(entry, tally, report, label, lease.read_piece_bytes,
+                                    lease.read_piece_gap_seconds)
         finally:
             # Release off the critical path; an unreachable agent expires the lease itself.
             self._spawn(self._release(agent, lease_id, used=True))
@@ -926,27 +931,34 @@ class ForkClient:
                           f"skipped: a read from peer {a.session_id} failed moments ago")
         return await self._read(entry, tally, report, "peer")
 
-    async def _read(self, entry: _Running, tally: _Tally, report, label: str) -> m.ChunkReport:
-        """One TransferEngine read of the assignment's spans; the report for the scheduler."""
+    async def _read(self, entry: _Running, tally: _Tally, report, label: str, piece_bytes: int = 0,
+                    piece_gap_seconds: float = 0.0) -> m.ChunkReport:
+        """One TransferEngine read of the assignment's spans (in pieces where the seed's lease asks for
+        them); the report for the scheduler."""
         a = entry.assignment
         seed = a.seed_id
         now = self._clock()
         tally.first_lease_at = now if tally.first_lease_at is None else min(tally.first_lease_at, now)
         reads = a.reads
+        # Each piece is a batch of its own, so it counts like a segment, and its gap on top.
+        pieces = -(-a.bytes // piece_bytes) if piece_bytes else 0
         timeout = (self.options.read_timeout_base_seconds + a.bytes / self.options.read_timeout_min_bandwidth
-                   + len(reads) * self.options.read_timeout_per_segment_seconds)
+                   + (len(reads) + pieces) * self.options.read_timeout_per_segment_seconds
+                   + max(pieces - 1, 0) * piece_gap_seconds)
         entry.reading = True
         try:
             read_started = self._clock()
             await read(
                 self.transport, a.session_id,
                 [r.dst_ptr for r in reads], [r.src_ptr for r in reads], [r.length for r in reads],
-                timeout_s=timeout,
+                timeout_s=timeout, max_batch_bytes=piece_bytes, gap_seconds=piece_gap_seconds,
             )
             landed = self._clock()
             tally.last_landed_at = landed if tally.last_landed_at is None else max(tally.last_landed_at, landed)
             tally.bytes_by_seed[seed] = tally.bytes_by_seed.get(seed, 0) + a.bytes
-            tally.landed_chunks.update(a.chunk_ids or [a.chunk_id])
+            chunk_ids = a.chunk_ids or [a.chunk_id]
+            tally.duplicate_reads += len(tally.landed_chunks.intersection(chunk_ids))
+            tally.landed_chunks.update(chunk_ids)
             if self._landed_map is not None:
                 self._landed_map.mark(a.chunk_ids or [a.chunk_id])  # only now: a child may read them at once
             if self._metrics:
@@ -1049,7 +1061,7 @@ class ForkClient:
         await self._cancel_job(scheduler, job_id)
 
     async def _acquire_lease(self, agent: AgentClient, job_id: str, rank: int,
-                             a: m.Assignment) -> "str | _LeaseFailure":
+                             a: m.Assignment) -> "m.LeaseGranted | _LeaseFailure":
         give_up_at = self._clock() + self.options.lease_give_up_seconds
         while True:
             try:
@@ -1057,7 +1069,7 @@ class ForkClient:
                     job_id=job_id, assignment_id=a.assignment_id, rank=rank, bytes=a.bytes,
                     grant=a.grant or "", wait_seconds=self.options.lease_wait_seconds,
                 ))
-                return lease.lease_id
+                return lease
             except LeaseDenied as exc:
                 # The seed is busy, not broken: wait our turn unless it takes absurdly long.
                 if self._clock() >= give_up_at:

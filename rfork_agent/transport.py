@@ -29,6 +29,7 @@ import collections
 import ctypes
 import enum
 import itertools
+import math
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -264,18 +265,45 @@ Batch = tuple[Sequence[int], Sequence[int], Sequence[int]]
 
 
 def split_batches(dst_ptrs: Sequence[int], src_ptrs: Sequence[int], lengths: Sequence[int],
-                  max_segments: int) -> list[Batch]:
-    """Cut a read into batches of at most ``max_segments`` segments, in order.
+                  max_segments: int, max_bytes: int = 0) -> list[Batch]:
+    """Cut a read into batches of at most ``max_segments`` segments and, when ``max_bytes`` > 0, at most
+    ``max_bytes`` bytes, in order. A segment longer than what is left of a batch is cut there: its
+    first bytes end that batch and the rest go on in the next, at the matching offsets.
 
         >>> [len(lengths) for _, _, lengths in split_batches(range(5), range(5), [1] * 5, 2)]
         [2, 2, 1]
+        >>> [(list(d), list(s), list(n)) for d, s, n in split_batches([0, 100], [10, 200], [3, 6], 4, max_bytes=4)]
+        [([0, 100], [10, 200], [3, 1]), ([101], [201], [4]), ([105], [205], [1])]
     """
     if max_segments < 1:
         raise ValueError(f"max_segments must be at least 1, got {max_segments}")
-    return [
-        (dst_ptrs[i:i + max_segments], src_ptrs[i:i + max_segments], lengths[i:i + max_segments])
-        for i in range(0, len(lengths), max_segments)
-    ]
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be 0 (no bound) or more bytes, got {max_bytes}")
+    if not max_bytes:
+        return [
+            (dst_ptrs[i:i + max_segments], src_ptrs[i:i + max_segments], lengths[i:i + max_segments])
+            for i in range(0, len(lengths), max_segments)
+        ]
+    batches: list[Batch] = []
+    dst: list[int] = []
+    src: list[int] = []
+    sizes: list[int] = []
+    room = max_bytes
+    for d, s, n in zip(dst_ptrs, src_ptrs, lengths):
+        done = 0
+        while done < n:
+            if len(sizes) == max_segments or room == 0:
+                batches.append((dst, src, sizes))
+                dst, src, sizes, room = [], [], [], max_bytes
+            take = min(n - done, room)
+            dst.append(d + done)
+            src.append(s + done)
+            sizes.append(take)
+            done += take
+            room -= take
+    if sizes:
+        batches.append((dst, src, sizes))
+    return batches
 
 
 def _check_size(lengths: Sequence[int], max_segments: int, session_id: str) -> None:
@@ -448,11 +476,17 @@ async def read(
     lengths: Sequence[int],
     timeout_s: float,
     poll_interval: float = 0.002,
+    max_batch_bytes: int = 0,
+    gap_seconds: float = 0.0,
 ) -> None:
     """Read every segment, in batches of ``transport.max_segments_per_batch``, from an asyncio loop.
 
     Batches go one after another, so one read never has more than one batch
-    queued at the peer. The loop keeps running while a batch is on the wire:
+    queued at the peer. ``max_batch_bytes`` > 0 also cuts batches at that many
+    bytes (a long segment across several), and ``gap_seconds`` waits that long
+    between batches: a seed that asks for it (its lease says so) serves a chunk
+    as several short reads with room between them for its own work. The
+    timeout covers the gaps too. The loop keeps running while a batch is on the wire:
     a transport with ``threads`` (TE, whose ``poll`` waits for its batch)
     submits and waits on them, any other is polled from the loop.
     Raises ``ReadFailed`` (a batch could not start, or finished with an error;
@@ -467,13 +501,19 @@ async def read(
     """
     _check_batch(dst_ptrs, src_ptrs, lengths)
     nbytes = sum(lengths)
-    batches = split_batches(dst_ptrs, src_ptrs, lengths, transport.max_segments_per_batch)
+    if gap_seconds < 0 or not math.isfinite(gap_seconds):
+        raise ValueError(f"gap_seconds must be a finite 0 or more seconds, got {gap_seconds}")
+    batches = split_batches(dst_ptrs, src_ptrs, lengths, transport.max_segments_per_batch, max_batch_bytes)
     started = time.monotonic()
     deadline = started + timeout_s
     threads = transport.threads
     for index, (dst, src, sizes) in enumerate(batches):
         if index:
-            await asyncio.sleep(0)  # let the loop run between batches (leases, heartbeats)
+            # Let the loop run between batches (leases, heartbeats); a gap past the deadline is a timeout.
+            if time.monotonic() + gap_seconds > deadline:
+                raise ReadTimeout(f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s "
+                                  f"({index} of {len(batches)} batches landed, {gap_seconds:.3f} s apart)")
+            await asyncio.sleep(gap_seconds)
         where = f"batch {index + 1} of {len(batches)}, {len(sizes)} segments" if len(batches) > 1 else ""
         try:
             if threads is None:

@@ -510,6 +510,11 @@ class LeaseRequest(Request):
 class LeaseGranted(Reply):
     lease_id: str
     ttl_seconds: float
+    read_piece_bytes: int = Field(default=0, ge=0)
+    """Read the leased bytes in pieces of at most this many bytes, one after another (0: in one read).
+    The seed's operator asks for it where one long read stalls the seed's own work (a GPU seed over TCP)."""
+    read_piece_gap_seconds: float = Field(default=0.0, ge=0, le=1.0, allow_inf_nan=False)
+    """Wait this long between two pieces."""
 
 
 class ReleaseRequest(Request):

@@ -290,6 +290,20 @@ def test_bad_lease_requests(fleet, body, status, code):
     assert response.json()["detail"]["message"]
 
 
+def test_a_lease_tells_the_client_to_read_in_the_seeds_pieces(fleet):
+    _, scheduler, agent, _ = fleet(rate_cap=100 * MB, read_piece_bytes=2**20, read_piece_gap_seconds=0.005,
+                                   lease_ttl_seconds=2.0)
+    wait_until(registered(scheduler), what="registration")
+    pieces = lambda nbytes, i: post(f"{agent.url}/v1/leases", lease_body(nbytes, assignment=f"a{i}")).json()  # noqa: E731
+    many = pieces(8 * 2**20, 1)
+    assert (many["read_piece_bytes"], many["read_piece_gap_seconds"]) == (2**20, 0.005)
+    one = pieces(2**20, 2)                                  # one piece: nothing to wait between
+    assert (one["read_piece_bytes"], one["read_piece_gap_seconds"]) == (2**20, 0.0)
+    # 1,001 pieces: their 1,000 gaps kept within half the 2 s ttl.
+    long = pieces(1001 * 2**20, 3)
+    assert long["read_piece_gap_seconds"] == pytest.approx(0.001)
+
+
 def test_release_refunds_unused_and_replay_is_404(fleet):
     # The agent's clock stands still: the balance moves only by what is booked and refunded (on a
     # busy machine, accrual between two status calls used to blur the refund it should show).
@@ -297,7 +311,8 @@ def test_release_refunds_unused_and_replay_is_404(fleet):
     wait_until(registered(scheduler), what="registration")
     available = lambda: httpx.get(f"{agent.url}/v1/status").json()["available_bytes"]  # noqa: E731
     lease = post(f"{agent.url}/v1/leases", lease_body(2 * MB)).json()
-    assert set(lease) == {"lease_id", "ttl_seconds"} and lease["ttl_seconds"] == 30
+    assert set(lease) == {"lease_id", "ttl_seconds", "read_piece_bytes", "read_piece_gap_seconds"}
+    assert (lease["ttl_seconds"], lease["read_piece_bytes"], lease["read_piece_gap_seconds"]) == (30, 0, 0)
     assert post(f"{agent.url}/v1/leases", lease_body(2 * MB, assignment="a2")).status_code == 200  # into debt
     assert available() == pytest.approx(-1.5 * MB)
     assert post(f"{agent.url}/v1/leases/{lease['lease_id']}/release", {"used": False}).status_code == 200
@@ -363,6 +378,11 @@ def _args(**overrides) -> argparse.Namespace:
     ({"host": "0.0.0.0"}, "--advertise-url"),
     ({"ranks": "0,x"}, "--ranks"),
     ({"log_level": "loud"}, "--log-level"),
+    ({"read_piece": "1KiB"}, "--read-piece must be 0 (whole reads) or at least 64KiB"),
+    ({"read_piece": "lots"}, "--read-piece: cannot read size"),
+    ({"read_piece": "1MiB", "read_piece_gap": "2"}, "--read-piece-gap must be 0 to 1 seconds"),
+    ({"read_piece": "1MiB", "read_piece_gap": "nan"}, "--read-piece-gap must be 0 to 1 seconds"),
+    ({"read_piece_gap": "0.01"}, "--read-piece-gap needs --read-piece"),
 ])
 def test_cli_rejects_bad_flags_without_a_traceback(overrides, message, capsys):
     assert agent_cli.main(_args(**overrides)) == 2
@@ -375,3 +395,6 @@ def test_cli_builds_the_config_with_defaults():
     assert (config.seed_id, config.rate_cap, config.tp_size, config.ranks) == ("seed-127.0.0.1-30000", 1e8, 2, (1,))
     assert config.advertised_url == "http://127.0.0.1:8800"
     assert agent_cli.build_config(_args(rate_cap="inf")).rate_cap is None
+    assert (config.read_piece_bytes, config.read_piece_gap_seconds) == (0, 0.0)
+    config = agent_cli.build_config(_args(read_piece="1MiB", read_piece_gap="0.005"))
+    assert (config.read_piece_bytes, config.read_piece_gap_seconds) == (2**20, 0.005)

@@ -106,6 +106,43 @@ def test_an_agent_restarted_mid_fork_serves_the_same_fork_again(tmp_path):
         assert verify_rank(spec, 0, tensors) == []
 
 
+def test_a_seed_that_asks_for_pieces_is_read_in_pieces_and_the_fork_is_byte_exact(tmp_path):
+    """Agents started with --read-piece: every read of a chunk from a seed is a TE batch of at most that many
+    bytes, over the real TransferEngine, and the rank lands byte for byte."""
+    from rfork_agent.fork import ForkClient, register_tensors
+    from rfork_agent.transport import MooncakeTransport
+    from testbed.fleet import Fleet, FleetSpec
+    from testbed.orchestrator import verify_rank
+
+    class CountingTransport(MooncakeTransport):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.batches: list[int] = []  # bytes of each TE batch submitted (on the submit threads)
+
+        def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths):
+            self.batches.append(sum(lengths))
+            return super().submit_read(session_id, dst_ptrs, src_ptrs, lengths)
+
+    piece = 256 * 2**10
+    spec = FleetSpec(seeds=2, preset=None, size_bytes=24 * MiB, seed_rates=(200e6,), log_dir=str(tmp_path),
+                     agent_args=("--read-piece", "256KiB", "--read-piece-gap", "0.001"))
+    with Fleet(spec) as fleet:
+        tensors, _buffer = _client_tensors(fleet)
+        transport = CountingTransport(protocol="tcp")
+        register_tensors(transport, tensors)
+        result = asyncio.run(ForkClient(fleet.scheduler_url, transport).fork(
+            fleet.identity(), 0, tensors, chunk_size_bytes=2 * MiB))
+        assert verify_rank(spec, 0, tensors) == []
+    assert not result.failed_seeds, result.failed_seeds
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    assert max(transport.batches) <= piece and len(transport.batches) >= total // piece
+    # Every byte landed once, and whole chunks again where the endgame duplicated a slow read (pieces with
+    # gaps make reads slower); a read that failed on a loaded machine was submitted but did not land.
+    landed = sum(result.bytes_by_seed.values())
+    assert sum(transport.batches) >= landed >= total
+    assert (result.duplicate_reads > 0) == (landed > total), result
+
+
 def test_moe_rank_of_40000_tensors_is_byte_exact(tmp_path):
     # Tens of thousands of tiny tensors: chunks of thousands of segments, reads
     # split into TE batches, one registration for the client's buffer.

@@ -26,9 +26,10 @@ COMMANDS = {
 }
 SIZE_FLAGS = [
     ("fork", "--chunk-size"), ("scheduler", "--chunk-size"), ("scheduler", "--max-body-bytes"),
-    ("agent", "--burst"), ("testbed", "--chunk-size"), ("testbed-seed", "--size"),
+    ("agent", "--burst"), ("agent", "--read-piece"), ("testbed", "--chunk-size"), ("testbed-seed", "--size"),
     ("chaos", "--size"), ("chaos", "--chunk-size"), ("bench fork", "--size"), ("bench fork", "--chunk-size"),
-    ("bench qos", "--size"), ("bench qos", "--chunk-size"), ("bench fleet", "--size"), ("bench fleet", "--chunk-size"),
+    ("bench qos", "--size"), ("bench qos", "--chunk-size"), ("bench qos", "--read-piece"), ("bench fleet", "--size"),
+    ("bench fleet", "--chunk-size"),
 ]
 RATE_FLAGS = [("agent", "--rate-cap"), ("testbed", "--seed-rate"), ("chaos", "--seed-rate"), ("bench qos", "--cap"),
               ("fork", "--peer-rate"), ("testbed --clients", "--client-rate"), ("bench fleet", "--seed-rate"),

@@ -119,6 +119,57 @@ def test_split_batches_keeps_order_and_bound(max_segments, sizes):
     assert [n for _, _, lengths in batches for n in lengths] == list(range(1, 11))
 
 
+@pytest.mark.parametrize("lengths, max_segments, max_bytes, batches", [
+    ([3, 6], 4, 0, [[3, 6]]),                        # no byte bound: as before
+    ([3, 6], 4, 9, [[3, 6]]),                        # exactly full
+    ([3, 6], 4, 4, [[3, 1], [4], [1]]),              # the 6-byte segment cut across three batches
+    ([3, 6], 1, 4, [[3], [4], [2]]),                 # the segment bound cuts first, then the byte bound
+    ([8], 4, 4, [[4], [4]]),                         # one segment in two pieces
+    ([1] * 5, 2, 3, [[1, 1], [1, 1], [1]]),          # the segment bound binds before the byte bound
+    ([2, 2, 2], 8, 3, [[2, 1], [1, 2]]),
+])
+def test_split_batches_cuts_at_a_byte_bound_and_keeps_each_byte_at_its_offset(lengths, max_segments, max_bytes,
+                                                                              batches):
+    dst = [1000 * (i + 1) for i in range(len(lengths))]
+    src = [100_000 * (i + 1) for i in range(len(lengths))]
+    cut = split_batches(dst, src, lengths, max_segments, max_bytes)
+    assert [list(sizes) for _, _, sizes in cut] == batches
+    assert all(len(sizes) <= max_segments and (not max_bytes or sum(sizes) <= max_bytes) for _, _, sizes in cut)
+    # Every byte of every segment exactly once, at the same offset on both sides.
+    pairs = [(d + k, s + k) for ds, ss, sizes in cut for d, s, n in zip(ds, ss, sizes) for k in range(n)]
+    assert pairs == [(d + k, s + k) for d, s, n in zip(dst, src, lengths) for k in range(n)]
+
+
+@pytest.mark.parametrize("max_segments, max_bytes", [(0, 0), (4, -1)])
+def test_split_batches_refuses_bounds_that_make_no_batch(max_segments, max_bytes):
+    with pytest.raises(ValueError, match="max_segments must be|max_bytes must be"):
+        split_batches([0], [0], [1], max_segments, max_bytes)
+
+
+def test_read_in_pieces_with_gaps_is_byte_exact_and_waits_between_pieces(many_segments):
+    seed, client, src, dst, segments = many_segments
+    started = time.monotonic()
+    asyncio.run(read(client, seed.session_id, *segments, timeout_s=5, max_batch_bytes=3, gap_seconds=0.02))
+    assert bytes(dst) == bytes(reversed(bytes(src)))
+    assert client.reads_submitted == 4                                 # 3 + 3 + 3 + 1 bytes (<= 4 segments each)
+    assert time.monotonic() - started >= 3 * 0.02                      # three gaps between four pieces
+
+
+def test_a_gap_that_would_end_past_the_deadline_is_a_timeout_naming_what_landed(many_segments):
+    seed, client, _, dst, segments = many_segments
+    with pytest.raises(ReadTimeout, match=r"1 of 4 batches landed, 1.000 s apart"):
+        asyncio.run(read(client, seed.session_id, *segments, timeout_s=0.5, max_batch_bytes=3, gap_seconds=1.0))
+    assert client.reads_submitted == 1 and bytes(dst[3:]) == bytes(7)
+
+
+@pytest.mark.parametrize("gap", [-0.1, float("nan"), float("inf")])
+def test_read_refuses_a_gap_that_is_not_a_finite_time(many_segments, gap):
+    seed, client, _, _, segments = many_segments
+    with pytest.raises(ValueError, match="gap_seconds must be"):
+        asyncio.run(read(client, seed.session_id, *segments, timeout_s=1, max_batch_bytes=3, gap_seconds=gap))
+    assert client.reads_submitted == 0
+
+
 def test_submit_read_refuses_an_oversized_batch_and_submits_nothing(many_segments):
     seed, client, _, dst, segments = many_segments
     with pytest.raises(BatchTooLarge, match="at most 4 segments, got 10.*nothing was submitted"):

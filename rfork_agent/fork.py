@@ -315,6 +315,15 @@ class _Running:
     assignment: m.Assignment
     task: asyncio.Task
     reading: bool = False
+    in_pieces: bool = False
+    """The read goes in several pieces (the seed's lease asked for them): it can stop between two."""
+
+    @property
+    def stoppable(self) -> bool:
+        """Whether cancelling it saves a read: not on the wire yet, or in pieces (``transport.read`` stops
+        at the next gap, once the piece on the wire has settled). A whole read on the wire cannot be
+        recalled: cancelling it would only lose its report."""
+        return not self.reading or self.in_pieces
 
 
 @dataclass
@@ -653,9 +662,9 @@ class ForkClient:
 
                 for assignment_id in response.cancel:
                     entry = running.get(assignment_id)
-                    # A read already on the wire cannot be recalled; it writes the
-                    # same bytes the winning read wrote, so letting it finish is safe.
-                    if entry is not None and not entry.reading:
+                    # A read already on the wire cannot be recalled; it writes the same bytes the
+                    # winning read wrote, so letting it finish is safe. One in pieces stops at a gap.
+                    if entry is not None and entry.stoppable:
                         entry.task.cancel()
                 for assignment in response.assignments:
                     entry = _Running(assignment, None)  # type: ignore[arg-type]
@@ -841,8 +850,9 @@ class ForkClient:
         for assignment_id in [a for a, e in running.items() if e.task.done()]:
             entry = running.pop(assignment_id)
             if entry.task.cancelled():
-                # Cancelled by the scheduler before its read started. Said all the same: a read
-                # from a peer counts as on the wire until reported, which holds the peer's withdraw.
+                # Cancelled by the scheduler before its read started, or between two of its pieces. Said
+                # all the same: a read from a peer counts as on the wire until reported, which holds the
+                # peer's withdraw.
                 reports.append(_not_read(assignment_id, "the scheduler cancelled it first"))
                 continue
             reports.append(entry.task.result())
@@ -855,7 +865,7 @@ class ForkClient:
         the wire and ended, else a failure that says it was not read.
         """
         for entry in running.values():
-            if not entry.reading:
+            if entry.stoppable:
                 entry.task.cancel()
         if running:
             await asyncio.gather(*(e.task for e in running.values()), return_exceptions=True)
@@ -945,7 +955,7 @@ class ForkClient:
         timeout = (self.options.read_timeout_base_seconds + a.bytes / self.options.read_timeout_min_bandwidth
                    + (len(reads) + pieces) * self.options.read_timeout_per_segment_seconds
                    + max(pieces - 1, 0) * piece_gap_seconds)
-        entry.reading = True
+        entry.reading, entry.in_pieces = True, 0 < piece_bytes < a.bytes
         try:
             read_started = self._clock()
             await read(

@@ -370,7 +370,8 @@ class WorkReply(Reply):
     error: str | None = None
     assignments: list[Assignment] = Field(default_factory=list)
     cancel: list[str] = Field(default_factory=list)
-    """Assignments another seed already landed (endgame duplicates): stop them if not yet reading."""
+    """Assignments another seed already landed (endgame duplicates): stop them if not yet reading, or at the
+    next gap of a read in pieces."""
     streams: list[StreamAssignment] = Field(default_factory=list)
     """Streams to start (each until every chunk of it has landed here)."""
     end_streams: list[str] = Field(default_factory=list)

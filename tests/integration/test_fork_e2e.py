@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -141,6 +142,48 @@ def test_a_seed_that_asks_for_pieces_is_read_in_pieces_and_the_fork_is_byte_exac
     landed = sum(result.bytes_by_seed.values())
     assert sum(transport.batches) >= landed >= total
     assert (result.duplicate_reads > 0) == (landed > total), result
+
+
+def test_a_fork_cancelled_mid_read_stops_its_reads_in_pieces_at_the_next_gap(tmp_path):
+    """Ctrl-C while chunks are read in pieces 0.4 s apart (12 s a chunk): the reads stop at their next gap
+    instead of reading every piece first, and every lease is released."""
+    from rfork_agent.fork import ForkClient, register_tensors
+    from rfork_agent.transport import MooncakeTransport
+    from testbed.fleet import Fleet, FleetSpec
+
+    class CountingTransport(MooncakeTransport):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.batches: list[int] = []
+            self.first = threading.Event()
+
+        def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths):
+            self.batches.append(sum(lengths))
+            self.first.set()
+            return super().submit_read(session_id, dst_ptrs, src_ptrs, lengths)
+
+    pieces_a_chunk = 2 * MiB // (64 * 2**10)
+    spec = FleetSpec(seeds=2, preset=None, size_bytes=8 * MiB, seed_rates=(200e6,), log_dir=str(tmp_path),
+                     agent_args=("--read-piece", "64KiB", "--read-piece-gap", "0.4"))
+    with Fleet(spec) as fleet:
+        tensors, _buffer = _client_tensors(fleet)
+        transport = CountingTransport(protocol="tcp")
+        register_tensors(transport, tensors)
+        client = ForkClient(fleet.scheduler_url, transport)
+
+        async def fork_then_cancel() -> None:
+            fork = asyncio.ensure_future(client.fork(fleet.identity(), 0, tensors, chunk_size_bytes=2 * MiB))
+            while not transport.first.is_set():
+                await asyncio.sleep(0.01)
+            fork.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await fork
+
+        asyncio.run(fork_then_cancel())
+    assert client.cancellation is not None and client.cancellation.leases_unconfirmed == 0, client.cancellation
+    assert client.cancellation.leases_released >= 1
+    # Each read in flight stopped after a piece or two, far short of its chunk's 32.
+    assert 1 <= len(transport.batches) < pieces_a_chunk, transport.batches
 
 
 def test_moe_rank_of_40000_tensors_is_byte_exact(tmp_path):

@@ -162,6 +162,22 @@ def test_a_gap_that_would_end_past_the_deadline_is_a_timeout_naming_what_landed(
     assert client.reads_submitted == 1 and bytes(dst[3:]) == bytes(7)
 
 
+def test_a_read_in_pieces_cancelled_in_a_gap_stops_there(many_segments):
+    seed, client, _, dst, segments = many_segments
+
+    async def cancel_in_the_first_gap() -> None:
+        reading = asyncio.ensure_future(read(client, seed.session_id, *segments, timeout_s=30, max_batch_bytes=3,
+                                             gap_seconds=10.0))
+        while client.reads_submitted == 0:
+            await asyncio.sleep(0.001)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    asyncio.run(asyncio.wait_for(cancel_in_the_first_gap(), 5))
+    assert client.reads_submitted == 1 and bytes(dst[3:]) == bytes(7)
+
+
 @pytest.mark.parametrize("gap", [-0.1, float("nan"), float("inf")])
 def test_read_refuses_a_gap_that_is_not_a_finite_time(many_segments, gap):
     seed, client, _, _, segments = many_segments

@@ -509,12 +509,12 @@ async def read(
     threads = transport.threads
     task = asyncio.current_task()
     for index, (dst, src, sizes) in enumerate(batches):
+        if task is not None and task.cancelling():
+            # Cancelled while a batch (this read's or an earlier read's) was on the wire, and the wait for it
+            # ended at the same moment: Python 3.11's wait_for then returns the batch's result and drops the
+            # cancel, which is still pending on the task. Honour it here, before the next batch goes out.
+            raise asyncio.CancelledError
         if index:
-            if task is not None and task.cancelling():
-                # Cancelled while the batch before was on the wire, and the wait for it ended at the same
-                # moment: Python 3.11's wait_for then returns the batch's result and drops the cancel.
-                # The request is still pending on the task: honour it here, before the next batch.
-                raise asyncio.CancelledError
             # Let the loop run between batches (leases, heartbeats); a gap past the deadline is a timeout.
             if time.monotonic() + gap_seconds > deadline:
                 raise ReadTimeout(f"read of {nbytes} bytes from {session_id} did not finish in {timeout_s:.2f} s "

@@ -178,6 +178,24 @@ def test_a_read_in_pieces_cancelled_in_a_gap_stops_there(many_segments):
     assert client.reads_submitted == 1 and bytes(dst[3:]) == bytes(7)
 
 
+def test_a_task_whose_cancel_was_dropped_submits_no_read(many_segments):
+    # What Python 3.11's wait_for does when the awaited batch lands as the cancel comes: the CancelledError
+    # is caught, the result returned, and the task's cancel request stays pending (cancelling() > 0).
+    seed, client, _, dst, segments = many_segments
+
+    async def dropped_cancel_then_read() -> None:
+        asyncio.current_task().cancel()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass                                   # dropped, not uncancelled
+        await read(client, seed.session_id, *segments, timeout_s=5)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(dropped_cancel_then_read())
+    assert client.reads_submitted == 0 and bytes(dst) == bytes(10)
+
+
 @pytest.mark.parametrize("gap", [-0.1, float("nan"), float("inf")])
 def test_read_refuses_a_gap_that_is_not_a_finite_time(many_segments, gap):
     seed, client, _, _, segments = many_segments

@@ -74,9 +74,9 @@ from bench.qos_stats import (
     where_host_held,
     wilson_interval,
 )
-from rfork_agent.agent_config import MIN_READ_PIECE_BYTES
 from rfork_api.clients import blocking_http_client
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
+from rfork_api.models import MIN_READ_PIECE_BYTES
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
 from throttle.controller import InvalidTuning, tuning_from_text, tuning_over
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile

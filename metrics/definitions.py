@@ -267,6 +267,11 @@ class AgentMetrics:
             "Leases granted and not yet released or expired.",
             ("seed",),
         )
+        self.read_piece_bytes = StateGauge(
+            "rfork_agent_read_piece_bytes",
+            "Largest read a lease lets a fork client make of this seed's chunks at once (0 = whole chunks).",
+            ("seed",),
+        )
         self.lease_wait = Histogram(
             "rfork_agent_lease_wait_seconds", "Time a lease request waited for budget.",
             ["seed"], buckets=_API_BUCKETS, registry=registry,

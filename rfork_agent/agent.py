@@ -169,7 +169,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
             state.metrics.leases_total.labels(seed=config.seed_id, outcome="denied").inc()
             return denied.response()
         lease = state.grant(body, asked, clock())
-        piece, gap = config.read_pieces(body.bytes)
+        piece, gap = state.lease_read_pieces(body.bytes)
         return wire.LeaseGranted(lease_id=lease.lease_id, ttl_seconds=config.lease_ttl_seconds,
                                  read_piece_bytes=piece, read_piece_gap_seconds=gap)
 
@@ -186,6 +186,15 @@ def create_app(config: AgentConfig, registry: CollectorRegistry | None = None,
     @app.get("/v1/status", response_model=wire.AgentStatus)
     async def status():
         return state.status(clock())
+
+    @app.get("/v1/read-pieces", response_model=wire.ReadPieces)
+    async def get_read_pieces():
+        return state.read_pieces
+
+    @app.put("/v1/read-pieces", response_model=wire.ReadPieces)
+    async def put_read_pieces(body: wire.ReadPieces):
+        state.set_read_pieces(body)
+        return state.read_pieces
 
     @app.get("/v1/throttle", response_model=wire.ThrottleStatus)
     async def get_throttle():

@@ -216,7 +216,7 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
 def build_config(args: argparse.Namespace):
     """AgentConfig from parsed flags; raises _BadFlag with a one-line reason."""
     from rfork_agent.agent import AgentConfig
-    from rfork_agent.agent_config import MIN_READ_PIECE_BYTES
+    from rfork_api.models import MIN_READ_PIECE_BYTES
 
     sglang_url = _url("--sglang-url", args.sglang_url)
     scheduler_url = _url("--scheduler", args.scheduler)

@@ -12,13 +12,11 @@ import math
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
+from pydantic import ValidationError
+
+from rfork_api.models import ReadPieces, lease_read_pieces
 from throttle.controller import ControllerConfig, InvalidConfig, SloConfig
 from throttle.qos import ThrottleMode
-
-MIN_READ_PIECE_BYTES = 64 * 2**10
-"""The smallest read piece: Mooncake's TCP transport stages GPU memory in 64 KiB copies, so a smaller piece
-only adds round trips."""
-
 
 
 @dataclass(frozen=True)
@@ -121,14 +119,11 @@ class AgentConfig:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_seconds < 0 or self.liveness_interval_seconds < 0:
             problems.append("max_wait_seconds and liveness_interval_seconds must be >= 0")
-        if self.read_piece_bytes != 0 and not MIN_READ_PIECE_BYTES <= self.read_piece_bytes <= 2**40:
-            problems.append(f"read_piece_bytes must be 0 (whole reads) or {MIN_READ_PIECE_BYTES} bytes to 1 TiB, "
-                            f"got {self.read_piece_bytes}")
-        if not (0 <= self.read_piece_gap_seconds <= 1.0):
-            problems.append(f"read_piece_gap_seconds must be 0 to 1 seconds, got {self.read_piece_gap_seconds}")
-        elif self.read_piece_gap_seconds and not self.read_piece_bytes:
-            problems.append("read_piece_gap_seconds needs read_piece_bytes (--read-piece): with whole reads "
-                            "there is no gap to wait")
+        try:
+            self.read_pieces
+        except ValidationError as exc:
+            problems += [(f"{error['loc'][0]}: " if error["loc"] else "") + error["msg"].removeprefix("Value error, ")
+                         for error in exc.errors()]
         if self.refresh_every_heartbeats < 1:
             problems.append(f"refresh_every_heartbeats must be >= 1, got {self.refresh_every_heartbeats}")
         problems += self._qos_problems()
@@ -202,26 +197,15 @@ class AgentConfig:
                                 **{name: max(defaults[name], interval) for name in spans},
                                 **{name: max(defaults[name], defaults[name] * interval) for name in scaled})
 
-    def read_pieces(self, nbytes: int) -> tuple[int, float]:
-        """How a lease for ``nbytes`` is to be read: (piece bytes, 0 for one read; gap seconds between pieces).
+    @property
+    def read_pieces(self) -> ReadPieces:
+        """How fork clients are to read this seed's chunks at start (``PUT /v1/read-pieces`` changes it).
+        Raises pydantic's ValidationError."""
+        return ReadPieces(read_piece_bytes=self.read_piece_bytes, read_piece_gap_seconds=self.read_piece_gap_seconds)
 
-        The gap shrinks where the lease's pieces would wait more than half its ttl in all: the read must end
-        well before the lease expires, or the agent would stop counting a read that is still on the wire.
-
-            >>> config = AgentConfig(seed_id="s", sglang_url="http://h:1", scheduler_url="http://h:2",
-            ...                      read_piece_bytes=2**20, read_piece_gap_seconds=0.005, lease_ttl_seconds=30)
-            >>> config.read_pieces(8 * 2**20)
-            (1048576, 0.005)
-            >>> config.read_pieces(2**20)                 # one piece: no gap to wait
-            (1048576, 0.0)
-            >>> piece, gap = config.read_pieces(8192 * 2**20)   # 8,192 pieces: 15 s of gaps at most
-            >>> round(gap * 8191, 9)
-            15.0
-        """
-        if not self.read_piece_bytes or nbytes <= self.read_piece_bytes:
-            return self.read_piece_bytes, 0.0
-        gaps = -(-nbytes // self.read_piece_bytes) - 1
-        return self.read_piece_bytes, min(self.read_piece_gap_seconds, self.lease_ttl_seconds / 2 / gaps)
+    def lease_read_pieces(self, nbytes: int) -> tuple[int, float]:
+        """``rfork_api.models.lease_read_pieces`` with the start config's pieces and ttl."""
+        return lease_read_pieces(self.read_pieces, nbytes, self.lease_ttl_seconds)
 
     @property
     def seed_metrics_url(self) -> str:

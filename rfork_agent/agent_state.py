@@ -130,6 +130,8 @@ class AgentState:
     """The ``mode`` label at 1 in ``rfork_agent_throttle_mode``: the controller's mode, or fixed/off."""
     throttle_tuning: str = field(init=False, default="")
     """The control law's tuning over the start config, as ``PUT /v1/throttle`` last set it ("": none)."""
+    read_pieces: wire.ReadPieces = field(init=False)
+    """How fork clients are to read this seed's chunks: the start config's, then ``PUT /v1/read-pieces``'s."""
     instance_id: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
     """This agent process, in every registration: the scheduler tells a restarted agent (a new
     id: its seed is eligible again for jobs that had excluded it) from one registering again."""
@@ -137,6 +139,7 @@ class AgentState:
     def __post_init__(self) -> None:
         cap = self.config.rate_cap
         self._grant_key = None if self.config.token is None else grant_key(self.config.token)
+        self.read_pieces = self.config.read_pieces
         self.bucket = TokenBucket(cap, self._burst(cap), self.clock())
         self.leases = LeaseBook(self.config.lease_ttl_seconds)
         self.qos = QosTracker(self.config.slo, self.config.controller_config, ThrottleMode(self.config.throttle),
@@ -287,6 +290,17 @@ class AgentState:
 
     def health(self) -> wire.AgentHealth:
         return wire.AgentHealth(status="ok", phase=self.phase.value, seed_alive=self.seed_alive)
+
+    def set_read_pieces(self, pieces: wire.ReadPieces) -> None:
+        """From the next lease on, clients read this seed's chunks so (leases granted keep theirs)."""
+        if pieces != self.read_pieces:
+            log.info("agent %s: reads in pieces of %s, %g s apart", self.config.seed_id,
+                     pieces.read_piece_bytes or "whole chunks", pieces.read_piece_gap_seconds)
+        self.read_pieces = pieces
+
+    def lease_read_pieces(self, nbytes: int) -> tuple[int, float]:
+        """(piece bytes, gap seconds) a lease for ``nbytes`` tells its client (``wire.lease_read_pieces``)."""
+        return wire.lease_read_pieces(self.read_pieces, nbytes, self.config.lease_ttl_seconds)
 
     def throttle_reply(self) -> wire.ThrottleStatus:
         """GET /v1/throttle: the throttle's mode, its last decision and the seed's latency (None: not known)."""
@@ -511,6 +525,7 @@ class AgentStateCollector:
         yield one(m.rate_cap, state.config.rate_cap)
         yield one(m.allowed_rate, state.allowed_rate)
         yield one(m.leases_in_flight, state.leases.in_flight())
+        yield one(m.read_piece_bytes, state.read_pieces.read_piece_bytes)
         yield one(m.registered, 1 if state.phase is Phase.REGISTERED else 0)
         yield one(m.observed_itl_p99, None if report is None else report.observed_itl_p99_seconds)
         yield one(m.observed_ttft_p99, None if report is None else report.observed_ttft_p99_seconds)

@@ -508,6 +508,54 @@ class LeaseRequest(Request):
     wait_seconds: float = Field(default=5.0, ge=0, le=600, allow_inf_nan=False)
 
 
+MIN_READ_PIECE_BYTES = 64 * 2**10
+"""The smallest read piece: Mooncake's TCP transport stages GPU memory in 64 KiB copies, so a smaller piece
+only adds round trips."""
+MAX_READ_PIECE_GAP_SECONDS = 1.0
+
+
+class ReadPieces(Request):
+    """``PUT /v1/read-pieces`` (and ``GET``'s answer): how fork clients are to read this seed's chunks, from the
+    next lease on. The agent's ``--read-piece`` and ``--read-piece-gap`` at start."""
+
+    read_piece_bytes: int = Field(default=0, ge=0, le=2**40)
+    """Read each chunk in pieces of at most this many bytes, one after another (0: in one read); 0 or at
+    least ``MIN_READ_PIECE_BYTES``."""
+    read_piece_gap_seconds: float = Field(default=0.0, ge=0, le=MAX_READ_PIECE_GAP_SECONDS, allow_inf_nan=False)
+    """Wait this long between two pieces; needs pieces."""
+
+    @model_validator(mode="after")
+    def _pieces_that_can_be_read(self) -> "ReadPieces":
+        if 0 < self.read_piece_bytes < MIN_READ_PIECE_BYTES:
+            raise ValueError(f"read_piece_bytes must be 0 (whole reads) or at least {MIN_READ_PIECE_BYTES} bytes "
+                             f"(64KiB), got {self.read_piece_bytes}")
+        if self.read_piece_gap_seconds and not self.read_piece_bytes:
+            raise ValueError("read_piece_gap_seconds needs read_piece_bytes: whole reads have no gap to wait")
+        return self
+
+
+def lease_read_pieces(pieces: ReadPieces, nbytes: int, ttl_seconds: float) -> tuple[int, float]:
+    """How a lease for ``nbytes`` is to be read: (piece bytes, 0 for one read; gap seconds between pieces).
+
+    The gap shrinks where the lease's gaps would pass half its ttl in all: the read must end well before
+    the lease expires, or the agent would stop counting a read that is still on the wire.
+
+        >>> pieces = ReadPieces(read_piece_bytes=2**20, read_piece_gap_seconds=0.005)
+        >>> lease_read_pieces(pieces, 8 * 2**20, ttl_seconds=30)
+        (1048576, 0.005)
+        >>> lease_read_pieces(pieces, 2**20, ttl_seconds=30)            # one piece: no gap to wait
+        (1048576, 0.0)
+        >>> piece, gap = lease_read_pieces(pieces, 8192 * 2**20, ttl_seconds=30)   # 8,191 gaps: 15 s at most
+        >>> round(gap * 8191, 9)
+        15.0
+    """
+    piece = pieces.read_piece_bytes
+    if not piece or nbytes <= piece:
+        return piece, 0.0
+    gaps = -(-nbytes // piece) - 1
+    return piece, min(pieces.read_piece_gap_seconds, ttl_seconds / 2 / gaps)
+
+
 class LeaseGranted(Reply):
     lease_id: str
     ttl_seconds: float

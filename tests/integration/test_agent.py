@@ -304,6 +304,38 @@ def test_a_lease_tells_the_client_to_read_in_the_seeds_pieces(fleet):
     assert long["read_piece_gap_seconds"] == pytest.approx(0.001)
 
 
+def test_read_pieces_switch_at_run_time_for_the_next_lease(fleet):
+    _, scheduler, agent, app = fleet(rate_cap=100 * MB, read_piece_bytes=2**20)
+    wait_until(registered(scheduler), what="registration")
+    assert httpx.get(f"{agent.url}/v1/read-pieces").json() == {"read_piece_bytes": 2**20, "read_piece_gap_seconds": 0}
+    scrape = lambda: httpx.get(f"{agent.url}/metrics").text  # noqa: E731
+    assert 'rfork_agent_read_piece_bytes{seed="seed-0"} 1.048576e+06' in scrape()
+    switched = httpx.put(f"{agent.url}/v1/read-pieces", json={"read_piece_bytes": 65536, "read_piece_gap_seconds": 0.01})
+    assert switched.status_code == 200 and switched.json() == {"read_piece_bytes": 65536, "read_piece_gap_seconds": 0.01}
+    lease = post(f"{agent.url}/v1/leases", lease_body(2**20)).json()
+    assert (lease["read_piece_bytes"], lease["read_piece_gap_seconds"]) == (65536, 0.01)
+    assert httpx.put(f"{agent.url}/v1/read-pieces", json={}).json() == {"read_piece_bytes": 0,
+                                                                         "read_piece_gap_seconds": 0}
+    assert 'rfork_agent_read_piece_bytes{seed="seed-0"} 0.0' in scrape()
+    lease = post(f"{agent.url}/v1/leases", lease_body(2**20, assignment="a2")).json()
+    assert (lease["read_piece_bytes"], lease["read_piece_gap_seconds"]) == (0, 0)
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"read_piece_bytes": 1000}, "at least 65536 bytes"),
+    ({"read_piece_gap_seconds": 0.01}, "needs read_piece_bytes"),
+    ({"read_piece_bytes": 2**20, "read_piece_gap_seconds": 5}, "less than or equal to 1"),
+    ({"read_piece_bytes": "1MiB"}, "valid integer"),
+    ({"read_piece_bytes": 2**20, "pieces": 3}, "Extra inputs are not permitted"),
+])
+def test_bad_read_pieces_are_422_and_change_nothing(fleet, body, says):
+    _, scheduler, agent, _ = fleet(read_piece_bytes=2**20)
+    wait_until(registered(scheduler), what="registration")
+    response = httpx.put(f"{agent.url}/v1/read-pieces", json=body)
+    assert response.status_code == 422 and says in response.text, response.text
+    assert httpx.get(f"{agent.url}/v1/read-pieces").json()["read_piece_bytes"] == 2**20
+
+
 def test_release_refunds_unused_and_replay_is_404(fleet):
     # The agent's clock stands still: the balance moves only by what is booked and refunded (on a
     # busy machine, accrual between two status calls used to blur the refund it should show).

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rfork_agent.agent_config import MIN_READ_PIECE_BYTES, AgentConfig
+from rfork_agent.agent_config import AgentConfig
+from rfork_api.models import MIN_READ_PIECE_BYTES
 
 MiB = 2**20
 
@@ -25,17 +26,18 @@ def config(**overrides) -> AgentConfig:
     (MiB, 0.01, 1.0, 101 * MiB, (MiB, 0.005)),            # 100 gaps within 0.5 s
 ])
 def test_a_lease_is_read_in_pieces_whose_gaps_fit_in_half_its_ttl(piece, gap, ttl, nbytes, expected):
-    got = config(read_piece_bytes=piece, read_piece_gap_seconds=gap, lease_ttl_seconds=ttl).read_pieces(nbytes)
+    got = config(read_piece_bytes=piece, read_piece_gap_seconds=gap, lease_ttl_seconds=ttl).lease_read_pieces(nbytes)
     assert got == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("overrides, says", [
-    ({"read_piece_bytes": MIN_READ_PIECE_BYTES - 1}, "read_piece_bytes must be 0 (whole reads) or 65536 bytes"),
-    ({"read_piece_bytes": -1}, "read_piece_bytes must be 0"),
-    ({"read_piece_bytes": 2**41}, "read_piece_bytes must be 0"),
-    ({"read_piece_bytes": MiB, "read_piece_gap_seconds": 1.5}, "read_piece_gap_seconds must be 0 to 1"),
-    ({"read_piece_bytes": MiB, "read_piece_gap_seconds": -0.1}, "read_piece_gap_seconds must be 0 to 1"),
-    ({"read_piece_bytes": MiB, "read_piece_gap_seconds": float("nan")}, "read_piece_gap_seconds must be 0 to 1"),
+    ({"read_piece_bytes": MIN_READ_PIECE_BYTES - 1}, "read_piece_bytes must be 0 (whole reads) or at least 65536"),
+    ({"read_piece_bytes": -1}, "read_piece_bytes: Input should be greater than or equal to 0"),
+    ({"read_piece_bytes": 2**41}, "read_piece_bytes: Input should be less than or equal to"),
+    ({"read_piece_bytes": MiB, "read_piece_gap_seconds": 1.5}, "read_piece_gap_seconds: Input should be less than"),
+    ({"read_piece_bytes": MiB, "read_piece_gap_seconds": -0.1}, "read_piece_gap_seconds: Input should be greater"),
+    ({"read_piece_bytes": MiB, "read_piece_gap_seconds": float("nan")}, "read_piece_gap_seconds: Input should be a "
+                                                                         "finite number"),
     ({"read_piece_gap_seconds": 0.01}, "read_piece_gap_seconds needs read_piece_bytes"),
 ])
 def test_a_config_outside_the_bounds_is_refused_naming_the_field(overrides, says):
@@ -45,4 +47,5 @@ def test_a_config_outside_the_bounds_is_refused_naming_the_field(overrides, says
 
 
 def test_the_smallest_piece_is_accepted():
-    assert config(read_piece_bytes=MIN_READ_PIECE_BYTES).read_pieces(MIN_READ_PIECE_BYTES + 1)[0] == MIN_READ_PIECE_BYTES
+    smallest = config(read_piece_bytes=MIN_READ_PIECE_BYTES)
+    assert smallest.lease_read_pieces(MIN_READ_PIECE_BYTES + 1)[0] == MIN_READ_PIECE_BYTES

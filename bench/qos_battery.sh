@@ -13,6 +13,10 @@
 #                                                      # exit 3: still running, call --collect again
 # Detached, the call ends with $OUT/battery.tar.gz (every plant's JSON, the plots, the log) and the summary.
 #
+# The same set-up runs bench/piece_study.py (reads in pieces against whole reads, docs/qos.md), in one call:
+#     bash bench/qos_battery.sh --piece-study --pieces 1MiB,1MiB:0.005 --rates 5MB/s,20MB/s --cycles 3 \
+#         --deadline-seconds 540                   # $OUT/pieces.json, pieces.png, pieces.log
+#
 # gpu_wheels/ (git-ignored; scripts/gpu_wheels.py fills it) holds what the device image lacks: mooncake-transfer-engine
 # and fastapi, starlette, pydantic, uvicorn, apscheduler, ...
 set -uo pipefail
@@ -70,6 +74,9 @@ case "${1:-}" in
   --collect)
     [ -d "$DETACHED" ] || { echo "no detached battery on this machine (a fresh machine: start it again)"; exit 1; }
     follow ;;
+  --piece-study)
+    shift
+    python3 -m bench.piece_study --json "$OUT/pieces.json" --plot "$OUT/pieces.png" "$@" 2>&1 | tee "$OUT/pieces.log" ;;
   *)
     python3 -m bench.qos_battery --out "$OUT" "$@" ;;
 esac

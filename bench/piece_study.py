@@ -35,7 +35,7 @@ import httpx
 from bench import qos_bench
 from bench.qos_plants import PlantError, get_plant
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
-from rfork_api.models import MIN_READ_PIECE_BYTES, ReadPieces
+from rfork_api.models import ReadPieces
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
 from throttle.histogram import fraction_above, observations
 
@@ -64,19 +64,22 @@ def parse_arm(text: str) -> Arm:
         ...     parse_arm("1KiB")
         ... except StudyArgsError as exc:
         ...     print(exc)
-        --pieces 1KiB: a piece is at least 64KiB
+        --pieces 1KiB must be 0 (whole reads) or at least 64KiB, got 1KiB
     """
     size_text, _, gap_text = text.strip().partition(":")
     try:
-        size = parse_size(size_text)
         gap = float(gap_text) if gap_text else 0.0
-    except (UnitError, ValueError) as exc:
-        raise StudyArgsError(f"--pieces {text}: {exc} (give SIZE or SIZE:GAP_SECONDS, e.g. 1MiB:0.005)") from None
-    if size < MIN_READ_PIECE_BYTES:
-        raise StudyArgsError(f"--pieces {text}: a piece is at least 64KiB")
-    if not (0 <= gap <= 1.0):
-        raise StudyArgsError(f"--pieces {text}: the gap must be 0 to 1 seconds")
-    return Arm(text.strip(), ReadPieces(read_piece_bytes=size, read_piece_gap_seconds=gap))
+    except ValueError:
+        raise StudyArgsError(f"--pieces {text}: cannot read the gap {gap_text!r} (give SIZE or SIZE:GAP_SECONDS, "
+                             "e.g. 1MiB:0.005)") from None
+    try:
+        pieces = ReadPieces.from_flags(size_text, gap, piece_flag=f"--pieces {text.strip()}",
+                                       gap_flag=f"--pieces {text.strip()}: the gap")
+    except ValueError as exc:
+        raise StudyArgsError(str(exc)) from None
+    if not pieces.read_piece_bytes:
+        raise StudyArgsError(f"--pieces {text}: an arm in pieces needs a size (whole reads always run)")
+    return Arm(text.strip(), pieces)
 
 
 def arms_of(pieces: list[str], with_off: bool = True) -> list[Arm]:

@@ -76,7 +76,7 @@ from bench.qos_stats import (
 )
 from rfork_api.clients import blocking_http_client
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
-from rfork_api.models import MIN_READ_PIECE_BYTES
+from rfork_api.models import ReadPieces
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
 from throttle.controller import InvalidTuning, tuning_from_text, tuning_over
 from throttle.histogram import CumulativeHistogram, WindowHistogram, fraction_above, observations, pool, quantile
@@ -1943,15 +1943,12 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         size = parse_size(args.size) if args.size else None
         chunk = parse_size(args.chunk_size) if args.chunk_size else None
         cap = parse_rate(args.cap)
-        piece = parse_size(args.read_piece)
     except UnitError as exc:
         raise BenchArgsError(str(exc)) from None
-    if piece and piece < MIN_READ_PIECE_BYTES:
-        raise BenchArgsError(f"--read-piece must be 0 (whole reads) or at least 64KiB, got {args.read_piece}")
-    if not 0 <= args.read_piece_gap <= 1.0:
-        raise BenchArgsError(f"--read-piece-gap must be 0 to 1 seconds, got {args.read_piece_gap}")
-    if args.read_piece_gap and not piece:
-        raise BenchArgsError("--read-piece-gap needs --read-piece (e.g. --read-piece 1MiB)")
+    try:
+        pieces = ReadPieces.from_flags(args.read_piece, args.read_piece_gap)
+    except ValueError as exc:
+        raise BenchArgsError(str(exc)) from None
     if not cap:
         raise BenchArgsError(f"--cap {args.cap!r}: the throttle needs a link rate > 0, e.g. 100MB/s")
     if args.throttle_tuning:
@@ -2022,7 +2019,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         slo_budget=args.slo_budget, log_dir=args.log_dir, decode_layers=args.decode_layers or None, device=device,
         itl_buckets=None if args.sglang_default_buckets else FINE_ITL_BUCKETS, pin_seeds=not args.no_pin_seeds,
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
-        read_piece_bytes=piece, read_piece_gap_seconds=args.read_piece_gap,
+        read_piece_bytes=pieces.read_piece_bytes, read_piece_gap_seconds=pieces.read_piece_gap_seconds,
         alternate_tuning=args.alternate_tuning, law_across_runs=args.law_across_runs,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
         control_device=args.control_device, extra_runs_where_host_missed=args.extra_runs_where_host_missed,

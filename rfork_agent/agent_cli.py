@@ -216,7 +216,7 @@ def throttle_tuning(args: argparse.Namespace, rate_cap: float | None):
 def build_config(args: argparse.Namespace):
     """AgentConfig from parsed flags; raises _BadFlag with a one-line reason."""
     from rfork_agent.agent import AgentConfig
-    from rfork_api.models import MIN_READ_PIECE_BYTES
+    from rfork_api.models import ReadPieces
 
     sglang_url = _url("--sglang-url", args.sglang_url)
     scheduler_url = _url("--scheduler", args.scheduler)
@@ -241,15 +241,9 @@ def build_config(args: argparse.Namespace):
     if not (0 <= args.max_wait < math.inf):
         raise _BadFlag(f"--max-wait must be a number of seconds >= 0, got {args.max_wait}")
     try:
-        piece = parse_size(args.read_piece)
-    except UnitError as exc:
-        raise _BadFlag(f"--read-piece: {exc}") from None
-    if piece and piece < MIN_READ_PIECE_BYTES:
-        raise _BadFlag(f"--read-piece must be 0 (whole reads) or at least 64KiB, got {args.read_piece}")
-    if not 0 <= args.read_piece_gap <= 1.0:
-        raise _BadFlag(f"--read-piece-gap must be 0 to 1 seconds, got {args.read_piece_gap}")
-    if args.read_piece_gap and not piece:
-        raise _BadFlag("--read-piece-gap needs --read-piece (e.g. --read-piece 1MiB): whole reads have no gaps")
+        pieces = ReadPieces.from_flags(args.read_piece, args.read_piece_gap)
+    except ValueError as exc:
+        raise _BadFlag(str(exc)) from None
     if args.tp_size is not None and args.tp_size < 1:
         raise _BadFlag(f"--tp-size must be >= 1, got {args.tp_size}")
     ranks = None
@@ -282,8 +276,8 @@ def build_config(args: argparse.Namespace):
             ranks=ranks,
             lease_ttl_seconds=args.lease_ttl,
             max_wait_seconds=args.max_wait,
-            read_piece_bytes=piece,
-            read_piece_gap_seconds=args.read_piece_gap,
+            read_piece_bytes=pieces.read_piece_bytes,
+            read_piece_gap_seconds=pieces.read_piece_gap_seconds,
             token=load_token(args.token_file),
             **qos,
         )

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
+from rfork_api.units import UnitError, parse_size
+
 SEED_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 SeedIdText = Annotated[str, Field(min_length=1, max_length=128, pattern=SEED_ID_PATTERN)]
 
@@ -523,6 +525,30 @@ class ReadPieces(Request):
     least ``MIN_READ_PIECE_BYTES``."""
     read_piece_gap_seconds: float = Field(default=0.0, ge=0, le=MAX_READ_PIECE_GAP_SECONDS, allow_inf_nan=False)
     """Wait this long between two pieces; needs pieces."""
+
+    @classmethod
+    def from_flags(cls, piece: str, gap_seconds: float, piece_flag: str = "--read-piece",
+                   gap_flag: str = "--read-piece-gap") -> "ReadPieces":
+        """A command line's piece size (``"1MiB"``, ``"0"``) and gap; ValueError names the flag and the fix.
+
+            >>> ReadPieces.from_flags("1MiB", 0.005).read_piece_bytes
+            1048576
+            >>> ReadPieces.from_flags("0", 0.01)
+            Traceback (most recent call last):
+            ...
+            ValueError: --read-piece-gap needs --read-piece (e.g. 1MiB): whole reads have no gaps
+        """
+        try:
+            size = parse_size(piece)
+        except UnitError as exc:
+            raise ValueError(f"{piece_flag}: {exc}") from None
+        if 0 < size < MIN_READ_PIECE_BYTES:
+            raise ValueError(f"{piece_flag} must be 0 (whole reads) or at least 64KiB, got {piece}")
+        if not 0 <= gap_seconds <= MAX_READ_PIECE_GAP_SECONDS:
+            raise ValueError(f"{gap_flag} must be 0 to 1 seconds, got {gap_seconds}")
+        if gap_seconds and not size:
+            raise ValueError(f"{gap_flag} needs {piece_flag} (e.g. 1MiB): whole reads have no gaps")
+        return cls(read_piece_bytes=size, read_piece_gap_seconds=gap_seconds)
 
     @model_validator(mode="after")
     def _pieces_that_can_be_read(self) -> "ReadPieces":

@@ -7,6 +7,7 @@ Scheduler, seed stand-ins and agents run as separate processes exactly as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -107,30 +108,48 @@ def test_an_agent_restarted_mid_fork_serves_the_same_fork_again(tmp_path):
         assert verify_rank(spec, 0, tensors) == []
 
 
-def test_a_seed_that_asks_for_pieces_is_read_in_pieces_and_the_fork_is_byte_exact(tmp_path):
-    """Agents started with --read-piece: every read of a chunk from a seed is a TE batch of at most that many
-    bytes, over the real TransferEngine, and the rank lands byte for byte."""
-    from rfork_agent.fork import ForkClient, register_tensors
+def _counting_transport():
+    """A real TCP MooncakeTransport that records the bytes of every TE batch it submits (on its submit
+    threads) and sets ``first`` at the first."""
     from rfork_agent.transport import MooncakeTransport
-    from testbed.fleet import Fleet, FleetSpec
-    from testbed.orchestrator import verify_rank
 
     class CountingTransport(MooncakeTransport):
-        def __init__(self, **kwargs) -> None:
-            super().__init__(**kwargs)
-            self.batches: list[int] = []  # bytes of each TE batch submitted (on the submit threads)
+        def __init__(self) -> None:
+            super().__init__(protocol="tcp")
+            self.batches: list[int] = []
+            self.first = threading.Event()
 
         def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths):
             self.batches.append(sum(lengths))
+            self.first.set()
             return super().submit_read(session_id, dst_ptrs, src_ptrs, lengths)
 
-    piece = 256 * 2**10
-    spec = FleetSpec(seeds=2, preset=None, size_bytes=24 * MiB, seed_rates=(200e6,), log_dir=str(tmp_path),
-                     agent_args=("--read-piece", "256KiB", "--read-piece-gap", "0.001"))
+    return CountingTransport()
+
+
+@contextlib.contextmanager
+def _fleet_in_pieces(tmp_path, size_bytes: int, piece: str, gap: str):
+    """Two seeds at 200 MB/s whose agents ask for reads in pieces; (fleet, spec, tensors, counting transport)."""
+    from rfork_agent.fork import register_tensors
+    from testbed.fleet import Fleet, FleetSpec
+
+    spec = FleetSpec(seeds=2, preset=None, size_bytes=size_bytes, seed_rates=(200e6,), log_dir=str(tmp_path),
+                     agent_args=("--read-piece", piece, "--read-piece-gap", gap))
     with Fleet(spec) as fleet:
         tensors, _buffer = _client_tensors(fleet)
-        transport = CountingTransport(protocol="tcp")
+        transport = _counting_transport()
         register_tensors(transport, tensors)
+        yield fleet, spec, tensors, transport
+
+
+def test_a_seed_that_asks_for_pieces_is_read_in_pieces_and_the_fork_is_byte_exact(tmp_path):
+    """Agents started with --read-piece: every read of a chunk from a seed is a TE batch of at most that many
+    bytes, over the real TransferEngine, and the rank lands byte for byte."""
+    from rfork_agent.fork import ForkClient
+    from testbed.orchestrator import verify_rank
+
+    piece = 256 * 2**10
+    with _fleet_in_pieces(tmp_path, 24 * MiB, "256KiB", "0.001") as (fleet, spec, tensors, transport):
         result = asyncio.run(ForkClient(fleet.scheduler_url, transport).fork(
             fleet.identity(), 0, tensors, chunk_size_bytes=2 * MiB))
         assert verify_rank(spec, 0, tensors) == []
@@ -147,28 +166,10 @@ def test_a_seed_that_asks_for_pieces_is_read_in_pieces_and_the_fork_is_byte_exac
 def test_a_fork_cancelled_mid_read_stops_its_reads_in_pieces_at_the_next_gap(tmp_path):
     """Ctrl-C while chunks are read in pieces 0.4 s apart (12 s a chunk): the reads stop at their next gap
     instead of reading every piece first, and every lease is released."""
-    from rfork_agent.fork import ForkClient, register_tensors
-    from rfork_agent.transport import MooncakeTransport
-    from testbed.fleet import Fleet, FleetSpec
-
-    class CountingTransport(MooncakeTransport):
-        def __init__(self, **kwargs) -> None:
-            super().__init__(**kwargs)
-            self.batches: list[int] = []
-            self.first = threading.Event()
-
-        def submit_read(self, session_id, dst_ptrs, src_ptrs, lengths):
-            self.batches.append(sum(lengths))
-            self.first.set()
-            return super().submit_read(session_id, dst_ptrs, src_ptrs, lengths)
+    from rfork_agent.fork import ForkClient
 
     pieces_a_chunk = 2 * MiB // (64 * 2**10)
-    spec = FleetSpec(seeds=2, preset=None, size_bytes=8 * MiB, seed_rates=(200e6,), log_dir=str(tmp_path),
-                     agent_args=("--read-piece", "64KiB", "--read-piece-gap", "0.4"))
-    with Fleet(spec) as fleet:
-        tensors, _buffer = _client_tensors(fleet)
-        transport = CountingTransport(protocol="tcp")
-        register_tensors(transport, tensors)
+    with _fleet_in_pieces(tmp_path, 8 * MiB, "64KiB", "0.4") as (fleet, _spec, tensors, transport):
         client = ForkClient(fleet.scheduler_url, transport)
 
         async def fork_then_cancel() -> None:

@@ -16,9 +16,10 @@ def test_an_arm_reads_in_the_pieces_it_names(text, piece, gap):
     assert (arm.pieces.read_piece_bytes, arm.pieces.read_piece_gap_seconds, arm.transfer) == (piece, gap, True)
 
 
-@pytest.mark.parametrize("text, says", [("1KiB", "at least 64KiB"), ("1MiB:2", "0 to 1 seconds"),
-                                        ("1MiB:-1", "0 to 1 seconds"), ("lots", "give SIZE or SIZE:GAP_SECONDS"),
-                                        ("1MiB:soon", "give SIZE or SIZE:GAP_SECONDS")])
+@pytest.mark.parametrize("text, says", [("1KiB", "at least 64KiB"), ("1MiB:2", "the gap must be 0 to 1 seconds"),
+                                        ("1MiB:-1", "the gap must be 0 to 1 seconds"), ("lots", "cannot read size"),
+                                        ("1MiB:soon", "give SIZE or SIZE:GAP_SECONDS"),
+                                        ("0", "needs a size"), ("0:0.01", "needs --pieces 0:0.01")])
 def test_a_bad_arm_is_one_sentence(text, says):
     with pytest.raises(StudyArgsError, match=f"--pieces {text.strip()}"):
         parse_arm(text)

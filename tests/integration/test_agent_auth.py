@@ -40,6 +40,11 @@ def test_the_agent_sends_the_token_to_the_scheduler_and_requires_it(secured_agen
     assert httpx.get(f"{agent.url}/health", timeout=5).status_code == 200
     assert httpx.get(f"{agent.url}/metrics", timeout=5).status_code == 200
     assert lease(agent.url, grant(), headers={}).status_code == 401
+    # Switching how clients read the seed is an operator's call: the token, like the throttle's.
+    pieces = {"read_piece_bytes": 2**20}
+    assert httpx.put(f"{agent.url}/v1/read-pieces", json=pieces, timeout=5).status_code == 401
+    assert httpx.get(f"{agent.url}/v1/read-pieces", timeout=5).status_code == 401
+    assert httpx.put(f"{agent.url}/v1/read-pieces", json=pieces, headers=AUTH, timeout=5).status_code == 200
 
 
 def test_a_lease_needs_a_valid_grant_for_exactly_this_read(secured_agent):

@@ -209,16 +209,9 @@ def summary_lines(rows: list[dict], budget: float) -> list[str]:
 # --------------------------------------------------------------------------- the fleet (I/O)
 
 
-def _put_read_pieces(observer: qos_bench.Observer, pieces: ReadPieces) -> None:
-    for seed in observer.fleet.seeds:
-        r = observer.http.put(f"{seed.agent_url}/v1/read-pieces", json=pieces.model_dump())
-        if r.status_code != 200:
-            raise qos_bench.QosBenchError(f"PUT {seed.agent_url}/v1/read-pieces: {r.status_code} {r.text}")
-
-
 def _window(observer, driver, options: qos_bench.QosBenchOptions, arm: Arm, rate: float, cycle: int,
             seconds: float, slo: float) -> Window:
-    _put_read_pieces(observer, arm.pieces)
+    observer.put_agents("/v1/read-pieces", arm.pieces.model_dump())
     observer.put_throttle(mode="fixed", rate_bytes_per_second=rate if arm.transfer else 0.0)
     if arm.transfer:
         driver.resume()

@@ -556,10 +556,14 @@ class Observer:
         return [self.http.get(f"{s.agent_url}/v1/throttle").json() for s in self.fleet.seeds]
 
     def put_throttle(self, **body) -> None:
+        self.put_agents("/v1/throttle", body)
+
+    def put_agents(self, path: str, body: dict) -> None:
+        """``PUT path`` with ``body`` on every seed's agent; QosBenchError names the one that refused."""
         for seed in self.fleet.seeds:
-            r = self.http.put(f"{seed.agent_url}/v1/throttle", json=body)
+            r = self.http.put(f"{seed.agent_url}{path}", json=body)
             if r.status_code != 200:
-                raise QosBenchError(f"PUT {seed.agent_url}/v1/throttle {body}: {r.status_code} {r.text}")
+                raise QosBenchError(f"PUT {seed.agent_url}{path} {body}: {r.status_code} {r.text}")
 
     def set_load(self, load: Load) -> None:
         for seed in self.fleet.seeds:

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
-from rfork_api.models import ReadPieces, lease_read_pieces
+from rfork_api.models import ReadPieces
 from throttle.controller import ControllerConfig, InvalidConfig, SloConfig
 from throttle.qos import ThrottleMode
 
@@ -202,10 +202,6 @@ class AgentConfig:
         """How fork clients are to read this seed's chunks at start (``PUT /v1/read-pieces`` changes it).
         Raises pydantic's ValidationError."""
         return ReadPieces(read_piece_bytes=self.read_piece_bytes, read_piece_gap_seconds=self.read_piece_gap_seconds)
-
-    def lease_read_pieces(self, nbytes: int) -> tuple[int, float]:
-        """``rfork_api.models.lease_read_pieces`` with the start config's pieces and ttl."""
-        return lease_read_pieces(self.read_pieces, nbytes, self.lease_ttl_seconds)
 
     @property
     def seed_metrics_url(self) -> str:

@@ -970,7 +970,7 @@ class ForkClient:
             tally.duplicate_reads += len(tally.landed_chunks.intersection(chunk_ids))
             tally.landed_chunks.update(chunk_ids)
             if self._landed_map is not None:
-                self._landed_map.mark(a.chunk_ids or [a.chunk_id])  # only now: a child may read them at once
+                self._landed_map.mark(chunk_ids)  # only now: a child may read them at once
             if self._metrics:
                 self._metrics.bytes_total.labels(seed=label).inc(a.bytes)
                 self._metrics.chunk_read_seconds.observe(landed - read_started)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rfork_agent.agent_config import AgentConfig
-from rfork_api.models import MIN_READ_PIECE_BYTES
+from rfork_api.models import MIN_READ_PIECE_BYTES, lease_read_pieces
 
 MiB = 2**20
 
@@ -26,7 +26,8 @@ def config(**overrides) -> AgentConfig:
     (MiB, 0.01, 1.0, 101 * MiB, (MiB, 0.005)),            # 100 gaps within 0.5 s
 ])
 def test_a_lease_is_read_in_pieces_whose_gaps_fit_in_half_its_ttl(piece, gap, ttl, nbytes, expected):
-    got = config(read_piece_bytes=piece, read_piece_gap_seconds=gap, lease_ttl_seconds=ttl).lease_read_pieces(nbytes)
+    start = config(read_piece_bytes=piece, read_piece_gap_seconds=gap, lease_ttl_seconds=ttl)
+    got = lease_read_pieces(start.read_pieces, nbytes, start.lease_ttl_seconds)
     assert got == pytest.approx(expected)
 
 
@@ -48,4 +49,4 @@ def test_a_config_outside_the_bounds_is_refused_naming_the_field(overrides, says
 
 def test_the_smallest_piece_is_accepted():
     smallest = config(read_piece_bytes=MIN_READ_PIECE_BYTES)
-    assert smallest.lease_read_pieces(MIN_READ_PIECE_BYTES + 1)[0] == MIN_READ_PIECE_BYTES
+    assert lease_read_pieces(smallest.read_pieces, MIN_READ_PIECE_BYTES + 1, 30.0)[0] == MIN_READ_PIECE_BYTES

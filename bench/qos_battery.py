@@ -233,7 +233,7 @@ def runs_line(plants: dict[str, dict]) -> str:
 
         >>> runs_line({"steady": {"tally": {"runs": 5, "met_every_goal": 3, "host_held": 4,
         ...                                 "host_held_met_every_goal": 3}}, "broken": {}})
-        'runs that met every goal: 3 of 5; where the host held (seeds at >= 0.9x their calibration, alone within the budget): 3 of 4'
+        'runs that met every goal: 3 of 5; where the host held (seeds at 0.9-1.25x their calibration, alone within the budget): 3 of 4'
         >>> runs_line({"gpu-decode": {"tally": {"runs": 5, "met_every_goal": 2, "host_held": 3,
         ...            "host_held_met_every_goal": 1, "with_control": 5, "met_where_the_control_met": 5}}}).split("; ")[-1]
         "against the oracle's rate in the same seconds (--control: share within the budget or no worse, >= 0.8x its throughput where it met): 5 of 5"
@@ -244,14 +244,17 @@ def runs_line(plants: dict[str, dict]) -> str:
         'the first runs where the host held, per plant (--extra-runs-where-host-missed): 9 of 10'
     """
     tallies = [e["tally"] for e in plants.values() if e.get("tally")]
-    # The speed bound the plants judged their hosts by (--host-speed-min; 0.9 where a result does not say).
-    bounds = sorted({(e.get("targets") or {}).get("host_speed_min_fraction", 0.9) for e in plants.values()
-                     if e.get("tally")}) or [0.9]
+    # The speed bounds the plants judged their hosts by (--host-speed-min/max; 0.9 and, before the upper bound
+    # existed, none where a result does not say).
+    judged = [e.get("targets") or {} for e in plants.values() if e.get("tally")]
+    lows = sorted({t.get("host_speed_min_fraction", 0.9) for t in judged}) or [0.9]
+    highs = sorted({t.get("host_speed_max_fraction", 1.25) for t in judged}) or [1.25]
 
     def total(key: str) -> int:
         return sum(t.get(key, 0) for t in tallies)
     line = (f"runs that met every goal: {total('met_every_goal')} of {total('runs')}; where the host held (seeds at "
-            f">= {'/'.join(f'{b:g}' for b in bounds)}x their calibration, alone within the budget): "
+            f"{'/'.join(f'{b:g}' for b in lows)}-{'/'.join(f'{b:g}' for b in highs)}x their calibration, alone "
+            f"within the budget): "
             f"{total('host_held_met_every_goal')} of {total('host_held')}")
     if any(e.get("where_host_held") for e in plants.values()):
         firsts = [_first_held(e) for e in plants.values() if e.get("tally") or e.get("where_host_held")]

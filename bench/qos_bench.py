@@ -99,15 +99,18 @@ TARGETS = {
     "spike_reaction_max_seconds": 3.0,
     "recovery_max_seconds": 20.0,
     "recovery_fraction_of_cap": 0.9,
-    # Context: the host checks (qos_stats.HOST_CHECKS). The slowest seed's tokens/s before a run against its
-    # calibration's; under this the run's host is not the plant the SLO and the oracle were measured on.
+    # Context: the host checks (qos_stats.HOST_CHECKS). The slowest and the fastest seed's tokens/s before a run
+    # against their calibration's; outside these the run's host is not the plant the SLO and the oracle were
+    # measured on (faster: the SLO is loose and the oracle low).
     "host_speed_min_fraction": 0.9,
+    "host_speed_max_fraction": 1.25,
 }
 
 
 def targets_of(options: "QosBenchOptions") -> dict:
-    """The result's ``targets``: :data:`TARGETS` with the run's host speed bound (``--host-speed-min``)."""
-    return dict(TARGETS, host_speed_min_fraction=options.host_speed_min_fraction)
+    """The result's ``targets``: :data:`TARGETS` with the run's host speed bounds (``--host-speed-min/max``)."""
+    return dict(TARGETS, host_speed_min_fraction=options.host_speed_min_fraction,
+                host_speed_max_fraction=options.host_speed_max_fraction)
 
 
 # SGLang 0.5.23's ITL buckets (testbed/decode.py's ITL_BUCKETS), repeated here so importing the
@@ -218,9 +221,12 @@ class QosBenchOptions:
     host_speed_min_fraction: float = 0.9
     """A run's host held where its slowest seed decoded at least this fraction of its calibration's tokens/s
     in the watch before the run (and every seed alone was within the budget): ``qos_stats.host_held``."""
+    host_speed_max_fraction: float = 1.25
+    """... and its fastest seed at most this fraction (a faster seed sits further under the SLO chosen at the
+    calibration, and the oracle probed there is too low: the run would be an easier test than the plant)."""
     extra_runs_where_host_missed: int = 0
     """Up to this many runs past ``runs``, while fewer than ``runs`` of the runs had the host hold (seeds at
-    >= ``host_speed_min_fraction`` of their calibration, alone within the budget:
+    ``host_speed_min_fraction``-``host_speed_max_fraction`` of their calibration, alone within the budget:
     ``qos_stats.wants_another_run``). Every run is reported; ``where_host_held`` summarizes the first
     ``runs`` that held."""
     log_dir: str | None = None
@@ -1892,9 +1898,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-speed-min", type=float, default=0.9, metavar="FRACTION",
                    help="a run's host held where its slowest seed decoded at least this fraction of its "
                         "calibration's tokens/s before the run (default 0.9; a context check)")
+    p.add_argument("--host-speed-max", type=float, default=1.25, metavar="FRACTION",
+                   help="... and its fastest seed at most this fraction (default 1.25: faster, the SLO chosen at "
+                        "the calibration is loose and the oracle low)")
     p.add_argument("--extra-runs-where-host-missed", type=int, default=0, metavar="N",
                    help="up to N runs past --runs while fewer than --runs of them had the host hold (seeds at "
-                        ">= --host-speed-min of their calibration, alone within the budget); every run is "
+                        "--host-speed-min to --host-speed-max of their calibration, alone within the budget); "
+                        "every run is "
                         "reported, and where_host_held summarizes the first --runs that held (default 0)")
     p.add_argument("--deadline-seconds", type=float, default=None,
                    help="start no run that would end later than this many seconds from now (default: none)")
@@ -1922,6 +1932,9 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     if not 0 < args.host_speed_min < math.inf:
         raise BenchArgsError(f"--host-speed-min must be a fraction of the calibration's speed > 0, got "
                              f"{args.host_speed_min}")
+    if not args.host_speed_min <= args.host_speed_max < math.inf:
+        raise BenchArgsError(f"--host-speed-max must be a fraction of the calibration's speed >= --host-speed-min "
+                             f"({args.host_speed_min:g}), got {args.host_speed_max}")
     if args.extra_runs_where_host_missed < 0:
         raise BenchArgsError(f"--extra-runs-where-host-missed must be 0 or more runs, got "
                              f"{args.extra_runs_where_host_missed}")
@@ -2027,7 +2040,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         alternate_tuning=args.alternate_tuning, law_across_runs=args.law_across_runs,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
         control_device=args.control_device, extra_runs_where_host_missed=args.extra_runs_where_host_missed,
-        host_speed_min_fraction=args.host_speed_min,
+        host_speed_min_fraction=args.host_speed_min, host_speed_max_fraction=args.host_speed_max,
     )
     for name, value in (("size_bytes", size), ("chunk_size", chunk), ("oracle_probe_seconds", args.oracle_probe_seconds),
                         ("oracle_max_probes", args.oracle_probes), ("throttled_measure_seconds", args.throttled_seconds),

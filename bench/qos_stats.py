@@ -285,7 +285,8 @@ class Check:
 
 #: A result's ``targets`` (``qos_bench.TARGETS``) -> the :func:`judge_run` keyword each sets.
 _TARGET_ARGUMENTS = {"spike_cut_max_seconds": "spike_cut_max_seconds", "idle_cap_fraction": "idle_cap_fraction",
-                     "idle_to_cap_max_seconds": "idle_max_seconds", "host_speed_min_fraction": "host_speed_min"}
+                     "idle_to_cap_max_seconds": "idle_max_seconds", "host_speed_min_fraction": "host_speed_min",
+                     "host_speed_max_fraction": "host_speed_max"}
 
 
 def target_arguments(targets: dict) -> dict:
@@ -300,7 +301,7 @@ def target_arguments(targets: dict) -> dict:
 def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | None,
               spike_cut_max_seconds: float = 1.0, idle_cap_fraction: float = 0.95,
               idle_max_seconds: float = 5.0, shared_oracle_throughput: float | None = None,
-              host_speed_min: float = 0.9) -> dict:
+              host_speed_min: float = 0.9, host_speed_max: float = 1.25) -> dict:
     """Issue #16's goals for one run (plus issue #3's as context), each as ``Check.as_dict()``.
 
     ``run`` holds the run's measurements under the names ``bench/qos_bench.py``
@@ -336,6 +337,11 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         # Did the host keep the speed the SLO and the oracle were measured at? (the slowest seed's tokens/s
         # before the run over its calibration's)
         "seed_speed_vs_calibration": Check(run.get("seed_speed_vs_calibration"), f">= {host_speed_min:g}", False),
+        # ... and did none run much faster? A seed faster than at its calibration sits further under the SLO
+        # chosen there, and the oracle probed there is too low: both goals get easier than the plant's (v36's
+        # seeds at 1.4-1.7x their calibration). The fastest seed's ratio, from the same watch.
+        "seed_fastest_speed_vs_calibration": Check(_most(run.get("seed_speed_vs_calibration_per_seed")),
+                                                   f"<= {host_speed_max:g}", False),
         # Did the seeds alone still leave the transfer room? (the most any seed's agent read of its seed's
         # own share over the SLO at the phase's end). Over the budget, no rate, not even 0, meets it.
         "seed_alone_share_above_slo": Check(_most(run.get("throttled_seed_alone_share_per_seed")),
@@ -413,7 +419,7 @@ def all_met(checks: dict) -> bool:
 
 
 #: The context checks that say whether the host still was the plant the SLO and the oracle were measured on.
-HOST_CHECKS = ("seed_speed_vs_calibration", "seed_alone_share_above_slo")
+HOST_CHECKS = ("seed_speed_vs_calibration", "seed_fastest_speed_vs_calibration", "seed_alone_share_above_slo")
 
 
 def host_held(checks: dict) -> bool:
@@ -431,10 +437,11 @@ def wants_another_run(runs_checks: list[dict], runs: int, extra_runs: int) -> bo
     """Whether to start another run: until ``runs`` are done, then, up to ``extra_runs`` more, while fewer than
     ``runs`` of them had the host hold (:func:`host_held`; ``--extra-runs-where-host-missed``).
 
-    A run whose seeds had drifted off the plant the SLO and the oracle were measured on (slower than
-    ``--host-speed-min``, 0.9, of their calibration, or alone over the budget) judges the host, not the law:
-    it is reported with the others and another run follows it, so the plant still gets ``runs`` runs on the
-    host it was measured on. Both checks are read outside the law's reach (the watch before the run; the off windows).
+    A run whose seeds had drifted off the plant the SLO and the oracle were measured on (one slower than
+    ``--host-speed-min``, 0.9, or faster than ``--host-speed-max``, 1.25, of its calibration, or alone over the
+    budget) judges the host, not the law: it is reported with the others and another run follows it, so the
+    plant still gets ``runs`` runs on the host it was measured on. These checks are read outside the law's reach
+    (the watch before the run; the off windows).
 
         >>> ok, slow = {"seed_speed_vs_calibration": {"met": True}}, {"seed_speed_vs_calibration": {"met": False}}
         >>> [wants_another_run(done, 2, 1) for done in ([], [ok], [ok, ok], [ok, slow], [ok, slow, ok])]

@@ -5,7 +5,9 @@ host held (its seeds at their calibration's speed, within the budget on their ow
 One battery rarely gives a plant five such runs, so this tool pools the results kept in bench/results by the
 law's fingerprint (``law`` in each result: `rfork bench qos` writes it since session 44; older results are
 ``unrecorded``) and, per plant, counts the runs, those where the host held, those that met every goal, and the
-longest streak of consecutive held runs that met every goal, in the order the files are given::
+longest streak of consecutive held runs that met every goal, in the order the files are given. Each run is
+judged with today's checks (``qos_rejudge.rejudge``), so a host check added after a battery ran (the upper speed
+bound, ``seed_fastest_speed_vs_calibration``) applies to it too::
 
     python -m bench.qos_tally bench/results/h100-qos-v35-*.json.gz [--law FINGERPRINT ...] [--streak 5]
 
@@ -23,6 +25,7 @@ import sys
 from dataclasses import dataclass
 
 from bench.kept_results import read_result
+from bench.qos_rejudge import ResultError, rejudge
 from bench.qos_stats import all_met, host_held
 
 #: The law of results written before `rfork bench qos` recorded it.
@@ -53,9 +56,10 @@ class PlantTally:
     streak: int
 
 
-def kept_runs(source: str, result: dict) -> tuple[str, str, list[KeptRun]]:
-    """(law fingerprint, plant, its runs) of one `rfork bench qos --json` result. KeyError or TypeError where it
-    is not one (a battery summary has no ``runs``).
+def kept_runs(source: str, result: dict, checks: list[dict] | None = None) -> tuple[str, str, list[KeptRun]]:
+    """(law fingerprint, plant, its runs) of one `rfork bench qos --json` result, each run judged by ``checks``
+    (one a run, in order; default: the checks the result kept). KeyError or TypeError where it is not one (a
+    battery summary has no ``runs``).
 
     >>> ok = {"g": {"met": True, "issue_target": True}}
     >>> slow = dict(ok, seed_speed_vs_calibration={"met": False, "issue_target": False})
@@ -64,7 +68,9 @@ def kept_runs(source: str, result: dict) -> tuple[str, str, list[KeptRun]]:
     ('f1', 'steady', [KeptRun(source='a.json', run=1, held=True, met=True), KeptRun(source='a.json', run=2, held=False, met=True)])
     """
     law = (result.get("law") or {}).get("fingerprint") or UNRECORDED
-    runs = [KeptRun(source, int(r["run"]), host_held(r["checks"]), all_met(r["checks"])) for r in result["runs"]]
+    if checks is None:
+        checks = [r["checks"] for r in result["runs"]]
+    runs = [KeptRun(source, int(r["run"]), host_held(c), all_met(c)) for r, c in zip(result["runs"], checks)]
     return law, result["plant"]["name"], runs
 
 
@@ -128,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: no runs[] (a battery's summary?): skipped", file=sys.stderr)
             continue
         try:
-            law, plant, runs = kept_runs(path, result)
-        except (KeyError, TypeError, ValueError) as exc:
+            law, plant, runs = kept_runs(path, result, rejudge(result)[0])
+        except (KeyError, TypeError, ValueError, ResultError) as exc:
             print(f"{path}: not a `rfork bench qos --json` result this tool can read ({type(exc).__name__}: {exc})",
                   file=sys.stderr)
             return 2

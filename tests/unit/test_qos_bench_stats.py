@@ -423,6 +423,11 @@ def test_where_the_host_held_summarizes_the_first_runs_that_held_and_every_run_i
     assert checks["seed_speed_vs_calibration"]["met"] is True
     assert qos_stats.judge_run({"seed_speed_vs_calibration": 0.85}, 0.01, 100e6, None)[
         "seed_speed_vs_calibration"]["met"] is False
+    # Two-sided: the fastest seed too, from the same watch (v36's seeds ran 1.4-1.7x their calibration).
+    fast = {"seed_speed_vs_calibration": 1.0, "seed_speed_vs_calibration_per_seed": [1.0, 1.4]}
+    assert not qos_stats.host_held(qos_stats.judge_run(fast, 0.01, 100e6, None))
+    assert qos_stats.host_held(qos_stats.judge_run(fast, 0.01, 100e6, None, host_speed_max=1.5))
+    assert targets["host_speed_max_fraction"] == qos_bench.TARGETS["host_speed_max_fraction"] == 1.25
     assert qos_bench.options_from_args(_args())[0].extra_runs_where_host_missed == 0
     lines: list[str] = []
     qos_bench.print_checks({"runs": runs, "summary": summarize([r["checks"] for r in runs]), "where_host_held": held},
@@ -460,6 +465,8 @@ def test_the_process_runs_on_the_cpus_after_the_seeds():
     (["--extra-runs-where-host-missed", "-1"], "--extra-runs-where-host-missed must be 0 or more runs"),
     (["--host-speed-min", "0"], "--host-speed-min must be a fraction of the calibration's speed > 0"),
     (["--host-speed-min", "nan"], "--host-speed-min must be a fraction of the calibration's speed > 0"),
+    (["--host-speed-max", "0.8"], "--host-speed-max must be a fraction of the calibration's speed >= --host-speed-min"),
+    (["--host-speed-max", "inf"], "--host-speed-max must be a fraction of the calibration's speed >= --host-speed-min"),
     (["--concurrency", "0"], "--concurrency must be at least 1"),
     (["--oracle-floor-fraction", "0"], "--oracle-floor-fraction must be in (0, 1) of the cap"),
     (["--oracle-probe-seconds", "0"], "--oracle-probe-seconds must be seconds > 0"),

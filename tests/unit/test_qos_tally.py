@@ -22,6 +22,19 @@ def result(plant: str, checks: list[dict], law: str | None = "f1") -> dict:
     return out
 
 
+#: A run's measurements as `rfork bench qos` keeps them: the command line judges them again with today's checks.
+MEASURED_MET = {"throttled_share_above_slo": 0.005, "throughput_throttled_bytes_per_second": 90e6,
+                "oracle_bytes_per_second": 100e6, "spike_cut_seconds": 0.3, "idle_to_cap_seconds": 1.0,
+                "seed_speed_vs_calibration_per_seed": [1.0, 1.05], "seed_speed_vs_calibration": 1.0}
+
+
+def measured(plant: str, runs: list[dict], law: str | None = "f1", kept_checks: dict | None = None) -> dict:
+    out = result(plant, [kept_checks or MET] * len(runs), law)
+    for entry, measurements in zip(out["runs"], runs):
+        entry.update(measurements)
+    return dict(out, slo_budget=0.01, cap_bytes_per_second=100e6)
+
+
 def run(held: bool, met: bool) -> KeptRun:
     return KeptRun("x", 1, held, met)
 
@@ -108,8 +121,8 @@ def write(path, data, gz=False) -> str:
 
 
 def test_the_command_line_reads_kept_results_and_says_whether_each_plant_has_its_streak(tmp_path, capsys):
-    five = write(tmp_path / "a.json.gz", result("steady", [MET] * 5), gz=True)
-    four = write(tmp_path / "b.json", result("near-slo", [MET] * 4))
+    five = write(tmp_path / "a.json.gz", measured("steady", [MEASURED_MET] * 5), gz=True)
+    four = write(tmp_path / "b.json", measured("near-slo", [MEASURED_MET] * 4))
     battery = write(tmp_path / "battery.json", {"plants": {}, "battery": {}, "table": ""})
     assert main([five, battery]) == 0
     out = capsys.readouterr()
@@ -119,12 +132,29 @@ def test_the_command_line_reads_kept_results_and_says_whether_each_plant_has_its
     assert main([five, "--law", "f2"]) == 1
     assert "no runs of law f2 in 1 file(s)" in capsys.readouterr().err
     # The same law across a refactor (another fingerprint, the same behaviour): both pooled as one.
-    refactored = write(tmp_path / "c.json", result("steady", [MET] * 2, law="f2"))
+    refactored = write(tmp_path / "c.json", measured("steady", [MEASURED_MET] * 2, law="f2"))
     assert main([four, refactored, "--law", "f1", "--law", "f2"]) == 1
     out = capsys.readouterr().out
     assert "| f1+f2 | `near-slo` | 4 | 4 | 4 | 4 | 1 more |" in out and "| f1+f2 | `steady` | 2 |" in out
     assert main([five, refactored, "--law", "f1", "--law", "f2"]) == 0
     assert "| f1+f2 | `steady` | 7 | 7 | 7 | 7 | met |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("speeds, held", [
+    ([1.0, 1.05], True),
+    ([0.95, 1.25], True),
+    # v36: the seeds decoded 1.4-1.7x faster than at their calibration, so the SLO chosen there was loose.
+    ([1.4, 1.38], False),
+    ([1.0, 1.3], False),
+    ([0.85, 1.0], False),
+])
+def test_runs_are_judged_with_todays_host_checks_not_the_ones_they_kept(tmp_path, capsys, speeds, held):
+    fast = dict(MEASURED_MET, seed_speed_vs_calibration_per_seed=speeds, seed_speed_vs_calibration=min(speeds))
+    # Kept before the upper bound existed: the result's own checks say the host held.
+    path = write(tmp_path / "v36.json", measured("steady", [MEASURED_MET, fast, MEASURED_MET]))
+    main([path, "--streak", "1"])
+    host_held = 3 if held else 2
+    assert f"| f1 | `steady` | 3 | {host_held} | {host_held} | {host_held} | met |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content, says", [

@@ -256,20 +256,10 @@ def run_study(options: qos_bench.QosBenchOptions, plant, arms: list[Arm], rates:
             observer.phase = "baseline"
             observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
             driver.pause()  # as in the off arm: nothing booked before lands in the baseline
-            time.sleep(options.settle_seconds)
-            baseline = observer.measure("baseline (no transfer)", options.baseline_seconds,
-                                        block_seconds=options.baseline_block_seconds)
-            if baseline.itl is None or observations(baseline.itl) < options.min_baseline_tokens:
-                raise qos_bench.QosBenchError(f"the seeds produced too few tokens for a baseline; logs in {fleet.log_dir}")
-            blocks = [baseline.blocks] if options.baseline_block_seconds else None
-            if options.slo_itl_seconds is None:
-                slo, how = qos_bench.slo_for_loads([baseline.itl], budget, plant, blocks)
-            else:
-                slo, how = options.slo_itl_seconds, "given by --slo-itl"
-            observer.slo = slo
-            observer.tail_bounds = qos_bench.tail_bounds(baseline.itl.bounds, slo)
-            result.update(slo_itl_seconds=slo, slo_choice=how, slo_budget=budget)
-            say(f"  SLO: ITL {slo * 1000:g} ms, budget {budget:.0%} ({how})")
+            # The same phase A as `rfork bench qos`: the SLO is chosen by the same rule from the same windows.
+            calibration = qos_bench.calibrate(observer, options, plant, plant.load, fleet.log_dir, say)
+            slo = calibration.slo
+            result.update(slo_itl_seconds=slo, slo_choice=calibration.how, slo_budget=budget)
             per_window = window_seconds + options.settle_seconds + 1.0
             windows: list[Window] = []
             for rate in rates:

@@ -1060,6 +1060,55 @@ def _phase_figures(p: PhaseResult, slo: float | None) -> dict:
     }
 
 
+@dataclass
+class Calibration:
+    """What a fleet's start measured with the transfer held at 0: the no-transfer window of each load the plant
+    runs (``parts``: the first is the calibration every run's speed is read against), the windows pooled
+    (``baseline``), and the SLO chosen from them (``slo``, seconds) with the rule's words (``how``)."""
+
+    parts: list[PhaseResult]
+    baseline: PhaseResult
+    slo: float
+    how: str
+
+
+def calibrate(observer: "Observer | ControlledObserver", options: QosBenchOptions, plant: Plant, load: Load,
+              log_dir, say) -> Calibration:
+    """Phase A, for `rfork bench qos` and the piece study alike: with the transfer already held at 0 (the caller's
+    fixed rate 0, and for the piece study its forks paused), settle, measure every load the plant runs, choose the
+    SLO (``slo_for_loads``, or ``--slo-itl``) and give it to ``observer``; QosBenchError where the seeds made too
+    few tokens to choose one. The fleet ends at ``load``."""
+    time.sleep(options.settle_seconds)
+    # Each load the plant runs gets a window of its own: the SLO must be one the seed meets alone at every
+    # one of them (slo_for_loads).
+    parts = []
+    for k, part_load in enumerate(plant.loads()):
+        if k:
+            observer.set_load(part_load)
+            time.sleep(options.settle_seconds)
+        name = "A baseline (no transfer)"
+        if len(plant.loads()) > 1:
+            name = f"A baseline, load {k + 1} ({part_load.describe()})"
+        parts.append(observer.measure(name, options.baseline_seconds, block_seconds=options.baseline_block_seconds))
+    observer.set_load(load)
+    if any(p.itl is None or observations(p.itl) < options.min_baseline_tokens for p in parts):
+        raise QosBenchError(f"the seeds produced too few tokens for a baseline; logs in {log_dir}")
+    baseline = merge_phases("A baseline (no transfer)", parts)
+    blocks = [p.blocks for p in parts] if options.baseline_block_seconds else None
+    budget = options.slo_budget
+    if options.slo_itl_seconds is None:
+        slo, how = slo_for_loads([p.itl for p in parts], budget, plant, blocks)
+    else:
+        slo, how = options.slo_itl_seconds, "given by --slo-itl"
+    say(f"  SLO: ITL {slo * 1000:g} ms, budget {budget:.0%} ({how})")
+    observer.slo = slo
+    observer.tail_bounds = tail_bounds(baseline.itl.bounds, slo)
+    # The per-second samples had no SLO to count over during the baseline: its windows give the interval.
+    baseline.shares = [share_estimate(w, slo, slow_and_tokens(baseline.blocks[i], slo) if blocks else [])
+                       for i, w in enumerate(baseline.per_seed)]
+    return Calibration(parts, baseline, slo, how)
+
+
 def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs: int = 1, say=print,
                   on_update=None, deadline: float | None = None) -> dict:
     """One fleet: the baseline, the oracle (once), then ``runs`` throttled runs; the result dict (see the module).
@@ -1120,34 +1169,8 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
         # A. no transfer (fixed rate 0: leases wait); the SLO is chosen from it.
         observer.phase = "baseline"
         observer.put_throttle(mode="fixed", rate_bytes_per_second=0.0)
-        time.sleep(options.settle_seconds)
-        # Each load the plant runs gets a window of its own: the SLO must be one the seed meets alone at every
-        # one of them (slo_for_loads).
-        parts = []
-        for k, part_load in enumerate(plant.loads()):
-            if k:
-                observer.set_load(part_load)
-                time.sleep(options.settle_seconds)
-            name = "A baseline (no transfer)"
-            if len(plant.loads()) > 1:
-                name = f"A baseline, load {k + 1} ({part_load.describe()})"
-            parts.append(observer.measure(name, options.baseline_seconds,
-                                          block_seconds=options.baseline_block_seconds))
-        observer.set_load(load)
-        if any(p.itl is None or observations(p.itl) < options.min_baseline_tokens for p in parts):
-            raise QosBenchError(f"the seeds produced too few tokens for a baseline; logs in {fleet.log_dir}")
-        baseline = merge_phases("A baseline (no transfer)", parts)
-        blocks = [p.blocks for p in parts] if options.baseline_block_seconds else None
-        if options.slo_itl_seconds is None:
-            slo, slo_how = slo_for_loads([p.itl for p in parts], budget, plant, blocks)
-        else:
-            slo, slo_how = options.slo_itl_seconds, "given by --slo-itl"
-        say(f"  SLO: ITL {slo * 1000:g} ms, budget {budget:.0%} ({slo_how})")
-        observer.slo = slo
-        observer.tail_bounds = tail_bounds(baseline.itl.bounds, slo)
-        # The per-second samples had no SLO to count over during the baseline: its windows give the interval.
-        baseline.shares = [share_estimate(w, slo, slow_and_tokens(baseline.blocks[i], slo) if blocks else [])
-                           for i, w in enumerate(baseline.per_seed)]
+        calibration = calibrate(observer, options, plant, load, fleet.log_dir, say)
+        parts, baseline, slo, slo_how = calibration.parts, calibration.baseline, calibration.slo, calibration.how
 
         # S. the oracle: the cap (throttle off), then bisection on the rate.
         probes: list[Probe] = []

@@ -244,8 +244,8 @@ def runs_line(plants: dict[str, dict]) -> str:
         'the first runs where the host held, per plant (--extra-runs-where-host-missed): 9 of 10'
     """
     tallies = [e["tally"] for e in plants.values() if e.get("tally")]
-    # The speed bounds the plants judged their hosts by (--host-speed-min/max; 0.9 and, before the upper bound
-    # existed, none where a result does not say).
+    # The speed bounds the plants judged their hosts by (--host-speed-min/max; where a result does not say, 0.9 and
+    # 1.25, the bounds bench.qos_rejudge judges it by).
     judged = [e.get("targets") or {} for e in plants.values() if e.get("tally")]
     lows = sorted({t.get("host_speed_min_fraction", 0.9) for t in judged}) or [0.9]
     highs = sorted({t.get("host_speed_max_fraction", 1.25) for t in judged}) or [1.25]

@@ -1927,8 +1927,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-runs-where-host-missed", type=int, default=0, metavar="N",
                    help="up to N runs past --runs while fewer than --runs of them had the host hold (seeds at "
                         "--host-speed-min to --host-speed-max of their calibration, alone within the budget); "
-                        "every run is "
-                        "reported, and where_host_held summarizes the first --runs that held (default 0)")
+                        "every run is reported, and where_host_held summarizes the first --runs that held (default 0)")
     p.add_argument("--deadline-seconds", type=float, default=None,
                    help="start no run that would end later than this many seconds from now (default: none)")
     p.add_argument("--log-dir", default=None)

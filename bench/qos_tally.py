@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 
 from bench.kept_results import read_result
-from bench.qos_rejudge import ResultError, rejudge
+from bench.qos_rejudge import rejudge
 from bench.qos_stats import all_met, host_held
 
 #: The law of results written before `rfork bench qos` recorded it.
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             law, plant, runs = kept_runs(path, result, rejudge(result)[0])
-        except (KeyError, TypeError, ValueError, ResultError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # qos_rejudge.ResultError is a ValueError
             print(f"{path}: not a `rfork bench qos --json` result this tool can read ({type(exc).__name__}: {exc})",
                   file=sys.stderr)
             return 2

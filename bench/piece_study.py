@@ -37,7 +37,6 @@ from bench.qos_plants import PlantError, get_plant
 from rfork_api.logs import add_log_arguments, quiet_mooncake_by_default, setup_logging_from_args
 from rfork_api.models import ReadPieces
 from rfork_api.units import UnitError, format_rate, parse_rate, parse_size
-from throttle.histogram import fraction_above, observations
 
 OFF, WHOLE = "off", "whole"
 
@@ -223,10 +222,10 @@ def _window(observer, driver, options: qos_bench.QosBenchOptions, arm: Arm, rate
         driver.pause()
         time.sleep(options.drain_seconds)
     r = observer.measure(f"{arm.name} at {format_rate(rate)}/seed, cycle {cycle + 1}", seconds)
-    tokens = tuple(observations(w) if w is not None else 0.0 for w in r.per_seed)
-    slow = tuple(fraction_above(w, slo).fraction * observations(w) if w is not None and observations(w) > 0 else 0.0
-                 for w in r.per_seed)
-    return Window(rate, arm.name, cycle, tokens, slow, r.bytes, r.seconds)
+    # Counted as the bench counts a phase's blocks (a seed with no window: no token).
+    counts = [qos_bench.slow_and_tokens([w], slo)[0] if w is not None else (0.0, 0.0) for w in r.per_seed]
+    return Window(rate, arm.name, cycle, tuple(n for _, n in counts), tuple(slow for slow, _ in counts), r.bytes,
+                  r.seconds)
 
 
 def run_study(options: qos_bench.QosBenchOptions, plant, arms: list[Arm], rates: list[float], cycles: int,

@@ -588,7 +588,7 @@ class LeaseGranted(Reply):
     read_piece_bytes: int = Field(default=0, ge=0)
     """Read the leased bytes in pieces of at most this many bytes, one after another (0: in one read).
     The seed's operator asks for it where one long read stalls the seed's own work (a GPU seed over TCP)."""
-    read_piece_gap_seconds: float = Field(default=0.0, ge=0, le=1.0, allow_inf_nan=False)
+    read_piece_gap_seconds: float = Field(default=0.0, ge=0, le=MAX_READ_PIECE_GAP_SECONDS, allow_inf_nan=False)
     """Wait this long between two pieces."""
 
 

@@ -7,7 +7,10 @@ law's fingerprint (``law`` in each result: `rfork bench qos` writes it since ses
 ``unrecorded``) and, per plant, counts the runs, those where the host held, those that met every goal, and the
 longest streak of consecutive held runs that met every goal, in the order the files are given. Each run is
 judged with today's checks (``qos_rejudge.rejudge``), so a host check added after a battery ran (the upper speed
-bound, ``seed_fastest_speed_vs_calibration``) applies to it too::
+bound, ``seed_fastest_speed_vs_calibration``) applies to it too. Beside the issue's count it counts the held
+runs whose oracle sat under the cap, and their own longest streak: where the cap meets the budget a run tests
+reaching and holding the cap, not finding the rate the budget allows, so a plant's streak can be met on a host
+where its hard case never came up::
 
     python -m bench.qos_tally bench/results/h100-qos-v35-*.json.gz [--law FINGERPRINT ...] [--streak 5]
 
@@ -40,6 +43,9 @@ class KeptRun:
     run: int
     held: bool
     met: bool
+    #: The run's oracle (the fixed rate it is judged against) sat under the cap, or no rate met the budget: the
+    #: budget, not the cap, bounded what the run could move. False where the result does not say.
+    under_cap: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,38 @@ class PlantTally:
     #: The longest run of consecutive held runs that met every goal (runs where the host missed are skipped,
     #: neither breaking nor extending it).
     streak: int
+    #: Held runs whose oracle sat under the cap (:attr:`KeptRun.under_cap`), those of them that met every goal,
+    #: and the longest streak among them alone (runs at the cap skipped, as runs where the host missed are).
+    under_cap_held: int = 0
+    under_cap_met: int = 0
+    under_cap_streak: int = 0
+
+
+def _oracle_under_cap(result: dict, run: dict) -> bool:
+    """Whether ``run``'s oracle sat under the result's cap (None: no rate met the budget, so under it too).
+
+    >>> _oracle_under_cap({"cap_bytes_per_second": 100e6}, {"oracle_rate_per_seed_bytes_per_second": 87e6})
+    True
+    >>> _oracle_under_cap({"cap_bytes_per_second": 100e6}, {"oracle_rate_per_seed_bytes_per_second": 100e6})
+    False
+    >>> _oracle_under_cap({"cap_bytes_per_second": 100e6}, {"oracle_rate_per_seed_bytes_per_second": None})
+    True
+    >>> _oracle_under_cap({}, {"oracle_rate_per_seed_bytes_per_second": 87e6})   # the cap not kept: unknown
+    False
+    """
+    cap = result.get("cap_bytes_per_second")
+    if cap is None or "oracle_rate_per_seed_bytes_per_second" not in run:
+        return False
+    oracle = run["oracle_rate_per_seed_bytes_per_second"]
+    return oracle is None or float(oracle) < float(cap) * (1 - 1e-9)
+
+
+def _longest_streak(runs: list[KeptRun]) -> int:
+    streak = best = 0
+    for r in runs:
+        streak = streak + 1 if r.met else 0
+        best = max(best, streak)
+    return best
 
 
 def kept_runs(source: str, result: dict, checks: list[dict] | None = None) -> tuple[str, str, list[KeptRun]]:
@@ -65,22 +103,27 @@ def kept_runs(source: str, result: dict, checks: list[dict] | None = None) -> tu
     >>> slow = dict(ok, seed_speed_vs_calibration={"met": False, "issue_target": False})
     >>> kept_runs("a.json", {"plant": {"name": "steady"}, "law": {"fingerprint": "f1"},
     ...                      "runs": [{"run": 1, "checks": ok}, {"run": 2, "checks": slow}]})
-    ('f1', 'steady', [KeptRun(source='a.json', run=1, held=True, met=True), KeptRun(source='a.json', run=2, held=False, met=True)])
+    ('f1', 'steady', [KeptRun(source='a.json', run=1, held=True, met=True, under_cap=False), KeptRun(source='a.json', run=2, held=False, met=True, under_cap=False)])
     """
     law = (result.get("law") or {}).get("fingerprint") or UNRECORDED
     if checks is None:
         checks = [r["checks"] for r in result["runs"]]
-    runs = [KeptRun(source, int(r["run"]), host_held(c), all_met(c)) for r, c in zip(result["runs"], checks)]
+    runs = [KeptRun(source, int(r["run"]), host_held(c), all_met(c), _oracle_under_cap(result, r))
+            for r, c in zip(result["runs"], checks)]
     return law, result["plant"]["name"], runs
 
 
 def tally(kept: list[tuple[str, str, list[KeptRun]]]) -> list[PlantTally]:
     """Per (law, plant), in the order first seen, the runs of ``kept`` (:func:`kept_runs`' tuples, in order).
 
-    >>> def r(held, met): return KeptRun("x", 1, held, met)
-    >>> tally([("f1", "steady", [r(True, True), r(False, False), r(True, True)]),
-    ...        ("f1", "steady", [r(True, False), r(True, True)]), ("f2", "steady", [r(True, True)])])
-    [PlantTally(law='f1', plant='steady', runs=5, held=4, held_met=3, streak=2), PlantTally(law='f2', plant='steady', runs=1, held=1, held_met=1, streak=1)]
+    >>> def r(held, met, under_cap=False): return KeptRun("x", 1, held, met, under_cap)
+    >>> [(t.law, t.runs, t.held, t.held_met, t.streak) for t in tally(
+    ...     [("f1", "steady", [r(True, True), r(False, False), r(True, True)]),
+    ...      ("f1", "steady", [r(True, False), r(True, True)]), ("f2", "steady", [r(True, True)])])]
+    [('f1', 5, 4, 3, 2), ('f2', 1, 1, 1, 1)]
+    >>> (t,) = tally([("f1", "near-slo", [r(True, True, True), r(True, True), r(True, False, True), r(True, True, True)])])
+    >>> t.streak, (t.under_cap_held, t.under_cap_met, t.under_cap_streak)
+    (2, (3, 2, 1))
     """
     grouped: dict[tuple[str, str], list[KeptRun]] = {}
     for law, plant, runs in kept:
@@ -88,21 +131,22 @@ def tally(kept: list[tuple[str, str, list[KeptRun]]]) -> list[PlantTally]:
     out = []
     for (law, plant), runs in grouped.items():
         held = [r for r in runs if r.held]
-        streak = best = 0
-        for r in held:
-            streak = streak + 1 if r.met else 0
-            best = max(best, streak)
-        out.append(PlantTally(law, plant, len(runs), len(held), sum(r.met for r in held), best))
+        bound = [r for r in held if r.under_cap]
+        out.append(PlantTally(law, plant, len(runs), len(held), sum(r.met for r in held), _longest_streak(held),
+                              len(bound), sum(r.met for r in bound), _longest_streak(bound)))
     return out
 
 
 def table(tallies: list[PlantTally], streak: int) -> str:
-    """The tallies as a Markdown table, with whether each plant has ``streak`` consecutive held runs met."""
-    lines = ["| law | plant | runs | host held | held, every goal met | longest streak | goal |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    """The tallies as a Markdown table, with whether each plant has ``streak`` consecutive held runs met, then
+    the same count over the held runs whose oracle sat under the cap."""
+    lines = ["| law | plant | runs | host held | held, every goal met | longest streak | goal "
+             "| held, oracle under the cap: every goal met | their longest streak |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in tallies:
         goal = "met" if t.streak >= streak else f"{streak - t.streak} more"
-        lines.append(f"| {t.law} | `{t.plant}` | {t.runs} | {t.held} | {t.held_met} | {t.streak} | {goal} |")
+        lines.append(f"| {t.law} | `{t.plant}` | {t.runs} | {t.held} | {t.held_met} | {t.streak} | {goal} "
+                     f"| {t.under_cap_met} of {t.under_cap_held} | {t.under_cap_streak} |")
     return "\n".join(lines)
 
 

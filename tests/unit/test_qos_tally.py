@@ -182,3 +182,14 @@ def test_doctests() -> None:
 
     import bench.qos_tally
     assert doctest.testmod(bench.qos_tally).failed == 0
+
+
+def test_held_runs_whose_oracle_sat_under_the_cap_are_counted_on_their_own(tmp_path, capsys):
+    # v40's near-slo: every held run met every goal, but with the cap meeting the budget; v39's, under the cap, missed.
+    at_cap = dict(MEASURED_MET, oracle_rate_per_seed_bytes_per_second=100e6)
+    under = dict(MEASURED_MET, oracle_rate_per_seed_bytes_per_second=87e6)
+    under_missed = dict(under, throttled_share_above_slo=0.0103)
+    nothing_met = dict(MEASURED_MET, oracle_rate_per_seed_bytes_per_second=None)
+    path = write(tmp_path / "r.json", measured("near-slo", [under_missed, at_cap, at_cap, under, nothing_met, at_cap]))
+    assert main([path, "--streak", "2"]) == 0
+    assert "| f1 | `near-slo` | 6 | 6 | 5 | 5 | met | 2 of 3 | 2 |" in capsys.readouterr().out

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 from bench.cpu_neighbours import thread_siblings
-from bench.qos_bench import EXIT_CODES
+from bench.qos_bench import EXIT_CODES, TARGETS
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
 from bench.qos_signal import format_rows, rows as signal_rows
 from bench.qos_stats import CONTROL_GOALS, HOST_CHECKS
@@ -244,11 +244,12 @@ def runs_line(plants: dict[str, dict]) -> str:
         'the first runs where the host held, per plant (--extra-runs-where-host-missed): 9 of 10'
     """
     tallies = [e["tally"] for e in plants.values() if e.get("tally")]
-    # The speed bounds the plants judged their hosts by (--host-speed-min/max; where a result does not say, 0.9 and
-    # 1.25, the bounds bench.qos_rejudge judges it by).
+    # The speed bounds the plants judged their hosts by (--host-speed-min/max; where a result does not say, the
+    # defaults, which bench.qos_rejudge judges it by).
     judged = [e.get("targets") or {} for e in plants.values() if e.get("tally")]
-    lows = sorted({t.get("host_speed_min_fraction", 0.9) for t in judged}) or [0.9]
-    highs = sorted({t.get("host_speed_max_fraction", 1.25) for t in judged}) or [1.25]
+    low, high = TARGETS["host_speed_min_fraction"], TARGETS["host_speed_max_fraction"]
+    lows = sorted({t.get("host_speed_min_fraction", low) for t in judged}) or [low]
+    highs = sorted({t.get("host_speed_max_fraction", high) for t in judged}) or [high]
 
     def total(key: str) -> int:
         return sum(t.get(key, 0) for t in tallies)

@@ -218,10 +218,10 @@ class QosBenchOptions:
     their law, so each run is the next fork to an agent that kept what it learnt (within its horizons), as
     an agent beside a serving seed between scale-out waves. Run 1 is a first fork. Runs probe no oracle of
     their own (fixed rates would restart the law)."""
-    host_speed_min_fraction: float = 0.9
+    host_speed_min_fraction: float = TARGETS["host_speed_min_fraction"]
     """A run's host held where its slowest seed decoded at least this fraction of its calibration's tokens/s
     in the watch before the run (and every seed alone was within the budget): ``qos_stats.host_held``."""
-    host_speed_max_fraction: float = 1.25
+    host_speed_max_fraction: float = TARGETS["host_speed_max_fraction"]
     """... and its fastest seed at most this fraction (a faster seed sits further under the SLO chosen at the
     calibration, and the oracle probed there is too low: the run would be an easier test than the plant)."""
     extra_runs_where_host_missed: int = 0
@@ -1918,12 +1918,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "then reports the control's share and throughput beside the law's (twice the processes)")
     p.add_argument("--port-base", type=int, default=None,
                    help="scheduler and agents listen from this port up (default: free ports)")
-    p.add_argument("--host-speed-min", type=float, default=0.9, metavar="FRACTION",
+    p.add_argument("--host-speed-min", type=float, default=TARGETS["host_speed_min_fraction"], metavar="FRACTION",
                    help="a run's host held where its slowest seed decoded at least this fraction of its "
-                        "calibration's tokens/s before the run (default 0.9; a context check)")
-    p.add_argument("--host-speed-max", type=float, default=1.25, metavar="FRACTION",
-                   help="... and its fastest seed at most this fraction (default 1.25: faster, the SLO chosen at "
-                        "the calibration is loose and the oracle low)")
+                        f"calibration's tokens/s before the run (default {TARGETS['host_speed_min_fraction']:g}; "
+                        "a context check)")
+    p.add_argument("--host-speed-max", type=float, default=TARGETS["host_speed_max_fraction"], metavar="FRACTION",
+                   help="... and its fastest seed at most this fraction (default "
+                        f"{TARGETS['host_speed_max_fraction']:g}: faster, the SLO chosen at the calibration is loose "
+                        "and the oracle low)")
     p.add_argument("--extra-runs-where-host-missed", type=int, default=0, metavar="N",
                    help="up to N runs past --runs while fewer than --runs of them had the host hold (seeds at "
                         "--host-speed-min to --host-speed-max of their calibration, alone within the budget); "

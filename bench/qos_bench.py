@@ -218,6 +218,12 @@ class QosBenchOptions:
     their law, so each run is the next fork to an agent that kept what it learnt (within its horizons), as
     an agent beside a serving seed between scale-out waves. Run 1 is a first fork. Runs probe no oracle of
     their own (fixed rates would restart the law)."""
+    fixed_fraction_of_oracle: float | None = None
+    """A fixed-rate reference instead of the law: every run's throttled phase holds every seed at this fraction
+    of the shared oracle's rate (0 where no rate met), and the idle, spike and recovery phases are skipped (a
+    fixed rate has no reaction to time). The result's law is ``fixed-F-of-oracle``, so ``bench.qos_tally`` never
+    pools its runs with a law's. What it answers: on this host, in these minutes, does a fixed rate that meets
+    the throughput goal (F >= 0.8) also meet the share goal in every run? None: the agents' law runs."""
     host_speed_min_fraction: float = TARGETS["host_speed_min_fraction"]
     """A run's host held where its slowest seed decoded at least this fraction of its calibration's tokens/s
     in the watch before the run (and every seed alone was within the budget): ``qos_stats.host_held``."""
@@ -1128,7 +1134,9 @@ def run_qos_bench(options: QosBenchOptions, plant: Plant | str = "steady", runs:
     cap, n = options.cap, options.seeds
     budget = options.slo_budget
     result: dict = {"options": _options_dict(options), "plant": {**asdict(plant), "load": asdict(plant.load)},
-                    "law": law_identity(options.throttle_tuning), "targets": targets_of(options),
+                    "law": (law_identity(options.throttle_tuning) if options.fixed_fraction_of_oracle is None
+                            else fixed_reference_identity(options.fixed_fraction_of_oracle)),
+                    "targets": targets_of(options),
                     "runs_requested": runs}
     say(f"rfork bench qos --plant {plant.name}: {n} seeds on {options.device}, {options.size_bytes / 2**20:.0f} MiB "
         f"model, load {load.describe()}"
@@ -1346,8 +1354,10 @@ def _run_oracle(k: int, options: QosBenchOptions, plant: Plant, observer: Observ
 def estimate_run_seconds(options: QosBenchOptions) -> float:
     """About how long one run takes (the waits on the controller at their typical, not their longest)."""
     o = options
+    reactions = 0.0 if o.fixed_fraction_of_oracle is not None else (
+        4.0 + 3.0 + o.settle_seconds + o.idle_seconds + o.spike_seconds + 3.0)
     return (o.drain_seconds + o.run_baseline_seconds + o.throttled_ramp_seconds + o.throttled_measure_seconds
-            + 4.0 + 3.0 + o.settle_seconds + o.idle_seconds + o.spike_seconds + 3.0
+            + reactions
             + o.run_oracle_probes * (o.drain_seconds + o.settle_seconds + 1.0 + o.oracle_probe_seconds))
 
 
@@ -1440,10 +1450,14 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     # at once, minutes after the SLO and the oracle were measured) moves the seeds alone toward their SLO.
     speed = adjacent.speed_vs(calibration)
 
-    # C. adaptive: from scratch, or the next fork to a law that stayed adaptive.
+    # C. adaptive: from scratch, or the next fork to a law that stayed adaptive; or the fixed reference's rate.
     observer.phase = f"{THROTTLED_PHASE}{k}"
     arm, tuning = law_arm(k, options.alternate_tuning)
-    if paused_for_watch is None:
+    fixed_rate = (None if options.fixed_fraction_of_oracle is None
+                  else options.fixed_fraction_of_oracle * (oracle_rate or 0.0))
+    if fixed_rate is not None:
+        observer.put_throttle(mode="fixed", rate_bytes_per_second=fixed_rate)
+    elif paused_for_watch is None:
         observer.put_throttle(mode="adaptive", slo_itl_seconds=slo,
                               **({} if tuning is None else {"throttle_tuning": tuning}))
     else:
@@ -1459,37 +1473,41 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     observer.set_load(load)
     control = _control_figures(observer, throttled, options.slo_budget) if isinstance(observer, ControlledObserver) else None
 
-    # D. idle seeds: the controller should go to the cap.
-    observer.phase = f"idle-{k}"
-    observer.set_load(IDLE)
-    load_off = observer.now()
-    # Requests in flight finish first (up to ~200 tokens each): the seeds are idle once none is left, and the
-    # 5 s goal is timed from then.
-    idle_drain = observer.wait_idle(options.idle_timeout_seconds + 10.0)
-    load_off_idle = observer.now()
-    idle_to_cap = _wait_rates(observer, lambda rs: all(r is not None and r >= 0.95 * cap for r in rs),
-                              options.idle_timeout_seconds)
-    time.sleep(options.settle_seconds)  # chunks leased at the old rate land first
-    idle = observer.measure(f"D idle seeds (run {k})", options.idle_seconds)
-    # Spike: the load comes back mid-fork; every seed must cut.
-    observer.phase = f"spike-{k}"
-    before = [t["allowed_rate_bytes_per_second"] for t in observer.throttles()]
-    observer.set_load(load)
-    load_on = observer.now()
-    cut = _wait_rates(observer, lambda rs: all(r is not None and b is not None and r < b * (1 - 1e-6)
-                                               for r, b in zip(rs, before)), options.spike_seconds)
-    reaction = _wait_rates(observer, lambda rs: all(r is not None and r <= (oracle_rate or 0.0) for r in rs),
-                           max(options.spike_seconds - (observer.now() - load_on), 0.0))
-    if reaction is not None:
-        reaction = observer.now() - load_on
-    time.sleep(max(options.spike_seconds - (observer.now() - load_on), 0))
-    # Recovery: load off again.
-    observer.phase = f"recovery-{k}"
-    observer.set_load(IDLE)
-    load_off_recovery = observer.now()
-    recovery = _wait_rates(
-        observer, lambda rs: all(r is not None and r >= TARGETS["recovery_fraction_of_cap"] * cap for r in rs),
-        options.recovery_timeout_seconds)
+    # D. idle seeds, then a spike and a recovery: the law's reactions. A fixed rate has none to time.
+    idle: PhaseResult | None = None
+    idle_drain = idle_to_cap = cut = reaction = recovery = None
+    load_off = load_off_idle = load_on = load_off_recovery = None
+    if fixed_rate is None:
+        observer.phase = f"idle-{k}"
+        observer.set_load(IDLE)
+        load_off = observer.now()
+        # Requests in flight finish first (up to ~200 tokens each): the seeds are idle once none is left, and the
+        # 5 s goal is timed from then.
+        idle_drain = observer.wait_idle(options.idle_timeout_seconds + 10.0)
+        load_off_idle = observer.now()
+        idle_to_cap = _wait_rates(observer, lambda rs: all(r is not None and r >= 0.95 * cap for r in rs),
+                                  options.idle_timeout_seconds)
+        time.sleep(options.settle_seconds)  # chunks leased at the old rate land first
+        idle = observer.measure(f"D idle seeds (run {k})", options.idle_seconds)
+        # Spike: the load comes back mid-fork; every seed must cut.
+        observer.phase = f"spike-{k}"
+        before = [t["allowed_rate_bytes_per_second"] for t in observer.throttles()]
+        observer.set_load(load)
+        load_on = observer.now()
+        cut = _wait_rates(observer, lambda rs: all(r is not None and b is not None and r < b * (1 - 1e-6)
+                                                   for r, b in zip(rs, before)), options.spike_seconds)
+        reaction = _wait_rates(observer, lambda rs: all(r is not None and r <= (oracle_rate or 0.0) for r in rs),
+                               max(options.spike_seconds - (observer.now() - load_on), 0.0))
+        if reaction is not None:
+            reaction = observer.now() - load_on
+        time.sleep(max(options.spike_seconds - (observer.now() - load_on), 0))
+        # Recovery: load off again.
+        observer.phase = f"recovery-{k}"
+        observer.set_load(IDLE)
+        load_off_recovery = observer.now()
+        recovery = _wait_rates(
+            observer, lambda rs: all(r is not None and r >= TARGETS["recovery_fraction_of_cap"] * cap for r in rs),
+            options.recovery_timeout_seconds)
     observer.set_load(load)
     # S'. the oracle again, in this run's minutes (after the idle, spike and recovery phases, which follow
     # the law straight from its throttled phase): the throttled phase is judged against it.
@@ -1499,7 +1517,8 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
 
     run = {
         "run": k,
-        "law_start": "afresh" if paused_for_watch is None else "kept from the run before",
+        "law_start": ("none: a fixed rate" if fixed_rate is not None
+                      else "afresh" if paused_for_watch is None else "kept from the run before"),
         **({} if arm is None else {"law_arm": arm, "throttle_tuning": tuning, "agents_throttle_tuning": agents_tuning}),
         "slo_itl_seconds": slo, "slo_budget": options.slo_budget,
         "cap_aggregate_bytes_per_second": cap * options.seeds,
@@ -1526,7 +1545,8 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "seed_speed_vs_calibration": min((x for x in speed if x is not None), default=None),
         "cpu_busy_share": {
             "baseline": baseline.cpu_busy, "unthrottled": unthrottled.cpu_busy,
-            "baseline_before_throttled": adjacent.cpu_busy, "throttled": throttled.cpu_busy, "idle": idle.cpu_busy,
+            "baseline_before_throttled": adjacent.cpu_busy, "throttled": throttled.cpu_busy,
+            "idle": idle.cpu_busy if idle else None,
         },
         # The share of CPU time a neighbour on the host took from this VM (part of the busy share above);
         # host_steal_share: the throttled phase's. Recorded, not checked: it did not tell the runs apart
@@ -1535,7 +1555,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "host_steal_share": _finite(throttled.cpu_steal),
         "cpu_steal_share": {
             "baseline": baseline.cpu_steal, "baseline_before_throttled": adjacent.cpu_steal,
-            "throttled": throttled.cpu_steal, "idle": idle.cpu_steal,
+            "throttled": throttled.cpu_steal, "idle": idle.cpu_steal if idle else None,
         },
         "itl_p99_per_seed_seconds": {
             "baseline": baseline.per_seed_p99, "unthrottled": unthrottled.per_seed_p99,
@@ -1544,7 +1564,9 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "throughput_unthrottled_bytes_per_second": unthrottled.throughput,
         "throughput_throttled_bytes_per_second": throttled.throughput,
         "throughput_throttled_whole_phase_bytes_per_second": throttled_whole,
-        "throughput_idle_bytes_per_second": idle.throughput,
+        "throughput_idle_bytes_per_second": idle.throughput if idle else None,
+        # --fixed-fraction-of-oracle: the rate every seed held through the throttled phase (None: the law ran).
+        "fixed_rate_per_seed_bytes_per_second": fixed_rate,
         # What the run is judged against: its own oracle (run_oracle) where probed, else the shared one.
         "oracle_bytes_per_second": judged_oracle["throughput_bytes_per_second"],
         "oracle_rate_per_seed_bytes_per_second": judged_oracle["rate_per_seed_bytes_per_second"],
@@ -1554,29 +1576,31 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "control": control,
         "idle_drain_seconds": idle_drain,
         "idle_to_cap_seconds": idle_to_cap,
-        "seconds_to_cap_when_idle": _first_time(
+        "seconds_to_cap_when_idle": None if load_off_idle is None else _first_time(
             observer.rate_trace, load_off_idle, lambda rs: all(r is not None and r >= cap for r in rs)),
         "spike_cut_seconds": cut,
         "spike_reaction_seconds": reaction,
-        "spike_first_drop_seconds": _first_time(
+        "spike_first_drop_seconds": None if load_on is None else _first_time(
             observer.rate_trace, load_on, lambda rs: all(r is not None and r < cap for r in rs)),
         "recovery_seconds": recovery,
         "phases": {
             "load_off_for_idle_at": load_off, "idle_from": load_off_idle, "load_on_at": load_on,
             "load_off_at": load_off_recovery,
-            **{p.name: [round(p.start, 2), round(p.end, 2)] for p in (adjacent, throttled, idle)},
+            **{p.name: [round(p.start, 2), round(p.end, 2)] for p in (adjacent, throttled, idle) if p},
         },
     }
     run["checks"] = judge_run(run, options.slo_budget, cap, judged_oracle["throughput_bytes_per_second"],
                               shared_oracle_throughput=oracle["throughput_bytes_per_second"],
-                              **target_arguments(targets_of(options)))
+                              reactions_judged=fixed_rate is None, **target_arguments(targets_of(options)))
     worst = throttled.worst_estimate()
     if worst is not None:
         say(f"  run {k}: throttled {format_rate(throttled.throughput)} "
             f"({run['checks']['throttled_vs_oracle']['value'] or math.nan:.2f}x the oracle), worst seed "
-            f"{worst.share:.2%} over the SLO (95% CI {worst.low:.2%}-{worst.high:.2%}), spike cut "
-            f"{'-' if cut is None else f'{cut:.2f} s'}, idle to 0.95 cap "
-            f"{'-' if idle_to_cap is None else f'{idle_to_cap:.1f} s'}; the seeds alone (their agents' last "
+            f"{worst.share:.2%} over the SLO (95% CI {worst.low:.2%}-{worst.high:.2%}), "
+            + (f"every seed held at {format_rate(fixed_rate)} (the fixed reference)" if fixed_rate is not None else
+               f"spike cut {'-' if cut is None else f'{cut:.2f} s'}, idle to 0.95 cap "
+               f"{'-' if idle_to_cap is None else f'{idle_to_cap:.1f} s'}")
+            + "; the seeds alone (their agents' last "
             f"60 s without reads) {_shares_text(run['throttled_seed_alone_share_per_seed'])}, "
             f"at {format_speeds(speed)}x their calibration's tokens/s"
             + ("" if math.isnan(throttled.cpu_steal) else f", {throttled.cpu_steal:.2%} of the CPU time stolen"))
@@ -1710,6 +1734,16 @@ def law_identity(throttle_tuning: str | None) -> dict:
         with open(importlib.import_module(name).__file__, encoding="utf-8") as f:
             digest.update(law_code(f.read()).encode())
     return {"fingerprint": digest.hexdigest()[:12], "throttle_tuning": throttle_tuning or "", "config": config}
+
+
+def fixed_reference_identity(fraction_of_oracle: float) -> dict:
+    """What a ``--fixed-fraction-of-oracle`` result records as its law: no law ran, every throttled phase held a
+    fixed rate. Its fingerprint names the fraction, so no tally pools it with a law's fingerprint.
+
+        >>> fixed_reference_identity(0.8)["fingerprint"]
+        'fixed-0.8-of-oracle'
+    """
+    return {"fingerprint": f"fixed-{fraction_of_oracle:g}-of-oracle", "fixed_fraction_of_oracle": fraction_of_oracle}
 
 
 def _options_dict(options: QosBenchOptions) -> dict:
@@ -1904,6 +1938,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the agents stay adaptive from run 1's throttled phase on: later runs' watches pause the "
                         "fork clients instead of a fixed rate 0 (which restarts the law), so each run is the next "
                         "fork to a law that kept what it learnt; no per-run oracle")
+    p.add_argument("--fixed-fraction-of-oracle", type=float, default=None, metavar="FRACTION",
+                   help="a fixed-rate reference instead of the law: every run's throttled phase holds every seed at "
+                        "FRACTION of the oracle's rate, and no idle, spike or recovery phase follows; the result's "
+                        "law is fixed-FRACTION-of-oracle (e.g. 0.8: does a fixed rate meeting the throughput goal "
+                        "meet the share goal in every run?)")
     p.add_argument("--sglang-default-buckets", action="store_true",
                    help="seeds export SGLang's default ITL buckets (5 ms apart near the baseline) instead of "
                         "bounds 5%% apart from 1 to 100 ms; the SLO then lands on a coarser bound")
@@ -2003,6 +2042,17 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
     if args.law_across_runs and args.run_oracle_probes:
         raise BenchArgsError("--law-across-runs: a run's own oracle probes fixed rates, which restart the agents' "
                              "law; leave --run-oracle-probes out (or 0)")
+    fixed = args.fixed_fraction_of_oracle
+    if fixed is not None:
+        if not 0 < fixed < math.inf:
+            raise BenchArgsError(f"--fixed-fraction-of-oracle must be a fraction of the oracle's rate > 0, e.g. 0.8, "
+                                 f"got {fixed}")
+        for flag, given in (("--law-across-runs", args.law_across_runs), ("--control", args.control),
+                            ("--alternate-tuning", args.alternate_tuning is not None),
+                            ("--throttle-tuning", bool(args.throttle_tuning))):
+            if given:
+                raise BenchArgsError(f"--fixed-fraction-of-oracle holds a fixed rate instead of the law; {flag} is "
+                                     "about the law: give one of them")
     if args.alternate_tuning is not None:
         if not args.alternate_tuning.strip():
             raise BenchArgsError("--alternate-tuning needs FIELD=VALUE,... (the b arm's law)")
@@ -2062,6 +2112,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[QosBenchOptions, Plant]
         seed_cpus=seed_cpus, port_base=args.port_base, load=load, throttle_tuning=args.throttle_tuning,
         read_piece_bytes=pieces.read_piece_bytes, read_piece_gap_seconds=pieces.read_piece_gap_seconds,
         alternate_tuning=args.alternate_tuning, law_across_runs=args.law_across_runs,
+        fixed_fraction_of_oracle=args.fixed_fraction_of_oracle,
         control=args.control, control_seed_cpus=control_seed_cpus, process_cpus=process_cpus,
         control_device=args.control_device, extra_runs_where_host_missed=args.extra_runs_where_host_missed,
         host_speed_min_fraction=args.host_speed_min, host_speed_max_fraction=args.host_speed_max,

@@ -47,10 +47,12 @@ def rejudge(result: dict) -> tuple[list[dict], list[str]]:
     budget, cap, runs = result["slo_budget"], result["cap_bytes_per_second"], result["runs"]
     targets = result.get("targets") or {}
     judged, changed = [], []
+    # A fixed-rate reference (`--fixed-fraction-of-oracle`) timed no reactions: nothing to judge there.
+    reactions_judged = not (result.get("law") or {}).get("fixed_fraction_of_oracle")
     for run in runs:
         checks = judge_run(run, budget, cap, run.get("oracle_bytes_per_second"),
                            shared_oracle_throughput=run.get("shared_oracle_bytes_per_second"),
-                           **target_arguments(targets))
+                           reactions_judged=reactions_judged, **target_arguments(targets))
         kept = run.get("checks") or {}
         changed += [f"run {run.get('run')}: {name}" for name in kept
                     if name in checks and kept[name].get("met") != checks[name]["met"]]

@@ -301,7 +301,7 @@ def target_arguments(targets: dict) -> dict:
 def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | None,
               spike_cut_max_seconds: float = 1.0, idle_cap_fraction: float = 0.95,
               idle_max_seconds: float = 5.0, shared_oracle_throughput: float | None = None,
-              host_speed_min: float = 0.9, host_speed_max: float = 1.25) -> dict:
+              host_speed_min: float = 0.9, host_speed_max: float = 1.25, reactions_judged: bool = True) -> dict:
     """Issue #16's goals for one run (plus issue #3's as context), each as ``Check.as_dict()``.
 
     ``run`` holds the run's measurements under the names ``bench/qos_bench.py``
@@ -309,7 +309,9 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
     no fixed rate met the budget (then there is no oracle to compare with). A
     time that never came within its window (None) is a miss. ``oracle_throughput``
     is the run's own oracle where it was probed beside the run; the shared one
-    (``shared_oracle_throughput``, measured before the runs) is kept as context.
+    (``shared_oracle_throughput``, measured before the runs) is kept as context. ``reactions_judged``
+    False: the run held a fixed rate (``rfork bench qos --fixed-fraction-of-oracle``), so the spike, idle
+    and recovery times have nothing to judge (``met`` None), not a miss.
 
         >>> r = {"throttled_share_above_slo": 0.008, "throttled_ttft_share_above_slo": None,
         ...      "throughput_throttled_bytes_per_second": 90e6, "spike_cut_seconds": 0.6,
@@ -319,6 +321,11 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         >>> c = judge_run(r, 0.01, 100e6, 100e6)
         >>> c["throttled_share_above_slo"]["met"], c["throttled_vs_oracle"]["value"], c["throttled_ttft_share_above_slo"]["met"]
         (True, 0.9, None)
+        >>> fixed = {**r, "spike_cut_seconds": None, "idle_to_cap_seconds": None}
+        >>> judge_run(fixed, 0.01, 100e6, 100e6)["spike_cut_seconds"]["met"]
+        False
+        >>> judge_run(fixed, 0.01, 100e6, 100e6, reactions_judged=False)["spike_cut_seconds"]["met"] is None
+        True
     """
     def ratio(a, b):
         return a / b if a is not None and b else None
@@ -329,9 +336,9 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
         "throttled_vs_oracle": Check(ratio(run.get("throughput_throttled_bytes_per_second"), oracle_throughput),
                                      ">= 0.8"),
         "spike_cut_seconds": Check(run.get("spike_cut_seconds"), f"<= {spike_cut_max_seconds:g}",
-                                   missing_is_a_miss=True),
+                                   missing_is_a_miss=reactions_judged),
         "idle_to_cap_seconds": Check(run.get("idle_to_cap_seconds"), f"<= {idle_max_seconds:g}",
-                                     missing_is_a_miss=True),
+                                     missing_is_a_miss=reactions_judged),
         "throttled_vs_shared_oracle": Check(ratio(run.get("throughput_throttled_bytes_per_second"),
                                                   shared_oracle_throughput), ">= 0.8", False),
         # Did the host keep the speed the SLO and the oracle were measured at? (the slowest seed's tokens/s
@@ -355,8 +362,9 @@ def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | N
                                       "<= 1.0", False),
         "idle_vs_cap": Check(ratio(run.get("throughput_idle_bytes_per_second"),
                                    run.get("cap_aggregate_bytes_per_second")), f">= {idle_cap_fraction:g}", False),
-        "spike_reaction_seconds": Check(run.get("spike_reaction_seconds"), "<= 3", False, missing_is_a_miss=True),
-        "recovery_seconds": Check(run.get("recovery_seconds"), "<= 20", False, missing_is_a_miss=True),
+        "spike_reaction_seconds": Check(run.get("spike_reaction_seconds"), "<= 3", False,
+                                        missing_is_a_miss=reactions_judged),
+        "recovery_seconds": Check(run.get("recovery_seconds"), "<= 20", False, missing_is_a_miss=reactions_judged),
     }
     control = run.get("control")
     if control is not None:

@@ -57,6 +57,7 @@ from bench.kept_results import THROTTLED_PHASE, WATCH_PHASE
 from bench.qos_plants import IDLE, Load, Plant, PlantError, get_plant
 from bench.qos_stats import (
     HOST_CHECKS,
+    TARGETS,
     Probe,
     ShareEstimate,
     all_met,
@@ -87,24 +88,6 @@ log = logging.getLogger("rfork.bench.qos")
 
 MB = 1e6
 
-# Issue #16's goals (each in every run) and, as context, issue #3's.
-TARGETS = {
-    "throttled_share_above_slo_max": "the budget",
-    "throttled_vs_oracle_min": 0.8,
-    "spike_cut_max_seconds": 1.0,
-    "idle_cap_fraction": 0.95,
-    "idle_to_cap_max_seconds": 5.0,
-    "unthrottled_vs_baseline_min": 1.5,
-    "throttled_vs_baseline_max": 1.15,
-    "spike_reaction_max_seconds": 3.0,
-    "recovery_max_seconds": 20.0,
-    "recovery_fraction_of_cap": 0.9,
-    # Context: the host checks (qos_stats.HOST_CHECKS). The slowest and the fastest seed's tokens/s before a run
-    # against their calibration's; outside these the run's host is not the plant the SLO and the oracle were
-    # measured on (faster: the SLO is loose and the oracle low).
-    "host_speed_min_fraction": 0.9,
-    "host_speed_max_fraction": 1.25,
-}
 
 
 def targets_of(options: "QosBenchOptions") -> dict:

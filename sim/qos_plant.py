@@ -43,7 +43,7 @@ from throttle.histogram import WindowHistogram
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
            "H100_BURSTY", "H100_GPU", "H200_CPU", "H200_DRIFTED", "H200_GPU", "H100_GPU_NOISY", "H100_LOAD_CHANGE",
            "H200_CPU_SPIKES", "BURSTY_SPIKES", "NEAR_SLO_EPISODES", "H200_CPU_EPISODES", "H100_GPU_FLOOR",
-           "BY_NAME_ONLY", "run", "run_second_fork", "oracle_rate"]
+           "BY_NAME_ONLY", "run", "run_second_fork", "oracle_rate", "draw_seconds"]
 
 CAP = 100e6
 BUDGET = 0.01
@@ -221,6 +221,12 @@ def _draw_second(seg: Segment, sigma: float, rng: random.Random) -> _Second:
     steps = _poisson(rng, seg.tokens_per_second / seg.batch)
     jitter = math.exp(rng.gauss(-sigma * sigma / 2, sigma)) if sigma > 0 else 1.0
     return _Second(seg, seg.batch, jitter, tuple(sorted(rng.random() for _ in range(steps))))
+
+
+def draw_seconds(plant: Plant, segments: list[Segment], n: int, rng: random.Random, start: int = 0) -> list[_Second]:
+    """``n`` fresh seconds of ``segments``' load from ``start`` (another seed, or another stretch of the same
+    seed, under the same parameters), as a run's own are drawn: what ``sim.goal_feasibility`` probes on."""
+    return [_draw_second(_segment_at(segments, start + t), plant.overdispersion, rng) for t in range(n)]
 
 
 def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second]]:

@@ -22,12 +22,14 @@ seconds, judged on the worst seed. Pure and seeded, no I/O.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.qos_stats import Probe, next_probe, oracle_from
-from sim.qos_plant import BUDGET, BY_NAME_ONLY, CAP, PLANTS, Plant, draw_seconds
+from sim.qos_plant import BUDGET, BY_NAME_ONLY, CAP, PLANTS, Plant, draw_seconds, run_second_fork
+from throttle.controller import ControllerConfig
 
-__all__ = ["FixedReferenceRun", "FeasibilitySummary", "bench_oracle", "fixed_reference_run", "summarize_runs",
+__all__ = ["FixedReferenceRun", "FeasibilitySummary", "LawRun", "bench_oracle", "fixed_reference_run", "law_run",
+           "summarize_runs",
            "PROBE_SECONDS", "RUN_SECONDS", "SEEDS", "FLOOR_FRACTION", "MAX_PROBES", "TOLERANCE"]
 
 #: The bench's defaults (``QosBenchOptions``): seconds a probe holds its rate, seconds of a throttled phase,
@@ -84,17 +86,72 @@ class FixedReferenceRun:
         return self.oracle_bytes_per_second is None or self.oracle_bytes_per_second < CAP
 
 
+def _probe_rng(rng_seed: int) -> random.Random:
+    """The oracle's probes draw from a stream of their own: a run's seconds (the fixed rate's here, the law's in
+    :func:`law_run`, which draws them as ``sim.qos_plant`` does from ``rng_seed``) are never a probe's."""
+    return random.Random(f"bench-oracle-{rng_seed}")
+
+
 def fixed_reference_run(plant: Plant, rng_seed: int, fraction_of_oracle: float, *, budget: float = BUDGET,
                         run_seconds: int = RUN_SECONDS, seeds: int = SEEDS, **oracle_options) -> FixedReferenceRun:
     """One draw: the plant's parameters, the bench's oracle, then a run at ``fraction_of_oracle`` x it."""
     rng = random.Random(rng_seed)
     segments = plant.segments(rng, plant.seconds)
-    oracle = bench_oracle(plant, segments, rng, budget=budget, seeds=seeds, **oracle_options)
+    oracle = bench_oracle(plant, segments, _probe_rng(rng_seed), budget=budget, **oracle_options)
     if oracle is None:
         return FixedReferenceRun(plant.name, rng_seed, None, None, None, budget)
     rate = fraction_of_oracle * oracle
     return FixedReferenceRun(plant.name, rng_seed, oracle, rate,
                              _worst_share(plant, segments, rate, run_seconds, seeds, rng), budget)
+
+
+#: The law's run as ``python -m sim.qos_plant --seconds 80 --warmup 0 --second-fork-after 16 --idle-in-gap 4
+#: --spike-in-gap 4 --chunk-bytes 8388608`` runs it: the bench's 80 s phase, the next fork to a law that kept what
+#: it learnt, after the idle, spike and recovery tests, reading whole 8 MiB chunks.
+LAW_GAP_SECONDS = 16
+LAW_IDLE_SECONDS = 4
+LAW_SPIKE_SECONDS = 4
+LAW_CHUNK_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class LawRun:
+    plant: str
+    rng_seed: int
+    oracle_bytes_per_second: float | None
+    throughput_bytes_per_second: float
+    #: The seed's share over the judged fork (one seed: the sim's law runs one).
+    share: float
+    budget: float = BUDGET
+
+    @property
+    def within_budget(self) -> bool:
+        return self.share <= self.budget
+
+    @property
+    def throughput_met(self) -> bool | None:
+        """>= 0.8x the bench's oracle (issue #16's throughput goal); None where no probe met."""
+        if self.oracle_bytes_per_second is None:
+            return None
+        return self.throughput_bytes_per_second >= 0.8 * self.oracle_bytes_per_second
+
+    @property
+    def both_goals(self) -> bool | None:
+        met = self.throughput_met
+        return None if met is None else met and self.within_budget
+
+
+def law_run(plant: Plant, rng_seed: int, config: ControllerConfig, *, budget: float = BUDGET,
+            **oracle_options) -> LawRun:
+    """The A/B law (``config``) on one draw, judged as the bench judges it: against the oracle
+    :func:`fixed_reference_run` finds on the same draw (same parameters, same probes)."""
+    segments = plant.segments(random.Random(rng_seed), plant.seconds)
+    oracle = bench_oracle(plant, segments, _probe_rng(rng_seed), budget=budget, **oracle_options)
+    bench_like = replace(plant, seconds=float(RUN_SECONDS), warmup_seconds=0.0)
+    result = run_second_fork(bench_like, config, rng_seed, LAW_GAP_SECONDS, law_restarts=False, budget=budget,
+                             chunk_bytes=LAW_CHUNK_BYTES, idle_seconds=LAW_IDLE_SECONDS,
+                             spike_seconds=LAW_SPIKE_SECONDS)
+    return LawRun(plant.name, rng_seed, oracle, result.throughput_bytes_per_second, result.realized_share, budget)
 
 
 @dataclass(frozen=True)
@@ -147,15 +204,24 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - a report f
     import argparse
     import sys
 
+    from throttle.controller import InvalidTuning, tuning_from_text
+
     every = {**PLANTS, **{p.name: p for p in BY_NAME_ONLY}}
     parser = argparse.ArgumentParser(
         prog="python -m sim.goal_feasibility",
-        description="how often a fixed rate at F x the bench's oracle meets the share goal in a run, per plant")
+        description="how often a fixed rate at F x the bench's oracle meets the share goal in a run, per plant; "
+                    "with --law, beside the A/B law judged the same way")
     parser.add_argument("--plants", default=",".join(PLANTS), help=f"comma-separated, of: {', '.join(every)}")
     parser.add_argument("--runs", type=int, default=200, help="draws per plant (default 200)")
     parser.add_argument("--fraction", type=float, default=0.82,
                         help="the fixed rate as a fraction of the oracle (default 0.82: the throughput goal's edge)")
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--law", action="store_true",
+                        help="also run the A/B law on each draw (the bench's kept-law 80 s fork, one seed) and "
+                             "compare, on the draws whose oracle sits under the cap, its runs meeting both goals "
+                             "with the fixed rate's runs within the budget (one seed too)")
+    parser.add_argument("--tuning", action="append", default=[], metavar="FIELD=VALUE",
+                        help="with --law: a ControllerConfig field for the law (repeatable)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.plants.split(",") if n.strip()]
     unknown = [n for n in names if n not in every]
@@ -165,12 +231,36 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - a report f
     if args.runs < 1 or not 0 < args.fraction < 100:
         print("--runs must be at least 1 and --fraction a fraction of the oracle > 0", file=sys.stderr)
         return 2
+    try:
+        config = tuning_from_text(",".join(args.tuning), CAP)
+    except InvalidTuning as exc:
+        print(f"--tuning: {exc}", file=sys.stderr)
+        return 2
+    seeds = range(args.first_seed, args.first_seed + args.runs)
+    if args.law:
+        print(f"| plant | draws with the oracle under the cap | the law: within the budget | >= 0.8x the oracle | "
+              f"both goals | a fixed {args.fraction:g}x: within the budget |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name in names:
+            laws = [law_run(every[name], seed, config) for seed in seeds]
+            fixed = {r.rng_seed: r for r in (fixed_reference_run(every[name], seed, args.fraction, seeds=1)
+                                             for seed in seeds)}
+            under = [r for r in laws if r.oracle_bytes_per_second is not None and r.oracle_bytes_per_second < CAP]
+            n = len(under)
+
+            def count(flags) -> str:
+                k = sum(bool(f) for f in flags)
+                return f"{k} ({_text(k / n if n else None)})"
+
+            print(f"| `{name}` | {n} of {len(laws)} | {count(r.within_budget for r in under)} | "
+                  f"{count(r.throughput_met for r in under)} | {count(r.both_goals for r in under)} | "
+                  f"{count(fixed[r.rng_seed].within_budget for r in under)} |")
+        return 0
     print(f"| plant | draws | oracle under the cap | within the budget at {args.fraction:g}x: all | "
           "five in a row | under the cap | five in a row |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
-        runs = [fixed_reference_run(every[name], seed, args.fraction)
-                for seed in range(args.first_seed, args.first_seed + args.runs)]
+        runs = [fixed_reference_run(every[name], seed, args.fraction) for seed in seeds]
         s = summarize_runs(runs)
         print(f"| `{name}` | {s.judged} of {s.runs} | {s.under_cap} | {s.within_budget} ({_text(s.within_budget_rate)}) "
               f"| {_text(s.five_in_a_row(s.within_budget_rate))} | {s.under_cap_within_budget} of {s.under_cap} "

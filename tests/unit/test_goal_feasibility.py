@@ -55,3 +55,25 @@ def test_the_bench_oracle_probes_the_cap_first_and_never_goes_under_the_floor():
         assert oracle is None or 0.01 * CAP <= oracle <= CAP
     # A plant the transfer never touches: the cap's probe meets, and bisection stops there.
     assert bench_oracle(HEADROOM_CLEAN, HEADROOM_CLEAN.segments(random.Random(0), 240.0), random.Random(0)) == CAP
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_law_is_judged_against_the_oracle_the_fixed_rate_had_on_the_same_draw(seed):
+    from throttle.controller import ControllerConfig
+
+    law = feasibility.law_run(H100_GPU_KNEE, seed, ControllerConfig(cap_bytes_per_second=CAP))
+    fixed = fixed_reference_run(H100_GPU_KNEE, seed, 0.82)
+    assert law.oracle_bytes_per_second == fixed.oracle_bytes_per_second < CAP
+    assert 0 < law.throughput_bytes_per_second <= CAP and 0 <= law.share < 1
+
+
+@pytest.mark.parametrize("throughput, share, oracle, within, throughput_met, both", [
+    (50e6, 0.009, 60e6, True, True, True),
+    (47e6, 0.009, 60e6, True, False, False),
+    (50e6, 0.011, 60e6, False, True, False),
+    (50e6, 0.009, None, True, None, None),
+])
+def test_a_law_run_meets_both_goals_only_within_the_budget_and_at_0_8x_the_oracle(
+        throughput, share, oracle, within, throughput_met, both):
+    run = feasibility.LawRun("p", 0, oracle, throughput, share)
+    assert (run.within_budget, run.throughput_met, run.both_goals) == (within, throughput_met, both)

@@ -321,7 +321,8 @@ def target_arguments(targets: dict) -> dict:
 def judge_run(run: dict, budget: float, cap: float, oracle_throughput: float | None,
               spike_cut_max_seconds: float = TARGETS["spike_cut_max_seconds"],
               idle_cap_fraction: float = TARGETS["idle_cap_fraction"],
-              idle_max_seconds: float = TARGETS["idle_to_cap_max_seconds"], shared_oracle_throughput: float | None = None,
+              idle_max_seconds: float = TARGETS["idle_to_cap_max_seconds"],
+              shared_oracle_throughput: float | None = None,
               host_speed_min: float = TARGETS["host_speed_min_fraction"],
               host_speed_max: float = TARGETS["host_speed_max_fraction"], reactions_judged: bool = True) -> dict:
     """Issue #16's goals for one run (plus issue #3's as context), each as ``Check.as_dict()``.

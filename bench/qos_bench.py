@@ -89,7 +89,6 @@ log = logging.getLogger("rfork.bench.qos")
 MB = 1e6
 
 
-
 def targets_of(options: "QosBenchOptions") -> dict:
     """The result's ``targets``: :data:`TARGETS` with the run's host speed bounds (``--host-speed-min/max``)."""
     return dict(TARGETS, host_speed_min_fraction=options.host_speed_min_fraction,

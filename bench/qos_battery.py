@@ -45,10 +45,10 @@ import time
 from pathlib import Path
 
 from bench.cpu_neighbours import thread_siblings
-from bench.qos_bench import EXIT_CODES, TARGETS
+from bench.qos_bench import EXIT_CODES
 from bench.qos_plants import CPU_PLANTS, PlantError, parse_plants
 from bench.qos_signal import format_rows, rows as signal_rows
-from bench.qos_stats import CONTROL_GOALS, HOST_CHECKS
+from bench.qos_stats import CONTROL_GOALS, HOST_CHECKS, TARGETS
 
 PORTS_PER_PLANT = 100
 """With ``--port-base``, plant i listens from port base + 100 i. Without it every plant takes free

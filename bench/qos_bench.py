@@ -1409,6 +1409,73 @@ def arm_lines(result: dict) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Reactions:
+    """The law's reactions timed after a run's throttled phase (:func:`_time_reactions`); every field None where
+    the run held a fixed rate (``--fixed-fraction-of-oracle``), which has none."""
+
+    #: The idle phase, measured once the seeds are back at the cap.
+    idle: PhaseResult | None = None
+    idle_drain_seconds: float | None = None
+    idle_to_cap_seconds: float | None = None
+    spike_cut_seconds: float | None = None
+    spike_reaction_seconds: float | None = None
+    recovery_seconds: float | None = None
+    #: When the load went off, when the seeds were idle, when it came back (the spike), and off again.
+    load_off_at: float | None = None
+    idle_from: float | None = None
+    load_on_at: float | None = None
+    load_off_recovery_at: float | None = None
+
+
+def _time_reactions(k: int, options: QosBenchOptions, observer: Observer, load: Load,
+                    oracle_rate: float | None) -> Reactions:
+    """Run ``k``'s idle seeds (the law should go to the cap), then a spike (the load back mid-fork: every seed
+    must cut) and a recovery (the load off again)."""
+    cap = options.cap
+    observer.phase = f"idle-{k}"
+    observer.set_load(IDLE)
+    load_off = observer.now()
+    # Requests in flight finish first (up to ~200 tokens each): the seeds are idle once none is left, and the
+    # 5 s goal is timed from then.
+    idle_drain = observer.wait_idle(options.idle_timeout_seconds + 10.0)
+    idle_from = observer.now()
+    idle_to_cap = _wait_rates(observer, lambda rs: all(r is not None and r >= 0.95 * cap for r in rs),
+                              options.idle_timeout_seconds)
+    time.sleep(options.settle_seconds)  # chunks leased at the old rate land first
+    idle = observer.measure(f"D idle seeds (run {k})", options.idle_seconds)
+    # Spike: the load comes back mid-fork; every seed must cut.
+    observer.phase = f"spike-{k}"
+    before = [t["allowed_rate_bytes_per_second"] for t in observer.throttles()]
+    observer.set_load(load)
+    load_on = observer.now()
+    cut = _wait_rates(observer, lambda rs: all(r is not None and b is not None and r < b * (1 - 1e-6)
+                                               for r, b in zip(rs, before)), options.spike_seconds)
+    reaction = _wait_rates(observer, lambda rs: all(r is not None and r <= (oracle_rate or 0.0) for r in rs),
+                           max(options.spike_seconds - (observer.now() - load_on), 0.0))
+    if reaction is not None:
+        reaction = observer.now() - load_on
+    time.sleep(max(options.spike_seconds - (observer.now() - load_on), 0))
+    # Recovery: load off again.
+    observer.phase = f"recovery-{k}"
+    observer.set_load(IDLE)
+    load_off_recovery = observer.now()
+    recovery = _wait_rates(
+        observer, lambda rs: all(r is not None and r >= TARGETS["recovery_fraction_of_cap"] * cap for r in rs),
+        options.recovery_timeout_seconds)
+    return Reactions(idle, idle_drain, idle_to_cap, cut, reaction, recovery, load_off, idle_from, load_on,
+                     load_off_recovery)
+
+
+def _seconds_text(seconds: float | None, digits: int) -> str:
+    """``0.25 s``, or ``-`` for a time that never came.
+
+        >>> _seconds_text(0.254, 2), _seconds_text(None, 1)
+        ('0.25 s', '-')
+    """
+    return "-" if seconds is None else f"{seconds:.{digits}f} s"
+
+
 def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer, driver, baseline: PhaseResult,
              calibration: PhaseResult, unthrottled: PhaseResult, oracle: dict, slo: float, say,
              paused_for_watch: list[ForkDriver] | None = None) -> dict:
@@ -1456,40 +1523,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
     control = _control_figures(observer, throttled, options.slo_budget) if isinstance(observer, ControlledObserver) else None
 
     # D. idle seeds, then a spike and a recovery: the law's reactions. A fixed rate has none to time.
-    idle: PhaseResult | None = None
-    idle_drain = idle_to_cap = cut = reaction = recovery = None
-    load_off = load_off_idle = load_on = load_off_recovery = None
-    if fixed_rate is None:
-        observer.phase = f"idle-{k}"
-        observer.set_load(IDLE)
-        load_off = observer.now()
-        # Requests in flight finish first (up to ~200 tokens each): the seeds are idle once none is left, and the
-        # 5 s goal is timed from then.
-        idle_drain = observer.wait_idle(options.idle_timeout_seconds + 10.0)
-        load_off_idle = observer.now()
-        idle_to_cap = _wait_rates(observer, lambda rs: all(r is not None and r >= 0.95 * cap for r in rs),
-                                  options.idle_timeout_seconds)
-        time.sleep(options.settle_seconds)  # chunks leased at the old rate land first
-        idle = observer.measure(f"D idle seeds (run {k})", options.idle_seconds)
-        # Spike: the load comes back mid-fork; every seed must cut.
-        observer.phase = f"spike-{k}"
-        before = [t["allowed_rate_bytes_per_second"] for t in observer.throttles()]
-        observer.set_load(load)
-        load_on = observer.now()
-        cut = _wait_rates(observer, lambda rs: all(r is not None and b is not None and r < b * (1 - 1e-6)
-                                                   for r, b in zip(rs, before)), options.spike_seconds)
-        reaction = _wait_rates(observer, lambda rs: all(r is not None and r <= (oracle_rate or 0.0) for r in rs),
-                               max(options.spike_seconds - (observer.now() - load_on), 0.0))
-        if reaction is not None:
-            reaction = observer.now() - load_on
-        time.sleep(max(options.spike_seconds - (observer.now() - load_on), 0))
-        # Recovery: load off again.
-        observer.phase = f"recovery-{k}"
-        observer.set_load(IDLE)
-        load_off_recovery = observer.now()
-        recovery = _wait_rates(
-            observer, lambda rs: all(r is not None and r >= TARGETS["recovery_fraction_of_cap"] * cap for r in rs),
-            options.recovery_timeout_seconds)
+    reactions = Reactions() if fixed_rate is not None else _time_reactions(k, options, observer, load, oracle_rate)
     observer.set_load(load)
     # S'. the oracle again, in this run's minutes (after the idle, spike and recovery phases, which follow
     # the law straight from its throttled phase): the throttled phase is judged against it.
@@ -1528,7 +1562,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "cpu_busy_share": {
             "baseline": baseline.cpu_busy, "unthrottled": unthrottled.cpu_busy,
             "baseline_before_throttled": adjacent.cpu_busy, "throttled": throttled.cpu_busy,
-            "idle": idle.cpu_busy if idle else None,
+            "idle": reactions.idle.cpu_busy if reactions.idle else None,
         },
         # The share of CPU time a neighbour on the host took from this VM (part of the busy share above);
         # host_steal_share: the throttled phase's. Recorded, not checked: it did not tell the runs apart
@@ -1537,7 +1571,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "host_steal_share": _finite(throttled.cpu_steal),
         "cpu_steal_share": {
             "baseline": baseline.cpu_steal, "baseline_before_throttled": adjacent.cpu_steal,
-            "throttled": throttled.cpu_steal, "idle": idle.cpu_steal if idle else None,
+            "throttled": throttled.cpu_steal, "idle": reactions.idle.cpu_steal if reactions.idle else None,
         },
         "itl_p99_per_seed_seconds": {
             "baseline": baseline.per_seed_p99, "unthrottled": unthrottled.per_seed_p99,
@@ -1546,7 +1580,7 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "throughput_unthrottled_bytes_per_second": unthrottled.throughput,
         "throughput_throttled_bytes_per_second": throttled.throughput,
         "throughput_throttled_whole_phase_bytes_per_second": throttled_whole,
-        "throughput_idle_bytes_per_second": idle.throughput if idle else None,
+        "throughput_idle_bytes_per_second": reactions.idle.throughput if reactions.idle else None,
         # --fixed-fraction-of-oracle: the rate every seed held through the throttled phase (None: the law ran).
         "fixed_rate_per_seed_bytes_per_second": fixed_rate,
         # What the run is judged against: its own oracle (run_oracle) where probed, else the shared one.
@@ -1556,19 +1590,19 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
         "run_oracle": run_oracle,
         # The control fleet's throttled phase (--control): a fixed rate in the same seconds, same SLO.
         "control": control,
-        "idle_drain_seconds": idle_drain,
-        "idle_to_cap_seconds": idle_to_cap,
-        "seconds_to_cap_when_idle": None if load_off_idle is None else _first_time(
-            observer.rate_trace, load_off_idle, lambda rs: all(r is not None and r >= cap for r in rs)),
-        "spike_cut_seconds": cut,
-        "spike_reaction_seconds": reaction,
-        "spike_first_drop_seconds": None if load_on is None else _first_time(
-            observer.rate_trace, load_on, lambda rs: all(r is not None and r < cap for r in rs)),
-        "recovery_seconds": recovery,
+        "idle_drain_seconds": reactions.idle_drain_seconds,
+        "idle_to_cap_seconds": reactions.idle_to_cap_seconds,
+        "seconds_to_cap_when_idle": None if reactions.idle_from is None else _first_time(
+            observer.rate_trace, reactions.idle_from, lambda rs: all(r is not None and r >= cap for r in rs)),
+        "spike_cut_seconds": reactions.spike_cut_seconds,
+        "spike_reaction_seconds": reactions.spike_reaction_seconds,
+        "spike_first_drop_seconds": None if reactions.load_on_at is None else _first_time(
+            observer.rate_trace, reactions.load_on_at, lambda rs: all(r is not None and r < cap for r in rs)),
+        "recovery_seconds": reactions.recovery_seconds,
         "phases": {
-            "load_off_for_idle_at": load_off, "idle_from": load_off_idle, "load_on_at": load_on,
-            "load_off_at": load_off_recovery,
-            **{p.name: [round(p.start, 2), round(p.end, 2)] for p in (adjacent, throttled, idle) if p},
+            "load_off_for_idle_at": reactions.load_off_at, "idle_from": reactions.idle_from,
+            "load_on_at": reactions.load_on_at, "load_off_at": reactions.load_off_recovery_at,
+            **{p.name: [round(p.start, 2), round(p.end, 2)] for p in (adjacent, throttled, reactions.idle) if p},
         },
     }
     run["checks"] = judge_run(run, options.slo_budget, cap, judged_oracle["throughput_bytes_per_second"],
@@ -1580,8 +1614,8 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
             f"({run['checks']['throttled_vs_oracle']['value'] or math.nan:.2f}x the oracle), worst seed "
             f"{worst.share:.2%} over the SLO (95% CI {worst.low:.2%}-{worst.high:.2%}), "
             + (f"every seed held at {format_rate(fixed_rate)} (the fixed reference)" if fixed_rate is not None else
-               f"spike cut {'-' if cut is None else f'{cut:.2f} s'}, idle to 0.95 cap "
-               f"{'-' if idle_to_cap is None else f'{idle_to_cap:.1f} s'}")
+               f"spike cut {_seconds_text(reactions.spike_cut_seconds, 2)}, idle to 0.95 cap "
+               f"{_seconds_text(reactions.idle_to_cap_seconds, 1)}")
             + "; the seeds alone (their agents' last "
             f"60 s without reads) {_shares_text(run['throttled_seed_alone_share_per_seed'])}, "
             f"at {format_speeds(speed)}x their calibration's tokens/s"

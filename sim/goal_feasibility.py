@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, replace
 
 from bench.qos_stats import TARGETS, Probe, next_probe, oracle_from
-from sim.qos_plant import BUDGET, BY_NAME_ONLY, CAP, PLANTS, Plant, draw_seconds, run_second_fork
+from sim.qos_plant import BUDGET, CAP, NAMED_PLANTS, PLANTS, Plant, draw_seconds, run_second_fork
 from throttle.controller import ControllerConfig
 
 __all__ = ["FixedReferenceRun", "FeasibilitySummary", "LawRun", "bench_oracle", "fixed_reference_run", "law_run",
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - a report f
 
     from throttle.controller import InvalidTuning, tuning_from_text
 
-    every = {**PLANTS, **{p.name: p for p in BY_NAME_ONLY}}
+    every = NAMED_PLANTS
     parser = argparse.ArgumentParser(
         prog="python -m sim.goal_feasibility",
         description="how often a fixed rate at F x the bench's oracle meets the share goal in a run, per plant; "

@@ -43,7 +43,8 @@ from throttle.histogram import WindowHistogram
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
            "H100_BURSTY", "H100_GPU", "H200_CPU", "H200_DRIFTED", "H200_GPU", "H100_GPU_NOISY", "H100_LOAD_CHANGE",
            "H200_CPU_SPIKES", "BURSTY_SPIKES", "NEAR_SLO_EPISODES", "H200_CPU_EPISODES", "H100_GPU_FLOOR",
-           "BY_NAME_ONLY", "run", "run_second_fork", "oracle_rate", "draw_seconds"]
+           "BY_NAME_ONLY", "run", "run_second_fork", "oracle_rate", "draw_seconds",
+           "ALL_PLANTS", "NAMED_PLANTS"]
 
 CAP = 100e6
 BUDGET = 0.01
@@ -682,6 +683,14 @@ PLANTS: dict[str, Plant] = {
 }
 
 
+#: ``--plants all``: the 11 plants the docs' totals are over. BY_NAME_ONLY stays out of it, so those totals stay
+#: comparable across sessions.
+ALL_PLANTS: dict[str, Plant] = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
+                                BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
+#: Every plant a ``--plants`` list may name.
+NAMED_PLANTS: dict[str, Plant] = {**ALL_PLANTS, **{p.name: p for p in BY_NAME_ONLY}}
+
+
 def _seconds_and_share(text: str) -> tuple[int, float]:
     """An option's SECONDS:SHARE (say ``10:0.06``): whole seconds and a fraction."""
     import argparse
@@ -764,11 +773,8 @@ def main() -> None:  # pragma: no cover - a report for docs, not a test
     if args.spell_before_second is not None and not (args.second_fork_after is not None and spell[0] > 0
                                                      and 0 < spell[1] < 1):
         parser.error("--spell-before-second needs --second-fork-after, whole seconds > 0 and a share in (0, 1)")
-    every = {**PLANTS, HEADROOM.name: HEADROOM, HEADROOM_CLEAN.name: HEADROOM_CLEAN,
-             BURSTY_SPILL.name: BURSTY_SPILL, H200_CPU.name: H200_CPU, H200_GPU.name: H200_GPU}
-    names = list(every) if args.plants == "all" else args.plants.split(",")
-    # Not in "all": the docs' totals over the 11 plants stay comparable across sessions.
-    every.update({p.name: p for p in BY_NAME_ONLY})
+    every = NAMED_PLANTS
+    names = list(ALL_PLANTS) if args.plants == "all" else args.plants.split(",")
     unknown = [name for name in names if name not in every]
     if unknown:
         parser.error(f"--plants: unknown {', '.join(unknown)}; known: all, {', '.join(every)}")

@@ -1440,7 +1440,8 @@ def _time_reactions(k: int, options: QosBenchOptions, observer: Observer, load: 
     # 5 s goal is timed from then.
     idle_drain = observer.wait_idle(options.idle_timeout_seconds + 10.0)
     idle_from = observer.now()
-    idle_to_cap = _wait_rates(observer, lambda rs: all(r is not None and r >= 0.95 * cap for r in rs),
+    idle_to_cap = _wait_rates(observer,
+                              lambda rs: all(r is not None and r >= TARGETS["idle_cap_fraction"] * cap for r in rs),
                               options.idle_timeout_seconds)
     time.sleep(options.settle_seconds)  # chunks leased at the old rate land first
     idle = observer.measure(f"D idle seeds (run {k})", options.idle_seconds)
@@ -1614,8 +1615,8 @@ def _one_run(k: int, options: QosBenchOptions, plant: Plant, observer: Observer,
             f"({run['checks']['throttled_vs_oracle']['value'] or math.nan:.2f}x the oracle), worst seed "
             f"{worst.share:.2%} over the SLO (95% CI {worst.low:.2%}-{worst.high:.2%}), "
             + (f"every seed held at {format_rate(fixed_rate)} (the fixed reference)" if fixed_rate is not None else
-               f"spike cut {_seconds_text(reactions.spike_cut_seconds, 2)}, idle to 0.95 cap "
-               f"{_seconds_text(reactions.idle_to_cap_seconds, 1)}")
+               f"spike cut {_seconds_text(reactions.spike_cut_seconds, 2)}, "
+               f"idle to {TARGETS['idle_cap_fraction']:g} cap {_seconds_text(reactions.idle_to_cap_seconds, 1)}")
             + "; the seeds alone (their agents' last "
             f"60 s without reads) {_shares_text(run['throttled_seed_alone_share_per_seed'])}, "
             f"at {format_speeds(speed)}x their calibration's tokens/s"

@@ -203,10 +203,16 @@ class AgentState:
         The controller learns the seed's no-transfer baseline from intervals
         where this is False, so a lease held across the tick counts as active.
         """
+        return self.take_interval_transfer()[0]
+
+    def take_interval_transfer(self) -> tuple[bool, int]:
+        """(whether chunk reads may have run since the last call, as :meth:`take_transfer_activity`; the bytes
+        granted leases for since then): what the QoS tick tells the controller about the interval."""
         in_flight = self.leases.in_flight()
-        active = self.granted_bytes != self._granted_at_tick or self._in_flight_at_tick > 0 or in_flight > 0
+        granted = self.granted_bytes - self._granted_at_tick
+        active = granted != 0 or self._in_flight_at_tick > 0 or in_flight > 0
         self._granted_at_tick, self._in_flight_at_tick = self.granted_bytes, in_flight
-        return active
+        return active, granted
 
     def apply_qos(self, report: QosReport, now: float) -> bool:
         """Follow one QoS tick: set the bucket's rate and export the report.

@@ -69,9 +69,9 @@ class QosLoop:
 
     def _decide(self, scrape: Scrape | ScrapeFailure | None) -> None:
         state, tracker = self.state, self.state.qos
-        active = state.take_transfer_activity()
+        active, granted = state.take_interval_transfer()
         now = state.clock()
-        report = tracker.tick(now, scrape, active)
+        report = tracker.tick(now, scrape, active, granted_bytes=granted)
         before = state.allowed_rate
         notable = state.apply_qos(report, now)
         seed = self.config.seed_id

@@ -258,12 +258,12 @@ def _with_gauge_dips(plant: Plant, seconds: list[_Second], rng: random.Random) -
 
 
 def _observation(second: _Second, rate: float) -> Observation:
-    """What the agent scrapes after ``second`` with the transfer at ``rate`` (0: off)."""
+    """What the agent scrapes after ``second`` with the transfer at ``rate`` (0: off), and the bytes it granted."""
     tokens, slow = second.tokens, second.slow_tokens(rate)
     window = WindowHistogram((THRESHOLD, math.inf), (tokens - slow, tokens))
     running = second.batch if second.running is None else second.running
     return Observation(itl=window, running=running, queued=second.batch - running, transfer_active=rate > 0,
-                       span_seconds=1.0)
+                       span_seconds=1.0, granted_bytes=rate)
 
 
 def realized_oracle_rate(plant: Plant, seconds: list[_Second], budget: float = BUDGET) -> float:

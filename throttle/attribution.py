@@ -56,6 +56,15 @@ class Sample:
     tokens: float
     #: Tokens that are slow together (the running batch); 1 for TTFT.
     batch: float = 1.0
+    #: Bytes per second the transfer granted in the interval, where the law reads it
+    #: (``ControllerConfig.ab_rate_of_granted``); None: ``rate``. They differ under one chunk a second: an on
+    #: interval then carries a whole chunk whatever the rate, and only every (chunk / rate)-th interval is on.
+    moved: float | None = None
+
+    @property
+    def model_rate(self) -> float:
+        """The rate the attribution's linear model charges this interval's excess to: ``moved``, else ``rate``."""
+        return self.rate if self.moved is None else self.moved
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class Estimate:
     p_on: float
     var_on: float
     tokens_on: float
-    #: Token-weighted mean rate of the on intervals.
+    #: Token-weighted mean rate of the on intervals (each its :attr:`Sample.model_rate`).
     r_on: float
     p_off: float
     var_off: float
@@ -98,7 +107,7 @@ def _pool(samples: Iterable[Sample]) -> tuple[float, float, float, float]:
         slow += s.slow
         tokens += s.tokens
         batch_w += s.batch * s.tokens
-        rate_w += s.rate * s.tokens
+        rate_w += s.model_rate * s.tokens
     if tokens <= 0:
         return 0.0, 0.0, 1.0, 0.0
     return slow, tokens, max(1.0, batch_w / tokens), rate_w / tokens

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from throttle.controller import (
@@ -361,11 +361,14 @@ class QosTracker:
 
     # -- the tick -----------------------------------------------------------
 
-    def tick(self, now: float, scrape: Scrape | ScrapeFailure | None, transfer_active: bool) -> QosReport:
+    def tick(self, now: float, scrape: Scrape | ScrapeFailure | None, transfer_active: bool,
+             granted_bytes: float | None = None) -> QosReport:
         """One interval: ``scrape`` is this tick's result (None in off mode).
 
         ``transfer_active`` is the agent's word that chunk reads ran during the
-        interval (a lease was granted or held).
+        interval (a lease was granted or held); ``granted_bytes`` the bytes it
+        granted leases for in it (None: not told), which the A/B law reads with
+        ``ControllerConfig.ab_rate_of_granted``.
         """
         failure = scrape if isinstance(scrape, ScrapeFailure) else None
         log_failure = log_recovered = False
@@ -374,6 +377,8 @@ class QosTracker:
         if isinstance(scrape, Scrape):
             observation = observation_from_scrapes(self._previous, scrape, transfer_active=transfer_active,
                                                    itl_name=ITL_HISTOGRAM, ttft_name=TTFT_HISTOGRAM)
+            if granted_bytes is not None:
+                observation = replace(observation, granted_bytes=float(granted_bytes))
             # Also after a reset: the new scrape is the base of the next window.
             self._previous = scrape
             self._last_good_at = now

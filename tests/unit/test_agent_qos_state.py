@@ -83,6 +83,20 @@ def test_transfer_activity_counts_grants_and_leases_held_across_a_tick():
     assert state.take_transfer_activity() is False  # a whole interval with no lease at all
 
 
+def test_each_interval_tells_the_bytes_granted_in_it():
+    state, _, clock = make_state()
+    assert state.take_interval_transfer() == (False, 0)
+    first = state.grant(lease(1), asked_at=0.0, now=0.0)
+    second = state.grant(lease(2), asked_at=0.0, now=0.0)
+    assert state.take_interval_transfer() == (True, 2 * 2**20)  # two leases of lease(n)'s 1 MiB
+    clock.t = 1.0
+    state.release(first.lease_id, used=True, now=1.0)
+    assert state.take_interval_transfer() == (True, 0)  # one lease still held: on, nothing new granted
+    state.release(second.lease_id, used=True, now=1.5)
+    assert state.take_interval_transfer() == (True, 0)  # it was held at the previous tick
+    assert state.take_interval_transfer() == (False, 0)
+
+
 def report(rate, action="hold", mode=Mode.HOLD, **fields) -> QosReport:
     return QosReport(ThrottleMode.ADAPTIVE, rate, mode, action, "test", **{"throttle_reason": "transfer_latency",
                                                                           **fields})

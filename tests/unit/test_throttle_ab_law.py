@@ -6,7 +6,7 @@ from __future__ import annotations
 import doctest
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import pytest
@@ -1073,3 +1073,77 @@ def test_the_law_holds_its_rate_where_the_seeds_own_share_binds_and_the_transfer
     ticks = drive(config, linear(own, effect_at_cap), 60, start=start, start_rate=40e6)
     assert min(t.law_rate for t in ticks[10:]) == pytest.approx(lowest, rel=1e-6)
     assert max(t.law_rate for t in ticks) <= 40e6 + 1e-6   # held, never raised: the seed's own share binds
+
+
+# --------------------------------------------------------------------------- whole chunks under one a second
+
+
+def drive_chunks(config: ControllerConfig, own: float, effect_at_cap: float, chunk: float, seconds: int,
+                 tokens: float = 20_000.0, running: float = 64.0,
+                 tell_granted: bool = True) -> tuple[list[float], list[float]]:
+    """Closed loop with whole chunks, as the agent's pay-first bucket grants them: a chunk when the rate has
+    paid for it, so under one chunk a second most intervals read nothing (transfer-off) and the others a whole
+    chunk, whose cost (noise-free: ``effect_at_cap`` x bytes moved / cap) falls in that interval. Returns the
+    bytes moved and the share of slow tokens, per second."""
+    state = initial_state(config, now=0.0)
+    applied, credit = state.rate_bytes_per_second, 0.0
+    moved_each, shares = [], []
+    for k in range(seconds):
+        credit = min(credit + applied, applied) if applied > 0 else min(credit, 0.0)
+        chunks = 0
+        while applied > 0 and credit > 0:
+            credit -= chunk
+            chunks += 1
+        moved = chunks * chunk
+        share = min(1.0, own + effect_at_cap * moved / CAP)
+        obs = Observation(itl=window(tokens, tokens * share), running=running, queued=0.0,
+                          transfer_active=moved > 0, span_seconds=1.0, granted_bytes=moved if tell_granted else None)
+        d = decide(state, obs, config, SLO, now=float(k + 1))
+        state, applied = d.state, d.rate_bytes_per_second
+        moved_each.append(moved)
+        shares.append(share)
+    return moved_each, shares
+
+
+def test_estimate_charges_the_excess_to_the_bytes_moved_where_the_sample_tells_them():
+    # 1 MB/s in force, an 8 MiB chunk every ~8 s: each on interval moved 8.4 MB.
+    on = [Sample(float(t), 1e6, True, 30.0, 1000.0, 8.0, moved=8.4e6) for t in range(5)]
+    off = [Sample(float(t), 0.0, False, 5.0, 1000.0, 8.0) for t in range(5, 40)]
+    by_moved = estimate(on, off, min_tokens=200)
+    by_rate = estimate([replace(s, moved=None) for s in on], off, min_tokens=200)
+    assert (by_moved.r_on, by_rate.r_on) == (8.4e6, 1e6)
+    # The same excess (+2.5 %) per interval: charged to 8.4 MB/s it allows 8.4x the rate that 1 MB/s does.
+    allowed = [safe_rate(e, budget=0.01, duty_off=0.0, z=0.0, floor=1e5, cap=CAP) for e in (by_moved, by_rate)]
+    assert allowed[0] == pytest.approx(8.4 * allowed[1], rel=0.01)
+
+
+@pytest.mark.parametrize("effect_at_cap", [0.05, 0.025])
+def test_under_one_chunk_a_second_the_law_charged_with_the_bytes_granted_finds_the_rate_the_budget_allows(
+        effect_at_cap):
+    # The seed alone 0.5 %, the transfer +effect_at_cap at the cap: the budget's 0.5 % of headroom allows
+    # 0.005 / effect_at_cap of the cap (10 and 20 MB/s), which 32 MiB chunks move one every 3.4 and 1.7 s.
+    chunk = 32 * 2**20
+    best = 0.005 / effect_at_cap * CAP
+    runs = {"rate": drive_chunks(cfg(), 0.005, effect_at_cap, chunk, 300),
+            "bytes": drive_chunks(cfg(ab_rate_of_granted=True), 0.005, effect_at_cap, chunk, 300)}
+    rate = {name: sum(moved) / len(moved) for name, (moved, _) in runs.items()}
+    share = {name: sum(shares) / len(shares) for name, (_, shares) in runs.items()}
+    # Charged to the rate in force, every on interval reads a whole chunk's cost as if the run paid it every
+    # second: the law holds a fraction of the rate the budget allows (0.17-0.24x here).
+    assert rate["rate"] < 0.3 * best
+    # Charged to the bytes granted, it moves most of it (0.86-0.87x here), and the seed stays within the budget.
+    assert rate["bytes"] >= 0.8 * best
+    assert share["bytes"] <= SLO.violation_budget
+
+
+def test_the_bytes_granted_are_read_only_where_the_law_is_told_to():
+    chunk = 32 * 2**20
+    # Off (the default), the law decides the same whether the agent tells the bytes or not ...
+    assert cfg().ab_rate_of_granted is False
+    assert (drive_chunks(cfg(), 0.005, 0.05, chunk, 120)
+            == drive_chunks(cfg(), 0.005, 0.05, chunk, 120, tell_granted=False))
+    # ... and on, without them it has nothing to read and charges the rate in force, as off.
+    assert (drive_chunks(cfg(ab_rate_of_granted=True), 0.005, 0.05, chunk, 120, tell_granted=False)
+            == drive_chunks(cfg(), 0.005, 0.05, chunk, 120))
+    assert drive_chunks(cfg(ab_rate_of_granted=True), 0.005, 0.05, chunk, 120) != drive_chunks(cfg(), 0.005, 0.05,
+                                                                                                 chunk, 120)

@@ -278,6 +278,10 @@ class QosTracker:
         self.failure_log = FailureLogPolicy(failure_log_every_seconds)
         self._previous: Scrape | None = None
         self._last_good_at: float | None = None
+        # What the agent said of the ticks since the last good scrape: the next window spans them all (a failed
+        # scrape leaves ``_previous`` where it was), so it had chunk reads if any of them had, and their bytes.
+        self._active_since_scrape = False
+        self._granted_since_scrape: float | None = None
         self._started_at = now
         self._recent: deque[_Interval] = deque()
         self._baseline: deque[_Interval] = deque()
@@ -368,24 +372,29 @@ class QosTracker:
         ``transfer_active`` is the agent's word that chunk reads ran during the
         interval (a lease was granted or held); ``granted_bytes`` the bytes it
         granted leases for in it (None: not told), which the A/B law reads with
-        ``ControllerConfig.ab_rate_of_granted``.
+        ``ControllerConfig.ab_rate_of_granted``. Both count toward the window
+        of the next good scrape: after a failed one, it spans this tick too.
         """
         failure = scrape if isinstance(scrape, ScrapeFailure) else None
         log_failure = log_recovered = False
         unlogged = 0
         observation = None
+        self._active_since_scrape = self._active_since_scrape or transfer_active
+        if granted_bytes is not None:
+            self._granted_since_scrape = (self._granted_since_scrape or 0.0) + granted_bytes
         if isinstance(scrape, Scrape):
-            observation = observation_from_scrapes(self._previous, scrape, transfer_active=transfer_active,
+            active, granted = self._active_since_scrape, self._granted_since_scrape
+            self._active_since_scrape, self._granted_since_scrape = False, None
+            observation = observation_from_scrapes(self._previous, scrape, transfer_active=active,
                                                    itl_name=ITL_HISTOGRAM, ttft_name=TTFT_HISTOGRAM)
-            if granted_bytes is not None:
-                observation = replace(observation, granted_bytes=float(granted_bytes))
+            if granted is not None:
+                observation = replace(observation, granted_bytes=float(granted))
             # Also after a reset: the new scrape is the base of the next window.
             self._previous = scrape
             self._last_good_at = now
             log_recovered = self.failure_log.recovered()
             if observation.reset_reason is None and observation.span_seconds is not None:
-                self._remember(_Interval(now, observation.itl, observation.ttft, transfer_active,
-                                         observation.running))
+                self._remember(_Interval(now, observation.itl, observation.ttft, active, observation.running))
         elif failure is not None:
             suppressed = self.failure_log.should_log(failure.reason, now)
             log_failure, unlogged = suppressed is not None, suppressed or 0

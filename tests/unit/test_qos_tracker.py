@@ -395,3 +395,22 @@ def test_only_an_adaptive_law_at_the_cap_for_an_idle_seed_is_watched(make):
     seed = FakeSeed()
     run(t, seed, 1.0, 3, fast=500, running=4.0)
     assert not t.idle_at_cap and not t.wakes_on(seed.scrape(3.25, running=8.0))
+
+
+def test_ab_a_window_after_a_failed_scrape_counts_the_reads_and_bytes_of_every_tick_it_spans():
+    # Chunk reads (8 MB granted) ran in a tick whose scrape failed, none in the next: the next good scrape's
+    # window spans both, so it is a transfer-on window, charged with the 8 MB over its 2 s.
+    t = QosTracker(SLO, ControllerConfig(cap_bytes_per_second=CAP, ab_rate_of_granted=True), ThrottleMode.ADAPTIVE,
+                   now=0.0)
+    seed = FakeSeed()
+    for k in range(1, 4):
+        seed.interval(fast=990, slow=10)
+        t.tick(float(k), seed.scrape(float(k)), transfer_active=True, granted_bytes=4e6)
+    seed.interval(fast=990, slow=10)
+    t.tick(4.0, ScrapeFailure("unreachable", "timed out"), transfer_active=True, granted_bytes=8e6)
+    seed.interval(fast=990, slow=10)
+    t.tick(5.0, seed.scrape(5.0), transfer_active=False, granted_bytes=0)
+    last = t.state.ab_itl[-1]
+    assert (last.at, last.on, last.tokens) == (5.0, True, 2000)
+    assert last.model_rate == pytest.approx(4e6)                      # 8 MB over the window's 2 s
+    assert {s.model_rate for s in t.state.ab_itl[:-1] if s.on} == {4e6}   # one tick each: 4 MB over 1 s

@@ -43,7 +43,7 @@ from throttle.histogram import WindowHistogram
 __all__ = ["CAP", "BUDGET", "Segment", "Plant", "RunResult", "PLANTS", "HEADROOM", "HEADROOM_CLEAN", "BURSTY_SPILL",
            "H100_BURSTY", "H100_GPU", "H200_CPU", "H200_DRIFTED", "H200_GPU", "H100_GPU_NOISY", "H100_LOAD_CHANGE",
            "H200_CPU_SPIKES", "BURSTY_SPIKES", "NEAR_SLO_EPISODES", "H200_CPU_EPISODES", "H100_GPU_FLOOR",
-           "BY_NAME_ONLY", "run", "run_second_fork", "oracle_rate", "draw_seconds",
+           "BY_NAME_ONLY", "run", "run_second_fork", "oracle_rate", "draw_seconds", "whole_chunks",
            "ALL_PLANTS", "NAMED_PLANTS"]
 
 CAP = 100e6
@@ -314,6 +314,26 @@ def _seed_alone(plant: Plant, segments: list[Segment], rng: random.Random, secon
     return [(float(k + 1) - seconds, _observation(second, 0.0)) for k, second in enumerate(drawn)]
 
 
+def whole_chunks(credit: float, rate: float, chunk_bytes: float) -> tuple[float, int]:
+    """One second of the agent's pay-first bucket granting whole chunks at ``rate``: (the credit after it,
+    the chunks granted). A chunk is granted while the credit is positive, and the debt it leaves is paid at the
+    rate in force; unspent credit is kept up to one second's worth; a pause (rate 0) pays nothing.
+
+        >>> whole_chunks(0.0, 3.0, 8.0)      # under one chunk a second: one now, then the debt is paid ...
+        (-5.0, 1)
+        >>> whole_chunks(-5.0, 3.0, 8.0)     # ... over the next seconds, with nothing granted
+        (-2.0, 0)
+        >>> whole_chunks(0.0, 20.0, 8.0)     # over it: as many as the second paid for, the last one in debt
+        (-4.0, 3)
+    """
+    credit = min(credit + rate, rate) if rate > 0 else min(credit, 0.0)
+    chunks = 0
+    while rate > 0 and credit > 0:
+        credit -= chunk_bytes
+        chunks += 1
+    return credit, chunks
+
+
 def _closed_loop(state: ControllerState, config: ControllerConfig, slo: SloConfig, plant: Plant,
                  seconds: list[_Second], t0: float, chunk_bytes: float,
                  fork: bool = True) -> tuple[ControllerState, list[float]]:
@@ -335,12 +355,7 @@ def _closed_loop(state: ControllerState, config: ControllerConfig, slo: SloConfi
         moved = applied
         held = False
         if chunk_bytes > 0:
-            # Pay-first: the debt a chunk leaves is paid at the rate in force; a pause pays nothing.
-            credit = min(credit + applied, applied) if applied > 0 else min(credit, 0.0)
-            chunks = 0
-            while applied > 0 and credit > 0:
-                credit -= chunk_bytes
-                chunks += 1
+            credit, chunks = whole_chunks(credit, applied, chunk_bytes)
             moved = chunks * chunk_bytes
             held = spill and moved == 0
             spill = chunks > 0 and 0 < plant.lease_spill_batch <= second.batch

@@ -26,6 +26,7 @@ from throttle.controller import (
     initial_state,
     with_seed_alone_evidence,
 )
+from sim.qos_plant import whole_chunks
 from throttle.histogram import WindowHistogram
 
 CAP = 100e6
@@ -1081,19 +1082,15 @@ def test_the_law_holds_its_rate_where_the_seeds_own_share_binds_and_the_transfer
 def drive_chunks(config: ControllerConfig, own: float, effect_at_cap: float, chunk: float, seconds: int,
                  tokens: float = 20_000.0, running: float = 64.0,
                  tell_granted: bool = True) -> tuple[list[float], list[float]]:
-    """Closed loop with whole chunks, as the agent's pay-first bucket grants them: a chunk when the rate has
-    paid for it, so under one chunk a second most intervals read nothing (transfer-off) and the others a whole
+    """Closed loop with whole chunks, as the agent's pay-first bucket grants them (the plant model's
+    :func:`~sim.qos_plant.whole_chunks`): a chunk when the rate has paid for it, so under one chunk a second most intervals read nothing (transfer-off) and the others a whole
     chunk, whose cost (noise-free: ``effect_at_cap`` x bytes moved / cap) falls in that interval. Returns the
     bytes moved and the share of slow tokens, per second."""
     state = initial_state(config, now=0.0)
     applied, credit = state.rate_bytes_per_second, 0.0
     moved_each, shares = [], []
     for k in range(seconds):
-        credit = min(credit + applied, applied) if applied > 0 else min(credit, 0.0)
-        chunks = 0
-        while applied > 0 and credit > 0:
-            credit -= chunk
-            chunks += 1
+        credit, chunks = whole_chunks(credit, applied, chunk)
         moved = chunks * chunk
         share = min(1.0, own + effect_at_cap * moved / CAP)
         obs = Observation(itl=window(tokens, tokens * share), running=running, queued=0.0,

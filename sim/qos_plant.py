@@ -225,14 +225,14 @@ def _draw_second(seg: Segment, sigma: float, rng: random.Random) -> _Second:
 
 
 def draw_seconds(plant: Plant, segments: list[Segment], n: int, rng: random.Random, start: int = 0) -> list[_Second]:
-    """``n`` fresh seconds of ``segments``' load from ``start`` (another seed, or another stretch of the same
-    seed, under the same parameters), as a run's own are drawn: what ``sim.goal_feasibility`` probes on."""
+    """``n`` fresh seconds of ``segments``' load from ``start``: a run's own seconds, and (another seed, or another
+    stretch of the same seed, under the same parameters) what ``sim.goal_feasibility`` probes on."""
     return [_draw_second(_segment_at(segments, start + t), plant.overdispersion, rng) for t in range(n)]
 
 
 def _draw(plant: Plant, rng: random.Random) -> tuple[list[Segment], list[_Second]]:
     segments = plant.segments(rng, plant.seconds)
-    seconds = [_draw_second(_segment_at(segments, t), plant.overdispersion, rng) for t in range(int(plant.seconds))]
+    seconds = draw_seconds(plant, segments, int(plant.seconds), rng)
     if plant.own_spike_every_seconds > 0:
         # Their own rng: the rest of the draw is the same with or without them.
         spikes = random.Random(rng.random())

@@ -12,6 +12,7 @@ from typing import Callable
 import pytest
 
 import throttle.attribution as attribution_module
+from sim.qos_plant import whole_chunks
 from throttle.attribution import Estimate, Sample, estimate, one_interval_z, overall_share, safe_rate
 from throttle.controller import (
     ControllerConfig,
@@ -26,7 +27,6 @@ from throttle.controller import (
     initial_state,
     with_seed_alone_evidence,
 )
-from sim.qos_plant import whole_chunks
 from throttle.histogram import WindowHistogram
 
 CAP = 100e6
@@ -1083,9 +1083,10 @@ def drive_chunks(config: ControllerConfig, own: float, effect_at_cap: float, chu
                  tokens: float = 20_000.0, running: float = 64.0,
                  tell_granted: bool = True) -> tuple[list[float], list[float]]:
     """Closed loop with whole chunks, as the agent's pay-first bucket grants them (the plant model's
-    :func:`~sim.qos_plant.whole_chunks`): a chunk when the rate has paid for it, so under one chunk a second most intervals read nothing (transfer-off) and the others a whole
-    chunk, whose cost (noise-free: ``effect_at_cap`` x bytes moved / cap) falls in that interval. Returns the
-    bytes moved and the share of slow tokens, per second."""
+    :func:`~sim.qos_plant.whole_chunks`): a chunk when the rate has paid for it, so under one chunk a second
+    most intervals read nothing (transfer-off) and the others a whole chunk, whose cost (noise-free:
+    ``effect_at_cap`` x bytes moved / cap) falls in that interval. Returns the bytes moved and the share of slow
+    tokens, per second."""
     state = initial_state(config, now=0.0)
     applied, credit = state.rate_bytes_per_second, 0.0
     moved_each, shares = [], []
